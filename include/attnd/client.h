@@ -1,0 +1,173 @@
+/* libattnd: the C client of an attnd attention worker.
+ *
+ * A compute node connects once, creates a session per sequence, streams the
+ * prefill KV with attnd_client_append_kv, then per layer and decode step
+ * sends the batch's queries (and each session's new KV entry) with
+ * attnd_client_attend, its async form, or an attnd_stream for a decode loop.
+ * The transport is gRPC (HTTP/2); the calls below do not depend on it.
+ *
+ * Errors: every function returns an attnd_status (0 on success, the negated
+ * gRPC code otherwise) and, when err is not NULL, fills it with the code and
+ * the server's message, which names the offending field.
+ *
+ * Ownership: the client never frees what the caller passed; callers own
+ * query, KV and output buffers. Handles (attnd_client, attnd_call,
+ * attnd_stream) are created and freed by the functions named beside them.
+ * A client may be used from several threads at once; one attnd_stream or
+ * attnd_call from one thread at a time.
+ */
+#ifndef ATTND_CLIENT_H
+#define ATTND_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attnd/status.h"
+#include "attnd/types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct attnd_client attnd_client;
+
+typedef struct attnd_client_options {
+    int64_t deadline_ms;       /* per call; default 30000 */
+    int64_t connect_timeout_ms; /* connect waits for the channel; 5000 */
+    size_t max_message_bytes;  /* send and receive limit; 256 MiB */
+} attnd_client_options;
+
+/* Defaults, as above. */
+void attnd_client_options_init(attnd_client_options *o);
+
+/* Connect to "host:port" (any gRPC target). Waits until the channel is
+ * ready or connect_timeout_ms passes (UNAVAILABLE). opts may be NULL.
+ * Free with attnd_client_destroy. */
+attnd_status attnd_client_connect(const char *target,
+                                  const attnd_client_options *opts,
+                                  attnd_client **client_p, attnd_error *err);
+void attnd_client_destroy(attnd_client *c);
+
+/* What the worker serves, as CreateSession and GetStats report it. */
+typedef struct attnd_model_info {
+    char name[64];
+    attnd_attn_kind kind;
+    uint32_t n_layers;
+    uint32_t n_q_heads;
+    uint32_t n_kv_heads;
+    uint32_t head_dim;   /* GQA */
+    uint32_t d_latent;   /* MLA */
+    uint32_t d_rope;     /* MLA */
+    float scale;
+    attnd_dtype kv_dtype;
+    uint32_t page_size;
+    /* derived: query width per head, output width per head, elements of one
+     * token's KV entry (MLA d_latent + d_rope; GQA 2 * n_kv_heads * head_dim) */
+    uint32_t d_k, d_v, kv_token_elems;
+} attnd_model_info;
+
+/* Create a session for `model` (NULL or "" = the worker's model), reserving
+ * pages for max_tokens (0: no reservation). model_p may be NULL. */
+attnd_status attnd_client_create_session(attnd_client *c, const char *model,
+                                         uint32_t max_tokens,
+                                         attnd_session_id *id_p,
+                                         attnd_model_info *model_p,
+                                         attnd_error *err);
+attnd_status attnd_client_close_session(attnd_client *c,
+                                        const attnd_session_id *id,
+                                        attnd_error *err);
+
+/* One prefill chunk: n_tokens KV entries ([n_tokens][kv_token_elems] of
+ * dtype) for one layer of one session, starting at `start`. */
+typedef struct attnd_kv_chunk {
+    attnd_session_id session;
+    uint32_t layer;
+    uint64_t start;
+    uint32_t n_tokens;
+    uint32_t kv_token_elems;
+    attnd_dtype dtype;
+    const void *data;
+} attnd_kv_chunk;
+
+/* Send chunks in order over one AppendKV stream. On failure, *applied_p
+ * (may be NULL) tells how many chunks the server applied before it. */
+attnd_status attnd_client_append_kv(attnd_client *c,
+                                    const attnd_kv_chunk *chunks, size_t n,
+                                    size_t *applied_p, attnd_error *err);
+
+/* A tensor argument: dtype, shape and caller-owned data (row-major). */
+typedef struct attnd_tensor {
+    attnd_dtype dtype;
+    int32_t ndim;
+    int64_t shape[6];
+    const void *data;
+} attnd_tensor;
+
+/* One layer's decode step for a batch of sessions. */
+typedef struct attnd_attend_args {
+    uint32_t layer;
+    uint32_t n_seqs;
+    const attnd_session_id *sessions; /* [n_seqs], distinct */
+    attnd_tensor q;        /* [n_seqs, S, Hq, d_k] or [n_seqs, Hq, d_k] */
+    attnd_tensor new_kv;   /* data NULL: none; else [n_seqs, kv entry...]:
+                              MLA [n, d_k], GQA [n, 2, Hkv, D] */
+    const uint64_t *positions; /* NULL, or [n_seqs]: where new_kv lands */
+    attnd_dtype out_dtype; /* INVALID (0): q's dtype */
+    /* Results, caller-owned: out gets [n_seqs, S, Hq, d_v] of out_dtype
+     * (out_capacity bytes available); lse, when not NULL, gets float32
+     * [n_seqs, S, Hq] (lse_capacity floats available). */
+    void *out;
+    size_t out_capacity;
+    float *lse;
+    size_t lse_capacity;
+} attnd_attend_args;
+
+/* Synchronous Attend. On success out (and lse) are filled. */
+attnd_status attnd_client_attend(attnd_client *c, const attnd_attend_args *a,
+                                 attnd_error *err);
+
+/* Asynchronous Attend: the request is encoded and sent before this returns
+ * (the q/new_kv buffers may be reused at once); out/lse are written by
+ * attnd_call_wait, so they and *a's result fields must stay valid until
+ * then. Every started call must be waited on exactly once. */
+typedef struct attnd_call attnd_call;
+attnd_status attnd_client_attend_async(attnd_client *c,
+                                       const attnd_attend_args *a,
+                                       attnd_call **call_p, attnd_error *err);
+/* Wait for the call, fill its results, and free it. */
+attnd_status attnd_call_wait(attnd_call *call, attnd_error *err);
+
+/* A decode loop over one AttendStream: each attnd_stream_attend sends one
+ * request and waits for its response. A failed request ends the stream
+ * (every later call returns the same status); close it and open another. */
+typedef struct attnd_stream attnd_stream;
+attnd_status attnd_client_stream_open(attnd_client *c, attnd_stream **s_p,
+                                      attnd_error *err);
+attnd_status attnd_stream_attend(attnd_stream *s, const attnd_attend_args *a,
+                                 attnd_error *err);
+/* Half-close, collect the final status, free the stream. */
+attnd_status attnd_stream_close(attnd_stream *s, attnd_error *err);
+
+typedef struct attnd_stats {
+    uint64_t sessions, max_sessions;
+    uint64_t pages_total, pages_used, pages_reserved, page_bytes;
+    uint64_t attend_calls, attend_sequences;
+    uint64_t append_calls, tokens_appended;
+    uint64_t errors, kv_bytes_read, uptime_ms;
+} attnd_stats;
+
+/* GetStats; model_p may be NULL. */
+attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *st,
+                                    attnd_model_info *model_p,
+                                    attnd_error *err);
+
+/* grpc.health.v1.Health/Check for `service` ("" = the server as a whole):
+ * *serving_p = 1 when the answer is SERVING. */
+attnd_status attnd_client_health(attnd_client *c, const char *service,
+                                 int *serving_p, attnd_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ATTND_CLIENT_H */

@@ -1,0 +1,186 @@
+/* attnd kernels: the attention math, and the one public header of kernels/.
+ *
+ * Everything here is pure computation over caller-owned memory: no I/O, no
+ * threads, no allocation. The worker owns sessions and pages; these
+ * functions only see a pool base pointer, page lists and strides.
+ *
+ * ## The decode contract (MLA and GQA in one form)
+ *
+ * Both kinds are "attention of Hq query heads over Hkv KV heads", query head
+ * h reading KV head h / (Hq / Hkv):
+ *
+ *   score[h][t] = scale * sum_d q[h][d] * K[kvh][t][d]          d < d_k
+ *   lse[h]      = log sum_t exp(score[h][t])                   natural log
+ *   out[h][e]   = sum_t exp(score[h][t] - lse[h]) * V[kvh][t][e] e < d_v
+ *
+ *   GQA: K and V are separate per KV head, d_k = d_v = head dim.
+ *   MLA (absorbed): one KV head; K = [c, k_rope] (d_k = d_c + d_r), and V is
+ *   the latent c itself, i.e. the first d_v = d_c elements of K. The query's
+ *   nope part has already been multiplied by W_UK; the caller applies W_UV.
+ *
+ * A sequence with no tokens has lse = -inf and out = 0 (the identity of the
+ * merge below). Accumulation is float32; outputs are float32.
+ *
+ * ## Paged KV
+ *
+ * KV lives in pages of page_size tokens inside one pool. For page p (its
+ * physical number), KV head h, token slot t of the page and dim d, in
+ * elements of layout->dtype from `pool`:
+ *   K: p*page_stride +            h*k_head_stride + t*k_token_stride + d
+ *   V: p*page_stride + v_offset + h*v_head_stride + t*v_token_stride + d
+ * MLA pages are [page_size][d_c + d_r] with V aliasing K (v_offset 0);
+ * GQA pages are [2][Hkv][page_size][D] (K block, then V block: each KV head's
+ * tokens contiguous).
+ *
+ * A batch names, per sequence, a list of pages (page_indptr/page_idx, CSR
+ * form) whose tokens are attended in list order: every listed page is full
+ * except the last, which holds last_page_len[i] tokens (1..page_size). A
+ * dense decode lists a session's whole page table; a sparse policy lists the
+ * pages it keeps (the last one partial only if it is the session's tail).
+ *
+ * Multi-token queries (q_tokens = S > 1, speculative decode): query token s
+ * attends to the first L - (S - 1 - s) listed tokens, L the listed total.
+ */
+#ifndef ATTND_KERNELS_H
+#define ATTND_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attnd/status.h"
+#include "attnd/types.h"
+
+/* ---- dtype conversion ------------------------------------------------ */
+
+/* float32 -> bf16 and f16 round to nearest even; NaN stays NaN. */
+uint16_t attnd_f32_to_bf16(float f);
+float attnd_bf16_to_f32(uint16_t h);
+uint16_t attnd_f32_to_f16(float f);
+float attnd_f16_to_f32(uint16_t h);
+
+/* Convert n elements between any two dtypes (same dtype: memcpy). */
+void attnd_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
+                   const void *src, size_t n);
+/* Read element i of a typed array as float32 / float64. */
+float attnd_load_f32(attnd_dtype t, const void *src, size_t i);
+double attnd_load_f64(attnd_dtype t, const void *src, size_t i);
+
+/* ---- KV page layout --------------------------------------------------- */
+
+typedef struct attnd_kv_layout {
+    attnd_dtype dtype;
+    int32_t page_size;  /* tokens per page */
+    int32_t n_kv_heads; /* 1 for MLA */
+    int32_t d_k;
+    int32_t d_v;
+    int32_t v_in_k;     /* 1: V is the first d_v elements of K (MLA) */
+    int64_t page_stride; /* all strides in elements */
+    int64_t k_head_stride, k_token_stride;
+    int64_t v_offset, v_head_stride, v_token_stride;
+} attnd_kv_layout;
+
+/* Fill *l for MLA pages [page_size][d_c + d_r]. */
+void attnd_kv_layout_mla(attnd_kv_layout *l, int32_t d_c, int32_t d_r,
+                         int32_t page_size, attnd_dtype dtype);
+/* Fill *l for GQA pages [2][n_kv_heads][page_size][head_dim]. */
+void attnd_kv_layout_gqa(attnd_kv_layout *l, int32_t n_kv_heads,
+                         int32_t head_dim, int32_t page_size,
+                         attnd_dtype dtype);
+size_t attnd_kv_layout_page_bytes(const attnd_kv_layout *l);
+/* Elements of one token's wire entry: MLA d_k; GQA 2 * Hkv * D. */
+int64_t attnd_kv_layout_token_elems(const attnd_kv_layout *l);
+
+/* Store n tokens given in wire form ([n][token_elems] of src_t, MLA
+ * [c, k_rope], GQA [2][Hkv][D]) into `page` at token slots slot..slot+n-1,
+ * converting to l->dtype. Requires slot + n <= page_size. */
+void attnd_kv_write_tokens(const attnd_kv_layout *l, void *page, int32_t slot,
+                           int32_t n, attnd_dtype src_t, const void *src);
+
+/* ---- decode ------------------------------------------------------------ */
+
+typedef struct attnd_decode_batch {
+    int32_t n_seqs;
+    int32_t q_tokens;  /* S >= 1 query tokens per sequence */
+    int32_t n_q_heads; /* Hq, a multiple of kv->n_kv_heads */
+    float scale;
+
+    /* Queries [n_seqs][q_tokens][Hq][d_k] of q_dtype, contiguous. */
+    attnd_dtype q_dtype;
+    const void *q;
+
+    /* Paged KV (see the file comment). */
+    const attnd_kv_layout *kv;
+    const void *pool;
+    int64_t pool_pages;           /* pages in the pool: bound for page_idx */
+    const int32_t *page_indptr;   /* [n_seqs + 1] */
+    const int32_t *page_idx;      /* [page_indptr[n_seqs]] */
+    const int32_t *last_page_len; /* [n_seqs] */
+
+    /* Outputs, float32: out [n_seqs][q_tokens][Hq][d_v]; lse
+     * [n_seqs][q_tokens][Hq] or NULL when not wanted. */
+    float *out;
+    float *lse;
+
+    /* Scratch of attnd_decode_work_floats(b) floats for the calling thread
+     * (query rows in float32, running max and sum, one K and V row). */
+    float *work;
+} attnd_decode_batch;
+
+/* Floats of scratch one thread needs to run this batch's work units. */
+size_t attnd_decode_work_floats(const attnd_decode_batch *b);
+
+/* Check the batch's shapes, strides and page lists against each other
+ * (pages are not dereferenced). Fills err naming the field on failure. */
+attnd_status attnd_decode_batch_check(const attnd_decode_batch *b,
+                                      attnd_error *err);
+
+/* Decode attention for the whole batch with the best path this machine has
+ * (see attnd_kernel_path_name); every path computes the same function as the
+ * scalar one below, within float32 rounding. */
+void attnd_kernel_decode(const attnd_decode_batch *b);
+/* Name of the path attnd_kernel_decode uses ("scalar", ...). The environment
+ * variable ATTND_KERNEL_PATH forces a path, for tests and benchmarks. */
+const char *attnd_kernel_path_name(void);
+
+/* Decode attention for the whole batch on the calling thread, with the
+ * portable scalar path: one pass over each KV head's tokens per query group
+ * (all query heads of a KV head read each K/V row together), online
+ * softmax, float32 accumulation. The batch must pass the check above. */
+void attnd_kernel_decode_scalar(const attnd_decode_batch *b);
+
+/* Partial states over listed-token range [t0, t1) of sequence i, KV head
+ * kvh, query token s: writes the Hq/Hkv heads' out rows (stride d_v) and
+ * lse. The unit of work a split-KV scheduler hands out; the token range is
+ * in list order (page j of the list covers [j*page_size, ...)). Multi-token
+ * causality applies against the sequence's full listed length. lse may be
+ * NULL; work is attnd_decode_work_floats(b) floats of scratch. */
+void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
+                                      int32_t kvh, int32_t s, int64_t t0,
+                                      int64_t t1, float *out, float *lse,
+                                      float *work);
+
+/* Tokens listed for sequence i, and how many of them query token s sees. */
+int64_t attnd_decode_seq_len(const attnd_decode_batch *b, int32_t i);
+int64_t attnd_decode_visible_len(const attnd_decode_batch *b, int32_t i,
+                                 int32_t s);
+
+/* ---- partial-state merge (the LSE combine) ------------------------------ */
+
+/* Merge state b into state a, row by row, for n_rows rows of d elements:
+ *   lse = log(exp(lse_a) + exp(lse_b))
+ *   o_a = exp(lse_a - lse) o_a + exp(lse_b - lse) o_b
+ * A row with lse -inf is empty and merging it changes nothing. */
+void attnd_kernel_merge_states(float *o_a, float *lse_a, const float *o_b,
+                               const float *lse_b, int64_t n_rows, int32_t d);
+
+/* ---- float64 reference ------------------------------------------------- */
+
+/* Unpaged attention in float64, the oracle tests and demos check against.
+ * q [hq][dk], k [t][hkv][dk], v [t][hkv][dv], out [hq][dv], lse [hq]
+ * (lse may be NULL). t == 0 gives out 0, lse -inf. */
+void attnd_ref_attention_f64(int32_t hq, int32_t hkv, int32_t dk, int32_t dv,
+                             int64_t t, double scale, const double *q,
+                             const double *k, const double *v, double *out,
+                             double *lse);
+
+#endif /* ATTND_KERNELS_H */

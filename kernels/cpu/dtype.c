@@ -1,0 +1,119 @@
+/* dtype conversions: bf16 and f16 to and from float32, by bit manipulation.
+ *
+ * Portable C (no F16C/AVX-512 intrinsics): these are the reference
+ * conversions the SIMD paths must match bit for bit. Rounding is to nearest,
+ * ties to even; NaN stays a (quiet) NaN; f16 subnormals are handled. */
+#include <string.h>
+
+#include "attnd_kernels.h"
+
+static inline uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+uint16_t attnd_f32_to_bf16(float f)
+{
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep sign, force quiet */
+        return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+float attnd_bf16_to_f32(uint16_t h)
+{
+    return bits_f32((uint32_t)h << 16);
+}
+
+uint16_t attnd_f32_to_f16(float f)
+{
+    uint32_t u = f32_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t abs = u & 0x7fffffffu;
+
+    if (abs > 0x7f800000u) /* NaN */
+        return (uint16_t)(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));
+    if (abs >= 0x477ff000u) /* rounds to >= 65520: infinity */
+        return (uint16_t)(sign | 0x7c00u);
+    if (abs < 0x38800000u) { /* below 2^-14: f16 subnormal or zero */
+        if (abs < 0x33000000u) /* below 2^-25: rounds to zero */
+            return (uint16_t)sign;
+        uint32_t exp = abs >> 23;
+        uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126u - exp; /* 14..24 */
+        uint32_t half = 1u << (shift - 1);
+        uint32_t rest = mant & ((1u << shift) - 1);
+        uint32_t r = mant >> shift;
+        if (rest > half || (rest == half && (r & 1u)))
+            r++;
+        return (uint16_t)(sign | r);
+    }
+    /* normal: rebias exponent 127 -> 15, round mantissa 23 -> 10 bits */
+    uint32_t r = abs - 0x38000000u;
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+}
+
+float attnd_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+
+    if (exp == 0x1fu) /* inf / NaN */
+        return bits_f32(sign | 0x7f800000u | (mant << 13));
+    if (exp == 0) {
+        if (mant == 0)
+            return bits_f32(sign);
+        /* subnormal: value = mant * 2^-24, exact in float32 */
+        float v = (float)mant * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+float attnd_load_f32(attnd_dtype t, const void *src, size_t i)
+{
+    switch (t) {
+    case ATTND_DTYPE_BF16: return attnd_bf16_to_f32(((const uint16_t *)src)[i]);
+    case ATTND_DTYPE_F16: return attnd_f16_to_f32(((const uint16_t *)src)[i]);
+    case ATTND_DTYPE_F32: return ((const float *)src)[i];
+    default: return 0.0f;
+    }
+}
+
+double attnd_load_f64(attnd_dtype t, const void *src, size_t i)
+{
+    return (double)attnd_load_f32(t, src, i);
+}
+
+static void store_f32(attnd_dtype t, void *dst, size_t i, float v)
+{
+    switch (t) {
+    case ATTND_DTYPE_BF16: ((uint16_t *)dst)[i] = attnd_f32_to_bf16(v); break;
+    case ATTND_DTYPE_F16: ((uint16_t *)dst)[i] = attnd_f32_to_f16(v); break;
+    case ATTND_DTYPE_F32: ((float *)dst)[i] = v; break;
+    default: break;
+    }
+}
+
+void attnd_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
+                   const void *src, size_t n)
+{
+    if (dst_t == src_t) {
+        memcpy(dst, src, n * attnd_dtype_size(src_t));
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        store_f32(dst_t, dst, i, attnd_load_f32(src_t, src, i));
+}

@@ -1,0 +1,127 @@
+/* The paged KV pool: fixed-size pages carved from one anonymous mapping.
+ *
+ * The mapping is made once at start-up (kv_memory bytes, rounded down to
+ * whole pages) and asked for transparent huge pages, so the kernels stream
+ * KV with few TLB misses; its memory is committed as pages are first
+ * written. Allocation is a pop from a free stack under one mutex: a decode
+ * step takes at most one page per session per layer, so the lock is cold. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "worker_int.h"
+
+attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
+                                int32_t n_pages, attnd_error *err)
+{
+    memset(p, 0, sizeof *p);
+    if (n_pages < 1 || page_bytes == 0)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "kv_memory: room for %d pages of %zu bytes; need at least 1",
+                               n_pages, page_bytes);
+    p->page_bytes = page_bytes;
+    p->n_pages = n_pages;
+    p->map_bytes = page_bytes * (size_t)n_pages;
+    p->base = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p->base == MAP_FAILED) {
+        p->base = NULL;
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "kv_memory: cannot map %zu bytes: %s", p->map_bytes,
+                               strerror(errno));
+    }
+    madvise(p->base, p->map_bytes, MADV_HUGEPAGE); /* a hint; fine if refused */
+    p->free_stack = malloc(sizeof(int32_t) * (size_t)n_pages);
+    p->state = calloc((size_t)n_pages, 1);
+    if (!p->free_stack || !p->state)
+        goto err_alloc;
+    /* pop order 0, 1, 2...: low pages first, so memory is touched in order */
+    for (int32_t i = 0; i < n_pages; i++)
+        p->free_stack[i] = n_pages - 1 - i;
+    p->n_free = n_pages;
+    pthread_mutex_init(&p->mu, NULL);
+    return ATTND_OK;
+
+err_alloc:
+    free(p->free_stack);
+    free(p->state);
+    munmap(p->base, p->map_bytes);
+    memset(p, 0, sizeof *p);
+    return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                           "kv_memory: no memory for the page table of %d pages", n_pages);
+}
+
+void attnd_kv_pool_cleanup(attnd_kv_pool *p)
+{
+    if (!p->base)
+        return;
+    munmap(p->base, p->map_bytes);
+    free(p->free_stack);
+    free(p->state);
+    pthread_mutex_destroy(&p->mu);
+    memset(p, 0, sizeof *p);
+}
+
+attnd_status attnd_kv_pool_reserve(attnd_kv_pool *p, int64_t n, attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    pthread_mutex_lock(&p->mu);
+    if (n > (int64_t)p->n_free - p->reserved)
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "max_tokens: needs %lld KV pages, only %lld free and unreserved",
+                             (long long)n, (long long)(p->n_free - p->reserved));
+    else
+        p->reserved += n;
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}
+
+void attnd_kv_pool_unreserve(attnd_kv_pool *p, int64_t n)
+{
+    pthread_mutex_lock(&p->mu);
+    p->reserved -= n;
+    pthread_mutex_unlock(&p->mu);
+}
+
+attnd_status attnd_kv_pool_alloc(attnd_kv_pool *p, int32_t n,
+                                 int32_t from_reserved, int32_t *pages_out,
+                                 attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    pthread_mutex_lock(&p->mu);
+    int64_t unpromised = (int64_t)p->n_free - p->reserved;
+    if ((int64_t)(n - from_reserved) > unpromised) {
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "kv: KV memory exhausted: needs %d pages, %lld free and unreserved",
+                             n - from_reserved, (long long)(unpromised > 0 ? unpromised : 0));
+        goto out;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        int32_t pg = p->free_stack[--p->n_free];
+        p->state[pg] = ATTND_PAGE_RESIDENT;
+        pages_out[i] = pg;
+    }
+    p->reserved -= from_reserved;
+out:
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}
+
+void attnd_kv_pool_free(attnd_kv_pool *p, const int32_t *pages, int32_t n)
+{
+    pthread_mutex_lock(&p->mu);
+    for (int32_t i = 0; i < n; i++) {
+        p->state[pages[i]] = ATTND_PAGE_FREE;
+        p->free_stack[p->n_free++] = pages[i];
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+void attnd_kv_pool_counts(attnd_kv_pool *p, int64_t *used_p, int64_t *reserved_p)
+{
+    pthread_mutex_lock(&p->mu);
+    *used_p = p->n_pages - p->n_free;
+    *reserved_p = p->reserved;
+    pthread_mutex_unlock(&p->mu);
+}

@@ -1,0 +1,122 @@
+/* Internal interfaces of the worker room (not for service/ or client/):
+ * the paged KV pool and the session table the engine is built from. */
+#ifndef ATTND_WORKER_INT_H
+#define ATTND_WORKER_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "attnd_worker.h"
+
+/* ---- KV pool (kv_pool.c) --------------------------------------------------
+ * One anonymous mapping carved into n_pages fixed-size pages. Pages are
+ * handed out from a free stack; a page's state byte says where its bytes
+ * are (the disk tier adds ON_DISK / IN_FLIGHT). Reservations are promises:
+ * `reserved` pages of the free ones are held back for sessions that asked
+ * for them, and only the rest can go to appends beyond a reservation. */
+
+enum { ATTND_PAGE_FREE = 0, ATTND_PAGE_RESIDENT = 1 };
+
+typedef struct attnd_kv_pool {
+    char *base;
+    size_t map_bytes;
+    size_t page_bytes;
+    int32_t n_pages;
+    int32_t n_free;
+    int64_t reserved;
+    int32_t *free_stack; /* [n_pages]; top n_free entries are free pages */
+    uint8_t *state;      /* [n_pages] */
+    pthread_mutex_t mu;
+} attnd_kv_pool;
+
+attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
+                                int32_t n_pages, attnd_error *err);
+void attnd_kv_pool_cleanup(attnd_kv_pool *p);
+/* Promise n pages to a caller (fails unless n unpromised free pages exist). */
+attnd_status attnd_kv_pool_reserve(attnd_kv_pool *p, int64_t n, attnd_error *err);
+void attnd_kv_pool_unreserve(attnd_kv_pool *p, int64_t n);
+/* Take n pages into pages_out; from_reserved of them redeem the caller's
+ * promise, the rest must come from unpromised free pages. All or nothing. */
+attnd_status attnd_kv_pool_alloc(attnd_kv_pool *p, int32_t n,
+                                 int32_t from_reserved, int32_t *pages_out,
+                                 attnd_error *err);
+void attnd_kv_pool_free(attnd_kv_pool *p, const int32_t *pages, int32_t n);
+static inline void *attnd_kv_pool_page(const attnd_kv_pool *p, int32_t idx)
+{
+    return p->base + (size_t)idx * p->page_bytes;
+}
+void attnd_kv_pool_counts(attnd_kv_pool *p, int64_t *used_p,
+                          int64_t *reserved_p);
+
+/* ---- sessions (session.c) ---------------------------------------------------
+ * A session is one sequence's KV across all layers: per layer a length and
+ * a page table (logical page j -> physical page). The table maps ids to
+ * sessions; lookups take a reference, and a closed session is freed (its
+ * pages returned) when its last reference goes. */
+
+typedef struct attnd__session {
+    attnd_session_id id;
+    pthread_mutex_t mu; /* guards everything below */
+    int32_t refs;       /* guarded by the table's lock */
+    int32_t n_layers;
+    int32_t page_size;
+    int32_t res_per_layer; /* pages reserved in each layer (max_tokens) */
+    int64_t reserved_left; /* pages of the reservation not yet used */
+    int64_t pages_held;
+    uint64_t *len;      /* [n_layers] tokens */
+    int32_t **pages;    /* [n_layers] page tables */
+    int32_t *cap;       /* [n_layers] page table capacity */
+} attnd__session;
+
+typedef struct attnd__session_table {
+    pthread_mutex_t mu;
+    attnd__session **slots; /* open addressing, linear probing */
+    uint32_t mask;          /* capacity - 1, capacity a power of two */
+    uint32_t count, max;
+} attnd__session_table;
+
+attnd_status attnd__session_table_init(attnd__session_table *t, uint32_t max,
+                                       attnd_error *err);
+/* Frees every session still in the table, returning their pages. */
+void attnd__session_table_cleanup(attnd__session_table *t, attnd_kv_pool *pool);
+/* Insert s (refs 1 for the table). ALREADY_EXISTS or RESOURCE_EXHAUSTED. */
+attnd_status attnd__session_table_insert(attnd__session_table *t,
+                                         attnd__session *s, attnd_error *err);
+/* Look up and take a reference, or NULL. */
+attnd__session *attnd__session_get(attnd__session_table *t,
+                                   const attnd_session_id *id);
+/* Remove from the table (drops the table's reference); NULL if absent.
+ * The caller holds the returned reference and must put it. */
+attnd__session *attnd__session_remove(attnd__session_table *t,
+                                      const attnd_session_id *id);
+/* Drop a reference; the last one frees the session and its pages. */
+void attnd__session_put(attnd__session_table *t, attnd_kv_pool *pool,
+                        attnd__session *s);
+
+/* Create a session object (not yet in a table); its reservation must
+ * already be held. */
+attnd__session *attnd__session_new(const attnd_session_id *id,
+                                   int32_t n_layers, int32_t page_size,
+                                   int64_t reserved, int32_t initial_cap);
+/* Of `need` new pages for a layer now holding `have`, how many redeem the
+ * session's per-layer reservation. */
+static inline int64_t attnd__session_from_reserved(const attnd__session *s,
+                                                   int32_t have, int64_t need)
+{
+    int64_t left = (int64_t)s->res_per_layer - have;
+    return left <= 0 ? 0 : (left < need ? left : need);
+}
+
+/* Pages a layer of s holds: ceil(len / page_size). */
+static inline int32_t attnd__session_layer_pages(const attnd__session *s,
+                                                 int32_t layer)
+{
+    return (int32_t)((s->len[layer] + (uint64_t)s->page_size - 1) /
+                     (uint64_t)s->page_size);
+}
+/* Make room for `pages` entries in layer's page table (RESOURCE_EXHAUSTED
+ * on allocation failure); caller holds s->mu. */
+attnd_status attnd__session_grow(attnd__session *s, int32_t layer,
+                                 int64_t pages, attnd_error *err);
+
+#endif /* ATTND_WORKER_INT_H */
