@@ -54,6 +54,12 @@ typedef struct attnd_engine_config {
     int32_t page_size;       /* tokens per page; default 64 */
     uint64_t kv_memory;      /* bytes of KV pages the engine may hold */
     uint32_t max_sessions;
+    /* Threads of the engine's one kernel pool (attnd_cpu_pool), counting
+     * the calling thread: 0 = one per online CPU, 1 = compute on the
+     * calling thread only. Attend calls from several threads share the
+     * pool and take turns on it (each batch gets all its threads), so the
+     * kernels never run more than this many threads at once. */
+    int32_t kernel_threads;
 } attnd_engine_config;
 
 /* Create an engine; the pool (kv_memory bytes, rounded down to whole pages)
@@ -122,8 +128,8 @@ typedef struct attnd_engine_ws {
     int32_t *last_page_len;    /* [cap_seqs] */
     int32_t *new_pages;        /* pages taken for new entries [cap_new] */
     int32_t *page_idx;         /* [cap_pages] */
-    float *out, *lse, *work;
-    size_t cap_seqs, cap_new, cap_pages, cap_out, cap_lse, cap_work;
+    float *out, *lse;
+    size_t cap_seqs, cap_new, cap_pages, cap_out, cap_lse;
 } attnd_engine_ws;
 
 void attnd_engine_ws_init(attnd_engine_ws *ws);

@@ -7,7 +7,10 @@
  * call before writing anything, so an exhausted pool leaves every session as
  * it was. Attend resolves and locks its sessions in address order, appends
  * the new entries, builds the batch's page lists in the caller's workspace
- * and runs the kernel. */
+ * and runs the kernel on the engine's thread pool (attnd_cpu_pool: split-KV
+ * over all its threads; concurrent attend calls take turns on it, and its
+ * workers take none of our locks, so waiting for it with session locks held
+ * cannot deadlock). */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +26,7 @@ struct attnd_engine {
     size_t entry_bytes;   /* stored bytes per token (what attention reads) */
     attnd_kv_pool pool;
     attnd__session_table table;
+    attnd_cpu_pool *kpool; /* kernel threads, shared by every attend call */
     atomic_uint_fast64_t attend_calls, attend_seqs;
     atomic_uint_fast64_t append_calls, tokens_appended, kv_bytes_read;
 };
@@ -74,9 +78,14 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     st = attnd__session_table_init(&e->table, cfg->max_sessions, err);
     if (st)
         goto err_table;
+    st = attnd_cpu_pool_create(cfg->kernel_threads, &e->kpool, err);
+    if (st)
+        goto err_kpool;
     *engine_p = e;
     return ATTND_OK;
 
+err_kpool:
+    attnd__session_table_cleanup(&e->table, &e->pool);
 err_table:
     attnd_kv_pool_cleanup(&e->pool);
 err_pool:
@@ -88,6 +97,7 @@ void attnd_engine_destroy(attnd_engine *e)
 {
     if (!e)
         return;
+    attnd_cpu_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd_kv_pool_cleanup(&e->pool);
     free(e);
@@ -311,7 +321,6 @@ void attnd_engine_ws_cleanup(attnd_engine_ws *ws)
     free(ws->page_idx);
     free(ws->out);
     free(ws->lse);
-    free(ws->work);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -481,6 +490,10 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         return st;
     if (req->n_seqs == 0 || !req->ids)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "session_ids: empty batch");
+    if (req->n_seqs > e->table.max)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "session_ids: %u sessions in one batch; at most %u exist",
+                               req->n_seqs, e->table.max);
     if (req->q_tokens < 1 || req->q_tokens > 64 || !req->q ||
         attnd_dtype_size(req->q_dtype) == 0)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -528,13 +541,9 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         .out = ws->out,
         .lse = ws->lse,
     };
-    if (ws_reserve((void **)&ws->work, &ws->cap_work, attnd_decode_work_floats(&b),
-                   sizeof(float))) {
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "q: no scratch memory");
+    st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
+    if (st)
         goto out;
-    }
-    b.work = ws->work;
-    attnd_kernel_decode(&b);
     *out_p = ws->out;
     *lse_p = req->want_lse ? ws->lse : NULL;
     atomic_fetch_add(&e->attend_calls, 1);

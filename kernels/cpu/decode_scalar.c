@@ -10,13 +10,16 @@
 #include <math.h>
 #include <string.h>
 
-#include "attnd_kernels.h"
+#include "cpu_int.h"
 
 size_t attnd_decode_work_floats(const attnd_decode_batch *b)
 {
     size_t group = (size_t)(b->n_q_heads / b->kv->n_kv_heads);
-    return group * (size_t)b->kv->d_k + 3 * group + (size_t)b->kv->d_k +
-           (size_t)b->kv->d_v;
+    size_t scalar = group * (size_t)b->kv->d_k + 3 * group + (size_t)b->kv->d_k +
+                    (size_t)b->kv->d_v;
+    attnd__simd_dims dm = attnd__simd_dims_of(b);
+    size_t simd = attnd__simd_work_floats(&dm);
+    return scalar > simd ? scalar : simd;
 }
 
 int64_t attnd_decode_seq_len(const attnd_decode_batch *b, int32_t i)
@@ -157,6 +160,15 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
             lse[h] = -INFINITY;
         }
     }
+}
+
+/* The scalar path's work unit: one range call per query token. */
+void attnd__decode_unit_scalar(const attnd_decode_batch *b, const attnd__unit *u, float *work)
+{
+    for (int32_t s = 0; s < b->q_tokens; s++)
+        attnd_kernel_decode_range_scalar(b, u->seq, u->kv_head, s, u->t0, u->t1,
+                                         u->out + s * u->out_s,
+                                         u->lse ? u->lse + s * u->lse_s : NULL, work);
 }
 
 void attnd_kernel_decode_scalar(const attnd_decode_batch *b)

@@ -161,7 +161,9 @@ START_TEST(test_split_ranges_merged_equal_unsplit_result)
                 for (int32_t e = 0; e < dv; e++)
                     ref[e] = p.out[row * dv + e];
                 double err = tu_rel_err_f32(acc_o + (size_t)h * dv, ref, (size_t)dv);
-                ck_assert_msg(err <= 2e-6, "split/merge rel err %g", err);
+                /* float32 rounding of two different summation orders over up to
+                 * 1200 tokens: the same 1e-5 the f64 comparison allows */
+                ck_assert_msg(err <= 1e-5, "split/merge rel err %g", err);
             }
         }
         free(acc_o);

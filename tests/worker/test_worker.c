@@ -435,6 +435,50 @@ START_TEST(test_concurrent_sessions_on_threads_stay_correct)
 }
 END_TEST
 
+/* The engine's kernel pool, at one thread (compute in the caller) and at
+ * more threads than cores: concurrent attend calls take turns on it and
+ * every output stays exact (split-KV itself is covered by the kernel
+ * tests). A negative thread count is refused. */
+START_TEST(test_attend_calls_share_one_kernel_pool_of_any_size)
+{
+    tu_rng r;
+    tu_rng_init(&r, "kernel-pool");
+    static const int32_t threads[] = {1, 5};
+    for (int k = 0; k < 2; k++) {
+        attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"),
+                                   .page_size = 16,
+                                   .kv_memory = 32 << 20,
+                                   .max_sessions = 16,
+                                   .kernel_threads = threads[k]};
+        attnd_engine *e = NULL;
+        attnd_error err;
+        ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_OK);
+        enum { T = 4 };
+        pthread_t th[T];
+        thread_arg args[T];
+        for (int i = 0; i < T; i++) {
+            args[i] = (thread_arg){.e = e, .seed = tu_next(&r)};
+            pthread_create(&th[i], NULL, session_worker, &args[i]);
+        }
+        for (int i = 0; i < T; i++) {
+            pthread_join(th[i], NULL);
+            ck_assert_msg(args[i].ok, "kernel_threads %d: thread %d saw a wrong output",
+                          threads[k], i);
+        }
+        attnd_engine_destroy(e);
+    }
+    attnd_engine_config bad = {.model = *attnd_model_find("tiny-gqa"),
+                               .page_size = 16,
+                               .kv_memory = 1 << 20,
+                               .max_sessions = 4,
+                               .kernel_threads = -1};
+    attnd_engine *e = NULL;
+    attnd_error err;
+    ck_assert_int_eq(attnd_engine_create(&bad, &e, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "kernel_threads"));
+}
+END_TEST
+
 START_TEST(test_presets_have_the_architecture_page_shapes)
 {
     const attnd_model_spec *d = attnd_model_find("deepseek-v3");
@@ -469,6 +513,7 @@ static Suite *worker_suite(void)
     tcase_add_test(tc, test_gqa_decode_through_engine_matches_reference);
     tcase_add_test(tc, test_session_table_survives_churn);
     tcase_add_test(tc, test_concurrent_sessions_on_threads_stay_correct);
+    tcase_add_test(tc, test_attend_calls_share_one_kernel_pool_of_any_size);
     tcase_add_test(tc, test_presets_have_the_architecture_page_shapes);
     suite_add_tcase(s, tc);
     return s;
