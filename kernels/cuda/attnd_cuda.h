@@ -1,0 +1,197 @@
+/* attnd CUDA kernels: paged MLA and GQA decode on Hopper GPUs, the LSE
+ * combine, and the TPLA Hadamard rotation. A plain C header (no CUDA
+ * headers, no extern "C" tricks needed by callers): streams and device
+ * pointers travel as void *. The implementation is the .cu files beside it.
+ *
+ * ## The decode contract
+ *
+ * The same function as attnd_kernels.h ("MLA and GQA in one form"), on the
+ * GPU, with bf16 queries and KV, float32 accumulation, and bf16 or float32
+ * outputs. For query token s of sequence i and query head h, with KV head
+ * kvh = h / (Hq / Hkv) (MLA: Hkv = 1):
+ *
+ *   score[t] = scale * sum_{d < d_k} q[i][s][h][d] * K[kvh][t][d]
+ *   lse      = log sum_{t < vis} exp(score[t])                 natural log
+ *   out[e]   = sum_{t < vis} exp(score[t] - lse) * V[kvh][t][e]   e < d_v
+ *
+ * over the tokens t of the page list the head reads, in list order, with
+ * vis = L - (S - 1 - s) for S = q_tokens query tokens and L the list's
+ * token count (vis <= 0: out = 0, lse = -inf). GQA: K and V per KV head,
+ * d_k = d_v = head_dim in {64, 128}. MLA (absorbed): one KV head, K = [c,
+ * k_rope] with d_k = d_c + 64, V = c (the first d_v = d_c elements of K),
+ * d_c in {512, 256, 128} (256 and 128: TPLA latent shards).
+ *
+ * ## Layouts (all in elements of bf16 unless said; every array contiguous)
+ *
+ *   q    [n_seqs][q_tokens][Hq][d_k]
+ *   out  [n_seqs][q_tokens][Hq][d_v]   of out_dtype (BF16 or F32)
+ *   lse  [n_seqs][q_tokens][Hq]        float32, or NULL
+ *   pool pool_pages pages, page p at pool + p * page_stride, laid out as
+ *        kv (attnd_kv_layout_mla: [page_size][d_c + d_r], token-major, V
+ *        aliasing K; attnd_kv_layout_gqa: [2][Hkv][page_size][D]); the
+ *        layout must be exactly what those two functions produce, dtype
+ *        BF16, page_size a multiple of 64; pool 16-byte aligned.
+ *
+ * ## Page lists (the CSR form of attnd_kernels.h, with head groups)
+ *
+ * Each sequence has list_groups page lists; list j of sequence i is number
+ * li = i * list_groups + j, its pages page_idx[page_indptr[li] ..
+ * page_indptr[li + 1]), every page full except the last, which holds
+ * last_page_len[li] tokens (1..page_size; ignored for an empty list).
+ * list_groups = 1 is the contract's per-sequence form (dense decode, or a
+ * sparse policy's page selection per sequence). list_groups > 1 is the
+ * gather form per head group: GQA: a divisor of Hkv, list j read by KV heads
+ * [j * Hkv / G, (j + 1) * Hkv / G); MLA: a divisor of Hq, list j read by
+ * query heads [j * Hq / G, (j + 1) * Hq / G). Entries past a list's end are
+ * never read, nor are pages not listed, nor page slots past a list's last
+ * token: they may hold anything (NaN included).
+ *
+ * ## Who owns what
+ *
+ * The caller owns every buffer of attnd_cuda_batch (device memory from
+ * cudaMalloc, bf16 inputs) and the host copies of page_indptr and
+ * last_page_len that plan_make reads; device inputs must be complete when
+ * the context's stream reaches the decode (write them on that stream, or
+ * synchronize: pageable cudaMemcpy on another stream is not enough). A context owns its stream (unless one
+ * was given) and nothing else. A plan owns its device metadata and its
+ * split-KV workspace (float32 partial states), grown by plan_make only when
+ * a batch needs more than any before it; decode_run allocates nothing.
+ *
+ * ## Plan and run
+ *
+ * plan_make partitions the batch on the host, from the host copies of
+ * page_indptr and last_page_len: each (sequence, list head group) is a
+ * stream of 64-token tiles; the plan cuts the streams into work units spread
+ * over one persistent CTA per SM (per row block) so that every CTA gets
+ * about the same number of tiles plus a fixed cost per unit (long sequences
+ * split, short ones packed together), and uploads the units, each with its
+ * list's offset in page_idx and token count, on the context's stream. A
+ * stream cut into several units writes float32 partial states to the plan's
+ * workspace, merged in a fixed order (deterministic for a given plan): by
+ * the last of its units to finish (GQA) or by a combine kernel right after
+ * the decode (MLA). decode_run enqueues one or two kernels and returns at
+ * once (kernel errors surface at attnd_cuda_sync). The same plan may be run
+ * again, with other q / pool / page_idx / out pointers, for batches whose
+ * page_indptr and last_page_len hold the same values (every layer of a
+ * step, say): the kernels read page_idx only, never the device copies of
+ * page_indptr and last_page_len (which may be NULL). Results do not depend
+ * on the split count beyond float32 rounding. */
+#ifndef ATTND_CUDA_H
+#define ATTND_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attnd_kernels.h"
+
+/* ---- context -------------------------------------------------------------- */
+
+typedef struct attnd_cuda_ctx attnd_cuda_ctx;
+
+/* Number of CUDA devices usable here (0 when none, or no driver). */
+int32_t attnd_cuda_device_count(void);
+
+/* Create a context on `device` (which must be compute capability 9.x:
+ * UNIMPLEMENTED otherwise). stream: a cudaStream_t to enqueue on, or NULL
+ * to have the context create (and later destroy) its own non-blocking
+ * stream. Caller frees with attnd_cuda_ctx_destroy. */
+attnd_status attnd_cuda_ctx_create(int32_t device, void *stream, attnd_cuda_ctx **ctx_p,
+                                   attnd_error *err);
+/* Synchronize the stream and free the context (not the caller's stream). */
+void attnd_cuda_ctx_destroy(attnd_cuda_ctx *ctx);
+/* The cudaStream_t every call of this context enqueues on. */
+void *attnd_cuda_ctx_stream(const attnd_cuda_ctx *ctx);
+int32_t attnd_cuda_ctx_sm_count(const attnd_cuda_ctx *ctx);
+/* Wait for the stream; report the first error of anything enqueued. */
+attnd_status attnd_cuda_sync(attnd_cuda_ctx *ctx, attnd_error *err);
+
+/* ---- decode --------------------------------------------------------------- */
+
+typedef struct attnd_cuda_batch {
+    int32_t n_seqs;
+    int32_t q_tokens;    /* S: 1..16 (tested: 1 and 2) */
+    int32_t n_q_heads;   /* Hq >= 1 (MLA; tested 1..128), a multiple of Hkv (GQA) */
+    int32_t list_groups; /* page lists per sequence (see the file comment) */
+    float scale;
+    attnd_kv_layout kv;  /* see "Layouts" */
+    int64_t pool_pages;
+
+    /* device pointers */
+    const void *q;
+    const void *pool;
+    const int32_t *page_indptr;   /* [n_seqs * list_groups + 1] (not read: see Plan) */
+    const int32_t *page_idx;      /* [page_indptr[last]] */
+    const int32_t *last_page_len; /* [n_seqs * list_groups] (not read: see Plan) */
+    attnd_dtype out_dtype;        /* ATTND_DTYPE_BF16 or ATTND_DTYPE_F32 */
+    void *out;
+    float *lse; /* or NULL */
+} attnd_cuda_batch;
+
+/* attnd_cuda_plan_opts.splits: */
+#define ATTND_CUDA_SPLITS_AUTO 0   /* balance tiles over the SMs */
+#define ATTND_CUDA_SPLITS_MAX (-1) /* one 64-token tile per unit */
+/* k >= 1: cut every stream into min(k, its tiles) near-equal units. */
+
+typedef struct attnd_cuda_plan_opts {
+    int32_t splits;
+    int32_t max_ctas; /* 0: one per SM; else at most this many CTAs */
+} attnd_cuda_plan_opts;
+
+typedef struct attnd_cuda_plan attnd_cuda_plan;
+
+/* A plan bound to ctx (and its stream); caller frees with
+ * attnd_cuda_plan_destroy (which synchronizes the stream). */
+attnd_status attnd_cuda_plan_create(attnd_cuda_ctx *ctx, attnd_cuda_plan **plan_p,
+                                    attnd_error *err);
+void attnd_cuda_plan_destroy(attnd_cuda_plan *plan);
+
+/* Check batch b (shapes, layout, dtypes; pointers only for NULL) and
+ * partition it, reading the list lengths from host copies of its
+ * page_indptr and last_page_len; opts may be NULL (AUTO). Uploads the units
+ * on the stream; may cudaMalloc (growing only). INVALID_ARGUMENT names the
+ * bad field; UNIMPLEMENTED for shapes no kernel here handles. */
+attnd_status attnd_cuda_plan_make(attnd_cuda_plan *plan, const attnd_cuda_batch *b,
+                                  const int32_t *h_page_indptr,
+                                  const int32_t *h_last_page_len,
+                                  const attnd_cuda_plan_opts *opts, attnd_error *err);
+
+/* Enqueue decode of b (same shape, page_indptr and last_page_len values as
+ * the plan's batch). Asynchronous; allocates nothing. The plan's workspace
+ * is in use until the decode completes: runs of one plan must stay on its
+ * context's stream (they do). */
+attnd_status attnd_cuda_decode_run(attnd_cuda_plan *plan, const attnd_cuda_batch *b,
+                                   attnd_error *err);
+
+/* Units and CTAs of the last plan_make (for tests and benchmarks). */
+int32_t attnd_cuda_plan_units(const attnd_cuda_plan *plan);
+int32_t attnd_cuda_plan_ctas(const attnd_cuda_plan *plan);
+/* Name of the kernel the plan launches ("mla512", "gqa128x1", ...). */
+const char *attnd_cuda_plan_kernel(const attnd_cuda_plan *plan);
+
+/* ---- combine of partial states (sequence-sharded ranks) -------------------
+ *
+ * For each row r < n_rows, parts p < n_parts of float32 (part_o
+ * [n_parts][n_rows][d], part_lse [n_parts][n_rows], natural log, -inf =
+ * empty):
+ *   lse[r] = log sum_p exp(part_lse[p][r])
+ *   out[r] = sum_p exp(part_lse[p][r] - lse[r]) * part_o[p][r]
+ * (all parts empty: out 0, lse -inf), summed in part order. out is
+ * [n_rows][d] of out_dtype (BF16 or F32); out_lse may be NULL. d % 4 == 0.
+ * Device pointers; asynchronous. */
+attnd_status attnd_cuda_combine_states(attnd_cuda_ctx *ctx, int32_t n_parts, int64_t n_rows,
+                                       int32_t d, const float *part_o, const float *part_lse,
+                                       attnd_dtype out_dtype, void *out, float *out_lse,
+                                       attnd_error *err);
+
+/* ---- TPLA Hadamard rotation -------------------------------------------------
+ *
+ * In place, for each of n_rows rows of dim elements (row r at x + r *
+ * row_stride elements), x <- H x / sqrt(dim) with H the Sylvester Hadamard
+ * matrix (H_1 = [1], H_2n = [[H_n, H_n], [H_n, -H_n]]): orthonormal and its
+ * own inverse. dim a power of two, 2..8192; dtype BF16 or F32 (float32
+ * arithmetic, one rounding at the end). Device pointer; asynchronous. */
+attnd_status attnd_cuda_hadamard(attnd_cuda_ctx *ctx, attnd_dtype dtype, void *x,
+                                 int64_t n_rows, int32_t dim, int64_t row_stride,
+                                 attnd_error *err);
+
+#endif /* ATTND_CUDA_H */

@@ -1,0 +1,543 @@
+/* Correctness of the CUDA kernels against the float64 CPU reference, on
+ * fresh random inputs every run (ATTND_TEST_SEED replays one):
+ *
+ *   MLA decode (d_c 512 / 256 / 128) and GQA decode (head dim 128 / 64):
+ *   head counts 1, 3, 9, 16, 63, 64, 126, 128; 1 and 2 query tokens; lists
+ *   of 0, 1, 63, 64, 65 ... tokens, one very long list among short ones;
+ *   per-head-group page lists (the gather form); page sizes 64, 128, 256;
+ *   NaN in every unlisted page slot and garbage past the index array;
+ *   outputs poisoned with NaN before each run; forced split counts 1, 2, 7
+ *   and the maximum, which must agree with each other to float32 rounding;
+ *   few CTAs (many units per persistent CTA).
+ *   The LSE combine of the public API, and the Hadamard rotation.
+ *
+ * Bounds: bf16 outputs <= 1e-2 normwise relative per row, LSE <= 1e-3
+ * absolute (-inf exactly for empty rows), split counts agree to 1e-5.
+ * Prints one line per check; exits 0 when all pass, 1 on a failure, 77
+ * (skip) without a usable GPU. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gpu_problem.h"
+
+static int n_pass, n_fail;
+static tu_rng rng;
+static attnd_cuda_ctx *ctx;
+static attnd_cuda_plan *plan;
+static int ref_threads = 8;
+
+#define OUT_BOUND 1e-2
+#define LSE_BOUND 1e-3
+#define SPLIT_BOUND 1e-5
+
+static void verdict(int ok, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s ", ok ? "PASS" : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    fflush(stdout);
+    va_end(ap);
+    if (ok)
+        n_pass++;
+    else
+        n_fail++;
+}
+
+static void must(attnd_status st, const attnd_error *err, const char *what)
+{
+    if (st != ATTND_OK) {
+        fprintf(stderr, "%s: %s: %s\n", what, attnd_status_string(st), err->msg);
+        exit(1);
+    }
+}
+
+/* Plan with `splits` (and at most max_ctas CTAs), run, fetch. */
+static void run_once(gp_problem *p, int splits, int max_ctas)
+{
+    attnd_error err = {0};
+    attnd_cuda_plan_opts o = {splits, max_ctas};
+    must(attnd_cuda_plan_make(plan, &p->b, p->indptr, p->last, &o, &err), &err, "plan_make");
+    gp_poison(p, attnd_cuda_ctx_stream(ctx));
+    must(attnd_cuda_decode_run(plan, &p->b, &err), &err, "decode_run");
+    must(attnd_cuda_sync(ctx, &err), &err, "sync");
+    gp_fetch(p);
+}
+
+static const char *split_name(int s, char *buf)
+{
+    if (s == ATTND_CUDA_SPLITS_AUTO)
+        return "auto";
+    if (s == ATTND_CUDA_SPLITS_MAX)
+        return "max";
+    sprintf(buf, "%d", s);
+    return buf;
+}
+
+/* Build, reference, then run once per split count in `splits` (n of them);
+ * every run is checked against the reference, and runs after the first
+ * against the first (float32 outputs make that a float32-rounding check). */
+static void decode_case(const char *tag, const gp_spec *sp, const int *splits, int n,
+                        int max_ctas)
+{
+    gp_problem p;
+    gp_build(&p, sp, &rng);
+    gp_reference(&p, ref_threads);
+    size_t rows = (size_t)sp->n_seqs * sp->q_tokens * sp->hq, nout = rows * p.dv;
+    float *first = malloc(sizeof(float) * nout + 4);
+    float *first_lse = malloc(sizeof(float) * rows + 4);
+    char lens[160] = "", sb[16];
+    for (int32_t i = 0, o = 0; i < p.n_lists && o < 140; i++)
+        o += snprintf(lens + o, sizeof lens - (size_t)o, "%s%lld", i ? "," : "",
+                      (long long)sp->lens[i]);
+    for (int k = 0; k < n; k++) {
+        run_once(&p, splits[k], max_ctas);
+        double eo, el;
+        gp_check(&p, &eo, &el);
+        verdict(eo <= OUT_BOUND && el <= LSE_BOUND,
+                "%-8s %-9s hq=%-3d hkv=%-2d S=%d lg=%d ps=%d out=%s splits=%-4s ctas=%d units=%d "
+                "err=%.2e lse_err=%.1e lens=%s",
+                tag, attnd_cuda_plan_kernel(plan), sp->hq, sp->mla ? 1 : sp->hkv, sp->q_tokens,
+                sp->list_groups, sp->page_size, attnd_dtype_name(sp->out_dtype),
+                split_name(splits[k], sb), attnd_cuda_plan_ctas(plan), attnd_cuda_plan_units(plan),
+                eo, el, lens);
+        if (k == 0) {
+            memcpy(first, p.out, sizeof(float) * nout);
+            memcpy(first_lse, p.lse, sizeof(float) * rows);
+        } else {
+            double worst = 0, worst_lse = 0;
+            for (size_t r = 0; r < rows; r++) {
+                double mx = 0, d = 0;
+                for (int32_t e = 0; e < p.dv; e++) {
+                    double a = first[r * p.dv + e], b = p.out[r * p.dv + e];
+                    if (fabs(a) > mx)
+                        mx = fabs(a);
+                    if (!(fabs(a - b) <= d))
+                        d = fabs(a - b);
+                }
+                double rel = mx > 0 ? d / mx : d;
+                if (!(rel <= worst))
+                    worst = rel;
+                double la = first_lse[r], lb = p.lse[r];
+                double ld = (isinf(la) && isinf(lb)) ? 0 : fabs(la - lb);
+                if (!(ld <= worst_lse))
+                    worst_lse = ld;
+            }
+            verdict(worst <= SPLIT_BOUND && worst_lse <= SPLIT_BOUND,
+                    "%-8s splits=%s vs splits=%s: max rel diff %.2e, lse diff %.1e", tag,
+                    split_name(splits[k], sb), splits[0] == 0 ? "auto" : "first", worst,
+                    worst_lse);
+        }
+    }
+    free(first);
+    free(first_lse);
+    gp_free(&p);
+}
+
+static gp_spec mla_spec(int32_t d_c, int32_t hq, int32_t S, int32_t n, const int64_t *lens)
+{
+    gp_spec s = {0};
+    s.mla = 1;
+    s.d_c = d_c;
+    s.hq = hq;
+    s.q_tokens = S;
+    s.page_size = 64;
+    s.list_groups = 1;
+    s.n_seqs = n;
+    s.lens = lens;
+    s.out_dtype = ATTND_DTYPE_BF16;
+    s.scale = (float)(1.0 / sqrt(192.0));
+    return s;
+}
+
+static gp_spec gqa_spec(int32_t hq, int32_t hkv, int32_t d, int32_t S, int32_t n,
+                        const int64_t *lens)
+{
+    gp_spec s = {0};
+    s.hkv = hkv;
+    s.head_dim = d;
+    s.hq = hq;
+    s.q_tokens = S;
+    s.page_size = 64;
+    s.list_groups = 1;
+    s.n_seqs = n;
+    s.lens = lens;
+    s.out_dtype = ATTND_DTYPE_BF16;
+    s.scale = (float)(1.0 / sqrt((double)d));
+    return s;
+}
+
+/* Random list lengths: edge lengths first, then uniform in [1, max]. */
+static int64_t *random_lens(int32_t n, int64_t max)
+{
+    static const int64_t edge[] = {0, 1, 63, 64, 65, 129};
+    int64_t *l = malloc(sizeof(int64_t) * (size_t)n);
+    for (int32_t i = 0; i < n; i++)
+        l[i] = i < 6 ? edge[i] : tu_int(&rng, 1, max);
+    /* shuffle so that edge cases land anywhere in the batch */
+    for (int32_t i = n - 1; i > 0; i--) {
+        int32_t k = (int32_t)tu_int(&rng, 0, i);
+        int64_t t = l[i];
+        l[i] = l[k];
+        l[k] = t;
+    }
+    return l;
+}
+
+static void test_mla(void)
+{
+    static const int32_t heads[] = {1, 3, 9, 16, 63, 64, 126, 128};
+    const int auto1[] = {ATTND_CUDA_SPLITS_AUTO};
+    for (unsigned h = 0; h < sizeof heads / sizeof *heads; h++)
+        for (int32_t S = 1; S <= 2; S++) {
+            int64_t *lens = random_lens(8, 2500);
+            gp_spec s = mla_spec(512, heads[h], S, 8, lens);
+            decode_case("mla", &s, auto1, 1, 0);
+            free(lens);
+        }
+    /* one very long sequence among short ones */
+    {
+        const int64_t lens[] = {5, 17, 33001, 64, 1};
+        gp_spec s = mla_spec(512, 16, 1, 5, lens);
+        decode_case("mla-long", &s, auto1, 1, 0);
+    }
+    /* split counts agree: forced 1, 2, 7, max and auto, float32 outputs */
+    {
+        const int sp[] = {1, 2, 7, ATTND_CUDA_SPLITS_MAX, ATTND_CUDA_SPLITS_AUTO};
+        const int64_t lens[] = {0, 1, 100, 700, 3000, 64};
+        for (int32_t hq = 16; hq <= 128; hq *= 8) {
+            gp_spec s = mla_spec(512, hq, 2, 6, lens);
+            s.out_dtype = ATTND_DTYPE_F32;
+            decode_case("mla-split", &s, sp, 5, 0);
+        }
+    }
+    /* TPLA shards */
+    for (int32_t dc = 256; dc >= 128; dc /= 2)
+        for (int32_t hq = 16; hq <= 128; hq *= 8)
+            for (int32_t S = 1; S <= 2; S++) {
+                int64_t *lens = random_lens(7, 2000);
+                gp_spec s = mla_spec(dc, hq, S, 7, lens);
+                decode_case("mla-tpla", &s, auto1, 1, 0);
+                free(lens);
+            }
+    /* gather: page lists per head group */
+    {
+        int64_t *lens = random_lens(6 * 2, 1500);
+        gp_spec s = mla_spec(512, 16, 1, 6, lens);
+        s.list_groups = 2;
+        decode_case("mla-gath", &s, auto1, 1, 0);
+        free(lens);
+        lens = random_lens(4 * 4, 1500);
+        s = mla_spec(512, 128, 2, 4, lens);
+        s.list_groups = 4;
+        decode_case("mla-gath", &s, auto1, 1, 0);
+        free(lens);
+    }
+    /* page size 128; few CTAs running many units each */
+    {
+        int64_t *lens = random_lens(9, 3000);
+        gp_spec s = mla_spec(512, 64, 2, 9, lens);
+        s.page_size = 128;
+        decode_case("mla-ps128", &s, auto1, 1, 0);
+        s.page_size = 64;
+        s.out_dtype = ATTND_DTYPE_F32;
+        const int sp[] = {ATTND_CUDA_SPLITS_AUTO, 3};
+        decode_case("mla-3cta", &s, sp, 2, 3);
+        free(lens);
+    }
+}
+
+static void test_gqa(void)
+{
+    static const int32_t hh[][2] = {{32, 8}, {8, 8},  {1, 1},   {3, 1},   {3, 3},  {9, 3},
+                                    {63, 9}, {64, 8}, {126, 9}, {128, 8}, {32, 1}, {128, 1}};
+    const int auto1[] = {ATTND_CUDA_SPLITS_AUTO};
+    for (unsigned h = 0; h < sizeof hh / sizeof *hh; h++)
+        for (int32_t S = 1; S <= 2; S++) {
+            int64_t *lens = random_lens(8, 2500);
+            gp_spec s = gqa_spec(hh[h][0], hh[h][1], 128, S, 8, lens);
+            decode_case("gqa", &s, auto1, 1, 0);
+            free(lens);
+        }
+    static const int32_t h64[][2] = {{32, 8}, {64, 8}, {16, 1}};
+    for (unsigned h = 0; h < 3; h++)
+        for (int32_t S = 1; S <= 2; S++) {
+            int64_t *lens = random_lens(7, 2500);
+            gp_spec s = gqa_spec(h64[h][0], h64[h][1], 64, S, 7, lens);
+            decode_case("gqa-d64", &s, auto1, 1, 0);
+            free(lens);
+        }
+    {
+        const int64_t lens[] = {3, 70001, 64, 1};
+        gp_spec s = gqa_spec(32, 8, 128, 1, 4, lens);
+        decode_case("gqa-long", &s, auto1, 1, 0);
+    }
+    {
+        const int sp[] = {1, 2, 7, ATTND_CUDA_SPLITS_MAX, ATTND_CUDA_SPLITS_AUTO};
+        const int64_t lens[] = {0, 1, 100, 700, 3000, 64};
+        gp_spec s = gqa_spec(32, 8, 128, 2, 6, lens);
+        s.out_dtype = ATTND_DTYPE_F32;
+        decode_case("gqa-split", &s, sp, 5, 0);
+        s = gqa_spec(128, 1, 64, 2, 6, lens);
+        s.out_dtype = ATTND_DTYPE_F32;
+        decode_case("gqa-split", &s, sp, 5, 0);
+    }
+    {
+        int64_t *lens = random_lens(5 * 8, 1500);
+        gp_spec s = gqa_spec(32, 8, 128, 2, 5, lens);
+        s.list_groups = 8;
+        decode_case("gqa-gath", &s, auto1, 1, 0);
+        s.list_groups = 2;
+        decode_case("gqa-gath", &s, auto1, 1, 0);
+        free(lens);
+    }
+    for (int32_t ps = 128; ps <= 256; ps *= 2) {
+        int64_t *lens = random_lens(7, 3000);
+        gp_spec s = gqa_spec(32, 8, 128, 1, 7, lens);
+        s.page_size = ps;
+        decode_case("gqa-ps", &s, auto1, 1, 0);
+        free(lens);
+    }
+    {
+        int64_t *lens = random_lens(9, 3000);
+        gp_spec s = gqa_spec(64, 8, 128, 2, 9, lens);
+        s.out_dtype = ATTND_DTYPE_F32;
+        const int sp[] = {ATTND_CUDA_SPLITS_AUTO, 5};
+        decode_case("gqa-3cta", &s, sp, 2, 3);
+        free(lens);
+    }
+}
+
+/* The public combine against a float64 merge. */
+static void test_combine(void)
+{
+    for (int32_t d = 128; d <= 512; d *= 4)
+        for (int32_t np = 1; np <= 7; np += 3)
+            for (int f32 = 0; f32 <= 1; f32++) {
+                const int64_t rows = 100;
+                size_t no = (size_t)np * rows * d;
+                float *po = malloc(sizeof(float) * no), *pl = malloc(sizeof(float) * np * rows);
+                for (size_t j = 0; j < no; j++)
+                    po[j] = (float)tu_normal(&rng);
+                for (int64_t j = 0; j < np * rows; j++) {
+                    int64_t r = j % rows;
+                    /* row 0 all empty, row 1 one live part, others mixed */
+                    pl[j] = (r == 0 || (r == 1 && j >= rows) || tu_unif(&rng) < 0.2)
+                                ? -INFINITY
+                                : (float)(5 * tu_normal(&rng));
+                }
+                float *d_po, *d_pl, *d_lse;
+                void *d_out;
+                GP_CK(cudaMalloc((void **)&d_po, sizeof(float) * no));
+                GP_CK(cudaMalloc((void **)&d_pl, sizeof(float) * np * rows));
+                GP_CK(cudaMalloc(&d_out, sizeof(float) * rows * d));
+                GP_CK(cudaMalloc((void **)&d_lse, sizeof(float) * rows));
+                GP_CK(cudaMemcpy(d_po, po, sizeof(float) * no, cudaMemcpyHostToDevice));
+                GP_CK(cudaMemcpy(d_pl, pl, sizeof(float) * np * rows, cudaMemcpyHostToDevice));
+                GP_CK(cudaMemset(d_out, 0xff, sizeof(float) * rows * d));
+                GP_CK(cudaMemset(d_lse, 0xff, sizeof(float) * rows));
+                GP_CK(cudaDeviceSynchronize()); /* the kernel runs on another stream */
+                attnd_error err = {0};
+                must(attnd_cuda_combine_states(ctx, np, rows, d, d_po, d_pl,
+                                               f32 ? ATTND_DTYPE_F32 : ATTND_DTYPE_BF16, d_out,
+                                               d_lse, &err),
+                     &err, "combine_states");
+                must(attnd_cuda_sync(ctx, &err), &err, "sync");
+                float *out = malloc(sizeof(float) * rows * d), *lse = malloc(sizeof(float) * rows);
+                if (f32) {
+                    GP_CK(cudaMemcpy(out, d_out, sizeof(float) * rows * d, cudaMemcpyDeviceToHost));
+                } else {
+                    uint16_t *h = malloc(2 * (size_t)rows * d);
+                    GP_CK(cudaMemcpy(h, d_out, 2 * (size_t)rows * d, cudaMemcpyDeviceToHost));
+                    for (int64_t j = 0; j < rows * d; j++)
+                        out[j] = attnd_bf16_to_f32(h[j]);
+                    free(h);
+                }
+                GP_CK(cudaMemcpy(lse, d_lse, sizeof(float) * rows, cudaMemcpyDeviceToHost));
+                double worst = 0, worst_lse = 0;
+                double *ref = malloc(sizeof(double) * d);
+                for (int64_t r = 0; r < rows; r++) {
+                    double M = -INFINITY, sum = 0;
+                    for (int32_t k = 0; k < np; k++)
+                        M = fmax(M, pl[k * rows + r]);
+                    for (int32_t e = 0; e < d; e++)
+                        ref[e] = 0;
+                    double L = -INFINITY;
+                    if (!isinf(M)) {
+                        for (int32_t k = 0; k < np; k++)
+                            sum += exp(pl[k * rows + r] - M);
+                        L = M + log(sum);
+                        for (int32_t k = 0; k < np; k++) {
+                            double w = exp(pl[k * rows + r] - L);
+                            for (int32_t e = 0; e < d; e++)
+                                ref[e] += w * po[((size_t)k * rows + r) * d + e];
+                        }
+                    }
+                    double e = tu_rel_err_f32(out + r * d, ref, (size_t)d);
+                    if (!(e <= worst))
+                        worst = e;
+                    double le = isinf(L) ? ((isinf(lse[r]) && lse[r] < 0) ? 0 : INFINITY)
+                                         : fabs(lse[r] - L);
+                    if (!(le <= worst_lse))
+                        worst_lse = le;
+                }
+                double bound = f32 ? 1e-5 : OUT_BOUND;
+                verdict(worst <= bound && worst_lse <= 1e-5,
+                        "combine  parts=%d rows=%lld d=%d out=%s err=%.2e lse_err=%.1e", np,
+                        (long long)rows, d, f32 ? "f32" : "bf16", worst, worst_lse);
+                free(ref);
+                free(po);
+                free(pl);
+                free(out);
+                free(lse);
+                cudaFree(d_po);
+                cudaFree(d_pl);
+                cudaFree(d_out);
+                cudaFree(d_lse);
+            }
+}
+
+/* Sylvester-ordered normalized FWHT of one row, in float64. */
+static void fwht64(double *x, int32_t n)
+{
+    for (int32_t h = 1; h < n; h <<= 1)
+        for (int32_t i = 0; i < n; i += 2 * h)
+            for (int32_t j = i; j < i + h; j++) {
+                double a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+    double s = 1.0 / sqrt((double)n);
+    for (int32_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
+static void test_hadamard(void)
+{
+    static const int32_t dims[] = {2, 16, 128, 256, 512, 1024, 4096, 8192};
+    for (unsigned di = 0; di < sizeof dims / sizeof *dims; di++)
+        for (int f32 = 0; f32 <= 1; f32++) {
+            const int32_t n = dims[di];
+            const int64_t rows = 37, stride = n + (di & 1) * 8;
+            const size_t es = f32 ? 4 : 2, tot = (size_t)rows * stride;
+            void *h = malloc(tot * es), *back = malloc(tot * es);
+            double *x64 = malloc(sizeof(double) * tot);
+            for (size_t j = 0; j < tot; j++) {
+                float v = (float)tu_normal(&rng);
+                if (f32) {
+                    ((float *)h)[j] = v;
+                    x64[j] = v;
+                } else {
+                    ((uint16_t *)h)[j] = attnd_f32_to_bf16(v);
+                    x64[j] = attnd_bf16_to_f32(((uint16_t *)h)[j]);
+                }
+            }
+            void *d;
+            GP_CK(cudaMalloc(&d, tot * es));
+            GP_CK(cudaMemcpy(d, h, tot * es, cudaMemcpyHostToDevice));
+            GP_CK(cudaDeviceSynchronize()); /* the kernel runs on another stream */
+            attnd_error err = {0};
+            attnd_dtype t = f32 ? ATTND_DTYPE_F32 : ATTND_DTYPE_BF16;
+            must(attnd_cuda_hadamard(ctx, t, d, rows, n, stride, &err), &err, "hadamard");
+            must(attnd_cuda_sync(ctx, &err), &err, "sync");
+            GP_CK(cudaMemcpy(back, d, tot * es, cudaMemcpyDeviceToHost));
+            double worst = 0, pad_ok = 1;
+            float *got = malloc(sizeof(float) * n);
+            for (int64_t r = 0; r < rows; r++) {
+                fwht64(x64 + r * stride, n);
+                for (int32_t i = 0; i < n; i++)
+                    got[i] = f32 ? ((float *)back)[r * stride + i]
+                                 : attnd_bf16_to_f32(((uint16_t *)back)[r * stride + i]);
+                double e = tu_rel_err_f32(got, x64 + r * stride, (size_t)n);
+                if (!(e <= worst))
+                    worst = e;
+                for (int64_t i = n; i < stride; i++) /* padding untouched */
+                    if (memcmp((char *)back + (r * stride + i) * es, (char *)h + (r * stride + i) * es, es))
+                        pad_ok = 0;
+            }
+            /* applying it twice gives the input back (float32) */
+            double twice = 0;
+            if (f32) {
+                must(attnd_cuda_hadamard(ctx, t, d, rows, n, stride, &err), &err, "hadamard");
+                must(attnd_cuda_sync(ctx, &err), &err, "sync");
+                GP_CK(cudaMemcpy(back, d, tot * es, cudaMemcpyDeviceToHost));
+                for (int64_t r = 0; r < rows; r++)
+                    for (int32_t i = 0; i < n; i++)
+                        twice = fmax(twice, fabs(((float *)back)[r * stride + i] -
+                                                 ((float *)h)[r * stride + i]));
+            }
+            double bound = f32 ? 1e-5 : OUT_BOUND;
+            verdict(worst <= bound && pad_ok && twice <= 1e-4,
+                    "hadamard dim=%d rows=%lld stride=%lld %s err=%.2e twice=%.1e", n,
+                    (long long)rows, (long long)stride, f32 ? "f32" : "bf16", worst, twice);
+            free(got);
+            free(h);
+            free(back);
+            free(x64);
+            cudaFree(d);
+        }
+}
+
+/* The plan rejects what the kernels cannot do, naming the field. */
+static void test_rejects(void)
+{
+    const int64_t lens[] = {10};
+    gp_spec s = gqa_spec(32, 8, 128, 1, 1, lens);
+    gp_problem p;
+    gp_build(&p, &s, &rng);
+    attnd_error err = {0};
+    attnd_cuda_batch b = p.b;
+    b.n_q_heads = 30;
+    attnd_status st = attnd_cuda_plan_make(plan, &b, p.indptr, p.last, NULL, &err);
+    verdict(st == ATTND_ERR_INVALID_ARGUMENT && strstr(err.msg, "n_q_heads"),
+            "reject   n_q_heads 30 over 8 KV heads: %s", err.msg);
+    b = p.b;
+    attnd_kv_layout_gqa(&b.kv, 8, 96, 64, ATTND_DTYPE_BF16);
+    st = attnd_cuda_plan_make(plan, &b, p.indptr, p.last, NULL, &err);
+    verdict(st == ATTND_ERR_UNIMPLEMENTED, "reject   head dim 96: %s", err.msg);
+    b = p.b;
+    int32_t bad_last[2] = {65, 0};
+    st = attnd_cuda_plan_make(plan, &b, p.indptr, bad_last, NULL, &err);
+    verdict(st == ATTND_ERR_INVALID_ARGUMENT && strstr(err.msg, "last_page_len"),
+            "reject   last_page_len 65 of 64: %s", err.msg);
+    gp_free(&p);
+}
+
+int main(int argc, char **argv)
+{
+    const char *only = argc > 1 ? argv[1] : "all";
+    if (attnd_cuda_device_count() < 1) {
+        printf("SKIP: no CUDA device\n");
+        return 77;
+    }
+    attnd_error err = {0};
+    attnd_status st = attnd_cuda_ctx_create(0, NULL, &ctx, &err);
+    if (st == ATTND_ERR_UNIMPLEMENTED || st == ATTND_ERR_UNAVAILABLE) {
+        printf("SKIP: %s\n", err.msg);
+        return 77;
+    }
+    must(st, &err, "ctx_create");
+    must(attnd_cuda_plan_create(ctx, &plan, &err), &err, "plan_create");
+    long nproc = sysconf(_SC_NPROCESSORS_ONLN);
+    ref_threads = nproc > 1 ? (int)(nproc > 32 ? 32 : nproc) : 1;
+    tu_rng_init(&rng, "test_cuda");
+
+    if (!strcmp(only, "all") || !strcmp(only, "mla"))
+        test_mla();
+    if (!strcmp(only, "all") || !strcmp(only, "gqa"))
+        test_gqa();
+    if (!strcmp(only, "all") || !strcmp(only, "misc")) {
+        test_combine();
+        test_hadamard();
+        test_rejects();
+    }
+    attnd_cuda_plan_destroy(plan);
+    attnd_cuda_ctx_destroy(ctx);
+    printf("test_cuda: %d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
