@@ -1,0 +1,410 @@
+/* Wire codec: the per-thread decode arena, flattening of received byte
+ * buffers, protobuf-c pack/unpack over grpc slices, and the hand-written
+ * AttendResponse encoder. See codec.h for why each exists. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/slice.h>
+
+#include "attnd_kernels.h"
+#include "codec.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "attnd's wire tensors are little-endian; this encoder assumes the host is too"
+#endif
+
+/* ---- arena ---------------------------------------------------------------- */
+
+#define ARENA_ALIGN 16
+#define ARENA_MIN_CHUNK (64u * 1024u)
+
+typedef struct arena_chunk {
+    struct arena_chunk *next;
+    size_t cap, used;
+    _Alignas(ARENA_ALIGN) unsigned char data[];
+} arena_chunk;
+
+static void *arena_pc_alloc(void *self, size_t n)
+{
+    return attnd_srv_arena_alloc(self, n);
+}
+
+static void arena_pc_free(void *self, void *p)
+{
+    (void)self; /* everything goes at the next reset */
+    (void)p;
+}
+
+void attnd_srv_arena_init(attnd_srv_arena *a, size_t initial_cap)
+{
+    memset(a, 0, sizeof *a);
+    a->pc.alloc = arena_pc_alloc;
+    a->pc.free = arena_pc_free;
+    a->pc.allocator_data = a;
+    if (initial_cap) {
+        a->base = malloc(initial_cap);
+        a->cap = a->base ? initial_cap : 0;
+    }
+}
+
+static void arena_free_overflow(attnd_srv_arena *a)
+{
+    arena_chunk *c = a->overflow;
+    while (c) {
+        arena_chunk *next = c->next;
+        free(c);
+        c = next;
+    }
+    a->overflow = NULL;
+}
+
+void attnd_srv_arena_cleanup(attnd_srv_arena *a)
+{
+    arena_free_overflow(a);
+    free(a->base);
+    memset(a, 0, sizeof *a);
+}
+
+/* Record a cycle that used `used` bytes of a block of `cap`; 1 when the
+ * window just closed with every cycle under a quarter of the block (trim
+ * it to *new_cap_p), else 0. */
+static int trim_window(size_t *window_max, unsigned *window_n, size_t used, size_t cap,
+                       size_t *new_cap_p)
+{
+    if (used > *window_max)
+        *window_max = used;
+    if (++*window_n < ATTND_SRV_TRIM_WINDOW)
+        return 0;
+    size_t max = *window_max;
+    *window_max = 0;
+    *window_n = 0;
+    if (cap <= ATTND_SRV_TRIM_MIN || max >= cap / 4)
+        return 0;
+    *new_cap_p = max + max / 2 > ATTND_SRV_TRIM_MIN ? max + max / 2 : ATTND_SRV_TRIM_MIN;
+    return 1;
+}
+
+void attnd_srv_arena_reset(attnd_srv_arena *a)
+{
+    size_t want = a->used + a->overflow_bytes, cap = 0;
+
+    arena_free_overflow(a);
+    if (a->overflow_bytes)
+        /* the cycle overflowed: regrow so that one like it fits in place */
+        cap = want + want / 2 + ARENA_MIN_CHUNK;
+    else if (!trim_window(&a->window_max, &a->window_n, want, a->cap, &cap))
+        cap = 0;
+    if (cap) {
+        unsigned char *p = malloc(cap);
+        if (p) {
+            free(a->base);
+            a->base = p;
+            a->cap = cap;
+        }
+    }
+    a->used = 0;
+    a->overflow_bytes = 0;
+    a->failed = 0;
+}
+
+void *attnd_srv_arena_alloc(attnd_srv_arena *a, size_t n)
+{
+    size_t need = (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    arena_chunk *c = a->overflow;
+
+    if (need < n) /* overflowed the rounding */
+        return NULL;
+    if (need <= a->cap - a->used) {
+        void *p = a->base + a->used;
+        a->used += need;
+        return p;
+    }
+    if (!c || need > c->cap - c->used) {
+        size_t cap = need > ARENA_MIN_CHUNK ? need : ARENA_MIN_CHUNK;
+        if (cap > SIZE_MAX - sizeof *c)
+            return NULL;
+        c = malloc(sizeof *c + cap);
+        if (!c) {
+            a->failed = 1;
+            return NULL;
+        }
+        c->cap = cap;
+        c->used = 0;
+        c->next = a->overflow;
+        a->overflow = c;
+    }
+    void *p = c->data + c->used;
+    c->used += need;
+    a->overflow_bytes += need;
+    return p;
+}
+
+/* ---- flatten -------------------------------------------------------------- */
+
+void attnd_srv_buf_cleanup(attnd_srv_buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+}
+
+
+/* Make room for n bytes, keeping the first `keep`. 0 or -1. */
+static int buf_fit(attnd_srv_buf *b, size_t n, size_t keep)
+{
+    if (n <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < n)
+        cap = cap > SIZE_MAX / 2 ? n : cap * 2;
+    unsigned char *p = malloc(cap);
+    if (!p)
+        return -1;
+    if (keep)
+        memcpy(p, b->p, keep);
+    free(b->p);
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+attnd_status attnd_srv_bb_flatten(grpc_byte_buffer *bb, attnd_srv_buf *scratch,
+                                  const uint8_t **data_p, size_t *len_p,
+                                  attnd_error *err)
+{
+    static const uint8_t empty[1];
+    grpc_byte_buffer_reader rd;
+    grpc_slice s;
+    size_t len = 0;
+
+    if (bb->type == GRPC_BB_RAW && bb->data.raw.compression == GRPC_COMPRESS_NONE &&
+        bb->data.raw.slice_buffer.count <= 1) {
+        if (bb->data.raw.slice_buffer.count == 0) {
+            *data_p = empty;
+            *len_p = 0;
+        } else {
+            const grpc_slice *one = &bb->data.raw.slice_buffer.slices[0];
+            *data_p = GRPC_SLICE_START_PTR(*one);
+            *len_p = GRPC_SLICE_LENGTH(*one);
+        }
+        return ATTND_OK;
+    }
+    size_t trimmed;
+    if (trim_window(&scratch->window_max, &scratch->window_n, grpc_byte_buffer_length(bb),
+                    scratch->cap, &trimmed)) {
+        /* nothing in it is kept across messages */
+        attnd_srv_buf_cleanup(scratch);
+    }
+    if (!grpc_byte_buffer_reader_init(&rd, bb))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "request: the message could not be decompressed");
+    if (bb->data.raw.compression == GRPC_COMPRESS_NONE &&
+        buf_fit(scratch, grpc_byte_buffer_length(bb), 0))
+        goto err_nomem;
+    while (grpc_byte_buffer_reader_next(&rd, &s)) {
+        size_t n = GRPC_SLICE_LENGTH(s);
+        if (n > SIZE_MAX - len || buf_fit(scratch, len + n, len)) {
+            grpc_slice_unref(s);
+            goto err_nomem;
+        }
+        memcpy(scratch->p + len, GRPC_SLICE_START_PTR(s), n);
+        len += n;
+        grpc_slice_unref(s);
+    }
+    grpc_byte_buffer_reader_destroy(&rd);
+    *data_p = len ? scratch->p : empty;
+    *len_p = len;
+    return ATTND_OK;
+
+err_nomem:
+    grpc_byte_buffer_reader_destroy(&rd);
+    return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                           "request: no memory for a message of this size");
+}
+
+/* ---- protobuf-c ------------------------------------------------------------- */
+
+ProtobufCMessage *attnd_srv_unpack(const ProtobufCMessageDescriptor *d,
+                                   attnd_srv_arena *a, const uint8_t *data,
+                                   size_t len, attnd_error *err)
+{
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, &a->pc, len, data);
+    if (!m) {
+        if (a->failed)
+            attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                            "request: no memory to decode a %zu-byte %s", len, d->name);
+        else
+            attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                            "request: %zu bytes that are not a valid %s message", len,
+                            d->name);
+    }
+    return m;
+}
+
+grpc_byte_buffer *attnd_srv_pack(const ProtobufCMessage *m)
+{
+    size_t n = protobuf_c_message_get_packed_size(m);
+    grpc_slice s = grpc_slice_malloc(n);
+    size_t wrote = protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+    (void)wrote;
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+/* ---- AttendResponse -----------------------------------------------------------
+ *
+ *   AttendResponse { 1: uint64 request_id; 2: Tensor out; 3: Tensor lse }
+ *   Tensor         { 1: DType dtype; 2: packed int64 shape; 3: bytes data }
+ *
+ * Proto3 as protobuf-c packs it: zero scalars and empty bytes omitted,
+ * present submessages always written. */
+
+enum { WT_VARINT = 0, WT_LEN = 2 };
+
+static size_t varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *varint_put(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static uint8_t *key_put(uint8_t *p, unsigned field, unsigned wire)
+{
+    *p++ = (uint8_t)(field << 3 | wire); /* fields 1..15: one byte */
+    return p;
+}
+
+typedef struct tensor_enc {
+    attnd_dtype dtype;
+    int ndim;
+    const int64_t *shape;
+    size_t shape_bytes; /* packed varints */
+    size_t data_bytes;
+    size_t body;        /* the Tensor message itself */
+} tensor_enc;
+
+static void tensor_enc_init(tensor_enc *t, attnd_dtype dtype, int ndim, const int64_t *shape)
+{
+    size_t elems = 1;
+    t->dtype = dtype;
+    t->ndim = ndim;
+    t->shape = shape;
+    t->shape_bytes = 0;
+    for (int i = 0; i < ndim; i++) {
+        t->shape_bytes += varint_size((uint64_t)shape[i]);
+        elems *= (size_t)shape[i];
+    }
+    t->data_bytes = elems * attnd_dtype_size(dtype);
+    t->body = 0;
+    if (dtype)
+        t->body += 1 + varint_size((uint64_t)dtype);
+    if (ndim)
+        t->body += 1 + varint_size(t->shape_bytes) + t->shape_bytes;
+    if (t->data_bytes)
+        t->body += 1 + varint_size(t->data_bytes) + t->data_bytes;
+}
+
+/* Convert n float32 to dtype at dst. The bytes of a tensor sit wherever the
+ * field headers before them end, so dst is often not aligned for the
+ * element type; attnd_convert stores through typed pointers, so a
+ * misaligned dst goes through a small aligned bounce buffer (it stays in
+ * L1; the cost is noise next to the conversion). */
+static void convert_out(uint8_t *dst, attnd_dtype dt, const float *src, size_t n)
+{
+    enum { CHUNK = 2048 };
+    size_t es = attnd_dtype_size(dt);
+    _Alignas(16) unsigned char bounce[CHUNK * 4];
+
+    if (((uintptr_t)dst & (es - 1)) == 0) {
+        attnd_convert(dt, dst, ATTND_DTYPE_F32, src, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t k = n - i < CHUNK ? n - i : CHUNK;
+        attnd_convert(dt, bounce, ATTND_DTYPE_F32, src + i, k);
+        memcpy(dst + i * es, bounce, k * es);
+    }
+}
+
+/* Write field `field` holding tensor t whose data is float32 src converted
+ * to t->dtype. */
+static uint8_t *tensor_put(uint8_t *p, unsigned field, const tensor_enc *t, const float *src)
+{
+    p = key_put(p, field, WT_LEN);
+    p = varint_put(p, t->body);
+    if (t->dtype) {
+        p = key_put(p, 1, WT_VARINT);
+        p = varint_put(p, (uint64_t)t->dtype);
+    }
+    if (t->ndim) {
+        p = key_put(p, 2, WT_LEN);
+        p = varint_put(p, t->shape_bytes);
+        for (int i = 0; i < t->ndim; i++)
+            p = varint_put(p, (uint64_t)t->shape[i]);
+    }
+    if (t->data_bytes) {
+        p = key_put(p, 3, WT_LEN);
+        p = varint_put(p, t->data_bytes);
+        convert_out(p, t->dtype, src, t->data_bytes / attnd_dtype_size(t->dtype));
+        p += t->data_bytes;
+    }
+    return p;
+}
+
+static size_t reply_encs(const attnd_srv_attend_reply *r, tensor_enc *out, tensor_enc *lse)
+{
+    size_t n = 0;
+    tensor_enc_init(out, r->out_dtype, 4, r->out_shape);
+    if (r->request_id)
+        n += 1 + varint_size(r->request_id);
+    n += 1 + varint_size(out->body) + out->body;
+    if (r->lse) {
+        tensor_enc_init(lse, ATTND_DTYPE_F32, 3, r->lse_shape);
+        n += 1 + varint_size(lse->body) + lse->body;
+    }
+    return n;
+}
+
+size_t attnd_srv_attend_reply_size(const attnd_srv_attend_reply *r)
+{
+    tensor_enc out, lse;
+    return reply_encs(r, &out, &lse);
+}
+
+void attnd_srv_attend_reply_write(const attnd_srv_attend_reply *r, uint8_t *dst)
+{
+    tensor_enc out, lse;
+    (void)reply_encs(r, &out, &lse);
+    if (r->request_id) {
+        dst = key_put(dst, 1, WT_VARINT);
+        dst = varint_put(dst, r->request_id);
+    }
+    dst = tensor_put(dst, 2, &out, r->out);
+    if (r->lse)
+        tensor_put(dst, 3, &lse, r->lse);
+}
+
+grpc_byte_buffer *attnd_srv_attend_reply_pack(const attnd_srv_attend_reply *r)
+{
+    size_t n = attnd_srv_attend_reply_size(r);
+    grpc_slice s = grpc_slice_malloc(n);
+    attnd_srv_attend_reply_write(r, GRPC_SLICE_START_PTR(s));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}

@@ -1,0 +1,305 @@
+/* attnd configuration: one struct, filled in one place.
+ *
+ * A single option table drives everything: each row names the flag, its
+ * ATTND_* environment variable, the value's kind and where it goes in
+ * attnd_srv_config. Loading applies defaults, then the environment, then
+ * the command line (so flags win), then resolves what depends on other
+ * values (threads = CPUs, the model preset). --help prints the same table.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "srv.h"
+
+enum opt_kind { OPT_STR, OPT_INT, OPT_SIZE, OPT_DTYPE, OPT_FLAG };
+
+typedef struct opt {
+    const char *flag; /* without the leading "--" */
+    const char *env;  /* NULL: flag only */
+    enum opt_kind kind;
+    size_t off, size; /* field in attnd_srv_config, and its size */
+    int64_t min, max; /* OPT_INT / OPT_SIZE range */
+    const char *arg, *help;
+} opt;
+
+#define F(field) offsetof(attnd_srv_config, field), sizeof(((attnd_srv_config *)0)->field)
+
+static const opt opts[] = {
+    {"listen", "ATTND_LISTEN", OPT_STR, F(listen), 0, 0, "HOST:PORT",
+     "address to serve on; port 0 picks a free one (default 127.0.0.1:7700)"},
+    {"model", "ATTND_MODEL", OPT_STR, F(model), 0, 0, "NAME",
+     "model preset (default deepseek-v3; see --list-models)"},
+    {"threads", "ATTND_THREADS", OPT_INT, F(threads), 0, 1024, "N",
+     "server threads, each with its own completion queue (default: CPUs)"},
+    {"kernel-threads", "ATTND_KERNEL_THREADS", OPT_INT, F(kernel_threads), 0, 1024, "N",
+     "threads of the engine's shared attention-kernel pool, a calling server thread "
+     "included (default 0: one per CPU)"},
+    {"max-sessions", "ATTND_MAX_SESSIONS", OPT_INT, F(max_sessions), 1, 1 << 24, "N",
+     "open sessions at most (default 1024)"},
+    {"kv-memory", "ATTND_KV_MEMORY", OPT_SIZE, F(kv_memory), 1, INT64_MAX, "BYTES",
+     "KV page pool size; K/M/G (10^3..) or Ki/Mi/Gi (2^10..) suffixes (default 1G)"},
+    {"page-size", "ATTND_PAGE_SIZE", OPT_INT, F(page_size), 1, 4096, "TOKENS",
+     "tokens per KV page (default 64)"},
+    {"kv-dtype", "ATTND_KV_DTYPE", OPT_DTYPE, F(kv_dtype), 0, 0, "bf16|f16|f32",
+     "dtype KV is stored in (default: the model's)"},
+    {"max-message", "ATTND_MAX_MESSAGE", OPT_SIZE, F(max_message), 1024, INT32_MAX, "BYTES",
+     "largest message sent or received (default 256Mi)"},
+    {"port-file", "ATTND_PORT_FILE", OPT_STR, F(port_file), 0, 0, "PATH",
+     "write the bound port there once listening"},
+    {"shutdown-grace-ms", "ATTND_SHUTDOWN_GRACE_MS", OPT_INT, F(shutdown_grace_ms), 0,
+     3600000, "MS", "on SIGTERM, wait this long for calls in flight (default 10000)"},
+    {"http2-lookahead", "ATTND_HTTP2_LOOKAHEAD", OPT_SIZE, F(http2_lookahead), 0, INT32_MAX,
+     "BYTES", "HTTP/2 per-stream receive window; 0: gRPC's default (default 8Mi)"},
+    {"http2-max-frame", "ATTND_HTTP2_MAX_FRAME", OPT_SIZE, F(http2_max_frame), 0, 16777215,
+     "BYTES", "HTTP/2 largest frame we accept; 0: gRPC's 16Ki (default 1Mi)"},
+    {"list-models", NULL, OPT_FLAG, F(list_models), 0, 0, NULL, "print the presets and exit"},
+    {"help", NULL, OPT_FLAG, F(show_help), 0, 0, NULL, "print this and exit"},
+};
+
+#undef F
+
+void attnd_srv_config_init(attnd_srv_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    snprintf(cfg->listen, sizeof cfg->listen, "127.0.0.1:7700");
+    snprintf(cfg->model, sizeof cfg->model, "deepseek-v3");
+    cfg->threads = 0;
+    cfg->max_sessions = 1024;
+    cfg->kv_memory = 1000000000ull;
+    cfg->page_size = 64;
+    cfg->kv_dtype = ATTND_DTYPE_INVALID;
+    cfg->max_message = 256ull << 20;
+    cfg->shutdown_grace_ms = 10000;
+    /* measured on loopback with tests/service/bench_attend.c: an 8 MiB
+     * window and 1 MiB frames cut the p50 of a 2.4 MB Attend from ~15 to
+     * ~10 ms; a 64 MiB window or 16 MiB frames did not help */
+    cfg->http2_lookahead = 8 << 20;
+    cfg->http2_max_frame = 1 << 20;
+}
+
+int attnd_srv_parse_size(const char *s, uint64_t *out_p)
+{
+    static const struct {
+        const char *suf;
+        uint64_t mul;
+    } sufs[] = {
+        {"", 1}, {"K", 1000ull}, {"M", 1000000ull}, {"G", 1000000000ull},
+        {"T", 1000000000000ull}, {"Ki", 1ull << 10}, {"Mi", 1ull << 20},
+        {"Gi", 1ull << 30}, {"Ti", 1ull << 40},
+    };
+    char *end;
+    char suf[8];
+
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    size_t n = strlen(end);
+    if (n >= sizeof suf)
+        return -1;
+    memcpy(suf, end, n + 1);
+    if (n && (suf[n - 1] == 'B' || suf[n - 1] == 'b'))
+        suf[--n] = '\0'; /* "1GB", "64MiB", "4096B" */
+    if (n && suf[0] >= 'a' && suf[0] <= 'z')
+        suf[0] = (char)(suf[0] - 'a' + 'A'); /* "64m", "1gi" */
+    for (size_t i = 0; i < sizeof sufs / sizeof sufs[0]; i++) {
+        if (strcmp(suf, sufs[i].suf) != 0)
+            continue;
+        if (v > UINT64_MAX / sufs[i].mul)
+            return -1;
+        *out_p = v * sufs[i].mul;
+        return 0;
+    }
+    return -1;
+}
+
+static int parse_dtype(const char *s, attnd_dtype *out)
+{
+    static const attnd_dtype all[] = {ATTND_DTYPE_BF16, ATTND_DTYPE_F16, ATTND_DTYPE_F32};
+    for (size_t i = 0; i < 3; i++)
+        if (strcmp(s, attnd_dtype_name(all[i])) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    return -1;
+}
+
+/* Store an integer into a field of 4 or 8 bytes. */
+static void store_int(void *field, size_t size, int64_t v)
+{
+    if (size == sizeof(int32_t)) {
+        int32_t x = (int32_t)v;
+        memcpy(field, &x, sizeof x);
+    } else {
+        memcpy(field, &v, sizeof v);
+    }
+}
+
+/* Apply value `val` of option o; `who` names its source for messages
+ * ("--threads", "ATTND_THREADS"). */
+static attnd_status apply(attnd_srv_config *cfg, const opt *o, const char *val,
+                          const char *who, attnd_error *err)
+{
+    void *field = (char *)cfg + o->off;
+    uint64_t u;
+    char *end;
+
+    switch (o->kind) {
+    case OPT_FLAG:
+        store_int(field, o->size, 1);
+        return ATTND_OK;
+    case OPT_STR:
+        if (strlen(val) >= o->size)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "%s: value longer than %zu characters", who, o->size - 1);
+        memcpy(field, val, strlen(val) + 1);
+        return ATTND_OK;
+    case OPT_INT:
+        errno = 0;
+        long long v = strtoll(val, &end, 10);
+        if (errno || end == val || *end || v < o->min || v > o->max)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "%s: expected an integer in [%lld, %lld], got \"%s\"", who,
+                                   (long long)o->min, (long long)o->max, val);
+        store_int(field, o->size, v);
+        return ATTND_OK;
+    case OPT_SIZE:
+        if (attnd_srv_parse_size(val, &u) || u < (uint64_t)o->min || u > (uint64_t)o->max)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "%s: expected a byte count in [%lld, %lld] (suffixes "
+                                   "K/M/G/Ki/Mi/Gi), got \"%s\"",
+                                   who, (long long)o->min, (long long)o->max, val);
+        store_int(field, o->size, (int64_t)u);
+        return ATTND_OK;
+    case OPT_DTYPE: {
+        attnd_dtype d;
+        if (parse_dtype(val, &d))
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "%s: expected bf16, f16 or f32, got \"%s\"", who, val);
+        memcpy(field, &d, sizeof d);
+        return ATTND_OK;
+    }
+    }
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "%s: bad option table", who);
+}
+
+static const opt *find_flag(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
+        if (strlen(opts[i].flag) == len && strncmp(opts[i].flag, name, len) == 0)
+            return &opts[i];
+    return NULL;
+}
+
+static int cpu_count(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const *argv,
+                                   attnd_error *err)
+{
+    attnd_status st;
+
+    attnd_srv_config_init(cfg);
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+        const char *v = opts[i].env ? getenv(opts[i].env) : NULL;
+        if (v && (st = apply(cfg, &opts[i], v, opts[i].env, err)))
+            return st;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        char who[48];
+        if (strncmp(a, "--", 2) != 0)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "unexpected argument \"%s\" (see --help)", a);
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const opt *o = find_flag(name, len);
+        if (!o)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "unknown flag --%.*s (see --help)", (int)len, name);
+        snprintf(who, sizeof who, "--%s", o->flag);
+        const char *val = NULL;
+        if (o->kind == OPT_FLAG) {
+            if (eq)
+                return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                       "%s: takes no value", who);
+        } else if (eq) {
+            val = eq + 1;
+        } else if (i + 1 < argc) {
+            val = argv[++i];
+        } else {
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "%s: missing %s", who,
+                                   o->arg);
+        }
+        if ((st = apply(cfg, o, val, who, err)))
+            return st;
+    }
+    if (cfg->show_help || cfg->list_models)
+        return ATTND_OK;
+    if (!attnd_model_find(cfg->model))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--model: unknown preset \"%s\" (see --list-models)",
+                               cfg->model);
+    if (cfg->threads == 0)
+        cfg->threads = cpu_count();
+    if (!strchr(cfg->listen, ':'))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--listen: expected HOST:PORT, got \"%s\"", cfg->listen);
+    return ATTND_OK;
+}
+
+void attnd_srv_config_engine(const attnd_srv_config *cfg, attnd_engine_config *ecfg)
+{
+    memset(ecfg, 0, sizeof *ecfg);
+    ecfg->model = *attnd_model_find(cfg->model);
+    if (cfg->kv_dtype != ATTND_DTYPE_INVALID)
+        ecfg->model.kv_dtype = cfg->kv_dtype;
+    ecfg->page_size = cfg->page_size;
+    ecfg->kv_memory = cfg->kv_memory;
+    ecfg->max_sessions = cfg->max_sessions;
+    ecfg->kernel_threads = cfg->kernel_threads;
+}
+
+void attnd_srv_config_usage(FILE *f)
+{
+    fprintf(f, "usage: attnd [flags]\n"
+               "Serve attention over a paged KV cache (gRPC service attnd.v1.Attnd and\n"
+               "grpc.health.v1.Health). Every flag can also be set by its environment\n"
+               "variable; flags win. SIGTERM or SIGINT stops gracefully.\n\n");
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+        char lhs[64];
+        snprintf(lhs, sizeof lhs, "--%s%s%s", opts[i].flag, opts[i].arg ? " " : "",
+                 opts[i].arg ? opts[i].arg : "");
+        fprintf(f, "  %-32s %s", lhs, opts[i].help);
+        if (opts[i].env)
+            fprintf(f, " [%s]", opts[i].env);
+        fputc('\n', f);
+    }
+}
+
+void attnd_srv_config_list_models(FILE *f)
+{
+    for (size_t i = 0; i < attnd_model_count(); i++) {
+        const attnd_model_spec *m = attnd_model_at(i);
+        if (m->kind == ATTND_ATTN_MLA)
+            fprintf(f, "%-12s MLA layers=%d q_heads=%d d_latent=%d d_rope=%d kv=%s\n",
+                    m->name, m->n_layers, m->n_q_heads, m->d_latent, m->d_rope,
+                    attnd_dtype_name(m->kv_dtype));
+        else
+            fprintf(f, "%-12s GQA layers=%d q_heads=%d kv_heads=%d head_dim=%d kv=%s\n",
+                    m->name, m->n_layers, m->n_q_heads, m->n_kv_heads, m->head_dim,
+                    attnd_dtype_name(m->kv_dtype));
+    }
+}

@@ -1,0 +1,116 @@
+/* attnd: the attention-offload server executable.
+ *
+ * Loads the configuration (flags over ATTND_* variables), creates the
+ * engine and the gRPC server, announces the bound address on stdout (and in
+ * --port-file), then waits for SIGTERM or SIGINT. Signals are blocked in
+ * every thread and taken here with sigwait, so no work runs in a handler.
+ * On the first signal the server stops accepting, lets calls in flight
+ * finish for --shutdown-grace-ms (a second signal cuts that short), cancels
+ * what is left, and everything is torn down before exit 0.
+ *
+ * Exit codes: 0 clean stop (or --help, --list-models), 1 cannot start,
+ * 2 bad flag or variable. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "srv.h"
+
+static sigset_t stop_signals;
+
+/* A second stop signal pending? Polled while shutdown waits. */
+static int stop_signal_pending(void)
+{
+    struct timespec zero = {0, 0};
+    return sigtimedwait(&stop_signals, NULL, &zero) > 0;
+}
+
+/* Write the port to path atomically (a reader never sees half a file). */
+static int write_port_file(const char *path, int port)
+{
+    char tmp[PATH_MAX + 8];
+    FILE *f;
+
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (!(f = fopen(tmp, "w")))
+        return -1;
+    fprintf(f, "%d\n", port);
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    attnd_srv_config cfg;
+    attnd_engine_config ecfg;
+    attnd_engine *engine = NULL;
+    attnd_engine_stats est;
+    attnd_srv *srv = NULL;
+    attnd_error err;
+    int sig, rc = 1;
+
+    /* before any thread exists (grpc_init starts some): all inherit this */
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    attnd_error_clear(&err);
+    if (attnd_srv_config_load(&cfg, argc, argv, &err)) {
+        fprintf(stderr, "attnd: %s\n", err.msg);
+        return 2;
+    }
+    if (cfg.show_help) {
+        attnd_srv_config_usage(stdout);
+        return 0;
+    }
+    if (cfg.list_models) {
+        attnd_srv_config_list_models(stdout);
+        return 0;
+    }
+    attnd_srv_config_engine(&cfg, &ecfg);
+    if (attnd_engine_create(&ecfg, &engine, &err)) {
+        fprintf(stderr, "attnd: %s\n", err.msg);
+        return 1;
+    }
+    grpc_init();
+    if (attnd_srv_create(&cfg, engine, &srv, &err) || attnd_srv_start(srv, &err)) {
+        fprintf(stderr, "attnd: %s\n", err.msg);
+        goto out;
+    }
+    if (cfg.port_file[0] && write_port_file(cfg.port_file, srv->port)) {
+        fprintf(stderr, "attnd: --port-file %s: %s\n", cfg.port_file, strerror(errno));
+        attnd_srv_shutdown(srv, 0, NULL);
+        goto out;
+    }
+    attnd_engine_get_stats(engine, &est);
+    const char *colon = strrchr(cfg.listen, ':');
+    printf("attnd: listening on %.*s:%d model=%s kv=%s pages=%llu page_size=%d "
+           "page_bytes=%llu threads=%d\n",
+           (int)(colon - cfg.listen), cfg.listen, srv->port, attnd_engine_model(engine)->name,
+           attnd_dtype_name(attnd_engine_model(engine)->kv_dtype),
+           (unsigned long long)est.pages_total, cfg.page_size,
+           (unsigned long long)est.page_bytes, cfg.threads);
+    fflush(stdout);
+
+    while (sigwait(&stop_signals, &sig) != 0)
+        ;
+    fprintf(stderr, "attnd: %s: stopping (grace %lld ms)\n", strsignal(sig),
+            (long long)cfg.shutdown_grace_ms);
+    if (attnd_srv_shutdown(srv, cfg.shutdown_grace_ms, stop_signal_pending))
+        fprintf(stderr, "attnd: calls still in flight were cancelled\n");
+    rc = 0;
+
+out:
+    attnd_srv_destroy(srv);
+    grpc_shutdown();
+    attnd_engine_destroy(engine);
+    return rc;
+}

@@ -1,0 +1,51 @@
+/* CreateSession and CloseSession: a session is one sequence's KV across all
+ * layers. CreateSession reserves pages for max_tokens (when given) and
+ * answers the 16-byte id with the full ModelInfo, so a client learns every
+ * shape it must send from one call. */
+#include "srv.h"
+
+void attnd_srv_create_session_start(attnd_srv_call *c)
+{
+    attnd_srv *srv = c->th->srv;
+    Attnd__V1__CreateSessionRequest *m;
+    attnd_srv_create_req req;
+    attnd_session_id id;
+    attnd_error err;
+
+    attnd_error_clear(&err);
+    m = (Attnd__V1__CreateSessionRequest *)attnd_srv_call_decode(
+        c, &attnd__v1__create_session_request__descriptor, &err);
+    if (!m || attnd_srv_validate_create(m, &srv->model, &req, &err) ||
+        attnd_engine_session_create(srv->engine, req.max_tokens, &id, &err)) {
+        attnd_srv_call_fail(c, &err);
+        return;
+    }
+    Attnd__V1__CreateSessionResponse resp = ATTND__V1__CREATE_SESSION_RESPONSE__INIT;
+    Attnd__V1__ModelInfo info = ATTND__V1__MODEL_INFO__INIT;
+    attnd_srv_model_info(&srv->model, &info);
+    resp.session_id.len = sizeof id.bytes;
+    resp.session_id.data = id.bytes;
+    resp.model = &info;
+    attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
+}
+
+void attnd_srv_close_session_start(attnd_srv_call *c)
+{
+    attnd_srv *srv = c->th->srv;
+    Attnd__V1__CloseSessionRequest *m;
+    attnd_session_id id;
+    uint64_t freed = 0;
+    attnd_error err;
+
+    attnd_error_clear(&err);
+    m = (Attnd__V1__CloseSessionRequest *)attnd_srv_call_decode(
+        c, &attnd__v1__close_session_request__descriptor, &err);
+    if (!m || attnd_srv_validate_close(m, &id, &err) ||
+        attnd_engine_session_close(srv->engine, &id, &freed, &err)) {
+        attnd_srv_call_fail(c, &err);
+        return;
+    }
+    Attnd__V1__CloseSessionResponse resp = ATTND__V1__CLOSE_SESSION_RESPONSE__INIT;
+    resp.pages_freed = freed;
+    attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
+}

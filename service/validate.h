@@ -1,0 +1,104 @@
+/* Request validation: the one place each wire message is checked.
+ *
+ * Every function here is pure: it takes a decoded protobuf-c message and the
+ * served model, and either fills a plain internal request (ready for the
+ * attnd_engine_* call) or fails with an attnd_error whose message names the
+ * field and the expected value, e.g. `q.shape[2]: expected 128 heads, got
+ * 64`. No I/O, no engine state: what only the engine knows (does the session
+ * exist, where does the layer end, is there memory) it checks itself and
+ * reports with the same codes. Fuzzers call these directly.
+ *
+ * Codes: malformed tensors, ids, counts and dtypes INVALID_ARGUMENT; layer
+ * past the model OUT_OF_RANGE; a session for a model other than the served
+ * one FAILED_PRECONDITION.
+ */
+#ifndef ATTND_SRV_VALIDATE_H
+#define ATTND_SRV_VALIDATE_H
+
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "attnd.pb-c.h"
+#include "attnd_worker.h"
+#include "health.pb-c.h"
+
+/* The served model, as validation needs it. */
+typedef struct attnd_srv_model {
+    const attnd_model_spec *spec; /* the engine's copy (kv_dtype as stored) */
+    int32_t page_size;
+    int32_t d_k, d_v;             /* per-head query and output widths */
+    int64_t kv_elems;             /* elements of one token's wire KV entry */
+    uint32_t max_batch;           /* session_ids per request */
+} attnd_srv_model;
+
+void attnd_srv_model_init(attnd_srv_model *m, const attnd_model_spec *spec,
+                          int32_t page_size, uint32_t max_batch);
+
+/* Query tokens per sequence the engine accepts (S). */
+#define ATTND_SRV_MAX_Q_TOKENS 64
+
+/* ---- CreateSession ------------------------------------------------------ */
+
+typedef struct attnd_srv_create_req {
+    uint64_t max_tokens;
+} attnd_srv_create_req;
+
+/* model "" or the served name: fine; another known preset:
+ * FAILED_PRECONDITION; an unknown name: INVALID_ARGUMENT. */
+attnd_status attnd_srv_validate_create(const Attnd__V1__CreateSessionRequest *m,
+                                       const attnd_srv_model *model,
+                                       attnd_srv_create_req *out,
+                                       attnd_error *err);
+
+/* ---- CloseSession ------------------------------------------------------- */
+
+attnd_status attnd_srv_validate_close(const Attnd__V1__CloseSessionRequest *m,
+                                      attnd_session_id *id_out,
+                                      attnd_error *err);
+
+/* ---- AppendKV (one streamed chunk) -------------------------------------- */
+
+typedef struct attnd_srv_append_req {
+    attnd_session_id id;
+    uint32_t layer;
+    uint64_t start;
+    uint64_t n_tokens;
+    attnd_dtype dtype;
+    const void *kv; /* points into the message: [n_tokens][kv_elems] */
+} attnd_srv_append_req;
+
+attnd_status attnd_srv_validate_append(const Attnd__V1__AppendKVRequest *m,
+                                       const attnd_srv_model *model,
+                                       attnd_srv_append_req *out,
+                                       attnd_error *err);
+
+/* ---- Attend (unary and each AttendStream request) ----------------------- */
+
+typedef struct attnd_srv_attend_req {
+    attnd_attend_req eng;   /* for attnd_engine_attend; ids in scratch */
+    attnd_dtype out_dtype;  /* resolved: q's dtype when unspecified */
+    uint64_t request_id;
+    int64_t out_shape[4];   /* [B, S, Hq, d_v] */
+    int64_t lse_shape[3];   /* [B, S, Hq] */
+} attnd_srv_attend_req;
+
+/* The session ids are copied into memory taken from `scratch` (an arena:
+ * nothing is freed one by one), which must outlive the use of *out; q,
+ * new_kv and positions point into the message. Checks, in order: layer,
+ * session_ids (count, lengths, duplicates), q, new_kv, positions,
+ * out_dtype. */
+attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
+                                       const attnd_srv_model *model,
+                                       ProtobufCAllocator *scratch,
+                                       attnd_srv_attend_req *out,
+                                       attnd_error *err);
+
+/* ---- grpc.health.v1 ------------------------------------------------------ */
+
+/* The health service names attnd answers for: "" and "attnd.v1.Attnd".
+ * Any other: NOT_FOUND (the spec's SERVICE_UNKNOWN). */
+attnd_status attnd_srv_validate_health(const Grpc__Health__V1__HealthCheckRequest *m,
+                                       attnd_error *err);
+
+#endif /* ATTND_SRV_VALIDATE_H */

@@ -1,0 +1,301 @@
+/* Check suite of attnd's RPCs over the wire, with raw gRPC core calls: a
+ * session's whole life (create, attend, stats, close), AppendKV streaming
+ * and its progress trailer, AttendStream answering in order and ending on a
+ * failed request, and INVALID_ARGUMENT / RESOURCE_EXHAUSTED for bad bytes
+ * and oversized messages. Outputs are checked against a float64 softmax. */
+#include "svc_server.h"
+
+START_TEST(test_undecodable_request_is_invalid_argument)
+{
+    static const uint8_t junk[] = {0xff, 0xff, 0xff, 0x01, 0x02};
+    char details[256];
+    boot(NULL, NULL);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", junk, sizeof junk, NULL, NULL,
+                              details, 256),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(details, "attnd.v1.AttendRequest"));
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/CreateSession", junk, sizeof junk, NULL,
+                              NULL, details, 256),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    stop_cleanly();
+}
+END_TEST
+
+START_TEST(test_oversized_message_is_resource_exhausted)
+{
+    size_t n = 200 * 1024;
+    uint8_t *big = calloc(1, n);
+    boot("--max-message", "64Ki");
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", big, n, NULL, NULL, NULL, 0),
+                     GRPC_STATUS_RESOURCE_EXHAUSTED);
+    free(big);
+    stop_cleanly();
+}
+END_TEST
+
+START_TEST(test_session_lifecycle_over_raw_calls)
+{
+    uint8_t id[16], *resp = NULL;
+    size_t len, rlen;
+    char details[256];
+    boot(NULL, NULL);
+    create_session(id);
+
+    /* first decode step: one new token, attended at once */
+    uint8_t *req = attend_req(id, 2, 0, 0, 77, &len);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", req, len, &resp, &rlen, details,
+                              sizeof details),
+                     GRPC_STATUS_OK);
+    check_attend_reply(resp, rlen, 0, 1, 77);
+    free(req);
+    free(resp);
+
+    Attnd__V1__GetStatsResponse *st = get_stats();
+    ck_assert_uint_eq(st->sessions, 1);
+    ck_assert_uint_eq(st->attend_calls, 1);
+    ck_assert_uint_eq(st->tokens_appended, 1);
+    ck_assert_uint_eq(st->errors, 0);
+    ck_assert_str_eq(st->model->name, "tiny-mla");
+    attnd__v1__get_stats_response__free_unpacked(st, NULL);
+
+    /* a session for another model */
+    Attnd__V1__CreateSessionRequest cm = ATTND__V1__CREATE_SESSION_REQUEST__INIT;
+    cm.model = "tiny-gqa";
+    req = rg_pack(&cm.base, &len);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/CreateSession", req, len, NULL, NULL, details,
+                              sizeof details),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_ptr_nonnull(strstr(details, "model"));
+    free(req);
+    st = get_stats();
+    ck_assert_uint_eq(st->errors, 1);
+    attnd__v1__get_stats_response__free_unpacked(st, NULL);
+
+    Attnd__V1__CloseSessionRequest xm = ATTND__V1__CLOSE_SESSION_REQUEST__INIT;
+    xm.session_id.len = 16;
+    xm.session_id.data = id;
+    req = rg_pack(&xm.base, &len);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/CloseSession", req, len, &resp, &rlen, NULL,
+                              0),
+                     GRPC_STATUS_OK);
+    Attnd__V1__CloseSessionResponse *xr =
+        attnd__v1__close_session_response__unpack(NULL, rlen, resp);
+    ck_assert_uint_eq(xr->pages_freed, 1);
+    attnd__v1__close_session_response__free_unpacked(xr, NULL);
+    free(resp);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/CloseSession", req, len, NULL, NULL, details,
+                              sizeof details),
+                     GRPC_STATUS_NOT_FOUND);
+    free(req);
+
+    req = attend_req(id, 2, 1, -1, 78, &len);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", req, len, NULL, NULL, details,
+                              sizeof details),
+                     GRPC_STATUS_NOT_FOUND);
+    ck_assert_ptr_nonnull(strstr(details, "session_ids[0]"));
+    free(req);
+    stop_cleanly();
+}
+END_TEST
+
+START_TEST(test_append_kv_applies_chunks_as_they_stream_and_counts_them)
+{
+    uint8_t id[16], *msg, *resp;
+    size_t len, rlen;
+    rg_call c;
+    boot(NULL, NULL);
+    create_session(id);
+
+    ck_assert_int_eq(rg_call_open(&c, ch, "/attnd.v1.Attnd/AppendKV", RG_WAIT_MS), 0);
+    ck_assert_int_eq(rg_send_md(&c), 1);
+    msg = append_chunk(id, 0, 0, 5, ATTND_DTYPE_BF16, &len);
+    ck_assert_int_eq(rg_send(&c, msg, len, 0), 1);
+    free(msg);
+    msg = append_chunk(id, 0, 5, 3, ATTND_DTYPE_F32, &len);
+    ck_assert_int_eq(rg_send(&c, msg, len, 1), 1);
+    free(msg);
+    ck_assert_int_eq(rg_recv(&c, &resp, &rlen), 1);
+    ck_assert_ptr_nonnull(resp);
+    Attnd__V1__AppendKVResponse *ar = attnd__v1__append_kvresponse__unpack(NULL, rlen, resp);
+    ck_assert_uint_eq(ar->chunks, 2);
+    ck_assert_uint_eq(ar->tokens, 8);
+    attnd__v1__append_kvresponse__free_unpacked(ar, NULL);
+    free(resp);
+    ck_assert_int_eq(rg_finish(&c), 1);
+    ck_assert_int_eq(c.code, GRPC_STATUS_OK);
+    rg_call_close(&c);
+
+    /* what was appended is what attention reads */
+    msg = attend_req(id, 0, 3, -1, 5, &len);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", msg, len, &resp, &rlen, NULL, 0),
+                     GRPC_STATUS_OK);
+    check_attend_reply(resp, rlen, 3, 8, 5);
+    free(msg);
+    free(resp);
+
+    /* a chunk at the wrong position ends the stream, progress in the trailer */
+    ck_assert_int_eq(rg_call_open(&c, ch, "/attnd.v1.Attnd/AppendKV", RG_WAIT_MS), 0);
+    ck_assert_int_eq(rg_send_md(&c), 1);
+    msg = append_chunk(id, 1, 0, 2, ATTND_DTYPE_F16, &len);
+    rg_send(&c, msg, len, 0);
+    free(msg);
+    msg = append_chunk(id, 0, 0, 2, ATTND_DTYPE_F16, &len);
+    rg_send(&c, msg, len, 1);
+    free(msg);
+    rg_recv(&c, &resp, &rlen);
+    ck_assert_ptr_null(resp);
+    ck_assert_int_eq(rg_finish(&c), 1);
+    ck_assert_int_eq(c.code, GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_ptr_nonnull(strstr(c.details, "start"));
+    ck_assert_ptr_nonnull(strstr(c.trailer, "attnd-chunks-applied=1;"));
+    ck_assert_ptr_nonnull(strstr(c.trailer, "attnd-tokens-applied=2;"));
+    rg_call_close(&c);
+    stop_cleanly();
+}
+END_TEST
+
+START_TEST(test_attend_stream_answers_each_request_in_order)
+{
+    uint8_t id[16], *msg, *resp;
+    size_t len, rlen;
+    rg_call c;
+    boot(NULL, NULL);
+    create_session(id);
+
+    ck_assert_int_eq(rg_call_open(&c, ch, "/attnd.v1.Attnd/AttendStream", RG_WAIT_MS), 0);
+    ck_assert_int_eq(rg_send_md(&c), 1);
+    for (int step = 0; step < 4; step++) {
+        msg = attend_req(id, 1, step, step, 100 + (uint64_t)step, &len);
+        ck_assert_int_eq(rg_send(&c, msg, len, 0), 1);
+        free(msg);
+        ck_assert_int_eq(rg_recv(&c, &resp, &rlen), 1);
+        if (!resp && rg_finish(&c) > 0)
+            ck_abort_msg("step %d: stream ended: %d %s", step, c.code, c.details);
+        ck_assert_ptr_nonnull(resp);
+        check_attend_reply(resp, rlen, step, step + 1, 100 + (uint64_t)step);
+        free(resp);
+    }
+    /* a replayed position fails the request and ends the stream */
+    msg = attend_req(id, 1, 9, 2, 200, &len);
+    rg_send(&c, msg, len, 0);
+    free(msg);
+    rg_recv(&c, &resp, &rlen);
+    ck_assert_ptr_null(resp);
+    ck_assert_int_eq(rg_finish(&c), 1);
+    ck_assert_int_eq(c.code, GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_ptr_nonnull(strstr(c.details, "positions[0]"));
+    rg_call_close(&c);
+    stop_cleanly();
+}
+END_TEST
+
+START_TEST(test_streams_closed_without_a_message_end_ok)
+{
+    static const char *const methods[] = {"/attnd.v1.Attnd/AttendStream",
+                                          "/attnd.v1.Attnd/AppendKV"};
+    boot(NULL, NULL);
+    for (int i = 0; i < 2; i++) {
+        rg_call c;
+        ck_assert_int_eq(rg_call_open(&c, ch, methods[i], RG_WAIT_MS), 0);
+        ck_assert_int_eq(rg_send_md(&c), 1);
+        ck_assert_int_eq(rg_half_close(&c), 1);
+        uint8_t *resp;
+        size_t rlen;
+        ck_assert_int_eq(rg_recv(&c, &resp, &rlen), 1);
+        if (i == 1) { /* AppendKV answers, counting no chunks */
+            ck_assert_ptr_nonnull(resp);
+            Attnd__V1__AppendKVResponse *r = attnd__v1__append_kvresponse__unpack(NULL, rlen, resp);
+            ck_assert_uint_eq(r->chunks, 0);
+            ck_assert_uint_eq(r->tokens, 0);
+            attnd__v1__append_kvresponse__free_unpacked(r, NULL);
+        } else {
+            ck_assert_ptr_null(resp);
+        }
+        free(resp);
+        ck_assert_int_eq(rg_finish(&c), 1);
+        ck_assert_msg(c.code == GRPC_STATUS_OK, "%s: %d %s", methods[i], c.code, c.details);
+        rg_call_close(&c);
+    }
+    stop_cleanly();
+}
+END_TEST
+
+START_TEST(test_random_and_mutated_bytes_never_crash_the_server)
+{
+    static const char *const methods[] = {
+        "/attnd.v1.Attnd/CreateSession", "/attnd.v1.Attnd/AppendKV",
+        "/attnd.v1.Attnd/Attend",        "/attnd.v1.Attnd/AttendStream",
+        "/attnd.v1.Attnd/CloseSession",  "/attnd.v1.Attnd/GetStats",
+        "/grpc.health.v1.Health/Check"};
+    uint8_t id[16];
+    size_t n_valid[2];
+    uint64_t rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)rg_now_ms();
+    fprintf(stderr, "[service_rpc] mutation seed %llu\n", (unsigned long long)rng);
+    boot(NULL, NULL);
+    create_session(id);
+    uint8_t *valid[2] = {attend_req(id, 0, 0, 0, 1, &n_valid[0]),
+                         append_chunk(id, 1, 0, 3, ATTND_DTYPE_BF16, &n_valid[1])};
+    for (int iter = 0; iter < 300; iter++) {
+        const char *m = methods[iter % 7];
+        int which = iter % 2;
+        size_t len = n_valid[which];
+        uint8_t *buf = malloc(len + 64);
+        memcpy(buf, valid[which], len);
+        int flips = 1 + iter % 8;
+        for (int k = 0; k < flips; k++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            if (iter % 3 == 0) /* pure noise */
+                buf[(rng >> 33) % len] = (uint8_t)(rng >> 17);
+            else /* cut, or flip one bit near the (header-heavy) front */
+                buf[(rng >> 33) % (len < 64 ? len : 64)] ^= (uint8_t)(1u << ((rng >> 20) & 7));
+        }
+        if (iter % 5 == 0)
+            len = (rng >> 40) % len;
+        int code = rg_unary(ch, m, buf, len, NULL, NULL, NULL, 0);
+        ck_assert_msg(code >= 0, "%s: the call did not complete", m);
+        free(buf);
+    }
+    /* still serving and computing right (the session itself may be gone:
+     * an AppendKV chunk is also a valid CloseSessionRequest for its id) */
+    int serving;
+    ck_assert_int_eq(health(ch, "", &serving, NULL), GRPC_STATUS_OK);
+    uint8_t *resp, *req;
+    size_t len, rlen;
+    create_session(id);
+    req = attend_req(id, 2, 4, 0, 9, &len);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", req, len, &resp, &rlen, NULL, 0),
+                     GRPC_STATUS_OK);
+    check_attend_reply(resp, rlen, 4, 1, 9);
+    free(req);
+    free(resp);
+    free(valid[0]);
+    free(valid[1]);
+    stop_cleanly();
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("service_rpc");
+    TCase *tc = tcase_create("rpc");
+    tcase_set_timeout(tc, 300);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_undecodable_request_is_invalid_argument);
+    tcase_add_test(tc, test_oversized_message_is_resource_exhausted);
+    tcase_add_test(tc, test_session_lifecycle_over_raw_calls);
+    tcase_add_test(tc, test_append_kv_applies_chunks_as_they_stream_and_counts_them);
+    tcase_add_test(tc, test_attend_stream_answers_each_request_in_order);
+    tcase_add_test(tc, test_streams_closed_without_a_message_end_ok);
+    tcase_add_test(tc, test_random_and_mutated_bytes_never_crash_the_server);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
