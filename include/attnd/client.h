@@ -32,7 +32,10 @@ extern "C" {
 typedef struct attnd_client attnd_client;
 
 typedef struct attnd_client_options {
-    int64_t deadline_ms;       /* per call; default 30000 */
+    int64_t deadline_ms;       /* per call; default 30000. Streams (AppendKV,
+                                  AttendStream) have no overall deadline:
+                                  each message sent or awaited gets this
+                                  long, else the stream is cancelled */
     int64_t connect_timeout_ms; /* connect waits for the channel; 5000 */
     size_t max_message_bytes;  /* send and receive limit; 256 MiB */
 } attnd_client_options;
@@ -78,7 +81,10 @@ attnd_status attnd_client_close_session(attnd_client *c,
                                         attnd_error *err);
 
 /* One prefill chunk: n_tokens KV entries ([n_tokens][kv_token_elems] of
- * dtype) for one layer of one session, starting at `start`. */
+ * dtype) for one layer of one session, starting at `start`. The wire shape
+ * ([T, d_c + d_r] MLA, [T, 2, Hkv, D] GQA) comes from the served model,
+ * which a client learns from CreateSession or GetStats (one GetStats on
+ * first use if it has seen neither). */
 typedef struct attnd_kv_chunk {
     attnd_session_id session;
     uint32_t layer;
@@ -95,7 +101,10 @@ attnd_status attnd_client_append_kv(attnd_client *c,
                                     const attnd_kv_chunk *chunks, size_t n,
                                     size_t *applied_p, attnd_error *err);
 
-/* A tensor argument: dtype, shape and caller-owned data (row-major). */
+/* A tensor argument: dtype, shape and caller-owned data (row-major); its
+ * byte count is the shape's product times the dtype's size. A dtype or
+ * shape the server does not accept is sent as given (data empty when the
+ * dtype has no size) so that the server's message names the field. */
 typedef struct attnd_tensor {
     attnd_dtype dtype;
     int32_t ndim;
@@ -110,7 +119,10 @@ typedef struct attnd_attend_args {
     const attnd_session_id *sessions; /* [n_seqs], distinct */
     attnd_tensor q;        /* [n_seqs, S, Hq, d_k] or [n_seqs, Hq, d_k] */
     attnd_tensor new_kv;   /* data NULL: none; else [n_seqs, kv entry...]:
-                              MLA [n, d_k], GQA [n, 2, Hkv, D] */
+                              MLA [n, d_k], GQA [n, 2, Hkv, D]; with S > 1
+                              query tokens [n, S, kv entry...] (query token
+                              s sees the layer's first L - (S - 1 - s)
+                              tokens, L counted after the append) */
     const uint64_t *positions; /* NULL, or [n_seqs]: where new_kv lands */
     attnd_dtype out_dtype; /* INVALID (0): q's dtype */
     /* Results, caller-owned: out gets [n_seqs, S, Hq, d_v] of out_dtype
@@ -122,7 +134,12 @@ typedef struct attnd_attend_args {
     size_t lse_capacity;
 } attnd_attend_args;
 
-/* Synchronous Attend. On success out (and lse) are filled. */
+/* Synchronous Attend. On success out (and lse) are filled; on failure
+ * their contents are unspecified. Refused here, before anything is sent
+ * (INVALID_ARGUMENT): NULL pointers, more than 6 dims, and out_capacity /
+ * lse_capacity smaller than the reply when q's shape matches the served
+ * model (learned as for attnd_kv_chunk); a reply that still does not fit
+ * fails INVALID_ARGUMENT after the call. */
 attnd_status attnd_client_attend(attnd_client *c, const attnd_attend_args *a,
                                  attnd_error *err);
 
@@ -139,7 +156,8 @@ attnd_status attnd_call_wait(attnd_call *call, attnd_error *err);
 
 /* A decode loop over one AttendStream: each attnd_stream_attend sends one
  * request and waits for its response. A failed request ends the stream
- * (every later call returns the same status); close it and open another. */
+ * (every later call returns the same status); close it and open another.
+ * A request refused before sending (see attnd_client_attend) does not. */
 typedef struct attnd_stream attnd_stream;
 attnd_status attnd_client_stream_open(attnd_client *c, attnd_stream **s_p,
                                       attnd_error *err);

@@ -1,0 +1,80 @@
+/* Attend: one layer's decode step for a batch, synchronous or async.
+ *
+ * Both forms encode the request (attend_wire.c) and start the whole unary
+ * call as one batch on its own pluck queue (rpc.c). The sync form plucks at
+ * once; the async form returns an attnd_call that owns the call, and
+ * attnd_call_wait plucks, decodes into the caller's out/lse and frees it.
+ * The request bytes live in the call's slice, so the caller may reuse q and
+ * new_kv as soon as attnd_client_attend_async returns.
+ */
+#include <stdlib.h>
+
+#include "client_int.h"
+
+struct attnd_call {
+    attnd__client_rpc rpc;
+    attnd__client_attend_dst dst; /* where the reply goes (caller memory) */
+};
+
+attnd_status attnd_client_attend(attnd_client *c, const attnd_attend_args *a, attnd_error *err)
+{
+    attnd__client_attend_dst dst;
+    attnd__client_rpc r;
+    grpc_byte_buffer *bb = NULL;
+    attnd_status st;
+
+    st = attnd__client_attend_encode(c, a, &bb, &dst, err);
+    if (st)
+        return st;
+    st = attnd__client_rpc_start(&r, c, ATTND__CLIENT_M_ATTEND, bb, err);
+    if (st == ATTND_OK)
+        st = attnd__client_rpc_finish(&r, err);
+    if (st == ATTND_OK)
+        st = attnd__client_attend_decode(r.recv, &dst, err);
+    attnd__client_rpc_cleanup(&r);
+    return st;
+}
+
+/* Ownership: the attnd_call is allocated here and freed by attnd_call_wait
+ * (on every outcome). On failure nothing is left to wait for. */
+attnd_status attnd_client_attend_async(attnd_client *c, const attnd_attend_args *a,
+                                       attnd_call **call_p, attnd_error *err)
+{
+    attnd_call *call;
+    grpc_byte_buffer *bb = NULL;
+    attnd_status st;
+
+    if (!call_p)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "call_p: NULL");
+    call = calloc(1, sizeof *call);
+    if (!call)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "attend: no memory for a call");
+    st = attnd__client_attend_encode(c, a, &bb, &call->dst, err);
+    if (st)
+        goto err_call;
+    st = attnd__client_rpc_start(&call->rpc, c, ATTND__CLIENT_M_ATTEND, bb, err);
+    if (st)
+        goto err_rpc;
+    *call_p = call;
+    return ATTND_OK;
+
+err_rpc:
+    attnd__client_rpc_cleanup(&call->rpc);
+err_call:
+    free(call);
+    return st;
+}
+
+attnd_status attnd_call_wait(attnd_call *call, attnd_error *err)
+{
+    attnd_status st;
+
+    if (!call)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "call: NULL");
+    st = attnd__client_rpc_finish(&call->rpc, err);
+    if (st == ATTND_OK)
+        st = attnd__client_attend_decode(call->rpc.recv, &call->dst, err);
+    attnd__client_rpc_cleanup(&call->rpc);
+    free(call);
+    return st;
+}

@@ -1,0 +1,246 @@
+/* The client handle: connect, channel configuration, method registration,
+ * and the cached description of the served model.
+ *
+ * Connect creates an insecure channel with its own subchannel pool (so
+ * every attnd_client has its own HTTP/2 connection and flow control), with
+ * the message limits raised to max_message_bytes both ways and retries off
+ * (an Attend that appends new_kv is not idempotent; `positions` guards
+ * replays, but we never replay on our own). Each method is registered once
+ * here; calls are then created from the handle, with no per-call method
+ * string. Connect then waits for the channel to become READY, driving the
+ * connectivity state machine with watches on a private pluck queue, and
+ * fails UNAVAILABLE once connect_timeout_ms has passed.
+ *
+ * grpc_init / grpc_shutdown are reference counted by gRPC: one pair per
+ * client, so a process may hold several clients and gRPC lives until the
+ * last is destroyed.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+
+#include "client_int.h"
+
+static const char *const method_paths[ATTND__CLIENT_M_COUNT] = {
+    [ATTND__CLIENT_M_CREATE_SESSION] = "/attnd.v1.Attnd/CreateSession",
+    [ATTND__CLIENT_M_APPEND_KV] = "/attnd.v1.Attnd/AppendKV",
+    [ATTND__CLIENT_M_ATTEND] = "/attnd.v1.Attnd/Attend",
+    [ATTND__CLIENT_M_ATTEND_STREAM] = "/attnd.v1.Attnd/AttendStream",
+    [ATTND__CLIENT_M_CLOSE_SESSION] = "/attnd.v1.Attnd/CloseSession",
+    [ATTND__CLIENT_M_GET_STATS] = "/attnd.v1.Attnd/GetStats",
+    [ATTND__CLIENT_M_HEALTH_CHECK] = "/grpc.health.v1.Health/Check",
+};
+
+const char *attnd__client_method_path(attnd__client_method m)
+{
+    return m < ATTND__CLIENT_M_COUNT ? method_paths[m] : "?";
+}
+
+void attnd_client_options_init(attnd_client_options *o)
+{
+    o->deadline_ms = 30000;
+    o->connect_timeout_ms = 5000;
+    o->max_message_bytes = (size_t)256 << 20;
+}
+
+static const char *state_name(grpc_connectivity_state s)
+{
+    switch (s) {
+    case GRPC_CHANNEL_IDLE: return "IDLE";
+    case GRPC_CHANNEL_CONNECTING: return "CONNECTING";
+    case GRPC_CHANNEL_READY: return "READY";
+    case GRPC_CHANNEL_TRANSIENT_FAILURE: return "TRANSIENT_FAILURE";
+    case GRPC_CHANNEL_SHUTDOWN: return "SHUTDOWN";
+    }
+    return "?";
+}
+
+/* Wait until the channel is READY or timeout_ms passes. */
+static attnd_status wait_ready(grpc_channel *ch, const char *target, int64_t timeout_ms,
+                               attnd_error *err)
+{
+    gpr_timespec deadline = attnd__client_deadline(timeout_ms > 0 ? timeout_ms : 1);
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_connectivity_state st;
+    attnd_status rc = ATTND_OK;
+    char tag;
+
+    if (!cq)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "connect: no memory for a completion queue");
+    for (;;) {
+        st = grpc_channel_check_connectivity_state(ch, 1);
+        if (st == GRPC_CHANNEL_READY)
+            break;
+        if (st == GRPC_CHANNEL_SHUTDOWN) {
+            rc = attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "connect: channel to %s shut down",
+                                 target);
+            break;
+        }
+        /* fires on the next state change, or (success 0) at the deadline */
+        grpc_channel_watch_connectivity_state(ch, st, deadline, cq, &tag);
+        grpc_event ev = grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME),
+                                                    NULL);
+        if (ev.type != GRPC_OP_COMPLETE || !ev.success) {
+            rc = attnd_error_set(err, ATTND_ERR_UNAVAILABLE,
+                                 "connect: %s not ready after %lld ms (channel %s)", target,
+                                 (long long)timeout_ms, state_name(st));
+            break;
+        }
+    }
+    grpc_completion_queue_shutdown(cq);
+    grpc_completion_queue_destroy(cq);
+    return rc;
+}
+
+static void arg_int(grpc_arg *a, const char *key, int value)
+{
+    a->type = GRPC_ARG_INTEGER;
+    a->key = (char *)key;
+    a->value.integer = value;
+}
+
+/* Ownership: the client is allocated here and freed by
+ * attnd_client_destroy, which the caller may call only once no call,
+ * attnd_call or attnd_stream of the client is left. */
+attnd_status attnd_client_connect(const char *target, const attnd_client_options *opts,
+                                  attnd_client **client_p, attnd_error *err)
+{
+    attnd_client *c;
+    grpc_channel_credentials *creds;
+    grpc_arg args[6];
+    grpc_channel_args chargs = {0, args};
+    attnd_status st;
+
+    if (!target || !client_p)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "connect: %s is NULL", !target ? "target" : "client_p");
+    c = calloc(1, sizeof *c);
+    if (!c)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "connect: no memory");
+    if (opts)
+        c->opts = *opts;
+    else
+        attnd_client_options_init(&c->opts);
+    if (c->opts.max_message_bytes == 0) {
+        st = attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                             "opts.max_message_bytes: expected > 0, got 0");
+        goto err_free;
+    }
+    atomic_init(&c->next_request_id, 1);
+    if (pthread_mutex_init(&c->model_mu, NULL)) {
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "connect: no mutex");
+        goto err_free;
+    }
+
+    grpc_init();
+    int max_msg = c->opts.max_message_bytes > INT_MAX ? INT_MAX : (int)c->opts.max_message_bytes;
+    arg_int(&args[chargs.num_args++], GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, max_msg);
+    arg_int(&args[chargs.num_args++], GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, max_msg);
+    arg_int(&args[chargs.num_args++], GRPC_ARG_ENABLE_RETRIES, 0);
+    arg_int(&args[chargs.num_args++], GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    arg_int(&args[chargs.num_args++], GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    arg_int(&args[chargs.num_args++], GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+    creds = grpc_insecure_credentials_create();
+    c->channel = grpc_channel_create(target, creds, &chargs);
+    grpc_channel_credentials_release(creds);
+    if (!c->channel) {
+        st = attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "target: cannot make a channel to \"%s\"",
+                             target);
+        goto err_grpc;
+    }
+    for (int m = 0; m < ATTND__CLIENT_M_COUNT; m++) {
+        c->methods[m] = grpc_channel_register_call(c->channel, method_paths[m], NULL, NULL);
+        if (!c->methods[m]) {
+            st = attnd_error_set(err, ATTND_ERR_INTERNAL, "connect: cannot register %s",
+                                 method_paths[m]);
+            goto err_channel;
+        }
+    }
+    st = wait_ready(c->channel, target, c->opts.connect_timeout_ms, err);
+    if (st)
+        goto err_channel;
+    *client_p = c;
+    return ATTND_OK;
+
+err_channel:
+    grpc_channel_destroy(c->channel);
+err_grpc:
+    grpc_shutdown();
+    pthread_mutex_destroy(&c->model_mu);
+err_free:
+    free(c);
+    return st;
+}
+
+void attnd_client_destroy(attnd_client *c)
+{
+    if (!c)
+        return;
+    grpc_channel_destroy(c->channel);
+    grpc_shutdown();
+    pthread_mutex_destroy(&c->model_mu);
+    free(c);
+}
+
+/* ---- the served model ----------------------------------------------------- */
+
+void attnd__client_model_from_pb(const Attnd__V1__ModelInfo *pb, attnd_model_info *m)
+{
+    memset(m, 0, sizeof *m);
+    if (!pb)
+        return;
+    snprintf(m->name, sizeof m->name, "%s", pb->name ? pb->name : "");
+    m->kind = (attnd_attn_kind)pb->kind;
+    m->n_layers = pb->n_layers;
+    m->n_q_heads = pb->n_q_heads;
+    m->n_kv_heads = pb->n_kv_heads;
+    m->head_dim = pb->head_dim;
+    m->d_latent = pb->d_latent;
+    m->d_rope = pb->d_rope;
+    m->scale = pb->scale;
+    m->kv_dtype = (attnd_dtype)pb->kv_dtype;
+    m->page_size = pb->page_size;
+    if (m->kind == ATTND_ATTN_MLA) {
+        m->d_k = m->d_latent + m->d_rope;
+        m->d_v = m->d_latent;
+        m->kv_token_elems = m->d_k;
+    } else if (m->kind == ATTND_ATTN_GQA) {
+        m->d_k = m->d_v = m->head_dim;
+        m->kv_token_elems = 2 * m->n_kv_heads * m->head_dim;
+    }
+}
+
+void attnd__client_model_cache(attnd_client *c, const attnd_model_info *m)
+{
+    if (m->kind != ATTND_ATTN_MLA && m->kind != ATTND_ATTN_GQA)
+        return; /* an answer without a model says nothing */
+    pthread_mutex_lock(&c->model_mu);
+    c->model = *m;
+    c->have_model = 1;
+    pthread_mutex_unlock(&c->model_mu);
+}
+
+attnd_status attnd__client_model(attnd_client *c, attnd_model_info *m_p, attnd_error *err)
+{
+    attnd_stats st;
+    attnd_status rc;
+
+    pthread_mutex_lock(&c->model_mu);
+    int have = c->have_model;
+    if (have)
+        *m_p = c->model;
+    pthread_mutex_unlock(&c->model_mu);
+    if (have)
+        return ATTND_OK;
+    /* attnd_client_get_stats caches the model it reports */
+    rc = attnd_client_get_stats(c, &st, m_p, err);
+    if (rc == ATTND_OK && m_p->kind != ATTND_ATTN_MLA && m_p->kind != ATTND_ATTN_GQA)
+        rc = attnd_error_set(err, ATTND_ERR_INTERNAL,
+                             "GetStats: the server reported no model (kind %d)", (int)m_p->kind);
+    return rc;
+}

@@ -1,0 +1,157 @@
+/* attnd-cli: a command-line client of an attnd worker.
+ *
+ *   attnd-cli [--target HOST:PORT] [--deadline-ms MS] health
+ *   attnd-cli [--target HOST:PORT] stats
+ *   attnd-cli [--target HOST:PORT] demo [demo options, see demo.c]
+ *
+ * health asks grpc.health.v1 and prints SERVING or NOT_SERVING (exit 0 only
+ * when SERVING); stats prints the worker's model and counters; demo runs a
+ * short end-to-end decode with every output checked (demo.c). The target
+ * defaults to $ATTND_TARGET, else 127.0.0.1:7700 (attnd's default).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: attnd-cli [--target HOST:PORT] [--deadline-ms MS] "
+            "[--connect-timeout-ms MS] COMMAND [ARGS]\n"
+            "commands:\n"
+            "  health   print SERVING or NOT_SERVING (exit 0 only when SERVING)\n"
+            "  stats    print the worker's model and counters\n"
+            "  demo     create sessions, prefill, decode, and check every output against a\n"
+            "           float64 reference (attnd-cli demo --help for its options)\n"
+            "The target defaults to $ATTND_TARGET, else 127.0.0.1:7700.\n");
+}
+
+long long attnd_cli_parse_count(const char *s)
+{
+    char *end;
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    return errno || *end ? -1 : v;
+}
+
+static const char *kind_name(attnd_attn_kind k)
+{
+    return k == ATTND_ATTN_MLA ? "MLA" : k == ATTND_ATTN_GQA ? "GQA" : "?";
+}
+
+static int cmd_health(attnd_client *c)
+{
+    attnd_error err;
+    int serving = 0;
+
+    attnd_error_clear(&err);
+    if (attnd_client_health(c, "", &serving, &err)) {
+        fprintf(stderr, "attnd-cli: health: %s: %s\n", attnd_status_string(err.code), err.msg);
+        printf("NOT_SERVING\n");
+        return 1;
+    }
+    printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
+    return serving ? 0 : 1;
+}
+
+static int cmd_stats(attnd_client *c)
+{
+    attnd_stats st;
+    attnd_model_info m;
+    attnd_error err;
+
+    attnd_error_clear(&err);
+    if (attnd_client_get_stats(c, &st, &m, &err)) {
+        fprintf(stderr, "attnd-cli: stats: %s: %s\n", attnd_status_string(err.code), err.msg);
+        return 1;
+    }
+    printf("model             %s (%s, %u layers, %u q heads, %u kv heads, d_k %u, d_v %u, "
+           "scale %.6g, kv %s, page %u tokens)\n",
+           m.name, kind_name(m.kind), m.n_layers, m.n_q_heads, m.n_kv_heads, m.d_k, m.d_v,
+           (double)m.scale, attnd_dtype_name(m.kv_dtype), m.page_size);
+    printf("sessions          %" PRIu64 " of %" PRIu64 "\n", st.sessions, st.max_sessions);
+    printf("pages             %" PRIu64 " used, %" PRIu64 " reserved, %" PRIu64
+           " total, %" PRIu64 " bytes each\n",
+           st.pages_used, st.pages_reserved, st.pages_total, st.page_bytes);
+    printf("attend            %" PRIu64 " calls, %" PRIu64 " sequences, %" PRIu64
+           " KV bytes read\n",
+           st.attend_calls, st.attend_sequences, st.kv_bytes_read);
+    printf("append            %" PRIu64 " chunks, %" PRIu64 " tokens appended\n",
+           st.append_calls, st.tokens_appended);
+    printf("errors            %" PRIu64 "\n", st.errors);
+    printf("uptime            %.1f s\n", (double)st.uptime_ms / 1000.0);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *target = getenv("ATTND_TARGET");
+    attnd_client_options opts;
+    attnd_client *c = NULL;
+    attnd_error err;
+    int i, rc;
+
+    if (!target || !*target)
+        target = "127.0.0.1:7700";
+    attnd_client_options_init(&opts);
+    for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "attnd-cli: %s needs a value\n", a);
+            return 2;
+        }
+        if (strcmp(a, "--target") == 0) {
+            target = argv[++i];
+        } else if (strcmp(a, "--deadline-ms") == 0 || strcmp(a, "--connect-timeout-ms") == 0) {
+            long long v = attnd_cli_parse_count(argv[++i]);
+            if (v <= 0) {
+                fprintf(stderr, "attnd-cli: %s: expected a positive integer, got \"%s\"\n", a,
+                        argv[i]);
+                return 2;
+            }
+            if (a[2] == 'd')
+                opts.deadline_ms = v;
+            else
+                opts.connect_timeout_ms = v;
+        } else {
+            fprintf(stderr, "attnd-cli: unknown flag %s (see --help)\n", a);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[i];
+    if (strcmp(cmd, "health") && strcmp(cmd, "stats") && strcmp(cmd, "demo")) {
+        fprintf(stderr, "attnd-cli: unknown command \"%s\" (see --help)\n", cmd);
+        return 2;
+    }
+    if (strcmp(cmd, "demo") != 0 && i + 1 < argc) {
+        fprintf(stderr, "attnd-cli: %s takes no arguments, got \"%s\"\n", cmd, argv[i + 1]);
+        return 2;
+    }
+    if (strcmp(cmd, "demo") == 0)
+        return attnd_cli_demo(target, &opts, argc - i, argv + i);
+
+    attnd_error_clear(&err);
+    if (attnd_client_connect(target, &opts, &c, &err)) {
+        fprintf(stderr, "attnd-cli: %s: %s\n", attnd_status_string(err.code), err.msg);
+        if (strcmp(cmd, "health") == 0)
+            printf("NOT_SERVING\n");
+        return 1;
+    }
+    rc = strcmp(cmd, "health") == 0 ? cmd_health(c) : cmd_stats(c);
+    attnd_client_destroy(c);
+    return rc;
+}

@@ -1,0 +1,123 @@
+/* The control calls: CreateSession, CloseSession, GetStats, Health/Check.
+ *
+ * Small unary messages, encoded and decoded by protobuf-c. CreateSession
+ * and GetStats both describe the served model; the client remembers it
+ * (attnd__client_model_cache) for the calls that need the model's shapes.
+ */
+#include <string.h>
+
+#include "client_int.h"
+
+attnd_status attnd_client_create_session(attnd_client *c, const char *model, uint32_t max_tokens,
+                                         attnd_session_id *id_p, attnd_model_info *model_p,
+                                         attnd_error *err)
+{
+    Attnd__V1__CreateSessionRequest req = ATTND__V1__CREATE_SESSION_REQUEST__INIT;
+    Attnd__V1__CreateSessionResponse *resp = NULL;
+    attnd_model_info m;
+    attnd_status st;
+
+    if (!c || !id_p)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "create_session: %s is NULL",
+                               !c ? "client" : "id_p");
+    req.model = (char *)(model ? model : "");
+    req.max_tokens = max_tokens;
+    st = attnd__client_unary(c, ATTND__CLIENT_M_CREATE_SESSION, &req.base,
+                             &attnd__v1__create_session_response__descriptor,
+                             (ProtobufCMessage **)&resp, err);
+    if (st)
+        return st;
+    if (resp->session_id.len != ATTND_SESSION_ID_BYTES) {
+        st = attnd_error_set(err, ATTND_ERR_INTERNAL,
+                             "CreateSessionResponse.session_id: expected %d bytes, got %zu",
+                             ATTND_SESSION_ID_BYTES, resp->session_id.len);
+        goto out;
+    }
+    attnd__client_model_from_pb(resp->model, &m);
+    attnd__client_model_cache(c, &m);
+    memcpy(id_p->bytes, resp->session_id.data, ATTND_SESSION_ID_BYTES);
+    if (model_p)
+        *model_p = m;
+out:
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return st;
+}
+
+attnd_status attnd_client_close_session(attnd_client *c, const attnd_session_id *id,
+                                        attnd_error *err)
+{
+    Attnd__V1__CloseSessionRequest req = ATTND__V1__CLOSE_SESSION_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    attnd_status st;
+
+    if (!c || !id)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "close_session: %s is NULL",
+                               !c ? "client" : "id");
+    req.session_id.len = ATTND_SESSION_ID_BYTES;
+    req.session_id.data = (uint8_t *)id->bytes;
+    st = attnd__client_unary(c, ATTND__CLIENT_M_CLOSE_SESSION, &req.base,
+                             &attnd__v1__close_session_response__descriptor, &resp, err);
+    if (st == ATTND_OK)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    return st;
+}
+
+attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *out, attnd_model_info *model_p,
+                                    attnd_error *err)
+{
+    Attnd__V1__GetStatsRequest req = ATTND__V1__GET_STATS_REQUEST__INIT;
+    Attnd__V1__GetStatsResponse *r = NULL;
+    attnd_model_info m;
+    attnd_status st;
+
+    if (!c || !out)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "get_stats: %s is NULL",
+                               !c ? "client" : "st");
+    st = attnd__client_unary(c, ATTND__CLIENT_M_GET_STATS, &req.base,
+                             &attnd__v1__get_stats_response__descriptor,
+                             (ProtobufCMessage **)&r, err);
+    if (st)
+        return st;
+    attnd__client_model_from_pb(r->model, &m);
+    attnd__client_model_cache(c, &m);
+    *out = (attnd_stats){
+        .sessions = r->sessions,
+        .max_sessions = r->max_sessions,
+        .pages_total = r->pages_total,
+        .pages_used = r->pages_used,
+        .pages_reserved = r->pages_reserved,
+        .page_bytes = r->page_bytes,
+        .attend_calls = r->attend_calls,
+        .attend_sequences = r->attend_sequences,
+        .append_calls = r->append_calls,
+        .tokens_appended = r->tokens_appended,
+        .errors = r->errors,
+        .kv_bytes_read = r->kv_bytes_read,
+        .uptime_ms = r->uptime_ms,
+    };
+    if (model_p)
+        *model_p = m;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return ATTND_OK;
+}
+
+attnd_status attnd_client_health(attnd_client *c, const char *service, int *serving_p,
+                                 attnd_error *err)
+{
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    Grpc__Health__V1__HealthCheckResponse *r = NULL;
+    attnd_status st;
+
+    if (!c || !serving_p)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "health: %s is NULL",
+                               !c ? "client" : "serving_p");
+    req.service = (char *)(service ? service : "");
+    st = attnd__client_unary(c, ATTND__CLIENT_M_HEALTH_CHECK, &req.base,
+                             &grpc__health__v1__health_check_response__descriptor,
+                             (ProtobufCMessage **)&r, err);
+    if (st)
+        return st;
+    *serving_p = r->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return ATTND_OK;
+}
