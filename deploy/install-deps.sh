@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install every Debian package attnd needs to build, test and run.
+# Idempotent; run as root (or with sudo available) on Debian 12.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config git ca-certificates
+  libgrpc-dev                         # gRPC C core (grpc.pc, version 29.x)
+  libprotobuf-c-dev protobuf-c-compiler
+  libucx-dev ucx-utils                # UCX and ucx_perftest
+  liburing-dev
+  check                               # unit test framework
+  python3 procps iproute2
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
+  SUDO=sudo
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
