@@ -321,24 +321,10 @@ static void tensor_enc_init(tensor_enc *t, attnd_dtype dtype, int ndim, const in
 
 /* Convert n float32 to dtype at dst. The bytes of a tensor sit wherever the
  * field headers before them end, so dst is often not aligned for the
- * element type; attnd_convert stores through typed pointers, so a
- * misaligned dst goes through a small aligned bounce buffer (it stays in
- * L1; the cost is noise next to the conversion). */
+ * element type; attnd_convert takes any alignment. */
 static void convert_out(uint8_t *dst, attnd_dtype dt, const float *src, size_t n)
 {
-    enum { CHUNK = 2048 };
-    size_t es = attnd_dtype_size(dt);
-    _Alignas(16) unsigned char bounce[CHUNK * 4];
-
-    if (((uintptr_t)dst & (es - 1)) == 0) {
-        attnd_convert(dt, dst, ATTND_DTYPE_F32, src, n);
-        return;
-    }
-    for (size_t i = 0; i < n; i += CHUNK) {
-        size_t k = n - i < CHUNK ? n - i : CHUNK;
-        attnd_convert(dt, bounce, ATTND_DTYPE_F32, src + i, k);
-        memcpy(dst + i * es, bounce, k * es);
-    }
+    attnd_convert(dt, dst, ATTND_DTYPE_F32, src, n);
 }
 
 /* Write field `field` holding tensor t whose data is float32 src converted
