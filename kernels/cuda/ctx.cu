@@ -136,6 +136,15 @@ extern "C" attnd_status attnd_cuda_sync(attnd_cuda_ctx *ctx, attnd_error *err)
     return ATTND_OK;
 }
 
+/* L2 promotion of the tensor maps' loads (a box row is 128 bytes of a
+ * longer KV row); a build-time constant so an A/B needs no run-time knob.
+ * 128B: on the H200 (NOTES.md, H200 run 9) 256B promotion cost 3-8% on
+ * every memory-bound shape (MLA 16 heads 4K: 159 against 148 us; GQA 128 x
+ * 8K: 1024 against 950 us) and none, 64B and 128B measured the same. */
+#ifndef ATTND_CUDA_L2_PROMOTION
+#define ATTND_CUDA_L2_PROMOTION CU_TENSOR_MAP_L2_PROMOTION_L2_128B
+#endif
+
 /* Encode a 3-D bf16 tensor map {inner, rows, pages} with 64 x 64 boxes and
  * the 128-byte swizzle the kernels' shared-memory layouts assume. */
 attnd_status attnd__cuda_tensor_map(attnd_cuda_ctx *ctx, void *map, const void *base,
@@ -149,7 +158,7 @@ attnd_status attnd__cuda_tensor_map(attnd_cuda_ctx *ctx, void *map, const void *
     cuuint32_t estr[3] = {1, 1, 1};
     CUresult r = encode((CUtensorMap *)map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void *)base,
                         dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_SWIZZLE_128B, ATTND_CUDA_L2_PROMOTION,
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,

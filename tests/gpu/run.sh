@@ -5,6 +5,22 @@
 # read-only kernel, d2d copy, torch SDPA / eager MLA when python3 has torch).
 #
 #   tests/gpu/run.sh [--no-build] [--ncu] [--no-torch] [all|test|bench|build]
+#   tests/gpu/run.sh e2e-build     (here: bundle attnd, attnd-cli, test_gpu_e2e,
+#                                   bench_engine)
+#   tests/gpu/run.sh e2e           (there: the GPU backend end to end)
+#   tests/gpu/run.sh engine        (there: test_gpu_e2e, then engine-level
+#                                   latency without RPC)
+#
+# e2e-build builds those targets in $ATTND_BUILD_DIR (default build/, a
+# CMake build with CUDA) and bundles them with their shared libraries into
+# $ATTND_GPU_E2E (default .gpu/e2e). e2e, on the GPU machine, runs
+# test_gpu_e2e (attnd --device cuda:0 through libattnd, checked against the
+# float64 reference), then attnd-cli demo against `attnd --model
+# deepseek-v3` on cuda:0 and on the CPU backend of the same machine, and
+# prints per-layer (per Attend call) latency and the KV bandwidth it implies;
+# then, like `engine`, bench_engine (attnd_engine_attend timed directly, GPU
+# and CPU backends, DeepSeek-V3 shapes) beside attnd_cuda_bench's MLA
+# kernel-only times and read-only anchor (from .gpu/bin) of the same run.
 #
 # Binaries go to $ATTND_GPU_BIN (default .gpu/bin, git-ignored: carry it to
 # the GPU machine and pass --no-build there to skip the compile). Logs and
@@ -20,8 +36,8 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --ncu) ncu=1 ;;
     --no-torch) torch=0 ;;
-    all|test|bench|build) what=$a ;;
-    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build]" >&2; exit 2 ;;
+    all|test|bench|build|e2e|e2e-build|engine) what=$a ;;
+    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine]" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$bin" "$out"
@@ -60,7 +76,99 @@ do_build() {
   echo "built: $bin/{test_cuda,bench_cuda,test_partition}"
 }
 
+e2e=${ATTND_GPU_E2E:-$root/.gpu/e2e}
+rc=0
+
+do_e2e_build() {
+  local b=${ATTND_BUILD_DIR:-$root/build}
+  cmake --build "$b" -j2 --target attnd attnd-cli test_gpu_e2e bench_engine
+  rm -rf "$e2e"
+  "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$e2e" "$b/service/attnd" \
+    "$b/client/attnd-cli" "$b/tests/gpu/test_gpu_e2e" "$b/tests/gpu/bench_engine"
+  # test_gpu_e2e starts the attnd path compiled into it: remember it
+  realpath "$b/service/attnd" > "$e2e/attnd_path"
+  echo "bundled: $e2e"
+}
+
+# One attnd + attnd-cli demo: $1 label, $2 device, then demo flags.
+e2e_demo() {
+  local label=$1 dev=$2; shift 2
+  local pf=$out/port.$label log=$out/demo.$label.log
+  rm -f "$pf"
+  "$e2e/run" attnd --model deepseek-v3 --device "$dev" --kv-memory 8G --listen 127.0.0.1:0 \
+    --port-file "$pf" > "$out/attnd.$label.log" 2>&1 & local spid=$!
+  for _ in $(seq 600); do [ -s "$pf" ] || ! kill -0 $spid 2>/dev/null && break; sleep 0.1; done
+  if [ ! -s "$pf" ]; then echo "$label: attnd did not start"; cat "$out/attnd.$label.log"; return 1; fi
+  local t0; t0=$(date +%s)
+  "${t[@]}" "$e2e/run" attnd-cli --target "127.0.0.1:$(cat "$pf")" demo "$@" > "$log" 2>&1
+  local drc=$?
+  echo "$label: demo exit $drc ($(( $(date +%s) - t0 )) s)"
+  "$e2e/run" attnd-cli --target "127.0.0.1:$(cat "$pf")" stats >> "$log" 2>&1 || true
+  kill -TERM $spid; wait $spid || true
+  { echo "-- attnd:"; cat "$out/attnd.$label.log"; } >> "$log"
+  rm -f "$pf" "$out/attnd.$label.log"  # $OUT brings back at most 8 files
+  cat "$log"
+  return $drc
+}
+
+# Per-layer latency and KV bandwidth from a demo log: $1 label, $2 batch,
+# $3 context (prefill tokens). KV bytes per Attend: batch x context x 1152
+# (576 bf16 per token of a layer).
+e2e_row() {
+  awk -v l="$1" -v b="$2" -v c="$3" '/latency per Attend/ {
+      p50 = $6; p90 = $8; kv = b * c * 1152;
+      printf "| %s | %d x %d | %.0f | %.0f | %.1f | %.2f |\n", l, b, c, p50, p90, kv / 1e6, kv / p50 / 1e3 }
+    /max relative error/ { print "  check:", $0 }' "$out/demo.$1.log"
+}
+
+# test_gpu_e2e from the bundle; sets rc (77: no GPU, exits).
+e2e_test() {
+  [ -x "$e2e/run" ] || { echo "no bundle at $e2e (run e2e-build first)"; exit 2; }
+  local ap; ap=$(cat "$e2e/attnd_path")
+  if [ ! -x "$ap" ]; then mkdir -p "$(dirname "$ap")"; ln -sf "$e2e/bin/attnd" "$ap"; fi
+  set +e
+  echo "== test_gpu_e2e"
+  "${t[@]}" "$e2e/run" test_gpu_e2e 2>&1 | tee "$out/e2e_test.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ $rc -eq 77 ] && { echo "no GPU: skipped"; exit 77; }
+  return 0
+}
+
+do_e2e() {
+  e2e_test
+  set +e
+  echo "== demo: deepseek-v3, 16 sessions x 4096 tokens, 3 steps x 61 layers"
+  local ctx=${ATTND_E2E_CTX:-4096} steps=${ATTND_E2E_STEPS:-3}
+  e2e_demo gpu_b16 cuda:0 --sessions 16 --prefill "$ctx" --steps "$steps" --batch 16 --seed 7
+  e2e_demo gpu_b4 cuda:0 --sessions 16 --prefill "$ctx" --steps "$steps" --batch 4 --seed 7
+  e2e_demo gpu_b4_async cuda:0 --sessions 16 --prefill "$ctx" --steps "$steps" --batch 4 --api async --seed 7
+  e2e_demo cpu_b16 cpu --sessions 16 --prefill "$ctx" --steps "$steps" --batch 16 --seed 7
+  set -e
+  { echo "| run | batch x context | p50 us per layer | p90 us | KV MB per call | KV GB/s at p50 |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: |"
+    e2e_row gpu_b16 16 "$ctx"; e2e_row gpu_b4 4 "$ctx"; e2e_row gpu_b4_async 4 "$ctx"
+    e2e_row cpu_b16 16 "$ctx"; } | tee "$out/e2e_table.md"
+  do_engine
+  exit $rc
+}
+
+do_engine() {
+  set +e
+  echo "== engine: attnd_engine_attend without RPC (deepseek-v3, one layer)"
+  "${t[@]}" "$e2e/run" bench_engine --ctx "${ATTND_E2E_CTX:-4096}" --batches 1,16,64,128 \
+    2>&1 | tee "$out/engine.md"
+  if [ -x "$bin/bench_cuda" ]; then
+    echo "== kernel only (same run): attnd_cuda_bench mla"
+    "${t[@]}" "$bin/bench_cuda" mla 2>&1 | grep -E "anchor|^mla" | tee "$out/engine_kernels.log"
+  fi
+  set -e
+}
+
 cd "$root"
+if [ "$what" = e2e-build ]; then do_e2e_build; exit 0; fi
+if [ "$what" = e2e ]; then do_e2e; fi
+if [ "$what" = engine ]; then e2e_test; do_engine; exit $rc; fi
 if [ $build -eq 1 ]; then do_build; fi
 [ "$what" = build ] && exit 0
 

@@ -1,0 +1,61 @@
+/* The engine's compute backends (internal to worker/).
+ *
+ * The CPU backend is the engine itself: pages in a host mapping, the
+ * kernels of attnd_kernels.h on its thread pool. The CUDA backend
+ * (backend_cuda.c, built only when ATTND_HAVE_CUDA) keeps the page bytes in
+ * one cudaMalloc on a GPU, carved into pages of the same layout as the CPU
+ * pool, and runs kernels/cuda. The engine keeps the page bookkeeping (free
+ * stack, reservations, page tables) on the host in both cases; the backend
+ * only moves bytes and computes. Without CUDA, backend_none.c answers every
+ * create with UNIMPLEMENTED, so `--device cuda:N` fails at start.
+ *
+ * Thread safety: every call may come from any thread. The CUDA backend runs
+ * one call at a time (one mutex around each call: uploads, launches and
+ * downloads of one Attend never interleave with another's); its work is
+ * ordered on one stream, so a write is visible to every later decode. */
+#ifndef ATTND_WORKER_BACKEND_H
+#define ATTND_WORKER_BACKEND_H
+
+#include <stdint.h>
+
+#include "attnd_kernels.h"
+
+/* "cpu" (or "") -> -1; "cuda" -> 0; "cuda:N" -> N. INVALID_ARGUMENT names
+ * the field "device" otherwise. */
+attnd_status attnd__device_parse(const char *s, int32_t *device_p, attnd_error *err);
+
+typedef struct attnd__gpu attnd__gpu;
+
+/* A GPU pool of n_pages pages of layout l on CUDA device `device`, with
+ * its stream, plan and staging buffers. UNAVAILABLE when there is no such
+ * device, UNIMPLEMENTED when this build has no CUDA or the kernels do not
+ * handle the layout (the message names the model dimension), and
+ * RESOURCE_EXHAUSTED when device or pinned memory runs out. The layout is
+ * copied. Caller frees with attnd__gpu_destroy. */
+attnd_status attnd__gpu_create(int32_t device, const attnd_kv_layout *l, int32_t n_pages,
+                               attnd__gpu **gpu_p, attnd_error *err);
+void attnd__gpu_destroy(attnd__gpu *g);
+
+/* Store n wire-form entries ([n][token_elems] of dt, caller-owned, read
+ * before return) at token positions t0 .. t0 + n - 1 of a layer whose page
+ * table is `pages` (the pages must already be there). Converts on the host
+ * into pinned staging and enqueues the copies of the page slices; the next
+ * decode sees them (same stream). INTERNAL on a CUDA error. */
+attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, uint64_t n,
+                              attnd_dtype dt, const void *src, attnd_error *err);
+
+/* Decode batch b on the GPU and wait for it. b is as for attnd_kernel_decode
+ * with host pointers throughout (q of any dtype, converted to bf16 here; the
+ * page lists; float32 out and lse, lse may be NULL) except pool, which is
+ * ignored (the GPU pool is used), and kv, which must be the layout the
+ * backend was created with. Allocates only when a batch is larger than any
+ * before it. Errors name the field (q_tokens over 16: UNIMPLEMENTED). */
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd_error *err);
+
+/* Page-locked host memory of `bytes` for *p (RESOURCE_EXHAUSTED, or
+ * UNIMPLEMENTED without CUDA); free with attnd__gpu_host_free (NULL: no-op).
+ * The engine's workspaces hold GPU outputs in it. */
+attnd_status attnd__gpu_host_alloc(size_t bytes, void **p, attnd_error *err);
+void attnd__gpu_host_free(void *p);
+
+#endif /* ATTND_WORKER_BACKEND_H */

@@ -1,0 +1,364 @@
+/* The CUDA backend of the engine: KV pages in GPU memory, decode on
+ * kernels/cuda (see backend.h for the contract).
+ *
+ * Memory: one cudaMalloc of n_pages * page_bytes holds every page, laid out
+ * exactly as the CPU pool's pages (attnd_kv_layout), so page numbers from
+ * the host bookkeeping index it directly. Appends convert on the host into
+ * a pinned staging ring, packed (only the tokens written), and copy each
+ * page slice with one cudaMemcpy2DAsync: MLA pages are token-major, so a
+ * slice is one run of bytes; GQA pages are [2][Hkv][page_size][D], so a
+ * slice is 2 * Hkv runs at a pitch of page_size * D elements. The ring is
+ * reused from its start after every synchronization of the stream (each
+ * decode ends with one; a full ring forces one), so appends between
+ * decodes cost no synchronization.
+ *
+ * Decode: bf16 queries are uploaded straight from the caller's buffer
+ * (others are converted into pinned staging first), page indices through
+ * pinned staging; the split-KV plan is made on the host from the page lists
+ * (kernels/cuda uploads its units on the same stream); one decode launch
+ * (MLA adds the combine when a stream was split) writes float32 outputs and
+ * LSE, downloaded straight into the caller's buffers (the engine gives
+ * page-locked ones: attnd_engine_ws.pinned, from attnd__gpu_host_alloc);
+ * one synchronization. Measured on an H200 (tests/gpu/run.sh engine,
+ * 2026-12-01; kernels/cuda/NOTES.md): at DeepSeek-V3 batch 128 x 4K the
+ * kernel takes 0.3 ms of a 4-5 ms call; the rest is PCIe traffic (19 MB of
+ * queries in, 34 MB of float32 outputs out) and the appends' copies.
+ * Copying between pageable buffers and the device beat pinned staging
+ * plus a host memcpy (6.9 against 9.9 ms at batch 128), so queries are
+ * not staged. Device and pinned buffers grow to the largest batch seen
+ * and are reused.
+ *
+ * Concurrency: one mutex serializes every call (the staging buffers, the
+ * plan and its workspace are shared). A GPU runs one of these launches at a
+ * time anyway; the cost is that host-side conversion of one call does not
+ * overlap another's kernel. */
+#include <cuda_runtime_api.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attnd_cuda.h"
+#include "backend.h"
+
+/* Pinned bytes of the write ring (at least one page). */
+#define GPU_STAGE_BYTES ((size_t)32 << 20)
+
+/* A device buffer and, when asked for, a pinned host one of the same
+ * capacity. */
+typedef struct gpu_buf {
+    void *h, *d;
+    size_t cap; /* bytes */
+} gpu_buf;
+
+struct attnd__gpu {
+    pthread_mutex_t mu; /* one call at a time: guards everything below */
+    int32_t device;
+    attnd_kv_layout layout;
+    int32_t n_pages;
+    size_t page_bytes;
+    size_t run_bytes;   /* bytes of one token in one contiguous run */
+    size_t run_pitch;   /* bytes between a page's runs */
+    int32_t runs;       /* runs per page slice: 1 (MLA) or 2 * Hkv (GQA) */
+    int64_t token_elems;
+    attnd_cuda_ctx *ctx;
+    attnd_cuda_plan *plan;
+    cudaStream_t stream;
+    char *pool;         /* device: the pages */
+    char *stage;        /* pinned write ring */
+    size_t stage_cap, stage_used;
+    gpu_buf q, idx;     /* pinned halves: queries not in bf16 (made on first
+                           need), page indices */
+    gpu_buf out, lse;   /* device only */
+};
+
+static attnd_status cuda_fail(attnd_error *err, cudaError_t rc, const char *what)
+{
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "cuda: %s: %s", what, cudaGetErrorString(rc));
+}
+
+/* The kernels' shapes (see attnd_cuda.h), with the model's names. */
+static attnd_status check_layout(const attnd_kv_layout *l, attnd_error *err)
+{
+    attnd_kv_layout want;
+    if (l->dtype != ATTND_DTYPE_BF16)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "kv-dtype: %s; the CUDA backend stores bf16 only",
+                               attnd_dtype_name(l->dtype));
+    if (l->page_size < 64 || l->page_size % 64)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "page-size: %d; the CUDA kernels need a multiple of 64", l->page_size);
+    if (l->v_in_k) {
+        int32_t d_c = l->d_v, d_r = l->d_k - l->d_v;
+        if (d_r != 64 || (d_c != 512 && d_c != 256 && d_c != 128))
+            return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                                   "model: MLA d_latent %d, d_rope %d; the CUDA kernels need "
+                                   "d_latent 512, 256 or 128 and d_rope 64", d_c, d_r);
+        attnd_kv_layout_mla(&want, d_c, d_r, l->page_size, l->dtype);
+    } else {
+        if (l->d_k != l->d_v || (l->d_k != 64 && l->d_k != 128))
+            return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                                   "model: GQA head_dim %d; the CUDA kernels need 64 or 128",
+                                   l->d_k);
+        attnd_kv_layout_gqa(&want, l->n_kv_heads, l->d_k, l->page_size, l->dtype);
+    }
+    if (memcmp(&want, l, sizeof want) != 0)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "kv: page layout differs from attnd_kv_layout_%s's",
+                               l->v_in_k ? "mla" : "gqa");
+    return ATTND_OK;
+}
+
+static void buf_free(gpu_buf *b)
+{
+    cudaFreeHost(b->h);
+    cudaFree(b->d);
+    memset(b, 0, sizeof *b);
+}
+
+/* Make b hold at least `bytes` (contents not kept), with a pinned host half
+ * when `host`. The stream must be idle (nothing queued may use b). */
+static attnd_status buf_fit(gpu_buf *b, size_t bytes, int host, const char *what,
+                            attnd_error *err)
+{
+    cudaError_t rc;
+    if (bytes <= b->cap && (!host || b->h))
+        return ATTND_OK;
+    size_t c = b->cap ? b->cap : 4096;
+    while (c < bytes)
+        c *= 2;
+    buf_free(b);
+    if ((host && (rc = cudaMallocHost(&b->h, c)) != cudaSuccess) ||
+        (rc = cudaMalloc(&b->d, c)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        buf_free(b);
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "%s: no memory for %zu bytes of staging: %s", what, c,
+                               cudaGetErrorString(rc));
+    }
+    b->cap = c;
+    return ATTND_OK;
+}
+
+attnd_status attnd__gpu_create(int32_t device, const attnd_kv_layout *l, int32_t n_pages,
+                               attnd__gpu **gpu_p, attnd_error *err)
+{
+    int32_t n_dev = attnd_cuda_device_count();
+    if (device >= n_dev)
+        return attnd_error_set(err, ATTND_ERR_UNAVAILABLE,
+                               "device: cuda:%d asked for, but %d CUDA device%s usable here",
+                               device, n_dev, n_dev == 1 ? " is" : "s are");
+    attnd_status st = check_layout(l, err);
+    cudaError_t rc;
+    if (st)
+        return st;
+    attnd__gpu *g = calloc(1, sizeof *g);
+    if (!g)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "device: out of memory");
+    g->device = device;
+    g->layout = *l;
+    g->n_pages = n_pages;
+    g->page_bytes = attnd_kv_layout_page_bytes(l);
+    g->token_elems = attnd_kv_layout_token_elems(l);
+    g->runs = l->v_in_k ? 1 : 2 * l->n_kv_heads;
+    g->run_bytes = (size_t)l->k_token_stride * 2;
+    g->run_pitch = l->v_in_k ? g->page_bytes : (size_t)l->k_head_stride * 2;
+
+    st = attnd_cuda_ctx_create(device, NULL, &g->ctx, err);
+    if (st)
+        goto err_ctx;
+    g->stream = (cudaStream_t)attnd_cuda_ctx_stream(g->ctx);
+    st = attnd_cuda_plan_create(g->ctx, &g->plan, err);
+    if (st)
+        goto err_plan;
+    if ((rc = cudaMalloc((void **)&g->pool, g->page_bytes * (size_t)n_pages)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "kv-memory: cannot allocate %zu bytes (%d pages) on cuda:%d: %s",
+                             g->page_bytes * (size_t)n_pages, n_pages, device,
+                             cudaGetErrorString(rc));
+        goto err_pool;
+    }
+    g->stage_cap = g->page_bytes > GPU_STAGE_BYTES ? g->page_bytes : GPU_STAGE_BYTES;
+    if ((rc = cudaMallocHost((void **)&g->stage, g->stage_cap)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "device: no pinned memory for %zu bytes of staging: %s",
+                             g->stage_cap, cudaGetErrorString(rc));
+        goto err_stage;
+    }
+    pthread_mutex_init(&g->mu, NULL);
+    *gpu_p = g;
+    return ATTND_OK;
+
+err_stage:
+    cudaFree(g->pool);
+err_pool:
+    attnd_cuda_plan_destroy(g->plan);
+err_plan:
+    attnd_cuda_ctx_destroy(g->ctx);
+err_ctx:
+    free(g);
+    return st;
+}
+
+void attnd__gpu_destroy(attnd__gpu *g)
+{
+    if (!g)
+        return;
+    cudaSetDevice(g->device);
+    cudaStreamSynchronize(g->stream);
+    buf_free(&g->q);
+    buf_free(&g->idx);
+    buf_free(&g->out);
+    buf_free(&g->lse);
+    cudaFreeHost(g->stage);
+    cudaFree(g->pool);
+    attnd_cuda_plan_destroy(g->plan);
+    attnd_cuda_ctx_destroy(g->ctx);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+}
+
+attnd_status attnd__gpu_host_alloc(size_t bytes, void **p, attnd_error *err)
+{
+    cudaError_t rc = cudaMallocHost(p, bytes);
+    if (rc != cudaSuccess) {
+        (void)cudaGetLastError();
+        *p = NULL;
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "q: no page-locked memory for %zu bytes of outputs: %s", bytes,
+                               cudaGetErrorString(rc));
+    }
+    return ATTND_OK;
+}
+
+void attnd__gpu_host_free(void *p)
+{
+    if (p)
+        cudaFreeHost(p);
+}
+
+/* Wait for the stream (the ring is free again after). Caller holds g->mu. */
+static attnd_status gpu_sync(attnd__gpu *g, attnd_error *err)
+{
+    attnd_status st = attnd_cuda_sync(g->ctx, err);
+    if (st == ATTND_OK)
+        g->stage_used = 0;
+    return st;
+}
+
+attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, uint64_t n,
+                              attnd_dtype dt, const void *src, attnd_error *err)
+{
+    const attnd_kv_layout *l = &g->layout;
+    const uint64_t ps = (uint64_t)l->page_size;
+    const size_t src_bytes = (size_t)g->token_elems * attnd_dtype_size(dt);
+    const size_t dst_bytes = (size_t)g->token_elems * 2;
+    const char *s = src;
+    attnd_status st = ATTND_OK;
+    cudaError_t rc;
+
+    pthread_mutex_lock(&g->mu);
+    if ((rc = cudaSetDevice(g->device)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaSetDevice");
+        goto out;
+    }
+    for (uint64_t t = t0, end = t0 + n; t < end;) {
+        int32_t slot = (int32_t)(t % ps);
+        int32_t cnt = (int32_t)(end - t < ps - (uint64_t)slot ? end - t : ps - (uint64_t)slot);
+        size_t chunk = (size_t)cnt * dst_bytes;
+        if (g->stage_used + chunk > g->stage_cap && (st = gpu_sync(g, err)))
+            goto out;
+        /* the slice in packed form: a page of cnt tokens, same layout */
+        attnd_kv_layout packed;
+        if (l->v_in_k)
+            attnd_kv_layout_mla(&packed, l->d_v, l->d_k - l->d_v, cnt, l->dtype);
+        else
+            attnd_kv_layout_gqa(&packed, l->n_kv_heads, l->d_k, cnt, l->dtype);
+        char *buf = g->stage + g->stage_used;
+        attnd_kv_write_tokens(&packed, buf, 0, cnt, dt, s);
+        char *dst = g->pool + (size_t)pages[t / ps] * g->page_bytes + (size_t)slot * g->run_bytes;
+        size_t w = (size_t)cnt * g->run_bytes;
+        rc = cudaMemcpy2DAsync(dst, g->run_pitch, buf, w, w, (size_t)g->runs,
+                               cudaMemcpyHostToDevice, g->stream);
+        if (rc != cudaSuccess) {
+            st = cuda_fail(err, rc, "cudaMemcpy2DAsync (KV append)");
+            goto out;
+        }
+        g->stage_used += chunk;
+        s += (size_t)cnt * src_bytes;
+        t += (uint64_t)cnt;
+    }
+out:
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}
+
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd_error *err)
+{
+    const attnd_kv_layout *l = &g->layout;
+    const size_t rows = (size_t)b->n_seqs * (size_t)b->q_tokens * (size_t)b->n_q_heads;
+    const size_t q_elems = rows * (size_t)l->d_k, out_elems = rows * (size_t)l->d_v;
+    const size_t n_idx = (size_t)b->page_indptr[b->n_seqs];
+    attnd_status st = ATTND_OK;
+    cudaError_t rc;
+
+    if (b->q_tokens > 16)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "q_tokens: %d; the CUDA backend takes 1..16", b->q_tokens);
+    pthread_mutex_lock(&g->mu);
+    if ((rc = cudaSetDevice(g->device)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaSetDevice");
+        goto out;
+    }
+    const int q_direct = b->q_dtype == ATTND_DTYPE_BF16; /* no staging needed */
+    /* growing frees buffers a queued copy may read: drain the stream first */
+    if ((q_elems * 2 > g->q.cap || (!q_direct && !g->q.h) || (n_idx + 1) * 4 > g->idx.cap ||
+         out_elems * 4 > g->out.cap || rows * 4 > g->lse.cap) &&
+        (st = gpu_sync(g, err)))
+        goto out;
+    if ((st = buf_fit(&g->q, q_elems * 2, !q_direct, "q", err)) ||
+        (st = buf_fit(&g->idx, (n_idx + 1) * 4, 1, "session_ids", err)) ||
+        (st = buf_fit(&g->out, out_elems * 4, 0, "q", err)) ||
+        (st = buf_fit(&g->lse, rows * 4, 0, "q", err)))
+        goto out;
+    if (!q_direct)
+        attnd_convert(ATTND_DTYPE_BF16, g->q.h, b->q_dtype, b->q, q_elems);
+    memcpy(g->idx.h, b->page_idx, n_idx * 4);
+    if ((rc = cudaMemcpyAsync(g->q.d, q_direct ? b->q : g->q.h, q_elems * 2,
+                              cudaMemcpyHostToDevice, g->stream)) != cudaSuccess ||
+        (rc = cudaMemcpyAsync(g->idx.d, g->idx.h, n_idx * 4, cudaMemcpyHostToDevice,
+                              g->stream)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaMemcpyAsync (upload)");
+        goto out;
+    }
+    attnd_cuda_batch cb = {
+        .n_seqs = b->n_seqs,
+        .q_tokens = b->q_tokens,
+        .n_q_heads = b->n_q_heads,
+        .list_groups = 1,
+        .scale = b->scale,
+        .kv = *l,
+        .pool_pages = g->n_pages,
+        .q = g->q.d,
+        .pool = g->pool,
+        .page_idx = g->idx.d,
+        .out_dtype = ATTND_DTYPE_F32,
+        .out = g->out.d,
+        .lse = g->lse.d,
+    };
+    if ((st = attnd_cuda_plan_make(g->plan, &cb, b->page_indptr, b->last_page_len, NULL, err)) ||
+        (st = attnd_cuda_decode_run(g->plan, &cb, err)))
+        goto out;
+    if ((rc = cudaMemcpyAsync(b->out, g->out.d, out_elems * 4, cudaMemcpyDeviceToHost,
+                              g->stream)) != cudaSuccess ||
+        (b->lse && (rc = cudaMemcpyAsync(b->lse, g->lse.d, rows * 4, cudaMemcpyDeviceToHost,
+                                         g->stream)) != cudaSuccess)) {
+        st = cuda_fail(err, rc, "cudaMemcpyAsync (download)");
+        goto out;
+    }
+    st = gpu_sync(g, err);
+out:
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}

@@ -1,0 +1,46 @@
+/* The CUDA backend's stand-in for builds without CUDA (nvcc not found, or
+ * ATTND_CUDA=OFF): creating it fails with a message that says so, so that
+ * `attnd --device cuda:N` stops at start instead of serving on the CPU. */
+#include "backend.h"
+
+attnd_status attnd__gpu_create(int32_t device, const attnd_kv_layout *l, int32_t n_pages,
+                               attnd__gpu **gpu_p, attnd_error *err)
+{
+    (void)l;
+    (void)n_pages;
+    (void)gpu_p;
+    return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                           "device: cuda:%d asked for, but this attnd was built without CUDA "
+                           "(nvcc not found, or ATTND_CUDA=OFF); use --device cpu",
+                           device);
+}
+
+void attnd__gpu_destroy(attnd__gpu *g)
+{
+    (void)g;
+}
+
+attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, uint64_t n,
+                              attnd_dtype dt, const void *src, attnd_error *err)
+{
+    (void)g, (void)pages, (void)t0, (void)n, (void)dt, (void)src;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
+attnd_status attnd__gpu_host_alloc(size_t bytes, void **p, attnd_error *err)
+{
+    (void)bytes;
+    *p = NULL;
+    return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED, "device: no CUDA backend in this build");
+}
+
+void attnd__gpu_host_free(void *p)
+{
+    (void)p;
+}
+
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd_error *err)
+{
+    (void)g, (void)b;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
