@@ -1,0 +1,196 @@
+/* The worker group's pure parts, without processes: page placement and the
+ * per-rank slices (group_place.c), and the normalized Walsh-Hadamard
+ * rotation (kernels/cpu/fwht.c) against its float64 definition. Inputs are
+ * fresh random sizes and data on every run (ATTND_TEST_SEED replays). */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "group_int.h"
+#include "testutil.h"
+
+static tu_rng rng;
+
+static attnd_group *fake_group(int32_t N, int32_t me, int32_t P, const char *model,
+                               attnd_group_mode mode)
+{
+    attnd_group *g = calloc(1, sizeof *g);
+    attnd_error err;
+    ck_assert_ptr_nonnull(g);
+    g->cfg.size = N;
+    g->cfg.rank = me;
+    g->cfg.page_size = P;
+    g->cfg.mode = mode;
+    g->cfg.mu = 1.0f;
+    g->cfg.model = *attnd_model_find(model);
+    ck_assert_int_eq(attnd_group_shard_model(&g->cfg, &g->shard, &err), ATTND_OK);
+    g->N = N;
+    g->me = me;
+    g->hq = g->cfg.model.n_q_heads;
+    g->d_k = attnd_model_d_k(&g->cfg.model);
+    g->d_v = attnd_model_d_v(&g->cfg.model);
+    g->kv_elems = attnd_model_kv_token_elems(&g->cfg.model);
+    g->hq_r = g->shard.n_q_heads;
+    g->d_k_r = attnd_model_d_k(&g->shard);
+    g->d_v_r = attnd_model_d_v(&g->shard);
+    g->kv_elems_r = attnd_model_kv_token_elems(&g->shard);
+    return g;
+}
+
+START_TEST(test_every_token_has_one_owner_and_rank_counts_add_up)
+{
+    for (int iter = 0; iter < 200; iter++) {
+        int32_t N = (int32_t)tu_int(&rng, 1, 8), P = (int32_t)tu_int(&rng, 1, 20);
+        attnd_group *g = fake_group(N, 0, P, "tiny-gqa", ATTND_GROUP_SEQUENCE);
+        uint64_t x = (uint64_t)tu_int(&rng, 0, 3000), total = 0;
+        for (int32_t r = 0; r < N; r++) {
+            uint64_t brute = 0;
+            for (uint64_t t = 0; t < x; t++)
+                brute += attnd__gplace_owner(g, t) == r;
+            ck_assert_uint_eq(attnd__gplace_count(g, r, x), brute);
+            total += brute;
+        }
+        ck_assert_uint_eq(total, x);
+        for (uint64_t t = 0; t < x; t++)
+            ck_assert_int_eq(attnd__gplace_owner(g, t), (int32_t)((t / (uint64_t)P) % N));
+        free(g);
+    }
+}
+END_TEST
+
+START_TEST(test_gather_takes_each_ranks_tokens_in_order)
+{
+    for (int iter = 0; iter < 100; iter++) {
+        int32_t N = (int32_t)tu_int(&rng, 1, 5), P = (int32_t)tu_int(&rng, 1, 9);
+        attnd_group *g = fake_group(N, 0, P, "tiny-gqa", ATTND_GROUP_SEQUENCE);
+        uint64_t start = (uint64_t)tu_int(&rng, 0, 100), n = (uint64_t)tu_int(&rng, 0, 70);
+        uint64_t *src = malloc(sizeof *src * (n + 1)), *dst = malloc(sizeof *dst * (n + 1));
+        uint64_t seen = 0;
+        for (uint64_t i = 0; i < n; i++)
+            src[i] = start + i;
+        for (int32_t r = 0; r < N; r++) {
+            uint64_t k = attnd__gplace_gather_seq(g, r, start, n, sizeof *src, src, dst);
+            ck_assert_uint_eq(k, attnd__gplace_count(g, r, start + n) -
+                                     attnd__gplace_count(g, r, start));
+            for (uint64_t i = 0; i < k; i++) {
+                ck_assert_int_eq(attnd__gplace_owner(g, dst[i]), r);
+                if (i)
+                    ck_assert_uint_gt(dst[i], dst[i - 1]);
+            }
+            seen += k;
+        }
+        ck_assert_uint_eq(seen, n);
+        free(src);
+        free(dst);
+        free(g);
+    }
+}
+END_TEST
+
+/* Head mode: the ranks' query and KV slices put back together are the
+ * whole tensors. */
+START_TEST(test_head_slices_tile_queries_and_kv)
+{
+    const int32_t N = 2;
+    attnd_group *g0 = fake_group(N, 0, 8, "tiny-gqa", ATTND_GROUP_HEAD);
+    const size_t rows = (size_t)tu_int(&rng, 1, 6), H = (size_t)g0->hq, D = (size_t)g0->d_k;
+    const size_t Hkv = (size_t)g0->cfg.model.n_kv_heads;
+    float *q = malloc(sizeof(float) * rows * H * D), *qs = malloc(sizeof(float) * rows * H * D);
+    float *kv = malloc(sizeof(float) * rows * 2 * Hkv * D);
+    float *ks = malloc(sizeof(float) * rows * 2 * Hkv * D);
+    for (size_t i = 0; i < rows * H * D; i++)
+        q[i] = (float)tu_normal(&rng);
+    for (size_t i = 0; i < rows * 2 * Hkv * D; i++)
+        kv[i] = (float)tu_normal(&rng);
+    for (int32_t r = 0; r < N; r++) {
+        attnd__gplace_slice_q(g0, r, rows, ATTND_DTYPE_F32, q, qs);
+        attnd__gplace_slice_kv(g0, r, rows, ATTND_DTYPE_F32, kv, ks);
+        size_t hr = H / N, kr = Hkv / N;
+        for (size_t i = 0; i < rows; i++) {
+            ck_assert(memcmp(qs + i * hr * D, q + (i * H + r * hr) * D, hr * D * 4) == 0);
+            for (size_t k = 0; k < 2; k++)
+                ck_assert(memcmp(ks + (i * 2 + k) * kr * D, kv + ((i * 2 + k) * Hkv + r * kr) * D,
+                                 kr * D * 4) == 0);
+        }
+    }
+    free(q);
+    free(qs);
+    free(kv);
+    free(ks);
+    free(g0);
+}
+END_TEST
+
+START_TEST(test_fwht_is_the_normalized_hadamard_and_its_own_inverse)
+{
+    for (int32_t n = 1; n <= 512; n *= 2) {
+        float *x = malloc(sizeof(float) * (size_t)n), *y = malloc(sizeof(float) * (size_t)n);
+        double *ref = malloc(sizeof(double) * (size_t)n);
+        for (int32_t i = 0; i < n; i++)
+            x[i] = (float)tu_normal(&rng);
+        memcpy(y, x, sizeof(float) * (size_t)n);
+        attnd_kernel_fwht_f32(y, n);
+        for (int32_t i = 0; i < n; i++) {
+            double s = 0.0;
+            for (int32_t j = 0; j < n; j++)
+                s += (__builtin_popcount((unsigned)(i & j)) & 1 ? -1.0 : 1.0) * x[j];
+            ref[i] = s / sqrt((double)n);
+        }
+        ck_assert_double_le(tu_rel_err_f32(y, ref, (size_t)n), 1e-6);
+        attnd_kernel_fwht_f32(y, n);
+        for (int32_t i = 0; i < n; i++)
+            ref[i] = x[i];
+        ck_assert_double_le(tu_rel_err_f32(y, ref, (size_t)n), 1e-6);
+        free(x);
+        free(y);
+        free(ref);
+    }
+    ck_assert(!attnd_fwht_supported(48));
+    ck_assert(attnd_fwht_supported(512));
+}
+END_TEST
+
+START_TEST(test_shard_settings_that_do_not_divide_are_invalid_argument)
+{
+    attnd_group_config c;
+    attnd_model_spec s;
+    attnd_error err;
+    memset(&c, 0, sizeof c);
+    c.size = 3;
+    c.mu = 1.0f;
+    c.model = *attnd_model_find("tiny-gqa"); /* 2 KV heads */
+    c.mode = ATTND_GROUP_HEAD;
+    ck_assert_int_eq(attnd_group_shard_model(&c, &s, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "--shard head"));
+    c.mode = ATTND_GROUP_LATENT; /* GQA cannot be latent-sharded */
+    ck_assert_int_eq(attnd_group_shard_model(&c, &s, &err), ATTND_ERR_INVALID_ARGUMENT);
+    c.model = *attnd_model_find("tiny-mla");
+    c.size = 4;
+    c.rank = 4;
+    ck_assert_int_eq(attnd_group_shard_model(&c, &s, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "--rank"));
+    c.rank = 1;
+    ck_assert_int_eq(attnd_group_shard_model(&c, &s, &err), ATTND_OK);
+    ck_assert_int_eq(s.d_latent, 16);
+    ck_assert_int_eq(s.d_rope, 16);
+}
+END_TEST
+
+int main(void)
+{
+    tu_rng_init(&rng, "group units");
+    Suite *s = suite_create("group_units");
+    TCase *tc = tcase_create("place");
+    tcase_add_test(tc, test_every_token_has_one_owner_and_rank_counts_add_up);
+    tcase_add_test(tc, test_gather_takes_each_ranks_tokens_in_order);
+    tcase_add_test(tc, test_head_slices_tile_queries_and_kv);
+    tcase_add_test(tc, test_fwht_is_the_normalized_hadamard_and_its_own_inverse);
+    tcase_add_test(tc, test_shard_settings_that_do_not_divide_are_invalid_argument);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}

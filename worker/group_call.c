@@ -1,0 +1,366 @@
+/* Buffers and pending calls of the worker group.
+ *
+ * Buffers: byte buffers on a free list (first fit; at most 64 kept), so that
+ * a steady decode loop reuses the same ones for requests, replies and
+ * partial results.
+ *
+ * Calls: a leader that sends a request to peers registers a call (an id
+ * and one slot per rank); replies find their call by id in the AM handler
+ * (group_net.c, under ucp_mu) and land in the slot's buffer, by copy for an
+ * eager message or by ucp_am_recv_data_nbx straight into it for a
+ * rendezvous one. The leader waits on call_cv until every slot it expects is
+ * done or the deadline passes. A leader that gives up while a rendezvous
+ * receive still writes into a slot's buffer marks the call abandoned; the
+ * receive's completion then frees the call. A slot fails when its peer's
+ * endpoint breaks (attnd__gcalls_fail_rank) or at the deadline.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "group_int.h"
+
+int64_t attnd__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- buffers -------------------------------------------------------------------- */
+
+attnd__gbuf *attnd__gbuf_get(attnd_group *g, size_t n)
+{
+    attnd__gbuf *b, **pp;
+
+    pthread_mutex_lock(&g->buf_mu);
+    for (pp = &g->free_bufs; (b = *pp); pp = &b->next)
+        if (b->cap >= n) {
+            *pp = b->next;
+            g->n_free_bufs--;
+            break;
+        }
+    pthread_mutex_unlock(&g->buf_mu);
+    if (!b) {
+        b = calloc(1, sizeof *b);
+        if (!b)
+            return NULL;
+        b->cap = n < 4096 ? 4096 : n;
+        if (posix_memalign((void **)&b->data, 64, b->cap)) {
+            free(b);
+            return NULL;
+        }
+    }
+    b->next = NULL;
+    b->g = g;
+    b->conn = NULL;
+    b->len = 0;
+    memset(&b->hdr, 0, sizeof b->hdr);
+    return b;
+}
+
+static void gbuf_free(attnd__gbuf *b)
+{
+    free(b->data);
+    free(b);
+}
+
+void attnd__gbuf_put(attnd_group *g, attnd__gbuf *b)
+{
+    if (!b)
+        return;
+    pthread_mutex_lock(&g->buf_mu);
+    if (g->n_free_bufs < 64) {
+        b->next = g->free_bufs;
+        g->free_bufs = b;
+        g->n_free_bufs++;
+        b = NULL;
+    }
+    pthread_mutex_unlock(&g->buf_mu);
+    if (b)
+        gbuf_free(b);
+}
+
+void attnd__gbufs_cleanup(attnd_group *g)
+{
+    attnd__gbuf *b = g->free_bufs, *next;
+    for (; b; b = next) {
+        next = b->next;
+        gbuf_free(b);
+    }
+    g->free_bufs = NULL;
+    g->n_free_bufs = 0;
+}
+
+/* ---- calls ---------------------------------------------------------------------- */
+
+attnd__gcall *attnd__gcall_new(attnd_group *g)
+{
+    attnd__gcall *c;
+
+    pthread_mutex_lock(&g->call_mu);
+    c = g->free_calls;
+    if (c)
+        g->free_calls = c->next;
+    pthread_mutex_unlock(&g->call_mu);
+    if (!c) {
+        c = calloc(1, sizeof *c);
+        if (!c || !(c->slot = calloc((size_t)g->N, sizeof *c->slot))) {
+            free(c);
+            return NULL;
+        }
+    }
+    memset(c->slot, 0, sizeof *c->slot * (size_t)g->N);
+    c->n_left = 0;
+    c->abandoned = 0;
+    pthread_mutex_lock(&g->call_mu);
+    c->id = ++g->next_call_id;
+    c->next = g->calls;
+    g->calls = c;
+    pthread_mutex_unlock(&g->call_mu);
+    return c;
+}
+
+int attnd__gcall_expect(attnd_group *g, attnd__gcall *c, int32_t r, size_t want)
+{
+    attnd__gbuf *b = attnd__gbuf_get(g, want);
+    if (!b)
+        return -1;
+    pthread_mutex_lock(&g->call_mu);
+    c->slot[r].expect = 1;
+    c->slot[r].buf = b;
+    c->slot[r].want = want;
+    c->n_left++;
+    pthread_mutex_unlock(&g->call_mu);
+    return 0;
+}
+
+void attnd__gslot_fail(attnd_group *g, attnd__gcall *c, int32_t r, attnd_status st,
+                       const char *msg)
+{
+    attnd__gslot *s = &c->slot[r];
+    if (!s->expect || s->done)
+        return;
+    s->done = 1;
+    s->st = st;
+    snprintf(s->msg, sizeof s->msg, "%s", msg);
+    c->n_left--;
+    pthread_cond_broadcast(&g->call_cv);
+}
+
+static void unlink_call(attnd_group *g, attnd__gcall *c)
+{
+    for (attnd__gcall **pp = &g->calls; *pp; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+}
+
+static int inflight(const attnd_group *g, const attnd__gcall *c)
+{
+    for (int32_t r = 0; r < g->N; r++)
+        if (c->slot[r].recv_inflight)
+            return 1;
+    return 0;
+}
+
+/* Caller holds call_mu; c is unlinked. */
+static void free_call_locked(attnd_group *g, attnd__gcall *c, attnd__gbuf **bufs_p)
+{
+    for (int32_t r = 0; r < g->N; r++)
+        if (c->slot[r].buf) {
+            c->slot[r].buf->next = *bufs_p;
+            *bufs_p = c->slot[r].buf;
+            c->slot[r].buf = NULL;
+        }
+    c->next = g->free_calls;
+    g->free_calls = c;
+}
+
+static void put_bufs(attnd_group *g, attnd__gbuf *b)
+{
+    while (b) {
+        attnd__gbuf *next = b->next;
+        attnd__gbuf_put(g, b);
+        b = next;
+    }
+}
+
+void attnd__gcall_wait(attnd_group *g, attnd__gcall *c, int64_t deadline_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t left = deadline_ms - attnd__now_ms();
+    if (left < 0)
+        left = 0;
+    ts.tv_sec += left / 1000;
+    ts.tv_nsec += (left % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&g->call_mu);
+    while (c->n_left > 0)
+        if (pthread_cond_timedwait(&g->call_cv, &g->call_mu, &ts) == ETIMEDOUT)
+            break;
+    for (int32_t r = 0; r < g->N && c->n_left > 0; r++) {
+        attnd__gslot *s = &c->slot[r];
+        if (s->expect && !s->done) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "rank %d did not answer in time; reconnecting", r);
+            attnd__gslot_fail(g, c, r, ATTND_ERR_UNAVAILABLE, msg);
+            atomic_store(&g->peers[r].kick, 1);
+        }
+    }
+    pthread_mutex_unlock(&g->call_mu);
+}
+
+void attnd__gcall_release(attnd_group *g, attnd__gcall *c)
+{
+    attnd__gbuf *bufs = NULL;
+
+    pthread_mutex_lock(&g->call_mu);
+    if (inflight(g, c)) {
+        c->abandoned = 1; /* the last receive frees it */
+    } else {
+        unlink_call(g, c);
+        free_call_locked(g, c, &bufs);
+    }
+    pthread_mutex_unlock(&g->call_mu);
+    if (g->worker)
+        ucp_worker_signal(g->worker); /* the progress thread may kick peers */
+    put_bufs(g, bufs);
+}
+
+void attnd__gcalls_cleanup(attnd_group *g)
+{
+    attnd__gbuf *bufs = NULL;
+    attnd__gcall *c, *next;
+
+    pthread_mutex_lock(&g->call_mu);
+    for (c = g->calls; c; c = next) {
+        next = c->next;
+        free_call_locked(g, c, &bufs);
+    }
+    g->calls = NULL;
+    for (c = g->free_calls; c; c = next) {
+        next = c->next;
+        free(c->slot);
+        free(c);
+    }
+    g->free_calls = NULL;
+    pthread_mutex_unlock(&g->call_mu);
+    put_bufs(g, bufs);
+}
+
+void attnd__gcalls_fail_rank(attnd_group *g, int32_t r, const char *why)
+{
+    pthread_mutex_lock(&g->call_mu);
+    for (attnd__gcall *c = g->calls; c; c = c->next)
+        if (!c->slot[r].recv_inflight)
+            attnd__gslot_fail(g, c, r, ATTND_ERR_UNAVAILABLE, why);
+    pthread_mutex_unlock(&g->call_mu);
+}
+
+static attnd__gcall *find_call(attnd_group *g, uint64_t id)
+{
+    for (attnd__gcall *c = g->calls; c; c = c->next)
+        if (c->id == id)
+            return c;
+    return NULL;
+}
+
+/* A rendezvous receive into a slot ended. */
+static void on_recv_done(void *request, ucs_status_t status, size_t length, void *user)
+{
+    attnd__gslot *s = user;
+    attnd_group *g = s->g;
+    attnd__gcall *c = s->call;
+    (void)length;
+    attnd__gbuf *bufs = NULL;
+    pthread_mutex_lock(&g->call_mu);
+    s->recv_inflight = 0;
+    if (!s->done) {
+        s->done = 1;
+        c->n_left--;
+        if (status != UCS_OK) {
+            s->st = ATTND_ERR_UNAVAILABLE;
+            snprintf(s->msg, sizeof s->msg, "receiving a peer's result: %s",
+                     ucs_status_string(status));
+        }
+        pthread_cond_broadcast(&g->call_cv);
+    }
+    if (c->abandoned && !inflight(g, c)) {
+        unlink_call(g, c);
+        free_call_locked(g, c, &bufs);
+    }
+    pthread_mutex_unlock(&g->call_mu);
+    put_bufs(g, bufs);
+    if (request)
+        ucp_request_free(request);
+}
+
+ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__ghdr *h, void *data,
+                                   size_t len, const ucp_am_recv_param_t *param)
+{
+    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+    ucs_status_t ret = UCS_OK;
+
+    if (h->src_rank < 0 || h->src_rank >= g->N)
+        goto drop;
+    pthread_mutex_lock(&g->call_mu);
+    attnd__gcall *c = find_call(g, h->req_id);
+    attnd__gslot *s = c ? &c->slot[h->src_rank] : NULL;
+    if (!s || !s->expect || s->done || s->recv_inflight || c->abandoned) {
+        pthread_mutex_unlock(&g->call_mu);
+        goto drop; /* a late answer to a call that gave up */
+    }
+    s->a = h->a;
+    if (h->status != ATTND_OK || len != s->want) {
+        char msg[192];
+        if (h->status != ATTND_OK && !rndv)
+            snprintf(msg, sizeof msg, "%.*s", (int)(len < 180 ? len : 180), (const char *)data);
+        else
+            snprintf(msg, sizeof msg, "rank %d answered %zu bytes, expected %zu",
+                     h->src_rank, len, s->want);
+        attnd__gslot_fail(g, c, h->src_rank,
+                          h->status != ATTND_OK ? (attnd_status)h->status : ATTND_ERR_INTERNAL,
+                          msg);
+        pthread_mutex_unlock(&g->call_mu);
+        goto drop;
+    }
+    if (!rndv) {
+        memcpy(s->buf->data, data, len);
+        s->buf->len = len;
+        s->done = 1;
+        c->n_left--;
+        pthread_cond_broadcast(&g->call_cv);
+        pthread_mutex_unlock(&g->call_mu);
+        return UCS_OK;
+    }
+    /* rendezvous: receive straight into the slot's buffer */
+    s->recv_inflight = 1;
+    s->buf->len = len;
+    s->g = g;
+    s->call = c;
+    pthread_mutex_unlock(&g->call_mu);
+    ucp_request_param_t rp = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .cb.recv_am = on_recv_done,
+        .user_data = s,
+    };
+    ucs_status_ptr_t r = ucp_am_recv_data_nbx(g->worker, data, s->buf->data, len, &rp);
+    if (r == NULL)
+        on_recv_done(NULL, UCS_OK, len, s);
+    else if (UCS_PTR_IS_ERR(r))
+        on_recv_done(NULL, UCS_PTR_STATUS(r), 0, s);
+    return UCS_OK;
+
+drop:
+    if (rndv)
+        ucp_am_data_release(g->worker, data);
+    return ret;
+}

@@ -1,0 +1,344 @@
+/* Internal interfaces of the worker group (worker/group_*.c).
+ *
+ * Files: group.c (settings, start-up, state), group_addr.c (addresses),
+ * group_net.c (UCX context, listener, endpoints, progress thread,
+ * active-message dispatch), group_call.c (buffers and pending calls),
+ * group_table.c (global session lengths), group_place.c (placement and the
+ * per-rank slices of tensors), group_rank.c (one rank's part of a request,
+ * shared by the leader and the peers), group_peer.c (serving peers' requests
+ * on executor threads), group_lead.c (the leader side of every call),
+ * group_weights.c (W_UV parts and the up-projection).
+ *
+ * Wire: rank-to-rank messages are UCX active messages. Requests travel on
+ * AM id ATTND__GAM_REQ over the sender's own endpoint to the peer (with
+ * UCP_AM_SEND_FLAG_REPLY); replies on ATTND__GAM_REP over the endpoint the
+ * request came in on. Each carries a fixed 64-byte attnd__ghdr as the AM
+ * header and raw bytes as the AM data (tensors as stored, no per-element
+ * encoding; see group_rank.c for the layouts).
+ *
+ * Locks, in order: ucp_mu (every ucp_* call; AM and error callbacks run
+ * under it), then call_mu, buf_mu, job_mu, the table's lock. A thread
+ * holding a later lock never takes an earlier one.
+ */
+#ifndef ATTND_GROUP_INT_H
+#define ATTND_GROUP_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <sys/socket.h>
+
+#include <ucp/api/ucp.h>
+
+#include "attnd_group.h"
+
+enum { ATTND__GAM_REQ = 41, ATTND__GAM_REP = 42 };
+
+enum attnd__gmsg {
+    ATTND__GMSG_HELLO = 1,  /* a = group size, b = mode, layer = page size */
+    ATTND__GMSG_CREATE = 2, /* data: id; a = max_tokens for this rank */
+    ATTND__GMSG_CLOSE = 3,  /* data: id; reply a = pages freed */
+    ATTND__GMSG_APPEND = 4, /* data: id, this rank's tokens; a = global start,
+                               b = global token count */
+    ATTND__GMSG_ATTEND = 5, /* see group_rank.c; b > 0: up-project to b */
+    ATTND__GMSG_WEIGHTS = 6, /* data: this rank's W_UV part, float32
+                                [Hq][d_v_r][a]; layer */
+};
+
+typedef struct attnd__ghdr {
+    uint32_t type;     /* attnd__gmsg */
+    int32_t src_rank;
+    uint64_t req_id;
+    int32_t status;    /* replies: attnd_status; data is the message if not OK */
+    uint32_t layer;
+    uint32_t n_seqs;
+    int32_t q_tokens;
+    uint32_t q_dtype;
+    uint32_t kv_dtype; /* ATTEND: 0 without new KV */
+    uint64_t a, b;
+    uint64_t pad;
+} attnd__ghdr;
+
+_Static_assert(sizeof(attnd__ghdr) == 64, "the wire header is 64 bytes");
+
+/* ---- buffers (group_call.c) ------------------------------------------------
+ * Byte buffers from a per-group free list (steady state allocates nothing).
+ * A buffer is also what a queued peer request is: hdr, the connection it
+ * came on, its data. */
+typedef struct attnd__gconn attnd__gconn;
+
+typedef struct attnd__gbuf {
+    struct attnd__gbuf *next;
+    struct attnd_group *g;
+    attnd__ghdr hdr;     /* sends: the AM header (must live until completion) */
+    attnd__gconn *conn;  /* queued requests: where to reply */
+    size_t cap, len;
+    unsigned char *data; /* 64-byte aligned, cap bytes */
+} attnd__gbuf;
+
+/* ---- peers and connections (group_net.c) ---------------------------------- */
+
+enum { ATTND__PEER_DOWN = 0, ATTND__PEER_CONNECTING = 1, ATTND__PEER_UP = 2 };
+
+typedef struct attnd__gpeer {
+    struct attnd_group *g;
+    int32_t rank;
+    ucp_ep_h ep;         /* our endpoint to it (requests go here) */
+    int state;
+    uint64_t hello_id;
+    int64_t next_try_ms, hello_deadline_ms;
+    atomic_int kick;     /* a leader saw it time out: reconnect */
+    int ever_up;
+} attnd__gpeer;
+
+struct attnd__gconn {    /* an endpoint a peer opened to us (replies go here) */
+    ucp_ep_h ep;
+    int alive;
+    struct attnd__gconn *next;
+};
+
+/* ---- pending calls (group_call.c) ------------------------------------------- */
+
+typedef struct attnd__gslot {
+    int expect, done, recv_inflight;
+    attnd_status st;
+    char msg[192];
+    attnd__gbuf *buf;    /* reply data lands here */
+    size_t want;         /* its exact expected length */
+    uint64_t a;          /* reply header's a */
+    struct attnd_group *g;       /* for a rendezvous receive's completion */
+    struct attnd__gcall *call;
+} attnd__gslot;
+
+typedef struct attnd__gcall {
+    struct attnd__gcall *next;
+    uint64_t id;
+    int n_left;          /* slots expected and not done */
+    int abandoned;       /* the leader left (timeout) while receives ran */
+    attnd__gslot *slot;  /* [size] */
+} attnd__gcall;
+
+/* ---- global session lengths (group_table.c) ------------------------------- */
+
+typedef struct attnd__gsess {
+    struct attnd__gsess *next;
+    attnd_session_id id;
+    uint64_t *len; /* [n_layers] global tokens */
+} attnd__gsess;
+
+typedef struct attnd__gtable {
+    pthread_mutex_t mu;
+    attnd__gsess *bucket[1024];
+    int32_t n_layers;
+} attnd__gtable;
+
+/* ---- the group ---------------------------------------------------------------- */
+
+#define ATTND__GROUP_EXECUTORS 2
+
+struct attnd_group {
+    attnd_group_config cfg;
+    char model_name[64];   /* cfg.model.name points here */
+    attnd_model_spec shard;
+    attnd_engine *engine;
+    int32_t N, me;
+    /* shapes: full model and this rank's shard (every rank's shard has the
+     * same shape) */
+    int32_t hq, d_k, d_v, hq_r, d_k_r, d_v_r;
+    int64_t kv_elems, kv_elems_r;
+
+    ucp_context_h ctx;
+    ucp_worker_h worker;
+    ucp_listener_h listener;
+    int efd, port;
+    pthread_mutex_t ucp_mu;
+    attnd__gpeer peers[ATTND_GROUP_MAX_RANKS];
+    attnd__gconn *conns;
+    void **closing;      /* ep close requests in progress */
+    size_t n_closing, cap_closing;
+    pthread_t progress_tid;
+    int progress_running;
+    atomic_int stop;
+
+    pthread_mutex_t call_mu;
+    pthread_cond_t call_cv;
+    attnd__gcall *calls, *free_calls;
+    uint64_t next_call_id;
+
+    pthread_mutex_t buf_mu;
+    attnd__gbuf *free_bufs;
+    int n_free_bufs;
+
+    pthread_mutex_t job_mu;
+    pthread_cond_t job_cv;
+    attnd__gbuf *jobs_head, *jobs_tail;
+    int jobs_stop;
+    pthread_t exec_tid[ATTND__GROUP_EXECUTORS];
+    int n_exec;
+    attnd_engine_ws exec_ws[ATTND__GROUP_EXECUTORS];
+    struct attnd__gexec {
+        struct attnd_group *g;
+        int index;
+    } exec_arg[ATTND__GROUP_EXECUTORS];
+
+    attnd__gtable table;
+    atomic_uint_fast64_t peer_failures;
+
+    pthread_rwlock_t w_lock; /* W_UV parts (group_weights.c) */
+    float **wuv;             /* [n_layers]: [hq_r][d_v_r][wuv_dv] or NULL */
+    int32_t *wuv_dv;         /* [n_layers] */
+};
+
+int64_t attnd__now_ms(void);
+
+/* group_call.c */
+attnd__gbuf *attnd__gbuf_get(attnd_group *g, size_t n);
+void attnd__gbuf_put(attnd_group *g, attnd__gbuf *b);
+void attnd__gbufs_cleanup(attnd_group *g);
+/* A new call with no slot expected; NULL when out of memory. */
+attnd__gcall *attnd__gcall_new(attnd_group *g);
+/* Expect a reply of exactly `want` data bytes from rank r (a buffer is
+ * taken now). -1 when out of memory. */
+int attnd__gcall_expect(attnd_group *g, attnd__gcall *c, int32_t r, size_t want);
+/* Mark slot r failed (caller holds call_mu). */
+void attnd__gslot_fail(attnd_group *g, attnd__gcall *c, int32_t r, attnd_status st,
+                       const char *msg);
+/* Wait until every expected slot is done or deadline_ms (monotonic) passes;
+ * slots still open then fail UNAVAILABLE and their peers are kicked. */
+void attnd__gcall_wait(attnd_group *g, attnd__gcall *c, int64_t deadline_ms);
+/* Return the call and its buffers (or leave them to the receives still in
+ * flight, which free them when they end). */
+void attnd__gcall_release(attnd_group *g, attnd__gcall *c);
+void attnd__gcalls_cleanup(attnd_group *g);
+/* Fail every open slot of rank r in every call (its endpoint broke). */
+void attnd__gcalls_fail_rank(attnd_group *g, int32_t r, const char *why);
+/* The AM reply handler's work, under ucp_mu. */
+ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__ghdr *h, void *data,
+                                   size_t len, const ucp_am_recv_param_t *param);
+
+/* group_addr.c */
+/* Split "host:port" (host into h of hn bytes). 0 or -1. */
+int attnd__gaddr_split(const char *a, char *h, size_t hn, int *port);
+int attnd__gaddr_resolve(const char *host, int port, struct sockaddr_storage *ss,
+                         socklen_t *len);
+/* Where peer r can be reached now, or -1 (its address file is not there yet). */
+int attnd__gaddr_peer(attnd_group *g, int32_t r, struct sockaddr_storage *ss, socklen_t *len);
+/* Write our bound address to the group dir (if any). 0 or -1 (errno). */
+int attnd__gaddr_publish(attnd_group *g);
+
+/* group_net.c */
+attnd_status attnd__gnet_start(attnd_group *g, attnd_error *err);
+void attnd__gnet_stop(attnd_group *g);
+/* Send request b (b->hdr filled, b->len data bytes) to peer r; b is the
+ * transport's from here on. UNAVAILABLE when r is not connected. */
+attnd_status attnd__gnet_send_req(attnd_group *g, int32_t r, attnd__gbuf *b,
+                                  attnd_error *err);
+/* Send reply b on the connection conn a request came in on (dropped if it
+ * closed meanwhile). */
+void attnd__gnet_send_rep(attnd_group *g, attnd__gconn *conn, attnd__gbuf *b);
+/* Wait until every peer is connected or deadline_ms passes. */
+void attnd__gnet_wait_connected(attnd_group *g, int64_t deadline_ms);
+int attnd__gnet_peer_up(attnd_group *g, int32_t r);
+
+/* group_peer.c */
+attnd_status attnd__gpeer_start(attnd_group *g, attnd_error *err);
+void attnd__gpeer_stop(attnd_group *g);
+/* Queue a received request (under ucp_mu). */
+void attnd__gpeer_enqueue(attnd_group *g, attnd__gbuf *b);
+
+/* group_table.c */
+void attnd__gtable_init(attnd__gtable *t, int32_t n_layers);
+void attnd__gtable_cleanup(attnd__gtable *t);
+attnd_status attnd__gtable_add(attnd__gtable *t, const attnd_session_id *id,
+                               attnd_error *err);
+void attnd__gtable_remove(attnd__gtable *t, const attnd_session_id *id);
+int attnd__gtable_has(attnd__gtable *t, const attnd_session_id *id);
+/* Global lengths of layer for n sessions; NOT_FOUND names session_ids[i]. */
+attnd_status attnd__gtable_lens(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
+                                uint32_t layer, uint64_t *lens, attnd_error *err);
+/* Check that layer's global length of each session is lens[i]: NOT_FOUND or
+ * FAILED_PRECONDITION naming `field`[i]. */
+attnd_status attnd__gtable_check(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
+                                 uint32_t layer, const uint64_t *lens, const char *field,
+                                 attnd_error *err);
+/* Set layer's length of each session to lens[i] + by. */
+void attnd__gtable_advance(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
+                           uint32_t layer, const uint64_t *lens, uint64_t by);
+
+/* group_place.c: sequence placement */
+int32_t attnd__gplace_owner(const attnd_group *g, uint64_t t);
+/* Tokens of [0, x) that rank r holds. */
+uint64_t attnd__gplace_count(const attnd_group *g, int32_t r, uint64_t x);
+/* Copy the entries of [start, start + n) that rank r holds (src is the
+ * entries of that range, es bytes each) to dst; returns how many. */
+uint64_t attnd__gplace_gather_seq(const attnd_group *g, int32_t r, uint64_t start,
+                                  uint64_t n, size_t es, const void *src, void *dst);
+/* Rows of rank r's query slice: q [rows][Hq][d_k] of dtype qt -> dst, in
+ * the part's dtype (attnd__gpart_q_dtype). Latent mode reads the rotated
+ * float32 query (attnd__grotate_q). */
+void attnd__gplace_slice_q(const attnd_group *g, int32_t r, size_t rows, attnd_dtype qt,
+                           const void *q, void *dst);
+/* Rank r's part of n wire KV entries ([n][kv_elems] of dt) -> dst in the
+ * part's KV dtype. Latent mode reads rotated float32 entries. */
+void attnd__gplace_slice_kv(const attnd_group *g, int32_t r, size_t n, attnd_dtype dt,
+                            const void *kv, void *dst);
+attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt);
+attnd_dtype attnd__gpart_kv_dtype(const attnd_group *g, attnd_dtype kt);
+/* Latent: float32 copies of q ([rows][Hq][d_k]) and KV entries with the
+ * latent part rotated. */
+void attnd__grotate_q(const attnd_group *g, size_t rows, attnd_dtype qt, const void *q,
+                      float *dst);
+void attnd__grotate_kv(const attnd_group *g, size_t n, attnd_dtype dt, const void *kv,
+                       float *dst);
+
+/* group_rank.c: one rank's part of an Attend */
+typedef struct attnd__gpart {
+    uint32_t layer, n_seqs;
+    int32_t q_tokens;
+    attnd_dtype q_dtype, kv_dtype; /* kv_dtype INVALID: no new KV */
+    const attnd_session_id *ids;   /* [n] */
+    const uint64_t *glen;          /* [n] global lengths before the append */
+    const void *q;                 /* [n][S][hq_r][d_k_r] */
+    const void *kv;                /* sequence: the rank's new entries in
+                                      (sequence, token) order; else
+                                      [n][S][kv_elems_r] */
+} attnd__gpart;
+
+/* Run part p on this rank's engine with workspace ws: append, attend with
+ * LSE, advance the global lengths. out/lse point into ws. */
+attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_engine_ws *ws,
+                                 const float **out_p, const float **lse_p, attnd_error *err);
+/* FAILED_PRECONDITION (naming start) unless layer's global length is
+ * start; NOT_FOUND for an unknown session. */
+attnd_status attnd__grank_check_start(attnd_group *g, const attnd_session_id *id,
+                                      uint32_t layer, uint64_t start, attnd_error *err);
+/* Append this rank's share (kv: its tokens of [start, start + n_global) in
+ * the part's KV dtype, for sequence mode only those it holds). */
+attnd_status attnd__grank_append(attnd_group *g, const attnd_session_id *id, uint32_t layer,
+                                 uint64_t start, uint64_t n_global, attnd_dtype dt,
+                                 const void *kv, attnd_error *err);
+/* Wire layout of an ATTEND request's data; offsets in bytes, 64-aligned. */
+typedef struct attnd__gpart_layout {
+    size_t ids, glen, q, kv, total;
+    size_t q_bytes, kv_bytes;
+} attnd__gpart_layout;
+void attnd__gpart_layout_of(const attnd_group *g, uint32_t n, int32_t S, attnd_dtype qt,
+                            attnd_dtype kt, uint64_t kv_entries, attnd__gpart_layout *l);
+/* Bytes of a rank's reply to an ATTEND: out (rows of `width` floats) then
+ * lse, float32. */
+size_t attnd__gpart_reply_bytes(const attnd_group *g, uint32_t n, int32_t S, int32_t width);
+
+/* group_weights.c */
+attnd_status attnd__gweights_init(attnd_group *g);
+void attnd__gweights_cleanup(attnd_group *g);
+/* Keep this rank's part (float32 [hq_r][d_v_r][d_vo], copied). */
+attnd_status attnd__gweights_store(attnd_group *g, uint32_t layer, int32_t d_vo,
+                                   const float *part, attnd_error *err);
+/* out [rows][hq_r][d_v_r] -> dst [rows][hq_r][d_vo], d_vo the layer's.
+ * FAILED_PRECONDITION naming up_project when this rank has no W_UV for the
+ * layer or its d_vo differs. */
+attnd_status attnd__gweights_project(attnd_group *g, uint32_t layer, int32_t d_vo, size_t rows,
+                                     const float *out, float *dst, attnd_error *err);
+
+#endif /* ATTND_GROUP_INT_H */

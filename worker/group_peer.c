@@ -1,0 +1,230 @@
+/* Serving peers: requests from other ranks' leaders, executed off the
+ * progress thread.
+ *
+ * The AM handler (group_net.c) copies or receives each request into a
+ * buffer and queues it here; ATTND__GROUP_EXECUTORS threads, each with its
+ * own engine workspace, pop requests in arrival order, run them on this
+ * rank's engine (group_rank.c) and send the reply on the connection the
+ * request came in on. A reply carries a status; on failure its data is the
+ * error message (which names the field, as the engine wrote it).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "group_int.h"
+
+void attnd__gpeer_enqueue(attnd_group *g, attnd__gbuf *b)
+{
+    b->next = NULL;
+    pthread_mutex_lock(&g->job_mu);
+    if (g->jobs_tail)
+        g->jobs_tail->next = b;
+    else
+        g->jobs_head = b;
+    g->jobs_tail = b;
+    pthread_cond_signal(&g->job_cv);
+    pthread_mutex_unlock(&g->job_mu);
+}
+
+/* A reply with status st and, on failure, err's message. */
+static attnd__gbuf *status_reply(attnd_group *g, const attnd__ghdr *h, attnd_status st,
+                                 const attnd_error *err, uint64_t a)
+{
+    size_t n = st ? strlen(err->msg) : 0;
+    attnd__gbuf *b = attnd__gbuf_get(g, n + 1);
+    if (!b)
+        return NULL;
+    b->hdr = *h;
+    b->hdr.src_rank = g->me;
+    b->hdr.status = st;
+    b->hdr.a = a;
+    memcpy(b->data, err->msg, n);
+    b->len = n;
+    return b;
+}
+
+static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_engine_ws *ws,
+                               attnd_error *err)
+{
+    const attnd__ghdr *h = &req->hdr;
+    attnd__gpart_layout l;
+    const float *out = NULL, *lse = NULL;
+    attnd_dtype kt = (attnd_dtype)h->kv_dtype;
+    attnd_status st;
+
+    if (h->n_seqs == 0 || h->n_seqs > (1u << 24) || h->q_tokens < 1 || h->q_tokens > 64 ||
+        attnd_dtype_size((attnd_dtype)h->q_dtype) == 0 ||
+        (kt != ATTND_DTYPE_INVALID && attnd_dtype_size(kt) == 0)) {
+        attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "group: malformed ATTEND header");
+        return status_reply(g, h, err->code, err, 0);
+    }
+    attnd__gpart_layout_of(g, h->n_seqs, h->q_tokens, (attnd_dtype)h->q_dtype,
+                           ATTND_DTYPE_INVALID, 0, &l);
+    if (req->len < l.q) {
+        attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "group: ATTEND too short");
+        return status_reply(g, h, err->code, err, 0);
+    }
+    const uint64_t *glen = (const uint64_t *)(req->data + l.glen);
+    uint64_t entries = (uint64_t)h->n_seqs * (uint64_t)h->q_tokens;
+    if (g->cfg.mode == ATTND_GROUP_SEQUENCE && kt != ATTND_DTYPE_INVALID)
+        for (uint32_t i = entries = 0; i < h->n_seqs; i++)
+            entries += attnd__gplace_count(g, g->me, glen[i] + (uint64_t)h->q_tokens) -
+                       attnd__gplace_count(g, g->me, glen[i]);
+    attnd__gpart_layout_of(g, h->n_seqs, h->q_tokens, (attnd_dtype)h->q_dtype, kt, entries, &l);
+    if (l.total != req->len) {
+        attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                        "group: ATTEND of %zu bytes, expected %zu", req->len, l.total);
+        return status_reply(g, h, err->code, err, 0);
+    }
+    attnd__gpart p = {
+        .layer = h->layer,
+        .n_seqs = h->n_seqs,
+        .q_tokens = h->q_tokens,
+        .q_dtype = (attnd_dtype)h->q_dtype,
+        .kv_dtype = kt,
+        .ids = (const attnd_session_id *)(req->data + l.ids),
+        .glen = glen,
+        .q = req->data + l.q,
+        .kv = kt != ATTND_DTYPE_INVALID ? req->data + l.kv : NULL,
+    };
+    st = attnd__grank_attend(g, &p, ws, &out, &lse, err);
+    if (st)
+        return status_reply(g, h, st, err, 0);
+    /* b = up-projection width (0: none) */
+    size_t rows = (size_t)h->n_seqs * (size_t)h->q_tokens * (size_t)g->hq_r;
+    size_t width = h->b ? (size_t)h->b : (size_t)g->d_v_r;
+    size_t ob = rows * width * sizeof(float);
+    attnd__gbuf *b = h->b > 4096 ? NULL : attnd__gbuf_get(g, ob + rows * sizeof(float));
+    if (!b) {
+        attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: peer out of memory");
+        return status_reply(g, h, err->code, err, 0);
+    }
+    b->hdr = *h;
+    b->hdr.src_rank = g->me;
+    b->hdr.status = ATTND_OK;
+    if (h->b) {
+        st = attnd__gweights_project(g, h->layer, (int32_t)h->b, (size_t)h->n_seqs *
+                                     (size_t)h->q_tokens, out, (float *)b->data, err);
+        if (st) {
+            attnd__gbuf_put(g, b);
+            return status_reply(g, h, st, err, 0);
+        }
+    } else {
+        memcpy(b->data, out, ob);
+    }
+    memcpy(b->data + ob, lse, rows * sizeof(float));
+    b->len = ob + rows * sizeof(float);
+    return b;
+}
+
+static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine_ws *ws)
+{
+    const attnd__ghdr *h = &req->hdr;
+    attnd_error err;
+    attnd_status st;
+    uint64_t freed = 0;
+
+    attnd_error_clear(&err);
+    if (h->type != ATTND__GMSG_ATTEND && h->type != ATTND__GMSG_WEIGHTS &&
+        req->len < ATTND_SESSION_ID_BYTES) {
+        attnd_error_set(&err, ATTND_ERR_INVALID_ARGUMENT, "group: message without a session");
+        return status_reply(g, h, err.code, &err, 0);
+    }
+    const attnd_session_id *id = (const attnd_session_id *)req->data;
+    switch (h->type) {
+    case ATTND__GMSG_CREATE:
+        st = attnd_engine_session_create_id(g->engine, h->a, id, &err);
+        if (st == ATTND_OK && (st = attnd__gtable_add(&g->table, id, &err)))
+            attnd_engine_session_close(g->engine, id, NULL, NULL);
+        return status_reply(g, h, st, &err, 0);
+    case ATTND__GMSG_CLOSE:
+        attnd__gtable_remove(&g->table, id);
+        st = attnd_engine_session_close(g->engine, id, &freed, &err);
+        return status_reply(g, h, st, &err, freed);
+    case ATTND__GMSG_APPEND: {
+        attnd_dtype dt = (attnd_dtype)h->kv_dtype;
+        size_t es = (size_t)g->kv_elems_r * attnd_dtype_size(dt);
+        uint64_t k = g->cfg.mode == ATTND_GROUP_SEQUENCE
+                         ? attnd__gplace_count(g, g->me, h->a + h->b) -
+                               attnd__gplace_count(g, g->me, h->a)
+                         : h->b;
+        if (es == 0 || req->len != 64 + k * es) {
+            attnd_error_set(&err, ATTND_ERR_INVALID_ARGUMENT,
+                            "group: APPEND of %zu bytes does not match its header", req->len);
+            return status_reply(g, h, err.code, &err, 0);
+        }
+        st = attnd__grank_append(g, id, h->layer, h->a, h->b, dt, req->data + 64, &err);
+        return status_reply(g, h, st, &err, 0);
+    }
+    case ATTND__GMSG_ATTEND:
+        return run_attend(g, req, ws, &err);
+    case ATTND__GMSG_WEIGHTS:
+        if (h->a < 1 || h->a > 4096 ||
+            req->len != (size_t)g->hq_r * (size_t)g->d_v_r * h->a * sizeof(float)) {
+            attnd_error_set(&err, ATTND_ERR_INVALID_ARGUMENT,
+                            "group: WEIGHTS of %zu bytes does not match its header", req->len);
+            return status_reply(g, h, err.code, &err, 0);
+        }
+        st = attnd__gweights_store(g, h->layer, (int32_t)h->a, (const float *)req->data, &err);
+        return status_reply(g, h, st, &err, 0);
+    }
+    attnd_error_set(&err, ATTND_ERR_UNIMPLEMENTED, "group: unknown message type %u", h->type);
+    return status_reply(g, h, err.code, &err, 0);
+}
+
+static void *exec_main(void *arg)
+{
+    attnd_group *g = ((struct attnd__gexec *)arg)->g;
+    attnd_engine_ws *ws = &g->exec_ws[((struct attnd__gexec *)arg)->index];
+
+    for (;;) {
+        pthread_mutex_lock(&g->job_mu);
+        while (!g->jobs_head && !g->jobs_stop)
+            pthread_cond_wait(&g->job_cv, &g->job_mu);
+        attnd__gbuf *b = g->jobs_head;
+        if (!b) {
+            pthread_mutex_unlock(&g->job_mu);
+            return NULL;
+        }
+        g->jobs_head = b->next;
+        if (!g->jobs_head)
+            g->jobs_tail = NULL;
+        pthread_mutex_unlock(&g->job_mu);
+        attnd__gbuf *rep = run_one(g, b, ws);
+        if (rep)
+            attnd__gnet_send_rep(g, b->conn, rep);
+        attnd__gbuf_put(g, b);
+    }
+}
+
+attnd_status attnd__gpeer_start(attnd_group *g, attnd_error *err)
+{
+    for (int i = 0; i < ATTND__GROUP_EXECUTORS; i++) {
+        attnd_engine_ws_init(&g->exec_ws[i]);
+        g->exec_arg[i] = (struct attnd__gexec){g, i};
+        if (pthread_create(&g->exec_tid[i], NULL, exec_main, &g->exec_arg[i]))
+            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                   "group: cannot start executor threads");
+        g->n_exec++;
+    }
+    return ATTND_OK;
+}
+
+void attnd__gpeer_stop(attnd_group *g)
+{
+    pthread_mutex_lock(&g->job_mu);
+    g->jobs_stop = 1;
+    pthread_cond_broadcast(&g->job_cv);
+    pthread_mutex_unlock(&g->job_mu);
+    for (int i = 0; i < g->n_exec; i++)
+        pthread_join(g->exec_tid[i], NULL);
+    g->n_exec = 0;
+    for (attnd__gbuf *b = g->jobs_head, *next; b; b = next) {
+        next = b->next;
+        attnd__gbuf_put(g, b);
+    }
+    g->jobs_head = g->jobs_tail = NULL;
+    for (int i = 0; i < ATTND__GROUP_EXECUTORS; i++)
+        attnd_engine_ws_cleanup(&g->exec_ws[i]);
+}

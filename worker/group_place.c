@@ -1,0 +1,146 @@
+/* Placement and slicing: which rank holds which part of every tensor.
+ *
+ * sequence  token t of a layer lives on rank (t / P) mod N, P the page
+ *           size: pages are dealt round-robin, so every rank holds ~1/N of
+ *           every long session and the rule needs no table. A rank stores
+ *           its tokens in global order, so its local position of a token is
+ *           the count of its tokens before it (attnd__gplace_count).
+ * head      rank r: KV heads [r*Hkv/N, (r+1)*Hkv/N) (K and V blocks of the
+ *           wire entry [2][Hkv][D]) and query heads [r*Hq/N, (r+1)*Hq/N),
+ *           which are exactly the heads that read them.
+ * latent    rank r: rotated latent dims [r*d_c/N, (r+1)*d_c/N) of queries
+ *           (times mu) and entries, plus the RoPE dims (all, or
+ *           [r*d_r/N, (r+1)*d_r/N) with rope_split). Latent parts travel as
+ *           float32 (a rotation rounded to bf16 would add error of its own).
+ */
+#include <string.h>
+
+#include "group_int.h"
+
+int32_t attnd__gplace_owner(const attnd_group *g, uint64_t t)
+{
+    return (int32_t)((t / (uint64_t)g->cfg.page_size) % (uint64_t)g->N);
+}
+
+uint64_t attnd__gplace_count(const attnd_group *g, int32_t r, uint64_t x)
+{
+    uint64_t P = (uint64_t)g->cfg.page_size, cycle = P * (uint64_t)g->N;
+    uint64_t full = x / cycle, rem = x % cycle, lo = (uint64_t)r * P;
+    uint64_t part = rem <= lo ? 0 : (rem - lo < P ? rem - lo : P);
+    return full * P + part;
+}
+
+uint64_t attnd__gplace_gather_seq(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
+                                  size_t es, const void *src, void *dst)
+{
+    const uint64_t P = (uint64_t)g->cfg.page_size, end = start + n;
+    uint64_t t = start, k = 0;
+    while (t < end) {
+        uint64_t page_end = (t / P + 1) * P;
+        uint64_t run = (page_end < end ? page_end : end) - t;
+        if (attnd__gplace_owner(g, t) == r) {
+            if (dst)
+                memcpy((char *)dst + k * es, (const char *)src + (t - start) * es, run * es);
+            k += run;
+        }
+        t += run;
+    }
+    return k;
+}
+
+attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt)
+{
+    return g->cfg.mode == ATTND_GROUP_LATENT ? ATTND_DTYPE_F32 : qt;
+}
+
+attnd_dtype attnd__gpart_kv_dtype(const attnd_group *g, attnd_dtype kt)
+{
+    return g->cfg.mode == ATTND_GROUP_LATENT ? ATTND_DTYPE_F32 : kt;
+}
+
+/* Latent: copy the rank-r slice of one rotated float32 vector [d_c + d_r]
+ * (latent scaled by mul). */
+static void latent_slice(const attnd_group *g, int32_t r, const float *src, float *dst,
+                         float mul)
+{
+    const int32_t dc = g->cfg.model.d_latent, dr = g->cfg.model.d_rope;
+    const int32_t dcr = dc / g->N, drr = g->d_k_r - dcr;
+    for (int32_t e = 0; e < dcr; e++)
+        dst[e] = mul * src[r * dcr + e];
+    memcpy(dst + dcr, src + dc + (drr == dr ? 0 : r * drr), sizeof(float) * (size_t)drr);
+}
+
+void attnd__gplace_slice_q(const attnd_group *g, int32_t r, size_t rows, attnd_dtype qt,
+                           const void *q, void *dst)
+{
+    const size_t es = attnd_dtype_size(qt);
+    switch (g->cfg.mode) {
+    case ATTND_GROUP_SEQUENCE:
+        memcpy(dst, q, rows * (size_t)g->hq * (size_t)g->d_k * es);
+        return;
+    case ATTND_GROUP_HEAD: {
+        size_t row = (size_t)g->hq * (size_t)g->d_k * es;
+        size_t part = (size_t)g->hq_r * (size_t)g->d_k * es;
+        for (size_t i = 0; i < rows; i++)
+            memcpy((char *)dst + i * part, (const char *)q + i * row + (size_t)r * part, part);
+        return;
+    }
+    case ATTND_GROUP_LATENT: {
+        const float *src = q; /* rotated float32 */
+        float *d = dst;
+        for (size_t i = 0; i < rows * (size_t)g->hq; i++)
+            latent_slice(g, r, src + i * (size_t)g->d_k, d + i * (size_t)g->d_k_r, g->cfg.mu);
+        return;
+    }
+    }
+}
+
+void attnd__gplace_slice_kv(const attnd_group *g, int32_t r, size_t n, attnd_dtype dt,
+                            const void *kv, void *dst)
+{
+    const size_t es = attnd_dtype_size(dt);
+    switch (g->cfg.mode) {
+    case ATTND_GROUP_SEQUENCE:
+        memcpy(dst, kv, n * (size_t)g->kv_elems * es);
+        return;
+    case ATTND_GROUP_HEAD: {
+        const size_t D = (size_t)g->cfg.model.head_dim, hkv = (size_t)g->cfg.model.n_kv_heads;
+        const size_t hr = hkv / (size_t)g->N, blk = hr * D * es;
+        for (size_t i = 0; i < n; i++)
+            for (size_t k = 0; k < 2; k++)
+                memcpy((char *)dst + (i * 2 + k) * blk,
+                       (const char *)kv + ((i * 2 + k) * hkv + (size_t)r * hr) * D * es, blk);
+        return;
+    }
+    case ATTND_GROUP_LATENT: {
+        const float *src = kv; /* rotated float32 */
+        float *d = dst;
+        for (size_t i = 0; i < n; i++)
+            latent_slice(g, r, src + i * (size_t)g->kv_elems, d + i * (size_t)g->kv_elems_r,
+                         1.0f);
+        return;
+    }
+    }
+}
+
+/* float32 copies of n vectors of d_c + d_r elements, latent part rotated. */
+static void rotate_vecs(const attnd_group *g, size_t n, attnd_dtype t, const void *src,
+                        float *dst)
+{
+    const int32_t dk = g->cfg.model.d_latent + g->cfg.model.d_rope;
+    attnd_convert(ATTND_DTYPE_F32, dst, t, src, n * (size_t)dk);
+    for (size_t i = 0; i < n; i++)
+        attnd_kernel_fwht_f32(dst + i * (size_t)dk, g->cfg.model.d_latent);
+}
+
+void attnd__grotate_q(const attnd_group *g, size_t rows, attnd_dtype qt, const void *q,
+                      float *dst)
+{
+    rotate_vecs(g, rows * (size_t)g->hq, qt, q, dst);
+}
+
+void attnd__grotate_kv(const attnd_group *g, size_t n, attnd_dtype dt, const void *kv,
+                       float *dst)
+{
+    rotate_vecs(g, n, dt, kv, dst);
+}

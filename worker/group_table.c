@@ -1,0 +1,159 @@
+/* Global session lengths of a worker group.
+ *
+ * In sequence mode a rank holds only some of a session's tokens, so its
+ * engine's length is not the session's. Every rank therefore keeps, per
+ * session it knows, the global length of each layer: set to 0 on create,
+ * advanced by every append and every Attend with new KV (each reaches every
+ * rank, with or without tokens for it). Any rank can thus lead: it routes a
+ * new token to its owner and applies the causal rule with global positions.
+ * A chained hash over the id's first bytes (ids are random); one lock.
+ * Entries are made and freed only by create and close.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "group_int.h"
+
+static uint32_t bucket_of(const attnd_session_id *id)
+{
+    uint32_t h;
+    memcpy(&h, id->bytes, sizeof h);
+    return h & 1023u;
+}
+
+void attnd__gtable_init(attnd__gtable *t, int32_t n_layers)
+{
+    memset(t, 0, sizeof *t);
+    pthread_mutex_init(&t->mu, NULL);
+    t->n_layers = n_layers;
+}
+
+void attnd__gtable_cleanup(attnd__gtable *t)
+{
+    for (int b = 0; b < 1024; b++)
+        for (attnd__gsess *s = t->bucket[b], *next; s; s = next) {
+            next = s->next;
+            free(s->len);
+            free(s);
+        }
+    pthread_mutex_destroy(&t->mu);
+}
+
+/* Caller holds t->mu. */
+static attnd__gsess *find(attnd__gtable *t, const attnd_session_id *id)
+{
+    for (attnd__gsess *s = t->bucket[bucket_of(id)]; s; s = s->next)
+        if (memcmp(s->id.bytes, id->bytes, sizeof id->bytes) == 0)
+            return s;
+    return NULL;
+}
+
+attnd_status attnd__gtable_add(attnd__gtable *t, const attnd_session_id *id, attnd_error *err)
+{
+    attnd__gsess *s = calloc(1, sizeof *s);
+    if (!s || !(s->len = calloc((size_t)t->n_layers, sizeof *s->len))) {
+        free(s);
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "session_id: no memory for the group's session table");
+    }
+    s->id = *id;
+    pthread_mutex_lock(&t->mu);
+    if (find(t, id)) {
+        pthread_mutex_unlock(&t->mu);
+        free(s->len);
+        free(s);
+        return attnd_error_set(err, ATTND_ERR_ALREADY_EXISTS, "session_id: already exists");
+    }
+    uint32_t b = bucket_of(id);
+    s->next = t->bucket[b];
+    t->bucket[b] = s;
+    pthread_mutex_unlock(&t->mu);
+    return ATTND_OK;
+}
+
+void attnd__gtable_remove(attnd__gtable *t, const attnd_session_id *id)
+{
+    attnd__gsess *s = NULL;
+    pthread_mutex_lock(&t->mu);
+    for (attnd__gsess **pp = &t->bucket[bucket_of(id)]; *pp; pp = &(*pp)->next)
+        if (memcmp((*pp)->id.bytes, id->bytes, sizeof id->bytes) == 0) {
+            s = *pp;
+            *pp = s->next;
+            break;
+        }
+    pthread_mutex_unlock(&t->mu);
+    if (s) {
+        free(s->len);
+        free(s);
+    }
+}
+
+int attnd__gtable_has(attnd__gtable *t, const attnd_session_id *id)
+{
+    pthread_mutex_lock(&t->mu);
+    int has = find(t, id) != NULL;
+    pthread_mutex_unlock(&t->mu);
+    return has;
+}
+
+attnd_status attnd__gtable_lens(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
+                                uint32_t layer, uint64_t *lens, attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    if (layer >= (uint32_t)t->n_layers)
+        return attnd_error_set(err, ATTND_ERR_OUT_OF_RANGE, "layer: %u not in [0, %d)", layer,
+                               t->n_layers);
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t i = 0; i < n; i++) {
+        attnd__gsess *s = find(t, &ids[i]);
+        if (!s) {
+            st = attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_ids[%u]: no such session",
+                                 i);
+            break;
+        }
+        lens[i] = s->len[layer];
+    }
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}
+
+void attnd__gtable_advance(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
+                           uint32_t layer, const uint64_t *lens, uint64_t by)
+{
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t i = 0; i < n; i++) {
+        attnd__gsess *s = find(t, &ids[i]);
+        if (s && layer < (uint32_t)t->n_layers)
+            s->len[layer] = lens[i] + by;
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+attnd_status attnd__gtable_check(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
+                                 uint32_t layer, const uint64_t *lens, const char *field,
+                                 attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    if (layer >= (uint32_t)t->n_layers)
+        return attnd_error_set(err, ATTND_ERR_OUT_OF_RANGE, "layer: %u not in [0, %d)", layer,
+                               t->n_layers);
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t i = 0; i < n; i++) {
+        attnd__gsess *s = find(t, &ids[i]);
+        if (!s) {
+            st = attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_ids[%u]: no such session",
+                                 i);
+            break;
+        }
+        if (s->len[layer] != lens[i]) {
+            st = attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                                 "%s[%u]: layer %u of that session holds %llu tokens; the new "
+                                 "entry must land there, got %llu",
+                                 field, i, layer, (unsigned long long)s->len[layer],
+                                 (unsigned long long)lens[i]);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}
