@@ -1,0 +1,252 @@
+/* libattnd's UCX transport: the reply handler. It runs inside
+ * ucp_worker_progress, under the transport's mutex, on whichever thread is
+ * progressing: an error reply fails its call with the server's status and
+ * message; an eager reply is decoded straight from UCX's buffer into the
+ * caller's out/lse (attend_wire.c's decoder); a rendezvous reply is
+ * received straight into out/lse when its layout is the expected one
+ * (below), else into a pooled buffer and then decoded. A reply whose call
+ * is gone (withdrawn at its deadline) is dropped.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/slice.h>
+
+#include "ucx_int.h"
+
+/* ---- callbacks (inside ucp_worker_progress, under mu) -------------------------------- */
+
+void attnd__client_ucx_finish(attnd__client_ucx_call *k, attnd_status st)
+{
+    k->st = st;
+    k->done = 1;
+}
+
+/* Decode an AttendResponse held in plain memory into k's destination. */
+static void decode_into(attnd__client_ucx_call *k, const void *data, size_t len)
+{
+    grpc_slice s = grpc_slice_from_static_buffer(data, len);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    if (!bb) {
+        attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                  "attend: no memory for the reply"));
+        return;
+    }
+    attnd__client_ucx_finish(k, attnd__client_attend_decode(bb, &k->dst, &k->err));
+    grpc_byte_buffer_destroy(bb);
+}
+
+static void on_reply_data(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    attnd__client_ucx_call *k = user_data;
+    ucp_request_free(request);
+    k->recv_req = NULL;
+    if (status != UCS_OK)
+        attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_UNAVAILABLE,
+                                  "attend: receiving the reply over UCX: %s",
+                                  ucs_status_string(status)));
+    else
+        decode_into(k, k->rbuf, length);
+}
+
+/* ---- rendezvous replies straight into the caller's buffers ----------------------------
+ * The server's AttendResponse encoder (service/codec.c) is deterministic:
+ * request_id, then out {dtype, packed shape [B, S, Hq, d_v], data}, then
+ * lse {F32, [B, S, Hq], data} when asked. When the reply's length is
+ * exactly what that layout gives for the served model's d_v, a rendezvous
+ * reply is received as a gather list: framing into k, out data into
+ * dst->out, lse data into dst->lse, so 4 MB of output is not copied twice.
+ * The framing received is then compared with the expected bytes; any
+ * other reply takes the buffered path and the full decoder. */
+
+static size_t vsize(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static unsigned char *vput(unsigned char *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (unsigned char)v;
+    return p;
+}
+
+/* The framing of field `field` = Tensor{dtype, shape, data of `bytes`} up
+ * to its data. */
+static unsigned char *tensor_frame(unsigned char *p, unsigned field, attnd_dtype dt,
+                                   const int64_t *shape, int ndim, size_t bytes)
+{
+    size_t sb = 0, body;
+    for (int i = 0; i < ndim; i++)
+        sb += vsize((uint64_t)shape[i]);
+    body = 1 + vsize((uint64_t)dt) + 1 + vsize(sb) + sb + (bytes ? 1 + vsize(bytes) + bytes : 0);
+    *p++ = (unsigned char)(field << 3 | 2);
+    p = vput(p, body);
+    *p++ = 1 << 3;
+    p = vput(p, (uint64_t)dt);
+    *p++ = 2 << 3 | 2;
+    p = vput(p, sb);
+    for (int i = 0; i < ndim; i++)
+        p = vput(p, (uint64_t)shape[i]);
+    if (bytes) {
+        *p++ = 3 << 3 | 2;
+        p = vput(p, bytes);
+    }
+    return p;
+}
+
+/* Plan a direct receive of `length` reply bytes; the number of gather
+ * entries, 0 when the reply is not the expected layout. */
+static size_t direct_plan(attnd__client_ucx_call *k, size_t length)
+{
+    const attnd__client_attend_dst *d = &k->dst;
+    size_t es = attnd_dtype_size(d->out_dtype), rows, out_bytes, lse_bytes;
+    ucp_dt_iov_t *iov = (ucp_dt_iov_t *)k->riov;
+    unsigned char *p;
+
+    _Static_assert(sizeof k->riov >= 4 * sizeof(ucp_dt_iov_t), "riov holds 4 entries");
+    if (!k->d_v || !es || d->n_seqs <= 0 || d->q_tokens <= 0 || d->n_q_heads <= 0)
+        return 0;
+    rows = (size_t)d->n_seqs * (size_t)d->q_tokens * (size_t)d->n_q_heads;
+    out_bytes = rows * k->d_v * es;
+    lse_bytes = d->lse ? rows * sizeof(float) : 0;
+    if (out_bytes > d->out_capacity || (d->lse && rows > d->lse_capacity))
+        return 0;
+    int64_t oshape[4] = {d->n_seqs, d->q_tokens, d->n_q_heads, k->d_v};
+    p = k->pre_want;
+    if (d->request_id) {
+        *p++ = 1 << 3;
+        p = vput(p, d->request_id);
+    }
+    p = tensor_frame(p, 2, d->out_dtype, oshape, 4, out_bytes);
+    k->pre_len = (size_t)(p - k->pre_want);
+    k->lpre_len = 0;
+    if (d->lse)
+        k->lpre_len = (size_t)(tensor_frame(k->lpre_want, 3, ATTND_DTYPE_F32, oshape, 3,
+                                            lse_bytes) - k->lpre_want);
+    if (k->pre_len + out_bytes + k->lpre_len + lse_bytes != length)
+        return 0;
+    size_t n = 0;
+    iov[n++] = (ucp_dt_iov_t){k->pre_got, k->pre_len};
+    iov[n++] = (ucp_dt_iov_t){d->out, out_bytes};
+    if (d->lse) {
+        iov[n++] = (ucp_dt_iov_t){k->lpre_got, k->lpre_len};
+        iov[n++] = (ucp_dt_iov_t){d->lse, lse_bytes};
+    }
+    return n;
+}
+
+static void on_reply_direct(void *request, ucs_status_t status, size_t length, void *user_data)
+{
+    attnd__client_ucx_call *k = user_data;
+    (void)length;
+    if (request) /* NULL: completed at once, called by on_reply */
+        ucp_request_free(request);
+    k->recv_req = NULL;
+    if (status != UCS_OK)
+        attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_UNAVAILABLE,
+                                  "attend: receiving the reply over UCX: %s",
+                                  ucs_status_string(status)));
+    else if (memcmp(k->pre_got, k->pre_want, k->pre_len) != 0 ||
+             memcmp(k->lpre_got, k->lpre_want, k->lpre_len) != 0)
+        attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_INTERNAL,
+                                  "AttendResponse: framing is not what attnd sends"));
+    else
+        attnd__client_ucx_finish(k, ATTND_OK);
+}
+
+ucs_status_t attnd__client_ucx_on_reply(void *arg, const void *header, size_t header_length,
+                                        void *data, size_t length,
+                                        const ucp_am_recv_param_t *param)
+{
+    attnd__client_ucx *u = arg;
+    attnd__client_ucx_call *k;
+    attnd_ucx_reply_hdr rh;
+    attnd_ucx_hdr h;
+
+    if (header_length < sizeof h)
+        return UCS_OK;
+    memset(&rh, 0, sizeof rh);
+    memcpy(&rh, header, header_length < sizeof rh ? header_length : sizeof rh);
+    h = rh.h;
+    if (!(k = attnd__client_ucx_call_find(u, h.id)) || k->done || k->recv_req)
+        return UCS_OK; /* withdrawn (deadline) or a duplicate: drop */
+    if (length > u->max_message) { /* as gRPC's receive limit would */
+        attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                  "reply: received message larger than max (%zu vs. %zu "
+                                  "bytes of max_message_bytes)", length, u->max_message));
+        return UCS_OK;
+    }
+    if (header_length >= sizeof rh && h.status == ATTND_OK) {
+        k->timing.valid = 1;
+        k->timing.queue_ns = rh.queue_ns;
+        k->timing.validate_ns = rh.validate_ns;
+        k->timing.kernel_ns = rh.kernel_ns;
+        k->timing.fanout_ns = rh.fanout_ns;
+        k->timing.encode_ns = rh.encode_ns;
+    }
+    if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
+        size_t n_iov = h.status == ATTND_OK ? direct_plan(k, length) : 0;
+        if (n_iov) {
+            ucp_request_param_t dp = {
+                .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
+                                UCP_OP_ATTR_FIELD_DATATYPE,
+                .cb.recv_am = on_reply_direct,
+                .user_data = k,
+                .datatype = ucp_dt_make_iov(),
+            };
+            k->direct = 1;
+            ucs_status_ptr_t r = ucp_am_recv_data_nbx(u->worker, data, k->riov, n_iov, &dp);
+            if (r == NULL)
+                on_reply_direct(NULL, UCS_OK, length, k);
+            else if (UCS_PTR_IS_ERR(r))
+                attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_UNAVAILABLE,
+                                          "attend: receiving the reply over UCX: %s",
+                                          ucs_status_string(UCS_PTR_STATUS(r))));
+            else
+                k->recv_req = r;
+            return UCS_INPROGRESS;
+        }
+        if (h.status != ATTND_OK || attnd__client_ucx_rbuf_get(u, k, length)) {
+            attnd__client_ucx_finish(k, h.status != ATTND_OK
+                          ? attnd_error_set(&k->err, h.status, "attend: a rendezvous error reply")
+                          : attnd_error_set(&k->err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                            "attend: no memory for a %zu-byte reply", length));
+            return UCS_OK;
+        }
+        ucp_request_param_t prm = {
+            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+            .cb.recv_am = on_reply_data,
+            .user_data = k,
+        };
+        ucs_status_ptr_t r = ucp_am_recv_data_nbx(u->worker, data, k->rbuf, length, &prm);
+        if (r == NULL)
+            decode_into(k, k->rbuf, length);
+        else if (UCS_PTR_IS_ERR(r))
+            attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_UNAVAILABLE,
+                                      "attend: receiving the reply over UCX: %s",
+                                      ucs_status_string(UCS_PTR_STATUS(r))));
+        else
+            k->recv_req = r;
+        return UCS_INPROGRESS;
+    }
+    if (h.status != ATTND_OK) {
+        attnd_status st = h.status < 0 && h.status >= ATTND_ERR_UNAUTHENTICATED
+                              ? (attnd_status)h.status
+                              : ATTND_ERR_UNKNOWN;
+        attnd__client_ucx_finish(k, attnd_error_set(&k->err, st, "%.*s", (int)(length < 1000 ? length : 1000),
+                                  (const char *)data));
+        return UCS_OK;
+    }
+    decode_into(k, data, length);
+    return UCS_OK;
+}
+

@@ -1,0 +1,109 @@
+/* One AttendRequest, whatever carried it: validate, attend, describe the
+ * reply. See attend_exec.h.
+ *
+ * The engine call below is the single place where the local computation
+ * happens; a worker group leader replaces it with scatter + local compute +
+ * combine and reports the extra time in t_fanout_ns. After warm-up nothing
+ * here allocates: the request lives in the context's arena and the output
+ * in its engine workspace.
+ */
+#include <string.h>
+#include <time.h>
+
+#include "attend_decode.h"
+#include "attend_exec.h"
+
+uint64_t attnd_srv_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1__AttendRequest *m,
+                                   uint64_t t_arrival_ns, attnd_srv_attend_result *res,
+                                   attnd_error *err)
+{
+    attnd_srv *srv = x->srv;
+    attnd_srv_attend_req req;
+    const float *out = NULL, *lse = NULL;
+    attnd_status st;
+    uint64_t t0 = attnd_srv_now_ns(), t1, t2;
+
+    memset(res, 0, sizeof *res);
+    if (t_arrival_ns && t_arrival_ns <= t0)
+        res->t.t_queue_ns = t0 - t_arrival_ns;
+    st = attnd_srv_validate_attend(m, &srv->model, &x->arena->pc, &req, err);
+    if (st)
+        return st;
+    t1 = attnd_srv_now_ns();
+    /* a worker group: scatter to the ranks, compute our part, combine */
+    int64_t wait_ms = 0; /* 0: the group's own timeout */
+    if (x->time_left_ms > 0) {
+        wait_ms = x->time_left_ms - x->time_left_ms / 10 - 5;
+        wait_ms = wait_ms > 0 ? wait_ms : 1;
+    }
+    int32_t d_vo = 0;
+    if (m->up_project) { /* W_UV applied by the group's ranks (LoadWeights) */
+        d_vo = srv->group ? attnd_group_weights_dv(srv->group, m->layer) : 0;
+        if (!d_vo)
+            return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                                   "up_project: no W_UV loaded for layer %u (LoadWeights, on "
+                                   "a worker group)", m->layer);
+        req.out_shape[3] = d_vo;
+    }
+    st = srv->group ? attnd_group_attend(srv->group, &req.eng, x->ws, wait_ms, d_vo,
+                                         &out, &lse, err)
+                    : attnd_engine_attend(srv->engine, &req.eng, x->ws, &out, &lse, err);
+    if (st)
+        return st;
+    t2 = attnd_srv_now_ns();
+    if (srv->group)
+        res->t.t_fanout_ns = t2 - t1;
+
+    attnd_srv_attend_reply *r = &res->reply;
+    r->request_id = req.request_id;
+    r->out_dtype = req.out_dtype;
+    r->out = out;
+    r->lse = req.eng.want_lse ? lse : NULL;
+    for (int i = 0; i < 4; i++)
+        r->out_shape[i] = req.out_shape[i];
+    for (int i = 0; i < 3; i++)
+        r->lse_shape[i] = req.lse_shape[i];
+    res->t.t_validate_ns = t1 - t0;
+    res->t.t_kernel_ns = t2 - t1;
+    res->t.t_total_ns = t2 - t0;
+    return ATTND_OK;
+}
+
+attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint8_t *data,
+                                         size_t len, uint64_t t_arrival_ns,
+                                         attnd_srv_attend_result *res, attnd_error *err)
+{
+    Attnd__V1__AttendRequest *mi;
+    const Attnd__V1__AttendRequest *m;
+    uint64_t t0 = attnd_srv_now_ns();
+    attnd_status st;
+
+    /* in place when canonical (no copy of the tensors), else protobuf-c */
+    attnd_srv_arena_reset(x->arena);
+    if (attnd_srv_attend_decode_inplace(data, len, x->arena, &mi) == 0) {
+        m = mi;
+    } else {
+        attnd_srv_arena_reset(x->arena);
+        m = (const Attnd__V1__AttendRequest *)attnd_srv_unpack(
+            &attnd__v1__attend_request__descriptor, x->arena, data, len, err);
+        if (!m)
+            return err->code;
+    }
+    uint64_t t1 = attnd_srv_now_ns();
+    st = attnd_srv_attend_exec(x, m, t_arrival_ns, res, err);
+    if (st == ATTND_OK) {
+        /* queue time ends where decoding began */
+        if (t_arrival_ns && t_arrival_ns <= t0)
+            res->t.t_queue_ns = t0 - t_arrival_ns;
+        res->t.t_decode_ns = t1 - t0;
+        res->t.t_total_ns += t1 - t0;
+    }
+    return st;
+}

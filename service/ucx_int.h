@@ -1,0 +1,70 @@
+/* Internals of the UCX Attend endpoint, shared by ucx_server.c (the
+ * progress thread, callbacks, request handling) and ucx_setup.c (start and
+ * stop). Everything here belongs to the progress thread once it runs.
+ */
+#ifndef ATTND_SRV_UCX_INT_H
+#define ATTND_SRV_UCX_INT_H
+
+#include <ucp/api/ucp.h>
+
+#include "attnd_ucx.h"
+#include "ucx_server.h"
+
+typedef struct ucx_conn {
+    ucp_ep_h ep;                /* NULL until accepted */
+    ucp_conn_request_h request; /* pending acceptance */
+    int failed;   /* the error callback ran: close, send nothing */
+    int refs;     /* jobs pointing here; freed at 0 once closed */
+    int closed;
+    struct ucx_conn *next;
+} ucx_conn;
+
+typedef struct ucx_buf {
+    uint8_t *p;
+    size_t cap;
+} ucx_buf;
+
+typedef struct ucx_job {
+    struct attnd_srv_ucx *u;
+    ucx_conn *conn;
+    attnd_ucx_hdr hdr;      /* the request's */
+    attnd_ucx_reply_hdr rhdr; /* the reply's (live until sent) */
+    uint64_t t_arrival;
+    void *held;             /* UCX's eager data, released after exec */
+    const uint8_t *data;    /* the request bytes (held, or req.p) */
+    size_t len;
+    ucx_buf req, rep;
+    struct ucx_job *next;
+} ucx_job;
+
+struct attnd_srv_ucx {
+    attnd_srv *srv;
+    ucp_context_h ctx;
+    ucp_worker_h worker;
+    ucp_listener_h listener;
+    int efd;                 /* the worker's event fd */
+    int stop_fd;             /* eventfd: attnd_srv_ucx_stop writes it */
+    atomic_int stop;
+    pthread_t tid;
+    int running;
+    char address[300];
+    ucx_conn *conns;
+    ucx_job *free_jobs;
+    ucx_job *ready, *ready_tail; /* FIFO of jobs with all their bytes */
+    attnd_engine_ws ws;
+    attnd_srv_arena arena;
+};
+
+/* ucx_server.c, for ucx_setup.c */
+void attnd_srv_ucx_on_conn_request(ucp_conn_request_h req, void *arg);
+ucs_status_t attnd_srv_ucx_on_attend(void *arg, const void *header, size_t header_length,
+                                     void *data, size_t length,
+                                     const ucp_am_recv_param_t *param);
+/* Close c's endpoint (forced), progressing until done; may free c. */
+void attnd_srv_ucx_close_ep(attnd_srv_ucx *u, ucx_conn *c);
+/* Return j to the pool (releasing what it holds). */
+void attnd_srv_ucx_job_put(ucx_job *j);
+/* The progress thread (arg: the attnd_srv_ucx). */
+void *attnd_srv_ucx_thread(void *arg);
+
+#endif /* ATTND_SRV_UCX_INT_H */
