@@ -5,15 +5,21 @@
  * once; the async form returns an attnd_call that owns the call, and
  * attnd_call_wait plucks, decodes into the caller's out/lse and frees it.
  * The request bytes live in the call's slice, so the caller may reuse q and
- * new_kv as soon as attnd_client_attend_async returns.
+ * new_kv as soon as attnd_client_attend_async returns. With the UCX
+ * transport the same encoded request goes out as an active message instead
+ * (ucx_transport.c) and the wait progresses the client's ucp worker.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "client_int.h"
 
 struct attnd_call {
+    int is_ucx;                   /* over the UCX transport: ucx, not rpc */
+    attnd__client_ucx_call ucx;
     attnd__client_rpc rpc;
     attnd__client_attend_dst dst; /* where the reply goes (caller memory) */
+    attnd_client *c;              /* UCX calls: whose transport */
 };
 
 attnd_status attnd_client_attend(attnd_client *c, const attnd_attend_args *a, attnd_error *err)
@@ -23,6 +29,8 @@ attnd_status attnd_client_attend(attnd_client *c, const attnd_attend_args *a, at
     grpc_byte_buffer *bb = NULL;
     attnd_status st;
 
+    if (c && c->ucx)
+        return attnd__client_ucx_attend(c, a, err);
     st = attnd__client_attend_encode(c, a, &bb, &dst, err);
     if (st)
         return st;
@@ -52,6 +60,15 @@ attnd_status attnd_client_attend_async(attnd_client *c, const attnd_attend_args 
     st = attnd__client_attend_encode(c, a, &bb, &call->dst, err);
     if (st)
         goto err_call;
+    if (c->ucx) {
+        call->is_ucx = 1;
+        st = attnd__client_ucx_start(c, &call->ucx, bb, &call->dst, err);
+        if (st)
+            goto err_call;
+        call->c = c;
+        *call_p = call;
+        return ATTND_OK;
+    }
     st = attnd__client_rpc_start(&call->rpc, c, ATTND__CLIENT_M_ATTEND, bb, err);
     if (st)
         goto err_rpc;
@@ -67,13 +84,28 @@ err_call:
 
 attnd_status attnd_call_wait(attnd_call *call, attnd_error *err)
 {
+    return attnd_call_wait_timed(call, NULL, err);
+}
+
+attnd_status attnd_call_wait_timed(attnd_call *call, attnd_server_timing *timing_p,
+                                   attnd_error *err)
+{
     attnd_status st;
 
     if (!call)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "call: NULL");
+    if (call->is_ucx) { /* timings ride in the UCX reply header */
+        st = attnd__client_ucx_wait(call->c, &call->ucx, err);
+        if (st == ATTND_OK && timing_p)
+            *timing_p = call->ucx.timing;
+        free(call);
+        return st;
+    }
     st = attnd__client_rpc_finish(&call->rpc, err);
     if (st == ATTND_OK)
         st = attnd__client_attend_decode(call->rpc.recv, &call->dst, err);
+    if (st == ATTND_OK && timing_p)
+        attnd__client_timing_parse(&call->rpc.md_trailing, timing_p);
     attnd__client_rpc_cleanup(&call->rpc);
     free(call);
     return st;

@@ -30,7 +30,6 @@
 #endif
 
 #define MAX_DIMS 6
-#define STACK_IDS 64
 
 /* Bytes of a tensor's data: 0 when the dtype or a dim is not valid (the
  * server rejects those before it looks at the data). -1 on overflow. */
@@ -100,13 +99,12 @@ static attnd_status precheck_results(attnd_client *c, const attnd_attend_args *a
     return ATTND_OK;
 }
 
-attnd_status attnd__client_attend_encode(attnd_client *c, const attnd_attend_args *a,
-                                         grpc_byte_buffer **bb_p, attnd__client_attend_dst *dst,
-                                         attnd_error *err)
+attnd_status attnd__client_attend_prepare(attnd_client *c, const attnd_attend_args *a,
+                                          attnd__client_attend_msg *msg,
+                                          attnd__client_attend_dst *dst, attnd_error *err)
 {
-    Attnd__V1__AttendRequest req = ATTND__V1__ATTEND_REQUEST__INIT;
-    Attnd__V1__Tensor q_pb, kv_pb;
-    ProtobufCBinaryData ids_stack[STACK_IDS], *ids = ids_stack;
+    Attnd__V1__AttendRequest *rq = &msg->req;
+    ProtobufCBinaryData *ids = msg->ids_stack;
     size_t q_bytes = 0, kv_bytes = 0;
     attnd_status st;
 
@@ -127,7 +125,7 @@ attnd_status attnd__client_attend_encode(attnd_client *c, const attnd_attend_arg
     if ((st = precheck_results(c, a, out_dtype, err)))
         return st;
 
-    if (a->n_seqs > STACK_IDS) {
+    if (a->n_seqs > ATTND__CLIENT_STACK_IDS) {
         ids = malloc(a->n_seqs * sizeof *ids);
         if (!ids)
             return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
@@ -137,29 +135,27 @@ attnd_status attnd__client_attend_encode(attnd_client *c, const attnd_attend_arg
         ids[i].len = ATTND_SESSION_ID_BYTES;
         ids[i].data = (uint8_t *)a->sessions[i].bytes;
     }
-    req.layer = a->layer;
-    req.n_session_ids = a->n_seqs;
-    req.session_ids = ids;
-    tensor_pb(&q_pb, &a->q, q_bytes);
-    req.q = &q_pb;
+    attnd__v1__attend_request__init(rq);
+    msg->ids = ids;
+    rq->layer = a->layer;
+    rq->n_session_ids = a->n_seqs;
+    rq->session_ids = ids;
+    tensor_pb(&msg->q_pb, &a->q, q_bytes);
+    rq->q = &msg->q_pb;
     if (a->new_kv.data) {
-        tensor_pb(&kv_pb, &a->new_kv, kv_bytes);
-        req.new_kv = &kv_pb;
+        tensor_pb(&msg->kv_pb, &a->new_kv, kv_bytes);
+        rq->new_kv = &msg->kv_pb;
     }
     if (a->positions) {
-        req.n_positions = a->n_seqs;
-        req.positions = (uint64_t *)a->positions;
+        rq->n_positions = a->n_seqs;
+        rq->positions = (uint64_t *)a->positions;
     }
-    req.return_lse = a->lse != NULL;
-    req.out_dtype = (Attnd__V1__DType)a->out_dtype;
-    req.request_id = atomic_fetch_add(&c->next_request_id, 1);
-
-    *bb_p = attnd__client_pack(&req.base);
-    if (ids != ids_stack)
-        free(ids);
+    rq->return_lse = a->lse != NULL;
+    rq->out_dtype = (Attnd__V1__DType)a->out_dtype;
+    rq->request_id = atomic_fetch_add(&c->next_request_id, 1);
 
     memset(dst, 0, sizeof *dst);
-    dst->request_id = req.request_id;
+    dst->request_id = rq->request_id;
     dst->out_dtype = out_dtype;
     dst->n_seqs = a->n_seqs;
     dst->q_tokens = a->q.ndim == 4 ? a->q.shape[1] : 1;
@@ -168,6 +164,26 @@ attnd_status attnd__client_attend_encode(attnd_client *c, const attnd_attend_arg
     dst->out_capacity = a->out_capacity;
     dst->lse = a->lse;
     dst->lse_capacity = a->lse_capacity;
+    return ATTND_OK;
+}
+
+void attnd__client_attend_msg_cleanup(attnd__client_attend_msg *msg)
+{
+    if (msg->ids && msg->ids != msg->ids_stack)
+        free(msg->ids);
+    msg->ids = NULL;
+}
+
+attnd_status attnd__client_attend_encode(attnd_client *c, const attnd_attend_args *a,
+                                         grpc_byte_buffer **bb_p, attnd__client_attend_dst *dst,
+                                         attnd_error *err)
+{
+    attnd__client_attend_msg msg;
+    attnd_status st = attnd__client_attend_prepare(c, a, &msg, dst, err);
+    if (st)
+        return st;
+    *bb_p = attnd__client_pack(&msg.req.base);
+    attnd__client_attend_msg_cleanup(&msg);
     return ATTND_OK;
 }
 

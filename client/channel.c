@@ -33,6 +33,7 @@ static const char *const method_paths[ATTND__CLIENT_M_COUNT] = {
     [ATTND__CLIENT_M_CLOSE_SESSION] = "/attnd.v1.Attnd/CloseSession",
     [ATTND__CLIENT_M_GET_STATS] = "/attnd.v1.Attnd/GetStats",
     [ATTND__CLIENT_M_HEALTH_CHECK] = "/grpc.health.v1.Health/Check",
+    [ATTND__CLIENT_M_GET_ENDPOINT] = "/attnd.v1.Attnd/GetEndpoint",
 };
 
 const char *attnd__client_method_path(attnd__client_method m)
@@ -45,6 +46,8 @@ void attnd_client_options_init(attnd_client_options *o)
     o->deadline_ms = 30000;
     o->connect_timeout_ms = 5000;
     o->max_message_bytes = (size_t)256 << 20;
+    o->transport = ATTND_TRANSPORT_GRPC;
+    o->ucx_spin_us = 1000;
 }
 
 static const char *state_name(grpc_connectivity_state s)
@@ -164,6 +167,14 @@ attnd_status attnd_client_connect(const char *target, const attnd_client_options
     st = wait_ready(c->channel, target, c->opts.connect_timeout_ms, err);
     if (st)
         goto err_channel;
+    if (c->opts.transport == ATTND_TRANSPORT_UCX)
+        st = attnd__client_ucx_connect(c, target, err);
+    else if (c->opts.transport != ATTND_TRANSPORT_GRPC)
+        st = attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                             "opts.transport: expected ATTND_TRANSPORT_GRPC or _UCX, got %d",
+                             (int)c->opts.transport);
+    if (st)
+        goto err_channel;
     *client_p = c;
     return ATTND_OK;
 
@@ -181,6 +192,7 @@ void attnd_client_destroy(attnd_client *c)
 {
     if (!c)
         return;
+    attnd__client_ucx_destroy(c);
     grpc_channel_destroy(c->channel);
     grpc_shutdown();
     pthread_mutex_destroy(&c->model_mu);

@@ -86,6 +86,12 @@ static int cmd_stats(attnd_client *c)
            st.append_calls, st.tokens_appended);
     printf("errors            %" PRIu64 "\n", st.errors);
     printf("uptime            %.1f s\n", (double)st.uptime_ms / 1000.0);
+    if (st.group_size)
+        printf("group             rank %u of %u, %s sharding, %u peers connected%s%s, %" PRIu64
+               " calls failed for a missing peer\n",
+               st.group_rank, st.group_size, st.group_mode, st.group_connected,
+               st.group_missing[0] ? ", missing ranks " : "", st.group_missing,
+               st.group_peer_failures);
     return 0;
 }
 

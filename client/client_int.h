@@ -28,6 +28,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "attnd.pb-c.h"
+#include "attnd_ucx.h"
 #include "attnd/client.h"
 #include "health.pb-c.h"
 
@@ -41,6 +42,7 @@ typedef enum attnd__client_method {
     ATTND__CLIENT_M_CLOSE_SESSION,
     ATTND__CLIENT_M_GET_STATS,
     ATTND__CLIENT_M_HEALTH_CHECK,
+    ATTND__CLIENT_M_GET_ENDPOINT,
     ATTND__CLIENT_M_COUNT
 } attnd__client_method;
 
@@ -52,6 +54,8 @@ struct attnd_client {
     pthread_mutex_t model_mu;  /* guards the two fields below */
     int have_model;
     attnd_model_info model;    /* the served model, once learned */
+    struct attnd__client_ucx *ucx; /* the UCX transport (ucx_transport.c);
+                                      NULL: Attend goes over gRPC */
 };
 
 /* The method path of m, e.g. "/attnd.v1.Attnd/Attend" (static storage). */
@@ -196,6 +200,41 @@ typedef struct attnd__client_attend_dst {
     size_t lse_capacity;        /* floats */
 } attnd__client_attend_dst;
 
+/* An AttendRequest built around the caller's buffers (tensor data, shapes,
+ * positions and session ids point at them), ready to pack. */
+#define ATTND__CLIENT_STACK_IDS 64
+typedef struct attnd__client_attend_msg {
+    Attnd__V1__AttendRequest req;
+    Attnd__V1__Tensor q_pb, kv_pb;
+    ProtobufCBinaryData ids_stack[ATTND__CLIENT_STACK_IDS];
+    ProtobufCBinaryData *ids;     /* ids_stack, or malloc'd for big batches */
+} attnd__client_attend_msg;
+
+/* The checks and the message of attnd__client_attend_encode, without
+ * packing: *msg points into *a's buffers (valid while they are) and must
+ * be released with attnd__client_attend_msg_cleanup once packed. */
+attnd_status attnd__client_attend_prepare(attnd_client *c,
+                                          const attnd_attend_args *a,
+                                          attnd__client_attend_msg *msg,
+                                          attnd__client_attend_dst *dst,
+                                          attnd_error *err);
+void attnd__client_attend_msg_cleanup(attnd__client_attend_msg *msg);
+
+/* The same message as a gather list (attend_iov.c): framing bytes written
+ * to `frame` (at least attnd__client_attend_frame_bound bytes), tensor
+ * data referenced in place. */
+#define ATTND__CLIENT_GATHER_MAX 5
+typedef struct attnd__client_gather {
+    struct {
+        const void *p;
+        size_t len;
+    } e[ATTND__CLIENT_GATHER_MAX];
+    size_t n, total;
+} attnd__client_gather;
+size_t attnd__client_attend_frame_bound(const attnd__client_attend_msg *msg);
+void attnd__client_attend_gather(const attnd__client_attend_msg *msg,
+                                 unsigned char *frame, attnd__client_gather *g);
+
 /* Check what the wire cannot express, check the result buffers against the
  * model when the query's shape matches it, and pack the request (one copy
  * of q and new_kv, into the request's slice). *bb_p is the caller's. */
@@ -210,5 +249,63 @@ attnd_status attnd__client_attend_encode(attnd_client *c,
 attnd_status attnd__client_attend_decode(grpc_byte_buffer *bb,
                                          const attnd__client_attend_dst *dst,
                                          attnd_error *err);
+
+/* ---- server timings (timing.c) --------------------------------------------- */
+
+/* Fill *t from the "attnd-timing" entry of trailing metadata md (all 0,
+ * valid 0 when there is none or it cannot be read). */
+void attnd__client_timing_parse(const grpc_metadata_array *md,
+                                attnd_server_timing *t);
+
+/* ---- the UCX transport (ucx_transport.c) ----------------------------------
+ * One ucp context, worker and endpoint per client, made at connect after a
+ * GetEndpoint call; every worker operation runs under the transport's
+ * mutex, so any thread may drive progress for every call in flight. A call
+ * is caller-owned state (inside attnd_call, or on the stack for the sync
+ * forms): start sends the encoded request with the call's id; wait
+ * progresses until the reply has been decoded into dst (or failed), the
+ * client's deadline passed (DEADLINE_EXCEEDED; the call is withdrawn), or
+ * the endpoint failed (UNAVAILABLE). */
+typedef struct attnd__client_ucx_call {
+    attnd__client_attend_dst dst;
+    grpc_byte_buffer *send;   /* the request bytes, until sent; owned */
+    uint64_t id;
+    attnd_ucx_hdr hdr;        /* sent; lives until the send completes */
+    attnd_server_timing timing; /* from the reply header */
+    void *send_req;           /* ucp request in flight, or NULL */
+    void *recv_req;           /* rendezvous receive in flight, or NULL */
+    void *rbuf;               /* rendezvous reply bytes (from the pool) */
+    size_t rcap;
+    /* a rendezvous reply received straight into dst (ucx_transport.c):
+     * the framing around out and lse as expected and as received */
+    uint32_t d_v;             /* the served model's, when known */
+    int direct;
+    size_t pre_len, lpre_len;
+    unsigned char pre_want[96], pre_got[96], lpre_want[64], lpre_got[64];
+    uint64_t riov[8];         /* ucp_dt_iov_t[4] */
+    int send_done, done, listed;
+    attnd_status st;
+    attnd_error err;
+    struct attnd__client_ucx_call *next, *prev;
+} attnd__client_ucx_call;
+
+/* After the gRPC channel is ready: GetEndpoint, then connect. */
+attnd_status attnd__client_ucx_connect(attnd_client *c, const char *target,
+                                       attnd_error *err);
+/* Close the endpoint, free the transport. Safe when c->ucx is NULL. */
+void attnd__client_ucx_destroy(attnd_client *c);
+/* Send the request in bb (ownership passes to k, even on failure) for the
+ * reply described by dst. Nothing to clean up on failure. */
+attnd_status attnd__client_ucx_start(attnd_client *c, attnd__client_ucx_call *k,
+                                     grpc_byte_buffer *bb,
+                                     const attnd__client_attend_dst *dst,
+                                     attnd_error *err);
+/* Sync Attend over UCX: prepare, send a gather list built around the
+ * caller's tensors (attend_iov.c; no copy), wait. */
+attnd_status attnd__client_ucx_attend(attnd_client *c, const attnd_attend_args *a,
+                                      attnd_error *err);
+/* Wait as above; k holds nothing afterwards. */
+attnd_status attnd__client_ucx_wait(attnd_client *c, attnd__client_ucx_call *k,
+                                    attnd_error *err);
 
 #endif /* ATTND_CLIENT_INT_H */

@@ -94,7 +94,14 @@ attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *out, attnd_mod
         .errors = r->errors,
         .kv_bytes_read = r->kv_bytes_read,
         .uptime_ms = r->uptime_ms,
+        .group_size = r->group_size,
+        .group_rank = r->group_rank,
+        .group_connected = r->group_connected,
+        .group_peer_failures = r->group_peer_failures,
     };
+    snprintf(out->group_mode, sizeof out->group_mode, "%s", r->group_mode ? r->group_mode : "");
+    snprintf(out->group_missing, sizeof out->group_missing, "%s",
+             r->group_missing ? r->group_missing : "");
     if (model_p)
         *model_p = m;
     protobuf_c_message_free_unpacked(&r->base, NULL);

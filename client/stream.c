@@ -7,6 +7,10 @@
  * status, and every later call on the stream returns that same status and
  * message. A request refused here before sending (a NULL buffer, a too
  * small out_capacity) leaves the stream as it was.
+ *
+ * Over the UCX transport there is no call to keep open: each request is one
+ * active-message round trip (ucx_transport.c) with the same semantics (in
+ * order, the first failure ends the stream).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +37,10 @@ attnd_status attnd_client_stream_open(attnd_client *c, attnd_stream **s_p, attnd
     if (!s)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "stream_open: no memory");
     s->c = c;
+    if (c->ucx) { /* each request is one UCX round trip: no call to open */
+        *s_p = s;
+        return ATTND_OK;
+    }
     st = attnd__client_scall_open(&s->s, c, ATTND__CLIENT_M_ATTEND_STREAM, err);
     if (st)
         goto err_call;
@@ -71,6 +79,16 @@ attnd_status attnd_stream_attend(attnd_stream *s, const attnd_attend_args *a, at
     }
     if (!err)
         err = &local;
+    if (s->c->ucx) {
+        attnd__client_attend_msg msg;
+        /* refused before sending (the same checks as below): no failure */
+        st = attnd__client_attend_prepare(s->c, a, &msg, &dst, err);
+        if (st)
+            return st;
+        attnd__client_attend_msg_cleanup(&msg);
+        st = attnd__client_ucx_attend(s->c, a, err);
+        return st ? fail(s, st, err) : ATTND_OK;
+    }
     st = attnd__client_attend_encode(s->c, a, &bb, &dst, err);
     if (st)
         return st; /* nothing was sent: the stream goes on */
@@ -102,6 +120,8 @@ attnd_status attnd_stream_close(attnd_stream *s, attnd_error *err)
         st = s->failed;
         if (err)
             *err = s->failed_err;
+    } else if (s->c->ucx) {
+        st = ATTND_OK;
     } else {
         st = attnd__client_scall_send(&s->s, NULL, 1, err);
         if (st == ATTND_OK)

@@ -59,7 +59,8 @@ float attnd_bf16_to_f32(uint16_t h);
 uint16_t attnd_f32_to_f16(float f);
 float attnd_f16_to_f32(uint16_t h);
 
-/* Convert n elements between any two dtypes (same dtype: memcpy). */
+/* Convert n elements between any two dtypes (same dtype: memmove). dst and
+ * src may have any alignment (wire tensors sit at arbitrary offsets). */
 void attnd_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
                    const void *src, size_t n);
 /* Read element i of a typed array as float32 / float64. */
@@ -182,7 +183,7 @@ int64_t attnd_decode_visible_len(const attnd_decode_batch *b, int32_t i,
  * All paths widen KV to float32 and multiply-add in float32 (no bf16 dot
  * products: where avx512_bf16 exists, vdpbf16ps would have to round q to
  * bf16 and measures slower than FMA on the hosts we target; see
- * kernels/cpu/BENCHMARKS-cpu.md). The SIMD paths fold scale * log2(e) into
+ * kernels/BENCHMARKS.md). The SIMD paths fold scale * log2(e) into
  * the query, use exp2, and block work in tiles of ATTND_DECODE_TILE tokens:
  * per tile S = Q K^T as a small GEMM, the online softmax, then O += P V. */
 
@@ -312,6 +313,14 @@ attnd_status attnd_kernel_decode_parallel(attnd_cpu_pool *pool,
  * A row with lse -inf is empty and merging it changes nothing. */
 void attnd_kernel_merge_states(float *o_a, float *lse_a, const float *o_b,
                                const float *lse_b, int64_t n_rows, int32_t d);
+
+/* ---- normalized Walsh-Hadamard rotation (TPLA) --------------------------- */
+
+/* 1 when n is a power of two (the sizes the transform below accepts). */
+int attnd_fwht_supported(int32_t n);
+/* x <- H_n x / sqrt(n) in place, n a power of two: an orthonormal,
+ * symmetric rotation, hence its own inverse. */
+void attnd_kernel_fwht_f32(float *x, int32_t n);
 
 /* ---- float64 reference ------------------------------------------------- */
 

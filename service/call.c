@@ -64,6 +64,10 @@ void attnd_srv_call_put(attnd_srv_call *c)
         grpc_call_unref(c->call);
     grpc_metadata_array_destroy(&c->md);
     grpc_call_details_destroy(&c->details);
+    if (c->counted) {
+        c->counted = 0;
+        atomic_fetch_sub(&th->srv->active_calls, 1);
+    }
     c->next = th->free_calls;
     th->free_calls = c;
     th->live_calls--;

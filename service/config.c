@@ -38,6 +38,9 @@ static const opt opts[] = {
     {"kernel-threads", "ATTND_KERNEL_THREADS", OPT_INT, F(kernel_threads), 0, 1024, "N",
      "threads of the engine's shared attention-kernel pool, a calling server thread "
      "included (default 0: one per CPU)"},
+    {"device", "ATTND_DEVICE", OPT_STR, F(device), 0, 0, "cpu|cuda:N",
+     "where KV pages live and attention runs: host memory and the CPU kernels, or "
+     "GPU N's memory and the CUDA kernels (default cpu)"},
     {"max-sessions", "ATTND_MAX_SESSIONS", OPT_INT, F(max_sessions), 1, 1 << 24, "N",
      "open sessions at most (default 1024)"},
     {"kv-memory", "ATTND_KV_MEMORY", OPT_SIZE, F(kv_memory), 1, INT64_MAX, "BYTES",
@@ -56,6 +59,32 @@ static const opt opts[] = {
      "BYTES", "HTTP/2 per-stream receive window; 0: gRPC's default (default 8Mi)"},
     {"http2-max-frame", "ATTND_HTTP2_MAX_FRAME", OPT_SIZE, F(http2_max_frame), 0, 16777215,
      "BYTES", "HTTP/2 largest frame we accept; 0: gRPC's 16Ki (default 1Mi)"},
+    {"ucx-listen", "ATTND_UCX_LISTEN", OPT_STR, F(ucx_listen), 0, 0, "HOST:PORT|auto",
+     "also serve Attend over UCX active messages there; auto: --listen's host, a free "
+     "port (default: off)"},
+    {"ucx-spin-us", "ATTND_UCX_SPIN_US", OPT_INT, F(ucx_spin_us), 0, 1000000, "US",
+     "UCX progress thread: busy-poll this long after the last event before sleeping "
+     "(default 200)"},
+    {"rank", "ATTND_RANK", OPT_INT, F(rank), 0, 63, "R",
+     "this process's rank in its worker group (default 0)"},
+    {"group", "ATTND_GROUP", OPT_STR, F(group), 0, 0, "HOST:PORT,...",
+     "UCX listener address of every rank of the group, in rank order; this rank "
+     "listens on entry R (port 0: a free port, see --group-dir); empty: no group"},
+    {"group-file", "ATTND_GROUP_FILE", OPT_STR, F(group_file), 0, 0, "PATH",
+     "the same list in a file, one HOST:PORT per line"},
+    {"group-dir", "ATTND_GROUP_DIR", OPT_STR, F(group_dir), 0, 0, "DIR",
+     "each rank writes its bound UCX address to DIR/rank-R; peers listed with port 0 "
+     "are found there"},
+    {"shard", "ATTND_SHARD", OPT_STR, F(shard), 0, 0, "sequence|head|latent",
+     "how the group splits the KV (default sequence)"},
+    {"tpla-rope", "ATTND_TPLA_ROPE", OPT_STR, F(tpla_rope), 0, 0, "replicate|split",
+     "latent sharding: RoPE key on every rank, or split too (default replicate)"},
+    {"tpla-mu", "ATTND_TPLA_MU", OPT_STR, F(tpla_mu), 0, 0, "MU",
+     "latent sharding: scale of the latent part of each shard's score (default 1)"},
+    {"group-connect-ms", "ATTND_GROUP_CONNECT_MS", OPT_INT, F(group_connect_ms), 0, 3600000,
+     "MS", "at start, wait this long for every peer (default 30000)"},
+    {"group-timeout-ms", "ATTND_GROUP_TIMEOUT_MS", OPT_INT, F(group_timeout_ms), 1, 3600000,
+     "MS", "longest wait for a peer's answer; then UNAVAILABLE (default 10000)"},
     {"list-models", NULL, OPT_FLAG, F(list_models), 0, 0, NULL, "print the presets and exit"},
     {"help", NULL, OPT_FLAG, F(show_help), 0, 0, NULL, "print this and exit"},
 };
@@ -67,6 +96,7 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     memset(cfg, 0, sizeof *cfg);
     snprintf(cfg->listen, sizeof cfg->listen, "127.0.0.1:7700");
     snprintf(cfg->model, sizeof cfg->model, "deepseek-v3");
+    snprintf(cfg->device, sizeof cfg->device, "cpu");
     cfg->threads = 0;
     cfg->max_sessions = 1024;
     cfg->kv_memory = 1000000000ull;
@@ -74,6 +104,12 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     cfg->kv_dtype = ATTND_DTYPE_INVALID;
     cfg->max_message = 256ull << 20;
     cfg->shutdown_grace_ms = 10000;
+    snprintf(cfg->shard, sizeof cfg->shard, "sequence");
+    snprintf(cfg->tpla_rope, sizeof cfg->tpla_rope, "replicate");
+    snprintf(cfg->tpla_mu, sizeof cfg->tpla_mu, "1");
+    cfg->group_connect_ms = 30000;
+    cfg->group_timeout_ms = 10000;
+    cfg->ucx_spin_us = 200;
     /* measured on loopback with tests/service/bench_attend.c: an 8 MiB
      * window and 1 MiB frames cut the p50 of a 2.4 MB Attend from ~15 to
      * ~10 ms; a 64 MiB window or 16 MiB frames did not help */
@@ -257,6 +293,11 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const 
     if (!strchr(cfg->listen, ':'))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--listen: expected HOST:PORT, got \"%s\"", cfg->listen);
+    if (cfg->ucx_listen[0] && strcmp(cfg->ucx_listen, "auto") != 0 &&
+        !strchr(cfg->ucx_listen, ':'))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--ucx-listen: expected HOST:PORT or auto, got \"%s\"",
+                               cfg->ucx_listen);
     return ATTND_OK;
 }
 
@@ -270,6 +311,7 @@ void attnd_srv_config_engine(const attnd_srv_config *cfg, attnd_engine_config *e
     ecfg->kv_memory = cfg->kv_memory;
     ecfg->max_sessions = cfg->max_sessions;
     ecfg->kernel_threads = cfg->kernel_threads;
+    snprintf(ecfg->device, sizeof ecfg->device, "%s", cfg->device);
 }
 
 void attnd_srv_config_usage(FILE *f)

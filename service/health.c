@@ -1,7 +1,9 @@
 /* grpc.health.v1.Health, and the answer to methods attnd does not serve.
  *
  * Check answers SERVING for "" and "attnd.v1.Attnd", NOT_SERVING once the
- * server is stopping, and the gRPC status NOT_FOUND for any other name (the
+ * server is stopping; for "attnd.v1.Group" (a worker group's state)
+ * SERVING only while every peer is connected (Watch reports it as of the
+ * call's start); and the gRPC status NOT_FOUND for any other name (the
  * health spec's SERVICE_UNKNOWN for Check).
  *
  * Watch sends the current status at once (SERVICE_UNKNOWN as a message for
@@ -11,12 +13,24 @@
  * OK. A client that goes away just ends it.
  *
  * Calls to unregistered methods get UNIMPLEMENTED at once, unread. */
+#include <string.h>
+
 #include <grpc/slice.h>
 #include <grpc/support/alloc.h>
 
 #include "srv.h"
 
 typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus serving_status;
+
+/* 0 when m asks about the worker group and a peer is missing. */
+static int group_whole(const attnd_srv_call *c, const Grpc__Health__V1__HealthCheckRequest *m)
+{
+    attnd_group_state gs;
+    if (!c->th->srv->group || !m->service || strcmp(m->service, ATTND_SRV_HEALTH_GROUP) != 0)
+        return 1;
+    attnd_group_get_state(c->th->srv->group, &gs);
+    return gs.missing[0] == '\0';
+}
 
 static grpc_byte_buffer *health_reply(serving_status s)
 {
@@ -39,7 +53,7 @@ void attnd_srv_health_check_start(attnd_srv_call *c)
     }
     attnd_srv_call_finish(
         c,
-        health_reply(c->th->shutting_down
+        health_reply(c->th->shutting_down || !group_whole(c, m)
                          ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                          : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING),
         ATTND_OK, NULL);
@@ -63,9 +77,11 @@ void attnd_srv_health_watch_start(attnd_srv_call *c)
             ATTND_OK, NULL);
         return;
     }
-    serving_status s = attnd_srv_validate_health(m, &err) == ATTND_OK
-                           ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-                           : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    serving_status s =
+        attnd_srv_validate_health(m, &err) != ATTND_OK
+            ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN
+        : group_whole(c, m) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                            : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
     attnd_srv_call_hold_open(c);
     attnd_srv_call_send(c, health_reply(s), 0);
 }

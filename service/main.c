@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "srv.h"
+#include "ucx_server.h"
 
 static sigset_t stop_signals;
 
@@ -52,8 +53,10 @@ int main(int argc, char **argv)
     attnd_engine *engine = NULL;
     attnd_engine_stats est;
     attnd_srv *srv = NULL;
+    attnd_group_config gcfg;
+    attnd_group *group = NULL;
     attnd_error err;
-    int sig, rc = 1;
+    int sig, rc = 1, grouped = 0;
 
     /* before any thread exists (grpc_init starts some): all inherit this */
     sigemptyset(&stop_signals);
@@ -76,12 +79,30 @@ int main(int argc, char **argv)
         return 0;
     }
     attnd_srv_config_engine(&cfg, &ecfg);
+    /* a worker group rank: its engine serves the rank's shard */
+    if (attnd_srv_config_group(&cfg, &ecfg, &gcfg, &grouped, &err)) {
+        fprintf(stderr, "attnd: %s\n", err.msg);
+        return 2;
+    }
     if (attnd_engine_create(&ecfg, &engine, &err)) {
         fprintf(stderr, "attnd: %s\n", err.msg);
         return 1;
     }
     grpc_init();
-    if (attnd_srv_create(&cfg, engine, &srv, &err) || attnd_srv_start(srv, &err)) {
+    if (grouped && attnd_group_create(&gcfg, engine, &group, &err)) {
+        fprintf(stderr, "attnd: %s\n", err.msg);
+        goto out;
+    }
+    if (attnd_srv_create(&cfg, engine, &srv, &err)) {
+        fprintf(stderr, "attnd: %s\n", err.msg);
+        goto out;
+    }
+    if (group) { /* requests are validated against the whole model */
+        srv->group = group;
+        attnd_srv_model_init(&srv->model, attnd_group_model(group), cfg.page_size,
+                             cfg.max_sessions);
+    }
+    if (attnd_srv_start(srv, &err)) {
         fprintf(stderr, "attnd: %s\n", err.msg);
         goto out;
     }
@@ -93,11 +114,16 @@ int main(int argc, char **argv)
     attnd_engine_get_stats(engine, &est);
     const char *colon = strrchr(cfg.listen, ':');
     printf("attnd: listening on %.*s:%d model=%s kv=%s pages=%llu page_size=%d "
-           "page_bytes=%llu threads=%d\n",
+           "page_bytes=%llu threads=%d device=%s\n",
            (int)(colon - cfg.listen), cfg.listen, srv->port, attnd_engine_model(engine)->name,
            attnd_dtype_name(attnd_engine_model(engine)->kv_dtype),
            (unsigned long long)est.pages_total, cfg.page_size,
-           (unsigned long long)est.page_bytes, cfg.threads);
+           (unsigned long long)est.page_bytes, cfg.threads, cfg.device);
+    if (srv->ucx)
+        printf("attnd: Attend over UCX on %s\n", attnd_srv_ucx_address(srv));
+    if (group)
+        printf("attnd: group rank %d of %d, shard %s, UCX listener port %d\n", gcfg.rank,
+               gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));
     fflush(stdout);
 
     while (sigwait(&stop_signals, &sig) != 0)
@@ -110,6 +136,7 @@ int main(int argc, char **argv)
 
 out:
     attnd_srv_destroy(srv);
+    attnd_group_destroy(group);
     grpc_shutdown();
     attnd_engine_destroy(engine);
     return rc;

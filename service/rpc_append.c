@@ -47,8 +47,10 @@ void attnd_srv_append_step(attnd_srv_call *c, int ok)
     m = (Attnd__V1__AppendKVRequest *)attnd_srv_call_decode(
         c, &attnd__v1__append_kvrequest__descriptor, &err);
     if (!m || attnd_srv_validate_append(m, &srv->model, &req, &err) ||
-        attnd_engine_append(srv->engine, &req.id, req.layer, req.start, req.n_tokens,
-                            req.dtype, req.kv, &err)) {
+        (srv->group ? attnd_group_append(srv->group, &req.id, req.layer, req.start,
+                                         req.n_tokens, req.dtype, req.kv, &err)
+                    : attnd_engine_append(srv->engine, &req.id, req.layer, req.start,
+                                          req.n_tokens, req.dtype, req.kv, &err))) {
         fail_with_progress(c, &err);
         return;
     }

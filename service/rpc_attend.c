@@ -5,53 +5,71 @@
  * the reply in the asked dtype. After warm-up none of these steps allocates
  * in our code (gRPC allocates the reply slice). A failing request of a
  * stream ends the stream with its status. */
-#include "srv.h"
+#include <grpc/support/time.h>
 
-/* Handle one AttendRequest in c->recv; *reply_p gets the reply. */
+#include "attend_exec.h"
+
+/* Handle one AttendRequest in c->recv; *reply_p gets the reply and *t_p
+ * (may be NULL) the call's timings, reply encoding included. The work
+ * itself is attnd_srv_attend_exec, shared with the UCX endpoint. */
 static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
-                               attnd_error *err)
+                               attnd_srv_attend_times *t_p, attnd_error *err)
 {
     attnd_srv_thread *th = c->th;
-    attnd_srv *srv = th->srv;
+    attnd_srv_exec_ctx x = {.srv = th->srv, .ws = &th->ws, .arena = &th->arena};
+    gpr_timespec left = gpr_time_sub(gpr_convert_clock_type(c->deadline, GPR_CLOCK_MONOTONIC),
+                                     gpr_now(GPR_CLOCK_MONOTONIC));
+    if (gpr_time_cmp(c->deadline, gpr_inf_future(c->deadline.clock_type)) != 0)
+        x.time_left_ms = gpr_time_to_millis(left) > 0 ? gpr_time_to_millis(left) : 1;
     const Attnd__V1__AttendRequest *m;
-    attnd_srv_attend_req req;
-    const float *out = NULL, *lse = NULL;
+    attnd_srv_attend_result res;
+    uint64_t t_arrival = attnd_srv_now_ns();
     attnd_status st;
 
     m = (const Attnd__V1__AttendRequest *)attnd_srv_call_decode(
         c, &attnd__v1__attend_request__descriptor, err);
     if (!m)
         return err->code;
-    st = attnd_srv_validate_attend(m, &srv->model, &th->arena.pc, &req, err);
+    st = attnd_srv_attend_exec(&x, m, t_arrival, &res, err);
     if (st)
         return st;
-    st = attnd_engine_attend(srv->engine, &req.eng, &th->ws, &out, &lse, err);
-    if (st)
-        return st;
-    attnd_srv_attend_reply r = {
-        .request_id = req.request_id,
-        .out_dtype = req.out_dtype,
-        .out = out,
-        .lse = req.eng.want_lse ? lse : NULL,
-    };
-    for (int i = 0; i < 4; i++)
-        r.out_shape[i] = req.out_shape[i];
-    for (int i = 0; i < 3; i++)
-        r.lse_shape[i] = req.lse_shape[i];
-    *reply_p = attnd_srv_attend_reply_pack(&r);
+    uint64_t t_pack = attnd_srv_now_ns();
+    *reply_p = attnd_srv_attend_reply_pack(&res.reply);
+    if (t_p) {
+        *t_p = res.t;
+        t_p->t_encode_ns = attnd_srv_now_ns() - t_pack;
+    }
     return ATTND_OK;
+}
+
+/* The server-side split of a unary Attend, as trailing metadata
+ * ATTND_SRV_TIMING_KEY = "q=<ns>,v=<ns>,k=<ns>,f=<ns>,e=<ns>": queue (from
+ * the handler taking the call through decoding the request), validation,
+ * kernel (the engine's attend), rank fan-out + combine (0 on one rank) and
+ * reply encoding. libattnd reads it (attnd_call_wait_timed); attnd-bench
+ * subtracts it from the client's latency to show the network's share. */
+static void add_timing_trailer(attnd_srv_call *c, const attnd_srv_attend_times *t)
+{
+    char v[160];
+    snprintf(v, sizeof v, "q=%llu,v=%llu,k=%llu,f=%llu,e=%llu",
+             (unsigned long long)t->t_queue_ns, (unsigned long long)t->t_validate_ns,
+             (unsigned long long)t->t_kernel_ns, (unsigned long long)t->t_fanout_ns,
+             (unsigned long long)t->t_encode_ns);
+    attnd_srv_call_add_trailer(c, ATTND_SRV_TIMING_KEY, v);
 }
 
 void attnd_srv_attend_start(attnd_srv_call *c)
 {
     grpc_byte_buffer *reply = NULL;
+    attnd_srv_attend_times t;
     attnd_error err;
 
     attnd_error_clear(&err);
-    if (attend_one(c, &reply, &err)) {
+    if (attend_one(c, &reply, &t, &err)) {
         attnd_srv_call_fail(c, &err);
         return;
     }
+    add_timing_trailer(c, &t);
     attnd_srv_call_finish(c, reply, ATTND_OK, NULL);
 }
 
@@ -74,7 +92,7 @@ void attnd_srv_attend_stream_step(attnd_srv_call *c, int ok)
         return;
     }
     attnd_error_clear(&err);
-    if (attend_one(c, &reply, &err)) {
+    if (attend_one(c, &reply, NULL, &err)) {
         attnd_srv_call_fail(c, &err);
         return;
     }

@@ -16,7 +16,8 @@ void attnd_srv_create_session_start(attnd_srv_call *c)
     m = (Attnd__V1__CreateSessionRequest *)attnd_srv_call_decode(
         c, &attnd__v1__create_session_request__descriptor, &err);
     if (!m || attnd_srv_validate_create(m, &srv->model, &req, &err) ||
-        attnd_engine_session_create(srv->engine, req.max_tokens, &id, &err)) {
+        (srv->group ? attnd_group_session_create(srv->group, req.max_tokens, &id, &err)
+                    : attnd_engine_session_create(srv->engine, req.max_tokens, &id, &err))) {
         attnd_srv_call_fail(c, &err);
         return;
     }
@@ -41,7 +42,8 @@ void attnd_srv_close_session_start(attnd_srv_call *c)
     m = (Attnd__V1__CloseSessionRequest *)attnd_srv_call_decode(
         c, &attnd__v1__close_session_request__descriptor, &err);
     if (!m || attnd_srv_validate_close(m, &id, &err) ||
-        attnd_engine_session_close(srv->engine, &id, &freed, &err)) {
+        (srv->group ? attnd_group_session_close(srv->group, &id, &freed, &err)
+                    : attnd_engine_session_close(srv->engine, &id, &freed, &err))) {
         attnd_srv_call_fail(c, &err);
         return;
     }

@@ -49,5 +49,17 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
     resp.errors = atomic_load(&srv->errors);
     resp.kv_bytes_read = st.kv_bytes_read;
     resp.uptime_ms = attnd_srv_uptime_ms(srv);
+    attnd_group_state gs;
+    char mode[16];
+    if (srv->group) {
+        attnd_group_get_state(srv->group, &gs);
+        snprintf(mode, sizeof mode, "%s", attnd_group_mode_name(gs.mode));
+        resp.group_size = (uint32_t)gs.size;
+        resp.group_rank = (uint32_t)gs.rank;
+        resp.group_mode = mode;
+        resp.group_connected = (uint32_t)gs.connected;
+        resp.group_missing = gs.missing;
+        resp.group_peer_failures = gs.peer_failures;
+    }
     attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
 }

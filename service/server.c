@@ -24,6 +24,7 @@
 #include <grpc/support/time.h>
 
 #include "srv.h"
+#include "ucx_server.h"
 
 const attnd_srv_method attnd_srv_methods[ATTND_SRV_M_COUNT + 1] = {
     [ATTND_SRV_M_CREATE_SESSION] = {"/attnd.v1.Attnd/CreateSession", 0,
@@ -43,6 +44,10 @@ const attnd_srv_method attnd_srv_methods[ATTND_SRV_M_COUNT + 1] = {
     [ATTND_SRV_M_HEALTH_WATCH] = {"/grpc.health.v1.Health/Watch", 0,
                                   attnd_srv_health_watch_start,
                                   attnd_srv_health_watch_step},
+    [ATTND_SRV_M_GET_ENDPOINT] = {"/attnd.v1.Attnd/GetEndpoint", 0,
+                                  attnd_srv_get_endpoint_start, NULL},
+    [ATTND_SRV_M_LOAD_WEIGHTS] = {"/attnd.v1.Attnd/LoadWeights", 0,
+                                  attnd_srv_load_weights_start, NULL},
     [ATTND_SRV_M_GENERIC] = {"(unregistered)", 1, attnd_srv_generic_start, NULL},
 };
 
@@ -116,6 +121,8 @@ static void on_event(attnd_srv_thread *th, const grpc_event *ev)
         }
         request_call(th, c->method);
         c->state = ATTND_SRV_CALL_ACTIVE;
+        c->counted = 1;
+        atomic_fetch_add(&th->srv->active_calls, 1);
         attnd_srv_methods[c->method].start(c);
     } else {
         c->op_inflight = 0;
@@ -263,6 +270,10 @@ err_server:
 
 attnd_status attnd_srv_start(attnd_srv *srv, attnd_error *err)
 {
+    /* before gRPC serves: GetEndpoint must find the UCX address */
+    attnd_status st = attnd_srv_ucx_start(srv, err);
+    if (st)
+        return st;
     grpc_server_start(srv->server);
     for (int i = 0; i < srv->n_threads; i++) {
         attnd_srv_thread *th = &srv->threads[i];
@@ -284,7 +295,7 @@ static gpr_timespec ms_from_now(int64_t ms)
 
 int attnd_srv_shutdown(attnd_srv *srv, int64_t grace_ms, int (*interrupt)(void))
 {
-    int cancelled = 0;
+    int cancelled = 0, idle_cut = 0;
 
     if (srv->shut_down)
         return 0;
@@ -298,6 +309,13 @@ int attnd_srv_shutdown(attnd_srv *srv, int64_t grace_ms, int (*interrupt)(void))
         grpc_event ev = grpc_completion_queue_next(srv->shutdown_cq, wake, NULL);
         if (ev.type == GRPC_OP_COMPLETE)
             break;
+        /* Nothing in flight: close idle client connections now rather than
+         * wait for each client to act on the GOAWAY (seconds). */
+        if (!cancelled && !idle_cut && atomic_load(&srv->active_calls) == 0) {
+            grpc_server_cancel_all_calls(srv->server);
+            idle_cut = 1;
+            continue;
+        }
         if (!cancelled && (gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), deadline) >= 0 ||
                            (interrupt && interrupt()))) {
             grpc_server_cancel_all_calls(srv->server);
@@ -311,6 +329,7 @@ int attnd_srv_shutdown(attnd_srv *srv, int64_t grace_ms, int (*interrupt)(void))
             pthread_join(srv->threads[i].tid, NULL);
             srv->threads[i].running = 0;
         }
+    attnd_srv_ucx_stop(srv);
     return cancelled;
 }
 
@@ -320,6 +339,7 @@ void attnd_srv_destroy(attnd_srv *srv)
         return;
     if (!srv->shut_down)
         attnd_srv_shutdown(srv, 0, NULL);
+    attnd_srv_ucx_stop(srv);
     grpc_server_destroy(srv->server);
     for (int i = 0; i < srv->n_threads; i++) {
         cq_drain(srv->threads[i].cq);

@@ -24,6 +24,7 @@
 #include <grpc/grpc.h>
 
 #include "attnd/status.h"
+#include "attnd_group.h"
 #include "attnd_worker.h"
 #include "codec.h"
 #include "validate.h"
@@ -37,6 +38,7 @@ typedef struct attnd_srv_config {
     char model[64];            /* --model preset */
     int32_t threads;           /* --threads; 0 at load: number of CPUs */
     int32_t kernel_threads;    /* --kernel-threads; 0: the engine's default */
+    char device[32];           /* --device cpu | cuda:N (the engine checks it) */
     uint32_t max_sessions;     /* --max-sessions */
     uint64_t kv_memory;        /* --kv-memory bytes */
     int32_t page_size;         /* --page-size tokens */
@@ -46,6 +48,19 @@ typedef struct attnd_srv_config {
     int64_t shutdown_grace_ms; /* --shutdown-grace-ms before cancelling */
     int64_t http2_lookahead;   /* --http2-lookahead bytes; 0: gRPC default */
     int64_t http2_max_frame;   /* --http2-max-frame bytes; 0: gRPC default */
+    char ucx_listen[256];      /* --ucx-listen host:port | auto; "" off */
+    int32_t ucx_spin_us;       /* --ucx-spin-us: busy-poll before sleeping */
+    /* worker group (service/group_setup.c turns these into an
+     * attnd_group_config); group and group_file empty: a lone worker */
+    int32_t rank;              /* --rank r */
+    char group[4096];          /* --group host:port,host:port,... */
+    char group_file[PATH_MAX]; /* --group-file: one host:port a line */
+    char group_dir[PATH_MAX];  /* --group-dir: ranks' bound UCX addresses */
+    char shard[16];            /* --shard sequence|head|latent */
+    char tpla_rope[16];        /* --tpla-rope replicate|split */
+    char tpla_mu[32];          /* --tpla-mu */
+    int64_t group_connect_ms;  /* --group-connect-ms */
+    int64_t group_timeout_ms;  /* --group-timeout-ms */
     int show_help;             /* --help */
     int list_models;           /* --list-models */
 } attnd_srv_config;
@@ -62,6 +77,14 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc,
 int attnd_srv_parse_size(const char *s, uint64_t *out_p);
 void attnd_srv_config_usage(FILE *f);
 void attnd_srv_config_list_models(FILE *f);
+/* group_setup.c: the group settings of a loaded config. *enabled_p = 0
+ * (and nothing else filled) for a lone worker; else gcfg is complete for
+ * attnd_group_create (model = the full model spec with --kv-dtype
+ * applied) and ecfg->model is replaced by this rank's shard.
+ * INVALID_ARGUMENT naming the flag. */
+attnd_status attnd_srv_config_group(const attnd_srv_config *cfg, attnd_engine_config *ecfg,
+                                    attnd_group_config *gcfg, int *enabled_p,
+                                    attnd_error *err);
 /* Fill an engine config from a loaded service config. */
 void attnd_srv_config_engine(const attnd_srv_config *cfg,
                              attnd_engine_config *ecfg);
@@ -77,6 +100,8 @@ typedef enum attnd_srv_method_id {
     ATTND_SRV_M_GET_STATS,
     ATTND_SRV_M_HEALTH_CHECK,
     ATTND_SRV_M_HEALTH_WATCH,
+    ATTND_SRV_M_GET_ENDPOINT,
+    ATTND_SRV_M_LOAD_WEIGHTS,
     ATTND_SRV_M_COUNT,
     /* calls to any other method, answered UNIMPLEMENTED */
     ATTND_SRV_M_GENERIC = ATTND_SRV_M_COUNT,
@@ -116,6 +141,7 @@ struct attnd_srv_call {
     int close_done;             /* ...and completed: the call is over */
     int cancelled;              /* its result */
     int held;                   /* in the thread's held-open list */
+    int counted;                /* counted in srv->active_calls */
     int end_requested;          /* held open: end at the next chance */
     uint64_t chunks, tokens;    /* AppendKV progress */
     grpc_metadata trailer[2];   /* trailing metadata of the final status */
@@ -153,6 +179,7 @@ struct attnd_srv_thread {
 struct attnd_srv {
     const attnd_srv_config *cfg;
     attnd_engine *engine;
+    attnd_group *group;           /* NULL: a lone worker (the engine serves) */
     attnd_srv_model model;
     grpc_server *server;
     void *registered[ATTND_SRV_M_COUNT];
@@ -161,9 +188,12 @@ struct attnd_srv {
     grpc_completion_queue *shutdown_cq;
     int port;
     int shut_down;
+    atomic_int active_calls;      /* calls past REQUESTED, not yet released */
     atomic_uint_fast64_t errors;  /* calls ended with a non-OK status other
                                      than CANCELLED (the client's doing) */
     struct timespec started;      /* CLOCK_MONOTONIC */
+    struct attnd_srv_ucx *ucx;    /* the UCX Attend endpoint (ucx_server.c);
+                                     NULL when --ucx-listen is off */
 };
 
 /* Create the server: channel args from cfg, methods, completion queues, the
@@ -242,6 +272,7 @@ void attnd_srv_health_check_start(attnd_srv_call *c);
 void attnd_srv_health_watch_start(attnd_srv_call *c);
 void attnd_srv_health_watch_step(attnd_srv_call *c, int ok);
 void attnd_srv_generic_start(attnd_srv_call *c);
+void attnd_srv_load_weights_start(attnd_srv_call *c); /* rpc_weights.c */
 
 /* ModelInfo of the served model (strings point into the engine's spec). */
 void attnd_srv_model_info(const attnd_srv_model *m, Attnd__V1__ModelInfo *info);

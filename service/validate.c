@@ -418,10 +418,11 @@ attnd_status attnd_srv_validate_health(const Grpc__Health__V1__HealthCheckReques
                                        attnd_error *err)
 {
     const char *svc = m->service ? m->service : "";
-    if (svc[0] == '\0' || strcmp(svc, "attnd.v1.Attnd") == 0)
+    if (svc[0] == '\0' || strcmp(svc, "attnd.v1.Attnd") == 0 ||
+        strcmp(svc, ATTND_SRV_HEALTH_GROUP) == 0)
         return ATTND_OK;
     return attnd_error_set(err, ATTND_ERR_NOT_FOUND,
-                           "service: expected \"\" or \"attnd.v1.Attnd\", got unknown "
-                           "\"%.64s\"",
-                           svc);
+                           "service: expected \"\", \"attnd.v1.Attnd\" or \"%s\", got "
+                           "unknown \"%.64s\"",
+                           ATTND_SRV_HEALTH_GROUP, svc);
 }

@@ -36,7 +36,7 @@ void attnd_srv_model_init(attnd_srv_model *m, const attnd_model_spec *spec,
                           int32_t page_size, uint32_t max_batch);
 
 /* Query tokens per sequence the engine accepts (S). */
-#define ATTND_SRV_MAX_Q_TOKENS 64
+#define ATTND_SRV_MAX_Q_TOKENS ATTND_ENGINE_MAX_Q_TOKENS
 
 /* ---- CreateSession ------------------------------------------------------ */
 
@@ -96,8 +96,11 @@ attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
 
 /* ---- grpc.health.v1 ------------------------------------------------------ */
 
-/* The health service names attnd answers for: "" and "attnd.v1.Attnd".
- * Any other: NOT_FOUND (the spec's SERVICE_UNKNOWN). */
+/* The health service names attnd answers for: "", "attnd.v1.Attnd" and
+ * ATTND_SRV_HEALTH_GROUP (SERVING only while every peer of the rank's
+ * worker group is connected; a lone worker is always whole). Any other:
+ * NOT_FOUND (the spec's SERVICE_UNKNOWN). */
+#define ATTND_SRV_HEALTH_GROUP "attnd.v1.Group"
 attnd_status attnd_srv_validate_health(const Grpc__Health__V1__HealthCheckRequest *m,
                                        attnd_error *err);
 

@@ -60,6 +60,14 @@ typedef struct attnd_engine_config {
      * pool and take turns on it (each batch gets all its threads), so the
      * kernels never run more than this many threads at once. */
     int32_t kernel_threads;
+    /* Where KV pages live and attention runs: "cpu" (or "") for host memory
+     * and the CPU kernels; "cuda:N" (or "cuda" = cuda:0) for one
+     * cudaMalloc on CUDA device N and kernels/cuda (bf16 KV, page_size a
+     * multiple of 64, MLA d_latent 512/256/128 with d_rope 64 or GQA
+     * head_dim 64/128). Creating fails with UNIMPLEMENTED when this build
+     * has no CUDA or the model's shape has no GPU kernel, UNAVAILABLE when
+     * the device does not exist. */
+    char device[32];
 } attnd_engine_config;
 
 /* Create an engine; the pool (kv_memory bytes, rounded down to whole pages)
@@ -80,6 +88,11 @@ int32_t attnd_engine_page_size(const attnd_engine *e);
 attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
                                          attnd_session_id *id_p,
                                          attnd_error *err);
+/* The same with an id chosen by the caller (a worker group creates one
+ * session under one id on every rank): ALREADY_EXISTS when it is taken. */
+attnd_status attnd_engine_session_create_id(attnd_engine *e, uint64_t max_tokens,
+                                            const attnd_session_id *id,
+                                            attnd_error *err);
 /* Close a session and free its pages (once no call uses it). NOT_FOUND for
  * an unknown id. *pages_freed_p (may be NULL) gets the pages it held. */
 attnd_status attnd_engine_session_close(attnd_engine *e,
@@ -101,6 +114,10 @@ attnd_status attnd_engine_length(attnd_engine *e, const attnd_session_id *id,
                                  uint32_t layer, uint64_t *len_p,
                                  attnd_error *err);
 
+/* Most query tokens per session in one attend (speculative/multi-token
+ * decode); the service validates against the same number. */
+#define ATTND_ENGINE_MAX_Q_TOKENS 64
+
 /* One decode step of one layer for a batch of distinct sessions. */
 typedef struct attnd_attend_req {
     uint32_t layer;
@@ -116,6 +133,12 @@ typedef struct attnd_attend_req {
     const uint64_t *positions;   /* NULL, or [n_seqs]: where each new entry
                                     must land (FAILED_PRECONDITION if not) */
     int want_lse;
+    const uint64_t *visible;     /* NULL, or [n_seqs][S]: how many of the
+                                    layer's first tokens (after the append)
+                                    query token s of sequence i sees,
+                                    replacing the causal rule L - (S-1-s);
+                                    for a worker group whose rank holds a
+                                    subset of each session's tokens */
 } attnd_attend_req;
 
 /* Per-thread scratch of attnd_engine_attend: page lists and outputs. It
@@ -130,6 +153,12 @@ typedef struct attnd_engine_ws {
     int32_t *page_idx;         /* [cap_pages] */
     float *out, *lse;
     size_t cap_seqs, cap_new, cap_pages, cap_out, cap_lse;
+    /* With a GPU engine, out and lse live here instead: page-locked host
+     * memory (the device-to-host copy runs at full PCIe speed), out first
+     * and lse after it, freed by cleanup through pinned_free. */
+    void *pinned;
+    size_t cap_pinned; /* bytes */
+    void (*pinned_free)(void *);
 } attnd_engine_ws;
 
 void attnd_engine_ws_init(attnd_engine_ws *ws);

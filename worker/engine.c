@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "backend.h"
 #include "worker_int.h"
 
 struct attnd_engine {
@@ -27,6 +28,8 @@ struct attnd_engine {
     attnd_kv_pool pool;
     attnd__session_table table;
     attnd_cpu_pool *kpool; /* kernel threads, shared by every attend call */
+    attnd__gpu *gpu;       /* --device cuda:N: page bytes and kernels on the GPU
+                              (pool.base is then NULL); NULL: the CPU */
     atomic_uint_fast64_t attend_calls, attend_seqs;
     atomic_uint_fast64_t append_calls, tokens_appended, kv_bytes_read;
 };
@@ -72,13 +75,25 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     uint64_t n_pages = cfg->kv_memory / page_bytes;
     if (n_pages > INT32_MAX)
         n_pages = INT32_MAX;
-    st = attnd_kv_pool_init(&e->pool, page_bytes, (int32_t)n_pages, err);
+    int32_t device;
+    st = attnd__device_parse(cfg->device, &device, err);
+    if (st)
+        goto err_pool;
+    if (device >= 0) { /* the pool's bookkeeping here, its bytes on the GPU */
+        st = attnd_kv_pool_init_meta(&e->pool, page_bytes, (int32_t)n_pages, err);
+        if (st == ATTND_OK &&
+            (st = attnd__gpu_create(device, &e->layout, (int32_t)n_pages, &e->gpu, err)))
+            attnd_kv_pool_cleanup(&e->pool);
+    } else {
+        st = attnd_kv_pool_init(&e->pool, page_bytes, (int32_t)n_pages, err);
+    }
     if (st)
         goto err_pool;
     st = attnd__session_table_init(&e->table, cfg->max_sessions, err);
     if (st)
         goto err_table;
-    st = attnd_cpu_pool_create(cfg->kernel_threads, &e->kpool, err);
+    /* with a GPU the CPU kernels never run: no worker threads */
+    st = attnd_cpu_pool_create(e->gpu ? 1 : cfg->kernel_threads, &e->kpool, err);
     if (st)
         goto err_kpool;
     *engine_p = e;
@@ -87,6 +102,7 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
 err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
 err_table:
+    attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
 err_pool:
     free(e);
@@ -99,6 +115,7 @@ void attnd_engine_destroy(attnd_engine *e)
         return;
     attnd_cpu_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
+    attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
     free(e);
 }
@@ -165,6 +182,39 @@ err_id:
     return st;
 }
 
+attnd_status attnd_engine_session_create_id(attnd_engine *e, uint64_t max_tokens,
+                                            const attnd_session_id *id, attnd_error *err)
+{
+    int64_t per_layer = div_up((int64_t)(max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens),
+                               e->layout.page_size);
+    int64_t reserve = per_layer * e->model.n_layers;
+    attnd_status st;
+
+    if (reserve > e->pool.n_pages)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "max_tokens: %llu tokens need %lld KV pages; the pool has %d",
+                               (unsigned long long)max_tokens, (long long)reserve,
+                               e->pool.n_pages);
+    st = attnd_kv_pool_reserve(&e->pool, reserve, err);
+    if (st)
+        return st;
+    attnd__session *s = attnd__session_new(id, e->model.n_layers, e->layout.page_size, reserve,
+                                           (int32_t)per_layer);
+    if (!s) {
+        attnd_kv_pool_unreserve(&e->pool, reserve);
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "max_tokens: no memory for the session's page tables");
+    }
+    s->res_per_layer = (int32_t)per_layer;
+    st = attnd__session_table_insert(&e->table, s, err);
+    if (st) {
+        s->reserved_left = 0; /* the reservation is still ours to return */
+        attnd__session_put(&e->table, &e->pool, s);
+        attnd_kv_pool_unreserve(&e->pool, reserve);
+    }
+    return st;
+}
+
 attnd_status attnd_engine_session_close(attnd_engine *e, const attnd_session_id *id,
                                         uint64_t *pages_freed_p, attnd_error *err)
 {
@@ -197,10 +247,19 @@ static int64_t pages_for_append(const attnd_engine *e, const attnd__session *s, 
 }
 
 /* Write n entries at the layer's end (pages already in the table); advance
- * its length. Caller holds s->mu. */
-static void write_entries(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t n,
-                          attnd_dtype dtype, const void *kv)
+ * its length. Caller holds s->mu. Only the GPU backend can fail (INTERNAL,
+ * a CUDA error: sticky, the worker must restart); the length advances
+ * anyway, so the page bookkeeping stays consistent. */
+static attnd_status write_entries(attnd_engine *e, attnd__session *s, int32_t layer,
+                                  uint64_t n, attnd_dtype dtype, const void *kv,
+                                  attnd_error *err)
 {
+    if (e->gpu) {
+        attnd_status st = attnd__gpu_write(e->gpu, s->pages[layer], s->len[layer], n, dtype,
+                                           kv, err);
+        s->len[layer] += n;
+        return st;
+    }
     const int32_t ps = e->layout.page_size;
     size_t src_bytes = (size_t)e->entry_elems * attnd_dtype_size(dtype);
     const char *src = kv;
@@ -215,6 +274,7 @@ static void write_entries(attnd_engine *e, attnd__session *s, int32_t layer, uin
         t += (uint64_t)cnt;
     }
     s->len[layer] = end;
+    return ATTND_OK;
 }
 
 attnd_status attnd_engine_append(attnd_engine *e, const attnd_session_id *id, uint32_t layer,
@@ -259,7 +319,9 @@ attnd_status attnd_engine_append(attnd_engine *e, const attnd_session_id *id, ui
         goto out;
     s->reserved_left -= from_res;
     s->pages_held += need;
-    write_entries(e, s, (int32_t)layer, n_tokens, dtype, kv);
+    st = write_entries(e, s, (int32_t)layer, n_tokens, dtype, kv, err);
+    if (st)
+        goto out;
     atomic_fetch_add(&e->append_calls, 1);
     atomic_fetch_add(&e->tokens_appended, n_tokens);
 out:
@@ -321,7 +383,29 @@ void attnd_engine_ws_cleanup(attnd_engine_ws *ws)
     free(ws->page_idx);
     free(ws->out);
     free(ws->lse);
+    if (ws->pinned_free)
+        ws->pinned_free(ws->pinned);
     memset(ws, 0, sizeof *ws);
+}
+
+/* Make ws->pinned hold `bytes` of page-locked memory (keeps nothing). */
+static attnd_status ws_fit_pinned(attnd_engine_ws *ws, size_t bytes, attnd_error *err)
+{
+    if (bytes <= ws->cap_pinned)
+        return ATTND_OK;
+    size_t c = ws->cap_pinned ? ws->cap_pinned : 4096;
+    while (c < bytes)
+        c *= 2;
+    if (ws->pinned_free)
+        ws->pinned_free(ws->pinned);
+    ws->pinned = NULL;
+    ws->cap_pinned = 0;
+    attnd_status st = attnd__gpu_host_alloc(c, &ws->pinned, err);
+    if (st)
+        return st;
+    ws->pinned_free = attnd__gpu_host_free;
+    ws->cap_pinned = c;
+    return ATTND_OK;
 }
 
 /* Grow *buf to hold n elements of size es (keeps nothing). 0 or -1. */
@@ -442,10 +526,13 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         taken += need;
         s->reserved_left -= r;
         s->pages_held += need;
-        write_entries(e, s, layer, S, req->new_kv_dtype,
-                      (const char *)req->new_kv + (size_t)i * S * entry_bytes);
+        attnd_status wst = write_entries(e, s, layer, S, req->new_kv_dtype,
+                                         (const char *)req->new_kv + (size_t)i * S * entry_bytes,
+                                         err);
+        if (wst && st == ATTND_OK)
+            st = wst; /* the rest still advance: see write_entries */
     }
-    return ATTND_OK;
+    return st;
 }
 
 /* Fill the batch's page lists from the sessions' page tables. */
@@ -478,6 +565,55 @@ static attnd_status build_page_lists(attnd_engine *e, const attnd_attend_req *re
     return ATTND_OK;
 }
 
+/* The page lists of a request with a visible-length override (the worker
+ * group's sequence sharding, where a rank holds a subset of a session's
+ * tokens): (sequence i, query token s) becomes list i * S + s, the first
+ * visible[i * S + s] tokens of the session's layer, so that q [n][S][Hq][d_k]
+ * and out [n][S][Hq][d_v] read as n * S sequences of one query token. */
+static attnd_status build_visible_lists(attnd_engine *e, const attnd_attend_req *req,
+                                        attnd_engine_ws *ws, uint64_t *tokens_p,
+                                        attnd_error *err)
+{
+    const int32_t layer = (int32_t)req->layer, ps = e->layout.page_size;
+    const uint32_t S = (uint32_t)req->q_tokens;
+    int64_t total = 0;
+    uint64_t tokens = 0;
+
+    for (uint32_t i = 0; i < req->n_seqs; i++) {
+        attnd__session *s = ws->sessions[i];
+        for (uint32_t t = 0; t < S; t++) {
+            uint64_t v = req->visible[(size_t)i * S + t];
+            if (v > s->len[layer])
+                return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                       "visible[%u]: %llu tokens, the layer holds %llu",
+                                       i * S + t, (unsigned long long)v,
+                                       (unsigned long long)s->len[layer]);
+            total += (int64_t)((v + (uint64_t)ps - 1) / (uint64_t)ps);
+        }
+    }
+    if (total > INT32_MAX ||
+        ws_reserve((void **)&ws->page_idx, &ws->cap_pages, (size_t)total + 1, sizeof(int32_t)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "session_ids: the batch lists too many pages (%lld)",
+                               (long long)total);
+    ws->page_indptr[0] = 0;
+    for (uint32_t i = 0; i < req->n_seqs; i++) {
+        attnd__session *s = ws->sessions[i];
+        for (uint32_t t = 0; t < S; t++) {
+            size_t k = (size_t)i * S + t;
+            uint64_t v = req->visible[k];
+            int32_t np = (int32_t)((v + (uint64_t)ps - 1) / (uint64_t)ps);
+            memcpy(ws->page_idx + ws->page_indptr[k], s->pages[layer],
+                   sizeof(int32_t) * (size_t)np);
+            ws->page_indptr[k + 1] = ws->page_indptr[k] + np;
+            ws->last_page_len[k] = np ? (int32_t)(v - (uint64_t)(np - 1) * (uint64_t)ps) : 0;
+            tokens += v;
+        }
+    }
+    *tokens_p = tokens;
+    return ATTND_OK;
+}
+
 attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
                                  attnd_engine_ws *ws, const float **out_p,
                                  const float **lse_p, attnd_error *err)
@@ -494,7 +630,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "session_ids: %u sessions in one batch; at most %u exist",
                                req->n_seqs, e->table.max);
-    if (req->q_tokens < 1 || req->q_tokens > 64 || !req->q ||
+    if (req->q_tokens < 1 || req->q_tokens > ATTND_ENGINE_MAX_Q_TOKENS || !req->q ||
         attnd_dtype_size(req->q_dtype) == 0)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "q: missing, bad dtype, or q_tokens %d not in [1, 64]",
@@ -503,13 +639,26 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "new_kv.dtype: invalid");
     size_t rows = (size_t)req->n_seqs * (size_t)req->q_tokens * (size_t)m->n_q_heads;
     size_t d_v = (size_t)attnd_model_d_v(m);
-    st = ws_fit_seqs(ws, req->n_seqs, err);
+    /* with a visible-length override each (sequence, query token) is one
+     * list of its own (see build_visible_lists) */
+    st = ws_fit_seqs(ws, (size_t)req->n_seqs * (req->visible ? (size_t)req->q_tokens : 1), err);
     if (st)
         return st;
-    if (ws_reserve((void **)&ws->out, &ws->cap_out, rows * d_v, sizeof(float)) ||
-        ws_reserve((void **)&ws->lse, &ws->cap_lse, rows, sizeof(float)))
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "q: no memory for %zu output rows", rows);
+    float *out, *lse;
+    if (e->gpu) { /* outputs in page-locked memory: see attnd_engine_ws */
+        st = ws_fit_pinned(ws, rows * (d_v + 1) * sizeof(float), err);
+        if (st)
+            return st;
+        out = ws->pinned;
+        lse = out + rows * d_v;
+    } else {
+        if (ws_reserve((void **)&ws->out, &ws->cap_out, rows * d_v, sizeof(float)) ||
+            ws_reserve((void **)&ws->lse, &ws->cap_lse, rows, sizeof(float)))
+            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                   "q: no memory for %zu output rows", rows);
+        out = ws->out;
+        lse = ws->lse;
+    }
     st = resolve_sessions(e, req, ws, err);
     if (st)
         return st;
@@ -521,13 +670,14 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         if (st)
             goto out;
     }
-    st = build_page_lists(e, req, ws, &tokens, err);
+    st = req->visible ? build_visible_lists(e, req, ws, &tokens, err)
+                      : build_page_lists(e, req, ws, &tokens, err);
     if (st)
         goto out;
 
     attnd_decode_batch b = {
-        .n_seqs = (int32_t)req->n_seqs,
-        .q_tokens = req->q_tokens,
+        .n_seqs = (int32_t)req->n_seqs * (req->visible ? req->q_tokens : 1),
+        .q_tokens = req->visible ? 1 : req->q_tokens,
         .n_q_heads = m->n_q_heads,
         .scale = m->scale,
         .q_dtype = req->q_dtype,
@@ -538,14 +688,17 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         .page_indptr = ws->page_indptr,
         .page_idx = ws->page_idx,
         .last_page_len = ws->last_page_len,
-        .out = ws->out,
-        .lse = ws->lse,
+        .out = out,
+        .lse = lse,
     };
-    st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
+    if (e->gpu)
+        st = attnd__gpu_decode(e->gpu, &b, err);
+    else
+        st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
     if (st)
         goto out;
-    *out_p = ws->out;
-    *lse_p = req->want_lse ? ws->lse : NULL;
+    *out_p = out;
+    *lse_p = req->want_lse ? lse : NULL;
     atomic_fetch_add(&e->attend_calls, 1);
     atomic_fetch_add(&e->attend_seqs, req->n_seqs);
     atomic_fetch_add(&e->kv_bytes_read, tokens * e->entry_bytes);

@@ -52,11 +52,38 @@ err_alloc:
                            "kv_memory: no memory for the page table of %d pages", n_pages);
 }
 
+attnd_status attnd_kv_pool_init_meta(attnd_kv_pool *p, size_t page_bytes, int32_t n_pages,
+                                     attnd_error *err)
+{
+    memset(p, 0, sizeof *p);
+    if (n_pages < 1 || page_bytes == 0)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "kv_memory: room for %d pages of %zu bytes; need at least 1",
+                               n_pages, page_bytes);
+    p->page_bytes = page_bytes;
+    p->n_pages = n_pages;
+    p->free_stack = malloc(sizeof(int32_t) * (size_t)n_pages);
+    p->state = calloc((size_t)n_pages, 1);
+    if (!p->free_stack || !p->state) {
+        free(p->free_stack);
+        free(p->state);
+        memset(p, 0, sizeof *p);
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "kv_memory: no memory for the page table of %d pages", n_pages);
+    }
+    for (int32_t i = 0; i < n_pages; i++)
+        p->free_stack[i] = n_pages - 1 - i;
+    p->n_free = n_pages;
+    pthread_mutex_init(&p->mu, NULL);
+    return ATTND_OK;
+}
+
 void attnd_kv_pool_cleanup(attnd_kv_pool *p)
 {
-    if (!p->base)
+    if (!p->free_stack)
         return;
-    munmap(p->base, p->map_bytes);
+    if (p->base)
+        munmap(p->base, p->map_bytes);
     free(p->free_stack);
     free(p->state);
     pthread_mutex_destroy(&p->mu);

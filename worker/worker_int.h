@@ -31,6 +31,10 @@ typedef struct attnd_kv_pool {
 
 attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
                                 int32_t n_pages, attnd_error *err);
+/* The pool's bookkeeping only (free stack, states, reservations); base stays
+ * NULL: the page bytes live elsewhere (the GPU backend's device memory). */
+attnd_status attnd_kv_pool_init_meta(attnd_kv_pool *p, size_t page_bytes,
+                                     int32_t n_pages, attnd_error *err);
 void attnd_kv_pool_cleanup(attnd_kv_pool *p);
 /* Promise n pages to a caller (fails unless n unpromised free pages exist). */
 attnd_status attnd_kv_pool_reserve(attnd_kv_pool *p, int64_t n, attnd_error *err);

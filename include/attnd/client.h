@@ -31,6 +31,16 @@ extern "C" {
 
 typedef struct attnd_client attnd_client;
 
+/* How Attend (unary, async and AttendStream) travels. Control calls
+ * (sessions, AppendKV, stats, health) always use gRPC. */
+typedef enum attnd_transport {
+    ATTND_TRANSPORT_GRPC = 0, /* HTTP/2 (the default) */
+    ATTND_TRANSPORT_UCX = 1,  /* UCX active messages: connect asks the
+                                 server (GetEndpoint) where its UCX listener
+                                 is and connects to it; UNAVAILABLE when the
+                                 server runs without --ucx-listen */
+} attnd_transport;
+
 typedef struct attnd_client_options {
     int64_t deadline_ms;       /* per call; default 30000. Streams (AppendKV,
                                   AttendStream) have no overall deadline:
@@ -38,6 +48,10 @@ typedef struct attnd_client_options {
                                   long, else the stream is cancelled */
     int64_t connect_timeout_ms; /* connect waits for the channel; 5000 */
     size_t max_message_bytes;  /* send and receive limit; 256 MiB */
+    attnd_transport transport; /* for Attend; ATTND_TRANSPORT_GRPC */
+    int32_t ucx_spin_us;       /* UCX: busy-poll this long for a reply
+                                  before sleeping on the worker's event fd;
+                                  default 1000 */
 } attnd_client_options;
 
 /* Defaults, as above. */
@@ -123,7 +137,8 @@ typedef struct attnd_attend_args {
                               query tokens [n, S, kv entry...] (query token
                               s sees the layer's first L - (S - 1 - s)
                               tokens, L counted after the append) */
-    const uint64_t *positions; /* NULL, or [n_seqs]: where new_kv lands */
+    const uint64_t *positions; /* NULL, or [n_seqs]: where the first of each
+                                  session's new_kv entries must land */
     attnd_dtype out_dtype; /* INVALID (0): q's dtype */
     /* Results, caller-owned: out gets [n_seqs, S, Hq, d_v] of out_dtype
      * (out_capacity bytes available); lse, when not NULL, gets float32
@@ -154,6 +169,25 @@ attnd_status attnd_client_attend_async(attnd_client *c,
 /* Wait for the call, fill its results, and free it. */
 attnd_status attnd_call_wait(attnd_call *call, attnd_error *err);
 
+/* The server's account of one Attend, in nanoseconds, from the call's
+ * trailing metadata "attnd-timing" ("q=..,v=..,k=..,f=..,e=..") over
+ * gRPC, or from the reply header over UCX (proto/attnd_ucx.h): queue
+ * (the server taking the call through decoding it), validation, kernel
+ * (the engine's attend), rank fan-out + combine (0 on one rank) and reply
+ * encoding. What the client measured beyond their sum is the network's
+ * and both sides' transport share. valid is 0 (and the rest 0) when the
+ * server sent none. */
+typedef struct attnd_server_timing {
+    int valid;
+    uint64_t queue_ns, validate_ns, kernel_ns, fanout_ns, encode_ns;
+} attnd_server_timing;
+
+/* attnd_call_wait that also fills *timing_p (may be NULL) when the call
+ * succeeded; on failure *timing_p is left as it was. */
+attnd_status attnd_call_wait_timed(attnd_call *call,
+                                   attnd_server_timing *timing_p,
+                                   attnd_error *err);
+
 /* A decode loop over one AttendStream: each attnd_stream_attend sends one
  * request and waits for its response. A failed request ends the stream
  * (every later call returns the same status); close it and open another.
@@ -172,6 +206,13 @@ typedef struct attnd_stats {
     uint64_t attend_calls, attend_sequences;
     uint64_t append_calls, tokens_appended;
     uint64_t errors, kv_bytes_read, uptime_ms;
+    /* worker group (0 / "" on a lone worker): size, this rank, its sharding
+     * mode, peers connected now, the missing ranks ("1,2"), requests failed
+     * for a missing peer */
+    uint32_t group_size, group_rank, group_connected;
+    char group_mode[16];
+    char group_missing[128];
+    uint64_t group_peer_failures;
 } attnd_stats;
 
 /* GetStats; model_p may be NULL. */

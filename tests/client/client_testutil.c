@@ -20,6 +20,15 @@
 
 cu_server cu_srv;
 
+/* ATTND_TEST_TRANSPORT=ucx runs a suite's Attend calls over the UCX
+ * transport: servers also get --ucx-listen auto and clients ask for UCX
+ * (CTest registers the decode and error suites a second time that way). */
+int cu_use_ucx(void)
+{
+    const char *t = getenv("ATTND_TEST_TRANSPORT");
+    return t && strcmp(t, "ucx") == 0;
+}
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -61,6 +70,10 @@ int cu_server_start(cu_server *s, const char *const *flags)
     argv[n++] = "256Mi";
     argv[n++] = "--shutdown-grace-ms";
     argv[n++] = "5000";
+    if (cu_use_ucx()) {
+        argv[n++] = "--ucx-listen";
+        argv[n++] = "auto";
+    }
     for (int i = 0; flags && flags[i] && n < 63; i++)
         argv[n++] = flags[i];
     argv[n] = NULL;
@@ -157,6 +170,8 @@ attnd_status cu_connect(attnd_client **c_p, attnd_error *err)
     attnd_client_options_init(&o);
     o.deadline_ms = 120000; /* hang guards only */
     o.connect_timeout_ms = 30000;
+    if (cu_use_ucx())
+        o.transport = ATTND_TRANSPORT_UCX;
     return attnd_client_connect(cu_srv.target, &o, c_p, err);
 }
 

@@ -53,6 +53,10 @@ void cu_must_start_list(const char *const *flags);
 /* Checked teardown of every TCase: stop cu_srv (if running), assert 0. */
 void cu_teardown(void);
 
+/* 1 when ATTND_TEST_TRANSPORT=ucx: servers get --ucx-listen auto and
+ * cu_connect asks for the UCX transport. */
+int cu_use_ucx(void);
+
 /* Connect to cu_srv with generous deadlines (hang guards only). */
 attnd_status cu_connect(attnd_client **c_p, attnd_error *err);
 attnd_client *cu_must_connect(void);

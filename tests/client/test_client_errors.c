@@ -151,6 +151,8 @@ START_TEST(test_a_reply_beyond_the_clients_max_message_is_resource_exhausted)
     setup_sessions(&g_s, &g_c);
     attnd_client_options_init(&o);
     o.max_message_bytes = 4096;
+    if (cu_use_ucx())
+        o.transport = ATTND_TRANSPORT_UCX;
     attnd_error_clear(&err);
     ck_assert_int_eq(attnd_client_connect(cu_srv.target, &o, &small, &err), ATTND_OK);
     /* 3 query tokens: 3840 bytes of bf16 query, 6144 bytes of f32 output */
