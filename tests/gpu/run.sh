@@ -36,8 +36,8 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --ncu) ncu=1 ;;
     --no-torch) torch=0 ;;
-    all|test|bench|build|e2e|e2e-build|engine) what=$a ;;
-    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine]" >&2; exit 2 ;;
+    all|test|bench|build|e2e|e2e-build|engine|e2e-bench) what=$a ;;
+    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench]" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$bin" "$out"
@@ -81,10 +81,10 @@ rc=0
 
 do_e2e_build() {
   local b=${ATTND_BUILD_DIR:-$root/build}
-  cmake --build "$b" -j2 --target attnd attnd-cli test_gpu_e2e bench_engine
+  cmake --build "$b" -j2 --target attnd attnd-cli attnd-bench test_gpu_e2e bench_engine
   rm -rf "$e2e"
   "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$e2e" "$b/service/attnd" \
-    "$b/client/attnd-cli" "$b/tests/gpu/test_gpu_e2e" "$b/tests/gpu/bench_engine"
+    "$b/client/attnd-cli" "$b/client/attnd-bench" "$b/tests/gpu/test_gpu_e2e" "$b/tests/gpu/bench_engine"
   # test_gpu_e2e starts the attnd path compiled into it: remember it
   realpath "$b/service/attnd" > "$e2e/attnd_path"
   echo "bundled: $e2e"
@@ -153,6 +153,30 @@ do_e2e() {
   exit $rc
 }
 
+# attnd on the GPU serving attnd-bench over gRPC and over UCX (same server,
+# DeepSeek-V3, sessions of ATTND_E2E_CTX tokens): per-layer Attend latency
+# with the server's split, so the transport's share shows.
+do_e2e_bench() {
+  [ -x "$e2e/run" ] || { echo "no bundle at $e2e (run e2e-build first)"; exit 2; }
+  local ctx=${ATTND_E2E_CTX:-4096} pf=$out/port.bench
+  rm -f "$pf"
+  "$e2e/run" attnd --model deepseek-v3 --device cuda:0 --kv-memory 24G --listen 127.0.0.1:0 \
+    --ucx-listen auto --port-file "$pf" > "$out/attnd.bench.log" 2>&1 & local spid=$!
+  for _ in $(seq 600); do [ -s "$pf" ] || ! kill -0 $spid 2>/dev/null && break; sleep 0.1; done
+  [ -s "$pf" ] || { echo "attnd did not start"; cat "$out/attnd.bench.log"; exit 1; }
+  set +e
+  for tb in grpc:16 ucx:16 grpc:4 ucx:4; do
+    local tr=${tb%%:*} b=${tb##*:}
+    echo "== attnd-bench --transport $tr --batch $b (deepseek-v3 on cuda:0, ${ctx}-token sessions)"
+    "${t[@]}" "$e2e/run" attnd-bench --target "127.0.0.1:$(cat "$pf")" --transport "$tr" \
+      --sessions $((2 * b)) --batch "$b" --prompt-len "$ctx" --duration 4s --warmup 1s \
+      --seed 7 --no-progress 2>&1 | tee -a "$out/e2e_bench.log"
+  done
+  kill -TERM $spid; wait $spid
+  echo "attnd exit $?"; tail -3 "$out/attnd.bench.log"
+  set -e
+}
+
 do_engine() {
   set +e
   echo "== engine: attnd_engine_attend without RPC (deepseek-v3, one layer)"
@@ -169,6 +193,7 @@ cd "$root"
 if [ "$what" = e2e-build ]; then do_e2e_build; exit 0; fi
 if [ "$what" = e2e ]; then do_e2e; fi
 if [ "$what" = engine ]; then e2e_test; do_engine; exit $rc; fi
+if [ "$what" = e2e-bench ]; then do_e2e_bench; exit 0; fi
 if [ $build -eq 1 ]; then do_build; fi
 [ "$what" = build ] && exit 0
 
