@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_ucx_setup.h"
 #include "ucx_int.h"
 
 /* ---- connect and destroy ------------------------------------------------------------------ */
@@ -119,7 +120,6 @@ attnd_status attnd__client_ucx_connect(attnd_client *c, const char *target, attn
 {
     struct sockaddr_storage ss;
     socklen_t sslen;
-    ucp_config_t *ucfg;
     attnd__client_ucx *u;
     attnd_status st;
     ucs_status_t us;
@@ -139,24 +139,8 @@ attnd_status attnd__client_ucx_connect(attnd_client *c, const char *target, attn
                              "GetEndpoint.ucx_address: cannot resolve \"%s\"", u->address);
         goto err_free;
     }
-    ucp_params_t params = {.field_mask = UCP_PARAM_FIELD_FEATURES,
-                           .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP};
-    if ((us = ucp_config_read(NULL, NULL, &ucfg)) != UCS_OK)
-        goto err_ucs;
-    /* requests up to 256K (one sequence's DeepSeek-V3 query is 147K) go
-     * eager, as the server's replies do (see service/ucx_server.c);
-     * UCX_RNDV_THRESH in the environment still wins */
-    if (!getenv("UCX_RNDV_THRESH"))
-        (void)ucp_config_modify(ucfg, "RNDV_THRESH", "256K");
-    us = ucp_init(&params, ucfg, &u->ctx);
-    ucp_config_release(ucfg);
-    if (us != UCS_OK)
-        goto err_ucs;
-    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
-                              .thread_mode = UCS_THREAD_MODE_SERIALIZED};
-    if ((us = ucp_worker_create(u->ctx, &wp, &u->worker)) != UCS_OK)
-        goto err_ucs;
-    if ((us = ucp_worker_get_efd(u->worker, &u->efd)) != UCS_OK)
+    if ((us = attnd_ucx_setup(UCS_THREAD_MODE_SERIALIZED, &u->ctx, &u->worker, &u->efd)) !=
+        UCS_OK)
         goto err_ucs;
     ucp_am_handler_param_t hp = {
         .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |

@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include "attnd_ucx_setup.h"
 #include "ucx_int.h"
 
 /* ---- start and stop ----------------------------------------------------------------------- */
@@ -135,7 +136,6 @@ attnd_status attnd_srv_ucx_start(attnd_srv *srv, attnd_error *err)
     char spec[300], host[256];
     struct sockaddr_storage ss;
     socklen_t sslen;
-    ucp_config_t *ucfg;
     attnd_srv_ucx *u;
     attnd_status st;
     ucs_status_t us;
@@ -159,24 +159,7 @@ attnd_status attnd_srv_ucx_start(attnd_srv *srv, attnd_error *err)
     attnd_engine_ws_init(&u->ws);
     attnd_srv_arena_init(&u->arena, 0);
 
-    ucp_params_t params = {.field_mask = UCP_PARAM_FIELD_FEATURES,
-                           .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP};
-    if ((us = ucp_config_read(NULL, NULL, &ucfg)) != UCS_OK)
-        goto err_ucs;
-    /* replies up to 256K (one sequence's latent output is 128K) go eager:
-     * on TCP lanes that saved ~40 us of a 147K/128K Attend round trip
-     * over rendezvous; UCX_RNDV_THRESH in the environment still wins */
-    if (!getenv("UCX_RNDV_THRESH"))
-        (void)ucp_config_modify(ucfg, "RNDV_THRESH", "256K");
-    us = ucp_init(&params, ucfg, &u->ctx);
-    ucp_config_release(ucfg);
-    if (us != UCS_OK)
-        goto err_ucs;
-    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
-                              .thread_mode = UCS_THREAD_MODE_SINGLE};
-    if ((us = ucp_worker_create(u->ctx, &wp, &u->worker)) != UCS_OK)
-        goto err_ucs;
-    if ((us = ucp_worker_get_efd(u->worker, &u->efd)) != UCS_OK)
+    if ((us = attnd_ucx_setup(UCS_THREAD_MODE_SINGLE, &u->ctx, &u->worker, &u->efd)) != UCS_OK)
         goto err_ucs;
     if ((st = set_handler(u, err)))
         goto err_free;
