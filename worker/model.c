@@ -29,6 +29,10 @@ static const attnd_model_spec presets[] = {
     {.name = "tiny-gqa", .kind = ATTND_ATTN_GQA, .n_layers = 3, .n_q_heads = 8,
      .n_kv_heads = 2, .head_dim = 32, .scale = 0.17677669529663687f,
      .kv_dtype = ATTND_DTYPE_BF16},
+    /* 6 KV heads (groups of 4): head sharding over 2 and 3 ranks */
+    {.name = "tiny-gqa6", .kind = ATTND_ATTN_GQA, .n_layers = 2, .n_q_heads = 24,
+     .n_kv_heads = 6, .head_dim = 32, .scale = 0.17677669529663687f,
+     .kv_dtype = ATTND_DTYPE_BF16},
 };
 
 const attnd_model_spec *attnd_model_find(const char *name)

@@ -345,6 +345,12 @@ START_TEST(test_head_sharding_over_2_ranks_equals_one_worker_gqa)
 }
 END_TEST
 
+START_TEST(test_head_sharding_over_3_ranks_equals_one_worker_gqa)
+{
+    run_exact("tiny-gqa6", "head", 3);
+}
+END_TEST
+
 START_TEST(test_latent_sharding_on_one_rank_equals_exact_attention)
 {
     run_exact("tiny-mla", "latent", 1);
@@ -524,6 +530,7 @@ int main(void)
     tcase_add_test(tc, test_sequence_sharding_over_2_ranks_equals_one_worker_gqa);
     tcase_add_test(tc, test_sequence_sharding_over_3_ranks_equals_one_worker_gqa);
     tcase_add_test(tc, test_head_sharding_over_2_ranks_equals_one_worker_gqa);
+    tcase_add_test(tc, test_head_sharding_over_3_ranks_equals_one_worker_gqa);
     tcase_add_test(tc, test_latent_sharding_on_one_rank_equals_exact_attention);
     tcase_add_test(tc, test_latent_sharding_over_2_ranks_equals_the_tpla_formula);
     tcase_add_test(tc, test_latent_sharding_over_4_ranks_rope_split_equals_the_tpla_formula);

@@ -497,8 +497,9 @@ START_TEST(test_presets_have_the_architecture_page_shapes)
     ck_assert_int_eq(l70->n_q_heads, 64);
     ck_assert_ptr_nonnull(attnd_model_find("tiny-mla"));
     ck_assert_ptr_nonnull(attnd_model_find("tiny-gqa"));
+    ck_assert_int_eq(attnd_model_find("tiny-gqa6")->n_kv_heads, 6);
     ck_assert_ptr_null(attnd_model_find("gpt-5"));
-    ck_assert_uint_eq(attnd_model_count(), 6);
+    ck_assert_uint_eq(attnd_model_count(), 7);
 }
 END_TEST
 
