@@ -62,6 +62,9 @@ static const opt opts[] = {
     {"ucx-listen", "ATTND_UCX_LISTEN", OPT_STR, F(ucx_listen), 0, 0, "HOST:PORT|auto",
      "also serve Attend over UCX active messages there; auto: --listen's host, a free "
      "port (default: off)"},
+    {"ucx-exec-threads", "ATTND_UCX_EXEC_THREADS", OPT_INT, F(ucx_exec_threads), 0, 256, "N",
+     "UCX Attend: threads that execute requests while the progress thread receives and "
+     "sends; 0: execute on the progress thread (default 2)"},
     {"ucx-spin-us", "ATTND_UCX_SPIN_US", OPT_INT, F(ucx_spin_us), 0, 1000000, "US",
      "UCX progress thread: busy-poll this long after the last event before sleeping "
      "(default 200)"},
@@ -110,6 +113,7 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     cfg->group_connect_ms = 30000;
     cfg->group_timeout_ms = 10000;
     cfg->ucx_spin_us = 200;
+    cfg->ucx_exec_threads = 2;
     /* measured on loopback with tests/service/bench_attend.c: an 8 MiB
      * window and 1 MiB frames cut the p50 of a 2.4 MB Attend from ~15 to
      * ~10 ms; a 64 MiB window or 16 MiB frames did not help */

@@ -50,6 +50,7 @@ typedef struct attnd_srv_config {
     int64_t http2_max_frame;   /* --http2-max-frame bytes; 0: gRPC default */
     char ucx_listen[256];      /* --ucx-listen host:port | auto; "" off */
     int32_t ucx_spin_us;       /* --ucx-spin-us: busy-poll before sleeping */
+    int32_t ucx_exec_threads;  /* --ucx-exec-threads: 0 = run on the progress thread */
     /* worker group (service/group_setup.c turns these into an
      * attnd_group_config); group and group_file empty: a lone worker */
     int32_t rank;              /* --rank r */

@@ -34,8 +34,25 @@ typedef struct ucx_job {
     const uint8_t *data;    /* the request bytes (held, or req.p) */
     size_t len;
     ucx_buf req, rep;
+    attnd_status st;        /* executed: the reply's status, */
+    size_t n;               /* and its payload bytes in rep */
     struct ucx_job *next;
 } ucx_job;
+
+/* A FIFO of jobs. */
+typedef struct ucx_fifo {
+    ucx_job *head, *tail;
+} ucx_fifo;
+
+/* One executor thread (--ucx-exec-threads): runs jobs with its own engine
+ * workspace and decode arena. */
+typedef struct ucx_exec {
+    struct attnd_srv_ucx *u;
+    pthread_t tid;
+    int running;
+    attnd_engine_ws ws;
+    attnd_srv_arena arena;
+} ucx_exec;
 
 struct attnd_srv_ucx {
     attnd_srv *srv;
@@ -51,8 +68,19 @@ struct attnd_srv_ucx {
     ucx_conn *conns;
     ucx_job *free_jobs;
     ucx_job *ready, *ready_tail; /* FIFO of jobs with all their bytes */
-    attnd_engine_ws ws;
+    attnd_engine_ws ws;          /* inline execution (no executors) */
     attnd_srv_arena arena;
+    /* executors: the progress thread hands ready jobs over (todo) and
+     * sends what comes back (done); q_mu guards both FIFOs */
+    int n_exec;
+    ucx_exec *exec;
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;         /* todo not empty, or exec_stop */
+    ucx_fifo todo, done;
+    int done_fd;                 /* eventfd: a job is done (wakes poll) */
+    atomic_int n_done;           /* jobs in done (read without q_mu) */
+    atomic_int exec_stop;
+    int q_init;                  /* q_mu and q_cv initialized */
 };
 
 /* ucx_server.c, for ucx_setup.c */
@@ -66,5 +94,7 @@ void attnd_srv_ucx_close_ep(attnd_srv_ucx *u, ucx_conn *c);
 void attnd_srv_ucx_job_put(ucx_job *j);
 /* The progress thread (arg: the attnd_srv_ucx). */
 void *attnd_srv_ucx_thread(void *arg);
+/* An executor thread (arg: its ucx_exec). */
+void *attnd_srv_ucx_exec_thread(void *arg);
 
 #endif /* ATTND_SRV_UCX_INT_H */

@@ -4,18 +4,22 @@
  *
  * Shape: one progress thread owns the ucp worker (UCS_THREAD_MODE_SINGLE;
  * nothing else touches it after start), the listener, every client
- * endpoint, and its own exec context (engine workspace, decode arena), so
- * nothing here takes a lock. Requests of all UCX clients run one at a time
- * on this thread, inline, like a gRPC server thread runs its calls.
+ * endpoint and the job pool. Ready jobs go to --ucx-exec-threads executor
+ * threads (each with its own engine workspace and decode arena), which
+ * execute and encode them without touching UCX and hand them back (the
+ * done FIFO plus an eventfd that wakes a sleeping progress thread); the
+ * progress thread releases the request bytes and sends the reply. With 0
+ * executors a job runs inline on the progress thread. q_mu guards the two
+ * FIFOs; nothing else is shared.
  *
  * A request's life: the active-message callback (inside
  * ucp_worker_progress) takes a job from the pool and either keeps UCX's
  * eager buffer (returning UCS_INPROGRESS; released after the reply is
  * encoded) or, for a rendezvous message, receives the payload into the
  * job's reused request buffer with ucp_am_recv_data_nbx. Complete jobs go
- * on a FIFO; the loop runs each through attnd_srv_attend_exec_bytes,
- * encodes the reply into the job's reused reply buffer and sends it on the
- * endpoint the request came on (the client sets UCP_AM_SEND_FLAG_REPLY).
+ * on a FIFO; each runs through attnd_srv_attend_exec_bytes, its reply is
+ * encoded into the job's reused reply buffer and sent on the endpoint the
+ * request came on (the client sets UCP_AM_SEND_FLAG_REPLY).
  * The job returns to the pool when the send completes. After warm-up the
  * path allocates nothing of ours.
  *
@@ -36,6 +40,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "attend_exec.h"
 #include "ucx_int.h"
@@ -267,9 +272,12 @@ static void on_reply_sent(void *request, ucs_status_t status, void *user_data)
 
 /* ---- running a request ----------------------------------------------------------------- */
 
-static void run_job(attnd_srv_ucx *u, ucx_job *j)
+/* Execute j's request and encode its reply (or error message) into j->rep;
+ * sets j->st and j->n. Touches no UCX object, so it runs on an executor
+ * as well as inline on the progress thread. ws/arena: the caller's. */
+static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *arena, ucx_job *j)
 {
-    attnd_srv_exec_ctx x = {.srv = u->srv, .ws = &u->ws, .arena = &u->arena};
+    attnd_srv_exec_ctx x = {.srv = u->srv, .ws = ws, .arena = arena};
     if (j->hdr.deadline_ms) { /* what is left of the client's deadline */
         int64_t waited_ms = (int64_t)((attnd_srv_now_ns() - j->t_arrival) / 1000000u);
         int64_t left = (int64_t)j->hdr.deadline_ms - waited_ms;
@@ -278,14 +286,10 @@ static void run_job(attnd_srv_ucx *u, ucx_job *j)
     attnd_srv_attend_result res;
     attnd_error err;
     attnd_status st;
-    const void *payload;
-    size_t n;
+    size_t n = 0;
 
-    if (j->conn->failed) {
-        attnd_srv_ucx_job_put(j);
-        return;
-    }
     attnd_error_clear(&err);
+    memset(&j->rhdr, 0, sizeof j->rhdr);
     if (!j->data)
         st = attnd_error_set(&err, ATTND_ERR_RESOURCE_EXHAUSTED,
                              "request: received message larger than max (%zu vs. %llu "
@@ -293,11 +297,6 @@ static void run_job(attnd_srv_ucx *u, ucx_job *j)
                              (unsigned long long)u->srv->cfg->max_message);
     else
         st = attnd_srv_attend_exec_bytes(&x, j->data, j->len, j->t_arrival, &res, &err);
-    if (j->held) { /* decoded: the request bytes are no longer needed */
-        ucp_am_data_release(u->worker, j->held);
-        j->held = NULL;
-    }
-    memset(&j->rhdr, 0, sizeof j->rhdr);
     if (st == ATTND_OK) {
         uint64_t t_enc = attnd_srv_now_ns();
         n = attnd_srv_attend_reply_size(&res.reply);
@@ -318,25 +317,125 @@ static void run_job(attnd_srv_ucx *u, ucx_job *j)
         if (!err.msg[0])
             snprintf(err.msg, sizeof err.msg, "%s", attnd_status_string(st));
         n = strlen(err.msg);
-        if (buf_reserve(&j->rep, n + 1)) {
-            attnd_srv_ucx_job_put(j);
-            return;
-        }
-        memcpy(j->rep.p, err.msg, n);
+        if (buf_reserve(&j->rep, n + 1))
+            n = 0; /* the status alone goes back */
+        else
+            memcpy(j->rep.p, err.msg, n);
     }
-    payload = j->rep.p;
     j->rhdr.h.id = j->hdr.id;
     j->rhdr.h.status = st;
+    j->st = st;
+    j->n = n;
+}
 
+/* On the progress thread: release the request bytes UCX lent us and send
+ * the executed job's reply on the endpoint the request came on. */
+static void send_job(attnd_srv_ucx *u, ucx_job *j)
+{
+    if (j->held) { /* decoded: the request bytes are no longer needed */
+        ucp_am_data_release(u->worker, j->held);
+        j->held = NULL;
+    }
+    if (j->conn->failed || !j->conn->ep || j->conn->closed) {
+        attnd_srv_ucx_job_put(j);
+        return;
+    }
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
         .cb.send = on_reply_sent,
         .user_data = j,
     };
-    ucs_status_ptr_t r = ucp_am_send_nbx(j->conn->ep, ATTND_UCX_AM_REPLY, &j->rhdr, sizeof j->rhdr,
-                                         payload, n, &prm);
+    ucs_status_ptr_t r = ucp_am_send_nbx(j->conn->ep, ATTND_UCX_AM_REPLY, &j->rhdr,
+                                         sizeof j->rhdr, j->rep.p, j->n, &prm);
     if (!UCS_PTR_IS_PTR(r))
         attnd_srv_ucx_job_put(j); /* done at once, or failed (the client is gone) */
+}
+
+static void fifo_push(ucx_fifo *f, ucx_job *j)
+{
+    j->next = NULL;
+    if (f->tail)
+        f->tail->next = j;
+    else
+        f->head = j;
+    f->tail = j;
+}
+
+static ucx_job *fifo_pop(ucx_fifo *f)
+{
+    ucx_job *j = f->head;
+    if (j) {
+        f->head = j->next;
+        if (!f->head)
+            f->tail = NULL;
+        j->next = NULL;
+    }
+    return j;
+}
+
+/* A ready job: run it inline, or hand it to the executors. */
+static void run_job(attnd_srv_ucx *u, ucx_job *j)
+{
+    if (j->conn->failed) {
+        attnd_srv_ucx_job_put(j);
+        return;
+    }
+    if (!u->n_exec) {
+        exec_job(u, &u->ws, &u->arena, j);
+        send_job(u, j);
+        return;
+    }
+    pthread_mutex_lock(&u->q_mu);
+    fifo_push(&u->todo, j);
+    pthread_cond_signal(&u->q_cv);
+    pthread_mutex_unlock(&u->q_mu);
+}
+
+/* Send every job the executors finished. Returns how many. */
+static int send_done(attnd_srv_ucx *u)
+{
+    ucx_fifo got;
+    ucx_job *j;
+    int n = 0;
+
+    if (!atomic_load(&u->n_done))
+        return 0;
+    pthread_mutex_lock(&u->q_mu);
+    got = u->done;
+    u->done.head = u->done.tail = NULL;
+    atomic_store(&u->n_done, 0);
+    pthread_mutex_unlock(&u->q_mu);
+    while ((j = fifo_pop(&got))) {
+        send_job(u, j);
+        n++;
+    }
+    return n;
+}
+
+void *attnd_srv_ucx_exec_thread(void *arg)
+{
+    ucx_exec *x = arg;
+    attnd_srv_ucx *u = x->u;
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&u->q_mu);
+    for (;;) {
+        while (!u->todo.head && !atomic_load(&u->exec_stop))
+            pthread_cond_wait(&u->q_cv, &u->q_mu);
+        if (atomic_load(&u->exec_stop))
+            break;
+        ucx_job *j = fifo_pop(&u->todo);
+        pthread_mutex_unlock(&u->q_mu);
+        exec_job(u, &x->ws, &x->arena, j);
+        pthread_mutex_lock(&u->q_mu);
+        fifo_push(&u->done, j);
+        atomic_fetch_add(&u->n_done, 1);
+        if (write(u->done_fd, &one, sizeof one) < 0) {
+            /* the counter is full: the progress thread is awake anyway */
+        }
+    }
+    pthread_mutex_unlock(&u->q_mu);
+    return NULL;
 }
 
 /* ---- the thread ------------------------------------------------------------------------- */
@@ -375,6 +474,8 @@ void *attnd_srv_ucx_thread(void *arg)
             run_job(u, j);
             busy = 1;
         }
+        if (send_done(u))
+            busy = 1;
         tend_conns(u);
         uint64_t now = attnd_srv_now_ns();
         if (busy) {
@@ -388,10 +489,18 @@ void *attnd_srv_ucx_thread(void *arg)
         ucs_status_t st = ucp_worker_arm(u->worker);
         if (st == UCS_ERR_BUSY)
             continue;
-        struct pollfd fds[2] = {{.fd = u->efd, .events = POLLIN},
-                                {.fd = u->stop_fd, .events = POLLIN}};
-        if (st != UCS_OK || poll(fds, 2, -1) < 0)
+        struct pollfd fds[3] = {{.fd = u->efd, .events = POLLIN},
+                                {.fd = u->stop_fd, .events = POLLIN},
+                                {.fd = u->done_fd, .events = POLLIN}};
+        if (atomic_load(&u->n_done)) /* finished while we armed: no sleep */
+            continue;
+        if (st != UCS_OK || poll(fds, u->n_exec ? 3 : 2, -1) < 0)
             fds[0].revents = 0; /* spurious: go round (stop is rechecked) */
+        if (u->n_exec && (fds[2].revents & POLLIN)) {
+            uint64_t v;
+            if (read(u->done_fd, &v, sizeof v) < 0)
+                v = 0; /* drained by an earlier read: nothing to do */
+        }
         last = attnd_srv_now_ns();
     }
     return NULL;

@@ -105,6 +105,13 @@ static void ucx_free(attnd_srv_ucx *u)
         u->ready = j->next;
         attnd_srv_ucx_job_put(j);
     }
+    /* executors are joined by now: what they left is dropped too */
+    for (ucx_fifo *f = &u->todo; f; f = f == &u->todo ? &u->done : NULL)
+        for (ucx_job *j = f->head, *next; j; j = next) {
+            next = j->next;
+            attnd_srv_ucx_job_put(j);
+        }
+    u->todo.head = u->todo.tail = u->done.head = u->done.tail = NULL;
     /* jobs whose send was in flight came back through the close */
     for (ucx_job *j = u->free_jobs, *next; j; j = next) {
         next = j->next;
@@ -125,9 +132,72 @@ static void ucx_free(attnd_srv_ucx *u)
         ucp_cleanup(u->ctx);
     if (u->stop_fd >= 0)
         close(u->stop_fd);
+    if (u->done_fd >= 0)
+        close(u->done_fd);
+    for (int i = 0; i < u->n_exec; i++) {
+        attnd_engine_ws_cleanup(&u->exec[i].ws);
+        attnd_srv_arena_cleanup(&u->exec[i].arena);
+    }
+    free(u->exec);
+    if (u->q_init) {
+        pthread_mutex_destroy(&u->q_mu);
+        pthread_cond_destroy(&u->q_cv);
+    }
     attnd_engine_ws_cleanup(&u->ws);
     attnd_srv_arena_cleanup(&u->arena);
     free(u);
+}
+
+/* Join the executors (each finishes the job in hand; jobs still queued
+ * are dropped by ucx_free). */
+static void stop_executors(attnd_srv_ucx *u)
+{
+    if (!u->q_init)
+        return;
+    pthread_mutex_lock(&u->q_mu);
+    atomic_store(&u->exec_stop, 1);
+    pthread_cond_broadcast(&u->q_cv);
+    pthread_mutex_unlock(&u->q_mu);
+    for (int i = 0; i < u->n_exec; i++)
+        if (u->exec[i].running) {
+            pthread_join(u->exec[i].tid, NULL);
+            u->exec[i].running = 0;
+        }
+}
+
+/* n executor threads with their queues and wake-up eventfd (n = 0: none,
+ * requests run on the progress thread). */
+static attnd_status start_executors(attnd_srv_ucx *u, int n, attnd_error *err)
+{
+    if (n <= 0)
+        return ATTND_OK;
+    if ((u->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "--ucx-exec-threads: eventfd: %s", strerror(errno));
+    if (!(u->exec = calloc((size_t)n, sizeof *u->exec)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "--ucx-exec-threads: no memory");
+    pthread_mutex_init(&u->q_mu, NULL);
+    pthread_cond_init(&u->q_cv, NULL);
+    u->q_init = 1;
+    u->n_exec = n;
+    for (int i = 0; i < n; i++) {
+        ucx_exec *x = &u->exec[i];
+        x->u = u;
+        attnd_engine_ws_init(&x->ws);
+        attnd_srv_arena_init(&x->arena, 0);
+    }
+    for (int i = 0; i < n; i++) {
+        int rc = pthread_create(&u->exec[i].tid, NULL, attnd_srv_ucx_exec_thread, &u->exec[i]);
+        if (rc) {
+            stop_executors(u);
+            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                   "--ucx-exec-threads: cannot start thread %d: %s", i,
+                                   strerror(rc));
+        }
+        u->exec[i].running = 1;
+    }
+    return ATTND_OK;
 }
 
 attnd_status attnd_srv_ucx_start(attnd_srv *srv, attnd_error *err)
@@ -156,6 +226,7 @@ attnd_status attnd_srv_ucx_start(attnd_srv *srv, attnd_error *err)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "--ucx-listen: no memory");
     u->srv = srv;
     u->stop_fd = -1;
+    u->done_fd = -1;
     attnd_engine_ws_init(&u->ws);
     attnd_srv_arena_init(&u->arena, 0);
 
@@ -185,8 +256,11 @@ attnd_status attnd_srv_ucx_start(attnd_srv *srv, attnd_error *err)
                              strerror(errno));
         goto err_free;
     }
+    if ((st = start_executors(u, cfg->ucx_exec_threads, err)))
+        goto err_free;
     int rc = pthread_create(&u->tid, NULL, attnd_srv_ucx_thread, u);
     if (rc) {
+        stop_executors(u);
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                              "--ucx-listen: cannot start the progress thread: %s", strerror(rc));
         goto err_free;
@@ -217,6 +291,7 @@ void attnd_srv_ucx_stop(attnd_srv *srv)
         pthread_join(u->tid, NULL);
         u->running = 0;
     }
+    stop_executors(u);
     srv->ucx = NULL;
     ucx_free(u);
 }

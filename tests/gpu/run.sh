@@ -165,7 +165,7 @@ do_e2e_bench() {
   for _ in $(seq 600); do [ -s "$pf" ] || ! kill -0 $spid 2>/dev/null && break; sleep 0.1; done
   [ -s "$pf" ] || { echo "attnd did not start"; cat "$out/attnd.bench.log"; exit 1; }
   set +e
-  for tb in grpc:16 ucx:16 grpc:4 ucx:4; do
+  for tb in ${ATTND_E2E_RUNS:-grpc:16 ucx:16 grpc:4 ucx:4}; do
     local tr=${tb%%:*} b=${tb##*:}
     echo "== attnd-bench --transport $tr --batch $b (deepseek-v3 on cuda:0, ${ctx}-token sessions)"
     "${t[@]}" "$e2e/run" attnd-bench --target "127.0.0.1:$(cat "$pf")" --transport "$tr" \
