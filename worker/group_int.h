@@ -44,6 +44,7 @@ enum attnd__gmsg {
     ATTND__GMSG_ATTEND = 5, /* see group_rank.c; b > 0: up-project to b */
     ATTND__GMSG_WEIGHTS = 6, /* data: this rank's W_UV part, float32
                                 [Hq][d_v_r][a]; layer */
+    ATTND__GMSG_BREAK = 7,  /* data: n_seqs ids whose shards diverged */
 };
 
 typedef struct attnd__ghdr {
@@ -125,6 +126,7 @@ typedef struct attnd__gsess {
     struct attnd__gsess *next;
     attnd_session_id id;
     uint64_t *len; /* [n_layers] global tokens */
+    int broken;    /* a changing call failed on some ranks only: DATA_LOSS */
 } attnd__gsess;
 
 typedef struct attnd__gtable {
@@ -263,6 +265,10 @@ attnd_status attnd__gtable_check(attnd__gtable *t, const attnd_session_id *ids, 
                                  uint32_t layer, const uint64_t *lens, const char *field,
                                  attnd_error *err);
 /* Set layer's length of each session to lens[i] + by. */
+/* Mark sessions whose shards no longer agree (a call that changes them
+ * failed on some ranks and not on others): every later call naming them
+ * gets DATA_LOSS until they are closed. Unknown ids are skipped. */
+void attnd__gtable_break(attnd__gtable *t, const attnd_session_id *ids, uint32_t n);
 void attnd__gtable_advance(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
                            uint32_t layer, const uint64_t *lens, uint64_t by);
 

@@ -87,6 +87,59 @@ static void send_part(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b
     }
 }
 
+/* Did a call that changes sessions leave them different on different
+ * ranks? Each rank applies its part all or nothing, so the shards still
+ * agree when every part failed or every part succeeded; a part that timed
+ * out or broke in flight may have gone either way. own: 1 our part
+ * applied, 0 it failed, -1 our part is one of c's slots; lost: parts that
+ * could not even be sent (nothing applied there). */
+static int diverged(attnd_group *g, attnd__gcall *c, int own, int lost)
+{
+    int applied = own == 1, failed = (own == 0) + lost, unknown = 0;
+
+    pthread_mutex_lock(&g->call_mu);
+    for (int32_t r = 0; r < g->N; r++) {
+        const attnd__gslot *s = &c->slot[r];
+        if (!s->expect)
+            continue;
+        if (s->done && s->st == ATTND_OK)
+            applied++;
+        else if (s->st == ATTND_ERR_UNAVAILABLE || s->st == ATTND_ERR_DEADLINE_EXCEEDED)
+            unknown++;
+        else
+            failed++;
+    }
+    pthread_mutex_unlock(&g->call_mu);
+    return (failed || unknown) && (applied || unknown);
+}
+
+/* Mark sessions diverged here and on every peer that can be reached (a
+ * peer that cannot is told by the DATA_LOSS its part gets from the others
+ * on the next call). */
+static void break_sessions(attnd_group *g, const attnd_session_id *ids, uint32_t n,
+                           int64_t timeout_ms)
+{
+    attnd__gtable_break(&g->table, ids, n);
+    attnd__gcall *c = attnd__gcall_new(g);
+    if (!c)
+        return;
+    for (int32_t r = 0; r < g->N; r++) {
+        if (r == g->me)
+            continue;
+        attnd__gbuf *b = attnd__gbuf_get(g, (size_t)n * sizeof ids[0].bytes);
+        if (!b)
+            continue;
+        b->hdr.type = ATTND__GMSG_BREAK;
+        b->hdr.n_seqs = n;
+        for (uint32_t i = 0; i < n; i++)
+            memcpy(b->data + (size_t)i * sizeof ids[0].bytes, ids[i].bytes, sizeof ids[0].bytes);
+        b->len = (size_t)n * sizeof ids[0].bytes;
+        send_part(g, c, r, b, 0);
+    }
+    attnd__gcall_wait(g, c, deadline_of(g, timeout_ms));
+    attnd__gcall_release(g, c);
+}
+
 /* ---- sessions ------------------------------------------------------------------- */
 
 static uint64_t rank_max_tokens(const attnd_group *g, int32_t r, uint64_t max_tokens)
@@ -208,6 +261,7 @@ attnd_status attnd_group_append(attnd_group *g, const attnd_session_id *id, uint
         dtype = ATTND_DTYPE_F32;
     }
     attnd__gcall *c = attnd__gcall_new(g);
+    int lost = 0;
     if (!c) {
         attnd__gbuf_put(g, rot);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
@@ -217,8 +271,10 @@ attnd_status attnd_group_append(attnd_group *g, const attnd_session_id *id, uint
             continue;
         uint64_t k = kv_share(g, r, start, n_tokens, dtype, kv, NULL);
         attnd__gbuf *b = attnd__gbuf_get(g, 64 + k * pes);
-        if (!b)
+        if (!b) {
+            lost++;
             continue;
+        }
         b->hdr.type = ATTND__GMSG_APPEND;
         b->hdr.layer = layer;
         b->hdr.kv_dtype = pt;
@@ -237,8 +293,14 @@ attnd_status attnd_group_append(attnd_group *g, const attnd_session_id *id, uint
         st = attnd__grank_append(g, id, layer, start, n_tokens, pt, own->data, err);
     }
     attnd__gcall_wait(g, c, deadline_of(g, 0));
+    int own_applied = st == ATTND_OK;
     if (st == ATTND_OK)
         st = collect(g, c, err);
+    if (st == ATTND_OK && lost)
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "kv: out of memory for %d ranks' parts", lost);
+    if (st && diverged(g, c, own_applied, lost))
+        break_sessions(g, id, 1, 0);
     attnd__gcall_release(g, c);
     attnd__gbuf_put(g, own);
     attnd__gbuf_put(g, rot);
@@ -458,11 +520,16 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
         attnd__gslot_fail(g, c, g->me, st, err->msg);
     }
     pthread_mutex_unlock(&g->call_mu);
-    if (st)
-        goto out; /* peers may have appended: the client must not go on */
+    /* wait for the peers even when our part failed: with new KV, some of
+     * them may have appended, and then the session must be marked */
     attnd__gcall_wait(g, c, deadline_of(g, timeout_ms));
-    if ((st = collect(g, c, err)))
+    if (st == ATTND_OK)
+        st = collect(g, c, err);
+    if (st) {
+        if (kv && diverged(g, c, -1, 0))
+            break_sessions(g, req->ids, n, timeout_ms);
         goto out;
+    }
     if ((st = combine(g, c, rows, d_vo, ws, err)))
         goto out;
     *out_p = ws->out;

@@ -127,7 +127,7 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
 
     attnd_error_clear(&err);
     if (h->type != ATTND__GMSG_ATTEND && h->type != ATTND__GMSG_WEIGHTS &&
-        req->len < ATTND_SESSION_ID_BYTES) {
+        h->type != ATTND__GMSG_BREAK && req->len < ATTND_SESSION_ID_BYTES) {
         attnd_error_set(&err, ATTND_ERR_INVALID_ARGUMENT, "group: message without a session");
         return status_reply(g, h, err.code, &err, 0);
     }
@@ -159,6 +159,14 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
     }
     case ATTND__GMSG_ATTEND:
         return run_attend(g, req, ws, &err);
+    case ATTND__GMSG_BREAK:
+        if (req->len != (size_t)h->n_seqs * ATTND_SESSION_ID_BYTES) {
+            attnd_error_set(&err, ATTND_ERR_INVALID_ARGUMENT,
+                            "group: BREAK of %zu bytes does not match its header", req->len);
+            return status_reply(g, h, err.code, &err, 0);
+        }
+        attnd__gtable_break(&g->table, id, h->n_seqs);
+        return status_reply(g, h, ATTND_OK, &err, 0);
     case ATTND__GMSG_WEIGHTS:
         if (h->a < 1 || h->a > 4096 ||
             req->len != (size_t)g->hq_r * (size_t)g->d_v_r * h->a * sizeof(float)) {

@@ -111,10 +111,28 @@ attnd_status attnd__gtable_lens(attnd__gtable *t, const attnd_session_id *ids, u
                                  i);
             break;
         }
+        if (s->broken) {
+            st = attnd_error_set(err, ATTND_ERR_DATA_LOSS,
+                                 "session_ids[%u]: a call that changed this session failed on some ranks of "
+                                 "the group and not on others, so its shards no longer agree; "
+                                 "close it and create it again", i);
+            break;
+        }
         lens[i] = s->len[layer];
     }
     pthread_mutex_unlock(&t->mu);
     return st;
+}
+
+void attnd__gtable_break(attnd__gtable *t, const attnd_session_id *ids, uint32_t n)
+{
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t i = 0; i < n; i++) {
+        attnd__gsess *s = find(t, &ids[i]);
+        if (s)
+            s->broken = 1;
+    }
+    pthread_mutex_unlock(&t->mu);
 }
 
 void attnd__gtable_advance(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
@@ -143,6 +161,13 @@ attnd_status attnd__gtable_check(attnd__gtable *t, const attnd_session_id *ids, 
         if (!s) {
             st = attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_ids[%u]: no such session",
                                  i);
+            break;
+        }
+        if (s->broken) {
+            st = attnd_error_set(err, ATTND_ERR_DATA_LOSS,
+                                 "session_ids[%u]: a call that changed this session failed on some ranks of "
+                                 "the group and not on others, so its shards no longer agree; "
+                                 "close it and create it again", i);
             break;
         }
         if (s->len[layer] != lens[i]) {

@@ -419,6 +419,64 @@ START_TEST(test_sessions_are_created_and_closed_on_every_rank)
 }
 END_TEST
 
+/* A call that changes a session and fails on some ranks only (here: rank
+ * 0's pool is full while rank 1's is not, in sequence mode) leaves the
+ * shards disagreeing: that call answers its own error, every later call
+ * naming the session DATA_LOSS through any rank, and the session can
+ * still be closed; other sessions are untouched. */
+START_TEST(test_partly_failed_append_marks_the_session_data_loss)
+{
+    /* tiny-gqa, pages of 8 tokens: 8 x 128 bf16 = 2 KiB a page, 20 pages a
+     * rank; global page p lives on rank p mod 2 */
+    const char *flags[] = {"--model", "tiny-gqa", "--shard", "sequence", "--page-size", "8",
+                           "--kv-memory", "40960", "--threads", "2", "--kernel-threads", "1",
+                           NULL};
+    enum { T = 8, E = 128 };
+    static uint16_t kv[T * E];
+    gt_group g;
+    attnd_session_id id, other;
+    attnd_error err;
+    attnd_status st = ATTND_OK;
+    uint64_t start = 0;
+
+    for (size_t i = 0; i < T * E; i++)
+        kv[i] = 0x3f80; /* bf16 1.0 */
+    ck_assert_int_eq(gt_group_start(&g, 2, flags), 0);
+    ck_assert_int_eq(attnd_client_create_session(g.c[0], NULL, 0, &other, NULL, &err), 0);
+    ck_assert_int_eq(attnd_client_create_session(g.c[0], NULL, 0, &id, NULL, &err), 0);
+    /* other: one page on rank 0 (page 0) */
+    attnd_kv_chunk ch = {.session = other, .layer = 1, .start = 0, .n_tokens = T,
+                         .kv_token_elems = E, .dtype = ATTND_DTYPE_BF16, .data = kv};
+    ck_assert_int_eq(attnd_client_append_kv(g.c[0], &ch, 1, NULL, &err), 0);
+    /* id: pages 0, 1, 2, ... alternate ranks 0, 1; rank 0 fills first */
+    ch.session = id;
+    ch.layer = 0;
+    for (int k = 0; k < 64; k++) {
+        ch.start = start;
+        if ((st = attnd_client_append_kv(g.c[0], &ch, 1, NULL, &err)))
+            break;
+        start += T;
+    }
+    /* page 38 was rank 0's: rank 0 (19 free pages, one went to `other`)
+     * is full, rank 1 took its (empty) part and advanced */
+    cu_assert_fails(st, err, ATTND_ERR_RESOURCE_EXHAUSTED, "");
+    ck_assert_uint_eq(start, 38 * T);
+    for (int r = 0; r < 2; r++) {
+        ch.start = start;
+        st = attnd_client_append_kv(g.c[r], &ch, 1, NULL, &err);
+        cu_assert_fails(st, err, ATTND_ERR_DATA_LOSS, "session_id");
+        ck_assert_ptr_nonnull(strstr(err.msg, "no longer agree"));
+    }
+    /* the other session still works, and closing the broken one frees it */
+    ch.session = other;
+    ch.layer = 1;
+    ch.start = T;
+    ck_assert_int_eq(attnd_client_append_kv(g.c[1], &ch, 1, NULL, &err), 0);
+    ck_assert_int_eq(attnd_client_close_session(g.c[1], &id, &err), 0);
+    ck_assert_int_eq(gt_group_stop(&g), 0);
+}
+END_TEST
+
 /* A rank dies mid-run: the next Attend fails UNAVAILABLE (not a hang, not
  * the client's deadline), the others stay SERVING and report the missing
  * rank; when it comes back (empty) the group reconnects, old sessions
@@ -531,6 +589,7 @@ int main(void)
     tcase_add_test(tc, test_sequence_sharding_over_3_ranks_equals_one_worker_gqa);
     tcase_add_test(tc, test_head_sharding_over_2_ranks_equals_one_worker_gqa);
     tcase_add_test(tc, test_head_sharding_over_3_ranks_equals_one_worker_gqa);
+    tcase_add_test(tc, test_partly_failed_append_marks_the_session_data_loss);
     tcase_add_test(tc, test_latent_sharding_on_one_rank_equals_exact_attention);
     tcase_add_test(tc, test_latent_sharding_over_2_ranks_equals_the_tpla_formula);
     tcase_add_test(tc, test_latent_sharding_over_4_ranks_rope_split_equals_the_tpla_formula);
