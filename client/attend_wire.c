@@ -122,7 +122,9 @@ attnd_status attnd__client_attend_prepare(attnd_client *c, const attnd_attend_ar
     if (a->new_kv.data && (st = tensor_bytes("new_kv", &a->new_kv, &kv_bytes, err)))
         return st;
     attnd_dtype out_dtype = a->out_dtype != ATTND_DTYPE_INVALID ? a->out_dtype : a->q.dtype;
-    if ((st = precheck_results(c, a, out_dtype, err)))
+    /* projected outputs are d_vo wide, which only the group knows: their
+     * size is checked when the reply comes */
+    if (!a->up_project && (st = precheck_results(c, a, out_dtype, err)))
         return st;
 
     if (a->n_seqs > ATTND__CLIENT_STACK_IDS) {
@@ -151,6 +153,7 @@ attnd_status attnd__client_attend_prepare(attnd_client *c, const attnd_attend_ar
         rq->positions = (uint64_t *)a->positions;
     }
     rq->return_lse = a->lse != NULL;
+    rq->up_project = a->up_project != 0;
     rq->out_dtype = (Attnd__V1__DType)a->out_dtype;
     rq->request_id = atomic_fetch_add(&c->next_request_id, 1);
 

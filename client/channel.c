@@ -34,6 +34,7 @@ static const char *const method_paths[ATTND__CLIENT_M_COUNT] = {
     [ATTND__CLIENT_M_GET_STATS] = "/attnd.v1.Attnd/GetStats",
     [ATTND__CLIENT_M_HEALTH_CHECK] = "/grpc.health.v1.Health/Check",
     [ATTND__CLIENT_M_GET_ENDPOINT] = "/attnd.v1.Attnd/GetEndpoint",
+    [ATTND__CLIENT_M_LOAD_WEIGHTS] = "/attnd.v1.Attnd/LoadWeights",
 };
 
 const char *attnd__client_method_path(attnd__client_method m)

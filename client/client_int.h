@@ -43,6 +43,7 @@ typedef enum attnd__client_method {
     ATTND__CLIENT_M_GET_STATS,
     ATTND__CLIENT_M_HEALTH_CHECK,
     ATTND__CLIENT_M_GET_ENDPOINT,
+    ATTND__CLIENT_M_LOAD_WEIGHTS,
     ATTND__CLIENT_M_COUNT
 } attnd__client_method;
 

@@ -147,6 +147,11 @@ typedef struct attnd_attend_args {
     size_t out_capacity;
     float *lse;
     size_t lse_capacity;
+    /* Nonzero: a worker group holding this layer's W_UV (see
+     * attnd_client_load_weights) returns out[h] = latent out[h] . W_UV[h],
+     * [n_seqs, S, Hq, d_vo], each rank projecting its own part and the
+     * group summing them (MLA, sequence or latent sharding). */
+    int up_project;
 } attnd_attend_args;
 
 /* Synchronous Attend. On success out (and lse) are filled; on failure
@@ -219,6 +224,15 @@ typedef struct attnd_stats {
 attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *st,
                                     attnd_model_info *model_p,
                                     attnd_error *err);
+
+/* LoadWeights: give the worker (group) of an MLA model layer `layer`'s
+ * value up-projection W_UV, a float32/bf16/f16 tensor [Hq, d_c, d_vo]
+ * (head h's latent -> value), so that Attend with up_project returns
+ * projected outputs. Replaces what the layer had. *bytes_p (may be NULL):
+ * the float32 bytes the contacted rank now holds for the layer. */
+attnd_status attnd_client_load_weights(attnd_client *c, uint32_t layer,
+                                       const attnd_tensor *w_uv, uint64_t *bytes_p,
+                                       attnd_error *err);
 
 /* grpc.health.v1.Health/Check for `service` ("" = the server as a whole):
  * *serving_p = 1 when the answer is SERVING. */

@@ -3,8 +3,10 @@
  * merges (sequence) or sums (latent, the all-reduce) d_v-wide rows. The
  * up-projected output must equal the plain Attend's latent output times
  * W_UV, computed here in float64, for the very same query (no new KV, so
- * both calls see the same cache). LoadWeights and the up_project field are
- * not in libattnd: those calls go out as raw gRPC (tests/service/rawgrpc.h). */
+ * both calls see the same cache). W_UV goes in through libattnd
+ * (attnd_client_load_weights); up_project Attends go out both through
+ * libattnd (attend_args.up_project) and as raw gRPC (tests/service/rawgrpc.h),
+ * which also checks the reply's shape on the wire. */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
@@ -122,7 +124,8 @@ static void run(const char *shard, int n, const char *rope)
     /* W_UV of layer 2 loaded through the last rank; layer 1 has none */
     attnd_rng_fill(&s.rng, ATTND_DTYPE_F32, w, (size_t)(H * dc * D_VO));
     grpc_channel *chl = rg_channel(g.rank[n - 1].target);
-    ck_assert_int_eq(load_weights(chl, 2, w, H, dc, D_VO, &bytes, details), 0);
+    attnd_tensor wt = {ATTND_DTYPE_F32, 3, {H, dc, D_VO}, w};
+    ck_assert_int_eq(attnd_client_load_weights(g.c[n - 1], 2, &wt, &bytes, &err), ATTND_OK);
     ck_assert_uint_eq(bytes, (uint64_t)(H * (dc / (strcmp(shard, "latent") ? 1 : n)) * D_VO *
                                         (int64_t)sizeof(float)));
     attnd_rng_fill(&s.rng, ATTND_DTYPE_F32, q, (size_t)(B * H * dk));
@@ -148,6 +151,15 @@ static void run(const char *shard, int n, const char *rope)
         double e = gt_max_row_err(p, ref, (size_t)(B * H), D_VO);
         fprintf(stderr, "  call %d: max rel err %.3g\n", k, e);
         ck_assert_msg(e <= 1e-5, "up-projected output off by %g", e);
+        /* the same through libattnd, led by another rank */
+        memset(p, 0xff, sizeof(float) * (size_t)(B * H * D_VO)); /* NaN: unwritten */
+        a.up_project = 1;
+        a.out = p;
+        a.out_capacity = sizeof(float) * (size_t)(B * H * D_VO);
+        ck_assert_msg(attnd_client_attend(g.c[(k + 1) % n], &a, &err) == ATTND_OK,
+                      "libattnd up_project: %s", err.msg);
+        e = gt_max_row_err(p, ref, (size_t)(B * H), D_VO);
+        ck_assert_msg(e <= 1e-5, "libattnd up-projected output off by %g", e);
     }
     grpc_channel_destroy(ch0);
     grpc_channel_destroy(chl);
@@ -198,6 +210,15 @@ START_TEST(test_load_weights_refusals_name_the_field)
     ck_assert_ptr_nonnull(strstr(details, "w_uv.shape"));
     ck_assert_int_eq(load_weights(ch, 9, w, 8, 64, 4, NULL, details), -ATTND_ERR_OUT_OF_RANGE);
     ck_assert_ptr_nonnull(strstr(details, "layer"));
+    /* libattnd: the server's answers pass through; what the wire cannot
+     * carry is refused before sending */
+    attnd_error err;
+    attnd_tensor wt = {ATTND_DTYPE_F32, 3, {8, 32, 8}, w};
+    cu_assert_fails(attnd_client_load_weights(g.c[0], 0, &wt, NULL, &err), err,
+                    ATTND_ERR_INVALID_ARGUMENT, "w_uv.shape");
+    wt.ndim = 2;
+    cu_assert_fails(attnd_client_load_weights(g.c[0], 0, &wt, NULL, &err), err,
+                    ATTND_ERR_INVALID_ARGUMENT, "w_uv.ndim");
     grpc_channel_destroy(ch);
     ck_assert_int_eq(gt_group_stop(&g), 0);
     grpc_shutdown();
