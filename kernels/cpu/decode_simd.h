@@ -348,31 +348,43 @@ static float *carve(float **cur, size_t n)
 /* The unit's queries, widened, scaled by scale * log2(e), in the KV order
  * (perm) and packed for the score shape: wide q [dk][rows_pad] (padding
  * rows zero), narrow q [rows][dk_pad]. Also each row's visible length.
- * tmp holds one row (dk_pad floats). */
+ * tmp holds TILE rows (TILE x dk_pad floats). */
 static void pack_queries(const attnd_decode_batch *b, const attnd__unit *u,
                          const attnd__simd_dims *dm, int wide, int perm, int64_t L, float *q,
-                         float *tmp, int32_t *vis)
+                         float *tmp /* TILE x dk_pad */, int32_t *vis)
 {
     const int32_t G = b->n_q_heads / b->kv->n_kv_heads, S = b->q_tokens;
     const int32_t rp = dm->rows_pad, dk = dm->dk, dkp = dm->dk_pad;
     const float sc = (float)((double)b->scale * LOG2E);
     const size_t qes = attnd_dtype_size(b->q_dtype);
 
-    for (int32_t r = 0; r < dm->rows; r++) {
-        int32_t si = r / G, g = r % G;
-        size_t off = (((size_t)u->seq * S + si) * b->n_q_heads + (size_t)u->kv_head * G + g) *
-                     (size_t)dk;
-        cvt_row(tmp, (const char *)b->q + off * qes, dk, dkp, b->q_dtype);
-        if (perm)
-            perm_row(tmp, dk);
-        if (wide) {
-            for (int32_t d = 0; d < dk; d++)
-                q[(size_t)d * rp + r] = tmp[d] * sc;
-        } else {
-            for (int32_t d = 0; d < dkp; d += VW)
-                v_store(q + (size_t)r * dkp + d, v_mul(v_load(tmp + d), v_set1(sc)));
+    /* wide: q is transposed ([dk][rows_pad]); rows are widened a block of
+     * TILE at a time into tmp (TILE x dk_pad floats) and written d-major,
+     * so each store run is a block's contiguous slice of one column
+     * instead of one float per cache line (at 128 heads the row-at-a-time
+     * scatter cost as much as attending to a few thousand tokens) */
+    for (int32_t r0 = 0; r0 < dm->rows; r0 += wide ? TILE : 1) {
+        int32_t nb = wide ? (dm->rows - r0 < TILE ? dm->rows - r0 : TILE) : 1;
+        for (int32_t rr = 0; rr < nb; rr++) {
+            int32_t r = r0 + rr, si = r / G, g = r % G;
+            size_t off =
+                (((size_t)u->seq * S + si) * b->n_q_heads + (size_t)u->kv_head * G + g) *
+                (size_t)dk;
+            float *t = tmp + (size_t)rr * dkp;
+            cvt_row(t, (const char *)b->q + off * qes, dk, dkp, b->q_dtype);
+            if (perm)
+                perm_row(t, dk);
+            if (!wide)
+                for (int32_t d = 0; d < dkp; d += VW)
+                    v_store(q + (size_t)r * dkp + d, v_mul(v_load(t + d), v_set1(sc)));
+            vis[r] = (int32_t)(L - (S - 1 - si));
         }
-        vis[r] = (int32_t)(L - (S - 1 - si));
+        if (wide)
+            for (int32_t d = 0; d < dk; d++) {
+                float *qd = q + (size_t)d * rp + r0;
+                for (int32_t rr = 0; rr < nb; rr++)
+                    qd[rr] = tmp[(size_t)rr * dkp + d] * sc;
+            }
     }
     if (wide)
         for (int32_t d = 0; d < dk; d++)
