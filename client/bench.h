@@ -24,6 +24,7 @@
  *   bench_stats.c     per-lane measurements and their merge
  *   bench_report.c    table on stdout, --json, --csv, --plot
  *   bench_baseline.c  --baseline: a bare gRPC ping-pong of the same sizes
+ *   bench_baseline_ucx.c  the same over UCX active messages (--transport ucx)
  *   bench_main.c      main
  *
  * Names: attnd_bench_* (non-static), all internal to the executable.
@@ -167,6 +168,7 @@ typedef struct attnd_bench_result {
     char first_error[ATTND_ERROR_MSG_MAX + 32];
     /* --baseline */
     int baseline_ran;
+    const char *base_what;     /* what the baseline measured, for the reports */
     attnd_hist base_call;
     double base_s;
     uint64_t base_calls;
@@ -258,6 +260,16 @@ int attnd_bench_echo_main(const char *port_file);
  * 0, or -1 (message on stderr). */
 int attnd_bench_baseline(const attnd_bench_opts *o, attnd_bench_result *res, size_t req_bytes,
                          size_t reply_bytes, double seconds);
+
+/* ---- the UCX baseline (bench_baseline_ucx.c) ----------------------------------- */
+
+/* Hidden mode: a UCX active-message echo on 127.0.0.1 (a free port, to
+ * port_file) until SIGTERM. Returns the exit code. */
+int attnd_bench_echo_ucx_main(const char *port_file);
+/* As attnd_bench_baseline, over UCX active messages with endpoints made as
+ * libattnd makes them (peer error handling). */
+int attnd_bench_baseline_ucx(const attnd_bench_opts *o, attnd_bench_result *res,
+                             size_t req_bytes, size_t reply_bytes, double seconds);
 
 /* ---- reports (bench_report.c) --------------------------------------------------- */
 

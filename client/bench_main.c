@@ -57,6 +57,8 @@ int main(int argc, char **argv)
 
     if (argc == 4 && !strcmp(argv[1], "--echo-server") && !strcmp(argv[2], "--port-file"))
         return attnd_bench_echo_main(argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "--echo-ucx-server") && !strcmp(argv[2], "--port-file"))
+        return attnd_bench_echo_ucx_main(argv[3]);
     rc = attnd_bench_opts_parse(&o, argc, argv);
     if (rc)
         return rc == 1 ? 0 : 2;
@@ -84,20 +86,21 @@ int main(int argc, char **argv)
     int child_rc = attnd_bench_child_stop(&ch);
     if (child_rc)
         fprintf(stderr, "attnd-bench: the attnd it started exited with status %d\n", child_rc);
-    if (o.baseline && strcmp(o.transport, "grpc") != 0) {
-        fprintf(stderr, "attnd-bench: --baseline skipped: it is a gRPC ping-pong, and the run "
-                        "used --transport %s\n", o.transport);
-    } else if (o.baseline) {
+    if (o.baseline) {
+        int ucx = strcmp(o.transport, "ucx") == 0;
         const attnd_model_info *m = &res.model;
         size_t ds = attnd_dtype_size(o.dtype);
         size_t req = (size_t)res.batch * ((size_t)m->n_q_heads * m->d_k * ds +
                                          (size_t)m->kv_token_elems * ds + 16 + 8);
         size_t reply = (size_t)res.batch * m->n_q_heads * m->d_v * ds;
         double secs = o.duration_s < 3 ? o.duration_s : 3;
+        res.base_what = ucx ? "bare UCX active-message ping-pong (endpoints with peer error "
+                              "handling, as libattnd's)"
+                            : "bare gRPC unary ping-pong";
         if (o.progress)
-            fprintf(stderr, "baseline: %.1f s of bare gRPC ping-pong (%zu-byte requests, "
-                            "%zu-byte replies)\n", secs, req, reply);
-        if (attnd_bench_baseline(&o, &res, req, reply, secs))
+            fprintf(stderr, "baseline: %.1f s of %s (%zu-byte requests, %zu-byte replies)\n",
+                    secs, res.base_what, req, reply);
+        if ((ucx ? attnd_bench_baseline_ucx : attnd_bench_baseline)(&o, &res, req, reply, secs))
             fprintf(stderr, "attnd-bench: --baseline did not run\n");
     }
     attnd_bench_report_table(stdout, &o, &res);

@@ -170,8 +170,9 @@ void attnd_bench_report_table(FILE *f, const attnd_bench_opts *o, const attnd_be
                    "--check)\n");
     if (r->baseline_ran) {
         const attnd_hist *b = &r->base_call;
-        fprintf(f, "\nbaseline: bare gRPC unary ping-pong, %llu-byte request, %llu-byte reply, "
+        fprintf(f, "\nbaseline: %s, %llu-byte request, %llu-byte reply, "
                    "same lanes x micro-batches in flight, to an echo process on loopback\n",
+                r->base_what ? r->base_what : "bare ping-pong",
                 (unsigned long long)r->base_req_bytes, (unsigned long long)r->base_reply_bytes);
         fprintf(f, "  %llu calls in %.2f s (%.1f calls/s); latency p50 %.3f ms, p99 %.3f ms, "
                    "max %.3f ms\n",
@@ -378,9 +379,11 @@ static void emit_all(emitter *e, const attnd_bench_opts *o, const attnd_bench_re
     e_begin(e, "baseline");
     e_num(e, "enabled", r->baseline_ran);
     if (r->baseline_ran) {
-        e_str(e, "measures", "bare gRPC unary ping-pong of the Attend request and reply sizes "
-                             "to an echo process on loopback, same lanes x micro-batches in "
-                             "flight");
+        char what[256];
+        snprintf(what, sizeof what, "%s of the Attend request and reply sizes to an echo "
+                 "process on loopback, same lanes x micro-batches in flight",
+                 r->base_what ? r->base_what : "bare ping-pong");
+        e_str(e, "measures", what);
         e_num(e, "request_bytes", (double)r->base_req_bytes);
         e_num(e, "reply_bytes", (double)r->base_reply_bytes);
         e_num(e, "calls", (double)r->base_calls);

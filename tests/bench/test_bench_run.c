@@ -292,6 +292,29 @@ START_TEST(test_baseline_pingpongs_the_attend_message_sizes)
 }
 END_TEST
 
+/* The same over UCX: the run's transport decides the baseline's. */
+START_TEST(test_ucx_baseline_pingpongs_over_ucx)
+{
+    char *json = NULL;
+    int rc = bt_run_args(&json, "--model", "tiny-gqa", "--steps", "5", "--duration", "1s",
+                         "--warmup", "0", "--prompt-len", "16", "--transport", "ucx",
+                         "--baseline");
+    ck_assert_int_eq(rc, 0);
+    ck_assert(bt_must(json, "baseline.enabled") == 1);
+    ck_assert_ptr_nonnull(strstr(json, "bare UCX active-message ping-pong"));
+    ck_assert(bt_must(json, "baseline.request_bytes") == 4 * (512 + 256 + 24));
+    ck_assert(bt_must(json, "baseline.reply_bytes") == 4 * 512);
+    double n = bt_must(json, "baseline.calls");
+    ck_assert(n > 0);
+    ck_assert(get(json, "baseline.call_latency_ms", "count") == n);
+    double ratio = bt_must(json, "baseline.overhead_p50");
+    double want = get(json, "decode.call_latency_ms", "p50") /
+                  get(json, "baseline.call_latency_ms", "p50");
+    ck_assert(fabs(ratio - want) <= 1e-6 * want);
+    free(json);
+}
+END_TEST
+
 /* 1 when something accepts TCP connections on 127.0.0.1:port. */
 static int port_open(int port)
 {
@@ -357,6 +380,7 @@ int main(void)
     tcase_add_test(tc, test_plot_is_drawn_or_clearly_skipped);
     tcase_add_test(tc, test_failed_calls_are_counted_by_status_and_fail_the_run);
     tcase_add_test(tc, test_baseline_pingpongs_the_attend_message_sizes);
+    tcase_add_test(tc, test_ucx_baseline_pingpongs_over_ucx);
     tcase_add_test(tc, test_bad_flags_and_an_unreachable_target_are_refused);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
