@@ -96,6 +96,24 @@ int attnd__gtable_has(attnd__gtable *t, const attnd_session_id *id)
     return has;
 }
 
+/* Session ids[i] (lock held), or NULL with *st_p and err set: NOT_FOUND,
+ * or DATA_LOSS when its shards diverged (attnd__gtable_break). */
+static attnd__gsess *find_usable(attnd__gtable *t, const attnd_session_id *ids, uint32_t i,
+                                 attnd_status *st_p, attnd_error *err)
+{
+    attnd__gsess *s = find(t, &ids[i]);
+    if (!s)
+        *st_p = attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_ids[%u]: no such session", i);
+    else if (s->broken)
+        *st_p = attnd_error_set(err, ATTND_ERR_DATA_LOSS,
+                                "session_ids[%u]: a call that changed this session failed on "
+                                "some ranks of the group and not on others, so its shards no "
+                                "longer agree; close it and create it again", i);
+    else
+        return s;
+    return NULL;
+}
+
 attnd_status attnd__gtable_lens(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
                                 uint32_t layer, uint64_t *lens, attnd_error *err)
 {
@@ -105,19 +123,9 @@ attnd_status attnd__gtable_lens(attnd__gtable *t, const attnd_session_id *ids, u
                                t->n_layers);
     pthread_mutex_lock(&t->mu);
     for (uint32_t i = 0; i < n; i++) {
-        attnd__gsess *s = find(t, &ids[i]);
-        if (!s) {
-            st = attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_ids[%u]: no such session",
-                                 i);
+        attnd__gsess *s = find_usable(t, ids, i, &st, err);
+        if (!s)
             break;
-        }
-        if (s->broken) {
-            st = attnd_error_set(err, ATTND_ERR_DATA_LOSS,
-                                 "session_ids[%u]: a call that changed this session failed on some ranks of "
-                                 "the group and not on others, so its shards no longer agree; "
-                                 "close it and create it again", i);
-            break;
-        }
         lens[i] = s->len[layer];
     }
     pthread_mutex_unlock(&t->mu);
@@ -157,19 +165,9 @@ attnd_status attnd__gtable_check(attnd__gtable *t, const attnd_session_id *ids, 
                                t->n_layers);
     pthread_mutex_lock(&t->mu);
     for (uint32_t i = 0; i < n; i++) {
-        attnd__gsess *s = find(t, &ids[i]);
-        if (!s) {
-            st = attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_ids[%u]: no such session",
-                                 i);
+        attnd__gsess *s = find_usable(t, ids, i, &st, err);
+        if (!s)
             break;
-        }
-        if (s->broken) {
-            st = attnd_error_set(err, ATTND_ERR_DATA_LOSS,
-                                 "session_ids[%u]: a call that changed this session failed on some ranks of "
-                                 "the group and not on others, so its shards no longer agree; "
-                                 "close it and create it again", i);
-            break;
-        }
         if (s->len[layer] != lens[i]) {
             st = attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
                                  "%s[%u]: layer %u of that session holds %llu tokens; the new "
