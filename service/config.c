@@ -88,6 +88,10 @@ static const opt opts[] = {
      "MS", "at start, wait this long for every peer (default 30000)"},
     {"group-timeout-ms", "ATTND_GROUP_TIMEOUT_MS", OPT_INT, F(group_timeout_ms), 1, 3600000,
      "MS", "longest wait for a peer's answer; then UNAVAILABLE (default 10000)"},
+    {"kv-prefault", "ATTND_KV_PREFAULT", OPT_FLAG, F(kv_prefault), 0, 0, NULL,
+     "fault the whole KV pool in from a background thread at start: steady-state "
+     "appends skip the first-touch cost, but the pool is resident at once (default: "
+     "pages are faulted in by the appends that first write them)"},
     {"list-models", NULL, OPT_FLAG, F(list_models), 0, 0, NULL, "print the presets and exit"},
     {"help", NULL, OPT_FLAG, F(show_help), 0, 0, NULL, "print this and exit"},
 };
@@ -315,6 +319,7 @@ void attnd_srv_config_engine(const attnd_srv_config *cfg, attnd_engine_config *e
     ecfg->kv_memory = cfg->kv_memory;
     ecfg->max_sessions = cfg->max_sessions;
     ecfg->kernel_threads = cfg->kernel_threads;
+    ecfg->prefault = cfg->kv_prefault;
     snprintf(ecfg->device, sizeof ecfg->device, "%s", cfg->device);
 }
 

@@ -62,6 +62,7 @@ typedef struct attnd_srv_config {
     char tpla_mu[32];          /* --tpla-mu */
     int64_t group_connect_ms;  /* --group-connect-ms */
     int64_t group_timeout_ms;  /* --group-timeout-ms */
+    int kv_prefault;           /* --kv-prefault */
     int show_help;             /* --help */
     int list_models;           /* --list-models */
 } attnd_srv_config;

@@ -86,6 +86,8 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
             attnd_kv_pool_cleanup(&e->pool);
     } else {
         st = attnd_kv_pool_init(&e->pool, page_bytes, (int32_t)n_pages, err);
+        if (st == ATTND_OK && cfg->prefault)
+            attnd_kv_pool_prefault_start(&e->pool);
     }
     if (st)
         goto err_pool;

@@ -3,12 +3,14 @@
  * The mapping is made once at start-up (kv_memory bytes, rounded down to
  * whole pages) and asked for transparent huge pages, so the kernels stream
  * KV with few TLB misses; its memory is committed as pages are first
- * written. Allocation is a pop from a free stack under one mutex: a decode
+ * written (or by attnd_kv_pool_prefault_start's background thread, ahead
+ * of the appends). Allocation is a pop from a free stack under one mutex: a decode
  * step takes at most one page per session per layer, so the lock is cold. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "worker_int.h"
 
@@ -78,10 +80,48 @@ attnd_status attnd_kv_pool_init_meta(attnd_kv_pool *p, size_t page_bytes, int32_
     return ATTND_OK;
 }
 
+/* Populate in 2 MiB steps (one huge page), so a stop waits for one step. */
+#define PREFAULT_STEP ((size_t)2 << 20)
+
+static void *prefault_main(void *arg)
+{
+    attnd_kv_pool *p = arg;
+#ifdef MADV_POPULATE_WRITE
+    /* normal priority on purpose: an append that faults on the huge page
+     * this thread is populating waits for it (niced, it stalled appends
+     * for seconds on a loaded host) */
+    for (size_t off = 0; off < p->map_bytes && !atomic_load(&p->prefault_stop);
+         off += PREFAULT_STEP) {
+        size_t n = p->map_bytes - off < PREFAULT_STEP ? p->map_bytes - off : PREFAULT_STEP;
+        if (madvise(p->base + off, n, MADV_POPULATE_WRITE) != 0)
+            break; /* an old kernel (EINVAL) or no memory: leave the rest lazy */
+    }
+#else
+    (void)p;
+#endif
+    return NULL;
+}
+
+void attnd_kv_pool_prefault_start(attnd_kv_pool *p)
+{
+    long avail = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    if (!p->base || p->prefault_running || avail <= 0 || psz <= 0 ||
+        (double)p->map_bytes > 0.8 * (double)avail * (double)psz)
+        return;
+    atomic_store(&p->prefault_stop, 0);
+    if (pthread_create(&p->prefault_tid, NULL, prefault_main, p) == 0)
+        p->prefault_running = 1;
+}
+
 void attnd_kv_pool_cleanup(attnd_kv_pool *p)
 {
     if (!p->free_stack)
         return;
+    if (p->prefault_running) {
+        atomic_store(&p->prefault_stop, 1);
+        pthread_join(p->prefault_tid, NULL);
+        p->prefault_running = 0;
+    }
     if (p->base)
         munmap(p->base, p->map_bytes);
     free(p->free_stack);

@@ -4,6 +4,7 @@
 #define ATTND_WORKER_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "attnd_worker.h"
@@ -27,6 +28,9 @@ typedef struct attnd_kv_pool {
     int32_t *free_stack; /* [n_pages]; top n_free entries are free pages */
     uint8_t *state;      /* [n_pages] */
     pthread_mutex_t mu;
+    pthread_t prefault_tid; /* attnd_kv_pool_prefault_start's thread */
+    int prefault_running;
+    atomic_int prefault_stop;
 } attnd_kv_pool;
 
 attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
@@ -36,6 +40,14 @@ attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
 attnd_status attnd_kv_pool_init_meta(attnd_kv_pool *p, size_t page_bytes,
                                      int32_t n_pages, attnd_error *err);
 void attnd_kv_pool_cleanup(attnd_kv_pool *p);
+/* Fault the mapping in from a background thread, lowest pages (the first
+ * allocated) first, so appends do not pay the first-touch cost (see
+ * attnd_engine_config.prefault for what it buys and costs). The
+ * bytes are not changed (MADV_POPULATE_WRITE), so it races harmlessly with
+ * appends. Skipped when the pool is more than 80% of the memory available
+ * now (no OOM risk), without a mapping, or on kernels without the advice.
+ * Cleanup stops and joins it. */
+void attnd_kv_pool_prefault_start(attnd_kv_pool *p);
 /* Promise n pages to a caller (fails unless n unpromised free pages exist). */
 attnd_status attnd_kv_pool_reserve(attnd_kv_pool *p, int64_t n, attnd_error *err);
 void attnd_kv_pool_unreserve(attnd_kv_pool *p, int64_t n);

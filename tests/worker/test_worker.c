@@ -71,13 +71,17 @@ static void shadow_draw(shadow *sh, tu_rng *r, int32_t l, int64_t n, uint16_t *w
     sh->len[l] += n;
 }
 
+/* Engines made by make_engine prefault their pool (Check forks per test). */
+static int g_prefault;
+
 static attnd_engine *make_engine(const char *model, uint64_t kv_memory, uint32_t max_sessions,
                                  int32_t page_size)
 {
     attnd_engine_config cfg = {.model = *attnd_model_find(model),
                                .page_size = page_size,
                                .kv_memory = kv_memory,
-                               .max_sessions = max_sessions};
+                               .max_sessions = max_sessions,
+                               .prefault = g_prefault};
     attnd_engine *e = NULL;
     attnd_error err;
     ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_OK);
@@ -479,6 +483,17 @@ START_TEST(test_attend_calls_share_one_kernel_pool_of_any_size)
 }
 END_TEST
 
+/* Appends racing the background prefault of the pool land intact: decode
+ * still equals the reference. */
+START_TEST(test_decode_is_exact_with_the_pool_prefaulted)
+{
+    g_prefault = 1;
+    check_model_decode("tiny-mla", 16, 1);
+    check_model_decode("tiny-gqa", 64, 2);
+    g_prefault = 0;
+}
+END_TEST
+
 START_TEST(test_presets_have_the_architecture_page_shapes)
 {
     const attnd_model_spec *d = attnd_model_find("deepseek-v3");
@@ -516,6 +531,7 @@ static Suite *worker_suite(void)
     tcase_add_test(tc, test_concurrent_sessions_on_threads_stay_correct);
     tcase_add_test(tc, test_attend_calls_share_one_kernel_pool_of_any_size);
     tcase_add_test(tc, test_presets_have_the_architecture_page_shapes);
+    tcase_add_test(tc, test_decode_is_exact_with_the_pool_prefaulted);
     suite_add_tcase(s, tc);
     return s;
 }
