@@ -36,8 +36,8 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --ncu) ncu=1 ;;
     --no-torch) torch=0 ;;
-    all|test|bench|build|e2e|e2e-build|engine|e2e-bench) what=$a ;;
-    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench]" >&2; exit 2 ;;
+    all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group) what=$a ;;
+    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group]" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$bin" "$out"
@@ -177,6 +177,34 @@ do_e2e_bench() {
   set -e
 }
 
+# Two ranks of one worker group on this machine's GPU (both --device
+# cuda:0), sequence sharding over UCX, driven by attnd-cli demo with every
+# output checked against the float64 reference: GPU ranks combine like CPU
+# ranks.
+do_e2e_group() {
+  [ -x "$e2e/run" ] || { echo "no bundle at $e2e (run e2e-build first)"; exit 2; }
+  local gd=$out/groupdir pids=() rc2=0
+  mkdir -p "$gd"
+  for r in 0 1; do
+    rm -f "$out/port.g$r"
+    "$e2e/run" attnd --model deepseek-v3 --device "${ATTND_E2E_DEVICE:-cuda:0}" --kv-memory 8G \
+      --listen 127.0.0.1:0 --port-file "$out/port.g$r" --rank $r --group 127.0.0.1:0,127.0.0.1:0 --group-dir "$gd" \
+      --shard "${ATTND_E2E_SHARD:-sequence}" > "$out/attnd.g$r.log" 2>&1 & pids+=($!)
+  done
+  for r in 0 1; do
+    for _ in $(seq 600); do [ -s "$out/port.g$r" ] && break; sleep 0.1; done
+  done
+  set +e
+  "${t[@]}" "$e2e/run" attnd-cli --target "127.0.0.1:$(cat "$out/port.g1")" stats 2>&1 | grep -i group
+  "${t[@]}" "$e2e/run" attnd-cli --target "127.0.0.1:$(cat "$out/port.g0")" demo --sessions 8 \
+    --prefill "${ATTND_E2E_CTX:-4096}" --steps 3 --batch 8 --seed 7 2>&1 | tail -6
+  rc2=${PIPESTATUS[0]}
+  kill -TERM "${pids[@]}"; wait "${pids[@]}"
+  echo "demo exit $rc2; ranks exit $?"
+  for r in 0 1; do tail -n 2 "$out/attnd.g$r.log"; done
+  set -e
+}
+
 do_engine() {
   set +e
   echo "== engine: attnd_engine_attend without RPC (deepseek-v3, one layer)"
@@ -194,6 +222,7 @@ if [ "$what" = e2e-build ]; then do_e2e_build; exit 0; fi
 if [ "$what" = e2e ]; then do_e2e; fi
 if [ "$what" = engine ]; then e2e_test; do_engine; exit $rc; fi
 if [ "$what" = e2e-bench ]; then do_e2e_bench; exit 0; fi
+if [ "$what" = e2e-group ]; then do_e2e_group; exit 0; fi
 if [ $build -eq 1 ]; then do_build; fi
 [ "$what" = build ] && exit 0
 
