@@ -178,14 +178,6 @@ int attnd_bench_echo_ucx_main(const char *port_file)
         fprintf(stderr, "attnd-bench echo-ucx: UCX setup failed\n");
         _exit(1);
     }
-    ucp_am_handler_param_t hp = {
-        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
-                      UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG,
-        .id = AM_REQ,
-        .flags = UCP_AM_FLAG_WHOLE_MSG,
-        .cb = on_req,
-        .arg = &s,
-    };
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = 0};
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ucp_listener_params_t lp = {
@@ -194,7 +186,7 @@ int attnd_bench_echo_ucx_main(const char *port_file)
         .conn_handler = {.cb = on_conn, .arg = &s},
     };
     ucp_listener_attr_t la = {.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR};
-    if (ucp_worker_set_am_recv_handler(s.worker, &hp) != UCS_OK ||
+    if (attnd_ucx_on_am(s.worker, AM_REQ, on_req, &s) != UCS_OK ||
         ucp_listener_create(s.worker, &lp, &s.listener) != UCS_OK ||
         ucp_listener_query(s.listener, &la) != UCS_OK) {
         fprintf(stderr, "attnd-bench echo-ucx: cannot listen\n");
@@ -323,14 +315,6 @@ static int lane_connect(ulane *l, int port)
 {
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ucp_am_handler_param_t hp = {
-        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
-                      UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG,
-        .id = AM_REP,
-        .flags = UCP_AM_FLAG_WHOLE_MSG,
-        .cb = on_rep,
-        .arg = l,
-    };
     ucp_ep_params_t ep = {
         .field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
                       UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER,
@@ -346,7 +330,7 @@ static int lane_connect(ulane *l, int port)
             return -1;
     }
     if (attnd_ucx_setup(UCS_THREAD_MODE_SINGLE, &l->ctx, &l->worker, &l->efd) != UCS_OK ||
-        ucp_worker_set_am_recv_handler(l->worker, &hp) != UCS_OK ||
+        attnd_ucx_on_am(l->worker, AM_REP, on_rep, l) != UCS_OK ||
         ucp_ep_create(l->worker, &ep, &l->ep) != UCS_OK)
         return -1;
     return 0;

@@ -142,15 +142,8 @@ attnd_status attnd__client_ucx_connect(attnd_client *c, const char *target, attn
     if ((us = attnd_ucx_setup(UCS_THREAD_MODE_SERIALIZED, &u->ctx, &u->worker, &u->efd)) !=
         UCS_OK)
         goto err_ucs;
-    ucp_am_handler_param_t hp = {
-        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
-                      UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG,
-        .id = ATTND_UCX_AM_REPLY,
-        .flags = UCP_AM_FLAG_WHOLE_MSG,
-        .cb = attnd__client_ucx_on_reply,
-        .arg = u,
-    };
-    if ((us = ucp_worker_set_am_recv_handler(u->worker, &hp)) != UCS_OK)
+    if ((us = attnd_ucx_on_am(u->worker, ATTND_UCX_AM_REPLY, attnd__client_ucx_on_reply, u)) !=
+        UCS_OK)
         goto err_ucs;
     ucp_ep_params_t ep = {
         .field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |

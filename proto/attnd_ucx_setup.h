@@ -38,4 +38,19 @@ static inline ucs_status_t attnd_ucx_setup(ucs_thread_mode_t mode, ucp_context_h
     return ucp_worker_get_efd(*worker_p, efd_p);
 }
 
+/* Deliver active messages `id` whole (UCP_AM_FLAG_WHOLE_MSG) to cb(arg). */
+static inline ucs_status_t attnd_ucx_on_am(ucp_worker_h worker, unsigned id,
+                                           ucp_am_recv_callback_t cb, void *arg)
+{
+    ucp_am_handler_param_t p = {
+        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
+                      UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG,
+        .id = id,
+        .flags = UCP_AM_FLAG_WHOLE_MSG,
+        .cb = cb,
+        .arg = arg,
+    };
+    return ucp_worker_set_am_recv_handler(worker, &p);
+}
+
 #endif /* ATTND_UCX_SETUP_H */

@@ -75,15 +75,7 @@ static int bound_port(ucp_listener_h l)
 
 static attnd_status set_handler(attnd_srv_ucx *u, attnd_error *err)
 {
-    ucp_am_handler_param_t p = {
-        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
-                      UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG,
-        .id = ATTND_UCX_AM_ATTEND,
-        .flags = UCP_AM_FLAG_WHOLE_MSG,
-        .cb = attnd_srv_ucx_on_attend,
-        .arg = u,
-    };
-    ucs_status_t st = ucp_worker_set_am_recv_handler(u->worker, &p);
+    ucs_status_t st = attnd_ucx_on_am(u->worker, ATTND_UCX_AM_ATTEND, attnd_srv_ucx_on_attend, u);
     if (st != UCS_OK)
         return attnd_error_set(err, ATTND_ERR_INTERNAL, "--ucx-listen: AM handler: %s",
                                ucs_status_string(st));
