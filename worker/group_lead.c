@@ -34,8 +34,20 @@ static int64_t deadline_of(const attnd_group *g, int64_t timeout_ms)
     return attnd__now_ms() + t;
 }
 
+/* A peer that is reconnecting (after a timeout closed its endpoint, or a
+ * blip) is usually back within a retry period: wait that long, at most,
+ * before answering UNAVAILABLE. */
+#define RECONNECT_GRACE_MS 500
+
 static attnd_status all_peers_up(attnd_group *g, attnd_error *err)
 {
+    for (int32_t r = 0; r < g->N; r++)
+        if (r != g->me && !attnd__gnet_peer_up(g, r)) {
+            int64_t grace = g->cfg.timeout_ms < RECONNECT_GRACE_MS ? g->cfg.timeout_ms
+                                                                    : RECONNECT_GRACE_MS;
+            attnd__gnet_wait_connected(g, attnd__now_ms() + grace);
+            break;
+        }
     for (int32_t r = 0; r < g->N; r++)
         if (r != g->me && !attnd__gnet_peer_up(g, r)) {
             atomic_fetch_add(&g->peer_failures, 1);
