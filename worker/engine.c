@@ -410,8 +410,7 @@ static attnd_status ws_fit_pinned(attnd_engine_ws *ws, size_t bytes, attnd_error
     return ATTND_OK;
 }
 
-/* Grow *buf to hold n elements of size es (keeps nothing). 0 or -1. */
-static int ws_reserve(void **buf, size_t *cap, size_t n, size_t es)
+int attnd__ws_reserve(void **buf, size_t *cap, size_t n, size_t es)
 {
     if (n <= *cap)
         return 0;
@@ -432,10 +431,10 @@ static attnd_status ws_fit_seqs(attnd_engine_ws *ws, size_t n, attnd_error *err)
     if (n + 1 <= ws->cap_seqs)
         return ATTND_OK;
     size_t c1 = ws->cap_seqs, c2 = ws->cap_seqs, c3 = ws->cap_seqs, c4 = ws->cap_seqs;
-    if (ws_reserve((void **)&ws->sessions, &c1, n + 1, sizeof(void *)) ||
-        ws_reserve((void **)&ws->order, &c2, n + 1, sizeof(int32_t)) ||
-        ws_reserve((void **)&ws->page_indptr, &c3, n + 1, sizeof(int32_t)) ||
-        ws_reserve((void **)&ws->last_page_len, &c4, n + 1, sizeof(int32_t)))
+    if (attnd__ws_reserve((void **)&ws->sessions, &c1, n + 1, sizeof(void *)) ||
+        attnd__ws_reserve((void **)&ws->order, &c2, n + 1, sizeof(int32_t)) ||
+        attnd__ws_reserve((void **)&ws->page_indptr, &c3, n + 1, sizeof(int32_t)) ||
+        attnd__ws_reserve((void **)&ws->last_page_len, &c4, n + 1, sizeof(int32_t)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "session_ids: no memory for a batch of %zu", n);
     ws->cap_seqs = c1 < c2 ? c1 : c2;
@@ -509,7 +508,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         total += need;
         from_res += attnd__session_from_reserved(s, attnd__session_layer_pages(s, layer), need);
     }
-    if (ws_reserve((void **)&ws->new_pages, &ws->cap_new, (size_t)total + 1, sizeof(int32_t)))
+    if (attnd__ws_reserve((void **)&ws->new_pages, &ws->cap_new, (size_t)total + 1, sizeof(int32_t)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "new_kv: out of memory");
     st = attnd_kv_pool_alloc(&e->pool, (int32_t)total, (int32_t)from_res, ws->new_pages, err);
     if (st) {
@@ -549,7 +548,7 @@ static attnd_status build_page_lists(attnd_engine *e, const attnd_attend_req *re
     for (uint32_t i = 0; i < req->n_seqs; i++)
         total += attnd__session_layer_pages(ws->sessions[i], layer);
     if (total > INT32_MAX ||
-        ws_reserve((void **)&ws->page_idx, &ws->cap_pages, (size_t)total + 1, sizeof(int32_t)))
+        attnd__ws_reserve((void **)&ws->page_idx, &ws->cap_pages, (size_t)total + 1, sizeof(int32_t)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "session_ids: the batch lists too many pages (%lld)",
                                (long long)total);
@@ -594,7 +593,7 @@ static attnd_status build_visible_lists(attnd_engine *e, const attnd_attend_req 
         }
     }
     if (total > INT32_MAX ||
-        ws_reserve((void **)&ws->page_idx, &ws->cap_pages, (size_t)total + 1, sizeof(int32_t)))
+        attnd__ws_reserve((void **)&ws->page_idx, &ws->cap_pages, (size_t)total + 1, sizeof(int32_t)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "session_ids: the batch lists too many pages (%lld)",
                                (long long)total);
@@ -654,8 +653,8 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         out = ws->pinned;
         lse = out + rows * d_v;
     } else {
-        if (ws_reserve((void **)&ws->out, &ws->cap_out, rows * d_v, sizeof(float)) ||
-            ws_reserve((void **)&ws->lse, &ws->cap_lse, rows, sizeof(float)))
+        if (attnd__ws_reserve((void **)&ws->out, &ws->cap_out, rows * d_v, sizeof(float)) ||
+            attnd__ws_reserve((void **)&ws->lse, &ws->cap_lse, rows, sizeof(float)))
             return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                    "q: no memory for %zu output rows", rows);
         out = ws->out;

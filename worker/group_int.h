@@ -32,6 +32,7 @@
 #include <ucp/api/ucp.h>
 
 #include "attnd_group.h"
+#include "worker_int.h"
 
 enum { ATTND__GAM_REQ = 41, ATTND__GAM_REP = 42 };
 

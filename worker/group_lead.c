@@ -321,19 +321,6 @@ attnd_status attnd_group_append(attnd_group *g, const attnd_session_id *id, uint
 
 /* ---- attend --------------------------------------------------------------------- */
 
-static int grow(float **p, size_t *cap, size_t n)
-{
-    if (n <= *cap)
-        return 0;
-    float *q = malloc(n * sizeof *q);
-    if (!q)
-        return -1;
-    free(*p);
-    *p = q;
-    *cap = n;
-    return 0;
-}
-
 /* Build rank r's ATTEND message for req into a new buffer (NULL: no
  * memory). q/kv are the client's tensors or, in latent mode, rotated f32. */
 static attnd__gbuf *build_part(attnd_group *g, int32_t r, const attnd_attend_req *req,
@@ -380,7 +367,8 @@ static attnd_status combine(attnd_group *g, attnd__gcall *c, size_t rows, int32_
     const size_t H = (size_t)g->hq, Hr = (size_t)g->hq_r;
     const size_t dv = d_vo ? (size_t)d_vo : (size_t)g->d_v;
     const size_t dvr = d_vo ? (size_t)d_vo : (size_t)g->d_v_r;
-    if (grow(&ws->out, &ws->cap_out, rows * H * dv) || grow(&ws->lse, &ws->cap_lse, rows * H))
+    if (attnd__ws_reserve((void **)&ws->out, &ws->cap_out, rows * H * dv, sizeof(float)) ||
+        attnd__ws_reserve((void **)&ws->lse, &ws->cap_lse, rows * H, sizeof(float)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "q: no memory for outputs");
     float *out = ws->out, *lse = ws->lse;
     for (int32_t r = 0; r < g->N; r++) {
@@ -433,9 +421,11 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
     const float *o = NULL, *l = NULL;
     attnd_status st;
 
-    if (n == 0 || !req->ids || req->q_tokens < 1 || req->q_tokens > 64 || !req->q)
+    if (n == 0 || !req->ids || req->q_tokens < 1 ||
+        req->q_tokens > ATTND_ENGINE_MAX_Q_TOKENS || !req->q)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "q: missing, or q_tokens %d not in [1, 64]", req->q_tokens);
+                               "q: missing, or q_tokens %d not in [1, %d]", req->q_tokens,
+                               ATTND_ENGINE_MAX_Q_TOKENS);
     if (!(lens = attnd__gbuf_get(g, sizeof(uint64_t) * n)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "session_ids: out of memory");
     uint64_t *glen = (uint64_t *)lens->data;

@@ -53,7 +53,8 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
     attnd_dtype kt = (attnd_dtype)h->kv_dtype;
     attnd_status st;
 
-    if (h->n_seqs == 0 || h->n_seqs > (1u << 24) || h->q_tokens < 1 || h->q_tokens > 64 ||
+    if (h->n_seqs == 0 || h->n_seqs > (1u << 24) || h->q_tokens < 1 ||
+        h->q_tokens > ATTND_ENGINE_MAX_Q_TOKENS ||
         attnd_dtype_size((attnd_dtype)h->q_dtype) == 0 ||
         (kt != ATTND_DTYPE_INVALID && attnd_dtype_size(kt) == 0)) {
         attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "group: malformed ATTEND header");
