@@ -37,7 +37,8 @@ typedef struct echo_job {
     struct echo_srv *s;
     ucp_ep_h ep;
     echo_hdr h;
-    void *buf; /* rendezvous: the request lands here */
+    void *buf; /* rendezvous: the request lands here (kept with the job) */
+    size_t cap;
     struct echo_job *next;
 } echo_job;
 
@@ -48,6 +49,8 @@ typedef struct echo_srv {
     unsigned char *zeros;
     size_t zeros_cap;
     echo_job *ready; /* requests received whole: answer from the loop */
+    echo_job *free_jobs; /* jobs and their buffers, reused: no allocation
+                            per round trip after warm-up, as in attnd */
 } echo_srv;
 
 static volatile sig_atomic_t echo_stop;
@@ -84,6 +87,24 @@ static void on_conn(ucp_conn_request_h req, void *arg)
         ucp_listener_reject(s->listener, req);
 }
 
+static echo_job *job_get(echo_srv *s)
+{
+    echo_job *j = s->free_jobs;
+    if (j)
+        s->free_jobs = j->next;
+    else if (!(j = calloc(1, sizeof *j)))
+        return NULL;
+    j->s = s;
+    j->next = NULL;
+    return j;
+}
+
+static void job_put(echo_job *j)
+{
+    j->next = j->s->free_jobs;
+    j->s->free_jobs = j;
+}
+
 static void job_ready(echo_srv *s, echo_job *j)
 {
     j->next = s->ready;
@@ -96,8 +117,7 @@ static void on_rndv_done(void *request, ucs_status_t status, size_t length, void
     (void)length;
     ucp_request_free(request);
     if (status != UCS_OK) {
-        free(j->buf);
-        free(j);
+        job_put(j);
         return;
     }
     job_ready(j->s, j);
@@ -110,15 +130,19 @@ static ucs_status_t on_req(void *arg, const void *header, size_t header_length, 
     echo_job *j;
 
     if (header_length != sizeof(echo_hdr) ||
-        !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || !(j = calloc(1, sizeof *j)))
+        !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) || !(j = job_get(s)))
         return UCS_OK;
     memcpy(&j->h, header, sizeof j->h);
-    j->s = s;
     j->ep = param->reply_ep;
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
-        if (!(j->buf = malloc(length ? length : 1))) {
-            free(j);
-            return UCS_OK;
+        if (length > j->cap) {
+            void *b = realloc(j->buf, length);
+            if (!b) {
+                job_put(j);
+                return UCS_OK;
+            }
+            j->buf = b;
+            j->cap = length;
         }
         ucp_request_param_t p = {
             .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
@@ -129,8 +153,7 @@ static ucs_status_t on_req(void *arg, const void *header, size_t header_length, 
         if (r == NULL) {
             job_ready(s, j);
         } else if (UCS_PTR_IS_ERR(r)) {
-            free(j->buf);
-            free(j);
+            job_put(j);
         }
         return UCS_INPROGRESS; /* the descriptor is now the receive's (as in attnd) */
     }
@@ -138,18 +161,12 @@ static ucs_status_t on_req(void *arg, const void *header, size_t header_length, 
     return UCS_OK;
 }
 
-static void job_free(echo_job *j)
-{
-    free(j->buf);
-    free(j);
-}
-
 /* The reply's header lives in its job: freed only when the send is done. */
 static void on_sent(void *request, ucs_status_t status, void *user_data)
 {
     (void)status;
     ucp_request_free(request);
-    job_free(user_data);
+    job_put(user_data);
 }
 
 static void echo_answer(echo_srv *s, echo_job *j)
@@ -174,7 +191,7 @@ static void echo_answer(echo_srv *s, echo_job *j)
     ucs_status_ptr_t r =
         ucp_am_send_nbx(j->ep, AM_REP, &j->h, sizeof j->h, s->zeros, n, &p);
     if (!UCS_PTR_IS_PTR(r))
-        job_free(j); /* done at once, or the client is gone */
+        job_put(j); /* done at once, or the client is gone */
 }
 
 int attnd_bench_echo_ucx_main(const char *port_file)

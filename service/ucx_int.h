@@ -70,13 +70,13 @@ struct attnd_srv_ucx {
     ucx_job *ready, *ready_tail; /* FIFO of jobs with all their bytes */
     attnd_engine_ws ws;          /* inline execution (no executors) */
     attnd_srv_arena arena;
-    /* executors: the progress thread hands ready jobs over (todo) and
+    /* executors: the progress thread hands ready jobs over (queued) and
      * sends what comes back (done); q_mu guards both FIFOs */
     int n_exec;
     ucx_exec *exec;
     pthread_mutex_t q_mu;
-    pthread_cond_t q_cv;         /* todo not empty, or exec_stop */
-    ucx_fifo todo, done;
+    pthread_cond_t q_cv;         /* queued not empty, or exec_stop */
+    ucx_fifo queued, done;
     int done_fd;                 /* eventfd: a job is done (wakes poll) */
     atomic_int n_done;           /* jobs in done (read without q_mu) */
     atomic_int exec_stop;

@@ -386,7 +386,7 @@ static void run_job(attnd_srv_ucx *u, ucx_job *j)
         return;
     }
     pthread_mutex_lock(&u->q_mu);
-    fifo_push(&u->todo, j);
+    fifo_push(&u->queued, j);
     pthread_cond_signal(&u->q_cv);
     pthread_mutex_unlock(&u->q_mu);
 }
@@ -420,11 +420,11 @@ void *attnd_srv_ucx_exec_thread(void *arg)
 
     pthread_mutex_lock(&u->q_mu);
     for (;;) {
-        while (!u->todo.head && !atomic_load(&u->exec_stop))
+        while (!u->queued.head && !atomic_load(&u->exec_stop))
             pthread_cond_wait(&u->q_cv, &u->q_mu);
         if (atomic_load(&u->exec_stop))
             break;
-        ucx_job *j = fifo_pop(&u->todo);
+        ucx_job *j = fifo_pop(&u->queued);
         pthread_mutex_unlock(&u->q_mu);
         exec_job(u, &x->ws, &x->arena, j);
         pthread_mutex_lock(&u->q_mu);

@@ -98,12 +98,12 @@ static void ucx_free(attnd_srv_ucx *u)
         attnd_srv_ucx_job_put(j);
     }
     /* executors are joined by now: what they left is dropped too */
-    for (ucx_fifo *f = &u->todo; f; f = f == &u->todo ? &u->done : NULL)
+    for (ucx_fifo *f = &u->queued; f; f = f == &u->queued ? &u->done : NULL)
         for (ucx_job *j = f->head, *next; j; j = next) {
             next = j->next;
             attnd_srv_ucx_job_put(j);
         }
-    u->todo.head = u->todo.tail = u->done.head = u->done.tail = NULL;
+    u->queued.head = u->queued.tail = u->done.head = u->done.tail = NULL;
     /* jobs whose send was in flight came back through the close */
     for (ucx_job *j = u->free_jobs, *next; j; j = next) {
         next = j->next;
