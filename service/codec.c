@@ -319,14 +319,6 @@ static void tensor_enc_init(tensor_enc *t, attnd_dtype dtype, int ndim, const in
         t->body += 1 + varint_size(t->data_bytes) + t->data_bytes;
 }
 
-/* Convert n float32 to dtype at dst. The bytes of a tensor sit wherever the
- * field headers before them end, so dst is often not aligned for the
- * element type; attnd_convert takes any alignment. */
-static void convert_out(uint8_t *dst, attnd_dtype dt, const float *src, size_t n)
-{
-    attnd_convert(dt, dst, ATTND_DTYPE_F32, src, n);
-}
-
 /* Write field `field` holding tensor t whose data is float32 src converted
  * to t->dtype. */
 static uint8_t *tensor_put(uint8_t *p, unsigned field, const tensor_enc *t, const float *src)
@@ -346,7 +338,9 @@ static uint8_t *tensor_put(uint8_t *p, unsigned field, const tensor_enc *t, cons
     if (t->data_bytes) {
         p = key_put(p, 3, WT_LEN);
         p = varint_put(p, t->data_bytes);
-        convert_out(p, t->dtype, src, t->data_bytes / attnd_dtype_size(t->dtype));
+        /* the data sits wherever the headers end, often unaligned for its
+         * type: attnd_convert takes any alignment */
+        attnd_convert(t->dtype, p, ATTND_DTYPE_F32, src, t->data_bytes / attnd_dtype_size(t->dtype));
         p += t->data_bytes;
     }
     return p;
