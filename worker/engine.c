@@ -1,11 +1,13 @@
 /* The worker engine: sessions over a paged KV pool, and the calls the
- * service makes on them (create, append, attend, close, stats).
+ * service makes on them (create, append, attend, close, stats; the staged
+ * appends of AppendKV streams, and attnd_engine_append with them, are in
+ * stage.c).
  *
  * Every call validates what it depends on (layer range, session existence,
  * append position) itself, whatever the service checked before, and fails
  * without side effects: appends allocate all the pages they need in one pool
  * call before writing anything, so an exhausted pool leaves every session as
- * it was. Attend resolves and locks its sessions in address order, appends
+ * it was; an Attend with new KV on a layer an open stage holds is ABORTED. Attend resolves and locks its sessions in address order, appends
  * the new entries, builds the batch's page lists in the caller's workspace
  * and runs the kernel on the engine's thread pool (attnd_cpu_pool: split-KV
  * over all its threads; concurrent attend calls take turns on it, and its
