@@ -509,7 +509,9 @@ static attnd_status build_page_lists(attnd_engine *e, const attnd_attend_req *re
     for (uint32_t i = 0; i < req->n_seqs; i++) {
         attnd__session *s = ws->sessions[i];
         int32_t np = attnd__session_layer_pages(s, layer);
-        memcpy(ws->page_idx + ws->page_indptr[i], s->pages[layer], sizeof(int32_t) * (size_t)np);
+        if (np) /* an empty layer may have no page table yet (NULL) */
+            memcpy(ws->page_idx + ws->page_indptr[i], s->pages[layer],
+                   sizeof(int32_t) * (size_t)np);
         ws->page_indptr[i + 1] = ws->page_indptr[i] + np;
         ws->last_page_len[i] = np ? (int32_t)(s->len[layer] - (uint64_t)(np - 1) * (uint64_t)ps)
                                   : 0;
@@ -557,8 +559,9 @@ static attnd_status build_visible_lists(attnd_engine *e, const attnd_attend_req 
             size_t k = (size_t)i * S + t;
             uint64_t v = req->visible[k];
             int32_t np = (int32_t)((v + (uint64_t)ps - 1) / (uint64_t)ps);
-            memcpy(ws->page_idx + ws->page_indptr[k], s->pages[layer],
-                   sizeof(int32_t) * (size_t)np);
+            if (np)
+                memcpy(ws->page_idx + ws->page_indptr[k], s->pages[layer],
+                       sizeof(int32_t) * (size_t)np);
             ws->page_indptr[k + 1] = ws->page_indptr[k] + np;
             ws->last_page_len[k] = np ? (int32_t)(v - (uint64_t)(np - 1) * (uint64_t)ps) : 0;
             tokens += v;

@@ -225,7 +225,8 @@ attnd_status attnd_stage_commit(attnd_stage *s, uint64_t *chunks_p, uint64_t *to
     attnd_engine *e = s->e;
     attnd_status st = ATTND_OK;
 
-    qsort(s->ent, s->n_ent, sizeof *s->ent, ent_cmp);
+    if (s->n_ent > 1)
+        qsort(s->ent, s->n_ent, sizeof *s->ent, ent_cmp);
     for (size_t i = 0; i < s->n_ent; i++)
         if (first_of_session(s, i))
             pthread_mutex_lock(&s->ent[i].s->mu);
