@@ -50,22 +50,7 @@
 
 #include "attnd/status.h"
 #include "attnd/types.h"
-
-/* ---- dtype conversion ------------------------------------------------ */
-
-/* float32 -> bf16 and f16 round to nearest even; NaN stays NaN. */
-uint16_t attnd_f32_to_bf16(float f);
-float attnd_bf16_to_f32(uint16_t h);
-uint16_t attnd_f32_to_f16(float f);
-float attnd_f16_to_f32(uint16_t h);
-
-/* Convert n elements between any two dtypes (same dtype: memmove). dst and
- * src may have any alignment (wire tensors sit at arbitrary offsets). */
-void attnd_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
-                   const void *src, size_t n);
-/* Read element i of a typed array as float32 / float64. */
-float attnd_load_f32(attnd_dtype t, const void *src, size_t i);
-double attnd_load_f64(attnd_dtype t, const void *src, size_t i);
+#include "attnd_dtype.h"
 
 /* ---- KV page layout --------------------------------------------------- */
 

@@ -44,7 +44,7 @@ static void fill_bf16(uint16_t *p, size_t n, uint64_t *s)
         *s ^= *s >> 12, *s ^= *s << 25, *s ^= *s >> 27;
         uint64_t r = *s * 0x2545F4914F6CDD1Dull;
         float f = (float)((double)(r >> 11) * (1.0 / 9007199254740992.0)) * 2.f - 1.f;
-        p[i] = attnd_f32_to_bf16(f);
+        p[i] = attnd_dtype_f32_to_bf16(f);
     }
 }
 

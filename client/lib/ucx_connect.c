@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_clock.h"
 #include "attnd_ucx_setup.h"
 #include "ucx_int.h"
 
@@ -88,7 +89,7 @@ static attnd_status flush_ep(attnd_client *c, attnd__client_ucx *u, attnd_error 
     ucp_request_param_t prm = {.op_attr_mask = 0};
     ucs_status_ptr_t r;
     ucs_status_t st = UCS_OK;
-    uint64_t deadline = attnd__client_ucx_now_ns() + (uint64_t)(c->opts.connect_timeout_ms > 0
+    uint64_t deadline = attnd_clock_ns() + (uint64_t)(c->opts.connect_timeout_ms > 0
                                                   ? c->opts.connect_timeout_ms : 1) * 1000000u;
 
     pthread_mutex_lock(&u->mu);
@@ -97,7 +98,7 @@ static attnd_status flush_ep(attnd_client *c, attnd__client_ucx *u, attnd_error 
         st = UCS_PTR_STATUS(r);
     } else if (r) {
         while ((st = ucp_request_check_status(r)) == UCS_INPROGRESS && u->failed == UCS_OK &&
-               attnd__client_ucx_now_ns() < deadline)
+               attnd_clock_ns() < deadline)
             ucp_worker_progress(u->worker);
         if (st == UCS_INPROGRESS) {
             ucp_request_cancel(u->worker, r);
@@ -177,8 +178,8 @@ void attnd__client_ucx_destroy(attnd_client *c)
                                    .flags = u->failed != UCS_OK ? UCP_EP_CLOSE_FLAG_FORCE : 0};
         ucs_status_ptr_t r = ucp_ep_close_nbx(u->ep, &prm);
         if (UCS_PTR_IS_PTR(r)) {
-            uint64_t deadline = attnd__client_ucx_now_ns() + 2000000000u; /* a dead peer: do not hang */
-            while (ucp_request_check_status(r) == UCS_INPROGRESS && attnd__client_ucx_now_ns() < deadline)
+            uint64_t deadline = attnd_clock_ns() + 2000000000u; /* a dead peer: do not hang */
+            while (ucp_request_check_status(r) == UCS_INPROGRESS && attnd_clock_ns() < deadline)
                 ucp_worker_progress(u->worker);
             if (ucp_request_check_status(r) == UCS_INPROGRESS) {
                 ucp_request_cancel(u->worker, r);

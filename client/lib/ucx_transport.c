@@ -27,14 +27,8 @@
 
 #include <grpc/slice.h>
 
+#include "attnd_clock.h"
 #include "ucx_int.h"
-
-uint64_t attnd__client_ucx_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- the call list and reply buffers (under mu) -------------------------------------- */
 
@@ -133,13 +127,13 @@ static int progress(attnd__client_ucx *u)
 static int wait_flag(attnd__client_ucx *u, const int *flag, uint64_t deadline_ns,
                      uint64_t spin_ns)
 {
-    uint64_t last = attnd__client_ucx_now_ns();
+    uint64_t last = attnd_clock_ns();
     for (;;) {
         pthread_mutex_lock(&u->mu);
         int any = progress(u);
         int done = *flag || u->failed != UCS_OK;
         ucs_status_t armed = UCS_ERR_BUSY;
-        uint64_t now = attnd__client_ucx_now_ns();
+        uint64_t now = attnd_clock_ns();
         if (!done && !any && now - last >= spin_ns)
             armed = ucp_worker_arm(u->worker);
         pthread_mutex_unlock(&u->mu);
@@ -163,7 +157,7 @@ static int wait_flag(attnd__client_ucx *u, const int *flag, uint64_t deadline_ns
 static uint64_t deadline_from(const attnd_client *c)
 {
     int64_t ms = c->opts.deadline_ms > 0 ? c->opts.deadline_ms : (int64_t)1 << 40;
-    return attnd__client_ucx_now_ns() + (uint64_t)ms * 1000000u;
+    return attnd_clock_ns() + (uint64_t)ms * 1000000u;
 }
 
 /* ---- calls -------------------------------------------------------------------------------- */

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "attnd_clock.h"
 #include "bench.h"
 
 static atomic_int interrupted;
@@ -31,13 +32,6 @@ static atomic_int interrupted;
 void attnd_bench_interrupt(void)
 {
     atomic_store(&interrupted, 1);
-}
-
-uint64_t attnd_bench_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static void sleep_until(uint64_t t_ns)
@@ -104,7 +98,7 @@ static void lane_done(attnd_bench_lane *l)
 static void lane_closed_loop(attnd_bench_lane *l)
 {
     while (!lane_should_stop(l)) {
-        uint64_t t = attnd_bench_now_ns();
+        uint64_t t = attnd_clock_ns();
         if (t >= l->run->t_end || attnd_bench_lane_step(l, t))
             break;
     }
@@ -115,7 +109,7 @@ static void lane_open_loop(attnd_bench_lane *l)
     attnd_bench_run *r = l->run;
     while (!lane_should_stop(l)) {
         pthread_mutex_lock(&r->sched_mu);
-        uint64_t t = r->next_arrival, now = attnd_bench_now_ns();
+        uint64_t t = r->next_arrival, now = attnd_clock_ns();
         if (t >= r->t_end || now >= r->t_end) {
             pthread_mutex_unlock(&r->sched_mu);
             break;
@@ -153,10 +147,10 @@ static void progress(attnd_bench_run *r, const char *phase, double t, uint64_t s
 static void watch(attnd_bench_run *r, atomic_uint *done, uint32_t n, const char *phase,
                   uint64_t t0)
 {
-    uint64_t last = attnd_bench_now_ns(), last_steps = 0, rate = 0;
+    uint64_t last = attnd_clock_ns(), last_steps = 0, rate = 0;
     while (atomic_load(done) < n) {
         usleep(50000);
-        uint64_t now = attnd_bench_now_ns();
+        uint64_t now = attnd_clock_ns();
         if (atomic_load(&interrupted))
             atomic_store(&r->stop, 1);
         if (now - last >= 1000000000u) {
@@ -286,7 +280,7 @@ int attnd_bench_execute(const attnd_bench_opts *o, const char *target, attnd_ben
             r->lanes = NULL;
             goto out;
         }
-    uint64_t t0 = attnd_bench_now_ns();
+    uint64_t t0 = attnd_clock_ns();
     for (; started < r->n_lanes; started++) {
         lts[started] = (lane_thread){&r->lanes[started], &prefilled, &finished};
         if (pthread_create(&r->lanes[started].tid, NULL, lane_thread_main, &lts[started])) {
@@ -296,7 +290,7 @@ int attnd_bench_execute(const attnd_bench_opts *o, const char *target, attnd_ben
         }
     }
     watch(r, &prefilled, started, "prefill", t0);
-    uint64_t t1 = attnd_bench_now_ns();
+    uint64_t t1 = attnd_clock_ns();
     r->prefill_s = (double)(t1 - t0) * 1e-9;
     r->t_start = t1;
     r->t_window = t1 + (uint64_t)(o->warmup_s * 1e9);
@@ -317,7 +311,7 @@ int attnd_bench_execute(const attnd_bench_opts *o, const char *target, attnd_ben
     if (o->progress)
         fprintf(stderr, "\n");
     /* a run cut short by ^C, by an error or by --steps has a shorter window */
-    uint64_t t_stop = attnd_bench_now_ns();
+    uint64_t t_stop = attnd_clock_ns();
     if (t_stop < r->t_end && atomic_load(&r->ended_early))
         r->t_end = t_stop > r->t_window ? t_stop : r->t_window + 1;
     for (uint32_t i = 0; i < r->n_lanes; i++) {

@@ -1,8 +1,8 @@
-/* The log-linear histogram (see hist.h for the layout and its error bound). */
+/* The log-linear histogram (see attnd_hist.h for the layout and its error bound). */
 #include <stdlib.h>
 #include <string.h>
 
-#include "hist.h"
+#include "attnd_hist.h"
 
 int attnd_hist_init(attnd_hist *h)
 {

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "attnd_clock.h"
 #include "cli.h"
 #include "refcheck.h"
 
@@ -64,13 +65,6 @@ typedef struct demo {
 } demo;
 
 static const char *api_names[] = {"unary", "async", "stream"};
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void demo_usage(FILE *f)
 {
@@ -292,9 +286,9 @@ static int prefill(demo *d)
                 };
         }
         attnd_error_clear(&err);
-        double t0 = now_s();
+        double t0 = attnd_clock_s();
         attnd_status st = attnd_client_append_kv(d->c, chunks, n, &applied, &err);
-        elapsed += now_s() - t0;
+        elapsed += attnd_clock_s() - t0;
         if (st) {
             fail_call("AppendKV", &err);
             fprintf(stderr, "attnd-cli demo: (%zu of %zu chunks applied)\n", applied, n);
@@ -425,7 +419,7 @@ static int decode(demo *d)
             for (uint32_t g = 0; g < groups; g++) {
                 uint32_t first = g * B, b = d->o.sessions - first < B ? d->o.sessions - first : B;
                 fill_args(d, &args[g], g, first, b, l);
-                double t = now_s();
+                double t = attnd_clock_s();
                 attnd_status st;
                 attnd_error_clear(&err);
                 if (d->o.api == 1) {
@@ -434,8 +428,8 @@ static int decode(demo *d)
                 } else {
                     st = d->o.api == 2 ? attnd_stream_attend(stream, &args[g], &err)
                                        : attnd_client_attend(d->c, &args[g], &err);
-                    d->lat_us[d->n_lat++] = (now_s() - t) * 1e6;
-                    t_all += now_s() - t;
+                    d->lat_us[d->n_lat++] = (attnd_clock_s() - t) * 1e6;
+                    t_all += attnd_clock_s() - t;
                 }
                 if (st) {
                     fail_call("Attend", &err);
@@ -447,7 +441,7 @@ static int decode(demo *d)
             for (uint32_t g = 0; d->o.api == 1 && g < groups; g++) {
                 attnd_error_clear(&err);
                 attnd_status st = attnd_call_wait(calls[g], &err);
-                double t = now_s();
+                double t = attnd_clock_s();
                 d->lat_us[d->n_lat++] = (t - t0[g]) * 1e6;
                 if (g + 1 == groups)
                     t_all += t - t0[0];

@@ -25,6 +25,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/time.h>
 
+#include "attnd_clock.h"
 #include "bench.h"
 
 #define ECHO_METHOD "/attnd.bench.Echo/Echo"
@@ -221,7 +222,7 @@ static int base_start(base_lane *l, base_call *c)
     memcpy(GRPC_SLICE_START_PTR(s), l->req, l->req_bytes);
     c->send = grpc_raw_byte_buffer_create(&s, 1);
     grpc_slice_unref(s);
-    c->t0 = attnd_bench_now_ns();
+    c->t0 = attnd_clock_ns();
     c->call = grpc_channel_create_call(l->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq,
                                        grpc_slice_from_static_string(ECHO_METHOD), NULL,
                                        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
@@ -296,7 +297,7 @@ static void *base_lane_main(void *arg)
                 continue;
             uint64_t t0 = calls[m].t0;
             int bad = base_finish(&calls[m]);
-            uint64_t now = attnd_bench_now_ns();
+            uint64_t now = attnd_clock_ns();
             live[m] = 0;
             n_live--;
             if (bad)
@@ -362,7 +363,7 @@ int attnd_bench_baseline(const attnd_bench_opts *o, attnd_bench_result *res, siz
         req[i] = (unsigned char)((uint64_t)reply_bytes >> (8 * i));
     for (uint32_t i = 0; i < n_ch; i++)
         chans[i] = base_channel(target);
-    uint64_t t0 = attnd_bench_now_ns();
+    uint64_t t0 = attnd_clock_ns();
     uint64_t warm = (uint64_t)(seconds * 0.2e9);
     for (uint32_t i = 0; i < n_lanes; i++) {
         lanes[i].ch = chans[i % n_ch];
@@ -386,7 +387,7 @@ int attnd_bench_baseline(const attnd_bench_opts *o, attnd_bench_result *res, siz
             fprintf(stderr, "attnd-bench: --baseline: %llu calls failed\n",
                     (unsigned long long)lanes[i].errors);
     }
-    res->base_s = (double)(attnd_bench_now_ns() - (t0 + warm)) * 1e-9;
+    res->base_s = (double)(attnd_clock_ns() - (t0 + warm)) * 1e-9;
     res->base_calls = res->base_call.count;
     res->base_req_bytes = req_bytes;
     res->base_reply_bytes = reply_bytes;

@@ -28,8 +28,6 @@ typedef struct attnd__client_ucx {
     int n_rbufs;
 } attnd__client_ucx;
 
-/* CLOCK_MONOTONIC now, in ns. */
-uint64_t attnd__client_ucx_now_ns(void);
 /* Under mu: the call in flight with this id, or NULL. */
 attnd__client_ucx_call *attnd__client_ucx_call_find(attnd__client_ucx *u, uint64_t id);
 /* Under mu: a pooled buffer of at least n bytes into k->rbuf; 0 or -1. */

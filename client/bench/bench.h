@@ -40,7 +40,7 @@
 #include <sys/types.h>
 
 #include "attnd/client.h"
-#include "hist.h"
+#include "attnd_hist.h"
 #include "refcheck.h"
 
 /* ---- options (bench_opts.c) ------------------------------------------------ */
@@ -244,7 +244,6 @@ int attnd_bench_execute(const attnd_bench_opts *o, const char *target,
                         attnd_bench_result *res);
 /* Stop early (SIGINT). */
 void attnd_bench_interrupt(void);
-uint64_t attnd_bench_now_ns(void);
 /* Record a failure of lane l (first one wins the message). */
 void attnd_bench_record_error(attnd_bench_run *r, attnd_bench_stats *st, const char *what,
                               const attnd_error *err);

@@ -217,11 +217,11 @@ static double spot_check(const shape *sh, const attnd_cuda_batch *b, const int32
             for (int32_t h = 0; h < nkv; h++) {
                 for (int32_t d = 0; d < dk; d++)
                     k[(t * nkv + h) * dk + d] =
-                        attnd_bf16_to_f32(page[h * l->k_head_stride + s * l->k_token_stride + d]);
+                        attnd_dtype_bf16_to_f32(page[h * l->k_head_stride + s * l->k_token_stride + d]);
                 for (int32_t d = 0; d < dv; d++)
                     v[(t * nkv + h) * dv + d] =
                         sh->mla ? k[(t * nkv + h) * dk + d]
-                                : attnd_bf16_to_f32(page[l->v_offset + h * l->v_head_stride +
+                                : attnd_dtype_bf16_to_f32(page[l->v_offset + h * l->v_head_stride +
                                                          s * l->v_token_stride + d]);
             }
         }
@@ -238,12 +238,12 @@ static double spot_check(const shape *sh, const attnd_cuda_batch *b, const int32
         CK(cudaMemcpy(oh, (const uint16_t *)b->out + row * dv, sizeof(uint16_t) * (size_t)hq * dv,
                       cudaMemcpyDeviceToHost));
         for (int32_t j = 0; j < nh * dk; j++)
-            q[j] = attnd_bf16_to_f32(qh[j]);
+            q[j] = attnd_dtype_bf16_to_f32(qh[j]);
         int64_t vis = T - (S - 1 - s);
         attnd_ref_attention_f64(nh, nkv, dk, dv, vis < 0 ? 0 : vis, b->scale, q, k, v, ref, NULL);
         for (int32_t h = 0; h < nh; h++) {
             for (int32_t d = 0; d < dv; d++)
-                got[d] = attnd_bf16_to_f32(oh[(size_t)h * dv + d]);
+                got[d] = attnd_dtype_bf16_to_f32(oh[(size_t)h * dv + d]);
             double e = tu_rel_err_f32(got, ref + (size_t)h * dv, (size_t)dv);
             if (!(e <= worst))
                 worst = e;

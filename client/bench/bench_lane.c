@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_clock.h"
+#include "attnd_buf.h"
 #include "attnd_kernels.h"
 #include "bench.h"
 
@@ -97,7 +99,7 @@ static int mirror(attnd_bench_lane *l, uint32_t seq, uint32_t layer, uint64_t n,
     float *tmp = malloc(elems * sizeof *tmp + 1);
     if (!tmp)
         return -1;
-    attnd_convert(ATTND_DTYPE_F32, tmp, o->dtype, src, elems);
+    attnd_dtype_convert(ATTND_DTYPE_F32, tmp, o->dtype, src, elems);
     for (size_t i = 0; i < elems; i++)
         tmp[i] *= 0.5f;
     int rc = attnd_refcheck_append(&l->rc, seq, layer, n, ATTND_DTYPE_F32, tmp);
@@ -152,13 +154,13 @@ int attnd_bench_lane_prefill(attnd_bench_lane *l)
                 chunks[n].dtype = o->dtype;
                 chunks[n].data = data + (size_t)t * entry;
             }
-            uint64_t t0 = attnd_bench_now_ns();
+            uint64_t t0 = attnd_clock_ns();
             attnd_error_clear(&err);
             if (attnd_client_append_kv(l->c, chunks, n, NULL, &err)) {
                 attnd_bench_record_error(r, &l->st, "AppendKV", &err);
                 goto out;
             }
-            attnd_hist_record(&l->st.append, attnd_bench_now_ns() - t0);
+            attnd_hist_record(&l->st.append, attnd_clock_ns() - t0);
             l->st.prefill_calls++;
             l->st.prefill_tokens += T;
             l->st.prefill_bytes += (uint64_t)T * entry;
@@ -271,16 +273,11 @@ static void record_call(attnd_bench_lane *l, uint32_t mb, uint64_t lat,
 static int ts_push(attnd_bench_stats *st, double t, uint64_t lat)
 {
     if (st->ts_n == st->ts_cap) {
-        size_t cap = st->ts_cap ? st->ts_cap * 2 : 1024;
-        double *a = realloc(st->ts_t, cap * sizeof *a);
-        if (!a)
+        size_t cap_t = st->ts_cap, cap_lat = st->ts_cap;
+        if (ATTND_BUF_RESERVE(st->ts_t, cap_t, st->ts_n + 1) ||
+            ATTND_BUF_RESERVE(st->ts_lat, cap_lat, st->ts_n + 1))
             return -1;
-        st->ts_t = a;
-        uint64_t *b = realloc(st->ts_lat, cap * sizeof *b);
-        if (!b)
-            return -1;
-        st->ts_lat = b;
-        st->ts_cap = cap;
+        st->ts_cap = cap_t < cap_lat ? cap_t : cap_lat;
     }
     st->ts_t[st->ts_n] = t;
     st->ts_lat[st->ts_n++] = lat;
@@ -297,14 +294,14 @@ int attnd_bench_lane_step(attnd_bench_lane *l, uint64_t t_intended)
     attnd_error err;
     const char *what = "Attend";
 
-    uint64_t t_start = attnd_bench_now_ns();
+    uint64_t t_start = attnd_clock_ns();
     attnd_rng_fill(&l->rng, o->dtype, l->kv, l->kv_bytes * M / attnd_dtype_size(o->dtype));
     for (uint32_t s = 0; s < l->n_seqs; s++)
         l->pos[s] = l->len[s];
 
     attnd_error_clear(&err);
     for (uint32_t mb = 0; mb < M; mb++) {
-        t_send[mb] = attnd_bench_now_ns();
+        t_send[mb] = attnd_clock_ns();
         if (issue(l, mb, 0, &err))
             goto fail;
     }
@@ -312,7 +309,7 @@ int attnd_bench_lane_step(attnd_bench_lane *l, uint64_t t_intended)
         for (uint32_t mb = 0; mb < M; mb++) {
             attnd_server_timing t;
             attnd_status st = attnd_call_wait_timed(l->calls[mb], &t, &err);
-            uint64_t lat = attnd_bench_now_ns() - t_send[mb];
+            uint64_t lat = attnd_clock_ns() - t_send[mb];
             l->calls[mb] = NULL;
             if (st)
                 goto fail;
@@ -320,13 +317,13 @@ int attnd_bench_lane_step(attnd_bench_lane *l, uint64_t t_intended)
                 record_call(l, mb, lat, &t);
             atomic_fetch_add_explicit(&r->prog_calls, 1, memory_order_relaxed);
             if (layer + 1 < L) {
-                t_send[mb] = attnd_bench_now_ns();
+                t_send[mb] = attnd_clock_ns();
                 if (issue(l, mb, layer + 1, &err))
                     goto fail;
             }
         }
     }
-    uint64_t t_done = attnd_bench_now_ns();
+    uint64_t t_done = attnd_clock_ns();
     for (uint32_t layer = 0; l->have_rc && layer < L; layer++)
         for (uint32_t mb = 0; mb < M; mb++)
             if (check_call(l, mb, layer)) {

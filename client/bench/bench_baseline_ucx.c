@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "attnd_clock.h"
 #include "attnd_ucx_setup.h"
 #include "bench.h"
 
@@ -370,7 +371,7 @@ static int lane_send(ulane *l, uint32_t m)
     ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
                              .flags = UCP_AM_SEND_FLAG_REPLY};
     l->done[m] = 0;
-    l->t0[m] = attnd_bench_now_ns();
+    l->t0[m] = attnd_clock_ns();
     ucs_status_ptr_t r = ucp_am_send_nbx(l->ep, AM_REQ, &h, sizeof h, l->req, l->req_bytes, &p);
     if (UCS_PTR_IS_ERR(r))
         return -1;
@@ -400,7 +401,7 @@ static void *ulane_main(void *arg)
         for (uint32_t m = 0; m < l->micro; m++) {
             if (!in_flight[m] || !l->done[m])
                 continue;
-            uint64_t now = attnd_bench_now_ns();
+            uint64_t now = attnd_clock_ns();
             if (l->t0[m] >= l->t_rec)
                 attnd_hist_record(&l->h, now - l->t0[m]);
             in_flight[m] = 0;
@@ -448,7 +449,7 @@ int attnd_bench_baseline_ucx(const attnd_bench_opts *o, attnd_bench_result *res,
     lanes = calloc(n_lanes, sizeof *lanes);
     if (!req || !lanes || attnd_hist_init(&res->base_call))
         goto out;
-    uint64_t t0 = attnd_bench_now_ns();
+    uint64_t t0 = attnd_clock_ns();
     uint64_t warm = (uint64_t)(seconds * 0.2e9);
     for (uint32_t i = 0; i < n_lanes; i++) {
         ulane *l = &lanes[i];
@@ -478,7 +479,7 @@ int attnd_bench_baseline_ucx(const attnd_bench_opts *o, attnd_bench_result *res,
                     (unsigned long long)lanes[i].errors);
         lane_cleanup(&lanes[i]);
     }
-    res->base_s = (double)(attnd_bench_now_ns() - (t0 + warm)) * 1e-9;
+    res->base_s = (double)(attnd_clock_ns() - (t0 + warm)) * 1e-9;
     res->base_calls = res->base_call.count;
     res->base_req_bytes = req_bytes;
     res->base_reply_bytes = reply_bytes;

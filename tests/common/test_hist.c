@@ -1,5 +1,5 @@
-/* The log-linear histogram (client/hist.h) against exact answers: nearest-
- * rank percentiles of sorted random data within the stated 1/256 relative
+/* The log-linear histogram (common/attnd_hist.h) against exact answers:
+ * nearest-rank percentiles of sorted random data within the stated 1/256 relative
  * bound, exact count/min/max/mean, merge equal to recording everything in
  * one, and the bucket map consistent with the ranges it reports.
  * ATTND_TEST_SEED replays a run. */
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "hist.h"
+#include "attnd_hist.h"
 
 static uint64_t rng_s;
 
@@ -184,7 +184,7 @@ END_TEST
 int main(void)
 {
     seed_rng();
-    Suite *s = suite_create("bench_hist");
+    Suite *s = suite_create("common_hist");
     TCase *tc = tcase_create("hist");
     tcase_add_test(tc, test_percentiles_are_within_1_in_256_of_exact_nearest_rank);
     tcase_add_test(tc, test_small_samples_and_narrow_ranges_are_exact_enough);

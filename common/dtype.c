@@ -1,11 +1,11 @@
-/* dtype conversions: bf16 and f16 to and from float32, by bit manipulation.
+/* attnd_dtype (attnd_dtype.h): bf16 and f16 to and from float32, by bit manipulation.
  *
  * Portable C (no F16C/AVX-512 intrinsics): these are the reference
  * conversions the SIMD paths must match bit for bit. Rounding is to nearest,
  * ties to even; NaN stays a (quiet) NaN; f16 subnormals are handled. */
 #include <string.h>
 
-#include "attnd_kernels.h"
+#include "attnd_dtype.h"
 
 static inline uint32_t f32_bits(float f)
 {
@@ -21,7 +21,7 @@ static inline float bits_f32(uint32_t u)
     return f;
 }
 
-uint16_t attnd_f32_to_bf16(float f)
+uint16_t attnd_dtype_f32_to_bf16(float f)
 {
     uint32_t u = f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep sign, force quiet */
@@ -30,12 +30,12 @@ uint16_t attnd_f32_to_bf16(float f)
     return (uint16_t)(u >> 16);
 }
 
-float attnd_bf16_to_f32(uint16_t h)
+float attnd_dtype_bf16_to_f32(uint16_t h)
 {
     return bits_f32((uint32_t)h << 16);
 }
 
-uint16_t attnd_f32_to_f16(float f)
+uint16_t attnd_dtype_f32_to_f16(float f)
 {
     uint32_t u = f32_bits(f);
     uint32_t sign = (u >> 16) & 0x8000u;
@@ -64,7 +64,7 @@ uint16_t attnd_f32_to_f16(float f)
     return (uint16_t)(sign | (r >> 13));
 }
 
-float attnd_f16_to_f32(uint16_t h)
+float attnd_dtype_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu;
@@ -82,19 +82,19 @@ float attnd_f16_to_f32(uint16_t h)
     return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 
-float attnd_load_f32(attnd_dtype t, const void *src, size_t i)
+float attnd_dtype_load_f32(attnd_dtype t, const void *src, size_t i)
 {
     switch (t) {
-    case ATTND_DTYPE_BF16: return attnd_bf16_to_f32(((const uint16_t *)src)[i]);
-    case ATTND_DTYPE_F16: return attnd_f16_to_f32(((const uint16_t *)src)[i]);
+    case ATTND_DTYPE_BF16: return attnd_dtype_bf16_to_f32(((const uint16_t *)src)[i]);
+    case ATTND_DTYPE_F16: return attnd_dtype_f16_to_f32(((const uint16_t *)src)[i]);
     case ATTND_DTYPE_F32: return ((const float *)src)[i];
     default: return 0.0f;
     }
 }
 
-double attnd_load_f64(attnd_dtype t, const void *src, size_t i)
+double attnd_dtype_load_f64(attnd_dtype t, const void *src, size_t i)
 {
-    return (double)attnd_load_f32(t, src, i);
+    return (double)attnd_dtype_load_f32(t, src, i);
 }
 
 /* Element i of a 16-bit array at any alignment (memcpy compiles to a plain
@@ -130,7 +130,7 @@ static inline void stu32(unsigned char *p, size_t i, uint32_t v)
     memcpy(p + 4 * i, &v, sizeof v);
 }
 
-/* attnd_f32_to_bf16 with the NaN case as a select instead of a branch, so
+/* attnd_dtype_f32_to_bf16 with the NaN case as a select instead of a branch, so
  * that the reply encoder's f32 -> bf16 loop vectorizes (same bits). */
 static inline uint16_t bf16_round_sel(uint32_t u)
 {
@@ -167,12 +167,12 @@ ATTND_CONVERT_CLONES
 static void bf16_to_f32_n(unsigned char *d, const unsigned char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        stu32(d, i, (uint32_t)ld16(s, i) << 16); /* attnd_bf16_to_f32 */
+        stu32(d, i, (uint32_t)ld16(s, i) << 16); /* attnd_dtype_bf16_to_f32 */
 }
 
 /* One loop per (src, dst) pair so that each inner loop is branch-free and
  * vectorizable; the codec converts whole tensors with it. */
-void attnd_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
+void attnd_dtype_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
                    const void *src, size_t n)
 {
     const unsigned char *s = src;
@@ -188,22 +188,22 @@ void attnd_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
         return;
     case ATTND_DTYPE_F32 * 4 + ATTND_DTYPE_F16:
         for (size_t i = 0; i < n; i++)
-            st16(d, i, attnd_f32_to_f16(ldf(s, i)));
+            st16(d, i, attnd_dtype_f32_to_f16(ldf(s, i)));
         return;
     case ATTND_DTYPE_BF16 * 4 + ATTND_DTYPE_F32:
         bf16_to_f32_n(d, s, n);
         return;
     case ATTND_DTYPE_F16 * 4 + ATTND_DTYPE_F32:
         for (size_t i = 0; i < n; i++)
-            stf(d, i, attnd_f16_to_f32(ld16(s, i)));
+            stf(d, i, attnd_dtype_f16_to_f32(ld16(s, i)));
         return;
     case ATTND_DTYPE_BF16 * 4 + ATTND_DTYPE_F16:
         for (size_t i = 0; i < n; i++)
-            st16(d, i, attnd_f32_to_f16(attnd_bf16_to_f32(ld16(s, i))));
+            st16(d, i, attnd_dtype_f32_to_f16(attnd_dtype_bf16_to_f32(ld16(s, i))));
         return;
     case ATTND_DTYPE_F16 * 4 + ATTND_DTYPE_BF16:
         for (size_t i = 0; i < n; i++)
-            st16(d, i, attnd_f32_to_bf16(attnd_f16_to_f32(ld16(s, i))));
+            st16(d, i, attnd_dtype_f32_to_bf16(attnd_dtype_f16_to_f32(ld16(s, i))));
         return;
     default: /* an invalid dtype: callers validate first; write nothing */
         return;

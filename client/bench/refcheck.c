@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_buf.h"
 #include "attnd_kernels.h"
 #include "refcheck.h"
 
@@ -67,7 +68,7 @@ int attnd_refcheck_append(attnd_refcheck *rc, uint32_t seq, uint32_t layer, uint
         s->data = p;
         s->cap = cap;
     }
-    attnd_convert(rc->model.kv_dtype, s->data + (size_t)s->len * eb, src_t, src,
+    attnd_dtype_convert(rc->model.kv_dtype, s->data + (size_t)s->len * eb, src_t, src,
                   (size_t)n * rc->model.kv_token_elems);
     s->len += n;
     return 0;
@@ -77,19 +78,6 @@ uint64_t attnd_refcheck_len(const attnd_refcheck *rc, uint32_t seq, uint32_t lay
 {
     const attnd_refcheck_seq *s = seq_at(rc, seq, layer);
     return s ? s->len : 0;
-}
-
-/* Grow *p to n doubles. */
-static int grow(double **p, size_t *cap, size_t n)
-{
-    if (n <= *cap)
-        return 0;
-    double *q = realloc(*p, n * sizeof *q);
-    if (!q)
-        return -1;
-    *p = q;
-    *cap = n;
-    return 0;
 }
 
 int attnd_refcheck_token(attnd_refcheck *rc, uint32_t seq, uint32_t layer, uint64_t visible,
@@ -107,10 +95,11 @@ int attnd_refcheck_token(attnd_refcheck *rc, uint32_t seq, uint32_t layer, uint6
         return -1;
     if (visible > s->len)
         visible = s->len;
-    if (grow(&rc->k, &rc->cap_k, visible * dk + 1) || grow(&rc->v, &rc->cap_v, visible * dv + 1) ||
-        grow(&rc->q, &rc->cap_q, (size_t)group * dk) ||
-        grow(&rc->out, &rc->cap_out, (size_t)group * dv) ||
-        grow(&rc->lse, &rc->cap_lse, (size_t)group))
+    if (ATTND_BUF_RESERVE(rc->k, rc->cap_k, visible * dk + 1) ||
+        ATTND_BUF_RESERVE(rc->v, rc->cap_v, visible * dv + 1) ||
+        ATTND_BUF_RESERVE(rc->q, rc->cap_q, (size_t)group * dk) ||
+        ATTND_BUF_RESERVE(rc->out, rc->cap_out, (size_t)group * dv) ||
+        ATTND_BUF_RESERVE(rc->lse, rc->cap_lse, (size_t)group))
         return -1;
 
     for (uint32_t g = h0 / group; g < hkv && g * group < h1; g++) {
@@ -122,20 +111,20 @@ int attnd_refcheck_token(attnd_refcheck *rc, uint32_t seq, uint32_t layer, uint6
         for (uint64_t t = 0; t < visible; t++) {
             size_t e = (size_t)t * m->kv_token_elems;
             for (size_t d = 0; d < dk; d++)
-                rc->k[t * dk + d] = attnd_load_f64(kt, s->data, e + k_off + d);
+                rc->k[t * dk + d] = attnd_dtype_load_f64(kt, s->data, e + k_off + d);
             for (size_t d = 0; d < dv; d++)
-                rc->v[t * dv + d] = attnd_load_f64(kt, s->data, e + v_off + d);
+                rc->v[t * dv + d] = attnd_dtype_load_f64(kt, s->data, e + v_off + d);
         }
         for (uint32_t h = a; h < b; h++)
             for (size_t d = 0; d < dk; d++)
-                rc->q[(h - a) * dk + d] = attnd_load_f64(q_t, q, (size_t)h * dk + d);
+                rc->q[(h - a) * dk + d] = attnd_dtype_load_f64(q_t, q, (size_t)h * dk + d);
         attnd_ref_attention_f64((int32_t)(b - a), 1, (int32_t)dk, (int32_t)dv, (int64_t)visible,
                                 (double)m->scale, rc->q, rc->k, rc->v, rc->out, rc->lse);
         for (uint32_t h = a; h < b; h++) {
             const double *ref = rc->out + (size_t)(h - a) * dv;
             double num = 0, den = 0;
             for (size_t d = 0; d < dv; d++) {
-                double o = attnd_load_f64(out_t, out, (size_t)h * dv + d);
+                double o = attnd_dtype_load_f64(out_t, out, (size_t)h * dv + d);
                 double diff = fabs(o - ref[d]);
                 if (diff > num || isnan(diff))
                     num = isnan(diff) ? INFINITY : diff;
@@ -183,8 +172,8 @@ void attnd_rng_fill(attnd_rng *r, attnd_dtype t, void *dst, size_t n)
     for (size_t i = 0; i < n; i++) {
         float f = (float)((double)(attnd_rng_next(r) >> 11) * 0x1p-52 - 1.0);
         switch (t) {
-        case ATTND_DTYPE_BF16: ((uint16_t *)dst)[i] = attnd_f32_to_bf16(f); break;
-        case ATTND_DTYPE_F16: ((uint16_t *)dst)[i] = attnd_f32_to_f16(f); break;
+        case ATTND_DTYPE_BF16: ((uint16_t *)dst)[i] = attnd_dtype_f32_to_bf16(f); break;
+        case ATTND_DTYPE_F16: ((uint16_t *)dst)[i] = attnd_dtype_f32_to_f16(f); break;
         case ATTND_DTYPE_F32: ((float *)dst)[i] = f; break;
         default: break;
         }
