@@ -242,7 +242,7 @@ static int resolve_sizes(attnd_bench_opts *o, int conc_set)
 int attnd_bench_opts_parse(attnd_bench_opts *o, int argc, char **argv)
 {
     int conc_set = 0, bad = 0;
-    uint64_t u;
+    uint64_t u = 0; /* stays 0 when a parse fails (bad then ends the parse) */
 
     memset(o, 0, sizeof *o);
     snprintf(o->model, sizeof o->model, "llama3-8b");
