@@ -34,14 +34,14 @@
 # A 2-rank group is measured too when attnd has --group (issue 4, parts
 # 1-3); otherwise that row says skipped.
 #
-# usage: tests/transport/transport_bench.sh [BUILD_DIR]
+# usage: client/bench/transport/transport_bench.sh [BUILD_DIR]
 #   env: REPEATS (5) ITERS1 (300) ITERS32 (40) CTX (1) BATCHES ("1 32")
 set -euo pipefail
 
 B=${1:-build}
 ATTND=$B/service/attnd
-RTT=$B/tests/transport/attend_rtt
-PP=$B/tests/transport/grpc_pingpong
+RTT=$B/client/bench/attend_rtt
+PP=$B/client/bench/grpc_pingpong
 REPEATS=${REPEATS:-5}
 ITERS1=${ITERS1:-300}
 ITERS32=${ITERS32:-40}
