@@ -112,7 +112,7 @@ int attnd_bench_child_stop(attnd_bench_child *ch);
 /* Install the exit and signal hooks that stop every registered child. */
 void attnd_bench_child_hooks(void);
 /* The attnd to spawn: --attnd, else next to this executable, else
- * ../service/attnd relative to it (the build tree). "" when none exists. */
+ * ../../service/attnd relative to it (the build tree). "" when none exists. */
 void attnd_bench_find_attnd(const char *given, char *out, size_t n);
 
 /* ---- results (bench_stats.c) ------------------------------------------------ */

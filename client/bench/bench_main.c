@@ -27,7 +27,7 @@ static int spawn_attnd(const attnd_bench_opts *o, attnd_bench_child *ch, char *t
     if (!path[0]) {
         fprintf(stderr, "attnd-bench: no attnd executable found%s%s; give --attnd PATH or "
                         "--target HOST:PORT\n",
-                o->attnd_path[0] ? " at " : " next to attnd-bench or in ../service",
+                o->attnd_path[0] ? " at " : " next to attnd-bench or in ../../service",
                 o->attnd_path);
         return -1;
     }

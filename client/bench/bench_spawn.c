@@ -249,7 +249,8 @@ void attnd_bench_find_attnd(const char *given, char *out, size_t n)
         snprintf(out, n, "%s", cand);
         return;
     }
-    snprintf(cand, sizeof cand, "%s/../service/attnd", self);
+    /* the build tree: build/client/bench/attnd-bench, build/service/attnd */
+    snprintf(cand, sizeof cand, "%s/../../service/attnd", self);
     if (is_executable(cand))
         snprintf(out, n, "%s", cand);
 }
