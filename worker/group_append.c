@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_clock.h"
 #include "group_int.h"
 
 struct attnd_group_stream {
@@ -58,7 +59,7 @@ attnd_status attnd_group_stream_open(attnd_group *g, attnd_group_stream **s_p,
 
 static attnd_status check_idle(const attnd_group_stream *s, attnd_error *err)
 {
-    int64_t quiet = attnd__now_ms() - s->last_ms;
+    int64_t quiet = attnd_clock_ms() - s->last_ms;
     if (s->sent && quiet > ATTND__GSTREAM_IDLE_MS)
         return attnd_error_set(err, ATTND_ERR_ABORTED,
                                "AppendKV: %lld s since the last chunk; in a worker group a "
@@ -167,7 +168,7 @@ attnd_status attnd_group_stream_append(attnd_group_stream *s, const attnd_sessio
                                  own->data, err);
     }
     s->sent++;
-    s->last_ms = attnd__now_ms();
+    s->last_ms = attnd_clock_ms();
     attnd__gcall_wait(g, c, attnd__glead_deadline(g, 0));
     if (st == ATTND_OK)
         st = attnd__glead_collect(g, c, err);

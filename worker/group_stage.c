@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "attnd_clock.h"
 #include "group_int.h"
 
 #define GSTAGE_EXPIRE_MS (2 * ATTND__GSTREAM_IDLE_MS)
@@ -43,7 +44,7 @@ void attnd__gstages_init(attnd_group *g)
     pthread_mutex_init(&g->stage_mu, NULL);
     pthread_cond_init(&g->stage_cv, NULL);
     if (getrandom(&g->stream_base, sizeof g->stream_base, 0) != (ssize_t)sizeof g->stream_base)
-        g->stream_base = (uint64_t)attnd__now_ms() << 20; /* ids need only differ */
+        g->stream_base = (uint64_t)attnd_clock_ms() << 20; /* ids need only differ */
     atomic_store(&g->stream_next, 0);
 }
 
@@ -118,7 +119,7 @@ static void sweep(attnd_group *g, int64_t now)
 static attnd__gstage *acquire(attnd_group *g, int32_t src, uint64_t stream, int absent,
                               attnd_error *err)
 {
-    int64_t now = attnd__now_ms();
+    int64_t now = attnd_clock_ms();
     attnd__gstage *s;
 
     pthread_mutex_lock(&g->stage_mu);
@@ -166,7 +167,7 @@ static void release(attnd_group *g, attnd__gstage *s)
 {
     pthread_mutex_lock(&g->stage_mu);
     s->busy = 0;
-    s->last_ms = attnd__now_ms();
+    s->last_ms = attnd_clock_ms();
     pthread_cond_broadcast(&g->stage_cv);
     pthread_mutex_unlock(&g->stage_mu);
 }

@@ -39,10 +39,10 @@ static void layer_init(layer_kv *x, const attnd_model_spec *m, tu_rng *r)
     ck_assert(x->wire && x->k && x->v);
     for (int64_t t = 0; t < CAP; t++)
         for (int64_t e = 0; e < x->entry; e++) {
-            uint16_t w = attnd_f32_to_bf16((float)tu_normal(r));
+            uint16_t w = attnd_dtype_f32_to_bf16((float)tu_normal(r));
             x->wire[t * x->entry + e] = w;
             int64_t half = x->hkv * x->d; /* the entry is [2][hkv][d]: K then V */
-            (e < half ? x->k : x->v)[t * half + e % half] = attnd_bf16_to_f32(w);
+            (e < half ? x->k : x->v)[t * half + e % half] = attnd_dtype_bf16_to_f32(w);
         }
 }
 
