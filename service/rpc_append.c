@@ -1,8 +1,8 @@
 /* AppendKV: a client stream of prefill KV chunks, applied all or nothing.
  *
  * Each chunk is validated and staged as it arrives: written into KV pages
- * but invisible to attention (the engine's attnd_stage; in a worker group,
- * a stream that stages on every rank), so a prefill of many chunks never
+ * but invisible to attention (the engine's attnd_engine_stage; in a worker
+ * group, a stream that stages on every rank), so a prefill of many chunks never
  * sits in memory whole. A chunk must start where its layer ends as this
  * stream has it (committed length plus what the stream staged before).
  * At the client's half-close the stage commits, and the reply counts the
@@ -29,7 +29,7 @@ void attnd_srv_append_drop(attnd_srv_call *c)
     if (c->th->srv->group)
         attnd_group_stream_close(c->stage);
     else
-        attnd_stage_close(c->stage);
+        attnd_engine_stage_close(c->stage);
     c->stage = NULL;
 }
 
@@ -48,12 +48,12 @@ static attnd_status stage_chunk(attnd_srv_call *c, const attnd_srv_append_req *r
         return attnd_group_stream_append(gs, &r->id, r->layer, r->start, r->n_tokens, r->dtype,
                                          r->kv, err);
     }
-    attnd_stage *es = c->stage;
-    if (!es && (st = attnd_stage_open(srv->engine, &es, err)))
+    attnd_engine_stage *es = c->stage;
+    if (!es && (st = attnd_engine_stage_open(srv->engine, &es, err)))
         return st;
     c->stage = es;
-    return attnd_stage_append(es, &r->id, r->layer, r->start, r->n_tokens, r->dtype, r->kv,
-                              err);
+    return attnd_engine_stage_append(es, &r->id, r->layer, r->start, r->n_tokens, r->dtype,
+                                     r->kv, err);
 }
 
 /* Commit what the stream staged (nothing staged: nothing to do). */
@@ -64,7 +64,7 @@ static attnd_status commit(attnd_srv_call *c, uint64_t *chunks_p, uint64_t *toke
     *chunks_p = *tokens_p = 0;
     if (c->stage)
         st = c->th->srv->group ? attnd_group_stream_commit(c->stage, chunks_p, tokens_p, err)
-                               : attnd_stage_commit(c->stage, chunks_p, tokens_p, err);
+                               : attnd_engine_stage_commit(c->stage, chunks_p, tokens_p, err);
     attnd_srv_append_drop(c);
     return st;
 }

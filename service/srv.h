@@ -145,9 +145,10 @@ struct attnd_srv_call {
     int held;                   /* in the thread's held-open list */
     int counted;                /* counted in srv->active_calls */
     int end_requested;          /* held open: end at the next chance */
-    void *stage;                /* AppendKV: the stream's attnd_stage (a group:
-                                   attnd_group_stream), NULL before its first
-                                   chunk; aborted if the call ends uncommitted */
+    void *stage;                /* AppendKV: the stream's attnd_engine_stage (a
+                                   group: attnd_group_stream), NULL before its
+                                   first chunk; aborted if the call ends
+                                   uncommitted */
     grpc_metadata trailer[2];   /* trailing metadata of the final status */
     size_t n_trailer;
     attnd_srv_tag op_tag, close_tag;

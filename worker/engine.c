@@ -7,8 +7,9 @@
  * append position) itself, whatever the service checked before, and fails
  * without side effects: appends allocate all the pages they need in one pool
  * call before writing anything, so an exhausted pool leaves every session as
- * it was; an Attend with new KV on a layer an open stage holds is ABORTED. Attend resolves and locks its sessions in address order, appends
- * the new entries, builds the batch's page lists in the caller's workspace
+ * it was; an Attend with new KV on a layer an open stage holds is ABORTED.
+ * Attend resolves and locks its sessions in address order, appends the new
+ * entries, builds the batch's page lists in the caller's workspace
  * and runs the kernel on the engine's thread pool (attnd_cpu_pool: split-KV
  * over all its threads; concurrent attend calls take turns on it, and its
  * workers take none of our locks, so waiting for it with session locks held
@@ -267,14 +268,14 @@ attnd_status attnd_engine_append(attnd_engine *e, const attnd_session_id *id, ui
                                  uint64_t start, uint64_t n_tokens, attnd_dtype dtype,
                                  const void *kv, attnd_error *err)
 {
-    attnd_stage *stage;
-    attnd_status st = attnd_stage_open(e, &stage, err);
+    attnd_engine_stage *stage;
+    attnd_status st = attnd_engine_stage_open(e, &stage, err);
     if (st)
         return st;
-    st = attnd_stage_append(stage, id, layer, start, n_tokens, dtype, kv, err);
+    st = attnd_engine_stage_append(stage, id, layer, start, n_tokens, dtype, kv, err);
     if (st == ATTND_OK)
-        st = attnd_stage_commit(stage, NULL, NULL, err);
-    attnd_stage_close(stage); /* aborts what a failure left staged */
+        st = attnd_engine_stage_commit(stage, NULL, NULL, err);
+    attnd_engine_stage_close(stage); /* aborts what a failure left staged */
     return st;
 }
 

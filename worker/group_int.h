@@ -162,7 +162,7 @@ typedef struct attnd__gstage {
                               stream run one at a time, in order) */
     int64_t last_ms;       /* its last message: expiry */
     uint32_t next_seq;     /* the chunk number expected next */
-    attnd_stage *es;       /* this rank's tokens; NULL until it has some */
+    attnd_engine_stage *es; /* this rank's tokens; NULL until it has some */
     attnd__gclaim *claim;  /* layers it holds in the group table */
     size_t n_claim, cap_claim;
 } attnd__gstage;

@@ -59,20 +59,21 @@ static attnd_status append_shares(attnd_group *g, const attnd__gpart *p, attnd_e
     const size_t es = (size_t)g->kv_elems_r * attnd_dtype_size(p->kv_dtype);
     const uint64_t S = (uint64_t)p->q_tokens;
     const char *kp = p->kv;
-    attnd_stage *stage = NULL;
-    attnd_status st = attnd_stage_open(g->engine, &stage, err);
+    attnd_engine_stage *stage = NULL;
+    attnd_status st = attnd_engine_stage_open(g->engine, &stage, err);
 
     for (uint32_t i = 0; st == ATTND_OK && i < p->n_seqs; i++) {
         uint64_t lo = attnd__gplace_count(g, g->me, p->glen[i]);
         uint64_t hi = attnd__gplace_count(g, g->me, p->glen[i] + S);
         if (hi == lo)
             continue;
-        st = attnd_stage_append(stage, &p->ids[i], p->layer, lo, hi - lo, p->kv_dtype, kp, err);
+        st = attnd_engine_stage_append(stage, &p->ids[i], p->layer, lo, hi - lo, p->kv_dtype,
+                                       kp, err);
         kp += (hi - lo) * es;
     }
     if (st == ATTND_OK)
-        st = attnd_stage_commit(stage, NULL, NULL, err);
-    attnd_stage_close(stage);
+        st = attnd_engine_stage_commit(stage, NULL, NULL, err);
+    attnd_engine_stage_close(stage);
     return st;
 }
 

@@ -6,8 +6,8 @@
  * (leading rank, stream id): chunk 0 makes it, each chunk claims its layer
  * in the group table (no other writer there until the end; the start
  * checked against the stream's own staged length) and stages this rank's
- * tokens in an engine stage (attnd_stage: pool pages, invisible until the
- * commit). COMMIT (carrying the number of chunks sent, so a rank that
+ * tokens in an engine stage (attnd_engine_stage: pool pages, invisible
+ * until the commit). COMMIT (carrying the number of chunks sent, so a rank that
  * missed one refuses) commits the engine stage and sets the global
  * lengths; ABORT drops both. Either leaves a tombstone, so a message of
  * the stream that comes late (a chunk that timed out at the leader and
@@ -67,7 +67,7 @@ static attnd__gstage *find(attnd_group *g, int32_t src, uint64_t stream)
  * tombstone. Caller: s is busy, or stage_mu is held and s is not busy. */
 static void abort_part(attnd_group *g, attnd__gstage *s)
 {
-    attnd_stage_close(s->es);
+    attnd_engine_stage_close(s->es);
     s->es = NULL;
     for (size_t i = 0; i < s->n_claim; i++)
         attnd__gtable_unstage(&g->table, &s->claim[i].id, s->claim[i].layer, s->stream, 0);
@@ -217,8 +217,8 @@ attnd_status attnd__gstage_chunk(attnd_group *g, int32_t src, uint64_t stream, u
         lo = attnd__gplace_count(g, g->me, start);
         k = attnd__gplace_count(g, g->me, start + n_global) - lo;
     }
-    if (k && ((!s->es && (st = attnd_stage_open(g->engine, &s->es, err))) ||
-              (st = attnd_stage_append(s->es, id, layer, lo, k, dt, kv, err))))
+    if (k && ((!s->es && (st = attnd_engine_stage_open(g->engine, &s->es, err))) ||
+              (st = attnd_engine_stage_append(s->es, id, layer, lo, k, dt, kv, err))))
         goto out;
     attnd__gtable_stage_to(&g->table, id, layer, stream, start + n_global);
 out:
@@ -248,13 +248,13 @@ attnd_status attnd__gstage_commit(attnd_group *g, int32_t src, uint64_t stream,
                              "sent %u; nothing of it was applied there", g->me, s->next_seq,
                              n_chunks);
         abort_part(g, s);
-    } else if (s->es && (st = attnd_stage_commit(s->es, NULL, NULL, err))) {
+    } else if (s->es && (st = attnd_engine_stage_commit(s->es, NULL, NULL, err))) {
         abort_part(g, s); /* the engine stage applied nothing */
     } else {
         for (size_t i = 0; i < s->n_claim; i++)
             attnd__gtable_unstage(&g->table, &s->claim[i].id, s->claim[i].layer, stream, 1);
         s->n_claim = 0;
-        attnd_stage_close(s->es); /* empty now */
+        attnd_engine_stage_close(s->es); /* empty now */
         s->es = NULL;
         s->done = 1;
     }

@@ -39,9 +39,9 @@ typedef struct stage_ent {
     int32_t layer;
 } stage_ent;
 
-struct attnd_stage {
+struct attnd_engine_stage {
     attnd_engine *e;
-    struct attnd_stage *next; /* the engine's free list */
+    struct attnd_engine_stage *next; /* the engine's free list */
     stage_ent *ent;           /* layers claimed, one reference each */
     size_t n_ent, cap_ent;
     uint64_t chunks, tokens;  /* staged */
@@ -53,10 +53,11 @@ static int32_t pages_of(const attnd_engine *e, uint64_t tokens)
     return (int32_t)((tokens + ps - 1) / ps);
 }
 
-attnd_status attnd_stage_open(attnd_engine *e, attnd_stage **stage_p, attnd_error *err)
+attnd_status attnd_engine_stage_open(attnd_engine *e, attnd_engine_stage **stage_p,
+                                     attnd_error *err)
 {
     pthread_mutex_lock(&e->stage_mu);
-    attnd_stage *s = e->free_stages;
+    attnd_engine_stage *s = e->free_stages;
     if (s) {
         e->free_stages = s->next;
         e->n_free_stages--;
@@ -74,7 +75,7 @@ attnd_status attnd_stage_open(attnd_engine *e, attnd_stage **stage_p, attnd_erro
 }
 
 /* Room for one more entry (grown before any lock is taken). */
-static attnd_status ents_fit(attnd_stage *s, attnd_error *err)
+static attnd_status ents_fit(attnd_engine_stage *s, attnd_error *err)
 {
     if (s->n_ent < s->cap_ent)
         return ATTND_OK;
@@ -90,7 +91,7 @@ static attnd_status ents_fit(attnd_stage *s, attnd_error *err)
 
 /* Where the layer's next chunk must start for stage s, or an error (the
  * layer claimed by another stage). Caller holds ss->mu. */
-static attnd_status next_start(attnd_stage *s, attnd__session *ss, uint32_t layer,
+static attnd_status next_start(attnd_engine_stage *s, attnd__session *ss, uint32_t layer,
                                uint64_t start, int *fresh_p, attnd_error *err)
 {
     const int32_t l = (int32_t)layer;
@@ -115,9 +116,9 @@ static attnd_status next_start(attnd_stage *s, attnd__session *ss, uint32_t laye
     return ATTND_OK;
 }
 
-attnd_status attnd_stage_append(attnd_stage *s, const attnd_session_id *id, uint32_t layer,
-                                uint64_t start, uint64_t n_tokens, attnd_dtype dtype,
-                                const void *kv, attnd_error *err)
+attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_session_id *id,
+                                       uint32_t layer, uint64_t start, uint64_t n_tokens,
+                                       attnd_dtype dtype, const void *kv, attnd_error *err)
 {
     attnd_engine *e = s->e;
     const int32_t l = (int32_t)layer;
@@ -196,7 +197,7 @@ static void drop_ent(attnd_engine *e, const stage_ent *en)
 }
 
 /* Drop the entries' references; the stage is empty again. */
-static void put_all(attnd_stage *s)
+static void put_all(attnd_engine_stage *s)
 {
     for (size_t i = 0; i < s->n_ent; i++)
         attnd__session_put(&s->e->table, &s->e->pool, s->ent[i].s);
@@ -214,13 +215,13 @@ static int ent_cmp(const void *a, const void *b)
 }
 
 /* The entries sorted by session: is entry i its session's first? */
-static int first_of_session(const attnd_stage *s, size_t i)
+static int first_of_session(const attnd_engine_stage *s, size_t i)
 {
     return i == 0 || s->ent[i].s != s->ent[i - 1].s;
 }
 
-attnd_status attnd_stage_commit(attnd_stage *s, uint64_t *chunks_p, uint64_t *tokens_p,
-                                attnd_error *err)
+attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p,
+                                       uint64_t *tokens_p, attnd_error *err)
 {
     attnd_engine *e = s->e;
     attnd_status st = ATTND_OK;
@@ -263,7 +264,7 @@ attnd_status attnd_stage_commit(attnd_stage *s, uint64_t *chunks_p, uint64_t *to
     return ATTND_OK;
 }
 
-void attnd_stage_abort(attnd_stage *s)
+void attnd_engine_stage_abort(attnd_engine_stage *s)
 {
     for (size_t i = 0; i < s->n_ent; i++) {
         pthread_mutex_lock(&s->ent[i].s->mu);
@@ -273,12 +274,12 @@ void attnd_stage_abort(attnd_stage *s)
     put_all(s);
 }
 
-void attnd_stage_close(attnd_stage *s)
+void attnd_engine_stage_close(attnd_engine_stage *s)
 {
     if (!s)
         return;
     attnd_engine *e = s->e;
-    attnd_stage_abort(s);
+    attnd_engine_stage_abort(s);
     pthread_mutex_lock(&e->stage_mu);
     if (e->n_free_stages < STAGES_KEPT) {
         s->next = e->free_stages;
@@ -295,7 +296,7 @@ void attnd_stage_close(attnd_stage *s)
 
 void attnd__stages_cleanup(attnd_engine *e)
 {
-    for (attnd_stage *s = e->free_stages, *next; s; s = next) {
+    for (attnd_engine_stage *s = e->free_stages, *next; s; s = next) {
         next = s->next;
         free(s->ent);
         free(s);

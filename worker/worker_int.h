@@ -94,7 +94,7 @@ typedef struct attnd__session {
      * the staged tokens' pages (owned by that stage, invisible to
      * attention, which reads len tokens) and staged[layer] is the length
      * the layer gets at the commit. No other writer touches such a layer. */
-    struct attnd_stage **stager; /* [n_layers] */
+    struct attnd_engine_stage **stager; /* [n_layers] */
     uint64_t *staged;            /* [n_layers] */
     int closed;         /* removed from the table by a close */
 } attnd__session;
@@ -168,7 +168,7 @@ struct attnd_engine {
     atomic_uint_fast64_t attend_calls, attend_seqs;
     atomic_uint_fast64_t append_calls, tokens_appended, kv_bytes_read;
     pthread_mutex_t stage_mu;        /* guards the two below */
-    struct attnd_stage *free_stages; /* closed stages kept for reuse */
+    struct attnd_engine_stage *free_stages; /* closed stages kept for reuse */
     int32_t n_free_stages;
 };
 

@@ -1,4 +1,4 @@
-/* Check suite of the engine's staged appends (attnd_stage: one AppendKV
+/* Check suite of the engine's staged appends (attnd_engine_stage: one AppendKV
  * stream, all or nothing): staged tokens are not attended over until the
  * commit and are exact after it; an abort gives back every page and
  * reservation; a layer a stage holds refuses every other writer with
@@ -90,6 +90,14 @@ static void assert_attends_over(attnd_engine *e, const attnd_session_id *id, uin
     attnd_engine_ws_cleanup(&ws);
 }
 
+/* Stage tokens [start, start + n) of x on layer of id. */
+static attnd_status stage_at(attnd_engine_stage *s, const attnd_session_id *id, uint32_t layer,
+                             uint64_t start, uint64_t n, const layer_kv *x, attnd_error *err)
+{
+    return attnd_engine_stage_append(s, id, layer, start, n, ATTND_DTYPE_BF16, tokens_at(x, start),
+                                     err);
+}
+
 static attnd_engine *make_engine(uint64_t kv_memory)
 {
     attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"),
@@ -129,27 +137,24 @@ START_TEST(test_staged_chunks_are_invisible_until_the_commit_and_exact_after)
     layer_init(&x0, attnd_engine_model(e), &r);
     layer_init(&x1, attnd_engine_model(e), &r);
     attnd_session_id id;
-    attnd_stage *s;
+    attnd_engine_stage *s;
     attnd_error err;
     uint64_t chunks = 0, tokens = 0;
     ck_assert_int_eq(attnd_engine_session_create(e, 0, &id, &err), ATTND_OK);
     ck_assert_int_eq(attnd_engine_append(e, &id, 0, 0, 10, ATTND_DTYPE_BF16, tokens_at(&x0, 0),
                                          &err), ATTND_OK);
 
-    ck_assert_int_eq(attnd_stage_open(e, &s, &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_append(s, &id, 0, 10, 15, ATTND_DTYPE_BF16, tokens_at(&x0, 10),
-                                        &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_append(s, &id, 1, 0, 7, ATTND_DTYPE_BF16, tokens_at(&x1, 0),
-                                        &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_append(s, &id, 0, 25, 8, ATTND_DTYPE_BF16, tokens_at(&x0, 25),
-                                        &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_stage_open(e, &s, &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(s, &id, 0, 10, 15, &x0, &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(s, &id, 1, 0, 7, &x1, &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(s, &id, 0, 25, 8, &x0, &err), ATTND_OK);
     ck_assert_uint_eq(stats_of(e).pages_used, 4); /* 3 for 33 tokens, 1 for 7 */
     ck_assert_uint_eq(length_of(e, &id, 0), 10);
     ck_assert_uint_eq(length_of(e, &id, 1), 0);
     assert_attends_over(e, &id, 0, &x0, 10, &r);
     assert_attends_over(e, &id, 1, &x1, 0, &r);
 
-    ck_assert_int_eq(attnd_stage_commit(s, &chunks, &tokens, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_stage_commit(s, &chunks, &tokens, &err), ATTND_OK);
     ck_assert_uint_eq(chunks, 3);
     ck_assert_uint_eq(tokens, 30);
     ck_assert_uint_eq(length_of(e, &id, 0), 33);
@@ -158,7 +163,7 @@ START_TEST(test_staged_chunks_are_invisible_until_the_commit_and_exact_after)
     assert_attends_over(e, &id, 1, &x1, 7, &r);
     ck_assert_uint_eq(stats_of(e).tokens_appended, 40);
     uint64_t freed = 0;
-    attnd_stage_close(s);
+    attnd_engine_stage_close(s);
     ck_assert_int_eq(attnd_engine_session_close(e, &id, &freed, &err), ATTND_OK);
     ck_assert_uint_eq(freed, 4);
     layer_free(&x0);
@@ -179,18 +184,17 @@ START_TEST(test_an_aborted_stage_gives_back_every_page_and_reservation)
     layer_kv x;
     layer_init(&x, attnd_engine_model(e), &r);
     attnd_session_id id;
-    attnd_stage *s;
+    attnd_engine_stage *s;
     attnd_error err;
     ck_assert_int_eq(attnd_engine_session_create(e, 2 * PS, &id, &err), ATTND_OK);
     attnd_engine_stats before = stats_of(e);
 
-    ck_assert_int_eq(attnd_stage_open(e, &s, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_stage_open(e, &s, &err), ATTND_OK);
     for (uint64_t t = 0; t < 5 * PS; t += 20)
-        ck_assert_int_eq(attnd_stage_append(s, &id, 2, t, 20, ATTND_DTYPE_BF16, tokens_at(&x, t),
-                                            &err), ATTND_OK);
+        ck_assert_int_eq(stage_at(s, &id, 2, t, 20, &x, &err), ATTND_OK);
     ck_assert_uint_eq(stats_of(e).pages_used, before.pages_used + 5);
     ck_assert_uint_eq(stats_of(e).pages_reserved, before.pages_reserved - 2);
-    attnd_stage_abort(s);
+    attnd_engine_stage_abort(s);
     ck_assert_uint_eq(stats_of(e).pages_used, before.pages_used);
     ck_assert_uint_eq(stats_of(e).pages_reserved, before.pages_reserved);
     ck_assert_uint_eq(length_of(e, &id, 2), 0);
@@ -198,10 +202,9 @@ START_TEST(test_an_aborted_stage_gives_back_every_page_and_reservation)
 
     /* the same stage again: from 0, committed */
     for (uint64_t t = 0; t < 5 * PS; t += 20)
-        ck_assert_int_eq(attnd_stage_append(s, &id, 2, t, 20, ATTND_DTYPE_BF16, tokens_at(&x, t),
-                                            &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_commit(s, NULL, NULL, &err), ATTND_OK);
-    attnd_stage_close(s);
+        ck_assert_int_eq(stage_at(s, &id, 2, t, 20, &x, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_stage_commit(s, NULL, NULL, &err), ATTND_OK);
+    attnd_engine_stage_close(s);
     assert_attends_over(e, &id, 2, &x, 5 * PS, &r);
     ck_assert_uint_eq(stats_of(e).pages_reserved, before.pages_reserved - 2);
     layer_free(&x);
@@ -220,16 +223,14 @@ START_TEST(test_a_layer_a_stage_holds_refuses_every_other_writer_aborted)
     layer_kv x;
     layer_init(&x, attnd_engine_model(e), &r);
     attnd_session_id id;
-    attnd_stage *a, *b;
+    attnd_engine_stage *a, *b;
     attnd_error err;
     ck_assert_int_eq(attnd_engine_session_create(e, 0, &id, &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_open(e, &a, &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_open(e, &b, &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_append(a, &id, 0, 0, 4, ATTND_DTYPE_BF16, tokens_at(&x, 0),
-                                        &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_stage_open(e, &a, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_stage_open(e, &b, &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(a, &id, 0, 0, 4, &x, &err), ATTND_OK);
 
-    ck_assert_int_eq(attnd_stage_append(b, &id, 0, 0, 4, ATTND_DTYPE_BF16, tokens_at(&x, 0),
-                                        &err), ATTND_ERR_ABORTED);
+    ck_assert_int_eq(stage_at(b, &id, 0, 0, 4, &x, &err), ATTND_ERR_ABORTED);
     ck_assert_ptr_nonnull(strstr(err.msg, "another AppendKV stream"));
     ck_assert_int_eq(attnd_engine_append(e, &id, 0, 0, 4, ATTND_DTYPE_BF16, tokens_at(&x, 0),
                                          &err), ATTND_ERR_ABORTED);
@@ -245,18 +246,16 @@ START_TEST(test_a_layer_a_stage_holds_refuses_every_other_writer_aborted)
     ck_assert_int_eq(attnd_engine_attend(e, &req, &ws, &out, &lse, &err), ATTND_ERR_ABORTED);
     ck_assert_ptr_nonnull(strstr(err.msg, "new_kv"));
     ck_assert_uint_eq(stats_of(e).pages_used, 1);
-    ck_assert_int_eq(attnd_stage_append(b, &id, 1, 0, 4, ATTND_DTYPE_BF16, tokens_at(&x, 0),
-                                        &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(b, &id, 1, 0, 4, &x, &err), ATTND_OK);
 
-    ck_assert_int_eq(attnd_stage_commit(a, NULL, NULL, &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_append(b, &id, 0, 4, 4, ATTND_DTYPE_BF16, tokens_at(&x, 4),
-                                        &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_commit(b, NULL, NULL, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_stage_commit(a, NULL, NULL, &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(b, &id, 0, 4, 4, &x, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_stage_commit(b, NULL, NULL, &err), ATTND_OK);
     assert_attends_over(e, &id, 0, &x, 8, &r);
     ck_assert_uint_eq(length_of(e, &id, 1), 4);
     attnd_engine_ws_cleanup(&ws);
-    attnd_stage_close(a);
-    attnd_stage_close(b);
+    attnd_engine_stage_close(a);
+    attnd_engine_stage_close(b);
     layer_free(&x);
     attnd_engine_destroy(e);
 }
@@ -273,22 +272,20 @@ START_TEST(test_a_session_closed_under_a_stage_fails_its_commit_not_found)
     layer_kv x;
     layer_init(&x, attnd_engine_model(e), &r);
     attnd_session_id id, other;
-    attnd_stage *s;
+    attnd_engine_stage *s;
     attnd_error err;
     ck_assert_int_eq(attnd_engine_session_create(e, 0, &id, &err), ATTND_OK);
     ck_assert_int_eq(attnd_engine_session_create(e, 0, &other, &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_open(e, &s, &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_append(s, &other, 0, 0, 20, ATTND_DTYPE_BF16, tokens_at(&x, 0),
-                                        &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_append(s, &id, 0, 0, 20, ATTND_DTYPE_BF16, tokens_at(&x, 0),
-                                        &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_stage_open(e, &s, &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(s, &other, 0, 0, 20, &x, &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(s, &id, 0, 0, 20, &x, &err), ATTND_OK);
     ck_assert_int_eq(attnd_engine_session_close(e, &id, NULL, &err), ATTND_OK);
     ck_assert_uint_eq(stats_of(e).pages_used, 4); /* the stage still holds them */
-    ck_assert_int_eq(attnd_stage_commit(s, NULL, NULL, &err), ATTND_ERR_NOT_FOUND);
+    ck_assert_int_eq(attnd_engine_stage_commit(s, NULL, NULL, &err), ATTND_ERR_NOT_FOUND);
     ck_assert_ptr_nonnull(strstr(err.msg, "session_id"));
     ck_assert_uint_eq(stats_of(e).pages_used, 0);
     ck_assert_uint_eq(length_of(e, &other, 0), 0);
-    attnd_stage_close(s);
+    attnd_engine_stage_close(s);
     layer_free(&x);
     attnd_engine_destroy(e);
 }
@@ -306,21 +303,19 @@ START_TEST(test_resource_exhausted_comes_at_the_chunk_that_does_not_fit)
     layer_kv x;
     layer_init(&x, attnd_engine_model(e), &r);
     attnd_session_id id;
-    attnd_stage *s;
+    attnd_engine_stage *s;
     attnd_error err;
     ck_assert_uint_eq(stats_of(e).pages_total, 4);
     ck_assert_int_eq(attnd_engine_session_create(e, 0, &id, &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_open(e, &s, &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_append(s, &id, 0, 0, 3 * PS, ATTND_DTYPE_BF16,
-                                        tokens_at(&x, 0), &err), ATTND_OK);
-    ck_assert_int_eq(attnd_stage_append(s, &id, 1, 0, 2 * PS, ATTND_DTYPE_BF16,
-                                        tokens_at(&x, 0), &err), ATTND_ERR_RESOURCE_EXHAUSTED);
+    ck_assert_int_eq(attnd_engine_stage_open(e, &s, &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(s, &id, 0, 0, 3 * PS, &x, &err), ATTND_OK);
+    ck_assert_int_eq(stage_at(s, &id, 1, 0, 2 * PS, &x, &err), ATTND_ERR_RESOURCE_EXHAUSTED);
     ck_assert_ptr_nonnull(strstr(err.msg, "KV memory exhausted"));
     ck_assert_uint_eq(stats_of(e).pages_used, 3);
-    attnd_stage_abort(s);
+    attnd_engine_stage_abort(s);
     ck_assert_uint_eq(stats_of(e).pages_used, 0);
     ck_assert_uint_eq(length_of(e, &id, 0), 0);
-    attnd_stage_close(s);
+    attnd_engine_stage_close(s);
     layer_free(&x);
     attnd_engine_destroy(e);
 }

@@ -114,9 +114,9 @@ attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
 attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *id,
                                        uint64_t *pages_freed_p, attnd_error *err);
 
-/* AppendKV streams, group-wide: the engine's staged appends (attnd_stage,
+/* AppendKV streams, group-wide: the engine's staged appends (attnd_engine_stage,
  * attnd_worker.h) on every rank, committed on every rank at the end or
- * aborted on every rank. The same contract as attnd_stage (a chunk starts
+ * aborted on every rank. The same contract as attnd_engine_stage (a chunk starts
  * where this stream has its layer end; a layer a stream holds refuses
  * other writers with ABORTED; RESOURCE_EXHAUSTED at the chunk that does
  * not fit on some rank), plus: a stream quiet for more than 60 s fails

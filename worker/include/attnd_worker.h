@@ -136,30 +136,31 @@ attnd_status attnd_engine_append(attnd_engine *e, const attnd_session_id *id,
  * NOT_FOUND (nothing applied).
  *
  * Thread safety: one stage is used by one thread at a time; different
- * stages run concurrently. Ownership: attnd_stage_open takes a stage from
- * the engine (reused, so a steady stream of streams allocates nothing);
- * attnd_stage_close gives it back, aborting whatever it still holds. Every
- * stage must be closed before attnd_engine_destroy. */
-typedef struct attnd_stage attnd_stage;
+ * stages run concurrently. Ownership: attnd_engine_stage_open takes a
+ * stage from the engine (reused, so a steady stream of streams allocates
+ * nothing); attnd_engine_stage_close gives it back, aborting whatever it
+ * still holds. Every stage must be closed before attnd_engine_destroy. */
+typedef struct attnd_engine_stage attnd_engine_stage;
 
-attnd_status attnd_stage_open(attnd_engine *e, attnd_stage **stage_p, attnd_error *err);
+attnd_status attnd_engine_stage_open(attnd_engine *e, attnd_engine_stage **stage_p,
+                                     attnd_error *err);
 /* Stage one chunk (the arguments as for attnd_engine_append). On failure
  * the chunk is not staged and the rest stays staged (callers abort). */
-attnd_status attnd_stage_append(attnd_stage *s, const attnd_session_id *id, uint32_t layer,
-                                uint64_t start, uint64_t n_tokens, attnd_dtype dtype,
-                                const void *kv, attnd_error *err);
+attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_session_id *id,
+                                       uint32_t layer, uint64_t start, uint64_t n_tokens,
+                                       attnd_dtype dtype, const void *kv, attnd_error *err);
 /* Make every staged chunk visible at once (every session involved is
  * locked while lengths advance). *chunks_p and *tokens_p (may be NULL):
  * what was committed. On failure (NOT_FOUND: a session was closed)
  * nothing is applied and the stage is aborted. Either way the stage is
  * empty afterwards and may stage again. */
-attnd_status attnd_stage_commit(attnd_stage *s, uint64_t *chunks_p, uint64_t *tokens_p,
-                                attnd_error *err);
+attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p,
+                                       uint64_t *tokens_p, attnd_error *err);
 /* Drop every staged chunk: pages back to the pool (and to the sessions'
  * reservations), layers free for other writers, lengths untouched. */
-void attnd_stage_abort(attnd_stage *s);
+void attnd_engine_stage_abort(attnd_engine_stage *s);
 /* Abort, then give the stage back to its engine. NULL: no-op. */
-void attnd_stage_close(attnd_stage *s);
+void attnd_engine_stage_close(attnd_engine_stage *s);
 
 /* Length of a layer of a session, in tokens. */
 attnd_status attnd_engine_length(attnd_engine *e, const attnd_session_id *id,
