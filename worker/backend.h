@@ -52,6 +52,13 @@ attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, 
  * before it. Errors name the field (q_tokens over 16: UNIMPLEMENTED). */
 attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd_error *err);
 
+/* Copy GPU page `page` to host memory dst / from host memory src
+ * (page_bytes), waiting for the copy: the tier below HBM moves pages this
+ * way (worker/TIERS.md). INTERNAL on a CUDA error. */
+attnd_status attnd__gpu_page_read(attnd__gpu *g, int32_t page, void *dst, attnd_error *err);
+attnd_status attnd__gpu_page_write(attnd__gpu *g, int32_t page, const void *src,
+                                   attnd_error *err);
+
 /* Page-locked host memory of `bytes` for *p (RESOURCE_EXHAUSTED, or
  * UNIMPLEMENTED without CUDA); free with attnd__gpu_host_free (NULL: no-op).
  * The engine's workspaces hold GPU outputs in it. */

@@ -44,3 +44,16 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd
     (void)g, (void)b;
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
+
+attnd_status attnd__gpu_page_read(attnd__gpu *g, int32_t page, void *dst, attnd_error *err)
+{
+    (void)g, (void)page, (void)dst;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
+attnd_status attnd__gpu_page_write(attnd__gpu *g, int32_t page, const void *src,
+                                   attnd_error *err)
+{
+    (void)g, (void)page, (void)src;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}

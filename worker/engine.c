@@ -1,7 +1,8 @@
 /* The worker engine: sessions over a paged KV pool, and the calls the
  * service makes on them (create, append, close, stats; the staged appends
  * of AppendKV streams, and attnd_engine_append with them, are in stage.c;
- * attend, with its workspace, is in attend.c).
+ * attend, with its workspace, is in attend.c; the tiers below memory and
+ * durability are set up in engine_tiers.c).
  *
  * Every call validates what it depends on (layer range, session existence,
  * append position) itself, whatever the service checked before, and fails
@@ -16,7 +17,7 @@
 
 #include "attnd_buf.h"
 #include "backend.h"
-#include "worker_int.h"
+#include "tier_int.h"
 
 static int64_t div_up(int64_t a, int64_t b)
 {
@@ -83,11 +84,19 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     if (st)
         goto err_kpool;
     pthread_mutex_init(&e->stage_mu, NULL);
+    /* the tier below and durability last: recovery fills the table */
+    st = attnd__engine_tiers_open(e, cfg, err);
+    if (st)
+        goto err_tiers;
     *engine_p = e;
     return ATTND_OK;
 
+err_tiers:
+    pthread_mutex_destroy(&e->stage_mu);
+    attnd_cpu_pool_destroy(e->kpool);
 err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
+    attnd__engine_tiers_free(e);
 err_table:
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
@@ -100,8 +109,10 @@ void attnd_engine_destroy(attnd_engine *e)
 {
     if (!e)
         return;
+    attnd__engine_tiers_close(e); /* threads stopped, a last checkpoint */
     attnd_cpu_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
+    attnd__engine_tiers_free(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
     attnd__stages_cleanup(e);
@@ -124,84 +135,91 @@ int32_t attnd_engine_page_size(const attnd_engine *e)
     return e->layout.page_size;
 }
 
-attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
-                                         attnd_session_id *id_p, attnd_error *err)
+attnd_status attnd__engine_session_make(attnd_engine *e, const attnd_session_id *id,
+                                       uint64_t max_tokens, int lenient,
+                                       attnd__session **s_p, attnd_error *err)
 {
     int64_t per_layer = div_up((int64_t)(max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens),
                                e->layout.page_size);
-    int64_t reserve = per_layer * e->model.n_layers;
-    attnd_session_id id;
+    int64_t reserve = per_layer * e->model.n_layers, cap, held;
     attnd_status st;
 
-    if (reserve > e->pool.n_pages)
+    attnd_kv_pool_logical(&e->pool, &held, &cap);
+    if (reserve > cap && !lenient)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "max_tokens: %llu tokens need %lld KV pages; the pool has %d",
+                               "max_tokens: %llu tokens need %lld KV pages; the tiers hold %lld "
+                               "(%d in memory)",
                                (unsigned long long)max_tokens, (long long)reserve,
-                               e->pool.n_pages);
+                               (long long)cap, e->pool.n_pages);
     st = attnd_kv_pool_reserve(&e->pool, reserve, err);
-    if (st)
+    if (st && !lenient)
         return st;
-    for (int tries = 0;; tries++) {
-        if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes) {
-            st = attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
-            goto err_id;
-        }
-        attnd__session *s = attnd__session_new(&id, e->model.n_layers, e->layout.page_size,
-                                               reserve, (int32_t)per_layer);
-        if (s)
-            s->res_per_layer = (int32_t)per_layer;
-        if (!s) {
-            st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                 "max_tokens: no memory for the session's page tables");
-            goto err_id;
-        }
-        st = attnd__session_table_insert(&e->table, s, err);
-        if (st == ATTND_OK)
-            break;
-        s->reserved_left = 0; /* the reservation is still ours to return */
-        attnd__session_put(&e->table, &e->pool, s);
-        if (st != ATTND_ERR_ALREADY_EXISTS || tries > 3)
-            goto err_id;
-    }
-    *id_p = id;
-    return ATTND_OK;
-
-err_id:
-    attnd_kv_pool_unreserve(&e->pool, reserve);
-    return st;
-}
-
-attnd_status attnd_engine_session_create_id(attnd_engine *e, uint64_t max_tokens,
-                                            const attnd_session_id *id, attnd_error *err)
-{
-    int64_t per_layer = div_up((int64_t)(max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens),
-                               e->layout.page_size);
-    int64_t reserve = per_layer * e->model.n_layers;
-    attnd_status st;
-
-    if (reserve > e->pool.n_pages)
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "max_tokens: %llu tokens need %lld KV pages; the pool has %d",
-                               (unsigned long long)max_tokens, (long long)reserve,
-                               e->pool.n_pages);
-    st = attnd_kv_pool_reserve(&e->pool, reserve, err);
-    if (st)
-        return st;
+    if (st) /* a recovered session keeps its KV, without the promise */
+        reserve = per_layer = 0;
     attnd__session *s = attnd__session_new(id, e->model.n_layers, e->layout.page_size, reserve,
-                                           (int32_t)per_layer);
+                                           (int32_t)(per_layer ? per_layer : 0), e->tier != NULL);
     if (!s) {
         attnd_kv_pool_unreserve(&e->pool, reserve);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "max_tokens: no memory for the session's page tables");
     }
     s->res_per_layer = (int32_t)per_layer;
+    s->max_tokens = max_tokens;
+    atomic_store(&s->last_used, e->tier ? atomic_load(&e->tier->tick) : 0);
+    if (s_p)
+        s->refs++; /* not in a table yet: ours to count */
     st = attnd__session_table_insert(&e->table, s, err);
     if (st) {
         s->reserved_left = 0; /* the reservation is still ours to return */
+        if (s_p)
+            s->refs--;
         attnd__session_put(&e->table, &e->pool, s);
         attnd_kv_pool_unreserve(&e->pool, reserve);
+        return st;
+    }
+    if (s_p)
+        *s_p = s;
+    return ATTND_OK;
+}
+
+/* A session made and logged (its CREATE durable in sync mode). */
+static attnd_status create_logged(attnd_engine *e, const attnd_session_id *id,
+                                  uint64_t max_tokens, attnd_error *err)
+{
+    attnd_status st = attnd__engine_session_make(e, id, max_tokens, 0, NULL, err);
+    if (st || !e->dur)
+        return st;
+    st = attnd__engine_log_session(e, ATTND__WREC_CREATE, id, max_tokens, err);
+    if (st) { /* not in the log: not made */
+        attnd__session *s = attnd__session_remove(&e->table, id);
+        if (s)
+            attnd__session_put(&e->table, &e->pool, s);
     }
     return st;
+}
+
+attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
+                                         attnd_session_id *id_p, attnd_error *err)
+{
+    attnd_session_id id;
+    attnd_status st;
+
+    for (int tries = 0;; tries++) {
+        if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes)
+            return attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
+        st = create_logged(e, &id, max_tokens, err);
+        if (st != ATTND_ERR_ALREADY_EXISTS || tries > 3)
+            break;
+    }
+    if (st == ATTND_OK)
+        *id_p = id;
+    return st;
+}
+
+attnd_status attnd_engine_session_create_id(attnd_engine *e, uint64_t max_tokens,
+                                            const attnd_session_id *id, attnd_error *err)
+{
+    return create_logged(e, id, max_tokens, err);
 }
 
 attnd_status attnd_engine_session_close(attnd_engine *e, const attnd_session_id *id,
@@ -212,11 +230,15 @@ attnd_status attnd_engine_session_close(attnd_engine *e, const attnd_session_id 
         return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: no such session");
     pthread_mutex_lock(&s->mu);
     s->closed = 1; /* an open stage's commit now fails (stage.c) */
-    if (pages_freed_p)
-        *pages_freed_p = (uint64_t)s->pages_held;
+    uint64_t freed = (uint64_t)s->pages_held;
     pthread_mutex_unlock(&s->mu);
     attnd__session_put(&e->table, &e->pool, s);
-    return ATTND_OK;
+    /* a close that does not reach the log comes back after a restart:
+     * the caller hears of it (it may close again) */
+    attnd_status st = e->dur ? attnd__engine_log_session(e, ATTND__WREC_CLOSE, id, 0, err) : 0;
+    if (st == ATTND_OK && pages_freed_p)
+        *pages_freed_p = freed;
+    return st;
 }
 
 attnd_status attnd__engine_check_layer(const attnd_engine *e, uint32_t layer, attnd_error *err)
@@ -232,9 +254,11 @@ attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t lay
                                  uint64_t n, attnd_dtype dtype, const void *kv,
                                  attnd_error *err)
 {
+    const int32_t ps = e->layout.page_size;
+    if (e->tier && n) /* the first page may have had a copy below; the rest are new */
+        attnd__tier_dirty(e, s, layer, (int64_t)(t0 / (uint64_t)ps));
     if (e->gpu)
         return attnd__gpu_write(e->gpu, s->pages[layer], t0, n, dtype, kv, err);
-    const int32_t ps = e->layout.page_size;
     size_t src_bytes = (size_t)e->entry_elems * attnd_dtype_size(dtype);
     const char *src = kv;
     uint64_t t = t0, end = t0 + n;
@@ -277,10 +301,11 @@ attnd_status attnd_engine_length(attnd_engine *e, const attnd_session_id *id, ui
     if (!s)
         return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: no such session");
     pthread_mutex_lock(&s->mu);
-    *len_p = s->len[layer];
+    if (!(st = attnd__session_check(s, err)))
+        *len_p = s->len[layer];
     pthread_mutex_unlock(&s->mu);
     attnd__session_put(&e->table, &e->pool, s);
-    return ATTND_OK;
+    return st;
 }
 
 void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st)
@@ -301,4 +326,5 @@ void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st)
     st->append_calls = atomic_load(&e->append_calls);
     st->tokens_appended = atomic_load(&e->tokens_appended);
     st->kv_bytes_read = atomic_load(&e->kv_bytes_read);
+    attnd__engine_tiers_stats(e, st);
 }
