@@ -64,6 +64,9 @@ int main(int argc, char **argv)
     sigaddset(&stop_signals, SIGINT);
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* a file size limit makes the KV tier's writes fail (EFBIG: the disk
+     * counts as full, RESOURCE_EXHAUSTED) instead of killing the process */
+    signal(SIGXFSZ, SIG_IGN);
 
     attnd_error_clear(&err);
     if (attnd_srv_config_load(&cfg, argc, argv, &err)) {
@@ -121,6 +124,14 @@ int main(int argc, char **argv)
            (unsigned long long)est.page_bytes, cfg.threads, cfg.device);
     if (srv->ucx)
         printf("attnd: Attend over UCX on %s\n", attnd_srv_ucx_address(srv));
+    if (est.below[0])
+        printf("attnd: KV tier below memory: %s %s, %llu slots of %llu bytes; durable %s%s\n",
+               est.below, est.below[0] == 'd' ? cfg.kv_dir : "RAM",
+               (unsigned long long)est.below_slots, (unsigned long long)est.below_slot_bytes,
+               est.durable == ATTND_ENGINE_DURABLE_SYNC    ? "sync"
+               : est.durable == ATTND_ENGINE_DURABLE_BATCH ? "batch"
+                                                           : "off",
+               est.sessions_recovered ? " (sessions recovered)" : "");
     if (group)
         printf("attnd: group rank %d of %d, shard %s, UCX listener port %d\n", gcfg.rank,
                gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));

@@ -63,6 +63,16 @@ typedef struct attnd_srv_config {
     int64_t group_connect_ms;  /* --group-connect-ms */
     int64_t group_timeout_ms;  /* --group-timeout-ms */
     int kv_prefault;           /* --kv-prefault */
+    /* KV tiers and durability (worker/TIERS.md) */
+    char kv_dir[256];          /* --kv-dir: the disk tier; "" none */
+    uint64_t kv_disk;          /* --kv-disk bytes; 0: 4 x kv_memory */
+    uint64_t kv_host;          /* --kv-host bytes below a GPU; 0 none */
+    int32_t kv_prefetch;       /* --kv-prefetch layers ahead; 0 off */
+    int32_t kv_io_depth;       /* --kv-io-depth I/Os in flight */
+    char durable[8];           /* --durable[=sync|batch]: "", "off", "sync", "batch" */
+    int32_t durable_window_ms; /* --durable-window-ms (batch) */
+    uint64_t durable_segment;  /* --durable-segment bytes of a log segment */
+    uint64_t durable_checkpoint; /* --durable-checkpoint: log bytes between checkpoints */
     int show_help;             /* --help */
     int list_models;           /* --list-models */
 } attnd_srv_config;
@@ -78,6 +88,8 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc,
  * an optional trailing B. -1 on a malformed or overflowing value. */
 int attnd_srv_parse_size(const char *s, uint64_t *out_p);
 void attnd_srv_config_usage(FILE *f);
+/* --durable as ATTND_ENGINE_DURABLE_*. */
+int attnd_srv_durable_mode(const attnd_srv_config *cfg);
 void attnd_srv_config_list_models(FILE *f);
 /* group_setup.c: the group settings of a loaded config. *enabled_p = 0
  * (and nothing else filled) for a lone worker; else gcfg is complete for

@@ -102,11 +102,14 @@ static attnd_status check_config(const attnd_engine *e, const attnd_engine_confi
     if (cfg->durable && !cfg->kv_dir[0])
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "durable: needs --kv-dir (the log and checkpoints live there)");
-    if (cfg->durable && cfg->wal_segment &&
-        cfg->wal_segment < 8 * (e->pool.page_bytes + 4096) + (1u << 20))
+    /* a segment's buffers (a quarter of it) must hold two records of a page */
+    uint64_t least = 16 * (e->pool.page_bytes + 4096);
+    least = least > (1u << 20) ? least : (1u << 20);
+    if (cfg->durable && cfg->wal_segment && cfg->wal_segment < least)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "wal-segment: %llu bytes; at least 1 MiB plus 8 KV pages (%zu "
-                               "bytes each) are needed", (unsigned long long)cfg->wal_segment,
+                               "durable-segment: %llu bytes; at least %llu are needed (1 MiB, "
+                               "and 16 KV pages of %zu bytes)",
+                               (unsigned long long)cfg->wal_segment, (unsigned long long)least,
                                e->pool.page_bytes);
     return ATTND_OK;
 }

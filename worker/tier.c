@@ -66,6 +66,19 @@ static const char *store_name(const attnd__tier *t)
     return t->kind == ATTND__STORE_DISK ? t->path : "host RAM";
 }
 
+/* After an eviction round that freed nothing: wait a little and say
+ * whether to try again (1) or give up (0). */
+static int busy_wait(int *idle, int32_t free_before, int32_t free_now)
+{
+    if (++*idle > 20)
+        return 0;
+    if (free_now > free_before) /* someone else freed pages: look again */
+        return 1;
+    struct timespec ts = {0, (long)(*idle < 10 ? *idle : 10) * 1000000L};
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
 /* ---- down ------------------------------------------------------------------- */
 
 /* Slots for ops[k0, k) (pages without a copy). All or none. */
@@ -176,9 +189,18 @@ static int collect(attnd__session *s, void *arg)
         return 1;
     if (atomic_load_explicit(&s->n_below, memory_order_relaxed) >= s->n_layers)
         return 0;
+    if (v->n == cap && u >= v->used[cap - 1])
+        return 0;
+    /* something it could give up now? (busy: skip it) */
+    if (pthread_mutex_trylock(&s->mu) != 0)
+        return 0;
+    int any = 0;
+    for (int32_t l = 0; l < s->n_layers && !any; l++)
+        any = evictable(s, l);
+    pthread_mutex_unlock(&s->mu);
+    if (!any)
+        return 0;
     if (v->n == cap) {
-        if (u >= v->used[cap - 1])
-            return 0;
         attnd__session_put(&v->e->table, &v->e->pool, v->s[--v->n]);
     }
     int i = v->n++;
@@ -257,13 +279,21 @@ attnd_status attnd__engine_alloc(attnd_engine *e, int32_t n, int32_t from_reserv
                                  int32_t *pages_out, attnd_error *err)
 {
     attnd_error why = {0};
-    for (;;) {
+    for (int idle = 0;;) {
         attnd_status st = attnd_kv_pool_alloc(&e->pool, n, from_reserved, pages_out, err);
         if (st != ATTND_ERR_UNAVAILABLE)
             return st;
-        int64_t short_by = n - e->pool.n_free; /* racy: a hint */
-        if (!e->tier || evict(e, NULL, short_by > 0 ? short_by : 1, &why) == 0)
-            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+        int32_t before = e->pool.n_free; /* racy: hints */
+        int64_t short_by = n - before;
+        if (e->tier && evict(e, NULL, short_by > 0 ? short_by : 1, &why) > 0) {
+            idle = 0;
+            continue;
+        }
+        /* the victims may be busy a moment (the mover or a checkpoint
+         * holding them, a load): retry for up to ~0.1 s before giving up */
+        if (e->tier && busy_wait(&idle, before, e->pool.n_free))
+            continue;
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                    "kv: KV memory: needs %d pages now, %d free of %d; the others "
                                    "belong to sessions in use%s%s",
                                    n, e->pool.n_free, e->pool.n_pages,
@@ -280,12 +310,20 @@ static attnd_status take_pages(attnd_engine *e, attnd__tio *io, int32_t n, int32
                                attnd_error *err)
 {
     attnd_error why = {0};
-    for (;;) {
+    for (int idle = 0;;) {
         if (attnd_kv_pool_take(&e->pool, n, pages) == ATTND_OK)
             return ATTND_OK;
-        int64_t short_by = n - e->pool.n_free;
-        if (evict(e, io, short_by > 0 ? short_by : 1, &why) == 0)
-            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+        int32_t before = e->pool.n_free;
+        int64_t short_by = n - before;
+        if (evict(e, io, short_by > 0 ? short_by : 1, &why) > 0) {
+            idle = 0;
+            continue;
+        }
+        /* the victims may be busy a moment (the mover or a checkpoint
+         * holding them, a load): retry for up to ~0.1 s before giving up */
+        if (busy_wait(&idle, before, e->pool.n_free))
+            continue;
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                    "kv: no memory to load a layer back: needs %d pages, %d free "
                                    "of %d, the others belong to sessions in use%s%s",
                                    n, e->pool.n_free, e->pool.n_pages,

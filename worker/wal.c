@@ -161,20 +161,19 @@ static int seg_make(attnd__wal *w, uint64_t first)
     return fd;
 }
 
-/* The other buffer, once the flusher is done with it. Caller holds mu. */
-static wbuf *other_free(attnd__wal *w)
-{
-    wbuf *o = &w->buf[w->cur ^ 1];
-    while (o->sealed && !w->broken)
-        pthread_cond_wait(&w->cv, &w->mu);
-    return o;
-}
-
 /* Seal the current buffer (the flusher writes it) and make the other one
- * current, going on at the log's end. Caller holds mu. */
+ * current, going on at the log's end, once the flusher is done with the
+ * other one. Caller holds mu, which a wait releases: if another thread
+ * swapped meanwhile, this returns without swapping again (callers look at
+ * the state afresh either way). */
 static void swap_buffers(attnd__wal *w)
 {
-    wbuf *b = &w->buf[w->cur], *o = other_free(w);
+    wbuf *b = &w->buf[w->cur], *o = &w->buf[w->cur ^ 1];
+    while (o->sealed && !w->broken) {
+        pthread_cond_wait(&w->cv, &w->mu);
+        if (&w->buf[w->cur] != b)
+            return;
+    }
     if (w->broken)
         return;
     b->sealed = 1;
@@ -210,13 +209,12 @@ static void put_small(attnd__wal *w, uint16_t type, const void *payload, size_t 
 /* End the current segment and go on in a new one. Caller holds mu. */
 static attnd_status switch_segment(attnd__wal *w, attnd_error *err)
 {
-    wbuf *b = &w->buf[w->cur];
-    if (b->used + SEGEND_BYTES > b->cap) {
+    while (!w->broken && (w->buf[w->cur].ends_seg ||
+                          w->buf[w->cur].used + SEGEND_BYTES > w->buf[w->cur].cap))
         swap_buffers(w);
-        b = &w->buf[w->cur];
-    }
     if (w->broken)
         return attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "durable log: %s", w->why);
+    /* from here to the SEGEND nothing waits: the state stays ours */
     uint64_t first = w->next_lsn + SEGEND_BYTES;
     int fd = seg_make(w, first);
     if (fd < 0)
@@ -224,12 +222,16 @@ static attnd_status switch_segment(attnd__wal *w, attnd_error *err)
                                "durable log: cannot make its next segment (%llu bytes) in "
                                "%s/wal: %s", (unsigned long long)w->seg_bytes, w->dir,
                                strerror(-fd));
+    wbuf *b = &w->buf[w->cur];
     put_small(w, ATTND__WREC_SEGEND, &first, sizeof first);
     b->ends_seg = 1;
     w->seg_fd = fd;
     w->seg_first = first;
     w->next_lsn = first;
-    swap_buffers(w);
+    /* the buffer holding the SEGEND must not take records of the new
+     * segment: seal it (or find it sealed by another thread meanwhile) */
+    while (!w->broken && &w->buf[w->cur] == b)
+        swap_buffers(w);
     return w->broken ? attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "durable log: %s", w->why)
                      : ATTND_OK;
 }
@@ -261,7 +263,9 @@ attnd_status attnd__wal_reserve(attnd__wal *w, uint16_t type, attnd__wtxn *tx, s
                 break;
             continue;
         }
-        if (w->buf[w->cur].used + sz + SEGEND_BYTES > w->buf[w->cur].cap) {
+        /* a buffer that ended its segment takes no more records */
+        if (w->buf[w->cur].ends_seg ||
+            w->buf[w->cur].used + sz + SEGEND_BYTES > w->buf[w->cur].cap) {
             swap_buffers(w);
             continue;
         }
