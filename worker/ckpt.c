@@ -71,16 +71,16 @@ static void copy_full_pages(attnd_engine *e, attnd__tio *io, attnd__session *s)
     attnd_error err;
     int64_t k = 0, n = 0;
     for (int32_t l = 0; l < s->n_layers; l++)
-        if (s->where[l] == ATTND__LAYER_RESIDENT)
+        if (s->where[l] != ATTND__LAYER_LOADING)
             n += (int64_t)(s->len[l] / (uint64_t)s->page_size);
     if (n == 0 || attnd__tio_ops(io, n, &ops, &err))
         return;
     for (int32_t l = 0; l < s->n_layers; l++) {
-        if (s->where[l] != ATTND__LAYER_RESIDENT)
+        if (s->where[l] == ATTND__LAYER_LOADING) /* below: every page has a slot */
             continue;
         int32_t full = (int32_t)(s->len[l] / (uint64_t)s->page_size);
         for (int32_t j = 0; j < full; j++)
-            if (s->slots[l][j] < 0)
+            if (s->pages[l][j] >= 0 && s->slots[l][j] < 0)
                 ops[k++] = (attnd__tio_op){.slot = -1, .mem = s->pages[l][j], .id = s->id,
                                            .layer = l, .page = j, .tokens = s->page_size};
     }
@@ -154,8 +154,8 @@ static int ckpt_session(attnd__session *s, void *arg)
         for (uint32_t j = 0; j < np; j++) {
             int32_t slot = s->slots[l][j];
             uint32_t crc = 0;
-            if (slot < 0) { /* resident, no copy: into the log */
-                ATTND_ASSERT(s->where[l] == ATTND__LAYER_RESIDENT);
+            if (slot < 0) { /* in memory, no copy: into the log */
+                ATTND_ASSERT(s->pages[l][j] >= 0);
                 if ((st = page_to_log(e, s, l, (int32_t)j, c->err)))
                     goto out;
             } else {

@@ -165,7 +165,7 @@ attnd_status attnd__engine_session_make(attnd_engine *e, const attnd_session_id 
     }
     s->res_per_layer = (int32_t)per_layer;
     s->max_tokens = max_tokens;
-    atomic_store(&s->last_used, e->tier ? atomic_load(&e->tier->tick) : 0);
+    atomic_store(&s->last_used, e->tier ? atomic_fetch_add(&e->tier->tick, 1) + 1 : 0);
     if (s_p)
         s->refs++; /* not in a table yet: ours to count */
     st = attnd__session_table_insert(&e->table, s, err);

@@ -262,10 +262,10 @@ attnd_status attnd_engine_session_bytes(attnd_engine *e, const attnd_session_id 
     pthread_mutex_lock(&s->mu);
     for (int32_t l = 0; l < s->n_layers; l++) {
         int32_t np = attnd__session_layer_pages(s, l);
-        if (!s->where || s->where[l] == ATTND__LAYER_RESIDENT)
-            mem += (uint64_t)np;
-        for (int32_t j = 0; s->slots && j < np; j++)
-            below += s->slots[l][j] >= 0;
+        for (int32_t j = 0; j < np; j++) {
+            mem += s->pages[l][j] >= 0;
+            below += s->slots && s->slots[l][j] >= 0;
+        }
     }
     pthread_mutex_unlock(&s->mu);
     attnd__session_put(&e->table, &e->pool, s);

@@ -266,6 +266,16 @@ attnd_status attnd_kv_pool_take(attnd_kv_pool *p, int32_t n, int32_t *pages_out)
     return st;
 }
 
+int32_t attnd_kv_pool_take_upto(attnd_kv_pool *p, int32_t n, int32_t *pages_out)
+{
+    pthread_mutex_lock(&p->mu);
+    if (n > p->n_free)
+        n = p->n_free;
+    pop_pages(p, n, pages_out);
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
 void attnd_kv_pool_put(attnd_kv_pool *p, const int32_t *pages, int32_t n)
 {
     pthread_mutex_lock(&p->mu);

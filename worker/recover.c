@@ -466,7 +466,7 @@ static void replay_page(attnd_engine *e, attnd__session *s, const attnd__wrec_hd
     attnd_error err;
     char why[ATTND_ERROR_MSG_MAX + 128];
     if (h->flags || h->lsn < c->ckpt_lsn || s->where[l] != ATTND__LAYER_BELOW ||
-        j >= attnd__session_layer_pages(s, l) || s->slots[l][j] >= 0)
+        j >= attnd__session_layer_pages(s, l) || s->pages[l][j] >= 0 || s->slots[l][j] >= 0)
         return; /* not one the checkpoint left out, or replayed past already */
     attnd__tio *io = attnd__tio_get(t);
     attnd__tio_op op = {.mem = -1, .src = p + 1, .id = s->id, .layer = l, .page = j,
@@ -584,12 +584,14 @@ static int verify_one(attnd__session *s, void *arg)
             continue;
         if (attnd__tio_ops(c->io, np, &ops, &err))
             break;
-        int32_t miss = -1;
+        int32_t miss = -1, k = 0;
         for (int32_t j = 0; j < np; j++) {
+            if (s->pages[l][j] >= 0)
+                continue; /* in memory: checked when it was read */
             if (s->slots[l][j] < 0 && miss < 0)
                 miss = j;
-            ops[j] = (attnd__tio_op){.slot = s->slots[l][j], .mem = -1, .id = s->id,
-                                     .layer = l, .page = j};
+            ops[k++] = (attnd__tio_op){.slot = s->slots[l][j], .mem = -1, .id = s->id,
+                                       .layer = l, .page = j};
         }
         if (miss >= 0) {
             snprintf(why, sizeof why, "KV page %d of layer %d, which its last checkpoint left "
@@ -597,15 +599,15 @@ static int verify_one(attnd__session *s, void *arg)
             attnd__session_lose(s, why);
             break;
         }
-        int r = attnd__tio_read(c->io, ops, np);
+        int r = attnd__tio_read(c->io, ops, k);
         if (r) {
-            int32_t j = 0;
-            while (j < np - 1 && ops[j].res == 0)
-                j++;
+            int32_t i = 0;
+            while (i < k - 1 && ops[i].res == 0)
+                i++;
             snprintf(why, sizeof why, "KV page %d of layer %d %s at recovery (slot %lld of "
-                     "%s); its KV is lost, close it", j, l,
+                     "%s); its KV is lost, close it", ops[i].page, l,
                      r == ATTND__TIO_BAD ? "failed its checksum" : "could not be read",
-                     (long long)ops[j].slot, t->path);
+                     (long long)ops[i].slot, t->path);
             attnd__session_lose(s, why);
         }
     }

@@ -137,9 +137,15 @@ static void session_free(attnd__session *s, attnd_kv_pool *pool)
         int32_t np = attnd__session_layer_pages(s, l);
         if (!s->where || s->where[l] == ATTND__LAYER_RESIDENT) {
             attnd_kv_pool_free(pool, s->pages[l], np);
-        } else {
+        } else { /* some pages below: those give back logical pages only */
             ATTND_ASSERT(s->where[l] == ATTND__LAYER_BELOW);
-            attnd_kv_pool_forget(pool, np, 0);
+            int32_t below = 0;
+            for (int32_t j = 0; j < np; j++)
+                if (s->pages[l][j] >= 0)
+                    attnd_kv_pool_free(pool, &s->pages[l][j], 1);
+                else
+                    below++;
+            attnd_kv_pool_forget(pool, below, 0);
         }
         if (s->slots && pool->tier)
             attnd__tier_forget_layer(pool->tier, s, l);

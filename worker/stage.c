@@ -156,7 +156,7 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
         goto out;
     }
     if (e->tier) { /* the layer in memory before it is written (claimed, it stays) */
-        atomic_store_explicit(&ss->last_used, atomic_load(&e->tier->tick),
+        atomic_store_explicit(&ss->last_used, atomic_fetch_add(&e->tier->tick, 1) + 1,
                               memory_order_relaxed);
         if ((st = attnd__tier_load(e, ss, l, err)))
             goto out;

@@ -1,11 +1,13 @@
 /* Moving KV between memory and the tier below: which layers go down
  * (evict), how they come back (load, prefetch), and the mover thread.
  *
- * Unit: a layer of a session, wholly in memory or wholly below. Decode
- * touches a session's layers in order, so a layer is what one Attend
- * needs and what the next ones will: moving whole layers keeps the I/O in
- * batches of many pages (the queue stays full) and the bookkeeping one
- * byte per layer.
+ * Unit: the layers of a session. Decode touches a session's layers in
+ * order, so a layer is what one Attend needs (all of its pages in memory)
+ * and what the next ones will: an eviction moves a victim's layers down
+ * whole, so the I/O goes in batches of many pages (the queue stays full),
+ * except when the tier below has room for only part of one (then those
+ * pages go: accounting is exact to the page); a load brings back every
+ * page of a layer that is below.
  *
  * Down: when an allocation finds too few free memory pages
  * (attnd__engine_alloc), or the mover finds fewer than its low water, the
@@ -56,9 +58,19 @@ static int32_t layer_pages(const attnd__session *s, int32_t l)
     return attnd__session_layer_pages(s, l);
 }
 
+/* Can layer l of s give pages up now? (some in memory, no stage writing
+ * it, no load reading it) */
 static int evictable(const attnd__session *s, int32_t l)
 {
-    return s->where[l] == ATTND__LAYER_RESIDENT && !s->stager[l] && layer_pages(s, l) > 0;
+    int32_t np = layer_pages(s, l);
+    if (s->stager[l] || s->where[l] == ATTND__LAYER_LOADING || np == 0)
+        return 0;
+    if (s->where[l] == ATTND__LAYER_RESIDENT)
+        return 1;
+    for (int32_t j = 0; j < np; j++)
+        if (s->pages[l][j] >= 0)
+            return 1;
+    return 0;
 }
 
 static const char *store_name(const attnd__tier *t)
@@ -81,33 +93,13 @@ static int busy_wait(int *idle, int32_t free_before, int32_t free_now)
 
 /* ---- down ------------------------------------------------------------------- */
 
-/* Slots for ops[k0, k) (pages without a copy). All or none. */
-static attnd_status slots_for(attnd__tier *t, attnd__tio_op *ops, int64_t k0, int64_t k,
-                              attnd_error *err)
-{
-    int64_t got[64];
-    for (int64_t i = k0; i < k;) {
-        int64_t m = k - i < 64 ? k - i : 64;
-        attnd_status st = attnd__tier_slots_alloc(t, m, got, err);
-        if (st) {
-            for (int64_t x = k0; x < i; x++)
-                attnd__tier_slot_release(t, ops[x].slot);
-            return st;
-        }
-        for (int64_t x = 0; x < m; x++)
-            ops[i + x].slot = got[x];
-        i += m;
-    }
-    return ATTND_OK;
-}
-
-/* Move every layer of s it can below (caller holds s->mu). Returns memory
- * pages freed; a failure's message goes to why (first one kept). */
+/* Move what it can of s below (caller holds s->mu): every evictable
+ * layer's pages, written to new slots where they have no copy. Returns
+ * memory pages freed; a failure's message goes to why (first one kept). */
 static int64_t evict_locked(attnd_engine *e, attnd__tio *io, attnd__session *s,
                             attnd_error *why)
 {
     attnd__tier *t = e->tier;
-    attnd_error err;
     int64_t n_ops = 0, k = 0, freed = 0;
     int32_t last = -1; /* layers [0, last] take part */
 
@@ -119,22 +111,36 @@ static int64_t evict_locked(attnd_engine *e, attnd__tio *io, attnd__session *s,
     attnd__tio_op *ops;
     if (n_ops == 0 || attnd__tio_ops(io, n_ops, &ops, why))
         return 0;
-    for (int32_t l = 0; l < s->n_layers; l++) {
+    int out_of_slots = 0;
+    for (int32_t l = 0; l < s->n_layers && !out_of_slots; l++) {
         if (!evictable(s, l))
             continue;
         int64_t k0 = k;
         int32_t np = layer_pages(s, l);
         for (int32_t j = 0; j < np; j++)
-            if (s->slots[l][j] < 0)
+            if (s->pages[l][j] >= 0 && s->slots[l][j] < 0)
                 ops[k++] = (attnd__tio_op){
                     .slot = -1, .mem = s->pages[l][j], .id = s->id, .layer = l, .page = j,
                     .tokens = (int32_t)(j + 1 < np ? (uint64_t)s->page_size
                                                    : s->len[l] - (uint64_t)j * (uint64_t)s->page_size)};
-        if (k > k0 && slots_for(t, ops, k0, k, &err)) {
-            if (!why->code)
+        int64_t got[64], want = k - k0, have = 0;
+        while (have < want) { /* as many as there are slots */
+            int64_t m = attnd__tier_slots_take(t, want - have < 64 ? want - have : 64, got);
+            for (int64_t x = 0; x < m; x++)
+                ops[k0 + have + x].slot = got[x];
+            have += m;
+            if (m == 0)
+                break;
+        }
+        if (have < want) {
+            attnd_error err;
+            attnd_status st = attnd__tier_slots_alloc(t, 1, got, &err); /* for the message */
+            if (st == ATTND_OK)
+                attnd__tier_slot_release(t, got[0]);
+            else if (!why->code)
                 *why = err;
-            k = k0;
-            break;
+            k = k0 + have;
+            out_of_slots = 1;
         }
         last = l;
     }
@@ -142,31 +148,31 @@ static int64_t evict_locked(attnd_engine *e, attnd__tio *io, attnd__session *s,
     if (r && !why->code)
         attnd_error_set(why, ATTND_ERR_RESOURCE_EXHAUSTED, "kv-disk: writing to %s failed: %s",
                         store_name(t), strerror(-r));
-    /* a layer goes below when every write of it succeeded */
     int64_t i = 0;
     for (int32_t l = 0; l <= last; l++) {
         if (!evictable(s, l))
             continue;
-        int64_t i0 = i;
-        int ok = 1;
-        for (; i < k && ops[i].layer == l; i++)
-            ok &= ops[i].res == 0;
-        if (!ok) {
-            for (int64_t x = i0; x < i; x++)
-                attnd__tier_slot_release(t, ops[x].slot);
-            continue;
+        for (; i < k && ops[i].layer == l; i++) {
+            if (ops[i].res == 0)
+                s->slots[l][ops[i].page] = (int32_t)ops[i].slot;
+            else
+                attnd__tier_slot_release(t, ops[i].slot);
         }
-        for (int64_t x = i0; x < i; x++)
-            s->slots[l][ops[x].page] = (int32_t)ops[x].slot;
-        int32_t np = layer_pages(s, l);
-        attnd_kv_pool_put(&e->pool, s->pages[l], np);
+        /* every page with a copy below leaves memory */
+        int32_t np = layer_pages(s, l), moved = 0;
         for (int32_t j = 0; j < np; j++)
-            s->pages[l][j] = -1;
-        s->where[l] = ATTND__LAYER_BELOW;
-        atomic_fetch_add(&s->n_below, 1);
-        freed += np;
-        atomic_fetch_add(&t->n_out, (uint64_t)(i - i0));
+            if (s->pages[l][j] >= 0 && s->slots[l][j] >= 0) {
+                attnd_kv_pool_put(&e->pool, &s->pages[l][j], 1);
+                s->pages[l][j] = -1;
+                moved++;
+            }
+        if (moved && s->where[l] == ATTND__LAYER_RESIDENT) {
+            s->where[l] = ATTND__LAYER_BELOW;
+            atomic_fetch_add(&s->n_below, 1);
+        }
+        freed += moved;
     }
+    atomic_fetch_add(&t->n_out, (uint64_t)k);
     return freed;
 }
 
@@ -331,82 +337,125 @@ static attnd_status take_pages(attnd_engine *e, attnd__tio *io, int32_t n, int32
     }
 }
 
-/* The ops that read layer l of s (every page with a slot) into pages[]. */
-static void load_ops(const attnd__session *s, int32_t l, const int32_t *pages,
-                     attnd__tio_op *ops)
+/* Pages of layer l of s below memory. */
+static int32_t missing(const attnd__session *s, int32_t l)
 {
-    int32_t np = layer_pages(s, l);
+    int32_t np = layer_pages(s, l), m = 0;
     for (int32_t j = 0; j < np; j++)
-        ops[j] = (attnd__tio_op){.slot = s->slots[l][j], .mem = pages[j], .id = s->id,
-                                 .layer = l, .page = j};
+        m += s->pages[l][j] < 0;
+    return m;
 }
 
-/* After the reads of layer l of s (caller holds s->mu): install the pages,
- * or on failure give them back and lose s if a page was bad. */
+/* The ops that read the pages of layer l of s below memory into pages[]
+ * (as many as missing()); -1 when one has no slot (recovery: its
+ * checkpoint's log record never came), with *hole_p that page. */
+static int load_ops(const attnd__session *s, int32_t l, const int32_t *pages,
+                    attnd__tio_op *ops, int32_t *hole_p)
+{
+    int32_t np = layer_pages(s, l), k = 0;
+    for (int32_t j = 0; j < np; j++) {
+        if (s->pages[l][j] >= 0)
+            continue;
+        if (s->slots[l][j] < 0) {
+            *hole_p = j;
+            return -1;
+        }
+        if (ops)
+            ops[k] = (attnd__tio_op){.slot = s->slots[l][j], .mem = pages[k], .id = s->id,
+                                     .layer = l, .page = j};
+        k++;
+    }
+    return 0;
+}
+
+/* After the m reads of layer l of s (caller holds s->mu): install the
+ * pages, or on failure give them back and lose s if a page was bad. */
 static attnd_status install(attnd_engine *e, attnd__session *s, int32_t l, const int32_t *pages,
-                            const attnd__tio_op *ops, int res, attnd_error *err)
+                            const attnd__tio_op *ops, int32_t m, int res, attnd_error *err)
 {
     attnd__tier *t = e->tier;
-    int32_t np = layer_pages(s, l);
     if (res) {
         char why[PATH_MAX + 256];
-        int32_t j = 0;
-        while (j < np - 1 && ops[j].res == 0)
-            j++;
-        if (pages)
-            attnd_kv_pool_put(&e->pool, pages, np);
+        int32_t i = 0;
+        while (i < m - 1 && ops[i].res == 0)
+            i++;
+        attnd_kv_pool_put(&e->pool, pages, m);
         s->where[l] = ATTND__LAYER_BELOW;
         if (res == ATTND__TIO_BAD)
             snprintf(why, sizeof why, "KV page %d of layer %d failed its checksum on reload "
                      "(slot %lld of %s); its KV is lost, close it",
-                     j, l, (long long)ops[j].slot, store_name(t));
+                     ops[i].page, l, (long long)ops[i].slot, store_name(t));
         else
             snprintf(why, sizeof why, "KV page %d of layer %d could not be read back from %s "
                      "(slot %lld): %s; its KV is lost, close it",
-                     j, l, store_name(t), (long long)ops[j].slot, strerror(-res));
+                     ops[i].page, l, store_name(t), (long long)ops[i].slot, strerror(-res));
         attnd__session_lose(s, why);
         return attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->lost);
     }
-    for (int32_t j = 0; j < np; j++) {
-        s->pages[l][j] = pages[j];
+    for (int32_t i = 0; i < m; i++) {
+        int32_t j = ops[i].page;
+        s->pages[l][j] = pages[i];
         if (!t->keep) {
             attnd__tier_slot_release(t, s->slots[l][j]);
             s->slots[l][j] = -1;
         }
     }
-    s->where[l] = ATTND__LAYER_RESIDENT;
-    atomic_fetch_sub(&s->n_below, 1);
-    atomic_fetch_add(&t->n_in, (uint64_t)np);
+    atomic_fetch_add(&t->n_in, (uint64_t)m);
+    if (missing(s, l) == 0) {
+        s->where[l] = ATTND__LAYER_RESIDENT;
+        atomic_fetch_sub(&s->n_below, 1);
+    } else {
+        s->where[l] = ATTND__LAYER_BELOW; /* part of it (load_now goes on) */
+    }
     return ATTND_OK;
 }
 
-/* Read layer l of s in now (caller holds s->mu; the layer BELOW). */
+/* Read the missing pages of layer l of s in now (caller holds s->mu; the
+ * layer BELOW), as memory frees: whatever pages are free are filled first,
+ * and their slots (without durability) freed, so that the other pages
+ * evicted for the rest have room below even when every tier is full. */
 static attnd_status load_now(attnd_engine *e, attnd__session *s, int32_t l, attnd_error *err)
 {
     attnd__tier *t = e->tier;
-    int32_t np = layer_pages(s, l), *pages;
+    int32_t m, *pages, hole = -1;
     attnd__tio_op *ops;
-    attnd_status st;
+    attnd_error why = {0};
+    attnd_status st = ATTND_OK;
     attnd__tio *io = attnd__tio_get(t);
 
-    for (int32_t j = 0; j < np; j++)
-        if (s->slots[l][j] < 0) {
-            char why[160];
-            snprintf(why, sizeof why, "layer %d misses KV page %d, which its last checkpoint "
-                     "left in the log, and the log does not hold it; its KV is lost, close it",
-                     l, j);
-            attnd__session_lose(s, why);
-            st = attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->lost);
-            goto out;
-        }
-    if ((st = attnd__tio_pages(io, np, &pages, err)) || (st = take_pages(e, io, np, pages, err)))
-        goto out;
-    if ((st = attnd__tio_ops(io, np, &ops, err))) {
-        attnd_kv_pool_put(&e->pool, pages, np);
+    if (load_ops(s, l, NULL, NULL, &hole)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "layer %d misses KV page %d, which its last checkpoint "
+                 "left in the log, and the log does not hold it; its KV is lost, close it",
+                 l, hole);
+        attnd__session_lose(s, msg);
+        st = attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->lost);
         goto out;
     }
-    load_ops(s, l, pages, ops);
-    st = install(e, s, l, pages, ops, attnd__tio_read(io, ops, np), err);
+    for (int idle = 0; (m = missing(s, l)) > 0;) {
+        if ((st = attnd__tio_pages(io, m, &pages, err)))
+            goto out;
+        int32_t got = attnd_kv_pool_take_upto(&e->pool, m, pages);
+        if (got == 0) {
+            int32_t before = e->pool.n_free;
+            if (evict(e, io, m, &why) > 0 || busy_wait(&idle, before, e->pool.n_free))
+                continue;
+            st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                 "kv: no memory to load a layer back: needs %d pages, %d free "
+                                 "of %d, the others belong to sessions in use%s%s",
+                                 m, e->pool.n_free, e->pool.n_pages, why.code ? "; " : "",
+                                 why.code ? why.msg : "");
+            goto out;
+        }
+        idle = 0;
+        if ((st = attnd__tio_ops(io, m, &ops, err))) {
+            attnd_kv_pool_put(&e->pool, pages, got);
+            goto out;
+        }
+        load_ops(s, l, pages, ops, &hole); /* the first `got` of them */
+        if ((st = install(e, s, l, pages, ops, got, attnd__tio_read(io, ops, got), err)))
+            goto out;
+    }
 out:
     attnd__tio_put(t, io);
     return st;
@@ -414,14 +463,14 @@ out:
 
 /* Queue a load of layer l of s for the mover (caller holds s->mu; the
  * layer BELOW). 0: queued (LOADING now); -1: the queue is full. */
-static int enqueue(attnd_engine *e, attnd__session *s, int32_t l)
+static int enqueue(attnd_engine *e, attnd__session *s, int32_t l, int prefetch)
 {
     attnd__tier *t = e->tier;
     int ok = 0;
     attnd__session_ref(&e->table, s);
     pthread_mutex_lock(&t->mv_mu);
     if (t->mover_running && t->job_n < t->job_cap) {
-        t->jobs[(t->job_head + t->job_n++) % t->job_cap] = (struct attnd__tjob){s, l};
+        t->jobs[(t->job_head + t->job_n++) % t->job_cap] = (struct attnd__tjob){s, l, prefetch};
         s->where[l] = ATTND__LAYER_LOADING;
         pthread_cond_signal(&t->mv_cv);
         ok = 1;
@@ -465,8 +514,8 @@ attnd_status attnd__tier_attend(attnd_engine *e, attnd__session **ss, uint32_t n
             continue;
         below = 1;
         /* every load of this Attend in one batch of the mover's */
-        if (s->where[layer] == ATTND__LAYER_BELOW && layer_pages(s, layer) > 0)
-            enqueue(e, s, layer);
+        if (s->where[layer] == ATTND__LAYER_BELOW)
+            enqueue(e, s, layer, 0);
     }
     if (!below)
         return ATTND_OK;
@@ -484,8 +533,7 @@ attnd_status attnd__tier_attend(attnd_engine *e, attnd__session **ss, uint32_t n
         attnd__session *s = ss[i];
         for (int32_t d = 1; d <= t->prefetch && d < s->n_layers; d++) {
             int32_t l = (layer + d) % s->n_layers;
-            if (s->where[l] == ATTND__LAYER_BELOW && layer_pages(s, l) > 0 && !s->lost &&
-                enqueue(e, s, l))
+            if (s->where[l] == ATTND__LAYER_BELOW && !s->lost && enqueue(e, s, l, 1))
                 break; /* the queue is full */
         }
     }
@@ -518,49 +566,48 @@ static void run_jobs(attnd_engine *e, struct attnd__tjob *jobs, int n)
     attnd__tier *t = e->tier;
     attnd__tio *io = attnd__tio_get(t);
     attnd__tio_op *ops = NULL;
-    int32_t *pages = NULL;
+    int32_t *pages = NULL, hole;
     int64_t total = 0, k = 0;
     attnd_error err;
     int64_t at[MOVER_BATCH]; /* each job's first page and op: -1 none */
+    int32_t cnt[MOVER_BATCH];
 
-    for (int i = 0; i < n; i++) /* a LOADING layer's length is frozen */
-        total += layer_pages(jobs[i].s, jobs[i].layer);
+    for (int i = 0; i < n; i++) /* a LOADING layer does not change */
+        total += cnt[i] = missing(jobs[i].s, jobs[i].layer);
     /* memory first (evicting with io's scratch), then the ops */
     int ok = attnd__tio_pages(io, total, &pages, &err) == ATTND_OK;
     for (int i = 0; i < n; i++) {
-        attnd__session *s = jobs[i].s;
-        int32_t l = jobs[i].layer, np = layer_pages(s, l), hole = 0;
         at[i] = -1;
-        for (int32_t j = 0; j < np; j++)
-            hole |= s->slots[l][j] < 0;
-        if (!ok || hole || take_pages(e, io, np, pages + k, &err))
+        if (!ok || load_ops(jobs[i].s, jobs[i].layer, NULL, NULL, &hole) ||
+            take_pages(e, io, cnt[i], pages + k, &err))
             continue; /* the caller loads it (and reports) */
         at[i] = k;
-        k += np;
+        k += cnt[i];
     }
     if (attnd__tio_ops(io, k, &ops, &err)) {
         for (int i = 0; i < n; i++)
             if (at[i] >= 0) {
-                attnd_kv_pool_put(&e->pool, pages + at[i], layer_pages(jobs[i].s, jobs[i].layer));
+                attnd_kv_pool_put(&e->pool, pages + at[i], cnt[i]);
                 at[i] = -1;
             }
         k = 0;
     }
     for (int i = 0; i < n; i++)
         if (at[i] >= 0)
-            load_ops(jobs[i].s, jobs[i].layer, pages + at[i], ops + at[i]);
+            load_ops(jobs[i].s, jobs[i].layer, pages + at[i], ops + at[i], &hole);
     if (k)
         attnd__tio_read(io, ops, k);
     for (int i = 0; i < n; i++) {
         attnd__session *s = jobs[i].s;
-        int32_t l = jobs[i].layer, np = layer_pages(s, l);
+        int32_t l = jobs[i].layer;
         pthread_mutex_lock(&s->mu);
         if (at[i] >= 0) {
             int res = 0;
-            for (int32_t j = 0; j < np && !res; j++)
+            for (int32_t j = 0; j < cnt[i] && !res; j++)
                 res = ops[at[i] + j].res;
-            install(e, s, l, pages + at[i], ops + at[i], res, &err);
-            atomic_fetch_add(&t->n_prefetched, (uint64_t)np);
+            install(e, s, l, pages + at[i], ops + at[i], cnt[i], res, &err);
+            if (jobs[i].prefetch && !res)
+                atomic_fetch_add(&t->n_prefetched, (uint64_t)cnt[i]);
         } else {
             s->where[l] = ATTND__LAYER_BELOW; /* the caller loads it */
         }

@@ -139,6 +139,7 @@ typedef struct attnd__tier {
     struct attnd__tjob {
         attnd__session *s; /* a reference */
         int32_t layer;
+        int prefetch;      /* read ahead (not for the Attend waiting) */
     } *jobs;
     int32_t job_cap, job_head, job_n;
     int32_t prefetch;
@@ -157,6 +158,8 @@ void attnd__tier_destroy(attnd__tier *t);
  * store's figures (and a lowered limit's reason). */
 attnd_status attnd__tier_slots_alloc(attnd__tier *t, int64_t n, int64_t *out,
                                      attnd_error *err);
+/* Up to n free slots into out; returns how many (0 when none). */
+int64_t attnd__tier_slots_take(attnd__tier *t, int64_t n, int64_t *out);
 /* Slots no longer needed: free now, or (keep_copies) once the next
  * checkpoint no longer names them. */
 void attnd__tier_slot_release(attnd__tier *t, int64_t slot);

@@ -371,51 +371,57 @@ attnd_status attnd__tier_slots_alloc(attnd__tier *t, int64_t n, int64_t *out, at
 {
     attnd_status st = ATTND_OK;
     pthread_mutex_lock(&t->slot_mu);
-    /* slots past a lowered limit may sit in the free list: drop them */
-    int64_t usable = t->limit - t->next_new > 0 ? t->limit - t->next_new : 0;
-    if (n > t->n_free_slots + usable) {
-        int64_t have = 0;
-        for (int32_t s = t->free_head; s >= 0; s = t->link[s])
-            have += s < t->limit;
-        if (n > have + usable) {
-            st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                 "kv-disk: needs %lld slots of %zu bytes, %lld free of %lld "
-                                 "(%lld waiting for a checkpoint)%s%s",
-                                 (long long)n, t->slot_bytes, (long long)(have + usable),
-                                 (long long)t->limit, (long long)(t->n_pend[0] + t->n_pend[1]),
-                                 t->full_msg[0] ? "; " : "", t->full_msg);
-            goto out;
-        }
+    int64_t avail = t->n_free_slots + (t->limit - t->next_new);
+    if (n > avail) {
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "kv-disk: needs %lld slots of %zu bytes, %lld free of %lld "
+                             "(%lld waiting for a checkpoint)%s%s",
+                             (long long)n, t->slot_bytes, (long long)avail, (long long)t->limit,
+                             (long long)(t->n_pend[0] + t->n_pend[1]),
+                             t->full_msg[0] ? "; " : "", t->full_msg);
+        goto out;
     }
-    for (int64_t i = 0; i < n;) {
+    for (int64_t i = 0; i < n; i++) {
         int64_t s;
         if (t->free_head >= 0) {
             s = t->free_head;
             t->free_head = t->link[s];
             t->n_free_slots--;
-            if (s >= t->limit) {
-                t->state[s] = ATTND__SLOT_FREE;
-                continue;
-            }
         } else {
-            ATTND_ASSERT(t->next_new < t->limit);
             s = t->next_new++;
         }
-        ATTND_ASSERT(t->state[s] == ATTND__SLOT_FREE);
+        ATTND_ASSERT(s < t->limit && t->state[s] == ATTND__SLOT_FREE);
         t->state[s] = ATTND__SLOT_LIVE;
         t->used++;
-        out[i++] = s;
+        out[i] = s;
     }
 out:
     pthread_mutex_unlock(&t->slot_mu);
     return st;
 }
 
-/* Caller holds slot_mu. */
+int64_t attnd__tier_slots_take(attnd__tier *t, int64_t n, int64_t *out)
+{
+    pthread_mutex_lock(&t->slot_mu);
+    int64_t avail = t->n_free_slots + (t->limit - t->next_new);
+    pthread_mutex_unlock(&t->slot_mu);
+    if (n > avail)
+        n = avail;
+    attnd_error err;
+    /* (another thread may take some meanwhile: then fewer) */
+    while (n > 0 && attnd__tier_slots_alloc(t, n, out, &err))
+        n /= 2;
+    return n;
+}
+
+/* Caller holds slot_mu. A slot past a lowered limit is never handed out
+ * again: it leaves the lists. */
 static void slot_free(attnd__tier *t, int32_t s)
 {
     t->state[s] = ATTND__SLOT_FREE;
     t->used--;
+    if (s >= t->limit)
+        return;
     t->link[s] = t->free_head;
     t->free_head = s;
     t->n_free_slots++;
@@ -489,6 +495,16 @@ void attnd__tier_slots_full(attnd__tier *t, int64_t slot, int res)
     pthread_mutex_lock(&t->slot_mu);
     if (slot < t->limit) {
         t->limit = slot;
+        if (t->next_new > slot)
+            t->next_new = slot;
+        /* free slots past it leave the free list */
+        for (int32_t *pp = &t->free_head; *pp >= 0;)
+            if (*pp >= slot) {
+                *pp = t->link[*pp];
+                t->n_free_slots--;
+            } else {
+                pp = &t->link[*pp];
+            }
         snprintf(t->full_msg, sizeof t->full_msg,
                  "writing slot %lld of %.80s failed (%s): the tier below now holds at most %lld "
                  "slots", (long long)slot, t->kind == ATTND__STORE_DISK ? t->path : "host RAM",

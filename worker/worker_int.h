@@ -81,6 +81,8 @@ void attnd_kv_pool_free(attnd_kv_pool *p, const int32_t *pages, int32_t n);
  * down or up): take n (UNAVAILABLE when fewer are free; all or nothing),
  * give n back. */
 attnd_status attnd_kv_pool_take(attnd_kv_pool *p, int32_t n, int32_t *pages_out);
+/* Up to n memory pages (as many as are free); returns how many. */
+int32_t attnd_kv_pool_take_upto(attnd_kv_pool *p, int32_t n, int32_t *pages_out);
 void attnd_kv_pool_put(attnd_kv_pool *p, const int32_t *pages, int32_t n);
 /* Logical pages only (pages that live in the tier below): give n back,
  * to_reserved of which renew a promise. */
@@ -135,13 +137,14 @@ typedef struct attnd__session {
      * in sequence mode (a rank holds some of the tokens), else len. Kept
      * so that a rank recovered from its log knows the group's lengths. */
     uint64_t *ulen;     /* [n_layers] */
-    /* Tiers (tier.c; all NULL/0 without a tier below memory). A layer is
-     * wholly in memory (RESIDENT: pages[l][j] are memory pages) or wholly
-     * below (BELOW: pages[l][j] = -1, every page in slots[l][j]), or
-     * LOADING (a prefetch is reading it in; wait on cv). slots[l][j] is
-     * the slot of the tier below holding a copy of page j, or -1; a
-     * resident page keeps its copy only while unchanged and only when the
-     * tier keeps copies (durable), and a write into the page drops it. */
+    /* Tiers (tier.c; all NULL/0 without a tier below memory). Page j of
+     * layer l is in memory (pages[l][j] >= 0) or below (-1, its bytes in
+     * slot slots[l][j]). A layer is RESIDENT (every page in memory: what
+     * Attend and appends need), BELOW (some pages below), or LOADING (a
+     * load is reading its pages in; wait on cv, touch nothing). slots[l][j]
+     * is the slot holding a copy of page j, or -1; a page in memory keeps
+     * its copy only while unchanged and only when the tier keeps copies
+     * (durable): a write into the page drops it. */
     int32_t **slots;    /* [n_layers] page tables' twins */
     uint8_t *where;     /* [n_layers] ATTND__LAYER_* */
     atomic_int n_below; /* layers not RESIDENT (changed under mu; read
