@@ -353,10 +353,13 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         pthread_mutex_lock(&((attnd__session *)ws->sessions[ws->order[k]])->mu);
 
     uint64_t log_end = 0;
-    if (e->tier &&
-        (st = attnd__tier_attend(e, (attnd__session **)ws->sessions, req->n_seqs,
-                                 (int32_t)req->layer, err)))
-        goto out;
+    if (e->tier) {
+        /* memory short: the batch's other layers may go below too */
+        attnd__tier_own((attnd__session **)ws->sessions, req->n_seqs, (int32_t)req->layer);
+        if ((st = attnd__tier_attend(e, (attnd__session **)ws->sessions, req->n_seqs,
+                                     (int32_t)req->layer, err)))
+            goto out;
+    }
     if (req->new_kv) {
         st = append_new_entries(e, req, ws, &log_end, err);
         if (st)
@@ -398,6 +401,8 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         atomic_fetch_add(&e->tokens_appended, (uint64_t)req->n_seqs * (uint64_t)req->q_tokens);
 
 out:
+    if (e->tier)
+        attnd__tier_own(NULL, 0, -1);
     for (uint32_t k = req->n_seqs; k-- > 0;)
         pthread_mutex_unlock(&((attnd__session *)ws->sessions[ws->order[k]])->mu);
     for (uint32_t i = 0; i < req->n_seqs; i++)

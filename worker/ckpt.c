@@ -57,7 +57,6 @@ static attnd_status man_put(attnd__dur *d, const void *p, size_t n, attnd_error 
 
 typedef struct ckpt_run_ctx {
     attnd_engine *e;
-    attnd__tio *io;
     uint64_t n_sessions;
     attnd_status st;
     attnd_error *err;
@@ -132,11 +131,16 @@ static int ckpt_session(attnd__session *s, void *arg)
     attnd__tier *t = e->tier;
     attnd_status st = ATTND_OK;
 
+    /* its lock first, then an I/O context: a thread never waits for a
+     * session's lock while it holds a context (tier.c) */
     pthread_mutex_lock(&s->mu);
     if (s->closed)
         goto out;
-    if (!s->lost)
-        copy_full_pages(e, c->io, s);
+    if (!s->lost) {
+        attnd__tio *io = attnd__tio_get(t);
+        copy_full_pages(e, io, s);
+        attnd__tio_put(t, io);
+    }
     uint32_t flags = s->lost ? 1 : 0, msg_len = s->lost ? (uint32_t)strlen(s->lost) : 0;
     char pad[8] = {0};
     if ((st = man_put(d, s->id.bytes, 16, c->err)) ||
@@ -225,11 +229,12 @@ attnd_status attnd__ckpt_run(attnd_engine *e, attnd_error *err)
     memset(&h, 0, sizeof h);
     if ((st = man_put(d, &h, sizeof h, err)))
         goto out;
-    ckpt_run_ctx c = {.e = e, .io = attnd__tio_get(t), .err = err};
+    ckpt_run_ctx c = {.e = e, .err = err};
     attnd__session_each(&e->table, &e->pool, 0, ckpt_session, &c);
     st = c.st;
-    int sr = st ? 0 : attnd__tio_sync(c.io);
-    attnd__tio_put(t, c.io);
+    attnd__tio *io = attnd__tio_get(t);
+    int sr = st ? 0 : attnd__tio_sync(io);
+    attnd__tio_put(t, io);
     if (st)
         goto out;
     if (sr) {

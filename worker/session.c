@@ -44,6 +44,7 @@ static void session_arrays_free(attnd__session *s)
     free(s->staged);
     free(s->ulen);
     free(s->where);
+    free(s->job);
     if (s->lost != lost_no_memory)
         free(s->lost);
 }
@@ -72,7 +73,8 @@ attnd__session *attnd__session_new(const attnd_session_id *id,
     if (with_slots) {
         s->slots = calloc((size_t)n_layers, sizeof *s->slots);
         s->where = calloc((size_t)n_layers, sizeof *s->where); /* all RESIDENT */
-        if (!s->slots || !s->where)
+        s->job = calloc((size_t)n_layers, sizeof *s->job);
+        if (!s->slots || !s->where || !s->job)
             goto err_arrays;
     }
     for (int32_t l = 0; l < n_layers && initial_cap > 0; l++) {

@@ -70,6 +70,29 @@ typedef struct attnd__tio_op {
     int res;              /* after the I/O: 0, -errno or ATTND__TIO_BAD */
 } attnd__tio_op;
 
+/* A load of the pages of one layer below memory, read by the mover and
+ * installed by whoever holds the session's lock next (the Attend waiting
+ * for it, any later call touching the layer, or the mover by trylock):
+ * the mover never waits for a session's lock, so an Attend that holds its
+ * sessions' locks while it waits for their loads cannot deadlock with it.
+ * The layer is LOADING (and s->job[l] points here) until installed. */
+typedef struct attnd__tjob {
+    struct attnd__tjob *next;
+    attnd__session *s;    /* a reference, dropped by the mover */
+    int32_t layer;
+    int prefetch;         /* read ahead (not for a waiting Attend) */
+    int done;             /* read (under mv_mu) */
+    int installed;        /* applied to the session (under mv_mu) */
+    int res;              /* 0, -errno, ATTND__TIO_BAD; -ENOMEM: no memory,
+                             nothing read (the layer stays below) */
+    int32_t m;            /* pages read */
+    int32_t *pages;       /* [m] memory pages, then owned by the session */
+    int32_t *page_j;      /* [m] their places in the layer */
+    int64_t bad_slot;     /* a failure's slot and page, for the message */
+    int32_t bad_j;
+    int32_t cap;
+} attnd__tjob;
+
 /* An I/O context: one io_uring (the store's file registered, bounce buffers
  * registered when the memlock limit allows), depth bounce buffers of one
  * slot each, and scratch for op lists. Without io_uring (a kernel or a
@@ -131,17 +154,17 @@ typedef struct attnd__tier {
     int n_tio;
     int32_t depth;
 
-    /* the mover thread (tier.c): prefetch jobs, eviction to a low water */
+    /* the mover thread (tier.c): loads (an Attend's and prefetches) and
+     * eviction to a low water; under mv_mu */
     pthread_mutex_t mv_mu;
-    pthread_cond_t mv_cv;
+    pthread_cond_t mv_cv;    /* the mover: work came */
+    pthread_cond_t done_cv;  /* waiters: a load was read */
     pthread_t mover;
     int mover_running, stop;
-    struct attnd__tjob {
-        attnd__session *s; /* a reference */
-        int32_t layer;
-        int prefetch;      /* read ahead (not for the Attend waiting) */
-    } *jobs;
-    int32_t job_cap, job_head, job_n;
+    struct attnd__tjob *queue, *queue_tail; /* to read, in order */
+    struct attnd__tjob *done;  /* read; installed or not yet */
+    struct attnd__tjob *spare; /* records for reuse */
+    int32_t n_queued;
     int32_t prefetch;
     int32_t low_water;     /* the mover evicts while fewer pages are free */
     atomic_uint_fast64_t tick;
@@ -211,11 +234,20 @@ attnd_status attnd__tier_load(attnd_engine *e, attnd__session *s, int32_t layer,
  * prefetch of the layers after it. */
 attnd_status attnd__tier_attend(attnd_engine *e, attnd__session **ss, uint32_t n,
                                 int32_t layer, attnd_error *err);
+/* This thread attends `layer` of sessions ss[0, n), locked: evictions it
+ * runs may also move their other layers (n = 0: none; per thread). */
+void attnd__tier_own(attnd__session **ss, uint32_t n, int32_t layer);
 /* Page j of layer changed: drop its slot copy. Caller holds s->mu. */
 void attnd__tier_dirty(attnd_engine *e, attnd__session *s, int32_t layer, int64_t j);
 /* Move cold layers down until `want` memory pages were freed or nothing
  * more can be (sessions in use are skipped: trylock). Returns pages freed. */
 int64_t attnd__tier_evict(attnd_engine *e, int64_t want);
+/* The same with the caller's I/O context (its op scratch is used; NULL:
+ * one is taken) and the reason of a shortfall into why (may be NULL). */
+int64_t attnd__tier_evict_for(attnd_engine *e, attnd__tio *io, int64_t want, attnd_error *why);
+/* After an eviction round that freed nothing: wait a little (the victims
+ * may be busy a moment) and say whether to try again (1) or give up. */
+int attnd__tier_busy_wait(int *idle, int32_t free_before, int32_t free_now);
 /* Everything of s below memory (tests, the benchmark); caller holds no
  * lock. Returns pages moved, or a negative status. */
 int64_t attnd__tier_evict_session(attnd_engine *e, attnd__session *s, attnd_error *err);

@@ -592,6 +592,7 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
     pthread_cond_init(&t->tio_cv, NULL);
     pthread_mutex_init(&t->mv_mu, NULL);
     pthread_cond_init(&t->mv_cv, NULL);
+    pthread_cond_init(&t->done_cv, NULL);
     if (cfg->kind == ATTND__STORE_DISK) {
         snprintf(t->dir, sizeof t->dir, "%s", cfg->dir);
         if ((st = open_file(t, !cfg->keep_copies, err)))
@@ -617,11 +618,6 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
         t->tios[t->n_tio].next = t->free_tio;
         t->free_tio = &t->tios[t->n_tio];
     }
-    t->job_cap = 4096;
-    if (!(t->jobs = calloc((size_t)t->job_cap, sizeof *t->jobs))) {
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", what);
-        goto err_tio;
-    }
     /* keep a few pages free for decode's appends: 1/32 of memory, at
      * least 2 */
     t->low_water = e->pool.n_pages / 32 > 2 ? e->pool.n_pages / 32 : 2;
@@ -644,6 +640,7 @@ err_store:
     pthread_cond_destroy(&t->tio_cv);
     pthread_mutex_destroy(&t->mv_mu);
     pthread_cond_destroy(&t->mv_cv);
+    pthread_cond_destroy(&t->done_cv);
 err_arrays:
     free(t->state);
     free(t->crc);
@@ -671,7 +668,13 @@ void attnd__tier_destroy(attnd__tier *t)
     pthread_cond_destroy(&t->tio_cv);
     pthread_mutex_destroy(&t->mv_mu);
     pthread_cond_destroy(&t->mv_cv);
-    free(t->jobs);
+    pthread_cond_destroy(&t->done_cv);
+    for (attnd__tjob *j = t->spare, *next; j; j = next) {
+        next = j->next;
+        free(j->pages);
+        free(j->page_j);
+        free(j);
+    }
     free(t->state);
     free(t->crc);
     free(t->link);

@@ -147,6 +147,7 @@ typedef struct attnd__session {
      * (durable): a write into the page drops it. */
     int32_t **slots;    /* [n_layers] page tables' twins */
     uint8_t *where;     /* [n_layers] ATTND__LAYER_* */
+    struct attnd__tjob **job; /* [n_layers] a LOADING layer's load */
     atomic_int n_below; /* layers not RESIDENT (changed under mu; read
                            without it as a hint) */
     atomic_uint_fast64_t last_used; /* the engine's tick at its last use

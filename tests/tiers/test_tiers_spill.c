@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "tiers_testutil.h"
 
@@ -77,8 +78,16 @@ START_TEST(test_sessions_beyond_memory_move_to_disk_and_attend_as_the_reference)
     ck_assert_uint_eq(t.pages_bad, 0);
     attnd_client *c = s.c;
     cu_seqs_close(&s);
-    /* closed: their pages in every tier are free again */
-    t = tiers(&(cu_seqs){.c = c}, NULL);
+    /* closed: their pages in every tier are free again, once no load in
+     * flight holds them (prefetches are let go within milliseconds; 30 s
+     * is a hang guard) */
+    for (int waited = 0; waited < 30000; waited += 10) {
+        t = tiers(&(cu_seqs){.c = c}, NULL);
+        if (t.pages_held == 0)
+            break;
+        struct timespec ts = {0, 10000000L};
+        nanosleep(&ts, NULL);
+    }
     ck_assert_uint_eq(t.pages_held, 0);
     ck_assert_uint_eq(t.below_slots_used, 0);
     attnd_client_destroy(c);
