@@ -387,10 +387,27 @@ static void read_jobs(attnd_engine *e, attnd__tjob **jobs, int n)
             if (p && q)
                 j->cap = c;
         }
-        /* memory first (evicting with io's scratch), then the ops */
+        /* memory first (evicting with io's scratch), then the ops. A page
+         * being loaded holds its memory page and its slot at once, so a
+         * prefetch evicts colder sessions for room only while the tiers
+         * together have that much to spare; nearly full, it takes only
+         * memory free beyond the low water, leaving the room to the loads
+         * an Attend waits for */
         at[i] = -1;
         j->res = -ENOMEM;
-        if (j->m <= j->cap && take_pages(e, io, j->m, j->pages, &err) == ATTND_OK) {
+        int ok = j->m <= j->cap;
+        if (ok && j->prefetch) {
+            int64_t held, cap;
+            attnd_kv_pool_logical(&e->pool, &held, &cap);
+            if (cap - held - e->pool.reserved >= (int64_t)j->m + t->low_water)
+                ok = take_pages(e, io, j->m, j->pages, &err) == ATTND_OK;
+            else
+                ok = e->pool.n_free >= j->m + t->low_water &&
+                     attnd_kv_pool_take(&e->pool, j->m, j->pages) == ATTND_OK;
+        } else if (ok) {
+            ok = take_pages(e, io, j->m, j->pages, &err) == ATTND_OK;
+        }
+        if (ok) {
             at[i] = total;
             total += j->m;
         }
