@@ -101,10 +101,14 @@ typedef struct attnd__tio {
     struct attnd__tier *t;
     void *ring;           /* struct io_uring *, or NULL: pread/pwrite */
     int fixed_buf, fixed_file;
-    char *bounce;         /* depth * slot_bytes, 4096-aligned */
-    int depth;
-    int32_t *free_buf;    /* [depth] */
-    int64_t *op_of;       /* [depth]: the op in each bounce buffer */
+    char *bounce;         /* nbuf * slot_bytes, 4096-aligned */
+    int depth;            /* ops in flight at most */
+    int nbuf;             /* bounce buffers: depth and a few spare */
+    int32_t *free_buf;    /* [nbuf] */
+    int64_t *op_of;       /* [nbuf]: the op in each bounce buffer */
+    struct {
+        int32_t buf, res;
+    } *ready;             /* [nbuf]: completed, not looked at yet */
     attnd__tio_op *ops;   /* scratch for callers (attnd__tio_ops) */
     int64_t cap_ops;
     int32_t *pages;       /* scratch: memory pages */
@@ -237,6 +241,11 @@ attnd_status attnd__tier_attend(attnd_engine *e, attnd__session **ss, uint32_t n
 /* This thread attends `layer` of sessions ss[0, n), locked: evictions it
  * runs may also move their other layers (n = 0: none; per thread). */
 void attnd__tier_own(attnd__session **ss, uint32_t n, int32_t layer);
+/* Every layer of sessions ss[0, n) (distinct, in address order, none
+ * locked by the caller) back in memory: all their loads queued at once,
+ * then waited for (benchmarks; warming sessions up). */
+attnd_status attnd__tier_load_all(attnd_engine *e, attnd__session **ss, uint32_t n,
+                                  attnd_error *err);
 /* Page j of layer changed: drop its slot copy. Caller holds s->mu. */
 void attnd__tier_dirty(attnd_engine *e, attnd__session *s, int32_t layer, int64_t j);
 /* Move cold layers down until `want` memory pages were freed or nothing

@@ -359,6 +359,24 @@ attnd_status attnd__tier_attend(attnd_engine *e, attnd__session **ss, uint32_t n
     return ATTND_OK;
 }
 
+attnd_status attnd__tier_load_all(attnd_engine *e, attnd__session **ss, uint32_t n,
+                                  attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    for (uint32_t i = 0; i < n; i++) /* (the caller orders them by address) */
+        pthread_mutex_lock(&ss[i]->mu);
+    for (uint32_t i = 0; i < n; i++)
+        for (int32_t l = 0; l < ss[i]->n_layers; l++)
+            if (ss[i]->where[l] == ATTND__LAYER_BELOW)
+                enqueue(e, ss[i], l, 0);
+    for (uint32_t i = 0; i < n; i++)
+        for (int32_t l = 0; l < ss[i]->n_layers && st == ATTND_OK; l++)
+            st = attnd__tier_load(e, ss[i], l, err);
+    for (uint32_t i = n; i-- > 0;)
+        pthread_mutex_unlock(&ss[i]->mu);
+    return st;
+}
+
 /* ---- the mover ---------------------------------------------------------------- */
 
 /* Read a run of queued loads (no session lock taken: their layers are

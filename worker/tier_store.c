@@ -59,6 +59,7 @@ static void tio_free(attnd__tio *io)
     free(io->bounce);
     free(io->free_buf);
     free(io->op_of);
+    free(io->ready);
     free(io->ops);
     free(io->pages);
 }
@@ -68,22 +69,24 @@ static attnd_status tio_init(attnd__tier *t, attnd__tio *io, attnd_error *err)
     memset(io, 0, sizeof *io);
     io->t = t;
     io->depth = t->depth;
-    io->bounce = aligned_alloc(4096, (size_t)io->depth * t->slot_bytes);
-    io->free_buf = malloc(sizeof(int32_t) * (size_t)io->depth);
-    io->op_of = malloc(sizeof(int64_t) * (size_t)io->depth);
-    if (!io->bounce || !io->free_buf || !io->op_of) {
+    io->nbuf = io->depth + (io->depth / 4 > 4 ? io->depth / 4 : 4);
+    io->bounce = aligned_alloc(4096, (size_t)io->nbuf * t->slot_bytes);
+    io->free_buf = malloc(sizeof(int32_t) * (size_t)io->nbuf);
+    io->op_of = malloc(sizeof(int64_t) * (size_t)io->nbuf);
+    io->ready = malloc(sizeof *io->ready * (size_t)io->nbuf);
+    if (!io->bounce || !io->free_buf || !io->op_of || !io->ready) {
         tio_free(io);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "kv-dir: no memory for %d bounce buffers of %zu bytes", io->depth,
+                               "kv-dir: no memory for %d bounce buffers of %zu bytes", io->nbuf,
                                t->slot_bytes);
     }
-    memset(io->bounce, 0, (size_t)io->depth * t->slot_bytes);
+    memset(io->bounce, 0, (size_t)io->nbuf * t->slot_bytes);
     if (t->kind != ATTND__STORE_DISK)
         return ATTND_OK;
     struct io_uring *r = calloc(1, sizeof *r);
     if (r && io_uring_queue_init((unsigned)io->depth, r, 0) == 0) {
         io->ring = r;
-        struct iovec iov = {io->bounce, (size_t)io->depth * t->slot_bytes};
+        struct iovec iov = {io->bounce, (size_t)io->nbuf * t->slot_bytes};
         io->fixed_buf = io_uring_register_buffers(r, &iov, 1) == 0;
         io->fixed_file = io_uring_register_files(r, &t->fd, 1) == 0;
     } else {
@@ -263,14 +266,19 @@ static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
         }
         return first;
     }
+    /* The device keeps `depth` ops; the buffers beyond them take what
+     * completes while the CPU checks and copies earlier ones, so that every
+     * completion is answered by a new submission before the CPU work (a
+     * read's CRC and copy: a page's worth of memory passes) and the queue
+     * stays full. */
     struct io_uring *ring = io->ring;
-    int32_t n_free = io->depth;
-    for (int32_t b = 0; b < io->depth; b++)
+    int32_t n_free = io->nbuf, n_ready = 0;
+    for (int32_t b = 0; b < io->nbuf; b++)
         io->free_buf[b] = b;
     int64_t next = 0, inflight = 0;
-    while (next < n || inflight) {
+    for (;;) {
         int queued = 0;
-        while (next < n && n_free > 0) {
+        while (next < n && inflight < io->depth && n_free > 0) {
             int32_t b = io->free_buf[--n_free];
             char *buf = io->bounce + (size_t)b * t->slot_bytes;
             int r = write ? fill_slot(t, &ops[next], buf) : 0;
@@ -290,25 +298,33 @@ static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
         }
         if (queued)
             io_uring_submit(ring);
-        if (!inflight)
+        if (next >= n && !inflight && !n_ready)
             break;
         struct io_uring_cqe *cqe;
-        int rc = io_uring_wait_cqe(ring, &cqe);
-        if (rc == -EINTR)
-            continue;
-        ATTND_ASSERT(rc == 0); /* only EINTR / a broken ring, which we never make */
+        if (!n_ready && inflight) { /* nothing else to do: wait */
+            int rc = io_uring_wait_cqe(ring, &cqe);
+            if (rc == -EINTR)
+                continue;
+            ATTND_ASSERT(rc == 0); /* only EINTR / a broken ring, which we never make */
+        }
         unsigned head, seen = 0;
         io_uring_for_each_cqe(ring, head, cqe) {
             int32_t b = (int32_t)io_uring_cqe_get_data64(cqe);
-            attnd__tio_op *op = &ops[io->op_of[b]];
-            op->res = op_result(t, write, cqe->res, op, io->bounce + (size_t)b * t->slot_bytes);
-            if (op->res && !first)
-                first = op->res;
-            io->free_buf[n_free++] = b;
+            io->ready[n_ready].buf = b;
+            io->ready[n_ready++].res = cqe->res;
             inflight--;
             seen++;
         }
         io_uring_cq_advance(ring, seen);
+        if (n_ready) { /* one at a time: refill between them */
+            int32_t b = io->ready[--n_ready].buf;
+            attnd__tio_op *op = &ops[io->op_of[b]];
+            op->res = op_result(t, write, io->ready[n_ready].res, op,
+                                io->bounce + (size_t)b * t->slot_bytes);
+            if (op->res && !first)
+                first = op->res;
+            io->free_buf[n_free++] = b;
+        }
     }
     return first;
 }
