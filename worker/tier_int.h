@@ -129,6 +129,8 @@ typedef struct attnd__tier {
     attnd_engine *e;
     int kind, keep, direct;
     int fd;                /* disk: the slot file */
+    uint64_t prealloc;     /* bytes of it fallocated (under slot_mu) */
+    int prealloc_off;      /* fallocate refused: writes extend the file */
     int lock_fd;           /* disk: DIR/lock, flock'd while we run */
     char dir[PATH_MAX / 2];
     char path[PATH_MAX];

@@ -247,12 +247,46 @@ static void prep_sqe(attnd__tio *io, struct io_uring_sqe *sqe, int write, int32_
     io_uring_sqe_set_data64(sqe, (uint64_t)b);
 }
 
+/* The slot file preallocated up to `end` bytes, in steps of 1/16 of the
+ * store (64 MiB at least), ahead of the writes: writes that extend a file
+ * take the inode lock one at a time (ext4's direct I/O), writes into
+ * fallocated room run side by side. A filesystem or a limit that refuses
+ * (no room: the writes will tell) turns it off. */
+static void prealloc(attnd__tier *t, uint64_t end)
+{
+    if (t->kind != ATTND__STORE_DISK)
+        return;
+    pthread_mutex_lock(&t->slot_mu);
+    if (!t->prealloc_off && end > t->prealloc) {
+        uint64_t step = (uint64_t)t->n_slots * t->slot_bytes / 16;
+        step = step > ((uint64_t)64 << 20) ? step : (uint64_t)64 << 20;
+        uint64_t to = t->prealloc + step > end ? t->prealloc + step : end;
+        uint64_t most = (uint64_t)t->limit * t->slot_bytes;
+        to = to < most ? to : most;
+        if (to > t->prealloc && fallocate(t->fd, 0, (off_t)t->prealloc, (off_t)(to - t->prealloc)))
+            t->prealloc_off = 1;
+        else
+            t->prealloc = to > t->prealloc ? to : t->prealloc;
+    }
+    pthread_mutex_unlock(&t->slot_mu);
+}
+
 /* Run n ops with up to depth in flight; each op's res set. Returns the
  * first failure (0: none). */
 static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
 {
     attnd__tier *t = io->t;
     int first = 0;
+
+    if (write) {
+        uint64_t end = 0;
+        for (int64_t i = 0; i < n; i++)
+            end = (uint64_t)(ops[i].slot + 1) * t->slot_bytes > end
+                      ? (uint64_t)(ops[i].slot + 1) * t->slot_bytes
+                      : end;
+        if (end > t->prealloc) /* (a racy first look; prealloc looks again) */
+            prealloc(t, end);
+    }
 
     if (!io->ring) {
         for (int64_t i = 0; i < n; i++) {
@@ -565,6 +599,9 @@ static attnd_status open_file(attnd__tier *t, int truncate, attnd_error *err)
     if (truncate && ftruncate(t->fd, 0) != 0)
         return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
                                "kv-dir: cannot truncate %s: %s", t->path, strerror(errno));
+    struct stat sb;
+    if (fstat(t->fd, &sb) == 0) /* a durable store's file: written already */
+        t->prealloc = (uint64_t)sb.st_size;
     return ATTND_OK;
 }
 
