@@ -13,6 +13,7 @@
 
 #include <grpc/slice.h>
 
+#include "attnd_clock.h"
 #include "srv.h"
 
 /* ---- the call pool ------------------------------------------------------------ */
@@ -30,6 +31,7 @@ attnd_srv_call *attnd_srv_call_get(attnd_srv_thread *th, int method)
     c->op_tag.call = c;
     c->close_tag.call = c;
     c->close_tag.is_close = 1;
+    c->final_st = ATTND_ERR_CANCELLED;
     grpc_metadata_array_init(&c->md);
     grpc_call_details_init(&c->details);
     th->live_calls++;
@@ -64,9 +66,10 @@ void attnd_srv_call_put(attnd_srv_call *c)
         grpc_call_unref(c->call);
     grpc_metadata_array_destroy(&c->md);
     grpc_call_details_destroy(&c->details);
-    if (c->counted) {
+    if (c->counted) { /* an accepted call ends: count it once */
         c->counted = 0;
         atomic_fetch_sub(&th->srv->active_calls, 1);
+        attnd_srv_mx_request(th->mx, c->method, c->final_st, attnd_clock_ns() - c->t_start_ns);
     }
     c->next = th->free_calls;
     th->free_calls = c;
@@ -77,6 +80,13 @@ void attnd_srv_call_maybe_release(attnd_srv_call *c)
 {
     if (c->state == ATTND_SRV_CALL_FINISHING && c->pending == 0)
         attnd_srv_call_put(c);
+}
+
+/* Count a reply message's bytes (bb may be NULL). */
+static void count_tx(attnd_srv_call *c, grpc_byte_buffer *bb)
+{
+    if (bb && c->th->mx)
+        attnd_srv_mx_add(&c->th->mx->tx_bytes[ATTND_SRV_MX_GRPC], grpc_byte_buffer_length(bb));
 }
 
 /* ---- batches ------------------------------------------------------------------------- */
@@ -137,6 +147,7 @@ void attnd_srv_call_send(attnd_srv_call *c, grpc_byte_buffer *bb, int and_recv)
         grpc_byte_buffer_destroy(bb);
         return;
     }
+    count_tx(c, bb);
     n = add_initial_md(c, &ops[0]);
 
     if (c->recv) {
@@ -209,6 +220,8 @@ void attnd_srv_call_finish(attnd_srv_call *c, grpc_byte_buffer *bb, attnd_status
         grpc_byte_buffer_destroy(c->recv);
         c->recv = NULL;
     }
+    c->final_st = st;
+    count_tx(c, bb);
     n = add_initial_md(c, &ops[0]);
     if (bb) {
         c->send = bb;
@@ -259,6 +272,8 @@ ProtobufCMessage *attnd_srv_call_decode(attnd_srv_call *c, const ProtobufCMessag
                         d->name);
         return NULL;
     }
+    if (th->mx)
+        attnd_srv_mx_add(&th->mx->rx_bytes[ATTND_SRV_MX_GRPC], grpc_byte_buffer_length(c->recv));
     attnd_srv_arena_reset(&th->arena);
     if (attnd_srv_bb_flatten(c->recv, &th->flat, &data, &len, err) == ATTND_OK)
         m = attnd_srv_unpack(d, &th->arena, data, len, err);

@@ -8,7 +8,7 @@
  * finish for --shutdown-grace-ms (a second signal cuts that short), cancels
  * what is left, and everything is torn down before exit 0.
  *
- * Exit codes: 0 clean stop (or --help, --list-models), 1 cannot start,
+ * Exit codes: 0 clean stop (or --help, --list-models, --print-config), 1 cannot start,
  * 2 bad flag or variable. */
 #include <errno.h>
 #include <signal.h>
@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "attnd_log.h"
 #include "srv.h"
 #include "ucx_server.h"
 
@@ -78,11 +79,16 @@ int main(int argc, char **argv)
         attnd_srv_config_list_models(stdout);
         return 0;
     }
+    attnd_log_configure(cfg.log_format, cfg.log_level); /* validated by the load */
     attnd_srv_config_engine(&cfg, &ecfg);
     /* a worker group rank: its engine serves the rank's shard */
     if (attnd_srv_config_group(&cfg, &ecfg, &gcfg, &grouped, &err)) {
         fprintf(stderr, "attnd: %s\n", err.msg);
         return 2;
+    }
+    if (cfg.print_config) { /* checked like a start, up to the engine */
+        attnd_srv_config_print(stdout, &cfg);
+        return 0;
     }
     if (attnd_engine_create(&ecfg, &engine, &err)) {
         fprintf(stderr, "attnd: %s\n", err.msg);
@@ -121,6 +127,10 @@ int main(int argc, char **argv)
            (unsigned long long)est.page_bytes, cfg.threads, cfg.device);
     if (srv->ucx)
         printf("attnd: Attend over UCX on %s\n", attnd_srv_ucx_address(srv));
+    if (srv->metrics_http)
+        printf("attnd: metrics on http://%.*s:%d/metrics\n",
+               (int)(strrchr(cfg.metrics_listen, ':') - cfg.metrics_listen), cfg.metrics_listen,
+               srv->metrics_port);
     if (group)
         printf("attnd: group rank %d of %d, shard %s, UCX listener port %d\n", gcfg.rank,
                gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));

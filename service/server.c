@@ -23,6 +23,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/time.h>
 
+#include "attnd_clock.h"
 #include "srv.h"
 #include "ucx_server.h"
 
@@ -121,6 +122,7 @@ static void on_event(attnd_srv_thread *th, const grpc_event *ev)
         }
         request_call(th, c->method);
         c->state = ATTND_SRV_CALL_ACTIVE;
+        c->t_start_ns = attnd_clock_ns();
         c->counted = 1;
         atomic_fetch_add(&th->srv->active_calls, 1);
         attnd_srv_methods[c->method].start(c);
@@ -205,6 +207,10 @@ attnd_status attnd_srv_create(const attnd_srv_config *cfg, attnd_engine *engine,
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "server: out of memory");
     srv->cfg = cfg;
     srv->engine = engine;
+    if (!(srv->metrics = attnd_srv_metrics_create())) {
+        free(srv);
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "server: out of memory");
+    }
     clock_gettime(CLOCK_MONOTONIC, &srv->started);
     attnd_srv_model_init(&srv->model, attnd_engine_model(engine), attnd_engine_page_size(engine),
                          cfg->max_sessions);
@@ -249,6 +255,7 @@ attnd_status attnd_srv_create(const attnd_srv_config *cfg, attnd_engine *engine,
         grpc_server_register_completion_queue(srv->server, th->cq, NULL);
         attnd_engine_ws_init(&th->ws);
         attnd_srv_arena_init(&th->arena, 0);
+        th->mx = attnd_srv_metrics_shard(srv->metrics);
         srv->n_threads++;
     }
     creds = grpc_insecure_server_credentials_create();
@@ -273,6 +280,9 @@ attnd_status attnd_srv_start(attnd_srv *srv, attnd_error *err)
     /* before gRPC serves: GetEndpoint must find the UCX address */
     attnd_status st = attnd_srv_ucx_start(srv, err);
     if (st)
+        return st;
+    if (srv->cfg->metrics_listen[0] &&
+        (st = attnd_srv_metrics_http_start(srv, srv->cfg->metrics_listen, err)))
         return st;
     grpc_server_start(srv->server);
     for (int i = 0; i < srv->n_threads; i++) {
@@ -300,6 +310,7 @@ int attnd_srv_shutdown(attnd_srv *srv, int64_t grace_ms, int (*interrupt)(void))
     if (srv->shut_down)
         return 0;
     srv->shut_down = 1;
+    atomic_store(&srv->draining, 1);
     grpc_server_shutdown_and_notify(srv->server, srv->shutdown_cq, srv);
     gpr_timespec deadline = ms_from_now(grace_ms);
     for (;;) {
@@ -339,6 +350,7 @@ void attnd_srv_destroy(attnd_srv *srv)
         return;
     if (!srv->shut_down)
         attnd_srv_shutdown(srv, 0, NULL);
+    attnd_srv_metrics_http_stop(srv); /* it reads the engine and every shard */
     attnd_srv_ucx_stop(srv);
     grpc_server_destroy(srv->server);
     for (int i = 0; i < srv->n_threads; i++) {
@@ -349,6 +361,7 @@ void attnd_srv_destroy(attnd_srv *srv)
     cq_drain(srv->shutdown_cq);
     grpc_completion_queue_destroy(srv->shutdown_cq);
     free(srv->threads);
+    attnd_srv_metrics_destroy(srv->metrics);
     free(srv);
 }
 

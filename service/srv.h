@@ -27,6 +27,7 @@
 #include "attnd_group.h"
 #include "attnd_worker.h"
 #include "codec.h"
+#include "metrics.h"
 #include "validate.h"
 
 /* ---- configuration (config.c) ---------------------------------------------
@@ -63,6 +64,10 @@ typedef struct attnd_srv_config {
     int64_t group_connect_ms;  /* --group-connect-ms */
     int64_t group_timeout_ms;  /* --group-timeout-ms */
     int kv_prefault;           /* --kv-prefault */
+    char metrics_listen[256];  /* --metrics-listen host:port; "" off */
+    char log_format[8];        /* --log-format text|json */
+    char log_level[8];         /* --log-level error|warn|info|debug */
+    int print_config;          /* --print-config */
     int show_help;             /* --help */
     int list_models;           /* --list-models */
 } attnd_srv_config;
@@ -79,6 +84,10 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc,
 int attnd_srv_parse_size(const char *s, uint64_t *out_p);
 void attnd_srv_config_usage(FILE *f);
 void attnd_srv_config_list_models(FILE *f);
+/* Every setting of a loaded config as "--flag=value" lines (flags that are
+ * off are left out), in --help's order: what the defaults, the ATTND_*
+ * variables and the flags came to. */
+void attnd_srv_config_print(FILE *f, const attnd_srv_config *cfg);
 /* group_setup.c: the group settings of a loaded config. *enabled_p = 0
  * (and nothing else filled) for a lone worker; else gcfg is complete for
  * attnd_group_create (model = the full model spec with --kv-dtype
@@ -107,6 +116,8 @@ typedef enum attnd_srv_method_id {
     ATTND_SRV_M_COUNT,
     /* calls to any other method, answered UNIMPLEMENTED */
     ATTND_SRV_M_GENERIC = ATTND_SRV_M_COUNT,
+    /* metrics only: Attend over the UCX endpoint */
+    ATTND_SRV_MX_UCX_ATTEND,
 } attnd_srv_method_id;
 
 typedef struct attnd_srv attnd_srv;
@@ -146,6 +157,9 @@ struct attnd_srv_call {
     int counted;                /* counted in srv->active_calls */
     int end_requested;          /* held open: end at the next chance */
     uint64_t chunks, tokens;    /* AppendKV progress */
+    uint64_t t_start_ns;        /* when it became ACTIVE (metrics) */
+    attnd_status final_st;      /* the status it ended with (metrics;
+                                   CANCELLED until finish sends one) */
     grpc_metadata trailer[2];   /* trailing metadata of the final status */
     size_t n_trailer;
     attnd_srv_tag op_tag, close_tag;
@@ -176,6 +190,7 @@ struct attnd_srv_thread {
     attnd_srv_call *watches;  /* held-open calls (Health/Watch) */
     int running;              /* tid is a started thread */
     size_t live_calls;        /* calls taken from the pool, requests too */
+    attnd_srv_mshard *mx;     /* this thread's metrics (NULL: none) */
 };
 
 struct attnd_srv {
@@ -196,6 +211,10 @@ struct attnd_srv {
     struct timespec started;      /* CLOCK_MONOTONIC */
     struct attnd_srv_ucx *ucx;    /* the UCX Attend endpoint (ucx_server.c);
                                      NULL when --ucx-listen is off */
+    atomic_int draining;          /* shutdown began: readiness NOT_SERVING */
+    attnd_srv_metrics *metrics;   /* counters of every thread (metrics.h) */
+    struct MHD_Daemon *metrics_http; /* --metrics-listen (metrics_http.c) */
+    int metrics_port;             /* its bound port */
 };
 
 /* Create the server: channel args from cfg, methods, completion queues, the
@@ -212,6 +231,11 @@ attnd_status attnd_srv_start(attnd_srv *srv, attnd_error *err);
 int attnd_srv_shutdown(attnd_srv *srv, int64_t grace_ms, int (*interrupt)(void));
 /* Free a server that was shut down (or never started). */
 void attnd_srv_destroy(attnd_srv *srv);
+
+/* health.c: readiness as the "readiness" health service reports it: 1
+ * while the server is not draining and, in a worker group, every peer is
+ * connected. Any thread. */
+int attnd_srv_ready(attnd_srv *srv);
 
 /* Milliseconds since the server was created. */
 uint64_t attnd_srv_uptime_ms(const attnd_srv *srv);

@@ -260,8 +260,9 @@ static void on_reply_sent(void *request, ucs_status_t status, void *user_data)
 
 /* Execute j's request and encode its reply (or error message) into j->rep;
  * sets j->st and j->n. Touches no UCX object, so it runs on an executor
- * as well as inline on the progress thread. ws/arena: the caller's. */
-static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *arena, ucx_job *j)
+ * as well as inline on the progress thread. ws/arena/mx: the caller's. */
+static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *arena,
+                     attnd_srv_mshard *mx, ucx_job *j)
 {
     attnd_srv_exec_ctx x = {.srv = u->srv, .ws = ws, .arena = arena};
     if (j->hdr.deadline_ms) { /* what is left of the client's deadline */
@@ -296,6 +297,9 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
         j->rhdr.kernel_ns = res.t.t_kernel_ns;
         j->rhdr.fanout_ns = res.t.t_fanout_ns;
         j->rhdr.encode_ns = attnd_clock_ns() - t_enc;
+        res.t.t_encode_ns = j->rhdr.encode_ns;
+        if (st == ATTND_OK)
+            attnd_srv_attend_times_record(mx, &res.t);
     }
     if (st != ATTND_OK) {
         if (st != ATTND_ERR_CANCELLED)
@@ -312,6 +316,11 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
     j->rhdr.h.status = st;
     j->st = st;
     j->n = n;
+    attnd_srv_mx_request(mx, ATTND_SRV_MX_UCX_ATTEND, st, attnd_clock_ns() - j->t_arrival);
+    if (mx) {
+        attnd_srv_mx_add(&mx->rx_bytes[ATTND_SRV_MX_UCX], j->len);
+        attnd_srv_mx_add(&mx->tx_bytes[ATTND_SRV_MX_UCX], n);
+    }
 }
 
 /* On the progress thread: release the request bytes UCX lent us and send
@@ -367,7 +376,7 @@ static void run_job(attnd_srv_ucx *u, ucx_job *j)
         return;
     }
     if (!u->n_exec) {
-        exec_job(u, &u->ws, &u->arena, j);
+        exec_job(u, &u->ws, &u->arena, u->mx, j);
         send_job(u, j);
         return;
     }
@@ -412,7 +421,7 @@ void *attnd_srv_ucx_exec_thread(void *arg)
             break;
         ucx_job *j = fifo_pop(&u->queued);
         pthread_mutex_unlock(&u->q_mu);
-        exec_job(u, &x->ws, &x->arena, j);
+        exec_job(u, &x->ws, &x->arena, x->mx, j);
         pthread_mutex_lock(&u->q_mu);
         fifo_push(&u->done, j);
         atomic_fetch_add(&u->n_done, 1);
