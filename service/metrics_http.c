@@ -50,12 +50,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     attnd_srv *srv = cls;
     (void)version;
     (void)upload_data;
+    (void)req_cls;
 
-    if (!*req_cls) { /* the headers are in; answer on the next call */
-        *req_cls = srv;
-        return MHD_YES;
-    }
-    *upload_data_size = 0; /* a body, if any, is ignored */
+    /* answered on the first call, when the headers are in: a body, if the
+     * client sends one, is never read (the connection is closed after) */
+    (void)upload_data_size;
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
         return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, bad_method, sizeof bad_method - 1, 0,
                      "text/plain");
