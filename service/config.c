@@ -357,7 +357,7 @@ void attnd_srv_config_usage(FILE *f)
         char lhs[64];
         snprintf(lhs, sizeof lhs, "--%s%s%s", opts[i].flag, opts[i].arg ? " " : "",
                  opts[i].arg ? opts[i].arg : "");
-        fprintf(f, "  %-32s %s", lhs, opts[i].help);
+        fprintf(f, "  %-32s  %s", lhs, opts[i].help); /* 2+ spaces: deploy/config_table.py */
         if (opts[i].env)
             fprintf(f, " [%s]", opts[i].env);
         fputc('\n', f);
