@@ -10,11 +10,15 @@
 #   runtime-packages.sh PROGRAM...
 set -eu
 [ $# -ge 1 ] || { echo "usage: runtime-packages.sh PROGRAM..." >&2; exit 2; }
-for prog in "$@"; do
+libs=$(for prog in "$@"; do
   ldd "$prog" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }'
-done | sort -u | while read -r lib; do
+done | sort -u)
+# each library under its real path and, for merged /usr, without /usr;
+# one dpkg -S for all (it reads dpkg's whole database per call)
+paths=$(for lib in $libs; do
   real=$(readlink -f "$lib")
-  # merged /usr: dpkg may know the library under /lib or /usr/lib
-  dpkg -S "$real" 2>/dev/null || dpkg -S "${real#/usr}" 2>/dev/null ||
-    dpkg -S "$lib" 2>/dev/null || true
-done | cut -d: -f1 | sort -u
+  echo "$real"
+  echo "${real#/usr}"
+done | sort -u)
+# shellcheck disable=SC2086 # one path a word
+dpkg -S $paths 2>/dev/null | cut -d: -f1 | sort -u
