@@ -14,6 +14,7 @@
 #include <grpc/slice.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "srv.h"
 
 /* ---- the call pool ------------------------------------------------------------ */
@@ -209,6 +210,10 @@ void attnd_srv_call_finish(attnd_srv_call *c, grpc_byte_buffer *bb, attnd_status
 
     if (st != ATTND_OK && st != ATTND_ERR_CANCELLED)
         atomic_fetch_add(&c->th->srv->errors, 1);
+    if (st != ATTND_OK) /* per request: debug only */
+        attnd_log_req(ATTND_LOG_DEBUG, "rpc", c->request_id, "%s: %s: %s",
+                      attnd_srv_methods[c->method].path, attnd_status_string(st),
+                      msg ? msg : "");
     if (c->state != ATTND_SRV_CALL_ACTIVE || c->close_done) {
         /* cancelled under us: nobody to tell */
         if (bb)

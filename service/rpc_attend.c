@@ -31,6 +31,7 @@ static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
         c, &attnd__v1__attend_request__descriptor, err);
     if (!m)
         return err->code;
+    c->request_id = m->request_id;
     st = attnd_srv_attend_exec(&x, m, t_arrival, &res, err);
     if (st)
         return st;

@@ -158,6 +158,8 @@ struct attnd_srv_call {
     int end_requested;          /* held open: end at the next chance */
     uint64_t chunks, tokens;    /* AppendKV progress */
     uint64_t t_start_ns;        /* when it became ACTIVE (metrics) */
+    uint64_t request_id;        /* the client's id, when the request has one
+                                   (Attend's request_id; logs) */
     attnd_status final_st;      /* the status it ended with (metrics;
                                    CANCELLED until finish sends one) */
     grpc_metadata trailer[2];   /* trailing metadata of the final status */

@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "attend_exec.h"
 #include "ucx_int.h"
 
@@ -306,6 +307,8 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
             atomic_fetch_add(&u->srv->errors, 1);
         if (!err.msg[0])
             snprintf(err.msg, sizeof err.msg, "%s", attnd_status_string(st));
+        attnd_log_req(ATTND_LOG_DEBUG, "ucx", j->hdr.id, "Attend: %s: %s",
+                      attnd_status_string(st), err.msg);
         n = strlen(err.msg);
         if (attnd_buf_fit(&j->rep, n + 1))
             n = 0; /* the status alone goes back */
