@@ -70,7 +70,8 @@ void attnd_srv_call_put(attnd_srv_call *c)
     if (c->counted) { /* an accepted call ends: count it once */
         c->counted = 0;
         atomic_fetch_sub(&th->srv->active_calls, 1);
-        attnd_srv_mx_request(th->mx, c->method, c->final_st, attnd_clock_ns() - c->t_start_ns);
+        attnd_srv_mx_request(attnd_srv_metrics_local(th->srv->metrics), c->method, c->final_st,
+                             attnd_clock_ns() - c->t_start_ns);
     }
     c->next = th->free_calls;
     th->free_calls = c;
@@ -86,8 +87,9 @@ void attnd_srv_call_maybe_release(attnd_srv_call *c)
 /* Count a reply message's bytes (bb may be NULL). */
 static void count_tx(attnd_srv_call *c, grpc_byte_buffer *bb)
 {
-    if (bb && c->th->mx)
-        attnd_srv_mx_add(&c->th->mx->tx_bytes[ATTND_SRV_MX_GRPC], grpc_byte_buffer_length(bb));
+    attnd_srv_mshard *mx = bb ? attnd_srv_metrics_local(c->th->srv->metrics) : NULL;
+    if (mx)
+        attnd_srv_mx_add(&mx->tx_bytes[ATTND_SRV_MX_GRPC], grpc_byte_buffer_length(bb));
 }
 
 /* ---- batches ------------------------------------------------------------------------- */
@@ -277,8 +279,9 @@ ProtobufCMessage *attnd_srv_call_decode(attnd_srv_call *c, const ProtobufCMessag
                         d->name);
         return NULL;
     }
-    if (th->mx)
-        attnd_srv_mx_add(&th->mx->rx_bytes[ATTND_SRV_MX_GRPC], grpc_byte_buffer_length(c->recv));
+    attnd_srv_mshard *mx = attnd_srv_metrics_local(th->srv->metrics);
+    if (mx)
+        attnd_srv_mx_add(&mx->rx_bytes[ATTND_SRV_MX_GRPC], grpc_byte_buffer_length(c->recv));
     attnd_srv_arena_reset(&th->arena);
     if (attnd_srv_bb_flatten(c->recv, &th->flat, &data, &len, err) == ATTND_OK)
         m = attnd_srv_unpack(d, &th->arena, data, len, err);

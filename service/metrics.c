@@ -53,7 +53,17 @@ static const char *const transport_name[ATTND_SRV_MX_TRANSPORTS] = {"grpc", "ucx
 struct attnd_srv_metrics {
     pthread_mutex_t mu; /* guards the list (registration and scrapes) */
     attnd_srv_mshard *shards;
+    uint64_t id;        /* unique in the process: a registry at a freed one's
+                           address is not mistaken for it */
 };
+
+static atomic_uint_fast64_t next_registry_id = 1;
+
+/* This thread's shard, and the registry it belongs to. */
+static _Thread_local struct {
+    uint64_t id;
+    attnd_srv_mshard *shard;
+} local;
 
 void attnd_srv_mx_observe(attnd_srv_mx_hist *h, uint64_t ns)
 {
@@ -78,8 +88,10 @@ void attnd_srv_mx_request(attnd_srv_mshard *s, int method, attnd_status st, uint
 attnd_srv_metrics *attnd_srv_metrics_create(void)
 {
     attnd_srv_metrics *m = calloc(1, sizeof *m);
-    if (m)
+    if (m) {
         pthread_mutex_init(&m->mu, NULL);
+        m->id = atomic_fetch_add(&next_registry_id, 1);
+    }
     return m;
 }
 
@@ -96,15 +108,21 @@ void attnd_srv_metrics_destroy(attnd_srv_metrics *m)
     free(m);
 }
 
-attnd_srv_mshard *attnd_srv_metrics_shard(attnd_srv_metrics *m)
+attnd_srv_mshard *attnd_srv_metrics_local(attnd_srv_metrics *m)
 {
     attnd_srv_mshard *s;
-    if (!m || !(s = calloc(1, sizeof *s)))
+    if (!m)
+        return NULL;
+    if (local.id == m->id)
+        return local.shard;
+    if (!(s = calloc(1, sizeof *s)))
         return NULL;
     pthread_mutex_lock(&m->mu);
     s->next = m->shards;
     m->shards = s;
     pthread_mutex_unlock(&m->mu);
+    local.id = m->id;
+    local.shard = s;
     return s;
 }
 

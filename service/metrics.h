@@ -1,10 +1,12 @@
 /* Prometheus metrics of attnd: per-thread counters, summed when scraped.
  *
- * Every thread that ends calls (the gRPC completion-queue threads, the UCX
- * progress and executor threads) owns one shard (attnd_srv_mshard) and is
- * the only writer of it: an increment is a relaxed load and a relaxed
- * store of a 64-bit atomic (plain moves on x86-64: no lock, no shared
- * cache line, no contention on the hot path). The scraper reads every
+ * Every thread that records (whichever thread runs a call's step: the
+ * gRPC threads, the UCX progress and executor threads) owns one shard
+ * (attnd_srv_mshard), found through a thread-local pointer
+ * (attnd_srv_metrics_local; made on the thread's first record, so no
+ * thread model is assumed), and is the only writer of it: an increment is
+ * a relaxed load and a relaxed store of a 64-bit atomic (plain moves on
+ * x86-64: no lock, no shared cache line, no contention on the hot path). The scraper reads every
  * shard with relaxed loads and adds them up; a counter it reads is a value
  * the owner wrote, so sums only ever grow (each shard's value is monotonic).
  * Gauges that the engine and the group already keep (sessions, KV pages,
@@ -14,8 +16,8 @@
  * Prometheus text format 0.0.4 on --metrics-listen.
  *
  * Ownership: the registry (attnd_srv_metrics) owns every shard it hands
- * out; shards live until the registry is destroyed, so a thread may keep
- * its pointer for its whole life.
+ * out; shards live until the registry is destroyed (a thread that ends
+ * leaves its counts behind: counters never go down).
  */
 #ifndef ATTND_SRV_METRICS_H
 #define ATTND_SRV_METRICS_H
@@ -88,10 +90,11 @@ typedef struct attnd_srv_metrics attnd_srv_metrics;
  * attnd_srv_metrics_destroy (which frees every shard). */
 attnd_srv_metrics *attnd_srv_metrics_create(void);
 void attnd_srv_metrics_destroy(attnd_srv_metrics *m);
-/* A new zeroed shard owned by m, for one thread to write. NULL when out
- * of memory (the caller then counts nothing: see attnd_srv_mx_* NULL
- * checks at the call sites). Thread-safe. */
-attnd_srv_mshard *attnd_srv_metrics_shard(attnd_srv_metrics *m);
+/* The calling thread's shard of m: made (zeroed, owned by m) on the
+ * thread's first call for m, then one thread-local read. NULL when out of
+ * memory (the callers then count nothing). Thread-safe; only the calling
+ * thread may write the shard. */
+attnd_srv_mshard *attnd_srv_metrics_local(attnd_srv_metrics *m);
 
 struct attnd_srv;
 /* The Prometheus text exposition of srv: shards summed, engine and group

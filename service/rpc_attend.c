@@ -70,7 +70,7 @@ void attnd_srv_attend_start(attnd_srv_call *c)
         return;
     }
     add_timing_trailer(c, &t);
-    attnd_srv_attend_times_record(c->th->mx, &t);
+    attnd_srv_attend_times_record(attnd_srv_metrics_local(c->th->srv->metrics), &t);
     attnd_srv_call_finish(c, reply, ATTND_OK, NULL);
 }
 
@@ -98,6 +98,6 @@ void attnd_srv_attend_stream_step(attnd_srv_call *c, int ok)
         attnd_srv_call_fail(c, &err);
         return;
     }
-    attnd_srv_attend_times_record(c->th->mx, &t);
+    attnd_srv_attend_times_record(attnd_srv_metrics_local(c->th->srv->metrics), &t);
     attnd_srv_call_send(c, reply, 1);
 }

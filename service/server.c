@@ -255,7 +255,6 @@ attnd_status attnd_srv_create(const attnd_srv_config *cfg, attnd_engine *engine,
         grpc_server_register_completion_queue(srv->server, th->cq, NULL);
         attnd_engine_ws_init(&th->ws);
         attnd_srv_arena_init(&th->arena, 0);
-        th->mx = attnd_srv_metrics_shard(srv->metrics);
         srv->n_threads++;
     }
     creds = grpc_insecure_server_credentials_create();

@@ -192,7 +192,6 @@ struct attnd_srv_thread {
     attnd_srv_call *watches;  /* held-open calls (Health/Watch) */
     int running;              /* tid is a started thread */
     size_t live_calls;        /* calls taken from the pool, requests too */
-    attnd_srv_mshard *mx;     /* this thread's metrics (NULL: none) */
 };
 
 struct attnd_srv {

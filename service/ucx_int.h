@@ -48,7 +48,6 @@ typedef struct ucx_exec {
     int running;
     attnd_engine_ws ws;
     attnd_srv_arena arena;
-    attnd_srv_mshard *mx;    /* its metrics */
 } ucx_exec;
 
 struct attnd_srv_ucx {
@@ -67,7 +66,6 @@ struct attnd_srv_ucx {
     ucx_job *ready, *ready_tail; /* FIFO of jobs with all their bytes */
     attnd_engine_ws ws;          /* inline execution (no executors) */
     attnd_srv_arena arena;
-    attnd_srv_mshard *mx;        /* the progress thread's metrics */
     /* executors: the progress thread hands ready jobs over (queued) and
      * sends what comes back (done); q_mu guards both FIFOs */
     int n_exec;

@@ -261,10 +261,10 @@ static void on_reply_sent(void *request, ucs_status_t status, void *user_data)
 
 /* Execute j's request and encode its reply (or error message) into j->rep;
  * sets j->st and j->n. Touches no UCX object, so it runs on an executor
- * as well as inline on the progress thread. ws/arena/mx: the caller's. */
-static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *arena,
-                     attnd_srv_mshard *mx, ucx_job *j)
+ * as well as inline on the progress thread. ws/arena: the caller's. */
+static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *arena, ucx_job *j)
 {
+    attnd_srv_mshard *mx = attnd_srv_metrics_local(u->srv->metrics);
     attnd_srv_exec_ctx x = {.srv = u->srv, .ws = ws, .arena = arena};
     if (j->hdr.deadline_ms) { /* what is left of the client's deadline */
         int64_t waited_ms = (int64_t)((attnd_clock_ns() - j->t_arrival) / 1000000u);
@@ -379,7 +379,7 @@ static void run_job(attnd_srv_ucx *u, ucx_job *j)
         return;
     }
     if (!u->n_exec) {
-        exec_job(u, &u->ws, &u->arena, u->mx, j);
+        exec_job(u, &u->ws, &u->arena, j);
         send_job(u, j);
         return;
     }
@@ -424,7 +424,7 @@ void *attnd_srv_ucx_exec_thread(void *arg)
             break;
         ucx_job *j = fifo_pop(&u->queued);
         pthread_mutex_unlock(&u->q_mu);
-        exec_job(u, &x->ws, &x->arena, x->mx, j);
+        exec_job(u, &x->ws, &x->arena, j);
         pthread_mutex_lock(&u->q_mu);
         fifo_push(&u->done, j);
         atomic_fetch_add(&u->n_done, 1);

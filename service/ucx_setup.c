@@ -176,7 +176,6 @@ static attnd_status start_executors(attnd_srv_ucx *u, int n, attnd_error *err)
     for (int i = 0; i < n; i++) {
         ucx_exec *x = &u->exec[i];
         x->u = u;
-        x->mx = attnd_srv_metrics_shard(u->srv->metrics);
         attnd_engine_ws_init(&x->ws);
         attnd_srv_arena_init(&x->arena, 0);
     }
@@ -218,7 +217,6 @@ attnd_status attnd_srv_ucx_start(attnd_srv *srv, attnd_error *err)
     if (!(u = calloc(1, sizeof *u)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "--ucx-listen: no memory");
     u->srv = srv;
-    u->mx = attnd_srv_metrics_shard(srv->metrics);
     u->stop_fd = -1;
     u->done_fd = -1;
     attnd_engine_ws_init(&u->ws);
