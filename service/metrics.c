@@ -17,7 +17,8 @@
  *               attnd_kv_appended_tokens_total, attnd_attend_sequences_total
  *   sessions    attnd_sessions, attnd_sessions_limit
  *   group       attnd_group_ranks, attnd_group_rank, attnd_group_peers_connected,
- *               attnd_group_peer_up{peer}, attnd_group_peer_failures_total
+ *               attnd_group_peer_up{peer}, attnd_group_peer_failures_total,
+ *               attnd_group_sent_bytes_total, attnd_group_received_bytes_total
  *   process     attnd_ready, attnd_draining, attnd_uptime_seconds,
  *               attnd_build_info{version,model,device,shard}
  *
@@ -370,6 +371,12 @@ static void render_group(out *o, attnd_srv *srv)
     family(o, "attnd_group_peer_failures_total", "counter",
            "Requests that failed for a missing or failed peer.");
     put(o, "attnd_group_peer_failures_total %llu\n", (unsigned long long)gs.peer_failures);
+    family(o, "attnd_group_sent_bytes_total", "counter",
+           "Rank-to-rank UCX bytes this rank sent to its peers (headers included).");
+    put(o, "attnd_group_sent_bytes_total %llu\n", (unsigned long long)gs.bytes_sent);
+    family(o, "attnd_group_received_bytes_total", "counter",
+           "Rank-to-rank UCX bytes this rank received from its peers (headers included).");
+    put(o, "attnd_group_received_bytes_total %llu\n", (unsigned long long)gs.bytes_received);
 }
 
 static void render_process(out *o, attnd_srv *srv)

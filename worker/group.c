@@ -181,4 +181,6 @@ void attnd_group_get_state(attnd_group *g, attnd_group_state *st)
         }
     }
     st->peer_failures = atomic_load(&g->peer_failures);
+    st->bytes_sent = atomic_load_explicit(&g->bytes_sent, memory_order_relaxed);
+    st->bytes_received = atomic_load_explicit(&g->bytes_received, memory_order_relaxed);
 }

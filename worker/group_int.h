@@ -187,6 +187,9 @@ struct attnd_group {
 
     attnd__gtable table;
     atomic_uint_fast64_t peer_failures;
+    /* rank-to-rank active-message bytes (header + payload), both ways;
+     * counted under ucp_mu, read by attnd_group_get_state */
+    atomic_uint_fast64_t bytes_sent, bytes_received;
 
     pthread_rwlock_t w_lock; /* W_UV parts (group_weights.c) */
     float **wuv;             /* [n_layers]: [hq_r][d_v_r][wuv_dv] or NULL */

@@ -58,6 +58,7 @@ static int send_locked(attnd_group *g, ucp_ep_h ep, unsigned id, attnd__gbuf *b,
         .user_data = b,
         .flags = reply ? UCP_AM_SEND_FLAG_REPLY : 0,
     };
+    atomic_fetch_add_explicit(&g->bytes_sent, sizeof b->hdr + b->len, memory_order_relaxed);
     ucs_status_ptr_t r = ucp_am_send_nbx(ep, id, &b->hdr, sizeof b->hdr, b->data, b->len, &rp);
     if (r == NULL) {
         attnd__gbuf_put(g, b);
@@ -322,6 +323,7 @@ static ucs_status_t on_req(void *arg, const void *header, size_t hlen, void *dat
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
     attnd__gconn *conn = NULL;
 
+    atomic_fetch_add_explicit(&g->bytes_received, hlen + len, memory_order_relaxed);
     if (hlen != sizeof h || !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ||
         !(conn = conn_of(g, param->reply_ep)))
         goto drop;
@@ -381,6 +383,7 @@ static ucs_status_t on_rep(void *arg, const void *header, size_t hlen, void *dat
     attnd_group *g = arg;
     attnd__ghdr h;
 
+    atomic_fetch_add_explicit(&g->bytes_received, hlen + len, memory_order_relaxed);
     if (hlen != sizeof h) {
         if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)
             ucp_am_data_release(g->worker, data);

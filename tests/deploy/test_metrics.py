@@ -45,6 +45,8 @@ FAMILIES = {
     "attnd_group_peers_connected": "gauge",
     "attnd_group_peer_up": "gauge",
     "attnd_group_peer_failures": "counter",
+    "attnd_group_sent_bytes": "counter",
+    "attnd_group_received_bytes": "counter",
     "attnd_ready": "gauge",
     "attnd_draining": "gauge",
     "attnd_uptime_seconds": "gauge",
@@ -224,6 +226,18 @@ class ScrapeAfterLoad(unittest.TestCase):
         r1 = parse(self.r1.scrape())
         self.assertEqual(value(r1, "attnd_group_rank"), 1)
         self.assertEqual(value(r1, "attnd_group_peer_up", peer="0"), 1)
+
+    def test_rank_to_rank_bytes_cover_the_queries_the_leader_scattered(self):
+        # every Attend of the load reached rank 1 with its query share
+        # (sequence mode: the whole q [1, 8, 32] bf16 = 512 bytes) and came back
+        calls = (self.grpc["server_counters"]["client_calls"] +
+                 self.ucx["server_counters"]["client_calls"])
+        sent = self.delta(value, "attnd_group_sent_bytes")
+        got = self.delta(value, "attnd_group_received_bytes")
+        self.assertGreaterEqual(sent, calls * 512)
+        self.assertGreater(got, calls * 64)  # at least a 64-byte header each
+        r1 = parse(self.r1.scrape())
+        self.assertGreaterEqual(value(r1, "attnd_group_received_bytes"), sent)
 
     def test_process_gauges(self):
         self.assertEqual(value(self.after, "attnd_ready"), 1)
