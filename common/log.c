@@ -100,7 +100,7 @@ void attnd_log_req(attnd_log_level lvl, const char *component, uint64_t request_
                                      ts, attnd_log_level_name(lvl)));
         json_escape(line, &n, cap, component);
         n = advance(n, cap, snprintf(line + n, cap - n, "\",\"msg\":\""));
-        json_escape(line, &n, cap, msg);
+        json_escape(line, &n, cap - 64, msg); /* room for the closing fields */
         n = advance(n, cap, snprintf(line + n, cap - n, "\""));
         if (request_id)
             n = advance(n, cap, snprintf(line + n, cap - n, ",\"request_id\":%llu",
