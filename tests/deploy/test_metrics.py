@@ -85,7 +85,8 @@ def run_bench(target, transport, sessions=2, steps=3):
         if r.returncode != 0:
             raise AssertionError(f"attnd-bench --transport {transport}: exit {r.returncode}\n"
                                  f"{r.stdout}{r.stderr}")
-        return json.load(open(out.name))
+        with open(out.name) as f:
+            return json.load(f)
     finally:
         os.unlink(out.name)
 
@@ -249,7 +250,8 @@ class ScrapeAfterLoad(unittest.TestCase):
         self.assertEqual(info.value, 1)
 
     def test_the_dashboard_queries_only_exported_series(self):
-        dash = json.load(open(os.path.join(SRC, "deploy", "grafana", "attnd.json")))
+        with open(os.path.join(SRC, "deploy", "grafana", "attnd.json")) as f:
+            dash = json.load(f)
         exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
         self.assertGreater(len(exprs), 5)
         exported = {s.name for f in self.after.values() for s in f.samples}
@@ -259,7 +261,8 @@ class ScrapeAfterLoad(unittest.TestCase):
                     self.assertIn(name, exported)
 
     def test_readme_lists_every_family(self):
-        readme = open(os.path.join(SRC, "README.md")).read()
+        with open(os.path.join(SRC, "README.md")) as f:
+            readme = f.read()
         for name, typ in FAMILIES.items():
             shown = name + "_total" if typ == "counter" else name
             with self.subTest(family=shown):
