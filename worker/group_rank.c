@@ -1,5 +1,6 @@
 /* One rank's part of a group request, run the same way by the leader for
- * itself and by a peer's executor for a request off the wire.
+ * itself (on views of the client's request: attnd__gpart.kv_whole) and by
+ * a peer's executor for a request off the wire.
  *
  * ATTEND data layout (offsets 64-byte aligned, attnd__gpart_layout_of):
  *   ids  [n][16]            the sessions
@@ -23,6 +24,7 @@
  */
 #include <string.h>
 
+#include "attnd_assert.h"
 #include "group_int.h"
 
 static size_t align64(size_t x)
@@ -51,12 +53,35 @@ size_t attnd__gpart_reply_bytes(const attnd_group *g, uint32_t n, int32_t S, int
     return rows * ((size_t)width + 1) * sizeof(float);
 }
 
+/* Sequence mode, the leader's view (kv_whole): this rank's k new entries
+ * of session i. They are one run of the request's entries in the common
+ * case (S new tokens cross one page run of this rank), used in place;
+ * else they are gathered into *tmp_p (taken on first use, NULL when out of
+ * memory). */
+static const void *whole_share(attnd_group *g, const attnd__gpart *p, uint32_t i, uint64_t k,
+                               attnd__gbuf **tmp_p)
+{
+    const uint64_t S = (uint64_t)p->q_tokens;
+    const size_t es = (size_t)g->kv_elems_r * attnd_dtype_size(p->kv_dtype);
+    const char *src = (const char *)p->kv + (size_t)i * S * es;
+    uint64_t off = 0, run = attnd__gplace_first_run(g, g->me, p->glen[i], S, &off);
+
+    ATTND_ASSERT(run > 0 && run <= k);
+    if (run == k)
+        return src + off * es;
+    if (!*tmp_p && !(*tmp_p = attnd__gbuf_get(g, S * es)))
+        return NULL;
+    uint64_t got = attnd__gplace_gather_seq(g, g->me, p->glen[i], S, es, src, (*tmp_p)->data);
+    ATTND_ASSERT(got == k);
+    return (*tmp_p)->data;
+}
+
 attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_engine_ws *ws,
                                  const float **out_p, const float **lse_p, attnd_error *err)
 {
     const uint32_t n = p->n_seqs, S = (uint32_t)p->q_tokens;
     const int with_kv = p->kv_dtype != ATTND_DTYPE_INVALID;
-    attnd__gbuf *vis = NULL;
+    attnd__gbuf *vis = NULL, *tmp = NULL;
     attnd_status st;
 
     st = attnd__gtable_check(&g->table, p->ids, n, p->layer, p->glen, "positions", err);
@@ -79,12 +104,18 @@ attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_en
             uint64_t hi = attnd__gplace_count(g, g->me, p->glen[i] + S);
             if (hi == lo)
                 continue;
-            st = attnd_engine_append(g->engine, &p->ids[i], p->layer, lo, hi - lo, p->kv_dtype,
-                                     kp, err);
-            if (st)
+            const void *src = p->kv_whole ? whole_share(g, p, i, hi - lo, &tmp) : kp;
+            st = src ? attnd_engine_append(g->engine, &p->ids[i], p->layer, lo, hi - lo,
+                                           p->kv_dtype, src, err)
+                     : attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                       "new_kv: out of memory");
+            if (st) {
+                attnd__gbuf_put(g, tmp);
                 return st;
+            }
             kp += (hi - lo) * es;
         }
+        attnd__gbuf_put(g, tmp);
         if (S > 1) {
             if (!(vis = attnd__gbuf_get(g, sizeof(uint64_t) * n * S)))
                 return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
