@@ -16,6 +16,10 @@
  * combine reads it while writing the caller's): a free list of engine
  * workspaces, one per concurrent leader after warm-up, so that steady
  * decode allocates nothing (the buffers come from the group's pools too).
+ * One case needs none: in sequence mode rank 0's result is the first the
+ * merge takes, so rank 0 leading runs its share in the caller's workspace
+ * and the combine merges the others into it in place (plain outputs on a
+ * host engine: a GPU engine leaves its result in pinned memory).
  *
  * Timing: *kernel_ns_p is the run-local step alone (the leader's engine
  * and its up-projection); everything else of the call -- checks, plan,
@@ -152,8 +156,9 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
     attnd__gplan_make(g, req, glen, d_vo, &plan);
     const size_t proj_bytes = d_vo ? plan.rows * (size_t)g->hq_r * (size_t)d_vo * sizeof(float)
                                    : 0;
-    if (!(lws = lws_get(g)) || (d_vo && !(proj = attnd__gbuf_get(g, proj_bytes))) ||
-        !(c = attnd__gcall_new(g))) {
+    const int in_place = g->cfg.mode == ATTND_GROUP_SEQUENCE && g->me == 0 && !d_vo;
+    if ((!in_place && !(lws = lws_get(g))) ||
+        (d_vo && !(proj = attnd__gbuf_get(g, proj_bytes))) || !(c = attnd__gcall_new(g))) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
         goto out;
     }
@@ -164,8 +169,8 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
     /* run-local */
     int applied = 0;
     uint64_t t0 = attnd_clock_ns();
-    st = run_local(g, &plan, &local, &lws->ws, proj ? (float *)proj->data : NULL, &out[g->me],
-                   &lse[g->me], &applied, err);
+    st = run_local(g, &plan, &local, in_place ? ws : &lws->ws, proj ? (float *)proj->data : NULL,
+                   &out[g->me], &lse[g->me], &applied, err);
     uint64_t kernel_ns = attnd_clock_ns() - t0;
 
     /* wait for the peers even when our part failed: with new KV, some of

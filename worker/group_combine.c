@@ -5,7 +5,8 @@
  * up-projection) left it, the peers' in the buffers their replies landed
  * in: nothing is copied to put them side by side. The combined output is
  * written straight into the caller's engine workspace, which the reply is
- * encoded from:
+ * encoded from (in sequence mode with rank 0 leading, its engine wrote its
+ * share there already, and the others merge into it in place):
  *
  *   sequence  partial softmax states merged in rank order 0, 1, ..., N-1
  *             (attnd_kernel_merge_states), whoever leads: deterministic
@@ -31,6 +32,10 @@ attnd_status attnd__gcombine(attnd_group *g, const attnd__gplan *p, const float 
 
     ATTND_ASSERT(Hr * (size_t)g->N == H || g->cfg.mode != ATTND_GROUP_HEAD);
     ATTND_ASSERT(dvr * (size_t)g->N == dv || g->cfg.mode != ATTND_GROUP_LATENT || p->d_vo);
+    /* rank 0's result may lie in ws itself (it led): big enough already,
+     * so that reserving moves nothing */
+    ATTND_ASSERT(out[0] != ws->out || ws->cap_out >= rows * H * dv);
+    ATTND_ASSERT(lse[0] != ws->lse || ws->cap_lse >= rows * H);
     if (ATTND_BUF_RESERVE(ws->out, ws->cap_out, rows * H * dv) ||
         ATTND_BUF_RESERVE(ws->lse, ws->cap_lse, rows * H))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "q: no memory for outputs");
@@ -40,9 +45,11 @@ attnd_status attnd__gcombine(attnd_group *g, const attnd__gplan *p, const float 
         ATTND_ASSERT(ro && rl);
         switch (g->cfg.mode) {
         case ATTND_GROUP_SEQUENCE:
-            if (r == 0) {
-                memcpy(o, ro, sizeof(float) * rows * H * dv);
-                memcpy(l, rl, sizeof(float) * rows * H);
+            if (r == 0) { /* rank 0 leading ran its share right here */
+                if (ro != o)
+                    memcpy(o, ro, sizeof(float) * rows * H * dv);
+                if (rl != l)
+                    memcpy(l, rl, sizeof(float) * rows * H);
             } else {
                 attnd_kernel_merge_states(o, l, ro, rl, (int64_t)(rows * H), (int32_t)dv);
             }

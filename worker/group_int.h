@@ -286,8 +286,9 @@ uint64_t attnd__gplace_count(const attnd_group *g, int32_t r, uint64_t x);
 uint64_t attnd__gplace_gather_seq(const attnd_group *g, int32_t r, uint64_t start,
                                   uint64_t n, size_t es, const void *src, void *dst);
 /* Rows of rank r's query slice: q [rows][Hq][d_k] of dtype qt -> dst, in
- * the part's dtype (attnd__gpart_q_dtype). Latent mode reads the rotated
- * float32 query (attnd__grotate_q). */
+ * the part's dtype (attnd__gpart_q_dtype). Latent mode reads a rotated
+ * float32 query (the leader rotates and slices in one pass instead:
+ * attnd__gplace_rotate_split). */
 void attnd__gplace_slice_q(const attnd_group *g, int32_t r, size_t rows, attnd_dtype qt,
                            const void *q, void *dst);
 /* Sequence: the first run of rank r's tokens in [start, start + n): its
@@ -306,10 +307,7 @@ void attnd__gplace_slice_kv(const attnd_group *g, int32_t r, size_t n, attnd_dty
                             const void *kv, void *dst);
 attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt);
 attnd_dtype attnd__gpart_kv_dtype(const attnd_group *g, attnd_dtype kt);
-/* Latent: float32 copies of q ([rows][Hq][d_k]) and KV entries with the
- * latent part rotated. */
-void attnd__grotate_q(const attnd_group *g, size_t rows, attnd_dtype qt, const void *q,
-                      float *dst);
+/* Latent: float32 copies of n KV entries with the latent part rotated. */
 void attnd__grotate_kv(const attnd_group *g, size_t n, attnd_dtype dt, const void *kv,
                        float *dst);
 

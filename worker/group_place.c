@@ -163,12 +163,6 @@ static void rotate_vecs(const attnd_group *g, size_t n, attnd_dtype t, const voi
         attnd_kernel_fwht_f32(dst + i * (size_t)dk, g->cfg.model.d_latent);
 }
 
-void attnd__grotate_q(const attnd_group *g, size_t rows, attnd_dtype qt, const void *q,
-                      float *dst)
-{
-    rotate_vecs(g, rows * (size_t)g->hq, qt, q, dst);
-}
-
 void attnd__grotate_kv(const attnd_group *g, size_t n, attnd_dtype dt, const void *kv,
                        float *dst)
 {
