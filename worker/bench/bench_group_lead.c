@@ -2,17 +2,17 @@
  * leader's own engine call, in one process (no RPC).
  *
  *   bench_group_lead [--model NAME] [--ranks N] [--batch B] [--ctx T]
- *                    [--iters K] [--shard sequence|head|latent]
+ *                    [--iters K] [--shard sequence|head|latent] [--leader R]
  *
  * N ranks (attnd_group_create, each with its own engine serving its shard
  * of one layer of the model) connected over UCX on loopback; B sessions of
  * T tokens of random bf16 KV, appended through rank 0. Then K rounds, each
- * one timed attnd_group_attend led by rank 0 (bf16 queries [B, Hq, d_k], no
- * new KV, so every round sees the same context; float32 outputs and LSE,
- * as the service asks) and one timed attnd_engine_attend of rank 0's own
- * share on rank 0's engine (the floor: what the leader computes itself;
- * exact in sequence mode, same shapes and cost otherwise), alternating so
- * that a busy machine slows both alike. Prints, in microseconds: the
+ * one timed attnd_group_attend led by rank R (default 0; bf16 queries
+ * [B, Hq, d_k], no new KV, so every round sees the same context; float32
+ * outputs and LSE, as the service asks) and one timed attnd_engine_attend
+ * of rank R's own share on its engine (the floor: what the leader
+ * computes itself; exact in sequence mode, same shapes and cost
+ * otherwise), alternating so that a busy machine slows both alike. Prints, in microseconds: the
  * minimum and median of the group call and of the engine call, the
  * difference of the medians (the leader's overhead plus, for N > 1, the
  * wait for the slowest peer beyond its own share), and the medians of the
@@ -74,7 +74,7 @@ static void fill_bf16(uint16_t *p, size_t n, uint64_t *s)
 
 typedef struct bench {
     const char *model, *shard;
-    int n, B, ctx, iters;
+    int n, B, ctx, iters, leader;
     char dir[64];
     attnd_engine *eng[MAX_RANKS];
     attnd_group *grp[MAX_RANKS];
@@ -184,10 +184,10 @@ static int run(bench *b)
         uint64_t kern = 0;
         fill_bf16(q, qn, &seed);
         double t0 = now_us(), c0 = cpu_us();
-        if (attnd_group_attend(b->grp[0], &rg, &ws_g, 0, 0, &out, &lse, &kern, &err))
+        if (attnd_group_attend(b->grp[b->leader], &rg, &ws_g, 0, 0, &out, &lse, &kern, &err))
             goto fail;
         double t1 = now_us(), c1 = cpu_us();
-        if (attnd_engine_attend(b->eng[0], &re, &ws_e, &out, &lse, &err))
+        if (attnd_engine_attend(b->eng[b->leader], &re, &ws_e, &out, &lse, &err))
             goto fail;
         double t2 = now_us(), c2 = cpu_us();
         if (k >= warm) {
@@ -204,11 +204,11 @@ static int run(bench *b)
     for (int s = 0; s < 7; s++)
         qsort(lat + (size_t)s * (size_t)b->iters, (size_t)b->iters, sizeof *lat, cmp_double);
     const int mid = b->iters / 2;
-    printf("model=%s shard=%s ranks=%d batch=%d ctx=%d iters=%d group_min_us=%.1f "
+    printf("model=%s shard=%s ranks=%d leader=%d batch=%d ctx=%d iters=%d group_min_us=%.1f "
            "group_p50_us=%.1f engine_min_us=%.1f engine_p50_us=%.1f overhead_p50_us=%.1f "
            "kernel_p50_us=%.1f fanout_p50_us=%.1f cpu_group_p50_us=%.1f cpu_engine_p50_us=%.1f "
            "cpu_overhead_p50_us=%.1f\n",
-           b->model, b->shard, b->n, b->B, b->ctx, b->iters, tg[0], tg[mid], te_[0], te_[mid],
+           b->model, b->shard, b->n, b->leader, b->B, b->ctx, b->iters, tg[0], tg[mid], te_[0], te_[mid],
            tg[mid] - te_[mid], tk[mid], tf[mid], cg[mid], ce[mid], cd[mid]);
     rc = 0;
     goto out;
@@ -253,6 +253,8 @@ int main(int argc, char **argv)
             b.B = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--ctx"))
             b.ctx = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--leader"))
+            b.leader = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--iters"))
             b.iters = atoi(argv[i + 1]);
         else {
@@ -260,9 +262,10 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (b.n < 1 || b.n > MAX_RANKS || b.B < 1 || b.ctx < 1 || b.iters < 1) {
-        fprintf(stderr, "bench_group_lead: --ranks 1..%d, --batch, --ctx, --iters >= 1\n",
-                MAX_RANKS);
+    if (b.n < 1 || b.n > MAX_RANKS || b.B < 1 || b.ctx < 1 || b.iters < 1 || b.leader < 0 ||
+        b.leader >= b.n) {
+        fprintf(stderr, "bench_group_lead: --ranks 1..%d, --leader 0..ranks-1, --batch, --ctx, "
+                "--iters >= 1\n", MAX_RANKS);
         return 2;
     }
     return run(&b);
