@@ -1,12 +1,15 @@
 /* The worker engine: sessions over a paged KV pool, and the calls the
- * service makes on them (create, append, attend, close, stats).
+ * service makes on them (create, append, attend, close, stats; the staged
+ * appends of AppendKV streams, and attnd_engine_append with them, are in
+ * stage.c).
  *
  * Every call validates what it depends on (layer range, session existence,
  * append position) itself, whatever the service checked before, and fails
  * without side effects: appends allocate all the pages they need in one pool
  * call before writing anything, so an exhausted pool leaves every session as
- * it was. Attend resolves and locks its sessions in address order, appends
- * the new entries, builds the batch's page lists in the caller's workspace
+ * it was; an Attend with new KV on a layer an open stage holds is ABORTED.
+ * Attend resolves and locks its sessions in address order, appends the new
+ * entries, builds the batch's page lists in the caller's workspace
  * and runs the kernel on the engine's thread pool (attnd_cpu_pool: split-KV
  * over all its threads; concurrent attend calls take turns on it, and its
  * workers take none of our locks, so waiting for it with session locks held
@@ -19,21 +22,6 @@
 #include "attnd_buf.h"
 #include "backend.h"
 #include "worker_int.h"
-
-struct attnd_engine {
-    attnd_model_spec model;
-    char model_name[64];
-    attnd_kv_layout layout;
-    int64_t entry_elems;  /* wire elements per token */
-    size_t entry_bytes;   /* stored bytes per token (what attention reads) */
-    attnd_kv_pool pool;
-    attnd__session_table table;
-    attnd_cpu_pool *kpool; /* kernel threads, shared by every attend call */
-    attnd__gpu *gpu;       /* --device cuda:N: page bytes and kernels on the GPU
-                              (pool.base is then NULL); NULL: the CPU */
-    atomic_uint_fast64_t attend_calls, attend_seqs;
-    atomic_uint_fast64_t append_calls, tokens_appended, kv_bytes_read;
-};
 
 static int64_t div_up(int64_t a, int64_t b)
 {
@@ -99,6 +87,7 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     st = attnd_cpu_pool_create(e->gpu ? 1 : cfg->kernel_threads, &e->kpool, err);
     if (st)
         goto err_kpool;
+    pthread_mutex_init(&e->stage_mu, NULL);
     *engine_p = e;
     return ATTND_OK;
 
@@ -120,6 +109,8 @@ void attnd_engine_destroy(attnd_engine *e)
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
+    attnd__stages_cleanup(e);
+    pthread_mutex_destroy(&e->stage_mu);
     free(e);
 }
 
@@ -224,16 +215,16 @@ attnd_status attnd_engine_session_close(attnd_engine *e, const attnd_session_id 
     attnd__session *s = attnd__session_remove(&e->table, id);
     if (!s)
         return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: no such session");
-    if (pages_freed_p) {
-        pthread_mutex_lock(&s->mu);
+    pthread_mutex_lock(&s->mu);
+    s->closed = 1; /* an open stage's commit now fails (stage.c) */
+    if (pages_freed_p)
         *pages_freed_p = (uint64_t)s->pages_held;
-        pthread_mutex_unlock(&s->mu);
-    }
+    pthread_mutex_unlock(&s->mu);
     attnd__session_put(&e->table, &e->pool, s);
     return ATTND_OK;
 }
 
-static attnd_status check_layer(const attnd_engine *e, uint32_t layer, attnd_error *err)
+attnd_status attnd__engine_check_layer(const attnd_engine *e, uint32_t layer, attnd_error *err)
 {
     if (layer >= (uint32_t)e->model.n_layers)
         return attnd_error_set(err, ATTND_ERR_OUT_OF_RANGE, "layer: %u not in [0, %d) for %s",
@@ -249,24 +240,16 @@ static int64_t pages_for_append(const attnd_engine *e, const attnd__session *s, 
     return div_up((int64_t)(s->len[layer] + n), ps) - attnd__session_layer_pages(s, layer);
 }
 
-/* Write n entries at the layer's end (pages already in the table); advance
- * its length. Caller holds s->mu. Only the GPU backend can fail (INTERNAL,
- * a CUDA error: sticky, the worker must restart); the length advances
- * anyway, so the page bookkeeping stays consistent. */
-static attnd_status write_entries(attnd_engine *e, attnd__session *s, int32_t layer,
-                                  uint64_t n, attnd_dtype dtype, const void *kv,
-                                  attnd_error *err)
+attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t t0,
+                                 uint64_t n, attnd_dtype dtype, const void *kv,
+                                 attnd_error *err)
 {
-    if (e->gpu) {
-        attnd_status st = attnd__gpu_write(e->gpu, s->pages[layer], s->len[layer], n, dtype,
-                                           kv, err);
-        s->len[layer] += n;
-        return st;
-    }
+    if (e->gpu)
+        return attnd__gpu_write(e->gpu, s->pages[layer], t0, n, dtype, kv, err);
     const int32_t ps = e->layout.page_size;
     size_t src_bytes = (size_t)e->entry_elems * attnd_dtype_size(dtype);
     const char *src = kv;
-    uint64_t t = s->len[layer], end = t + n;
+    uint64_t t = t0, end = t0 + n;
 
     while (t < end) {
         int32_t slot = (int32_t)(t % (uint64_t)ps);
@@ -276,67 +259,30 @@ static attnd_status write_entries(attnd_engine *e, attnd__session *s, int32_t la
         src += (size_t)cnt * src_bytes;
         t += (uint64_t)cnt;
     }
-    s->len[layer] = end;
     return ATTND_OK;
 }
 
+/* One chunk is a stage of one chunk, committed at once: the same checks,
+ * the same all-or-nothing page allocation, one write path. */
 attnd_status attnd_engine_append(attnd_engine *e, const attnd_session_id *id, uint32_t layer,
                                  uint64_t start, uint64_t n_tokens, attnd_dtype dtype,
                                  const void *kv, attnd_error *err)
 {
-    attnd_status st = check_layer(e, layer, err);
+    attnd_engine_stage *stage;
+    attnd_status st = attnd_engine_stage_open(e, &stage, err);
     if (st)
         return st;
-    if (attnd_dtype_size(dtype) == 0 || (n_tokens && !kv))
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "kv: missing or invalid dtype");
-    attnd__session *s = attnd__session_get(&e->table, id);
-    if (!s)
-        return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: no such session");
-    pthread_mutex_lock(&s->mu);
-    if (start != s->len[layer]) {
-        st = attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
-                             "start: layer %u holds %llu tokens; an append must start there, "
-                             "got %llu", layer, (unsigned long long)s->len[layer],
-                             (unsigned long long)start);
-        goto out;
-    }
-    if (n_tokens > ((uint64_t)INT32_MAX * (uint64_t)e->layout.page_size) / 2) {
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "kv: %llu tokens is too many",
-                             (unsigned long long)n_tokens);
-        goto out;
-    }
-    int64_t need = pages_for_append(e, s, (int32_t)layer, n_tokens);
-    int32_t have = attnd__session_layer_pages(s, (int32_t)layer);
-    if (need > e->pool.n_pages) {
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                             "kv: KV memory exhausted: needs %lld pages, the pool has %d",
-                             (long long)need, e->pool.n_pages);
-        goto out;
-    }
-    st = attnd__session_grow(s, (int32_t)layer, have + need, err);
-    if (st)
-        goto out;
-    int32_t from_res = (int32_t)attnd__session_from_reserved(s, have, need);
-    st = attnd_kv_pool_alloc(&e->pool, (int32_t)need, from_res, s->pages[layer] + have, err);
-    if (st)
-        goto out;
-    s->reserved_left -= from_res;
-    s->pages_held += need;
-    st = write_entries(e, s, (int32_t)layer, n_tokens, dtype, kv, err);
-    if (st)
-        goto out;
-    atomic_fetch_add(&e->append_calls, 1);
-    atomic_fetch_add(&e->tokens_appended, n_tokens);
-out:
-    pthread_mutex_unlock(&s->mu);
-    attnd__session_put(&e->table, &e->pool, s);
+    st = attnd_engine_stage_append(stage, id, layer, start, n_tokens, dtype, kv, err);
+    if (st == ATTND_OK)
+        st = attnd_engine_stage_commit(stage, NULL, NULL, err);
+    attnd_engine_stage_close(stage); /* aborts what a failure left staged */
     return st;
 }
 
 attnd_status attnd_engine_length(attnd_engine *e, const attnd_session_id *id, uint32_t layer,
                                  uint64_t *len_p, attnd_error *err)
 {
-    attnd_status st = check_layer(e, layer, err);
+    attnd_status st = attnd__engine_check_layer(e, layer, err);
     if (st)
         return st;
     attnd__session *s = attnd__session_get(&e->table, id);
@@ -480,6 +426,11 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
 
     for (uint32_t i = 0; i < req->n_seqs; i++) {
         attnd__session *s = ws->sessions[i];
+        if (s->stager[layer])
+            return attnd_error_set(err, ATTND_ERR_ABORTED,
+                                   "new_kv: layer %d of session_ids[%u] is being appended to by "
+                                   "an AppendKV stream that is still open; retry after it ends",
+                                   layer, i);
         if (req->positions && req->positions[i] != s->len[layer])
             return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
                                    "positions[%u]: layer %d of that session holds %llu tokens; "
@@ -512,11 +463,14 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         taken += need;
         s->reserved_left -= r;
         s->pages_held += need;
-        attnd_status wst = write_entries(e, s, layer, S, req->new_kv_dtype,
-                                         (const char *)req->new_kv + (size_t)i * S * entry_bytes,
-                                         err);
+        attnd_status wst = attnd__engine_write(
+            e, s, layer, s->len[layer], S, req->new_kv_dtype,
+            (const char *)req->new_kv + (size_t)i * S * entry_bytes, err);
+        /* a GPU error is sticky (the worker must restart); lengths advance
+         * anyway so that the page bookkeeping stays consistent */
+        s->len[layer] += S;
         if (wst && st == ATTND_OK)
-            st = wst; /* the rest still advance: see write_entries */
+            st = wst;
     }
     return st;
 }
@@ -541,7 +495,9 @@ static attnd_status build_page_lists(attnd_engine *e, const attnd_attend_req *re
     for (uint32_t i = 0; i < req->n_seqs; i++) {
         attnd__session *s = ws->sessions[i];
         int32_t np = attnd__session_layer_pages(s, layer);
-        memcpy(ws->page_idx + ws->page_indptr[i], s->pages[layer], sizeof(int32_t) * (size_t)np);
+        if (np) /* an empty layer may have no page table yet (NULL) */
+            memcpy(ws->page_idx + ws->page_indptr[i], s->pages[layer],
+                   sizeof(int32_t) * (size_t)np);
         ws->page_indptr[i + 1] = ws->page_indptr[i] + np;
         ws->last_page_len[i] = np ? (int32_t)(s->len[layer] - (uint64_t)(np - 1) * (uint64_t)ps)
                                   : 0;
@@ -589,8 +545,9 @@ static attnd_status build_visible_lists(attnd_engine *e, const attnd_attend_req 
             size_t k = (size_t)i * S + t;
             uint64_t v = req->visible[k];
             int32_t np = (int32_t)((v + (uint64_t)ps - 1) / (uint64_t)ps);
-            memcpy(ws->page_idx + ws->page_indptr[k], s->pages[layer],
-                   sizeof(int32_t) * (size_t)np);
+            if (np)
+                memcpy(ws->page_idx + ws->page_indptr[k], s->pages[layer],
+                       sizeof(int32_t) * (size_t)np);
             ws->page_indptr[k + 1] = ws->page_indptr[k] + np;
             ws->last_page_len[k] = np ? (int32_t)(v - (uint64_t)(np - 1) * (uint64_t)ps) : 0;
             tokens += v;
@@ -605,7 +562,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
                                  const float **lse_p, attnd_error *err)
 {
     const attnd_model_spec *m = &e->model;
-    attnd_status st = check_layer(e, req->layer, err);
+    attnd_status st = attnd__engine_check_layer(e, req->layer, err);
     uint64_t tokens = 0;
 
     if (st)

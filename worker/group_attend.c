@@ -78,7 +78,8 @@ void attnd__glws_cleanup(attnd_group *g)
 
 /* The leader's own checks, before anything is planned or sent: every
  * session known (their global lengths into glen), new entries where the
- * sessions end, every peer connected, up_project possible. */
+ * sessions end and no AppendKV stream staging their layer here, every peer
+ * connected, up_project possible. */
 static attnd_status check_call(attnd_group *g, const attnd_attend_req *req, int32_t d_vo,
                                uint64_t *glen, attnd_error *err)
 {
@@ -93,6 +94,9 @@ static attnd_status check_call(attnd_group *g, const attnd_attend_req *req, int3
                                    "the new entry must land there, got %llu", i, req->layer,
                                    (unsigned long long)glen[i],
                                    (unsigned long long)req->positions[i]);
+    if (req->new_kv && (st = attnd__gtable_check_unstaged(&g->table, req->ids, n, req->layer,
+                                                          err)))
+        return st;
     if ((st = attnd__glead_peers_up(g, err)))
         return st;
     if (d_vo && (g->cfg.model.kind != ATTND_ATTN_MLA || g->cfg.mode == ATTND_GROUP_HEAD ||

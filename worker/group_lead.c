@@ -1,8 +1,8 @@
-/* The leader side of session calls and appends, and the helpers every
- * leader uses (attnd__glead_*): the rank a client called validates what
- * only the group knows, sends each peer its part, does its own, waits for
- * the peers (up to the deadline). The leader of an Attend is
- * group_attend.c (plan, scatter, run-local, combine).
+/* The leader side of session calls, and the helpers every leader uses
+ * (attnd__glead_*; AppendKV streams: group_append.c; Attend:
+ * group_attend.c, in plan, scatter, run-local, combine): the rank a client
+ * called validates what only the group knows, sends each peer its part,
+ * does its own, waits for the peers (up to the deadline).
  *
  * Errors: the leader's own checks first (unknown session NOT_FOUND, wrong
  * position FAILED_PRECONDITION, a peer not connected UNAVAILABLE before
@@ -232,13 +232,10 @@ attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *i
     return st;
 }
 
-/* ---- append --------------------------------------------------------------------- */
-
-/* Rank r's share of n entries starting at global `start` into dst
- * (NULL: only count). src: the entries as the client sent them, or rotated
- * float32 ones in latent mode. Returns the entries written. */
-static uint64_t kv_share(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
-                         attnd_dtype dt, const void *src, void *dst)
+/* Rank r's share of n entries starting at global `start` (AppendKV; an
+ * Attend's scatter places its new entries the same way, group_scatter.c). */
+uint64_t attnd__glead_kv_share(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
+                               attnd_dtype dt, const void *src, void *dst)
 {
     if (g->cfg.mode == ATTND_GROUP_SEQUENCE)
         return attnd__gplace_gather_seq(g, r, start, n,
@@ -246,72 +243,4 @@ static uint64_t kv_share(const attnd_group *g, int32_t r, uint64_t start, uint64
     if (dst)
         attnd__gplace_slice_kv(g, r, n, dt, src, dst);
     return n;
-}
-
-attnd_status attnd_group_append(attnd_group *g, const attnd_session_id *id, uint32_t layer,
-                                uint64_t start, uint64_t n_tokens, attnd_dtype dtype,
-                                const void *kv, attnd_error *err)
-{
-    attnd__gbuf *rot = NULL, *own = NULL;
-    attnd_status st;
-    attnd_dtype pt = attnd__gpart_kv_dtype(g, dtype);
-    const size_t pes = (size_t)g->kv_elems_r * attnd_dtype_size(pt);
-
-    st = attnd__grank_check_start(g, id, layer, start, err);
-    if (st)
-        return st;
-    if ((st = attnd__glead_peers_up(g, err)))
-        return st;
-    if (g->cfg.mode == ATTND_GROUP_LATENT) {
-        if (!(rot = attnd__gbuf_get(g, n_tokens * (size_t)g->kv_elems * sizeof(float))))
-            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "kv: out of memory");
-        attnd__grotate_kv(g, n_tokens, dtype, kv, (float *)rot->data);
-        kv = rot->data;
-        dtype = ATTND_DTYPE_F32;
-    }
-    attnd__gcall *c = attnd__gcall_new(g);
-    int lost = 0;
-    if (!c) {
-        attnd__gbuf_put(g, rot);
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
-    }
-    for (int32_t r = 0; r < g->N; r++) {
-        if (r == g->me)
-            continue;
-        uint64_t k = kv_share(g, r, start, n_tokens, dtype, kv, NULL);
-        attnd__gbuf *b = attnd__gbuf_get(g, 64 + k * pes);
-        if (!b) {
-            lost++;
-            continue;
-        }
-        b->hdr.type = ATTND__GMSG_APPEND;
-        b->hdr.layer = layer;
-        b->hdr.kv_dtype = pt;
-        b->hdr.a = start;
-        b->hdr.b = n_tokens;
-        memcpy(b->data, id->bytes, sizeof id->bytes);
-        kv_share(g, r, start, n_tokens, dtype, kv, b->data + 64);
-        b->len = 64 + k * pes;
-        attnd__glead_send(g, c, r, b, 0);
-    }
-    uint64_t k = kv_share(g, g->me, start, n_tokens, dtype, kv, NULL);
-    if (!(own = attnd__gbuf_get(g, k * pes + 1))) {
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "kv: out of memory");
-    } else {
-        kv_share(g, g->me, start, n_tokens, dtype, kv, own->data);
-        st = attnd__grank_append(g, id, layer, start, n_tokens, pt, own->data, err);
-    }
-    attnd__gcall_wait(g, c, attnd__glead_deadline(g, 0));
-    int own_applied = st == ATTND_OK;
-    if (st == ATTND_OK)
-        st = attnd__glead_collect(g, c, err);
-    if (st == ATTND_OK && lost)
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                             "kv: out of memory for %d ranks' parts", lost);
-    if (st && attnd__glead_diverged(g, c, own_applied, lost))
-        attnd__glead_break(g, id, 1, 0);
-    attnd__gcall_release(g, c);
-    attnd__gbuf_put(g, own);
-    attnd__gbuf_put(g, rot);
-    return st;
 }

@@ -185,6 +185,18 @@ void attnd_kv_pool_free(attnd_kv_pool *p, const int32_t *pages, int32_t n)
     pthread_mutex_unlock(&p->mu);
 }
 
+void attnd_kv_pool_unalloc(attnd_kv_pool *p, const int32_t *pages, int32_t n,
+                           int32_t to_reserved)
+{
+    pthread_mutex_lock(&p->mu);
+    for (int32_t i = 0; i < n; i++) {
+        p->state[pages[i]] = ATTND_PAGE_FREE;
+        p->free_stack[p->n_free++] = pages[i];
+    }
+    p->reserved += to_reserved;
+    pthread_mutex_unlock(&p->mu);
+}
+
 void attnd_kv_pool_counts(attnd_kv_pool *p, int64_t *used_p, int64_t *reserved_p)
 {
     pthread_mutex_lock(&p->mu);

@@ -39,7 +39,9 @@ attnd__session *attnd__session_new(const attnd_session_id *id,
     s->len = calloc((size_t)n_layers, sizeof *s->len);
     s->pages = calloc((size_t)n_layers, sizeof *s->pages);
     s->cap = calloc((size_t)n_layers, sizeof *s->cap);
-    if (!s->len || !s->pages || !s->cap)
+    s->stager = calloc((size_t)n_layers, sizeof *s->stager);
+    s->staged = calloc((size_t)n_layers, sizeof *s->staged);
+    if (!s->len || !s->pages || !s->cap || !s->stager || !s->staged)
         goto err_arrays;
     for (int32_t l = 0; l < n_layers && initial_cap > 0; l++) {
         s->pages[l] = malloc(sizeof(int32_t) * (size_t)initial_cap);
@@ -56,6 +58,8 @@ err_arrays:
     free(s->len);
     free(s->pages);
     free(s->cap);
+    free(s->stager);
+    free(s->staged);
     free(s);
     return NULL;
 }
@@ -80,7 +84,9 @@ attnd_status attnd__session_grow(attnd__session *s, int32_t layer,
     return ATTND_OK;
 }
 
-/* Return every page and the unused reservation to the pool; free s. */
+/* Return every page and the unused reservation to the pool; free s. (No
+ * stage holds a layer of it: a stage holds a reference, except at engine
+ * destroy, when the pool goes too.) */
 static void session_free(attnd__session *s, attnd_kv_pool *pool)
 {
     for (int32_t l = 0; l < s->n_layers; l++) {
@@ -93,6 +99,8 @@ static void session_free(attnd__session *s, attnd_kv_pool *pool)
     free(s->len);
     free(s->pages);
     free(s->cap);
+    free(s->stager);
+    free(s->staged);
     free(s);
 }
 
