@@ -164,11 +164,20 @@ static int run(bench *b)
     if (failed || !ids || !kv || !q || !lat)
         goto out;
     attnd_error_clear(&err);
-    for (int i = 0; i < b->B; i++) {
+    for (int i = 0; i < b->B; i++) { /* one AppendKV stream per session */
+        attnd_group_stream *gs = NULL;
+        uint64_t chunks = 0, tokens = 0;
         fill_bf16(kv, (size_t)b->ctx * (size_t)te, &seed);
-        if (attnd_group_session_create(b->grp[0], 0, &ids[i], &err) ||
-            attnd_group_append(b->grp[0], &ids[i], 0, 0, (uint64_t)b->ctx, ATTND_DTYPE_BF16, kv,
-                               &err))
+        attnd_status st = attnd_group_session_create(b->grp[0], 0, &ids[i], &err);
+        if (!st)
+            st = attnd_group_stream_open(b->grp[0], &gs, &err);
+        if (!st)
+            st = attnd_group_stream_append(gs, &ids[i], 0, 0, (uint64_t)b->ctx, ATTND_DTYPE_BF16,
+                                           kv, &err);
+        if (!st)
+            st = attnd_group_stream_commit(gs, &chunks, &tokens, &err);
+        attnd_group_stream_close(gs);
+        if (st)
             goto fail;
     }
     /* the engine call reads q as its shard's shape (sequence mode: the
