@@ -11,10 +11,10 @@
  * holding a session therefore finishes safely even if it is closed
  * meanwhile. Lock order: table lock, then (never while holding it) session
  * locks in address order. */
-#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_assert.h"
 #include "worker_int.h"
 
 static uint32_t id_hash(const attnd_session_id *id)
@@ -208,7 +208,7 @@ void attnd__session_put(attnd__session_table *t, attnd_kv_pool *pool,
                         attnd__session *s)
 {
     pthread_mutex_lock(&t->mu);
-    assert(s->refs > 0);
+    ATTND_ASSERT(s->refs > 0);
     int32_t left = --s->refs;
     pthread_mutex_unlock(&t->mu);
     if (left == 0)

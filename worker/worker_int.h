@@ -182,6 +182,14 @@ attnd_status attnd__engine_check_layer(const attnd_engine *e, uint32_t layer,
 attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t t0,
                                  uint64_t n, attnd_dtype dtype, const void *kv,
                                  attnd_error *err);
+/* Pages a layer of s must gain to hold n more tokens. Caller holds s->mu. */
+static inline int64_t attnd__engine_pages_for_append(const attnd_engine *e,
+                                                     const attnd__session *s, int32_t layer,
+                                                     uint64_t n)
+{
+    int64_t ps = e->layout.page_size;
+    return ((int64_t)(s->len[layer] + n) + ps - 1) / ps - attnd__session_layer_pages(s, layer);
+}
 /* Free every stage kept for reuse (engine destroy). */
 void attnd__stages_cleanup(attnd_engine *e);
 
