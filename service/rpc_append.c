@@ -27,7 +27,7 @@ static void fail_with_progress(attnd_srv_call *c, const attnd_error *err)
 
 void attnd_srv_append_step(attnd_srv_call *c, int ok)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     Attnd__V1__AppendKVRequest *m;
     attnd_srv_append_req req;
     attnd_error err;
