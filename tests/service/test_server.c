@@ -1,9 +1,12 @@
 /* Check suite of the attnd process: it announces its port (stdout and
  * --port-file), answers health checks (Check, and Watch until it stops),
  * refuses unknown methods with UNIMPLEMENTED, exits 2 on bad flags and 1 on
- * a busy port, and on SIGTERM stops taking calls but lets an in-flight
- * stream run to its end, then exits 0. Every test that starts a server ends
- * by requiring exit status 0, which under AddressSanitizer also means no
+ * a busy port, and on SIGTERM drains: health says NOT_SERVING to new
+ * clients at once, their calls get UNAVAILABLE (or, during
+ * --drain-delay-ms, are still served), an in-flight stream runs to its
+ * end, then exit 0. (tests/group/test_group_drain covers calls queued when
+ * the signal comes, and UCX.) Every test that starts a server ends by
+ * requiring exit status 0, which under AddressSanitizer also means no
  * leak. (libattnd's suite in tests/client runs the full RPC matrix.) */
 #include "svc_server.h"
 
