@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "attnd_buf.h"
 #include "backend.h"
 #include "worker_int.h"
 
@@ -410,31 +411,15 @@ static attnd_status ws_fit_pinned(attnd_engine_ws *ws, size_t bytes, attnd_error
     return ATTND_OK;
 }
 
-int attnd__ws_reserve(void **buf, size_t *cap, size_t n, size_t es)
-{
-    if (n <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 16;
-    while (c < n)
-        c *= 2;
-    void *p = malloc(c * es);
-    if (!p)
-        return -1;
-    free(*buf);
-    *buf = p;
-    *cap = c;
-    return 0;
-}
-
 static attnd_status ws_fit_seqs(attnd_engine_ws *ws, size_t n, attnd_error *err)
 {
     if (n + 1 <= ws->cap_seqs)
         return ATTND_OK;
     size_t c1 = ws->cap_seqs, c2 = ws->cap_seqs, c3 = ws->cap_seqs, c4 = ws->cap_seqs;
-    if (attnd__ws_reserve((void **)&ws->sessions, &c1, n + 1, sizeof(void *)) ||
-        attnd__ws_reserve((void **)&ws->order, &c2, n + 1, sizeof(int32_t)) ||
-        attnd__ws_reserve((void **)&ws->page_indptr, &c3, n + 1, sizeof(int32_t)) ||
-        attnd__ws_reserve((void **)&ws->last_page_len, &c4, n + 1, sizeof(int32_t)))
+    if (ATTND_BUF_RESERVE(ws->sessions, c1, n + 1) ||
+        ATTND_BUF_RESERVE(ws->order, c2, n + 1) ||
+        ATTND_BUF_RESERVE(ws->page_indptr, c3, n + 1) ||
+        ATTND_BUF_RESERVE(ws->last_page_len, c4, n + 1))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "session_ids: no memory for a batch of %zu", n);
     ws->cap_seqs = c1 < c2 ? c1 : c2;
@@ -508,7 +493,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         total += need;
         from_res += attnd__session_from_reserved(s, attnd__session_layer_pages(s, layer), need);
     }
-    if (attnd__ws_reserve((void **)&ws->new_pages, &ws->cap_new, (size_t)total + 1, sizeof(int32_t)))
+    if (ATTND_BUF_RESERVE(ws->new_pages, ws->cap_new, (size_t)total + 1))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "new_kv: out of memory");
     st = attnd_kv_pool_alloc(&e->pool, (int32_t)total, (int32_t)from_res, ws->new_pages, err);
     if (st) {
@@ -548,7 +533,7 @@ static attnd_status build_page_lists(attnd_engine *e, const attnd_attend_req *re
     for (uint32_t i = 0; i < req->n_seqs; i++)
         total += attnd__session_layer_pages(ws->sessions[i], layer);
     if (total > INT32_MAX ||
-        attnd__ws_reserve((void **)&ws->page_idx, &ws->cap_pages, (size_t)total + 1, sizeof(int32_t)))
+        ATTND_BUF_RESERVE(ws->page_idx, ws->cap_pages, (size_t)total + 1))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "session_ids: the batch lists too many pages (%lld)",
                                (long long)total);
@@ -593,7 +578,7 @@ static attnd_status build_visible_lists(attnd_engine *e, const attnd_attend_req 
         }
     }
     if (total > INT32_MAX ||
-        attnd__ws_reserve((void **)&ws->page_idx, &ws->cap_pages, (size_t)total + 1, sizeof(int32_t)))
+        ATTND_BUF_RESERVE(ws->page_idx, ws->cap_pages, (size_t)total + 1))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "session_ids: the batch lists too many pages (%lld)",
                                (long long)total);
@@ -653,8 +638,8 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         out = ws->pinned;
         lse = out + rows * d_v;
     } else {
-        if (attnd__ws_reserve((void **)&ws->out, &ws->cap_out, rows * d_v, sizeof(float)) ||
-            attnd__ws_reserve((void **)&ws->lse, &ws->cap_lse, rows, sizeof(float)))
+        if (ATTND_BUF_RESERVE(ws->out, ws->cap_out, rows * d_v) ||
+            ATTND_BUF_RESERVE(ws->lse, ws->cap_lse, rows))
             return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                    "q: no memory for %zu output rows", rows);
         out = ws->out;

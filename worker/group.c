@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "attnd_clock.h"
 #include "group_int.h"
 
 int attnd_group_mode_parse(const char *s)
@@ -121,7 +122,7 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
         attnd_group_destroy(g);
         return st;
     }
-    attnd__gnet_wait_connected(g, attnd__now_ms() + cfg->connect_ms);
+    attnd__gnet_wait_connected(g, attnd_clock_ms() + cfg->connect_ms);
     attnd_group_state s;
     attnd_group_get_state(g, &s);
     if (s.missing[0])

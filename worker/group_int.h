@@ -193,8 +193,6 @@ struct attnd_group {
     int32_t *wuv_dv;         /* [n_layers] */
 };
 
-int64_t attnd__now_ms(void);
-
 /* group_call.c */
 attnd__gbuf *attnd__gbuf_get(attnd_group *g, size_t n);
 void attnd__gbuf_put(attnd_group *g, attnd__gbuf *b);

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "attnd_clock.h"
 #include "group_int.h"
 
 static int64_t deadline_of(const attnd_group *g, int64_t timeout_ms)
@@ -31,7 +32,7 @@ static int64_t deadline_of(const attnd_group *g, int64_t timeout_ms)
     int64_t t = g->cfg.timeout_ms;
     if (timeout_ms > 0 && timeout_ms < t)
         t = timeout_ms;
-    return attnd__now_ms() + t;
+    return attnd_clock_ms() + t;
 }
 
 /* A peer that is reconnecting (after a timeout closed its endpoint, or a
@@ -45,7 +46,7 @@ static attnd_status all_peers_up(attnd_group *g, attnd_error *err)
         if (r != g->me && !attnd__gnet_peer_up(g, r)) {
             int64_t grace = g->cfg.timeout_ms < RECONNECT_GRACE_MS ? g->cfg.timeout_ms
                                                                     : RECONNECT_GRACE_MS;
-            attnd__gnet_wait_connected(g, attnd__now_ms() + grace);
+            attnd__gnet_wait_connected(g, attnd_clock_ms() + grace);
             break;
         }
     for (int32_t r = 0; r < g->N; r++)
@@ -367,8 +368,8 @@ static attnd_status combine(attnd_group *g, attnd__gcall *c, size_t rows, int32_
     const size_t H = (size_t)g->hq, Hr = (size_t)g->hq_r;
     const size_t dv = d_vo ? (size_t)d_vo : (size_t)g->d_v;
     const size_t dvr = d_vo ? (size_t)d_vo : (size_t)g->d_v_r;
-    if (attnd__ws_reserve((void **)&ws->out, &ws->cap_out, rows * H * dv, sizeof(float)) ||
-        attnd__ws_reserve((void **)&ws->lse, &ws->cap_lse, rows * H, sizeof(float)))
+    if (ATTND_BUF_RESERVE(ws->out, ws->cap_out, rows * H * dv) ||
+        ATTND_BUF_RESERVE(ws->lse, ws->cap_lse, rows * H))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "q: no memory for outputs");
     float *out = ws->out, *lse = ws->lse;
     for (int32_t r = 0; r < g->N; r++) {

@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "attnd_buf.h"
 #include "attnd_worker.h"
 
 /* ---- KV pool (kv_pool.c) --------------------------------------------------
@@ -40,11 +41,6 @@ attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
 attnd_status attnd_kv_pool_init_meta(attnd_kv_pool *p, size_t page_bytes,
                                      int32_t n_pages, attnd_error *err);
 void attnd_kv_pool_cleanup(attnd_kv_pool *p);
-/* Grow *buf (capacity *cap elements) to hold n elements of es bytes,
- * doubling; the contents are not kept. 0, or -1 out of memory. The engine
- * workspace's buffers grow this way, so that steady decode allocates
- * nothing. */
-int attnd__ws_reserve(void **buf, size_t *cap, size_t n, size_t es);
 /* Fault the mapping in from a background thread, lowest pages (the first
  * allocated) first, so appends do not pay the first-touch cost (see
  * attnd_engine_config.prefault for what it buys and costs). The

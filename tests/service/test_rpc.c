@@ -200,7 +200,7 @@ START_TEST(test_streams_closed_without_a_message_end_ok)
         ck_assert_int_eq(rg_send_md(&c), 1);
         ck_assert_int_eq(rg_half_close(&c), 1);
         uint8_t *resp;
-        size_t rlen;
+        size_t rlen = 0;
         ck_assert_int_eq(rg_recv(&c, &resp, &rlen), 1);
         if (i == 1) { /* AppendKV answers, counting no chunks */
             ck_assert_ptr_nonnull(resp);
