@@ -20,6 +20,7 @@
 
 #include <grpc/slice.h>
 
+#include "attnd_assert.h"
 #include "srv.h"
 
 /* ---- the call pool ------------------------------------------------------------ */
@@ -69,6 +70,7 @@ static void held_unlink(attnd_srv_call *c)
 void attnd_srv_call_put(attnd_srv_call *c)
 {
     attnd_srv *srv = c->srv;
+    ATTND_ASSERT(c->pending == 0); /* no completion can still name it */
     if (c->held)
         held_unlink(c);
     for (size_t i = 0; i < c->n_trailer; i++)

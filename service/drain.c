@@ -26,15 +26,9 @@
 
 #include <grpc/support/time.h>
 
+#include "attnd_clock.h"
 #include "srv.h"
 #include "ucx_server.h"
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(int64_t ms)
 {
@@ -42,13 +36,14 @@ static void sleep_ms(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
-/* Nothing received is left: no work call, no UCX request. */
+/* Nothing received is left: no call (its final status sent; Watches
+ * ended at the start), no UCX request. */
 static int idle(attnd_srv *srv)
 {
     return atomic_load(&srv->active_calls) == 0 && attnd_srv_ucx_busy(srv) == 0;
 }
 
-/* Wait until `until` (ms, now_ms clock), or idle when want_idle, or an
+/* Wait until `until` (attnd_clock_ms terms), or idle when want_idle, or an
  * interrupt. 1 when interrupted. Polls: a drain is not a hot path. */
 static int wait_until(attnd_srv *srv, int64_t until, int want_idle, int (*interrupt)(void))
 {
@@ -57,7 +52,7 @@ static int wait_until(attnd_srv *srv, int64_t until, int want_idle, int (*interr
             return 0;
         if (interrupt && interrupt())
             return 1;
-        int64_t left = until - now_ms();
+        int64_t left = until - attnd_clock_ms();
         if (left <= 0)
             return 0;
         sleep_ms(left < 10 ? left : 10);
@@ -88,11 +83,11 @@ int attnd_srv_shutdown(attnd_srv *srv, int64_t drain_delay_ms, int64_t grace_ms,
     atomic_store(&srv->draining, 1);
     attnd_srv_health_end_watches(srv);
     if (srv->started && drain_delay_ms > 0)
-        cut = wait_until(srv, now_ms() + drain_delay_ms, 0, interrupt);
+        cut = wait_until(srv, attnd_clock_ms() + drain_delay_ms, 0, interrupt);
     atomic_store(&srv->refusing, 1);
     attnd_srv_ucx_refuse(srv);
     if (srv->started && !cut)
-        wait_until(srv, now_ms() + grace_ms, 1, interrupt);
+        wait_until(srv, attnd_clock_ms() + grace_ms, 1, interrupt);
     left = !idle(srv);
     if (left)
         atomic_store(&srv->cancelling, 1);

@@ -14,17 +14,18 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "attnd_assert.h"
+#include "attnd_clock.h"
 #include "srv.h"
 
 void attnd_srv_exec_push(attnd_srv_call *c, int ok)
 {
     attnd_srv *srv = c->srv;
 
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    c->t_event_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    /* queued only between batches: nothing of it is in flight */
+    ATTND_ASSERT(c->pending == 0 && c->qnext == NULL);
+    c->t_event_ns = attnd_clock_ns();
     c->job_ok = ok;
     c->qnext = NULL;
     pthread_mutex_lock(&srv->q_mu);

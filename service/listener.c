@@ -40,7 +40,6 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -50,6 +49,7 @@
 #include <grpc/grpc_posix.h>
 #include <grpc/grpc_security.h>
 
+#include "attnd_clock.h"
 #include "srv.h"
 
 #define LISTEN_MAX 4      /* addresses one --listen may resolve to */
@@ -73,13 +73,6 @@ struct attnd_srv_listener {
     int64_t logged_ms[2]; /* last log of: refused at the cap, out of fds */
     uint64_t refused, shed;
 };
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 uint64_t attnd_srv_raise_fd_limit(void)
 {
@@ -109,7 +102,7 @@ int64_t attnd_srv_default_max_connections(uint64_t nofile)
 /* Log at most once a second per kind. */
 static void log_limited(attnd_srv_listener *l, int kind, const char *what)
 {
-    int64_t ms = now_ns() / 1000000;
+    int64_t ms = attnd_clock_ms();
     if (ms - l->logged_ms[kind] < 1000 && l->logged_ms[kind])
         return;
     l->logged_ms[kind] = ms;
@@ -120,7 +113,7 @@ static void log_limited(attnd_srv_listener *l, int kind, const char *what)
 /* Forget table entries whose connection gRPC has closed. */
 static void check_table(attnd_srv_listener *l)
 {
-    int64_t t0 = now_ns();
+    int64_t t0 = (int64_t)attnd_clock_ns();
     if (t0 < l->next_check_ns)
         return;
     for (size_t fd = 0; fd < l->hi; fd++) {
@@ -130,7 +123,7 @@ static void check_table(attnd_srv_listener *l)
             l->conns--;
         }
     }
-    int64_t t1 = now_ns();
+    int64_t t1 = (int64_t)attnd_clock_ns();
     l->next_check_ns = t1 + 9 * (t1 - t0);
 }
 

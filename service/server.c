@@ -21,6 +21,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/time.h>
 
+#include "attnd_assert.h"
 #include "srv.h"
 #include "ucx_server.h"
 
@@ -109,13 +110,14 @@ static void on_accept(attnd_srv_thread *th, attnd_srv_call *c, int success)
                               "server is shutting down: send this call to another worker");
         return;
     }
-    if (m->exec) {
-        c->counted = 1;
-        atomic_fetch_add(&srv->active_calls, 1);
+    /* the drain waits for it, its last bytes included (a Watch ends when
+     * the drain starts) */
+    c->counted = 1;
+    atomic_fetch_add(&srv->active_calls, 1);
+    if (m->exec)
         attnd_srv_exec_push(c, -1);
-    } else {
+    else
         m->start(c);
-    }
 }
 
 /* The handler's batch (or, closing, the RECV_CLOSE_ON_SERVER of a held
@@ -163,6 +165,7 @@ static void on_event(attnd_srv_thread *th, const grpc_event *ev)
 
     if (watch)
         pthread_mutex_lock(&srv->watch_mu);
+    ATTND_ASSERT(c->pending > 0);
     c->pending--;
     if (!tag->is_close && c->state == ATTND_SRV_CALL_REQUESTED)
         on_accept(th, c, ev->success);

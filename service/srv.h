@@ -274,8 +274,9 @@ struct attnd_srv {
     atomic_int refusing;          /* new calls get UNAVAILABLE */
     atomic_int cancelling;        /* grace over: queued work is not run */
     atomic_int listener_dead;     /* the accept loop failed: NOT_SERVING */
-    atomic_int active_calls;      /* work calls accepted and not refused, not
-                                     yet released: what a drain waits for */
+    atomic_int active_calls;      /* calls accepted and not refused, not yet
+                                     released (their final batch done): what
+                                     a drain waits for */
     atomic_uint_fast64_t errors;  /* calls ended with a non-OK status other
                                      than CANCELLED (the client's doing) */
     struct timespec started_at;   /* CLOCK_MONOTONIC */
