@@ -71,6 +71,10 @@ void attnd_srv_call_put(attnd_srv_call *c)
 {
     attnd_srv *srv = c->srv;
     ATTND_ASSERT(c->pending == 0); /* no completion can still name it */
+    /* an AppendKV stream that never committed; its handler (on an
+     * executor) drops its stage before ending the call, so on an io thread
+     * this finds none (closing a group's stage waits for the peers) */
+    attnd_srv_append_drop(c);
     if (c->held)
         held_unlink(c);
     for (size_t i = 0; i < c->n_trailer; i++)

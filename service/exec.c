@@ -61,8 +61,10 @@ static void run(attnd_srv_exec *ex, attnd_srv_call *c)
     const attnd_srv_method *m = &attnd_srv_methods[c->method];
 
     c->x = &ex->x;
-    if (atomic_load(&ex->srv->cancelling))
+    if (atomic_load(&ex->srv->cancelling)) {
+        attnd_srv_append_drop(c); /* an AppendKV stage: aborted here, not on an io thread */
         attnd_srv_call_finish(c, NULL, ATTND_ERR_CANCELLED, "server stopped before running it");
+    }
     else if (c->job_ok < 0)
         m->start(c);
     else
