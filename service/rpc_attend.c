@@ -46,7 +46,8 @@ static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
  * ATTND_SRV_TIMING_KEY = "q=<ns>,v=<ns>,k=<ns>,f=<ns>,e=<ns>": queue (from
  * the io thread taking the call, through the executor queue, to the end of
  * decoding the request), validation,
- * kernel (the engine's attend), rank fan-out + combine (0 on one rank) and
+ * kernel (the engine's attend; a group leader's own share), the rest of a
+ * group call (f: scatter, waiting for peers, combine; 0 on one rank) and
  * reply encoding. libattnd reads it (attnd_call_wait_timed); attnd-bench
  * subtracts it from the client's latency to show the network's share. */
 static void add_timing_trailer(attnd_srv_call *c, const attnd_srv_attend_times *t)

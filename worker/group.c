@@ -145,6 +145,7 @@ void attnd_group_destroy(attnd_group *g)
     attnd__gcalls_cleanup(g);
     attnd__gstages_cleanup(g); /* before the table: it releases claims */
     attnd__gbufs_cleanup(g);
+    attnd__glws_cleanup(g);
     attnd__gtable_cleanup(&g->table);
     attnd__gweights_cleanup(g);
     pthread_mutex_destroy(&g->ucp_mu);
