@@ -9,7 +9,8 @@
  * - An io thread owns one completion queue registered with the server and
  *   keeps ATTND_SRV_REQUESTS calls of every method requested on it,
  *   re-posting one as soon as one is taken, so a call leaves gRPC's own
- *   queue the moment it arrives. It never blocks on work: control calls
+ *   queue as it arrives (in a larger burst, once the io thread gets to
+ *   it: microseconds). It never blocks on work: control calls
  *   (Health Check and Watch, GetStats, GetEndpoint, unknown methods) are
  *   answered inline; every event of a work call (CreateSession,
  *   CloseSession, AppendKV, Attend, AttendStream, LoadWeights: the call
