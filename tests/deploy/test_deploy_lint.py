@@ -163,10 +163,13 @@ class Kubernetes(unittest.TestCase):
         self.assertGreaterEqual(s["periodSeconds"] * s["failureThreshold"], 120,
                                 "startup must allow a slow start")
 
-    def test_the_grace_period_outlasts_the_drain_and_a_readiness_period(self):
+    def test_the_grace_period_outlasts_the_drain_delay_and_the_drain(self):
+        delay_s = int(self.env["ATTND_DRAIN_DELAY_MS"]) / 1000
         drain_s = int(self.env["ATTND_SHUTDOWN_GRACE_MS"]) / 1000
         period = self.c["readinessProbe"]["periodSeconds"]
-        self.assertGreater(self.pod["terminationGracePeriodSeconds"], drain_s + period)
+        # the delay lets the readiness probe see NOT_SERVING before calls are refused
+        self.assertGreaterEqual(delay_s, period)
+        self.assertGreater(self.pod["terminationGracePeriodSeconds"], delay_s + drain_s)
 
     def test_pods_run_unprivileged(self):
         sc = self.pod["securityContext"]

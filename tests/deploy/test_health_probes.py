@@ -1,8 +1,8 @@
 """The health service names Kubernetes probes ask (deploy/k8s): "liveness"
 and "readiness", beside "" and "attnd.v1.Group", answered by a real attnd
 and read with the real attnd-cli (grpc.health.v1.Health/Check)."""
-import os
 import shutil
+import signal
 import tempfile
 import unittest
 
@@ -30,6 +30,25 @@ class LoneWorker(unittest.TestCase):
         self.assertIn("NOT_FOUND", r.stderr)
         self.assertIn('"liveness"', r.stderr)
         self.assertIn('"readiness"', r.stderr)
+
+
+class Draining(unittest.TestCase):
+    """SIGTERM with --drain-delay-ms: attnd keeps answering while it drains."""
+
+    def test_readiness_drops_at_sigterm_while_liveness_stays_serving(self):
+        a = Attnd(["--model", "tiny-gqa", "--drain-delay-ms", "60000"])
+        try:
+            self.assertEqual(a.health("readiness"), "SERVING")
+            a.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: a.health("readiness") == "NOT_SERVING", "readiness to drop")
+            self.assertEqual(a.health("liveness"), "SERVING")
+            text = a.scrape()
+            self.assertIn("\nattnd_draining 1\n", text)
+            self.assertIn("\nattnd_ready 0\n", text)
+            # a second signal cuts the delay short; the drain ends with exit 0
+            self.assertEqual(a.stop(), 0)
+        finally:
+            a.close()
 
 
 class GroupWithAMissingRank(unittest.TestCase):
