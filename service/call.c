@@ -149,7 +149,7 @@ static int start_batch(attnd_srv_call *c, const grpc_op *ops, size_t n, attnd_sr
     c->pending--;
     if (!tag->is_close)
         c->op_inflight = 0;
-    fprintf(stderr, "attnd: %s: grpc_call_start_batch: %s\n", path, grpc_call_error_to_string(e));
+    attnd_log_error("rpc", "%s: grpc_call_start_batch: %s", path, grpc_call_error_to_string(e));
     grpc_call_cancel(call, NULL);
     return -1;
 }

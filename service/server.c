@@ -23,6 +23,7 @@
 
 #include "attnd_assert.h"
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "srv.h"
 #include "ucx_server.h"
 
@@ -61,8 +62,8 @@ static void request_call(attnd_srv_thread *th, int method)
     grpc_call_error e;
 
     if (!(c = attnd_srv_call_get(th, method))) {
-        fprintf(stderr, "attnd: io thread %d: no memory to accept %s calls\n", th->index,
-                attnd_srv_methods[method].path);
+        attnd_log_error("server", "io thread %d: no memory to accept %s calls", th->index,
+                        attnd_srv_methods[method].path);
         return;
     }
     c->state = ATTND_SRV_CALL_REQUESTED;
@@ -76,8 +77,8 @@ static void request_call(attnd_srv_thread *th, int method)
             attnd_srv_methods[method].streaming ? NULL : &c->recv, th->cq, th->cq,
             &c->op_tag);
     if (e != GRPC_CALL_OK) {
-        fprintf(stderr, "attnd: io thread %d: requesting %s calls: %s\n", th->index,
-                attnd_srv_methods[method].path, grpc_call_error_to_string(e));
+        attnd_log_error("server", "io thread %d: requesting %s calls: %s", th->index,
+                        attnd_srv_methods[method].path, grpc_call_error_to_string(e));
         c->pending = 0;
         attnd_srv_call_put(c);
     }
@@ -367,7 +368,7 @@ void attnd_srv_destroy(attnd_srv *srv)
     }
     attnd_srv_exec_cleanup(srv);
     if (srv->live_calls)
-        fprintf(stderr, "attnd: %zu calls left at exit\n", srv->live_calls);
+        attnd_log_warn("server", "%zu calls left at exit", srv->live_calls);
     for (attnd_srv_call *c = srv->free_calls, *next; c; c = next) {
         next = c->next;
         free(c);

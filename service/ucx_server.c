@@ -183,7 +183,7 @@ static void accept_conn(attnd_srv_ucx *u, ucx_conn *c)
     p.err_handler.arg = c;
     ucs_status_t st = ucp_ep_create(u->worker, &p, &c->ep);
     if (st != UCS_OK) {
-        fprintf(stderr, "attnd: ucx: cannot accept a client: %s\n", ucs_status_string(st));
+        attnd_log_warn("ucx", "cannot accept a client: %s", ucs_status_string(st));
         c->ep = NULL;
         c->closed = 1;
         c->refs++;

@@ -33,6 +33,7 @@
 #include <sys/socket.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "group_int.h"
 
 #define HELLO_TIMEOUT_MS 1000
@@ -149,8 +150,8 @@ static void drop_peer(attnd_group *g, attnd__gpeer *p, const char *why, int64_t 
 {
     char msg[192];
     if (p->state == ATTND__PEER_UP)
-        fprintf(stderr, "attnd: group rank %d: lost rank %d (%s): %s\n", g->me, p->rank,
-                g->cfg.addrs[p->rank], why);
+        attnd_log_warn("group", "rank %d: lost rank %d (%s): %s", g->me, p->rank,
+                       g->cfg.addrs[p->rank], why);
     if (p->ep)
         close_ep(g, p->ep);
     p->ep = NULL;
@@ -395,12 +396,12 @@ static ucs_status_t on_rep(void *arg, const void *header, size_t hlen, void *dat
         if (p && p->state == ATTND__PEER_CONNECTING && h.req_id == p->hello_id) {
             if (h.status == ATTND_OK) {
                 p->state = ATTND__PEER_UP;
-                fprintf(stderr, "attnd: group rank %d: connected to rank %d (%s)%s\n", g->me,
-                        p->rank, g->cfg.addrs[p->rank], p->ever_up ? " again" : "");
+                attnd_log_info("group", "rank %d: connected to rank %d (%s)%s", g->me,
+                               p->rank, g->cfg.addrs[p->rank], p->ever_up ? " again" : "");
                 p->ever_up = 1;
             } else {
-                fprintf(stderr, "attnd: group rank %d: rank %d refused us: %.*s\n", g->me,
-                        p->rank, (int)(len < 200 ? len : 200), (const char *)data);
+                attnd_log_error("group", "rank %d: rank %d refused us: %.*s", g->me,
+                                p->rank, (int)(len < 200 ? len : 200), (const char *)data);
                 drop_peer(g, p, "refused the group settings", 5000);
             }
         }
