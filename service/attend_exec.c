@@ -2,8 +2,10 @@
  * reply. See attend_exec.h.
  *
  * The engine call below is the single place where the local computation
- * happens; a worker group leader replaces it with scatter + local compute +
- * combine and reports the extra time in t_fanout_ns. After warm-up nothing
+ * happens; a worker group leader replaces it with plan, scatter, its own
+ * share, combine: t_kernel_ns is then the leader's own share and
+ * t_fanout_ns the rest of the group call, so that the two add up to the
+ * call once (attnd_server_timing in client.h). After warm-up nothing
  * here allocates: the request lives in the context's arena and the output
  * in its engine workspace.
  */
@@ -46,14 +48,15 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
                                    "a worker group)", m->layer);
         req.out_shape[3] = d_vo;
     }
+    uint64_t own_ns = 0; /* a group leader's own share of t2 - t1 */
     st = srv->group ? attnd_group_attend(srv->group, &req.eng, x->ws, wait_ms, d_vo,
-                                         &out, &lse, err)
+                                         &out, &lse, &own_ns, err)
                     : attnd_engine_attend(srv->engine, &req.eng, x->ws, &out, &lse, err);
     if (st)
         return st;
     t2 = attnd_clock_ns();
-    if (srv->group)
-        res->t.t_fanout_ns = t2 - t1;
+    res->t.t_kernel_ns = srv->group ? own_ns : t2 - t1;
+    res->t.t_fanout_ns = srv->group ? t2 - t1 - own_ns : 0;
 
     attnd_srv_attend_reply *r = &res->reply;
     r->request_id = req.request_id;
@@ -65,7 +68,6 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     for (int i = 0; i < 3; i++)
         r->lse_shape[i] = req.lse_shape[i];
     res->t.t_validate_ns = t1 - t0;
-    res->t.t_kernel_ns = t2 - t1;
     res->t.t_total_ns = t2 - t0;
     return ATTND_OK;
 }
@@ -100,4 +102,15 @@ attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint
         res->t.t_total_ns += t1 - t0;
     }
     return st;
+}
+
+void attnd_srv_attend_times_record(attnd_srv_mshard *s, const attnd_srv_attend_times *t)
+{
+    if (!s)
+        return;
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_QUEUE], t->t_queue_ns + t->t_decode_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_VALIDATE], t->t_validate_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_KERNEL], t->t_kernel_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_FANOUT], t->t_fanout_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_ENCODE], t->t_encode_ns);
 }
