@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "attnd_assert.h"
+#include "attnd_log.h"
 #include "tier_int.h"
 
 
@@ -298,7 +299,7 @@ static void *ckpt_main(void *arg)
         if (attnd__ckpt_run(e, &err)) {
             time_t now = time(NULL);
             if (now - last_fail_report >= 10) { /* once in a while, not per try */
-                fprintf(stderr, "attnd: durable: checkpoint failed: %s\n", err.msg);
+                attnd_log_warn("durable", "checkpoint failed: %s", err.msg);
                 last_fail_report = now;
             }
         }

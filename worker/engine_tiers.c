@@ -28,6 +28,7 @@
 
 #include "attnd_assert.h"
 #include "backend.h"
+#include "attnd_log.h"
 #include "tier_int.h"
 
 attnd_status attnd__dir_lock(const char *dir, int *fd_p, attnd_error *err)
@@ -195,8 +196,8 @@ void attnd__engine_tiers_close(attnd_engine *e)
         attnd__tier_stop(e->tier);
     if (e->dur && e->dur->wal) {
         if (attnd__ckpt_run(e, &err))
-            fprintf(stderr, "attnd: durable: the last checkpoint failed (%s); the log holds "
-                            "everything, the next start replays it\n", err.msg);
+            attnd_log_warn("durable", "the last checkpoint failed (%s); the log holds "
+                                      "everything, the next start replays it", err.msg);
         attnd__wal_close(e->dur->wal);
         e->dur->wal = NULL;
     }

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "attnd_assert.h"
+#include "attnd_log.h"
 #include "tier_int.h"
 
 #define SEG_HDR ATTND__WSEG_HDR
@@ -552,7 +553,7 @@ static void cut_tail(attnd_engine *e, const wlog *w)
         attnd__wal_seg_path(e->dur->dir, w->first[i], path, sizeof path);
         if (i == w->end_seg) {
             if (truncate(path, (off_t)w->end_off) == 0 && w->end_off > SEG_HDR)
-                fprintf(stderr, "attnd: durable: the log ended at LSN %llu in %s; cut there\n",
+                attnd_log_info("durable", "the log ended at LSN %llu in %s; cut there",
                         (unsigned long long)w->end, path);
         } else if (w->first[i] > w->end) {
             unlink(path);
@@ -613,7 +614,7 @@ static int verify_one(attnd__session *s, void *arg)
     }
     if (s->lost) {
         c->lost++;
-        fprintf(stderr, "attnd: durable: %s\n", s->lost);
+        attnd_log_warn("durable", "%s", s->lost);
     }
     pthread_mutex_unlock(&s->mu);
     return 0;
@@ -654,7 +655,7 @@ attnd_status attnd__recover(attnd_engine *e, uint64_t *next_lsn_p, attnd_error *
     atomic_store(&d->n_recovered, v.n);
     atomic_store(&d->n_lost, v.lost);
     if (v.n)
-        fprintf(stderr, "attnd: durable: recovered %llu sessions from %s (%llu lost)\n",
+        attnd_log_info("durable", "recovered %llu sessions from %s (%llu lost)",
                 (unsigned long long)v.n, d->dir, (unsigned long long)v.lost);
     uint64_t end = w.end > ckpt_lsn ? w.end : ckpt_lsn;
     *next_lsn_p = end > FIRST_LSN ? end : FIRST_LSN;

@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "attnd_assert.h"
+#include "attnd_log.h"
 #include "tier_int.h"
 
 #define N_TIO 4
@@ -559,7 +560,7 @@ void attnd__tier_slots_full(attnd__tier *t, int64_t slot, int res)
                  "writing slot %lld of %.80s failed (%s): the tier below now holds at most %lld "
                  "slots", (long long)slot, t->kind == ATTND__STORE_DISK ? t->path : "host RAM",
                  strerror(-res), (long long)slot);
-        fprintf(stderr, "attnd: kv-disk: %s\n", t->full_msg);
+        attnd_log_warn("tier", "kv-disk: %s", t->full_msg);
         update_cap(t);
     }
     pthread_mutex_unlock(&t->slot_mu);

@@ -35,6 +35,7 @@
 
 #include "attnd_assert.h"
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "tier_int.h"
 
 #define SEG_HDR ATTND__WSEG_HDR
@@ -435,7 +436,7 @@ static void *flusher_main(void *arg)
             w->broken = 1;
             snprintf(w->why, sizeof w->why, "writing segment %016llx in %.100s/wal failed: %s",
                      (unsigned long long)(o->lsn0), w->dir, strerror(-r));
-            fprintf(stderr, "attnd: %s\n", w->why);
+            attnd_log_error("durable", "%s", w->why);
         } else {
             w->durable = o->lsn0 + o->used;
             w->bytes += o->used;
