@@ -4,8 +4,8 @@
  * Files:
  *   crc32c.c      the checksum of every page and record written
  *   tier_store.c  the store below memory: a slot file on local disk (or, below
- *                 a GPU's HBM, slots in host RAM), its slot allocator, and
- *                 the I/O contexts (an io_uring each, the file and bounce
+ *                 a GPU's HBM, slots in host RAM) and its slot allocator
+ *   tier_io.c     the I/O contexts (an io_uring each, the file and bounce
  *                 buffers registered) that move pages to and from slots
  *   tier.c        the policy: moving cold layers down (evict), loading them
  *                 back (load, prefetch), the mover thread, and allocation
@@ -207,6 +207,10 @@ void attnd__tier_pending_free(attnd__tier *t, int gen);
 void attnd__tier_slots_full(attnd__tier *t, int64_t slot, int res);
 void attnd__tier_slot_counts(attnd__tier *t, int64_t *used_p, int64_t *limit_p);
 
+/* tier_io.c */
+/* Set up / free one I/O context of t (its ring, bounce buffers). */
+attnd_status attnd__tio_init(attnd__tier *t, attnd__tio *io, attnd_error *err);
+void attnd__tio_free(attnd__tio *io);
 /* An I/O context from the tier's set (blocks while all are taken). */
 attnd__tio *attnd__tio_get(attnd__tier *t);
 void attnd__tio_put(attnd__tier *t, attnd__tio *io);

@@ -1,15 +1,16 @@
 /* The store below memory: slots of one page each, in a file on local disk
- * (DIR/kv.pages) or, below a GPU's HBM, in host RAM; its slot allocator;
- * and the I/O contexts that move pages between memory and slots.
+ * (DIR/kv.pages) or, below a GPU's HBM, in host RAM, and its slot
+ * allocator. Moving pages in and out of slots: tier_io.c.
  *
  * File: slot k is bytes [k * slot_bytes, (k + 1) * slot_bytes) of
  * kv.pages (format in tier_int.h and TIERS.md). The file is opened with
  * O_DIRECT when the filesystem takes it (a 4 KiB read at open tells;
  * tmpfs does not), so spilled pages do not crowd the page cache; else
- * buffered. It grows as slots are first written, so a full disk or a file
- * size limit shows as a failed write: that slot and every one past it are
- * no longer handed out (attnd__tier_slots_full), which shrinks the logical
- * capacity, and the call that needed room gets RESOURCE_EXHAUSTED.
+ * buffered. It is fallocated ahead of the writes (tier_io.c), so a full
+ * disk or a file size limit shows as a failed fallocate or write: that
+ * slot and every one past it are no longer handed out
+ * (attnd__tier_slots_full), which shrinks the logical capacity, and the
+ * call that needed room gets RESOURCE_EXHAUSTED.
  *
  * Allocator: a free list and two pending lists threaded through one link
  * array (4 bytes a slot), plus never-used slots from next_new up. Without
@@ -17,20 +18,9 @@
  * checkpoint names must survive until a newer checkpoint no longer does:
  * released slots wait on the current pending list, and a checkpoint swaps
  * lists before it looks at the sessions and frees the old list once it is
- * durable (ckpt.c).
- *
- * I/O: each context has one io_uring with the slot file and its bounce
- * buffers registered (read_fixed / write_fixed; unregistered when the
- * memlock limit refuses), and keeps up to `depth` slots in flight: a page
- * is copied into a free bounce buffer with its header and checksum and
- * submitted as soon as one frees, so the queue stays full (the pattern
- * fio's iodepth measures). The copy costs one pass over the page; the
- * CRC another (both at memory speed, well above a disk's). Without
- * io_uring (refused by a kernel or seccomp profile), and for the host
- * store, the same calls run pwrite / pread / memcpy one slot at a time. */
+ * durable (ckpt.c). */
 #include <errno.h>
 #include <fcntl.h>
-#include <liburing.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,367 +37,6 @@
 static size_t round_up(size_t x, size_t a)
 {
     return (x + a - 1) / a * a;
-}
-
-/* ---- I/O contexts ----------------------------------------------------------- */
-
-static void tio_free(attnd__tio *io)
-{
-    if (io->ring) {
-        io_uring_queue_exit(io->ring);
-        free(io->ring);
-    }
-    free(io->bounce);
-    free(io->free_buf);
-    free(io->op_of);
-    free(io->ready);
-    free(io->ops);
-    free(io->pages);
-}
-
-static attnd_status tio_init(attnd__tier *t, attnd__tio *io, attnd_error *err)
-{
-    memset(io, 0, sizeof *io);
-    io->t = t;
-    io->depth = t->depth;
-    io->nbuf = io->depth + (io->depth / 4 > 4 ? io->depth / 4 : 4);
-    io->bounce = aligned_alloc(4096, (size_t)io->nbuf * t->slot_bytes);
-    io->free_buf = malloc(sizeof(int32_t) * (size_t)io->nbuf);
-    io->op_of = malloc(sizeof(int64_t) * (size_t)io->nbuf);
-    io->ready = malloc(sizeof *io->ready * (size_t)io->nbuf);
-    if (!io->bounce || !io->free_buf || !io->op_of || !io->ready) {
-        tio_free(io);
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "kv-dir: no memory for %d bounce buffers of %zu bytes", io->nbuf,
-                               t->slot_bytes);
-    }
-    memset(io->bounce, 0, (size_t)io->nbuf * t->slot_bytes);
-    if (t->kind != ATTND__STORE_DISK)
-        return ATTND_OK;
-    struct io_uring *r = calloc(1, sizeof *r);
-    if (r && io_uring_queue_init((unsigned)io->depth, r, 0) == 0) {
-        io->ring = r;
-        struct iovec iov = {io->bounce, (size_t)io->nbuf * t->slot_bytes};
-        io->fixed_buf = io_uring_register_buffers(r, &iov, 1) == 0;
-        io->fixed_file = io_uring_register_files(r, &t->fd, 1) == 0;
-    } else {
-        free(r);
-    }
-    return ATTND_OK;
-}
-
-attnd__tio *attnd__tio_get(attnd__tier *t)
-{
-    pthread_mutex_lock(&t->tio_mu);
-    while (!t->free_tio)
-        pthread_cond_wait(&t->tio_cv, &t->tio_mu);
-    attnd__tio *io = t->free_tio;
-    t->free_tio = io->next;
-    pthread_mutex_unlock(&t->tio_mu);
-    return io;
-}
-
-void attnd__tio_put(attnd__tier *t, attnd__tio *io)
-{
-    pthread_mutex_lock(&t->tio_mu);
-    io->next = t->free_tio;
-    t->free_tio = io;
-    pthread_cond_signal(&t->tio_cv);
-    pthread_mutex_unlock(&t->tio_mu);
-}
-
-attnd_status attnd__tio_ops(attnd__tio *io, int64_t n, attnd__tio_op **ops_p, attnd_error *err)
-{
-    if (n > io->cap_ops) {
-        int64_t c = io->cap_ops ? io->cap_ops : 64;
-        while (c < n)
-            c *= 2;
-        attnd__tio_op *p = realloc(io->ops, sizeof *p * (size_t)c);
-        if (!p)
-            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                   "kv: no memory to list %lld page moves", (long long)n);
-        io->ops = p;
-        io->cap_ops = c;
-    }
-    *ops_p = io->ops;
-    return ATTND_OK;
-}
-
-attnd_status attnd__tio_pages(attnd__tio *io, int64_t n, int32_t **pages_p, attnd_error *err)
-{
-    if (n > io->cap_pages) {
-        int64_t c = io->cap_pages ? io->cap_pages : 64;
-        while (c < n)
-            c *= 2;
-        int32_t *p = realloc(io->pages, sizeof *p * (size_t)c);
-        if (!p)
-            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                   "kv: no memory to list %lld pages", (long long)n);
-        io->pages = p;
-        io->cap_pages = c;
-    }
-    *pages_p = io->pages;
-    return ATTND_OK;
-}
-
-/* Header and bytes of op into buf (a write). 0 or -errno. */
-static int fill_slot(attnd__tier *t, const attnd__tio_op *op, char *buf)
-{
-    attnd__slot_hdr h;
-    attnd_error err;
-    memset(&h, 0, sizeof h);
-    h.magic = ATTND__SLOT_MAGIC;
-    memcpy(h.id, op->id.bytes, sizeof h.id);
-    h.layer = (uint32_t)op->layer;
-    h.page = (uint32_t)op->page;
-    h.tokens = (uint32_t)op->tokens;
-    h.page_bytes = (uint32_t)t->page_bytes;
-    h.gen = __atomic_add_fetch(&t->gen, 1, __ATOMIC_RELAXED);
-    if (op->mem >= 0) {
-        if (attnd__engine_page_out(t->e, op->mem, buf + ATTND__SLOT_HDR, &err))
-            return -EIO;
-    } else {
-        memcpy(buf + ATTND__SLOT_HDR, op->src, t->page_bytes);
-    }
-    memcpy(buf, &h, sizeof h);
-    h.crc = attnd__crc32c(0, buf + 8, ATTND__SLOT_HDR - 8 + t->page_bytes);
-    memcpy(buf + 4, &h.crc, sizeof h.crc);
-    t->crc[op->slot] = h.crc;
-    return 0;
-}
-
-/* A read's bytes in buf against what op expects; into memory if asked. */
-static int check_slot(attnd__tier *t, const attnd__tio_op *op, const char *buf)
-{
-    attnd__slot_hdr h;
-    attnd_error err;
-    memcpy(&h, buf, sizeof h);
-    if (h.magic != ATTND__SLOT_MAGIC || h.page_bytes != t->page_bytes ||
-        memcmp(h.id, op->id.bytes, sizeof h.id) != 0 || h.layer != (uint32_t)op->layer ||
-        h.page != (uint32_t)op->page || h.crc != t->crc[op->slot] ||
-        attnd__crc32c(0, buf + 8, ATTND__SLOT_HDR - 8 + t->page_bytes) != h.crc)
-        return ATTND__TIO_BAD;
-    if (op->mem >= 0 && attnd__engine_page_in(t->e, op->mem, buf + ATTND__SLOT_HDR, &err))
-        return -EIO;
-    return 0;
-}
-
-/* One slot synchronously: the host store, or a file without io_uring. */
-static int sync_io(attnd__tier *t, int write, int64_t slot, char *buf)
-{
-    off_t off = (off_t)slot * (off_t)t->slot_bytes;
-    if (t->kind == ATTND__STORE_HOST) {
-        if (write)
-            memcpy(t->host + off, buf, t->slot_bytes);
-        else
-            memcpy(buf, t->host + off, t->slot_bytes);
-        return 0;
-    }
-    size_t done = 0;
-    while (done < t->slot_bytes) {
-        ssize_t r = write ? pwrite(t->fd, buf + done, t->slot_bytes - done, off + (off_t)done)
-                          : pread(t->fd, buf + done, t->slot_bytes - done, off + (off_t)done);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -errno;
-        if (r == 0)
-            return write ? -ENOSPC : -EIO; /* a read past the end: never written */
-        done += (size_t)r;
-    }
-    return 0;
-}
-
-/* The result of one op as the caller sees it. */
-static int op_result(attnd__tier *t, int write, int res, attnd__tio_op *op, char *buf)
-{
-    if (res >= 0 && (size_t)res != t->slot_bytes)
-        res = write ? -ENOSPC : -EIO; /* short: out of room / past the end */
-    if (res < 0)
-        return res;
-    return write ? 0 : check_slot(t, op, buf);
-}
-
-static void prep_sqe(attnd__tio *io, struct io_uring_sqe *sqe, int write, int32_t b,
-                     int64_t slot)
-{
-    attnd__tier *t = io->t;
-    char *buf = io->bounce + (size_t)b * t->slot_bytes;
-    off_t off = (off_t)slot * (off_t)t->slot_bytes;
-    int fd = io->fixed_file ? 0 : t->fd;
-    if (io->fixed_buf && write)
-        io_uring_prep_write_fixed(sqe, fd, buf, (unsigned)t->slot_bytes, (uint64_t)off, 0);
-    else if (io->fixed_buf)
-        io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)t->slot_bytes, (uint64_t)off, 0);
-    else if (write)
-        io_uring_prep_write(sqe, fd, buf, (unsigned)t->slot_bytes, (uint64_t)off);
-    else
-        io_uring_prep_read(sqe, fd, buf, (unsigned)t->slot_bytes, (uint64_t)off);
-    if (io->fixed_file)
-        sqe->flags |= IOSQE_FIXED_FILE;
-    io_uring_sqe_set_data64(sqe, (uint64_t)b);
-}
-
-/* The slot file preallocated up to `end` bytes, in steps of 1/16 of the
- * store (64 MiB at least), ahead of the writes: writes that extend a file
- * take the inode lock one at a time (ext4's direct I/O), writes into
- * fallocated room run side by side. A filesystem or a limit that refuses
- * (no room: the writes will tell) turns it off. */
-static void prealloc(attnd__tier *t, uint64_t end)
-{
-    if (t->kind != ATTND__STORE_DISK)
-        return;
-    pthread_mutex_lock(&t->slot_mu);
-    if (!t->prealloc_off && end > t->prealloc) {
-        uint64_t step = (uint64_t)t->n_slots * t->slot_bytes / 16;
-        step = step > ((uint64_t)64 << 20) ? step : (uint64_t)64 << 20;
-        uint64_t to = t->prealloc + step > end ? t->prealloc + step : end;
-        uint64_t most = (uint64_t)t->limit * t->slot_bytes;
-        to = to < most ? to : most;
-        if (to > t->prealloc && fallocate(t->fd, 0, (off_t)t->prealloc, (off_t)(to - t->prealloc)))
-            t->prealloc_off = 1;
-        else
-            t->prealloc = to > t->prealloc ? to : t->prealloc;
-    }
-    pthread_mutex_unlock(&t->slot_mu);
-}
-
-/* Run n ops with up to depth in flight; each op's res set. Returns the
- * first failure (0: none). */
-static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
-{
-    attnd__tier *t = io->t;
-    int first = 0;
-
-    if (write) {
-        uint64_t end = 0;
-        for (int64_t i = 0; i < n; i++)
-            end = (uint64_t)(ops[i].slot + 1) * t->slot_bytes > end
-                      ? (uint64_t)(ops[i].slot + 1) * t->slot_bytes
-                      : end;
-        if (end > t->prealloc) /* (a racy first look; prealloc looks again) */
-            prealloc(t, end);
-    }
-
-    if (!io->ring) {
-        for (int64_t i = 0; i < n; i++) {
-            char *buf = io->bounce;
-            int r = write ? fill_slot(t, &ops[i], buf) : 0;
-            if (r == 0)
-                r = sync_io(t, write, ops[i].slot, buf);
-            ops[i].res = r < 0 ? r : op_result(t, write, (int)t->slot_bytes, &ops[i], buf);
-            if (ops[i].res && !first)
-                first = ops[i].res;
-        }
-        return first;
-    }
-    /* The device keeps `depth` ops; the buffers beyond them take what
-     * completes while the CPU checks and copies earlier ones, so that every
-     * completion is answered by a new submission before the CPU work (a
-     * read's CRC and copy: a page's worth of memory passes) and the queue
-     * stays full. */
-    struct io_uring *ring = io->ring;
-    int32_t n_free = io->nbuf, n_ready = 0;
-    for (int32_t b = 0; b < io->nbuf; b++)
-        io->free_buf[b] = b;
-    int64_t next = 0, inflight = 0;
-    for (;;) {
-        int queued = 0;
-        while (next < n && inflight < io->depth && n_free > 0) {
-            int32_t b = io->free_buf[--n_free];
-            char *buf = io->bounce + (size_t)b * t->slot_bytes;
-            int r = write ? fill_slot(t, &ops[next], buf) : 0;
-            struct io_uring_sqe *sqe = r ? NULL : io_uring_get_sqe(ring);
-            if (!sqe) { /* a copy failed (GPU), or no sqe: fail this op */
-                ops[next].res = r ? r : -EAGAIN;
-                if (!first)
-                    first = ops[next].res;
-                io->free_buf[n_free++] = b;
-                next++;
-                continue;
-            }
-            prep_sqe(io, sqe, write, b, ops[next].slot);
-            io->op_of[b] = next++;
-            inflight++;
-            queued++;
-        }
-        if (queued)
-            io_uring_submit(ring);
-        if (next >= n && !inflight && !n_ready)
-            break;
-        struct io_uring_cqe *cqe;
-        if (!n_ready && inflight) { /* nothing else to do: wait */
-            int rc = io_uring_wait_cqe(ring, &cqe);
-            if (rc == -EINTR)
-                continue;
-            ATTND_ASSERT(rc == 0); /* only EINTR / a broken ring, which we never make */
-        }
-        unsigned head, seen = 0;
-        io_uring_for_each_cqe(ring, head, cqe) {
-            int32_t b = (int32_t)io_uring_cqe_get_data64(cqe);
-            io->ready[n_ready].buf = b;
-            io->ready[n_ready++].res = cqe->res;
-            inflight--;
-            seen++;
-        }
-        io_uring_cq_advance(ring, seen);
-        if (n_ready) { /* one at a time: refill between them */
-            int32_t b = io->ready[--n_ready].buf;
-            attnd__tio_op *op = &ops[io->op_of[b]];
-            op->res = op_result(t, write, io->ready[n_ready].res, op,
-                                io->bounce + (size_t)b * t->slot_bytes);
-            if (op->res && !first)
-                first = op->res;
-            io->free_buf[n_free++] = b;
-        }
-    }
-    return first;
-}
-
-int attnd__tio_write(attnd__tio *io, attnd__tio_op *ops, int64_t n)
-{
-    int r = tio_run(io, 1, ops, n);
-    if (r) {
-        atomic_fetch_add(&io->t->n_write_err, 1);
-        /* out of room: no slot at or past the first that failed */
-        for (int64_t i = 0; i < n; i++)
-            if (ops[i].res == -ENOSPC || ops[i].res == -EFBIG || ops[i].res == -EDQUOT)
-                attnd__tier_slots_full(io->t, ops[i].slot, ops[i].res);
-    }
-    return r;
-}
-
-int attnd__tio_read(attnd__tio *io, attnd__tio_op *ops, int64_t n)
-{
-    int r = tio_run(io, 0, ops, n);
-    if (r)
-        atomic_fetch_add(&io->t->n_bad, 1);
-    return r;
-}
-
-int attnd__tio_sync(attnd__tio *io)
-{
-    attnd__tier *t = io->t;
-    if (t->kind != ATTND__STORE_DISK)
-        return 0;
-    if (!io->ring)
-        return fdatasync(t->fd) ? -errno : 0;
-    struct io_uring_sqe *sqe = io_uring_get_sqe(io->ring);
-    if (!sqe)
-        return fdatasync(t->fd) ? -errno : 0;
-    io_uring_prep_fsync(sqe, io->fixed_file ? 0 : t->fd, IORING_FSYNC_DATASYNC);
-    if (io->fixed_file)
-        sqe->flags |= IOSQE_FIXED_FILE;
-    io_uring_submit(io->ring);
-    struct io_uring_cqe *cqe;
-    int rc;
-    while ((rc = io_uring_wait_cqe(io->ring, &cqe)) == -EINTR)
-        ;
-    if (rc)
-        return rc;
-    rc = cqe->res;
-    io_uring_cqe_seen(io->ring, cqe);
-    return rc < 0 ? rc : 0;
 }
 
 /* ---- slots ------------------------------------------------------------------ */
@@ -667,7 +296,7 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
         goto err_store;
     }
     for (; t->n_tio < N_TIO; t->n_tio++) {
-        if ((st = tio_init(t, &t->tios[t->n_tio], err)))
+        if ((st = attnd__tio_init(t, &t->tios[t->n_tio], err)))
             goto err_tio;
         t->tios[t->n_tio].next = t->free_tio;
         t->free_tio = &t->tios[t->n_tio];
@@ -682,7 +311,7 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
 
 err_tio:
     for (int i = 0; i < t->n_tio; i++)
-        tio_free(&t->tios[i]);
+        attnd__tio_free(&t->tios[i]);
     free(t->tios);
 err_store:
     if (t->fd >= 0)
@@ -709,7 +338,7 @@ void attnd__tier_destroy(attnd__tier *t)
     if (!t)
         return;
     for (int i = 0; i < t->n_tio; i++)
-        tio_free(&t->tios[i]);
+        attnd__tio_free(&t->tios[i]);
     free(t->tios);
     if (t->fd >= 0)
         close(t->fd);

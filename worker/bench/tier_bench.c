@@ -11,11 +11,12 @@
  *       with bs = slot bytes is the anchor) and of KV page bytes. Median of
  *       R repetitions.
  *   attnd-tier-bench attend --dir D [--model M] [--tokens T] [--steps S]
- *       One session of T tokens decoded (an Attend of one query per layer,
- *       all layers a step): in memory; moved to disk before every step, with
- *       the next 4 layers prefetched and without prefetch; moved to disk
- *       once, its first step then the later ones (warm). Median step and
- *       per-layer times.
+ *       Two sessions of T tokens decoded (an Attend of one query per layer,
+ *       all layers a step), their steps interleaved: A stays in memory; B
+ *       is moved to disk before every step (with the next 4 layers
+ *       prefetched, and without prefetch), then moved to disk once (its
+ *       first step, then the later ones: warm). Median step and per-layer
+ *       times of each.
  *   attnd-tier-bench hot    --dir D [--model M] [--tokens T] [--batch B] [--iters N]
  *       The Attend hot path of resident sessions with a disk tier configured
  *       and without: per-layer Attend p50 of each, interleaved, and their
@@ -204,55 +205,63 @@ static void report(const char *what, double *steps, int n, double *layers, int n
     printf("  %-34s step %8.2f ms   layer p50 %7.3f ms\n", what, s * 1e3, l * 1e3);
 }
 
+/* Decode session B from disk against session A from memory, interleaved
+ * step by step in one engine (so both see the same machine): B moved down
+ * before each of its steps (cold), then moved down once (its first step,
+ * then warm). With prefetch 4 and without. */
 static int cmd_attend(const opts *o)
 {
     const attnd_model_spec *m = attnd_model_find(o->model);
     const int S = o->steps < 32 ? (int)o->steps : 32, L = m->n_layers;
     uint16_t *q = calloc((size_t)(m->n_q_heads * attnd_model_d_k(m)), sizeof *q);
-    double *st = calloc((size_t)S, sizeof *st), *lt = calloc((size_t)(S * L), sizeof *lt);
+    double *sa = calloc((size_t)S, sizeof *sa), *sb = calloc((size_t)S, sizeof *sb);
+    double *la = calloc((size_t)(S * L), sizeof *la), *lb = calloc((size_t)(S * L), sizeof *lb);
     attnd_engine_ws ws;
-    attnd_session_id id;
+    attnd_session_id id[2];
     for (int i = 0; i < m->n_q_heads * attnd_model_d_k(m); i++)
         q[i] = attnd_dtype_f32_to_bf16(0.01f * (float)(i % 97));
-    printf("attend: model %s, one session of %lld tokens, %d steps of %d layers\n", m->name,
-           (long long)o->tokens, S, L);
+    printf("attend: model %s, sessions of %lld tokens, %d steps of %d layers; A in memory, B "
+           "from disk, their steps interleaved\n",
+           m->name, (long long)o->tokens, S, L);
     for (int pf = 0; pf < 2; pf++) {
-        /* memory for the session twice over: it fits when loaded back */
+        /* memory for both sessions twice over: B fits when loaded back */
         uint64_t bytes = (uint64_t)L * (uint64_t)((o->tokens + 63) / 64) * 64 *
                          (uint64_t)attnd_model_kv_token_elems(m) * 2;
-        attnd_engine *e = engine(o, 2 * bytes + (16u << 20), o->dir, 2 * bytes, pf ? 4 : 0);
+        attnd_engine *e = engine(o, 4 * bytes + (16u << 20), o->dir, 4 * bytes, pf ? 4 : 0);
         attnd_engine_ws_init(&ws);
-        fill(e, &id, 1, o->tokens);
-        if (pf == 0) {
-            step(e, &id, &ws, q, NULL); /* warm-up */
-            for (int k = 0; k < S; k++)
-                st[k] = step(e, &id, &ws, q, lt + k * L);
-            report("in memory", st, S, lt, S * L);
-        }
+        fill(e, id, 2, o->tokens);
+        step(e, &id[0], &ws, q, NULL); /* warm-up */
         for (int k = 0; k < S; k++) {
-            evict_all(e, &id, 1);
-            st[k] = step(e, &id, &ws, q, lt + k * L);
+            sa[k] = step(e, &id[0], &ws, q, la + k * L);
+            evict_all(e, &id[1], 1);
+            sb[k] = step(e, &id[1], &ws, q, lb + k * L);
         }
-        report(pf ? "on disk every step, prefetch 4" : "on disk every step, no prefetch", st,
-               S, lt, S * L);
+        const char *p = pf ? "prefetch 4" : "no prefetch";
+        printf("  %s:\n", p);
+        report("A in memory", sa, S, la, S * L);
+        report("B on disk before every step", sb, S, lb, S * L);
         attnd_engine_stats es;
         attnd_engine_get_stats(e, &es);
         printf("  %-34s %llu pages read back, %llu of them prefetched, %llu waits\n", "",
                (unsigned long long)es.pages_moved_up, (unsigned long long)es.pages_prefetched,
                (unsigned long long)es.load_waits);
-        evict_all(e, &id, 1);
-        double first = step(e, &id, &ws, q, NULL);
-        for (int k = 0; k < S; k++)
-            st[k] = step(e, &id, &ws, q, lt + k * L);
-        printf("  %-34s first step %8.2f ms, then:\n",
-               pf ? "on disk once, prefetch 4" : "on disk once, no prefetch", first * 1e3);
-        report("  warm (back in memory)", st, S, lt, S * L);
+        evict_all(e, &id[1], 1);
+        double first = step(e, &id[1], &ws, q, NULL);
+        for (int k = 0; k < S; k++) {
+            sa[k] = step(e, &id[0], &ws, q, la + k * L);
+            sb[k] = step(e, &id[1], &ws, q, lb + k * L);
+        }
+        printf("  B on disk once: first step %.2f ms, then (warm):\n", first * 1e3);
+        report("A in memory", sa, S, la, S * L);
+        report("B warm", sb, S, lb, S * L);
         attnd_engine_ws_cleanup(&ws);
         attnd_engine_destroy(e);
     }
     free(q);
-    free(st);
-    free(lt);
+    free(sa);
+    free(sb);
+    free(la);
+    free(lb);
     return 0;
 }
 

@@ -52,7 +52,7 @@ rm -f "$dir/fio.dat"
 
 # ---- 2. decode from disk --------------------------------------------------------
 echo
-echo "== decode, llama3-8b, one session of 4096 tokens (attnd-tier-bench attend)"
+echo "== decode, llama3-8b, sessions of 4096 tokens (attnd-tier-bench attend)"
 rm -rf "$dir/tb"; mkdir -p "$dir/tb"
 "$tb" attend --dir "$dir/tb" --tokens 4096 --steps 5 | sed 's/^/  /'
 
@@ -67,7 +67,7 @@ echo "  ratio tier / no tier, per-layer p50: median $(median < "$out/hot") of $r
 
 # ---- 4. durability --------------------------------------------------------------
 echo
-echo "== AppendKV and Attend latency by --durable (attnd-bench, llama3-8b, 8 x 512 tokens, chunks of 64)"
+echo "== AppendKV and Attend latency by --durable (attnd-bench, llama3-8b: 8 sessions, an AppendKV of 64 tokens per layer and session, then decode in batches of 4)"
 for r in $(seq "$rounds"); do
   for mode in off sync batch; do
     rm -rf "$dir/kv"
@@ -77,7 +77,7 @@ for r in $(seq "$rounds"); do
     pid=$!
     for i in $(seq 300); do [ -s "$pf" ] && break; sleep 0.1; done
     "$bench" --target "127.0.0.1:$(cat "$pf")" --model llama3-8b --sessions 8 --batch 4 \
-      --prompt-len 512 --chunk 64 --duration 4 --warmup 1 --no-progress --json "$out/b.json" > /dev/null
+      --prompt-len 64 --chunk 64 --duration 4 --warmup 1 --no-progress --json "$out/b.json" > /dev/null
     python3 - "$out/b.json" "$mode" >> "$out/dur" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
