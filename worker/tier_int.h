@@ -32,14 +32,18 @@
 uint32_t attnd__crc32c(uint32_t crc, const void *p, size_t n);
 
 /* ---- slots (tier_store.c) ---------------------------------------------------
- * A slot is slot_bytes (a multiple of 4096, for O_DIRECT): a 64-byte header,
- * then the page's bytes as the pool holds them, then zeros. The header
- * names what the slot holds, so a reload can tell a stale or misplaced slot
- * from the page it expects, and carries the CRC-32C of everything after
- * its first 8 bytes. Little-endian, as every attnd file. */
+ * A slot is slot_bytes (a multiple of 4096, for O_DIRECT): a 4096-byte
+ * header block (a 64-byte header, then zeros), then the page's bytes as the
+ * pool holds them, then zeros. The header names what the slot holds, so a
+ * reload can tell a stale or misplaced slot from the page it expects, and
+ * carries the CRC-32C of its bytes [8, 64) followed by the page's bytes.
+ * The page's own block-aligned place lets a direct transfer move it
+ * straight between the file and the pool page, without a bounce copy.
+ * Little-endian, as every attnd file. */
 
 #define ATTND__SLOT_MAGIC 0x504b4e41u /* "ANKP" */
 #define ATTND__SLOT_HDR 64
+#define ATTND__SLOT_DATA 4096 /* the page's bytes start here (a direct transfer's alignment) */
 
 typedef struct attnd__slot_hdr {
     uint32_t magic;
@@ -109,6 +113,8 @@ typedef struct attnd__tio {
     struct {
         int32_t buf, res;
     } *ready;             /* [nbuf]: completed, not looked at yet */
+    int8_t *parts;        /* [nbuf]: transfers of its op still in flight */
+    int32_t *res;         /* [nbuf]: its op's first failure */
     attnd__tio_op *ops;   /* scratch for callers (attnd__tio_ops) */
     int64_t cap_ops;
     int32_t *pages;       /* scratch: memory pages */
@@ -128,6 +134,7 @@ typedef struct attnd__tier_cfg {
 typedef struct attnd__tier {
     attnd_engine *e;
     int kind, keep, direct;
+    int zero_copy;         /* pages go straight between pool and file */
     int fd;                /* disk: the slot file */
     uint64_t prealloc;     /* bytes of it fallocated (under slot_mu) */
     int prealloc_off;      /* fallocate refused: writes extend the file */

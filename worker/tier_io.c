@@ -37,6 +37,8 @@ void attnd__tio_free(attnd__tio *io)
     free(io->free_buf);
     free(io->op_of);
     free(io->ready);
+    free(io->parts);
+    free(io->res);
     free(io->ops);
     free(io->pages);
 }
@@ -51,7 +53,9 @@ attnd_status attnd__tio_init(attnd__tier *t, attnd__tio *io, attnd_error *err)
     io->free_buf = malloc(sizeof(int32_t) * (size_t)io->nbuf);
     io->op_of = malloc(sizeof(int64_t) * (size_t)io->nbuf);
     io->ready = malloc(sizeof *io->ready * (size_t)io->nbuf);
-    if (!io->bounce || !io->free_buf || !io->op_of || !io->ready) {
+    io->parts = malloc(sizeof *io->parts * (size_t)io->nbuf);
+    io->res = malloc(sizeof *io->res * (size_t)io->nbuf);
+    if (!io->bounce || !io->free_buf || !io->op_of || !io->ready || !io->parts || !io->res) {
         attnd__tio_free(io);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "kv-dir: no memory for %d bounce buffers of %zu bytes", io->nbuf,
@@ -61,7 +65,7 @@ attnd_status attnd__tio_init(attnd__tier *t, attnd__tio *io, attnd_error *err)
     if (t->kind != ATTND__STORE_DISK)
         return ATTND_OK;
     struct io_uring *r = calloc(1, sizeof *r);
-    if (r && io_uring_queue_init((unsigned)io->depth, r, 0) == 0) {
+    if (r && io_uring_queue_init((unsigned)(2 * io->depth), r, 0) == 0) {
         io->ring = r;
         struct iovec iov = {io->bounce, (size_t)io->nbuf * t->slot_bytes};
         io->fixed_buf = io_uring_register_buffers(r, &iov, 1) == 0;
@@ -126,8 +130,24 @@ attnd_status attnd__tio_pages(attnd__tio *io, int64_t n, int32_t **pages_p, attn
     return ATTND_OK;
 }
 
-/* Header and bytes of op into buf (a write). 0 or -errno. */
-static int fill_slot(attnd__tier *t, const attnd__tio_op *op, char *buf)
+/* Where op's page bytes are in memory for a direct transfer (the pool
+ * page itself: no copy), or NULL (through the bounce buffer). */
+static char *direct_page(const attnd__tier *t, const attnd__tio *io, const attnd__tio_op *op)
+{
+    return t->zero_copy && io->ring && op->mem >= 0
+               ? (char *)attnd_kv_pool_page(&t->e->pool, op->mem)
+               : NULL;
+}
+
+/* The CRC a slot carries: header bytes [8, 64) then the page's bytes. */
+static uint32_t slot_crc(const char *hdr, const char *page, size_t page_bytes)
+{
+    return attnd__crc32c(attnd__crc32c(0, hdr + 8, ATTND__SLOT_HDR - 8), page, page_bytes);
+}
+
+/* A write's header block into buf, and (page NULL) its page bytes after
+ * it; page: where they already are. 0 or -errno. */
+static int fill_slot(attnd__tier *t, const attnd__tio_op *op, char *buf, const char *page)
 {
     attnd__slot_hdr h;
     attnd_error err;
@@ -139,21 +159,29 @@ static int fill_slot(attnd__tier *t, const attnd__tio_op *op, char *buf)
     h.tokens = (uint32_t)op->tokens;
     h.page_bytes = (uint32_t)t->page_bytes;
     h.gen = __atomic_add_fetch(&t->gen, 1, __ATOMIC_RELAXED);
-    if (op->mem >= 0) {
-        if (attnd__engine_page_out(t->e, op->mem, buf + ATTND__SLOT_HDR, &err))
-            return -EIO;
-    } else {
-        memcpy(buf + ATTND__SLOT_HDR, op->src, t->page_bytes);
+    memset(buf + ATTND__SLOT_HDR, 0, ATTND__SLOT_DATA - ATTND__SLOT_HDR);
+    if (!page) {
+        char *dst = buf + ATTND__SLOT_DATA;
+        if (op->mem >= 0) {
+            if (attnd__engine_page_out(t->e, op->mem, dst, &err))
+                return -EIO;
+        } else {
+            memcpy(dst, op->src, t->page_bytes);
+        }
+        memset(dst + t->page_bytes, 0, t->slot_bytes - ATTND__SLOT_DATA - t->page_bytes);
+        page = dst;
     }
     memcpy(buf, &h, sizeof h);
-    h.crc = attnd__crc32c(0, buf + 8, ATTND__SLOT_HDR - 8 + t->page_bytes);
+    h.crc = slot_crc(buf, page, t->page_bytes);
     memcpy(buf + 4, &h.crc, sizeof h.crc);
     t->crc[op->slot] = h.crc;
     return 0;
 }
 
-/* A read's bytes in buf against what op expects; into memory if asked. */
-static int check_slot(attnd__tier *t, const attnd__tio_op *op, const char *buf)
+/* A read's header block in buf and its page bytes at page (after the
+ * header block in buf, or the pool page read into directly) against what
+ * op expects; copied into memory when they are in buf and op asks. */
+static int check_slot(attnd__tier *t, const attnd__tio_op *op, const char *buf, const char *page)
 {
     attnd__slot_hdr h;
     attnd_error err;
@@ -161,9 +189,10 @@ static int check_slot(attnd__tier *t, const attnd__tio_op *op, const char *buf)
     if (h.magic != ATTND__SLOT_MAGIC || h.page_bytes != t->page_bytes ||
         memcmp(h.id, op->id.bytes, sizeof h.id) != 0 || h.layer != (uint32_t)op->layer ||
         h.page != (uint32_t)op->page || h.crc != t->crc[op->slot] ||
-        attnd__crc32c(0, buf + 8, ATTND__SLOT_HDR - 8 + t->page_bytes) != h.crc)
+        slot_crc(buf, page, t->page_bytes) != h.crc)
         return ATTND__TIO_BAD;
-    if (op->mem >= 0 && attnd__engine_page_in(t->e, op->mem, buf + ATTND__SLOT_HDR, &err))
+    if (page == buf + ATTND__SLOT_DATA && op->mem >= 0 &&
+        attnd__engine_page_in(t->e, op->mem, page, &err))
         return -EIO;
     return 0;
 }
@@ -194,34 +223,39 @@ static int sync_io(attnd__tier *t, int write, int64_t slot, char *buf)
     return 0;
 }
 
-/* The result of one op as the caller sees it. */
-static int op_result(attnd__tier *t, int write, int res, attnd__tio_op *op, char *buf)
-{
-    if (res >= 0 && (size_t)res != t->slot_bytes)
-        res = write ? -ENOSPC : -EIO; /* short: out of room / past the end */
-    if (res < 0)
-        return res;
-    return write ? 0 : check_slot(t, op, buf);
-}
-
-static void prep_sqe(attnd__tio *io, struct io_uring_sqe *sqe, int write, int32_t b,
-                     int64_t slot)
+/* Queue part `part` of unit b: the whole slot through the bounce buffer
+ * (part 0), or its header block from the bounce buffer (part 1) and its
+ * page straight from/to memory (part 2). */
+static int queue_part(attnd__tio *io, int write, int32_t b, int part, int64_t slot,
+                      char *page)
 {
     attnd__tier *t = io->t;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(io->ring);
+    if (!sqe)
+        return -EAGAIN;
     char *buf = io->bounce + (size_t)b * t->slot_bytes;
-    off_t off = (off_t)slot * (off_t)t->slot_bytes;
+    uint64_t off = (uint64_t)slot * t->slot_bytes;
     int fd = io->fixed_file ? 0 : t->fd;
-    if (io->fixed_buf && write)
-        io_uring_prep_write_fixed(sqe, fd, buf, (unsigned)t->slot_bytes, (uint64_t)off, 0);
-    else if (io->fixed_buf)
-        io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)t->slot_bytes, (uint64_t)off, 0);
-    else if (write)
-        io_uring_prep_write(sqe, fd, buf, (unsigned)t->slot_bytes, (uint64_t)off);
-    else
-        io_uring_prep_read(sqe, fd, buf, (unsigned)t->slot_bytes, (uint64_t)off);
+    if (part == 2) {
+        if (write)
+            io_uring_prep_write(sqe, fd, page, (unsigned)t->page_bytes, off + ATTND__SLOT_DATA);
+        else
+            io_uring_prep_read(sqe, fd, page, (unsigned)t->page_bytes, off + ATTND__SLOT_DATA);
+    } else {
+        unsigned len = (unsigned)(part == 1 ? ATTND__SLOT_DATA : t->slot_bytes);
+        if (io->fixed_buf && write)
+            io_uring_prep_write_fixed(sqe, fd, buf, len, off, 0);
+        else if (io->fixed_buf)
+            io_uring_prep_read_fixed(sqe, fd, buf, len, off, 0);
+        else if (write)
+            io_uring_prep_write(sqe, fd, buf, len, off);
+        else
+            io_uring_prep_read(sqe, fd, buf, len, off);
+    }
     if (io->fixed_file)
         sqe->flags |= IOSQE_FIXED_FILE;
-    io_uring_sqe_set_data64(sqe, (uint64_t)b);
+    io_uring_sqe_set_data64(sqe, (uint64_t)b | (uint64_t)part << 32);
+    return 0;
 }
 
 /* The slot file preallocated up to `end` bytes, in steps of 1/16 of the
@@ -264,24 +298,27 @@ static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
         if (end > t->prealloc) /* (a racy first look; prealloc looks again) */
             prealloc(t, end);
     }
-
     if (!io->ring) {
         for (int64_t i = 0; i < n; i++) {
             char *buf = io->bounce;
-            int r = write ? fill_slot(t, &ops[i], buf) : 0;
+            int r = write ? fill_slot(t, &ops[i], buf, NULL) : 0;
             if (r == 0)
                 r = sync_io(t, write, ops[i].slot, buf);
-            ops[i].res = r < 0 ? r : op_result(t, write, (int)t->slot_bytes, &ops[i], buf);
-            if (ops[i].res && !first)
-                first = ops[i].res;
+            if (r == 0 && !write)
+                r = check_slot(t, &ops[i], buf, buf + ATTND__SLOT_DATA);
+            ops[i].res = r;
+            if (r && !first)
+                first = r;
         }
         return first;
     }
     /* The device keeps `depth` ops; the buffers beyond them take what
-     * completes while the CPU checks and copies earlier ones, so that every
-     * completion is answered by a new submission before the CPU work (a
-     * read's CRC and copy: a page's worth of memory passes) and the queue
-     * stays full. */
+     * completes while the CPU checks (and, through bounce buffers, copies)
+     * earlier ones, so that every completion is answered by a new
+     * submission before the CPU work and the queue stays full. An op is
+     * one transfer of its slot through its bounce buffer, or (direct) two:
+     * the header block from the bounce buffer, the page straight from or
+     * into the pool. */
     struct io_uring *ring = io->ring;
     int32_t n_free = io->nbuf, n_ready = 0;
     for (int32_t b = 0; b < io->nbuf; b++)
@@ -291,19 +328,26 @@ static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
         int queued = 0;
         while (next < n && inflight < io->depth && n_free > 0) {
             int32_t b = io->free_buf[--n_free];
-            char *buf = io->bounce + (size_t)b * t->slot_bytes;
-            int r = write ? fill_slot(t, &ops[next], buf) : 0;
-            struct io_uring_sqe *sqe = r ? NULL : io_uring_get_sqe(ring);
-            if (!sqe) { /* a copy failed (GPU), or no sqe: fail this op */
-                ops[next].res = r ? r : -EAGAIN;
+            attnd__tio_op *op = &ops[next];
+            char *buf = io->bounce + (size_t)b * t->slot_bytes, *page = direct_page(t, io, op);
+            int r = write ? fill_slot(t, op, buf, page) : 0;
+            int parts = page ? 2 : 1;
+            if (r == 0 && io_uring_sq_space_left(ring) < (unsigned)parts &&
+                io_uring_submit(ring) >= 0)
+                queued = 0;
+            for (int part = parts - 1; r == 0 && part < 2 * parts - 1; part++) /* 0, or 1 and 2 */
+                r = queue_part(io, write, b, part, op->slot, page);
+            if (r) { /* a copy failed (GPU), or no room in the ring: fail it */
+                op->res = r;
                 if (!first)
-                    first = ops[next].res;
+                    first = r;
                 io->free_buf[n_free++] = b;
                 next++;
                 continue;
             }
-            prep_sqe(io, sqe, write, b, ops[next].slot);
             io->op_of[b] = next++;
+            io->parts[b] = parts;
+            io->res[b] = 0;
             inflight++;
             queued++;
         }
@@ -320,20 +364,32 @@ static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
         }
         unsigned head, seen = 0;
         io_uring_for_each_cqe(ring, head, cqe) {
-            int32_t b = (int32_t)io_uring_cqe_get_data64(cqe);
-            io->ready[n_ready].buf = b;
-            io->ready[n_ready++].res = cqe->res;
-            inflight--;
+            uint64_t d = io_uring_cqe_get_data64(cqe);
+            int32_t b = (int32_t)(d & 0xffffffffu), part = (int32_t)(d >> 32);
+            size_t want = part == 2 ? t->page_bytes : part == 1 ? (size_t)ATTND__SLOT_DATA
+                                                                  : t->slot_bytes;
+            int res = cqe->res;
+            if (res >= 0 && (size_t)res != want)
+                res = write ? -ENOSPC : -EIO; /* short: out of room / past the end */
+            if (res < 0 && !io->res[b])
+                io->res[b] = res;
+            if (--io->parts[b] == 0) {
+                io->ready[n_ready++].buf = b;
+                inflight--;
+            }
             seen++;
         }
         io_uring_cq_advance(ring, seen);
         if (n_ready) { /* one at a time: refill between them */
             int32_t b = io->ready[--n_ready].buf;
             attnd__tio_op *op = &ops[io->op_of[b]];
-            op->res = op_result(t, write, io->ready[n_ready].res, op,
-                                io->bounce + (size_t)b * t->slot_bytes);
-            if (op->res && !first)
-                first = op->res;
+            char *buf = io->bounce + (size_t)b * t->slot_bytes, *page = direct_page(t, io, op);
+            int r = io->res[b];
+            if (r == 0 && !write)
+                r = check_slot(t, op, buf, page ? page : buf + ATTND__SLOT_DATA);
+            op->res = r;
+            if (r && !first)
+                first = r;
             io->free_buf[n_free++] = b;
         }
     }

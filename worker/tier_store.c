@@ -247,7 +247,7 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
     t->kind = cfg->kind;
     t->keep = cfg->keep_copies;
     t->page_bytes = e->pool.page_bytes;
-    t->slot_bytes = round_up(ATTND__SLOT_HDR + t->page_bytes, 4096);
+    t->slot_bytes = ATTND__SLOT_DATA + round_up(t->page_bytes, 4096);
     t->depth = cfg->depth > 0 ? cfg->depth : 32;
     t->prefetch = cfg->prefetch;
     uint64_t n = cfg->bytes / t->slot_bytes;
@@ -304,6 +304,10 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
     /* keep a few pages free for decode's appends: 1/32 of memory, at
      * least 2 */
     t->low_water = e->pool.n_pages / 32 > 2 ? e->pool.n_pages / 32 : 2;
+    /* direct transfers between pool pages and the file: O_DIRECT wants
+     * block-aligned addresses and lengths (the CPU pool's pages only) */
+    t->zero_copy = t->kind == ATTND__STORE_DISK && t->direct && !e->gpu && e->pool.base &&
+                   t->page_bytes % 512 == 0 && (uintptr_t)e->pool.base % 4096 == 0;
     e->pool.tier = t;
     update_cap(t);
     *t_p = t;

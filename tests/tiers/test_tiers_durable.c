@@ -276,7 +276,7 @@ START_TEST(test_a_page_corrupted_while_down_loses_only_its_session)
     cu_must_open(&s, cu_must_connect(), 6, ATTND_DTYPE_BF16);
     prefill_all(&s, 100); /* 6 full pages a layer: in slots after the last checkpoint */
     ck_assert_int_eq(cu_server_stop(&cu_srv), 0);
-    uint64_t slot_bytes = 8192; /* 4 KiB pages + the 64-byte header, to 4 KiB */
+    uint64_t slot_bytes = 8192; /* 4 KiB pages after a 4 KiB header block */
     size_t n = tt_slots_of(dir, slot_bytes, &s.ids[0], offs, 256);
     ck_assert_uint_ge(n, 1);
     for (size_t i = 0; i < n; i++) /* every copy it ever had */

@@ -218,9 +218,10 @@ void tt_must_corrupt(const char *dir, uint64_t off)
     snprintf(path, sizeof path, "%s/kv.pages", dir);
     int fd = open(path, O_RDWR);
     ck_assert_msg(fd >= 0, "open %s: %s", path, strerror(errno));
-    ck_assert_int_eq(pread(fd, &b, 1, (off_t)(off + 100)), 1);
+    /* a byte of the page: past the 4096-byte header block (TIERS.md) */
+    ck_assert_int_eq(pread(fd, &b, 1, (off_t)(off + 4096 + 100)), 1);
     b ^= 0x5a;
-    ck_assert_int_eq(pwrite(fd, &b, 1, (off_t)(off + 100)), 1);
+    ck_assert_int_eq(pwrite(fd, &b, 1, (off_t)(off + 4096 + 100)), 1);
     ck_assert_int_eq(fsync(fd), 0);
     close(fd);
 }

@@ -62,7 +62,7 @@ void tt_op_free(tt_op *op);
  * whose header names session id (at most max); returns how many. */
 size_t tt_slots_of(const char *dir, uint64_t slot_bytes, const attnd_session_id *id,
                    uint64_t *offs, size_t max);
-/* Flip one byte of a slot's page bytes (past its 64-byte header). */
+/* Flip one byte of a slot's page bytes (past its 4096-byte header block). */
 void tt_must_corrupt(const char *dir, uint64_t off);
 
 /* The id as 32 hex digits. */
