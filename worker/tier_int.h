@@ -277,13 +277,15 @@ int64_t attnd__tier_evict_session(attnd_engine *e, attnd__session *s, attnd_erro
 void attnd__tier_forget_layer(attnd__tier *t, attnd__session *s, int32_t layer);
 
 /* ---- the write-ahead log (wal.c) ---------------------------------------------
- * Segments DIR/wal/<first LSN, 16 hex>.log, each preallocated: a 128-byte
- * header, then records back to back, then zeros. LSNs count record bytes
+ * Segments DIR/wal/<first LSN, 16 hex>.log, each preallocated: a 4096-byte
+ * header block, then records back to back, then zeros. Every flush ends at
+ * a 4096-byte boundary of the file (a PAD record fills up to it), so the
+ * log is written with O_DIRECT. LSNs count record bytes
  * over the whole log. A record: the header below, then `len` payload bytes,
  * padded to 8. */
 
 #define ATTND__WAL_MAGIC 0x43455241u /* "AREC" */
-#define ATTND__WSEG_HDR 128
+#define ATTND__WSEG_HDR 4096 /* the header block: records start block-aligned */
 #define ATTND__WSEG_MAGIC 0x474553444e545441ull /* "ATTNDSEG" */
 
 typedef struct attnd__wrec_hdr {
@@ -306,6 +308,7 @@ enum {
     ATTND__WREC_ABORT = 5,  /* txn's DATA never apply */
     ATTND__WREC_PAGE = 6,   /* attnd__wrec_page, then the page's bytes (checkpoint) */
     ATTND__WREC_SEGEND = 7, /* u64: the next segment's first LSN */
+    ATTND__WREC_PAD = 8,    /* zeros up to a 4096-byte boundary of the file */
 };
 
 typedef struct attnd__wrec_data {

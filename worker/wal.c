@@ -40,6 +40,7 @@
 
 #define SEG_HDR ATTND__WSEG_HDR
 #define SEGEND_BYTES (sizeof(attnd__wrec_hdr) + 8)
+#define PAD_ROOM (4096 + sizeof(attnd__wrec_hdr)) /* a seal's padding at most */
 
 typedef struct wseg_hdr {
     uint64_t magic;  /* ATTND__WSEG_MAGIC */
@@ -88,6 +89,7 @@ struct attnd__wal {
 
     struct io_uring ring;
     int ring_ok;
+    int direct;              /* segments opened with O_DIRECT */
     pthread_t tid;
     int running;
 };
@@ -118,7 +120,11 @@ static int seg_make(attnd__wal *w, uint64_t first)
 {
     char path[PATH_MAX], wdir[PATH_MAX];
     attnd__wal_seg_path(w->dir, first, path, sizeof path);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | (w->direct ? O_DIRECT : 0), 0644);
+    if (fd < 0 && errno == EINVAL && w->direct) { /* a filesystem without O_DIRECT */
+        w->direct = 0;
+        fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    }
     if (fd < 0)
         return -errno;
     int r = 0;
@@ -128,9 +134,14 @@ static int seg_make(attnd__wal *w, uint64_t first)
             r = 0; /* no preallocation here: a full disk shows at a write */
     }
     wseg_hdr h;
-    char blk[SEG_HDR];
+    char *blk = aligned_alloc(4096, SEG_HDR);
+    if (!blk) {
+        close(fd);
+        unlink(path);
+        return -ENOMEM;
+    }
     memset(&h, 0, sizeof h);
-    memset(blk, 0, sizeof blk);
+    memset(blk, 0, SEG_HDR);
     h.magic = ATTND__WSEG_MAGIC;
     h.version = 1;
     h.first = first;
@@ -139,6 +150,7 @@ static int seg_make(attnd__wal *w, uint64_t first)
     memcpy(blk, &h, sizeof h);
     if (r == 0 && pwrite(fd, blk, SEG_HDR, 0) != SEG_HDR)
         r = errno ? -errno : -EIO;
+    free(blk);
     snprintf(wdir, sizeof wdir, "%s/wal", w->dir);
     if (r == 0 && (fdatasync(fd) != 0 || fsync_dir(wdir) != 0))
         r = errno ? -errno : -EIO;
@@ -162,6 +174,32 @@ static int seg_make(attnd__wal *w, uint64_t first)
     return fd;
 }
 
+/* Fill buffer b up to a 4096-byte boundary of the file (it starts at one):
+ * with a PAD record (its LSNs count), or after a SEGEND, where the segment
+ * ends, with zeros. Caller holds mu; the room was reserved (PAD_ROOM). */
+static void pad_to_block(attnd__wal *w, wbuf *b)
+{
+    size_t gap = (4096 - b->used % 4096) % 4096;
+    if (gap == 0)
+        return;
+    if (b->ends_seg) {
+        memset(b->data + b->used, 0, gap);
+        b->used += gap;
+        return;
+    }
+    if (gap < sizeof(attnd__wrec_hdr))
+        gap += 4096;
+    attnd__wrec_hdr *h = (attnd__wrec_hdr *)(b->data + b->used);
+    memset(h, 0, gap);
+    h->magic = ATTND__WAL_MAGIC;
+    h->len = (uint32_t)(gap - sizeof *h);
+    h->type = ATTND__WREC_PAD;
+    h->lsn = w->next_lsn;
+    h->crc = attnd__crc32c(0, (char *)h + 8, gap - 8);
+    b->used += gap;
+    w->next_lsn += gap;
+}
+
 /* Seal the current buffer (the flusher writes it) and make the other one
  * current, going on at the log's end, once the flusher is done with the
  * other one. Caller holds mu, which a wait releases: if another thread
@@ -177,6 +215,7 @@ static void swap_buffers(attnd__wal *w)
     }
     if (w->broken)
         return;
+    pad_to_block(w, b);
     b->sealed = 1;
     w->cur ^= 1;
     o->used = 0;
@@ -211,7 +250,7 @@ static void put_small(attnd__wal *w, uint16_t type, const void *payload, size_t 
 static attnd_status switch_segment(attnd__wal *w, attnd_error *err)
 {
     while (!w->broken && (w->buf[w->cur].ends_seg ||
-                          w->buf[w->cur].used + SEGEND_BYTES > w->buf[w->cur].cap))
+                          w->buf[w->cur].used + SEGEND_BYTES + PAD_ROOM > w->buf[w->cur].cap))
         swap_buffers(w);
     if (w->broken)
         return attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "durable log: %s", w->why);
@@ -259,14 +298,14 @@ attnd_status attnd__wal_reserve(attnd__wal *w, uint16_t type, attnd__wtxn *tx, s
             st = attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "durable log: %s", w->why);
             break;
         }
-        if (w->next_lsn + sz + SEGEND_BYTES > w->seg_first + w->seg_bytes - SEG_HDR) {
+        if (w->next_lsn + sz + SEGEND_BYTES + 2 * PAD_ROOM > w->seg_first + w->seg_bytes - SEG_HDR) {
             if ((st = switch_segment(w, err)))
                 break;
             continue;
         }
         /* a buffer that ended its segment takes no more records */
         if (w->buf[w->cur].ends_seg ||
-            w->buf[w->cur].used + sz + SEGEND_BYTES > w->buf[w->cur].cap) {
+            w->buf[w->cur].used + sz + SEGEND_BYTES + PAD_ROOM > w->buf[w->cur].cap) {
             swap_buffers(w);
             continue;
         }
@@ -502,9 +541,10 @@ attnd_status attnd__wal_open(const char *dir, const attnd__fingerprint *fp, uint
     w->window_ms = window_ms;
     w->txns.prev = w->txns.next = &w->txns;
     w->seg_fd = -1;
-    size_t cap = seg_bytes / 4 < ((size_t)4 << 20) ? (size_t)(seg_bytes / 4) : (size_t)4 << 20;
+    w->direct = 1; /* until a filesystem refuses it (seg_make) */
+    size_t cap = seg_bytes / 4 < ((size_t)16 << 20) ? (size_t)(seg_bytes / 4) : (size_t)16 << 20;
     cap &= ~(size_t)4095;
-    w->max_payload = cap / 2 - sizeof(attnd__wrec_hdr) - SEGEND_BYTES;
+    w->max_payload = cap / 2 - sizeof(attnd__wrec_hdr) - SEGEND_BYTES - PAD_ROOM;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     pthread_cond_init(&w->flush_cv, NULL);

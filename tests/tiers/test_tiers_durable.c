@@ -183,7 +183,7 @@ END_TEST
 /* ---- the log's tail --------------------------------------------------------- */
 
 /* The newest segment of DIR/wal and where its whole records end (the
- * documented layout: a 128-byte header, then records of a 32-byte header
+ * documented layout: a 4096-byte header block, then records of a 32-byte header
  * "AREC", crc, len, type, flags, lsn, txn and len bytes padded to 8). */
 static void log_end(char *path, size_t n, uint64_t *off_p, uint64_t *lsn_p)
 {
@@ -205,7 +205,7 @@ static void log_end(char *path, size_t n, uint64_t *off_p, uint64_t *lsn_p)
     snprintf(path, n, "%s/%016llx.log", wal, best);
     int fd = open(path, O_RDONLY);
     ck_assert_int_ge(fd, 0);
-    uint64_t off = 128, lsn = best;
+    uint64_t off = 4096, lsn = best; /* records start after the 4096-byte header block */
     for (;;) {
         unsigned char h[32];
         uint32_t magic, len;

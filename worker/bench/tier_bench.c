@@ -21,6 +21,10 @@
  *       The Attend hot path of resident sessions with a disk tier configured
  *       and without: per-layer Attend p50 of each, interleaved, and their
  *       ratio (the tier must not slow resident sessions down).
+ *   attnd-tier-bench append --dir D [--model M] [--tokens T] [--iters N]
+ *       Engine-level appends of one chunk of T tokens (a stage of one chunk,
+ *       committed), durability off, sync and batch (1 ms), interleaved: p50
+ *       and p99 of each (the log's cost without the RPC around it).
  *
  * Prints figures only; correctness is the tests' job (tests/tiers). */
 #include <stdio.h>
@@ -309,12 +313,68 @@ static int cmd_hot(const opts *o)
     return 0;
 }
 
+/* Engine-level appends (a stage of one chunk of T tokens, committed: what
+ * an AppendKV of one chunk costs inside the worker) with durability off,
+ * sync and batch (1 ms), interleaved; p50 and p99 of each. */
+static int cmd_append(const opts *o)
+{
+    const attnd_model_spec *m = attnd_model_find(o->model);
+    const int64_t entry = attnd_model_kv_token_elems(m);
+    const int n = (int)o->iters;
+    uint16_t *kv = calloc((size_t)(o->tokens * entry), sizeof *kv);
+    double *t[3];
+    attnd_engine *e[3];
+    attnd_session_id id[3];
+    attnd_error err;
+    char dirs[3][512];
+    for (int k = 0; k < 3; k++) {
+        t[k] = calloc((size_t)n, sizeof(double));
+        snprintf(dirs[k], sizeof dirs[k], "%s/append%d", o->dir, k);
+        attnd_engine_config cfg = {.model = *m, .page_size = 64,
+                                   .kv_memory = (uint64_t)(n + 8) * (uint64_t)o->tokens *
+                                                (uint64_t)entry * 2 * (uint64_t)m->n_layers / 4 +
+                                                (64u << 20),
+                                   .max_sessions = 4, .durable = k, .durable_window_ms = 1};
+        snprintf(cfg.kv_dir, sizeof cfg.kv_dir, "%s", dirs[k]);
+        if (attnd_engine_create(&cfg, &e[k], &err) ||
+            attnd_engine_session_create(e[k], 0, &id[k], &err))
+            die("engine", &err);
+    }
+    for (int i = -10; i < n; i++)
+        for (int k = 0; k < 3; k++) {
+            uint32_t layer = (uint32_t)((i + 10) % m->n_layers);
+            uint64_t len;
+            if (attnd_engine_length(e[k], &id[k], layer, &len, &err))
+                die("length", &err);
+            double a = now_s();
+            if (attnd_engine_append(e[k], &id[k], layer, len, (uint64_t)o->tokens,
+                                    ATTND_DTYPE_BF16, kv, &err))
+                die("append", &err);
+            if (i >= 0)
+                t[k][i] = now_s() - a;
+        }
+    static const char *const names[] = {"off", "sync", "batch (1 ms)"};
+    printf("append: model %s, chunks of %lld tokens (%lld KiB), %d each, interleaved\n",
+           m->name, (long long)o->tokens, (long long)(o->tokens * entry * 2 / 1024), n);
+    for (int k = 0; k < 3; k++) {
+        qsort(t[k], (size_t)n, sizeof(double), cmp_double);
+        printf("  durable %-13s p50 %8.1f us   p99 %8.1f us\n", names[k],
+               t[k][n / 2] * 1e6, t[k][n * 99 / 100] * 1e6);
+    }
+    for (int k = 0; k < 3; k++) {
+        attnd_engine_destroy(e[k]);
+        free(t[k]);
+    }
+    free(kv);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     opts o = {.model = "llama3-8b", .mib = 1024, .tokens = 1024, .steps = 5, .batch = 4,
               .iters = 200, .reps = 3, .depth = 32};
     if (argc < 2) {
-        fprintf(stderr, "usage: attnd-tier-bench io|attend|hot --dir D [--model M] [--mib N] "
+        fprintf(stderr, "usage: attnd-tier-bench io|attend|hot|append --dir D [--model M] [--mib N] "
                         "[--tokens T] [--depth Q] [--reps R] [--steps S] [--batch B] "
                         "[--iters N]\n");
         return 2;
@@ -356,6 +416,8 @@ int main(int argc, char **argv)
         return cmd_attend(&o);
     if (!strcmp(o.cmd, "hot"))
         return cmd_hot(&o);
+    if (!strcmp(o.cmd, "append"))
+        return cmd_append(&o);
     fprintf(stderr, "attnd-tier-bench: unknown command %s\n", o.cmd);
     return 2;
 }
