@@ -9,6 +9,7 @@
 #
 # BUILD_DIR: a build with attnd, attnd-bench and attnd-tier-bench; DIR: a
 # directory on the disk to measure (emptied). Needs fio and python3.
+# TIERS_BENCH_ONLY="1 4" runs only those sections.
 set -euo pipefail
 
 build=${1:?usage: tiers_bench.sh BUILD_DIR DIR [ROUNDS]}
@@ -23,10 +24,13 @@ mkdir -p "$dir"
 out=$(mktemp -d)
 trap 'rm -rf "$out"; rm -rf "$dir"/fio.dat "$dir"/kv "$dir"/tb' EXIT
 
+only="${TIERS_BENCH_ONLY:-1 2 3 4 5}"
+run() { case " $only " in *" $1 "*) return 0 ;; esac; return 1; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 echo "tiers_bench: $(date -u +%F), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), dir $dir ($(stat -f -c %T "$dir"))"
 
 # ---- 1. spill / reload vs fio ---------------------------------------------------
+if run 1; then
 depth=32
 slot=$(rm -rf "$dir/tb"; mkdir -p "$dir/tb"; "$tb" io --dir "$dir/tb" --mib 64 --reps 1 | sed -n 's/^json .*"slot_bytes": \([0-9]*\).*/\1/p')
 for r in $(seq "$rounds"); do
@@ -49,14 +53,18 @@ echo "== spill / reload, block $slot bytes, depth $depth, 1 GiB, median of $roun
 printf "  fio write %7.0f MB/s   spill  %7.0f MB/s   %5.1f%% of fio\n" "$fw" "$sw" "$(awk -v a="$sw" -v b="$fw" 'BEGIN {print 100*a/b}')"
 printf "  fio read  %7.0f MB/s   reload %7.0f MB/s   %5.1f%% of fio\n" "$fr" "$sr" "$(awk -v a="$sr" -v b="$fr" 'BEGIN {print 100*a/b}')"
 rm -f "$dir/fio.dat"
+fi
 
 # ---- 2. decode from disk --------------------------------------------------------
+if run 2; then
 echo
 echo "== decode, llama3-8b, sessions of 4096 tokens (attnd-tier-bench attend)"
 rm -rf "$dir/tb"; mkdir -p "$dir/tb"
 "$tb" attend --dir "$dir/tb" --tokens 4096 --steps 5 | sed 's/^/  /'
+fi
 
 # ---- 3. the hot path ------------------------------------------------------------
+if run 3; then
 echo
 echo "== resident Attend with and without a tier (attnd-tier-bench hot)"
 for r in $(seq "$rounds"); do
@@ -64,8 +72,10 @@ for r in $(seq "$rounds"); do
   "$tb" hot --dir "$dir/tb" --tokens 1024 --batch 4 --iters 300 | sed -n 's/.*ratio \([0-9.]*\).*/\1/p' >> "$out/hot"
 done
 echo "  ratio tier / no tier, per-layer p50: median $(median < "$out/hot") of $rounds rounds ($(tr '\n' ' ' < "$out/hot"))"
+fi
 
 # ---- 4. durability --------------------------------------------------------------
+if run 4; then
 echo
 echo "== AppendKV and Attend latency by --durable (attnd-bench, llama3-8b: 8 sessions, an AppendKV of 64 tokens per layer and session, then decode in batches of 4)"
 for r in $(seq "$rounds"); do
@@ -94,3 +104,14 @@ for mode in off sync batch; do
   d9=$(awk -v m=$mode '$1==m {print $5}' "$out/dur" | median)
   printf "  %-6s AppendKV p50 %7.3f ms  p99 %7.3f ms   Attend (with new KV) p50 %7.3f ms  p99 %7.3f ms\n" "$mode" "$ap" "$a9" "$dp" "$d9"
 done
+fi
+
+# ---- 5. the log's cost inside the engine ----------------------------------------
+if run 5; then
+echo
+echo "== engine-level appends by --durable (attnd-tier-bench append, llama3-8b)"
+for tok in 64 1; do
+  rm -rf "$dir/tb"; mkdir -p "$dir/tb"
+  "$tb" append --dir "$dir/tb" --tokens $tok --iters 400 2>/dev/null | sed 's/^/  /'
+done
+fi
