@@ -1,6 +1,7 @@
 /* Attend (unary) and AttendStream (one response per request, in order).
  *
- * One request is: decode into the thread's arena, validate, run the engine
+ * One request is: decode in place (attnd_wire; what the arena gets is the
+ * message's arrays, not its tensors), validate, run the engine
  * on the thread's workspace, and encode the float32 result straight into
  * the reply in the asked dtype. After warm-up none of these steps allocates
  * in our code (gRPC allocates the reply slice). A failing request of a
@@ -22,22 +23,24 @@ static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
                                      gpr_now(GPR_CLOCK_MONOTONIC));
     if (gpr_time_cmp(c->deadline, gpr_inf_future(c->deadline.clock_type)) != 0)
         x.time_left_ms = gpr_time_to_millis(left) > 0 ? gpr_time_to_millis(left) : 1;
-    const Attnd__V1__AttendRequest *m;
     attnd_srv_attend_result res;
     uint64_t t_arrival = attnd_clock_ns();
     attnd_status st;
 
-    m = (const Attnd__V1__AttendRequest *)attnd_srv_call_decode(
-        c, &attnd__v1__attend_request__descriptor, err);
-    if (!m)
-        return err->code;
-    st = attnd_srv_attend_exec(&x, m, t_arrival, &res, err);
+    /* decoded in place: the tensors stay in the message's slices, which
+     * live until the engine is done with them */
+    st = attnd_srv_attend_exec_bb(&x, c->recv, t_arrival, &res, err);
+    if (c->recv) {
+        grpc_byte_buffer_destroy(c->recv);
+        c->recv = NULL;
+    }
     if (st)
         return st;
     uint64_t t_pack = attnd_clock_ns();
     *reply_p = attnd_srv_attend_reply_pack(&res.reply);
     if (t_p) {
         *t_p = res.t;
+        t_p->t_queue_ns += res.t.t_decode_ns; /* the trailer's q ends after decoding */
         t_p->t_encode_ns = attnd_clock_ns() - t_pack;
     }
     return ATTND_OK;
