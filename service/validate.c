@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "attnd_dtype.h"
 #include "validate.h"
 
 void attnd_srv_model_init(attnd_srv_model *m, const attnd_model_spec *spec,
@@ -121,6 +122,27 @@ static attnd_status check_bytes(const char *field, const Attnd__V1__Tensor *t, a
     return ATTND_OK;
 }
 
+/* Every element finite: a NaN or an infinity in a query or a KV entry
+ * would come back as a finite-looking answer, so it is refused where it
+ * enters, naming the first one. Nothing converts these tensors here (the
+ * decoder leaves them where they arrived; the engine converts later, after
+ * it has changed the session), so this is one read of their bytes, faster
+ * than a memcpy of them: attnd_dtype_find_nonfinite, 30-45 GB/s in cache
+ * and ~10 GB/s from memory on the 2-vCPU dev VM, 0.16-0.45 ms for a
+ * DeepSeek-V3 B=32 bf16 query (1-3.5% of its round trip; attnd-dtype-bench,
+ * client/TRANSPORT.md). Call after check_bytes: data.len is whole elements. */
+static attnd_status check_finite(const char *field, const Attnd__V1__Tensor *t, attnd_dtype dt,
+                                 attnd_error *err)
+{
+    size_t n = t->data.len / attnd_dtype_size(dt);
+    size_t bad = attnd_dtype_find_nonfinite(dt, t->data.data, n);
+    if (bad < n)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "%s: element %zu is %s (non-finite values are rejected)", field,
+                               bad, attnd_dtype_nonfinite_name(dt, t->data.data, bad));
+    return ATTND_OK;
+}
+
 /* ---- CreateSession / CloseSession ------------------------------------------ */
 
 attnd_status attnd_srv_validate_create(const Attnd__V1__CreateSessionRequest *m,
@@ -195,6 +217,9 @@ attnd_status attnd_srv_validate_append(const Attnd__V1__AppendKVRequest *m,
                                "kv.data: expected %" PRIu64 " tokens x %" PRIu64
                                " bytes (%s), got %zu bytes",
                                t, entry_bytes, attnd_dtype_name(r.dtype), kv->data.len);
+    st = check_finite("kv", kv, r.dtype, err);
+    if (st)
+        return st;
     r.layer = m->layer;
     r.start = m->start;
     r.n_tokens = t;
@@ -307,7 +332,8 @@ static attnd_status check_q(const Attnd__V1__Tensor *q, const attnd_srv_model *m
                                "q.shape[%zu]: expected head_dim %d, got %" PRId64, d,
                                model->d_k, q->shape[d]);
     }
-    return check_bytes("q", q, *dt_p, err);
+    st = check_bytes("q", q, *dt_p, err);
+    return st ? st : check_finite("q", q, *dt_p, err);
 }
 
 /* new_kv: [B, entry...] (S = 1) or [B, S, entry...]. */
@@ -349,7 +375,8 @@ static attnd_status check_new_kv(const Attnd__V1__Tensor *t, const attnd_srv_mod
     st = check_kv_entry("new_kv", t->shape, first, model, err);
     if (st)
         return st;
-    return check_bytes("new_kv", t, *dt_p, err);
+    st = check_bytes("new_kv", t, *dt_p, err);
+    return st ? st : check_finite("new_kv", t, *dt_p, err);
 }
 
 attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,

@@ -8,7 +8,9 @@
  * exist, where does the layer end, is there memory) it checks itself and
  * reports with the same codes. Fuzzers call these directly.
  *
- * Codes: malformed tensors, ids, counts and dtypes INVALID_ARGUMENT; layer
+ * Codes: malformed tensors, ids, counts and dtypes INVALID_ARGUMENT (a
+ * tensor holding a NaN or an infinity too: "q: element 1234 is NaN
+ * (non-finite values are rejected)"); layer
  * past the model OUT_OF_RANGE; a session for a model other than the served
  * one FAILED_PRECONDITION.
  */
@@ -86,8 +88,8 @@ typedef struct attnd_srv_attend_req {
 /* The session ids are copied into memory taken from `scratch` (an arena:
  * nothing is freed one by one), which must outlive the use of *out; q,
  * new_kv and positions point into the message. Checks, in order: layer,
- * session_ids (count, lengths, duplicates), q, new_kv, positions,
- * out_dtype. */
+ * session_ids (count, lengths, duplicates), q (dtype, shape, bytes, every
+ * element finite), new_kv (the same), positions, out_dtype. */
 attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
                                        const attnd_srv_model *model,
                                        ProtobufCAllocator *scratch,

@@ -6,10 +6,12 @@
  * count disagrees with its shape) goes through attnd__client_unary_raw with
  * a request packed here by protobuf-c.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_dtype.h"
 #include "bad_inputs.h"
 #include "client_int.h"
 
@@ -381,6 +383,73 @@ static void fire_reservation_beyond_pool(cu_seqs *s, const bad_limits *lim, bad_
         attnd_client_close_session(s->c, &id, NULL);
 }
 
+/* ---- non-finite values -------------------------------------------------------------
+ * A NaN, +Inf or -Inf at a random element of one tensor: refused with
+ * INVALID_ARGUMENT naming the tensor and that element, nothing applied. */
+
+static _Thread_local size_t nf_at;       /* where the last poison went */
+static _Thread_local const char *nf_what; /* and what it was */
+
+/* Put a non-finite value (chosen by the rng) at a random element of data
+ * (n elements of s->dt). */
+static void poison(cu_seqs *s, const void *data, size_t n)
+{
+    static const float bad[3] = {NAN, INFINITY, -INFINITY};
+    int k = (int)(attnd_rng_next(&s->rng) % 3);
+    nf_at = (size_t)(attnd_rng_next(&s->rng) % n);
+    nf_what = k == 0 ? "NaN" : k == 1 ? "+Inf" : "-Inf";
+    attnd_dtype_convert(s->dt, (char *)data + nf_at * attnd_dtype_size(s->dt), ATTND_DTYPE_F32,
+                        &bad[k], 1);
+}
+
+/* The message must say "<field>: element <where> is <what>". */
+static void expect_element(bad_result *r, const char *field)
+{
+    char want[48];
+    snprintf(want, sizeof want, "%.6s: element %zu is %.4s", field, nf_at, nf_what);
+    if (r->st != ATTND_OK && !strstr(r->err.msg, want))
+        snprintf(r->why, sizeof r->why, "expected \"%s\" in: %.60s", want, r->err.msg);
+}
+
+static void m_q_nonfinite(cu_seqs *s, cu_step *st, attnd_session_id ids[2])
+{
+    (void)ids;
+    poison(s, st->q, st->q_bytes / attnd_dtype_size(s->dt));
+}
+
+static void m_kv_nonfinite(cu_seqs *s, cu_step *st, attnd_session_id ids[2])
+{
+    (void)ids;
+    poison(s, st->kv, st->kv_bytes / attnd_dtype_size(s->dt));
+}
+
+static void fire_q_nonfinite(cu_seqs *s, const bad_limits *lim, bad_result *r)
+{
+    (void)lim;
+    attend_case(s, r, m_q_nonfinite);
+    expect_element(r, "q");
+}
+
+static void fire_kv_nonfinite(cu_seqs *s, const bad_limits *lim, bad_result *r)
+{
+    (void)lim;
+    attend_case(s, r, m_kv_nonfinite);
+    expect_element(r, "new_kv");
+}
+
+static void c_nonfinite(cu_seqs *s, attnd_kv_chunk *ch)
+{
+    poison(s, ch->data, (size_t)ch->n_tokens * ch->kv_token_elems);
+}
+
+static void fire_append_nonfinite(cu_seqs *s, const bad_limits *lim, bad_result *r)
+{
+    (void)lim;
+    append_case(s, r, c_nonfinite);
+    if (!r->why[0])
+        expect_element(r, "kv");
+}
+
 /* ---- limits ------------------------------------------------------------------------------ */
 
 /* An AppendKV chunk one token longer than --max-message allows. */
@@ -517,6 +586,9 @@ const bad_case bad_cases[] = {
     {"kv_memory_exhausted", ATTND_ERR_RESOURCE_EXHAUSTED, "KV memory exhausted",
      fire_kv_exhausted},
     {"too_many_sessions", ATTND_ERR_RESOURCE_EXHAUSTED, "sessions", fire_too_many_sessions},
+    {"q_nonfinite", INVALID, "non-finite values are rejected", fire_q_nonfinite},
+    {"new_kv_nonfinite", INVALID, "non-finite values are rejected", fire_kv_nonfinite},
+    {"append_nonfinite", INVALID, "non-finite values are rejected", fire_append_nonfinite},
 };
 #undef INVALID
 const size_t n_bad_cases = sizeof bad_cases / sizeof bad_cases[0];

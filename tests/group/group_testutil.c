@@ -23,6 +23,8 @@ attnd_client *gt_connect(const cu_server *s)
     attnd_error err;
 
     attnd_client_options_init(&o);
+    if (cu_use_ucx()) /* ATTND_TEST_TRANSPORT=ucx: Attend over UCX, as the client suites */
+        o.transport = ATTND_TRANSPORT_UCX;
     o.deadline_ms = 60000; /* hang guard only */
     o.connect_timeout_ms = 30000;
     attnd_error_clear(&err);
