@@ -64,6 +64,12 @@ void attnd_wire_in_fn(attnd_wire_in *in, attnd_wire_seg (*seg)(const void *ctx, 
 /* Copy len bytes at offset off of the message to dst (caller checked the
  * range). */
 void attnd_wire_copy(const attnd_wire_in *in, size_t off, size_t len, void *dst);
+/* The same for len bytes of elements of dtype t (valid), checked while
+ * copying: the index of the first NaN or infinity, or len / size of t
+ * when there is none. Each piece is checked right after it is copied,
+ * while it is still in cache: no second pass over memory. */
+size_t attnd_wire_copy_checked(const attnd_wire_in *in, size_t off, size_t len, void *dst,
+                               attnd_dtype t);
 /* The bytes [off, off + len) as a pointer when they lie in one segment
  * (a view: valid while the input is), else NULL. len 0: a non-NULL
  * pointer that must not be read. */
@@ -90,15 +96,30 @@ void attnd_wire_request_gather(const Attnd__V1__AttendRequest *m, uint8_t *frame
 size_t attnd_wire_request_size(const Attnd__V1__AttendRequest *m);
 void attnd_wire_request_write(const Attnd__V1__AttendRequest *m, uint8_t *dst);
 
+/* What decoding learnt of q's and new_kv's values: a tensor whose data
+ * spanned segments was gathered, and its elements checked for NaN and
+ * infinities while being copied (a tensor left in place was not). */
+typedef struct attnd_wire_tensor_check {
+    int checked;      /* every whole element was checked */
+    size_t nonfinite; /* then: the first NaN or infinity, or the element count */
+} attnd_wire_tensor_check;
+
+typedef struct attnd_wire_request_checks {
+    attnd_wire_tensor_check q, new_kv;
+} attnd_wire_request_checks;
+
 /* Decoding into *m_p, allocated from `a` (an arena: nothing is freed one by
  * one; all of it is valid until the arena is reset). Bytes fields (ids,
  * tensor data) are views into the input when they lie in one segment;
- * those spanning segments are gathered into memory from `a`.
- * INVALID_ARGUMENT ("request: N bytes that are not a valid
- * attnd.v1.AttendRequest message") exactly where protobuf-c's unpack
- * fails; RESOURCE_EXHAUSTED when `a` has no memory. *m_p set on success. */
+ * those spanning segments are gathered into memory from `a` (tensors of a
+ * valid dtype checked for non-finite elements on the way, reported in
+ * *checks_p when it is not NULL). INVALID_ARGUMENT ("request: N bytes that
+ * are not a valid attnd.v1.AttendRequest message") exactly where
+ * protobuf-c's unpack fails; RESOURCE_EXHAUSTED when `a` has no memory.
+ * *m_p and *checks_p set on success. */
 attnd_status attnd_wire_request_decode(const attnd_wire_in *in, ProtobufCAllocator *a,
-                                       Attnd__V1__AttendRequest **m_p, attnd_error *err);
+                                       Attnd__V1__AttendRequest **m_p,
+                                       attnd_wire_request_checks *checks_p, attnd_error *err);
 
 /* ---- AttendResponse -------------------------------------------------------
  *

@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "attnd_dtype.h"
 #include "wire_int.h"
 
 /* ---- input ------------------------------------------------------------------ */
@@ -117,6 +118,38 @@ void attnd_wire_copy(const attnd_wire_in *in, size_t off, size_t len, void *dst)
         c.p += m;
         len -= m;
     }
+}
+
+size_t attnd_wire_copy_checked(const attnd_wire_in *in, size_t off, size_t len, void *dst,
+                               attnd_dtype t)
+{
+    enum { PIECE = 32 * 1024 }; /* checked while in L1/L2 */
+    const size_t es = attnd_dtype_size(t), n = len / es;
+    unsigned char *d = dst;
+    size_t done = 0, checked = 0, bad = n;
+    attnd__wire_cur c;
+
+    attnd__wire_cur_init(&c, in);
+    attnd__wire_skip(&c, off);
+    while (done < len) {
+        cur_load(&c);
+        size_t m = (size_t)(c.end - c.p);
+        if (m > len - done)
+            m = len - done;
+        if (m > PIECE)
+            m = PIECE;
+        memcpy(d + done, c.p, m);
+        c.p += m;
+        done += m;
+        size_t whole = done / es; /* an element split over pieces waits */
+        if (bad == n && whole > checked) {
+            size_t k = attnd_dtype_find_nonfinite(t, d + checked * es, whole - checked);
+            if (k < whole - checked)
+                bad = checked + k;
+        }
+        checked = whole;
+    }
+    return bad;
 }
 
 const void *attnd_wire_view(const attnd_wire_in *in, size_t off, size_t len)

@@ -15,6 +15,7 @@
  */
 #include <string.h>
 
+#include "attnd_dtype.h"
 #include "wire_int.h"
 
 enum {
@@ -313,11 +314,16 @@ static int request_pass(attnd__wire_cur *c, rscan *r, Attnd__V1__AttendRequest *
     return 0;
 }
 
-/* The merged tensor of pass one, with a shape array for pass two. */
+/* The merged tensor of pass one, with a shape array for pass two; its
+ * data a view, or gathered (and checked, for a dtype of known size). */
 static int tensor_make(const attnd_wire_in *in, ProtobufCAllocator *a,
-                       const attnd__wire_tscan *s, Attnd__V1__Tensor **t_p)
+                       const attnd__wire_tscan *s, Attnd__V1__Tensor **t_p,
+                       attnd_wire_tensor_check *chk)
 {
     Attnd__V1__Tensor *t = NULL;
+    size_t es = attnd_dtype_size((attnd_dtype)s->dtype);
+
+    memset(chk, 0, sizeof *chk);
     if (s->seen) {
         if (!(t = arena_alloc(a, sizeof *t)))
             return -1;
@@ -325,20 +331,31 @@ static int tensor_make(const attnd_wire_in *in, ProtobufCAllocator *a,
         t->dtype = (Attnd__V1__DType)s->dtype;
         t->n_shape = s->n_shape;
         t->data.len = s->data_len;
-        if (!(t->shape = arena_alloc(a, s->n_shape * sizeof *t->shape)) ||
-            resolve_bytes(in, a, s->data_off, &t->data))
+        if (!(t->shape = arena_alloc(a, s->n_shape * sizeof *t->shape)))
             return -1;
+        if (!es || !s->data_len || attnd_wire_view(in, s->data_off, s->data_len)) {
+            if (resolve_bytes(in, a, s->data_off, &t->data))
+                return -1;
+        } else { /* spans segments: gathered, each piece checked as it lands */
+            if (!(t->data.data = a->alloc(a->allocator_data, s->data_len)))
+                return -1;
+            chk->checked = 1;
+            chk->nonfinite = attnd_wire_copy_checked(in, s->data_off, s->data_len,
+                                                     t->data.data, (attnd_dtype)s->dtype);
+        }
     }
     *t_p = t;
     return 0;
 }
 
 attnd_status attnd_wire_request_decode(const attnd_wire_in *in, ProtobufCAllocator *a,
-                                       Attnd__V1__AttendRequest **m_p, attnd_error *err)
+                                       Attnd__V1__AttendRequest **m_p,
+                                       attnd_wire_request_checks *checks_p, attnd_error *err)
 {
     attnd__wire_cur c;
     rscan r, fill;
     Attnd__V1__AttendRequest *m;
+    attnd_wire_request_checks checks;
 
     memset(&r, 0, sizeof r);
     attnd__wire_cur_init(&c, in);
@@ -350,7 +367,8 @@ attnd_status attnd_wire_request_decode(const attnd_wire_in *in, ProtobufCAllocat
     if (!(m = arena_alloc(a, sizeof *m)))
         goto err_nomem;
     attnd__v1__attend_request__init(m);
-    if (tensor_make(in, a, &r.q, &m->q) || tensor_make(in, a, &r.kv, &m->new_kv) ||
+    if (tensor_make(in, a, &r.q, &m->q, &checks.q) ||
+        tensor_make(in, a, &r.kv, &m->new_kv, &checks.new_kv) ||
         !(m->session_ids = arena_alloc(a, r.n_ids * sizeof *m->session_ids)) ||
         !(m->positions = arena_alloc(a, r.n_positions * sizeof *m->positions)))
         goto err_nomem;
@@ -368,6 +386,8 @@ attnd_status attnd_wire_request_decode(const attnd_wire_in *in, ProtobufCAllocat
     m->request_id = r.request_id;
     m->up_project = r.up_project;
     *m_p = m;
+    if (checks_p)
+        *checks_p = checks;
     return ATTND_OK;
 
 err_nomem:

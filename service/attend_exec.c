@@ -17,6 +17,7 @@
 #include "attend_exec.h"
 
 attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1__AttendRequest *m,
+                                   const attnd_wire_request_checks *checks,
                                    uint64_t t_arrival_ns, attnd_srv_attend_result *res,
                                    attnd_error *err)
 {
@@ -29,7 +30,7 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     memset(res, 0, sizeof *res);
     if (t_arrival_ns && t_arrival_ns <= t0)
         res->t.t_queue_ns = t0 - t_arrival_ns;
-    st = attnd_srv_validate_attend(m, &srv->model, &x->arena->pc, &req, err);
+    st = attnd_srv_validate_attend(m, &srv->model, &x->arena->pc, checks, &req, err);
     if (st)
         return st;
     t1 = attnd_clock_ns();
@@ -78,15 +79,16 @@ attnd_status attnd_srv_attend_exec_in(const attnd_srv_exec_ctx *x, const attnd_w
                                       attnd_error *err)
 {
     Attnd__V1__AttendRequest *m;
+    attnd_wire_request_checks checks;
     uint64_t t0 = attnd_clock_ns();
     attnd_status st;
 
     attnd_srv_arena_reset(x->arena);
-    st = attnd_wire_request_decode(in, &x->arena->pc, &m, err);
+    st = attnd_wire_request_decode(in, &x->arena->pc, &m, &checks, err);
     if (st)
         return st;
     uint64_t t1 = attnd_clock_ns();
-    st = attnd_srv_attend_exec(x, m, t_arrival_ns, res, err);
+    st = attnd_srv_attend_exec(x, m, &checks, t_arrival_ns, res, err);
     if (st == ATTND_OK) {
         /* queue time ends where decoding began */
         if (t_arrival_ns && t_arrival_ns <= t0)

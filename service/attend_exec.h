@@ -52,13 +52,16 @@ typedef struct attnd_srv_attend_result {
     attnd_srv_attend_times t;
 } attnd_srv_attend_result;
 
-/* Validate m (decoded into x->arena) and run it. On success *res describes
+/* Validate m (decoded into x->arena) and run it. checks (may be NULL): what
+ * decoding already learnt of its tensors' values (attnd_wire), so that
+ * validation does not read them again. On success *res describes
  * the reply; its tensors point into x->ws and stay valid until the next
  * exec on x. t_arrival_ns: when the transport received the request (0:
  * unknown, t_queue_ns stays 0). Errors are the validation's and the
  * engine's codes, with messages naming the field. */
 attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x,
                                    const Attnd__V1__AttendRequest *m,
+                                   const attnd_wire_request_checks *checks,
                                    uint64_t t_arrival_ns,
                                    attnd_srv_attend_result *res,
                                    attnd_error *err);

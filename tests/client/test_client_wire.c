@@ -265,7 +265,7 @@ START_TEST(test_the_server_reads_it_as_protobuf_c_does_with_tensors_in_place)
         ck_assert_int_eq(attnd_wire_in_grpc(&in, bb), 0);
         attnd_srv_arena_reset(&a);
         attnd_error_clear(&err);
-        ck_assert_int_eq(attnd_wire_request_decode(&in, &a.pc, &mi, &err), ATTND_OK);
+        ck_assert_int_eq(attnd_wire_request_decode(&in, &a.pc, &mi, NULL, &err), ATTND_OK);
         assert_same_request(mi, mp);
         if (slices == 1 && mi->q->data.len) { /* read where it arrived */
             const uint8_t *s0 = GRPC_SLICE_START_PTR(bb->data.raw.slice_buffer.slices[0]);

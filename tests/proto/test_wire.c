@@ -199,7 +199,7 @@ START_TEST(test_decoding_reads_every_field_with_the_tensors_in_place)
         attnd_error err;
         arena_init(&a, 1 << 20);
         attnd_wire_in_flat(&in, b, n);
-        ck_assert_int_eq(attnd_wire_request_decode(&in, &a.pc, &m, &err), ATTND_OK);
+        ck_assert_int_eq(attnd_wire_request_decode(&in, &a.pc, &m, NULL, &err), ATTND_OK);
         if (m->q && m->q->data.len) /* a view into b, not a copy */
             ck_assert(m->q->data.data > b && m->q->data.data < b + n);
         if (m->n_session_ids)
@@ -228,6 +228,54 @@ START_TEST(test_a_message_in_segments_decodes_as_in_one_piece)
                          (unsigned long long)seed);
         free(b);
     }
+}
+END_TEST
+
+/* A tensor spanning segments is gathered and checked on the way: the
+ * first NaN or infinity is reported where a search finds it; one left in
+ * place is not checked (validation reads it). */
+START_TEST(test_a_gathered_tensor_reports_its_first_non_finite_element)
+{
+    ws_request *r = malloc(sizeof *r);
+    ws_request_make(r, 1); /* q f32, 4 x 1 x 4 x 6 */
+    float nan = __builtin_nanf(""), inf = __builtin_inff();
+    size_t n_el = r->q.data.len / 4;
+    for (size_t at = 0; at < n_el; at += 7) {
+        memset(r->q_data, 0, sizeof r->q_data); /* all finite */
+        memcpy(r->q_data + at * 4, at % 2 ? &inf : &nan, 4);
+        size_t n = attnd__v1__attend_request__get_packed_size(&r->m);
+        uint8_t *b = malloc(n);
+        attnd__v1__attend_request__pack(&r->m, b);
+        const uint8_t *qd = NULL; /* where q's data starts in b */
+        for (size_t k = 0; k + r->q.data.len <= n && !qd; k++)
+            if (memcmp(b + k, r->q_data, r->q.data.len) == 0)
+                qd = b + k;
+        ck_assert_ptr_nonnull(qd);
+        /* cut inside q's data (also inside the bad element), then flat */
+        size_t cut = (size_t)(qd - b) + at * 4 + 2;
+        attnd_wire_seg segs[2] = {{b, cut}, {b + cut, n - cut}};
+        for (int split = 1; split >= 0; split--) {
+            arena a;
+            attnd_wire_in in;
+            Attnd__V1__AttendRequest *m;
+            attnd_wire_request_checks chk;
+            attnd_error err;
+            arena_init(&a, 1 << 16);
+            if (split)
+                attnd_wire_in_segs(&in, segs, 2);
+            else
+                attnd_wire_in_flat(&in, b, n);
+            ck_assert_int_eq(attnd_wire_request_decode(&in, &a.pc, &m, &chk, &err), ATTND_OK);
+            ck_assert_int_eq(chk.q.checked, split);
+            if (split)
+                ck_assert_uint_eq(chk.q.nonfinite, at);
+            else
+                ck_assert(m->q->data.data == qd); /* in place */
+            free(a.p);
+        }
+        free(b);
+    }
+    free(r);
 }
 END_TEST
 
@@ -438,7 +486,7 @@ START_TEST(test_a_length_prefix_longer_than_five_bytes_is_refused)
     arena_init(&a, 1 << 16);
     attnd_wire_in_flat(&in, h->b, h->len);
     ck_assert_int_eq(wire_oracle_pbc_accepts_request(h->b, h->len), 0);
-    ck_assert_int_eq(attnd_wire_request_decode(&in, &a.pc, &m, &err),
+    ck_assert_int_eq(attnd_wire_request_decode(&in, &a.pc, &m, NULL, &err),
                      ATTND_ERR_INVALID_ARGUMENT);
     ck_assert_msg(strstr(err.msg, "attnd.v1.AttendRequest") != NULL, "%s", err.msg);
     free(a.p);
@@ -455,7 +503,7 @@ START_TEST(test_a_nested_field_with_a_key_longer_than_five_bytes_is_refused)
     arena_init(&a, 1 << 16);
     attnd_wire_in_flat(&in, h->b, h->len);
     ck_assert_int_eq(wire_oracle_pbc_accepts_request(h->b, h->len), 0);
-    ck_assert_int_eq(attnd_wire_request_decode(&in, &a.pc, &m, &err),
+    ck_assert_int_eq(attnd_wire_request_decode(&in, &a.pc, &m, NULL, &err),
                      ATTND_ERR_INVALID_ARGUMENT);
     free(a.p);
 }
@@ -562,6 +610,7 @@ static Suite *suite(void)
     tcase_set_timeout(dec, 300);
     tcase_add_test(dec, test_decoding_reads_every_field_with_the_tensors_in_place);
     tcase_add_test(dec, test_a_message_in_segments_decodes_as_in_one_piece);
+    tcase_add_test(dec, test_a_gathered_tensor_reports_its_first_non_finite_element);
     tcase_add_test(dec, test_every_truncation_is_judged_as_protobuf_c_judges_it);
     tcase_add_test(dec, test_every_malformed_length_is_judged_as_protobuf_c_judges_it);
     tcase_add_test(dec, test_hand_made_encodings_are_judged_as_protobuf_c_judges_them);

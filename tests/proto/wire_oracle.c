@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "attnd.pb-c.h"
+#include "attnd_dtype.h"
 #include "attnd_wire.h"
 #include "wire_oracle.h"
 
@@ -165,6 +166,23 @@ static const char *request_differs(const Attnd__V1__AttendRequest *a,
     return NULL;
 }
 
+/* A tensor checked while gathered must report its first non-finite
+ * element as a search of its own finds it. */
+static const char *check_differs(const char *what, const Attnd__V1__Tensor *t,
+                                 const attnd_wire_tensor_check *c)
+{
+    if (!c->checked)
+        return NULL;
+    if (!t || !attnd_dtype_size((attnd_dtype)t->dtype))
+        return DIFFER("%s: checked without a dtype", what);
+    attnd_dtype dt = (attnd_dtype)t->dtype;
+    size_t es = attnd_dtype_size(dt);
+    size_t n = t->data.len / es, want = attnd_dtype_find_nonfinite(dt, t->data.data, n);
+    if (c->nonfinite != want)
+        return DIFFER("%s: first non-finite %zu, a search says %zu", what, c->nonfinite, want);
+    return NULL;
+}
+
 /* Decode with attnd_wire from in and compare with ref (NULL: protobuf-c
  * refused). */
 static const char *request_vs(const attnd_wire_in *in, const Attnd__V1__AttendRequest *ref,
@@ -175,15 +193,20 @@ static const char *request_vs(const attnd_wire_in *in, const Attnd__V1__AttendRe
     attnd_error err;
     const char *d = NULL;
 
+    attnd_wire_request_checks chk;
+
     track_init(&t);
     attnd_error_clear(&err);
-    attnd_status st = attnd_wire_request_decode(in, &t.pc, &m, &err);
+    attnd_status st = attnd_wire_request_decode(in, &t.pc, &m, &chk, &err);
     if (st != ATTND_OK && st != ATTND_ERR_INVALID_ARGUMENT)
         d = DIFFER("%s: attnd_wire failed with %d: %s", how, st, err.msg);
     else if (!ref != (st != ATTND_OK))
         d = DIFFER("%s: protobuf-c %s, attnd_wire %s", how, ref ? "accepts" : "refuses",
                    st ? "refuses" : "accepts");
     else if (ref && (d = request_differs(ref, m)))
+        d = prefixed(how, d);
+    else if (ref && ((d = check_differs("q", m->q, &chk.q)) ||
+                     (d = check_differs("new_kv", m->new_kv, &chk.new_kv))))
         d = prefixed(how, d);
     track_done(&t);
     return d;
