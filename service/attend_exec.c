@@ -2,8 +2,10 @@
  * reply. See attend_exec.h.
  *
  * The engine call below is the single place where the local computation
- * happens; a worker group leader replaces it with scatter + local compute +
- * combine and reports the extra time in t_fanout_ns. After warm-up nothing
+ * happens; a worker group leader replaces it with plan, scatter, its own
+ * share, combine: t_kernel_ns is then the leader's own share and
+ * t_fanout_ns the rest of the group call, so that the two add up to the
+ * call once (attnd_server_timing in client.h). After warm-up nothing
  * here allocates: the request lives in the context's arena and the output
  * in its engine workspace.
  */
@@ -49,14 +51,15 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
                                    "a worker group)", m->layer);
         req.out_shape[3] = d_vo;
     }
+    uint64_t own_ns = 0; /* a group leader's own share of t2 - t1 */
     st = srv->group ? attnd_group_attend(srv->group, &req.eng, x->ws, wait_ms, d_vo,
-                                         &out, &lse, err)
+                                         &out, &lse, &own_ns, err)
                     : attnd_engine_attend(srv->engine, &req.eng, x->ws, &out, &lse, err);
     if (st)
         return st;
     t2 = attnd_clock_ns();
-    if (srv->group)
-        res->t.t_fanout_ns = t2 - t1;
+    res->t.t_kernel_ns = srv->group ? own_ns : t2 - t1;
+    res->t.t_fanout_ns = srv->group ? t2 - t1 - own_ns : 0;
 
     attnd_srv_attend_reply *r = &res->reply;
     r->desc.request_id = req.request_id;
@@ -69,7 +72,6 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     r->out = out;
     r->lse = req.eng.want_lse ? lse : NULL;
     res->t.t_validate_ns = t1 - t0;
-    res->t.t_kernel_ns = t2 - t1;
     res->t.t_total_ns = t2 - t0;
     return ATTND_OK;
 }
@@ -83,12 +85,14 @@ attnd_status attnd_srv_attend_exec_in(const attnd_srv_exec_ctx *x, const attnd_w
     uint64_t t0 = attnd_clock_ns();
     attnd_status st;
 
+    res->request_id = 0;
     attnd_srv_arena_reset(x->arena);
     st = attnd_wire_request_decode(in, &x->arena->pc, &m, &checks, err);
     if (st)
         return st;
     uint64_t t1 = attnd_clock_ns();
     st = attnd_srv_attend_exec(x, m, &checks, t_arrival_ns, res, err);
+    res->request_id = m->request_id; /* exec cleared res: also on failure */
     if (st == ATTND_OK) {
         /* queue time ends where decoding began */
         if (t_arrival_ns && t_arrival_ns <= t0)
@@ -116,6 +120,7 @@ attnd_status attnd_srv_attend_exec_bb(const attnd_srv_exec_ctx *x, grpc_byte_buf
     attnd_wire_in in;
     attnd_status st;
 
+    res->request_id = 0;
     if (!bb)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "request: missing %s message",
                                attnd__v1__attend_request__descriptor.name);
@@ -131,4 +136,15 @@ attnd_status attnd_srv_attend_exec_bb(const attnd_srv_exec_ctx *x, grpc_byte_buf
     st = attnd_srv_attend_exec_in(x, &in, t_arrival_ns, res, err);
     grpc_slice_unref(s);
     return st;
+}
+
+void attnd_srv_attend_times_record(attnd_srv_mshard *s, const attnd_srv_attend_times *t)
+{
+    if (!s)
+        return;
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_QUEUE], t->t_queue_ns + t->t_decode_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_VALIDATE], t->t_validate_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_KERNEL], t->t_kernel_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_FANOUT], t->t_fanout_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_ENCODE], t->t_encode_ns);
 }

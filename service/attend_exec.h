@@ -38,11 +38,18 @@ typedef struct attnd_srv_attend_times {
     uint64_t t_queue_ns;   /* arrival at the transport to the start of exec */
     uint64_t t_decode_ns;  /* decoding (attnd_srv_attend_exec_bytes/_bb) */
     uint64_t t_validate_ns;
-    uint64_t t_kernel_ns;  /* the engine's attend (local compute) */
-    uint64_t t_fanout_ns;  /* group: scatter, peers, combine; 0 on one rank */
+    uint64_t t_kernel_ns;  /* the engine's attend (local compute); group: the
+                              leader's own share */
+    uint64_t t_fanout_ns;  /* group: the rest of the group call (plan,
+                              scatter, waiting for peers beyond the own
+                              share, combine); 0 on one rank. kernel +
+                              fanout = the call's attend, counted once */
     uint64_t t_total_ns;   /* the whole exec */
     uint64_t t_encode_ns;  /* reply encoding, set by the transport */
 } attnd_srv_attend_times;
+
+/* Record a successful Attend's split into shard s (NULL: nothing). */
+void attnd_srv_attend_times_record(attnd_srv_mshard *s, const attnd_srv_attend_times *t);
 
 /* Trailing-metadata key of a unary Attend's timings (rpc_attend.c). */
 #define ATTND_SRV_TIMING_KEY "attnd-timing"

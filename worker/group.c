@@ -1,12 +1,14 @@
 /* The worker group's life: settings, the shard each rank's engine serves,
  * start-up (executors, transport, waiting for the peers), state for stats
- * and health, and teardown. The calls themselves are in group_lead.c. */
+ * and health, and teardown. The calls themselves are in group_lead.c and
+ * group_append.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "group_int.h"
 
 int attnd_group_mode_parse(const char *s)
@@ -112,8 +114,10 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
     pthread_mutex_init(&g->job_mu, NULL);
     pthread_cond_init(&g->job_cv, NULL);
     attnd__gtable_init(&g->table, cfg->model.n_layers);
+    attnd__gstages_init(g);
     if (attnd__gweights_init(g)) {
         attnd__gweights_cleanup(g);
+        attnd__gstages_cleanup(g);
         attnd__gtable_cleanup(&g->table);
         free(g);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
@@ -126,9 +130,9 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
     attnd_group_state s;
     attnd_group_get_state(g, &s);
     if (s.missing[0])
-        fprintf(stderr, "attnd: group rank %d: ranks %s not connected after %lld ms; "
-                        "serving, retrying them in the background\n",
-                g->me, s.missing, (long long)cfg->connect_ms);
+        attnd_log_warn("group", "rank %d: ranks %s not connected after %lld ms; "
+                       "serving, retrying them in the background", g->me, s.missing,
+                       (long long)cfg->connect_ms);
     *group_p = g;
     return ATTND_OK;
 }
@@ -140,7 +144,9 @@ void attnd_group_destroy(attnd_group *g)
     attnd__gpeer_stop(g);
     attnd__gnet_stop(g);
     attnd__gcalls_cleanup(g);
+    attnd__gstages_cleanup(g); /* before the table: it releases claims */
     attnd__gbufs_cleanup(g);
+    attnd__glws_cleanup(g);
     attnd__gtable_cleanup(&g->table);
     attnd__gweights_cleanup(g);
     pthread_mutex_destroy(&g->ucp_mu);
@@ -181,4 +187,6 @@ void attnd_group_get_state(attnd_group *g, attnd_group_state *st)
         }
     }
     st->peer_failures = atomic_load(&g->peer_failures);
+    st->bytes_sent = atomic_load_explicit(&g->bytes_sent, memory_order_relaxed);
+    st->bytes_received = atomic_load_explicit(&g->bytes_received, memory_order_relaxed);
 }

@@ -109,8 +109,17 @@ typedef struct attnd_kv_chunk {
     const void *data;
 } attnd_kv_chunk;
 
-/* Send chunks in order over one AppendKV stream. On failure, *applied_p
- * (may be NULL) tells how many chunks the server applied before it. */
+/* Send chunks in order over one AppendKV stream, applied all or nothing:
+ * each chunk must start where its layer ends counting the chunks before it
+ * in this call; the server makes them visible together when the stream
+ * ends, or (any failure: a refused chunk, RESOURCE_EXHAUSTED, a broken
+ * stream, the deadline) applies none of them, so a failed call can be
+ * retried whole. While the call is open, its layers refuse other appends
+ * (ABORTED) and Attend sees none of its chunks. *applied_p (may be NULL):
+ * n on success, 0 on failure (kept for source compatibility: the status
+ * says it all). A call that fails after its last chunk went out (the
+ * deadline, a lost connection) may have been committed, as with any RPC;
+ * a retry then fails FAILED_PRECONDITION at its first chunk. */
 attnd_status attnd_client_append_kv(attnd_client *c,
                                     const attnd_kv_chunk *chunks, size_t n,
                                     size_t *applied_p, attnd_error *err);
@@ -178,10 +187,14 @@ attnd_status attnd_call_wait(attnd_call *call, attnd_error *err);
  * trailing metadata "attnd-timing" ("q=..,v=..,k=..,f=..,e=..") over
  * gRPC, or from the reply header over UCX (proto/attnd_ucx.h): queue
  * (the server taking the call through decoding it), validation, kernel
- * (the engine's attend), rank fan-out + combine (0 on one rank) and reply
- * encoding. What the client measured beyond their sum is the network's
- * and both sides' transport share. valid is 0 (and the rest 0) when the
- * server sent none. */
+ * (the engine's attend; on a worker group the leading rank's own share of
+ * it), fan-out (worker groups only, else 0: the rest of the group call --
+ * planning, sending the other ranks their parts, waiting for them beyond
+ * the leader's own share, combining) and reply encoding. The five are
+ * disjoint intervals of the server's handling, each counted once, so their
+ * sum is at most the round trip the client measured; what it measured
+ * beyond their sum is the network's and both sides' transport share.
+ * valid is 0 (and the rest 0) when the server sent none. */
 typedef struct attnd_server_timing {
     int valid;
     uint64_t queue_ns, validate_ns, kernel_ns, fanout_ns, encode_ns;
