@@ -258,7 +258,8 @@ const char *attnd_dtype_nonfinite_name(attnd_dtype t, const void *src, size_t i)
     const unsigned char *s = src;
     if (!is_nonfinite(t, s, i))
         return "finite";
-    float f = attnd_dtype_load_f32(t, src, i);
+    float f; /* wire data sits at any alignment: convert, do not load */
+    attnd_dtype_convert(ATTND_DTYPE_F32, &f, t, s + i * attnd_dtype_size(t), 1);
     return f != f ? "NaN" : f > 0 ? "+Inf" : "-Inf";
 }
 

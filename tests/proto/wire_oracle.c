@@ -192,14 +192,13 @@ static const char *request_vs(const attnd_wire_in *in, const Attnd__V1__AttendRe
     Attnd__V1__AttendRequest *m = NULL;
     attnd_error err;
     const char *d = NULL;
-
     attnd_wire_request_checks chk;
 
     track_init(&t);
     attnd_error_clear(&err);
     attnd_status st = attnd_wire_request_decode(in, &t.pc, &m, &chk, &err);
     if (st != ATTND_OK && st != ATTND_ERR_INVALID_ARGUMENT)
-        d = DIFFER("%s: attnd_wire failed with %d: %s", how, st, err.msg);
+        d = DIFFER("%s: attnd_wire failed with %d: %.150s", how, st, err.msg);
     else if (!ref != (st != ATTND_OK))
         d = DIFFER("%s: protobuf-c %s, attnd_wire %s", how, ref ? "accepts" : "refuses",
                    st ? "refuses" : "accepts");
