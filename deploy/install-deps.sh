@@ -11,6 +11,8 @@ PKGS=(
   liburing-dev
   check                               # unit test framework
   python3 procps iproute2
+  python3-numpy python3-pytest        # the Python binding's tests (tests/python)
+  python3-pip python3-setuptools python3-wheel python3-venv   # its wheel (client/python/build-wheel.sh)
 )
 
 SUDO=""

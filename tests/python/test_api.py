@@ -11,7 +11,7 @@ import pytest
 
 import attnd
 from helpers import Seqs, rand
-from reference import Mirror, check_step, max_row_err
+from reference import check_step, max_row_err
 
 
 def test_the_library_is_found_and_its_path_reported():

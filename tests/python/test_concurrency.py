@@ -13,7 +13,7 @@ import pytest
 
 import attnd
 from helpers import Seqs, rand
-from reference import Mirror, check_step
+from reference import check_step
 
 
 def test_many_threads_share_one_client(start_server, connect, seed):

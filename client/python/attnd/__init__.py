@@ -15,8 +15,8 @@ one AttendStream. Where libattnd.so is found: attnd._lib (ATTND_LIB first).
 """
 
 from ._lib import LibraryNotFoundError, library_path
-from .client import (AttnKind, Call, Client, KVChunk, ModelInfo, ServerTiming, Session, Stats,
-                     Stream, Transport)
+from .calls import Call, ServerTiming, Stream
+from .client import AttnKind, Client, KVChunk, ModelInfo, Session, Stats, Transport
 from .errors import (AbortedError, AlreadyExistsError, CancelledError, DataLossError,
                      DeadlineExceededError, Error, FailedPreconditionError, InternalError,
                      InvalidArgumentError, NotFoundError, OutOfRangeError, PermissionDeniedError,
