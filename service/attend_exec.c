@@ -2,23 +2,19 @@
  * reply. See attend_exec.h.
  *
  * The engine call below is the single place where the local computation
- * happens; a worker group leader replaces it with scatter + local compute +
- * combine and reports the extra time in t_fanout_ns. After warm-up nothing
+ * happens; a worker group leader replaces it with plan, scatter, its own
+ * share, combine: t_kernel_ns is then the leader's own share and
+ * t_fanout_ns the rest of the group call, so that the two add up to the
+ * call once (attnd_server_timing in client.h). After warm-up nothing
  * here allocates: the request lives in the context's arena and the output
  * in its engine workspace.
  */
 #include <string.h>
 #include <time.h>
 
+#include "attnd_clock.h"
 #include "attend_decode.h"
 #include "attend_exec.h"
-
-uint64_t attnd_srv_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1__AttendRequest *m,
                                    uint64_t t_arrival_ns, attnd_srv_attend_result *res,
@@ -28,7 +24,7 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     attnd_srv_attend_req req;
     const float *out = NULL, *lse = NULL;
     attnd_status st;
-    uint64_t t0 = attnd_srv_now_ns(), t1, t2;
+    uint64_t t0 = attnd_clock_ns(), t1, t2;
 
     memset(res, 0, sizeof *res);
     if (t_arrival_ns && t_arrival_ns <= t0)
@@ -36,7 +32,7 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     st = attnd_srv_validate_attend(m, &srv->model, &x->arena->pc, &req, err);
     if (st)
         return st;
-    t1 = attnd_srv_now_ns();
+    t1 = attnd_clock_ns();
     /* a worker group: scatter to the ranks, compute our part, combine */
     int64_t wait_ms = 0; /* 0: the group's own timeout */
     if (x->time_left_ms > 0) {
@@ -52,14 +48,15 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
                                    "a worker group)", m->layer);
         req.out_shape[3] = d_vo;
     }
+    uint64_t own_ns = 0; /* a group leader's own share of t2 - t1 */
     st = srv->group ? attnd_group_attend(srv->group, &req.eng, x->ws, wait_ms, d_vo,
-                                         &out, &lse, err)
+                                         &out, &lse, &own_ns, err)
                     : attnd_engine_attend(srv->engine, &req.eng, x->ws, &out, &lse, err);
     if (st)
         return st;
-    t2 = attnd_srv_now_ns();
-    if (srv->group)
-        res->t.t_fanout_ns = t2 - t1;
+    t2 = attnd_clock_ns();
+    res->t.t_kernel_ns = srv->group ? own_ns : t2 - t1;
+    res->t.t_fanout_ns = srv->group ? t2 - t1 - own_ns : 0;
 
     attnd_srv_attend_reply *r = &res->reply;
     r->request_id = req.request_id;
@@ -71,7 +68,6 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     for (int i = 0; i < 3; i++)
         r->lse_shape[i] = req.lse_shape[i];
     res->t.t_validate_ns = t1 - t0;
-    res->t.t_kernel_ns = t2 - t1;
     res->t.t_total_ns = t2 - t0;
     return ATTND_OK;
 }
@@ -82,7 +78,7 @@ attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint
 {
     Attnd__V1__AttendRequest *mi;
     const Attnd__V1__AttendRequest *m;
-    uint64_t t0 = attnd_srv_now_ns();
+    uint64_t t0 = attnd_clock_ns();
     attnd_status st;
 
     /* in place when canonical (no copy of the tensors), else protobuf-c */
@@ -96,7 +92,7 @@ attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint
         if (!m)
             return err->code;
     }
-    uint64_t t1 = attnd_srv_now_ns();
+    uint64_t t1 = attnd_clock_ns();
     st = attnd_srv_attend_exec(x, m, t_arrival_ns, res, err);
     if (st == ATTND_OK) {
         /* queue time ends where decoding began */

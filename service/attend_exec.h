@@ -36,8 +36,12 @@ typedef struct attnd_srv_attend_times {
     uint64_t t_queue_ns;   /* arrival at the transport to the start of exec */
     uint64_t t_decode_ns;  /* unpack (attnd_srv_attend_exec_bytes only) */
     uint64_t t_validate_ns;
-    uint64_t t_kernel_ns;  /* the engine's attend (local compute) */
-    uint64_t t_fanout_ns;  /* group: scatter, peers, combine; 0 on one rank */
+    uint64_t t_kernel_ns;  /* the engine's attend (local compute); group: the
+                              leader's own share */
+    uint64_t t_fanout_ns;  /* group: the rest of the group call (plan,
+                              scatter, waiting for peers beyond the own
+                              share, combine); 0 on one rank. kernel +
+                              fanout = the call's attend, counted once */
     uint64_t t_total_ns;   /* the whole exec */
     uint64_t t_encode_ns;  /* reply encoding, set by the transport */
 } attnd_srv_attend_times;
@@ -49,9 +53,6 @@ typedef struct attnd_srv_attend_result {
     attnd_srv_attend_reply reply; /* encode with attnd_srv_attend_reply_* */
     attnd_srv_attend_times t;
 } attnd_srv_attend_result;
-
-/* CLOCK_MONOTONIC now, in ns. */
-uint64_t attnd_srv_now_ns(void);
 
 /* Validate m (decoded into x->arena) and run it. On success *res describes
  * the reply; its tensors point into x->ws and stay valid until the next

@@ -6,8 +6,14 @@
  * group_table.c (global session lengths), group_place.c (placement and the
  * per-rank slices of tensors), group_rank.c (one rank's part of a request,
  * shared by the leader and the peers), group_peer.c (serving peers' requests
- * on executor threads), group_lead.c (the leader side of every call),
- * group_weights.c (W_UV parts and the up-projection).
+ * on executor threads), group_lead.c (the leader side of session calls,
+ * and the helpers every leader uses), group_append.c (AppendKV streams: the
+ * leader side), group_stage.c (AppendKV streams: one rank's staged part),
+ * the leader of an Attend in four steps: group_plan.c (plan),
+ * group_scatter.c (scatter, and the leader's own part as views of the
+ * request), group_attend.c (the call: run-local, wait, timing),
+ * group_combine.c (combine); group_weights.c (W_UV parts and the
+ * up-projection).
  *
  * Wire: rank-to-rank messages are UCX active messages. Requests travel on
  * AM id ATTND__GAM_REQ over the sender's own endpoint to the peer (with
@@ -17,8 +23,9 @@
  * encoding; see group_rank.c for the layouts).
  *
  * Locks, in order: ucp_mu (every ucp_* call; AM and error callbacks run
- * under it), then call_mu, buf_mu, job_mu, the table's lock. A thread
- * holding a later lock never takes an earlier one.
+ * under it), then call_mu, buf_mu, job_mu, stage_mu, the engine's locks,
+ * the table's lock. A thread holding a later lock never takes an earlier
+ * one.
  */
 #ifndef ATTND_GROUP_INT_H
 #define ATTND_GROUP_INT_H
@@ -40,12 +47,15 @@ enum attnd__gmsg {
     ATTND__GMSG_HELLO = 1,  /* a = group size, b = mode, layer = page size */
     ATTND__GMSG_CREATE = 2, /* data: id; a = max_tokens for this rank */
     ATTND__GMSG_CLOSE = 3,  /* data: id; reply a = pages freed */
-    ATTND__GMSG_APPEND = 4, /* data: id, this rank's tokens; a = global start,
-                               b = global token count */
+    ATTND__GMSG_APPEND = 4, /* data: id (64 bytes), this rank's tokens; a =
+                               global start, b = global token count; stream
+                               and n_seqs = the chunk's number in it */
     ATTND__GMSG_ATTEND = 5, /* see group_rank.c; b > 0: up-project to b */
     ATTND__GMSG_WEIGHTS = 6, /* data: this rank's W_UV part, float32
                                 [Hq][d_v_r][a]; layer */
     ATTND__GMSG_BREAK = 7,  /* data: n_seqs ids whose shards diverged */
+    ATTND__GMSG_COMMIT = 8, /* stream, n_seqs = its chunks: make them visible */
+    ATTND__GMSG_ABORT = 9,  /* stream: drop what it staged */
 };
 
 typedef struct attnd__ghdr {
@@ -59,7 +69,7 @@ typedef struct attnd__ghdr {
     uint32_t q_dtype;
     uint32_t kv_dtype; /* ATTEND: 0 without new KV */
     uint64_t a, b;
-    uint64_t pad;
+    uint64_t stream;   /* APPEND, COMMIT, ABORT: the AppendKV stream's id */
 } attnd__ghdr;
 
 _Static_assert(sizeof(attnd__ghdr) == 64, "the wire header is 64 bytes");
@@ -76,6 +86,7 @@ typedef struct attnd__gbuf {
     attnd__ghdr hdr;     /* sends: the AM header (must live until completion) */
     attnd__gconn *conn;  /* queued requests: where to reply */
     size_t cap, len;
+    int pooled;          /* on the free list (a second put is a bug) */
     unsigned char *data; /* 64-byte aligned, cap bytes */
 } attnd__gbuf;
 
@@ -127,6 +138,8 @@ typedef struct attnd__gsess {
     struct attnd__gsess *next;
     attnd_session_id id;
     uint64_t *len; /* [n_layers] global tokens */
+    uint64_t *stage;  /* [n_layers] the AppendKV stream holding the layer, 0 none */
+    uint64_t *staged; /* [n_layers] its length as that stream staged it */
     int broken;    /* a changing call failed on some ranks only: DATA_LOSS */
 } attnd__gsess;
 
@@ -135,6 +148,34 @@ typedef struct attnd__gtable {
     attnd__gsess *bucket[1024];
     int32_t n_layers;
 } attnd__gtable;
+
+/* ---- one rank's part of AppendKV streams (group_stage.c) ------------------ */
+
+typedef struct attnd__gclaim {
+    attnd_session_id id;
+    uint32_t layer;
+} attnd__gclaim;
+
+/* A stream's staged part on this rank, or (done) a tombstone that makes
+ * its late messages fail. Found by (src, stream) in the group's table. */
+typedef struct attnd__gstage {
+    struct attnd__gstage *next;
+    int32_t src;           /* the leading rank */
+    uint64_t stream;
+    int done;              /* committed or aborted: a tombstone */
+    int busy;              /* a message of it is running (messages of one
+                              stream run one at a time, in order) */
+    int64_t last_ms;       /* its last message: expiry */
+    uint32_t next_seq;     /* the chunk number expected next */
+    attnd_engine_stage *es; /* this rank's tokens; NULL until it has some */
+    attnd__gclaim *claim;  /* layers it holds in the group table */
+    size_t n_claim, cap_claim;
+} attnd__gstage;
+
+#define ATTND__GSTAGE_BUCKETS 256
+/* A leader sends no message of a stream that has been quiet this long
+ * (ABORTED instead); ranks drop parts quiet for twice as long. */
+#define ATTND__GSTREAM_IDLE_MS 60000
 
 /* ---- the group ---------------------------------------------------------------- */
 
@@ -172,6 +213,7 @@ struct attnd_group {
     pthread_mutex_t buf_mu;
     attnd__gbuf *free_bufs;
     int n_free_bufs;
+    struct attnd__glws *free_lws; /* leaders' engine workspaces (group_attend.c) */
 
     pthread_mutex_t job_mu;
     pthread_cond_t job_cv;
@@ -188,12 +230,19 @@ struct attnd_group {
     attnd__gtable table;
     atomic_uint_fast64_t peer_failures;
 
+    pthread_mutex_t stage_mu; /* AppendKV stages (group_stage.c) */
+    pthread_cond_t stage_cv;  /* a stage stopped being busy */
+    attnd__gstage *stages[ATTND__GSTAGE_BUCKETS];
+    attnd__gstage *free_stages;
+    int32_t n_free_stages;
+    int64_t stage_sweep_ms;   /* next expiry sweep */
+    uint64_t stream_base;     /* random: stream ids are stream_base + k */
+    atomic_uint_fast64_t stream_next;
+
     pthread_rwlock_t w_lock; /* W_UV parts (group_weights.c) */
     float **wuv;             /* [n_layers]: [hq_r][d_v_r][wuv_dv] or NULL */
     int32_t *wuv_dv;         /* [n_layers] */
 };
-
-int64_t attnd__now_ms(void);
 
 /* group_call.c */
 attnd__gbuf *attnd__gbuf_get(attnd_group *g, size_t n);
@@ -272,6 +321,26 @@ attnd_status attnd__gtable_check(attnd__gtable *t, const attnd_session_id *ids, 
 void attnd__gtable_break(attnd__gtable *t, const attnd_session_id *ids, uint32_t n);
 void attnd__gtable_advance(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
                            uint32_t layer, const uint64_t *lens, uint64_t by);
+/* AppendKV staging in the group table: a layer one stream stages is held
+ * by it (stage[layer] = stream) with staged[layer] its length so far.
+ * Check that `stream` may stage a chunk at `start` on layer of id:
+ * NOT_FOUND, DATA_LOSS (diverged), ABORTED (another stream holds the
+ * layer) or FAILED_PRECONDITION naming start. claim: hold the layer
+ * (*fresh_p = 1 when this call took it); else only check. */
+attnd_status attnd__gtable_stage(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
+                                 uint64_t stream, uint64_t start, int claim, int *fresh_p,
+                                 attnd_error *err);
+/* The layer held by stream now ends at `end` (staged tokens). */
+void attnd__gtable_stage_to(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
+                            uint64_t stream, uint64_t end);
+/* Let go of the layer (commit: its length becomes the staged one). Layers
+ * not held by stream (the session closed meanwhile) are skipped. */
+void attnd__gtable_unstage(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
+                           uint64_t stream, int commit);
+/* ABORTED naming session_ids[i] when an AppendKV stream holds layer of
+ * one of them (an Attend with new KV must not append there). */
+attnd_status attnd__gtable_check_unstaged(attnd__gtable *t, const attnd_session_id *ids,
+                                          uint32_t n, uint32_t layer, attnd_error *err);
 
 /* group_place.c: sequence placement */
 int32_t attnd__gplace_owner(const attnd_group *g, uint64_t t);
@@ -282,20 +351,28 @@ uint64_t attnd__gplace_count(const attnd_group *g, int32_t r, uint64_t x);
 uint64_t attnd__gplace_gather_seq(const attnd_group *g, int32_t r, uint64_t start,
                                   uint64_t n, size_t es, const void *src, void *dst);
 /* Rows of rank r's query slice: q [rows][Hq][d_k] of dtype qt -> dst, in
- * the part's dtype (attnd__gpart_q_dtype). Latent mode reads the rotated
- * float32 query (attnd__grotate_q). */
+ * the part's dtype (attnd__gpart_q_dtype). Latent mode reads a rotated
+ * float32 query (the leader rotates and slices in one pass instead:
+ * attnd__gplace_rotate_split). */
 void attnd__gplace_slice_q(const attnd_group *g, int32_t r, size_t rows, attnd_dtype qt,
                            const void *q, void *dst);
+/* Sequence: the first run of rank r's tokens in [start, start + n): its
+ * length (0: rank r holds none of them) and, when not 0, *off_p its
+ * offset from start. */
+uint64_t attnd__gplace_first_run(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
+                                 uint64_t *off_p);
+/* Latent: convert one vector of d_c + d_r elements (src, dtype t) to
+ * float32 in tmp, rotate its latent part, and write rank r's slice of it
+ * (latent part times mul) to dst[r] for every r whose dst[r] is not NULL. */
+void attnd__gplace_rotate_split(const attnd_group *g, attnd_dtype t, const void *src, float mul,
+                                float *tmp, float *const *dst);
 /* Rank r's part of n wire KV entries ([n][kv_elems] of dt) -> dst in the
  * part's KV dtype. Latent mode reads rotated float32 entries. */
 void attnd__gplace_slice_kv(const attnd_group *g, int32_t r, size_t n, attnd_dtype dt,
                             const void *kv, void *dst);
 attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt);
 attnd_dtype attnd__gpart_kv_dtype(const attnd_group *g, attnd_dtype kt);
-/* Latent: float32 copies of q ([rows][Hq][d_k]) and KV entries with the
- * latent part rotated. */
-void attnd__grotate_q(const attnd_group *g, size_t rows, attnd_dtype qt, const void *q,
-                      float *dst);
+/* Latent: float32 copies of n KV entries with the latent part rotated. */
 void attnd__grotate_kv(const attnd_group *g, size_t n, attnd_dtype dt, const void *kv,
                        float *dst);
 
@@ -308,23 +385,18 @@ typedef struct attnd__gpart {
     const uint64_t *glen;          /* [n] global lengths before the append */
     const void *q;                 /* [n][S][hq_r][d_k_r] */
     const void *kv;                /* sequence: the rank's new entries in
-                                      (sequence, token) order; else
+                                      (sequence, token) order, or with
+                                      kv_whole every new entry; else
                                       [n][S][kv_elems_r] */
+    int kv_whole;                  /* sequence: kv is the request's
+                                      [n][S][kv_elems] (the leader's view);
+                                      the rank takes its own by placement */
 } attnd__gpart;
 
 /* Run part p on this rank's engine with workspace ws: append, attend with
  * LSE, advance the global lengths. out/lse point into ws. */
 attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_engine_ws *ws,
                                  const float **out_p, const float **lse_p, attnd_error *err);
-/* FAILED_PRECONDITION (naming start) unless layer's global length is
- * start; NOT_FOUND for an unknown session. */
-attnd_status attnd__grank_check_start(attnd_group *g, const attnd_session_id *id,
-                                      uint32_t layer, uint64_t start, attnd_error *err);
-/* Append this rank's share (kv: its tokens of [start, start + n_global) in
- * the part's KV dtype, for sequence mode only those it holds). */
-attnd_status attnd__grank_append(attnd_group *g, const attnd_session_id *id, uint32_t layer,
-                                 uint64_t start, uint64_t n_global, attnd_dtype dt,
-                                 const void *kv, attnd_error *err);
 /* Wire layout of an ATTEND request's data; offsets in bytes, 64-aligned. */
 typedef struct attnd__gpart_layout {
     size_t ids, glen, q, kv, total;
@@ -335,6 +407,95 @@ void attnd__gpart_layout_of(const attnd_group *g, uint32_t n, int32_t S, attnd_d
 /* Bytes of a rank's reply to an ATTEND: out (rows of `width` floats) then
  * lse, float32. */
 size_t attnd__gpart_reply_bytes(const attnd_group *g, uint32_t n, int32_t S, int32_t width);
+
+/* group_stage.c: this rank's part of AppendKV streams. src: the leading
+ * rank; seq: the message's chunk number (COMMIT: the chunks sent). */
+void attnd__gstages_init(attnd_group *g);
+/* Abort every stage, free everything (the executors have stopped). */
+void attnd__gstages_cleanup(attnd_group *g);
+/* Stage chunk seq of the stream: kv is this rank's share of the global
+ * tokens [start, start + n_global) in the part's KV dtype dt. */
+attnd_status attnd__gstage_chunk(attnd_group *g, int32_t src, uint64_t stream, uint32_t seq,
+                                 const attnd_session_id *id, uint32_t layer, uint64_t start,
+                                 uint64_t n_global, attnd_dtype dt, const void *kv,
+                                 attnd_error *err);
+/* Commit the stream's part here, after checking that all its n_chunks
+ * chunks were staged; on failure nothing of it is applied here. */
+attnd_status attnd__gstage_commit(attnd_group *g, int32_t src, uint64_t stream,
+                                  uint32_t n_chunks, attnd_error *err);
+void attnd__gstage_abort(attnd_group *g, int32_t src, uint64_t stream);
+
+/* group_lead.c: helpers of every leader (group_attend.c, group_append.c) */
+/* Monotonic deadline of a call: the group's timeout, or timeout_ms when
+ * shorter (> 0). */
+int64_t attnd__glead_deadline(const attnd_group *g, int64_t timeout_ms);
+/* OK when every peer is connected (after a short grace for one that is
+ * reconnecting); else UNAVAILABLE naming the rank. */
+attnd_status attnd__glead_peers_up(attnd_group *g, attnd_error *err);
+/* The first failed peer slot of c, in rank order, as the call's status. */
+attnd_status attnd__glead_collect(attnd_group *g, attnd__gcall *c, attnd_error *err);
+/* Send b (the transport's from here on) to rank r as part of call c,
+ * expecting `want` reply bytes; a failure fails the slot. */
+void attnd__glead_send(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b,
+                       size_t want);
+/* Did a call that changes sessions leave their shards disagreeing? own: 1
+ * the leader's part applied, 0 it failed; lost: parts never sent. */
+int attnd__glead_diverged(attnd_group *g, attnd__gcall *c, int own, int lost);
+/* Mark sessions diverged here and on every peer that can be reached. */
+void attnd__glead_break(attnd_group *g, const attnd_session_id *ids, uint32_t n,
+                        int64_t timeout_ms);
+/* Rank r's share of n entries starting at global `start` into dst (NULL:
+ * only count). src: the entries as the client sent them, or rotated
+ * float32 ones in latent mode. Returns the entries written. */
+uint64_t attnd__glead_kv_share(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
+                               attnd_dtype dt, const void *src, void *dst);
+
+/* group_plan.c: the plan of one Attend (computed by the leader, no I/O) */
+typedef struct attnd__gplan {
+    uint32_t n_seqs;
+    int32_t S;
+    size_t rows;             /* n_seqs * S query rows */
+    int32_t d_vo;            /* up-projection width; 0: none */
+    attnd_dtype qt, kt;      /* the request's query and new-KV dtypes */
+    attnd_dtype pq, pk;      /* the parts' (pk INVALID: no new KV) */
+    size_t width;            /* floats per (row, head) of a rank's result:
+                                d_vo, else d_v_r */
+    size_t reply;            /* bytes of every rank's result (out, lse) */
+    uint64_t entries[ATTND_GROUP_MAX_RANKS];        /* new KV entries of rank r */
+    attnd__gpart_layout part[ATTND_GROUP_MAX_RANKS]; /* rank r's ATTEND data */
+} attnd__gplan;
+
+/* Plan req (validated; glen the sessions' global lengths) over the group:
+ * what every rank receives and answers. Checks (ATTND_ASSERT) that every
+ * new token, head and latent dim goes to exactly one rank. */
+void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
+                       const uint64_t *glen, int32_t d_vo, attnd__gplan *p);
+
+/* group_scatter.c */
+/* Encode every peer's part of req per plan p and send it as part of call
+ * c (the slots expect p->reply bytes); fill *local with the leader's own
+ * part: views of req where the engine reads them as they are (ids,
+ * lengths; sequence mode's query and new KV), else the slices gathered
+ * into *scratch_p (head mode's query heads and KV heads, latent mode's
+ * rotated slices), which the caller puts back (attnd__gbuf_put) after
+ * running the part; NULL when none was needed. RESOURCE_EXHAUSTED before
+ * anything is sent when buffers run out. */
+attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend_req *req,
+                             const uint64_t *glen, const attnd__gplan *p, attnd__gpart *local,
+                             attnd__gbuf **scratch_p, attnd_error *err);
+
+/* group_combine.c */
+/* Combine the ranks' results into ws (out grown to [rows][Hq][dv], lse to
+ * [rows][Hq]): out[r] / lse[r] rank r's rows of p->width floats and its
+ * LSEs. Sequence: merge in rank order 0..N-1; head: concatenate heads;
+ * latent: concatenate slices and rotate back, or (up-projected) sum in
+ * rank order; latent LSE: the mean of the ranks'. Deterministic for a
+ * given N, whoever leads. */
+attnd_status attnd__gcombine(attnd_group *g, const attnd__gplan *p, const float *const *out,
+                             const float *const *lse, attnd_engine_ws *ws, attnd_error *err);
+
+/* group_attend.c */
+void attnd__glws_cleanup(attnd_group *g);
 
 /* group_weights.c */
 attnd_status attnd__gweights_init(attnd_group *g);

@@ -1,5 +1,5 @@
 /* Prints the size and field offsets of every structure of the public API
- * (include/attnd/client.h and the headers it includes) as JSON, so that the
+ * (client/lib/include/attnd/client.h and the headers it includes) as JSON, so that the
  * Python binding's ctypes declarations (client/python/attnd/_lib.py) can be
  * checked against what the C compiler made of the header
  * (tests/python/test_layout.py). */

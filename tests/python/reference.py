@@ -3,7 +3,7 @@ of the KV a test sent, and the checks that compare attnd's answers with it.
 
 ``Mirror`` keeps, per session and layer, the KV entries as the server
 stores them (rounded to the served KV dtype: bf16 unless --kv-dtype says
-otherwise), in float64. ``attend_ref`` is the contract of include/attnd/
+otherwise), in float64. ``attend_ref`` is the contract of attnd/
 client.h written out: GQA query head h reads KV head h / (Hq / Hkv); MLA
 scores are (q_c . c + q_r . k_rope) * scale over the shared latent entry
 and the output is softmax . c; with S query tokens, token s sees the

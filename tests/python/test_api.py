@@ -187,16 +187,20 @@ def test_a_stream_runs_a_decode_loop(start_server, connect, rng):
     assert c.stats().attend_calls == 4 * seqs.m.n_layers
 
 
-def test_append_kv_reports_the_chunks_applied_before_a_failure(start_server, connect, rng):
+def test_append_kv_is_all_or_nothing(start_server, connect, rng):
     c = connect(start_server("--model", "tiny-gqa").target)
     with c.session() as s:
         kv = rand(rng, (4, 2, 2, 32))
         chunks = [(s, 0, 0, kv), (s, 0, 4, kv), (s, 0, 99, kv), (s, 0, 8, kv)]
-        with pytest.raises(attnd.FailedPreconditionError) as e:
+        with pytest.raises(attnd.FailedPreconditionError, match="start") as e:
             c.append_kv(chunks)
-        assert e.value.applied == 2
-        # the two applied chunks are there: the next append lands at 8
-        assert c.append_kv([(s, 0, 8, kv)]) == 1
+        assert e.value.applied == 0
+        assert c.stats().tokens_appended == 0
+        # none was applied: the same call, corrected, lands at 0
+        chunks[2] = (s, 0, 8, kv)
+        chunks[3] = (s, 0, 12, kv)
+        assert c.append_kv(chunks) == 4
+        assert c.stats().tokens_appended == 16
 
 
 def test_gqa_kv_may_be_sent_flat_per_token(start_server, connect, rng):

@@ -1,7 +1,8 @@
-"""Loading libattnd and declaring its C API (include/attnd/client.h) to ctypes.
+"""Loading libattnd and declaring its C API (attnd/client.h) to ctypes.
 
 This module is the only place that knows the C layout. Every structure below
-mirrors one of client.h / status.h / types.h field by field, in order, with
+mirrors one of client.h (client/lib/include) / status.h / types.h (common/)
+field by field, in order, with
 the same C types, so ctypes computes the same offsets as the C compiler
 (tests/python/test_layout.py compares them with a program built from the
 header). Enums are C ``int``.
@@ -229,7 +230,7 @@ def _candidates() -> List[str]:
     out += [str(here / n) for n in _SONAMES]
     # client/python/attnd -> the checkout's root is three levels up
     root = here.parent.parent.parent
-    if (root / "include" / "attnd" / "client.h").is_file():
+    if (root / "client" / "python" / "pyproject.toml").is_file():
         for sub in ("build/client/lib", "build/client"):
             out += [str(root / sub / n) for n in _SONAMES]
     found = ctypes.util.find_library("attnd")

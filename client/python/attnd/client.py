@@ -2,7 +2,7 @@
 
 ``Client`` wraps an ``attnd_client`` (one gRPC channel; with
 ``transport="ucx"`` Attend travels over UCX active messages). Every public
-function of include/attnd/client.h is reachable from here:
+function of client/lib/include/attnd/client.h is reachable from here:
 
 | client.h                            | Python                               |
 | ----------------------------------- | ------------------------------------ |
@@ -328,9 +328,11 @@ class Client:
         _check(st, err)
 
     def append_kv(self, chunks: Iterable[Union[KVChunk, Tuple[SessionLike, int, int, Any]]]) -> int:
-        """AppendKV: send the chunks in order over one stream; returns how
-        many were applied (all of them). On failure the Error's ``applied``
-        says how many the server applied before the one that failed."""
+        """AppendKV: send the chunks in order over one stream, applied all
+        or nothing (each chunk starts where its layer ends counting the
+        chunks before it in this call); returns how many were applied (all
+        of them). On failure none is applied (the Error's ``applied`` is 0)
+        and the call can be retried whole."""
         cs: List[KVChunk] = [c if isinstance(c, KVChunk) else KVChunk(*c) for c in chunks]
         arr = (_lib.KVChunk * max(len(cs), 1))()
         keep = []

@@ -42,8 +42,9 @@ class StatusCode(enum.IntEnum):
 class Error(Exception):
     """A failed attnd call: ``code`` (StatusCode) and the server's ``message``.
 
-    ``applied`` is set by ``Client.append_kv``: how many chunks the server
-    applied before the failure (None elsewhere).
+    ``applied`` is set by ``Client.append_kv``: 0, since AppendKV is all or
+    nothing (libattnd's applied count, kept for the C API's sake; None
+    elsewhere).
     """
 
     code: StatusCode = StatusCode.UNKNOWN
