@@ -6,6 +6,7 @@ against the float64 reference; no timing is asserted."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -145,3 +146,44 @@ def test_many_async_calls_in_flight_from_many_threads(start_server, connect, see
         for i, res in enumerate(ex.map(run, range(6))):
             for layer, out in res:
                 check_step(seqs.mirror, [seqs.ids[i]], layer, qs[i], out)
+
+
+def test_close_finishes_a_call_that_registers_after_close_began(start_server, rng):
+    """attend_async counts itself in before its C call and registers its Call
+    after it: close() must also finish a Call that appears while it runs
+    (it used to wait for it forever). The library handle is wrapped so that
+    the registration happens once close() has begun."""
+    srv = start_server("--model", "tiny-gqa")
+    c = attnd.Client(srv.target, deadline_ms=120000)
+    seqs = Seqs(c, 1, rng)
+    seqs.prefill(5)
+    q = seqs.make_q(1)
+    sent, closing = threading.Event(), threading.Event()
+
+    class SlowRegistration:
+        def __init__(self, lib):
+            self._lib = lib
+
+        def __getattr__(self, name):
+            return getattr(self._lib, name)
+
+        def attnd_client_attend_async(self, *a):
+            st = self._lib.attnd_client_attend_async(*a)
+            sent.set()
+            closing.wait(30)
+            time.sleep(0.3)  # let close() take its first look at the registry
+            return st
+
+    c._L = SlowRegistration(c._L)
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("call", c.attend_async(0, seqs.sessions, q)),
+                         daemon=True)
+    t.start()
+    sent.wait(30)
+    closer = threading.Thread(target=c.close, daemon=True)
+    closing.set()
+    closer.start()
+    closer.join(60)  # hang guard
+    t.join(60)
+    assert not closer.is_alive(), "close() waits forever for a call registered after it began"
+    check_step(seqs.mirror, seqs.ids, 0, q, box["call"].wait())

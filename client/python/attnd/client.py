@@ -152,17 +152,19 @@ class _Guard:
         self.leave()
 
     def close(self) -> bool:
-        """Refuse new calls and wait for those in flight; False if already closed."""
+        """Refuse new calls from now on; False if already closed."""
         with self._cv:
             if self.closed:
                 return False
             self.closed = True
         return True
 
-    def drain(self) -> None:
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to timeout seconds for no call in flight; True when none is."""
         with self._cv:
-            while self._active:
-                self._cv.wait()
+            if self._active:
+                self._cv.wait(timeout)
+            return self._active == 0
 
 
 def _check(st: int, err: _lib.Error, applied: Optional[int] = None) -> None:
@@ -221,17 +223,19 @@ class Client:
 
     def close(self) -> None:
         """Close the connection (idempotent). Waits for calls in flight,
-        waits async Calls nobody waited (their errors are dropped), closes
-        open Streams; sessions stay open on the server."""
+        waits async Calls nobody waited (a later wait() still returns their
+        outcome), closes open Streams; sessions stay open on the server."""
         if self._h is None or not self._guard.close():
             return
-        with self._reg_lock:
-            calls, streams = list(self._calls.values()), list(self._streams.values())
-        for call in calls:
-            call._finish_quietly()
-        for s in streams:
-            s._close_quietly()
-        self._guard.drain()
+        while True:  # a call started just before close() registers a moment later
+            with self._reg_lock:
+                calls, streams = list(self._calls.values()), list(self._streams.values())
+            for call in calls:
+                call._finish_quietly()
+            for s in streams:
+                s._close_quietly()
+            if self._guard.wait_idle(0.05):
+                break
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         h, self._h = self._h, None

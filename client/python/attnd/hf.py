@@ -110,6 +110,10 @@ class Offload:
         if not self.attn:
             raise ValueError("no attention module with q/k/v or MLA projections found")
         self.kind = AttnKind.MLA if hasattr(self.attn[0], "kv_a_proj_with_mqa") else AttnKind.GQA
+        extra = [a for a in ("q_norm", "k_norm", "sliding_window")
+                 if getattr(self.attn[0], a, None) is not None]
+        if extra:  # Qwen3-style per-head norms, sliding windows: not modelled here
+            raise ValueError(f"attention modules with {', '.join(extra)} are not supported")
         self.info = self.clients[0].model
         self._check()
         self.sessions: List[Any] = []
