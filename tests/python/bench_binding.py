@@ -12,10 +12,13 @@ a shared machine hits them alike:
   attend_async+wait  Client.attend_async(...).wait() on the calling thread
   await (asyncio)    await Client.attend_async(...) in an event loop: the
                      wait runs on the client's executor thread
+  C stream ...       attnd_stream_attend on arguments built once (the
+                     stream's floor)
   stream             Stream.attend on one AttendStream
 
-Prints the median per-call latency of each (median over repeats of the
-per-repeat medians) and its excess over the floor.
+Prints, per way, the median over repeats of the per-repeat median latency
+and of its excess over the floor measured in the same repeat (the ways
+alternate every 50 calls, so drift on a shared machine hits them alike).
 
   python3 tests/python/bench_binding.py [--model deepseek-v3] [--batch 4]
 """
@@ -76,6 +79,12 @@ def main() -> int:
             if L.attnd_client_attend(h, ctypes.byref(req.args), ctypes.byref(err)):
                 raise RuntimeError(err.msg)
 
+        sth = st._h
+
+        def c_stream_floor():
+            if L.attnd_stream_attend(sth, ctypes.byref(req.args), ctypes.byref(err)):
+                raise RuntimeError(err.msg)
+
         def unary():
             c.attend(0, ss, q)
 
@@ -96,31 +105,40 @@ def main() -> int:
             return t
 
         ways = {"C args reused": c_floor, "attend": unary, "attend_async+wait": async_wait,
-                "await (asyncio)": None, "stream": stream}
-        for f in (c_floor, unary, async_wait, stream):  # warm-up
+                "await (asyncio)": None, "C stream, args reused": c_stream_floor,
+                "stream": stream}
+        for f in (c_floor, unary, async_wait, c_stream_floor, stream):  # warm-up
             for _ in range(50):
                 f()
         loop.run_until_complete(awaited_n(50))
         per: dict = {k: [] for k in ways}
+        excess: dict = {k: [] for k in ways}
+        chunk = 50
         for _ in range(a.repeat):
-            for name, f in ways.items():
-                if f is None:
-                    t = loop.run_until_complete(awaited_n(a.calls))
-                else:
-                    t = []
-                    for _ in range(a.calls):
+            t: dict = {k: [] for k in ways}
+            for _ in range(max(1, a.calls // chunk)):  # ways alternate every `chunk` calls
+                for name, f in ways.items():
+                    if f is None:
+                        t[name] += loop.run_until_complete(awaited_n(chunk))
+                        continue
+                    for _ in range(chunk):
                         t0 = time.perf_counter_ns()
                         f()
-                        t.append(time.perf_counter_ns() - t0)
-                per[name].append(statistics.median(t) / 1e3)
+                        t[name].append(time.perf_counter_ns() - t0)
+            floor_r = statistics.median(t["C args reused"]) / 1e3
+            for name in ways:
+                med = statistics.median(t[name]) / 1e3
+                per[name].append(med)
+                excess[name].append(med - floor_r)
         st.close()
-        floor = statistics.median(per["C args reused"])
-        print(f"{a.model}, batch {a.batch}, {a.prefill} tokens, {a.transport}: "
-              f"median of {a.repeat} x {a.calls} calls, us per call")
-        for name, v in per.items():
-            med = statistics.median(v)
-            print(f"  {name:20s} {med:8.1f}   +{med - floor:6.1f}   "
-                  f"(runs {', '.join(f'{x:.0f}' for x in v)})")
+        print(f"{a.model}, batch {a.batch}, {a.prefill} tokens, {a.transport}: {a.repeat} "
+              f"repeats of {a.calls} calls per way (ways alternate every {chunk} calls); "
+              f"us per call: median over repeats of the per-repeat median, and of the "
+              f"per-repeat excess over the C floor")
+        for name in ways:
+            print(f"  {name:20s} {statistics.median(per[name]):8.1f}   "
+                  f"+{statistics.median(excess[name]):6.1f}   "
+                  f"(excess per repeat {', '.join(f'{x:.0f}' for x in excess[name])})")
         for s in ss:
             s.close()
         c.close()

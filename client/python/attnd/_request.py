@@ -19,7 +19,7 @@ buffer is sized for [n_seqs, Hq, d_v] of the model.
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 from . import _lib
 from .tensors import DType, Wire, as_wire, dtype_of, empty_like_kind, prod, to_device, writable
@@ -30,21 +30,33 @@ if TYPE_CHECKING:  # pragma: no cover
 SessionLike = Union["Session", bytes, bytearray]
 
 
+# Recently used batches: ids -> their ctypes array (read only to libattnd, so
+# one array serves every call naming the same sessions in the same order).
+_ID_CACHE: Dict[bytes, Any] = {}
+_ID_CACHE_MAX = 256
+
+
 def session_ids(sessions: Union[SessionLike, Sequence[SessionLike]]) -> Tuple[Any, int]:
     """(a ctypes array of attnd_session_id, n) for one session or a list."""
     if isinstance(sessions, (bytes, bytearray)) or hasattr(sessions, "id"):
         sessions = [sessions]  # type: ignore[list-item]
     raw = []
     for s in sessions:  # type: ignore[union-attr]
-        b = bytes(s.id if hasattr(s, "id") else s)
+        b = s.id if hasattr(s, "id") else bytes(s)
         if len(b) != _lib.SESSION_ID_BYTES:
             raise ValueError(f"sessions: a session id is {_lib.SESSION_ID_BYTES} bytes, "
                              f"got {len(b)}")
         raw.append(b)
     n = len(raw)
-    arr = (_lib.SessionId * max(n, 1))()
-    if n:
-        ctypes.memmove(arr, b"".join(raw), n * _lib.SESSION_ID_BYTES)
+    key = b"".join(raw)
+    arr = _ID_CACHE.get(key)
+    if arr is None:
+        arr = (_lib.SessionId * max(n, 1))()
+        if n:
+            ctypes.memmove(arr, key, len(key))
+        if len(_ID_CACHE) >= _ID_CACHE_MAX:
+            _ID_CACHE.clear()
+        _ID_CACHE[key] = arr
     return arr, n
 
 

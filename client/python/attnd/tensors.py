@@ -123,9 +123,18 @@ class Wire:
         t.data = self.ptr or None
 
 
+# numpy dtype numbers of the wire dtypes (native byte order): the fast path
+_NP_WIRE = {np.dtype(np.float32).num: DType.F32, np.dtype(np.float16).num: DType.F16,
+            np.dtype(np.uint16).num: DType.BF16}
+
+
 def as_wire(x: Any, field: str) -> Wire:
     """x (numpy array, torch tensor, or anything numpy.asarray takes) as a
     contiguous host buffer of a wire dtype; copies only when it must."""
+    if type(x) is np.ndarray and x.flags.c_contiguous and x.dtype.isnative:
+        dt = _NP_WIRE.get(x.dtype.num)
+        if dt is not None and x.dtype.kind != "V":
+            return Wire(dt, x.shape, x.ctypes.data, x, x.nbytes)
     if _is_torch(x):
         dt = dtype_of(x.dtype)  # TypeError for other dtypes
         if x.device.type != "cpu":
