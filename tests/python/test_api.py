@@ -268,3 +268,30 @@ def test_an_unknown_model_name_is_invalid_and_another_preset_failed_precondition
         c.create_session(model="tiny-mla")
     with c.session(model="tiny-gqa") as s:
         assert s.model.name == "tiny-gqa"
+
+
+def test_torch_tensors_go_in_and_come_out_as_torch(start_server, connect, rng):
+    torch = pytest.importorskip("torch")
+    c = connect(start_server("--model", "tiny-mla").target)
+    seqs = Seqs(c, 2, rng)
+    seqs.prefill(11)
+    m = seqs.m
+    q32 = torch.from_numpy(seqs.make_q(2))
+    kv32 = torch.from_numpy(seqs.make_kv(2))
+    out, lse = c.attend(0, seqs.sessions, q32, new_kv=kv32, positions=[11, 11], return_lse=True)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert out.shape == (2, m.n_q_heads, m.d_v) and lse.shape == (2, m.n_q_heads)
+    seqs.record([0, 1], 0, kv32.numpy())
+    check_step(seqs.mirror, seqs.ids, 0, q32.numpy(), out.numpy(), lse.numpy())
+    # bfloat16 in (a non-contiguous view, copied), bfloat16 out
+    qb = torch.from_numpy(seqs.make_q(2)).to(torch.bfloat16)
+    qb_t = qb.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not qb_t.is_contiguous()
+    outb = c.attend(1, seqs.sessions, qb_t)
+    assert outb.dtype == torch.bfloat16
+    check_step(seqs.mirror, seqs.ids, 1, qb.float().numpy(), outb.float().numpy(),
+               None, attnd.DType.BF16)
+    # a caller's torch buffer is written in place
+    buf = torch.full((2, m.n_q_heads, m.d_v), float("nan"))
+    assert c.attend(1, seqs.sessions, q32, out=buf) is buf
+    check_step(seqs.mirror, seqs.ids, 1, q32.numpy(), buf.numpy())
