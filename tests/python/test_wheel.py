@@ -38,12 +38,14 @@ def test_the_wheel_bundles_libattnd_and_works_once_installed(tmp_path, start_ser
         names = z.namelist()
     assert "attnd/libattnd.so.0" in names and "attnd/client.py" in names
 
+    # outside the checkout: no PYTHONPATH (it would show pip a copy already there)
+    clean = {k: v for k, v in os.environ.items() if k not in ("ATTND_LIB", "PYTHONPATH")}
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=clean)
     py = str(venv / "bin" / "python")
     subprocess.run([py, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    str(wheels[0])], check=True, capture_output=True)
+                    str(wheels[0])], check=True, capture_output=True, env=clean)
     srv = start_server("--model", "tiny-gqa")
     probe = (
         "import attnd, numpy as np\n"
@@ -52,7 +54,6 @@ def test_the_wheel_bundles_libattnd_and_works_once_installed(tmp_path, start_ser
         "    s.append_kv(0, np.ones((4, 2, 2, 32), np.float32))\n"
         "    out = c.attend(0, [s], np.ones((1, 8, 32), np.float32))\n"
         "    print(c.health(), float(out.mean()))\n")
-    clean = {k: v for k, v in os.environ.items() if k not in ("ATTND_LIB", "PYTHONPATH")}
     res = subprocess.run([py, "-c", probe], check=True, capture_output=True, text=True,
                          env=clean, cwd=str(tmp_path))
     path, line = res.stdout.splitlines()[:2]
