@@ -57,6 +57,9 @@ void attnd_srv_attend_times_record(attnd_srv_mshard *s, const attnd_srv_attend_t
 typedef struct attnd_srv_attend_result {
     attnd_srv_attend_reply reply; /* encode with attnd_srv_attend_reply_* */
     attnd_srv_attend_times t;
+    uint64_t request_id;          /* exec_in/_bytes/_bb: the request's id once
+                                     decoded, set also when it then fails
+                                     (for logs); 0 if it did not decode */
 } attnd_srv_attend_result;
 
 /* Validate m (decoded into x->arena) and run it. checks (may be NULL): what
