@@ -61,6 +61,25 @@ static void kill_rank(int r)
     rank[r].pid = 0;
 }
 
+/* Rank `survivor` learns that its peer is gone: a call it leads fails
+ * UNAVAILABLE naming the peer (the group's own promise, whether the peer's
+ * endpoint has errored yet or the group timeout ends the call), and the
+ * peer is dropped. Without this a restart could race the old endpoint:
+ * the survivor might still count the dead rank's connection as up, and the
+ * next call would fail on it instead of reaching the new rank. */
+static void notice_gone(cu_seqs *s, int survivor, int gone)
+{
+    char want[16];
+    attnd_error err;
+    attnd_client *keep = s->c;
+    s->c = connect_rank(survivor);
+    snprintf(want, sizeof want, "rank %d", gone);
+    attnd_error_clear(&err);
+    cu_assert_fails(tt_check_one(s, 0, &err), err, ATTND_ERR_UNAVAILABLE, want);
+    attnd_client_destroy(s->c);
+    s->c = keep;
+}
+
 static void lead_from(cu_seqs *s, int r)
 {
     if (s->c)
@@ -113,6 +132,7 @@ START_TEST(test_group_ranks_recover_their_own_shards)
 
     /* rank 1 crashes and comes back: the group is as it was */
     kill_rank(1);
+    notice_gone(&s, 0, 1);
     start_rank(1);
     wait_whole();
     tt_must_check_all(&s, 3);
@@ -134,6 +154,7 @@ START_TEST(test_group_ranks_recover_their_own_shards)
 
     /* rank 1 comes back without its shard: really gone, DATA_LOSS */
     kill_rank(1);
+    notice_gone(&s, 0, 1);
     tt_rmdir(kdir[1]);
     start_rank(1);
     wait_whole();
