@@ -339,9 +339,10 @@ class TiersAndDurability(unittest.TestCase):
         m = re.search(r"(\d+) bytes written in (\d+) syncs", self.stats)
         self.assertIsNotNone(m, self.stats)
         self.assertGreater(int(m.group(1)), 0)
-        # idle since the bench: the log wrote nothing between stats and scrape
-        self.assertEqual(value(self.after, "attnd_wal_written_bytes"), int(m.group(1)))
-        self.assertEqual(value(self.after, "attnd_wal_syncs"), int(m.group(2)))
+        # scraped after the stats call (a checkpoint may still write: not equal)
+        self.assertGreaterEqual(value(self.after, "attnd_wal_written_bytes"), int(m.group(1)))
+        self.assertGreaterEqual(value(self.after, "attnd_wal_syncs"), int(m.group(2)))
+        self.assertGreater(int(m.group(2)), 0)
         self.assertEqual(value(self.after, "attnd_sessions_recovered"), 0)
 
 
