@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -472,6 +473,54 @@ START_TEST(test_checkpoints_keep_the_log_small)
 }
 END_TEST
 
+/* A durable worker under a 1.5 MiB file size limit (its slot file stops at
+ * 192 slots of 8 KiB, SIGXFSZ ignored; 1 MiB log segments fit): appends
+ * past what the disk holds are RESOURCE_EXHAUSTED, the worker serves on,
+ * and after a crash every acknowledged append is there, exactly. */
+START_TEST(test_a_full_disk_refuses_appends_and_a_crash_loses_none_acknowledged)
+{
+    struct rlimit old, lim;
+    attnd_error err;
+    cu_seqs s;
+    uint32_t ok = 0;
+    attnd_status st = ATTND_OK;
+
+    tt_must_mkdir(dir);
+    ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = 1536 << 10;
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0); /* the server inherits it */
+    tt_must_start(dir, "128Ki", sync_flags);
+    cu_must_open(&s, cu_must_connect(), 16, ATTND_DTYPE_BF16);
+    attnd_error_clear(&err);
+    /* 21 pages a session: memory holds 32, the slot file 192 */
+    for (; ok < s.n && (st = cu_prefill(&s, ok, 100, NULL, &err)) == ATTND_OK; ok++)
+        ;
+    ck_assert_msg(st == ATTND_ERR_RESOURCE_EXHAUSTED, "expected RESOURCE_EXHAUSTED, got %s: %s",
+                  attnd_status_string(st), err.msg);
+    ck_assert_uint_ge(ok, 1);
+    ck_assert_uint_lt(ok, s.n);
+    ck_assert_uint_ge(tiers(s.c).write_failures, 1);
+    for (uint32_t i = 0; i < ok; i++) {
+        st = tt_check_one(&s, i, &err);
+        ck_assert_msg(st == ATTND_OK, "session %u: %s", i, err.msg);
+    }
+
+    tt_kill9();
+    tt_must_start(dir, "128Ki", sync_flags); /* the disk is still full */
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    tt_must_reconnect(&s);
+    ck_assert_uint_eq(tiers(s.c).sessions_lost, 0);
+    for (uint32_t i = 0; i <= ok; i++) { /* the refused one: as much as was acknowledged */
+        st = tt_check_one(&s, i, &err);
+        ck_assert_msg(st == ATTND_OK, "session %u after the crash: %s", i, err.msg);
+    }
+    attnd_client *c = s.c;
+    cu_seqs_close(&s);
+    attnd_client_destroy(c);
+}
+END_TEST
+
 START_TEST(test_a_directory_serves_one_worker_of_one_model)
 {
     cu_server other;
@@ -505,6 +554,7 @@ static Suite *durable_suite(void)
     tcase_add_test(tc, test_the_reply_says_how_a_change_is_durable);
     tcase_add_test(tc, test_batch_mode_keeps_what_it_acknowledged_across_a_clean_restart);
     tcase_add_test(tc, test_checkpoints_keep_the_log_small);
+    tcase_add_test(tc, test_a_full_disk_refuses_appends_and_a_crash_loses_none_acknowledged);
     tcase_add_test(tc, test_a_directory_serves_one_worker_of_one_model);
     suite_add_tcase(su, tc);
     return su;
