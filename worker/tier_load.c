@@ -78,22 +78,22 @@ static attnd_status lose_hole(attnd__session *s, int32_t l, int32_t j, attnd_err
     return attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->lost);
 }
 
-/* Memory pages for the mover's load of n, evicting for them (with io's op
- * scratch: build the load's ops after this). It does not wait for busy
- * victims: when an eviction round frees nothing, the load is left to its
- * caller (load_now), which can also move its own sessions' other layers
- * down and waits for the others itself. A mover that waited here (up to
- * ~0.15 s a job, several jobs a batch) while two Attends held every
- * evictable session made each of them wait ~0.5 s a call. */
+/* Memory pages for a load of n, evicting for them (with io's op scratch:
+ * build the load's ops after this). */
 static attnd_status take_pages(attnd_engine *e, attnd__tio *io, int32_t n, int32_t *pages,
                                attnd_error *err)
 {
     attnd_error why = {0};
-    for (;;) {
+    for (int idle = 0;;) {
         if (attnd_kv_pool_take(&e->pool, n, pages) == ATTND_OK)
             return ATTND_OK;
-        int64_t short_by = n - e->pool.n_free;
-        if (attnd__tier_evict_for(e, io, short_by > 0 ? short_by : 1, &why) > 0)
+        int32_t before = e->pool.n_free;
+        int64_t short_by = n - before;
+        if (attnd__tier_evict_for(e, io, short_by > 0 ? short_by : 1, &why) > 0) {
+            idle = 0;
+            continue;
+        }
+        if (attnd__tier_busy_wait(&idle, before, e->pool.n_free))
             continue;
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "kv: no memory to load a layer back: needs %d pages, %d free "
