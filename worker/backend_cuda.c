@@ -299,7 +299,8 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd
     const attnd_kv_layout *l = &g->layout;
     const size_t rows = (size_t)b->n_seqs * (size_t)b->q_tokens * (size_t)b->n_q_heads;
     const size_t q_elems = rows * (size_t)l->d_k, out_elems = rows * (size_t)l->d_v;
-    const size_t n_idx = (size_t)b->page_indptr[b->n_seqs];
+    const int32_t lg = b->list_groups > 1 ? b->list_groups : 1; /* sparse: per KV head group */
+    const size_t n_idx = (size_t)b->page_indptr[(size_t)b->n_seqs * lg];
     attnd_status st = ATTND_OK;
     cudaError_t rc;
 
@@ -336,7 +337,7 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd
         .n_seqs = b->n_seqs,
         .q_tokens = b->q_tokens,
         .n_q_heads = b->n_q_heads,
-        .list_groups = 1,
+        .list_groups = lg,
         .scale = b->scale,
         .kv = *l,
         .pool_pages = g->n_pages,
