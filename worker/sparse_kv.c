@@ -2,7 +2,7 @@
  * streaming eviction.
  *
  * Bounds live in one array beside the pool, indexed by physical page
- * ([n_pages][attnd_kv_bounds_elems] bf16): address space reserved at start
+ * ([Hkv][n_pages][2][d_k] bf16, attnd_kv_bounds_at): address space reserved at start
  * (MAP_NORESERVE) and filled in only by layers with a topk-pages head, so
  * a server without such sessions commits none of it (at most 1/32 of the
  * pool for MLA pages of 64 tokens, 1/64 for GQA). They are folded in from
@@ -61,15 +61,14 @@ void attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
     if (!s->sparse || !s->sparse->bounds[layer])
         return;
     const uint64_t ps = (uint64_t)e->layout.page_size;
-    const size_t pe = attnd_kv_bounds_elems(&e->layout);
     const size_t src_bytes = (size_t)e->entry_elems * attnd_dtype_size(dtype);
     const char *src = kv;
     for (uint64_t t = t0, end = t0 + n; t < end;) {
         uint64_t slot = t % ps, cnt = end - t < ps - slot ? end - t : ps - slot;
-        uint16_t *pb = e->bounds + (size_t)s->pages[layer][t / ps] * pe;
+        int32_t pg = s->pages[layer][t / ps];
         if (slot == 0)
-            attnd_kv_bounds_reset(&e->layout, pb);
-        attnd_kv_bounds_add(&e->layout, pb, (int32_t)cnt, dtype, src);
+            attnd_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
+        attnd_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype, src);
         src += cnt * src_bytes;
         t += cnt;
     }

@@ -65,11 +65,12 @@ static uint16_t bf16_up(float f)
     return (uint16_t)(rest && !neg ? h + 1 : h);
 }
 
-void attnd_kv_bounds_reset(const attnd_kv_layout *l, uint16_t *pb)
+void attnd_kv_bounds_reset(const attnd_kv_layout *l, uint16_t *bounds, int64_t bounds_pages,
+                           int64_t p)
 {
     const uint16_t pinf = 0x7f80, ninf = 0xff80;
     for (int32_t h = 0; h < l->n_kv_heads; h++) {
-        uint16_t *lo = pb + (size_t)h * 2 * l->d_k, *hi = lo + l->d_k;
+        uint16_t *lo = bounds + attnd_kv_bounds_at(l, bounds_pages, h, p), *hi = lo + l->d_k;
         for (int32_t d = 0; d < l->d_k; d++) {
             lo[d] = pinf;
             hi[d] = ninf;
@@ -77,8 +78,8 @@ void attnd_kv_bounds_reset(const attnd_kv_layout *l, uint16_t *pb)
     }
 }
 
-void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *pb, int32_t n,
-                         attnd_dtype src_t, const void *src)
+void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *bounds, int64_t bounds_pages,
+                         int64_t p, int32_t n, attnd_dtype src_t, const void *src)
 {
     const size_t ss = attnd_dtype_size(src_t);
     const size_t entry = (size_t)attnd_kv_layout_token_elems(l) * ss;
@@ -86,7 +87,7 @@ void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *pb, int32_t n,
     float kv[BOUNDS_CHUNK]; /* one chunk in l->dtype (at most 4 bytes each) */
 
     for (int32_t h = 0; h < l->n_kv_heads; h++) {
-        uint16_t *lo = pb + (size_t)h * 2 * l->d_k, *hi = lo + l->d_k;
+        uint16_t *lo = bounds + attnd_kv_bounds_at(l, bounds_pages, h, p), *hi = lo + l->d_k;
         for (int32_t d0 = 0; d0 < l->d_k; d0 += BOUNDS_CHUNK) {
             int32_t nd = l->d_k - d0 < BOUNDS_CHUNK ? l->d_k - d0 : BOUNDS_CHUNK;
             for (int32_t d = 0; d < nd; d++) {

@@ -35,14 +35,39 @@ static int32_t list_chunks(const attnd_select_list *sl)
     return (sl->n_cand + ATTND__SEL_CHUNK - 1) / ATTND__SEL_CHUNK;
 }
 
-/* The list's scratch: ub [n_cand][rows], chunk maxima [chunks][rows],
- * scores [n_cand], quickselect copy [n_cand]. */
-static int64_t list_work(const attnd_select_list *sl, int32_t rows)
+/* Query rows per KV head, and KV heads per list. */
+static int32_t head_rows(const attnd_select_batch *b)
 {
-    int64_t c = list_chunks(sl);
+    return b->q_tokens * (b->n_q_heads / b->kv->n_kv_heads);
+}
+
+static int32_t list_heads(const attnd_select_batch *b)
+{
+    return b->kv->n_kv_heads / (b->list_groups > 1 ? b->list_groups : 1);
+}
+
+/* The list's scratch: packed queries [heads][attnd__select_pack_floats],
+ * ub [n_cand][rows], chunk maxima [chunks][rows], scores [n_cand],
+ * quickselect copy [n_cand]. */
+static int64_t list_work(const attnd_select_batch *b, const attnd_select_list *sl)
+{
+    int64_t c = list_chunks(sl), rows = list_rows(b);
     if (c == 0)
         return 0;
-    return ((int64_t)sl->n_cand + c) * rows + 2 * (int64_t)sl->n_cand;
+    return (int64_t)list_heads(b) * (int64_t)attnd__select_pack_floats(head_rows(b), b->kv->d_k) +
+           ((int64_t)sl->n_cand + c) * rows + 2 * (int64_t)sl->n_cand;
+}
+
+/* Where the list's parts of the scratch start. */
+static float *list_q(const attnd_select_batch *b, const attnd_select_list *sl, int32_t hh)
+{
+    return b->work + sl->work0 +
+           (size_t)hh * attnd__select_pack_floats(head_rows(b), b->kv->d_k);
+}
+
+static float *list_ub(const attnd_select_batch *b, const attnd_select_list *sl)
+{
+    return list_q(b, sl, list_heads(b));
 }
 
 int64_t attnd_select_prepare(attnd_select_batch *b, attnd_error *err)
@@ -64,7 +89,6 @@ int64_t attnd_select_prepare(attnd_select_batch *b, attnd_error *err)
                                b->n_lists, b->q_tokens, b->n_q_heads, l->n_kv_heads,
                                b->list_groups, l->d_k, b->q_dtype),
                -1;
-    const int32_t rows = list_rows(b);
     int64_t work = 0, chunks = 0;
     for (int32_t i = 0; i < b->n_lists; i++) {
         attnd_select_list *sl = &b->lists[i];
@@ -87,14 +111,14 @@ int64_t attnd_select_prepare(attnd_select_batch *b, attnd_error *err)
         }
         sl->work0 = work;
         sl->chunk0 = (int32_t)chunks;
-        work += list_work(sl, rows);
+        work += list_work(b, sl);
         chunks += list_chunks(sl);
         if (chunks > INT32_MAX)
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                    "select: too many candidates"),
                    -1;
     }
-    /* the calling thread's unit scratch for attnd_kernel_select */
+    /* the calling thread's scratch (packing, attnd_kernel_select's units) */
     return work + (int64_t)attnd__select_unit_floats(b);
 }
 
@@ -108,29 +132,57 @@ void attnd__select_q_row(const attnd_select_batch *b, int32_t seq, int32_t kvh, 
                         (const char *)b->q + off * attnd_dtype_size(b->q_dtype), (size_t)dk);
 }
 
+/* Pack the queries of every KV head of list sl (see select_int.h); tmp
+ * holds 16 rows of d_k floats. Wide packing widens 16 rows at a time and
+ * writes them column by column, so each store run fills a cache line. */
+static void pack_list(const attnd_select_batch *b, const attnd_select_list *sl, float *tmp)
+{
+    const int32_t R = head_rows(b), dk = b->kv->d_k, hpg = list_heads(b);
+    const size_t rp = ((size_t)R + 15) / 16 * 16, dkp = ((size_t)dk + 15) / 16 * 16;
+    const int wide = attnd__select_wide(R);
+    const size_t half = (wide ? rp : (size_t)R) * dkp;
+
+    for (int32_t hh = 0; hh < hpg; hh++) {
+        float *qp = list_q(b, sl, hh), *qm = qp + half;
+        const int32_t kvh = sl->group * hpg + hh;
+        memset(qp, 0, sizeof(float) * 2 * half);
+        for (int32_t r0 = 0; r0 < R; r0 += 16) {
+            int32_t nb = R - r0 < 16 ? R - r0 : 16;
+            for (int32_t rr = 0; rr < nb; rr++)
+                attnd__select_q_row(b, sl->seq, kvh, r0 + rr, tmp + (size_t)rr * dkp);
+            for (int32_t d = 0; d < dk; d++)
+                for (int32_t rr = 0; rr < nb; rr++) {
+                    float x = tmp[(size_t)rr * dkp + d];
+                    size_t at = wide ? (size_t)d * rp + (size_t)(r0 + rr)
+                                     : (size_t)(r0 + rr) * dkp + (size_t)d;
+                    qp[at] = x > 0.0f ? x : 0.0f;
+                    qm[at] = x < 0.0f ? x : 0.0f;
+                }
+        }
+    }
+}
+
 /* The portable scoring unit (and the reference the SIMD ones match). */
 void attnd__select_ub_scalar(const attnd_select_batch *b, const attnd_select_list *sl,
-                             int32_t kvh, int32_t p0, int32_t p1, float *ub, int32_t row0,
-                             int32_t rows, float *scratch)
+                             int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                             int32_t row0, int32_t rows, float *scratch)
 {
-    const int32_t G = b->n_q_heads / b->kv->n_kv_heads, R = b->q_tokens * G;
-    const int32_t dk = b->kv->d_k;
-    const size_t pe = attnd_kv_bounds_elems(b->kv);
-    float *q = scratch; /* [R][dk] */
+    const int32_t R = head_rows(b), dk = b->kv->d_k;
+    const size_t rp = ((size_t)R + 15) / 16 * 16, dkp = ((size_t)dk + 15) / 16 * 16;
+    const int wide = attnd__select_wide(R);
+    const float *qp = qpk, *qm = qpk + (wide ? rp : (size_t)R) * dkp;
 
-    for (int32_t r = 0; r < R; r++)
-        attnd__select_q_row(b, sl->seq, kvh, r, q + (size_t)r * dk);
+    (void)scratch;
     for (int32_t p = p0; p < p1; p++) {
-        const uint16_t *lo = b->bounds + (size_t)b->cand_idx[sl->cand0 + p] * pe +
-                             (size_t)kvh * 2 * dk;
+        const uint16_t *lo =
+            b->bounds + attnd_kv_bounds_at(b->kv, b->bounds_pages, kvh, b->cand_idx[sl->cand0 + p]);
         const uint16_t *hi = lo + dk;
         for (int32_t r = 0; r < R; r++) {
-            const float *qr = q + (size_t)r * dk;
             float acc = 0.0f;
             for (int32_t d = 0; d < dk; d++) {
-                float a = qr[d] * attnd_dtype_bf16_to_f32(lo[d]);
-                float c = qr[d] * attnd_dtype_bf16_to_f32(hi[d]);
-                acc += a > c ? a : c;
+                size_t at = wide ? (size_t)d * rp + (size_t)r : (size_t)r * dkp + (size_t)d;
+                acc += qp[at] * attnd_dtype_bf16_to_f32(hi[d]) +
+                       qm[at] * attnd_dtype_bf16_to_f32(lo[d]);
             }
             ub[(size_t)p * rows + row0 + r] = acc;
         }
@@ -155,16 +207,14 @@ static attnd__ub_fn ub_fn(void)
 static void score_chunk(const attnd_select_batch *b, const attnd_select_list *sl, int32_t c,
                         attnd__ub_fn fn, float *scratch)
 {
-    const int32_t lg = b->list_groups > 1 ? b->list_groups : 1;
-    const int32_t hpg = b->kv->n_kv_heads / lg, rows = list_rows(b);
-    const int32_t R = rows / hpg;
+    const int32_t hpg = list_heads(b), rows = list_rows(b), R = head_rows(b);
     const int32_t p0 = c * ATTND__SEL_CHUNK;
     const int32_t p1 = p0 + ATTND__SEL_CHUNK < sl->n_cand ? p0 + ATTND__SEL_CHUNK : sl->n_cand;
-    float *ub = b->work + sl->work0;
+    float *ub = list_ub(b, sl);
     float *cmax = ub + (size_t)sl->n_cand * rows + (size_t)c * rows;
 
     for (int32_t h = 0; h < hpg; h++)
-        fn(b, sl, sl->group * hpg + h, p0, p1, ub, h * R, rows, scratch);
+        fn(b, sl, sl->group * hpg + h, p0, p1, list_q(b, sl, h), ub, h * R, rows, scratch);
     for (int32_t r = 0; r < rows; r++)
         cmax[r] = -INFINITY;
     for (int32_t p = p0; p < p1; p++)
@@ -231,7 +281,7 @@ static void select_list(const attnd_select_batch *b, const attnd_select_list *sl
             }
         return;
     }
-    float *ub = b->work + sl->work0;
+    float *ub = list_ub(b, sl);
     float *cmax = ub + (size_t)n * rows;
     float *score = cmax + (size_t)chunks * rows, *tmp = score + n;
     /* the rows' best pages: fold the chunk maxima into chunk 0's */
@@ -271,13 +321,27 @@ static void select_list(const attnd_select_batch *b, const attnd_select_list *sl
     }
 }
 
+/* The calling thread's scratch at the end of b->work, 64-byte aligned. */
+static float *tail_scratch(const attnd_select_batch *b)
+{
+    int64_t tail = 0;
+    for (int32_t i = 0; i < b->n_lists; i++)
+        tail += list_work(b, &b->lists[i]);
+    return (float *)(((uintptr_t)(b->work + tail) + 63) & ~(uintptr_t)63);
+}
+
+static void pack_all(const attnd_select_batch *b, float *tmp)
+{
+    for (int32_t i = 0; i < b->n_lists; i++)
+        if (list_chunks(&b->lists[i]))
+            pack_list(b, &b->lists[i], tmp);
+}
+
 void attnd_kernel_select(const attnd_select_batch *b)
 {
     attnd__ub_fn fn = ub_fn();
-    int64_t tail = 0;
-    for (int32_t i = 0; i < b->n_lists; i++)
-        tail += list_work(&b->lists[i], list_rows(b));
-    float *scratch = b->work + tail;
+    float *scratch = tail_scratch(b);
+    pack_all(b, scratch);
     for (int32_t i = 0; i < b->n_lists; i++)
         for (int32_t c = 0; c < list_chunks(&b->lists[i]); c++)
             score_chunk(b, &b->lists[i], c, fn, scratch);
@@ -345,6 +409,7 @@ attnd_status attnd_kernel_select_parallel(attnd_cpu_pool *pool, const attnd_sele
     const attnd_select_list *last = &b->lists[b->n_lists - 1];
     c.n_chunks = last->chunk0 + list_chunks(last);
     atomic_init(&c.next, 0);
+    pack_all(b, tail_scratch(b)); /* on the calling thread: once per list */
     if (c.n_chunks > 0 &&
         attnd__pool_run(pool, attnd__select_unit_floats(b), score_job, &c))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,

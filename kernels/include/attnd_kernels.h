@@ -346,8 +346,10 @@ void attnd_ref_attention_f64(int32_t hq, int32_t hkv, int32_t dk, int32_t dv,
  * Key bounds. Every page carries, per KV head, the element-wise bounds of
  * the keys written into it, lo[d] <= K[t][d] <= hi[d] for each of its
  * tokens t, as bf16 rounded outward (lo toward -inf, hi toward +inf: they
- * bound the stored keys whatever the KV dtype). Per page:
- * [n_kv_heads][2][d_k] uint16, the lo row then the hi row of each head. An
+ * bound the stored keys whatever the KV dtype). An array of bounds for
+ * bounds_pages pages is head-major, [n_kv_heads][bounds_pages][2][d_k]
+ * uint16 (the lo row, then the hi row), so that one KV head's selection
+ * reads its pages' bounds as one stream when the pages are consecutive. An
  * empty page has lo = +inf, hi = -inf. Keeping them costs 2 * d_k * 2
  * bytes per page and KV head: 1/32 of a 64-token bf16 MLA page, 1/64 of a
  * GQA one (K and V).
@@ -369,13 +371,21 @@ void attnd_ref_attention_f64(int32_t hq, int32_t hkv, int32_t dk, int32_t dv,
 
 /* uint16 elements of one page's bounds: n_kv_heads * 2 * d_k. */
 size_t attnd_kv_bounds_elems(const attnd_kv_layout *l);
-/* Make one page's bounds empty (before its first token is folded in). */
-void attnd_kv_bounds_reset(const attnd_kv_layout *l, uint16_t *pb);
+/* Where the lo row of KV head h of page p starts in an array of
+ * bounds_pages pages (the hi row follows it). */
+static inline size_t attnd_kv_bounds_at(const attnd_kv_layout *l, int64_t bounds_pages,
+                                        int32_t h, int64_t p)
+{
+    return ((size_t)h * (size_t)bounds_pages + (size_t)p) * 2 * (size_t)l->d_k;
+}
+/* Make page p's bounds empty (before its first token is folded in). */
+void attnd_kv_bounds_reset(const attnd_kv_layout *l, uint16_t *bounds, int64_t bounds_pages,
+                           int64_t p);
 /* Fold n wire-form tokens ([n][token_elems] of src_t, as for
- * attnd_kv_write_tokens) into one page's bounds, each key first rounded to
+ * attnd_kv_write_tokens) into page p's bounds, each key first rounded to
  * l->dtype as the page stores it. */
-void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *pb, int32_t n,
-                         attnd_dtype src_t, const void *src);
+void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *bounds, int64_t bounds_pages,
+                         int64_t p, int32_t n, attnd_dtype src_t, const void *src);
 
 /* One selection problem: the rows of (sequence seq, KV head group group)
  * choosing among candidates cand_idx[cand0 .. cand0 + n_cand). */
@@ -399,8 +409,8 @@ typedef struct attnd_select_batch {
     attnd_dtype q_dtype;
     const void *q;            /* [n_seqs][q_tokens][Hq][d_k], as decode */
     const attnd_kv_layout *kv;
-    const uint16_t *bounds;   /* [bounds_pages][attnd_kv_bounds_elems] */
-    int64_t bounds_pages;     /* bound for cand_idx */
+    const uint16_t *bounds;   /* [Hkv][bounds_pages][2][d_k] */
+    int64_t bounds_pages;     /* its pages: bound for cand_idx */
     const int32_t *cand_idx;  /* physical pages */
     int32_t *sel_pages;       /* outputs: physical pages, candidate order */
     int32_t *sel_pos;         /* NULL, or their candidate positions */

@@ -325,14 +325,14 @@ static uint16_t *build_bounds(const pp_problem *p)
     uint16_t *bd = malloc(sizeof(uint16_t) * pe * (size_t)p->b.pool_pages);
     float *wire = calloc((size_t)p->entry, sizeof(float));
     for (int64_t pg = 0; pg < p->b.pool_pages; pg++)
-        attnd_kv_bounds_reset(l, bd + pg * pe);
+        attnd_kv_bounds_reset(l, bd, p->b.pool_pages, pg);
     for (int32_t i = 0; i < p->sp.n_seqs; i++)
         for (int64_t t = 0; t < p->sp.lens[i]; t++) {
             for (int32_t h = 0; h < hkv; h++)
                 for (int32_t d = 0; d < dk; d++)
                     wire[h * dk + d] = (float)p->k64[i][(t * hkv + h) * dk + d];
             int32_t pg = p->idx[p->indptr[i] + t / ps];
-            attnd_kv_bounds_add(l, bd + (size_t)pg * pe, 1, ATTND_DTYPE_F32, wire);
+            attnd_kv_bounds_add(l, bd, p->b.pool_pages, pg, 1, ATTND_DTYPE_F32, wire);
         }
     free(wire);
     return bd;
@@ -349,19 +349,18 @@ START_TEST(test_bounds_hold_every_stored_key_and_are_its_outward_rounded_min_and
     pp_problem p;
     pp_build(&p, &sp, &r);
     uint16_t *bd = build_bounds(&p);
-    const size_t pe = attnd_kv_bounds_elems(&p.l);
     for (int32_t j = 0; j < p.indptr[1]; j++) {
-        const uint16_t *pb = bd + (size_t)p.idx[j] * pe;
         for (int32_t h = 0; h < 2; h++)
             for (int32_t d = 0; d < 32; d++) {
+                const uint16_t *pb = bd + attnd_kv_bounds_at(&p.l, p.b.pool_pages, h, p.idx[j]);
                 double mn = INFINITY, mx = -INFINITY;
                 for (int64_t t = (int64_t)j * 16; t < lens[0] && t < (int64_t)j * 16 + 16; t++) {
                     double x = p.k64[0][(t * 2 + h) * 32 + d];
                     mn = x < mn ? x : mn;
                     mx = x > mx ? x : mx;
                 }
-                double lo = attnd_dtype_bf16_to_f32(pb[h * 64 + d]);
-                double hi = attnd_dtype_bf16_to_f32(pb[h * 64 + 32 + d]);
+                double lo = attnd_dtype_bf16_to_f32(pb[d]);
+                double hi = attnd_dtype_bf16_to_f32(pb[32 + d]);
                 ck_assert(lo <= mn && mx <= hi);
                 /* tight: within one bf16 step (2^-7 relative) */
                 ck_assert(mn - lo <= fabs(mn) * 0x1p-7 && hi - mx <= fabs(mx) * 0x1p-7);
@@ -378,7 +377,6 @@ static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32
 {
     const attnd_kv_layout *l = &p->l;
     const int32_t hkv = l->n_kv_heads, dk = l->d_k, G = p->sp.hq / hkv, S = p->sp.q_tokens;
-    const size_t pe = attnd_kv_bounds_elems(l);
     const int32_t hpg = hkv / groups, rows = S * G * hpg;
     double *ub = malloc(sizeof(double) * (size_t)rows * n), *mx = malloc(sizeof(double) * rows);
     for (int32_t rr = 0; rr < rows; rr++)
@@ -386,7 +384,8 @@ static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32
     for (int32_t c = 0; c < n; c++)
         for (int32_t hh = 0; hh < hpg; hh++) {
             int32_t h = g * hpg + hh;
-            const uint16_t *lo = bd + (size_t)cand[c] * pe + (size_t)h * 2 * dk, *hi = lo + dk;
+            const uint16_t *lo = bd + attnd_kv_bounds_at(l, p->b.pool_pages, h, cand[c]);
+            const uint16_t *hi = lo + dk;
             for (int32_t s = 0; s < S; s++)
                 for (int32_t gq = 0; gq < G; gq++) {
                     const double *q = p->q64 + (((size_t)i * S + s) * p->sp.hq + h * G + gq) * dk;
