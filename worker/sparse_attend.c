@@ -40,8 +40,9 @@ struct attnd__sparse_ws {
     int32_t *tindptr, *tidx;  /* token mode */
     int32_t *tlast;
     int64_t *tlog;
+    int32_t *vindptr, *vidx, *vlast; /* visible-length lists (group ranks) */
     size_t c_lists, c_last, c_tok, c_pidx, c_pos, c_plog, c_cand, c_sel, c_work;
-    size_t c_tindptr, c_tidx, c_tlast, c_tlog;
+    size_t c_tindptr, c_tidx, c_tlast, c_tlog, c_vindptr, c_vidx, c_vlast;
     attnd_kv_layout view;
 };
 
@@ -62,6 +63,9 @@ void attnd__sparse_ws_free(struct attnd__sparse_ws *w)
     free(w->tidx);
     free(w->tlast);
     free(w->tlog);
+    free(w->vindptr);
+    free(w->vidx);
+    free(w->vlast);
     free(w);
 }
 
@@ -482,6 +486,46 @@ static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attn
     return ATTND_OK;
 }
 
+/* A visible-length override (a sequence-sharded rank's multi-token query):
+ * (session i, query token s, group g) becomes list (i * S + s) * G + g,
+ * list (i, g) cut after the layer's first visible[i * S + s] tokens, so
+ * that the batch reads as n * S sequences of one query token (as
+ * attend.c's build_visible_lists does for dense sessions). */
+static attnd_status cut_visible(const attnd_engine *e, const attnd_attend_req *req,
+                                struct attnd__sparse_ws *w, int32_t G, attnd_decode_batch *b,
+                                attnd_error *err)
+{
+    const uint32_t n = req->n_seqs, S = (uint32_t)req->q_tokens;
+    const int32_t ps = e->layout.page_size, lists = (int32_t)(n * S) * G;
+    int64_t total = 0;
+    FIT(vindptr, c_vindptr, lists + 1);
+    FIT(vlast, c_vlast, lists);
+    FIT(vidx, c_vidx, (int64_t)w->indptr[(int32_t)n * G] * S);
+    w->vindptr[0] = 0;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t s = 0; s < S; s++) {
+            uint64_t v = req->visible[(size_t)i * S + s];
+            for (int32_t g = 0; g < G; g++) {
+                int32_t src = (int32_t)i * G + g, li = (int32_t)(i * S + s) * G + g;
+                int32_t last = 0;
+                for (int32_t k = w->indptr[src]; k < w->indptr[src + 1]; k++) {
+                    uint64_t first = (uint64_t)w->plog[k] * (uint64_t)ps;
+                    if (first >= v)
+                        break;
+                    int32_t have = k == w->indptr[src + 1] - 1 ? w->last[src] : ps;
+                    last = v - first < (uint64_t)have ? (int32_t)(v - first) : have;
+                    w->vidx[total++] = w->pidx[k];
+                }
+                w->vindptr[li + 1] = (int32_t)total;
+                w->vlast[li] = last;
+            }
+        }
+    b->page_indptr = w->vindptr;
+    b->page_idx = w->vidx;
+    b->last_page_len = w->vlast;
+    return ATTND_OK;
+}
+
 attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
                                  attnd_engine_ws *ws, attnd_decode_batch *b,
                                  uint64_t *kv_bytes_p, uint64_t *dense_bytes_p,
@@ -493,10 +537,6 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
     int tokens;
     attnd_status st;
 
-    if (req->visible)
-        return attnd_error_set(err, ATTND_ERR_INTERNAL,
-                               "visible: not combined with sparse lists (group leaders send "
-                               "given lists instead)");
     if (!w && !(w = ws->sparse = calloc(1, sizeof *w)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "session_ids: no memory for the sparse scratch");
@@ -507,7 +547,15 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
     if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, err)))
         return st;
     b->list_groups = G;
-    if (tokens) {
+    if (tokens && req->visible)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "given_idx: given-tokens lists are not implemented with a "
+                               "visible-length override (multi-token queries on a "
+                               "sequence-sharded group)");
+    if (req->visible) {
+        if ((st = cut_visible(e, req, w, G, b, err)))
+            return st;
+    } else if (tokens) {
         if ((st = to_tokens(e, req, ws, w, G, b, err)))
             return st;
     } else {

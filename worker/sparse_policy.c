@@ -60,26 +60,36 @@ static attnd_status check_one(const attnd_policy *p, const char *at, attnd_error
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "%s.window: %u, but only streaming has a window (policy %s)", at,
                                p->window, kind_names[p->kind]);
-    if (!topk && (p->topk || p->topk_fraction != 0.0f))
+    if (!topk && p->topk)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "%s.topk: only topk-pages takes topk or topk_fraction "
-                               "(policy %s)", at, kind_names[p->kind]);
+                               "%s.topk_pages: %u, but only topk-pages takes it (policy %s)", at,
+                               p->topk, kind_names[p->kind]);
+    if (!topk && p->topk_fraction != 0.0f)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "%s.topk_fraction: %g, but only topk-pages takes it (policy %s)",
+                               at, (double)p->topk_fraction, kind_names[p->kind]);
     if (topk && p->topk && p->topk_fraction != 0.0f)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "%s.topk_fraction: %g with topk %u: give one of them", at,
+                               "%s.topk_fraction: %g with topk_pages %u: give one of them", at,
                                (double)p->topk_fraction, p->topk);
     if (topk && !p->topk && !(p->topk_fraction > 0.0f && p->topk_fraction <= 1.0f))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "%s.topk_fraction: %g not in (0, 1] (topk-pages needs topk >= 1 "
-                               "or a fraction of the pages)", at, (double)p->topk_fraction);
+                               "%s.topk_fraction: %g not in (0, 1] (topk-pages needs topk_pages "
+                               ">= 1 or a fraction of the pages)", at, (double)p->topk_fraction);
     return ATTND_OK;
 }
 
 attnd_status attnd_engine_policy_check(const attnd_engine *e, const attnd_session_policy *p,
                                        attnd_error *err)
 {
-    const uint32_t L = (uint32_t)e->model.n_layers;
-    const uint32_t H = e->model.kind == ATTND_ATTN_GQA ? (uint32_t)e->model.n_kv_heads : 1;
+    return attnd_policy_check(&e->model, p, err);
+}
+
+attnd_status attnd_policy_check(const attnd_model_spec *m, const attnd_session_policy *p,
+                                attnd_error *err)
+{
+    const uint32_t L = (uint32_t)m->n_layers;
+    const uint32_t H = m->kind == ATTND_ATTN_GQA ? (uint32_t)m->n_kv_heads : 1;
     char at[64];
     attnd_status st = check_one(&p->dflt, "policy", err);
 
@@ -96,7 +106,7 @@ attnd_status attnd_engine_policy_check(const attnd_engine *e, const attnd_sessio
                                    "policy_table[%u].layer_end: layers [%u, %u) are not a "
                                    "non-empty range of the model's %u layers",
                                    i, r->layer_begin, r->layer_end, L);
-        if (e->model.kind == ATTND_ATTN_MLA && (r->head_begin || r->head_end))
+        if (m->kind == ATTND_ATTN_MLA && (r->head_begin || r->head_end))
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                    "policy_table[%u].head_begin: MLA heads share one latent "
                                    "cache, so policies apply per layer; leave the head range "

@@ -215,7 +215,8 @@ typedef struct attnd_policy {
     attnd_policy_kind kind;
     uint32_t sink;       /* streaming, topk-pages: first tokens always attended */
     uint32_t window;     /* streaming: last tokens attended */
-    uint32_t topk;       /* topk-pages: pages attended, mandatory ones included */
+    uint32_t topk;       /* topk-pages: pages attended, mandatory ones included
+                            (named topk_pages in messages and on the wire) */
     float topk_fraction; /* topk-pages with topk 0: fraction (0, 1] of the pages */
 } attnd_policy;
 
@@ -239,6 +240,9 @@ int attnd_policy_kind_parse(const char *s);
  * field ("policy.window", "policy_table[2].head_end", ...). */
 attnd_status attnd_engine_policy_check(const attnd_engine *e, const attnd_session_policy *p,
                                        attnd_error *err);
+/* The same against a model spec (a worker group's whole model). */
+attnd_status attnd_policy_check(const attnd_model_spec *m, const attnd_session_policy *p,
+                                attnd_error *err);
 /* Give a session its policy (checked as above; copied). The session must
  * hold no token yet (FAILED_PRECONDITION); NOT_FOUND for an unknown id.
  * Streaming layers give back the part of the session's reservation they
