@@ -6,8 +6,8 @@
  * attention will read), the chunk's element-wise min and max are taken in
  * float32, and merged into the page's bf16 bounds with outward rounding
  * (min toward -inf, max toward +inf), so the stored bounds hold every
- * stored key whatever the KV dtype. NaN keys are ignored by fminf/fmaxf
- * (they cannot make a page look better or worse than its finite keys); an
+ * stored key whatever the KV dtype. NaN keys are ignored (they compare
+ * false: they cannot make a page look better or worse than its finite keys); an
  * infinite key makes its bound infinite, and the page's score then NaN or
  * infinite, which selection treats as +inf (always chosen). */
 #include <math.h>
@@ -16,7 +16,7 @@
 #include "attnd_kernels.h"
 
 /* Dims converted per step (stack buffers). */
-#define BOUNDS_CHUNK 256
+#define BOUNDS_CHUNK 1024
 
 int attnd_kv_layout_token_view(const attnd_kv_layout *l, attnd_kv_layout *view,
                                int64_t *ratio_p)
@@ -83,34 +83,35 @@ void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *bounds, int64_t bou
 {
     const size_t ss = attnd_dtype_size(src_t);
     const size_t entry = (size_t)attnd_kv_layout_token_elems(l) * ss;
+    const int32_t nk = l->n_kv_heads * l->d_k; /* the keys lead each wire entry */
     float flo[BOUNDS_CHUNK], fhi[BOUNDS_CHUNK], x[BOUNDS_CHUNK];
     float kv[BOUNDS_CHUNK]; /* one chunk in l->dtype (at most 4 bytes each) */
 
-    for (int32_t h = 0; h < l->n_kv_heads; h++) {
-        uint16_t *lo = bounds + attnd_kv_bounds_at(l, bounds_pages, h, p), *hi = lo + l->d_k;
-        for (int32_t d0 = 0; d0 < l->d_k; d0 += BOUNDS_CHUNK) {
-            int32_t nd = l->d_k - d0 < BOUNDS_CHUNK ? l->d_k - d0 : BOUNDS_CHUNK;
-            for (int32_t d = 0; d < nd; d++) {
-                flo[d] = attnd_dtype_bf16_to_f32(lo[d0 + d]);
-                fhi[d] = attnd_dtype_bf16_to_f32(hi[d0 + d]);
+    /* chunks of the concatenated keys [Hkv][d_k], each head's bounds a
+     * row of their own */
+    for (int32_t c0 = 0; c0 < nk; c0 += BOUNDS_CHUNK) {
+        const int32_t nc = nk - c0 < BOUNDS_CHUNK ? nk - c0 : BOUNDS_CHUNK;
+        for (int32_t j = 0; j < nc; j++) {
+            int32_t h = (c0 + j) / l->d_k, d = (c0 + j) % l->d_k;
+            const uint16_t *lo = bounds + attnd_kv_bounds_at(l, bounds_pages, h, p);
+            flo[j] = attnd_dtype_bf16_to_f32(lo[d]);
+            fhi[j] = attnd_dtype_bf16_to_f32(lo[l->d_k + d]);
+        }
+        for (int32_t t = 0; t < n; t++) {
+            const char *k = (const char *)src + (size_t)t * entry + (size_t)c0 * ss;
+            attnd_dtype_convert(l->dtype, kv, src_t, k, (size_t)nc);
+            attnd_dtype_convert(ATTND_DTYPE_F32, x, l->dtype, kv, (size_t)nc);
+            /* a NaN compares false: it never gets in */
+            for (int32_t j = 0; j < nc; j++) {
+                flo[j] = x[j] < flo[j] ? x[j] : flo[j];
+                fhi[j] = x[j] > fhi[j] ? x[j] : fhi[j];
             }
-            for (int32_t t = 0; t < n; t++) {
-                /* the key of head h: wire entry [Hkv][d_k] first (GQA: K
-                 * block before V; MLA: the whole entry) */
-                const char *k = (const char *)src + (size_t)t * entry +
-                                ((size_t)h * l->d_k + (size_t)d0) * ss;
-                attnd_dtype_convert(l->dtype, kv, src_t, k, (size_t)nd);
-                attnd_dtype_convert(ATTND_DTYPE_F32, x, l->dtype, kv, (size_t)nd);
-                for (int32_t d = 0; d < nd; d++) {
-                    flo[d] = fminf(flo[d], x[d]);
-                    fhi[d] = fmaxf(fhi[d], x[d]);
-                }
-            }
-            for (int32_t d = 0; d < nd; d++) {
-                /* an empty bound stays infinite; NaN never gets in */
-                lo[d0 + d] = bf16_down(flo[d]);
-                hi[d0 + d] = bf16_up(fhi[d]);
-            }
+        }
+        for (int32_t j = 0; j < nc; j++) {
+            int32_t h = (c0 + j) / l->d_k, d = (c0 + j) % l->d_k;
+            uint16_t *lo = bounds + attnd_kv_bounds_at(l, bounds_pages, h, p);
+            lo[d] = bf16_down(flo[j]); /* an empty bound stays infinite */
+            lo[l->d_k + d] = bf16_up(fhi[j]);
         }
     }
 }
