@@ -355,7 +355,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     if (sparse && (st = attnd__sparse_lists(e, req, ws, &b, &kv_bytes, &dense_bytes, err)))
         goto out;
     if (e->gpu)
-        st = attnd__gpu_decode(e->gpu, &b, err);
+        st = sparse ? attnd__sparse_gpu_decode(e, ws, &b, err) : attnd__gpu_decode(e->gpu, &b, err);
     else
         st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
     if (st)

@@ -240,7 +240,9 @@ attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t lay
                                  uint64_t n, attnd_dtype dtype, const void *kv,
                                  attnd_error *err)
 {
-    attnd__sparse_note_write(e, s, layer, t0, n, dtype, kv);
+    attnd_status st = attnd__sparse_note_write(e, s, layer, t0, n, dtype, kv, err);
+    if (st)
+        return st;
     if (e->gpu)
         return attnd__gpu_write(e->gpu, s->pages[layer], t0, n, dtype, kv, err);
     const int32_t ps = e->layout.page_size;

@@ -49,9 +49,11 @@ static inline int32_t attnd__sparse_holes(const attnd__sparse *sp, int32_t layer
 
 /* Before tokens [t0, t0 + n) of a layer are written (attnd__engine_write;
  * session locked): fold them into their pages' key bounds when the layer
- * keeps them (a page's bounds start empty at its first slot). */
-void attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t t0,
-                              uint64_t n, attnd_dtype dtype, const void *kv);
+ * keeps them (a page's bounds start empty at its first slot); a GPU
+ * engine's copy follows (INTERNAL on a CUDA error). */
+attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
+                                      uint64_t t0, uint64_t n, attnd_dtype dtype,
+                                      const void *kv, attnd_error *err);
 /* After a layer's length grew (an Attend's append, a stage's commit;
  * session locked): free the pages that left every head's sink + window
  * when the layer evicts. Never fails. */
@@ -78,6 +80,10 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
                                  attnd_engine_ws *ws, attnd_decode_batch *b,
                                  uint64_t *kv_bytes_p, uint64_t *dense_bytes_p,
                                  attnd_error *err);
+/* The GPU decode of a batch attnd__sparse_lists built: its page selection
+ * (when it has one) runs on the GPU first, into the uploaded page lists. */
+attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
+                                      const attnd_decode_batch *b, attnd_error *err);
 /* Free the workspace's sparse scratch. */
 void attnd__sparse_ws_free(struct attnd__sparse_ws *w);
 

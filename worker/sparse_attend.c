@@ -27,6 +27,7 @@
 #include "attnd_assert.h"
 #include "attnd_buf.h"
 #include "attnd_clock.h"
+#include "backend.h"
 #include "sparse.h"
 
 struct attnd__sparse_ws {
@@ -44,6 +45,10 @@ struct attnd__sparse_ws {
     size_t c_lists, c_last, c_tok, c_pidx, c_pos, c_plog, c_cand, c_sel, c_work;
     size_t c_tindptr, c_tidx, c_tlast, c_tlog, c_vindptr, c_vidx, c_vlast;
     attnd_kv_layout view;
+    /* a GPU engine's selection, prepared here and run by the backend */
+    attnd_select_batch gpu_sel;
+    int64_t gpu_sel_work;
+    int32_t gpu_lists;
 };
 
 void attnd__sparse_ws_free(struct attnd__sparse_ws *w)
@@ -406,6 +411,12 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
     int64_t wf = attnd_select_prepare(&sb, err);
     if (wf < 0)
         return ATTND_ERR_INTERNAL; /* the lists were built here: a bug */
+    if (e->gpu && !req->visible) { /* on the GPU, with the decode */
+        w->gpu_sel = sb;
+        w->gpu_sel_work = wf;
+        w->gpu_lists = n_sel;
+        return ATTND_OK;
+    }
     FIT(work, c_work, wf);
     sb.work = w->work;
     attnd_status st = attnd_kernel_select_parallel(e->kpool, &sb, err);
@@ -544,6 +555,7 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
     if ((st = fill_lists(e, req, ws, w, G, &n_sel, &n_cand, err)))
         return st;
     ws->select_ns = 0;
+    w->gpu_lists = 0;
     if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, err)))
         return st;
     b->list_groups = G;
@@ -581,5 +593,31 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
         ws->chosen = tokens ? w->tlog : w->plog;
     }
     (void)n_cand;
+    return ATTND_OK;
+}
+
+attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
+                                      const attnd_decode_batch *b, attnd_error *err)
+{
+    struct attnd__sparse_ws *w = ws->sparse;
+    if (!w || !w->gpu_lists)
+        return attnd__gpu_decode(e->gpu, b, err);
+    uint64_t ns = 0, bytes = 0;
+    const uint64_t per =
+        (uint64_t)attnd_kv_bounds_elems(&e->layout) * 2 / (uint64_t)(b->list_groups > 1 ? b->list_groups : 1);
+    attnd_status st = attnd__gpu_decode_select(e->gpu, b, &w->gpu_sel, (size_t)w->gpu_sel_work,
+                                               w->pos, &ns, err);
+    if (st)
+        return st;
+    for (int32_t k = 0; k < w->gpu_lists; k++) { /* what each list kept, for want_pages */
+        const attnd_select_list *sl = &w->gpu_sel.lists[k];
+        for (int32_t j = 0; j < sl->keep; j++)
+            w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
+        bytes += (uint64_t)sl->n_cand * per;
+    }
+    ws->select_ns = ns;
+    atomic_fetch_add(&e->select_ns, ns);
+    atomic_fetch_add(&e->select_calls, 1);
+    atomic_fetch_add(&e->select_bytes, bytes);
     return ATTND_OK;
 }

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "backend.h"
 #include "sparse.h"
 
 attnd_status attnd__sparse_engine_init(attnd_engine *e, attnd_error *err)
@@ -55,11 +56,12 @@ void attnd__session_layer_res(const attnd__session *s, int32_t layer, int64_t *r
     *holes_p = attnd__sparse_holes(s->sparse, layer, s->page_size);
 }
 
-void attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t t0,
-                              uint64_t n, attnd_dtype dtype, const void *kv)
+attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
+                                      uint64_t t0, uint64_t n, attnd_dtype dtype,
+                                      const void *kv, attnd_error *err)
 {
     if (!s->sparse || !s->sparse->bounds[layer])
-        return;
+        return ATTND_OK;
     const uint64_t ps = (uint64_t)e->layout.page_size;
     const size_t src_bytes = (size_t)e->entry_elems * attnd_dtype_size(dtype);
     const char *src = kv;
@@ -69,9 +71,15 @@ void attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
         if (slot == 0)
             attnd_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
         attnd_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype, src);
+        if (e->gpu) { /* the GPU's selection reads its own copy */
+            attnd_status st = attnd__gpu_bounds_upload(e->gpu, e->bounds, pg, err);
+            if (st)
+                return st;
+        }
         src += cnt * src_bytes;
         t += cnt;
     }
+    return ATTND_OK;
 }
 
 void attnd__sparse_evict(attnd_engine *e, attnd__session *s, int32_t layer)

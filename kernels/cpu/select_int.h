@@ -15,7 +15,7 @@
 #include "attnd_kernels.h"
 
 /* Candidates per scoring unit. */
-#define ATTND__SEL_CHUNK 128
+#define ATTND__SEL_CHUNK ATTND_SELECT_CHUNK
 /* Rows from which a KV head's queries are packed "wide" (transposed,
  * vectors over rows) rather than "narrow" (row-major, vectors over d_k). */
 #define ATTND__SEL_WIDE_ROWS 32

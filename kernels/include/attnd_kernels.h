@@ -369,6 +369,10 @@ void attnd_ref_attention_f64(int32_t hq, int32_t hkv, int32_t dk, int32_t dv,
  * the kept pages in candidate order, so the result is a page list for the
  * decode contract (the last candidate is the sequence's tail page). */
 
+/* Candidates per scoring unit (attnd_select_list.chunk0 counts them; the
+ * CUDA selection scores the same units). */
+#define ATTND_SELECT_CHUNK 128
+
 /* uint16 elements of one page's bounds: n_kv_heads * 2 * d_k. */
 size_t attnd_kv_bounds_elems(const attnd_kv_layout *l);
 /* Where the lo row of KV head h of page p starts in an array of
