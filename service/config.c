@@ -60,8 +60,17 @@ static const opt opts[] = {
     {"http2-max-frame", "ATTND_HTTP2_MAX_FRAME", OPT_SIZE, F(http2_max_frame), 0, 16777215,
      "BYTES", "HTTP/2 largest frame we accept; 0: gRPC's 16Ki (default 1Mi)"},
     {"ucx-listen", "ATTND_UCX_LISTEN", OPT_STR, F(ucx_listen), 0, 0, "HOST:PORT|auto",
-     "also serve Attend over UCX active messages there; auto: --listen's host, a free "
-     "port (default: off)"},
+     "also serve Attend over UCX active messages: UCX's network transport on the "
+     "interface of HOST only, its TCP port PORT (0: a free one); auto: --listen's host, "
+     "a free port. Clients connect by worker address after GetEndpoint; one-host "
+     "clients use shared memory (default: off)"},
+    {"ucx-conn-queue", "ATTND_UCX_CONN_QUEUE", OPT_INT, F(ucx_conn_queue), 1, 1 << 20, "N",
+     "UCX Attend: requests one connection may have received and not yet answered; "
+     "more answer RESOURCE_EXHAUSTED (default 64)"},
+    {"ucx-conn-bytes", "ATTND_UCX_CONN_BYTES", OPT_SIZE, F(ucx_conn_bytes), 1, INT64_MAX,
+     "BYTES", "UCX Attend: request bytes one connection may hold before they run (a "
+     "single request up to --max-message is always taken when it holds none); more "
+     "answer RESOURCE_EXHAUSTED (default 64Mi)"},
     {"ucx-exec-threads", "ATTND_UCX_EXEC_THREADS", OPT_INT, F(ucx_exec_threads), 0, 256, "N",
      "UCX Attend: threads that execute requests while the progress thread receives and "
      "sends; 0: execute on the progress thread (default 2)"},
@@ -118,6 +127,8 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     cfg->group_timeout_ms = 10000;
     cfg->ucx_spin_us = 200;
     cfg->ucx_exec_threads = 2;
+    cfg->ucx_conn_queue = 64;
+    cfg->ucx_conn_bytes = 64ull << 20;
     /* measured on loopback with service/bench/bench_attend.c: an 8 MiB
      * window and 1 MiB frames cut the p50 of a 2.4 MB Attend from ~15 to
      * ~10 ms; a 64 MiB window or 16 MiB frames did not help */

@@ -122,7 +122,7 @@ int main(int argc, char **argv)
     if (srv->ucx)
         printf("attnd: Attend over UCX on %s\n", attnd_srv_ucx_address(srv));
     if (group)
-        printf("attnd: group rank %d of %d, shard %s, UCX listener port %d\n", gcfg.rank,
+        printf("attnd: group rank %d of %d, shard %s, rendezvous port %d\n", gcfg.rank,
                gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));
     fflush(stdout);
 
