@@ -80,13 +80,15 @@ static const opt opts[] = {
     {"rank", "ATTND_RANK", OPT_INT, F(rank), 0, 63, "R",
      "this process's rank in its worker group (default 0)"},
     {"group", "ATTND_GROUP", OPT_STR, F(group), 0, 0, "HOST:PORT,...",
-     "UCX listener address of every rank of the group, in rank order; this rank "
-     "listens on entry R (port 0: a free port, see --group-dir); empty: no group"},
+     "rendezvous address of every rank of the group, in rank order (a TCP port attnd "
+     "listens on to exchange UCX worker addresses; UCX itself uses that host's "
+     "interface only); this rank listens on entry R (port 0: a free port, see "
+     "--group-dir); empty: no group"},
     {"group-file", "ATTND_GROUP_FILE", OPT_STR, F(group_file), 0, 0, "PATH",
      "the same list in a file, one HOST:PORT per line"},
     {"group-dir", "ATTND_GROUP_DIR", OPT_STR, F(group_dir), 0, 0, "DIR",
-     "each rank writes its bound UCX address to DIR/rank-R; peers listed with port 0 "
-     "are found there"},
+     "each rank writes its bound rendezvous address to DIR/rank-R; peers listed with "
+     "port 0 are found there"},
     {"shard", "ATTND_SHARD", OPT_STR, F(shard), 0, 0, "sequence|head|latent",
      "how the group splits the KV (default sequence)"},
     {"tpla-rope", "ATTND_TPLA_ROPE", OPT_STR, F(tpla_rope), 0, 0, "replicate|split",
