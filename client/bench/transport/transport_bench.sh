@@ -8,19 +8,26 @@
 #   grpc         unary Attend over gRPC
 #   grpc-stream  AttendStream over gRPC (the decode-loop path)
 #   ucx          Attend over UCX active messages (--ucx-listen); async
-#                form, request sent from a packed copy; server timings
+#                form, request sent from a packed copy; server timings.
+#                Client and server share this host, so their endpoints go
+#                without UCX error handling over shared memory + CMA (the
+#                "UCX lanes" column says what UCX really used)
 #   ucx-sync     the sync form: request sent zero-copy from q (iov)
 # and beside it, in the same run:
 #   bare gRPC    grpc_pingpong: a C-core unary ping-pong with attnd's
 #                channel arguments, request and reply of the same sizes
-#   ucx_perftest -t tag_lat between two processes on loopback; its 50%ile
-#                "latency" is half a same-size round trip, so the baseline
-#                round trip for request R and reply P bytes is
-#                lat(R) + lat(P). Twice: with -e (endpoints with peer
-#                error handling, as attnd's: in UCX 1.13 that restricts
-#                them to TCP, also on one host) and without (shared
-#                memory + CMA), so the cost of that choice shows.
-# Ratios: gRPC net / bare gRPC and UCX net / ucx_perftest (targets <= 1.5).
+#   ucx_perftest -t tag_lat between two processes on this host; its
+#                50%ile "latency" is half a same-size round trip, so the
+#                baseline round trip for request R and reply P bytes is
+#                lat(R) + lat(P). Three times: without -e (shared memory +
+#                CMA: what attnd's same-host endpoints use; "pt shm"), with
+#                -e after UCX_POSIX_ERROR_HANDLING=y UCX_SYSV_ERROR_HANDLING=y
+#                (shared memory with peer error handling: UCX 1.13 drops
+#                the CMA lane; "pt shm -e"), and with -e alone (TCP; what
+#                attnd used before it watched same-host peers by pidfd;
+#                "pt tcp -e").
+# Ratios: gRPC net / bare gRPC and UCX net / pt shm (targets <= 1.25 and
+# <= 1.5).
 #
 # Transport vs compute: every session holds a tiny context (CTX tokens,
 # default 1, in layer 0) and the query appends nothing; on top of that the
@@ -75,18 +82,19 @@ field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; } # key: value from a key=value l
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # ucx_perftest tag_lat 50%ile (us) for one message size; extra flags
-# (e.g. -e: endpoints with error handling, as attnd's) go to the client,
-# which passes them on to the server.
+# (e.g. -e: endpoints with error handling) go to the client, which passes
+# them on to the server; PT_ENV (VAR=value ...) goes to both.
 perftest_lat() {
     local size=$1 iters=$2 port out
     shift 2
     for _ in 1 2 3 4 5; do
         port=$(free_port)
-        ucx_perftest -p "$port" > /dev/null 2>&1 &
+        env ${PT_ENV:-} ucx_perftest -p "$port" > /dev/null 2>&1 &
         local sp=$!
         sleep 0.3
-        if out=$(ucx_perftest 127.0.0.1 -p "$port" -t tag_lat -s "$size" -n $((iters < 500 ? 500 : iters)) \
-                     -w $((iters / 10 + 1)) -f "$@" 2> /dev/null | tail -1); then
+        if out=$(env ${PT_ENV:-} ucx_perftest 127.0.0.1 -p "$port" -t tag_lat -s "$size" \
+                     -n $((iters < 500 ? 500 : iters)) -w $((iters / 10 + 1)) -f "$@" \
+                     2> /dev/null | tail -1); then
             wait "$sp" 2> /dev/null || true
             echo "$out" | awk '{print $2}'
             return 0
@@ -103,7 +111,7 @@ perftest_lat() {
 spawn_attnd() {
     local name=$1
     shift
-    "$ATTND" --model deepseek-v3 --port-file "$tmp/$name.port" --kv-memory 512Mi \
+    "$ATTND" --model deepseek-v3 --listen 127.0.0.1:0 --port-file "$tmp/$name.port" --kv-memory 512Mi \
         --threads 1 --kernel-threads 1 --ucx-listen auto "$@" > "$tmp/$name.log" 2>&1 &
     pids+=($!)
 }
@@ -113,14 +121,23 @@ start_attnd() {
     PORT=$(cat "$tmp/$1.port")
 }
 
+# round trip = lat(req) + lat(rep) (us) for ucx_perftest with PT_ENV / flags
+perftest_rtt() {
+    local req=$1 rep=$2 iters=$3 l1 l2
+    shift 3
+    l1=$(perftest_lat "$req" "$iters" "$@")
+    l2=$(perftest_lat "$rep" "$iters" "$@")
+    awk -v a="$l1" -v b="$l2" 'BEGIN {printf "%.1f", a + b}'
+}
+
 # One row per batch size: TARGET LABEL
 measure() {
     local target=$1 label=$2
     for b in $BATCHES; do
         local iters=$ITERS1
         [[ $b -gt 1 ]] && iters=$ITERS32
-        local g=() gn=() gw=() gs=() u=() us=() un=() uw=() k=() e=() bare=() pe=() ps=()
-        local req=0 rep=0
+        local g=() gn=() gw=() gs=() u=() us=() un=() uw=() k=() e=() bare=() pe=() ps=() pse=()
+        local req=0 rep=0 lanes=?
         for r in $(seq "$REPEATS"); do
             local line
             line=$("$RTT" "$target" grpc "$b" "$iters" 10 "$CTX")
@@ -131,6 +148,7 @@ measure() {
             gw+=("$(field wire_p50_us <<< "$line")")
             gs+=("$("$RTT" "$target" grpc-stream "$b" "$iters" 10 "$CTX" | field p50_us)")
             line=$("$RTT" "$target" ucx "$b" "$iters" 10 "$CTX")
+            lanes=$(sed -n 's/^transports=ucx \([^(]*\).*/\1/p' <<< "$line" | sed 's/ *$//; s/ /+/g')
             u+=("$(field p50_us <<< "$line")")
             un+=("$(field net_p50_us <<< "$line")")
             uw+=("$(field wire_p50_us <<< "$line")")
@@ -145,19 +163,17 @@ measure() {
                 bare+=("$("$PP" client "127.0.0.1:$(cat "$pf")" "$req" "$iters" 10 | field p50_us)")
                 kill "$ppid"
                 wait "$ppid" 2> /dev/null || true
-                local l1 l2
-                l1=$(perftest_lat "$req" "$iters" -e)
-                l2=$(perftest_lat "$rep" "$iters" -e)
-                pe+=("$(awk -v a="$l1" -v b="$l2" 'BEGIN {printf "%.1f", a + b}')")
-                l1=$(perftest_lat "$req" "$iters")
-                l2=$(perftest_lat "$rep" "$iters")
-                ps+=("$(awk -v a="$l1" -v b="$l2" 'BEGIN {printf "%.1f", a + b}')")
+                ps+=("$(PT_ENV= perftest_rtt "$req" "$rep" "$iters")")
+                pse+=("$(PT_ENV="UCX_POSIX_ERROR_HANDLING=y UCX_SYSV_ERROR_HANDLING=y" \
+                         perftest_rtt "$req" "$rep" "$iters" -e)")
+                pe+=("$(PT_ENV= perftest_rtt "$req" "$rep" "$iters" -e)")
             fi
         done
         if [[ $label == 1-rank ]]; then
             BASE_BARE[$b]=$(echo "${bare[*]}" | median)
             BASE_PE[$b]=$(echo "${pe[*]}" | median)
             BASE_PS[$b]=$(echo "${ps[*]}" | median)
+            BASE_PSE[$b]=$(echo "${pse[*]}" | median)
         fi
         awk -v l="$label" -v b="$b" -v rq="$req" -v rp="$rep" \
             -v g="$(echo "${g[*]}" | median)" -v gn="$(echo "${gn[*]}" | median)" \
@@ -166,19 +182,20 @@ measure() {
             -v gs="$(echo "${gs[*]}" | median)" -v bb="${BASE_BARE[$b]}" \
             -v u="$(echo "${u[*]}" | median)" -v un="$(echo "${un[*]}" | median)" \
             -v k="$(echo "${k[*]}" | median)" -v e="$(echo "${e[*]}" | median)" \
-            -v pe="${BASE_PE[$b]}" -v ps="${BASE_PS[$b]}" 'BEGIN {
-            printf "| %-6s | %2d | %4.0f/%-4.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %5.2fx | %6.0f | %6.0f |\n",
-                   l, b, rq / 1024, rp / 1024, g, gs, gn, gw, bb, gn / bb, gw / bb, u, us, un, uw, pe,
-                   un / pe, uw / pe, ps, uw / ps, k, e }'
+            -v pe="${BASE_PE[$b]}" -v ps="${BASE_PS[$b]}" -v pse="${BASE_PSE[$b]}" \
+            -v lanes="$lanes" 'BEGIN {
+            printf "| %-6s | %2d | %4.0f/%-4.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %6.0f | %s | %6.0f | %6.0f |\n",
+                   l, b, rq / 1024, rp / 1024, g, gs, gn, gw, bb, gn / bb, gw / bb, u, us, un, uw, ps,
+                   un / ps, uw / ps, pse, pe, lanes, k, e }'
     done
 }
 
-declare -A BASE_BARE BASE_PE BASE_PS
+declare -A BASE_BARE BASE_PE BASE_PS BASE_PSE
 echo "attnd transport benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, REPEATS=$REPEATS" \
      "ITERS1=$ITERS1 ITERS32=$ITERS32 CTX=$CTX; p50 per run, median of runs, microseconds;"
 echo "net = round trip - server kernel time; wire = net - server validation - server reply encoding"
-echo "| group  |  B | req/rep KiB | gRPC | gRPC strm | gRPC net | gRPC wire | bare gRPC | net, wire / bare | UCX | UCX sync | UCX net | UCX wire | perftest -e | net, wire / pt-e | perftest shm | wire / pt-shm | srv kernel | srv encode |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| group  |  B | req/rep KiB | gRPC | gRPC strm | gRPC net | gRPC wire | bare gRPC | net, wire / bare | UCX | UCX sync | UCX net | UCX wire | pt shm | net, wire / pt shm | pt shm -e | pt tcp -e | UCX lanes | srv kernel | srv encode |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 start_attnd r1
 measure "127.0.0.1:$PORT" 1-rank
