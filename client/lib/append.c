@@ -1,10 +1,14 @@
-/* AppendKV: prefill chunks over one client stream.
+/* AppendKV: prefill chunks over one client stream, all or nothing.
  *
  * Chunks go out in order, one message each, the last one with the
- * half-close; the server applies each as it arrives and stops at the first
- * that fails, ending the call with that chunk's status and the count of
- * chunks applied before it in trailing metadata (attnd-chunks-applied),
- * which becomes *applied_p. On success the reply's count does.
+ * half-close; the server stages each as it arrives and commits them all
+ * at the half-close, or, at the first failure (a refused chunk, a broken
+ * stream, the deadline), ends the call with that status having applied
+ * none of them. *applied_p is the reply's count on success, 0 otherwise;
+ * a failed call can be retried whole. (The one ambiguous case is any
+ * RPC's: a call that fails after the half-close went out, e.g. on the
+ * deadline, may have committed; a retry then fails FAILED_PRECONDITION at
+ * its first chunk, naming the layer's length.)
  *
  * A chunk is flat ([n_tokens][kv_token_elems]); the wire wants the entry's
  * dims ([T, d_c + d_r] for MLA, [T, 2, Hkv, D] for GQA), so the shape is
@@ -82,15 +86,15 @@ attnd_status attnd_client_append_kv(attnd_client *c, const attnd_kv_chunk *chunk
         grpc_byte_buffer_destroy(bb);
         bb = NULL;
         if (st)
-            goto err_progress;
+            goto err_call;
     }
     if (n == 0 && (st = attnd__client_scall_send(&s, NULL, 1, err)))
-        goto err_progress;
+        goto err_call;
     st = attnd__client_scall_recv(&s, &bb, err);
     if (st == ATTND_OK && !bb)
         st = attnd_error_set(err, ATTND_ERR_UNKNOWN, "AppendKV: the server sent no reply");
     if (st)
-        goto err_progress;
+        goto err_call;
     resp = (Attnd__V1__AppendKVResponse *)attnd__client_unpack(
         &attnd__v1__append_kvresponse__descriptor, bb, err);
     grpc_byte_buffer_destroy(bb);
@@ -102,8 +106,10 @@ attnd_status attnd_client_append_kv(attnd_client *c, const attnd_kv_chunk *chunk
     protobuf_c_message_free_unpacked(&resp->base, NULL);
     st = attnd__client_scall_status(&s, err);
     if (st)
-        goto err_progress;
-    if (applied != n) {
+        goto err_call;
+    if (applied != n) { /* committed, but not what we sent: say what it counted */
+        if (applied_p)
+            *applied_p = applied;
         st = attnd_error_set(err, ATTND_ERR_INTERNAL,
                              "AppendKV: sent %zu chunks, the server counted %zu", n, applied);
         goto err_call;
@@ -113,12 +119,7 @@ attnd_status attnd_client_append_kv(attnd_client *c, const attnd_kv_chunk *chunk
         *applied_p = applied;
     return ATTND_OK;
 
-err_progress:
-    /* the status is in (or the call is being torn down): trailers say how
-     * far the server got */
-    if (s.status_done && applied_p)
-        *applied_p = (size_t)attnd__client_scall_trailer_u64(&s, "attnd-chunks-applied");
-err_call:
+err_call: /* the server applied nothing of a stream that failed */
     attnd__client_scall_cleanup(&s);
     return st;
 }

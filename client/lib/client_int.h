@@ -183,9 +183,6 @@ attnd_status attnd__client_scall_status(attnd__client_scall *s,
 /* Cancel the call if it is still open, drain, free. Always safe on a
  * zero-initialized s. */
 void attnd__client_scall_cleanup(attnd__client_scall *s);
-/* The value of trailing metadata `key` as an unsigned number; 0 if absent. */
-uint64_t attnd__client_scall_trailer_u64(const attnd__client_scall *s,
-                                         const char *key);
 
 /* ---- Attend wire (attend_wire.c) ------------------------------------------ */
 

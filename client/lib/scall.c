@@ -11,7 +11,6 @@
  * status is received last, in the way gRPC's own clients do it: after the
  * half-close, or once a send or receive shows the server ended the call.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include <grpc/slice.h>
@@ -238,23 +237,4 @@ void attnd__client_scall_cleanup(attnd__client_scall *s)
     grpc_metadata_array_destroy(&s->md_initial);
     grpc_metadata_array_destroy(&s->md_trailing);
     memset(s, 0, sizeof *s);
-}
-
-uint64_t attnd__client_scall_trailer_u64(const attnd__client_scall *s, const char *key)
-{
-    size_t klen = strlen(key);
-    for (size_t i = 0; i < s->md_trailing.count; i++) {
-        const grpc_metadata *md = &s->md_trailing.metadata[i];
-        if (GRPC_SLICE_LENGTH(md->key) != klen ||
-            memcmp(GRPC_SLICE_START_PTR(md->key), key, klen) != 0)
-            continue;
-        char buf[24];
-        size_t n = GRPC_SLICE_LENGTH(md->value);
-        if (n >= sizeof buf)
-            return 0;
-        memcpy(buf, GRPC_SLICE_START_PTR(md->value), n);
-        buf[n] = '\0';
-        return strtoull(buf, NULL, 10);
-    }
-    return 0;
 }

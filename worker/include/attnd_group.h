@@ -123,10 +123,32 @@ attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
                                         attnd_session_id *id_p, attnd_error *err);
 attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *id,
                                        uint64_t *pages_freed_p, attnd_error *err);
+
+/* AppendKV streams, group-wide: the engine's staged appends (attnd_engine_stage,
+ * attnd_worker.h) on every rank, committed on every rank at the end or
+ * aborted on every rank. The same contract as attnd_engine_stage (a chunk starts
+ * where this stream has its layer end; a layer a stream holds refuses
+ * other writers with ABORTED; RESOURCE_EXHAUSTED at the chunk that does
+ * not fit on some rank), plus: a stream quiet for more than 60 s fails
+ * ABORTED at its next chunk or commit (ranks drop idle parts); a commit
+ * that some ranks apply and others do not (a rank failing or not
+ * answering) marks the stream's sessions diverged, DATA_LOSS from then on;
+ * a commit with a peer not connected applies nothing (UNAVAILABLE).
+ * Ownership: open allocates, close frees (aborting everywhere unless the
+ * commit succeeded; it waits for the peers, up to the group's timeout).
+ * One stream is used by one thread at a time. */
+typedef struct attnd_group_stream attnd_group_stream;
+
+attnd_status attnd_group_stream_open(attnd_group *g, attnd_group_stream **s_p,
+                                     attnd_error *err);
 /* kv: [n_tokens][full kv_token_elems] of dtype, start the global position. */
-attnd_status attnd_group_append(attnd_group *g, const attnd_session_id *id,
-                                uint32_t layer, uint64_t start, uint64_t n_tokens,
-                                attnd_dtype dtype, const void *kv, attnd_error *err);
+attnd_status attnd_group_stream_append(attnd_group_stream *s, const attnd_session_id *id,
+                                       uint32_t layer, uint64_t start, uint64_t n_tokens,
+                                       attnd_dtype dtype, const void *kv, attnd_error *err);
+/* *chunks_p, *tokens_p: what was committed (on success). */
+attnd_status attnd_group_stream_commit(attnd_group_stream *s, uint64_t *chunks_p,
+                                       uint64_t *tokens_p, attnd_error *err);
+void attnd_group_stream_close(attnd_group_stream *s);
 /* req as validated against the full model. The combined output lands in
  * ws (its out/lse buffers are grown to the full size): *out_p float32
  * [n][S][Hq][d_v], *lse_p [n][S][Hq] when want_lse. timeout_ms > 0 bounds

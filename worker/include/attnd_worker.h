@@ -112,11 +112,55 @@ attnd_status attnd_engine_session_close(attnd_engine *e,
 /* Append n_tokens wire-form KV entries ([n][kv_token_elems] of `dtype`) to
  * one layer of a session. start must equal the layer's length
  * (FAILED_PRECONDITION otherwise); unknown session NOT_FOUND; layer past the
- * model OUT_OF_RANGE; no pages RESOURCE_EXHAUSTED. All or nothing. */
+ * model OUT_OF_RANGE; no pages RESOURCE_EXHAUSTED; a layer an open stage
+ * holds ABORTED. All or nothing (a stage of one chunk, committed). */
 attnd_status attnd_engine_append(attnd_engine *e, const attnd_session_id *id,
                                  uint32_t layer, uint64_t start,
                                  uint64_t n_tokens, attnd_dtype dtype,
                                  const void *kv, attnd_error *err);
+
+/* ---- staged appends (one AppendKV stream: all or nothing) -------------------
+ * A stage collects the chunks of one stream, for any sessions and layers,
+ * and makes them visible together at the commit, or not at all. Each chunk
+ * must start at its layer's length as this stage has it (committed length
+ * plus what the stage holds for that layer). Staged tokens are written
+ * into ordinary pool pages as they come (taken under the usual accounting:
+ * the chunk that does not fit gets RESOURCE_EXHAUSTED), so staging needs no
+ * memory of its own; they stay invisible to Attend until the commit.
+ *
+ * Conflicts: the first chunk for a layer makes the stage that layer's only
+ * writer until it commits or aborts. Meanwhile any other append to that
+ * layer (another stage, attnd_engine_append, an Attend with new_kv) fails
+ * ABORTED, changing nothing; an Attend without new KV reads the committed
+ * tokens only. A session closed while staged makes the commit fail
+ * NOT_FOUND (nothing applied).
+ *
+ * Thread safety: one stage is used by one thread at a time; different
+ * stages run concurrently. Ownership: attnd_engine_stage_open takes a
+ * stage from the engine (reused, so a steady stream of streams allocates
+ * nothing); attnd_engine_stage_close gives it back, aborting whatever it
+ * still holds. Every stage must be closed before attnd_engine_destroy. */
+typedef struct attnd_engine_stage attnd_engine_stage;
+
+attnd_status attnd_engine_stage_open(attnd_engine *e, attnd_engine_stage **stage_p,
+                                     attnd_error *err);
+/* Stage one chunk (the arguments as for attnd_engine_append). On failure
+ * the chunk is not staged and the rest stays staged (callers abort). */
+attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_session_id *id,
+                                       uint32_t layer, uint64_t start, uint64_t n_tokens,
+                                       attnd_dtype dtype, const void *kv, attnd_error *err);
+/* Make every staged chunk visible at once (every session involved is
+ * locked while lengths advance). *chunks_p and *tokens_p (may be NULL):
+ * what was committed. On failure (NOT_FOUND: a session was closed)
+ * nothing is applied and the stage is aborted. Either way the stage is
+ * empty afterwards and may stage again. */
+attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p,
+                                       uint64_t *tokens_p, attnd_error *err);
+/* Drop every staged chunk: pages back to the pool (and to the sessions'
+ * reservations), layers free for other writers, lengths untouched. */
+void attnd_engine_stage_abort(attnd_engine_stage *s);
+/* Abort, then give the stage back to its engine. NULL: no-op. */
+void attnd_engine_stage_close(attnd_engine_stage *s);
 
 /* Length of a layer of a session, in tokens. */
 attnd_status attnd_engine_length(attnd_engine *e, const attnd_session_id *id,

@@ -111,8 +111,17 @@ typedef struct attnd_kv_chunk {
     const void *data;
 } attnd_kv_chunk;
 
-/* Send chunks in order over one AppendKV stream. On failure, *applied_p
- * (may be NULL) tells how many chunks the server applied before it. */
+/* Send chunks in order over one AppendKV stream, applied all or nothing:
+ * each chunk must start where its layer ends counting the chunks before it
+ * in this call; the server makes them visible together when the stream
+ * ends, or (any failure: a refused chunk, RESOURCE_EXHAUSTED, a broken
+ * stream, the deadline) applies none of them, so a failed call can be
+ * retried whole. While the call is open, its layers refuse other appends
+ * (ABORTED) and Attend sees none of its chunks. *applied_p (may be NULL):
+ * n on success, 0 on failure (kept for source compatibility: the status
+ * says it all). A call that fails after its last chunk went out (the
+ * deadline, a lost connection) may have been committed, as with any RPC;
+ * a retry then fails FAILED_PRECONDITION at its first chunk. */
 attnd_status attnd_client_append_kv(attnd_client *c,
                                     const attnd_kv_chunk *chunks, size_t n,
                                     size_t *applied_p, attnd_error *err);
