@@ -20,15 +20,17 @@ static void ucx_endpoints(attnd_srv *srv, const attnd_group_state *gs,
     size_t cap = n_cli + n_peer;
     if (!cap)
         return;
-    size_t bytes = cap * (sizeof(attnd_srv_ucx_ep_info) + sizeof(Attnd__V1__UcxEndpointInfo) +
-                          sizeof(Attnd__V1__UcxEndpointInfo *) + 16);
+    /* one block, most aligned parts first: infos, pointers, then chars */
+    size_t bytes = cap * (sizeof(Attnd__V1__UcxEndpointInfo) +
+                          sizeof(Attnd__V1__UcxEndpointInfo *) + sizeof(attnd_srv_ucx_ep_info) +
+                          16);
     char *p = *mem = calloc(1, bytes);
     if (!p)
         return;
-    attnd_srv_ucx_ep_info *cli = (attnd_srv_ucx_ep_info *)p;
-    Attnd__V1__UcxEndpointInfo *info = (Attnd__V1__UcxEndpointInfo *)(cli + cap);
+    Attnd__V1__UcxEndpointInfo *info = (Attnd__V1__UcxEndpointInfo *)p;
     Attnd__V1__UcxEndpointInfo **ptrs = (Attnd__V1__UcxEndpointInfo **)(info + cap);
-    char (*names)[16] = (char (*)[16])(ptrs + cap);
+    attnd_srv_ucx_ep_info *cli = (attnd_srv_ucx_ep_info *)(ptrs + cap);
+    char (*names)[16] = (char (*)[16])(cli + cap);
     size_t got = attnd_srv_ucx_endpoints(srv, cli, n_cli); /* may have changed */
     if (got < n_cli)
         n_cli = got;

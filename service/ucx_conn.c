@@ -130,12 +130,16 @@ size_t attnd_srv_ucx_endpoints(attnd_srv *srv, attnd_srv_ucx_ep_info *out, size_
 
 /* ---- admission ------------------------------------------------------------------------ */
 
+/* arg is the endpoint's owner, not the connection: UCX may report an
+ * error of an endpoint after it was closed (with force) and its
+ * connection freed; the endpoint itself still exists then, so a live
+ * connection never has its address. */
 static void on_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
 {
-    ucx_conn *c = arg;
-    (void)ep;
+    ucx_conn *c = attnd_srv_ucx_conn_of(arg, ep);
     (void)status; /* a client going away is normal: no log */
-    c->failed = 1;
+    if (c)
+        c->failed = 1;
 }
 
 /* On the progress thread: connect to one admitted client; a->st says how
@@ -152,7 +156,7 @@ static void connect_one(attnd_srv_ucx *u, ucx_admit *a, int on_host)
     }
     a->st = attnd_ucxw_connect(&u->w, a->addr, a->len,
                                a->same_host ? ATTND_UCXW_PEER_WATCHED : ATTND_UCXW_PEER_CHECKED,
-                               on_ep_error, c, "GetEndpointRequest.ucx_worker_address", &c->ep,
+                               on_ep_error, u, "GetEndpointRequest.ucx_worker_address", &c->ep,
                                &err);
     if (a->st)
         goto err;

@@ -76,7 +76,7 @@ typedef struct ucx_admit {
     int32_t pid;
     int taken, done;        /* by the progress thread; finished */
     attnd_status st;
-    char msg[200];
+    char msg[ATTND_ERROR_MSG_MAX];
     struct ucx_admit *next;
 } ucx_admit;
 
