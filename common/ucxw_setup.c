@@ -116,7 +116,6 @@ int attnd_ucxw_net_device(const char *host, char *buf, size_t cap)
     hints.ai_socktype = SOCK_STREAM;
     if (getaddrinfo(h, NULL, &hints, &ai) != 0 || !ai)
         return -1;
-    int rc = 0;
     if (!sa_wildcard(ai->ai_addr) && iface_of(ai->ai_addr, buf, cap) != 0) {
         /* not ours: the interface that routes there */
         if (route_src(ai->ai_addr, ai->ai_addrlen, &src) != 0 ||
@@ -124,7 +123,7 @@ int attnd_ucxw_net_device(const char *host, char *buf, size_t cap)
             buf[0] = '\0'; /* unknown: leave UCX alone */
     }
     freeaddrinfo(ai);
-    return rc;
+    return 0;
 }
 
 /* ---- context and worker ------------------------------------------------------------- */

@@ -17,10 +17,12 @@
  * Membership: peer r is DOWN (no endpoint; a rendezvous is tried every
  * 100 ms), CONNECTING (a rendezvous gave us its card: endpoint made by
  * address, our UCX HELLO sent every 200 ms until it answers) or UP. Every
- * rendezvous, whichever side began it, remakes our endpoint to the peer;
- * each side sends only on its own endpoint, and a message is accepted only
- * with the receiver's token, so the two sides never depend on UCX pairing
- * their endpoints. A peer on this host (same boot id, namespaces and uid,
+ * rendezvous, whichever side began it, remakes our endpoint to the peer
+ * (both sides together: UCX may have paired the old endpoints into one
+ * connection, half of which the other side just closed); calls waiting on
+ * the peer fail only when it is a new process (another token). Each side
+ * sends only on its own endpoint, and a message is accepted only with the
+ * receiver's token, so nothing depends on how UCX pairs endpoints. A peer on this host (same boot id, namespaces and uid,
  * both willing) is connected without UCX error handling, so that UCX uses
  * shared memory and CMA, and its process is watched through a pidfd;
  * others get UCX peer error handling. An endpoint error, an exited
@@ -214,8 +216,19 @@ void attnd__gnet_apply_card(attnd_group *g, const attnd__gcard *c, const void *a
     int same = on_host && g->shm_ok && c->shm_ok;
     char who[48];
 
-    if (p->state != ATTND__PEER_DOWN) /* a new rendezvous: start over */
-        drop_peer(g, p, "reconnecting", 0);
+    if (p->state != ATTND__PEER_DOWN) { /* a new rendezvous: new endpoints */
+        if (p->peer_token != c->token) {
+            drop_peer(g, p, "restarted", 0); /* its calls died with it */
+        } else {
+            /* the same process reconnects (it gave up on an answer of
+             * ours, or both sides met at once): calls waiting on it may
+             * still get their answers, which come on its endpoint */
+            if (p->state == ATTND__PEER_UP)
+                fprintf(stderr, "attnd: group rank %d: rank %d reconnects\n", g->me, p->rank);
+            peer_reset(g, p);
+            p->state = ATTND__PEER_DOWN;
+        }
+    }
     if (same && (p->pidfd = attnd_ucxw_pidfd(c->host.pid)) < 0)
         return; /* its process is gone already */
     snprintf(who, sizeof who, "group rank %d", c->rank);

@@ -12,7 +12,9 @@
 #                Client and server share this host, so their endpoints go
 #                without UCX error handling over shared memory + CMA (the
 #                "UCX lanes" column says what UCX really used)
-#   ucx-sync     the sync form: request sent zero-copy from q (iov)
+#   ucx-sync     the sync form: request sent zero-copy from q (iov); its
+#                net and wire ("sync net", "sync wire") estimated with the
+#                server timings of the async run just before
 # and beside it, in the same run:
 #   bare gRPC    grpc_pingpong: a C-core unary ping-pong with attnd's
 #                channel arguments, request and reply of the same sizes
@@ -136,7 +138,7 @@ measure() {
     for b in $BATCHES; do
         local iters=$ITERS1
         [[ $b -gt 1 ]] && iters=$ITERS32
-        local g=() gn=() gw=() gs=() u=() us=() un=() uw=() k=() e=() bare=() pe=() ps=() pse=()
+        local g=() gn=() gw=() gs=() u=() us=() un=() uw=() usn=() usw=() k=() e=() bare=() pe=() ps=() pse=()
         local req=0 rep=0 lanes=?
         for r in $(seq "$REPEATS"); do
             local line
@@ -152,9 +154,18 @@ measure() {
             u+=("$(field p50_us <<< "$line")")
             un+=("$(field net_p50_us <<< "$line")")
             uw+=("$(field wire_p50_us <<< "$line")")
-            us+=("$("$RTT" "$target" ucx-sync "$b" "$iters" 10 "$CTX" | field p50_us)")
             k+=("$(field kernel_p50_us <<< "$line")")
             e+=("$(field srv_encode_p50_us <<< "$line")")
+            local kk ee vv
+            kk=$(field kernel_p50_us <<< "$line")
+            vv=$(field srv_validate_p50_us <<< "$line")
+            ee=$(field srv_encode_p50_us <<< "$line")
+            # the sync form reports no server timings: its net and wire are
+            # estimated with the async run's (same request, same server)
+            line=$("$RTT" "$target" ucx-sync "$b" "$iters" 10 "$CTX")
+            us+=("$(field p50_us <<< "$line")")
+            usn+=("$(field p50_us <<< "$line" | awk -v k="$kk" '{printf "%.1f", $1 - k}')")
+            usw+=("$(field p50_us <<< "$line" | awk -v k="$kk" -v v="$vv" -v e="$ee" '{printf "%.1f", $1 - k - v - e}')")
             if [[ $label == 1-rank ]]; then
                 local pf="$tmp/pp.$b.$r.port"
                 "$PP" server "$pf" "$rep" > /dev/null 2>&1 &
@@ -178,15 +189,16 @@ measure() {
         awk -v l="$label" -v b="$b" -v rq="$req" -v rp="$rep" \
             -v g="$(echo "${g[*]}" | median)" -v gn="$(echo "${gn[*]}" | median)" \
             -v gw="$(echo "${gw[*]}" | median)" -v uw="$(echo "${uw[*]}" | median)" \
-            -v us="$(echo "${us[*]}" | median)" \
+            -v us="$(echo "${us[*]}" | median)" -v usn="$(echo "${usn[*]}" | median)" \
+            -v usw="$(echo "${usw[*]}" | median)" \
             -v gs="$(echo "${gs[*]}" | median)" -v bb="${BASE_BARE[$b]}" \
             -v u="$(echo "${u[*]}" | median)" -v un="$(echo "${un[*]}" | median)" \
             -v k="$(echo "${k[*]}" | median)" -v e="$(echo "${e[*]}" | median)" \
             -v pe="${BASE_PE[$b]}" -v ps="${BASE_PS[$b]}" -v pse="${BASE_PSE[$b]}" \
             -v lanes="$lanes" 'BEGIN {
-            printf "| %-6s | %2d | %4.0f/%-4.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %6.0f | %s | %6.0f | %6.0f |\n",
-                   l, b, rq / 1024, rp / 1024, g, gs, gn, gw, bb, gn / bb, gw / bb, u, us, un, uw, ps,
-                   un / ps, uw / ps, pse, pe, lanes, k, e }'
+            printf "| %-6s | %2d | %4.0f/%-4.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %5.2fx %5.2fx | %6.0f | %6.0f | %s | %6.0f | %6.0f |\n",
+                   l, b, rq / 1024, rp / 1024, g, gs, gn, gw, bb, gn / bb, gw / bb, u, us, un, uw, usn, usw, ps,
+                   un / ps, uw / ps, usn / ps, usw / ps, pse, pe, lanes, k, e }'
     done
 }
 
@@ -194,8 +206,8 @@ declare -A BASE_BARE BASE_PE BASE_PS BASE_PSE
 echo "attnd transport benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, REPEATS=$REPEATS" \
      "ITERS1=$ITERS1 ITERS32=$ITERS32 CTX=$CTX; p50 per run, median of runs, microseconds;"
 echo "net = round trip - server kernel time; wire = net - server validation - server reply encoding"
-echo "| group  |  B | req/rep KiB | gRPC | gRPC strm | gRPC net | gRPC wire | bare gRPC | net, wire / bare | UCX | UCX sync | UCX net | UCX wire | pt shm | net, wire / pt shm | pt shm -e | pt tcp -e | UCX lanes | srv kernel | srv encode |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| group  |  B | req/rep KiB | gRPC | gRPC strm | gRPC net | gRPC wire | bare gRPC | net, wire / bare | UCX | UCX sync | UCX net | UCX wire | sync net | sync wire | pt shm | net, wire / pt shm | sync net, wire / pt shm | pt shm -e | pt tcp -e | UCX lanes | srv kernel | srv encode |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 start_attnd r1
 measure "127.0.0.1:$PORT" 1-rank
