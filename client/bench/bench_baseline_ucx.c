@@ -15,8 +15,10 @@
  * its own worker and endpoint, keeping --microbatches requests in flight,
  * closed loop. attnd's overhead over UCX is then the ratio of the Attend
  * call latency to this round trip at the same percentile. Both sides
- * busy-poll.
+ * busy-poll, yielding the CPU when idle as attnd and libattnd do (two
+ * spinners sharing a core otherwise take turns at the scheduler tick).
  */
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,7 +191,8 @@ int attnd_bench_echo_ucx_main(const char *port_file)
         _exit(1);
     }
     while (!echo_stop) {
-        ucp_worker_progress(s.w.worker);
+        if (!ucp_worker_progress(s.w.worker) && !s.ready)
+            sched_yield(); /* as attnd's loops: see common/ucxw_loop.c */
         while (s.ready) {
             echo_job *j = s.ready;
             s.ready = j->next;
@@ -331,7 +334,8 @@ static void *ulane_main(void *arg)
             l->errors++;
         }
     while (live && !l->failed) {
-        ucp_worker_progress(l->w.worker);
+        if (!ucp_worker_progress(l->w.worker))
+            sched_yield(); /* as libattnd's wait */
         for (uint32_t m = 0; m < l->micro; m++) {
             if (!in_flight[m] || !l->done[m])
                 continue;
