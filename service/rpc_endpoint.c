@@ -36,7 +36,7 @@ static void host_to_pb(const attnd_ucxw_host *h, Attnd__V1__UcxHost *m)
 
 void attnd_srv_get_endpoint_start(attnd_srv_call *c)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     Attnd__V1__GetEndpointRequest *m;
     attnd_srv_ucx_admitted adm;
     attnd_ucxw_host peer;

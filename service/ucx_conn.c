@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "ucx_int.h"
 
 #define WATCH_NS 5000000u
@@ -166,11 +167,11 @@ static void connect_one(attnd_srv_ucx *u, ucx_admit *a, int on_host)
     c->same_host = a->same_host;
     attnd_ucxw_ep_transports(c->ep, c->transports, sizeof c->transports);
     if (on_host && attnd_ucxw_transports_tcp(c->transports))
-        fprintf(stderr, "attnd: ucx: warning: client %llu runs on this host but UCX uses %s "
-                        "for it (%s; shared memory needs the same pid and IPC namespaces "
-                        "and uid, UCX_TLS with sysv/posix and cma, and pidfds)\n",
-                (unsigned long long)c->id, c->transports,
-                a->same_host ? "same host" : "not admitted to shared memory");
+        attnd_log_warn("ucx", "client %llu runs on this host but UCX uses %s for it (%s; "
+                              "shared memory needs the same pid and IPC namespaces and uid, "
+                              "UCX_TLS with sysv/posix and cma, and pidfds)",
+                       (unsigned long long)c->id, c->transports,
+                       a->same_host ? "same host" : "not admitted to shared memory");
     c->next = u->conns;
     u->conns = c;
     stats_rebuild(u);

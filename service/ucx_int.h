@@ -44,6 +44,9 @@ typedef struct ucx_job {
                                  refused (refusal says why) */
     size_t len;
     int admitted;             /* counts in conn->n_queued / held */
+    int refused;              /* received while the server refuses (it
+                                 drains): UNAVAILABLE, unread */
+    int counted;              /* counted in busy */
     const char *refusal;      /* the limit a refused request hit */
     attnd_buf req, rep;
     attnd_status st;          /* executed: the reply's status, */
@@ -103,6 +106,9 @@ struct attnd_srv_ucx {
     ucx_fifo queued, done;
     atomic_int n_done;       /* jobs in done (read without q_mu) */
     atomic_int exec_stop;
+    atomic_int refusing;     /* the server drains: new requests refused */
+    atomic_int busy;         /* requests received, not refused, not yet
+                                answered (a drain waits for them) */
     int q_init;
     /* GetEndpoint admissions (adm_mu; adm_cv: one finished) */
     pthread_mutex_t adm_mu;

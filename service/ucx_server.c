@@ -24,6 +24,11 @@
  * the pool when the send completes. After warm-up the path allocates
  * nothing of ours.
  *
+ * Draining (attnd_srv_ucx_refuse): a request that arrives once the server
+ * drains is answered UNAVAILABLE unread; those received before run as
+ * usual, counted in `busy` until their reply is sent, which the drain
+ * waits for.
+ *
  * Limits per connection (issue 10): a request beyond --ucx-conn-queue
  * requests waiting, or beyond --ucx-conn-bytes of request bytes held
  * before they run, is answered RESOURCE_EXHAUSTED naming the flag without
@@ -36,6 +41,7 @@
 #include <string.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "attend_exec.h"
 #include "ucx_int.h"
 
@@ -57,6 +63,8 @@ static ucx_job *job_get(attnd_srv_ucx *u, ucx_conn *conn)
     j->len = 0;
     j->admitted = 0;
     j->refusal = NULL;
+    j->refused = 0;
+    j->counted = 0;
     j->next = NULL;
     conn->refs++;
     conn->n_out++;
@@ -69,6 +77,10 @@ void attnd_srv_ucx_job_put(ucx_job *j)
     if (j->held) {
         ucp_am_data_release(u->w.worker, j->held);
         j->held = NULL;
+    }
+    if (j->counted) {
+        j->counted = 0;
+        atomic_fetch_sub(&u->busy, 1);
     }
     attnd_srv_ucx_conn_answered(u, j->conn, j);
     j->conn = NULL;
@@ -134,6 +146,13 @@ ucs_status_t attnd_srv_ucx_on_attend(void *arg, const void *header, size_t heade
     memcpy(&j->hdr, header, sizeof j->hdr);
     j->t_arrival = attnd_clock_ns();
     j->len = length;
+    if (atomic_load(&u->refusing)) {
+        j->refused = 1; /* answered UNAVAILABLE, unread */
+        fifo_push(&u->ready, j);
+        return UCS_OK;
+    }
+    j->counted = 1;
+    atomic_fetch_add(&u->busy, 1);
     if (length > cfg->max_message ||
         attnd_srv_ucx_conn_admit(u, conn, length, &j->refusal)) {
         fifo_push(&u->ready, j); /* answered RESOURCE_EXHAUSTED, unread */
@@ -220,6 +239,7 @@ static void refusal_msg(attnd_srv_ucx *u, const ucx_job *j, attnd_error *err)
  * caller's. */
 static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *arena, ucx_job *j)
 {
+    attnd_srv_mshard *mx = attnd_srv_metrics_local(u->srv->metrics);
     attnd_srv_exec_ctx x = {.srv = u->srv, .ws = ws, .arena = arena};
     if (j->hdr.deadline_ms) { /* what is left of the client's deadline */
         int64_t waited_ms = (int64_t)((attnd_clock_ns() - j->t_arrival) / 1000000u);
@@ -233,7 +253,10 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
 
     attnd_error_clear(&err);
     memset(&j->rhdr, 0, sizeof j->rhdr);
-    if (!j->data) {
+    if (j->refused) {
+        st = attnd_error_set(&err, ATTND_ERR_UNAVAILABLE,
+                             "server is shutting down: send this call to another worker");
+    } else if (!j->data) {
         refusal_msg(u, j, &err);
         st = err.code;
     } else {
@@ -252,12 +275,17 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
         j->rhdr.kernel_ns = res.t.t_kernel_ns;
         j->rhdr.fanout_ns = res.t.t_fanout_ns;
         j->rhdr.encode_ns = attnd_clock_ns() - t_enc;
+        res.t.t_encode_ns = j->rhdr.encode_ns;
+        if (st == ATTND_OK)
+            attnd_srv_attend_times_record(mx, &res.t);
     }
     if (st != ATTND_OK) {
         if (st != ATTND_ERR_CANCELLED)
             atomic_fetch_add(&u->srv->errors, 1);
         if (!err.msg[0])
             snprintf(err.msg, sizeof err.msg, "%s", attnd_status_string(st));
+        attnd_log_req(ATTND_LOG_DEBUG, "ucx", j->hdr.id, "Attend: %s: %s",
+                      attnd_status_string(st), err.msg);
         n = strlen(err.msg);
         if (attnd_buf_fit(&j->rep, n + 1))
             n = 0; /* the status alone goes back */
@@ -268,6 +296,11 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
     j->rhdr.h.status = st;
     j->st = st;
     j->n = n;
+    attnd_srv_mx_request(mx, ATTND_SRV_MX_UCX_ATTEND, st, attnd_clock_ns() - j->t_arrival);
+    if (mx) {
+        attnd_srv_mx_add(&mx->rx_bytes[ATTND_SRV_MX_UCX], j->len);
+        attnd_srv_mx_add(&mx->tx_bytes[ATTND_SRV_MX_UCX], n);
+    }
 }
 
 /* On the progress thread: release the request bytes UCX lent us and send
@@ -295,7 +328,7 @@ static void run_job(attnd_srv_ucx *u, ucx_job *j)
         attnd_srv_ucx_job_put(j);
         return;
     }
-    if (!u->n_exec || !j->data) {
+    if (!u->n_exec || !j->data || j->refused) {
         exec_job(u, &u->ws, &u->arena, j);
         send_job(u, j);
         return;

@@ -40,6 +40,7 @@
 #include <sys/random.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "group_int.h"
 
 #define HELLO_EVERY_MS 200
@@ -60,6 +61,7 @@ static void on_send_done(void *user, ucs_status_t status)
 static void send_locked(attnd__gpeer *p, unsigned id, attnd__gbuf *b)
 {
     b->hdr.token = p->peer_token;
+    atomic_fetch_add_explicit(&p->g->bytes_sent, sizeof b->hdr + b->len, memory_order_relaxed);
     attnd_ucxw_am_send(p->ep, id, &b->hdr, sizeof b->hdr, b->data, b->len,
                        ucp_dt_make_contig(1), 0, on_send_done, b, NULL);
 }
@@ -156,8 +158,8 @@ static void drop_peer(attnd_group *g, attnd__gpeer *p, const char *why, int64_t 
 {
     char msg[192];
     if (p->state == ATTND__PEER_UP)
-        fprintf(stderr, "attnd: group rank %d: lost rank %d (%s): %s\n", g->me, p->rank,
-                g->cfg.addrs[p->rank], why);
+        attnd_log_warn("group", "rank %d: lost rank %d (%s): %s", g->me, p->rank,
+                       g->cfg.addrs[p->rank], why);
     peer_reset(g, p);
     p->state = ATTND__PEER_DOWN;
     p->next_try_ms = attnd_clock_ms() + retry_ms;
@@ -224,7 +226,7 @@ void attnd__gnet_apply_card(attnd_group *g, const attnd__gcard *c, const void *a
              * ours, or both sides met at once): calls waiting on it may
              * still get their answers, which come on its endpoint */
             if (p->state == ATTND__PEER_UP)
-                fprintf(stderr, "attnd: group rank %d: rank %d reconnects\n", g->me, p->rank);
+                attnd_log_info("group", "rank %d: rank %d reconnects", g->me, p->rank);
             peer_reset(g, p);
             p->state = ATTND__PEER_DOWN;
         }
@@ -236,7 +238,7 @@ void attnd__gnet_apply_card(attnd_group *g, const attnd__gcard *c, const void *a
     if (attnd_ucxw_connect(&g->net, addr, c->payload_len,
                            same ? ATTND_UCXW_PEER_WATCHED : ATTND_UCXW_PEER_CHECKED,
                            on_peer_error, p, who, &p->ep, &err)) {
-        fprintf(stderr, "attnd: group rank %d: %s\n", g->me, err.msg);
+        attnd_log_error("group", "rank %d: %s", g->me, err.msg);
         peer_reset(g, p);
         return;
     }
@@ -254,14 +256,14 @@ static void peer_up(attnd_group *g, attnd__gpeer *p)
 {
     p->state = ATTND__PEER_UP;
     attnd_ucxw_ep_transports(p->ep, p->transports, sizeof p->transports);
-    fprintf(stderr, "attnd: group rank %d: connected to rank %d (%s) over %s%s\n", g->me,
-            p->rank, g->cfg.addrs[p->rank], p->transports, p->ever_up ? " again" : "");
+    attnd_log_info("group", "rank %d: connected to rank %d (%s) over %s%s", g->me, p->rank,
+                   g->cfg.addrs[p->rank], p->transports, p->ever_up ? " again" : "");
     if (p->on_host && attnd_ucxw_transports_tcp(p->transports))
-        fprintf(stderr, "attnd: group rank %d: warning: rank %d runs on this host but UCX "
-                        "uses %s for it (%s; shared memory needs both ranks willing "
-                        "(ATTND_UCX_SHM), pidfds, and UCX_TLS with sysv/posix and cma)\n",
-                g->me, p->rank, p->transports,
-                p->same_host ? "same host" : "not admitted to shared memory");
+        attnd_log_warn("group", "rank %d: rank %d runs on this host but UCX uses %s for it "
+                                "(%s; shared memory needs both ranks willing (ATTND_UCX_SHM), "
+                                "pidfds, and UCX_TLS with sysv/posix and cma)",
+                       g->me, p->rank, p->transports,
+                       p->same_host ? "same host" : "not admitted to shared memory");
     p->ever_up = 1;
 }
 
@@ -287,6 +289,7 @@ static ucs_status_t on_req(void *arg, const void *header, size_t hlen, void *dat
     attnd__ghdr h;
     attnd__gpeer *p = sender(g, header, hlen, &h);
 
+    atomic_fetch_add_explicit(&g->bytes_received, hlen + len, memory_order_relaxed);
     if (!p || p->state == ATTND__PEER_DOWN)
         return UCS_OK; /* a stranger, or a peer we have no endpoint to answer on */
     if (h.type == ATTND__GMSG_HELLO) {
@@ -314,6 +317,7 @@ static ucs_status_t on_rep(void *arg, const void *header, size_t hlen, void *dat
     attnd__ghdr h;
     attnd__gpeer *p = sender(g, header, hlen, &h);
 
+    atomic_fetch_add_explicit(&g->bytes_received, hlen + len, memory_order_relaxed);
     if (!p)
         return UCS_OK;
     if (h.type == ATTND__GMSG_HELLO) {

@@ -45,6 +45,7 @@
 #include <sys/socket.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "group_int.h"
 
 #define RDV_TIMEOUT_MS 2000
@@ -267,8 +268,7 @@ static int conn_got_card(attnd_group *g, attnd__grdv_conn *c, const attnd__gcard
         if (card->kind != ATTND__GCARD_HELLO)
             return 0;
         if (check_settings(g, card, msg, sizeof msg)) {
-            fprintf(stderr, "attnd: group rank %d: refusing rank %d: %s\n", g->me, card->rank,
-                    msg);
+            attnd_log_error("group", "rank %d: refusing rank %d: %s", g->me, card->rank, msg);
             conn_put_card(g, c, ATTND__GCARD_ANSWER, ATTND_ERR_FAILED_PRECONDITION, msg);
             return 1;
         }
@@ -284,8 +284,7 @@ static int conn_got_card(attnd_group *g, attnd__grdv_conn *c, const attnd__gcard
     if (card->status != 0 || check_settings(g, card, msg, sizeof msg)) {
         if (card->status != 0)
             snprintf(msg, sizeof msg, "%.*s", (int)card->payload_len, (const char *)payload);
-        fprintf(stderr, "attnd: group rank %d: rank %d refused us: %s\n", g->me, c->rank,
-                msg);
+        attnd_log_error("group", "rank %d: rank %d refused us: %s", g->me, c->rank, msg);
         g->peers[c->rank].next_try_ms = attnd_clock_ms() + REFUSED_RETRY_MS;
         return 0;
     }

@@ -319,7 +319,8 @@ START_TEST(test_a_same_host_ucx_client_on_tcp_is_served_and_logged_as_a_warning)
     buf[n] = '\0';
     close(fd);
     unlink(log);
-    ck_assert_msg(strstr(buf, "warning: client") && strstr(buf, "runs on this host but UCX uses tcp/"),
+    ck_assert_msg(strstr(buf, "warn  ucx: client") &&
+                      strstr(buf, "runs on this host but UCX uses tcp/"),
                   "attnd's log has no warning: %s", buf);
     attnd_client_destroy(c);
 }
