@@ -28,7 +28,7 @@
  * endpoints without peer error handling (measured: 1.3 MB one way 104 us
  * over sysv + cma, 550 us over sysv with error handling, 844 us over
  * TCP). attnd therefore connects a peer on the same host (same boot id,
- * pid and IPC namespaces) with ATTND_UCXW_PEER_WATCHED: no UCX error
+ * pid, IPC and network namespaces) with ATTND_UCXW_PEER_WATCHED: no UCX error
  * handling, and the peer's liveness from a pidfd of its process, which
  * the owner polls; a dead peer's endpoint is closed with force. Other
  * peers get ATTND_UCXW_PEER_CHECKED (UCX peer error handling, TCP).
@@ -214,15 +214,18 @@ typedef struct attnd_ucxw_host {
     char boot_id[40];  /* /proc/sys/kernel/random/boot_id */
     uint64_t pid_ns;   /* inode of /proc/self/ns/pid */
     uint64_t ipc_ns;   /* inode of /proc/self/ns/ipc */
+    uint64_t net_ns;   /* inode of /proc/self/ns/net */
     uint32_t uid;
     int32_t pid;
 } attnd_ucxw_host;
 
 /* This process. Fields it cannot read stay zero (then nothing is "same"). */
 void attnd_ucxw_host_self(attnd_ucxw_host *h);
-/* 1 when a and b are on one host in the same pid and IPC namespaces under
- * one uid, so that shared memory and CMA reach and a pidfd of the peer can
- * be opened. */
+/* 1 when a and b are on one host in the same pid, IPC and network
+ * namespaces under one uid, so that shared memory and CMA reach and a
+ * pidfd of the peer can be opened. (The network namespace: processes in
+ * different ones are deployed as if on different hosts, and should be cut
+ * off by a network partition like them.) */
 int attnd_ucxw_host_same(const attnd_ucxw_host *a, const attnd_ucxw_host *b);
 /* A pidfd of process pid (pidfd_open), -1 when it cannot be opened (gone,
  * or the kernel has no pidfds). */

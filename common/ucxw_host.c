@@ -3,9 +3,11 @@
  * it died without UCX's peer error handling (see attnd_ucxw.h).
  *
  * Same host = the same boot id (/proc/sys/kernel/random/boot_id), the same
- * pid namespace (CMA addresses a process by pid; a pidfd names it) and the
- * same IPC namespace (System V shared memory), under one uid (CMA needs
- * ptrace access). A peer's claim is only as good as the channel it came
+ * pid namespace (CMA addresses a process by pid; a pidfd names it), the
+ * same IPC namespace (System V shared memory) and the same network
+ * namespace (processes in different ones are deployed as separate hosts,
+ * and a network partition must cut them off as it would), under one uid
+ * (CMA needs ptrace access). A peer's claim is only as good as the channel it came
  * on; the owner also opens a pidfd of the claimed pid, which fails for a
  * pid that does not exist here.
  */
@@ -44,6 +46,7 @@ void attnd_ucxw_host_self(attnd_ucxw_host *h)
     }
     h->pid_ns = ns_inode("/proc/self/ns/pid");
     h->ipc_ns = ns_inode("/proc/self/ns/ipc");
+    h->net_ns = ns_inode("/proc/self/ns/net");
     h->uid = (uint32_t)geteuid();
     h->pid = (int32_t)getpid();
 }
@@ -52,6 +55,7 @@ int attnd_ucxw_host_same(const attnd_ucxw_host *a, const attnd_ucxw_host *b)
 {
     return a->boot_id[0] && strncmp(a->boot_id, b->boot_id, sizeof a->boot_id) == 0 &&
            a->pid_ns && a->pid_ns == b->pid_ns && a->ipc_ns && a->ipc_ns == b->ipc_ns &&
+           a->net_ns && a->net_ns == b->net_ns &&
            a->uid == b->uid && a->pid > 0 && b->pid > 0;
 }
 

@@ -20,6 +20,7 @@ static void host_from_pb(const Attnd__V1__UcxHost *m, attnd_ucxw_host *h)
         snprintf(h->boot_id, sizeof h->boot_id, "%s", m->boot_id);
     h->pid_ns = m->pid_ns;
     h->ipc_ns = m->ipc_ns;
+    h->net_ns = m->net_ns;
     h->uid = m->uid;
     h->pid = m->pid;
 }
@@ -29,6 +30,7 @@ static void host_to_pb(const attnd_ucxw_host *h, Attnd__V1__UcxHost *m)
     m->boot_id = (char *)h->boot_id;
     m->pid_ns = h->pid_ns;
     m->ipc_ns = h->ipc_ns;
+    m->net_ns = h->net_ns;
     m->uid = h->uid;
     m->pid = h->pid;
     m->shm_ok = attnd_ucxw_shm_allowed();

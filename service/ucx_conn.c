@@ -168,7 +168,7 @@ static void connect_one(attnd_srv_ucx *u, ucx_admit *a, int on_host)
     attnd_ucxw_ep_transports(c->ep, c->transports, sizeof c->transports);
     if (on_host && attnd_ucxw_transports_tcp(c->transports))
         attnd_log_warn("ucx", "client %llu runs on this host but UCX uses %s for it (%s; "
-                              "shared memory needs the same pid and IPC namespaces and uid, "
+                              "shared memory needs the same pid, IPC and network namespaces and uid, "
                               "UCX_TLS with sysv/posix and cma, and pidfds)",
                        (unsigned long long)c->id, c->transports,
                        a->same_host ? "same host" : "not admitted to shared memory");

@@ -22,7 +22,8 @@
  * connection, half of which the other side just closed); calls waiting on
  * the peer fail only when it is a new process (another token). Each side
  * sends only on its own endpoint, and a message is accepted only with the
- * receiver's token, so nothing depends on how UCX pairs endpoints. A peer on this host (same boot id, namespaces and uid,
+ * receiver's token, so nothing depends on how UCX pairs endpoints. A peer
+ * on this host (same boot id, pid, IPC and network namespaces and uid,
  * both willing) is connected without UCX error handling, so that UCX uses
  * shared memory and CMA, and its process is watched through a pidfd;
  * others get UCX peer error handling. An endpoint error, an exited

@@ -86,8 +86,8 @@ static uint64_t get64(const unsigned char *p)
 /* Offsets: magic 0, version 8 (u16), kind 10 (u16), rank 12, size 16,
  * mode 20, page_size 24, n_layers 28, n_q_heads 32, kv_elems 36, kv_dtype
  * 40, status 44, token 48, nonce 56, boot_id 72 (40), pid_ns 112, ipc_ns
- * 120, uid 128, pid 132, shm_ok 136, payload_len 140, reserved (zero)
- * 144..160. */
+ * 120, uid 128, pid 132, shm_ok 136, payload_len 140, net_ns 144,
+ * reserved (zero) 152..160. */
 _Static_assert(ATTND__GCARD_HDR == 160, "the card header is 160 bytes");
 
 size_t attnd__gcard_encode(const attnd__gcard *c, const void *payload, unsigned char *out)
@@ -121,7 +121,8 @@ size_t attnd__gcard_encode(const attnd__gcard *c, const void *payload, unsigned 
     p = put32(p, c->host.uid);
     p = put32(p, (uint32_t)c->host.pid);
     p = put32(p, c->shm_ok);
-    put32(p, c->payload_len);
+    p = put32(p, c->payload_len);
+    put64(p, c->host.net_ns);
     if (c->payload_len)
         memcpy(out + ATTND__GCARD_HDR, payload, c->payload_len);
     return ATTND__GCARD_HDR + c->payload_len;
@@ -159,6 +160,7 @@ int attnd__gcard_decode(const unsigned char *buf, size_t have, attnd__gcard *c)
     c->host.pid = (int32_t)get32(p + 120);
     c->shm_ok = get32(p + 124);
     c->payload_len = get32(p + 128);
+    c->host.net_ns = get64(p + 132);
     if (c->version != ATTND__GCARD_VERSION ||
         (c->kind != ATTND__GCARD_HELLO && c->kind != ATTND__GCARD_ANSWER) ||
         c->payload_len > ATTND_UCXW_ADDR_MAX || c->rank < 0 ||

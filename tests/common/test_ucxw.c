@@ -74,6 +74,9 @@ START_TEST(test_same_host_needs_boot_id_namespaces_and_uid_to_match)
     b.ipc_ns++;
     ck_assert_int_eq(attnd_ucxw_host_same(&a, &b), 0);
     b = a;
+    b.net_ns++;
+    ck_assert_int_eq(attnd_ucxw_host_same(&a, &b), 0);
+    b = a;
     b.uid++;
     ck_assert_int_eq(attnd_ucxw_host_same(&a, &b), 0);
     memset(&b, 0, sizeof b); /* a peer that sent nothing */

@@ -202,6 +202,7 @@ static attnd__gcard random_card(unsigned char *payload, uint32_t n)
              (unsigned long long)tu_next(&rng), (unsigned)tu_next(&rng));
     c.host.pid_ns = tu_next(&rng);
     c.host.ipc_ns = tu_next(&rng);
+    c.host.net_ns = tu_next(&rng);
     c.host.uid = (uint32_t)tu_next(&rng);
     c.host.pid = (int32_t)tu_int(&rng, 1, 1 << 22);
     c.shm_ok = (uint32_t)tu_int(&rng, 0, 1);
