@@ -11,7 +11,8 @@
  *                      of the address it was told to use (a loopback-only
  *                      attnd opens no port on the machine's external
  *                      address). Shared-memory devices are not affected.
- *   TCP_PORT_RANGE=P-P a fixed port for that listener, when asked.
+ *   TCP_PORT_RANGE=P-P a fixed port for that listener, when asked (set as
+ *                      the tcp transport's PORT_RANGE).
  */
 #include <errno.h>
 #include <ifaddrs.h>
@@ -164,7 +165,10 @@ attnd_status attnd_ucxw_init(attnd_ucxw *w, const attnd_ucxw_config *c, const ch
         config_set(cfg, "UCX_NET_DEVICES", "NET_DEVICES", dev);
     if (c->tcp_port > 0) {
         snprintf(port, sizeof port, "%d-%d", c->tcp_port, c->tcp_port);
-        config_set(cfg, "UCX_TCP_PORT_RANGE", "TCP_PORT_RANGE", port);
+        /* a transport's own key goes without the transport's prefix:
+         * UCX 1.13 warns "invalid configuration" on TCP_PORT_RANGE and
+         * lets the OS pick the port */
+        config_set(cfg, "UCX_TCP_PORT_RANGE", "PORT_RANGE", port);
     }
     snprintf(w->net_devices, sizeof w->net_devices, "%s",
              getenv("UCX_NET_DEVICES") ? getenv("UCX_NET_DEVICES") : dev[0] ? dev : "all");

@@ -2,10 +2,16 @@
  * which interface UCX is restricted to for a host, the check a peer's
  * worker address passes before UCX parses it, and the same-host rule. */
 #include <check.h>
+#include <errno.h>
+#include <stdio.h>
 #include <net/if.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "attnd_ucxw.h"
 
@@ -58,6 +64,52 @@ START_TEST(test_only_plausible_worker_addresses_reach_ucx)
 }
 END_TEST
 
+/* 0 when 127.0.0.1:port can be bound now, else the errno. */
+static int loopback_bind_errno(int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0), e = 0;
+    ck_assert_int_ge(fd, 0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+        e = errno;
+    close(fd);
+    return e;
+}
+
+/* --ucx-listen HOST:PORT: UCX's TCP transport listens on PORT. The port
+ * is taken below the kernel's ephemeral range, which the port-0 binds of
+ * every other test never use, and checked free first. */
+START_TEST(test_a_requested_tcp_port_is_the_one_ucx_listens_on)
+{
+    int lo = 32768, hi = 60999, port = 0;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%d %d", &lo, &hi) != 2)
+            lo = 32768;
+        fclose(f);
+    }
+    if (getenv("UCX_TCP_PORT_RANGE") || getenv("UCX_TLS") || lo < 3000)
+        return; /* the environment decides, or no room below the range */
+    for (int i = 0; i < 100 && !port; i++) {
+        int p = lo - 1000 - (int)((getpid() + 7 * i) % 1000);
+        if (loopback_bind_errno(p) == 0)
+            port = p;
+    }
+    ck_assert_int_gt(port, 0);
+
+    attnd_ucxw_config wc = {.thread_mode = UCS_THREAD_MODE_SINGLE, .net_host = "127.0.0.1",
+                            .tcp_port = port};
+    attnd_ucxw w;
+    attnd_error err;
+    ck_assert_int_eq(attnd_ucxw_init(&w, &wc, "test", &err), ATTND_OK);
+    ck_assert_msg(loopback_bind_errno(port) == EADDRINUSE,
+                  "UCX does not listen on the requested port %d", port);
+    attnd_ucxw_cleanup(&w);
+    ck_assert_int_eq(loopback_bind_errno(port), 0);
+}
+END_TEST
+
 START_TEST(test_same_host_needs_boot_id_namespaces_and_uid_to_match)
 {
     attnd_ucxw_host a, b;
@@ -90,6 +142,7 @@ int main(void)
     TCase *tc = tcase_create("ucxw");
     tcase_add_test(tc, test_loopback_hosts_restrict_ucx_to_the_loopback_interface);
     tcase_add_test(tc, test_only_plausible_worker_addresses_reach_ucx);
+    tcase_add_test(tc, test_a_requested_tcp_port_is_the_one_ucx_listens_on);
     tcase_add_test(tc, test_same_host_needs_boot_id_namespaces_and_uid_to_match);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
