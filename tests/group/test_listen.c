@@ -277,9 +277,10 @@ START_TEST(test_garbage_to_every_port_of_a_lone_worker_with_ucx_leaves_it_servin
     tu_rng rng;
 
     tu_rng_init(&rng, "listen test");
-    cu_must_start("--model", "tiny-mla", "--kv-dtype", "f32", "--ucx-listen", "auto");
+    cu_must_start("--model", "tiny-mla", "--kv-dtype", "f32", "--ucx-listen", "auto",
+                  "--metrics-listen", "127.0.0.1:0");
     int n = listen_ports(cu_srv.pid, ports, MAX_PORTS);
-    ck_assert_msg(n >= 2, "found %d listening ports (gRPC and UCX expected)", n);
+    ck_assert_msg(n >= 3, "found %d listening ports (gRPC, UCX and metrics expected)", n);
     for (int i = 0; i < n; i++) {
         fprintf(stderr, "[listen test] lone worker listens on %s\n", ports[i].text);
         garbage(&ports[i], &rng, &h);
