@@ -173,6 +173,8 @@ class Stats(Structure):
         ("select_ns", c_uint64),
         ("select_calls", c_uint64),
         ("pages_evicted", c_uint64),
+        ("ucx_endpoints", c_uint32),
+        ("ucx_transports", c_char * 512),
     ]
 
 
