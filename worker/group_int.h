@@ -602,4 +602,13 @@ attnd_status attnd__gweights_store(attnd_group *g, uint32_t layer, int32_t d_vo,
 attnd_status attnd__gweights_project(attnd_group *g, uint32_t layer, int32_t d_vo, size_t rows,
                                      const float *out, float *dst, attnd_error *err);
 
+/* ---- sparse policies (group_sparse.c) ----------------------------------------- */
+
+/* Rank r's share of a session's max_tokens (sequence mode: its tokens). */
+uint64_t attnd__glead_rank_tokens(const attnd_group *g, int32_t r, uint64_t max_tokens);
+/* A CREATE message's policy (the bytes after the id) into *out, its rules
+ * in *rules_p (caller frees). INVALID_ARGUMENT when malformed. */
+attnd_status attnd__gpolicy_parse(const uint8_t *p, size_t len, attnd_session_policy *out,
+                                  attnd_policy_rule **rules_p, attnd_error *err);
+
 #endif /* ATTND_GROUP_INT_H */

@@ -177,7 +177,17 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
     const attnd_session_id *id = (const attnd_session_id *)req->data;
     switch (h->type) {
     case ATTND__GMSG_CREATE:
-        st = attnd_engine_session_create_id(g->engine, h->a, id, &err);
+        if (req->len > ATTND_SESSION_ID_BYTES) { /* with a sparse policy (group_sparse.c) */
+            attnd_session_policy pol;
+            attnd_policy_rule *rules = NULL;
+            st = attnd__gpolicy_parse(req->data + ATTND_SESSION_ID_BYTES,
+                                      req->len - ATTND_SESSION_ID_BYTES, &pol, &rules, &err);
+            if (st == ATTND_OK)
+                st = attnd_engine_session_create_policy(g->engine, h->a, &pol, id, NULL, &err);
+            free(rules);
+        } else {
+            st = attnd_engine_session_create_id(g->engine, h->a, id, &err);
+        }
         if (st == ATTND_OK && (st = attnd__gtable_add(&g->table, id, &err)))
             attnd_engine_session_close(g->engine, id, NULL, NULL);
         return status_reply(g, h, st, &err, 0);
