@@ -17,6 +17,7 @@
 
 #include "attnd_buf.h"
 #include "backend.h"
+#include "sparse.h"
 #include "tier_int.h"
 
 static int64_t div_up(int64_t a, int64_t b)
@@ -76,6 +77,11 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     }
     if (st)
         goto err_pool;
+    if ((st = attnd__sparse_engine_init(e, err))) {
+        attnd__gpu_destroy(e->gpu);
+        attnd_kv_pool_cleanup(&e->pool);
+        goto err_pool;
+    }
     st = attnd__session_table_init(&e->table, cfg->max_sessions, err);
     if (st)
         goto err_table;
@@ -98,6 +104,7 @@ err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__engine_tiers_free(e);
 err_table:
+    attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
 err_pool:
@@ -113,6 +120,7 @@ void attnd_engine_destroy(attnd_engine *e)
     attnd_cpu_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__engine_tiers_free(e);
+    attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
     attnd__stages_cleanup(e);
@@ -254,6 +262,9 @@ attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t lay
                                  uint64_t n, attnd_dtype dtype, const void *kv,
                                  attnd_error *err)
 {
+    attnd_status st = attnd__sparse_note_write(e, s, layer, t0, n, dtype, kv, err);
+    if (st)
+        return st;
     const int32_t ps = e->layout.page_size;
     if (e->tier && n) /* the first page may have had a copy below; the rest are new */
         attnd__tier_dirty(e, s, layer, (int64_t)(t0 / (uint64_t)ps));
@@ -327,4 +338,9 @@ void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st)
     st->tokens_appended = atomic_load(&e->tokens_appended);
     st->kv_bytes_read = atomic_load(&e->kv_bytes_read);
     attnd__engine_tiers_stats(e, st);
+    st->kv_bytes_dense = atomic_load(&e->kv_bytes_dense);
+    st->select_bytes_read = atomic_load(&e->select_bytes);
+    st->select_ns = atomic_load(&e->select_ns);
+    st->select_calls = atomic_load(&e->select_calls);
+    st->pages_evicted = atomic_load(&e->pages_evicted);
 }

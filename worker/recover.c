@@ -192,7 +192,7 @@ static attnd_status man_session(attnd_engine *e, const unsigned char *m, size_t 
             s->pages_held += np;
             attnd_kv_pool_hold(&e->pool, np);
             /* the pages it holds redeemed that much of its promise */
-            int64_t r = attnd__session_from_reserved(s, 0, np);
+            int64_t r = attnd__session_from_reserved(s, l, 0, np);
             s->reserved_left -= r;
             attnd_kv_pool_unreserve(&e->pool, r);
         }
@@ -441,7 +441,7 @@ static void replay_data(attnd_engine *e, attnd__session *s, const attnd__wrec_da
             return; /* lost, or no memory: lost below */
         int32_t have = attnd__session_layer_pages(s, l);
         int64_t need = attnd__engine_pages_for_append(e, s, l, m);
-        int32_t from_res = (int32_t)attnd__session_from_reserved(s, have, need);
+        int32_t from_res = (int32_t)attnd__session_from_reserved(s, l, have, need);
         if (attnd__session_grow(s, l, have + need, &err) ||
             attnd__engine_alloc(e, (int32_t)need, from_res, s->pages[l] + have, &err)) {
             snprintf(why, sizeof why, "no room to recover it: %s", err.msg);

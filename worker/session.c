@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "attnd_assert.h"
+#include "sparse.h"
 #include "tier_int.h"
 
 static uint32_t id_hash(const attnd_session_id *id)
@@ -138,12 +139,14 @@ static void session_free(attnd__session *s, attnd_kv_pool *pool)
     for (int32_t l = 0; l < s->n_layers; l++) {
         int32_t np = attnd__session_layer_pages(s, l);
         if (!s->where || s->where[l] == ATTND__LAYER_RESIDENT) {
-            attnd_kv_pool_free(pool, s->pages[l], np);
+            attnd__sparse_free_layer(pool, s, l, np); /* around streaming's holes */
         } else { /* some pages below: those give back logical pages only */
             ATTND_ASSERT(s->where[l] == ATTND__LAYER_BELOW);
             int32_t below = 0;
             for (int32_t j = 0; j < np; j++)
-                if (s->pages[l][j] >= 0)
+                if (attnd__sparse_gone(s, l, j))
+                    continue; /* freed by streaming: held nowhere */
+                else if (s->pages[l][j] >= 0)
                     attnd_kv_pool_free(pool, &s->pages[l][j], 1);
                 else
                     below++;
@@ -156,6 +159,7 @@ static void session_free(attnd__session *s, attnd_kv_pool *pool)
         attnd_kv_pool_unreserve(pool, s->reserved_left);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
+    attnd__sparse_free(s->sparse);
     session_arrays_free(s);
     free(s);
 }

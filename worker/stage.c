@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sparse.h"
 #include "tier_int.h"
 
 /* Closed stages the engine keeps for reuse; more are freed. */
@@ -177,7 +178,7 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
     }
     if ((st = attnd__session_grow(ss, l, have + need, err)))
         goto out;
-    int32_t from_res = (int32_t)attnd__session_from_reserved(ss, have, need);
+    int32_t from_res = (int32_t)attnd__session_from_reserved(ss, l, have, need);
     if ((st = attnd__engine_alloc(e, (int32_t)need, from_res, ss->pages[l] + have, err)))
         goto out;
     attnd__session_no_slots(ss, l, have, have + need);
@@ -252,7 +253,7 @@ static void drop_ent(attnd_engine *e, const stage_ent *en)
     const int32_t l = en->layer;
     int32_t have = pages_of(e, ss->len[l]), extra = pages_of(e, ss->staged[l]) - have;
     /* what these pages redeemed, chunk by chunk, sums to this */
-    int32_t r = (int32_t)attnd__session_from_reserved(ss, have, extra);
+    int32_t r = (int32_t)attnd__session_from_reserved(ss, l, have, extra);
     attnd_kv_pool_unalloc(&e->pool, ss->pages[l] + have, extra, r);
     ss->reserved_left += r;
     ss->staged[l] = ss->len[l];
@@ -318,6 +319,7 @@ attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p
         ss->len[l] = ss->staged[l];
         ss->ulen[l] = en->note != NO_NOTE ? en->note : ss->len[l];
         ss->stager[l] = NULL;
+        attnd__sparse_evict(e, ss, l); /* streaming: pages out of the window */
     }
     for (size_t i = s->n_ent; i-- > 0;)
         if (first_of_session(s, i))

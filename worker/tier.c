@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "attnd_assert.h"
+#include "sparse.h"
 #include "tier_int.h"
 
 static int32_t layer_pages(const attnd__session *s, int32_t l)
@@ -149,9 +150,10 @@ static int64_t evict_some(attnd_engine *e, attnd__tio *io, attnd__session *s, in
         if (!evictable(s, l))
             continue;
         for (; i < k && ops[i].layer == l; i++) {
-            if (ops[i].res == 0)
+            if (ops[i].res == 0) {
                 s->slots[l][ops[i].page] = (int32_t)ops[i].slot;
-            else
+                attnd__sparse_bounds_out(e, s, l, ops[i].mem, ops[i].slot);
+            } else
                 attnd__tier_slot_release(t, ops[i].slot);
         }
         /* every page with a copy below leaves memory */

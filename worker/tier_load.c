@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "attnd_assert.h"
+#include "sparse.h"
 #include "tier_int.h"
 
 /* Most loads the mover reads in one run. */
@@ -54,7 +55,7 @@ static int32_t missing(const attnd__session *s, int32_t l)
 {
     int32_t np = layer_pages(s, l), m = 0;
     for (int32_t j = 0; j < np; j++)
-        m += s->pages[l][j] < 0;
+        m += s->pages[l][j] < 0 && !attnd__sparse_gone(s, l, j);
     return m;
 }
 
@@ -64,7 +65,7 @@ static int32_t hole(const attnd__session *s, int32_t l)
 {
     int32_t np = layer_pages(s, l);
     for (int32_t j = 0; j < np; j++)
-        if (s->pages[l][j] < 0 && s->slots[l][j] < 0)
+        if (s->pages[l][j] < 0 && s->slots[l][j] < 0 && !attnd__sparse_gone(s, l, j))
             return j;
     return -1;
 }
@@ -110,7 +111,7 @@ static int32_t load_ops(const attnd__session *s, int32_t l, const int32_t *pages
 {
     int32_t np = layer_pages(s, l), k = 0;
     for (int32_t j = 0; j < np && k < m; j++)
-        if (s->pages[l][j] < 0) {
+        if (s->pages[l][j] < 0 && !attnd__sparse_gone(s, l, j)) {
             ops[k] = (attnd__tio_op){.slot = s->slots[l][j], .mem = pages[k], .id = s->id,
                                      .layer = l, .page = j};
             k++;
@@ -141,10 +142,15 @@ static attnd_status install(attnd_engine *e, attnd__session *s, int32_t l, int32
         attnd__session_lose(s, why);
         return attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->lost);
     }
+    attnd_status st = ATTND_OK;
     for (int32_t i = 0; i < m; i++) {
         int32_t j = page_j[i];
         ATTND_ASSERT(s->pages[l][j] < 0);
         s->pages[l][j] = pages[i];
+        /* topk-pages: the page's key bounds come back with it */
+        attnd_status bst = attnd__sparse_bounds_in(e, s, l, s->slots[l][j], pages[i], err);
+        if (bst && st == ATTND_OK)
+            st = bst;
         if (!t->keep) {
             attnd__tier_slot_release(t, s->slots[l][j]);
             s->slots[l][j] = -1;
@@ -157,7 +163,7 @@ static attnd_status install(attnd_engine *e, attnd__session *s, int32_t l, int32
     } else {
         s->where[l] = ATTND__LAYER_BELOW; /* part of it (load_now goes on) */
     }
-    return ATTND_OK;
+    return st;
 }
 
 /* The first failure among n ops: its result, page and slot. */

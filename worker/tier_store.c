@@ -270,6 +270,18 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
                              (unsigned long long)n);
         goto err_arrays;
     }
+    /* the key bounds of the pages below (sparse_kv.c): address space only,
+     * touched by topk-pages layers alone */
+    t->bounds_bytes = (size_t)n * attnd_kv_bounds_elems(&e->layout) * sizeof(uint16_t);
+    t->bounds = mmap(NULL, t->bounds_bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (t->bounds == MAP_FAILED) {
+        t->bounds = NULL;
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "%s: cannot map %zu bytes for the key bounds of %llu slots", what,
+                             t->bounds_bytes, (unsigned long long)n);
+        goto err_arrays;
+    }
     pthread_mutex_init(&t->slot_mu, NULL);
     pthread_mutex_init(&t->tio_mu, NULL);
     pthread_cond_init(&t->tio_cv, NULL);
@@ -329,6 +341,8 @@ err_store:
     pthread_cond_destroy(&t->mv_cv);
     pthread_cond_destroy(&t->done_cv);
 err_arrays:
+    if (t->bounds)
+        munmap(t->bounds, t->bounds_bytes);
     free(t->state);
     free(t->crc);
     free(t->link);
@@ -362,6 +376,8 @@ void attnd__tier_destroy(attnd__tier *t)
         free(j->page_j);
         free(j);
     }
+    if (t->bounds)
+        munmap(t->bounds, t->bounds_bytes);
     free(t->state);
     free(t->crc);
     free(t->link);
