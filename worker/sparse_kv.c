@@ -107,15 +107,13 @@ void attnd__sparse_evict(attnd_engine *e, attnd__session *s, int32_t layer)
     int64_t d = (held < res ? held : res) - (held - n < res ? held - n : res);
     attnd_kv_pool_unalloc(&e->pool, s->pages[layer] + start, n, (int32_t)d);
     if (s->slots) {
-        /* a tier below: the layer was just appended to, so it is in memory
-         * (RESIDENT); a page may still keep a copy below (durable), which
-         * goes too, so that no slot stays held for a page held nowhere */
+        /* a tier below: the layer was just appended to, so it is in memory,
+         * and its pages keep no copy below (only a durable engine keeps
+         * copies of resident pages, and it takes no sparse policy:
+         * attnd_engine_policy_check) */
         ATTND_ASSERT(s->where[layer] == ATTND__LAYER_RESIDENT);
-        for (int64_t j = start; j < end; j++) {
-            if (s->slots[layer][j] >= 0)
-                attnd__tier_slot_release(e->tier, s->slots[layer][j]);
-            s->slots[layer][j] = -1;
-        }
+        for (int64_t j = start; j < end; j++)
+            ATTND_ASSERT(s->slots[layer][j] < 0);
     }
     for (int64_t j = start; j < end; j++)
         s->pages[layer][j] = -1;
