@@ -58,6 +58,9 @@ typedef struct wbuf {
     int sealed;        /* the flusher's: no more reservations */
     int fd;            /* the segment it goes to */
     uint64_t lsn0;     /* LSN of data[0] */
+    uint64_t lsn_end;  /* sealed: the LSN its records end at (durable once
+                          written); not lsn0 + used: the zeros after a
+                          SEGEND take file bytes, not LSNs */
     uint64_t file_off; /* where data[0] goes */
     int ends_seg;      /* its last record is a SEGEND: close fd when durable */
     int64_t t_first;   /* ms: its first reservation (batch window) */
@@ -216,6 +219,7 @@ static void swap_buffers(attnd__wal *w)
     if (w->broken)
         return;
     pad_to_block(w, b);
+    b->lsn_end = w->next_lsn; /* after a SEGEND: the next segment's first */
     b->sealed = 1;
     w->cur ^= 1;
     o->used = 0;
@@ -477,7 +481,7 @@ static void *flusher_main(void *arg)
                      (unsigned long long)(o->lsn0), w->dir, strerror(-r));
             attnd_log_error("durable", "%s", w->why);
         } else {
-            w->durable = o->lsn0 + o->used;
+            w->durable = o->lsn_end;
             w->bytes += o->used;
             w->syncs++;
         }

@@ -326,16 +326,14 @@ static int cmd_append(const opts *o)
     attnd_engine *e[3];
     attnd_session_id id[3];
     attnd_error err;
-    char dirs[3][512];
     for (int k = 0; k < 3; k++) {
         t[k] = calloc((size_t)n, sizeof(double));
-        snprintf(dirs[k], sizeof dirs[k], "%s/append%d", o->dir, k);
         attnd_engine_config cfg = {.model = *m, .page_size = 64,
                                    .kv_memory = (uint64_t)(n + 8) * (uint64_t)o->tokens *
                                                 (uint64_t)entry * 2 * (uint64_t)m->n_layers / 4 +
                                                 (64u << 20),
                                    .max_sessions = 4, .durable = k, .durable_window_ms = 1};
-        snprintf(cfg.kv_dir, sizeof cfg.kv_dir, "%s", dirs[k]);
+        snprintf(cfg.kv_dir, sizeof cfg.kv_dir, "%s/append%d", o->dir, k);
         if (attnd_engine_create(&cfg, &e[k], &err) ||
             attnd_engine_session_create(e[k], 0, &id[k], &err))
             die("engine", &err);
