@@ -12,13 +12,15 @@
  * keys. Staged AppendKV tokens are folded in as they are staged: committed
  * they are covered; if their stage aborts, the last committed page may keep
  * bounds a little wider than its keys (still bounds: selection stays
- * correct, only less sharp). A page's bounds belong to its physical page:
- * whatever moves page contents elsewhere (a disk tier reloading into
- * another page) must move or recompute them (attnd_kv_bounds_add over the
- * page's tokens): the tiers keep a copy beside the slot of a page they move
- * down and give it back to the memory page it is read into (below).
+ * correct, only less sharp). A page's bounds belong to its physical page,
+ * so whatever moves page contents elsewhere must move them: the tiers copy
+ * them beside the slot of a page they write below and back into the memory
+ * page it is read into (attnd__sparse_bounds_out / _in, below).
  *
- * Eviction: see sparse.h. The freed pages return to the pool with the part
+ * Eviction: see sparse.h. With a tier below memory the evicted pages are
+ * resident (just appended to) and have no slot (sparse policies are not
+ * taken by durable engines, the only ones that keep copies of resident
+ * pages). The freed pages return to the pool with the part
  * of the session's reservation they had used, so a streaming layer's next
  * pages come from its own promise and never fail for lack of the pages it
  * just gave back. */
