@@ -22,6 +22,24 @@
  * A sequence with no tokens has lse = -inf and out = 0 (the identity of the
  * merge below). Accumulation is float32; outputs are float32.
  *
+ * ## Non-finite values (one rule on every path: scalar, SIMD, CUDA)
+ *
+ * Stored KV and queries are normally finite (the service rejects
+ * non-finite tensors on the wire); whatever is stored, every path agrees:
+ *   - a query row (query token s, head h) whose computation meets a
+ *     non-finite value comes back with every out element NaN and lse NaN:
+ *     a score that is NaN or +-inf (a non-finite element of its query, or
+ *     of the K of a token it attends, or an overflowing dot product), or a
+ *     non-finite output element (a non-finite V element of a token it
+ *     attends, or an overflowing sum);
+ *   - nothing a row does not attend (tokens past its visible length, other
+ *     KV heads, other sequences, unlisted pages) affects it, whatever it
+ *     holds;
+ *   - a row that sees no token has out 0 and lse -inf ("no KV"), and only
+ *     such a row: a non-empty row never comes back as 0 / -inf;
+ *   - merging partial states carries NaN: a NaN part makes the union NaN
+ *     (split-KV inside a rank, sequence-sharded ranks, the CUDA combines).
+ *
  * ## Paged KV
  *
  * KV lives in pages of page_size tokens inside one pool. For page p (its
@@ -310,7 +328,8 @@ attnd_status attnd_kernel_decode_parallel(attnd_cpu_pool *pool,
 /* Merge state b into state a, row by row, for n_rows rows of d elements:
  *   lse = log(exp(lse_a) + exp(lse_b))
  *   o_a = exp(lse_a - lse) o_a + exp(lse_b - lse) o_b
- * A row with lse -inf is empty and merging it changes nothing. */
+ * A row with lse -inf is empty and merging it changes nothing; a row with
+ * lse NaN on either side is poisoned: o_a and lse_a become NaN. */
 void attnd_kernel_merge_states(float *o_a, float *lse_a, const float *o_b,
                                const float *lse_b, int64_t n_rows, int32_t d);
 

@@ -31,13 +31,19 @@ typedef struct kb_case {
     int32_t hq, hkv, head_dim, d_c, d_r;
     int32_t n_seqs;
     int64_t len;
+    int fixed; /* a per-call fixed-cost case: 1-token contexts */
 } kb_case;
 
 static const kb_case cases[] = {
-    {"gqa-32/8/128 b1x32K", ATTND_ATTN_GQA, 32, 8, 128, 0, 0, 1, 32768},
-    {"gqa-32/8/128 b16x4K", ATTND_ATTN_GQA, 32, 8, 128, 0, 0, 16, 4096},
-    {"mla-h16 b8x8K", ATTND_ATTN_MLA, 16, 1, 0, 512, 64, 8, 8192},
-    {"mla-h128 b4x4K", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 4, 4096},
+    {"gqa-32/8/128 b1x32K", ATTND_ATTN_GQA, 32, 8, 128, 0, 0, 1, 32768, 0},
+    {"gqa-32/8/128 b16x4K", ATTND_ATTN_GQA, 32, 8, 128, 0, 0, 16, 4096, 0},
+    {"mla-h16 b8x8K", ATTND_ATTN_MLA, 16, 1, 0, 512, 64, 8, 8192, 0},
+    {"mla-h128 b4x4K", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 4, 4096, 0},
+    /* DeepSeek-V3 shape at 1-token contexts: what is left is the per-call
+     * cost of packing q, planning and writing out (issue 18, part 2) */
+    {"fixed mla-h128 b1x1", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 1, 1, 1},
+    {"fixed mla-h128 b32x1", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 32, 1, 1},
+    {"fixed mla-h128 b128x1", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 128, 1, 1},
 };
 
 typedef struct kb_opts {
@@ -49,6 +55,7 @@ typedef struct kb_opts {
 typedef struct kb_result {
     double ms, gbs, gflops;
     int32_t units;
+    double move_ms; /* fixed cases: kb_move_seconds of the call's q and out */
 } kb_result;
 
 static uint64_t rng_next(uint64_t *s)
@@ -92,7 +99,7 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
     const size_t page_bytes = attnd_kv_layout_page_bytes(&l);
     const size_t copy_bytes = (size_t)pages * page_bytes;
     int64_t copies = (int64_t)((4 * llc + copy_bytes - 1) / copy_bytes);
-    if (copies < 2)
+    if (copies < 2 || c->fixed) /* fixed: the KV is a page per sequence */
         copies = 2;
     if (!cold)
         copies = 1;
@@ -288,6 +295,18 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < N_CASES; i++) {
         if (o.only && !strstr(cases[i].name, o.only))
             continue;
+        if (cases[i].fixed) {
+            const kb_case *c = &cases[i];
+            size_t qb = (size_t)c->n_seqs * c->hq * (c->d_c + c->d_r) * 2;
+            size_t ob = (size_t)c->n_seqs * c->hq * (c->d_c + 1) * 4;
+            if (run_case(c, pool, &o, llc, 1, &cold[i])) {
+                rc = 1;
+                continue;
+            }
+            cold[i].move_ms = kb_move_seconds(pool, qb, ob, o.reps) * 1e3;
+            ran[i] = 1;
+            continue;
+        }
         /* hot: one sequence of ~1 MiB of KV (fits L2), one thread */
         kb_case h = cases[i];
         attnd_kv_layout hl;
@@ -329,11 +348,33 @@ int main(int argc, char **argv)
            "GB/s | hot 1-core GFLOP/s |\n");
     printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (size_t i = 0; i < N_CASES; i++) {
-        if (!ran[i])
+        if (!ran[i] || cases[i].fixed)
             continue;
         printf("| %s | %d | %.2f | %.1f | %.0f%% | %.1f | %.0f%% | %.1f | %.1f |\n",
                cases[i].name, cold[i].units, cold[i].ms, cold[i].gbs, 100.0 * cold[i].gbs / bw,
                cold[i].gflops, 100.0 * cold[i].gflops / peak, hot[i].gbs, hot[i].gflops);
+    }
+    int any_fixed = 0;
+    for (size_t i = 0; i < N_CASES; i++)
+        any_fixed |= ran[i] && cases[i].fixed;
+    if (any_fixed) {
+        printf("\nPer-call fixed cost (1-token contexts, bf16 q [B][128][576] in, float32 out "
+               "[B][128][512] + lse out): the call against moving q and out at the read "
+               "bandwidth above, and against the measured move (threads reading q, writing "
+               "out, buffers as hot as the kernel's)\n\n");
+        printf("| case | ms | q + out MB | at read BW ms | call / that | measured move ms | "
+               "call / move |\n");
+        printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for (size_t i = 0; i < N_CASES; i++) {
+            if (!ran[i] || !cases[i].fixed)
+                continue;
+            const kb_case *c = &cases[i];
+            double mb = ((double)c->n_seqs * c->hq * (c->d_c + c->d_r) * 2 +
+                         (double)c->n_seqs * c->hq * (c->d_c + 1) * 4) / 1e6;
+            double at_bw = mb / 1e3 / bw * 1e3;
+            printf("| %s | %.3f | %.1f | %.3f | %.2f | %.3f | %.2f |\n", c->name, cold[i].ms, mb,
+                   at_bw, cold[i].ms / at_bw, cold[i].move_ms, cold[i].ms / cold[i].move_ms);
+        }
     }
     attnd_cpu_pool_destroy(pool);
     return rc;

@@ -178,6 +178,57 @@ double kb_read_bandwidth(attnd_cpu_pool *pool, int n_threads, size_t bytes, int 
     return gbs;
 }
 
+/* ---- moving q and out ------------------------------------------------------ */
+
+typedef struct move_ctx {
+    const char *q;
+    char *out;
+    size_t q_bytes, out_bytes;
+    int n_threads;
+    volatile uint64_t sink;
+} move_ctx;
+
+static void move_job(void *p, int32_t tid)
+{
+    move_ctx *c = p;
+    size_t qs = c->q_bytes / (size_t)c->n_threads / 64 * 64;
+    size_t os = c->out_bytes / (size_t)c->n_threads / 64 * 64;
+    uint64_t r;
+#if defined(ATTND_HAVE_X86_SIMD)
+    if (attnd_kernel_path_supported(ATTND_KERNEL_PATH_AVX512))
+        r = sum_avx512(c->q + qs * (size_t)tid, qs);
+    else
+#endif
+        r = sum_scalar(c->q + qs * (size_t)tid, qs);
+    memset(c->out + os * (size_t)tid, (int)(r & 0x7f), os);
+    c->sink += r;
+}
+
+double kb_move_seconds(attnd_cpu_pool *pool, size_t q_bytes, size_t out_bytes, int reps)
+{
+    move_ctx c = {.q_bytes = q_bytes, .out_bytes = out_bytes,
+                  .n_threads = attnd_cpu_pool_threads(pool)};
+    char *q = aligned_alloc(4096, (q_bytes + 4095) / 4096 * 4096);
+    char *out = aligned_alloc(4096, (out_bytes + 4095) / 4096 * 4096);
+    double t[64], sec = 0.0;
+    if (q && out) {
+        memset(q, 1, q_bytes);
+        c.q = q;
+        c.out = out;
+        reps = reps > 64 ? 64 : reps;
+        for (int r = -1; r < reps; r++) {
+            double t0 = kb_now();
+            attnd__pool_run(pool, 0, move_job, &c);
+            if (r >= 0)
+                t[r] = kb_now() - t0;
+        }
+        sec = kb_median(t, reps);
+    }
+    free(q);
+    free(out);
+    return sec;
+}
+
 /* ---- FMA and dpbf16 peaks ------------------------------------------------ */
 
 #define R12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)

@@ -44,6 +44,16 @@ void attnd__decode_unit_avx512(const attnd_decode_batch *b,
 /* The unit function of path p (p must be supported). */
 attnd__unit_fn attnd__path_unit_fn(attnd_kernel_path p);
 
+/* A poisoned row (attnd_kernels.h's non-finite rule): every element of
+ * out[0, d) and *lse become NaN. */
+static inline void attnd__nan_row(float *out, int32_t d, float *lse)
+{
+    for (int32_t e = 0; e < d; e++)
+        out[e] = __builtin_nanf("");
+    if (lse)
+        *lse = __builtin_nanf("");
+}
+
 /* ---- SIMD scratch geometry (shared by decode_simd.h and the sizing) -----
  * Dims are padded to multiples of 16 floats so that every vector load of a
  * row stays inside it (padding is zero); every block starts 64-byte

@@ -6,7 +6,12 @@
  * head of the group scores it and updates its online-softmax state (running
  * max m, running sum l, unnormalized output in the out row). A unit ends by
  * normalizing: out /= l, lse = m + log l. Split-KV runs several units over
- * disjoint ranges and merges them with attnd_kernel_merge_states. */
+ * disjoint ranges and merges them with attnd_kernel_merge_states.
+ *
+ * Non-finite inputs follow attnd_kernels.h's rule: a score that is not
+ * finite becomes NaN (so an Inf or NaN in q or K poisons the running sum),
+ * and a row whose sum is NaN or whose normalized output is not finite (a
+ * non-finite V) comes out as NaN everywhere, lse included. */
 #include <math.h>
 #include <string.h>
 
@@ -136,6 +141,8 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
             for (int32_t d = 0; d < dk; d++)
                 sc += qh[d] * krow[d];
             sc *= b->scale;
+            if (!isfinite(sc)) /* the non-finite rule: see attnd_kernels.h */
+                sc = NAN;
             if (sc > m[h]) {
                 float c = expf(m[h] - sc); /* 0 when m was -inf */
                 sum[h] *= c;
@@ -153,11 +160,18 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
         float *oh = out + (size_t)h * dv;
         if (sum[h] > 0.0f) {
             float inv = 1.0f / sum[h];
-            for (int32_t e = 0; e < dv; e++)
+            int finite = 1;
+            for (int32_t e = 0; e < dv; e++) {
                 oh[e] *= inv;
+                finite &= isfinite(oh[e]) != 0;
+            }
             lse[h] = m[h] + logf(sum[h]);
-        } else {
+            if (!finite)
+                attnd__nan_row(oh, dv, &lse[h]);
+        } else if (sum[h] == 0.0f) { /* saw no token: out is still 0 */
             lse[h] = -INFINITY;
+        } else { /* NaN: a non-finite score */
+            attnd__nan_row(oh, dv, &lse[h]);
         }
     }
 }

@@ -26,7 +26,8 @@
  *               registers across the tile's tokens (GQA bf16 with few rows:
  *               V read from the pool and widened in registers).
  * The unit ends with out = O / l, lse = (m + log2 l) ln 2, or out 0 and
- * lse -inf for a row that saw no token. */
+ * lse -inf for a row that saw no token, or NaN in both for a row that met
+ * a non-finite value (attnd_kernels.h's rule: softmax and guard_tail). */
 
 #define TILE ATTND_DECODE_TILE
 #define AI static inline __attribute__((always_inline))
@@ -34,6 +35,7 @@
 #define LN2F 0.69314718f
 
 #include "decode_simd_tile.h"
+#include "decode_simd_rows.h"
 
 /* ---- scores, wide: s [TILE][rows_pad] = k [TILE][dk] x qt [dk][rows_pad] ---- */
 
@@ -85,20 +87,46 @@ AI void qk_wide_blk(const float *qt, int32_t rp, const float *k, int32_t dk, flo
     QKW_ALL(QKW_STORE)
 }
 
-static void qk_wide(const float *qt, const attnd__simd_dims *dm, const float *k, float *s)
+/* One block of TB tokens, all row vectors. */
+AI void qk_wide_tokens(const float *qt, int32_t rp, int32_t nv, const float *kb, int32_t dk,
+                       float *sb, const int TB)
+{
+    int32_t j = 0;
+    for (; j + WIDE_RB <= nv; j += WIDE_RB)
+        qk_wide_blk(qt + j * VW, rp, kb, dk, sb + j * VW, WIDE_RB, TB);
+    switch (nv - j) {
+    case 1: qk_wide_blk(qt + j * VW, rp, kb, dk, sb + j * VW, 1, TB); break;
+    case 2: qk_wide_blk(qt + j * VW, rp, kb, dk, sb + j * VW, 2, TB); break;
+    default: break;
+    }
+}
+
+/* Scores of the tile's first n tokens only: blocks of WIDE_TB, then 4, 2,
+ * 1 for the rest (a 1-token context costs one token of multiply-adds, not
+ * a tile's). */
+static void qk_wide(const float *qt, const attnd__simd_dims *dm, const float *k, float *s,
+                    int32_t n)
 {
     const int32_t rp = dm->rows_pad, nv = rp / VW;
 
-    for (int32_t tb = 0; tb < TILE; tb += WIDE_TB) {
+    for (int32_t tb = 0; tb < n;) {
         const float *kb = k + (size_t)tb * VW;
         float *sb = s + (size_t)tb * rp;
-        int32_t j = 0;
-        for (; j + WIDE_RB <= nv; j += WIDE_RB)
-            qk_wide_blk(qt + j * VW, rp, kb, dm->dk, sb + j * VW, WIDE_RB, WIDE_TB);
-        switch (nv - j) {
-        case 1: qk_wide_blk(qt + j * VW, rp, kb, dm->dk, sb + j * VW, 1, WIDE_TB); break;
-        case 2: qk_wide_blk(qt + j * VW, rp, kb, dm->dk, sb + j * VW, 2, WIDE_TB); break;
-        default: break;
+        int32_t rem = n - tb;
+        if (rem >= WIDE_TB) {
+            qk_wide_tokens(qt, rp, nv, kb, dm->dk, sb, WIDE_TB);
+            tb += WIDE_TB;
+#if WIDE_TB > 4
+        } else if (rem >= 4) {
+            qk_wide_tokens(qt, rp, nv, kb, dm->dk, sb, 4);
+            tb += 4;
+#endif
+        } else if (rem >= 2) {
+            qk_wide_tokens(qt, rp, nv, kb, dm->dk, sb, 2);
+            tb += 2;
+        } else {
+            qk_wide_tokens(qt, rp, nv, kb, dm->dk, sb, 1);
+            tb += 1;
         }
     }
 }
@@ -136,8 +164,63 @@ static void qk_narrow(const float *q, const attnd__simd_dims *dm, const float *k
     }
 }
 
+/* Scores of a tile's first n <= VW tokens (a short unit, or the last tile
+ * of a long one): blocks of VW / TB rows x TB tokens, TB the smallest power
+ * of two >= n, so that the VW accumulators of one transpose-add reduction
+ * are all useful work (a 1-token context: VW rows per reduction instead of
+ * one row and 15 wasted tokens). Lane i of the reduction is row i / TB,
+ * token i % TB. q rows past `rows` are zero (pack_queries), so a block may
+ * run past the last row; its scores are not stored. */
+#define QF_DECL(i) vf f##i = v_zero();
+#define QF_FMA(i)                                                                      \
+    f##i = v_fma(v_load(qb + (size_t)((i) / TB) * dkp + c),                             \
+                 v_load(kc + (size_t)((i) % TB) * VW), f##i);
+#if VW == 16
+#define QF_ARGS f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15
+#else
+#define QF_ARGS f0, f1, f2, f3, f4, f5, f6, f7
+#endif
+
+AI void qk_few_blk(const float *qb, int32_t dkp, const float *k, float *s, int32_t rows_left,
+                   const int TB)
+{
+    QN_ALL(QF_DECL)
+    for (int32_t c = 0; c < dkp; c += VW) {
+        const float *kc = k + (size_t)(c / VW) * CS;
+        QN_ALL(QF_FMA)
+    }
+    float red[VW];
+    v_store(red, v_reduce_lanes(QF_ARGS));
+    for (int32_t i = 0; i < VW && i / TB < rows_left; i++)
+        s[(size_t)(i / TB) * TILE + i % TB] = red[i];
+}
+
+static void qk_narrow_few(const float *q, const attnd__simd_dims *dm, const float *k, float *s,
+                          int32_t n, tile_loader *ld)
+{
+    const int32_t dkp = dm->dk_pad;
+    const int TB = n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : n <= 8 ? 8 : 16;
+
+    for (int32_t r = 0; r < dm->rows; r += VW / TB) {
+        ld_step(ld);
+        const float *qb = q + (size_t)r * dkp;
+        float *sb = s + (size_t)r * TILE;
+        switch (TB) {
+        case 1: qk_few_blk(qb, dkp, k, sb, dm->rows - r, 1); break;
+        case 2: qk_few_blk(qb, dkp, k, sb, dm->rows - r, 2); break;
+        case 4: qk_few_blk(qb, dkp, k, sb, dm->rows - r, 4); break;
+        case 8: qk_few_blk(qb, dkp, k, sb, dm->rows - r, 8); break;
+        default: qk_few_blk(qb, dkp, k, sb, dm->rows - r, VW); break;
+        }
+    }
+}
+
 /* ---- online softmax ---------------------------------------------------------
- * Both return 1 when some row's alpha is not 1 (O must be rescaled). */
+ * Both return 1 when some row's alpha is not 1 (O must be rescaled). A
+ * score that is not finite becomes NaN before masking (attnd_kernels.h's
+ * rule), so that it poisons l of exactly the rows that see its token:
+ * 2^(NaN - m) is NaN, and a -inf score could otherwise pass for a masked
+ * one (or, alone, for "no token"). */
 
 /* wide: s, p [TILE][rows_pad]; vectors over rows. Token t (absolute tabs+t)
  * is masked for rows whose visible length is <= tabs + t (only checked when
@@ -153,11 +236,10 @@ static int softmax_wide(float *s, float *p, const attnd__simd_dims *dm, int32_t 
         vf mo = v_load(m + j), tm = v_set1(-INFINITY);
         for (int32_t t = 0; t < n; t++) {
             float *st = s + (size_t)t * rp + j;
-            vf x = v_load(st);
-            if (need_mask) {
+            vf x = v_nonfinite_to_nan(v_load(st));
+            if (need_mask)
                 x = v_mask_vis(x, vis + j, (int32_t)(tabs + t));
-                v_store(st, x);
-            }
+            v_store(st, x);
             tm = v_max(tm, x);
         }
         vf mn = v_max(mo, tm), ms = v_ninf_to_zero(mn);
@@ -185,10 +267,10 @@ static int softmax_narrow(const float *s, float *p, const attnd__simd_dims *dm, 
         int64_t lim64 = vis[r] - tabs;
         int32_t lim = lim64 < n ? (lim64 > 0 ? (int32_t)lim64 : 0) : n;
         const float *sr = s + (size_t)r * TILE;
-        vf x0 = v_mask_tail(v_load(sr), lim);
+        vf x0 = v_mask_tail(v_nonfinite_to_nan(v_load(sr)), lim);
         float tm = v_hmax(x0);
 #if TILE / VW == 2
-        vf x1 = v_mask_tail(v_load(sr + VW), lim - VW);
+        vf x1 = v_mask_tail(v_nonfinite_to_nan(v_load(sr + VW)), lim - VW);
         float h1 = v_hmax(x1);
         tm = h1 > tm ? h1 : tm;
 #endif
@@ -233,13 +315,16 @@ static int softmax_narrow(const float *s, float *p, const attnd__simd_dims *dm, 
 #define PV_BC(r) vf pb##r = RB > r ? v_set1(p[(size_t)r * prs + (size_t)t * pts]) : v0;
 #define PV_ALL(X, OP) X(0, OP) X(1, OP) X(2, OP) X(3, OP)
 
-/* v: chunk-major, already offset to the block's first chunk. */
+/* v: chunk-major, already offset to the block's first chunk. rescale < 0:
+ * the unit's first tile (O not loaded: it starts at zero). */
 AI void pv_blk(float *o, int32_t dvp, const float *p, int32_t prs, int32_t pts, const float *v,
                int32_t n, const float *alpha, int rescale, const int RB, const int EB)
 {
     PV_DECL(0) PV_DECL(1) PV_DECL(2) PV_DECL(3)
-    PV_ALL(PV_ROW4, PV_LD)
-    if (rescale) {
+    if (rescale >= 0) {
+        PV_ALL(PV_ROW4, PV_LD)
+    }
+    if (rescale > 0) {
         PV_ALL(PV_ROW4, PV_SC)
     }
     for (int32_t t = 0; t < n; t++) {
@@ -289,8 +374,10 @@ AI void pv_raw_blk(float *o, int32_t dvp, const float *p, const char *const *vro
                    int32_t n, const float *alpha, int rescale, const int RB, const int EB)
 {
     PV_DECL(0) PV_DECL(1) PV_DECL(2) PV_DECL(3)
-    PV_ALL(PV_ROW4, PV_LD)
-    if (rescale) {
+    if (rescale >= 0) {
+        PV_ALL(PV_ROW4, PV_LD)
+    }
+    if (rescale > 0) {
         PV_ALL(PV_ROW4, PV_SC)
     }
     for (int32_t t = 0; t < n; t++) {
@@ -338,98 +425,56 @@ static int use_wide(const attnd__simd_dims *dm)
     return wide <= narrow;
 }
 
+/* Multi-token queries (S > 1): tokens [L - S + 1, L) are seen by some rows
+ * of the unit and not by others, whose P for them is exactly 0. But 0 *
+ * NaN is NaN, so a non-finite V element of such a token would poison rows
+ * that do not attend it. Before P V, those tokens' V rows in this tile
+ * (j0..n-1) are checked; a non-finite one (rare: stored KV is normally
+ * finite) poisons the rows that do see its token (l = NaN) and is zeroed
+ * where P V reads it: in scratch (chunk-major v), or for fuse_v in a copy
+ * in `spare` that vrow is pointed at. */
+static void guard_tail(const attnd__simd_dims *dm, int32_t j0, int32_t n, int64_t tabs,
+                       const int32_t *vis, float *v, const char **vrow, uint16_t *spare,
+                       float *lsum)
+{
+    const int32_t dv = dm->dv, chunks = (dv + VW - 1) / VW;
+
+    for (int32_t j = j0; j < n; j++) {
+        int bad = 0;
+        if (vrow) {
+            const uint16_t *x = (const uint16_t *)(const void *)vrow[j];
+            for (int32_t e = 0; e < dv; e++)
+                bad |= (x[e] & 0x7f80) == 0x7f80;
+        } else {
+            for (int32_t c = 0; c < chunks; c++)
+                bad |= v_any_nonfinite(v_load(v + (size_t)c * CS + (size_t)j * VW));
+        }
+        if (!bad)
+            continue;
+        for (int32_t r = 0; r < dm->rows; r++)
+            if (vis[r] > tabs + j)
+                lsum[r] = NAN;
+        if (vrow) {
+            const uint16_t *x = (const uint16_t *)(const void *)vrow[j];
+            uint16_t *y = spare + (size_t)j * dv;
+            for (int32_t e = 0; e < dv; e++)
+                y[e] = (x[e] & 0x7f80) == 0x7f80 ? 0 : x[e];
+            vrow[j] = (const char *)y;
+        } else {
+            for (int32_t c = 0; c < chunks; c++) {
+                float *x = v + (size_t)c * CS + (size_t)j * VW;
+                for (int32_t i = 0; i < VW; i++)
+                    x[i] = isfinite(x[i]) ? x[i] : 0.0f;
+            }
+        }
+    }
+}
+
 static float *carve(float **cur, size_t n)
 {
     float *p = *cur;
     *cur += attnd__round_up((int64_t)n, 16);
     return p;
-}
-
-/* The unit's queries, widened, scaled by scale * log2(e), in the KV order
- * (perm) and packed for the score shape: wide q [dk][rows_pad] (padding
- * rows zero), narrow q [rows][dk_pad]. Also each row's visible length.
- * tmp holds TILE rows (TILE x dk_pad floats). */
-static void pack_queries(const attnd_decode_batch *b, const attnd__unit *u,
-                         const attnd__simd_dims *dm, int wide, int perm, int64_t L, float *q,
-                         float *tmp /* TILE x dk_pad */, int32_t *vis)
-{
-    const int32_t G = b->n_q_heads / b->kv->n_kv_heads, S = b->q_tokens;
-    const int32_t rp = dm->rows_pad, dk = dm->dk, dkp = dm->dk_pad;
-    const float sc = (float)((double)b->scale * LOG2E);
-    const size_t qes = attnd_dtype_size(b->q_dtype);
-
-    /* wide: q is transposed ([dk][rows_pad]); rows are widened a block of
-     * TILE at a time into tmp (TILE x dk_pad floats) and written d-major,
-     * so each store run is a block's contiguous slice of one column
-     * instead of one float per cache line (at 128 heads the row-at-a-time
-     * scatter cost as much as attending to a few thousand tokens) */
-    for (int32_t r0 = 0; r0 < dm->rows; r0 += wide ? TILE : 1) {
-        int32_t nb = wide ? (dm->rows - r0 < TILE ? dm->rows - r0 : TILE) : 1;
-        for (int32_t rr = 0; rr < nb; rr++) {
-            int32_t r = r0 + rr, si = r / G, g = r % G;
-            size_t off =
-                (((size_t)u->seq * S + si) * b->n_q_heads + (size_t)u->kv_head * G + g) *
-                (size_t)dk;
-            float *t = tmp + (size_t)rr * dkp;
-            cvt_row(t, (const char *)b->q + off * qes, dk, dkp, b->q_dtype);
-            if (perm)
-                perm_row(t, dk);
-            if (!wide)
-                for (int32_t d = 0; d < dkp; d += VW)
-                    v_store(q + (size_t)r * dkp + d, v_mul(v_load(t + d), v_set1(sc)));
-            vis[r] = (int32_t)(L - (S - 1 - si));
-        }
-        if (wide)
-            for (int32_t d = 0; d < dk; d++) {
-                float *qd = q + (size_t)d * rp + r0;
-                for (int32_t rr = 0; rr < nb; rr++)
-                    qd[rr] = tmp[(size_t)rr * dkp + d] * sc;
-            }
-    }
-    if (wide)
-        for (int32_t d = 0; d < dk; d++)
-            for (int32_t r = dm->rows; r < rp; r++)
-                q[(size_t)d * rp + r] = 0.0f;
-    for (int32_t r = dm->rows; r < rp; r++)
-        vis[r] = 0;
-}
-
-/* Normalize the unit's rows into their destinations (back in natural
- * order when perm): out = O / l, lse = (m + log2 l) ln 2; a row that saw no
- * token gets 0 and -inf. */
-static void write_rows(const attnd__unit *u, const attnd__simd_dims *dm, int32_t G, int perm,
-                       const float *o, const float *m, const float *lsum)
-{
-    const int32_t dv = dm->dv;
-
-    for (int32_t r = 0; r < dm->rows; r++) {
-        int32_t si = r / G, g = r % G;
-        float *dst = u->out + si * u->out_s + (int64_t)g * dv;
-        const float *orow = o + (size_t)r * dm->dv_pad;
-        float lse = -INFINITY;
-        int32_t e = 0;
-        if (lsum[r] > 0.0f) {
-            float inv = 1.0f / lsum[r];
-            vf iv = v_set1(inv);
-            if (perm) {
-                for (; e < dv; e += PERM_CHUNK)
-                    for (int32_t j = 0; j < VW; j++) {
-                        dst[e + 2 * j] = orow[e + j] * inv;
-                        dst[e + 2 * j + 1] = orow[e + VW + j] * inv;
-                    }
-            }
-            for (; e + VW <= dv; e += VW)
-                v_store(dst + e, v_mul(v_load(orow + e), iv));
-            for (; e < dv; e++)
-                dst[e] = orow[e] * inv;
-            lse = (m[r] + log2f(lsum[r])) * LN2F;
-        } else {
-            for (; e < dv; e++)
-                dst[e] = 0.0f;
-        }
-        if (u->lse)
-            u->lse[si * u->lse_s + g] = lse;
-    }
 }
 
 void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, float *work)
@@ -438,7 +483,12 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
     const attnd__simd_dims dm = attnd__simd_dims_of(b);
     const int32_t G = b->n_q_heads / l->n_kv_heads, S = b->q_tokens, R = dm.rows;
     const int32_t rp = dm.rows_pad, dkp = dm.dk_pad, dvp = dm.dv_pad, dv = dm.dv;
-    const int wide = use_wide(&dm);
+    const int64_t L = attnd_decode_seq_len(b, u->seq);
+    const int64_t t1 = u->t1 < L ? u->t1 : L;
+    /* a unit of one tile or less packs q row-major even for a wide shape:
+     * transposing 128 x 576 queries cost more than their one tile of
+     * scores (qk_narrow_few) */
+    const int wide = use_wide(&dm) && t1 - u->t0 > TILE;
     /* bf16 widened pairwise when whole chunks cover both K and V */
     const int perm =
         l->dtype == ATTND_DTYPE_BF16 && dm.dk % PERM_CHUNK == 0 && dv % PERM_CHUNK == 0;
@@ -455,8 +505,6 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
     float *alpha = carve(&cur, (size_t)rp);
     int32_t *vis = (int32_t *)carve(&cur, (size_t)rp);
     float *o = carve(&cur, (size_t)R * dvp);
-    const int64_t L = attnd_decode_seq_len(b, u->seq);
-    const int64_t t1 = u->t1 < L ? u->t1 : L;
 
     pack_queries(b, u, &dm, wide, perm, L, q, kbuf[0], vis);
     for (int32_t r = 0; r < rp; r++) {
@@ -464,7 +512,7 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
         lsum[r] = 0.0f;
         alpha[r] = 1.0f;
     }
-    memset(o, 0, sizeof(float) * (size_t)R * dvp);
+    /* o is not cleared: the first tile's P V starts from zero (rescale -1) */
 
     const int32_t *pages = b->page_idx + b->page_indptr[u->seq];
     const int64_t min_vis = L - (S - 1);
@@ -489,17 +537,27 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
         ld_prefetch_begin(&ld, t + 2 * TILE, t1, calls);
         if (wide) {
             ld_step(&ld);
-            qk_wide(q, &dm, kt, s);
+            qk_wide(q, &dm, kt, s, n);
             rescale = softmax_wide(s, p, &dm, n, vis, t, t + n > min_vis, m, lsum, alpha);
-            pv(o, &dm, p, 1, rp, vt, n, alpha, rescale, &ld);
         } else {
-            qk_narrow(q, &dm, kt, s, &ld);
-            rescale = softmax_narrow(s, p, &dm, n, vis, t, m, lsum, alpha);
-            if (ld.fuse_v)
-                pv_raw(o, &dm, p, vrow[cur_buf], n, alpha, rescale, &ld);
+            if (n < TILE && n <= VW)
+                qk_narrow_few(q, &dm, kt, s, n, &ld);
             else
-                pv(o, &dm, p, TILE, 1, vt, n, alpha, rescale, &ld);
+                qk_narrow(q, &dm, kt, s, &ld);
+            rescale = softmax_narrow(s, p, &dm, n, vis, t, m, lsum, alpha);
         }
+        if (t == u->t0)
+            rescale = -1;
+        if (t + n > min_vis) /* S > 1: tokens not every row sees */
+            guard_tail(&dm, min_vis > t ? (int32_t)(min_vis - t) : 0, n, t, vis,
+                       (float *)vt, ld.fuse_v ? vrow[cur_buf] : NULL,
+                       (uint16_t *)(void *)vbuf[cur_buf], lsum);
+        if (wide)
+            pv(o, &dm, p, 1, rp, vt, n, alpha, rescale, &ld);
+        else if (ld.fuse_v)
+            pv_raw(o, &dm, p, vrow[cur_buf], n, alpha, rescale, &ld);
+        else
+            pv(o, &dm, p, TILE, 1, vt, n, alpha, rescale, &ld);
         ld_finish(&ld);
         cur_buf ^= 1;
     }

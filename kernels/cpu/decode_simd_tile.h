@@ -94,20 +94,6 @@ AI void cvt_row_perm_cm(float *dst, const uint16_t *src, int32_t n)
         v_load_bf16_pair(src, dst, dst + CS);
 }
 
-/* Reorder a float32 row (n a multiple of PERM_CHUNK) like cvt_row_perm_cm
- * orders a chunk, in place and row-major (for the queries). */
-static void perm_row(float *x, int32_t n)
-{
-    float tmp[PERM_CHUNK];
-    for (int32_t i = 0; i < n; i += PERM_CHUNK) {
-        memcpy(tmp, x + i, sizeof tmp);
-        for (int32_t j = 0; j < VW; j++) {
-            x[i + j] = tmp[2 * j];
-            x[i + VW + j] = tmp[2 * j + 1];
-        }
-    }
-}
-
 /* ---- the tile loader ------------------------------------------------------
  *
  * Widens a tile's rows into chunk-major scratch, k [dk_pad / VW][TILE][VW]
@@ -212,18 +198,21 @@ static void ld_rows(tile_loader *ld, int32_t rows)
     }
 }
 
-/* Convert what is left and zero the rows past the tile's tokens. */
+/* Convert what is left and zero the K rows past the tile's tokens that
+ * the narrow scores read (up to the power of two qk_narrow_few rounds n to,
+ * or the whole tile): their scores are masked, but garbage there could be
+ * slow (subnormals). Wide scores and every P V read only the first n rows. */
 static void ld_finish(tile_loader *ld)
 {
     const attnd__simd_dims *dm = ld->dm;
     ld_rows(ld, TILE);
     if (ld->n > 0 && ld->n < TILE) { /* an empty tile is never read */
-        size_t rest = sizeof(float) * (size_t)(TILE - ld->n) * VW;
-        for (int32_t c = 0; c < dm->dk_pad / VW; c++)
+        int32_t z = ld->n <= VW ? 1 : TILE;
+        while (z < ld->n)
+            z *= 2;
+        size_t rest = sizeof(float) * (size_t)(z - ld->n) * VW;
+        for (int32_t c = 0; c < dm->dk_pad / VW && rest; c++)
             memset(ld->k + (size_t)c * CS + (size_t)ld->n * VW, 0, rest);
-        if (!ld->b->kv->v_in_k && !ld->fuse_v)
-            for (int32_t c = 0; c < dm->dv_pad / VW; c++)
-                memset(ld->v + (size_t)c * CS + (size_t)ld->n * VW, 0, rest);
     }
 }
 

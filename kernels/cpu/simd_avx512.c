@@ -102,6 +102,93 @@ static inline int v_any_ne1(vf a)
     return _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ) != 0;
 }
 
+/* Lanes that are NaN or +-inf become NaN (fpclass: QNaN, +inf, -inf, SNaN). */
+static inline vf v_nonfinite_to_nan(vf x)
+{
+    return _mm512_mask_blend_ps(_mm512_fpclass_ps_mask(x, 0x99), x, _mm512_set1_ps(NAN));
+}
+
+/* 1 when some lane is NaN or +-inf. */
+static inline int v_any_nonfinite(vf x)
+{
+    return _mm512_fpclass_ps_mask(x, 0x99) != 0;
+}
+
+/* even (x0, x2, ..., x30) and odd (x1, ..., x31) -> natural order: lo = x0..x15,
+ * hi = x16..x31; v_deinterleave is its inverse. */
+static inline void v_interleave(vf even, vf odd, vf *lo, vf *hi)
+{
+    const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i ih =
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    *lo = _mm512_permutex2var_ps(even, il, odd);
+    *hi = _mm512_permutex2var_ps(even, ih, odd);
+}
+
+static inline void v_deinterleave(vf lo, vf hi, vf *even, vf *odd)
+{
+    const __m512i ie =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io =
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    *even = _mm512_permutex2var_ps(lo, ie, hi);
+    *odd = _mm512_permutex2var_ps(lo, io, hi);
+}
+
+/* Transpose a 16 x 16 block: row i (i < 16) at src + i * ss; column j of it
+ * goes to dst + j * ds for j < ncols (unpack ps, unpack pd, two rounds of
+ * 128-bit lane shuffles: 48 shuffles for 256 floats). */
+#define TR_LD(i) vf r##i = _mm512_loadu_ps(src + (size_t)(i) * ss);
+#define TR_PS(a, b) vf t##a = _mm512_unpacklo_ps(r##a, r##b), t##b = _mm512_unpackhi_ps(r##a, r##b);
+#define TR_PD(a, b, c, d)                                                                  \
+    vf u##a = _mm512_castpd_ps(                                                            \
+        _mm512_unpacklo_pd(_mm512_castps_pd(t##a), _mm512_castps_pd(t##c)));               \
+    vf u##b = _mm512_castpd_ps(                                                            \
+        _mm512_unpackhi_pd(_mm512_castps_pd(t##a), _mm512_castps_pd(t##c)));               \
+    vf u##c = _mm512_castpd_ps(                                                            \
+        _mm512_unpacklo_pd(_mm512_castps_pd(t##b), _mm512_castps_pd(t##d)));               \
+    vf u##d = _mm512_castpd_ps(                                                            \
+        _mm512_unpackhi_pd(_mm512_castps_pd(t##b), _mm512_castps_pd(t##d)));
+/* u(c) holds columns c, c + 4, c + 8, c + 12 of rows 0-3 (one per 128-bit lane),
+ * u(c + 4) of rows 4-7, ...: gather lane k of u(c), u(c+4), u(c+8), u(c+12) */
+#define TR_COL(c)                                                                          \
+    {                                                                                      \
+        vf v0 = _mm512_shuffle_f32x4(u##c, u_##c##_4, 0x88);                               \
+        vf v1 = _mm512_shuffle_f32x4(u##c, u_##c##_4, 0xdd);                               \
+        vf w0 = _mm512_shuffle_f32x4(u_##c##_8, u_##c##_12, 0x88);                         \
+        vf w1 = _mm512_shuffle_f32x4(u_##c##_8, u_##c##_12, 0xdd);                         \
+        tr_put(dst, ds, ncols, c, _mm512_shuffle_f32x4(v0, w0, 0x88));                     \
+        tr_put(dst, ds, ncols, c + 4, _mm512_shuffle_f32x4(v1, w1, 0x88));                 \
+        tr_put(dst, ds, ncols, c + 8, _mm512_shuffle_f32x4(v0, w0, 0xdd));                 \
+        tr_put(dst, ds, ncols, c + 12, _mm512_shuffle_f32x4(v1, w1, 0xdd));                \
+    }
+
+static inline void tr_put(float *dst, size_t ds, int ncols, int j, vf x)
+{
+    if (j < ncols)
+        _mm512_storeu_ps(dst + (size_t)j * ds, x);
+}
+
+static inline void v_transpose_block(const float *src, size_t ss, float *dst, size_t ds,
+                                     int ncols)
+{
+    TR_LD(0) TR_LD(1) TR_LD(2) TR_LD(3) TR_LD(4) TR_LD(5) TR_LD(6) TR_LD(7)
+    TR_LD(8) TR_LD(9) TR_LD(10) TR_LD(11) TR_LD(12) TR_LD(13) TR_LD(14) TR_LD(15)
+    TR_PS(0, 1) TR_PS(2, 3) TR_PS(4, 5) TR_PS(6, 7)
+    TR_PS(8, 9) TR_PS(10, 11) TR_PS(12, 13) TR_PS(14, 15)
+    TR_PD(0, 1, 2, 3) TR_PD(4, 5, 6, 7) TR_PD(8, 9, 10, 11) TR_PD(12, 13, 14, 15)
+    /* rows 0-3: u0..u3 = columns 0..3 (+4k); rows 4-7: u4..u7; ... */
+    vf u_0_4 = u4, u_0_8 = u8, u_0_12 = u12;
+    vf u_1_4 = u5, u_1_8 = u9, u_1_12 = u13;
+    vf u_2_4 = u6, u_2_8 = u10, u_2_12 = u14;
+    vf u_3_4 = u7, u_3_8 = u11, u_3_12 = u15;
+    TR_COL(0) TR_COL(1) TR_COL(2) TR_COL(3)
+}
+#undef TR_LD
+#undef TR_PS
+#undef TR_PD
+#undef TR_COL
+
 /* 2^x for x <= 0 (NaN stays NaN; x < -126 gives 0). */
 static inline vf v_exp2(vf x)
 {

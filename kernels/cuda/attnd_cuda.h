@@ -16,7 +16,9 @@
  *
  * over the tokens t of the page list the head reads, in list order, with
  * vis = L - (S - 1 - s) for S = q_tokens query tokens and L the list's
- * token count (vis <= 0: out = 0, lse = -inf). GQA: K and V per KV head,
+ * token count (vis <= 0: out = 0, lse = -inf; a non-finite value in what
+ * the row attends: out and lse NaN, attnd_kernels.h's non-finite rule,
+ * which the CPU kernels follow too). GQA: K and V per KV head,
  * d_k = d_v = head_dim in {64, 128}. MLA (absorbed): one KV head, K = [c,
  * k_rope] with d_k = d_c + 64, V = c (the first d_v = d_c elements of K),
  * d_c in {512, 256, 128} (256 and 128: TPLA latent shards).
@@ -172,10 +174,11 @@ const char *attnd_cuda_plan_kernel(const attnd_cuda_plan *plan);
  *
  * For each row r < n_rows, parts p < n_parts of float32 (part_o
  * [n_parts][n_rows][d], part_lse [n_parts][n_rows], natural log, -inf =
- * empty):
+ * empty, NaN = poisoned):
  *   lse[r] = log sum_p exp(part_lse[p][r])
  *   out[r] = sum_p exp(part_lse[p][r] - lse[r]) * part_o[p][r]
- * (all parts empty: out 0, lse -inf), summed in part order. out is
+ * (all parts empty: out 0, lse -inf; any part NaN: out and lse NaN, never
+ * dropped), summed in part order. out is
  * [n_rows][d] of out_dtype (BF16 or F32); out_lse may be NULL. d % 4 == 0.
  * Device pointers; asynchronous. */
 attnd_status attnd_cuda_combine_states(attnd_cuda_ctx *ctx, int32_t n_parts, int64_t n_rows,
