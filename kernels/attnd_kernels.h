@@ -159,14 +159,16 @@ attnd_status attnd_decode_batch_check(const attnd_decode_batch *b,
 /* Decode attention for the whole batch on the calling thread with the best
  * path this machine has (see attnd_kernel_path_name), one unsplit work unit
  * per (sequence, KV head); every path computes the same function as the
- * scalar one below, within float32 rounding. b->work must hold
+ * scalar one below, within float32 rounding (avx512bf16: within the bf16
+ * rounding of P, see below). b->work must hold
  * attnd_decode_work_floats(b) floats (enough for every path). For threads
  * and split-KV see attnd_kernel_decode_parallel below. */
 void attnd_kernel_decode(const attnd_decode_batch *b);
-/* Name of the path attnd_kernel_decode uses ("scalar", "avx2", "avx512").
- * The environment variable ATTND_KERNEL_PATH forces a path, for tests and
- * benchmarks; an unknown name, or one this CPU cannot run, falls back to
- * scalar with a note on stderr. */
+/* Name of the path attnd_kernel_decode uses ("scalar", "avx2", "avx512",
+ * "avx512bf16"). attnd_kernel_path_select (below) forces a path; without
+ * it the environment variable ATTND_KERNEL_PATH does, for tests and
+ * benchmarks ("auto": as unset; "exact" as below); an unknown name, or one
+ * this CPU cannot run, falls back to scalar with a note on stderr. */
 const char *attnd_kernel_path_name(void);
 
 /* Decode attention for the whole batch on the calling thread, with the
@@ -195,33 +197,57 @@ int64_t attnd_decode_visible_len(const attnd_decode_batch *b, int32_t i,
  *
  * One implementation of the decode math per instruction set, chosen at run
  * time from CPUID (and XGETBV: the OS must save the vector state):
- *   scalar  portable C, the reference the others are tested against;
- *   avx2    AVX2 + FMA + F16C, 8 float32 lanes;
- *   avx512  AVX-512 F/BW/VL/DQ, 16 float32 lanes.
- * All paths widen KV to float32 and multiply-add in float32 (no bf16 dot
- * products: where avx512_bf16 exists, vdpbf16ps would have to round q to
- * bf16 and measures slower than FMA on the hosts we target; see
- * kernels/BENCHMARKS.md). The SIMD paths fold scale * log2(e) into
- * the query, use exp2, and block work in tiles of ATTND_DECODE_TILE tokens:
- * per tile S = Q K^T as a small GEMM, the online softmax, then O += P V. */
+ *   scalar      portable C, the reference the others are tested against;
+ *   avx2        AVX2 + FMA + F16C, 8 float32 lanes;
+ *   avx512      AVX-512 F/BW/VL/DQ, 16 float32 lanes;
+ *   avx512bf16  avx512 + AVX512_BF16: for bf16 KV (d_v a multiple of 32)
+ *               both small GEMMs on vdpbf16ps (two bf16 products per
+ *               float32 lane). K is never widened; a bf16 query is used as
+ *               is, any other split into two bf16 halves (hi + lo, ~2^-17
+ *               relative), so scores and lse stay within float32 rounding;
+ *               P is rounded to bf16 for P V (outputs within ~1e-3
+ *               normwise relative, the bf16 bounds of the tests), relative
+ *               to each tile's own max so that split counts still agree to
+ *               float32 rounding. Other KV: the avx512 unit.
+ * The float32 paths widen KV to float32 and multiply-add in float32. The
+ * default is the widest float32 path the CPU runs, or avx512bf16 where a
+ * one-time calibration (about a millisecond, on first use) measures
+ * vdpbf16ps at >= 1.25x float32 FMA on this core (AMD EPYC: 2x; the Intel
+ * development VM: 0.5x, see kernels/BENCHMARKS.md). The SIMD paths fold
+ * scale * log2(e) into the query (avx512bf16: into the scores), use exp2,
+ * and block work in tiles of ATTND_DECODE_TILE tokens: per tile S = Q K^T
+ * as a small GEMM, the online softmax, then O += P V. */
 
 typedef enum attnd_kernel_path {
     ATTND_KERNEL_PATH_SCALAR = 0,
     ATTND_KERNEL_PATH_AVX2 = 1,
     ATTND_KERNEL_PATH_AVX512 = 2,
+    ATTND_KERNEL_PATH_AVX512_BF16 = 3,
     ATTND_KERNEL_PATH_COUNT
 } attnd_kernel_path;
 
-/* "scalar", "avx2", "avx512" (or "?" out of range). */
+/* "scalar", "avx2", "avx512", "avx512bf16" (or "?" out of range). */
 const char *attnd_kernel_path_str(attnd_kernel_path p);
 /* 1 when this build and this CPU can run path p, else 0. */
 int attnd_kernel_path_supported(attnd_kernel_path p);
 /* The path decode calls use now (resolved on first use). */
 attnd_kernel_path attnd_kernel_path_current(void);
-/* Resolve the path again from ATTND_KERNEL_PATH and the CPU, as on first
- * use, and return it. For tests and benchmarks that set the variable; a
- * decode already running keeps the path it started with. */
+/* Drop any attnd_kernel_path_select, resolve the path again from
+ * ATTND_KERNEL_PATH and the CPU, as on first use, and return it. For tests
+ * and benchmarks that set the variable; a decode already running keeps the
+ * path it started with. */
 attnd_kernel_path attnd_kernel_path_reset(void);
+/* Force the process's path by name (the engine's --kernel-path), above
+ * ATTND_KERNEL_PATH: "auto" (or NULL / ""): the default choice above;
+ * "exact": the widest float32 path (never avx512bf16: results within
+ * float32 rounding of the scalar path on any host); a path name: that
+ * path. INVALID_ARGUMENT naming the paths this CPU runs when the name is
+ * unknown or the CPU cannot run it (nothing changes). */
+attnd_status attnd_kernel_path_select(const char *name, attnd_error *err);
+/* One line for logs: the current path, how it was chosen, and the
+ * calibration's figures where it ran, e.g. "avx512 (auto; one core:
+ * vdpbf16ps 86 GFLOP/s, float32 FMA 175 GFLOP/s)". */
+void attnd_kernel_path_describe(char *buf, size_t n);
 
 /* ---- threads, plan and run (split-KV) -------------------------------------
  *

@@ -60,6 +60,11 @@ typedef struct attnd_engine_config {
      * pool and take turns on it (each batch gets all its threads), so the
      * kernels never run more than this many threads at once. */
     int32_t kernel_threads;
+    /* The CPU kernels' path (attnd_kernel_path_select, process-wide): ""
+     * leaves ATTND_KERNEL_PATH or the default; "auto" the default; else a
+     * path name ("avx512", "avx512bf16", ...). Creating fails with
+     * INVALID_ARGUMENT when this CPU cannot run it. */
+    char kernel_path[16];
     /* 1: a background thread faults the whole host pool in from the start
      * (attnd_kv_pool_prefault_start); 0 (default): pages are faulted in by
      * the appends that first write them. Measured on the 2-vCPU VM,

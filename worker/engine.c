@@ -57,6 +57,8 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     if (cfg->page_size < 1 || cfg->page_size > 4096)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "page_size: %d not in [1, 4096]", cfg->page_size);
+    if (cfg->kernel_path[0] && (st = attnd_kernel_path_select(cfg->kernel_path, err)))
+        return st;
     e = calloc(1, sizeof *e);
     if (!e)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "engine: out of memory");

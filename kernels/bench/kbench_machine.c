@@ -7,8 +7,9 @@
  *   - FMA peak: every thread runs independent register-resident FMA chains
  *     (enough chains to cover latency x ports), at the vector width of the
  *     kernel path in use (scalar: plain float multiply-adds);
- *   - vdpbf16ps peak, where avx512_bf16 exists, to show why the kernels
- *     widen bf16 and use FMA rather than bf16 dot products.
+ *   - vdpbf16ps peak, where avx512_bf16 exists: the rate the avx512bf16
+ *     path's dot products can reach (dispatch.c's calibration asks the
+ *     same question on one core to pick the default path).
  * SIMD functions carry target attributes so the bench builds anywhere and
  * only calls what the CPU runs (checked through the kernels' dispatch). */
 #include <stdio.h>
@@ -346,7 +347,7 @@ double kb_fma_peak(attnd_cpu_pool *pool, int *lanes_p)
 {
 #if defined(ATTND_HAVE_X86_SIMD)
     attnd_kernel_path p = attnd_kernel_path_current();
-    if (p == ATTND_KERNEL_PATH_AVX512) {
+    if (p == ATTND_KERNEL_PATH_AVX512 || p == ATTND_KERNEL_PATH_AVX512_BF16) {
         *lanes_p = 16;
         return run_peak(pool, 2, (double)FMA_ITERS * 12 * 16 * 2);
     }

@@ -39,6 +39,17 @@ void attnd__decode_unit_avx2(const attnd_decode_batch *b,
                              const attnd__unit *u, float *work);
 void attnd__decode_unit_avx512(const attnd_decode_batch *b,
                                const attnd__unit *u, float *work);
+void attnd__decode_unit_avx512bf16(const attnd_decode_batch *b,
+                                   const attnd__unit *u, float *work);
+#endif
+
+/* One core's float32 FMA and vdpbf16ps peaks, GFLOP/s, measured now
+ * (calibrate.c; about a millisecond; only where avx512_bf16 runs). */
+typedef struct attnd__calib {
+    double fma_gflops, dpbf16_gflops;
+} attnd__calib;
+#if defined(ATTND_HAVE_X86_SIMD)
+void attnd__calibrate(attnd__calib *c);
 #endif
 
 /* The unit function of path p (p must be supported). */
@@ -98,6 +109,20 @@ static inline size_t attnd__simd_work_floats(const attnd__simd_dims *d)
     size_t rp = (size_t)d->rows_pad, t = ATTND_DECODE_TILE;
     return rp * (size_t)d->dk_pad + 2 * t * (size_t)d->dk_pad + 2 * t * (size_t)d->dv_pad +
            2 * t * rp + 4 * rp + (size_t)d->rows * (size_t)d->dv_pad + 16 * 11;
+}
+
+/* Floats of the bf16 dot-product unit's scratch (decode_bf16.h), in carve
+ * order: q and its low half (rows_pad * dk32 bf16 each), 2 * VW rows of
+ * dk32 bf16 and dk32 floats to pack them, K (2 x TILE x dk32 bf16), V pairs
+ * (2 x TILE x dv32 bf16), s and p (TILE x rows_pad), P pairs (TILE / 2 x
+ * rows_pad), m, l, alpha, the running max, vis (rows_pad each), O (rows x
+ * dv32); each block 64-byte aligned. dk32, dv32: rounded up to 32. */
+static inline size_t attnd__bf16_work_floats(const attnd__simd_dims *d)
+{
+    size_t rp = (size_t)d->rows_pad, t = ATTND_DECODE_TILE;
+    size_t dk32 = (size_t)attnd__round_up(d->dk, 32), dv32 = (size_t)attnd__round_up(d->dv, 32);
+    return rp * dk32 + 16 * dk32 + dk32 + t * dk32 + t * dv32 + 2 * t * rp + t / 2 * rp +
+           5 * rp + (size_t)d->rows * dv32 + 16 * 18;
 }
 
 /* ---- pool job hook (threadpool.c) ---------------------------------------

@@ -23,7 +23,8 @@ size_t attnd_decode_work_floats(const attnd_decode_batch *b)
     size_t scalar = group * (size_t)b->kv->d_k + 3 * group + (size_t)b->kv->d_k +
                     (size_t)b->kv->d_v;
     attnd__simd_dims dm = attnd__simd_dims_of(b);
-    size_t simd = attnd__simd_work_floats(&dm);
+    size_t simd = attnd__simd_work_floats(&dm), bf16 = attnd__bf16_work_floats(&dm);
+    simd = simd > bf16 ? simd : bf16;
     return scalar > simd ? scalar : simd;
 }
 

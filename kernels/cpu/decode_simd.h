@@ -222,12 +222,22 @@ static void qk_narrow_few(const float *q, const attnd__simd_dims *dm, const floa
  * 2^(NaN - m) is NaN, and a -inf score could otherwise pass for a masked
  * one (or, alone, for "no token"). */
 
+/* Reference mode (mr not NULL; the bf16 dot-product unit, which rounds P
+ * to bf16): P = 2^(S - ref) with ref the tile's own row max, rounded up to
+ * an integer, unless that is more than REF_FLOOR below the running max mr;
+ * O and l are kept relative to m = ref (alpha may then exceed 1, by at most
+ * 2^REF_FLOOR). P's rounding then depends on the tile alone, and every
+ * rescale is an exact power of two, so results agree across split counts
+ * and sequence-sharded ranks to float32 rounding (the CUDA kernels keep a
+ * tile reference too). */
+#define REF_FLOOR 20.0f
+
 /* wide: s, p [TILE][rows_pad]; vectors over rows. Token t (absolute tabs+t)
  * is masked for rows whose visible length is <= tabs + t (only checked when
  * the tile reaches past the shortest visible length). */
 static int softmax_wide(float *s, float *p, const attnd__simd_dims *dm, int32_t n,
                         const int32_t *vis, int64_t tabs, int need_mask, float *m, float *l,
-                        float *alpha)
+                        float *alpha, float *mr)
 {
     const int32_t rp = dm->rows_pad;
     int rescale = 0;
@@ -242,7 +252,13 @@ static int softmax_wide(float *s, float *p, const attnd__simd_dims *dm, int32_t 
             v_store(st, x);
             tm = v_max(tm, x);
         }
-        vf mn = v_max(mo, tm), ms = v_ninf_to_zero(mn);
+        vf mn = v_max(mo, tm);
+        if (mr) { /* reference mode: see REF_FLOOR */
+            vf mrn = v_max(v_load(mr + j), tm);
+            v_store(mr + j, mrn);
+            mn = v_ceil(v_max(tm, v_sub(mrn, v_set1(REF_FLOOR))));
+        }
+        vf ms = v_ninf_to_zero(mn);
         vf a = v_exp2(v_sub(mo, ms)), sum = v_zero();
         for (int32_t t = 0; t < n; t++) {
             vf pt = v_exp2(v_sub(v_load(s + (size_t)t * rp + j), ms));
@@ -259,7 +275,8 @@ static int softmax_wide(float *s, float *p, const attnd__simd_dims *dm, int32_t 
 
 /* narrow: s, p [rows][TILE]; vectors over tokens, one row at a time. */
 static int softmax_narrow(const float *s, float *p, const attnd__simd_dims *dm, int32_t n,
-                          const int32_t *vis, int64_t tabs, float *m, float *l, float *alpha)
+                          const int32_t *vis, int64_t tabs, float *m, float *l, float *alpha,
+                          float *mr)
 {
     int rescale = 0;
 
@@ -275,6 +292,11 @@ static int softmax_narrow(const float *s, float *p, const attnd__simd_dims *dm, 
         tm = h1 > tm ? h1 : tm;
 #endif
         float mn = m[r] > tm ? m[r] : tm;
+        if (mr) { /* reference mode: see REF_FLOOR */
+            float mrn = mr[r] > tm ? mr[r] : tm;
+            mr[r] = mrn;
+            mn = ceilf(tm > mrn - REF_FLOOR ? tm : mrn - REF_FLOOR);
+        }
         float ms = mn == -INFINITY ? 0.0f : mn;
         float a = exp2f(m[r] - ms);
         vf msv = v_set1(ms), p0 = v_exp2(v_sub(x0, msv)), sum = p0;
@@ -477,7 +499,8 @@ static float *carve(float **cur, size_t n)
     return p;
 }
 
-void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, float *work)
+/* The float32 unit (every dtype; the only one of the avx2 and avx512 paths). */
+static void unit_f32(const attnd_decode_batch *b, const attnd__unit *u, float *work)
 {
     const attnd_kv_layout *l = b->kv;
     const attnd__simd_dims dm = attnd__simd_dims_of(b);
@@ -538,13 +561,14 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
         if (wide) {
             ld_step(&ld);
             qk_wide(q, &dm, kt, s, n);
-            rescale = softmax_wide(s, p, &dm, n, vis, t, t + n > min_vis, m, lsum, alpha);
+            rescale =
+                softmax_wide(s, p, &dm, n, vis, t, t + n > min_vis, m, lsum, alpha, NULL);
         } else {
             if (n < TILE && n <= VW)
                 qk_narrow_few(q, &dm, kt, s, n, &ld);
             else
                 qk_narrow(q, &dm, kt, s, &ld);
-            rescale = softmax_narrow(s, p, &dm, n, vis, t, m, lsum, alpha);
+            rescale = softmax_narrow(s, p, &dm, n, vis, t, m, lsum, alpha, NULL);
         }
         if (t == u->t0)
             rescale = -1;
@@ -564,3 +588,12 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
 
     write_rows(u, &dm, G, perm, o, m, lsum);
 }
+
+#if defined(DPBF16)
+#include "decode_bf16.h" /* its own unit for bf16 KV, unit_f32 for the rest */
+#else
+void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, float *work)
+{
+    unit_f32(b, u, work);
+}
+#endif

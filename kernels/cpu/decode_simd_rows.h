@@ -84,8 +84,10 @@ static void pack_queries(const attnd_decode_batch *b, const attnd__unit *u,
     }
 }
 
-/* Normalize the unit's rows into their destinations (back in natural
- * order when perm): out = O / l, lse = (m + log2 l) ln 2. A row that saw no
+/* Normalize the unit's rows into their destinations, back in natural order
+ * (perm: 0 natural, 1 pairwise [even | odd] chunks of 2 * VW, 2 the bf16
+ * unit's V-pair order of chunks of 32, see decode_simd_tile.h): out = O / l,
+ * lse = (m + log2 l) ln 2. A row that saw no
  * token (l = 0) gets 0 and -inf; a poisoned row (l NaN: a non-finite score
  * or a guarded tail, or a non-finite output: a non-finite V) gets NaN in
  * every element and in lse (attnd_kernels.h's rule). */
@@ -106,7 +108,19 @@ static void write_rows(const attnd__unit *u, const attnd__simd_dims *dm, int32_t
             const float inv = 1.0f / l;
             const vf iv = v_set1(inv);
             int bad = 0;
-            if (perm) {
+#if defined(DPBF16)
+            if (perm == 2) {
+                for (; e < dv; e += 32) {
+                    vf lo, hi;
+                    v_unpair(v_mul(v_load(orow + e), iv), v_mul(v_load(orow + e + 16), iv), &lo,
+                             &hi);
+                    bad |= v_any_nonfinite(lo) | v_any_nonfinite(hi);
+                    v_store(dst + e, lo);
+                    v_store(dst + e + 16, hi);
+                }
+            }
+#endif
+            if (perm == 1) {
                 for (; e < dv; e += PERM_CHUNK) {
                     vf lo, hi;
                     v_interleave(v_mul(v_load(orow + e), iv), v_mul(v_load(orow + e + VW), iv),

@@ -94,6 +94,41 @@ AI void cvt_row_perm_cm(float *dst, const uint16_t *src, int32_t n)
         v_load_bf16_pair(src, dst, dst + CS);
 }
 
+#if defined(DPBF16)
+/* ---- bf16 scratch (the bf16 dot-product unit, decode_bf16.h) -------------
+ * K rows are copied as bf16 into chunk-major scratch, chunks of 32: element
+ * d of token t at (d / 32) * CSB + t * 32 + d % 32 (zero-padded to a whole
+ * chunk). V rows are interleaved by token pairs (2p, 2p + 1) for
+ * vdpbf16ps, which multiplies and adds element pairs: pair p's row is dv
+ * 32-bit words, each chunk of 32 elements as the 16 words of
+ * unpacklo_epi16(v_2p, v_2p+1) then the 16 of unpackhi (elements 0-3,
+ * 8-11, 16-19, 24-27, then 4-7, 12-15, 20-23, 28-31: write_rows puts them
+ * back). */
+#define CSB (TILE * 32)
+
+AI void cp_row_bf16_cm(uint16_t *dst, const uint16_t *src, int32_t n)
+{
+    int32_t i = 0;
+    for (; i + 32 <= n; i += 32, dst += CSB)
+        _mm512_storeu_si512((void *)dst, _mm512_loadu_si512((const void *)(src + i)));
+    if (i < n)
+        _mm512_storeu_si512((void *)dst, _mm512_maskz_loadu_epi16(
+                                             (__mmask32)((1ull << (n - i)) - 1), src + i));
+}
+
+/* Pair V rows a (token 2p) and b (token 2p + 1, or NULL: zeros) of n
+ * elements (a multiple of 32) into dst (n words). */
+AI void pair_rows_bf16(uint16_t *dst, const uint16_t *a, const uint16_t *b, int32_t n)
+{
+    for (int32_t i = 0; i < n; i += 32, dst += 64) {
+        __m512i x = _mm512_loadu_si512((const void *)(a + i));
+        __m512i y = b ? _mm512_loadu_si512((const void *)(b + i)) : _mm512_setzero_si512();
+        _mm512_storeu_si512((void *)dst, _mm512_unpacklo_epi16(x, y));
+        _mm512_storeu_si512((void *)(dst + 32), _mm512_unpackhi_epi16(x, y));
+    }
+}
+#endif
+
 /* ---- the tile loader ------------------------------------------------------
  *
  * Widens a tile's rows into chunk-major scratch, k [dk_pad / VW][TILE][VW]
@@ -112,6 +147,8 @@ typedef struct tile_loader {
     const attnd__simd_dims *dm;
     int32_t kvh, perm;
     int32_t fuse_v;    /* V is not converted: P V reads it from the pool */
+    int32_t bf16;      /* bf16 scratch (K copied, V paired: see above) */
+    const char *vprev; /* bf16: the V row of the even token of a pair */
     float *k, *v;      /* destination of the tile being converted */
     const char **vrow; /* fuse_v: the tile's V row pointers [TILE] */
     int64_t pg, slot;  /* list position of its next row */
@@ -172,6 +209,18 @@ static void ld_rows(tile_loader *ld, int32_t rows)
 
     for (; ld->j < end; ld->j++) {
         float *kd = ld->k + (size_t)ld->j * VW, *vd = ld->v + (size_t)ld->j * VW;
+#if defined(DPBF16)
+        if (ld->bf16) {
+            cp_row_bf16_cm((uint16_t *)(void *)ld->k + (size_t)ld->j * 32,
+                           (const uint16_t *)(const void *)ld->kr, dm->dk);
+            if (ld->j & 1)
+                pair_rows_bf16((uint16_t *)(void *)ld->v + (size_t)(ld->j / 2) * 2 * dm->dv,
+                               (const uint16_t *)(const void *)ld->vprev,
+                               (const uint16_t *)(const void *)ld->vr, dm->dv);
+            else
+                ld->vprev = ld->vr;
+        } else
+#endif
         if (ld->fuse_v) {
             cvt_row_perm_cm(kd, (const uint16_t *)(const void *)ld->kr, dm->dk);
             ld->vrow[ld->j] = ld->vr;
@@ -210,6 +259,17 @@ static void ld_finish(tile_loader *ld)
         int32_t z = ld->n <= VW ? 1 : TILE;
         while (z < ld->n)
             z *= 2;
+#if defined(DPBF16)
+        if (ld->bf16) {
+            if (ld->n & 1) /* the last pair's odd token: zeros */
+                pair_rows_bf16((uint16_t *)(void *)ld->v + (size_t)(ld->n / 2) * 2 * dm->dv,
+                               (const uint16_t *)(const void *)ld->vprev, NULL, dm->dv);
+            for (int32_t c = 0; c < (dm->dk + 31) / 32 && z > ld->n; c++)
+                memset((uint16_t *)(void *)ld->k + (size_t)c * CSB + (size_t)ld->n * 32, 0,
+                       sizeof(uint16_t) * 32 * (size_t)(z - ld->n));
+            return;
+        }
+#endif
         size_t rest = sizeof(float) * (size_t)(z - ld->n) * VW;
         for (int32_t c = 0; c < dm->dk_pad / VW && rest; c++)
             memset(ld->k + (size_t)c * CS + (size_t)ld->n * VW, 0, rest);
