@@ -16,4 +16,4 @@ cmake --build "$BUILD_DIR" -j"$(nproc)" --target attnd attnd-bench attnd-cli
 if [ $# -eq 0 ]; then
   set -- --model llama3-8b --check
 fi
-exec "$BUILD_DIR/client/attnd-bench" "$@"
+exec "$BUILD_DIR/client/bench/attnd-bench" "$@"

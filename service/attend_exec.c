@@ -10,15 +10,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "attnd_clock.h"
 #include "attend_decode.h"
 #include "attend_exec.h"
-
-uint64_t attnd_srv_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1__AttendRequest *m,
                                    uint64_t t_arrival_ns, attnd_srv_attend_result *res,
@@ -28,7 +22,7 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     attnd_srv_attend_req req;
     const float *out = NULL, *lse = NULL;
     attnd_status st;
-    uint64_t t0 = attnd_srv_now_ns(), t1, t2;
+    uint64_t t0 = attnd_clock_ns(), t1, t2;
 
     memset(res, 0, sizeof *res);
     if (t_arrival_ns && t_arrival_ns <= t0)
@@ -36,7 +30,7 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     st = attnd_srv_validate_attend(m, &srv->model, &x->arena->pc, &req, err);
     if (st)
         return st;
-    t1 = attnd_srv_now_ns();
+    t1 = attnd_clock_ns();
     /* a worker group: scatter to the ranks, compute our part, combine */
     int64_t wait_ms = 0; /* 0: the group's own timeout */
     if (x->time_left_ms > 0) {
@@ -57,7 +51,7 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
                     : attnd_engine_attend(srv->engine, &req.eng, x->ws, &out, &lse, err);
     if (st)
         return st;
-    t2 = attnd_srv_now_ns();
+    t2 = attnd_clock_ns();
     if (srv->group)
         res->t.t_fanout_ns = t2 - t1;
 
@@ -82,7 +76,7 @@ attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint
 {
     Attnd__V1__AttendRequest *mi;
     const Attnd__V1__AttendRequest *m;
-    uint64_t t0 = attnd_srv_now_ns();
+    uint64_t t0 = attnd_clock_ns();
     attnd_status st;
 
     /* in place when canonical (no copy of the tensors), else protobuf-c */
@@ -96,7 +90,7 @@ attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint
         if (!m)
             return err->code;
     }
-    uint64_t t1 = attnd_srv_now_ns();
+    uint64_t t1 = attnd_clock_ns();
     st = attnd_srv_attend_exec(x, m, t_arrival_ns, res, err);
     if (st == ATTND_OK) {
         /* queue time ends where decoding began */

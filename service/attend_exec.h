@@ -50,9 +50,6 @@ typedef struct attnd_srv_attend_result {
     attnd_srv_attend_times t;
 } attnd_srv_attend_result;
 
-/* CLOCK_MONOTONIC now, in ns. */
-uint64_t attnd_srv_now_ns(void);
-
 /* Validate m (decoded into x->arena) and run it. On success *res describes
  * the reply; its tensors point into x->ws and stay valid until the next
  * exec on x. t_arrival_ns: when the transport received the request (0:

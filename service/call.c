@@ -52,6 +52,7 @@ static void held_unlink(attnd_srv_call *c)
 void attnd_srv_call_put(attnd_srv_call *c)
 {
     attnd_srv_thread *th = c->th;
+    attnd_srv_append_drop(c); /* an AppendKV stream that never committed */
     if (c->held)
         held_unlink(c);
     for (size_t i = 0; i < c->n_trailer; i++)

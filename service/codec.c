@@ -149,7 +149,6 @@ void attnd_srv_buf_cleanup(attnd_srv_buf *b)
     b->cap = 0;
 }
 
-
 /* Make room for n bytes, keeping the first `keep`. 0 or -1. */
 static int buf_fit(attnd_srv_buf *b, size_t n, size_t keep)
 {
@@ -339,8 +338,8 @@ static uint8_t *tensor_put(uint8_t *p, unsigned field, const tensor_enc *t, cons
         p = key_put(p, 3, WT_LEN);
         p = varint_put(p, t->data_bytes);
         /* the data sits wherever the headers end, often unaligned for its
-         * type: attnd_convert takes any alignment */
-        attnd_convert(t->dtype, p, ATTND_DTYPE_F32, src, t->data_bytes / attnd_dtype_size(t->dtype));
+         * type: attnd_dtype_convert takes any alignment */
+        attnd_dtype_convert(t->dtype, p, ATTND_DTYPE_F32, src, t->data_bytes / attnd_dtype_size(t->dtype));
         p += t->data_bytes;
     }
     return p;

@@ -122,7 +122,7 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     cfg->group_timeout_ms = 10000;
     cfg->ucx_spin_us = 200;
     cfg->ucx_exec_threads = 2;
-    /* measured on loopback with tests/service/bench_attend.c: an 8 MiB
+    /* measured on loopback with service/bench/bench_attend.c: an 8 MiB
      * window and 1 MiB frames cut the p50 of a 2.4 MB Attend from ~15 to
      * ~10 ms; a 64 MiB window or 16 MiB frames did not help */
     cfg->http2_lookahead = 8 << 20;

@@ -1,13 +1,20 @@
-/* AppendKV: a client stream of prefill KV chunks.
+/* AppendKV: a client stream of prefill KV chunks, applied all or nothing.
  *
- * Each chunk is validated and applied as it arrives (the engine appends it
- * all or nothing), so a prefill of many chunks never sits in memory whole.
- * The first chunk that fails ends the call with its status; the chunks and
- * tokens applied before it travel back as trailing metadata
- * (attnd-chunks-applied, attnd-tokens-applied) so the client knows where to
- * resume. When the client half-closes, the reply counts every chunk. */
-#include <inttypes.h>
-
+ * Each chunk is validated and staged as it arrives: written into KV pages
+ * but invisible to attention (the engine's attnd_engine_stage; in a worker
+ * group, a stream that stages on every rank), so a prefill of many chunks never
+ * sits in memory whole. A chunk must start where its layer ends as this
+ * stream has it (committed length plus what the stream staged before).
+ * At the client's half-close the stage commits, and the reply counts the
+ * chunks and tokens committed. The first chunk that fails ends the call
+ * with its status, as does a broken stream (client cancel, deadline,
+ * server shutdown; gRPC ends the receive of a cancelled call with "no
+ * message" as at a half-close, so grpc_call_failed_before_recv_message
+ * tells them apart): the stage is aborted and nothing of the stream is
+ * applied, so a retry of the whole stream starts from the same lengths.
+ * A call that ends any other way aborts its stage when it is released
+ * (attnd_srv_append_drop, from call.c).
+ */
 #include "srv.h"
 
 void attnd_srv_append_start(attnd_srv_call *c)
@@ -15,14 +22,51 @@ void attnd_srv_append_start(attnd_srv_call *c)
     attnd_srv_call_recv(c);
 }
 
-static void fail_with_progress(attnd_srv_call *c, const attnd_error *err)
+void attnd_srv_append_drop(attnd_srv_call *c)
 {
-    char v[24];
-    snprintf(v, sizeof v, "%" PRIu64, c->chunks);
-    attnd_srv_call_add_trailer(c, "attnd-chunks-applied", v);
-    snprintf(v, sizeof v, "%" PRIu64, c->tokens);
-    attnd_srv_call_add_trailer(c, "attnd-tokens-applied", v);
-    attnd_srv_call_fail(c, err);
+    if (!c->stage)
+        return;
+    if (c->th->srv->group)
+        attnd_group_stream_close(c->stage);
+    else
+        attnd_engine_stage_close(c->stage);
+    c->stage = NULL;
+}
+
+/* Stage one validated chunk, opening the call's stage on first use. */
+static attnd_status stage_chunk(attnd_srv_call *c, const attnd_srv_append_req *r,
+                                attnd_error *err)
+{
+    attnd_srv *srv = c->th->srv;
+    attnd_status st;
+
+    if (srv->group) {
+        attnd_group_stream *gs = c->stage;
+        if (!gs && (st = attnd_group_stream_open(srv->group, &gs, err)))
+            return st;
+        c->stage = gs;
+        return attnd_group_stream_append(gs, &r->id, r->layer, r->start, r->n_tokens, r->dtype,
+                                         r->kv, err);
+    }
+    attnd_engine_stage *es = c->stage;
+    if (!es && (st = attnd_engine_stage_open(srv->engine, &es, err)))
+        return st;
+    c->stage = es;
+    return attnd_engine_stage_append(es, &r->id, r->layer, r->start, r->n_tokens, r->dtype,
+                                     r->kv, err);
+}
+
+/* Commit what the stream staged (nothing staged: nothing to do). */
+static attnd_status commit(attnd_srv_call *c, uint64_t *chunks_p, uint64_t *tokens_p,
+                           attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    *chunks_p = *tokens_p = 0;
+    if (c->stage)
+        st = c->th->srv->group ? attnd_group_stream_commit(c->stage, chunks_p, tokens_p, err)
+                               : attnd_engine_stage_commit(c->stage, chunks_p, tokens_p, err);
+    attnd_srv_append_drop(c);
+    return st;
 }
 
 void attnd_srv_append_step(attnd_srv_call *c, int ok)
@@ -32,29 +76,30 @@ void attnd_srv_append_step(attnd_srv_call *c, int ok)
     attnd_srv_append_req req;
     attnd_error err;
 
-    if (!ok) {
-        attnd_srv_call_finish(c, NULL, ATTND_ERR_CANCELLED, "AppendKV: stream broken");
-        return;
-    }
-    if (!c->recv) { /* half-close: every chunk applied */
-        Attnd__V1__AppendKVResponse resp = ATTND__V1__APPEND_KVRESPONSE__INIT;
-        resp.chunks = c->chunks;
-        resp.tokens = c->tokens;
-        attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
-        return;
-    }
     attnd_error_clear(&err);
+    /* a cancelled call (the client's cancel, the deadline) also ends its
+     * receive with no message: that is no half-close, nothing commits */
+    if (!ok || (!c->recv && grpc_call_failed_before_recv_message(c->call))) {
+        attnd_srv_append_drop(c);
+        attnd_srv_call_finish(c, NULL, ATTND_ERR_CANCELLED,
+                              "AppendKV: stream broken; nothing of it was applied");
+        return;
+    }
+    if (!c->recv) { /* half-close: commit */
+        Attnd__V1__AppendKVResponse resp = ATTND__V1__APPEND_KVRESPONSE__INIT;
+        if (commit(c, &resp.chunks, &resp.tokens, &err))
+            attnd_srv_call_fail(c, &err);
+        else
+            attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
+        return;
+    }
     m = (Attnd__V1__AppendKVRequest *)attnd_srv_call_decode(
         c, &attnd__v1__append_kvrequest__descriptor, &err);
     if (!m || attnd_srv_validate_append(m, &srv->model, &req, &err) ||
-        (srv->group ? attnd_group_append(srv->group, &req.id, req.layer, req.start,
-                                         req.n_tokens, req.dtype, req.kv, &err)
-                    : attnd_engine_append(srv->engine, &req.id, req.layer, req.start,
-                                          req.n_tokens, req.dtype, req.kv, &err))) {
-        fail_with_progress(c, &err);
+        stage_chunk(c, &req, &err)) {
+        attnd_srv_append_drop(c);
+        attnd_srv_call_fail(c, &err);
         return;
     }
-    c->chunks++;
-    c->tokens += req.n_tokens;
     attnd_srv_call_recv(c);
 }

@@ -7,6 +7,7 @@
  * stream ends the stream with its status. */
 #include <grpc/support/time.h>
 
+#include "attnd_clock.h"
 #include "attend_exec.h"
 
 /* Handle one AttendRequest in c->recv; *reply_p gets the reply and *t_p
@@ -23,7 +24,7 @@ static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
         x.time_left_ms = gpr_time_to_millis(left) > 0 ? gpr_time_to_millis(left) : 1;
     const Attnd__V1__AttendRequest *m;
     attnd_srv_attend_result res;
-    uint64_t t_arrival = attnd_srv_now_ns();
+    uint64_t t_arrival = attnd_clock_ns();
     attnd_status st;
 
     m = (const Attnd__V1__AttendRequest *)attnd_srv_call_decode(
@@ -33,11 +34,11 @@ static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
     st = attnd_srv_attend_exec(&x, m, t_arrival, &res, err);
     if (st)
         return st;
-    uint64_t t_pack = attnd_srv_now_ns();
+    uint64_t t_pack = attnd_clock_ns();
     *reply_p = attnd_srv_attend_reply_pack(&res.reply);
     if (t_p) {
         *t_p = res.t;
-        t_p->t_encode_ns = attnd_srv_now_ns() - t_pack;
+        t_p->t_encode_ns = attnd_clock_ns() - t_pack;
     }
     return ATTND_OK;
 }

@@ -146,7 +146,10 @@ struct attnd_srv_call {
     int held;                   /* in the thread's held-open list */
     int counted;                /* counted in srv->active_calls */
     int end_requested;          /* held open: end at the next chance */
-    uint64_t chunks, tokens;    /* AppendKV progress */
+    void *stage;                /* AppendKV: the stream's attnd_engine_stage (a
+                                   group: attnd_group_stream), NULL before its
+                                   first chunk; aborted if the call ends
+                                   uncommitted */
     grpc_metadata trailer[2];   /* trailing metadata of the final status */
     size_t n_trailer;
     attnd_srv_tag op_tag, close_tag;
@@ -267,6 +270,8 @@ void attnd_srv_create_session_start(attnd_srv_call *c);
 void attnd_srv_close_session_start(attnd_srv_call *c);
 void attnd_srv_append_start(attnd_srv_call *c);
 void attnd_srv_append_step(attnd_srv_call *c, int ok);
+/* Abort and give back c's AppendKV stage, if any (attnd_srv_call_put). */
+void attnd_srv_append_drop(attnd_srv_call *c);
 void attnd_srv_attend_start(attnd_srv_call *c);
 void attnd_srv_attend_stream_start(attnd_srv_call *c);
 void attnd_srv_attend_stream_step(attnd_srv_call *c, int ok);

@@ -7,6 +7,7 @@
 
 #include <ucp/api/ucp.h>
 
+#include "attnd_buf.h"
 #include "attnd_ucx.h"
 #include "ucx_server.h"
 
@@ -19,11 +20,6 @@ typedef struct ucx_conn {
     struct ucx_conn *next;
 } ucx_conn;
 
-typedef struct ucx_buf {
-    uint8_t *p;
-    size_t cap;
-} ucx_buf;
-
 typedef struct ucx_job {
     struct attnd_srv_ucx *u;
     ucx_conn *conn;
@@ -33,7 +29,7 @@ typedef struct ucx_job {
     void *held;             /* UCX's eager data, released after exec */
     const uint8_t *data;    /* the request bytes (held, or req.p) */
     size_t len;
-    ucx_buf req, rep;
+    attnd_buf req, rep;
     attnd_status st;        /* executed: the reply's status, */
     size_t n;               /* and its payload bytes in rep */
     struct ucx_job *next;

@@ -42,25 +42,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "attnd_clock.h"
 #include "attend_exec.h"
 #include "ucx_int.h"
 
-/* ---- buffers, jobs, connections ------------------------------------------------------ */
-
-static int buf_reserve(ucx_buf *b, size_t n)
-{
-    if (n <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < n)
-        cap *= 2;
-    uint8_t *p = realloc(b->p, cap);
-    if (!p)
-        return -1;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
+/* ---- jobs, connections ------------------------------------------------------ */
 
 static void conn_unref(attnd_srv_ucx *u, ucx_conn *c)
 {
@@ -222,7 +208,7 @@ ucs_status_t attnd_srv_ucx_on_attend(void *arg, const void *header, size_t heade
     if (!(j = job_get(u, conn)))
         return UCS_OK;
     memcpy(&j->hdr, header, sizeof j->hdr);
-    j->t_arrival = attnd_srv_now_ns();
+    j->t_arrival = attnd_clock_ns();
     j->len = length;
     if (length > u->srv->cfg->max_message) {
         j->data = NULL; /* answered RESOURCE_EXHAUSTED by run_job, unread */
@@ -230,7 +216,7 @@ ucs_status_t attnd_srv_ucx_on_attend(void *arg, const void *header, size_t heade
         return UCS_OK;
     }
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
-        if (buf_reserve(&j->req, length ? length : 1)) {
+        if (attnd_buf_fit(&j->req, length ? length : 1)) {
             attnd_srv_ucx_job_put(j);
             return UCS_OK;
         }
@@ -253,7 +239,7 @@ ucs_status_t attnd_srv_ucx_on_attend(void *arg, const void *header, size_t heade
         job_ready(u, j);
         return UCS_INPROGRESS;
     }
-    if (buf_reserve(&j->req, length ? length : 1)) {
+    if (attnd_buf_fit(&j->req, length ? length : 1)) {
         attnd_srv_ucx_job_put(j);
         return UCS_OK;
     }
@@ -279,7 +265,7 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
 {
     attnd_srv_exec_ctx x = {.srv = u->srv, .ws = ws, .arena = arena};
     if (j->hdr.deadline_ms) { /* what is left of the client's deadline */
-        int64_t waited_ms = (int64_t)((attnd_srv_now_ns() - j->t_arrival) / 1000000u);
+        int64_t waited_ms = (int64_t)((attnd_clock_ns() - j->t_arrival) / 1000000u);
         int64_t left = (int64_t)j->hdr.deadline_ms - waited_ms;
         x.time_left_ms = left > 0 ? left : 1;
     }
@@ -298,9 +284,9 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
     else
         st = attnd_srv_attend_exec_bytes(&x, j->data, j->len, j->t_arrival, &res, &err);
     if (st == ATTND_OK) {
-        uint64_t t_enc = attnd_srv_now_ns();
+        uint64_t t_enc = attnd_clock_ns();
         n = attnd_srv_attend_reply_size(&res.reply);
-        if (buf_reserve(&j->rep, n ? n : 1))
+        if (attnd_buf_fit(&j->rep, n ? n : 1))
             st = attnd_error_set(&err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                  "reply: no memory for %zu bytes", n);
         else
@@ -309,7 +295,7 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
         j->rhdr.validate_ns = res.t.t_validate_ns;
         j->rhdr.kernel_ns = res.t.t_kernel_ns;
         j->rhdr.fanout_ns = res.t.t_fanout_ns;
-        j->rhdr.encode_ns = attnd_srv_now_ns() - t_enc;
+        j->rhdr.encode_ns = attnd_clock_ns() - t_enc;
     }
     if (st != ATTND_OK) {
         if (st != ATTND_ERR_CANCELLED)
@@ -317,7 +303,7 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
         if (!err.msg[0])
             snprintf(err.msg, sizeof err.msg, "%s", attnd_status_string(st));
         n = strlen(err.msg);
-        if (buf_reserve(&j->rep, n + 1))
+        if (attnd_buf_fit(&j->rep, n + 1))
             n = 0; /* the status alone goes back */
         else
             memcpy(j->rep.p, err.msg, n);
@@ -462,7 +448,7 @@ void *attnd_srv_ucx_thread(void *arg)
 {
     attnd_srv_ucx *u = arg;
     uint64_t spin_ns = (uint64_t)u->srv->cfg->ucx_spin_us * 1000u;
-    uint64_t last = attnd_srv_now_ns();
+    uint64_t last = attnd_clock_ns();
 
     while (!atomic_load(&u->stop)) {
         int busy = ucp_worker_progress(u->worker) != 0;
@@ -477,7 +463,7 @@ void *attnd_srv_ucx_thread(void *arg)
         if (send_done(u))
             busy = 1;
         tend_conns(u);
-        uint64_t now = attnd_srv_now_ns();
+        uint64_t now = attnd_clock_ns();
         if (busy) {
             last = now;
             continue;
@@ -501,7 +487,7 @@ void *attnd_srv_ucx_thread(void *arg)
             if (read(u->done_fd, &v, sizeof v) < 0)
                 v = 0; /* drained by an earlier read: nothing to do */
         }
-        last = attnd_srv_now_ns();
+        last = attnd_clock_ns();
     }
     return NULL;
 }

@@ -6,7 +6,7 @@
  * UCX configuration: endpoints use peer error handling, so a client that
  * dies is noticed and closed without hurting anyone else; in UCX 1.13 that
  * rules out the shared-memory transports, so even on one host the data
- * goes over TCP (tests/transport/transport_bench.sh shows what it costs
+ * goes over TCP (client/bench/transport/transport_bench.sh shows what it costs
  * against ucx_perftest with and without -e). Messages up to 256K go eager
  * (UCX_RNDV_THRESH in the environment wins).
  */

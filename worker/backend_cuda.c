@@ -323,7 +323,7 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd
         (st = buf_fit(&g->lse, rows * 4, 0, "q", err)))
         goto out;
     if (!q_direct)
-        attnd_convert(ATTND_DTYPE_BF16, g->q.h, b->q_dtype, b->q, q_elems);
+        attnd_dtype_convert(ATTND_DTYPE_BF16, g->q.h, b->q_dtype, b->q, q_elems);
     memcpy(g->idx.h, b->page_idx, n_idx * 4);
     if ((rc = cudaMemcpyAsync(g->q.d, q_direct ? b->q : g->q.h, q_elems * 2,
                               cudaMemcpyHostToDevice, g->stream)) != cudaSuccess ||

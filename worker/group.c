@@ -1,11 +1,13 @@
 /* The worker group's life: settings, the shard each rank's engine serves,
  * start-up (executors, transport, waiting for the peers), state for stats
- * and health, and teardown. The calls themselves are in group_lead.c. */
+ * and health, and teardown. The calls themselves are in group_lead.c and
+ * group_append.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "attnd_clock.h"
 #include "group_int.h"
 
 int attnd_group_mode_parse(const char *s)
@@ -111,8 +113,10 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
     pthread_mutex_init(&g->job_mu, NULL);
     pthread_cond_init(&g->job_cv, NULL);
     attnd__gtable_init(&g->table, cfg->model.n_layers);
+    attnd__gstages_init(g);
     if (attnd__gweights_init(g)) {
         attnd__gweights_cleanup(g);
+        attnd__gstages_cleanup(g);
         attnd__gtable_cleanup(&g->table);
         free(g);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
@@ -121,7 +125,7 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
         attnd_group_destroy(g);
         return st;
     }
-    attnd__gnet_wait_connected(g, attnd__now_ms() + cfg->connect_ms);
+    attnd__gnet_wait_connected(g, attnd_clock_ms() + cfg->connect_ms);
     attnd_group_state s;
     attnd_group_get_state(g, &s);
     if (s.missing[0])
@@ -139,6 +143,7 @@ void attnd_group_destroy(attnd_group *g)
     attnd__gpeer_stop(g);
     attnd__gnet_stop(g);
     attnd__gcalls_cleanup(g);
+    attnd__gstages_cleanup(g); /* before the table: it releases claims */
     attnd__gbufs_cleanup(g);
     attnd__gtable_cleanup(&g->table);
     attnd__gweights_cleanup(g);

@@ -20,14 +20,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "attnd_clock.h"
 #include "group_int.h"
-
-int64_t attnd__now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- buffers -------------------------------------------------------------------- */
 
@@ -193,7 +187,7 @@ void attnd__gcall_wait(attnd_group *g, attnd__gcall *c, int64_t deadline_ms)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t left = deadline_ms - attnd__now_ms();
+    int64_t left = deadline_ms - attnd_clock_ms();
     if (left < 0)
         left = 0;
     ts.tv_sec += left / 1000;

@@ -6,7 +6,9 @@
  * group_table.c (global session lengths), group_place.c (placement and the
  * per-rank slices of tensors), group_rank.c (one rank's part of a request,
  * shared by the leader and the peers), group_peer.c (serving peers' requests
- * on executor threads), group_lead.c (the leader side of every call),
+ * on executor threads), group_lead.c (the leader side of every call but
+ * AppendKV), group_append.c (AppendKV streams: the leader side),
+ * group_stage.c (AppendKV streams: one rank's staged part),
  * group_weights.c (W_UV parts and the up-projection).
  *
  * Wire: rank-to-rank messages are UCX active messages. Requests travel on
@@ -17,8 +19,9 @@
  * encoding; see group_rank.c for the layouts).
  *
  * Locks, in order: ucp_mu (every ucp_* call; AM and error callbacks run
- * under it), then call_mu, buf_mu, job_mu, the table's lock. A thread
- * holding a later lock never takes an earlier one.
+ * under it), then call_mu, buf_mu, job_mu, stage_mu, the engine's locks,
+ * the table's lock. A thread holding a later lock never takes an earlier
+ * one.
  */
 #ifndef ATTND_GROUP_INT_H
 #define ATTND_GROUP_INT_H
@@ -40,12 +43,15 @@ enum attnd__gmsg {
     ATTND__GMSG_HELLO = 1,  /* a = group size, b = mode, layer = page size */
     ATTND__GMSG_CREATE = 2, /* data: id; a = max_tokens for this rank */
     ATTND__GMSG_CLOSE = 3,  /* data: id; reply a = pages freed */
-    ATTND__GMSG_APPEND = 4, /* data: id, this rank's tokens; a = global start,
-                               b = global token count */
+    ATTND__GMSG_APPEND = 4, /* data: id (64 bytes), this rank's tokens; a =
+                               global start, b = global token count; stream
+                               and n_seqs = the chunk's number in it */
     ATTND__GMSG_ATTEND = 5, /* see group_rank.c; b > 0: up-project to b */
     ATTND__GMSG_WEIGHTS = 6, /* data: this rank's W_UV part, float32
                                 [Hq][d_v_r][a]; layer */
     ATTND__GMSG_BREAK = 7,  /* data: n_seqs ids whose shards diverged */
+    ATTND__GMSG_COMMIT = 8, /* stream, n_seqs = its chunks: make them visible */
+    ATTND__GMSG_ABORT = 9,  /* stream: drop what it staged */
 };
 
 typedef struct attnd__ghdr {
@@ -59,7 +65,7 @@ typedef struct attnd__ghdr {
     uint32_t q_dtype;
     uint32_t kv_dtype; /* ATTEND: 0 without new KV */
     uint64_t a, b;
-    uint64_t pad;
+    uint64_t stream;   /* APPEND, COMMIT, ABORT: the AppendKV stream's id */
 } attnd__ghdr;
 
 _Static_assert(sizeof(attnd__ghdr) == 64, "the wire header is 64 bytes");
@@ -127,6 +133,8 @@ typedef struct attnd__gsess {
     struct attnd__gsess *next;
     attnd_session_id id;
     uint64_t *len; /* [n_layers] global tokens */
+    uint64_t *stage;  /* [n_layers] the AppendKV stream holding the layer, 0 none */
+    uint64_t *staged; /* [n_layers] its length as that stream staged it */
     int broken;    /* a changing call failed on some ranks only: DATA_LOSS */
 } attnd__gsess;
 
@@ -135,6 +143,34 @@ typedef struct attnd__gtable {
     attnd__gsess *bucket[1024];
     int32_t n_layers;
 } attnd__gtable;
+
+/* ---- one rank's part of AppendKV streams (group_stage.c) ------------------ */
+
+typedef struct attnd__gclaim {
+    attnd_session_id id;
+    uint32_t layer;
+} attnd__gclaim;
+
+/* A stream's staged part on this rank, or (done) a tombstone that makes
+ * its late messages fail. Found by (src, stream) in the group's table. */
+typedef struct attnd__gstage {
+    struct attnd__gstage *next;
+    int32_t src;           /* the leading rank */
+    uint64_t stream;
+    int done;              /* committed or aborted: a tombstone */
+    int busy;              /* a message of it is running (messages of one
+                              stream run one at a time, in order) */
+    int64_t last_ms;       /* its last message: expiry */
+    uint32_t next_seq;     /* the chunk number expected next */
+    attnd_engine_stage *es; /* this rank's tokens; NULL until it has some */
+    attnd__gclaim *claim;  /* layers it holds in the group table */
+    size_t n_claim, cap_claim;
+} attnd__gstage;
+
+#define ATTND__GSTAGE_BUCKETS 256
+/* A leader sends no message of a stream that has been quiet this long
+ * (ABORTED instead); ranks drop parts quiet for twice as long. */
+#define ATTND__GSTREAM_IDLE_MS 60000
 
 /* ---- the group ---------------------------------------------------------------- */
 
@@ -188,12 +224,19 @@ struct attnd_group {
     attnd__gtable table;
     atomic_uint_fast64_t peer_failures;
 
+    pthread_mutex_t stage_mu; /* AppendKV stages (group_stage.c) */
+    pthread_cond_t stage_cv;  /* a stage stopped being busy */
+    attnd__gstage *stages[ATTND__GSTAGE_BUCKETS];
+    attnd__gstage *free_stages;
+    int32_t n_free_stages;
+    int64_t stage_sweep_ms;   /* next expiry sweep */
+    uint64_t stream_base;     /* random: stream ids are stream_base + k */
+    atomic_uint_fast64_t stream_next;
+
     pthread_rwlock_t w_lock; /* W_UV parts (group_weights.c) */
     float **wuv;             /* [n_layers]: [hq_r][d_v_r][wuv_dv] or NULL */
     int32_t *wuv_dv;         /* [n_layers] */
 };
-
-int64_t attnd__now_ms(void);
 
 /* group_call.c */
 attnd__gbuf *attnd__gbuf_get(attnd_group *g, size_t n);
@@ -272,6 +315,26 @@ attnd_status attnd__gtable_check(attnd__gtable *t, const attnd_session_id *ids, 
 void attnd__gtable_break(attnd__gtable *t, const attnd_session_id *ids, uint32_t n);
 void attnd__gtable_advance(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
                            uint32_t layer, const uint64_t *lens, uint64_t by);
+/* AppendKV staging in the group table: a layer one stream stages is held
+ * by it (stage[layer] = stream) with staged[layer] its length so far.
+ * Check that `stream` may stage a chunk at `start` on layer of id:
+ * NOT_FOUND, DATA_LOSS (diverged), ABORTED (another stream holds the
+ * layer) or FAILED_PRECONDITION naming start. claim: hold the layer
+ * (*fresh_p = 1 when this call took it); else only check. */
+attnd_status attnd__gtable_stage(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
+                                 uint64_t stream, uint64_t start, int claim, int *fresh_p,
+                                 attnd_error *err);
+/* The layer held by stream now ends at `end` (staged tokens). */
+void attnd__gtable_stage_to(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
+                            uint64_t stream, uint64_t end);
+/* Let go of the layer (commit: its length becomes the staged one). Layers
+ * not held by stream (the session closed meanwhile) are skipped. */
+void attnd__gtable_unstage(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
+                           uint64_t stream, int commit);
+/* ABORTED naming session_ids[i] when an AppendKV stream holds layer of
+ * one of them (an Attend with new KV must not append there). */
+attnd_status attnd__gtable_check_unstaged(attnd__gtable *t, const attnd_session_id *ids,
+                                          uint32_t n, uint32_t layer, attnd_error *err);
 
 /* group_place.c: sequence placement */
 int32_t attnd__gplace_owner(const attnd_group *g, uint64_t t);
@@ -316,15 +379,6 @@ typedef struct attnd__gpart {
  * LSE, advance the global lengths. out/lse point into ws. */
 attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_engine_ws *ws,
                                  const float **out_p, const float **lse_p, attnd_error *err);
-/* FAILED_PRECONDITION (naming start) unless layer's global length is
- * start; NOT_FOUND for an unknown session. */
-attnd_status attnd__grank_check_start(attnd_group *g, const attnd_session_id *id,
-                                      uint32_t layer, uint64_t start, attnd_error *err);
-/* Append this rank's share (kv: its tokens of [start, start + n_global) in
- * the part's KV dtype, for sequence mode only those it holds). */
-attnd_status attnd__grank_append(attnd_group *g, const attnd_session_id *id, uint32_t layer,
-                                 uint64_t start, uint64_t n_global, attnd_dtype dt,
-                                 const void *kv, attnd_error *err);
 /* Wire layout of an ATTEND request's data; offsets in bytes, 64-aligned. */
 typedef struct attnd__gpart_layout {
     size_t ids, glen, q, kv, total;
@@ -335,6 +389,38 @@ void attnd__gpart_layout_of(const attnd_group *g, uint32_t n, int32_t S, attnd_d
 /* Bytes of a rank's reply to an ATTEND: out (rows of `width` floats) then
  * lse, float32. */
 size_t attnd__gpart_reply_bytes(const attnd_group *g, uint32_t n, int32_t S, int32_t width);
+
+/* group_stage.c: this rank's part of AppendKV streams. src: the leading
+ * rank; seq: the message's chunk number (COMMIT: the chunks sent). */
+void attnd__gstages_init(attnd_group *g);
+/* Abort every stage, free everything (the executors have stopped). */
+void attnd__gstages_cleanup(attnd_group *g);
+/* Stage chunk seq of the stream: kv is this rank's share of the global
+ * tokens [start, start + n_global) in the part's KV dtype dt. */
+attnd_status attnd__gstage_chunk(attnd_group *g, int32_t src, uint64_t stream, uint32_t seq,
+                                 const attnd_session_id *id, uint32_t layer, uint64_t start,
+                                 uint64_t n_global, attnd_dtype dt, const void *kv,
+                                 attnd_error *err);
+/* Commit the stream's part here, after checking that all its n_chunks
+ * chunks were staged; on failure nothing of it is applied here. */
+attnd_status attnd__gstage_commit(attnd_group *g, int32_t src, uint64_t stream,
+                                  uint32_t n_chunks, attnd_error *err);
+void attnd__gstage_abort(attnd_group *g, int32_t src, uint64_t stream);
+
+/* group_lead.c, for group_append.c */
+int64_t attnd__glead_deadline(const attnd_group *g, int64_t timeout_ms);
+attnd_status attnd__glead_peers_up(attnd_group *g, attnd_error *err);
+attnd_status attnd__glead_collect(attnd_group *g, attnd__gcall *c, attnd_error *err);
+void attnd__glead_send(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b,
+                       size_t want);
+int attnd__glead_diverged(attnd_group *g, attnd__gcall *c, int own, int lost);
+void attnd__glead_break(attnd_group *g, const attnd_session_id *ids, uint32_t n,
+                        int64_t timeout_ms);
+/* Rank r's share of n entries starting at global `start` into dst (NULL:
+ * only count). src: the entries as the client sent them, or rotated
+ * float32 ones in latent mode. Returns the entries written. */
+uint64_t attnd__glead_kv_share(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
+                               attnd_dtype dt, const void *src, void *dst);
 
 /* group_weights.c */
 attnd_status attnd__gweights_init(attnd_group *g);

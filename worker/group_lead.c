@@ -1,6 +1,7 @@
-/* The leader side of every group call: the rank a client called validates
- * what only the group knows, sends each peer its part, does its own, waits
- * for the peers (up to the deadline) and combines.
+/* The leader side of every group call (AppendKV streams: group_append.c,
+ * which shares the helpers named attnd__glead_*): the rank a client
+ * called validates what only the group knows, sends each peer its part,
+ * does its own, waits for the peers (up to the deadline) and combines.
  *
  * Errors: the leader's own checks first (unknown session NOT_FOUND, wrong
  * position FAILED_PRECONDITION, a peer not connected UNAVAILABLE before
@@ -24,14 +25,15 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "attnd_clock.h"
 #include "group_int.h"
 
-static int64_t deadline_of(const attnd_group *g, int64_t timeout_ms)
+int64_t attnd__glead_deadline(const attnd_group *g, int64_t timeout_ms)
 {
     int64_t t = g->cfg.timeout_ms;
     if (timeout_ms > 0 && timeout_ms < t)
         t = timeout_ms;
-    return attnd__now_ms() + t;
+    return attnd_clock_ms() + t;
 }
 
 /* A peer that is reconnecting (after a timeout closed its endpoint, or a
@@ -39,13 +41,13 @@ static int64_t deadline_of(const attnd_group *g, int64_t timeout_ms)
  * before answering UNAVAILABLE. */
 #define RECONNECT_GRACE_MS 500
 
-static attnd_status all_peers_up(attnd_group *g, attnd_error *err)
+attnd_status attnd__glead_peers_up(attnd_group *g, attnd_error *err)
 {
     for (int32_t r = 0; r < g->N; r++)
         if (r != g->me && !attnd__gnet_peer_up(g, r)) {
             int64_t grace = g->cfg.timeout_ms < RECONNECT_GRACE_MS ? g->cfg.timeout_ms
                                                                     : RECONNECT_GRACE_MS;
-            attnd__gnet_wait_connected(g, attnd__now_ms() + grace);
+            attnd__gnet_wait_connected(g, attnd_clock_ms() + grace);
             break;
         }
     for (int32_t r = 0; r < g->N; r++)
@@ -58,7 +60,7 @@ static attnd_status all_peers_up(attnd_group *g, attnd_error *err)
 }
 
 /* The first failed peer slot, as the call's status. */
-static attnd_status collect(attnd_group *g, attnd__gcall *c, attnd_error *err)
+attnd_status attnd__glead_collect(attnd_group *g, attnd__gcall *c, attnd_error *err)
 {
     for (int32_t r = 0; r < g->N; r++) {
         attnd__gslot *s = &c->slot[r];
@@ -78,7 +80,8 @@ static attnd_status collect(attnd_group *g, attnd__gcall *c, attnd_error *err)
 }
 
 /* Send b to rank r as part of call c, expecting `want` reply bytes. */
-static void send_part(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b, size_t want)
+void attnd__glead_send(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b,
+                       size_t want)
 {
     attnd_error e;
     b->hdr.src_rank = g->me;
@@ -105,7 +108,7 @@ static void send_part(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b
  * out or broke in flight may have gone either way. own: 1 our part
  * applied, 0 it failed, -1 our part is one of c's slots; lost: parts that
  * could not even be sent (nothing applied there). */
-static int diverged(attnd_group *g, attnd__gcall *c, int own, int lost)
+int attnd__glead_diverged(attnd_group *g, attnd__gcall *c, int own, int lost)
 {
     int applied = own == 1, failed = (own == 0) + lost, unknown = 0;
 
@@ -128,8 +131,8 @@ static int diverged(attnd_group *g, attnd__gcall *c, int own, int lost)
 /* Mark sessions diverged here and on every peer that can be reached (a
  * peer that cannot is told by the DATA_LOSS its part gets from the others
  * on the next call). */
-static void break_sessions(attnd_group *g, const attnd_session_id *ids, uint32_t n,
-                           int64_t timeout_ms)
+void attnd__glead_break(attnd_group *g, const attnd_session_id *ids, uint32_t n,
+                        int64_t timeout_ms)
 {
     attnd__gtable_break(&g->table, ids, n);
     attnd__gcall *c = attnd__gcall_new(g);
@@ -146,9 +149,9 @@ static void break_sessions(attnd_group *g, const attnd_session_id *ids, uint32_t
         for (uint32_t i = 0; i < n; i++)
             memcpy(b->data + (size_t)i * sizeof ids[0].bytes, ids[i].bytes, sizeof ids[0].bytes);
         b->len = (size_t)n * sizeof ids[0].bytes;
-        send_part(g, c, r, b, 0);
+        attnd__glead_send(g, c, r, b, 0);
     }
-    attnd__gcall_wait(g, c, deadline_of(g, timeout_ms));
+    attnd__gcall_wait(g, c, attnd__glead_deadline(g, timeout_ms));
     attnd__gcall_release(g, c);
 }
 
@@ -177,10 +180,10 @@ static attnd_status broadcast_id(attnd_group *g, uint32_t type, const attnd_sess
         b->hdr.a = rank_max_tokens(g, r, max_tokens);
         memcpy(b->data, id->bytes, sizeof id->bytes);
         b->len = sizeof id->bytes;
-        send_part(g, c, r, b, 0);
+        attnd__glead_send(g, c, r, b, 0);
     }
-    attnd__gcall_wait(g, c, deadline_of(g, 0));
-    attnd_status st = collect(g, c, err);
+    attnd__gcall_wait(g, c, attnd__glead_deadline(g, 0));
+    attnd_status st = attnd__glead_collect(g, c, err);
     for (int32_t r = 0; sum_a && r < g->N; r++)
         if (c->slot[r].expect && c->slot[r].st == ATTND_OK)
             *sum_a += c->slot[r].a;
@@ -192,7 +195,7 @@ attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
                                         attnd_session_id *id_p, attnd_error *err)
 {
     attnd_session_id id;
-    attnd_status st = all_peers_up(g, err);
+    attnd_status st = attnd__glead_peers_up(g, err);
 
     if (st)
         return st;
@@ -235,13 +238,10 @@ attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *i
     return st;
 }
 
-/* ---- append --------------------------------------------------------------------- */
-
-/* Rank r's share of n entries starting at global `start` into dst
- * (NULL: only count). src: the entries as the client sent them, or rotated
- * float32 ones in latent mode. Returns the entries written. */
-static uint64_t kv_share(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
-                         attnd_dtype dt, const void *src, void *dst)
+/* Rank r's share of n entries starting at global `start` (AppendKV and
+ * Attend with new KV alike). */
+uint64_t attnd__glead_kv_share(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
+                               attnd_dtype dt, const void *src, void *dst)
 {
     if (g->cfg.mode == ATTND_GROUP_SEQUENCE)
         return attnd__gplace_gather_seq(g, r, start, n,
@@ -249,74 +249,6 @@ static uint64_t kv_share(const attnd_group *g, int32_t r, uint64_t start, uint64
     if (dst)
         attnd__gplace_slice_kv(g, r, n, dt, src, dst);
     return n;
-}
-
-attnd_status attnd_group_append(attnd_group *g, const attnd_session_id *id, uint32_t layer,
-                                uint64_t start, uint64_t n_tokens, attnd_dtype dtype,
-                                const void *kv, attnd_error *err)
-{
-    attnd__gbuf *rot = NULL, *own = NULL;
-    attnd_status st;
-    attnd_dtype pt = attnd__gpart_kv_dtype(g, dtype);
-    const size_t pes = (size_t)g->kv_elems_r * attnd_dtype_size(pt);
-
-    st = attnd__grank_check_start(g, id, layer, start, err);
-    if (st)
-        return st;
-    if ((st = all_peers_up(g, err)))
-        return st;
-    if (g->cfg.mode == ATTND_GROUP_LATENT) {
-        if (!(rot = attnd__gbuf_get(g, n_tokens * (size_t)g->kv_elems * sizeof(float))))
-            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "kv: out of memory");
-        attnd__grotate_kv(g, n_tokens, dtype, kv, (float *)rot->data);
-        kv = rot->data;
-        dtype = ATTND_DTYPE_F32;
-    }
-    attnd__gcall *c = attnd__gcall_new(g);
-    int lost = 0;
-    if (!c) {
-        attnd__gbuf_put(g, rot);
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
-    }
-    for (int32_t r = 0; r < g->N; r++) {
-        if (r == g->me)
-            continue;
-        uint64_t k = kv_share(g, r, start, n_tokens, dtype, kv, NULL);
-        attnd__gbuf *b = attnd__gbuf_get(g, 64 + k * pes);
-        if (!b) {
-            lost++;
-            continue;
-        }
-        b->hdr.type = ATTND__GMSG_APPEND;
-        b->hdr.layer = layer;
-        b->hdr.kv_dtype = pt;
-        b->hdr.a = start;
-        b->hdr.b = n_tokens;
-        memcpy(b->data, id->bytes, sizeof id->bytes);
-        kv_share(g, r, start, n_tokens, dtype, kv, b->data + 64);
-        b->len = 64 + k * pes;
-        send_part(g, c, r, b, 0);
-    }
-    uint64_t k = kv_share(g, g->me, start, n_tokens, dtype, kv, NULL);
-    if (!(own = attnd__gbuf_get(g, k * pes + 1))) {
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "kv: out of memory");
-    } else {
-        kv_share(g, g->me, start, n_tokens, dtype, kv, own->data);
-        st = attnd__grank_append(g, id, layer, start, n_tokens, pt, own->data, err);
-    }
-    attnd__gcall_wait(g, c, deadline_of(g, 0));
-    int own_applied = st == ATTND_OK;
-    if (st == ATTND_OK)
-        st = collect(g, c, err);
-    if (st == ATTND_OK && lost)
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                             "kv: out of memory for %d ranks' parts", lost);
-    if (st && diverged(g, c, own_applied, lost))
-        break_sessions(g, id, 1, 0);
-    attnd__gcall_release(g, c);
-    attnd__gbuf_put(g, own);
-    attnd__gbuf_put(g, rot);
-    return st;
 }
 
 /* ---- attend --------------------------------------------------------------------- */
@@ -337,7 +269,7 @@ static attnd__gbuf *build_part(attnd_group *g, int32_t r, const attnd_attend_req
     uint64_t entries = 0;
 
     for (uint32_t i = 0; kv && i < n; i++)
-        entries += kv_share(g, r, glen[i], S, kt, NULL, NULL);
+        entries += attnd__glead_kv_share(g, r, glen[i], S, kt, NULL, NULL);
     attnd__gpart_layout_of(g, n, (int32_t)S, pq, pk, entries, &l);
     attnd__gbuf *b = attnd__gbuf_get(g, l.total);
     if (!b)
@@ -347,7 +279,8 @@ static attnd__gbuf *build_part(attnd_group *g, int32_t r, const attnd_attend_req
     attnd__gplace_slice_q(g, r, (size_t)n * S, qt, q, b->data + l.q);
     unsigned char *dst = b->data + l.kv;
     for (uint32_t i = 0; kv && i < n; i++)
-        dst += pes * kv_share(g, r, glen[i], S, kt, (const char *)kv + (size_t)i * S * es, dst);
+        dst += pes * attnd__glead_kv_share(g, r, glen[i], S, kt,
+                                           (const char *)kv + (size_t)i * S * es, dst);
     b->len = l.total;
     b->hdr.type = ATTND__GMSG_ATTEND;
     b->hdr.layer = req->layer;
@@ -367,8 +300,8 @@ static attnd_status combine(attnd_group *g, attnd__gcall *c, size_t rows, int32_
     const size_t H = (size_t)g->hq, Hr = (size_t)g->hq_r;
     const size_t dv = d_vo ? (size_t)d_vo : (size_t)g->d_v;
     const size_t dvr = d_vo ? (size_t)d_vo : (size_t)g->d_v_r;
-    if (attnd__ws_reserve((void **)&ws->out, &ws->cap_out, rows * H * dv, sizeof(float)) ||
-        attnd__ws_reserve((void **)&ws->lse, &ws->cap_lse, rows * H, sizeof(float)))
+    if (ATTND_BUF_RESERVE(ws->out, ws->cap_out, rows * H * dv) ||
+        ATTND_BUF_RESERVE(ws->lse, ws->cap_lse, rows * H))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "q: no memory for outputs");
     float *out = ws->out, *lse = ws->lse;
     for (int32_t r = 0; r < g->N; r++) {
@@ -440,7 +373,10 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
                                  (unsigned long long)req->positions[i]);
             goto out;
         }
-    if ((st = all_peers_up(g, err)))
+    if (req->new_kv && (st = attnd__gtable_check_unstaged(&g->table, req->ids, n, req->layer,
+                                                          err)))
+        goto out;
+    if ((st = attnd__glead_peers_up(g, err)))
         goto out;
     const int32_t d_vo = up_project; /* the width the caller expects */
     if (d_vo && (g->cfg.model.kind != ATTND_ATTN_MLA || g->cfg.mode == ATTND_GROUP_HEAD ||
@@ -484,7 +420,7 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
             goto out;
         }
         b->hdr.b = (uint64_t)d_vo;
-        send_part(g, c, r, b, reply);
+        attnd__glead_send(g, c, r, b, reply);
     }
     /* our own part, through the same layout as a peer's */
     if (!(own = build_part(g, g->me, req, glen, qt, q, kt, kv)) ||
@@ -524,12 +460,12 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
     pthread_mutex_unlock(&g->call_mu);
     /* wait for the peers even when our part failed: with new KV, some of
      * them may have appended, and then the session must be marked */
-    attnd__gcall_wait(g, c, deadline_of(g, timeout_ms));
+    attnd__gcall_wait(g, c, attnd__glead_deadline(g, timeout_ms));
     if (st == ATTND_OK)
-        st = collect(g, c, err);
+        st = attnd__glead_collect(g, c, err);
     if (st) {
-        if (kv && diverged(g, c, -1, 0))
-            break_sessions(g, req->ids, n, timeout_ms);
+        if (kv && attnd__glead_diverged(g, c, -1, 0))
+            attnd__glead_break(g, req->ids, n, timeout_ms);
         goto out;
     }
     if ((st = combine(g, c, rows, d_vo, ws, err)))

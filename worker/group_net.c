@@ -32,6 +32,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "attnd_clock.h"
 #include "group_int.h"
 
 #define HELLO_TIMEOUT_MS 1000
@@ -153,7 +154,7 @@ static void drop_peer(attnd_group *g, attnd__gpeer *p, const char *why, int64_t 
         close_ep(g, p->ep);
     p->ep = NULL;
     p->state = ATTND__PEER_DOWN;
-    p->next_try_ms = attnd__now_ms() + retry_ms;
+    p->next_try_ms = attnd_clock_ms() + retry_ms;
     snprintf(msg, sizeof msg, "group: rank %d (%s) %s", p->rank, g->cfg.addrs[p->rank], why);
     attnd__gcalls_fail_rank(g, p->rank, msg);
 }
@@ -185,7 +186,7 @@ static void try_connect(attnd_group *g, attnd__gpeer *p)
     socklen_t len;
     attnd__gbuf *b;
 
-    p->next_try_ms = attnd__now_ms() + RETRY_MS;
+    p->next_try_ms = attnd_clock_ms() + RETRY_MS;
     if (attnd__gaddr_peer(g, p->rank, &ss, &len))
         return; /* not known yet */
     ucp_ep_params_t ep = {
@@ -213,14 +214,14 @@ static void try_connect(attnd_group *g, attnd__gpeer *p)
     b->hdr.layer = (uint32_t)g->cfg.page_size;
     hello_model(g, &b->hdr);
     p->state = ATTND__PEER_CONNECTING;
-    p->hello_deadline_ms = attnd__now_ms() + HELLO_TIMEOUT_MS;
+    p->hello_deadline_ms = attnd_clock_ms() + HELLO_TIMEOUT_MS;
     if (send_locked(g, p->ep, ATTND__GAM_REQ, b, 1))
         drop_peer(g, p, "hello failed", RETRY_MS);
 }
 
 static void tend_peers(attnd_group *g)
 {
-    int64_t now = attnd__now_ms();
+    int64_t now = attnd_clock_ms();
     for (int32_t r = 0; r < g->N; r++) {
         attnd__gpeer *p = &g->peers[r];
         if (r == g->me)
@@ -434,7 +435,7 @@ void attnd__gnet_wait_connected(attnd_group *g, int64_t deadline_ms)
         for (int32_t r = 0; r < g->N; r++)
             if (r != g->me && !attnd__gnet_peer_up(g, r))
                 all = 0;
-        if (all || attnd__now_ms() >= deadline_ms)
+        if (all || attnd_clock_ms() >= deadline_ms)
             return;
         usleep(10000);
     }
@@ -541,7 +542,7 @@ void attnd__gnet_stop(attnd_group *g)
             free(c);
         }
         g->conns = NULL;
-        for (int64_t end = attnd__now_ms() + 2000; g->n_closing && attnd__now_ms() < end;) {
+        for (int64_t end = attnd_clock_ms() + 2000; g->n_closing && attnd_clock_ms() < end;) {
             ucp_worker_progress(g->worker);
             reap_closing(g);
         }

@@ -127,8 +127,8 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
     uint64_t freed = 0;
 
     attnd_error_clear(&err);
-    if (h->type != ATTND__GMSG_ATTEND && h->type != ATTND__GMSG_WEIGHTS &&
-        h->type != ATTND__GMSG_BREAK && req->len < ATTND_SESSION_ID_BYTES) {
+    if ((h->type == ATTND__GMSG_CREATE || h->type == ATTND__GMSG_CLOSE ||
+         h->type == ATTND__GMSG_APPEND) && req->len < ATTND_SESSION_ID_BYTES) {
         attnd_error_set(&err, ATTND_ERR_INVALID_ARGUMENT, "group: message without a session");
         return status_reply(g, h, err.code, &err, 0);
     }
@@ -155,9 +155,16 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
                             "group: APPEND of %zu bytes does not match its header", req->len);
             return status_reply(g, h, err.code, &err, 0);
         }
-        st = attnd__grank_append(g, id, h->layer, h->a, h->b, dt, req->data + 64, &err);
+        st = attnd__gstage_chunk(g, h->src_rank, h->stream, h->n_seqs, id, h->layer, h->a,
+                                 h->b, dt, req->data + 64, &err);
         return status_reply(g, h, st, &err, 0);
     }
+    case ATTND__GMSG_COMMIT:
+        st = attnd__gstage_commit(g, h->src_rank, h->stream, h->n_seqs, &err);
+        return status_reply(g, h, st, &err, 0);
+    case ATTND__GMSG_ABORT:
+        attnd__gstage_abort(g, h->src_rank, h->stream);
+        return status_reply(g, h, ATTND_OK, &err, 0);
     case ATTND__GMSG_ATTEND:
         return run_attend(g, req, ws, &err);
     case ATTND__GMSG_BREAK:

@@ -128,7 +128,7 @@ static void rotate_vecs(const attnd_group *g, size_t n, attnd_dtype t, const voi
                         float *dst)
 {
     const int32_t dk = g->cfg.model.d_latent + g->cfg.model.d_rope;
-    attnd_convert(ATTND_DTYPE_F32, dst, t, src, n * (size_t)dk);
+    attnd_dtype_convert(ATTND_DTYPE_F32, dst, t, src, n * (size_t)dk);
     for (size_t i = 0; i < n; i++)
         attnd_kernel_fwht_f32(dst + i * (size_t)dk, g->cfg.model.d_latent);
 }

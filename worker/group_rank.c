@@ -1,5 +1,6 @@
-/* One rank's part of a group request, run the same way by the leader for
- * itself and by a peer's executor for a request off the wire.
+/* One rank's part of a group Attend, run the same way by the leader for
+ * itself and by a peer's executor for a request off the wire (AppendKV's
+ * part: group_stage.c).
  *
  * ATTEND data layout (offsets 64-byte aligned, attnd__gpart_layout_of):
  *   ids  [n][16]            the sessions
@@ -16,10 +17,9 @@
  * token s sees the global prefix [0, L' - (S-1-s)), L' the length after the
  * append, which on rank r is its first count_r(L' - (S-1-s)) tokens. Head
  * and latent modes hold every token and append with the engine's own
- * all-or-nothing Attend. The global lengths advance only on success; a
- * sequence-mode batch that fails midway may leave some sessions' tokens
- * appended on this rank (the client sees the error and must not go on with
- * those sessions).
+ * all-or-nothing Attend; sequence mode stages every session's share and
+ * commits them together (all or nothing as well). The global lengths
+ * advance only on success.
  */
 #include <string.h>
 
@@ -51,6 +51,32 @@ size_t attnd__gpart_reply_bytes(const attnd_group *g, uint32_t n, int32_t S, int
     return rows * ((size_t)width + 1) * sizeof(float);
 }
 
+/* Sequence mode: append each session's share of the new entries (a
+ * session may have none here), all or nothing: one stage, committed
+ * together. */
+static attnd_status append_shares(attnd_group *g, const attnd__gpart *p, attnd_error *err)
+{
+    const size_t es = (size_t)g->kv_elems_r * attnd_dtype_size(p->kv_dtype);
+    const uint64_t S = (uint64_t)p->q_tokens;
+    const char *kp = p->kv;
+    attnd_engine_stage *stage = NULL;
+    attnd_status st = attnd_engine_stage_open(g->engine, &stage, err);
+
+    for (uint32_t i = 0; st == ATTND_OK && i < p->n_seqs; i++) {
+        uint64_t lo = attnd__gplace_count(g, g->me, p->glen[i]);
+        uint64_t hi = attnd__gplace_count(g, g->me, p->glen[i] + S);
+        if (hi == lo)
+            continue;
+        st = attnd_engine_stage_append(stage, &p->ids[i], p->layer, lo, hi - lo, p->kv_dtype,
+                                       kp, err);
+        kp += (hi - lo) * es;
+    }
+    if (st == ATTND_OK)
+        st = attnd_engine_stage_commit(stage, NULL, NULL, err);
+    attnd_engine_stage_close(stage);
+    return st;
+}
+
 attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_engine_ws *ws,
                                  const float **out_p, const float **lse_p, attnd_error *err)
 {
@@ -60,6 +86,8 @@ attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_en
     attnd_status st;
 
     st = attnd__gtable_check(&g->table, p->ids, n, p->layer, p->glen, "positions", err);
+    if (st == ATTND_OK && with_kv)
+        st = attnd__gtable_check_unstaged(&g->table, p->ids, n, p->layer, err);
     if (st)
         return st;
     attnd_attend_req r = {
@@ -72,19 +100,8 @@ attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_en
         .want_lse = 1,
     };
     if (g->cfg.mode == ATTND_GROUP_SEQUENCE) {
-        const size_t es = (size_t)g->kv_elems_r * attnd_dtype_size(p->kv_dtype);
-        const char *kp = p->kv;
-        for (uint32_t i = 0; with_kv && i < n; i++) {
-            uint64_t lo = attnd__gplace_count(g, g->me, p->glen[i]);
-            uint64_t hi = attnd__gplace_count(g, g->me, p->glen[i] + S);
-            if (hi == lo)
-                continue;
-            st = attnd_engine_append(g->engine, &p->ids[i], p->layer, lo, hi - lo, p->kv_dtype,
-                                     kp, err);
-            if (st)
-                return st;
-            kp += (hi - lo) * es;
-        }
+        if (with_kv && (st = append_shares(g, p, err)))
+            return st;
         if (S > 1) {
             if (!(vis = attnd__gbuf_get(g, sizeof(uint64_t) * n * S)))
                 return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
@@ -108,42 +125,5 @@ attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_en
     attnd__gbuf_put(g, vis);
     if (st == ATTND_OK && with_kv)
         attnd__gtable_advance(&g->table, p->ids, n, p->layer, p->glen, S);
-    return st;
-}
-
-attnd_status attnd__grank_check_start(attnd_group *g, const attnd_session_id *id,
-                                      uint32_t layer, uint64_t start, attnd_error *err)
-{
-    attnd_status st = attnd__gtable_check(&g->table, id, 1, layer, &start, "start", err);
-    if (st == ATTND_ERR_FAILED_PRECONDITION) {
-        uint64_t have = 0;
-        attnd__gtable_lens(&g->table, id, 1, layer, &have, NULL);
-        return attnd_error_set(err, st,
-                               "start: layer %u holds %llu tokens; an append must start "
-                               "there, got %llu", layer, (unsigned long long)have,
-                               (unsigned long long)start);
-    }
-    if (st == ATTND_ERR_NOT_FOUND)
-        return attnd_error_set(err, st, "session_id: no such session");
-    return st;
-}
-
-attnd_status attnd__grank_append(attnd_group *g, const attnd_session_id *id, uint32_t layer,
-                                 uint64_t start, uint64_t n_global, attnd_dtype dt,
-                                 const void *kv, attnd_error *err)
-{
-    attnd_status st = attnd__grank_check_start(g, id, layer, start, err);
-    if (st)
-        return st;
-    if (g->cfg.mode == ATTND_GROUP_SEQUENCE) {
-        uint64_t lo = attnd__gplace_count(g, g->me, start);
-        uint64_t k = attnd__gplace_count(g, g->me, start + n_global) - lo;
-        if (k)
-            st = attnd_engine_append(g->engine, id, layer, lo, k, dt, kv, err);
-    } else {
-        st = attnd_engine_append(g->engine, id, layer, start, n_global, dt, kv, err);
-    }
-    if (st == ATTND_OK)
-        attnd__gtable_advance(&g->table, id, 1, layer, &start, n_global);
     return st;
 }

@@ -8,6 +8,11 @@
  * new token to its owner and applies the causal rule with global positions.
  * A chained hash over the id's first bytes (ids are random); one lock.
  * Entries are made and freed only by create and close.
+ *
+ * AppendKV streams stage here too (group_stage.c): while a stream holds a
+ * layer, the layer's length stays what was committed, `staged` tracks the
+ * stream's own view of it, and no other writer may append there (another
+ * stream, or an Attend with new KV: ABORTED). The commit sets the length.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +33,19 @@ void attnd__gtable_init(attnd__gtable *t, int32_t n_layers)
     t->n_layers = n_layers;
 }
 
+static void gsess_free(attnd__gsess *s)
+{
+    if (s)
+        free(s->len);
+    free(s);
+}
+
 void attnd__gtable_cleanup(attnd__gtable *t)
 {
     for (int b = 0; b < 1024; b++)
         for (attnd__gsess *s = t->bucket[b], *next; s; s = next) {
             next = s->next;
-            free(s->len);
-            free(s);
+            gsess_free(s);
         }
     pthread_mutex_destroy(&t->mu);
 }
@@ -51,17 +62,19 @@ static attnd__gsess *find(attnd__gtable *t, const attnd_session_id *id)
 attnd_status attnd__gtable_add(attnd__gtable *t, const attnd_session_id *id, attnd_error *err)
 {
     attnd__gsess *s = calloc(1, sizeof *s);
-    if (!s || !(s->len = calloc((size_t)t->n_layers, sizeof *s->len))) {
+    /* len, stage, staged: one array of 3 * n_layers */
+    if (!s || !(s->len = calloc(3 * (size_t)t->n_layers, sizeof *s->len))) {
         free(s);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "session_id: no memory for the group's session table");
     }
+    s->stage = s->len + t->n_layers;
+    s->staged = s->stage + t->n_layers;
     s->id = *id;
     pthread_mutex_lock(&t->mu);
     if (find(t, id)) {
         pthread_mutex_unlock(&t->mu);
-        free(s->len);
-        free(s);
+        gsess_free(s);
         return attnd_error_set(err, ATTND_ERR_ALREADY_EXISTS, "session_id: already exists");
     }
     uint32_t b = bucket_of(id);
@@ -82,10 +95,7 @@ void attnd__gtable_remove(attnd__gtable *t, const attnd_session_id *id)
             break;
         }
     pthread_mutex_unlock(&t->mu);
-    if (s) {
-        free(s->len);
-        free(s);
-    }
+    gsess_free(s);
 }
 
 int attnd__gtable_has(attnd__gtable *t, const attnd_session_id *id)
@@ -176,6 +186,88 @@ attnd_status attnd__gtable_check(attnd__gtable *t, const attnd_session_id *ids, 
                                  (unsigned long long)lens[i]);
             break;
         }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}
+
+attnd_status attnd__gtable_stage(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
+                                 uint64_t stream, uint64_t start, int claim, int *fresh_p,
+                                 attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    if (layer >= (uint32_t)t->n_layers)
+        return attnd_error_set(err, ATTND_ERR_OUT_OF_RANGE, "layer: %u not in [0, %d)", layer,
+                               t->n_layers);
+    pthread_mutex_lock(&t->mu);
+    attnd__gsess *s = find_usable(t, id, 0, &st, err);
+    if (!s) {
+        if (st == ATTND_ERR_NOT_FOUND)
+            attnd_error_set(err, st, "session_id: no such session");
+    } else if (s->stage[layer] && s->stage[layer] != stream) {
+        st = attnd_error_set(err, ATTND_ERR_ABORTED,
+                             "layer: layer %u of that session is being appended to by another "
+                             "AppendKV stream that is still open; retry after it ends", layer);
+    } else if (!s->stage[layer] && start != s->len[layer]) {
+        st = attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                             "start: layer %u holds %llu tokens; an append must start there, "
+                             "got %llu", layer, (unsigned long long)s->len[layer],
+                             (unsigned long long)start);
+    } else if (s->stage[layer] && start != s->staged[layer]) {
+        st = attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                             "start: layer %u holds %llu tokens and this stream has %llu more "
+                             "before this chunk; the chunk must start at %llu, got %llu", layer,
+                             (unsigned long long)s->len[layer],
+                             (unsigned long long)(s->staged[layer] - s->len[layer]),
+                             (unsigned long long)s->staged[layer], (unsigned long long)start);
+    } else {
+        *fresh_p = !s->stage[layer];
+        if (claim && !s->stage[layer]) {
+            s->stage[layer] = stream;
+            s->staged[layer] = start;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return st;
+}
+
+void attnd__gtable_stage_to(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
+                            uint64_t stream, uint64_t end)
+{
+    pthread_mutex_lock(&t->mu);
+    attnd__gsess *s = find(t, id);
+    if (s && layer < (uint32_t)t->n_layers && s->stage[layer] == stream)
+        s->staged[layer] = end;
+    pthread_mutex_unlock(&t->mu);
+}
+
+void attnd__gtable_unstage(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
+                           uint64_t stream, int commit)
+{
+    pthread_mutex_lock(&t->mu);
+    attnd__gsess *s = find(t, id);
+    if (s && layer < (uint32_t)t->n_layers && s->stage[layer] == stream) {
+        if (commit)
+            s->len[layer] = s->staged[layer];
+        s->stage[layer] = 0;
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+attnd_status attnd__gtable_check_unstaged(attnd__gtable *t, const attnd_session_id *ids,
+                                          uint32_t n, uint32_t layer, attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    if (layer >= (uint32_t)t->n_layers)
+        return ATTND_OK; /* the length checks name the layer */
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t i = 0; i < n && st == ATTND_OK; i++) {
+        attnd__gsess *s = find(t, &ids[i]);
+        if (s && s->stage[layer])
+            st = attnd_error_set(err, ATTND_ERR_ABORTED,
+                                 "session_ids[%u]: layer %u of that session is being appended "
+                                 "to by an AppendKV stream that is still open; retry after it "
+                                 "ends", i, layer);
     }
     pthread_mutex_unlock(&t->mu);
     return st;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_clock.h"
 #include "group_int.h"
 
 attnd_status attnd__gweights_init(attnd_group *g)
@@ -145,7 +146,7 @@ attnd_status attnd_group_load_weights(attnd_group *g, uint32_t layer, int32_t d_
         goto out;
     }
     float *wf = (float *)full->data;
-    attnd_convert(ATTND_DTYPE_F32, wf, dtype, w, H * dc * dw);
+    attnd_dtype_convert(ATTND_DTYPE_F32, wf, dtype, w, H * dc * dw);
     if (g->cfg.mode == ATTND_GROUP_LATENT) { /* W <- R W, column by column */
         float *col = (float *)mine->data; /* scratch: part >= dc floats */
         if (part < dc * sizeof(float) && !(col = malloc(dc * sizeof(float)))) {
@@ -188,7 +189,7 @@ attnd_status attnd_group_load_weights(attnd_group *g, uint32_t layer, int32_t d_
     }
     weights_part(g, g->me, d_vo, wf, (float *)mine->data);
     st = attnd__gweights_store(g, layer, d_vo, (const float *)mine->data, err);
-    attnd__gcall_wait(g, c, attnd__now_ms() + g->cfg.timeout_ms);
+    attnd__gcall_wait(g, c, attnd_clock_ms() + g->cfg.timeout_ms);
     for (int32_t r = 0; st == ATTND_OK && r < g->N; r++)
         if (c->slot[r].expect && c->slot[r].st != ATTND_OK)
             st = attnd_error_set(err, c->slot[r].st, "rank %d: %s", r, c->slot[r].msg);

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "attnd_assert.h"
 #include "worker_int.h"
 
 attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
@@ -164,8 +165,10 @@ attnd_status attnd_kv_pool_alloc(attnd_kv_pool *p, int32_t n,
                              n - from_reserved, (long long)(unpromised > 0 ? unpromised : 0));
         goto out;
     }
+    ATTND_ASSERT(n <= (int32_t)p->n_free && from_reserved <= p->reserved);
     for (int32_t i = 0; i < n; i++) {
         int32_t pg = p->free_stack[--p->n_free];
+        ATTND_ASSERT(p->state[pg] == ATTND_PAGE_FREE);
         p->state[pg] = ATTND_PAGE_RESIDENT;
         pages_out[i] = pg;
     }
@@ -179,9 +182,28 @@ void attnd_kv_pool_free(attnd_kv_pool *p, const int32_t *pages, int32_t n)
 {
     pthread_mutex_lock(&p->mu);
     for (int32_t i = 0; i < n; i++) {
+        /* a page freed twice would be handed to two sessions */
+        ATTND_ASSERT(pages[i] >= 0 && pages[i] < p->n_pages);
+        ATTND_ASSERT(p->state[pages[i]] != ATTND_PAGE_FREE);
         p->state[pages[i]] = ATTND_PAGE_FREE;
         p->free_stack[p->n_free++] = pages[i];
     }
+    pthread_mutex_unlock(&p->mu);
+}
+
+void attnd_kv_pool_unalloc(attnd_kv_pool *p, const int32_t *pages, int32_t n,
+                           int32_t to_reserved)
+{
+    pthread_mutex_lock(&p->mu);
+    for (int32_t i = 0; i < n; i++) {
+        /* a page freed twice would be handed to two sessions */
+        ATTND_ASSERT(pages[i] >= 0 && pages[i] < p->n_pages);
+        ATTND_ASSERT(p->state[pages[i]] != ATTND_PAGE_FREE);
+        p->state[pages[i]] = ATTND_PAGE_FREE;
+        p->free_stack[p->n_free++] = pages[i];
+    }
+    p->reserved += to_reserved;
+    ATTND_ASSERT(p->reserved <= (int64_t)p->n_free);
     pthread_mutex_unlock(&p->mu);
 }
 

@@ -11,10 +11,10 @@
  * holding a session therefore finishes safely even if it is closed
  * meanwhile. Lock order: table lock, then (never while holding it) session
  * locks in address order. */
-#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_assert.h"
 #include "worker_int.h"
 
 static uint32_t id_hash(const attnd_session_id *id)
@@ -39,7 +39,9 @@ attnd__session *attnd__session_new(const attnd_session_id *id,
     s->len = calloc((size_t)n_layers, sizeof *s->len);
     s->pages = calloc((size_t)n_layers, sizeof *s->pages);
     s->cap = calloc((size_t)n_layers, sizeof *s->cap);
-    if (!s->len || !s->pages || !s->cap)
+    s->stager = calloc((size_t)n_layers, sizeof *s->stager);
+    s->staged = calloc((size_t)n_layers, sizeof *s->staged);
+    if (!s->len || !s->pages || !s->cap || !s->stager || !s->staged)
         goto err_arrays;
     for (int32_t l = 0; l < n_layers && initial_cap > 0; l++) {
         s->pages[l] = malloc(sizeof(int32_t) * (size_t)initial_cap);
@@ -56,6 +58,8 @@ err_arrays:
     free(s->len);
     free(s->pages);
     free(s->cap);
+    free(s->stager);
+    free(s->staged);
     free(s);
     return NULL;
 }
@@ -80,7 +84,9 @@ attnd_status attnd__session_grow(attnd__session *s, int32_t layer,
     return ATTND_OK;
 }
 
-/* Return every page and the unused reservation to the pool; free s. */
+/* Return every page and the unused reservation to the pool; free s. (No
+ * stage holds a layer of it: a stage holds a reference, except at engine
+ * destroy, when the pool goes too.) */
 static void session_free(attnd__session *s, attnd_kv_pool *pool)
 {
     for (int32_t l = 0; l < s->n_layers; l++) {
@@ -93,6 +99,8 @@ static void session_free(attnd__session *s, attnd_kv_pool *pool)
     free(s->len);
     free(s->pages);
     free(s->cap);
+    free(s->stager);
+    free(s->staged);
     free(s);
 }
 
@@ -200,7 +208,7 @@ void attnd__session_put(attnd__session_table *t, attnd_kv_pool *pool,
                         attnd__session *s)
 {
     pthread_mutex_lock(&t->mu);
-    assert(s->refs > 0);
+    ATTND_ASSERT(s->refs > 0);
     int32_t left = --s->refs;
     pthread_mutex_unlock(&t->mu);
     if (left == 0)

@@ -1,5 +1,6 @@
 /* Internal interfaces of the worker room (not for service/ or client/):
- * the paged KV pool and the session table the engine is built from. */
+ * the paged KV pool and the session table the engine is built from, the
+ * engine object itself, and what engine.c and stage.c share. */
 #ifndef ATTND_WORKER_INT_H
 #define ATTND_WORKER_INT_H
 
@@ -7,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "attnd_buf.h"
 #include "attnd_worker.h"
 
 /* ---- KV pool (kv_pool.c) --------------------------------------------------
@@ -40,11 +42,6 @@ attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
 attnd_status attnd_kv_pool_init_meta(attnd_kv_pool *p, size_t page_bytes,
                                      int32_t n_pages, attnd_error *err);
 void attnd_kv_pool_cleanup(attnd_kv_pool *p);
-/* Grow *buf (capacity *cap elements) to hold n elements of es bytes,
- * doubling; the contents are not kept. 0, or -1 out of memory. The engine
- * workspace's buffers grow this way, so that steady decode allocates
- * nothing. */
-int attnd__ws_reserve(void **buf, size_t *cap, size_t n, size_t es);
 /* Fault the mapping in from a background thread, lowest pages (the first
  * allocated) first, so appends do not pay the first-touch cost (see
  * attnd_engine_config.prefault for what it buys and costs). The
@@ -62,6 +59,11 @@ attnd_status attnd_kv_pool_alloc(attnd_kv_pool *p, int32_t n,
                                  int32_t from_reserved, int32_t *pages_out,
                                  attnd_error *err);
 void attnd_kv_pool_free(attnd_kv_pool *p, const int32_t *pages, int32_t n);
+/* Undo attnd_kv_pool_alloc calls: return n pages, to_reserved of which had
+ * redeemed a promise that is made again (one lock: the promise cannot be
+ * lost to a concurrent alloc in between). */
+void attnd_kv_pool_unalloc(attnd_kv_pool *p, const int32_t *pages, int32_t n,
+                           int32_t to_reserved);
 static inline void *attnd_kv_pool_page(const attnd_kv_pool *p, int32_t idx)
 {
     return p->base + (size_t)idx * p->page_bytes;
@@ -87,6 +89,14 @@ typedef struct attnd__session {
     uint64_t *len;      /* [n_layers] tokens */
     int32_t **pages;    /* [n_layers] page tables */
     int32_t *cap;       /* [n_layers] page table capacity */
+    /* AppendKV staging (stage.c): the stage that holds a layer's tail, or
+     * NULL; while one does, the layer's page table goes on past len to
+     * the staged tokens' pages (owned by that stage, invisible to
+     * attention, which reads len tokens) and staged[layer] is the length
+     * the layer gets at the commit. No other writer touches such a layer. */
+    struct attnd_engine_stage **stager; /* [n_layers] */
+    uint64_t *staged;            /* [n_layers] */
+    int closed;         /* removed from the table by a close */
 } attnd__session;
 
 typedef struct attnd__session_table {
@@ -139,5 +149,48 @@ static inline int32_t attnd__session_layer_pages(const attnd__session *s,
  * on allocation failure); caller holds s->mu. */
 attnd_status attnd__session_grow(attnd__session *s, int32_t layer,
                                  int64_t pages, attnd_error *err);
+
+/* ---- the engine (engine.c; stage.c adds the staged appends) --------------- */
+
+typedef struct attnd__gpu attnd__gpu;
+
+struct attnd_engine {
+    attnd_model_spec model;
+    char model_name[64];
+    attnd_kv_layout layout;
+    int64_t entry_elems;  /* wire elements per token */
+    size_t entry_bytes;   /* stored bytes per token (what attention reads) */
+    attnd_kv_pool pool;
+    attnd__session_table table;
+    attnd_cpu_pool *kpool; /* kernel threads, shared by every attend call */
+    attnd__gpu *gpu;       /* --device cuda:N: page bytes and kernels on the GPU
+                              (pool.base is then NULL); NULL: the CPU */
+    atomic_uint_fast64_t attend_calls, attend_seqs;
+    atomic_uint_fast64_t append_calls, tokens_appended, kv_bytes_read;
+    pthread_mutex_t stage_mu;        /* guards the two below */
+    struct attnd_engine_stage *free_stages; /* closed stages kept for reuse */
+    int32_t n_free_stages;
+};
+
+/* OUT_OF_RANGE naming `layer` unless it is one of the model's. */
+attnd_status attnd__engine_check_layer(const attnd_engine *e, uint32_t layer,
+                                       attnd_error *err);
+/* Write n wire entries (kv: [n][entry_elems] of dtype) at token positions
+ * t0 .. t0 + n - 1 of a layer of s, whose page table must already hold
+ * their pages; lengths are the caller's to change. Caller holds s->mu.
+ * Only the GPU backend fails (INTERNAL: a CUDA error, sticky). */
+attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t t0,
+                                 uint64_t n, attnd_dtype dtype, const void *kv,
+                                 attnd_error *err);
+/* Pages a layer of s must gain to hold n more tokens. Caller holds s->mu. */
+static inline int64_t attnd__engine_pages_for_append(const attnd_engine *e,
+                                                     const attnd__session *s, int32_t layer,
+                                                     uint64_t n)
+{
+    int64_t ps = e->layout.page_size;
+    return ((int64_t)(s->len[layer] + n) + ps - 1) / ps - attnd__session_layer_pages(s, layer);
+}
+/* Free every stage kept for reuse (engine destroy). */
+void attnd__stages_cleanup(attnd_engine *e);
 
 #endif /* ATTND_WORKER_INT_H */

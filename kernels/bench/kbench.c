@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_clock.h"
 #include "kbench.h"
 
 typedef struct kb_case {
@@ -169,7 +170,7 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
     for (int r = -o->warmup; r < o->reps; r++) {
         int64_t copy = (r + o->warmup) % copies;
         b.page_idx = perm + copy * pages;
-        double t0 = kb_now();
+        double t0 = attnd_clock_s();
         attnd_status st = ATTND_OK;
         if (!cold)
             attnd_kernel_decode(&b);
@@ -177,7 +178,7 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
             st = attnd_kernel_decode_parallel(pool, &b, &err);
         else
             st = attnd_kernel_decode_run(pool, &plan, &b, &err);
-        double dt = kb_now() - t0;
+        double dt = attnd_clock_s() - t0;
         if (st) {
             fprintf(stderr, "kbench: %s: %s\n", c->name, err.msg);
             goto out;

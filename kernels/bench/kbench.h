@@ -8,7 +8,6 @@
 
 #include "cpu_int.h"
 
-double kb_now(void);
 /* Median of n doubles (sorts v). */
 double kb_median(double *v, int n);
 /* Last-level cache size in bytes (sysconf, then sysfs; 32 MiB if unknown). */

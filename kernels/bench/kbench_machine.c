@@ -23,14 +23,8 @@
 #include <immintrin.h>
 #endif
 
+#include "attnd_clock.h"
 #include "kbench.h"
-
-double kb_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -169,10 +163,10 @@ double kb_read_bandwidth(attnd_cpu_pool *pool, int n_threads, size_t bytes, int 
         reps = 64;
     size_t per = bytes / (size_t)n_threads / 4096 * 4096;
     for (int r = -1; r < reps; r++) {
-        double t0 = kb_now();
+        double t0 = attnd_clock_s();
         attnd__pool_run(pool, 0, stream_job, &c);
         if (r >= 0)
-            t[r] = kb_now() - t0;
+            t[r] = attnd_clock_s() - t0;
     }
     gbs = (double)(per * (size_t)n_threads) / kb_median(t, reps) / 1e9;
     free(buf);
@@ -336,9 +330,9 @@ static double run_peak(attnd_cpu_pool *pool, int kind, double flops_per_thread)
     double t[5];
     attnd__pool_run(pool, 0, peak_job, &c); /* warm-up (and clock ramp) */
     for (int r = 0; r < 5; r++) {
-        double t0 = kb_now();
+        double t0 = attnd_clock_s();
         attnd__pool_run(pool, 0, peak_job, &c);
-        t[r] = kb_now() - t0;
+        t[r] = attnd_clock_s() - t0;
     }
     return flops_per_thread * attnd_cpu_pool_threads(pool) / kb_median(t, 5) / 1e9;
 }

@@ -113,7 +113,7 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
     /* query rows of this group, widened once */
     size_t q_off = (((size_t)i * b->q_tokens + s) * b->n_q_heads +
                     (size_t)kvh * group) * dk;
-    attnd_convert(ATTND_DTYPE_F32, qf, b->q_dtype,
+    attnd_dtype_convert(ATTND_DTYPE_F32, qf, b->q_dtype,
                   (const char *)b->q + q_off * attnd_dtype_size(b->q_dtype),
                   (size_t)group * dk);
     for (int32_t h = 0; h < group; h++) {
@@ -127,11 +127,11 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
     for (int64_t t = t0; t < t1; t++) {
         int64_t page = pages[t / ps], slot = t % ps;
         const char *pg = pool + (size_t)(page * l->page_stride) * es;
-        attnd_convert(ATTND_DTYPE_F32, krow, l->dtype,
+        attnd_dtype_convert(ATTND_DTYPE_F32, krow, l->dtype,
                       pg + (size_t)(kvh * l->k_head_stride + slot * l->k_token_stride) * es,
                       (size_t)dk);
         if (!l->v_in_k)
-            attnd_convert(ATTND_DTYPE_F32, vrow, l->dtype,
+            attnd_dtype_convert(ATTND_DTYPE_F32, vrow, l->dtype,
                           pg + (size_t)(l->v_offset + kvh * l->v_head_stride +
                                         slot * l->v_token_stride) * es,
                           (size_t)dv);

@@ -20,7 +20,7 @@ AI void cvt_row(float *dst, const void *src, int32_t n, int32_t npad, attnd_dtyp
         for (; i + VW <= n; i += VW)
             v_store(dst + i, v_load_bf16(s + i));
         for (; i < n; i++)
-            dst[i] = attnd_bf16_to_f32(s[i]);
+            dst[i] = attnd_dtype_bf16_to_f32(s[i]);
         break;
     }
     case ATTND_DTYPE_F16: {
@@ -28,7 +28,7 @@ AI void cvt_row(float *dst, const void *src, int32_t n, int32_t npad, attnd_dtyp
         for (; i + VW <= n; i += VW)
             v_store(dst + i, v_load_f16(s + i));
         for (; i < n; i++)
-            dst[i] = attnd_f16_to_f32(s[i]);
+            dst[i] = attnd_dtype_f16_to_f32(s[i]);
         break;
     }
     default: {
@@ -60,13 +60,13 @@ AI void cvt_row_cm(float *dst, const void *src, int32_t n, int32_t npad, attnd_d
         for (; i + VW <= n; i += VW, d += CS)
             v_store(d, v_load_bf16((const uint16_t *)src + i));
         for (; i < n; i++)
-            dst[(size_t)(i / VW) * CS + i % VW] = attnd_bf16_to_f32(((const uint16_t *)src)[i]);
+            dst[(size_t)(i / VW) * CS + i % VW] = attnd_dtype_bf16_to_f32(((const uint16_t *)src)[i]);
         break;
     case ATTND_DTYPE_F16:
         for (; i + VW <= n; i += VW, d += CS)
             v_store(d, v_load_f16((const uint16_t *)src + i));
         for (; i < n; i++)
-            dst[(size_t)(i / VW) * CS + i % VW] = attnd_f16_to_f32(((const uint16_t *)src)[i]);
+            dst[(size_t)(i / VW) * CS + i % VW] = attnd_dtype_f16_to_f32(((const uint16_t *)src)[i]);
         break;
     default:
         for (; i + VW <= n; i += VW, d += CS)

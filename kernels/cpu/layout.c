@@ -73,13 +73,13 @@ void attnd_kv_write_tokens(const attnd_kv_layout *l, void *page, int32_t slot,
         const char *p = in;
         for (int32_t h = 0; h < l->n_kv_heads; h++, p += (size_t)l->d_k * ss) {
             int64_t off = h * l->k_head_stride + t * l->k_token_stride;
-            attnd_convert(l->dtype, base + off * es, src_t, p, (size_t)l->d_k);
+            attnd_dtype_convert(l->dtype, base + off * es, src_t, p, (size_t)l->d_k);
         }
         if (l->v_in_k)
             continue;
         for (int32_t h = 0; h < l->n_kv_heads; h++, p += (size_t)l->d_v * ss) {
             int64_t off = l->v_offset + h * l->v_head_stride + t * l->v_token_stride;
-            attnd_convert(l->dtype, base + off * es, src_t, p, (size_t)l->d_v);
+            attnd_dtype_convert(l->dtype, base + off * es, src_t, p, (size_t)l->d_v);
         }
     }
 }

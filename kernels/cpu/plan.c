@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_buf.h"
 #include "cpu_int.h"
 
 #define AUTO_MIN_RANGE 256
@@ -34,23 +35,6 @@ void attnd_decode_plan_cleanup(attnd_decode_plan *plan)
     free(plan->part_out);
     free(plan->part_lse);
     memset(plan, 0, sizeof *plan);
-}
-
-/* Make *buf hold n elements of es bytes (contents not kept). 0 or -1. */
-static int grow(void **buf, size_t *cap, size_t n, size_t es)
-{
-    if (n <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 16;
-    while (c < n)
-        c *= 2;
-    void *p = malloc(c * es);
-    if (!p)
-        return -1;
-    free(*buf);
-    *buf = p;
-    *cap = c;
-    return 0;
 }
 
 static int cmp_units(const void *pa, const void *pb)
@@ -113,15 +97,11 @@ attnd_status attnd_decode_plan_make(attnd_decode_plan *plan, const attnd_decode_
         }
     }
     if (n_units > INT32_MAX || n_parts * rows * (int64_t)dv > INT64_MAX / 8 ||
-        grow((void **)&plan->units, &plan->cap_units, (size_t)n_units, sizeof *plan->units) ||
-        grow((void **)&plan->groups, &plan->cap_groups, (size_t)n_groups,
-             sizeof *plan->groups) ||
-        grow((void **)&plan->pending, &plan->cap_pending, (size_t)n_groups,
-             sizeof *plan->pending) ||
-        grow((void **)&plan->part_out, &plan->cap_part_out, (size_t)(n_parts * rows * dv),
-             sizeof(float)) ||
-        grow((void **)&plan->part_lse, &plan->cap_part_lse, (size_t)(n_parts * rows),
-             sizeof(float)))
+        ATTND_BUF_RESERVE(plan->units, plan->cap_units, (size_t)n_units) ||
+        ATTND_BUF_RESERVE(plan->groups, plan->cap_groups, (size_t)n_groups) ||
+        ATTND_BUF_RESERVE(plan->pending, plan->cap_pending, (size_t)n_groups) ||
+        ATTND_BUF_RESERVE(plan->part_out, plan->cap_part_out, (size_t)(n_parts * rows * dv)) ||
+        ATTND_BUF_RESERVE(plan->part_lse, plan->cap_part_lse, (size_t)(n_parts * rows)))
         goto err_mem;
 
     int32_t u = 0, g = 0, part = 0;

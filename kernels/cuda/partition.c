@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_buf.h"
 #include "cuda_int.h"
 
 void attnd__cuda_partition_init(attnd__cuda_partition *pt)
@@ -31,25 +32,9 @@ void attnd__cuda_partition_cleanup(attnd__cuda_partition *pt)
     memset(pt, 0, sizeof *pt);
 }
 
-/* Grow *p to hold n elements of size es; keeps *cap in elements. */
-static int grow(void **p, size_t *cap, size_t n, size_t es)
-{
-    if (n <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < n)
-        c *= 2;
-    void *q = realloc(*p, c * es);
-    if (!q)
-        return -1;
-    *p = q;
-    *cap = c;
-    return 0;
-}
-
 static int push_unit(attnd__cuda_partition *pt, int32_t stream, int32_t t0, int32_t t1)
 {
-    if (grow((void **)&pt->units, &pt->cap_units, (size_t)pt->n_units + 1, sizeof *pt->units))
+    if (ATTND_BUF_RESERVE(pt->units, pt->cap_units, (size_t)pt->n_units + 1))
         return -1;
     attnd__cuda_unit *u = &pt->units[pt->n_units++];
     u->stream = stream;
@@ -156,10 +141,8 @@ attnd_status attnd__cuda_partition_make(attnd__cuda_partition *pt, const int32_t
 
     pt->n_units = pt->n_parts = pt->n_slots = 0;
     pt->n_streams = n_streams;
-    if (grow((void **)&pt->part_ptr, &pt->cap_parts, (size_t)max_parts + 1,
-             sizeof *pt->part_ptr) ||
-        grow((void **)&pt->stream_nsplit, &pt->cap_streams, (size_t)n_streams + 1,
-             sizeof *pt->stream_nsplit))
+    if (ATTND_BUF_RESERVE(pt->part_ptr, pt->cap_parts, (size_t)max_parts + 1) ||
+        ATTND_BUF_RESERVE(pt->stream_nsplit, pt->cap_streams, (size_t)n_streams + 1))
         return ATTND_ERR_RESOURCE_EXHAUSTED;
     /* stream_slot0 shares cap_streams: grow it to the same capacity */
     int32_t *s0 = realloc(pt->stream_slot0, pt->cap_streams * sizeof *s0);

@@ -1,6 +1,6 @@
 /* Helpers of the client test suites: a real attnd server per test, and
  * sessions whose KV the test mirrors so that every output can be checked
- * against the float64 reference (client/refcheck.h).
+ * against the float64 reference (client/bench/refcheck.h).
  *
  * Server: cu_server_start spawns ATTND_BIN (the attnd built with these
  * tests) on --listen 127.0.0.1:0 --port-file <tmp> plus the given flags and

@@ -195,9 +195,25 @@ static void assert_reads_back(cu_seqs *s, uint32_t first, uint32_t n, uint32_t l
     ck_assert_msg(res.max_lse_err <= CU_LSE_BOUND, "max LSE error %g", res.max_lse_err);
 }
 
+/* Attend over layer l of sequence i, which holds no KV: out 0, lse -inf. */
+static void assert_layer_empty(cu_seqs *s, uint32_t l, uint32_t i)
+{
+    attnd_error err;
+    cu_step st;
+    cu_step_make(s, &st, l, i, 1, 1, 0, 1, ATTND_DTYPE_INVALID);
+    ck_assert_msg(attnd_client_attend(s->c, &st.a, &err) == ATTND_OK, "%s", err.msg);
+    for (uint32_t h = 0; h < s->m.n_q_heads; h++)
+        ck_assert(isinf(st.lse[h]) && st.lse[h] < 0);
+    for (size_t b = 0; b < st.out_bytes; b++)
+        ck_assert_uint_eq(((unsigned char *)st.out)[b], 0);
+    cu_step_free(&st);
+}
+
 /* tiny-mla pages are 64 tokens x 80 bf16 = 10240 bytes; the pool holds 40.
  * B (session 1) takes 5 pages per layer (20); A (session 0) asks for 6 per
- * layer and gets layers 0..2 (18) before the pool runs dry. */
+ * layer in one stream: its fourth chunk does not fit, and the stream
+ * applies nothing (the 18 pages its first three chunks staged go back);
+ * three layers in a stream of their own then fit. */
 START_TEST(test_kv_memory_exhausted_is_resource_exhausted_and_other_sessions_stay_intact)
 {
     static const uint32_t chunk_384[] = {384, 0};
@@ -211,23 +227,35 @@ START_TEST(test_kv_memory_exhausted_is_resource_exhausted_and_other_sessions_sta
     cu_must_prefill(&g_s, 1, 320, chunks_50);
     ck_assert_uint_eq(pages_used(g_c), 20);
 
-    /* A's prefill: one chunk per layer, the fourth refused */
+    /* A's prefill: one chunk per layer, the fourth refused, none applied */
     attnd_error_clear(&err);
     cu_assert_fails(cu_prefill(&g_s, 0, 384, chunk_384, &err), err,
                     ATTND_ERR_RESOURCE_EXHAUSTED, "KV memory exhausted");
+    ck_assert_uint_eq(pages_used(g_c), 20);
+    for (uint32_t l = 0; l < 4; l++) {
+        ck_assert_uint_eq(attnd_refcheck_len(&g_s.rc, 0, l), 0);
+        assert_layer_empty(&g_s, l, 0);
+    }
+    assert_reads_back(&g_s, 1, 1, 4);
+
+    /* layers 0..2 alone fit (18 pages); A's empty layer 3 gives out 0 and
+     * lse -inf */
+    void *pre = malloc((size_t)3 * 384 * g_s.m.kv_token_elems * 2);
+    attnd_rng_fill(&g_s.rng, ATTND_DTYPE_BF16, pre, (size_t)3 * 384 * g_s.m.kv_token_elems);
+    attnd_kv_chunk pc[3];
+    for (uint32_t l = 0; l < 3; l++)
+        pc[l] = (attnd_kv_chunk){.session = g_s.ids[0], .layer = l, .start = 0, .n_tokens = 384,
+                                 .kv_token_elems = g_s.m.kv_token_elems,
+                                 .dtype = ATTND_DTYPE_BF16,
+                                 .data = (char *)pre + (size_t)l * 384 * g_s.m.kv_token_elems * 2};
+    ck_assert_msg(attnd_client_append_kv(g_c, pc, 3, NULL, &err) == ATTND_OK, "%s", err.msg);
+    for (uint32_t l = 0; l < 3; l++)
+        ck_assert_int_eq(attnd_refcheck_append(&g_s.rc, 0, l, 384, ATTND_DTYPE_BF16,
+                                               pc[l].data), 0);
+    free(pre);
     ck_assert_uint_eq(pages_used(g_c), 38);
-    ck_assert_uint_eq(attnd_refcheck_len(&g_s.rc, 0, 2), 384);
-    ck_assert_uint_eq(attnd_refcheck_len(&g_s.rc, 0, 3), 0);
-    /* both read back as the mirror says; A's empty layer 3 gives out 0
-     * and lse -inf */
     assert_reads_back(&g_s, 0, 2, 4);
-    cu_step_make(&g_s, &st, 3, 0, 1, 1, 0, 1, ATTND_DTYPE_INVALID);
-    ck_assert_msg(attnd_client_attend(g_c, &st.a, &err) == ATTND_OK, "%s", err.msg);
-    for (uint32_t h = 0; h < g_s.m.n_q_heads; h++)
-        ck_assert(isinf(st.lse[h]) && st.lse[h] < 0);
-    for (size_t b = 0; b < st.out_bytes; b++)
-        ck_assert_uint_eq(((unsigned char *)st.out)[b], 0);
-    cu_step_free(&st);
+    assert_layer_empty(&g_s, 3, 0);
 
     /* B's new token on layer 0 takes one of the last two pages */
     cu_step_make(&g_s, &st, 0, 1, 1, 1, 1, 1, ATTND_DTYPE_INVALID);
@@ -261,6 +289,43 @@ START_TEST(test_kv_memory_exhausted_is_resource_exhausted_and_other_sessions_sta
     assert_reads_back(&g_s, 0, 1, 4);
     g_s.n = 1; /* B is closed */
     bad_input_teardown();
+}
+END_TEST
+
+/* The robustness issue's case through libattnd: a stream of a good chunk
+ * and one at the wrong position fails as a whole, applying neither (the
+ * sessions decode on against the reference, which mirrors nothing), and
+ * the corrected stream sent again goes through. */
+START_TEST(test_append_kv_stream_failing_midway_applies_nothing_and_its_retry_succeeds)
+{
+    const size_t e = g_s.m.kv_token_elems, eb = e * attnd_dtype_size(g_s.dt);
+    char *buf = malloc(8 * eb);
+    size_t applied = 99;
+    attnd_error err;
+
+    attnd_rng_fill(&g_s.rng, g_s.dt, buf, 8 * e);
+    uint64_t len = attnd_refcheck_len(&g_s.rc, 0, 1);
+    attnd_kv_chunk ch[2] = {
+        {.session = g_s.ids[0], .layer = 1, .start = len, .n_tokens = 4, .kv_token_elems = e,
+         .dtype = g_s.dt, .data = buf},
+        {.session = g_s.ids[0], .layer = 1, .start = 99, .n_tokens = 4, .kv_token_elems = e,
+         .dtype = g_s.dt, .data = buf + 4 * eb},
+    };
+    attnd_error_clear(&err);
+    cu_assert_fails(attnd_client_append_kv(g_c, ch, 2, &applied, &err), err,
+                    ATTND_ERR_FAILED_PRECONDITION, "start");
+    ck_assert_uint_eq(applied, 0);
+    assert_intact(&g_s); /* one decode step: every layer one token longer */
+
+    len = attnd_refcheck_len(&g_s.rc, 0, 1);
+    ch[0].start = len;
+    ch[1].start = len + 4;
+    ck_assert_msg(attnd_client_append_kv(g_c, ch, 2, &applied, &err) == ATTND_OK, "%s",
+                  err.msg);
+    ck_assert_uint_eq(applied, 2);
+    ck_assert_int_eq(attnd_refcheck_append(&g_s.rc, 0, 1, 8, g_s.dt, buf), 0);
+    assert_intact(&g_s);
+    free(buf);
 }
 END_TEST
 
@@ -316,6 +381,7 @@ static Suite *errors_suite(void)
     tcase_add_test(tc, test_append_kv_to_an_unknown_session_is_not_found);
     tcase_add_test(tc, test_append_kv_with_the_wrong_entry_width_is_invalid_argument);
     tcase_add_test(tc, test_append_kv_with_an_invalid_dtype_is_invalid_argument);
+    tcase_add_test(tc, test_append_kv_stream_failing_midway_applies_nothing_and_its_retry_succeeds);
     tcase_add_test(tc, test_close_of_an_unknown_session_is_not_found);
     tcase_add_test(tc, test_close_with_an_id_of_the_wrong_length_is_invalid_argument);
     tcase_add_test(tc, test_create_session_for_another_model_is_failed_precondition);

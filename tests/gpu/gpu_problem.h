@@ -62,7 +62,7 @@ typedef struct gp_problem {
 
 static inline uint16_t gp_bf16(float f)
 {
-    return attnd_f32_to_bf16(f);
+    return attnd_dtype_f32_to_bf16(f);
 }
 
 static inline void gp_build(gp_problem *p, const gp_spec *sp, tu_rng *r)
@@ -130,7 +130,7 @@ static inline void gp_build(gp_problem *p, const gp_spec *sp, tu_rng *r)
                 double *k64 = p->k64[li] + (t * nh + h) * dk;
                 for (int32_t d = 0; d < dk; d++) {
                     kr[d] = gp_bf16((float)tu_normal(r));
-                    k64[d] = attnd_bf16_to_f32(kr[d]);
+                    k64[d] = attnd_dtype_bf16_to_f32(kr[d]);
                 }
                 double *v64 = p->v64[li] + (t * nh + h) * dv;
                 if (sp->mla) {
@@ -140,7 +140,7 @@ static inline void gp_build(gp_problem *p, const gp_spec *sp, tu_rng *r)
                                    slot * l->v_token_stride;
                     for (int32_t d = 0; d < dv; d++) {
                         vr[d] = gp_bf16((float)tu_normal(r));
-                        v64[d] = attnd_bf16_to_f32(vr[d]);
+                        v64[d] = attnd_dtype_bf16_to_f32(vr[d]);
                     }
                 }
             }
@@ -152,7 +152,7 @@ static inline void gp_build(gp_problem *p, const gp_spec *sp, tu_rng *r)
     p->q64 = malloc(sizeof(double) * (nq + 1));
     for (size_t j = 0; j < nq; j++) {
         q[j] = gp_bf16((float)tu_normal(r));
-        p->q64[j] = attnd_bf16_to_f32(q[j]);
+        p->q64[j] = attnd_dtype_bf16_to_f32(q[j]);
     }
 
     size_t rows = (size_t)n * sp->q_tokens * sp->hq;
@@ -222,7 +222,7 @@ static inline void gp_fetch(gp_problem *p)
         uint16_t *h = malloc(n * 2 + 2);
         GP_CK(cudaMemcpy(h, p->d_out, n * 2, cudaMemcpyDeviceToHost));
         for (size_t j = 0; j < n; j++)
-            p->out[j] = attnd_bf16_to_f32(h[j]);
+            p->out[j] = attnd_dtype_bf16_to_f32(h[j]);
         free(h);
     }
     GP_CK(cudaMemcpy(p->lse, p->d_lse, rows * 4, cudaMemcpyDeviceToHost));

@@ -48,11 +48,11 @@ t=()
 do_build() {
   local obj=$bin/obj nvcc=${NVCC:-nvcc} cc=${CC:-gcc} pids=()
   mkdir -p "$obj"
-  local inc="-I$root/include -I$root/kernels -I$root/kernels/cuda -I$root/tests/common -I$root/tests/gpu"
+  local inc="-I$root/common -I$root/kernels/include -I$root/kernels/cuda -I$root/kernels/cuda/bench -I$root/tests/common -I$root/tests/gpu"
   local cflags="-std=c11 -O2 -D_GNU_SOURCE -Wall -Wextra -Werror $inc"
   local cuflags="-std=c++17 -O3 -D_GNU_SOURCE -Xcompiler=-Wall,-Wextra -Werror all-warnings $inc"
-  for f in kernels/cpu/dtype.c kernels/cpu/layout.c kernels/cpu/ref_f64.c \
-           kernels/cuda/partition.c tests/gpu/test_cuda.c tests/gpu/bench_cuda.c \
+  for f in common/dtype.c common/buf.c kernels/cpu/layout.c kernels/cpu/ref_f64.c \
+           kernels/cuda/partition.c tests/gpu/test_cuda.c kernels/cuda/bench/bench_cuda.c \
            tests/gpu/test_partition.c; do
     $cc $cflags -I/usr/local/cuda/include -c "$root/$f" -o "$obj/$(basename "$f" .c).o" & pids+=($!)
   done
@@ -63,16 +63,16 @@ do_build() {
     $nvcc $cuflags -arch=sm_90 -Xptxas -v -c "$root/kernels/cuda/$f.cu" -o "$obj/$f.o" \
       2> "$obj/$f.ptxas" & pids+=($!)
   done
-  $nvcc $cuflags -arch=sm_90 -c "$root/tests/gpu/bench_kernels.cu" -o "$obj/bench_kernels.o" & pids+=($!)
+  $nvcc $cuflags -arch=sm_90 -c "$root/kernels/cuda/bench/bench_kernels.cu" -o "$obj/bench_kernels.o" & pids+=($!)
   local rc=0
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
   if [ $rc -ne 0 ]; then cat "$obj"/*.ptxas >&2; echo "build failed" >&2; exit 1; fi
   grep -h -E "registers|spill" "$obj"/*.ptxas | sort | uniq -c | sed 's/^/  ptxas: /' || true
   local lib="$obj/ctx.o $obj/plan.o $obj/mla_decode.o $obj/gqa_decode.o $obj/combine.o \
-             $obj/hadamard.o $obj/partition.o $obj/dtype.o $obj/layout.o $obj/ref_f64.o"
+             $obj/hadamard.o $obj/partition.o $obj/dtype.o $obj/buf.o $obj/layout.o $obj/ref_f64.o"
   $nvcc -arch=sm_90 -o "$bin/test_cuda" "$obj/test_cuda.o" $lib -lpthread -lm
   $nvcc -arch=sm_90 -o "$bin/bench_cuda" "$obj/bench_cuda.o" "$obj/bench_kernels.o" $lib -lpthread -lm
-  $cc -o "$bin/test_partition" "$obj/test_partition.o" "$obj/partition.o"
+  $cc -o "$bin/test_partition" "$obj/test_partition.o" "$obj/partition.o" "$obj/buf.o"
   echo "built: $bin/{test_cuda,bench_cuda,test_partition}"
 }
 
@@ -84,7 +84,8 @@ do_e2e_build() {
   cmake --build "$b" -j2 --target attnd attnd-cli attnd-bench test_gpu_e2e bench_engine
   rm -rf "$e2e"
   "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$e2e" "$b/service/attnd" \
-    "$b/client/attnd-cli" "$b/client/attnd-bench" "$b/tests/gpu/test_gpu_e2e" "$b/tests/gpu/bench_engine"
+    "$b/client/cli/attnd-cli" "$b/client/bench/attnd-bench" "$b/tests/gpu/test_gpu_e2e" \
+    "$b/worker/bench_engine"
   # test_gpu_e2e starts the attnd path compiled into it: remember it
   realpath "$b/service/attnd" > "$e2e/attnd_path"
   echo "bundled: $e2e"
@@ -253,7 +254,7 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
     nvidia-smi dmon -s pc -d 1 > "$out/dmon.log" 2>&1 & dmon=$!
   fi
   if [ $torch -eq 1 ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-    PYTHONUNBUFFERED=1 "${t[@]}" python3 "$root/tests/gpu/torch_anchors.py" "$out/torch.tsv" 2>&1 | tee "$out/torch.log" \
+    PYTHONUNBUFFERED=1 "${t[@]}" python3 "$root/kernels/cuda/bench/torch_anchors.py" "$out/torch.tsv" 2>&1 | tee "$out/torch.log" \
       && torch_tsv="--torch $out/torch.tsv" || echo "torch anchors failed"
   else
     echo "python3 has no CUDA torch: no torch anchors"

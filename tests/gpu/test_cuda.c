@@ -355,7 +355,7 @@ static void test_combine(void)
                     uint16_t *h = malloc(2 * (size_t)rows * d);
                     GP_CK(cudaMemcpy(h, d_out, 2 * (size_t)rows * d, cudaMemcpyDeviceToHost));
                     for (int64_t j = 0; j < rows * d; j++)
-                        out[j] = attnd_bf16_to_f32(h[j]);
+                        out[j] = attnd_dtype_bf16_to_f32(h[j]);
                     free(h);
                 }
                 GP_CK(cudaMemcpy(lse, d_lse, sizeof(float) * rows, cudaMemcpyDeviceToHost));
@@ -433,8 +433,8 @@ static void test_hadamard(void)
                     ((float *)h)[j] = v;
                     x64[j] = v;
                 } else {
-                    ((uint16_t *)h)[j] = attnd_f32_to_bf16(v);
-                    x64[j] = attnd_bf16_to_f32(((uint16_t *)h)[j]);
+                    ((uint16_t *)h)[j] = attnd_dtype_f32_to_bf16(v);
+                    x64[j] = attnd_dtype_bf16_to_f32(((uint16_t *)h)[j]);
                 }
             }
             void *d;
@@ -452,7 +452,7 @@ static void test_hadamard(void)
                 fwht64(x64 + r * stride, n);
                 for (int32_t i = 0; i < n; i++)
                     got[i] = f32 ? ((float *)back)[r * stride + i]
-                                 : attnd_bf16_to_f32(((uint16_t *)back)[r * stride + i]);
+                                 : attnd_dtype_bf16_to_f32(((uint16_t *)back)[r * stride + i]);
                 double e = tu_rel_err_f32(got, x64 + r * stride, (size_t)n);
                 if (!(e <= worst))
                     worst = e;

@@ -419,58 +419,169 @@ START_TEST(test_sessions_are_created_and_closed_on_every_rank)
 }
 END_TEST
 
-/* A call that changes a session and fails on some ranks only (here: rank
- * 0's pool is full while rank 1's is not, in sequence mode) leaves the
- * shards disagreeing: that call answers its own error, every later call
- * naming the session DATA_LOSS through any rank, and the session can
- * still be closed; other sessions are untouched. */
-START_TEST(test_partly_failed_append_marks_the_session_data_loss)
+/* The robustness issue's case on a group (sequence mode, 2 ranks, pages
+ * of 8 tokens, so the first chunk's 12 tokens span both ranks): chunk 1
+ * at 0, chunk 2 at 99 fails FAILED_PRECONDITION and no rank keeps
+ * anything (no page used anywhere); the whole stream, corrected, then goes
+ * through (led by the other rank), and decode over it matches a lone
+ * worker sent the same. */
+START_TEST(test_group_append_kv_stream_failing_midway_applies_nothing_on_any_rank)
 {
-    /* tiny-gqa, pages of 8 tokens: 8 x 128 bf16 = 2 KiB a page, 20 pages a
-     * rank; global page p lives on rank p mod 2 */
+    const char *flags[] = {"--model", "tiny-mla", "--kv-dtype", "f32", "--page-size", "8",
+                           "--threads", "2", "--kernel-threads", "1", "--shard", "sequence",
+                           NULL};
+    twin t;
+    attnd_error err;
+    attnd_stats st;
+    size_t applied = 99;
+    twin_open(&t, 2, flags, 1, 1);
+    const uint32_t e = t.m.kv_token_elems;
+    float *kv = malloc(sizeof(float) * 20 * e);
+    ck_assert_ptr_nonnull(kv);
+    fill(&t, kv, 20 * (size_t)e);
+    attnd_kv_chunk ch[2] = {
+        {.session = t.ids_g[0], .layer = 0, .start = 0, .n_tokens = 12, .kv_token_elems = e,
+         .dtype = ATTND_DTYPE_F32, .data = kv},
+        {.session = t.ids_g[0], .layer = 0, .start = 99, .n_tokens = 8, .kv_token_elems = e,
+         .dtype = ATTND_DTYPE_F32, .data = kv + 12 * (size_t)e},
+    };
+    attnd_error_clear(&err);
+    cu_assert_fails(attnd_client_append_kv(t.g.c[0], ch, 2, &applied, &err), err,
+                    ATTND_ERR_FAILED_PRECONDITION, "start");
+    ck_assert_uint_eq(applied, 0);
+    for (int r = 0; r < 2; r++) {
+        ck_assert_int_eq(attnd_client_get_stats(t.g.c[r], &st, NULL, &err), 0);
+        ck_assert_uint_eq(st.pages_used, 0);
+        ck_assert_uint_eq(st.tokens_appended, 0);
+    }
+
+    ch[1].start = 12;
+    ck_assert_msg(attnd_client_append_kv(t.g.c[1], ch, 2, &applied, &err) == ATTND_OK,
+                  "group AppendKV: %s", err.msg);
+    ck_assert_uint_eq(applied, 2);
+    ch[0].session = ch[1].session = t.ids_ref[0];
+    ck_assert_msg(attnd_client_append_kv(t.ref, ch, 2, NULL, &err) == ATTND_OK, "AppendKV: %s",
+                  err.msg);
+    record(&t, 0, 0, kv, 20);
+    free(kv);
+    twin_run(&t, 5, 8);
+    twin_close(&t);
+}
+END_TEST
+
+/* tiny-gqa, sequence mode over 2 ranks, pages of 8 tokens (8 x 128 bf16 =
+ * 2 KiB a page, 20 pages a rank; global page p lives on rank p mod 2).
+ * `other` holds one page on rank 0; `id` is appended one page at a time
+ * until rank 0 is full: pages 0..37 fit (19 on each rank), page 38 (rank
+ * 0's) does not. */
+enum { FILL_T = 8, FILL_E = 128 };
+static uint16_t fill_kv[2 * FILL_T * FILL_E];
+
+static void fill_rank0(gt_group *g, attnd_session_id *id, attnd_session_id *other)
+{
     const char *flags[] = {"--model", "tiny-gqa", "--shard", "sequence", "--page-size", "8",
                            "--kv-memory", "40960", "--threads", "2", "--kernel-threads", "1",
                            NULL};
-    enum { T = 8, E = 128 };
-    static uint16_t kv[T * E];
-    gt_group g;
-    attnd_session_id id, other;
     attnd_error err;
     attnd_status st = ATTND_OK;
     uint64_t start = 0;
 
-    for (size_t i = 0; i < T * E; i++)
-        kv[i] = 0x3f80; /* bf16 1.0 */
-    ck_assert_int_eq(gt_group_start(&g, 2, flags), 0);
-    ck_assert_int_eq(attnd_client_create_session(g.c[0], NULL, 0, &other, NULL, &err), 0);
-    ck_assert_int_eq(attnd_client_create_session(g.c[0], NULL, 0, &id, NULL, &err), 0);
-    /* other: one page on rank 0 (page 0) */
-    attnd_kv_chunk ch = {.session = other, .layer = 1, .start = 0, .n_tokens = T,
-                         .kv_token_elems = E, .dtype = ATTND_DTYPE_BF16, .data = kv};
-    ck_assert_int_eq(attnd_client_append_kv(g.c[0], &ch, 1, NULL, &err), 0);
-    /* id: pages 0, 1, 2, ... alternate ranks 0, 1; rank 0 fills first */
-    ch.session = id;
+    for (size_t i = 0; i < 2 * FILL_T * FILL_E; i++)
+        fill_kv[i] = 0x3f80; /* bf16 1.0 */
+    ck_assert_int_eq(gt_group_start(g, 2, flags), 0);
+    ck_assert_int_eq(attnd_client_create_session(g->c[0], NULL, 0, other, NULL, &err), 0);
+    ck_assert_int_eq(attnd_client_create_session(g->c[0], NULL, 0, id, NULL, &err), 0);
+    attnd_kv_chunk ch = {.session = *other, .layer = 1, .start = 0, .n_tokens = FILL_T,
+                         .kv_token_elems = FILL_E, .dtype = ATTND_DTYPE_BF16, .data = fill_kv};
+    ck_assert_int_eq(attnd_client_append_kv(g->c[0], &ch, 1, NULL, &err), 0);
+    ch.session = *id;
     ch.layer = 0;
     for (int k = 0; k < 64; k++) {
         ch.start = start;
-        if ((st = attnd_client_append_kv(g.c[0], &ch, 1, NULL, &err)))
+        if ((st = attnd_client_append_kv(g->c[0], &ch, 1, NULL, &err)))
             break;
-        start += T;
+        start += FILL_T;
     }
-    /* page 38 was rank 0's: rank 0 (19 free pages, one went to `other`)
-     * is full, rank 1 took its (empty) part and advanced */
     cu_assert_fails(st, err, ATTND_ERR_RESOURCE_EXHAUSTED, "");
-    ck_assert_uint_eq(start, 38 * T);
+    ck_assert_uint_eq(start, 38 * FILL_T);
+}
+
+static uint64_t rank_pages_used(gt_group *g, int r)
+{
+    attnd_stats st;
+    attnd_error err;
+    ck_assert_msg(attnd_client_get_stats(g->c[r], &st, NULL, &err) == 0, "%s", err.msg);
+    return st.pages_used;
+}
+
+/* An AppendKV chunk that fits on one rank and not on the other (pages 38
+ * and 39: rank 0 is full, rank 1 stages page 39) fails RESOURCE_EXHAUSTED
+ * and applies nothing on either: rank 1 gives its page back, and the
+ * session goes on (no DATA_LOSS). */
+START_TEST(test_group_append_kv_refused_on_one_rank_applies_nothing_on_any)
+{
+    gt_group g;
+    attnd_session_id id, other;
+    attnd_error err;
+    fill_rank0(&g, &id, &other);
+    ck_assert_uint_eq(rank_pages_used(&g, 0), 20);
+    ck_assert_uint_eq(rank_pages_used(&g, 1), 19);
+
     for (int r = 0; r < 2; r++) {
-        ch.start = start;
-        st = attnd_client_append_kv(g.c[r], &ch, 1, NULL, &err);
+        attnd_kv_chunk ch = {.session = id, .layer = 0, .start = 38 * FILL_T,
+                             .n_tokens = 2 * FILL_T, .kv_token_elems = FILL_E,
+                             .dtype = ATTND_DTYPE_BF16, .data = fill_kv};
+        attnd_error_clear(&err);
+        cu_assert_fails(attnd_client_append_kv(g.c[r], &ch, 1, NULL, &err), err,
+                        ATTND_ERR_RESOURCE_EXHAUSTED, "KV memory exhausted");
+        ck_assert_uint_eq(rank_pages_used(&g, 0), 20);
+        ck_assert_uint_eq(rank_pages_used(&g, 1), 19);
+    }
+    /* the session is whole: with `other` closed, page 38 fits, at the
+     * length every rank still agrees on */
+    attnd_kv_chunk ch = {.session = id, .layer = 0, .start = 38 * FILL_T, .n_tokens = FILL_T,
+                         .kv_token_elems = FILL_E, .dtype = ATTND_DTYPE_BF16, .data = fill_kv};
+    ck_assert_int_eq(attnd_client_close_session(g.c[0], &other, &err), 0);
+    ck_assert_msg(attnd_client_append_kv(g.c[1], &ch, 1, NULL, &err) == ATTND_OK, "%s",
+                  err.msg);
+    ck_assert_uint_eq(rank_pages_used(&g, 0), 20);
+    ck_assert_int_eq(gt_group_stop(&g), 0);
+}
+END_TEST
+
+/* An Attend with new KV that fails on some ranks only (its token's page is
+ * rank 0's, which is full; rank 1 appends nothing and succeeds) leaves the
+ * shards disagreeing: that call answers its own error, every later call
+ * naming the session DATA_LOSS through any rank, and the session can
+ * still be closed; other sessions are untouched. */
+START_TEST(test_partly_failed_attend_with_new_kv_marks_the_session_data_loss)
+{
+    gt_group g;
+    attnd_session_id id, other;
+    attnd_error err;
+    float q[8 * 32], out[8 * 32];
+    fill_rank0(&g, &id, &other);
+
+    uint64_t pos = 38 * FILL_T;
+    attnd_rng_fill(&(attnd_rng){7}, ATTND_DTYPE_F32, q, 8 * 32);
+    attnd_attend_args a = {.layer = 0, .n_seqs = 1, .sessions = &id,
+                           .q = {ATTND_DTYPE_F32, 3, {1, 8, 32}, q},
+                           .new_kv = {ATTND_DTYPE_BF16, 4, {1, 2, 2, 32}, fill_kv},
+                           .positions = &pos, .out = out, .out_capacity = sizeof out};
+    attnd_error_clear(&err);
+    cu_assert_fails(attnd_client_attend(g.c[0], &a, &err), err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                    "");
+    attnd_kv_chunk ch = {.session = id, .layer = 0, .start = pos, .n_tokens = FILL_T,
+                         .kv_token_elems = FILL_E, .dtype = ATTND_DTYPE_BF16, .data = fill_kv};
+    for (int r = 0; r < 2; r++) {
+        attnd_status st = attnd_client_append_kv(g.c[r], &ch, 1, NULL, &err);
         cu_assert_fails(st, err, ATTND_ERR_DATA_LOSS, "session_id");
         ck_assert_ptr_nonnull(strstr(err.msg, "no longer agree"));
     }
     /* the other session still works, and closing the broken one frees it */
     ch.session = other;
     ch.layer = 1;
-    ch.start = T;
+    ch.start = FILL_T;
     ck_assert_int_eq(attnd_client_append_kv(g.c[1], &ch, 1, NULL, &err), 0);
     ck_assert_int_eq(attnd_client_close_session(g.c[1], &id, &err), 0);
     ck_assert_int_eq(gt_group_stop(&g), 0);
@@ -589,7 +700,9 @@ int main(void)
     tcase_add_test(tc, test_sequence_sharding_over_3_ranks_equals_one_worker_gqa);
     tcase_add_test(tc, test_head_sharding_over_2_ranks_equals_one_worker_gqa);
     tcase_add_test(tc, test_head_sharding_over_3_ranks_equals_one_worker_gqa);
-    tcase_add_test(tc, test_partly_failed_append_marks_the_session_data_loss);
+    tcase_add_test(tc, test_group_append_kv_stream_failing_midway_applies_nothing_on_any_rank);
+    tcase_add_test(tc, test_group_append_kv_refused_on_one_rank_applies_nothing_on_any);
+    tcase_add_test(tc, test_partly_failed_attend_with_new_kv_marks_the_session_data_loss);
     tcase_add_test(tc, test_latent_sharding_on_one_rank_equals_exact_attention);
     tcase_add_test(tc, test_latent_sharding_over_2_ranks_equals_the_tpla_formula);
     tcase_add_test(tc, test_latent_sharding_over_4_ranks_rope_split_equals_the_tpla_formula);

@@ -53,8 +53,8 @@ static inline void pp_fill_nan(attnd_dtype t, void *p, size_t n)
 static inline double pp_round(attnd_dtype t, float v)
 {
     switch (t) {
-    case ATTND_DTYPE_BF16: return attnd_bf16_to_f32(attnd_f32_to_bf16(v));
-    case ATTND_DTYPE_F16: return attnd_f16_to_f32(attnd_f32_to_f16(v));
+    case ATTND_DTYPE_BF16: return attnd_dtype_bf16_to_f32(attnd_dtype_f32_to_bf16(v));
+    case ATTND_DTYPE_F16: return attnd_dtype_f16_to_f32(attnd_dtype_f32_to_f16(v));
     default: return v;
     }
 }
@@ -137,7 +137,7 @@ static inline void pp_build(pp_problem *p, const pp_spec *sp, tu_rng *r)
         p->q64[j] = pp_round(sp->q_t, qf[j]);
     }
     p->q = malloc((nq + 1) * attnd_dtype_size(sp->q_t));
-    attnd_convert(sp->q_t, p->q, ATTND_DTYPE_F32, qf, nq);
+    attnd_dtype_convert(sp->q_t, p->q, ATTND_DTYPE_F32, qf, nq);
     free(qf);
 
     size_t rows = (size_t)n * sp->q_tokens * sp->hq;

@@ -203,31 +203,31 @@ START_TEST(test_bf16_and_f16_round_to_nearest_even)
     tu_rng_init(&r, "convert");
     for (int i = 0; i < 200000; i++) {
         float x = (float)(tu_normal(&r) * pow(2.0, (double)tu_int(&r, -30, 15)));
-        uint16_t b = attnd_f32_to_bf16(x), f = attnd_f32_to_f16(x);
-        double db = fabs((double)attnd_bf16_to_f32(b) - x);
-        double df = fabs((double)attnd_f16_to_f32(f) - x);
+        uint16_t b = attnd_dtype_f32_to_bf16(x), f = attnd_dtype_f32_to_f16(x);
+        double db = fabs((double)attnd_dtype_bf16_to_f32(b) - x);
+        double df = fabs((double)attnd_dtype_f16_to_f32(f) - x);
         for (int d = -1; d <= 1; d += 2) {
             uint16_t nb = (uint16_t)(b + d), nf = (uint16_t)(f + d);
             if ((nb & 0x7f80) != 0x7f80)
-                ck_assert_msg(db <= fabs((double)attnd_bf16_to_f32(nb) - x),
+                ck_assert_msg(db <= fabs((double)attnd_dtype_bf16_to_f32(nb) - x),
                               "bf16 not nearest for %a", (double)x);
             if ((nf & 0x7c00) != 0x7c00 && (f & 0x7c00) != 0x7c00)
-                ck_assert_msg(df <= fabs((double)attnd_f16_to_f32(nf) - x),
+                ck_assert_msg(df <= fabs((double)attnd_dtype_f16_to_f32(nf) - x),
                               "f16 not nearest for %a", (double)x);
         }
     }
     /* ties go to even; specials survive */
-    ck_assert_uint_eq(attnd_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);           /* tie, even down */
-    ck_assert_uint_eq(attnd_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);       /* tie, even up */
-    ck_assert_uint_eq(attnd_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);
-    ck_assert_uint_eq(attnd_f32_to_f16(65520.0f), 0x7c00);                  /* overflow */
-    ck_assert_uint_eq(attnd_f32_to_f16(0x1p-24f), 0x0001);                  /* min subnormal */
-    ck_assert(attnd_f16_to_f32(0x0001) == 0x1p-24f);
-    ck_assert(isnan(attnd_bf16_to_f32(attnd_f32_to_bf16(NAN))));
-    ck_assert(isnan(attnd_f16_to_f32(attnd_f32_to_f16(NAN))));
-    ck_assert(isinf(attnd_f16_to_f32(attnd_f32_to_f16(-INFINITY))));
+    ck_assert_uint_eq(attnd_dtype_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);           /* tie, even down */
+    ck_assert_uint_eq(attnd_dtype_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);       /* tie, even up */
+    ck_assert_uint_eq(attnd_dtype_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);
+    ck_assert_uint_eq(attnd_dtype_f32_to_f16(65520.0f), 0x7c00);                  /* overflow */
+    ck_assert_uint_eq(attnd_dtype_f32_to_f16(0x1p-24f), 0x0001);                  /* min subnormal */
+    ck_assert(attnd_dtype_f16_to_f32(0x0001) == 0x1p-24f);
+    ck_assert(isnan(attnd_dtype_bf16_to_f32(attnd_dtype_f32_to_bf16(NAN))));
+    ck_assert(isnan(attnd_dtype_f16_to_f32(attnd_dtype_f32_to_f16(NAN))));
+    ck_assert(isinf(attnd_dtype_f16_to_f32(attnd_dtype_f32_to_f16(-INFINITY))));
     for (uint32_t h = 0; h < 0x7c00; h++) /* every finite f16 round-trips */
-        ck_assert_uint_eq(attnd_f32_to_f16(attnd_f16_to_f32((uint16_t)h)), h);
+        ck_assert_uint_eq(attnd_dtype_f32_to_f16(attnd_dtype_f16_to_f32((uint16_t)h)), h);
 }
 END_TEST
 
@@ -255,18 +255,18 @@ START_TEST(test_bulk_convert_matches_scalar)
                     } else {
                         uint16_t h;
                         memcpy(&h, src + off + 2 * i, 2);
-                        x = st == ATTND_DTYPE_BF16 ? attnd_bf16_to_f32(h) : attnd_f16_to_f32(h);
+                        x = st == ATTND_DTYPE_BF16 ? attnd_dtype_bf16_to_f32(h) : attnd_dtype_f16_to_f32(h);
                     }
                     if (dt == ATTND_DTYPE_F32) {
                         memcpy(want + 4 * i, &x, 4);
                     } else if (st == dt) {
                         memcpy(want + es * i, src + off + es * i, es);
                     } else {
-                        uint16_t h = dt == ATTND_DTYPE_BF16 ? attnd_f32_to_bf16(x) : attnd_f32_to_f16(x);
+                        uint16_t h = dt == ATTND_DTYPE_BF16 ? attnd_dtype_f32_to_bf16(x) : attnd_dtype_f32_to_f16(x);
                         memcpy(want + 2 * i, &h, 2);
                     }
                 }
-                attnd_convert(dt, dst + 1 + off, st, src + off, N);
+                attnd_dtype_convert(dt, dst + 1 + off, st, src + off, N);
                 for (size_t i = 0; i < N; i++)
                     ck_assert_msg(memcmp(dst + 1 + off + es * i, want + es * i, es) == 0,
                                   "convert %d->%d off %d: element %zu differs", (int)st, (int)dt,

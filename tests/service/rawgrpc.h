@@ -166,6 +166,7 @@ static inline uint8_t *rg_bb_bytes(grpc_byte_buffer *bb, size_t *len_p)
     grpc_slice s;
     uint8_t *out;
     size_t len = 0;
+    *len_p = 0;
     if (!bb)
         return NULL;
     out = malloc(grpc_byte_buffer_length(bb) + 1);

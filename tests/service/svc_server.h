@@ -247,7 +247,7 @@ static inline uint8_t *append_chunk(const uint8_t id[16], uint32_t layer, int st
     for (int t = 0; t < n; t++) {
         for (int e = 0; e < DK; e++)
             f[e] = kv_val(start + t, e);
-        attnd_convert(dt, data + (size_t)t * DK * attnd_dtype_size(dt), ATTND_DTYPE_F32, f, DK);
+        attnd_dtype_convert(dt, data + (size_t)t * DK * attnd_dtype_size(dt), ATTND_DTYPE_F32, f, DK);
     }
     Attnd__V1__AppendKVRequest m = ATTND__V1__APPEND_KVREQUEST__INIT;
     Attnd__V1__Tensor kv = ATTND__V1__TENSOR__INIT;

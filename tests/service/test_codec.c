@@ -312,7 +312,7 @@ START_TEST(test_attend_reply_encoder_matches_protobuf_c_byte_for_byte)
         /* the same message through protobuf-c, data converted up front */
         size_t es = attnd_dtype_size(r.out_dtype);
         uint8_t *conv = malloc(n_out * es);
-        attnd_convert(r.out_dtype, conv, ATTND_DTYPE_F32, out, n_out);
+        attnd_dtype_convert(r.out_dtype, conv, ATTND_DTYPE_F32, out, n_out);
         Attnd__V1__Tensor to = ATTND__V1__TENSOR__INIT, tl = ATTND__V1__TENSOR__INIT;
         to.dtype = (Attnd__V1__DType)r.out_dtype;
         to.n_shape = 4;

@@ -1,8 +1,10 @@
 /* Check suite of attnd's RPCs over the wire, with raw gRPC core calls: a
- * session's whole life (create, attend, stats, close), AppendKV streaming
- * and its progress trailer, AttendStream answering in order and ending on a
- * failed request, and INVALID_ARGUMENT / RESOURCE_EXHAUSTED for bad bytes
- * and oversized messages. Outputs are checked against a float64 softmax. */
+ * session's whole life (create, attend, stats, close), AppendKV streams
+ * applied all or nothing (a failed, cancelled or still open stream shows
+ * none of its chunks; its layers refuse other writers), AttendStream
+ * answering in order and ending on a failed request, and INVALID_ARGUMENT /
+ * RESOURCE_EXHAUSTED for bad bytes and oversized messages. Outputs are
+ * checked against a float64 softmax. */
 #include "svc_server.h"
 
 START_TEST(test_undecodable_request_is_invalid_argument)
@@ -98,7 +100,7 @@ START_TEST(test_session_lifecycle_over_raw_calls)
 }
 END_TEST
 
-START_TEST(test_append_kv_applies_chunks_as_they_stream_and_counts_them)
+START_TEST(test_append_kv_commits_its_chunks_and_counts_them)
 {
     uint8_t id[16], *msg, *resp;
     size_t len, rlen;
@@ -133,23 +135,203 @@ START_TEST(test_append_kv_applies_chunks_as_they_stream_and_counts_them)
     free(msg);
     free(resp);
 
-    /* a chunk at the wrong position ends the stream, progress in the trailer */
-    ck_assert_int_eq(rg_call_open(&c, ch, "/attnd.v1.Attnd/AppendKV", RG_WAIT_MS), 0);
-    ck_assert_int_eq(rg_send_md(&c), 1);
-    msg = append_chunk(id, 1, 0, 2, ATTND_DTYPE_F16, &len);
-    rg_send(&c, msg, len, 0);
-    free(msg);
-    msg = append_chunk(id, 0, 0, 2, ATTND_DTYPE_F16, &len);
-    rg_send(&c, msg, len, 1);
-    free(msg);
-    rg_recv(&c, &resp, &rlen);
-    ck_assert_ptr_null(resp);
-    ck_assert_int_eq(rg_finish(&c), 1);
-    ck_assert_int_eq(c.code, GRPC_STATUS_FAILED_PRECONDITION);
+    stop_cleanly();
+}
+END_TEST
+
+/* pages_used from GetStats. */
+static uint64_t pages_used(void)
+{
+    Attnd__V1__GetStatsResponse *st = get_stats();
+    uint64_t n = st->pages_used;
+    attnd__v1__get_stats_response__free_unpacked(st, NULL);
+    return n;
+}
+
+/* Wait until pages_used is `want` (staged pages count: this is how a test
+ * sees that the server took an open stream's chunks, or dropped them);
+ * the deadline is only a hang guard. */
+static void wait_pages_used(uint64_t want)
+{
+    int64_t end = rg_now_ms() + RG_WAIT_MS;
+    uint64_t n;
+    while ((n = pages_used()) != want && rg_now_ms() < end) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    ck_assert_msg(n == want, "pages_used %llu, waited for %llu", (unsigned long long)n,
+                  (unsigned long long)want);
+}
+
+/* Open an AppendKV stream and send chunks (layer, start, n) without the
+ * half-close. */
+static void stream_open(rg_call *c, const uint8_t id[16], const int (*chunks)[3], int n)
+{
+    ck_assert_int_eq(rg_call_open(c, ch, "/attnd.v1.Attnd/AppendKV", RG_WAIT_MS), 0);
+    ck_assert_int_eq(rg_send_md(c), 1);
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        uint8_t *msg = append_chunk(id, (uint32_t)chunks[i][0], chunks[i][1], chunks[i][2],
+                                    ATTND_DTYPE_BF16, &len);
+        ck_assert_int_eq(rg_send(c, msg, len, 0), 1);
+        free(msg);
+    }
+}
+
+/* Half-close c and expect `code`; with OK, the reply's counts. */
+static void stream_end(rg_call *c, int code, uint64_t chunks, uint64_t tokens)
+{
+    uint8_t *resp;
+    size_t rlen;
+    rg_half_close(c);
+    rg_recv(c, &resp, &rlen);
+    ck_assert_int_eq(rg_finish(c), 1);
+    ck_assert_msg((int)c->code == code, "AppendKV: %d %s, want %d", c->code, c->details, code);
+    if (code == GRPC_STATUS_OK) {
+        ck_assert_ptr_nonnull(resp);
+        Attnd__V1__AppendKVResponse *r = attnd__v1__append_kvresponse__unpack(NULL, rlen, resp);
+        ck_assert_ptr_nonnull(r);
+        ck_assert_uint_eq(r->chunks, chunks);
+        ck_assert_uint_eq(r->tokens, tokens);
+        attnd__v1__append_kvresponse__free_unpacked(r, NULL);
+    } else {
+        ck_assert_ptr_null(resp);
+    }
+    free(resp);
+}
+
+/* Attend (no new KV) over layer `layer` with the query of `step`, checked
+ * against the float64 answer over its first n tokens. */
+static void assert_layer_holds(const uint8_t id[16], uint32_t layer, int step, int n)
+{
+    size_t len, rlen;
+    uint8_t *resp = NULL, *req = attend_req(id, layer, step, -1, 7, &len);
+    char details[256];
+    ck_assert_msg(rg_unary(ch, "/attnd.v1.Attnd/Attend", req, len, &resp, &rlen, details,
+                           sizeof details) == GRPC_STATUS_OK, "Attend: %s", details);
+    check_attend_reply(resp, rlen, step, n, 7);
+    free(req);
+    free(resp);
+}
+
+/* The robustness issue's case: chunk 1 at 0 (4 tokens), chunk 2 at 99.
+ * The stream fails at chunk 2 and applies nothing (no page held, no token
+ * counted), so the same stream, corrected, goes through from chunk 1. */
+START_TEST(test_append_kv_stream_failing_midway_applies_nothing_and_its_retry_succeeds)
+{
+    static const int bad[][3] = {{0, 0, 4}, {0, 99, 2}}, good[][3] = {{0, 0, 4}, {0, 4, 2}};
+    uint8_t id[16];
+    rg_call c;
+    boot(NULL, NULL);
+    create_session(id);
+
+    stream_open(&c, id, bad, 2);
+    stream_end(&c, GRPC_STATUS_FAILED_PRECONDITION, 0, 0);
     ck_assert_ptr_nonnull(strstr(c.details, "start"));
-    ck_assert_ptr_nonnull(strstr(c.trailer, "attnd-chunks-applied=1;"));
-    ck_assert_ptr_nonnull(strstr(c.trailer, "attnd-tokens-applied=2;"));
+    ck_assert_ptr_null(strstr(c.trailer, "applied"));
     rg_call_close(&c);
+    Attnd__V1__GetStatsResponse *st = get_stats();
+    ck_assert_uint_eq(st->pages_used, 0);
+    ck_assert_uint_eq(st->tokens_appended, 0);
+    ck_assert_uint_eq(st->append_calls, 0);
+    attnd__v1__get_stats_response__free_unpacked(st, NULL);
+
+    stream_open(&c, id, good, 2);
+    stream_end(&c, GRPC_STATUS_OK, 2, 6);
+    rg_call_close(&c);
+    assert_layer_holds(id, 0, 3, 6);
+    stop_cleanly();
+}
+END_TEST
+
+/* Chunks an open stream has staged (their pages taken) are not attended
+ * over until the stream commits at its half-close. */
+START_TEST(test_attend_during_an_open_append_kv_stream_sees_only_committed_kv)
+{
+    static const int first[][3] = {{0, 0, 60}}, open[][3] = {{0, 60, 4}, {1, 0, 3}};
+    uint8_t id[16];
+    rg_call c;
+    boot(NULL, NULL);
+    create_session(id);
+    stream_open(&c, id, first, 1);
+    stream_end(&c, GRPC_STATUS_OK, 1, 60);
+    rg_call_close(&c);
+
+    stream_open(&c, id, open, 2);
+    wait_pages_used(2); /* layer 1's page: both chunks are staged */
+    assert_layer_holds(id, 0, 1, 60);
+    stream_end(&c, GRPC_STATUS_OK, 2, 7);
+    rg_call_close(&c);
+    assert_layer_holds(id, 0, 2, 64);
+    assert_layer_holds(id, 1, 2, 3);
+    stop_cleanly();
+}
+END_TEST
+
+/* While a stream holds a layer, another stream's chunk there and an
+ * Attend appending there fail ABORTED and change nothing; once it ends,
+ * they go through at the committed length. */
+START_TEST(test_a_layer_an_open_append_kv_stream_holds_refuses_other_writers_aborted)
+{
+    static const int open[][3] = {{0, 0, 4}, {1, 0, 1}}, other[][3] = {{0, 0, 2}},
+                     after[][3] = {{0, 4, 2}};
+    uint8_t id[16], *req;
+    size_t len;
+    char details[256];
+    rg_call c, d;
+    boot(NULL, NULL);
+    create_session(id);
+    stream_open(&c, id, open, 2);
+    wait_pages_used(2);
+
+    stream_open(&d, id, other, 1);
+    stream_end(&d, GRPC_STATUS_ABORTED, 0, 0);
+    ck_assert_ptr_nonnull(strstr(d.details, "another AppendKV stream"));
+    rg_call_close(&d);
+    req = attend_req(id, 0, 0, 0, 5, &len);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", req, len, NULL, NULL, details,
+                              sizeof details),
+                     GRPC_STATUS_ABORTED);
+    ck_assert_ptr_nonnull(strstr(details, "new_kv"));
+    free(req);
+    ck_assert_uint_eq(pages_used(), 2);
+
+    stream_end(&c, GRPC_STATUS_OK, 2, 5);
+    rg_call_close(&c);
+    stream_open(&d, id, after, 1);
+    stream_end(&d, GRPC_STATUS_OK, 1, 2);
+    rg_call_close(&d);
+    assert_layer_holds(id, 0, 4, 6);
+    stop_cleanly();
+}
+END_TEST
+
+/* A client that cancels its stream midway: the server drops what the
+ * stream staged (its pages go back) and applies none of it. */
+START_TEST(test_append_kv_stream_cancelled_by_the_client_applies_nothing)
+{
+    static const int chunks[][3] = {{0, 0, 4}, {1, 0, 3}};
+    uint8_t id[16];
+    rg_call c;
+    boot(NULL, NULL);
+    create_session(id);
+    stream_open(&c, id, chunks, 2);
+    wait_pages_used(2);
+    grpc_call_cancel(c.call, NULL);
+    ck_assert_int_eq(rg_finish(&c), 1);
+    ck_assert_int_eq(c.code, GRPC_STATUS_CANCELLED);
+    rg_call_close(&c);
+    wait_pages_used(0);
+
+    /* the same stream again: every chunk at its layer's start */
+    stream_open(&c, id, chunks, 2);
+    stream_end(&c, GRPC_STATUS_OK, 2, 7);
+    rg_call_close(&c);
+    assert_layer_holds(id, 0, 5, 4);
+    assert_layer_holds(id, 1, 5, 3);
+    Attnd__V1__GetStatsResponse *st = get_stats();
+    ck_assert_uint_eq(st->tokens_appended, 7);
+    attnd__v1__get_stats_response__free_unpacked(st, NULL);
     stop_cleanly();
 }
 END_TEST
@@ -200,7 +382,7 @@ START_TEST(test_streams_closed_without_a_message_end_ok)
         ck_assert_int_eq(rg_send_md(&c), 1);
         ck_assert_int_eq(rg_half_close(&c), 1);
         uint8_t *resp;
-        size_t rlen;
+        size_t rlen = 0;
         ck_assert_int_eq(rg_recv(&c, &resp, &rlen), 1);
         if (i == 1) { /* AppendKV answers, counting no chunks */
             ck_assert_ptr_nonnull(resp);
@@ -283,7 +465,11 @@ static Suite *suite(void)
     tcase_add_test(tc, test_undecodable_request_is_invalid_argument);
     tcase_add_test(tc, test_oversized_message_is_resource_exhausted);
     tcase_add_test(tc, test_session_lifecycle_over_raw_calls);
-    tcase_add_test(tc, test_append_kv_applies_chunks_as_they_stream_and_counts_them);
+    tcase_add_test(tc, test_append_kv_commits_its_chunks_and_counts_them);
+    tcase_add_test(tc, test_append_kv_stream_failing_midway_applies_nothing_and_its_retry_succeeds);
+    tcase_add_test(tc, test_attend_during_an_open_append_kv_stream_sees_only_committed_kv);
+    tcase_add_test(tc, test_a_layer_an_open_append_kv_stream_holds_refuses_other_writers_aborted);
+    tcase_add_test(tc, test_append_kv_stream_cancelled_by_the_client_applies_nothing);
     tcase_add_test(tc, test_attend_stream_answers_each_request_in_order);
     tcase_add_test(tc, test_streams_closed_without_a_message_end_ok);
     tcase_add_test(tc, test_random_and_mutated_bytes_never_crash_the_server);

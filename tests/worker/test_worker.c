@@ -57,14 +57,14 @@ static void shadow_draw(shadow *sh, tu_rng *r, int32_t l, int64_t n, uint16_t *w
         uint16_t *w = wire + t * sh->entry;
         int64_t pos = sh->len[l] + t;
         for (int64_t e = 0; e < sh->entry; e++)
-            w[e] = attnd_f32_to_bf16((float)tu_normal(r));
+            w[e] = attnd_dtype_f32_to_bf16((float)tu_normal(r));
         for (int32_t h = 0; h < sh->hkv; h++) {
             for (int32_t d = 0; d < sh->dk; d++)
-                sh->k[l][(pos * sh->hkv + h) * sh->dk + d] = attnd_bf16_to_f32(w[h * sh->dk + d]);
+                sh->k[l][(pos * sh->hkv + h) * sh->dk + d] = attnd_dtype_bf16_to_f32(w[h * sh->dk + d]);
             for (int32_t d = 0; d < sh->dv; d++) {
                 int64_t src = sh->m->kind == ATTND_ATTN_MLA ? d
                                                            : sh->hkv * sh->dk + h * sh->dv + d;
-                sh->v[l][(pos * sh->hkv + h) * sh->dv + d] = attnd_bf16_to_f32(w[src]);
+                sh->v[l][(pos * sh->hkv + h) * sh->dv + d] = attnd_dtype_bf16_to_f32(w[src]);
             }
         }
     }

@@ -1,0 +1,255 @@
+/* libattnd: the C client of an attnd attention worker.
+ *
+ * A compute node connects once, creates a session per sequence, streams the
+ * prefill KV with attnd_client_append_kv, then per layer and decode step
+ * sends the batch's queries (and each session's new KV entry) with
+ * attnd_client_attend, its async form, or an attnd_stream for a decode loop.
+ * The transport is gRPC (HTTP/2); the calls below do not depend on it.
+ *
+ * Errors: every function returns an attnd_status (0 on success, the negated
+ * gRPC code otherwise) and, when err is not NULL, fills it with the code and
+ * the server's message, which names the offending field.
+ *
+ * Ownership: the client never frees what the caller passed; callers own
+ * query, KV and output buffers. Handles (attnd_client, attnd_call,
+ * attnd_stream) are created and freed by the functions named beside them.
+ * A client may be used from several threads at once; one attnd_stream or
+ * attnd_call from one thread at a time.
+ */
+#ifndef ATTND_CLIENT_H
+#define ATTND_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attnd/status.h"
+#include "attnd/types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct attnd_client attnd_client;
+
+/* How Attend (unary, async and AttendStream) travels. Control calls
+ * (sessions, AppendKV, stats, health) always use gRPC. */
+typedef enum attnd_transport {
+    ATTND_TRANSPORT_GRPC = 0, /* HTTP/2 (the default) */
+    ATTND_TRANSPORT_UCX = 1,  /* UCX active messages: connect asks the
+                                 server (GetEndpoint) where its UCX listener
+                                 is and connects to it; UNAVAILABLE when the
+                                 server runs without --ucx-listen */
+} attnd_transport;
+
+typedef struct attnd_client_options {
+    int64_t deadline_ms;       /* per call; default 30000. Streams (AppendKV,
+                                  AttendStream) have no overall deadline:
+                                  each message sent or awaited gets this
+                                  long, else the stream is cancelled */
+    int64_t connect_timeout_ms; /* connect waits for the channel; 5000 */
+    size_t max_message_bytes;  /* send and receive limit; 256 MiB */
+    attnd_transport transport; /* for Attend; ATTND_TRANSPORT_GRPC */
+    int32_t ucx_spin_us;       /* UCX: busy-poll this long for a reply
+                                  before sleeping on the worker's event fd;
+                                  default 1000 */
+} attnd_client_options;
+
+/* Defaults, as above. */
+void attnd_client_options_init(attnd_client_options *o);
+
+/* Connect to "host:port" (any gRPC target). Waits until the channel is
+ * ready or connect_timeout_ms passes (UNAVAILABLE). opts may be NULL.
+ * Free with attnd_client_destroy. */
+attnd_status attnd_client_connect(const char *target,
+                                  const attnd_client_options *opts,
+                                  attnd_client **client_p, attnd_error *err);
+void attnd_client_destroy(attnd_client *c);
+
+/* What the worker serves, as CreateSession and GetStats report it. */
+typedef struct attnd_model_info {
+    char name[64];
+    attnd_attn_kind kind;
+    uint32_t n_layers;
+    uint32_t n_q_heads;
+    uint32_t n_kv_heads;
+    uint32_t head_dim;   /* GQA */
+    uint32_t d_latent;   /* MLA */
+    uint32_t d_rope;     /* MLA */
+    float scale;
+    attnd_dtype kv_dtype;
+    uint32_t page_size;
+    /* derived: query width per head, output width per head, elements of one
+     * token's KV entry (MLA d_latent + d_rope; GQA 2 * n_kv_heads * head_dim) */
+    uint32_t d_k, d_v, kv_token_elems;
+} attnd_model_info;
+
+/* Create a session for `model` (NULL or "" = the worker's model), reserving
+ * pages for max_tokens (0: no reservation). model_p may be NULL. */
+attnd_status attnd_client_create_session(attnd_client *c, const char *model,
+                                         uint32_t max_tokens,
+                                         attnd_session_id *id_p,
+                                         attnd_model_info *model_p,
+                                         attnd_error *err);
+attnd_status attnd_client_close_session(attnd_client *c,
+                                        const attnd_session_id *id,
+                                        attnd_error *err);
+
+/* One prefill chunk: n_tokens KV entries ([n_tokens][kv_token_elems] of
+ * dtype) for one layer of one session, starting at `start`. The wire shape
+ * ([T, d_c + d_r] MLA, [T, 2, Hkv, D] GQA) comes from the served model,
+ * which a client learns from CreateSession or GetStats (one GetStats on
+ * first use if it has seen neither). */
+typedef struct attnd_kv_chunk {
+    attnd_session_id session;
+    uint32_t layer;
+    uint64_t start;
+    uint32_t n_tokens;
+    uint32_t kv_token_elems;
+    attnd_dtype dtype;
+    const void *data;
+} attnd_kv_chunk;
+
+/* Send chunks in order over one AppendKV stream, applied all or nothing:
+ * each chunk must start where its layer ends counting the chunks before it
+ * in this call; the server makes them visible together when the stream
+ * ends, or (any failure: a refused chunk, RESOURCE_EXHAUSTED, a broken
+ * stream, the deadline) applies none of them, so a failed call can be
+ * retried whole. While the call is open, its layers refuse other appends
+ * (ABORTED) and Attend sees none of its chunks. *applied_p (may be NULL):
+ * n on success, 0 on failure (kept for source compatibility: the status
+ * says it all). A call that fails after its last chunk went out (the
+ * deadline, a lost connection) may have been committed, as with any RPC;
+ * a retry then fails FAILED_PRECONDITION at its first chunk. */
+attnd_status attnd_client_append_kv(attnd_client *c,
+                                    const attnd_kv_chunk *chunks, size_t n,
+                                    size_t *applied_p, attnd_error *err);
+
+/* A tensor argument: dtype, shape and caller-owned data (row-major); its
+ * byte count is the shape's product times the dtype's size. A dtype or
+ * shape the server does not accept is sent as given (data empty when the
+ * dtype has no size) so that the server's message names the field. */
+typedef struct attnd_tensor {
+    attnd_dtype dtype;
+    int32_t ndim;
+    int64_t shape[6];
+    const void *data;
+} attnd_tensor;
+
+/* One layer's decode step for a batch of sessions. */
+typedef struct attnd_attend_args {
+    uint32_t layer;
+    uint32_t n_seqs;
+    const attnd_session_id *sessions; /* [n_seqs], distinct */
+    attnd_tensor q;        /* [n_seqs, S, Hq, d_k] or [n_seqs, Hq, d_k] */
+    attnd_tensor new_kv;   /* data NULL: none; else [n_seqs, kv entry...]:
+                              MLA [n, d_k], GQA [n, 2, Hkv, D]; with S > 1
+                              query tokens [n, S, kv entry...] (query token
+                              s sees the layer's first L - (S - 1 - s)
+                              tokens, L counted after the append) */
+    const uint64_t *positions; /* NULL, or [n_seqs]: where the first of each
+                                  session's new_kv entries must land */
+    attnd_dtype out_dtype; /* INVALID (0): q's dtype */
+    /* Results, caller-owned: out gets [n_seqs, S, Hq, d_v] of out_dtype
+     * (out_capacity bytes available); lse, when not NULL, gets float32
+     * [n_seqs, S, Hq] (lse_capacity floats available). */
+    void *out;
+    size_t out_capacity;
+    float *lse;
+    size_t lse_capacity;
+    /* Nonzero: a worker group holding this layer's W_UV (see
+     * attnd_client_load_weights) returns out[h] = latent out[h] . W_UV[h],
+     * [n_seqs, S, Hq, d_vo], each rank projecting its own part and the
+     * group summing them (MLA, sequence or latent sharding). */
+    int up_project;
+} attnd_attend_args;
+
+/* Synchronous Attend. On success out (and lse) are filled; on failure
+ * their contents are unspecified. Refused here, before anything is sent
+ * (INVALID_ARGUMENT): NULL pointers, more than 6 dims, and out_capacity /
+ * lse_capacity smaller than the reply when q's shape matches the served
+ * model (learned as for attnd_kv_chunk); a reply that still does not fit
+ * fails INVALID_ARGUMENT after the call. */
+attnd_status attnd_client_attend(attnd_client *c, const attnd_attend_args *a,
+                                 attnd_error *err);
+
+/* Asynchronous Attend: the request is encoded and sent before this returns
+ * (the q/new_kv buffers may be reused at once); out/lse are written by
+ * attnd_call_wait, so they and *a's result fields must stay valid until
+ * then. Every started call must be waited on exactly once. */
+typedef struct attnd_call attnd_call;
+attnd_status attnd_client_attend_async(attnd_client *c,
+                                       const attnd_attend_args *a,
+                                       attnd_call **call_p, attnd_error *err);
+/* Wait for the call, fill its results, and free it. */
+attnd_status attnd_call_wait(attnd_call *call, attnd_error *err);
+
+/* The server's account of one Attend, in nanoseconds, from the call's
+ * trailing metadata "attnd-timing" ("q=..,v=..,k=..,f=..,e=..") over
+ * gRPC, or from the reply header over UCX (proto/attnd_ucx.h): queue
+ * (the server taking the call through decoding it), validation, kernel
+ * (the engine's attend), rank fan-out + combine (0 on one rank) and reply
+ * encoding. What the client measured beyond their sum is the network's
+ * and both sides' transport share. valid is 0 (and the rest 0) when the
+ * server sent none. */
+typedef struct attnd_server_timing {
+    int valid;
+    uint64_t queue_ns, validate_ns, kernel_ns, fanout_ns, encode_ns;
+} attnd_server_timing;
+
+/* attnd_call_wait that also fills *timing_p (may be NULL) when the call
+ * succeeded; on failure *timing_p is left as it was. */
+attnd_status attnd_call_wait_timed(attnd_call *call,
+                                   attnd_server_timing *timing_p,
+                                   attnd_error *err);
+
+/* A decode loop over one AttendStream: each attnd_stream_attend sends one
+ * request and waits for its response. A failed request ends the stream
+ * (every later call returns the same status); close it and open another.
+ * A request refused before sending (see attnd_client_attend) does not. */
+typedef struct attnd_stream attnd_stream;
+attnd_status attnd_client_stream_open(attnd_client *c, attnd_stream **s_p,
+                                      attnd_error *err);
+attnd_status attnd_stream_attend(attnd_stream *s, const attnd_attend_args *a,
+                                 attnd_error *err);
+/* Half-close, collect the final status, free the stream. */
+attnd_status attnd_stream_close(attnd_stream *s, attnd_error *err);
+
+typedef struct attnd_stats {
+    uint64_t sessions, max_sessions;
+    uint64_t pages_total, pages_used, pages_reserved, page_bytes;
+    uint64_t attend_calls, attend_sequences;
+    uint64_t append_calls, tokens_appended;
+    uint64_t errors, kv_bytes_read, uptime_ms;
+    /* worker group (0 / "" on a lone worker): size, this rank, its sharding
+     * mode, peers connected now, the missing ranks ("1,2"), requests failed
+     * for a missing peer */
+    uint32_t group_size, group_rank, group_connected;
+    char group_mode[16];
+    char group_missing[128];
+    uint64_t group_peer_failures;
+} attnd_stats;
+
+/* GetStats; model_p may be NULL. */
+attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *st,
+                                    attnd_model_info *model_p,
+                                    attnd_error *err);
+
+/* LoadWeights: give the worker (group) of an MLA model layer `layer`'s
+ * value up-projection W_UV, a float32/bf16/f16 tensor [Hq, d_c, d_vo]
+ * (head h's latent -> value), so that Attend with up_project returns
+ * projected outputs. Replaces what the layer had. *bytes_p (may be NULL):
+ * the float32 bytes the contacted rank now holds for the layer. */
+attnd_status attnd_client_load_weights(attnd_client *c, uint32_t layer,
+                                       const attnd_tensor *w_uv, uint64_t *bytes_p,
+                                       attnd_error *err);
+
+/* grpc.health.v1.Health/Check for `service` ("" = the server as a whole):
+ * *serving_p = 1 when the answer is SERVING. */
+attnd_status attnd_client_health(attnd_client *c, const char *service,
+                                 int *serving_p, attnd_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ATTND_CLIENT_H */

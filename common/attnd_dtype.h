@@ -1,0 +1,34 @@
+/* attnd_dtype: element conversions between bf16, f16 and float32.
+ *
+ * The scalar conversions are the reference every SIMD path (kernels, codec)
+ * must match bit for bit: round to nearest, ties to even; NaN stays a quiet
+ * NaN; f16 subnormals handled. attnd_dtype_convert converts whole tensors
+ * with one vectorizable loop per dtype pair (cloned per x86-64 ISA level),
+ * at any alignment: wire tensors sit at arbitrary offsets of a message.
+ *
+ * Part of common/, the floor every room stands on: pure computation, no
+ * allocation, libc only. */
+#ifndef ATTND_DTYPE_H
+#define ATTND_DTYPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attnd/types.h"
+
+uint16_t attnd_dtype_f32_to_bf16(float f);
+float attnd_dtype_bf16_to_f32(uint16_t h);
+uint16_t attnd_dtype_f32_to_f16(float f);
+float attnd_dtype_f16_to_f32(uint16_t h);
+
+/* Convert n elements between any two dtypes (same dtype: memmove). dst and
+ * src may have any alignment. An invalid dtype writes nothing (callers
+ * validate first). */
+void attnd_dtype_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
+                         const void *src, size_t n);
+
+/* Read element i of a typed array as float32 / float64. */
+float attnd_dtype_load_f32(attnd_dtype t, const void *src, size_t i);
+double attnd_dtype_load_f64(attnd_dtype t, const void *src, size_t i);
+
+#endif /* ATTND_DTYPE_H */

@@ -1,0 +1,170 @@
+/* attnd worker groups: N ranks that together hold every session's KV
+ * (tensor-parallel sharding), connected rank to rank over UCX. The public
+ * header of the group for service/ (which calls these where a lone worker
+ * calls attnd_engine_*).
+ *
+ * Sharding modes (ARCHITECTURE.md, "Sharding modes and the combine"):
+ *   sequence  global page p of every layer (tokens [p*P, (p+1)*P)) lives on
+ *             rank p mod N; each rank attends over its tokens and the
+ *             leader merges the partial (out, lse) states in rank order 0..N-1
+ *             (exact, deterministic);
+ *   head      GQA: rank r holds KV heads [r*Hkv/N, (r+1)*Hkv/N) and computes
+ *             the query heads that read them; outputs are concatenated;
+ *   latent    MLA (TPLA): the 2^k latent dims are rotated by the normalized
+ *             Walsh-Hadamard transform (stored latent and q_c alike); rank r
+ *             holds rotated dims [r*d_c/N, (r+1)*d_c/N) plus the whole RoPE
+ *             key (or its slice, rope_split), attends with its own softmax
+ *             over scale * (mu * q_c,r . c_r + q_rope . k_rope), and the
+ *             leader concatenates the slices and rotates them back (an
+ *             approximation: no LSE correction across shards). Its LSE
+ *             output is the mean of the shards' LSEs (TPLA defines none).
+ *
+ * With W_UV loaded (attnd_group_load_weights, MLA), an Attend can return
+ * up-projected outputs: every rank projects its partial result and the
+ * leader merges (sequence) or sums (latent: a true all-reduce) them.
+ *
+ * Every rank runs an attnd_engine for its shard (attnd_group_shard_model
+ * gives the spec) and any rank can lead a request: it validates what only
+ * the group knows (sessions, positions), sends each peer its part, computes
+ * its own, waits for the peers' partial results (up to the request's
+ * timeout) and combines them. A peer that is not connected, dies, or does
+ * not answer in time fails the request with UNAVAILABLE; a peer that lost a
+ * session (it restarted empty) makes it DATA_LOSS.
+ *
+ * Thread safety: every function may be called from any thread at once.
+ * Ownership: the group borrows the engine (the caller frees it after
+ * attnd_group_destroy) and copies its config.
+ */
+#ifndef ATTND_GROUP_H
+#define ATTND_GROUP_H
+
+#include <limits.h>
+#include <stdint.h>
+
+#include "attnd_worker.h"
+
+#define ATTND_GROUP_MAX_RANKS 64
+#define ATTND_GROUP_ADDR_MAX 128
+
+typedef enum attnd_group_mode {
+    ATTND_GROUP_SEQUENCE = 0,
+    ATTND_GROUP_HEAD = 1,
+    ATTND_GROUP_LATENT = 2,
+} attnd_group_mode;
+
+typedef struct attnd_group_config {
+    int32_t rank, size;
+    /* UCX listener address of each rank, "host:port". Port 0 on our own
+     * entry listens on a free port; on a peer's, its address is read from
+     * addr_dir (below) while connecting. */
+    char addrs[ATTND_GROUP_MAX_RANKS][ATTND_GROUP_ADDR_MAX];
+    char addr_dir[PATH_MAX]; /* "": none; else rank r writes its bound
+                                address to <addr_dir>/rank-<r> */
+    attnd_group_mode mode;
+    int rope_split;          /* latent: split the RoPE key too */
+    float mu;                /* latent: score scale of the latent part */
+    int64_t connect_ms;      /* start-up: wait this long for every peer */
+    int64_t timeout_ms;      /* longest wait for a peer's answer */
+    attnd_model_spec model;  /* the full model (kv_dtype as stored) */
+    int32_t page_size;
+} attnd_group_config;
+
+typedef struct attnd_group attnd_group;
+
+/* "sequence" / "head" / "latent" -> mode; -1 for anything else. */
+int attnd_group_mode_parse(const char *s);
+const char *attnd_group_mode_name(attnd_group_mode m);
+
+/* Check cfg (rank range, mode against the model, divisibility, power-of-two
+ * latent) and fill *shard with the spec this rank's engine serves.
+ * INVALID_ARGUMENT naming the flag (--shard, --rank, --group) otherwise. */
+attnd_status attnd_group_shard_model(const attnd_group_config *cfg,
+                                     attnd_model_spec *shard, attnd_error *err);
+
+/* Start the group: UCX context, worker and listener, the progress thread,
+ * the executor threads that serve peers, then connect to every peer,
+ * waiting up to cfg->connect_ms for all of them (peers still missing after
+ * that are reported by attnd_group_get_state and retried in the
+ * background). The engine must serve attnd_group_shard_model's spec.
+ * Caller frees with attnd_group_destroy. */
+attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *engine,
+                                attnd_group **group_p, attnd_error *err);
+/* Stop the threads, close every endpoint, free everything. No call may be
+ * in flight. */
+void attnd_group_destroy(attnd_group *g);
+
+/* The full model the group serves (for validation and ModelInfo). */
+const attnd_model_spec *attnd_group_model(const attnd_group *g);
+/* The bound UCX listener port. */
+int attnd_group_port(const attnd_group *g);
+
+typedef struct attnd_group_state {
+    int32_t rank, size;
+    attnd_group_mode mode;
+    int32_t connected;       /* peers connected now (size - 1 when whole) */
+    char missing[256];       /* "" or the missing ranks, "1,2" */
+    uint64_t peer_failures;  /* requests failed for a missing peer */
+} attnd_group_state;
+
+void attnd_group_get_state(attnd_group *g, attnd_group_state *st);
+
+/* The engine calls, group-wide. max_tokens counts the whole session. */
+attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
+                                        attnd_session_id *id_p, attnd_error *err);
+attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *id,
+                                       uint64_t *pages_freed_p, attnd_error *err);
+
+/* AppendKV streams, group-wide: the engine's staged appends (attnd_engine_stage,
+ * attnd_worker.h) on every rank, committed on every rank at the end or
+ * aborted on every rank. The same contract as attnd_engine_stage (a chunk starts
+ * where this stream has its layer end; a layer a stream holds refuses
+ * other writers with ABORTED; RESOURCE_EXHAUSTED at the chunk that does
+ * not fit on some rank), plus: a stream quiet for more than 60 s fails
+ * ABORTED at its next chunk or commit (ranks drop idle parts); a commit
+ * that some ranks apply and others do not (a rank failing or not
+ * answering) marks the stream's sessions diverged, DATA_LOSS from then on;
+ * a commit with a peer not connected applies nothing (UNAVAILABLE).
+ * Ownership: open allocates, close frees (aborting everywhere unless the
+ * commit succeeded; it waits for the peers, up to the group's timeout).
+ * One stream is used by one thread at a time. */
+typedef struct attnd_group_stream attnd_group_stream;
+
+attnd_status attnd_group_stream_open(attnd_group *g, attnd_group_stream **s_p,
+                                     attnd_error *err);
+/* kv: [n_tokens][full kv_token_elems] of dtype, start the global position. */
+attnd_status attnd_group_stream_append(attnd_group_stream *s, const attnd_session_id *id,
+                                       uint32_t layer, uint64_t start, uint64_t n_tokens,
+                                       attnd_dtype dtype, const void *kv, attnd_error *err);
+/* *chunks_p, *tokens_p: what was committed (on success). */
+attnd_status attnd_group_stream_commit(attnd_group_stream *s, uint64_t *chunks_p,
+                                       uint64_t *tokens_p, attnd_error *err);
+void attnd_group_stream_close(attnd_group_stream *s);
+/* req as validated against the full model. The combined output lands in
+ * ws (its out/lse buffers are grown to the full size): *out_p float32
+ * [n][S][Hq][d_v], *lse_p [n][S][Hq] when want_lse. timeout_ms > 0 bounds
+ * the wait for peers (else the group's timeout). */
+attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
+                                attnd_engine_ws *ws, int64_t timeout_ms,
+                                int32_t up_project, const float **out_p,
+                                const float **lse_p, attnd_error *err);
+/* up_project = d_vo > 0 (MLA, sequence or latent mode, a W_UV of that
+ * width loaded for the layer; 0: plain attention): *out_p is
+ * [n][S][Hq][d_vo], each head's latent output times its W_UV;
+ * every rank projects its own partial result, so the ranks exchange d_vo-
+ * instead of d_c-wide rows, and latent mode sums the ranks' projections (a
+ * true all-reduce; no inverse rotation: the loaded W_UV is rotated).
+ * FAILED_PRECONDITION naming up_project when a rank has no W_UV for it. */
+
+/* Load layer's W_UV, [Hq][d_c][d_vo] of dtype (caller-owned, read during
+ * the call), into every rank, replacing an earlier one: sequence mode keeps
+ * it whole on each rank, latent mode the rows of each rank's rotated latent
+ * slice. float32. INVALID_ARGUMENT naming w_uv when the group cannot use it
+ * (GQA, head mode, a d_vo out of [1, 4096]); UNAVAILABLE when a peer is
+ * missing. *bytes_p (may be NULL): the bytes this rank keeps. */
+attnd_status attnd_group_load_weights(attnd_group *g, uint32_t layer, int32_t d_vo,
+                                      attnd_dtype dtype, const void *w,
+                                      uint64_t *bytes_p, attnd_error *err);
+/* d_vo of layer's W_UV on this rank; 0 when none is loaded. */
+int32_t attnd_group_weights_dv(attnd_group *g, uint32_t layer);
+
+#endif /* ATTND_GROUP_H */

@@ -1,0 +1,245 @@
+/* attnd worker engine: the public header of worker/.
+ *
+ * The engine holds one model's KV cache for many sessions in a paged pool and
+ * answers attention over it. It knows nothing of gRPC: the service decodes
+ * and validates wire messages, then calls these functions with plain
+ * pointers. Every function here is thread-safe; calls on different sessions
+ * run concurrently, calls on one session are serialized by its lock.
+ *
+ * Ownership: the engine owns its pool, sessions and page tables. Callers own
+ * every buffer they pass in; the engine copies what it keeps. Output buffers
+ * of attnd_engine_attend live in the caller's attnd_engine_ws.
+ */
+#ifndef ATTND_WORKER_H
+#define ATTND_WORKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attnd/status.h"
+#include "attnd/types.h"
+#include "attnd_kernels.h"
+
+/* ---- model presets ------------------------------------------------------ */
+
+typedef struct attnd_model_spec {
+    const char *name;
+    attnd_attn_kind kind;
+    int32_t n_layers;
+    int32_t n_q_heads;
+    int32_t n_kv_heads; /* 1 for MLA */
+    int32_t head_dim;   /* GQA; 0 for MLA */
+    int32_t d_latent;   /* MLA d_c; 0 for GQA */
+    int32_t d_rope;     /* MLA d_r; 0 for GQA */
+    float scale;        /* softmax scale, as the model defines it */
+    attnd_dtype kv_dtype;
+} attnd_model_spec;
+
+/* The preset named `name`, or NULL. Presets are static; never freed. */
+const attnd_model_spec *attnd_model_find(const char *name);
+/* Preset i for i < attnd_model_count(), for listing. */
+size_t attnd_model_count(void);
+const attnd_model_spec *attnd_model_at(size_t i);
+/* Per-token query width d_k, output width d_v, and wire KV entry size. */
+int32_t attnd_model_d_k(const attnd_model_spec *m);
+int32_t attnd_model_d_v(const attnd_model_spec *m);
+int64_t attnd_model_kv_token_elems(const attnd_model_spec *m);
+
+/* ---- engine --------------------------------------------------------------- */
+
+typedef struct attnd_engine attnd_engine;
+
+typedef struct attnd_engine_config {
+    attnd_model_spec model;  /* copied; kv_dtype is what the pool stores */
+    int32_t page_size;       /* tokens per page; default 64 */
+    uint64_t kv_memory;      /* bytes of KV pages the engine may hold */
+    uint32_t max_sessions;
+    /* Threads of the engine's one kernel pool (attnd_cpu_pool), counting
+     * the calling thread: 0 = one per online CPU, 1 = compute on the
+     * calling thread only. Attend calls from several threads share the
+     * pool and take turns on it (each batch gets all its threads), so the
+     * kernels never run more than this many threads at once. */
+    int32_t kernel_threads;
+    /* The CPU kernels' path (attnd_kernel_path_select, process-wide): ""
+     * leaves ATTND_KERNEL_PATH or the default; "auto" the default; else a
+     * path name ("avx512", "avx512bf16", ...). Creating fails with
+     * INVALID_ARGUMENT when this CPU cannot run it. */
+    char kernel_path[16];
+    /* 1: a background thread faults the whole host pool in from the start
+     * (attnd_kv_pool_prefault_start); 0 (default): pages are faulted in by
+     * the appends that first write them. Measured on the 2-vCPU VM,
+     * llama3-8b, 2 GiB of prefill into a 4 GiB pool: 0.55 GB/s with the
+     * pool prefaulted vs 0.42 GB/s without, and no first-touch stalls in
+     * decode; but a prefill that starts while the prefault still runs
+     * competes with it (0.14 vs 0.49 GB/s, stalls of 0.3-2.4 s), and the
+     * whole pool is resident at once. */
+    int prefault;
+    /* Where KV pages live and attention runs: "cpu" (or "") for host memory
+     * and the CPU kernels; "cuda:N" (or "cuda" = cuda:0) for one
+     * cudaMalloc on CUDA device N and kernels/cuda (bf16 KV, page_size a
+     * multiple of 64, MLA d_latent 512/256/128 with d_rope 64 or GQA
+     * head_dim 64/128). Creating fails with UNIMPLEMENTED when this build
+     * has no CUDA or the model's shape has no GPU kernel, UNAVAILABLE when
+     * the device does not exist. */
+    char device[32];
+} attnd_engine_config;
+
+/* Create an engine; the pool (kv_memory bytes, rounded down to whole pages)
+ * is allocated here. Caller frees with attnd_engine_destroy. */
+attnd_status attnd_engine_create(const attnd_engine_config *cfg,
+                                 attnd_engine **engine_p, attnd_error *err);
+/* Free the engine, its sessions and pool. No call may be in flight. */
+void attnd_engine_destroy(attnd_engine *e);
+
+const attnd_model_spec *attnd_engine_model(const attnd_engine *e);
+const attnd_kv_layout *attnd_engine_kv_layout(const attnd_engine *e);
+int32_t attnd_engine_page_size(const attnd_engine *e);
+
+/* Create a session. max_tokens > 0 reserves the pages that many tokens need
+ * in every layer (RESOURCE_EXHAUSTED if the pool cannot promise them);
+ * appends beyond it use unreserved free pages. Too many sessions:
+ * RESOURCE_EXHAUSTED. */
+attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
+                                         attnd_session_id *id_p,
+                                         attnd_error *err);
+/* The same with an id chosen by the caller (a worker group creates one
+ * session under one id on every rank): ALREADY_EXISTS when it is taken. */
+attnd_status attnd_engine_session_create_id(attnd_engine *e, uint64_t max_tokens,
+                                            const attnd_session_id *id,
+                                            attnd_error *err);
+/* Close a session and free its pages (once no call uses it). NOT_FOUND for
+ * an unknown id. *pages_freed_p (may be NULL) gets the pages it held. */
+attnd_status attnd_engine_session_close(attnd_engine *e,
+                                        const attnd_session_id *id,
+                                        uint64_t *pages_freed_p,
+                                        attnd_error *err);
+
+/* Append n_tokens wire-form KV entries ([n][kv_token_elems] of `dtype`) to
+ * one layer of a session. start must equal the layer's length
+ * (FAILED_PRECONDITION otherwise); unknown session NOT_FOUND; layer past the
+ * model OUT_OF_RANGE; no pages RESOURCE_EXHAUSTED; a layer an open stage
+ * holds ABORTED. All or nothing (a stage of one chunk, committed). */
+attnd_status attnd_engine_append(attnd_engine *e, const attnd_session_id *id,
+                                 uint32_t layer, uint64_t start,
+                                 uint64_t n_tokens, attnd_dtype dtype,
+                                 const void *kv, attnd_error *err);
+
+/* ---- staged appends (one AppendKV stream: all or nothing) -------------------
+ * A stage collects the chunks of one stream, for any sessions and layers,
+ * and makes them visible together at the commit, or not at all. Each chunk
+ * must start at its layer's length as this stage has it (committed length
+ * plus what the stage holds for that layer). Staged tokens are written
+ * into ordinary pool pages as they come (taken under the usual accounting:
+ * the chunk that does not fit gets RESOURCE_EXHAUSTED), so staging needs no
+ * memory of its own; they stay invisible to Attend until the commit.
+ *
+ * Conflicts: the first chunk for a layer makes the stage that layer's only
+ * writer until it commits or aborts. Meanwhile any other append to that
+ * layer (another stage, attnd_engine_append, an Attend with new_kv) fails
+ * ABORTED, changing nothing; an Attend without new KV reads the committed
+ * tokens only. A session closed while staged makes the commit fail
+ * NOT_FOUND (nothing applied).
+ *
+ * Thread safety: one stage is used by one thread at a time; different
+ * stages run concurrently. Ownership: attnd_engine_stage_open takes a
+ * stage from the engine (reused, so a steady stream of streams allocates
+ * nothing); attnd_engine_stage_close gives it back, aborting whatever it
+ * still holds. Every stage must be closed before attnd_engine_destroy. */
+typedef struct attnd_engine_stage attnd_engine_stage;
+
+attnd_status attnd_engine_stage_open(attnd_engine *e, attnd_engine_stage **stage_p,
+                                     attnd_error *err);
+/* Stage one chunk (the arguments as for attnd_engine_append). On failure
+ * the chunk is not staged and the rest stays staged (callers abort). */
+attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_session_id *id,
+                                       uint32_t layer, uint64_t start, uint64_t n_tokens,
+                                       attnd_dtype dtype, const void *kv, attnd_error *err);
+/* Make every staged chunk visible at once (every session involved is
+ * locked while lengths advance). *chunks_p and *tokens_p (may be NULL):
+ * what was committed. On failure (NOT_FOUND: a session was closed)
+ * nothing is applied and the stage is aborted. Either way the stage is
+ * empty afterwards and may stage again. */
+attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p,
+                                       uint64_t *tokens_p, attnd_error *err);
+/* Drop every staged chunk: pages back to the pool (and to the sessions'
+ * reservations), layers free for other writers, lengths untouched. */
+void attnd_engine_stage_abort(attnd_engine_stage *s);
+/* Abort, then give the stage back to its engine. NULL: no-op. */
+void attnd_engine_stage_close(attnd_engine_stage *s);
+
+/* Length of a layer of a session, in tokens. */
+attnd_status attnd_engine_length(attnd_engine *e, const attnd_session_id *id,
+                                 uint32_t layer, uint64_t *len_p,
+                                 attnd_error *err);
+
+/* Most query tokens per session in one attend (speculative/multi-token
+ * decode); the service validates against the same number. */
+#define ATTND_ENGINE_MAX_Q_TOKENS 64
+
+/* One decode step of one layer for a batch of distinct sessions. */
+typedef struct attnd_attend_req {
+    uint32_t layer;
+    uint32_t n_seqs;
+    const attnd_session_id *ids; /* [n_seqs], distinct */
+    int32_t q_tokens;            /* S >= 1 */
+    attnd_dtype q_dtype;
+    const void *q;               /* [n_seqs][S][Hq][d_k] */
+    attnd_dtype new_kv_dtype;
+    const void *new_kv;          /* NULL, or [n_seqs][S][kv_token_elems]:
+                                    each session's S new entries, appended
+                                    before attending (causal over them) */
+    const uint64_t *positions;   /* NULL, or [n_seqs]: where each new entry
+                                    must land (FAILED_PRECONDITION if not) */
+    int want_lse;
+    const uint64_t *visible;     /* NULL, or [n_seqs][S]: how many of the
+                                    layer's first tokens (after the append)
+                                    query token s of sequence i sees,
+                                    replacing the causal rule L - (S-1-s);
+                                    for a worker group whose rank holds a
+                                    subset of each session's tokens */
+} attnd_attend_req;
+
+/* Per-thread scratch of attnd_engine_attend: page lists and outputs. It
+ * grows to the largest batch seen and is then reused, so steady-state
+ * decode allocates nothing. Caller-owned: init before use, cleanup after. */
+typedef struct attnd_engine_ws {
+    void **sessions;           /* resolved session handles [cap_seqs] */
+    int32_t *order;            /* lock order [cap_seqs] */
+    int32_t *page_indptr;      /* [cap_seqs + 1] */
+    int32_t *last_page_len;    /* [cap_seqs] */
+    int32_t *new_pages;        /* pages taken for new entries [cap_new] */
+    int32_t *page_idx;         /* [cap_pages] */
+    float *out, *lse;
+    size_t cap_seqs, cap_new, cap_pages, cap_out, cap_lse;
+    /* With a GPU engine, out and lse live here instead: page-locked host
+     * memory (the device-to-host copy runs at full PCIe speed), out first
+     * and lse after it, freed by cleanup through pinned_free. */
+    void *pinned;
+    size_t cap_pinned; /* bytes */
+    void (*pinned_free)(void *);
+} attnd_engine_ws;
+
+void attnd_engine_ws_init(attnd_engine_ws *ws);
+void attnd_engine_ws_cleanup(attnd_engine_ws *ws);
+
+/* Attend: validate every session (NOT_FOUND, duplicates INVALID_ARGUMENT),
+ * the layer (OUT_OF_RANGE) and positions (FAILED_PRECONDITION); append the
+ * new entries all-or-nothing (RESOURCE_EXHAUSTED leaves every session as it
+ * was); then compute. On success *out_p points to float32
+ * [n_seqs][S][Hq][d_v] and *lse_p (when want_lse, else NULL) to
+ * [n_seqs][S][Hq], both inside ws and valid until its next use. */
+attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
+                                 attnd_engine_ws *ws, const float **out_p,
+                                 const float **lse_p, attnd_error *err);
+
+typedef struct attnd_engine_stats {
+    uint64_t sessions, max_sessions;
+    uint64_t pages_total, pages_used, pages_reserved, page_bytes;
+    uint64_t attend_calls, attend_sequences;
+    uint64_t append_calls, tokens_appended;
+    uint64_t kv_bytes_read;
+} attnd_engine_stats;
+
+void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st);
+
+#endif /* ATTND_WORKER_H */
