@@ -212,10 +212,10 @@ double kb_move_seconds(attnd_cpu_pool *pool, size_t q_bytes, size_t out_bytes, i
         c.out = out;
         reps = reps > 64 ? 64 : reps;
         for (int r = -1; r < reps; r++) {
-            double t0 = kb_now();
+            double t0 = attnd_clock_s();
             attnd__pool_run(pool, 0, move_job, &c);
             if (r >= 0)
-                t[r] = kb_now() - t0;
+                t[r] = attnd_clock_s() - t0;
         }
         sec = kb_median(t, reps);
     }

@@ -10,19 +10,12 @@
  * all); the best round of each counts. Compiled for any x86-64: the loops
  * carry target attributes and run only after dispatch.c checked CPUID. */
 #include <immintrin.h>
-#include <time.h>
 
+#include "attnd_clock.h"
 #include "cpu_int.h"
 
 #define CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 #define ITERS 16384
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 __attribute__((target("avx512f"), noinline)) static float run_fma(long n)
 {
@@ -66,11 +59,11 @@ void attnd__calibrate(attnd__calib *c)
 
     sink += run_fma(ITERS) + run_dpbf16(ITERS); /* warm-up (and clock ramp) */
     for (int r = 0; r < 5; r++) {
-        double t0 = now_s();
+        double t0 = attnd_clock_s();
         sink += run_fma(ITERS);
-        double t1 = now_s();
+        double t1 = attnd_clock_s();
         sink += run_dpbf16(ITERS);
-        double t2 = now_s();
+        double t2 = attnd_clock_s();
         /* 12 chains x 16 lanes x 2 flops; x 32 pairs x 2 flops */
         double fma = (double)ITERS * 12 * 32 / (t1 - t0) / 1e9;
         double dp = (double)ITERS * 12 * 64 / (t2 - t1) / 1e9;

@@ -5,7 +5,7 @@
  * attend it come back NaN in every output element and in lse; every other
  * row still matches the float64 reference on the clean data; an empty
  * sequence still gives out 0, lse -inf; no non-empty row ever comes back
- * as "no KV" (0 / -inf). Split-KV (forced 1, 2, 7, max and auto ranges on
+ * as "no KV" (0 / -inf). Split-KV (forced 2 and max ranges, and auto, on
  * a 3-thread pool) must carry the poisoned range through the merge, and
  * attnd_kernel_merge_states itself must carry a NaN state, whichever side
  * holds it.
@@ -56,9 +56,9 @@ static void store_value(attnd_dtype t, void *base, size_t off, float v)
     if (t == ATTND_DTYPE_F32)
         ((float *)base)[off] = v;
     else if (t == ATTND_DTYPE_BF16)
-        ((uint16_t *)base)[off] = attnd_f32_to_bf16(v);
+        ((uint16_t *)base)[off] = attnd_dtype_f32_to_bf16(v);
     else
-        ((uint16_t *)base)[off] = attnd_f32_to_f16(v);
+        ((uint16_t *)base)[off] = attnd_dtype_f32_to_f16(v);
 }
 
 /* Write the planted value into the problem's pool (or q). The float64
@@ -156,7 +156,7 @@ static void poison_outputs(pp_problem *p)
 static void run_case(const pp_spec *sp, plant *pl, tu_rng *r, attnd_cpu_pool *pool,
                      const char *what)
 {
-    static const int32_t splits[] = {1, 2, 7, ATTND_DECODE_SPLITS_MAX, ATTND_DECODE_SPLITS_AUTO};
+    static const int32_t splits[] = {2, ATTND_DECODE_SPLITS_MAX, ATTND_DECODE_SPLITS_AUTO};
     pp_problem p;
     attnd_decode_plan plan;
     attnd_error err;
@@ -176,7 +176,7 @@ static void run_case(const pp_spec *sp, plant *pl, tu_rng *r, attnd_cpu_pool *po
         attnd_kernel_decode(&p.b);
         int n = check_rule(&p, pl, (attnd_kernel_path)path, desc);
         ck_assert_msg(n > 0, "%s: no row attends the planted value", desc);
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < 3; k++) {
             attnd_decode_plan_opts o = {.n_threads = attnd_cpu_pool_threads(pool),
                                         .splits = splits[k]};
             ck_assert_int_eq(attnd_decode_plan_make(&plan, &p.b, &o, &err), ATTND_OK);
@@ -212,11 +212,11 @@ START_TEST(test_one_non_finite_kv_value_poisons_exactly_the_rows_that_attend_it_
     attnd_error err;
     tu_rng_init(&r, "nonfinite-mla");
     ck_assert_int_eq(attnd_cpu_pool_create(3, &pool, &err), ATTND_OK);
-    for (int trial = 0; trial < 6; trial++) {
+    for (int trial = 0; trial < 4; trial++) {
         int32_t S = trial % 2 ? 2 : 1;
-        int64_t lens[4] = {trial < 4 ? tu_int(&r, 1000, 2500) : tu_int(&r, 300, 900), 0, 64,
+        int64_t lens[4] = {trial < 2 ? tu_int(&r, 600, 1200) : tu_int(&r, 150, 400), 0, 64,
                            tu_int(&r, 2, 300)};
-        pp_spec sp = {.kind = ATTND_ATTN_MLA, .hq = trial < 4 ? 16 : 128, .d_c = 512,
+        pp_spec sp = {.kind = ATTND_ATTN_MLA, .hq = trial < 2 ? 16 : 128, .d_c = 512,
                       .d_r = 64, .page_size = 64, .q_tokens = S,
                       .kv_t = trial == 2 ? ATTND_DTYPE_F16 : ATTND_DTYPE_BF16,
                       .q_t = trial == 3 ? ATTND_DTYPE_F32 : ATTND_DTYPE_BF16, .n_seqs = 4,
@@ -242,18 +242,18 @@ START_TEST(test_one_non_finite_kv_value_poisons_exactly_the_rows_that_attend_it_
     attnd_error err;
     tu_rng_init(&r, "nonfinite-gqa");
     ck_assert_int_eq(attnd_cpu_pool_create(3, &pool, &err), ATTND_OK);
-    /* hq, hkv, head dim, S: llama (V read from the pool), a wide group
-     * (row-vector scores), odd dims, MHA with S = 2 */
-    static const int32_t shapes[][4] = {
-        {32, 8, 128, 1}, {8, 4, 128, 2}, {64, 2, 64, 1}, {9, 3, 20, 2}, {4, 4, 64, 2}};
+    /* hq, hkv, head dim, S: llama (V read from the pool), S = 2 with V
+     * read from the pool, a wide group (row-vector scores), odd dims */
+    static const int32_t shapes[][4] = {{32, 8, 128, 1}, {8, 4, 128, 2}, {64, 2, 64, 1},
+                                        {9, 3, 20, 2}};
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++)
         for (int where = AT_K; where <= AT_V; where++) {
-            int64_t lens[3] = {tu_int(&r, 600, 1500), 0, tu_int(&r, 17, 200)};
+            int64_t lens[3] = {tu_int(&r, 300, 900), 0, tu_int(&r, 17, 200)};
             pp_spec sp = {.kind = ATTND_ATTN_GQA, .hq = shapes[c][0], .hkv = shapes[c][1],
                           .head_dim = shapes[c][2], .page_size = c == 3 ? 7 : 64,
                           .q_tokens = shapes[c][3],
                           .kv_t = c == 2 ? ATTND_DTYPE_F32 : ATTND_DTYPE_BF16,
-                          .q_t = c == 4 ? ATTND_DTYPE_F16 : ATTND_DTYPE_BF16, .n_seqs = 3,
+                          .q_t = c == 3 ? ATTND_DTYPE_F16 : ATTND_DTYPE_BF16, .n_seqs = 3,
                           .lens = lens};
             attnd_kv_layout l;
             attnd_kv_layout_gqa(&l, sp.hkv, sp.head_dim, sp.page_size, sp.kv_t);
@@ -274,7 +274,7 @@ START_TEST(test_a_non_finite_query_element_poisons_only_its_own_head)
     tu_rng_init(&r, "nonfinite-q");
     ck_assert_int_eq(attnd_cpu_pool_create(3, &pool, &err), ATTND_OK);
     for (int kind = 0; kind < 2; kind++) {
-        int64_t lens[3] = {tu_int(&r, 300, 1500), 0, 5};
+        int64_t lens[3] = {tu_int(&r, 300, 900), 0, 5};
         pp_spec sp = {.kind = kind ? ATTND_ATTN_GQA : ATTND_ATTN_MLA, .hq = kind ? 32 : 16,
                       .hkv = 8, .head_dim = 128, .d_c = 512, .d_r = 64, .page_size = 64,
                       .q_tokens = 2, .kv_t = ATTND_DTYPE_BF16, .q_t = ATTND_DTYPE_F32,
