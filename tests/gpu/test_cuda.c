@@ -10,6 +10,11 @@
  *   and the maximum, which must agree with each other to float32 rounding;
  *   few CTAs (many units per persistent CTA).
  *   The LSE combine of the public API, and the Hadamard rotation.
+ *   attnd_kernels.h's non-finite rule: one NaN / +inf / -inf planted in
+ *   the K or V of one token (last of a 2-token query's list, too): the
+ *   rows that attend it come back NaN in every element and in lse, every
+ *   other row matches the reference, empty rows 0 / -inf, through forced
+ *   split counts (the combines carry NaN) as in the CPU kernels' test.
  *
  * Bounds: bf16 outputs <= 1e-2 normwise relative per row, LSE <= 1e-3
  * absolute (-inf exactly for empty rows), split counts agree to 1e-5.
@@ -314,6 +319,86 @@ static void test_gqa(void)
 }
 
 /* The public combine against a float64 merge. */
+/* ---- the non-finite rule ---------------------------------------------- */
+
+/* Plant `value` at element `dim` of K (where 0) or V (1) of token `tok` of
+ * list `li`, KV head kvh, in the device pool (the float64 copies stay
+ * clean: they are the reference of the rows that must not see it). */
+static void plant(gp_problem *p, int where, int32_t li, int32_t kvh, int64_t tok, int32_t dim,
+                  float value)
+{
+    const attnd_kv_layout *l = &p->l;
+    int64_t page = p->idx[p->indptr[li] + tok / l->page_size], slot = tok % l->page_size;
+    int64_t off = page * l->page_stride;
+    off += where == 0 ? kvh * l->k_head_stride + slot * l->k_token_stride + dim
+                      : l->v_offset + kvh * l->v_head_stride + slot * l->v_token_stride + dim;
+    uint16_t h = gp_bf16(value);
+    GP_CK(cudaMemcpy((uint16_t *)p->d_pool + off, &h, sizeof h, cudaMemcpyHostToDevice));
+}
+
+static void nonfinite_case(const char *tag, gp_spec sp, int where, int last)
+{
+    static const float values[] = {NAN, INFINITY, -INFINITY};
+    static const int splits[] = {1, 2, ATTND_CUDA_SPLITS_MAX, ATTND_CUDA_SPLITS_AUTO};
+    gp_problem p;
+    gp_build(&p, &sp, &rng);
+    gp_reference(&p, ref_threads);
+    const int32_t S = sp.q_tokens, hq = sp.hq, dv = p.dv, hkv = sp.mla ? 1 : sp.hkv;
+    const int32_t seq = 0, kvh = (int32_t)tu_int(&rng, 0, hkv - 1);
+    const int64_t tok = last ? sp.lens[seq] - 1 : tu_int(&rng, 0, sp.lens[seq] - 1);
+    const int32_t dim = (int32_t)tu_int(&rng, 0, (where == 0 ? p.dk : dv) - 1);
+    const float value = values[tu_int(&rng, 0, 2)];
+    plant(&p, where, seq, kvh, tok, dim, value);
+    for (int k = 0; k < 4; k++) {
+        run_once(&p, splits[k], 0);
+        int ok = 1, poisoned = 0;
+        double worst = 0;
+        for (int32_t i = 0; i < sp.n_seqs; i++)
+            for (int32_t s = 0; s < S; s++)
+                for (int32_t h = 0; h < hq; h++) {
+                    size_t r = ((size_t)i * S + s) * hq + h;
+                    int64_t vis = sp.lens[i] - (S - 1 - s);
+                    const float *o = p.out + r * dv;
+                    int sees = i == seq && vis > tok && h / (hq / hkv) == kvh;
+                    if (sees) {
+                        poisoned++;
+                        ok &= isnan(p.lse[r]);
+                        for (int32_t e = 0; e < dv; e++)
+                            ok &= isnan(o[e]);
+                    } else if (vis <= 0) {
+                        ok &= isinf(p.lse[r]) && p.lse[r] < 0;
+                        for (int32_t e = 0; e < dv; e++)
+                            ok &= o[e] == 0.0f;
+                    } else {
+                        double e = tu_rel_err_f32(o, p.ref + r * dv, (size_t)dv);
+                        worst = e > worst ? e : worst;
+                        ok &= e <= OUT_BOUND && fabs(p.lse[r] - p.rlse[r]) <= LSE_BOUND;
+                    }
+                }
+        char sb[16];
+        verdict(ok && poisoned > 0,
+                "%-8s %s %s at %s tok %lld of %lld dim %d S=%d splits=%-4s: %d rows NaN, "
+                "clean rows err %.2e",
+                tag, attnd_cuda_plan_kernel(plan), isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf",
+                where == 0 ? "K" : "V", (long long)tok, (long long)sp.lens[seq], dim, S,
+                split_name(splits[k], sb), poisoned, worst);
+    }
+    gp_free(&p);
+}
+
+static void test_nonfinite(void)
+{
+    const int64_t lens[] = {1500, 0, 70, 3};
+    for (int last = 0; last <= 1; last++) {
+        gp_spec m = mla_spec(512, last ? 16 : 128, last ? 2 : 1, 4, lens);
+        nonfinite_case("nan-mla", m, 0, last); /* MLA: K's latent is V too */
+        for (int where = 0; where <= 1; where++) {
+            gp_spec g = gqa_spec(32, 8, 128, last ? 2 : 1, 4, lens);
+            nonfinite_case("nan-gqa", g, where, last);
+        }
+    }
+}
+
 static void test_combine(void)
 {
     for (int32_t d = 128; d <= 512; d *= 4)
@@ -531,6 +616,8 @@ int main(int argc, char **argv)
         test_mla();
     if (!strcmp(only, "all") || !strcmp(only, "gqa"))
         test_gqa();
+    if (!strcmp(only, "all") || !strcmp(only, "nonfinite"))
+        test_nonfinite();
     if (!strcmp(only, "all") || !strcmp(only, "misc")) {
         test_combine();
         test_hadamard();
