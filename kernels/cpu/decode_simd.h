@@ -47,7 +47,7 @@
  * block that lives in memory instead of registers runs at a third of the
  * speed. Each block is written for its largest shape; the constant RB / TB
  * / EB of an always-inlined call removes the unused parts. */
-#if WIDE_TB > 8 || WIDE_RB > 3 || PV_RB > 4 || PV_EB > 4
+#if WIDE_TB > 8 || WIDE_TB1 > 16 || WIDE_RB > 3 || PV_RB > 4 || PV_EB > 4
 #error "register blocks larger than the microkernels are written for"
 #endif
 
@@ -69,7 +69,8 @@
         if (RB > 2)                                                                    \
             v_store(s + (size_t)t * rp + 2 * VW, c##t##2);                             \
     }
-#define QKW_ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define QKW_ALL(X)                                                                     \
+    X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
 
 /* k: chunk-major, already offset to the block's first token. */
 AI void qk_wide_blk(const float *qt, int32_t rp, const float *k, int32_t dk, float *s,
@@ -116,7 +117,10 @@ static void qk_wide(const float *qt, const attnd__simd_dims *dm, const float *k,
         const float *kb = k + (size_t)tb * VW;
         float *sb = s + (size_t)tb * rp;
         int32_t rem = n - tb;
-        if (rem >= WIDE_TB) {
+        if (nv == 1 && rem >= WIDE_TB1) { /* one row vector: more tokens per q load */
+            qk_wide_blk(qt, rp, kb, dm->dk, sb, 1, WIDE_TB1);
+            tb += WIDE_TB1;
+        } else if (rem >= WIDE_TB) {
             qk_wide_tokens(qt, rp, nv, kb, dm->dk, sb, WIDE_TB);
             tb += WIDE_TB;
 #if WIDE_TB > 4

@@ -22,6 +22,8 @@ typedef __m256 vf;
 /* scores: 4 tokens x 3 row vectors = 12 accumulators + 3 q + 1 broadcast */
 #define WIDE_TB 4
 #define WIDE_RB 3
+/* scores with one row vector (<= VW rows): tokens per block */
+#define WIDE_TB1 8
 /* output: 4 rows x 2 vectors of d_v = 8 accumulators + 2 v + 4 broadcasts */
 #define PV_RB 4
 #define PV_EB 2

@@ -25,6 +25,8 @@ typedef __m512 vf;
 /* scores: 8 tokens x 3 row vectors = 24 accumulators + 3 q + 1 broadcast */
 #define WIDE_TB 8
 #define WIDE_RB 3
+/* scores with one row vector (<= VW rows): tokens per block */
+#define WIDE_TB1 16
 /* output: 4 rows x 4 vectors of d_v = 16 accumulators + 4 v + broadcasts */
 #define PV_RB 4
 #define PV_EB 4
