@@ -187,6 +187,14 @@ static void qkb_wide(const uint32_t *qh, const uint32_t *ql, const attnd__simd_d
         const uint32_t *kb = (const uint32_t *)(const void *)(k + (size_t)tb * 32);
         float *sb = s + (size_t)tb * rp;
         int32_t rem = n - tb, TB = rem >= WIDE_TB ? WIDE_TB : rem >= 4 ? 4 : rem >= 2 ? 2 : 1;
+        if (nv == 1 && rem >= WIDE_TB1) { /* one row vector: more tokens per q load */
+            if (ql)
+                qkb_wide_blk(qh, ql, rp, kb, dk2, sb, scv, 1, WIDE_TB1, 1);
+            else
+                qkb_wide_blk(qh, qh, rp, kb, dk2, sb, scv, 1, WIDE_TB1, 0);
+            tb += WIDE_TB1;
+            continue;
+        }
 #define QBW_CASE(TB_)                                                                   \
     case TB_:                                                                           \
         if (ql)                                                                         \
