@@ -58,7 +58,9 @@ typedef struct attnd_ucx_reply_hdr {
     uint64_t queue_ns;    /* arrival through decoding the request */
     uint64_t validate_ns;
     uint64_t kernel_ns;   /* the engine's attend */
-    uint64_t fanout_ns;   /* rank fan-out + combine; 0 on one rank */
+    uint64_t fanout_ns;   /* group call beyond the leader's own share
+                             (kernel_ns): scatter, peers, combine; 0 on one
+                             rank */
     uint64_t encode_ns;   /* reply encoding */
 } attnd_ucx_reply_hdr;
 

@@ -34,9 +34,14 @@ static const opt opts[] = {
     {"model", "ATTND_MODEL", OPT_STR, F(model), 0, 0, "NAME",
      "model preset (default deepseek-v3; see --list-models)"},
     {"threads", "ATTND_THREADS", OPT_INT, F(threads), 0, 1024, "N",
-     "server threads, each with its own completion queue (default: CPUs)"},
+     "executor threads: they run the calls that use the engine or the group (Attend, "
+     "AppendKV, sessions, LoadWeights), each with its own workspace (default: CPUs)"},
+    {"io-threads", "ATTND_IO_THREADS", OPT_INT, F(io_threads), 0, 256, "N",
+     "gRPC completion-queue threads: they accept every call at once, move its bytes, "
+     "answer Health and GetStats inline and hand the rest to the executors "
+     "(default: 2, or 1 on one CPU)"},
     {"kernel-threads", "ATTND_KERNEL_THREADS", OPT_INT, F(kernel_threads), 0, 1024, "N",
-     "threads of the engine's shared attention-kernel pool, a calling server thread "
+     "threads of the engine's shared attention-kernel pool, a calling executor "
      "included (default 0: one per CPU)"},
     {"kernel-path", "ATTND_KERNEL_PATH", OPT_STR, F(kernel_path), 0, 0, "NAME",
      "CPU attention kernels: auto (the widest float32 path, or avx512bf16 where a "
@@ -58,7 +63,16 @@ static const opt opts[] = {
     {"port-file", "ATTND_PORT_FILE", OPT_STR, F(port_file), 0, 0, "PATH",
      "write the bound port there once listening"},
     {"shutdown-grace-ms", "ATTND_SHUTDOWN_GRACE_MS", OPT_INT, F(shutdown_grace_ms), 0,
-     3600000, "MS", "on SIGTERM, wait this long for calls in flight (default 10000)"},
+     3600000, "MS",
+     "on SIGTERM/SIGINT (after --drain-delay-ms), new calls get UNAVAILABLE and calls "
+     "already received get this long to finish; then the rest are cancelled (default "
+     "10000)"},
+    {"drain-delay-ms", "ATTND_DRAIN_DELAY_MS", OPT_INT, F(drain_delay_ms), 0, 3600000, "MS",
+     "on SIGTERM/SIGINT, keep serving new calls this long while health already says "
+     "NOT_SERVING, e.g. one readiness-probe period (default 0)"},
+    {"max-connections", "ATTND_MAX_CONNECTIONS", OPT_INT, F(max_connections), 0, INT32_MAX,
+     "N", "client connections held at most; more are closed at once (default 0: the fd "
+     "limit, raised to its hard limit at start, less a quarter kept for everything else)"},
     {"http2-lookahead", "ATTND_HTTP2_LOOKAHEAD", OPT_SIZE, F(http2_lookahead), 0, INT32_MAX,
      "BYTES", "HTTP/2 per-stream receive window; 0: gRPC's default (default 8Mi)"},
     {"http2-max-frame", "ATTND_HTTP2_MAX_FRAME", OPT_SIZE, F(http2_max_frame), 0, 16777215,
@@ -96,6 +110,15 @@ static const opt opts[] = {
      "fault the whole KV pool in from a background thread at start: steady-state "
      "appends skip the first-touch cost, but the pool is resident at once (default: "
      "pages are faulted in by the appends that first write them)"},
+    {"metrics-listen", "ATTND_METRICS_LISTEN", OPT_STR, F(metrics_listen), 0, 0, "HOST:PORT",
+     "serve Prometheus metrics over HTTP at /metrics there; port 0 picks a free one "
+     "(default: off)"},
+    {"log-format", "ATTND_LOG_FORMAT", OPT_STR, F(log_format), 0, 0, "text|json",
+     "stderr log lines as text or one JSON object each (default text)"},
+    {"log-level", "ATTND_LOG_LEVEL", OPT_STR, F(log_level), 0, 0, "error|warn|info|debug",
+     "least severe level logged; debug adds a line per failed request (default info)"},
+    {"print-config", NULL, OPT_FLAG, F(print_config), 0, 0, NULL,
+     "print the effective configuration (defaults, environment, flags) as flags and exit"},
     {"list-models", NULL, OPT_FLAG, F(list_models), 0, 0, NULL, "print the presets and exit"},
     {"help", NULL, OPT_FLAG, F(show_help), 0, 0, NULL, "print this and exit"},
 };
@@ -121,6 +144,8 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     cfg->group_connect_ms = 30000;
     cfg->group_timeout_ms = 10000;
     cfg->ucx_spin_us = 200;
+    snprintf(cfg->log_format, sizeof cfg->log_format, "text");
+    snprintf(cfg->log_level, sizeof cfg->log_level, "info");
     cfg->ucx_exec_threads = 2;
     /* measured on loopback with service/bench/bench_attend.c: an 8 MiB
      * window and 1 MiB frames cut the p50 of a 2.4 MB Attend from ~15 to
@@ -302,9 +327,24 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const 
                                cfg->model);
     if (cfg->threads == 0)
         cfg->threads = cpu_count();
+    if (cfg->io_threads == 0)
+        cfg->io_threads = cpu_count() > 1 ? 2 : 1;
     if (!strchr(cfg->listen, ':'))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--listen: expected HOST:PORT, got \"%s\"", cfg->listen);
+    if (strcmp(cfg->log_format, "text") != 0 && strcmp(cfg->log_format, "json") != 0)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--log-format: expected text or json, got \"%s\"",
+                               cfg->log_format);
+    if (strcmp(cfg->log_level, "error") != 0 && strcmp(cfg->log_level, "warn") != 0 &&
+        strcmp(cfg->log_level, "info") != 0 && strcmp(cfg->log_level, "debug") != 0)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--log-level: expected error, warn, info or debug, got \"%s\"",
+                               cfg->log_level);
+    if (cfg->metrics_listen[0] && !strchr(cfg->metrics_listen, ':'))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--metrics-listen: expected HOST:PORT, got \"%s\"",
+                               cfg->metrics_listen);
     if (cfg->ucx_listen[0] && strcmp(cfg->ucx_listen, "auto") != 0 &&
         !strchr(cfg->ucx_listen, ':'))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -333,15 +373,55 @@ void attnd_srv_config_usage(FILE *f)
     fprintf(f, "usage: attnd [flags]\n"
                "Serve attention over a paged KV cache (gRPC service attnd.v1.Attnd and\n"
                "grpc.health.v1.Health). Every flag can also be set by its environment\n"
-               "variable; flags win. SIGTERM or SIGINT stops gracefully.\n\n");
+               "variable; flags win. SIGTERM or SIGINT drains, then exits 0 (a second\n"
+               "one cuts the drain short).\n\n");
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
         char lhs[64];
         snprintf(lhs, sizeof lhs, "--%s%s%s", opts[i].flag, opts[i].arg ? " " : "",
                  opts[i].arg ? opts[i].arg : "");
-        fprintf(f, "  %-32s %s", lhs, opts[i].help);
+        fprintf(f, "  %-32s  %s", lhs, opts[i].help); /* 2+ spaces: deploy/config_table.py */
         if (opts[i].env)
             fprintf(f, " [%s]", opts[i].env);
         fputc('\n', f);
+    }
+}
+
+void attnd_srv_config_print(FILE *f, const attnd_srv_config *cfg)
+{
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+        const opt *o = &opts[i];
+        const void *field = (const char *)cfg + o->off;
+        int64_t v = 0;
+        if (!o->env) /* --help, --list-models, --print-config: actions, not settings */
+            continue;
+        if (o->kind == OPT_INT || o->kind == OPT_SIZE || o->kind == OPT_FLAG) {
+            if (o->size == sizeof(int32_t)) {
+                int32_t x;
+                memcpy(&x, field, sizeof x);
+                v = x;
+            } else {
+                memcpy(&v, field, sizeof v);
+            }
+        }
+        switch (o->kind) {
+        case OPT_STR:
+            fprintf(f, "--%s=%s\n", o->flag, (const char *)field);
+            break;
+        case OPT_INT:
+        case OPT_SIZE:
+            fprintf(f, "--%s=%lld\n", o->flag, (long long)v);
+            break;
+        case OPT_DTYPE: {
+            attnd_dtype d;
+            memcpy(&d, field, sizeof d);
+            fprintf(f, "--%s=%s\n", o->flag, d == ATTND_DTYPE_INVALID ? "" : attnd_dtype_name(d));
+            break;
+        }
+        case OPT_FLAG:
+            if (v)
+                fprintf(f, "--%s\n", o->flag);
+            break;
+        }
     }
 }
 

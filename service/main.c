@@ -1,14 +1,16 @@
 /* attnd: the attention-offload server executable.
  *
- * Loads the configuration (flags over ATTND_* variables), creates the
- * engine and the gRPC server, announces the bound address on stdout (and in
- * --port-file), then waits for SIGTERM or SIGINT. Signals are blocked in
- * every thread and taken here with sigwait, so no work runs in a handler.
- * On the first signal the server stops accepting, lets calls in flight
- * finish for --shutdown-grace-ms (a second signal cuts that short), cancels
- * what is left, and everything is torn down before exit 0.
+ * Raises the soft fd limit to the hard one, loads the configuration (flags
+ * over ATTND_* variables), creates the engine and the gRPC server,
+ * announces the bound address on stdout (and in --port-file), then waits
+ * for SIGTERM or SIGINT. Signals are blocked in every thread and taken here
+ * with sigwait, so no work runs in a handler. On the first signal the
+ * server drains (drain.c: health NOT_SERVING at once, new calls served for
+ * --drain-delay-ms, then refused with UNAVAILABLE while what was received
+ * finishes, for up to --shutdown-grace-ms; a second signal cuts that
+ * short), cancels what is left, and everything is torn down before exit 0.
  *
- * Exit codes: 0 clean stop (or --help, --list-models), 1 cannot start,
+ * Exit codes: 0 clean stop (or --help, --list-models, --print-config), 1 cannot start,
  * 2 bad flag or variable. */
 #include <errno.h>
 #include <signal.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "attnd_log.h"
 #include "srv.h"
 #include "ucx_server.h"
 
@@ -65,9 +68,10 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    uint64_t nofile = attnd_srv_raise_fd_limit();
     attnd_error_clear(&err);
     if (attnd_srv_config_load(&cfg, argc, argv, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         return 2;
     }
     if (cfg.show_help) {
@@ -78,23 +82,28 @@ int main(int argc, char **argv)
         attnd_srv_config_list_models(stdout);
         return 0;
     }
+    attnd_log_configure(cfg.log_format, cfg.log_level); /* validated by the load */
     attnd_srv_config_engine(&cfg, &ecfg);
     /* a worker group rank: its engine serves the rank's shard */
     if (attnd_srv_config_group(&cfg, &ecfg, &gcfg, &grouped, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         return 2;
     }
+    if (cfg.print_config) { /* checked like a start, up to the engine */
+        attnd_srv_config_print(stdout, &cfg);
+        return 0;
+    }
     if (attnd_engine_create(&ecfg, &engine, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         return 1;
     }
     grpc_init();
     if (grouped && attnd_group_create(&gcfg, engine, &group, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
     if (attnd_srv_create(&cfg, engine, &srv, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
     if (group) { /* requests are validated against the whole model */
@@ -103,24 +112,30 @@ int main(int argc, char **argv)
                              cfg.max_sessions);
     }
     if (attnd_srv_start(srv, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
     if (cfg.port_file[0] && write_port_file(cfg.port_file, srv->port)) {
-        fprintf(stderr, "attnd: --port-file %s: %s\n", cfg.port_file, strerror(errno));
-        attnd_srv_shutdown(srv, 0, NULL);
+        attnd_log_error("attnd", "--port-file %s: %s", cfg.port_file, strerror(errno));
+        attnd_srv_shutdown(srv, 0, 0, NULL);
         goto out;
     }
     attnd_engine_get_stats(engine, &est);
     const char *colon = strrchr(cfg.listen, ':');
     printf("attnd: listening on %.*s:%d model=%s kv=%s pages=%llu page_size=%d "
-           "page_bytes=%llu threads=%d device=%s\n",
+           "page_bytes=%llu threads=%d io_threads=%d device=%s max_connections=%lld "
+           "fd_limit=%llu\n",
            (int)(colon - cfg.listen), cfg.listen, srv->port, attnd_engine_model(engine)->name,
            attnd_dtype_name(attnd_engine_model(engine)->kv_dtype),
            (unsigned long long)est.pages_total, cfg.page_size,
-           (unsigned long long)est.page_bytes, cfg.threads, cfg.device);
+           (unsigned long long)est.page_bytes, cfg.threads, cfg.io_threads, cfg.device,
+           (long long)srv->max_connections, (unsigned long long)nofile);
     if (srv->ucx)
         printf("attnd: Attend over UCX on %s\n", attnd_srv_ucx_address(srv));
+    if (srv->metrics_http)
+        printf("attnd: metrics on http://%.*s:%d/metrics\n",
+               (int)(strrchr(cfg.metrics_listen, ':') - cfg.metrics_listen), cfg.metrics_listen,
+               srv->metrics_port);
     if (group)
         printf("attnd: group rank %d of %d, shard %s, UCX listener port %d\n", gcfg.rank,
                gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));
@@ -128,10 +143,11 @@ int main(int argc, char **argv)
 
     while (sigwait(&stop_signals, &sig) != 0)
         ;
-    fprintf(stderr, "attnd: %s: stopping (grace %lld ms)\n", strsignal(sig),
-            (long long)cfg.shutdown_grace_ms);
-    if (attnd_srv_shutdown(srv, cfg.shutdown_grace_ms, stop_signal_pending))
-        fprintf(stderr, "attnd: calls still in flight were cancelled\n");
+    attnd_log_info("server", "%s: draining (health NOT_SERVING; new calls served for %lld ms, "
+                   "then refused; %lld ms for calls received)", strsignal(sig),
+                   (long long)cfg.drain_delay_ms, (long long)cfg.shutdown_grace_ms);
+    if (attnd_srv_shutdown(srv, cfg.drain_delay_ms, cfg.shutdown_grace_ms, stop_signal_pending))
+        attnd_log_warn("server", "calls still in flight were cancelled");
     rc = 0;
 
 out:

@@ -1,7 +1,9 @@
 /* Attend (unary) and AttendStream (one response per request, in order).
  *
- * One request is: decode into the thread's arena, validate, run the engine
- * on the thread's workspace, and encode the float32 result straight into
+ * Both run on the executors (srv.h). One request is: decode in place
+ * (attnd_wire; what the executor's arena gets is the message's arrays, not
+ * its tensors), validate, run the engine on its workspace, and encode the
+ * float32 result straight into
  * the reply in the asked dtype. After warm-up none of these steps allocates
  * in our code (gRPC allocates the reply slice). A failing request of a
  * stream ends the stream with its status. */
@@ -11,49 +13,51 @@
 #include "attend_exec.h"
 
 /* Handle one AttendRequest in c->recv; *reply_p gets the reply and *t_p
- * (may be NULL) the call's timings, reply encoding included. The work
+ * the call's timings, reply encoding included. The work
  * itself is attnd_srv_attend_exec, shared with the UCX endpoint. */
 static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
                                attnd_srv_attend_times *t_p, attnd_error *err)
 {
-    attnd_srv_thread *th = c->th;
-    attnd_srv_exec_ctx x = {.srv = th->srv, .ws = &th->ws, .arena = &th->arena};
+    attnd_srv_exec_ctx x = {.srv = c->srv, .ws = &c->x->ws, .arena = &c->x->arena};
     gpr_timespec left = gpr_time_sub(gpr_convert_clock_type(c->deadline, GPR_CLOCK_MONOTONIC),
                                      gpr_now(GPR_CLOCK_MONOTONIC));
     if (gpr_time_cmp(c->deadline, gpr_inf_future(c->deadline.clock_type)) != 0)
         x.time_left_ms = gpr_time_to_millis(left) > 0 ? gpr_time_to_millis(left) : 1;
-    const Attnd__V1__AttendRequest *m;
     attnd_srv_attend_result res;
-    uint64_t t_arrival = attnd_clock_ns();
+    uint64_t t_arrival = c->t_event_ns ? c->t_event_ns : attnd_clock_ns();
     attnd_status st;
 
-    m = (const Attnd__V1__AttendRequest *)attnd_srv_call_decode(
-        c, &attnd__v1__attend_request__descriptor, err);
-    if (!m)
-        return err->code;
-    st = attnd_srv_attend_exec(&x, m, t_arrival, &res, err);
+    /* decoded in place: the tensors stay in the message's slices, which
+     * live until the engine is done with them */
+    st = attnd_srv_attend_exec_bb(&x, c->recv, t_arrival, &res, err);
+    c->request_id = res.request_id;
+    if (c->recv) {
+        grpc_byte_buffer_destroy(c->recv);
+        c->recv = NULL;
+    }
     if (st)
         return st;
     uint64_t t_pack = attnd_clock_ns();
     *reply_p = attnd_srv_attend_reply_pack(&res.reply);
-    if (t_p) {
-        *t_p = res.t;
-        t_p->t_encode_ns = attnd_clock_ns() - t_pack;
-    }
+    *t_p = res.t;
+    t_p->t_encode_ns = attnd_clock_ns() - t_pack;
     return ATTND_OK;
 }
 
 /* The server-side split of a unary Attend, as trailing metadata
  * ATTND_SRV_TIMING_KEY = "q=<ns>,v=<ns>,k=<ns>,f=<ns>,e=<ns>": queue (from
- * the handler taking the call through decoding the request), validation,
- * kernel (the engine's attend), rank fan-out + combine (0 on one rank) and
+ * the io thread taking the call, through the executor queue, to the end of
+ * decoding the request), validation,
+ * kernel (the engine's attend; a group leader's own share), the rest of a
+ * group call (f: scatter, waiting for peers, combine; 0 on one rank) and
  * reply encoding. libattnd reads it (attnd_call_wait_timed); attnd-bench
  * subtracts it from the client's latency to show the network's share. */
 static void add_timing_trailer(attnd_srv_call *c, const attnd_srv_attend_times *t)
 {
     char v[160];
     snprintf(v, sizeof v, "q=%llu,v=%llu,k=%llu,f=%llu,e=%llu",
-             (unsigned long long)t->t_queue_ns, (unsigned long long)t->t_validate_ns,
+             (unsigned long long)(t->t_queue_ns + t->t_decode_ns),
+             (unsigned long long)t->t_validate_ns,
              (unsigned long long)t->t_kernel_ns, (unsigned long long)t->t_fanout_ns,
              (unsigned long long)t->t_encode_ns);
     attnd_srv_call_add_trailer(c, ATTND_SRV_TIMING_KEY, v);
@@ -71,6 +75,7 @@ void attnd_srv_attend_start(attnd_srv_call *c)
         return;
     }
     add_timing_trailer(c, &t);
+    attnd_srv_attend_times_record(attnd_srv_metrics_local(c->srv->metrics), &t);
     attnd_srv_call_finish(c, reply, ATTND_OK, NULL);
 }
 
@@ -82,6 +87,7 @@ void attnd_srv_attend_stream_start(attnd_srv_call *c)
 void attnd_srv_attend_stream_step(attnd_srv_call *c, int ok)
 {
     grpc_byte_buffer *reply = NULL;
+    attnd_srv_attend_times t;
     attnd_error err;
 
     if (!ok) {
@@ -93,9 +99,10 @@ void attnd_srv_attend_stream_step(attnd_srv_call *c, int ok)
         return;
     }
     attnd_error_clear(&err);
-    if (attend_one(c, &reply, NULL, &err)) {
+    if (attend_one(c, &reply, &t, &err)) {
         attnd_srv_call_fail(c, &err);
         return;
     }
+    attnd_srv_attend_times_record(attnd_srv_metrics_local(c->srv->metrics), &t);
     attnd_srv_call_send(c, reply, 1);
 }

@@ -33,7 +33,7 @@ static attnd_status check_w(const Attnd__V1__LoadWeightsRequest *m, const attnd_
 
 void attnd_srv_load_weights_start(attnd_srv_call *c)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     Attnd__V1__LoadWeightsRequest *m;
     uint64_t bytes = 0;
     int32_t d_vo = 0;

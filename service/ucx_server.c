@@ -21,7 +21,10 @@
  * encoded into the job's reused reply buffer and sent on the endpoint the
  * request came on (the client sets UCP_AM_SEND_FLAG_REPLY).
  * The job returns to the pool when the send completes. After warm-up the
- * path allocates nothing of ours.
+ * path allocates nothing of ours. Once the server drains
+ * (attnd_srv_ucx_refuse) a request that arrives is answered UNAVAILABLE
+ * unread; those received before run as usual, counted in `busy` until
+ * their reply is sent, which the drain waits for.
  *
  * Progress: busy-poll (ucp_worker_progress, then the FIFO) while there is
  * work and for --ucx-spin-us after the last event, then arm the worker and
@@ -43,6 +46,7 @@
 #include <unistd.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "attend_exec.h"
 #include "ucx_int.h"
 
@@ -73,6 +77,8 @@ static ucx_job *job_get(attnd_srv_ucx *u, ucx_conn *conn)
     j->data = NULL;
     j->len = 0;
     j->next = NULL;
+    j->refused = 0;
+    j->counted = 0;
     conn->refs++;
     return j;
 }
@@ -83,6 +89,10 @@ void attnd_srv_ucx_job_put(ucx_job *j)
     if (j->held) {
         ucp_am_data_release(u->worker, j->held);
         j->held = NULL;
+    }
+    if (j->counted) {
+        j->counted = 0;
+        atomic_fetch_sub(&u->busy, 1);
     }
     conn_unref(u, j->conn);
     j->conn = NULL;
@@ -173,7 +183,7 @@ static void accept_conn(attnd_srv_ucx *u, ucx_conn *c)
     p.err_handler.arg = c;
     ucs_status_t st = ucp_ep_create(u->worker, &p, &c->ep);
     if (st != UCS_OK) {
-        fprintf(stderr, "attnd: ucx: cannot accept a client: %s\n", ucs_status_string(st));
+        attnd_log_warn("ucx", "cannot accept a client: %s", ucs_status_string(st));
         c->ep = NULL;
         c->closed = 1;
         c->refs++;
@@ -210,8 +220,16 @@ ucs_status_t attnd_srv_ucx_on_attend(void *arg, const void *header, size_t heade
     memcpy(&j->hdr, header, sizeof j->hdr);
     j->t_arrival = attnd_clock_ns();
     j->len = length;
+    if (atomic_load(&u->refusing)) {
+        j->refused = 1; /* answered UNAVAILABLE by exec_job, unread */
+        j->data = NULL;
+        job_ready(u, j);
+        return UCS_OK;
+    }
+    j->counted = 1;
+    atomic_fetch_add(&u->busy, 1);
     if (length > u->srv->cfg->max_message) {
-        j->data = NULL; /* answered RESOURCE_EXHAUSTED by run_job, unread */
+        j->data = NULL; /* answered RESOURCE_EXHAUSTED by exec_job, unread */
         job_ready(u, j);
         return UCS_OK;
     }
@@ -263,6 +281,7 @@ static void on_reply_sent(void *request, ucs_status_t status, void *user_data)
  * as well as inline on the progress thread. ws/arena: the caller's. */
 static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *arena, ucx_job *j)
 {
+    attnd_srv_mshard *mx = attnd_srv_metrics_local(u->srv->metrics);
     attnd_srv_exec_ctx x = {.srv = u->srv, .ws = ws, .arena = arena};
     if (j->hdr.deadline_ms) { /* what is left of the client's deadline */
         int64_t waited_ms = (int64_t)((attnd_clock_ns() - j->t_arrival) / 1000000u);
@@ -276,7 +295,10 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
 
     attnd_error_clear(&err);
     memset(&j->rhdr, 0, sizeof j->rhdr);
-    if (!j->data)
+    if (j->refused)
+        st = attnd_error_set(&err, ATTND_ERR_UNAVAILABLE,
+                             "server is shutting down: send this call to another worker");
+    else if (!j->data)
         st = attnd_error_set(&err, ATTND_ERR_RESOURCE_EXHAUSTED,
                              "request: received message larger than max (%zu vs. %llu "
                              "bytes of --max-message)", j->len,
@@ -296,12 +318,17 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
         j->rhdr.kernel_ns = res.t.t_kernel_ns;
         j->rhdr.fanout_ns = res.t.t_fanout_ns;
         j->rhdr.encode_ns = attnd_clock_ns() - t_enc;
+        res.t.t_encode_ns = j->rhdr.encode_ns;
+        if (st == ATTND_OK)
+            attnd_srv_attend_times_record(mx, &res.t);
     }
     if (st != ATTND_OK) {
         if (st != ATTND_ERR_CANCELLED)
             atomic_fetch_add(&u->srv->errors, 1);
         if (!err.msg[0])
             snprintf(err.msg, sizeof err.msg, "%s", attnd_status_string(st));
+        attnd_log_req(ATTND_LOG_DEBUG, "ucx", j->hdr.id, "Attend: %s: %s",
+                      attnd_status_string(st), err.msg);
         n = strlen(err.msg);
         if (attnd_buf_fit(&j->rep, n + 1))
             n = 0; /* the status alone goes back */
@@ -312,6 +339,11 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
     j->rhdr.h.status = st;
     j->st = st;
     j->n = n;
+    attnd_srv_mx_request(mx, ATTND_SRV_MX_UCX_ATTEND, st, attnd_clock_ns() - j->t_arrival);
+    if (mx) {
+        attnd_srv_mx_add(&mx->rx_bytes[ATTND_SRV_MX_UCX], j->len);
+        attnd_srv_mx_add(&mx->tx_bytes[ATTND_SRV_MX_UCX], n);
+    }
 }
 
 /* On the progress thread: release the request bytes UCX lent us and send

@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include "attnd_log.h"
 #include "attnd_ucx_setup.h"
 #include "ucx_int.h"
 
@@ -279,13 +280,24 @@ void attnd_srv_ucx_stop(attnd_srv *srv)
     if (u->running) {
         atomic_store(&u->stop, 1);
         if (write(u->stop_fd, &one, sizeof one) < 0)
-            fprintf(stderr, "attnd: ucx: waking the progress thread: %s\n", strerror(errno));
+            attnd_log_error("ucx", "waking the progress thread: %s", strerror(errno));
         pthread_join(u->tid, NULL);
         u->running = 0;
     }
     stop_executors(u);
     srv->ucx = NULL;
     ucx_free(u);
+}
+
+void attnd_srv_ucx_refuse(attnd_srv *srv)
+{
+    if (srv->ucx)
+        atomic_store(&srv->ucx->refusing, 1);
+}
+
+int attnd_srv_ucx_busy(const attnd_srv *srv)
+{
+    return srv->ucx ? atomic_load(&srv->ucx->busy) : 0;
 }
 
 const char *attnd_srv_ucx_address(const attnd_srv *srv)

@@ -13,6 +13,11 @@
  * receive still writes into a slot's buffer marks the call abandoned; the
  * receive's completion then frees the call. A slot fails when its peer's
  * endpoint breaks (attnd__gcalls_fail_rank) or at the deadline.
+ *
+ * Invariants (ATTND_ASSERT, every build): a call's n_left is the number of
+ * its slots expected and not done, under call_mu; a slot is expected once
+ * and done once; a rendezvous receive is in flight on a slot at most once;
+ * a buffer is on the free list at most once, and the list holds at most 64.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -20,6 +25,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "attnd_assert.h"
 #include "attnd_clock.h"
 #include "group_int.h"
 
@@ -34,6 +40,7 @@ attnd__gbuf *attnd__gbuf_get(attnd_group *g, size_t n)
         if (b->cap >= n) {
             *pp = b->next;
             g->n_free_bufs--;
+            ATTND_ASSERT(b->pooled && b->g == g && g->n_free_bufs >= 0);
             break;
         }
     pthread_mutex_unlock(&g->buf_mu);
@@ -49,6 +56,7 @@ attnd__gbuf *attnd__gbuf_get(attnd_group *g, size_t n)
     }
     b->next = NULL;
     b->g = g;
+    b->pooled = 0;
     b->conn = NULL;
     b->len = 0;
     memset(&b->hdr, 0, sizeof b->hdr);
@@ -65,8 +73,11 @@ void attnd__gbuf_put(attnd_group *g, attnd__gbuf *b)
 {
     if (!b)
         return;
+    ATTND_ASSERT(b->g == g);
     pthread_mutex_lock(&g->buf_mu);
+    ATTND_ASSERT(!b->pooled); /* put twice */
     if (g->n_free_bufs < 64) {
+        b->pooled = 1;
         b->next = g->free_bufs;
         g->free_bufs = b;
         g->n_free_bufs++;
@@ -89,6 +100,17 @@ void attnd__gbufs_cleanup(attnd_group *g)
 }
 
 /* ---- calls ---------------------------------------------------------------------- */
+
+/* n_left counts the slots expected and not done (caller holds call_mu). */
+static void check_left(const attnd_group *g, const attnd__gcall *c)
+{
+    int open = 0;
+    for (int32_t r = 0; r < g->N; r++) {
+        ATTND_ASSERT(!c->slot[r].done || c->slot[r].expect);
+        open += c->slot[r].expect && !c->slot[r].done;
+    }
+    ATTND_ASSERT(c->n_left == open);
+}
 
 attnd__gcall *attnd__gcall_new(attnd_group *g)
 {
@@ -123,10 +145,12 @@ int attnd__gcall_expect(attnd_group *g, attnd__gcall *c, int32_t r, size_t want)
     if (!b)
         return -1;
     pthread_mutex_lock(&g->call_mu);
+    ATTND_ASSERT(r >= 0 && r < g->N && !c->slot[r].expect && !c->slot[r].buf);
     c->slot[r].expect = 1;
     c->slot[r].buf = b;
     c->slot[r].want = want;
     c->n_left++;
+    check_left(g, c);
     pthread_mutex_unlock(&g->call_mu);
     return 0;
 }
@@ -141,6 +165,7 @@ void attnd__gslot_fail(attnd_group *g, attnd__gcall *c, int32_t r, attnd_status 
     s->st = st;
     snprintf(s->msg, sizeof s->msg, "%s", msg);
     c->n_left--;
+    check_left(g, c);
     pthread_cond_broadcast(&g->call_cv);
 }
 
@@ -164,6 +189,7 @@ static int inflight(const attnd_group *g, const attnd__gcall *c)
 /* Caller holds call_mu; c is unlinked. */
 static void free_call_locked(attnd_group *g, attnd__gcall *c, attnd__gbuf **bufs_p)
 {
+    ATTND_ASSERT(!inflight(g, c)); /* no receive writes into its buffers */
     for (int32_t r = 0; r < g->N; r++)
         if (c->slot[r].buf) {
             c->slot[r].buf->next = *bufs_p;
@@ -209,6 +235,7 @@ void attnd__gcall_wait(attnd_group *g, attnd__gcall *c, int64_t deadline_ms)
             atomic_store(&g->peers[r].kick, 1);
         }
     }
+    ATTND_ASSERT(c->n_left == 0);
     pthread_mutex_unlock(&g->call_mu);
 }
 
@@ -217,6 +244,7 @@ void attnd__gcall_release(attnd_group *g, attnd__gcall *c)
     attnd__gbuf *bufs = NULL;
 
     pthread_mutex_lock(&g->call_mu);
+    ATTND_ASSERT(!c->abandoned); /* released once */
     if (inflight(g, c)) {
         c->abandoned = 1; /* the last receive frees it */
     } else {
@@ -276,10 +304,12 @@ static void on_recv_done(void *request, ucs_status_t status, size_t length, void
     (void)length;
     attnd__gbuf *bufs = NULL;
     pthread_mutex_lock(&g->call_mu);
+    ATTND_ASSERT(s->recv_inflight && s->expect);
     s->recv_inflight = 0;
     if (!s->done) {
         s->done = 1;
         c->n_left--;
+        check_left(g, c);
         if (status != UCS_OK) {
             s->st = ATTND_ERR_UNAVAILABLE;
             snprintf(s->msg, sizeof s->msg, "receiving a peer's result: %s",
@@ -331,6 +361,7 @@ ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__ghdr *h, void *d
         s->buf->len = len;
         s->done = 1;
         c->n_left--;
+        check_left(g, c);
         pthread_cond_broadcast(&g->call_cv);
         pthread_mutex_unlock(&g->call_mu);
         return UCS_OK;

@@ -6,10 +6,14 @@
  * group_table.c (global session lengths), group_place.c (placement and the
  * per-rank slices of tensors), group_rank.c (one rank's part of a request,
  * shared by the leader and the peers), group_peer.c (serving peers' requests
- * on executor threads), group_lead.c (the leader side of every call but
- * AppendKV), group_append.c (AppendKV streams: the leader side),
- * group_stage.c (AppendKV streams: one rank's staged part),
- * group_weights.c (W_UV parts and the up-projection).
+ * on executor threads), group_lead.c (the leader side of session calls,
+ * and the helpers every leader uses), group_append.c (AppendKV streams: the
+ * leader side), group_stage.c (AppendKV streams: one rank's staged part),
+ * the leader of an Attend in four steps: group_plan.c (plan),
+ * group_scatter.c (scatter, and the leader's own part as views of the
+ * request), group_attend.c (the call: run-local, wait, timing),
+ * group_combine.c (combine); group_weights.c (W_UV parts and the
+ * up-projection).
  *
  * Wire: rank-to-rank messages are UCX active messages. Requests travel on
  * AM id ATTND__GAM_REQ over the sender's own endpoint to the peer (with
@@ -82,6 +86,7 @@ typedef struct attnd__gbuf {
     attnd__ghdr hdr;     /* sends: the AM header (must live until completion) */
     attnd__gconn *conn;  /* queued requests: where to reply */
     size_t cap, len;
+    int pooled;          /* on the free list (a second put is a bug) */
     unsigned char *data; /* 64-byte aligned, cap bytes */
 } attnd__gbuf;
 
@@ -208,6 +213,7 @@ struct attnd_group {
     pthread_mutex_t buf_mu;
     attnd__gbuf *free_bufs;
     int n_free_bufs;
+    struct attnd__glws *free_lws; /* leaders' engine workspaces (group_attend.c) */
 
     pthread_mutex_t job_mu;
     pthread_cond_t job_cv;
@@ -223,6 +229,9 @@ struct attnd_group {
 
     attnd__gtable table;
     atomic_uint_fast64_t peer_failures;
+    /* rank-to-rank active-message bytes (header + payload), both ways;
+     * counted under ucp_mu, read by attnd_group_get_state */
+    atomic_uint_fast64_t bytes_sent, bytes_received;
 
     pthread_mutex_t stage_mu; /* AppendKV stages (group_stage.c) */
     pthread_cond_t stage_cv;  /* a stage stopped being busy */
@@ -345,20 +354,28 @@ uint64_t attnd__gplace_count(const attnd_group *g, int32_t r, uint64_t x);
 uint64_t attnd__gplace_gather_seq(const attnd_group *g, int32_t r, uint64_t start,
                                   uint64_t n, size_t es, const void *src, void *dst);
 /* Rows of rank r's query slice: q [rows][Hq][d_k] of dtype qt -> dst, in
- * the part's dtype (attnd__gpart_q_dtype). Latent mode reads the rotated
- * float32 query (attnd__grotate_q). */
+ * the part's dtype (attnd__gpart_q_dtype). Latent mode reads a rotated
+ * float32 query (the leader rotates and slices in one pass instead:
+ * attnd__gplace_rotate_split). */
 void attnd__gplace_slice_q(const attnd_group *g, int32_t r, size_t rows, attnd_dtype qt,
                            const void *q, void *dst);
+/* Sequence: the first run of rank r's tokens in [start, start + n): its
+ * length (0: rank r holds none of them) and, when not 0, *off_p its
+ * offset from start. */
+uint64_t attnd__gplace_first_run(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
+                                 uint64_t *off_p);
+/* Latent: convert one vector of d_c + d_r elements (src, dtype t) to
+ * float32 in tmp, rotate its latent part, and write rank r's slice of it
+ * (latent part times mul) to dst[r] for every r whose dst[r] is not NULL. */
+void attnd__gplace_rotate_split(const attnd_group *g, attnd_dtype t, const void *src, float mul,
+                                float *tmp, float *const *dst);
 /* Rank r's part of n wire KV entries ([n][kv_elems] of dt) -> dst in the
  * part's KV dtype. Latent mode reads rotated float32 entries. */
 void attnd__gplace_slice_kv(const attnd_group *g, int32_t r, size_t n, attnd_dtype dt,
                             const void *kv, void *dst);
 attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt);
 attnd_dtype attnd__gpart_kv_dtype(const attnd_group *g, attnd_dtype kt);
-/* Latent: float32 copies of q ([rows][Hq][d_k]) and KV entries with the
- * latent part rotated. */
-void attnd__grotate_q(const attnd_group *g, size_t rows, attnd_dtype qt, const void *q,
-                      float *dst);
+/* Latent: float32 copies of n KV entries with the latent part rotated. */
 void attnd__grotate_kv(const attnd_group *g, size_t n, attnd_dtype dt, const void *kv,
                        float *dst);
 
@@ -371,8 +388,12 @@ typedef struct attnd__gpart {
     const uint64_t *glen;          /* [n] global lengths before the append */
     const void *q;                 /* [n][S][hq_r][d_k_r] */
     const void *kv;                /* sequence: the rank's new entries in
-                                      (sequence, token) order; else
+                                      (sequence, token) order, or with
+                                      kv_whole every new entry; else
                                       [n][S][kv_elems_r] */
+    int kv_whole;                  /* sequence: kv is the request's
+                                      [n][S][kv_elems] (the leader's view);
+                                      the rank takes its own by placement */
 } attnd__gpart;
 
 /* Run part p on this rank's engine with workspace ws: append, attend with
@@ -407,13 +428,23 @@ attnd_status attnd__gstage_commit(attnd_group *g, int32_t src, uint64_t stream,
                                   uint32_t n_chunks, attnd_error *err);
 void attnd__gstage_abort(attnd_group *g, int32_t src, uint64_t stream);
 
-/* group_lead.c, for group_append.c */
+/* group_lead.c: helpers of every leader (group_attend.c, group_append.c) */
+/* Monotonic deadline of a call: the group's timeout, or timeout_ms when
+ * shorter (> 0). */
 int64_t attnd__glead_deadline(const attnd_group *g, int64_t timeout_ms);
+/* OK when every peer is connected (after a short grace for one that is
+ * reconnecting); else UNAVAILABLE naming the rank. */
 attnd_status attnd__glead_peers_up(attnd_group *g, attnd_error *err);
+/* The first failed peer slot of c, in rank order, as the call's status. */
 attnd_status attnd__glead_collect(attnd_group *g, attnd__gcall *c, attnd_error *err);
+/* Send b (the transport's from here on) to rank r as part of call c,
+ * expecting `want` reply bytes; a failure fails the slot. */
 void attnd__glead_send(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b,
                        size_t want);
+/* Did a call that changes sessions leave their shards disagreeing? own: 1
+ * the leader's part applied, 0 it failed; lost: parts never sent. */
 int attnd__glead_diverged(attnd_group *g, attnd__gcall *c, int own, int lost);
+/* Mark sessions diverged here and on every peer that can be reached. */
 void attnd__glead_break(attnd_group *g, const attnd_session_id *ids, uint32_t n,
                         int64_t timeout_ms);
 /* Rank r's share of n entries starting at global `start` into dst (NULL:
@@ -421,6 +452,53 @@ void attnd__glead_break(attnd_group *g, const attnd_session_id *ids, uint32_t n,
  * float32 ones in latent mode. Returns the entries written. */
 uint64_t attnd__glead_kv_share(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
                                attnd_dtype dt, const void *src, void *dst);
+
+/* group_plan.c: the plan of one Attend (computed by the leader, no I/O) */
+typedef struct attnd__gplan {
+    uint32_t n_seqs;
+    int32_t S;
+    size_t rows;             /* n_seqs * S query rows */
+    int32_t d_vo;            /* up-projection width; 0: none */
+    attnd_dtype qt, kt;      /* the request's query and new-KV dtypes */
+    attnd_dtype pq, pk;      /* the parts' (pk INVALID: no new KV) */
+    size_t width;            /* floats per (row, head) of a rank's result:
+                                d_vo, else d_v_r */
+    size_t reply;            /* bytes of every rank's result (out, lse) */
+    uint64_t entries[ATTND_GROUP_MAX_RANKS];        /* new KV entries of rank r */
+    attnd__gpart_layout part[ATTND_GROUP_MAX_RANKS]; /* rank r's ATTEND data */
+} attnd__gplan;
+
+/* Plan req (validated; glen the sessions' global lengths) over the group:
+ * what every rank receives and answers. Checks (ATTND_ASSERT) that every
+ * new token, head and latent dim goes to exactly one rank. */
+void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
+                       const uint64_t *glen, int32_t d_vo, attnd__gplan *p);
+
+/* group_scatter.c */
+/* Encode every peer's part of req per plan p and send it as part of call
+ * c (the slots expect p->reply bytes); fill *local with the leader's own
+ * part: views of req where the engine reads them as they are (ids,
+ * lengths; sequence mode's query and new KV), else the slices gathered
+ * into *scratch_p (head mode's query heads and KV heads, latent mode's
+ * rotated slices), which the caller puts back (attnd__gbuf_put) after
+ * running the part; NULL when none was needed. RESOURCE_EXHAUSTED before
+ * anything is sent when buffers run out. */
+attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend_req *req,
+                             const uint64_t *glen, const attnd__gplan *p, attnd__gpart *local,
+                             attnd__gbuf **scratch_p, attnd_error *err);
+
+/* group_combine.c */
+/* Combine the ranks' results into ws (out grown to [rows][Hq][dv], lse to
+ * [rows][Hq]): out[r] / lse[r] rank r's rows of p->width floats and its
+ * LSEs. Sequence: merge in rank order 0..N-1; head: concatenate heads;
+ * latent: concatenate slices and rotate back, or (up-projected) sum in
+ * rank order; latent LSE: the mean of the ranks'. Deterministic for a
+ * given N, whoever leads. */
+attnd_status attnd__gcombine(attnd_group *g, const attnd__gplan *p, const float *const *out,
+                             const float *const *lse, attnd_engine_ws *ws, attnd_error *err);
+
+/* group_attend.c */
+void attnd__glws_cleanup(attnd_group *g);
 
 /* group_weights.c */
 attnd_status attnd__gweights_init(attnd_group *g);

@@ -15,6 +15,7 @@
  */
 #include <string.h>
 
+#include "attnd_assert.h"
 #include "group_int.h"
 
 int32_t attnd__gplace_owner(const attnd_group *g, uint64_t t)
@@ -45,7 +46,25 @@ uint64_t attnd__gplace_gather_seq(const attnd_group *g, int32_t r, uint64_t star
         }
         t += run;
     }
+    /* placement is monotonic: what was gathered is exactly what rank r's
+     * count says it holds of the range */
+    ATTND_ASSERT(k == attnd__gplace_count(g, r, end) - attnd__gplace_count(g, r, start));
     return k;
+}
+
+uint64_t attnd__gplace_first_run(const attnd_group *g, int32_t r, uint64_t start, uint64_t n,
+                                 uint64_t *off_p)
+{
+    const uint64_t P = (uint64_t)g->cfg.page_size, N = (uint64_t)g->N, end = start + n;
+    uint64_t page = start / P;
+    uint64_t ahead = ((uint64_t)r + N - page % N) % N; /* pages to rank r's next one */
+    uint64_t t = ahead ? (page + ahead) * P : start;
+    if (t >= end)
+        return 0;
+    uint64_t page_end = (t / P + 1) * P;
+    ATTND_ASSERT(attnd__gplace_owner(g, t) == r && t >= start);
+    *off_p = t - start;
+    return (page_end < end ? page_end : end) - t;
 }
 
 attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt)
@@ -68,6 +87,17 @@ static void latent_slice(const attnd_group *g, int32_t r, const float *src, floa
     for (int32_t e = 0; e < dcr; e++)
         dst[e] = mul * src[r * dcr + e];
     memcpy(dst + dcr, src + dc + (drr == dr ? 0 : r * drr), sizeof(float) * (size_t)drr);
+}
+
+void attnd__gplace_rotate_split(const attnd_group *g, attnd_dtype t, const void *src, float mul,
+                                float *tmp, float *const *dst)
+{
+    const int32_t dk = g->cfg.model.d_latent + g->cfg.model.d_rope;
+    attnd_dtype_convert(ATTND_DTYPE_F32, tmp, t, src, (size_t)dk);
+    attnd_kernel_fwht_f32(tmp, g->cfg.model.d_latent);
+    for (int32_t r = 0; r < g->N; r++)
+        if (dst[r])
+            latent_slice(g, r, tmp, dst[r], mul);
 }
 
 void attnd__gplace_slice_q(const attnd_group *g, int32_t r, size_t rows, attnd_dtype qt,
@@ -131,12 +161,6 @@ static void rotate_vecs(const attnd_group *g, size_t n, attnd_dtype t, const voi
     attnd_dtype_convert(ATTND_DTYPE_F32, dst, t, src, n * (size_t)dk);
     for (size_t i = 0; i < n; i++)
         attnd_kernel_fwht_f32(dst + i * (size_t)dk, g->cfg.model.d_latent);
-}
-
-void attnd__grotate_q(const attnd_group *g, size_t rows, attnd_dtype qt, const void *q,
-                      float *dst)
-{
-    rotate_vecs(g, rows * (size_t)g->hq, qt, q, dst);
 }
 
 void attnd__grotate_kv(const attnd_group *g, size_t n, attnd_dtype dt, const void *kv,

@@ -1,6 +1,7 @@
 /* One rank's part of a group Attend, run the same way by the leader for
- * itself and by a peer's executor for a request off the wire (AppendKV's
- * part: group_stage.c).
+ * itself (on views of the client's request: attnd__gpart.kv_whole) and by
+ * a peer's executor for a request off the wire (AppendKV's part:
+ * group_stage.c).
  *
  * ATTEND data layout (offsets 64-byte aligned, attnd__gpart_layout_of):
  *   ids  [n][16]            the sessions
@@ -23,6 +24,7 @@
  */
 #include <string.h>
 
+#include "attnd_assert.h"
 #include "group_int.h"
 
 static size_t align64(size_t x)
@@ -51,6 +53,29 @@ size_t attnd__gpart_reply_bytes(const attnd_group *g, uint32_t n, int32_t S, int
     return rows * ((size_t)width + 1) * sizeof(float);
 }
 
+/* The leader's view (kv_whole): stage this rank's tokens [lo, hi) of
+ * session i straight from the request's entries, one run of its pages at
+ * a time (one run unless the S new tokens cross several of its pages). */
+static attnd_status stage_view(attnd_group *g, const attnd__gpart *p, attnd_engine_stage *stage,
+                               uint32_t i, uint64_t lo, uint64_t hi, attnd_error *err)
+{
+    const size_t es = (size_t)g->kv_elems_r * attnd_dtype_size(p->kv_dtype);
+    const uint64_t S = (uint64_t)p->q_tokens, end = p->glen[i] + S;
+    const char *src = (const char *)p->kv + (size_t)i * S * es;
+    attnd_status st = ATTND_OK;
+    uint64_t t = p->glen[i], at = lo;
+
+    while (st == ATTND_OK && at < hi) {
+        uint64_t off = 0, run = attnd__gplace_first_run(g, g->me, t, end - t, &off);
+        ATTND_ASSERT(run > 0 && at + run <= hi); /* placement agrees with the counts */
+        st = attnd_engine_stage_append(stage, &p->ids[i], p->layer, at, run, p->kv_dtype,
+                                       src + (t + off - p->glen[i]) * es, err);
+        at += run;
+        t += off + run;
+    }
+    return st;
+}
+
 /* Sequence mode: append each session's share of the new entries (a
  * session may have none here), all or nothing: one stage, committed
  * together. */
@@ -67,6 +92,10 @@ static attnd_status append_shares(attnd_group *g, const attnd__gpart *p, attnd_e
         uint64_t hi = attnd__gplace_count(g, g->me, p->glen[i] + S);
         if (hi == lo)
             continue;
+        if (p->kv_whole) {
+            st = stage_view(g, p, stage, i, lo, hi, err);
+            continue;
+        }
         st = attnd_engine_stage_append(stage, &p->ids[i], p->layer, lo, hi - lo, p->kv_dtype,
                                        kp, err);
         kp += (hi - lo) * es;

@@ -104,6 +104,8 @@ typedef struct attnd_group_state {
     int32_t connected;       /* peers connected now (size - 1 when whole) */
     char missing[256];       /* "" or the missing ranks, "1,2" */
     uint64_t peer_failures;  /* requests failed for a missing peer */
+    uint64_t bytes_sent;     /* rank-to-rank active-message bytes (header + */
+    uint64_t bytes_received; /* payload) to and from every peer */
 } attnd_group_state;
 
 void attnd_group_get_state(attnd_group *g, attnd_group_state *st);
@@ -142,11 +144,16 @@ void attnd_group_stream_close(attnd_group_stream *s);
 /* req as validated against the full model. The combined output lands in
  * ws (its out/lse buffers are grown to the full size): *out_p float32
  * [n][S][Hq][d_v], *lse_p [n][S][Hq] when want_lse. timeout_ms > 0 bounds
- * the wait for peers (else the group's timeout). */
+ * the wait for peers (else the group's timeout). *kernel_ns_p (may be
+ * NULL; set on success): the time this rank spent on its own share (its
+ * engine's attend, appends included, and its up-projection); the rest of
+ * the call is the group's fan-out (plan, scatter, waiting for the peers
+ * beyond that, combine). */
 attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
                                 attnd_engine_ws *ws, int64_t timeout_ms,
                                 int32_t up_project, const float **out_p,
-                                const float **lse_p, attnd_error *err);
+                                const float **lse_p, uint64_t *kernel_ns_p,
+                                attnd_error *err);
 /* up_project = d_vo > 0 (MLA, sequence or latent mode, a W_UV of that
  * width loaded for the layer; 0: plain attention): *out_p is
  * [n][S][Hq][d_vo], each head's latent output times its W_UV;

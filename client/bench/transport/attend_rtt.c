@@ -10,7 +10,8 @@
  * p90 and mean of the round trip in microseconds, and for the unary modes
  * (async + attnd_call_wait_timed, which returns the server's timings over
  * either transport) the p50 of the server's kernel time and of the round
- * trip minus it (net_p50_us: the transport's share plus attnd's protocol
+ * trip minus it (kernel + fan-out on a worker group, i.e. the whole group
+ * call; net_p50_us: the transport's share plus attnd's protocol
  * work: decode, validation, encode), and of the round trip minus all the
  * server's reported work but its queue (wire_p50_us: kernel, validation
  * and reply encoding subtracted; what is left is both ends' transport,
@@ -137,7 +138,7 @@ int main(int argc, char **argv)
         }
         if (i >= 0) {
             t[i] = dt;
-            kern[i] = tm.kernel_ns / 1e3;
+            kern[i] = (tm.kernel_ns + tm.fanout_ns) / 1e3; /* group: the whole call */
             net[i] = dt - kern[i];
             q_[i] = tm.queue_ns / 1e3;
             v_[i] = tm.validate_ns / 1e3;

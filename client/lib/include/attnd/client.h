@@ -187,10 +187,14 @@ attnd_status attnd_call_wait(attnd_call *call, attnd_error *err);
  * trailing metadata "attnd-timing" ("q=..,v=..,k=..,f=..,e=..") over
  * gRPC, or from the reply header over UCX (proto/attnd_ucx.h): queue
  * (the server taking the call through decoding it), validation, kernel
- * (the engine's attend), rank fan-out + combine (0 on one rank) and reply
- * encoding. What the client measured beyond their sum is the network's
- * and both sides' transport share. valid is 0 (and the rest 0) when the
- * server sent none. */
+ * (the engine's attend; on a worker group the leading rank's own share of
+ * it), fan-out (worker groups only, else 0: the rest of the group call --
+ * planning, sending the other ranks their parts, waiting for them beyond
+ * the leader's own share, combining) and reply encoding. The five are
+ * disjoint intervals of the server's handling, each counted once, so their
+ * sum is at most the round trip the client measured; what it measured
+ * beyond their sum is the network's and both sides' transport share.
+ * valid is 0 (and the rest 0) when the server sent none. */
 typedef struct attnd_server_timing {
     int valid;
     uint64_t queue_ns, validate_ns, kernel_ns, fanout_ns, encode_ns;

@@ -1,0 +1,216 @@
+/* The leader of a group Attend: the rank the client called, in four steps.
+ *
+ *   plan       what every rank receives and answers (group_plan.c);
+ *   scatter    encode and send the peers' parts; the leader's own part as
+ *              views of the request (group_scatter.c);
+ *   run-local  the leader's part on its own engine, through the same
+ *              attnd__grank_attend a peer runs for a message (appends,
+ *              visible lengths, global lengths), then its up-projection;
+ *              meanwhile the peers compute theirs;
+ *   combine    after waiting for every peer (even when the local part
+ *              failed: with new KV some peers may have applied theirs, and
+ *              then the sessions are marked diverged), the ranks' results
+ *              straight into the caller's workspace (group_combine.c).
+ *
+ * The leader's engine writes its result into a workspace of its own (the
+ * combine reads it while writing the caller's): a free list of engine
+ * workspaces, one per concurrent leader after warm-up, so that steady
+ * decode allocates nothing (the buffers come from the group's pools too).
+ * One case needs none: in sequence mode rank 0's result is the first the
+ * merge takes, so rank 0 leading runs its share in the caller's workspace
+ * and the combine merges the others into it in place (plain outputs on a
+ * host engine: a GPU engine leaves its result in pinned memory).
+ *
+ * Timing: *kernel_ns_p is the run-local step alone (the leader's engine
+ * and its up-projection); everything else of the call -- checks, plan,
+ * scatter, waiting for the peers beyond the local step, combine -- is the
+ * group's fan-out, so that kernel + fan-out is the call's wall time,
+ * counted once (service/attend_exec.c).
+ */
+#include <stdlib.h>
+
+#include "attnd_assert.h"
+#include "attnd_clock.h"
+#include "group_int.h"
+
+/* ---- the leaders' engine workspaces --------------------------------------------- */
+
+typedef struct attnd__glws {
+    struct attnd__glws *next;
+    attnd_engine_ws ws;
+} attnd__glws;
+
+/* A workspace from the free list, or a new one (NULL: out of memory). */
+static attnd__glws *lws_get(attnd_group *g)
+{
+    pthread_mutex_lock(&g->buf_mu);
+    attnd__glws *w = g->free_lws;
+    if (w)
+        g->free_lws = w->next;
+    pthread_mutex_unlock(&g->buf_mu);
+    if (!w && (w = calloc(1, sizeof *w)))
+        attnd_engine_ws_init(&w->ws);
+    return w;
+}
+
+static void lws_put(attnd_group *g, attnd__glws *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&g->buf_mu);
+    w->next = g->free_lws;
+    g->free_lws = w;
+    pthread_mutex_unlock(&g->buf_mu);
+}
+
+void attnd__glws_cleanup(attnd_group *g)
+{
+    attnd__glws *w = g->free_lws, *next;
+    for (; w; w = next) {
+        next = w->next;
+        attnd_engine_ws_cleanup(&w->ws);
+        free(w);
+    }
+    g->free_lws = NULL;
+}
+
+/* ---- the call ------------------------------------------------------------------- */
+
+/* The leader's own checks, before anything is planned or sent: every
+ * session known (their global lengths into glen), new entries where the
+ * sessions end and no AppendKV stream staging their layer here, every peer
+ * connected, up_project possible. */
+static attnd_status check_call(attnd_group *g, const attnd_attend_req *req, int32_t d_vo,
+                               uint64_t *glen, attnd_error *err)
+{
+    const uint32_t n = req->n_seqs;
+    attnd_status st = attnd__gtable_lens(&g->table, req->ids, n, req->layer, glen, err);
+    if (st)
+        return st;
+    for (uint32_t i = 0; req->new_kv && req->positions && i < n; i++)
+        if (req->positions[i] != glen[i])
+            return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                                   "positions[%u]: layer %u of that session holds %llu tokens; "
+                                   "the new entry must land there, got %llu", i, req->layer,
+                                   (unsigned long long)glen[i],
+                                   (unsigned long long)req->positions[i]);
+    if (req->new_kv && (st = attnd__gtable_check_unstaged(&g->table, req->ids, n, req->layer,
+                                                          err)))
+        return st;
+    if ((st = attnd__glead_peers_up(g, err)))
+        return st;
+    if (d_vo && (g->cfg.model.kind != ATTND_ATTN_MLA || g->cfg.mode == ATTND_GROUP_HEAD ||
+                 attnd_group_weights_dv(g, req->layer) != d_vo))
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "up_project: no W_UV of width %d loaded for layer %u "
+                               "(LoadWeights; MLA in sequence or latent mode only)", d_vo,
+                               req->layer);
+    return ATTND_OK;
+}
+
+/* Run-local: the leader's part on its engine (result in w), then its
+ * up-projection into proj. *applied_p: its new KV went in. */
+static attnd_status run_local(attnd_group *g, const attnd__gplan *p, const attnd__gpart *part,
+                              attnd_engine_ws *w, float *proj, const float **out_p,
+                              const float **lse_p, int *applied_p, attnd_error *err)
+{
+    const float *o = NULL, *l = NULL;
+    attnd_status st = attnd__grank_attend(g, part, w, &o, &l, err);
+    if (st)
+        return st;
+    *applied_p = 1;
+    if (p->d_vo) {
+        st = attnd__gweights_project(g, part->layer, p->d_vo, p->rows, o, proj, err);
+        if (st)
+            return st;
+        o = proj;
+    }
+    *out_p = o;
+    *lse_p = l;
+    return ATTND_OK;
+}
+
+attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
+                                attnd_engine_ws *ws, int64_t timeout_ms, int32_t up_project,
+                                const float **out_p, const float **lse_p,
+                                uint64_t *kernel_ns_p, attnd_error *err)
+{
+    const uint32_t n = req->n_seqs;
+    const int32_t d_vo = up_project; /* the width the caller expects */
+    attnd__gbuf *lens = NULL, *scratch = NULL, *proj = NULL;
+    attnd__glws *lws = NULL;
+    attnd__gcall *c = NULL;
+    attnd__gplan plan;
+    attnd__gpart local;
+    const float *out[ATTND_GROUP_MAX_RANKS], *lse[ATTND_GROUP_MAX_RANKS];
+    attnd_status st;
+
+    if (n == 0 || !req->ids || req->q_tokens < 1 ||
+        req->q_tokens > ATTND_ENGINE_MAX_Q_TOKENS || !req->q)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "q: missing, or q_tokens %d not in [1, %d]", req->q_tokens,
+                               ATTND_ENGINE_MAX_Q_TOKENS);
+    if (!(lens = attnd__gbuf_get(g, sizeof(uint64_t) * n)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "session_ids: out of memory");
+    uint64_t *glen = (uint64_t *)lens->data;
+    if ((st = check_call(g, req, d_vo, glen, err)))
+        goto out;
+
+    /* plan; everything the call needs is taken before the first send */
+    attnd__gplan_make(g, req, glen, d_vo, &plan);
+    const size_t proj_bytes = d_vo ? plan.rows * (size_t)g->hq_r * (size_t)d_vo * sizeof(float)
+                                   : 0;
+    const int in_place = g->cfg.mode == ATTND_GROUP_SEQUENCE && g->me == 0 && !d_vo;
+    if ((!in_place && !(lws = lws_get(g))) ||
+        (d_vo && !(proj = attnd__gbuf_get(g, proj_bytes))) || !(c = attnd__gcall_new(g))) {
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
+        goto out;
+    }
+    /* scatter */
+    if ((st = attnd__gscatter(g, c, req, glen, &plan, &local, &scratch, err)))
+        goto out; /* nothing was sent */
+
+    /* run-local */
+    int applied = 0;
+    uint64_t t0 = attnd_clock_ns();
+    st = run_local(g, &plan, &local, in_place ? ws : &lws->ws, proj ? (float *)proj->data : NULL,
+                   &out[g->me], &lse[g->me], &applied, err);
+    uint64_t kernel_ns = attnd_clock_ns() - t0;
+
+    /* wait for the peers even when our part failed: with new KV, some of
+     * them may have appended, and then the session must be marked */
+    attnd__gcall_wait(g, c, attnd__glead_deadline(g, timeout_ms));
+    if (st == ATTND_OK)
+        st = attnd__glead_collect(g, c, err);
+    if (st) {
+        if (req->new_kv && attnd__glead_diverged(g, c, applied, 0))
+            attnd__glead_break(g, req->ids, n, timeout_ms);
+        goto out;
+    }
+
+    /* combine */
+    const size_t out_floats = plan.rows * (size_t)g->hq_r * plan.width;
+    for (int32_t r = 0; r < g->N; r++) {
+        if (r == g->me)
+            continue;
+        const attnd__gslot *s = &c->slot[r];
+        ATTND_ASSERT(s->expect && s->done && s->st == ATTND_OK && s->buf->len == plan.reply);
+        out[r] = (const float *)s->buf->data;
+        lse[r] = out[r] + out_floats;
+    }
+    if ((st = attnd__gcombine(g, &plan, out, lse, ws, err)))
+        goto out;
+    *out_p = ws->out;
+    *lse_p = req->want_lse ? ws->lse : NULL;
+    if (kernel_ns_p)
+        *kernel_ns_p = kernel_ns;
+
+out:
+    if (c) /* answers still on their way are dropped when they come */
+        attnd__gcall_release(g, c);
+    attnd__gbuf_put(g, scratch);
+    attnd__gbuf_put(g, proj);
+    lws_put(g, lws);
+    attnd__gbuf_put(g, lens);
+    return st;
+}
