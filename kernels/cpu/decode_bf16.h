@@ -414,7 +414,7 @@ static void unit_bf16(const attnd_decode_batch *b, const attnd__unit *u, float *
     const int32_t G = b->n_q_heads / l->n_kv_heads, S = b->q_tokens, R = dm.rows;
     const int32_t rp = dm.rows_pad, dv = dm.dv, dk32 = dk32_of(&dm);
     const int split = b->q_dtype != ATTND_DTYPE_BF16;
-    const int64_t L = attnd_decode_seq_len(b, u->seq);
+    const int64_t L = attnd_decode_seq_len(b, u->seq, u->kv_head);
     const int64_t t1 = u->t1 < L ? u->t1 : L;
     /* by shape alone (no short-unit narrow packing as in unit_f32): P is
      * rounded to bf16, so a last-bit difference between the wide and the
@@ -445,7 +445,7 @@ static void unit_bf16(const attnd_decode_batch *b, const attnd__unit *u, float *
         alpha[r] = 1.0f;
     }
 
-    const int32_t *pages = b->page_idx + b->page_indptr[u->seq];
+    const int32_t *pages = b->page_idx + b->page_indptr[attnd_decode_list(b, u->seq, u->kv_head)];
     const int64_t min_vis = L - (S - 1);
     const int32_t pv_blocks = (R + PV_RB - 1) / PV_RB * ((dv / VW + PV_EB - 1) / PV_EB);
     const int32_t calls = (wide ? 1 : R) + pv_blocks;

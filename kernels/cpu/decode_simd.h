@@ -369,7 +369,7 @@ static void unit_f32(const attnd_decode_batch *b, const attnd__unit *u, float *w
     const attnd__simd_dims dm = attnd__simd_dims_of(b);
     const int32_t G = b->n_q_heads / l->n_kv_heads, S = b->q_tokens, R = dm.rows;
     const int32_t rp = dm.rows_pad, dkp = dm.dk_pad, dvp = dm.dv_pad, dv = dm.dv;
-    const int64_t L = attnd_decode_seq_len(b, u->seq);
+    const int64_t L = attnd_decode_seq_len(b, u->seq, u->kv_head);
     const int64_t t1 = u->t1 < L ? u->t1 : L;
     /* a unit of one tile or less packs q row-major even for a wide shape:
      * transposing 128 x 576 queries cost more than their one tile of
@@ -400,7 +400,7 @@ static void unit_f32(const attnd_decode_batch *b, const attnd__unit *u, float *w
     }
     /* o is not cleared: the first tile's P V starts from zero (rescale -1) */
 
-    const int32_t *pages = b->page_idx + b->page_indptr[u->seq];
+    const int32_t *pages = b->page_idx + b->page_indptr[attnd_decode_list(b, u->seq, u->kv_head)];
     const int64_t min_vis = L - (S - 1);
     /* ld_step calls per tile: once per output block, plus once per score
      * row (narrow) or once up front (wide) */
