@@ -84,20 +84,20 @@ static void fill_bf16(uint16_t *p, size_t n, uint64_t *s)
  * totalling >= 4x llc; hot: one copy small enough for L2, read again and
  * again by attnd_kernel_decode on the calling thread alone (the path's
  * compute-bound rate per core, with no thread hand-off in the timing). */
-static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, size_t llc,
+static int run_case(const kb_case *c, attnd_kernel_pool *pool, const kb_opts *o, size_t llc,
                     int cold, kb_result *res)
 {
-    attnd_kv_layout l;
+    attnd_kernel_kv_layout l;
     attnd_error err;
     int rc = -1;
 
     if (c->kind == ATTND_ATTN_MLA)
-        attnd_kv_layout_mla(&l, c->d_c, c->d_r, 64, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_mla(&l, c->d_c, c->d_r, 64, ATTND_DTYPE_BF16);
     else
-        attnd_kv_layout_gqa(&l, c->hkv, c->head_dim, 64, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_gqa(&l, c->hkv, c->head_dim, 64, ATTND_DTYPE_BF16);
     const int64_t pages_per_seq = (c->len + 63) / 64;
     const int64_t pages = pages_per_seq * c->n_seqs;
-    const size_t page_bytes = attnd_kv_layout_page_bytes(&l);
+    const size_t page_bytes = attnd_kernel_kv_layout_page_bytes(&l);
     const size_t copy_bytes = (size_t)pages * page_bytes;
     int64_t copies = (int64_t)((4 * llc + copy_bytes - 1) / copy_bytes);
     if (copies < 2 || c->fixed) /* fixed: the KV is a page per sequence */
@@ -116,8 +116,8 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
     float *out = malloc(sizeof(float) * nout), *lse = malloc(sizeof(float) * c->n_seqs * c->hq);
     double *t = malloc(sizeof(double) * (size_t)(o->reps > 0 ? o->reps : 1));
     float *work = NULL;
-    attnd_decode_plan plan;
-    attnd_decode_plan_init(&plan);
+    attnd_kernel_decode_plan plan;
+    attnd_kernel_decode_plan_init(&plan);
     if (!kv || !perm || !indptr || !last || !q || !out || !lse || !t) {
         fprintf(stderr, "kbench: no memory for %s (%zu MiB of KV)\n", c->name,
                 (size_t)pool_pages * page_bytes >> 20);
@@ -138,7 +138,7 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
     for (int32_t i = 0; i < c->n_seqs; i++)
         last[i] = (int32_t)(c->len - (pages_per_seq - 1) * 64);
 
-    attnd_decode_batch b = {
+    attnd_kernel_decode_batch b = {
         .n_seqs = c->n_seqs,
         .q_tokens = 1,
         .n_q_heads = c->hq,
@@ -155,16 +155,17 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
         .lse = lse,
         .work = out, /* the parallel run does not use it; the check wants one */
     };
-    if (attnd_decode_batch_check(&b, &err)) {
+    if (attnd_kernel_decode_batch_check(&b, &err)) {
         fprintf(stderr, "kbench: %s: %s\n", c->name, err.msg);
         goto out;
     }
-    attnd_decode_plan_opts po = {.n_threads = attnd_cpu_pool_threads(pool), .splits = o->splits};
-    if (attnd_decode_plan_make(&plan, &b, &po, &err)) {
+    attnd_kernel_decode_plan_opts po = {.n_threads = attnd_kernel_pool_threads(pool),
+                                        .splits = o->splits};
+    if (attnd_kernel_decode_plan_make(&plan, &b, &po, &err)) {
         fprintf(stderr, "kbench: %s: %s\n", c->name, err.msg);
         goto out;
     }
-    if (!cold && !(work = malloc(sizeof(float) * attnd_decode_work_floats(&b))))
+    if (!cold && !(work = malloc(sizeof(float) * attnd_kernel_decode_work_floats(&b))))
         goto out;
     b.work = cold ? out : work;
     for (int r = -o->warmup; r < o->reps; r++) {
@@ -174,7 +175,7 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
         attnd_status st = ATTND_OK;
         if (!cold)
             attnd_kernel_decode(&b);
-        else if (o->splits == ATTND_DECODE_SPLITS_AUTO)
+        else if (o->splits == ATTND_KERNEL_DECODE_SPLITS_AUTO)
             st = attnd_kernel_decode_parallel(pool, &b, &err);
         else
             st = attnd_kernel_decode_run(pool, &plan, &b, &err);
@@ -188,19 +189,19 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
     }
     double sec = kb_median(t, o->reps);
     double tokens = (double)c->len * c->n_seqs;
-    double bytes = tokens * (double)attnd_kv_layout_token_elems(&l) * 2.0;
+    double bytes = tokens * (double)attnd_kernel_kv_layout_token_elems(&l) * 2.0;
     double flops = 2.0 * c->hq * tokens * (l.d_k + l.d_v);
     res->ms = sec * 1e3;
     res->gbs = bytes / sec / 1e9;
     res->gflops = flops / sec / 1e9;
-    if (o->splits == ATTND_DECODE_SPLITS_AUTO) { /* what the auto plan chose */
-        po.splits = ATTND_DECODE_SPLITS_AUTO;
-        attnd_decode_plan_make(&plan, &b, &po, &err);
+    if (o->splits == ATTND_KERNEL_DECODE_SPLITS_AUTO) { /* what the auto plan chose */
+        po.splits = ATTND_KERNEL_DECODE_SPLITS_AUTO;
+        attnd_kernel_decode_plan_make(&plan, &b, &po, &err);
     }
     res->units = plan.n_units;
     rc = 0;
 out:
-    attnd_decode_plan_cleanup(&plan);
+    attnd_kernel_decode_plan_cleanup(&plan);
     free(work);
     free(t);
     free(lse);
@@ -218,7 +219,7 @@ typedef struct kb_machine {
     int lanes;
 } kb_machine;
 
-static void measure_machine(attnd_cpu_pool *pool, int nt, size_t bw_bytes, kb_machine *m)
+static void measure_machine(attnd_kernel_pool *pool, int nt, size_t bw_bytes, kb_machine *m)
 {
     m->bw = kb_read_bandwidth(pool, nt, bw_bytes, 9);
     m->bw1 = kb_read_bandwidth(pool, 1, bw_bytes / 2, 5);
@@ -235,8 +236,8 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    kb_opts o = {.threads = 0, .reps = 15, .warmup = 3, .splits = ATTND_DECODE_SPLITS_AUTO};
-    attnd_cpu_pool *pool;
+    kb_opts o = {.threads = 0, .reps = 15, .warmup = 3, .splits = ATTND_KERNEL_DECODE_SPLITS_AUTO};
+    attnd_kernel_pool *pool;
     attnd_error err;
     char model[256];
 
@@ -267,7 +268,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (o.reps < 1 || o.reps > 1000 || o.warmup < 0 || o.splits < ATTND_DECODE_SPLITS_MAX) {
+    if (o.reps < 1 || o.reps > 1000 || o.warmup < 0 || o.splits < ATTND_KERNEL_DECODE_SPLITS_MAX) {
         usage();
         return 2;
     }
@@ -276,11 +277,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "kbench: %s\n", err.msg);
         return 2;
     }
-    if (attnd_cpu_pool_create(o.threads, &pool, &err)) {
+    if (attnd_kernel_pool_create(o.threads, &pool, &err)) {
         fprintf(stderr, "kbench: %s\n", err.msg);
         return 1;
     }
-    const int nt = attnd_cpu_pool_threads(pool);
+    const int nt = attnd_kernel_pool_threads(pool);
     const size_t llc = o.llc_bytes ? o.llc_bytes : kb_llc_bytes();
     size_t bw_bytes = o.bw_bytes;
     if (!bw_bytes) /* many times the cache, and at least 1 GiB */
@@ -312,13 +313,13 @@ int main(int argc, char **argv)
         }
         /* hot: one sequence of ~1 MiB of KV (fits L2), one thread */
         kb_case h = cases[i];
-        attnd_kv_layout hl;
+        attnd_kernel_kv_layout hl;
         if (h.kind == ATTND_ATTN_MLA)
-            attnd_kv_layout_mla(&hl, h.d_c, h.d_r, 64, ATTND_DTYPE_BF16);
+            attnd_kernel_kv_layout_mla(&hl, h.d_c, h.d_r, 64, ATTND_DTYPE_BF16);
         else
-            attnd_kv_layout_gqa(&hl, h.hkv, h.head_dim, 64, ATTND_DTYPE_BF16);
+            attnd_kernel_kv_layout_gqa(&hl, h.hkv, h.head_dim, 64, ATTND_DTYPE_BF16);
         h.n_seqs = 1;
-        h.len = ((1 << 20) / (attnd_kv_layout_token_elems(&hl) * 2)) / 64 * 64;
+        h.len = ((1 << 20) / (attnd_kernel_kv_layout_token_elems(&hl) * 2)) / 64 * 64;
         if (run_case(&cases[i], pool, &o, llc, 1, &cold[i]) ||
             run_case(&h, pool, &o, llc, 0, &hot[i])) {
             rc = 1;
@@ -384,6 +385,6 @@ int main(int argc, char **argv)
                    at_bw, cold[i].ms / at_bw, cold[i].move_ms, cold[i].ms / cold[i].move_ms);
         }
     }
-    attnd_cpu_pool_destroy(pool);
+    attnd_kernel_pool_destroy(pool);
     return rc;
 }

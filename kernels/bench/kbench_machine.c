@@ -149,7 +149,7 @@ static void stream_job(void *p, int32_t tid)
     c->sink += r;
 }
 
-double kb_read_bandwidth(attnd_cpu_pool *pool, int n_threads, size_t bytes, int reps)
+double kb_read_bandwidth(attnd_kernel_pool *pool, int n_threads, size_t bytes, int reps)
 {
     stream_ctx c = {.n_threads = n_threads, .bytes = bytes, .touch = 1};
     char *buf = aligned_alloc(4096, bytes);
@@ -199,10 +199,10 @@ static void move_job(void *p, int32_t tid)
     c->sink += r;
 }
 
-double kb_move_seconds(attnd_cpu_pool *pool, size_t q_bytes, size_t out_bytes, int reps)
+double kb_move_seconds(attnd_kernel_pool *pool, size_t q_bytes, size_t out_bytes, int reps)
 {
     move_ctx c = {.q_bytes = q_bytes, .out_bytes = out_bytes,
-                  .n_threads = attnd_cpu_pool_threads(pool)};
+                  .n_threads = attnd_kernel_pool_threads(pool)};
     char *q = aligned_alloc(4096, (q_bytes + 4095) / 4096 * 4096);
     char *out = aligned_alloc(4096, (out_bytes + 4095) / 4096 * 4096);
     double t[64], sec = 0.0;
@@ -324,7 +324,7 @@ static void peak_job(void *p, int32_t tid)
     c->sink += r;
 }
 
-static double run_peak(attnd_cpu_pool *pool, int kind, double flops_per_thread)
+static double run_peak(attnd_kernel_pool *pool, int kind, double flops_per_thread)
 {
     peak_ctx c = {.kind = kind};
     double t[5];
@@ -334,10 +334,10 @@ static double run_peak(attnd_cpu_pool *pool, int kind, double flops_per_thread)
         attnd__pool_run(pool, 0, peak_job, &c);
         t[r] = attnd_clock_s() - t0;
     }
-    return flops_per_thread * attnd_cpu_pool_threads(pool) / kb_median(t, 5) / 1e9;
+    return flops_per_thread * attnd_kernel_pool_threads(pool) / kb_median(t, 5) / 1e9;
 }
 
-double kb_fma_peak(attnd_cpu_pool *pool, int *lanes_p)
+double kb_fma_peak(attnd_kernel_pool *pool, int *lanes_p)
 {
 #if defined(ATTND_HAVE_X86_SIMD)
     attnd_kernel_path p = attnd_kernel_path_current();
@@ -354,7 +354,7 @@ double kb_fma_peak(attnd_cpu_pool *pool, int *lanes_p)
     return run_peak(pool, 0, (double)(FMA_ITERS / 8) * 8 * 2);
 }
 
-double kb_dpbf16_peak(attnd_cpu_pool *pool)
+double kb_dpbf16_peak(attnd_kernel_pool *pool)
 {
 #if defined(ATTND_HAVE_X86_SIMD)
     if (has_avx512_bf16())

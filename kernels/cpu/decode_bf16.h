@@ -70,7 +70,7 @@ static void q_row_bf16(uint16_t *hi, uint16_t *lo, const void *src, int32_t dk, 
  * untouched), narrow [rows_pad][dk32] elements; padding rows zero. Also
  * each row's visible length. tmp: 2 * VW rows of dk32 bf16 and dk32
  * floats. */
-static void pack_queries_bf16(const attnd_decode_batch *b, const attnd__unit *u,
+static void pack_queries_bf16(const attnd_kernel_decode_batch *b, const attnd__unit *u,
                               const attnd__simd_dims *dm, int wide, int split, int64_t L,
                               uint16_t *qh, uint16_t *ql, uint16_t *tmp, float *ftmp,
                               int32_t *vis)
@@ -407,14 +407,14 @@ static void guard_tail_bf16(const attnd__simd_dims *dm, int32_t j0, int32_t n, i
 
 /* ---- the unit ------------------------------------------------------------------- */
 
-static void unit_bf16(const attnd_decode_batch *b, const attnd__unit *u, float *work)
+static void unit_bf16(const attnd_kernel_decode_batch *b, const attnd__unit *u, float *work)
 {
-    const attnd_kv_layout *l = b->kv;
+    const attnd_kernel_kv_layout *l = b->kv;
     const attnd__simd_dims dm = attnd__simd_dims_of(b);
     const int32_t G = b->n_q_heads / l->n_kv_heads, S = b->q_tokens, R = dm.rows;
     const int32_t rp = dm.rows_pad, dv = dm.dv, dk32 = dk32_of(&dm);
     const int split = b->q_dtype != ATTND_DTYPE_BF16;
-    const int64_t L = attnd_decode_seq_len(b, u->seq, u->kv_head);
+    const int64_t L = attnd_kernel_decode_seq_len(b, u->seq, u->kv_head);
     const int64_t t1 = u->t1 < L ? u->t1 : L;
     /* by shape alone (no short-unit narrow packing as in unit_f32): P is
      * rounded to bf16, so a last-bit difference between the wide and the
@@ -445,7 +445,8 @@ static void unit_bf16(const attnd_decode_batch *b, const attnd__unit *u, float *
         alpha[r] = 1.0f;
     }
 
-    const int32_t *pages = b->page_idx + b->page_indptr[attnd_decode_list(b, u->seq, u->kv_head)];
+    const int32_t *pages =
+            b->page_idx + b->page_indptr[attnd_kernel_decode_list(b, u->seq, u->kv_head)];
     const int64_t min_vis = L - (S - 1);
     const int32_t pv_blocks = (R + PV_RB - 1) / PV_RB * ((dv / VW + PV_EB - 1) / PV_EB);
     const int32_t calls = (wide ? 1 : R) + pv_blocks;
@@ -489,7 +490,7 @@ static void unit_bf16(const attnd_decode_batch *b, const attnd__unit *u, float *
     write_rows(u, &dm, G, 2, o, m, lsum);
 }
 
-void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, float *work)
+void SFX(attnd__decode_unit)(const attnd_kernel_decode_batch *b, const attnd__unit *u, float *work)
 {
     if (b->kv->dtype == ATTND_DTYPE_BF16 && b->kv->d_v % 32 == 0)
         unit_bf16(b, u, work);

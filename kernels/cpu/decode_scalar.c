@@ -17,7 +17,7 @@
 
 #include "cpu_int.h"
 
-size_t attnd_decode_work_floats(const attnd_decode_batch *b)
+size_t attnd_kernel_decode_work_floats(const attnd_kernel_decode_batch *b)
 {
     size_t group = (size_t)(b->n_q_heads / b->kv->n_kv_heads);
     size_t scalar = group * (size_t)b->kv->d_k + 3 * group + (size_t)b->kv->d_k +
@@ -28,26 +28,26 @@ size_t attnd_decode_work_floats(const attnd_decode_batch *b)
     return scalar > simd ? scalar : simd;
 }
 
-int64_t attnd_decode_seq_len(const attnd_decode_batch *b, int32_t i, int32_t kvh)
+int64_t attnd_kernel_decode_seq_len(const attnd_kernel_decode_batch *b, int32_t i, int32_t kvh)
 {
-    int32_t li = attnd_decode_list(b, i, kvh);
+    int32_t li = attnd_kernel_decode_list(b, i, kvh);
     int32_t np = b->page_indptr[li + 1] - b->page_indptr[li];
     if (np == 0)
         return 0;
     return (int64_t)(np - 1) * b->kv->page_size + b->last_page_len[li];
 }
 
-int64_t attnd_decode_visible_len(const attnd_decode_batch *b, int32_t i,
-                                 int32_t kvh, int32_t s)
+int64_t attnd_kernel_decode_visible_len(const attnd_kernel_decode_batch *b, int32_t i,
+                                        int32_t kvh, int32_t s)
 {
-    int64_t v = attnd_decode_seq_len(b, i, kvh) - (b->q_tokens - 1 - s);
+    int64_t v = attnd_kernel_decode_seq_len(b, i, kvh) - (b->q_tokens - 1 - s);
     return v > 0 ? v : 0;
 }
 
-attnd_status attnd_decode_batch_check(const attnd_decode_batch *b,
-                                      attnd_error *err)
+attnd_status attnd_kernel_decode_batch_check(const attnd_kernel_decode_batch *b,
+                                             attnd_error *err)
 {
-    const attnd_kv_layout *l = b->kv;
+    const attnd_kernel_kv_layout *l = b->kv;
 
     if (!l || !b->page_indptr || !b->out || !b->work)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -99,12 +99,12 @@ attnd_status attnd_decode_batch_check(const attnd_decode_batch *b,
     return ATTND_OK;
 }
 
-void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
+void attnd_kernel_decode_range_scalar(const attnd_kernel_decode_batch *b, int32_t i,
                                       int32_t kvh, int32_t s, int64_t t0,
                                       int64_t t1, float *out, float *lse,
                                       float *work)
 {
-    const attnd_kv_layout *l = b->kv;
+    const attnd_kernel_kv_layout *l = b->kv;
     const int32_t group = b->n_q_heads / l->n_kv_heads;
     const int32_t dk = l->d_k, dv = l->d_v, ps = l->page_size;
     const size_t es = attnd_dtype_size(l->dtype);
@@ -113,7 +113,7 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
     float *sum = m + group;                 /* [group] */
     float *krow = sum + group;              /* [dk] */
     float *vrow = l->v_in_k ? krow : krow + dk;
-    int64_t vis = attnd_decode_visible_len(b, i, kvh, s);
+    int64_t vis = attnd_kernel_decode_visible_len(b, i, kvh, s);
 
     if (!lse) /* caller does not want it: keep it in scratch */
         lse = krow + dk + dv;
@@ -131,7 +131,7 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
         memset(out + (size_t)h * dv, 0, (size_t)dv * sizeof(float));
     }
 
-    const int32_t *pages = b->page_idx + b->page_indptr[attnd_decode_list(b, i, kvh)];
+    const int32_t *pages = b->page_idx + b->page_indptr[attnd_kernel_decode_list(b, i, kvh)];
     const char *pool = b->pool;
     for (int64_t t = t0; t < t1; t++) {
         int64_t page = pages[t / ps], slot = t % ps;
@@ -187,7 +187,8 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
 }
 
 /* The scalar path's work unit: one range call per query token. */
-void attnd__decode_unit_scalar(const attnd_decode_batch *b, const attnd__unit *u, float *work)
+void attnd__decode_unit_scalar(const attnd_kernel_decode_batch *b, const attnd__unit *u,
+                               float *work)
 {
     for (int32_t s = 0; s < b->q_tokens; s++)
         attnd_kernel_decode_range_scalar(b, u->seq, u->kv_head, s, u->t0, u->t1,
@@ -195,7 +196,7 @@ void attnd__decode_unit_scalar(const attnd_decode_batch *b, const attnd__unit *u
                                          u->lse ? u->lse + s * u->lse_s : NULL, work);
 }
 
-void attnd_kernel_decode_scalar(const attnd_decode_batch *b)
+void attnd_kernel_decode_scalar(const attnd_kernel_decode_batch *b)
 {
     const int32_t hkv = b->kv->n_kv_heads;
     const int32_t group = b->n_q_heads / hkv;
@@ -207,7 +208,7 @@ void attnd_kernel_decode_scalar(const attnd_decode_batch *b)
             for (int32_t g = 0; g < hkv; g++) {
                 size_t h0 = row + (size_t)g * group;
                 attnd_kernel_decode_range_scalar(
-                    b, i, g, s, 0, attnd_decode_seq_len(b, i, g), b->out + h0 * dv,
+                    b, i, g, s, 0, attnd_kernel_decode_seq_len(b, i, g), b->out + h0 * dv,
                     b->lse ? b->lse + h0 : NULL, b->work);
             }
         }

@@ -31,7 +31,7 @@
  * lse -inf for a row that saw no token, or NaN in both for a row that met
  * a non-finite value (attnd_kernels.h's rule: softmax and guard_tail). */
 
-#define TILE ATTND_DECODE_TILE
+#define TILE ATTND_KERNEL_DECODE_TILE
 #define AI static inline __attribute__((always_inline))
 #define LOG2E 1.4426950408889634
 #define LN2F 0.69314718f
@@ -363,13 +363,13 @@ static float *carve(float **cur, size_t n)
 }
 
 /* The float32 unit (every dtype; the only one of the avx2 and avx512 paths). */
-static void unit_f32(const attnd_decode_batch *b, const attnd__unit *u, float *work)
+static void unit_f32(const attnd_kernel_decode_batch *b, const attnd__unit *u, float *work)
 {
-    const attnd_kv_layout *l = b->kv;
+    const attnd_kernel_kv_layout *l = b->kv;
     const attnd__simd_dims dm = attnd__simd_dims_of(b);
     const int32_t G = b->n_q_heads / l->n_kv_heads, S = b->q_tokens, R = dm.rows;
     const int32_t rp = dm.rows_pad, dkp = dm.dk_pad, dvp = dm.dv_pad, dv = dm.dv;
-    const int64_t L = attnd_decode_seq_len(b, u->seq, u->kv_head);
+    const int64_t L = attnd_kernel_decode_seq_len(b, u->seq, u->kv_head);
     const int64_t t1 = u->t1 < L ? u->t1 : L;
     /* a unit of one tile or less packs q row-major even for a wide shape:
      * transposing 128 x 576 queries cost more than their one tile of
@@ -400,7 +400,8 @@ static void unit_f32(const attnd_decode_batch *b, const attnd__unit *u, float *w
     }
     /* o is not cleared: the first tile's P V starts from zero (rescale -1) */
 
-    const int32_t *pages = b->page_idx + b->page_indptr[attnd_decode_list(b, u->seq, u->kv_head)];
+    const int32_t *pages =
+            b->page_idx + b->page_indptr[attnd_kernel_decode_list(b, u->seq, u->kv_head)];
     const int64_t min_vis = L - (S - 1);
     /* ld_step calls per tile: once per output block, plus once per score
      * row (narrow) or once up front (wide) */
@@ -455,7 +456,7 @@ static void unit_f32(const attnd_decode_batch *b, const attnd__unit *u, float *w
 #if defined(DPBF16)
 #include "decode_bf16.h" /* its own unit for bf16 KV, unit_f32 for the rest */
 #else
-void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, float *work)
+void SFX(attnd__decode_unit)(const attnd_kernel_decode_batch *b, const attnd__unit *u, float *work)
 {
     unit_f32(b, u, work);
 }

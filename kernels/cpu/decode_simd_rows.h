@@ -49,7 +49,7 @@ static void q_row(float *t, const void *src, int32_t dk, int32_t dkp, attnd_dtyp
  * (perm) and packed for the score shape: wide q [dk][rows_pad] (padding
  * rows zero), narrow q [rows][dk_pad]. Also each row's visible length
  * (padding rows 0). tmp holds VW rows of dk_pad floats. */
-static void pack_queries(const attnd_decode_batch *b, const attnd__unit *u,
+static void pack_queries(const attnd_kernel_decode_batch *b, const attnd__unit *u,
                          const attnd__simd_dims *dm, int wide, int perm, int64_t L, float *q,
                          float *tmp, int32_t *vis)
 {

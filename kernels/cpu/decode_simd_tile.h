@@ -142,7 +142,7 @@ AI void pair_rows_bf16(uint16_t *dst, const uint16_t *a, const uint16_t *b, int3
  * them, 10 with); spread out they keep the fill buffers busy, where a
  * burst would stall on them just like demand misses. */
 typedef struct tile_loader {
-    const attnd_decode_batch *b;
+    const attnd_kernel_decode_batch *b;
     const int32_t *pages;
     const attnd__simd_dims *dm;
     int32_t kvh, perm;
@@ -163,7 +163,7 @@ typedef struct tile_loader {
 /* Row pointers of token (pg, slot). */
 static inline const char *ld_krow(const tile_loader *ld, int64_t pg, int64_t slot)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     const size_t es = attnd_dtype_size(l->dtype);
     const char *page =
         (const char *)ld->b->pool + (size_t)((int64_t)ld->pages[pg] * l->page_stride) * es;
@@ -172,7 +172,7 @@ static inline const char *ld_krow(const tile_loader *ld, int64_t pg, int64_t slo
 
 static inline const char *ld_vrow(const tile_loader *ld, int64_t pg, int64_t slot)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     const size_t es = attnd_dtype_size(l->dtype);
     const char *page =
         (const char *)ld->b->pool + (size_t)((int64_t)ld->pages[pg] * l->page_stride) * es;
@@ -183,7 +183,7 @@ static inline const char *ld_vrow(const tile_loader *ld, int64_t pg, int64_t slo
 static void ld_begin(tile_loader *ld, int64_t t, int64_t t_end, float *k, float *v,
                      const char **vrow, int32_t calls)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     ld->k = k;
     ld->v = v;
     ld->vrow = vrow;
@@ -203,7 +203,7 @@ static void ld_begin(tile_loader *ld, int64_t t, int64_t t_end, float *k, float 
 /* Convert up to `rows` more rows of the tile. */
 static void ld_rows(tile_loader *ld, int32_t rows)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     const attnd__simd_dims *dm = ld->dm;
     int32_t end = ld->j + rows < ld->n ? ld->j + rows : ld->n;
 
@@ -279,7 +279,7 @@ static void ld_finish(tile_loader *ld)
 /* List the rows of tokens [t, t_end) (at most a tile) for prefetching. */
 static void ld_prefetch_begin(tile_loader *ld, int64_t t, int64_t t_end, int32_t calls)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     int64_t n = t_end - t < TILE ? t_end - t : TILE;
 
     ld->pf_rows = ld->pf_next = 0;

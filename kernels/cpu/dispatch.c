@@ -255,7 +255,7 @@ attnd__unit_fn attnd__path_unit_fn(attnd_kernel_path p)
     }
 }
 
-void attnd_kernel_decode(const attnd_decode_batch *b)
+void attnd_kernel_decode(const attnd_kernel_decode_batch *b)
 {
     const attnd__unit_fn fn = attnd__path_unit_fn(attnd_kernel_path_current());
     const int32_t hkv = b->kv->n_kv_heads, group = b->n_q_heads / hkv;
@@ -269,7 +269,7 @@ void attnd_kernel_decode(const attnd_decode_batch *b)
                 .seq = i,
                 .kv_head = g,
                 .t0 = 0,
-                .t1 = attnd_decode_seq_len(b, i, g),
+                .t1 = attnd_kernel_decode_seq_len(b, i, g),
                 .out = b->out + h0 * dv,
                 .out_s = (int64_t)hq * dv,
                 .lse = b->lse ? b->lse + h0 : NULL,

@@ -331,7 +331,7 @@ static void test_gqa(void)
 static void plant(gp_problem *p, int where, int32_t li, int32_t kvh, int64_t tok, int32_t dim,
                   float value)
 {
-    const attnd_kv_layout *l = &p->l;
+    const attnd_kernel_kv_layout *l = &p->l;
     int64_t page = p->idx[p->indptr[li] + tok / l->page_size], slot = tok % l->page_size;
     int64_t off = page * l->page_stride;
     off += where == 0 ? kvh * l->k_head_stride + slot * l->k_token_stride + dim
@@ -586,7 +586,7 @@ static void test_rejects(void)
     verdict(st == ATTND_ERR_INVALID_ARGUMENT && strstr(err.msg, "n_q_heads"),
             "reject   n_q_heads 30 over 8 KV heads: %s", err.msg);
     b = p.b;
-    attnd_kv_layout_gqa(&b.kv, 8, 96, 64, ATTND_DTYPE_BF16);
+    attnd_kernel_kv_layout_gqa(&b.kv, 8, 96, 64, ATTND_DTYPE_BF16);
     st = attnd_cuda_plan_make(plan, &b, p.indptr, p.last, NULL, &err);
     verdict(st == ATTND_ERR_UNIMPLEMENTED, "reject   head dim 96: %s", err.msg);
     b = p.b;
@@ -602,22 +602,22 @@ static void test_rejects(void)
 static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t n_seqs,
                         int32_t n_pages, const char *what)
 {
-    attnd_kv_layout l;
+    attnd_kernel_kv_layout l;
     attnd_error err = {0};
     if (hkv == 1 && dk == 576)
-        attnd_kv_layout_mla(&l, 512, 64, 64, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_mla(&l, 512, 64, 64, ATTND_DTYPE_BF16);
     else
-        attnd_kv_layout_gqa(&l, hkv, dk, 64, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_gqa(&l, hkv, dk, 64, ATTND_DTYPE_BF16);
     const int64_t pool = (int64_t)n_seqs * n_pages + 7;
-    const size_t be = attnd_kv_bounds_elems(&l) * (size_t)pool;
+    const size_t be = attnd_kernel_kv_bounds_elems(&l) * (size_t)pool;
     uint16_t *bounds = malloc(be * 2);
-    float *wire = malloc(sizeof(float) * (size_t)attnd_kv_layout_token_elems(&l));
+    float *wire = malloc(sizeof(float) * (size_t)attnd_kernel_kv_layout_token_elems(&l));
     for (int64_t pg = 0; pg < pool; pg++) {
-        attnd_kv_bounds_reset(&l, bounds, pool, pg);
+        attnd_kernel_kv_bounds_reset(&l, bounds, pool, pg);
         for (int t = 0; t < 8; t++) {
-            for (int64_t e = 0; e < attnd_kv_layout_token_elems(&l); e++)
+            for (int64_t e = 0; e < attnd_kernel_kv_layout_token_elems(&l); e++)
                 wire[e] = (float)tu_normal(&rng);
-            attnd_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
+            attnd_kernel_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
         }
     }
     const size_t nq = (size_t)n_seqs * hq * dk;
@@ -625,32 +625,48 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     for (size_t i = 0; i < nq; i++)
         q[i] = attnd_dtype_f32_to_bf16((float)tu_normal(&rng));
     const int32_t n_lists = n_seqs * lg;
-    attnd_select_list *lists = calloc((size_t)n_lists, sizeof *lists);
+    attnd_kernel_select_list *lists = calloc((size_t)n_lists, sizeof *lists);
     int32_t *cand = malloc(sizeof(int32_t) * (size_t)n_seqs * n_pages), out = 0;
     for (int64_t j = 0; j < (int64_t)n_seqs * n_pages; j++)
         cand[j] = (int32_t)((j * 7919) % pool); /* scattered, distinct */
     for (int32_t i = 0; i < n_seqs; i++)
         for (int32_t g = 0; g < lg; g++) {
-            attnd_select_list *sl = &lists[i * lg + g];
-            *sl = (attnd_select_list){.seq = i, .group = g, .cand0 = i * n_pages,
-                                      .n_cand = n_pages, .keep = (n_pages + 3) / 4, .n_head = 1,
-                                      .n_tail = 1, .out0 = out};
+            attnd_kernel_select_list *sl = &lists[i * lg + g];
+            *sl = (attnd_kernel_select_list){.seq = i,
+                                             .group = g,
+                                             .cand0 = i * n_pages,
+                                             .n_cand = n_pages,
+                                             .keep = (n_pages + 3) / 4,
+                                             .n_head = 1,
+                                             .n_tail = 1,
+                                             .out0 = out};
             out += sl->keep;
         }
     int32_t *cpu = malloc(sizeof(int32_t) * (size_t)out), *gpu = malloc(sizeof(int32_t) * (size_t)out);
-    attnd_select_batch sb = {.n_lists = n_lists, .lists = lists, .n_seqs = n_seqs, .q_tokens = 1,
-                             .n_q_heads = hq, .list_groups = lg, .q_dtype = ATTND_DTYPE_BF16,
-                             .q = q, .kv = &l, .bounds = bounds, .bounds_pages = pool,
-                             .cand_idx = cand, .sel_pages = cpu};
-    int64_t wf = attnd_select_prepare(&sb, &err);
+    attnd_kernel_select_batch sb = {.n_lists = n_lists,
+                                    .lists = lists,
+                                    .n_seqs = n_seqs,
+                                    .q_tokens = 1,
+                                    .n_q_heads = hq,
+                                    .list_groups = lg,
+                                    .q_dtype = ATTND_DTYPE_BF16,
+                                    .q = q,
+                                    .kv = &l,
+                                    .bounds = bounds,
+                                    .bounds_pages = pool,
+                                    .cand_idx = cand,
+                                    .sel_pages = cpu};
+    int64_t wf = attnd_kernel_select_prepare(&sb, &err);
     must(wf >= 0 ? ATTND_OK : ATTND_ERR_INTERNAL, &err, "select_prepare");
     sb.work = malloc(sizeof(float) * (size_t)wf);
     attnd_kernel_select(&sb);
     int32_t n_chunks = 0;
     for (int32_t k = 0; k < n_lists; k++) {
-        const attnd_select_list *sl = &lists[k];
-        int32_t ch = sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
-                         ? 0 : (sl->n_cand + ATTND_SELECT_CHUNK - 1) / ATTND_SELECT_CHUNK;
+        const attnd_kernel_select_list *sl = &lists[k];
+        int32_t ch =
+                sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
+                        ? 0
+                        : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
         n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
     }
     void *d_q, *d_b, *d_l, *d_c, *d_o, *d_w;
@@ -673,7 +689,7 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     cudaMemcpy(gpu, d_o, sizeof(int32_t) * (size_t)out, cudaMemcpyDeviceToHost);
     int32_t differ = 0;
     for (int32_t k = 0; k < n_lists; k++) { /* as sets: both are in candidate order */
-        const attnd_select_list *sl = &lists[k];
+        const attnd_kernel_select_list *sl = &lists[k];
         for (int32_t j = 0; j < sl->keep; j++) {
             int found = 0;
             for (int32_t m = 0; m < sl->keep && !found; m++)

@@ -66,7 +66,7 @@ static void store_value(attnd_dtype t, void *base, size_t off, float v)
  * touch. */
 static void plant_value(pp_problem *p, const plant *pl)
 {
-    const attnd_kv_layout *l = &p->l;
+    const attnd_kernel_kv_layout *l = &p->l;
     if (pl->where == AT_Q) {
         size_t off = (((size_t)pl->seq * p->sp.q_tokens + pl->s) * p->sp.hq + pl->head) *
                          (size_t)l->d_k + (size_t)pl->dim;
@@ -112,8 +112,8 @@ static int check_rule(const pp_problem *p, const plant *pl, attnd_kernel_path pa
             int64_t vis = sp->lens[i] - (sp->q_tokens - 1 - s);
             vis = vis < 0 ? 0 : vis;
             size_t row = ((size_t)i * sp->q_tokens + s) * hq;
-            attnd_ref_attention_f64(hq, hkv, dk, dv, vis, p->b.scale, p->q64 + row * dk,
-                                    p->k64[i], p->v64[i], ref, rlse);
+            attnd_kernel_ref_attention_f64(hq, hkv, dk, dv, vis, p->b.scale, p->q64 + row * dk,
+                                           p->k64[i], p->v64[i], ref, rlse);
             for (int32_t h = 0; h < hq; h++) {
                 const float *o = p->out + (row + h) * dv;
                 float lse = p->lse[row + h];
@@ -153,18 +153,19 @@ static void poison_outputs(pp_problem *p)
 }
 
 /* Build sp, plant pl, and run every path single-threaded and split. */
-static void run_case(const pp_spec *sp, plant *pl, tu_rng *r, attnd_cpu_pool *pool,
+static void run_case(const pp_spec *sp, plant *pl, tu_rng *r, attnd_kernel_pool *pool,
                      const char *what)
 {
-    static const int32_t splits[] = {2, ATTND_DECODE_SPLITS_MAX, ATTND_DECODE_SPLITS_AUTO};
+    static const int32_t splits[] = {2, ATTND_KERNEL_DECODE_SPLITS_MAX,
+                                     ATTND_KERNEL_DECODE_SPLITS_AUTO};
     pp_problem p;
-    attnd_decode_plan plan;
+    attnd_kernel_decode_plan plan;
     attnd_error err;
     char desc[256];
 
     pp_build(&p, sp, r);
     plant_value(&p, pl);
-    attnd_decode_plan_init(&plan);
+    attnd_kernel_decode_plan_init(&plan);
     for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
         if (!use_path((attnd_kernel_path)path))
             continue;
@@ -177,9 +178,9 @@ static void run_case(const pp_spec *sp, plant *pl, tu_rng *r, attnd_cpu_pool *po
         int n = check_rule(&p, pl, (attnd_kernel_path)path, desc);
         ck_assert_msg(n > 0, "%s: no row attends the planted value", desc);
         for (int k = 0; k < 3; k++) {
-            attnd_decode_plan_opts o = {.n_threads = attnd_cpu_pool_threads(pool),
-                                        .splits = splits[k]};
-            ck_assert_int_eq(attnd_decode_plan_make(&plan, &p.b, &o, &err), ATTND_OK);
+            attnd_kernel_decode_plan_opts o = {.n_threads = attnd_kernel_pool_threads(pool),
+                                               .splits = splits[k]};
+            ck_assert_int_eq(attnd_kernel_decode_plan_make(&plan, &p.b, &o, &err), ATTND_OK);
             poison_outputs(&p);
             ck_assert_int_eq(attnd_kernel_decode_run(pool, &plan, &p.b, &err), ATTND_OK);
             char d2[300];
@@ -187,14 +188,14 @@ static void run_case(const pp_spec *sp, plant *pl, tu_rng *r, attnd_cpu_pool *po
             check_rule(&p, pl, (attnd_kernel_path)path, d2);
         }
     }
-    attnd_decode_plan_cleanup(&plan);
+    attnd_kernel_decode_plan_cleanup(&plan);
     pp_free(&p);
 }
 
 static const float values[] = {NAN, INFINITY, -INFINITY};
 
 /* A random token of sequence `seq` (or its last when `last`). */
-static plant random_kv_plant(tu_rng *r, const pp_spec *sp, const attnd_kv_layout *l,
+static plant random_kv_plant(tu_rng *r, const pp_spec *sp, const attnd_kernel_kv_layout *l,
                              int where, int32_t seq, int last, int32_t hkv)
 {
     plant pl = {.where = where, .seq = seq};
@@ -208,10 +209,10 @@ static plant random_kv_plant(tu_rng *r, const pp_spec *sp, const attnd_kv_layout
 START_TEST(test_one_non_finite_kv_value_poisons_exactly_the_rows_that_attend_it_for_mla)
 {
     tu_rng r;
-    attnd_cpu_pool *pool;
+    attnd_kernel_pool *pool;
     attnd_error err;
     tu_rng_init(&r, "nonfinite-mla");
-    ck_assert_int_eq(attnd_cpu_pool_create(3, &pool, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_kernel_pool_create(3, &pool, &err), ATTND_OK);
     for (int trial = 0; trial < 4; trial++) {
         int32_t S = trial % 2 ? 2 : 1;
         int64_t lens[4] = {trial < 2 ? tu_int(&r, 600, 1200) : tu_int(&r, 150, 400), 0, 64,
@@ -221,8 +222,8 @@ START_TEST(test_one_non_finite_kv_value_poisons_exactly_the_rows_that_attend_it_
                       .kv_t = trial == 2 ? ATTND_DTYPE_F16 : ATTND_DTYPE_BF16,
                       .q_t = trial == 3 ? ATTND_DTYPE_F32 : ATTND_DTYPE_BF16, .n_seqs = 4,
                       .lens = lens};
-        attnd_kv_layout l;
-        attnd_kv_layout_mla(&l, sp.d_c, sp.d_r, sp.page_size, sp.kv_t);
+        attnd_kernel_kv_layout l;
+        attnd_kernel_kv_layout_mla(&l, sp.d_c, sp.d_r, sp.page_size, sp.kv_t);
         /* K: anywhere in [c, k_rope]; odd trials: the latent (also V) of
          * the last token, which with S = 2 only query token 1 attends */
         int32_t seq = trial % 3 == 0 ? 0 : trial % 3 == 1 ? 2 : 3;
@@ -231,17 +232,17 @@ START_TEST(test_one_non_finite_kv_value_poisons_exactly_the_rows_that_attend_it_
             pl.dim = (int32_t)tu_int(&r, 0, sp.d_c - 1);
         run_case(&sp, &pl, &r, pool, "mla");
     }
-    attnd_cpu_pool_destroy(pool);
+    attnd_kernel_pool_destroy(pool);
 }
 END_TEST
 
 START_TEST(test_one_non_finite_kv_value_poisons_exactly_the_rows_that_attend_it_for_gqa)
 {
     tu_rng r;
-    attnd_cpu_pool *pool;
+    attnd_kernel_pool *pool;
     attnd_error err;
     tu_rng_init(&r, "nonfinite-gqa");
-    ck_assert_int_eq(attnd_cpu_pool_create(3, &pool, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_kernel_pool_create(3, &pool, &err), ATTND_OK);
     /* hq, hkv, head dim, S: llama (V read from the pool), S = 2 with V
      * read from the pool, a wide group (row-vector scores), odd dims */
     static const int32_t shapes[][4] = {{32, 8, 128, 1}, {8, 4, 128, 2}, {64, 2, 64, 1},
@@ -255,24 +256,24 @@ START_TEST(test_one_non_finite_kv_value_poisons_exactly_the_rows_that_attend_it_
                           .kv_t = c == 2 ? ATTND_DTYPE_F32 : ATTND_DTYPE_BF16,
                           .q_t = c == 3 ? ATTND_DTYPE_F16 : ATTND_DTYPE_BF16, .n_seqs = 3,
                           .lens = lens};
-            attnd_kv_layout l;
-            attnd_kv_layout_gqa(&l, sp.hkv, sp.head_dim, sp.page_size, sp.kv_t);
+            attnd_kernel_kv_layout l;
+            attnd_kernel_kv_layout_gqa(&l, sp.hkv, sp.head_dim, sp.page_size, sp.kv_t);
             /* S = 2: V of the last token (seen by query token 1 only) */
             int last = sp.q_tokens == 2 && where == AT_V;
             plant pl = random_kv_plant(&r, &sp, &l, where, c % 2 ? 2 : 0, last, sp.hkv);
             run_case(&sp, &pl, &r, pool, "gqa");
         }
-    attnd_cpu_pool_destroy(pool);
+    attnd_kernel_pool_destroy(pool);
 }
 END_TEST
 
 START_TEST(test_a_non_finite_query_element_poisons_only_its_own_head)
 {
     tu_rng r;
-    attnd_cpu_pool *pool;
+    attnd_kernel_pool *pool;
     attnd_error err;
     tu_rng_init(&r, "nonfinite-q");
-    ck_assert_int_eq(attnd_cpu_pool_create(3, &pool, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_kernel_pool_create(3, &pool, &err), ATTND_OK);
     for (int kind = 0; kind < 2; kind++) {
         int64_t lens[3] = {tu_int(&r, 300, 900), 0, 5};
         pp_spec sp = {.kind = kind ? ATTND_ATTN_GQA : ATTND_ATTN_MLA, .hq = kind ? 32 : 16,
@@ -285,7 +286,7 @@ START_TEST(test_a_non_finite_query_element_poisons_only_its_own_head)
                     .value = values[tu_int(&r, 0, 2)]};
         run_case(&sp, &pl, &r, pool, kind ? "gqa" : "mla");
     }
-    attnd_cpu_pool_destroy(pool);
+    attnd_kernel_pool_destroy(pool);
 }
 END_TEST
 

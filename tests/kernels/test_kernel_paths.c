@@ -60,7 +60,7 @@ static void check_all_paths(const pp_spec *sp, tu_rng *r, const char *what)
     attnd_error err;
 
     pp_build(&p, sp, r);
-    ck_assert_int_eq(attnd_decode_batch_check(&p.b, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_kernel_decode_batch_check(&p.b, &err), ATTND_OK);
     for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
         if (!use_path((attnd_kernel_path)path))
             continue;
@@ -192,21 +192,21 @@ START_TEST(test_plan_cuts_pairs_into_ordered_tile_ranges)
                   .q_tokens = 1, .kv_t = ATTND_DTYPE_BF16, .q_t = ATTND_DTYPE_BF16,
                   .n_seqs = 4, .lens = lens};
     pp_problem p;
-    attnd_decode_plan plan;
+    attnd_kernel_decode_plan plan;
     attnd_error err;
     pp_build(&p, &sp, &r);
-    attnd_decode_plan_init(&plan);
-    static const int32_t splits[] = {1, 2, 7, ATTND_DECODE_SPLITS_MAX};
+    attnd_kernel_decode_plan_init(&plan);
+    static const int32_t splits[] = {1, 2, 7, ATTND_KERNEL_DECODE_SPLITS_MAX};
     for (int k = 0; k < 4; k++) {
-        attnd_decode_plan_opts o = {.n_threads = 3, .splits = splits[k]};
-        ck_assert_int_eq(attnd_decode_plan_make(&plan, &p.b, &o, &err), ATTND_OK);
+        attnd_kernel_decode_plan_opts o = {.n_threads = 3, .splits = splits[k]};
+        ck_assert_int_eq(attnd_kernel_decode_plan_make(&plan, &p.b, &o, &err), ATTND_OK);
         for (int32_t i = 0; i < 4; i++)
             for (int32_t h = 0; h < 2; h++) {
-                int64_t tiles = (lens[i] + ATTND_DECODE_TILE - 1) / ATTND_DECODE_TILE;
+                int64_t tiles = (lens[i] + ATTND_KERNEL_DECODE_TILE - 1) / ATTND_KERNEL_DECODE_TILE;
                 int64_t want = splits[k] < 0 ? tiles : splits[k] < tiles ? splits[k] : tiles;
                 want = want < 1 ? 1 : want;
                 /* this pair's units, in range order */
-                const attnd_decode_unit *mine[512];
+                const attnd_kernel_decode_unit *mine[512];
                 int32_t got = 0;
                 for (int32_t u = 0; u < plan.n_units; u++)
                     if (plan.units[u].seq == i && plan.units[u].kv_head == h)
@@ -214,20 +214,20 @@ START_TEST(test_plan_cuts_pairs_into_ordered_tile_ranges)
                 ck_assert_int_eq(got, want);
                 for (int32_t a = 1; a < got; a++) /* insertion sort by t0 */
                     for (int32_t c = a; c > 0 && mine[c]->t0 < mine[c - 1]->t0; c--) {
-                        const attnd_decode_unit *t = mine[c];
+                        const attnd_kernel_decode_unit *t = mine[c];
                         mine[c] = mine[c - 1];
                         mine[c - 1] = t;
                     }
                 int64_t end = 0;
                 for (int32_t j = 0; j < got; j++) {
                     ck_assert_int_eq(mine[j]->t0, end);
-                    ck_assert(mine[j]->t0 % ATTND_DECODE_TILE == 0);
+                    ck_assert(mine[j]->t0 % ATTND_KERNEL_DECODE_TILE == 0);
                     ck_assert(mine[j]->t1 > mine[j]->t0 || lens[i] == 0);
                     end = mine[j]->t1;
                     if (got == 1) {
                         ck_assert_int_eq(mine[j]->group, -1);
                     } else {
-                        const attnd_decode_group *g = &plan.groups[mine[j]->group];
+                        const attnd_kernel_decode_group *g = &plan.groups[mine[j]->group];
                         ck_assert(g->seq == i && g->kv_head == h && g->n_parts == got);
                         ck_assert_int_eq(mine[j]->part, g->first_part + j);
                     }
@@ -235,14 +235,14 @@ START_TEST(test_plan_cuts_pairs_into_ordered_tile_ranges)
                 ck_assert_int_eq(end, lens[i]);
             }
     }
-    attnd_decode_plan_opts one = {.n_threads = 1, .splits = ATTND_DECODE_SPLITS_AUTO};
-    ck_assert_int_eq(attnd_decode_plan_make(&plan, &p.b, &one, &err), ATTND_OK);
+    attnd_kernel_decode_plan_opts one = {.n_threads = 1, .splits = ATTND_KERNEL_DECODE_SPLITS_AUTO};
+    ck_assert_int_eq(attnd_kernel_decode_plan_make(&plan, &p.b, &one, &err), ATTND_OK);
     ck_assert_int_eq(plan.n_units, 8);
     ck_assert_int_eq(plan.n_groups, 0);
-    attnd_decode_plan_opts bad = {.n_threads = 0, .splits = 0};
-    ck_assert_int_eq(attnd_decode_plan_make(&plan, &p.b, &bad, &err),
+    attnd_kernel_decode_plan_opts bad = {.n_threads = 0, .splits = 0};
+    ck_assert_int_eq(attnd_kernel_decode_plan_make(&plan, &p.b, &bad, &err),
                      ATTND_ERR_INVALID_ARGUMENT);
-    attnd_decode_plan_cleanup(&plan);
+    attnd_kernel_decode_plan_cleanup(&plan);
     pp_free(&p);
 }
 END_TEST
@@ -250,15 +250,16 @@ END_TEST
 /* Threaded split-KV on every path: forced 1, 2, 7, max and auto agree with
  * the unsplit result within float32 rounding, with the f64 reference, and
  * a repeated run is bit-identical. */
-static void check_splits(const pp_spec *sp, tu_rng *r, attnd_cpu_pool *pool, const char *what)
+static void check_splits(const pp_spec *sp, tu_rng *r, attnd_kernel_pool *pool, const char *what)
 {
     pp_problem p;
-    attnd_decode_plan plan;
+    attnd_kernel_decode_plan plan;
     attnd_error err;
-    static const int32_t splits[] = {1, 2, 7, ATTND_DECODE_SPLITS_MAX, ATTND_DECODE_SPLITS_AUTO};
+    static const int32_t splits[] = {1, 2, 7, ATTND_KERNEL_DECODE_SPLITS_MAX,
+                                     ATTND_KERNEL_DECODE_SPLITS_AUTO};
 
     pp_build(&p, sp, r);
-    attnd_decode_plan_init(&plan);
+    attnd_kernel_decode_plan_init(&plan);
     size_t rows = (size_t)sp->n_seqs * sp->q_tokens * sp->hq, dv = (size_t)p.l.d_v;
     float *base = malloc(sizeof(float) * rows * dv), *again = malloc(sizeof(float) * rows * dv);
     float *base_lse = malloc(sizeof(float) * rows);
@@ -266,9 +267,9 @@ static void check_splits(const pp_spec *sp, tu_rng *r, attnd_cpu_pool *pool, con
         if (!use_path((attnd_kernel_path)path))
             continue;
         for (int k = 0; k < 5; k++) {
-            attnd_decode_plan_opts o = {.n_threads = attnd_cpu_pool_threads(pool),
-                                        .splits = splits[k]};
-            ck_assert_int_eq(attnd_decode_plan_make(&plan, &p.b, &o, &err), ATTND_OK);
+            attnd_kernel_decode_plan_opts o = {.n_threads = attnd_kernel_pool_threads(pool),
+                                               .splits = splits[k]};
+            ck_assert_int_eq(attnd_kernel_decode_plan_make(&plan, &p.b, &o, &err), ATTND_OK);
             poison_outputs(&p);
             ck_assert_int_eq(attnd_kernel_decode_run(pool, &plan, &p.b, &err), ATTND_OK);
             double e_out, e_lse;
@@ -310,7 +311,7 @@ static void check_splits(const pp_spec *sp, tu_rng *r, attnd_cpu_pool *pool, con
     free(base);
     free(again);
     free(base_lse);
-    attnd_decode_plan_cleanup(&plan);
+    attnd_kernel_decode_plan_cleanup(&plan);
     pp_free(&p);
 }
 
@@ -318,9 +319,9 @@ START_TEST(test_split_counts_agree_within_f32_rounding_on_every_path)
 {
     tu_rng r;
     tu_rng_init(&r, "paths-splits");
-    attnd_cpu_pool *pool;
+    attnd_kernel_pool *pool;
     attnd_error err;
-    ck_assert_int_eq(attnd_cpu_pool_create(3, &pool, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_kernel_pool_create(3, &pool, &err), ATTND_OK);
     int64_t lens[3] = {tu_int(&r, 600, 2000), tu_int(&r, 1, 40), tu_int(&r, 100, 300)};
     pp_spec mla = {.kind = ATTND_ATTN_MLA, .hq = 16, .d_c = 512, .d_r = 64, .page_size = 64,
                    .q_tokens = 1, .kv_t = ATTND_DTYPE_BF16, .q_t = ATTND_DTYPE_BF16,
@@ -334,7 +335,7 @@ START_TEST(test_split_counts_agree_within_f32_rounding_on_every_path)
                       .page_size = 64, .q_tokens = 2, .kv_t = ATTND_DTYPE_BF16,
                       .q_t = ATTND_DTYPE_BF16, .n_seqs = 3, .lens = lens};
     check_splits(&gqa_bf, &r, pool, "gqa 8/4 bf16 S=2");
-    attnd_cpu_pool_destroy(pool);
+    attnd_kernel_pool_destroy(pool);
 }
 END_TEST
 
@@ -354,9 +355,9 @@ START_TEST(test_parallel_decode_matches_single_thread_decode)
     size_t n = (size_t)5 * 128 * 512;
     float *single = malloc(sizeof(float) * n);
     for (int threads = 1; threads <= 4; threads += 3) {
-        attnd_cpu_pool *pool;
-        ck_assert_int_eq(attnd_cpu_pool_create(threads, &pool, &err), ATTND_OK);
-        ck_assert_int_eq(attnd_cpu_pool_threads(pool), threads);
+        attnd_kernel_pool *pool;
+        ck_assert_int_eq(attnd_kernel_pool_create(threads, &pool, &err), ATTND_OK);
+        ck_assert_int_eq(attnd_kernel_pool_threads(pool), threads);
         for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
             if (!use_path((attnd_kernel_path)path))
                 continue;
@@ -376,7 +377,7 @@ START_TEST(test_parallel_decode_matches_single_thread_decode)
             }
             ck_assert_msg(worst <= 1e-5, "parallel vs single: %g", worst);
         }
-        attnd_cpu_pool_destroy(pool);
+        attnd_kernel_pool_destroy(pool);
     }
     free(single);
     pp_free(&p);

@@ -282,9 +282,9 @@ static void check_model_decode(const char *model, int32_t page_size, int32_t q_t
                 for (int32_t s = 0; s < q_tokens; s++) {
                     size_t row = ((size_t)i * q_tokens + s) * hq;
                     int64_t vis = sh[i].len[l] - (q_tokens - 1 - s);
-                    attnd_ref_attention_f64(hq, sh[i].hkv, sh[i].dk, sh[i].dv, vis, m->scale,
-                                            q64 + row * sh[i].dk, sh[i].k[l], sh[i].v[l], ref,
-                                            rlse);
+                    attnd_kernel_ref_attention_f64(hq, sh[i].hkv, sh[i].dk, sh[i].dv, vis, m->scale,
+                                                   q64 + row * sh[i].dk, sh[i].k[l], sh[i].v[l],
+                                                   ref, rlse);
                     for (int32_t h = 0; h < hq; h++) {
                         double er = tu_rel_err_f32(out + (row + h) * sh[i].dv,
                                                    ref + (size_t)h * sh[i].dv, (size_t)sh[i].dv);
@@ -399,8 +399,8 @@ static void *session_worker(void *p)
         a->ok &= attnd_engine_attend(a->e, &req, &ws, &out, &lse, &err) == ATTND_OK;
         if (!a->ok)
             break;
-        attnd_ref_attention_f64(m->n_q_heads, sh.hkv, sh.dk, sh.dv, sh.len[l], m->scale, q64,
-                                sh.k[l], sh.v[l], ref, NULL);
+        attnd_kernel_ref_attention_f64(m->n_q_heads, sh.hkv, sh.dk, sh.dv, sh.len[l], m->scale, q64,
+                                       sh.k[l], sh.v[l], ref, NULL);
         for (int32_t h = 0; h < m->n_q_heads; h++)
             a->ok &= tu_rel_err_f32(out + (size_t)h * sh.dv, ref + (size_t)h * sh.dv,
                                     (size_t)sh.dv) <= 1e-5;
