@@ -2,7 +2,7 @@
  * streaming eviction.
  *
  * Bounds live in one array beside the pool, indexed by physical page
- * ([Hkv][n_pages][2][d_k] bf16, attnd_kv_bounds_at): address space reserved at start
+ * ([Hkv][n_pages][2][d_k] bf16, attnd_kernel_kv_bounds_at): address space reserved at start
  * (MAP_NORESERVE) and filled in only by layers with a topk-pages head, so
  * a server without such sessions commits none of it (at most 1/32 of the
  * pool for MLA pages of 64 tokens, 1/64 for GQA). They are folded in from
@@ -35,7 +35,8 @@
 
 attnd_status attnd__sparse_engine_init(attnd_engine *e, attnd_error *err)
 {
-    size_t bytes = attnd_kv_bounds_elems(&e->layout) * sizeof(uint16_t) * (size_t)e->pool.n_pages;
+    size_t bytes =
+            attnd_kernel_kv_bounds_elems(&e->layout) * sizeof(uint16_t) * (size_t)e->pool.n_pages;
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                    -1, 0);
     if (p == MAP_FAILED)
@@ -74,8 +75,9 @@ attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_
         uint64_t slot = t % ps, cnt = end - t < ps - slot ? end - t : ps - slot;
         int32_t pg = s->pages[layer][t / ps];
         if (slot == 0)
-            attnd_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
-        attnd_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype, src);
+            attnd_kernel_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
+        attnd_kernel_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype,
+                                   src);
         if (e->gpu) { /* the GPU's selection reads its own copy */
             attnd_status st = attnd__gpu_bounds_upload(e->gpu, e->bounds, pg, err);
             if (st)
@@ -145,11 +147,12 @@ void attnd__sparse_bounds_out(attnd_engine *e, const attnd__session *s, int32_t 
     if (!s->sparse || !s->sparse->bounds[layer])
         return;
     /* the tier's array is slot-major: [n_slots][Hkv][2][d_k] */
-    const attnd_kv_layout *l = &e->layout;
+    const attnd_kernel_kv_layout *l = &e->layout;
     const size_t row = 2 * (size_t)l->d_k;
-    uint16_t *dst = e->tier->bounds + (size_t)slot * attnd_kv_bounds_elems(l);
+    uint16_t *dst = e->tier->bounds + (size_t)slot * attnd_kernel_kv_bounds_elems(l);
     for (int32_t h = 0; h < l->n_kv_heads; h++)
-        memcpy(dst + (size_t)h * row, e->bounds + attnd_kv_bounds_at(l, e->pool.n_pages, h, page),
+        memcpy(dst + (size_t)h * row,
+               e->bounds + attnd_kernel_kv_bounds_at(l, e->pool.n_pages, h, page),
                row * sizeof(uint16_t));
 }
 
@@ -158,11 +161,11 @@ attnd_status attnd__sparse_bounds_in(attnd_engine *e, const attnd__session *s, i
 {
     if (!s->sparse || !s->sparse->bounds[layer])
         return ATTND_OK;
-    const attnd_kv_layout *l = &e->layout;
+    const attnd_kernel_kv_layout *l = &e->layout;
     const size_t row = 2 * (size_t)l->d_k;
-    const uint16_t *src = e->tier->bounds + (size_t)slot * attnd_kv_bounds_elems(l);
+    const uint16_t *src = e->tier->bounds + (size_t)slot * attnd_kernel_kv_bounds_elems(l);
     for (int32_t h = 0; h < l->n_kv_heads; h++)
-        memcpy(e->bounds + attnd_kv_bounds_at(l, e->pool.n_pages, h, page), src + (size_t)h * row,
-               row * sizeof(uint16_t));
+        memcpy(e->bounds + attnd_kernel_kv_bounds_at(l, e->pool.n_pages, h, page),
+               src + (size_t)h * row, row * sizeof(uint16_t));
     return e->gpu ? attnd__gpu_bounds_upload(e->gpu, e->bounds, page, err) : ATTND_OK;
 }

@@ -157,7 +157,7 @@ typedef struct attnd__tier {
     int64_t used;          /* LIVE + PENDING */
     uint8_t *state;        /* [n_slots] ATTND__SLOT_* */
     uint32_t *crc;         /* [n_slots] the CRC its header must carry */
-    uint16_t *bounds;      /* [n_slots][attnd_kv_bounds_elems]: the key bounds
+    uint16_t *bounds;      /* [n_slots][attnd_kernel_kv_bounds_elems]: the key bounds
                               of a topk-pages layer's page in the slot
                               (sparse_kv.c; mapped MAP_NORESERVE) */
     size_t bounds_bytes;

@@ -272,7 +272,7 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
     }
     /* the key bounds of the pages below (sparse_kv.c): address space only,
      * touched by topk-pages layers alone */
-    t->bounds_bytes = (size_t)n * attnd_kv_bounds_elems(&e->layout) * sizeof(uint16_t);
+    t->bounds_bytes = (size_t)n * attnd_kernel_kv_bounds_elems(&e->layout) * sizeof(uint16_t);
     t->bounds = mmap(NULL, t->bounds_bytes, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (t->bounds == MAP_FAILED) {

@@ -102,7 +102,7 @@ static double check_out(const shadow *sh, int32_t l, const float *q, const float
         }
         for (int32_t x = 0; x < sh->d; x++)
             q64[x] = q[h * sh->d + x];
-        attnd_ref_attention_f64(1, 1, sh->d, sh->d, n, sh->m->scale, q64, k, v, ref, NULL);
+        attnd_kernel_ref_attention_f64(1, 1, sh->d, sh->d, n, sh->m->scale, q64, k, v, ref, NULL);
         double e = tu_rel_err_f32(out + h * sh->d, ref, (size_t)sh->d);
         worst = e > worst ? e : worst;
     }

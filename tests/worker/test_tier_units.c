@@ -145,8 +145,8 @@ static void assert_exact(attnd_engine *e, const sess *x, tu_rng *r)
         ck_assert_msg(attnd_engine_attend(e, &req, &ws, &out, &lse, &err) == ATTND_OK, "%s",
                       err.msg);
         size_t off = (size_t)l * TOK * (size_t)(hkv * d);
-        attnd_ref_attention_f64(hq, hkv, d, d, TOK, m->scale, q64, x->k + off, x->v + off, ref,
-                                rlse);
+        attnd_kernel_ref_attention_f64(hq, hkv, d, d, TOK, m->scale, q64, x->k + off,
+                                       x->v + off, ref, rlse);
         for (int32_t h = 0; h < hq; h++)
             ck_assert(tu_rel_err_f32(out + h * d, ref + h * d, (size_t)d) <= 1e-5);
     }

@@ -142,7 +142,7 @@ static int cmd_io(const opts *o)
 {
     const attnd_model_spec *m = attnd_model_find(o->model);
     attnd_engine *e0 = engine(o, 1 << 24, "", 0, 0); /* for the page size */
-    size_t page = attnd_kv_layout_page_bytes(attnd_engine_kv_layout(e0));
+    size_t page = attnd_kernel_kv_layout_page_bytes(attnd_engine_kv_layout(e0));
     attnd_engine_destroy(e0);
     int64_t per_session = (int64_t)m->n_layers * ((o->tokens + 63) / 64);
     int n = (int)((o->mib << 20) / ((uint64_t)per_session * page));
