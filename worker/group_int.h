@@ -45,7 +45,7 @@ enum { ATTND__GAM_REQ = 41, ATTND__GAM_REP = 42 };
 
 enum attnd__gmsg {
     ATTND__GMSG_HELLO = 1,  /* a = group size, b = mode, layer = page size */
-    ATTND__GMSG_CREATE = 2, /* data: id; a = max_tokens for this rank */
+    ATTND__GMSG_CREATE = 2, /* data: id [, owner u64]; a = max_tokens for this rank */
     ATTND__GMSG_CLOSE = 3,  /* data: id; reply a = pages freed */
     ATTND__GMSG_APPEND = 4, /* data: id (64 bytes), this rank's tokens; a =
                                global start, b = global token count; stream

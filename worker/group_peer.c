@@ -134,11 +134,15 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
     }
     const attnd_session_id *id = (const attnd_session_id *)req->data;
     switch (h->type) {
-    case ATTND__GMSG_CREATE:
-        st = attnd_engine_session_create_id(g->engine, h->a, id, &err);
+    case ATTND__GMSG_CREATE: {
+        uint64_t owner = 0; /* after the id, when the session has one */
+        if (req->len >= ATTND_SESSION_ID_BYTES + sizeof owner)
+            memcpy(&owner, req->data + ATTND_SESSION_ID_BYTES, sizeof owner);
+        st = attnd_engine_session_create_owned(g->engine, owner, h->a, id, NULL, &err);
         if (st == ATTND_OK && (st = attnd__gtable_add(&g->table, id, &err)))
             attnd_engine_session_close(g->engine, id, NULL, NULL);
         return status_reply(g, h, st, &err, 0);
+    }
     case ATTND__GMSG_CLOSE:
         attnd__gtable_remove(&g->table, id);
         st = attnd_engine_session_close(g->engine, id, &freed, &err);

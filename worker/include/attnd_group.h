@@ -111,6 +111,12 @@ void attnd_group_get_state(attnd_group *g, attnd_group_state *st);
 /* The engine calls, group-wide. max_tokens counts the whole session. */
 attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
                                         attnd_session_id *id_p, attnd_error *err);
+/* The same for owner (attnd_engine_session_create_owned): every rank binds
+ * the session to owner and counts its share against the owner's limits
+ * there. */
+attnd_status attnd_group_session_create_owned(attnd_group *g, uint64_t owner,
+                                              uint64_t max_tokens, attnd_session_id *id_p,
+                                              attnd_error *err);
 attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *id,
                                        uint64_t *pages_freed_p, attnd_error *err);
 
