@@ -249,8 +249,11 @@ void attnd_srv_call_finish(attnd_srv_call *c, grpc_byte_buffer *bb, attnd_status
     grpc_slice details;
     int with_details = st != ATTND_OK && msg;
 
-    if (st != ATTND_OK && st != ATTND_ERR_CANCELLED)
+    if (st != ATTND_OK && st != ATTND_ERR_CANCELLED) {
         atomic_fetch_add(&c->srv->errors, 1);
+        if (c->tenant)
+            atomic_fetch_add(&c->tenant->errors, 1);
+    }
     if (c->state != ATTND_SRV_CALL_ACTIVE || c->close_done) {
         /* cancelled under us: nobody to tell */
         if (bb)

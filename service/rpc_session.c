@@ -1,7 +1,10 @@
 /* CreateSession and CloseSession: a session is one sequence's KV across all
  * layers. CreateSession reserves pages for max_tokens (when given) and
  * answers the 16-byte id with the full ModelInfo, so a client learns every
- * shape it must send from one call. */
+ * shape it must send from one call. With --token-file the session is bound
+ * to the caller's tenant (on every rank of a group) and counts against its
+ * limits; to any other tenant it does not exist (NOT_FOUND, as an unknown
+ * id: its existence is not revealed). */
 #include "srv.h"
 
 void attnd_srv_create_session_start(attnd_srv_call *c)
@@ -16,8 +19,10 @@ void attnd_srv_create_session_start(attnd_srv_call *c)
     m = (Attnd__V1__CreateSessionRequest *)attnd_srv_call_decode(
         c, &attnd__v1__create_session_request__descriptor, &err);
     if (!m || attnd_srv_validate_create(m, &srv->model, &req, &err) ||
-        (srv->group ? attnd_group_session_create(srv->group, req.max_tokens, &id, &err)
-                    : attnd_engine_session_create(srv->engine, req.max_tokens, &id, &err))) {
+        (srv->group ? attnd_group_session_create_owned(srv->group, attnd_srv_call_owner(c),
+                                                       req.max_tokens, &id, &err)
+                    : attnd_engine_session_create_owned(srv->engine, attnd_srv_call_owner(c),
+                                                        req.max_tokens, NULL, &id, &err))) {
         attnd_srv_call_fail(c, &err);
         return;
     }
@@ -42,6 +47,8 @@ void attnd_srv_close_session_start(attnd_srv_call *c)
     m = (Attnd__V1__CloseSessionRequest *)attnd_srv_call_decode(
         c, &attnd__v1__close_session_request__descriptor, &err);
     if (!m || attnd_srv_validate_close(m, &id, &err) ||
+        (c->tenant &&
+         attnd_engine_sessions_check(srv->engine, attnd_srv_call_owner(c), &id, 1, 0, &err)) ||
         (srv->group ? attnd_group_session_close(srv->group, &id, &freed, &err)
                     : attnd_engine_session_close(srv->engine, &id, &freed, &err))) {
         attnd_srv_call_fail(c, &err);

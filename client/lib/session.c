@@ -98,7 +98,11 @@ attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *out, attnd_mod
         .group_rank = r->group_rank,
         .group_connected = r->group_connected,
         .group_peer_failures = r->group_peer_failures,
+        .sessions_expired = r->sessions_expired,
+        .pages_expired = r->pages_expired,
     };
+    snprintf(out->stats_scope, sizeof out->stats_scope, "%s",
+             r->stats_scope && *r->stats_scope ? r->stats_scope : "global");
     snprintf(out->group_mode, sizeof out->group_mode, "%s", r->group_mode ? r->group_mode : "");
     snprintf(out->group_missing, sizeof out->group_missing, "%s",
              r->group_missing ? r->group_missing : "");
