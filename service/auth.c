@@ -31,6 +31,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "attnd_log.h"
 #include "srv.h"
 
 #define LINE_MAX_BYTES 4096
@@ -282,8 +283,8 @@ static attnd_status parse_file(const char *path, parsed *p, attnd_error *err)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "--token-file %s: %s", path,
                                strerror(errno));
     if (fstat(fileno(f), &sb) == 0 && (sb.st_mode & 077))
-        fprintf(stderr, "attnd: warning: --token-file %s can be read by other users (mode "
-                        "%03o): it holds every tenant's secret\n", path, sb.st_mode & 0777);
+        attnd_log_warn("auth", "--token-file %s can be read by other users (mode %03o): it "
+                       "holds every tenant's secret", path, sb.st_mode & 0777);
     while (st == ATTND_OK && fgets(line, sizeof line, f)) {
         ln++;
         if (!strchr(line, '\n') && !feof(f))
@@ -409,8 +410,8 @@ static attnd_status load(attnd_srv_auth *a, attnd_error *err)
     if (st == ATTND_OK) {
         gen_free(old);
         if (p.n_specs == 0)
-            fprintf(stderr, "attnd: warning: --token-file %s lists no tenant: every call but "
-                            "Health is refused\n", a->path);
+            attnd_log_warn("auth", "--token-file %s lists no tenant: every call but Health is "
+                           "refused", a->path);
     }
     free(by_spec);
     parsed_free(&p);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "srv.h"
 
 #define REAP_MAX 256
@@ -45,8 +46,8 @@ static void reap_once(attnd_srv_expire *x)
         attnd_error ignored; /* NOT_FOUND here: this rank's shard is gone already */
         attnd_group_session_close(srv->group, &x->ids[i], NULL, &ignored);
     }
-    fprintf(stderr, "attnd: %zu sessions idle for %lld ms closed (--session-idle-ttl)\n", n,
-            (long long)srv->cfg->session_idle_ttl_ms);
+    attnd_log_info("server", "%zu sessions idle for %lld ms closed (--session-idle-ttl)", n,
+                   (long long)srv->cfg->session_idle_ttl_ms);
 }
 
 static void *expire_main(void *arg)

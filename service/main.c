@@ -13,7 +13,7 @@
  * SIGHUP rereads --token-file and the TLS certificates (attnd_srv_reload;
  * a file that does not load is logged and changes nothing).
  *
- * Exit codes: 0 clean stop (or --help, --list-models), 1 cannot start,
+ * Exit codes: 0 clean stop (or --help, --list-models, --print-config), 1 cannot start,
  * 2 bad flag or variable. */
 #include <errno.h>
 #include <signal.h>
@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "attnd_log.h"
 #include "srv.h"
 #include "ucx_server.h"
 
@@ -75,7 +76,7 @@ int main(int argc, char **argv)
     uint64_t nofile = attnd_srv_raise_fd_limit();
     attnd_error_clear(&err);
     if (attnd_srv_config_load(&cfg, argc, argv, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         return 2;
     }
     if (cfg.show_help) {
@@ -86,23 +87,28 @@ int main(int argc, char **argv)
         attnd_srv_config_list_models(stdout);
         return 0;
     }
+    attnd_log_configure(cfg.log_format, cfg.log_level); /* validated by the load */
     attnd_srv_config_engine(&cfg, &ecfg);
     /* a worker group rank: its engine serves the rank's shard */
     if (attnd_srv_config_group(&cfg, &ecfg, &gcfg, &grouped, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         return 2;
     }
+    if (cfg.print_config) { /* checked like a start, up to the engine */
+        attnd_srv_config_print(stdout, &cfg);
+        return 0;
+    }
     if (attnd_engine_create(&ecfg, &engine, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         return 1;
     }
     grpc_init();
     if (grouped && attnd_group_create(&gcfg, engine, &group, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
     if (attnd_srv_create(&cfg, engine, &srv, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
     if (group) { /* requests are validated against the whole model */
@@ -111,11 +117,11 @@ int main(int argc, char **argv)
                              cfg.max_sessions);
     }
     if (attnd_srv_start(srv, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
     if (cfg.port_file[0] && write_port_file(cfg.port_file, srv->port)) {
-        fprintf(stderr, "attnd: --port-file %s: %s\n", cfg.port_file, strerror(errno));
+        attnd_log_error("attnd", "--port-file %s: %s", cfg.port_file, strerror(errno));
         attnd_srv_shutdown(srv, 0, 0, NULL);
         goto out;
     }
@@ -135,6 +141,10 @@ int main(int argc, char **argv)
         printf("attnd: gRPC over %s%s; %s\n", srv->tls ? "TLS" : "plaintext",
                cfg.tls_client_ca[0] ? " with client certificates (mutual TLS)" : "",
                srv->auth ? "calls authenticated by --token-file" : "no authentication");
+    if (srv->metrics_http)
+        printf("attnd: metrics on http://%.*s:%d/metrics\n",
+               (int)(strrchr(cfg.metrics_listen, ':') - cfg.metrics_listen), cfg.metrics_listen,
+               srv->metrics_port);
     if (group)
         printf("attnd: group rank %d of %d, shard %s, UCX listener port %d\n", gcfg.rank,
                gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));
@@ -147,11 +157,11 @@ int main(int argc, char **argv)
             break;
         attnd_srv_reload(srv);
     }
-    fprintf(stderr, "attnd: %s: draining (health NOT_SERVING; new calls served for %lld ms, "
-                    "then refused; %lld ms for calls received)\n",
-            strsignal(sig), (long long)cfg.drain_delay_ms, (long long)cfg.shutdown_grace_ms);
+    attnd_log_info("server", "%s: draining (health NOT_SERVING; new calls served for %lld ms, "
+                   "then refused; %lld ms for calls received)", strsignal(sig),
+                   (long long)cfg.drain_delay_ms, (long long)cfg.shutdown_grace_ms);
     if (attnd_srv_shutdown(srv, cfg.drain_delay_ms, cfg.shutdown_grace_ms, stop_signal_pending))
-        fprintf(stderr, "attnd: calls still in flight were cancelled\n");
+        attnd_log_warn("server", "calls still in flight were cancelled");
     rc = 0;
 
 out:

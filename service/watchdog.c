@@ -42,6 +42,7 @@
 
 #include <grpc/support/log.h>
 
+#include "attnd_log.h"
 #include "srv.h"
 
 #define LISTEN_MAX 4
@@ -67,12 +68,12 @@ static atomic_int accept_failed;
 
 static void grpc_log(gpr_log_func_args *a)
 {
-    static const char sev[] = "DIE";
     if (strncmp(a->message, "Failed accept4", 14) == 0)
         atomic_store(&accept_failed, 1);
-    fprintf(stderr, "attnd: grpc %c %s:%d] %s\n",
-            a->severity >= 0 && a->severity <= 2 ? sev[a->severity] : '?', a->file, a->line,
-            a->message);
+    attnd_log(a->severity == GPR_LOG_SEVERITY_ERROR  ? ATTND_LOG_ERROR
+              : a->severity == GPR_LOG_SEVERITY_INFO ? ATTND_LOG_INFO
+                                                     : ATTND_LOG_DEBUG,
+              "grpc", "%s:%d: %s", a->file, a->line, a->message);
 }
 
 attnd_status attnd_srv_watchdog_open(attnd_srv *srv, grpc_server_credentials *creds,
@@ -100,8 +101,8 @@ attnd_status attnd_srv_watchdog_open(attnd_srv *srv, grpc_server_credentials *cr
     srv->port = port;
     srv->max_connections = 0; /* not enforced: gRPC accepts */
     if (srv->cfg->max_connections > 0)
-        fprintf(stderr, "attnd: warning: --max-connections is not enforced with TLS (gRPC's own "
-                        "listener accepts); keep the fd limit high\n");
+        attnd_log_warn("listener", "--max-connections is not enforced with TLS (gRPC's own "
+                       "listener accepts); keep the fd limit high");
     srv->watchdog = w;
     return ATTND_OK;
 }
@@ -155,8 +156,8 @@ static void find_listeners(attnd_srv_watchdog *w)
 
 static void die(attnd_srv_watchdog *w, const char *why)
 {
-    fprintf(stderr, "attnd: the gRPC listener stopped accepting (%s): no new connections; "
-                    "health is NOT_SERVING; restart attnd\n", why);
+    attnd_log_error("listener", "the gRPC listener stopped accepting (%s): no new connections; "
+                    "health is NOT_SERVING; restart attnd", why);
     atomic_store(&w->srv->listener_dead, 1);
     attnd_srv_health_end_watches(w->srv);
 }
@@ -201,8 +202,8 @@ static void *watch_main(void *arg)
 
     find_listeners(w);
     if (!w->n_lfd)
-        fprintf(stderr, "attnd: warning: gRPC's listening socket on port %d not found: only "
-                        "gRPC's own log tells if it stops accepting\n", w->srv->port);
+        attnd_log_warn("listener", "gRPC's listening socket on port %d not found: only gRPC's "
+                       "own log tells if it stops accepting", w->srv->port);
     for (;;) {
         int r = poll(&p, 1, TICK_MS);
         if (r > 0)
@@ -246,7 +247,7 @@ void attnd_srv_watchdog_stop(attnd_srv *srv)
         return;
     if (w->running) {
         if (write(w->stop_fd, &one, sizeof one) < 0)
-            fprintf(stderr, "attnd: waking the watchdog: %s\n", strerror(errno));
+            attnd_log_error("listener", "waking the watchdog: %s", strerror(errno));
         pthread_join(w->tid, NULL);
         w->running = 0;
     }
