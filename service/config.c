@@ -402,13 +402,6 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const 
     if (!strchr(cfg->listen, ':'))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--listen: expected HOST:PORT, got \"%s\"", cfg->listen);
-    if (!cfg->tls_cert[0] != !cfg->tls_key[0])
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "%s: TLS needs both --tls-cert and --tls-key",
-                               cfg->tls_cert[0] ? "--tls-key" : "--tls-cert");
-    if (cfg->tls_client_ca[0] && !cfg->tls_cert[0])
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "--tls-client-ca: mutual TLS needs --tls-cert and --tls-key");
     if (cfg->token_file[0] && cfg->ucx_listen[0])
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--ucx-listen: Attend over UCX cannot be bound to a tenant yet, "

@@ -361,6 +361,12 @@ attnd_status attnd_srv_create(const attnd_srv_config *cfg, attnd_engine *engine,
                                    cfg->tenant_kv_memory, &srv->auth, err)) ||
          (st = attnd_srv_auth_apply(srv->auth, engine, err))))
         goto err_server;
+    if (!cfg->tls_cert[0] != !cfg->tls_key[0] || (cfg->tls_client_ca[0] && !cfg->tls_cert[0])) {
+        st = attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                             "%s: TLS needs both --tls-cert and --tls-key",
+                             cfg->tls_cert[0] ? "--tls-key" : "--tls-cert");
+        goto err_server;
+    }
     if (cfg->tls_cert[0]) {
         grpc_server_credentials *creds = NULL;
         if ((st = attnd_srv_tls_open(cfg, &srv->tls, &creds, err)))
