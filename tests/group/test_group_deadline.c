@@ -7,7 +7,8 @@
  * same step (same position) succeeds and matches the float64 reference.
  * (Run, it would have appended the leader's share and then failed on the
  * stopped rank: the session DATA_LOSS, or, had the rank resumed first,
- * one token longer: FAILED_PRECONDITION.) No timing is asserted beyond
+ * one token longer: FAILED_PRECONDITION.) The same over UCX, whose
+ * endpoint has executors of its own. No timing is asserted beyond
  * the 300 ms deadline being far shorter than the 3 s hold. */
 #include <check.h>
 #include <stdlib.h>
@@ -26,7 +27,9 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-START_TEST(test_a_call_queued_past_its_deadline_is_not_run)
+/* transport: how the two Attends travel (the UCX endpoint has executor
+ * threads of its own: one here too) */
+static void queued_past_deadline_is_not_run(attnd_transport transport)
 {
     gt_group g;
     cu_seqs s;
@@ -35,12 +38,23 @@ START_TEST(test_a_call_queued_past_its_deadline_is_not_run)
     attnd_stats st0, st;
     attnd_error err;
 
-    ck_assert_int_eq(gt_group_start(&g, 2, flags), 0);
+    const char *all[40];
+    int n = 0;
+    for (; flags[n]; n++)
+        all[n] = flags[n];
+    if (transport == ATTND_TRANSPORT_UCX) {
+        all[n++] = "--ucx-listen";
+        all[n++] = "auto";
+        all[n++] = "--ucx-exec-threads";
+        all[n++] = "1";
+    }
+    all[n] = NULL;
+    ck_assert_int_eq(gt_group_start(&g, 2, all), 0);
     cu_must_open(&s, g.c[0], 2, ATTND_DTYPE_F32);
     cu_must_prefill(&s, 0, 5, NULL);
     cu_must_prefill(&s, 1, 5, NULL);
-    attnd_client *work = gt_connect_opts(&g.rank[0], 60000, ATTND_TRANSPORT_GRPC);
-    attnd_client *quick = gt_connect_opts(&g.rank[0], 300, ATTND_TRANSPORT_GRPC);
+    attnd_client *work = gt_connect_opts(&g.rank[0], 60000, transport);
+    attnd_client *quick = gt_connect_opts(&g.rank[0], 300, transport);
     ck_assert_ptr_nonnull(work);
     ck_assert_ptr_nonnull(quick);
     attnd_error_clear(&err);
@@ -89,6 +103,17 @@ START_TEST(test_a_call_queued_past_its_deadline_is_not_run)
     cu_seqs_close(&s);
     ck_assert_int_eq(gt_group_stop(&g), 0);
 }
+
+START_TEST(test_a_call_queued_past_its_deadline_is_not_run)
+{
+    queued_past_deadline_is_not_run(ATTND_TRANSPORT_GRPC);
+}
+END_TEST
+
+START_TEST(test_a_ucx_call_queued_past_its_deadline_is_not_run)
+{
+    queued_past_deadline_is_not_run(ATTND_TRANSPORT_UCX);
+}
 END_TEST
 
 int main(void)
@@ -97,6 +122,7 @@ int main(void)
     TCase *tc = tcase_create("deadline");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_a_call_queued_past_its_deadline_is_not_run);
+    tcase_add_test(tc, test_a_ucx_call_queued_past_its_deadline_is_not_run);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
