@@ -23,6 +23,8 @@ if [ "${ATTND_DEPS:-all}" != build ]; then
     python3-prometheus-client         # the metrics test's parser
     openssl                           # the TLS tests make their certificates
     clang libclang-rt-dev             # libFuzzer targets (tests/fuzz, CI)
+    python3-numpy python3-pytest      # the Python binding's tests (tests/python)
+    python3-pip python3-setuptools python3-wheel  # its wheel (client/python/build-wheel.sh)
   )
 fi
 

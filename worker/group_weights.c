@@ -146,7 +146,15 @@ attnd_status attnd_group_load_weights(attnd_group *g, uint32_t layer, int32_t d_
         goto out;
     }
     float *wf = (float *)full->data;
-    attnd_dtype_convert(ATTND_DTYPE_F32, wf, dtype, w, H * dc * dw);
+    /* non-finite weights are refused here, found while converting (no pass
+     * of its own), before anything is sent or stored */
+    size_t bad = attnd_dtype_convert_checked(ATTND_DTYPE_F32, wf, dtype, w, H * dc * dw);
+    if (bad < H * dc * dw) {
+        st = attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                             "w_uv: element %zu is %s (non-finite values are rejected)", bad,
+                             attnd_dtype_nonfinite_name(dtype, w, bad));
+        goto out;
+    }
     if (g->cfg.mode == ATTND_GROUP_LATENT) { /* W <- R W, column by column */
         float *col = (float *)mine->data; /* scratch: part >= dc floats */
         if (part < dc * sizeof(float) && !(col = malloc(dc * sizeof(float)))) {
