@@ -119,11 +119,12 @@ static inline int sec_stderr_has(const char *what)
     }
 }
 
-/* A TLS channel trusting ca (and presenting cert/key when not NULL). */
+/* A TLS channel trusting ca (NULL: gRPC's default roots), presenting
+ * cert/key when not NULL. */
 static inline grpc_channel *sec_tls_channel(const char *target, const char *ca,
                                             const char *cert, const char *key)
 {
-    char *pca = sec_read(ca), *pcert = cert ? sec_read(cert) : NULL,
+    char *pca = ca ? sec_read(ca) : NULL, *pcert = cert ? sec_read(cert) : NULL,
          *pkey = key ? sec_read(key) : NULL;
     grpc_ssl_pem_key_cert_pair pair = {pkey, pcert};
     grpc_channel_credentials *creds = grpc_ssl_credentials_create(pca, cert ? &pair : NULL,

@@ -1,13 +1,14 @@
 /* Check suite of TLS on the gRPC port (issue 15, items 1, 6 and 8), with
  * certificates the test makes with openssl: a client trusting the right
- * CA is served; one trusting another CA, or speaking plaintext, never gets
- * a connection; with --tls-client-ca a client without a certificate, or
- * with one of another CA, fails and one with the right certificate is
- * served (and its certificate's identity can name its tenant); certificates
- * reload on SIGHUP for new connections; a peer that never finishes its
- * handshake is dropped; and when the process runs out of descriptors
- * (gRPC 1.51's listener then stops for good) the watchdog logs it and
- * health says NOT_SERVING on the connections that are left. */
+ * CA is served; one trusting another CA or only the system's, or speaking
+ * plaintext, never gets a connection; with --tls-client-ca a client
+ * without a certificate, or with one of another CA, fails and one with
+ * the right certificate is served (and its certificate's identity can
+ * name its tenant); certificates reload on SIGHUP for new connections; a
+ * peer that never finishes its handshake is dropped; and when the process
+ * runs out of descriptors (gRPC 1.51's listener then stops for good) the
+ * watchdog logs it and health says NOT_SERVING on the connections that
+ * are left. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -54,10 +55,13 @@ START_TEST(test_tls_with_the_servers_ca_is_served)
 }
 END_TEST
 
-START_TEST(test_tls_with_a_wrong_ca_or_plaintext_fails_to_connect)
+/* ca NULL: gRPC's default roots (the system's), which do not hold the
+ * test's CA */
+START_TEST(test_tls_with_a_wrong_ca_no_ca_or_plaintext_fails_to_connect)
 {
     boot_tls(NULL, NULL, NULL, NULL);
     refused_over(sec_tls_channel(srv.target, "ca2.pem", NULL, NULL));
+    refused_over(sec_tls_channel(srv.target, NULL, NULL, NULL));
     refused_over(rg_channel(srv.target));
     /* the right one still is served */
     ch = sec_tls_channel(srv.target, "ca1.pem", NULL, NULL);
@@ -252,7 +256,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 300);
     tcase_add_checked_fixture(tc, sec_setup, sec_teardown);
     tcase_add_test(tc, test_tls_with_the_servers_ca_is_served);
-    tcase_add_test(tc, test_tls_with_a_wrong_ca_or_plaintext_fails_to_connect);
+    tcase_add_test(tc, test_tls_with_a_wrong_ca_no_ca_or_plaintext_fails_to_connect);
     tcase_add_test(tc, test_mtls_without_a_client_certificate_or_with_a_strangers_fails);
     tcase_add_test(tc, test_an_mtls_identity_in_the_token_file_names_the_tenant);
     tcase_add_test(tc, test_a_certificate_without_a_line_is_unauthenticated_with_tokens);
