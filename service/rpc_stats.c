@@ -1,11 +1,65 @@
 /* GetStats, and the ModelInfo that CreateSession and GetStats both carry:
  * the engine's counters, the service's error count (calls that ended with
- * a non-OK status other than a client's cancel) and the uptime.
+ * a non-OK status other than a client's cancel), the uptime, and every UCX
+ * endpoint this rank holds (Attend clients, group peers) with the
+ * transports UCX really uses for it.
  *
  * With --token-file a tenant sees its own figures only (stats_scope
  * "tenant NAME": its sessions, pages, calls and failed calls, its limits);
- * the worker's (stats_scope "global", group fields) need an admin tenant. */
+ * the worker's (stats_scope "global", group fields, UCX endpoints) need an
+ * admin tenant. */
+#include <stdlib.h>
+
 #include "srv.h"
+#include "ucx_server.h"
+
+/* The UCX endpoints of clients and peers into resp (arrays in *mem, freed
+ * by the caller). */
+static void ucx_endpoints(attnd_srv *srv, const attnd_group_state *gs,
+                          Attnd__V1__GetStatsResponse *resp, void **mem)
+{
+    size_t n_cli = attnd_srv_ucx_endpoints(srv, NULL, 0), n_peer = 0, n = 0;
+    if (gs)
+        for (int32_t r = 0; r < gs->size; r++)
+            n_peer += gs->peers[r].up;
+    size_t cap = n_cli + n_peer;
+    if (!cap)
+        return;
+    /* one block, most aligned parts first: infos, pointers, then chars */
+    size_t bytes = cap * (sizeof(Attnd__V1__UcxEndpointInfo) +
+                          sizeof(Attnd__V1__UcxEndpointInfo *) + sizeof(attnd_srv_ucx_ep_info) +
+                          16);
+    char *p = *mem = calloc(1, bytes);
+    if (!p)
+        return;
+    Attnd__V1__UcxEndpointInfo *info = (Attnd__V1__UcxEndpointInfo *)p;
+    Attnd__V1__UcxEndpointInfo **ptrs = (Attnd__V1__UcxEndpointInfo **)(info + cap);
+    attnd_srv_ucx_ep_info *cli = (attnd_srv_ucx_ep_info *)(ptrs + cap);
+    char (*names)[16] = (char (*)[16])(cli + cap);
+    size_t got = attnd_srv_ucx_endpoints(srv, cli, n_cli); /* may have changed */
+    if (got < n_cli)
+        n_cli = got;
+    for (size_t i = 0; i < n_cli; i++, n++) {
+        attnd__v1__ucx_endpoint_info__init(&info[n]);
+        info[n].peer = cli[i].peer;
+        info[n].transports = cli[i].transports;
+        info[n].same_host = cli[i].same_host;
+        ptrs[n] = &info[n];
+    }
+    for (int32_t r = 0; gs && r < gs->size && n < cap; r++) {
+        if (!gs->peers[r].up)
+            continue;
+        attnd__v1__ucx_endpoint_info__init(&info[n]);
+        snprintf(names[n], sizeof names[n], "rank %d", (int)r);
+        info[n].peer = names[n];
+        info[n].transports = (char *)gs->peers[r].transports;
+        info[n].same_host = gs->peers[r].same_host;
+        ptrs[n] = &info[n];
+        n++;
+    }
+    resp->n_ucx_endpoints = n;
+    resp->ucx_endpoints = ptrs;
+}
 
 void attnd_srv_model_info(const attnd_srv_model *m, Attnd__V1__ModelInfo *info)
 {
@@ -78,5 +132,9 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
         resp.group_missing = gs.missing;
         resp.group_peer_failures = gs.peer_failures;
     }
+    void *mem = NULL;
+    if (global) /* other clients' endpoints are not a tenant's business */
+        ucx_endpoints(srv, srv->group ? &gs : NULL, &resp, &mem);
     attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
+    free(mem);
 }

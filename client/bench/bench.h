@@ -165,6 +165,11 @@ typedef struct attnd_bench_result {
      * server's GetStats deltas and the client's completed calls */
     int have_srv_counts;
     uint64_t srv_attend_calls, srv_kv_bytes_read, client_calls;
+    /* what carries Attend: the first connection's view
+     * (attnd_client_transport_info) and the server's, per UCX endpoint
+     * (GetStats, during the decode phase) */
+    char transports[128];
+    char srv_transports[512];
     attnd_bench_stats st;
     int check_ran;
     double check_bound;
@@ -266,11 +271,12 @@ int attnd_bench_baseline(const attnd_bench_opts *o, attnd_bench_result *res, siz
 
 /* ---- the UCX baseline (bench_baseline_ucx.c) ----------------------------------- */
 
-/* Hidden mode: a UCX active-message echo on 127.0.0.1 (a free port, to
- * port_file) until SIGTERM. Returns the exit code. */
+/* Hidden mode: a UCX active-message echo (its worker address in
+ * <port_file>.addr, then port_file) until SIGTERM. Returns the exit code. */
 int attnd_bench_echo_ucx_main(const char *port_file);
 /* As attnd_bench_baseline, over UCX active messages with endpoints made as
- * libattnd makes them (peer error handling). */
+ * libattnd makes them (by address; on one host without UCX error
+ * handling: shared memory + CMA). */
 int attnd_bench_baseline_ucx(const attnd_bench_opts *o, attnd_bench_result *res,
                              size_t req_bytes, size_t reply_bytes, double seconds);
 

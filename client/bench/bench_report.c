@@ -70,6 +70,9 @@ void attnd_bench_report_table(FILE *f, const attnd_bench_opts *o, const attnd_be
     fprintf(f, "attnd-bench: %s (%s), transport %s, %u connection%s\n", r->target,
             r->spawned ? "attnd started by attnd-bench" : "given --target", o->transport,
             o->connections, o->connections == 1 ? "" : "s");
+    if (r->transports[0])
+        fprintf(f, "transports: this client %s; the server's UCX endpoints: %s\n",
+                r->transports, r->srv_transports[0] ? r->srv_transports : "?");
     fprintf(f, "model %s: %s, %u layers, %u q heads, %u kv heads, d_k %u, d_v %u, kv %s\n",
             m->name, m->kind == ATTND_ATTN_MLA ? "MLA" : "GQA", m->n_layers, m->n_q_heads,
             m->n_kv_heads, m->d_k, m->d_v, attnd_dtype_name(m->kv_dtype));
@@ -285,6 +288,8 @@ static void emit_all(emitter *e, const attnd_bench_opts *o, const attnd_bench_re
     e_str(e, "target", r->target);
     e_num(e, "spawned", r->spawned);
     e_str(e, "transport", o->transport);
+    e_str(e, "transports", r->transports);
+    e_str(e, "server_ucx_endpoints", r->srv_transports);
     e_begin(e, "model");
     e_str(e, "name", m->name);
     e_str(e, "kind", m->kind == ATTND_ATTN_MLA ? "mla" : "gqa");

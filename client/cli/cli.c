@@ -128,6 +128,8 @@ static int cmd_stats(attnd_client *c)
                st.group_rank, st.group_size, st.group_mode, st.group_connected,
                st.group_missing[0] ? ", missing ranks " : "", st.group_missing,
                st.group_peer_failures);
+    if (st.ucx_endpoints)
+        printf("ucx endpoints     %u: %s\n", st.ucx_endpoints, st.ucx_transports);
     return 0;
 }
 

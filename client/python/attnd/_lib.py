@@ -174,6 +174,8 @@ class Stats(Structure):
         ("group_mode", c_char * 16),
         ("group_missing", c_char * 128),
         ("group_peer_failures", c_uint64),
+        ("ucx_endpoints", c_uint32),
+        ("ucx_transports", c_char * 512),
         ("stats_scope", c_char * 80),
         ("sessions_expired", c_uint64),
         ("pages_expired", c_uint64),

@@ -108,6 +108,8 @@ class Stats:
     group_mode: str
     group_missing: str
     group_peer_failures: int
+    ucx_endpoints: int     # UCX endpoints the server holds (clients, peers)
+    ucx_transports: str    # "client 3 (pid 1234): sysv/memory cma/memory; rank 1: tcp/lo"
     # whose figures: "global", or "tenant NAME" (a tenant's token on a
     # server with --token-file: the figures above are its own, max_sessions
     # and pages_total its limits); sessions closed by --session-idle-ttl
@@ -319,6 +321,7 @@ class Client:
         vals = {f.name: getattr(s, f.name) for f in dataclasses.fields(Stats) if f.name != "model"}
         vals["group_mode"] = s.group_mode.decode(errors="replace")
         vals["group_missing"] = s.group_missing.decode(errors="replace")
+        vals["ucx_transports"] = s.ucx_transports.decode(errors="replace")
         vals["stats_scope"] = s.stats_scope.decode(errors="replace")
         return Stats(model=model, **vals)
 

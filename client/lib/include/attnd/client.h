@@ -35,10 +35,12 @@ typedef struct attnd_client attnd_client;
  * (sessions, AppendKV, stats, health) always use gRPC. */
 typedef enum attnd_transport {
     ATTND_TRANSPORT_GRPC = 0, /* HTTP/2 (the default) */
-    ATTND_TRANSPORT_UCX = 1,  /* UCX active messages: connect asks the
-                                 server (GetEndpoint) where its UCX listener
-                                 is and connects to it; UNAVAILABLE when the
-                                 server runs without --ucx-listen */
+    ATTND_TRANSPORT_UCX = 1,  /* UCX active messages: connect exchanges UCX
+                                 worker addresses with the server
+                                 (GetEndpoint) and connects by address
+                                 (shared memory when both run on one host);
+                                 UNAVAILABLE when the server runs without
+                                 --ucx-listen */
 } attnd_transport;
 
 typedef struct attnd_client_options {
@@ -254,6 +256,11 @@ typedef struct attnd_stats {
     char group_mode[16];
     char group_missing[128];
     uint64_t group_peer_failures;
+    /* UCX endpoints the server holds now (Attend clients, group peers) and
+     * the transports UCX really uses for each: "client 3 (pid 1234):
+     * sysv/memory cma/memory; rank 1: tcp/lo" (truncated to fit) */
+    uint32_t ucx_endpoints;
+    char ucx_transports[512];
     /* whose figures these are: "global", or "tenant NAME" when the server
      * runs --token-file and the token is not an admin's (then the figures
      * above are the tenant's own, max_sessions and pages_total its limits);
@@ -275,6 +282,11 @@ attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *st,
 attnd_status attnd_client_load_weights(attnd_client *c, uint32_t layer,
                                        const attnd_tensor *w_uv, uint64_t *bytes_p,
                                        attnd_error *err);
+
+/* How this client's Attend travels, into buf: "grpc", or "ucx " and the
+ * transports UCX uses for its endpoint ("ucx sysv/memory cma/memory (same
+ * host, no UCX error handling)", "ucx tcp/lo"). */
+attnd_status attnd_client_transport_info(attnd_client *c, char *buf, size_t cap);
 
 /* grpc.health.v1.Health/Check for `service` ("" = the server as a whole):
  * *serving_p = 1 when the answer is SERVING. */
