@@ -113,6 +113,9 @@ static const opt opts[] = {
      "MS", "at start, wait this long for every peer (default 30000)"},
     {"group-timeout-ms", "ATTND_GROUP_TIMEOUT_MS", OPT_INT, F(group_timeout_ms), 1, 3600000,
      "MS", "longest wait for a peer's answer; then UNAVAILABLE (default 10000)"},
+    {"group-secret-file", "ATTND_GROUP_SECRET_FILE", OPT_STR, F(group_secret_file), 0, 0,
+     "PATH", "ranks prove they hold this file's secret (at least 16 bytes; the same on every "
+     "rank) before they exchange UCX addresses: without it nobody joins or leads"},
     {"kv-prefault", "ATTND_KV_PREFAULT", OPT_FLAG, F(kv_prefault), 0, 0, NULL,
      "fault the whole KV pool in from a background thread at start: steady-state "
      "appends skip the first-touch cost, but the pool is resident at once (default: "

@@ -22,6 +22,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "attnd_log.h"
 #include "srv.h"
 #include "ucx_server.h"
@@ -104,9 +106,11 @@ int main(int argc, char **argv)
     }
     grpc_init();
     if (grouped && attnd_group_create(&gcfg, engine, &group, &err)) {
+        OPENSSL_cleanse(gcfg.secret, sizeof gcfg.secret);
         attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
+    OPENSSL_cleanse(gcfg.secret, sizeof gcfg.secret); /* the group has its copy */
     if (attnd_srv_create(&cfg, engine, &srv, &err)) {
         attnd_log_error("attnd", "%s", err.msg);
         goto out;

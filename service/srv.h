@@ -94,6 +94,7 @@ typedef struct attnd_srv_config {
     char group[4096];          /* --group host:port,host:port,... */
     char group_file[PATH_MAX]; /* --group-file: one host:port a line */
     char group_dir[PATH_MAX];  /* --group-dir: ranks' bound UCX addresses */
+    char group_secret_file[PATH_MAX]; /* --group-secret-file: ranks prove it */
     char shard[16];            /* --shard sequence|head|latent */
     char tpla_rope[16];        /* --tpla-rope replicate|split */
     char tpla_mu[32];          /* --tpla-mu */

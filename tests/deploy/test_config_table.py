@@ -47,6 +47,7 @@ SAMPLES = {
     "--tpla-mu": ("0.5", "0.5"),
     "--group-connect-ms": ("5", "5"),
     "--group-timeout-ms": ("6", "6"),
+    "--group-secret-file": ("/tmp/attnd-gsecret", "/tmp/attnd-gsecret"),
     "--kv-prefault": ("1", None),  # a switch: shown as the bare flag
     "--metrics-listen": ("127.0.0.1:9999", "127.0.0.1:9999"),
     "--log-format": ("json", "json"),
