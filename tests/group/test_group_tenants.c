@@ -71,7 +71,14 @@ START_TEST(test_a_session_is_its_tenants_on_every_rank)
         ck_assert_str_eq(sa.stats_scope, "tenant alice");
         ck_assert_uint_eq(sa.sessions, 1);
         ck_assert_uint_eq(sa.group_size, 0); /* the worker's figures are an admin's */
+        ck_assert_uint_eq(sa.ucx_endpoints, 0); /* so are the UCX endpoints */
+        ck_assert_str_eq(sa.ucx_transports, "");
     }
+    attnd_stats so; /* the admin's: the peer's endpoint */
+    ck_assert_int_eq(attnd_client_get_stats(g.c[0], &so, NULL, &err), ATTND_OK);
+    ck_assert_str_eq(so.stats_scope, "global");
+    ck_assert_uint_eq(so.ucx_endpoints, 1);
+    ck_assert_msg(strstr(so.ucx_transports, "rank 1"), "%s", so.ucx_transports);
     attnd_stats sb;
     ck_assert_int_eq(attnd_client_get_stats(bob, &sb, NULL, &err), ATTND_OK);
     ck_assert_uint_eq(sb.sessions, 0);
