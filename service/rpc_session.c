@@ -1,11 +1,46 @@
 /* CreateSession and CloseSession: a session is one sequence's KV across all
- * layers. CreateSession reserves pages for max_tokens (when given) and
- * answers the 16-byte id with the full ModelInfo, so a client learns every
- * shape it must send from one call. With --token-file the session is bound
- * to the caller's tenant (on every rank of a group) and counts against its
- * limits; to any other tenant it does not exist (NOT_FOUND, as an unknown
- * id: its existence is not revealed). */
+ * layers. CreateSession reserves pages for max_tokens (when given), gives
+ * the session its sparse policy (when given: checked by the engine, which
+ * names the field), and answers the 16-byte id with the full ModelInfo, so
+ * a client learns every shape it must send from one call. With
+ * --token-file the session is bound to the caller's tenant (on every rank
+ * of a group) and counts against its limits; to any other tenant it does
+ * not exist (NOT_FOUND, as an unknown id: its existence is not revealed).
+ * A tenant's session cannot have a sparse policy yet (UNIMPLEMENTED): the
+ * tenant's KV quota does not follow what a policy reserves and streaming
+ * frees. */
+#include <stdlib.h>
+
 #include "srv.h"
+
+/* Create the session of a validated request (with its policy, if any)
+ * for owner (0: none). */
+static attnd_status create(attnd_srv *srv, const Attnd__V1__CreateSessionRequest *m,
+                           attnd_srv_create_req *req, uint64_t owner, attnd_session_id *id,
+                           attnd_error *err)
+{
+    if (!req->has_policy)
+        return srv->group ? attnd_group_session_create_owned(srv->group, owner,
+                                                             req->max_tokens, id, err)
+                          : attnd_engine_session_create_owned(srv->engine, owner,
+                                                              req->max_tokens, NULL, id, err);
+    if (owner)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "policy: a tenant's session (--token-file) cannot have a sparse "
+                               "policy yet; create it without one");
+    attnd_policy_rule *rules = NULL;
+    if (m->n_policy_table && !(rules = calloc(m->n_policy_table, sizeof *rules)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "policy_table: no memory for %zu rules", m->n_policy_table);
+    attnd_srv_create_rules(m, rules, req);
+    attnd_status st =
+        srv->group ? attnd_group_session_create_policy(srv->group, req->max_tokens, &req->policy,
+                                                       id, err)
+                   : attnd_engine_session_create_policy(srv->engine, req->max_tokens,
+                                                        &req->policy, NULL, id, err);
+    free(rules);
+    return st;
+}
 
 void attnd_srv_create_session_start(attnd_srv_call *c)
 {
@@ -19,10 +54,7 @@ void attnd_srv_create_session_start(attnd_srv_call *c)
     m = (Attnd__V1__CreateSessionRequest *)attnd_srv_call_decode(
         c, &attnd__v1__create_session_request__descriptor, &err);
     if (!m || attnd_srv_validate_create(m, &srv->model, &req, &err) ||
-        (srv->group ? attnd_group_session_create_owned(srv->group, attnd_srv_call_owner(c),
-                                                       req.max_tokens, &id, &err)
-                    : attnd_engine_session_create_owned(srv->engine, attnd_srv_call_owner(c),
-                                                        req.max_tokens, NULL, &id, &err))) {
+        create(srv, m, &req, attnd_srv_call_owner(c), &id, &err)) {
         attnd_srv_call_fail(c, &err);
         return;
     }

@@ -116,6 +116,11 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
     resp.tokens_appended = st.tokens_appended;
     resp.errors = global ? atomic_load(&srv->errors) : atomic_load(&c->tenant->errors);
     resp.kv_bytes_read = st.kv_bytes_read;
+    resp.kv_bytes_dense = st.kv_bytes_dense;
+    resp.select_bytes_read = st.select_bytes_read;
+    resp.select_ns = st.select_ns;
+    resp.select_calls = st.select_calls;
+    resp.pages_evicted = st.pages_evicted;
     resp.uptime_ms = attnd_srv_uptime_ms(srv);
     resp.stats_scope = scope;
     resp.sessions_expired = st.sessions_expired;

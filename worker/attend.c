@@ -16,6 +16,7 @@
 #include "attnd_assert.h"
 #include "attnd_buf.h"
 #include "backend.h"
+#include "sparse.h"
 #include "worker_int.h"
 
 void attnd_engine_ws_init(attnd_engine_ws *ws)
@@ -33,6 +34,7 @@ void attnd_engine_ws_cleanup(attnd_engine_ws *ws)
     free(ws->page_idx);
     free(ws->out);
     free(ws->lse);
+    attnd__sparse_ws_free(ws->sparse);
     if (ws->pinned_free)
         ws->pinned_free(ws->pinned);
     memset(ws, 0, sizeof *ws);
@@ -128,7 +130,7 @@ static void refund_owners(attnd_engine *e, const attnd_attend_req *req, attnd_en
         if (s->owner && need > 0)
             attnd__owner_refund(s->owner, 0, 0, need,
                                 attnd__session_from_reserved(
-                                    s, attnd__session_layer_pages(s, layer), need));
+                                    s, layer, attnd__session_layer_pages(s, layer), need));
     }
 }
 
@@ -146,7 +148,7 @@ static attnd_status charge_owners(attnd_engine *e, const attnd_attend_req *req,
             continue;
         st = attnd__owner_charge(
             s->owner, 0, 0, need,
-            attnd__session_from_reserved(s, attnd__session_layer_pages(s, layer), need),
+            attnd__session_from_reserved(s, layer, attnd__session_layer_pages(s, layer), need),
             "new_kv", err);
         if (st) {
             refund_owners(e, req, ws, i);
@@ -183,7 +185,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         if (st)
             return st;
         total += need;
-        from_res += attnd__session_from_reserved(s, attnd__session_layer_pages(s, layer), need);
+        from_res += attnd__session_from_reserved(s, layer, attnd__session_layer_pages(s, layer), need);
     }
     if (ATTND_BUF_RESERVE(ws->new_pages, ws->cap_new, (size_t)total + 1))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "new_kv: out of memory");
@@ -202,7 +204,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         attnd__session *s = ws->sessions[i];
         int64_t need = attnd__engine_pages_for_append(e, s, layer, S);
         int32_t have = attnd__session_layer_pages(s, layer);
-        int64_t r = attnd__session_from_reserved(s, have, need);
+        int64_t r = attnd__session_from_reserved(s, layer, have, need);
         memcpy(s->pages[layer] + have, ws->new_pages + taken, sizeof(int32_t) * (size_t)need);
         taken += need;
         s->reserved_left -= r;
@@ -213,6 +215,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         /* a GPU error is sticky (the worker must restart); lengths advance
          * anyway so that the page bookkeeping stays consistent */
         s->len[layer] += S;
+        attnd__sparse_evict(e, s, layer); /* streaming: pages out of the window */
         if (wst && st == ATTND_OK)
             st = wst;
     }
@@ -311,7 +314,8 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
 {
     const attnd_model_spec *m = &e->model;
     attnd_status st = attnd__engine_check_layer(e, req->layer, err);
-    uint64_t tokens = 0;
+    uint64_t tokens = 0, kv_bytes = 0, dense_bytes = 0;
+    int sparse = 0;
 
     if (st)
         return st;
@@ -356,15 +360,23 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     for (uint32_t k = 0; k < req->n_seqs; k++)
         pthread_mutex_lock(&((attnd__session *)ws->sessions[ws->order[k]])->mu);
 
+    ws->chosen_groups = 0;
+    ws->select_ns = 0;
+    sparse = attnd__sparse_needed(e, req, ws);
+    if (sparse && (st = attnd__sparse_check(e, req, ws, err)))
+        goto out;
     if (req->new_kv) {
         st = append_new_entries(e, req, ws, err);
         if (st)
             goto out;
     }
-    st = req->visible ? build_visible_lists(e, req, ws, &tokens, err)
-                      : build_page_lists(e, req, ws, &tokens, err);
-    if (st)
-        goto out;
+    if (!sparse) {
+        st = req->visible ? build_visible_lists(e, req, ws, &tokens, err)
+                          : build_page_lists(e, req, ws, &tokens, err);
+        if (st)
+            goto out;
+        kv_bytes = dense_bytes = tokens * e->entry_bytes;
+    }
 
     attnd_decode_batch b = {
         .n_seqs = (int32_t)req->n_seqs * (req->visible ? req->q_tokens : 1),
@@ -382,8 +394,11 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         .out = out,
         .lse = lse,
     };
+    /* sparse policies: their own lists (sparse_attend.c) */
+    if (sparse && (st = attnd__sparse_lists(e, req, ws, &b, &kv_bytes, &dense_bytes, err)))
+        goto out;
     if (e->gpu)
-        st = attnd__gpu_decode(e->gpu, &b, err);
+        st = sparse ? attnd__sparse_gpu_decode(e, ws, &b, err) : attnd__gpu_decode(e->gpu, &b, err);
     else
         st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
     if (st)
@@ -392,7 +407,8 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     *lse_p = req->want_lse ? lse : NULL;
     atomic_fetch_add(&e->attend_calls, 1);
     atomic_fetch_add(&e->attend_seqs, req->n_seqs);
-    atomic_fetch_add(&e->kv_bytes_read, tokens * e->entry_bytes);
+    atomic_fetch_add(&e->kv_bytes_read, kv_bytes);
+    atomic_fetch_add(&e->kv_bytes_dense, dense_bytes);
     if (req->new_kv)
         atomic_fetch_add(&e->tokens_appended, (uint64_t)req->n_seqs * (uint64_t)req->q_tokens);
     /* one caller's sessions (the service checks their owner): its figures */

@@ -44,3 +44,18 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd
     (void)g, (void)b;
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
+
+attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
+                                      attnd_error *err)
+{
+    (void)g, (void)bounds, (void)p;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
+attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_decode_batch *b,
+                                      const attnd_select_batch *sel, size_t sel_work,
+                                      int32_t *pos_out, uint64_t *select_ns_p, attnd_error *err)
+{
+    (void)g, (void)b, (void)sel, (void)sel_work, (void)pos_out, (void)select_ns_p;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}

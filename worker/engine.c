@@ -16,6 +16,7 @@
 
 #include "attnd_buf.h"
 #include "backend.h"
+#include "sparse.h"
 #include "worker_int.h"
 
 static int64_t div_up(int64_t a, int64_t b)
@@ -76,6 +77,12 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     if (st)
         goto err_pool;
     attnd__owner_table_init(&e->owners);
+    if ((st = attnd__sparse_engine_init(e, err))) {
+        attnd__owner_table_cleanup(&e->owners);
+        attnd__gpu_destroy(e->gpu);
+        attnd_kv_pool_cleanup(&e->pool);
+        goto err_pool;
+    }
     st = attnd__session_table_init(&e->table, cfg->max_sessions, err);
     if (st)
         goto err_table;
@@ -91,6 +98,7 @@ err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
 err_table:
     attnd__owner_table_cleanup(&e->owners);
+    attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
 err_pool:
@@ -105,6 +113,7 @@ void attnd_engine_destroy(attnd_engine *e)
     attnd_cpu_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__owner_table_cleanup(&e->owners); /* after the sessions that point at owners */
+    attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
     attnd__stages_cleanup(e);
@@ -237,6 +246,9 @@ attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t lay
                                  uint64_t n, attnd_dtype dtype, const void *kv,
                                  attnd_error *err)
 {
+    attnd_status st = attnd__sparse_note_write(e, s, layer, t0, n, dtype, kv, err);
+    if (st)
+        return st;
     if (e->gpu)
         return attnd__gpu_write(e->gpu, s->pages[layer], t0, n, dtype, kv, err);
     const int32_t ps = e->layout.page_size;
@@ -308,4 +320,9 @@ void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st)
     st->kv_bytes_read = atomic_load(&e->kv_bytes_read);
     st->sessions_expired = atomic_load(&e->sessions_expired);
     st->pages_expired = atomic_load(&e->pages_expired);
+    st->kv_bytes_dense = atomic_load(&e->kv_bytes_dense);
+    st->select_bytes_read = atomic_load(&e->select_bytes);
+    st->select_ns = atomic_load(&e->select_ns);
+    st->select_calls = atomic_load(&e->select_calls);
+    st->pages_evicted = atomic_load(&e->pages_evicted);
 }

@@ -46,7 +46,8 @@ enum { ATTND__GAM_REQ = 41, ATTND__GAM_REP = 42 };
 
 enum attnd__gmsg {
     ATTND__GMSG_HELLO = 1,  /* after the rendezvous: the new endpoints work */
-    ATTND__GMSG_CREATE = 2, /* data: id [, owner u64]; a = max_tokens for this rank */
+    ATTND__GMSG_CREATE = 2, /* data: id, then (b = 1) its owner u64, or a sparse
+                               policy (group_sparse.c); a = max_tokens for this rank */
     ATTND__GMSG_CLOSE = 3,  /* data: id; reply a = pages freed */
     ATTND__GMSG_APPEND = 4, /* data: id (64 bytes), this rank's tokens; a =
                                global start, b = global token count; stream
@@ -642,5 +643,14 @@ attnd_status attnd__gweights_store(attnd_group *g, uint32_t layer, int32_t d_vo,
  * layer or its d_vo differs. */
 attnd_status attnd__gweights_project(attnd_group *g, uint32_t layer, int32_t d_vo, size_t rows,
                                      const float *out, float *dst, attnd_error *err);
+
+/* ---- sparse policies (group_sparse.c) ----------------------------------------- */
+
+/* Rank r's share of a session's max_tokens (sequence mode: its tokens). */
+uint64_t attnd__glead_rank_tokens(const attnd_group *g, int32_t r, uint64_t max_tokens);
+/* A CREATE message's policy (the bytes after the id) into *out, its rules
+ * in *rules_p (caller frees). INVALID_ARGUMENT when malformed. */
+attnd_status attnd__gpolicy_parse(const uint8_t *p, size_t len, attnd_session_policy *out,
+                                  attnd_policy_rule **rules_p, attnd_error *err);
 
 #endif /* ATTND_GROUP_INT_H */

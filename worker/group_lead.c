@@ -151,7 +151,7 @@ void attnd__glead_break(attnd_group *g, const attnd_session_id *ids, uint32_t n,
 
 /* ---- sessions ------------------------------------------------------------------- */
 
-static uint64_t rank_max_tokens(const attnd_group *g, int32_t r, uint64_t max_tokens)
+uint64_t attnd__glead_rank_tokens(const attnd_group *g, int32_t r, uint64_t max_tokens)
 {
     return g->cfg.mode == ATTND_GROUP_SEQUENCE ? attnd__gplace_count(g, r, max_tokens)
                                                : max_tokens;
@@ -173,12 +173,13 @@ static attnd_status broadcast_id(attnd_group *g, uint32_t type, const attnd_sess
         if (!b)
             continue;
         b->hdr.type = type;
-        b->hdr.a = rank_max_tokens(g, r, max_tokens);
+        b->hdr.a = attnd__glead_rank_tokens(g, r, max_tokens);
         memcpy(b->data, id->bytes, sizeof id->bytes);
         b->len = sizeof id->bytes;
-        if (type == ATTND__GMSG_CREATE && owner) {
+        if (type == ATTND__GMSG_CREATE && owner) { /* b = 1: an owner follows */
             memcpy(b->data + b->len, &owner, sizeof owner);
             b->len += sizeof owner;
+            b->hdr.b = 1;
         }
         attnd__glead_send(g, c, r, b, 0);
     }
@@ -209,8 +210,8 @@ attnd_status attnd_group_session_create_owned(attnd_group *g, uint64_t owner,
     if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes)
         return attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
     st = attnd_engine_session_create_owned(g->engine, owner,
-                                           rank_max_tokens(g, g->me, max_tokens), &id, NULL,
-                                           err);
+                                           attnd__glead_rank_tokens(g, g->me, max_tokens), &id,
+                                           NULL, err);
     if (st)
         return st;
     if ((st = attnd__gtable_add(&g->table, &id, err))) {

@@ -176,15 +176,26 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
     }
     const attnd_session_id *id = (const attnd_session_id *)req->data;
     switch (h->type) {
-    case ATTND__GMSG_CREATE: {
-        uint64_t owner = 0; /* after the id, when the session has one */
-        if (req->len >= ATTND_SESSION_ID_BYTES + sizeof owner)
-            memcpy(&owner, req->data + ATTND_SESSION_ID_BYTES, sizeof owner);
-        st = attnd_engine_session_create_owned(g->engine, owner, h->a, id, NULL, &err);
+    case ATTND__GMSG_CREATE:
+        if (h->b == 1) { /* an owner after the id (group_lead.c) */
+            uint64_t owner = 0;
+            if (req->len >= ATTND_SESSION_ID_BYTES + sizeof owner)
+                memcpy(&owner, req->data + ATTND_SESSION_ID_BYTES, sizeof owner);
+            st = attnd_engine_session_create_owned(g->engine, owner, h->a, id, NULL, &err);
+        } else if (req->len > ATTND_SESSION_ID_BYTES) { /* a sparse policy (group_sparse.c) */
+            attnd_session_policy pol;
+            attnd_policy_rule *rules = NULL;
+            st = attnd__gpolicy_parse(req->data + ATTND_SESSION_ID_BYTES,
+                                      req->len - ATTND_SESSION_ID_BYTES, &pol, &rules, &err);
+            if (st == ATTND_OK)
+                st = attnd_engine_session_create_policy(g->engine, h->a, &pol, id, NULL, &err);
+            free(rules);
+        } else {
+            st = attnd_engine_session_create_id(g->engine, h->a, id, &err);
+        }
         if (st == ATTND_OK && (st = attnd__gtable_add(&g->table, id, &err)))
             attnd_engine_session_close(g->engine, id, NULL, NULL);
         return status_reply(g, h, st, &err, 0);
-    }
     case ATTND__GMSG_CLOSE:
         attnd__gtable_remove(&g->table, id);
         st = attnd_engine_session_close(g->engine, id, &freed, &err);

@@ -20,6 +20,7 @@
 
 #include "attnd_assert.h"
 #include "attnd_clock.h"
+#include "sparse.h"
 #include "worker_int.h"
 
 static uint32_t id_hash(const attnd_session_id *id)
@@ -97,14 +98,17 @@ static void session_free(attnd__session *s, attnd_kv_pool *pool)
 {
     int64_t held = 0;
     for (int32_t l = 0; l < s->n_layers; l++) {
-        held += attnd__session_layer_pages(s, l);
-        attnd_kv_pool_free(pool, s->pages[l], attnd__session_layer_pages(s, l));
+        /* what the owner is refunded: the pages really held (not streaming's holes) */
+        held += attnd__session_layer_pages(s, l) -
+                (s->sparse ? attnd__sparse_holes(s->sparse, l, s->page_size) : 0);
+        attnd__sparse_free_layer(pool, s, l, attnd__session_layer_pages(s, l));
         free(s->pages[l]);
     }
     attnd__owner_refund(s->owner, 1, s->reserved_left > 0 ? s->reserved_left : 0, held, 0);
     if (s->reserved_left > 0)
         attnd_kv_pool_unreserve(pool, s->reserved_left);
     pthread_mutex_destroy(&s->mu);
+    attnd__sparse_free(s->sparse);
     free(s->len);
     free(s->pages);
     free(s->cap);

@@ -86,6 +86,8 @@ typedef struct attnd_bench_opts {
     char tls_ca[PATH_MAX], tls_cert[PATH_MAX], tls_key[PATH_MAX];
     char tls_server_name[256];
     char token[4096];          /* --token-file's first line, or $ATTND_TOKEN */
+    int has_policy;            /* --policy: every session's sparse policy */
+    attnd_sparse_policy policy;
 } attnd_bench_opts;
 
 /* Parse argv. 0: run; 1: --help was printed; 2: bad flag (message on
@@ -165,6 +167,7 @@ typedef struct attnd_bench_result {
      * server's GetStats deltas and the client's completed calls */
     int have_srv_counts;
     uint64_t srv_attend_calls, srv_kv_bytes_read, client_calls;
+    uint64_t srv_kv_bytes_dense, srv_select_ns, srv_select_calls, srv_select_bytes;
     /* what carries Attend: the first connection's view
      * (attnd_client_transport_info) and the server's, per UCX endpoint
      * (GetStats, during the decode phase) */

@@ -316,6 +316,10 @@ int attnd_bench_execute(const attnd_bench_opts *o, const char *target, attnd_ben
         res->have_srv_counts = 1;
         res->srv_attend_calls = s1.attend_calls - s0.attend_calls;
         res->srv_kv_bytes_read = s1.kv_bytes_read - s0.kv_bytes_read;
+        res->srv_kv_bytes_dense = s1.kv_bytes_dense - s0.kv_bytes_dense;
+        res->srv_select_ns = s1.select_ns - s0.select_ns;
+        res->srv_select_calls = s1.select_calls - s0.select_calls;
+        res->srv_select_bytes = s1.select_bytes_read - s0.select_bytes_read;
         res->client_calls = atomic_load(&r->prog_calls);
     }
     if (o->progress)

@@ -219,6 +219,12 @@ err_bb:
 attnd_status attnd__client_ucx_attend(attnd_client *c, const attnd_attend_args *a,
                                       attnd_error *err)
 {
+    return attnd__client_ucx_attend_sparse(c, a, NULL, err);
+}
+
+attnd_status attnd__client_ucx_attend_sparse(attnd_client *c, const attnd_attend_args *a,
+                                             attnd_sparse_args *sp, attnd_error *err)
+{
     attnd__client_attend_msg msg;
     attnd__client_attend_dst dst;
     attnd__client_ucx_call k;
@@ -230,6 +236,7 @@ attnd_status attnd__client_ucx_attend(attnd_client *c, const attnd_attend_args *
     st = attnd__client_attend_prepare(c, a, &msg, &dst, err);
     if (st)
         return st;
+    attnd__client_attend_sparse_apply(&msg, &dst, sp);
     size_t bound = attnd_wire_request_frame_bound(&msg.req);
     if (bound > sizeof frame_stack && !(frame = malloc(bound))) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,

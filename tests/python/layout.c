@@ -68,6 +68,8 @@ int main(void)
     F(attnd_stats, kv_bytes_read); F(attnd_stats, uptime_ms); F(attnd_stats, group_size);
     F(attnd_stats, group_rank); F(attnd_stats, group_connected); F(attnd_stats, group_mode);
     F(attnd_stats, group_missing); F(attnd_stats, group_peer_failures);
+    F(attnd_stats, kv_bytes_dense); F(attnd_stats, select_bytes_read); F(attnd_stats, select_ns);
+    F(attnd_stats, select_calls); F(attnd_stats, pages_evicted);
     F(attnd_stats, ucx_endpoints); F(attnd_stats, ucx_transports);
     F(attnd_stats, stats_scope); F(attnd_stats, sessions_expired);
     F(attnd_stats, pages_expired); end();

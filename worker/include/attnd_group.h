@@ -138,6 +138,18 @@ attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
 attnd_status attnd_group_session_create_owned(attnd_group *g, uint64_t owner,
                                               uint64_t max_tokens, attnd_session_id *id_p,
                                               attnd_error *err);
+/* The same with a sparse policy (attnd_worker.h), checked against the
+ * whole model and given to every rank as its shard sees it: head mode
+ * keeps each rule's KV heads that the rank holds (renumbered); latent mode
+ * gives the policy as is (each rank selects on its latent slice and RoPE
+ * key); sequence mode gives each rank its share: the sink pages it holds,
+ * topk_pages / N (a fraction as is) of its own pages, and a window that
+ * covers its pages of the whole window (at most a page more per rank:
+ * worker/GROUPS.md). Given indices and return_pages are not yet carried by
+ * a group's Attend (UNIMPLEMENTED there). */
+attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_tokens,
+                                               const attnd_session_policy *p,
+                                               attnd_session_id *id_p, attnd_error *err);
 attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *id,
                                        uint64_t *pages_freed_p, attnd_error *err);
 
