@@ -4,7 +4,7 @@
  * entries all or nothing (an exhausted pool leaves every session as it was;
  * a layer an open AppendKV stage holds is ABORTED), builds the batch's page
  * lists in the caller's workspace and runs the kernel on the engine's
- * thread pool (attnd_cpu_pool: split-KV over all its threads; concurrent
+ * thread pool (attnd_kernel_pool: split-KV over all its threads; concurrent
  * attend calls take turns on it, and its workers take none of our locks, so
  * waiting for it with session locks held cannot deadlock) or on the GPU
  * backend. The workspace grows to the largest batch seen and is reused:
@@ -378,7 +378,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         kv_bytes = dense_bytes = tokens * e->entry_bytes;
     }
 
-    attnd_decode_batch b = {
+    attnd_kernel_decode_batch b = {
         .n_seqs = (int32_t)req->n_seqs * (req->visible ? req->q_tokens : 1),
         .q_tokens = req->visible ? 1 : req->q_tokens,
         .n_q_heads = m->n_q_heads,

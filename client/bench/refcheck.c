@@ -3,7 +3,7 @@
  * A check of heads [h0, h1) walks the KV heads those query heads read
  * (GQA: head h reads KV head h / (Hq / Hkv); MLA: the one latent head),
  * widens that KV head's K and V rows of the mirror to float64 once, and
- * runs attnd_ref_attention_f64 for the group's query heads in one go.
+ * runs attnd_kernel_ref_attention_f64 for the group's query heads in one go.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -118,8 +118,9 @@ int attnd_refcheck_token(attnd_refcheck *rc, uint32_t seq, uint32_t layer, uint6
         for (uint32_t h = a; h < b; h++)
             for (size_t d = 0; d < dk; d++)
                 rc->q[(h - a) * dk + d] = attnd_dtype_load_f64(q_t, q, (size_t)h * dk + d);
-        attnd_ref_attention_f64((int32_t)(b - a), 1, (int32_t)dk, (int32_t)dv, (int64_t)visible,
-                                (double)m->scale, rc->q, rc->k, rc->v, rc->out, rc->lse);
+        attnd_kernel_ref_attention_f64((int32_t)(b - a), 1, (int32_t)dk, (int32_t)dv,
+                                       (int64_t)visible, (double)m->scale, rc->q, rc->k, rc->v,
+                                       rc->out, rc->lse);
         for (uint32_t h = a; h < b; h++) {
             const double *ref = rc->out + (size_t)(h - a) * dv;
             double num = 0, den = 0;
