@@ -14,9 +14,8 @@
  * (leaders sending requests, executors sending replies) call into UCX
  * under net.mu and wake the thread. The worker is UCS_THREAD_MODE_SERIALIZED.
  *
- * Membership: peer r is DOWN (no endpoint; the lower rank of the pair
- * tries a rendezvous every 100 ms, the higher one only after 300 ms without
- * it, see DIAL_LATE_MS), CONNECTING (a rendezvous gave us its card: endpoint made by
+ * Membership: peer r is DOWN (no endpoint; a rendezvous is tried every
+ * 100 ms), CONNECTING (a rendezvous gave us its card: endpoint made by
  * address, our UCX HELLO sent every 200 ms until it answers) or UP. Every
  * rendezvous, whichever side began it, remakes our endpoint to the peer
  * (both sides together: UCX may have paired the old endpoints into one
@@ -54,7 +53,7 @@
  * rendezvous that cross make both sides remake their endpoints at once,
  * and UCX 1.13's TCP wireup can then abort the process
  * (wireup_ep.c:241 "pending_count == 0", seen in CI on test_group_tcp). */
-#define DIAL_LATE_MS 300
+#define DIAL_LATE_MS 1000
 #define WATCH_MS 5
 
 /* ---- sends ---------------------------------------------------------------------- */
