@@ -3,7 +3,12 @@
  * a non-OK status other than a client's cancel), the uptime, the KV tiers
  * and durability (and one session's bytes per tier when asked), and every
  * UCX endpoint this rank holds (Attend clients, group peers) with the
- * transports UCX really uses for it. */
+ * transports UCX really uses for it.
+ *
+ * With --token-file a tenant sees its own figures only (stats_scope
+ * "tenant NAME": its sessions, pages, calls and failed calls, its limits);
+ * the worker's (stats_scope "global", group fields, UCX endpoints) need an
+ * admin tenant. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,9 +64,11 @@ static void ucx_endpoints(attnd_srv *srv, const attnd_group_state *gs,
 }
 
 /* The engine's tier and durability figures into resp; with a session id,
- * that session's bytes (NOT_FOUND names it). */
+ * that session's bytes (NOT_FOUND names it; for a tenant, admins included,
+ * another tenant's session is NOT_FOUND in the same words, as everywhere).
+ * owner: the caller's tenant (0: no --token-file). */
 static attnd_status tier_stats(attnd_srv *srv, const Attnd__V1__GetStatsRequest *m,
-                               const attnd_engine_stats *st, char *below,
+                               uint64_t owner, const attnd_engine_stats *st, char *below,
                                Attnd__V1__GetStatsResponse *resp, attnd_error *err)
 {
     resp->kv_pages_held = st->pages_held;
@@ -93,6 +100,9 @@ static attnd_status tier_stats(attnd_srv *srv, const Attnd__V1__GetStatsRequest 
                                "session_id: %zu bytes, expected %zu", m->session_id.len,
                                sizeof id.bytes);
     memcpy(id.bytes, m->session_id.data, sizeof id.bytes);
+    attnd_status st2;
+    if (owner && (st2 = attnd_engine_sessions_check(srv->engine, owner, &id, 1, 0, err)))
+        return st2;
     return attnd_engine_session_bytes(srv->engine, &id, &resp->session_memory_bytes,
                                       &resp->session_below_bytes, err);
 }
@@ -126,10 +136,20 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
         attnd_srv_call_fail(c, &err);
         return;
     }
-    attnd_engine_get_stats(srv->engine, &st);
+    int global = !c->tenant || c->admin;
+    char scope[16 + ATTND_SRV_TENANT_NAME_MAX];
+    if (global) {
+        attnd_engine_get_stats(srv->engine, &st);
+        snprintf(scope, sizeof scope, "global");
+    } else {
+        attnd_engine_owner_stats(srv->engine, c->tenant->tag, &st);
+        if (!st.max_sessions || st.max_sessions > srv->cfg->max_sessions)
+            st.max_sessions = srv->cfg->max_sessions;
+        snprintf(scope, sizeof scope, "tenant %s", c->tenant->name);
+    }
     Attnd__V1__GetStatsResponse resp = ATTND__V1__GET_STATS_RESPONSE__INIT;
     char below[sizeof st.below];
-    if (tier_stats(srv, m, &st, below, &resp, &err)) {
+    if (tier_stats(srv, m, attnd_srv_call_owner(c), &st, below, &resp, &err)) {
         attnd_srv_call_fail(c, &err);
         return;
     }
@@ -146,7 +166,7 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
     resp.attend_sequences = st.attend_sequences;
     resp.append_calls = st.append_calls;
     resp.tokens_appended = st.tokens_appended;
-    resp.errors = atomic_load(&srv->errors);
+    resp.errors = global ? atomic_load(&srv->errors) : atomic_load(&c->tenant->errors);
     resp.kv_bytes_read = st.kv_bytes_read;
     resp.kv_bytes_dense = st.kv_bytes_dense;
     resp.select_bytes_read = st.select_bytes_read;
@@ -154,9 +174,12 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
     resp.select_calls = st.select_calls;
     resp.pages_evicted = st.pages_evicted;
     resp.uptime_ms = attnd_srv_uptime_ms(srv);
+    resp.stats_scope = scope;
+    resp.sessions_expired = st.sessions_expired;
+    resp.pages_expired = st.pages_expired;
     attnd_group_state gs;
     char mode[16];
-    if (srv->group) {
+    if (srv->group && global) {
         attnd_group_get_state(srv->group, &gs);
         snprintf(mode, sizeof mode, "%s", attnd_group_mode_name(gs.mode));
         resp.group_size = (uint32_t)gs.size;
@@ -167,7 +190,8 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
         resp.group_peer_failures = gs.peer_failures;
     }
     void *mem = NULL;
-    ucx_endpoints(srv, srv->group ? &gs : NULL, &resp, &mem);
+    if (global) /* other clients' endpoints are not a tenant's business */
+        ucx_endpoints(srv, srv->group ? &gs : NULL, &resp, &mem);
     attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
     free(mem);
 }

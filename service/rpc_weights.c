@@ -2,7 +2,9 @@
  * group serving an MLA model, so that Attend with up_project returns
  * up-projected outputs (see attnd_group_load_weights). A lone worker (no
  * --group) answers FAILED_PRECONDITION: the up-projection is the group's
- * all-reduce, and a group of one rank (--group HOST:PORT) serves it. */
+ * all-reduce, and a group of one rank (--group HOST:PORT) serves it.
+ * With --token-file only an admin tenant may load weights: they serve
+ * every tenant. */
 #include "srv.h"
 
 static attnd_status check_w(const Attnd__V1__LoadWeightsRequest *m, const attnd_srv_model *md,
@@ -43,6 +45,13 @@ void attnd_srv_load_weights_start(attnd_srv_call *c)
     m = (Attnd__V1__LoadWeightsRequest *)attnd_srv_call_decode(
         c, &attnd__v1__load_weights_request__descriptor, &err);
     if (!m) {
+        attnd_srv_call_fail(c, &err);
+        return;
+    }
+    if (c->tenant && !c->admin) { /* the weights serve every tenant */
+        attnd_error_set(&err, ATTND_ERR_PERMISSION_DENIED,
+                        "w_uv: LoadWeights changes the model every tenant is served: it needs "
+                        "an admin tenant's token (admin in --token-file)");
         attnd_srv_call_fail(c, &err);
         return;
     }

@@ -79,7 +79,9 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     }
     if (st)
         goto err_pool;
+    attnd__owner_table_init(&e->owners);
     if ((st = attnd__sparse_engine_init(e, err))) {
+        attnd__owner_table_cleanup(&e->owners);
         attnd__gpu_destroy(e->gpu);
         attnd_kv_pool_cleanup(&e->pool);
         goto err_pool;
@@ -106,6 +108,7 @@ err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__engine_tiers_free(e);
 err_table:
+    attnd__owner_table_cleanup(&e->owners);
     attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
@@ -122,6 +125,7 @@ void attnd_engine_destroy(attnd_engine *e)
     attnd_kernel_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__engine_tiers_free(e);
+    attnd__owner_table_cleanup(&e->owners); /* after the sessions that point at owners */
     attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
@@ -145,13 +149,14 @@ int32_t attnd_engine_page_size(const attnd_engine *e)
     return e->layout.page_size;
 }
 
-attnd_status attnd__engine_session_make(attnd_engine *e, const attnd_session_id *id,
-                                       uint64_t max_tokens, int lenient,
-                                       attnd__session **s_p, attnd_error *err)
+attnd_status attnd__engine_session_make(attnd_engine *e, uint64_t owner,
+                                       const attnd_session_id *id, uint64_t max_tokens,
+                                       int lenient, attnd__session **s_p, attnd_error *err)
 {
     int64_t per_layer = div_up((int64_t)(max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens),
                                e->layout.page_size);
     int64_t reserve = per_layer * e->model.n_layers, cap, held;
+    attnd__owner *o = NULL;
     attnd_status st;
 
     attnd_kv_pool_logical(&e->pool, &held, &cap);
@@ -161,42 +166,60 @@ attnd_status attnd__engine_session_make(attnd_engine *e, const attnd_session_id 
                                "(%d in memory)",
                                (unsigned long long)max_tokens, (long long)reserve,
                                (long long)cap, e->pool.n_pages);
+    if (owner && !(o = attnd__owner_get(&e->owners, owner, e->pool.page_bytes, err)))
+        return err ? err->code : ATTND_ERR_RESOURCE_EXHAUSTED;
+    /* the owner's KV counts pages wherever they are (memory or below): the
+     * reservation now, the pages as they are allocated, all given back when
+     * the session is freed (session.c) */
+    if ((st = attnd__owner_charge(o, 1, reserve, 0, 0, "max_tokens", err)))
+        return st;
     st = attnd_kv_pool_reserve(&e->pool, reserve, err);
     if (st && !lenient)
-        return st;
-    if (st) /* a recovered session keeps its KV, without the promise */
+        goto err_owner;
+    if (st) { /* a recovered session keeps its KV, without the promise */
+        attnd__owner_refund(o, 0, reserve, 0, 0);
         reserve = per_layer = 0;
+    }
     attnd__session *s = attnd__session_new(id, e->model.n_layers, e->layout.page_size, reserve,
                                            (int32_t)(per_layer ? per_layer : 0), e->tier != NULL);
     if (!s) {
-        attnd_kv_pool_unreserve(&e->pool, reserve);
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "max_tokens: no memory for the session's page tables");
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "max_tokens: no memory for the session's page tables");
+        goto err_reserve;
     }
     s->res_per_layer = (int32_t)per_layer;
     s->max_tokens = max_tokens;
+    s->owner = o; /* before it can be found */
     atomic_store(&s->last_used, e->tier ? atomic_fetch_add(&e->tier->tick, 1) + 1 : 0);
     if (s_p)
         s->refs++; /* not in a table yet: ours to count */
     st = attnd__session_table_insert(&e->table, s, err);
     if (st) {
-        s->reserved_left = 0; /* the reservation is still ours to return */
+        /* the reservation and the charge are still ours to return */
+        s->reserved_left = 0;
+        s->owner = NULL;
         if (s_p)
             s->refs--;
         attnd__session_put(&e->table, &e->pool, s);
-        attnd_kv_pool_unreserve(&e->pool, reserve);
-        return st;
+        goto err_reserve;
     }
     if (s_p)
         *s_p = s;
     return ATTND_OK;
+
+err_reserve:
+    attnd_kv_pool_unreserve(&e->pool, reserve);
+err_owner:
+    attnd__owner_refund(o, 1, reserve, 0, 0);
+    return st;
 }
 
-/* A session made and logged (its CREATE durable in sync mode). */
-static attnd_status create_logged(attnd_engine *e, const attnd_session_id *id,
+/* A session made for owner (0: none) and logged (its CREATE durable in sync
+ * mode). */
+static attnd_status create_logged(attnd_engine *e, uint64_t owner, const attnd_session_id *id,
                                   uint64_t max_tokens, attnd_error *err)
 {
-    attnd_status st = attnd__engine_session_make(e, id, max_tokens, 0, NULL, err);
+    attnd_status st = attnd__engine_session_make(e, owner, id, max_tokens, 0, NULL, err);
     if (st || !e->dur)
         return st;
     st = attnd__engine_log_session(e, ATTND__WREC_CREATE, id, max_tokens, err);
@@ -208,28 +231,53 @@ static attnd_status create_logged(attnd_engine *e, const attnd_session_id *id,
     return st;
 }
 
-attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
-                                         attnd_session_id *id_p, attnd_error *err)
+/* Create a session for owner (0: none) under id `want` (NULL: a random
+ * one, retried on the unlikely collision). */
+static attnd_status session_create(attnd_engine *e, uint64_t owner, uint64_t max_tokens,
+                                   const attnd_session_id *want, attnd_session_id *id_p,
+                                   attnd_error *err)
 {
     attnd_session_id id;
     attnd_status st;
 
-    for (int tries = 0;; tries++) {
-        if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes)
-            return attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
-        st = create_logged(e, &id, max_tokens, err);
-        if (st != ATTND_ERR_ALREADY_EXISTS || tries > 3)
-            break;
-    }
-    if (st == ATTND_OK)
-        *id_p = id;
+    /* the log does not record owners (service/config.c refuses --durable
+     * with --token-file; this holds a group rank to the same rule) */
+    if (owner && e->dur)
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "session owner: a durable worker (--durable) cannot keep a "
+                               "session's tenant across a restart, so it serves no tenants");
+    if (want)
+        st = create_logged(e, owner, want, max_tokens, err);
+    else
+        for (int tries = 0;; tries++) {
+            if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes)
+                return attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
+            st = create_logged(e, owner, &id, max_tokens, err);
+            if (st != ATTND_ERR_ALREADY_EXISTS || tries > 3)
+                break;
+        }
+    if (st == ATTND_OK && id_p)
+        *id_p = want ? *want : id;
     return st;
+}
+
+attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
+                                         attnd_session_id *id_p, attnd_error *err)
+{
+    return session_create(e, 0, max_tokens, NULL, id_p, err);
 }
 
 attnd_status attnd_engine_session_create_id(attnd_engine *e, uint64_t max_tokens,
                                             const attnd_session_id *id, attnd_error *err)
 {
-    return create_logged(e, id, max_tokens, err);
+    return session_create(e, 0, max_tokens, id, NULL, err);
+}
+
+attnd_status attnd_engine_session_create_owned(attnd_engine *e, uint64_t owner,
+                                               uint64_t max_tokens, const attnd_session_id *id,
+                                               attnd_session_id *id_p, attnd_error *err)
+{
+    return session_create(e, owner, max_tokens, id, id_p, err);
 }
 
 attnd_status attnd_engine_session_close(attnd_engine *e, const attnd_session_id *id,
@@ -340,6 +388,8 @@ void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st)
     st->tokens_appended = atomic_load(&e->tokens_appended);
     st->kv_bytes_read = atomic_load(&e->kv_bytes_read);
     attnd__engine_tiers_stats(e, st);
+    st->sessions_expired = atomic_load(&e->sessions_expired);
+    st->pages_expired = atomic_load(&e->pages_expired);
     st->kv_bytes_dense = atomic_load(&e->kv_bytes_dense);
     st->select_bytes_read = atomic_load(&e->select_bytes);
     st->select_ns = atomic_load(&e->select_ns);

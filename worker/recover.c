@@ -141,7 +141,7 @@ static attnd_status man_session(attnd_engine *e, const unsigned char *m, size_t 
     const unsigned char *msg = take(m, len, off, msg_len + (8 - msg_len % 8) % 8);
     if (!msg)
         return corrupt(e, "a session's message is cut short", err);
-    if ((st = attnd__engine_session_make(e, &id, max_tokens, 1, &s, err)))
+    if ((st = attnd__engine_session_make(e, 0, &id, max_tokens, 1, &s, err)))
         return st == ATTND_ERR_ALREADY_EXISTS ? corrupt(e, "a session appears twice", err) : st;
     st = ATTND_OK;
     if (flags & 1)
@@ -504,7 +504,7 @@ static attnd_status apply(attnd_engine *e, const attnd__wrec_hdr *h, void *arg, 
             attnd__session_put(&e->table, &e->pool, s);
             return ATTND_OK;
         }
-        attnd_status st = attnd__engine_session_make(e, &id, max_tokens, 1, NULL, err);
+        attnd_status st = attnd__engine_session_make(e, 0, &id, max_tokens, 1, NULL, err);
         return st == ATTND_ERR_ALREADY_EXISTS ? ATTND_OK : st;
     }
     case ATTND__WREC_CLOSE:

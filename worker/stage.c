@@ -179,8 +179,12 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
     if ((st = attnd__session_grow(ss, l, have + need, err)))
         goto out;
     int32_t from_res = (int32_t)attnd__session_from_reserved(ss, l, have, need);
-    if ((st = attnd__engine_alloc(e, (int32_t)need, from_res, ss->pages[l] + have, err)))
+    if ((st = attnd__owner_charge(ss->owner, 0, 0, need, from_res, "kv", err)))
         goto out;
+    if ((st = attnd__engine_alloc(e, (int32_t)need, from_res, ss->pages[l] + have, err))) {
+        attnd__owner_refund(ss->owner, 0, 0, need, from_res);
+        goto out;
+    }
     attnd__session_no_slots(ss, l, have, have + need);
     ss->reserved_left -= from_res;
     if (fresh) {
@@ -255,6 +259,7 @@ static void drop_ent(attnd_engine *e, const stage_ent *en)
     /* what these pages redeemed, chunk by chunk, sums to this */
     int32_t r = (int32_t)attnd__session_from_reserved(ss, l, have, extra);
     attnd_kv_pool_unalloc(&e->pool, ss->pages[l] + have, extra, r);
+    attnd__owner_refund(ss->owner, 0, 0, extra, r);
     ss->reserved_left += r;
     ss->staged[l] = ss->len[l];
     ss->stager[l] = NULL;
@@ -327,6 +332,9 @@ attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p
     uint64_t chunks = s->chunks, tokens = s->tokens;
     if (st && s->tx.txn) /* closes its transaction in the log */
         attnd__engine_log_mark(e, &s->tx, ATTND__WREC_ABORT, &end, NULL);
+    /* a stream's sessions are one caller's (the service checks each chunk's
+     * owner): its figures go to the first one's owner */
+    attnd__owner *o = s->n_ent ? s->ent[0].s->owner : NULL;
     put_all(s);
     if (st == ATTND_OK)
         st = attnd__engine_log_wait(e, end, err);
@@ -334,6 +342,10 @@ attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p
         return st;
     atomic_fetch_add(&e->append_calls, chunks);
     atomic_fetch_add(&e->tokens_appended, tokens);
+    if (o) {
+        atomic_fetch_add(&o->append_calls, chunks);
+        atomic_fetch_add(&o->tokens_appended, tokens);
+    }
     if (chunks_p)
         *chunks_p = chunks;
     if (tokens_p)

@@ -463,10 +463,12 @@ attnd_status attnd__engine_tiers_open(attnd_engine *e, const attnd_engine_config
 void attnd__engine_tiers_close(attnd_engine *e);
 void attnd__engine_tiers_free(attnd_engine *e);
 void attnd__engine_tiers_stats(attnd_engine *e, attnd_engine_stats *st);
-/* engine.c: a session under id in the table, max_tokens' pages reserved
+/* engine.c: a session of owner (0: none, charged for it) under id in the
+ * table, max_tokens' pages reserved
  * (lenient: recovery, which keeps a session whose promise no longer fits,
  * without it); *s_p (may be NULL) gets a reference. Not logged. */
-attnd_status attnd__engine_session_make(attnd_engine *e, const attnd_session_id *id,
+attnd_status attnd__engine_session_make(attnd_engine *e, uint64_t owner,
+                                       const attnd_session_id *id,
                                        uint64_t max_tokens, int lenient,
                                        attnd__session **s_p, attnd_error *err);
 

@@ -82,6 +82,10 @@ typedef struct attnd_bench_opts {
     int64_t deadline_ms;
     char json[PATH_MAX], csv[PATH_MAX], plot[PATH_MAX];
     char kv_memory[32];        /* --kv-memory for the spawned attnd */
+    /* a --target with TLS or tokens (README, Security) */
+    char tls_ca[PATH_MAX], tls_cert[PATH_MAX], tls_key[PATH_MAX];
+    char tls_server_name[256];
+    char token[4096];          /* --token-file's first line, or $ATTND_TOKEN */
     int has_policy;            /* --policy: every session's sparse policy */
     attnd_sparse_policy policy;
 } attnd_bench_opts;

@@ -48,6 +48,7 @@ SAMPLES = {
     "--tpla-mu": ("0.5", "0.5"),
     "--group-connect-ms": ("5", "5"),
     "--group-timeout-ms": ("6", "6"),
+    "--group-secret-file": ("/tmp/attnd-gsecret", "/tmp/attnd-gsecret"),
     "--kv-prefault": ("1", None),  # a switch: shown as the bare flag
     "--metrics-listen": ("127.0.0.1:9999", "127.0.0.1:9999"),
     "--log-format": ("json", "json"),
@@ -61,6 +62,18 @@ SAMPLES = {
     "--durable-window-ms": ("5", "5"),
     "--durable-segment": ("2Mi", "2097152"),
     "--durable-checkpoint": ("1Mi", "1048576"),
+    "--tls-cert": ("/tmp/attnd-cert.pem", "/tmp/attnd-cert.pem"),
+    "--tls-key": ("/tmp/attnd-key.pem", "/tmp/attnd-key.pem"),
+    "--tls-client-ca": ("/tmp/attnd-ca.pem", "/tmp/attnd-ca.pem"),
+    "--token-file": ("/tmp/attnd-tokens", "/tmp/attnd-tokens"),
+    "--tenant-max-sessions": ("9", "9"),
+    "--tenant-kv-memory": ("1Mi", "1048576"),
+    "--session-idle-ttl": ("10m", "600000ms"),
+    "--grpc-keepalive-ms": ("1000", "1000"),
+    "--grpc-keepalive-timeout-ms": ("2000", "2000"),
+    "--handshake-timeout-ms": ("3000", "3000"),
+    "--max-streams": ("17", "17"),
+    "--grpc-memory": ("64Mi", "67108864"),
 }
 
 
@@ -128,6 +141,21 @@ class Variables(unittest.TestCase):
         r = print_config({"ATTND_GROUP": "127.0.0.1:1", "ATTND_RANK": "3"})
         self.assertEqual(r.returncode, 2)
         self.assertIn("--rank", r.stderr)
+
+    def test_durable_with_tenants_is_refused_at_start_naming_both_flags(self):
+        tokens = os.path.join(self.tmp.name, "tokens")
+        with open(tokens, "w") as f:
+            f.write("secret-token-0123456789 alice\n")
+        kvdir = os.path.join(self.tmp.name, "kv")
+        os.makedirs(kvdir, exist_ok=True)
+        e = {k: v for k, v in os.environ.items() if not k.startswith("ATTND_")}
+        r = subprocess.run([ATTND, "--listen", "127.0.0.1:0", "--kv-dir", kvdir, "--durable",
+                            "--token-file", tokens], capture_output=True, text=True, env=e,
+                           timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--durable", r.stderr)
+        self.assertIn("--token-file", r.stderr)
+        self.assertEqual(os.listdir(kvdir), [], "nothing may be written before the refusal")
 
 
 if __name__ == "__main__":
