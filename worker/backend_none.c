@@ -39,8 +39,21 @@ void attnd__gpu_host_free(void *p)
     (void)p;
 }
 
-attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b, attnd_error *err)
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b,
+                               const attnd__gpu_proj *proj, attnd_error *err)
 {
-    (void)g, (void)b;
+    (void)g, (void)b, (void)proj;
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
+attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src_t,
+                               const void *src, size_t n, void **dev_p, attnd_error *err)
+{
+    (void)g, (void)dst_t, (void)src_t, (void)src, (void)n, (void)dev_p;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
+void attnd__gpu_free(attnd__gpu *g, void *dev)
+{
+    (void)g, (void)dev;
 }

@@ -82,10 +82,15 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     st = attnd_cpu_pool_create(e->gpu ? 1 : cfg->kernel_threads, &e->kpool, err);
     if (st)
         goto err_kpool;
+    st = attnd__weights_init(e, err);
+    if (st)
+        goto err_weights;
     pthread_mutex_init(&e->stage_mu, NULL);
     *engine_p = e;
     return ATTND_OK;
 
+err_weights:
+    attnd_cpu_pool_destroy(e->kpool);
 err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
 err_table:
@@ -102,6 +107,7 @@ void attnd_engine_destroy(attnd_engine *e)
         return;
     attnd_cpu_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
+    attnd__weights_cleanup(e); /* before the GPU: device copies */
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
     attnd__stages_cleanup(e);

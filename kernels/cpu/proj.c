@@ -32,7 +32,7 @@ attnd_status attnd_proj_check(const attnd_proj *p, attnd_error *err)
 
 size_t attnd_proj_work_floats(const attnd_proj *p)
 {
-    return (size_t)p->rows * (size_t)p->k;
+    return p->src_dtype == ATTND_DTYPE_F32 ? 0 : (size_t)p->rows * (size_t)p->k;
 }
 
 const float *attnd__proj_rows(const attnd_proj *p, int32_t h, int32_t r0, int32_t nr,

@@ -122,7 +122,7 @@ START_TEST(test_every_path_matches_f64_for_every_shape_and_dtype)
                     prob q;
                     int32_t heads = (int32_t)tu_int(&r, 1, 3), pass = (int32_t)tu_int(&r, 0, 2) * 8;
                     build(&q, &r, rows, heads, kj[s][0], kj[s][1], pass, src_types[a], w_types[b]);
-                    float *work = malloc(sizeof(float) * attnd_proj_work_floats(&q.p));
+                    float *work = malloc(sizeof(float) * attnd_proj_work_floats(&q.p) + 1);
                     ck_assert_ptr_nonnull(work);
                     for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
                         if (!attnd_kernel_path_supported((attnd_kernel_path)path))
