@@ -39,18 +39,22 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
         wait_ms = x->time_left_ms - x->time_left_ms / 10 - 5;
         wait_ms = wait_ms > 0 ? wait_ms : 1;
     }
-    int32_t d_vo = 0;
-    if (m->up_project) { /* W_UV applied by the group's ranks (LoadWeights) */
-        d_vo = srv->group ? attnd_group_weights_dv(srv->group, m->layer) : 0;
+    if (m->up_project) { /* W_UV applied where the KV is (LoadWeights) */
+        int32_t d_vo = 0;
+        if (srv->group)
+            attnd_group_weights_dims(srv->group, m->layer, NULL, &d_vo);
+        else
+            attnd_engine_weights_dims(srv->engine, m->layer, NULL, &d_vo);
         if (!d_vo)
             return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
-                                   "up_project: no W_UV loaded for layer %u (LoadWeights, on "
-                                   "a worker group)", m->layer);
+                                   "up_project: no W_UV loaded for layer %u (LoadWeights)",
+                                   m->layer);
+        req.eng.d_vo = d_vo;
         req.out_shape[3] = d_vo;
     }
     uint64_t own_ns = 0; /* a group leader's own share of t2 - t1 */
-    st = srv->group ? attnd_group_attend(srv->group, &req.eng, x->ws, wait_ms, d_vo,
-                                         &out, &lse, &own_ns, err)
+    st = srv->group ? attnd_group_attend(srv->group, &req.eng, x->ws, wait_ms, &out, &lse,
+                                         &own_ns, err)
                     : attnd_engine_attend(srv->engine, &req.eng, x->ws, &out, &lse, err);
     if (st)
         return st;
