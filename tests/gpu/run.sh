@@ -81,11 +81,12 @@ rc=0
 
 do_e2e_build() {
   local b=${ATTND_BUILD_DIR:-$root/build}
-  cmake --build "$b" -j2 --target attnd attnd-cli attnd-bench test_gpu_e2e bench_engine
+  cmake --build "$b" -j2 --target attnd attnd-cli attnd-bench test_gpu_e2e test_gpu_narrow \
+    bench_engine
   rm -rf "$e2e"
   "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$e2e" "$b/service/attnd" \
     "$b/client/cli/attnd-cli" "$b/client/bench/attnd-bench" "$b/tests/gpu/test_gpu_e2e" \
-    "$b/worker/bench_engine"
+    "$b/tests/gpu/test_gpu_narrow" "$b/worker/bench_engine"
   # test_gpu_e2e starts the attnd path compiled into it: remember it
   realpath "$b/service/attnd" > "$e2e/attnd_path"
   echo "bundled: $e2e"
@@ -131,8 +132,12 @@ e2e_test() {
   echo "== test_gpu_e2e"
   "${t[@]}" "$e2e/run" test_gpu_e2e 2>&1 | tee "$out/e2e_test.log"
   rc=${PIPESTATUS[0]}
+  [ $rc -eq 77 ] && { set -e; echo "no GPU: skipped"; exit 77; }
+  echo "== test_gpu_narrow (the narrow MLA wire's cuBLAS products)"
+  "${t[@]}" "$e2e/run" test_gpu_narrow 2>&1 | tee -a "$out/e2e_test.log"
+  local nrc=${PIPESTATUS[0]}
+  [ $rc -eq 0 ] && rc=$nrc
   set -e
-  [ $rc -eq 77 ] && { echo "no GPU: skipped"; exit 77; }
   return 0
 }
 
