@@ -238,11 +238,23 @@ attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *st,
                                     attnd_model_info *model_p,
                                     attnd_error *err);
 
-/* LoadWeights: give the worker (group) of an MLA model layer `layer`'s
- * value up-projection W_UV, a float32/bf16/f16 tensor [Hq, d_c, d_vo]
- * (head h's latent -> value), so that Attend with up_project returns
- * projected outputs. Replaces what the layer had. *bytes_p (may be NULL):
- * the float32 bytes the contacted rank now holds for the layer. */
+/* LoadWeights for the narrow MLA wire: give the worker (lone or group)
+ * serving an MLA model layer `layer`'s W_UK, [Hq, d_nope, d_c] (head h's
+ * q_nope -> absorbed latent query: q_c[h] = q_nope[h] . W_UK[h]), and/or
+ * W_UV, [Hq, d_c, d_v] (head h's latent output -> value: v[h] = o[h] .
+ * W_UV[h]), row-major float32/bf16/f16 tensors (either may be NULL, not
+ * both). Then Attend with q_form ATTND_Q_HEADS sends [B, S, Hq, d_nope +
+ * d_rope] and receives [B, S, Hq, d_v] (both matrices needed), and
+ * up_project with an absorbed query returns the latent output times W_UV.
+ * A load replaces the matrices it carries and keeps the other. The worker
+ * keeps bf16 as bf16, anything else as float32; *bytes_p (may be NULL):
+ * the bytes the contacted worker (rank) now holds for the layer, both
+ * matrices. A worker that restarts has none: load them again. */
+attnd_status attnd_client_load_mla_weights(attnd_client *c, uint32_t layer,
+                                           const attnd_tensor *w_uk, const attnd_tensor *w_uv,
+                                           uint64_t *bytes_p, attnd_error *err);
+/* attnd_client_load_mla_weights(c, layer, NULL, w_uv, bytes_p, err): W_UV
+ * alone (up_project with an absorbed query). */
 attnd_status attnd_client_load_weights(attnd_client *c, uint32_t layer,
                                        const attnd_tensor *w_uv, uint64_t *bytes_p,
                                        attnd_error *err);
