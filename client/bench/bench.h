@@ -82,6 +82,9 @@ typedef struct attnd_bench_opts {
     int64_t deadline_ms;
     char json[PATH_MAX], csv[PATH_MAX], plot[PATH_MAX];
     char kv_memory[32];        /* --kv-memory for the spawned attnd */
+    int wire;                  /* --wire: -1 not given (heads for MLA models),
+                                  0 absorbed, 1 heads (the narrow MLA wire) */
+    uint32_t d_nope, d_vh;     /* --d-nope, --d-v: the heads form's widths */
 } attnd_bench_opts;
 
 /* Parse argv. 0: run; 1: --help was printed; 2: bad flag (message on
@@ -161,6 +164,8 @@ typedef struct attnd_bench_result {
      * server's GetStats deltas and the client's completed calls */
     int have_srv_counts;
     uint64_t srv_attend_calls, srv_kv_bytes_read, client_calls;
+    int heads;                   /* the narrow MLA wire (q_form HEADS) */
+    uint32_t d_q, d_out;         /* per head: query and output elements sent */
     attnd_bench_stats st;
     int check_ran;
     double check_bound;
@@ -235,6 +240,12 @@ struct attnd_bench_run {
     pthread_mutex_t err_mu;
     char first_error[ATTND_ERROR_MSG_MAX + 32];
     double prefill_s;
+    /* the narrow MLA wire (--wire heads): random bf16 W_UK [Hq][d_nope][d_c]
+     * and W_UV [Hq][d_c][d_v], loaded into every layer by the bench */
+    int heads;
+    uint32_t d_q, d_out;        /* per head: query and output elements */
+    uint16_t *w_uk, *w_uv;
+    attnd_refcheck_proj proj;   /* the check's view of them */
 };
 
 /* Connect, learn the model, run prefill and decode, fill *res. 0 when the

@@ -156,11 +156,21 @@ typedef struct attnd_attend_args {
     size_t out_capacity;
     float *lse;
     size_t lse_capacity;
-    /* Nonzero: a worker group holding this layer's W_UV (see
-     * attnd_client_load_weights) returns out[h] = latent out[h] . W_UV[h],
-     * [n_seqs, S, Hq, d_vo], each rank projecting its own part and the
-     * group summing them (MLA, sequence or latent sharding). */
+    /* Nonzero: a worker holding this layer's W_UV (see
+     * attnd_client_load_mla_weights) returns out[h] = latent out[h] .
+     * W_UV[h], [n_seqs, S, Hq, d_v] (MLA; a group's ranks each project
+     * their part, and the group sums or merges d_v-wide rows). */
     int up_project;
+    /* MLA: which form q has (the wire says it; nothing is guessed from the
+     * shape). ATTND_Q_ABSORBED (0, the default): q [.., Hq, d_c + d_rope],
+     * out [.., Hq, d_c] (or d_v with up_project). ATTND_Q_HEADS, the
+     * narrow wire: q [n_seqs, S, Hq, d_nope + d_rope] as a serving stack
+     * holds it, out [n_seqs, S, Hq, d_v]; the worker absorbs q_nope with
+     * the layer's W_UK and up-projects with its W_UV (both loaded by
+     * attnd_client_load_mla_weights). Added after up_project: a caller
+     * that zero-initializes the struct (= {0}, designated initializers)
+     * gets the absorbed form, as before. */
+    attnd_q_form q_form;
 } attnd_attend_args;
 
 /* Synchronous Attend. On success out (and lse) are filled; on failure
