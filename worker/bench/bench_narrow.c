@@ -25,7 +25,9 @@
  *   group_leader_abs rank 0 absorbs (attnd_kernel_proj_parallel) and the
  *                    group attends with the absorbed float32 query and d_vo.
  * Prints the median wall time of each in microseconds (and the median of
- * heads - absorbed per round). Numbers only; correctness is
+ * heads - absorbed per round), then the same for the process's CPU time
+ * (cpu_*: every thread, the ranks' and the pools' included; on a machine
+ * that other work shares, steadier than wall time). Numbers only; correctness is
  * tests/worker/test_narrow.c's and tests/group/test_group_narrow.c's. */
 #include <pthread.h>
 #include <stdint.h>
@@ -54,6 +56,15 @@ static double now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+/* CPU time of the whole process (every kernel thread): what a call costs
+ * whatever else the machine runs. */
+static double cpu_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
 }
 
@@ -106,9 +117,12 @@ static void *start_rank(void *arg)
     return NULL;
 }
 
-enum { T_ABS, T_HEADS, T_DIFF, T_PROJ, T_GHEADS, T_GLEAD, N_T };
-static const char *const t_name[N_T] = {"absorbed", "heads", "heads-absorbed", "proj",
-                                        "group_heads", "group_leader_abs"};
+enum { T_ABS, T_HEADS, T_DIFF, T_PROJ, C_ABS, C_HEADS, C_DIFF, C_PROJ, T_GHEADS, T_GLEAD,
+       C_GHEADS, C_GLEAD, N_T };
+static const char *const t_name[N_T] = {
+    "absorbed", "heads", "heads-absorbed", "proj", "cpu_absorbed", "cpu_heads",
+    "cpu_heads-absorbed", "cpu_proj", "group_heads", "group_leader_abs", "cpu_group_heads",
+    "cpu_group_leader_abs"};
 
 static int run(nb *b)
 {
@@ -202,26 +216,30 @@ static int run(nb *b)
                          .src_row = (int64_t)H * dc, .src_head = dc,
                          .w_dtype = ATTND_DTYPE_BF16, .w = wv[l], .dst = v,
                          .dst_row = (int64_t)H * b->dv, .dst_head = b->dv};
-        double t0 = now_us();
+        double t0 = now_us(), c0 = cpu_us();
         if (b->n == 1) {
             if (attnd_engine_attend(b->eng[0], &ra, &ws, &out, &lse, &err))
                 goto fail;
-            double t1 = now_us();
+            double t1 = now_us(), c1 = cpu_us();
             if (attnd_engine_attend(b->eng[0], &rh, &ws, &out, &lse, &err))
                 goto fail;
-            double t2 = now_us();
+            double t2 = now_us(), c2 = cpu_us();
             if (attnd_kernel_proj_parallel(pool, &pa, &err) ||
                 attnd_kernel_proj_parallel(pool, &pu, &err))
                 goto fail;
-            double t3 = now_us();
+            double t3 = now_us(), c3 = cpu_us();
             ts[T_ABS] = t1 - t0;
             ts[T_HEADS] = t2 - t1;
             ts[T_DIFF] = ts[T_HEADS] - ts[T_ABS];
             ts[T_PROJ] = t3 - t2;
+            ts[C_ABS] = c1 - c0;
+            ts[C_HEADS] = c2 - c1;
+            ts[C_DIFF] = ts[C_HEADS] - ts[C_ABS];
+            ts[C_PROJ] = c3 - c2;
         } else {
             if (attnd_group_attend(b->grp[0], &rh, &ws, 0, &out, &lse, NULL, &err))
                 goto fail;
-            double t1 = now_us();
+            double t1 = now_us(), c1 = cpu_us();
             attnd_attend_req rl = ra; /* the leader absorbs, the group attends */
             rl.q_dtype = ATTND_DTYPE_F32;
             rl.q = qabs;
@@ -229,9 +247,11 @@ static int run(nb *b)
             if (attnd_kernel_proj_parallel(pool, &pa, &err) ||
                 attnd_group_attend(b->grp[0], &rl, &ws2, 0, &out, &lse, NULL, &err))
                 goto fail;
-            double t2 = now_us();
+            double t2 = now_us(), c2 = cpu_us();
             ts[T_GHEADS] = t1 - t0;
             ts[T_GLEAD] = t2 - t1;
+            ts[C_GHEADS] = c1 - c0;
+            ts[C_GLEAD] = c2 - c1;
         }
         for (int s = 0; s < N_T && k >= warm; s++)
             t[(size_t)s * (size_t)b->iters + (size_t)(k - warm)] = ts[s];
@@ -242,6 +262,8 @@ static int run(nb *b)
     for (int s = 0; s < N_T; s++) {
         if ((b->n == 1) != (s < T_GHEADS))
             continue;
+        if (s == C_ABS || s == C_GHEADS)
+            printf(" |");
         qsort(t + (size_t)s * (size_t)b->iters, (size_t)b->iters, sizeof *t, cmp_double);
         printf(" %s=%.1f", t_name[s], t[(size_t)s * (size_t)b->iters + (size_t)b->iters / 2]);
     }
