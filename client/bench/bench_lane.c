@@ -12,8 +12,9 @@
  * so M calls are in flight while the lane runs. A call's latency is from
  * its send to the return of its wait (waits in send order, as above).
  * Queries are random once per lane (the server's work does not depend on
- * their values; MLA models send them in the heads form by default, --wire); the new KV is fresh per step and the same for every layer
- * of that step. Every call of a step writes its own output slot, so that
+ * their values; MLA models send them in the heads form by default,
+ * --wire); the new KV is fresh per step and the same for every layer of
+ * that step. Every call of a step writes its own output slot, so that
  * with --check the outputs are compared after the step is over: the
  * step's new KV goes into the lane's mirror and every (sequence, head)
  * output is compared with the float64 reference. The check thus costs the
