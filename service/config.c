@@ -34,9 +34,14 @@ static const opt opts[] = {
     {"model", "ATTND_MODEL", OPT_STR, F(model), 0, 0, "NAME",
      "model preset (default deepseek-v3; see --list-models)"},
     {"threads", "ATTND_THREADS", OPT_INT, F(threads), 0, 1024, "N",
-     "server threads, each with its own completion queue (default: CPUs)"},
+     "executor threads: they run the calls that use the engine or the group (Attend, "
+     "AppendKV, sessions, LoadWeights), each with its own workspace (default: CPUs)"},
+    {"io-threads", "ATTND_IO_THREADS", OPT_INT, F(io_threads), 0, 256, "N",
+     "gRPC completion-queue threads: they accept every call at once, move its bytes, "
+     "answer Health and GetStats inline and hand the rest to the executors "
+     "(default: 2, or 1 on one CPU)"},
     {"kernel-threads", "ATTND_KERNEL_THREADS", OPT_INT, F(kernel_threads), 0, 1024, "N",
-     "threads of the engine's shared attention-kernel pool, a calling server thread "
+     "threads of the engine's shared attention-kernel pool, a calling executor "
      "included (default 0: one per CPU)"},
     {"device", "ATTND_DEVICE", OPT_STR, F(device), 0, 0, "cpu|cuda:N",
      "where KV pages live and attention runs: host memory and the CPU kernels, or "
@@ -54,7 +59,16 @@ static const opt opts[] = {
     {"port-file", "ATTND_PORT_FILE", OPT_STR, F(port_file), 0, 0, "PATH",
      "write the bound port there once listening"},
     {"shutdown-grace-ms", "ATTND_SHUTDOWN_GRACE_MS", OPT_INT, F(shutdown_grace_ms), 0,
-     3600000, "MS", "on SIGTERM, wait this long for calls in flight (default 10000)"},
+     3600000, "MS",
+     "on SIGTERM/SIGINT (after --drain-delay-ms), new calls get UNAVAILABLE and calls "
+     "already received get this long to finish; then the rest are cancelled (default "
+     "10000)"},
+    {"drain-delay-ms", "ATTND_DRAIN_DELAY_MS", OPT_INT, F(drain_delay_ms), 0, 3600000, "MS",
+     "on SIGTERM/SIGINT, keep serving new calls this long while health already says "
+     "NOT_SERVING, e.g. one readiness-probe period (default 0)"},
+    {"max-connections", "ATTND_MAX_CONNECTIONS", OPT_INT, F(max_connections), 0, INT32_MAX,
+     "N", "client connections held at most; more are closed at once (default 0: the fd "
+     "limit, raised to its hard limit at start, less a quarter kept for everything else)"},
     {"http2-lookahead", "ATTND_HTTP2_LOOKAHEAD", OPT_SIZE, F(http2_lookahead), 0, INT32_MAX,
      "BYTES", "HTTP/2 per-stream receive window; 0: gRPC's default (default 8Mi)"},
     {"http2-max-frame", "ATTND_HTTP2_MAX_FRAME", OPT_SIZE, F(http2_max_frame), 0, 16777215,
@@ -298,6 +312,8 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const 
                                cfg->model);
     if (cfg->threads == 0)
         cfg->threads = cpu_count();
+    if (cfg->io_threads == 0)
+        cfg->io_threads = cpu_count() > 1 ? 2 : 1;
     if (!strchr(cfg->listen, ':'))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--listen: expected HOST:PORT, got \"%s\"", cfg->listen);
@@ -328,7 +344,8 @@ void attnd_srv_config_usage(FILE *f)
     fprintf(f, "usage: attnd [flags]\n"
                "Serve attention over a paged KV cache (gRPC service attnd.v1.Attnd and\n"
                "grpc.health.v1.Health). Every flag can also be set by its environment\n"
-               "variable; flags win. SIGTERM or SIGINT stops gracefully.\n\n");
+               "variable; flags win. SIGTERM or SIGINT drains, then exits 0 (a second\n"
+               "one cuts the drain short).\n\n");
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
         char lhs[64];
         snprintf(lhs, sizeof lhs, "--%s%s%s", opts[i].flag, opts[i].arg ? " " : "",

@@ -1,16 +1,19 @@
 /* grpc.health.v1.Health, and the answer to methods attnd does not serve.
  *
- * Check answers SERVING for "" and "attnd.v1.Attnd", NOT_SERVING once the
- * server is stopping; for "attnd.v1.Group" (a worker group's state)
- * SERVING only while every peer is connected (Watch reports it as of the
+ * Check answers SERVING for "" and "attnd.v1.Attnd", NOT_SERVING from the
+ * moment a stop signal comes (drain.c) or if the accept loop died
+ * (listener.c); for "attnd.v1.Group" (a worker group's state) SERVING
+ * only while every peer is connected too (Watch reports it as of the
  * call's start); and the gRPC status NOT_FOUND for any other name (the
- * health spec's SERVICE_UNKNOWN for Check).
+ * health spec's SERVICE_UNKNOWN for Check). Both run inline on the io
+ * threads, never behind engine or group work.
  *
  * Watch sends the current status at once (SERVICE_UNKNOWN as a message for
  * an unknown name, as the spec asks, without ending the call), then holds
- * the call open: the status of a running attnd never changes, so the next
- * and last message is NOT_SERVING when the server stops, followed by status
- * OK. A client that goes away just ends it.
+ * the call open: the status of a serving attnd changes only to NOT_SERVING,
+ * so the next and last message is NOT_SERVING (attnd_srv_health_end_watches,
+ * at once when it happens), followed by status OK. A client that goes away
+ * just ends it. Watch calls are touched under srv->watch_mu only.
  *
  * Calls to unregistered methods get UNIMPLEMENTED at once, unread. */
 #include <string.h>
@@ -26,9 +29,9 @@ typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus serving_status;
 static int group_whole(const attnd_srv_call *c, const Grpc__Health__V1__HealthCheckRequest *m)
 {
     attnd_group_state gs;
-    if (!c->th->srv->group || !m->service || strcmp(m->service, ATTND_SRV_HEALTH_GROUP) != 0)
+    if (!c->srv->group || !m->service || strcmp(m->service, ATTND_SRV_HEALTH_GROUP) != 0)
         return 1;
-    attnd_group_get_state(c->th->srv->group, &gs);
+    attnd_group_get_state(c->srv->group, &gs);
     return gs.missing[0] == '\0';
 }
 
@@ -53,7 +56,7 @@ void attnd_srv_health_check_start(attnd_srv_call *c)
     }
     attnd_srv_call_finish(
         c,
-        health_reply(c->th->shutting_down || !group_whole(c, m)
+        health_reply(!attnd_srv_serving(c->srv) || !group_whole(c, m)
                          ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
                          : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING),
         ATTND_OK, NULL);
@@ -71,7 +74,7 @@ void attnd_srv_health_watch_start(attnd_srv_call *c)
         attnd_srv_call_fail(c, &err);
         return;
     }
-    if (c->th->shutting_down) {
+    if (!attnd_srv_serving(c->srv)) {
         attnd_srv_call_finish(
             c, health_reply(GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING),
             ATTND_OK, NULL);
@@ -82,8 +85,8 @@ void attnd_srv_health_watch_start(attnd_srv_call *c)
             ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN
         : group_whole(c, m) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
                             : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
-    attnd_srv_call_hold_open(c);
-    attnd_srv_call_send(c, health_reply(s), 0);
+    if (attnd_srv_call_hold_open(c) == 0)
+        attnd_srv_call_send(c, health_reply(s), 0);
 }
 
 void attnd_srv_health_watch_step(attnd_srv_call *c, int ok)
@@ -97,6 +100,21 @@ void attnd_srv_health_watch_step(attnd_srv_call *c, int ok)
             c, health_reply(GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING),
             ATTND_OK, NULL);
     /* else: the first message went out; wait, held open */
+}
+
+void attnd_srv_health_end_watches(attnd_srv *srv)
+{
+    pthread_mutex_lock(&srv->watch_mu);
+    for (attnd_srv_call *c = srv->watches, *next; c; c = next) {
+        next = c->next; /* c may leave the list below */
+        if (c->end_requested)
+            continue;
+        c->end_requested = 1;
+        /* a message still in flight: its completion ends the call */
+        if (c->state == ATTND_SRV_CALL_ACTIVE && !c->op_inflight)
+            attnd_srv_health_watch_step(c, 1);
+    }
+    pthread_mutex_unlock(&srv->watch_mu);
 }
 
 void attnd_srv_generic_start(attnd_srv_call *c)

@@ -1,12 +1,14 @@
 /* attnd: the attention-offload server executable.
  *
- * Loads the configuration (flags over ATTND_* variables), creates the
- * engine and the gRPC server, announces the bound address on stdout (and in
- * --port-file), then waits for SIGTERM or SIGINT. Signals are blocked in
- * every thread and taken here with sigwait, so no work runs in a handler.
- * On the first signal the server stops accepting, lets calls in flight
- * finish for --shutdown-grace-ms (a second signal cuts that short), cancels
- * what is left, and everything is torn down before exit 0.
+ * Raises the soft fd limit to the hard one, loads the configuration (flags
+ * over ATTND_* variables), creates the engine and the gRPC server,
+ * announces the bound address on stdout (and in --port-file), then waits
+ * for SIGTERM or SIGINT. Signals are blocked in every thread and taken here
+ * with sigwait, so no work runs in a handler. On the first signal the
+ * server drains (drain.c: health NOT_SERVING at once, new calls served for
+ * --drain-delay-ms, then refused with UNAVAILABLE while what was received
+ * finishes, for up to --shutdown-grace-ms; a second signal cuts that
+ * short), cancels what is left, and everything is torn down before exit 0.
  *
  * Exit codes: 0 clean stop (or --help, --list-models), 1 cannot start,
  * 2 bad flag or variable. */
@@ -65,6 +67,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    uint64_t nofile = attnd_srv_raise_fd_limit();
     attnd_error_clear(&err);
     if (attnd_srv_config_load(&cfg, argc, argv, &err)) {
         fprintf(stderr, "attnd: %s\n", err.msg);
@@ -108,17 +111,19 @@ int main(int argc, char **argv)
     }
     if (cfg.port_file[0] && write_port_file(cfg.port_file, srv->port)) {
         fprintf(stderr, "attnd: --port-file %s: %s\n", cfg.port_file, strerror(errno));
-        attnd_srv_shutdown(srv, 0, NULL);
+        attnd_srv_shutdown(srv, 0, 0, NULL);
         goto out;
     }
     attnd_engine_get_stats(engine, &est);
     const char *colon = strrchr(cfg.listen, ':');
     printf("attnd: listening on %.*s:%d model=%s kv=%s pages=%llu page_size=%d "
-           "page_bytes=%llu threads=%d device=%s\n",
+           "page_bytes=%llu threads=%d io_threads=%d device=%s max_connections=%lld "
+           "fd_limit=%llu\n",
            (int)(colon - cfg.listen), cfg.listen, srv->port, attnd_engine_model(engine)->name,
            attnd_dtype_name(attnd_engine_model(engine)->kv_dtype),
            (unsigned long long)est.pages_total, cfg.page_size,
-           (unsigned long long)est.page_bytes, cfg.threads, cfg.device);
+           (unsigned long long)est.page_bytes, cfg.threads, cfg.io_threads, cfg.device,
+           (long long)srv->max_connections, (unsigned long long)nofile);
     if (srv->ucx)
         printf("attnd: Attend over UCX on %s\n", attnd_srv_ucx_address(srv));
     if (group)
@@ -128,9 +133,10 @@ int main(int argc, char **argv)
 
     while (sigwait(&stop_signals, &sig) != 0)
         ;
-    fprintf(stderr, "attnd: %s: stopping (grace %lld ms)\n", strsignal(sig),
-            (long long)cfg.shutdown_grace_ms);
-    if (attnd_srv_shutdown(srv, cfg.shutdown_grace_ms, stop_signal_pending))
+    fprintf(stderr, "attnd: %s: draining (health NOT_SERVING; new calls served for %lld ms, "
+                    "then refused; %lld ms for calls received)\n",
+            strsignal(sig), (long long)cfg.drain_delay_ms, (long long)cfg.shutdown_grace_ms);
+    if (attnd_srv_shutdown(srv, cfg.drain_delay_ms, cfg.shutdown_grace_ms, stop_signal_pending))
         fprintf(stderr, "attnd: calls still in flight were cancelled\n");
     rc = 0;
 

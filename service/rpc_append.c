@@ -26,7 +26,7 @@ void attnd_srv_append_drop(attnd_srv_call *c)
 {
     if (!c->stage)
         return;
-    if (c->th->srv->group)
+    if (c->srv->group)
         attnd_group_stream_close(c->stage);
     else
         attnd_engine_stage_close(c->stage);
@@ -37,7 +37,7 @@ void attnd_srv_append_drop(attnd_srv_call *c)
 static attnd_status stage_chunk(attnd_srv_call *c, const attnd_srv_append_req *r,
                                 attnd_error *err)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     attnd_status st;
 
     if (srv->group) {
@@ -63,7 +63,7 @@ static attnd_status commit(attnd_srv_call *c, uint64_t *chunks_p, uint64_t *toke
     attnd_status st = ATTND_OK;
     *chunks_p = *tokens_p = 0;
     if (c->stage)
-        st = c->th->srv->group ? attnd_group_stream_commit(c->stage, chunks_p, tokens_p, err)
+        st = c->srv->group ? attnd_group_stream_commit(c->stage, chunks_p, tokens_p, err)
                                : attnd_engine_stage_commit(c->stage, chunks_p, tokens_p, err);
     attnd_srv_append_drop(c);
     return st;
@@ -71,7 +71,7 @@ static attnd_status commit(attnd_srv_call *c, uint64_t *chunks_p, uint64_t *toke
 
 void attnd_srv_append_step(attnd_srv_call *c, int ok)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     Attnd__V1__AppendKVRequest *m;
     attnd_srv_append_req req;
     attnd_error err;

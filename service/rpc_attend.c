@@ -1,7 +1,7 @@
 /* Attend (unary) and AttendStream (one response per request, in order).
  *
- * One request is: decode into the thread's arena, validate, run the engine
- * on the thread's workspace, and encode the float32 result straight into
+ * Both run on the executors (srv.h). One request is: decode into the
+ * executor's arena, validate, run the engine on its workspace, and encode the float32 result straight into
  * the reply in the asked dtype. After warm-up none of these steps allocates
  * in our code (gRPC allocates the reply slice). A failing request of a
  * stream ends the stream with its status. */
@@ -16,15 +16,14 @@
 static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
                                attnd_srv_attend_times *t_p, attnd_error *err)
 {
-    attnd_srv_thread *th = c->th;
-    attnd_srv_exec_ctx x = {.srv = th->srv, .ws = &th->ws, .arena = &th->arena};
+    attnd_srv_exec_ctx x = {.srv = c->srv, .ws = &c->x->ws, .arena = &c->x->arena};
     gpr_timespec left = gpr_time_sub(gpr_convert_clock_type(c->deadline, GPR_CLOCK_MONOTONIC),
                                      gpr_now(GPR_CLOCK_MONOTONIC));
     if (gpr_time_cmp(c->deadline, gpr_inf_future(c->deadline.clock_type)) != 0)
         x.time_left_ms = gpr_time_to_millis(left) > 0 ? gpr_time_to_millis(left) : 1;
     const Attnd__V1__AttendRequest *m;
     attnd_srv_attend_result res;
-    uint64_t t_arrival = attnd_clock_ns();
+    uint64_t t_arrival = c->t_event_ns ? c->t_event_ns : attnd_clock_ns();
     attnd_status st;
 
     m = (const Attnd__V1__AttendRequest *)attnd_srv_call_decode(
@@ -45,7 +44,8 @@ static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
 
 /* The server-side split of a unary Attend, as trailing metadata
  * ATTND_SRV_TIMING_KEY = "q=<ns>,v=<ns>,k=<ns>,f=<ns>,e=<ns>": queue (from
- * the handler taking the call through decoding the request), validation,
+ * the io thread taking the call, through the executor queue, to the end of
+ * decoding the request), validation,
  * kernel (the engine's attend; a group leader's own share), the rest of a
  * group call (f: scatter, waiting for peers, combine; 0 on one rank) and
  * reply encoding. libattnd reads it (attnd_call_wait_timed); attnd-bench

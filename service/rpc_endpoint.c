@@ -7,7 +7,7 @@
 
 void attnd_srv_get_endpoint_start(attnd_srv_call *c)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     attnd_error err;
 
     attnd_error_clear(&err);

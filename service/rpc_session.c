@@ -6,7 +6,7 @@
 
 void attnd_srv_create_session_start(attnd_srv_call *c)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     Attnd__V1__CreateSessionRequest *m;
     attnd_srv_create_req req;
     attnd_session_id id;
@@ -32,7 +32,7 @@ void attnd_srv_create_session_start(attnd_srv_call *c)
 
 void attnd_srv_close_session_start(attnd_srv_call *c)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     Attnd__V1__CloseSessionRequest *m;
     attnd_session_id id;
     uint64_t freed = 0;

@@ -21,7 +21,7 @@ void attnd_srv_model_info(const attnd_srv_model *m, Attnd__V1__ModelInfo *info)
 
 void attnd_srv_get_stats_start(attnd_srv_call *c)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     attnd_engine_stats st;
     attnd_error err;
 

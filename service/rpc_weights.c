@@ -65,7 +65,7 @@ static attnd_status check_req(const Attnd__V1__LoadWeightsRequest *m, const attn
 
 void attnd_srv_load_weights_start(attnd_srv_call *c)
 {
-    attnd_srv *srv = c->th->srv;
+    attnd_srv *srv = c->srv;
     Attnd__V1__LoadWeightsRequest *m;
     attnd_engine_weights w;
     uint64_t bytes = 0;

@@ -1,13 +1,41 @@
 /* Internal interfaces of the service room: configuration, the gRPC server
- * and its per-thread call machinery, and the RPC handlers.
+ * and its call machinery, and the RPC handlers.
  *
- * Shape: attnd_srv owns one grpc_server and T threads. Each thread owns a
- * completion queue registered with the server, requests calls of every
- * method on it, and drives each call it receives as a small state machine
- * (attnd_srv_call): every event of a call arrives on the thread that
- * accepted it, so a call's state needs no lock. Work is computed inline on
- * that thread, which owns one engine workspace, one decode arena and one
- * flatten buffer, reused for every message it handles.
+ * Shape: attnd_srv owns one grpc_server, its own listening sockets
+ * (listener.c, which hands every accepted connection to gRPC), --io-threads
+ * completion-queue threads and an executor pool of --threads threads
+ * (exec.c). Acceptance is decoupled from execution:
+ *
+ * - An io thread owns one completion queue registered with the server and
+ *   keeps ATTND_SRV_REQUESTS calls of every method requested on it,
+ *   re-posting one as soon as one is taken, so a call leaves gRPC's own
+ *   queue as it arrives (in a larger burst, once the io thread gets to
+ *   it: microseconds). It never blocks on work: control calls
+ *   (Health Check and Watch, GetStats, GetEndpoint, unknown methods) are
+ *   answered inline; every event of a work call (CreateSession,
+ *   CloseSession, AppendKV, Attend, AttendStream, LoadWeights: the call
+ *   taken, a message received) goes to the executor queue.
+ * - An executor owns one attnd_srv_ctx (engine workspace, decode arena,
+ *   flatten buffer, reused for every message it runs), runs one handler
+ *   step at a time and starts the call's next batch itself
+ *   (grpc_call_start_batch is thread-safe); the batch's completion comes
+ *   back to the io thread of the call's queue. A group leader waiting for a
+ *   hung peer therefore holds one executor, never health or stats.
+ *
+ * Ownership of a call (attnd_srv_call), the rule every state change obeys:
+ * one thread at a time touches a call. The io thread of its queue owns it
+ * while handling one of its events; for a work call it then hands the
+ * event to the executor queue, and the queue, then the executor that pops
+ * it, owns the call until it starts the call's next batch (or ends it).
+ * From the instant grpc_call_start_batch is entered the completion may run
+ * on the io thread, so call.c does all its bookkeeping before that and no
+ * caller touches the call after any attnd_srv_call_recv/send/finish/fail.
+ * A work call has at most one batch in flight (its RECV_CLOSE_ON_SERVER
+ * travels with the final status), hence never two owners. A held-open call
+ * (Watch) has two batches in flight; Watch calls are touched only under
+ * srv->watch_mu, by their io thread and by whoever ends them when health
+ * changes (health.c). The call pool (pool_mu), the executor queue (q_mu)
+ * and the counters (atomics) are the only other shared state.
  *
  * Names: attnd_srv_* for everything non-static in service/.
  */
@@ -36,7 +64,8 @@
 typedef struct attnd_srv_config {
     char listen[256];          /* --listen host:port (port 0: ephemeral) */
     char model[64];            /* --model preset */
-    int32_t threads;           /* --threads; 0 at load: number of CPUs */
+    int32_t threads;           /* --threads: executors; 0 at load: number of CPUs */
+    int32_t io_threads;        /* --io-threads; 0 at load: min(2, CPUs) */
     int32_t kernel_threads;    /* --kernel-threads; 0: the engine's default */
     char device[32];           /* --device cpu | cuda:N (the engine checks it) */
     uint32_t max_sessions;     /* --max-sessions */
@@ -46,6 +75,8 @@ typedef struct attnd_srv_config {
     uint64_t max_message;      /* --max-message bytes, send and receive */
     char port_file[PATH_MAX];  /* --port-file; "" none */
     int64_t shutdown_grace_ms; /* --shutdown-grace-ms before cancelling */
+    int64_t drain_delay_ms;    /* --drain-delay-ms: still serving, health NOT_SERVING */
+    int64_t max_connections;   /* --max-connections; 0 at load: from the fd limit */
     int64_t http2_lookahead;   /* --http2-lookahead bytes; 0: gRPC default */
     int64_t http2_max_frame;   /* --http2-max-frame bytes; 0: gRPC default */
     char ucx_listen[256];      /* --ucx-listen host:port | auto; "" off */
@@ -91,7 +122,7 @@ attnd_status attnd_srv_config_group(const attnd_srv_config *cfg, attnd_engine_co
 void attnd_srv_config_engine(const attnd_srv_config *cfg,
                              attnd_engine_config *ecfg);
 
-/* ---- server and calls (server.c) ------------------------------------------ */
+/* ---- server and calls (server.c, call.c, exec.c, drain.c, listener.c) ----- */
 
 typedef enum attnd_srv_method_id {
     ATTND_SRV_M_CREATE_SESSION,
@@ -109,9 +140,26 @@ typedef enum attnd_srv_method_id {
     ATTND_SRV_M_GENERIC = ATTND_SRV_M_COUNT,
 } attnd_srv_method_id;
 
+/* Calls of each method kept requested per io thread. A burst of more
+ * concurrent arrivals than this waits in gRPC's queue only until the io
+ * thread re-posts (microseconds: it never blocks on work). */
+#define ATTND_SRV_REQUESTS 16
+
 typedef struct attnd_srv attnd_srv;
 typedef struct attnd_srv_thread attnd_srv_thread;
 typedef struct attnd_srv_call attnd_srv_call;
+
+/* What a thread needs to run handlers, reused for every message: the
+ * engine workspace (outputs live there until its next use), the decode
+ * arena and the buffer a request is flattened into. Owned by one thread. */
+typedef struct attnd_srv_ctx {
+    attnd_engine_ws ws;
+    attnd_srv_arena arena;
+    attnd_srv_buf flat;
+} attnd_srv_ctx;
+
+void attnd_srv_ctx_init(attnd_srv_ctx *x);
+void attnd_srv_ctx_cleanup(attnd_srv_ctx *x);
 
 /* A completion queue tag: which of a call's two in-flight batches ended. */
 typedef struct attnd_srv_tag {
@@ -125,9 +173,14 @@ enum attnd_srv_call_state {
     ATTND_SRV_CALL_FINISHING, /* status sent (or call dead); freed when idle */
 };
 
-/* One RPC on one thread. Pooled per thread: released calls are reused. */
+/* One RPC. Pooled per server (srv->pool_mu): released calls are reused,
+ * so after warm-up taking a call allocates nothing. See the ownership rule
+ * at the top of this file. */
 struct attnd_srv_call {
-    attnd_srv_thread *th;
+    attnd_srv *srv;
+    attnd_srv_thread *th;       /* the io thread whose queue it is on */
+    attnd_srv_ctx *x;           /* scratch of the thread running its handler
+                                   now (set before each handler step) */
     int method;                 /* attnd_srv_method_id */
     int state;                  /* attnd_srv_call_state */
     grpc_call *call;
@@ -142,9 +195,12 @@ struct attnd_srv_call {
     int close_started;          /* RECV_CLOSE_ON_SERVER issued */
     int close_done;             /* ...and completed: the call is over */
     int cancelled;              /* its result */
-    int held;                   /* in the thread's held-open list */
+    int held;                   /* in srv->watches */
     int counted;                /* counted in srv->active_calls */
     int end_requested;          /* held open: end at the next chance */
+    int job_ok;                 /* queued for an executor: -1 start, else
+                                   step with this ok */
+    uint64_t t_event_ns;        /* when the io thread queued it (CLOCK_MONOTONIC) */
     void *stage;                /* AppendKV: the stream's attnd_engine_stage (a
                                    group: attnd_group_stream), NULL before its
                                    first chunk; aborted if the call ends
@@ -153,33 +209,42 @@ struct attnd_srv_call {
     size_t n_trailer;
     attnd_srv_tag op_tag, close_tag;
     attnd_srv_call *next, *prev; /* free list, or the held-open list */
+    attnd_srv_call *qnext;      /* the executor queue */
 };
 
 /* What a method does. start runs when a call arrives (a unary call's
  * payload in c->recv, possibly NULL); step runs when the handler's batch
  * completes (ok: it succeeded). Each must leave the call with a batch in
- * flight or finished (attnd_srv_call_finish). */
+ * flight or finished (attnd_srv_call_finish), and touch it no more after.
+ * exec: run by the executor pool (engine or group work); else inline on
+ * the io thread, which must never block. */
 typedef struct attnd_srv_method {
     const char *path;
     int streaming; /* requests stream in: no payload read up front */
+    int exec;
     void (*start)(attnd_srv_call *c);
     void (*step)(attnd_srv_call *c, int ok);
 } attnd_srv_method;
 
+/* A completion-queue thread (--io-threads). */
 struct attnd_srv_thread {
     attnd_srv *srv;
     int index;
     pthread_t tid;
-    grpc_completion_queue *cq;
-    int shutting_down;        /* a request failed: the server is stopping */
-    attnd_engine_ws ws;       /* attend scratch, reused */
-    attnd_srv_arena arena;    /* decode arena, reset per message */
-    attnd_srv_buf flat;       /* flattened request bytes */
-    attnd_srv_call *free_calls;
-    attnd_srv_call *watches;  /* held-open calls (Health/Watch) */
     int running;              /* tid is a started thread */
-    size_t live_calls;        /* calls taken from the pool, requests too */
+    grpc_completion_queue *cq;
+    attnd_srv_ctx x;          /* control calls answered inline */
 };
+
+/* An executor thread (--threads). */
+typedef struct attnd_srv_exec {
+    attnd_srv *srv;
+    pthread_t tid;
+    int running;
+    attnd_srv_ctx x;
+} attnd_srv_exec;
+
+typedef struct attnd_srv_listener attnd_srv_listener;
 
 struct attnd_srv {
     const attnd_srv_config *cfg;
@@ -188,49 +253,111 @@ struct attnd_srv {
     attnd_srv_model model;
     grpc_server *server;
     void *registered[ATTND_SRV_M_COUNT];
-    attnd_srv_thread *threads;
+    attnd_srv_thread *threads;    /* io threads */
     int n_threads;
+    attnd_srv_exec *execs;        /* executors */
+    int n_execs;
+    /* the executor queue: calls whose event waits for an executor */
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;
+    attnd_srv_call *q_head, *q_tail;
+    int q_stop;                   /* executors: exit once the queue is empty */
+    /* the call pool */
+    pthread_mutex_t pool_mu;
+    attnd_srv_call *free_calls;
+    size_t live_calls;            /* taken from the pool, requests too */
+    /* held-open calls (Watch) */
+    pthread_mutex_t watch_mu;
+    attnd_srv_call *watches;
     grpc_completion_queue *shutdown_cq;
+    attnd_srv_listener *listener; /* listener.c */
     int port;
-    int shut_down;
-    atomic_int active_calls;      /* calls past REQUESTED, not yet released */
+    int64_t max_connections;      /* in force (listener.c) */
+    int started, shut_down;
+    atomic_int draining;          /* a stop signal came: health NOT_SERVING */
+    atomic_int refusing;          /* new calls get UNAVAILABLE */
+    atomic_int cancelling;        /* grace over: queued work is not run */
+    atomic_int listener_dead;     /* the accept loop failed: NOT_SERVING */
+    atomic_int active_calls;      /* calls accepted and not refused, not yet
+                                     released (their final batch done): what
+                                     a drain waits for */
     atomic_uint_fast64_t errors;  /* calls ended with a non-OK status other
                                      than CANCELLED (the client's doing) */
-    struct timespec started;      /* CLOCK_MONOTONIC */
+    struct timespec started_at;   /* CLOCK_MONOTONIC */
     struct attnd_srv_ucx *ucx;    /* the UCX Attend endpoint (ucx_server.c);
                                      NULL when --ucx-listen is off */
 };
 
-/* Create the server: channel args from cfg, methods, completion queues, the
- * listening port (bound here; srv->port tells which). The engine stays the
- * caller's. Free with attnd_srv_destroy. */
+/* Create the server: channel args from cfg, methods, completion queues,
+ * executor contexts, the listening sockets (bound here; srv->port tells
+ * which). The engine stays the caller's. Free with attnd_srv_destroy. */
 attnd_status attnd_srv_create(const attnd_srv_config *cfg, attnd_engine *engine,
                               attnd_srv **srv_p, attnd_error *err);
-/* Start serving and the threads. */
+/* Start serving: the UCX endpoint, gRPC, executors, io threads and the
+ * accept loop. */
 attnd_status attnd_srv_start(attnd_srv *srv, attnd_error *err);
-/* Stop accepting, let calls in flight finish for up to grace_ms, cancel the
- * rest, drain the queues and join the threads. Returns 1 when calls had to
- * be cancelled, 0 otherwise. `interrupt` (may be NULL) is polled while
- * waiting: nonzero cuts the grace short. */
-int attnd_srv_shutdown(attnd_srv *srv, int64_t grace_ms, int (*interrupt)(void));
+/* Drain and stop (drain.c). At once: health says NOT_SERVING (Check, and
+ * every Watch gets it and ends). For drain_delay_ms new calls are still
+ * served. Then new calls get UNAVAILABLE (Health and GetStats still
+ * answer) while calls received before that (queued for an executor, open
+ * streams, UCX requests) run to their end, for up to grace_ms; then the
+ * connections are closed, whatever is left is cancelled, the threads are
+ * joined. Returns 1 when calls had to be cancelled, else 0. `interrupt`
+ * (may be NULL) is polled while waiting: nonzero cuts the delay and the
+ * grace short. */
+int attnd_srv_shutdown(attnd_srv *srv, int64_t drain_delay_ms, int64_t grace_ms,
+                       int (*interrupt)(void));
 /* Free a server that was shut down (or never started). */
 void attnd_srv_destroy(attnd_srv *srv);
 
 /* Milliseconds since the server was created. */
 uint64_t attnd_srv_uptime_ms(const attnd_srv *srv);
+/* 1 while health may say SERVING: no stop signal, accept loop alive. */
+int attnd_srv_serving(const attnd_srv *srv);
+
+/* exec.c: the executor pool. init makes the contexts and the queue;
+ * start the threads (cleaned up by stop on failure); stop lets them empty
+ * the queue and joins them; cleanup frees the contexts. */
+attnd_status attnd_srv_exec_init(attnd_srv *srv, int n, attnd_error *err);
+attnd_status attnd_srv_exec_start(attnd_srv *srv, attnd_error *err);
+void attnd_srv_exec_stop(attnd_srv *srv);
+void attnd_srv_exec_cleanup(attnd_srv *srv);
+/* Hand c's event to the executors: ok < 0 runs its method's start, else
+ * its step(c, ok). The caller no longer owns c. Allocates nothing. */
+void attnd_srv_exec_push(attnd_srv_call *c, int ok);
+
+/* listener.c: the gRPC listening sockets and their accept loop. open binds
+ * every address of `listen` (HOST:PORT; port 0: ephemeral) and sets
+ * srv->port; start runs the accept loop, which hands each connection to
+ * gRPC (grpc_server_add_channel_from_fd) and refuses (closes at once) any
+ * beyond cfg->max_connections; stop ends the loop and closes the sockets.
+ * An accept that fails for want of descriptors never stops the loop. */
+attnd_status attnd_srv_listener_open(attnd_srv *srv, attnd_error *err);
+attnd_status attnd_srv_listener_start(attnd_srv *srv, attnd_error *err);
+void attnd_srv_listener_stop(attnd_srv *srv);
+/* Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit
+ * now in force (0 when unknown). */
+uint64_t attnd_srv_raise_fd_limit(void);
+/* The --max-connections a config of 0 resolves to under fd limit `nofile`:
+ * the limit less a reserve (a quarter, at least 64) for everything else
+ * attnd opens. */
+int64_t attnd_srv_default_max_connections(uint64_t nofile);
 
 /* ---- one call (call.c) ----------------------------------------------------- */
 
-/* A call object of `method` for th, from th's pool (malloc when empty); the
- * pool owns it again after attnd_srv_call_put. NULL when out of memory. */
+/* A call object of `method` for io thread th, from the server's pool
+ * (malloc when empty); the pool owns it again after attnd_srv_call_put.
+ * NULL when out of memory. */
 attnd_srv_call *attnd_srv_call_get(attnd_srv_thread *th, int method);
 /* Drop everything c holds (its grpc_call, buffers, metadata) and return it
- * to its thread's pool. */
+ * to the pool. */
 void attnd_srv_call_put(attnd_srv_call *c);
 /* attnd_srv_call_put once c is finishing with no batch pending. */
 void attnd_srv_call_maybe_release(attnd_srv_call *c);
 
-/* Batches a handler starts: */
+/* Batches a handler starts. After recv, send, finish and fail the caller
+ * must not touch c again: the batch's completion may already be running on
+ * the io thread, or, when no batch could start, c went back to the pool. */
 
 /* Receive the next message into c->recv (NULL when the client half-closed);
  * sends initial metadata first if not yet sent. */
@@ -240,10 +367,11 @@ void attnd_srv_call_recv(attnd_srv_call *c);
 void attnd_srv_call_send(attnd_srv_call *c, grpc_byte_buffer *bb, int and_recv);
 /* Hold the call open: receive the client's close in a batch of its own
  * (step is not called for it; the call just ends if the client goes away)
- * and list the call with its thread, which sets end_requested and calls
- * step(c, 1) when the server stops (at once if no batch is in flight, else
- * when it completes). For calls that wait on the server, like Watch. */
-void attnd_srv_call_hold_open(attnd_srv_call *c);
+ * and list the call in srv->watches (caller holds watch_mu), where
+ * attnd_srv_health_end_watches finds it. For calls that wait on the
+ * server, like Watch. 0: held, c is still the caller's; -1: it could not
+ * be (c is gone). */
+int attnd_srv_call_hold_open(attnd_srv_call *c);
 /* End the call: optional reply bb (ownership passes), then status st with
  * msg (NULL for OK). Counts non-OK statuses. The call is released once its
  * batches are done. */
@@ -251,8 +379,8 @@ void attnd_srv_call_finish(attnd_srv_call *c, grpc_byte_buffer *bb,
                            attnd_status st, const char *msg);
 /* Shorthand: finish with err's code and message. */
 void attnd_srv_call_fail(attnd_srv_call *c, const attnd_error *err);
-/* Decode c->recv as message type d into the thread's arena (reset first),
- * then drop c->recv. NULL with err filled when it is missing or not such a
+/* Decode c->recv as message type d into c->x's arena (reset first), then
+ * drop c->recv. NULL with err filled when it is missing or not such a
  * message (INVALID_ARGUMENT); the caller fails the call. */
 ProtobufCMessage *attnd_srv_call_decode(attnd_srv_call *c,
                                         const ProtobufCMessageDescriptor *d,
@@ -278,6 +406,9 @@ void attnd_srv_get_stats_start(attnd_srv_call *c);
 void attnd_srv_health_check_start(attnd_srv_call *c);
 void attnd_srv_health_watch_start(attnd_srv_call *c);
 void attnd_srv_health_watch_step(attnd_srv_call *c, int ok);
+/* Health changed (a stop signal, a dead listener): every held Watch gets
+ * NOT_SERVING and ends. Takes watch_mu. */
+void attnd_srv_health_end_watches(attnd_srv *srv);
 void attnd_srv_generic_start(attnd_srv_call *c);
 void attnd_srv_load_weights_start(attnd_srv_call *c); /* rpc_weights.c */
 

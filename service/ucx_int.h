@@ -30,6 +30,8 @@ typedef struct ucx_job {
     const uint8_t *data;    /* the request bytes (held, or req.p) */
     size_t len;
     attnd_buf req, rep;
+    int refused;            /* received while the server refuses: UNAVAILABLE */
+    int counted;            /* counted in busy */
     attnd_status st;        /* executed: the reply's status, */
     size_t n;               /* and its payload bytes in rep */
     struct ucx_job *next;
@@ -76,6 +78,9 @@ struct attnd_srv_ucx {
     int done_fd;                 /* eventfd: a job is done (wakes poll) */
     atomic_int n_done;           /* jobs in done (read without q_mu) */
     atomic_int exec_stop;
+    atomic_int refusing;         /* the server drains: new requests refused */
+    atomic_int busy;             /* requests received, not refused, not yet
+                                    answered (a drain waits for them) */
     int q_init;                  /* q_mu and q_cv initialized */
 };
 

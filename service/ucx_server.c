@@ -21,7 +21,10 @@
  * encoded into the job's reused reply buffer and sent on the endpoint the
  * request came on (the client sets UCP_AM_SEND_FLAG_REPLY).
  * The job returns to the pool when the send completes. After warm-up the
- * path allocates nothing of ours.
+ * path allocates nothing of ours. Once the server drains
+ * (attnd_srv_ucx_refuse) a request that arrives is answered UNAVAILABLE
+ * unread; those received before run as usual, counted in `busy` until
+ * their reply is sent, which the drain waits for.
  *
  * Progress: busy-poll (ucp_worker_progress, then the FIFO) while there is
  * work and for --ucx-spin-us after the last event, then arm the worker and
@@ -73,6 +76,8 @@ static ucx_job *job_get(attnd_srv_ucx *u, ucx_conn *conn)
     j->data = NULL;
     j->len = 0;
     j->next = NULL;
+    j->refused = 0;
+    j->counted = 0;
     conn->refs++;
     return j;
 }
@@ -83,6 +88,10 @@ void attnd_srv_ucx_job_put(ucx_job *j)
     if (j->held) {
         ucp_am_data_release(u->worker, j->held);
         j->held = NULL;
+    }
+    if (j->counted) {
+        j->counted = 0;
+        atomic_fetch_sub(&u->busy, 1);
     }
     conn_unref(u, j->conn);
     j->conn = NULL;
@@ -210,8 +219,16 @@ ucs_status_t attnd_srv_ucx_on_attend(void *arg, const void *header, size_t heade
     memcpy(&j->hdr, header, sizeof j->hdr);
     j->t_arrival = attnd_clock_ns();
     j->len = length;
+    if (atomic_load(&u->refusing)) {
+        j->refused = 1; /* answered UNAVAILABLE by exec_job, unread */
+        j->data = NULL;
+        job_ready(u, j);
+        return UCS_OK;
+    }
+    j->counted = 1;
+    atomic_fetch_add(&u->busy, 1);
     if (length > u->srv->cfg->max_message) {
-        j->data = NULL; /* answered RESOURCE_EXHAUSTED by run_job, unread */
+        j->data = NULL; /* answered RESOURCE_EXHAUSTED by exec_job, unread */
         job_ready(u, j);
         return UCS_OK;
     }
@@ -276,7 +293,10 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
 
     attnd_error_clear(&err);
     memset(&j->rhdr, 0, sizeof j->rhdr);
-    if (!j->data)
+    if (j->refused)
+        st = attnd_error_set(&err, ATTND_ERR_UNAVAILABLE,
+                             "server is shutting down: send this call to another worker");
+    else if (!j->data)
         st = attnd_error_set(&err, ATTND_ERR_RESOURCE_EXHAUSTED,
                              "request: received message larger than max (%zu vs. %llu "
                              "bytes of --max-message)", j->len,

@@ -22,8 +22,15 @@ typedef struct attnd_srv_ucx attnd_srv_ucx;
 attnd_status attnd_srv_ucx_start(attnd_srv *srv, attnd_error *err);
 /* Stop the thread, close every client endpoint and free srv->ucx (NULL
  * after). Requests still queued are dropped (their clients see the
- * endpoint close). Safe when never started. */
+ * endpoint close): the drain (drain.c) waits for them first, within its
+ * grace. Safe when never started. */
 void attnd_srv_ucx_stop(attnd_srv *srv);
+/* From now on requests get UNAVAILABLE ("server is shutting down");
+ * those received before still run. A no-op when UCX is off. */
+void attnd_srv_ucx_refuse(attnd_srv *srv);
+/* Requests received and not refused whose reply is not sent yet (0 when
+ * UCX is off): what a drain waits for. */
+int attnd_srv_ucx_busy(const attnd_srv *srv);
 /* "host:port" of the listener as clients should dial it (the host as
  * given to --ucx-listen / --listen, the bound port); "" when off. */
 const char *attnd_srv_ucx_address(const attnd_srv *srv);

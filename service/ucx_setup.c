@@ -288,6 +288,17 @@ void attnd_srv_ucx_stop(attnd_srv *srv)
     ucx_free(u);
 }
 
+void attnd_srv_ucx_refuse(attnd_srv *srv)
+{
+    if (srv->ucx)
+        atomic_store(&srv->ucx->refusing, 1);
+}
+
+int attnd_srv_ucx_busy(const attnd_srv *srv)
+{
+    return srv->ucx ? atomic_load(&srv->ucx->busy) : 0;
+}
+
 const char *attnd_srv_ucx_address(const attnd_srv *srv)
 {
     return srv->ucx ? srv->ucx->address : "";

@@ -16,8 +16,11 @@
 
 static const uint32_t chunks_30[] = {30, 0};
 
-/* A port nothing listens on (bound, read, closed). */
-static int free_port(void)
+/* A port nothing listens on, reserved: a socket bound to port 0 and kept
+ * bound without listen(), so a connect is refused and no other process can
+ * take the port while the test runs (closing it first would let one).
+ * Returns the socket; *port_p gets its port. */
+static int unlistened_port(int *port_p)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof a;
@@ -25,8 +28,8 @@ static int free_port(void)
     ck_assert_int_ge(fd, 0);
     ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
     ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
+    *port_p = ntohs(a.sin_port);
+    return fd;
 }
 
 START_TEST(test_connect_to_a_port_nobody_listens_on_is_unavailable)
@@ -35,14 +38,16 @@ START_TEST(test_connect_to_a_port_nobody_listens_on_is_unavailable)
     attnd_client *c = (attnd_client *)&o; /* must stay untouched */
     attnd_error err;
     char target[64];
+    int port, fd = unlistened_port(&port);
 
-    snprintf(target, sizeof target, "127.0.0.1:%d", free_port());
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
     attnd_client_options_init(&o);
     o.connect_timeout_ms = 300;
     attnd_error_clear(&err);
     cu_assert_fails(attnd_client_connect(target, &o, &c, &err), err, ATTND_ERR_UNAVAILABLE,
                     target);
     ck_assert_ptr_eq(c, (attnd_client *)&o);
+    close(fd);
 }
 END_TEST
 

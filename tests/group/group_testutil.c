@@ -18,13 +18,20 @@ static void sleep_ms(int ms)
 
 attnd_client *gt_connect(const cu_server *s)
 {
+    return gt_connect_opts(s, 60000, ATTND_TRANSPORT_GRPC); /* hang guard only */
+}
+
+attnd_client *gt_connect_opts(const cu_server *s, int64_t deadline_ms,
+                              attnd_transport transport)
+{
     attnd_client_options o;
     attnd_client *c = NULL;
     attnd_error err;
 
     attnd_client_options_init(&o);
-    o.deadline_ms = 60000; /* hang guard only */
+    o.deadline_ms = deadline_ms;
     o.connect_timeout_ms = 30000;
+    o.transport = transport;
     attnd_error_clear(&err);
     if (attnd_client_connect(s->target, &o, &c, &err)) {
         fprintf(stderr, "gt_connect %s: %s\n", s->target, err.msg);
@@ -90,6 +97,23 @@ int gt_group_start(gt_group *g, int n, const char *const *flags)
         if (gt_wait_connected(g, r, (uint32_t)(n - 1)))
             return -1;
     return 0;
+}
+
+int gt_rank_pause(gt_group *g, int r)
+{
+    int st = 0;
+    if (g->rank[r].pid <= 0 || kill(g->rank[r].pid, SIGSTOP))
+        return -1;
+    /* it is our child: wait until it has really stopped */
+    if (waitpid(g->rank[r].pid, &st, WUNTRACED) != g->rank[r].pid || !WIFSTOPPED(st))
+        return -1;
+    return 0;
+}
+
+void gt_rank_resume(gt_group *g, int r)
+{
+    if (g->rank[r].pid > 0)
+        kill(g->rank[r].pid, SIGCONT);
 }
 
 void gt_rank_kill(gt_group *g, int r)

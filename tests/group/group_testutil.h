@@ -38,6 +38,10 @@ int gt_rank_start(gt_group *g, int r);
 /* Wait until rank r sees `want` peers connected (GetStats), up to 30 s.
  * 0 or -1. */
 int gt_wait_connected(gt_group *g, int r, uint32_t want);
+/* Stop rank r (SIGSTOP: its connections stay open, nothing answers) and
+ * wait until it has stopped; resume it (SIGCONT). 0 or -1. */
+int gt_rank_pause(gt_group *g, int r);
+void gt_rank_resume(gt_group *g, int r);
 /* Kill rank r with SIGKILL (no cleanup: as a crash). */
 void gt_rank_kill(gt_group *g, int r);
 /* Stop every rank (SIGTERM) and free the clients; 0 when every rank that
@@ -46,6 +50,9 @@ int gt_group_stop(gt_group *g);
 
 /* Connect to a server with generous hang-guard deadlines. */
 attnd_client *gt_connect(const cu_server *s);
+/* Connect with a per-call deadline of deadline_ms, over `transport`. */
+attnd_client *gt_connect_opts(const cu_server *s, int64_t deadline_ms,
+                              attnd_transport transport);
 
 /* Normwise relative error of `got` against `ref`, per row of d floats,
  * maximum over rows: max|got - ref| / max|ref| (absolute for a zero row;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,8 +45,10 @@ static inline int64_t rg_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Spawn `bin` with args (NULL-terminated, after argv[0]). */
-static inline int rg_spawn(rg_server *s, const char *bin, const char *const *args)
+/* Spawn `bin` with args (NULL-terminated, after argv[0]); nofile_soft
+ * and nofile_hard, when nonzero, are its RLIMIT_NOFILE. */
+static inline int rg_spawn_nofile(rg_server *s, const char *bin, const char *const *args,
+                                  rlim_t nofile_soft, rlim_t nofile_hard)
 {
     int fds[2];
     const char *argv[64];
@@ -66,12 +69,22 @@ static inline int rg_spawn(rg_server *s, const char *bin, const char *const *arg
         dup2(fds[1], STDOUT_FILENO);
         close(fds[0]);
         close(fds[1]);
+        if (nofile_hard) {
+            struct rlimit rl = {nofile_soft, nofile_hard};
+            if (setrlimit(RLIMIT_NOFILE, &rl))
+                _exit(126);
+        }
         execv(bin, (char *const *)argv);
         _exit(127);
     }
     close(fds[1]);
     s->out_fd = fds[0];
     return 0;
+}
+
+static inline int rg_spawn(rg_server *s, const char *bin, const char *const *args)
+{
+    return rg_spawn_nofile(s, bin, args, 0, 0);
 }
 
 /* Read the "attnd: listening on HOST:PORT ..." line and take the port. */

@@ -46,15 +46,21 @@ static inline void teardown(void)
     grpc_shutdown();
 }
 
-/* Start attnd serving tiny-mla on an ephemeral port, plus extra flags. */
-static inline void boot(const char *extra1, const char *extra2)
+/* Start attnd serving tiny-mla on an ephemeral port, plus extra flags,
+ * with RLIMIT_NOFILE soft/hard when hard is nonzero. */
+static inline void boot_nofile(const char *extra1, const char *extra2, rlim_t soft, rlim_t hard)
 {
     const char *args[] = {"--listen", "127.0.0.1:0", "--model", "tiny-mla", "--kv-memory",
                           "64M", "--threads", "2", "--shutdown-grace-ms", "60000",
                           extra1, extra2, NULL};
-    ck_assert_int_eq(rg_spawn(&srv, ATTND_BIN, args), 0);
+    ck_assert_int_eq(rg_spawn_nofile(&srv, ATTND_BIN, args, soft, hard), 0);
     ck_assert_msg(rg_read_port(&srv) == 0, "no listening line from attnd");
     ch = rg_channel(srv.target);
+}
+
+static inline void boot(const char *extra1, const char *extra2)
+{
+    boot_nofile(extra1, extra2, 0, 0);
 }
 
 /* SIGTERM, then require a clean exit 0. */

@@ -43,6 +43,37 @@ START_TEST(test_defaults_are_the_documented_ones)
     ck_assert_int_eq(c.kv_dtype, ATTND_DTYPE_INVALID);
     ck_assert_uint_eq(c.max_message, 256ull << 20);
     ck_assert_str_eq(c.port_file, "");
+    ck_assert_int_ge(c.io_threads, 1); /* 2, or 1 on one CPU */
+    ck_assert_int_le(c.io_threads, 2);
+    ck_assert_int_eq(c.shutdown_grace_ms, 10000);
+    ck_assert_int_eq(c.drain_delay_ms, 0);
+    ck_assert_int_eq(c.max_connections, 0); /* resolved from the fd limit at listen */
+}
+END_TEST
+
+START_TEST(test_drain_and_connection_flags_set_their_fields)
+{
+    attnd_srv_config c;
+    attnd_error err;
+    setenv("ATTND_DRAIN_DELAY_MS", "1500", 1);
+    ck_assert_int_eq(load(&c, &err, 7, "--io-threads", "3", "--max-connections", "900",
+                          "--shutdown-grace-ms", "20000"),
+                     ATTND_OK);
+    unsetenv("ATTND_DRAIN_DELAY_MS");
+    ck_assert_int_eq(c.io_threads, 3);
+    ck_assert_int_eq(c.max_connections, 900);
+    ck_assert_int_eq(c.shutdown_grace_ms, 20000);
+    ck_assert_int_eq(c.drain_delay_ms, 1500);
+    ck_assert_bad(load(&c, &err, 3, "--drain-delay-ms", "-1"), err, "--drain-delay-ms");
+    ck_assert_bad(load(&c, &err, 3, "--max-connections", "many"), err, "--max-connections");
+}
+END_TEST
+
+START_TEST(test_default_max_connections_keeps_a_quarter_of_the_fd_limit)
+{
+    ck_assert_int_eq(attnd_srv_default_max_connections(1048576), 786432);
+    ck_assert_int_eq(attnd_srv_default_max_connections(1024), 768);
+    ck_assert_int_eq(attnd_srv_default_max_connections(128), 64); /* at least 64 kept */
 }
 END_TEST
 
@@ -181,6 +212,8 @@ static Suite *suite(void)
     tcase_add_checked_fixture(tc, clear_env, clear_env);
     tcase_add_test(tc, test_defaults_are_the_documented_ones);
     tcase_add_test(tc, test_every_flag_sets_its_field);
+    tcase_add_test(tc, test_drain_and_connection_flags_set_their_fields);
+    tcase_add_test(tc, test_default_max_connections_keeps_a_quarter_of_the_fd_limit);
     tcase_add_test(tc, test_environment_sets_and_flags_win);
     tcase_add_test(tc, test_bad_environment_value_names_the_variable);
     tcase_add_test(tc, test_sizes_take_si_and_binary_suffixes);

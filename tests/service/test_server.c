@@ -1,11 +1,16 @@
 /* Check suite of the attnd process: it announces its port (stdout and
  * --port-file), answers health checks (Check, and Watch until it stops),
  * refuses unknown methods with UNIMPLEMENTED, exits 2 on bad flags and 1 on
- * a busy port, and on SIGTERM stops taking calls but lets an in-flight
- * stream run to its end, then exits 0. Every test that starts a server ends
- * by requiring exit status 0, which under AddressSanitizer also means no
+ * a busy port, and on SIGTERM drains: health says NOT_SERVING to new
+ * clients at once, their calls get UNAVAILABLE (or, during
+ * --drain-delay-ms, are still served), an in-flight stream runs to its
+ * end, then exit 0. (tests/group/test_group_drain covers calls queued when
+ * the signal comes, and UCX.) Every test that starts a server ends by
+ * requiring exit status 0, which under AddressSanitizer also means no
  * leak. (libattnd's suite in tests/client runs the full RPC matrix.) */
 #include "svc_server.h"
+
+static uint8_t srv_session[16]; /* the session of the test's stream */
 
 START_TEST(test_health_check_answers_serving)
 {
@@ -47,64 +52,159 @@ START_TEST(test_unknown_method_is_unimplemented)
 }
 END_TEST
 
-/* Poll, with fresh channels, until attnd stops taking new calls. */
-static void wait_until_not_accepting(void)
+/* Poll, with fresh channels (as a new client or a probe would), until
+ * health says NOT_SERVING; the check itself must keep answering. */
+static void wait_until_not_serving(void)
 {
     int64_t end = rg_now_ms() + RG_WAIT_MS;
     for (;;) {
         grpc_channel *c = rg_channel(srv.target);
         int serving;
-        int code = health(c, "", &serving, NULL);
+        char details[256];
+        int code = health(c, "", &serving, details);
         grpc_channel_destroy(c);
-        if (code != GRPC_STATUS_OK)
+        ck_assert_msg(code == GRPC_STATUS_OK, "health after SIGTERM: status %d (%s)", code,
+                      details);
+        if (serving == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING)
             return;
-        ck_assert_msg(rg_now_ms() < end, "attnd kept accepting calls after SIGTERM");
+        ck_assert_int_eq(serving, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+        ck_assert_msg(rg_now_ms() < end, "health still SERVING long after SIGTERM");
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
 }
 
-START_TEST(test_sigterm_lets_an_in_flight_stream_finish_then_exits_zero)
+/* Open an AttendStream and run step 0 on it (one token at position 0). */
+static void open_stream(rg_call *c, const uint8_t id[16])
 {
-    uint8_t id[16], *msg, *resp;
+    uint8_t *msg, *resp;
     size_t len, rlen;
-    rg_call c;
-    boot(NULL, NULL);
-    create_session(id);
-
-    ck_assert_int_eq(rg_call_open(&c, ch, "/attnd.v1.Attnd/AttendStream", RG_WAIT_MS), 0);
-    ck_assert_int_eq(rg_send_md(&c), 1);
+    ck_assert_int_eq(rg_call_open(c, ch, "/attnd.v1.Attnd/AttendStream", RG_WAIT_MS), 0);
+    ck_assert_int_eq(rg_send_md(c), 1);
     msg = attend_req(id, 3, 0, 0, 1, &len);
-    ck_assert_int_eq(rg_send(&c, msg, len, 0), 1);
+    ck_assert_int_eq(rg_send(c, msg, len, 0), 1);
     free(msg);
-    ck_assert_int_eq(rg_recv(&c, &resp, &rlen), 1);
+    ck_assert_int_eq(rg_recv(c, &resp, &rlen), 1);
     check_attend_reply(resp, rlen, 0, 1, 1);
     free(resp);
+}
 
-    kill(srv.pid, SIGTERM);
-    wait_until_not_accepting();
-
-    /* the stream that was in flight goes on to its end */
-    msg = attend_req(id, 3, 1, 1, 2, &len);
-    ck_assert_int_eq(rg_send(&c, msg, len, 0), 1);
+/* Step 1 on the stream (token 1), then its end with status OK. */
+static void finish_stream(rg_call *c)
+{
+    uint8_t *msg, *resp;
+    size_t len, rlen;
+    msg = attend_req(srv_session, 3, 1, 1, 2, &len);
+    ck_assert_int_eq(rg_send(c, msg, len, 0), 1);
     free(msg);
-    ck_assert_int_eq(rg_recv(&c, &resp, &rlen), 1);
+    ck_assert_int_eq(rg_recv(c, &resp, &rlen), 1);
     ck_assert_ptr_nonnull(resp);
     check_attend_reply(resp, rlen, 1, 2, 2);
     free(resp);
-    ck_assert_int_eq(rg_half_close(&c), 1);
-    ck_assert_int_eq(rg_finish(&c), 1);
-    ck_assert_int_eq(c.code, GRPC_STATUS_OK);
-    rg_call_close(&c);
+    ck_assert_int_eq(rg_half_close(c), 1);
+    ck_assert_int_eq(rg_finish(c), 1);
+    ck_assert_int_eq(c->code, GRPC_STATUS_OK);
+    rg_call_close(c);
+}
 
-    /* an idle C-core client reads the server's GOAWAY only when it polls
-     * (its backup poller: every 5 s), so close the channel, as a client
-     * that is done would */
+/* Close our channel (an idle C-core client reads the server's GOAWAY only
+ * when it polls, its backup poller: every 5 s; a client that is done
+ * closes it) and require exit 0. */
+static void expect_exit_zero(void)
+{
     grpc_channel_destroy(ch);
     ch = NULL;
     int status = rg_wait_exit(&srv, RG_WAIT_MS);
     ck_assert_msg(status != -1, "attnd did not exit");
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "wait status 0x%x", status);
+}
+
+START_TEST(test_sigterm_lets_an_in_flight_stream_finish_then_exits_zero)
+{
+    rg_call c;
+    boot(NULL, NULL);
+    create_session(srv_session);
+    open_stream(&c, srv_session);
+
+    kill(srv.pid, SIGTERM);
+    wait_until_not_serving();
+
+    /* the stream that was in flight goes on to its end */
+    finish_stream(&c);
+    expect_exit_zero();
+}
+END_TEST
+
+/* Draining (held open by a stream received before the signal): a new
+ * client's health check says NOT_SERVING, its calls that need the engine
+ * are UNAVAILABLE with a message saying why, GetStats still answers. */
+START_TEST(test_calls_that_arrive_after_sigterm_are_unavailable)
+{
+    uint8_t *msg;
+    size_t len;
+    char details[256];
+    rg_call c;
+    boot(NULL, NULL);
+    create_session(srv_session);
+    open_stream(&c, srv_session);
+
+    kill(srv.pid, SIGTERM);
+    wait_until_not_serving();
+
+    grpc_channel *late = rg_channel(srv.target);
+    msg = attend_req(srv_session, 3, 1, 1, 7, &len);
+    ck_assert_int_eq(rg_unary(late, "/attnd.v1.Attnd/Attend", msg, len, NULL, NULL, details,
+                              sizeof details),
+                     GRPC_STATUS_UNAVAILABLE);
+    ck_assert_ptr_nonnull(strstr(details, "shutting down"));
+    free(msg);
+    Attnd__V1__CreateSessionRequest cs = ATTND__V1__CREATE_SESSION_REQUEST__INIT;
+    msg = rg_pack(&cs.base, &len);
+    ck_assert_int_eq(rg_unary(late, "/attnd.v1.Attnd/CreateSession", msg, len, NULL, NULL,
+                              details, sizeof details),
+                     GRPC_STATUS_UNAVAILABLE);
+    ck_assert_ptr_nonnull(strstr(details, "shutting down"));
+    free(msg);
+    grpc_channel *keep = ch;
+    ch = late; /* get_stats uses ch */
+    Attnd__V1__GetStatsResponse *st = get_stats();
+    ck_assert_uint_eq(st->sessions, 1);
+    attnd__v1__get_stats_response__free_unpacked(st, NULL);
+    ch = keep;
+    grpc_channel_destroy(late);
+
+    /* the refused Attend changed nothing: the stream's step 1 still sees
+     * exactly one stored token */
+    finish_stream(&c);
+    expect_exit_zero();
+}
+END_TEST
+
+/* --drain-delay-ms: health says NOT_SERVING at once, but new calls are
+ * still served until the delay ends (here: a second signal ends it). */
+START_TEST(test_drain_delay_serves_new_calls_while_health_is_not_serving)
+{
+    uint8_t *msg, *resp = NULL;
+    size_t len, rlen;
+    boot("--drain-delay-ms", "600000");
+    kill(srv.pid, SIGTERM);
+    wait_until_not_serving();
+
+    grpc_channel *late = rg_channel(srv.target);
+    grpc_channel *keep = ch;
+    ch = late;
+    create_session(srv_session);
+    ch = keep;
+    msg = attend_req(srv_session, 0, 0, 0, 3, &len);
+    ck_assert_int_eq(rg_unary(late, "/attnd.v1.Attnd/Attend", msg, len, &resp, &rlen, NULL, 0),
+                     GRPC_STATUS_OK);
+    check_attend_reply(resp, rlen, 0, 1, 3);
+    free(resp);
+    free(msg);
+    grpc_channel_destroy(late);
+
+    kill(srv.pid, SIGTERM); /* a second signal cuts the drain short */
+    expect_exit_zero();
 }
 END_TEST
 
@@ -141,11 +241,7 @@ START_TEST(test_watch_sends_serving_then_not_serving_when_the_server_stops)
     ck_assert_int_eq(c.code, GRPC_STATUS_OK);
     rg_call_close(&c);
 
-    grpc_channel_destroy(ch); /* see above */
-    ch = NULL;
-    int status = rg_wait_exit(&srv, RG_WAIT_MS);
-    ck_assert_msg(status != -1, "attnd did not exit");
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "wait status 0x%x", status);
+    expect_exit_zero();
 }
 END_TEST
 
@@ -203,6 +299,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_health_check_of_unknown_service_is_not_found);
     tcase_add_test(tc, test_unknown_method_is_unimplemented);
     tcase_add_test(tc, test_sigterm_lets_an_in_flight_stream_finish_then_exits_zero);
+    tcase_add_test(tc, test_calls_that_arrive_after_sigterm_are_unavailable);
+    tcase_add_test(tc, test_drain_delay_serves_new_calls_while_health_is_not_serving);
     tcase_add_test(tc, test_watch_sends_serving_then_not_serving_when_the_server_stops);
     tcase_add_test(tc, test_port_file_names_the_bound_port);
     tcase_add_test(tc, test_bad_flags_exit_2);

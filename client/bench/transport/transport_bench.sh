@@ -72,7 +72,20 @@ wait_file() { # path: wait up to 30 s for it
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; } # key: value from a key=value line
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# The TCP port process PID listens on (its first), once it listens: every
+# server here binds port 0 and we read the port back (never "pick a free
+# port, bind it later": another process may take it in between).
+listen_port() {
+    local p
+    for _ in $(seq 600); do
+        p=$(ss -Hltnp 2> /dev/null | grep "pid=$1," | awk '{print $4}' | sed 's/.*://' | head -1)
+        [[ -n $p ]] && { echo "$p"; return 0; }
+        kill -0 "$1" 2> /dev/null || break
+        sleep 0.05
+    done
+    echo "transport_bench: process $1 does not listen" >&2
+    return 1
+}
 
 # ucx_perftest tag_lat 50%ile (us) for one message size; extra flags
 # (e.g. -e: endpoints with error handling, as attnd's) go to the client,
@@ -81,10 +94,9 @@ perftest_lat() {
     local size=$1 iters=$2 port out
     shift 2
     for _ in 1 2 3 4 5; do
-        port=$(free_port)
-        ucx_perftest -p "$port" > /dev/null 2>&1 &
+        ucx_perftest -p 0 > /dev/null 2>&1 &
         local sp=$!
-        sleep 0.3
+        port=$(listen_port "$sp") || { kill "$sp" 2> /dev/null || true; continue; }
         if out=$(ucx_perftest 127.0.0.1 -p "$port" -t tag_lat -s "$size" -n $((iters < 500 ? 500 : iters)) \
                      -w $((iters / 10 + 1)) -f "$@" 2> /dev/null | tail -1); then
             wait "$sp" 2> /dev/null || true
@@ -103,7 +115,7 @@ perftest_lat() {
 spawn_attnd() {
     local name=$1
     shift
-    "$ATTND" --model deepseek-v3 --port-file "$tmp/$name.port" --kv-memory 512Mi \
+    "$ATTND" --model deepseek-v3 --listen 127.0.0.1:0 --port-file "$tmp/$name.port" --kv-memory 512Mi \
         --threads 1 --kernel-threads 1 --ucx-listen auto "$@" > "$tmp/$name.log" 2>&1 &
     pids+=($!)
 }
@@ -184,12 +196,12 @@ start_attnd r1
 measure "127.0.0.1:$PORT" 1-rank
 
 if "$ATTND" --help 2>&1 | grep -q -- '--group'; then
-    p0=$(free_port)
-    p1=$(free_port)
-    group="127.0.0.1:$p0,127.0.0.1:$p1"
+    # UCX listeners on port 0, published in the group dir for the peers
+    mkdir -p "$tmp/group"
+    group="127.0.0.1:0,127.0.0.1:0"
     # both ranks start at once: each may wait for its peers
-    spawn_attnd g0 --listen 127.0.0.1:0 --rank 0 --group "$group"
-    spawn_attnd g1 --listen 127.0.0.1:0 --rank 1 --group "$group"
+    spawn_attnd g0 --rank 0 --group "$group" --group-dir "$tmp/group"
+    spawn_attnd g1 --rank 1 --group "$group" --group-dir "$tmp/group"
     if wait_file "$tmp/g0.port" && wait_file "$tmp/g1.port"; then
         measure "127.0.0.1:$(cat "$tmp/g0.port")" 2-rank ||
             { echo "| 2-rank | failed: attnd logs follow |"; tail -5 "$tmp"/g*.log; }
