@@ -167,9 +167,10 @@ typedef struct attnd_attend_args {
      * narrow wire: q [n_seqs, S, Hq, d_nope + d_rope] as a serving stack
      * holds it, out [n_seqs, S, Hq, d_v]; the worker absorbs q_nope with
      * the layer's W_UK and up-projects with its W_UV (both loaded by
-     * attnd_client_load_mla_weights). Added after up_project: a caller
-     * that zero-initializes the struct (= {0}, designated initializers)
-     * gets the absorbed form, as before. */
+     * attnd_client_load_mla_weights). Added after up_project, in what was
+     * the struct's tail padding: its size is unchanged, and a caller that
+     * zero-initializes it (= {0}, designated initializers, memset) gets
+     * the absorbed form, as before. */
     attnd_q_form q_form;
 } attnd_attend_args;
 
