@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install every Debian package attnd needs to build, test and run.
-# Idempotent; run as root (or with sudo available) on Debian 12.
+# Idempotent; run as root (or with sudo available) on Debian 12 (the CUDA
+# image runs it on Ubuntu 24.04, whose package names are the same).
+# ATTND_DEPS=build installs only what a build needs (the images' build
+# stage); the default adds what the tests use.
 set -euo pipefail
 
 PKGS=(
@@ -9,9 +12,16 @@ PKGS=(
   libprotobuf-c-dev protobuf-c-compiler
   libucx-dev ucx-utils                # UCX and ucx_perftest
   liburing-dev
-  check                               # unit test framework
-  python3 procps iproute2
+  libmicrohttpd-dev                   # the metrics endpoint (--metrics-listen)
 )
+if [ "${ATTND_DEPS:-all}" != build ]; then
+  PKGS+=(
+    check                             # unit test framework
+    python3 procps iproute2           # test scripts; iproute2: the namespace test
+    python3-yaml yamllint python3-venv  # deploy/ lints (hadolint: install-lint-tools.sh)
+    python3-prometheus-client         # the metrics test's parser
+  )
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -107,3 +107,14 @@ attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint
     }
     return st;
 }
+
+void attnd_srv_attend_times_record(attnd_srv_mshard *s, const attnd_srv_attend_times *t)
+{
+    if (!s)
+        return;
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_QUEUE], t->t_queue_ns + t->t_decode_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_VALIDATE], t->t_validate_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_KERNEL], t->t_kernel_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_FANOUT], t->t_fanout_ns);
+    attnd_srv_mx_observe(&s->phase[ATTND_SRV_MX_PH_ENCODE], t->t_encode_ns);
+}

@@ -46,6 +46,9 @@ typedef struct attnd_srv_attend_times {
     uint64_t t_encode_ns;  /* reply encoding, set by the transport */
 } attnd_srv_attend_times;
 
+/* Record a successful Attend's split into shard s (NULL: nothing). */
+void attnd_srv_attend_times_record(attnd_srv_mshard *s, const attnd_srv_attend_times *t);
+
 /* Trailing-metadata key of a unary Attend's timings (rpc_attend.c). */
 #define ATTND_SRV_TIMING_KEY "attnd-timing"
 

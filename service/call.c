@@ -21,6 +21,8 @@
 #include <grpc/slice.h>
 
 #include "attnd_assert.h"
+#include "attnd_clock.h"
+#include "attnd_log.h"
 #include "srv.h"
 
 /* ---- the call pool ------------------------------------------------------------ */
@@ -48,6 +50,7 @@ attnd_srv_call *attnd_srv_call_get(attnd_srv_thread *th, int method)
     c->op_tag.call = c;
     c->close_tag.call = c;
     c->close_tag.is_close = 1;
+    c->final_st = ATTND_ERR_CANCELLED;
     grpc_metadata_array_init(&c->md);
     grpc_call_details_init(&c->details);
     return c;
@@ -91,6 +94,11 @@ void attnd_srv_call_put(attnd_srv_call *c)
         c->counted = 0;
         atomic_fetch_sub(&srv->active_calls, 1);
     }
+    if (c->mx_live) { /* an accepted call ends: count it once */
+        c->mx_live = 0;
+        attnd_srv_mx_request(attnd_srv_metrics_local(srv->metrics), c->method, c->final_st,
+                             attnd_clock_ns() - c->t_start_ns);
+    }
     pthread_mutex_lock(&srv->pool_mu);
     c->next = srv->free_calls;
     srv->free_calls = c;
@@ -102,6 +110,14 @@ void attnd_srv_call_maybe_release(attnd_srv_call *c)
 {
     if (c->state == ATTND_SRV_CALL_FINISHING && c->pending == 0)
         attnd_srv_call_put(c);
+}
+
+/* Count a reply message's bytes (bb may be NULL). */
+static void count_tx(attnd_srv_call *c, grpc_byte_buffer *bb)
+{
+    attnd_srv_mshard *mx = bb ? attnd_srv_metrics_local(c->srv->metrics) : NULL;
+    if (mx)
+        attnd_srv_mx_add(&mx->tx_bytes[ATTND_SRV_MX_GRPC], grpc_byte_buffer_length(bb));
 }
 
 /* No batch could start: the call is over for us. */
@@ -133,7 +149,7 @@ static int start_batch(attnd_srv_call *c, const grpc_op *ops, size_t n, attnd_sr
     c->pending--;
     if (!tag->is_close)
         c->op_inflight = 0;
-    fprintf(stderr, "attnd: %s: grpc_call_start_batch: %s\n", path, grpc_call_error_to_string(e));
+    attnd_log_error("rpc", "%s: grpc_call_start_batch: %s", path, grpc_call_error_to_string(e));
     grpc_call_cancel(call, NULL);
     return -1;
 }
@@ -181,6 +197,7 @@ void attnd_srv_call_send(attnd_srv_call *c, grpc_byte_buffer *bb, int and_recv)
         drop(c);
         return;
     }
+    count_tx(c, bb);
     n = add_initial_md(c, &ops[0]);
 
     if (c->recv) {
@@ -251,6 +268,10 @@ void attnd_srv_call_finish(attnd_srv_call *c, grpc_byte_buffer *bb, attnd_status
 
     if (st != ATTND_OK && st != ATTND_ERR_CANCELLED)
         atomic_fetch_add(&c->srv->errors, 1);
+    if (st != ATTND_OK) /* per request: debug only */
+        attnd_log_req(ATTND_LOG_DEBUG, "rpc", c->request_id, "%s: %s: %s",
+                      attnd_srv_methods[c->method].path, attnd_status_string(st),
+                      msg ? msg : "");
     if (c->state != ATTND_SRV_CALL_ACTIVE || c->close_done) {
         /* cancelled under us: nobody to tell */
         if (bb)
@@ -262,6 +283,8 @@ void attnd_srv_call_finish(attnd_srv_call *c, grpc_byte_buffer *bb, attnd_status
         grpc_byte_buffer_destroy(c->recv);
         c->recv = NULL;
     }
+    c->final_st = st;
+    count_tx(c, bb);
     n = add_initial_md(c, &ops[0]);
     if (bb) {
         c->send = bb;
@@ -314,6 +337,9 @@ ProtobufCMessage *attnd_srv_call_decode(attnd_srv_call *c, const ProtobufCMessag
                         d->name);
         return NULL;
     }
+    attnd_srv_mshard *mx = attnd_srv_metrics_local(c->srv->metrics);
+    if (mx)
+        attnd_srv_mx_add(&mx->rx_bytes[ATTND_SRV_MX_GRPC], grpc_byte_buffer_length(c->recv));
     attnd_srv_arena_reset(&x->arena);
     if (attnd_srv_bb_flatten(c->recv, &x->flat, &data, &len, err) == ATTND_OK)
         m = attnd_srv_unpack(d, &x->arena, data, len, err);

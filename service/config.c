@@ -106,6 +106,15 @@ static const opt opts[] = {
      "fault the whole KV pool in from a background thread at start: steady-state "
      "appends skip the first-touch cost, but the pool is resident at once (default: "
      "pages are faulted in by the appends that first write them)"},
+    {"metrics-listen", "ATTND_METRICS_LISTEN", OPT_STR, F(metrics_listen), 0, 0, "HOST:PORT",
+     "serve Prometheus metrics over HTTP at /metrics there; port 0 picks a free one "
+     "(default: off)"},
+    {"log-format", "ATTND_LOG_FORMAT", OPT_STR, F(log_format), 0, 0, "text|json",
+     "stderr log lines as text or one JSON object each (default text)"},
+    {"log-level", "ATTND_LOG_LEVEL", OPT_STR, F(log_level), 0, 0, "error|warn|info|debug",
+     "least severe level logged; debug adds a line per failed request (default info)"},
+    {"print-config", NULL, OPT_FLAG, F(print_config), 0, 0, NULL,
+     "print the effective configuration (defaults, environment, flags) as flags and exit"},
     {"list-models", NULL, OPT_FLAG, F(list_models), 0, 0, NULL, "print the presets and exit"},
     {"help", NULL, OPT_FLAG, F(show_help), 0, 0, NULL, "print this and exit"},
 };
@@ -131,6 +140,8 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     cfg->group_connect_ms = 30000;
     cfg->group_timeout_ms = 10000;
     cfg->ucx_spin_us = 200;
+    snprintf(cfg->log_format, sizeof cfg->log_format, "text");
+    snprintf(cfg->log_level, sizeof cfg->log_level, "info");
     cfg->ucx_exec_threads = 2;
     /* measured on loopback with service/bench/bench_attend.c: an 8 MiB
      * window and 1 MiB frames cut the p50 of a 2.4 MB Attend from ~15 to
@@ -317,6 +328,19 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const 
     if (!strchr(cfg->listen, ':'))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--listen: expected HOST:PORT, got \"%s\"", cfg->listen);
+    if (strcmp(cfg->log_format, "text") != 0 && strcmp(cfg->log_format, "json") != 0)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--log-format: expected text or json, got \"%s\"",
+                               cfg->log_format);
+    if (strcmp(cfg->log_level, "error") != 0 && strcmp(cfg->log_level, "warn") != 0 &&
+        strcmp(cfg->log_level, "info") != 0 && strcmp(cfg->log_level, "debug") != 0)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--log-level: expected error, warn, info or debug, got \"%s\"",
+                               cfg->log_level);
+    if (cfg->metrics_listen[0] && !strchr(cfg->metrics_listen, ':'))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--metrics-listen: expected HOST:PORT, got \"%s\"",
+                               cfg->metrics_listen);
     if (cfg->ucx_listen[0] && strcmp(cfg->ucx_listen, "auto") != 0 &&
         !strchr(cfg->ucx_listen, ':'))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -350,10 +374,49 @@ void attnd_srv_config_usage(FILE *f)
         char lhs[64];
         snprintf(lhs, sizeof lhs, "--%s%s%s", opts[i].flag, opts[i].arg ? " " : "",
                  opts[i].arg ? opts[i].arg : "");
-        fprintf(f, "  %-32s %s", lhs, opts[i].help);
+        fprintf(f, "  %-32s  %s", lhs, opts[i].help); /* 2+ spaces: deploy/config_table.py */
         if (opts[i].env)
             fprintf(f, " [%s]", opts[i].env);
         fputc('\n', f);
+    }
+}
+
+void attnd_srv_config_print(FILE *f, const attnd_srv_config *cfg)
+{
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+        const opt *o = &opts[i];
+        const void *field = (const char *)cfg + o->off;
+        int64_t v = 0;
+        if (!o->env) /* --help, --list-models, --print-config: actions, not settings */
+            continue;
+        if (o->kind == OPT_INT || o->kind == OPT_SIZE || o->kind == OPT_FLAG) {
+            if (o->size == sizeof(int32_t)) {
+                int32_t x;
+                memcpy(&x, field, sizeof x);
+                v = x;
+            } else {
+                memcpy(&v, field, sizeof v);
+            }
+        }
+        switch (o->kind) {
+        case OPT_STR:
+            fprintf(f, "--%s=%s\n", o->flag, (const char *)field);
+            break;
+        case OPT_INT:
+        case OPT_SIZE:
+            fprintf(f, "--%s=%lld\n", o->flag, (long long)v);
+            break;
+        case OPT_DTYPE: {
+            attnd_dtype d;
+            memcpy(&d, field, sizeof d);
+            fprintf(f, "--%s=%s\n", o->flag, d == ATTND_DTYPE_INVALID ? "" : attnd_dtype_name(d));
+            break;
+        }
+        case OPT_FLAG:
+            if (v)
+                fprintf(f, "--%s\n", o->flag);
+            break;
+        }
     }
 }
 

@@ -4,9 +4,12 @@
  * moment a stop signal comes (drain.c) or if the accept loop died
  * (listener.c); for "attnd.v1.Group" (a worker group's state) SERVING
  * only while every peer is connected too (Watch reports it as of the
- * call's start); and the gRPC status NOT_FOUND for any other name (the
- * health spec's SERVICE_UNKNOWN for Check). Both run inline on the io
- * threads, never behind engine or group work.
+ * call's start); for the Kubernetes probe names "liveness" SERVING while
+ * the accept loop lives (draining included: a draining rank must not be
+ * restarted) and "readiness" SERVING only while serving with the group
+ * whole (attnd_srv_ready); and the gRPC status NOT_FOUND for any other
+ * name (the health spec's SERVICE_UNKNOWN for Check). Both run inline on
+ * the io threads, never behind engine or group work.
  *
  * Watch sends the current status at once (SERVICE_UNKNOWN as a message for
  * an unknown name, as the spec asks, without ending the call), then holds
@@ -25,14 +28,31 @@
 
 typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus serving_status;
 
-/* 0 when m asks about the worker group and a peer is missing. */
-static int group_whole(const attnd_srv_call *c, const Grpc__Health__V1__HealthCheckRequest *m)
+/* 1 unless srv is a worker group with a peer missing. */
+static int group_whole(attnd_srv *srv)
 {
     attnd_group_state gs;
-    if (!c->srv->group || !m->service || strcmp(m->service, ATTND_SRV_HEALTH_GROUP) != 0)
+    if (!srv->group)
         return 1;
-    attnd_group_get_state(c->srv->group, &gs);
+    attnd_group_get_state(srv->group, &gs);
     return gs.missing[0] == '\0';
+}
+
+int attnd_srv_ready(attnd_srv *srv)
+{
+    return attnd_srv_serving(srv) && group_whole(srv);
+}
+
+/* Whether the (validated) service name m asks about is SERVING. */
+static int serving(const attnd_srv_call *c, const Grpc__Health__V1__HealthCheckRequest *m)
+{
+    const char *svc = m->service ? m->service : "";
+    attnd_srv *srv = c->srv;
+    if (strcmp(svc, ATTND_SRV_HEALTH_LIVENESS) == 0)
+        return !atomic_load(&srv->listener_dead);
+    if (strcmp(svc, ATTND_SRV_HEALTH_READINESS) == 0 || strcmp(svc, ATTND_SRV_HEALTH_GROUP) == 0)
+        return attnd_srv_ready(srv);
+    return attnd_srv_serving(srv);
 }
 
 static grpc_byte_buffer *health_reply(serving_status s)
@@ -56,9 +76,9 @@ void attnd_srv_health_check_start(attnd_srv_call *c)
     }
     attnd_srv_call_finish(
         c,
-        health_reply(!attnd_srv_serving(c->srv) || !group_whole(c, m)
-                         ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
-                         : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING),
+        health_reply(serving(c, m)
+                         ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                         : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING),
         ATTND_OK, NULL);
 }
 
@@ -83,8 +103,8 @@ void attnd_srv_health_watch_start(attnd_srv_call *c)
     serving_status s =
         attnd_srv_validate_health(m, &err) != ATTND_OK
             ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN
-        : group_whole(c, m) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-                            : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+        : serving(c, m) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                        : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
     if (attnd_srv_call_hold_open(c) == 0)
         attnd_srv_call_send(c, health_reply(s), 0);
 }

@@ -50,6 +50,7 @@
 #include <grpc/grpc_security.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "srv.h"
 
 #define LISTEN_MAX 4      /* addresses one --listen may resolve to */
@@ -83,8 +84,9 @@ uint64_t attnd_srv_raise_fd_limit(void)
         rlim_t soft = rl.rlim_cur;
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl)) {
-            fprintf(stderr, "attnd: cannot raise the fd limit from %llu to %llu: %s\n",
-                    (unsigned long long)soft, (unsigned long long)rl.rlim_max, strerror(errno));
+            attnd_log_warn("listener", "cannot raise the fd limit from %llu to %llu: %s",
+                           (unsigned long long)soft, (unsigned long long)rl.rlim_max,
+                           strerror(errno));
             rl.rlim_cur = soft;
         }
     }
@@ -106,8 +108,8 @@ static void log_limited(attnd_srv_listener *l, int kind, const char *what)
     if (ms - l->logged_ms[kind] < 1000 && l->logged_ms[kind])
         return;
     l->logged_ms[kind] = ms;
-    fprintf(stderr, "attnd: %s (%llu refused at the cap, %llu shed for want of fds so far)\n",
-            what, (unsigned long long)l->refused, (unsigned long long)l->shed);
+    attnd_log_warn("listener", "%s (%llu refused at the cap, %llu shed for want of fds so far)",
+                   what, (unsigned long long)l->refused, (unsigned long long)l->shed);
 }
 
 /* Forget table entries whose connection gRPC has closed. */
@@ -228,8 +230,8 @@ static int accept_all(attnd_srv_listener *l, int lfd)
 
 static void die(attnd_srv_listener *l, const char *what)
 {
-    fprintf(stderr, "attnd: the gRPC accept loop failed (%s: %s): no new connections; "
-                    "health is NOT_SERVING\n", what, strerror(errno));
+    attnd_log_error("listener", "the gRPC accept loop failed (%s: %s): no new connections; "
+                    "health is NOT_SERVING", what, strerror(errno));
     atomic_store(&l->srv->listener_dead, 1);
     attnd_srv_health_end_watches(l->srv);
 }
@@ -412,9 +414,9 @@ attnd_status attnd_srv_listener_open(attnd_srv *srv, attnd_error *err)
     l->max_conns = cfg->max_connections > 0 ? cfg->max_connections
                                             : attnd_srv_default_max_connections(nofile);
     if ((uint64_t)l->max_conns + 32 > nofile)
-        fprintf(stderr, "attnd: --max-connections %lld leaves (almost) no descriptors under "
-                        "the fd limit %llu for anything else; connections beyond what fits "
-                        "are closed\n", (long long)l->max_conns, (unsigned long long)nofile);
+        attnd_log_warn("listener", "--max-connections %lld leaves (almost) no descriptors under "
+                       "the fd limit %llu for anything else; connections beyond what fits "
+                       "are closed", (long long)l->max_conns, (unsigned long long)nofile);
     if (!(l->ino = calloc(l->n_ino, sizeof *l->ino)) ||
         !(l->creds = grpc_insecure_server_credentials_create())) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "--listen: out of memory");
@@ -457,7 +459,7 @@ void attnd_srv_listener_stop(attnd_srv *srv)
         return;
     if (l->running) {
         if (write(l->stop_fd, &one, sizeof one) < 0)
-            fprintf(stderr, "attnd: waking the accept thread: %s\n", strerror(errno));
+            attnd_log_error("listener", "waking the accept thread: %s", strerror(errno));
         pthread_join(l->tid, NULL);
         l->running = 0;
     }

@@ -10,7 +10,7 @@
  * finishes, for up to --shutdown-grace-ms; a second signal cuts that
  * short), cancels what is left, and everything is torn down before exit 0.
  *
- * Exit codes: 0 clean stop (or --help, --list-models), 1 cannot start,
+ * Exit codes: 0 clean stop (or --help, --list-models, --print-config), 1 cannot start,
  * 2 bad flag or variable. */
 #include <errno.h>
 #include <signal.h>
@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "attnd_log.h"
 #include "srv.h"
 #include "ucx_server.h"
 
@@ -70,7 +71,7 @@ int main(int argc, char **argv)
     uint64_t nofile = attnd_srv_raise_fd_limit();
     attnd_error_clear(&err);
     if (attnd_srv_config_load(&cfg, argc, argv, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         return 2;
     }
     if (cfg.show_help) {
@@ -81,23 +82,28 @@ int main(int argc, char **argv)
         attnd_srv_config_list_models(stdout);
         return 0;
     }
+    attnd_log_configure(cfg.log_format, cfg.log_level); /* validated by the load */
     attnd_srv_config_engine(&cfg, &ecfg);
     /* a worker group rank: its engine serves the rank's shard */
     if (attnd_srv_config_group(&cfg, &ecfg, &gcfg, &grouped, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         return 2;
     }
+    if (cfg.print_config) { /* checked like a start, up to the engine */
+        attnd_srv_config_print(stdout, &cfg);
+        return 0;
+    }
     if (attnd_engine_create(&ecfg, &engine, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         return 1;
     }
     grpc_init();
     if (grouped && attnd_group_create(&gcfg, engine, &group, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
     if (attnd_srv_create(&cfg, engine, &srv, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
     if (group) { /* requests are validated against the whole model */
@@ -106,11 +112,11 @@ int main(int argc, char **argv)
                              cfg.max_sessions);
     }
     if (attnd_srv_start(srv, &err)) {
-        fprintf(stderr, "attnd: %s\n", err.msg);
+        attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
     if (cfg.port_file[0] && write_port_file(cfg.port_file, srv->port)) {
-        fprintf(stderr, "attnd: --port-file %s: %s\n", cfg.port_file, strerror(errno));
+        attnd_log_error("attnd", "--port-file %s: %s", cfg.port_file, strerror(errno));
         attnd_srv_shutdown(srv, 0, 0, NULL);
         goto out;
     }
@@ -126,6 +132,10 @@ int main(int argc, char **argv)
            (long long)srv->max_connections, (unsigned long long)nofile);
     if (srv->ucx)
         printf("attnd: Attend over UCX on %s\n", attnd_srv_ucx_address(srv));
+    if (srv->metrics_http)
+        printf("attnd: metrics on http://%.*s:%d/metrics\n",
+               (int)(strrchr(cfg.metrics_listen, ':') - cfg.metrics_listen), cfg.metrics_listen,
+               srv->metrics_port);
     if (group)
         printf("attnd: group rank %d of %d, shard %s, UCX listener port %d\n", gcfg.rank,
                gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));
@@ -133,11 +143,11 @@ int main(int argc, char **argv)
 
     while (sigwait(&stop_signals, &sig) != 0)
         ;
-    fprintf(stderr, "attnd: %s: draining (health NOT_SERVING; new calls served for %lld ms, "
-                    "then refused; %lld ms for calls received)\n",
-            strsignal(sig), (long long)cfg.drain_delay_ms, (long long)cfg.shutdown_grace_ms);
+    attnd_log_info("server", "%s: draining (health NOT_SERVING; new calls served for %lld ms, "
+                   "then refused; %lld ms for calls received)", strsignal(sig),
+                   (long long)cfg.drain_delay_ms, (long long)cfg.shutdown_grace_ms);
     if (attnd_srv_shutdown(srv, cfg.drain_delay_ms, cfg.shutdown_grace_ms, stop_signal_pending))
-        fprintf(stderr, "attnd: calls still in flight were cancelled\n");
+        attnd_log_warn("server", "calls still in flight were cancelled");
     rc = 0;
 
 out:

@@ -11,7 +11,7 @@
 #include "attend_exec.h"
 
 /* Handle one AttendRequest in c->recv; *reply_p gets the reply and *t_p
- * (may be NULL) the call's timings, reply encoding included. The work
+ * the call's timings, reply encoding included. The work
  * itself is attnd_srv_attend_exec, shared with the UCX endpoint. */
 static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
                                attnd_srv_attend_times *t_p, attnd_error *err)
@@ -30,15 +30,14 @@ static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
         c, &attnd__v1__attend_request__descriptor, err);
     if (!m)
         return err->code;
+    c->request_id = m->request_id;
     st = attnd_srv_attend_exec(&x, m, t_arrival, &res, err);
     if (st)
         return st;
     uint64_t t_pack = attnd_clock_ns();
     *reply_p = attnd_srv_attend_reply_pack(&res.reply);
-    if (t_p) {
-        *t_p = res.t;
-        t_p->t_encode_ns = attnd_clock_ns() - t_pack;
-    }
+    *t_p = res.t;
+    t_p->t_encode_ns = attnd_clock_ns() - t_pack;
     return ATTND_OK;
 }
 
@@ -72,6 +71,7 @@ void attnd_srv_attend_start(attnd_srv_call *c)
         return;
     }
     add_timing_trailer(c, &t);
+    attnd_srv_attend_times_record(attnd_srv_metrics_local(c->srv->metrics), &t);
     attnd_srv_call_finish(c, reply, ATTND_OK, NULL);
 }
 
@@ -83,6 +83,7 @@ void attnd_srv_attend_stream_start(attnd_srv_call *c)
 void attnd_srv_attend_stream_step(attnd_srv_call *c, int ok)
 {
     grpc_byte_buffer *reply = NULL;
+    attnd_srv_attend_times t;
     attnd_error err;
 
     if (!ok) {
@@ -94,9 +95,10 @@ void attnd_srv_attend_stream_step(attnd_srv_call *c, int ok)
         return;
     }
     attnd_error_clear(&err);
-    if (attend_one(c, &reply, NULL, &err)) {
+    if (attend_one(c, &reply, &t, &err)) {
         attnd_srv_call_fail(c, &err);
         return;
     }
+    attnd_srv_attend_times_record(attnd_srv_metrics_local(c->srv->metrics), &t);
     attnd_srv_call_send(c, reply, 1);
 }

@@ -22,6 +22,8 @@
 #include <grpc/support/time.h>
 
 #include "attnd_assert.h"
+#include "attnd_clock.h"
+#include "attnd_log.h"
 #include "srv.h"
 #include "ucx_server.h"
 
@@ -60,8 +62,8 @@ static void request_call(attnd_srv_thread *th, int method)
     grpc_call_error e;
 
     if (!(c = attnd_srv_call_get(th, method))) {
-        fprintf(stderr, "attnd: io thread %d: no memory to accept %s calls\n", th->index,
-                attnd_srv_methods[method].path);
+        attnd_log_error("server", "io thread %d: no memory to accept %s calls", th->index,
+                        attnd_srv_methods[method].path);
         return;
     }
     c->state = ATTND_SRV_CALL_REQUESTED;
@@ -75,8 +77,8 @@ static void request_call(attnd_srv_thread *th, int method)
             attnd_srv_methods[method].streaming ? NULL : &c->recv, th->cq, th->cq,
             &c->op_tag);
     if (e != GRPC_CALL_OK) {
-        fprintf(stderr, "attnd: io thread %d: requesting %s calls: %s\n", th->index,
-                attnd_srv_methods[method].path, grpc_call_error_to_string(e));
+        attnd_log_error("server", "io thread %d: requesting %s calls: %s", th->index,
+                        attnd_srv_methods[method].path, grpc_call_error_to_string(e));
         c->pending = 0;
         attnd_srv_call_put(c);
     }
@@ -105,6 +107,8 @@ static void on_accept(attnd_srv_thread *th, attnd_srv_call *c, int success)
     request_call(th, c->method);
     c->state = ATTND_SRV_CALL_ACTIVE;
     c->x = &th->x;
+    c->t_start_ns = attnd_clock_ns(); /* counted when released, refused ones too */
+    c->mx_live = 1;
     if (refused(srv, c->method)) {
         attnd_srv_call_finish(c, NULL, ATTND_ERR_UNAVAILABLE,
                               "server is shutting down: send this call to another worker");
@@ -242,7 +246,12 @@ attnd_status attnd_srv_create(const attnd_srv_config *cfg, attnd_engine *engine,
 
     if (!(srv = calloc(1, sizeof *srv)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "server: out of memory");
+    if (!(srv->metrics = attnd_srv_metrics_create())) {
+        free(srv);
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "server: out of memory");
+    }
     if (init_locks(srv)) {
+        attnd_srv_metrics_destroy(srv->metrics);
         free(srv);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "server: no mutex");
     }
@@ -310,6 +319,9 @@ attnd_status attnd_srv_start(attnd_srv *srv, attnd_error *err)
     /* before gRPC serves: GetEndpoint must find the UCX address */
     if ((st = attnd_srv_ucx_start(srv, err)))
         return st;
+    if (srv->cfg->metrics_listen[0] &&
+        (st = attnd_srv_metrics_http_start(srv, srv->cfg->metrics_listen, err)))
+        return st;
     grpc_server_start(srv->server);
     srv->started = 1;
     if ((st = attnd_srv_exec_start(srv, err)))
@@ -340,6 +352,7 @@ void attnd_srv_destroy(attnd_srv *srv)
         return;
     if (!srv->shut_down)
         attnd_srv_shutdown(srv, 0, 0, NULL);
+    attnd_srv_metrics_http_stop(srv); /* it reads the engine and every shard */
     attnd_srv_listener_stop(srv);
     attnd_srv_ucx_stop(srv);
     if (srv->server)
@@ -355,7 +368,7 @@ void attnd_srv_destroy(attnd_srv *srv)
     }
     attnd_srv_exec_cleanup(srv);
     if (srv->live_calls)
-        fprintf(stderr, "attnd: %zu calls left at exit\n", srv->live_calls);
+        attnd_log_warn("server", "%zu calls left at exit", srv->live_calls);
     for (attnd_srv_call *c = srv->free_calls, *next; c; c = next) {
         next = c->next;
         free(c);
@@ -365,6 +378,7 @@ void attnd_srv_destroy(attnd_srv *srv)
     pthread_mutex_destroy(&srv->pool_mu);
     pthread_cond_destroy(&srv->q_cv);
     pthread_mutex_destroy(&srv->q_mu);
+    attnd_srv_metrics_destroy(srv->metrics);
     free(srv);
 }
 

@@ -55,6 +55,7 @@
 #include "attnd_group.h"
 #include "attnd_worker.h"
 #include "codec.h"
+#include "metrics.h"
 #include "validate.h"
 
 /* ---- configuration (config.c) ---------------------------------------------
@@ -94,6 +95,10 @@ typedef struct attnd_srv_config {
     int64_t group_connect_ms;  /* --group-connect-ms */
     int64_t group_timeout_ms;  /* --group-timeout-ms */
     int kv_prefault;           /* --kv-prefault */
+    char metrics_listen[256];  /* --metrics-listen host:port; "" off */
+    char log_format[8];        /* --log-format text|json */
+    char log_level[8];         /* --log-level error|warn|info|debug */
+    int print_config;          /* --print-config */
     int show_help;             /* --help */
     int list_models;           /* --list-models */
 } attnd_srv_config;
@@ -110,6 +115,10 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc,
 int attnd_srv_parse_size(const char *s, uint64_t *out_p);
 void attnd_srv_config_usage(FILE *f);
 void attnd_srv_config_list_models(FILE *f);
+/* Every setting of a loaded config as "--flag=value" lines (flags that are
+ * off are left out), in --help's order: what the defaults, the ATTND_*
+ * variables and the flags came to. */
+void attnd_srv_config_print(FILE *f, const attnd_srv_config *cfg);
 /* group_setup.c: the group settings of a loaded config. *enabled_p = 0
  * (and nothing else filled) for a lone worker; else gcfg is complete for
  * attnd_group_create (model = the full model spec with --kv-dtype
@@ -138,6 +147,8 @@ typedef enum attnd_srv_method_id {
     ATTND_SRV_M_COUNT,
     /* calls to any other method, answered UNIMPLEMENTED */
     ATTND_SRV_M_GENERIC = ATTND_SRV_M_COUNT,
+    /* metrics only: Attend over the UCX endpoint */
+    ATTND_SRV_MX_UCX_ATTEND,
 } attnd_srv_method_id;
 
 /* Calls of each method kept requested per io thread. A burst of more
@@ -205,6 +216,12 @@ struct attnd_srv_call {
                                    group: attnd_group_stream), NULL before its
                                    first chunk; aborted if the call ends
                                    uncommitted */
+    uint64_t t_start_ns;        /* when it became ACTIVE (metrics) */
+    int mx_live;                /* accepted, not yet counted in the metrics */
+    uint64_t request_id;        /* the client's id, when the request has one
+                                   (Attend's request_id; logs) */
+    attnd_status final_st;      /* the status it ended with (metrics;
+                                   CANCELLED until finish sends one) */
     grpc_metadata trailer[2];   /* trailing metadata of the final status */
     size_t n_trailer;
     attnd_srv_tag op_tag, close_tag;
@@ -286,6 +303,9 @@ struct attnd_srv {
     struct timespec started_at;   /* CLOCK_MONOTONIC */
     struct attnd_srv_ucx *ucx;    /* the UCX Attend endpoint (ucx_server.c);
                                      NULL when --ucx-listen is off */
+    attnd_srv_metrics *metrics;   /* counters of every thread (metrics.h) */
+    struct MHD_Daemon *metrics_http; /* --metrics-listen (metrics_http.c) */
+    int metrics_port;             /* its bound port */
 };
 
 /* Create the server: channel args from cfg, methods, completion queues,
@@ -309,6 +329,11 @@ int attnd_srv_shutdown(attnd_srv *srv, int64_t drain_delay_ms, int64_t grace_ms,
                        int (*interrupt)(void));
 /* Free a server that was shut down (or never started). */
 void attnd_srv_destroy(attnd_srv *srv);
+
+/* health.c: readiness as the "readiness" health service reports it: 1
+ * while the server is not draining and, in a worker group, every peer is
+ * connected. Any thread. */
+int attnd_srv_ready(attnd_srv *srv);
 
 /* Milliseconds since the server was created. */
 uint64_t attnd_srv_uptime_ms(const attnd_srv *srv);

@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "attend_exec.h"
 #include "ucx_int.h"
 
@@ -182,7 +183,7 @@ static void accept_conn(attnd_srv_ucx *u, ucx_conn *c)
     p.err_handler.arg = c;
     ucs_status_t st = ucp_ep_create(u->worker, &p, &c->ep);
     if (st != UCS_OK) {
-        fprintf(stderr, "attnd: ucx: cannot accept a client: %s\n", ucs_status_string(st));
+        attnd_log_warn("ucx", "cannot accept a client: %s", ucs_status_string(st));
         c->ep = NULL;
         c->closed = 1;
         c->refs++;
@@ -280,6 +281,7 @@ static void on_reply_sent(void *request, ucs_status_t status, void *user_data)
  * as well as inline on the progress thread. ws/arena: the caller's. */
 static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *arena, ucx_job *j)
 {
+    attnd_srv_mshard *mx = attnd_srv_metrics_local(u->srv->metrics);
     attnd_srv_exec_ctx x = {.srv = u->srv, .ws = ws, .arena = arena};
     if (j->hdr.deadline_ms) { /* what is left of the client's deadline */
         int64_t waited_ms = (int64_t)((attnd_clock_ns() - j->t_arrival) / 1000000u);
@@ -316,12 +318,17 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
         j->rhdr.kernel_ns = res.t.t_kernel_ns;
         j->rhdr.fanout_ns = res.t.t_fanout_ns;
         j->rhdr.encode_ns = attnd_clock_ns() - t_enc;
+        res.t.t_encode_ns = j->rhdr.encode_ns;
+        if (st == ATTND_OK)
+            attnd_srv_attend_times_record(mx, &res.t);
     }
     if (st != ATTND_OK) {
         if (st != ATTND_ERR_CANCELLED)
             atomic_fetch_add(&u->srv->errors, 1);
         if (!err.msg[0])
             snprintf(err.msg, sizeof err.msg, "%s", attnd_status_string(st));
+        attnd_log_req(ATTND_LOG_DEBUG, "ucx", j->hdr.id, "Attend: %s: %s",
+                      attnd_status_string(st), err.msg);
         n = strlen(err.msg);
         if (attnd_buf_fit(&j->rep, n + 1))
             n = 0; /* the status alone goes back */
@@ -332,6 +339,11 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
     j->rhdr.h.status = st;
     j->st = st;
     j->n = n;
+    attnd_srv_mx_request(mx, ATTND_SRV_MX_UCX_ATTEND, st, attnd_clock_ns() - j->t_arrival);
+    if (mx) {
+        attnd_srv_mx_add(&mx->rx_bytes[ATTND_SRV_MX_UCX], j->len);
+        attnd_srv_mx_add(&mx->tx_bytes[ATTND_SRV_MX_UCX], n);
+    }
 }
 
 /* On the progress thread: release the request bytes UCX lent us and send

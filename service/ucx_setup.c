@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include "attnd_log.h"
 #include "attnd_ucx_setup.h"
 #include "ucx_int.h"
 
@@ -279,7 +280,7 @@ void attnd_srv_ucx_stop(attnd_srv *srv)
     if (u->running) {
         atomic_store(&u->stop, 1);
         if (write(u->stop_fd, &one, sizeof one) < 0)
-            fprintf(stderr, "attnd: ucx: waking the progress thread: %s\n", strerror(errno));
+            attnd_log_error("ucx", "waking the progress thread: %s", strerror(errno));
         pthread_join(u->tid, NULL);
         u->running = 0;
     }

@@ -419,10 +419,12 @@ attnd_status attnd_srv_validate_health(const Grpc__Health__V1__HealthCheckReques
 {
     const char *svc = m->service ? m->service : "";
     if (svc[0] == '\0' || strcmp(svc, "attnd.v1.Attnd") == 0 ||
-        strcmp(svc, ATTND_SRV_HEALTH_GROUP) == 0)
+        strcmp(svc, ATTND_SRV_HEALTH_GROUP) == 0 || strcmp(svc, ATTND_SRV_HEALTH_LIVENESS) == 0 ||
+        strcmp(svc, ATTND_SRV_HEALTH_READINESS) == 0)
         return ATTND_OK;
     return attnd_error_set(err, ATTND_ERR_NOT_FOUND,
-                           "service: expected \"\", \"attnd.v1.Attnd\" or \"%s\", got "
-                           "unknown \"%.64s\"",
-                           ATTND_SRV_HEALTH_GROUP, svc);
+                           "service: expected \"\", \"attnd.v1.Attnd\", \"%s\", \"%s\" or "
+                           "\"%s\", got unknown \"%.64s\"",
+                           ATTND_SRV_HEALTH_GROUP, ATTND_SRV_HEALTH_LIVENESS,
+                           ATTND_SRV_HEALTH_READINESS, svc);
 }

@@ -96,11 +96,17 @@ attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
 
 /* ---- grpc.health.v1 ------------------------------------------------------ */
 
-/* The health service names attnd answers for: "", "attnd.v1.Attnd" and
+/* The health service names attnd answers for: "", "attnd.v1.Attnd",
  * ATTND_SRV_HEALTH_GROUP (SERVING only while every peer of the rank's
- * worker group is connected; a lone worker is always whole). Any other:
- * NOT_FOUND (the spec's SERVICE_UNKNOWN). */
+ * worker group is connected; a lone worker is always whole), and the two
+ * probe names of deploy/k8s: ATTND_SRV_HEALTH_LIVENESS (SERVING whenever
+ * the process answers, draining included: restarting a draining rank would
+ * lose its calls) and ATTND_SRV_HEALTH_READINESS (SERVING only while not
+ * draining and the group is whole: new work should go elsewhere). Any
+ * other: NOT_FOUND (the spec's SERVICE_UNKNOWN). */
 #define ATTND_SRV_HEALTH_GROUP "attnd.v1.Group"
+#define ATTND_SRV_HEALTH_LIVENESS "liveness"
+#define ATTND_SRV_HEALTH_READINESS "readiness"
 attnd_status attnd_srv_validate_health(const Grpc__Health__V1__HealthCheckRequest *m,
                                        attnd_error *err);
 

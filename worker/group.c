@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "group_int.h"
 
 int attnd_group_mode_parse(const char *s)
@@ -122,9 +123,9 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
     attnd_group_state s;
     attnd_group_get_state(g, &s);
     if (s.missing[0])
-        fprintf(stderr, "attnd: group rank %d: ranks %s not connected after %lld ms; "
-                        "serving, retrying them in the background\n",
-                g->me, s.missing, (long long)cfg->connect_ms);
+        attnd_log_warn("group", "rank %d: ranks %s not connected after %lld ms; "
+                       "serving, retrying them in the background", g->me, s.missing,
+                       (long long)cfg->connect_ms);
     *group_p = g;
     return ATTND_OK;
 }
@@ -178,4 +179,6 @@ void attnd_group_get_state(attnd_group *g, attnd_group_state *st)
         }
     }
     st->peer_failures = atomic_load(&g->peer_failures);
+    st->bytes_sent = atomic_load_explicit(&g->bytes_sent, memory_order_relaxed);
+    st->bytes_received = atomic_load_explicit(&g->bytes_received, memory_order_relaxed);
 }

@@ -231,6 +231,9 @@ struct attnd_group {
 
     attnd__gtable table;
     atomic_uint_fast64_t peer_failures;
+    /* rank-to-rank active-message bytes (header + payload), both ways;
+     * counted under ucp_mu, read by attnd_group_get_state */
+    atomic_uint_fast64_t bytes_sent, bytes_received;
 
     pthread_mutex_t stage_mu; /* AppendKV stages (group_stage.c) */
     pthread_cond_t stage_cv;  /* a stage stopped being busy */

@@ -33,6 +33,7 @@
 #include <sys/socket.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "group_int.h"
 
 #define HELLO_TIMEOUT_MS 1000
@@ -58,6 +59,7 @@ static int send_locked(attnd_group *g, ucp_ep_h ep, unsigned id, attnd__gbuf *b,
         .user_data = b,
         .flags = reply ? UCP_AM_SEND_FLAG_REPLY : 0,
     };
+    atomic_fetch_add_explicit(&g->bytes_sent, sizeof b->hdr + b->len, memory_order_relaxed);
     ucs_status_ptr_t r = ucp_am_send_nbx(ep, id, &b->hdr, sizeof b->hdr, b->data, b->len, &rp);
     if (r == NULL) {
         attnd__gbuf_put(g, b);
@@ -148,8 +150,8 @@ static void drop_peer(attnd_group *g, attnd__gpeer *p, const char *why, int64_t 
 {
     char msg[192];
     if (p->state == ATTND__PEER_UP)
-        fprintf(stderr, "attnd: group rank %d: lost rank %d (%s): %s\n", g->me, p->rank,
-                g->cfg.addrs[p->rank], why);
+        attnd_log_warn("group", "rank %d: lost rank %d (%s): %s", g->me, p->rank,
+                       g->cfg.addrs[p->rank], why);
     if (p->ep)
         close_ep(g, p->ep);
     p->ep = NULL;
@@ -322,6 +324,7 @@ static ucs_status_t on_req(void *arg, const void *header, size_t hlen, void *dat
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
     attnd__gconn *conn = NULL;
 
+    atomic_fetch_add_explicit(&g->bytes_received, hlen + len, memory_order_relaxed);
     if (hlen != sizeof h || !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ||
         !(conn = conn_of(g, param->reply_ep)))
         goto drop;
@@ -381,6 +384,7 @@ static ucs_status_t on_rep(void *arg, const void *header, size_t hlen, void *dat
     attnd_group *g = arg;
     attnd__ghdr h;
 
+    atomic_fetch_add_explicit(&g->bytes_received, hlen + len, memory_order_relaxed);
     if (hlen != sizeof h) {
         if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)
             ucp_am_data_release(g->worker, data);
@@ -392,12 +396,12 @@ static ucs_status_t on_rep(void *arg, const void *header, size_t hlen, void *dat
         if (p && p->state == ATTND__PEER_CONNECTING && h.req_id == p->hello_id) {
             if (h.status == ATTND_OK) {
                 p->state = ATTND__PEER_UP;
-                fprintf(stderr, "attnd: group rank %d: connected to rank %d (%s)%s\n", g->me,
-                        p->rank, g->cfg.addrs[p->rank], p->ever_up ? " again" : "");
+                attnd_log_info("group", "rank %d: connected to rank %d (%s)%s", g->me,
+                               p->rank, g->cfg.addrs[p->rank], p->ever_up ? " again" : "");
                 p->ever_up = 1;
             } else {
-                fprintf(stderr, "attnd: group rank %d: rank %d refused us: %.*s\n", g->me,
-                        p->rank, (int)(len < 200 ? len : 200), (const char *)data);
+                attnd_log_error("group", "rank %d: rank %d refused us: %.*s", g->me,
+                                p->rank, (int)(len < 200 ? len : 200), (const char *)data);
                 drop_peer(g, p, "refused the group settings", 5000);
             }
         }

@@ -30,6 +30,7 @@
 #include <sys/random.h>
 
 #include "attnd_clock.h"
+#include "attnd_log.h"
 #include "group_int.h"
 
 #define GSTAGE_EXPIRE_MS (2 * ATTND__GSTREAM_IDLE_MS)
@@ -97,9 +98,9 @@ static void sweep(attnd_group *g, int64_t now)
     for (int b = 0; b < ATTND__GSTAGE_BUCKETS; b++)
         for (attnd__gstage **pp = &g->stages[b], *s; (s = *pp);) {
             if (!s->busy && !s->done && now - s->last_ms > GSTAGE_EXPIRE_MS) {
-                fprintf(stderr, "attnd: group rank %d: AppendKV stream %llx of rank %d sent "
-                                "nothing for %d s; dropped what it staged here\n",
-                        g->me, (unsigned long long)s->stream, s->src, GSTAGE_EXPIRE_MS / 1000);
+                attnd_log_warn("group", "rank %d: AppendKV stream %llx of rank %d sent "
+                               "nothing for %d s; dropped what it staged here", g->me,
+                               (unsigned long long)s->stream, s->src, GSTAGE_EXPIRE_MS / 1000);
                 abort_part(g, s);
                 s->last_ms = now;
             }

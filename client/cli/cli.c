@@ -1,11 +1,12 @@
 /* attnd-cli: a command-line client of an attnd worker.
  *
- *   attnd-cli [--target HOST:PORT] [--deadline-ms MS] health
+ *   attnd-cli [--target HOST:PORT] [--deadline-ms MS] health [SERVICE]
  *   attnd-cli [--target HOST:PORT] stats
  *   attnd-cli [--target HOST:PORT] demo [demo options, see demo.c]
  *
- * health asks grpc.health.v1 and prints SERVING or NOT_SERVING (exit 0 only
- * when SERVING); stats prints the worker's model and counters; demo runs a
+ * health asks grpc.health.v1 about SERVICE (default "": the server; attnd
+ * also answers "liveness", "readiness", "attnd.v1.Group") and prints
+ * SERVING or NOT_SERVING (exit 0 only when SERVING); stats prints the worker's model and counters; demo runs a
  * short end-to-end decode with every output checked (demo.c). The target
  * defaults to $ATTND_TARGET, else 127.0.0.1:7700 (attnd's default).
  */
@@ -23,7 +24,9 @@ static void usage(FILE *f)
             "usage: attnd-cli [--target HOST:PORT] [--deadline-ms MS] "
             "[--connect-timeout-ms MS] COMMAND [ARGS]\n"
             "commands:\n"
-            "  health   print SERVING or NOT_SERVING (exit 0 only when SERVING)\n"
+            "  health [SERVICE]\n"
+            "           print SERVING or NOT_SERVING (exit 0 only when SERVING); SERVICE:\n"
+            "           \"\" (default), liveness, readiness, attnd.v1.Group\n"
             "  stats    print the worker's model and counters\n"
             "  demo     create sessions, prefill, decode, and check every output against a\n"
             "           float64 reference (attnd-cli demo --help for its options)\n"
@@ -45,13 +48,13 @@ static const char *kind_name(attnd_attn_kind k)
     return k == ATTND_ATTN_MLA ? "MLA" : k == ATTND_ATTN_GQA ? "GQA" : "?";
 }
 
-static int cmd_health(attnd_client *c)
+static int cmd_health(attnd_client *c, const char *service)
 {
     attnd_error err;
     int serving = 0;
 
     attnd_error_clear(&err);
-    if (attnd_client_health(c, "", &serving, &err)) {
+    if (attnd_client_health(c, service, &serving, &err)) {
         fprintf(stderr, "attnd-cli: health: %s: %s\n", attnd_status_string(err.code), err.msg);
         printf("NOT_SERVING\n");
         return 1;
@@ -143,6 +146,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "attnd-cli: unknown command \"%s\" (see --help)\n", cmd);
         return 2;
     }
+    const char *service = "";
+    if (strcmp(cmd, "health") == 0 && i + 1 < argc)
+        service = argv[++i];
     if (strcmp(cmd, "demo") != 0 && i + 1 < argc) {
         fprintf(stderr, "attnd-cli: %s takes no arguments, got \"%s\"\n", cmd, argv[i + 1]);
         return 2;
@@ -157,7 +163,7 @@ int main(int argc, char **argv)
             printf("NOT_SERVING\n");
         return 1;
     }
-    rc = strcmp(cmd, "health") == 0 ? cmd_health(c) : cmd_stats(c);
+    rc = strcmp(cmd, "health") == 0 ? cmd_health(c, service) : cmd_stats(c);
     attnd_client_destroy(c);
     return rc;
 }

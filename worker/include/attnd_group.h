@@ -106,6 +106,8 @@ typedef struct attnd_group_state {
     int32_t connected;       /* peers connected now (size - 1 when whole) */
     char missing[256];       /* "" or the missing ranks, "1,2" */
     uint64_t peer_failures;  /* requests failed for a missing peer */
+    uint64_t bytes_sent;     /* rank-to-rank active-message bytes (header + */
+    uint64_t bytes_received; /* payload) to and from every peer */
 } attnd_group_state;
 
 void attnd_group_get_state(attnd_group *g, attnd_group_state *st);
