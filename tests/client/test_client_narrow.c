@@ -31,7 +31,8 @@ typedef struct wset {
 static void wset_make(cu_seqs *s, wset *w, attnd_dtype wt)
 {
     const attnd_model_info *m = &s->m;
-    size_t nk = (size_t)m->n_q_heads * DN * m->d_latent, nv = (size_t)m->n_q_heads * m->d_latent * DVO;
+    size_t nk = (size_t)m->n_q_heads * DN * m->d_latent;
+    size_t nv = (size_t)m->n_q_heads * m->d_latent * DVO;
     w->uk = malloc(nk * attnd_dtype_size(wt));
     w->uv = malloc(nv * attnd_dtype_size(wt));
     ck_assert(w->uk && w->uv);
