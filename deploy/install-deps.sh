@@ -20,6 +20,8 @@ if [ "${ATTND_DEPS:-all}" != build ]; then
     python3 procps iproute2           # test scripts; iproute2: the namespace test
     python3-yaml yamllint python3-venv  # deploy/ lints (hadolint: install-lint-tools.sh)
     python3-prometheus-client         # the metrics test's parser
+    python3-numpy python3-pytest      # the Python binding's tests (tests/python)
+    python3-pip python3-setuptools python3-wheel  # its wheel (client/python/build-wheel.sh)
   )
 fi
 

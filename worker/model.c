@@ -29,6 +29,12 @@ static const attnd_model_spec presets[] = {
     {.name = "tiny-gqa", .kind = ATTND_ATTN_GQA, .n_layers = 3, .n_q_heads = 8,
      .n_kv_heads = 2, .head_dim = 32, .scale = 0.17677669529663687f,
      .kv_dtype = ATTND_DTYPE_BF16},
+    /* DeepSeek-V3's latent widths (512 + 64, scale 1/sqrt(128 + 64)) on 4
+     * heads and 3 layers: the Python fidelity tests decode a tiny
+     * DeepSeek-V3-architecture model with its attention on this preset */
+    {.name = "tiny-mla512", .kind = ATTND_ATTN_MLA, .n_layers = 3, .n_q_heads = 4,
+     .n_kv_heads = 1, .d_latent = 512, .d_rope = 64, .scale = 0.07216878364870323f,
+     .kv_dtype = ATTND_DTYPE_BF16},
     /* 6 KV heads (groups of 4): head sharding over 2 and 3 ranks */
     {.name = "tiny-gqa6", .kind = ATTND_ATTN_GQA, .n_layers = 2, .n_q_heads = 24,
      .n_kv_heads = 6, .head_dim = 32, .scale = 0.17677669529663687f,

@@ -10,6 +10,15 @@
 #   tests/gpu/run.sh e2e           (there: the GPU backend end to end)
 #   tests/gpu/run.sh engine        (there: test_gpu_e2e, then engine-level
 #                                   latency without RPC)
+#   tests/gpu/run.sh python-build  (here: bundle attnd and libattnd.so.0 with
+#                                   their shared libraries into $ATTND_GPU_PY,
+#                                   default .gpu/py)
+#   tests/gpu/run.sh python-hf     (there: tests/python/test_hf.py with that
+#                                   bundle: Hugging Face DeepseekV3 and Llama
+#                                   decode with and without attention on attnd;
+#                                   python3 there has torch and transformers.
+#                                   ATTND_HF_SERVER_FLAGS adds attnd flags,
+#                                   e.g. "--device cuda:0")
 #
 # e2e-build builds those targets in $ATTND_BUILD_DIR (default build/, a
 # CMake build with CUDA) and bundles them with their shared libraries into
@@ -36,8 +45,8 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --ncu) ncu=1 ;;
     --no-torch) torch=0 ;;
-    all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group) what=$a ;;
-    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group]" >&2; exit 2 ;;
+    all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|python-build|python-hf) what=$a ;;
+    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|python-build|python-hf]" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$bin" "$out"
@@ -223,7 +232,38 @@ do_engine() {
   set -e
 }
 
+# The Python binding's transformers test (tests/python/test_hf.py): attnd
+# and libattnd travel as a bundle; the test starts its own servers.
+pyb=${ATTND_GPU_PY:-$root/.gpu/py}
+
+do_python_build() {
+  local b=${ATTND_BUILD_DIR:-$root/build} lib=
+  cmake --build "$b" -j2 --target attnd attnd_client
+  for cand in "$b/client/lib/libattnd.so.0" "$b/client/libattnd.so.0"; do
+    [ -e "$cand" ] && { lib=$cand; break; }
+  done
+  [ -n "$lib" ] || { echo "no libattnd.so.0 under $b" >&2; exit 1; }
+  rm -rf "$pyb"
+  "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$pyb" "$b/service/attnd" "$lib"
+  echo "bundled: $pyb"
+}
+
+do_python_hf() {
+  [ -x "$pyb/run" ] || { echo "no bundle at $pyb (run python-build first)"; exit 2; }
+  python3 -c 'import torch, transformers, numpy' || { echo "python3 lacks torch/transformers/numpy"; exit 77; }
+  set +e
+  LD_LIBRARY_PATH="$pyb/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ATTND_BIN="$pyb/bin/attnd" \
+    ATTND_LIB="$pyb/bin/libattnd.so.0" PYTHONPATH="$root/client/python" PYTHONDONTWRITEBYTECODE=1 \
+    UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none \
+    "${t[@]}" python3 "$root/tests/python/test_hf.py" 2>&1 | tee "$out/python_hf.log"
+  local prc=${PIPESTATUS[0]}
+  set -e
+  exit "$prc"
+}
+
 cd "$root"
+if [ "$what" = python-build ]; then do_python_build; exit 0; fi
+if [ "$what" = python-hf ]; then do_python_hf; fi
 if [ "$what" = e2e-build ]; then do_e2e_build; exit 0; fi
 if [ "$what" = e2e ]; then do_e2e; fi
 if [ "$what" = engine ]; then e2e_test; do_engine; exit $rc; fi

@@ -513,8 +513,9 @@ START_TEST(test_presets_have_the_architecture_page_shapes)
     ck_assert_ptr_nonnull(attnd_model_find("tiny-mla"));
     ck_assert_ptr_nonnull(attnd_model_find("tiny-gqa"));
     ck_assert_int_eq(attnd_model_find("tiny-gqa6")->n_kv_heads, 6);
+    ck_assert_int_eq(attnd_model_find("tiny-mla512")->d_latent, 512);
     ck_assert_ptr_null(attnd_model_find("gpt-5"));
-    ck_assert_uint_eq(attnd_model_count(), 7);
+    ck_assert_uint_eq(attnd_model_count(), 8);
 }
 END_TEST
 
