@@ -27,6 +27,19 @@ float attnd_dtype_f16_to_f32(uint16_t h);
 void attnd_dtype_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
                          const void *src, size_t n);
 
+/* Non-finite inputs (NaN, +-Inf) are refused where a tensor enters attnd.
+ * attnd_dtype_find_nonfinite: the index of the first element of src[0..n)
+ * that is NaN or infinite, n when there is none. attnd_dtype_convert_checked:
+ * attnd_dtype_convert that also returns that index, found in the same pass
+ * (the whole tensor is converted either way). Both test the exponent bits
+ * of a block at a time in a vectorized loop and look for the element only
+ * in a block that has one. Any alignment. */
+size_t attnd_dtype_find_nonfinite(attnd_dtype t, const void *src, size_t n);
+size_t attnd_dtype_convert_checked(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
+                                   const void *src, size_t n);
+/* "NaN", "+Inf" or "-Inf" for a non-finite element i; "finite" otherwise. */
+const char *attnd_dtype_nonfinite_name(attnd_dtype t, const void *src, size_t i);
+
 /* Read element i of a typed array as float32 / float64. */
 float attnd_dtype_load_f32(attnd_dtype t, const void *src, size_t i);
 double attnd_dtype_load_f64(attnd_dtype t, const void *src, size_t i);

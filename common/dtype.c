@@ -170,6 +170,99 @@ static void bf16_to_f32_n(unsigned char *d, const unsigned char *s, size_t n)
         stu32(d, i, (uint32_t)ld16(s, i) << 16); /* attnd_dtype_bf16_to_f32 */
 }
 
+/* ---- non-finite elements --------------------------------------------------------
+ * An element is NaN or infinite when its exponent bits are all ones. With
+ * E the exponent mask and L its lowest bit, (x & E) + L reaches the sign
+ * bit exactly then; OR-ing that over a block and testing the sign bit is a
+ * branch-free loop the compiler vectorizes (16 or 32 lanes). */
+
+#define NF_BLOCK 2048 /* elements: 4-8 KB, stays in L1 between the two loops */
+
+ATTND_CONVERT_CLONES
+static int block_nonfinite16(const unsigned char *s, size_t n, uint16_t e, uint16_t l)
+{
+    uint16_t acc = 0;
+    for (size_t i = 0; i < n; i++)
+        acc |= (uint16_t)((ld16(s, i) & e) + l);
+    return (acc & 0x8000u) != 0;
+}
+
+ATTND_CONVERT_CLONES
+static int block_nonfinite32(const unsigned char *s, size_t n)
+{
+    uint32_t acc = 0;
+    for (size_t i = 0; i < n; i++)
+        acc |= (ldu32(s, i) & 0x7f800000u) + 0x00800000u;
+    return (acc & 0x80000000u) != 0;
+}
+
+static int is_nonfinite(attnd_dtype t, const unsigned char *s, size_t i)
+{
+    switch (t) {
+    case ATTND_DTYPE_BF16: return (ld16(s, i) & 0x7f80u) == 0x7f80u;
+    case ATTND_DTYPE_F16: return (ld16(s, i) & 0x7c00u) == 0x7c00u;
+    case ATTND_DTYPE_F32: return (ldu32(s, i) & 0x7f800000u) == 0x7f800000u;
+    default: return 0;
+    }
+}
+
+/* The first non-finite element of one block (n when none). */
+static size_t block_find(attnd_dtype t, const unsigned char *s, size_t n)
+{
+    int any;
+    switch (t) {
+    case ATTND_DTYPE_BF16: any = block_nonfinite16(s, n, 0x7f80u, 0x0080u); break;
+    case ATTND_DTYPE_F16: any = block_nonfinite16(s, n, 0x7c00u, 0x0400u); break;
+    case ATTND_DTYPE_F32: any = block_nonfinite32(s, n); break;
+    default: return n;
+    }
+    for (size_t i = 0; any && i < n; i++)
+        if (is_nonfinite(t, s, i))
+            return i;
+    return n;
+}
+
+size_t attnd_dtype_find_nonfinite(attnd_dtype t, const void *src, size_t n)
+{
+    const unsigned char *s = src;
+    size_t es = attnd_dtype_size(t);
+    for (size_t at = 0; at < n; at += NF_BLOCK) {
+        size_t m = n - at < NF_BLOCK ? n - at : NF_BLOCK;
+        size_t k = block_find(t, s + at * es, m);
+        if (k < m)
+            return at + k;
+    }
+    return n;
+}
+
+size_t attnd_dtype_convert_checked(attnd_dtype dst_t, void *dst, attnd_dtype src_t,
+                                   const void *src, size_t n)
+{
+    const unsigned char *s = src;
+    unsigned char *d = dst;
+    size_t ss = attnd_dtype_size(src_t), ds = attnd_dtype_size(dst_t), bad = n;
+    for (size_t at = 0; at < n; at += NF_BLOCK) {
+        size_t m = n - at < NF_BLOCK ? n - at : NF_BLOCK;
+        attnd_dtype_convert(dst_t, d + at * ds, src_t, s + at * ss, m);
+        if (bad == n) { /* the block is in L1 now: checking it costs no memory pass */
+            size_t k = block_find(src_t, s + at * ss, m);
+            if (k < m)
+                bad = at + k;
+        }
+    }
+    return bad;
+}
+
+const char *attnd_dtype_nonfinite_name(attnd_dtype t, const void *src, size_t i)
+{
+    const unsigned char *s = src;
+    if (!is_nonfinite(t, s, i))
+        return "finite";
+    float f; /* wire data sits at any alignment: convert, do not load */
+    attnd_dtype_convert(ATTND_DTYPE_F32, &f, t, s + i * attnd_dtype_size(t), 1);
+    return f != f ? "NaN" : f > 0 ? "+Inf" : "-Inf";
+}
+
 /* One loop per (src, dst) pair so that each inner loop is branch-free and
  * vectorizable; the codec converts whole tensors with it. */
 void attnd_dtype_convert(attnd_dtype dst_t, void *dst, attnd_dtype src_t,

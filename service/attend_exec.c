@@ -12,11 +12,14 @@
 #include <string.h>
 #include <time.h>
 
+#include <grpc/byte_buffer_reader.h>
+
 #include "attnd_clock.h"
-#include "attend_decode.h"
+#include "attnd_wire_grpc.h"
 #include "attend_exec.h"
 
 attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1__AttendRequest *m,
+                                   const attnd_wire_request_checks *checks,
                                    uint64_t t_arrival_ns, attnd_srv_attend_result *res,
                                    attnd_error *err)
 {
@@ -29,7 +32,7 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     memset(res, 0, sizeof *res);
     if (t_arrival_ns && t_arrival_ns <= t0)
         res->t.t_queue_ns = t0 - t_arrival_ns;
-    st = attnd_srv_validate_attend(m, &srv->model, &x->arena->pc, &req, err);
+    st = attnd_srv_validate_attend(m, &srv->model, &x->arena->pc, checks, &req, err);
     if (st)
         return st;
     t1 = attnd_clock_ns();
@@ -63,41 +66,37 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     res->t.t_fanout_ns = srv->group ? t2 - t1 - own_ns : 0;
 
     attnd_srv_attend_reply *r = &res->reply;
-    r->request_id = req.request_id;
-    r->out_dtype = req.out_dtype;
+    r->desc.request_id = req.request_id;
+    r->desc.out_dtype = req.out_dtype;
+    r->desc.has_lse = req.eng.want_lse;
+    for (int i = 0; i < 4; i++)
+        r->desc.out_shape[i] = req.out_shape[i];
+    for (int i = 0; i < 3; i++)
+        r->desc.lse_shape[i] = req.lse_shape[i];
     r->out = out;
     r->lse = req.eng.want_lse ? lse : NULL;
-    for (int i = 0; i < 4; i++)
-        r->out_shape[i] = req.out_shape[i];
-    for (int i = 0; i < 3; i++)
-        r->lse_shape[i] = req.lse_shape[i];
     res->t.t_validate_ns = t1 - t0;
     res->t.t_total_ns = t2 - t0;
     return ATTND_OK;
 }
 
-attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint8_t *data,
-                                         size_t len, uint64_t t_arrival_ns,
-                                         attnd_srv_attend_result *res, attnd_error *err)
+attnd_status attnd_srv_attend_exec_in(const attnd_srv_exec_ctx *x, const attnd_wire_in *in,
+                                      uint64_t t_arrival_ns, attnd_srv_attend_result *res,
+                                      attnd_error *err)
 {
-    Attnd__V1__AttendRequest *mi;
-    const Attnd__V1__AttendRequest *m;
+    Attnd__V1__AttendRequest *m;
+    attnd_wire_request_checks checks;
     uint64_t t0 = attnd_clock_ns();
     attnd_status st;
 
-    /* in place when canonical (no copy of the tensors), else protobuf-c */
+    res->request_id = 0;
     attnd_srv_arena_reset(x->arena);
-    if (attnd_srv_attend_decode_inplace(data, len, x->arena, &mi) == 0) {
-        m = mi;
-    } else {
-        attnd_srv_arena_reset(x->arena);
-        m = (const Attnd__V1__AttendRequest *)attnd_srv_unpack(
-            &attnd__v1__attend_request__descriptor, x->arena, data, len, err);
-        if (!m)
-            return err->code;
-    }
+    st = attnd_wire_request_decode(in, &x->arena->pc, &m, &checks, err);
+    if (st)
+        return st;
     uint64_t t1 = attnd_clock_ns();
-    st = attnd_srv_attend_exec(x, m, t_arrival_ns, res, err);
+    st = attnd_srv_attend_exec(x, m, &checks, t_arrival_ns, res, err);
+    res->request_id = m->request_id; /* exec cleared res: also on failure */
     if (st == ATTND_OK) {
         /* queue time ends where decoding began */
         if (t_arrival_ns && t_arrival_ns <= t0)
@@ -105,6 +104,41 @@ attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint
         res->t.t_decode_ns = t1 - t0;
         res->t.t_total_ns += t1 - t0;
     }
+    return st;
+}
+
+attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x, const uint8_t *data,
+                                         size_t len, uint64_t t_arrival_ns,
+                                         attnd_srv_attend_result *res, attnd_error *err)
+{
+    attnd_wire_in in;
+    attnd_wire_in_flat(&in, data, len);
+    return attnd_srv_attend_exec_in(x, &in, t_arrival_ns, res, err);
+}
+
+attnd_status attnd_srv_attend_exec_bb(const attnd_srv_exec_ctx *x, grpc_byte_buffer *bb,
+                                      uint64_t t_arrival_ns, attnd_srv_attend_result *res,
+                                      attnd_error *err)
+{
+    grpc_byte_buffer_reader rd;
+    attnd_wire_in in;
+    attnd_status st;
+
+    res->request_id = 0;
+    if (!bb)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "request: missing %s message",
+                               attnd__v1__attend_request__descriptor.name);
+    if (attnd_wire_in_grpc(&in, bb) == 0) /* the slices as they came */
+        return attnd_srv_attend_exec_in(x, &in, t_arrival_ns, res, err);
+    /* compressed: the message is what the reader gives (one new slice) */
+    if (!grpc_byte_buffer_reader_init(&rd, bb))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "request: the message could not be decompressed");
+    grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
+    grpc_byte_buffer_reader_destroy(&rd);
+    attnd_wire_in_flat(&in, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s));
+    st = attnd_srv_attend_exec_in(x, &in, t_arrival_ns, res, err);
+    grpc_slice_unref(s);
     return st;
 }
 

@@ -1,11 +1,13 @@
 /* Transport-agnostic execution of one AttendRequest.
  *
- * Every transport that carries Attend (the gRPC unary and stream handlers,
- * the UCX active-message endpoint) hands the decoded request to
- * attnd_srv_attend_exec, which validates it, runs the engine and returns
- * what the reply must carry (attnd_srv_attend_reply: pointers into the
- * context's engine workspace) plus per-call timings. Encoding the reply is
- * the transport's: attnd_srv_attend_reply_pack (one grpc slice) or
+ * Every transport that carries Attend hands the request's bytes to
+ * attnd_srv_attend_exec_bb (gRPC unary and stream handlers: the received
+ * byte buffer) or attnd_srv_attend_exec_bytes (the UCX endpoint: one
+ * buffer), which decode it in place (attnd_wire: the tensors are read where
+ * they arrived), validate it, run the engine and return what the reply
+ * must carry (attnd_srv_attend_reply: pointers into the context's engine
+ * workspace) plus per-call timings. Encoding the reply is the transport's:
+ * attnd_srv_attend_reply_pack (one grpc slice) or
  * attnd_srv_attend_reply_size/_write (any buffer, e.g. a reused UCX send
  * buffer); both produce the same bytes.
  *
@@ -34,7 +36,7 @@ typedef struct attnd_srv_exec_ctx {
  * and benchmarks read these; a field a path does not measure stays 0. */
 typedef struct attnd_srv_attend_times {
     uint64_t t_queue_ns;   /* arrival at the transport to the start of exec */
-    uint64_t t_decode_ns;  /* unpack (attnd_srv_attend_exec_bytes only) */
+    uint64_t t_decode_ns;  /* decoding (attnd_srv_attend_exec_bytes/_bb) */
     uint64_t t_validate_ns;
     uint64_t t_kernel_ns;  /* the engine's attend (local compute); group: the
                               leader's own share */
@@ -55,28 +57,49 @@ void attnd_srv_attend_times_record(attnd_srv_mshard *s, const attnd_srv_attend_t
 typedef struct attnd_srv_attend_result {
     attnd_srv_attend_reply reply; /* encode with attnd_srv_attend_reply_* */
     attnd_srv_attend_times t;
+    uint64_t request_id;          /* exec_in/_bytes/_bb: the request's id once
+                                     decoded, set also when it then fails
+                                     (for logs); 0 if it did not decode */
 } attnd_srv_attend_result;
 
-/* Validate m (decoded into x->arena) and run it. On success *res describes
+/* Validate m (decoded into x->arena) and run it. checks (may be NULL): what
+ * decoding already learnt of its tensors' values (attnd_wire), so that
+ * validation does not read them again. On success *res describes
  * the reply; its tensors point into x->ws and stay valid until the next
  * exec on x. t_arrival_ns: when the transport received the request (0:
  * unknown, t_queue_ns stays 0). Errors are the validation's and the
  * engine's codes, with messages naming the field. */
 attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x,
                                    const Attnd__V1__AttendRequest *m,
+                                   const attnd_wire_request_checks *checks,
                                    uint64_t t_arrival_ns,
                                    attnd_srv_attend_result *res,
                                    attnd_error *err);
 
-/* The same from the encoded request bytes: reset x->arena, decode (in
- * place, attend_decode.c, when canonical: the tensors are read where they
- * are; else protobuf-c, whose INVALID_ARGUMENT names the message type when
- * they are not one), exec. data must stay unchanged during the call and,
- * since the reply does not point into it, may be reused after. */
+/* The same from the encoded request: reset x->arena, decode it in place
+ * (attnd_wire_request_decode: tensors read where they are, only bytes that
+ * span segments gathered into the arena; INVALID_ARGUMENT naming the
+ * message type exactly where protobuf-c would refuse the bytes), exec. The
+ * input must stay unchanged during the call and, since the reply does not
+ * point into it, may be released after. t_queue_ns ends where decoding
+ * starts; t_decode_ns is the decoding. */
+attnd_status attnd_srv_attend_exec_in(const attnd_srv_exec_ctx *x,
+                                      const attnd_wire_in *in,
+                                      uint64_t t_arrival_ns,
+                                      attnd_srv_attend_result *res,
+                                      attnd_error *err);
+/* ...from one buffer (the UCX endpoint's receive buffer)... */
 attnd_status attnd_srv_attend_exec_bytes(const attnd_srv_exec_ctx *x,
                                          const uint8_t *data, size_t len,
                                          uint64_t t_arrival_ns,
                                          attnd_srv_attend_result *res,
                                          attnd_error *err);
+/* ...and from a received gRPC message (read from its slices; a compressed
+ * one is decompressed first). bb NULL (no message): INVALID_ARGUMENT. */
+attnd_status attnd_srv_attend_exec_bb(const attnd_srv_exec_ctx *x,
+                                      grpc_byte_buffer *bb,
+                                      uint64_t t_arrival_ns,
+                                      attnd_srv_attend_result *res,
+                                      attnd_error *err);
 
 #endif /* ATTND_SRV_ATTEND_EXEC_H */

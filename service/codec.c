@@ -1,18 +1,13 @@
-/* Wire codec: the per-thread decode arena, flattening of received byte
- * buffers, protobuf-c pack/unpack over grpc slices, and the hand-written
- * AttendResponse encoder. See codec.h for why each exists. */
+/* The service's wire glue: the per-thread decode arena, flattening of
+ * received byte buffers, protobuf-c pack/unpack over grpc slices, and
+ * AttendResponse through attnd_wire. See codec.h for why each exists. */
 #include <stdlib.h>
 #include <string.h>
 
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/slice.h>
 
-#include "attnd_kernels.h"
 #include "codec.h"
-
-#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "attnd's wire tensors are little-endian; this encoder assumes the host is too"
-#endif
 
 /* ---- arena ---------------------------------------------------------------- */
 
@@ -252,137 +247,28 @@ grpc_byte_buffer *attnd_srv_pack(const ProtobufCMessage *m)
     return bb;
 }
 
-/* ---- AttendResponse -----------------------------------------------------------
- *
- *   AttendResponse { 1: uint64 request_id; 2: Tensor out; 3: Tensor lse }
- *   Tensor         { 1: DType dtype; 2: packed int64 shape; 3: bytes data }
- *
- * Proto3 as protobuf-c packs it: zero scalars and empty bytes omitted,
- * present submessages always written. */
-
-enum { WT_VARINT = 0, WT_LEN = 2 };
-
-static size_t varint_size(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *varint_put(uint8_t *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (uint8_t)v;
-    return p;
-}
-
-static uint8_t *key_put(uint8_t *p, unsigned field, unsigned wire)
-{
-    *p++ = (uint8_t)(field << 3 | wire); /* fields 1..15: one byte */
-    return p;
-}
-
-typedef struct tensor_enc {
-    attnd_dtype dtype;
-    int ndim;
-    const int64_t *shape;
-    size_t shape_bytes; /* packed varints */
-    size_t data_bytes;
-    size_t body;        /* the Tensor message itself */
-} tensor_enc;
-
-static void tensor_enc_init(tensor_enc *t, attnd_dtype dtype, int ndim, const int64_t *shape)
-{
-    size_t elems = 1;
-    t->dtype = dtype;
-    t->ndim = ndim;
-    t->shape = shape;
-    t->shape_bytes = 0;
-    for (int i = 0; i < ndim; i++) {
-        t->shape_bytes += varint_size((uint64_t)shape[i]);
-        elems *= (size_t)shape[i];
-    }
-    t->data_bytes = elems * attnd_dtype_size(dtype);
-    t->body = 0;
-    if (dtype)
-        t->body += 1 + varint_size((uint64_t)dtype);
-    if (ndim)
-        t->body += 1 + varint_size(t->shape_bytes) + t->shape_bytes;
-    if (t->data_bytes)
-        t->body += 1 + varint_size(t->data_bytes) + t->data_bytes;
-}
-
-/* Write field `field` holding tensor t whose data is float32 src converted
- * to t->dtype. */
-static uint8_t *tensor_put(uint8_t *p, unsigned field, const tensor_enc *t, const float *src)
-{
-    p = key_put(p, field, WT_LEN);
-    p = varint_put(p, t->body);
-    if (t->dtype) {
-        p = key_put(p, 1, WT_VARINT);
-        p = varint_put(p, (uint64_t)t->dtype);
-    }
-    if (t->ndim) {
-        p = key_put(p, 2, WT_LEN);
-        p = varint_put(p, t->shape_bytes);
-        for (int i = 0; i < t->ndim; i++)
-            p = varint_put(p, (uint64_t)t->shape[i]);
-    }
-    if (t->data_bytes) {
-        p = key_put(p, 3, WT_LEN);
-        p = varint_put(p, t->data_bytes);
-        /* the data sits wherever the headers end, often unaligned for its
-         * type: attnd_dtype_convert takes any alignment */
-        attnd_dtype_convert(t->dtype, p, ATTND_DTYPE_F32, src, t->data_bytes / attnd_dtype_size(t->dtype));
-        p += t->data_bytes;
-    }
-    return p;
-}
-
-static size_t reply_encs(const attnd_srv_attend_reply *r, tensor_enc *out, tensor_enc *lse)
-{
-    size_t n = 0;
-    tensor_enc_init(out, r->out_dtype, 4, r->out_shape);
-    if (r->request_id)
-        n += 1 + varint_size(r->request_id);
-    n += 1 + varint_size(out->body) + out->body;
-    if (r->lse) {
-        tensor_enc_init(lse, ATTND_DTYPE_F32, 3, r->lse_shape);
-        n += 1 + varint_size(lse->body) + lse->body;
-    }
-    return n;
-}
+/* ---- AttendResponse (attnd_wire) ------------------------------------------------- */
 
 size_t attnd_srv_attend_reply_size(const attnd_srv_attend_reply *r)
 {
-    tensor_enc out, lse;
-    return reply_encs(r, &out, &lse);
+    attnd_wire_reply_layout l;
+    attnd_wire_reply_plan(&r->desc, &l);
+    return l.total;
 }
 
 void attnd_srv_attend_reply_write(const attnd_srv_attend_reply *r, uint8_t *dst)
 {
-    tensor_enc out, lse;
-    (void)reply_encs(r, &out, &lse);
-    if (r->request_id) {
-        dst = key_put(dst, 1, WT_VARINT);
-        dst = varint_put(dst, r->request_id);
-    }
-    dst = tensor_put(dst, 2, &out, r->out);
-    if (r->lse)
-        tensor_put(dst, 3, &lse, r->lse);
+    attnd_wire_reply_layout l;
+    attnd_wire_reply_plan(&r->desc, &l);
+    attnd_wire_reply_write(&r->desc, &l, r->out, r->lse, dst);
 }
 
 grpc_byte_buffer *attnd_srv_attend_reply_pack(const attnd_srv_attend_reply *r)
 {
-    size_t n = attnd_srv_attend_reply_size(r);
-    grpc_slice s = grpc_slice_malloc(n);
-    attnd_srv_attend_reply_write(r, GRPC_SLICE_START_PTR(s));
+    attnd_wire_reply_layout l;
+    attnd_wire_reply_plan(&r->desc, &l);
+    grpc_slice s = grpc_slice_malloc(l.total);
+    attnd_wire_reply_write(&r->desc, &l, r->out, r->lse, GRPC_SLICE_START_PTR(s));
     grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
     grpc_slice_unref(s);
     return bb;

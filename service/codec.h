@@ -1,13 +1,15 @@
-/* Wire codec of the attnd service: gRPC byte buffers <-> protobuf-c.
+/* The service's side of the wire: gRPC byte buffers <-> messages.
  *
- * Messages arrive as grpc_byte_buffers of one or more slices. A request is
- * made contiguous (no copy when it is one plain slice; else copied into a
- * reused per-thread buffer), then unpacked by protobuf-c into a per-thread
- * arena that is reset before every message, so decoding a steady stream of
- * same-sized requests allocates nothing. Replies are packed straight into
- * one grpc_slice; AttendResponse is encoded by hand so that the float32
- * engine output is converted to the wire dtype directly in the reply
- * (protobuf-c would need the converted tensor in a buffer of its own first).
+ * Messages arrive as grpc_byte_buffers of one or more slices. A control
+ * request is made contiguous (no copy when it is one plain slice; else
+ * copied into a reused per-thread buffer), then unpacked by protobuf-c into
+ * a per-thread arena that is reset before every message, so decoding a
+ * steady stream of same-sized requests allocates nothing. Replies are
+ * packed straight into one grpc_slice. AttendRequest and AttendResponse
+ * are not protobuf-c's: attnd_wire (proto/attnd_wire.h) decodes requests
+ * in place from the byte buffer's slices (attend_exec.c) and encodes
+ * replies with the float32 engine output converted straight into the
+ * reply (below).
  *
  * Nothing here knows about calls or threads; tests and fuzzers use it as is.
  */
@@ -22,6 +24,7 @@
 
 #include "attnd/status.h"
 #include "attnd/types.h"
+#include "attnd_wire.h"
 
 /* Buffers that grow to the largest message seen shrink back when a whole
  * window of ATTND_SRV_TRIM_WINDOW messages used less than a quarter of
@@ -85,25 +88,24 @@ ProtobufCMessage *attnd_srv_unpack(const ProtobufCMessageDescriptor *d,
  * frees it with grpc_byte_buffer_destroy (or hands it to a send op). */
 grpc_byte_buffer *attnd_srv_pack(const ProtobufCMessage *m);
 
-/* ---- AttendResponse, hand-encoded -------------------------------------- */
+/* ---- AttendResponse ------------------------------------------------------
+ * Encoded by attnd_wire (proto/attnd_wire.h), the one Attend codec; these
+ * are its glue to the service's transports. */
 
-/* What an AttendResponse carries: out is float32 [shape product] from the
- * engine, sent as out_dtype; lse (NULL: absent) float32 [lse_shape]. */
+/* What an AttendResponse carries: the reply's shape (desc) and the
+ * engine's float32 output, converted to desc.out_dtype while encoding;
+ * lse NULL unless desc.has_lse. */
 typedef struct attnd_srv_attend_reply {
-    uint64_t request_id;
-    attnd_dtype out_dtype;
-    int64_t out_shape[4]; /* [B, S, Hq, d_v] */
+    attnd_wire_reply_desc desc;
     const float *out;
-    int64_t lse_shape[3]; /* [B, S, Hq] */
     const float *lse;
 } attnd_srv_attend_reply;
 
-/* Exact encoded size of the reply, and the encoder writing exactly that many
- * bytes to dst (the same message protobuf-c would produce, field for
- * field). */
+/* The encoded size, and the reply written in that many bytes at dst. */
 size_t attnd_srv_attend_reply_size(const attnd_srv_attend_reply *r);
 void attnd_srv_attend_reply_write(const attnd_srv_attend_reply *r, uint8_t *dst);
-/* Both in one new byte buffer; caller-owned as for attnd_srv_pack. */
+/* The reply in a new byte buffer of one slice, written once (the output
+ * converted straight into the slice); caller-owned as for attnd_srv_pack. */
 grpc_byte_buffer *attnd_srv_attend_reply_pack(const attnd_srv_attend_reply *r);
 
 #endif /* ATTND_SRV_CODEC_H */

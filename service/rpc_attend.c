@@ -1,7 +1,9 @@
 /* Attend (unary) and AttendStream (one response per request, in order).
  *
- * Both run on the executors (srv.h). One request is: decode into the
- * executor's arena, validate, run the engine on its workspace, and encode the float32 result straight into
+ * Both run on the executors (srv.h). One request is: decode in place
+ * (attnd_wire; what the executor's arena gets is the message's arrays, not
+ * its tensors), validate, run the engine on its workspace, and encode the
+ * float32 result straight into
  * the reply in the asked dtype. After warm-up none of these steps allocates
  * in our code (gRPC allocates the reply slice). A failing request of a
  * stream ends the stream with its status. */
@@ -21,17 +23,18 @@ static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
                                      gpr_now(GPR_CLOCK_MONOTONIC));
     if (gpr_time_cmp(c->deadline, gpr_inf_future(c->deadline.clock_type)) != 0)
         x.time_left_ms = gpr_time_to_millis(left) > 0 ? gpr_time_to_millis(left) : 1;
-    const Attnd__V1__AttendRequest *m;
     attnd_srv_attend_result res;
     uint64_t t_arrival = c->t_event_ns ? c->t_event_ns : attnd_clock_ns();
     attnd_status st;
 
-    m = (const Attnd__V1__AttendRequest *)attnd_srv_call_decode(
-        c, &attnd__v1__attend_request__descriptor, err);
-    if (!m)
-        return err->code;
-    c->request_id = m->request_id;
-    st = attnd_srv_attend_exec(&x, m, t_arrival, &res, err);
+    /* decoded in place: the tensors stay in the message's slices, which
+     * live until the engine is done with them */
+    st = attnd_srv_attend_exec_bb(&x, c->recv, t_arrival, &res, err);
+    c->request_id = res.request_id;
+    if (c->recv) {
+        grpc_byte_buffer_destroy(c->recv);
+        c->recv = NULL;
+    }
     if (st)
         return st;
     uint64_t t_pack = attnd_clock_ns();
@@ -53,7 +56,8 @@ static void add_timing_trailer(attnd_srv_call *c, const attnd_srv_attend_times *
 {
     char v[160];
     snprintf(v, sizeof v, "q=%llu,v=%llu,k=%llu,f=%llu,e=%llu",
-             (unsigned long long)t->t_queue_ns, (unsigned long long)t->t_validate_ns,
+             (unsigned long long)(t->t_queue_ns + t->t_decode_ns),
+             (unsigned long long)t->t_validate_ns,
              (unsigned long long)t->t_kernel_ns, (unsigned long long)t->t_fanout_ns,
              (unsigned long long)t->t_encode_ns);
     attnd_srv_call_add_trailer(c, ATTND_SRV_TIMING_KEY, v);

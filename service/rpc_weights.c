@@ -5,6 +5,7 @@
  * replaces the matrices it carries and keeps the other. */
 #include <stdio.h>
 
+#include "attnd_dtype.h"
 #include "srv.h"
 
 /* Tensor t named `field`, [Hq, d, d_c] (w_uk: free_axis 1) or [Hq, d_c, d]
@@ -33,6 +34,14 @@ static attnd_status check_w(const char *field, const char *dname, const Attnd__V
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "%s.data: %zu bytes, expected %zu", field, t->data.len,
                                want_bytes);
+    /* non-finite weights are refused before any rank or engine gets them */
+    size_t n = want_bytes / es, bad = attnd_dtype_find_nonfinite((attnd_dtype)t->dtype,
+                                                                 t->data.data, n);
+    if (bad < n)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "%s: element %zu is %s (non-finite values are rejected)", field,
+                               bad, attnd_dtype_nonfinite_name((attnd_dtype)t->dtype,
+                                                               t->data.data, bad));
     *dim_p = (int32_t)t->shape[free_axis];
     return ATTND_OK;
 }

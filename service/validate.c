@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "attnd_dtype.h"
 #include "validate.h"
 
 void attnd_srv_model_init(attnd_srv_model *m, const attnd_model_spec *spec,
@@ -121,6 +122,29 @@ static attnd_status check_bytes(const char *field, const Attnd__V1__Tensor *t, a
     return ATTND_OK;
 }
 
+/* Every element finite: a NaN or an infinity in a query or a KV entry
+ * would come back as a finite-looking answer, so it is refused where it
+ * enters, naming the first one. Nothing converts these tensors here (the
+ * decoder leaves them where they arrived; the engine converts later, after
+ * it has changed the session). A tensor the decoder had to gather (it
+ * spanned gRPC slices) was checked piece by piece as it was copied (done);
+ * one left in place gets one read of its bytes, faster than a memcpy: attnd_dtype_find_nonfinite, 30-45 GB/s in cache
+ * and ~10 GB/s from memory on the 2-vCPU dev VM, 0.16-0.45 ms for a
+ * DeepSeek-V3 B=32 bf16 query (1-3.5% of its round trip; attnd-dtype-bench,
+ * client/TRANSPORT.md). Call after check_bytes: data.len is whole elements. */
+static attnd_status check_finite(const char *field, const Attnd__V1__Tensor *t, attnd_dtype dt,
+                                 const attnd_wire_tensor_check *done, attnd_error *err)
+{
+    size_t n = t->data.len / attnd_dtype_size(dt);
+    size_t bad = done && done->checked ? done->nonfinite
+                                       : attnd_dtype_find_nonfinite(dt, t->data.data, n);
+    if (bad < n)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "%s: element %zu is %s (non-finite values are rejected)", field,
+                               bad, attnd_dtype_nonfinite_name(dt, t->data.data, bad));
+    return ATTND_OK;
+}
+
 /* ---- CreateSession / CloseSession ------------------------------------------ */
 
 attnd_status attnd_srv_validate_create(const Attnd__V1__CreateSessionRequest *m,
@@ -195,6 +219,9 @@ attnd_status attnd_srv_validate_append(const Attnd__V1__AppendKVRequest *m,
                                "kv.data: expected %" PRIu64 " tokens x %" PRIu64
                                " bytes (%s), got %zu bytes",
                                t, entry_bytes, attnd_dtype_name(r.dtype), kv->data.len);
+    st = check_finite("kv", kv, r.dtype, NULL, err);
+    if (st)
+        return st;
     r.layer = m->layer;
     r.start = m->start;
     r.n_tokens = t;
@@ -262,7 +289,8 @@ static attnd_status check_session_ids(const Attnd__V1__AttendRequest *m,
 
 /* q: [B, S, Hq, d_k] or [B, Hq, d_k]; sets *s_p. */
 static attnd_status check_q(const Attnd__V1__Tensor *q, const attnd_srv_model *model,
-                            uint64_t b, attnd_dtype *dt_p, int32_t *s_p, attnd_error *err)
+                            uint64_t b, const attnd_wire_tensor_check *done, attnd_dtype *dt_p,
+                            int32_t *s_p, attnd_error *err)
 {
     const attnd_model_spec *sp = model->spec;
     char got[96];
@@ -307,12 +335,14 @@ static attnd_status check_q(const Attnd__V1__Tensor *q, const attnd_srv_model *m
                                "q.shape[%zu]: expected head_dim %d, got %" PRId64, d,
                                model->d_k, q->shape[d]);
     }
-    return check_bytes("q", q, *dt_p, err);
+    st = check_bytes("q", q, *dt_p, err);
+    return st ? st : check_finite("q", q, *dt_p, done, err);
 }
 
 /* new_kv: [B, entry...] (S = 1) or [B, S, entry...]. */
 static attnd_status check_new_kv(const Attnd__V1__Tensor *t, const attnd_srv_model *model,
-                                 uint64_t b, int32_t s, attnd_dtype *dt_p, attnd_error *err)
+                                 uint64_t b, int32_t s, const attnd_wire_tensor_check *done,
+                                 attnd_dtype *dt_p, attnd_error *err)
 {
     int64_t dims[3];
     size_t ne = (size_t)kv_entry_dims(model, dims);
@@ -349,12 +379,14 @@ static attnd_status check_new_kv(const Attnd__V1__Tensor *t, const attnd_srv_mod
     st = check_kv_entry("new_kv", t->shape, first, model, err);
     if (st)
         return st;
-    return check_bytes("new_kv", t, *dt_p, err);
+    st = check_bytes("new_kv", t, *dt_p, err);
+    return st ? st : check_finite("new_kv", t, *dt_p, done, err);
 }
 
 attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
                                        const attnd_srv_model *model,
                                        ProtobufCAllocator *scratch,
+                                       const attnd_wire_request_checks *checks,
                                        attnd_srv_attend_req *out, attnd_error *err)
 {
     attnd_srv_attend_req r;
@@ -370,11 +402,12 @@ attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
         return st;
     const uint64_t b = m->n_session_ids;
     int32_t s = 1;
-    st = check_q(m->q, model, b, &r.eng.q_dtype, &s, err);
+    st = check_q(m->q, model, b, checks ? &checks->q : NULL, &r.eng.q_dtype, &s, err);
     if (st)
         return st;
     if (m->new_kv) {
-        st = check_new_kv(m->new_kv, model, b, s, &r.eng.new_kv_dtype, err);
+        st = check_new_kv(m->new_kv, model, b, s, checks ? &checks->new_kv : NULL,
+                          &r.eng.new_kv_dtype, err);
         if (st)
             return st;
         r.eng.new_kv = m->new_kv->data.data;

@@ -8,7 +8,9 @@
  * exist, where does the layer end, is there memory) it checks itself and
  * reports with the same codes. Fuzzers call these directly.
  *
- * Codes: malformed tensors, ids, counts and dtypes INVALID_ARGUMENT; layer
+ * Codes: malformed tensors, ids, counts and dtypes INVALID_ARGUMENT (a
+ * tensor holding a NaN or an infinity too: "q: element 1234 is NaN
+ * (non-finite values are rejected)"); layer
  * past the model OUT_OF_RANGE; a session for a model other than the served
  * one FAILED_PRECONDITION.
  */
@@ -20,6 +22,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "attnd.pb-c.h"
+#include "attnd_wire.h"
 #include "attnd_worker.h"
 #include "health.pb-c.h"
 
@@ -86,11 +89,15 @@ typedef struct attnd_srv_attend_req {
 /* The session ids are copied into memory taken from `scratch` (an arena:
  * nothing is freed one by one), which must outlive the use of *out; q,
  * new_kv and positions point into the message. Checks, in order: layer,
- * session_ids (count, lengths, duplicates), q, new_kv, positions,
- * out_dtype. */
+ * session_ids (count, lengths, duplicates), q (dtype, shape, bytes, every
+ * element finite), new_kv (the same), positions, out_dtype. checks (may be
+ * NULL): the decoder's finding for tensors it already checked while
+ * gathering them (attnd_wire_request_decode), used instead of reading
+ * them again. */
 attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
                                        const attnd_srv_model *model,
                                        ProtobufCAllocator *scratch,
+                                       const attnd_wire_request_checks *checks,
                                        attnd_srv_attend_req *out,
                                        attnd_error *err);
 

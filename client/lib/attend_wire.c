@@ -1,21 +1,22 @@
-/* The Attend request encoder and the AttendResponse decoder.
+/* Attend on the wire, the client's side: the args checked and turned into
+ * a message, and the reply checked and delivered. The bytes themselves are
+ * attnd_wire's (proto/attnd_wire.h), the one Attend codec.
  *
- * Encoding: the protobuf-c message is built around the caller's buffers
- * (the tensors' `bytes` fields and the shape arrays point at them) and
- * packed once, straight into the request's grpc slice; no element is
- * touched one by one. What the wire can carry is sent as given, so the
- * server's validation answers for it (a bad dtype, shape or batch); only
- * what the wire cannot express is refused here: NULL pointers, more than 6
- * dims, a byte count that overflows, and result buffers too small for the
- * reply (checked before sending when the query's shape matches the served
- * model, so a refused call has appended nothing).
+ * Encoding: the message (a protobuf-c struct) is built around the caller's
+ * buffers (the tensors' `bytes` fields and the shape arrays point at them)
+ * and written once, straight into the request's grpc slice (or sent as a
+ * gather list over UCX); no element is touched one by one. What the wire
+ * can carry is sent as given, so the server's validation answers for it (a
+ * bad dtype, shape or batch); only what the wire cannot express is refused
+ * here: NULL pointers, more than 6 dims, a byte count that overflows, and
+ * result buffers too small for the reply (checked before sending when the
+ * query's shape matches the served model, so a refused call has appended
+ * nothing).
  *
- * Decoding: the reply is parsed field by field straight from the byte
- * buffer's slices, and the out/lse bytes are copied directly into the
- * caller's buffers, so a reply of many megabytes is copied once (protobuf-c
- * would first copy it into a buffer of its own). The parser follows the
- * protobuf wire format: unknown fields are skipped, shapes may come packed
- * or not, and any malformation is INTERNAL (the server sent garbage).
+ * Decoding: attnd_wire parses the reply where it lies (the byte buffer's
+ * slices, or a UCX buffer) and the out/lse bytes are copied once, straight
+ * into the caller's buffers. Whatever protobuf-c would refuse, or a reply
+ * of another shape than asked, is INTERNAL (the server sent garbage).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -23,11 +24,8 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/slice.h>
 
+#include "attnd_wire_grpc.h"
 #include "client_int.h"
-
-#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "attnd's wire tensors are little-endian; this client assumes the host is too"
-#endif
 
 #define MAX_DIMS 6
 
@@ -185,222 +183,101 @@ attnd_status attnd__client_attend_encode(attnd_client *c, const attnd_attend_arg
     attnd_status st = attnd__client_attend_prepare(c, a, &msg, dst, err);
     if (st)
         return st;
-    *bb_p = attnd__client_pack(&msg.req.base);
+    size_t n = attnd_wire_request_size(&msg.req);
+    grpc_slice sl = grpc_slice_malloc(n);
+    attnd_wire_request_write(&msg.req, GRPC_SLICE_START_PTR(sl));
+    *bb_p = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
     attnd__client_attend_msg_cleanup(&msg);
     return ATTND_OK;
 }
 
 /* ---- decoding ------------------------------------------------------------------ */
 
-/* A forward-only reader over the slices of a byte buffer. */
-typedef struct cursor {
-    grpc_byte_buffer_reader rd;
-    const uint8_t *p, *end; /* the unread part of the current slice */
-    size_t pos;             /* bytes consumed since the start */
-} cursor;
-
-static int cur_fill(cursor *k)
+static int shape_is(const attnd_wire_tensor_view *t, size_t ndim, const int64_t *want)
 {
-    while (k->p == k->end) {
-        grpc_slice *s;
-        if (!grpc_byte_buffer_reader_peek(&k->rd, &s))
-            return 0;
-        k->p = GRPC_SLICE_START_PTR(*s);
-        k->end = k->p + GRPC_SLICE_LENGTH(*s);
-    }
-    return 1;
-}
-
-static int cur_varint(cursor *k, uint64_t *v)
-{
-    uint64_t x = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-        if (!cur_fill(k))
-            return 0;
-        uint8_t b = *k->p++;
-        k->pos++;
-        x |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80)) {
-            *v = x;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* Copy n bytes to dst (NULL: skip them). */
-static int cur_take(cursor *k, void *dst, size_t n)
-{
-    unsigned char *d = dst;
-    while (n) {
-        if (!cur_fill(k))
-            return 0;
-        size_t m = (size_t)(k->end - k->p);
-        if (m > n)
-            m = n;
-        if (d) {
-            memcpy(d, k->p, m);
-            d += m;
-        }
-        k->p += m;
-        k->pos += m;
-        n -= m;
-    }
-    return 1;
-}
-
-static int skip_field(cursor *k, unsigned wire_type)
-{
-    uint64_t v;
-    switch (wire_type) {
-    case 0: return cur_varint(k, &v);
-    case 1: return cur_take(k, NULL, 8);
-    case 2: return cur_varint(k, &v) && cur_take(k, NULL, v);
-    case 5: return cur_take(k, NULL, 4);
-    default: return 0; /* groups are not proto3 */
-    }
-}
-
-typedef struct tensor_info {
-    int seen;
-    uint64_t dtype;
-    int ndim;
-    int64_t shape[MAX_DIMS];
-    uint64_t data_len;
-    int too_big; /* data longer than the destination */
-} tensor_info;
-
-/* Parse a Tensor of len bytes; its data goes to dst (cap bytes) or is
- * skipped when dst is NULL. */
-static int parse_tensor(cursor *k, uint64_t len, tensor_info *t, void *dst, size_t cap)
-{
-    size_t end = k->pos + len;
-    uint64_t key, v;
-
-    memset(t, 0, sizeof *t);
-    t->seen = 1;
-    while (k->pos < end) {
-        if (!cur_varint(k, &key))
-            return 0;
-        unsigned field = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
-        if (field == 1 && wt == 0) {
-            if (!cur_varint(k, &t->dtype))
-                return 0;
-        } else if (field == 2 && (wt == 0 || wt == 2)) {
-            size_t stop = 0; /* packed: the end of the run; unpacked: one value */
-            if (wt == 2 && !cur_varint(k, &v))
-                return 0;
-            if (wt == 2)
-                stop = k->pos + v;
-            for (int first = 1; wt == 0 ? first : k->pos < stop; first = 0) {
-                if (t->ndim == MAX_DIMS || !cur_varint(k, &v))
-                    return 0;
-                t->shape[t->ndim++] = (int64_t)v;
-            }
-            if (wt == 2 && k->pos != stop)
-                return 0;
-        } else if (field == 3 && wt == 2) {
-            if (!cur_varint(k, &v))
-                return 0;
-            t->data_len = v;
-            t->too_big = !dst || v > cap;
-            if (!cur_take(k, t->too_big ? NULL : dst, v))
-                return 0;
-        } else if (!skip_field(k, wt)) {
-            return 0;
-        }
-    }
-    return k->pos == end;
-}
-
-static int shape_is(const tensor_info *t, int ndim, const int64_t *want)
-{
-    if (t->ndim != ndim)
+    if (t->n_shape != ndim)
         return 0;
-    for (int i = 0; i < ndim; i++)
+    for (size_t i = 0; i < ndim; i++)
         if (want[i] >= 0 && t->shape[i] != want[i])
             return 0;
     return 1;
 }
 
-static uint64_t shape_elems(const tensor_info *t)
+static uint64_t shape_elems(const attnd_wire_tensor_view *t)
 {
     uint64_t n = 1;
-    for (int i = 0; i < t->ndim; i++)
+    for (size_t i = 0; i < t->n_shape && i < ATTND_WIRE_MAX_DIMS; i++)
         n *= (uint64_t)t->shape[i];
     return n;
+}
+
+attnd_status attnd__client_attend_decode_in(const attnd_wire_in *in,
+                                            const attnd__client_attend_dst *dst,
+                                            attnd_error *err)
+{
+    attnd_wire_reply_view v;
+    attnd_status st = attnd_wire_reply_decode(in, &v, err);
+    const attnd_wire_tensor_view *out = &v.out, *lse = &v.lse;
+    int64_t want[4] = {dst->n_seqs, dst->q_tokens, dst->n_q_heads, -1};
+
+    if (st)
+        return st;
+    if (v.request_id != dst->request_id)
+        return attnd_error_set(err, ATTND_ERR_INTERNAL,
+                               "AttendResponse.request_id: expected %llu, got %llu",
+                               (unsigned long long)dst->request_id,
+                               (unsigned long long)v.request_id);
+    if (!out->present)
+        return attnd_error_set(err, ATTND_ERR_INTERNAL, "AttendResponse.out: missing");
+    if (out->data_len > dst->out_capacity)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "out_capacity: the reply holds %zu bytes, got %zu",
+                               out->data_len, dst->out_capacity);
+    if (out->dtype != (int32_t)dst->out_dtype || !shape_is(out, 4, want) ||
+        shape_elems(out) * attnd_dtype_size(dst->out_dtype) != out->data_len)
+        return attnd_error_set(err, ATTND_ERR_INTERNAL,
+                               "AttendResponse.out: expected %s [%lld, %lld, %lld, d_v], got "
+                               "dtype %d, %zu dims, %zu bytes",
+                               attnd_dtype_name(dst->out_dtype), (long long)want[0],
+                               (long long)want[1], (long long)want[2], (int)out->dtype,
+                               out->n_shape, out->data_len);
+    if (dst->lse) {
+        if (!lse->present)
+            return attnd_error_set(err, ATTND_ERR_INTERNAL, "AttendResponse.lse: missing");
+        if (lse->data_len > dst->lse_capacity * sizeof(float))
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "lse_capacity: the reply holds %zu floats, got %zu",
+                                   lse->data_len / sizeof(float), dst->lse_capacity);
+        if (lse->dtype != ATTND_DTYPE_F32 || !shape_is(lse, 3, want) ||
+            shape_elems(lse) * sizeof(float) != lse->data_len)
+            return attnd_error_set(err, ATTND_ERR_INTERNAL,
+                                   "AttendResponse.lse: expected f32 [%lld, %lld, %lld], got "
+                                   "dtype %d, %zu dims, %zu bytes",
+                                   (long long)want[0], (long long)want[1], (long long)want[2],
+                                   (int)lse->dtype, lse->n_shape, lse->data_len);
+    }
+    /* checked: now the one copy of each tensor, into the caller's buffers */
+    attnd_wire_copy(in, out->data_off, out->data_len, dst->out);
+    if (dst->lse)
+        attnd_wire_copy(in, lse->data_off, lse->data_len, dst->lse);
+    return ATTND_OK;
 }
 
 attnd_status attnd__client_attend_decode(grpc_byte_buffer *bb, const attnd__client_attend_dst *dst,
                                          attnd_error *err)
 {
-    cursor k;
-    tensor_info out, lse;
-    uint64_t key, v, request_id = 0;
-    int ok = 1;
+    grpc_byte_buffer_reader rd;
+    attnd_wire_in in;
 
-    memset(&k, 0, sizeof k);
-    memset(&out, 0, sizeof out);
-    memset(&lse, 0, sizeof lse);
-    if (!grpc_byte_buffer_reader_init(&k.rd, bb))
+    if (attnd_wire_in_grpc(&in, bb) == 0) /* read where the slices are */
+        return attnd__client_attend_decode_in(&in, dst, err);
+    if (!grpc_byte_buffer_reader_init(&rd, bb)) /* compressed */
         return attnd_error_set(err, ATTND_ERR_INTERNAL, "AttendResponse: cannot read the reply");
-    while (ok && cur_fill(&k)) {
-        ok = cur_varint(&k, &key);
-        unsigned field = (unsigned)(key >> 3), wt = (unsigned)(key & 7);
-        if (!ok)
-            break;
-        if (field == 1 && wt == 0)
-            ok = cur_varint(&k, &request_id);
-        else if (field == 2 && wt == 2)
-            ok = cur_varint(&k, &v) && parse_tensor(&k, v, &out, dst->out, dst->out_capacity);
-        else if (field == 3 && wt == 2)
-            ok = cur_varint(&k, &v) &&
-                 parse_tensor(&k, v, &lse, dst->lse, dst->lse_capacity * sizeof(float));
-        else
-            ok = skip_field(&k, wt);
-    }
-    grpc_byte_buffer_reader_destroy(&k.rd);
-    if (!ok)
-        return attnd_error_set(err, ATTND_ERR_INTERNAL,
-                               "AttendResponse: malformed reply near byte %zu", k.pos);
-
-    int64_t want[4] = {dst->n_seqs, dst->q_tokens, dst->n_q_heads, -1};
-    if (request_id != dst->request_id)
-        return attnd_error_set(err, ATTND_ERR_INTERNAL,
-                               "AttendResponse.request_id: expected %llu, got %llu",
-                               (unsigned long long)dst->request_id,
-                               (unsigned long long)request_id);
-    if (!out.seen)
-        return attnd_error_set(err, ATTND_ERR_INTERNAL, "AttendResponse.out: missing");
-    if (out.too_big)
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "out_capacity: the reply holds %llu bytes, got %zu",
-                               (unsigned long long)out.data_len, dst->out_capacity);
-    if (out.dtype != (uint64_t)dst->out_dtype || !shape_is(&out, 4, want) ||
-        shape_elems(&out) * attnd_dtype_size(dst->out_dtype) != out.data_len)
-        return attnd_error_set(err, ATTND_ERR_INTERNAL,
-                               "AttendResponse.out: expected %s [%lld, %lld, %lld, d_v], got "
-                               "dtype %llu, %d dims, %llu bytes",
-                               attnd_dtype_name(dst->out_dtype), (long long)want[0],
-                               (long long)want[1], (long long)want[2],
-                               (unsigned long long)out.dtype, out.ndim,
-                               (unsigned long long)out.data_len);
-    if (!dst->lse)
-        return ATTND_OK;
-    if (!lse.seen)
-        return attnd_error_set(err, ATTND_ERR_INTERNAL, "AttendResponse.lse: missing");
-    if (lse.too_big)
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "lse_capacity: the reply holds %llu floats, got %zu",
-                               (unsigned long long)lse.data_len / sizeof(float),
-                               dst->lse_capacity);
-    if (lse.dtype != ATTND_DTYPE_F32 || !shape_is(&lse, 3, want) ||
-        shape_elems(&lse) * sizeof(float) != lse.data_len)
-        return attnd_error_set(err, ATTND_ERR_INTERNAL,
-                               "AttendResponse.lse: expected f32 [%lld, %lld, %lld], got dtype "
-                               "%llu, %d dims, %llu bytes",
-                               (long long)want[0], (long long)want[1], (long long)want[2],
-                               (unsigned long long)lse.dtype, lse.ndim,
-                               (unsigned long long)lse.data_len);
-    return ATTND_OK;
+    grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
+    grpc_byte_buffer_reader_destroy(&rd);
+    attnd_wire_in_flat(&in, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s));
+    attnd_status st = attnd__client_attend_decode_in(&in, dst, err);
+    grpc_slice_unref(s);
+    return st;
 }

@@ -8,8 +8,9 @@
  *
  * Layers inside the room, each calling only downward:
  *   attend.c append.c stream.c session.c   the public calls
- *   attend_wire.c                          Attend request encoder and the
- *                                          hand-written response decoder
+ *   attend_wire.c                          Attend args -> message, reply ->
+ *                                          caller buffers (the bytes are
+ *                                          proto/attnd_wire's)
  *   rpc.c scall.c                          one unary call / one streaming
  *                                          call over a pluck queue
  *   channel.c                              connect, channel args, methods
@@ -29,6 +30,7 @@
 
 #include "attnd.pb-c.h"
 #include "attnd_ucx.h"
+#include "attnd_wire.h"
 #include "attnd/client.h"
 #include "health.pb-c.h"
 
@@ -218,35 +220,25 @@ attnd_status attnd__client_attend_prepare(attnd_client *c,
                                           attnd_error *err);
 void attnd__client_attend_msg_cleanup(attnd__client_attend_msg *msg);
 
-/* The same message as a gather list (attend_iov.c): framing bytes written
- * to `frame` (at least attnd__client_attend_frame_bound bytes), tensor
- * data referenced in place. */
-#define ATTND__CLIENT_GATHER_MAX 5
-typedef struct attnd__client_gather {
-    struct {
-        const void *p;
-        size_t len;
-    } e[ATTND__CLIENT_GATHER_MAX];
-    size_t n, total;
-} attnd__client_gather;
-size_t attnd__client_attend_frame_bound(const attnd__client_attend_msg *msg);
-void attnd__client_attend_gather(const attnd__client_attend_msg *msg,
-                                 unsigned char *frame, attnd__client_gather *g);
-
 /* Check what the wire cannot express, check the result buffers against the
- * model when the query's shape matches it, and pack the request (one copy
- * of q and new_kv, into the request's slice). *bb_p is the caller's. */
+ * model when the query's shape matches it, and write the request (one copy
+ * of q and new_kv, into the request's slice). *bb_p is the caller's. (The
+ * UCX transport sends prepare's message as attnd_wire_request_gather's
+ * list instead: no copy.) */
 attnd_status attnd__client_attend_encode(attnd_client *c,
                                          const attnd_attend_args *a,
                                          grpc_byte_buffer **bb_p,
                                          attnd__client_attend_dst *dst,
                                          attnd_error *err);
-/* Decode an AttendResponse straight from the byte buffer's slices into the
- * caller's out/lse (no intermediate copy), then check dtype, shape, sizes
- * and the echoed request id. */
+/* Decode an AttendResponse where it lies, check dtype, shape, sizes and the
+ * echoed request id, then copy out/lse straight into the caller's buffers
+ * (their only copy). From a byte buffer's slices, or any attnd_wire_in. */
 attnd_status attnd__client_attend_decode(grpc_byte_buffer *bb,
                                          const attnd__client_attend_dst *dst,
                                          attnd_error *err);
+attnd_status attnd__client_attend_decode_in(const attnd_wire_in *in,
+                                            const attnd__client_attend_dst *dst,
+                                            attnd_error *err);
 
 /* ---- server timings (timing.c) --------------------------------------------- */
 
@@ -274,12 +266,12 @@ typedef struct attnd__client_ucx_call {
     void *recv_req;           /* rendezvous receive in flight, or NULL */
     void *rbuf;               /* rendezvous reply bytes (from the pool) */
     size_t rcap;
-    /* a rendezvous reply received straight into dst (ucx_transport.c):
-     * the framing around out and lse as expected and as received */
+    /* a rendezvous reply received straight into dst (ucx_reply.c): its
+     * planned layout, and the framing around out and lse as received */
     uint32_t d_v;             /* the served model's, when known */
     int direct;
-    size_t pre_len, lpre_len;
-    unsigned char pre_want[96], pre_got[96], lpre_want[64], lpre_got[64];
+    attnd_wire_reply_layout layout;
+    unsigned char pre_got[ATTND_WIRE_REPLY_PRE_MAX], mid_got[ATTND_WIRE_REPLY_MID_MAX];
     uint64_t riov[8];         /* ucp_dt_iov_t[4] */
     int send_done, done, listed;
     attnd_status st;
@@ -299,7 +291,7 @@ attnd_status attnd__client_ucx_start(attnd_client *c, attnd__client_ucx_call *k,
                                      const attnd__client_attend_dst *dst,
                                      attnd_error *err);
 /* Sync Attend over UCX: prepare, send a gather list built around the
- * caller's tensors (attend_iov.c; no copy), wait. */
+ * caller's tensors (attnd_wire_request_gather; no copy), wait. */
 attnd_status attnd__client_ucx_attend(attnd_client *c, const attnd_attend_args *a,
                                       attnd_error *err);
 /* Wait as above; k holds nothing afterwards. */

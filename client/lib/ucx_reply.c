@@ -3,14 +3,13 @@
  * progressing: an error reply fails its call with the server's status and
  * message; an eager reply is decoded straight from UCX's buffer into the
  * caller's out/lse (attend_wire.c's decoder); a rendezvous reply is
- * received straight into out/lse when its layout is the expected one
- * (below), else into a pooled buffer and then decoded. A reply whose call
+ * received straight into out/lse when its layout is the one
+ * attnd_wire_reply_plan gives for the expected shape (below), else into a
+ * pooled buffer and then decoded. A reply whose call
  * is gone (withdrawn at its deadline) is dropped.
  */
 #include <stdlib.h>
 #include <string.h>
-
-#include <grpc/slice.h>
 
 #include "ucx_int.h"
 
@@ -25,15 +24,9 @@ void attnd__client_ucx_finish(attnd__client_ucx_call *k, attnd_status st)
 /* Decode an AttendResponse held in plain memory into k's destination. */
 static void decode_into(attnd__client_ucx_call *k, const void *data, size_t len)
 {
-    grpc_slice s = grpc_slice_from_static_buffer(data, len);
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    if (!bb) {
-        attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                  "attend: no memory for the reply"));
-        return;
-    }
-    attnd__client_ucx_finish(k, attnd__client_attend_decode(bb, &k->dst, &k->err));
-    grpc_byte_buffer_destroy(bb);
+    attnd_wire_in in;
+    attnd_wire_in_flat(&in, data, len);
+    attnd__client_ucx_finish(k, attnd__client_attend_decode_in(&in, &k->dst, &k->err));
 }
 
 static void on_reply_data(void *request, ucs_status_t status, size_t length, void *user_data)
@@ -50,96 +43,46 @@ static void on_reply_data(void *request, ucs_status_t status, size_t length, voi
 }
 
 /* ---- rendezvous replies straight into the caller's buffers ----------------------------
- * The server's AttendResponse encoder (service/codec.c) is deterministic:
- * request_id, then out {dtype, packed shape [B, S, Hq, d_v], data}, then
- * lse {F32, [B, S, Hq], data} when asked. When the reply's length is
- * exactly what that layout gives for the served model's d_v, a rendezvous
- * reply is received as a gather list: framing into k, out data into
- * dst->out, lse data into dst->lse, so 4 MB of output is not copied twice.
- * The framing received is then compared with the expected bytes; any
- * other reply takes the buffered path and the full decoder. */
-
-static size_t vsize(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static unsigned char *vput(unsigned char *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (unsigned char)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (unsigned char)v;
-    return p;
-}
-
-/* The framing of field `field` = Tensor{dtype, shape, data of `bytes`} up
- * to its data. */
-static unsigned char *tensor_frame(unsigned char *p, unsigned field, attnd_dtype dt,
-                                   const int64_t *shape, int ndim, size_t bytes)
-{
-    size_t sb = 0, body;
-    for (int i = 0; i < ndim; i++)
-        sb += vsize((uint64_t)shape[i]);
-    body = 1 + vsize((uint64_t)dt) + 1 + vsize(sb) + sb + (bytes ? 1 + vsize(bytes) + bytes : 0);
-    *p++ = (unsigned char)(field << 3 | 2);
-    p = vput(p, body);
-    *p++ = 1 << 3;
-    p = vput(p, (uint64_t)dt);
-    *p++ = 2 << 3 | 2;
-    p = vput(p, sb);
-    for (int i = 0; i < ndim; i++)
-        p = vput(p, (uint64_t)shape[i]);
-    if (bytes) {
-        *p++ = 3 << 3 | 2;
-        p = vput(p, bytes);
-    }
-    return p;
-}
+ * A reply of the shape asked for has one layout, attnd_wire_reply_plan's
+ * (the server encodes with the same function). When the reply's length is
+ * exactly that layout's for the served model's d_v, a rendezvous reply is
+ * received as a gather list: the framing before out (pre) into k, out's
+ * data into dst->out, the framing between (mid) into k, lse's data into
+ * dst->lse, so 4 MB of output is not copied twice. The framing received is
+ * then compared with the planned bytes; any other reply takes the buffered
+ * path and the full decoder. */
 
 /* Plan a direct receive of `length` reply bytes; the number of gather
  * entries, 0 when the reply is not the expected layout. */
 static size_t direct_plan(attnd__client_ucx_call *k, size_t length)
 {
     const attnd__client_attend_dst *d = &k->dst;
-    size_t es = attnd_dtype_size(d->out_dtype), rows, out_bytes, lse_bytes;
+    size_t rows;
     ucp_dt_iov_t *iov = (ucp_dt_iov_t *)k->riov;
-    unsigned char *p;
+    attnd_wire_reply_layout *l = &k->layout;
 
     _Static_assert(sizeof k->riov >= 4 * sizeof(ucp_dt_iov_t), "riov holds 4 entries");
-    if (!k->d_v || !es || d->n_seqs <= 0 || d->q_tokens <= 0 || d->n_q_heads <= 0)
+    if (!k->d_v || !attnd_dtype_size(d->out_dtype) || d->n_seqs <= 0 || d->q_tokens <= 0 ||
+        d->n_q_heads <= 0)
         return 0;
     rows = (size_t)d->n_seqs * (size_t)d->q_tokens * (size_t)d->n_q_heads;
-    out_bytes = rows * k->d_v * es;
-    lse_bytes = d->lse ? rows * sizeof(float) : 0;
-    if (out_bytes > d->out_capacity || (d->lse && rows > d->lse_capacity))
-        return 0;
-    int64_t oshape[4] = {d->n_seqs, d->q_tokens, d->n_q_heads, k->d_v};
-    p = k->pre_want;
-    if (d->request_id) {
-        *p++ = 1 << 3;
-        p = vput(p, d->request_id);
-    }
-    p = tensor_frame(p, 2, d->out_dtype, oshape, 4, out_bytes);
-    k->pre_len = (size_t)(p - k->pre_want);
-    k->lpre_len = 0;
-    if (d->lse)
-        k->lpre_len = (size_t)(tensor_frame(k->lpre_want, 3, ATTND_DTYPE_F32, oshape, 3,
-                                            lse_bytes) - k->lpre_want);
-    if (k->pre_len + out_bytes + k->lpre_len + lse_bytes != length)
+    attnd_wire_reply_desc want = {
+        .request_id = d->request_id,
+        .out_dtype = d->out_dtype,
+        .out_shape = {d->n_seqs, d->q_tokens, d->n_q_heads, k->d_v},
+        .has_lse = d->lse != NULL,
+        .lse_shape = {d->n_seqs, d->q_tokens, d->n_q_heads},
+    };
+    attnd_wire_reply_plan(&want, l);
+    if (l->out_bytes > d->out_capacity || (d->lse && rows > d->lse_capacity) ||
+        l->total != length)
         return 0;
     size_t n = 0;
-    iov[n++] = (ucp_dt_iov_t){k->pre_got, k->pre_len};
-    iov[n++] = (ucp_dt_iov_t){d->out, out_bytes};
+    iov[n++] = (ucp_dt_iov_t){k->pre_got, l->pre_len};
+    iov[n++] = (ucp_dt_iov_t){d->out, l->out_bytes};
     if (d->lse) {
-        iov[n++] = (ucp_dt_iov_t){k->lpre_got, k->lpre_len};
-        iov[n++] = (ucp_dt_iov_t){d->lse, lse_bytes};
+        iov[n++] = (ucp_dt_iov_t){k->mid_got, l->mid_len};
+        iov[n++] = (ucp_dt_iov_t){d->lse, l->lse_bytes};
     }
     return n;
 }
@@ -155,8 +98,8 @@ static void on_reply_direct(void *request, ucs_status_t status, size_t length, v
         attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_UNAVAILABLE,
                                   "attend: receiving the reply over UCX: %s",
                                   ucs_status_string(status)));
-    else if (memcmp(k->pre_got, k->pre_want, k->pre_len) != 0 ||
-             memcmp(k->lpre_got, k->lpre_want, k->lpre_len) != 0)
+    else if (memcmp(k->pre_got, k->layout.pre, k->layout.pre_len) != 0 ||
+             memcmp(k->mid_got, k->layout.mid, k->layout.mid_len) != 0)
         attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_INTERNAL,
                                   "AttendResponse: framing is not what attnd sends"));
     else

@@ -5,7 +5,7 @@
  * ucx_connect.c.
  *
  * Calls: the sync forms (attnd_client_attend, AttendStream) send the
- * request as a gather list (attend_iov.c): protobuf framing from a stack
+ * request as a gather list (attnd_wire_request_gather): framing from a stack
  * buffer, tensor bytes straight from the caller's q / new_kv, no copy of
  * ours. The async form must let the caller reuse q at once, so it sends
  * the packed copy from attend_wire.c. Both go with UCP_AM_SEND_FLAG_REPLY;
@@ -250,21 +250,21 @@ attnd_status attnd__client_ucx_attend(attnd_client *c, const attnd_attend_args *
     attnd__client_attend_msg msg;
     attnd__client_attend_dst dst;
     attnd__client_ucx_call k;
-    attnd__client_gather g;
+    attnd_wire_gather g;
     unsigned char frame_stack[2048], *frame = frame_stack;
-    ucp_dt_iov_t iov[ATTND__CLIENT_GATHER_MAX];
+    ucp_dt_iov_t iov[ATTND_WIRE_GATHER_MAX];
     attnd_status st;
 
     st = attnd__client_attend_prepare(c, a, &msg, &dst, err);
     if (st)
         return st;
-    size_t bound = attnd__client_attend_frame_bound(&msg);
+    size_t bound = attnd_wire_request_frame_bound(&msg.req);
     if (bound > sizeof frame_stack && !(frame = malloc(bound))) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                              "attend: no memory for a %zu-byte request frame", bound);
         goto out_msg;
     }
-    attnd__client_attend_gather(&msg, frame, &g);
+    attnd_wire_request_gather(&msg.req, frame, &g);
     for (size_t i = 0; i < g.n; i++) {
         iov[i].buffer = (void *)g.e[i].p;
         iov[i].length = g.e[i].len;

@@ -6,10 +6,12 @@
  * count disagrees with its shape) goes through attnd__client_unary_raw with
  * a request packed here by protobuf-c.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_dtype.h"
 #include "bad_inputs.h"
 #include "client_int.h"
 
@@ -246,6 +248,92 @@ static void fire_short_id(cu_seqs *s, const bad_limits *lim, bad_result *r)
     raw_attend(s, r, 1);
 }
 
+/* ---- encodings protobuf-c refuses (issue 10, item 7) -------------------------------
+ * A valid Attend for sessions 0 and 1, written byte by byte with one
+ * over-long varint that protobuf-c refuses: how 0, session id 0's length
+ * prefix in 6 bytes (protobuf-c reads at most 5); how 1, q's dtype key in
+ * 6 bytes (a malformed field nested in q). Sent raw over the client's Attend
+ * transport (UCX when the client uses it: its server decodes the same
+ * bytes), they must be INVALID_ARGUMENT naming the message, as over gRPC. */
+
+static uint8_t *put_var(uint8_t *p, uint64_t v, size_t min_len)
+{
+    size_t k = 0;
+    while (v >= 0x80 || k + 1 < min_len) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+        k++;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static attnd_status send_raw_attend(cu_seqs *s, const uint8_t *msg, size_t len,
+                                    attnd_error *err)
+{
+    if (!s->c->ucx)
+        return attnd__client_unary_raw(s->c, ATTND__CLIENT_M_ATTEND, msg, len, NULL, err);
+    /* over UCX: the bytes as the request, a destination for whatever comes */
+    size_t cap = (size_t)2 * s->m.n_q_heads * s->m.d_v * 4;
+    void *out = malloc(cap);
+    attnd__client_attend_dst dst = {.out_dtype = s->dt, .n_seqs = 2, .q_tokens = 1,
+                                    .n_q_heads = s->m.n_q_heads, .out = out,
+                                    .out_capacity = cap};
+    attnd__client_ucx_call k;
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)msg, len);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    attnd_status st = attnd__client_ucx_start(s->c, &k, bb, &dst, err);
+    if (st == ATTND_OK)
+        st = attnd__client_ucx_wait(s->c, &k, err);
+    free(out);
+    return st;
+}
+
+static void malformed_attend(cu_seqs *s, bad_result *r, int how)
+{
+    cu_step st;
+    cu_step_make(s, &st, 0, 0, 2, 1, 0, 0, ATTND_DTYPE_INVALID);
+    size_t cap = st.q_bytes + 256;
+    uint8_t *msg = malloc(cap), *p = msg, body[64], *b = body;
+
+    for (int i = 0; i < 2; i++) {
+        *p++ = 0x12; /* session_ids */
+        p = put_var(p, ATTND_SESSION_ID_BYTES, how == 0 && i == 0 ? 6 : 1);
+        memcpy(p, s->ids[i].bytes, ATTND_SESSION_ID_BYTES);
+        p += ATTND_SESSION_ID_BYTES;
+    }
+    b = put_var(b, 1 << 3, how == 1 ? 6 : 1); /* q.dtype */
+    b = put_var(b, (uint64_t)st.a.q.dtype, 1);
+    *b++ = 0x12; /* q.shape, packed */
+    *b++ = (uint8_t)st.a.q.ndim; /* small dims: one byte each */
+    for (int i = 0; i < st.a.q.ndim; i++)
+        *b++ = (uint8_t)st.a.q.shape[i];
+    *b++ = 0x1a; /* q.data */
+    b = put_var(b, st.q_bytes, 1);
+    *p++ = 0x1a; /* q */
+    p = put_var(p, (size_t)(b - body) + st.q_bytes, 1);
+    memcpy(p, body, (size_t)(b - body));
+    p += b - body;
+    memcpy(p, st.q, st.q_bytes);
+    p += st.q_bytes;
+    r->st = send_raw_attend(s, msg, (size_t)(p - msg), &r->err);
+    free(msg);
+    cu_step_free(&st);
+}
+
+static void fire_long_length_prefix(cu_seqs *s, const bad_limits *lim, bad_result *r)
+{
+    (void)lim;
+    malformed_attend(s, r, 0);
+}
+
+static void fire_long_nested_key(cu_seqs *s, const bad_limits *lim, bad_result *r)
+{
+    (void)lim;
+    malformed_attend(s, r, 1);
+}
+
 static void fire_close_short_id(cu_seqs *s, const bad_limits *lim, bad_result *r)
 {
     Attnd__V1__CloseSessionRequest req = ATTND__V1__CLOSE_SESSION_REQUEST__INIT;
@@ -376,6 +464,73 @@ static void fire_reservation_beyond_pool(cu_seqs *s, const bad_limits *lim, bad_
     r->st = attnd_client_create_session(s->c, NULL, UINT32_MAX, &id, NULL, &r->err);
     if (r->st == ATTND_OK)
         attnd_client_close_session(s->c, &id, NULL);
+}
+
+/* ---- non-finite values -------------------------------------------------------------
+ * A NaN, +Inf or -Inf at a random element of one tensor: refused with
+ * INVALID_ARGUMENT naming the tensor and that element, nothing applied. */
+
+static _Thread_local size_t nf_at;       /* where the last poison went */
+static _Thread_local const char *nf_what; /* and what it was */
+
+/* Put a non-finite value (chosen by the rng) at a random element of data
+ * (n elements of s->dt). */
+static void poison(cu_seqs *s, const void *data, size_t n)
+{
+    static const float bad[3] = {NAN, INFINITY, -INFINITY};
+    int k = (int)(attnd_rng_next(&s->rng) % 3);
+    nf_at = (size_t)(attnd_rng_next(&s->rng) % n);
+    nf_what = k == 0 ? "NaN" : k == 1 ? "+Inf" : "-Inf";
+    attnd_dtype_convert(s->dt, (char *)data + nf_at * attnd_dtype_size(s->dt), ATTND_DTYPE_F32,
+                        &bad[k], 1);
+}
+
+/* The message must say "<field>: element <where> is <what>". */
+static void expect_element(bad_result *r, const char *field)
+{
+    char want[48];
+    snprintf(want, sizeof want, "%.6s: element %zu is %.4s", field, nf_at, nf_what);
+    if (r->st != ATTND_OK && !strstr(r->err.msg, want))
+        snprintf(r->why, sizeof r->why, "expected \"%s\" in: %.60s", want, r->err.msg);
+}
+
+static void m_q_nonfinite(cu_seqs *s, cu_step *st, attnd_session_id ids[2])
+{
+    (void)ids;
+    poison(s, st->q, st->q_bytes / attnd_dtype_size(s->dt));
+}
+
+static void m_kv_nonfinite(cu_seqs *s, cu_step *st, attnd_session_id ids[2])
+{
+    (void)ids;
+    poison(s, st->kv, st->kv_bytes / attnd_dtype_size(s->dt));
+}
+
+static void fire_q_nonfinite(cu_seqs *s, const bad_limits *lim, bad_result *r)
+{
+    (void)lim;
+    attend_case(s, r, m_q_nonfinite);
+    expect_element(r, "q");
+}
+
+static void fire_kv_nonfinite(cu_seqs *s, const bad_limits *lim, bad_result *r)
+{
+    (void)lim;
+    attend_case(s, r, m_kv_nonfinite);
+    expect_element(r, "new_kv");
+}
+
+static void c_nonfinite(cu_seqs *s, attnd_kv_chunk *ch)
+{
+    poison(s, ch->data, (size_t)ch->n_tokens * ch->kv_token_elems);
+}
+
+static void fire_append_nonfinite(cu_seqs *s, const bad_limits *lim, bad_result *r)
+{
+    (void)lim;
+    append_case(s, r, c_nonfinite);
+    if (!r->why[0])
+        expect_element(r, "kv");
 }
 
 /* ---- limits ------------------------------------------------------------------------------ */
@@ -514,6 +669,12 @@ const bad_case bad_cases[] = {
     {"kv_memory_exhausted", ATTND_ERR_RESOURCE_EXHAUSTED, "KV memory exhausted",
      fire_kv_exhausted},
     {"too_many_sessions", ATTND_ERR_RESOURCE_EXHAUSTED, "sessions", fire_too_many_sessions},
+    {"q_nonfinite", INVALID, "non-finite values are rejected", fire_q_nonfinite},
+    {"new_kv_nonfinite", INVALID, "non-finite values are rejected", fire_kv_nonfinite},
+    {"append_nonfinite", INVALID, "non-finite values are rejected", fire_append_nonfinite},
+    {"long_length_prefix", INVALID, "not a valid attnd.v1.AttendRequest",
+     fire_long_length_prefix},
+    {"long_nested_key", INVALID, "not a valid attnd.v1.AttendRequest", fire_long_nested_key},
 };
 #undef INVALID
 const size_t n_bad_cases = sizeof bad_cases / sizeof bad_cases[0];

@@ -110,6 +110,15 @@ BAD_INPUT_TEST(test_create_session_for_an_unknown_model_is_invalid_argument,
                "create_for_an_unknown_model")
 BAD_INPUT_TEST(test_a_reservation_beyond_the_pool_is_resource_exhausted,
                "reservation_beyond_the_pool")
+BAD_INPUT_TEST(test_a_non_finite_query_element_is_invalid_argument_naming_its_index,
+               "q_nonfinite")
+BAD_INPUT_TEST(test_a_non_finite_new_kv_element_is_invalid_argument_naming_its_index,
+               "new_kv_nonfinite")
+BAD_INPUT_TEST(test_a_non_finite_append_kv_element_is_invalid_argument_naming_its_index,
+               "append_nonfinite")
+BAD_INPUT_TEST(test_a_length_prefix_protobuf_c_refuses_is_invalid_argument,
+               "long_length_prefix")
+BAD_INPUT_TEST(test_a_malformed_field_nested_in_q_is_invalid_argument, "long_nested_key")
 
 /* Closing twice: the second close finds nothing. */
 START_TEST(test_closing_a_session_twice_is_not_found_the_second_time)
@@ -387,6 +396,11 @@ static Suite *errors_suite(void)
     tcase_add_test(tc, test_create_session_for_another_model_is_failed_precondition);
     tcase_add_test(tc, test_create_session_for_an_unknown_model_is_invalid_argument);
     tcase_add_test(tc, test_a_reservation_beyond_the_pool_is_resource_exhausted);
+    tcase_add_test(tc, test_a_non_finite_query_element_is_invalid_argument_naming_its_index);
+    tcase_add_test(tc, test_a_non_finite_new_kv_element_is_invalid_argument_naming_its_index);
+    tcase_add_test(tc, test_a_non_finite_append_kv_element_is_invalid_argument_naming_its_index);
+    tcase_add_test(tc, test_a_length_prefix_protobuf_c_refuses_is_invalid_argument);
+    tcase_add_test(tc, test_a_malformed_field_nested_in_q_is_invalid_argument);
     tcase_add_test(tc, test_closing_a_session_twice_is_not_found_the_second_time);
     suite_add_tcase(su, tc);
 

@@ -18,7 +18,9 @@ static void sleep_ms(int ms)
 
 attnd_client *gt_connect(const cu_server *s)
 {
-    return gt_connect_opts(s, 60000, ATTND_TRANSPORT_GRPC); /* hang guard only */
+    /* ATTND_TEST_TRANSPORT=ucx: Attend over UCX, as in the client suites */
+    return gt_connect_opts(s, 60000, /* hang guard only */
+                           cu_use_ucx() ? ATTND_TRANSPORT_UCX : ATTND_TRANSPORT_GRPC);
 }
 
 attnd_client *gt_connect_opts(const cu_server *s, int64_t deadline_ms,

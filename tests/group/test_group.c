@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "bad_inputs.h"
 #include "group_testutil.h"
 #include "testutil.h"
 
@@ -385,6 +386,43 @@ START_TEST(test_latent_sharding_over_4_ranks_rope_split_equals_the_tpla_formula)
 }
 END_TEST
 
+/* A NaN or an infinity in q, new_kv or an AppendKV chunk sent to a group:
+ * the leader refuses it (INVALID_ARGUMENT naming the tensor and element)
+ * before scattering anything, through any rank and both transports'
+ * client, and the sessions decode on exactly (bad_inputs.c's runner checks
+ * them against the float64 reference). */
+START_TEST(test_non_finite_inputs_to_a_group_are_refused_and_change_nothing)
+{
+    const char *flags[] = {"--model", "tiny-mla", "--threads", "2", "--kernel-threads", "1",
+                           NULL};
+    static const char *const cases[] = {"q_nonfinite", "new_kv_nonfinite", "append_nonfinite"};
+    static const uint32_t chunks[] = {13, 0};
+    const bad_limits none = {0, 0, 0};
+    gt_group g;
+    cu_seqs s;
+    attnd_error err;
+    char why[512] = "";
+
+    ck_assert_int_eq(gt_group_start(&g, 2, flags), 0);
+    attnd_error_clear(&err);
+    ck_assert_int_eq(cu_seqs_open(&s, g.c[1], 2, ATTND_DTYPE_BF16, 0, &err), ATTND_OK);
+    ck_assert_int_eq(cu_prefill(&s, 0, 37, chunks, &err), ATTND_OK);
+    ck_assert_int_eq(cu_prefill(&s, 1, 20, chunks, &err), ATTND_OK);
+    for (size_t i = 0; i < 3; i++) {
+        s.c = g.c[i % 2]; /* led by either rank */
+        ck_assert_msg(bad_case_run(bad_case_find(cases[i]), &s, &none, why, sizeof why) == 0,
+                      "%s", why);
+        attnd_refcheck_result res = {0};
+        ck_assert_int_eq(cu_decode_step(&s, &res, &err), ATTND_OK);
+        ck_assert_msg(res.max_err <= cu_bound(s.dt), "max error %g", res.max_err);
+        ck_assert_uint_eq(res.rows, (uint64_t)s.m.n_layers * s.n * s.m.n_q_heads);
+    }
+    s.c = g.c[1];
+    cu_seqs_close(&s);
+    ck_assert_int_eq(gt_group_stop(&g), 0);
+}
+END_TEST
+
 /* Sessions are created and closed on every rank: each rank's engine
  * counts them. */
 START_TEST(test_sessions_are_created_and_closed_on_every_rank)
@@ -709,6 +747,11 @@ int main(void)
     tcase_add_test(tc, test_killed_rank_gives_unavailable_then_data_loss_after_restart);
     tcase_add_test(tc, test_hung_peer_gives_unavailable_within_the_call_deadline);
     suite_add_tcase(s, tc);
+    /* its own case: CTest runs it again with Attend over UCX */
+    TCase *nf = tcase_create("nonfinite");
+    tcase_set_timeout(nf, 300);
+    tcase_add_test(nf, test_non_finite_inputs_to_a_group_are_refused_and_change_nothing);
+    suite_add_tcase(s, nf);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -6,7 +6,9 @@
  * both calls see the same cache). W_UV goes in through libattnd
  * (attnd_client_load_weights); up_project Attends go out both through
  * libattnd (attend_args.up_project) and as raw gRPC (tests/service/rawgrpc.h),
- * which also checks the reply's shape on the wire. */
+ * which also checks the reply's shape on the wire. W_UV holding a NaN or an
+ * infinity is refused naming the element, and the weights loaded before
+ * stay. */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
@@ -128,6 +130,24 @@ static void run(const char *shard, int n, const char *rope)
     ck_assert_int_eq(attnd_client_load_weights(g.c[n - 1], 2, &wt, &bytes, &err), ATTND_OK);
     ck_assert_uint_eq(bytes, (uint64_t)(H * (dc / (strcmp(shard, "latent") ? 1 : n)) * D_VO *
                                         (int64_t)sizeof(float)));
+    /* the same layer again with a NaN or an infinity somewhere: refused by
+     * the leader, which converts the weights, before any rank gets them
+     * (the checks below still find the first W_UV) */
+    {
+        static const float bad[3] = {NAN, INFINITY, -INFINITY};
+        static const char *const name[3] = {"NaN", "+Inf", "-Inf"};
+        size_t nw = (size_t)(H * dc * D_VO), at = (size_t)(attnd_rng_next(&s.rng) % nw);
+        int k = (int)(attnd_rng_next(&s.rng) % 3);
+        float *w2 = malloc(sizeof(float) * nw);
+        char want[64];
+        memcpy(w2, w, sizeof(float) * nw);
+        w2[at] = bad[k];
+        attnd_tensor wt2 = {ATTND_DTYPE_F32, 3, {H, dc, D_VO}, w2};
+        snprintf(want, sizeof want, "w_uv: element %zu is %s", at, name[k]);
+        cu_assert_fails(attnd_client_load_weights(g.c[0], 2, &wt2, NULL, &err), err,
+                        ATTND_ERR_INVALID_ARGUMENT, want);
+        free(w2);
+    }
     attnd_rng_fill(&s.rng, ATTND_DTYPE_F32, q, (size_t)(B * H * dk));
     int code = attend_up(ch0, s.ids, 1, q, H, dk, p, (size_t)(B * H * D_VO), details);
     ck_assert_int_eq(code, -ATTND_ERR_FAILED_PRECONDITION);

@@ -286,21 +286,21 @@ START_TEST(test_stats_and_health_messages_round_trip)
 }
 END_TEST
 
-/* ---- the AttendResponse encoder ------------------------------------------------- */
+/* ---- the AttendResponse glue (attnd_wire underneath) ------------------------------------------------- */
 
 START_TEST(test_attend_reply_encoder_matches_protobuf_c_byte_for_byte)
 {
     for (int iter = 0; iter < 40; iter++) {
         attnd_srv_attend_reply r;
         memset(&r, 0, sizeof r);
-        r.request_id = iter % 3 ? tu_next(&rng) >> tu_int(&rng, 0, 63) : 0;
-        r.out_dtype = (attnd_dtype)tu_int(&rng, 1, 3);
+        r.desc.request_id = iter % 3 ? tu_next(&rng) >> tu_int(&rng, 0, 63) : 0;
+        r.desc.out_dtype = (attnd_dtype)tu_int(&rng, 1, 3);
         for (int i = 0; i < 4; i++)
-            r.out_shape[i] = tu_int(&rng, 1, i == 3 ? 200 : 5);
+            r.desc.out_shape[i] = tu_int(&rng, 1, i == 3 ? 200 : 5);
         for (int i = 0; i < 3; i++)
-            r.lse_shape[i] = r.out_shape[i];
-        size_t n_out = (size_t)(r.out_shape[0] * r.out_shape[1] * r.out_shape[2] * r.out_shape[3]);
-        size_t n_lse = (size_t)(r.lse_shape[0] * r.lse_shape[1] * r.lse_shape[2]);
+            r.desc.lse_shape[i] = r.desc.out_shape[i];
+        size_t n_out = (size_t)(r.desc.out_shape[0] * r.desc.out_shape[1] * r.desc.out_shape[2] * r.desc.out_shape[3]);
+        size_t n_lse = (size_t)(r.desc.lse_shape[0] * r.desc.lse_shape[1] * r.desc.lse_shape[2]);
         float *out = malloc(n_out * sizeof(float)), *lse = malloc(n_lse * sizeof(float));
         for (size_t i = 0; i < n_out; i++)
             out[i] = (float)tu_normal(&rng);
@@ -308,24 +308,25 @@ START_TEST(test_attend_reply_encoder_matches_protobuf_c_byte_for_byte)
             lse[i] = (float)tu_normal(&rng) * 10.0f;
         r.out = out;
         r.lse = iter % 2 ? lse : NULL;
+        r.desc.has_lse = r.lse != NULL;
 
         /* the same message through protobuf-c, data converted up front */
-        size_t es = attnd_dtype_size(r.out_dtype);
+        size_t es = attnd_dtype_size(r.desc.out_dtype);
         uint8_t *conv = malloc(n_out * es);
-        attnd_dtype_convert(r.out_dtype, conv, ATTND_DTYPE_F32, out, n_out);
+        attnd_dtype_convert(r.desc.out_dtype, conv, ATTND_DTYPE_F32, out, n_out);
         Attnd__V1__Tensor to = ATTND__V1__TENSOR__INIT, tl = ATTND__V1__TENSOR__INIT;
-        to.dtype = (Attnd__V1__DType)r.out_dtype;
+        to.dtype = (Attnd__V1__DType)r.desc.out_dtype;
         to.n_shape = 4;
-        to.shape = r.out_shape;
+        to.shape = r.desc.out_shape;
         to.data.len = n_out * es;
         to.data.data = conv;
         tl.dtype = ATTND__V1__DTYPE__DTYPE_F32;
         tl.n_shape = 3;
-        tl.shape = r.lse_shape;
+        tl.shape = r.desc.lse_shape;
         tl.data.len = n_lse * sizeof(float);
         tl.data.data = (uint8_t *)lse;
         Attnd__V1__AttendResponse m = ATTND__V1__ATTEND_RESPONSE__INIT;
-        m.request_id = r.request_id;
+        m.request_id = r.desc.request_id;
         m.out = &to;
         m.lse = r.lse ? &tl : NULL;
 
@@ -348,7 +349,7 @@ START_TEST(test_attend_reply_encoder_matches_protobuf_c_byte_for_byte)
         Attnd__V1__AttendResponse *g = (Attnd__V1__AttendResponse *)attnd_srv_unpack(
             &attnd__v1__attend_response__descriptor, &arena, data, len, &err);
         ck_assert_ptr_nonnull(g);
-        ck_assert_uint_eq(g->request_id, r.request_id);
+        ck_assert_uint_eq(g->request_id, r.desc.request_id);
         assert_tensor_eq(g->out, &to);
         if (r.lse)
             assert_tensor_eq(g->lse, &tl);

@@ -3,9 +3,10 @@
  * applied all or nothing (a failed, cancelled or still open stream shows
  * none of its chunks; its layers refuse other writers), AttendStream
  * answering in order and ending on a failed request, and INVALID_ARGUMENT /
- * RESOURCE_EXHAUSTED for bad bytes and oversized messages. Outputs are
- * checked against a float64 softmax. */
+ * RESOURCE_EXHAUSTED for bad bytes, non-finite tensors and oversized
+ * messages. Outputs are checked against a float64 softmax. */
 #include "svc_server.h"
+#include "testutil.h"
 
 START_TEST(test_undecodable_request_is_invalid_argument)
 {
@@ -456,6 +457,90 @@ START_TEST(test_random_and_mutated_bytes_never_crash_the_server)
 }
 END_TEST
 
+/* attend_req with one element of q (which 0) or new_kv (which 1) replaced
+ * by v. */
+static uint8_t *poisoned_attend(const uint8_t id[16], int step, int pos, int which, size_t at,
+                                float v, size_t *len)
+{
+    uint8_t *m = attend_req(id, 0, step, pos, 9, len);
+    Attnd__V1__AttendRequest *r = attnd__v1__attend_request__unpack(NULL, *len, m);
+    ck_assert_ptr_nonnull(r);
+    Attnd__V1__Tensor *t = which ? r->new_kv : r->q;
+    ck_assert_uint_lt(at, t->data.len / sizeof(float));
+    memcpy(t->data.data + at * sizeof(float), &v, sizeof v);
+    free(m);
+    m = rg_pack(&r->base, len);
+    attnd__v1__attend_request__free_unpacked(r, NULL);
+    return m;
+}
+
+/* A NaN or an infinity at a random element of q, new_kv or an AppendKV
+ * chunk: INVALID_ARGUMENT naming the tensor and the element, and the
+ * session is as before (the next step's output equals the reference over
+ * the tokens appended before). */
+START_TEST(test_non_finite_elements_are_invalid_argument_and_change_nothing)
+{
+    static const float bad[3] = {NAN, INFINITY, -INFINITY};
+    static const char *const name[3] = {"NaN", "+Inf", "-Inf"};
+    uint8_t id[16], *req, *resp = NULL;
+    size_t len, rlen;
+    char details[256], want[96];
+    tu_rng rng;
+
+    tu_rng_init(&rng, "service_rpc nonfinite");
+    boot(NULL, NULL);
+    create_session(id);
+    req = attend_req(id, 0, 0, 0, 9, &len); /* token 0 */
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", req, len, NULL, NULL, NULL, 0),
+                     GRPC_STATUS_OK);
+    free(req);
+
+    for (int which = 0; which < 2; which++) {
+        int k = (int)tu_int(&rng, 0, 2);
+        size_t at = (size_t)tu_int(&rng, 0, which ? DK - 1 : HQ * DK - 1);
+        req = poisoned_attend(id, 1, 1, which, at, bad[k], &len);
+        ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", req, len, NULL, NULL, details,
+                                  sizeof details),
+                         GRPC_STATUS_INVALID_ARGUMENT);
+        snprintf(want, sizeof want, "%s: element %zu is %s", which ? "new_kv" : "q", at, name[k]);
+        ck_assert_msg(strstr(details, want) != NULL, "want \"%s\", got \"%s\"", want, details);
+        free(req);
+    }
+
+    /* AppendKV: a chunk of tokens 1..3 with one bad element */
+    rg_call c;
+    int k = (int)tu_int(&rng, 0, 2);
+    size_t at = (size_t)tu_int(&rng, 0, 3 * DK - 1);
+    uint8_t *msg = append_chunk(id, 0, 1, 3, ATTND_DTYPE_F32, &len);
+    Attnd__V1__AppendKVRequest *ar = attnd__v1__append_kvrequest__unpack(NULL, len, msg);
+    memcpy(ar->kv->data.data + at * sizeof(float), &bad[k], sizeof(float));
+    free(msg);
+    msg = rg_pack(&ar->base, &len);
+    attnd__v1__append_kvrequest__free_unpacked(ar, NULL);
+    ck_assert_int_eq(rg_call_open(&c, ch, "/attnd.v1.Attnd/AppendKV", RG_WAIT_MS), 0);
+    ck_assert_int_eq(rg_send_md(&c), 1);
+    rg_send(&c, msg, len, 1);
+    free(msg);
+    rg_recv(&c, &resp, &rlen);
+    ck_assert_ptr_null(resp);
+    ck_assert_int_eq(rg_finish(&c), 1);
+    ck_assert_int_eq(c.code, GRPC_STATUS_INVALID_ARGUMENT);
+    snprintf(want, sizeof want, "kv: element %zu is %s", at, name[k]);
+    ck_assert_msg(strstr(c.details, want) != NULL, "want \"%s\", got \"%s\"", want, c.details);
+    rg_call_close(&c);
+
+    /* nothing of the three was applied: token 1 lands at position 1 */
+    req = attend_req(id, 0, 1, 1, 10, &len);
+    ck_assert_int_eq(rg_unary(ch, "/attnd.v1.Attnd/Attend", req, len, &resp, &rlen, details,
+                              sizeof details),
+                     GRPC_STATUS_OK);
+    check_attend_reply(resp, rlen, 1, 2, 10);
+    free(req);
+    free(resp);
+    stop_cleanly();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("service_rpc");
@@ -473,6 +558,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_attend_stream_answers_each_request_in_order);
     tcase_add_test(tc, test_streams_closed_without_a_message_end_ok);
     tcase_add_test(tc, test_random_and_mutated_bytes_never_crash_the_server);
+    tcase_add_test(tc, test_non_finite_elements_are_invalid_argument_and_change_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
