@@ -4,7 +4,7 @@
  *   AttendRequest { 1 uint32 layer; 2 repeated bytes session_ids; 3 Tensor q;
  *                   4 Tensor new_kv; 5 repeated uint64 positions (packed);
  *                   6 bool return_lse; 7 DType out_dtype; 8 uint64 request_id;
- *                   20 bool up_project }
+ *                   20 bool up_project; 21 QForm q_form }
  *   Tensor        { 1 DType dtype; 2 repeated int64 shape (packed); 3 bytes data }
  *
  * The encoder writes proto3 as protobuf-c packs it (zero scalars and empty
@@ -20,7 +20,7 @@
 
 enum {
     F_LAYER = 1, F_IDS = 2, F_Q = 3, F_NEW_KV = 4, F_POSITIONS = 5, F_RETURN_LSE = 6,
-    F_OUT_DTYPE = 7, F_REQUEST_ID = 8, F_UP_PROJECT = 20,
+    F_OUT_DTYPE = 7, F_REQUEST_ID = 8, F_UP_PROJECT = 20, F_Q_FORM = 21,
     T_DTYPE = 1, T_SHAPE = 2, T_DATA = 3,
 };
 
@@ -109,6 +109,8 @@ size_t attnd_wire_request_frame_bound(const Attnd__V1__AttendRequest *m)
         n += 1 + attnd__wire_vsize(m->request_id);
     if (m->up_project)
         n += attnd__wire_ksize(F_UP_PROJECT) + 1;
+    if (m->q_form)
+        n += attnd__wire_ksize(F_Q_FORM) + attnd__wire_vsize(enum_wire(m->q_form));
     return n;
 }
 
@@ -188,6 +190,10 @@ static void encode(const Attnd__V1__AttendRequest *m, uint8_t *p, attnd_wire_gat
         p = attnd__wire_kput(p, F_UP_PROJECT, ATTND__WT_VARINT);
         *p++ = 1;
     }
+    if (m->q_form) {
+        p = attnd__wire_kput(p, F_Q_FORM, ATTND__WT_VARINT);
+        p = attnd__wire_vput(p, enum_wire(m->q_form));
+    }
     if (g)
         GATHER(seg, p - seg);
 #undef GATHER
@@ -211,7 +217,7 @@ typedef struct rscan {
     size_t n_ids, n_positions;
     attnd__wire_tscan q, kv;
     int return_lse, up_project;
-    int32_t out_dtype;
+    int32_t out_dtype, q_form;
     uint64_t request_id;
 } rscan;
 
@@ -302,6 +308,11 @@ static int request_pass(attnd__wire_cur *c, rscan *r, Attnd__V1__AttendRequest *
                 return -1;
             r->out_dtype = (int32_t)(uint32_t)v.v;
             break;
+        case F_Q_FORM: /* enum: as out_dtype */
+            if (wt != ATTND__WT_VARINT)
+                return -1;
+            r->q_form = (int32_t)(uint32_t)v.v;
+            break;
         case F_REQUEST_ID:
             if (wt != ATTND__WT_VARINT)
                 return -1;
@@ -385,6 +396,7 @@ attnd_status attnd_wire_request_decode(const attnd_wire_in *in, ProtobufCAllocat
     m->out_dtype = (Attnd__V1__DType)r.out_dtype;
     m->request_id = r.request_id;
     m->up_project = r.up_project;
+    m->q_form = (Attnd__V1__QForm)r.q_form;
     *m_p = m;
     if (checks_p)
         *checks_p = checks;

@@ -293,11 +293,17 @@ START_TEST(test_heads_form_refusals_name_the_field_and_append_nothing)
     bad.q_form = (attnd_q_form)7;
     cu_assert_fails(attnd_client_attend(c, &bad, &err), err, ATTND_ERR_INVALID_ARGUMENT,
                     "q_form");
-    /* the heads form's shape without q_form: the absorbed form's check */
+    /* the heads form's shape without q_form is not taken for it: the
+     * absorbed form's check refuses it (an output buffer big enough for
+     * the latent output, so that the server is asked) */
     bad = h.a;
     bad.q_form = ATTND_Q_ABSORBED;
+    float *big = malloc((size_t)B * m->n_q_heads * m->d_v * sizeof(float));
+    bad.out = big;
+    bad.out_capacity = (size_t)B * m->n_q_heads * m->d_v * sizeof(float);
     cu_assert_fails(attnd_client_attend(c, &bad, &err), err, ATTND_ERR_INVALID_ARGUMENT,
                     "q.shape[3]");
+    free(big);
     /* LoadWeights: shapes, dtype, layer, neither tensor */
     attnd_tensor tk = {ATTND_DTYPE_F32, 3, {m->n_q_heads, m->d_latent, DN}, w.uk};
     cu_assert_fails(attnd_client_load_mla_weights(c, 0, &tk, NULL, NULL, &err), err,

@@ -163,6 +163,8 @@ static const char *request_differs(const Attnd__V1__AttendRequest *a,
         return DIFFER("request_id");
     if (a->up_project != b->up_project)
         return DIFFER("up_project: %d vs %d", a->up_project, b->up_project);
+    if (a->q_form != b->q_form)
+        return DIFFER("q_form: %d vs %d", (int)a->q_form, (int)b->q_form);
     return NULL;
 }
 
