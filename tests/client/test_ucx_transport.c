@@ -167,6 +167,11 @@ START_TEST(test_a_ucx_call_past_its_deadline_is_deadline_exceeded_and_the_server
     attnd_error_clear(&err);
     ck_assert_msg(attnd_client_get_stats(c_short, &stats, NULL, &err) == ATTND_OK, "%s", err.msg);
     ck_assert_int_eq(kill(cu_srv.pid, SIGSTOP), 0);
+    /* kill() only queues the stop: wait until the server has really
+     * stopped, or it may still answer the call below */
+    int wst = 0;
+    ck_assert_int_eq(waitpid(cu_srv.pid, &wst, WUNTRACED), cu_srv.pid);
+    ck_assert(WIFSTOPPED(wst));
     attnd_error_clear(&err);
     attnd_status rc = attnd_client_attend(c_short, &st.a, &err);
     ck_assert_int_eq(kill(cu_srv.pid, SIGCONT), 0);
