@@ -18,111 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client_testutil.h"
+#include "client_narrow.h"
 
 enum { DN = 24, DVO = 20, B = 3 };
-
-/* Weights of a layer as sent (dtype wt) and the check's view of them. */
-typedef struct wset {
-    void *uk, *uv;
-    attnd_refcheck_proj p;
-} wset;
-
-static void wset_make(cu_seqs *s, wset *w, attnd_dtype wt)
-{
-    const attnd_model_info *m = &s->m;
-    size_t nk = (size_t)m->n_q_heads * DN * m->d_latent;
-    size_t nv = (size_t)m->n_q_heads * m->d_latent * DVO;
-    w->uk = malloc(nk * attnd_dtype_size(wt));
-    w->uv = malloc(nv * attnd_dtype_size(wt));
-    ck_assert(w->uk && w->uv);
-    attnd_rng_fill(&s->rng, wt, w->uk, nk);
-    attnd_rng_fill(&s->rng, wt, w->uv, nv);
-    w->p = (attnd_refcheck_proj){DN, DVO, wt, w->uk, w->uv};
-}
-
-static void wset_free(wset *w)
-{
-    free(w->uk);
-    free(w->uv);
-}
-
-static attnd_status wset_load(cu_seqs *s, const wset *w, uint32_t layer, uint64_t *bytes_p,
-                              attnd_error *err)
-{
-    const attnd_model_info *m = &s->m;
-    attnd_tensor tk = {w->p.w_t, 3, {m->n_q_heads, DN, m->d_latent}, w->uk};
-    attnd_tensor tv = {w->p.w_t, 3, {m->n_q_heads, m->d_latent, DVO}, w->uv};
-    return attnd_client_load_mla_weights(s->c, layer, &tk, &tv, bytes_p, err);
-}
-
-/* A heads-form request for sessions [0, n) of layer: S query tokens, new
- * KV with positions, LSE; q of s->dt, out of s->dt. */
-typedef struct hstep {
-    attnd_attend_args a;
-    uint32_t S;
-    void *q, *kv, *out;
-    float *lse;
-    uint64_t pos[CU_MAX_SEQS];
-} hstep;
-
-static void hstep_make(cu_seqs *s, hstep *h, uint32_t layer, uint32_t n, uint32_t S)
-{
-    const attnd_model_info *m = &s->m;
-    const size_t ds = attnd_dtype_size(s->dt), dq = DN + m->d_rope;
-    const size_t rows = (size_t)n * S * m->n_q_heads;
-    memset(h, 0, sizeof *h);
-    h->S = S;
-    h->q = malloc(rows * dq * ds);
-    h->kv = malloc((size_t)n * S * m->kv_token_elems * ds);
-    h->out = malloc(rows * DVO * ds);
-    h->lse = malloc(rows * sizeof(float));
-    ck_assert(h->q && h->kv && h->out && h->lse);
-    attnd_rng_fill(&s->rng, s->dt, h->q, rows * dq);
-    attnd_rng_fill(&s->rng, s->dt, h->kv, (size_t)n * S * m->kv_token_elems);
-    for (uint32_t i = 0; i < n; i++)
-        h->pos[i] = attnd_refcheck_len(&s->rc, i, layer);
-    h->a = (attnd_attend_args){
-        .layer = layer, .n_seqs = n, .sessions = s->ids,
-        .q = {s->dt, 4, {n, S, m->n_q_heads, (int64_t)dq}, h->q},
-        .new_kv = {s->dt, 3, {n, S, m->kv_token_elems}, h->kv},
-        .positions = h->pos, .out_dtype = s->dt,
-        .out = h->out, .out_capacity = rows * DVO * ds,
-        .lse = h->lse, .lse_capacity = rows,
-        .q_form = ATTND_Q_HEADS,
-    };
-}
-
-static void hstep_free(hstep *h)
-{
-    free(h->q);
-    free(h->kv);
-    free(h->out);
-    free(h->lse);
-}
-
-/* After the call: mirror the new KV, check every row. */
-static void hstep_check(cu_seqs *s, hstep *h, const wset *w, attnd_refcheck_result *res)
-{
-    const attnd_model_info *m = &s->m;
-    const size_t ds = attnd_dtype_size(s->dt), dq = DN + m->d_rope, H = m->n_q_heads;
-    for (uint32_t i = 0; i < h->a.n_seqs; i++) {
-        ck_assert_int_eq(attnd_refcheck_append(&s->rc, i, h->a.layer, h->S, s->dt,
-                                               (const char *)h->kv +
-                                                   (size_t)i * h->S * m->kv_token_elems * ds),
-                         0);
-        uint64_t L = attnd_refcheck_len(&s->rc, i, h->a.layer);
-        for (uint32_t t = 0; t < h->S; t++) {
-            size_t row = ((size_t)i * h->S + t) * H;
-            ck_assert_int_eq(attnd_refcheck_token_heads(
-                                 &s->rc, i, h->a.layer, L - (h->S - 1 - t), &w->p, s->dt,
-                                 (const char *)h->q + row * dq * ds, s->dt,
-                                 (const char *)h->out + row * DVO * ds, h->lse + row, 0,
-                                 (uint32_t)H, res),
-                             0);
-        }
-    }
-}
 
 static void check_bounds(const cu_seqs *s, const attnd_refcheck_result *res, const char *what)
 {
@@ -138,7 +36,7 @@ static void run_heads(attnd_dtype dt)
 {
     attnd_client *c = cu_must_connect();
     cu_seqs s;
-    wset w[2];
+    cu_wset w[2];
     attnd_error err;
     uint64_t bytes = 0;
     attnd_refcheck_result res = {0};
@@ -146,50 +44,50 @@ static void run_heads(attnd_dtype dt)
     for (uint32_t i = 0; i < B; i++)
         cu_must_prefill(&s, i, 1 + 97 * i, (const uint32_t[]){13, 40, 0});
     /* layer 1: float32 weights (kept float32), layer 3: bf16 (kept bf16) */
-    wset_make(&s, &w[0], ATTND_DTYPE_F32);
-    wset_make(&s, &w[1], ATTND_DTYPE_BF16);
-    ck_assert_int_eq(wset_load(&s, &w[0], 1, &bytes, &err), ATTND_OK);
+    cu_wset_make(&s, &w[0], DN, DVO, ATTND_DTYPE_F32);
+    cu_wset_make(&s, &w[1], DN, DVO, ATTND_DTYPE_BF16);
+    ck_assert_int_eq(cu_wset_load(&s, &w[0], 1, &bytes, &err), ATTND_OK);
     ck_assert_uint_eq(bytes, (uint64_t)s.m.n_q_heads * s.m.d_latent * (DN + DVO) * 4);
-    ck_assert_int_eq(wset_load(&s, &w[1], 3, &bytes, &err), ATTND_OK);
+    ck_assert_int_eq(cu_wset_load(&s, &w[1], 3, &bytes, &err), ATTND_OK);
     ck_assert_uint_eq(bytes, (uint64_t)s.m.n_q_heads * s.m.d_latent * (DN + DVO) * 2);
 
     for (int k = 0; k < 2; k++) { /* unary, S = 1 and 3 */
-        hstep h;
-        hstep_make(&s, &h, k ? 3 : 1, B, k ? 3 : 1);
+        cu_hstep h;
+        cu_hstep_make(&s, &h, &w[k], k ? 3 : 1, B, k ? 3 : 1);
         ck_assert_msg(attnd_client_attend(c, &h.a, &err) == ATTND_OK, "attend: %s", err.msg);
-        hstep_check(&s, &h, &w[k], &res);
-        hstep_free(&h);
+        cu_hstep_check(&s, &h, &w[k], &res);
+        cu_hstep_free(&h);
     }
     { /* async: two layers in flight */
-        hstep h1, h3;
+        cu_hstep h1, h3;
         attnd_call *c1 = NULL, *c3 = NULL;
-        hstep_make(&s, &h1, 1, B, 1);
-        hstep_make(&s, &h3, 3, B, 2);
+        cu_hstep_make(&s, &h1, &w[0], 1, B, 1);
+        cu_hstep_make(&s, &h3, &w[1], 3, B, 2);
         ck_assert_int_eq(attnd_client_attend_async(c, &h1.a, &c1, &err), ATTND_OK);
         ck_assert_int_eq(attnd_client_attend_async(c, &h3.a, &c3, &err), ATTND_OK);
         ck_assert_int_eq(attnd_call_wait(c1, &err), ATTND_OK);
         ck_assert_int_eq(attnd_call_wait(c3, &err), ATTND_OK);
-        hstep_check(&s, &h1, &w[0], &res);
-        hstep_check(&s, &h3, &w[1], &res);
-        hstep_free(&h1);
-        hstep_free(&h3);
+        cu_hstep_check(&s, &h1, &w[0], &res);
+        cu_hstep_check(&s, &h3, &w[1], &res);
+        cu_hstep_free(&h1);
+        cu_hstep_free(&h3);
     }
     { /* a stream, alternating layers */
         attnd_stream *st = NULL;
         ck_assert_int_eq(attnd_client_stream_open(c, &st, &err), ATTND_OK);
         for (int k = 0; k < 4; k++) {
-            hstep h;
-            hstep_make(&s, &h, k & 1 ? 3 : 1, B, 1);
+            cu_hstep h;
+            cu_hstep_make(&s, &h, &w[k & 1], k & 1 ? 3 : 1, B, 1);
             ck_assert_msg(attnd_stream_attend(st, &h.a, &err) == ATTND_OK, "stream: %s",
                           err.msg);
-            hstep_check(&s, &h, &w[k & 1], &res);
-            hstep_free(&h);
+            cu_hstep_check(&s, &h, &w[k & 1], &res);
+            cu_hstep_free(&h);
         }
         ck_assert_int_eq(attnd_stream_close(st, &err), ATTND_OK);
     }
     check_bounds(&s, &res, "heads form");
-    wset_free(&w[0]);
-    wset_free(&w[1]);
+    cu_wset_free(&w[0]);
+    cu_wset_free(&w[1]);
     cu_seqs_close(&s);
     attnd_client_destroy(c);
 }
@@ -215,13 +113,13 @@ START_TEST(test_up_project_on_a_lone_worker_projects_the_latent_output)
     cu_must_start("--model", "tiny-mla");
     attnd_client *c = cu_must_connect();
     cu_seqs s;
-    wset w;
+    cu_wset w;
     attnd_error err;
     attnd_refcheck_result res = {0};
     cu_must_open(&s, c, B, ATTND_DTYPE_F32);
     for (uint32_t i = 0; i < B; i++)
         cu_must_prefill(&s, i, 30 + 20 * i, NULL);
-    wset_make(&s, &w, ATTND_DTYPE_F32);
+    cu_wset_make(&s, &w, DN, DVO, ATTND_DTYPE_F32);
     attnd_tensor tv = {ATTND_DTYPE_F32, 3, {s.m.n_q_heads, s.m.d_latent, DVO}, w.uv};
     ck_assert_int_eq(attnd_client_load_weights(c, 2, &tv, NULL, &err), ATTND_OK);
     cu_step st;
@@ -251,7 +149,7 @@ START_TEST(test_up_project_on_a_lone_worker_projects_the_latent_output)
     free(lat);
     free(v);
     cu_step_free(&st);
-    wset_free(&w);
+    cu_wset_free(&w);
     cu_seqs_close(&s);
     attnd_client_destroy(c);
 }
@@ -264,16 +162,16 @@ START_TEST(test_heads_form_refusals_name_the_field_and_append_nothing)
     cu_must_start("--model", "tiny-mla");
     attnd_client *c = cu_must_connect();
     cu_seqs s;
-    wset w;
+    cu_wset w;
     attnd_error err;
     attnd_refcheck_result res = {0};
     cu_must_open(&s, c, B, ATTND_DTYPE_F32);
     for (uint32_t i = 0; i < B; i++)
         cu_must_prefill(&s, i, 5, NULL);
-    wset_make(&s, &w, ATTND_DTYPE_F32);
+    cu_wset_make(&s, &w, DN, DVO, ATTND_DTYPE_F32);
     const attnd_model_info *m = &s.m;
-    hstep h;
-    hstep_make(&s, &h, 0, B, 1);
+    cu_hstep h;
+    cu_hstep_make(&s, &h, &w, 0, B, 1);
     /* no weights for layer 0 */
     cu_assert_fails(attnd_client_attend(c, &h.a, &err), err, ATTND_ERR_FAILED_PRECONDITION,
                     "q_form");
@@ -282,7 +180,7 @@ START_TEST(test_heads_form_refusals_name_the_field_and_append_nothing)
     ck_assert_int_eq(attnd_client_load_mla_weights(c, 0, NULL, &tv, NULL, &err), ATTND_OK);
     cu_assert_fails(attnd_client_attend(c, &h.a, &err), err, ATTND_ERR_FAILED_PRECONDITION,
                     "q_form");
-    ck_assert_int_eq(wset_load(&s, &w, 0, NULL, &err), ATTND_OK);
+    ck_assert_int_eq(cu_wset_load(&s, &w, 0, NULL, &err), ATTND_OK);
     /* the absorbed query's shape with q_form HEADS: names q.shape */
     attnd_attend_args bad = h.a;
     bad.q.shape[3] = m->d_k;
@@ -318,10 +216,10 @@ START_TEST(test_heads_form_refusals_name_the_field_and_append_nothing)
                     ATTND_ERR_INVALID_ARGUMENT, "w_uk");
     /* after all that, the first call lands at the positions it named */
     ck_assert_msg(attnd_client_attend(c, &h.a, &err) == ATTND_OK, "attend: %s", err.msg);
-    hstep_check(&s, &h, &w, &res);
+    cu_hstep_check(&s, &h, &w, &res);
     ck_assert_double_le(res.max_err, cu_bound(ATTND_DTYPE_F32));
-    hstep_free(&h);
-    wset_free(&w);
+    cu_hstep_free(&h);
+    cu_wset_free(&w);
     cu_seqs_close(&s);
     attnd_client_destroy(c);
 }
