@@ -6,7 +6,7 @@
 #
 #   tests/gpu/run.sh [--no-build] [--ncu] [--no-torch] [all|test|bench|build]
 #   tests/gpu/run.sh e2e-build     (here: bundle attnd, attnd-cli, test_gpu_e2e,
-#                                   bench_engine)
+#                                   test_gpu_narrow, bench_engine)
 #   tests/gpu/run.sh e2e           (there: the GPU backend end to end)
 #   tests/gpu/run.sh engine        (there: test_gpu_e2e, then engine-level
 #                                   latency without RPC)
@@ -24,7 +24,10 @@
 # CMake build with CUDA) and bundles them with their shared libraries into
 # $ATTND_GPU_E2E (default .gpu/e2e). e2e, on the GPU machine, runs
 # test_gpu_e2e (attnd --device cuda:0 through libattnd, checked against the
-# float64 reference), then attnd-cli demo against `attnd --model
+# float64 reference; the narrow MLA wire too, over gRPC and UCX) and
+# test_gpu_narrow (the engine's cuBLAS products of the narrow wire; both
+# need libcublas.so.<major> on the loader's path: the CUDA toolkit's lib
+# directory is added when found), then attnd-cli demo against `attnd --model
 # deepseek-v3` on cuda:0 and on the CPU backend of the same machine, and
 # prints per-layer (per Attend call) latency and the KV bandwidth it implies;
 # then, like `engine`, bench_engine (attnd_engine_attend timed directly, GPU
@@ -136,6 +139,14 @@ e2e_row() {
 e2e_test() {
   [ -x "$e2e/run" ] || { echo "no bundle at $e2e (run e2e-build first)"; exit 2; }
   local ap; ap=$(cat "$e2e/attnd_path")
+  # the narrow wire's products dlopen cuBLAS (not bundled: ~600 MB)
+  local cl
+  for cl in /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib; do
+    if ls "$cl"/libcublas.so.* > /dev/null 2>&1; then
+      export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$cl"
+      break
+    fi
+  done
   if [ ! -x "$ap" ]; then mkdir -p "$(dirname "$ap")"; ln -sf "$e2e/bin/attnd" "$ap"; fi
   set +e
   echo "== test_gpu_e2e"
