@@ -8,6 +8,7 @@
  * are tested against (tests/kernels/test_proj.c). Work is split by heads:
  * every head's weights are read by one thread only, which is what bounds
  * a small batch (the weights stream from memory once per call). */
+#include <stdint.h>
 #include <string.h>
 
 #include "attnd_dtype.h"
@@ -30,9 +31,19 @@ attnd_status attnd_proj_check(const attnd_proj *p, attnd_error *err)
     return ATTND_OK;
 }
 
+/* float32 src is read in place when it sits at float alignment (strides
+ * are in elements: every row then does). Wire data sits at any alignment
+ * (a query inside a gRPC slice or a UCX buffer), and loading a float from
+ * a misaligned address is undefined: such rows are copied into the
+ * scratch like any other dtype. */
+static int src_in_place(const attnd_proj *p)
+{
+    return p->src_dtype == ATTND_DTYPE_F32 && (uintptr_t)p->src % _Alignof(float) == 0;
+}
+
 size_t attnd_proj_work_floats(const attnd_proj *p)
 {
-    return p->src_dtype == ATTND_DTYPE_F32 ? 0 : (size_t)p->rows * (size_t)p->k;
+    return src_in_place(p) ? 0 : (size_t)p->rows * (size_t)p->k;
 }
 
 const float *attnd__proj_rows(const attnd_proj *p, int32_t h, int32_t r0, int32_t nr,
@@ -41,7 +52,7 @@ const float *attnd__proj_rows(const attnd_proj *p, int32_t h, int32_t r0, int32_
     const size_t es = attnd_dtype_size(p->src_dtype);
     const char *s = (const char *)p->src + ((size_t)r0 * (size_t)p->src_row +
                                             (size_t)h * (size_t)p->src_head) * es;
-    if (p->src_dtype == ATTND_DTYPE_F32) {
+    if (src_in_place(p)) {
         *lda_p = p->src_row;
         return (const float *)(const void *)s;
     }

@@ -15,7 +15,8 @@ void attnd__proj_heads_avx512(const attnd_proj *p, int32_t h0, int32_t h1, float
 #endif
 
 /* The rows [r0, r0 + nr) of head h as float32 [nr][lda]: src itself when it
- * is float32 (lda its row stride), else converted into work (lda k; work
+ * is float32 at float alignment (lda its row stride), else converted into
+ * work (lda k; work
  * holds attnd_proj_work_floats(p) floats: every row of a head). */
 const float *attnd__proj_rows(const attnd_proj *p, int32_t h, int32_t r0, int32_t nr,
                               float *work, int64_t *lda_p);

@@ -4,7 +4,7 @@
  * v_load_bf16, and the register blocking PROJ_RB rows x PROJ_NV vectors.
  *
  * For one head, every row is converted to float32 first (once, into the
- * thread's scratch; float32 rows are read in place), then the columns go
+ * thread's scratch; aligned float32 rows are read in place), then the columns go
  * in blocks of PROJ_NV vectors (then single vectors, then a scalar tail
  * for J % VW), and within a column block the rows in blocks of nr <=
  * PROJ_RB: a block keeps nr x nv accumulators in registers and walks k =

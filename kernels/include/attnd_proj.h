@@ -56,8 +56,9 @@ typedef struct attnd_proj {
 attnd_status attnd_proj_check(const attnd_proj *p, attnd_error *err);
 
 /* Floats of scratch a call needs per thread: every row of a head converted
- * to float32; 0 for float32 src (read in place), so such a call on a pool
- * allocates nothing and cannot fail. */
+ * to float32; 0 for float32 src at float alignment (read in place), so
+ * such a call on a pool allocates nothing and cannot fail (float32 src at
+ * another address, as wire data may sit, is copied like other dtypes). */
 size_t attnd_proj_work_floats(const attnd_proj *p);
 
 /* Heads [h0, h1) of p on the calling thread with path `path` (scalar,

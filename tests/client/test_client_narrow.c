@@ -181,9 +181,15 @@ START_TEST(test_heads_form_refusals_name_the_field_and_append_nothing)
     cu_assert_fails(attnd_client_attend(c, &h.a, &err), err, ATTND_ERR_FAILED_PRECONDITION,
                     "q_form");
     ck_assert_int_eq(cu_wset_load(&s, &w, 0, NULL, &err), ATTND_OK);
-    /* the absorbed query's shape with q_form HEADS: names q.shape */
+    /* the absorbed query's shape with q_form HEADS: names q.shape (a
+     * buffer of that shape: libattnd sends what the shape says) */
     attnd_attend_args bad = h.a;
+    const size_t wide = (size_t)B * m->n_q_heads * m->d_k;
+    float *qwide = malloc(wide * sizeof(float));
+    ck_assert_ptr_nonnull(qwide);
+    attnd_rng_fill(&s.rng, ATTND_DTYPE_F32, qwide, wide);
     bad.q.shape[3] = m->d_k;
+    bad.q.data = qwide;
     cu_assert_fails(attnd_client_attend(c, &bad, &err), err, ATTND_ERR_INVALID_ARGUMENT,
                     "q.shape[3]");
     /* an unknown form */
@@ -202,6 +208,7 @@ START_TEST(test_heads_form_refusals_name_the_field_and_append_nothing)
     cu_assert_fails(attnd_client_attend(c, &bad, &err), err, ATTND_ERR_INVALID_ARGUMENT,
                     "q.shape[3]");
     free(big);
+    free(qwide);
     /* LoadWeights: shapes, dtype, layer, neither tensor */
     attnd_tensor tk = {ATTND_DTYPE_F32, 3, {m->n_q_heads, m->d_latent, DN}, w.uk};
     cu_assert_fails(attnd_client_load_mla_weights(c, 0, &tk, NULL, NULL, &err), err,

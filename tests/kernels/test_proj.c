@@ -165,6 +165,46 @@ START_TEST(test_pool_split_over_heads_matches_f64)
 }
 END_TEST
 
+/* Wire data sits at any alignment: float32 rows at an odd address are
+ * copied into the scratch (so the call asks for it), never loaded in place,
+ * and every path still matches float64 (UBSan flags a misaligned load). */
+START_TEST(test_float32_src_at_an_odd_address_is_copied_and_matches_f64)
+{
+    tu_rng r;
+    attnd_error err;
+    attnd_cpu_pool *pool = NULL;
+    tu_rng_init(&r, "proj-unaligned");
+    prob q;
+    build(&q, &r, 5, 3, 24, 72, 16, ATTND_DTYPE_F32, ATTND_DTYPE_BF16);
+    ck_assert_uint_eq(attnd_proj_work_floats(&q.p), 0); /* aligned: in place */
+    const size_t bytes = (size_t)(q.p.src_row * q.p.rows) * sizeof(float);
+    char *odd = malloc(bytes + 1);
+    ck_assert_ptr_nonnull(odd);
+    memcpy(odd + 1, q.src, bytes);
+    q.p.src = odd + 1;
+    ck_assert_uint_eq(attnd_proj_work_floats(&q.p), (size_t)q.p.rows * (size_t)q.p.k);
+    float *work = malloc(sizeof(float) * attnd_proj_work_floats(&q.p));
+    ck_assert_ptr_nonnull(work);
+    prob aligned = q; /* the reference reads the same values where they align */
+    aligned.p.src = q.src;
+    for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
+        if (!attnd_kernel_path_supported((attnd_kernel_path)path))
+            continue;
+        poison(&q);
+        attnd_kernel_proj_range((attnd_kernel_path)path, &q.p, 0, q.p.heads, work);
+        check(&aligned, attnd_kernel_path_str((attnd_kernel_path)path));
+    }
+    ck_assert_int_eq(attnd_cpu_pool_create(2, &pool, &err), ATTND_OK);
+    poison(&q);
+    ck_assert_int_eq(attnd_kernel_proj_parallel(pool, &q.p, &err), ATTND_OK);
+    check(&aligned, "pool, odd address");
+    attnd_cpu_pool_destroy(pool);
+    free(work);
+    free(odd);
+    drop(&q);
+}
+END_TEST
+
 START_TEST(test_check_refuses_bad_sizes_and_dtypes)
 {
     attnd_error err;
@@ -194,6 +234,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_every_path_matches_f64_for_every_shape_and_dtype);
     tcase_add_test(tc, test_pool_split_over_heads_matches_f64);
+    tcase_add_test(tc, test_float32_src_at_an_odd_address_is_copied_and_matches_f64);
     tcase_add_test(tc, test_check_refuses_bad_sizes_and_dtypes);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
