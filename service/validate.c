@@ -390,8 +390,10 @@ static attnd_status check_new_kv(const Attnd__V1__Tensor *t, const attnd_srv_mod
     return st ? st : check_finite("new_kv", t, *dt_p, done, err);
 }
 
-/* q_form: a known form; HEADS (*d_nope_p the layer's W_UK width) on an MLA
- * model whose layer holds both matrices. */
+/* q_form: a known form (else INVALID_ARGUMENT); HEADS (*d_nope_p the
+ * layer's W_UK width) on an MLA model whose layer holds both matrices
+ * (else FAILED_PRECONDITION: the worker's model or weights are wrong for
+ * it, not the request). */
 static attnd_status check_q_form(const Attnd__V1__AttendRequest *m, const attnd_srv_model *model,
                                  const attnd_srv_proj *proj, int32_t *d_nope_p,
                                  attnd_error *err)
@@ -403,8 +405,8 @@ static attnd_status check_q_form(const Attnd__V1__AttendRequest *m, const attnd_
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "q_form: expected ABSORBED (0) or HEADS (1), got %d",
                                (int)m->q_form);
-    if (model->spec->kind != ATTND_ATTN_MLA)
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+    if (model->spec->kind != ATTND_ATTN_MLA) /* as LoadWeights and another model's session */
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
                                "q_form: HEADS is the MLA narrow wire (per-head q_nope and "
                                "q_rope); this worker serves %s, a GQA model",
                                model->spec->name);

@@ -242,7 +242,7 @@ START_TEST(test_heads_form_on_a_gqa_worker_is_refused_naming_q_form)
     cu_step st;
     cu_step_make(&s, &st, 0, 0, 1, 1, 0, 0, ATTND_DTYPE_INVALID);
     st.a.q_form = ATTND_Q_HEADS;
-    cu_assert_fails(attnd_client_attend(c, &st.a, &err), err, ATTND_ERR_INVALID_ARGUMENT,
+    cu_assert_fails(attnd_client_attend(c, &st.a, &err), err, ATTND_ERR_FAILED_PRECONDITION,
                     "q_form");
     float w[8 * 32 * 4] = {0};
     attnd_tensor tv = {ATTND_DTYPE_F32, 3, {8, 32, 4}, w};

@@ -122,7 +122,7 @@ def test_heads_form_on_a_gqa_worker_is_refused_naming_q_form(start_server, conne
     with c.session() as s:
         s.append_kv(0, rand(rng, (4, 2, 2, 32)))
         q = rand(rng, (1, 8, 32))
-        with pytest.raises(attnd.InvalidArgumentError, match="q_form.*GQA"):
+        with pytest.raises(attnd.FailedPreconditionError, match="q_form.*GQA"):
             c.attend(0, [s], q, q_form="heads", out=np.empty((1, 8, 32), np.float32))
 
 
