@@ -25,21 +25,37 @@
  * are little-endian (hosts are). UCX picks eager or rendezvous transfer by
  * size; both ends accept either.
  *
- * The connection is made after a gRPC GetEndpoint call, which returns the
- * "host:port" of the server's UCX listener (ucp sockaddr connection
- * establishment) and ATTND_UCX_WIRE_VERSION; a client refuses another
- * version. Control calls (sessions, prefill, stats) stay on gRPC.
+ * The connection is made by a gRPC GetEndpoint call (version 2): the
+ * client sends its ucp worker address and who it is (UcxHost), the server
+ * connects an endpoint to that address and answers with its own worker
+ * address, whether the two share a host (then both endpoints go without
+ * UCX error handling, over shared memory + CMA, and each side watches the
+ * other's process through a pidfd) and ATTND_UCX_WIRE_VERSION; the client
+ * connects to the server's address and refuses another version. No UCX
+ * listener exists. Control calls (sessions, prefill, stats) stay on gRPC.
+ * Version 1 connected to a sockaddr listener (ucp_listener_create), which
+ * UCX 1.13 aborts the process on when sent 17 garbage bytes.
  */
 #ifndef ATTND_UCX_WIRE_H
 #define ATTND_UCX_WIRE_H
 
 #include <stdint.h>
 
-#define ATTND_UCX_WIRE_VERSION 1
+#define ATTND_UCX_WIRE_VERSION 2
 
 enum {
     ATTND_UCX_AM_ATTEND = 17,
     ATTND_UCX_AM_REPLY = 18,
+    ATTND_UCX_AM_BYE = 19, /* client -> server, header {0, 0, 0}, no payload,
+                              with UCP_AM_SEND_FLAG_REPLY: the client closes
+                              this endpoint; the server closes its side (a
+                              same-host endpoint has no UCX error handling
+                              that would tell it) */
+    ATTND_UCX_AM_HELLO = 20, /* client -> server at connect, header {0, 0, 0},
+                                no payload, with UCP_AM_SEND_FLAG_REPLY; ignored.
+                                Its completion means UCX resolved the
+                                connection, so later requests never wait on
+                                the server to be sent */
 };
 
 typedef struct attnd_ucx_hdr {

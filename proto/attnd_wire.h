@@ -131,9 +131,12 @@ attnd_status attnd_wire_request_decode(const attnd_wire_in *in, ProtobufCAllocat
  *
  *   [request_id] out{dtype, shape [B, S, Hq, d_v], data} [lse{F32, [B, S, Hq], data}]
  *   ^pre ..................................... ^out_off   ^mid ........... ^lse_off
+ *   [chosen_groups chosen_tokens chosen_indptr chosen]   (sparse: return_pages)
+ *   ^post_off
  *
  * Proto3 as protobuf-c packs it: a zero request_id and empty data are
- * omitted. */
+ * omitted. A reply to return_pages ends with what was attended (post);
+ * attnd_wire_reply_chosen reads it back. */
 
 typedef struct attnd_wire_reply_desc {
     uint64_t request_id;
@@ -141,6 +144,13 @@ typedef struct attnd_wire_reply_desc {
     int64_t out_shape[4];  /* [B, S, Hq, d_v] */
     int has_lse;
     int64_t lse_shape[3];  /* [B, S, Hq] */
+    /* return_pages: n_chosen_lists lists (0: none), chosen_indptr
+     * [n_chosen_lists + 1] into chosen (as attnd_engine_ws reports them) */
+    uint32_t chosen_groups;
+    int chosen_tokens;
+    size_t n_chosen_lists;
+    const int32_t *chosen_indptr;
+    const int64_t *chosen;
 } attnd_wire_reply_desc;
 
 #define ATTND_WIRE_REPLY_PRE_MAX 96
@@ -150,6 +160,7 @@ typedef struct attnd_wire_reply_layout {
     size_t out_off, out_bytes;    /* out's data; out_off == pre_len */
     size_t lse_off, lse_bytes;    /* lse's data (0 bytes without lse) */
     size_t pre_len, mid_len;      /* framing before out's data, between the two */
+    size_t post_off, post_len;    /* the chosen lists after lse (0 bytes: none) */
     uint8_t pre[ATTND_WIRE_REPLY_PRE_MAX];
     uint8_t mid[ATTND_WIRE_REPLY_MID_MAX];
 } attnd_wire_reply_layout;
@@ -179,6 +190,9 @@ typedef struct attnd_wire_tensor_view {
 typedef struct attnd_wire_reply_view {
     uint64_t request_id;
     attnd_wire_tensor_view out, lse;
+    uint32_t chosen_groups;
+    int chosen_tokens;
+    size_t n_chosen_indptr, n_chosen; /* values the reply carries */
 } attnd_wire_reply_view;
 
 /* Parse a reply (exactly what protobuf-c accepts, as for requests); INTERNAL
@@ -186,5 +200,10 @@ typedef struct attnd_wire_reply_view {
  * set on success. */
 attnd_status attnd_wire_reply_decode(const attnd_wire_in *in, attnd_wire_reply_view *v,
                                      attnd_error *err);
+/* The chosen lists of a reply that attnd_wire_reply_decode accepted: the
+ * first cap_indptr / cap_chosen values of each field into indptr / chosen
+ * (either may be NULL with cap 0). */
+void attnd_wire_reply_chosen(const attnd_wire_in *in, uint32_t *indptr, size_t cap_indptr,
+                             uint64_t *chosen, size_t cap_chosen);
 
 #endif /* ATTND_WIRE_H */

@@ -1,7 +1,10 @@
 /* AttendResponse: its layout (both sides), the encoder (the server) and
  * the decoder (libattnd). See attnd_wire.h for the contract.
  *
- *   AttendResponse { 1 uint64 request_id; 2 Tensor out; 3 Tensor lse }
+ *   AttendResponse { 1 uint64 request_id; 2 Tensor out; 3 Tensor lse;
+ *                    10 uint32 chosen_groups; 11 bool chosen_tokens;
+ *                    12 repeated uint32 chosen_indptr (packed);
+ *                    13 repeated uint64 chosen (packed) }
  *   Tensor         { 1 DType dtype; 2 repeated int64 shape (packed); 3 bytes data }
  *
  * The encoder converts the engine's float32 output straight into the reply
@@ -14,7 +17,49 @@
 #include "attnd_dtype.h"
 #include "wire_int.h"
 
-enum { F_REQUEST_ID = 1, F_OUT = 2, F_LSE = 3 };
+enum { F_REQUEST_ID = 1, F_OUT = 2, F_LSE = 3, F_CHOSEN_GROUPS = 10, F_CHOSEN_TOKENS = 11,
+       F_CHOSEN_INDPTR = 12, F_CHOSEN = 13 };
+
+/* The chosen lists' framing and values (post); p NULL: only the size. */
+static size_t post_put(const attnd_wire_reply_desc *d, uint8_t *p)
+{
+    size_t n = 0, li = 0, lc = 0;
+    if (!d->n_chosen_lists)
+        return 0;
+    const size_t nc = (size_t)d->chosen_indptr[d->n_chosen_lists];
+    for (size_t i = 0; i <= d->n_chosen_lists; i++)
+        li += attnd__wire_vsize((uint32_t)d->chosen_indptr[i]);
+    for (size_t i = 0; i < nc; i++)
+        lc += attnd__wire_vsize((uint64_t)d->chosen[i]);
+    if (d->chosen_groups)
+        n += 1 + attnd__wire_vsize(d->chosen_groups);
+    if (d->chosen_tokens)
+        n += 2;
+    n += 1 + attnd__wire_vsize(li) + li;
+    if (nc)
+        n += 1 + attnd__wire_vsize(lc) + lc;
+    if (!p)
+        return n;
+    if (d->chosen_groups) {
+        p = attnd__wire_kput(p, F_CHOSEN_GROUPS, ATTND__WT_VARINT);
+        p = attnd__wire_vput(p, d->chosen_groups);
+    }
+    if (d->chosen_tokens) {
+        p = attnd__wire_kput(p, F_CHOSEN_TOKENS, ATTND__WT_VARINT);
+        *p++ = 1;
+    }
+    p = attnd__wire_kput(p, F_CHOSEN_INDPTR, ATTND__WT_LEN);
+    p = attnd__wire_vput(p, li);
+    for (size_t i = 0; i <= d->n_chosen_lists; i++)
+        p = attnd__wire_vput(p, (uint32_t)d->chosen_indptr[i]);
+    if (nc) {
+        p = attnd__wire_kput(p, F_CHOSEN, ATTND__WT_LEN);
+        p = attnd__wire_vput(p, lc);
+        for (size_t i = 0; i < nc; i++)
+            p = attnd__wire_vput(p, (uint64_t)d->chosen[i]);
+    }
+    return n;
+}
 
 /* ---- layout and encoding ------------------------------------------------------- */
 
@@ -76,7 +121,9 @@ void attnd_wire_reply_plan(const attnd_wire_reply_desc *d, attnd_wire_reply_layo
         l->mid_len = tensor_frame(l->mid, F_LSE, ATTND_DTYPE_F32, d->lse_shape, 3, l->lse_bytes);
     }
     l->lse_off = l->out_off + l->out_bytes + l->mid_len;
-    l->total = l->lse_off + l->lse_bytes;
+    l->post_off = l->lse_off + l->lse_bytes;
+    l->post_len = post_put(d, NULL);
+    l->total = l->post_off + l->post_len;
 }
 
 void attnd_wire_reply_write(const attnd_wire_reply_desc *d, const attnd_wire_reply_layout *l,
@@ -89,6 +136,8 @@ void attnd_wire_reply_write(const attnd_wire_reply_desc *d, const attnd_wire_rep
     memcpy(dst + l->out_off + l->out_bytes, l->mid, l->mid_len);
     if (l->lse_bytes)
         memcpy(dst + l->lse_off, lse, l->lse_bytes);
+    if (l->post_len)
+        post_put(d, dst + l->post_off);
 }
 
 /* ---- decoding ---------------------------------------------------------------------- */
@@ -125,6 +174,17 @@ attnd_status attnd_wire_reply_decode(const attnd_wire_in *in, attnd_wire_reply_v
             if (wt != ATTND__WT_VARINT)
                 goto err_malformed;
             r.request_id = val.v;
+        } else if (tag == F_CHOSEN_GROUPS) {
+            if (wt != ATTND__WT_VARINT)
+                goto err_malformed;
+            r.chosen_groups = (uint32_t)val.v;
+        } else if (tag == F_CHOSEN_TOKENS) {
+            r.chosen_tokens = val.any;
+            attnd__wire_value_skip(&c, &val);
+        } else if (tag == F_CHOSEN_INDPTR || tag == F_CHOSEN) {
+            if (attnd__wire_repeated(&c, &val, NULL, 0,
+                                     tag == F_CHOSEN ? &r.n_chosen : &r.n_chosen_indptr))
+                goto err_malformed;
         } else if (tag == F_OUT || tag == F_LSE) {
             attnd_wire_tensor_view *tv = tag == F_OUT ? &r.out : &r.lse;
             if (wt != ATTND__WT_LEN ||
@@ -144,4 +204,41 @@ err_malformed:
     return attnd_error_set(err, ATTND_ERR_INTERNAL,
                            "AttendResponse: a malformed reply of %zu bytes (near byte %zu)",
                            in->len, c.pos);
+}
+
+void attnd_wire_reply_chosen(const attnd_wire_in *in, uint32_t *indptr, size_t cap_indptr,
+                             uint64_t *chosen, size_t cap_chosen)
+{
+    attnd__wire_cur c;
+    size_t ni = 0, nc = 0;
+    uint64_t tmp;
+
+    attnd__wire_cur_init(&c, in);
+    while (c.pos < in->len) { /* accepted by the decoder: every step succeeds */
+        uint32_t tag;
+        unsigned wt;
+        attnd__wire_val v;
+        if (attnd__wire_key(&c, in->len, &tag, &wt) || attnd__wire_value(&c, in->len, wt, &v))
+            return;
+        if (tag == F_CHOSEN) {
+            if (attnd__wire_repeated(&c, &v, chosen, cap_chosen, &nc))
+                return;
+        } else if (tag == F_CHOSEN_INDPTR) {
+            /* uint32: each value's low 32 bits, one at a time */
+            if (v.wt == ATTND__WT_VARINT) {
+                if (ni < cap_indptr)
+                    indptr[ni] = (uint32_t)v.v;
+                ni++;
+                continue;
+            }
+            size_t end = v.off + v.len;
+            while (c.pos < end && !attnd__wire_packed_next(&c, end, &tmp)) {
+                if (ni < cap_indptr)
+                    indptr[ni] = (uint32_t)tmp;
+                ni++;
+            }
+        } else {
+            attnd__wire_value_skip(&c, &v);
+        }
+    }
 }

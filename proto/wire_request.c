@@ -4,7 +4,9 @@
  *   AttendRequest { 1 uint32 layer; 2 repeated bytes session_ids; 3 Tensor q;
  *                   4 Tensor new_kv; 5 repeated uint64 positions (packed);
  *                   6 bool return_lse; 7 DType out_dtype; 8 uint64 request_id;
- *                   20 bool up_project; 21 QForm q_form }
+ *                   20 bool up_project; 21 QForm q_form; 30 uint32 given_groups;
+ *                   31 repeated uint32 given_indptr (packed);
+ *                   32 repeated uint64 given_idx (packed); 33 bool return_pages }
  *   Tensor        { 1 DType dtype; 2 repeated int64 shape (packed); 3 bytes data }
  *
  * The encoder writes proto3 as protobuf-c packs it (zero scalars and empty
@@ -21,6 +23,7 @@
 enum {
     F_LAYER = 1, F_IDS = 2, F_Q = 3, F_NEW_KV = 4, F_POSITIONS = 5, F_RETURN_LSE = 6,
     F_OUT_DTYPE = 7, F_REQUEST_ID = 8, F_UP_PROJECT = 20, F_Q_FORM = 21,
+    F_GIVEN_GROUPS = 30, F_GIVEN_INDPTR = 31, F_GIVEN_IDX = 32, F_RETURN_PAGES = 33,
     T_DTYPE = 1, T_SHAPE = 2, T_DATA = 3,
 };
 
@@ -32,6 +35,14 @@ static uint64_t enum_wire(int v)
 }
 
 static size_t packed_len(const uint64_t *v, size_t n)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++)
+        len += attnd__wire_vsize(v[i]);
+    return len;
+}
+
+static size_t packed_len32(const uint32_t *v, size_t n)
 {
     size_t len = 0;
     for (size_t i = 0; i < n; i++)
@@ -111,6 +122,18 @@ size_t attnd_wire_request_frame_bound(const Attnd__V1__AttendRequest *m)
         n += attnd__wire_ksize(F_UP_PROJECT) + 1;
     if (m->q_form)
         n += attnd__wire_ksize(F_Q_FORM) + attnd__wire_vsize(enum_wire(m->q_form));
+    if (m->given_groups)
+        n += attnd__wire_ksize(F_GIVEN_GROUPS) + attnd__wire_vsize(m->given_groups);
+    if (m->n_given_indptr) {
+        size_t pl = packed_len32(m->given_indptr, m->n_given_indptr);
+        n += attnd__wire_ksize(F_GIVEN_INDPTR) + attnd__wire_vsize(pl) + pl;
+    }
+    if (m->n_given_idx) {
+        size_t pl = packed_len(m->given_idx, m->n_given_idx);
+        n += attnd__wire_ksize(F_GIVEN_IDX) + attnd__wire_vsize(pl) + pl;
+    }
+    if (m->return_pages)
+        n += attnd__wire_ksize(F_RETURN_PAGES) + 1;
     return n;
 }
 
@@ -194,6 +217,26 @@ static void encode(const Attnd__V1__AttendRequest *m, uint8_t *p, attnd_wire_gat
         p = attnd__wire_kput(p, F_Q_FORM, ATTND__WT_VARINT);
         p = attnd__wire_vput(p, enum_wire(m->q_form));
     }
+    if (m->given_groups) {
+        p = attnd__wire_kput(p, F_GIVEN_GROUPS, ATTND__WT_VARINT);
+        p = attnd__wire_vput(p, m->given_groups);
+    }
+    if (m->n_given_indptr) {
+        p = attnd__wire_kput(p, F_GIVEN_INDPTR, ATTND__WT_LEN);
+        p = attnd__wire_vput(p, packed_len32(m->given_indptr, m->n_given_indptr));
+        for (size_t i = 0; i < m->n_given_indptr; i++)
+            p = attnd__wire_vput(p, m->given_indptr[i]);
+    }
+    if (m->n_given_idx) {
+        p = attnd__wire_kput(p, F_GIVEN_IDX, ATTND__WT_LEN);
+        p = attnd__wire_vput(p, packed_len(m->given_idx, m->n_given_idx));
+        for (size_t i = 0; i < m->n_given_idx; i++)
+            p = attnd__wire_vput(p, m->given_idx[i]);
+    }
+    if (m->return_pages) {
+        p = attnd__wire_kput(p, F_RETURN_PAGES, ATTND__WT_VARINT);
+        *p++ = 1;
+    }
     if (g)
         GATHER(seg, p - seg);
 #undef GATHER
@@ -214,12 +257,38 @@ void attnd_wire_request_write(const Attnd__V1__AttendRequest *m, uint8_t *dst)
 
 typedef struct rscan {
     uint32_t layer;
-    size_t n_ids, n_positions;
+    size_t n_ids, n_positions, n_given_indptr, n_given_idx;
     attnd__wire_tscan q, kv;
-    int return_lse, up_project;
+    int return_lse, up_project, return_pages;
     int32_t out_dtype, q_form;
     uint64_t request_id;
+    uint32_t given_groups;
 } rscan;
+
+/* A repeated uint32 field's occurrence (one varint or a packed run), as
+ * attnd__wire_repeated, keeping each value's low 32 bits as protobuf-c. */
+static int repeated_u32(attnd__wire_cur *c, const attnd__wire_val *v, uint32_t *out, size_t cap,
+                        size_t *n)
+{
+    if (v->wt == ATTND__WT_VARINT) {
+        if (*n < cap)
+            out[*n] = (uint32_t)v->v;
+        (*n)++;
+        return 0;
+    }
+    if (v->wt != ATTND__WT_LEN)
+        return -1;
+    size_t end = v->off + v->len;
+    while (c->pos < end) {
+        uint64_t x;
+        if (attnd__wire_packed_next(c, end, &x))
+            return -1;
+        if (*n < cap)
+            out[*n] = (uint32_t)x;
+        (*n)++;
+    }
+    return 0;
+}
 
 static void *arena_alloc(ProtobufCAllocator *a, size_t n)
 {
@@ -303,6 +372,25 @@ static int request_pass(attnd__wire_cur *c, rscan *r, Attnd__V1__AttendRequest *
             r->up_project = v.any;
             attnd__wire_value_skip(c, &v);
             break;
+        case F_RETURN_PAGES:
+            r->return_pages = v.any;
+            attnd__wire_value_skip(c, &v);
+            break;
+        case F_GIVEN_GROUPS:
+            if (wt != ATTND__WT_VARINT)
+                return -1;
+            r->given_groups = (uint32_t)v.v;
+            break;
+        case F_GIVEN_INDPTR:
+            if (repeated_u32(c, &v, m ? m->given_indptr : NULL, m ? sizes->n_given_indptr : 0,
+                             &r->n_given_indptr))
+                return -1;
+            break;
+        case F_GIVEN_IDX:
+            if (attnd__wire_repeated(c, &v, m ? m->given_idx : NULL,
+                                     m ? sizes->n_given_idx : 0, &r->n_given_idx))
+                return -1;
+            break;
         case F_OUT_DTYPE:
             if (wt != ATTND__WT_VARINT)
                 return -1;
@@ -381,7 +469,9 @@ attnd_status attnd_wire_request_decode(const attnd_wire_in *in, ProtobufCAllocat
     if (tensor_make(in, a, &r.q, &m->q, &checks.q) ||
         tensor_make(in, a, &r.kv, &m->new_kv, &checks.new_kv) ||
         !(m->session_ids = arena_alloc(a, r.n_ids * sizeof *m->session_ids)) ||
-        !(m->positions = arena_alloc(a, r.n_positions * sizeof *m->positions)))
+        !(m->positions = arena_alloc(a, r.n_positions * sizeof *m->positions)) ||
+        !(m->given_indptr = arena_alloc(a, r.n_given_indptr * sizeof *m->given_indptr)) ||
+        !(m->given_idx = arena_alloc(a, r.n_given_idx * sizeof *m->given_idx)))
         goto err_nomem;
 
     /* pass two fills the arrays; pass one checked every byte it reads */
@@ -397,6 +487,10 @@ attnd_status attnd_wire_request_decode(const attnd_wire_in *in, ProtobufCAllocat
     m->request_id = r.request_id;
     m->up_project = r.up_project;
     m->q_form = (Attnd__V1__QForm)r.q_form;
+    m->given_groups = r.given_groups;
+    m->n_given_indptr = r.n_given_indptr;
+    m->n_given_idx = r.n_given_idx;
+    m->return_pages = r.return_pages;
     *m_p = m;
     if (checks_p)
         *checks_p = checks;

@@ -71,6 +71,14 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
         r->desc.lse_shape[i] = req.lse_shape[i];
     r->out = out;
     r->lse = req.eng.want_lse ? lse : NULL;
+    if (req.eng.want_pages && x->ws->chosen_groups) { /* sparse: what was attended */
+        r->desc.chosen_groups = x->ws->chosen_groups;
+        r->desc.chosen_tokens = x->ws->chosen_tokens;
+        r->desc.n_chosen_lists = (size_t)req.eng.n_seqs * x->ws->chosen_groups;
+        r->desc.chosen_indptr = x->ws->chosen_indptr;
+        r->desc.chosen = x->ws->chosen;
+    }
+    res->t.t_select_ns = x->ws->select_ns;
     res->t.t_validate_ns = t1 - t0;
     res->t.t_total_ns = t2 - t0;
     return ATTND_OK;

@@ -46,6 +46,8 @@ typedef struct attnd_srv_attend_times {
                               fanout = the call's attend, counted once */
     uint64_t t_total_ns;   /* the whole exec */
     uint64_t t_encode_ns;  /* reply encoding, set by the transport */
+    uint64_t t_select_ns;  /* sparse: page selection, part of t_kernel_ns
+                              (a lone worker's; a group leader's own share) */
 } attnd_srv_attend_times;
 
 /* Record a successful Attend's split into shard s (NULL: nothing). */

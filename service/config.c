@@ -74,8 +74,17 @@ static const opt opts[] = {
     {"http2-max-frame", "ATTND_HTTP2_MAX_FRAME", OPT_SIZE, F(http2_max_frame), 0, 16777215,
      "BYTES", "HTTP/2 largest frame we accept; 0: gRPC's 16Ki (default 1Mi)"},
     {"ucx-listen", "ATTND_UCX_LISTEN", OPT_STR, F(ucx_listen), 0, 0, "HOST:PORT|auto",
-     "also serve Attend over UCX active messages there; auto: --listen's host, a free "
-     "port (default: off)"},
+     "also serve Attend over UCX active messages: UCX's network transport on the "
+     "interface of HOST only, its TCP port PORT (0: a free one); auto: --listen's host, "
+     "a free port. Clients connect by worker address after GetEndpoint; one-host "
+     "clients use shared memory (default: off)"},
+    {"ucx-conn-queue", "ATTND_UCX_CONN_QUEUE", OPT_INT, F(ucx_conn_queue), 1, 1 << 20, "N",
+     "UCX Attend: requests one connection may have received and not yet answered; "
+     "more answer RESOURCE_EXHAUSTED (default 64)"},
+    {"ucx-conn-bytes", "ATTND_UCX_CONN_BYTES", OPT_SIZE, F(ucx_conn_bytes), 1, INT64_MAX,
+     "BYTES", "UCX Attend: request bytes one connection may hold before they run (a "
+     "single request up to --max-message is always taken when it holds none); more "
+     "answer RESOURCE_EXHAUSTED (default 64Mi)"},
     {"ucx-exec-threads", "ATTND_UCX_EXEC_THREADS", OPT_INT, F(ucx_exec_threads), 0, 256, "N",
      "UCX Attend: threads that execute requests while the progress thread receives and "
      "sends; 0: execute on the progress thread (default 2)"},
@@ -85,13 +94,15 @@ static const opt opts[] = {
     {"rank", "ATTND_RANK", OPT_INT, F(rank), 0, 63, "R",
      "this process's rank in its worker group (default 0)"},
     {"group", "ATTND_GROUP", OPT_STR, F(group), 0, 0, "HOST:PORT,...",
-     "UCX listener address of every rank of the group, in rank order; this rank "
-     "listens on entry R (port 0: a free port, see --group-dir); empty: no group"},
+     "rendezvous address of every rank of the group, in rank order (a TCP port attnd "
+     "listens on to exchange UCX worker addresses; UCX itself uses that host's "
+     "interface only); this rank listens on entry R (port 0: a free port, see "
+     "--group-dir); empty: no group"},
     {"group-file", "ATTND_GROUP_FILE", OPT_STR, F(group_file), 0, 0, "PATH",
      "the same list in a file, one HOST:PORT per line"},
     {"group-dir", "ATTND_GROUP_DIR", OPT_STR, F(group_dir), 0, 0, "DIR",
-     "each rank writes its bound UCX address to DIR/rank-R; peers listed with port 0 "
-     "are found there"},
+     "each rank writes its bound rendezvous address to DIR/rank-R; peers listed with "
+     "port 0 are found there"},
     {"shard", "ATTND_SHARD", OPT_STR, F(shard), 0, 0, "sequence|head|latent",
      "how the group splits the KV (default sequence)"},
     {"tpla-rope", "ATTND_TPLA_ROPE", OPT_STR, F(tpla_rope), 0, 0, "replicate|split",
@@ -143,6 +154,8 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     snprintf(cfg->log_format, sizeof cfg->log_format, "text");
     snprintf(cfg->log_level, sizeof cfg->log_level, "info");
     cfg->ucx_exec_threads = 2;
+    cfg->ucx_conn_queue = 64;
+    cfg->ucx_conn_bytes = 64ull << 20;
     /* measured on loopback with service/bench/bench_attend.c: an 8 MiB
      * window and 1 MiB frames cut the p50 of a 2.4 MB Attend from ~15 to
      * ~10 ms; a 64 MiB window or 16 MiB frames did not help */

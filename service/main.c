@@ -137,7 +137,7 @@ int main(int argc, char **argv)
                (int)(strrchr(cfg.metrics_listen, ':') - cfg.metrics_listen), cfg.metrics_listen,
                srv->metrics_port);
     if (group)
-        printf("attnd: group rank %d of %d, shard %s, UCX listener port %d\n", gcfg.rank,
+        printf("attnd: group rank %d of %d, shard %s, rendezvous port %d\n", gcfg.rank,
                gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));
     fflush(stdout);
 

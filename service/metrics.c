@@ -326,6 +326,19 @@ static void render_kv(out *o, attnd_srv *srv)
     put(o, "attnd_kv_page_size_bytes %llu\n", (unsigned long long)st.page_bytes);
     family(o, "attnd_kv_read_bytes_total", "counter", "KV bytes read by attention kernels.");
     put(o, "attnd_kv_read_bytes_total %llu\n", (unsigned long long)st.kv_bytes_read);
+    family(o, "attnd_kv_dense_read_bytes_total", "counter",
+           "KV bytes dense attention of the same calls would have read (equal to "
+           "attnd_kv_read_bytes_total while every session is dense).");
+    put(o, "attnd_kv_dense_read_bytes_total %llu\n", (unsigned long long)st.kv_bytes_dense);
+    family(o, "attnd_select_read_bytes_total", "counter",
+           "Key bounds read by sparse page selection (topk-pages).");
+    put(o, "attnd_select_read_bytes_total %llu\n", (unsigned long long)st.select_bytes_read);
+    family(o, "attnd_select_seconds_total", "counter",
+           "Time spent in sparse page selection (topk-pages), seconds.");
+    put(o, "attnd_select_seconds_total %.9f\n", (double)st.select_ns * 1e-9);
+    family(o, "attnd_kv_pages_evicted_total", "counter",
+           "KV pages streaming policies gave back to the pool.");
+    put(o, "attnd_kv_pages_evicted_total %llu\n", (unsigned long long)st.pages_evicted);
     family(o, "attnd_kv_appended_tokens_total", "counter",
            "Tokens appended to this rank's KV (AppendKV and Attend's new KV), per layer.");
     put(o, "attnd_kv_appended_tokens_total %llu\n", (unsigned long long)st.tokens_appended);

@@ -45,21 +45,22 @@ static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
 }
 
 /* The server-side split of a unary Attend, as trailing metadata
- * ATTND_SRV_TIMING_KEY = "q=<ns>,v=<ns>,k=<ns>,f=<ns>,e=<ns>": queue (from
+ * ATTND_SRV_TIMING_KEY = "q=<ns>,v=<ns>,k=<ns>,f=<ns>,e=<ns>,s=<ns>": queue (from
  * the io thread taking the call, through the executor queue, to the end of
  * decoding the request), validation,
  * kernel (the engine's attend; a group leader's own share), the rest of a
- * group call (f: scatter, waiting for peers, combine; 0 on one rank) and
- * reply encoding. libattnd reads it (attnd_call_wait_timed); attnd-bench
+ * group call (f: scatter, waiting for peers, combine; 0 on one rank),
+ * reply encoding, and the sparse page selection (s: part of k; 0 without
+ * a topk-pages layer). libattnd reads it (attnd_call_wait_timed); attnd-bench
  * subtracts it from the client's latency to show the network's share. */
 static void add_timing_trailer(attnd_srv_call *c, const attnd_srv_attend_times *t)
 {
     char v[160];
-    snprintf(v, sizeof v, "q=%llu,v=%llu,k=%llu,f=%llu,e=%llu",
+    snprintf(v, sizeof v, "q=%llu,v=%llu,k=%llu,f=%llu,e=%llu,s=%llu",
              (unsigned long long)(t->t_queue_ns + t->t_decode_ns),
              (unsigned long long)t->t_validate_ns,
              (unsigned long long)t->t_kernel_ns, (unsigned long long)t->t_fanout_ns,
-             (unsigned long long)t->t_encode_ns);
+             (unsigned long long)t->t_encode_ns, (unsigned long long)t->t_select_ns);
     attnd_srv_call_add_trailer(c, ATTND_SRV_TIMING_KEY, v);
 }
 

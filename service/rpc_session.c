@@ -1,8 +1,32 @@
 /* CreateSession and CloseSession: a session is one sequence's KV across all
- * layers. CreateSession reserves pages for max_tokens (when given) and
- * answers the 16-byte id with the full ModelInfo, so a client learns every
- * shape it must send from one call. */
+ * layers. CreateSession reserves pages for max_tokens (when given), gives
+ * the session its sparse policy (when given: checked by the engine, which
+ * names the field), and answers the 16-byte id with the full ModelInfo, so
+ * a client learns every shape it must send from one call. */
+#include <stdlib.h>
+
 #include "srv.h"
+
+/* Create the session of a validated request (with its policy, if any). */
+static attnd_status create(attnd_srv *srv, const Attnd__V1__CreateSessionRequest *m,
+                           attnd_srv_create_req *req, attnd_session_id *id, attnd_error *err)
+{
+    if (!req->has_policy)
+        return srv->group ? attnd_group_session_create(srv->group, req->max_tokens, id, err)
+                          : attnd_engine_session_create(srv->engine, req->max_tokens, id, err);
+    attnd_policy_rule *rules = NULL;
+    if (m->n_policy_table && !(rules = calloc(m->n_policy_table, sizeof *rules)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "policy_table: no memory for %zu rules", m->n_policy_table);
+    attnd_srv_create_rules(m, rules, req);
+    attnd_status st =
+        srv->group ? attnd_group_session_create_policy(srv->group, req->max_tokens, &req->policy,
+                                                       id, err)
+                   : attnd_engine_session_create_policy(srv->engine, req->max_tokens,
+                                                        &req->policy, NULL, id, err);
+    free(rules);
+    return st;
+}
 
 void attnd_srv_create_session_start(attnd_srv_call *c)
 {
@@ -16,8 +40,7 @@ void attnd_srv_create_session_start(attnd_srv_call *c)
     m = (Attnd__V1__CreateSessionRequest *)attnd_srv_call_decode(
         c, &attnd__v1__create_session_request__descriptor, &err);
     if (!m || attnd_srv_validate_create(m, &srv->model, &req, &err) ||
-        (srv->group ? attnd_group_session_create(srv->group, req.max_tokens, &id, &err)
-                    : attnd_engine_session_create(srv->engine, req.max_tokens, &id, &err))) {
+        create(srv, m, &req, &id, &err)) {
         attnd_srv_call_fail(c, &err);
         return;
     }

@@ -1,7 +1,60 @@
 /* GetStats, and the ModelInfo that CreateSession and GetStats both carry:
  * the engine's counters, the service's error count (calls that ended with
- * a non-OK status other than a client's cancel) and the uptime. */
+ * a non-OK status other than a client's cancel), the uptime, and every UCX
+ * endpoint this rank holds (Attend clients, group peers) with the
+ * transports UCX really uses for it. */
+#include <stdlib.h>
+
 #include "srv.h"
+#include "ucx_server.h"
+
+/* The UCX endpoints of clients and peers into resp (arrays in *mem, freed
+ * by the caller). */
+static void ucx_endpoints(attnd_srv *srv, const attnd_group_state *gs,
+                          Attnd__V1__GetStatsResponse *resp, void **mem)
+{
+    size_t n_cli = attnd_srv_ucx_endpoints(srv, NULL, 0), n_peer = 0, n = 0;
+    if (gs)
+        for (int32_t r = 0; r < gs->size; r++)
+            n_peer += gs->peers[r].up;
+    size_t cap = n_cli + n_peer;
+    if (!cap)
+        return;
+    /* one block, most aligned parts first: infos, pointers, then chars */
+    size_t bytes = cap * (sizeof(Attnd__V1__UcxEndpointInfo) +
+                          sizeof(Attnd__V1__UcxEndpointInfo *) + sizeof(attnd_srv_ucx_ep_info) +
+                          16);
+    char *p = *mem = calloc(1, bytes);
+    if (!p)
+        return;
+    Attnd__V1__UcxEndpointInfo *info = (Attnd__V1__UcxEndpointInfo *)p;
+    Attnd__V1__UcxEndpointInfo **ptrs = (Attnd__V1__UcxEndpointInfo **)(info + cap);
+    attnd_srv_ucx_ep_info *cli = (attnd_srv_ucx_ep_info *)(ptrs + cap);
+    char (*names)[16] = (char (*)[16])(cli + cap);
+    size_t got = attnd_srv_ucx_endpoints(srv, cli, n_cli); /* may have changed */
+    if (got < n_cli)
+        n_cli = got;
+    for (size_t i = 0; i < n_cli; i++, n++) {
+        attnd__v1__ucx_endpoint_info__init(&info[n]);
+        info[n].peer = cli[i].peer;
+        info[n].transports = cli[i].transports;
+        info[n].same_host = cli[i].same_host;
+        ptrs[n] = &info[n];
+    }
+    for (int32_t r = 0; gs && r < gs->size && n < cap; r++) {
+        if (!gs->peers[r].up)
+            continue;
+        attnd__v1__ucx_endpoint_info__init(&info[n]);
+        snprintf(names[n], sizeof names[n], "rank %d", (int)r);
+        info[n].peer = names[n];
+        info[n].transports = (char *)gs->peers[r].transports;
+        info[n].same_host = gs->peers[r].same_host;
+        ptrs[n] = &info[n];
+        n++;
+    }
+    resp->n_ucx_endpoints = n;
+    resp->ucx_endpoints = ptrs;
+}
 
 void attnd_srv_model_info(const attnd_srv_model *m, Attnd__V1__ModelInfo *info)
 {
@@ -48,6 +101,11 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
     resp.tokens_appended = st.tokens_appended;
     resp.errors = atomic_load(&srv->errors);
     resp.kv_bytes_read = st.kv_bytes_read;
+    resp.kv_bytes_dense = st.kv_bytes_dense;
+    resp.select_bytes_read = st.select_bytes_read;
+    resp.select_ns = st.select_ns;
+    resp.select_calls = st.select_calls;
+    resp.pages_evicted = st.pages_evicted;
     resp.uptime_ms = attnd_srv_uptime_ms(srv);
     attnd_group_state gs;
     char mode[16];
@@ -61,5 +119,8 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
         resp.group_missing = gs.missing;
         resp.group_peer_failures = gs.peer_failures;
     }
+    void *mem = NULL;
+    ucx_endpoints(srv, srv->group ? &gs : NULL, &resp, &mem);
     attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
+    free(mem);
 }

@@ -83,6 +83,10 @@ typedef struct attnd_srv_config {
     char ucx_listen[256];      /* --ucx-listen host:port | auto; "" off */
     int32_t ucx_spin_us;       /* --ucx-spin-us: busy-poll before sleeping */
     int32_t ucx_exec_threads;  /* --ucx-exec-threads: 0 = run on the progress thread */
+    int32_t ucx_conn_queue;    /* --ucx-conn-queue: requests a UCX connection
+                                  may have received and not yet answered */
+    uint64_t ucx_conn_bytes;   /* --ucx-conn-bytes: request bytes a UCX
+                                  connection may hold before they run */
     /* worker group (service/group_setup.c turns these into an
      * attnd_group_config); group and group_file empty: a lone worker */
     int32_t rank;              /* --rank r */

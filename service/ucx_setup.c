@@ -1,112 +1,57 @@
 /* Start and stop of the UCX Attend endpoint (see ucx_server.h): the ucp
- * context (active messages + wakeup), the worker, the listener bound as
- * --ucx-listen says (auto: --listen's host, a free port), and the progress
- * thread of ucx_server.c; stop joins it and closes every client endpoint.
+ * context and worker (common/attnd_ucxw.h), the AM handler, this rank's
+ * worker address, the executors and the progress thread of ucx_server.c /
+ * ucx_conn.c; stop joins them and closes every client endpoint.
  *
- * UCX configuration: endpoints use peer error handling, so a client that
- * dies is noticed and closed without hurting anyone else; in UCX 1.13 that
- * rules out the shared-memory transports, so even on one host the data
- * goes over TCP (client/bench/transport/transport_bench.sh shows what it costs
- * against ucx_perftest with and without -e). Messages up to 256K go eager
- * (UCX_RNDV_THRESH in the environment wins).
+ * --ucx-listen HOST:PORT (auto: --listen's host, port 0) says where UCX's
+ * network transport may be reached: only on HOST's interface
+ * (UCX_NET_DEVICES; a wildcard host: every interface), on TCP port PORT
+ * (0: a free one). There is no UCX listener: clients send their worker
+ * address in GetEndpoint and connect to ours (ucx_conn.c). Messages up to
+ * 256K go eager. The environment (UCX_NET_DEVICES, UCX_TCP_PORT_RANGE,
+ * UCX_RNDV_THRESH) wins.
  */
-#include <errno.h>
-#include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
+#include <time.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
-#include "attnd_log.h"
-#include "attnd_ucx_setup.h"
 #include "ucx_int.h"
 
 /* ---- start and stop ----------------------------------------------------------------------- */
 
-/* Split "host:port" ("[v6]:port" too) and resolve it. */
-static int resolve(const char *hostport, struct sockaddr_storage *ss, socklen_t *len_p,
-                   char *host, size_t host_cap, int *port_p)
+/* --ucx-listen into host and port. */
+static int parse_listen(const attnd_srv_config *cfg, char *host, size_t cap, int *port_p)
 {
-    const char *colon = strrchr(hostport, ':');
-    struct addrinfo hints, *ai = NULL;
-    size_t hl;
-
-    if (!colon)
-        return -1;
-    hl = (size_t)(colon - hostport);
-    if (hl >= 2 && hostport[0] == '[' && hostport[hl - 1] == ']') {
-        hostport++;
-        hl -= 2;
-    }
-    if (hl + 1 > host_cap)
-        return -1;
-    memcpy(host, hostport, hl);
-    host[hl] = '\0';
+    const char *spec = strcmp(cfg->ucx_listen, "auto") == 0 ? cfg->listen : cfg->ucx_listen;
+    const char *colon = strrchr(spec, ':');
     char *end;
+
+    if (!colon || (size_t)(colon - spec) >= cap)
+        return -1;
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
     long port = strtol(colon + 1, &end, 10);
-    if (*end || port < 0 || port > 65535)
+    if (*end || end == colon + 1 || port < 0 || port > 65535)
         return -1;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    if (getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &ai) != 0 || !ai)
-        return -1;
-    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
-    *len_p = ai->ai_addrlen;
-    *port_p = (int)port;
-    freeaddrinfo(ai);
+    *port_p = strcmp(cfg->ucx_listen, "auto") == 0 ? 0 : (int)port;
     return 0;
-}
-
-static int bound_port(ucp_listener_h l)
-{
-    ucp_listener_attr_t a = {.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR};
-    if (ucp_listener_query(l, &a) != UCS_OK)
-        return -1;
-    if (a.sockaddr.ss_family == AF_INET)
-        return ntohs(((struct sockaddr_in *)&a.sockaddr)->sin_port);
-    if (a.sockaddr.ss_family == AF_INET6)
-        return ntohs(((struct sockaddr_in6 *)&a.sockaddr)->sin6_port);
-    return -1;
-}
-
-static attnd_status set_handler(attnd_srv_ucx *u, attnd_error *err)
-{
-    ucs_status_t st = attnd_ucx_on_am(u->worker, ATTND_UCX_AM_ATTEND, attnd_srv_ucx_on_attend, u);
-    if (st != UCS_OK)
-        return attnd_error_set(err, ATTND_ERR_INTERNAL, "--ucx-listen: AM handler: %s",
-                               ucs_status_string(st));
-    return ATTND_OK;
 }
 
 static void ucx_free(attnd_srv_ucx *u)
 {
-    for (;;) {
-        ucx_conn *c = u->conns;
-        while (c && c->closed)
-            c = c->next;
-        if (!c)
-            break;
-        attnd_srv_ucx_close_ep(u, c); /* may free c */
-    }
-    while (u->ready) { /* dropped: their endpoints are closed */
-        ucx_job *j = u->ready;
-        u->ready = j->next;
-        attnd_srv_ucx_job_put(j);
-    }
-    /* executors are joined by now: what they left is dropped too */
-    for (ucx_fifo *f = &u->queued; f; f = f == &u->queued ? &u->done : NULL)
-        for (ucx_job *j = f->head, *next; j; j = next) {
-            next = j->next;
+    if (u->w.worker)
+        attnd_srv_ucx_conns_close_all(u);
+    /* jobs still queued: dropped (their endpoints are closed) */
+    ucx_job *j;
+    for (ucx_fifo *f = &u->ready; f; f = f == &u->ready ? &u->queued : f == &u->queued ? &u->done : NULL)
+        while ((j = f->head)) {
+            f->head = j->next;
             attnd_srv_ucx_job_put(j);
         }
-    u->queued.head = u->queued.tail = u->done.head = u->done.tail = NULL;
-    /* jobs whose send was in flight came back through the close */
-    for (ucx_job *j = u->free_jobs, *next; j; j = next) {
+    u->ready.tail = u->queued.tail = u->done.tail = NULL;
+    /* sends in flight come back through the closes, in cleanup's progress */
+    attnd_ucxw_cleanup(&u->w);
+    for (ucx_job *next; (j = u->free_jobs); u->free_jobs = next) {
         next = j->next;
         free(j->req.p);
         free(j->rep.p);
@@ -117,16 +62,6 @@ static void ucx_free(attnd_srv_ucx *u)
         next = c->next;
         free(c);
     }
-    if (u->listener)
-        ucp_listener_destroy(u->listener);
-    if (u->worker)
-        ucp_worker_destroy(u->worker);
-    if (u->ctx)
-        ucp_cleanup(u->ctx);
-    if (u->stop_fd >= 0)
-        close(u->stop_fd);
-    if (u->done_fd >= 0)
-        close(u->done_fd);
     for (int i = 0; i < u->n_exec; i++) {
         attnd_engine_ws_cleanup(&u->exec[i].ws);
         attnd_srv_arena_cleanup(&u->exec[i].arena);
@@ -136,6 +71,14 @@ static void ucx_free(attnd_srv_ucx *u)
         pthread_mutex_destroy(&u->q_mu);
         pthread_cond_destroy(&u->q_cv);
     }
+    if (u->adm_init) {
+        pthread_mutex_destroy(&u->adm_mu);
+        pthread_cond_destroy(&u->adm_cv);
+    }
+    if (u->stats_init)
+        pthread_mutex_destroy(&u->stats_mu);
+    free(u->stats);
+    free(u->addr);
     attnd_engine_ws_cleanup(&u->ws);
     attnd_srv_arena_cleanup(&u->arena);
     free(u);
@@ -158,21 +101,18 @@ static void stop_executors(attnd_srv_ucx *u)
         }
 }
 
-/* n executor threads with their queues and wake-up eventfd (n = 0: none,
- * requests run on the progress thread). */
+/* n executor threads and their queues (n = 0: none, requests run on the
+ * progress thread). */
 static attnd_status start_executors(attnd_srv_ucx *u, int n, attnd_error *err)
 {
-    if (n <= 0)
-        return ATTND_OK;
-    if ((u->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "--ucx-exec-threads: eventfd: %s", strerror(errno));
-    if (!(u->exec = calloc((size_t)n, sizeof *u->exec)))
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "--ucx-exec-threads: no memory");
     pthread_mutex_init(&u->q_mu, NULL);
     pthread_cond_init(&u->q_cv, NULL);
     u->q_init = 1;
+    if (n <= 0)
+        return ATTND_OK;
+    if (!(u->exec = calloc((size_t)n, sizeof *u->exec)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "--ucx-exec-threads: no memory");
     u->n_exec = n;
     for (int i = 0; i < n; i++) {
         ucx_exec *x = &u->exec[i];
@@ -193,12 +133,23 @@ static attnd_status start_executors(attnd_srv_ucx *u, int n, attnd_error *err)
     return ATTND_OK;
 }
 
+static void init_locks(attnd_srv_ucx *u)
+{
+    pthread_condattr_t ca; /* the admission wait's deadline is CLOCK_MONOTONIC */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&u->adm_mu, NULL);
+    pthread_cond_init(&u->adm_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    u->adm_init = 1;
+    pthread_mutex_init(&u->stats_mu, NULL);
+    u->stats_init = 1;
+}
+
 attnd_status attnd_srv_ucx_start(attnd_srv *srv, attnd_error *err)
 {
     const attnd_srv_config *cfg = srv->cfg;
-    char spec[300], host[256];
-    struct sockaddr_storage ss;
-    socklen_t sslen;
+    char host[256];
     attnd_srv_ucx *u;
     attnd_status st;
     ucs_status_t us;
@@ -206,65 +157,50 @@ attnd_status attnd_srv_ucx_start(attnd_srv *srv, attnd_error *err)
 
     if (!cfg->ucx_listen[0] || srv->ucx)
         return ATTND_OK;
-    if (strcmp(cfg->ucx_listen, "auto") == 0) {
-        const char *colon = strrchr(cfg->listen, ':');
-        snprintf(spec, sizeof spec, "%.*s:0", (int)(colon - cfg->listen), cfg->listen);
-    } else {
-        snprintf(spec, sizeof spec, "%s", cfg->ucx_listen);
-    }
-    if (resolve(spec, &ss, &sslen, host, sizeof host, &port))
+    if (parse_listen(cfg, host, sizeof host, &port))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "--ucx-listen: cannot resolve \"%s\" (expected HOST:PORT)", spec);
+                               "--ucx-listen: expected HOST:PORT or auto, got \"%s\"",
+                               cfg->ucx_listen);
     if (!(u = calloc(1, sizeof *u)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "--ucx-listen: no memory");
     u->srv = srv;
-    u->stop_fd = -1;
-    u->done_fd = -1;
     attnd_engine_ws_init(&u->ws);
     attnd_srv_arena_init(&u->arena, 0);
+    init_locks(u);
+    attnd_ucxw_host_self(&u->host);
 
-    if ((us = attnd_ucx_setup(UCS_THREAD_MODE_SINGLE, &u->ctx, &u->worker, &u->efd)) != UCS_OK)
-        goto err_ucs;
-    if ((st = set_handler(u, err)))
+    attnd_ucxw_config wc = {.thread_mode = UCS_THREAD_MODE_SINGLE, .net_host = host,
+                            .tcp_port = port};
+    if ((st = attnd_ucxw_init(&u->w, &wc, "--ucx-listen", err)))
         goto err_free;
-    ucp_listener_params_t lp = {
-        .field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER,
-        .sockaddr = {.addr = (const struct sockaddr *)&ss, .addrlen = sslen},
-        .conn_handler = {.cb = attnd_srv_ucx_on_conn_request, .arg = u},
-    };
-    if ((us = ucp_listener_create(u->worker, &lp, &u->listener)) != UCS_OK) {
-        st = attnd_error_set(err, ATTND_ERR_UNAVAILABLE,
-                             "--ucx-listen: cannot listen on %s: %s", spec,
+    if ((us = attnd_ucxw_on_am(&u->w, ATTND_UCX_AM_ATTEND, attnd_srv_ucx_on_attend, u)) !=
+            UCS_OK ||
+        (us = attnd_ucxw_on_am(&u->w, ATTND_UCX_AM_HELLO, attnd_srv_ucx_on_hello, u)) !=
+            UCS_OK ||
+        (us = attnd_ucxw_on_am(&u->w, ATTND_UCX_AM_BYE, attnd_srv_ucx_on_bye, u)) != UCS_OK) {
+        st = attnd_error_set(err, ATTND_ERR_INTERNAL, "--ucx-listen: AM handler: %s",
                              ucs_status_string(us));
         goto err_free;
     }
-    if ((port = bound_port(u->listener)) < 0) {
-        st = attnd_error_set(err, ATTND_ERR_INTERNAL, "--ucx-listen: cannot query the port");
+    if ((st = attnd_ucxw_address(&u->w, &u->addr, &u->addr_len, err)))
         goto err_free;
-    }
-    snprintf(u->address, sizeof u->address, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
-             port);
-    if ((u->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "--ucx-listen: eventfd: %s",
-                             strerror(errno));
-        goto err_free;
-    }
+    snprintf(u->address, sizeof u->address, "devices %s", u->w.net_devices);
     if ((st = start_executors(u, cfg->ucx_exec_threads, err)))
         goto err_free;
-    int rc = pthread_create(&u->tid, NULL, attnd_srv_ucx_thread, u);
-    if (rc) {
+    attnd_ucxw_loop loop = {
+        .tend = attnd_srv_ucx_tend,
+        .fds = attnd_srv_ucx_fds,
+        .arg = u,
+        .spin_ns = (uint64_t)cfg->ucx_spin_us * 1000u,
+        .tick_ms = 100, /* pidfds beyond what one poll() watches */
+    };
+    if ((st = attnd_ucxw_start(&u->w, &loop, "--ucx-listen", err))) {
         stop_executors(u);
-        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                             "--ucx-listen: cannot start the progress thread: %s", strerror(rc));
         goto err_free;
     }
-    u->running = 1;
     srv->ucx = u;
     return ATTND_OK;
 
-err_ucs:
-    st = attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "--ucx-listen: UCX: %s",
-                         ucs_status_string(us));
 err_free:
     ucx_free(u);
     return st;
@@ -273,17 +209,10 @@ err_free:
 void attnd_srv_ucx_stop(attnd_srv *srv)
 {
     attnd_srv_ucx *u = srv->ucx;
-    uint64_t one = 1;
 
     if (!u)
         return;
-    if (u->running) {
-        atomic_store(&u->stop, 1);
-        if (write(u->stop_fd, &one, sizeof one) < 0)
-            attnd_log_error("ucx", "waking the progress thread: %s", strerror(errno));
-        pthread_join(u->tid, NULL);
-        u->running = 0;
-    }
+    attnd_ucxw_stop(&u->w);
     stop_executors(u);
     srv->ucx = NULL;
     ucx_free(u);

@@ -147,6 +147,14 @@ static attnd_status check_finite(const char *field, const Attnd__V1__Tensor *t, 
 
 /* ---- CreateSession / CloseSession ------------------------------------------ */
 
+/* A wire SparsePolicy as the engine's (the engine checks it). */
+static attnd_policy policy_of(const Attnd__V1__SparsePolicy *p)
+{
+    attnd_policy r = {.kind = (attnd_policy_kind)p->kind, .sink = p->sink, .window = p->window,
+                      .topk = p->topk_pages, .topk_fraction = p->topk_fraction};
+    return r;
+}
+
 attnd_status attnd_srv_validate_create(const Attnd__V1__CreateSessionRequest *m,
                                        const attnd_srv_model *model,
                                        attnd_srv_create_req *out, attnd_error *err)
@@ -162,8 +170,30 @@ attnd_status attnd_srv_validate_create(const Attnd__V1__CreateSessionRequest *m,
                                "empty, got unknown \"%.64s\"",
                                model->spec->name, name);
     }
+    if (m->n_policy_table > ATTND_POLICY_MAX_RULES)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "policy_table: %zu rules, at most %d", m->n_policy_table,
+                               ATTND_POLICY_MAX_RULES);
+    memset(out, 0, sizeof *out);
     out->max_tokens = m->max_tokens;
+    out->has_policy = m->policy || m->n_policy_table;
+    if (m->policy)
+        out->policy.dflt = policy_of(m->policy);
     return ATTND_OK;
+}
+
+void attnd_srv_create_rules(const Attnd__V1__CreateSessionRequest *m, attnd_policy_rule *rules,
+                            attnd_srv_create_req *out)
+{
+    for (size_t i = 0; i < m->n_policy_table; i++) {
+        const Attnd__V1__PolicyRule *r = m->policy_table[i];
+        rules[i] = (attnd_policy_rule){.layer_begin = r->layer_begin, .layer_end = r->layer_end,
+                                       .head_begin = r->head_begin, .head_end = r->head_end};
+        if (r->policy)
+            rules[i].policy = policy_of(r->policy);
+    }
+    out->policy.rules = rules;
+    out->policy.n_rules = (uint32_t)m->n_policy_table;
 }
 
 attnd_status attnd_srv_validate_close(const Attnd__V1__CloseSessionRequest *m,
@@ -468,6 +498,29 @@ attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
                                    b, m->n_positions);
         r.eng.positions = m->positions;
     }
+    /* sparse: the shape of the given lists here, their contents (against
+     * the sessions' policies and lengths) in the engine */
+    if (m->given_groups || m->n_given_indptr || m->n_given_idx) {
+        const uint32_t hkv = (uint32_t)model->spec->n_kv_heads;
+        if (m->given_groups != 1 && m->given_groups != hkv)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "given_groups: %u, expected 1 or the model's %u KV heads "
+                                   "(with given_indptr / given_idx)", m->given_groups, hkv);
+        if (m->n_given_indptr != b * m->given_groups + 1)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "given_indptr: expected %" PRIu64 " entries (session_ids x "
+                                   "given_groups + 1), got %zu",
+                                   b * m->given_groups + 1, m->n_given_indptr);
+        if (m->given_indptr[0] != 0 || m->given_indptr[m->n_given_indptr - 1] != m->n_given_idx)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "given_indptr: must run from 0 to the %zu given_idx entries, "
+                                   "got %u .. %u", m->n_given_idx, m->given_indptr[0],
+                                   m->given_indptr[m->n_given_indptr - 1]);
+        r.eng.given_groups = m->given_groups;
+        r.eng.given_indptr = m->given_indptr;
+        r.eng.given_idx = m->given_idx;
+    }
+    r.eng.want_pages = m->return_pages ? 1 : 0;
     r.out_dtype = r.eng.q_dtype;
     if (m->out_dtype != ATTND__V1__DTYPE__DTYPE_UNSPECIFIED) {
         st = check_dtype("out_dtype", m->out_dtype, &r.out_dtype, err);

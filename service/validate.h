@@ -45,14 +45,24 @@ void attnd_srv_model_init(attnd_srv_model *m, const attnd_model_spec *spec,
 
 typedef struct attnd_srv_create_req {
     uint64_t max_tokens;
+    int has_policy;                /* policy or policy_table given */
+    attnd_session_policy policy;   /* rules: attnd_srv_create_rules fills them */
 } attnd_srv_create_req;
 
 /* model "" or the served name: fine; another known preset:
- * FAILED_PRECONDITION; an unknown name: INVALID_ARGUMENT. */
+ * FAILED_PRECONDITION; an unknown name: INVALID_ARGUMENT. The policy is
+ * converted (its default here; policy_table needs rules memory, see below)
+ * and checked against the model by the engine (field names as on the
+ * wire: policy.window, policy_table[2].head_end, ...); here only the
+ * table's size (INVALID_ARGUMENT past ATTND_POLICY_MAX_RULES). */
 attnd_status attnd_srv_validate_create(const Attnd__V1__CreateSessionRequest *m,
                                        const attnd_srv_model *model,
                                        attnd_srv_create_req *out,
                                        attnd_error *err);
+/* The policy table of m into rules [m->n_policy_table] (caller's memory),
+ * attached to out->policy. */
+void attnd_srv_create_rules(const Attnd__V1__CreateSessionRequest *m, attnd_policy_rule *rules,
+                            attnd_srv_create_req *out);
 
 /* ---- CloseSession ------------------------------------------------------- */
 

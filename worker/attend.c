@@ -24,6 +24,7 @@
 #include "attnd_buf.h"
 #include "attnd_proj.h"
 #include "backend.h"
+#include "sparse.h"
 #include "worker_int.h"
 
 void attnd_engine_ws_init(attnd_engine_ws *ws)
@@ -43,6 +44,7 @@ void attnd_engine_ws_cleanup(attnd_engine_ws *ws)
     free(ws->lse);
     free(ws->qa);
     free(ws->proj);
+    attnd__sparse_ws_free(ws->sparse);
     if (ws->pinned_free)
         ws->pinned_free(ws->pinned);
     memset(ws, 0, sizeof *ws);
@@ -153,7 +155,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         if (st)
             return st;
         total += need;
-        from_res += attnd__session_from_reserved(s, attnd__session_layer_pages(s, layer), need);
+        from_res += attnd__session_from_reserved(s, layer, attnd__session_layer_pages(s, layer), need);
     }
     if (ATTND_BUF_RESERVE(ws->new_pages, ws->cap_new, (size_t)total + 1))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "new_kv: out of memory");
@@ -169,7 +171,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         attnd__session *s = ws->sessions[i];
         int64_t need = attnd__engine_pages_for_append(e, s, layer, S);
         int32_t have = attnd__session_layer_pages(s, layer);
-        int64_t r = attnd__session_from_reserved(s, have, need);
+        int64_t r = attnd__session_from_reserved(s, layer, have, need);
         memcpy(s->pages[layer] + have, ws->new_pages + taken, sizeof(int32_t) * (size_t)need);
         taken += need;
         s->reserved_left -= r;
@@ -180,6 +182,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         /* a GPU error is sticky (the worker must restart); lengths advance
          * anyway so that the page bookkeeping stays consistent */
         s->len[layer] += S;
+        attnd__sparse_evict(e, s, layer); /* streaming: pages out of the window */
         if (wst && st == ATTND_OK)
             st = wst;
     }
@@ -321,7 +324,8 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
 {
     const attnd_model_spec *m = &e->model;
     attnd_status st = attnd__engine_check_layer(e, req->layer, err);
-    uint64_t tokens = 0;
+    uint64_t tokens = 0, kv_bytes = 0, dense_bytes = 0;
+    int sparse = 0;
 
     if (st)
         return st;
@@ -385,15 +389,23 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     for (uint32_t k = 0; k < req->n_seqs; k++)
         pthread_mutex_lock(&((attnd__session *)ws->sessions[ws->order[k]])->mu);
 
+    ws->chosen_groups = 0;
+    ws->select_ns = 0;
+    sparse = attnd__sparse_needed(e, req, ws);
+    if (sparse && (st = attnd__sparse_check(e, req, ws, err)))
+        goto out;
     if (req->new_kv) {
         st = append_new_entries(e, req, ws, err);
         if (st)
             goto out;
     }
-    st = req->visible ? build_visible_lists(e, req, ws, &tokens, err)
-                      : build_page_lists(e, req, ws, &tokens, err);
-    if (st)
-        goto out;
+    if (!sparse) {
+        st = req->visible ? build_visible_lists(e, req, ws, &tokens, err)
+                          : build_page_lists(e, req, ws, &tokens, err);
+        if (st)
+            goto out;
+        kv_bytes = dense_bytes = tokens * e->entry_bytes;
+    }
 
     attnd_decode_batch b = {
         .n_seqs = (int32_t)req->n_seqs * (req->visible ? req->q_tokens : 1),
@@ -411,12 +423,18 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         .out = out,
         .lse = lse,
     };
+    /* sparse policies: their own lists (sparse_attend.c); a topk-pages
+     * selection scores with b.q, the absorbed query on the CPU */
+    if (sparse && (st = attnd__sparse_lists(e, req, ws, &b, &kv_bytes, &dense_bytes, err)))
+        goto out;
     if (e->gpu) {
         attnd__gpu_proj gp = {
             .d_nope = uk ? uk->rows : 0, .uk = uk ? uk->dev : NULL,
             .d_vo = uv ? uv->cols : 0, .uv = uv ? uv->dev : NULL,
         };
-        st = attnd__gpu_decode(e->gpu, &b, uk || uv ? &gp : NULL, err);
+        const attnd__gpu_proj *pp = uk || uv ? &gp : NULL;
+        st = sparse ? attnd__sparse_gpu_decode(e, ws, &b, pp, err)
+                    : attnd__gpu_decode(e->gpu, &b, pp, err);
     } else {
         st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
     }
@@ -424,7 +442,8 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         goto out;
     atomic_fetch_add(&e->attend_calls, 1);
     atomic_fetch_add(&e->attend_seqs, req->n_seqs);
-    atomic_fetch_add(&e->kv_bytes_read, tokens * e->entry_bytes);
+    atomic_fetch_add(&e->kv_bytes_read, kv_bytes);
+    atomic_fetch_add(&e->kv_bytes_dense, dense_bytes);
     if (req->new_kv)
         atomic_fetch_add(&e->tokens_appended, (uint64_t)req->n_seqs * (uint64_t)req->q_tokens);
 

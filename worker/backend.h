@@ -78,6 +78,27 @@ attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src
                                const void *src, size_t n, void **dev_p, attnd_error *err);
 void attnd__gpu_free(attnd__gpu *g, void *dev);
 
+/* Sparse policies. Keep the GPU's copy of page p's key bounds (every KV
+ * head) equal to the host's (bounds: the engine's head-major array of
+ * n_pages pages, attnd_kv_bounds_at); made on first use. INTERNAL on a
+ * CUDA error, RESOURCE_EXHAUSTED without device memory for it. */
+attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
+                                      attnd_error *err);
+/* attnd__gpu_decode after running page selection sel on the GPU (the
+ * kernels/cuda selection of the lists sel describes, prepared on the host
+ * by attnd_select_prepare: its kept pages land in the uploaded page_idx at
+ * each list's out0, so b->page_idx holds anything there), with the bounds
+ * uploaded above. The selection scores pages with the query the kernel
+ * reads: with proj->d_nope > 0 the absorbed one (the heads-form query
+ * after the W_UK product, on the GPU), so sel's q is not read. pos_out
+ * (host, may be NULL): the kept candidates' positions (sel_pos); sel_work:
+ * the floats attnd_select_prepare returned; *select_ns_p: the selection's
+ * GPU time. */
+attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd_select_batch *sel,
+                                      size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
+                                      attnd_error *err);
+
 /* Page-locked host memory of `bytes` for *p (RESOURCE_EXHAUSTED, or
  * UNIMPLEMENTED without CUDA); free with attnd__gpu_host_free (NULL: no-op).
  * The engine's workspaces hold GPU outputs in it. */

@@ -46,6 +46,12 @@
  * MB. Not run in the session that wrote it (no GPU was lent): compiled
  * only; tests/gpu/test_gpu_narrow.c is its test.
  *
+ * Sparse policies (attnd__gpu_decode_select): the page selection runs on
+ * the stream after the query is where the kernel reads it, so a heads-form
+ * query is scored absorbed (the absorb GEMM first, then the selection,
+ * the decode, the up-projection): the pages are chosen by the same q.k
+ * bounds as for the absorbed form.
+ *
  * Concurrency: one mutex serializes every call (the staging buffers, the
  * plan and its workspace are shared). A GPU runs one of these launches at a
  * time anyway; the cost is that host-side conversion of one call does not
@@ -57,6 +63,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_assert.h"
 #include "attnd_cuda.h"
 #include "backend.h"
 
@@ -93,6 +100,12 @@ struct attnd__gpu {
                             until then */
     gpu_buf qn;         /* heads-form queries (pinned half: not bf16) */
     gpu_buf proj;       /* up-projected outputs, device only */
+    /* sparse policies: the key bounds (head-major, as the host's), and the
+     * selection's lists, candidates, scratch and positions */
+    uint16_t *bounds;
+    gpu_buf sel_lists, sel_cand, sel_work, sel_pos;
+    cudaEvent_t sel_t0, sel_t1;
+    int sel_events;
 };
 
 static attnd_status cuda_fail(attnd_error *err, cudaError_t rc, const char *what)
@@ -319,6 +332,15 @@ void attnd__gpu_destroy(attnd__gpu *g)
     buf_free(&g->lse);
     buf_free(&g->qn);
     buf_free(&g->proj);
+    buf_free(&g->sel_lists);
+    buf_free(&g->sel_cand);
+    buf_free(&g->sel_work);
+    buf_free(&g->sel_pos);
+    cudaFree(g->bounds);
+    if (g->sel_events) {
+        cudaEventDestroy(g->sel_t0);
+        cudaEventDestroy(g->sel_t1);
+    }
     cudaFreeHost(g->stage);
     cudaFree(g->pool);
     if (g->blas)
@@ -447,14 +469,125 @@ static attnd_status up_project(attnd__gpu *g, const attnd__gpu_proj *p, int32_t 
                                         : blas_fail(err, brc, "up-projection (o . W_UV)");
 }
 
-attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b,
-                               const attnd__gpu_proj *proj, attnd_error *err)
+/* Upload what page selection sel needs and enqueue it, its kept pages
+ * into g->idx.d (the batch's page_idx, uploaded before). Under g->mu, the
+ * stream idle when buffers must grow. */
+static attnd_status select_enqueue(attnd__gpu *g, const attnd_select_batch *sel, size_t work,
+                                   size_t n_idx, attnd_error *err)
+{
+    size_t n_out = 0, n_cand = 0;
+    int32_t n_chunks = 0;
+    cudaError_t rc;
+    attnd_status st;
+
+    for (int32_t i = 0; i < sel->n_lists; i++) {
+        const attnd_select_list *sl = &sel->lists[i];
+        size_t c = (size_t)sl->cand0 + (size_t)sl->n_cand, o = (size_t)sl->out0 + (size_t)sl->keep;
+        n_out = o > n_out ? o : n_out;
+        ATTND_ASSERT(o <= n_idx); /* each list's pages inside the batch's page_idx */
+        n_cand = c > n_cand ? c : n_cand;
+        int32_t ch = sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
+                         ? 0
+                         : (sl->n_cand + ATTND_SELECT_CHUNK - 1) / ATTND_SELECT_CHUNK;
+        n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
+    }
+    if (!g->bounds)
+        return attnd_error_set(err, ATTND_ERR_INTERNAL, "select: no key bounds on the GPU");
+    if ((size_t)sel->n_lists * sizeof(attnd_select_list) > g->sel_lists.cap ||
+        n_cand * 4 > g->sel_cand.cap || work * 4 > g->sel_work.cap || n_idx * 4 > g->sel_pos.cap) {
+        if ((rc = cudaStreamSynchronize(g->stream)) != cudaSuccess)
+            return cuda_fail(err, rc, "cudaStreamSynchronize");
+    }
+    if ((st = buf_fit(&g->sel_lists, (size_t)sel->n_lists * sizeof(attnd_select_list), 0,
+                      "select", err)) ||
+        (st = buf_fit(&g->sel_cand, n_cand * 4 + 4, 0, "select", err)) ||
+        (st = buf_fit(&g->sel_work, work * 4 + 4, 0, "select", err)) ||
+        (st = buf_fit(&g->sel_pos, n_idx * 4 + 4, 0, "select", err)))
+        return st;
+    if (!g->sel_events) {
+        if (cudaEventCreate(&g->sel_t0) != cudaSuccess || cudaEventCreate(&g->sel_t1) != cudaSuccess)
+            return cuda_fail(err, cudaGetLastError(), "cudaEventCreate");
+        g->sel_events = 1;
+    }
+    if ((rc = cudaMemcpyAsync(g->sel_lists.d, sel->lists,
+                              (size_t)sel->n_lists * sizeof(attnd_select_list),
+                              cudaMemcpyHostToDevice, g->stream)) != cudaSuccess ||
+        (rc = cudaMemcpyAsync(g->sel_cand.d, sel->cand_idx, n_cand * 4, cudaMemcpyHostToDevice,
+                              g->stream)) != cudaSuccess)
+        return cuda_fail(err, rc, "cudaMemcpyAsync (selection)");
+    attnd_cuda_select cs = {
+        .n_lists = sel->n_lists,
+        .n_chunks = n_chunks,
+        .lists = g->sel_lists.d,
+        .n_seqs = sel->n_seqs,
+        .q_tokens = sel->q_tokens,
+        .n_q_heads = sel->n_q_heads,
+        .list_groups = sel->list_groups,
+        .kv = g->layout,
+        .q = g->q.d,
+        .bounds = g->bounds,
+        .bounds_pages = g->n_pages,
+        .cand_idx = g->sel_cand.d,
+        .sel_pages = g->idx.d,
+        .sel_pos = g->sel_pos.d,
+        .work = g->sel_work.d,
+    };
+    cudaEventRecord(g->sel_t0, g->stream);
+    if ((st = attnd_cuda_select_run(g->ctx, &cs, err)))
+        return st;
+    cudaEventRecord(g->sel_t1, g->stream);
+    return ATTND_OK;
+}
+
+attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
+                                      attnd_error *err)
+{
+    const attnd_kv_layout *l = &g->layout;
+    const size_t row = (size_t)2 * l->d_k * sizeof(uint16_t);
+    attnd_status st = ATTND_OK;
+    cudaError_t rc;
+
+    pthread_mutex_lock(&g->mu);
+    if (!g->bounds) {
+        size_t bytes = attnd_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
+        if ((rc = cudaMalloc((void **)&g->bounds, bytes)) != cudaSuccess) {
+            (void)cudaGetLastError();
+            g->bounds = NULL;
+            st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                 "kv: no GPU memory for %zu bytes of page key bounds", bytes);
+            goto out;
+        }
+    }
+    for (int32_t h = 0; h < l->n_kv_heads; h++) {
+        size_t at = attnd_kv_bounds_at(l, g->n_pages, h, p);
+        /* pageable source: the copy is staged by the driver before return */
+        if ((rc = cudaMemcpyAsync(g->bounds + at, bounds + at, row, cudaMemcpyHostToDevice,
+                                  g->stream)) != cudaSuccess) {
+            st = cuda_fail(err, rc, "cudaMemcpyAsync (key bounds)");
+            goto out;
+        }
+    }
+out:
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}
+
+/* Decode batch b, with the projections of proj and the page selection sel
+ * when given, in stream order: upload the query (and the page lists), the
+ * absorb GEMM (heads form: g->q.d becomes the absorbed query), the
+ * selection (scores with g->q.d, writes the kept pages into g->idx.d), the
+ * decode, the up-projection, the downloads; one synchronization. */
+static attnd_status decode_locked(attnd__gpu *g, const attnd_decode_batch *b,
+                                  const attnd__gpu_proj *proj, const attnd_select_batch *sel,
+                                  size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
+                                  attnd_error *err)
 {
     const attnd_kv_layout *l = &g->layout;
     const int32_t q_rows = b->n_seqs * b->q_tokens, H = b->n_q_heads;
     const size_t rows = (size_t)q_rows * (size_t)H;
     const size_t q_elems = rows * (size_t)l->d_k, out_elems = rows * (size_t)l->d_v;
-    const size_t n_idx = (size_t)b->page_indptr[b->n_seqs];
+    const int32_t lg = b->list_groups > 1 ? b->list_groups : 1; /* sparse: per KV head group */
+    const size_t n_idx = (size_t)b->page_indptr[(size_t)b->n_seqs * lg];
     const int heads = proj && proj->d_nope > 0, vo = proj && proj->d_vo > 0;
     const size_t qn_elems = heads ? rows * (size_t)(proj->d_nope + l->d_k - l->d_v) : 0;
     const size_t proj_elems = vo ? rows * (size_t)proj->d_vo : 0;
@@ -499,13 +632,14 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b,
         st = cuda_fail(err, rc, "cudaMemcpyAsync (upload)");
         goto out;
     }
+    /* the absorbed query before the selection: it scores with g->q.d */
     if (heads && (st = absorb(g, proj, q_rows, H, err)))
         goto out;
     attnd_cuda_batch cb = {
         .n_seqs = b->n_seqs,
         .q_tokens = b->q_tokens,
         .n_q_heads = b->n_q_heads,
-        .list_groups = 1,
+        .list_groups = lg,
         .scale = b->scale,
         .kv = *l,
         .pool_pages = g->n_pages,
@@ -516,6 +650,8 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b,
         .out = g->out.d,
         .lse = g->lse.d,
     };
+    if (sel && (st = select_enqueue(g, sel, sel_work, n_idx, err))) /* pages into g->idx.d */
+        goto out;
     if ((st = attnd_cuda_plan_make(g->plan, &cb, b->page_indptr, b->last_page_len, NULL, err)) ||
         (st = attnd_cuda_decode_run(g->plan, &cb, err)))
         goto out;
@@ -529,10 +665,35 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b,
         st = cuda_fail(err, rc, "cudaMemcpyAsync (download)");
         goto out;
     }
+    if (sel && pos_out && n_idx &&
+        (rc = cudaMemcpyAsync(pos_out, g->sel_pos.d, n_idx * 4, cudaMemcpyDeviceToHost,
+                              g->stream)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaMemcpyAsync (selection positions)");
+        goto out;
+    }
     st = gpu_sync(g, err);
+    if (st == ATTND_OK && sel && select_ns_p) {
+        float ms = 0.f;
+        cudaEventElapsedTime(&ms, g->sel_t0, g->sel_t1);
+        *select_ns_p = (uint64_t)((double)ms * 1e6);
+    }
 out:
     pthread_mutex_unlock(&g->mu);
     return st;
+}
+
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b,
+                               const attnd__gpu_proj *proj, attnd_error *err)
+{
+    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, err);
+}
+
+attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd_select_batch *sel,
+                                      size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
+                                      attnd_error *err)
+{
+    return decode_locked(g, b, proj, sel, sel_work, pos_out, select_ns_p, err);
 }
 
 attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src_t,

@@ -57,3 +57,19 @@ void attnd__gpu_free(attnd__gpu *g, void *dev)
 {
     (void)g, (void)dev;
 }
+
+attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
+                                      attnd_error *err)
+{
+    (void)g, (void)bounds, (void)p;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
+attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd_select_batch *sel,
+                                      size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
+                                      attnd_error *err)
+{
+    (void)g, (void)b, (void)proj, (void)sel, (void)sel_work, (void)pos_out, (void)select_ns_p;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}

@@ -16,6 +16,7 @@
 
 #include "attnd_buf.h"
 #include "backend.h"
+#include "sparse.h"
 #include "worker_int.h"
 
 static int64_t div_up(int64_t a, int64_t b)
@@ -75,6 +76,11 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     }
     if (st)
         goto err_pool;
+    if ((st = attnd__sparse_engine_init(e, err))) {
+        attnd__gpu_destroy(e->gpu);
+        attnd_kv_pool_cleanup(&e->pool);
+        goto err_pool;
+    }
     st = attnd__session_table_init(&e->table, cfg->max_sessions, err);
     if (st)
         goto err_table;
@@ -94,6 +100,7 @@ err_weights:
 err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
 err_table:
+    attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
 err_pool:
@@ -108,6 +115,7 @@ void attnd_engine_destroy(attnd_engine *e)
     attnd_cpu_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__weights_cleanup(e); /* before the GPU: device copies */
+    attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
     attnd__stages_cleanup(e);
@@ -238,6 +246,9 @@ attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t lay
                                  uint64_t n, attnd_dtype dtype, const void *kv,
                                  attnd_error *err)
 {
+    attnd_status st = attnd__sparse_note_write(e, s, layer, t0, n, dtype, kv, err);
+    if (st)
+        return st;
     if (e->gpu)
         return attnd__gpu_write(e->gpu, s->pages[layer], t0, n, dtype, kv, err);
     const int32_t ps = e->layout.page_size;
@@ -307,4 +318,9 @@ void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st)
     st->append_calls = atomic_load(&e->append_calls);
     st->tokens_appended = atomic_load(&e->tokens_appended);
     st->kv_bytes_read = atomic_load(&e->kv_bytes_read);
+    st->kv_bytes_dense = atomic_load(&e->kv_bytes_dense);
+    st->select_bytes_read = atomic_load(&e->select_bytes);
+    st->select_ns = atomic_load(&e->select_ns);
+    st->select_calls = atomic_load(&e->select_calls);
+    st->pages_evicted = atomic_load(&e->pages_evicted);
 }

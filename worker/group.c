@@ -103,7 +103,7 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
     g->d_k_r = attnd_model_d_k(&g->shard);
     g->d_v_r = attnd_model_d_v(&g->shard);
     g->kv_elems_r = attnd_model_kv_token_elems(&g->shard);
-    pthread_mutex_init(&g->ucp_mu, NULL);
+    g->rdv_fd = -1;
     pthread_mutex_init(&g->call_mu, NULL);
     pthread_condattr_t ca; /* attnd__gcall_wait's deadlines are CLOCK_MONOTONIC */
     pthread_condattr_init(&ca);
@@ -115,6 +115,7 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
     pthread_cond_init(&g->job_cv, NULL);
     attnd__gtable_init(&g->table, cfg->model.n_layers);
     attnd__gstages_init(g);
+    attnd__gnet_set_handlers(g, attnd__gpeer_on_request, attnd__gcall_on_reply);
     if ((st = attnd__gpeer_start(g, err)) || (st = attnd__gnet_start(g, err))) {
         attnd_group_destroy(g);
         return st;
@@ -141,7 +142,6 @@ void attnd_group_destroy(attnd_group *g)
     attnd__gbufs_cleanup(g);
     attnd__glws_cleanup(g);
     attnd__gtable_cleanup(&g->table);
-    pthread_mutex_destroy(&g->ucp_mu);
     pthread_mutex_destroy(&g->call_mu);
     pthread_cond_destroy(&g->call_cv);
     pthread_mutex_destroy(&g->buf_mu);
@@ -170,7 +170,7 @@ void attnd_group_get_state(attnd_group *g, attnd_group_state *st)
     for (int32_t r = 0; r < g->N; r++) {
         if (r == g->me)
             continue;
-        if (attnd__gnet_peer_up(g, r)) {
+        if (attnd__gnet_peer_info(g, r, &st->peers[r])) {
             st->connected++;
         } else if (used + 8 < sizeof st->missing) {
             int k = snprintf(st->missing + used, sizeof st->missing - used, "%s%d",

@@ -134,6 +134,11 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
     const float *out[ATTND_GROUP_MAX_RANKS], *lse[ATTND_GROUP_MAX_RANKS];
     attnd_status st;
 
+    if (req->given_groups || req->want_pages)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "%s: not carried by a worker group's Attend yet (policies set at "
+                               "CreateSession are: topk-pages, streaming, full)",
+                               req->want_pages ? "return_pages" : "given_idx");
     if (n == 0 || !req->ids || req->q_tokens < 1 ||
         req->q_tokens > ATTND_ENGINE_MAX_Q_TOKENS || !req->q)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,

@@ -6,7 +6,7 @@
  *
  * Calls: a leader that sends a request to peers registers a call (an id
  * and one slot per rank); replies find their call by id in the AM handler
- * (group_net.c, under ucp_mu) and land in the slot's buffer, by copy for an
+ * (group_net.c, under net.mu) and land in the slot's buffer, by copy for an
  * eager message or by ucp_am_recv_data_nbx straight into it for a
  * rendezvous one. The leader waits on call_cv until every slot it expects is
  * done or the deadline passes. A leader that gives up while a rendezvous
@@ -57,7 +57,7 @@ attnd__gbuf *attnd__gbuf_get(attnd_group *g, size_t n)
     b->next = NULL;
     b->g = g;
     b->pooled = 0;
-    b->conn = NULL;
+    b->peer_token = 0;
     b->len = 0;
     memset(&b->hdr, 0, sizeof b->hdr);
     return b;
@@ -252,8 +252,7 @@ void attnd__gcall_release(attnd_group *g, attnd__gcall *c)
         free_call_locked(g, c, &bufs);
     }
     pthread_mutex_unlock(&g->call_mu);
-    if (g->worker)
-        ucp_worker_signal(g->worker); /* the progress thread may kick peers */
+    attnd_ucxw_wake(&g->net); /* the progress thread may kick peers */
     put_bufs(g, bufs);
 }
 
@@ -296,7 +295,7 @@ static attnd__gcall *find_call(attnd_group *g, uint64_t id)
 }
 
 /* A rendezvous receive into a slot ended. */
-static void on_recv_done(void *request, ucs_status_t status, size_t length, void *user)
+static void on_recv_done(void *user, ucs_status_t status, size_t length)
 {
     attnd__gslot *s = user;
     attnd_group *g = s->g;
@@ -323,24 +322,23 @@ static void on_recv_done(void *request, ucs_status_t status, size_t length, void
     }
     pthread_mutex_unlock(&g->call_mu);
     put_bufs(g, bufs);
-    if (request)
-        ucp_request_free(request);
 }
 
-ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__ghdr *h, void *data,
-                                   size_t len, const ucp_am_recv_param_t *param)
+/* Returning UCS_OK without receiving drops a rendezvous payload (UCX
+ * releases it). */
+ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__gnet_msg *m)
 {
-    int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-    ucs_status_t ret = UCS_OK;
+    const attnd__ghdr *h = m->h;
+    const void *data = m->data;
+    size_t len = m->len;
+    int rndv = m->rndv;
 
-    if (h->src_rank < 0 || h->src_rank >= g->N)
-        goto drop;
     pthread_mutex_lock(&g->call_mu);
     attnd__gcall *c = find_call(g, h->req_id);
     attnd__gslot *s = c ? &c->slot[h->src_rank] : NULL;
     if (!s || !s->expect || s->done || s->recv_inflight || c->abandoned) {
         pthread_mutex_unlock(&g->call_mu);
-        goto drop; /* a late answer to a call that gave up */
+        return UCS_OK; /* a late answer to a call that gave up */
     }
     s->a = h->a;
     if (h->status != ATTND_OK || len != s->want) {
@@ -354,7 +352,7 @@ ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__ghdr *h, void *d
                           h->status != ATTND_OK ? (attnd_status)h->status : ATTND_ERR_INTERNAL,
                           msg);
         pthread_mutex_unlock(&g->call_mu);
-        goto drop;
+        return UCS_OK;
     }
     if (!rndv) {
         memcpy(s->buf->data, data, len);
@@ -372,20 +370,6 @@ ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__ghdr *h, void *d
     s->g = g;
     s->call = c;
     pthread_mutex_unlock(&g->call_mu);
-    ucp_request_param_t rp = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-        .cb.recv_am = on_recv_done,
-        .user_data = s,
-    };
-    ucs_status_ptr_t r = ucp_am_recv_data_nbx(g->worker, data, s->buf->data, len, &rp);
-    if (r == NULL)
-        on_recv_done(NULL, UCS_OK, len, s);
-    else if (UCS_PTR_IS_ERR(r))
-        on_recv_done(NULL, UCS_PTR_STATUS(r), 0, s);
-    return UCS_OK;
-
-drop:
-    if (rndv)
-        ucp_am_data_release(g->worker, data);
-    return ret;
+    attnd__gnet_recv(g, m->data, s->buf->data, len, on_recv_done, s);
+    return UCS_INPROGRESS;
 }

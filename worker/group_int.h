@@ -1,8 +1,10 @@
 /* Internal interfaces of the worker group (worker/group_*.c).
  *
  * Files: group.c (settings, start-up, state), group_addr.c (addresses),
- * group_net.c (UCX context, listener, endpoints, progress thread,
- * active-message dispatch), group_call.c (buffers and pending calls),
+ * group_rdv.c (the rendezvous: a plain TCP handshake that exchanges UCX
+ * worker addresses), group_net.c (peers, endpoints, the progress loop,
+ * active-message dispatch to the registered handlers; UCX through
+ * common/attnd_ucxw.h), group_call.c (buffers and pending calls),
  * group_table.c (global session lengths), group_place.c (placement and the
  * per-rank slices of tensors), group_rank.c (one rank's part of a request,
  * shared by the leader and the peers), group_peer.c (serving peers' requests
@@ -15,17 +17,17 @@
  * group_combine.c (combine); group_weights.c (each rank's part of W_UK
  * and W_UV, which its engine holds and applies).
  *
- * Wire: rank-to-rank messages are UCX active messages. Requests travel on
- * AM id ATTND__GAM_REQ over the sender's own endpoint to the peer (with
- * UCP_AM_SEND_FLAG_REPLY); replies on ATTND__GAM_REP over the endpoint the
- * request came in on. Each carries a fixed 64-byte attnd__ghdr as the AM
- * header and raw bytes as the AM data (tensors as stored, no per-element
- * encoding; see group_rank.c for the layouts).
+ * Wire: rank-to-rank messages are UCX active messages, each rank sending
+ * on its own endpoint to the peer: requests on AM id ATTND__GAM_REQ,
+ * replies on ATTND__GAM_REP. Each carries a fixed 72-byte attnd__ghdr as
+ * the AM header (with the receiver's token, learned in the rendezvous:
+ * anything else is dropped) and raw bytes as the AM data (tensors as
+ * stored, no per-element encoding; see group_rank.c for the layouts).
  *
- * Locks, in order: ucp_mu (every ucp_* call; AM and error callbacks run
- * under it), then call_mu, buf_mu, job_mu, stage_mu, the engine's locks,
- * the table's lock. A thread holding a later lock never takes an earlier
- * one.
+ * Locks, in order: net.mu (every ucp_* call; AM and error callbacks and
+ * the registered handlers run under it), then call_mu, buf_mu, job_mu,
+ * stage_mu, the engine's locks, the table's lock. A thread holding a
+ * later lock never takes an earlier one.
  */
 #ifndef ATTND_GROUP_INT_H
 #define ATTND_GROUP_INT_H
@@ -36,15 +38,14 @@
 
 #include <sys/socket.h>
 
-#include <ucp/api/ucp.h>
-
 #include "attnd_group.h"
+#include "attnd_ucxw.h"
 #include "worker_int.h"
 
 enum { ATTND__GAM_REQ = 41, ATTND__GAM_REP = 42 };
 
 enum attnd__gmsg {
-    ATTND__GMSG_HELLO = 1,  /* a = group size, b = mode, layer = page size */
+    ATTND__GMSG_HELLO = 1,  /* after the rendezvous: the new endpoints work */
     ATTND__GMSG_CREATE = 2, /* data: id; a = max_tokens for this rank */
     ATTND__GMSG_CLOSE = 3,  /* data: id; reply a = pages freed */
     ATTND__GMSG_APPEND = 4, /* data: id (64 bytes), this rank's tokens; a =
@@ -72,46 +73,107 @@ typedef struct attnd__ghdr {
     uint32_t kv_dtype; /* ATTEND: 0 without new KV */
     uint64_t a, b;
     uint64_t stream;   /* APPEND, COMMIT, ABORT: the AppendKV stream's id */
+    uint64_t token;    /* the receiver's token (group_rdv.c): others are dropped */
 } attnd__ghdr;
 
-_Static_assert(sizeof(attnd__ghdr) == 64, "the wire header is 64 bytes");
+_Static_assert(sizeof(attnd__ghdr) == 72, "the wire header is 72 bytes");
 
 /* ---- buffers (group_call.c) ------------------------------------------------
  * Byte buffers from a per-group free list (steady state allocates nothing).
  * A buffer is also what a queued peer request is: hdr, the connection it
  * came on, its data. */
-typedef struct attnd__gconn attnd__gconn;
-
 typedef struct attnd__gbuf {
     struct attnd__gbuf *next;
     struct attnd_group *g;
     attnd__ghdr hdr;     /* sends: the AM header (must live until completion) */
-    attnd__gconn *conn;  /* queued requests: where to reply */
+    uint64_t peer_token; /* queued requests: the sender's token then (its
+                            reply goes only to that incarnation) */
     size_t cap, len;
     int pooled;          /* on the free list (a second put is a bug) */
     unsigned char *data; /* 64-byte aligned, cap bytes */
 } attnd__gbuf;
 
-/* ---- peers and connections (group_net.c) ---------------------------------- */
+/* ---- the rendezvous (group_rdv.c) ------------------------------------------
+ * Before any UCX traffic two ranks exchange a card over a plain TCP
+ * connection to the rendezvous port attnd itself listens on (the --group
+ * address): a fixed header (magic, version, kind, rank, the group's
+ * settings, a token, a nonce, who the process is) and a bounded payload
+ * (the UCX worker address, or a refusal's message). */
+
+#define ATTND__GCARD_MAGIC "ATTNDGRP"
+#define ATTND__GCARD_VERSION 1
+#define ATTND__GCARD_HDR 160 /* bytes of the fixed header on the wire */
+
+enum { ATTND__GCARD_HELLO = 1, ATTND__GCARD_ANSWER = 2 };
+
+typedef struct attnd__gcard {
+    uint16_t version, kind;
+    int32_t rank, size;
+    uint32_t mode, page_size, n_layers, n_q_heads, kv_elems, kv_dtype;
+    int32_t status;          /* ANSWER: 0, or why the sender refuses (payload:
+                                the message) */
+    uint64_t token;          /* the sender's: put in every UCX message to it */
+    uint8_t nonce[16];       /* random per card (for the challenge, see
+                                group_rdv.c) */
+    attnd_ucxw_host host;    /* the sender's process */
+    uint32_t shm_ok;         /* it may connect without UCX error handling */
+    uint32_t payload_len;    /* <= ATTND_UCXW_ADDR_MAX */
+} attnd__gcard;
+
+/* Encode c (payload_len bytes of payload follow the header) into out
+ * (ATTND__GCARD_HDR + payload_len bytes). */
+size_t attnd__gcard_encode(const attnd__gcard *c, const void *payload, unsigned char *out);
+/* Decode a card's fixed header from have bytes at buf: 1 when it is
+ * complete and valid (then *c holds it and c->payload_len is bounded), 0
+ * when more bytes are needed, -1 when it is not a card. */
+int attnd__gcard_decode(const unsigned char *buf, size_t have, attnd__gcard *c);
+
+#define ATTND__GRDV_MAX_CONNS 16
+
+typedef struct attnd__grdv_conn {
+    int fd;                  /* -1: a free slot */
+    int outgoing;            /* we connected, to rank `rank` */
+    int32_t rank;
+    int sending;             /* else receiving */
+    int64_t deadline_ms;
+    size_t have, out_len, out_sent;
+    unsigned char in[ATTND__GCARD_HDR + ATTND_UCXW_ADDR_MAX];
+    unsigned char out[ATTND__GCARD_HDR + ATTND_UCXW_ADDR_MAX];
+} attnd__grdv_conn;
+
+/* ---- peers (group_net.c) ---------------------------------------------------- */
 
 enum { ATTND__PEER_DOWN = 0, ATTND__PEER_CONNECTING = 1, ATTND__PEER_UP = 2 };
 
 typedef struct attnd__gpeer {
     struct attnd_group *g;
     int32_t rank;
-    ucp_ep_h ep;         /* our endpoint to it (requests go here) */
+    ucp_ep_h ep;         /* our endpoint to it (everything we send it) */
     int state;
+    uint64_t peer_token; /* its token (its card's): in every message to it */
+    int on_host;         /* its card says: this host (warn if UCX uses TCP) */
+    int same_host;       /* no UCX error handling; its process watched: */
+    int pidfd;           /* -1 when not same_host */
+    char transports[64];
     uint64_t hello_id;
-    int64_t next_try_ms, hello_deadline_ms;
+    int64_t next_try_ms, hello_next_ms, hello_deadline_ms;
     atomic_int kick;     /* a leader saw it time out: reconnect */
     int ever_up;
 } attnd__gpeer;
 
-struct attnd__gconn {    /* an endpoint a peer opened to us (replies go here) */
-    ucp_ep_h ep;
-    int alive;
-    struct attnd__gconn *next;
-};
+/* A message handed to a registered handler (inside progress, under
+ * net.mu): the checked header, its data (rndv: a descriptor for
+ * attnd__gnet_recv), and the sender's token. The handler returns what a
+ * ucp AM callback returns (UCS_INPROGRESS after attnd__gnet_recv). */
+typedef struct attnd__gnet_msg {
+    const attnd__ghdr *h;
+    void *data;
+    size_t len;
+    int rndv;
+    uint64_t peer_token;
+} attnd__gnet_msg;
+
+typedef ucs_status_t (*attnd__gnet_handler)(struct attnd_group *g, const attnd__gnet_msg *m);
 
 /* ---- pending calls (group_call.c) ------------------------------------------- */
 
@@ -194,18 +256,18 @@ struct attnd_group {
     int32_t hq, d_k, d_v, hq_r, d_k_r, d_v_r;
     int64_t kv_elems, kv_elems_r;
 
-    ucp_context_h ctx;
-    ucp_worker_h worker;
-    ucp_listener_h listener;
-    int efd, port;
-    pthread_mutex_t ucp_mu;
+    attnd_ucxw net;          /* context, worker, progress thread (net.mu) */
+    void *addr;              /* our worker address, as the cards carry it */
+    size_t addr_len;
+    attnd_ucxw_host host;
+    int shm_ok;
+    uint64_t token;          /* ours, random per process */
+    attnd__gnet_handler on_request, on_reply;
     attnd__gpeer peers[ATTND_GROUP_MAX_RANKS];
-    attnd__gconn *conns;
-    void **closing;      /* ep close requests in progress */
-    size_t n_closing, cap_closing;
-    pthread_t progress_tid;
-    int progress_running;
-    atomic_int stop;
+    int64_t last_watch_ms;   /* pidfds last looked at */
+    /* the rendezvous (group_rdv.c; the progress thread's) */
+    int rdv_fd, port;        /* listening socket, its bound port */
+    attnd__grdv_conn *rdv;   /* [ATTND__GRDV_MAX_CONNS] */
 
     pthread_mutex_t call_mu;
     pthread_cond_t call_cv;
@@ -232,7 +294,7 @@ struct attnd_group {
     attnd__gtable table;
     atomic_uint_fast64_t peer_failures;
     /* rank-to-rank active-message bytes (header + payload), both ways;
-     * counted under ucp_mu, read by attnd_group_get_state */
+     * counted under net.mu, read by attnd_group_get_state */
     atomic_uint_fast64_t bytes_sent, bytes_received;
 
     pthread_mutex_t stage_mu; /* AppendKV stages (group_stage.c) */
@@ -266,9 +328,20 @@ void attnd__gcall_release(attnd_group *g, attnd__gcall *c);
 void attnd__gcalls_cleanup(attnd_group *g);
 /* Fail every open slot of rank r in every call (its endpoint broke). */
 void attnd__gcalls_fail_rank(attnd_group *g, int32_t r, const char *why);
-/* The AM reply handler's work, under ucp_mu. */
-ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__ghdr *h, void *data,
-                                   size_t len, const ucp_am_recv_param_t *param);
+/* The reply handler (registered with group_net.c). */
+ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__gnet_msg *m);
+
+/* group_rdv.c (on the progress thread, under net.mu) */
+/* Listen on our --group address (g->port gets the bound port). */
+attnd_status attnd__grdv_listen(attnd_group *g, attnd_error *err);
+/* Start a rendezvous with rank r (no-op when one is under way or its
+ * address is not known yet). */
+void attnd__grdv_connect(attnd_group *g, int32_t r);
+/* Accept, read, write, time out; 1 when anything happened. */
+int attnd__grdv_tend(attnd_group *g);
+/* The sockets to sleep on. */
+int attnd__grdv_fds(attnd_group *g, struct pollfd *fds, int cap);
+void attnd__grdv_close(attnd_group *g);
 
 /* group_addr.c */
 /* Split "host:port" (host into h of hn bytes). 0 or -1. */
@@ -281,24 +354,41 @@ int attnd__gaddr_peer(attnd_group *g, int32_t r, struct sockaddr_storage *ss, so
 int attnd__gaddr_publish(attnd_group *g);
 
 /* group_net.c */
+/* The handlers of requests (group_peer.c) and replies (group_call.c);
+ * set before attnd__gnet_start. */
+void attnd__gnet_set_handlers(attnd_group *g, attnd__gnet_handler on_request,
+                              attnd__gnet_handler on_reply);
 attnd_status attnd__gnet_start(attnd_group *g, attnd_error *err);
 void attnd__gnet_stop(attnd_group *g);
 /* Send request b (b->hdr filled, b->len data bytes) to peer r; b is the
  * transport's from here on. UNAVAILABLE when r is not connected. */
 attnd_status attnd__gnet_send_req(attnd_group *g, int32_t r, attnd__gbuf *b,
                                   attnd_error *err);
-/* Send reply b on the connection conn a request came in on (dropped if it
- * closed meanwhile). */
-void attnd__gnet_send_rep(attnd_group *g, attnd__gconn *conn, attnd__gbuf *b);
+/* Send reply b to rank r if it is still the incarnation whose token was
+ * peer_token (else b is dropped); _locked from inside a handler. */
+void attnd__gnet_send_rep(attnd_group *g, int32_t r, uint64_t peer_token, attnd__gbuf *b);
+void attnd__gnet_send_rep_locked(attnd_group *g, int32_t r, uint64_t peer_token,
+                                 attnd__gbuf *b);
+/* From inside a handler: receive a rendezvous message's data into buf;
+ * cb exactly once (attnd_ucxw_am_recv). */
+void attnd__gnet_recv(attnd_group *g, void *desc, void *buf, size_t len, attnd_ucxw_recv_cb cb,
+                      void *user);
+/* A rendezvous gave us rank c->rank's card and worker address: (re)make
+ * our endpoint to it (group_rdv.c calls it). */
+void attnd__gnet_apply_card(attnd_group *g, const attnd__gcard *c, const void *addr);
+/* Our card (kind, status 0, our address as payload). */
+void attnd__gnet_my_card(attnd_group *g, uint16_t kind, attnd__gcard *c);
 /* Wait until every peer is connected or deadline_ms passes. */
 void attnd__gnet_wait_connected(attnd_group *g, int64_t deadline_ms);
 int attnd__gnet_peer_up(attnd_group *g, int32_t r);
+/* Peer r as GetStats shows it into *info; 1 when it is up. */
+int attnd__gnet_peer_info(attnd_group *g, int32_t r, attnd_group_peer_info *info);
 
 /* group_peer.c */
 attnd_status attnd__gpeer_start(attnd_group *g, attnd_error *err);
 void attnd__gpeer_stop(attnd_group *g);
-/* Queue a received request (under ucp_mu). */
-void attnd__gpeer_enqueue(attnd_group *g, attnd__gbuf *b);
+/* The request handler (registered with group_net.c). */
+ucs_status_t attnd__gpeer_on_request(attnd_group *g, const attnd__gnet_msg *m);
 
 /* group_table.c */
 void attnd__gtable_init(attnd__gtable *t, int32_t n_layers);
@@ -516,5 +606,14 @@ void attnd__glws_cleanup(attnd_group *g);
 
 /* group_weights.c: a WEIGHTS message (this rank's parts) into the engine. */
 attnd_status attnd__gweights_store(attnd_group *g, const attnd__gbuf *req, attnd_error *err);
+
+/* ---- sparse policies (group_sparse.c) ----------------------------------------- */
+
+/* Rank r's share of a session's max_tokens (sequence mode: its tokens). */
+uint64_t attnd__glead_rank_tokens(const attnd_group *g, int32_t r, uint64_t max_tokens);
+/* A CREATE message's policy (the bytes after the id) into *out, its rules
+ * in *rules_p (caller frees). INVALID_ARGUMENT when malformed. */
+attnd_status attnd__gpolicy_parse(const uint8_t *p, size_t len, attnd_session_policy *out,
+                                  attnd_policy_rule **rules_p, attnd_error *err);
 
 #endif /* ATTND_GROUP_INT_H */

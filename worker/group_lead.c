@@ -151,7 +151,7 @@ void attnd__glead_break(attnd_group *g, const attnd_session_id *ids, uint32_t n,
 
 /* ---- sessions ------------------------------------------------------------------- */
 
-static uint64_t rank_max_tokens(const attnd_group *g, int32_t r, uint64_t max_tokens)
+uint64_t attnd__glead_rank_tokens(const attnd_group *g, int32_t r, uint64_t max_tokens)
 {
     return g->cfg.mode == ATTND_GROUP_SEQUENCE ? attnd__gplace_count(g, r, max_tokens)
                                                : max_tokens;
@@ -171,7 +171,7 @@ static attnd_status broadcast_id(attnd_group *g, uint32_t type, const attnd_sess
         if (!b)
             continue;
         b->hdr.type = type;
-        b->hdr.a = rank_max_tokens(g, r, max_tokens);
+        b->hdr.a = attnd__glead_rank_tokens(g, r, max_tokens);
         memcpy(b->data, id->bytes, sizeof id->bytes);
         b->len = sizeof id->bytes;
         attnd__glead_send(g, c, r, b, 0);
@@ -195,7 +195,7 @@ attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
         return st;
     if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes)
         return attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
-    st = attnd_engine_session_create_id(g->engine, rank_max_tokens(g, g->me, max_tokens), &id,
+    st = attnd_engine_session_create_id(g->engine, attnd__glead_rank_tokens(g, g->me, max_tokens), &id,
                                         err);
     if (st)
         return st;

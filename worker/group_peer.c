@@ -1,11 +1,12 @@
 /* Serving peers: requests from other ranks' leaders, executed off the
  * progress thread.
  *
- * The AM handler (group_net.c) copies or receives each request into a
- * buffer and queues it here; ATTND__GROUP_EXECUTORS threads, each with its
- * own engine workspace, pop requests in arrival order, run them on this
- * rank's engine (group_rank.c) and send the reply on the connection the
- * request came in on. A reply carries a status; on failure its data is the
+ * The request handler (registered with group_net.c, which checked the
+ * sender) copies or receives each request into a buffer and queues it;
+ * ATTND__GROUP_EXECUTORS threads, each with its own engine workspace, pop
+ * requests in arrival order, run them on this rank's engine (group_rank.c)
+ * and send the reply to the rank the request came from (if it is still the
+ * same incarnation). A reply carries a status; on failure its data is the
  * error message (which names the field, as the engine wrote it).
  */
 #include <stdio.h>
@@ -14,7 +15,7 @@
 
 #include "group_int.h"
 
-void attnd__gpeer_enqueue(attnd_group *g, attnd__gbuf *b)
+static void enqueue(attnd_group *g, attnd__gbuf *b)
 {
     b->next = NULL;
     pthread_mutex_lock(&g->job_mu);
@@ -25,6 +26,47 @@ void attnd__gpeer_enqueue(attnd_group *g, attnd__gbuf *b)
     g->jobs_tail = b;
     pthread_cond_signal(&g->job_cv);
     pthread_mutex_unlock(&g->job_mu);
+}
+
+static void on_req_data(void *user, ucs_status_t status, size_t length)
+{
+    attnd__gbuf *b = user;
+    (void)length;
+    if (status == UCS_OK)
+        enqueue(b->g, b);
+    else
+        attnd__gbuf_put(b->g, b);
+}
+
+ucs_status_t attnd__gpeer_on_request(attnd_group *g, const attnd__gnet_msg *m)
+{
+    attnd__gbuf *b = attnd__gbuf_get(g, m->len);
+    if (!b) { /* answered at once; a rendezvous payload is dropped unread */
+        static const char msg[] = "group: peer out of memory";
+        attnd__gbuf *r = attnd__gbuf_get(g, 0);
+        if (r) {
+            r->hdr = *m->h;
+            r->hdr.src_rank = g->me;
+            r->hdr.status = ATTND_ERR_RESOURCE_EXHAUSTED;
+            r->len = 0;
+            if (r->cap >= sizeof msg) {
+                memcpy(r->data, msg, sizeof msg - 1);
+                r->len = sizeof msg - 1;
+            }
+            attnd__gnet_send_rep_locked(g, m->h->src_rank, m->peer_token, r);
+        }
+        return UCS_OK;
+    }
+    b->hdr = *m->h;
+    b->peer_token = m->peer_token;
+    b->len = m->len;
+    if (!m->rndv) {
+        memcpy(b->data, m->data, m->len);
+        enqueue(g, b);
+        return UCS_OK;
+    }
+    attnd__gnet_recv(g, m->data, b->data, m->len, on_req_data, b);
+    return UCS_INPROGRESS;
 }
 
 /* A reply with status st and, on failure, err's message. */
@@ -131,7 +173,17 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
     const attnd_session_id *id = (const attnd_session_id *)req->data;
     switch (h->type) {
     case ATTND__GMSG_CREATE:
-        st = attnd_engine_session_create_id(g->engine, h->a, id, &err);
+        if (req->len > ATTND_SESSION_ID_BYTES) { /* with a sparse policy (group_sparse.c) */
+            attnd_session_policy pol;
+            attnd_policy_rule *rules = NULL;
+            st = attnd__gpolicy_parse(req->data + ATTND_SESSION_ID_BYTES,
+                                      req->len - ATTND_SESSION_ID_BYTES, &pol, &rules, &err);
+            if (st == ATTND_OK)
+                st = attnd_engine_session_create_policy(g->engine, h->a, &pol, id, NULL, &err);
+            free(rules);
+        } else {
+            st = attnd_engine_session_create_id(g->engine, h->a, id, &err);
+        }
         if (st == ATTND_OK && (st = attnd__gtable_add(&g->table, id, &err)))
             attnd_engine_session_close(g->engine, id, NULL, NULL);
         return status_reply(g, h, st, &err, 0);
@@ -199,7 +251,7 @@ static void *exec_main(void *arg)
         pthread_mutex_unlock(&g->job_mu);
         attnd__gbuf *rep = run_one(g, b, ws);
         if (rep)
-            attnd__gnet_send_rep(g, b->conn, rep);
+            attnd__gnet_send_rep(g, b->hdr.src_rank, b->peer_token, rep);
         attnd__gbuf_put(g, b);
     }
 }

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "attnd_assert.h"
+#include "sparse.h"
 #include "worker_int.h"
 
 static uint32_t id_hash(const attnd_session_id *id)
@@ -90,12 +91,13 @@ attnd_status attnd__session_grow(attnd__session *s, int32_t layer,
 static void session_free(attnd__session *s, attnd_kv_pool *pool)
 {
     for (int32_t l = 0; l < s->n_layers; l++) {
-        attnd_kv_pool_free(pool, s->pages[l], attnd__session_layer_pages(s, l));
+        attnd__sparse_free_layer(pool, s, l, attnd__session_layer_pages(s, l));
         free(s->pages[l]);
     }
     if (s->reserved_left > 0)
         attnd_kv_pool_unreserve(pool, s->reserved_left);
     pthread_mutex_destroy(&s->mu);
+    attnd__sparse_free(s->sparse);
     free(s->len);
     free(s->pages);
     free(s->cap);

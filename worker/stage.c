@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sparse.h"
 #include "worker_int.h"
 
 /* Closed stages the engine keeps for reuse; more are freed. */
@@ -158,7 +159,7 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
     }
     if ((st = attnd__session_grow(ss, l, have + need, err)))
         goto out;
-    int32_t from_res = (int32_t)attnd__session_from_reserved(ss, have, need);
+    int32_t from_res = (int32_t)attnd__session_from_reserved(ss, l, have, need);
     if ((st = attnd_kv_pool_alloc(&e->pool, (int32_t)need, from_res, ss->pages[l] + have, err)))
         goto out;
     ss->reserved_left -= from_res;
@@ -189,7 +190,7 @@ static void drop_ent(attnd_engine *e, const stage_ent *en)
     const int32_t l = en->layer;
     int32_t have = pages_of(e, ss->len[l]), extra = pages_of(e, ss->staged[l]) - have;
     /* what these pages redeemed, chunk by chunk, sums to this */
-    int32_t r = (int32_t)attnd__session_from_reserved(ss, have, extra);
+    int32_t r = (int32_t)attnd__session_from_reserved(ss, l, have, extra);
     attnd_kv_pool_unalloc(&e->pool, ss->pages[l] + have, extra, r);
     ss->reserved_left += r;
     ss->staged[l] = ss->len[l];
@@ -247,6 +248,7 @@ attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p
         ss->pages_held += pages_of(e, ss->staged[l]) - pages_of(e, ss->len[l]);
         ss->len[l] = ss->staged[l];
         ss->stager[l] = NULL;
+        attnd__sparse_evict(e, ss, l); /* streaming: pages out of the window */
     }
     for (size_t i = s->n_ent; i-- > 0;)
         if (first_of_session(s, i))

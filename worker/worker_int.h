@@ -97,6 +97,7 @@ typedef struct attnd__session {
     struct attnd_engine_stage **stager; /* [n_layers] */
     uint64_t *staged;            /* [n_layers] */
     int closed;         /* removed from the table by a close */
+    struct attnd__sparse *sparse; /* its policies (sparse.h); NULL: dense */
 } attnd__session;
 
 typedef struct attnd__session_table {
@@ -129,12 +130,20 @@ void attnd__session_put(attnd__session_table *t, attnd_kv_pool *pool,
 attnd__session *attnd__session_new(const attnd_session_id *id,
                                    int32_t n_layers, int32_t page_size,
                                    int64_t reserved, int32_t initial_cap);
-/* Of `need` new pages for a layer now holding `have`, how many redeem the
- * session's per-layer reservation. */
-static inline int64_t attnd__session_from_reserved(const attnd__session *s,
+/* Pages reserved for a layer and pages a streaming policy freed from it
+ * (sparse_kv.c; res_per_layer and 0 for a dense session). */
+void attnd__session_layer_res(const attnd__session *s, int32_t layer, int64_t *res_p,
+                              int64_t *holes_p);
+/* Of `need` new pages for a layer whose page table now reaches `have`
+ * pages, how many redeem the session's reservation for that layer (pages
+ * it holds count against it; pages a streaming policy freed do not). */
+static inline int64_t attnd__session_from_reserved(const attnd__session *s, int32_t layer,
                                                    int32_t have, int64_t need)
 {
-    int64_t left = (int64_t)s->res_per_layer - have;
+    int64_t res = s->res_per_layer, holes = 0;
+    if (s->sparse)
+        attnd__session_layer_res(s, layer, &res, &holes);
+    int64_t left = res - (have - holes);
     return left <= 0 ? 0 : (left < need ? left : need);
 }
 
@@ -182,6 +191,12 @@ struct attnd_engine {
                               (pool.base is then NULL); NULL: the CPU */
     atomic_uint_fast64_t attend_calls, attend_seqs;
     atomic_uint_fast64_t append_calls, tokens_appended, kv_bytes_read;
+    /* sparse policies (sparse*.c): key bounds of every page, reserved
+     * address space that fills in as topk-pages layers write pages
+     * ([n_pages][attnd_kv_bounds_elems] bf16), and the counters of stats */
+    uint16_t *bounds;
+    size_t bounds_map_bytes;
+    atomic_uint_fast64_t kv_bytes_dense, select_bytes, select_ns, select_calls, pages_evicted;
     pthread_mutex_t stage_mu;        /* guards the two below */
     struct attnd_engine_stage *free_stages; /* closed stages kept for reuse */
     int32_t n_free_stages;

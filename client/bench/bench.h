@@ -85,6 +85,8 @@ typedef struct attnd_bench_opts {
     int wire;                  /* --wire: -1 not given (heads for MLA models),
                                   0 absorbed, 1 heads (the narrow MLA wire) */
     uint32_t d_nope, d_vh;     /* --d-nope, --d-v: the heads form's widths */
+    int has_policy;            /* --policy: every session's sparse policy */
+    attnd_sparse_policy policy;
 } attnd_bench_opts;
 
 /* Parse argv. 0: run; 1: --help was printed; 2: bad flag (message on
@@ -166,6 +168,12 @@ typedef struct attnd_bench_result {
     uint64_t srv_attend_calls, srv_kv_bytes_read, client_calls;
     int heads;                   /* the narrow MLA wire (q_form HEADS) */
     uint32_t d_q, d_out;         /* per head: query and output elements sent */
+    uint64_t srv_kv_bytes_dense, srv_select_ns, srv_select_calls, srv_select_bytes;
+    /* what carries Attend: the first connection's view
+     * (attnd_client_transport_info) and the server's, per UCX endpoint
+     * (GetStats, during the decode phase) */
+    char transports[128];
+    char srv_transports[512];
     attnd_bench_stats st;
     int check_ran;
     double check_bound;
@@ -273,11 +281,12 @@ int attnd_bench_baseline(const attnd_bench_opts *o, attnd_bench_result *res, siz
 
 /* ---- the UCX baseline (bench_baseline_ucx.c) ----------------------------------- */
 
-/* Hidden mode: a UCX active-message echo on 127.0.0.1 (a free port, to
- * port_file) until SIGTERM. Returns the exit code. */
+/* Hidden mode: a UCX active-message echo (its worker address in
+ * <port_file>.addr, then port_file) until SIGTERM. Returns the exit code. */
 int attnd_bench_echo_ucx_main(const char *port_file);
 /* As attnd_bench_baseline, over UCX active messages with endpoints made as
- * libattnd makes them (peer error handling). */
+ * libattnd makes them (by address; on one host without UCX error
+ * handling: shared memory + CMA). */
 int attnd_bench_baseline_ucx(const attnd_bench_opts *o, attnd_bench_result *res,
                              size_t req_bytes, size_t reply_bytes, double seconds);
 

@@ -5,24 +5,27 @@
  * (attnd-bench --echo-ucx-server, started here), which receives all of it
  * (rendezvous included, as attnd does) and answers with one active
  * message of the Attend reply's byte size; no decoding, no validation, no
- * attention. Endpoints are made the way libattnd and attnd make theirs:
- * the same context and worker setup (proto/attnd_ucx_setup.h), sockaddr
- * connection, peer error handling (so, in UCX 1.13, TCP lanes also on one
- * host). The load has the decode's shape: one thread per lane, each with
+ * attention. Endpoints are made the way libattnd and attnd make theirs,
+ * through common/attnd_ucxw.h: the same context and worker setup,
+ * connection by worker address (the echo publishes its address in a file
+ * beside its port file), and on one host no UCX error handling, so shared
+ * memory + CMA as attnd's same-host endpoints (ATTND_UCX_SHM=0: peer error
+ * handling, TCP, for both). The echo answers on the request's reply
+ * endpoint. The load has the decode's shape: one thread per lane, each with
  * its own worker and endpoint, keeping --microbatches requests in flight,
  * closed loop. attnd's overhead over UCX is then the ratio of the Attend
  * call latency to this round trip at the same percentile. Both sides
- * busy-poll.
+ * busy-poll, yielding the CPU when idle as attnd and libattnd do (two
+ * spinners sharing a core otherwise take turns at the scheduler tick).
  */
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "attnd_clock.h"
-#include "attnd_ucx_setup.h"
+#include "attnd_ucxw.h"
 #include "bench.h"
 
 enum { AM_REQ = 71, AM_REP = 72 };
@@ -44,9 +47,7 @@ typedef struct echo_job {
 } echo_job;
 
 typedef struct echo_srv {
-    ucp_context_h ctx;
-    ucp_worker_h worker;
-    ucp_listener_h listener;
+    attnd_ucxw w;
     unsigned char *zeros;
     size_t zeros_cap;
     echo_job *ready; /* requests received whole: answer from the loop */
@@ -60,32 +61,6 @@ static void on_stop(int sig)
 {
     (void)sig;
     echo_stop = 1;
-}
-
-static void on_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
-{
-    (void)arg;
-    (void)status;
-    ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                             .flags = UCP_EP_CLOSE_FLAG_FORCE};
-    ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &p);
-    if (UCS_PTR_IS_PTR(r))
-        ucp_request_free(r);
-}
-
-static void on_conn(ucp_conn_request_h req, void *arg)
-{
-    echo_srv *s = arg;
-    ucp_ep_params_t p = {
-        .field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
-        .conn_request = req,
-        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-        .err_handler = {.cb = on_ep_error, .arg = s},
-    };
-    ucp_ep_h ep;
-    if (ucp_ep_create(s->worker, &p, &ep) != UCS_OK)
-        ucp_listener_reject(s->listener, req);
 }
 
 static echo_job *job_get(echo_srv *s)
@@ -112,11 +87,10 @@ static void job_ready(echo_srv *s, echo_job *j)
     s->ready = j;
 }
 
-static void on_rndv_done(void *request, ucs_status_t status, size_t length, void *user_data)
+static void on_rndv_done(void *user_data, ucs_status_t status, size_t length)
 {
     echo_job *j = user_data;
     (void)length;
-    ucp_request_free(request);
     if (status != UCS_OK) {
         job_put(j);
         return;
@@ -145,17 +119,8 @@ static ucs_status_t on_req(void *arg, const void *header, size_t header_length, 
             j->buf = b;
             j->cap = length;
         }
-        ucp_request_param_t p = {
-            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-            .cb.recv_am = on_rndv_done,
-            .user_data = j,
-        };
-        ucs_status_ptr_t r = ucp_am_recv_data_nbx(s->worker, data, j->buf, length, &p);
-        if (r == NULL) {
-            job_ready(s, j);
-        } else if (UCS_PTR_IS_ERR(r)) {
-            job_put(j);
-        }
+        attnd_ucxw_am_recv(&s->w, data, j->buf, length, ucp_dt_make_contig(1), on_rndv_done, j,
+                           NULL);
         return UCS_INPROGRESS; /* the descriptor is now the receive's (as in attnd) */
     }
     job_ready(s, j); /* eager: the bytes arrived; nothing to keep */
@@ -163,10 +128,9 @@ static ucs_status_t on_req(void *arg, const void *header, size_t header_length, 
 }
 
 /* The reply's header lives in its job: freed only when the send is done. */
-static void on_sent(void *request, ucs_status_t status, void *user_data)
+static void on_sent(void *user_data, ucs_status_t status)
 {
     (void)status;
-    ucp_request_free(request);
     job_put(user_data);
 }
 
@@ -184,52 +148,51 @@ static void echo_answer(echo_srv *s, echo_job *j)
             s->zeros_cap = n;
         }
     }
-    ucp_request_param_t p = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-        .cb.send = on_sent,
-        .user_data = j,
-    };
-    ucs_status_ptr_t r =
-        ucp_am_send_nbx(j->ep, AM_REP, &j->h, sizeof j->h, s->zeros, n, &p);
-    if (!UCS_PTR_IS_PTR(r))
-        job_put(j); /* done at once, or the client is gone */
+    attnd_ucxw_am_send(j->ep, AM_REP, &j->h, sizeof j->h, s->zeros, n, ucp_dt_make_contig(1), 0,
+                       on_sent, j, NULL);
+}
+
+/* The echo's worker address lives beside its port file. */
+static void addr_path(const char *port_file, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s.addr", port_file);
 }
 
 int attnd_bench_echo_ucx_main(const char *port_file)
 {
+    attnd_ucxw_config wc = {.thread_mode = UCS_THREAD_MODE_SINGLE, .net_host = "127.0.0.1"};
+    char path[PATH_MAX + 16], tmp[PATH_MAX + 24];
+    attnd_error err;
     echo_srv s;
-    int efd;
+    void *addr;
+    size_t len;
+
     memset(&s, 0, sizeof s);
     signal(SIGTERM, on_stop);
     signal(SIGINT, on_stop);
-    if (attnd_ucx_setup(UCS_THREAD_MODE_SINGLE, &s.ctx, &s.worker, &efd) != UCS_OK) {
+    if (attnd_ucxw_init(&s.w, &wc, "echo-ucx", &err) ||
+        attnd_ucxw_on_am(&s.w, AM_REQ, on_req, &s) != UCS_OK ||
+        attnd_ucxw_address(&s.w, &addr, &len, &err)) {
         fprintf(stderr, "attnd-bench echo-ucx: UCX setup failed\n");
         _exit(1);
     }
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = 0};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ucp_listener_params_t lp = {
-        .field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER,
-        .sockaddr = {.addr = (const struct sockaddr *)&sin, .addrlen = sizeof sin},
-        .conn_handler = {.cb = on_conn, .arg = &s},
-    };
-    ucp_listener_attr_t la = {.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR};
-    if (attnd_ucx_on_am(s.worker, AM_REQ, on_req, &s) != UCS_OK ||
-        ucp_listener_create(s.worker, &lp, &s.listener) != UCS_OK ||
-        ucp_listener_query(s.listener, &la) != UCS_OK) {
-        fprintf(stderr, "attnd-bench echo-ucx: cannot listen\n");
+    /* the address first, then the port file that says we are ready */
+    addr_path(port_file, path, sizeof path);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f || fwrite(addr, 1, len, f) != len || fclose(f) != 0 || rename(tmp, path) != 0) {
+        fprintf(stderr, "attnd-bench echo-ucx: cannot write %s\n", path);
         _exit(1);
     }
-    int port = ntohs(((struct sockaddr_in *)&la.sockaddr)->sin_port);
-    char tmp[PATH_MAX + 8];
     snprintf(tmp, sizeof tmp, "%s.tmp", port_file);
-    FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0 || rename(tmp, port_file) != 0) {
+    f = fopen(tmp, "w");
+    if (!f || fprintf(f, "1\n") < 0 || fclose(f) != 0 || rename(tmp, port_file) != 0) {
         fprintf(stderr, "attnd-bench echo-ucx: cannot write %s\n", port_file);
         _exit(1);
     }
     while (!echo_stop) {
-        ucp_worker_progress(s.worker);
+        if (!ucp_worker_progress(s.w.worker) && !s.ready)
+            sched_yield(); /* as attnd's loops: see common/ucxw_loop.c */
         while (s.ready) {
             echo_job *j = s.ready;
             s.ready = j->next;
@@ -237,6 +200,7 @@ int attnd_bench_echo_ucx_main(const char *port_file)
         }
     }
     /* a throwaway helper process: nothing of it outlives it */
+    unlink(path);
     _exit(0);
 }
 
@@ -244,10 +208,8 @@ int attnd_bench_echo_ucx_main(const char *port_file)
 
 typedef struct ulane ulane;
 struct ulane {
-    ucp_context_h ctx;
-    ucp_worker_h worker;
+    attnd_ucxw w;
     ucp_ep_h ep;
-    int efd;
     const unsigned char *req;
     size_t req_bytes, reply_bytes;
     uint32_t micro;
@@ -272,11 +234,10 @@ static void on_lane_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
     ((ulane *)arg)->failed = 1;
 }
 
-static void on_rep_data(void *request, ucs_status_t status, size_t length, void *user_data)
+static void on_rep_data(void *user_data, ucs_status_t status, size_t length)
 {
     struct rctx *x = user_data;
     (void)length;
-    ucp_request_free(request);
     if (status == UCS_OK)
         x->l->done[x->m] = 1;
     else
@@ -296,17 +257,9 @@ static ucs_status_t on_rep(void *arg, const void *header, size_t header_length, 
         return UCS_OK;
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
         /* the reply's bytes must arrive, as libattnd's do */
-        ucp_request_param_t p = {
-            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-            .cb.recv_am = on_rep_data,
-            .user_data = &l->rctx[h.id],
-        };
         size_t n = length < l->reply_bytes ? length : l->reply_bytes;
-        ucs_status_ptr_t r = ucp_am_recv_data_nbx(l->worker, data, l->rbuf[h.id], n, &p);
-        if (r == NULL)
-            l->done[h.id] = 1;
-        else if (UCS_PTR_IS_ERR(r))
-            l->failed = 1;
+        attnd_ucxw_am_recv(&l->w, data, l->rbuf[h.id], n, ucp_dt_make_contig(1), on_rep_data,
+                           &l->rctx[h.id], NULL);
         return UCS_INPROGRESS;
     }
     memcpy(l->rbuf[h.id], data, length < l->reply_bytes ? length : l->reply_bytes);
@@ -316,50 +269,34 @@ static ucs_status_t on_rep(void *arg, const void *header, size_t header_length, 
 
 static void lane_cleanup(ulane *l)
 {
-    if (l->ep) {
-        ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                 .flags = UCP_EP_CLOSE_FLAG_FORCE};
-        ucs_status_ptr_t r = ucp_ep_close_nbx(l->ep, &p);
-        if (UCS_PTR_IS_PTR(r)) {
-            while (ucp_request_check_status(r) == UCS_INPROGRESS)
-                ucp_worker_progress(l->worker);
-            ucp_request_free(r);
-        }
-    }
-    if (l->worker)
-        ucp_worker_destroy(l->worker);
-    if (l->ctx)
-        ucp_cleanup(l->ctx);
+    if (l->ep)
+        attnd_ucxw_ep_close_wait(&l->w, l->ep, 1, 2000);
+    attnd_ucxw_cleanup(&l->w);
     for (uint32_t m = 0; m < 64; m++) {
         free(l->rbuf[m]);
         l->rbuf[m] = NULL;
     }
     l->ep = NULL;
-    l->worker = NULL;
-    l->ctx = NULL;
 }
 
-static int lane_connect(ulane *l, int port)
+/* Connect to the echo at worker address (addr, len). */
+static int lane_connect(ulane *l, const void *addr, size_t len)
 {
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ucp_ep_params_t ep = {
-        .field_mask = UCP_EP_PARAM_FIELD_FLAGS | UCP_EP_PARAM_FIELD_SOCK_ADDR |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER,
-        .flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER,
-        .sockaddr = {.addr = (const struct sockaddr *)&sin, .addrlen = sizeof sin},
-        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-        .err_handler = {.cb = on_lane_ep_error, .arg = l},
-    };
+    attnd_ucxw_config wc = {.thread_mode = UCS_THREAD_MODE_SINGLE, .net_host = "127.0.0.1"};
+    attnd_error err;
+
     for (uint32_t m = 0; m < l->micro; m++) {
         l->rctx[m].l = l;
         l->rctx[m].m = m;
         if (!(l->rbuf[m] = malloc(l->reply_bytes ? l->reply_bytes : 1)))
             return -1;
     }
-    if (attnd_ucx_setup(UCS_THREAD_MODE_SINGLE, &l->ctx, &l->worker, &l->efd) != UCS_OK ||
-        attnd_ucx_on_am(l->worker, AM_REP, on_rep, l) != UCS_OK ||
-        ucp_ep_create(l->worker, &ep, &l->ep) != UCS_OK)
+    if (attnd_ucxw_init(&l->w, &wc, "--baseline", &err) ||
+        attnd_ucxw_on_am(&l->w, AM_REP, on_rep, l) != UCS_OK ||
+        attnd_ucxw_connect(&l->w, addr, len,
+                           attnd_ucxw_shm_allowed() ? ATTND_UCXW_PEER_WATCHED
+                                                    : ATTND_UCXW_PEER_CHECKED,
+                           on_lane_ep_error, l, "--baseline", &l->ep, &err))
         return -1;
     return 0;
 }
@@ -377,7 +314,7 @@ static int lane_send(ulane *l, uint32_t m)
         return -1;
     if (UCS_PTR_IS_PTR(r)) { /* the request buffer is reused: wait for it */
         while (ucp_request_check_status(r) == UCS_INPROGRESS)
-            ucp_worker_progress(l->worker);
+            ucp_worker_progress(l->w.worker);
         ucp_request_free(r);
     }
     return 0;
@@ -397,7 +334,8 @@ static void *ulane_main(void *arg)
             l->errors++;
         }
     while (live && !l->failed) {
-        ucp_worker_progress(l->worker);
+        if (!ucp_worker_progress(l->w.worker))
+            sched_yield(); /* as libattnd's wait */
         for (uint32_t m = 0; m < l->micro; m++) {
             if (!in_flight[m] || !l->done[m])
                 continue;
@@ -445,6 +383,15 @@ int attnd_bench_baseline_ucx(const attnd_bench_opts *o, attnd_bench_result *res,
     const char *argv[] = {self, "--echo-ucx-server", NULL};
     if (attnd_bench_child_start(&ch, argv, 10000))
         return -1;
+    char apath[PATH_MAX];
+    unsigned char addr[ATTND_UCXW_ADDR_MAX];
+    size_t alen = 0;
+    snprintf(apath, sizeof apath, "%s/port.addr", ch.dir);
+    FILE *af = fopen(apath, "rb");
+    if (af) {
+        alen = fread(addr, 1, sizeof addr, af);
+        fclose(af);
+    }
     req = calloc(1, req_bytes ? req_bytes : 1);
     lanes = calloc(n_lanes, sizeof *lanes);
     if (!req || !lanes || attnd_hist_init(&res->base_call))
@@ -461,7 +408,7 @@ int attnd_bench_baseline_ucx(const attnd_bench_opts *o, attnd_bench_result *res,
         l->t_end = t0 + (uint64_t)(seconds * 1e9);
         if (attnd_hist_init(&l->h))
             break;
-        if (lane_connect(l, ch.port) ||
+        if (lane_connect(l, addr, alen) ||
             pthread_create(&l->tid, NULL, ulane_main, l)) {
             fprintf(stderr, "attnd-bench: --baseline: cannot connect to the UCX echo\n");
             lane_cleanup(l);

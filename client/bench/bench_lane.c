@@ -126,7 +126,10 @@ int attnd_bench_lane_prefill(attnd_bench_lane *l)
         const char *model = (!o->target[0] || o->model_set) ? o->model : "";
 
         attnd_error_clear(&err);
-        if (attnd_client_create_session(l->c, model, 0, &l->ids[s], NULL, &err)) {
+        if (o->has_policy
+                ? attnd_client_create_session_policy(l->c, model, 0, &o->policy, NULL, 0,
+                                                     &l->ids[s], NULL, &err)
+                : attnd_client_create_session(l->c, model, 0, &l->ids[s], NULL, &err)) {
             attnd_bench_record_error(r, &l->st, "CreateSession", &err);
             goto out;
         }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attnd_ucxw.h"
 #include "bench.h"
 
 static double check_bound(attnd_dtype t)
@@ -94,8 +95,11 @@ int main(int argc, char **argv)
                                          (size_t)m->kv_token_elems * ds + 16 + 8);
         size_t reply = (size_t)res.batch * m->n_q_heads * res.d_out * ds;
         double secs = o.duration_s < 3 ? o.duration_s : 3;
-        res.base_what = ucx ? "bare UCX active-message ping-pong (endpoints with peer error "
-                              "handling, as libattnd's)"
+        res.base_what = ucx ? (attnd_ucxw_shm_allowed()
+                                   ? "bare UCX active-message ping-pong (endpoints as "
+                                     "libattnd's on one host: shared memory + CMA)"
+                                   : "bare UCX active-message ping-pong (endpoints with peer "
+                                     "error handling, as libattnd's under ATTND_UCX_SHM=0)")
                             : "bare gRPC unary ping-pong";
         if (o.progress)
             fprintf(stderr, "baseline: %.1f s of %s (%zu-byte requests, %zu-byte replies)\n",

@@ -61,6 +61,10 @@ static void usage(FILE *f)
         "reports:\n"
         "  --json FILE  --csv FILE  --plot FILE.png (gnuplot)  --no-progress\n"
         "  --kv-memory SIZE    KV memory of the spawned attnd (default 2Gi)\n"
+        "  --policy P          every session's sparse policy: full,\n"
+        "                      topk-pages,fraction=F[,sink=N] | topk-pages,topk=K[,sink=N] |\n"
+        "                      streaming,window=W[,sink=N] (README \"Sparse attention\");\n"
+        "                      the report adds KV bytes read per step next to dense\n"
         "exit: 0 ok; 1 failed calls, check mismatch or unclean attnd exit; 2 bad flags;\n"
         "3 could not run. See client/BENCH.md.\n");
 }
@@ -243,6 +247,47 @@ static int resolve_sizes(attnd_bench_opts *o, int conc_set)
     return 0;
 }
 
+/* --policy KIND[,key=value...]: 0, or -1 with a message. */
+static int parse_policy(const char *v, attnd_sparse_policy *p)
+{
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", v);
+    char *save = NULL, *tok = strtok_r(buf, ",", &save);
+    memset(p, 0, sizeof *p);
+    if (!tok)
+        goto bad;
+    if (!strcmp(tok, "full"))
+        p->kind = ATTND_SPARSE_FULL;
+    else if (!strcmp(tok, "streaming"))
+        p->kind = ATTND_SPARSE_STREAMING;
+    else if (!strcmp(tok, "topk-pages"))
+        p->kind = ATTND_SPARSE_TOPK_PAGES;
+    else
+        goto bad;
+    while ((tok = strtok_r(NULL, ",", &save))) {
+        char *eq = strchr(tok, '=');
+        if (!eq)
+            goto bad;
+        *eq = '\0';
+        const char *val = eq + 1;
+        if (!strcmp(tok, "sink"))
+            p->sink = (uint32_t)strtoul(val, NULL, 10);
+        else if (!strcmp(tok, "window"))
+            p->window = (uint32_t)strtoul(val, NULL, 10);
+        else if (!strcmp(tok, "topk"))
+            p->topk_pages = (uint32_t)strtoul(val, NULL, 10);
+        else if (!strcmp(tok, "fraction"))
+            p->topk_fraction = strtof(val, NULL);
+        else
+            goto bad;
+    }
+    return 0;
+bad:
+    fprintf(stderr, "attnd-bench: --policy: expected full, topk-pages,fraction=F[,sink=N], "
+                    "topk-pages,topk=K[,sink=N] or streaming,window=W[,sink=N], got \"%s\"\n", v);
+    return -1;
+}
+
 int attnd_bench_opts_parse(attnd_bench_opts *o, int argc, char **argv)
 {
     int conc_set = 0, bad = 0;
@@ -382,6 +427,10 @@ int attnd_bench_opts_parse(attnd_bench_opts *o, int argc, char **argv)
                 fprintf(stderr, "attnd-bench: --dtype: expected bf16, f16 or f32, got \"%s\"\n", v);
                 return 2;
             }
+        } else if (!strcmp(a, "--policy")) {
+            if (parse_policy(v, &o->policy))
+                return 2;
+            o->has_policy = 1;
         } else if (!strcmp(a, "--duration") || !strcmp(a, "--warmup")) {
             double d = parse_duration(v);
             if (d < 0 || (d == 0 && !strcmp(a, "--duration"))) {
@@ -402,6 +451,11 @@ int attnd_bench_opts_parse(attnd_bench_opts *o, int argc, char **argv)
     }
     if (bad)
         return 2;
+    if (o->has_policy && o->policy.kind != ATTND_SPARSE_FULL && (o->check || o->baseline)) {
+        fprintf(stderr, "attnd-bench: --check and --baseline compare with dense attention; a "
+                        "sparse --policy attends less by design\n");
+        return 2;
+    }
     if (o->steps && !o->duration_set)
         o->duration_s = 1e6; /* --steps alone bounds the run */
     if (resolve_sizes(o, conc_set))

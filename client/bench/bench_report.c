@@ -70,6 +70,9 @@ void attnd_bench_report_table(FILE *f, const attnd_bench_opts *o, const attnd_be
     fprintf(f, "attnd-bench: %s (%s), transport %s, %u connection%s\n", r->target,
             r->spawned ? "attnd started by attnd-bench" : "given --target", o->transport,
             o->connections, o->connections == 1 ? "" : "s");
+    if (r->transports[0])
+        fprintf(f, "transports: this client %s; the server's UCX endpoints: %s\n",
+                r->transports, r->srv_transports[0] ? r->srv_transports : "?");
     fprintf(f, "model %s: %s, %u layers, %u q heads, %u kv heads, d_k %u, d_v %u, kv %s\n",
             m->name, m->kind == ATTND_ATTN_MLA ? "MLA" : "GQA", m->n_layers, m->n_q_heads,
             m->n_kv_heads, m->d_k, m->d_v, attnd_dtype_name(m->kv_dtype));
@@ -162,6 +165,19 @@ void attnd_bench_report_table(FILE *f, const attnd_bench_opts *o, const attnd_be
                    "calls (client: %llu completed), %.3f GB of KV read\n",
                 (unsigned long long)r->srv_attend_calls, (unsigned long long)r->client_calls,
                 (double)r->srv_kv_bytes_read * 1e-9);
+    if (r->have_srv_counts && r->srv_attend_calls && st->steps) {
+        /* per step: the server's per-call means times the calls of a step */
+        double per_step = (double)st->calls / (double)st->steps / (double)r->srv_attend_calls;
+        double read = (double)r->srv_kv_bytes_read * per_step;
+        double dense = (double)r->srv_kv_bytes_dense * per_step;
+        fprintf(f, "  KV read per step: %.2f MB; dense attention would read %.2f MB (%.1f%%)",
+                read * 1e-6, dense * 1e-6, dense > 0 ? 100.0 * read / dense : 0.0);
+        if (r->srv_select_calls)
+            fprintf(f, "; page selection: %.2f MB of key bounds per step, %.1f us per call "
+                       "that selects", (double)r->srv_select_bytes * per_step * 1e-6,
+                    (double)r->srv_select_ns * 1e-3 / (double)r->srv_select_calls);
+        fprintf(f, "\n");
+    }
     uint64_t errs = total_errors(st);
     fprintf(f, "  errors: %s", errs ? "" : "none");
     for (int i = 0; i < ATTND_BENCH_N_STATUS; i++)
@@ -298,6 +314,8 @@ static void emit_all(emitter *e, const attnd_bench_opts *o, const attnd_bench_re
     e_str(e, "target", r->target);
     e_num(e, "spawned", r->spawned);
     e_str(e, "transport", o->transport);
+    e_str(e, "transports", r->transports);
+    e_str(e, "server_ucx_endpoints", r->srv_transports);
     e_begin(e, "model");
     e_str(e, "name", m->name);
     e_str(e, "kind", m->kind == ATTND_ATTN_MLA ? "mla" : "gqa");
@@ -376,6 +394,9 @@ static void emit_all(emitter *e, const attnd_bench_opts *o, const attnd_bench_re
     e_num(e, "available", r->have_srv_counts);
     e_num(e, "attend_calls", (double)r->srv_attend_calls);
     e_num(e, "kv_bytes_read", (double)r->srv_kv_bytes_read);
+    e_num(e, "kv_bytes_dense", (double)r->srv_kv_bytes_dense);
+    e_num(e, "select_ns", (double)r->srv_select_ns);
+    e_num(e, "select_calls", (double)r->srv_select_calls);
     e_num(e, "client_calls", (double)r->client_calls);
     e_end(e);
     e_begin(e, "slo");

@@ -366,6 +366,11 @@ int attnd_bench_execute(const attnd_bench_opts *o, const char *target, attnd_ben
     attnd_stats s0, s1;
     int have_s0 = attnd_client_get_stats(r->clients[0], &s0, NULL, NULL) == ATTND_OK;
     atomic_store(&r->go, 1);
+    attnd_client_transport_info(r->clients[0], res->transports, sizeof res->transports);
+    attnd_stats sx; /* while the lanes' endpoints are all up */
+    if (attnd_client_get_stats(r->clients[0], &sx, NULL, NULL) == ATTND_OK)
+        snprintf(res->srv_transports, sizeof res->srv_transports, "%s",
+                 sx.ucx_endpoints ? sx.ucx_transports : "no UCX endpoints");
     watch(r, &finished, started, "decode", t0);
     for (uint32_t i = 0; i < started; i++)
         pthread_join(r->lanes[i].tid, NULL);
@@ -373,6 +378,10 @@ int attnd_bench_execute(const attnd_bench_opts *o, const char *target, attnd_ben
         res->have_srv_counts = 1;
         res->srv_attend_calls = s1.attend_calls - s0.attend_calls;
         res->srv_kv_bytes_read = s1.kv_bytes_read - s0.kv_bytes_read;
+        res->srv_kv_bytes_dense = s1.kv_bytes_dense - s0.kv_bytes_dense;
+        res->srv_select_ns = s1.select_ns - s0.select_ns;
+        res->srv_select_calls = s1.select_calls - s0.select_calls;
+        res->srv_select_bytes = s1.select_bytes_read - s0.select_bytes_read;
         res->client_calls = atomic_load(&r->prog_calls);
     }
     if (o->progress)

@@ -85,6 +85,12 @@ static int cmd_stats(attnd_client *c)
     printf("attend            %" PRIu64 " calls, %" PRIu64 " sequences, %" PRIu64
            " KV bytes read\n",
            st.attend_calls, st.attend_sequences, st.kv_bytes_read);
+    if (st.kv_bytes_dense != st.kv_bytes_read || st.select_calls || st.pages_evicted)
+        printf("sparse            %" PRIu64 " KV bytes dense attention would read, %" PRIu64
+               " selections (%" PRIu64 " bytes of key bounds, %.3f ms), %" PRIu64
+               " pages evicted\n",
+               st.kv_bytes_dense, st.select_calls, st.select_bytes_read,
+               (double)st.select_ns * 1e-6, st.pages_evicted);
     printf("append            %" PRIu64 " chunks, %" PRIu64 " tokens appended\n",
            st.append_calls, st.tokens_appended);
     printf("errors            %" PRIu64 "\n", st.errors);
@@ -95,6 +101,8 @@ static int cmd_stats(attnd_client *c)
                st.group_rank, st.group_size, st.group_mode, st.group_connected,
                st.group_missing[0] ? ", missing ranks " : "", st.group_missing,
                st.group_peer_failures);
+    if (st.ucx_endpoints)
+        printf("ucx endpoints     %u: %s\n", st.ucx_endpoints, st.ucx_transports);
     return 0;
 }
 

@@ -260,6 +260,8 @@ attnd_status attnd__client_attend_decode_in(const attnd_wire_in *in,
                                    (long long)want[0], (long long)want[1], (long long)want[2],
                                    (int)lse->dtype, lse->n_shape, lse->data_len);
     }
+    if (dst->sparse && (st = attnd__client_attend_chosen(in, &v, dst, err)))
+        return st;
     /* checked: now the one copy of each tensor, into the caller's buffers */
     attnd_wire_copy(in, out->data_off, out->data_len, dst->out);
     if (dst->lse)

@@ -198,6 +198,7 @@ typedef struct attnd__client_attend_dst {
     size_t out_capacity;        /* bytes */
     float *lse;
     size_t lse_capacity;        /* floats */
+    attnd_sparse_args *sparse;  /* attnd_client_attend_sparse: chosen lists go here */
 } attnd__client_attend_dst;
 
 /* An AttendRequest built around the caller's buffers (tensor data, shapes,
@@ -233,6 +234,15 @@ attnd_status attnd__client_attend_encode(attnd_client *c,
 /* Decode an AttendResponse where it lies, check dtype, shape, sizes and the
  * echoed request id, then copy out/lse straight into the caller's buffers
  * (their only copy). From a byte buffer's slices, or any attnd_wire_in. */
+/* Sparse fields of s (NULL: none) into a prepared message, and where the
+ * reply's chosen lists go into dst (attend_sparse.c). */
+void attnd__client_attend_sparse_apply(attnd__client_attend_msg *msg,
+                                       attnd__client_attend_dst *dst, attnd_sparse_args *s);
+/* Read the chosen lists of a decoded reply into dst->sparse. */
+attnd_status attnd__client_attend_chosen(const attnd_wire_in *in,
+                                         const attnd_wire_reply_view *v,
+                                         const attnd__client_attend_dst *dst, attnd_error *err);
+
 attnd_status attnd__client_attend_decode(grpc_byte_buffer *bb,
                                          const attnd__client_attend_dst *dst,
                                          attnd_error *err);
@@ -294,6 +304,9 @@ attnd_status attnd__client_ucx_start(attnd_client *c, attnd__client_ucx_call *k,
  * caller's tensors (attnd_wire_request_gather; no copy), wait. */
 attnd_status attnd__client_ucx_attend(attnd_client *c, const attnd_attend_args *a,
                                       attnd_error *err);
+/* The same with sparse arguments (NULL: none). */
+attnd_status attnd__client_ucx_attend_sparse(attnd_client *c, const attnd_attend_args *a,
+                                             attnd_sparse_args *sp, attnd_error *err);
 /* Wait as above; k holds nothing afterwards. */
 attnd_status attnd__client_ucx_wait(attnd_client *c, attnd__client_ucx_call *k,
                                     attnd_error *err);

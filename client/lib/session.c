@@ -98,10 +98,25 @@ attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *out, attnd_mod
         .group_rank = r->group_rank,
         .group_connected = r->group_connected,
         .group_peer_failures = r->group_peer_failures,
+        .kv_bytes_dense = r->kv_bytes_dense,
+        .select_bytes_read = r->select_bytes_read,
+        .select_ns = r->select_ns,
+        .select_calls = r->select_calls,
+        .pages_evicted = r->pages_evicted,
     };
     snprintf(out->group_mode, sizeof out->group_mode, "%s", r->group_mode ? r->group_mode : "");
     snprintf(out->group_missing, sizeof out->group_missing, "%s",
              r->group_missing ? r->group_missing : "");
+    out->ucx_endpoints = (uint32_t)r->n_ucx_endpoints;
+    for (size_t i = 0, used = 0; i < r->n_ucx_endpoints; i++) {
+        const Attnd__V1__UcxEndpointInfo *e = r->ucx_endpoints[i];
+        int k = snprintf(out->ucx_transports + used, sizeof out->ucx_transports - used,
+                         "%s%s: %s", i ? "; " : "", e->peer ? e->peer : "?",
+                         e->transports ? e->transports : "?");
+        if (k < 0 || (size_t)k >= sizeof out->ucx_transports - used)
+            break; /* truncated */
+        used += (size_t)k;
+    }
     if (model_p)
         *model_p = m;
     protobuf_c_message_free_unpacked(&r->base, NULL);

@@ -6,22 +6,25 @@
 #ifndef ATTND_CLIENT_UCX_INT_H
 #define ATTND_CLIENT_UCX_INT_H
 
-#include <ucp/api/ucp.h>
-
 #include "attnd_ucx.h"
+#include "attnd_ucxw.h"
 #include "client_int.h"
 
 #define RBUF_POOL 8
 
 typedef struct attnd__client_ucx {
-    pthread_mutex_t mu;        /* every field below and every ucp call */
-    ucp_context_h ctx;
-    ucp_worker_h worker;
+    attnd_ucxw w;              /* context and worker (SERIALIZED); w.mu
+                                  guards every field below and every ucp call */
     ucp_ep_h ep;
-    int efd;
     size_t max_message;        /* the client's max_message_bytes */
     ucs_status_t failed;       /* UCS_OK, or why the endpoint died */
-    char address[300];
+    int same_host;             /* no UCX error handling (shared memory) */
+    int hello_done, bye_done;  /* ATTND_UCX_AM_HELLO / _BYE went out */
+    ucs_status_t hello_st;
+    int ep_closed;             /* closed by force (a send could not be withdrawn) */
+    int server_pidfd;          /* same host: the server's process; else -1 */
+    char address[300];         /* the server, for messages */
+    char transports[64];       /* what UCX uses (attnd_ucxw_ep_transports) */
     attnd__client_ucx_call *calls; /* in flight, by id */
     void *rbufs[RBUF_POOL];    /* free rendezvous buffers */
     size_t rcaps[RBUF_POOL];

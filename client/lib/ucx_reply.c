@@ -29,10 +29,9 @@ static void decode_into(attnd__client_ucx_call *k, const void *data, size_t len)
     attnd__client_ucx_finish(k, attnd__client_attend_decode_in(&in, &k->dst, &k->err));
 }
 
-static void on_reply_data(void *request, ucs_status_t status, size_t length, void *user_data)
+static void on_reply_data(void *user_data, ucs_status_t status, size_t length)
 {
     attnd__client_ucx_call *k = user_data;
-    ucp_request_free(request);
     k->recv_req = NULL;
     if (status != UCS_OK)
         attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_UNAVAILABLE,
@@ -113,12 +112,10 @@ static size_t direct_plan(attnd__client_ucx_call *k, size_t length)
     return n;
 }
 
-static void on_reply_direct(void *request, ucs_status_t status, size_t length, void *user_data)
+static void on_reply_direct(void *user_data, ucs_status_t status, size_t length)
 {
     attnd__client_ucx_call *k = user_data;
     (void)length;
-    if (request) /* NULL: completed at once, called by on_reply */
-        ucp_request_free(request);
     k->recv_req = NULL;
     if (status != UCS_OK)
         attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_UNAVAILABLE,
@@ -165,23 +162,9 @@ ucs_status_t attnd__client_ucx_on_reply(void *arg, const void *header, size_t he
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
         size_t n_iov = h.status == ATTND_OK ? direct_plan(k, length) : 0;
         if (n_iov) {
-            ucp_request_param_t dp = {
-                .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                                UCP_OP_ATTR_FIELD_DATATYPE,
-                .cb.recv_am = on_reply_direct,
-                .user_data = k,
-                .datatype = ucp_dt_make_iov(),
-            };
             k->direct = 1;
-            ucs_status_ptr_t r = ucp_am_recv_data_nbx(u->worker, data, k->riov, n_iov, &dp);
-            if (r == NULL)
-                on_reply_direct(NULL, UCS_OK, length, k);
-            else if (UCS_PTR_IS_ERR(r))
-                attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_UNAVAILABLE,
-                                          "attend: receiving the reply over UCX: %s",
-                                          ucs_status_string(UCS_PTR_STATUS(r))));
-            else
-                k->recv_req = r;
+            attnd_ucxw_am_recv(&u->w, data, k->riov, n_iov, ucp_dt_make_iov(), on_reply_direct,
+                               k, &k->recv_req);
             return UCS_INPROGRESS;
         }
         if (h.status != ATTND_OK || attnd__client_ucx_rbuf_get(u, k, length)) {
@@ -191,20 +174,8 @@ ucs_status_t attnd__client_ucx_on_reply(void *arg, const void *header, size_t he
                                             "attend: no memory for a %zu-byte reply", length));
             return UCS_OK;
         }
-        ucp_request_param_t prm = {
-            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-            .cb.recv_am = on_reply_data,
-            .user_data = k,
-        };
-        ucs_status_ptr_t r = ucp_am_recv_data_nbx(u->worker, data, k->rbuf, length, &prm);
-        if (r == NULL)
-            decode_into(k, k->rbuf, length);
-        else if (UCS_PTR_IS_ERR(r))
-            attnd__client_ucx_finish(k, attnd_error_set(&k->err, ATTND_ERR_UNAVAILABLE,
-                                      "attend: receiving the reply over UCX: %s",
-                                      ucs_status_string(UCS_PTR_STATUS(r))));
-        else
-            k->recv_req = r;
+        attnd_ucxw_am_recv(&u->w, data, k->rbuf, length, ucp_dt_make_contig(1), on_reply_data,
+                           k, &k->recv_req);
         return UCS_INPROGRESS;
     }
     if (h.status != ATTND_OK) {

@@ -12,15 +12,13 @@
  * calls in flight sit in a list keyed by id, where the reply handler finds
  * them.
  *
- * Waiting: progress under the mutex while anything happens or for
- * ucx_spin_us, then arm the worker and sleep in poll() on its event fd
- * (at most 1 ms at a time, so that several waiting threads, one of which
- * may have drained the events the others slept on, all make progress).
- * Idle spins sched_yield(), so that on an oversubscribed host the spinner
- * does not keep the server (or a kernel thread) off the core.
+ * Waiting (attnd_ucxw_wait): progress under the mutex while anything
+ * happens or for ucx_spin_us, then arm the worker and sleep in poll() on
+ * its event fd (at most 1 ms at a time, so that several waiting threads,
+ * one of which may have drained the events the others slept on, all make
+ * progress) and, for a server on this host, on its pidfd: the endpoint has
+ * no UCX error handling there, so the server's exit is learnt that way.
  */
-#include <poll.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -29,6 +27,9 @@
 
 #include "attnd_clock.h"
 #include "ucx_int.h"
+
+/* How long a withdrawn call waits for UCX to give its send back. */
+#define WITHDRAW_NS 200000000u
 
 /* ---- the call list and reply buffers (under mu) -------------------------------------- */
 
@@ -94,10 +95,9 @@ static void rbuf_put(attnd__client_ucx *u, attnd__client_ucx_call *k)
     k->rcap = 0;
 }
 
-static void on_sent(void *request, ucs_status_t status, void *user_data)
+static void on_sent(void *user_data, ucs_status_t status)
 {
     attnd__client_ucx_call *k = user_data;
-    ucp_request_free(request);
     k->send_req = NULL;
     k->send_done = 1;
     if (status != UCS_OK && !k->done)
@@ -114,44 +114,32 @@ void attnd__client_ucx_on_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
 
 /* ---- progress ---------------------------------------------------------------------------- */
 
-/* Progress until idle; 1 if anything happened. Under mu. */
-static int progress(attnd__client_ucx *u)
+typedef struct wait_ctx {
+    attnd__client_ucx *u;
+    const int *flag;
+} wait_ctx;
+
+static int wait_done(void *arg)
 {
-    int any = 0;
-    while (ucp_worker_progress(u->worker))
-        any = 1;
-    return any;
+    const wait_ctx *x = arg;
+    return *x->flag || x->u->failed != UCS_OK;
 }
 
-/* Wait until *flag (read under mu) or deadline_ns; 0, or -1 at the deadline. */
+/* Wait until *flag (read under mu) or deadline_ns; 0, or -1 at the
+ * deadline. A server on this host that exits fails the endpoint. */
 static int wait_flag(attnd__client_ucx *u, const int *flag, uint64_t deadline_ns,
                      uint64_t spin_ns)
 {
-    uint64_t last = attnd_clock_ns();
-    for (;;) {
-        pthread_mutex_lock(&u->mu);
-        int any = progress(u);
-        int done = *flag || u->failed != UCS_OK;
-        ucs_status_t armed = UCS_ERR_BUSY;
-        uint64_t now = attnd_clock_ns();
-        if (!done && !any && now - last >= spin_ns)
-            armed = ucp_worker_arm(u->worker);
-        pthread_mutex_unlock(&u->mu);
-        if (done)
-            return 0;
-        if (now >= deadline_ns)
-            return -1;
-        if (any) {
-            last = now;
-            continue;
-        }
-        if (armed == UCS_OK) {
-            struct pollfd pfd = {.fd = u->efd, .events = POLLIN};
-            (void)poll(&pfd, 1, 1);
-        } else {
-            sched_yield(); /* spinning: see the file comment */
-        }
+    wait_ctx x = {u, flag};
+    int k = attnd_ucxw_wait(&u->w, wait_done, &x, deadline_ns, spin_ns, u->server_pidfd);
+    if (k == 1) {
+        attnd_ucxw_lock(&u->w);
+        if (u->failed == UCS_OK)
+            u->failed = UCS_ERR_CONNECTION_RESET; /* the server's process exited */
+        attnd_ucxw_unlock(&u->w);
+        return 0;
     }
+    return k;
 }
 
 static uint64_t deadline_from(const attnd_client *c)
@@ -181,40 +169,24 @@ static attnd_status send_request(attnd_client *c, attnd__client_ucx_call *k,
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "request: sent message larger than max (%zu vs. %zu bytes of "
                                "max_message_bytes)", total, u->max_message);
-    ucp_request_param_t prm = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA |
-                        UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_DATATYPE,
-        .flags = UCP_AM_SEND_FLAG_REPLY,
-        .cb.send = on_sent,
-        .user_data = k,
-        .datatype = datatype,
-    };
     k->hdr.id = k->id; /* the header lives in k until the send completes */
     k->hdr.deadline_ms = c->opts.deadline_ms <= 0 ? 0
                          : c->opts.deadline_ms > UINT32_MAX ? UINT32_MAX
                                                             : (uint32_t)c->opts.deadline_ms;
 
-    pthread_mutex_lock(&u->mu);
+    attnd_ucxw_lock(&u->w);
     if (u->failed != UCS_OK) {
-        pthread_mutex_unlock(&u->mu);
+        attnd_ucxw_unlock(&u->w);
         return attnd_error_set(err, ATTND_ERR_UNAVAILABLE,
                                "attend: UCX endpoint to %s failed: %s", u->address,
                                ucs_status_string(u->failed));
     }
     call_link(u, k);
-    ucs_status_ptr_t r = ucp_am_send_nbx(u->ep, ATTND_UCX_AM_ATTEND, &k->hdr, sizeof k->hdr,
-                                         buffer, count, &prm);
-    if (UCS_PTR_IS_ERR(r)) {
-        call_unlink(u, k);
-        pthread_mutex_unlock(&u->mu);
-        return attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "attend: sending over UCX to %s: %s",
-                               u->address, ucs_status_string(UCS_PTR_STATUS(r)));
-    }
-    if (r == NULL)
-        k->send_done = 1;
-    else
-        k->send_req = r;
-    pthread_mutex_unlock(&u->mu);
+    /* on_sent runs now (sent at once, or failed: the call then ends
+     * UNAVAILABLE) or from progress */
+    attnd_ucxw_am_send(u->ep, ATTND_UCX_AM_ATTEND, &k->hdr, sizeof k->hdr, buffer, count,
+                       datatype, UCP_AM_SEND_FLAG_REPLY, on_sent, k, &k->send_req);
+    attnd_ucxw_unlock(&u->w);
     return ATTND_OK;
 }
 
@@ -247,6 +219,12 @@ err_bb:
 attnd_status attnd__client_ucx_attend(attnd_client *c, const attnd_attend_args *a,
                                       attnd_error *err)
 {
+    return attnd__client_ucx_attend_sparse(c, a, NULL, err);
+}
+
+attnd_status attnd__client_ucx_attend_sparse(attnd_client *c, const attnd_attend_args *a,
+                                             attnd_sparse_args *sp, attnd_error *err)
+{
     attnd__client_attend_msg msg;
     attnd__client_attend_dst dst;
     attnd__client_ucx_call k;
@@ -258,6 +236,7 @@ attnd_status attnd__client_ucx_attend(attnd_client *c, const attnd_attend_args *
     st = attnd__client_attend_prepare(c, a, &msg, &dst, err);
     if (st)
         return st;
+    attnd__client_attend_sparse_apply(&msg, &dst, sp);
     size_t bound = attnd_wire_request_frame_bound(&msg.req);
     if (bound > sizeof frame_stack && !(frame = malloc(bound))) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
@@ -286,16 +265,28 @@ out_msg:
  * (the buffers it points at are about to go). */
 static void withdraw(attnd__client_ucx *u, attnd__client_ucx_call *k)
 {
-    pthread_mutex_lock(&u->mu);
+    uint64_t give_up = attnd_clock_ns() + WITHDRAW_NS;
+    attnd_ucxw_lock(&u->w);
     call_unlink(u, k);
     if (k->send_req)
-        ucp_request_cancel(u->worker, k->send_req);
+        ucp_request_cancel(u->w.worker, k->send_req);
     if (k->recv_req)
-        ucp_request_cancel(u->worker, k->recv_req);
-    while (k->send_req || k->recv_req)
-        ucp_worker_progress(u->worker);
+        ucp_request_cancel(u->w.worker, k->recv_req);
+    while (k->send_req || k->recv_req) {
+        ucp_worker_progress(u->w.worker);
+        if ((k->send_req || k->recv_req) && !u->ep_closed && attnd_clock_ns() > give_up) {
+            /* UCX cannot cancel a send the server has not taken (it is
+             * frozen, or gone without a word): close the endpoint, which
+             * ends every request on it; the client's later calls fail
+             * UNAVAILABLE */
+            if (u->failed == UCS_OK)
+                u->failed = UCS_ERR_TIMED_OUT;
+            u->ep_closed = 1;
+            attnd_ucxw_ep_close(&u->w, u->ep, 1);
+        }
+    }
     rbuf_put(u, k);
-    pthread_mutex_unlock(&u->mu);
+    attnd_ucxw_unlock(&u->w);
 }
 
 attnd_status attnd__client_ucx_wait(attnd_client *c, attnd__client_ucx_call *k, attnd_error *err)
@@ -308,10 +299,10 @@ attnd_status attnd__client_ucx_wait(attnd_client *c, attnd__client_ucx_call *k, 
     int timed_out = wait_flag(u, &k->done, deadline_from(c), spin);
     if (!timed_out && k->done && !k->send_done)
         timed_out = wait_flag(u, &k->send_done, deadline_from(c), spin);
-    pthread_mutex_lock(&u->mu);
+    attnd_ucxw_lock(&u->w);
     int done = k->done;
     ucs_status_t failed = u->failed;
-    pthread_mutex_unlock(&u->mu);
+    attnd_ucxw_unlock(&u->w);
     withdraw(u, k);
     if (done) {
         st = k->st;

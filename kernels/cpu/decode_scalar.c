@@ -22,18 +22,19 @@ size_t attnd_decode_work_floats(const attnd_decode_batch *b)
     return scalar > simd ? scalar : simd;
 }
 
-int64_t attnd_decode_seq_len(const attnd_decode_batch *b, int32_t i)
+int64_t attnd_decode_seq_len(const attnd_decode_batch *b, int32_t i, int32_t kvh)
 {
-    int32_t np = b->page_indptr[i + 1] - b->page_indptr[i];
+    int32_t li = attnd_decode_list(b, i, kvh);
+    int32_t np = b->page_indptr[li + 1] - b->page_indptr[li];
     if (np == 0)
         return 0;
-    return (int64_t)(np - 1) * b->kv->page_size + b->last_page_len[i];
+    return (int64_t)(np - 1) * b->kv->page_size + b->last_page_len[li];
 }
 
 int64_t attnd_decode_visible_len(const attnd_decode_batch *b, int32_t i,
-                                 int32_t s)
+                                 int32_t kvh, int32_t s)
 {
-    int64_t v = attnd_decode_seq_len(b, i) - (b->q_tokens - 1 - s);
+    int64_t v = attnd_decode_seq_len(b, i, kvh) - (b->q_tokens - 1 - s);
     return v > 0 ? v : 0;
 }
 
@@ -63,10 +64,18 @@ attnd_status attnd_decode_batch_check(const attnd_decode_batch *b,
     if (b->n_seqs > 0 && (!b->q || !b->last_page_len))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "batch: q and last_page_len are required");
+    const int32_t lg = b->list_groups > 1 ? b->list_groups : 1;
+    if (b->list_groups < 0 || l->n_kv_heads % lg)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "list_groups: %d, expected 0, 1 or a divisor of n_kv_heads %d",
+                               b->list_groups, l->n_kv_heads);
+    if ((int64_t)b->n_seqs * lg > INT32_MAX - 1)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "n_seqs: %d lists of %d groups: too many", b->n_seqs, lg);
     if (b->page_indptr[0] != 0)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "page_indptr[0]: expected 0, got %d", b->page_indptr[0]);
-    for (int32_t i = 0; i < b->n_seqs; i++) {
+    for (int32_t i = 0; i < b->n_seqs * lg; i++) {
         int32_t p0 = b->page_indptr[i], p1 = b->page_indptr[i + 1];
         if (p1 < p0)
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -98,7 +107,7 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
     float *sum = m + group;                 /* [group] */
     float *krow = sum + group;              /* [dk] */
     float *vrow = l->v_in_k ? krow : krow + dk;
-    int64_t vis = attnd_decode_visible_len(b, i, s);
+    int64_t vis = attnd_decode_visible_len(b, i, kvh, s);
 
     if (!lse) /* caller does not want it: keep it in scratch */
         lse = krow + dk + dv;
@@ -116,7 +125,7 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
         memset(out + (size_t)h * dv, 0, (size_t)dv * sizeof(float));
     }
 
-    const int32_t *pages = b->page_idx + b->page_indptr[i];
+    const int32_t *pages = b->page_idx + b->page_indptr[attnd_decode_list(b, i, kvh)];
     const char *pool = b->pool;
     for (int64_t t = t0; t < t1; t++) {
         int64_t page = pages[t / ps], slot = t % ps;
@@ -178,13 +187,12 @@ void attnd_kernel_decode_scalar(const attnd_decode_batch *b)
     const int32_t dv = b->kv->d_v;
 
     for (int32_t i = 0; i < b->n_seqs; i++) {
-        int64_t len = attnd_decode_seq_len(b, i);
         for (int32_t s = 0; s < b->q_tokens; s++) {
             size_t row = ((size_t)i * b->q_tokens + s) * b->n_q_heads;
             for (int32_t g = 0; g < hkv; g++) {
                 size_t h0 = row + (size_t)g * group;
                 attnd_kernel_decode_range_scalar(
-                    b, i, g, s, 0, len, b->out + h0 * dv,
+                    b, i, g, s, 0, attnd_decode_seq_len(b, i, g), b->out + h0 * dv,
                     b->lse ? b->lse + h0 : NULL, b->work);
             }
         }

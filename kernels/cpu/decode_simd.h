@@ -455,7 +455,7 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
     float *alpha = carve(&cur, (size_t)rp);
     int32_t *vis = (int32_t *)carve(&cur, (size_t)rp);
     float *o = carve(&cur, (size_t)R * dvp);
-    const int64_t L = attnd_decode_seq_len(b, u->seq);
+    const int64_t L = attnd_decode_seq_len(b, u->seq, u->kv_head);
     const int64_t t1 = u->t1 < L ? u->t1 : L;
 
     pack_queries(b, u, &dm, wide, perm, L, q, kbuf[0], vis);
@@ -466,7 +466,7 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
     }
     memset(o, 0, sizeof(float) * (size_t)R * dvp);
 
-    const int32_t *pages = b->page_idx + b->page_indptr[u->seq];
+    const int32_t *pages = b->page_idx + b->page_indptr[attnd_decode_list(b, u->seq, u->kv_head)];
     const int64_t min_vis = L - (S - 1);
     /* ld_step calls per tile: once per output block, plus once per score
      * row (narrow) or once up front (wide) */

@@ -154,7 +154,7 @@ void attnd_kernel_decode(const attnd_decode_batch *b)
                 .seq = i,
                 .kv_head = g,
                 .t0 = 0,
-                .t1 = attnd_decode_seq_len(b, i),
+                .t1 = attnd_decode_seq_len(b, i, g),
                 .out = b->out + h0 * dv,
                 .out_s = (int64_t)hq * dv,
                 .lse = b->lse ? b->lse + h0 : NULL,

@@ -79,7 +79,8 @@ attnd_status attnd_decode_plan_make(attnd_decode_plan *plan, const attnd_decode_
                                opts->n_threads, opts->splits);
 
     for (int32_t i = 0; i < b->n_seqs; i++)
-        total += attnd_decode_seq_len(b, i) * hkv;
+        for (int32_t h = 0; h < hkv; h++)
+            total += attnd_decode_seq_len(b, i, h);
     /* automatic range: a quarter of a thread's share, whole tiles, >= 256 */
     int64_t share = total / ((int64_t)opts->n_threads * AUTO_UNITS_PER_THREAD);
     int64_t auto_tiles = share < AUTO_MIN_RANGE ? AUTO_MIN_RANGE : share;
@@ -87,15 +88,17 @@ attnd_status attnd_decode_plan_make(attnd_decode_plan *plan, const attnd_decode_
     if (opts->splits == ATTND_DECODE_SPLITS_AUTO && opts->n_threads == 1)
         auto_tiles = INT64_MAX / 2;
 
-    for (int32_t i = 0; i < b->n_seqs; i++) {
-        int64_t tiles = (attnd_decode_seq_len(b, i) + ATTND_DECODE_TILE - 1) / ATTND_DECODE_TILE;
-        int64_t k = ranges_for(tiles, opts, auto_tiles);
-        n_units += k * hkv;
-        if (k > 1) {
-            n_groups += hkv;
-            n_parts += k * hkv;
+    for (int32_t i = 0; i < b->n_seqs; i++)
+        for (int32_t h = 0; h < hkv; h++) {
+            int64_t len = attnd_decode_seq_len(b, i, h);
+            int64_t k = ranges_for((len + ATTND_DECODE_TILE - 1) / ATTND_DECODE_TILE, opts,
+                                   auto_tiles);
+            n_units += k;
+            if (k > 1) {
+                n_groups++;
+                n_parts += k;
+            }
         }
-    }
     if (n_units > INT32_MAX || n_parts * rows * (int64_t)dv > INT64_MAX / 8 ||
         ATTND_BUF_RESERVE(plan->units, plan->cap_units, (size_t)n_units) ||
         ATTND_BUF_RESERVE(plan->groups, plan->cap_groups, (size_t)n_groups) ||
@@ -106,10 +109,11 @@ attnd_status attnd_decode_plan_make(attnd_decode_plan *plan, const attnd_decode_
 
     int32_t u = 0, g = 0, part = 0;
     for (int32_t i = 0; i < b->n_seqs; i++) {
-        int64_t len = attnd_decode_seq_len(b, i);
-        int64_t tiles = (len + ATTND_DECODE_TILE - 1) / ATTND_DECODE_TILE;
-        int64_t k = ranges_for(tiles, opts, auto_tiles);
         for (int32_t h = 0; h < hkv; h++) {
+            /* per KV head: with list_groups its list may be its own */
+            int64_t len = attnd_decode_seq_len(b, i, h);
+            int64_t tiles = (len + ATTND_DECODE_TILE - 1) / ATTND_DECODE_TILE;
+            int64_t k = ranges_for(tiles, opts, auto_tiles);
             if (k > 1) {
                 plan->groups[g] = (attnd_decode_group){i, h, part, (int32_t)k};
                 plan->pending[g] = (int32_t)k;

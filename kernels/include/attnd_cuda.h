@@ -194,4 +194,34 @@ attnd_status attnd_cuda_hadamard(attnd_cuda_ctx *ctx, attnd_dtype dtype, void *x
                                  int64_t n_rows, int32_t dim, int64_t row_stride,
                                  attnd_error *err);
 
+/* ---- page selection (sparse policies) ---------------------------------------
+ *
+ * attnd_kernels.h's page selection ("page selection": Quest scores, the
+ * mandatory first n_head and last n_tail candidates, the best of the rest,
+ * kept pages in candidate order) on the GPU, for lists laid out on the
+ * host by attnd_select_prepare (its chunk0 and work0; units of
+ * ATTND_SELECT_CHUNK candidates) and uploaded. Device pointers: q bf16
+ * [n_seqs][q_tokens][Hq][d_k]; bounds bf16 head-major [Hkv][bounds_pages]
+ * [2][d_k]; lists [n_lists]; cand_idx; sel_pages (the decode's page_idx,
+ * say: each list writes its keep entries from out0); sel_pos (or NULL);
+ * work: the floats attnd_select_prepare asked for, in the same layout as
+ * the CPU's (select.c). Scores are float32 sums in another order than the
+ * CPU's, so near-ties may resolve differently. Asynchronous on the
+ * context's stream. */
+typedef struct attnd_cuda_select {
+    int32_t n_lists, n_chunks; /* n_chunks: the last list's chunk0 + its chunks */
+    const attnd_select_list *lists;
+    int32_t n_seqs, q_tokens, n_q_heads, list_groups;
+    attnd_kv_layout kv;
+    const void *q;
+    const uint16_t *bounds;
+    int64_t bounds_pages;
+    const int32_t *cand_idx;
+    int32_t *sel_pages, *sel_pos;
+    float *work;
+} attnd_cuda_select;
+
+attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_cuda_select *s,
+                                   attnd_error *err);
+
 #endif /* ATTND_CUDA_H */

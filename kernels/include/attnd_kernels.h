@@ -38,6 +38,9 @@
  * except the last, which holds last_page_len[i] tokens (1..page_size). A
  * dense decode lists a session's whole page table; a sparse policy lists the
  * pages it keeps (the last one partial only if it is the session's tail).
+ * GQA may give each group of KV heads a list of its own (list_groups below:
+ * a policy that selects pages per KV head); the lists of one sequence may
+ * then differ in pages and lengths.
  *
  * Multi-token queries (q_tokens = S > 1, speculative decode): query token s
  * attends to the first L - (S - 1 - s) listed tokens, L the listed total.
@@ -76,6 +79,14 @@ void attnd_kv_layout_gqa(attnd_kv_layout *l, int32_t n_kv_heads,
 size_t attnd_kv_layout_page_bytes(const attnd_kv_layout *l);
 /* Elements of one token's wire entry: MLA d_k; GQA 2 * Hkv * D. */
 int64_t attnd_kv_layout_token_elems(const attnd_kv_layout *l);
+/* The token view of layout l: the same pool read as pages of one token, so
+ * that a list of tokens is a page list (given-tokens policies). Token slot
+ * of page p is view page p * ratio + slot, ratio = *ratio_p = page_stride /
+ * k_token_stride; pool_pages becomes pool_pages * ratio. 0 (nothing set)
+ * when l's token rows cannot be addressed so (they can for both layouts
+ * above). */
+int attnd_kv_layout_token_view(const attnd_kv_layout *l, attnd_kv_layout *view,
+                               int64_t *ratio_p);
 
 /* Store n tokens given in wire form ([n][token_elems] of src_t, MLA
  * [c, k_rope], GQA [2][Hkv][D]) into `page` at token slots slot..slot+n-1,
@@ -102,6 +113,12 @@ typedef struct attnd_decode_batch {
     const int32_t *page_indptr;   /* [n_seqs + 1] */
     const int32_t *page_idx;      /* [page_indptr[n_seqs]] */
     const int32_t *last_page_len; /* [n_seqs] */
+    /* Lists per sequence. 0 or 1: list i, read by every KV head. GQA: a
+     * divisor G of n_kv_heads, list i * G + j read by KV heads
+     * [j * Hkv / G, (j + 1) * Hkv / G) (attnd_decode_list); page_indptr
+     * then has n_seqs * G + 1 entries and last_page_len n_seqs * G. MLA
+     * (one KV head): 0 or 1. */
+    int32_t list_groups;
 
     /* Outputs, float32: out [n_seqs][q_tokens][Hq][d_v]; lse
      * [n_seqs][q_tokens][Hq] or NULL when not wanted. */
@@ -153,10 +170,17 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
                                       int64_t t1, float *out, float *lse,
                                       float *work);
 
-/* Tokens listed for sequence i, and how many of them query token s sees. */
-int64_t attnd_decode_seq_len(const attnd_decode_batch *b, int32_t i);
+/* Index of the page list KV head kvh of sequence i reads. */
+static inline int32_t attnd_decode_list(const attnd_decode_batch *b, int32_t i, int32_t kvh)
+{
+    int32_t g = b->list_groups > 1 ? b->list_groups : 1;
+    return i * g + (g > 1 ? kvh / (b->kv->n_kv_heads / g) : 0);
+}
+/* Tokens listed for KV head kvh of sequence i, and how many of them query
+ * token s sees. */
+int64_t attnd_decode_seq_len(const attnd_decode_batch *b, int32_t i, int32_t kvh);
 int64_t attnd_decode_visible_len(const attnd_decode_batch *b, int32_t i,
-                                 int32_t s);
+                                 int32_t kvh, int32_t s);
 
 /* ---- kernel paths (run-time dispatch) ------------------------------------
  *
@@ -316,5 +340,97 @@ void attnd_ref_attention_f64(int32_t hq, int32_t hkv, int32_t dk, int32_t dv,
                              int64_t t, double scale, const double *q,
                              const double *k, const double *v, double *out,
                              double *lse);
+
+/* ---- page selection (sparse policies: Quest top-k pages) -----------------
+ *
+ * Key bounds. Every page carries, per KV head, the element-wise bounds of
+ * the keys written into it, lo[d] <= K[t][d] <= hi[d] for each of its
+ * tokens t, as bf16 rounded outward (lo toward -inf, hi toward +inf: they
+ * bound the stored keys whatever the KV dtype). An array of bounds for
+ * bounds_pages pages is head-major, [n_kv_heads][bounds_pages][2][d_k]
+ * uint16 (the lo row, then the hi row), so that one KV head's selection
+ * reads its pages' bounds as one stream when the pages are consecutive. An
+ * empty page has lo = +inf, hi = -inf. Keeping them costs 2 * d_k * 2
+ * bytes per page and KV head: 1/32 of a 64-token bf16 MLA page, 1/64 of a
+ * GQA one (K and V).
+ *
+ * Scores. For query row r (a query token and head reading KV head kvh):
+ *   ub[r][p]  = sum_d max(q[r][d] lo[p][kvh][d], q[r][d] hi[p][kvh][d])
+ * bounds q[r] . k from above for every key k of page p (Quest). The rows R
+ * of a list (every query token and head of its KV heads) rank a page by
+ *   score[p] = max_{r in R} (ub[r][p] - max_{p'} ub[r][p'])     (<= 0)
+ * how close the page can come to a row's best page, for the row it suits
+ * best; with one row this is Quest's order. A NaN bound scores +inf.
+ *
+ * Selection. A list of n candidates (physical pages, in sequence order)
+ * keeps its first n_head and last n_tail candidates whatever their scores
+ * (the sink pages, the pages of the newest tokens), then of the others the
+ * keep - n_head - n_tail best (ties: earlier candidate first), and writes
+ * the kept pages in candidate order, so the result is a page list for the
+ * decode contract (the last candidate is the sequence's tail page). */
+
+/* Candidates per scoring unit (attnd_select_list.chunk0 counts them; the
+ * CUDA selection scores the same units). */
+#define ATTND_SELECT_CHUNK 128
+
+/* uint16 elements of one page's bounds: n_kv_heads * 2 * d_k. */
+size_t attnd_kv_bounds_elems(const attnd_kv_layout *l);
+/* Where the lo row of KV head h of page p starts in an array of
+ * bounds_pages pages (the hi row follows it). */
+static inline size_t attnd_kv_bounds_at(const attnd_kv_layout *l, int64_t bounds_pages,
+                                        int32_t h, int64_t p)
+{
+    return ((size_t)h * (size_t)bounds_pages + (size_t)p) * 2 * (size_t)l->d_k;
+}
+/* Make page p's bounds empty (before its first token is folded in). */
+void attnd_kv_bounds_reset(const attnd_kv_layout *l, uint16_t *bounds, int64_t bounds_pages,
+                           int64_t p);
+/* Fold n wire-form tokens ([n][token_elems] of src_t, as for
+ * attnd_kv_write_tokens) into page p's bounds, each key first rounded to
+ * l->dtype as the page stores it. */
+void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *bounds, int64_t bounds_pages,
+                         int64_t p, int32_t n, attnd_dtype src_t, const void *src);
+
+/* One selection problem: the rows of (sequence seq, KV head group group)
+ * choosing among candidates cand_idx[cand0 .. cand0 + n_cand). */
+typedef struct attnd_select_list {
+    int32_t seq, group;   /* group: KV heads [group * Hkv / G, (group+1) * Hkv / G) */
+    int32_t cand0, n_cand;
+    int32_t keep;         /* pages kept: n_head + n_tail <= keep <= n_cand */
+    int32_t n_head, n_tail;
+    int32_t out0;         /* its keep pages go to sel_pages[out0 ..] */
+    int32_t chunk0;       /* set by attnd_select_prepare (scoring units) */
+    int64_t work0;        /* set by attnd_select_prepare (its scratch) */
+} attnd_select_list;
+
+typedef struct attnd_select_batch {
+    int32_t n_lists;
+    attnd_select_list *lists; /* [n_lists]; chunk0, work0 written by prepare */
+    int32_t n_seqs;           /* bound for lists[].seq */
+    int32_t q_tokens;
+    int32_t n_q_heads;
+    int32_t list_groups;      /* G: 1, or a divisor of n_kv_heads (GQA) */
+    attnd_dtype q_dtype;
+    const void *q;            /* [n_seqs][q_tokens][Hq][d_k], as decode */
+    const attnd_kv_layout *kv;
+    const uint16_t *bounds;   /* [Hkv][bounds_pages][2][d_k] */
+    int64_t bounds_pages;     /* its pages: bound for cand_idx */
+    const int32_t *cand_idx;  /* physical pages */
+    int32_t *sel_pages;       /* outputs: physical pages, candidate order */
+    int32_t *sel_pos;         /* NULL, or their candidate positions */
+    float *work;              /* attnd_select_prepare's floats of scratch */
+} attnd_select_batch;
+
+/* Check the batch (shapes, list ranges, candidate pages in range; bounds
+ * and q are not read) and lay out its scratch: returns the floats b->work
+ * must hold, or -1 with err naming the field. */
+int64_t attnd_select_prepare(attnd_select_batch *b, attnd_error *err);
+/* Score and select on the calling thread (after prepare). */
+void attnd_kernel_select(const attnd_select_batch *b);
+/* The same on the pool's threads: page chunks of every list scored in
+ * parallel, then the lists selected in parallel. RESOURCE_EXHAUSTED if the
+ * threads' scratch cannot grow (nothing selected). */
+attnd_status attnd_kernel_select_parallel(attnd_cpu_pool *pool, const attnd_select_batch *b,
+                                          attnd_error *err);
 
 #endif /* ATTND_KERNELS_H */

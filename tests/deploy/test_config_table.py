@@ -36,6 +36,8 @@ SAMPLES = {
     "--ucx-listen": ("auto", "auto"),
     "--ucx-exec-threads": ("1", "1"),
     "--ucx-spin-us": ("7", "7"),
+    "--ucx-conn-queue": ("9", "9"),
+    "--ucx-conn-bytes": ("1Mi", "1048576"),
     "--rank": ("1", "1"),
     "--group": ("127.0.0.1:1,127.0.0.1:2", "127.0.0.1:1,127.0.0.1:2"),
     "--group-file": ("@groupfile", "@groupfile"),

@@ -36,6 +36,10 @@ FAMILIES = {
     "attnd_kv_bytes": "gauge",
     "attnd_kv_page_size_bytes": "gauge",
     "attnd_kv_read_bytes": "counter",
+    "attnd_kv_dense_read_bytes": "counter",
+    "attnd_select_read_bytes": "counter",
+    "attnd_select_seconds": "counter",
+    "attnd_kv_pages_evicted": "counter",
     "attnd_kv_appended_tokens": "counter",
     "attnd_attend_sequences": "counter",
     "attnd_sessions": "gauge",
@@ -213,6 +217,10 @@ class ScrapeAfterLoad(unittest.TestCase):
 
     def test_kv_and_session_counters_moved_with_the_load(self):
         self.assertGreater(self.delta(value, "attnd_kv_read_bytes"), 0)
+        # the load is dense: what a dense call reads is what was read
+        self.assertEqual(self.delta(value, "attnd_kv_dense_read_bytes"),
+                         self.delta(value, "attnd_kv_read_bytes"))
+        self.assertEqual(self.delta(value, "attnd_select_read_bytes"), 0)
         self.assertGreater(self.delta(value, "attnd_kv_appended_tokens"), 0)
         self.assertGreater(self.delta(value, "attnd_attend_sequences"), 0)
         self.assertEqual(value(self.after, "attnd_sessions"), 0)  # all closed again

@@ -63,15 +63,28 @@ do_build() {
   local inc="-I$root/common -I$root/kernels/include -I$root/kernels/cuda -I$root/kernels/cuda/bench -I$root/tests/common -I$root/tests/gpu"
   local cflags="-std=c11 -O2 -D_GNU_SOURCE -Wall -Wextra -Werror $inc"
   local cuflags="-std=c++17 -O3 -D_GNU_SOURCE -Xcompiler=-Wall,-Wextra -Werror all-warnings $inc"
-  for f in common/dtype.c common/buf.c kernels/cpu/layout.c kernels/cpu/ref_f64.c \
+  # the CPU kernels whole: test_cuda checks the GPU's page selection
+  # against attnd_kernel_select (its SIMD paths as CMake compiles them)
+  local cpu=() f fl
+  for f in "$root"/kernels/cpu/*.c; do cpu+=("kernels/cpu/$(basename "$f")"); done
+  for f in common/dtype.c common/buf.c "${cpu[@]}" \
            kernels/cuda/partition.c tests/gpu/test_cuda.c kernels/cuda/bench/bench_cuda.c \
            tests/gpu/test_partition.c; do
-    $cc $cflags -I/usr/local/cuda/include -c "$root/$f" -o "$obj/$(basename "$f" .c).o" & pids+=($!)
+    case $f in
+      */simd_avx2.c|*/select_avx2.c) fl="-mavx2 -mfma -mf16c -DATTND_HAVE_X86_SIMD=1" ;;
+      */simd_avx512.c|*/select_avx512.c)
+        fl="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -DATTND_HAVE_X86_SIMD=1" ;;
+      kernels/cpu/*) fl="-DATTND_HAVE_X86_SIMD=1" ;;
+      *) fl="" ;;
+    esac
+    # cpu_ prefix: kernels/cpu/plan.c and select.c share names with cuda/*.cu
+    local o; o=$(basename "$f" .c); [[ $f == kernels/cpu/* ]] && o=cpu_$o
+    $cc $cflags $fl -I/usr/local/cuda/include -c "$root/$f" -o "$obj/$o.o" & pids+=($!)
   done
   # wgmma / setmaxnreg need sm_90a; the rest is plain sm_90
   $nvcc $cuflags -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -c "$root/kernels/cuda/mla_decode.cu" \
     -o "$obj/mla_decode.o" 2> "$obj/mla_decode.ptxas" & pids+=($!)
-  for f in gqa_decode combine hadamard ctx plan; do
+  for f in gqa_decode combine hadamard ctx plan select; do
     $nvcc $cuflags -arch=sm_90 -Xptxas -v -c "$root/kernels/cuda/$f.cu" -o "$obj/$f.o" \
       2> "$obj/$f.ptxas" & pids+=($!)
   done
@@ -81,7 +94,8 @@ do_build() {
   if [ $rc -ne 0 ]; then cat "$obj"/*.ptxas >&2; echo "build failed" >&2; exit 1; fi
   grep -h -E "registers|spill" "$obj"/*.ptxas | sort | uniq -c | sed 's/^/  ptxas: /' || true
   local lib="$obj/ctx.o $obj/plan.o $obj/mla_decode.o $obj/gqa_decode.o $obj/combine.o \
-             $obj/hadamard.o $obj/partition.o $obj/dtype.o $obj/buf.o $obj/layout.o $obj/ref_f64.o"
+             $obj/hadamard.o $obj/select.o $obj/partition.o $obj/dtype.o $obj/buf.o"
+  for f in "${cpu[@]}"; do lib+=" $obj/cpu_$(basename "$f" .c).o"; done
   $nvcc -arch=sm_90 -o "$bin/test_cuda" "$obj/test_cuda.o" $lib -lpthread -lm
   $nvcc -arch=sm_90 -o "$bin/bench_cuda" "$obj/bench_cuda.o" "$obj/bench_kernels.o" $lib -lpthread -lm
   $cc -o "$bin/test_partition" "$obj/test_partition.o" "$obj/partition.o" "$obj/buf.o"

@@ -10,6 +10,10 @@
  *   and the maximum, which must agree with each other to float32 rounding;
  *   few CTAs (many units per persistent CTA).
  *   The LSE combine of the public API, and the Hadamard rotation.
+ *   Page selection (sparse policies): the GPU's choice against the CPU's
+ *   (attnd_kernel_select) on the same bounds and queries, GQA per KV head
+ *   and MLA's 128 heads; the kept pages must agree (at most 1% of them may
+ *   differ, on near-ties the two sums round differently).
  *
  * Bounds: bf16 outputs <= 1e-2 normwise relative per row, LSE <= 1e-3
  * absolute (-inf exactly for empty rows), split counts agree to 1e-5.
@@ -508,6 +512,110 @@ static void test_rejects(void)
     gp_free(&p);
 }
 
+/* One selection problem on both sides: n_seqs sequences of n_pages
+ * scattered pages each, keep about a quarter with a sink and a newest. */
+static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t n_seqs,
+                        int32_t n_pages, const char *what)
+{
+    attnd_kv_layout l;
+    attnd_error err = {0};
+    if (hkv == 1 && dk == 576)
+        attnd_kv_layout_mla(&l, 512, 64, 64, ATTND_DTYPE_BF16);
+    else
+        attnd_kv_layout_gqa(&l, hkv, dk, 64, ATTND_DTYPE_BF16);
+    const int64_t pool = (int64_t)n_seqs * n_pages + 7;
+    const size_t be = attnd_kv_bounds_elems(&l) * (size_t)pool;
+    uint16_t *bounds = malloc(be * 2);
+    float *wire = malloc(sizeof(float) * (size_t)attnd_kv_layout_token_elems(&l));
+    for (int64_t pg = 0; pg < pool; pg++) {
+        attnd_kv_bounds_reset(&l, bounds, pool, pg);
+        for (int t = 0; t < 8; t++) {
+            for (int64_t e = 0; e < attnd_kv_layout_token_elems(&l); e++)
+                wire[e] = (float)tu_normal(&rng);
+            attnd_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
+        }
+    }
+    const size_t nq = (size_t)n_seqs * hq * dk;
+    uint16_t *q = malloc(nq * 2);
+    for (size_t i = 0; i < nq; i++)
+        q[i] = attnd_dtype_f32_to_bf16((float)tu_normal(&rng));
+    const int32_t n_lists = n_seqs * lg;
+    attnd_select_list *lists = calloc((size_t)n_lists, sizeof *lists);
+    int32_t *cand = malloc(sizeof(int32_t) * (size_t)n_seqs * n_pages), out = 0;
+    for (int64_t j = 0; j < (int64_t)n_seqs * n_pages; j++)
+        cand[j] = (int32_t)((j * 7919) % pool); /* scattered, distinct */
+    for (int32_t i = 0; i < n_seqs; i++)
+        for (int32_t g = 0; g < lg; g++) {
+            attnd_select_list *sl = &lists[i * lg + g];
+            *sl = (attnd_select_list){.seq = i, .group = g, .cand0 = i * n_pages,
+                                      .n_cand = n_pages, .keep = (n_pages + 3) / 4, .n_head = 1,
+                                      .n_tail = 1, .out0 = out};
+            out += sl->keep;
+        }
+    int32_t *cpu = malloc(sizeof(int32_t) * (size_t)out), *gpu = malloc(sizeof(int32_t) * (size_t)out);
+    attnd_select_batch sb = {.n_lists = n_lists, .lists = lists, .n_seqs = n_seqs, .q_tokens = 1,
+                             .n_q_heads = hq, .list_groups = lg, .q_dtype = ATTND_DTYPE_BF16,
+                             .q = q, .kv = &l, .bounds = bounds, .bounds_pages = pool,
+                             .cand_idx = cand, .sel_pages = cpu};
+    int64_t wf = attnd_select_prepare(&sb, &err);
+    must(wf >= 0 ? ATTND_OK : ATTND_ERR_INTERNAL, &err, "select_prepare");
+    sb.work = malloc(sizeof(float) * (size_t)wf);
+    attnd_kernel_select(&sb);
+    int32_t n_chunks = 0;
+    for (int32_t k = 0; k < n_lists; k++) {
+        const attnd_select_list *sl = &lists[k];
+        int32_t ch = sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
+                         ? 0 : (sl->n_cand + ATTND_SELECT_CHUNK - 1) / ATTND_SELECT_CHUNK;
+        n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
+    }
+    void *d_q, *d_b, *d_l, *d_c, *d_o, *d_w;
+    cudaMalloc(&d_q, nq * 2);
+    cudaMalloc(&d_b, be * 2);
+    cudaMalloc(&d_l, sizeof *lists * (size_t)n_lists);
+    cudaMalloc(&d_c, sizeof(int32_t) * (size_t)n_seqs * n_pages);
+    cudaMalloc(&d_o, sizeof(int32_t) * (size_t)out);
+    cudaMalloc(&d_w, sizeof(float) * (size_t)wf);
+    cudaMemcpy(d_q, q, nq * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_b, bounds, be * 2, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_l, lists, sizeof *lists * (size_t)n_lists, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_c, cand, sizeof(int32_t) * (size_t)n_seqs * n_pages, cudaMemcpyHostToDevice);
+    attnd_cuda_select cs = {.n_lists = n_lists, .n_chunks = n_chunks, .lists = d_l,
+                            .n_seqs = n_seqs, .q_tokens = 1, .n_q_heads = hq, .list_groups = lg,
+                            .kv = l, .q = d_q, .bounds = d_b, .bounds_pages = pool,
+                            .cand_idx = d_c, .sel_pages = d_o, .work = d_w};
+    must(attnd_cuda_select_run(ctx, &cs, &err), &err, "select_run");
+    must(attnd_cuda_sync(ctx, &err), &err, "sync");
+    cudaMemcpy(gpu, d_o, sizeof(int32_t) * (size_t)out, cudaMemcpyDeviceToHost);
+    int32_t differ = 0;
+    for (int32_t k = 0; k < n_lists; k++) { /* as sets: both are in candidate order */
+        const attnd_select_list *sl = &lists[k];
+        for (int32_t j = 0; j < sl->keep; j++) {
+            int found = 0;
+            for (int32_t m = 0; m < sl->keep && !found; m++)
+                found = gpu[sl->out0 + j] == cpu[sl->out0 + m];
+            differ += !found;
+        }
+    }
+    verdict(differ * 100 <= out, "select   %s: %d of %d kept pages differ from the CPU's", what,
+            differ, out);
+    cudaFree(d_q), cudaFree(d_b), cudaFree(d_l), cudaFree(d_c), cudaFree(d_o), cudaFree(d_w);
+    free(sb.work);
+    free(cpu);
+    free(gpu);
+    free(cand);
+    free(lists);
+    free(q);
+    free(wire);
+    free(bounds);
+}
+
+static void test_select(void)
+{
+    select_case(32, 8, 128, 8, 3, 300, "GQA 32/8 heads, per KV head, 300 pages");
+    select_case(32, 8, 128, 1, 2, 129, "GQA 32/8 heads, one list, 129 pages");
+    select_case(128, 1, 576, 1, 2, 2048, "MLA 128 heads, 2048 pages");
+}
+
 int main(int argc, char **argv)
 {
     const char *only = argc > 1 ? argv[1] : "all";
@@ -531,6 +639,8 @@ int main(int argc, char **argv)
         test_mla();
     if (!strcmp(only, "all") || !strcmp(only, "gqa"))
         test_gqa();
+    if (!strcmp(only, "all") || !strcmp(only, "select"))
+        test_select();
     if (!strcmp(only, "all") || !strcmp(only, "misc")) {
         test_combine();
         test_hadamard();

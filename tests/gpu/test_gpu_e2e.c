@@ -19,6 +19,8 @@
  * server threads reach the GPU backend together; then a two-token query
  * (causal rule). Bounds: outputs 1e-2 normwise relative per row; LSE 1e-3
  * (test_cuda's bound for these kernels) with bf16 queries.
+ * Sparse policies on the GPU: topk-pages (the GPU's page selection) and
+ * given-pages, each output against the reference over the pages reported.
  *
  * The narrow MLA wire on the GPU engine through the service
  * (test_gpu_heads_form_...): deepseek-v3, bf16 W_UK and W_UV of DeepSeek-V3's
@@ -131,6 +133,9 @@ START_TEST(test_gpu_prefill_then_decode_matches_the_reference)
 }
 END_TEST
 
+/* The narrow MLA wire through the service on the GPU backend: W_UK/W_UV
+ * loaded, heads-form queries over gRPC (_i 0) or UCX (_i 1), outputs
+ * against the float64 narrow formula. */
 START_TEST(test_gpu_heads_form_over_grpc_and_ucx_matches_the_narrow_reference)
 {
     enum { DN = 128, DV = 128 };
@@ -192,6 +197,115 @@ START_TEST(test_gpu_heads_form_over_grpc_and_ucx_matches_the_narrow_reference)
 }
 END_TEST
 
+/* Sparse policies on the GPU backend (worker/SPARSE.md): the output of one
+ * step of session i equals the float64 reference over exactly the pages
+ * the server reported for it (per KV head: chosen_groups lists). */
+static void check_chosen(cu_seqs *s, const cu_step *st, const attnd_sparse_args *sp,
+                         uint32_t layer, uint64_t ps, attnd_refcheck_result *res)
+{
+    const attnd_model_info *m = &s->m;
+    const uint32_t hkv = m->n_kv_heads, G = m->n_q_heads / hkv;
+    const size_t entry = (size_t)m->kv_token_elems * attnd_dtype_size(m->kv_dtype);
+    const size_t qrow = (size_t)m->n_q_heads * m->d_k * attnd_dtype_size(s->dt);
+    const size_t orow = (size_t)m->n_q_heads * m->d_v * attnd_dtype_size(s->dt);
+    for (uint32_t i = 0; i < st->a.n_seqs; i++) {
+        const attnd_refcheck_seq *src = &s->rc.seqs[(size_t)i * m->n_layers + layer];
+        for (uint32_t h = 0; h < hkv; h++) {
+            uint32_t k = i * sp->chosen_groups + (sp->chosen_groups == 1 ? 0 : h);
+            attnd_refcheck one;
+            ck_assert_int_eq(attnd_refcheck_init(&one, m, 1), 0);
+            uint64_t n = 0;
+            for (uint32_t j = sp->chosen_indptr[k]; j < sp->chosen_indptr[k + 1]; j++) {
+                uint64_t t0 = sp->chosen[j] * ps, t1 = t0 + ps < src->len ? t0 + ps : src->len;
+                ck_assert_uint_lt(t0, src->len);
+                ck_assert_int_eq(attnd_refcheck_append(&one, 0, layer, t1 - t0, m->kv_dtype,
+                                                       src->data + t0 * entry), 0);
+                n += t1 - t0;
+            }
+            ck_assert_int_eq(attnd_refcheck_token(&one, 0, layer, n, s->dt,
+                                                  (const char *)st->q + i * qrow, s->dt,
+                                                  (const char *)st->out + i * orow, NULL,
+                                                  h * G, (h + 1) * G, res), 0);
+            attnd_refcheck_cleanup(&one);
+        }
+    }
+}
+
+/* topk-pages on layer 0 (page selection on the GPU, kernels/cuda/select.cu,
+ * into the decode's page lists) returns its pages; layer 1 (given-pages)
+ * attends exactly those. Every output equals the float64 reference over
+ * the pages reported, each list holds a quarter of the pages with the sink
+ * page first and the newest last, and GetStats counts the selections. */
+START_TEST(test_gpu_topk_pages_attend_exactly_the_pages_they_report)
+{
+    const config *cf = &configs[_i];
+    const uint64_t ps = (uint64_t)atoi(cf->page_size), pre[2] = {1100, 1500};
+    cu_seqs s;
+    attnd_error err;
+    attnd_refcheck_result res = {0};
+
+    fprintf(stderr, "[gpu sparse] %s on cuda:0, pages of %s tokens\n", cf->model, cf->page_size);
+    cu_must_start("--model", cf->model, "--device", "cuda:0", "--kv-memory", "2G",
+                  "--page-size", cf->page_size);
+    attnd_client *c = cu_must_connect();
+    cu_must_open(&s, c, 2, cf->dt);
+    attnd_sparse_policy p = {.kind = ATTND_SPARSE_TOPK_PAGES, .sink = (uint32_t)ps,
+                             .topk_fraction = 0.25f};
+    attnd_sparse_rule rule = {.layer_begin = 1, .layer_end = 2,
+                              .policy = {.kind = ATTND_SPARSE_GIVEN_PAGES}};
+    for (uint32_t i = 0; i < 2; i++) {
+        ck_assert_int_eq(attnd_client_close_session(c, &s.ids[i], &err), ATTND_OK);
+        ck_assert_msg(attnd_client_create_session_policy(c, "", 0, &p, &rule, 1, &s.ids[i], NULL,
+                                                         &err) == ATTND_OK, "%s", err.msg);
+        cu_must_prefill(&s, i, pre[i], chunk_sizes);
+    }
+    uint32_t ip[2 * 64 + 1];
+    uint64_t ch[4096];
+    for (int step = 0; step < STEPS; step++) {
+        attnd_sparse_args sp = {.return_pages = 1, .chosen_indptr = ip,
+                                .chosen_indptr_capacity = 2 * 64 + 1, .chosen = ch,
+                                .chosen_capacity = 4096};
+        for (uint32_t layer = 0; layer < 2; layer++) {
+            cu_step st;
+            cu_step_make(&s, &st, layer, 0, 2, 1, 1, 0, ATTND_DTYPE_INVALID);
+            if (layer == 1) { /* layer 0's lists as given pages */
+                sp.given_groups = sp.chosen_groups;
+                sp.given_indptr = ip;
+                sp.given_idx = ch;
+                sp.n_given_idx = sp.n_chosen;
+            }
+            attnd_status rc = attnd_client_attend_sparse(c, &st.a, &sp, &err);
+            ck_assert_msg(rc == ATTND_OK, "step %d layer %u: %s", step, layer, err.msg);
+            /* GQA selects per KV head, MLA per layer */
+            ck_assert_uint_eq(sp.chosen_groups, s.m.n_kv_heads);
+            for (uint32_t i = 0; i < 2; i++)
+                ck_assert_int_eq(attnd_refcheck_append(&s.rc, i, layer, 1, s.dt,
+                                                       (const char *)st.kv + i * st.kv_bytes / 2),
+                                 0);
+            check_chosen(&s, &st, &sp, layer, ps, &res);
+            cu_step_free(&st);
+        }
+        for (uint32_t i = 0; i < 2; i++) {
+            const uint32_t np = (uint32_t)((pre[i] + 1 + step + ps - 1) / ps);
+            for (uint32_t h = 0; h < sp.chosen_groups; h++) {
+                const uint32_t k = i * sp.chosen_groups + h;
+                ck_assert_uint_eq(ip[k + 1] - ip[k], (np + 3) / 4);
+                ck_assert_uint_eq(ch[ip[k]], 0);              /* the sink page */
+                ck_assert_uint_eq(ch[ip[k + 1] - 1], np - 1); /* the newest page */
+            }
+        }
+    }
+    assert_within(&res, (uint64_t)STEPS * 2 * 2 * s.m.n_q_heads, cf->lse_bound);
+    attnd_stats stats;
+    ck_assert_int_eq(attnd_client_get_stats(c, &stats, NULL, &err), ATTND_OK);
+    ck_assert_uint_eq(stats.select_calls, STEPS);
+    ck_assert_uint_gt(stats.select_bytes_read, 0);
+    ck_assert_uint_gt(stats.kv_bytes_dense, stats.kv_bytes_read);
+    cu_seqs_close(&s);
+    attnd_client_destroy(c);
+}
+END_TEST
+
 /* tiny-mla (64 + 16) and tiny-gqa (head dim 32) have no GPU kernel: the
  * server must refuse to start rather than serve them some other way. */
 START_TEST(test_gpu_device_refuses_models_without_gpu_kernels)
@@ -212,6 +326,8 @@ static Suite *gpu_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_checked_fixture(tc, NULL, cu_teardown);
     tcase_add_loop_test(tc, test_gpu_prefill_then_decode_matches_the_reference, 0, N_CONFIGS);
+    tcase_add_loop_test(tc, test_gpu_topk_pages_attend_exactly_the_pages_they_report, 0,
+                        N_CONFIGS);
     tcase_add_test(tc, test_gpu_device_refuses_models_without_gpu_kernels);
     tcase_add_loop_test(tc, test_gpu_heads_form_over_grpc_and_ucx_matches_the_narrow_reference,
                         0, 2);

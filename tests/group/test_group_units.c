@@ -1,6 +1,7 @@
 /* The worker group's pure parts, without processes: page placement and the
- * per-rank slices (group_place.c), and the normalized Walsh-Hadamard
- * rotation (kernels/cpu/fwht.c) against its float64 definition. Inputs are
+ * per-rank slices (group_place.c), the normalized Walsh-Hadamard
+ * rotation (kernels/cpu/fwht.c) against its float64 definition, and the
+ * rendezvous card's encoding (group_rdv.c) against garbage. Inputs are
  * fresh random sizes and data on every run (ATTND_TEST_SEED replays). */
 #include <check.h>
 #include <math.h>
@@ -177,6 +178,96 @@ START_TEST(test_shard_settings_that_do_not_divide_are_invalid_argument)
 }
 END_TEST
 
+/* ---- the rendezvous card ---------------------------------------------------------------- */
+
+static attnd__gcard random_card(unsigned char *payload, uint32_t n)
+{
+    attnd__gcard c;
+    memset(&c, 0, sizeof c);
+    c.version = ATTND__GCARD_VERSION;
+    c.kind = (uint16_t)tu_int(&rng, ATTND__GCARD_HELLO, ATTND__GCARD_ANSWER);
+    c.rank = (int32_t)tu_int(&rng, 0, ATTND_GROUP_MAX_RANKS - 1);
+    c.size = (int32_t)tu_int(&rng, 1, ATTND_GROUP_MAX_RANKS);
+    c.mode = (uint32_t)tu_int(&rng, 0, 2);
+    c.page_size = (uint32_t)tu_int(&rng, 1, 4096);
+    c.n_layers = (uint32_t)tu_int(&rng, 1, 128);
+    c.n_q_heads = (uint32_t)tu_int(&rng, 1, 256);
+    c.kv_elems = (uint32_t)tu_int(&rng, 1, 100000);
+    c.kv_dtype = (uint32_t)tu_int(&rng, 1, 3);
+    c.status = -(int32_t)tu_int(&rng, 0, 16);
+    c.token = tu_next(&rng);
+    for (int i = 0; i < 16; i++)
+        c.nonce[i] = (uint8_t)tu_next(&rng);
+    snprintf(c.host.boot_id, sizeof c.host.boot_id, "%016llx-%08x",
+             (unsigned long long)tu_next(&rng), (unsigned)tu_next(&rng));
+    c.host.pid_ns = tu_next(&rng);
+    c.host.ipc_ns = tu_next(&rng);
+    c.host.net_ns = tu_next(&rng);
+    c.host.uid = (uint32_t)tu_next(&rng);
+    c.host.pid = (int32_t)tu_int(&rng, 1, 1 << 22);
+    c.shm_ok = (uint32_t)tu_int(&rng, 0, 1);
+    c.payload_len = n;
+    for (uint32_t i = 0; i < n; i++)
+        payload[i] = (unsigned char)tu_next(&rng);
+    return c;
+}
+
+START_TEST(test_a_card_decodes_to_what_was_encoded_and_needs_its_whole_header)
+{
+    static unsigned char payload[ATTND_UCXW_ADDR_MAX], wire[ATTND__GCARD_HDR + ATTND_UCXW_ADDR_MAX];
+    for (int trial = 0; trial < 100; trial++) {
+        uint32_t n = (uint32_t)tu_int(&rng, 0, ATTND_UCXW_ADDR_MAX);
+        attnd__gcard c = random_card(payload, n), d;
+        size_t len = attnd__gcard_encode(&c, payload, wire);
+        ck_assert_uint_eq(len, ATTND__GCARD_HDR + n);
+        for (size_t have = 0; have < ATTND__GCARD_HDR; have += 1 + (size_t)tu_int(&rng, 0, 40))
+            ck_assert_int_eq(attnd__gcard_decode(wire, have, &d), 0);
+        ck_assert_int_eq(attnd__gcard_decode(wire, len, &d), 1);
+        ck_assert_int_eq(memcmp(&c, &d, sizeof c), 0);
+        ck_assert_int_eq(memcmp(wire + ATTND__GCARD_HDR, payload, n), 0);
+    }
+}
+END_TEST
+
+START_TEST(test_garbage_and_out_of_range_cards_are_refused)
+{
+    static unsigned char payload[64], wire[ATTND__GCARD_HDR + 64], junk[ATTND__GCARD_HDR];
+    attnd__gcard c = random_card(payload, 64), d;
+    attnd__gcard_encode(&c, payload, wire);
+
+    memset(junk, 0, sizeof junk); /* 17 zero bytes, and more */
+    ck_assert_int_eq(attnd__gcard_decode(junk, 17, &d), -1);
+    ck_assert_int_eq(attnd__gcard_decode((const unsigned char *)"GET / HTTP/1.1\r\n", 16, &d), -1);
+    ck_assert_int_eq(attnd__gcard_decode(wire, 3, &d), 0); /* "ATT": may still be one */
+    for (int trial = 0; trial < 100; trial++) {
+        for (size_t i = 0; i < sizeof junk; i++)
+            junk[i] = (unsigned char)tu_next(&rng);
+        ck_assert_int_eq(attnd__gcard_decode(junk, sizeof junk, &d), -1);
+    }
+    /* a header that lies: each field out of range on its own */
+    struct { size_t off; uint32_t v; } bad[] = {
+        {8, 2},                 /* version 2 */
+        {10, 3},                /* kind 3 */
+        {12, ATTND_GROUP_MAX_RANKS}, /* rank */
+        {12, 0xffffffffu},      /* rank -1 */
+        {140, ATTND_UCXW_ADDR_MAX + 1}, /* payload longer than an address may be */
+        {140, 0xffffffffu},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        unsigned char w[sizeof wire];
+        memcpy(w, wire, sizeof w);
+        if (bad[i].off == 8 || bad[i].off == 10) {
+            w[bad[i].off] = (unsigned char)bad[i].v;
+            w[bad[i].off + 1] = 0;
+        } else {
+            for (int b = 0; b < 4; b++)
+                w[bad[i].off + (size_t)b] = (unsigned char)(bad[i].v >> (8 * b));
+        }
+        ck_assert_msg(attnd__gcard_decode(w, sizeof w, &d) == -1, "case %zu decoded", i);
+    }
+}
+END_TEST
+
 int main(void)
 {
     tu_rng_init(&rng, "group units");
@@ -187,6 +278,8 @@ int main(void)
     tcase_add_test(tc, test_head_slices_tile_queries_and_kv);
     tcase_add_test(tc, test_fwht_is_the_normalized_hadamard_and_its_own_inverse);
     tcase_add_test(tc, test_shard_settings_that_do_not_divide_are_invalid_argument);
+    tcase_add_test(tc, test_a_card_decodes_to_what_was_encoded_and_needs_its_whole_header);
+    tcase_add_test(tc, test_garbage_and_out_of_range_cards_are_refused);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

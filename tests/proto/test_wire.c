@@ -120,15 +120,34 @@ START_TEST(test_the_reply_encoder_writes_what_protobuf_c_packs_where_the_plan_sa
         int64_t b, s, h, d;
         int lse;
         uint64_t id;
+        int chosen; /* return_pages: 0 none, 1 pages, 2 tokens */
     } cases[] = {
-        {ATTND_DTYPE_BF16, 1, 1, 4, 6, 0, 0},        {ATTND_DTYPE_F16, 2, 1, 4, 6, 1, 7},
-        {ATTND_DTYPE_F32, 3, 2, 8, 16, 1, 1u << 30}, {ATTND_DTYPE_BF16, 32, 1, 128, 512, 1, 99},
-        {ATTND_DTYPE_F32, 0, 1, 4, 6, 1, 5},         /* no data at all */
+        {ATTND_DTYPE_BF16, 1, 1, 4, 6, 0, 0, 0},        {ATTND_DTYPE_F16, 2, 1, 4, 6, 1, 7, 1},
+        {ATTND_DTYPE_F32, 3, 2, 8, 16, 1, 1u << 30, 0}, {ATTND_DTYPE_BF16, 32, 1, 128, 512, 1, 99, 0},
+        {ATTND_DTYPE_F32, 0, 1, 4, 6, 1, 5, 0},         /* no data at all */
+        {ATTND_DTYPE_BF16, 2, 1, 4, 6, 0, 3, 2},        {ATTND_DTYPE_BF16, 2, 1, 4, 6, 1, 0, 1},
     };
+    /* chosen lists: 2 sessions x 2 groups, one empty, values past 2^32 */
+    static const int32_t c_indptr[5] = {0, 2, 2, 5, 6};
+    static const int64_t c_vals[6] = {0, 9, 1, 130, 5000000000ll, 7};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        attnd_wire_reply_desc d = {cases[c].id, cases[c].dt,
-                                   {cases[c].b, cases[c].s, cases[c].h, cases[c].d},
-                                   cases[c].lse, {cases[c].b, cases[c].s, cases[c].h}};
+        attnd_wire_reply_desc d = {.request_id = cases[c].id, .out_dtype = cases[c].dt,
+                                   .out_shape = {cases[c].b, cases[c].s, cases[c].h, cases[c].d},
+                                   .has_lse = cases[c].lse,
+                                   .lse_shape = {cases[c].b, cases[c].s, cases[c].h}};
+        uint32_t ip32[5];
+        uint64_t v64[6];
+        for (int k = 0; k < 5; k++)
+            ip32[k] = (uint32_t)c_indptr[k];
+        for (int k = 0; k < 6; k++)
+            v64[k] = (uint64_t)c_vals[k];
+        if (cases[c].chosen) {
+            d.chosen_groups = 2;
+            d.chosen_tokens = cases[c].chosen == 2;
+            d.n_chosen_lists = 4;
+            d.chosen_indptr = c_indptr;
+            d.chosen = c_vals;
+        }
         size_t n_out = (size_t)(cases[c].b * cases[c].s * cases[c].h * cases[c].d);
         size_t n_l = (size_t)(cases[c].b * cases[c].s * cases[c].h);
         size_t es = attnd_dtype_size(d.out_dtype);
@@ -155,6 +174,14 @@ START_TEST(test_the_reply_encoder_writes_what_protobuf_c_packs_where_the_plan_sa
         m.request_id = d.request_id;
         m.out = &to;
         m.lse = d.has_lse ? &tl : NULL;
+        if (cases[c].chosen) {
+            m.chosen_groups = 2;
+            m.chosen_tokens = cases[c].chosen == 2;
+            m.n_chosen_indptr = 5;
+            m.chosen_indptr = ip32;
+            m.n_chosen = 6;
+            m.chosen = v64;
+        }
         size_t n = attnd__v1__attend_response__get_packed_size(&m);
         uint8_t *want = malloc(n), *got = malloc(n + 1);
         attnd__v1__attend_response__pack(&m, want);
@@ -175,6 +202,21 @@ START_TEST(test_the_reply_encoder_writes_what_protobuf_c_packs_where_the_plan_sa
             ck_assert(memcmp(want + l.lse_off, u->lse->data.data, l.lse_bytes) == 0);
         ck_assert(memcmp(want, l.pre, l.pre_len) == 0);
         ck_assert(memcmp(want + l.out_off + l.out_bytes, l.mid, l.mid_len) == 0);
+        /* and the decoder reads the chosen lists back */
+        attnd_wire_in in;
+        attnd_wire_reply_view v;
+        attnd_error err;
+        attnd_wire_in_flat(&in, want, n);
+        ck_assert_int_eq(attnd_wire_reply_decode(&in, &v, &err), ATTND_OK);
+        ck_assert_uint_eq(v.n_chosen_indptr, cases[c].chosen ? 5 : 0);
+        ck_assert_uint_eq(v.chosen_groups, cases[c].chosen ? 2 : 0);
+        ck_assert_int_eq(v.chosen_tokens, cases[c].chosen == 2);
+        if (cases[c].chosen) {
+            uint32_t gi[5];
+            uint64_t gv[6];
+            attnd_wire_reply_chosen(&in, gi, 5, gv, 6);
+            ck_assert(memcmp(gi, ip32, sizeof gi) == 0 && memcmp(gv, v64, sizeof gv) == 0);
+        }
         attnd__v1__attend_response__free_unpacked(u, NULL);
         free(want);
         free(got);

@@ -165,6 +165,17 @@ static const char *request_differs(const Attnd__V1__AttendRequest *a,
         return DIFFER("up_project: %d vs %d", a->up_project, b->up_project);
     if (a->q_form != b->q_form)
         return DIFFER("q_form: %d vs %d", (int)a->q_form, (int)b->q_form);
+    if (a->given_groups != b->given_groups || a->return_pages != b->return_pages)
+        return DIFFER("given_groups / return_pages");
+    if (a->n_given_indptr != b->n_given_indptr || a->n_given_idx != b->n_given_idx)
+        return DIFFER("given lists: %zu/%zu vs %zu/%zu", a->n_given_indptr, a->n_given_idx,
+                      b->n_given_indptr, b->n_given_idx);
+    for (size_t i = 0; i < a->n_given_indptr; i++)
+        if (a->given_indptr[i] != b->given_indptr[i])
+            return DIFFER("given_indptr[%zu]", i);
+    for (size_t i = 0; i < a->n_given_idx; i++)
+        if (a->given_idx[i] != b->given_idx[i])
+            return DIFFER("given_idx[%zu]", i);
     return NULL;
 }
 
@@ -290,6 +301,23 @@ static const char *reply_vs(const attnd_wire_in *in, const Attnd__V1__AttendResp
         return NULL;
     if (v.request_id != ref->request_id)
         return DIFFER("%s: request_id", how);
+    if (v.chosen_groups != ref->chosen_groups || v.chosen_tokens != ref->chosen_tokens ||
+        v.n_chosen_indptr != ref->n_chosen_indptr || v.n_chosen != ref->n_chosen)
+        return DIFFER("%s: chosen lists", how);
+    if (v.n_chosen_indptr || v.n_chosen) {
+        uint32_t *ip = malloc(sizeof *ip * (v.n_chosen_indptr + 1));
+        uint64_t *ch = malloc(sizeof *ch * (v.n_chosen + 1));
+        attnd_wire_reply_chosen(in, ip, v.n_chosen_indptr, ch, v.n_chosen);
+        int same = 1;
+        for (size_t i = 0; i < v.n_chosen_indptr; i++)
+            same &= ip[i] == ref->chosen_indptr[i];
+        for (size_t i = 0; i < v.n_chosen; i++)
+            same &= ch[i] == ref->chosen[i];
+        free(ip);
+        free(ch);
+        if (!same)
+            return DIFFER("%s: chosen values", how);
+    }
     if ((d = view_differs("out", in, &v.out, ref->out)) ||
         (d = view_differs("lse", in, &v.lse, ref->lse)))
         return prefixed(how, d);

@@ -16,11 +16,13 @@ typedef struct ws_request {
     ProtobufCBinaryData ids[200];
     uint8_t id_bytes[200][16];
     uint64_t pos[200];
+    uint32_t given_indptr[8];
+    uint64_t given_idx[6];
     int64_t q_shape[4], kv_shape[3];
     uint8_t q_data[2048], kv_data[512];
 } ws_request;
 
-#define WS_N_REQUESTS 7
+#define WS_N_REQUESTS 8
 
 /* Sample i (0 <= i < WS_N_REQUESTS) into r (pointers into r). */
 static inline void ws_request_make(ws_request *r, int i)
@@ -39,6 +41,7 @@ static inline void ws_request_make(ws_request *r, int i)
         {5, 140, 1, 1, 1, 0, 0, 1, 0, 0, 300, 1},        /* ids past 127 */
         {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},            /* the empty message */
         {2, 1, 1, 0, 0, 0, 0, -1, -5, -2, 12, -3},       /* negative enum and shape */
+        {7, 3, 1, 1, 1, 0, 0, 1, 0, 1, 77, 1},           /* given lists, return_pages, HEADS */
     };
     memset(r, 0, sizeof *r);
     attnd__v1__attend_request__init(&r->m);
@@ -87,6 +90,18 @@ static inline void ws_request_make(ws_request *r, int i)
     r->m.q_form = (Attnd__V1__QForm)v[i].q_form;
     r->m.out_dtype = (Attnd__V1__DType)v[i].out_dtype;
     r->m.request_id = v[i].request_id;
+    if (i == 7) { /* sparse: 2 groups of 3 sessions, large and small values */
+        static const uint32_t ip[7] = {0, 1, 1, 3, 4, 6, 6};
+        static const uint64_t ix[6] = {5, 0, 300, 1ull << 40, 2, 129};
+        memcpy(r->given_indptr, ip, sizeof ip);
+        memcpy(r->given_idx, ix, sizeof ix);
+        r->m.given_groups = 2;
+        r->m.n_given_indptr = 7;
+        r->m.given_indptr = r->given_indptr;
+        r->m.n_given_idx = 6;
+        r->m.given_idx = r->given_idx;
+        r->m.return_pages = 1;
+    }
 }
 
 /* Sample i packed by protobuf-c; the caller frees. */

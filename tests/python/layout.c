@@ -65,7 +65,10 @@ int main(void)
     F(attnd_stats, append_calls); F(attnd_stats, tokens_appended); F(attnd_stats, errors);
     F(attnd_stats, kv_bytes_read); F(attnd_stats, uptime_ms); F(attnd_stats, group_size);
     F(attnd_stats, group_rank); F(attnd_stats, group_connected); F(attnd_stats, group_mode);
-    F(attnd_stats, group_missing); F(attnd_stats, group_peer_failures); end();
+    F(attnd_stats, group_missing); F(attnd_stats, group_peer_failures);
+    F(attnd_stats, kv_bytes_dense); F(attnd_stats, select_bytes_read); F(attnd_stats, select_ns);
+    F(attnd_stats, select_calls); F(attnd_stats, pages_evicted);
+    F(attnd_stats, ucx_endpoints); F(attnd_stats, ucx_transports); end();
     printf("}\n");
     return 0;
 }

@@ -3,7 +3,8 @@
  * formula of tests/common/narrow_ref.h on fresh random KV, queries and
  * weights (bf16 and float32 of each), with new KV and multi-token queries;
  * the up-projection alone; the refusals with their codes and no side
- * effects; loads that replace one matrix; attends racing reloads.
+ * effects; loads that replace one matrix; attends racing reloads; a
+ * topk-pages layer in the heads form selecting as the absorbed form does.
  *
  * Bound: per (sequence, token, head) normwise relative error <= 1e-5 and
  * LSE within 1e-4 (float32 products and kernel over exact inputs: the
@@ -473,6 +474,149 @@ START_TEST(test_attends_racing_reloads_see_one_whole_set_of_weights)
 }
 END_TEST
 
+/* Sparse policies with the heads form (worker/SPARSE.md): a topk-pages
+ * layer scores its pages with the query the kernel reads, the absorbed one
+ * (q_nope . W_UK, then q_rope). The same query sent in the heads form and
+ * absorbed by hand (exactly: q_nope in small integers, W_UK in eighths, so
+ * every absorbed element is a float32 whatever the summation order) must
+ * choose the same pages and give the same bits, and the heads form's
+ * output equals the float64 narrow formula over exactly the pages chosen. */
+START_TEST(test_heads_form_with_topk_pages_selects_with_the_absorbed_query)
+{
+    enum { NS = 3, T = 700, PS = 16, KEEP = 5 };
+    attnd_engine_config cfg = {.model = *attnd_model_find("tiny-mla"), .page_size = PS,
+                               .kv_memory = 32 << 20, .max_sessions = 8,
+                               .kernel_threads = 2};
+    attnd_session_policy pol = {.dflt = {.kind = ATTND_POLICY_TOPK_PAGES, .sink = PS,
+                                         .topk = KEEP}};
+    attnd_engine *e;
+    attnd_engine_ws wh, wa;
+    attnd_error err;
+    tu_rng r;
+    tu_rng_init(&r, "narrow-topk");
+    ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_OK);
+    const attnd_model_spec *m = attnd_engine_model(e);
+    const int32_t H = m->n_q_heads, dc = m->d_latent, dr = m->d_rope, dk = dc + dr;
+    const int32_t dq = DN + dr, l = 1;
+    attnd_session_id ids[2 * NS]; /* [0, NS): heads form; [NS, 2 NS): absorbed */
+    double *kv[NS];
+    int64_t len[NS];
+    uint16_t *wire = malloc(sizeof(uint16_t) * T * (size_t)dk);
+    for (int i = 0; i < NS; i++) {
+        len[i] = T - 97 * i;
+        kv[i] = malloc(sizeof(double) * (size_t)len[i] * (size_t)dk);
+        for (int64_t t = 0; t < len[i] * dk; t++) {
+            wire[t] = attnd_dtype_f32_to_bf16((float)tu_normal(&r));
+            kv[i][t] = attnd_dtype_bf16_to_f32(wire[t]);
+        }
+        for (int k = 0; k < 2; k++) {
+            attnd_session_id *id = &ids[i + k * NS];
+            ck_assert_msg(attnd_engine_session_create_policy(e, 0, &pol, NULL, id, &err) ==
+                              ATTND_OK, "%s", err.msg);
+            ck_assert_int_eq(attnd_engine_append(e, id, (uint32_t)l, 0, (uint64_t)len[i],
+                                                 ATTND_DTYPE_BF16, wire, &err), ATTND_OK);
+        }
+    }
+    /* W_UK in eighths of [-1, 1], W_UV random; float32 both */
+    const size_t nk = (size_t)H * DN * (size_t)dc, nv = (size_t)H * (size_t)dc * DVO;
+    float *uk = malloc(sizeof(float) * nk);
+    double *uk64 = malloc(sizeof(double) * nk), *uv64;
+    void *uv;
+    for (size_t k = 0; k < nk; k++)
+        uk64[k] = uk[k] = (float)tu_int(&r, -8, 8) / 8.0f;
+    rand_both(&r, ATTND_DTYPE_F32, nv, 1.0 / sqrt(dc), &uv, &uv64);
+    attnd_engine_weights w = {.d_nope = DN, .uk_dtype = ATTND_DTYPE_F32, .w_uk = uk,
+                              .d_vo = DVO, .uv_dtype = ATTND_DTYPE_F32, .w_uv = uv};
+    ck_assert_int_eq(attnd_engine_load_weights(e, (uint32_t)l, &w, NULL, &err), ATTND_OK);
+    /* the query: heads form, and absorbed by hand */
+    float *qh = malloc(sizeof(float) * NS * (size_t)H * (size_t)dq);
+    float *qa = malloc(sizeof(float) * NS * (size_t)H * (size_t)dk);
+    double *q64 = malloc(sizeof(double) * NS * (size_t)H * (size_t)dq);
+    for (size_t k = 0; k < (size_t)NS * (size_t)H; k++) {
+        float *h = qh + k * (size_t)dq, *a = qa + k * (size_t)dk;
+        for (int32_t j = 0; j < dq; j++)
+            h[j] = j < DN ? (float)tu_int(&r, -2, 2) : (float)tu_normal(&r);
+        for (int32_t c = 0; c < dc; c++) {
+            double x = 0.0;
+            for (int32_t j = 0; j < DN; j++)
+                x += (double)h[j] * uk64[((k % (size_t)H) * DN + (size_t)j) * (size_t)dc + (size_t)c];
+            a[c] = (float)x;
+            ck_assert(a[c] == x); /* exact */
+        }
+        memcpy(a + dc, h + DN, sizeof(float) * (size_t)dr);
+        for (int32_t j = 0; j < dq; j++)
+            q64[k * (size_t)dq + (size_t)j] = h[j];
+    }
+    attnd_attend_req rh = {.layer = (uint32_t)l, .n_seqs = NS, .ids = ids, .q_tokens = 1,
+                           .q_dtype = ATTND_DTYPE_F32, .q = qh, .want_lse = 1,
+                           .q_form = ATTND_Q_HEADS, .d_nope = DN, .d_vo = DVO,
+                           .want_pages = 1};
+    attnd_attend_req ra = {.layer = (uint32_t)l, .n_seqs = NS, .ids = ids + NS, .q_tokens = 1,
+                           .q_dtype = ATTND_DTYPE_F32, .q = qa, .want_lse = 1, .d_vo = DVO,
+                           .want_pages = 1};
+    const float *oh, *lh, *oa, *la;
+    attnd_engine_ws_init(&wh);
+    attnd_engine_ws_init(&wa);
+    ck_assert_msg(attnd_engine_attend(e, &rh, &wh, &oh, &lh, &err) == ATTND_OK, "%s", err.msg);
+    ck_assert_msg(attnd_engine_attend(e, &ra, &wa, &oa, &la, &err) == ATTND_OK, "%s", err.msg);
+    /* the same pages: KEEP per session, the sink page first, the newest last */
+    ck_assert_uint_eq(wh.chosen_groups, 1);
+    ck_assert_uint_eq(wa.chosen_groups, 1);
+    ck_assert(!wh.chosen_tokens);
+    for (int i = 0; i < NS; i++) {
+        ck_assert_int_eq(wh.chosen_indptr[i + 1] - wh.chosen_indptr[i], KEEP);
+        ck_assert_int_eq(wa.chosen_indptr[i + 1], wh.chosen_indptr[i + 1]);
+        for (int32_t j = wh.chosen_indptr[i]; j < wh.chosen_indptr[i + 1]; j++)
+            ck_assert_msg(wh.chosen[j] == wa.chosen[j],
+                          "session %d: heads form chose page %lld, absorbed form %lld", i,
+                          (long long)wh.chosen[j], (long long)wa.chosen[j]);
+        ck_assert_int_eq(wh.chosen[wh.chosen_indptr[i]], 0);
+        ck_assert_int_eq(wh.chosen[wh.chosen_indptr[i + 1] - 1], (len[i] - 1) / PS);
+    }
+    ck_assert(memcmp(oh, oa, sizeof(float) * NS * (size_t)H * DVO) == 0);
+    ck_assert(memcmp(lh, la, sizeof(float) * NS * (size_t)H) == 0);
+    /* against float64 over exactly those pages */
+    double *sel = malloc(sizeof(double) * KEEP * PS * (size_t)dk);
+    double *ref = malloc(sizeof(double) * (size_t)H * DVO);
+    double *rlse = malloc(sizeof(double) * (size_t)H);
+    for (int i = 0; i < NS; i++) {
+        int64_t n = 0;
+        for (int32_t j = wh.chosen_indptr[i]; j < wh.chosen_indptr[i + 1]; j++) {
+            int64_t t0 = wh.chosen[j] * PS, t1 = t0 + PS < len[i] ? t0 + PS : len[i];
+            memcpy(sel + n * dk, kv[i] + t0 * dk, sizeof(double) * (size_t)((t1 - t0) * dk));
+            n += t1 - t0;
+        }
+        nr_ref_heads(H, DN, dc, dr, DVO, n, m->scale, q64 + (size_t)i * (size_t)H * (size_t)dq,
+                     sel, uk64, uv64, ref, rlse);
+        for (int32_t h = 0; h < H; h++) {
+            double er = tu_rel_err_f32(oh + ((size_t)i * (size_t)H + (size_t)h) * DVO,
+                                       ref + (size_t)h * DVO, DVO);
+            ck_assert_msg(er <= 1e-5, "session %d head %d: rel err %.3g", i, h, er);
+            ck_assert(fabs(lh[(size_t)i * (size_t)H + (size_t)h] - rlse[h]) <= 1e-4);
+        }
+    }
+    attnd_engine_stats st;
+    attnd_engine_get_stats(e, &st);
+    ck_assert_uint_eq(st.select_calls, 2);
+    free(sel);
+    free(ref);
+    free(rlse);
+    free(qh);
+    free(qa);
+    free(q64);
+    free(uk);
+    free(uk64);
+    free(uv);
+    free(uv64);
+    free(wire);
+    for (int i = 0; i < NS; i++)
+        free(kv[i]);
+    attnd_engine_ws_cleanup(&wh);
+    attnd_engine_ws_cleanup(&wa);
+    attnd_engine_destroy(e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("narrow");
@@ -484,6 +628,7 @@ int main(void)
     tcase_add_test(tc, test_load_weights_refuses_what_the_engine_cannot_use);
     tcase_add_test(tc, test_a_load_replaces_only_the_matrix_it_carries);
     tcase_add_test(tc, test_attends_racing_reloads_see_one_whole_set_of_weights);
+    tcase_add_test(tc, test_heads_form_with_topk_pages_selects_with_the_absorbed_query);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

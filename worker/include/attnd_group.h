@@ -56,9 +56,11 @@ typedef enum attnd_group_mode {
 
 typedef struct attnd_group_config {
     int32_t rank, size;
-    /* UCX listener address of each rank, "host:port". Port 0 on our own
-     * entry listens on a free port; on a peer's, its address is read from
-     * addr_dir (below) while connecting. */
+    /* Rendezvous address of each rank, "host:port" (a plain TCP port attnd
+     * listens on to exchange UCX worker addresses; UCX's own transport is
+     * restricted to that host's interface). Port 0 on our own entry listens
+     * on a free port; on a peer's, its address is read from addr_dir
+     * (below) while connecting. */
     char addrs[ATTND_GROUP_MAX_RANKS][ATTND_GROUP_ADDR_MAX];
     char addr_dir[PATH_MAX]; /* "": none; else rank r writes its bound
                                 address to <addr_dir>/rank-<r> */
@@ -83,7 +85,7 @@ const char *attnd_group_mode_name(attnd_group_mode m);
 attnd_status attnd_group_shard_model(const attnd_group_config *cfg,
                                      attnd_model_spec *shard, attnd_error *err);
 
-/* Start the group: UCX context, worker and listener, the progress thread,
+/* Start the group: UCX context and worker, the rendezvous port, the progress thread,
  * the executor threads that serve peers, then connect to every peer,
  * waiting up to cfg->connect_ms for all of them (peers still missing after
  * that are reported by attnd_group_get_state and retried in the
@@ -97,8 +99,15 @@ void attnd_group_destroy(attnd_group *g);
 
 /* The full model the group serves (for validation and ModelInfo). */
 const attnd_model_spec *attnd_group_model(const attnd_group *g);
-/* The bound UCX listener port. */
+/* The bound rendezvous port. */
 int attnd_group_port(const attnd_group *g);
+
+/* One peer's UCX endpoint, as GetStats shows it. */
+typedef struct attnd_group_peer_info {
+    int up;
+    int same_host;           /* no UCX error handling; its process watched */
+    char transports[64];     /* what UCX uses: "sysv/memory cma/memory", "tcp/lo" */
+} attnd_group_peer_info;
 
 typedef struct attnd_group_state {
     int32_t rank, size;
@@ -108,6 +117,7 @@ typedef struct attnd_group_state {
     uint64_t peer_failures;  /* requests failed for a missing peer */
     uint64_t bytes_sent;     /* rank-to-rank active-message bytes (header + */
     uint64_t bytes_received; /* payload) to and from every peer */
+    attnd_group_peer_info peers[ATTND_GROUP_MAX_RANKS]; /* [size]; ours: up 0 */
 } attnd_group_state;
 
 void attnd_group_get_state(attnd_group *g, attnd_group_state *st);
@@ -115,6 +125,18 @@ void attnd_group_get_state(attnd_group *g, attnd_group_state *st);
 /* The engine calls, group-wide. max_tokens counts the whole session. */
 attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
                                         attnd_session_id *id_p, attnd_error *err);
+/* The same with a sparse policy (attnd_worker.h), checked against the
+ * whole model and given to every rank as its shard sees it: head mode
+ * keeps each rule's KV heads that the rank holds (renumbered); latent mode
+ * gives the policy as is (each rank selects on its latent slice and RoPE
+ * key); sequence mode gives each rank its share: the sink pages it holds,
+ * topk_pages / N (a fraction as is) of its own pages, and a window that
+ * covers its pages of the whole window (at most a page more per rank:
+ * worker/GROUPS.md). Given indices and return_pages are not yet carried by
+ * a group's Attend (UNIMPLEMENTED there). */
+attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_tokens,
+                                               const attnd_session_policy *p,
+                                               attnd_session_id *id_p, attnd_error *err);
 attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *id,
                                        uint64_t *pages_freed_p, attnd_error *err);
 

@@ -162,6 +162,102 @@ void attnd_engine_stage_abort(attnd_engine_stage *s);
 /* Abort, then give the stage back to its engine. NULL: no-op. */
 void attnd_engine_stage_close(attnd_engine_stage *s);
 
+/* ---- sparse attention policies ------------------------------------------------
+ * A session attends densely unless given a policy (before its first token:
+ * attnd_engine_session_set_policy): a default for every layer and head,
+ * overridden per layer range and, for GQA, per range of KV heads (the query
+ * heads reading them) by a table whose later rules win. MLA heads share one
+ * latent cache, so MLA policies apply per layer: a rule with a head range
+ * is INVALID_ARGUMENT (a per-head selection would read the union of the
+ * heads' pages, and per-head streaming could free nothing).
+ *
+ *   full          every token (the default).
+ *   streaming     the pages holding the first `sink` tokens and those
+ *                 holding the last `window` tokens (so between window and
+ *                 window + page_size - 1 of them): StreamingLLM's sink +
+ *                 window at page granularity. window >= ATTND_POLICY_MIN_WINDOW.
+ *                 Where every head of a layer streams, the pages in between
+ *                 are freed as the window moves on (back in the pool, off
+ *                 the session's count) and the layer's reservation shrinks
+ *                 to what sink + window need; a layer whose other heads
+ *                 attend more keeps them (one GQA page holds every KV head).
+ *   topk-pages    Quest: per page and KV head (MLA: the latent), the
+ *                 element-wise min and max of the keys are kept as they are
+ *                 appended; each Attend scores every page by the upper bound
+ *                 of q . k it allows and attends to the best `topk` pages
+ *                 (or ceil(topk_fraction * pages)), always including the
+ *                 sink pages and the pages of the newest query tokens. GQA
+ *                 selects per KV head (from its query heads' scores; see
+ *                 attnd_kernels.h "page selection"), MLA per layer.
+ *   given-pages   the pages (logical numbers: page j holds tokens
+ *   given-tokens  [j * page_size, (j + 1) * page_size)) or token positions
+ *                 the caller names in the request (attnd_attend_req.given_*:
+ *                 a selection returned by a topk-pages layer and reused on
+ *                 later ones, TidalDecode-style, or a caller's own indexer),
+ *                 plus the pages / tokens of the newest query tokens.
+ * Multi-token queries keep the causal rule: the newest S tokens are always
+ * attended, and query token s sees the attended tokens up to its own. */
+typedef enum attnd_policy_kind {
+    ATTND_POLICY_FULL = 0,
+    ATTND_POLICY_STREAMING = 1,
+    ATTND_POLICY_TOPK_PAGES = 2,
+    ATTND_POLICY_GIVEN_PAGES = 3,
+    ATTND_POLICY_GIVEN_TOKENS = 4,
+} attnd_policy_kind;
+
+#define ATTND_POLICY_KIND_COUNT 5
+/* Smallest streaming window: the most query tokens of one Attend. */
+#define ATTND_POLICY_MIN_WINDOW ATTND_ENGINE_MAX_Q_TOKENS
+/* Most rules in one policy table. */
+#define ATTND_POLICY_MAX_RULES 4096
+
+typedef struct attnd_policy {
+    attnd_policy_kind kind;
+    uint32_t sink;       /* streaming, topk-pages: first tokens always attended */
+    uint32_t window;     /* streaming: last tokens attended */
+    uint32_t topk;       /* topk-pages: pages attended, mandatory ones included
+                            (named topk_pages in messages and on the wire) */
+    float topk_fraction; /* topk-pages with topk 0: fraction (0, 1] of the pages */
+} attnd_policy;
+
+typedef struct attnd_policy_rule {
+    uint32_t layer_begin, layer_end; /* layers [begin, end) */
+    uint32_t head_begin, head_end;   /* GQA KV heads [begin, end); 0, 0: all */
+    attnd_policy policy;
+} attnd_policy_rule;
+
+typedef struct attnd_session_policy {
+    attnd_policy dflt;               /* every layer and head */
+    const attnd_policy_rule *rules;  /* [n_rules], later rules win */
+    uint32_t n_rules;
+} attnd_session_policy;
+
+/* "full", "streaming", "topk-pages", "given-pages", "given-tokens", or "?". */
+const char *attnd_policy_kind_name(attnd_policy_kind k);
+/* The kind named s (as above), or -1. */
+int attnd_policy_kind_parse(const char *s);
+/* Check a policy against the engine's model: INVALID_ARGUMENT naming the
+ * field ("policy.window", "policy_table[2].head_end", ...). */
+attnd_status attnd_engine_policy_check(const attnd_engine *e, const attnd_session_policy *p,
+                                       attnd_error *err);
+/* The same against a model spec (a worker group's whole model). */
+attnd_status attnd_policy_check(const attnd_model_spec *m, const attnd_session_policy *p,
+                                attnd_error *err);
+/* Give a session its policy (checked as above; copied). The session must
+ * hold no token yet (FAILED_PRECONDITION); NOT_FOUND for an unknown id.
+ * Streaming layers give back the part of the session's reservation they
+ * will never hold. A policy that is full everywhere makes it dense again. */
+attnd_status attnd_engine_session_set_policy(attnd_engine *e, const attnd_session_id *id,
+                                             const attnd_session_policy *p, attnd_error *err);
+/* Create a session with policy p (checked first) and the reservation it
+ * needs for max_tokens (streaming layers: their sink + window only, so a
+ * streaming session may promise any length), under id (NULL: a random one,
+ * written to *id_p). Errors as the two creates above and the check. */
+attnd_status attnd_engine_session_create_policy(attnd_engine *e, uint64_t max_tokens,
+                                                const attnd_session_policy *p,
+                                                const attnd_session_id *id,
+                                                attnd_session_id *id_p, attnd_error *err);
+
 /* Length of a layer of a session, in tokens. */
 attnd_status attnd_engine_length(attnd_engine *e, const attnd_session_id *id,
                                  uint32_t layer, uint64_t *len_p,
@@ -201,6 +297,16 @@ typedef struct attnd_attend_req {
     attnd_q_form q_form;
     int32_t d_nope;
     int32_t d_vo;
+    /* given-pages / given-tokens layers: the caller's indices. given_groups
+     * lists per session (1: one for every head; GQA n_kv_heads: one per KV
+     * head), list i * given_groups + g holding given_idx[given_indptr[k] ..
+     * given_indptr[k + 1]): strictly ascending logical pages (given-pages)
+     * or token positions (given-tokens) of the layer after the append. A
+     * session whose layer has no given policy takes empty lists. 0: none. */
+    uint32_t given_groups;
+    const uint32_t *given_indptr; /* [n_seqs * given_groups + 1] */
+    const uint64_t *given_idx;
+    int want_pages;               /* report what was attended (ws->chosen_*) */
 } attnd_attend_req;
 
 /* ---- MLA projections (the narrow wire) -------------------------------------
@@ -261,6 +367,19 @@ typedef struct attnd_engine_ws {
     void *pinned;
     size_t cap_pinned; /* bytes */
     void (*pinned_free)(void *);
+    /* Sparse policies' scratch (candidates, selection, lists), made on
+     * first use and reused; freed by cleanup. */
+    struct attnd__sparse_ws *sparse;
+    /* After an attend with want_pages: what each (session, group) attended,
+     * list i * chosen_groups + g = chosen[chosen_indptr[k] ..
+     * chosen_indptr[k + 1]), logical pages (chosen_tokens 0) or token
+     * positions (1: some head of the batch is given-tokens), ascending;
+     * valid until the workspace's next use. chosen_groups 0: not asked. */
+    uint32_t chosen_groups;
+    int chosen_tokens;
+    const int32_t *chosen_indptr;
+    const int64_t *chosen;
+    uint64_t select_ns; /* the last attend's page selection time (0: none) */
 } attnd_engine_ws;
 
 void attnd_engine_ws_init(attnd_engine_ws *ws);
@@ -285,6 +404,12 @@ typedef struct attnd_engine_stats {
     uint64_t attend_calls, attend_sequences;
     uint64_t append_calls, tokens_appended;
     uint64_t kv_bytes_read;
+    /* Sparse policies: KV bytes a dense attend of the same calls would have
+     * read (equal to kv_bytes_read when every session is dense), the key
+     * bounds read by page selection, its time, and the pages streaming
+     * freed. */
+    uint64_t kv_bytes_dense, select_bytes_read, select_ns, select_calls;
+    uint64_t pages_evicted;
 } attnd_engine_stats;
 
 void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st);

@@ -162,6 +162,9 @@ int main(int argc, char **argv)
            mode, B, ctx, q_bytes, out_bytes, iters, t[iters / 10], t[iters / 2],
            t[iters * 9 / 10], sum / iters, kern[iters / 2], net[iters / 2],
            q_[iters / 2], v_[iters / 2], e_[iters / 2], w_[iters / 2]);
+    char info[128]; /* what carried it: "grpc" or "ucx" + UCX's lanes (last: spaces) */
+    attnd_client_transport_info(c, info, sizeof info);
+    printf("transports=%s\n", info);
     rc = 0;
 out_free:
     if (stream)

@@ -8,19 +8,28 @@
 #   grpc         unary Attend over gRPC
 #   grpc-stream  AttendStream over gRPC (the decode-loop path)
 #   ucx          Attend over UCX active messages (--ucx-listen); async
-#                form, request sent from a packed copy; server timings
-#   ucx-sync     the sync form: request sent zero-copy from q (iov)
+#                form, request sent from a packed copy; server timings.
+#                Client and server share this host, so their endpoints go
+#                without UCX error handling over shared memory + CMA (the
+#                "UCX lanes" column says what UCX really used)
+#   ucx-sync     the sync form: request sent zero-copy from q (iov); its
+#                net and wire ("sync net", "sync wire") estimated with the
+#                server timings of the async run just before
 # and beside it, in the same run:
 #   bare gRPC    grpc_pingpong: a C-core unary ping-pong with attnd's
 #                channel arguments, request and reply of the same sizes
-#   ucx_perftest -t tag_lat between two processes on loopback; its 50%ile
-#                "latency" is half a same-size round trip, so the baseline
-#                round trip for request R and reply P bytes is
-#                lat(R) + lat(P). Twice: with -e (endpoints with peer
-#                error handling, as attnd's: in UCX 1.13 that restricts
-#                them to TCP, also on one host) and without (shared
-#                memory + CMA), so the cost of that choice shows.
-# Ratios: gRPC net / bare gRPC and UCX net / ucx_perftest (targets <= 1.5).
+#   ucx_perftest -t tag_lat between two processes on this host; its
+#                50%ile "latency" is half a same-size round trip, so the
+#                baseline round trip for request R and reply P bytes is
+#                lat(R) + lat(P). Three times: without -e (shared memory +
+#                CMA: what attnd's same-host endpoints use; "pt shm"), with
+#                -e after UCX_POSIX_ERROR_HANDLING=y UCX_SYSV_ERROR_HANDLING=y
+#                (shared memory with peer error handling: UCX 1.13 drops
+#                the CMA lane; "pt shm -e"), and with -e alone (TCP; what
+#                attnd used before it watched same-host peers by pidfd;
+#                "pt tcp -e").
+# Ratios: gRPC net / bare gRPC and UCX net / pt shm (targets <= 1.25 and
+# <= 1.5).
 #
 # Transport vs compute: every session holds a tiny context (CTX tokens,
 # default 1, in layer 0) and the query appends nothing; on top of that the
@@ -88,17 +97,26 @@ listen_port() {
 }
 
 # ucx_perftest tag_lat 50%ile (us) for one message size; extra flags
-# (e.g. -e: endpoints with error handling, as attnd's) go to the client,
-# which passes them on to the server.
+# (e.g. -e: endpoints with error handling) go to the client, which passes
+# them on to the server; PT_ENV (VAR=value ...) goes to both. Server and
+# client are pinned to CPUs 0 and 1: two busy-pollers that never yield,
+# left to share one core, take turns only at the scheduler tick (p50 of 4
+# to 8 ms for 4.7 MB were measured that way on this 2-CPU VM).
+PIN_S=() PIN_C=()
+if [[ $(nproc) -ge 2 ]] && command -v taskset > /dev/null; then
+    PIN_S=(taskset -c 0)
+    PIN_C=(taskset -c 1)
+fi
 perftest_lat() {
     local size=$1 iters=$2 port out
     shift 2
     for _ in 1 2 3 4 5; do
-        ucx_perftest -p 0 > /dev/null 2>&1 &
+        env ${PT_ENV:-} "${PIN_S[@]}" ucx_perftest -p 0 > /dev/null 2>&1 &
         local sp=$!
         port=$(listen_port "$sp") || { kill "$sp" 2> /dev/null || true; continue; }
-        if out=$(ucx_perftest 127.0.0.1 -p "$port" -t tag_lat -s "$size" -n $((iters < 500 ? 500 : iters)) \
-                     -w $((iters / 10 + 1)) -f "$@" 2> /dev/null | tail -1); then
+        if out=$(env ${PT_ENV:-} "${PIN_C[@]}" ucx_perftest 127.0.0.1 -p "$port" -t tag_lat -s "$size" \
+                     -n $((iters < 500 ? 500 : iters)) -w $((iters / 10 + 1)) -f "$@" \
+                     2> /dev/null | tail -1); then
             wait "$sp" 2> /dev/null || true
             echo "$out" | awk '{print $2}'
             return 0
@@ -125,14 +143,23 @@ start_attnd() {
     PORT=$(cat "$tmp/$1.port")
 }
 
+# round trip = lat(req) + lat(rep) (us) for ucx_perftest with PT_ENV / flags
+perftest_rtt() {
+    local req=$1 rep=$2 iters=$3 l1 l2
+    shift 3
+    l1=$(perftest_lat "$req" "$iters" "$@")
+    l2=$(perftest_lat "$rep" "$iters" "$@")
+    awk -v a="$l1" -v b="$l2" 'BEGIN {printf "%.1f", a + b}'
+}
+
 # One row per batch size: TARGET LABEL
 measure() {
     local target=$1 label=$2
     for b in $BATCHES; do
         local iters=$ITERS1
         [[ $b -gt 1 ]] && iters=$ITERS32
-        local g=() gn=() gw=() gs=() u=() us=() un=() uw=() k=() e=() bare=() pe=() ps=()
-        local req=0 rep=0
+        local g=() gn=() gw=() gs=() u=() us=() un=() uw=() usn=() usw=() k=() e=() bare=() pe=() ps=() pse=()
+        local req=0 rep=0 lanes=?
         for r in $(seq "$REPEATS"); do
             local line
             line=$("$RTT" "$target" grpc "$b" "$iters" 10 "$CTX")
@@ -143,12 +170,22 @@ measure() {
             gw+=("$(field wire_p50_us <<< "$line")")
             gs+=("$("$RTT" "$target" grpc-stream "$b" "$iters" 10 "$CTX" | field p50_us)")
             line=$("$RTT" "$target" ucx "$b" "$iters" 10 "$CTX")
+            lanes=$(sed -n 's/^transports=ucx \([^(]*\).*/\1/p' <<< "$line" | sed 's/ *$//; s/ /+/g')
             u+=("$(field p50_us <<< "$line")")
             un+=("$(field net_p50_us <<< "$line")")
             uw+=("$(field wire_p50_us <<< "$line")")
-            us+=("$("$RTT" "$target" ucx-sync "$b" "$iters" 10 "$CTX" | field p50_us)")
             k+=("$(field kernel_p50_us <<< "$line")")
             e+=("$(field srv_encode_p50_us <<< "$line")")
+            local kk ee vv
+            kk=$(field kernel_p50_us <<< "$line")
+            vv=$(field srv_validate_p50_us <<< "$line")
+            ee=$(field srv_encode_p50_us <<< "$line")
+            # the sync form reports no server timings: its net and wire are
+            # estimated with the async run's (same request, same server)
+            line=$("$RTT" "$target" ucx-sync "$b" "$iters" 10 "$CTX")
+            us+=("$(field p50_us <<< "$line")")
+            usn+=("$(field p50_us <<< "$line" | awk -v k="$kk" '{printf "%.1f", $1 - k}')")
+            usw+=("$(field p50_us <<< "$line" | awk -v k="$kk" -v v="$vv" -v e="$ee" '{printf "%.1f", $1 - k - v - e}')")
             if [[ $label == 1-rank ]]; then
                 local pf="$tmp/pp.$b.$r.port"
                 "$PP" server "$pf" "$rep" > /dev/null 2>&1 &
@@ -157,46 +194,46 @@ measure() {
                 bare+=("$("$PP" client "127.0.0.1:$(cat "$pf")" "$req" "$iters" 10 | field p50_us)")
                 kill "$ppid"
                 wait "$ppid" 2> /dev/null || true
-                local l1 l2
-                l1=$(perftest_lat "$req" "$iters" -e)
-                l2=$(perftest_lat "$rep" "$iters" -e)
-                pe+=("$(awk -v a="$l1" -v b="$l2" 'BEGIN {printf "%.1f", a + b}')")
-                l1=$(perftest_lat "$req" "$iters")
-                l2=$(perftest_lat "$rep" "$iters")
-                ps+=("$(awk -v a="$l1" -v b="$l2" 'BEGIN {printf "%.1f", a + b}')")
+                ps+=("$(PT_ENV= perftest_rtt "$req" "$rep" "$iters")")
+                pse+=("$(PT_ENV="UCX_POSIX_ERROR_HANDLING=y UCX_SYSV_ERROR_HANDLING=y" \
+                         perftest_rtt "$req" "$rep" "$iters" -e)")
+                pe+=("$(PT_ENV= perftest_rtt "$req" "$rep" "$iters" -e)")
             fi
         done
         if [[ $label == 1-rank ]]; then
             BASE_BARE[$b]=$(echo "${bare[*]}" | median)
             BASE_PE[$b]=$(echo "${pe[*]}" | median)
             BASE_PS[$b]=$(echo "${ps[*]}" | median)
+            BASE_PSE[$b]=$(echo "${pse[*]}" | median)
         fi
         awk -v l="$label" -v b="$b" -v rq="$req" -v rp="$rep" \
             -v g="$(echo "${g[*]}" | median)" -v gn="$(echo "${gn[*]}" | median)" \
             -v gw="$(echo "${gw[*]}" | median)" -v uw="$(echo "${uw[*]}" | median)" \
-            -v us="$(echo "${us[*]}" | median)" \
+            -v us="$(echo "${us[*]}" | median)" -v usn="$(echo "${usn[*]}" | median)" \
+            -v usw="$(echo "${usw[*]}" | median)" \
             -v gs="$(echo "${gs[*]}" | median)" -v bb="${BASE_BARE[$b]}" \
             -v u="$(echo "${u[*]}" | median)" -v un="$(echo "${un[*]}" | median)" \
             -v k="$(echo "${k[*]}" | median)" -v e="$(echo "${e[*]}" | median)" \
-            -v pe="${BASE_PE[$b]}" -v ps="${BASE_PS[$b]}" 'BEGIN {
-            printf "| %-6s | %2d | %4.0f/%-4.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %5.2fx | %6.0f | %6.0f |\n",
-                   l, b, rq / 1024, rp / 1024, g, gs, gn, gw, bb, gn / bb, gw / bb, u, us, un, uw, pe,
-                   un / pe, uw / pe, ps, uw / ps, k, e }'
+            -v pe="${BASE_PE[$b]}" -v ps="${BASE_PS[$b]}" -v pse="${BASE_PSE[$b]}" \
+            -v lanes="$lanes" 'BEGIN {
+            printf "| %-6s | %2d | %4.0f/%-4.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %6.0f | %5.2fx %5.2fx | %5.2fx %5.2fx | %6.0f | %6.0f | %s | %6.0f | %6.0f |\n",
+                   l, b, rq / 1024, rp / 1024, g, gs, gn, gw, bb, gn / bb, gw / bb, u, us, un, uw, usn, usw, ps,
+                   un / ps, uw / ps, usn / ps, usw / ps, pse, pe, lanes, k, e }'
     done
 }
 
-declare -A BASE_BARE BASE_PE BASE_PS
+declare -A BASE_BARE BASE_PE BASE_PS BASE_PSE
 echo "attnd transport benchmark: $(date -u +%FT%TZ), $(nproc) CPUs, REPEATS=$REPEATS" \
      "ITERS1=$ITERS1 ITERS32=$ITERS32 CTX=$CTX; p50 per run, median of runs, microseconds;"
 echo "net = round trip - server kernel time; wire = net - server validation - server reply encoding"
-echo "| group  |  B | req/rep KiB | gRPC | gRPC strm | gRPC net | gRPC wire | bare gRPC | net, wire / bare | UCX | UCX sync | UCX net | UCX wire | perftest -e | net, wire / pt-e | perftest shm | wire / pt-shm | srv kernel | srv encode |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| group  |  B | req/rep KiB | gRPC | gRPC strm | gRPC net | gRPC wire | bare gRPC | net, wire / bare | UCX | UCX sync | UCX net | UCX wire | sync net | sync wire | pt shm | net, wire / pt shm | sync net, wire / pt shm | pt shm -e | pt tcp -e | UCX lanes | srv kernel | srv encode |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
 start_attnd r1
 measure "127.0.0.1:$PORT" 1-rank
 
 if "$ATTND" --help 2>&1 | grep -q -- '--group'; then
-    # UCX listeners on port 0, published in the group dir for the peers
+    # rendezvous ports 0, published in the group dir for the peers
     mkdir -p "$tmp/group"
     group="127.0.0.1:0,127.0.0.1:0"
     # both ranks start at once: each may wait for its peers

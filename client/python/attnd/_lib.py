@@ -169,6 +169,13 @@ class Stats(Structure):
         ("group_mode", c_char * 16),
         ("group_missing", c_char * 128),
         ("group_peer_failures", c_uint64),
+        ("kv_bytes_dense", c_uint64),
+        ("select_bytes_read", c_uint64),
+        ("select_ns", c_uint64),
+        ("select_calls", c_uint64),
+        ("pages_evicted", c_uint64),
+        ("ucx_endpoints", c_uint32),
+        ("ucx_transports", c_char * 512),
     ]
 
 

@@ -108,6 +108,13 @@ class Stats:
     group_mode: str
     group_missing: str
     group_peer_failures: int
+    kv_bytes_dense: int      # sparse policies: what dense attention would have read
+    select_bytes_read: int   # key bounds read by page selection
+    select_ns: int
+    select_calls: int
+    pages_evicted: int       # pages streaming gave back to the pool
+    ucx_endpoints: int     # UCX endpoints the server holds (clients, peers)
+    ucx_transports: str    # "client 3 (pid 1234): sysv/memory cma/memory; rank 1: tcp/lo"
     model: ModelInfo
 
 
@@ -290,6 +297,7 @@ class Client:
         vals = {f.name: getattr(s, f.name) for f in dataclasses.fields(Stats) if f.name != "model"}
         vals["group_mode"] = s.group_mode.decode(errors="replace")
         vals["group_missing"] = s.group_missing.decode(errors="replace")
+        vals["ucx_transports"] = s.ucx_transports.decode(errors="replace")
         return Stats(model=model, **vals)
 
     @property

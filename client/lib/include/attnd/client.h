@@ -35,10 +35,12 @@ typedef struct attnd_client attnd_client;
  * (sessions, AppendKV, stats, health) always use gRPC. */
 typedef enum attnd_transport {
     ATTND_TRANSPORT_GRPC = 0, /* HTTP/2 (the default) */
-    ATTND_TRANSPORT_UCX = 1,  /* UCX active messages: connect asks the
-                                 server (GetEndpoint) where its UCX listener
-                                 is and connects to it; UNAVAILABLE when the
-                                 server runs without --ucx-listen */
+    ATTND_TRANSPORT_UCX = 1,  /* UCX active messages: connect exchanges UCX
+                                 worker addresses with the server
+                                 (GetEndpoint) and connects by address
+                                 (shared memory when both run on one host);
+                                 UNAVAILABLE when the server runs without
+                                 --ucx-listen */
 } attnd_transport;
 
 typedef struct attnd_client_options {
@@ -229,6 +231,75 @@ attnd_status attnd_stream_attend(attnd_stream *s, const attnd_attend_args *a,
 /* Half-close, collect the final status, free the stream. */
 attnd_status attnd_stream_close(attnd_stream *s, attnd_error *err);
 
+/* ---- sparse attention (README "Sparse attention") ---------------------------
+ * A session created with a policy attends sparsely where the policy says:
+ * ATTND_SPARSE_FULL (every token), _STREAMING (the pages of the first
+ * `sink` and last `window` tokens; window >= 64), _TOPK_PAGES (Quest: the
+ * topk_pages, or topk_fraction of the, pages whose key bounds score best,
+ * with the sink pages and those of the newest tokens), _GIVEN_PAGES /
+ * _GIVEN_TOKENS (the pages or tokens each Attend names:
+ * attnd_client_attend_sparse). Rules override the default for layers
+ * [layer_begin, layer_end) and, GQA only, KV heads [head_begin, head_end)
+ * (0, 0: all); later rules win. Bad policies: INVALID_ARGUMENT naming the
+ * field (policy.window, policy_table[2].head_end, ...). */
+enum {
+    ATTND_SPARSE_FULL = 0,
+    ATTND_SPARSE_STREAMING = 1,
+    ATTND_SPARSE_TOPK_PAGES = 2,
+    ATTND_SPARSE_GIVEN_PAGES = 3,
+    ATTND_SPARSE_GIVEN_TOKENS = 4,
+};
+
+typedef struct attnd_sparse_policy {
+    int kind; /* ATTND_SPARSE_* */
+    uint32_t sink, window, topk_pages;
+    float topk_fraction;
+} attnd_sparse_policy;
+
+typedef struct attnd_sparse_rule {
+    uint32_t layer_begin, layer_end, head_begin, head_end;
+    attnd_sparse_policy policy;
+} attnd_sparse_rule;
+
+/* attnd_client_create_session with a policy (NULL: full) and n_rules rules. */
+attnd_status attnd_client_create_session_policy(attnd_client *c, const char *model,
+                                                uint32_t max_tokens,
+                                                const attnd_sparse_policy *policy,
+                                                const attnd_sparse_rule *rules, uint32_t n_rules,
+                                                attnd_session_id *id_p,
+                                                attnd_model_info *model_p, attnd_error *err);
+
+/* The sparse part of an Attend. given_*: the pages or token positions
+ * layers with a given policy attend, given_groups lists per session (1, or
+ * the model's KV heads), list i * given_groups + g =
+ * given_idx[given_indptr[k] .. given_indptr[k + 1]), strictly ascending
+ * (given_groups 0: none). return_pages: the reply says what each (session,
+ * group) attended, into chosen_indptr (capacity entries) and chosen
+ * (capacity entries): n_chosen_lists = n_seqs * chosen_groups lists of
+ * logical pages (or token positions when chosen_tokens), ready to be given
+ * to a given-pages layer; a reply larger than the capacities fails
+ * INVALID_ARGUMENT naming them. */
+typedef struct attnd_sparse_args {
+    uint32_t given_groups;
+    const uint32_t *given_indptr;
+    const uint64_t *given_idx;
+    size_t n_given_idx;
+    int return_pages;
+    uint32_t *chosen_indptr;
+    size_t chosen_indptr_capacity;
+    uint64_t *chosen;
+    size_t chosen_capacity;
+    /* filled by a successful call with return_pages */
+    uint32_t chosen_groups;
+    int chosen_tokens;
+    size_t n_chosen_lists, n_chosen;
+} attnd_sparse_args;
+
+/* attnd_client_attend with sparse arguments (s NULL: the same as it), over
+ * gRPC or UCX, whichever the client uses. */
+attnd_status attnd_client_attend_sparse(attnd_client *c, const attnd_attend_args *a,
+                                        attnd_sparse_args *s, attnd_error *err);
+
 typedef struct attnd_stats {
     uint64_t sessions, max_sessions;
     uint64_t pages_total, pages_used, pages_reserved, page_bytes;
@@ -242,6 +313,15 @@ typedef struct attnd_stats {
     char group_mode[16];
     char group_missing[128];
     uint64_t group_peer_failures;
+    /* sparse attention: KV bytes dense attention of the same calls would
+     * have read (beside kv_bytes_read), key bounds read by page selection,
+     * its time and calls, pages streaming gave back */
+    uint64_t kv_bytes_dense, select_bytes_read, select_ns, select_calls, pages_evicted;
+    /* UCX endpoints the server holds now (Attend clients, group peers) and
+     * the transports UCX really uses for each: "client 3 (pid 1234):
+     * sysv/memory cma/memory; rank 1: tcp/lo" (truncated to fit) */
+    uint32_t ucx_endpoints;
+    char ucx_transports[512];
 } attnd_stats;
 
 /* GetStats; model_p may be NULL. */
@@ -269,6 +349,11 @@ attnd_status attnd_client_load_mla_weights(attnd_client *c, uint32_t layer,
 attnd_status attnd_client_load_weights(attnd_client *c, uint32_t layer,
                                        const attnd_tensor *w_uv, uint64_t *bytes_p,
                                        attnd_error *err);
+
+/* How this client's Attend travels, into buf: "grpc", or "ucx " and the
+ * transports UCX uses for its endpoint ("ucx sysv/memory cma/memory (same
+ * host, no UCX error handling)", "ucx tcp/lo"). */
+attnd_status attnd_client_transport_info(attnd_client *c, char *buf, size_t cap);
 
 /* grpc.health.v1.Health/Check for `service` ("" = the server as a whole):
  * *serving_p = 1 when the answer is SERVING. */

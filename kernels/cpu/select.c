@@ -1,0 +1,422 @@
+/* Page selection for the top-k pages policy (Quest): the scoring of every
+ * candidate page against a list's query rows, and the top-k that keeps the
+ * best pages in sequence order (attnd_kernels.h, "page selection", has the
+ * math).
+ *
+ * Two steps, like the decode's plan and run. Scoring (the bulk: it reads
+ * every candidate's bounds once and does 2 * d_k multiply-adds per row and
+ * page) is cut into units of ATTND__SEL_CHUNK candidates of one list and
+ * spread over the pool's threads; each unit writes its ub rows and its
+ * per-row maximum. Selection then runs one list per unit: the rows' global
+ * maxima, each candidate's score (its best row's distance below that row's
+ * best page), a quickselect for the threshold, and one ordered scan that
+ * writes the kept pages. Scratch comes from the caller (ub, maxima, scores:
+ * attnd_select_prepare says how much) and from the pool's per-thread
+ * buffers (packed queries), so a steady decode allocates nothing here. */
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "cpu_int.h"
+#include "select_int.h"
+
+/* Rows (query token x head) of one list: every KV head of its group. */
+static int32_t list_rows(const attnd_select_batch *b)
+{
+    return b->q_tokens * (b->n_q_heads / (b->list_groups > 1 ? b->list_groups : 1));
+}
+
+/* Candidates the scoring must look at: none when the mandatory pages fill
+ * the budget or every candidate is kept anyway. */
+static int32_t list_chunks(const attnd_select_list *sl)
+{
+    if (sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail)
+        return 0;
+    return (sl->n_cand + ATTND__SEL_CHUNK - 1) / ATTND__SEL_CHUNK;
+}
+
+/* Query rows per KV head, and KV heads per list. */
+static int32_t head_rows(const attnd_select_batch *b)
+{
+    return b->q_tokens * (b->n_q_heads / b->kv->n_kv_heads);
+}
+
+static int32_t list_heads(const attnd_select_batch *b)
+{
+    return b->kv->n_kv_heads / (b->list_groups > 1 ? b->list_groups : 1);
+}
+
+/* The list's scratch: packed queries [heads][attnd__select_pack_floats],
+ * ub [n_cand][rows], chunk maxima [chunks][rows], scores [n_cand],
+ * quickselect copy [n_cand]. */
+static int64_t list_work(const attnd_select_batch *b, const attnd_select_list *sl)
+{
+    int64_t c = list_chunks(sl), rows = list_rows(b);
+    if (c == 0)
+        return 0;
+    return (int64_t)list_heads(b) * (int64_t)attnd__select_pack_floats(head_rows(b), b->kv->d_k) +
+           ((int64_t)sl->n_cand + c) * rows + 2 * (int64_t)sl->n_cand;
+}
+
+/* Where the list's parts of the scratch start. */
+static float *list_q(const attnd_select_batch *b, const attnd_select_list *sl, int32_t hh)
+{
+    return b->work + sl->work0 +
+           (size_t)hh * attnd__select_pack_floats(head_rows(b), b->kv->d_k);
+}
+
+static float *list_ub(const attnd_select_batch *b, const attnd_select_list *sl)
+{
+    return list_q(b, sl, list_heads(b));
+}
+
+int64_t attnd_select_prepare(attnd_select_batch *b, attnd_error *err)
+{
+    const attnd_kv_layout *l = b->kv;
+    if (!l || (b->n_lists > 0 && (!b->lists || !b->q || !b->bounds || !b->cand_idx ||
+                                  !b->sel_pages)))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "select: kv, lists, q, bounds, cand_idx and sel_pages are "
+                               "required"),
+               -1;
+    const int32_t lg = b->list_groups > 1 ? b->list_groups : 1;
+    if (b->n_lists < 0 || b->q_tokens < 1 || l->n_kv_heads < 1 || b->n_q_heads < 1 ||
+        b->n_q_heads % l->n_kv_heads || l->n_kv_heads % lg || l->d_k < 1 ||
+        attnd_dtype_size(b->q_dtype) == 0)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "select: n_lists %d, q_tokens %d, heads %d/%d, list_groups %d, "
+                               "d_k %d, q dtype %d",
+                               b->n_lists, b->q_tokens, b->n_q_heads, l->n_kv_heads,
+                               b->list_groups, l->d_k, b->q_dtype),
+               -1;
+    int64_t work = 0, chunks = 0;
+    for (int32_t i = 0; i < b->n_lists; i++) {
+        attnd_select_list *sl = &b->lists[i];
+        if (sl->seq < 0 || sl->seq >= b->n_seqs || sl->group < 0 || sl->group >= lg ||
+            sl->cand0 < 0 || sl->n_cand < 0 || sl->out0 < 0 || sl->n_head < 0 ||
+            sl->n_tail < 0 || sl->n_head + sl->n_tail > sl->keep || sl->keep > sl->n_cand)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "lists[%d]: seq %d, group %d, candidates %d at %d, keep %d "
+                                   "(head %d, tail %d)",
+                                   i, sl->seq, sl->group, sl->n_cand, sl->cand0, sl->keep,
+                                   sl->n_head, sl->n_tail),
+                   -1;
+        for (int32_t p = 0; p < sl->n_cand; p++) {
+            int32_t pg = b->cand_idx[sl->cand0 + p];
+            if (pg < 0 || pg >= b->bounds_pages)
+                return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                       "cand_idx[%d]: %d not in [0, %lld)", sl->cand0 + p, pg,
+                                       (long long)b->bounds_pages),
+                       -1;
+        }
+        sl->work0 = work;
+        sl->chunk0 = (int32_t)chunks;
+        work += list_work(b, sl);
+        chunks += list_chunks(sl);
+        if (chunks > INT32_MAX)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "select: too many candidates"),
+                   -1;
+    }
+    /* the calling thread's scratch (packing, attnd_kernel_select's units) */
+    return work + (int64_t)attnd__select_unit_floats(b);
+}
+
+void attnd__select_q_row(const attnd_select_batch *b, int32_t seq, int32_t kvh, int32_t r,
+                         float *dst)
+{
+    const int32_t G = b->n_q_heads / b->kv->n_kv_heads, dk = b->kv->d_k;
+    const int32_t s = r / G, g = r % G;
+    size_t off = (((size_t)seq * b->q_tokens + s) * b->n_q_heads + (size_t)kvh * G + g) * dk;
+    attnd_dtype_convert(ATTND_DTYPE_F32, dst, b->q_dtype,
+                        (const char *)b->q + off * attnd_dtype_size(b->q_dtype), (size_t)dk);
+}
+
+/* Pack the queries of every KV head of list sl (see select_int.h); tmp
+ * holds 16 rows of d_k floats. Wide packing widens 16 rows at a time and
+ * writes them column by column, so each store run fills a cache line. */
+static void pack_list(const attnd_select_batch *b, const attnd_select_list *sl, float *tmp)
+{
+    const int32_t R = head_rows(b), dk = b->kv->d_k, hpg = list_heads(b);
+    const size_t rp = ((size_t)R + 15) / 16 * 16, dkp = ((size_t)dk + 15) / 16 * 16;
+    const int wide = attnd__select_wide(R);
+    const size_t half = (wide ? rp : (size_t)R) * dkp;
+
+    for (int32_t hh = 0; hh < hpg; hh++) {
+        float *qp = list_q(b, sl, hh), *qm = qp + half;
+        const int32_t kvh = sl->group * hpg + hh;
+        memset(qp, 0, sizeof(float) * 2 * half);
+        for (int32_t r0 = 0; r0 < R; r0 += 16) {
+            int32_t nb = R - r0 < 16 ? R - r0 : 16;
+            for (int32_t rr = 0; rr < nb; rr++)
+                attnd__select_q_row(b, sl->seq, kvh, r0 + rr, tmp + (size_t)rr * dkp);
+            for (int32_t d = 0; d < dk; d++)
+                for (int32_t rr = 0; rr < nb; rr++) {
+                    float x = tmp[(size_t)rr * dkp + d];
+                    size_t at = wide ? (size_t)d * rp + (size_t)(r0 + rr)
+                                     : (size_t)(r0 + rr) * dkp + (size_t)d;
+                    qp[at] = x > 0.0f ? x : 0.0f;
+                    qm[at] = x < 0.0f ? x : 0.0f;
+                }
+        }
+    }
+}
+
+/* The portable scoring unit (and the reference the SIMD ones match). */
+void attnd__select_ub_scalar(const attnd_select_batch *b, const attnd_select_list *sl,
+                             int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                             int32_t row0, int32_t rows, float *scratch)
+{
+    const int32_t R = head_rows(b), dk = b->kv->d_k;
+    const size_t rp = ((size_t)R + 15) / 16 * 16, dkp = ((size_t)dk + 15) / 16 * 16;
+    const int wide = attnd__select_wide(R);
+    const float *qp = qpk, *qm = qpk + (wide ? rp : (size_t)R) * dkp;
+
+    (void)scratch;
+    for (int32_t p = p0; p < p1; p++) {
+        const uint16_t *lo =
+            b->bounds + attnd_kv_bounds_at(b->kv, b->bounds_pages, kvh, b->cand_idx[sl->cand0 + p]);
+        const uint16_t *hi = lo + dk;
+        for (int32_t r = 0; r < R; r++) {
+            float acc = 0.0f;
+            for (int32_t d = 0; d < dk; d++) {
+                size_t at = wide ? (size_t)d * rp + (size_t)r : (size_t)r * dkp + (size_t)d;
+                acc += qp[at] * attnd_dtype_bf16_to_f32(hi[d]) +
+                       qm[at] * attnd_dtype_bf16_to_f32(lo[d]);
+            }
+            ub[(size_t)p * rows + row0 + r] = acc;
+        }
+    }
+}
+
+static attnd__ub_fn ub_fn(void)
+{
+    switch (attnd_kernel_path_current()) {
+#if defined(ATTND_HAVE_X86_SIMD)
+    case ATTND_KERNEL_PATH_AVX2: return attnd__select_ub_avx2;
+    case ATTND_KERNEL_PATH_SCALAR: return attnd__select_ub_scalar;
+    default: return attnd__select_ub_avx512;
+#else
+    default: return attnd__select_ub_scalar;
+#endif
+    }
+}
+
+/* Score chunk c of list sl over every KV head of its group, and record the
+ * chunk's per-row maxima. */
+static void score_chunk(const attnd_select_batch *b, const attnd_select_list *sl, int32_t c,
+                        attnd__ub_fn fn, float *scratch)
+{
+    const int32_t hpg = list_heads(b), rows = list_rows(b), R = head_rows(b);
+    const int32_t p0 = c * ATTND__SEL_CHUNK;
+    const int32_t p1 = p0 + ATTND__SEL_CHUNK < sl->n_cand ? p0 + ATTND__SEL_CHUNK : sl->n_cand;
+    float *ub = list_ub(b, sl);
+    float *cmax = ub + (size_t)sl->n_cand * rows + (size_t)c * rows;
+
+    for (int32_t h = 0; h < hpg; h++)
+        fn(b, sl, sl->group * hpg + h, p0, p1, list_q(b, sl, h), ub, h * R, rows, scratch);
+    for (int32_t r = 0; r < rows; r++)
+        cmax[r] = -INFINITY;
+    for (int32_t p = p0; p < p1; p++)
+        for (int32_t r = 0; r < rows; r++) {
+            float v = ub[(size_t)p * rows + r];
+            if (v > cmax[r])
+                cmax[r] = v;
+        }
+}
+
+/* Order for the top-k: NaN (an infinite bound met a zero or opposite
+ * infinity) counts as +inf, so such a page is always kept. */
+static float rank_of(float v)
+{
+    return isnan(v) ? INFINITY : v;
+}
+
+/* Rearrange a[0..n) so that a[k] holds the value of descending rank k
+ * (0 = largest), larger values before it. */
+static float select_desc(float *a, int32_t n, int32_t k)
+{
+    int32_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = a[lo + (hi - lo) / 2];
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > pivot)
+                i++;
+            while (a[j] < pivot)
+                j--;
+            if (i <= j) {
+                float t = a[i];
+                a[i++] = a[j];
+                a[j--] = t;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            break;
+    }
+    return a[k];
+}
+
+/* Scores and the top-k of one list; writes its kept pages. */
+static void select_list(const attnd_select_batch *b, const attnd_select_list *sl)
+{
+    const int32_t rows = list_rows(b), n = sl->n_cand, chunks = list_chunks(sl);
+    const int32_t *cand = b->cand_idx + sl->cand0;
+    int32_t *out = b->sel_pages + sl->out0;
+    int32_t *pos = b->sel_pos ? b->sel_pos + sl->out0 : NULL;
+    int32_t w = 0;
+
+    if (chunks == 0) { /* every candidate kept, or only the mandatory ones */
+        int32_t all = sl->keep >= n;
+        for (int32_t p = 0; p < n; p++)
+            if (all || p < sl->n_head || p >= n - sl->n_tail) {
+                out[w] = cand[p];
+                if (pos)
+                    pos[w] = p;
+                w++;
+            }
+        return;
+    }
+    float *ub = list_ub(b, sl);
+    float *cmax = ub + (size_t)n * rows;
+    float *score = cmax + (size_t)chunks * rows, *tmp = score + n;
+    /* the rows' best pages: fold the chunk maxima into chunk 0's */
+    for (int32_t c = 1; c < chunks; c++)
+        for (int32_t r = 0; r < rows; r++)
+            if (cmax[(size_t)c * rows + r] > cmax[r])
+                cmax[r] = cmax[(size_t)c * rows + r];
+    const int32_t m0 = sl->n_head, m1 = n - sl->n_tail, want = sl->keep - sl->n_head - sl->n_tail;
+    for (int32_t p = m0; p < m1; p++) {
+        const float *u = ub + (size_t)p * rows;
+        float best = -INFINITY;
+        for (int32_t r = 0; r < rows; r++) {
+            float v = rank_of(u[r] - cmax[r]);
+            if (v > best)
+                best = v;
+        }
+        score[p] = best;
+        tmp[p - m0] = best;
+    }
+    float thr = select_desc(tmp, m1 - m0, want - 1);
+    int32_t above = 0;
+    for (int32_t p = m0; p < m1; p++)
+        above += score[p] > thr;
+    int32_t ties = want - above; /* at the threshold, earliest first */
+    for (int32_t p = 0; p < n; p++) {
+        int keep = p < m0 || p >= m1 || score[p] > thr;
+        if (!keep && score[p] == thr && ties > 0) {
+            keep = 1;
+            ties--;
+        }
+        if (keep) {
+            out[w] = cand[p];
+            if (pos)
+                pos[w] = p;
+            w++;
+        }
+    }
+}
+
+/* The calling thread's scratch at the end of b->work, 64-byte aligned. */
+static float *tail_scratch(const attnd_select_batch *b)
+{
+    int64_t tail = 0;
+    for (int32_t i = 0; i < b->n_lists; i++)
+        tail += list_work(b, &b->lists[i]);
+    return (float *)(((uintptr_t)(b->work + tail) + 63) & ~(uintptr_t)63);
+}
+
+static void pack_all(const attnd_select_batch *b, float *tmp)
+{
+    for (int32_t i = 0; i < b->n_lists; i++)
+        if (list_chunks(&b->lists[i]))
+            pack_list(b, &b->lists[i], tmp);
+}
+
+void attnd_kernel_select(const attnd_select_batch *b)
+{
+    attnd__ub_fn fn = ub_fn();
+    float *scratch = tail_scratch(b);
+    pack_all(b, scratch);
+    for (int32_t i = 0; i < b->n_lists; i++)
+        for (int32_t c = 0; c < list_chunks(&b->lists[i]); c++)
+            score_chunk(b, &b->lists[i], c, fn, scratch);
+    for (int32_t i = 0; i < b->n_lists; i++)
+        select_list(b, &b->lists[i]);
+}
+
+typedef struct sel_ctx {
+    const attnd_select_batch *b;
+    attnd_cpu_pool *pool;
+    attnd__ub_fn fn;
+    int32_t n_chunks;
+    atomic_int next;
+} sel_ctx;
+
+/* The list a global chunk number belongs to (lists ordered by chunk0). */
+static int32_t list_of_chunk(const attnd_select_batch *b, int32_t k)
+{
+    int32_t lo = 0, hi = b->n_lists - 1;
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo + 1) / 2;
+        if (b->lists[mid].chunk0 <= k)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    /* lists without chunks share chunk0 with the next: step to the owner */
+    while (list_chunks(&b->lists[lo]) <= k - b->lists[lo].chunk0)
+        lo++;
+    return lo;
+}
+
+static void score_job(void *p, int32_t tid)
+{
+    sel_ctx *c = p;
+    float *scratch = attnd__pool_scratch(c->pool, tid);
+    for (;;) {
+        int k = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
+        if (k >= c->n_chunks)
+            return;
+        int32_t li = list_of_chunk(c->b, k);
+        const attnd_select_list *sl = &c->b->lists[li];
+        score_chunk(c->b, sl, k - sl->chunk0, c->fn, scratch);
+    }
+}
+
+static void select_job(void *p, int32_t tid)
+{
+    sel_ctx *c = p;
+    (void)tid;
+    for (;;) {
+        int k = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
+        if (k >= c->b->n_lists)
+            return;
+        select_list(c->b, &c->b->lists[k]);
+    }
+}
+
+attnd_status attnd_kernel_select_parallel(attnd_cpu_pool *pool, const attnd_select_batch *b,
+                                          attnd_error *err)
+{
+    sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn()};
+    if (b->n_lists == 0)
+        return ATTND_OK;
+    const attnd_select_list *last = &b->lists[b->n_lists - 1];
+    c.n_chunks = last->chunk0 + list_chunks(last);
+    atomic_init(&c.next, 0);
+    pack_all(b, tail_scratch(b)); /* on the calling thread: once per list */
+    if (c.n_chunks > 0 &&
+        attnd__pool_run(pool, attnd__select_unit_floats(b), score_job, &c))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "select scratch: no memory for %zu floats per thread",
+                               attnd__select_unit_floats(b));
+    atomic_store(&c.next, 0);
+    if (attnd__pool_run(pool, 0, select_job, &c))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "select: pool run failed");
+    return ATTND_OK;
+}

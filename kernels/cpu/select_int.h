@@ -1,0 +1,73 @@
+/* Internal interface of the page-selection kernels (select.c and the SIMD
+ * scoring of select_simd.h): the scoring unit every path implements.
+ *
+ * A scoring unit is (list, KV head of its group, candidate range [p0, p1)).
+ * For the R = q_tokens * Hq / Hkv query rows of that KV head (row r = s *
+ * G + g), packed once per list (select.c), it writes ub[p][row0 + r] =
+ * sum_d max(q_r,d lo_d, q_r,d hi_d) for every candidate p of the range, ub
+ * being the list's block of [n_cand][rows] floats (rows: all of the list's
+ * rows, every KV head of its group, KV head after KV head). */
+#ifndef ATTND_SELECT_INT_H
+#define ATTND_SELECT_INT_H
+
+#include <stdint.h>
+
+#include "attnd_kernels.h"
+
+/* Candidates per scoring unit. */
+#define ATTND__SEL_CHUNK ATTND_SELECT_CHUNK
+/* Rows from which a KV head's queries are packed "wide" (transposed,
+ * vectors over rows) rather than "narrow" (row-major, vectors over d_k). */
+#define ATTND__SEL_WIDE_ROWS 32
+
+/* Packed queries of one KV head of a list: q+ = max(q, 0) and q- = min(q,
+ * 0) of its R rows, wide [d_k][R_pad] or narrow [R][d_k_pad] (pads 16,
+ * zero), q- right after q+. */
+static inline int attnd__select_wide(int32_t R)
+{
+    return R >= ATTND__SEL_WIDE_ROWS;
+}
+static inline size_t attnd__select_pack_floats(int32_t R, int32_t dk)
+{
+    size_t rp = ((size_t)R + 15) / 16 * 16, dkp = ((size_t)dk + 15) / 16 * 16;
+    return 2 * (attnd__select_wide(R) ? rp : (size_t)R) * dkp;
+}
+
+/* Score candidates [p0, p1) of list sl against KV head kvh's packed
+ * queries qpk: ub[p][row0 + r] for its R rows (rows per candidate in ub).
+ * scratch: attnd__select_unit_floats floats, 64-byte alignable. */
+typedef void (*attnd__ub_fn)(const attnd_select_batch *b, const attnd_select_list *sl,
+                             int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                             int32_t row0, int32_t rows, float *scratch);
+
+void attnd__select_ub_scalar(const attnd_select_batch *b, const attnd_select_list *sl,
+                             int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                             int32_t row0, int32_t rows, float *scratch);
+#if defined(ATTND_HAVE_X86_SIMD)
+void attnd__select_ub_avx2(const attnd_select_batch *b, const attnd_select_list *sl,
+                           int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                           int32_t row0, int32_t rows, float *scratch);
+void attnd__select_ub_avx512(const attnd_select_batch *b, const attnd_select_list *sl,
+                             int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                             int32_t row0, int32_t rows, float *scratch);
+#endif
+
+/* Pages a wide scoring block widens and scores at once. */
+#define ATTND__SEL_TB 4
+
+/* Floats of per-thread scratch a scoring unit needs (the bounds of
+ * ATTND__SEL_TB pages widened to float32) and packing needs (16 query rows
+ * widened), plus alignment slack. */
+static inline size_t attnd__select_unit_floats(const attnd_select_batch *b)
+{
+    size_t dkp = ((size_t)b->kv->d_k + 15) / 16 * 16;
+    size_t unit = 2 * ATTND__SEL_TB * dkp, pack = 16 * dkp;
+    return (unit > pack ? unit : pack) + 16 * 4;
+}
+
+/* The query row r of (sequence seq, KV head kvh), widened to float32 into
+ * dst (dk floats). */
+void attnd__select_q_row(const attnd_select_batch *b, int32_t seq, int32_t kvh, int32_t r,
+                         float *dst);
+
+#endif /* ATTND_SELECT_INT_H */

@@ -1,0 +1,263 @@
+/* attnd-sparse-bench: per-Attend latency of the engine with a sparse
+ * policy against the dense path, on the same machine in the same run.
+ *
+ *   attnd-sparse-bench [--model NAME] [--ctx T] [--batch B] [--budget F]
+ *                      [--topk K] [--policy topk-pages|streaming]
+ *                      [--window W] [--sink S] [--iters N] [--threads N]
+ *                      [--page-size P] [--device cpu|cuda:N]
+ *
+ * One engine of one layer of the model (a layer's cost does not depend on
+ * how many the model has), B dense sessions and B sparse ones of T tokens
+ * of the same random bf16 KV, then N rounds of one Attend of each set,
+ * interleaved (dense, sparse, dense, ...) so that load on a shared machine
+ * hits both alike: bf16 queries [B, Hq, d_k], each session's new entry
+ * appended in the call, float32 outputs and LSE, the service's call.
+ * Prints the medians and minima of wall-clock time and the median of the
+ * process's CPU time per call (on a loaded machine the CPU time and the
+ * minimum are the steadier figures), the speedups, the selection's share
+ * of the sparse call (its wall-clock time measured inside the engine:
+ * ws.select_ns), and the KV bytes each call reads (the engine's counters:
+ * KV, and the key bounds the selection reads) next to the dense call's.
+ * Random keys make every page look alike to the selection: the time does
+ * not depend on what it picks, but the accuracy does
+ * (worker/bench/sparse_accuracy.c measures that). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attnd_clock.h"
+#include "attnd_worker.h"
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double cpu_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+static double minimum(const double *v, int n)
+{
+    double m = v[0];
+    for (int i = 1; i < n; i++)
+        m = v[i] < m ? v[i] : m;
+    return m;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n ? (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])) : 0.0;
+}
+
+static void fill_bf16(uint16_t *p, size_t n, uint64_t *s)
+{
+    for (size_t i = 0; i < n; i++) {
+        *s ^= *s >> 12, *s ^= *s << 25, *s ^= *s >> 27;
+        uint64_t r = *s * 0x2545F4914F6CDD1Dull;
+        float f = (float)((double)(r >> 11) * (1.0 / 9007199254740992.0)) * 2.f - 1.f;
+        p[i] = attnd_dtype_f32_to_bf16(f);
+    }
+}
+
+typedef struct opts {
+    const char *model, *device;
+    int64_t ctx;
+    int32_t batch, iters, threads, page_size;
+    attnd_policy pol;
+} opts;
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: attnd-sparse-bench [--model NAME] [--ctx T] [--batch B] "
+                    "[--budget F | --topk K] [--policy topk-pages|streaming] [--window W] "
+                    "[--sink S] [--iters N] [--threads N] [--page-size P] [--device D]\n");
+    return 2;
+}
+
+static int parse(int argc, char **argv, opts *o)
+{
+    o->model = "llama3-8b";
+    o->device = "cpu";
+    o->ctx = 131072;
+    o->batch = 1;
+    o->iters = 15;
+    o->threads = 0;
+    o->page_size = 64;
+    o->pol = (attnd_policy){.kind = ATTND_POLICY_TOPK_PAGES, .topk_fraction = 0.125f, .sink = 64};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            return usage();
+        if (!strcmp(a, "--model"))
+            o->model = v;
+        else if (!strcmp(a, "--device"))
+            o->device = v;
+        else if (!strcmp(a, "--ctx"))
+            o->ctx = atoll(v);
+        else if (!strcmp(a, "--batch"))
+            o->batch = atoi(v);
+        else if (!strcmp(a, "--iters"))
+            o->iters = atoi(v);
+        else if (!strcmp(a, "--threads"))
+            o->threads = atoi(v);
+        else if (!strcmp(a, "--page-size"))
+            o->page_size = atoi(v);
+        else if (!strcmp(a, "--budget"))
+            o->pol.topk_fraction = (float)atof(v), o->pol.topk = 0;
+        else if (!strcmp(a, "--topk"))
+            o->pol.topk = (uint32_t)atoi(v), o->pol.topk_fraction = 0;
+        else if (!strcmp(a, "--sink"))
+            o->pol.sink = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--window"))
+            o->pol.window = (uint32_t)atoi(v);
+        else if (!strcmp(a, "--policy")) {
+            int k = attnd_policy_kind_parse(v);
+            if (k < 0)
+                return usage();
+            o->pol.kind = (attnd_policy_kind)k;
+        } else
+            return usage();
+        i++;
+    }
+    if (o->pol.kind == ATTND_POLICY_STREAMING) {
+        o->pol.topk = 0;
+        o->pol.topk_fraction = 0;
+        if (!o->pol.window)
+            o->pol.window = (uint32_t)(o->ctx / 8);
+    }
+    return o->ctx > 0 && o->batch > 0 && o->iters > 0 && attnd_model_find(o->model) ? 0
+                                                                                   : usage();
+}
+
+int main(int argc, char **argv)
+{
+    opts o;
+    if (parse(argc, argv, &o))
+        return 2;
+    const attnd_model_spec *m = attnd_model_find(o.model);
+    const int32_t B = o.batch, warm = 2;
+    const int64_t te = attnd_model_kv_token_elems(m), ps = o.page_size;
+    const size_t entry_bytes = (size_t)te * 2;
+    const int64_t max_tok = o.ctx + warm + o.iters + 2;
+    attnd_engine_config cfg = {.model = *m, .page_size = o.page_size,
+                               .max_sessions = (uint32_t)(2 * B), .kernel_threads = o.threads};
+    cfg.model.n_layers = 1;
+    snprintf(cfg.device, sizeof cfg.device, "%s", o.device);
+    cfg.kv_memory = (uint64_t)2 * B * (uint64_t)((max_tok + ps - 1) / ps + 1) * ps * entry_bytes;
+    attnd_engine *e = NULL;
+    attnd_error err;
+    if (attnd_engine_create(&cfg, &e, &err)) {
+        fprintf(stderr, "attnd-sparse-bench: %s\n", err.msg);
+        return strncmp(o.device, "cuda", 4) == 0 ? 77 : 1;
+    }
+    attnd_session_policy pol = {.dflt = o.pol};
+    attnd_session_id *ids = calloc((size_t)2 * B, sizeof *ids);
+    const int64_t chunk = 4096;
+    uint16_t *kv = malloc((size_t)chunk * entry_bytes);
+    uint64_t seed = 0x9E3779B97F4A7C15ull;
+    for (int32_t i = 0; i < 2 * B; i++) {
+        attnd_status st = i < B ? attnd_engine_session_create(e, (uint64_t)max_tok, &ids[i], &err)
+                                : attnd_engine_session_create_policy(e, (uint64_t)max_tok, &pol,
+                                                                     NULL, &ids[i], &err);
+        if (st) {
+            fprintf(stderr, "attnd-sparse-bench: session: %s\n", err.msg);
+            return 1;
+        }
+    }
+    /* the same KV in session i and B + i */
+    for (int64_t t = 0; t < o.ctx; t += chunk) {
+        int64_t n = o.ctx - t < chunk ? o.ctx - t : chunk;
+        for (int32_t i = 0; i < B; i++) {
+            fill_bf16(kv, (size_t)(n * te), &seed);
+            for (int32_t k = 0; k < 2; k++)
+                if (attnd_engine_append(e, &ids[i + k * B], 0, (uint64_t)t, (uint64_t)n,
+                                        ATTND_DTYPE_BF16, kv, &err)) {
+                    fprintf(stderr, "attnd-sparse-bench: append: %s\n", err.msg);
+                    return 1;
+                }
+        }
+    }
+    size_t q_elems = (size_t)B * m->n_q_heads * attnd_model_d_k(m);
+    uint16_t *q = malloc(q_elems * 2), *nk = malloc((size_t)B * entry_bytes);
+    attnd_engine_ws ws;
+    attnd_engine_ws_init(&ws);
+    double *td = calloc((size_t)o.iters, sizeof(double)), *tsp = calloc((size_t)o.iters, sizeof(double));
+    double *tsel = calloc((size_t)o.iters, sizeof(double));
+    double *cd = calloc((size_t)o.iters, sizeof(double)), *cs = calloc((size_t)o.iters, sizeof(double));
+    uint64_t kv_d = 0, kv_s = 0, sel_b = 0;
+    for (int it = -warm; it < o.iters; it++) {
+        fill_bf16(q, q_elems, &seed);
+        fill_bf16(nk, (size_t)B * te, &seed);
+        for (int k = 0; k < 2; k++) {
+            attnd_attend_req req = {.layer = 0, .n_seqs = (uint32_t)B, .ids = ids + k * B,
+                                    .q_tokens = 1, .q_dtype = ATTND_DTYPE_BF16, .q = q,
+                                    .new_kv_dtype = ATTND_DTYPE_BF16, .new_kv = nk,
+                                    .want_lse = 1};
+            const float *out, *lse;
+            attnd_engine_stats s0, s1;
+            attnd_engine_get_stats(e, &s0);
+            double c0 = cpu_us();
+            uint64_t t0 = attnd_clock_ns();
+            if (attnd_engine_attend(e, &req, &ws, &out, &lse, &err)) {
+                fprintf(stderr, "attnd-sparse-bench: attend: %s\n", err.msg);
+                return 1;
+            }
+            double us = (double)(attnd_clock_ns() - t0) * 1e-3, cpu = cpu_us() - c0;
+            attnd_engine_get_stats(e, &s1);
+            if (it < 0)
+                continue;
+            (k ? tsp : td)[it] = us;
+            (k ? cs : cd)[it] = cpu;
+            if (k) {
+                tsel[it] = (double)ws.select_ns * 1e-3;
+                kv_s += s1.kv_bytes_read - s0.kv_bytes_read;
+                sel_b += s1.select_bytes_read - s0.select_bytes_read;
+            } else {
+                kv_d += s1.kv_bytes_read - s0.kv_bytes_read;
+            }
+        }
+    }
+    double nd = minimum(td, o.iters), ns = minimum(tsp, o.iters), nsel = minimum(tsel, o.iters);
+    double md = median(td, o.iters), ms = median(tsp, o.iters), msel = median(tsel, o.iters);
+    double mcd = median(cd, o.iters), mcs = median(cs, o.iters);
+    char what[96];
+    if (o.pol.kind == ATTND_POLICY_STREAMING)
+        snprintf(what, sizeof what, "streaming sink %u window %u", o.pol.sink, o.pol.window);
+    else if (o.pol.topk)
+        snprintf(what, sizeof what, "topk-pages %u pages, sink %u", o.pol.topk, o.pol.sink);
+    else
+        snprintf(what, sizeof what, "topk-pages 1/%.3g of the pages, sink %u",
+                 1.0 / (double)o.pol.topk_fraction, o.pol.sink);
+    printf("model %s, %s, context %lld, batch %d, page %d, %d kernel threads, path %s, %d "
+           "rounds\n", o.model, o.device, (long long)o.ctx, B, o.page_size,
+           o.threads ? o.threads : -1, attnd_kernel_path_name(), o.iters);
+    printf("policy %s\n", what);
+    printf("  per Attend (us)    wall p50   wall min    CPU p50   KV read per call\n");
+    printf("  dense           %10.1f %10.1f %10.1f   %9.2f MB\n", md, nd, mcd,
+           (double)kv_d / o.iters / 1e6);
+    printf("  sparse          %10.1f %10.1f %10.1f   %9.2f MB + key bounds %.2f MB\n", ms, ns,
+           mcs, (double)kv_s / o.iters / 1e6, (double)sel_b / o.iters / 1e6);
+    printf("  speedup         %9.2fx %9.2fx %9.2fx\n", md / ms, nd / ns, mcd / mcs);
+    printf("  selection (wall) p50 %.1f us = %.1f%% of the sparse call's p50; min %.1f us = "
+           "%.1f%% of its min\n", msel, ms > 0 ? 100.0 * msel / ms : 0.0, nsel,
+           ns > 0 ? 100.0 * nsel / ns : 0.0);
+    free(td);
+    free(tsp);
+    free(tsel);
+    free(cd);
+    free(cs);
+    free(q);
+    free(nk);
+    free(kv);
+    free(ids);
+    attnd_engine_ws_cleanup(&ws);
+    attnd_engine_destroy(e);
+    return 0;
+}

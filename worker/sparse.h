@@ -1,0 +1,101 @@
+/* Sparse attention policies inside the worker (internal to worker/): what a
+ * session's policy table resolves to, and the hooks the engine calls.
+ *
+ * Files: sparse_policy.c (checking a table, resolving it per layer and KV
+ * head, reservations), sparse_kv.c (key bounds kept on append, streaming
+ * eviction, freeing a layer's pages around the holes eviction leaves),
+ * sparse_attend.c (an Attend's page lists under the policies: selection,
+ * given indices, token lists, what was attended).
+ *
+ * A layer whose every head streams loses its middle pages for good: its
+ * page table keeps logical numbering (page j holds tokens [j * ps, (j+1) *
+ * ps)) with the entries [sink_pages, hole_end) set to -1, pages that went
+ * back to the pool. Nothing reads them: streaming lists skip them, a
+ * streaming layer never takes another policy (set only before the first
+ * token), and freeing walks around them. */
+#ifndef ATTND_WORKER_SPARSE_H
+#define ATTND_WORKER_SPARSE_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "worker_int.h"
+
+typedef struct attnd__sparse {
+    int32_t n_layers, n_heads;  /* policies per layer: Hkv (GQA) or 1 (MLA) */
+    attnd_policy *pol;          /* [n_layers][n_heads], resolved */
+    uint8_t *uniform;           /* [n_layers]: every head has the same policy */
+    uint8_t *dense;             /* [n_layers]: every head is full */
+    uint8_t *bounds;            /* [n_layers]: some head is topk-pages */
+    uint8_t *evict;             /* [n_layers]: every head streams: pages freed */
+    uint32_t *sink, *window;    /* [n_layers]: what eviction keeps (max over heads) */
+    int32_t *hole_end;          /* [n_layers]: pages [sink pages, hole_end) freed */
+    int32_t *res;               /* [n_layers]: pages reserved */
+} attnd__sparse;
+
+/* Free a session's policy state (NULL: no-op). */
+void attnd__sparse_free(attnd__sparse *sp);
+/* Pages of the first `sink` tokens. */
+static inline int32_t attnd__sparse_sink_pages(uint32_t sink, int32_t page_size)
+{
+    return (int32_t)(((int64_t)sink + page_size - 1) / page_size);
+}
+/* Pages of a layer freed by eviction. */
+static inline int32_t attnd__sparse_holes(const attnd__sparse *sp, int32_t layer,
+                                          int32_t page_size)
+{
+    int32_t sp0 = attnd__sparse_sink_pages(sp->sink[layer], page_size);
+    return sp->hole_end[layer] > sp0 ? sp->hole_end[layer] - sp0 : 0;
+}
+
+/* Before tokens [t0, t0 + n) of a layer are written (attnd__engine_write;
+ * session locked): fold them into their pages' key bounds when the layer
+ * keeps them (a page's bounds start empty at its first slot); a GPU
+ * engine's copy follows (INTERNAL on a CUDA error). */
+attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
+                                      uint64_t t0, uint64_t n, attnd_dtype dtype,
+                                      const void *kv, attnd_error *err);
+/* After a layer's length grew (an Attend's append, a stage's commit;
+ * session locked): free the pages that left every head's sink + window
+ * when the layer evicts. Never fails. */
+void attnd__sparse_evict(attnd_engine *e, attnd__session *s, int32_t layer);
+/* Return a layer's pages [0, n) to the pool, skipping freed ones
+ * (session_free). */
+void attnd__sparse_free_layer(attnd_kv_pool *pool, attnd__session *s, int32_t layer,
+                              int32_t n);
+
+/* Does this Attend need the sparse path (some session's layer is not
+ * dense, or the request carries given indices or wants pages)? */
+int attnd__sparse_needed(const attnd_engine *e, const attnd_attend_req *req,
+                         attnd_engine_ws *ws);
+/* Check the request's given_* fields against the sessions' policies and
+ * layers (sessions locked, before the append: lengths count the new
+ * tokens). INVALID_ARGUMENT names the field. */
+attnd_status attnd__sparse_check(const attnd_engine *e, const attnd_attend_req *req,
+                                 attnd_engine_ws *ws, attnd_error *err);
+/* Build the batch's page lists under the sessions' policies (sessions
+ * locked, appends done): fills the page list fields of *b (and, for token
+ * lists, its kv layout and pool_pages), runs the page selection, and
+ * counts the bytes. The selection scores pages with the query the kernel
+ * reads, b->q (a heads-form query: absorbed already, attend.c); a GPU
+ * engine absorbs on the GPU, so a heads-form batch whose selection must
+ * run on the host (a visible-length override) is FAILED_PRECONDITION
+ * naming q_form. INVALID_ARGUMENT names a bad given_* field. */
+attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
+                                 attnd_engine_ws *ws, attnd_decode_batch *b,
+                                 uint64_t *kv_bytes_p, uint64_t *dense_bytes_p,
+                                 attnd_error *err);
+/* The GPU decode of a batch attnd__sparse_lists built: its page selection
+ * (when it has one) runs on the GPU first, into the uploaded page lists,
+ * scoring with the absorbed query when proj absorbs (attnd__gpu_proj). */
+attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
+                                      const attnd_decode_batch *b, const attnd__gpu_proj *proj,
+                                      attnd_error *err);
+/* Free the workspace's sparse scratch. */
+void attnd__sparse_ws_free(struct attnd__sparse_ws *w);
+
+/* The engine's bounds array (engine create / destroy). */
+attnd_status attnd__sparse_engine_init(attnd_engine *e, attnd_error *err);
+void attnd__sparse_engine_cleanup(attnd_engine *e);
+
+#endif /* ATTND_WORKER_SPARSE_H */

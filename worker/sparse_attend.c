@@ -1,0 +1,632 @@
+/* An Attend's page lists under the sessions' sparse policies (sparse.h).
+ *
+ * The batch gets one list per (session, head group): one group when every
+ * session's layer has one policy for all heads and none selects per KV
+ * head, else one per KV head (GQA; the decode's list_groups). Each list is
+ * built from its policy: full (the page table), streaming (sink pages and
+ * window pages), topk-pages (a selection problem over the page table, run
+ * for the whole batch by the selection kernel straight into the lists),
+ * given-pages / given-tokens (the request's indices, checked, plus the
+ * pages or tokens of the newest query tokens). Every page list ends with
+ * the layer's tail page, so only its last page is partial and the causal
+ * rule over the newest S tokens holds. When some list is given-tokens the
+ * whole batch becomes token lists over the token view of the pool (each
+ * page list spelled out token by token): one decode call, the same kernels.
+ *
+ * Bytes: a list of T tokens for one of G groups reads T entries' worth of
+ * its KV heads, T * entry_bytes / G; the dense figure is what the whole
+ * layer would have cost; the selection reads every candidate's bounds.
+ *
+ * Scratch lives in the workspace (struct attnd__sparse_ws), grown to the
+ * largest batch and reused: after warm-up nothing here allocates. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attnd_assert.h"
+#include "attnd_buf.h"
+#include "attnd_clock.h"
+#include "backend.h"
+#include "sparse.h"
+
+struct attnd__sparse_ws {
+    int32_t *indptr, *last;   /* [lists + 1], [lists] */
+    uint8_t *tok;             /* [lists]: a given-tokens list */
+    int32_t *pidx, *pos;      /* page entries: physical, selection positions */
+    int64_t *plog;            /* logical page (or token) of each entry */
+    int32_t *cand;            /* candidates of topk lists: the page tables */
+    attnd_select_list *sel;
+    float *work;
+    int32_t *tindptr, *tidx;  /* token mode */
+    int32_t *tlast;
+    int64_t *tlog;
+    int32_t *vindptr, *vidx, *vlast; /* visible-length lists (group ranks) */
+    size_t c_lists, c_last, c_tok, c_pidx, c_pos, c_plog, c_cand, c_sel, c_work;
+    size_t c_tindptr, c_tidx, c_tlast, c_tlog, c_vindptr, c_vidx, c_vlast;
+    attnd_kv_layout view;
+    /* a GPU engine's selection, prepared here and run by the backend */
+    attnd_select_batch gpu_sel;
+    int64_t gpu_sel_work;
+    int32_t gpu_lists;
+};
+
+void attnd__sparse_ws_free(struct attnd__sparse_ws *w)
+{
+    if (!w)
+        return;
+    free(w->indptr);
+    free(w->last);
+    free(w->tok);
+    free(w->pidx);
+    free(w->pos);
+    free(w->plog);
+    free(w->cand);
+    free(w->sel);
+    free(w->work);
+    free(w->tindptr);
+    free(w->tidx);
+    free(w->tlast);
+    free(w->tlog);
+    free(w->vindptr);
+    free(w->vidx);
+    free(w->vlast);
+    free(w);
+}
+
+static int32_t heads_of(const attnd_engine *e)
+{
+    return e->layout.n_kv_heads;
+}
+
+/* The policy head h of session s has in layer l (dense sessions: full). */
+static attnd_policy policy_of(const attnd__session *s, int32_t l, int32_t h)
+{
+    attnd_policy full = {.kind = ATTND_POLICY_FULL};
+    if (!s->sparse)
+        return full;
+    return s->sparse->pol[(size_t)l * s->sparse->n_heads + (s->sparse->n_heads > 1 ? h : 0)];
+}
+
+int attnd__sparse_needed(const attnd_engine *e, const attnd_attend_req *req,
+                         attnd_engine_ws *ws)
+{
+    (void)e;
+    if (req->given_groups || req->want_pages)
+        return 1;
+    for (uint32_t i = 0; i < req->n_seqs; i++) {
+        const attnd__session *s = ws->sessions[i];
+        if (s->sparse && !s->sparse->dense[req->layer])
+            return 1;
+    }
+    return 0;
+}
+
+#define FIT(arr, cap, n)                                                              \
+    do {                                                                              \
+        if (ATTND_BUF_RESERVE(w->arr, w->cap, (size_t)(n) + 1))                       \
+            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,                 \
+                                   "session_ids: no memory for the batch's page lists"); \
+    } while (0)
+
+/* The given list of (session i, group g), or an empty one. */
+static void given_list(const attnd_attend_req *req, uint32_t i, int32_t g, const uint64_t **p,
+                       uint32_t *n, uint32_t *at)
+{
+    *p = NULL;
+    *n = 0;
+    *at = 0;
+    if (!req->given_groups)
+        return;
+    uint32_t k = i * req->given_groups + (req->given_groups > 1 ? (uint32_t)g : 0);
+    *at = req->given_indptr[k];
+    *n = req->given_indptr[k + 1] - req->given_indptr[k];
+    *p = req->given_idx + *at;
+}
+
+/* Check a given list: strictly ascending, below `bound`. */
+static attnd_status check_given(const uint64_t *v, uint32_t n, uint32_t at, uint64_t bound,
+                                const char *unit, uint32_t i, attnd_error *err)
+{
+    for (uint32_t j = 0; j < n; j++) {
+        if (v[j] >= bound)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "given_idx[%u]: %s %llu of session_ids[%u], whose layer has "
+                                   "%llu", at + j, unit, (unsigned long long)v[j], i,
+                                   (unsigned long long)bound);
+        if (j && v[j] <= v[j - 1])
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "given_idx[%u]: %llu after %llu; indices must be strictly "
+                                   "ascending", at + j, (unsigned long long)v[j],
+                                   (unsigned long long)v[j - 1]);
+    }
+    return ATTND_OK;
+}
+
+/* The request's given_* fields against the batch: shapes, and each list
+ * against its session's policy and layer. */
+attnd_status attnd__sparse_check(const attnd_engine *e, const attnd_attend_req *req,
+                                 attnd_engine_ws *ws, attnd_error *err)
+{
+    const uint64_t extra = req->new_kv ? (uint64_t)req->q_tokens : 0; /* appended first */
+    const uint32_t H = (uint32_t)heads_of(e), gg = req->given_groups;
+    for (uint32_t i = 0; i < req->n_seqs && !gg; i++)
+        for (uint32_t h = 0; h < H; h++) {
+            attnd_policy p = policy_of(ws->sessions[i], (int32_t)req->layer, (int32_t)h);
+            if (p.kind == ATTND_POLICY_GIVEN_PAGES || p.kind == ATTND_POLICY_GIVEN_TOKENS)
+                return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                       "given_idx: layer %u of session_ids[%u] has policy %s "
+                                       "(KV head %u), but the request gives no indices",
+                                       req->layer, i, attnd_policy_kind_name(p.kind), h);
+        }
+    if (!gg)
+        return ATTND_OK;
+    if (gg != 1 && gg != H)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "given_groups: %u, expected 1 or the model's %u KV heads", gg, H);
+    if (!req->given_indptr || req->given_indptr[0] != 0 || (!req->given_idx &&
+                                                            req->given_indptr[req->n_seqs * gg]))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "given_indptr: %u sessions x %u groups need %u + 1 offsets from 0",
+                               req->n_seqs, gg, req->n_seqs * gg);
+    for (uint32_t k = 0; k < req->n_seqs * gg; k++)
+        if (req->given_indptr[k + 1] < req->given_indptr[k])
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "given_indptr[%u]: %u after %u, offsets must not decrease",
+                                   k + 1, req->given_indptr[k + 1], req->given_indptr[k]);
+    for (uint32_t i = 0; i < req->n_seqs; i++) {
+        const attnd__session *s = ws->sessions[i];
+        const uint64_t len = s->len[req->layer] + extra;
+        const uint64_t np = (len + (uint64_t)s->page_size - 1) / (uint64_t)s->page_size;
+        for (uint32_t g = 0; g < gg; g++) {
+            const uint64_t *v;
+            uint32_t n, at;
+            given_list(req, i, (int32_t)g, &v, &n, &at);
+            /* the heads this list serves must be given-* (or it is empty) */
+            for (uint32_t h = (gg > 1 ? g : 0); h < (gg > 1 ? g + 1 : H) && n; h++) {
+                attnd_policy p = policy_of(s, (int32_t)req->layer, (int32_t)h);
+                if (p.kind != ATTND_POLICY_GIVEN_PAGES && p.kind != ATTND_POLICY_GIVEN_TOKENS)
+                    return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                           "given_idx[%u]: layer %u of session_ids[%u] has "
+                                           "policy %s for KV head %u: it takes no indices",
+                                           at, req->layer, i, attnd_policy_kind_name(p.kind), h);
+            }
+            attnd_policy p = policy_of(s, (int32_t)req->layer, gg > 1 ? (int32_t)g : 0);
+            int tokens = p.kind == ATTND_POLICY_GIVEN_TOKENS;
+            attnd_status st = check_given(v, n, at, tokens ? len : np, tokens ? "token" : "page",
+                                          i, err);
+            if (st)
+                return st;
+        }
+    }
+    return ATTND_OK;
+}
+
+/* The batch's list groups and whether it needs token lists. */
+static void batch_shape(const attnd_engine *e, const attnd_attend_req *req, attnd_engine_ws *ws,
+                        int32_t *groups_p, int *tokens_p)
+{
+    const int32_t H = heads_of(e), l = (int32_t)req->layer;
+    int32_t G = req->given_groups > 1 ? H : 1;
+    int tokens = 0;
+    for (uint32_t i = 0; i < req->n_seqs; i++) {
+        const attnd__sparse *sp = ((const attnd__session *)ws->sessions[i])->sparse;
+        if (!sp || sp->dense[l])
+            continue;
+        const attnd_policy *lp = sp->pol + (size_t)l * sp->n_heads;
+        if (!sp->uniform[l] || (lp[0].kind == ATTND_POLICY_TOPK_PAGES && H > 1))
+            G = H;
+        for (int32_t h = 0; h < sp->n_heads; h++)
+            tokens |= lp[h].kind == ATTND_POLICY_GIVEN_TOKENS;
+    }
+    *groups_p = G;
+    *tokens_p = tokens;
+}
+
+/* Entries of list (session s, policy p) and, for topk-pages, its
+ * selection problem (keep, mandatory counts). */
+typedef struct list_plan {
+    int64_t len;
+    int32_t np, tail0, sink_pages, window_page;
+    int32_t keep, n_head, n_tail;
+    int64_t count; /* entries: pages, or tokens for a given-tokens list */
+} list_plan;
+
+static list_plan plan_list(const attnd__session *s, int32_t l, const attnd_policy *p, int32_t S,
+                           const uint64_t *given, uint32_t n_given)
+{
+    const int32_t ps = s->page_size;
+    list_plan lp = {.len = (int64_t)s->len[l]};
+    lp.np = (int32_t)((lp.len + ps - 1) / ps);
+    int64_t newest = lp.len < S ? lp.len : S; /* tokens always attended */
+    lp.tail0 = lp.np ? (int32_t)((lp.len - newest) / ps) : 0;
+    if (newest == 0)
+        lp.tail0 = lp.np; /* no token at all */
+    lp.sink_pages = attnd__sparse_sink_pages(p->sink, ps);
+    if (lp.sink_pages > lp.tail0)
+        lp.sink_pages = lp.tail0;
+    switch (p->kind) {
+    case ATTND_POLICY_STREAMING: {
+        int64_t wp = lp.len > (int64_t)p->window ? (lp.len - p->window) / ps : 0;
+        wp = wp < lp.sink_pages ? lp.sink_pages : wp;
+        lp.window_page = (int32_t)(wp < lp.tail0 ? wp : lp.tail0);
+        lp.count = lp.sink_pages + (lp.np - lp.window_page);
+        break;
+    }
+    case ATTND_POLICY_TOPK_PAGES: {
+        int64_t k = p->topk ? (int64_t)p->topk : (int64_t)ceil((double)p->topk_fraction * lp.np);
+        lp.n_head = lp.sink_pages;
+        lp.n_tail = lp.np - lp.tail0;
+        if (k < lp.n_head + lp.n_tail)
+            k = lp.n_head + lp.n_tail;
+        lp.keep = (int32_t)(k < lp.np ? k : lp.np);
+        lp.count = lp.keep;
+        break;
+    }
+    case ATTND_POLICY_GIVEN_PAGES: {
+        uint32_t j = 0;
+        while (j < n_given && given[j] < (uint64_t)lp.tail0)
+            j++;
+        lp.count = j + (lp.np - lp.tail0);
+        break;
+    }
+    case ATTND_POLICY_GIVEN_TOKENS: {
+        uint32_t j = 0;
+        while (j < n_given && given[j] < (uint64_t)(lp.len - newest))
+            j++;
+        lp.count = j + newest;
+        break;
+    }
+    default:
+        lp.count = lp.np;
+    }
+    return lp;
+}
+
+/* Page lists of the batch (token lists hold logical tokens in plog for
+ * now); the topk-pages problems in w->sel. */
+static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
+                               attnd_engine_ws *ws, struct attnd__sparse_ws *w, int32_t G,
+                               int32_t *n_sel_p, int64_t *n_cand_p, attnd_error *err)
+{
+    const int32_t l = (int32_t)req->layer, H = heads_of(e), S = req->q_tokens;
+    const uint32_t n = req->n_seqs;
+    const int32_t lists = (int32_t)n * G;
+    int64_t total = 0, cand = 0;
+    int32_t n_sel = 0;
+
+    FIT(indptr, c_lists, lists + 1);
+    FIT(last, c_last, lists);
+    FIT(tok, c_tok, lists);
+    /* sizes first */
+    w->indptr[0] = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const attnd__session *s = ws->sessions[i];
+        int has_topk = 0;
+        for (int32_t g = 0; g < G; g++) {
+            attnd_policy p = policy_of(s, l, g * (H / G));
+            const uint64_t *gv;
+            uint32_t gn, at;
+            given_list(req, i, g, &gv, &gn, &at);
+            list_plan lp = plan_list(s, l, &p, S, gv, gn);
+            total += lp.count;
+            if (total > INT32_MAX)
+                return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                       "session_ids: the batch lists too many pages");
+            w->indptr[i * G + g + 1] = (int32_t)total;
+            has_topk |= p.kind == ATTND_POLICY_TOPK_PAGES;
+            n_sel += p.kind == ATTND_POLICY_TOPK_PAGES;
+        }
+        if (has_topk)
+            cand += attnd__session_layer_pages(s, l);
+    }
+    FIT(pidx, c_pidx, total);
+    FIT(pos, c_pos, total);
+    FIT(plog, c_plog, total);
+    FIT(cand, c_cand, cand);
+    FIT(sel, c_sel, n_sel);
+    /* then the entries */
+    int32_t c0 = 0, k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const attnd__session *s = ws->sessions[i];
+        const int32_t *tab = s->pages[l];
+        int32_t my_cand = -1;
+        for (int32_t g = 0; g < G; g++) {
+            const int32_t li = (int32_t)i * G + g;
+            attnd_policy p = policy_of(s, l, g * (H / G));
+            const uint64_t *gv;
+            uint32_t gn, at;
+            given_list(req, i, g, &gv, &gn, &at);
+            list_plan lp = plan_list(s, l, &p, S, gv, gn);
+            int32_t o = w->indptr[li];
+            w->tok[li] = p.kind == ATTND_POLICY_GIVEN_TOKENS;
+            w->last[li] = lp.np ? (int32_t)(lp.len - (int64_t)(lp.np - 1) * s->page_size) : 0;
+            switch (p.kind) {
+            case ATTND_POLICY_STREAMING:
+                for (int32_t j = 0; j < lp.sink_pages; j++, o++)
+                    w->pidx[o] = tab[j], w->plog[o] = j;
+                for (int32_t j = lp.window_page; j < lp.np; j++, o++)
+                    w->pidx[o] = tab[j], w->plog[o] = j;
+                break;
+            case ATTND_POLICY_TOPK_PAGES:
+                if (my_cand < 0) { /* the session's page table, once */
+                    my_cand = c0;
+                    if (lp.np)
+                        memcpy(w->cand + c0, tab, sizeof(int32_t) * (size_t)lp.np);
+                    c0 += lp.np;
+                }
+                w->sel[k++] = (attnd_select_list){
+                    .seq = (int32_t)i, .group = g, .cand0 = my_cand, .n_cand = lp.np,
+                    .keep = lp.keep, .n_head = lp.n_head, .n_tail = lp.n_tail, .out0 = o};
+                break;
+            case ATTND_POLICY_GIVEN_PAGES:
+                for (uint32_t j = 0; j < gn && gv[j] < (uint64_t)lp.tail0; j++, o++)
+                    w->pidx[o] = tab[gv[j]], w->plog[o] = (int64_t)gv[j];
+                for (int32_t j = lp.tail0; j < lp.np; j++, o++)
+                    w->pidx[o] = tab[j], w->plog[o] = j;
+                break;
+            case ATTND_POLICY_GIVEN_TOKENS: {
+                int64_t newest = lp.len < S ? lp.len : S;
+                for (uint32_t j = 0; j < gn && gv[j] < (uint64_t)(lp.len - newest); j++, o++)
+                    w->plog[o] = (int64_t)gv[j];
+                for (int64_t t = lp.len - newest; t < lp.len; t++, o++)
+                    w->plog[o] = t;
+                break;
+            }
+            default:
+                for (int32_t j = 0; j < lp.np; j++, o++)
+                    w->pidx[o] = tab[j], w->plog[o] = j;
+            }
+            if (p.kind != ATTND_POLICY_TOPK_PAGES && p.kind != ATTND_POLICY_GIVEN_TOKENS)
+                ATTND_ASSERT(o == w->indptr[li + 1]);
+        }
+    }
+    *n_sel_p = k;
+    *n_cand_p = c0;
+    return ATTND_OK;
+}
+
+/* Run the batch's selection problems into the lists, scoring with the
+ * query the kernel reads (b->q: a heads-form query absorbed already on the
+ * CPU; on the GPU the backend scores with its absorbed device copy). */
+static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
+                                  attnd_engine_ws *ws, struct attnd__sparse_ws *w, int32_t G,
+                                  int32_t n_sel, const attnd_decode_batch *b, attnd_error *err)
+{
+    attnd_select_batch sb = {
+        .n_lists = n_sel,
+        .lists = w->sel,
+        .n_seqs = (int32_t)req->n_seqs,
+        .q_tokens = req->q_tokens,
+        .n_q_heads = e->model.n_q_heads,
+        .list_groups = G,
+        .q_dtype = b->q_dtype,
+        .q = b->q,
+        .kv = &e->layout,
+        .bounds = e->bounds,
+        .bounds_pages = e->pool.n_pages,
+        .cand_idx = w->cand,
+        .sel_pages = w->pidx,
+        .sel_pos = w->pos,
+    };
+    uint64_t t0 = attnd_clock_ns();
+    int64_t wf = attnd_select_prepare(&sb, err);
+    if (wf < 0)
+        return ATTND_ERR_INTERNAL; /* the lists were built here: a bug */
+    if (e->gpu && req->q_form == ATTND_Q_HEADS && req->visible)
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "q_form: HEADS with topk-pages on a multi-token query of a "
+                               "sequence-sharded group rank: its page selection runs on the "
+                               "host, where a GPU engine has no absorbed query; send the "
+                               "absorbed form for this layer");
+    if (e->gpu && !req->visible) { /* on the GPU, with the decode */
+        w->gpu_sel = sb;
+        w->gpu_sel_work = wf;
+        w->gpu_lists = n_sel;
+        return ATTND_OK;
+    }
+    FIT(work, c_work, wf);
+    sb.work = w->work;
+    attnd_status st = attnd_kernel_select_parallel(e->kpool, &sb, err);
+    if (st)
+        return st;
+    uint64_t bytes = 0;
+    const uint64_t per = (uint64_t)attnd_kv_bounds_elems(&e->layout) * 2 / (uint64_t)G;
+    for (int32_t k = 0; k < n_sel; k++) {
+        const attnd_select_list *sl = &w->sel[k];
+        for (int32_t j = 0; j < sl->keep; j++)
+            w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
+        bytes += (uint64_t)sl->n_cand * per;
+    }
+    ws->select_ns = attnd_clock_ns() - t0;
+    atomic_fetch_add(&e->select_ns, ws->select_ns);
+    atomic_fetch_add(&e->select_calls, 1);
+    atomic_fetch_add(&e->select_bytes, bytes);
+    return ATTND_OK;
+}
+
+/* Token mode: every list spelled out as tokens of the token view. */
+static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attnd_engine_ws *ws,
+                              struct attnd__sparse_ws *w, int32_t G, attnd_decode_batch *b,
+                              attnd_error *err)
+{
+    const int32_t l = (int32_t)req->layer, lists = (int32_t)req->n_seqs * G;
+    const int32_t ps = e->layout.page_size;
+    int64_t ratio, total = 0;
+
+    if (e->gpu)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "given_idx: given-tokens lists are not implemented on the CUDA "
+                               "backend (it attends page lists of whole pages)");
+    if (!attnd_kv_layout_token_view(&e->layout, &w->view, &ratio) ||
+        (int64_t)e->pool.n_pages * ratio > INT32_MAX)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "given_idx: token lists need a pool of at most 2^31 tokens");
+    FIT(tindptr, c_tindptr, lists + 1);
+    FIT(tlast, c_tlast, lists);
+    w->tindptr[0] = 0;
+    for (int32_t li = 0; li < lists; li++) {
+        int32_t n = w->indptr[li + 1] - w->indptr[li];
+        int64_t t = w->tok[li] ? n : (n ? (int64_t)(n - 1) * ps + w->last[li] : 0);
+        total += t;
+        if (total > INT32_MAX)
+            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                   "session_ids: the batch lists too many tokens");
+        w->tindptr[li + 1] = (int32_t)total;
+        w->tlast[li] = t ? 1 : 0;
+    }
+    FIT(tidx, c_tidx, total);
+    FIT(tlog, c_tlog, total);
+    for (int32_t li = 0; li < lists; li++) {
+        const attnd__session *s = ws->sessions[li / G];
+        const int32_t *tab = s->pages[l];
+        int32_t o = w->tindptr[li];
+        for (int32_t e0 = w->indptr[li]; e0 < w->indptr[li + 1]; e0++) {
+            if (w->tok[li]) {
+                int64_t t = w->plog[e0];
+                w->tidx[o] = (int32_t)(tab[t / ps] * ratio + t % ps);
+                w->tlog[o++] = t;
+                continue;
+            }
+            int64_t j = w->plog[e0];
+            int32_t cnt = e0 == w->indptr[li + 1] - 1 ? w->last[li] : ps;
+            for (int32_t c = 0; c < cnt; c++) {
+                w->tidx[o] = (int32_t)(w->pidx[e0] * ratio + c);
+                w->tlog[o++] = j * ps + c;
+            }
+        }
+        ATTND_ASSERT(o == w->tindptr[li + 1]);
+    }
+    b->kv = &w->view;
+    b->pool_pages = (int64_t)e->pool.n_pages * ratio;
+    b->page_indptr = w->tindptr;
+    b->page_idx = w->tidx;
+    b->last_page_len = w->tlast;
+    return ATTND_OK;
+}
+
+/* A visible-length override (a sequence-sharded rank's multi-token query):
+ * (session i, query token s, group g) becomes list (i * S + s) * G + g,
+ * list (i, g) cut after the layer's first visible[i * S + s] tokens, so
+ * that the batch reads as n * S sequences of one query token (as
+ * attend.c's build_visible_lists does for dense sessions). */
+static attnd_status cut_visible(const attnd_engine *e, const attnd_attend_req *req,
+                                struct attnd__sparse_ws *w, int32_t G, attnd_decode_batch *b,
+                                attnd_error *err)
+{
+    const uint32_t n = req->n_seqs, S = (uint32_t)req->q_tokens;
+    const int32_t ps = e->layout.page_size, lists = (int32_t)(n * S) * G;
+    int64_t total = 0;
+    FIT(vindptr, c_vindptr, lists + 1);
+    FIT(vlast, c_vlast, lists);
+    FIT(vidx, c_vidx, (int64_t)w->indptr[(int32_t)n * G] * S);
+    w->vindptr[0] = 0;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t s = 0; s < S; s++) {
+            uint64_t v = req->visible[(size_t)i * S + s];
+            for (int32_t g = 0; g < G; g++) {
+                int32_t src = (int32_t)i * G + g, li = (int32_t)(i * S + s) * G + g;
+                int32_t last = 0;
+                for (int32_t k = w->indptr[src]; k < w->indptr[src + 1]; k++) {
+                    uint64_t first = (uint64_t)w->plog[k] * (uint64_t)ps;
+                    if (first >= v)
+                        break;
+                    int32_t have = k == w->indptr[src + 1] - 1 ? w->last[src] : ps;
+                    last = v - first < (uint64_t)have ? (int32_t)(v - first) : have;
+                    w->vidx[total++] = w->pidx[k];
+                }
+                w->vindptr[li + 1] = (int32_t)total;
+                w->vlast[li] = last;
+            }
+        }
+    b->page_indptr = w->vindptr;
+    b->page_idx = w->vidx;
+    b->last_page_len = w->vlast;
+    return ATTND_OK;
+}
+
+attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
+                                 attnd_engine_ws *ws, attnd_decode_batch *b,
+                                 uint64_t *kv_bytes_p, uint64_t *dense_bytes_p,
+                                 attnd_error *err)
+{
+    struct attnd__sparse_ws *w = ws->sparse;
+    int32_t G, n_sel = 0;
+    int64_t n_cand = 0;
+    int tokens;
+    attnd_status st;
+
+    if (!w && !(w = ws->sparse = calloc(1, sizeof *w)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "session_ids: no memory for the sparse scratch");
+    batch_shape(e, req, ws, &G, &tokens);
+    if ((st = fill_lists(e, req, ws, w, G, &n_sel, &n_cand, err)))
+        return st;
+    ws->select_ns = 0;
+    w->gpu_lists = 0;
+    if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, b, err)))
+        return st;
+    b->list_groups = G;
+    if (tokens && req->visible)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "given_idx: given-tokens lists are not implemented with a "
+                               "visible-length override (multi-token queries on a "
+                               "sequence-sharded group)");
+    if (req->visible) {
+        if ((st = cut_visible(e, req, w, G, b, err)))
+            return st;
+    } else if (tokens) {
+        if ((st = to_tokens(e, req, ws, w, G, b, err)))
+            return st;
+    } else {
+        b->page_indptr = w->indptr;
+        b->page_idx = w->pidx;
+        b->last_page_len = w->last;
+    }
+    /* bytes: listed tokens of each group's share of the KV heads */
+    uint64_t listed = 0, dense = 0;
+    const int32_t lists = (int32_t)req->n_seqs * G, ps = e->layout.page_size;
+    for (int32_t li = 0; li < lists; li++) {
+        int32_t n = w->indptr[li + 1] - w->indptr[li];
+        listed += w->tok[li] ? (uint64_t)n : (n ? (uint64_t)(n - 1) * ps + (uint64_t)w->last[li] : 0);
+    }
+    for (uint32_t i = 0; i < req->n_seqs; i++)
+        dense += ((const attnd__session *)ws->sessions[i])->len[req->layer];
+    *kv_bytes_p = listed * e->entry_bytes / (uint64_t)G;
+    *dense_bytes_p = dense * e->entry_bytes;
+    if (req->want_pages) {
+        ws->chosen_groups = (uint32_t)G;
+        ws->chosen_tokens = tokens;
+        ws->chosen_indptr = tokens ? w->tindptr : w->indptr;
+        ws->chosen = tokens ? w->tlog : w->plog;
+    }
+    (void)n_cand;
+    return ATTND_OK;
+}
+
+attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
+                                      const attnd_decode_batch *b, const attnd__gpu_proj *proj,
+                                      attnd_error *err)
+{
+    struct attnd__sparse_ws *w = ws->sparse;
+    if (!w || !w->gpu_lists)
+        return attnd__gpu_decode(e->gpu, b, proj, err);
+    uint64_t ns = 0, bytes = 0;
+    const uint64_t per =
+        (uint64_t)attnd_kv_bounds_elems(&e->layout) * 2 / (uint64_t)(b->list_groups > 1 ? b->list_groups : 1);
+    attnd_status st = attnd__gpu_decode_select(e->gpu, b, proj, &w->gpu_sel,
+                                               (size_t)w->gpu_sel_work, w->pos, &ns, err);
+    if (st)
+        return st;
+    for (int32_t k = 0; k < w->gpu_lists; k++) { /* what each list kept, for want_pages */
+        const attnd_select_list *sl = &w->gpu_sel.lists[k];
+        for (int32_t j = 0; j < sl->keep; j++)
+            w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
+        bytes += (uint64_t)sl->n_cand * per;
+    }
+    ws->select_ns = ns;
+    atomic_fetch_add(&e->select_ns, ns);
+    atomic_fetch_add(&e->select_calls, 1);
+    atomic_fetch_add(&e->select_bytes, bytes);
+    return ATTND_OK;
+}

@@ -1,0 +1,126 @@
+/* The KV side of sparse policies: per-page key bounds kept on append, and
+ * streaming eviction.
+ *
+ * Bounds live in one array beside the pool, indexed by physical page
+ * ([Hkv][n_pages][2][d_k] bf16, attnd_kv_bounds_at): address space reserved at start
+ * (MAP_NORESERVE) and filled in only by layers with a topk-pages head, so
+ * a server without such sessions commits none of it (at most 1/32 of the
+ * pool for MLA pages of 64 tokens, 1/64 for GQA). They are folded in from
+ * the wire entries as attnd__engine_write stores them (both backends: the
+ * GPU's selection reads a copy), a page's bounds starting over when its
+ * first slot is written, so a page reused from the pool never carries old
+ * keys. Staged AppendKV tokens are folded in as they are staged: committed
+ * they are covered; if their stage aborts, the last committed page may keep
+ * bounds a little wider than its keys (still bounds: selection stays
+ * correct, only less sharp). A page's bounds belong to its physical page:
+ * whatever moves page contents elsewhere (a disk tier reloading into
+ * another page) must move or recompute them (attnd_kv_bounds_add over the
+ * page's tokens).
+ *
+ * Eviction: see sparse.h. The freed pages return to the pool with the part
+ * of the session's reservation they had used, so a streaming layer's next
+ * pages come from its own promise and never fail for lack of the pages it
+ * just gave back. */
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "backend.h"
+#include "sparse.h"
+
+attnd_status attnd__sparse_engine_init(attnd_engine *e, attnd_error *err)
+{
+    size_t bytes = attnd_kv_bounds_elems(&e->layout) * sizeof(uint16_t) * (size_t)e->pool.n_pages;
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "kv_memory: cannot map %zu bytes of page key bounds", bytes);
+    e->bounds = p;
+    e->bounds_map_bytes = bytes;
+    return ATTND_OK;
+}
+
+void attnd__sparse_engine_cleanup(attnd_engine *e)
+{
+    if (e->bounds)
+        munmap(e->bounds, e->bounds_map_bytes);
+    e->bounds = NULL;
+    e->bounds_map_bytes = 0;
+}
+
+void attnd__session_layer_res(const attnd__session *s, int32_t layer, int64_t *res_p,
+                              int64_t *holes_p)
+{
+    *res_p = s->sparse->res[layer];
+    *holes_p = attnd__sparse_holes(s->sparse, layer, s->page_size);
+}
+
+attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
+                                      uint64_t t0, uint64_t n, attnd_dtype dtype,
+                                      const void *kv, attnd_error *err)
+{
+    if (!s->sparse || !s->sparse->bounds[layer])
+        return ATTND_OK;
+    const uint64_t ps = (uint64_t)e->layout.page_size;
+    const size_t src_bytes = (size_t)e->entry_elems * attnd_dtype_size(dtype);
+    const char *src = kv;
+    for (uint64_t t = t0, end = t0 + n; t < end;) {
+        uint64_t slot = t % ps, cnt = end - t < ps - slot ? end - t : ps - slot;
+        int32_t pg = s->pages[layer][t / ps];
+        if (slot == 0)
+            attnd_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
+        attnd_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype, src);
+        if (e->gpu) { /* the GPU's selection reads its own copy */
+            attnd_status st = attnd__gpu_bounds_upload(e->gpu, e->bounds, pg, err);
+            if (st)
+                return st;
+        }
+        src += cnt * src_bytes;
+        t += cnt;
+    }
+    return ATTND_OK;
+}
+
+void attnd__sparse_evict(attnd_engine *e, attnd__session *s, int32_t layer)
+{
+    attnd__sparse *sp = s->sparse;
+    if (!sp || !sp->evict[layer])
+        return;
+    const int64_t ps = e->layout.page_size, len = (int64_t)s->len[layer];
+    const int32_t sink_pages = attnd__sparse_sink_pages(sp->sink[layer], (int32_t)ps);
+    /* the window's first page, and never the tail page (appends go on
+     * filling it) */
+    int64_t end = len > (int64_t)sp->window[layer] ? (len - sp->window[layer]) / ps : 0;
+    if (end > len / ps)
+        end = len / ps;
+    int64_t start = sp->hole_end[layer] > sink_pages ? sp->hole_end[layer] : sink_pages;
+    if (end <= start)
+        return;
+    int32_t n = (int32_t)(end - start);
+    /* the part of the layer's reservation these pages had redeemed */
+    int64_t res = sp->res[layer];
+    int64_t held = (len + ps - 1) / ps - attnd__sparse_holes(sp, layer, (int32_t)ps);
+    int64_t d = (held < res ? held : res) - (held - n < res ? held - n : res);
+    attnd_kv_pool_unalloc(&e->pool, s->pages[layer] + start, n, (int32_t)d);
+    for (int64_t j = start; j < end; j++)
+        s->pages[layer][j] = -1;
+    s->reserved_left += d;
+    s->pages_held -= n;
+    sp->hole_end[layer] = (int32_t)end;
+    atomic_fetch_add(&e->pages_evicted, (uint64_t)n);
+}
+
+void attnd__sparse_free_layer(attnd_kv_pool *pool, attnd__session *s, int32_t layer, int32_t n)
+{
+    const attnd__sparse *sp = s->sparse;
+    int32_t holes = sp ? attnd__sparse_holes(sp, layer, s->page_size) : 0;
+    if (holes == 0) {
+        attnd_kv_pool_free(pool, s->pages[layer], n);
+        return;
+    }
+    int32_t sink_pages = sp->hole_end[layer] - holes;
+    attnd_kv_pool_free(pool, s->pages[layer], sink_pages < n ? sink_pages : n);
+    if (n > sp->hole_end[layer])
+        attnd_kv_pool_free(pool, s->pages[layer] + sp->hole_end[layer], n - sp->hole_end[layer]);
+}
