@@ -539,7 +539,8 @@ START_TEST(test_heads_form_with_topk_pages_selects_with_the_absorbed_query)
         for (int32_t c = 0; c < dc; c++) {
             double x = 0.0;
             for (int32_t j = 0; j < DN; j++)
-                x += (double)h[j] * uk64[((k % (size_t)H) * DN + (size_t)j) * (size_t)dc + (size_t)c];
+                x += (double)h[j] *
+                     uk64[((k % (size_t)H) * DN + (size_t)j) * (size_t)dc + (size_t)c];
             a[c] = (float)x;
             ck_assert(a[c] == x); /* exact */
         }
