@@ -43,6 +43,10 @@ static const opt opts[] = {
     {"kernel-threads", "ATTND_KERNEL_THREADS", OPT_INT, F(kernel_threads), 0, 1024, "N",
      "threads of the engine's shared attention-kernel pool, a calling executor "
      "included (default 0: one per CPU)"},
+    {"kernel-path", "ATTND_KERNEL_PATH", OPT_STR, F(kernel_path), 0, 0, "NAME",
+     "CPU attention kernels: auto (the widest float32 path, or avx512bf16 where a "
+     "one-time calibration finds vdpbf16ps faster), exact (the widest float32 path), "
+     "scalar, avx2, avx512 or avx512bf16 (default auto)"},
     {"device", "ATTND_DEVICE", OPT_STR, F(device), 0, 0, "cpu|cuda:N",
      "where KV pages live and attention runs: host memory and the CPU kernels, or "
      "GPU N's memory and the CUDA kernels (default cpu)"},
@@ -372,6 +376,7 @@ void attnd_srv_config_engine(const attnd_srv_config *cfg, attnd_engine_config *e
     ecfg->kv_memory = cfg->kv_memory;
     ecfg->max_sessions = cfg->max_sessions;
     ecfg->kernel_threads = cfg->kernel_threads;
+    snprintf(ecfg->kernel_path, sizeof ecfg->kernel_path, "%s", cfg->kernel_path);
     ecfg->prefault = cfg->kv_prefault;
     snprintf(ecfg->device, sizeof ecfg->device, "%s", cfg->device);
 }

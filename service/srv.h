@@ -69,6 +69,7 @@ typedef struct attnd_srv_config {
     int32_t io_threads;        /* --io-threads; 0 at load: min(2, CPUs) */
     int32_t kernel_threads;    /* --kernel-threads; 0: the engine's default */
     char device[32];           /* --device cpu | cuda:N (the engine checks it) */
+    char kernel_path[16];      /* --kernel-path auto | a CPU kernel path (the engine checks it) */
     uint32_t max_sessions;     /* --max-sessions */
     uint64_t kv_memory;        /* --kv-memory bytes */
     int32_t page_size;         /* --page-size tokens */

@@ -11,7 +11,7 @@
  * entries all or nothing (an exhausted pool leaves every session as it was;
  * a layer an open AppendKV stage holds is ABORTED), builds the batch's page
  * lists in the caller's workspace and runs the kernel on the engine's
- * thread pool (attnd_cpu_pool: split-KV over all its threads; concurrent
+ * thread pool (attnd_kernel_pool: split-KV over all its threads; concurrent
  * attend calls take turns on it, and its workers take none of our locks, so
  * waiting for it with session locks held cannot deadlock) or on the GPU
  * backend. The workspace grows to the largest batch seen and is reused:
@@ -285,7 +285,7 @@ static attnd_status absorb(attnd_engine *e, const attnd_attend_req *req, const a
     if (ATTND_BUF_RESERVE(ws->qa, ws->cap_qa, q_rows * (size_t)m->n_q_heads * (size_t)dk))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "q: no memory for %zu absorbed query rows", q_rows);
-    attnd_proj p = {
+    attnd_kernel_proj p = {
         .rows = (int32_t)q_rows, .heads = m->n_q_heads, .k = req->d_nope, .j = m->d_latent,
         .pass = m->d_rope,
         .src_dtype = req->q_dtype, .src = req->q,
@@ -305,7 +305,7 @@ static void up_project(attnd_engine *e, const attnd__wmat *uv, size_t q_rows, co
     const attnd_model_spec *m = &e->model;
     const int32_t dv = uv->cols;
     ATTND_ASSERT(ws->cap_proj >= q_rows * (size_t)m->n_q_heads * (size_t)dv);
-    attnd_proj p = {
+    attnd_kernel_proj p = {
         .rows = (int32_t)q_rows, .heads = m->n_q_heads, .k = m->d_latent, .j = dv,
         .src_dtype = ATTND_DTYPE_F32, .src = out,
         .src_row = (int64_t)m->n_q_heads * m->d_latent, .src_head = m->d_latent,
@@ -313,7 +313,7 @@ static void up_project(attnd_engine *e, const attnd__wmat *uv, size_t q_rows, co
         .dst = ws->proj, .dst_row = (int64_t)m->n_q_heads * dv, .dst_head = dv,
     };
     attnd_error e2;
-    ATTND_ASSERT(attnd_proj_work_floats(&p) == 0); /* so the run allocates nothing */
+    ATTND_ASSERT(attnd_kernel_proj_work_floats(&p) == 0); /* so the run allocates nothing */
     attnd_status st = attnd_kernel_proj_parallel(e->kpool, &p, &e2);
     ATTND_ASSERT(st == ATTND_OK);
 }
@@ -407,7 +407,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         kv_bytes = dense_bytes = tokens * e->entry_bytes;
     }
 
-    attnd_decode_batch b = {
+    attnd_kernel_decode_batch b = {
         .n_seqs = (int32_t)req->n_seqs * (req->visible ? req->q_tokens : 1),
         .q_tokens = req->visible ? 1 : req->q_tokens,
         .n_q_heads = m->n_q_heads,

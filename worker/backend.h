@@ -32,7 +32,7 @@ typedef struct attnd__gpu attnd__gpu;
  * handle the layout (the message names the model dimension), and
  * RESOURCE_EXHAUSTED when device or pinned memory runs out. The layout is
  * copied. Caller frees with attnd__gpu_destroy. */
-attnd_status attnd__gpu_create(int32_t device, const attnd_kv_layout *l, int32_t n_pages,
+attnd_status attnd__gpu_create(int32_t device, const attnd_kernel_kv_layout *l, int32_t n_pages,
                                attnd__gpu **gpu_p, attnd_error *err);
 void attnd__gpu_destroy(attnd__gpu *g);
 
@@ -68,7 +68,7 @@ typedef struct attnd__gpu_proj {
  * backend was created with. proj (may be NULL): the projections above.
  * Allocates only when a batch is larger than any before it. Errors name
  * the field (q_tokens over 16: UNIMPLEMENTED). */
-attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b,
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                const attnd__gpu_proj *proj, attnd_error *err);
 
 /* n elements of src (src_t, host, read before return) into a new device
@@ -80,22 +80,22 @@ void attnd__gpu_free(attnd__gpu *g, void *dev);
 
 /* Sparse policies. Keep the GPU's copy of page p's key bounds (every KV
  * head) equal to the host's (bounds: the engine's head-major array of
- * n_pages pages, attnd_kv_bounds_at); made on first use. INTERNAL on a
+ * n_pages pages, attnd_kernel_kv_bounds_at); made on first use. INTERNAL on a
  * CUDA error, RESOURCE_EXHAUSTED without device memory for it. */
 attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
                                       attnd_error *err);
 /* attnd__gpu_decode after running page selection sel on the GPU (the
  * kernels/cuda selection of the lists sel describes, prepared on the host
- * by attnd_select_prepare: its kept pages land in the uploaded page_idx at
+ * by attnd_kernel_select_prepare: its kept pages land in the uploaded page_idx at
  * each list's out0, so b->page_idx holds anything there), with the bounds
  * uploaded above. The selection scores pages with the query the kernel
  * reads: with proj->d_nope > 0 the absorbed one (the heads-form query
  * after the W_UK product, on the GPU), so sel's q is not read. pos_out
  * (host, may be NULL): the kept candidates' positions (sel_pos); sel_work:
- * the floats attnd_select_prepare returned; *select_ns_p: the selection's
+ * the floats attnd_kernel_select_prepare returned; *select_ns_p: the selection's
  * GPU time. */
-attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_decode_batch *b,
-                                      const attnd__gpu_proj *proj, const attnd_select_batch *sel,
+attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                       size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
                                       attnd_error *err);
 

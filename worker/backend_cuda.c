@@ -2,7 +2,7 @@
  * kernels/cuda (see backend.h for the contract).
  *
  * Memory: one cudaMalloc of n_pages * page_bytes holds every page, laid out
- * exactly as the CPU pool's pages (attnd_kv_layout), so page numbers from
+ * exactly as the CPU pool's pages (attnd_kernel_kv_layout), so page numbers from
  * the host bookkeeping index it directly. Appends convert on the host into
  * a pinned staging ring, packed (only the tokens written), and copy each
  * page slice with one cudaMemcpy2DAsync: MLA pages are token-major, so a
@@ -80,7 +80,7 @@ typedef struct gpu_buf {
 struct attnd__gpu {
     pthread_mutex_t mu; /* one call at a time: guards everything below */
     int32_t device;
-    attnd_kv_layout layout;
+    attnd_kernel_kv_layout layout;
     int32_t n_pages;
     size_t page_bytes;
     size_t run_bytes;   /* bytes of one token in one contiguous run */
@@ -196,9 +196,9 @@ static attnd_status blas_ready(attnd__gpu *g, attnd_error *err)
 }
 
 /* The kernels' shapes (see attnd_cuda.h), with the model's names. */
-static attnd_status check_layout(const attnd_kv_layout *l, attnd_error *err)
+static attnd_status check_layout(const attnd_kernel_kv_layout *l, attnd_error *err)
 {
-    attnd_kv_layout want;
+    attnd_kernel_kv_layout want;
     if (l->dtype != ATTND_DTYPE_BF16)
         return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
                                "kv-dtype: %s; the CUDA backend stores bf16 only",
@@ -212,17 +212,17 @@ static attnd_status check_layout(const attnd_kv_layout *l, attnd_error *err)
             return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
                                    "model: MLA d_latent %d, d_rope %d; the CUDA kernels need "
                                    "d_latent 512, 256 or 128 and d_rope 64", d_c, d_r);
-        attnd_kv_layout_mla(&want, d_c, d_r, l->page_size, l->dtype);
+        attnd_kernel_kv_layout_mla(&want, d_c, d_r, l->page_size, l->dtype);
     } else {
         if (l->d_k != l->d_v || (l->d_k != 64 && l->d_k != 128))
             return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
                                    "model: GQA head_dim %d; the CUDA kernels need 64 or 128",
                                    l->d_k);
-        attnd_kv_layout_gqa(&want, l->n_kv_heads, l->d_k, l->page_size, l->dtype);
+        attnd_kernel_kv_layout_gqa(&want, l->n_kv_heads, l->d_k, l->page_size, l->dtype);
     }
     if (memcmp(&want, l, sizeof want) != 0)
         return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
-                               "kv: page layout differs from attnd_kv_layout_%s's",
+                               "kv: page layout differs from attnd_kernel_kv_layout_%s's",
                                l->v_in_k ? "mla" : "gqa");
     return ATTND_OK;
 }
@@ -258,7 +258,7 @@ static attnd_status buf_fit(gpu_buf *b, size_t bytes, int host, const char *what
     return ATTND_OK;
 }
 
-attnd_status attnd__gpu_create(int32_t device, const attnd_kv_layout *l, int32_t n_pages,
+attnd_status attnd__gpu_create(int32_t device, const attnd_kernel_kv_layout *l, int32_t n_pages,
                                attnd__gpu **gpu_p, attnd_error *err)
 {
     int32_t n_dev = attnd_cuda_device_count();
@@ -276,8 +276,8 @@ attnd_status attnd__gpu_create(int32_t device, const attnd_kv_layout *l, int32_t
     g->device = device;
     g->layout = *l;
     g->n_pages = n_pages;
-    g->page_bytes = attnd_kv_layout_page_bytes(l);
-    g->token_elems = attnd_kv_layout_token_elems(l);
+    g->page_bytes = attnd_kernel_kv_layout_page_bytes(l);
+    g->token_elems = attnd_kernel_kv_layout_token_elems(l);
     g->runs = l->v_in_k ? 1 : 2 * l->n_kv_heads;
     g->run_bytes = (size_t)l->k_token_stride * 2;
     g->run_pitch = l->v_in_k ? g->page_bytes : (size_t)l->k_head_stride * 2;
@@ -382,7 +382,7 @@ static attnd_status gpu_sync(attnd__gpu *g, attnd_error *err)
 attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, uint64_t n,
                               attnd_dtype dt, const void *src, attnd_error *err)
 {
-    const attnd_kv_layout *l = &g->layout;
+    const attnd_kernel_kv_layout *l = &g->layout;
     const uint64_t ps = (uint64_t)l->page_size;
     const size_t src_bytes = (size_t)g->token_elems * attnd_dtype_size(dt);
     const size_t dst_bytes = (size_t)g->token_elems * 2;
@@ -402,13 +402,13 @@ attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, 
         if (g->stage_used + chunk > g->stage_cap && (st = gpu_sync(g, err)))
             goto out;
         /* the slice in packed form: a page of cnt tokens, same layout */
-        attnd_kv_layout packed;
+        attnd_kernel_kv_layout packed;
         if (l->v_in_k)
-            attnd_kv_layout_mla(&packed, l->d_v, l->d_k - l->d_v, cnt, l->dtype);
+            attnd_kernel_kv_layout_mla(&packed, l->d_v, l->d_k - l->d_v, cnt, l->dtype);
         else
-            attnd_kv_layout_gqa(&packed, l->n_kv_heads, l->d_k, cnt, l->dtype);
+            attnd_kernel_kv_layout_gqa(&packed, l->n_kv_heads, l->d_k, cnt, l->dtype);
         char *buf = g->stage + g->stage_used;
-        attnd_kv_write_tokens(&packed, buf, 0, cnt, dt, s);
+        attnd_kernel_kv_write_tokens(&packed, buf, 0, cnt, dt, s);
         char *dst = g->pool + (size_t)pages[t / ps] * g->page_bytes + (size_t)slot * g->run_bytes;
         size_t w = (size_t)cnt * g->run_bytes;
         rc = cudaMemcpy2DAsync(dst, g->run_pitch, buf, w, w, (size_t)g->runs,
@@ -434,7 +434,7 @@ out:
 static attnd_status absorb(attnd__gpu *g, const attnd__gpu_proj *p, int32_t q_rows,
                            int32_t H, attnd_error *err)
 {
-    const attnd_kv_layout *l = &g->layout;
+    const attnd_kernel_kv_layout *l = &g->layout;
     const int32_t dc = l->d_v, dr = l->d_k - l->d_v, dk = l->d_k, dq = p->d_nope + dr;
     const float one = 1.0f, zero = 0.0f;
     cublasStatus_t brc = blas.gemm_ex(
@@ -472,7 +472,7 @@ static attnd_status up_project(attnd__gpu *g, const attnd__gpu_proj *p, int32_t 
 /* Upload what page selection sel needs and enqueue it, its kept pages
  * into g->idx.d (the batch's page_idx, uploaded before). Under g->mu, the
  * stream idle when buffers must grow. */
-static attnd_status select_enqueue(attnd__gpu *g, const attnd_select_batch *sel, size_t work,
+static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batch *sel, size_t work,
                                    size_t n_idx, attnd_error *err)
 {
     size_t n_out = 0, n_cand = 0;
@@ -481,24 +481,24 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_select_batch *sel,
     attnd_status st;
 
     for (int32_t i = 0; i < sel->n_lists; i++) {
-        const attnd_select_list *sl = &sel->lists[i];
+        const attnd_kernel_select_list *sl = &sel->lists[i];
         size_t c = (size_t)sl->cand0 + (size_t)sl->n_cand, o = (size_t)sl->out0 + (size_t)sl->keep;
         n_out = o > n_out ? o : n_out;
         ATTND_ASSERT(o <= n_idx); /* each list's pages inside the batch's page_idx */
         n_cand = c > n_cand ? c : n_cand;
         int32_t ch = sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
                          ? 0
-                         : (sl->n_cand + ATTND_SELECT_CHUNK - 1) / ATTND_SELECT_CHUNK;
+                         : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
         n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
     }
     if (!g->bounds)
         return attnd_error_set(err, ATTND_ERR_INTERNAL, "select: no key bounds on the GPU");
-    if ((size_t)sel->n_lists * sizeof(attnd_select_list) > g->sel_lists.cap ||
+    if ((size_t)sel->n_lists * sizeof(attnd_kernel_select_list) > g->sel_lists.cap ||
         n_cand * 4 > g->sel_cand.cap || work * 4 > g->sel_work.cap || n_idx * 4 > g->sel_pos.cap) {
         if ((rc = cudaStreamSynchronize(g->stream)) != cudaSuccess)
             return cuda_fail(err, rc, "cudaStreamSynchronize");
     }
-    if ((st = buf_fit(&g->sel_lists, (size_t)sel->n_lists * sizeof(attnd_select_list), 0,
+    if ((st = buf_fit(&g->sel_lists, (size_t)sel->n_lists * sizeof(attnd_kernel_select_list), 0,
                       "select", err)) ||
         (st = buf_fit(&g->sel_cand, n_cand * 4 + 4, 0, "select", err)) ||
         (st = buf_fit(&g->sel_work, work * 4 + 4, 0, "select", err)) ||
@@ -510,7 +510,7 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_select_batch *sel,
         g->sel_events = 1;
     }
     if ((rc = cudaMemcpyAsync(g->sel_lists.d, sel->lists,
-                              (size_t)sel->n_lists * sizeof(attnd_select_list),
+                              (size_t)sel->n_lists * sizeof(attnd_kernel_select_list),
                               cudaMemcpyHostToDevice, g->stream)) != cudaSuccess ||
         (rc = cudaMemcpyAsync(g->sel_cand.d, sel->cand_idx, n_cand * 4, cudaMemcpyHostToDevice,
                               g->stream)) != cudaSuccess)
@@ -542,14 +542,14 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_select_batch *sel,
 attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
                                       attnd_error *err)
 {
-    const attnd_kv_layout *l = &g->layout;
+    const attnd_kernel_kv_layout *l = &g->layout;
     const size_t row = (size_t)2 * l->d_k * sizeof(uint16_t);
     attnd_status st = ATTND_OK;
     cudaError_t rc;
 
     pthread_mutex_lock(&g->mu);
     if (!g->bounds) {
-        size_t bytes = attnd_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
+        size_t bytes = attnd_kernel_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
         if ((rc = cudaMalloc((void **)&g->bounds, bytes)) != cudaSuccess) {
             (void)cudaGetLastError();
             g->bounds = NULL;
@@ -559,7 +559,7 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
         }
     }
     for (int32_t h = 0; h < l->n_kv_heads; h++) {
-        size_t at = attnd_kv_bounds_at(l, g->n_pages, h, p);
+        size_t at = attnd_kernel_kv_bounds_at(l, g->n_pages, h, p);
         /* pageable source: the copy is staged by the driver before return */
         if ((rc = cudaMemcpyAsync(g->bounds + at, bounds + at, row, cudaMemcpyHostToDevice,
                                   g->stream)) != cudaSuccess) {
@@ -577,12 +577,12 @@ out:
  * absorb GEMM (heads form: g->q.d becomes the absorbed query), the
  * selection (scores with g->q.d, writes the kept pages into g->idx.d), the
  * decode, the up-projection, the downloads; one synchronization. */
-static attnd_status decode_locked(attnd__gpu *g, const attnd_decode_batch *b,
-                                  const attnd__gpu_proj *proj, const attnd_select_batch *sel,
+static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                  const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                   size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
                                   attnd_error *err)
 {
-    const attnd_kv_layout *l = &g->layout;
+    const attnd_kernel_kv_layout *l = &g->layout;
     const int32_t q_rows = b->n_seqs * b->q_tokens, H = b->n_q_heads;
     const size_t rows = (size_t)q_rows * (size_t)H;
     const size_t q_elems = rows * (size_t)l->d_k, out_elems = rows * (size_t)l->d_v;
@@ -682,14 +682,14 @@ out:
     return st;
 }
 
-attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b,
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                const attnd__gpu_proj *proj, attnd_error *err)
 {
     return decode_locked(g, b, proj, NULL, 0, NULL, NULL, err);
 }
 
-attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_decode_batch *b,
-                                      const attnd__gpu_proj *proj, const attnd_select_batch *sel,
+attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                       size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
                                       attnd_error *err)
 {

@@ -3,7 +3,7 @@
  * `attnd --device cuda:N` stops at start instead of serving on the CPU. */
 #include "backend.h"
 
-attnd_status attnd__gpu_create(int32_t device, const attnd_kv_layout *l, int32_t n_pages,
+attnd_status attnd__gpu_create(int32_t device, const attnd_kernel_kv_layout *l, int32_t n_pages,
                                attnd__gpu **gpu_p, attnd_error *err)
 {
     (void)l;
@@ -39,7 +39,7 @@ void attnd__gpu_host_free(void *p)
     (void)p;
 }
 
-attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_decode_batch *b,
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                const attnd__gpu_proj *proj, attnd_error *err)
 {
     (void)g, (void)b, (void)proj;
@@ -65,8 +65,8 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
 
-attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_decode_batch *b,
-                                      const attnd__gpu_proj *proj, const attnd_select_batch *sel,
+attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                       size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
                                       attnd_error *err)
 {

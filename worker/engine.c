@@ -42,6 +42,8 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     if (cfg->page_size < 1 || cfg->page_size > 4096)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "page_size: %d not in [1, 4096]", cfg->page_size);
+    if (cfg->kernel_path[0] && (st = attnd_kernel_path_select(cfg->kernel_path, err)))
+        return st;
     e = calloc(1, sizeof *e);
     if (!e)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "engine: out of memory");
@@ -49,14 +51,14 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     snprintf(e->model_name, sizeof e->model_name, "%s", m->name ? m->name : "custom");
     e->model.name = e->model_name;
     if (m->kind == ATTND_ATTN_MLA)
-        attnd_kv_layout_mla(&e->layout, m->d_latent, m->d_rope, cfg->page_size, m->kv_dtype);
+        attnd_kernel_kv_layout_mla(&e->layout, m->d_latent, m->d_rope, cfg->page_size, m->kv_dtype);
     else
-        attnd_kv_layout_gqa(&e->layout, m->n_kv_heads, m->head_dim, cfg->page_size,
-                            m->kv_dtype);
-    e->entry_elems = attnd_kv_layout_token_elems(&e->layout);
+        attnd_kernel_kv_layout_gqa(&e->layout, m->n_kv_heads, m->head_dim, cfg->page_size,
+                                   m->kv_dtype);
+    e->entry_elems = attnd_kernel_kv_layout_token_elems(&e->layout);
     e->entry_bytes = (size_t)e->entry_elems * attnd_dtype_size(m->kv_dtype);
 
-    size_t page_bytes = attnd_kv_layout_page_bytes(&e->layout);
+    size_t page_bytes = attnd_kernel_kv_layout_page_bytes(&e->layout);
     uint64_t n_pages = cfg->kv_memory / page_bytes;
     if (n_pages > INT32_MAX)
         n_pages = INT32_MAX;
@@ -85,7 +87,7 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     if (st)
         goto err_table;
     /* with a GPU the CPU kernels never run: no worker threads */
-    st = attnd_cpu_pool_create(e->gpu ? 1 : cfg->kernel_threads, &e->kpool, err);
+    st = attnd_kernel_pool_create(e->gpu ? 1 : cfg->kernel_threads, &e->kpool, err);
     if (st)
         goto err_kpool;
     st = attnd__weights_init(e, err);
@@ -96,7 +98,7 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     return ATTND_OK;
 
 err_weights:
-    attnd_cpu_pool_destroy(e->kpool);
+    attnd_kernel_pool_destroy(e->kpool);
 err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
 err_table:
@@ -112,7 +114,7 @@ void attnd_engine_destroy(attnd_engine *e)
 {
     if (!e)
         return;
-    attnd_cpu_pool_destroy(e->kpool);
+    attnd_kernel_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__weights_cleanup(e); /* before the GPU: device copies */
     attnd__sparse_engine_cleanup(e);
@@ -128,7 +130,7 @@ const attnd_model_spec *attnd_engine_model(const attnd_engine *e)
     return &e->model;
 }
 
-const attnd_kv_layout *attnd_engine_kv_layout(const attnd_engine *e)
+const attnd_kernel_kv_layout *attnd_engine_kv_layout(const attnd_engine *e)
 {
     return &e->layout;
 }
@@ -260,7 +262,7 @@ attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t lay
         int32_t slot = (int32_t)(t % (uint64_t)ps);
         int32_t cnt = (int32_t)(end - t < (uint64_t)(ps - slot) ? end - t : (uint64_t)(ps - slot));
         void *page = attnd_kv_pool_page(&e->pool, s->pages[layer][t / (uint64_t)ps]);
-        attnd_kv_write_tokens(&e->layout, page, slot, cnt, dtype, src);
+        attnd_kernel_kv_write_tokens(&e->layout, page, slot, cnt, dtype, src);
         src += (size_t)cnt * src_bytes;
         t += (uint64_t)cnt;
     }

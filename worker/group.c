@@ -57,7 +57,7 @@ attnd_status attnd_group_shard_model(const attnd_group_config *cfg, attnd_model_
         shard->n_q_heads = m->n_q_heads / N;
         return ATTND_OK;
     case ATTND_GROUP_LATENT:
-        if (m->kind != ATTND_ATTN_MLA || !attnd_fwht_supported(m->d_latent) ||
+        if (m->kind != ATTND_ATTN_MLA || !attnd_kernel_fwht_supported(m->d_latent) ||
             m->d_latent % N || (cfg->rope_split && m->d_rope % N))
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                    "--shard latent: needs an MLA model whose power-of-two "

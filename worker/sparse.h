@@ -82,14 +82,14 @@ attnd_status attnd__sparse_check(const attnd_engine *e, const attnd_attend_req *
  * run on the host (a visible-length override) is FAILED_PRECONDITION
  * naming q_form. INVALID_ARGUMENT names a bad given_* field. */
 attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
-                                 attnd_engine_ws *ws, attnd_decode_batch *b,
+                                 attnd_engine_ws *ws, attnd_kernel_decode_batch *b,
                                  uint64_t *kv_bytes_p, uint64_t *dense_bytes_p,
                                  attnd_error *err);
 /* The GPU decode of a batch attnd__sparse_lists built: its page selection
  * (when it has one) runs on the GPU first, into the uploaded page lists,
  * scoring with the absorbed query when proj absorbs (attnd__gpu_proj). */
 attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
-                                      const attnd_decode_batch *b, const attnd__gpu_proj *proj,
+                                      const attnd_kernel_decode_batch *b, const attnd__gpu_proj *proj,
                                       attnd_error *err);
 /* Free the workspace's sparse scratch. */
 void attnd__sparse_ws_free(struct attnd__sparse_ws *w);

@@ -36,7 +36,7 @@ struct attnd__sparse_ws {
     int32_t *pidx, *pos;      /* page entries: physical, selection positions */
     int64_t *plog;            /* logical page (or token) of each entry */
     int32_t *cand;            /* candidates of topk lists: the page tables */
-    attnd_select_list *sel;
+    attnd_kernel_select_list *sel;
     float *work;
     int32_t *tindptr, *tidx;  /* token mode */
     int32_t *tlast;
@@ -44,9 +44,9 @@ struct attnd__sparse_ws {
     int32_t *vindptr, *vidx, *vlast; /* visible-length lists (group ranks) */
     size_t c_lists, c_last, c_tok, c_pidx, c_pos, c_plog, c_cand, c_sel, c_work;
     size_t c_tindptr, c_tidx, c_tlast, c_tlog, c_vindptr, c_vidx, c_vlast;
-    attnd_kv_layout view;
+    attnd_kernel_kv_layout view;
     /* a GPU engine's selection, prepared here and run by the backend */
-    attnd_select_batch gpu_sel;
+    attnd_kernel_select_batch gpu_sel;
     int64_t gpu_sel_work;
     int32_t gpu_lists;
 };
@@ -355,7 +355,7 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
                         memcpy(w->cand + c0, tab, sizeof(int32_t) * (size_t)lp.np);
                     c0 += lp.np;
                 }
-                w->sel[k++] = (attnd_select_list){
+                w->sel[k++] = (attnd_kernel_select_list){
                     .seq = (int32_t)i, .group = g, .cand0 = my_cand, .n_cand = lp.np,
                     .keep = lp.keep, .n_head = lp.n_head, .n_tail = lp.n_tail, .out0 = o};
                 break;
@@ -391,9 +391,9 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
  * CPU; on the GPU the backend scores with its absorbed device copy). */
 static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
                                   attnd_engine_ws *ws, struct attnd__sparse_ws *w, int32_t G,
-                                  int32_t n_sel, const attnd_decode_batch *b, attnd_error *err)
+                                  int32_t n_sel, const attnd_kernel_decode_batch *b, attnd_error *err)
 {
-    attnd_select_batch sb = {
+    attnd_kernel_select_batch sb = {
         .n_lists = n_sel,
         .lists = w->sel,
         .n_seqs = (int32_t)req->n_seqs,
@@ -410,7 +410,7 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
         .sel_pos = w->pos,
     };
     uint64_t t0 = attnd_clock_ns();
-    int64_t wf = attnd_select_prepare(&sb, err);
+    int64_t wf = attnd_kernel_select_prepare(&sb, err);
     if (wf < 0)
         return ATTND_ERR_INTERNAL; /* the lists were built here: a bug */
     if (e->gpu && req->q_form == ATTND_Q_HEADS && req->visible)
@@ -431,9 +431,9 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
     if (st)
         return st;
     uint64_t bytes = 0;
-    const uint64_t per = (uint64_t)attnd_kv_bounds_elems(&e->layout) * 2 / (uint64_t)G;
+    const uint64_t per = (uint64_t)attnd_kernel_kv_bounds_elems(&e->layout) * 2 / (uint64_t)G;
     for (int32_t k = 0; k < n_sel; k++) {
-        const attnd_select_list *sl = &w->sel[k];
+        const attnd_kernel_select_list *sl = &w->sel[k];
         for (int32_t j = 0; j < sl->keep; j++)
             w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
         bytes += (uint64_t)sl->n_cand * per;
@@ -447,7 +447,7 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
 
 /* Token mode: every list spelled out as tokens of the token view. */
 static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attnd_engine_ws *ws,
-                              struct attnd__sparse_ws *w, int32_t G, attnd_decode_batch *b,
+                              struct attnd__sparse_ws *w, int32_t G, attnd_kernel_decode_batch *b,
                               attnd_error *err)
 {
     const int32_t l = (int32_t)req->layer, lists = (int32_t)req->n_seqs * G;
@@ -458,7 +458,7 @@ static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attn
         return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
                                "given_idx: given-tokens lists are not implemented on the CUDA "
                                "backend (it attends page lists of whole pages)");
-    if (!attnd_kv_layout_token_view(&e->layout, &w->view, &ratio) ||
+    if (!attnd_kernel_kv_layout_token_view(&e->layout, &w->view, &ratio) ||
         (int64_t)e->pool.n_pages * ratio > INT32_MAX)
         return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
                                "given_idx: token lists need a pool of at most 2^31 tokens");
@@ -511,7 +511,7 @@ static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attn
  * that the batch reads as n * S sequences of one query token (as
  * attend.c's build_visible_lists does for dense sessions). */
 static attnd_status cut_visible(const attnd_engine *e, const attnd_attend_req *req,
-                                struct attnd__sparse_ws *w, int32_t G, attnd_decode_batch *b,
+                                struct attnd__sparse_ws *w, int32_t G, attnd_kernel_decode_batch *b,
                                 attnd_error *err)
 {
     const uint32_t n = req->n_seqs, S = (uint32_t)req->q_tokens;
@@ -546,7 +546,7 @@ static attnd_status cut_visible(const attnd_engine *e, const attnd_attend_req *r
 }
 
 attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
-                                 attnd_engine_ws *ws, attnd_decode_batch *b,
+                                 attnd_engine_ws *ws, attnd_kernel_decode_batch *b,
                                  uint64_t *kv_bytes_p, uint64_t *dense_bytes_p,
                                  attnd_error *err)
 {
@@ -605,7 +605,7 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
 }
 
 attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
-                                      const attnd_decode_batch *b, const attnd__gpu_proj *proj,
+                                      const attnd_kernel_decode_batch *b, const attnd__gpu_proj *proj,
                                       attnd_error *err)
 {
     struct attnd__sparse_ws *w = ws->sparse;
@@ -613,13 +613,13 @@ attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
         return attnd__gpu_decode(e->gpu, b, proj, err);
     uint64_t ns = 0, bytes = 0;
     const uint64_t per =
-        (uint64_t)attnd_kv_bounds_elems(&e->layout) * 2 / (uint64_t)(b->list_groups > 1 ? b->list_groups : 1);
+        (uint64_t)attnd_kernel_kv_bounds_elems(&e->layout) * 2 / (uint64_t)(b->list_groups > 1 ? b->list_groups : 1);
     attnd_status st = attnd__gpu_decode_select(e->gpu, b, proj, &w->gpu_sel,
                                                (size_t)w->gpu_sel_work, w->pos, &ns, err);
     if (st)
         return st;
     for (int32_t k = 0; k < w->gpu_lists; k++) { /* what each list kept, for want_pages */
-        const attnd_select_list *sl = &w->gpu_sel.lists[k];
+        const attnd_kernel_select_list *sl = &w->gpu_sel.lists[k];
         for (int32_t j = 0; j < sl->keep; j++)
             w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
         bytes += (uint64_t)sl->n_cand * per;

@@ -2,7 +2,7 @@
  * streaming eviction.
  *
  * Bounds live in one array beside the pool, indexed by physical page
- * ([Hkv][n_pages][2][d_k] bf16, attnd_kv_bounds_at): address space reserved at start
+ * ([Hkv][n_pages][2][d_k] bf16, attnd_kernel_kv_bounds_at): address space reserved at start
  * (MAP_NORESERVE) and filled in only by layers with a topk-pages head, so
  * a server without such sessions commits none of it (at most 1/32 of the
  * pool for MLA pages of 64 tokens, 1/64 for GQA). They are folded in from
@@ -14,7 +14,7 @@
  * bounds a little wider than its keys (still bounds: selection stays
  * correct, only less sharp). A page's bounds belong to its physical page:
  * whatever moves page contents elsewhere (a disk tier reloading into
- * another page) must move or recompute them (attnd_kv_bounds_add over the
+ * another page) must move or recompute them (attnd_kernel_kv_bounds_add over the
  * page's tokens).
  *
  * Eviction: see sparse.h. The freed pages return to the pool with the part
@@ -30,7 +30,8 @@
 
 attnd_status attnd__sparse_engine_init(attnd_engine *e, attnd_error *err)
 {
-    size_t bytes = attnd_kv_bounds_elems(&e->layout) * sizeof(uint16_t) * (size_t)e->pool.n_pages;
+    size_t bytes =
+            attnd_kernel_kv_bounds_elems(&e->layout) * sizeof(uint16_t) * (size_t)e->pool.n_pages;
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                    -1, 0);
     if (p == MAP_FAILED)
@@ -69,8 +70,9 @@ attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_
         uint64_t slot = t % ps, cnt = end - t < ps - slot ? end - t : ps - slot;
         int32_t pg = s->pages[layer][t / ps];
         if (slot == 0)
-            attnd_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
-        attnd_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype, src);
+            attnd_kernel_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
+        attnd_kernel_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype,
+                                   src);
         if (e->gpu) { /* the GPU's selection reads its own copy */
             attnd_status st = attnd__gpu_bounds_upload(e->gpu, e->bounds, pg, err);
             if (st)

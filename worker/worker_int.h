@@ -181,19 +181,19 @@ typedef struct attnd__gpu attnd__gpu;
 struct attnd_engine {
     attnd_model_spec model;
     char model_name[64];
-    attnd_kv_layout layout;
+    attnd_kernel_kv_layout layout;
     int64_t entry_elems;  /* wire elements per token */
     size_t entry_bytes;   /* stored bytes per token (what attention reads) */
     attnd_kv_pool pool;
     attnd__session_table table;
-    attnd_cpu_pool *kpool; /* kernel threads, shared by every attend call */
+    attnd_kernel_pool *kpool; /* kernel threads, shared by every attend call */
     attnd__gpu *gpu;       /* --device cuda:N: page bytes and kernels on the GPU
                               (pool.base is then NULL); NULL: the CPU */
     atomic_uint_fast64_t attend_calls, attend_seqs;
     atomic_uint_fast64_t append_calls, tokens_appended, kv_bytes_read;
     /* sparse policies (sparse*.c): key bounds of every page, reserved
      * address space that fills in as topk-pages layers write pages
-     * ([n_pages][attnd_kv_bounds_elems] bf16), and the counters of stats */
+     * ([n_pages][attnd_kernel_kv_bounds_elems] bf16), and the counters of stats */
     uint16_t *bounds;
     size_t bounds_map_bytes;
     atomic_uint_fast64_t kv_bytes_dense, select_bytes, select_ns, select_calls, pages_evicted;

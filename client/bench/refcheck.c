@@ -3,7 +3,7 @@
  * A check of heads [h0, h1) walks the KV heads those query heads read
  * (GQA: head h reads KV head h / (Hq / Hkv); MLA: the one latent head),
  * widens that KV head's K and V rows of the mirror to float64 once, and
- * runs attnd_ref_attention_f64 for the group's query heads in one go. The
+ * runs attnd_kernel_ref_attention_f64 for the group's query heads in one go. The
  * heads form (the narrow MLA wire) absorbs the queries with W_UK and
  * up-projects the reference's latent outputs with W_UV, in float64.
  */
@@ -149,7 +149,7 @@ int attnd_refcheck_token(attnd_refcheck *rc, uint32_t seq, uint32_t layer, uint6
         for (uint32_t h = a; h < b; h++)
             for (size_t d = 0; d < dk; d++)
                 rc->q[(h - a) * dk + d] = attnd_dtype_load_f64(q_t, q, (size_t)h * dk + d);
-        attnd_ref_attention_f64((int32_t)(b - a), 1, (int32_t)dk, (int32_t)dv, (int64_t)visible,
+        attnd_kernel_ref_attention_f64((int32_t)(b - a), 1, (int32_t)dk, (int32_t)dv, (int64_t)visible,
                                 (double)m->scale, rc->q, rc->k, rc->v, rc->out, rc->lse);
         for (uint32_t h = a; h < b; h++)
             fold_row(res, out_t, out, (size_t)h * dv, rc->out + (size_t)(h - a) * dv, dv,
@@ -200,7 +200,7 @@ int attnd_refcheck_token_heads(attnd_refcheck *rc, uint32_t seq, uint32_t layer,
         for (size_t d = 0; d < dr; d++)
             qa[dc + d] = attnd_dtype_load_f64(q_t, q, qh + dn + d);
     }
-    attnd_ref_attention_f64((int32_t)n, 1, (int32_t)dk, (int32_t)dc, (int64_t)visible,
+    attnd_kernel_ref_attention_f64((int32_t)n, 1, (int32_t)dk, (int32_t)dc, (int64_t)visible,
                             (double)m->scale, rc->q, rc->k, rc->v, rc->out, rc->lse);
     double *v = rc->out + n * dc;
     for (uint32_t h = h0; h < h1; h++) { /* up-project: o . W_UV[h] */

@@ -3,7 +3,7 @@
  * A client that wants to know its outputs are right keeps its own copy of
  * every KV entry it sent, exactly as the worker stores it (converted to the
  * model's kv_dtype, so bf16 rounding is part of the copy), and computes the
- * float64 reference (attnd_ref_attention_f64 of kernels/) over that copy for
+ * float64 reference (attnd_kernel_ref_attention_f64 of kernels/) over that copy for
  * the queries it sent. attnd-cli demo and the client tests use it; it is
  * not part of libattnd.
  *

@@ -13,8 +13,8 @@
  * GFLOP/s (2 * rows * tokens * (d_k + d_v)) and its ratio to the FMA peak.
  *
  *   attnd-kbench [--threads N] [--reps N] [--warmup N] [--case NAME]
- *                [--path scalar|avx2|avx512] [--splits K] [--bw-mib N]
- *                [--llc-mib N]
+ *                [--path auto|scalar|avx2|avx512|avx512bf16] [--splits K]
+ *                [--bw-mib N] [--llc-mib N]
  * --llc-mib overrides the detected cache size that sizes the KV rotation
  * and the bandwidth buffer (small values make runs under valgrind short;
  * such runs measure instruction and miss counts, not speed).
@@ -32,13 +32,19 @@ typedef struct kb_case {
     int32_t hq, hkv, head_dim, d_c, d_r;
     int32_t n_seqs;
     int64_t len;
+    int fixed; /* a per-call fixed-cost case: 1-token contexts */
 } kb_case;
 
 static const kb_case cases[] = {
-    {"gqa-32/8/128 b1x32K", ATTND_ATTN_GQA, 32, 8, 128, 0, 0, 1, 32768},
-    {"gqa-32/8/128 b16x4K", ATTND_ATTN_GQA, 32, 8, 128, 0, 0, 16, 4096},
-    {"mla-h16 b8x8K", ATTND_ATTN_MLA, 16, 1, 0, 512, 64, 8, 8192},
-    {"mla-h128 b4x4K", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 4, 4096},
+    {"gqa-32/8/128 b1x32K", ATTND_ATTN_GQA, 32, 8, 128, 0, 0, 1, 32768, 0},
+    {"gqa-32/8/128 b16x4K", ATTND_ATTN_GQA, 32, 8, 128, 0, 0, 16, 4096, 0},
+    {"mla-h16 b8x8K", ATTND_ATTN_MLA, 16, 1, 0, 512, 64, 8, 8192, 0},
+    {"mla-h128 b4x4K", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 4, 4096, 0},
+    /* DeepSeek-V3 shape at 1-token contexts: what is left is the per-call
+     * cost of packing q, planning and writing out (issue 18, part 2) */
+    {"fixed mla-h128 b1x1", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 1, 1, 1},
+    {"fixed mla-h128 b32x1", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 32, 1, 1},
+    {"fixed mla-h128 b128x1", ATTND_ATTN_MLA, 128, 1, 0, 512, 64, 128, 1, 1},
 };
 
 typedef struct kb_opts {
@@ -50,6 +56,7 @@ typedef struct kb_opts {
 typedef struct kb_result {
     double ms, gbs, gflops;
     int32_t units;
+    double move_ms; /* fixed cases: kb_move_seconds of the call's q and out */
 } kb_result;
 
 static uint64_t rng_next(uint64_t *s)
@@ -77,23 +84,23 @@ static void fill_bf16(uint16_t *p, size_t n, uint64_t *s)
  * totalling >= 4x llc; hot: one copy small enough for L2, read again and
  * again by attnd_kernel_decode on the calling thread alone (the path's
  * compute-bound rate per core, with no thread hand-off in the timing). */
-static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, size_t llc,
+static int run_case(const kb_case *c, attnd_kernel_pool *pool, const kb_opts *o, size_t llc,
                     int cold, kb_result *res)
 {
-    attnd_kv_layout l;
+    attnd_kernel_kv_layout l;
     attnd_error err;
     int rc = -1;
 
     if (c->kind == ATTND_ATTN_MLA)
-        attnd_kv_layout_mla(&l, c->d_c, c->d_r, 64, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_mla(&l, c->d_c, c->d_r, 64, ATTND_DTYPE_BF16);
     else
-        attnd_kv_layout_gqa(&l, c->hkv, c->head_dim, 64, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_gqa(&l, c->hkv, c->head_dim, 64, ATTND_DTYPE_BF16);
     const int64_t pages_per_seq = (c->len + 63) / 64;
     const int64_t pages = pages_per_seq * c->n_seqs;
-    const size_t page_bytes = attnd_kv_layout_page_bytes(&l);
+    const size_t page_bytes = attnd_kernel_kv_layout_page_bytes(&l);
     const size_t copy_bytes = (size_t)pages * page_bytes;
     int64_t copies = (int64_t)((4 * llc + copy_bytes - 1) / copy_bytes);
-    if (copies < 2)
+    if (copies < 2 || c->fixed) /* fixed: the KV is a page per sequence */
         copies = 2;
     if (!cold)
         copies = 1;
@@ -109,8 +116,8 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
     float *out = malloc(sizeof(float) * nout), *lse = malloc(sizeof(float) * c->n_seqs * c->hq);
     double *t = malloc(sizeof(double) * (size_t)(o->reps > 0 ? o->reps : 1));
     float *work = NULL;
-    attnd_decode_plan plan;
-    attnd_decode_plan_init(&plan);
+    attnd_kernel_decode_plan plan;
+    attnd_kernel_decode_plan_init(&plan);
     if (!kv || !perm || !indptr || !last || !q || !out || !lse || !t) {
         fprintf(stderr, "kbench: no memory for %s (%zu MiB of KV)\n", c->name,
                 (size_t)pool_pages * page_bytes >> 20);
@@ -131,7 +138,7 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
     for (int32_t i = 0; i < c->n_seqs; i++)
         last[i] = (int32_t)(c->len - (pages_per_seq - 1) * 64);
 
-    attnd_decode_batch b = {
+    attnd_kernel_decode_batch b = {
         .n_seqs = c->n_seqs,
         .q_tokens = 1,
         .n_q_heads = c->hq,
@@ -148,16 +155,17 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
         .lse = lse,
         .work = out, /* the parallel run does not use it; the check wants one */
     };
-    if (attnd_decode_batch_check(&b, &err)) {
+    if (attnd_kernel_decode_batch_check(&b, &err)) {
         fprintf(stderr, "kbench: %s: %s\n", c->name, err.msg);
         goto out;
     }
-    attnd_decode_plan_opts po = {.n_threads = attnd_cpu_pool_threads(pool), .splits = o->splits};
-    if (attnd_decode_plan_make(&plan, &b, &po, &err)) {
+    attnd_kernel_decode_plan_opts po = {.n_threads = attnd_kernel_pool_threads(pool),
+                                        .splits = o->splits};
+    if (attnd_kernel_decode_plan_make(&plan, &b, &po, &err)) {
         fprintf(stderr, "kbench: %s: %s\n", c->name, err.msg);
         goto out;
     }
-    if (!cold && !(work = malloc(sizeof(float) * attnd_decode_work_floats(&b))))
+    if (!cold && !(work = malloc(sizeof(float) * attnd_kernel_decode_work_floats(&b))))
         goto out;
     b.work = cold ? out : work;
     for (int r = -o->warmup; r < o->reps; r++) {
@@ -167,7 +175,7 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
         attnd_status st = ATTND_OK;
         if (!cold)
             attnd_kernel_decode(&b);
-        else if (o->splits == ATTND_DECODE_SPLITS_AUTO)
+        else if (o->splits == ATTND_KERNEL_DECODE_SPLITS_AUTO)
             st = attnd_kernel_decode_parallel(pool, &b, &err);
         else
             st = attnd_kernel_decode_run(pool, &plan, &b, &err);
@@ -181,19 +189,19 @@ static int run_case(const kb_case *c, attnd_cpu_pool *pool, const kb_opts *o, si
     }
     double sec = kb_median(t, o->reps);
     double tokens = (double)c->len * c->n_seqs;
-    double bytes = tokens * (double)attnd_kv_layout_token_elems(&l) * 2.0;
+    double bytes = tokens * (double)attnd_kernel_kv_layout_token_elems(&l) * 2.0;
     double flops = 2.0 * c->hq * tokens * (l.d_k + l.d_v);
     res->ms = sec * 1e3;
     res->gbs = bytes / sec / 1e9;
     res->gflops = flops / sec / 1e9;
-    if (o->splits == ATTND_DECODE_SPLITS_AUTO) { /* what the auto plan chose */
-        po.splits = ATTND_DECODE_SPLITS_AUTO;
-        attnd_decode_plan_make(&plan, &b, &po, &err);
+    if (o->splits == ATTND_KERNEL_DECODE_SPLITS_AUTO) { /* what the auto plan chose */
+        po.splits = ATTND_KERNEL_DECODE_SPLITS_AUTO;
+        attnd_kernel_decode_plan_make(&plan, &b, &po, &err);
     }
     res->units = plan.n_units;
     rc = 0;
 out:
-    attnd_decode_plan_cleanup(&plan);
+    attnd_kernel_decode_plan_cleanup(&plan);
     free(work);
     free(t);
     free(lse);
@@ -211,7 +219,7 @@ typedef struct kb_machine {
     int lanes;
 } kb_machine;
 
-static void measure_machine(attnd_cpu_pool *pool, int nt, size_t bw_bytes, kb_machine *m)
+static void measure_machine(attnd_kernel_pool *pool, int nt, size_t bw_bytes, kb_machine *m)
 {
     m->bw = kb_read_bandwidth(pool, nt, bw_bytes, 9);
     m->bw1 = kb_read_bandwidth(pool, 1, bw_bytes / 2, 5);
@@ -222,14 +230,14 @@ static void measure_machine(attnd_cpu_pool *pool, int nt, size_t bw_bytes, kb_ma
 static void usage(void)
 {
     fprintf(stderr, "usage: attnd-kbench [--threads N] [--reps N] [--warmup N] [--case NAME]\n"
-                    "                    [--path scalar|avx2|avx512] [--splits K] [--bw-mib N]\n"
-                    "                    [--llc-mib N]\n");
+                    "                    [--path auto|scalar|avx2|avx512|avx512bf16] [--splits K]\n"
+                    "                    [--bw-mib N] [--llc-mib N]\n");
 }
 
 int main(int argc, char **argv)
 {
-    kb_opts o = {.threads = 0, .reps = 15, .warmup = 3, .splits = ATTND_DECODE_SPLITS_AUTO};
-    attnd_cpu_pool *pool;
+    kb_opts o = {.threads = 0, .reps = 15, .warmup = 3, .splits = ATTND_KERNEL_DECODE_SPLITS_AUTO};
+    attnd_kernel_pool *pool;
     attnd_error err;
     char model[256];
 
@@ -260,18 +268,20 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (o.reps < 1 || o.reps > 1000 || o.warmup < 0 || o.splits < ATTND_DECODE_SPLITS_MAX) {
+    if (o.reps < 1 || o.reps > 1000 || o.warmup < 0 || o.splits < ATTND_KERNEL_DECODE_SPLITS_MAX) {
         usage();
         return 2;
     }
-    if (o.path)
-        setenv("ATTND_KERNEL_PATH", o.path, 1);
     attnd_kernel_path_reset();
-    if (attnd_cpu_pool_create(o.threads, &pool, &err)) {
+    if (o.path && attnd_kernel_path_select(o.path, &err)) {
+        fprintf(stderr, "kbench: %s\n", err.msg);
+        return 2;
+    }
+    if (attnd_kernel_pool_create(o.threads, &pool, &err)) {
         fprintf(stderr, "kbench: %s\n", err.msg);
         return 1;
     }
-    const int nt = attnd_cpu_pool_threads(pool);
+    const int nt = attnd_kernel_pool_threads(pool);
     const size_t llc = o.llc_bytes ? o.llc_bytes : kb_llc_bytes();
     size_t bw_bytes = o.bw_bytes;
     if (!bw_bytes) /* many times the cache, and at least 1 GiB */
@@ -289,15 +299,27 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < N_CASES; i++) {
         if (o.only && !strstr(cases[i].name, o.only))
             continue;
+        if (cases[i].fixed) {
+            const kb_case *c = &cases[i];
+            size_t qb = (size_t)c->n_seqs * c->hq * (c->d_c + c->d_r) * 2;
+            size_t ob = (size_t)c->n_seqs * c->hq * (c->d_c + 1) * 4;
+            if (run_case(c, pool, &o, llc, 1, &cold[i])) {
+                rc = 1;
+                continue;
+            }
+            cold[i].move_ms = kb_move_seconds(pool, qb, ob, o.reps) * 1e3;
+            ran[i] = 1;
+            continue;
+        }
         /* hot: one sequence of ~1 MiB of KV (fits L2), one thread */
         kb_case h = cases[i];
-        attnd_kv_layout hl;
+        attnd_kernel_kv_layout hl;
         if (h.kind == ATTND_ATTN_MLA)
-            attnd_kv_layout_mla(&hl, h.d_c, h.d_r, 64, ATTND_DTYPE_BF16);
+            attnd_kernel_kv_layout_mla(&hl, h.d_c, h.d_r, 64, ATTND_DTYPE_BF16);
         else
-            attnd_kv_layout_gqa(&hl, h.hkv, h.head_dim, 64, ATTND_DTYPE_BF16);
+            attnd_kernel_kv_layout_gqa(&hl, h.hkv, h.head_dim, 64, ATTND_DTYPE_BF16);
         h.n_seqs = 1;
-        h.len = ((1 << 20) / (attnd_kv_layout_token_elems(&hl) * 2)) / 64 * 64;
+        h.len = ((1 << 20) / (attnd_kernel_kv_layout_token_elems(&hl) * 2)) / 64 * 64;
         if (run_case(&cases[i], pool, &o, llc, 1, &cold[i]) ||
             run_case(&h, pool, &o, llc, 0, &hot[i])) {
             rc = 1;
@@ -307,10 +329,14 @@ int main(int argc, char **argv)
     }
     measure_machine(pool, nt, bw_bytes, &m1);
     double bw = m0.bw > m1.bw ? m0.bw : m1.bw, peak = m0.peak > m1.peak ? m0.peak : m1.peak;
+    double bfpeak = m0.bfpeak > m1.bfpeak ? m0.bfpeak : m1.bfpeak;
+    double best = bfpeak > peak ? bfpeak : peak; /* the faster of the two peaks */
+    char path_line[256];
+    attnd_kernel_path_describe(path_line, sizeof path_line);
 
     printf("# attnd-kbench\n\n");
     printf("- CPU: %s; %d kernel threads; LLC %zu MiB\n", model, nt, llc >> 20);
-    printf("- kernel path: %s; splits: %s\n", attnd_kernel_path_name(),
+    printf("- kernel path: %s; splits: %s\n", path_line,
            o.splits == 0 ? "auto" : o.splits < 0 ? "max" : "forced");
     printf("- read bandwidth (streaming sum of %zu MiB), before / after the kernels: "
            "%.1f / %.1f GB/s with %d threads, %.1f / %.1f GB/s with 1\n",
@@ -319,23 +345,46 @@ int main(int argc, char **argv)
            m0.lanes, m0.peak, m1.peak);
     if (m0.bfpeak > 0)
         printf("; vdpbf16ps peak: %.1f / %.1f GFLOP/s", m0.bfpeak, m1.bfpeak);
-    printf("\n- ratios below use the better of before / after: %.1f GB/s, %.1f GFLOP/s\n", bw,
-           peak);
+    printf("\n- ratios below use the better of before / after: %.1f GB/s, %.1f GFLOP/s FMA, "
+           "%.1f GFLOP/s the faster peak\n", bw, peak, best);
     printf("- KV bf16, q bf16, page 64; median of %d runs after %d warm-up\n", o.reps,
            o.warmup);
     printf("- cold: each run reads another copy of the KV (copies >= 4x LLC, pages "
            "scattered); hot: one sequence, ~1 MiB of KV, read again each run, "
            "on the calling thread alone (KV in L2: the path's compute-bound rate per core)\n\n");
-    printf("| case | units | ms | KV GB/s | / read BW | GFLOP/s | / FMA peak | hot 1-core KV "
-           "GB/s | hot 1-core GFLOP/s |\n");
-    printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    printf("| case | units | ms | KV GB/s | / read BW | GFLOP/s | / FMA peak | / faster peak | "
+           "hot 1-core KV GB/s | hot 1-core GFLOP/s |\n");
+    printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (size_t i = 0; i < N_CASES; i++) {
-        if (!ran[i])
+        if (!ran[i] || cases[i].fixed)
             continue;
-        printf("| %s | %d | %.2f | %.1f | %.0f%% | %.1f | %.0f%% | %.1f | %.1f |\n",
+        printf("| %s | %d | %.2f | %.1f | %.0f%% | %.1f | %.0f%% | %.0f%% | %.1f | %.1f |\n",
                cases[i].name, cold[i].units, cold[i].ms, cold[i].gbs, 100.0 * cold[i].gbs / bw,
-               cold[i].gflops, 100.0 * cold[i].gflops / peak, hot[i].gbs, hot[i].gflops);
+               cold[i].gflops, 100.0 * cold[i].gflops / peak, 100.0 * cold[i].gflops / best,
+               hot[i].gbs, hot[i].gflops);
     }
-    attnd_cpu_pool_destroy(pool);
+    int any_fixed = 0;
+    for (size_t i = 0; i < N_CASES; i++)
+        any_fixed |= ran[i] && cases[i].fixed;
+    if (any_fixed) {
+        printf("\nPer-call fixed cost (1-token contexts, bf16 q [B][128][576] in, float32 out "
+               "[B][128][512] + lse out): the call against moving q and out at the read "
+               "bandwidth above, and against the measured move (threads reading q, writing "
+               "out, buffers as hot as the kernel's)\n\n");
+        printf("| case | ms | q + out MB | at read BW ms | call / that | measured move ms | "
+               "call / move |\n");
+        printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        for (size_t i = 0; i < N_CASES; i++) {
+            if (!ran[i] || !cases[i].fixed)
+                continue;
+            const kb_case *c = &cases[i];
+            double mb = ((double)c->n_seqs * c->hq * (c->d_c + c->d_r) * 2 +
+                         (double)c->n_seqs * c->hq * (c->d_c + 1) * 4) / 1e6;
+            double at_bw = mb / 1e3 / bw * 1e3;
+            printf("| %s | %.3f | %.1f | %.3f | %.2f | %.3f | %.2f |\n", c->name, cold[i].ms, mb,
+                   at_bw, cold[i].ms / at_bw, cold[i].move_ms, cold[i].ms / cold[i].move_ms);
+        }
+    }
+    attnd_kernel_pool_destroy(pool);
     return rc;
 }

@@ -7,8 +7,9 @@
  *   - FMA peak: every thread runs independent register-resident FMA chains
  *     (enough chains to cover latency x ports), at the vector width of the
  *     kernel path in use (scalar: plain float multiply-adds);
- *   - vdpbf16ps peak, where avx512_bf16 exists, to show why the kernels
- *     widen bf16 and use FMA rather than bf16 dot products.
+ *   - vdpbf16ps peak, where avx512_bf16 exists: the rate the avx512bf16
+ *     path's dot products can reach (dispatch.c's calibration asks the
+ *     same question on one core to pick the default path).
  * SIMD functions carry target attributes so the bench builds anywhere and
  * only calls what the CPU runs (checked through the kernels' dispatch). */
 #include <stdio.h>
@@ -148,7 +149,7 @@ static void stream_job(void *p, int32_t tid)
     c->sink += r;
 }
 
-double kb_read_bandwidth(attnd_cpu_pool *pool, int n_threads, size_t bytes, int reps)
+double kb_read_bandwidth(attnd_kernel_pool *pool, int n_threads, size_t bytes, int reps)
 {
     stream_ctx c = {.n_threads = n_threads, .bytes = bytes, .touch = 1};
     char *buf = aligned_alloc(4096, bytes);
@@ -170,6 +171,57 @@ double kb_read_bandwidth(attnd_cpu_pool *pool, int n_threads, size_t bytes, int 
     gbs = (double)(per * (size_t)n_threads) / kb_median(t, reps) / 1e9;
     free(buf);
     return gbs;
+}
+
+/* ---- moving q and out ------------------------------------------------------ */
+
+typedef struct move_ctx {
+    const char *q;
+    char *out;
+    size_t q_bytes, out_bytes;
+    int n_threads;
+    volatile uint64_t sink;
+} move_ctx;
+
+static void move_job(void *p, int32_t tid)
+{
+    move_ctx *c = p;
+    size_t qs = c->q_bytes / (size_t)c->n_threads / 64 * 64;
+    size_t os = c->out_bytes / (size_t)c->n_threads / 64 * 64;
+    uint64_t r;
+#if defined(ATTND_HAVE_X86_SIMD)
+    if (attnd_kernel_path_supported(ATTND_KERNEL_PATH_AVX512))
+        r = sum_avx512(c->q + qs * (size_t)tid, qs);
+    else
+#endif
+        r = sum_scalar(c->q + qs * (size_t)tid, qs);
+    memset(c->out + os * (size_t)tid, (int)(r & 0x7f), os);
+    c->sink += r;
+}
+
+double kb_move_seconds(attnd_kernel_pool *pool, size_t q_bytes, size_t out_bytes, int reps)
+{
+    move_ctx c = {.q_bytes = q_bytes, .out_bytes = out_bytes,
+                  .n_threads = attnd_kernel_pool_threads(pool)};
+    char *q = aligned_alloc(4096, (q_bytes + 4095) / 4096 * 4096);
+    char *out = aligned_alloc(4096, (out_bytes + 4095) / 4096 * 4096);
+    double t[64], sec = 0.0;
+    if (q && out) {
+        memset(q, 1, q_bytes);
+        c.q = q;
+        c.out = out;
+        reps = reps > 64 ? 64 : reps;
+        for (int r = -1; r < reps; r++) {
+            double t0 = attnd_clock_s();
+            attnd__pool_run(pool, 0, move_job, &c);
+            if (r >= 0)
+                t[r] = attnd_clock_s() - t0;
+        }
+        sec = kb_median(t, reps);
+    }
+    free(q);
+    free(out);
+    return sec;
 }
 
 /* ---- FMA and dpbf16 peaks ------------------------------------------------ */
@@ -272,7 +324,7 @@ static void peak_job(void *p, int32_t tid)
     c->sink += r;
 }
 
-static double run_peak(attnd_cpu_pool *pool, int kind, double flops_per_thread)
+static double run_peak(attnd_kernel_pool *pool, int kind, double flops_per_thread)
 {
     peak_ctx c = {.kind = kind};
     double t[5];
@@ -282,14 +334,14 @@ static double run_peak(attnd_cpu_pool *pool, int kind, double flops_per_thread)
         attnd__pool_run(pool, 0, peak_job, &c);
         t[r] = attnd_clock_s() - t0;
     }
-    return flops_per_thread * attnd_cpu_pool_threads(pool) / kb_median(t, 5) / 1e9;
+    return flops_per_thread * attnd_kernel_pool_threads(pool) / kb_median(t, 5) / 1e9;
 }
 
-double kb_fma_peak(attnd_cpu_pool *pool, int *lanes_p)
+double kb_fma_peak(attnd_kernel_pool *pool, int *lanes_p)
 {
 #if defined(ATTND_HAVE_X86_SIMD)
     attnd_kernel_path p = attnd_kernel_path_current();
-    if (p == ATTND_KERNEL_PATH_AVX512) {
+    if (p == ATTND_KERNEL_PATH_AVX512 || p == ATTND_KERNEL_PATH_AVX512_BF16) {
         *lanes_p = 16;
         return run_peak(pool, 2, (double)FMA_ITERS * 12 * 16 * 2);
     }
@@ -302,7 +354,7 @@ double kb_fma_peak(attnd_cpu_pool *pool, int *lanes_p)
     return run_peak(pool, 0, (double)(FMA_ITERS / 8) * 8 * 2);
 }
 
-double kb_dpbf16_peak(attnd_cpu_pool *pool)
+double kb_dpbf16_peak(attnd_kernel_pool *pool)
 {
 #if defined(ATTND_HAVE_X86_SIMD)
     if (has_avx512_bf16())

@@ -117,8 +117,8 @@ int main(int argc, char **argv)
     printf("%6s %7s %5s %10s %10s %10s %10s %8s %10s %12s\n", "batch", "threads", "w",
            "absorb_us", "up_us", "both_us", "cpu_us", "w_GB/s", "GFLOP/s", "GFLOP/cpu-s");
     for (int ti = 0; ti < nt; ti++) {
-        attnd_cpu_pool *pool = NULL;
-        if (attnd_cpu_pool_create(threads[ti], &pool, &err)) {
+        attnd_kernel_pool *pool = NULL;
+        if (attnd_kernel_pool_create(threads[ti], &pool, &err)) {
             fprintf(stderr, "attnd-proj-bench: %s\n", err.msg);
             return 1;
         }
@@ -131,12 +131,12 @@ int main(int argc, char **argv)
                 for (int it = -3; it < iters; it++, c = (c + 1) % copies) {
                     const char *base = (const char *)(wi ? (void *)wb : (void *)wf) +
                                        c * per_layer * es;
-                    attnd_proj a = {.rows = B, .heads = H, .k = dn, .j = dc, .pass = dr,
+                    attnd_kernel_proj a = {.rows = B, .heads = H, .k = dn, .j = dc, .pass = dr,
                                     .src_dtype = ATTND_DTYPE_BF16, .src = q,
                                     .src_row = (int64_t)H * (dn + dr), .src_head = dn + dr,
                                     .w_dtype = wt, .w = base, .dst = qa,
                                     .dst_row = (int64_t)H * (dc + dr), .dst_head = dc + dr};
-                    attnd_proj u = {.rows = B, .heads = H, .k = dc, .j = dv,
+                    attnd_kernel_proj u = {.rows = B, .heads = H, .k = dc, .j = dv,
                                     .src_dtype = ATTND_DTYPE_F32, .src = o,
                                     .src_row = (int64_t)H * dc, .src_head = dc,
                                     .w_dtype = wt,
@@ -164,7 +164,7 @@ int main(int argc, char **argv)
                        (double)per_layer * (double)es / ((ta + tu) * 1e3),
                        flop / ((ta + tu) * 1e3), flop / (tc * 1e3));
             }
-        attnd_cpu_pool_destroy(pool);
+        attnd_kernel_pool_destroy(pool);
     }
     return 0;
 }

@@ -18,8 +18,8 @@
 /* Dims converted per step (stack buffers). */
 #define BOUNDS_CHUNK 1024
 
-int attnd_kv_layout_token_view(const attnd_kv_layout *l, attnd_kv_layout *view,
-                               int64_t *ratio_p)
+int attnd_kernel_kv_layout_token_view(const attnd_kernel_kv_layout *l, attnd_kernel_kv_layout *view,
+                                      int64_t *ratio_p)
 {
     if (l->k_token_stride < 1 || l->page_stride % l->k_token_stride != 0 ||
         (!l->v_in_k && l->v_token_stride != l->k_token_stride))
@@ -31,7 +31,7 @@ int attnd_kv_layout_token_view(const attnd_kv_layout *l, attnd_kv_layout *view,
     return 1;
 }
 
-size_t attnd_kv_bounds_elems(const attnd_kv_layout *l)
+size_t attnd_kernel_kv_bounds_elems(const attnd_kernel_kv_layout *l)
 {
     return (size_t)l->n_kv_heads * 2 * (size_t)l->d_k;
 }
@@ -65,12 +65,12 @@ static uint16_t bf16_up(float f)
     return (uint16_t)(rest && !neg ? h + 1 : h);
 }
 
-void attnd_kv_bounds_reset(const attnd_kv_layout *l, uint16_t *bounds, int64_t bounds_pages,
-                           int64_t p)
+void attnd_kernel_kv_bounds_reset(const attnd_kernel_kv_layout *l, uint16_t *bounds,
+                                  int64_t bounds_pages, int64_t p)
 {
     const uint16_t pinf = 0x7f80, ninf = 0xff80;
     for (int32_t h = 0; h < l->n_kv_heads; h++) {
-        uint16_t *lo = bounds + attnd_kv_bounds_at(l, bounds_pages, h, p), *hi = lo + l->d_k;
+        uint16_t *lo = bounds + attnd_kernel_kv_bounds_at(l, bounds_pages, h, p), *hi = lo + l->d_k;
         for (int32_t d = 0; d < l->d_k; d++) {
             lo[d] = pinf;
             hi[d] = ninf;
@@ -78,11 +78,12 @@ void attnd_kv_bounds_reset(const attnd_kv_layout *l, uint16_t *bounds, int64_t b
     }
 }
 
-void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *bounds, int64_t bounds_pages,
-                         int64_t p, int32_t n, attnd_dtype src_t, const void *src)
+void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bounds,
+                                int64_t bounds_pages, int64_t p, int32_t n, attnd_dtype src_t,
+                                const void *src)
 {
     const size_t ss = attnd_dtype_size(src_t);
-    const size_t entry = (size_t)attnd_kv_layout_token_elems(l) * ss;
+    const size_t entry = (size_t)attnd_kernel_kv_layout_token_elems(l) * ss;
     const int32_t nk = l->n_kv_heads * l->d_k; /* the keys lead each wire entry */
     float flo[BOUNDS_CHUNK], fhi[BOUNDS_CHUNK], x[BOUNDS_CHUNK];
     float kv[BOUNDS_CHUNK]; /* one chunk in l->dtype (at most 4 bytes each) */
@@ -93,7 +94,7 @@ void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *bounds, int64_t bou
         const int32_t nc = nk - c0 < BOUNDS_CHUNK ? nk - c0 : BOUNDS_CHUNK;
         for (int32_t j = 0; j < nc; j++) {
             int32_t h = (c0 + j) / l->d_k, d = (c0 + j) % l->d_k;
-            const uint16_t *lo = bounds + attnd_kv_bounds_at(l, bounds_pages, h, p);
+            const uint16_t *lo = bounds + attnd_kernel_kv_bounds_at(l, bounds_pages, h, p);
             flo[j] = attnd_dtype_bf16_to_f32(lo[d]);
             fhi[j] = attnd_dtype_bf16_to_f32(lo[l->d_k + d]);
         }
@@ -109,7 +110,7 @@ void attnd_kv_bounds_add(const attnd_kv_layout *l, uint16_t *bounds, int64_t bou
         }
         for (int32_t j = 0; j < nc; j++) {
             int32_t h = (c0 + j) / l->d_k, d = (c0 + j) % l->d_k;
-            uint16_t *lo = bounds + attnd_kv_bounds_at(l, bounds_pages, h, p);
+            uint16_t *lo = bounds + attnd_kernel_kv_bounds_at(l, bounds_pages, h, p);
             lo[d] = bf16_down(flo[j]); /* an empty bound stays infinite */
             lo[l->d_k + d] = bf16_up(fhi[j]);
         }

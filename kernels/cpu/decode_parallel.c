@@ -15,9 +15,9 @@
 #include "cpu_int.h"
 
 typedef struct run_ctx {
-    const attnd_decode_batch *b;
-    attnd_decode_plan *plan;
-    attnd_cpu_pool *pool;
+    const attnd_kernel_decode_batch *b;
+    attnd_kernel_decode_plan *plan;
+    attnd_kernel_pool *pool;
     attnd__unit_fn fn;
     atomic_int next;
 } run_ctx;
@@ -25,9 +25,9 @@ typedef struct run_ctx {
 /* Merge group g's partial states (slot order) and write the batch rows. */
 static void merge_group(const run_ctx *c, int32_t g)
 {
-    const attnd_decode_batch *b = c->b;
-    const attnd_decode_plan *plan = c->plan;
-    const attnd_decode_group *grp = &plan->groups[g];
+    const attnd_kernel_decode_batch *b = c->b;
+    const attnd_kernel_decode_plan *plan = c->plan;
+    const attnd_kernel_decode_group *grp = &plan->groups[g];
     const int32_t rows = plan->rows, dv = plan->d_v, hq = b->n_q_heads;
     const int32_t group = hq / b->kv->n_kv_heads;
     float *o0 = plan->part_out + (size_t)grp->first_part * rows * dv;
@@ -48,8 +48,8 @@ static void merge_group(const run_ctx *c, int32_t g)
 static void run_job(void *p, int32_t tid)
 {
     run_ctx *c = p;
-    const attnd_decode_batch *b = c->b;
-    attnd_decode_plan *plan = c->plan;
+    const attnd_kernel_decode_batch *b = c->b;
+    attnd_kernel_decode_plan *plan = c->plan;
     float *work = attnd__pool_scratch(c->pool, tid);
     const int32_t hq = b->n_q_heads, dv = b->kv->d_v;
     const int32_t group = hq / b->kv->n_kv_heads;
@@ -58,7 +58,7 @@ static void run_job(void *p, int32_t tid)
         int k = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
         if (k >= plan->n_units)
             return;
-        const attnd_decode_unit *du = &plan->units[k];
+        const attnd_kernel_decode_unit *du = &plan->units[k];
         attnd__unit u = {.seq = du->seq, .kv_head = du->kv_head, .t0 = du->t0, .t1 = du->t1};
         if (du->group < 0) {
             size_t h0 = (size_t)du->seq * b->q_tokens * hq + (size_t)du->kv_head * group;
@@ -80,8 +80,8 @@ static void run_job(void *p, int32_t tid)
 }
 
 /* Run with the pool's job lock held. */
-static attnd_status run_locked(attnd_cpu_pool *pool, attnd_decode_plan *plan,
-                               const attnd_decode_batch *b, attnd_error *err)
+static attnd_status run_locked(attnd_kernel_pool *pool, attnd_kernel_decode_plan *plan,
+                               const attnd_kernel_decode_batch *b, attnd_error *err)
 {
     const int32_t rows = b->q_tokens * (b->n_q_heads / b->kv->n_kv_heads);
 
@@ -98,15 +98,15 @@ static attnd_status run_locked(attnd_cpu_pool *pool, attnd_decode_plan *plan,
         .fn = attnd__path_unit_fn(attnd_kernel_path_current()),
     };
     atomic_init(&c.next, 0);
-    if (attnd__pool_run_locked(pool, attnd_decode_work_floats(b), run_job, &c))
+    if (attnd__pool_run_locked(pool, attnd_kernel_decode_work_floats(b), run_job, &c))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "kernel scratch: no memory for %zu floats per thread",
-                               attnd_decode_work_floats(b));
+                               attnd_kernel_decode_work_floats(b));
     return ATTND_OK;
 }
 
-attnd_status attnd_kernel_decode_run(attnd_cpu_pool *pool, attnd_decode_plan *plan,
-                                     const attnd_decode_batch *b, attnd_error *err)
+attnd_status attnd_kernel_decode_run(attnd_kernel_pool *pool, attnd_kernel_decode_plan *plan,
+                                     const attnd_kernel_decode_batch *b, attnd_error *err)
 {
     attnd__pool_lock(pool);
     attnd_status st = run_locked(pool, plan, b, err);
@@ -114,16 +114,16 @@ attnd_status attnd_kernel_decode_run(attnd_cpu_pool *pool, attnd_decode_plan *pl
     return st;
 }
 
-attnd_status attnd_kernel_decode_parallel(attnd_cpu_pool *pool, const attnd_decode_batch *b,
-                                          attnd_error *err)
+attnd_status attnd_kernel_decode_parallel(attnd_kernel_pool *pool,
+                                          const attnd_kernel_decode_batch *b, attnd_error *err)
 {
-    attnd_decode_plan_opts opts = {
-        .n_threads = attnd_cpu_pool_threads(pool),
-        .splits = ATTND_DECODE_SPLITS_AUTO,
+    attnd_kernel_decode_plan_opts opts = {
+        .n_threads = attnd_kernel_pool_threads(pool),
+        .splits = ATTND_KERNEL_DECODE_SPLITS_AUTO,
     };
     attnd__pool_lock(pool);
-    attnd_decode_plan *plan = attnd__pool_plan(pool);
-    attnd_status st = attnd_decode_plan_make(plan, b, &opts, err);
+    attnd_kernel_decode_plan *plan = attnd__pool_plan(pool);
+    attnd_status st = attnd_kernel_decode_plan_make(plan, b, &opts, err);
     if (st == ATTND_OK)
         st = run_locked(pool, plan, b, err);
     attnd__pool_unlock(pool);

@@ -6,42 +6,48 @@
  * head of the group scores it and updates its online-softmax state (running
  * max m, running sum l, unnormalized output in the out row). A unit ends by
  * normalizing: out /= l, lse = m + log l. Split-KV runs several units over
- * disjoint ranges and merges them with attnd_kernel_merge_states. */
+ * disjoint ranges and merges them with attnd_kernel_merge_states.
+ *
+ * Non-finite inputs follow attnd_kernels.h's rule: a score that is not
+ * finite becomes NaN (so an Inf or NaN in q or K poisons the running sum),
+ * and a row whose sum is NaN or whose normalized output is not finite (a
+ * non-finite V) comes out as NaN everywhere, lse included. */
 #include <math.h>
 #include <string.h>
 
 #include "cpu_int.h"
 
-size_t attnd_decode_work_floats(const attnd_decode_batch *b)
+size_t attnd_kernel_decode_work_floats(const attnd_kernel_decode_batch *b)
 {
     size_t group = (size_t)(b->n_q_heads / b->kv->n_kv_heads);
     size_t scalar = group * (size_t)b->kv->d_k + 3 * group + (size_t)b->kv->d_k +
                     (size_t)b->kv->d_v;
     attnd__simd_dims dm = attnd__simd_dims_of(b);
-    size_t simd = attnd__simd_work_floats(&dm);
+    size_t simd = attnd__simd_work_floats(&dm), bf16 = attnd__bf16_work_floats(&dm);
+    simd = simd > bf16 ? simd : bf16;
     return scalar > simd ? scalar : simd;
 }
 
-int64_t attnd_decode_seq_len(const attnd_decode_batch *b, int32_t i, int32_t kvh)
+int64_t attnd_kernel_decode_seq_len(const attnd_kernel_decode_batch *b, int32_t i, int32_t kvh)
 {
-    int32_t li = attnd_decode_list(b, i, kvh);
+    int32_t li = attnd_kernel_decode_list(b, i, kvh);
     int32_t np = b->page_indptr[li + 1] - b->page_indptr[li];
     if (np == 0)
         return 0;
     return (int64_t)(np - 1) * b->kv->page_size + b->last_page_len[li];
 }
 
-int64_t attnd_decode_visible_len(const attnd_decode_batch *b, int32_t i,
-                                 int32_t kvh, int32_t s)
+int64_t attnd_kernel_decode_visible_len(const attnd_kernel_decode_batch *b, int32_t i,
+                                        int32_t kvh, int32_t s)
 {
-    int64_t v = attnd_decode_seq_len(b, i, kvh) - (b->q_tokens - 1 - s);
+    int64_t v = attnd_kernel_decode_seq_len(b, i, kvh) - (b->q_tokens - 1 - s);
     return v > 0 ? v : 0;
 }
 
-attnd_status attnd_decode_batch_check(const attnd_decode_batch *b,
-                                      attnd_error *err)
+attnd_status attnd_kernel_decode_batch_check(const attnd_kernel_decode_batch *b,
+                                             attnd_error *err)
 {
-    const attnd_kv_layout *l = b->kv;
+    const attnd_kernel_kv_layout *l = b->kv;
 
     if (!l || !b->page_indptr || !b->out || !b->work)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -93,12 +99,12 @@ attnd_status attnd_decode_batch_check(const attnd_decode_batch *b,
     return ATTND_OK;
 }
 
-void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
+void attnd_kernel_decode_range_scalar(const attnd_kernel_decode_batch *b, int32_t i,
                                       int32_t kvh, int32_t s, int64_t t0,
                                       int64_t t1, float *out, float *lse,
                                       float *work)
 {
-    const attnd_kv_layout *l = b->kv;
+    const attnd_kernel_kv_layout *l = b->kv;
     const int32_t group = b->n_q_heads / l->n_kv_heads;
     const int32_t dk = l->d_k, dv = l->d_v, ps = l->page_size;
     const size_t es = attnd_dtype_size(l->dtype);
@@ -107,7 +113,7 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
     float *sum = m + group;                 /* [group] */
     float *krow = sum + group;              /* [dk] */
     float *vrow = l->v_in_k ? krow : krow + dk;
-    int64_t vis = attnd_decode_visible_len(b, i, kvh, s);
+    int64_t vis = attnd_kernel_decode_visible_len(b, i, kvh, s);
 
     if (!lse) /* caller does not want it: keep it in scratch */
         lse = krow + dk + dv;
@@ -125,7 +131,7 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
         memset(out + (size_t)h * dv, 0, (size_t)dv * sizeof(float));
     }
 
-    const int32_t *pages = b->page_idx + b->page_indptr[attnd_decode_list(b, i, kvh)];
+    const int32_t *pages = b->page_idx + b->page_indptr[attnd_kernel_decode_list(b, i, kvh)];
     const char *pool = b->pool;
     for (int64_t t = t0; t < t1; t++) {
         int64_t page = pages[t / ps], slot = t % ps;
@@ -145,6 +151,8 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
             for (int32_t d = 0; d < dk; d++)
                 sc += qh[d] * krow[d];
             sc *= b->scale;
+            if (!isfinite(sc)) /* the non-finite rule: see attnd_kernels.h */
+                sc = NAN;
             if (sc > m[h]) {
                 float c = expf(m[h] - sc); /* 0 when m was -inf */
                 sum[h] *= c;
@@ -162,17 +170,25 @@ void attnd_kernel_decode_range_scalar(const attnd_decode_batch *b, int32_t i,
         float *oh = out + (size_t)h * dv;
         if (sum[h] > 0.0f) {
             float inv = 1.0f / sum[h];
-            for (int32_t e = 0; e < dv; e++)
+            int finite = 1;
+            for (int32_t e = 0; e < dv; e++) {
                 oh[e] *= inv;
+                finite &= isfinite(oh[e]) != 0;
+            }
             lse[h] = m[h] + logf(sum[h]);
-        } else {
+            if (!finite)
+                attnd__nan_row(oh, dv, &lse[h]);
+        } else if (sum[h] == 0.0f) { /* saw no token: out is still 0 */
             lse[h] = -INFINITY;
+        } else { /* NaN: a non-finite score */
+            attnd__nan_row(oh, dv, &lse[h]);
         }
     }
 }
 
 /* The scalar path's work unit: one range call per query token. */
-void attnd__decode_unit_scalar(const attnd_decode_batch *b, const attnd__unit *u, float *work)
+void attnd__decode_unit_scalar(const attnd_kernel_decode_batch *b, const attnd__unit *u,
+                               float *work)
 {
     for (int32_t s = 0; s < b->q_tokens; s++)
         attnd_kernel_decode_range_scalar(b, u->seq, u->kv_head, s, u->t0, u->t1,
@@ -180,7 +196,7 @@ void attnd__decode_unit_scalar(const attnd_decode_batch *b, const attnd__unit *u
                                          u->lse ? u->lse + s * u->lse_s : NULL, work);
 }
 
-void attnd_kernel_decode_scalar(const attnd_decode_batch *b)
+void attnd_kernel_decode_scalar(const attnd_kernel_decode_batch *b)
 {
     const int32_t hkv = b->kv->n_kv_heads;
     const int32_t group = b->n_q_heads / hkv;
@@ -192,7 +208,7 @@ void attnd_kernel_decode_scalar(const attnd_decode_batch *b)
             for (int32_t g = 0; g < hkv; g++) {
                 size_t h0 = row + (size_t)g * group;
                 attnd_kernel_decode_range_scalar(
-                    b, i, g, s, 0, attnd_decode_seq_len(b, i, g), b->out + h0 * dv,
+                    b, i, g, s, 0, attnd_kernel_decode_seq_len(b, i, g), b->out + h0 * dv,
                     b->lse ? b->lse + h0 : NULL, b->work);
             }
         }

@@ -1,8 +1,12 @@
 /* The SIMD decode unit, written once over a small vector vocabulary and
- * compiled per instruction set: simd_avx512.c and simd_avx2.c define the
- * primitives (vf, VW lanes, v_load, v_fma, v_exp2, ...), the register
- * blocking (WIDE_TB/WIDE_RB, PV_RB/PV_EB and their case lists) and SFX(),
- * then include this file. Not a public header; include it nowhere else.
+ * compiled per instruction set: simd_avx512.c, simd_avx512bf16.c (via
+ * simd_avx512_ops.h) and simd_avx2.c define the primitives (vf, VW lanes,
+ * v_load, v_fma, v_exp2, ...), the register blocking (WIDE_TB/WIDE_RB,
+ * PV_RB/PV_EB and their case lists) and SFX(), then include this file. Not
+ * a public header; include it nowhere else. Its parts: the tile loader
+ * (decode_simd_tile.h), the row I/O (decode_simd_rows.h), the softmax and
+ * the multi-token guard (decode_simd_softmax.h), the float32 GEMMs and
+ * unit here, and with DPBF16 the bf16 dot-product unit (decode_bf16.h).
  *
  * One unit = (sequence, KV head, token range), R = S * G query rows. Per
  * tile of TILE tokens:
@@ -18,22 +22,23 @@
  *               and Q streams from L2;
  *               narrow (few rows, GQA): vectors run over d_k, VW tokens'
  *               dot products are reduced together by a transpose-add;
- *   3. softmax: online, in base 2: m = max, alpha = 2^(m_old - m_new),
- *               P = 2^(S - m_new), l = alpha l + sum P; masked scores
- *               (past a row's visible length) are -inf and give P = 0;
+ *   3. softmax: online, in base 2 (decode_simd_softmax.h);
  *   4. output:  O = alpha O + P V, a GEMM [R x TILE] x [TILE x d_v] with a
  *               PV_RB x PV_EB accumulator block (vectors over d_v) kept in
  *               registers across the tile's tokens (GQA bf16 with few rows:
  *               V read from the pool and widened in registers).
  * The unit ends with out = O / l, lse = (m + log2 l) ln 2, or out 0 and
- * lse -inf for a row that saw no token. */
+ * lse -inf for a row that saw no token, or NaN in both for a row that met
+ * a non-finite value (attnd_kernels.h's rule: softmax and guard_tail). */
 
-#define TILE ATTND_DECODE_TILE
+#define TILE ATTND_KERNEL_DECODE_TILE
 #define AI static inline __attribute__((always_inline))
 #define LOG2E 1.4426950408889634
 #define LN2F 0.69314718f
 
 #include "decode_simd_tile.h"
+#include "decode_simd_rows.h"
+#include "decode_simd_softmax.h"
 
 /* ---- scores, wide: s [TILE][rows_pad] = k [TILE][dk] x qt [dk][rows_pad] ---- */
 
@@ -42,7 +47,7 @@
  * block that lives in memory instead of registers runs at a third of the
  * speed. Each block is written for its largest shape; the constant RB / TB
  * / EB of an always-inlined call removes the unused parts. */
-#if WIDE_TB > 8 || WIDE_RB > 3 || PV_RB > 4 || PV_EB > 4
+#if WIDE_TB > 8 || WIDE_TB1 > 16 || WIDE_RB > 3 || PV_RB > 4 || PV_EB > 4
 #error "register blocks larger than the microkernels are written for"
 #endif
 
@@ -64,7 +69,8 @@
         if (RB > 2)                                                                    \
             v_store(s + (size_t)t * rp + 2 * VW, c##t##2);                             \
     }
-#define QKW_ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define QKW_ALL(X)                                                                     \
+    X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
 
 /* k: chunk-major, already offset to the block's first token. */
 AI void qk_wide_blk(const float *qt, int32_t rp, const float *k, int32_t dk, float *s,
@@ -85,20 +91,49 @@ AI void qk_wide_blk(const float *qt, int32_t rp, const float *k, int32_t dk, flo
     QKW_ALL(QKW_STORE)
 }
 
-static void qk_wide(const float *qt, const attnd__simd_dims *dm, const float *k, float *s)
+/* One block of TB tokens, all row vectors. */
+AI void qk_wide_tokens(const float *qt, int32_t rp, int32_t nv, const float *kb, int32_t dk,
+                       float *sb, const int TB)
+{
+    int32_t j = 0;
+    for (; j + WIDE_RB <= nv; j += WIDE_RB)
+        qk_wide_blk(qt + j * VW, rp, kb, dk, sb + j * VW, WIDE_RB, TB);
+    switch (nv - j) {
+    case 1: qk_wide_blk(qt + j * VW, rp, kb, dk, sb + j * VW, 1, TB); break;
+    case 2: qk_wide_blk(qt + j * VW, rp, kb, dk, sb + j * VW, 2, TB); break;
+    default: break;
+    }
+}
+
+/* Scores of the tile's first n tokens only: blocks of WIDE_TB, then 4, 2,
+ * 1 for the rest (a 1-token context costs one token of multiply-adds, not
+ * a tile's). */
+static void qk_wide(const float *qt, const attnd__simd_dims *dm, const float *k, float *s,
+                    int32_t n)
 {
     const int32_t rp = dm->rows_pad, nv = rp / VW;
 
-    for (int32_t tb = 0; tb < TILE; tb += WIDE_TB) {
+    for (int32_t tb = 0; tb < n;) {
         const float *kb = k + (size_t)tb * VW;
         float *sb = s + (size_t)tb * rp;
-        int32_t j = 0;
-        for (; j + WIDE_RB <= nv; j += WIDE_RB)
-            qk_wide_blk(qt + j * VW, rp, kb, dm->dk, sb + j * VW, WIDE_RB, WIDE_TB);
-        switch (nv - j) {
-        case 1: qk_wide_blk(qt + j * VW, rp, kb, dm->dk, sb + j * VW, 1, WIDE_TB); break;
-        case 2: qk_wide_blk(qt + j * VW, rp, kb, dm->dk, sb + j * VW, 2, WIDE_TB); break;
-        default: break;
+        int32_t rem = n - tb;
+        if (nv == 1 && rem >= WIDE_TB1) { /* one row vector: more tokens per q load */
+            qk_wide_blk(qt, rp, kb, dm->dk, sb, 1, WIDE_TB1);
+            tb += WIDE_TB1;
+        } else if (rem >= WIDE_TB) {
+            qk_wide_tokens(qt, rp, nv, kb, dm->dk, sb, WIDE_TB);
+            tb += WIDE_TB;
+#if WIDE_TB > 4
+        } else if (rem >= 4) {
+            qk_wide_tokens(qt, rp, nv, kb, dm->dk, sb, 4);
+            tb += 4;
+#endif
+        } else if (rem >= 2) {
+            qk_wide_tokens(qt, rp, nv, kb, dm->dk, sb, 2);
+            tb += 2;
+        } else {
+            qk_wide_tokens(qt, rp, nv, kb, dm->dk, sb, 1);
+            tb += 1;
         }
     }
 }
@@ -136,78 +171,55 @@ static void qk_narrow(const float *q, const attnd__simd_dims *dm, const float *k
     }
 }
 
-/* ---- online softmax ---------------------------------------------------------
- * Both return 1 when some row's alpha is not 1 (O must be rescaled). */
+/* Scores of a tile's first n <= VW tokens (a short unit, or the last tile
+ * of a long one): blocks of VW / TB rows x TB tokens, TB the smallest power
+ * of two >= n, so that the VW accumulators of one transpose-add reduction
+ * are all useful work (a 1-token context: VW rows per reduction instead of
+ * one row and 15 wasted tokens). Lane i of the reduction is row i / TB,
+ * token i % TB. q rows past `rows` are zero (pack_queries), so a block may
+ * run past the last row; its scores are not stored. */
+#define QF_DECL(i) vf f##i = v_zero();
+#define QF_FMA(i)                                                                      \
+    f##i = v_fma(v_load(qb + (size_t)((i) / TB) * dkp + c),                             \
+                 v_load(kc + (size_t)((i) % TB) * VW), f##i);
+#if VW == 16
+#define QF_ARGS f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15
+#else
+#define QF_ARGS f0, f1, f2, f3, f4, f5, f6, f7
+#endif
 
-/* wide: s, p [TILE][rows_pad]; vectors over rows. Token t (absolute tabs+t)
- * is masked for rows whose visible length is <= tabs + t (only checked when
- * the tile reaches past the shortest visible length). */
-static int softmax_wide(float *s, float *p, const attnd__simd_dims *dm, int32_t n,
-                        const int32_t *vis, int64_t tabs, int need_mask, float *m, float *l,
-                        float *alpha)
+AI void qk_few_blk(const float *qb, int32_t dkp, const float *k, float *s, int32_t rows_left,
+                   const int TB)
 {
-    const int32_t rp = dm->rows_pad;
-    int rescale = 0;
-
-    for (int32_t j = 0; j < rp; j += VW) {
-        vf mo = v_load(m + j), tm = v_set1(-INFINITY);
-        for (int32_t t = 0; t < n; t++) {
-            float *st = s + (size_t)t * rp + j;
-            vf x = v_load(st);
-            if (need_mask) {
-                x = v_mask_vis(x, vis + j, (int32_t)(tabs + t));
-                v_store(st, x);
-            }
-            tm = v_max(tm, x);
-        }
-        vf mn = v_max(mo, tm), ms = v_ninf_to_zero(mn);
-        vf a = v_exp2(v_sub(mo, ms)), sum = v_zero();
-        for (int32_t t = 0; t < n; t++) {
-            vf pt = v_exp2(v_sub(v_load(s + (size_t)t * rp + j), ms));
-            v_store(p + (size_t)t * rp + j, pt);
-            sum = v_add(sum, pt);
-        }
-        v_store(l + j, v_fma(v_load(l + j), a, sum));
-        v_store(m + j, mn);
-        v_store(alpha + j, a);
-        rescale |= v_any_ne1(a);
+    QN_ALL(QF_DECL)
+    for (int32_t c = 0; c < dkp; c += VW) {
+        const float *kc = k + (size_t)(c / VW) * CS;
+        QN_ALL(QF_FMA)
     }
-    return rescale;
+    float red[VW];
+    v_store(red, v_reduce_lanes(QF_ARGS));
+    for (int32_t i = 0; i < VW && i / TB < rows_left; i++)
+        s[(size_t)(i / TB) * TILE + i % TB] = red[i];
 }
 
-/* narrow: s, p [rows][TILE]; vectors over tokens, one row at a time. */
-static int softmax_narrow(const float *s, float *p, const attnd__simd_dims *dm, int32_t n,
-                          const int32_t *vis, int64_t tabs, float *m, float *l, float *alpha)
+static void qk_narrow_few(const float *q, const attnd__simd_dims *dm, const float *k, float *s,
+                          int32_t n, tile_loader *ld)
 {
-    int rescale = 0;
+    const int32_t dkp = dm->dk_pad;
+    const int TB = n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : n <= 8 ? 8 : 16;
 
-    for (int32_t r = 0; r < dm->rows; r++) {
-        int64_t lim64 = vis[r] - tabs;
-        int32_t lim = lim64 < n ? (lim64 > 0 ? (int32_t)lim64 : 0) : n;
-        const float *sr = s + (size_t)r * TILE;
-        vf x0 = v_mask_tail(v_load(sr), lim);
-        float tm = v_hmax(x0);
-#if TILE / VW == 2
-        vf x1 = v_mask_tail(v_load(sr + VW), lim - VW);
-        float h1 = v_hmax(x1);
-        tm = h1 > tm ? h1 : tm;
-#endif
-        float mn = m[r] > tm ? m[r] : tm;
-        float ms = mn == -INFINITY ? 0.0f : mn;
-        float a = exp2f(m[r] - ms);
-        vf msv = v_set1(ms), p0 = v_exp2(v_sub(x0, msv)), sum = p0;
-        v_store(p + (size_t)r * TILE, p0);
-#if TILE / VW == 2
-        vf p1 = v_exp2(v_sub(x1, msv));
-        v_store(p + (size_t)r * TILE + VW, p1);
-        sum = v_add(sum, p1);
-#endif
-        l[r] = l[r] * a + v_hsum(sum);
-        m[r] = mn;
-        alpha[r] = a;
-        rescale |= a != 1.0f;
+    for (int32_t r = 0; r < dm->rows; r += VW / TB) {
+        ld_step(ld);
+        const float *qb = q + (size_t)r * dkp;
+        float *sb = s + (size_t)r * TILE;
+        switch (TB) {
+        case 1: qk_few_blk(qb, dkp, k, sb, dm->rows - r, 1); break;
+        case 2: qk_few_blk(qb, dkp, k, sb, dm->rows - r, 2); break;
+        case 4: qk_few_blk(qb, dkp, k, sb, dm->rows - r, 4); break;
+        case 8: qk_few_blk(qb, dkp, k, sb, dm->rows - r, 8); break;
+        default: qk_few_blk(qb, dkp, k, sb, dm->rows - r, VW); break;
+        }
     }
-    return rescale;
 }
 
 /* ---- output: o [rows][dv_pad] = alpha o + p v ---------------------------- */
@@ -233,13 +245,16 @@ static int softmax_narrow(const float *s, float *p, const attnd__simd_dims *dm, 
 #define PV_BC(r) vf pb##r = RB > r ? v_set1(p[(size_t)r * prs + (size_t)t * pts]) : v0;
 #define PV_ALL(X, OP) X(0, OP) X(1, OP) X(2, OP) X(3, OP)
 
-/* v: chunk-major, already offset to the block's first chunk. */
+/* v: chunk-major, already offset to the block's first chunk. rescale < 0:
+ * the unit's first tile (O not loaded: it starts at zero). */
 AI void pv_blk(float *o, int32_t dvp, const float *p, int32_t prs, int32_t pts, const float *v,
                int32_t n, const float *alpha, int rescale, const int RB, const int EB)
 {
     PV_DECL(0) PV_DECL(1) PV_DECL(2) PV_DECL(3)
-    PV_ALL(PV_ROW4, PV_LD)
-    if (rescale) {
+    if (rescale >= 0) {
+        PV_ALL(PV_ROW4, PV_LD)
+    }
+    if (rescale > 0) {
         PV_ALL(PV_ROW4, PV_SC)
     }
     for (int32_t t = 0; t < n; t++) {
@@ -289,8 +304,10 @@ AI void pv_raw_blk(float *o, int32_t dvp, const float *p, const char *const *vro
                    int32_t n, const float *alpha, int rescale, const int RB, const int EB)
 {
     PV_DECL(0) PV_DECL(1) PV_DECL(2) PV_DECL(3)
-    PV_ALL(PV_ROW4, PV_LD)
-    if (rescale) {
+    if (rescale >= 0) {
+        PV_ALL(PV_ROW4, PV_LD)
+    }
+    if (rescale > 0) {
         PV_ALL(PV_ROW4, PV_SC)
     }
     for (int32_t t = 0; t < n; t++) {
@@ -345,100 +362,19 @@ static float *carve(float **cur, size_t n)
     return p;
 }
 
-/* The unit's queries, widened, scaled by scale * log2(e), in the KV order
- * (perm) and packed for the score shape: wide q [dk][rows_pad] (padding
- * rows zero), narrow q [rows][dk_pad]. Also each row's visible length.
- * tmp holds TILE rows (TILE x dk_pad floats). */
-static void pack_queries(const attnd_decode_batch *b, const attnd__unit *u,
-                         const attnd__simd_dims *dm, int wide, int perm, int64_t L, float *q,
-                         float *tmp /* TILE x dk_pad */, int32_t *vis)
+/* The float32 unit (every dtype; the only one of the avx2 and avx512 paths). */
+static void unit_f32(const attnd_kernel_decode_batch *b, const attnd__unit *u, float *work)
 {
-    const int32_t G = b->n_q_heads / b->kv->n_kv_heads, S = b->q_tokens;
-    const int32_t rp = dm->rows_pad, dk = dm->dk, dkp = dm->dk_pad;
-    const float sc = (float)((double)b->scale * LOG2E);
-    const size_t qes = attnd_dtype_size(b->q_dtype);
-
-    /* wide: q is transposed ([dk][rows_pad]); rows are widened a block of
-     * TILE at a time into tmp (TILE x dk_pad floats) and written d-major,
-     * so each store run is a block's contiguous slice of one column
-     * instead of one float per cache line (at 128 heads the row-at-a-time
-     * scatter cost as much as attending to a few thousand tokens) */
-    for (int32_t r0 = 0; r0 < dm->rows; r0 += wide ? TILE : 1) {
-        int32_t nb = wide ? (dm->rows - r0 < TILE ? dm->rows - r0 : TILE) : 1;
-        for (int32_t rr = 0; rr < nb; rr++) {
-            int32_t r = r0 + rr, si = r / G, g = r % G;
-            size_t off =
-                (((size_t)u->seq * S + si) * b->n_q_heads + (size_t)u->kv_head * G + g) *
-                (size_t)dk;
-            float *t = tmp + (size_t)rr * dkp;
-            cvt_row(t, (const char *)b->q + off * qes, dk, dkp, b->q_dtype);
-            if (perm)
-                perm_row(t, dk);
-            if (!wide)
-                for (int32_t d = 0; d < dkp; d += VW)
-                    v_store(q + (size_t)r * dkp + d, v_mul(v_load(t + d), v_set1(sc)));
-            vis[r] = (int32_t)(L - (S - 1 - si));
-        }
-        if (wide)
-            for (int32_t d = 0; d < dk; d++) {
-                float *qd = q + (size_t)d * rp + r0;
-                for (int32_t rr = 0; rr < nb; rr++)
-                    qd[rr] = tmp[(size_t)rr * dkp + d] * sc;
-            }
-    }
-    if (wide)
-        for (int32_t d = 0; d < dk; d++)
-            for (int32_t r = dm->rows; r < rp; r++)
-                q[(size_t)d * rp + r] = 0.0f;
-    for (int32_t r = dm->rows; r < rp; r++)
-        vis[r] = 0;
-}
-
-/* Normalize the unit's rows into their destinations (back in natural
- * order when perm): out = O / l, lse = (m + log2 l) ln 2; a row that saw no
- * token gets 0 and -inf. */
-static void write_rows(const attnd__unit *u, const attnd__simd_dims *dm, int32_t G, int perm,
-                       const float *o, const float *m, const float *lsum)
-{
-    const int32_t dv = dm->dv;
-
-    for (int32_t r = 0; r < dm->rows; r++) {
-        int32_t si = r / G, g = r % G;
-        float *dst = u->out + si * u->out_s + (int64_t)g * dv;
-        const float *orow = o + (size_t)r * dm->dv_pad;
-        float lse = -INFINITY;
-        int32_t e = 0;
-        if (lsum[r] > 0.0f) {
-            float inv = 1.0f / lsum[r];
-            vf iv = v_set1(inv);
-            if (perm) {
-                for (; e < dv; e += PERM_CHUNK)
-                    for (int32_t j = 0; j < VW; j++) {
-                        dst[e + 2 * j] = orow[e + j] * inv;
-                        dst[e + 2 * j + 1] = orow[e + VW + j] * inv;
-                    }
-            }
-            for (; e + VW <= dv; e += VW)
-                v_store(dst + e, v_mul(v_load(orow + e), iv));
-            for (; e < dv; e++)
-                dst[e] = orow[e] * inv;
-            lse = (m[r] + log2f(lsum[r])) * LN2F;
-        } else {
-            for (; e < dv; e++)
-                dst[e] = 0.0f;
-        }
-        if (u->lse)
-            u->lse[si * u->lse_s + g] = lse;
-    }
-}
-
-void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, float *work)
-{
-    const attnd_kv_layout *l = b->kv;
+    const attnd_kernel_kv_layout *l = b->kv;
     const attnd__simd_dims dm = attnd__simd_dims_of(b);
     const int32_t G = b->n_q_heads / l->n_kv_heads, S = b->q_tokens, R = dm.rows;
     const int32_t rp = dm.rows_pad, dkp = dm.dk_pad, dvp = dm.dv_pad, dv = dm.dv;
-    const int wide = use_wide(&dm);
+    const int64_t L = attnd_kernel_decode_seq_len(b, u->seq, u->kv_head);
+    const int64_t t1 = u->t1 < L ? u->t1 : L;
+    /* a unit of one tile or less packs q row-major even for a wide shape:
+     * transposing 128 x 576 queries cost more than their one tile of
+     * scores (qk_narrow_few) */
+    const int wide = use_wide(&dm) && t1 - u->t0 > TILE;
     /* bf16 widened pairwise when whole chunks cover both K and V */
     const int perm =
         l->dtype == ATTND_DTYPE_BF16 && dm.dk % PERM_CHUNK == 0 && dv % PERM_CHUNK == 0;
@@ -455,8 +391,6 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
     float *alpha = carve(&cur, (size_t)rp);
     int32_t *vis = (int32_t *)carve(&cur, (size_t)rp);
     float *o = carve(&cur, (size_t)R * dvp);
-    const int64_t L = attnd_decode_seq_len(b, u->seq, u->kv_head);
-    const int64_t t1 = u->t1 < L ? u->t1 : L;
 
     pack_queries(b, u, &dm, wide, perm, L, q, kbuf[0], vis);
     for (int32_t r = 0; r < rp; r++) {
@@ -464,9 +398,10 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
         lsum[r] = 0.0f;
         alpha[r] = 1.0f;
     }
-    memset(o, 0, sizeof(float) * (size_t)R * dvp);
+    /* o is not cleared: the first tile's P V starts from zero (rescale -1) */
 
-    const int32_t *pages = b->page_idx + b->page_indptr[attnd_decode_list(b, u->seq, u->kv_head)];
+    const int32_t *pages =
+            b->page_idx + b->page_indptr[attnd_kernel_decode_list(b, u->seq, u->kv_head)];
     const int64_t min_vis = L - (S - 1);
     /* ld_step calls per tile: once per output block, plus once per score
      * row (narrow) or once up front (wide) */
@@ -489,20 +424,40 @@ void SFX(attnd__decode_unit)(const attnd_decode_batch *b, const attnd__unit *u, 
         ld_prefetch_begin(&ld, t + 2 * TILE, t1, calls);
         if (wide) {
             ld_step(&ld);
-            qk_wide(q, &dm, kt, s);
-            rescale = softmax_wide(s, p, &dm, n, vis, t, t + n > min_vis, m, lsum, alpha);
-            pv(o, &dm, p, 1, rp, vt, n, alpha, rescale, &ld);
+            qk_wide(q, &dm, kt, s, n);
+            rescale =
+                softmax_wide(s, p, &dm, n, vis, t, t + n > min_vis, m, lsum, alpha, NULL);
         } else {
-            qk_narrow(q, &dm, kt, s, &ld);
-            rescale = softmax_narrow(s, p, &dm, n, vis, t, m, lsum, alpha);
-            if (ld.fuse_v)
-                pv_raw(o, &dm, p, vrow[cur_buf], n, alpha, rescale, &ld);
+            if (n < TILE && n <= VW)
+                qk_narrow_few(q, &dm, kt, s, n, &ld);
             else
-                pv(o, &dm, p, TILE, 1, vt, n, alpha, rescale, &ld);
+                qk_narrow(q, &dm, kt, s, &ld);
+            rescale = softmax_narrow(s, p, &dm, n, vis, t, m, lsum, alpha, NULL);
         }
+        if (t == u->t0)
+            rescale = -1;
+        if (t + n > min_vis) /* S > 1: tokens not every row sees */
+            guard_tail(&dm, min_vis > t ? (int32_t)(min_vis - t) : 0, n, t, vis,
+                       (float *)vt, ld.fuse_v ? vrow[cur_buf] : NULL,
+                       (uint16_t *)(void *)vbuf[cur_buf], lsum);
+        if (wide)
+            pv(o, &dm, p, 1, rp, vt, n, alpha, rescale, &ld);
+        else if (ld.fuse_v)
+            pv_raw(o, &dm, p, vrow[cur_buf], n, alpha, rescale, &ld);
+        else
+            pv(o, &dm, p, TILE, 1, vt, n, alpha, rescale, &ld);
         ld_finish(&ld);
         cur_buf ^= 1;
     }
 
     write_rows(u, &dm, G, perm, o, m, lsum);
 }
+
+#if defined(DPBF16)
+#include "decode_bf16.h" /* its own unit for bf16 KV, unit_f32 for the rest */
+#else
+void SFX(attnd__decode_unit)(const attnd_kernel_decode_batch *b, const attnd__unit *u, float *work)
+{
+    unit_f32(b, u, work);
+}
+#endif

@@ -94,19 +94,40 @@ AI void cvt_row_perm_cm(float *dst, const uint16_t *src, int32_t n)
         v_load_bf16_pair(src, dst, dst + CS);
 }
 
-/* Reorder a float32 row (n a multiple of PERM_CHUNK) like cvt_row_perm_cm
- * orders a chunk, in place and row-major (for the queries). */
-static void perm_row(float *x, int32_t n)
+#if defined(DPBF16)
+/* ---- bf16 scratch (the bf16 dot-product unit, decode_bf16.h) -------------
+ * K rows are copied as bf16 into chunk-major scratch, chunks of 32: element
+ * d of token t at (d / 32) * CSB + t * 32 + d % 32 (zero-padded to a whole
+ * chunk). V rows are interleaved by token pairs (2p, 2p + 1) for
+ * vdpbf16ps, which multiplies and adds element pairs: pair p's row is dv
+ * 32-bit words, each chunk of 32 elements as the 16 words of
+ * unpacklo_epi16(v_2p, v_2p+1) then the 16 of unpackhi (elements 0-3,
+ * 8-11, 16-19, 24-27, then 4-7, 12-15, 20-23, 28-31: write_rows puts them
+ * back). */
+#define CSB (TILE * 32)
+
+AI void cp_row_bf16_cm(uint16_t *dst, const uint16_t *src, int32_t n)
 {
-    float tmp[PERM_CHUNK];
-    for (int32_t i = 0; i < n; i += PERM_CHUNK) {
-        memcpy(tmp, x + i, sizeof tmp);
-        for (int32_t j = 0; j < VW; j++) {
-            x[i + j] = tmp[2 * j];
-            x[i + VW + j] = tmp[2 * j + 1];
-        }
+    int32_t i = 0;
+    for (; i + 32 <= n; i += 32, dst += CSB)
+        _mm512_storeu_si512((void *)dst, _mm512_loadu_si512((const void *)(src + i)));
+    if (i < n)
+        _mm512_storeu_si512((void *)dst, _mm512_maskz_loadu_epi16(
+                                             (__mmask32)((1ull << (n - i)) - 1), src + i));
+}
+
+/* Pair V rows a (token 2p) and b (token 2p + 1, or NULL: zeros) of n
+ * elements (a multiple of 32) into dst (n words). */
+AI void pair_rows_bf16(uint16_t *dst, const uint16_t *a, const uint16_t *b, int32_t n)
+{
+    for (int32_t i = 0; i < n; i += 32, dst += 64) {
+        __m512i x = _mm512_loadu_si512((const void *)(a + i));
+        __m512i y = b ? _mm512_loadu_si512((const void *)(b + i)) : _mm512_setzero_si512();
+        _mm512_storeu_si512((void *)dst, _mm512_unpacklo_epi16(x, y));
+        _mm512_storeu_si512((void *)(dst + 32), _mm512_unpackhi_epi16(x, y));
     }
 }
+#endif
 
 /* ---- the tile loader ------------------------------------------------------
  *
@@ -121,11 +142,13 @@ static void perm_row(float *x, int32_t n)
  * them, 10 with); spread out they keep the fill buffers busy, where a
  * burst would stall on them just like demand misses. */
 typedef struct tile_loader {
-    const attnd_decode_batch *b;
+    const attnd_kernel_decode_batch *b;
     const int32_t *pages;
     const attnd__simd_dims *dm;
     int32_t kvh, perm;
     int32_t fuse_v;    /* V is not converted: P V reads it from the pool */
+    int32_t bf16;      /* bf16 scratch (K copied, V paired: see above) */
+    const char *vprev; /* bf16: the V row of the even token of a pair */
     float *k, *v;      /* destination of the tile being converted */
     const char **vrow; /* fuse_v: the tile's V row pointers [TILE] */
     int64_t pg, slot;  /* list position of its next row */
@@ -140,7 +163,7 @@ typedef struct tile_loader {
 /* Row pointers of token (pg, slot). */
 static inline const char *ld_krow(const tile_loader *ld, int64_t pg, int64_t slot)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     const size_t es = attnd_dtype_size(l->dtype);
     const char *page =
         (const char *)ld->b->pool + (size_t)((int64_t)ld->pages[pg] * l->page_stride) * es;
@@ -149,7 +172,7 @@ static inline const char *ld_krow(const tile_loader *ld, int64_t pg, int64_t slo
 
 static inline const char *ld_vrow(const tile_loader *ld, int64_t pg, int64_t slot)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     const size_t es = attnd_dtype_size(l->dtype);
     const char *page =
         (const char *)ld->b->pool + (size_t)((int64_t)ld->pages[pg] * l->page_stride) * es;
@@ -160,7 +183,7 @@ static inline const char *ld_vrow(const tile_loader *ld, int64_t pg, int64_t slo
 static void ld_begin(tile_loader *ld, int64_t t, int64_t t_end, float *k, float *v,
                      const char **vrow, int32_t calls)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     ld->k = k;
     ld->v = v;
     ld->vrow = vrow;
@@ -180,12 +203,24 @@ static void ld_begin(tile_loader *ld, int64_t t, int64_t t_end, float *k, float 
 /* Convert up to `rows` more rows of the tile. */
 static void ld_rows(tile_loader *ld, int32_t rows)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     const attnd__simd_dims *dm = ld->dm;
     int32_t end = ld->j + rows < ld->n ? ld->j + rows : ld->n;
 
     for (; ld->j < end; ld->j++) {
         float *kd = ld->k + (size_t)ld->j * VW, *vd = ld->v + (size_t)ld->j * VW;
+#if defined(DPBF16)
+        if (ld->bf16) {
+            cp_row_bf16_cm((uint16_t *)(void *)ld->k + (size_t)ld->j * 32,
+                           (const uint16_t *)(const void *)ld->kr, dm->dk);
+            if (ld->j & 1)
+                pair_rows_bf16((uint16_t *)(void *)ld->v + (size_t)(ld->j / 2) * 2 * dm->dv,
+                               (const uint16_t *)(const void *)ld->vprev,
+                               (const uint16_t *)(const void *)ld->vr, dm->dv);
+            else
+                ld->vprev = ld->vr;
+        } else
+#endif
         if (ld->fuse_v) {
             cvt_row_perm_cm(kd, (const uint16_t *)(const void *)ld->kr, dm->dk);
             ld->vrow[ld->j] = ld->vr;
@@ -212,25 +247,39 @@ static void ld_rows(tile_loader *ld, int32_t rows)
     }
 }
 
-/* Convert what is left and zero the rows past the tile's tokens. */
+/* Convert what is left and zero the K rows past the tile's tokens that
+ * the narrow scores read (up to the power of two qk_narrow_few rounds n to,
+ * or the whole tile): their scores are masked, but garbage there could be
+ * slow (subnormals). Wide scores and every P V read only the first n rows. */
 static void ld_finish(tile_loader *ld)
 {
     const attnd__simd_dims *dm = ld->dm;
     ld_rows(ld, TILE);
     if (ld->n > 0 && ld->n < TILE) { /* an empty tile is never read */
-        size_t rest = sizeof(float) * (size_t)(TILE - ld->n) * VW;
-        for (int32_t c = 0; c < dm->dk_pad / VW; c++)
+        int32_t z = ld->n <= VW ? 1 : TILE;
+        while (z < ld->n)
+            z *= 2;
+#if defined(DPBF16)
+        if (ld->bf16) {
+            if (ld->n & 1) /* the last pair's odd token: zeros */
+                pair_rows_bf16((uint16_t *)(void *)ld->v + (size_t)(ld->n / 2) * 2 * dm->dv,
+                               (const uint16_t *)(const void *)ld->vprev, NULL, dm->dv);
+            for (int32_t c = 0; c < (dm->dk + 31) / 32 && z > ld->n; c++)
+                memset((uint16_t *)(void *)ld->k + (size_t)c * CSB + (size_t)ld->n * 32, 0,
+                       sizeof(uint16_t) * 32 * (size_t)(z - ld->n));
+            return;
+        }
+#endif
+        size_t rest = sizeof(float) * (size_t)(z - ld->n) * VW;
+        for (int32_t c = 0; c < dm->dk_pad / VW && rest; c++)
             memset(ld->k + (size_t)c * CS + (size_t)ld->n * VW, 0, rest);
-        if (!ld->b->kv->v_in_k && !ld->fuse_v)
-            for (int32_t c = 0; c < dm->dv_pad / VW; c++)
-                memset(ld->v + (size_t)c * CS + (size_t)ld->n * VW, 0, rest);
     }
 }
 
 /* List the rows of tokens [t, t_end) (at most a tile) for prefetching. */
 static void ld_prefetch_begin(tile_loader *ld, int64_t t, int64_t t_end, int32_t calls)
 {
-    const attnd_kv_layout *l = ld->b->kv;
+    const attnd_kernel_kv_layout *l = ld->b->kv;
     int64_t n = t_end - t < TILE ? t_end - t : TILE;
 
     ld->pf_rows = ld->pf_next = 0;

@@ -7,7 +7,7 @@
 
 #include "attnd_kernels.h"
 
-int attnd_fwht_supported(int32_t n)
+int attnd_kernel_fwht_supported(int32_t n)
 {
     return n >= 1 && (n & (n - 1)) == 0;
 }

@@ -10,8 +10,8 @@
 
 #include "attnd_kernels.h"
 
-void attnd_kv_layout_mla(attnd_kv_layout *l, int32_t d_c, int32_t d_r,
-                         int32_t page_size, attnd_dtype dtype)
+void attnd_kernel_kv_layout_mla(attnd_kernel_kv_layout *l, int32_t d_c, int32_t d_r,
+                                int32_t page_size, attnd_dtype dtype)
 {
     memset(l, 0, sizeof *l);
     l->dtype = dtype;
@@ -28,9 +28,9 @@ void attnd_kv_layout_mla(attnd_kv_layout *l, int32_t d_c, int32_t d_r,
     l->page_stride = (int64_t)page_size * l->d_k;
 }
 
-void attnd_kv_layout_gqa(attnd_kv_layout *l, int32_t n_kv_heads,
-                         int32_t head_dim, int32_t page_size,
-                         attnd_dtype dtype)
+void attnd_kernel_kv_layout_gqa(attnd_kernel_kv_layout *l, int32_t n_kv_heads,
+                                int32_t head_dim, int32_t page_size,
+                                attnd_dtype dtype)
 {
     memset(l, 0, sizeof *l);
     l->dtype = dtype;
@@ -47,24 +47,24 @@ void attnd_kv_layout_gqa(attnd_kv_layout *l, int32_t n_kv_heads,
     l->page_stride = 2 * l->v_offset;
 }
 
-size_t attnd_kv_layout_page_bytes(const attnd_kv_layout *l)
+size_t attnd_kernel_kv_layout_page_bytes(const attnd_kernel_kv_layout *l)
 {
     return (size_t)l->page_stride * attnd_dtype_size(l->dtype);
 }
 
-int64_t attnd_kv_layout_token_elems(const attnd_kv_layout *l)
+int64_t attnd_kernel_kv_layout_token_elems(const attnd_kernel_kv_layout *l)
 {
     if (l->v_in_k)
         return (int64_t)l->n_kv_heads * l->d_k;
     return (int64_t)l->n_kv_heads * (l->d_k + l->d_v);
 }
 
-void attnd_kv_write_tokens(const attnd_kv_layout *l, void *page, int32_t slot,
-                           int32_t n, attnd_dtype src_t, const void *src)
+void attnd_kernel_kv_write_tokens(const attnd_kernel_kv_layout *l, void *page, int32_t slot,
+                                  int32_t n, attnd_dtype src_t, const void *src)
 {
     size_t es = attnd_dtype_size(l->dtype);
     size_t ss = attnd_dtype_size(src_t);
-    int64_t entry = attnd_kv_layout_token_elems(l);
+    int64_t entry = attnd_kernel_kv_layout_token_elems(l);
     char *base = page;
     const char *in = src;
 

@@ -1,10 +1,15 @@
 /* The LSE combine: merging two partial attention states over disjoint token
  * sets into the state over their union. Split-KV inside a rank and the
  * sequence-sharded combine across ranks both reduce with this function; it
- * is exact up to float32 rounding and deterministic for a given order. */
+ * is exact up to float32 rounding and deterministic for a given order.
+ *
+ * A poisoned state (lse NaN: its tokens held a non-finite value, see
+ * attnd_kernels.h) poisons the union: NaN is carried, never dropped, so a
+ * split or a rank holding the bad token cannot vanish from the answer. An
+ * empty state (lse -inf) is the identity. */
 #include <math.h>
 
-#include "attnd_kernels.h"
+#include "cpu_int.h"
 
 void attnd_kernel_merge_states(float *o_a, float *lse_a, const float *o_b,
                                const float *lse_b, int64_t n_rows, int32_t d)
@@ -14,6 +19,10 @@ void attnd_kernel_merge_states(float *o_a, float *lse_a, const float *o_b,
         float *oa = o_a + r * d;
         const float *ob = o_b + r * d;
 
+        if (isnan(la) || isnan(lb)) {
+            attnd__nan_row(oa, d, &lse_a[r]);
+            continue;
+        }
         if (lb == -INFINITY)
             continue;
         if (la == -INFINITY) {

@@ -22,12 +22,12 @@
 #define AUTO_MIN_RANGE 256
 #define AUTO_UNITS_PER_THREAD 4
 
-void attnd_decode_plan_init(attnd_decode_plan *plan)
+void attnd_kernel_decode_plan_init(attnd_kernel_decode_plan *plan)
 {
     memset(plan, 0, sizeof *plan);
 }
 
-void attnd_decode_plan_cleanup(attnd_decode_plan *plan)
+void attnd_kernel_decode_plan_cleanup(attnd_kernel_decode_plan *plan)
 {
     free(plan->units);
     free(plan->groups);
@@ -39,7 +39,7 @@ void attnd_decode_plan_cleanup(attnd_decode_plan *plan)
 
 static int cmp_units(const void *pa, const void *pb)
 {
-    const attnd_decode_unit *a = pa, *b = pb;
+    const attnd_kernel_decode_unit *a = pa, *b = pb;
     int64_t la = a->t1 - a->t0, lb = b->t1 - b->t0;
     if (la != lb)
         return la > lb ? -1 : 1;
@@ -51,12 +51,12 @@ static int cmp_units(const void *pa, const void *pb)
 }
 
 /* Ranges for a pair of `tiles` tiles under the options. */
-static int64_t ranges_for(int64_t tiles, const attnd_decode_plan_opts *o, int64_t auto_tiles)
+static int64_t ranges_for(int64_t tiles, const attnd_kernel_decode_plan_opts *o, int64_t auto_tiles)
 {
     int64_t k;
     if (tiles <= 1)
         return 1;
-    if (o->splits == ATTND_DECODE_SPLITS_MAX)
+    if (o->splits == ATTND_KERNEL_DECODE_SPLITS_MAX)
         k = tiles;
     else if (o->splits > 0)
         k = o->splits;
@@ -65,34 +65,36 @@ static int64_t ranges_for(int64_t tiles, const attnd_decode_plan_opts *o, int64_
     return k < tiles ? k : tiles;
 }
 
-attnd_status attnd_decode_plan_make(attnd_decode_plan *plan, const attnd_decode_batch *b,
-                                    const attnd_decode_plan_opts *opts, attnd_error *err)
+attnd_status attnd_kernel_decode_plan_make(attnd_kernel_decode_plan *plan,
+                                           const attnd_kernel_decode_batch *b,
+                                           const attnd_kernel_decode_plan_opts *opts,
+                                           attnd_error *err)
 {
     const int32_t hkv = b->kv->n_kv_heads, group = b->n_q_heads / hkv;
     const int32_t rows = b->q_tokens * group, dv = b->kv->d_v;
     int64_t total = 0, n_units = 0, n_groups = 0, n_parts = 0;
 
     plan->n_units = plan->n_groups = plan->n_parts = 0;
-    if (opts->n_threads < 1 || opts->splits < ATTND_DECODE_SPLITS_MAX)
+    if (opts->n_threads < 1 || opts->splits < ATTND_KERNEL_DECODE_SPLITS_MAX)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "plan opts: n_threads %d (need >= 1), splits %d (need >= -1)",
                                opts->n_threads, opts->splits);
 
     for (int32_t i = 0; i < b->n_seqs; i++)
         for (int32_t h = 0; h < hkv; h++)
-            total += attnd_decode_seq_len(b, i, h);
+            total += attnd_kernel_decode_seq_len(b, i, h);
     /* automatic range: a quarter of a thread's share, whole tiles, >= 256 */
     int64_t share = total / ((int64_t)opts->n_threads * AUTO_UNITS_PER_THREAD);
     int64_t auto_tiles = share < AUTO_MIN_RANGE ? AUTO_MIN_RANGE : share;
-    auto_tiles = (auto_tiles + ATTND_DECODE_TILE - 1) / ATTND_DECODE_TILE;
-    if (opts->splits == ATTND_DECODE_SPLITS_AUTO && opts->n_threads == 1)
+    auto_tiles = (auto_tiles + ATTND_KERNEL_DECODE_TILE - 1) / ATTND_KERNEL_DECODE_TILE;
+    if (opts->splits == ATTND_KERNEL_DECODE_SPLITS_AUTO && opts->n_threads == 1)
         auto_tiles = INT64_MAX / 2;
 
     for (int32_t i = 0; i < b->n_seqs; i++)
         for (int32_t h = 0; h < hkv; h++) {
-            int64_t len = attnd_decode_seq_len(b, i, h);
-            int64_t k = ranges_for((len + ATTND_DECODE_TILE - 1) / ATTND_DECODE_TILE, opts,
-                                   auto_tiles);
+            int64_t len = attnd_kernel_decode_seq_len(b, i, h);
+            int64_t k = ranges_for((len + ATTND_KERNEL_DECODE_TILE - 1) / ATTND_KERNEL_DECODE_TILE,
+                                   opts, auto_tiles);
             n_units += k;
             if (k > 1) {
                 n_groups++;
@@ -111,17 +113,17 @@ attnd_status attnd_decode_plan_make(attnd_decode_plan *plan, const attnd_decode_
     for (int32_t i = 0; i < b->n_seqs; i++) {
         for (int32_t h = 0; h < hkv; h++) {
             /* per KV head: with list_groups its list may be its own */
-            int64_t len = attnd_decode_seq_len(b, i, h);
-            int64_t tiles = (len + ATTND_DECODE_TILE - 1) / ATTND_DECODE_TILE;
+            int64_t len = attnd_kernel_decode_seq_len(b, i, h);
+            int64_t tiles = (len + ATTND_KERNEL_DECODE_TILE - 1) / ATTND_KERNEL_DECODE_TILE;
             int64_t k = ranges_for(tiles, opts, auto_tiles);
             if (k > 1) {
-                plan->groups[g] = (attnd_decode_group){i, h, part, (int32_t)k};
+                plan->groups[g] = (attnd_kernel_decode_group){i, h, part, (int32_t)k};
                 plan->pending[g] = (int32_t)k;
             }
             for (int64_t j = 0; j < k; j++) {
-                int64_t a = j * tiles / k * ATTND_DECODE_TILE;
-                int64_t z = (j + 1) * tiles / k * ATTND_DECODE_TILE;
-                plan->units[u++] = (attnd_decode_unit){
+                int64_t a = j * tiles / k * ATTND_KERNEL_DECODE_TILE;
+                int64_t z = (j + 1) * tiles / k * ATTND_KERNEL_DECODE_TILE;
+                plan->units[u++] = (attnd_kernel_decode_unit){
                     .seq = i,
                     .kv_head = h,
                     .t0 = a,

@@ -15,7 +15,7 @@
 #include "cpu_int.h"
 #include "proj_int.h"
 
-attnd_status attnd_proj_check(const attnd_proj *p, attnd_error *err)
+attnd_status attnd_kernel_proj_check(const attnd_kernel_proj *p, attnd_error *err)
 {
     if (p->rows < 1 || p->heads < 1 || p->k < 1 || p->j < 1 || p->pass < 0)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -36,17 +36,17 @@ attnd_status attnd_proj_check(const attnd_proj *p, attnd_error *err)
  * (a query inside a gRPC slice or a UCX buffer), and loading a float from
  * a misaligned address is undefined: such rows are copied into the
  * scratch like any other dtype. */
-static int src_in_place(const attnd_proj *p)
+static int src_in_place(const attnd_kernel_proj *p)
 {
     return p->src_dtype == ATTND_DTYPE_F32 && (uintptr_t)p->src % _Alignof(float) == 0;
 }
 
-size_t attnd_proj_work_floats(const attnd_proj *p)
+size_t attnd_kernel_proj_work_floats(const attnd_kernel_proj *p)
 {
     return src_in_place(p) ? 0 : (size_t)p->rows * (size_t)p->k;
 }
 
-const float *attnd__proj_rows(const attnd_proj *p, int32_t h, int32_t r0, int32_t nr,
+const float *attnd__proj_rows(const attnd_kernel_proj *p, int32_t h, int32_t r0, int32_t nr,
                               float *work, int64_t *lda_p)
 {
     const size_t es = attnd_dtype_size(p->src_dtype);
@@ -63,7 +63,7 @@ const float *attnd__proj_rows(const attnd_proj *p, int32_t h, int32_t r0, int32_
     return work;
 }
 
-void attnd__proj_pass(const attnd_proj *p, int32_t h, int32_t r0, int32_t nr)
+void attnd__proj_pass(const attnd_kernel_proj *p, int32_t h, int32_t r0, int32_t nr)
 {
     const size_t es = attnd_dtype_size(p->src_dtype);
     for (int32_t r = r0; r < r0 + nr && p->pass > 0; r++) {
@@ -77,7 +77,7 @@ void attnd__proj_pass(const attnd_proj *p, int32_t h, int32_t r0, int32_t nr)
 }
 
 /* The reference: row by row, dst accumulating k in increasing order. */
-void attnd__proj_heads_scalar(const attnd_proj *p, int32_t h0, int32_t h1, float *work)
+void attnd__proj_heads_scalar(const attnd_kernel_proj *p, int32_t h0, int32_t h1, float *work)
 {
     const size_t K = (size_t)p->k, J = (size_t)p->j;
     for (int32_t h = h0; h < h1; h++) {
@@ -115,16 +115,16 @@ static attnd__proj_fn path_fn(attnd_kernel_path path)
     return attnd__proj_heads_scalar;
 }
 
-void attnd_kernel_proj_range(attnd_kernel_path path, const attnd_proj *p, int32_t h0,
+void attnd_kernel_proj_range(attnd_kernel_path path, const attnd_kernel_proj *p, int32_t h0,
                              int32_t h1, float *work)
 {
     path_fn(path)(p, h0, h1, work);
 }
 
 typedef struct proj_job {
-    const attnd_proj *p;
+    const attnd_kernel_proj *p;
     attnd__proj_fn fn;
-    attnd_cpu_pool *pool;
+    attnd_kernel_pool *pool;
     int32_t n_threads;
 } proj_job;
 
@@ -137,14 +137,14 @@ static void proj_job_run(void *ctx, int32_t tid)
         j->fn(j->p, h0, h1, attnd__pool_scratch(j->pool, tid));
 }
 
-attnd_status attnd_kernel_proj_parallel(attnd_cpu_pool *pool, const attnd_proj *p,
+attnd_status attnd_kernel_proj_parallel(attnd_kernel_pool *pool, const attnd_kernel_proj *p,
                                         attnd_error *err)
 {
     proj_job j = {.p = p, .fn = path_fn(attnd_kernel_path_current()), .pool = pool,
-                  .n_threads = attnd_cpu_pool_threads(pool)};
-    if (attnd__pool_run(pool, attnd_proj_work_floats(p), proj_job_run, &j) != 0)
+                  .n_threads = attnd_kernel_pool_threads(pool)};
+    if (attnd__pool_run(pool, attnd_kernel_proj_work_floats(p), proj_job_run, &j) != 0)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "proj: no memory for %zu floats of scratch per thread",
-                               attnd_proj_work_floats(p));
+                               attnd_kernel_proj_work_floats(p));
     return ATTND_OK;
 }

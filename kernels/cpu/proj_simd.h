@@ -119,7 +119,7 @@ static void SFX(proj_tail)(const float *a, int64_t lda, const void *w, int w_bf1
 }
 
 /* Columns [c, c + width) of every row, through fn[nr - 1] per row block. */
-static void SFX(proj_cols)(const SFX(proj_block_fn) *fn, const attnd_proj *p, const float *a,
+static void SFX(proj_cols)(const SFX(proj_block_fn) *fn, const attnd_kernel_proj *p, const float *a,
                            int64_t lda, const void *w, int w_bf16, size_t c, float *d)
 {
     for (int32_t r0 = 0; r0 < p->rows; r0 += PROJ_RB) {
@@ -129,7 +129,7 @@ static void SFX(proj_cols)(const SFX(proj_block_fn) *fn, const attnd_proj *p, co
     }
 }
 
-void SFX(attnd__proj_heads)(const attnd_proj *p, int32_t h0, int32_t h1, float *work)
+void SFX(attnd__proj_heads)(const attnd_kernel_proj *p, int32_t h0, int32_t h1, float *work)
 {
     const size_t K = (size_t)p->k, J = (size_t)p->j, es = attnd_dtype_size(p->w_dtype);
     const int w_bf16 = p->w_dtype == ATTND_DTYPE_BF16;

@@ -5,10 +5,10 @@
 
 #include "attnd_kernels.h"
 
-void attnd_ref_attention_f64(int32_t hq, int32_t hkv, int32_t dk, int32_t dv,
-                             int64_t t, double scale, const double *q,
-                             const double *k, const double *v, double *out,
-                             double *lse)
+void attnd_kernel_ref_attention_f64(int32_t hq, int32_t hkv, int32_t dk, int32_t dv,
+                                    int64_t t, double scale, const double *q,
+                                    const double *k, const double *v, double *out,
+                                    double *lse)
 {
     int32_t group = hq / hkv;
 

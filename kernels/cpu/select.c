@@ -11,7 +11,7 @@
  * maxima, each candidate's score (its best row's distance below that row's
  * best page), a quickselect for the threshold, and one ordered scan that
  * writes the kept pages. Scratch comes from the caller (ub, maxima, scores:
- * attnd_select_prepare says how much) and from the pool's per-thread
+ * attnd_kernel_select_prepare says how much) and from the pool's per-thread
  * buffers (packed queries), so a steady decode allocates nothing here. */
 #include <math.h>
 #include <stdatomic.h>
@@ -21,14 +21,14 @@
 #include "select_int.h"
 
 /* Rows (query token x head) of one list: every KV head of its group. */
-static int32_t list_rows(const attnd_select_batch *b)
+static int32_t list_rows(const attnd_kernel_select_batch *b)
 {
     return b->q_tokens * (b->n_q_heads / (b->list_groups > 1 ? b->list_groups : 1));
 }
 
 /* Candidates the scoring must look at: none when the mandatory pages fill
  * the budget or every candidate is kept anyway. */
-static int32_t list_chunks(const attnd_select_list *sl)
+static int32_t list_chunks(const attnd_kernel_select_list *sl)
 {
     if (sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail)
         return 0;
@@ -36,12 +36,12 @@ static int32_t list_chunks(const attnd_select_list *sl)
 }
 
 /* Query rows per KV head, and KV heads per list. */
-static int32_t head_rows(const attnd_select_batch *b)
+static int32_t head_rows(const attnd_kernel_select_batch *b)
 {
     return b->q_tokens * (b->n_q_heads / b->kv->n_kv_heads);
 }
 
-static int32_t list_heads(const attnd_select_batch *b)
+static int32_t list_heads(const attnd_kernel_select_batch *b)
 {
     return b->kv->n_kv_heads / (b->list_groups > 1 ? b->list_groups : 1);
 }
@@ -49,7 +49,7 @@ static int32_t list_heads(const attnd_select_batch *b)
 /* The list's scratch: packed queries [heads][attnd__select_pack_floats],
  * ub [n_cand][rows], chunk maxima [chunks][rows], scores [n_cand],
  * quickselect copy [n_cand]. */
-static int64_t list_work(const attnd_select_batch *b, const attnd_select_list *sl)
+static int64_t list_work(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl)
 {
     int64_t c = list_chunks(sl), rows = list_rows(b);
     if (c == 0)
@@ -59,20 +59,21 @@ static int64_t list_work(const attnd_select_batch *b, const attnd_select_list *s
 }
 
 /* Where the list's parts of the scratch start. */
-static float *list_q(const attnd_select_batch *b, const attnd_select_list *sl, int32_t hh)
+static float *list_q(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                     int32_t hh)
 {
     return b->work + sl->work0 +
            (size_t)hh * attnd__select_pack_floats(head_rows(b), b->kv->d_k);
 }
 
-static float *list_ub(const attnd_select_batch *b, const attnd_select_list *sl)
+static float *list_ub(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl)
 {
     return list_q(b, sl, list_heads(b));
 }
 
-int64_t attnd_select_prepare(attnd_select_batch *b, attnd_error *err)
+int64_t attnd_kernel_select_prepare(attnd_kernel_select_batch *b, attnd_error *err)
 {
-    const attnd_kv_layout *l = b->kv;
+    const attnd_kernel_kv_layout *l = b->kv;
     if (!l || (b->n_lists > 0 && (!b->lists || !b->q || !b->bounds || !b->cand_idx ||
                                   !b->sel_pages)))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -91,7 +92,7 @@ int64_t attnd_select_prepare(attnd_select_batch *b, attnd_error *err)
                -1;
     int64_t work = 0, chunks = 0;
     for (int32_t i = 0; i < b->n_lists; i++) {
-        attnd_select_list *sl = &b->lists[i];
+        attnd_kernel_select_list *sl = &b->lists[i];
         if (sl->seq < 0 || sl->seq >= b->n_seqs || sl->group < 0 || sl->group >= lg ||
             sl->cand0 < 0 || sl->n_cand < 0 || sl->out0 < 0 || sl->n_head < 0 ||
             sl->n_tail < 0 || sl->n_head + sl->n_tail > sl->keep || sl->keep > sl->n_cand)
@@ -122,7 +123,7 @@ int64_t attnd_select_prepare(attnd_select_batch *b, attnd_error *err)
     return work + (int64_t)attnd__select_unit_floats(b);
 }
 
-void attnd__select_q_row(const attnd_select_batch *b, int32_t seq, int32_t kvh, int32_t r,
+void attnd__select_q_row(const attnd_kernel_select_batch *b, int32_t seq, int32_t kvh, int32_t r,
                          float *dst)
 {
     const int32_t G = b->n_q_heads / b->kv->n_kv_heads, dk = b->kv->d_k;
@@ -135,7 +136,8 @@ void attnd__select_q_row(const attnd_select_batch *b, int32_t seq, int32_t kvh, 
 /* Pack the queries of every KV head of list sl (see select_int.h); tmp
  * holds 16 rows of d_k floats. Wide packing widens 16 rows at a time and
  * writes them column by column, so each store run fills a cache line. */
-static void pack_list(const attnd_select_batch *b, const attnd_select_list *sl, float *tmp)
+static void pack_list(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                      float *tmp)
 {
     const int32_t R = head_rows(b), dk = b->kv->d_k, hpg = list_heads(b);
     const size_t rp = ((size_t)R + 15) / 16 * 16, dkp = ((size_t)dk + 15) / 16 * 16;
@@ -163,7 +165,7 @@ static void pack_list(const attnd_select_batch *b, const attnd_select_list *sl, 
 }
 
 /* The portable scoring unit (and the reference the SIMD ones match). */
-void attnd__select_ub_scalar(const attnd_select_batch *b, const attnd_select_list *sl,
+void attnd__select_ub_scalar(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
                              int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
                              int32_t row0, int32_t rows, float *scratch)
 {
@@ -174,8 +176,8 @@ void attnd__select_ub_scalar(const attnd_select_batch *b, const attnd_select_lis
 
     (void)scratch;
     for (int32_t p = p0; p < p1; p++) {
-        const uint16_t *lo =
-            b->bounds + attnd_kv_bounds_at(b->kv, b->bounds_pages, kvh, b->cand_idx[sl->cand0 + p]);
+        const uint16_t *lo = b->bounds + attnd_kernel_kv_bounds_at(b->kv, b->bounds_pages, kvh,
+                                                                   b->cand_idx[sl->cand0 + p]);
         const uint16_t *hi = lo + dk;
         for (int32_t r = 0; r < R; r++) {
             float acc = 0.0f;
@@ -204,8 +206,8 @@ static attnd__ub_fn ub_fn(void)
 
 /* Score chunk c of list sl over every KV head of its group, and record the
  * chunk's per-row maxima. */
-static void score_chunk(const attnd_select_batch *b, const attnd_select_list *sl, int32_t c,
-                        attnd__ub_fn fn, float *scratch)
+static void score_chunk(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                        int32_t c, attnd__ub_fn fn, float *scratch)
 {
     const int32_t hpg = list_heads(b), rows = list_rows(b), R = head_rows(b);
     const int32_t p0 = c * ATTND__SEL_CHUNK;
@@ -262,7 +264,7 @@ static float select_desc(float *a, int32_t n, int32_t k)
 }
 
 /* Scores and the top-k of one list; writes its kept pages. */
-static void select_list(const attnd_select_batch *b, const attnd_select_list *sl)
+static void select_list(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl)
 {
     const int32_t rows = list_rows(b), n = sl->n_cand, chunks = list_chunks(sl);
     const int32_t *cand = b->cand_idx + sl->cand0;
@@ -322,7 +324,7 @@ static void select_list(const attnd_select_batch *b, const attnd_select_list *sl
 }
 
 /* The calling thread's scratch at the end of b->work, 64-byte aligned. */
-static float *tail_scratch(const attnd_select_batch *b)
+static float *tail_scratch(const attnd_kernel_select_batch *b)
 {
     int64_t tail = 0;
     for (int32_t i = 0; i < b->n_lists; i++)
@@ -330,14 +332,14 @@ static float *tail_scratch(const attnd_select_batch *b)
     return (float *)(((uintptr_t)(b->work + tail) + 63) & ~(uintptr_t)63);
 }
 
-static void pack_all(const attnd_select_batch *b, float *tmp)
+static void pack_all(const attnd_kernel_select_batch *b, float *tmp)
 {
     for (int32_t i = 0; i < b->n_lists; i++)
         if (list_chunks(&b->lists[i]))
             pack_list(b, &b->lists[i], tmp);
 }
 
-void attnd_kernel_select(const attnd_select_batch *b)
+void attnd_kernel_select(const attnd_kernel_select_batch *b)
 {
     attnd__ub_fn fn = ub_fn();
     float *scratch = tail_scratch(b);
@@ -350,15 +352,15 @@ void attnd_kernel_select(const attnd_select_batch *b)
 }
 
 typedef struct sel_ctx {
-    const attnd_select_batch *b;
-    attnd_cpu_pool *pool;
+    const attnd_kernel_select_batch *b;
+    attnd_kernel_pool *pool;
     attnd__ub_fn fn;
     int32_t n_chunks;
     atomic_int next;
 } sel_ctx;
 
 /* The list a global chunk number belongs to (lists ordered by chunk0). */
-static int32_t list_of_chunk(const attnd_select_batch *b, int32_t k)
+static int32_t list_of_chunk(const attnd_kernel_select_batch *b, int32_t k)
 {
     int32_t lo = 0, hi = b->n_lists - 1;
     while (lo < hi) {
@@ -383,7 +385,7 @@ static void score_job(void *p, int32_t tid)
         if (k >= c->n_chunks)
             return;
         int32_t li = list_of_chunk(c->b, k);
-        const attnd_select_list *sl = &c->b->lists[li];
+        const attnd_kernel_select_list *sl = &c->b->lists[li];
         score_chunk(c->b, sl, k - sl->chunk0, c->fn, scratch);
     }
 }
@@ -400,13 +402,13 @@ static void select_job(void *p, int32_t tid)
     }
 }
 
-attnd_status attnd_kernel_select_parallel(attnd_cpu_pool *pool, const attnd_select_batch *b,
-                                          attnd_error *err)
+attnd_status attnd_kernel_select_parallel(attnd_kernel_pool *pool,
+                                          const attnd_kernel_select_batch *b, attnd_error *err)
 {
     sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn()};
     if (b->n_lists == 0)
         return ATTND_OK;
-    const attnd_select_list *last = &b->lists[b->n_lists - 1];
+    const attnd_kernel_select_list *last = &b->lists[b->n_lists - 1];
     c.n_chunks = last->chunk0 + list_chunks(last);
     atomic_init(&c.next, 0);
     pack_all(b, tail_scratch(b)); /* on the calling thread: once per list */

@@ -15,7 +15,7 @@
 #include "attnd_kernels.h"
 
 /* Candidates per scoring unit. */
-#define ATTND__SEL_CHUNK ATTND_SELECT_CHUNK
+#define ATTND__SEL_CHUNK ATTND_KERNEL_SELECT_CHUNK
 /* Rows from which a KV head's queries are packed "wide" (transposed,
  * vectors over rows) rather than "narrow" (row-major, vectors over d_k). */
 #define ATTND__SEL_WIDE_ROWS 32
@@ -36,18 +36,18 @@ static inline size_t attnd__select_pack_floats(int32_t R, int32_t dk)
 /* Score candidates [p0, p1) of list sl against KV head kvh's packed
  * queries qpk: ub[p][row0 + r] for its R rows (rows per candidate in ub).
  * scratch: attnd__select_unit_floats floats, 64-byte alignable. */
-typedef void (*attnd__ub_fn)(const attnd_select_batch *b, const attnd_select_list *sl,
+typedef void (*attnd__ub_fn)(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
                              int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
                              int32_t row0, int32_t rows, float *scratch);
 
-void attnd__select_ub_scalar(const attnd_select_batch *b, const attnd_select_list *sl,
+void attnd__select_ub_scalar(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
                              int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
                              int32_t row0, int32_t rows, float *scratch);
 #if defined(ATTND_HAVE_X86_SIMD)
-void attnd__select_ub_avx2(const attnd_select_batch *b, const attnd_select_list *sl,
+void attnd__select_ub_avx2(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
                            int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
                            int32_t row0, int32_t rows, float *scratch);
-void attnd__select_ub_avx512(const attnd_select_batch *b, const attnd_select_list *sl,
+void attnd__select_ub_avx512(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
                              int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
                              int32_t row0, int32_t rows, float *scratch);
 #endif
@@ -58,7 +58,7 @@ void attnd__select_ub_avx512(const attnd_select_batch *b, const attnd_select_lis
 /* Floats of per-thread scratch a scoring unit needs (the bounds of
  * ATTND__SEL_TB pages widened to float32) and packing needs (16 query rows
  * widened), plus alignment slack. */
-static inline size_t attnd__select_unit_floats(const attnd_select_batch *b)
+static inline size_t attnd__select_unit_floats(const attnd_kernel_select_batch *b)
 {
     size_t dkp = ((size_t)b->kv->d_k + 15) / 16 * 16;
     size_t unit = 2 * ATTND__SEL_TB * dkp, pack = 16 * dkp;
@@ -67,7 +67,7 @@ static inline size_t attnd__select_unit_floats(const attnd_select_batch *b)
 
 /* The query row r of (sequence seq, KV head kvh), widened to float32 into
  * dst (dk floats). */
-void attnd__select_q_row(const attnd_select_batch *b, int32_t seq, int32_t kvh, int32_t r,
+void attnd__select_q_row(const attnd_kernel_select_batch *b, int32_t seq, int32_t kvh, int32_t r,
                          float *dst);
 
 #endif /* ATTND_SELECT_INT_H */

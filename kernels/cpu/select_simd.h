@@ -97,10 +97,12 @@ SEL_AI void narrow_block(const float *qp, const float *qm, size_t dkp, int32_t d
 }
 
 /* The bounds (lo row) of KV head kvh of candidate p of list sl. */
-static inline const uint16_t *cand_bounds(const attnd_select_batch *b,
-                                          const attnd_select_list *sl, int32_t kvh, int32_t p)
+static inline const uint16_t *cand_bounds(const attnd_kernel_select_batch *b,
+                                          const attnd_kernel_select_list *sl, int32_t kvh,
+                                          int32_t p)
 {
-    return b->bounds + attnd_kv_bounds_at(b->kv, b->bounds_pages, kvh, b->cand_idx[sl->cand0 + p]);
+    return b->bounds +
+           attnd_kernel_kv_bounds_at(b->kv, b->bounds_pages, kvh, b->cand_idx[sl->cand0 + p]);
 }
 
 /* Candidates are scattered pages: fetch one's bounds ahead of use (the
@@ -112,7 +114,7 @@ static inline void prefetch_bounds(const uint16_t *lo, int32_t dk)
         __builtin_prefetch(c + off);
 }
 
-void SFX(attnd__select_ub)(const attnd_select_batch *b, const attnd_select_list *sl,
+void SFX(attnd__select_ub)(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
                            int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
                            int32_t row0, int32_t rows, float *scratch)
 {

@@ -22,6 +22,8 @@ typedef __m256 vf;
 /* scores: 4 tokens x 3 row vectors = 12 accumulators + 3 q + 1 broadcast */
 #define WIDE_TB 4
 #define WIDE_RB 3
+/* scores with one row vector (<= VW rows): tokens per block */
+#define WIDE_TB1 8
 /* output: 4 rows x 2 vectors of d_v = 8 accumulators + 2 v + 4 broadcasts */
 #define PV_RB 4
 #define PV_EB 2
@@ -41,6 +43,8 @@ static inline vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf v_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 static inline vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+
+static inline vf v_ceil(vf x) { return _mm256_ceil_ps(x); }
 
 static inline float v_hmax(vf x)
 {
@@ -111,6 +115,75 @@ static inline vf v_ninf_to_zero(vf x)
 static inline int v_any_ne1(vf a)
 {
     return _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(1.0f), _CMP_NEQ_UQ)) != 0;
+}
+
+/* Lanes that are NaN or +-inf become NaN. */
+static inline vf v_nonfinite_to_nan(vf x)
+{
+    __m256 abs = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    __m256 finite = _mm256_cmp_ps(abs, _mm256_set1_ps(INFINITY), _CMP_LT_OQ);
+    return _mm256_blendv_ps(_mm256_set1_ps(NAN), x, finite);
+}
+
+/* 1 when some lane is NaN or +-inf. */
+static inline int v_any_nonfinite(vf x)
+{
+    __m256 abs = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    return _mm256_movemask_ps(_mm256_cmp_ps(abs, _mm256_set1_ps(INFINITY), _CMP_LT_OQ)) != 0xff;
+}
+
+/* even (x0, x2, ..., x14) and odd (x1, ..., x15) -> natural order: lo = x0..x7,
+ * hi = x8..x15; v_deinterleave is its inverse. */
+static inline void v_interleave(vf even, vf odd, vf *lo, vf *hi)
+{
+    vf a = _mm256_unpacklo_ps(even, odd), b = _mm256_unpackhi_ps(even, odd);
+    *lo = _mm256_permute2f128_ps(a, b, 0x20);
+    *hi = _mm256_permute2f128_ps(a, b, 0x31);
+}
+
+static inline void v_deinterleave(vf lo, vf hi, vf *even, vf *odd)
+{
+    vf e = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    vf o = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    *even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+    *odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+/* Transpose an 8 x 8 block: row i (i < 8) at src + i * ss; column j of it
+ * goes to dst + j * ds for j < ncols. */
+static inline void tr_put(float *dst, size_t ds, int ncols, int j, vf x)
+{
+    if (j < ncols)
+        _mm256_storeu_ps(dst + (size_t)j * ds, x);
+}
+
+static inline void v_transpose_block(const float *src, size_t ss, float *dst, size_t ds,
+                                     int ncols)
+{
+    vf r0 = v_load(src), r1 = v_load(src + ss), r2 = v_load(src + 2 * ss);
+    vf r3 = v_load(src + 3 * ss), r4 = v_load(src + 4 * ss), r5 = v_load(src + 5 * ss);
+    vf r6 = v_load(src + 6 * ss), r7 = v_load(src + 7 * ss);
+    vf t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    vf t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    vf t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    vf t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    /* u0: column 0 of rows 0-3 | column 4 of rows 0-3; u1: 1 | 5; ... */
+    vf u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    vf u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    vf u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    vf u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    vf u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    vf u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    vf u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    vf u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    tr_put(dst, ds, ncols, 0, _mm256_permute2f128_ps(u0, u4, 0x20));
+    tr_put(dst, ds, ncols, 1, _mm256_permute2f128_ps(u1, u5, 0x20));
+    tr_put(dst, ds, ncols, 2, _mm256_permute2f128_ps(u2, u6, 0x20));
+    tr_put(dst, ds, ncols, 3, _mm256_permute2f128_ps(u3, u7, 0x20));
+    tr_put(dst, ds, ncols, 4, _mm256_permute2f128_ps(u0, u4, 0x31));
+    tr_put(dst, ds, ncols, 5, _mm256_permute2f128_ps(u1, u5, 0x31));
+    tr_put(dst, ds, ncols, 6, _mm256_permute2f128_ps(u2, u6, 0x31));
+    tr_put(dst, ds, ncols, 7, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
 /* 2^x for x <= 0 (NaN stays NaN; x < -126 gives 0). */

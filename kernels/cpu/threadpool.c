@@ -1,4 +1,4 @@
-/* attnd_cpu_pool: a fixed set of threads that run one job at a time.
+/* attnd_kernel_pool: a fixed set of threads that run one job at a time.
  *
  * A job is a function called once on every thread, tid 0 being the caller;
  * the decode run's function pulls work units from a shared counter until
@@ -22,11 +22,11 @@
 #include "cpu_int.h"
 
 typedef struct worker_arg {
-    attnd_cpu_pool *pool;
+    attnd_kernel_pool *pool;
     int32_t tid;
 } worker_arg;
 
-struct attnd_cpu_pool {
+struct attnd_kernel_pool {
     int32_t n_threads;     /* including the caller */
     int32_t n_started;     /* workers running */
     pthread_t *workers;    /* [n_threads - 1] */
@@ -35,7 +35,7 @@ struct attnd_cpu_pool {
     pthread_mutex_t job_mu; /* one job at a time; guards scratch and plan */
     float **scratch;        /* [n_threads], 64-byte aligned */
     size_t scratch_floats;
-    attnd_decode_plan plan;
+    attnd_kernel_decode_plan plan;
 
     pthread_mutex_t mu;     /* guards the job hand-off below */
     pthread_cond_t start_cv, done_cv;
@@ -49,7 +49,7 @@ struct attnd_cpu_pool {
 static void *worker_main(void *p)
 {
     worker_arg *a = p;
-    attnd_cpu_pool *pool = a->pool;
+    attnd_kernel_pool *pool = a->pool;
     uint64_t seen = 0;
 
     for (;;) {
@@ -74,7 +74,7 @@ static void *worker_main(void *p)
     }
 }
 
-static void stop_workers(attnd_cpu_pool *pool)
+static void stop_workers(attnd_kernel_pool *pool)
 {
     pthread_mutex_lock(&pool->mu);
     pool->stop = 1;
@@ -85,10 +85,10 @@ static void stop_workers(attnd_cpu_pool *pool)
     pool->n_started = 0;
 }
 
-attnd_status attnd_cpu_pool_create(int32_t n_threads, attnd_cpu_pool **pool_p,
-                                   attnd_error *err)
+attnd_status attnd_kernel_pool_create(int32_t n_threads, attnd_kernel_pool **pool_p,
+                                      attnd_error *err)
 {
-    attnd_cpu_pool *pool;
+    attnd_kernel_pool *pool;
     attnd_status st;
 
     if (n_threads == 0) {
@@ -109,7 +109,7 @@ attnd_status attnd_cpu_pool_create(int32_t n_threads, attnd_cpu_pool **pool_p,
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "cpu pool: out of memory");
         goto err_arrays;
     }
-    attnd_decode_plan_init(&pool->plan);
+    attnd_kernel_decode_plan_init(&pool->plan);
     pthread_mutex_init(&pool->job_mu, NULL);
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->start_cv, NULL);
@@ -141,14 +141,14 @@ err_arrays:
     return st;
 }
 
-void attnd_cpu_pool_destroy(attnd_cpu_pool *pool)
+void attnd_kernel_pool_destroy(attnd_kernel_pool *pool)
 {
     if (!pool)
         return;
     stop_workers(pool);
     for (int32_t i = 0; i < pool->n_threads; i++)
         free(pool->scratch[i]);
-    attnd_decode_plan_cleanup(&pool->plan);
+    attnd_kernel_decode_plan_cleanup(&pool->plan);
     pthread_cond_destroy(&pool->done_cv);
     pthread_cond_destroy(&pool->start_cv);
     pthread_mutex_destroy(&pool->mu);
@@ -159,14 +159,14 @@ void attnd_cpu_pool_destroy(attnd_cpu_pool *pool)
     free(pool);
 }
 
-int32_t attnd_cpu_pool_threads(const attnd_cpu_pool *pool)
+int32_t attnd_kernel_pool_threads(const attnd_kernel_pool *pool)
 {
     return pool->n_threads;
 }
 
 /* Give every thread at least n floats of scratch; on failure no thread has
  * any (and the next job tries again). Called with job_mu held. */
-static int grow_scratch(attnd_cpu_pool *pool, size_t n)
+static int grow_scratch(attnd_kernel_pool *pool, size_t n)
 {
     if (n <= pool->scratch_floats)
         return 0;
@@ -187,27 +187,27 @@ static int grow_scratch(attnd_cpu_pool *pool, size_t n)
     return 0;
 }
 
-float *attnd__pool_scratch(attnd_cpu_pool *pool, int32_t tid)
+float *attnd__pool_scratch(attnd_kernel_pool *pool, int32_t tid)
 {
     return pool->scratch[tid];
 }
 
-attnd_decode_plan *attnd__pool_plan(attnd_cpu_pool *pool)
+attnd_kernel_decode_plan *attnd__pool_plan(attnd_kernel_pool *pool)
 {
     return &pool->plan;
 }
 
-void attnd__pool_lock(attnd_cpu_pool *pool)
+void attnd__pool_lock(attnd_kernel_pool *pool)
 {
     pthread_mutex_lock(&pool->job_mu);
 }
 
-void attnd__pool_unlock(attnd_cpu_pool *pool)
+void attnd__pool_unlock(attnd_kernel_pool *pool)
 {
     pthread_mutex_unlock(&pool->job_mu);
 }
 
-int attnd__pool_run_locked(attnd_cpu_pool *pool, size_t scratch_floats, attnd__pool_fn fn,
+int attnd__pool_run_locked(attnd_kernel_pool *pool, size_t scratch_floats, attnd__pool_fn fn,
                            void *ctx)
 {
     if (scratch_floats && grow_scratch(pool, scratch_floats))
@@ -233,7 +233,7 @@ int attnd__pool_run_locked(attnd_cpu_pool *pool, size_t scratch_floats, attnd__p
     return 0;
 }
 
-int attnd__pool_run(attnd_cpu_pool *pool, size_t scratch_floats, attnd__pool_fn fn, void *ctx)
+int attnd__pool_run(attnd_kernel_pool *pool, size_t scratch_floats, attnd__pool_fn fn, void *ctx)
 {
     attnd__pool_lock(pool);
     int rc = attnd__pool_run_locked(pool, scratch_floats, fn, ctx);

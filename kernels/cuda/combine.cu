@@ -1,8 +1,11 @@
 /* The LSE combine: merge float32 partial states (o normalized, lse natural
- * log, -inf = empty) into one output row:
+ * log, -inf = empty, NaN = poisoned) into one output row:
  *
  *   lse = M + log sum_i exp(lse_i - M),  M = max_i lse_i
  *   out = sum_i exp(lse_i - lse) o_i     (i in order: deterministic)
+ *
+ * A NaN part poisons the row (out NaN, lse NaN: attnd_kernels.h's rule);
+ * fmaxf drops NaN, so it is tracked apart and never lost to an M of -inf.
  *
  * for the public combine of n_parts states laid out [part][row][d] (the
  * all-reduce of sequence-sharded ranks) and for the split streams of an MLA
@@ -22,17 +25,24 @@ __device__ void combine_row(int n, const float *po, int64_t pstride, const float
                             int64_t lstride, int d, bool out_f32, void *out, float *lse_out)
 {
     const int lane = threadIdx.x & 31;
+    const float qnan = __int_as_float(0x7fc00000);
     float M = -INFINITY;
-    for (int i = 0; i < n; i++)
-        M = fmaxf(M, __ldg(pl + i * lstride));
+    bool poisoned = false;
+    for (int i = 0; i < n; i++) {
+        const float li = __ldg(pl + i * lstride);
+        M = fmaxf(M, li);
+        poisoned |= isnan(li);
+    }
     float sum = 0.f;
-    if (M != -INFINITY)
+    if (M != -INFINITY && !poisoned)
         for (int i = 0; i < n; i++)
             sum += expf(__ldg(pl + i * lstride) - M);
-    const float lse = M != -INFINITY ? M + logf(sum) : -INFINITY;
+    const float lse = poisoned ? qnan : M != -INFINITY ? M + logf(sum) : -INFINITY;
     for (int c = 4 * lane; c < d; c += 128) {
         float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (M != -INFINITY)
+        if (poisoned)
+            acc = make_float4(qnan, qnan, qnan, qnan);
+        else if (M != -INFINITY)
             for (int i = 0; i < n; i++) {
                 const float w = expf(__ldg(pl + i * lstride) - lse);
                 const float4 v = __ldg(reinterpret_cast<const float4 *>(po + i * pstride + c));

@@ -21,7 +21,14 @@
  * values zeroed in registers (pages there may hold NaN). The tensor cores
  * are far from busy (a decode row block is at most 32 rows): the kernel
  * lives on keeping enough TMA bytes in flight: 4 stages of 32 KB (head dim
- * 128) or 8 of 16 KB (64) per SM. */
+ * 128) or 8 of 16 KB (64) per SM.
+ *
+ * Non-finite values follow attnd_kernels.h's rule, as on the CPU: a row
+ * that meets a non-finite score (made NaN before the mask: l turns NaN),
+ * a non-finite O element,
+ * or a non-finite V element of a token only some rows see (S > 1: zeroed
+ * in registers, its rows flagged) comes out NaN in every element and in
+ * lse; a warp's flag travels as l = NaN through the warps' merge. */
 #include <cuda_runtime.h>
 
 #include "cuda_int.h"
@@ -47,6 +54,21 @@ template <int D, int NMT> struct GqaCfg {
 
 constexpr int THREADS = 160; /* 4 MMA warps + 1 producer warp */
 constexpr uint32_t BAR_MERGE = 1, BAR_FIN = 2;
+/* Tokens [0, lim) of a warp's 16-token slice, as bits. */
+__device__ __forceinline__ uint32_t seen16(int32_t lim)
+{
+    return lim >= 16 ? 0xffffu : lim <= 0 ? 0u : (1u << lim) - 1u;
+}
+
+/* OR of a per-thread flag over the 4 lanes holding one row. */
+__device__ __forceinline__ bool quad_any(bool b)
+{
+    int x = b;
+    x |= __shfl_xor_sync(0xffffffffu, x, 1);
+    x |= __shfl_xor_sync(0xffffffffu, x, 2);
+    return x != 0;
+}
+
 /* P is rounded to bf16 relative to its 16-token slice's own row max unless
  * that is more than 2^REF_FLOOR below the running max: results agree across
  * split counts to float32 rounding (see mla_decode.cu). */
@@ -123,8 +145,10 @@ __device__ void mma_warp(const attnd__dec_params &p, uint8_t *sKV, float *sMerge
 
         float o[NMT][2 * NK][4];
         float m[NMT][2], l[NMT][2], mr[NMT][2]; /* reference, sum, running max */
+        bool bad[NMT][2];                       /* rows poisoned by a tail V */
 #pragma unroll
         for (int mt = 0; mt < NMT; mt++) {
+            bad[mt][0] = bad[mt][1] = false;
 #pragma unroll
             for (int n = 0; n < 2 * NK; n++)
 #pragma unroll
@@ -170,6 +194,15 @@ __device__ void mma_warp(const attnd__dec_params &p, uint8_t *sKV, float *sMerge
             for (int mt = 0; mt < NMT; mt++) {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
+                    /* a non-finite score becomes NaN (0 s + s), which makes
+                     * l NaN (an unmasked -inf would pass for a masked token);
+                     * before the mask, which overwrites */
+#pragma unroll
+                    for (int n = 0; n < 2; n++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                            s[mt][n][2 * h + e] =
+                                __fmaf_rn(0.f, s[mt][n][2 * h + e], s[mt][n][2 * h + e]);
                     const int32_t lim = vis[mt][h] - tok0;
                     if (lim < 16) {
 #pragma unroll
@@ -211,8 +244,13 @@ __device__ void mma_warp(const attnd__dec_params &p, uint8_t *sKV, float *sMerge
                 pa[mt][3] = attnd__pack_bf16(s[mt][1][2], s[mt][1][3]);
             }
 
-            /* O += P V; V rows past the list's end are zeroed */
+            /* O += P V; V rows past the list's end are zeroed, and with S > 1
+             * non-finite V of the last S - 1 tokens (seen by only some rows:
+             * 0 * NaN is NaN for the others) is zeroed and its rows flagged */
             const int32_t nv = un.len - tok0; /* valid tokens from tw on */
+            const int32_t tl = nv - (p.q_tokens - 1);
+            const bool tail = tl < 16 && tl < nv;
+            uint32_t badtok = 0; /* bit k: token tok0 + k has a non-finite V */
 #pragma unroll
             for (int np = 0; np < NK; np++) {
                 const int i = lane >> 3;
@@ -228,11 +266,34 @@ __device__ void mma_warp(const attnd__dec_params &p, uint8_t *sKV, float *sMerge
                         vb[j] &= keep;
                     }
                 }
+                if (tail) {
+                    const int k0 = 2 * (lane & 3);
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const int k = k0 + ((j & 1) << 3);
+                        if (k >= tl && k < nv && (vb[j] & 0x7f80u) == 0x7f80u) {
+                            vb[j] &= 0xffff0000u;
+                            badtok |= 1u << k;
+                        }
+                        if (k + 1 >= tl && k + 1 < nv && (vb[j] & 0x7f800000u) == 0x7f800000u) {
+                            vb[j] &= 0x0000ffffu;
+                            badtok |= 1u << (k + 1);
+                        }
+                    }
+                }
 #pragma unroll
                 for (int mt = 0; mt < NMT; mt++) {
                     attnd__mma_bf16_16816(o[mt][2 * np], pa[mt], vb[0], vb[1]);
                     attnd__mma_bf16_16816(o[mt][2 * np + 1], pa[mt], vb[2], vb[3]);
                 }
+            }
+            if (tail) {
+                badtok = __reduce_or_sync(0xffffffffu, badtok);
+#pragma unroll
+                for (int mt = 0; mt < NMT; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        bad[mt][h] |= (badtok & seen16(vis[mt][h] - tok0)) != 0;
             }
             __syncwarp();
             if (lane == 0)
@@ -251,6 +312,12 @@ __device__ void mma_warp(const attnd__dec_params &p, uint8_t *sKV, float *sMerge
                 float lv = l[mt][h];
                 lv += __shfl_xor_sync(0xffffffffu, lv, 1);
                 lv += __shfl_xor_sync(0xffffffffu, lv, 2);
+                bool b = bad[mt][h];
+#pragma unroll
+                for (int n = 0; n < 2 * NK; n++)
+                    b |= !isfinite(o[mt][n][2 * h]) || !isfinite(o[mt][n][2 * h + 1]);
+                if (quad_any(b))
+                    lv = __int_as_float(0x7fc00000); /* poisoned: see the file comment */
                 const int r = 16 * mt + (lane >> 2) + 8 * h;
                 float *dst = mO + (warp * C::RB + r) * C::OPAD + 2 * (lane & 3);
 #pragma unroll
@@ -269,14 +336,19 @@ __device__ void mma_warp(const attnd__dec_params &p, uint8_t *sKV, float *sMerge
             if (g >= p.rows)
                 continue;
             float mw[4], M = -INFINITY;
+            bool poisoned = false; /* fmaxf drops NaN: tracked apart */
 #pragma unroll
             for (int w = 0; w < 4; w++) {
                 mw[w] = mM[w * C::RB + r];
                 M = fmaxf(M, mw[w]);
+                poisoned |= isnan(mL[w * C::RB + r]);
             }
             float2 acc = make_float2(0.f, 0.f);
             float lsum = 0.f, lse = -INFINITY;
-            if (M != -INFINITY) {
+            if (poisoned) {
+                lse = __int_as_float(0x7fc00000);
+                acc = make_float2(lse, lse);
+            } else if (M != -INFINITY) {
 #pragma unroll
                 for (int w = 0; w < 4; w++) {
                     const float f = attnd__exp2(mw[w] - M);

@@ -29,6 +29,12 @@
  * to each tile's own row max (REF_FLOOR below), so results agree across
  * split counts to float32 rounding.
  *
+ * Non-finite values follow attnd_kernels.h's rule, as on the CPU: a row
+ * that meets a non-finite score (made NaN before the mask, so l turns NaN),
+ * a non-finite O element (warpgroup 1 reports its half in sFlags at its
+ * unit's last tile), or a non-finite V element of a token only some rows
+ * see (S > 1: guard_tail) comes out NaN in every element and in lse.
+ *
  * Warpgroups 0 and 1 hand P over with two named barriers: BAR_P (P and
  * the scale factors are in shared memory) and BAR_PFREE (warpgroup 1 is
  * done reading them); the producer and consumers meet only on mbarriers.
@@ -52,7 +58,7 @@ template <int DC> struct MlaCfg {
     static constexpr int Q_BYTES = NCB * BLK;
     static constexpr int STAGE_BYTES = NCB * BLK;
     static constexpr int P_BYTES = BLK;
-    static constexpr int MISC = 1024; /* scales, barriers */
+    static constexpr int MISC = 1024; /* scales, barriers, flags */
     static constexpr int LIMIT = 227 * 1024;
     static constexpr int FIT = (LIMIT - 1024 - Q_BYTES - P_BYTES - MISC) / STAGE_BYTES;
     static constexpr int STAGES = FIT > 4 ? 4 : FIT;
@@ -178,10 +184,75 @@ __device__ __forceinline__ void wgmma_pv_ss(float (&o)[MlaCfg<DC>::NACC], uint64
         attnd__wgmma_ss_n64_tb(o, da, db, 1);
 }
 
+/* Multi-token queries (S > 1): tokens [tl, hi) of the tile (hi <= 64) are
+ * seen by only some rows, whose P for them is 0, and 0 * NaN is NaN: a
+ * non-finite V element there is zeroed in the stage (both warpgroups read V
+ * from it) and its token reported in the returned mask (bit j: token tok0 +
+ * j), so that only the rows that see it are poisoned. Warpgroup 0's 128
+ * threads together (uniform branch); rare: only tiles holding a multi-token
+ * stream's last S - 1 tokens. Same job as the CPU kernels' guard_tail. */
+template <int DC>
+__device__ uint64_t guard_tail(uint8_t *st, int tl, int hi, int tid, unsigned long long *sTail)
+{
+    using C = MlaCfg<DC>;
+    constexpr int PER_ROW = (DC / 64) * 8; /* 16-byte chunks of a row's V */
+    if (tid == 0)
+        *sTail = 0ull;
+    attnd__bar_sync(BAR_WG0, 128);
+    for (int idx = tid; idx < (hi - tl) * PER_ROW; idx += 128) {
+        const int r = tl + idx / PER_ROW, rem = idx % PER_ROW;
+        uint4 *c = reinterpret_cast<uint4 *>(st + (rem >> 3) * C::BLK + r * 128 + ((rem & 7) << 4));
+        const uint4 v = *c;
+        uint32_t w[4] = {v.x, v.y, v.z, v.w};
+        bool bad = false;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint32_t keep = ((w[i] & 0x7f80u) != 0x7f80u ? 0x0000ffffu : 0u) |
+                            ((w[i] & 0x7f800000u) != 0x7f800000u ? 0xffff0000u : 0u);
+            bad |= keep != 0xffffffffu;
+            w[i] &= keep;
+        }
+        if (bad) {
+            *c = make_uint4(w[0], w[1], w[2], w[3]);
+            atomicOr(sTail, 1ull << r);
+        }
+    }
+    attnd__bar_sync(BAR_WG0, 128);
+    return *sTail;
+}
+
+/* Rows seeing tokens [0, lim) of a tile: the bits of a guard_tail mask. */
+__device__ __forceinline__ uint64_t seen_bits(int32_t lim)
+{
+    return lim >= 64 ? ~0ull : lim <= 0 ? 0ull : (1ull << lim) - 1ull;
+}
+
+/* OR of a per-thread flag over the 4 lanes holding one row. */
+__device__ __forceinline__ bool quad_any(bool b)
+{
+    int x = b;
+    x |= __shfl_xor_sync(0xffffffffu, x, 1);
+    x |= __shfl_xor_sync(0xffffffffu, x, 2);
+    return x != 0;
+}
+
+/* Whether this thread's O accumulators of row half h (0: r0, 1: r0 + 8)
+ * hold a non-finite value. */
+template <int DC>
+__device__ __forceinline__ bool o_nonfinite(const float (&o)[MlaCfg<DC>::NACC], int h)
+{
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < MlaCfg<DC>::NACC / 4; i++)
+        bad |= !isfinite(o[4 * i + 2 * h]) || !isfinite(o[4 * i + 2 * h + 1]);
+    return bad;
+}
+
 /* Warpgroup 0: scores, softmax, left half of O. */
 template <int DC>
 __device__ void consumer0(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, uint8_t *sP,
-                          float *sScale, uint64_t *full, uint64_t *empty, int32_t u0, int32_t u1)
+                          float *sScale, uint64_t *full, uint64_t *empty, int *sFlags,
+                          unsigned long long *sTail, int32_t u0, int32_t u1)
 {
     using C = MlaCfg<DC>;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -208,6 +279,7 @@ __device__ void consumer0(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, 
          * the running max */
         float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
         float mr0 = -INFINITY, mr1 = -INFINITY;
+        bool bad0 = false, bad1 = false; /* rows poisoned by guard_tail */
 
         for (int32_t t = un.tile0; t < un.tile1; t++) {
             const uint32_t st_addr = k_addr + stage * C::STAGE_BYTES;
@@ -232,6 +304,13 @@ __device__ void consumer0(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, 
 #pragma unroll
             for (int i = 0; i < 32; i++)
                 attnd__reg_fence(s[i]);
+
+            /* a non-finite score becomes NaN (0 s + s: s if finite, else
+             * NaN), which makes l NaN: an unmasked -inf would otherwise pass
+             * for a masked token. Before the mask, which overwrites. */
+#pragma unroll
+            for (int i = 0; i < 32; i++)
+                s[i] = __fmaf_rn(0.f, s[i], s[i]);
 
             /* mask tokens past what each row sees */
             const int32_t tok0 = t * ATTND__CUDA_TILE;
@@ -314,6 +393,15 @@ __device__ void consumer0(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, 
                 sScale[r0 + 8] = al1;
             }
             const int32_t nv = un.len - tok0; /* valid tokens in this tile */
+            const int32_t tl = un.len - (p.q_tokens - 1) - tok0; /* S > 1 tail */
+            const bool tail = tl < 64 && tl < nv;
+            if (tail) {
+                const int32_t hi = nv < 64 ? nv : 64;
+                const uint64_t badtok =
+                    guard_tail<DC>(sK + stage * C::STAGE_BYTES, tl > 0 ? tl : 0, hi, tid, sTail);
+                bad0 |= (badtok & seen_bits(lim0)) != 0;
+                bad1 |= (badtok & seen_bits(lim1)) != 0;
+            }
             if (nv < 64) {
                 /* zero V rows past the list's end (they may hold NaN) */
                 uint8_t *st = sK + stage * C::STAGE_BYTES;
@@ -326,7 +414,7 @@ __device__ void consumer0(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, 
             }
             attnd__fence_proxy_async();
             attnd__bar_arrive(BAR_P, 256);
-            if (nv < 64)
+            if (nv < 64 || tail) /* every thread's V writes fenced before our P V */
                 attnd__bar_sync(BAR_WG0, 128);
 
             /* O[:, :HALF] = al * O + P V */
@@ -356,14 +444,23 @@ __device__ void consumer0(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, 
             }
         }
 
-        /* finish the unit: row sums, LSE, outputs */
+        /* finish the unit: row sums, LSE, outputs; a poisoned row gets
+         * inv = NaN (so both halves of O come out NaN) and lse NaN */
 #pragma unroll
         for (int sh = 1; sh <= 2; sh <<= 1) {
             l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
             l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
         }
-        const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-        attnd__bar_sync(BAR_PFREE, 256);
+        bad0 = quad_any(bad0 || o_nonfinite<DC>(o, 0)) || isnan(l0);
+        bad1 = quad_any(bad1 || o_nonfinite<DC>(o, 1)) || isnan(l1);
+        attnd__bar_sync(BAR_PFREE, 256); /* after it, warpgroup 1's sFlags */
+        if (un.tile1 > un.tile0) {
+            bad0 |= sFlags[r0] != 0;
+            bad1 |= sFlags[r0 + 8] != 0;
+        }
+        const float qnan = __int_as_float(0x7fc00000);
+        const float inv0 = bad0 ? qnan : l0 > 0.f ? 1.f / l0 : 0.f;
+        const float inv1 = bad1 ? qnan : l1 > 0.f ? 1.f / l1 : 0.f;
         if ((lane & 3) == 0) {
             sScale[r0] = inv0;
             sScale[r0 + 8] = inv1;
@@ -376,7 +473,8 @@ __device__ void consumer0(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, 
                 if (g >= p.rows)
                     continue;
                 float l = h ? l1 : l0, m = h ? m1 : m0;
-                float lse = l > 0.f ? (m + __log2f(l)) * ATTND_LN2 : -INFINITY;
+                float lse = (h ? bad1 : bad0) ? qnan
+                            : l > 0.f ? (m + __log2f(l)) * ATTND_LN2 : -INFINITY;
                 if (un.slot >= 0)
                     p.part_lse[(int64_t)un.slot * p.rows + g] = lse;
                 else if (p.lse)
@@ -391,7 +489,8 @@ __device__ void consumer0(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, 
 /* Warpgroup 1: right half of O. */
 template <int DC>
 __device__ void consumer1(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, uint8_t *sP,
-                          float *sScale, uint64_t *full, uint64_t *empty, int32_t u0, int32_t u1)
+                          float *sScale, uint64_t *full, uint64_t *empty, int *sFlags,
+                          int32_t u0, int32_t u1)
 {
     using C = MlaCfg<DC>;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -434,6 +533,14 @@ __device__ void consumer1(const attnd__dec_params &p, uint8_t *sQ, uint8_t *sK, 
             attnd__wgmma_commit();
             attnd__wgmma_wait<0>();
             o_fence<DC>(o);
+            if (t == un.tile1 - 1) { /* this half's non-finite O, for warpgroup 0 */
+                const bool b0 = quad_any(o_nonfinite<DC>(o, 0));
+                const bool b1 = quad_any(o_nonfinite<DC>(o, 1));
+                if ((lane & 3) == 0) {
+                    sFlags[r0] = b0;
+                    sFlags[r0 + 8] = b1;
+                }
+            }
             attnd__bar_arrive(BAR_PFREE, 256);
             __syncwarp();
             if (lane == 0)
@@ -465,6 +572,10 @@ __global__ void __launch_bounds__(THREADS, 1)
     float *sScale = reinterpret_cast<float *>(sP + C::P_BYTES);
     uint64_t *full = reinterpret_cast<uint64_t *>(sScale + 64);
     uint64_t *empty = full + C::STAGES;
+    int *sFlags = reinterpret_cast<int *>(empty + C::STAGES); /* [64] */
+    unsigned long long *sTail = reinterpret_cast<unsigned long long *>(sFlags + 64);
+    static_assert(64 * 4 + 2 * C::STAGES * 8 + 64 * 4 + 8 <= C::MISC,
+                  "MISC holds the scales, the barriers and the flags");
 
     const int32_t u0 = __ldg(p.part_ptr + blockIdx.y), u1 = __ldg(p.part_ptr + blockIdx.y + 1);
     if (threadIdx.x == 0) {
@@ -487,9 +598,9 @@ __global__ void __launch_bounds__(THREADS, 1)
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
         if (wg == 0)
-            consumer0<DC>(p, sQ, sK, sP, sScale, full, empty, u0, u1);
+            consumer0<DC>(p, sQ, sK, sP, sScale, full, empty, sFlags, sTail, u0, u1);
         else
-            consumer1<DC>(p, sQ, sK, sP, sScale, full, empty, u0, u1);
+            consumer1<DC>(p, sQ, sK, sP, sScale, full, empty, sFlags, u0, u1);
     }
 }
 

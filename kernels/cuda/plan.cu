@@ -33,7 +33,7 @@ struct attnd_cuda_plan {
     int32_t n_split; /* MLA: split streams the combine kernel merges */
     size_t split_at; /* their offset in d_meta (int32) */
     int32_t n_seqs, q_tokens, n_q_heads, list_groups;
-    attnd_kv_layout kv;
+    attnd_kernel_kv_layout kv;
     attnd__dec_params prm; /* shape fields and plan buffers; run adds the rest */
     char name[24];
     /* buffers */
@@ -55,7 +55,7 @@ struct attnd_cuda_plan {
             return attnd__cuda_fail(err, rc_, what);    \
     } while (0)
 
-static int same_layout(const attnd_kv_layout *a, const attnd_kv_layout *b)
+static int same_layout(const attnd_kernel_kv_layout *a, const attnd_kernel_kv_layout *b)
 {
     return a->dtype == b->dtype && a->page_size == b->page_size &&
            a->n_kv_heads == b->n_kv_heads && a->d_k == b->d_k && a->d_v == b->d_v &&
@@ -71,7 +71,7 @@ static attnd_status check_shape(const attnd_cuda_batch *b, int *is_mla_p, int *d
 {
     if (!b)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "batch: must not be NULL");
-    const attnd_kv_layout *l = &b->kv;
+    const attnd_kernel_kv_layout *l = &b->kv;
     if (b->n_seqs < 0)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "n_seqs: %d, expected >= 0",
                                b->n_seqs);
@@ -97,17 +97,17 @@ static attnd_status check_shape(const attnd_cuda_batch *b, int *is_mla_p, int *d
     if (b->list_groups < 1)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "list_groups: %d, expected >= 1",
                                b->list_groups);
-    attnd_kv_layout want;
+    attnd_kernel_kv_layout want;
     if (l->v_in_k) {
         int d_c = l->d_v;
         if (l->d_k - l->d_v != 64 || (d_c != 512 && d_c != 256 && d_c != 128))
             return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
                                    "kv: MLA d_c %d, d_r %d; the GPU kernels take d_c 512/256/128, d_r 64",
                                    l->d_v, l->d_k - l->d_v);
-        attnd_kv_layout_mla(&want, d_c, 64, l->page_size, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_mla(&want, d_c, 64, l->page_size, ATTND_DTYPE_BF16);
         if (!same_layout(l, &want))
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                                   "kv: strides differ from attnd_kv_layout_mla's");
+                                   "kv: strides differ from attnd_kernel_kv_layout_mla's");
         if (b->n_q_heads < 1 || b->n_q_heads % b->list_groups)
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                    "n_q_heads: %d, expected >= 1 and a multiple of list_groups %d",
@@ -122,10 +122,10 @@ static attnd_status check_shape(const attnd_cuda_batch *b, int *is_mla_p, int *d
         if (hkv < 1)
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "kv.n_kv_heads: %d, expected >= 1",
                                    hkv);
-        attnd_kv_layout_gqa(&want, hkv, d, l->page_size, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_gqa(&want, hkv, d, l->page_size, ATTND_DTYPE_BF16);
         if (!same_layout(l, &want))
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                                   "kv: strides differ from attnd_kv_layout_gqa's");
+                                   "kv: strides differ from attnd_kernel_kv_layout_gqa's");
         if (b->n_q_heads < hkv || b->n_q_heads % hkv)
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                    "n_q_heads: %d, expected a multiple of n_kv_heads %d",
@@ -425,7 +425,7 @@ extern "C" attnd_status attnd_cuda_decode_run(attnd_cuda_plan *pl, const attnd_c
 
     if (pl->pt.n_units > 0) {
         alignas(64) CUtensorMap tmap;
-        const attnd_kv_layout *l = &b->kv;
+        const attnd_kernel_kv_layout *l = &b->kv;
         if (is_mla)
             st = attnd__cuda_tensor_map(pl->ctx, &tmap, b->pool, (uint64_t)l->d_k,
                                         (uint64_t)l->page_size, (uint64_t)b->pool_pages, err);

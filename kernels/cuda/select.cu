@@ -2,8 +2,8 @@
  * math and the same result as kernels/cpu/select.c, up to the order of the
  * float32 sums.
  *
- * Two kernels. score_kernel: one CTA per unit of ATTND_SELECT_CHUNK
- * candidates of one list (the units attnd_select_prepare counted); its
+ * Two kernels. score_kernel: one CTA per unit of ATTND_KERNEL_SELECT_CHUNK
+ * candidates of one list (the units attnd_kernel_select_prepare counted); its
  * warps take (candidate, query row) pairs, lanes stride over d_k reading
  * the row's query and the candidate's bounds (bf16, L2-resident for the
  * unit), a warp sum gives ub[p][row] = sum_d max(q lo, q hi). select_kernel:
@@ -28,7 +28,7 @@ namespace {
 constexpr int SEL_THREADS = 256;
 
 struct sel_params {
-    const attnd_select_list *lists;
+    const attnd_kernel_select_list *lists;
     int32_t n_lists, q_tokens, hq, hkv, lg, dk;
     const uint16_t *q, *bounds;
     int64_t bounds_pages;
@@ -44,15 +44,15 @@ __device__ __forceinline__ float bf16f(uint16_t h)
 
 /* Units of a list to score: none when its mandatory pages fill the budget
  * or every candidate is kept (select.c's list_chunks). */
-__device__ __forceinline__ int chunks_of(const attnd_select_list &sl)
+__device__ __forceinline__ int chunks_of(const attnd_kernel_select_list &sl)
 {
     if (sl.keep >= sl.n_cand || sl.keep <= sl.n_head + sl.n_tail)
         return 0;
-    return (sl.n_cand + ATTND_SELECT_CHUNK - 1) / ATTND_SELECT_CHUNK;
+    return (sl.n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
 }
 
 /* Where a list's ub starts in the scratch (select.c's list_ub). */
-__device__ __forceinline__ float *ub_of(const sel_params &p, const attnd_select_list &sl)
+__device__ __forceinline__ float *ub_of(const sel_params &p, const attnd_kernel_select_list &sl)
 {
     const int32_t hpg = p.hkv / p.lg, R = p.q_tokens * (p.hq / p.hkv);
     const int64_t rp = (R + 15) / 16 * 16, dkp = (p.dk + 15) / 16 * 16;
@@ -77,10 +77,10 @@ __device__ int list_of_chunk(const sel_params &p, int k)
 
 __global__ void score_kernel(sel_params p)
 {
-    const attnd_select_list sl = p.lists[list_of_chunk(p, (int)blockIdx.x)];
+    const attnd_kernel_select_list sl = p.lists[list_of_chunk(p, (int)blockIdx.x)];
     const int32_t hpg = p.hkv / p.lg, G = p.hq / p.hkv, R = p.q_tokens * G, rows = R * hpg;
-    const int32_t p0 = ((int)blockIdx.x - sl.chunk0) * ATTND_SELECT_CHUNK;
-    const int32_t p1 = min(p0 + ATTND_SELECT_CHUNK, sl.n_cand);
+    const int32_t p0 = ((int)blockIdx.x - sl.chunk0) * ATTND_KERNEL_SELECT_CHUNK;
+    const int32_t p1 = min(p0 + ATTND_KERNEL_SELECT_CHUNK, sl.n_cand);
     float *ub = ub_of(p, sl);
     const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     const int nw = (int)blockDim.x / 32;
@@ -138,7 +138,7 @@ __device__ uint32_t count_keys(const float *score, int32_t m0, int32_t m1, uint3
 __global__ void select_kernel(sel_params p)
 {
     __shared__ unsigned shared_count;
-    const attnd_select_list sl = p.lists[blockIdx.x];
+    const attnd_kernel_select_list sl = p.lists[blockIdx.x];
     const int32_t n = sl.n_cand, chunks = chunks_of(sl);
     const int32_t m0 = sl.n_head, m1 = n - sl.n_tail;
     const int32_t *cand = p.cand + sl.cand0;

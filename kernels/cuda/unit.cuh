@@ -166,14 +166,21 @@ static __device__ void attnd__split_arrive_merge(const attnd__dec_params &p, con
     const int64_t lstride = p.rows, ostride = (int64_t)p.rows * dv;
     if (r1 > p.rows)
         r1 = p.rows;
-    /* pass 1: a warp per row, lanes over the parts */
+    /* pass 1: a warp per row, lanes over the parts; a NaN part (poisoned:
+     * attnd_kernels.h's rule) makes the row's lse NaN, which pass 2 turns
+     * into NaN outputs (fmaxf drops NaN, so it is tracked apart) */
     for (int32_t g = r0 + (tid >> 5); g < r1; g += nthr >> 5) {
         float M = -INFINITY;
-        for (int i = lane; i < k; i += 32)
-            M = fmaxf(M, __ldcg(pl + i * lstride + g));
+        bool bad = false;
+        for (int i = lane; i < k; i += 32) {
+            const float li = __ldcg(pl + i * lstride + g);
+            M = fmaxf(M, li);
+            bad |= isnan(li);
+        }
 #pragma unroll
         for (int sh = 16; sh >= 1; sh >>= 1)
             M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, sh));
+        bad = __any_sync(0xffffffffu, bad);
         float sum = 0.f;
         if (M != -INFINITY)
             for (int i = lane; i < k; i += 32)
@@ -182,7 +189,8 @@ static __device__ void attnd__split_arrive_merge(const attnd__dec_params &p, con
         for (int sh = 16; sh >= 1; sh >>= 1)
             sum += __shfl_xor_sync(0xffffffffu, sum, sh);
         if (lane == 0)
-            sL[g - r0] = M != -INFINITY ? M + logf(sum) : -INFINITY;
+            sL[g - r0] = bad ? __int_as_float(0x7fc00000)
+                             : M != -INFINITY ? M + logf(sum) : -INFINITY;
     }
     attnd__bar_sync(bar, nthr);
     /* pass 2: (row, 4 columns) items, parts four at a time */
@@ -191,7 +199,7 @@ static __device__ void attnd__split_arrive_merge(const attnd__dec_params &p, con
         const int c = 4 * (idx % c4);
         const float lse = sL[g - r0];
         float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (lse != -INFINITY) {
+        if (lse != -INFINITY) { /* NaN lse: every weight is NaN */
             const float *pr = po + (int64_t)g * dv + c;
 #pragma unroll 4
             for (int i = 0; i < k; i++) {

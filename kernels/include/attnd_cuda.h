@@ -16,7 +16,9 @@
  *
  * over the tokens t of the page list the head reads, in list order, with
  * vis = L - (S - 1 - s) for S = q_tokens query tokens and L the list's
- * token count (vis <= 0: out = 0, lse = -inf). GQA: K and V per KV head,
+ * token count (vis <= 0: out = 0, lse = -inf; a non-finite value in what
+ * the row attends: out and lse NaN, attnd_kernels.h's non-finite rule,
+ * which the CPU kernels follow too). GQA: K and V per KV head,
  * d_k = d_v = head_dim in {64, 128}. MLA (absorbed): one KV head, K = [c,
  * k_rope] with d_k = d_c + 64, V = c (the first d_v = d_c elements of K),
  * d_c in {512, 256, 128} (256 and 128: TPLA latent shards).
@@ -27,8 +29,8 @@
  *   out  [n_seqs][q_tokens][Hq][d_v]   of out_dtype (BF16 or F32)
  *   lse  [n_seqs][q_tokens][Hq]        float32, or NULL
  *   pool pool_pages pages, page p at pool + p * page_stride, laid out as
- *        kv (attnd_kv_layout_mla: [page_size][d_c + d_r], token-major, V
- *        aliasing K; attnd_kv_layout_gqa: [2][Hkv][page_size][D]); the
+ *        kv (attnd_kernel_kv_layout_mla: [page_size][d_c + d_r], token-major, V
+ *        aliasing K; attnd_kernel_kv_layout_gqa: [2][Hkv][page_size][D]); the
  *        layout must be exactly what those two functions produce, dtype
  *        BF16, page_size a multiple of 64; pool 16-byte aligned.
  *
@@ -113,7 +115,7 @@ typedef struct attnd_cuda_batch {
     int32_t n_q_heads;   /* Hq >= 1 (MLA; tested 1..128), a multiple of Hkv (GQA) */
     int32_t list_groups; /* page lists per sequence (see the file comment) */
     float scale;
-    attnd_kv_layout kv;  /* see "Layouts" */
+    attnd_kernel_kv_layout kv;  /* see "Layouts" */
     int64_t pool_pages;
 
     /* device pointers */
@@ -172,10 +174,11 @@ const char *attnd_cuda_plan_kernel(const attnd_cuda_plan *plan);
  *
  * For each row r < n_rows, parts p < n_parts of float32 (part_o
  * [n_parts][n_rows][d], part_lse [n_parts][n_rows], natural log, -inf =
- * empty):
+ * empty, NaN = poisoned):
  *   lse[r] = log sum_p exp(part_lse[p][r])
  *   out[r] = sum_p exp(part_lse[p][r] - lse[r]) * part_o[p][r]
- * (all parts empty: out 0, lse -inf), summed in part order. out is
+ * (all parts empty: out 0, lse -inf; any part NaN: out and lse NaN, never
+ * dropped), summed in part order. out is
  * [n_rows][d] of out_dtype (BF16 or F32); out_lse may be NULL. d % 4 == 0.
  * Device pointers; asynchronous. */
 attnd_status attnd_cuda_combine_states(attnd_cuda_ctx *ctx, int32_t n_parts, int64_t n_rows,
@@ -199,20 +202,20 @@ attnd_status attnd_cuda_hadamard(attnd_cuda_ctx *ctx, attnd_dtype dtype, void *x
  * attnd_kernels.h's page selection ("page selection": Quest scores, the
  * mandatory first n_head and last n_tail candidates, the best of the rest,
  * kept pages in candidate order) on the GPU, for lists laid out on the
- * host by attnd_select_prepare (its chunk0 and work0; units of
- * ATTND_SELECT_CHUNK candidates) and uploaded. Device pointers: q bf16
+ * host by attnd_kernel_select_prepare (its chunk0 and work0; units of
+ * ATTND_KERNEL_SELECT_CHUNK candidates) and uploaded. Device pointers: q bf16
  * [n_seqs][q_tokens][Hq][d_k]; bounds bf16 head-major [Hkv][bounds_pages]
  * [2][d_k]; lists [n_lists]; cand_idx; sel_pages (the decode's page_idx,
  * say: each list writes its keep entries from out0); sel_pos (or NULL);
- * work: the floats attnd_select_prepare asked for, in the same layout as
+ * work: the floats attnd_kernel_select_prepare asked for, in the same layout as
  * the CPU's (select.c). Scores are float32 sums in another order than the
  * CPU's, so near-ties may resolve differently. Asynchronous on the
  * context's stream. */
 typedef struct attnd_cuda_select {
     int32_t n_lists, n_chunks; /* n_chunks: the last list's chunk0 + its chunks */
-    const attnd_select_list *lists;
+    const attnd_kernel_select_list *lists;
     int32_t n_seqs, q_tokens, n_q_heads, list_groups;
-    attnd_kv_layout kv;
+    attnd_kernel_kv_layout kv;
     const void *q;
     const uint16_t *bounds;
     int64_t bounds_pages;

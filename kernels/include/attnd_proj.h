@@ -38,7 +38,7 @@
 
 #include "attnd_kernels.h"
 
-typedef struct attnd_proj {
+typedef struct attnd_kernel_proj {
     int32_t rows, heads;
     int32_t k, j;      /* the product's inner and output widths */
     int32_t pass;      /* src elements after the first k copied through */
@@ -49,30 +49,30 @@ typedef struct attnd_proj {
     const void *w;             /* [heads][k][j] */
     float *dst;
     int64_t dst_row, dst_head; /* element strides */
-} attnd_proj;
+} attnd_kernel_proj;
 
 /* INVALID_ARGUMENT naming what is wrong (sizes below 1, a bad dtype, NULL
  * pointers) or OK. The functions below assume a checked p. */
-attnd_status attnd_proj_check(const attnd_proj *p, attnd_error *err);
+attnd_status attnd_kernel_proj_check(const attnd_kernel_proj *p, attnd_error *err);
 
 /* Floats of scratch a call needs per thread: every row of a head converted
  * to float32; 0 for float32 src at float alignment (read in place), so
  * such a call on a pool allocates nothing and cannot fail (float32 src at
  * another address, as wire data may sit, is copied like other dtypes). */
-size_t attnd_proj_work_floats(const attnd_proj *p);
+size_t attnd_kernel_proj_work_floats(const attnd_kernel_proj *p);
 
 /* Heads [h0, h1) of p on the calling thread with path `path` (scalar,
  * avx2, avx512 and any later x86 path: the widest of those this CPU
- * runs), work holding attnd_proj_work_floats(p) floats. For tests and
+ * runs), work holding attnd_kernel_proj_work_floats(p) floats. For tests and
  * benchmarks that compare paths. */
-void attnd_kernel_proj_range(attnd_kernel_path path, const attnd_proj *p, int32_t h0,
+void attnd_kernel_proj_range(attnd_kernel_path path, const attnd_kernel_proj *p, int32_t h0,
                              int32_t h1, float *work);
 
 /* All of p on the pool's threads (heads split evenly among them; the
  * pool's per-thread scratch holds the converted rows) with the current
  * kernel path. RESOURCE_EXHAUSTED when the scratch cannot grow (nothing
  * computed). */
-attnd_status attnd_kernel_proj_parallel(attnd_cpu_pool *pool, const attnd_proj *p,
+attnd_status attnd_kernel_proj_parallel(attnd_kernel_pool *pool, const attnd_kernel_proj *p,
                                         attnd_error *err);
 
 #endif /* ATTND_PROJ_H */

@@ -8,7 +8,7 @@
  * (64), sent over AppendKV in chunks of uneven sizes; decode runs 20 steps
  * over all layers with new KV and positions in every Attend. The unary,
  * async and AttendStream paths are checked the same way, and a two-token
- * query against the causal rule of kernels/attnd_kernels.h.
+ * query against the causal rule of kernels/include/attnd_kernels.h.
  */
 #include <check.h>
 #include <stdlib.h>

@@ -23,6 +23,7 @@ SAMPLES = {
     "--drain-delay-ms": ("1500", "1500"),
     "--max-connections": ("77", "77"),
     "--kernel-threads": ("2", "2"),
+    "--kernel-path": ("scalar", "scalar"),
     "--device": ("cuda:1", "cuda:1"),
     "--max-sessions": ("7", "7"),
     "--kv-memory": ("2Mi", "2097152"),

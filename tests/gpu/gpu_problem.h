@@ -7,7 +7,7 @@
  * (with per-KV-head lists) other heads' rows of a listed page. The index
  * array ends in garbage entries (huge and negative page numbers) past the
  * last list. The float64 copies of the rounded values feed
- * attnd_ref_attention_f64, run on a few threads. Header-only. */
+ * attnd_kernel_ref_attention_f64, run on a few threads. Header-only. */
 #ifndef ATTND_GPU_PROBLEM_H
 #define ATTND_GPU_PROBLEM_H
 
@@ -44,7 +44,7 @@ typedef struct gp_spec {
 
 typedef struct gp_problem {
     gp_spec sp;
-    attnd_kv_layout l;
+    attnd_kernel_kv_layout l;
     int32_t n_lists, nh, dk, dv, hg; /* nh: KV heads per list; hg: q heads per list */
     int64_t pool_pages, n_idx;
     int64_t *lens;
@@ -69,11 +69,11 @@ static inline void gp_build(gp_problem *p, const gp_spec *sp, tu_rng *r)
 {
     memset(p, 0, sizeof *p);
     p->sp = *sp;
-    attnd_kv_layout *l = &p->l;
+    attnd_kernel_kv_layout *l = &p->l;
     if (sp->mla)
-        attnd_kv_layout_mla(l, sp->d_c, 64, sp->page_size, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_mla(l, sp->d_c, 64, sp->page_size, ATTND_DTYPE_BF16);
     else
-        attnd_kv_layout_gqa(l, sp->hkv, sp->head_dim, sp->page_size, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_gqa(l, sp->hkv, sp->head_dim, sp->page_size, ATTND_DTYPE_BF16);
     const int32_t n = sp->n_seqs, lg = sp->list_groups, ps = sp->page_size;
     p->dk = l->d_k;
     p->dv = l->d_v;
@@ -256,8 +256,9 @@ static void *gp_ref_worker(void *arg)
         if (vis < 0)
             vis = 0;
         size_t row = ((size_t)i * S + s) * sp->hq + (size_t)g * hg;
-        attnd_ref_attention_f64(hg, p->nh, p->dk, p->dv, vis, sp->scale, p->q64 + row * p->dk,
-                                p->k64[li], p->v64[li], p->ref + row * p->dv, p->rlse + row);
+        attnd_kernel_ref_attention_f64(hg, p->nh, p->dk, p->dv, vis, sp->scale,
+                                       p->q64 + row * p->dk, p->k64[li], p->v64[li],
+                                       p->ref + row * p->dv, p->rlse + row);
     }
     return NULL;
 }

@@ -74,6 +74,8 @@ do_build() {
       */simd_avx2.c|*/select_avx2.c|*/proj_avx2.c) fl="-mavx2 -mfma -mf16c -DATTND_HAVE_X86_SIMD=1" ;;
       */simd_avx512.c|*/select_avx512.c|*/proj_avx512.c)
         fl="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -DATTND_HAVE_X86_SIMD=1" ;;
+      */simd_avx512bf16.c)
+        fl="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx2 -mfma -mf16c -DATTND_HAVE_X86_SIMD=1" ;;
       kernels/cpu/*) fl="-DATTND_HAVE_X86_SIMD=1" ;;
       *) fl="" ;;
     esac

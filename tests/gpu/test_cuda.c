@@ -10,6 +10,11 @@
  *   and the maximum, which must agree with each other to float32 rounding;
  *   few CTAs (many units per persistent CTA).
  *   The LSE combine of the public API, and the Hadamard rotation.
+ *   attnd_kernels.h's non-finite rule: one NaN / +inf / -inf planted in
+ *   the K or V of one token (last of a 2-token query's list, too): the
+ *   rows that attend it come back NaN in every element and in lse, every
+ *   other row matches the reference, empty rows 0 / -inf, through forced
+ *   split counts (the combines carry NaN) as in the CPU kernels' test.
  *   Page selection (sparse policies): the GPU's choice against the CPU's
  *   (attnd_kernel_select) on the same bounds and queries, GQA per KV head
  *   and MLA's 128 heads; the kept pages must agree (at most 1% of them may
@@ -318,6 +323,86 @@ static void test_gqa(void)
 }
 
 /* The public combine against a float64 merge. */
+/* ---- the non-finite rule ---------------------------------------------- */
+
+/* Plant `value` at element `dim` of K (where 0) or V (1) of token `tok` of
+ * list `li`, KV head kvh, in the device pool (the float64 copies stay
+ * clean: they are the reference of the rows that must not see it). */
+static void plant(gp_problem *p, int where, int32_t li, int32_t kvh, int64_t tok, int32_t dim,
+                  float value)
+{
+    const attnd_kernel_kv_layout *l = &p->l;
+    int64_t page = p->idx[p->indptr[li] + tok / l->page_size], slot = tok % l->page_size;
+    int64_t off = page * l->page_stride;
+    off += where == 0 ? kvh * l->k_head_stride + slot * l->k_token_stride + dim
+                      : l->v_offset + kvh * l->v_head_stride + slot * l->v_token_stride + dim;
+    uint16_t h = gp_bf16(value);
+    GP_CK(cudaMemcpy((uint16_t *)p->d_pool + off, &h, sizeof h, cudaMemcpyHostToDevice));
+}
+
+static void nonfinite_case(const char *tag, gp_spec sp, int where, int last)
+{
+    static const float values[] = {NAN, INFINITY, -INFINITY};
+    static const int splits[] = {1, 2, ATTND_CUDA_SPLITS_MAX, ATTND_CUDA_SPLITS_AUTO};
+    gp_problem p;
+    gp_build(&p, &sp, &rng);
+    gp_reference(&p, ref_threads);
+    const int32_t S = sp.q_tokens, hq = sp.hq, dv = p.dv, hkv = sp.mla ? 1 : sp.hkv;
+    const int32_t seq = 0, kvh = (int32_t)tu_int(&rng, 0, hkv - 1);
+    const int64_t tok = last ? sp.lens[seq] - 1 : tu_int(&rng, 0, sp.lens[seq] - 1);
+    const int32_t dim = (int32_t)tu_int(&rng, 0, (where == 0 ? p.dk : dv) - 1);
+    const float value = values[tu_int(&rng, 0, 2)];
+    plant(&p, where, seq, kvh, tok, dim, value);
+    for (int k = 0; k < 4; k++) {
+        run_once(&p, splits[k], 0);
+        int ok = 1, poisoned = 0;
+        double worst = 0;
+        for (int32_t i = 0; i < sp.n_seqs; i++)
+            for (int32_t s = 0; s < S; s++)
+                for (int32_t h = 0; h < hq; h++) {
+                    size_t r = ((size_t)i * S + s) * hq + h;
+                    int64_t vis = sp.lens[i] - (S - 1 - s);
+                    const float *o = p.out + r * dv;
+                    int sees = i == seq && vis > tok && h / (hq / hkv) == kvh;
+                    if (sees) {
+                        poisoned++;
+                        ok &= isnan(p.lse[r]);
+                        for (int32_t e = 0; e < dv; e++)
+                            ok &= isnan(o[e]);
+                    } else if (vis <= 0) {
+                        ok &= isinf(p.lse[r]) && p.lse[r] < 0;
+                        for (int32_t e = 0; e < dv; e++)
+                            ok &= o[e] == 0.0f;
+                    } else {
+                        double e = tu_rel_err_f32(o, p.ref + r * dv, (size_t)dv);
+                        worst = e > worst ? e : worst;
+                        ok &= e <= OUT_BOUND && fabs(p.lse[r] - p.rlse[r]) <= LSE_BOUND;
+                    }
+                }
+        char sb[16];
+        verdict(ok && poisoned > 0,
+                "%-8s %s %s at %s tok %lld of %lld dim %d S=%d splits=%-4s: %d rows NaN, "
+                "clean rows err %.2e",
+                tag, attnd_cuda_plan_kernel(plan), isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf",
+                where == 0 ? "K" : "V", (long long)tok, (long long)sp.lens[seq], dim, S,
+                split_name(splits[k], sb), poisoned, worst);
+    }
+    gp_free(&p);
+}
+
+static void test_nonfinite(void)
+{
+    const int64_t lens[] = {1500, 0, 70, 3};
+    for (int last = 0; last <= 1; last++) {
+        gp_spec m = mla_spec(512, last ? 16 : 128, last ? 2 : 1, 4, lens);
+        nonfinite_case("nan-mla", m, 0, last); /* MLA: K's latent is V too */
+        for (int where = 0; where <= 1; where++) {
+            gp_spec g = gqa_spec(32, 8, 128, last ? 2 : 1, 4, lens);
+            nonfinite_case("nan-gqa", g, where, last);
+        }
+    }
+}
+
 static void test_combine(void)
 {
     for (int32_t d = 128; d <= 512; d *= 4)
@@ -501,7 +586,7 @@ static void test_rejects(void)
     verdict(st == ATTND_ERR_INVALID_ARGUMENT && strstr(err.msg, "n_q_heads"),
             "reject   n_q_heads 30 over 8 KV heads: %s", err.msg);
     b = p.b;
-    attnd_kv_layout_gqa(&b.kv, 8, 96, 64, ATTND_DTYPE_BF16);
+    attnd_kernel_kv_layout_gqa(&b.kv, 8, 96, 64, ATTND_DTYPE_BF16);
     st = attnd_cuda_plan_make(plan, &b, p.indptr, p.last, NULL, &err);
     verdict(st == ATTND_ERR_UNIMPLEMENTED, "reject   head dim 96: %s", err.msg);
     b = p.b;
@@ -517,22 +602,22 @@ static void test_rejects(void)
 static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t n_seqs,
                         int32_t n_pages, const char *what)
 {
-    attnd_kv_layout l;
+    attnd_kernel_kv_layout l;
     attnd_error err = {0};
     if (hkv == 1 && dk == 576)
-        attnd_kv_layout_mla(&l, 512, 64, 64, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_mla(&l, 512, 64, 64, ATTND_DTYPE_BF16);
     else
-        attnd_kv_layout_gqa(&l, hkv, dk, 64, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_gqa(&l, hkv, dk, 64, ATTND_DTYPE_BF16);
     const int64_t pool = (int64_t)n_seqs * n_pages + 7;
-    const size_t be = attnd_kv_bounds_elems(&l) * (size_t)pool;
+    const size_t be = attnd_kernel_kv_bounds_elems(&l) * (size_t)pool;
     uint16_t *bounds = malloc(be * 2);
-    float *wire = malloc(sizeof(float) * (size_t)attnd_kv_layout_token_elems(&l));
+    float *wire = malloc(sizeof(float) * (size_t)attnd_kernel_kv_layout_token_elems(&l));
     for (int64_t pg = 0; pg < pool; pg++) {
-        attnd_kv_bounds_reset(&l, bounds, pool, pg);
+        attnd_kernel_kv_bounds_reset(&l, bounds, pool, pg);
         for (int t = 0; t < 8; t++) {
-            for (int64_t e = 0; e < attnd_kv_layout_token_elems(&l); e++)
+            for (int64_t e = 0; e < attnd_kernel_kv_layout_token_elems(&l); e++)
                 wire[e] = (float)tu_normal(&rng);
-            attnd_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
+            attnd_kernel_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
         }
     }
     const size_t nq = (size_t)n_seqs * hq * dk;
@@ -540,32 +625,48 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     for (size_t i = 0; i < nq; i++)
         q[i] = attnd_dtype_f32_to_bf16((float)tu_normal(&rng));
     const int32_t n_lists = n_seqs * lg;
-    attnd_select_list *lists = calloc((size_t)n_lists, sizeof *lists);
+    attnd_kernel_select_list *lists = calloc((size_t)n_lists, sizeof *lists);
     int32_t *cand = malloc(sizeof(int32_t) * (size_t)n_seqs * n_pages), out = 0;
     for (int64_t j = 0; j < (int64_t)n_seqs * n_pages; j++)
         cand[j] = (int32_t)((j * 7919) % pool); /* scattered, distinct */
     for (int32_t i = 0; i < n_seqs; i++)
         for (int32_t g = 0; g < lg; g++) {
-            attnd_select_list *sl = &lists[i * lg + g];
-            *sl = (attnd_select_list){.seq = i, .group = g, .cand0 = i * n_pages,
-                                      .n_cand = n_pages, .keep = (n_pages + 3) / 4, .n_head = 1,
-                                      .n_tail = 1, .out0 = out};
+            attnd_kernel_select_list *sl = &lists[i * lg + g];
+            *sl = (attnd_kernel_select_list){.seq = i,
+                                             .group = g,
+                                             .cand0 = i * n_pages,
+                                             .n_cand = n_pages,
+                                             .keep = (n_pages + 3) / 4,
+                                             .n_head = 1,
+                                             .n_tail = 1,
+                                             .out0 = out};
             out += sl->keep;
         }
     int32_t *cpu = malloc(sizeof(int32_t) * (size_t)out), *gpu = malloc(sizeof(int32_t) * (size_t)out);
-    attnd_select_batch sb = {.n_lists = n_lists, .lists = lists, .n_seqs = n_seqs, .q_tokens = 1,
-                             .n_q_heads = hq, .list_groups = lg, .q_dtype = ATTND_DTYPE_BF16,
-                             .q = q, .kv = &l, .bounds = bounds, .bounds_pages = pool,
-                             .cand_idx = cand, .sel_pages = cpu};
-    int64_t wf = attnd_select_prepare(&sb, &err);
+    attnd_kernel_select_batch sb = {.n_lists = n_lists,
+                                    .lists = lists,
+                                    .n_seqs = n_seqs,
+                                    .q_tokens = 1,
+                                    .n_q_heads = hq,
+                                    .list_groups = lg,
+                                    .q_dtype = ATTND_DTYPE_BF16,
+                                    .q = q,
+                                    .kv = &l,
+                                    .bounds = bounds,
+                                    .bounds_pages = pool,
+                                    .cand_idx = cand,
+                                    .sel_pages = cpu};
+    int64_t wf = attnd_kernel_select_prepare(&sb, &err);
     must(wf >= 0 ? ATTND_OK : ATTND_ERR_INTERNAL, &err, "select_prepare");
     sb.work = malloc(sizeof(float) * (size_t)wf);
     attnd_kernel_select(&sb);
     int32_t n_chunks = 0;
     for (int32_t k = 0; k < n_lists; k++) {
-        const attnd_select_list *sl = &lists[k];
-        int32_t ch = sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
-                         ? 0 : (sl->n_cand + ATTND_SELECT_CHUNK - 1) / ATTND_SELECT_CHUNK;
+        const attnd_kernel_select_list *sl = &lists[k];
+        int32_t ch =
+                sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
+                        ? 0
+                        : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
         n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
     }
     void *d_q, *d_b, *d_l, *d_c, *d_o, *d_w;
@@ -588,7 +689,7 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     cudaMemcpy(gpu, d_o, sizeof(int32_t) * (size_t)out, cudaMemcpyDeviceToHost);
     int32_t differ = 0;
     for (int32_t k = 0; k < n_lists; k++) { /* as sets: both are in candidate order */
-        const attnd_select_list *sl = &lists[k];
+        const attnd_kernel_select_list *sl = &lists[k];
         for (int32_t j = 0; j < sl->keep; j++) {
             int found = 0;
             for (int32_t m = 0; m < sl->keep && !found; m++)
@@ -639,6 +740,8 @@ int main(int argc, char **argv)
         test_mla();
     if (!strcmp(only, "all") || !strcmp(only, "gqa"))
         test_gqa();
+    if (!strcmp(only, "all") || !strcmp(only, "nonfinite"))
+        test_nonfinite();
     if (!strcmp(only, "all") || !strcmp(only, "select"))
         test_select();
     if (!strcmp(only, "all") || !strcmp(only, "misc")) {

@@ -147,8 +147,8 @@ START_TEST(test_fwht_is_the_normalized_hadamard_and_its_own_inverse)
         free(y);
         free(ref);
     }
-    ck_assert(!attnd_fwht_supported(48));
-    ck_assert(attnd_fwht_supported(512));
+    ck_assert(!attnd_kernel_fwht_supported(48));
+    ck_assert(attnd_kernel_fwht_supported(512));
 }
 END_TEST
 

@@ -4,7 +4,7 @@
  * dtypes, scatters each sequence's tokens over randomly chosen pages of a
  * pool whose every other slot holds NaN (so a kernel that reads past a
  * sequence's end, or a page not listed, poisons its output), and keeps the
- * rounded values in float64 for attnd_ref_attention_f64. Header-only so each
+ * rounded values in float64 for attnd_kernel_ref_attention_f64. Header-only so each
  * kernel test program (scalar, SIMD paths) can include it. */
 #ifndef ATTND_PAGED_PROBLEM_H
 #define ATTND_PAGED_PROBLEM_H
@@ -29,8 +29,8 @@ typedef struct pp_spec {
 
 typedef struct pp_problem {
     pp_spec sp;
-    attnd_kv_layout l;
-    attnd_decode_batch b;
+    attnd_kernel_kv_layout l;
+    attnd_kernel_decode_batch b;
     int64_t entry;      /* wire elements per token */
     double **k64, **v64; /* per sequence [T][hkv][dk], [T][hkv][dv] */
     double *q64;        /* [n][S][hq][dk] */
@@ -64,12 +64,12 @@ static inline void pp_build(pp_problem *p, const pp_spec *sp, tu_rng *r)
     memset(p, 0, sizeof *p);
     p->sp = *sp;
     if (sp->kind == ATTND_ATTN_MLA)
-        attnd_kv_layout_mla(&p->l, sp->d_c, sp->d_r, sp->page_size, sp->kv_t);
+        attnd_kernel_kv_layout_mla(&p->l, sp->d_c, sp->d_r, sp->page_size, sp->kv_t);
     else
-        attnd_kv_layout_gqa(&p->l, sp->hkv, sp->head_dim, sp->page_size, sp->kv_t);
-    const attnd_kv_layout *l = &p->l;
+        attnd_kernel_kv_layout_gqa(&p->l, sp->hkv, sp->head_dim, sp->page_size, sp->kv_t);
+    const attnd_kernel_kv_layout *l = &p->l;
     int32_t n = sp->n_seqs, hkv = l->n_kv_heads, dk = l->d_k, dv = l->d_v;
-    p->entry = attnd_kv_layout_token_elems(l);
+    p->entry = attnd_kernel_kv_layout_token_elems(l);
 
     /* pages: each sequence's pages are a random subset of a pool with spares */
     int64_t total = 0;
@@ -95,7 +95,7 @@ static inline void pp_build(pp_problem *p, const pp_spec *sp, tu_rng *r)
     memcpy(p->idx, perm, sizeof(int32_t) * (size_t)total);
     free(perm);
     size_t es = attnd_dtype_size(sp->kv_t);
-    p->pool = malloc((size_t)pool_pages * attnd_kv_layout_page_bytes(l));
+    p->pool = malloc((size_t)pool_pages * attnd_kernel_kv_layout_page_bytes(l));
     pp_fill_nan(sp->kv_t, p->pool, (size_t)pool_pages * (size_t)l->page_stride);
 
     /* KV: wire entries drawn in float32, stored rounded, kept in float64 */
@@ -111,8 +111,8 @@ static inline void pp_build(pp_problem *p, const pp_spec *sp, tu_rng *r)
             for (int64_t e = 0; e < (int64_t)cnt * p->entry; e++)
                 wire[e] = (float)tu_normal(r);
             int32_t page = p->idx[p->indptr[i] + t0 / sp->page_size];
-            attnd_kv_write_tokens(l, (char *)p->pool + (size_t)page * l->page_stride * es,
-                                  0, cnt, ATTND_DTYPE_F32, wire);
+            attnd_kernel_kv_write_tokens(l, (char *)p->pool + (size_t)page * l->page_stride * es,
+                                         0, cnt, ATTND_DTYPE_F32, wire);
             for (int32_t c = 0; c < cnt; c++) {
                 const float *w = wire + (size_t)c * p->entry;
                 int64_t t = t0 + c;
@@ -148,7 +148,7 @@ static inline void pp_build(pp_problem *p, const pp_spec *sp, tu_rng *r)
     for (size_t j = 0; j < rows; j++)
         p->lse[j] = NAN;
 
-    attnd_decode_batch *b = &p->b;
+    attnd_kernel_decode_batch *b = &p->b;
     b->n_seqs = n;
     b->q_tokens = sp->q_tokens;
     b->n_q_heads = sp->hq;
@@ -163,7 +163,7 @@ static inline void pp_build(pp_problem *p, const pp_spec *sp, tu_rng *r)
     b->last_page_len = p->last;
     b->out = p->out;
     b->lse = p->lse;
-    p->work = malloc(sizeof(float) * attnd_decode_work_floats(b));
+    p->work = malloc(sizeof(float) * attnd_kernel_decode_work_floats(b));
     b->work = p->work;
 }
 
@@ -183,8 +183,8 @@ static inline void pp_check(const pp_problem *p, double *out_err_p, double *lse_
             if (vis < 0)
                 vis = 0;
             size_t row = ((size_t)i * sp->q_tokens + s) * hq;
-            attnd_ref_attention_f64(hq, hkv, dk, dv, vis, p->b.scale,
-                                    p->q64 + row * dk, p->k64[i], p->v64[i], ref, rlse);
+            attnd_kernel_ref_attention_f64(hq, hkv, dk, dv, vis, p->b.scale,
+                                           p->q64 + row * dk, p->k64[i], p->v64[i], ref, rlse);
             for (int32_t h = 0; h < hq; h++) {
                 double e = tu_rel_err_f32(p->out + (row + h) * dv, ref + (size_t)h * dv,
                                           (size_t)dv);

@@ -25,7 +25,7 @@ static void run_and_check(const pp_spec *sp, tu_rng *r, const char *what)
     double e_out, e_lse;
 
     pp_build(&p, sp, r);
-    ck_assert_int_eq(attnd_decode_batch_check(&p.b, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_kernel_decode_batch_check(&p.b, &err), ATTND_OK);
     attnd_kernel_decode_scalar(&p.b);
     pp_check(&p, &e_out, &e_lse);
     fprintf(stderr, "%s kv=%s q=%s hq=%d S=%d: max rel err %.3g, lse err %.3g\n", what,
@@ -286,44 +286,44 @@ START_TEST(test_batch_check_rejects_bad_page_lists)
     pp_problem p;
     attnd_error err;
     pp_build(&p, &sp, &r);
-    ck_assert_int_eq(attnd_decode_batch_check(&p.b, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_kernel_decode_batch_check(&p.b, &err), ATTND_OK);
 
     int32_t keep = p.idx[1];
     p.idx[1] = (int32_t)p.b.pool_pages;
-    ck_assert_int_eq(attnd_decode_batch_check(&p.b, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(attnd_kernel_decode_batch_check(&p.b, &err), ATTND_ERR_INVALID_ARGUMENT);
     ck_assert_ptr_nonnull(strstr(err.msg, "page_idx[1]"));
     p.idx[1] = keep;
 
     p.last[0] = 65;
-    ck_assert_int_eq(attnd_decode_batch_check(&p.b, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(attnd_kernel_decode_batch_check(&p.b, &err), ATTND_ERR_INVALID_ARGUMENT);
     ck_assert_ptr_nonnull(strstr(err.msg, "last_page_len[0]"));
     p.last[0] = 36;
 
     p.b.n_q_heads = 3;
     p.l.n_kv_heads = 2;
-    ck_assert_int_eq(attnd_decode_batch_check(&p.b, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(attnd_kernel_decode_batch_check(&p.b, &err), ATTND_ERR_INVALID_ARGUMENT);
     ck_assert_ptr_nonnull(strstr(err.msg, "n_q_heads"));
     pp_free(&p);
 }
 END_TEST
 
-/* Tokens written through attnd_kv_write_tokens are found where the layout's
+/* Tokens written through attnd_kernel_kv_write_tokens are found where the layout's
  * stride formula says, for both kinds. */
 START_TEST(test_layout_places_tokens_where_the_strides_say)
 {
     tu_rng r;
     tu_rng_init(&r, "layout");
-    attnd_kv_layout ls[2];
-    attnd_kv_layout_mla(&ls[0], 24, 8, 16, ATTND_DTYPE_F32);
-    attnd_kv_layout_gqa(&ls[1], 3, 8, 16, ATTND_DTYPE_F32);
+    attnd_kernel_kv_layout ls[2];
+    attnd_kernel_kv_layout_mla(&ls[0], 24, 8, 16, ATTND_DTYPE_F32);
+    attnd_kernel_kv_layout_gqa(&ls[1], 3, 8, 16, ATTND_DTYPE_F32);
     for (int k = 0; k < 2; k++) {
-        const attnd_kv_layout *l = &ls[k];
-        int64_t entry = attnd_kv_layout_token_elems(l);
+        const attnd_kernel_kv_layout *l = &ls[k];
+        int64_t entry = attnd_kernel_kv_layout_token_elems(l);
         float *page = calloc((size_t)l->page_stride, sizeof(float));
         float *src = malloc(sizeof(float) * (size_t)entry * 5);
         for (int64_t i = 0; i < entry * 5; i++)
             src[i] = (float)tu_normal(&r);
-        attnd_kv_write_tokens(l, page, 7, 5, ATTND_DTYPE_F32, src);
+        attnd_kernel_kv_write_tokens(l, page, 7, 5, ATTND_DTYPE_F32, src);
         for (int t = 0; t < 5; t++)
             for (int h = 0; h < l->n_kv_heads; h++) {
                 for (int d = 0; d < l->d_k; d++)
@@ -336,7 +336,7 @@ START_TEST(test_layout_places_tokens_where_the_strides_say)
                                    (7 + t) * l->v_token_stride + e] == src[t * entry + wire]);
                 }
             }
-        ck_assert_uint_eq(attnd_kv_layout_page_bytes(l),
+        ck_assert_uint_eq(attnd_kernel_kv_layout_page_bytes(l),
                           (size_t)(k ? 2 * 3 * 16 * 8 : 16 * 32) * sizeof(float));
         free(page);
         free(src);

@@ -18,7 +18,7 @@
 #include "testutil.h"
 
 typedef struct prob {
-    attnd_proj p;
+    attnd_kernel_proj p;
     void *src, *w;
     float *dst;
     size_t dst_floats;
@@ -44,7 +44,7 @@ static void build(prob *q, tu_rng *r, int32_t rows, int32_t heads, int32_t k, in
 {
     const int64_t sgap = tu_int(r, 0, 3), dgap = tu_int(r, 0, 3);
     memset(q, 0, sizeof *q);
-    q->p = (attnd_proj){.rows = rows, .heads = heads, .k = k, .j = j, .pass = pass,
+    q->p = (attnd_kernel_proj){.rows = rows, .heads = heads, .k = k, .j = j, .pass = pass,
                         .src_dtype = st, .src_head = k + pass + sgap,
                         .w_dtype = wt, .dst_head = j + pass + dgap};
     q->p.src_row = q->p.src_head * heads;
@@ -75,7 +75,7 @@ static void drop(prob *q)
 /* dst against float64 sums; copied elements exact; gaps untouched. */
 static void check(const prob *q, const char *what)
 {
-    const attnd_proj *p = &q->p;
+    const attnd_kernel_proj *p = &q->p;
     double *ref = malloc(sizeof(double) * (size_t)p->j);
     ck_assert(ref);
     for (int32_t r = 0; r < p->rows; r++)
@@ -122,7 +122,7 @@ START_TEST(test_every_path_matches_f64_for_every_shape_and_dtype)
                     prob q;
                     int32_t heads = (int32_t)tu_int(&r, 1, 3), pass = (int32_t)tu_int(&r, 0, 2) * 8;
                     build(&q, &r, rows, heads, kj[s][0], kj[s][1], pass, src_types[a], w_types[b]);
-                    float *work = malloc(sizeof(float) * attnd_proj_work_floats(&q.p) + 1);
+                    float *work = malloc(sizeof(float) * attnd_kernel_proj_work_floats(&q.p) + 1);
                     ck_assert_ptr_nonnull(work);
                     for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
                         if (!attnd_kernel_path_supported((attnd_kernel_path)path))
@@ -146,10 +146,10 @@ START_TEST(test_pool_split_over_heads_matches_f64)
 {
     tu_rng r;
     attnd_error err;
-    attnd_cpu_pool *pool = NULL;
+    attnd_kernel_pool *pool = NULL;
     tu_rng_init(&r, "proj-pool");
     for (int32_t threads = 1; threads <= 3; threads++) {
-        ck_assert_int_eq(attnd_cpu_pool_create(threads, &pool, &err), ATTND_OK);
+        ck_assert_int_eq(attnd_kernel_pool_create(threads, &pool, &err), ATTND_OK);
         /* fewer heads than threads, as many, more */
         for (int32_t heads = 1; heads <= 5; heads += 2) {
             prob q;
@@ -160,7 +160,7 @@ START_TEST(test_pool_split_over_heads_matches_f64)
             check(&q, "pool");
             drop(&q);
         }
-        attnd_cpu_pool_destroy(pool);
+        attnd_kernel_pool_destroy(pool);
     }
 }
 END_TEST
@@ -172,18 +172,18 @@ START_TEST(test_float32_src_at_an_odd_address_is_copied_and_matches_f64)
 {
     tu_rng r;
     attnd_error err;
-    attnd_cpu_pool *pool = NULL;
+    attnd_kernel_pool *pool = NULL;
     tu_rng_init(&r, "proj-unaligned");
     prob q;
     build(&q, &r, 5, 3, 24, 72, 16, ATTND_DTYPE_F32, ATTND_DTYPE_BF16);
-    ck_assert_uint_eq(attnd_proj_work_floats(&q.p), 0); /* aligned: in place */
+    ck_assert_uint_eq(attnd_kernel_proj_work_floats(&q.p), 0); /* aligned: in place */
     const size_t bytes = (size_t)(q.p.src_row * q.p.rows) * sizeof(float);
     char *odd = malloc(bytes + 1);
     ck_assert_ptr_nonnull(odd);
     memcpy(odd + 1, q.src, bytes);
     q.p.src = odd + 1;
-    ck_assert_uint_eq(attnd_proj_work_floats(&q.p), (size_t)q.p.rows * (size_t)q.p.k);
-    float *work = malloc(sizeof(float) * attnd_proj_work_floats(&q.p));
+    ck_assert_uint_eq(attnd_kernel_proj_work_floats(&q.p), (size_t)q.p.rows * (size_t)q.p.k);
+    float *work = malloc(sizeof(float) * attnd_kernel_proj_work_floats(&q.p));
     ck_assert_ptr_nonnull(work);
     prob aligned = q; /* the reference reads the same values where they align */
     aligned.p.src = q.src;
@@ -194,11 +194,11 @@ START_TEST(test_float32_src_at_an_odd_address_is_copied_and_matches_f64)
         attnd_kernel_proj_range((attnd_kernel_path)path, &q.p, 0, q.p.heads, work);
         check(&aligned, attnd_kernel_path_str((attnd_kernel_path)path));
     }
-    ck_assert_int_eq(attnd_cpu_pool_create(2, &pool, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_kernel_pool_create(2, &pool, &err), ATTND_OK);
     poison(&q);
     ck_assert_int_eq(attnd_kernel_proj_parallel(pool, &q.p, &err), ATTND_OK);
     check(&aligned, "pool, odd address");
-    attnd_cpu_pool_destroy(pool);
+    attnd_kernel_pool_destroy(pool);
     free(work);
     free(odd);
     drop(&q);
@@ -209,21 +209,21 @@ START_TEST(test_check_refuses_bad_sizes_and_dtypes)
 {
     attnd_error err;
     float x = 0.0f;
-    attnd_proj ok = {.rows = 1, .heads = 1, .k = 1, .j = 1, .src_dtype = ATTND_DTYPE_F32,
+    attnd_kernel_proj ok = {.rows = 1, .heads = 1, .k = 1, .j = 1, .src_dtype = ATTND_DTYPE_F32,
                      .src = &x, .w_dtype = ATTND_DTYPE_F32, .w = &x, .dst = &x};
-    ck_assert_int_eq(attnd_proj_check(&ok, &err), ATTND_OK);
-    attnd_proj p = ok;
+    ck_assert_int_eq(attnd_kernel_proj_check(&ok, &err), ATTND_OK);
+    attnd_kernel_proj p = ok;
     p.k = 0;
-    ck_assert_int_eq(attnd_proj_check(&p, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(attnd_kernel_proj_check(&p, &err), ATTND_ERR_INVALID_ARGUMENT);
     p = ok;
     p.w_dtype = ATTND_DTYPE_F16;
-    ck_assert_int_eq(attnd_proj_check(&p, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(attnd_kernel_proj_check(&p, &err), ATTND_ERR_INVALID_ARGUMENT);
     p = ok;
     p.src_dtype = ATTND_DTYPE_INVALID;
-    ck_assert_int_eq(attnd_proj_check(&p, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(attnd_kernel_proj_check(&p, &err), ATTND_ERR_INVALID_ARGUMENT);
     p = ok;
     p.dst = NULL;
-    ck_assert_int_eq(attnd_proj_check(&p, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(attnd_kernel_proj_check(&p, &err), ATTND_ERR_INVALID_ARGUMENT);
 }
 END_TEST
 

@@ -81,10 +81,10 @@ START_TEST(test_every_flag_sets_its_field)
 {
     attnd_srv_config c;
     attnd_error err;
-    ck_assert_int_eq(load(&c, &err, 20, "--listen", "0.0.0.0:0", "--model", "tiny-gqa",
+    ck_assert_int_eq(load(&c, &err, 22, "--listen", "0.0.0.0:0", "--model", "tiny-gqa",
                           "--threads", "3", "--kernel-threads", "4", "--max-sessions=7", "--kv-memory", "64Mi",
                           "--page-size", "16", "--kv-dtype", "f32", "--max-message", "1M",
-                          "--port-file", "/tmp/p"),
+                          "--port-file", "/tmp/p", "--kernel-path", "scalar"),
                      ATTND_OK);
     ck_assert_str_eq(c.listen, "0.0.0.0:0");
     ck_assert_str_eq(c.model, "tiny-gqa");
@@ -96,6 +96,7 @@ START_TEST(test_every_flag_sets_its_field)
     ck_assert_int_eq(c.kv_dtype, ATTND_DTYPE_F32);
     ck_assert_uint_eq(c.max_message, 1000000);
     ck_assert_str_eq(c.port_file, "/tmp/p");
+    ck_assert_str_eq(c.kernel_path, "scalar");
 
     attnd_engine_config e;
     attnd_srv_config_engine(&c, &e);
@@ -105,6 +106,7 @@ START_TEST(test_every_flag_sets_its_field)
     ck_assert_uint_eq(e.kv_memory, 64ull << 20);
     ck_assert_uint_eq(e.max_sessions, 7);
     ck_assert_int_eq(e.kernel_threads, 4);
+    ck_assert_str_eq(e.kernel_path, "scalar");
 }
 END_TEST
 

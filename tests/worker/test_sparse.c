@@ -99,7 +99,7 @@ static void sh_ref(const shadow *sh, int32_t l, int32_t h, const double *q, cons
                sizeof(double) * (size_t)sh->dv);
         m++;
     }
-    attnd_ref_attention_f64(1, 1, sh->dk, sh->dv, m, sh->m->scale, q, k, v, out, NULL);
+    attnd_kernel_ref_attention_f64(1, 1, sh->dk, sh->dv, m, sh->m->scale, q, k, v, out, NULL);
     free(k);
     free(v);
 }

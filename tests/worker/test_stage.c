@@ -76,7 +76,8 @@ static void assert_attends_over(attnd_engine *e, const attnd_session_id *id, uin
                             .q_dtype = ATTND_DTYPE_F32, .q = q, .want_lse = 1};
     attnd_engine_ws_init(&ws);
     ck_assert_int_eq(attnd_engine_attend(e, &req, &ws, &out, &lse, &err), ATTND_OK);
-    attnd_ref_attention_f64(hq, x->hkv, x->d, x->d, n, x->m->scale, q64, x->k, x->v, ref, rlse);
+    attnd_kernel_ref_attention_f64(hq, x->hkv, x->d, x->d, n, x->m->scale, q64, x->k, x->v, ref,
+                                   rlse);
     for (int32_t h = 0; h < hq; h++) {
         if (n == 0) {
             ck_assert(isinf(lse[h]) && lse[h] < 0);

@@ -282,9 +282,9 @@ static void check_model_decode(const char *model, int32_t page_size, int32_t q_t
                 for (int32_t s = 0; s < q_tokens; s++) {
                     size_t row = ((size_t)i * q_tokens + s) * hq;
                     int64_t vis = sh[i].len[l] - (q_tokens - 1 - s);
-                    attnd_ref_attention_f64(hq, sh[i].hkv, sh[i].dk, sh[i].dv, vis, m->scale,
-                                            q64 + row * sh[i].dk, sh[i].k[l], sh[i].v[l], ref,
-                                            rlse);
+                    attnd_kernel_ref_attention_f64(hq, sh[i].hkv, sh[i].dk, sh[i].dv, vis, m->scale,
+                                                   q64 + row * sh[i].dk, sh[i].k[l], sh[i].v[l],
+                                                   ref, rlse);
                     for (int32_t h = 0; h < hq; h++) {
                         double er = tu_rel_err_f32(out + (row + h) * sh[i].dv,
                                                    ref + (size_t)h * sh[i].dv, (size_t)sh[i].dv);
@@ -399,8 +399,8 @@ static void *session_worker(void *p)
         a->ok &= attnd_engine_attend(a->e, &req, &ws, &out, &lse, &err) == ATTND_OK;
         if (!a->ok)
             break;
-        attnd_ref_attention_f64(m->n_q_heads, sh.hkv, sh.dk, sh.dv, sh.len[l], m->scale, q64,
-                                sh.k[l], sh.v[l], ref, NULL);
+        attnd_kernel_ref_attention_f64(m->n_q_heads, sh.hkv, sh.dk, sh.dv, sh.len[l], m->scale, q64,
+                                       sh.k[l], sh.v[l], ref, NULL);
         for (int32_t h = 0; h < m->n_q_heads; h++)
             a->ok &= tu_rel_err_f32(out + (size_t)h * sh.dv, ref + (size_t)h * sh.dv,
                                     (size_t)sh.dv) <= 1e-5;
@@ -483,6 +483,37 @@ START_TEST(test_attend_calls_share_one_kernel_pool_of_any_size)
 }
 END_TEST
 
+/* --kernel-path reaches the kernels: an engine made with a path runs it
+ * (decode still exact: check_model_decode), an unknown name or one this
+ * CPU cannot run fails creation with INVALID_ARGUMENT naming it. */
+START_TEST(test_engine_kernel_path_selects_the_kernels_or_is_refused)
+{
+    static const char *const names[] = {"scalar", "avx2", "avx512", "avx1024"};
+    for (int i = 0; i < 4; i++) {
+        attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"),
+                                   .page_size = 16,
+                                   .kv_memory = 8 << 20,
+                                   .max_sessions = 4};
+        snprintf(cfg.kernel_path, sizeof cfg.kernel_path, "%s", names[i]);
+        attnd_engine *e = NULL;
+        attnd_error err;
+        int runs = i < 3 && attnd_kernel_path_supported((attnd_kernel_path)i);
+        attnd_status st = attnd_engine_create(&cfg, &e, &err);
+        if (!runs) {
+            ck_assert_int_eq(st, ATTND_ERR_INVALID_ARGUMENT);
+            ck_assert_ptr_nonnull(strstr(err.msg, names[i]));
+            ck_assert_ptr_null(e);
+            continue;
+        }
+        ck_assert_int_eq(st, ATTND_OK);
+        ck_assert_str_eq(attnd_kernel_path_name(), names[i]);
+        attnd_engine_destroy(e);
+        check_model_decode("tiny-gqa", 16, 1);
+        ck_assert_str_eq(attnd_kernel_path_name(), names[i]);
+    }
+}
+END_TEST
+
 /* Appends racing the background prefault of the pool land intact: decode
  * still equals the reference. */
 START_TEST(test_decode_is_exact_with_the_pool_prefaulted)
@@ -533,6 +564,7 @@ static Suite *worker_suite(void)
     tcase_add_test(tc, test_attend_calls_share_one_kernel_pool_of_any_size);
     tcase_add_test(tc, test_presets_have_the_architecture_page_shapes);
     tcase_add_test(tc, test_decode_is_exact_with_the_pool_prefaulted);
+    tcase_add_test(tc, test_engine_kernel_path_selects_the_kernels_or_is_refused);
     suite_add_tcase(s, tc);
     return s;
 }

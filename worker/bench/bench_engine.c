@@ -3,6 +3,7 @@
  *
  *   bench_engine [--model NAME] [--ctx T] [--iters N] [--cpu-iters N]
  *                [--batches 1,16,64,128] [--no-cpu] [--device cuda:0]
+ *                [--no-append]
  *
  * For each batch size B: an engine of one layer of the model (the cost of a
  * layer does not depend on how many the model has), B sessions of T tokens
@@ -15,7 +16,10 @@
  * median; set it beside the kernel-only time of attnd_cuda_bench in the same
  * run to see the backend's transfer and conversion overhead. Prints numbers
  * only; correctness is tests/gpu/test_gpu_e2e's job. Exit 77 without a GPU
- * when --device names one.
+ * when --device names one. --no-append: the calls append nothing (contexts
+ * stay at T tokens). `--device cpu --no-cpu --ctx 1 --no-append` times the
+ * CPU backend alone at 1-token contexts: the engine's per-call fixed cost
+ * (kernels/BENCHMARKS.md, issue 18).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +57,8 @@ typedef struct run_result {
 } run_result;
 
 /* One engine, B sessions of ctx tokens, iters timed calls. 0 or -1. */
+static int no_append; /* --no-append */
+
 static int run_one(const char *model, const char *device, int32_t B, int32_t ctx, int iters,
                    run_result *r)
 {
@@ -99,7 +105,7 @@ static int run_one(const char *model, const char *device, int32_t B, int32_t ctx
         .q_dtype = ATTND_DTYPE_BF16,
         .q = q,
         .new_kv_dtype = ATTND_DTYPE_BF16,
-        .new_kv = nkv,
+        .new_kv = no_append ? NULL : nkv,
         .want_lse = 1,
     };
     double kv_sum = 0;
@@ -113,7 +119,7 @@ static int run_one(const char *model, const char *device, int32_t B, int32_t ctx
         double t1 = now_us();
         if (k >= warm) {
             lat[k - warm] = t1 - t0;
-            kv_sum += (double)B * (double)(ctx + k + 1) * (double)entry_bytes;
+            kv_sum += (double)B * (double)(no_append ? ctx : ctx + k + 1) * (double)entry_bytes;
         }
     }
     qsort(lat, (size_t)iters, sizeof *lat, cmp_double);
@@ -149,9 +155,14 @@ int main(int argc, char **argv)
             cpu = 0;
             continue;
         }
+        if (strcmp(a, "--no-append") == 0) {
+            no_append = 1;
+            continue;
+        }
         if (!v) {
             fprintf(stderr, "usage: bench_engine [--model NAME] [--ctx T] [--iters N] "
-                            "[--cpu-iters N] [--batches 1,16,64] [--device cuda:N] [--no-cpu]\n");
+                            "[--cpu-iters N] [--batches 1,16,64] [--device cuda:N] [--no-cpu] "
+                            "[--no-append]\n");
             return 2;
         }
         i++;

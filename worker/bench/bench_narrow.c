@@ -159,12 +159,12 @@ static int run(nb *b)
     float *v = malloc((size_t)b->B * (size_t)H * (size_t)b->dv * 4);
     uint16_t **wk = calloc((size_t)b->L, sizeof *wk), **wv = calloc((size_t)b->L, sizeof *wv);
     double *t = calloc((size_t)b->iters * N_T, sizeof *t);
-    attnd_cpu_pool *pool = NULL;
+    attnd_kernel_pool *pool = NULL;
     attnd_engine_ws ws, ws2;
     attnd_engine_ws_init(&ws);
     attnd_engine_ws_init(&ws2);
     if (failed || !ids || !kv || !qa || !qh || !qabs || !o || !v || !wk || !wv || !t ||
-        attnd_cpu_pool_create(b->threads, &pool, &err))
+        attnd_kernel_pool_create(b->threads, &pool, &err))
         goto out;
     attnd_error_clear(&err);
     for (int i = 0; i < b->B; i++)
@@ -206,12 +206,12 @@ static int run(nb *b)
         rh.q_form = ATTND_Q_HEADS;
         rh.d_nope = b->dn;
         rh.d_vo = b->dv;
-        attnd_proj pa = {.rows = b->B, .heads = H, .k = b->dn, .j = dc, .pass = dr,
+        attnd_kernel_proj pa = {.rows = b->B, .heads = H, .k = b->dn, .j = dc, .pass = dr,
                          .src_dtype = ATTND_DTYPE_BF16, .src = qh,
                          .src_row = (int64_t)H * (b->dn + dr), .src_head = b->dn + dr,
                          .w_dtype = ATTND_DTYPE_BF16, .w = wk[l], .dst = qabs,
                          .dst_row = (int64_t)H * dk, .dst_head = dk};
-        attnd_proj pu = {.rows = b->B, .heads = H, .k = dc, .j = b->dv,
+        attnd_kernel_proj pu = {.rows = b->B, .heads = H, .k = dc, .j = b->dv,
                          .src_dtype = ATTND_DTYPE_F32, .src = o,
                          .src_row = (int64_t)H * dc, .src_head = dc,
                          .w_dtype = ATTND_DTYPE_BF16, .w = wv[l], .dst = v,
@@ -283,7 +283,7 @@ out:
         unlink(path);
     }
     rmdir(b->dir);
-    attnd_cpu_pool_destroy(pool);
+    attnd_kernel_pool_destroy(pool);
     attnd_engine_ws_cleanup(&ws);
     attnd_engine_ws_cleanup(&ws2);
     for (int l = 0; wk && l < b->L; l++)

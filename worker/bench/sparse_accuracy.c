@@ -7,7 +7,7 @@
  * For each workload, shape, policy and budget, over N trials of fresh
  * random data: the keys are rounded to bf16 (as the pool stores them) and
  * folded into per-page key bounds with the worker's own code
- * (attnd_kv_bounds_add); topk-pages picks its pages with the worker's
+ * (attnd_kernel_kv_bounds_add); topk-pages picks its pages with the worker's
  * selection kernel (attnd_kernel_select), exactly as an Attend would;
  * streaming takes the sink and window pages; the oracle takes the pages
  * holding the most dense attention mass (the best any page selection can
@@ -229,7 +229,7 @@ static void acc_add(acc *a, double recall, double err, double bytes)
 /* The worker's topk-pages choice over pages of [first, np) stepping by
  * `stride` (one rank's pages), keeping `keep` of them with the first
  * n_head and the last one mandatory: into out (logical page numbers). */
-static int64_t topk_select(const trial *t, const attnd_kv_layout *l, const uint16_t *bounds,
+static int64_t topk_select(const trial *t, const attnd_kernel_kv_layout *l, const uint16_t *bounds,
                            int64_t np, int64_t first, int64_t stride, int64_t keep,
                            int64_t n_head, int64_t *out)
 {
@@ -249,14 +249,24 @@ static int64_t topk_select(const trial *t, const attnd_kv_layout *l, const uint1
     float *q = malloc(sizeof(float) * (size_t)t->sh->hq * t->sh->dk);
     for (int64_t i = 0; i < (int64_t)t->sh->hq * t->sh->dk; i++)
         q[i] = (float)t->q[i];
-    attnd_select_list sl = {.seq = 0, .group = 0, .cand0 = 0, .n_cand = (int32_t)n,
-                            .keep = (int32_t)keep, .n_head = (int32_t)n_head, .n_tail = 1};
-    attnd_select_batch b = {.n_lists = 1, .lists = &sl, .n_seqs = 1, .q_tokens = 1,
-                            .n_q_heads = t->sh->hq, .list_groups = 1, .q_dtype = ATTND_DTYPE_F32,
-                            .q = q, .kv = l, .bounds = bounds, .bounds_pages = np,
-                            .cand_idx = cand, .sel_pages = sel, .sel_pos = pos};
+    attnd_kernel_select_list sl = {.seq = 0, .group = 0, .cand0 = 0, .n_cand = (int32_t)n,
+                                   .keep = (int32_t)keep, .n_head = (int32_t)n_head, .n_tail = 1};
+    attnd_kernel_select_batch b = {.n_lists = 1,
+                                   .lists = &sl,
+                                   .n_seqs = 1,
+                                   .q_tokens = 1,
+                                   .n_q_heads = t->sh->hq,
+                                   .list_groups = 1,
+                                   .q_dtype = ATTND_DTYPE_F32,
+                                   .q = q,
+                                   .kv = l,
+                                   .bounds = bounds,
+                                   .bounds_pages = np,
+                                   .cand_idx = cand,
+                                   .sel_pages = sel,
+                                   .sel_pos = pos};
     attnd_error err;
-    int64_t wf = attnd_select_prepare(&b, &err);
+    int64_t wf = attnd_kernel_select_prepare(&b, &err);
     if (wf < 0) {
         fprintf(stderr, "attnd-sparse-accuracy: %s\n", err.msg);
         exit(1);
@@ -330,11 +340,11 @@ int main(int argc, char **argv)
         if ((si == 0 && !strcmp(which, "mla")) || (si == 1 && !strcmp(which, "gqa")))
             continue;
         const shape *sh = &shapes[si];
-        attnd_kv_layout l;
+        attnd_kernel_kv_layout l;
         if (sh->v_in_k)
-            attnd_kv_layout_mla(&l, sh->dv, sh->dk - sh->dv, ps, ATTND_DTYPE_BF16);
+            attnd_kernel_kv_layout_mla(&l, sh->dv, sh->dk - sh->dv, ps, ATTND_DTYPE_BF16);
         else
-            attnd_kv_layout_gqa(&l, 1, sh->dk, ps, ATTND_DTYPE_BF16);
+            attnd_kernel_kv_layout_gqa(&l, 1, sh->dk, ps, ATTND_DTYPE_BF16);
         const double tok_bytes = (double)(sh->v_in_k ? sh->dk : 2 * sh->dk) * 2;
         const double bound_bytes = 2.0 * sh->dk * 2; /* per page */
         printf("\n%s\n\n", sh->name);
@@ -348,14 +358,14 @@ int main(int argc, char **argv)
                 trial t;
                 trial_make(&t, sh, T, ps, wl, &r);
                 const int64_t np = (T + ps - 1) / ps;
-                uint16_t *bounds = malloc(attnd_kv_bounds_elems(&l) * 2 * (size_t)np);
-                float *wire = calloc((size_t)attnd_kv_layout_token_elems(&l), sizeof(float));
+                uint16_t *bounds = malloc(attnd_kernel_kv_bounds_elems(&l) * 2 * (size_t)np);
+                float *wire = calloc((size_t)attnd_kernel_kv_layout_token_elems(&l), sizeof(float));
                 for (int64_t p = 0; p < np; p++) {
-                    attnd_kv_bounds_reset(&l, bounds, np, p);
+                    attnd_kernel_kv_bounds_reset(&l, bounds, np, p);
                     for (int64_t i = p * ps; i < (p + 1) * ps && i < T; i++) {
                         for (int32_t d = 0; d < sh->dk; d++)
                             wire[d] = (float)t.k[i * sh->dk + d];
-                        attnd_kv_bounds_add(&l, bounds, np, p, 1, ATTND_DTYPE_F32, wire);
+                        attnd_kernel_kv_bounds_add(&l, bounds, np, p, 1, ATTND_DTYPE_F32, wire);
                     }
                 }
                 double *p = malloc(sizeof(double) * (size_t)T), *o = malloc(sizeof(double) * sh->dv);

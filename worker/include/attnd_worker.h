@@ -54,12 +54,17 @@ typedef struct attnd_engine_config {
     int32_t page_size;       /* tokens per page; default 64 */
     uint64_t kv_memory;      /* bytes of KV pages the engine may hold */
     uint32_t max_sessions;
-    /* Threads of the engine's one kernel pool (attnd_cpu_pool), counting
+    /* Threads of the engine's one kernel pool (attnd_kernel_pool), counting
      * the calling thread: 0 = one per online CPU, 1 = compute on the
      * calling thread only. Attend calls from several threads share the
      * pool and take turns on it (each batch gets all its threads), so the
      * kernels never run more than this many threads at once. */
     int32_t kernel_threads;
+    /* The CPU kernels' path (attnd_kernel_path_select, process-wide): ""
+     * leaves ATTND_KERNEL_PATH or the default; "auto" the default; else a
+     * path name ("avx512", "avx512bf16", ...). Creating fails with
+     * INVALID_ARGUMENT when this CPU cannot run it. */
+    char kernel_path[16];
     /* 1: a background thread faults the whole host pool in from the start
      * (attnd_kv_pool_prefault_start); 0 (default): pages are faulted in by
      * the appends that first write them. Measured on the 2-vCPU VM,
@@ -87,7 +92,7 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
 void attnd_engine_destroy(attnd_engine *e);
 
 const attnd_model_spec *attnd_engine_model(const attnd_engine *e);
-const attnd_kv_layout *attnd_engine_kv_layout(const attnd_engine *e);
+const attnd_kernel_kv_layout *attnd_engine_kv_layout(const attnd_engine *e);
 int32_t attnd_engine_page_size(const attnd_engine *e);
 
 /* Create a session. max_tokens > 0 reserves the pages that many tokens need

@@ -197,7 +197,7 @@ static void run_decode(void *arg, int i)
 static double spot_check(const shape *sh, const attnd_cuda_batch *b, const int32_t *indptr,
                          const int32_t *idx, const int32_t *last, int32_t i, int32_t nh)
 {
-    const attnd_kv_layout *l = &b->kv;
+    const attnd_kernel_kv_layout *l = &b->kv;
     const int32_t ps = l->page_size, dk = l->d_k, dv = l->d_v, S = sh->S, hq = sh->hq;
     const int32_t hkv = sh->mla ? 1 : sh->hkv, G = hq / hkv;
     int32_t np = indptr[i + 1] - indptr[i];
@@ -240,7 +240,8 @@ static double spot_check(const shape *sh, const attnd_cuda_batch *b, const int32
         for (int32_t j = 0; j < nh * dk; j++)
             q[j] = attnd_dtype_bf16_to_f32(qh[j]);
         int64_t vis = T - (S - 1 - s);
-        attnd_ref_attention_f64(nh, nkv, dk, dv, vis < 0 ? 0 : vis, b->scale, q, k, v, ref, NULL);
+        attnd_kernel_ref_attention_f64(nh, nkv, dk, dv, vis < 0 ? 0 : vis, b->scale, q, k, v, ref,
+                                       NULL);
         for (int32_t h = 0; h < nh; h++) {
             for (int32_t d = 0; d < dv; d++)
                 got[d] = attnd_dtype_bf16_to_f32(oh[(size_t)h * dv + d]);
@@ -263,11 +264,11 @@ static double spot_check(const shape *sh, const attnd_cuda_batch *b, const int32
 static void bench_decode(const shape *sh, result *res)
 {
     const int32_t n = sh->batch, S = sh->S, hq = sh->hq, ps = 64;
-    attnd_kv_layout l;
+    attnd_kernel_kv_layout l;
     if (sh->mla)
-        attnd_kv_layout_mla(&l, sh->dim, 64, ps, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_mla(&l, sh->dim, 64, ps, ATTND_DTYPE_BF16);
     else
-        attnd_kv_layout_gqa(&l, sh->hkv, sh->dim, ps, ATTND_DTYPE_BF16);
+        attnd_kernel_kv_layout_gqa(&l, sh->hkv, sh->dim, ps, ATTND_DTYPE_BF16);
     int32_t *indptr = calloc((size_t)n + 1, sizeof(int32_t)), *last = calloc((size_t)n, sizeof(int32_t));
     int64_t tokens = 0;
     double flops = 0;
@@ -288,7 +289,7 @@ static void bench_decode(const shape *sh, result *res)
             flops += 2.0 * hq * (double)(len - (S - 1 - s)) * (l.d_k + l.d_v);
     }
     const int64_t pages = indptr[n];
-    const size_t page_bytes = attnd_kv_layout_page_bytes(&l);
+    const size_t page_bytes = attnd_kernel_kv_layout_page_bytes(&l);
     const double tok_bytes = sh->mla ? 2.0 * l.d_k : 4.0 * sh->hkv * sh->dim;
     const double kv_bytes = tok_bytes * (double)tokens;
     int n_sets = (int)ceil(256e6 / ((double)pages * page_bytes));
