@@ -142,6 +142,7 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     snprintf(cfg->listen, sizeof cfg->listen, "127.0.0.1:7700");
     snprintf(cfg->model, sizeof cfg->model, "deepseek-v3");
     snprintf(cfg->device, sizeof cfg->device, "cpu");
+    snprintf(cfg->kernel_path, sizeof cfg->kernel_path, "auto");
     cfg->threads = 0;
     cfg->max_sessions = 1024;
     cfg->kv_memory = 1000000000ull;
