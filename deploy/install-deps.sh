@@ -13,6 +13,7 @@ PKGS=(
   libucx-dev ucx-utils                # UCX and ucx_perftest
   liburing-dev
   libmicrohttpd-dev                   # the metrics endpoint (--metrics-listen)
+  libssl-dev                          # libcrypto: TLS files checked, tenant tags
 )
 if [ "${ATTND_DEPS:-all}" != build ]; then
   PKGS+=(
@@ -20,6 +21,8 @@ if [ "${ATTND_DEPS:-all}" != build ]; then
     python3 procps iproute2           # test scripts; iproute2: the namespace test
     python3-yaml yamllint python3-venv  # deploy/ lints (hadolint: install-lint-tools.sh)
     python3-prometheus-client         # the metrics test's parser
+    openssl                           # the TLS tests make their certificates
+    clang libclang-rt-dev             # libFuzzer targets (tests/fuzz, CI)
     python3-numpy python3-pytest      # the Python binding's tests (tests/python)
     python3-pip python3-setuptools python3-wheel  # its wheel (client/python/build-wheel.sh)
   )

@@ -44,6 +44,11 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     st = attnd_srv_validate_attend(m, &srv->model, &proj, &x->arena->pc, checks, &req, err);
     if (st)
         return st;
+    /* another tenant's session reads as an unknown one (the rank's own
+     * engine knows every session of a group, and its owner) */
+    if (x->owner && (st = attnd_engine_sessions_check(srv->engine, x->owner, req.eng.ids,
+                                                      req.eng.n_seqs, 1, err)))
+        return st;
     t1 = attnd_clock_ns();
     /* a worker group: scatter to the ranks, compute our part, combine */
     int64_t wait_ms = 0; /* 0: the group's own timeout */

@@ -30,6 +30,9 @@ typedef struct attnd_srv_exec_ctx {
     /* ms the caller has left before its deadline (0: unknown); a worker
      * group gives up on peers sooner, so that UNAVAILABLE arrives in time */
     int64_t time_left_ms;
+    /* the caller's tenant tag (auth.h): every session must be its own,
+     * else NOT_FOUND as for an unknown one; 0: no --token-file, no check */
+    uint64_t owner;
 } attnd_srv_exec_ctx;
 
 /* Per-call timings in nanoseconds (CLOCK_MONOTONIC differences). Transports

@@ -266,8 +266,11 @@ void attnd_srv_call_finish(attnd_srv_call *c, grpc_byte_buffer *bb, attnd_status
     grpc_slice details;
     int with_details = st != ATTND_OK && msg;
 
-    if (st != ATTND_OK && st != ATTND_ERR_CANCELLED)
+    if (st != ATTND_OK && st != ATTND_ERR_CANCELLED) {
         atomic_fetch_add(&c->srv->errors, 1);
+        if (c->tenant)
+            atomic_fetch_add(&c->tenant->errors, 1);
+    }
     if (st != ATTND_OK) /* per request: debug only */
         attnd_log_req(ATTND_LOG_DEBUG, "rpc", c->request_id, "%s: %s: %s",
                       attnd_srv_methods[c->method].path, attnd_status_string(st),

@@ -15,7 +15,7 @@
 
 #include "srv.h"
 
-enum opt_kind { OPT_STR, OPT_INT, OPT_SIZE, OPT_DTYPE, OPT_FLAG };
+enum opt_kind { OPT_STR, OPT_INT, OPT_SIZE, OPT_DTYPE, OPT_FLAG, OPT_DURATION };
 
 typedef struct opt {
     const char *flag; /* without the leading "--" */
@@ -117,10 +117,48 @@ static const opt opts[] = {
      "MS", "at start, wait this long for every peer (default 30000)"},
     {"group-timeout-ms", "ATTND_GROUP_TIMEOUT_MS", OPT_INT, F(group_timeout_ms), 1, 3600000,
      "MS", "longest wait for a peer's answer; then UNAVAILABLE (default 10000)"},
+    {"group-secret-file", "ATTND_GROUP_SECRET_FILE", OPT_STR, F(group_secret_file), 0, 0,
+     "PATH", "ranks prove they hold this file's secret (at least 16 bytes; the same on every "
+     "rank) before they exchange UCX addresses: without it nobody joins or leads"},
     {"kv-prefault", "ATTND_KV_PREFAULT", OPT_FLAG, F(kv_prefault), 0, 0, NULL,
      "fault the whole KV pool in from a background thread at start: steady-state "
      "appends skip the first-touch cost, but the pool is resident at once (default: "
      "pages are faulted in by the appends that first write them)"},
+    {"tls-cert", "ATTND_TLS_CERT", OPT_STR, F(tls_cert), 0, 0, "PATH",
+     "serve gRPC over TLS with this PEM certificate chain (with --tls-key); reloaded on "
+     "SIGHUP (default: plaintext)"},
+    {"tls-key", "ATTND_TLS_KEY", OPT_STR, F(tls_key), 0, 0, "PATH",
+     "the PEM private key of --tls-cert"},
+    {"tls-client-ca", "ATTND_TLS_CLIENT_CA", OPT_STR, F(tls_client_ca), 0, 0, "PATH",
+     "mutual TLS: every client must present a certificate signed by one of these PEM "
+     "CAs (default: clients are not asked for one)"},
+    {"token-file", "ATTND_TOKEN_FILE", OPT_STR, F(token_file), 0, 0, "PATH",
+     "tenants: lines \"TOKEN TENANT [admin] [sessions=N] [kv=BYTES]\" (or \"cert:IDENTITY "
+     "TENANT ...\" for mTLS clients); every call but Health then needs \"authorization: "
+     "Bearer TOKEN\"; reloaded on SIGHUP (default: no authentication)"},
+    {"tenant-max-sessions", "ATTND_TENANT_MAX_SESSIONS", OPT_INT, F(tenant_max_sessions), 0,
+     1 << 24, "N", "sessions one tenant may hold open, unless its line says otherwise "
+     "(default 0: no limit)"},
+    {"tenant-kv-memory", "ATTND_TENANT_KV_MEMORY", OPT_SIZE, F(tenant_kv_memory), 0,
+     INT64_MAX, "BYTES", "KV one tenant may hold (pages held and reserved; in a group, on "
+     "each rank), unless its line says otherwise (default 0: no limit)"},
+    {"session-idle-ttl", "ATTND_SESSION_IDLE_TTL", OPT_DURATION, F(session_idle_ttl_ms), 0,
+     INT64_MAX / 4, "DURATION", "close sessions no call has named for this long and give "
+     "their pages back (600s, 10m, 1h; default 0: never)"},
+    {"grpc-keepalive-ms", "ATTND_GRPC_KEEPALIVE_MS", OPT_INT, F(keepalive_ms), 100,
+     INT32_MAX, "MS", "ping a connection that was quiet this long (default 30000)"},
+    {"grpc-keepalive-timeout-ms", "ATTND_GRPC_KEEPALIVE_TIMEOUT_MS", OPT_INT,
+     F(keepalive_timeout_ms), 100, INT32_MAX, "MS",
+     "close a connection whose peer does not answer a ping in this long (a dead client, "
+     "or one that connected and never spoke: default 10000)"},
+    {"handshake-timeout-ms", "ATTND_HANDSHAKE_TIMEOUT_MS", OPT_INT, F(handshake_timeout_ms),
+     100, INT32_MAX, "MS", "TLS: close a connection whose handshake has not finished in "
+     "this long (default 10000)"},
+    {"max-streams", "ATTND_MAX_STREAMS", OPT_INT, F(max_streams), 1, INT32_MAX, "N",
+     "calls open at once on one connection; more wait in the client (default 1024)"},
+    {"grpc-memory", "ATTND_GRPC_MEMORY", OPT_SIZE, F(grpc_memory), 1 << 20, INT64_MAX,
+     "BYTES", "gRPC's resource quota: memory its buffers may take before it reclaims "
+     "(default 4Gi)"},
     {"metrics-listen", "ATTND_METRICS_LISTEN", OPT_STR, F(metrics_listen), 0, 0, "HOST:PORT",
      "serve Prometheus metrics over HTTP at /metrics there; port 0 picks a free one "
      "(default: off)"},
@@ -166,6 +204,36 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
      * ~10 ms; a 64 MiB window or 16 MiB frames did not help */
     cfg->http2_lookahead = 8 << 20;
     cfg->http2_max_frame = 1 << 20;
+    cfg->keepalive_ms = 30000;
+    cfg->keepalive_timeout_ms = 10000;
+    cfg->handshake_timeout_ms = 10000;
+    cfg->max_streams = 1024;
+    cfg->grpc_memory = 4ull << 30;
+}
+
+int attnd_srv_parse_duration_ms(const char *s, int64_t *ms_p)
+{
+    static const struct {
+        const char *suf;
+        int64_t mul;
+    } sufs[] = {{"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+    char *end;
+
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno)
+        return -1;
+    for (size_t i = 0; i < sizeof sufs / sizeof sufs[0]; i++) {
+        if (strcmp(end, sufs[i].suf) != 0)
+            continue;
+        if (v > INT64_MAX / sufs[i].mul)
+            return -1;
+        *ms_p = (int64_t)v * sufs[i].mul;
+        return 0;
+    }
+    return -1;
 }
 
 int attnd_srv_parse_size(const char *s, uint64_t *out_p)
@@ -264,6 +332,15 @@ static attnd_status apply(attnd_srv_config *cfg, const opt *o, const char *val,
                                    who, (long long)o->min, (long long)o->max, val);
         store_int(field, o->size, (int64_t)u);
         return ATTND_OK;
+    case OPT_DURATION: {
+        int64_t ms;
+        if (attnd_srv_parse_duration_ms(val, &ms) || ms < o->min || ms > o->max)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "%s: expected a duration (a number of seconds, or with "
+                                   "ms/s/m/h), got \"%s\"", who, val);
+        store_int(field, o->size, ms);
+        return ATTND_OK;
+    }
     case OPT_DTYPE: {
         attnd_dtype d;
         if (parse_dtype(val, &d))
@@ -346,6 +423,10 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const 
     if (!strchr(cfg->listen, ':'))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--listen: expected HOST:PORT, got \"%s\"", cfg->listen);
+    if (cfg->token_file[0] && cfg->ucx_listen[0])
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--ucx-listen: Attend over UCX cannot be bound to a tenant yet, "
+                               "so it is refused with --token-file (use gRPC)");
     if (strcmp(cfg->log_format, "text") != 0 && strcmp(cfg->log_format, "json") != 0)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--log-format: expected text or json, got \"%s\"",
@@ -408,7 +489,8 @@ void attnd_srv_config_print(FILE *f, const attnd_srv_config *cfg)
         int64_t v = 0;
         if (!o->env) /* --help, --list-models, --print-config: actions, not settings */
             continue;
-        if (o->kind == OPT_INT || o->kind == OPT_SIZE || o->kind == OPT_FLAG) {
+        if (o->kind == OPT_INT || o->kind == OPT_SIZE || o->kind == OPT_FLAG ||
+            o->kind == OPT_DURATION) {
             if (o->size == sizeof(int32_t)) {
                 int32_t x;
                 memcpy(&x, field, sizeof x);
@@ -424,6 +506,9 @@ void attnd_srv_config_print(FILE *f, const attnd_srv_config *cfg)
         case OPT_INT:
         case OPT_SIZE:
             fprintf(f, "--%s=%lld\n", o->flag, (long long)v);
+            break;
+        case OPT_DURATION:
+            fprintf(f, "--%s=%lldms\n", o->flag, (long long)v);
             break;
         case OPT_DTYPE: {
             attnd_dtype d;

@@ -92,6 +92,8 @@ int attnd_srv_shutdown(attnd_srv *srv, int64_t drain_delay_ms, int64_t grace_ms,
     if (left)
         atomic_store(&srv->cancelling, 1);
     attnd_srv_listener_stop(srv);
+    attnd_srv_watchdog_stop(srv);
+    attnd_srv_expire_stop(srv);
     grpc_down(srv);
     /* every call is released by now (gRPC notifies once all are gone) */
     attnd_srv_exec_stop(srv);

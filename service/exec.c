@@ -10,13 +10,20 @@
  * intrusive (attnd_srv_call.qnext): pushing allocates nothing.
  *
  * Once the shutdown's grace is over (srv->cancelling), queued events are
- * not run: their calls end CANCELLED at once.
+ * not run: their calls end CANCELLED at once. Nor is an event whose call's
+ * deadline passed while it waited (gRPC has cancelled the call already):
+ * it ends DEADLINE_EXCEEDED, an AppendKV stream's staged chunks are
+ * dropped, nothing of it is applied. (A call whose deadline passes while
+ * it runs finishes its work; as with any RPC, the client may then see
+ * DEADLINE_EXCEEDED for work that was done.)
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "attnd_assert.h"
 #include "attnd_clock.h"
+#include <grpc/support/time.h>
+
 #include "srv.h"
 
 void attnd_srv_exec_push(attnd_srv_call *c, int ok)
@@ -56,6 +63,15 @@ static attnd_srv_call *pop(attnd_srv *srv)
     return c;
 }
 
+/* The call's deadline has passed (none: never). */
+static int past_deadline(const attnd_srv_call *c)
+{
+    gpr_timespec d = c->deadline;
+    if (gpr_time_cmp(d, gpr_inf_future(d.clock_type)) == 0 || (d.tv_sec == 0 && d.tv_nsec == 0))
+        return 0; /* none, or never set */
+    return gpr_time_cmp(gpr_now(d.clock_type), d) >= 0;
+}
+
 static void run(attnd_srv_exec *ex, attnd_srv_call *c)
 {
     const attnd_srv_method *m = &attnd_srv_methods[c->method];
@@ -64,6 +80,10 @@ static void run(attnd_srv_exec *ex, attnd_srv_call *c)
     if (atomic_load(&ex->srv->cancelling)) {
         attnd_srv_append_drop(c); /* an AppendKV stage: aborted here, not on an io thread */
         attnd_srv_call_finish(c, NULL, ATTND_ERR_CANCELLED, "server stopped before running it");
+    } else if (past_deadline(c)) {
+        attnd_srv_append_drop(c);
+        attnd_srv_call_finish(c, NULL, ATTND_ERR_DEADLINE_EXCEEDED,
+                              "deadline passed before the call ran; nothing of it was applied");
     }
     else if (c->job_ok < 0)
         m->start(c);

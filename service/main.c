@@ -10,6 +10,9 @@
  * finishes, for up to --shutdown-grace-ms; a second signal cuts that
  * short), cancels what is left, and everything is torn down before exit 0.
  *
+ * SIGHUP rereads --token-file and the TLS certificates (attnd_srv_reload;
+ * a file that does not load is logged and changes nothing).
+ *
  * Exit codes: 0 clean stop (or --help, --list-models, --print-config), 1 cannot start,
  * 2 bad flag or variable. */
 #include <errno.h>
@@ -18,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <openssl/crypto.h>
 
 #include "attnd_log.h"
 #include "srv.h"
@@ -65,7 +70,9 @@ int main(int argc, char **argv)
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGTERM);
     sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    sigset_t waited = stop_signals;
+    sigaddset(&waited, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &waited, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     uint64_t nofile = attnd_srv_raise_fd_limit();
@@ -99,9 +106,11 @@ int main(int argc, char **argv)
     }
     grpc_init();
     if (grouped && attnd_group_create(&gcfg, engine, &group, &err)) {
+        OPENSSL_cleanse(gcfg.secret, sizeof gcfg.secret);
         attnd_log_error("attnd", "%s", err.msg);
         goto out;
     }
+    OPENSSL_cleanse(gcfg.secret, sizeof gcfg.secret); /* the group has its copy */
     if (attnd_srv_create(&cfg, engine, &srv, &err)) {
         attnd_log_error("attnd", "%s", err.msg);
         goto out;
@@ -132,6 +141,10 @@ int main(int argc, char **argv)
            (long long)srv->max_connections, (unsigned long long)nofile);
     if (srv->ucx)
         printf("attnd: Attend over UCX on %s\n", attnd_srv_ucx_address(srv));
+    if (srv->tls || srv->auth)
+        printf("attnd: gRPC over %s%s; %s\n", srv->tls ? "TLS" : "plaintext",
+               cfg.tls_client_ca[0] ? " with client certificates (mutual TLS)" : "",
+               srv->auth ? "calls authenticated by --token-file" : "no authentication");
     if (srv->metrics_http)
         printf("attnd: metrics on http://%.*s:%d/metrics\n",
                (int)(strrchr(cfg.metrics_listen, ':') - cfg.metrics_listen), cfg.metrics_listen,
@@ -141,8 +154,13 @@ int main(int argc, char **argv)
                gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));
     fflush(stdout);
 
-    while (sigwait(&stop_signals, &sig) != 0)
-        ;
+    for (;;) {
+        if (sigwait(&waited, &sig) != 0)
+            continue;
+        if (sig != SIGHUP)
+            break;
+        attnd_srv_reload(srv);
+    }
     attnd_log_info("server", "%s: draining (health NOT_SERVING; new calls served for %lld ms, "
                    "then refused; %lld ms for calls received)", strsignal(sig),
                    (long long)cfg.drain_delay_ms, (long long)cfg.shutdown_grace_ms);

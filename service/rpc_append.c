@@ -13,7 +13,8 @@
  * tells them apart): the stage is aborted and nothing of the stream is
  * applied, so a retry of the whole stream starts from the same lengths.
  * A call that ends any other way aborts its stage when it is released
- * (attnd_srv_append_drop, from call.c).
+ * (attnd_srv_append_drop, from call.c). With --token-file every chunk's
+ * session must be the caller's tenant's (else NOT_FOUND, as an unknown id).
  */
 #include "srv.h"
 
@@ -96,6 +97,8 @@ void attnd_srv_append_step(attnd_srv_call *c, int ok)
     m = (Attnd__V1__AppendKVRequest *)attnd_srv_call_decode(
         c, &attnd__v1__append_kvrequest__descriptor, &err);
     if (!m || attnd_srv_validate_append(m, &srv->model, &req, &err) ||
+        (c->tenant && attnd_engine_sessions_check(srv->engine, attnd_srv_call_owner(c),
+                                                  &req.id, 1, 0, &err)) ||
         stage_chunk(c, &req, &err)) {
         attnd_srv_append_drop(c);
         attnd_srv_call_fail(c, &err);

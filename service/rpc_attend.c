@@ -18,7 +18,8 @@
 static attnd_status attend_one(attnd_srv_call *c, grpc_byte_buffer **reply_p,
                                attnd_srv_attend_times *t_p, attnd_error *err)
 {
-    attnd_srv_exec_ctx x = {.srv = c->srv, .ws = &c->x->ws, .arena = &c->x->arena};
+    attnd_srv_exec_ctx x = {.srv = c->srv, .ws = &c->x->ws, .arena = &c->x->arena,
+                            .owner = attnd_srv_call_owner(c)};
     gpr_timespec left = gpr_time_sub(gpr_convert_clock_type(c->deadline, GPR_CLOCK_MONOTONIC),
                                      gpr_now(GPR_CLOCK_MONOTONIC));
     if (gpr_time_cmp(c->deadline, gpr_inf_future(c->deadline.clock_type)) != 0)

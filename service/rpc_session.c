@@ -2,18 +2,32 @@
  * layers. CreateSession reserves pages for max_tokens (when given), gives
  * the session its sparse policy (when given: checked by the engine, which
  * names the field), and answers the 16-byte id with the full ModelInfo, so
- * a client learns every shape it must send from one call. */
+ * a client learns every shape it must send from one call. With
+ * --token-file the session is bound to the caller's tenant (on every rank
+ * of a group) and counts against its limits; to any other tenant it does
+ * not exist (NOT_FOUND, as an unknown id: its existence is not revealed).
+ * A tenant's session cannot have a sparse policy yet (UNIMPLEMENTED): the
+ * tenant's KV quota does not follow what a policy reserves and streaming
+ * frees. */
 #include <stdlib.h>
 
 #include "srv.h"
 
-/* Create the session of a validated request (with its policy, if any). */
+/* Create the session of a validated request (with its policy, if any)
+ * for owner (0: none). */
 static attnd_status create(attnd_srv *srv, const Attnd__V1__CreateSessionRequest *m,
-                           attnd_srv_create_req *req, attnd_session_id *id, attnd_error *err)
+                           attnd_srv_create_req *req, uint64_t owner, attnd_session_id *id,
+                           attnd_error *err)
 {
     if (!req->has_policy)
-        return srv->group ? attnd_group_session_create(srv->group, req->max_tokens, id, err)
-                          : attnd_engine_session_create(srv->engine, req->max_tokens, id, err);
+        return srv->group ? attnd_group_session_create_owned(srv->group, owner,
+                                                             req->max_tokens, id, err)
+                          : attnd_engine_session_create_owned(srv->engine, owner,
+                                                              req->max_tokens, NULL, id, err);
+    if (owner)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "policy: a tenant's session (--token-file) cannot have a sparse "
+                               "policy yet; create it without one");
     attnd_policy_rule *rules = NULL;
     if (m->n_policy_table && !(rules = calloc(m->n_policy_table, sizeof *rules)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
@@ -40,7 +54,7 @@ void attnd_srv_create_session_start(attnd_srv_call *c)
     m = (Attnd__V1__CreateSessionRequest *)attnd_srv_call_decode(
         c, &attnd__v1__create_session_request__descriptor, &err);
     if (!m || attnd_srv_validate_create(m, &srv->model, &req, &err) ||
-        create(srv, m, &req, &id, &err)) {
+        create(srv, m, &req, attnd_srv_call_owner(c), &id, &err)) {
         attnd_srv_call_fail(c, &err);
         return;
     }
@@ -65,6 +79,8 @@ void attnd_srv_close_session_start(attnd_srv_call *c)
     m = (Attnd__V1__CloseSessionRequest *)attnd_srv_call_decode(
         c, &attnd__v1__close_session_request__descriptor, &err);
     if (!m || attnd_srv_validate_close(m, &id, &err) ||
+        (c->tenant &&
+         attnd_engine_sessions_check(srv->engine, attnd_srv_call_owner(c), &id, 1, 0, &err)) ||
         (srv->group ? attnd_group_session_close(srv->group, &id, &freed, &err)
                     : attnd_engine_session_close(srv->engine, &id, &freed, &err))) {
         attnd_srv_call_fail(c, &err);

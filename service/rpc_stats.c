@@ -2,7 +2,12 @@
  * the engine's counters, the service's error count (calls that ended with
  * a non-OK status other than a client's cancel), the uptime, and every UCX
  * endpoint this rank holds (Attend clients, group peers) with the
- * transports UCX really uses for it. */
+ * transports UCX really uses for it.
+ *
+ * With --token-file a tenant sees its own figures only (stats_scope
+ * "tenant NAME": its sessions, pages, calls and failed calls, its limits);
+ * the worker's (stats_scope "global", group fields, UCX endpoints) need an
+ * admin tenant. */
 #include <stdlib.h>
 
 #include "srv.h"
@@ -84,7 +89,17 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
         attnd_srv_call_fail(c, &err);
         return;
     }
-    attnd_engine_get_stats(srv->engine, &st);
+    int global = !c->tenant || c->admin;
+    char scope[16 + ATTND_SRV_TENANT_NAME_MAX];
+    if (global) {
+        attnd_engine_get_stats(srv->engine, &st);
+        snprintf(scope, sizeof scope, "global");
+    } else {
+        attnd_engine_owner_stats(srv->engine, c->tenant->tag, &st);
+        if (!st.max_sessions || st.max_sessions > srv->cfg->max_sessions)
+            st.max_sessions = srv->cfg->max_sessions;
+        snprintf(scope, sizeof scope, "tenant %s", c->tenant->name);
+    }
     Attnd__V1__GetStatsResponse resp = ATTND__V1__GET_STATS_RESPONSE__INIT;
     Attnd__V1__ModelInfo info = ATTND__V1__MODEL_INFO__INIT;
     attnd_srv_model_info(&srv->model, &info);
@@ -99,7 +114,7 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
     resp.attend_sequences = st.attend_sequences;
     resp.append_calls = st.append_calls;
     resp.tokens_appended = st.tokens_appended;
-    resp.errors = atomic_load(&srv->errors);
+    resp.errors = global ? atomic_load(&srv->errors) : atomic_load(&c->tenant->errors);
     resp.kv_bytes_read = st.kv_bytes_read;
     resp.kv_bytes_dense = st.kv_bytes_dense;
     resp.select_bytes_read = st.select_bytes_read;
@@ -107,9 +122,12 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
     resp.select_calls = st.select_calls;
     resp.pages_evicted = st.pages_evicted;
     resp.uptime_ms = attnd_srv_uptime_ms(srv);
+    resp.stats_scope = scope;
+    resp.sessions_expired = st.sessions_expired;
+    resp.pages_expired = st.pages_expired;
     attnd_group_state gs;
     char mode[16];
-    if (srv->group) {
+    if (srv->group && global) {
         attnd_group_get_state(srv->group, &gs);
         snprintf(mode, sizeof mode, "%s", attnd_group_mode_name(gs.mode));
         resp.group_size = (uint32_t)gs.size;
@@ -120,7 +138,8 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
         resp.group_peer_failures = gs.peer_failures;
     }
     void *mem = NULL;
-    ucx_endpoints(srv, srv->group ? &gs : NULL, &resp, &mem);
+    if (global) /* other clients' endpoints are not a tenant's business */
+        ucx_endpoints(srv, srv->group ? &gs : NULL, &resp, &mem);
     attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
     free(mem);
 }

@@ -2,7 +2,8 @@
  * d_v]), any dtype, for a worker serving an MLA model, lone or group, so
  * that Attend takes the heads-form query and returns per-head values (the
  * narrow wire; attnd_engine_load_weights, attnd_group_load_weights). A load
- * replaces the matrices it carries and keeps the other. */
+ * replaces the matrices it carries and keeps the other. With --token-file
+ * only an admin tenant may load weights: they serve every tenant. */
 #include <stdio.h>
 
 #include "attnd_dtype.h"
@@ -84,6 +85,14 @@ void attnd_srv_load_weights_start(attnd_srv_call *c)
     m = (Attnd__V1__LoadWeightsRequest *)attnd_srv_call_decode(
         c, &attnd__v1__load_weights_request__descriptor, &err);
     if (!m) {
+        attnd_srv_call_fail(c, &err);
+        return;
+    }
+    if (c->tenant && !c->admin) { /* the weights serve every tenant */
+        attnd_error_set(&err, ATTND_ERR_PERMISSION_DENIED,
+                        "%s: LoadWeights changes the model every tenant is served: it needs "
+                        "an admin tenant's token (admin in --token-file)",
+                        m->w_uk ? "w_uk" : "w_uv");
         attnd_srv_call_fail(c, &err);
         return;
     }

@@ -13,7 +13,18 @@
  *
  * Connections come from our own accept loop (listener.c), not from a gRPC
  * listening port: gRPC 1.51 stops accepting for good after one EMFILE.
+ * With TLS they cannot (gRPC takes outside connections only in
+ * plaintext): gRPC listens, under a watchdog (watchdog.c).
  * Shutdown is drain.c's.
+ *
+ * Limits on every connection (issue 15): keepalive pings after
+ * --grpc-keepalive-ms of quiet, also with no call open, and a peer that
+ * does not answer within --grpc-keepalive-timeout-ms is dropped (a
+ * connection that never speaks HTTP/2 included); at most --max-streams
+ * calls at once per connection; gRPC's buffers under a resource quota of
+ * --grpc-memory; a TLS handshake bounded by --handshake-timeout-ms. With
+ * --token-file every call but Health is authenticated here, on the io
+ * thread, before anything else looks at it (auth.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +124,15 @@ static void on_accept(attnd_srv_thread *th, attnd_srv_call *c, int success)
         attnd_srv_call_finish(c, NULL, ATTND_ERR_UNAVAILABLE,
                               "server is shutting down: send this call to another worker");
         return;
+    }
+    if (srv->auth && c->method != ATTND_SRV_M_HEALTH_CHECK &&
+        c->method != ATTND_SRV_M_HEALTH_WATCH) {
+        attnd_error err;
+        attnd_error_clear(&err);
+        if (attnd_srv_auth_call(srv->auth, &c->md, c->call, &c->tenant, &c->admin, &err)) {
+            attnd_srv_call_fail(c, &err);
+            return;
+        }
     }
     /* the drain waits for it, its last bytes included (a Watch ends when
      * the drain starts) */
@@ -215,6 +235,21 @@ static void arg_int(grpc_arg *a, const char *key, int v)
     a->value.integer = v;
 }
 
+/* gRPC's resource quota for the server's connections (the arg keeps its
+ * own reference). */
+static void arg_quota(grpc_arg *a, grpc_resource_quota *q)
+{
+    a->type = GRPC_ARG_POINTER;
+    a->key = (char *)GRPC_ARG_RESOURCE_QUOTA;
+    a->value.pointer.p = q;
+    a->value.pointer.vtable = grpc_resource_quota_arg_vtable();
+}
+
+static int clamp_int(int64_t v)
+{
+    return v > INT32_MAX ? INT32_MAX : (int)v;
+}
+
 static int init_locks(attnd_srv *srv)
 {
     if (pthread_mutex_init(&srv->q_mu, NULL))
@@ -239,8 +274,9 @@ err_q_mu:
 attnd_status attnd_srv_create(const attnd_srv_config *cfg, attnd_engine *engine,
                               attnd_srv **srv_p, attnd_error *err)
 {
-    grpc_arg args[8];
+    grpc_arg args[16];
     grpc_channel_args chargs = {0, args};
+    grpc_resource_quota *quota = NULL;
     attnd_status st;
     attnd_srv *srv;
 
@@ -270,7 +306,25 @@ attnd_status attnd_srv_create(const attnd_srv_config *cfg, attnd_engine *engine,
     if (cfg->http2_max_frame > 0)
         arg_int(&args[chargs.num_args++], GRPC_ARG_HTTP2_MAX_FRAME_SIZE,
                 (int)cfg->http2_max_frame);
+    arg_int(&args[chargs.num_args++], GRPC_ARG_KEEPALIVE_TIME_MS, clamp_int(cfg->keepalive_ms));
+    arg_int(&args[chargs.num_args++], GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+            clamp_int(cfg->keepalive_timeout_ms));
+    /* pinged with no call open too: a silent or dead peer is found */
+    arg_int(&args[chargs.num_args++], GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    arg_int(&args[chargs.num_args++], GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    arg_int(&args[chargs.num_args++], GRPC_ARG_MAX_CONCURRENT_STREAMS,
+            clamp_int(cfg->max_streams));
+    arg_int(&args[chargs.num_args++], GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+            clamp_int(cfg->handshake_timeout_ms));
+    /* gRPC's own listener (TLS): never share the port (as listener.c) */
+    arg_int(&args[chargs.num_args++], GRPC_ARG_ALLOW_REUSEPORT, 0);
+    if ((quota = grpc_resource_quota_create("attnd"))) {
+        grpc_resource_quota_resize(quota, (size_t)cfg->grpc_memory);
+        arg_quota(&args[chargs.num_args++], quota);
+    }
     srv->server = grpc_server_create(&chargs, NULL);
+    if (quota)
+        grpc_resource_quota_unref(quota); /* the server holds it */
     srv->shutdown_cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv->server, srv->shutdown_cq, NULL);
 
@@ -302,8 +356,28 @@ attnd_status attnd_srv_create(const attnd_srv_config *cfg, attnd_engine *engine,
     }
     if ((st = attnd_srv_exec_init(srv, cfg->threads, err)))
         goto err_server;
-    if ((st = attnd_srv_listener_open(srv, err)))
+    if (cfg->token_file[0] &&
+        ((st = attnd_srv_auth_open(cfg->token_file, (uint64_t)cfg->tenant_max_sessions,
+                                   cfg->tenant_kv_memory, &srv->auth, err)) ||
+         (st = attnd_srv_auth_apply(srv->auth, engine, err))))
         goto err_server;
+    if (!cfg->tls_cert[0] != !cfg->tls_key[0] || (cfg->tls_client_ca[0] && !cfg->tls_cert[0])) {
+        st = attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                             "%s: TLS needs both --tls-cert and --tls-key",
+                             cfg->tls_cert[0] ? "--tls-key" : "--tls-cert");
+        goto err_server;
+    }
+    if (cfg->tls_cert[0]) {
+        grpc_server_credentials *creds = NULL;
+        if ((st = attnd_srv_tls_open(cfg, &srv->tls, &creds, err)))
+            goto err_server;
+        st = attnd_srv_watchdog_open(srv, creds, err);
+        grpc_server_credentials_release(creds); /* the server holds its own */
+        if (st)
+            goto err_server;
+    } else if ((st = attnd_srv_listener_open(srv, err))) {
+        goto err_server;
+    }
     *srv_p = srv;
     return ATTND_OK;
 
@@ -336,8 +410,12 @@ attnd_status attnd_srv_start(attnd_srv *srv, attnd_error *err)
         }
         th->running = 1;
     }
-    /* last: connections arrive only once everything can take their calls */
-    if ((st = attnd_srv_listener_start(srv, err)))
+    if ((st = attnd_srv_expire_start(srv, err)))
+        goto err_stop;
+    /* last: connections arrive only once everything can take their calls
+     * (gRPC's own listener, with TLS, started with the server) */
+    if ((st = srv->watchdog ? attnd_srv_watchdog_start(srv, err)
+                            : attnd_srv_listener_start(srv, err)))
         goto err_stop;
     return ATTND_OK;
 
@@ -354,9 +432,12 @@ void attnd_srv_destroy(attnd_srv *srv)
         attnd_srv_shutdown(srv, 0, 0, NULL);
     attnd_srv_metrics_http_stop(srv); /* it reads the engine and every shard */
     attnd_srv_listener_stop(srv);
+    attnd_srv_watchdog_stop(srv);
     attnd_srv_ucx_stop(srv);
     if (srv->server)
         grpc_server_destroy(srv->server);
+    attnd_srv_tls_close(srv->tls); /* its fetcher was gRPC's until now */
+    attnd_srv_auth_close(srv->auth);
     for (int i = 0; i < srv->n_threads; i++) {
         cq_drain(srv->threads[i].cq);
         grpc_completion_queue_destroy(srv->threads[i].cq);
@@ -388,6 +469,35 @@ uint64_t attnd_srv_uptime_ms(const attnd_srv *srv)
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (uint64_t)(now.tv_sec - srv->started_at.tv_sec) * 1000u +
            (uint64_t)((now.tv_nsec - srv->started_at.tv_nsec) / 1000000);
+}
+
+int attnd_srv_reload(attnd_srv *srv)
+{
+    attnd_error err;
+    int failed = 0;
+
+    if (srv->auth) {
+        attnd_error_clear(&err);
+        if (attnd_srv_auth_reload(srv->auth, &err) ||
+            attnd_srv_auth_apply(srv->auth, srv->engine, &err)) {
+            attnd_log_error("server", "SIGHUP: %s (the tenants stay as they were)", err.msg);
+            failed = 1;
+        } else {
+            attnd_log_info("server", "SIGHUP: --token-file reloaded: %zu tenants",
+                           attnd_srv_auth_count(srv->auth));
+        }
+    }
+    if (srv->tls) {
+        attnd_error_clear(&err);
+        if (attnd_srv_tls_reload(srv->tls, &err)) {
+            attnd_log_error("server", "SIGHUP: %s (the certificates stay as they were)",
+                            err.msg);
+            failed = 1;
+        } else {
+            attnd_log_info("server", "SIGHUP: TLS certificates reloaded for new connections");
+        }
+    }
+    return failed;
 }
 
 int attnd_srv_serving(const attnd_srv *srv)

@@ -53,6 +53,7 @@
 
 #include "attnd/status.h"
 #include "attnd_group.h"
+#include "auth.h"
 #include "attnd_worker.h"
 #include "codec.h"
 #include "metrics.h"
@@ -94,12 +95,27 @@ typedef struct attnd_srv_config {
     char group[4096];          /* --group host:port,host:port,... */
     char group_file[PATH_MAX]; /* --group-file: one host:port a line */
     char group_dir[PATH_MAX];  /* --group-dir: ranks' bound UCX addresses */
+    char group_secret_file[PATH_MAX]; /* --group-secret-file: ranks prove it */
     char shard[16];            /* --shard sequence|head|latent */
     char tpla_rope[16];        /* --tpla-rope replicate|split */
     char tpla_mu[32];          /* --tpla-mu */
     int64_t group_connect_ms;  /* --group-connect-ms */
     int64_t group_timeout_ms;  /* --group-timeout-ms */
     int kv_prefault;           /* --kv-prefault */
+    /* security (issue 15; auth.c, tls.c, expire.c) */
+    char tls_cert[PATH_MAX];   /* --tls-cert: PEM chain; "" plaintext gRPC */
+    char tls_key[PATH_MAX];    /* --tls-key: its PEM private key */
+    char tls_client_ca[PATH_MAX]; /* --tls-client-ca: require client certs
+                                     signed by these (mutual TLS) */
+    char token_file[PATH_MAX]; /* --token-file: tenants; "" no auth */
+    int64_t tenant_max_sessions; /* --tenant-max-sessions; 0: no limit */
+    uint64_t tenant_kv_memory; /* --tenant-kv-memory bytes; 0: no limit */
+    int64_t session_idle_ttl_ms; /* --session-idle-ttl; 0: never */
+    int64_t keepalive_ms;      /* --grpc-keepalive-ms: ping an idle connection */
+    int64_t keepalive_timeout_ms; /* --grpc-keepalive-timeout-ms: then close it */
+    int64_t handshake_timeout_ms; /* --handshake-timeout-ms (TLS) */
+    int64_t max_streams;       /* --max-streams per connection */
+    uint64_t grpc_memory;      /* --grpc-memory: gRPC's resource quota */
     char metrics_listen[256];  /* --metrics-listen host:port; "" off */
     char log_format[8];        /* --log-format text|json */
     char log_level[8];         /* --log-level error|warn|info|debug */
@@ -118,6 +134,9 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc,
 /* "1G", "64Mi", "4096": K/M/G = 10^3/10^6/10^9, Ki/Mi/Gi = 2^10/2^20/2^30,
  * an optional trailing B. -1 on a malformed or overflowing value. */
 int attnd_srv_parse_size(const char *s, uint64_t *out_p);
+/* "600", "600s", "10m", "1h", "500ms" (a bare number is seconds) -> ms.
+ * -1 on a malformed or overflowing value. */
+int attnd_srv_parse_duration_ms(const char *s, int64_t *ms_p);
 void attnd_srv_config_usage(FILE *f);
 void attnd_srv_config_list_models(FILE *f);
 /* Every setting of a loaded config as "--flag=value" lines (flags that are
@@ -229,6 +248,8 @@ struct attnd_srv_call {
                                    CANCELLED until finish sends one) */
     grpc_metadata trailer[2];   /* trailing metadata of the final status */
     size_t n_trailer;
+    attnd_srv_tenant *tenant;   /* who it is (auth.c); NULL: no --token-file */
+    int admin;                  /* the tenant may see global figures */
     attnd_srv_tag op_tag, close_tag;
     attnd_srv_call *next, *prev; /* free list, or the held-open list */
     attnd_srv_call *qnext;      /* the executor queue */
@@ -267,6 +288,9 @@ typedef struct attnd_srv_exec {
 } attnd_srv_exec;
 
 typedef struct attnd_srv_listener attnd_srv_listener;
+typedef struct attnd_srv_tls attnd_srv_tls;
+typedef struct attnd_srv_watchdog attnd_srv_watchdog;
+typedef struct attnd_srv_expire attnd_srv_expire;
 
 struct attnd_srv {
     const attnd_srv_config *cfg;
@@ -292,7 +316,11 @@ struct attnd_srv {
     pthread_mutex_t watch_mu;
     attnd_srv_call *watches;
     grpc_completion_queue *shutdown_cq;
-    attnd_srv_listener *listener; /* listener.c */
+    attnd_srv_listener *listener; /* listener.c (plaintext gRPC) */
+    attnd_srv_tls *tls;           /* tls.c: --tls-cert; NULL: plaintext */
+    attnd_srv_watchdog *watchdog; /* watchdog.c: gRPC's own listener (TLS) */
+    attnd_srv_auth *auth;         /* auth.c: --token-file; NULL: no auth */
+    attnd_srv_expire *expire;     /* expire.c: --session-idle-ttl */
     int port;
     int64_t max_connections;      /* in force (listener.c) */
     int started, shut_down;
@@ -373,6 +401,32 @@ uint64_t attnd_srv_raise_fd_limit(void);
  * attnd opens. */
 int64_t attnd_srv_default_max_connections(uint64_t nofile);
 
+/* tls.c: the SSL server credentials (*creds_p: the caller's reference)
+ * whose certificates come from the files of cfg, checked first;
+ * INVALID_ARGUMENT naming the flag. reload reads them again for the next
+ * connections; on failure nothing changes. */
+attnd_status attnd_srv_tls_open(const attnd_srv_config *cfg, attnd_srv_tls **tls_p,
+                                grpc_server_credentials **creds_p, attnd_error *err);
+attnd_status attnd_srv_tls_reload(attnd_srv_tls *t, attnd_error *err);
+void attnd_srv_tls_close(attnd_srv_tls *t);
+
+/* watchdog.c: with TLS, gRPC listens (open: grpc_server_add_http2_port,
+ * sets srv->port) and a watchdog thread (start, after the server started)
+ * turns health NOT_SERVING if gRPC stops accepting; stop joins it. */
+attnd_status attnd_srv_watchdog_open(attnd_srv *srv, grpc_server_credentials *creds,
+                                     attnd_error *err);
+attnd_status attnd_srv_watchdog_start(attnd_srv *srv, attnd_error *err);
+void attnd_srv_watchdog_stop(attnd_srv *srv);
+
+/* expire.c: --session-idle-ttl. A thread closes the sessions no call named
+ * for that long (attnd_engine_reap_idle; in a group, on every rank). */
+attnd_status attnd_srv_expire_start(attnd_srv *srv, attnd_error *err);
+void attnd_srv_expire_stop(attnd_srv *srv);
+
+/* Reread --token-file and the TLS files (SIGHUP). Each part that fails is
+ * logged and left as it was; 0 when everything reloaded. */
+int attnd_srv_reload(attnd_srv *srv);
+
 /* ---- one call (call.c) ----------------------------------------------------- */
 
 /* A call object of `method` for io thread th, from the server's pool
@@ -415,6 +469,11 @@ void attnd_srv_call_fail(attnd_srv_call *c, const attnd_error *err);
 ProtobufCMessage *attnd_srv_call_decode(attnd_srv_call *c,
                                         const ProtobufCMessageDescriptor *d,
                                         attnd_error *err);
+/* The owner tag of c's sessions: its tenant's, 0 without --token-file. */
+static inline uint64_t attnd_srv_call_owner(const attnd_srv_call *c)
+{
+    return c->tenant ? c->tenant->tag : 0;
+}
 /* Add trailing metadata to the final status (key static, value copied). */
 void attnd_srv_call_add_trailer(attnd_srv_call *c, const char *key,
                                 const char *value);

@@ -241,10 +241,12 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
 {
     attnd_srv_mshard *mx = attnd_srv_metrics_local(u->srv->metrics);
     attnd_srv_exec_ctx x = {.srv = u->srv, .ws = ws, .arena = arena};
+    int expired = 0;
     if (j->hdr.deadline_ms) { /* what is left of the client's deadline */
         int64_t waited_ms = (int64_t)((attnd_clock_ns() - j->t_arrival) / 1000000u);
         int64_t left = (int64_t)j->hdr.deadline_ms - waited_ms;
         x.time_left_ms = left > 0 ? left : 1;
+        expired = left <= 0; /* it waited past it: not run (the client gave up) */
     }
     attnd_srv_attend_result res;
     attnd_error err;
@@ -256,6 +258,9 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
     if (j->refused) {
         st = attnd_error_set(&err, ATTND_ERR_UNAVAILABLE,
                              "server is shutting down: send this call to another worker");
+    } else if (expired) {
+        st = attnd_error_set(&err, ATTND_ERR_DEADLINE_EXCEEDED,
+                             "deadline passed before the call ran; nothing of it was applied");
     } else if (!j->data) {
         refusal_msg(u, j, &err);
         st = err.code;

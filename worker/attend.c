@@ -128,6 +128,46 @@ static attnd_status resolve_sessions(attnd_engine *e, const attnd_attend_req *re
     return ATTND_OK;
 }
 
+/* Give sessions [0, n) of the batch's owners back the pages their new
+ * entries would take. */
+static void refund_owners(attnd_engine *e, const attnd_attend_req *req, attnd_engine_ws *ws,
+                          uint32_t n)
+{
+    const int32_t layer = (int32_t)req->layer;
+    for (uint32_t i = 0; i < n; i++) {
+        attnd__session *s = ws->sessions[i];
+        int64_t need = attnd__engine_pages_for_append(e, s, layer, (uint64_t)req->q_tokens);
+        if (s->owner && need > 0)
+            attnd__owner_refund(s->owner, 0, 0, need,
+                                attnd__session_from_reserved(
+                                    s, layer, attnd__session_layer_pages(s, layer), need));
+    }
+}
+
+/* Count the pages the new entries take against each session's owner: all
+ * or none (a refused one gives back those counted before it). */
+static attnd_status charge_owners(attnd_engine *e, const attnd_attend_req *req,
+                                  attnd_engine_ws *ws, attnd_error *err)
+{
+    const int32_t layer = (int32_t)req->layer;
+    for (uint32_t i = 0; i < req->n_seqs; i++) {
+        attnd__session *s = ws->sessions[i];
+        int64_t need = attnd__engine_pages_for_append(e, s, layer, (uint64_t)req->q_tokens);
+        attnd_status st;
+        if (!s->owner || need <= 0)
+            continue;
+        st = attnd__owner_charge(
+            s->owner, 0, 0, need,
+            attnd__session_from_reserved(s, layer, attnd__session_layer_pages(s, layer), need),
+            "new_kv", err);
+        if (st) {
+            refund_owners(e, req, ws, i);
+            return st;
+        }
+    }
+    return ATTND_OK;
+}
+
 /* Append each session's S new entries, all or nothing. Sessions locked. */
 static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *req,
                                        attnd_engine_ws *ws, attnd_error *err)
@@ -159,8 +199,11 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
     }
     if (ATTND_BUF_RESERVE(ws->new_pages, ws->cap_new, (size_t)total + 1))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "new_kv: out of memory");
+    if (total > 0 && (st = charge_owners(e, req, ws, err)))
+        return st;
     st = attnd_kv_pool_alloc(&e->pool, (int32_t)total, (int32_t)from_res, ws->new_pages, err);
     if (st) {
+        refund_owners(e, req, ws, req->n_seqs);
         attnd_error_set(err, st, "new_kv: KV memory exhausted: the batch needs %lld new pages",
                         (long long)total);
         return st;
@@ -446,6 +489,16 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     atomic_fetch_add(&e->kv_bytes_dense, dense_bytes);
     if (req->new_kv)
         atomic_fetch_add(&e->tokens_appended, (uint64_t)req->n_seqs * (uint64_t)req->q_tokens);
+    /* one caller's sessions (the service checks their owner): its figures */
+    attnd__owner *o = ((attnd__session *)ws->sessions[0])->owner;
+    if (o) {
+        atomic_fetch_add(&o->attend_calls, 1);
+        atomic_fetch_add(&o->attend_seqs, req->n_seqs);
+        atomic_fetch_add(&o->kv_bytes_read, tokens * e->entry_bytes);
+        if (req->new_kv)
+            atomic_fetch_add(&o->tokens_appended,
+                             (uint64_t)req->n_seqs * (uint64_t)req->q_tokens);
+    }
 
 out:
     for (uint32_t k = req->n_seqs; k-- > 0;)

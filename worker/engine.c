@@ -78,7 +78,9 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     }
     if (st)
         goto err_pool;
+    attnd__owner_table_init(&e->owners);
     if ((st = attnd__sparse_engine_init(e, err))) {
+        attnd__owner_table_cleanup(&e->owners);
         attnd__gpu_destroy(e->gpu);
         attnd_kv_pool_cleanup(&e->pool);
         goto err_pool;
@@ -102,6 +104,7 @@ err_weights:
 err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
 err_table:
+    attnd__owner_table_cleanup(&e->owners);
     attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
@@ -117,6 +120,7 @@ void attnd_engine_destroy(attnd_engine *e)
     attnd_kernel_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__weights_cleanup(e); /* before the GPU: device copies */
+    attnd__owner_table_cleanup(&e->owners); /* after the sessions that point at owners */
     attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
     attnd_kv_pool_cleanup(&e->pool);
@@ -140,12 +144,17 @@ int32_t attnd_engine_page_size(const attnd_engine *e)
     return e->layout.page_size;
 }
 
-attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
-                                         attnd_session_id *id_p, attnd_error *err)
+/* Create a session for owner (0: none) under id `want` (NULL: a random
+ * one, retried on the unlikely collision). The owner is charged before the
+ * pool is asked, and refunded if anything after fails. */
+static attnd_status session_create(attnd_engine *e, uint64_t owner, uint64_t max_tokens,
+                                   const attnd_session_id *want, attnd_session_id *id_p,
+                                   attnd_error *err)
 {
     int64_t per_layer = div_up((int64_t)(max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens),
                                e->layout.page_size);
     int64_t reserve = per_layer * e->model.n_layers;
+    attnd__owner *o = NULL;
     attnd_session_id id;
     attnd_status st;
 
@@ -154,70 +163,67 @@ attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
                                "max_tokens: %llu tokens need %lld KV pages; the pool has %d",
                                (unsigned long long)max_tokens, (long long)reserve,
                                e->pool.n_pages);
+    if (owner && !(o = attnd__owner_get(&e->owners, owner, e->pool.page_bytes, err)))
+        return err ? err->code : ATTND_ERR_RESOURCE_EXHAUSTED;
+    if ((st = attnd__owner_charge(o, 1, reserve, 0, 0, "max_tokens", err)))
+        return st;
     st = attnd_kv_pool_reserve(&e->pool, reserve, err);
     if (st)
-        return st;
+        goto err_owner;
     for (int tries = 0;; tries++) {
-        if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes) {
+        if (want) {
+            id = *want;
+        } else if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes) {
             st = attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
             goto err_id;
         }
         attnd__session *s = attnd__session_new(&id, e->model.n_layers, e->layout.page_size,
                                                reserve, (int32_t)per_layer);
-        if (s)
-            s->res_per_layer = (int32_t)per_layer;
         if (!s) {
             st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                  "max_tokens: no memory for the session's page tables");
             goto err_id;
         }
+        s->res_per_layer = (int32_t)per_layer;
+        s->owner = o; /* before it can be found */
         st = attnd__session_table_insert(&e->table, s, err);
         if (st == ATTND_OK)
             break;
-        s->reserved_left = 0; /* the reservation is still ours to return */
+        /* the reservation and the charge are still ours to return */
+        s->reserved_left = 0;
+        s->owner = NULL;
         attnd__session_put(&e->table, &e->pool, s);
-        if (st != ATTND_ERR_ALREADY_EXISTS || tries > 3)
+        if (want || st != ATTND_ERR_ALREADY_EXISTS || tries > 3)
             goto err_id;
     }
-    *id_p = id;
+    if (id_p)
+        *id_p = id;
     return ATTND_OK;
 
 err_id:
     attnd_kv_pool_unreserve(&e->pool, reserve);
+err_owner:
+    attnd__owner_refund(o, 1, reserve, 0, 0);
     return st;
+}
+
+attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
+                                         attnd_session_id *id_p, attnd_error *err)
+{
+    return session_create(e, 0, max_tokens, NULL, id_p, err);
 }
 
 attnd_status attnd_engine_session_create_id(attnd_engine *e, uint64_t max_tokens,
                                             const attnd_session_id *id, attnd_error *err)
 {
-    int64_t per_layer = div_up((int64_t)(max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens),
-                               e->layout.page_size);
-    int64_t reserve = per_layer * e->model.n_layers;
-    attnd_status st;
+    return session_create(e, 0, max_tokens, id, NULL, err);
+}
 
-    if (reserve > e->pool.n_pages)
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "max_tokens: %llu tokens need %lld KV pages; the pool has %d",
-                               (unsigned long long)max_tokens, (long long)reserve,
-                               e->pool.n_pages);
-    st = attnd_kv_pool_reserve(&e->pool, reserve, err);
-    if (st)
-        return st;
-    attnd__session *s = attnd__session_new(id, e->model.n_layers, e->layout.page_size, reserve,
-                                           (int32_t)per_layer);
-    if (!s) {
-        attnd_kv_pool_unreserve(&e->pool, reserve);
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "max_tokens: no memory for the session's page tables");
-    }
-    s->res_per_layer = (int32_t)per_layer;
-    st = attnd__session_table_insert(&e->table, s, err);
-    if (st) {
-        s->reserved_left = 0; /* the reservation is still ours to return */
-        attnd__session_put(&e->table, &e->pool, s);
-        attnd_kv_pool_unreserve(&e->pool, reserve);
-    }
-    return st;
+attnd_status attnd_engine_session_create_owned(attnd_engine *e, uint64_t owner,
+                                               uint64_t max_tokens, const attnd_session_id *id,
+                                               attnd_session_id *id_p, attnd_error *err)
+{
+    return session_create(e, owner, max_tokens, id, id_p, err);
 }
 
 attnd_status attnd_engine_session_close(attnd_engine *e, const attnd_session_id *id,
@@ -320,6 +326,8 @@ void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st)
     st->append_calls = atomic_load(&e->append_calls);
     st->tokens_appended = atomic_load(&e->tokens_appended);
     st->kv_bytes_read = atomic_load(&e->kv_bytes_read);
+    st->sessions_expired = atomic_load(&e->sessions_expired);
+    st->pages_expired = atomic_load(&e->pages_expired);
     st->kv_bytes_dense = atomic_load(&e->kv_bytes_dense);
     st->select_bytes_read = atomic_load(&e->select_bytes);
     st->select_ns = atomic_load(&e->select_ns);

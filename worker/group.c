@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
 #include "attnd_clock.h"
 #include "attnd_log.h"
 #include "group_int.h"
@@ -147,6 +149,7 @@ void attnd_group_destroy(attnd_group *g)
     pthread_mutex_destroy(&g->buf_mu);
     pthread_mutex_destroy(&g->job_mu);
     pthread_cond_destroy(&g->job_cv);
+    OPENSSL_cleanse(g->cfg.secret, sizeof g->cfg.secret);
     free(g);
 }
 

@@ -46,7 +46,8 @@ enum { ATTND__GAM_REQ = 41, ATTND__GAM_REP = 42 };
 
 enum attnd__gmsg {
     ATTND__GMSG_HELLO = 1,  /* after the rendezvous: the new endpoints work */
-    ATTND__GMSG_CREATE = 2, /* data: id; a = max_tokens for this rank */
+    ATTND__GMSG_CREATE = 2, /* data: id, then (b = 1) its owner u64, or a sparse
+                               policy (group_sparse.c); a = max_tokens for this rank */
     ATTND__GMSG_CLOSE = 3,  /* data: id; reply a = pages freed */
     ATTND__GMSG_APPEND = 4, /* data: id (64 bytes), this rank's tokens; a =
                                global start, b = global token count; stream
@@ -98,13 +99,22 @@ typedef struct attnd__gbuf {
  * connection to the rendezvous port attnd itself listens on (the --group
  * address): a fixed header (magic, version, kind, rank, the group's
  * settings, a token, a nonce, who the process is) and a bounded payload
- * (the UCX worker address, or a refusal's message). */
+ * (the UCX worker address, or a refusal's message). With a group secret a
+ * CHALLENGE and a PROOF each way come first (group_rdv.c); they, and every
+ * refusal, are bare cards: magic, version, kind, rank, status, nonce and
+ * payload length, everything else zero. */
 
 #define ATTND__GCARD_MAGIC "ATTNDGRP"
-#define ATTND__GCARD_VERSION 1
+#define ATTND__GCARD_VERSION 2
 #define ATTND__GCARD_HDR 160 /* bytes of the fixed header on the wire */
+#define ATTND__GCARD_MAC 32  /* a PROOF's payload: HMAC-SHA-256 */
 
-enum { ATTND__GCARD_HELLO = 1, ATTND__GCARD_ANSWER = 2 };
+enum {
+    ATTND__GCARD_HELLO = 1,
+    ATTND__GCARD_ANSWER = 2,
+    ATTND__GCARD_CHALLENGE = 3, /* payload none */
+    ATTND__GCARD_PROOF = 4,     /* payload ATTND__GCARD_MAC bytes */
+};
 
 typedef struct attnd__gcard {
     uint16_t version, kind;
@@ -121,25 +131,56 @@ typedef struct attnd__gcard {
 } attnd__gcard;
 
 /* Encode c (payload_len bytes of payload follow the header) into out
- * (ATTND__GCARD_HDR + payload_len bytes). */
+ * (ATTND__GCARD_HDR + payload_len bytes; payload NULL: the header only,
+ * the caller writes the payload). */
 size_t attnd__gcard_encode(const attnd__gcard *c, const void *payload, unsigned char *out);
 /* Decode a card's fixed header from have bytes at buf: 1 when it is
  * complete and valid (then *c holds it and c->payload_len is bounded), 0
  * when more bytes are needed, -1 when it is not a card. */
 int attnd__gcard_decode(const unsigned char *buf, size_t have, attnd__gcard *c);
 
+/* A bare card (see above) of `kind` from rank `rank`: its fixed header,
+ * with a fresh random nonce, into out; payload_len bytes are to follow. */
+void attnd__gcard_bare(uint16_t kind, int32_t rank, int32_t status, uint32_t payload_len,
+                       unsigned char *out);
+
 #define ATTND__GRDV_MAX_CONNS 16
+
+/* Where a rendezvous connection is (group_rdv.c). */
+enum {
+    ATTND__GRDV_OPEN = 0,  /* accepted: a HELLO or CHALLENGE comes; or
+                              connected without a secret: our HELLO goes */
+    ATTND__GRDV_CHALLENGED, /* connector: our CHALLENGE went, a PROOF comes */
+    ATTND__GRDV_PROVED,    /* acceptor: our PROOF went, the connector's comes */
+    ATTND__GRDV_TRUSTED,   /* the peer proved the secret (or there is none):
+                              cards with addresses and tokens may pass */
+};
 
 typedef struct attnd__grdv_conn {
     int fd;                  /* -1: a free slot */
     int outgoing;            /* we connected, to rank `rank` */
     int32_t rank;
+    int phase;               /* ATTND__GRDV_* */
     int sending;             /* else receiving */
+    int connected;           /* outgoing: the connect finished */
+    int then_close;          /* close once out is sent */
     int64_t deadline_ms;
     size_t have, out_len, out_sent;
+    /* the two bare headers the proofs sign: the CHALLENGE, then the
+     * acceptor's PROOF */
+    unsigned char th[2 * ATTND__GCARD_HDR];
     unsigned char in[ATTND__GCARD_HDR + ATTND_UCXW_ADDR_MAX];
-    unsigned char out[ATTND__GCARD_HDR + ATTND_UCXW_ADDR_MAX];
+    unsigned char out[2 * ATTND__GCARD_HDR + ATTND__GCARD_MAC + ATTND_UCXW_ADDR_MAX];
 } attnd__grdv_conn;
+
+/* The proof of the side that is the acceptor (1) or the connector (0):
+ * HMAC-SHA-256 under the group secret over a label naming the side and
+ * th (group_auth.c). 0, or -1 when libcrypto failed. */
+int attnd__grdv_mac(const attnd_group *g, int acceptor, const unsigned char *th,
+                     unsigned char mac[ATTND__GCARD_MAC]);
+/* Does mac prove that side? Compared in constant time. */
+int attnd__grdv_mac_ok(const attnd_group *g, int acceptor, const unsigned char *th,
+                       const unsigned char *mac);
 
 /* ---- peers (group_net.c) ---------------------------------------------------- */
 
@@ -269,6 +310,7 @@ struct attnd_group {
     /* the rendezvous (group_rdv.c; the progress thread's) */
     int rdv_fd, port;        /* listening socket, its bound port */
     attnd__grdv_conn *rdv;   /* [ATTND__GRDV_MAX_CONNS] */
+    int64_t rdv_logged_ms;   /* last log of a refused stranger (1 a second) */
 
     pthread_mutex_t call_mu;
     pthread_cond_t call_cv;

@@ -157,9 +157,11 @@ uint64_t attnd__glead_rank_tokens(const attnd_group *g, int32_t r, uint64_t max_
                                                : max_tokens;
 }
 
-/* Send `type` for id to every peer and wait. */
+/* Send `type` for id (and, for CREATE, its owner after it) to every peer
+ * and wait. */
 static attnd_status broadcast_id(attnd_group *g, uint32_t type, const attnd_session_id *id,
-                                 uint64_t max_tokens, uint64_t *sum_a, attnd_error *err)
+                                 uint64_t owner, uint64_t max_tokens, uint64_t *sum_a,
+                                 attnd_error *err)
 {
     attnd__gcall *c = attnd__gcall_new(g);
     if (!c)
@@ -167,13 +169,18 @@ static attnd_status broadcast_id(attnd_group *g, uint32_t type, const attnd_sess
     for (int32_t r = 0; r < g->N; r++) {
         if (r == g->me)
             continue;
-        attnd__gbuf *b = attnd__gbuf_get(g, sizeof id->bytes);
+        attnd__gbuf *b = attnd__gbuf_get(g, sizeof id->bytes + sizeof owner);
         if (!b)
             continue;
         b->hdr.type = type;
         b->hdr.a = attnd__glead_rank_tokens(g, r, max_tokens);
         memcpy(b->data, id->bytes, sizeof id->bytes);
         b->len = sizeof id->bytes;
+        if (type == ATTND__GMSG_CREATE && owner) { /* b = 1: an owner follows */
+            memcpy(b->data + b->len, &owner, sizeof owner);
+            b->len += sizeof owner;
+            b->hdr.b = 1;
+        }
         attnd__glead_send(g, c, r, b, 0);
     }
     attnd__gcall_wait(g, c, attnd__glead_deadline(g, 0));
@@ -188,6 +195,13 @@ static attnd_status broadcast_id(attnd_group *g, uint32_t type, const attnd_sess
 attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
                                         attnd_session_id *id_p, attnd_error *err)
 {
+    return attnd_group_session_create_owned(g, 0, max_tokens, id_p, err);
+}
+
+attnd_status attnd_group_session_create_owned(attnd_group *g, uint64_t owner,
+                                              uint64_t max_tokens, attnd_session_id *id_p,
+                                              attnd_error *err)
+{
     attnd_session_id id;
     attnd_status st = attnd__glead_peers_up(g, err);
 
@@ -195,18 +209,19 @@ attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
         return st;
     if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes)
         return attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
-    st = attnd_engine_session_create_id(g->engine, attnd__glead_rank_tokens(g, g->me, max_tokens), &id,
-                                        err);
+    st = attnd_engine_session_create_owned(g->engine, owner,
+                                           attnd__glead_rank_tokens(g, g->me, max_tokens), &id,
+                                           NULL, err);
     if (st)
         return st;
     if ((st = attnd__gtable_add(&g->table, &id, err))) {
         attnd_engine_session_close(g->engine, &id, NULL, NULL);
         return st;
     }
-    st = broadcast_id(g, ATTND__GMSG_CREATE, &id, max_tokens, NULL, err);
+    st = broadcast_id(g, ATTND__GMSG_CREATE, &id, owner, max_tokens, NULL, err);
     if (st) { /* undo everywhere (ranks that never created it answer NOT_FOUND) */
         attnd_error ignored;
-        broadcast_id(g, ATTND__GMSG_CLOSE, &id, 0, NULL, &ignored);
+        broadcast_id(g, ATTND__GMSG_CLOSE, &id, 0, 0, NULL, &ignored);
         attnd__gtable_remove(&g->table, &id);
         attnd_engine_session_close(g->engine, &id, NULL, NULL);
         return st;
@@ -226,7 +241,7 @@ attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *i
     attnd__gtable_remove(&g->table, id);
     attnd_status st = attnd_engine_session_close(g->engine, id, &freed, err);
     /* peers that are down or lost the session have nothing left to free */
-    broadcast_id(g, ATTND__GMSG_CLOSE, id, 0, &peers, &ignored);
+    broadcast_id(g, ATTND__GMSG_CLOSE, id, 0, 0, &peers, &ignored);
     if (st == ATTND_OK && pages_freed_p)
         *pages_freed_p = freed + peers;
     return st;

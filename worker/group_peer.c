@@ -173,7 +173,12 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
     const attnd_session_id *id = (const attnd_session_id *)req->data;
     switch (h->type) {
     case ATTND__GMSG_CREATE:
-        if (req->len > ATTND_SESSION_ID_BYTES) { /* with a sparse policy (group_sparse.c) */
+        if (h->b == 1) { /* an owner after the id (group_lead.c) */
+            uint64_t owner = 0;
+            if (req->len >= ATTND_SESSION_ID_BYTES + sizeof owner)
+                memcpy(&owner, req->data + ATTND_SESSION_ID_BYTES, sizeof owner);
+            st = attnd_engine_session_create_owned(g->engine, owner, h->a, id, NULL, &err);
+        } else if (req->len > ATTND_SESSION_ID_BYTES) { /* a sparse policy (group_sparse.c) */
             attnd_session_policy pol;
             attnd_policy_rule *rules = NULL;
             st = attnd__gpolicy_parse(req->data + ATTND_SESSION_ID_BYTES,

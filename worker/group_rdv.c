@@ -19,19 +19,31 @@
  * rendezvous are dropped), a 16-byte random nonce, who the process is
  * (same-host transports, see common/attnd_ucxw.h) and the payload length.
  *
+ * With a group secret (issue 15 item 4; --group-secret-file) two bare
+ * cards (group_int.h) go first, and the proofs are group_auth.c's:
+ *   connector -> acceptor  CHALLENGE (its rank, a nonce)
+ *   acceptor -> connector  PROOF     (its rank, a nonce; payload: its proof
+ *                                     over both headers)
+ *   connector -> acceptor  PROOF     (payload: its own proof) and at once
+ *                          HELLO     as above
+ *   acceptor -> connector  ANSWER    as above
+ * Each side checks the other's proof before it sends anything more: a
+ * connector whose acceptor fails closes without its HELLO; an acceptor
+ * reads the HELLO only after the connector's proof verified. So the
+ * addresses and tokens, the only way onto the UCX data path, go to
+ * holders of the secret only; the group's settings too. A rank with a
+ * secret refuses a HELLO that comes without the proofs, and one without a
+ * secret refuses a CHALLENGE, each with a bare ANSWER whose message says
+ * why (logged on both sides, strangers' at most once a second).
+ *
  * Never trusting a peer: a connection that does not start with the magic,
  * announces another version or kind, a payload longer than
- * ATTND_UCXW_ADDR_MAX, or a rank out of range is closed; so is one that has
- * not finished within RDV_TIMEOUT_MS (slow or half-open peers), and at most
- * ATTND__GRDV_MAX_CONNS are open at once (more are closed on accept). All
- * sockets are non-blocking and served by the group's progress thread.
- *
- * Authentication (issue 15) goes here: with a group secret, version 2
- * adds a PROOF message each way after HELLO / ANSWER, an HMAC over both
- * fixed headers (nonces included) under the secret, and moves the worker
- * address and the token from HELLO / ANSWER into messages sent only after
- * the peer's proof verified; a rank that fails it learns neither, so it
- * can neither reach the UCX data path nor get past the token check.
+ * ATTND_UCXW_ADDR_MAX (a PROOF's: other than ATTND__GCARD_MAC), or a rank
+ * out of range is closed; so is one whose card comes out of turn, one
+ * that has not finished within RDV_TIMEOUT_MS (slow or half-open peers),
+ * and at most ATTND__GRDV_MAX_CONNS are open at once (more are closed on
+ * accept). All sockets are non-blocking and served by the group's
+ * progress thread.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -123,7 +135,7 @@ size_t attnd__gcard_encode(const attnd__gcard *c, const void *payload, unsigned 
     p = put32(p, c->shm_ok);
     p = put32(p, c->payload_len);
     put64(p, c->host.net_ns);
-    if (c->payload_len)
+    if (c->payload_len && payload)
         memcpy(out + ATTND__GCARD_HDR, payload, c->payload_len);
     return ATTND__GCARD_HDR + c->payload_len;
 }
@@ -161,10 +173,11 @@ int attnd__gcard_decode(const unsigned char *buf, size_t have, attnd__gcard *c)
     c->shm_ok = get32(p + 124);
     c->payload_len = get32(p + 128);
     c->host.net_ns = get64(p + 132);
-    if (c->version != ATTND__GCARD_VERSION ||
-        (c->kind != ATTND__GCARD_HELLO && c->kind != ATTND__GCARD_ANSWER) ||
-        c->payload_len > ATTND_UCXW_ADDR_MAX || c->rank < 0 ||
-        c->rank >= ATTND_GROUP_MAX_RANKS)
+    if (c->version != ATTND__GCARD_VERSION || c->kind < ATTND__GCARD_HELLO ||
+        c->kind > ATTND__GCARD_PROOF || c->payload_len > ATTND_UCXW_ADDR_MAX ||
+        (c->kind == ATTND__GCARD_CHALLENGE && c->payload_len != 0) ||
+        (c->kind == ATTND__GCARD_PROOF && c->payload_len != ATTND__GCARD_MAC) ||
+        c->rank < 0 || c->rank >= ATTND_GROUP_MAX_RANKS)
         return -1;
     return 1;
 }
@@ -208,7 +221,8 @@ static attnd__grdv_conn *conn_new(attnd_group *g, int fd, int outgoing, int32_t 
         c->fd = fd;
         c->outgoing = outgoing;
         c->rank = rank;
-        c->sending = outgoing;
+        c->phase = ATTND__GRDV_OPEN;
+        c->sending = c->connected = c->then_close = 0;
         c->have = c->out_len = c->out_sent = 0;
         c->deadline_ms = attnd_clock_ms() + RDV_TIMEOUT_MS;
         return c;
@@ -216,22 +230,57 @@ static attnd__grdv_conn *conn_new(attnd_group *g, int fd, int outgoing, int32_t 
     return NULL;
 }
 
-/* Our card of `kind` (status st, payload: our address, or msg) into c->out. */
-static void conn_put_card(attnd_group *g, attnd__grdv_conn *c, uint16_t kind, int32_t st,
-                          const char *msg)
+/* Start sending what conn_put_* queued in c->out. */
+static void conn_send(attnd__grdv_conn *c, int then_close)
+{
+    c->out_sent = 0;
+    c->sending = 1;
+    c->then_close = then_close;
+}
+
+/* Queue our card of `kind` with our address as payload (status 0). */
+static void conn_put_card(attnd_group *g, attnd__grdv_conn *c, uint16_t kind)
 {
     attnd__gcard card;
     attnd__gnet_my_card(g, kind, &card);
-    card.status = st;
-    if (st) {
-        size_t n = strlen(msg);
-        card.payload_len = (uint32_t)(n < ATTND_UCXW_ADDR_MAX ? n : ATTND_UCXW_ADDR_MAX);
-        c->out_len = attnd__gcard_encode(&card, msg, c->out);
-    } else {
-        c->out_len = attnd__gcard_encode(&card, g->addr, c->out);
-    }
-    c->out_sent = 0;
-    c->sending = 1;
+    c->out_len += attnd__gcard_encode(&card, g->addr, c->out + c->out_len);
+}
+
+/* Queue a bare refusal (status st, payload msg): nothing about us but
+ * our rank. */
+static void conn_put_refusal(attnd_group *g, attnd__grdv_conn *c, int32_t st, const char *msg)
+{
+    size_t n = strlen(msg);
+    if (n > ATTND_UCXW_ADDR_MAX)
+        n = ATTND_UCXW_ADDR_MAX;
+    attnd__gcard_bare(ATTND__GCARD_ANSWER, g->me, st, (uint32_t)n, c->out + c->out_len);
+    memcpy(c->out + c->out_len + ATTND__GCARD_HDR, msg, n);
+    c->out_len += ATTND__GCARD_HDR + n;
+}
+
+/* Queue our PROOF as `acceptor` or connector over c->th. 0, or -1. */
+static int conn_put_proof(attnd_group *g, attnd__grdv_conn *c, int acceptor)
+{
+    unsigned char *p = c->out + c->out_len;
+    attnd__gcard_bare(ATTND__GCARD_PROOF, g->me, 0, ATTND__GCARD_MAC, p);
+    if (acceptor) /* its header is the second half of what is signed */
+        memcpy(c->th + ATTND__GCARD_HDR, p, ATTND__GCARD_HDR);
+    if (attnd__grdv_mac(g, acceptor, c->th, p + ATTND__GCARD_HDR))
+        return -1;
+    c->out_len += ATTND__GCARD_HDR + ATTND__GCARD_MAC;
+    return 0;
+}
+
+/* Log a peer refused for the secret, at most once a second (a stranger
+ * may try as often as it likes). */
+static void log_refused(attnd_group *g, const char *why, int32_t rank)
+{
+    int64_t now = attnd_clock_ms();
+    if (g->rdv_logged_ms && now - g->rdv_logged_ms < 1000)
+        return;
+    g->rdv_logged_ms = now;
+    attnd_log_error("group", "rank %d: refusing a peer that claims rank %d: %s", g->me, rank,
+                    why);
 }
 
 void attnd__grdv_connect(attnd_group *g, int32_t r)
@@ -256,43 +305,141 @@ void attnd__grdv_connect(attnd_group *g, int32_t r)
         close(fd);
         return;
     }
-    conn_put_card(g, c, ATTND__GCARD_HELLO, 0, NULL);
+    if (g->cfg.has_secret) {
+        attnd__gcard_bare(ATTND__GCARD_CHALLENGE, g->me, 0, 0, c->out);
+        memcpy(c->th, c->out, ATTND__GCARD_HDR);
+        c->out_len = ATTND__GCARD_HDR;
+        c->phase = ATTND__GRDV_CHALLENGED;
+    } else {
+        conn_put_card(g, c, ATTND__GCARD_HELLO);
+        c->phase = ATTND__GRDV_TRUSTED;
+    }
+    conn_send(c, 0);
 }
 
-/* A whole card arrived on c: act on it. Returns 1 to keep c (an answer
- * to send), 0 to close it. */
-static int conn_got_card(attnd_group *g, attnd__grdv_conn *c, const attnd__gcard *card)
+/* The acceptor's side: a whole card arrived on c. 1 to keep c, 0 to
+ * close it. */
+static int acceptor_got_card(attnd_group *g, attnd__grdv_conn *c, const attnd__gcard *card)
 {
     const unsigned char *payload = c->in + ATTND__GCARD_HDR;
     char msg[320];
 
-    if (!c->outgoing) { /* a HELLO to answer */
-        if (card->kind != ATTND__GCARD_HELLO)
+    switch (c->phase) {
+    case ATTND__GRDV_OPEN:
+        if (card->kind == ATTND__GCARD_CHALLENGE && (card->rank >= g->N || card->rank == g->me))
             return 0;
-        if (check_settings(g, card, msg, sizeof msg)) {
-            attnd_log_error("group", "rank %d: refusing rank %d: %s", g->me, card->rank, msg);
-            conn_put_card(g, c, ATTND__GCARD_ANSWER, ATTND_ERR_FAILED_PRECONDITION, msg);
+        if (card->kind == ATTND__GCARD_CHALLENGE && !g->cfg.has_secret) {
+            snprintf(msg, sizeof msg, "rank %d runs without a group secret and rank %d with "
+                     "one: give every rank the same --group-secret-file", g->me, card->rank);
+            log_refused(g, msg, card->rank);
+            conn_put_refusal(g, c, ATTND_ERR_FAILED_PRECONDITION, msg);
+            conn_send(c, 1);
             return 1;
         }
-        if (attnd_ucxw_address_check(payload, card->payload_len))
+        if (card->kind == ATTND__GCARD_CHALLENGE) {
+            c->rank = card->rank;
+            memcpy(c->th, c->in, ATTND__GCARD_HDR);
+            if (conn_put_proof(g, c, 1))
+                return 0;
+            c->phase = ATTND__GRDV_PROVED;
+            conn_send(c, 0);
+            return 1;
+        }
+        if (card->kind != ATTND__GCARD_HELLO)
             return 0;
-        /* the lower rank's rendezvous wins: ours to it (a higher rank's
-         * late dial, group_net.c) is dropped rather than crossed */
-        if (card->rank < g->me)
-            for (int i = 0; i < ATTND__GRDV_MAX_CONNS; i++)
-                if (g->rdv[i].fd >= 0 && g->rdv[i].outgoing && g->rdv[i].rank == card->rank)
-                    conn_close(&g->rdv[i]);
-        attnd__gnet_apply_card(g, card, payload);
-        conn_put_card(g, c, ATTND__GCARD_ANSWER, 0, NULL);
+        if (g->cfg.has_secret) {
+            snprintf(msg, sizeof msg, "rank %d needs the group secret (--group-secret-file) and "
+                     "got a HELLO without its proof", g->me);
+            log_refused(g, msg, card->rank);
+            conn_put_refusal(g, c, ATTND_ERR_UNAUTHENTICATED, msg);
+            conn_send(c, 1);
+            return 1;
+        }
+        c->rank = card->rank;
+        c->phase = ATTND__GRDV_TRUSTED;
+        break; /* answer it below */
+    case ATTND__GRDV_PROVED:
+        if (card->kind != ATTND__GCARD_PROOF || card->rank != c->rank)
+            return 0;
+        if (!attnd__grdv_mac_ok(g, 0, c->th, payload)) {
+            snprintf(msg, sizeof msg, "rank %d: the group secret's proof is wrong (another "
+                     "--group-secret-file, or not a rank of this group)", g->me);
+            log_refused(g, msg, card->rank);
+            conn_put_refusal(g, c, ATTND_ERR_UNAUTHENTICATED, msg);
+            conn_send(c, 1);
+            return 1;
+        }
+        c->phase = ATTND__GRDV_TRUSTED;
+        c->have = 0; /* its HELLO comes next */
+        return 1;
+    case ATTND__GRDV_TRUSTED:
+        if (card->kind != ATTND__GCARD_HELLO || card->rank != c->rank)
+            return 0;
+        break;
+    default:
+        return 0;
+    }
+    /* a HELLO from a trusted peer */
+    c->out_len = 0;
+    if (check_settings(g, card, msg, sizeof msg)) {
+        attnd_log_error("group", "rank %d: refusing rank %d: %s", g->me, card->rank, msg);
+        conn_put_refusal(g, c, ATTND_ERR_FAILED_PRECONDITION, msg);
+        conn_send(c, 1);
+        return 1;
+    }
+    if (attnd_ucxw_address_check(payload, card->payload_len))
+        return 0;
+    /* the lower rank's rendezvous wins: ours to it (a higher rank's late
+     * dial, group_net.c) is dropped rather than crossed */
+    if (card->rank < g->me)
+        for (int i = 0; i < ATTND__GRDV_MAX_CONNS; i++)
+            if (g->rdv[i].fd >= 0 && g->rdv[i].outgoing && g->rdv[i].rank == card->rank)
+                conn_close(&g->rdv[i]);
+    attnd__gnet_apply_card(g, card, payload);
+    conn_put_card(g, c, ATTND__GCARD_ANSWER);
+    conn_send(c, 1);
+    return 1;
+}
+
+/* The connector's side: a whole card arrived on c. 1 to keep c, 0 to
+ * close it. */
+static int connector_got_card(attnd_group *g, attnd__grdv_conn *c, const attnd__gcard *card)
+{
+    const unsigned char *payload = c->in + ATTND__GCARD_HDR;
+    char msg[320];
+
+    if (card->rank != c->rank)
+        return 0;
+    if (card->kind == ATTND__GCARD_ANSWER && card->status != 0) {
+        snprintf(msg, sizeof msg, "%.*s", (int)card->payload_len, (const char *)payload);
+        attnd_log_error("group", "rank %d: rank %d refused us: %s", g->me, c->rank, msg);
+        g->peers[c->rank].next_try_ms = attnd_clock_ms() + REFUSED_RETRY_MS;
+        return 0;
+    }
+    if (c->phase == ATTND__GRDV_CHALLENGED) {
+        if (card->kind != ATTND__GCARD_PROOF)
+            return 0;
+        memcpy(c->th + ATTND__GCARD_HDR, c->in, ATTND__GCARD_HDR);
+        if (!attnd__grdv_mac_ok(g, 1, c->th, payload)) {
+            attnd_log_error("group", "rank %d: rank %d failed the group secret's proof "
+                            "(another --group-secret-file, or not a rank of this group): not "
+                            "joining it", g->me, c->rank);
+            g->peers[c->rank].next_try_ms = attnd_clock_ms() + REFUSED_RETRY_MS;
+            return 0;
+        }
+        c->out_len = 0;
+        if (conn_put_proof(g, c, 0))
+            return 0;
+        conn_put_card(g, c, ATTND__GCARD_HELLO);
+        c->phase = ATTND__GRDV_TRUSTED;
+        conn_send(c, 0);
         return 1;
     }
     /* our HELLO's answer */
-    if (card->kind != ATTND__GCARD_ANSWER || card->rank != c->rank)
+    if (card->kind != ATTND__GCARD_ANSWER || c->phase != ATTND__GRDV_TRUSTED)
         return 0;
-    if (card->status != 0 || check_settings(g, card, msg, sizeof msg)) {
-        if (card->status != 0)
-            snprintf(msg, sizeof msg, "%.*s", (int)card->payload_len, (const char *)payload);
-        attnd_log_error("group", "rank %d: rank %d refused us: %s", g->me, c->rank, msg);
+    if (check_settings(g, card, msg, sizeof msg)) {
+        attnd_log_error("group", "rank %d: rank %d differs: %s", g->me, c->rank, msg);
         g->peers[c->rank].next_try_ms = attnd_clock_ms() + REFUSED_RETRY_MS;
         return 0;
     }
@@ -306,7 +453,7 @@ static int conn_got_card(attnd_group *g, attnd__grdv_conn *c, const attnd__gcard
 static int conn_step(attnd_group *g, attnd__grdv_conn *c)
 {
     if (c->sending) {
-        if (c->outgoing && c->out_sent == 0) { /* connected yet? */
+        if (c->outgoing && !c->connected) { /* connected yet? */
             struct pollfd p = {.fd = c->fd, .events = POLLOUT};
             int e = 0;
             socklen_t el = sizeof e;
@@ -314,6 +461,7 @@ static int conn_step(attnd_group *g, attnd__grdv_conn *c)
                 return 0;
             if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0 || e != 0)
                 return -1; /* the peer is not up (yet) */
+            c->connected = 1;
         }
         ssize_t n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL);
         if (n < 0)
@@ -321,10 +469,11 @@ static int conn_step(attnd_group *g, attnd__grdv_conn *c)
         c->out_sent += (size_t)n;
         if (c->out_sent < c->out_len)
             return 1;
-        if (!c->outgoing)
-            return -1; /* answered: done */
+        if (c->then_close)
+            return -1; /* said all: done */
         c->sending = 0;
         c->have = 0;
+        c->out_len = 0;
         return 1;
     }
     attnd__gcard card;
@@ -342,7 +491,8 @@ static int conn_step(attnd_group *g, attnd__grdv_conn *c)
         return -1; /* garbage */
     if (k == 0 || c->have < ATTND__GCARD_HDR + card.payload_len)
         return 1;
-    return conn_got_card(g, c, &card) ? 1 : -1;
+    int keep = c->outgoing ? connector_got_card(g, c, &card) : acceptor_got_card(g, c, &card);
+    return keep ? 1 : -1;
 }
 
 int attnd__grdv_tend(attnd_group *g)

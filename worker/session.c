@@ -10,11 +10,16 @@
  * reference; whoever drops the last one frees the pages. A call already
  * holding a session therefore finishes safely even if it is closed
  * meanwhile. Lock order: table lock, then (never while holding it) session
- * locks in address order. */
+ * locks in address order.
+ *
+ * Every lookup touches the session (touched_ms), which is what idle expiry
+ * (attnd__session_table_reap) goes by; a session's owner (owner.c) gets
+ * back what the session held when it is freed. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "attnd_assert.h"
+#include "attnd_clock.h"
 #include "sparse.h"
 #include "worker_int.h"
 
@@ -34,6 +39,7 @@ attnd__session *attnd__session_new(const attnd_session_id *id,
         return NULL;
     s->id = *id;
     s->refs = 1;
+    atomic_init(&s->touched_ms, attnd_clock_ms());
     s->n_layers = n_layers;
     s->page_size = page_size;
     s->reserved_left = reserved;
@@ -90,10 +96,15 @@ attnd_status attnd__session_grow(attnd__session *s, int32_t layer,
  * destroy, when the pool goes too.) */
 static void session_free(attnd__session *s, attnd_kv_pool *pool)
 {
+    int64_t held = 0;
     for (int32_t l = 0; l < s->n_layers; l++) {
+        /* what the owner is refunded: the pages really held (not streaming's holes) */
+        held += attnd__session_layer_pages(s, l) -
+                (s->sparse ? attnd__sparse_holes(s->sparse, l, s->page_size) : 0);
         attnd__sparse_free_layer(pool, s, l, attnd__session_layer_pages(s, l));
         free(s->pages[l]);
     }
+    attnd__owner_refund(s->owner, 1, s->reserved_left > 0 ? s->reserved_left : 0, held, 0);
     if (s->reserved_left > 0)
         attnd_kv_pool_unreserve(pool, s->reserved_left);
     pthread_mutex_destroy(&s->mu);
@@ -172,17 +183,35 @@ attnd__session *attnd__session_get(attnd__session_table *t,
 {
     pthread_mutex_lock(&t->mu);
     attnd__session *s = t->slots[find_slot(t, id)];
-    if (s)
+    if (s) {
         s->refs++;
+        atomic_store_explicit(&s->touched_ms, attnd_clock_ms(), memory_order_relaxed);
+    }
     pthread_mutex_unlock(&t->mu);
     return s;
 }
 
-attnd__session *attnd__session_remove(attnd__session_table *t,
-                                      const attnd_session_id *id)
+int64_t attnd__session_table_owned(attnd__session_table *t, uint64_t owner,
+                                   const attnd_session_id *ids, uint32_t n)
 {
+    int64_t bad = -1, now = attnd_clock_ms();
     pthread_mutex_lock(&t->mu);
-    uint32_t i = find_slot(t, id);
+    for (uint32_t i = 0; i < n && bad < 0; i++) {
+        attnd__session *s = t->slots[find_slot(t, &ids[i])];
+        if (!s || (s->owner ? s->owner->tag : 0) != owner)
+            bad = i;
+        else
+            atomic_store_explicit(&s->touched_ms, now, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return bad;
+}
+
+/* Take the session in slot i out of the table, shifting later entries of
+ * its probe run back (caller holds t->mu); the table's reference passes to
+ * the caller. */
+static attnd__session *remove_slot(attnd__session_table *t, uint32_t i)
+{
     attnd__session *s = t->slots[i];
     if (s) {
         /* backward-shift deletion: move later entries of the probe run into
@@ -200,10 +229,35 @@ attnd__session *attnd__session_remove(attnd__session_table *t,
         }
         t->slots[hole] = NULL;
         t->count--;
-        /* the table's reference passes to the caller */
     }
+    return s;
+}
+
+attnd__session *attnd__session_remove(attnd__session_table *t,
+                                      const attnd_session_id *id)
+{
+    pthread_mutex_lock(&t->mu);
+    attnd__session *s = remove_slot(t, find_slot(t, id));
     pthread_mutex_unlock(&t->mu);
     return s;
+}
+
+size_t attnd__session_table_reap(attnd__session_table *t, int64_t cutoff_ms,
+                                 attnd__session **out, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&t->mu);
+    /* collect first: a removal moves later entries of a probe run back */
+    for (uint32_t i = 0; t->slots && i <= t->mask && n < cap; i++) {
+        attnd__session *s = t->slots[i];
+        if (s && s->refs == 1 &&
+            atomic_load_explicit(&s->touched_ms, memory_order_relaxed) <= cutoff_ms)
+            out[n++] = s;
+    }
+    for (size_t k = 0; k < n; k++)
+        remove_slot(t, find_slot(t, &out[k]->id));
+    pthread_mutex_unlock(&t->mu);
+    return n;
 }
 
 void attnd__session_put(attnd__session_table *t, attnd_kv_pool *pool,

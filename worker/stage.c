@@ -160,8 +160,12 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
     if ((st = attnd__session_grow(ss, l, have + need, err)))
         goto out;
     int32_t from_res = (int32_t)attnd__session_from_reserved(ss, l, have, need);
-    if ((st = attnd_kv_pool_alloc(&e->pool, (int32_t)need, from_res, ss->pages[l] + have, err)))
+    if ((st = attnd__owner_charge(ss->owner, 0, 0, need, from_res, "kv", err)))
         goto out;
+    if ((st = attnd_kv_pool_alloc(&e->pool, (int32_t)need, from_res, ss->pages[l] + have, err))) {
+        attnd__owner_refund(ss->owner, 0, 0, need, from_res);
+        goto out;
+    }
     ss->reserved_left -= from_res;
     if (fresh) {
         ss->stager[l] = s;
@@ -192,6 +196,7 @@ static void drop_ent(attnd_engine *e, const stage_ent *en)
     /* what these pages redeemed, chunk by chunk, sums to this */
     int32_t r = (int32_t)attnd__session_from_reserved(ss, l, have, extra);
     attnd_kv_pool_unalloc(&e->pool, ss->pages[l] + have, extra, r);
+    attnd__owner_refund(ss->owner, 0, 0, extra, r);
     ss->reserved_left += r;
     ss->staged[l] = ss->len[l];
     ss->stager[l] = NULL;
@@ -254,11 +259,18 @@ attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p
         if (first_of_session(s, i))
             pthread_mutex_unlock(&s->ent[i].s->mu);
     uint64_t chunks = s->chunks, tokens = s->tokens;
+    /* a stream's sessions are one caller's (the service checks each chunk's
+     * owner): its figures go to the first one's owner */
+    attnd__owner *o = s->n_ent ? s->ent[0].s->owner : NULL;
     put_all(s);
     if (st)
         return st;
     atomic_fetch_add(&e->append_calls, chunks);
     atomic_fetch_add(&e->tokens_appended, tokens);
+    if (o) {
+        atomic_fetch_add(&o->append_calls, chunks);
+        atomic_fetch_add(&o->tokens_appended, tokens);
+    }
     if (chunks_p)
         *chunks_p = chunks;
     if (tokens_p)

@@ -77,8 +77,13 @@ void attnd_kv_pool_counts(attnd_kv_pool *p, int64_t *used_p,
  * sessions; lookups take a reference, and a closed session is freed (its
  * pages returned) when its last reference goes. */
 
+struct attnd__owner;
+
 typedef struct attnd__session {
     attnd_session_id id;
+    struct attnd__owner *owner; /* the tenant it counts against (owner.c);
+                                   NULL: none. Set at creation, never changed */
+    atomic_int_fast64_t touched_ms; /* last lookup (attnd_clock_ms): idle expiry */
     pthread_mutex_t mu; /* guards everything below */
     int32_t refs;       /* guarded by the table's lock */
     int32_t n_layers;
@@ -121,6 +126,12 @@ attnd__session *attnd__session_get(attnd__session_table *t,
  * The caller holds the returned reference and must put it. */
 attnd__session *attnd__session_remove(attnd__session_table *t,
                                       const attnd_session_id *id);
+/* Remove up to cap sessions that nobody holds (the table's reference is
+ * the only one: no call, no stage) and that no lookup touched since
+ * cutoff_ms; their references pass to the caller (out[0..return)), who
+ * closes and puts them. Lookups touch (attnd__session_get). */
+size_t attnd__session_table_reap(attnd__session_table *t, int64_t cutoff_ms,
+                                 attnd__session **out, size_t cap);
 /* Drop a reference; the last one frees the session and its pages. */
 void attnd__session_put(attnd__session_table *t, attnd_kv_pool *pool,
                         attnd__session *s);
@@ -174,6 +185,61 @@ typedef struct attnd__wmat {
     size_t bytes;
 } attnd__wmat;
 
+/* ---- owners (owner.c) ------------------------------------------------------
+ * The tenant a session counts against: its limits and its figures. An
+ * owner is created on first use of its tag and lives as long as the engine
+ * (sessions point at it). Pages are counted as the pool counts them: a
+ * session's reservation (`reserved`) and the pages it holds (`held`,
+ * staged ones included). */
+
+struct attnd__owner_table;
+
+typedef struct attnd__owner {
+    struct attnd__owner_table *table; /* its mutex guards the counts */
+    size_t page_bytes;
+    uint64_t tag;               /* nonzero */
+    char name[64];              /* for messages; "" until attnd_engine_owner_set */
+    /* limits (0: none) and counts, guarded by the engine's owner_mu */
+    uint64_t max_sessions;
+    uint64_t max_kv_bytes;
+    int64_t sessions, held, reserved;
+    /* figures (relaxed atomics) */
+    atomic_uint_fast64_t attend_calls, attend_seqs, append_calls, tokens_appended;
+    atomic_uint_fast64_t kv_bytes_read, sessions_expired, pages_expired;
+} attnd__owner;
+
+typedef struct attnd__owner_table {
+    pthread_mutex_t mu;
+    attnd__owner **slots; /* open addressing by tag; NULL: empty */
+    uint32_t cap, count;
+} attnd__owner_table;
+
+void attnd__owner_table_init(attnd__owner_table *t);
+void attnd__owner_table_cleanup(attnd__owner_table *t);
+/* The owner of tag, made on first use (never freed before the table).
+ * NULL with RESOURCE_EXHAUSTED in err when out of memory or owners; tag 0
+ * is no owner (INTERNAL: callers pass none). */
+attnd__owner *attnd__owner_get(attnd__owner_table *t, uint64_t tag, size_t page_bytes,
+                               attnd_error *err);
+/* Count `sessions` new sessions, `reserve` pages newly reserved and `take`
+ * pages taken, `from_reserved` of which redeem the owner's reservations,
+ * against o's limits: RESOURCE_EXHAUSTED naming the limit and the usage
+ * (and `field` for KV bytes, "sessions" for the count), nothing counted,
+ * when a limit would be passed. o NULL: OK. */
+attnd_status attnd__owner_charge(attnd__owner *o, int64_t sessions, int64_t reserve,
+                                 int64_t take, int64_t from_reserved, const char *field,
+                                 attnd_error *err);
+/* Undo a charge (the same arguments; a session's end: 1, what is left of
+ * its reservation, the pages it holds, 0). o NULL: no-op. */
+void attnd__owner_refund(attnd__owner *o, int64_t sessions, int64_t reserve, int64_t take,
+                         int64_t from_reserved);
+/* Session lookups with the table lock held once for all (session.c):
+ * index of the first of ids[0..n) that is not an open session of owner
+ * tag `owner` (0: sessions without an owner), or -1; each found one is
+ * touched. */
+int64_t attnd__session_table_owned(attnd__session_table *t, uint64_t owner,
+                                   const attnd_session_id *ids, uint32_t n);
+
 /* ---- the engine (engine.c; stage.c adds the staged appends) --------------- */
 
 typedef struct attnd__gpu attnd__gpu;
@@ -191,6 +257,8 @@ struct attnd_engine {
                               (pool.base is then NULL); NULL: the CPU */
     atomic_uint_fast64_t attend_calls, attend_seqs;
     atomic_uint_fast64_t append_calls, tokens_appended, kv_bytes_read;
+    attnd__owner_table owners;       /* owner.c */
+    atomic_uint_fast64_t sessions_expired, pages_expired;
     /* sparse policies (sparse*.c): key bounds of every page, reserved
      * address space that fills in as topk-pages layers write pages
      * ([n_pages][attnd_kernel_kv_bounds_elems] bf16), and the counters of stats */

@@ -85,6 +85,10 @@ typedef struct attnd_bench_opts {
     int wire;                  /* --wire: -1 not given (heads for MLA models),
                                   0 absorbed, 1 heads (the narrow MLA wire) */
     uint32_t d_nope, d_vh;     /* --d-nope, --d-v: the heads form's widths */
+    /* a --target with TLS or tokens (README, Security) */
+    char tls_ca[PATH_MAX], tls_cert[PATH_MAX], tls_key[PATH_MAX];
+    char tls_server_name[256];
+    char token[4096];          /* --token-file's first line, or $ATTND_TOKEN */
     int has_policy;            /* --policy: every session's sparse policy */
     attnd_sparse_policy policy;
 } attnd_bench_opts;

@@ -52,6 +52,11 @@ static void usage(FILE *f)
         "                      (default 1)\n"
         "  --slo-ms X          per-step latency SLO for goodput (default: none)\n"
         "  --deadline-ms X     per-call deadline (default 30000)\n"
+        "security (a --target with --tls-cert or --token-file):\n"
+        "  --tls-ca FILE       PEM CA(s) of the server's certificate: gRPC over TLS\n"
+        "  --tls-cert FILE  --tls-key FILE  this client's certificate (mutual TLS)\n"
+        "  --tls-server-name NAME  the name on the server's certificate, when not the host\n"
+        "  --token-file FILE   bearer token (its first line); or $ATTND_TOKEN\n"
         "checks and baselines:\n"
         "  --check             compare every output with the float64 reference; exit 1 on\n"
         "                      any mismatch (runs between steps: latencies stay honest,\n"
@@ -343,6 +348,25 @@ int attnd_bench_opts_parse(attnd_bench_opts *o, int argc, char **argv)
         i++;
         if (!strcmp(a, "--target")) {
             copy_str(o->target, sizeof o->target, a, v, &bad);
+        } else if (!strcmp(a, "--tls-ca")) {
+            copy_str(o->tls_ca, sizeof o->tls_ca, a, v, &bad);
+        } else if (!strcmp(a, "--tls-cert")) {
+            copy_str(o->tls_cert, sizeof o->tls_cert, a, v, &bad);
+        } else if (!strcmp(a, "--tls-key")) {
+            copy_str(o->tls_key, sizeof o->tls_key, a, v, &bad);
+        } else if (!strcmp(a, "--tls-server-name")) {
+            copy_str(o->tls_server_name, sizeof o->tls_server_name, a, v, &bad);
+        } else if (!strcmp(a, "--token-file")) {
+            FILE *f = fopen(v, "re");
+            if (!f || !fgets(o->token, sizeof o->token, f) ||
+                !(o->token[strcspn(o->token, "\r\n")] = '\0', o->token[0])) {
+                fprintf(stderr, "attnd-bench: --token-file %s: no token on its first line%s%s\n",
+                        v, f ? "" : ": ", f ? "" : strerror(errno));
+                if (f)
+                    fclose(f);
+                return 2;
+            }
+            fclose(f);
         } else if (!strcmp(a, "--attnd")) {
             copy_str(o->attnd_path, sizeof o->attnd_path, a, v, &bad);
         } else if (!strcmp(a, "--model")) {
@@ -451,6 +475,17 @@ int attnd_bench_opts_parse(attnd_bench_opts *o, int argc, char **argv)
     }
     if (bad)
         return 2;
+    if (!o->token[0] && o->target[0] && getenv("ATTND_TOKEN"))
+        snprintf(o->token, sizeof o->token, "%s", getenv("ATTND_TOKEN"));
+    if ((o->tls_ca[0] || o->tls_cert[0] || o->token[0]) && !o->target[0]) {
+        fprintf(stderr, "attnd-bench: TLS and tokens are for a --target (the attnd it starts "
+                        "itself serves plaintext on loopback)\n");
+        return 2;
+    }
+    if ((o->tls_ca[0] || o->tls_cert[0]) && o->baseline) {
+        fprintf(stderr, "attnd-bench: --baseline: the bare ping-pong runs in plaintext only\n");
+        return 2;
+    }
     if (o->has_policy && o->policy.kind != ATTND_SPARSE_FULL && (o->check || o->baseline)) {
         fprintf(stderr, "attnd-bench: --check and --baseline compare with dense attention; a "
                         "sparse --policy attends less by design\n");

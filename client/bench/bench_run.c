@@ -204,6 +204,11 @@ static int connect_all(attnd_bench_run *r, const char *target)
     co.connect_timeout_ms = 10000;
     if (!strcmp(r->o->transport, "ucx"))
         co.transport = ATTND_TRANSPORT_UCX;
+    co.tls_ca_file = r->o->tls_ca[0] ? r->o->tls_ca : NULL;
+    co.tls_cert_file = r->o->tls_cert[0] ? r->o->tls_cert : NULL;
+    co.tls_key_file = r->o->tls_key[0] ? r->o->tls_key : NULL;
+    co.tls_server_name = r->o->tls_server_name[0] ? r->o->tls_server_name : NULL;
+    co.token = r->o->token[0] ? r->o->token : NULL;
     r->clients = calloc(r->n_clients, sizeof *r->clients);
     if (!r->clients)
         return -1;

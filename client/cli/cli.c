@@ -9,6 +9,8 @@
  * SERVING or NOT_SERVING (exit 0 only when SERVING); stats prints the worker's model and counters; demo runs a
  * short end-to-end decode with every output checked (demo.c). The target
  * defaults to $ATTND_TARGET, else 127.0.0.1:7700 (attnd's default).
+ * A server with TLS or tokens (README, Security): --tls-ca, --tls-cert and
+ * --tls-key, --tls-server-name, --token-file (or $ATTND_TOKEN).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -30,7 +32,34 @@ static void usage(FILE *f)
             "  stats    print the worker's model and counters\n"
             "  demo     create sessions, prefill, decode, and check every output against a\n"
             "           float64 reference (attnd-cli demo --help for its options)\n"
-            "The target defaults to $ATTND_TARGET, else 127.0.0.1:7700.\n");
+            "The target defaults to $ATTND_TARGET, else 127.0.0.1:7700.\n"
+            "security (a server with --tls-cert or --token-file):\n"
+            "  --tls-ca FILE          PEM CA(s) of the server's certificate: gRPC over TLS\n"
+            "  --tls-cert FILE  --tls-key FILE   this client's certificate (mutual TLS)\n"
+            "  --tls-server-name NAME the name the server's certificate carries, when not\n"
+            "                         the target's host\n"
+            "  --token-file FILE      the bearer token (its first line); or $ATTND_TOKEN\n");
+}
+
+/* The first line of path, without its newline, into buf; -1 (said on
+ * stderr) when it cannot be read or is empty. */
+static int read_token(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "re");
+    if (!f || !fgets(buf, (int)cap, f)) {
+        fprintf(stderr, "attnd-cli: --token-file %s: %s\n", path,
+                f ? "empty" : strerror(errno));
+        if (f)
+            fclose(f);
+        return -1;
+    }
+    fclose(f);
+    buf[strcspn(buf, "\r\n")] = '\0';
+    if (!buf[0]) {
+        fprintf(stderr, "attnd-cli: --token-file %s: the first line is empty\n", path);
+        return -1;
+    }
+    return 0;
 }
 
 long long attnd_cli_parse_count(const char *s)
@@ -94,6 +123,10 @@ static int cmd_stats(attnd_client *c)
     printf("append            %" PRIu64 " chunks, %" PRIu64 " tokens appended\n",
            st.append_calls, st.tokens_appended);
     printf("errors            %" PRIu64 "\n", st.errors);
+    printf("scope             %s\n", st.stats_scope);
+    if (st.sessions_expired)
+        printf("expired           %" PRIu64 " idle sessions closed, %" PRIu64 " pages back\n",
+               st.sessions_expired, st.pages_expired);
     printf("uptime            %.1f s\n", (double)st.uptime_ms / 1000.0);
     if (st.group_size)
         printf("group             rank %u of %u, %s sharding, %u peers connected%s%s, %" PRIu64
@@ -109,6 +142,7 @@ static int cmd_stats(attnd_client *c)
 int main(int argc, char **argv)
 {
     const char *target = getenv("ATTND_TARGET");
+    static char token[4096];
     attnd_client_options opts;
     attnd_client *c = NULL;
     attnd_error err;
@@ -117,6 +151,7 @@ int main(int argc, char **argv)
     if (!target || !*target)
         target = "127.0.0.1:7700";
     attnd_client_options_init(&opts);
+    opts.token = getenv("ATTND_TOKEN") && *getenv("ATTND_TOKEN") ? getenv("ATTND_TOKEN") : NULL;
     for (i = 1; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -129,6 +164,18 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--target") == 0) {
             target = argv[++i];
+        } else if (strcmp(a, "--tls-ca") == 0) {
+            opts.tls_ca_file = argv[++i];
+        } else if (strcmp(a, "--tls-cert") == 0) {
+            opts.tls_cert_file = argv[++i];
+        } else if (strcmp(a, "--tls-key") == 0) {
+            opts.tls_key_file = argv[++i];
+        } else if (strcmp(a, "--tls-server-name") == 0) {
+            opts.tls_server_name = argv[++i];
+        } else if (strcmp(a, "--token-file") == 0) {
+            if (read_token(argv[++i], token, sizeof token))
+                return 2;
+            opts.token = token;
         } else if (strcmp(a, "--deadline-ms") == 0 || strcmp(a, "--connect-timeout-ms") == 0) {
             long long v = attnd_cli_parse_count(argv[++i]);
             if (v <= 0) {

@@ -1,7 +1,8 @@
 /* The client handle: connect, channel configuration, method registration,
  * and the cached description of the served model.
  *
- * Connect creates an insecure channel with its own subchannel pool (so
+ * Connect creates a channel (plaintext, or TLS with the options' CA and
+ * client certificate) with its own subchannel pool (so
  * every attnd_client has its own HTTP/2 connection and flow control), with
  * the message limits raised to max_message_bytes both ways and retries off
  * (an Attend that appends new_kv is not idempotent; `positions` guards
@@ -9,12 +10,16 @@
  * here; calls are then created from the handle, with no per-call method
  * string. Connect then waits for the channel to become READY, driving the
  * connectivity state machine with watches on a private pluck queue, and
- * fails UNAVAILABLE once connect_timeout_ms has passed.
+ * fails UNAVAILABLE once connect_timeout_ms has passed. A bearer token
+ * rides every call's initial metadata (attnd__client_initial_md); it is not
+ * a gRPC call credential, which gRPC refuses to send over plaintext (a
+ * token on loopback is the user's choice: the README says when not to).
  *
  * grpc_init / grpc_shutdown are reference counted by gRPC: one pair per
  * client, so a process may hold several clients and gRPC lives until the
  * last is destroyed.
  */
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +54,9 @@ void attnd_client_options_init(attnd_client_options *o)
     o->max_message_bytes = (size_t)256 << 20;
     o->transport = ATTND_TRANSPORT_GRPC;
     o->ucx_spin_us = 1000;
+    o->tls_ca_file = o->tls_cert_file = o->tls_key_file = NULL;
+    o->tls_server_name = NULL;
+    o->token = NULL;
 }
 
 static const char *state_name(grpc_connectivity_state s)
@@ -101,6 +109,96 @@ static attnd_status wait_ready(grpc_channel *ch, const char *target, int64_t tim
     return rc;
 }
 
+/* The whole file at path (NUL-terminated, caller frees); NULL with
+ * INVALID_ARGUMENT naming `field` in err. */
+static char *slurp(const char *field, const char *path, attnd_error *err)
+{
+    FILE *f = fopen(path, "re");
+    char *buf = NULL;
+    size_t cap = 1 << 20, n;
+
+    if (!f) {
+        attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "opts.%s: %s: %s", field, path,
+                        strerror(errno));
+        return NULL;
+    }
+    if (!(buf = malloc(cap + 1)))
+        attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "opts.%s: no memory", field);
+    else if ((n = fread(buf, 1, cap + 1, f)) > cap || ferror(f)) {
+        attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "opts.%s: %s: %s", field, path,
+                        n > cap ? "larger than 1 MiB" : "read error");
+        free(buf);
+        buf = NULL;
+    } else {
+        buf[n] = '\0';
+    }
+    fclose(f);
+    return buf;
+}
+
+/* The channel credentials the options ask for: TLS when a CA or a client
+ * certificate is given, else plaintext. */
+static attnd_status make_creds(const attnd_client_options *o, grpc_channel_credentials **creds_p,
+                               attnd_error *err)
+{
+    char *ca = NULL, *cert = NULL, *key = NULL;
+    attnd_status st = ATTND_OK;
+
+    if (!o->tls_ca_file && !o->tls_cert_file) {
+        if (o->tls_key_file)
+            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                                   "opts.tls_key_file: given without tls_cert_file");
+        *creds_p = grpc_insecure_credentials_create();
+        return ATTND_OK;
+    }
+    if (!o->tls_cert_file != !o->tls_key_file)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "opts.%s: a client certificate needs both tls_cert_file and "
+                               "tls_key_file", o->tls_cert_file ? "tls_key_file" : "tls_cert_file");
+    if ((o->tls_ca_file && !(ca = slurp("tls_ca_file", o->tls_ca_file, err))) ||
+        (o->tls_cert_file && (!(cert = slurp("tls_cert_file", o->tls_cert_file, err)) ||
+                              !(key = slurp("tls_key_file", o->tls_key_file, err))))) {
+        st = err ? err->code : ATTND_ERR_INVALID_ARGUMENT;
+        goto out;
+    }
+    grpc_ssl_pem_key_cert_pair pair = {key, cert};
+    *creds_p = grpc_ssl_credentials_create(ca, cert ? &pair : NULL, NULL, NULL);
+    if (!*creds_p)
+        st = attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                             "opts.tls_ca_file: gRPC made no TLS credentials of these files");
+out:
+    if (key) {
+        memset(key, 0, strlen(key));
+        free(key);
+    }
+    free(cert);
+    free(ca);
+    return st;
+}
+
+/* The bearer token's metadata (opts.token); nothing when none. */
+static attnd_status make_md(attnd_client *c, attnd_error *err)
+{
+    const char *tok = c->opts.token;
+    char *v;
+
+    if (!tok)
+        return ATTND_OK;
+    if (!*tok || strpbrk(tok, "\r\n"))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "opts.token: empty or not one line");
+    if (!(v = malloc(strlen(tok) + 8)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "opts.token: no memory");
+    sprintf(v, "Bearer %s", tok);
+    memset(&c->md[0], 0, sizeof c->md[0]);
+    c->md[0].key = grpc_slice_from_static_string("authorization");
+    c->md[0].value = grpc_slice_from_copied_string(v);
+    c->n_md = 1;
+    memset(v, 0, strlen(v));
+    free(v);
+    return ATTND_OK;
+}
+
 static void arg_int(grpc_arg *a, const char *key, int value)
 {
     a->type = GRPC_ARG_INTEGER;
@@ -116,7 +214,7 @@ attnd_status attnd_client_connect(const char *target, const attnd_client_options
 {
     attnd_client *c;
     grpc_channel_credentials *creds;
-    grpc_arg args[6];
+    grpc_arg args[7];
     grpc_channel_args chargs = {0, args};
     attnd_status st;
 
@@ -149,7 +247,20 @@ attnd_status attnd_client_connect(const char *target, const attnd_client_options
     arg_int(&args[chargs.num_args++], GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     arg_int(&args[chargs.num_args++], GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     arg_int(&args[chargs.num_args++], GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-    creds = grpc_insecure_credentials_create();
+    if (c->opts.tls_server_name) {
+        grpc_arg *a = &args[chargs.num_args++];
+        a->type = GRPC_ARG_STRING;
+        a->key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        a->value.string = (char *)c->opts.tls_server_name;
+    }
+    /* the strings are the caller's: none is kept past connect */
+    c->opts.tls_ca_file = c->opts.tls_cert_file = c->opts.tls_key_file = NULL;
+    if ((st = make_md(c, err)))
+        goto err_grpc;
+    c->opts.token = NULL;
+    if ((st = make_creds(opts ? opts : &c->opts, &creds, err)))
+        goto err_grpc;
+    c->opts.tls_server_name = NULL;
     c->channel = grpc_channel_create(target, creds, &chargs);
     grpc_channel_credentials_release(creds);
     if (!c->channel) {
@@ -182,6 +293,8 @@ attnd_status attnd_client_connect(const char *target, const attnd_client_options
 err_channel:
     grpc_channel_destroy(c->channel);
 err_grpc:
+    if (c->n_md)
+        grpc_slice_unref(c->md[0].value);
     grpc_shutdown();
     pthread_mutex_destroy(&c->model_mu);
 err_free:
@@ -195,6 +308,8 @@ void attnd_client_destroy(attnd_client *c)
         return;
     attnd__client_ucx_destroy(c);
     grpc_channel_destroy(c->channel);
+    if (c->n_md)
+        grpc_slice_unref(c->md[0].value);
     grpc_shutdown();
     pthread_mutex_destroy(&c->model_mu);
     free(c);

@@ -59,7 +59,17 @@ struct attnd_client {
     attnd_model_info model;    /* the served model, once learned */
     struct attnd__client_ucx *ucx; /* the UCX transport (ucx_transport.c);
                                       NULL: Attend goes over gRPC */
+    /* initial metadata of every call: the bearer token (opts.token) */
+    grpc_metadata md[1];
+    size_t n_md;
 };
+
+/* Point a SEND_INITIAL_METADATA op at the client's metadata. */
+static inline void attnd__client_initial_md(const attnd_client *c, grpc_op *op)
+{
+    op->data.send_initial_metadata.count = c->n_md;
+    op->data.send_initial_metadata.metadata = c->n_md ? (grpc_metadata *)c->md : NULL;
+}
 
 /* The method path of m, e.g. "/attnd.v1.Attnd/Attend" (static storage). */
 const char *attnd__client_method_path(attnd__client_method m);

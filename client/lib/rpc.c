@@ -101,6 +101,7 @@ attnd_status attnd__client_rpc_start(attnd__client_rpc *r, attnd_client *c,
 
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    attnd__client_initial_md(c, &ops[0]);
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = r->send;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

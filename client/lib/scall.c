@@ -69,6 +69,7 @@ attnd_status attnd__client_scall_open(attnd__client_scall *s, attnd_client *c,
 
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    attnd__client_initial_md(c, &ops[0]);
     e = grpc_call_start_batch(s->call, ops, 1, &s->tag_open, NULL);
     if (e != GRPC_CALL_OK)
         return attnd_error_set(err, ATTND_ERR_INTERNAL, "%s: cannot start the call: %s", path,

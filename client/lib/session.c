@@ -98,12 +98,16 @@ attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *out, attnd_mod
         .group_rank = r->group_rank,
         .group_connected = r->group_connected,
         .group_peer_failures = r->group_peer_failures,
+        .sessions_expired = r->sessions_expired,
+        .pages_expired = r->pages_expired,
         .kv_bytes_dense = r->kv_bytes_dense,
         .select_bytes_read = r->select_bytes_read,
         .select_ns = r->select_ns,
         .select_calls = r->select_calls,
         .pages_evicted = r->pages_evicted,
     };
+    snprintf(out->stats_scope, sizeof out->stats_scope, "%s",
+             r->stats_scope && *r->stats_scope ? r->stats_scope : "global");
     snprintf(out->group_mode, sizeof out->group_mode, "%s", r->group_mode ? r->group_mode : "");
     snprintf(out->group_missing, sizeof out->group_missing, "%s",
              r->group_missing ? r->group_missing : "");

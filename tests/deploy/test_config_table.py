@@ -48,10 +48,23 @@ SAMPLES = {
     "--tpla-mu": ("0.5", "0.5"),
     "--group-connect-ms": ("5", "5"),
     "--group-timeout-ms": ("6", "6"),
+    "--group-secret-file": ("/tmp/attnd-gsecret", "/tmp/attnd-gsecret"),
     "--kv-prefault": ("1", None),  # a switch: shown as the bare flag
     "--metrics-listen": ("127.0.0.1:9999", "127.0.0.1:9999"),
     "--log-format": ("json", "json"),
     "--log-level": ("debug", "debug"),
+    "--tls-cert": ("/tmp/attnd-cert.pem", "/tmp/attnd-cert.pem"),
+    "--tls-key": ("/tmp/attnd-key.pem", "/tmp/attnd-key.pem"),
+    "--tls-client-ca": ("/tmp/attnd-ca.pem", "/tmp/attnd-ca.pem"),
+    "--token-file": ("/tmp/attnd-tokens", "/tmp/attnd-tokens"),
+    "--tenant-max-sessions": ("9", "9"),
+    "--tenant-kv-memory": ("1Mi", "1048576"),
+    "--session-idle-ttl": ("10m", "600000ms"),
+    "--grpc-keepalive-ms": ("1000", "1000"),
+    "--grpc-keepalive-timeout-ms": ("2000", "2000"),
+    "--handshake-timeout-ms": ("3000", "3000"),
+    "--max-streams": ("17", "17"),
+    "--grpc-memory": ("64Mi", "67108864"),
 }
 
 

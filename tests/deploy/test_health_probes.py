@@ -80,7 +80,9 @@ class GroupWithAMissingRank(unittest.TestCase):
         type(self).r1 = Attnd(["--model", "tiny-gqa", *group_args(2, 1, self.gdir)],
                               metrics=False)
         wait_for(lambda: self.r0.health("readiness") == "SERVING", "rank 0 to be ready")
-        self.assertEqual(self.r1.health("readiness"), "SERVING")
+        # each rank marks its peer up after its own HELLO round trip: rank 1
+        # may see it a moment after rank 0 does
+        wait_for(lambda: self.r1.health("readiness") == "SERVING", "rank 1 to be ready")
         self.assertEqual(self.r0.health("attnd.v1.Group"), "SERVING")
 
     def test_4_readiness_drops_when_the_peer_dies_and_liveness_does_not(self):

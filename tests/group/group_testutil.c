@@ -23,6 +23,8 @@ attnd_client *gt_connect(const cu_server *s)
                            cu_use_ucx() ? ATTND_TRANSPORT_UCX : ATTND_TRANSPORT_GRPC);
 }
 
+const char *gt_token;
+
 attnd_client *gt_connect_opts(const cu_server *s, int64_t deadline_ms,
                               attnd_transport transport)
 {
@@ -34,6 +36,7 @@ attnd_client *gt_connect_opts(const cu_server *s, int64_t deadline_ms,
     o.deadline_ms = deadline_ms;
     o.connect_timeout_ms = 30000;
     o.transport = transport;
+    o.token = gt_token;
     attnd_error_clear(&err);
     if (attnd_client_connect(s->target, &o, &c, &err)) {
         fprintf(stderr, "gt_connect %s: %s\n", s->target, err.msg);

@@ -48,6 +48,10 @@ void gt_rank_kill(gt_group *g, int r);
  * was running exited 0. */
 int gt_group_stop(gt_group *g);
 
+/* The bearer token gt_connect* send (ranks run with --token-file); NULL
+ * (the default): none. */
+extern const char *gt_token;
+
 /* Connect to a server with generous hang-guard deadlines. */
 attnd_client *gt_connect(const cu_server *s);
 /* Connect with a per-call deadline of deadline_ms, over `transport`. */

@@ -1,8 +1,9 @@
 /* The worker group's pure parts, without processes: page placement and the
  * per-rank slices (group_place.c), the normalized Walsh-Hadamard
- * rotation (kernels/cpu/fwht.c) against its float64 definition, and the
- * rendezvous card's encoding (group_rdv.c) against garbage. Inputs are
- * fresh random sizes and data on every run (ATTND_TEST_SEED replays). */
+ * rotation (kernels/cpu/fwht.c) against its float64 definition, the
+ * rendezvous card's encoding (group_rdv.c) against garbage, and the group
+ * secret's proofs (group_auth.c). Inputs are fresh random sizes and data
+ * on every run (ATTND_TEST_SEED replays). */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
@@ -229,6 +230,71 @@ START_TEST(test_a_card_decodes_to_what_was_encoded_and_needs_its_whole_header)
 }
 END_TEST
 
+/* A CHALLENGE carries nothing and a PROOF exactly one MAC: any other
+ * length is refused before a byte of it is read. */
+START_TEST(test_a_challenge_or_proof_of_another_length_is_refused)
+{
+    unsigned char w[ATTND__GCARD_HDR];
+    attnd__gcard d;
+    const struct { uint16_t kind; uint32_t len; int ok; } cases[] = {
+        {ATTND__GCARD_CHALLENGE, 0, 1},
+        {ATTND__GCARD_CHALLENGE, 1, 0},
+        {ATTND__GCARD_CHALLENGE, ATTND__GCARD_MAC, 0},
+        {ATTND__GCARD_PROOF, ATTND__GCARD_MAC, 1},
+        {ATTND__GCARD_PROOF, 0, 0},
+        {ATTND__GCARD_PROOF, ATTND__GCARD_MAC - 1, 0},
+        {ATTND__GCARD_PROOF, ATTND__GCARD_MAC + 1, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        attnd__gcard_bare(cases[i].kind, 3, 0, cases[i].len, w);
+        ck_assert_msg(attnd__gcard_decode(w, sizeof w, &d) == (cases[i].ok ? 1 : -1),
+                      "case %zu", i);
+        if (cases[i].ok) { /* bare: nothing but kind, rank and a nonce */
+            ck_assert_uint_eq(d.kind, cases[i].kind);
+            ck_assert_int_eq(d.rank, 3);
+            ck_assert_uint_eq(d.token, 0);
+            ck_assert_int_eq(d.size, 0);
+            ck_assert_uint_eq(d.host.pid_ns, 0);
+            ck_assert_uint_eq(d.payload_len, cases[i].len);
+        }
+    }
+}
+END_TEST
+
+/* A proof verifies only for its own side, under its own secret, over the
+ * very headers it was made for: another secret, the other side's label,
+ * or any one byte of either header changed, and it fails. */
+START_TEST(test_a_proof_verifies_only_for_its_side_secret_and_headers)
+{
+    attnd_group *g = fake_group(2, 0, 16, "tiny-gqa", ATTND_GROUP_SEQUENCE);
+    attnd_group *h = fake_group(2, 1, 16, "tiny-gqa", ATTND_GROUP_SEQUENCE);
+    unsigned char th[2 * ATTND__GCARD_HDR], mac[ATTND__GCARD_MAC];
+
+    g->cfg.has_secret = h->cfg.has_secret = 1;
+    for (size_t i = 0; i < sizeof g->cfg.secret; i++)
+        g->cfg.secret[i] = h->cfg.secret[i] = (uint8_t)tu_next(&rng);
+    attnd__gcard_bare(ATTND__GCARD_CHALLENGE, 1, 0, 0, th);
+    attnd__gcard_bare(ATTND__GCARD_PROOF, 0, 0, ATTND__GCARD_MAC, th + ATTND__GCARD_HDR);
+    for (int side = 0; side < 2; side++) {
+        ck_assert_int_eq(attnd__grdv_mac(g, side, th, mac), 0);
+        ck_assert(attnd__grdv_mac_ok(h, side, th, mac));  /* the same secret elsewhere */
+        ck_assert(!attnd__grdv_mac_ok(h, !side, th, mac)); /* reflected */
+        for (int trial = 0; trial < 64; trial++) {
+            size_t at = (size_t)tu_int(&rng, 0, 2 * ATTND__GCARD_HDR - 1);
+            unsigned char bit = (unsigned char)(1u << tu_int(&rng, 0, 7));
+            th[at] ^= bit;
+            ck_assert_msg(!attnd__grdv_mac_ok(h, side, th, mac), "byte %zu changed", at);
+            th[at] ^= bit;
+        }
+        h->cfg.secret[0] ^= 1; /* another secret */
+        ck_assert(!attnd__grdv_mac_ok(h, side, th, mac));
+        h->cfg.secret[0] ^= 1;
+    }
+    free(g);
+    free(h);
+}
+END_TEST
+
 START_TEST(test_garbage_and_out_of_range_cards_are_refused)
 {
     static unsigned char payload[64], wire[ATTND__GCARD_HDR + 64], junk[ATTND__GCARD_HDR];
@@ -246,8 +312,10 @@ START_TEST(test_garbage_and_out_of_range_cards_are_refused)
     }
     /* a header that lies: each field out of range on its own */
     struct { size_t off; uint32_t v; } bad[] = {
-        {8, 2},                 /* version 2 */
-        {10, 3},                /* kind 3 */
+        {8, 1},                 /* version 1 (before the group secret) */
+        {8, 3},                 /* version 3 */
+        {10, 0},                /* kind 0 */
+        {10, 5},                /* kind 5 */
         {12, ATTND_GROUP_MAX_RANKS}, /* rank */
         {12, 0xffffffffu},      /* rank -1 */
         {140, ATTND_UCXW_ADDR_MAX + 1}, /* payload longer than an address may be */
@@ -280,6 +348,8 @@ int main(void)
     tcase_add_test(tc, test_shard_settings_that_do_not_divide_are_invalid_argument);
     tcase_add_test(tc, test_a_card_decodes_to_what_was_encoded_and_needs_its_whole_header);
     tcase_add_test(tc, test_garbage_and_out_of_range_cards_are_refused);
+    tcase_add_test(tc, test_a_challenge_or_proof_of_another_length_is_refused);
+    tcase_add_test(tc, test_a_proof_verifies_only_for_its_side_secret_and_headers);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -38,7 +38,10 @@ int main(void)
     S(attnd_session_id); F(attnd_session_id, bytes); end();
     S(attnd_client_options); F(attnd_client_options, deadline_ms);
     F(attnd_client_options, connect_timeout_ms); F(attnd_client_options, max_message_bytes);
-    F(attnd_client_options, transport); F(attnd_client_options, ucx_spin_us); end();
+    F(attnd_client_options, transport); F(attnd_client_options, ucx_spin_us);
+    F(attnd_client_options, tls_ca_file); F(attnd_client_options, tls_cert_file);
+    F(attnd_client_options, tls_key_file); F(attnd_client_options, tls_server_name);
+    F(attnd_client_options, token); end();
     S(attnd_model_info); F(attnd_model_info, name); F(attnd_model_info, kind);
     F(attnd_model_info, n_layers); F(attnd_model_info, n_q_heads);
     F(attnd_model_info, n_kv_heads); F(attnd_model_info, head_dim);
@@ -68,7 +71,9 @@ int main(void)
     F(attnd_stats, group_missing); F(attnd_stats, group_peer_failures);
     F(attnd_stats, kv_bytes_dense); F(attnd_stats, select_bytes_read); F(attnd_stats, select_ns);
     F(attnd_stats, select_calls); F(attnd_stats, pages_evicted);
-    F(attnd_stats, ucx_endpoints); F(attnd_stats, ucx_transports); end();
+    F(attnd_stats, ucx_endpoints); F(attnd_stats, ucx_transports);
+    F(attnd_stats, stats_scope); F(attnd_stats, sessions_expired);
+    F(attnd_stats, pages_expired); end();
     printf("}\n");
     return 0;
 }

@@ -47,6 +47,7 @@
 
 #define ATTND_GROUP_MAX_RANKS 64
 #define ATTND_GROUP_ADDR_MAX 128
+#define ATTND_GROUP_SECRET_BYTES 32
 
 typedef enum attnd_group_mode {
     ATTND_GROUP_SEQUENCE = 0,
@@ -71,6 +72,14 @@ typedef struct attnd_group_config {
     int64_t timeout_ms;      /* longest wait for a peer's answer */
     attnd_model_spec model;  /* the full model (kv_dtype as stored) */
     int32_t page_size;
+    /* Membership (issue 15 item 4): with has_secret, the key every rank
+     * of the group holds (service/ derives it from --group-secret-file).
+     * The rendezvous then hands a rank's UCX address and token only to a
+     * peer that proved it holds the same key (group_rdv.c), so a process
+     * without it can neither join, nor lead, nor reach the UCX data path.
+     * The group wipes its copy when destroyed. */
+    int has_secret;
+    uint8_t secret[ATTND_GROUP_SECRET_BYTES];
 } attnd_group_config;
 
 typedef struct attnd_group attnd_group;
@@ -125,6 +134,12 @@ void attnd_group_get_state(attnd_group *g, attnd_group_state *st);
 /* The engine calls, group-wide. max_tokens counts the whole session. */
 attnd_status attnd_group_session_create(attnd_group *g, uint64_t max_tokens,
                                         attnd_session_id *id_p, attnd_error *err);
+/* The same for owner (attnd_engine_session_create_owned): every rank binds
+ * the session to owner and counts its share against the owner's limits
+ * there. */
+attnd_status attnd_group_session_create_owned(attnd_group *g, uint64_t owner,
+                                              uint64_t max_tokens, attnd_session_id *id_p,
+                                              attnd_error *err);
 /* The same with a sparse policy (attnd_worker.h), checked against the
  * whole model and given to every rank as its shard sees it: head mode
  * keeps each rule's KV heads that the rank holds (renumbered); latent mode

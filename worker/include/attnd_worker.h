@@ -114,6 +114,41 @@ attnd_status attnd_engine_session_close(attnd_engine *e,
                                         uint64_t *pages_freed_p,
                                         attnd_error *err);
 
+/* ---- owners: sessions bound to a tenant, its quota, idle expiry -----------
+ * An owner is a nonzero 64-bit tag the caller picks for a tenant (the
+ * service hashes the tenant's name; the same on every rank of a group); 0
+ * means none. A session created for an owner counts against that owner's
+ * limits and figures, and attnd_engine_sessions_check finds it only for
+ * that owner: to any other caller it does not exist. Calls without a
+ * check (the functions above and below) do not look at owners. */
+
+/* Name owner (for messages and stats) and set its limits: sessions open
+ * at once and KV bytes held (pages held and reserved, counted in whole
+ * pages; in a worker group each rank counts its own share); 0: no limit.
+ * Lowering a limit below the usage refuses new growth only. */
+attnd_status attnd_engine_owner_set(attnd_engine *e, uint64_t owner, const char *name,
+                                    uint64_t max_sessions, uint64_t max_kv_bytes,
+                                    attnd_error *err);
+/* attnd_engine_session_create (id NULL: a random id) or _create_id (id
+ * given) for owner (0: none). Beyond the owner's limits:
+ * RESOURCE_EXHAUSTED naming the limit and the usage, nothing created. */
+attnd_status attnd_engine_session_create_owned(attnd_engine *e, uint64_t owner,
+                                               uint64_t max_tokens,
+                                               const attnd_session_id *id,
+                                               attnd_session_id *id_p, attnd_error *err);
+/* OK when every one of ids[0..n) is an open session of owner; else
+ * NOT_FOUND "session_id: no such session" (indexed: "session_ids[i]: ..."),
+ * the same words whether the session is absent or another owner's. */
+attnd_status attnd_engine_sessions_check(attnd_engine *e, uint64_t owner,
+                                         const attnd_session_id *ids, uint32_t n,
+                                         int indexed, attnd_error *err);
+/* Close every session that no call holds and that no call named for
+ * idle_ms (a lookup of any kind touches a session): their pages go back
+ * to the pool, and they count as expired in the stats. Up to cap of them;
+ * their ids go to ids[0..*n_p) (may be NULL with cap 0: closes none). */
+void attnd_engine_reap_idle(attnd_engine *e, uint64_t idle_ms, attnd_session_id *ids,
+                            size_t cap, size_t *n_p);
+
 /* Append n_tokens wire-form KV entries ([n][kv_token_elems] of `dtype`) to
  * one layer of a session. start must equal the layer's length
  * (FAILED_PRECONDITION otherwise); unknown session NOT_FOUND; layer past the
@@ -409,6 +444,9 @@ typedef struct attnd_engine_stats {
     uint64_t attend_calls, attend_sequences;
     uint64_t append_calls, tokens_appended;
     uint64_t kv_bytes_read;
+    /* sessions closed for idleness (attnd_engine_reap_idle) and the pages
+     * (held and reserved) that gave back */
+    uint64_t sessions_expired, pages_expired;
     /* Sparse policies: KV bytes a dense attend of the same calls would have
      * read (equal to kv_bytes_read when every session is dense), the key
      * bounds read by page selection, its time, and the pages streaming
@@ -418,5 +456,10 @@ typedef struct attnd_engine_stats {
 } attnd_engine_stats;
 
 void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st);
+/* One owner's figures in the same form: its sessions, pages held
+ * (pages_used) and reserved, its limits (max_sessions; pages_total = its
+ * KV limit in pages, or the pool's when it has none), the calls and
+ * tokens of its sessions. An unknown owner: zeros (and the pool's size). */
+void attnd_engine_owner_stats(attnd_engine *e, uint64_t owner, attnd_engine_stats *st);
 
 #endif /* ATTND_WORKER_H */

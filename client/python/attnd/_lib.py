@@ -70,6 +70,12 @@ class ClientOptions(Structure):
         ("max_message_bytes", c_size_t),
         ("transport", c_int),
         ("ucx_spin_us", c_int32),
+        # security (issue 15): NULL = plaintext, no token
+        ("tls_ca_file", c_char_p),
+        ("tls_cert_file", c_char_p),
+        ("tls_key_file", c_char_p),
+        ("tls_server_name", c_char_p),
+        ("token", c_char_p),
     ]
 
 
@@ -176,6 +182,9 @@ class Stats(Structure):
         ("pages_evicted", c_uint64),
         ("ucx_endpoints", c_uint32),
         ("ucx_transports", c_char * 512),
+        ("stats_scope", c_char * 80),
+        ("sessions_expired", c_uint64),
+        ("pages_expired", c_uint64),
     ]
 
 

@@ -34,6 +34,7 @@ import concurrent.futures
 import ctypes
 import dataclasses
 import enum
+import os
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -115,6 +116,13 @@ class Stats:
     pages_evicted: int       # pages streaming gave back to the pool
     ucx_endpoints: int     # UCX endpoints the server holds (clients, peers)
     ucx_transports: str    # "client 3 (pid 1234): sysv/memory cma/memory; rank 1: tcp/lo"
+    # whose figures: "global", or "tenant NAME" (a tenant's token on a
+    # server with --token-file: the figures above are its own, max_sessions
+    # and pages_total its limits); sessions closed by --session-idle-ttl
+    # and the pages they gave back
+    stats_scope: str
+    sessions_expired: int
+    pages_expired: int
     model: ModelInfo
 
 
@@ -189,13 +197,27 @@ class Client:
     ucx_spin_us 1000. Connecting waits for the channel; a server that is not
     there is ``UnavailableError``.
 
+    Security (the server's --tls-cert and --token-file; README "Security"):
+    ``tls_ca_file`` (PEM CA the server's certificate must lead to) turns on
+    TLS; ``tls_cert_file`` and ``tls_key_file`` are this client's
+    certificate and key for mutual TLS; ``tls_server_name`` the name the
+    server's certificate carries when the target's host is not it (an IP
+    target); ``token`` is sent as "authorization: Bearer TOKEN" with every
+    call. A failed TLS handshake (a CA that did not sign the server, no
+    client certificate where one is required) is ``UnavailableError``; a
+    token the server does not know fails each call ``UnauthenticatedError``.
+    libattnd keeps copies: the files are read at connect.
+
     Use as a context manager (``with attnd.Client(...) as c:``) or call
     ``close()``.
     """
 
     def __init__(self, target: str, *, transport: Union[Transport, str] = Transport.GRPC,
                  deadline_ms: Optional[int] = None, connect_timeout_ms: Optional[int] = None,
-                 max_message_bytes: Optional[int] = None, ucx_spin_us: Optional[int] = None):
+                 max_message_bytes: Optional[int] = None, ucx_spin_us: Optional[int] = None,
+                 tls_ca_file: Optional[str] = None, tls_cert_file: Optional[str] = None,
+                 tls_key_file: Optional[str] = None, tls_server_name: Optional[str] = None,
+                 token: Optional[str] = None):
         self._L = _lib.lib()
         self._h: Optional[int] = None
         self._guard = _Guard()
@@ -219,6 +241,14 @@ class Client:
             o.max_message_bytes = int(max_message_bytes)
         if ucx_spin_us is not None:
             o.ucx_spin_us = int(ucx_spin_us)
+        # the bytes stay referenced here until connect has copied them
+        sec = {k: os.fsencode(v) if k.endswith("_file") else str(v).encode()
+               for k, v in (("tls_ca_file", tls_ca_file), ("tls_cert_file", tls_cert_file),
+                            ("tls_key_file", tls_key_file),
+                            ("tls_server_name", tls_server_name), ("token", token))
+               if v is not None}
+        for k, v in sec.items():
+            setattr(o, k, v)
         self.transport = Transport(o.transport)
         h = ctypes.c_void_p()
         err = _lib.Error()
@@ -298,6 +328,7 @@ class Client:
         vals["group_mode"] = s.group_mode.decode(errors="replace")
         vals["group_missing"] = s.group_missing.decode(errors="replace")
         vals["ucx_transports"] = s.ucx_transports.decode(errors="replace")
+        vals["stats_scope"] = s.stats_scope.decode(errors="replace")
         return Stats(model=model, **vals)
 
     @property

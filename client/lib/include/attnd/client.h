@@ -54,14 +54,37 @@ typedef struct attnd_client_options {
     int32_t ucx_spin_us;       /* UCX: busy-poll this long for a reply
                                   before sleeping on the worker's event fd;
                                   default 1000 */
+    /* Security (issue 15; default NULL: plaintext, no token). Added at the
+     * end: a program built against an older client.h passes a shorter
+     * struct, so it must be rebuilt to set them. connect reads the strings
+     * and files and keeps copies; the caller's may go afterwards. */
+    const char *tls_ca_file;   /* PEM CA certificate(s) the server's chain
+                                  must lead to: gRPC over TLS. NULL: no
+                                  TLS, unless tls_cert_file is set (then
+                                  gRPC's default roots) */
+    const char *tls_cert_file; /* mutual TLS: this client's PEM certificate
+                                  chain (the server runs --tls-client-ca) */
+    const char *tls_key_file;  /* ... and its PEM private key */
+    const char *tls_server_name; /* the name the server's certificate must
+                                  carry when it is not the target's host
+                                  (e.g. an IP target); NULL: the host */
+    const char *token;         /* bearer token sent with every call as
+                                  "authorization: Bearer TOKEN" (the
+                                  server's --token-file); NULL: none. Over
+                                  plaintext anyone on the path reads it:
+                                  use TLS beyond loopback */
 } attnd_client_options;
 
 /* Defaults, as above. */
 void attnd_client_options_init(attnd_client_options *o);
 
 /* Connect to "host:port" (any gRPC target). Waits until the channel is
- * ready or connect_timeout_ms passes (UNAVAILABLE). opts may be NULL.
- * Free with attnd_client_destroy. */
+ * ready or connect_timeout_ms passes (UNAVAILABLE; also when the TLS
+ * handshake fails: a server certificate not signed by tls_ca_file, or a
+ * server that wants a client certificate and got none). opts may be NULL;
+ * an unreadable TLS file is INVALID_ARGUMENT naming the field. A token the
+ * server does not know fails each call UNAUTHENTICATED. Free with
+ * attnd_client_destroy. */
 attnd_status attnd_client_connect(const char *target,
                                   const attnd_client_options *opts,
                                   attnd_client **client_p, attnd_error *err);
@@ -322,6 +345,12 @@ typedef struct attnd_stats {
      * sysv/memory cma/memory; rank 1: tcp/lo" (truncated to fit) */
     uint32_t ucx_endpoints;
     char ucx_transports[512];
+    /* whose figures these are: "global", or "tenant NAME" when the server
+     * runs --token-file and the token is not an admin's (then the figures
+     * above are the tenant's own, max_sessions and pages_total its limits);
+     * sessions closed for idleness (--session-idle-ttl) and their pages */
+    char stats_scope[80];
+    uint64_t sessions_expired, pages_expired;
 } attnd_stats;
 
 /* GetStats; model_p may be NULL. */
