@@ -52,6 +52,7 @@ typedef struct ucx_job {
     attnd_status st;          /* executed: the reply's status, */
     size_t n;                 /* and its payload bytes in rep */
     struct ucx_job *next;
+    struct ucx_job *all_next; /* every job ever made (attnd_srv_ucx.all_jobs) */
 } ucx_job;
 
 /* A FIFO of jobs. */
@@ -94,6 +95,9 @@ struct attnd_srv_ucx {
     uint64_t next_conn_id;
     uint64_t last_watch_ns;  /* pidfds last looked at */
     ucx_job *free_jobs;
+    ucx_job *all_jobs;  /* every job made, free or not: freed at stop, so a
+                           job still in flight when the server stops (a
+                           receive or send UCX dropped) is not lost */
     ucx_fifo ready;          /* jobs with all their bytes */
     attnd_engine_ws ws;      /* inline execution (no executors) */
     attnd_srv_arena arena;

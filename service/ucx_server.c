@@ -52,10 +52,14 @@
 static ucx_job *job_get(attnd_srv_ucx *u, ucx_conn *conn)
 {
     ucx_job *j = u->free_jobs;
-    if (j)
+    if (j) {
         u->free_jobs = j->next;
-    else if (!(j = calloc(1, sizeof *j)))
-        return NULL;
+    } else {
+        if (!(j = calloc(1, sizeof *j)))
+            return NULL;
+        j->all_next = u->all_jobs;
+        u->all_jobs = j;
+    }
     j->u = u;
     j->conn = conn;
     j->held = NULL;

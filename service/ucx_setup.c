@@ -51,8 +51,9 @@ static void ucx_free(attnd_srv_ucx *u)
     u->ready.tail = u->queued.tail = u->done.tail = NULL;
     /* sends in flight come back through the closes, in cleanup's progress */
     attnd_ucxw_cleanup(&u->w);
-    for (ucx_job *next; (j = u->free_jobs); u->free_jobs = next) {
-        next = j->next;
+    u->free_jobs = NULL;
+    for (ucx_job *next; (j = u->all_jobs); u->all_jobs = next) {
+        next = j->all_next;
         free(j->req.p);
         free(j->rep.p);
         free(j);

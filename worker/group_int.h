@@ -198,7 +198,6 @@ typedef struct attnd__gpeer {
     char transports[64];
     uint64_t hello_id;
     int64_t next_try_ms, hello_next_ms, hello_deadline_ms;
-    int64_t down_since_ms; /* when tend() first saw it DOWN; 0 otherwise */
     atomic_int kick;     /* a leader saw it time out: reconnect */
     int ever_up;
 } attnd__gpeer;

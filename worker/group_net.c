@@ -14,9 +14,8 @@
  * (leaders sending requests, executors sending replies) call into UCX
  * under net.mu and wake the thread. The worker is UCS_THREAD_MODE_SERIALIZED.
  *
- * Membership: peer r is DOWN (no endpoint; the lower rank of the pair
- * tries a rendezvous every 100 ms, the higher one only after 300 ms without
- * it, see DIAL_LATE_MS), CONNECTING (a rendezvous gave us its card: endpoint made by
+ * Membership: peer r is DOWN (no endpoint; a rendezvous is tried every
+ * 100 ms), CONNECTING (a rendezvous gave us its card: endpoint made by
  * address, our UCX HELLO sent every 200 ms until it answers) or UP. Every
  * rendezvous, whichever side began it, remakes our endpoint to the peer
  * (both sides together: UCX may have paired the old endpoints into one
@@ -48,13 +47,6 @@
 #define HELLO_EVERY_MS 200
 #define HELLO_TIMEOUT_MS 3000
 #define RETRY_MS 100
-/* Who dials: the lower rank of a pair begins the rendezvous; the higher
- * one only when it has been without the peer for DIAL_LATE_MS, and then
- * every DIAL_LATE_MS (a peer that lost it on one side only). Two
- * rendezvous that cross make both sides remake their endpoints at once,
- * and UCX 1.13's TCP wireup can then abort the process
- * (wireup_ep.c:241 "pending_count == 0", seen in CI on test_group_tcp). */
-#define DIAL_LATE_MS 300
 #define WATCH_MS 5
 
 /* ---- sends ---------------------------------------------------------------------- */
@@ -366,13 +358,8 @@ static int tend(void *arg)
             else if (now >= p->hello_next_ms)
                 send_hello(g, p);
         }
-        if (p->state != ATTND__PEER_DOWN)
-            p->down_since_ms = 0;
-        else if (!p->down_since_ms)
-            p->down_since_ms = now;
-        if (p->state == ATTND__PEER_DOWN && now >= p->next_try_ms &&
-            (g->me < r || now - p->down_since_ms >= DIAL_LATE_MS)) {
-            p->next_try_ms = now + (g->me < r ? RETRY_MS : DIAL_LATE_MS);
+        if (p->state == ATTND__PEER_DOWN && now >= p->next_try_ms) {
+            p->next_try_ms = now + RETRY_MS;
             attnd__grdv_connect(g, r);
         }
     }

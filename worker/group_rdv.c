@@ -389,12 +389,6 @@ static int acceptor_got_card(attnd_group *g, attnd__grdv_conn *c, const attnd__g
     }
     if (attnd_ucxw_address_check(payload, card->payload_len))
         return 0;
-    /* the lower rank's rendezvous wins: ours to it (a higher rank's late
-     * dial, group_net.c) is dropped rather than crossed */
-    if (card->rank < g->me)
-        for (int i = 0; i < ATTND__GRDV_MAX_CONNS; i++)
-            if (g->rdv[i].fd >= 0 && g->rdv[i].outgoing && g->rdv[i].rank == card->rank)
-                conn_close(&g->rdv[i]);
     attnd__gnet_apply_card(g, card, payload);
     conn_put_card(g, c, ATTND__GCARD_ANSWER);
     conn_send(c, 1);
