@@ -92,10 +92,15 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     st = attnd_kernel_pool_create(e->gpu ? 1 : cfg->kernel_threads, &e->kpool, err);
     if (st)
         goto err_kpool;
+    st = attnd__weights_init(e, err);
+    if (st)
+        goto err_weights;
     pthread_mutex_init(&e->stage_mu, NULL);
     *engine_p = e;
     return ATTND_OK;
 
+err_weights:
+    attnd_kernel_pool_destroy(e->kpool);
 err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
 err_table:
@@ -114,6 +119,7 @@ void attnd_engine_destroy(attnd_engine *e)
         return;
     attnd_kernel_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
+    attnd__weights_cleanup(e); /* before the GPU: device copies */
     attnd__owner_table_cleanup(&e->owners); /* after the sessions that point at owners */
     attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);
