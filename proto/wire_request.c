@@ -4,7 +4,7 @@
  *   AttendRequest { 1 uint32 layer; 2 repeated bytes session_ids; 3 Tensor q;
  *                   4 Tensor new_kv; 5 repeated uint64 positions (packed);
  *                   6 bool return_lse; 7 DType out_dtype; 8 uint64 request_id;
- *                   20 bool up_project; 30 uint32 given_groups;
+ *                   20 bool up_project; 21 QForm q_form; 30 uint32 given_groups;
  *                   31 repeated uint32 given_indptr (packed);
  *                   32 repeated uint64 given_idx (packed); 33 bool return_pages }
  *   Tensor        { 1 DType dtype; 2 repeated int64 shape (packed); 3 bytes data }
@@ -22,8 +22,8 @@
 
 enum {
     F_LAYER = 1, F_IDS = 2, F_Q = 3, F_NEW_KV = 4, F_POSITIONS = 5, F_RETURN_LSE = 6,
-    F_OUT_DTYPE = 7, F_REQUEST_ID = 8, F_UP_PROJECT = 20, F_GIVEN_GROUPS = 30,
-    F_GIVEN_INDPTR = 31, F_GIVEN_IDX = 32, F_RETURN_PAGES = 33,
+    F_OUT_DTYPE = 7, F_REQUEST_ID = 8, F_UP_PROJECT = 20, F_Q_FORM = 21,
+    F_GIVEN_GROUPS = 30, F_GIVEN_INDPTR = 31, F_GIVEN_IDX = 32, F_RETURN_PAGES = 33,
     T_DTYPE = 1, T_SHAPE = 2, T_DATA = 3,
 };
 
@@ -120,6 +120,8 @@ size_t attnd_wire_request_frame_bound(const Attnd__V1__AttendRequest *m)
         n += 1 + attnd__wire_vsize(m->request_id);
     if (m->up_project)
         n += attnd__wire_ksize(F_UP_PROJECT) + 1;
+    if (m->q_form)
+        n += attnd__wire_ksize(F_Q_FORM) + attnd__wire_vsize(enum_wire(m->q_form));
     if (m->given_groups)
         n += attnd__wire_ksize(F_GIVEN_GROUPS) + attnd__wire_vsize(m->given_groups);
     if (m->n_given_indptr) {
@@ -211,6 +213,10 @@ static void encode(const Attnd__V1__AttendRequest *m, uint8_t *p, attnd_wire_gat
         p = attnd__wire_kput(p, F_UP_PROJECT, ATTND__WT_VARINT);
         *p++ = 1;
     }
+    if (m->q_form) {
+        p = attnd__wire_kput(p, F_Q_FORM, ATTND__WT_VARINT);
+        p = attnd__wire_vput(p, enum_wire(m->q_form));
+    }
     if (m->given_groups) {
         p = attnd__wire_kput(p, F_GIVEN_GROUPS, ATTND__WT_VARINT);
         p = attnd__wire_vput(p, m->given_groups);
@@ -254,7 +260,7 @@ typedef struct rscan {
     size_t n_ids, n_positions, n_given_indptr, n_given_idx;
     attnd__wire_tscan q, kv;
     int return_lse, up_project, return_pages;
-    int32_t out_dtype;
+    int32_t out_dtype, q_form;
     uint64_t request_id;
     uint32_t given_groups;
 } rscan;
@@ -390,6 +396,11 @@ static int request_pass(attnd__wire_cur *c, rscan *r, Attnd__V1__AttendRequest *
                 return -1;
             r->out_dtype = (int32_t)(uint32_t)v.v;
             break;
+        case F_Q_FORM: /* enum: as out_dtype */
+            if (wt != ATTND__WT_VARINT)
+                return -1;
+            r->q_form = (int32_t)(uint32_t)v.v;
+            break;
         case F_REQUEST_ID:
             if (wt != ATTND__WT_VARINT)
                 return -1;
@@ -475,6 +486,7 @@ attnd_status attnd_wire_request_decode(const attnd_wire_in *in, ProtobufCAllocat
     m->out_dtype = (Attnd__V1__DType)r.out_dtype;
     m->request_id = r.request_id;
     m->up_project = r.up_project;
+    m->q_form = (Attnd__V1__QForm)r.q_form;
     m->given_groups = r.given_groups;
     m->n_given_indptr = r.n_given_indptr;
     m->n_given_idx = r.n_given_idx;

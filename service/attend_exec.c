@@ -32,7 +32,16 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
     memset(res, 0, sizeof *res);
     if (t_arrival_ns && t_arrival_ns <= t0)
         res->t.t_queue_ns = t0 - t_arrival_ns;
-    st = attnd_srv_validate_attend(m, &srv->model, &x->arena->pc, checks, &req, err);
+    /* the layer's projections now (the narrow wire; validation checks the
+     * request against them, the engine again against what it holds) */
+    attnd_srv_proj proj = {0, 0};
+    if (m->layer < (uint32_t)srv->model.spec->n_layers && srv->model.spec->kind == ATTND_ATTN_MLA) {
+        if (srv->group)
+            attnd_group_weights_dims(srv->group, m->layer, &proj.d_nope, &proj.d_v);
+        else
+            attnd_engine_weights_dims(srv->engine, m->layer, &proj.d_nope, &proj.d_v);
+    }
+    st = attnd_srv_validate_attend(m, &srv->model, &proj, &x->arena->pc, checks, &req, err);
     if (st)
         return st;
     /* another tenant's session reads as an unknown one (the rank's own
@@ -47,18 +56,9 @@ attnd_status attnd_srv_attend_exec(const attnd_srv_exec_ctx *x, const Attnd__V1_
         wait_ms = x->time_left_ms - x->time_left_ms / 10 - 5;
         wait_ms = wait_ms > 0 ? wait_ms : 1;
     }
-    int32_t d_vo = 0;
-    if (m->up_project) { /* W_UV applied by the group's ranks (LoadWeights) */
-        d_vo = srv->group ? attnd_group_weights_dv(srv->group, m->layer) : 0;
-        if (!d_vo)
-            return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
-                                   "up_project: no W_UV loaded for layer %u (LoadWeights, on "
-                                   "a worker group)", m->layer);
-        req.out_shape[3] = d_vo;
-    }
     uint64_t own_ns = 0; /* a group leader's own share of t2 - t1 */
-    st = srv->group ? attnd_group_attend(srv->group, &req.eng, x->ws, wait_ms, d_vo,
-                                         &out, &lse, &own_ns, err)
+    st = srv->group ? attnd_group_attend(srv->group, &req.eng, x->ws, wait_ms, &out, &lse,
+                                         &own_ns, err)
                     : attnd_engine_attend(srv->engine, &req.eng, x->ws, &out, &lse, err);
     if (st)
         return st;

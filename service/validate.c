@@ -317,26 +317,28 @@ static attnd_status check_session_ids(const Attnd__V1__AttendRequest *m,
     return ATTND_OK;
 }
 
-/* q: [B, S, Hq, d_k] or [B, Hq, d_k]; sets *s_p. */
+/* q: [B, S, Hq, d_k] or [B, Hq, d_k] (the heads form, d_nope > 0: d_nope +
+ * d_rope instead of d_k); sets *s_p. */
 static attnd_status check_q(const Attnd__V1__Tensor *q, const attnd_srv_model *model,
-                            uint64_t b, const attnd_wire_tensor_check *done, attnd_dtype *dt_p,
-                            int32_t *s_p, attnd_error *err)
+                            int32_t d_nope, uint64_t b, const attnd_wire_tensor_check *done,
+                            attnd_dtype *dt_p, int32_t *s_p, attnd_error *err)
 {
     const attnd_model_spec *sp = model->spec;
+    const int32_t dq = d_nope > 0 ? d_nope + sp->d_rope : model->d_k;
     char got[96];
     attnd_status st;
 
     if (!q)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "q: missing; expected a tensor of shape [B, S, %d, %d]",
-                               sp->n_q_heads, model->d_k);
+                               sp->n_q_heads, dq);
     st = check_dtype("q.dtype", q->dtype, dt_p, err);
     if (st)
         return st;
     if (q->n_shape != 3 && q->n_shape != 4)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "q.shape: expected [B, S, %d, %d] or [B, %d, %d], got %s",
-                               sp->n_q_heads, model->d_k, sp->n_q_heads, model->d_k,
+                               sp->n_q_heads, dq, sp->n_q_heads, dq,
                                shape_str(got, sizeof got, q->shape, q->n_shape));
     size_t h = q->n_shape - 2, d = q->n_shape - 1;
     if ((uint64_t)q->shape[0] != b || q->shape[0] < 0)
@@ -356,7 +358,12 @@ static attnd_status check_q(const Attnd__V1__Tensor *q, const attnd_srv_model *m
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "q.shape[%zu]: expected %d heads, got %" PRId64, h,
                                sp->n_q_heads, q->shape[h]);
-    if (q->shape[d] != model->d_k) {
+    if (d_nope > 0 && q->shape[d] != dq)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "q.shape[%zu]: expected %d (d_nope %d + d_rope %d: q_form HEADS, "
+                               "the layer's W_UK), got %" PRId64,
+                               d, dq, d_nope, sp->d_rope, q->shape[d]);
+    if (d_nope <= 0 && q->shape[d] != model->d_k) {
         if (sp->kind == ATTND_ATTN_MLA)
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                    "q.shape[%zu]: expected %d (d_latent %d + d_rope %d), got %" PRId64,
@@ -413,12 +420,46 @@ static attnd_status check_new_kv(const Attnd__V1__Tensor *t, const attnd_srv_mod
     return st ? st : check_finite("new_kv", t, *dt_p, done, err);
 }
 
+/* q_form: a known form (else INVALID_ARGUMENT); HEADS (*d_nope_p the
+ * layer's W_UK width) on an MLA model whose layer holds both matrices
+ * (else FAILED_PRECONDITION: the worker's model or weights are wrong for
+ * it, not the request). */
+static attnd_status check_q_form(const Attnd__V1__AttendRequest *m, const attnd_srv_model *model,
+                                 const attnd_srv_proj *proj, int32_t *d_nope_p,
+                                 attnd_error *err)
+{
+    *d_nope_p = 0;
+    if (m->q_form == ATTND__V1__QFORM__Q_FORM_ABSORBED)
+        return ATTND_OK;
+    if (m->q_form != ATTND__V1__QFORM__Q_FORM_HEADS)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "q_form: expected ABSORBED (0) or HEADS (1), got %d",
+                               (int)m->q_form);
+    if (model->spec->kind != ATTND_ATTN_MLA) /* as LoadWeights and another model's session */
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "q_form: HEADS is the MLA narrow wire (per-head q_nope and "
+                               "q_rope); this worker serves %s, a GQA model",
+                               model->spec->name);
+    if (!proj || proj->d_nope <= 0 || proj->d_v <= 0)
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "q_form: HEADS needs layer %" PRIu32 "'s W_UK and W_UV; it holds "
+                               "%s (LoadWeights w_uk and w_uv first; a restarted worker must be "
+                               "loaded again)", m->layer,
+                               proj && proj->d_nope > 0 ? "W_UK only"
+                               : proj && proj->d_v > 0  ? "W_UV only"
+                                                        : "neither");
+    *d_nope_p = proj->d_nope;
+    return ATTND_OK;
+}
+
 attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
                                        const attnd_srv_model *model,
+                                       const attnd_srv_proj *proj,
                                        ProtobufCAllocator *scratch,
                                        const attnd_wire_request_checks *checks,
                                        attnd_srv_attend_req *out, attnd_error *err)
 {
+    int32_t d_nope = 0;
     attnd_srv_attend_req r;
     attnd_session_id *ids = NULL;
     attnd_status st;
@@ -432,7 +473,10 @@ attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
         return st;
     const uint64_t b = m->n_session_ids;
     int32_t s = 1;
-    st = check_q(m->q, model, b, checks ? &checks->q : NULL, &r.eng.q_dtype, &s, err);
+    st = check_q_form(m, model, proj, &d_nope, err);
+    if (st)
+        return st;
+    st = check_q(m->q, model, d_nope, b, checks ? &checks->q : NULL, &r.eng.q_dtype, &s, err);
     if (st)
         return st;
     if (m->new_kv) {
@@ -494,6 +538,16 @@ attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
     r.out_shape[1] = r.lse_shape[1] = s;
     r.out_shape[2] = r.lse_shape[2] = model->spec->n_q_heads;
     r.out_shape[3] = model->d_v;
+    if (m->up_project && (!proj || proj->d_v <= 0))
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "up_project: no W_UV loaded for layer %" PRIu32 " (LoadWeights)",
+                               m->layer);
+    if (d_nope > 0 || m->up_project) { /* the worker applies W_UV: d_v wide */
+        r.eng.q_form = d_nope > 0 ? ATTND_Q_HEADS : ATTND_Q_ABSORBED;
+        r.eng.d_nope = d_nope;
+        r.eng.d_vo = proj->d_v;
+        r.out_shape[3] = proj->d_v;
+    }
     *out = r;
     return ATTND_OK;
 }

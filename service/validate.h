@@ -96,16 +96,29 @@ typedef struct attnd_srv_attend_req {
     int64_t lse_shape[3];   /* [B, S, Hq] */
 } attnd_srv_attend_req;
 
+/* The MLA projections the request's layer holds now (the narrow wire;
+ * attnd_engine_weights_dims): widths of W_UK (d_nope) and W_UV (d_v), 0
+ * when none. */
+typedef struct attnd_srv_proj {
+    int32_t d_nope, d_v;
+} attnd_srv_proj;
+
 /* The session ids are copied into memory taken from `scratch` (an arena:
  * nothing is freed one by one), which must outlive the use of *out; q,
  * new_kv and positions point into the message. Checks, in order: layer,
- * session_ids (count, lengths, duplicates), q (dtype, shape, bytes, every
- * element finite), new_kv (the same), positions, out_dtype. checks (may be
- * NULL): the decoder's finding for tensors it already checked while
- * gathering them (attnd_wire_request_decode), used instead of reading
- * them again. */
+ * session_ids (count, lengths, duplicates), q_form (a known form; HEADS on
+ * an MLA model whose layer holds W_UK and W_UV per proj, else
+ * FAILED_PRECONDITION), q (dtype, shape -- [.., Hq, d_nope + d_rope] in the
+ * heads form --, bytes, every element finite), new_kv (the same),
+ * positions, out_dtype, up_project (W_UV per proj, else
+ * FAILED_PRECONDITION). The heads form and up_project make the output
+ * [B, S, Hq, proj->d_v]. proj (may be NULL: none loaded): the layer's
+ * widths. checks (may be NULL): the decoder's finding for tensors it
+ * already checked while gathering them (attnd_wire_request_decode), used
+ * instead of reading them again. */
 attnd_status attnd_srv_validate_attend(const Attnd__V1__AttendRequest *m,
                                        const attnd_srv_model *model,
+                                       const attnd_srv_proj *proj,
                                        ProtobufCAllocator *scratch,
                                        const attnd_wire_request_checks *checks,
                                        attnd_srv_attend_req *out,

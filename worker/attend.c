@@ -1,5 +1,12 @@
 /* The engine's attend (attnd_engine_attend) and its per-thread workspace.
  *
+ * A heads-form MLA query (the narrow wire) is first absorbed with the
+ * layer's W_UK into the workspace (attnd_proj.h, on the kernel pool,
+ * before any session is locked); a request with d_vo is up-projected with
+ * W_UV after the sessions are unlocked. On a GPU engine both products run
+ * on the GPU inside the backend's call. The matrices are held by
+ * reference for the whole call (weights.c).
+ *
  * Attend resolves and locks its sessions in address order, appends the new
  * entries all or nothing (an exhausted pool leaves every session as it was;
  * a layer an open AppendKV stage holds is ABORTED), builds the batch's page
@@ -21,6 +28,7 @@
 
 #include "attnd_assert.h"
 #include "attnd_buf.h"
+#include "attnd_proj.h"
 #include "backend.h"
 #include "sparse.h"
 #include "tier_int.h"
@@ -40,6 +48,8 @@ void attnd_engine_ws_cleanup(attnd_engine_ws *ws)
     free(ws->page_idx);
     free(ws->out);
     free(ws->lse);
+    free(ws->qa);
+    free(ws->proj);
     attnd__sparse_ws_free(ws->sparse);
     if (ws->pinned_free)
         ws->pinned_free(ws->pinned);
@@ -348,6 +358,49 @@ static attnd_status build_visible_lists(attnd_engine *e, const attnd_attend_req 
     return ATTND_OK;
 }
 
+/* Heads form on the CPU: q [rows][Hq][d_nope + d_r] -> ws->qa [rows][Hq][d_k],
+ * the latent part q_nope . W_UK and q_rope copied behind it. */
+static attnd_status absorb(attnd_engine *e, const attnd_attend_req *req, const attnd__wmat *uk,
+                           size_t q_rows, attnd_engine_ws *ws, attnd_error *err)
+{
+    const attnd_model_spec *m = &e->model;
+    const int32_t dk = attnd_model_d_k(m), dq = req->d_nope + m->d_rope;
+    if (ATTND_BUF_RESERVE(ws->qa, ws->cap_qa, q_rows * (size_t)m->n_q_heads * (size_t)dk))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "q: no memory for %zu absorbed query rows", q_rows);
+    attnd_kernel_proj p = {
+        .rows = (int32_t)q_rows, .heads = m->n_q_heads, .k = req->d_nope, .j = m->d_latent,
+        .pass = m->d_rope,
+        .src_dtype = req->q_dtype, .src = req->q,
+        .src_row = (int64_t)m->n_q_heads * dq, .src_head = dq,
+        .w_dtype = uk->dtype, .w = uk->host,
+        .dst = ws->qa, .dst_row = (int64_t)m->n_q_heads * dk, .dst_head = dk,
+    };
+    return attnd_kernel_proj_parallel(e->kpool, &p, err);
+}
+
+/* d_vo on the CPU: out [rows][Hq][d_c] -> ws->proj [rows][Hq][d_vo] (made
+ * big enough before the call changed anything). Cannot fail: float32 rows
+ * need no scratch, so the pool run allocates nothing. */
+static void up_project(attnd_engine *e, const attnd__wmat *uv, size_t q_rows, const float *out,
+                       attnd_engine_ws *ws)
+{
+    const attnd_model_spec *m = &e->model;
+    const int32_t dv = uv->cols;
+    ATTND_ASSERT(ws->cap_proj >= q_rows * (size_t)m->n_q_heads * (size_t)dv);
+    attnd_kernel_proj p = {
+        .rows = (int32_t)q_rows, .heads = m->n_q_heads, .k = m->d_latent, .j = dv,
+        .src_dtype = ATTND_DTYPE_F32, .src = out,
+        .src_row = (int64_t)m->n_q_heads * m->d_latent, .src_head = m->d_latent,
+        .w_dtype = uv->dtype, .w = uv->host,
+        .dst = ws->proj, .dst_row = (int64_t)m->n_q_heads * dv, .dst_head = dv,
+    };
+    attnd_error e2;
+    ATTND_ASSERT(attnd_kernel_proj_work_floats(&p) == 0); /* so the run allocates nothing */
+    attnd_status st = attnd_kernel_proj_parallel(e->kpool, &p, &e2);
+    ATTND_ASSERT(st == ATTND_OK);
+}
+
 attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
                                  attnd_engine_ws *ws, const float **out_p,
                                  const float **lse_p, attnd_error *err)
@@ -372,31 +425,50 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
                                req->q_tokens);
     if (req->new_kv && attnd_dtype_size(req->new_kv_dtype) == 0)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "new_kv.dtype: invalid");
-    size_t rows = (size_t)req->n_seqs * (size_t)req->q_tokens * (size_t)m->n_q_heads;
-    size_t d_v = (size_t)attnd_model_d_v(m);
+    if ((req->q_form != ATTND_Q_ABSORBED && req->q_form != ATTND_Q_HEADS) ||
+        (req->q_form == ATTND_Q_HEADS &&
+         (req->d_nope < 1 || req->d_nope > ATTND_ENGINE_MAX_PROJ_DIM)) ||
+        req->d_vo < 0 || req->d_vo > ATTND_ENGINE_MAX_PROJ_DIM)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "q_form: %d with d_nope %d, d_vo %d: expected ABSORBED (0) or "
+                               "HEADS (1) with d_nope in [1, %d], d_vo in [0, %d]",
+                               (int)req->q_form, req->d_nope, req->d_vo,
+                               ATTND_ENGINE_MAX_PROJ_DIM, ATTND_ENGINE_MAX_PROJ_DIM);
+    const size_t q_rows = (size_t)req->n_seqs * (size_t)req->q_tokens;
+    const size_t rows = q_rows * (size_t)m->n_q_heads;
+    const size_t d_v = (size_t)attnd_model_d_v(m);
+    const size_t d_out = req->d_vo > 0 ? (size_t)req->d_vo : d_v;
     /* with a visible-length override each (sequence, query token) is one
      * list of its own (see build_visible_lists) */
     st = ws_fit_seqs(ws, (size_t)req->n_seqs * (req->visible ? (size_t)req->q_tokens : 1), err);
     if (st)
         return st;
+    attnd__wmat *uk = NULL, *uv = NULL;
+    if ((st = attnd__weights_get(e, req, &uk, &uv, err)))
+        return st;
     float *out, *lse;
     if (e->gpu) { /* outputs in page-locked memory: see attnd_engine_ws */
-        st = ws_fit_pinned(ws, rows * (d_v + 1) * sizeof(float), err);
+        st = ws_fit_pinned(ws, rows * (d_out + 1) * sizeof(float), err);
         if (st)
-            return st;
+            goto out_weights;
         out = ws->pinned;
-        lse = out + rows * d_v;
+        lse = out + rows * d_out;
     } else {
         if (ATTND_BUF_RESERVE(ws->out, ws->cap_out, rows * d_v) ||
-            ATTND_BUF_RESERVE(ws->lse, ws->cap_lse, rows))
-            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                   "q: no memory for %zu output rows", rows);
+            ATTND_BUF_RESERVE(ws->lse, ws->cap_lse, rows) ||
+            (uv && ATTND_BUF_RESERVE(ws->proj, ws->cap_proj, rows * d_out))) {
+            st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                 "q: no memory for %zu output rows", rows);
+            goto out_weights;
+        }
         out = ws->out;
         lse = ws->lse;
+        if (uk && (st = absorb(e, req, uk, q_rows, ws, err)))
+            goto out_weights;
     }
     st = resolve_sessions(e, req, ws, err);
     if (st)
-        return st;
+        goto out_weights;
     for (uint32_t k = 0; k < req->n_seqs; k++)
         pthread_mutex_lock(&((attnd__session *)ws->sessions[ws->order[k]])->mu);
 
@@ -431,8 +503,8 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         .q_tokens = req->visible ? 1 : req->q_tokens,
         .n_q_heads = m->n_q_heads,
         .scale = m->scale,
-        .q_dtype = req->q_dtype,
-        .q = req->q,
+        .q_dtype = uk && !e->gpu ? ATTND_DTYPE_F32 : req->q_dtype,
+        .q = uk && !e->gpu ? (const void *)ws->qa : req->q,
         .kv = &e->layout,
         .pool = e->pool.base,
         .pool_pages = e->pool.n_pages,
@@ -442,17 +514,23 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         .out = out,
         .lse = lse,
     };
-    /* sparse policies: their own lists (sparse_attend.c) */
+    /* sparse policies: their own lists (sparse_attend.c); a topk-pages
+     * selection scores with b.q, the absorbed query on the CPU */
     if (sparse && (st = attnd__sparse_lists(e, req, ws, &b, &kv_bytes, &dense_bytes, err)))
         goto out;
-    if (e->gpu)
-        st = sparse ? attnd__sparse_gpu_decode(e, ws, &b, err) : attnd__gpu_decode(e->gpu, &b, err);
-    else
+    if (e->gpu) {
+        attnd__gpu_proj gp = {
+            .d_nope = uk ? uk->rows : 0, .uk = uk ? uk->dev : NULL,
+            .d_vo = uv ? uv->cols : 0, .uv = uv ? uv->dev : NULL,
+        };
+        const attnd__gpu_proj *pp = uk || uv ? &gp : NULL;
+        st = sparse ? attnd__sparse_gpu_decode(e, ws, &b, pp, err)
+                    : attnd__gpu_decode(e->gpu, &b, pp, err);
+    } else {
         st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
+    }
     if (st)
         goto out;
-    *out_p = out;
-    *lse_p = req->want_lse ? lse : NULL;
     atomic_fetch_add(&e->attend_calls, 1);
     atomic_fetch_add(&e->attend_seqs, req->n_seqs);
     atomic_fetch_add(&e->kv_bytes_read, kv_bytes);
@@ -482,5 +560,17 @@ out:
         if (st == ATTND_OK)
             st = lst;
     }
+    /* the up-projection reads only the workspace: no session locked */
+    if (st == ATTND_OK && uv && !e->gpu) {
+        up_project(e, uv, q_rows, out, ws);
+        out = ws->proj;
+    }
+    if (st == ATTND_OK) {
+        *out_p = out;
+        *lse_p = req->want_lse ? lse : NULL;
+    }
+out_weights:
+    attnd__weights_put(e, uk);
+    attnd__weights_put(e, uv);
     return st;
 }

@@ -44,13 +44,39 @@ void attnd__gpu_destroy(attnd__gpu *g);
 attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, uint64_t n,
                               attnd_dtype dt, const void *src, attnd_error *err);
 
+/* The narrow MLA wire's products on the GPU (cuBLAS, one strided batched
+ * GEMM over the heads each), for attnd__gpu_decode:
+ *   d_nope > 0  b->q is the heads-form query [rows][Hq][d_nope + d_r] (any
+ *               dtype, uploaded as bf16); the absorbed query the kernel
+ *               reads is q_nope . uk per head (bf16 [Hq][d_nope][d_c],
+ *               float32 accumulation, rounded to bf16 as any query the
+ *               kernel reads) followed by q_rope;
+ *   d_vo > 0    b->out receives [rows][Hq][d_vo] = the kernel's float32
+ *               latent output . uv per head (float32 [Hq][d_c][d_vo]).
+ * uk and uv are device buffers from attnd__gpu_upload. */
+typedef struct attnd__gpu_proj {
+    int32_t d_nope;
+    const void *uk;
+    int32_t d_vo;
+    const void *uv;
+} attnd__gpu_proj;
+
 /* Decode batch b on the GPU and wait for it. b is as for attnd_kernel_decode
  * with host pointers throughout (q of any dtype, converted to bf16 here; the
  * page lists; float32 out and lse, lse may be NULL) except pool, which is
  * ignored (the GPU pool is used), and kv, which must be the layout the
- * backend was created with. Allocates only when a batch is larger than any
- * before it. Errors name the field (q_tokens over 16: UNIMPLEMENTED). */
-attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b, attnd_error *err);
+ * backend was created with. proj (may be NULL): the projections above.
+ * Allocates only when a batch is larger than any before it. Errors name
+ * the field (q_tokens over 16: UNIMPLEMENTED). */
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                               const attnd__gpu_proj *proj, attnd_error *err);
+
+/* n elements of src (src_t, host, read before return) into a new device
+ * buffer of dst_t (BF16 or F32), converted on the host: *dev_p, freed with
+ * attnd__gpu_free. RESOURCE_EXHAUSTED, or INTERNAL on a CUDA error. */
+attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src_t,
+                               const void *src, size_t n, void **dev_p, attnd_error *err);
+void attnd__gpu_free(attnd__gpu *g, void *dev);
 
 /* Copy GPU page `page` to host memory dst / from host memory src
  * (page_bytes), waiting for the copy: the tier below HBM moves pages this
@@ -69,12 +95,16 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
  * kernels/cuda selection of the lists sel describes, prepared on the host
  * by attnd_kernel_select_prepare: its kept pages land in the uploaded page_idx at
  * each list's out0, so b->page_idx holds anything there), with the bounds
- * uploaded above. pos_out (host, may be NULL): the kept candidates'
- * positions (sel_pos); sel_work: the floats attnd_kernel_select_prepare returned;
- * *select_ns_p: the selection's GPU time. */
+ * uploaded above. The selection scores pages with the query the kernel
+ * reads: with proj->d_nope > 0 the absorbed one (the heads-form query
+ * after the W_UK product, on the GPU), so sel's q is not read. pos_out
+ * (host, may be NULL): the kept candidates' positions (sel_pos); sel_work:
+ * the floats attnd_kernel_select_prepare returned; *select_ns_p: the selection's
+ * GPU time. */
 attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
-                                      const attnd_kernel_select_batch *sel, size_t sel_work,
-                                      int32_t *pos_out, uint64_t *select_ns_p, attnd_error *err);
+                                      const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
+                                      size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
+                                      attnd_error *err);
 
 /* Page-locked host memory of `bytes` for *p (RESOURCE_EXHAUSTED, or
  * UNIMPLEMENTED without CUDA); free with attnd__gpu_host_free (NULL: no-op).

@@ -28,11 +28,37 @@
  * not staged. Device and pinned buffers grow to the largest batch seen
  * and are reused.
  *
+ * The narrow MLA wire (attnd__gpu_proj): a heads-form query is uploaded as
+ * it came (bf16, else converted to bf16 in pinned staging), absorbed on
+ * the GPU by one cuBLAS strided batched GEMM over the heads (bf16 x bf16
+ * -> bf16 with float32 accumulation, written straight into the absorbed
+ * query buffer the kernel reads; q_rope follows by a strided device copy),
+ * and the kernel's float32 latent output is up-projected by a float32
+ * strided batched GEMM (no TF32: CUBLAS_DEFAULT_MATH) into a device buffer
+ * that is downloaded instead of the latent output: 4x fewer bytes cross
+ * PCIe at DeepSeek-V3. Both on the backend's stream, before its one
+ * synchronization. The weights are device buffers the engine uploaded
+ * once (attnd__gpu_upload). cuBLAS is loaded with dlopen when the first
+ * weights arrive (libcublas.so.<major> of the toolkit compiled against,
+ * found through the loader's path): attnd does not link it, so a CUDA
+ * build runs where cuBLAS is absent (absorbed form only; LoadWeights then
+ * fails naming the library), and the GPU bundle does not carry its ~600
+ * MB. Not run in the session that wrote it (no GPU was lent): compiled
+ * only; tests/gpu/test_gpu_narrow.c is its test.
+ *
+ * Sparse policies (attnd__gpu_decode_select): the page selection runs on
+ * the stream after the query is where the kernel reads it, so a heads-form
+ * query is scored absorbed (the absorb GEMM first, then the selection,
+ * the decode, the up-projection): the pages are chosen by the same q.k
+ * bounds as for the absorbed form.
+ *
  * Concurrency: one mutex serializes every call (the staging buffers, the
  * plan and its workspace are shared). A GPU runs one of these launches at a
  * time anyway; the cost is that host-side conversion of one call does not
  * overlap another's kernel. */
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +96,10 @@ struct attnd__gpu {
     gpu_buf q, idx;     /* pinned halves: queries not in bf16 (made on first
                            need), page indices */
     gpu_buf out, lse;   /* device only */
+    cublasHandle_t blas; /* on stream, made with the first weights; NULL
+                            until then */
+    gpu_buf qn;         /* heads-form queries (pinned half: not bf16) */
+    gpu_buf proj;       /* up-projected outputs, device only */
     /* sparse policies: the key bounds (head-major, as the host's), and the
      * selection's lists, candidates, scratch and positions */
     uint16_t *bounds;
@@ -81,6 +111,88 @@ struct attnd__gpu {
 static attnd_status cuda_fail(attnd_error *err, cudaError_t rc, const char *what)
 {
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "cuda: %s: %s", what, cudaGetErrorString(rc));
+}
+
+/* ---- cuBLAS, loaded at run time ------------------------------------------------ */
+
+#define BLAS_STR_(x) #x
+#define BLAS_STR(x) BLAS_STR_(x)
+#define BLAS_LIB "libcublas.so." BLAS_STR(CUBLAS_VER_MAJOR)
+
+/* The entry points used, typed from cublas_v2.h. */
+static struct blas_api {
+    pthread_once_t once;
+    void *lib;
+    char why[160];   /* why loading failed */
+    __typeof__(cublasCreate_v2) *create;
+    __typeof__(cublasDestroy_v2) *destroy;
+    __typeof__(cublasSetStream_v2) *set_stream;
+    __typeof__(cublasSetMathMode) *set_math_mode;
+    __typeof__(cublasGemmStridedBatchedEx) *gemm_ex;
+    __typeof__(cublasSgemmStridedBatched) *sgemm;
+    __typeof__(cublasGetStatusString) *status_string;
+} blas = {.once = PTHREAD_ONCE_INIT};
+
+static void *blas_sym(const char *name)
+{
+    void *f = dlsym(blas.lib, name);
+    if (!f && !blas.why[0])
+        snprintf(blas.why, sizeof blas.why, "%s has no %s", BLAS_LIB, name);
+    return f;
+}
+
+static void blas_load(void)
+{
+    blas.lib = dlopen(BLAS_LIB, RTLD_NOW | RTLD_LOCAL);
+    if (!blas.lib) {
+        const char *e = dlerror();
+        snprintf(blas.why, sizeof blas.why, "%s", e ? e : BLAS_LIB ": not found");
+        return;
+    }
+    blas.create = (__typeof__(blas.create))blas_sym("cublasCreate_v2");
+    blas.destroy = (__typeof__(blas.destroy))blas_sym("cublasDestroy_v2");
+    blas.set_stream = (__typeof__(blas.set_stream))blas_sym("cublasSetStream_v2");
+    blas.set_math_mode = (__typeof__(blas.set_math_mode))blas_sym("cublasSetMathMode");
+    blas.gemm_ex = (__typeof__(blas.gemm_ex))blas_sym("cublasGemmStridedBatchedEx");
+    blas.sgemm = (__typeof__(blas.sgemm))blas_sym("cublasSgemmStridedBatched");
+    blas.status_string = (__typeof__(blas.status_string))blas_sym("cublasGetStatusString");
+    if (blas.why[0]) {
+        dlclose(blas.lib);
+        blas.lib = NULL;
+    }
+}
+
+static attnd_status blas_fail(attnd_error *err, cublasStatus_t rc, const char *what)
+{
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "cublas: %s: %s (%d)", what,
+                           blas.status_string ? blas.status_string(rc) : "?", (int)rc);
+}
+
+/* g's cuBLAS handle on its stream, made on first need. Caller holds g->mu
+ * with g's device current. UNIMPLEMENTED naming the library when it cannot
+ * be loaded. */
+static attnd_status blas_ready(attnd__gpu *g, attnd_error *err)
+{
+    cublasStatus_t brc;
+    if (g->blas)
+        return ATTND_OK;
+    pthread_once(&blas.once, blas_load);
+    if (!blas.lib)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "w_uk: the GPU backend multiplies the narrow wire's weights with "
+                               "cuBLAS, which could not be loaded (%s); put the CUDA toolkit's "
+                               "lib directory on the loader's path", blas.why);
+    if ((brc = blas.create(&g->blas)) != CUBLAS_STATUS_SUCCESS) {
+        g->blas = NULL;
+        return blas_fail(err, brc, "cublasCreate");
+    }
+    if ((brc = blas.set_stream(g->blas, g->stream)) != CUBLAS_STATUS_SUCCESS ||
+        (brc = blas.set_math_mode(g->blas, CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS) {
+        blas.destroy(g->blas);
+        g->blas = NULL;
+        return blas_fail(err, brc, "cublasSetStream");
+    }
+    return ATTND_OK;
 }
 
 /* The kernels' shapes (see attnd_cuda.h), with the model's names. */
@@ -218,6 +330,8 @@ void attnd__gpu_destroy(attnd__gpu *g)
     buf_free(&g->idx);
     buf_free(&g->out);
     buf_free(&g->lse);
+    buf_free(&g->qn);
+    buf_free(&g->proj);
     buf_free(&g->sel_lists);
     buf_free(&g->sel_cand);
     buf_free(&g->sel_work);
@@ -229,6 +343,8 @@ void attnd__gpu_destroy(attnd__gpu *g)
     }
     cudaFreeHost(g->stage);
     cudaFree(g->pool);
+    if (g->blas)
+        blas.destroy(g->blas);
     attnd_cuda_plan_destroy(g->plan);
     attnd_cuda_ctx_destroy(g->ctx);
     pthread_mutex_destroy(&g->mu);
@@ -353,6 +469,49 @@ attnd_status attnd__gpu_page_write(attnd__gpu *g, int32_t page, const void *src,
     return page_copy(g, page, (void *)src, 0, err);
 }
 
+/* Heads form: q_nope . uk per head into the absorbed query g->q.d (bf16
+ * [rows][H][d_k]), q_rope copied behind it. In column-major terms, per head
+ * h: Q_c^T (d_c x q_rows, ld H d_k) = W^T (d_c x d_nope, ld d_c) .
+ * Q_nope^T (d_nope x q_rows, ld H dq): one strided batched GEMM over the
+ * heads (strides d_nope d_c, dq, d_k). Caller holds g->mu. */
+static attnd_status absorb(attnd__gpu *g, const attnd__gpu_proj *p, int32_t q_rows,
+                           int32_t H, attnd_error *err)
+{
+    const attnd_kernel_kv_layout *l = &g->layout;
+    const int32_t dc = l->d_v, dr = l->d_k - l->d_v, dk = l->d_k, dq = p->d_nope + dr;
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t brc = blas.gemm_ex(
+        g->blas, CUBLAS_OP_N, CUBLAS_OP_N, dc, q_rows, p->d_nope, &one,
+        p->uk, CUDA_R_16BF, dc, (long long)p->d_nope * dc,
+        g->qn.d, CUDA_R_16BF, H * dq, dq, &zero,
+        g->q.d, CUDA_R_16BF, H * dk, dk, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (brc != CUBLAS_STATUS_SUCCESS)
+        return blas_fail(err, brc, "absorb (q_nope . W_UK)");
+    cudaError_t rc = cudaMemcpy2DAsync((char *)g->q.d + (size_t)dc * 2, (size_t)dk * 2,
+                                       (const char *)g->qn.d + (size_t)p->d_nope * 2,
+                                       (size_t)dq * 2, (size_t)dr * 2, (size_t)q_rows * H,
+                                       cudaMemcpyDeviceToDevice, g->stream);
+    return rc == cudaSuccess ? ATTND_OK : cuda_fail(err, rc, "cudaMemcpy2DAsync (q_rope)");
+}
+
+/* d_vo: the latent output g->out.d (float32 [rows][H][d_c]) . uv per head
+ * into g->proj.d (float32 [rows][H][d_vo]): P^T (d_vo x q_rows, ld H d_vo)
+ * = V^T (d_vo x d_c, ld d_vo) . O^T (d_c x q_rows, ld H d_c), batched over
+ * the heads (strides d_c d_vo, d_c, d_vo). Caller holds g->mu. */
+static attnd_status up_project(attnd__gpu *g, const attnd__gpu_proj *p, int32_t q_rows,
+                               int32_t H, attnd_error *err)
+{
+    const int32_t dc = g->layout.d_v;
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t brc = blas.sgemm(
+        g->blas, CUBLAS_OP_N, CUBLAS_OP_N, p->d_vo, q_rows, dc, &one,
+        (const float *)p->uv, p->d_vo, (long long)dc * p->d_vo,
+        (const float *)g->out.d, H * dc, dc, &zero,
+        (float *)g->proj.d, H * p->d_vo, p->d_vo, H);
+    return brc == CUBLAS_STATUS_SUCCESS ? ATTND_OK
+                                        : blas_fail(err, brc, "up-projection (o . W_UV)");
+}
+
 /* Upload what page selection sel needs and enqueue it, its kept pages
  * into g->idx.d (the batch's page_idx, uploaded before). Under g->mu, the
  * stream idle when buffers must grow. */
@@ -423,22 +582,6 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
     return ATTND_OK;
 }
 
-static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch *b,
-                                  const attnd_kernel_select_batch *sel, size_t sel_work,
-                                  int32_t *pos_out, uint64_t *select_ns_p, attnd_error *err);
-
-attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b, attnd_error *err)
-{
-    return decode_locked(g, b, NULL, 0, NULL, NULL, err);
-}
-
-attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
-                                      const attnd_kernel_select_batch *sel, size_t sel_work,
-                                      int32_t *pos_out, uint64_t *select_ns_p, attnd_error *err)
-{
-    return decode_locked(g, b, sel, sel_work, pos_out, select_ns_p, err);
-}
-
 attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
                                       attnd_error *err)
 {
@@ -472,47 +615,69 @@ out:
     return st;
 }
 
+/* Decode batch b, with the projections of proj and the page selection sel
+ * when given, in stream order: upload the query (and the page lists), the
+ * absorb GEMM (heads form: g->q.d becomes the absorbed query), the
+ * selection (scores with g->q.d, writes the kept pages into g->idx.d), the
+ * decode, the up-projection, the downloads; one synchronization. */
 static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch *b,
-                                  const attnd_kernel_select_batch *sel, size_t sel_work,
-                                  int32_t *pos_out, uint64_t *select_ns_p, attnd_error *err)
+                                  const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
+                                  size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
+                                  attnd_error *err)
 {
     const attnd_kernel_kv_layout *l = &g->layout;
-    const size_t rows = (size_t)b->n_seqs * (size_t)b->q_tokens * (size_t)b->n_q_heads;
+    const int32_t q_rows = b->n_seqs * b->q_tokens, H = b->n_q_heads;
+    const size_t rows = (size_t)q_rows * (size_t)H;
     const size_t q_elems = rows * (size_t)l->d_k, out_elems = rows * (size_t)l->d_v;
     const int32_t lg = b->list_groups > 1 ? b->list_groups : 1; /* sparse: per KV head group */
     const size_t n_idx = (size_t)b->page_indptr[(size_t)b->n_seqs * lg];
+    const int heads = proj && proj->d_nope > 0, vo = proj && proj->d_vo > 0;
+    const size_t qn_elems = heads ? rows * (size_t)(proj->d_nope + l->d_k - l->d_v) : 0;
+    const size_t proj_elems = vo ? rows * (size_t)proj->d_vo : 0;
     attnd_status st = ATTND_OK;
     cudaError_t rc;
 
     if (b->q_tokens > 16)
         return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
                                "q_tokens: %d; the CUDA backend takes 1..16", b->q_tokens);
+    if ((heads || vo) && (!l->v_in_k || !g->blas)) /* weights were uploaded: blas exists */
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "q_form: the narrow wire's projections apply to MLA models "
+                               "whose weights were loaded");
     pthread_mutex_lock(&g->mu);
     if ((rc = cudaSetDevice(g->device)) != cudaSuccess) {
         st = cuda_fail(err, rc, "cudaSetDevice");
         goto out;
     }
     const int q_direct = b->q_dtype == ATTND_DTYPE_BF16; /* no staging needed */
+    gpu_buf *qin = heads ? &g->qn : &g->q; /* where the query as sent lands */
+    const size_t qin_elems = heads ? qn_elems : q_elems;
     /* growing frees buffers a queued copy may read: drain the stream first */
-    if ((q_elems * 2 > g->q.cap || (!q_direct && !g->q.h) || (n_idx + 1) * 4 > g->idx.cap ||
-         out_elems * 4 > g->out.cap || rows * 4 > g->lse.cap) &&
+    if ((q_elems * 2 > g->q.cap || qin_elems * 2 > qin->cap || (!q_direct && !qin->h) ||
+         (n_idx + 1) * 4 > g->idx.cap || out_elems * 4 > g->out.cap || rows * 4 > g->lse.cap ||
+         proj_elems * 4 > g->proj.cap) &&
         (st = gpu_sync(g, err)))
         goto out;
-    if ((st = buf_fit(&g->q, q_elems * 2, !q_direct, "q", err)) ||
+    if ((st = buf_fit(&g->q, q_elems * 2, !heads && !q_direct, "q", err)) ||
+        (heads && (st = buf_fit(&g->qn, qn_elems * 2, !q_direct, "q", err))) ||
         (st = buf_fit(&g->idx, (n_idx + 1) * 4, 1, "session_ids", err)) ||
         (st = buf_fit(&g->out, out_elems * 4, 0, "q", err)) ||
-        (st = buf_fit(&g->lse, rows * 4, 0, "q", err)))
+        (st = buf_fit(&g->lse, rows * 4, 0, "q", err)) ||
+        (vo && (st = buf_fit(&g->proj, proj_elems * 4, 0, "q", err))))
         goto out;
     if (!q_direct)
-        attnd_dtype_convert(ATTND_DTYPE_BF16, g->q.h, b->q_dtype, b->q, q_elems);
+        attnd_dtype_convert(ATTND_DTYPE_BF16, qin->h, b->q_dtype, b->q, qin_elems);
     memcpy(g->idx.h, b->page_idx, n_idx * 4);
-    if ((rc = cudaMemcpyAsync(g->q.d, q_direct ? b->q : g->q.h, q_elems * 2,
+    if ((rc = cudaMemcpyAsync(qin->d, q_direct ? b->q : qin->h, qin_elems * 2,
                               cudaMemcpyHostToDevice, g->stream)) != cudaSuccess ||
         (rc = cudaMemcpyAsync(g->idx.d, g->idx.h, n_idx * 4, cudaMemcpyHostToDevice,
                               g->stream)) != cudaSuccess) {
         st = cuda_fail(err, rc, "cudaMemcpyAsync (upload)");
         goto out;
     }
+    /* the absorbed query before the selection: it scores with g->q.d */
+    if (heads && (st = absorb(g, proj, q_rows, H, err)))
+        goto out;
     attnd_cuda_batch cb = {
         .n_seqs = b->n_seqs,
         .q_tokens = b->q_tokens,
@@ -533,7 +698,10 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
     if ((st = attnd_cuda_plan_make(g->plan, &cb, b->page_indptr, b->last_page_len, NULL, err)) ||
         (st = attnd_cuda_decode_run(g->plan, &cb, err)))
         goto out;
-    if ((rc = cudaMemcpyAsync(b->out, g->out.d, out_elems * 4, cudaMemcpyDeviceToHost,
+    if (vo && (st = up_project(g, proj, q_rows, H, err)))
+        goto out;
+    if ((rc = cudaMemcpyAsync(b->out, vo ? g->proj.d : g->out.d,
+                              (vo ? proj_elems : out_elems) * 4, cudaMemcpyDeviceToHost,
                               g->stream)) != cudaSuccess ||
         (b->lse && (rc = cudaMemcpyAsync(b->lse, g->lse.d, rows * 4, cudaMemcpyDeviceToHost,
                                          g->stream)) != cudaSuccess)) {
@@ -555,4 +723,73 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
 out:
     pthread_mutex_unlock(&g->mu);
     return st;
+}
+
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                               const attnd__gpu_proj *proj, attnd_error *err)
+{
+    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, err);
+}
+
+attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
+                                      size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
+                                      attnd_error *err)
+{
+    return decode_locked(g, b, proj, sel, sel_work, pos_out, select_ns_p, err);
+}
+
+attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src_t,
+                               const void *src, size_t n, void **dev_p, attnd_error *err)
+{
+    const size_t bytes = n * attnd_dtype_size(dst_t);
+    void *tmp = NULL, *dev = NULL;
+    attnd_status st = ATTND_OK;
+    cudaError_t rc;
+
+    if (dst_t != src_t && !(tmp = malloc(bytes)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "w_uk: no host memory for %zu bytes of conversion", bytes);
+    if (tmp)
+        attnd_dtype_convert(dst_t, tmp, src_t, src, n);
+    pthread_mutex_lock(&g->mu);
+    if ((rc = cudaSetDevice(g->device)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaSetDevice");
+        goto out;
+    }
+    if ((st = blas_ready(g, err))) /* weights are for the products */
+        goto out;
+    if ((rc = cudaMalloc(&dev, bytes)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "w_uk: cannot allocate %zu bytes of weights on cuda:%d: %s", bytes,
+                             g->device, cudaGetErrorString(rc));
+        goto out;
+    }
+    /* pageable source: the copy is done when the sync returns */
+    if ((rc = cudaMemcpyAsync(dev, tmp ? tmp : src, bytes, cudaMemcpyHostToDevice,
+                              g->stream)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaMemcpyAsync (weights)");
+        goto out;
+    }
+    st = gpu_sync(g, err);
+out:
+    if (st && dev)
+        cudaFree(dev);
+    pthread_mutex_unlock(&g->mu);
+    free(tmp);
+    if (st == ATTND_OK)
+        *dev_p = dev;
+    return st;
+}
+
+void attnd__gpu_free(attnd__gpu *g, void *dev)
+{
+    if (!g || !dev)
+        return;
+    pthread_mutex_lock(&g->mu);
+    cudaSetDevice(g->device);
+    cudaFree(dev); /* waits for work that may use it; none does: the engine
+                      frees a matrix when no attend holds it */
+    pthread_mutex_unlock(&g->mu);
 }

@@ -39,9 +39,10 @@ void attnd__gpu_host_free(void *p)
     (void)p;
 }
 
-attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b, attnd_error *err)
+attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                               const attnd__gpu_proj *proj, attnd_error *err)
 {
-    (void)g, (void)b;
+    (void)g, (void)b, (void)proj;
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
 
@@ -58,6 +59,18 @@ attnd_status attnd__gpu_page_write(attnd__gpu *g, int32_t page, const void *src,
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
 
+attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src_t,
+                               const void *src, size_t n, void **dev_p, attnd_error *err)
+{
+    (void)g, (void)dst_t, (void)src_t, (void)src, (void)n, (void)dev_p;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
+void attnd__gpu_free(attnd__gpu *g, void *dev)
+{
+    (void)g, (void)dev;
+}
+
 attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
                                       attnd_error *err)
 {
@@ -66,9 +79,10 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
 }
 
 attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
-                                      const attnd_kernel_select_batch *sel, size_t sel_work,
-                                      int32_t *pos_out, uint64_t *select_ns_p, attnd_error *err)
+                                      const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
+                                      size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
+                                      attnd_error *err)
 {
-    (void)g, (void)b, (void)sel, (void)sel_work, (void)pos_out, (void)select_ns_p;
+    (void)g, (void)b, (void)proj, (void)sel, (void)sel_work, (void)pos_out, (void)select_ns_p;
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }

@@ -93,6 +93,9 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     st = attnd_kernel_pool_create(e->gpu ? 1 : cfg->kernel_threads, &e->kpool, err);
     if (st)
         goto err_kpool;
+    st = attnd__weights_init(e, err);
+    if (st)
+        goto err_weights;
     pthread_mutex_init(&e->stage_mu, NULL);
     /* the tier below and durability last: recovery fills the table */
     st = attnd__engine_tiers_open(e, cfg, err);
@@ -103,6 +106,8 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
 
 err_tiers:
     pthread_mutex_destroy(&e->stage_mu);
+    attnd__weights_cleanup(e);
+err_weights:
     attnd_kernel_pool_destroy(e->kpool);
 err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
@@ -125,6 +130,7 @@ void attnd_engine_destroy(attnd_engine *e)
     attnd_kernel_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
     attnd__engine_tiers_free(e);
+    attnd__weights_cleanup(e); /* before the GPU: device copies */
     attnd__owner_table_cleanup(&e->owners); /* after the sessions that point at owners */
     attnd__sparse_engine_cleanup(e);
     attnd__gpu_destroy(e->gpu);

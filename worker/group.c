@@ -136,13 +136,6 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
      * and the group's lengths of them from its log (worker/TIERS.md) */
     attnd_engine_sessions(engine, import_session, g);
     attnd__gstages_init(g);
-    if (attnd__gweights_init(g)) {
-        attnd__gweights_cleanup(g);
-        attnd__gstages_cleanup(g);
-        attnd__gtable_cleanup(&g->table);
-        free(g);
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
-    }
     attnd__gnet_set_handlers(g, attnd__gpeer_on_request, attnd__gcall_on_reply);
     if ((st = attnd__gpeer_start(g, err)) || (st = attnd__gnet_start(g, err))) {
         attnd_group_destroy(g);
@@ -170,7 +163,6 @@ void attnd_group_destroy(attnd_group *g)
     attnd__gbufs_cleanup(g);
     attnd__glws_cleanup(g);
     attnd__gtable_cleanup(&g->table);
-    attnd__gweights_cleanup(g);
     pthread_mutex_destroy(&g->call_mu);
     pthread_cond_destroy(&g->call_cv);
     pthread_mutex_destroy(&g->buf_mu);

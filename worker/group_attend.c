@@ -5,8 +5,9 @@
  *              views of the request (group_scatter.c);
  *   run-local  the leader's part on its own engine, through the same
  *              attnd__grank_attend a peer runs for a message (appends,
- *              visible lengths, global lengths), then its up-projection;
- *              meanwhile the peers compute theirs;
+ *              visible lengths, global lengths; with the narrow wire the
+ *              engine's absorption and up-projection); meanwhile the peers
+ *              compute theirs;
  *   combine    after waiting for every peer (even when the local part
  *              failed: with new KV some peers may have applied theirs, and
  *              then the sessions are marked diverged), the ranks' results
@@ -21,8 +22,8 @@
  * and the combine merges the others into it in place (plain outputs on a
  * host engine: a GPU engine leaves its result in pinned memory).
  *
- * Timing: *kernel_ns_p is the run-local step alone (the leader's engine
- * and its up-projection); everything else of the call -- checks, plan,
+ * Timing: *kernel_ns_p is the run-local step alone (the leader's engine,
+ * projections included); everything else of the call -- checks, plan,
  * scatter, waiting for the peers beyond the local step, combine -- is the
  * group's fan-out, so that kernel + fan-out is the call's wall time,
  * counted once (service/attend_exec.c).
@@ -79,10 +80,12 @@ void attnd__glws_cleanup(attnd_group *g)
 /* The leader's own checks, before anything is planned or sent: every
  * session known (their global lengths into glen), new entries where the
  * sessions end and no AppendKV stream staging their layer here, every peer
- * connected, up_project possible. */
-static attnd_status check_call(attnd_group *g, const attnd_attend_req *req, int32_t d_vo,
-                               uint64_t *glen, attnd_error *err)
+ * connected, the projections possible (the leader's own weights; a peer
+ * without them fails its part the same way). */
+static attnd_status check_call(attnd_group *g, const attnd_attend_req *req, uint64_t *glen,
+                               attnd_error *err)
 {
+    const int heads = req->q_form == ATTND_Q_HEADS;
     const uint32_t n = req->n_seqs;
     attnd_status st = attnd__gtable_lens(&g->table, req->ids, n, req->layer, glen, err);
     if (st)
@@ -99,45 +102,31 @@ static attnd_status check_call(attnd_group *g, const attnd_attend_req *req, int3
         return st;
     if ((st = attnd__glead_peers_up(g, err)))
         return st;
-    if (d_vo && (g->cfg.model.kind != ATTND_ATTN_MLA || g->cfg.mode == ATTND_GROUP_HEAD ||
-                 attnd_group_weights_dv(g, req->layer) != d_vo))
+    if (!heads && req->d_vo <= 0)
+        return ATTND_OK;
+    const char *field = heads ? "q_form" : "up_project";
+    if (g->cfg.model.kind != ATTND_ATTN_MLA || g->cfg.mode == ATTND_GROUP_HEAD)
         return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
-                               "up_project: no W_UV of width %d loaded for layer %u "
-                               "(LoadWeights; MLA in sequence or latent mode only)", d_vo,
-                               req->layer);
-    return ATTND_OK;
-}
-
-/* Run-local: the leader's part on its engine (result in w), then its
- * up-projection into proj. *applied_p: its new KV went in. */
-static attnd_status run_local(attnd_group *g, const attnd__gplan *p, const attnd__gpart *part,
-                              attnd_engine_ws *w, float *proj, const float **out_p,
-                              const float **lse_p, int *applied_p, attnd_error *err)
-{
-    const float *o = NULL, *l = NULL;
-    attnd_status st = attnd__grank_attend(g, part, w, &o, &l, err);
-    if (st)
-        return st;
-    *applied_p = 1;
-    if (p->d_vo) {
-        st = attnd__gweights_project(g, part->layer, p->d_vo, p->rows, o, proj, err);
-        if (st)
-            return st;
-        o = proj;
-    }
-    *out_p = o;
-    *lse_p = l;
+                               "%s: the narrow wire's projections serve MLA models in sequence "
+                               "or latent mode", field);
+    int32_t dn = 0, dv = 0;
+    attnd_group_weights_dims(g, req->layer, &dn, &dv);
+    if ((heads && dn != req->d_nope) || (req->d_vo > 0 && dv != req->d_vo))
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "%s: layer %u needs %s of width %d loaded (LoadWeights); this "
+                               "rank holds width %d", field, req->layer,
+                               heads && dn != req->d_nope ? "W_UK" : "W_UV",
+                               heads && dn != req->d_nope ? req->d_nope : req->d_vo,
+                               heads && dn != req->d_nope ? dn : dv);
     return ATTND_OK;
 }
 
 attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
-                                attnd_engine_ws *ws, int64_t timeout_ms, int32_t up_project,
-                                const float **out_p, const float **lse_p,
-                                uint64_t *kernel_ns_p, attnd_error *err)
+                                attnd_engine_ws *ws, int64_t timeout_ms, const float **out_p,
+                                const float **lse_p, uint64_t *kernel_ns_p, attnd_error *err)
 {
     const uint32_t n = req->n_seqs;
-    const int32_t d_vo = up_project; /* the width the caller expects */
-    attnd__gbuf *lens = NULL, *scratch = NULL, *proj = NULL;
+    attnd__gbuf *lens = NULL, *scratch = NULL;
     attnd__glws *lws = NULL;
     attnd__gcall *c = NULL;
     attnd__gplan plan;
@@ -158,16 +147,16 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
     if (!(lens = attnd__gbuf_get(g, sizeof(uint64_t) * n)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "session_ids: out of memory");
     uint64_t *glen = (uint64_t *)lens->data;
-    if ((st = check_call(g, req, d_vo, glen, err)))
+    if ((st = check_call(g, req, glen, err)))
         goto out;
 
     /* plan; everything the call needs is taken before the first send */
-    attnd__gplan_make(g, req, glen, d_vo, &plan);
-    const size_t proj_bytes = d_vo ? plan.rows * (size_t)g->hq_r * (size_t)d_vo * sizeof(float)
-                                   : 0;
-    const int in_place = g->cfg.mode == ATTND_GROUP_SEQUENCE && g->me == 0 && !d_vo;
-    if ((!in_place && !(lws = lws_get(g))) ||
-        (d_vo && !(proj = attnd__gbuf_get(g, proj_bytes))) || !(c = attnd__gcall_new(g))) {
+    attnd__gplan_make(g, req, glen, &plan);
+    /* rank 0 of a sequence group merges the others into its own result in
+     * place (a projected one lies in the workspace's proj and is copied
+     * into its out by the combine) */
+    const int in_place = g->cfg.mode == ATTND_GROUP_SEQUENCE && g->me == 0;
+    if ((!in_place && !(lws = lws_get(g))) || !(c = attnd__gcall_new(g))) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
         goto out;
     }
@@ -176,10 +165,9 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
         goto out; /* nothing was sent */
 
     /* run-local */
-    int applied = 0;
     uint64_t t0 = attnd_clock_ns();
-    st = run_local(g, &plan, &local, in_place ? ws : &lws->ws, proj ? (float *)proj->data : NULL,
-                   &out[g->me], &lse[g->me], &applied, err);
+    st = attnd__grank_attend(g, &local, in_place ? ws : &lws->ws, &out[g->me], &lse[g->me], err);
+    const int applied = st == ATTND_OK; /* its new KV went in */
     uint64_t kernel_ns = attnd_clock_ns() - t0;
 
     /* wait for the peers even when our part failed: with new KV, some of
@@ -214,7 +202,6 @@ out:
     if (c) /* answers still on their way are dropped when they come */
         attnd__gcall_release(g, c);
     attnd__gbuf_put(g, scratch);
-    attnd__gbuf_put(g, proj);
     lws_put(g, lws);
     attnd__gbuf_put(g, lens);
     return st;

@@ -1,8 +1,8 @@
 /* Combine: the ranks' partial results of a group Attend into the reply.
  *
  * Every rank's result is rows x Hr rows of p->width floats (its out) and
- * rows x Hr LSEs; the leader's own is read where its engine (or its
- * up-projection) left it, the peers' in the buffers their replies landed
+ * rows x Hr LSEs (p->width: d_vo when the ranks' engines up-projected);
+ * the leader's own is read where its engine left it, the peers' in the buffers their replies landed
  * in: nothing is copied to put them side by side. The combined output is
  * written straight into the caller's engine workspace, which the reply is
  * encoded from (in sequence mode with rank 0 leading, its engine wrote its

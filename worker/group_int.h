@@ -14,8 +14,8 @@
  * the leader of an Attend in four steps: group_plan.c (plan),
  * group_scatter.c (scatter, and the leader's own part as views of the
  * request), group_attend.c (the call: run-local, wait, timing),
- * group_combine.c (combine); group_weights.c (W_UV parts and the
- * up-projection).
+ * group_combine.c (combine); group_weights.c (each rank's part of W_UK
+ * and W_UV, which its engine holds and applies).
  *
  * Wire: rank-to-rank messages are UCX active messages, each rank sending
  * on its own endpoint to the peer: requests on AM id ATTND__GAM_REQ,
@@ -52,9 +52,11 @@ enum attnd__gmsg {
     ATTND__GMSG_APPEND = 4, /* data: id (64 bytes), this rank's tokens; a =
                                global start, b = global token count; stream
                                and n_seqs = the chunk's number in it */
-    ATTND__GMSG_ATTEND = 5, /* see group_rank.c; b > 0: up-project to b */
-    ATTND__GMSG_WEIGHTS = 6, /* data: this rank's W_UV part, float32
-                                [Hq][d_v_r][a]; layer */
+    ATTND__GMSG_ATTEND = 5, /* see group_rank.c; a > 0: heads-form query
+                               of d_nope a; b > 0: up-project to b */
+    ATTND__GMSG_WEIGHTS = 6, /* data: this rank's W_UK part [Hq][b][d_c_r]
+                                of q_dtype (b > 0), then its W_UV part
+                                [Hq][d_c_r][a] of kv_dtype (a > 0); layer */
     ATTND__GMSG_BREAK = 7,  /* data: n_seqs ids whose shards diverged */
     ATTND__GMSG_COMMIT = 8, /* stream, n_seqs = its chunks: make them visible */
     ATTND__GMSG_ABORT = 9,  /* stream: drop what it staged */
@@ -345,10 +347,6 @@ struct attnd_group {
     int64_t stage_sweep_ms;   /* next expiry sweep */
     uint64_t stream_base;     /* random: stream ids are stream_base + k */
     atomic_uint_fast64_t stream_next;
-
-    pthread_rwlock_t w_lock; /* W_UV parts (group_weights.c) */
-    float **wuv;             /* [n_layers]: [hq_r][d_v_r][wuv_dv] or NULL */
-    int32_t *wuv_dv;         /* [n_layers] */
 };
 
 /* group_call.c */
@@ -491,6 +489,11 @@ uint64_t attnd__gplace_gather_seq(const attnd_group *g, int32_t r, uint64_t star
  * attnd__gplace_rotate_split). */
 void attnd__gplace_slice_q(const attnd_group *g, int32_t r, size_t rows, attnd_dtype qt,
                            const void *q, void *dst);
+/* The same for a heads-form query [rows][Hq][d_nope + d_r] (sequence and
+ * latent modes): rank r's is q_nope whole and its RoPE part (all of it, or
+ * its slice with rope_split), in qt (no rotation: W_UK's part carries it). */
+void attnd__gplace_slice_q_heads(const attnd_group *g, int32_t r, size_t rows, attnd_dtype qt,
+                                 int32_t d_nope, const void *q, void *dst);
 /* Sequence: the first run of rank r's tokens in [start, start + n): its
  * length (0: rank r holds none of them) and, when not 0, *off_p its
  * offset from start. */
@@ -505,7 +508,9 @@ void attnd__gplace_rotate_split(const attnd_group *g, attnd_dtype t, const void 
  * part's KV dtype. Latent mode reads rotated float32 entries. */
 void attnd__gplace_slice_kv(const attnd_group *g, int32_t r, size_t n, attnd_dtype dt,
                             const void *kv, void *dst);
-attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt);
+/* The dtype a part's query travels in: latent mode's rotated absorbed
+ * query float32, else (and any heads-form query) the request's. */
+attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt, int32_t d_nope);
 attnd_dtype attnd__gpart_kv_dtype(const attnd_group *g, attnd_dtype kt);
 /* Latent: float32 copies of n KV entries with the latent part rotated. */
 void attnd__grotate_kv(const attnd_group *g, size_t n, attnd_dtype dt, const void *kv,
@@ -516,9 +521,13 @@ typedef struct attnd__gpart {
     uint32_t layer, n_seqs;
     int32_t q_tokens;
     attnd_dtype q_dtype, kv_dtype; /* kv_dtype INVALID: no new KV */
+    int32_t d_nope;                /* > 0: heads-form query (its engine absorbs) */
+    int32_t d_vo;                  /* > 0: its engine up-projects to d_vo */
     const attnd_session_id *ids;   /* [n] */
     const uint64_t *glen;          /* [n] global lengths before the append */
-    const void *q;                 /* [n][S][hq_r][d_k_r] */
+    const void *q;                 /* [n][S][hq_r][qw], qw = d_k_r, or
+                                      d_nope + the shard's d_rope in the
+                                      heads form */
     const void *kv;                /* sequence: the rank's new entries in
                                       (sequence, token) order, or with
                                       kv_whole every new entry; else
@@ -537,8 +546,12 @@ typedef struct attnd__gpart_layout {
     size_t ids, glen, q, kv, total;
     size_t q_bytes, kv_bytes;
 } attnd__gpart_layout;
+/* Query elements per head of a part: d_k_r, or with a heads-form query of
+ * d_nope > 0, d_nope + the shard's d_rope. */
+int32_t attnd__gpart_qw(const attnd_group *g, int32_t d_nope);
 void attnd__gpart_layout_of(const attnd_group *g, uint32_t n, int32_t S, attnd_dtype qt,
-                            attnd_dtype kt, uint64_t kv_entries, attnd__gpart_layout *l);
+                            int32_t d_nope, attnd_dtype kt, uint64_t kv_entries,
+                            attnd__gpart_layout *l);
 /* Bytes of a rank's reply to an ATTEND: out (rows of `width` floats) then
  * lse, float32. */
 size_t attnd__gpart_reply_bytes(const attnd_group *g, uint32_t n, int32_t S, int32_t width);
@@ -590,6 +603,7 @@ typedef struct attnd__gplan {
     uint32_t n_seqs;
     int32_t S;
     size_t rows;             /* n_seqs * S query rows */
+    int32_t d_nope;          /* heads-form query's d_nope; 0: absorbed */
     int32_t d_vo;            /* up-projection width; 0: none */
     attnd_dtype qt, kt;      /* the request's query and new-KV dtypes */
     attnd_dtype pq, pk;      /* the parts' (pk INVALID: no new KV) */
@@ -604,7 +618,7 @@ typedef struct attnd__gplan {
  * what every rank receives and answers. Checks (ATTND_ASSERT) that every
  * new token, head and latent dim goes to exactly one rank. */
 void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
-                       const uint64_t *glen, int32_t d_vo, attnd__gplan *p);
+                       const uint64_t *glen, attnd__gplan *p);
 
 /* group_scatter.c */
 /* Encode every peer's part of req per plan p and send it as part of call
@@ -632,17 +646,8 @@ attnd_status attnd__gcombine(attnd_group *g, const attnd__gplan *p, const float 
 /* group_attend.c */
 void attnd__glws_cleanup(attnd_group *g);
 
-/* group_weights.c */
-attnd_status attnd__gweights_init(attnd_group *g);
-void attnd__gweights_cleanup(attnd_group *g);
-/* Keep this rank's part (float32 [hq_r][d_v_r][d_vo], copied). */
-attnd_status attnd__gweights_store(attnd_group *g, uint32_t layer, int32_t d_vo,
-                                   const float *part, attnd_error *err);
-/* out [rows][hq_r][d_v_r] -> dst [rows][hq_r][d_vo], d_vo the layer's.
- * FAILED_PRECONDITION naming up_project when this rank has no W_UV for the
- * layer or its d_vo differs. */
-attnd_status attnd__gweights_project(attnd_group *g, uint32_t layer, int32_t d_vo, size_t rows,
-                                     const float *out, float *dst, attnd_error *err);
+/* group_weights.c: a WEIGHTS message (this rank's parts) into the engine. */
+attnd_status attnd__gweights_store(attnd_group *g, const attnd__gbuf *req, attnd_error *err);
 
 /* ---- sparse policies (group_sparse.c) ----------------------------------------- */
 

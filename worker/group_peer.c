@@ -98,11 +98,14 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
     if (h->n_seqs == 0 || h->n_seqs > (1u << 24) || h->q_tokens < 1 ||
         h->q_tokens > ATTND_ENGINE_MAX_Q_TOKENS ||
         attnd_dtype_size((attnd_dtype)h->q_dtype) == 0 ||
-        (kt != ATTND_DTYPE_INVALID && attnd_dtype_size(kt) == 0)) {
+        (kt != ATTND_DTYPE_INVALID && attnd_dtype_size(kt) == 0) ||
+        h->a > ATTND_ENGINE_MAX_PROJ_DIM || h->b > ATTND_ENGINE_MAX_PROJ_DIM) {
         attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "group: malformed ATTEND header");
         return status_reply(g, h, err->code, err, 0);
     }
-    attnd__gpart_layout_of(g, h->n_seqs, h->q_tokens, (attnd_dtype)h->q_dtype,
+    /* a: heads-form d_nope (0: absorbed); b: up-projection width (0: none) */
+    const int32_t d_nope = (int32_t)h->a, d_vo = (int32_t)h->b;
+    attnd__gpart_layout_of(g, h->n_seqs, h->q_tokens, (attnd_dtype)h->q_dtype, d_nope,
                            ATTND_DTYPE_INVALID, 0, &l);
     if (req->len < l.q) {
         attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "group: ATTEND too short");
@@ -114,7 +117,8 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
         for (uint32_t i = entries = 0; i < h->n_seqs; i++)
             entries += attnd__gplace_count(g, g->me, glen[i] + (uint64_t)h->q_tokens) -
                        attnd__gplace_count(g, g->me, glen[i]);
-    attnd__gpart_layout_of(g, h->n_seqs, h->q_tokens, (attnd_dtype)h->q_dtype, kt, entries, &l);
+    attnd__gpart_layout_of(g, h->n_seqs, h->q_tokens, (attnd_dtype)h->q_dtype, d_nope, kt,
+                           entries, &l);
     if (l.total != req->len) {
         attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                         "group: ATTEND of %zu bytes, expected %zu", req->len, l.total);
@@ -126,6 +130,8 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
         .q_tokens = h->q_tokens,
         .q_dtype = (attnd_dtype)h->q_dtype,
         .kv_dtype = kt,
+        .d_nope = d_nope,
+        .d_vo = d_vo,
         .ids = (const attnd_session_id *)(req->data + l.ids),
         .glen = glen,
         .q = req->data + l.q,
@@ -134,11 +140,10 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
     st = attnd__grank_attend(g, &p, ws, &out, &lse, err);
     if (st)
         return status_reply(g, h, st, err, 0);
-    /* b = up-projection width (0: none) */
     size_t rows = (size_t)h->n_seqs * (size_t)h->q_tokens * (size_t)g->hq_r;
-    size_t width = h->b ? (size_t)h->b : (size_t)g->d_v_r;
+    size_t width = d_vo ? (size_t)d_vo : (size_t)g->d_v_r;
     size_t ob = rows * width * sizeof(float);
-    attnd__gbuf *b = h->b > 4096 ? NULL : attnd__gbuf_get(g, ob + rows * sizeof(float));
+    attnd__gbuf *b = attnd__gbuf_get(g, ob + rows * sizeof(float));
     if (!b) {
         attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: peer out of memory");
         return status_reply(g, h, err->code, err, 0);
@@ -146,16 +151,7 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
     b->hdr = *h;
     b->hdr.src_rank = g->me;
     b->hdr.status = ATTND_OK;
-    if (h->b) {
-        st = attnd__gweights_project(g, h->layer, (int32_t)h->b, (size_t)h->n_seqs *
-                                     (size_t)h->q_tokens, out, (float *)b->data, err);
-        if (st) {
-            attnd__gbuf_put(g, b);
-            return status_reply(g, h, st, err, 0);
-        }
-    } else {
-        memcpy(b->data, out, ob);
-    }
+    memcpy(b->data, out, ob); /* projected by the engine when d_vo > 0 */
     memcpy(b->data + ob, lse, rows * sizeof(float));
     b->len = ob + rows * sizeof(float);
     return b;
@@ -233,13 +229,7 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
         attnd__gtable_break(&g->table, id, h->n_seqs);
         return status_reply(g, h, ATTND_OK, &err, 0);
     case ATTND__GMSG_WEIGHTS:
-        if (h->a < 1 || h->a > 4096 ||
-            req->len != (size_t)g->hq_r * (size_t)g->d_v_r * h->a * sizeof(float)) {
-            attnd_error_set(&err, ATTND_ERR_INVALID_ARGUMENT,
-                            "group: WEIGHTS of %zu bytes does not match its header", req->len);
-            return status_reply(g, h, err.code, &err, 0);
-        }
-        st = attnd__gweights_store(g, h->layer, (int32_t)h->a, (const float *)req->data, &err);
+        st = attnd__gweights_store(g, req, &err);
         return status_reply(g, h, st, &err, 0);
     }
     attnd_error_set(&err, ATTND_ERR_UNIMPLEMENTED, "group: unknown message type %u", h->type);

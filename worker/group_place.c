@@ -12,6 +12,9 @@
  *           (times mu) and entries, plus the RoPE dims (all, or
  *           [r*d_r/N, (r+1)*d_r/N) with rope_split). Latent parts travel as
  *           float32 (a rotation rounded to bf16 would add error of its own).
+ *           A heads-form query (the narrow wire) is not rotated: every rank
+ *           gets q_nope whole and its RoPE dims, in the request's dtype,
+ *           and absorbs with its part of W_UK (group_weights.c).
  */
 #include <string.h>
 
@@ -67,9 +70,9 @@ uint64_t attnd__gplace_first_run(const attnd_group *g, int32_t r, uint64_t start
     return (page_end < end ? page_end : end) - t;
 }
 
-attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt)
+attnd_dtype attnd__gpart_q_dtype(const attnd_group *g, attnd_dtype qt, int32_t d_nope)
 {
-    return g->cfg.mode == ATTND_GROUP_LATENT ? ATTND_DTYPE_F32 : qt;
+    return g->cfg.mode == ATTND_GROUP_LATENT && d_nope <= 0 ? ATTND_DTYPE_F32 : qt;
 }
 
 attnd_dtype attnd__gpart_kv_dtype(const attnd_group *g, attnd_dtype kt)
@@ -122,6 +125,25 @@ void attnd__gplace_slice_q(const attnd_group *g, int32_t r, size_t rows, attnd_d
             latent_slice(g, r, src + i * (size_t)g->d_k, d + i * (size_t)g->d_k_r, g->cfg.mu);
         return;
     }
+    }
+}
+
+void attnd__gplace_slice_q_heads(const attnd_group *g, int32_t r, size_t rows, attnd_dtype qt,
+                                 int32_t d_nope, const void *q, void *dst)
+{
+    const size_t es = attnd_dtype_size(qt), dn = (size_t)d_nope;
+    const size_t dr = (size_t)g->cfg.model.d_rope, drr = (size_t)g->shard.d_rope;
+    const size_t n = rows * (size_t)g->hq, dq = dn + dr, dqr = dn + drr;
+    ATTND_ASSERT(g->cfg.mode != ATTND_GROUP_HEAD && g->hq_r == g->hq);
+    if (drr == dr) { /* every rank gets the query as it is */
+        memcpy(dst, q, n * dq * es);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *src = (const char *)q + i * dq * es;
+        char *d = (char *)dst + i * dqr * es;
+        memcpy(d, src, dn * es);
+        memcpy(d + dn * es, src + (dn + (size_t)r * drr) * es, drr * es);
     }
 }
 

@@ -42,8 +42,9 @@ static void check_units(const attnd_group *g)
 }
 
 void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
-                       const uint64_t *glen, int32_t d_vo, attnd__gplan *p)
+                       const uint64_t *glen, attnd__gplan *p)
 {
+    const int32_t d_vo = req->d_vo > 0 ? req->d_vo : 0;
     const uint32_t n = req->n_seqs;
     const uint64_t S = (uint64_t)req->q_tokens;
     const int with_kv = req->new_kv != NULL;
@@ -52,10 +53,11 @@ void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
     p->n_seqs = n;
     p->S = req->q_tokens;
     p->rows = (size_t)n * (size_t)S;
+    p->d_nope = req->q_form == ATTND_Q_HEADS ? req->d_nope : 0;
     p->d_vo = d_vo;
     p->qt = req->q_dtype;
     p->kt = with_kv ? req->new_kv_dtype : ATTND_DTYPE_INVALID;
-    p->pq = attnd__gpart_q_dtype(g, p->qt);
+    p->pq = attnd__gpart_q_dtype(g, p->qt, p->d_nope);
     p->pk = with_kv ? attnd__gpart_kv_dtype(g, p->kt) : ATTND_DTYPE_INVALID;
     p->width = d_vo ? (size_t)d_vo : (size_t)g->d_v_r;
     p->reply = attnd__gpart_reply_bytes(g, n, req->q_tokens, (int32_t)p->width);
@@ -81,7 +83,8 @@ void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
     }
     uint64_t total = 0;
     for (int32_t r = 0; r < g->N; r++) {
-        attnd__gpart_layout_of(g, n, req->q_tokens, p->pq, p->pk, p->entries[r], &p->part[r]);
+        attnd__gpart_layout_of(g, n, req->q_tokens, p->pq, p->d_nope, p->pk, p->entries[r],
+                               &p->part[r]);
         total += p->entries[r];
     }
     ATTND_ASSERT(!with_kv || total == (g->cfg.mode == ATTND_GROUP_SEQUENCE

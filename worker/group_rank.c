@@ -6,7 +6,7 @@
  * ATTEND data layout (offsets 64-byte aligned, attnd__gpart_layout_of):
  *   ids  [n][16]            the sessions
  *   glen [n] uint64         their global lengths before this request
- *   q    [n][S][hq_r][d_k_r] of the part's query dtype
+ *   q    [n][S][hq_r][qw] of the part's query dtype (qw: attnd__gpart_qw)
  *   kv   (with new KV) sequence mode: the entries this rank holds of each
  *        session's S new ones, in (session, token) order; head and latent:
  *        [n][S][kv_elems_r]; of the part's KV dtype
@@ -32,13 +32,19 @@ static size_t align64(size_t x)
     return (x + 63) & ~(size_t)63;
 }
 
+int32_t attnd__gpart_qw(const attnd_group *g, int32_t d_nope)
+{
+    return d_nope > 0 ? d_nope + g->shard.d_rope : g->d_k_r;
+}
+
 void attnd__gpart_layout_of(const attnd_group *g, uint32_t n, int32_t S, attnd_dtype qt,
-                            attnd_dtype kt, uint64_t kv_entries, attnd__gpart_layout *l)
+                            int32_t d_nope, attnd_dtype kt, uint64_t kv_entries,
+                            attnd__gpart_layout *l)
 {
     l->ids = 0;
     l->glen = align64((size_t)n * ATTND_SESSION_ID_BYTES);
     l->q = align64(l->glen + (size_t)n * sizeof(uint64_t));
-    l->q_bytes = (size_t)n * (size_t)S * (size_t)g->hq_r * (size_t)g->d_k_r *
+    l->q_bytes = (size_t)n * (size_t)S * (size_t)g->hq_r * (size_t)attnd__gpart_qw(g, d_nope) *
                  attnd_dtype_size(qt);
     l->kv = align64(l->q + l->q_bytes);
     l->kv_bytes = kt == ATTND_DTYPE_INVALID
@@ -127,6 +133,9 @@ attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_en
         .q_dtype = p->q_dtype,
         .q = p->q,
         .want_lse = 1,
+        .q_form = p->d_nope > 0 ? ATTND_Q_HEADS : ATTND_Q_ABSORBED,
+        .d_nope = p->d_nope,
+        .d_vo = p->d_vo,
     };
     if (g->cfg.mode == ATTND_GROUP_SEQUENCE) {
         if (with_kv && (st = append_shares(g, p, err)))

@@ -42,17 +42,21 @@ static void encode_head(const attnd__gplan *p, const attnd_attend_req *req,
     b->hdr.q_tokens = p->S;
     b->hdr.q_dtype = p->pq;
     b->hdr.kv_dtype = p->pk;
+    b->hdr.a = (uint64_t)p->d_nope;
     b->hdr.b = (uint64_t)p->d_vo;
 }
 
 /* Sequence and head modes: rank r's query slice and new-KV share, read
- * from the request. */
+ * from the request (kv_dst NULL: the query only). */
 static void encode_slices(const attnd_group *g, int32_t r, const attnd_attend_req *req,
                           const uint64_t *glen, const attnd__gplan *p, void *q_dst,
                           void *kv_dst)
 {
-    attnd__gplace_slice_q(g, r, p->rows, p->qt, req->q, q_dst);
-    if (!req->new_kv)
+    if (p->d_nope)
+        attnd__gplace_slice_q_heads(g, r, p->rows, p->qt, p->d_nope, req->q, q_dst);
+    else
+        attnd__gplace_slice_q(g, r, p->rows, p->qt, req->q, q_dst);
+    if (!req->new_kv || !kv_dst)
         return;
     if (g->cfg.mode != ATTND_GROUP_SEQUENCE) {
         attnd__gplace_slice_kv(g, r, p->rows, p->kt, req->new_kv, kv_dst);
@@ -68,13 +72,15 @@ static void encode_slices(const attnd_group *g, int32_t r, const attnd_attend_re
     ATTND_ASSERT(k == p->entries[r]);
 }
 
-/* Latent mode: rotate every query vector and new entry once, writing
- * rank r's slice to q[r] / kv[r] (advanced as it goes); tmp: d_k floats. */
+/* Latent mode: rotate every (absorbed) query vector and new entry once,
+ * writing rank r's slice to q[r] / kv[r] (advanced as it goes); tmp: d_k
+ * floats. A heads-form query is not rotated (q NULL: the caller slices
+ * it). */
 static void rotate_scatter(const attnd_group *g, const attnd_attend_req *req,
                            const attnd__gplan *p, float **q, float **kv, float *tmp)
 {
     const size_t dk = (size_t)g->d_k, qes = attnd_dtype_size(p->qt);
-    const size_t nq = p->rows * (size_t)g->hq;
+    const size_t nq = q ? p->rows * (size_t)g->hq : 0;
     for (size_t i = 0; i < nq; i++) {
         attnd__gplace_rotate_split(g, p->qt, (const char *)req->q + i * dk * qes, g->cfg.mu,
                                    tmp, q);
@@ -111,15 +117,20 @@ attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend
     if (!seq && !(scratch = attnd__gbuf_get(g, scratch_bytes)))
         goto err_nomem;
 
+    /* a heads-form query with the RoPE key replicated is every rank's as
+     * it is: the leader reads the request (latent mode too) */
+    const int q_view = seq || (p->d_nope && g->shard.d_rope == g->cfg.model.d_rope);
     *local = (attnd__gpart){
         .layer = req->layer,
         .n_seqs = p->n_seqs,
         .q_tokens = p->S,
         .q_dtype = p->pq,
         .kv_dtype = p->pk,
+        .d_nope = p->d_nope,
+        .d_vo = p->d_vo,
         .ids = req->ids,
         .glen = glen,
-        .q = seq ? req->q : scratch->data,
+        .q = q_view ? req->q : scratch->data,
         .kv = !req->new_kv ? NULL : seq ? req->new_kv : scratch->data + kv_off,
         .kv_whole = seq,
     };
@@ -130,7 +141,9 @@ attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend
             q[r] = (float *)(base + (r == me ? 0 : p->part[r].q));
             kv[r] = (float *)(base + (r == me ? kv_off : p->part[r].kv));
         }
-        rotate_scatter(g, req, p, q, kv, (float *)(scratch->data + tmp_off));
+        rotate_scatter(g, req, p, p->d_nope ? NULL : q, kv, (float *)(scratch->data + tmp_off));
+        if (p->d_nope && !q_view) /* the leader's slice of a split RoPE key */
+            encode_slices(g, me, req, glen, p, scratch->data, NULL);
     } else if (!seq) {
         encode_slices(g, me, req, glen, p, scratch->data, scratch->data + kv_off);
     }
@@ -140,6 +153,8 @@ attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend
         if (g->cfg.mode != ATTND_GROUP_LATENT)
             encode_slices(g, r, req, glen, p, b[r]->data + p->part[r].q,
                           b[r]->data + p->part[r].kv);
+        else if (p->d_nope)
+            encode_slices(g, r, req, glen, p, b[r]->data + p->part[r].q, NULL);
         encode_head(p, req, glen, &p->part[r], b[r]);
         attnd__glead_send(g, c, r, b[r], p->reply);
     }

@@ -386,10 +386,12 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
     return ATTND_OK;
 }
 
-/* Run the batch's selection problems into the lists. */
+/* Run the batch's selection problems into the lists, scoring with the
+ * query the kernel reads (b->q: a heads-form query absorbed already on the
+ * CPU; on the GPU the backend scores with its absorbed device copy). */
 static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
                                   attnd_engine_ws *ws, struct attnd__sparse_ws *w, int32_t G,
-                                  int32_t n_sel, attnd_error *err)
+                                  int32_t n_sel, const attnd_kernel_decode_batch *b, attnd_error *err)
 {
     attnd_kernel_select_batch sb = {
         .n_lists = n_sel,
@@ -398,8 +400,8 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
         .q_tokens = req->q_tokens,
         .n_q_heads = e->model.n_q_heads,
         .list_groups = G,
-        .q_dtype = req->q_dtype,
-        .q = req->q,
+        .q_dtype = b->q_dtype,
+        .q = b->q,
         .kv = &e->layout,
         .bounds = e->bounds,
         .bounds_pages = e->pool.n_pages,
@@ -411,6 +413,12 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
     int64_t wf = attnd_kernel_select_prepare(&sb, err);
     if (wf < 0)
         return ATTND_ERR_INTERNAL; /* the lists were built here: a bug */
+    if (e->gpu && req->q_form == ATTND_Q_HEADS && req->visible)
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "q_form: HEADS with topk-pages on a multi-token query of a "
+                               "sequence-sharded group rank: its page selection runs on the "
+                               "host, where a GPU engine has no absorbed query; send the "
+                               "absorbed form for this layer");
     if (e->gpu && !req->visible) { /* on the GPU, with the decode */
         w->gpu_sel = sb;
         w->gpu_sel_work = wf;
@@ -556,7 +564,7 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
         return st;
     ws->select_ns = 0;
     w->gpu_lists = 0;
-    if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, err)))
+    if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, b, err)))
         return st;
     b->list_groups = G;
     if (tokens && req->visible)
@@ -597,16 +605,17 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
 }
 
 attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
-                                      const attnd_kernel_decode_batch *b, attnd_error *err)
+                                      const attnd_kernel_decode_batch *b, const attnd__gpu_proj *proj,
+                                      attnd_error *err)
 {
     struct attnd__sparse_ws *w = ws->sparse;
     if (!w || !w->gpu_lists)
-        return attnd__gpu_decode(e->gpu, b, err);
+        return attnd__gpu_decode(e->gpu, b, proj, err);
     uint64_t ns = 0, bytes = 0;
     const uint64_t per =
         (uint64_t)attnd_kernel_kv_bounds_elems(&e->layout) * 2 / (uint64_t)(b->list_groups > 1 ? b->list_groups : 1);
-    attnd_status st = attnd__gpu_decode_select(e->gpu, b, &w->gpu_sel, (size_t)w->gpu_sel_work,
-                                               w->pos, &ns, err);
+    attnd_status st = attnd__gpu_decode_select(e->gpu, b, proj, &w->gpu_sel,
+                                               (size_t)w->gpu_sel_work, w->pos, &ns, err);
     if (st)
         return st;
     for (int32_t k = 0; k < w->gpu_lists; k++) { /* what each list kept, for want_pages */

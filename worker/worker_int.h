@@ -245,6 +245,21 @@ static inline int32_t attnd__session_layer_pages(const attnd__session *s,
 attnd_status attnd__session_grow(attnd__session *s, int32_t layer,
                                  int64_t pages, attnd_error *err);
 
+/* ---- MLA projections (weights.c) -------------------------------------------
+ * One matrix of a layer, [Hq][rows][cols]: W_UK (rows d_nope, cols d_c) or
+ * W_UV (rows d_c, cols d_vo). Shared by reference: the engine's slot holds
+ * one, every attend using it another, so a load that replaces it never
+ * frees what a running attend reads. host: CPU engines (bf16 or float32);
+ * dev: GPU engines (device memory; host then NULL). */
+typedef struct attnd__wmat {
+    atomic_int refs;
+    int32_t rows, cols;
+    attnd_dtype dtype;
+    void *host;
+    void *dev;
+    size_t bytes;
+} attnd__wmat;
+
 /* ---- owners (owner.c) ------------------------------------------------------
  * The tenant a session counts against: its limits and its figures. An
  * owner is created on first use of its tag and lives as long as the engine
@@ -333,6 +348,8 @@ struct attnd_engine {
     struct attnd__tier *tier;
     struct attnd__dur *dur;
     int recovering;  /* recover.c replays: nothing is logged */
+    pthread_mutex_t w_mu;            /* guards the slots below (weights.c) */
+    attnd__wmat **w_uk, **w_uv;      /* [n_layers]; NULL: none loaded */
 };
 
 /* OUT_OF_RANGE naming `layer` unless it is one of the model's. */
@@ -374,5 +391,16 @@ static inline attnd_status attnd__session_check(const attnd__session *s, attnd_e
         return ATTND_OK;
     return attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->lost);
 }
+
+/* weights.c: the slots (create) and every matrix still held (destroy). */
+attnd_status attnd__weights_init(attnd_engine *e, attnd_error *err);
+void attnd__weights_cleanup(attnd_engine *e);
+/* References to what attend request r needs of layer r->layer: *uk_p (heads
+ * form) and *uv_p (d_vo > 0), each checked against the width r states;
+ * FAILED_PRECONDITION naming q_form / up_project otherwise (nothing held).
+ * Put both back with attnd__weights_put (NULL: no-op). */
+attnd_status attnd__weights_get(attnd_engine *e, const attnd_attend_req *r,
+                                attnd__wmat **uk_p, attnd__wmat **uv_p, attnd_error *err);
+void attnd__weights_put(attnd_engine *e, attnd__wmat *m);
 
 #endif /* ATTND_WORKER_INT_H */

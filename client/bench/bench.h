@@ -82,6 +82,9 @@ typedef struct attnd_bench_opts {
     int64_t deadline_ms;
     char json[PATH_MAX], csv[PATH_MAX], plot[PATH_MAX];
     char kv_memory[32];        /* --kv-memory for the spawned attnd */
+    int wire;                  /* --wire: -1 not given (heads for MLA models),
+                                  0 absorbed, 1 heads (the narrow MLA wire) */
+    uint32_t d_nope, d_vh;     /* --d-nope, --d-v: the heads form's widths */
     /* a --target with TLS or tokens (README, Security) */
     char tls_ca[PATH_MAX], tls_cert[PATH_MAX], tls_key[PATH_MAX];
     char tls_server_name[256];
@@ -167,6 +170,8 @@ typedef struct attnd_bench_result {
      * server's GetStats deltas and the client's completed calls */
     int have_srv_counts;
     uint64_t srv_attend_calls, srv_kv_bytes_read, client_calls;
+    int heads;                   /* the narrow MLA wire (q_form HEADS) */
+    uint32_t d_q, d_out;         /* per head: query and output elements sent */
     uint64_t srv_kv_bytes_dense, srv_select_ns, srv_select_calls, srv_select_bytes;
     /* what carries Attend: the first connection's view
      * (attnd_client_transport_info) and the server's, per UCX endpoint
@@ -247,6 +252,12 @@ struct attnd_bench_run {
     pthread_mutex_t err_mu;
     char first_error[ATTND_ERROR_MSG_MAX + 32];
     double prefill_s;
+    /* the narrow MLA wire (--wire heads): random bf16 W_UK [Hq][d_nope][d_c]
+     * and W_UV [Hq][d_c][d_v], loaded into every layer by the bench */
+    int heads;
+    uint32_t d_q, d_out;        /* per head: query and output elements */
+    uint16_t *w_uk, *w_uv;
+    attnd_refcheck_proj proj;   /* the check's view of them */
 };
 
 /* Connect, learn the model, run prefill and decode, fill *res. 0 when the

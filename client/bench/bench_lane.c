@@ -12,8 +12,9 @@
  * so M calls are in flight while the lane runs. A call's latency is from
  * its send to the return of its wait (waits in send order, as above).
  * Queries are random once per lane (the server's work does not depend on
- * their values); the new KV is fresh per step and the same for every layer
- * of that step. Every call of a step writes its own output slot, so that
+ * their values; MLA models send them in the heads form by default,
+ * --wire); the new KV is fresh per step and the same for every layer of
+ * that step. Every call of a step writes its own output slot, so that
  * with --check the outputs are compared after the step is over: the
  * step's new KV goes into the lane's mirror and every (sequence, head)
  * output is compared with the float64 reference. The check thus costs the
@@ -39,9 +40,9 @@ int attnd_bench_lane_init(attnd_bench_lane *l, attnd_bench_run *r, uint32_t inde
     l->index = index;
     l->c = r->clients[index % r->n_clients];
     l->n_seqs = M * B;
-    l->q_bytes = (size_t)B * m->n_q_heads * m->d_k * ds;
+    l->q_bytes = (size_t)B * m->n_q_heads * r->d_q * ds;
     l->kv_bytes = (size_t)B * m->kv_token_elems * ds;
-    l->out_bytes = (size_t)B * m->n_q_heads * m->d_v * ds;
+    l->out_bytes = (size_t)B * m->n_q_heads * r->d_out * ds;
     attnd_rng_seed(&l->rng, r->o->seed + 0x9e3779b97f4a7c15ull * (index + 1));
     l->ids = calloc(l->n_seqs, sizeof *l->ids);
     l->len = calloc(l->n_seqs, sizeof *l->len);
@@ -201,8 +202,9 @@ static attnd_status issue(attnd_bench_lane *l, uint32_t mb, uint32_t layer, attn
     a.q.ndim = 3;
     a.q.shape[0] = B;
     a.q.shape[1] = m->n_q_heads;
-    a.q.shape[2] = m->d_k;
+    a.q.shape[2] = r->d_q;
     a.q.data = l->q + l->q_bytes * mb;
+    a.q_form = r->heads ? ATTND_Q_HEADS : ATTND_Q_ABSORBED;
     a.new_kv.dtype = r->o->dtype;
     a.new_kv.data = l->kv + l->kv_bytes * mb;
     if (m->kind == ATTND_ATTN_MLA) {
@@ -237,11 +239,14 @@ static int check_call(attnd_bench_lane *l, uint32_t mb, uint32_t layer)
         const unsigned char *kv = l->kv + l->kv_bytes * mb + (size_t)b * m->kv_token_elems * ds;
         if (attnd_refcheck_append(&l->rc, s, layer, 1, dt, kv))
             return -1;
-        const unsigned char *q = l->q + l->q_bytes * mb + (size_t)b * m->n_q_heads * m->d_k * ds;
+        const unsigned char *q = l->q + l->q_bytes * mb + (size_t)b * m->n_q_heads * r->d_q * ds;
         const unsigned char *out = l->out + l->out_bytes * ((size_t)layer * r->micro + mb) +
-                                   (size_t)b * m->n_q_heads * m->d_v * ds;
-        if (attnd_refcheck_token(&l->rc, s, layer, l->len[s] + 1, dt, q, dt, out, NULL, 0,
-                                 m->n_q_heads, &l->st.check))
+                                   (size_t)b * m->n_q_heads * r->d_out * ds;
+        if (r->heads ? attnd_refcheck_token_heads(&l->rc, s, layer, l->len[s] + 1, &r->proj, dt,
+                                                  q, dt, out, NULL, 0, m->n_q_heads,
+                                                  &l->st.check)
+                     : attnd_refcheck_token(&l->rc, s, layer, l->len[s] + 1, dt, q, dt, out,
+                                            NULL, 0, m->n_q_heads, &l->st.check))
             return -1;
     }
     return 0;

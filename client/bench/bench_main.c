@@ -91,9 +91,9 @@ int main(int argc, char **argv)
         int ucx = strcmp(o.transport, "ucx") == 0;
         const attnd_model_info *m = &res.model;
         size_t ds = attnd_dtype_size(o.dtype);
-        size_t req = (size_t)res.batch * ((size_t)m->n_q_heads * m->d_k * ds +
+        size_t req = (size_t)res.batch * ((size_t)m->n_q_heads * res.d_q * ds +
                                          (size_t)m->kv_token_elems * ds + 16 + 8);
-        size_t reply = (size_t)res.batch * m->n_q_heads * m->d_v * ds;
+        size_t reply = (size_t)res.batch * m->n_q_heads * res.d_out * ds;
         double secs = o.duration_s < 3 ? o.duration_s : 3;
         res.base_what = ucx ? (attnd_ucxw_shm_allowed()
                                    ? "bare UCX active-message ping-pong (endpoints as "

@@ -36,6 +36,10 @@ static void usage(FILE *f)
         "  --steps K           decode steps per lane at most; alone, it ends the run\n"
         "                      (default: until --duration)\n"
         "  --dtype D           bf16 | f16 | f32 for queries, KV and outputs (default bf16)\n"
+        "  --wire W            MLA: absorbed | heads. heads (the default for MLA models) sends\n"
+        "                      per-head q [B, Hq, d_nope + d_rope] and gets [B, Hq, d_v]: the\n"
+        "                      bench loads random bf16 W_UK/W_UV into every layer first\n"
+        "  --d-nope N, --d-v N the heads form's widths (default 128, 128: DeepSeek-V3)\n"
         "  --seed S            random seed (default: from the clock)\n"
         "load:\n"
         "  --concurrency C     lanes: closed loop, C steps in flight (default 1); open loop:\n"
@@ -311,6 +315,8 @@ int attnd_bench_opts_parse(attnd_bench_opts *o, int argc, char **argv)
     o->progress = 1;
     o->deadline_ms = 30000;
     o->seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
+    o->wire = -1;
+    o->d_nope = o->d_vh = 128;
 
     for (int i = 1; i < argc && !bad; i++) {
         const char *a = argv[i];
@@ -416,6 +422,19 @@ int attnd_bench_opts_parse(attnd_bench_opts *o, int argc, char **argv)
             bad = parse_double(a, v, 0.001, &o->slo_ms) != 0;
         } else if (!strcmp(a, "--late-ms")) {
             bad = parse_double(a, v, 0, &o->late_ms) != 0;
+        } else if (!strcmp(a, "--wire")) {
+            if (strcmp(v, "absorbed") && strcmp(v, "heads")) {
+                fprintf(stderr, "attnd-bench: --wire: expected absorbed or heads, got \"%s\"\n",
+                        v);
+                return 2;
+            }
+            o->wire = !strcmp(v, "heads");
+        } else if (!strcmp(a, "--d-nope")) {
+            bad = parse_u64(a, v, 1, 4096, &u) != 0;
+            o->d_nope = (uint32_t)u;
+        } else if (!strcmp(a, "--d-v")) {
+            bad = parse_u64(a, v, 1, 4096, &u) != 0;
+            o->d_vh = (uint32_t)u;
         } else if (!strcmp(a, "--arrivals")) {
             if (strcmp(v, "constant") && strcmp(v, "poisson")) {
                 fprintf(stderr, "attnd-bench: --arrivals: expected constant or poisson, got "

@@ -76,6 +76,19 @@ void attnd_bench_report_table(FILE *f, const attnd_bench_opts *o, const attnd_be
     fprintf(f, "model %s: %s, %u layers, %u q heads, %u kv heads, d_k %u, d_v %u, kv %s\n",
             m->name, m->kind == ATTND_ATTN_MLA ? "MLA" : "GQA", m->n_layers, m->n_q_heads,
             m->n_kv_heads, m->d_k, m->d_v, attnd_dtype_name(m->kv_dtype));
+    {
+        const size_t ds = attnd_dtype_size(o->dtype);
+        const double q = (double)r->batch * m->n_q_heads * r->d_q * ds;
+        const double kv = (double)r->batch * m->kv_token_elems * ds;
+        const double out = (double)r->batch * m->n_q_heads * r->d_out * ds;
+        fprintf(f, "wire: %s (q [B, %u, %u], out [B, %u, %u]); per call %.1f KB out (q %.1f + new "
+                   "KV %.1f) and %.1f KB back\n",
+                m->kind != ATTND_ATTN_MLA ? "GQA" : r->heads ? "heads (the narrow MLA wire; "
+                                                               "W_UK/W_UV loaded by the bench)"
+                                                             : "absorbed",
+                m->n_q_heads, r->d_q, m->n_q_heads, r->d_out, (q + kv) / 1e3, q / 1e3, kv / 1e3,
+                out / 1e3);
+    }
     if (is_open(o))
         fprintf(f, "load: open loop, %.6g steps/s %s, up to %u steps in flight (lanes)", o->rate,
                 o->poisson ? "Poisson" : "constant", r->lanes);
@@ -322,6 +335,14 @@ static void emit_all(emitter *e, const attnd_bench_opts *o, const attnd_bench_re
     e_num(e, "connections", o->connections);
     e_num(e, "prompt_tokens", (double)r->prompt_tokens);
     e_str(e, "dtype", attnd_dtype_name(o->dtype));
+    e_str(e, "wire", r->model.kind != ATTND_ATTN_MLA ? "gqa" : r->heads ? "heads" : "absorbed");
+    {
+        const size_t ds = attnd_dtype_size(o->dtype);
+        const attnd_model_info *mi = &r->model;
+        e_num(e, "request_payload_bytes",
+              (double)r->batch * ((double)mi->n_q_heads * r->d_q + mi->kv_token_elems) * ds);
+        e_num(e, "reply_payload_bytes", (double)r->batch * mi->n_q_heads * r->d_out * ds);
+    }
     e_num(e, "rate", o->rate);
     e_str(e, "arrivals", is_open(o) ? (o->poisson ? "poisson" : "constant") : "none");
     e_num(e, "warmup_s", o->warmup_s);

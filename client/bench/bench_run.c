@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "attnd_clock.h"
+#include "attnd_dtype.h"
 #include "bench.h"
 
 static atomic_int interrupted;
@@ -234,9 +235,75 @@ static int connect_all(attnd_bench_run *r, const char *target)
     return 0;
 }
 
+/* --wire: the narrow MLA wire (the default for MLA models) needs W_UK and
+ * W_UV in every layer: random bf16 ones (uniform, scaled by 1/sqrt of the
+ * inner width so that values stay near the latent ones' scale), the same
+ * for every layer, loaded once through the first connection before the
+ * prefill. 0, or -1 (message on stderr). */
+static int setup_wire(attnd_bench_run *r)
+{
+    const attnd_bench_opts *o = r->o;
+    const attnd_model_info *m = &r->m;
+    attnd_error err;
+
+    if (o->wire == 1 && m->kind != ATTND_ATTN_MLA) {
+        fprintf(stderr, "attnd-bench: --wire heads: %s is not an MLA model\n", m->name);
+        return -1;
+    }
+    r->heads = m->kind == ATTND_ATTN_MLA && o->wire != 0;
+    r->d_q = r->heads ? o->d_nope + m->d_rope : m->d_k;
+    r->d_out = r->heads ? o->d_vh : m->d_v;
+    if (!r->heads)
+        return 0;
+    const size_t nk = (size_t)m->n_q_heads * o->d_nope * m->d_latent;
+    const size_t nv = (size_t)m->n_q_heads * m->d_latent * o->d_vh;
+    float tmp[4096];
+    attnd_rng rng;
+    r->w_uk = malloc(nk * 2);
+    r->w_uv = malloc(nv * 2);
+    if (!r->w_uk || !r->w_uv) {
+        fprintf(stderr, "attnd-bench: out of memory for the weights\n");
+        return -1;
+    }
+    attnd_rng_seed(&rng, o->seed ^ 0x3e1ed);
+    for (int w = 0; w < 2; w++) {
+        const size_t n = w ? nv : nk;
+        const float sc = 1.0f / sqrtf((float)(w ? m->d_latent : o->d_nope));
+        uint16_t *dst = w ? r->w_uv : r->w_uk;
+        for (size_t i = 0; i < n; i += 4096) {
+            size_t k = n - i < 4096 ? n - i : 4096;
+            attnd_rng_fill(&rng, ATTND_DTYPE_F32, tmp, k);
+            for (size_t j = 0; j < k; j++)
+                tmp[j] *= sc;
+            attnd_dtype_convert(ATTND_DTYPE_BF16, dst + i, ATTND_DTYPE_F32, tmp, k);
+        }
+    }
+    attnd_tensor tk = {ATTND_DTYPE_BF16, 3, {m->n_q_heads, o->d_nope, m->d_latent}, r->w_uk};
+    attnd_tensor tv = {ATTND_DTYPE_BF16, 3, {m->n_q_heads, m->d_latent, o->d_vh}, r->w_uv};
+    uint64_t t0 = attnd_clock_ns();
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        attnd_error_clear(&err);
+        if (attnd_client_load_mla_weights(r->clients[0], l, &tk, &tv, NULL, &err)) {
+            fprintf(stderr, "attnd-bench: LoadWeights (layer %u): %s: %s\n", l,
+                    attnd_status_string(err.code), err.msg);
+            return -1;
+        }
+    }
+    if (o->progress)
+        fprintf(stderr, "attnd-bench: random bf16 W_UK [%u, %u, %u] and W_UV [%u, %u, %u] "
+                        "loaded into %u layers in %.2f s\n",
+                m->n_q_heads, o->d_nope, m->d_latent, m->n_q_heads, m->d_latent, o->d_vh,
+                m->n_layers, (double)(attnd_clock_ns() - t0) * 1e-9);
+    r->proj = (attnd_refcheck_proj){o->d_nope, o->d_vh, ATTND_DTYPE_BF16, r->w_uk, r->w_uv};
+    return 0;
+}
+
 static void fill_result(attnd_bench_run *r, attnd_bench_result *res)
 {
     res->model = r->m;
+    res->heads = r->heads;
+    res->d_q = r->d_q;
+    res->d_out = r->d_out;
     res->lanes = r->n_lanes;
     res->batch = r->batch;
     res->microbatches = r->micro;
@@ -270,7 +337,7 @@ int attnd_bench_execute(const attnd_bench_opts *o, const char *target, attnd_ben
     attnd_rng_seed(&r->sched_rng, o->seed ^ 0x5c4ed);
     if (attnd_bench_stats_init(&res->st))
         goto out;
-    if (connect_all(r, target))
+    if (connect_all(r, target) || setup_wire(r))
         goto out;
     r->lanes = calloc(r->n_lanes, sizeof *r->lanes);
     lts = calloc(r->n_lanes, sizeof *lts);
@@ -347,6 +414,8 @@ out:
         for (uint32_t i = 0; i < r->n_clients; i++)
             attnd_client_destroy(r->clients[i]);
     free(r->clients);
+    free(r->w_uk);
+    free(r->w_uv);
     pthread_mutex_destroy(&r->sched_mu);
     pthread_mutex_destroy(&r->err_mu);
     return rc;

@@ -3,7 +3,9 @@
  * A check of heads [h0, h1) walks the KV heads those query heads read
  * (GQA: head h reads KV head h / (Hq / Hkv); MLA: the one latent head),
  * widens that KV head's K and V rows of the mirror to float64 once, and
- * runs attnd_kernel_ref_attention_f64 for the group's query heads in one go.
+ * runs attnd_kernel_ref_attention_f64 for the group's query heads in one go. The
+ * heads form (the narrow MLA wire) absorbs the queries with W_UK and
+ * up-projects the reference's latent outputs with W_UV, in float64.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -80,6 +82,35 @@ uint64_t attnd_refcheck_len(const attnd_refcheck *rc, uint32_t seq, uint32_t lay
     return s ? s->len : 0;
 }
 
+/* Fold one row's errors into *res: out elements [at, at + n) of out_t
+ * against ref[n]; the row's LSE (when l is not NULL) against r. */
+static void fold_row(attnd_refcheck_result *res, attnd_dtype out_t, const void *out, size_t at,
+                     const double *ref, size_t n, double r, const float *l)
+{
+    double num = 0, den = 0;
+    for (size_t d = 0; d < n; d++) {
+        double o = attnd_dtype_load_f64(out_t, out, at + d);
+        double diff = fabs(o - ref[d]);
+        if (diff > num || isnan(diff))
+            num = isnan(diff) ? INFINITY : diff;
+        if (fabs(ref[d]) > den)
+            den = fabs(ref[d]);
+    }
+    double err = den > 0 ? num / den : num;
+    if (err > res->max_err)
+        res->max_err = err;
+    if (l) {
+        double le;
+        if (isinf(r) && isinf(*l) && (r < 0) == (*l < 0))
+            le = 0;
+        else
+            le = fabs(*l - r) / (fabs(r) > 1 ? fabs(r) : 1);
+        if (!(le <= res->max_lse_err))
+            res->max_lse_err = isnan(le) ? INFINITY : le;
+    }
+    res->rows++;
+}
+
 int attnd_refcheck_token(attnd_refcheck *rc, uint32_t seq, uint32_t layer, uint64_t visible,
                          attnd_dtype q_t, const void *q, attnd_dtype out_t, const void *out,
                          const float *lse, uint32_t h0, uint32_t h1, attnd_refcheck_result *res)
@@ -118,35 +149,70 @@ int attnd_refcheck_token(attnd_refcheck *rc, uint32_t seq, uint32_t layer, uint6
         for (uint32_t h = a; h < b; h++)
             for (size_t d = 0; d < dk; d++)
                 rc->q[(h - a) * dk + d] = attnd_dtype_load_f64(q_t, q, (size_t)h * dk + d);
-        attnd_kernel_ref_attention_f64((int32_t)(b - a), 1, (int32_t)dk, (int32_t)dv,
-                                       (int64_t)visible, (double)m->scale, rc->q, rc->k, rc->v,
-                                       rc->out, rc->lse);
-        for (uint32_t h = a; h < b; h++) {
-            const double *ref = rc->out + (size_t)(h - a) * dv;
-            double num = 0, den = 0;
-            for (size_t d = 0; d < dv; d++) {
-                double o = attnd_dtype_load_f64(out_t, out, (size_t)h * dv + d);
-                double diff = fabs(o - ref[d]);
-                if (diff > num || isnan(diff))
-                    num = isnan(diff) ? INFINITY : diff;
-                if (fabs(ref[d]) > den)
-                    den = fabs(ref[d]);
-            }
-            double err = den > 0 ? num / den : num;
-            if (err > res->max_err)
-                res->max_err = err;
-            if (lse) {
-                double r = rc->lse[h - a], l = lse[h];
-                double le;
-                if (isinf(r) && isinf(l) && (r < 0) == (l < 0))
-                    le = 0;
-                else
-                    le = fabs(l - r) / (fabs(r) > 1 ? fabs(r) : 1);
-                if (!(le <= res->max_lse_err))
-                    res->max_lse_err = isnan(le) ? INFINITY : le;
-            }
-            res->rows++;
+        attnd_kernel_ref_attention_f64((int32_t)(b - a), 1, (int32_t)dk, (int32_t)dv, (int64_t)visible,
+                                (double)m->scale, rc->q, rc->k, rc->v, rc->out, rc->lse);
+        for (uint32_t h = a; h < b; h++)
+            fold_row(res, out_t, out, (size_t)h * dv, rc->out + (size_t)(h - a) * dv, dv,
+                     lse ? rc->lse[h - a] : 0, lse ? lse + h : NULL);
+    }
+    return 0;
+}
+
+int attnd_refcheck_token_heads(attnd_refcheck *rc, uint32_t seq, uint32_t layer,
+                               uint64_t visible, const attnd_refcheck_proj *p, attnd_dtype q_t,
+                               const void *q, attnd_dtype out_t, const void *out,
+                               const float *lse, uint32_t h0, uint32_t h1,
+                               attnd_refcheck_result *res)
+{
+    const attnd_model_info *m = &rc->model;
+    const attnd_refcheck_seq *s = seq_at(rc, seq, layer);
+    const size_t dk = m->d_k, dc = m->d_latent, dr = m->d_rope, dn = p->d_nope, dw = p->d_v;
+    const size_t n = h1 > h0 ? h1 - h0 : 0;
+    const attnd_dtype kt = m->kv_dtype;
+
+    if (!s || m->kind != ATTND_ATTN_MLA || h1 > m->n_q_heads || dn < 1 || dw < 1)
+        return -1;
+    if (visible > s->len)
+        visible = s->len;
+    if (ATTND_BUF_RESERVE(rc->k, rc->cap_k, visible * dk + 1) ||
+        ATTND_BUF_RESERVE(rc->v, rc->cap_v, visible * dc + 1) ||
+        ATTND_BUF_RESERVE(rc->q, rc->cap_q, n * dk + 1) ||
+        ATTND_BUF_RESERVE(rc->out, rc->cap_out, n * dc + dw + 1) ||
+        ATTND_BUF_RESERVE(rc->lse, rc->cap_lse, n + 1))
+        return -1;
+    for (uint64_t t = 0; t < visible; t++) {
+        size_t e = (size_t)t * m->kv_token_elems;
+        for (size_t d = 0; d < dk; d++)
+            rc->k[t * dk + d] = attnd_dtype_load_f64(kt, s->data, e + d);
+        for (size_t d = 0; d < dc; d++)
+            rc->v[t * dc + d] = rc->k[t * dk + d];
+    }
+    for (uint32_t h = h0; h < h1; h++) { /* absorb: q_nope . W_UK[h], then q_rope */
+        double *qa = rc->q + (size_t)(h - h0) * dk;
+        const size_t qh = (size_t)h * (dn + dr);
+        for (size_t c = 0; c < dc; c++) {
+            double acc = 0.0;
+            for (size_t k = 0; k < dn; k++)
+                acc += attnd_dtype_load_f64(q_t, q, qh + k) *
+                       attnd_dtype_load_f64(p->w_t, p->w_uk, ((size_t)h * dn + k) * dc + c);
+            qa[c] = acc;
         }
+        for (size_t d = 0; d < dr; d++)
+            qa[dc + d] = attnd_dtype_load_f64(q_t, q, qh + dn + d);
+    }
+    attnd_kernel_ref_attention_f64((int32_t)n, 1, (int32_t)dk, (int32_t)dc, (int64_t)visible,
+                            (double)m->scale, rc->q, rc->k, rc->v, rc->out, rc->lse);
+    double *v = rc->out + n * dc;
+    for (uint32_t h = h0; h < h1; h++) { /* up-project: o . W_UV[h] */
+        const double *o = rc->out + (size_t)(h - h0) * dc;
+        for (size_t j = 0; j < dw; j++) {
+            double acc = 0.0;
+            for (size_t c = 0; c < dc; c++)
+                acc += o[c] * attnd_dtype_load_f64(p->w_t, p->w_uv, ((size_t)h * dc + c) * dw + j);
+            v[j] = acc;
+        }
+        fold_row(res, out_t, out, (size_t)h * dw, v, dw, lse ? rc->lse[h - h0] : 0,
+                 lse ? lse + h : NULL);
     }
     return 0;
 }

@@ -68,6 +68,24 @@ int attnd_refcheck_token(attnd_refcheck *rc, uint32_t seq, uint32_t layer,
                          attnd_dtype out_t, const void *out, const float *lse,
                          uint32_t h0, uint32_t h1, attnd_refcheck_result *res);
 
+/* The narrow MLA wire's weights of a layer, caller-owned (read during a
+ * check): w_uk [Hq][d_nope][d_c], w_uv [Hq][d_c][d_v] of w_t. */
+typedef struct attnd_refcheck_proj {
+    uint32_t d_nope, d_v;
+    attnd_dtype w_t;
+    const void *w_uk, *w_uv;
+} attnd_refcheck_proj;
+
+/* attnd_refcheck_token for a heads-form query (MLA): q [Hq][d_nope +
+ * d_rope] of q_t is absorbed with p->w_uk in float64 (q_nope . W_UK[h],
+ * then q_rope), the reference's latent output up-projected with p->w_uv,
+ * and compared with out [Hq][d_v] of out_t. */
+int attnd_refcheck_token_heads(attnd_refcheck *rc, uint32_t seq, uint32_t layer,
+                               uint64_t visible, const attnd_refcheck_proj *p, attnd_dtype q_t,
+                               const void *q, attnd_dtype out_t, const void *out,
+                               const float *lse, uint32_t h0, uint32_t h1,
+                               attnd_refcheck_result *res);
+
 /* A small deterministic generator (xorshift64*), for inputs. */
 typedef struct attnd_rng {
     uint64_t s;

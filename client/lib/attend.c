@@ -9,10 +9,23 @@
  * transport the same encoded request goes out as an active message instead
  * (ucx_transport.c) and the wait progresses the client's ucp worker.
  */
+#include <stdalign.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client_int.h"
+
+/* q_form was added after up_project in the tail padding the struct had:
+ * its size (what callers built against the older header allocate) did not
+ * change, so an older caller's zeroed struct reads as the absorbed form. */
+_Static_assert(offsetof(attnd_attend_args, q_form) ==
+                   offsetof(attnd_attend_args, up_project) + sizeof(int) &&
+               sizeof(attnd_attend_args) ==
+                   (offsetof(attnd_attend_args, up_project) + sizeof(int) +
+                    alignof(attnd_attend_args) - 1) / alignof(attnd_attend_args) *
+                       alignof(attnd_attend_args),
+               "attnd_attend_args grew: the ABI is no longer additive");
 
 struct attnd_call {
     int is_ucx;                   /* over the UCX transport: ucx, not rpc */

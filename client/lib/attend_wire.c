@@ -120,9 +120,11 @@ attnd_status attnd__client_attend_prepare(attnd_client *c, const attnd_attend_ar
     if (a->new_kv.data && (st = tensor_bytes("new_kv", &a->new_kv, &kv_bytes, err)))
         return st;
     attnd_dtype out_dtype = a->out_dtype != ATTND_DTYPE_INVALID ? a->out_dtype : a->q.dtype;
-    /* projected outputs are d_vo wide, which only the group knows: their
-     * size is checked when the reply comes */
-    if (!a->up_project && (st = precheck_results(c, a, out_dtype, err)))
+    /* projected outputs (up_project, the heads form) are d_v wide, which
+     * only the worker's weights say: their size is checked when the reply
+     * comes */
+    if (!a->up_project && a->q_form == ATTND_Q_ABSORBED &&
+        (st = precheck_results(c, a, out_dtype, err)))
         return st;
 
     if (a->n_seqs > ATTND__CLIENT_STACK_IDS) {
@@ -152,6 +154,7 @@ attnd_status attnd__client_attend_prepare(attnd_client *c, const attnd_attend_ar
     }
     rq->return_lse = a->lse != NULL;
     rq->up_project = a->up_project != 0;
+    rq->q_form = (Attnd__V1__QForm)a->q_form; /* as given: the server names a bad one */
     rq->out_dtype = (Attnd__V1__DType)a->out_dtype;
     rq->request_id = atomic_fetch_add(&c->next_request_id, 1);
 

@@ -44,7 +44,8 @@ static void on_reply_data(void *user_data, ucs_status_t status, size_t length)
 /* ---- rendezvous replies straight into the caller's buffers ----------------------------
  * A reply of the shape asked for has one layout, attnd_wire_reply_plan's
  * (the server encodes with the same function). When the reply's length is
- * exactly that layout's for the served model's d_v, a rendezvous reply is
+ * exactly that layout's for the served model's d_v (or, for up-projected
+ * and heads-form replies, for the d_v its length implies), a rendezvous reply is
  * received as a gather list: the framing before out (pre) into k, out's
  * data into dst->out, the framing between (mid) into k, lse's data into
  * dst->lse, so 4 MB of output is not copied twice. The framing received is
@@ -59,10 +60,10 @@ static size_t direct_plan(attnd__client_ucx_call *k, size_t length)
     size_t rows;
     ucp_dt_iov_t *iov = (ucp_dt_iov_t *)k->riov;
     attnd_wire_reply_layout *l = &k->layout;
+    const size_t es = attnd_dtype_size(d->out_dtype);
 
     _Static_assert(sizeof k->riov >= 4 * sizeof(ucp_dt_iov_t), "riov holds 4 entries");
-    if (!k->d_v || !attnd_dtype_size(d->out_dtype) || d->n_seqs <= 0 || d->q_tokens <= 0 ||
-        d->n_q_heads <= 0)
+    if (!es || d->n_seqs <= 0 || d->q_tokens <= 0 || d->n_q_heads <= 0)
         return 0;
     rows = (size_t)d->n_seqs * (size_t)d->q_tokens * (size_t)d->n_q_heads;
     attnd_wire_reply_desc want = {
@@ -72,9 +73,34 @@ static size_t direct_plan(attnd__client_ucx_call *k, size_t length)
         .has_lse = d->lse != NULL,
         .lse_shape = {d->n_seqs, d->q_tokens, d->n_q_heads},
     };
+    /* the served model's d_v; else (an up-projected or heads-form reply,
+     * whose width the worker's W_UV sets) the width this length implies:
+     * out's bytes are what is left after lse's and a little framing, so
+     * the widths near (length - lse) / row bytes are tried, and taken only
+     * when exactly one fits (else the buffered path decodes it) */
+    want.out_shape[3] = k->d_v;
     attnd_wire_reply_plan(&want, l);
-    if (l->out_bytes > d->out_capacity || (d->lse && rows > d->lse_capacity) ||
-        l->total != length)
+    if (!k->d_v || l->total != length) {
+        const size_t lse_bytes = d->lse ? rows * sizeof(float) : 0;
+        const int64_t c = length > lse_bytes ? (int64_t)((length - lse_bytes) / (rows * es)) : 0;
+        int64_t fit = 0;
+        int fits = 0;
+        for (int64_t dv = c - 3; dv <= c; dv++) {
+            if (dv <= 0)
+                continue;
+            want.out_shape[3] = dv;
+            attnd_wire_reply_plan(&want, l);
+            if (l->total == length) {
+                fit = dv;
+                fits++;
+            }
+        }
+        if (fits != 1)
+            return 0;
+        want.out_shape[3] = fit;
+        attnd_wire_reply_plan(&want, l);
+    }
+    if (l->out_bytes > d->out_capacity || (d->lse && rows > d->lse_capacity))
         return 0;
     size_t n = 0;
     iov[n++] = (ucp_dt_iov_t){k->pre_got, l->pre_len};

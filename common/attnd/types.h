@@ -41,6 +41,16 @@ typedef enum attnd_attn_kind {
     ATTND_ATTN_GQA = 2, /* grouped-query attention (MHA and MQA included) */
 } attnd_attn_kind;
 
+/* The two forms of an MLA query on the wire (ARCHITECTURE.md, "MLA, two
+ * wire forms"); the values equal attnd.v1's QForm. */
+typedef enum attnd_q_form {
+    ATTND_Q_ABSORBED = 0, /* q [Hq][d_c + d_r] (q_nope . W_UK done by the
+                             caller), out [Hq][d_c] (latent) */
+    ATTND_Q_HEADS = 1,    /* q [Hq][d_nope + d_r], out [Hq][d_v]: the worker
+                             holds the layer's W_UK and W_UV (LoadWeights),
+                             absorbs before attention and up-projects after */
+} attnd_q_form;
+
 #define ATTND_SESSION_ID_BYTES 16
 
 /* An opaque 128-bit session id, handed out by CreateSession. */

@@ -234,6 +234,46 @@ START_TEST(test_check_fails_against_a_perturbed_reference)
 }
 END_TEST
 
+/* The narrow MLA wire (--wire heads): the bench loads W_UK/W_UV, every
+ * output matches the float64 narrow formula, the payload per call is the
+ * heads form's (tiny-mla: 8 heads, d_c 64, d_rope 16; here d_nope 24, d_v
+ * 40; batch 4, bf16) next to the absorbed form's, and a perturbed mirror
+ * fails the check. */
+START_TEST(test_heads_wire_checks_out_and_reports_its_payload_beside_absorbed)
+{
+    enum { B = 4, H = 8, DC = 64, DR = 16, DN = 24, DV = 40, LAYERS = 4 };
+    char *heads = NULL, *abs = NULL, *bad = NULL;
+    int rc = bt_run_args(&heads, "--model", "tiny-mla", "--wire", "heads", "--d-nope", "24",
+                         "--d-v", "40", "--batch", "4", "--microbatches", "1", "--check",
+                         "--steps", "6", "--prompt-len", "50", "--duration", "30s", "--warmup",
+                         "0");
+    ck_assert_int_eq(rc, 0);
+    ck_assert(bt_must(heads, "check.pass") == 1);
+    ck_assert(bt_must(heads, "check.rows") == 6.0 * LAYERS * B * H);
+    ck_assert(bt_must(heads, "errors.total") == 0);
+    ck_assert(bt_must(heads, "workload.request_payload_bytes") ==
+              (double)B * (H * (DN + DR) + DC + DR) * 2);
+    ck_assert(bt_must(heads, "workload.reply_payload_bytes") == (double)B * H * DV * 2);
+    rc = bt_run_args(&abs, "--model", "tiny-mla", "--wire", "absorbed", "--batch", "4",
+                     "--microbatches", "1", "--check", "--steps", "3", "--prompt-len", "50",
+                     "--duration", "30s", "--warmup", "0");
+    ck_assert_int_eq(rc, 0);
+    ck_assert(bt_must(abs, "check.pass") == 1);
+    ck_assert(bt_must(abs, "workload.request_payload_bytes") ==
+              (double)B * (H * (DC + DR) + DC + DR) * 2);
+    ck_assert(bt_must(abs, "workload.reply_payload_bytes") == (double)B * H * DC * 2);
+    rc = bt_run_args(&bad, "--model", "tiny-mla", "--wire", "heads", "--d-nope", "24",
+                     "--d-v", "40", "--check-perturb", "--steps", "2", "--prompt-len", "50",
+                     "--duration", "30s", "--warmup", "0");
+    ck_assert_int_eq(rc, 1);
+    ck_assert(bt_must(bad, "check.pass") == 0);
+    ck_assert(bt_must(bad, "check.max_rel_err") > bt_must(bad, "check.bound"));
+    free(heads);
+    free(abs);
+    free(bad);
+}
+END_TEST
+
 START_TEST(test_plot_is_drawn_or_clearly_skipped)
 {
     char png[128];
@@ -383,6 +423,7 @@ int main(void)
     tcase_add_test(tc, test_poisson_arrivals_are_replayed_and_kept);
     tcase_add_test(tc, test_check_passes_against_the_reference);
     tcase_add_test(tc, test_check_fails_against_a_perturbed_reference);
+    tcase_add_test(tc, test_heads_wire_checks_out_and_reports_its_payload_beside_absorbed);
     tcase_add_test(tc, test_spawned_attnd_is_stopped_after_the_run);
     tcase_add_test(tc, test_plot_is_drawn_or_clearly_skipped);
     tcase_add_test(tc, test_failed_calls_are_counted_by_status_and_fail_the_run);

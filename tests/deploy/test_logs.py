@@ -67,7 +67,9 @@ class DebugRequestIds(unittest.TestCase):
         r1 = Attnd(["--model", "tiny-gqa", *group_args(2, 1, gdir)], metrics=False)
         bench = None
         try:
-            wait_for(lambda: r0.health("readiness") == "SERVING", "the group to connect")
+            # both ranks: each marks its peer up after its own HELLO round trip
+            wait_for(lambda: r0.health("readiness") == "SERVING" and
+                     r1.health("readiness") == "SERVING", "the group to connect")
             bench = subprocess.Popen(
                 [BENCH, "--target", r0.target, "--model", "tiny-gqa", "--sessions", "2",
                  "--batch", "1", "--prompt-len", "64", "--duration", "60", "--warmup", "0",

@@ -118,7 +118,9 @@ class ScrapeAfterLoad(unittest.TestCase):
         cls.r0 = Attnd([*common, "--ucx-listen", "auto", *group_args(2, 0, cls.gdir)])
         cls.r1 = Attnd([*common, *group_args(2, 1, cls.gdir)])
         try:
-            wait_for(lambda: cls.r0.health("readiness") == "SERVING", "the group to connect")
+            # both ranks: each marks its peer up after its own HELLO round trip
+            wait_for(lambda: cls.r0.health("readiness") == "SERVING" and
+                     cls.r1.health("readiness") == "SERVING", "the group to connect")
             cls.before = parse(cls.r0.scrape())
             cls.grpc = run_bench(cls.r0.target, "grpc")
             cls.ucx = run_bench(cls.r0.target, "ucx")

@@ -77,8 +77,9 @@ static void validate(size_t kind, ProtobufCMessage *m)
     }
     case 3: {
         attnd_srv_attend_req r;
-        if (attnd_srv_validate_attend((Attnd__V1__AttendRequest *)m, &model, &arena.pc, NULL, &r,
-                                      &err) == ATTND_OK) {
+        /* no projections loaded: a heads-form query is refused here */
+        if (attnd_srv_validate_attend((Attnd__V1__AttendRequest *)m, &model, NULL, &arena.pc,
+                                      NULL, &r, &err) == ATTND_OK) {
             CHECK(r.eng.n_seqs >= 1 && r.eng.n_seqs <= model.max_batch);
             CHECK(r.eng.q_tokens >= 1 && r.eng.q_tokens <= ATTND_SRV_MAX_Q_TOKENS);
             CHECK(r.out_shape[0] == r.eng.n_seqs && r.out_shape[1] == r.eng.q_tokens &&

@@ -6,7 +6,7 @@
 #
 #   tests/gpu/run.sh [--no-build] [--ncu] [--no-torch] [all|test|bench|build]
 #   tests/gpu/run.sh e2e-build     (here: bundle attnd, attnd-cli, test_gpu_e2e,
-#                                   bench_engine)
+#                                   test_gpu_narrow, bench_engine)
 #   tests/gpu/run.sh e2e           (there: the GPU backend end to end)
 #   tests/gpu/run.sh engine        (there: test_gpu_e2e, then engine-level
 #                                   latency without RPC)
@@ -24,7 +24,10 @@
 # CMake build with CUDA) and bundles them with their shared libraries into
 # $ATTND_GPU_E2E (default .gpu/e2e). e2e, on the GPU machine, runs
 # test_gpu_e2e (attnd --device cuda:0 through libattnd, checked against the
-# float64 reference), then attnd-cli demo against `attnd --model
+# float64 reference; the narrow MLA wire too, over gRPC and UCX) and
+# test_gpu_narrow (the engine's cuBLAS products of the narrow wire; both
+# need libcublas.so.<major> on the loader's path: the CUDA toolkit's lib
+# directory is added when found), then attnd-cli demo against `attnd --model
 # deepseek-v3` on cuda:0 and on the CPU backend of the same machine, and
 # prints per-layer (per Attend call) latency and the KV bandwidth it implies;
 # then, like `engine`, bench_engine (attnd_engine_attend timed directly, GPU
@@ -68,8 +71,8 @@ do_build() {
            kernels/cuda/partition.c tests/gpu/test_cuda.c kernels/cuda/bench/bench_cuda.c \
            tests/gpu/test_partition.c; do
     case $f in
-      */simd_avx2.c|*/select_avx2.c) fl="-mavx2 -mfma -mf16c -DATTND_HAVE_X86_SIMD=1" ;;
-      */simd_avx512.c|*/select_avx512.c)
+      */simd_avx2.c|*/select_avx2.c|*/proj_avx2.c) fl="-mavx2 -mfma -mf16c -DATTND_HAVE_X86_SIMD=1" ;;
+      */simd_avx512.c|*/select_avx512.c|*/proj_avx512.c)
         fl="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -DATTND_HAVE_X86_SIMD=1" ;;
       */simd_avx512bf16.c)
         fl="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mavx2 -mfma -mf16c -DATTND_HAVE_X86_SIMD=1" ;;
@@ -106,11 +109,12 @@ rc=0
 
 do_e2e_build() {
   local b=${ATTND_BUILD_DIR:-$root/build}
-  cmake --build "$b" -j2 --target attnd attnd-cli attnd-bench test_gpu_e2e bench_engine
+  cmake --build "$b" -j2 --target attnd attnd-cli attnd-bench test_gpu_e2e test_gpu_narrow \
+    bench_engine
   rm -rf "$e2e"
   "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$e2e" "$b/service/attnd" \
     "$b/client/cli/attnd-cli" "$b/client/bench/attnd-bench" "$b/tests/gpu/test_gpu_e2e" \
-    "$b/worker/bench_engine"
+    "$b/tests/gpu/test_gpu_narrow" "$b/worker/bench_engine"
   # test_gpu_e2e starts the attnd path compiled into it: remember it
   realpath "$b/service/attnd" > "$e2e/attnd_path"
   echo "bundled: $e2e"
@@ -151,13 +155,25 @@ e2e_row() {
 e2e_test() {
   [ -x "$e2e/run" ] || { echo "no bundle at $e2e (run e2e-build first)"; exit 2; }
   local ap; ap=$(cat "$e2e/attnd_path")
+  # the narrow wire's products dlopen cuBLAS (not bundled: ~600 MB)
+  local cl
+  for cl in /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib; do
+    if ls "$cl"/libcublas.so.* > /dev/null 2>&1; then
+      export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$cl"
+      break
+    fi
+  done
   if [ ! -x "$ap" ]; then mkdir -p "$(dirname "$ap")"; ln -sf "$e2e/bin/attnd" "$ap"; fi
   set +e
   echo "== test_gpu_e2e"
   "${t[@]}" "$e2e/run" test_gpu_e2e 2>&1 | tee "$out/e2e_test.log"
   rc=${PIPESTATUS[0]}
+  [ $rc -eq 77 ] && { set -e; echo "no GPU: skipped"; exit 77; }
+  echo "== test_gpu_narrow (the narrow MLA wire's cuBLAS products)"
+  "${t[@]}" "$e2e/run" test_gpu_narrow 2>&1 | tee -a "$out/e2e_test.log"
+  local nrc=${PIPESTATUS[0]}
+  [ $rc -eq 0 ] && rc=$nrc
   set -e
-  [ $rc -eq 77 ] && { echo "no GPU: skipped"; exit 77; }
   return 0
 }
 

@@ -22,6 +22,18 @@
  * Sparse policies on the GPU: topk-pages (the GPU's page selection) and
  * given-pages, each output against the reference over the pages reported.
  *
+ * The narrow MLA wire on the GPU engine through the service
+ * (test_gpu_heads_form_...): deepseek-v3, bf16 W_UK and W_UV of DeepSeek-V3's
+ * widths (d_nope 128, d_v 128) loaded with LoadWeights into the first and
+ * last layer, bf16 heads-form queries [B, S, 128, 192] over gRPC (loop 0)
+ * and UCX (loop 1), unary and async, 1 and 2 query tokens with new KV;
+ * every row against the float64 narrow formula (absorb, attend,
+ * up-project: attnd_refcheck_token_heads). Bounds: outputs 1e-2, LSE 1e-2
+ * (the absorbed query is written in bf16 by cuBLAS before the kernel
+ * reads it, as the f32 queries above are rounded). The server dlopens
+ * libcublas.so.<major> at the first LoadWeights: it must be on the
+ * loader's path (LoadWeights fails UNIMPLEMENTED naming it otherwise).
+ *
  * Exit 77 (skipped) without a usable Hopper GPU.
  */
 #include <check.h>
@@ -29,7 +41,7 @@
 #include <string.h>
 
 #include "attnd_cuda.h"
-#include "client_testutil.h"
+#include "client_narrow.h"
 
 typedef struct config {
     const char *model, *page_size;
@@ -116,6 +128,70 @@ START_TEST(test_gpu_prefill_then_decode_matches_the_reference)
         ck_assert_uint_eq(attnd_refcheck_len(&s.rc, k, layers[0]), prefill[k] + STEPS);
         ck_assert_uint_eq(attnd_refcheck_len(&s.rc, k, layers[1]), prefill[k] + STEPS + 2);
     }
+    cu_seqs_close(&s);
+    attnd_client_destroy(c);
+}
+END_TEST
+
+/* The narrow MLA wire through the service on the GPU backend: W_UK/W_UV
+ * loaded, heads-form queries over gRPC (_i 0) or UCX (_i 1), outputs
+ * against the float64 narrow formula. */
+START_TEST(test_gpu_heads_form_over_grpc_and_ucx_matches_the_narrow_reference)
+{
+    enum { DN = 128, DV = 128 };
+    cu_seqs s;
+    cu_wset w;
+    attnd_error err;
+    attnd_refcheck_result res = {0};
+    uint64_t bytes = 0;
+
+    if (_i)
+        setenv("ATTND_TEST_TRANSPORT", "ucx", 1); /* this test's process only */
+    fprintf(stderr, "[gpu] narrow wire, deepseek-v3 on cuda:0, Attend over %s\n",
+            _i ? "UCX" : "gRPC");
+    cu_must_start("--model", "deepseek-v3", "--device", "cuda:0", "--kv-memory", "2G",
+                  "--page-size", "64");
+    attnd_client *c = cu_must_connect();
+    cu_must_open(&s, c, N_SEQS, ATTND_DTYPE_BF16);
+    for (uint32_t k = 0; k < N_SEQS; k++)
+        if (prefill[k])
+            cu_must_prefill(&s, k, prefill[k], chunk_sizes);
+    const uint32_t layers[2] = {0, s.m.n_layers - 1};
+    cu_wset_make(&s, &w, DN, DV, ATTND_DTYPE_BF16);
+    for (int j = 0; j < 2; j++) {
+        attnd_error_clear(&err);
+        ck_assert_msg(cu_wset_load(&s, &w, layers[j], &bytes, &err) == ATTND_OK,
+                      "LoadWeights: %s", err.msg);
+        ck_assert_uint_gt(bytes, 0);
+    }
+    uint64_t rows = 0;
+    for (int step = 0; step < STEPS; step++) { /* both layers in flight */
+        cu_hstep h[2];
+        attnd_call *calls[2];
+        for (int j = 0; j < 2; j++) {
+            attnd_error_clear(&err);
+            cu_hstep_make(&s, &h[j], &w, layers[j], N_SEQS, 1);
+            ck_assert_msg(attnd_client_attend_async(c, &h[j].a, &calls[j], &err) == ATTND_OK,
+                          "step %d layer %u: %s", step, layers[j], err.msg);
+        }
+        for (int j = 1; j >= 0; j--) {
+            attnd_error_clear(&err);
+            ck_assert_msg(attnd_call_wait(calls[j], &err) == ATTND_OK, "step %d layer %u: %s",
+                          step, layers[j], err.msg);
+            cu_hstep_check(&s, &h[j], &w, &res);
+            cu_hstep_free(&h[j]);
+            rows += (uint64_t)N_SEQS * s.m.n_q_heads;
+        }
+    }
+    cu_hstep h;
+    cu_hstep_make(&s, &h, &w, layers[1], N_SEQS, 2); /* two tokens, causal */
+    attnd_error_clear(&err);
+    ck_assert_msg(attnd_client_attend(c, &h.a, &err) == ATTND_OK, "two-token step: %s", err.msg);
+    cu_hstep_check(&s, &h, &w, &res);
+    cu_hstep_free(&h);
+    rows += (uint64_t)2 * N_SEQS * s.m.n_q_heads;
+    assert_within(&res, rows, 1e-2);
+    cu_wset_free(&w);
     cu_seqs_close(&s);
     attnd_client_destroy(c);
 }
@@ -253,6 +329,8 @@ static Suite *gpu_suite(void)
     tcase_add_loop_test(tc, test_gpu_topk_pages_attend_exactly_the_pages_they_report, 0,
                         N_CONFIGS);
     tcase_add_test(tc, test_gpu_device_refuses_models_without_gpu_kernels);
+    tcase_add_loop_test(tc, test_gpu_heads_form_over_grpc_and_ucx_matches_the_narrow_reference,
+                        0, 2);
     suite_add_tcase(su, tc);
     return su;
 }

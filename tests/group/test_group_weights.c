@@ -206,20 +206,23 @@ START_TEST(test_up_projection_in_latent_mode_sums_to_output_times_w_uv)
 }
 END_TEST
 
-/* A lone worker has no group to reduce over; bad shapes name the field. */
+/* A GQA worker has no latent to project; bad shapes name the field. (A
+ * lone MLA worker takes weights too: tests/service/test_narrow_rpc.c.) */
 START_TEST(test_load_weights_refusals_name_the_field)
 {
     const char *flags[] = {"--model", "tiny-mla", "--threads", "2", NULL};
+    const char *gqa[] = {"--model", "tiny-gqa", "--threads", "2", NULL};
     cu_server lone;
     gt_group g;
     char details[ATTND_ERROR_MSG_MAX];
     float w[8 * 64 * 4] = {0};
     grpc_init();
-    ck_assert_int_eq(cu_server_start(&lone, flags), 0);
+    ck_assert_int_eq(cu_server_start(&lone, gqa), 0);
     grpc_channel *ch = rg_channel(lone.target);
     ck_assert_int_eq(load_weights(ch, 0, w, 8, 64, 4, NULL, details),
                      -ATTND_ERR_FAILED_PRECONDITION);
     ck_assert_ptr_nonnull(strstr(details, "w_uv"));
+    ck_assert_ptr_nonnull(strstr(details, "MLA"));
     grpc_channel_destroy(ch);
     ck_assert_int_eq(cu_server_stop(&lone), 0);
 

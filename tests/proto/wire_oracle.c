@@ -163,6 +163,8 @@ static const char *request_differs(const Attnd__V1__AttendRequest *a,
         return DIFFER("request_id");
     if (a->up_project != b->up_project)
         return DIFFER("up_project: %d vs %d", a->up_project, b->up_project);
+    if (a->q_form != b->q_form)
+        return DIFFER("q_form: %d vs %d", (int)a->q_form, (int)b->q_form);
     if (a->given_groups != b->given_groups || a->return_pages != b->return_pages)
         return DIFFER("given_groups / return_pages");
     if (a->n_given_indptr != b->n_given_indptr || a->n_given_idx != b->n_given_idx)

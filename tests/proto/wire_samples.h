@@ -30,18 +30,18 @@ static inline void ws_request_make(ws_request *r, int i)
     static const struct {
         uint32_t layer, n;
         int q, kv, pos, lse, up;
-        int dtype, out_dtype;
+        int dtype, out_dtype, q_form;
         uint64_t request_id;
         int64_t s;
     } v[WS_N_REQUESTS] = {
-        {0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 1},               /* nothing optional */
-        {3, 4, 1, 1, 1, 1, 0, 3, 1, 41, 1},              /* every field */
-        {1, 2, 1, 1, 0, 1, 1, 2, 3, 1u << 20, 2},        /* two query tokens, up_project */
-        {200, 2, 1, 0, 0, 0, 0, 7, 9, ~0ull, 1},         /* values outside the enums */
-        {5, 140, 1, 1, 1, 0, 0, 1, 0, 300, 1},           /* ids past 127 */
-        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},               /* the empty message */
-        {2, 1, 1, 0, 0, 0, 0, -1, -5, 12, -3},           /* negative enum and shape */
-        {7, 3, 1, 1, 1, 0, 0, 1, 0, 77, 1},              /* given lists, return_pages */
+        {0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1},            /* nothing optional */
+        {3, 4, 1, 1, 1, 1, 0, 3, 1, 1, 41, 1},           /* every field (q_form HEADS) */
+        {1, 2, 1, 1, 0, 1, 1, 2, 3, 0, 1u << 20, 2},     /* two query tokens, up_project */
+        {200, 2, 1, 0, 0, 0, 0, 7, 9, 7, ~0ull, 1},      /* values outside the enums */
+        {5, 140, 1, 1, 1, 0, 0, 1, 0, 0, 300, 1},        /* ids past 127 */
+        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1},            /* the empty message */
+        {2, 1, 1, 0, 0, 0, 0, -1, -5, -2, 12, -3},       /* negative enum and shape */
+        {7, 3, 1, 1, 1, 0, 0, 1, 0, 1, 77, 1},           /* given lists, return_pages, HEADS */
     };
     memset(r, 0, sizeof *r);
     attnd__v1__attend_request__init(&r->m);
@@ -87,6 +87,7 @@ static inline void ws_request_make(ws_request *r, int i)
     }
     r->m.return_lse = v[i].lse;
     r->m.up_project = v[i].up;
+    r->m.q_form = (Attnd__V1__QForm)v[i].q_form;
     r->m.out_dtype = (Attnd__V1__DType)v[i].out_dtype;
     r->m.request_id = v[i].request_id;
     if (i == 7) { /* sparse: 2 groups of 3 sessions, large and small values */

@@ -57,7 +57,8 @@ int main(void)
     F(attnd_attend_args, sessions); F(attnd_attend_args, q); F(attnd_attend_args, new_kv);
     F(attnd_attend_args, positions); F(attnd_attend_args, out_dtype);
     F(attnd_attend_args, out); F(attnd_attend_args, out_capacity); F(attnd_attend_args, lse);
-    F(attnd_attend_args, lse_capacity); F(attnd_attend_args, up_project); end();
+    F(attnd_attend_args, lse_capacity); F(attnd_attend_args, up_project);
+    F(attnd_attend_args, q_form); end();
     S(attnd_server_timing); F(attnd_server_timing, valid); F(attnd_server_timing, queue_ns);
     F(attnd_server_timing, validate_ns); F(attnd_server_timing, kernel_ns);
     F(attnd_server_timing, fanout_ns); F(attnd_server_timing, encode_ns); end();

@@ -89,6 +89,19 @@ class Mirror:
         return out, lse
 
 
+def narrow_ref(mirror: Mirror, sid: bytes, layer: int, q: np.ndarray, w_uk: np.ndarray,
+               w_uv: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The narrow MLA wire's out [S, Hq, d_v] and lse [S, Hq] for one
+    session's heads-form query q [S, Hq, d_nope + d_rope] (float64): per head
+    the absorbed query (q_nope . W_UK[h], q_rope) attends as attend_ref does
+    and the latent output is up-projected, out[h] = o[h] . W_UV[h];
+    W_UK [Hq, d_nope, d_c], W_UV [Hq, d_c, d_v] float64."""
+    d_nope = w_uk.shape[1]
+    q_c = np.einsum("shn,hnc->shc", q[..., :d_nope], w_uk)
+    lat, lse = mirror.attend_ref(sid, layer, np.concatenate((q_c, q[..., d_nope:]), axis=-1))
+    return np.einsum("shc,hcv->shv", lat, w_uv), lse
+
+
 def max_row_err(got: np.ndarray, ref: np.ndarray) -> float:
     """Worst per-row normwise relative error over the last axis (inf for NaN)."""
     got = np.asarray(got, dtype=np.float64).reshape(-1, ref.shape[-1])

@@ -230,14 +230,27 @@ def test_up_projection_with_loaded_w_uv_on_a_group_of_one(start_group, connect, 
         assert max_row_err(out[i], ref) <= 1e-5
 
 
-def test_up_projection_on_a_lone_worker_is_failed_precondition(start_server, connect, rng):
+def test_up_projection_on_a_lone_worker_matches_and_gqa_refuses_weights(start_server, connect,
+                                                                         rng):
+    # a lone MLA worker holds W_UV too (the narrow wire, issue 12): up_project
+    # works there as on a group; a GQA worker has no latent to project
     c = connect(start_server("--model", "tiny-mla").target)
-    with c.session() as s:
-        s.append_kv(0, rand(rng, (3, 80)))
-        with pytest.raises(attnd.FailedPreconditionError):
-            c.load_weights(0, rand(rng, (8, 64, 16)))
-        with pytest.raises(ValueError, match="up_project"):
-            c.attend(0, [s], rand(rng, (1, 8, 80)), up_project=True)
+    seqs = Seqs(c, 2, rng)
+    seqs.prefill(30)
+    m = seqs.m
+    d_vo = 16
+    w = rand(rng, (m.n_q_heads, m.d_latent, d_vo))
+    assert c.load_weights(0, w) == m.n_q_heads * m.d_latent * d_vo * 4
+    q = seqs.make_q(2)
+    out = c.attend(0, seqs.sessions, q, up_project=True)
+    assert out.shape == (2, m.n_q_heads, d_vo)
+    for i, sid in enumerate(seqs.ids):
+        lat, _ = seqs.mirror.attend_ref(sid, 0, q[i][None].astype(np.float64))
+        ref = np.einsum("hc,hcv->hv", lat[0], w.astype(np.float64))
+        assert max_row_err(out[i], ref) <= 1e-5
+    g = connect(start_server("--model", "tiny-gqa").target)
+    with pytest.raises(attnd.FailedPreconditionError):
+        g.load_weights(0, rand(rng, (8, 32, 16)))
 
 
 def test_the_ucx_transport_gives_the_same_outputs(start_server, connect, rng):

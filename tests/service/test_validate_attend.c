@@ -119,7 +119,8 @@ static attnd_status run_attend(fx *f, attnd_srv_attend_req *out, attnd_error *er
     attnd_srv_attend_req tmp;
     attnd_srv_arena_reset(&arena);
     attnd_error_clear(err);
-    return attnd_srv_validate_attend(&f->m, &f->model, &arena.pc, NULL, out ? out : &tmp, err);
+    return attnd_srv_validate_attend(&f->m, &f->model, NULL, &arena.pc, NULL, out ? out : &tmp,
+                                     err);
 }
 
 

@@ -193,7 +193,7 @@ static int run(bench *b)
         uint64_t kern = 0;
         fill_bf16(q, qn, &seed);
         double t0 = now_us(), c0 = cpu_us();
-        if (attnd_group_attend(b->grp[b->leader], &rg, &ws_g, 0, 0, &out, &lse, &kern, &err))
+        if (attnd_group_attend(b->grp[b->leader], &rg, &ws_g, 0, &out, &lse, &kern, &err))
             goto fail;
         double t1 = now_us(), c1 = cpu_us();
         if (attnd_engine_attend(b->eng[b->leader], &re, &ws_e, &out, &lse, &err))

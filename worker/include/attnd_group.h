@@ -19,9 +19,11 @@
  *             approximation: no LSE correction across shards). Its LSE
  *             output is the mean of the shards' LSEs (TPLA defines none).
  *
- * With W_UV loaded (attnd_group_load_weights, MLA), an Attend can return
- * up-projected outputs: every rank projects its partial result and the
- * leader merges (sequence) or sums (latent: a true all-reduce) them.
+ * With W_UK and W_UV loaded (attnd_group_load_weights, MLA), an Attend can
+ * take the heads-form query and return per-head values (the narrow wire):
+ * every rank's engine absorbs the query with its part of W_UK and
+ * up-projects its partial result with its part of W_UV, and the leader
+ * merges (sequence) or sums (latent: a true all-reduce) d_v-wide rows.
  *
  * Every rank runs an attnd_engine for its shard (attnd_group_shard_model
  * gives the spec) and any rank can lead a request: it validates what only
@@ -180,35 +182,44 @@ attnd_status attnd_group_stream_commit(attnd_group_stream *s, uint64_t *chunks_p
 void attnd_group_stream_close(attnd_group_stream *s);
 /* req as validated against the full model. The combined output lands in
  * ws (its out/lse buffers are grown to the full size): *out_p float32
- * [n][S][Hq][d_v], *lse_p [n][S][Hq] when want_lse. timeout_ms > 0 bounds
- * the wait for peers (else the group's timeout). *kernel_ns_p (may be
- * NULL; set on success): the time this rank spent on its own share (its
- * engine's attend, appends included, and its up-projection); the rest of
- * the call is the group's fan-out (plan, scatter, waiting for the peers
- * beyond that, combine). */
+ * [n][S][Hq][d_v] (d_vo with req->d_vo), *lse_p [n][S][Hq] when want_lse.
+ * timeout_ms > 0 bounds the wait for peers (else the group's timeout).
+ * *kernel_ns_p (may be NULL; set on success): the time this rank spent on
+ * its own share (its engine's attend: appends, absorption, kernel and
+ * up-projection); the rest of the call is the group's fan-out (plan,
+ * scatter, waiting for the peers beyond that, combine).
+ *
+ * The narrow wire (MLA, sequence or latent mode, the layer's weights
+ * loaded by attnd_group_load_weights): req->q_form ATTND_Q_HEADS sends
+ * every rank the heads-form query (latent mode: q_nope and its RoPE part,
+ * unrotated), which its engine absorbs with its part of W_UK (latent: the
+ * rotated, mu-scaled columns of its slice); req->d_vo > 0 has every rank
+ * up-project its own partial result, so the ranks exchange d_vo- instead
+ * of d_c-wide rows: sequence mode merges them (the merge is linear), latent
+ * mode sums them in rank order (a true all-reduce; no inverse rotation:
+ * W_UV's parts are rotated). FAILED_PRECONDITION naming q_form or
+ * up_project when the leader, or any rank, lacks the weights. */
 attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
                                 attnd_engine_ws *ws, int64_t timeout_ms,
-                                int32_t up_project, const float **out_p,
-                                const float **lse_p, uint64_t *kernel_ns_p,
-                                attnd_error *err);
-/* up_project = d_vo > 0 (MLA, sequence or latent mode, a W_UV of that
- * width loaded for the layer; 0: plain attention): *out_p is
- * [n][S][Hq][d_vo], each head's latent output times its W_UV;
- * every rank projects its own partial result, so the ranks exchange d_vo-
- * instead of d_c-wide rows, and latent mode sums the ranks' projections (a
- * true all-reduce; no inverse rotation: the loaded W_UV is rotated).
- * FAILED_PRECONDITION naming up_project when a rank has no W_UV for it. */
+                                const float **out_p, const float **lse_p,
+                                uint64_t *kernel_ns_p, attnd_error *err);
 
-/* Load layer's W_UV, [Hq][d_c][d_vo] of dtype (caller-owned, read during
- * the call), into every rank, replacing an earlier one: sequence mode keeps
- * it whole on each rank, latent mode the rows of each rank's rotated latent
- * slice. float32. INVALID_ARGUMENT naming w_uv when the group cannot use it
- * (GQA, head mode, a d_vo out of [1, 4096]); UNAVAILABLE when a peer is
- * missing. *bytes_p (may be NULL): the bytes this rank keeps. */
-attnd_status attnd_group_load_weights(attnd_group *g, uint32_t layer, int32_t d_vo,
-                                      attnd_dtype dtype, const void *w,
-                                      uint64_t *bytes_p, attnd_error *err);
-/* d_vo of layer's W_UV on this rank; 0 when none is loaded. */
-int32_t attnd_group_weights_dv(attnd_group *g, uint32_t layer);
+/* Load layer's W_UK and/or W_UV (w as for attnd_engine_load_weights, with
+ * the full model's Hq and d_c: W_UK [Hq][d_nope][d_c], W_UV [Hq][d_c][d_vo];
+ * caller-owned, read during the call) into every rank's engine, replacing
+ * what it carries: sequence mode gives every rank the matrices whole (in
+ * the dtype given), latent mode each rank the columns of mu W_UK R and the
+ * rows of R W_UV of its latent slice (R the normalized Hadamard; float32).
+ * INVALID_ARGUMENT naming w_uk / w_uv when the group cannot use them (GQA,
+ * head mode, a width out of range); UNAVAILABLE when a peer is missing;
+ * a rank that fails fails the call (the other ranks may have loaded: load
+ * again). *bytes_p (may be NULL): the bytes this rank holds for the layer. */
+attnd_status attnd_group_load_weights(attnd_group *g, uint32_t layer,
+                                      const attnd_engine_weights *w, uint64_t *bytes_p,
+                                      attnd_error *err);
+/* The widths layer's weights have on this rank (attnd_engine_weights_dims
+ * of its engine: d_nope of W_UK, d_vo of W_UV; 0 when none). */
+void attnd_group_weights_dims(attnd_group *g, uint32_t layer, int32_t *d_nope_p,
+                              int32_t *d_vo_p);
 
 #endif /* ATTND_GROUP_H */

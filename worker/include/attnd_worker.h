@@ -370,6 +370,15 @@ typedef struct attnd_attend_req {
                                     replacing the causal rule L - (S-1-s);
                                     for a worker group whose rank holds a
                                     subset of each session's tokens */
+    /* MLA projections (attnd_engine_load_weights). ATTND_Q_HEADS: q is
+     * [n_seqs][S][Hq][d_nope + d_rope] and is absorbed with the layer's
+     * W_UK (whose width must be d_nope) before the kernel. d_vo > 0: the
+     * output is [n_seqs][S][Hq][d_vo], the latent output times the layer's
+     * W_UV (whose width must be d_vo). Zeros: the absorbed form, latent
+     * output. */
+    attnd_q_form q_form;
+    int32_t d_nope;
+    int32_t d_vo;
     /* given-pages / given-tokens layers: the caller's indices. given_groups
      * lists per session (1: one for every head; GQA n_kv_heads: one per KV
      * head), list i * given_groups + g holding given_idx[given_indptr[k] ..
@@ -382,6 +391,44 @@ typedef struct attnd_attend_req {
     int want_pages;               /* report what was attended (ws->chosen_*) */
 } attnd_attend_req;
 
+/* ---- MLA projections (the narrow wire) -------------------------------------
+ * An engine serving an MLA model holds, per layer, W_UK [Hq][d_nope][d_c]
+ * (q_nope -> absorbed latent query) and W_UV [Hq][d_c][d_vo] (latent output
+ * -> value), Hq and d_c the engine's model's (a worker group's rank: its
+ * shard's, e.g. its latent slice), so that an attend in the heads form
+ * absorbs and up-projects where the KV is (attnd_attend_req.q_form, d_vo;
+ * the math is attnd_proj.h's). Storage: bf16 when given as bf16 (exact,
+ * and half the bytes each call streams), else float32; on a GPU engine
+ * W_UK in bf16 and W_UV in float32 in device memory (cuBLAS products). A
+ * load replaces what it carries and keeps the other matrix; it may run
+ * while attends run (each attend uses the matrices it started with). */
+typedef struct attnd_engine_weights {
+    /* d_nope > 0: replace W_UK with w_uk, [Hq][d_nope][d_c] of uk_dtype */
+    int32_t d_nope;
+    attnd_dtype uk_dtype;
+    const void *w_uk;
+    /* d_vo > 0: replace W_UV with w_uv, [Hq][d_c][d_vo] of uv_dtype */
+    int32_t d_vo;
+    attnd_dtype uv_dtype;
+    const void *w_uv;
+} attnd_engine_weights;
+
+/* Widths above this are refused (INVALID_ARGUMENT). */
+#define ATTND_ENGINE_MAX_PROJ_DIM 4096
+
+/* Load layer's matrices (caller-owned, read during the call). INVALID_
+ * ARGUMENT naming w_uk / w_uv for a GQA model, a width out of [1,
+ * ATTND_ENGINE_MAX_PROJ_DIM] or a bad dtype; OUT_OF_RANGE naming layer;
+ * RESOURCE_EXHAUSTED. *bytes_p (may be NULL): the bytes the engine holds
+ * for the layer afterwards (both matrices). Nothing changes on failure. */
+attnd_status attnd_engine_load_weights(attnd_engine *e, uint32_t layer,
+                                       const attnd_engine_weights *w, uint64_t *bytes_p,
+                                       attnd_error *err);
+/* The widths the layer holds now: *d_nope_p of W_UK, *d_vo_p of W_UV (0:
+ * none, also for a layer out of range). Either pointer may be NULL. */
+void attnd_engine_weights_dims(attnd_engine *e, uint32_t layer, int32_t *d_nope_p,
+                               int32_t *d_vo_p);
+
 /* Per-thread scratch of attnd_engine_attend: page lists and outputs. It
  * grows to the largest batch seen and is then reused, so steady-state
  * decode allocates nothing. Caller-owned: init before use, cleanup after. */
@@ -393,7 +440,9 @@ typedef struct attnd_engine_ws {
     int32_t *new_pages;        /* pages taken for new entries [cap_new] */
     int32_t *page_idx;         /* [cap_pages] */
     float *out, *lse;
-    size_t cap_seqs, cap_new, cap_pages, cap_out, cap_lse;
+    float *qa;                 /* absorbed queries (ATTND_Q_HEADS, CPU) */
+    float *proj;               /* up-projected outputs (d_vo > 0, CPU) */
+    size_t cap_seqs, cap_new, cap_pages, cap_out, cap_lse, cap_qa, cap_proj;
     /* With a GPU engine, out and lse live here instead: page-locked host
      * memory (the device-to-host copy runs at full PCIe speed), out first
      * and lse after it, freed by cleanup through pinned_free. */
@@ -419,11 +468,14 @@ void attnd_engine_ws_init(attnd_engine_ws *ws);
 void attnd_engine_ws_cleanup(attnd_engine_ws *ws);
 
 /* Attend: validate every session (NOT_FOUND, duplicates INVALID_ARGUMENT),
- * the layer (OUT_OF_RANGE) and positions (FAILED_PRECONDITION); append the
- * new entries all-or-nothing (RESOURCE_EXHAUSTED leaves every session as it
- * was); then compute. On success *out_p points to float32
- * [n_seqs][S][Hq][d_v] and *lse_p (when want_lse, else NULL) to
- * [n_seqs][S][Hq], both inside ws and valid until its next use. */
+ * the layer (OUT_OF_RANGE), positions (FAILED_PRECONDITION) and the
+ * projections the request names (q_form on a GQA model INVALID_ARGUMENT;
+ * no W_UK / W_UV of the stated width for the layer FAILED_PRECONDITION
+ * naming q_form / up_project); append the new entries all-or-nothing
+ * (RESOURCE_EXHAUSTED leaves every session as it was); then compute. On
+ * success *out_p points to float32 [n_seqs][S][Hq][d_v] (d_vo when
+ * projecting) and *lse_p (when want_lse, else NULL) to [n_seqs][S][Hq],
+ * both inside ws and valid until its next use. */
 attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
                                  attnd_engine_ws *ws, const float **out_p,
                                  const float **lse_p, attnd_error *err);

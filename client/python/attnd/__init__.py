@@ -16,6 +16,7 @@ one AttendStream. Where libattnd.so is found: attnd._lib (ATTND_LIB first).
 
 from ._lib import LibraryNotFoundError, library_path
 from .calls import Call, ServerTiming, Stream
+from ._request import QForm
 from .client import AttnKind, Client, KVChunk, ModelInfo, Session, Stats, Transport
 from .errors import (AbortedError, AlreadyExistsError, CancelledError, DataLossError,
                      DeadlineExceededError, Error, FailedPreconditionError, InternalError,
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client", "Session", "Call", "Stream", "KVChunk", "ModelInfo", "Stats", "ServerTiming",
-    "Transport", "AttnKind", "DType", "to_bf16", "from_bf16", "as_float32",
+    "Transport", "AttnKind", "QForm", "DType", "to_bf16", "from_bf16", "as_float32",
     "StatusCode", "Error", "CancelledError", "UnknownError", "InvalidArgumentError",
     "DeadlineExceededError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
     "ResourceExhaustedError", "FailedPreconditionError", "AbortedError", "OutOfRangeError",

@@ -137,6 +137,7 @@ class AttendArgs(Structure):
         ("lse", POINTER(c_float)),
         ("lse_capacity", c_size_t),
         ("up_project", c_int),
+        ("q_form", c_int),
     ]
 
 
@@ -221,6 +222,8 @@ _PROTOS = {
     "attnd_stream_close": (c_int, [_p, _E]),
     "attnd_client_get_stats": (c_int, [_p, POINTER(Stats), POINTER(ModelInfo), _E]),
     "attnd_client_load_weights": (c_int, [_p, c_uint32, POINTER(Tensor), POINTER(c_uint64), _E]),
+    "attnd_client_load_mla_weights": (
+        c_int, [_p, c_uint32, POINTER(Tensor), POINTER(Tensor), POINTER(c_uint64), _E]),
     "attnd_client_health": (c_int, [_p, c_char_p, POINTER(c_int), _E]),
 }
 

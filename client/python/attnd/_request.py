@@ -10,15 +10,17 @@ async Call keeps its Request until attnd_call_wait has written the results.
 
 Output shape: [n_seqs, S, Hq, d_v] for a 4-D query [n, S, Hq, d_k],
 [n_seqs, Hq, d_v] for a 3-D one; d_v is the served model's (learned from
-CreateSession or GetStats), or with up_project the width of the W_UV this
-client loaded for the layer (else pass ``out=``). A query of any other
-shape is still sent (the server's message names what is wrong); its output
-buffer is sized for [n_seqs, Hq, d_v] of the model.
+CreateSession or GetStats), or with up_project or the heads form (the
+narrow MLA wire, ``q_form="heads"``) the width of the W_UV this client
+loaded for the layer (else pass ``out=``). A query of any other shape is
+still sent (the server's message names what is wrong); its output buffer
+is sized for [n_seqs, Hq, d_v] of the model.
 """
 
 from __future__ import annotations
 
 import ctypes
+import enum
 from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 from . import _lib
@@ -28,6 +30,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from .client import Client, Session
 
 SessionLike = Union["Session", bytes, bytearray]
+
+
+class QForm(enum.IntEnum):
+    """Which form an MLA query has (attnd_q_form; attnd.v1 QForm).
+
+    ABSORBED: q [.., Hq, d_latent + d_rope] (q_nope . W_UK done by the
+    caller), out the latent [.., Hq, d_latent]. HEADS, the narrow wire:
+    q [.., Hq, d_nope + d_rope] as a serving stack holds it, out
+    [.., Hq, d_v]; the worker absorbs with the layer's W_UK and
+    up-projects with its W_UV (Client.load_weights with both)."""
+    ABSORBED = 0
+    HEADS = 1
+
+
+def q_form_of(x: Union[QForm, int, str]) -> QForm:
+    """A QForm from itself, its value or its name ("heads", "absorbed")."""
+    if isinstance(x, str):
+        try:
+            return QForm[x.upper()]
+        except KeyError:
+            raise ValueError(f"q_form: expected 'absorbed' or 'heads', got {x!r}") from None
+    return QForm(int(x))
 
 
 # Recently used batches: ids -> their ctypes array (read only to libattnd, so
@@ -69,7 +93,9 @@ class Request:
     def __init__(self, client: "Client", layer: int, sessions: Any, q: Any,
                  new_kv: Any = None, positions: Optional[Sequence[int]] = None,
                  out_dtype: Any = None, return_lse: bool = False, up_project: bool = False,
-                 out: Any = None, lse: Any = None):
+                 out: Any = None, lse: Any = None,
+                 q_form: Union[QForm, int, str] = QForm.ABSORBED):
+        form = q_form_of(q_form)
         a = _lib.AttendArgs()
         ids, n = session_ids(sessions)
         qw = as_wire(q, "q")
@@ -90,6 +116,7 @@ class Request:
             a.positions = parr
             keep.append(parr)
         a.up_project = 1 if up_project else 0
+        a.q_form = int(form)
 
         odt = dtype_of(out_dtype) if out_dtype is not None else None
         self._user_out = out is not None
@@ -103,7 +130,7 @@ class Request:
         res_dt = odt if odt is not None else qw.dtype
 
         rows_shape = self._rows(client, qw, n)
-        dv = self._d_v(client, layer, up_project, out is not None)
+        dv = self._d_v(client, layer, up_project or form == QForm.HEADS, out is not None)
         self._out_shape = rows_shape + (dv,)
         self._lse_shape = rows_shape
         self._like = q
@@ -145,16 +172,16 @@ class Request:
         return (n, client.model.n_q_heads)
 
     @staticmethod
-    def _d_v(client: "Client", layer: int, up_project: bool, have_out: bool) -> int:
-        if not up_project:
+    def _d_v(client: "Client", layer: int, projected: bool, have_out: bool) -> int:
+        if not projected:
             return client.model.d_v
         d_vo = client._d_vo.get(int(layer))
         if d_vo is None:
             if have_out:
                 return 1  # the caller sized the buffer; its shape is theirs
-            raise ValueError("out: up_project returns W_UV's width, which this client does "
-                             "not know for layer %d (load_weights it through this client, or "
-                             "pass out=)" % layer)
+            raise ValueError("out: up_project and q_form='heads' return W_UV's width, which "
+                             "this client does not know for layer %d (load_weights it through "
+                             "this client, or pass out=)" % layer)
         return d_vo
 
     def results(self) -> Any:

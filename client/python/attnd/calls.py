@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from . import _lib
-from ._request import Request, SessionLike
+from ._request import QForm, Request, SessionLike
 from .errors import Error, make_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,10 +127,11 @@ class Stream:
     def attend(self, layer: int, sessions: Union[SessionLike, Sequence[SessionLike]], q: Any, *,
                new_kv: Any = None, positions: Optional[Sequence[int]] = None,
                out_dtype: Any = None, return_lse: bool = False, up_project: bool = False,
-               out: Any = None, lse: Any = None) -> Any:
+               out: Any = None, lse: Any = None,
+               q_form: Union[QForm, int, str] = QForm.ABSORBED) -> Any:
         """One request on the stream; see Client.attend."""
         req = Request(self._client, layer, sessions, q, new_kv, positions, out_dtype, return_lse,
-                      up_project, out, lse)
+                      up_project, out, lse, q_form)
         err = _lib.Error()
         with self._lock:
             if self._h is None:

@@ -18,6 +18,7 @@ function of client/lib/include/attnd/client.h is reachable from here:
 | attnd_stream_attend / _close        | Stream.attend, Stream.close, with    |
 | attnd_client_get_stats              | Client.stats, Client.model           |
 | attnd_client_load_weights           | Client.load_weights                  |
+| attnd_client_load_mla_weights       | Client.load_weights(w_uk=...)        |
 | attnd_client_health                 | Client.health                        |
 
 Threads: a Client may be used from many threads at once (libattnd's own
@@ -40,7 +41,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from . import _lib
 from .errors import Error, make_error
 from .tensors import DType, as_wire
-from ._request import Request, SessionLike
+from ._request import QForm, Request, SessionLike
 from .calls import Call, Stream
 
 
@@ -401,22 +402,33 @@ class Client:
         _check(st, err, applied.value)
         return len(cs)
 
-    def load_weights(self, layer: int, w_uv: Any) -> int:
-        """LoadWeights: layer's W_UV [Hq, d_latent, d_vo] (f32/f16/bf16) for
-        a worker group of an MLA model, so that attend(..., up_project=True)
-        returns latent output x W_UV. Returns the float32 bytes the contacted
-        rank now holds for the layer."""
-        w = as_wire(w_uv, "w_uv")
-        t = _lib.Tensor()
-        w.fill(t, "w_uv")
+    def load_weights(self, layer: int, w_uv: Any = None, *, w_uk: Any = None) -> int:
+        """LoadWeights: an MLA layer's W_UV [Hq, d_latent, d_v] and/or W_UK
+        [Hq, d_nope, d_latent] (f32/f16/bf16; at least one) for the worker
+        (lone or group). With W_UV, attend(..., up_project=True) returns
+        latent output x W_UV; with both, attend(..., q_form="heads") takes
+        q [.., Hq, d_nope + d_rope] and returns [.., Hq, d_v] (the narrow
+        wire). A load replaces the matrices it carries and keeps the other.
+        Returns the bytes the contacted worker (rank) now holds for the
+        layer (bf16 kept as bf16, anything else as float32)."""
+        if w_uv is None and w_uk is None:
+            raise ValueError("load_weights: give w_uv, w_uk or both")
+        wires = {name: as_wire(x, name) for name, x in (("w_uk", w_uk), ("w_uv", w_uv))
+                 if x is not None}
+        ts = {}
+        for name, w in wires.items():
+            ts[name] = _lib.Tensor()
+            w.fill(ts[name], name)
         nbytes = ctypes.c_uint64()
         err = _lib.Error()
         with self._guard:
-            st = self._L.attnd_client_load_weights(self._h, int(layer), ctypes.byref(t),
-                                                   ctypes.byref(nbytes), ctypes.byref(err))
+            st = self._L.attnd_client_load_mla_weights(
+                self._h, int(layer), *(ctypes.byref(ts[n]) if n in ts else None
+                                       for n in ("w_uk", "w_uv")),
+                ctypes.byref(nbytes), ctypes.byref(err))
         _check(st, err)
-        if len(w.shape) == 3:
-            self._d_vo[int(layer)] = w.shape[2]
+        if "w_uv" in wires and len(wires["w_uv"].shape) == 3:
+            self._d_vo[int(layer)] = wires["w_uv"].shape[2]
         return nbytes.value
 
     # ---- Attend ----------------------------------------------------------------
@@ -424,7 +436,8 @@ class Client:
     def attend(self, layer: int, sessions: Union[SessionLike, Sequence[SessionLike]], q: Any, *,
                new_kv: Any = None, positions: Optional[Sequence[int]] = None,
                out_dtype: Any = None, return_lse: bool = False, up_project: bool = False,
-               out: Any = None, lse: Any = None) -> Any:
+               out: Any = None, lse: Any = None,
+               q_form: Union[QForm, int, str] = QForm.ABSORBED) -> Any:
         """Attend: one layer's decode step for a batch of sessions.
 
         q: [n, Hq, d_k] or [n, S, Hq, d_k] (S query tokens, causal among
@@ -432,14 +445,19 @@ class Client:
         or [n, S, entry]; MLA entry d_latent + d_rope, GQA [2, Hkv, D]),
         appended before attending; positions: where each session's first
         new entry must land (else FAILED_PRECONDITION). out_dtype: q's by
-        default. up_project: a group's W_UV applied (see load_weights).
+        default. up_project: the layer's W_UV applied to the latent output
+        (see load_weights). q_form (MLA): "absorbed" (the default; q
+        [.., Hq, d_latent + d_rope]) or "heads", the narrow wire: q
+        [.., Hq, d_nope + d_rope] (q_nope, q_rope per head) and out
+        [.., Hq, d_v], the worker applying the W_UK and W_UV loaded for the
+        layer (else FAILED_PRECONDITION naming q_form).
 
         Returns out ([n, (S,) Hq, d_v], numpy or torch like q), or
         (out, lse) with return_lse (lse float32 [n, (S,) Hq], natural log).
         ``out=`` / ``lse=``: write into these contiguous buffers instead.
         """
         req = Request(self, layer, sessions, q, new_kv, positions, out_dtype, return_lse,
-                      up_project, out, lse)
+                      up_project, out, lse, q_form)
         err = _lib.Error()
         with self._guard:
             st = self._L.attnd_client_attend(self._h, ctypes.byref(req.args), ctypes.byref(err))
@@ -449,12 +467,13 @@ class Client:
     def attend_async(self, layer: int, sessions: Union[SessionLike, Sequence[SessionLike]],
                      q: Any, *, new_kv: Any = None, positions: Optional[Sequence[int]] = None,
                      out_dtype: Any = None, return_lse: bool = False, up_project: bool = False,
-                     out: Any = None, lse: Any = None) -> "Call":
+                     out: Any = None, lse: Any = None,
+                     q_form: Union[QForm, int, str] = QForm.ABSORBED) -> "Call":
         """Start an Attend (arguments as attend) and return at once: the
         request is sent before this returns, so q and new_kv may be reused.
         Get the result with ``call.wait()`` or ``await call``."""
         req = Request(self, layer, sessions, q, new_kv, positions, out_dtype, return_lse,
-                      up_project, out, lse)
+                      up_project, out, lse, q_form)
         h = ctypes.c_void_p()
         err = _lib.Error()
         self._guard.enter()

@@ -181,11 +181,22 @@ typedef struct attnd_attend_args {
     size_t out_capacity;
     float *lse;
     size_t lse_capacity;
-    /* Nonzero: a worker group holding this layer's W_UV (see
-     * attnd_client_load_weights) returns out[h] = latent out[h] . W_UV[h],
-     * [n_seqs, S, Hq, d_vo], each rank projecting its own part and the
-     * group summing them (MLA, sequence or latent sharding). */
+    /* Nonzero: a worker holding this layer's W_UV (see
+     * attnd_client_load_mla_weights) returns out[h] = latent out[h] .
+     * W_UV[h], [n_seqs, S, Hq, d_v] (MLA; a group's ranks each project
+     * their part, and the group sums or merges d_v-wide rows). */
     int up_project;
+    /* MLA: which form q has (the wire says it; nothing is guessed from the
+     * shape). ATTND_Q_ABSORBED (0, the default): q [.., Hq, d_c + d_rope],
+     * out [.., Hq, d_c] (or d_v with up_project). ATTND_Q_HEADS, the
+     * narrow wire: q [n_seqs, S, Hq, d_nope + d_rope] as a serving stack
+     * holds it, out [n_seqs, S, Hq, d_v]; the worker absorbs q_nope with
+     * the layer's W_UK and up-projects with its W_UV (both loaded by
+     * attnd_client_load_mla_weights). Added after up_project, in what was
+     * the struct's tail padding: its size is unchanged, and a caller that
+     * zero-initializes it (= {0}, designated initializers, memset) gets
+     * the absorbed form, as before. */
+    attnd_q_form q_form;
 } attnd_attend_args;
 
 /* Synchronous Attend. On success out (and lse) are filled; on failure
@@ -372,11 +383,23 @@ typedef struct attnd_tier_stats {
 attnd_status attnd_client_get_tier_stats(attnd_client *c, const attnd_session_id *session,
                                          attnd_tier_stats *st, attnd_error *err);
 
-/* LoadWeights: give the worker (group) of an MLA model layer `layer`'s
- * value up-projection W_UV, a float32/bf16/f16 tensor [Hq, d_c, d_vo]
- * (head h's latent -> value), so that Attend with up_project returns
- * projected outputs. Replaces what the layer had. *bytes_p (may be NULL):
- * the float32 bytes the contacted rank now holds for the layer. */
+/* LoadWeights for the narrow MLA wire: give the worker (lone or group)
+ * serving an MLA model layer `layer`'s W_UK, [Hq, d_nope, d_c] (head h's
+ * q_nope -> absorbed latent query: q_c[h] = q_nope[h] . W_UK[h]), and/or
+ * W_UV, [Hq, d_c, d_v] (head h's latent output -> value: v[h] = o[h] .
+ * W_UV[h]), row-major float32/bf16/f16 tensors (either may be NULL, not
+ * both). Then Attend with q_form ATTND_Q_HEADS sends [B, S, Hq, d_nope +
+ * d_rope] and receives [B, S, Hq, d_v] (both matrices needed), and
+ * up_project with an absorbed query returns the latent output times W_UV.
+ * A load replaces the matrices it carries and keeps the other. The worker
+ * keeps bf16 as bf16, anything else as float32; *bytes_p (may be NULL):
+ * the bytes the contacted worker (rank) now holds for the layer, both
+ * matrices. A worker that restarts has none: load them again. */
+attnd_status attnd_client_load_mla_weights(attnd_client *c, uint32_t layer,
+                                           const attnd_tensor *w_uk, const attnd_tensor *w_uv,
+                                           uint64_t *bytes_p, attnd_error *err);
+/* attnd_client_load_mla_weights(c, layer, NULL, w_uv, bytes_p, err): W_UV
+ * alone (up_project with an absorbed query). */
 attnd_status attnd_client_load_weights(attnd_client *c, uint32_t layer,
                                        const attnd_tensor *w_uv, uint64_t *bytes_p,
                                        attnd_error *err);
