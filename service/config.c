@@ -15,7 +15,10 @@
 
 #include "srv.h"
 
-enum opt_kind { OPT_STR, OPT_INT, OPT_SIZE, OPT_DTYPE, OPT_FLAG, OPT_DURATION };
+/* OPT_MODE: a string that may be left out: "--flag" alone stores its
+ * first choice ("sync"), "--flag=value" or "--flag value" the value. */
+enum opt_kind { OPT_STR, OPT_INT, OPT_SIZE, OPT_DTYPE, OPT_FLAG, OPT_MODE,
+                OPT_DURATION };
 
 typedef struct opt {
     const char *flag; /* without the leading "--" */
@@ -124,6 +127,31 @@ static const opt opts[] = {
      "fault the whole KV pool in from a background thread at start: steady-state "
      "appends skip the first-touch cost, but the pool is resident at once (default: "
      "pages are faulted in by the appends that first write them)"},
+    {"kv-dir", "ATTND_KV_DIR", OPT_STR, F(kv_dir), 0, 0, "DIR",
+     "a directory on local disk for the KV pages memory cannot hold: the least recently "
+     "used sessions' layers move there and are read back (and prefetched) before an Attend "
+     "needs them (default: none; worker/TIERS.md)"},
+    {"kv-disk", "ATTND_KV_DISK", OPT_SIZE, F(kv_disk), 4096, INT64_MAX, "BYTES",
+     "most bytes of --kv-dir the KV pages may take (default 4 x --kv-memory)"},
+    {"kv-host", "ATTND_KV_HOST", OPT_SIZE, F(kv_host), 4096, INT64_MAX, "BYTES",
+     "--device cuda: bytes of host RAM below the GPU's memory for the pages it cannot hold "
+     "(default: none)"},
+    {"kv-prefetch", "ATTND_KV_PREFETCH", OPT_INT, F(kv_prefetch), 0, 1024, "LAYERS",
+     "layers read ahead while one is attended, for sessions with layers below memory; 0 "
+     "off (default 4)"},
+    {"kv-io-depth", "ATTND_KV_IO_DEPTH", OPT_INT, F(kv_io_depth), 1, 1024, "N",
+     "page reads or writes in flight per I/O context of the tier below (default 32)"},
+    {"durable", "ATTND_DURABLE", OPT_MODE, F(durable), 0, 0, "sync|batch|off",
+     "write-ahead log in --kv-dir: every acknowledged append (AppendKV, Attend with new KV) "
+     "is on disk before the reply (sync, the flag alone), or within --durable-window-ms "
+     "(batch); a restart on the same --kv-dir serves the same sessions (default off)"},
+    {"durable-window-ms", "ATTND_DURABLE_WINDOW_MS", OPT_INT, F(durable_window_ms), 1, 60000,
+     "MS", "--durable=batch: longest an acknowledged change waits for the disk (default 1)"},
+    {"durable-segment", "ATTND_DURABLE_SEGMENT", OPT_SIZE, F(durable_segment), 1 << 20,
+     INT64_MAX, "BYTES", "bytes of one preallocated log segment (default 64Mi)"},
+    {"durable-checkpoint", "ATTND_DURABLE_CHECKPOINT", OPT_SIZE, F(durable_checkpoint),
+     1 << 16, INT64_MAX, "BYTES",
+     "log bytes written between checkpoints, which bound the log (default 256Mi)"},
     {"tls-cert", "ATTND_TLS_CERT", OPT_STR, F(tls_cert), 0, 0, "PATH",
      "serve gRPC over TLS with this PEM certificate chain (with --tls-key); reloaded on "
      "SIGHUP (default: plaintext)"},
@@ -197,6 +225,11 @@ void attnd_srv_config_init(attnd_srv_config *cfg)
     snprintf(cfg->log_format, sizeof cfg->log_format, "text");
     snprintf(cfg->log_level, sizeof cfg->log_level, "info");
     cfg->ucx_exec_threads = 2;
+    cfg->kv_prefetch = 4;
+    cfg->kv_io_depth = 32;
+    cfg->durable_window_ms = 1;
+    cfg->durable_segment = 64ull << 20;
+    cfg->durable_checkpoint = 256ull << 20;
     cfg->ucx_conn_queue = 64;
     cfg->ucx_conn_bytes = 64ull << 20;
     /* measured on loopback with service/bench/bench_attend.c: an 8 MiB
@@ -309,6 +342,10 @@ static attnd_status apply(attnd_srv_config *cfg, const opt *o, const char *val,
     case OPT_FLAG:
         store_int(field, o->size, 1);
         return ATTND_OK;
+    case OPT_MODE:
+        if (!val) /* the flag alone: the first choice */
+            val = "sync";
+        /* fall through */
     case OPT_STR:
         if (strlen(val) >= o->size)
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -399,6 +436,9 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const 
             if (eq)
                 return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                        "%s: takes no value", who);
+        } else if (o->kind == OPT_MODE) { /* "--durable", "--durable=batch", "--durable batch" */
+            val = eq ? eq + 1 : i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 ? argv[++i]
+                                                                                     : NULL;
         } else if (eq) {
             val = eq + 1;
         } else if (i + 1 < argc) {
@@ -423,10 +463,22 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const 
     if (!strchr(cfg->listen, ':'))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--listen: expected HOST:PORT, got \"%s\"", cfg->listen);
+    if (cfg->durable[0] && strcmp(cfg->durable, "off") != 0 &&
+        strcmp(cfg->durable, "sync") != 0 && strcmp(cfg->durable, "batch") != 0)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--durable: expected sync, batch or off, got \"%s\"",
+                               cfg->durable);
     if (cfg->token_file[0] && cfg->ucx_listen[0])
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--ucx-listen: Attend over UCX cannot be bound to a tenant yet, "
                                "so it is refused with --token-file (use gRPC)");
+    /* the log does not record a session's owner: a recovered session would
+     * lose its tenant (and its quota), so the two are not combined yet */
+    if (cfg->token_file[0] && cfg->durable[0] && strcmp(cfg->durable, "off") != 0)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "--durable: cannot be combined with --token-file (tenants) yet: "
+                               "the log does not record a session's tenant, so a recovered "
+                               "session would lose its owner (worker/TIERS.md)");
     if (strcmp(cfg->log_format, "text") != 0 && strcmp(cfg->log_format, "json") != 0)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--log-format: expected text or json, got \"%s\"",
@@ -460,7 +512,25 @@ void attnd_srv_config_engine(const attnd_srv_config *cfg, attnd_engine_config *e
     ecfg->kernel_threads = cfg->kernel_threads;
     snprintf(ecfg->kernel_path, sizeof ecfg->kernel_path, "%s", cfg->kernel_path);
     ecfg->prefault = cfg->kv_prefault;
+    snprintf(ecfg->kv_dir, sizeof ecfg->kv_dir, "%s", cfg->kv_dir);
+    ecfg->kv_disk = cfg->kv_disk;
+    ecfg->kv_host = cfg->kv_host;
+    ecfg->kv_prefetch = cfg->kv_prefetch;
+    ecfg->kv_io_depth = cfg->kv_io_depth;
+    ecfg->durable = attnd_srv_durable_mode(cfg);
+    ecfg->durable_window_ms = cfg->durable_window_ms;
+    ecfg->wal_segment = cfg->durable_segment;
+    ecfg->checkpoint_bytes = cfg->durable_checkpoint;
     snprintf(ecfg->device, sizeof ecfg->device, "%s", cfg->device);
+}
+
+int attnd_srv_durable_mode(const attnd_srv_config *cfg)
+{
+    if (strcmp(cfg->durable, "sync") == 0)
+        return ATTND_ENGINE_DURABLE_SYNC;
+    if (strcmp(cfg->durable, "batch") == 0)
+        return ATTND_ENGINE_DURABLE_BATCH;
+    return ATTND_ENGINE_DURABLE_OFF;
 }
 
 void attnd_srv_config_usage(FILE *f)
@@ -472,8 +542,9 @@ void attnd_srv_config_usage(FILE *f)
                "one cuts the drain short).\n\n");
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
         char lhs[64];
-        snprintf(lhs, sizeof lhs, "--%s%s%s", opts[i].flag, opts[i].arg ? " " : "",
-                 opts[i].arg ? opts[i].arg : "");
+        snprintf(lhs, sizeof lhs, "--%s%s%s%s%s", opts[i].flag, opts[i].arg ? " " : "",
+                 opts[i].kind == OPT_MODE ? "[" : "", opts[i].arg ? opts[i].arg : "",
+                 opts[i].kind == OPT_MODE ? "]" : "");
         fprintf(f, "  %-32s  %s", lhs, opts[i].help); /* 2+ spaces: deploy/config_table.py */
         if (opts[i].env)
             fprintf(f, " [%s]", opts[i].env);
@@ -502,6 +573,9 @@ void attnd_srv_config_print(FILE *f, const attnd_srv_config *cfg)
         switch (o->kind) {
         case OPT_STR:
             fprintf(f, "--%s=%s\n", o->flag, (const char *)field);
+            break;
+        case OPT_MODE:
+            fprintf(f, "--%s=%s\n", o->flag, *(const char *)field ? (const char *)field : "off");
             break;
         case OPT_INT:
         case OPT_SIZE:

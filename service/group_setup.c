@@ -161,6 +161,8 @@ attnd_status attnd_srv_config_group(const attnd_srv_config *cfg, attnd_engine_co
     g->page_size = ecfg->page_size;
     if ((st = attnd_group_shard_model(g, &ecfg->model, err)))
         return st;
+    /* a durable rank's files say whose shard they hold */
+    ecfg->shard_tag = (uint32_t)g->size << 16 | (uint32_t)(g->rank + 1) << 8 | (uint32_t)g->mode;
     if (cfg->group_secret_file[0] && !cfg->print_config &&
         (st = read_group_secret(g, cfg->group_secret_file, err)))
         return st;

@@ -74,6 +74,9 @@ int main(int argc, char **argv)
     sigaddset(&waited, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &waited, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* a file size limit makes the KV tier's writes fail (EFBIG: the disk
+     * counts as full, RESOURCE_EXHAUSTED) instead of killing the process */
+    signal(SIGXFSZ, SIG_IGN);
 
     uint64_t nofile = attnd_srv_raise_fd_limit();
     attnd_error_clear(&err);
@@ -149,6 +152,14 @@ int main(int argc, char **argv)
         printf("attnd: metrics on http://%.*s:%d/metrics\n",
                (int)(strrchr(cfg.metrics_listen, ':') - cfg.metrics_listen), cfg.metrics_listen,
                srv->metrics_port);
+    if (est.below[0])
+        printf("attnd: KV tier below memory: %s %s, %llu slots of %llu bytes; durable %s%s\n",
+               est.below, est.below[0] == 'd' ? cfg.kv_dir : "RAM",
+               (unsigned long long)est.below_slots, (unsigned long long)est.below_slot_bytes,
+               est.durable == ATTND_ENGINE_DURABLE_SYNC    ? "sync"
+               : est.durable == ATTND_ENGINE_DURABLE_BATCH ? "batch"
+                                                           : "off",
+               est.sessions_recovered ? " (sessions recovered)" : "");
     if (group)
         printf("attnd: group rank %d of %d, shard %s, rendezvous port %d\n", gcfg.rank,
                gcfg.size, attnd_group_mode_name(gcfg.mode), attnd_group_port(group));

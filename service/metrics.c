@@ -15,7 +15,18 @@
  *   KV          attnd_kv_pages{state=used|reserved|free}, attnd_kv_bytes{state},
  *               attnd_kv_page_size_bytes, attnd_kv_read_bytes_total,
  *               attnd_kv_appended_tokens_total, attnd_attend_sequences_total
+ *   sparse      attnd_kv_dense_read_bytes_total, attnd_select_read_bytes_total,
+ *               attnd_select_seconds_total, attnd_kv_pages_evicted_total
  *   sessions    attnd_sessions, attnd_sessions_limit
+ *   tiers       attnd_kv_pages_held, attnd_kv_pages_capacity (every tier together),
+ *               attnd_kv_below_slots{state=used|free}, attnd_kv_below_slot_bytes,
+ *               attnd_kv_pages_moved_total{direction=down|up},
+ *               attnd_kv_pages_prefetched_total, attnd_kv_load_waits_total,
+ *               attnd_kv_pages_bad_total, attnd_kv_write_failures_total
+ *   durability  attnd_durable{mode}, attnd_wal_written_bytes_total,
+ *               attnd_wal_syncs_total, attnd_checkpoints_total,
+ *               attnd_sessions_recovered, attnd_sessions_lost
+ *               (worker/TIERS.md; all 0 without --kv-dir / --durable)
  *   group       attnd_group_ranks, attnd_group_rank, attnd_group_peers_connected,
  *               attnd_group_peer_up{peer}, attnd_group_peer_failures_total,
  *               attnd_group_sent_bytes_total, attnd_group_received_bytes_total
@@ -304,13 +315,11 @@ static void render_requests(out *o, attnd_srv *srv, const totals *t)
             (unsigned long long)t->tx[x]);
 }
 
-static void render_kv(out *o, attnd_srv *srv)
+static void render_kv(out *o, const attnd_engine_stats *st)
 {
-    attnd_engine_stats st;
-    attnd_engine_get_stats(srv->engine, &st);
-    uint64_t busy = st.pages_used + st.pages_reserved;
-    uint64_t pages[3] = {st.pages_used, st.pages_reserved,
-                         st.pages_total > busy ? st.pages_total - busy : 0};
+    uint64_t busy = st->pages_used + st->pages_reserved;
+    uint64_t pages[3] = {st->pages_used, st->pages_reserved,
+                         st->pages_total > busy ? st->pages_total - busy : 0};
     static const char *const state[3] = {"used", "reserved", "free"};
 
     family(o, "attnd_kv_pages", "gauge",
@@ -321,34 +330,94 @@ static void render_kv(out *o, attnd_srv *srv)
     family(o, "attnd_kv_bytes", "gauge", "KV pool bytes of this rank by page state.");
     for (int i = 0; i < 3; i++)
         put(o, "attnd_kv_bytes{state=\"%s\"} %llu\n", state[i],
-            (unsigned long long)(pages[i] * st.page_bytes));
+            (unsigned long long)(pages[i] * st->page_bytes));
     family(o, "attnd_kv_page_size_bytes", "gauge", "Bytes of one KV page.");
-    put(o, "attnd_kv_page_size_bytes %llu\n", (unsigned long long)st.page_bytes);
+    put(o, "attnd_kv_page_size_bytes %llu\n", (unsigned long long)st->page_bytes);
     family(o, "attnd_kv_read_bytes_total", "counter", "KV bytes read by attention kernels.");
-    put(o, "attnd_kv_read_bytes_total %llu\n", (unsigned long long)st.kv_bytes_read);
+    put(o, "attnd_kv_read_bytes_total %llu\n", (unsigned long long)st->kv_bytes_read);
     family(o, "attnd_kv_dense_read_bytes_total", "counter",
            "KV bytes dense attention of the same calls would have read (equal to "
            "attnd_kv_read_bytes_total while every session is dense).");
-    put(o, "attnd_kv_dense_read_bytes_total %llu\n", (unsigned long long)st.kv_bytes_dense);
+    put(o, "attnd_kv_dense_read_bytes_total %llu\n", (unsigned long long)st->kv_bytes_dense);
     family(o, "attnd_select_read_bytes_total", "counter",
            "Key bounds read by sparse page selection (topk-pages).");
-    put(o, "attnd_select_read_bytes_total %llu\n", (unsigned long long)st.select_bytes_read);
+    put(o, "attnd_select_read_bytes_total %llu\n", (unsigned long long)st->select_bytes_read);
     family(o, "attnd_select_seconds_total", "counter",
            "Time spent in sparse page selection (topk-pages), seconds.");
-    put(o, "attnd_select_seconds_total %.9f\n", (double)st.select_ns * 1e-9);
+    put(o, "attnd_select_seconds_total %.9f\n", (double)st->select_ns * 1e-9);
     family(o, "attnd_kv_pages_evicted_total", "counter",
            "KV pages streaming policies gave back to the pool.");
-    put(o, "attnd_kv_pages_evicted_total %llu\n", (unsigned long long)st.pages_evicted);
+    put(o, "attnd_kv_pages_evicted_total %llu\n", (unsigned long long)st->pages_evicted);
     family(o, "attnd_kv_appended_tokens_total", "counter",
            "Tokens appended to this rank's KV (AppendKV and Attend's new KV), per layer.");
-    put(o, "attnd_kv_appended_tokens_total %llu\n", (unsigned long long)st.tokens_appended);
+    put(o, "attnd_kv_appended_tokens_total %llu\n", (unsigned long long)st->tokens_appended);
     family(o, "attnd_attend_sequences_total", "counter",
            "Sequences attended by this rank's engine (a call of batch B counts B).");
-    put(o, "attnd_attend_sequences_total %llu\n", (unsigned long long)st.attend_sequences);
+    put(o, "attnd_attend_sequences_total %llu\n", (unsigned long long)st->attend_sequences);
     family(o, "attnd_sessions", "gauge", "Open sessions.");
-    put(o, "attnd_sessions %llu\n", (unsigned long long)st.sessions);
+    put(o, "attnd_sessions %llu\n", (unsigned long long)st->sessions);
     family(o, "attnd_sessions_limit", "gauge", "Open sessions at most (--max-sessions).");
-    put(o, "attnd_sessions_limit %llu\n", (unsigned long long)st.max_sessions);
+    put(o, "attnd_sessions_limit %llu\n", (unsigned long long)st->max_sessions);
+}
+
+/* The tiers below memory and the write-ahead log (worker/TIERS.md). */
+static void render_tiers(out *o, const attnd_engine_stats *st)
+{
+    static const char *const mode[3] = {"off", "sync", "batch"};
+    uint64_t free_slots = st->below_slots > st->below_slots_used
+                              ? st->below_slots - st->below_slots_used
+                              : 0;
+
+    family(o, "attnd_kv_pages_held", "gauge",
+           "KV pages sessions hold in every tier together (a page below memory counts once).");
+    put(o, "attnd_kv_pages_held %llu\n", (unsigned long long)st->pages_held);
+    family(o, "attnd_kv_pages_capacity", "gauge",
+           "KV pages every tier together can hold (admission's limit).");
+    put(o, "attnd_kv_pages_capacity %llu\n", (unsigned long long)st->pages_capacity);
+    family(o, "attnd_kv_below_slots", "gauge",
+           "Page slots of the tier below memory (--kv-dir or --kv-host) by state; 0 without one.");
+    put(o, "attnd_kv_below_slots{state=\"used\"} %llu\n",
+        (unsigned long long)st->below_slots_used);
+    put(o, "attnd_kv_below_slots{state=\"free\"} %llu\n", (unsigned long long)free_slots);
+    family(o, "attnd_kv_below_slot_bytes", "gauge",
+           "Bytes of one slot of the tier below memory (header block and page).");
+    put(o, "attnd_kv_below_slot_bytes %llu\n", (unsigned long long)st->below_slot_bytes);
+    family(o, "attnd_kv_pages_moved_total", "counter",
+           "KV pages written to the tier below memory (down) and read back (up).");
+    put(o, "attnd_kv_pages_moved_total{direction=\"down\"} %llu\n",
+        (unsigned long long)st->pages_moved_down);
+    put(o, "attnd_kv_pages_moved_total{direction=\"up\"} %llu\n",
+        (unsigned long long)st->pages_moved_up);
+    family(o, "attnd_kv_pages_prefetched_total", "counter",
+           "KV pages read back ahead of the Attend that needed them.");
+    put(o, "attnd_kv_pages_prefetched_total %llu\n", (unsigned long long)st->pages_prefetched);
+    family(o, "attnd_kv_load_waits_total", "counter",
+           "Attends that waited for a read of their KV from the tier below.");
+    put(o, "attnd_kv_load_waits_total %llu\n", (unsigned long long)st->load_waits);
+    family(o, "attnd_kv_pages_bad_total", "counter",
+           "KV page reads that failed their checksum or header check (the session: DATA_LOSS).");
+    put(o, "attnd_kv_pages_bad_total %llu\n", (unsigned long long)st->pages_bad);
+    family(o, "attnd_kv_write_failures_total", "counter",
+           "KV page writes to the tier below that failed (a full disk included).");
+    put(o, "attnd_kv_write_failures_total %llu\n", (unsigned long long)st->write_failures);
+    family(o, "attnd_durable", "gauge",
+           "Constant 1; label: the --durable mode (off, sync, batch).");
+    put(o, "attnd_durable{mode=\"%s\"} 1\n",
+        st->durable >= 0 && st->durable < 3 ? mode[st->durable] : "off");
+    family(o, "attnd_wal_written_bytes_total", "counter",
+           "Bytes written to the write-ahead log (padding included).");
+    put(o, "attnd_wal_written_bytes_total %llu\n", (unsigned long long)st->wal_bytes);
+    family(o, "attnd_wal_syncs_total", "counter",
+           "fdatasyncs of the write-ahead log (each a group commit).");
+    put(o, "attnd_wal_syncs_total %llu\n", (unsigned long long)st->wal_syncs);
+    family(o, "attnd_checkpoints_total", "counter", "Checkpoints written since start.");
+    put(o, "attnd_checkpoints_total %llu\n", (unsigned long long)st->checkpoints);
+    family(o, "attnd_sessions_recovered", "gauge",
+           "Sessions rebuilt from --kv-dir at this process's start.");
+    put(o, "attnd_sessions_recovered %llu\n", (unsigned long long)st->sessions_recovered);
+    family(o, "attnd_sessions_lost", "gauge",
+           "Of the recovered sessions, those whose KV failed a check (DATA_LOSS until closed).");
+    put(o, "attnd_sessions_lost %llu\n", (unsigned long long)st->sessions_lost);
 }
 
 /* 1 when rank r is listed in missing ("1,3"). */
@@ -418,7 +487,10 @@ int attnd_srv_metrics_render(attnd_srv *srv, char **buf, size_t *len_p)
     sum_shards(srv->metrics, t);
     render_requests(&o, srv, t);
     free(t);
-    render_kv(&o, srv);
+    attnd_engine_stats st;
+    attnd_engine_get_stats(srv->engine, &st);
+    render_kv(&o, &st);
+    render_tiers(&o, &st);
     render_group(&o, srv);
     render_process(&o, srv);
     if (o.oom) {

@@ -88,10 +88,15 @@ void attnd_srv_append_step(attnd_srv_call *c, int ok)
     }
     if (!c->recv) { /* half-close: commit */
         Attnd__V1__AppendKVResponse resp = ATTND__V1__APPEND_KVRESPONSE__INIT;
-        if (commit(c, &resp.chunks, &resp.tokens, &err))
+        if (commit(c, &resp.chunks, &resp.tokens, &err)) {
             attnd_srv_call_fail(c, &err);
-        else
+        } else {
+            /* the engine waited for the log in sync mode (worker/TIERS.md) */
+            resp.durability = (Attnd__V1__Durability)attnd_srv_durable_mode(srv->cfg);
+            if (resp.durability == ATTND__V1__DURABILITY__DURABILITY_BATCH)
+                resp.durable_window_ms = (uint32_t)srv->cfg->durable_window_ms;
             attnd_srv_call_finish(c, attnd_srv_pack(&resp.base), ATTND_OK, NULL);
+        }
         return;
     }
     m = (Attnd__V1__AppendKVRequest *)attnd_srv_call_decode(

@@ -12,6 +12,9 @@
 #include "attnd_clock.h"
 #include "attend_exec.h"
 
+/* Trailing-metadata key of the durability of a call's new KV. */
+#define ATTND_SRV_DURABILITY_KEY "attnd-durability"
+
 /* Handle one AttendRequest in c->recv; *reply_p gets the reply and *t_p
  * the call's timings, reply encoding included. The work
  * itself is attnd_srv_attend_exec, shared with the UCX endpoint. */
@@ -65,6 +68,25 @@ static void add_timing_trailer(attnd_srv_call *c, const attnd_srv_attend_times *
     attnd_srv_call_add_trailer(c, ATTND_SRV_TIMING_KEY, v);
 }
 
+/* With --durable: how the call's new KV (if any) is durable, as trailing
+ * metadata ATTND_SRV_DURABILITY_KEY = "sync" (in the log before the reply)
+ * or "batch;window-ms=N" (within N ms): the reply says which
+ * (worker/TIERS.md). No trailer: not durable. */
+static void add_durability_trailer(attnd_srv_call *c)
+{
+    const attnd_srv_config *cfg = c->th->srv->cfg;
+    char v[48];
+    switch (attnd_srv_durable_mode(cfg)) {
+    case ATTND_ENGINE_DURABLE_SYNC:
+        attnd_srv_call_add_trailer(c, ATTND_SRV_DURABILITY_KEY, "sync");
+        break;
+    case ATTND_ENGINE_DURABLE_BATCH:
+        snprintf(v, sizeof v, "batch;window-ms=%d", (int)cfg->durable_window_ms);
+        attnd_srv_call_add_trailer(c, ATTND_SRV_DURABILITY_KEY, v);
+        break;
+    }
+}
+
 void attnd_srv_attend_start(attnd_srv_call *c)
 {
     grpc_byte_buffer *reply = NULL;
@@ -78,6 +100,7 @@ void attnd_srv_attend_start(attnd_srv_call *c)
     }
     add_timing_trailer(c, &t);
     attnd_srv_attend_times_record(attnd_srv_metrics_local(c->srv->metrics), &t);
+    add_durability_trailer(c);
     attnd_srv_call_finish(c, reply, ATTND_OK, NULL);
 }
 
@@ -97,6 +120,7 @@ void attnd_srv_attend_stream_step(attnd_srv_call *c, int ok)
         return;
     }
     if (!c->recv) { /* the client half-closed: done */
+        add_durability_trailer(c);
         attnd_srv_call_finish(c, NULL, ATTND_OK, NULL);
         return;
     }

@@ -1,7 +1,8 @@
 /* GetStats, and the ModelInfo that CreateSession and GetStats both carry:
  * the engine's counters, the service's error count (calls that ended with
- * a non-OK status other than a client's cancel), the uptime, and every UCX
- * endpoint this rank holds (Attend clients, group peers) with the
+ * a non-OK status other than a client's cancel), the uptime, the KV tiers
+ * and durability (and one session's bytes per tier when asked), and every
+ * UCX endpoint this rank holds (Attend clients, group peers) with the
  * transports UCX really uses for it.
  *
  * With --token-file a tenant sees its own figures only (stats_scope
@@ -9,6 +10,7 @@
  * the worker's (stats_scope "global", group fields, UCX endpoints) need an
  * admin tenant. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "srv.h"
 #include "ucx_server.h"
@@ -61,6 +63,50 @@ static void ucx_endpoints(attnd_srv *srv, const attnd_group_state *gs,
     resp->ucx_endpoints = ptrs;
 }
 
+/* The engine's tier and durability figures into resp; with a session id,
+ * that session's bytes (NOT_FOUND names it; for a tenant, admins included,
+ * another tenant's session is NOT_FOUND in the same words, as everywhere).
+ * owner: the caller's tenant (0: no --token-file). */
+static attnd_status tier_stats(attnd_srv *srv, const Attnd__V1__GetStatsRequest *m,
+                               uint64_t owner, const attnd_engine_stats *st, char *below,
+                               Attnd__V1__GetStatsResponse *resp, attnd_error *err)
+{
+    resp->kv_pages_held = st->pages_held;
+    resp->kv_pages_capacity = st->pages_capacity;
+    memcpy(below, st->below, sizeof st->below);
+    resp->kv_below = below;
+    resp->kv_below_slots = st->below_slots;
+    resp->kv_below_slots_used = st->below_slots_used;
+    resp->kv_below_slot_bytes = st->below_slot_bytes;
+    resp->kv_pages_moved_down = st->pages_moved_down;
+    resp->kv_pages_moved_up = st->pages_moved_up;
+    resp->kv_pages_prefetched = st->pages_prefetched;
+    resp->kv_load_waits = st->load_waits;
+    resp->kv_pages_bad = st->pages_bad;
+    resp->kv_write_failures = st->write_failures;
+    resp->durability = (Attnd__V1__Durability)st->durable;
+    resp->durable_window_ms = st->durable_window_ms;
+    resp->wal_durable_lsn = st->wal_durable_lsn;
+    resp->wal_bytes_written = st->wal_bytes;
+    resp->wal_syncs = st->wal_syncs;
+    resp->checkpoints = st->checkpoints;
+    resp->sessions_recovered = st->sessions_recovered;
+    resp->sessions_lost = st->sessions_lost;
+    if (!m->session_id.len)
+        return ATTND_OK;
+    attnd_session_id id;
+    if (m->session_id.len != sizeof id.bytes)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "session_id: %zu bytes, expected %zu", m->session_id.len,
+                               sizeof id.bytes);
+    memcpy(id.bytes, m->session_id.data, sizeof id.bytes);
+    attnd_status st2;
+    if (owner && (st2 = attnd_engine_sessions_check(srv->engine, owner, &id, 1, 0, err)))
+        return st2;
+    return attnd_engine_session_bytes(srv->engine, &id, &resp->session_memory_bytes,
+                                      &resp->session_below_bytes, err);
+}
+
 void attnd_srv_model_info(const attnd_srv_model *m, Attnd__V1__ModelInfo *info)
 {
     const attnd_model_spec *s = m->spec;
@@ -84,8 +130,9 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
     attnd_error err;
 
     attnd_error_clear(&err);
-    /* the request is empty, but it must still be one */
-    if (!attnd_srv_call_decode(c, &attnd__v1__get_stats_request__descriptor, &err)) {
+    const Attnd__V1__GetStatsRequest *m = (const Attnd__V1__GetStatsRequest *)
+        attnd_srv_call_decode(c, &attnd__v1__get_stats_request__descriptor, &err);
+    if (!m) {
         attnd_srv_call_fail(c, &err);
         return;
     }
@@ -101,6 +148,11 @@ void attnd_srv_get_stats_start(attnd_srv_call *c)
         snprintf(scope, sizeof scope, "tenant %s", c->tenant->name);
     }
     Attnd__V1__GetStatsResponse resp = ATTND__V1__GET_STATS_RESPONSE__INIT;
+    char below[sizeof st.below];
+    if (tier_stats(srv, m, attnd_srv_call_owner(c), &st, below, &resp, &err)) {
+        attnd_srv_call_fail(c, &err);
+        return;
+    }
     Attnd__V1__ModelInfo info = ATTND__V1__MODEL_INFO__INIT;
     attnd_srv_model_info(&srv->model, &info);
     resp.model = &info;

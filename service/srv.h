@@ -120,6 +120,16 @@ typedef struct attnd_srv_config {
     char log_format[8];        /* --log-format text|json */
     char log_level[8];         /* --log-level error|warn|info|debug */
     int print_config;          /* --print-config */
+    /* KV tiers and durability (worker/TIERS.md) */
+    char kv_dir[256];          /* --kv-dir: the disk tier; "" none */
+    uint64_t kv_disk;          /* --kv-disk bytes; 0: 4 x kv_memory */
+    uint64_t kv_host;          /* --kv-host bytes below a GPU; 0 none */
+    int32_t kv_prefetch;       /* --kv-prefetch layers ahead; 0 off */
+    int32_t kv_io_depth;       /* --kv-io-depth I/Os in flight */
+    char durable[8];           /* --durable[=sync|batch]: "", "off", "sync", "batch" */
+    int32_t durable_window_ms; /* --durable-window-ms (batch) */
+    uint64_t durable_segment;  /* --durable-segment bytes of a log segment */
+    uint64_t durable_checkpoint; /* --durable-checkpoint: log bytes between checkpoints */
     int show_help;             /* --help */
     int list_models;           /* --list-models */
 } attnd_srv_config;
@@ -138,6 +148,8 @@ int attnd_srv_parse_size(const char *s, uint64_t *out_p);
  * -1 on a malformed or overflowing value. */
 int attnd_srv_parse_duration_ms(const char *s, int64_t *ms_p);
 void attnd_srv_config_usage(FILE *f);
+/* --durable as ATTND_ENGINE_DURABLE_*. */
+int attnd_srv_durable_mode(const attnd_srv_config *cfg);
 void attnd_srv_config_list_models(FILE *f);
 /* Every setting of a loaded config as "--flag=value" lines (flags that are
  * off are left out), in --help's order: what the defaults, the ATTND_*

@@ -15,7 +15,13 @@
  * attend calls take turns on it, and its workers take none of our locks, so
  * waiting for it with session locks held cannot deadlock) or on the GPU
  * backend. The workspace grows to the largest batch seen and is reused:
- * steady-state decode allocates nothing. */
+ * steady-state decode allocates nothing.
+ *
+ * With a tier below memory, the layer is brought into memory for every
+ * session of the batch first and the next layers are queued for prefetch
+ * (attnd__tier_attend); with durability, the new entries are logged before
+ * they are applied (a transaction of the call's own) and, in sync mode,
+ * the call waits for the log after its locks are released. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +31,7 @@
 #include "attnd_proj.h"
 #include "backend.h"
 #include "sparse.h"
-#include "worker_int.h"
+#include "tier_int.h"
 
 void attnd_engine_ws_init(attnd_engine_ws *ws)
 {
@@ -128,6 +134,30 @@ static attnd_status resolve_sessions(attnd_engine *e, const attnd_attend_req *re
     return ATTND_OK;
 }
 
+/* Log the batch's new entries (durable) as one transaction; on failure
+ * nothing of it counts. *end_p: the log position to wait for. */
+static attnd_status log_new_entries(attnd_engine *e, const attnd_attend_req *req,
+                                    attnd_engine_ws *ws, uint64_t *end_p, attnd_error *err)
+{
+    const uint64_t S = (uint64_t)req->q_tokens;
+    const size_t entry_bytes = (size_t)e->entry_elems * attnd_dtype_size(req->new_kv_dtype);
+    attnd__wtxn tx = {0};
+    attnd_status st = ATTND_OK;
+
+    for (uint32_t i = 0; i < req->n_seqs && st == ATTND_OK; i++) {
+        attnd__session *s = ws->sessions[i];
+        st = attnd__engine_log_data(e, &tx, &s->id, (int32_t)req->layer, s->len[req->layer], S,
+                                    UINT64_MAX, req->new_kv_dtype,
+                                    (const char *)req->new_kv + (size_t)i * S * entry_bytes,
+                                    end_p, err);
+    }
+    if (st == ATTND_OK)
+        st = attnd__engine_log_mark(e, &tx, ATTND__WREC_COMMIT, end_p, err);
+    if (st && tx.txn)
+        attnd__engine_log_mark(e, &tx, ATTND__WREC_ABORT, end_p, NULL);
+    return st;
+}
+
 /* Give sessions [0, n) of the batch's owners back the pages their new
  * entries would take. */
 static void refund_owners(attnd_engine *e, const attnd_attend_req *req, attnd_engine_ws *ws,
@@ -170,7 +200,8 @@ static attnd_status charge_owners(attnd_engine *e, const attnd_attend_req *req,
 
 /* Append each session's S new entries, all or nothing. Sessions locked. */
 static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *req,
-                                       attnd_engine_ws *ws, attnd_error *err)
+                                       attnd_engine_ws *ws, uint64_t *log_end_p,
+                                       attnd_error *err)
 {
     const int32_t layer = (int32_t)req->layer;
     const uint64_t S = (uint64_t)req->q_tokens;
@@ -201,11 +232,18 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "new_kv: out of memory");
     if (total > 0 && (st = charge_owners(e, req, ws, err)))
         return st;
-    st = attnd_kv_pool_alloc(&e->pool, (int32_t)total, (int32_t)from_res, ws->new_pages, err);
+    st = attnd__engine_alloc(e, (int32_t)total, (int32_t)from_res, ws->new_pages, err);
     if (st) {
+        char why[ATTND_ERROR_MSG_MAX];
+        snprintf(why, sizeof why, "%s", err->msg);
         refund_owners(e, req, ws, req->n_seqs);
-        attnd_error_set(err, st, "new_kv: KV memory exhausted: the batch needs %lld new pages",
-                        (long long)total);
+        attnd_error_set(err, st, "new_kv: the batch needs %lld new pages: %s", (long long)total,
+                        why);
+        return st;
+    }
+    if (e->dur && (st = log_new_entries(e, req, ws, log_end_p, err))) {
+        attnd_kv_pool_unalloc(&e->pool, ws->new_pages, (int32_t)total, (int32_t)from_res);
+        refund_owners(e, req, ws, req->n_seqs);
         return st;
     }
     size_t entry_bytes = (size_t)e->entry_elems * attnd_dtype_size(req->new_kv_dtype);
@@ -216,6 +254,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         int32_t have = attnd__session_layer_pages(s, layer);
         int64_t r = attnd__session_from_reserved(s, layer, have, need);
         memcpy(s->pages[layer] + have, ws->new_pages + taken, sizeof(int32_t) * (size_t)need);
+        attnd__session_no_slots(s, layer, have, have + need);
         taken += need;
         s->reserved_left -= r;
         s->pages_held += need;
@@ -225,6 +264,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         /* a GPU error is sticky (the worker must restart); lengths advance
          * anyway so that the page bookkeeping stays consistent */
         s->len[layer] += S;
+        s->ulen[layer] = s->len[layer];
         attnd__sparse_evict(e, s, layer); /* streaming: pages out of the window */
         if (wst && st == ATTND_OK)
             st = wst;
@@ -432,13 +472,21 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     for (uint32_t k = 0; k < req->n_seqs; k++)
         pthread_mutex_lock(&((attnd__session *)ws->sessions[ws->order[k]])->mu);
 
+    uint64_t log_end = 0;
+    if (e->tier) {
+        /* memory short: the batch's other layers may go below too */
+        attnd__tier_own((attnd__session **)ws->sessions, req->n_seqs, (int32_t)req->layer);
+        if ((st = attnd__tier_attend(e, (attnd__session **)ws->sessions, req->n_seqs,
+                                     (int32_t)req->layer, err)))
+            goto out;
+    }
     ws->chosen_groups = 0;
     ws->select_ns = 0;
     sparse = attnd__sparse_needed(e, req, ws);
     if (sparse && (st = attnd__sparse_check(e, req, ws, err)))
         goto out;
     if (req->new_kv) {
-        st = append_new_entries(e, req, ws, err);
+        st = append_new_entries(e, req, ws, &log_end, err);
         if (st)
             goto out;
     }
@@ -501,10 +549,17 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     }
 
 out:
+    if (e->tier)
+        attnd__tier_own(NULL, 0, -1);
     for (uint32_t k = req->n_seqs; k-- > 0;)
         pthread_mutex_unlock(&((attnd__session *)ws->sessions[ws->order[k]])->mu);
     for (uint32_t i = 0; i < req->n_seqs; i++)
         attnd__session_put(&e->table, &e->pool, ws->sessions[i]);
+    if (log_end) { /* sync mode: the new entries durable before the reply */
+        attnd_status lst = attnd__engine_log_wait(e, log_end, err);
+        if (st == ATTND_OK)
+            st = lst;
+    }
     /* the up-projection reads only the workspace: no session locked */
     if (st == ATTND_OK && uv && !e->gpu) {
         up_project(e, uv, q_rows, out, ws);

@@ -78,6 +78,13 @@ attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src
                                const void *src, size_t n, void **dev_p, attnd_error *err);
 void attnd__gpu_free(attnd__gpu *g, void *dev);
 
+/* Copy GPU page `page` to host memory dst / from host memory src
+ * (page_bytes), waiting for the copy: the tier below HBM moves pages this
+ * way (worker/TIERS.md). INTERNAL on a CUDA error. */
+attnd_status attnd__gpu_page_read(attnd__gpu *g, int32_t page, void *dst, attnd_error *err);
+attnd_status attnd__gpu_page_write(attnd__gpu *g, int32_t page, const void *src,
+                                   attnd_error *err);
+
 /* Sparse policies. Keep the GPU's copy of page p's key bounds (every KV
  * head) equal to the host's (bounds: the engine's head-major array of
  * n_pages pages, attnd_kernel_kv_bounds_at); made on first use. INTERNAL on a

@@ -426,6 +426,49 @@ out:
     return st;
 }
 
+/* One page between the device pool and host memory, on the stream (after
+ * every append enqueued before it), waited for: the tier below HBM
+ * (worker/tier.c) moves whole layers page by page through its bounce
+ * buffers. */
+static attnd_status page_copy(attnd__gpu *g, int32_t page, void *host, int to_host,
+                              attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    cudaError_t rc;
+
+    if (page < 0 || page >= g->n_pages)
+        return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: page %d not in [0, %d)", page,
+                               g->n_pages);
+    pthread_mutex_lock(&g->mu);
+    if ((rc = cudaSetDevice(g->device)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaSetDevice");
+        goto out;
+    }
+    char *dev = g->pool + (size_t)page * g->page_bytes;
+    rc = to_host ? cudaMemcpyAsync(host, dev, g->page_bytes, cudaMemcpyDeviceToHost, g->stream)
+                 : cudaMemcpyAsync(dev, host, g->page_bytes, cudaMemcpyHostToDevice, g->stream);
+    if (rc != cudaSuccess) {
+        st = cuda_fail(err, rc, to_host ? "cudaMemcpyAsync (page to host)"
+                                        : "cudaMemcpyAsync (page to device)");
+        goto out;
+    }
+    st = gpu_sync(g, err); /* host is the caller's buffer: done before return */
+out:
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}
+
+attnd_status attnd__gpu_page_read(attnd__gpu *g, int32_t page, void *dst, attnd_error *err)
+{
+    return page_copy(g, page, dst, 1, err);
+}
+
+attnd_status attnd__gpu_page_write(attnd__gpu *g, int32_t page, const void *src,
+                                   attnd_error *err)
+{
+    return page_copy(g, page, (void *)src, 0, err);
+}
+
 /* Heads form: q_nope . uk per head into the absorbed query g->q.d (bf16
  * [rows][H][d_k]), q_rope copied behind it. In column-major terms, per head
  * h: Q_c^T (d_c x q_rows, ld H d_k) = W^T (d_c x d_nope, ld d_c) .

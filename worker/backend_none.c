@@ -46,6 +46,19 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
 
+attnd_status attnd__gpu_page_read(attnd__gpu *g, int32_t page, void *dst, attnd_error *err)
+{
+    (void)g, (void)page, (void)dst;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
+attnd_status attnd__gpu_page_write(attnd__gpu *g, int32_t page, const void *src,
+                                   attnd_error *err)
+{
+    (void)g, (void)page, (void)src;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
 attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src_t,
                                const void *src, size_t n, void **dev_p, attnd_error *err)
 {

@@ -1,7 +1,8 @@
 /* The worker engine: sessions over a paged KV pool, and the calls the
  * service makes on them (create, append, close, stats; the staged appends
  * of AppendKV streams, and attnd_engine_append with them, are in stage.c;
- * attend, with its workspace, is in attend.c).
+ * attend, with its workspace, is in attend.c; the tiers below memory and
+ * durability are set up in engine_tiers.c).
  *
  * Every call validates what it depends on (layer range, session existence,
  * append position) itself, whatever the service checked before, and fails
@@ -17,7 +18,7 @@
 #include "attnd_buf.h"
 #include "backend.h"
 #include "sparse.h"
-#include "worker_int.h"
+#include "tier_int.h"
 
 static int64_t div_up(int64_t a, int64_t b)
 {
@@ -96,13 +97,21 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     if (st)
         goto err_weights;
     pthread_mutex_init(&e->stage_mu, NULL);
+    /* the tier below and durability last: recovery fills the table */
+    st = attnd__engine_tiers_open(e, cfg, err);
+    if (st)
+        goto err_tiers;
     *engine_p = e;
     return ATTND_OK;
 
+err_tiers:
+    pthread_mutex_destroy(&e->stage_mu);
+    attnd__weights_cleanup(e);
 err_weights:
     attnd_kernel_pool_destroy(e->kpool);
 err_kpool:
     attnd__session_table_cleanup(&e->table, &e->pool);
+    attnd__engine_tiers_free(e);
 err_table:
     attnd__owner_table_cleanup(&e->owners);
     attnd__sparse_engine_cleanup(e);
@@ -117,8 +126,10 @@ void attnd_engine_destroy(attnd_engine *e)
 {
     if (!e)
         return;
+    attnd__engine_tiers_close(e); /* threads stopped, a last checkpoint */
     attnd_kernel_pool_destroy(e->kpool);
     attnd__session_table_cleanup(&e->table, &e->pool);
+    attnd__engine_tiers_free(e);
     attnd__weights_cleanup(e); /* before the GPU: device copies */
     attnd__owner_table_cleanup(&e->owners); /* after the sessions that point at owners */
     attnd__sparse_engine_cleanup(e);
@@ -144,66 +155,115 @@ int32_t attnd_engine_page_size(const attnd_engine *e)
     return e->layout.page_size;
 }
 
+attnd_status attnd__engine_session_make(attnd_engine *e, uint64_t owner,
+                                       const attnd_session_id *id, uint64_t max_tokens,
+                                       int lenient, attnd__session **s_p, attnd_error *err)
+{
+    int64_t per_layer = div_up((int64_t)(max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens),
+                               e->layout.page_size);
+    int64_t reserve = per_layer * e->model.n_layers, cap, held;
+    attnd__owner *o = NULL;
+    attnd_status st;
+
+    attnd_kv_pool_logical(&e->pool, &held, &cap);
+    if (reserve > cap && !lenient)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "max_tokens: %llu tokens need %lld KV pages; the tiers hold %lld "
+                               "(%d in memory)",
+                               (unsigned long long)max_tokens, (long long)reserve,
+                               (long long)cap, e->pool.n_pages);
+    if (owner && !(o = attnd__owner_get(&e->owners, owner, e->pool.page_bytes, err)))
+        return err ? err->code : ATTND_ERR_RESOURCE_EXHAUSTED;
+    /* the owner's KV counts pages wherever they are (memory or below): the
+     * reservation now, the pages as they are allocated, all given back when
+     * the session is freed (session.c) */
+    if ((st = attnd__owner_charge(o, 1, reserve, 0, 0, "max_tokens", err)))
+        return st;
+    st = attnd_kv_pool_reserve(&e->pool, reserve, err);
+    if (st && !lenient)
+        goto err_owner;
+    if (st) { /* a recovered session keeps its KV, without the promise */
+        attnd__owner_refund(o, 0, reserve, 0, 0);
+        reserve = per_layer = 0;
+    }
+    attnd__session *s = attnd__session_new(id, e->model.n_layers, e->layout.page_size, reserve,
+                                           (int32_t)(per_layer ? per_layer : 0), e->tier != NULL);
+    if (!s) {
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "max_tokens: no memory for the session's page tables");
+        goto err_reserve;
+    }
+    s->res_per_layer = (int32_t)per_layer;
+    s->max_tokens = max_tokens;
+    s->owner = o; /* before it can be found */
+    atomic_store(&s->last_used, e->tier ? atomic_fetch_add(&e->tier->tick, 1) + 1 : 0);
+    if (s_p)
+        s->refs++; /* not in a table yet: ours to count */
+    st = attnd__session_table_insert(&e->table, s, err);
+    if (st) {
+        /* the reservation and the charge are still ours to return */
+        s->reserved_left = 0;
+        s->owner = NULL;
+        if (s_p)
+            s->refs--;
+        attnd__session_put(&e->table, &e->pool, s);
+        goto err_reserve;
+    }
+    if (s_p)
+        *s_p = s;
+    return ATTND_OK;
+
+err_reserve:
+    attnd_kv_pool_unreserve(&e->pool, reserve);
+err_owner:
+    attnd__owner_refund(o, 1, reserve, 0, 0);
+    return st;
+}
+
+/* A session made for owner (0: none) and logged (its CREATE durable in sync
+ * mode). */
+static attnd_status create_logged(attnd_engine *e, uint64_t owner, const attnd_session_id *id,
+                                  uint64_t max_tokens, attnd_error *err)
+{
+    attnd_status st = attnd__engine_session_make(e, owner, id, max_tokens, 0, NULL, err);
+    if (st || !e->dur)
+        return st;
+    st = attnd__engine_log_session(e, ATTND__WREC_CREATE, id, max_tokens, err);
+    if (st) { /* not in the log: not made */
+        attnd__session *s = attnd__session_remove(&e->table, id);
+        if (s)
+            attnd__session_put(&e->table, &e->pool, s);
+    }
+    return st;
+}
+
 /* Create a session for owner (0: none) under id `want` (NULL: a random
- * one, retried on the unlikely collision). The owner is charged before the
- * pool is asked, and refunded if anything after fails. */
+ * one, retried on the unlikely collision). */
 static attnd_status session_create(attnd_engine *e, uint64_t owner, uint64_t max_tokens,
                                    const attnd_session_id *want, attnd_session_id *id_p,
                                    attnd_error *err)
 {
-    int64_t per_layer = div_up((int64_t)(max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens),
-                               e->layout.page_size);
-    int64_t reserve = per_layer * e->model.n_layers;
-    attnd__owner *o = NULL;
     attnd_session_id id;
     attnd_status st;
 
-    if (reserve > e->pool.n_pages)
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                               "max_tokens: %llu tokens need %lld KV pages; the pool has %d",
-                               (unsigned long long)max_tokens, (long long)reserve,
-                               e->pool.n_pages);
-    if (owner && !(o = attnd__owner_get(&e->owners, owner, e->pool.page_bytes, err)))
-        return err ? err->code : ATTND_ERR_RESOURCE_EXHAUSTED;
-    if ((st = attnd__owner_charge(o, 1, reserve, 0, 0, "max_tokens", err)))
-        return st;
-    st = attnd_kv_pool_reserve(&e->pool, reserve, err);
-    if (st)
-        goto err_owner;
-    for (int tries = 0;; tries++) {
-        if (want) {
-            id = *want;
-        } else if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes) {
-            st = attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
-            goto err_id;
+    /* the log does not record owners (service/config.c refuses --durable
+     * with --token-file; this holds a group rank to the same rule) */
+    if (owner && e->dur)
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "session owner: a durable worker (--durable) cannot keep a "
+                               "session's tenant across a restart, so it serves no tenants");
+    if (want)
+        st = create_logged(e, owner, want, max_tokens, err);
+    else
+        for (int tries = 0;; tries++) {
+            if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes)
+                return attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
+            st = create_logged(e, owner, &id, max_tokens, err);
+            if (st != ATTND_ERR_ALREADY_EXISTS || tries > 3)
+                break;
         }
-        attnd__session *s = attnd__session_new(&id, e->model.n_layers, e->layout.page_size,
-                                               reserve, (int32_t)per_layer);
-        if (!s) {
-            st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                 "max_tokens: no memory for the session's page tables");
-            goto err_id;
-        }
-        s->res_per_layer = (int32_t)per_layer;
-        s->owner = o; /* before it can be found */
-        st = attnd__session_table_insert(&e->table, s, err);
-        if (st == ATTND_OK)
-            break;
-        /* the reservation and the charge are still ours to return */
-        s->reserved_left = 0;
-        s->owner = NULL;
-        attnd__session_put(&e->table, &e->pool, s);
-        if (want || st != ATTND_ERR_ALREADY_EXISTS || tries > 3)
-            goto err_id;
-    }
-    if (id_p)
-        *id_p = id;
-    return ATTND_OK;
-
-err_id:
-    attnd_kv_pool_unreserve(&e->pool, reserve);
-err_owner:
-    attnd__owner_refund(o, 1, reserve, 0, 0);
+    if (st == ATTND_OK && id_p)
+        *id_p = want ? *want : id;
     return st;
 }
 
@@ -234,11 +294,15 @@ attnd_status attnd_engine_session_close(attnd_engine *e, const attnd_session_id 
         return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: no such session");
     pthread_mutex_lock(&s->mu);
     s->closed = 1; /* an open stage's commit now fails (stage.c) */
-    if (pages_freed_p)
-        *pages_freed_p = (uint64_t)s->pages_held;
+    uint64_t freed = (uint64_t)s->pages_held;
     pthread_mutex_unlock(&s->mu);
     attnd__session_put(&e->table, &e->pool, s);
-    return ATTND_OK;
+    /* a close that does not reach the log comes back after a restart:
+     * the caller hears of it (it may close again) */
+    attnd_status st = e->dur ? attnd__engine_log_session(e, ATTND__WREC_CLOSE, id, 0, err) : 0;
+    if (st == ATTND_OK && pages_freed_p)
+        *pages_freed_p = freed;
+    return st;
 }
 
 attnd_status attnd__engine_check_layer(const attnd_engine *e, uint32_t layer, attnd_error *err)
@@ -257,9 +321,11 @@ attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t lay
     attnd_status st = attnd__sparse_note_write(e, s, layer, t0, n, dtype, kv, err);
     if (st)
         return st;
+    const int32_t ps = e->layout.page_size;
+    if (e->tier && n) /* the first page may have had a copy below; the rest are new */
+        attnd__tier_dirty(e, s, layer, (int64_t)(t0 / (uint64_t)ps));
     if (e->gpu)
         return attnd__gpu_write(e->gpu, s->pages[layer], t0, n, dtype, kv, err);
-    const int32_t ps = e->layout.page_size;
     size_t src_bytes = (size_t)e->entry_elems * attnd_dtype_size(dtype);
     const char *src = kv;
     uint64_t t = t0, end = t0 + n;
@@ -302,10 +368,11 @@ attnd_status attnd_engine_length(attnd_engine *e, const attnd_session_id *id, ui
     if (!s)
         return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: no such session");
     pthread_mutex_lock(&s->mu);
-    *len_p = s->len[layer];
+    if (!(st = attnd__session_check(s, err)))
+        *len_p = s->len[layer];
     pthread_mutex_unlock(&s->mu);
     attnd__session_put(&e->table, &e->pool, s);
-    return ATTND_OK;
+    return st;
 }
 
 void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st)
@@ -326,6 +393,7 @@ void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st)
     st->append_calls = atomic_load(&e->append_calls);
     st->tokens_appended = atomic_load(&e->tokens_appended);
     st->kv_bytes_read = atomic_load(&e->kv_bytes_read);
+    attnd__engine_tiers_stats(e, st);
     st->sessions_expired = atomic_load(&e->sessions_expired);
     st->pages_expired = atomic_load(&e->pages_expired);
     st->kv_bytes_dense = atomic_load(&e->kv_bytes_dense);

@@ -77,6 +77,22 @@ attnd_status attnd_group_shard_model(const attnd_group_config *cfg, attnd_model_
     return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "--shard: unknown mode");
 }
 
+/* One session the engine recovered into the group table, with the
+ * lengths its log recorded. (A lost one is left to its engine, which
+ * answers DATA_LOSS for it.) */
+static void import_session(void *arg, const attnd_session_id *id, int32_t n_layers,
+                           const uint64_t *ulen, int lost)
+{
+    attnd_group *g = arg;
+    attnd_error err;
+    uint64_t zero = 0;
+    (void)lost;
+    if (attnd__gtable_add(&g->table, id, &err))
+        return;
+    for (int32_t l = 0; l < n_layers && l < g->table.n_layers; l++)
+        attnd__gtable_advance(&g->table, id, 1, (uint32_t)l, &zero, ulen[l]);
+}
+
 attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *engine,
                                 attnd_group **group_p, attnd_error *err)
 {
@@ -116,6 +132,9 @@ attnd_status attnd_group_create(const attnd_group_config *cfg, attnd_engine *eng
     pthread_mutex_init(&g->job_mu, NULL);
     pthread_cond_init(&g->job_cv, NULL);
     attnd__gtable_init(&g->table, cfg->model.n_layers);
+    /* a rank that recovered its shard (attnd --durable) knows its sessions
+     * and the group's lengths of them from its log (worker/TIERS.md) */
+    attnd_engine_sessions(engine, import_session, g);
     attnd__gstages_init(g);
     attnd__gnet_set_handlers(g, attnd__gpeer_on_request, attnd__gcall_on_reply);
     if ((st = attnd__gpeer_start(g, err)) || (st = attnd__gnet_start(g, err))) {

@@ -96,15 +96,15 @@ static attnd_status append_shares(attnd_group *g, const attnd__gpart *p, attnd_e
     for (uint32_t i = 0; st == ATTND_OK && i < p->n_seqs; i++) {
         uint64_t lo = attnd__gplace_count(g, g->me, p->glen[i]);
         uint64_t hi = attnd__gplace_count(g, g->me, p->glen[i] + S);
-        if (hi == lo)
-            continue;
-        if (p->kv_whole) {
+        if (hi > lo && p->kv_whole)
             st = stage_view(g, p, stage, i, lo, hi, err);
-            continue;
-        }
-        st = attnd_engine_stage_append(stage, &p->ids[i], p->layer, lo, hi - lo, p->kv_dtype,
-                                       kp, err);
+        else if (hi > lo)
+            st = attnd_engine_stage_append(stage, &p->ids[i], p->layer, lo, hi - lo,
+                                           p->kv_dtype, kp, err);
         kp += (hi - lo) * es;
+        /* the group's length too, for a rank that recovers from its log */
+        if (st == ATTND_OK)
+            st = attnd_engine_stage_note(stage, &p->ids[i], p->layer, p->glen[i] + S, err);
     }
     if (st == ATTND_OK)
         st = attnd_engine_stage_commit(stage, NULL, NULL, err);

@@ -218,8 +218,14 @@ attnd_status attnd__gstage_chunk(attnd_group *g, int32_t src, uint64_t stream, u
         lo = attnd__gplace_count(g, g->me, start);
         k = attnd__gplace_count(g, g->me, start + n_global) - lo;
     }
-    if (k && ((!s->es && (st = attnd_engine_stage_open(g->engine, &s->es, err))) ||
-              (st = attnd_engine_stage_append(s->es, id, layer, lo, k, dt, kv, err))))
+    const int seq_mode = g->cfg.mode == ATTND_GROUP_SEQUENCE;
+    if ((k || seq_mode) && !s->es && (st = attnd_engine_stage_open(g->engine, &s->es, err)))
+        goto out;
+    if (k && (st = attnd_engine_stage_append(s->es, id, layer, lo, k, dt, kv, err)))
+        goto out;
+    /* sequence mode: the group's length too, for a rank that recovers
+     * from its log (worker/TIERS.md) */
+    if (seq_mode && (st = attnd_engine_stage_note(s->es, id, layer, start + n_global, err)))
         goto out;
     attnd__gtable_stage_to(&g->table, id, layer, stream, start + n_global);
 out:

@@ -1,4 +1,5 @@
-/* The paged KV pool: fixed-size pages carved from one anonymous mapping.
+/* The paged KV pool: fixed-size pages carved from one anonymous mapping,
+ * and the logical-page account over every tier (worker_int.h).
  *
  * The mapping is made once at start-up (kv_memory bytes, rounded down to
  * whole pages) and asked for transparent huge pages, so the kernels stream
@@ -43,6 +44,7 @@ attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
     for (int32_t i = 0; i < n_pages; i++)
         p->free_stack[i] = n_pages - 1 - i;
     p->n_free = n_pages;
+    p->cap = n_pages;
     pthread_mutex_init(&p->mu, NULL);
     return ATTND_OK;
 
@@ -77,6 +79,7 @@ attnd_status attnd_kv_pool_init_meta(attnd_kv_pool *p, size_t page_bytes, int32_
     for (int32_t i = 0; i < n_pages; i++)
         p->free_stack[i] = n_pages - 1 - i;
     p->n_free = n_pages;
+    p->cap = n_pages;
     pthread_mutex_init(&p->mu, NULL);
     return ATTND_OK;
 }
@@ -131,16 +134,39 @@ void attnd_kv_pool_cleanup(attnd_kv_pool *p)
     memset(p, 0, sizeof *p);
 }
 
+/* The figures of a refusal: what the tiers hold. Caller holds p->mu. */
+static void tiers_msg(const attnd_kv_pool *p, char *buf, size_t n)
+{
+    if (p->cap == p->n_pages && !p->below)
+        snprintf(buf, n, "a pool of %d pages of %zu bytes in memory", p->n_pages,
+                 p->page_bytes);
+    else if (p->cap == p->below)
+        snprintf(buf, n, "%lld pages of %zu bytes held of %lld (durable: every page has a "
+                 "home on the disk tier; %d of them fit in memory)",
+                 (long long)p->held, p->page_bytes, (long long)p->cap, p->n_pages);
+    else
+        snprintf(buf, n, "%lld pages of %zu bytes held of %lld: %d in memory + %lld in the "
+                 "tier below",
+                 (long long)p->held, p->page_bytes, (long long)p->cap, p->n_pages,
+                 (long long)p->below);
+}
+
 attnd_status attnd_kv_pool_reserve(attnd_kv_pool *p, int64_t n, attnd_error *err)
 {
     attnd_status st = ATTND_OK;
+    char figs[192];
     pthread_mutex_lock(&p->mu);
-    if (n > (int64_t)p->n_free - p->reserved)
+    int64_t left = p->cap - p->held - p->reserved;
+    if (n > left) {
+        tiers_msg(p, figs, sizeof figs);
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                             "max_tokens: needs %lld KV pages, only %lld free and unreserved",
-                             (long long)n, (long long)(p->n_free - p->reserved));
-    else
+                             "max_tokens: needs %lld KV pages, only %lld free and unreserved "
+                             "(%s, %lld reserved)",
+                             (long long)n, (long long)(left > 0 ? left : 0), figs,
+                             (long long)p->reserved);
+    } else {
         p->reserved += n;
+    }
     pthread_mutex_unlock(&p->mu);
     return st;
 }
@@ -149,7 +175,32 @@ void attnd_kv_pool_unreserve(attnd_kv_pool *p, int64_t n)
 {
     pthread_mutex_lock(&p->mu);
     p->reserved -= n;
+    ATTND_ASSERT(p->reserved >= 0);
     pthread_mutex_unlock(&p->mu);
+}
+
+/* Pop n free memory pages. Caller holds p->mu and checked n <= n_free. */
+static void pop_pages(attnd_kv_pool *p, int32_t n, int32_t *pages_out)
+{
+    ATTND_ASSERT(n <= p->n_free);
+    for (int32_t i = 0; i < n; i++) {
+        int32_t pg = p->free_stack[--p->n_free];
+        ATTND_ASSERT(p->state[pg] == ATTND_PAGE_FREE);
+        p->state[pg] = ATTND_PAGE_RESIDENT;
+        pages_out[i] = pg;
+    }
+}
+
+/* Push n memory pages back. Caller holds p->mu. */
+static void push_pages(attnd_kv_pool *p, const int32_t *pages, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++) {
+        /* a page freed twice would be handed to two sessions */
+        ATTND_ASSERT(pages[i] >= 0 && pages[i] < p->n_pages);
+        ATTND_ASSERT(p->state[pages[i]] != ATTND_PAGE_FREE);
+        p->state[pages[i]] = ATTND_PAGE_FREE;
+        p->free_stack[p->n_free++] = pages[i];
+    }
 }
 
 attnd_status attnd_kv_pool_alloc(attnd_kv_pool *p, int32_t n,
@@ -157,21 +208,26 @@ attnd_status attnd_kv_pool_alloc(attnd_kv_pool *p, int32_t n,
                                  attnd_error *err)
 {
     attnd_status st = ATTND_OK;
+    char figs[192];
     pthread_mutex_lock(&p->mu);
-    int64_t unpromised = (int64_t)p->n_free - p->reserved;
+    int64_t unpromised = p->cap - p->held - p->reserved;
     if ((int64_t)(n - from_reserved) > unpromised) {
+        tiers_msg(p, figs, sizeof figs);
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                             "kv: KV memory exhausted: needs %d pages, %lld free and unreserved",
-                             n - from_reserved, (long long)(unpromised > 0 ? unpromised : 0));
+                             "kv: KV memory exhausted in every tier: needs %d pages, %lld free "
+                             "and unreserved (%s, %lld reserved)",
+                             n - from_reserved, (long long)(unpromised > 0 ? unpromised : 0),
+                             figs, (long long)p->reserved);
         goto out;
     }
-    ATTND_ASSERT(n <= (int32_t)p->n_free && from_reserved <= p->reserved);
-    for (int32_t i = 0; i < n; i++) {
-        int32_t pg = p->free_stack[--p->n_free];
-        ATTND_ASSERT(p->state[pg] == ATTND_PAGE_FREE);
-        p->state[pg] = ATTND_PAGE_RESIDENT;
-        pages_out[i] = pg;
+    if (n > p->n_free) {
+        st = attnd_error_set(err, ATTND_ERR_UNAVAILABLE,
+                             "kv: needs %d memory pages now, %d free", n, p->n_free);
+        goto out;
     }
+    ATTND_ASSERT(from_reserved <= p->reserved);
+    pop_pages(p, n, pages_out);
+    p->held += n;
     p->reserved -= from_reserved;
 out:
     pthread_mutex_unlock(&p->mu);
@@ -181,29 +237,78 @@ out:
 void attnd_kv_pool_free(attnd_kv_pool *p, const int32_t *pages, int32_t n)
 {
     pthread_mutex_lock(&p->mu);
-    for (int32_t i = 0; i < n; i++) {
-        /* a page freed twice would be handed to two sessions */
-        ATTND_ASSERT(pages[i] >= 0 && pages[i] < p->n_pages);
-        ATTND_ASSERT(p->state[pages[i]] != ATTND_PAGE_FREE);
-        p->state[pages[i]] = ATTND_PAGE_FREE;
-        p->free_stack[p->n_free++] = pages[i];
-    }
+    push_pages(p, pages, n);
+    p->held -= n;
+    ATTND_ASSERT(p->held >= 0);
     pthread_mutex_unlock(&p->mu);
 }
 
+/* An allocation undone: held + reserved never grows here (to_reserved <=
+ * n). It need not be within cap: a full disk lowers cap below what is
+ * already held and reserved (attnd_kv_pool_set_cap), and the alloc being
+ * undone may have come before that. */
 void attnd_kv_pool_unalloc(attnd_kv_pool *p, const int32_t *pages, int32_t n,
                            int32_t to_reserved)
 {
     pthread_mutex_lock(&p->mu);
-    for (int32_t i = 0; i < n; i++) {
-        /* a page freed twice would be handed to two sessions */
-        ATTND_ASSERT(pages[i] >= 0 && pages[i] < p->n_pages);
-        ATTND_ASSERT(p->state[pages[i]] != ATTND_PAGE_FREE);
-        p->state[pages[i]] = ATTND_PAGE_FREE;
-        p->free_stack[p->n_free++] = pages[i];
-    }
+    ATTND_ASSERT(to_reserved >= 0 && to_reserved <= n);
+    push_pages(p, pages, n);
+    p->held -= n;
     p->reserved += to_reserved;
-    ATTND_ASSERT(p->reserved <= (int64_t)p->n_free);
+    ATTND_ASSERT(p->held >= 0);
+    pthread_mutex_unlock(&p->mu);
+}
+
+attnd_status attnd_kv_pool_take(attnd_kv_pool *p, int32_t n, int32_t *pages_out)
+{
+    attnd_status st = ATTND_OK;
+    pthread_mutex_lock(&p->mu);
+    if (n > p->n_free)
+        st = ATTND_ERR_UNAVAILABLE;
+    else
+        pop_pages(p, n, pages_out);
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}
+
+int32_t attnd_kv_pool_take_upto(attnd_kv_pool *p, int32_t n, int32_t *pages_out)
+{
+    pthread_mutex_lock(&p->mu);
+    if (n > p->n_free)
+        n = p->n_free;
+    pop_pages(p, n, pages_out);
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void attnd_kv_pool_put(attnd_kv_pool *p, const int32_t *pages, int32_t n)
+{
+    pthread_mutex_lock(&p->mu);
+    push_pages(p, pages, n);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void attnd_kv_pool_forget(attnd_kv_pool *p, int64_t n, int64_t to_reserved)
+{
+    pthread_mutex_lock(&p->mu);
+    p->held -= n;
+    p->reserved += to_reserved;
+    ATTND_ASSERT(p->held >= 0);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void attnd_kv_pool_hold(attnd_kv_pool *p, int64_t n)
+{
+    pthread_mutex_lock(&p->mu);
+    p->held += n;
+    pthread_mutex_unlock(&p->mu);
+}
+
+void attnd_kv_pool_set_cap(attnd_kv_pool *p, int64_t cap, int64_t below)
+{
+    pthread_mutex_lock(&p->mu);
+    p->cap = cap;
+    p->below = below;
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -212,5 +317,13 @@ void attnd_kv_pool_counts(attnd_kv_pool *p, int64_t *used_p, int64_t *reserved_p
     pthread_mutex_lock(&p->mu);
     *used_p = p->n_pages - p->n_free;
     *reserved_p = p->reserved;
+    pthread_mutex_unlock(&p->mu);
+}
+
+void attnd_kv_pool_logical(attnd_kv_pool *p, int64_t *held_p, int64_t *cap_p)
+{
+    pthread_mutex_lock(&p->mu);
+    *held_p = p->held;
+    *cap_p = p->cap;
     pthread_mutex_unlock(&p->mu);
 }

@@ -20,7 +20,7 @@
 
 #include "attnd_assert.h"
 #include "attnd_clock.h"
-#include "worker_int.h"
+#include "tier_int.h"
 
 #define OWNERS_MAX (1u << 16)
 #define REAP_BATCH 64
@@ -192,6 +192,7 @@ void attnd_engine_owner_stats(attnd_engine *e, uint64_t owner, attnd_engine_stat
         st->max_sessions = o->max_sessions;
         st->pages_used = (uint64_t)o->held;
         st->pages_reserved = (uint64_t)o->reserved;
+        st->pages_held = (uint64_t)o->held; /* in every tier (as pages_used) */
         if (o->max_kv_bytes && o->max_kv_bytes / e->pool.page_bytes < st->pages_total)
             st->pages_total = o->max_kv_bytes / e->pool.page_bytes;
     }
@@ -231,7 +232,13 @@ void attnd_engine_reap_idle(attnd_engine *e, uint64_t idle_ms, attnd_session_id 
                 atomic_fetch_add(&s->owner->pages_expired, pages);
             }
             ids[done + i] = s->id;
-            attnd__session_put(&e->table, &e->pool, s); /* frees: no one else holds it */
+            /* frees, its slots in the tier below too: no one else holds it */
+            attnd__session_put(&e->table, &e->pool, s);
+            /* durable: closed in the log too, else a restart brings it back
+             * (should that write fail, the recovered session is simply
+             * expired again after another idle period) */
+            if (e->dur)
+                attnd__engine_log_session(e, ATTND__WREC_CLOSE, &ids[done + i], 0, NULL);
         }
         done += got;
     } while (got == REAP_BATCH && done < cap);

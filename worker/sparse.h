@@ -48,6 +48,15 @@ static inline int32_t attnd__sparse_holes(const attnd__sparse *sp, int32_t layer
     return sp->hole_end[layer] > sp0 ? sp->hole_end[layer] - sp0 : 0;
 }
 
+/* Is page j of layer l one that streaming freed (its page table entry is
+ * -1 but, unlike a page below memory, it has no slot: it is held nowhere)?
+ * The tiers (worker/tier*.c) skip such pages. */
+static inline int attnd__sparse_gone(const attnd__session *s, int32_t l, int64_t j)
+{
+    const attnd__sparse *sp = s->sparse;
+    return sp && j < sp->hole_end[l] && j >= attnd__sparse_sink_pages(sp->sink[l], s->page_size);
+}
+
 /* Before tokens [t0, t0 + n) of a layer are written (attnd__engine_write;
  * session locked): fold them into their pages' key bounds when the layer
  * keeps them (a page's bounds start empty at its first slot); a GPU
@@ -59,6 +68,16 @@ attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_
  * session locked): free the pages that left every head's sink + window
  * when the layer evicts. Never fails. */
 void attnd__sparse_evict(attnd_engine *e, attnd__session *s, int32_t layer);
+/* Key bounds across the tier below (worker/TIERS.md): a page's bounds
+ * belong to its memory page, so a page of a layer that keeps them, written
+ * to slot `slot`, leaves a copy beside the slot (the tier's bounds array),
+ * and one read back into memory page `page` gets it back (a GPU engine's
+ * copy follows: INTERNAL on a CUDA error). No-ops for other layers. The
+ * session is locked. */
+void attnd__sparse_bounds_out(attnd_engine *e, const attnd__session *s, int32_t layer,
+                              int32_t page, int64_t slot);
+attnd_status attnd__sparse_bounds_in(attnd_engine *e, const attnd__session *s, int32_t layer,
+                                     int64_t slot, int32_t page, attnd_error *err);
 /* Return a layer's pages [0, n) to the pool, skipping freed ones
  * (session_free). */
 void attnd__sparse_free_layer(attnd_kv_pool *pool, attnd__session *s, int32_t layer,

@@ -12,12 +12,15 @@
  * keys. Staged AppendKV tokens are folded in as they are staged: committed
  * they are covered; if their stage aborts, the last committed page may keep
  * bounds a little wider than its keys (still bounds: selection stays
- * correct, only less sharp). A page's bounds belong to its physical page:
- * whatever moves page contents elsewhere (a disk tier reloading into
- * another page) must move or recompute them (attnd_kernel_kv_bounds_add over the
- * page's tokens).
+ * correct, only less sharp). A page's bounds belong to its physical page,
+ * so whatever moves page contents elsewhere must move them: the tiers copy
+ * them beside the slot of a page they write below and back into the memory
+ * page it is read into (attnd__sparse_bounds_out / _in, below).
  *
- * Eviction: see sparse.h. The freed pages return to the pool with the part
+ * Eviction: see sparse.h. With a tier below memory the evicted pages are
+ * resident (just appended to) and have no slot (sparse policies are not
+ * taken by durable engines, the only ones that keep copies of resident
+ * pages). The freed pages return to the pool with the part
  * of the session's reservation they had used, so a streaming layer's next
  * pages come from its own promise and never fail for lack of the pages it
  * just gave back. */
@@ -25,8 +28,10 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "attnd_assert.h"
 #include "backend.h"
 #include "sparse.h"
+#include "tier_int.h"
 
 attnd_status attnd__sparse_engine_init(attnd_engine *e, attnd_error *err)
 {
@@ -105,6 +110,15 @@ void attnd__sparse_evict(attnd_engine *e, attnd__session *s, int32_t layer)
     int64_t held = (len + ps - 1) / ps - attnd__sparse_holes(sp, layer, (int32_t)ps);
     int64_t d = (held < res ? held : res) - (held - n < res ? held - n : res);
     attnd_kv_pool_unalloc(&e->pool, s->pages[layer] + start, n, (int32_t)d);
+    if (s->slots) {
+        /* a tier below: the layer was just appended to, so it is in memory,
+         * and its pages keep no copy below (only a durable engine keeps
+         * copies of resident pages, and it takes no sparse policy:
+         * attnd_engine_policy_check) */
+        ATTND_ASSERT(s->where[layer] == ATTND__LAYER_RESIDENT);
+        for (int64_t j = start; j < end; j++)
+            ATTND_ASSERT(s->slots[layer][j] < 0);
+    }
     for (int64_t j = start; j < end; j++)
         s->pages[layer][j] = -1;
     s->reserved_left += d;
@@ -125,4 +139,33 @@ void attnd__sparse_free_layer(attnd_kv_pool *pool, attnd__session *s, int32_t la
     attnd_kv_pool_free(pool, s->pages[layer], sink_pages < n ? sink_pages : n);
     if (n > sp->hole_end[layer])
         attnd_kv_pool_free(pool, s->pages[layer] + sp->hole_end[layer], n - sp->hole_end[layer]);
+}
+
+void attnd__sparse_bounds_out(attnd_engine *e, const attnd__session *s, int32_t layer,
+                              int32_t page, int64_t slot)
+{
+    if (!s->sparse || !s->sparse->bounds[layer])
+        return;
+    /* the tier's array is slot-major: [n_slots][Hkv][2][d_k] */
+    const attnd_kernel_kv_layout *l = &e->layout;
+    const size_t row = 2 * (size_t)l->d_k;
+    uint16_t *dst = e->tier->bounds + (size_t)slot * attnd_kernel_kv_bounds_elems(l);
+    for (int32_t h = 0; h < l->n_kv_heads; h++)
+        memcpy(dst + (size_t)h * row,
+               e->bounds + attnd_kernel_kv_bounds_at(l, e->pool.n_pages, h, page),
+               row * sizeof(uint16_t));
+}
+
+attnd_status attnd__sparse_bounds_in(attnd_engine *e, const attnd__session *s, int32_t layer,
+                                     int64_t slot, int32_t page, attnd_error *err)
+{
+    if (!s->sparse || !s->sparse->bounds[layer])
+        return ATTND_OK;
+    const attnd_kernel_kv_layout *l = &e->layout;
+    const size_t row = 2 * (size_t)l->d_k;
+    const uint16_t *src = e->tier->bounds + (size_t)slot * attnd_kernel_kv_bounds_elems(l);
+    for (int32_t h = 0; h < l->n_kv_heads; h++)
+        memcpy(e->bounds + attnd_kernel_kv_bounds_at(l, e->pool.n_pages, h, page),
+               src + (size_t)h * row, row * sizeof(uint16_t));
+    return e->gpu ? attnd__gpu_bounds_upload(e->gpu, e->bounds, page, err) : ATTND_OK;
 }

@@ -25,19 +25,30 @@
  * (session, layer) entry per layer it touched, and closed stages are kept
  * by the engine for reuse: a steady stream of streams allocates nothing
  * per chunk (only page tables that outgrow their reservation grow).
+ *
+ * Tiers and durability (TIERS.md): a layer is loaded back into memory
+ * before the stage claims it (and, claimed, is never moved down); with a
+ * durable log each chunk is logged as it is staged (a transaction of the
+ * stage's own) and the commit logs COMMIT while its sessions are locked,
+ * then waits for the log (sync mode) after unlocking them; an abort logs
+ * ABORT. Recovery applies a transaction's chunks only if its COMMIT made
+ * it to the log.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "sparse.h"
-#include "worker_int.h"
+#include "tier_int.h"
 
 /* Closed stages the engine keeps for reuse; more are freed. */
 #define STAGES_KEPT 64
 
+#define NO_NOTE UINT64_MAX
+
 typedef struct stage_ent {
     attnd__session *s; /* one reference held */
     int32_t layer;
+    uint64_t note;     /* the layer's user length at the commit, or NO_NOTE */
 } stage_ent;
 
 struct attnd_engine_stage {
@@ -46,6 +57,7 @@ struct attnd_engine_stage {
     stage_ent *ent;           /* layers claimed, one reference each */
     size_t n_ent, cap_ent;
     uint64_t chunks, tokens;  /* staged */
+    attnd__wtxn tx;           /* its transaction in the durable log */
 };
 
 static int32_t pages_of(const attnd_engine *e, uint64_t tokens)
@@ -71,6 +83,7 @@ attnd_status attnd_engine_stage_open(attnd_engine *e, attnd_engine_stage **stage
     s->next = NULL;
     s->n_ent = 0;
     s->chunks = s->tokens = 0;
+    memset(&s->tx, 0, sizeof s->tx);
     *stage_p = s;
     return ATTND_OK;
 }
@@ -137,11 +150,17 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
     if (!ss)
         return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: no such session");
     pthread_mutex_lock(&ss->mu);
-    if ((st = next_start(s, ss, layer, start, &fresh, err)))
+    if ((st = attnd__session_check(ss, err)) || (st = next_start(s, ss, layer, start, &fresh, err)))
         goto out;
     if (n_tokens == 0) { /* nothing to stage or claim */
         s->chunks++;
         goto out;
+    }
+    if (e->tier) { /* the layer in memory before it is written (claimed, it stays) */
+        atomic_store_explicit(&ss->last_used, atomic_fetch_add(&e->tier->tick, 1) + 1,
+                              memory_order_relaxed);
+        if ((st = attnd__tier_load(e, ss, l, err)))
+            goto out;
     }
     if (n_tokens > most || start > most - n_tokens) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
@@ -162,23 +181,67 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
     int32_t from_res = (int32_t)attnd__session_from_reserved(ss, l, have, need);
     if ((st = attnd__owner_charge(ss->owner, 0, 0, need, from_res, "kv", err)))
         goto out;
-    if ((st = attnd_kv_pool_alloc(&e->pool, (int32_t)need, from_res, ss->pages[l] + have, err))) {
+    if ((st = attnd__engine_alloc(e, (int32_t)need, from_res, ss->pages[l] + have, err))) {
         attnd__owner_refund(ss->owner, 0, 0, need, from_res);
         goto out;
     }
+    attnd__session_no_slots(ss, l, have, have + need);
     ss->reserved_left -= from_res;
     if (fresh) {
         ss->stager[l] = s;
-        s->ent[s->n_ent++] = (stage_ent){ss, l};
+        s->ent[s->n_ent++] = (stage_ent){ss, l, NO_NOTE};
         kept = 1; /* the entry keeps our reference */
     }
     ss->staged[l] = start + n_tokens;
-    /* a GPU write error leaves the tokens staged (their pages accounted)
-     * and fails the chunk: the caller aborts */
-    if ((st = attnd__engine_write(e, ss, l, start, n_tokens, dtype, kv, err)))
+    /* a GPU write or log error leaves the tokens staged (their pages
+     * accounted) and fails the chunk: the caller aborts */
+    uint64_t end = 0;
+    if ((st = attnd__engine_write(e, ss, l, start, n_tokens, dtype, kv, err)) ||
+        (st = attnd__engine_log_data(e, &s->tx, id, l, start, n_tokens, NO_NOTE, dtype, kv,
+                                     &end, err)))
         goto out;
     s->chunks++;
     s->tokens += n_tokens;
+out:
+    pthread_mutex_unlock(&ss->mu);
+    if (!kept)
+        attnd__session_put(&e->table, &e->pool, ss);
+    return st;
+}
+
+attnd_status attnd_engine_stage_note(attnd_engine_stage *s, const attnd_session_id *id,
+                                     uint32_t layer, uint64_t ulen, attnd_error *err)
+{
+    attnd_engine *e = s->e;
+    const int32_t l = (int32_t)layer;
+    attnd_status st = attnd__engine_check_layer(e, layer, err);
+    int fresh = 0, kept = 0;
+
+    if (st || (st = ents_fit(s, err)))
+        return st;
+    attnd__session *ss = attnd__session_get(&e->table, id);
+    if (!ss)
+        return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: no such session");
+    pthread_mutex_lock(&ss->mu);
+    uint64_t at = ss->stager[l] == s ? ss->staged[l] : ss->len[l];
+    if ((st = attnd__session_check(ss, err)) || (st = next_start(s, ss, layer, at, &fresh, err)))
+        goto out;
+    stage_ent *en = NULL; /* (a note writes no page: the layer may stay below) */
+    if (fresh) {
+        ss->stager[l] = s;
+        ss->staged[l] = ss->len[l];
+        en = &s->ent[s->n_ent++];
+        *en = (stage_ent){ss, l, NO_NOTE};
+        kept = 1;
+    } else {
+        for (size_t i = 0; i < s->n_ent && !en; i++)
+            if (s->ent[i].s == ss && s->ent[i].layer == l)
+                en = &s->ent[i];
+    }
+    en->note = ulen;
+    uint64_t end = 0;
+    st = attnd__engine_log_data(e, &s->tx, id, l, ss->staged[l], 0, ulen, e->model.kv_dtype,
+                                NULL, &end, err);
 out:
     pthread_mutex_unlock(&ss->mu);
     if (!kept)
@@ -242,6 +305,13 @@ attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p
             st = attnd_error_set(err, ATTND_ERR_NOT_FOUND,
                                  "session_id: a session this stream appended to was closed "
                                  "before the stream ended; nothing was applied");
+        else if (s->ent[i].s->lost)
+            st = attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->ent[i].s->lost);
+    /* in the log before it is applied: a COMMIT that cannot be logged
+     * applies nothing */
+    uint64_t end = 0;
+    if (st == ATTND_OK && s->tx.txn)
+        st = attnd__engine_log_mark(e, &s->tx, ATTND__WREC_COMMIT, &end, err);
     for (size_t i = 0; i < s->n_ent; i++) {
         const stage_ent *en = &s->ent[i];
         attnd__session *ss = en->s;
@@ -252,6 +322,7 @@ attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p
         }
         ss->pages_held += pages_of(e, ss->staged[l]) - pages_of(e, ss->len[l]);
         ss->len[l] = ss->staged[l];
+        ss->ulen[l] = en->note != NO_NOTE ? en->note : ss->len[l];
         ss->stager[l] = NULL;
         attnd__sparse_evict(e, ss, l); /* streaming: pages out of the window */
     }
@@ -259,10 +330,14 @@ attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p
         if (first_of_session(s, i))
             pthread_mutex_unlock(&s->ent[i].s->mu);
     uint64_t chunks = s->chunks, tokens = s->tokens;
+    if (st && s->tx.txn) /* closes its transaction in the log */
+        attnd__engine_log_mark(e, &s->tx, ATTND__WREC_ABORT, &end, NULL);
     /* a stream's sessions are one caller's (the service checks each chunk's
      * owner): its figures go to the first one's owner */
     attnd__owner *o = s->n_ent ? s->ent[0].s->owner : NULL;
     put_all(s);
+    if (st == ATTND_OK)
+        st = attnd__engine_log_wait(e, end, err);
     if (st)
         return st;
     atomic_fetch_add(&e->append_calls, chunks);
@@ -280,6 +355,9 @@ attnd_status attnd_engine_stage_commit(attnd_engine_stage *s, uint64_t *chunks_p
 
 void attnd_engine_stage_abort(attnd_engine_stage *s)
 {
+    uint64_t end;
+    if (s->tx.txn) /* closes its transaction in the log */
+        attnd__engine_log_mark(s->e, &s->tx, ATTND__WREC_ABORT, &end, NULL);
     for (size_t i = 0; i < s->n_ent; i++) {
         pthread_mutex_lock(&s->ent[i].s->mu);
         drop_ent(s->e, &s->ent[i]);

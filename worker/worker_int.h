@@ -12,11 +12,18 @@
 #include "attnd_worker.h"
 
 /* ---- KV pool (kv_pool.c) --------------------------------------------------
- * One anonymous mapping carved into n_pages fixed-size pages. Pages are
- * handed out from a free stack; a page's state byte says where its bytes
- * are (the disk tier adds ON_DISK / IN_FLIGHT). Reservations are promises:
- * `reserved` pages of the free ones are held back for sessions that asked
- * for them, and only the rest can go to appends beyond a reservation. */
+ * One anonymous mapping carved into n_pages fixed-size pages ("memory
+ * pages", the fast tier: host RAM, or GPU HBM whose bytes the backend
+ * keeps). Pages are handed out from a free stack; a page's state byte says
+ * whether it is in use.
+ *
+ * Two accounts: memory pages (n_pages, n_free), and logical pages: the
+ * pages sessions hold in any tier (`held`, a page on disk counts as one)
+ * against the capacity of all tiers together (`cap` = memory pages plus
+ * the tier below's slots; tier_int.h). Reservations are promises against
+ * logical capacity: `reserved` pages are held back for sessions that asked
+ * for them, and only the rest can go to appends beyond a reservation.
+ * Without a tier below, cap = n_pages and both accounts move together. */
 
 enum { ATTND_PAGE_FREE = 0, ATTND_PAGE_RESIDENT = 1 };
 
@@ -27,6 +34,11 @@ typedef struct attnd_kv_pool {
     int32_t n_pages;
     int32_t n_free;
     int64_t reserved;
+    int64_t cap;         /* logical pages the tiers hold at most */
+    int64_t held;        /* logical pages sessions (and stages) hold */
+    int64_t below;       /* of cap, the tier below's slots (figures) */
+    struct attnd__tier *tier; /* the tier below, or NULL (session.c gives
+                                 back a freed session's slots through it) */
     int32_t *free_stack; /* [n_pages]; top n_free entries are free pages */
     uint8_t *state;      /* [n_pages] */
     pthread_mutex_t mu;
@@ -50,15 +62,36 @@ void attnd_kv_pool_cleanup(attnd_kv_pool *p);
  * now (no OOM risk), without a mapping, or on kernels without the advice.
  * Cleanup stops and joins it. */
 void attnd_kv_pool_prefault_start(attnd_kv_pool *p);
-/* Promise n pages to a caller (fails unless n unpromised free pages exist). */
+/* Promise n logical pages to a caller (fails unless n unpromised ones are
+ * free in the tiers together). */
 attnd_status attnd_kv_pool_reserve(attnd_kv_pool *p, int64_t n, attnd_error *err);
 void attnd_kv_pool_unreserve(attnd_kv_pool *p, int64_t n);
-/* Take n pages into pages_out; from_reserved of them redeem the caller's
- * promise, the rest must come from unpromised free pages. All or nothing. */
+/* Take n memory pages into pages_out, each a new logical page;
+ * from_reserved of them redeem the caller's promise, the rest must be
+ * unpromised. All or nothing. RESOURCE_EXHAUSTED (with the figures) when
+ * the tiers together cannot hold them; UNAVAILABLE when they could but too
+ * few memory pages are free now (the engine then moves cold pages to the
+ * tier below and tries again: attnd__engine_alloc). */
 attnd_status attnd_kv_pool_alloc(attnd_kv_pool *p, int32_t n,
                                  int32_t from_reserved, int32_t *pages_out,
                                  attnd_error *err);
+/* Give back n memory pages with their logical pages. */
 void attnd_kv_pool_free(attnd_kv_pool *p, const int32_t *pages, int32_t n);
+/* Memory pages only, the logical pages staying held (a tier moving pages
+ * down or up): take n (UNAVAILABLE when fewer are free; all or nothing),
+ * give n back. */
+attnd_status attnd_kv_pool_take(attnd_kv_pool *p, int32_t n, int32_t *pages_out);
+/* Up to n memory pages (as many as are free); returns how many. */
+int32_t attnd_kv_pool_take_upto(attnd_kv_pool *p, int32_t n, int32_t *pages_out);
+void attnd_kv_pool_put(attnd_kv_pool *p, const int32_t *pages, int32_t n);
+/* Logical pages only (pages that live in the tier below): give n back,
+ * to_reserved of which renew a promise. */
+void attnd_kv_pool_forget(attnd_kv_pool *p, int64_t n, int64_t to_reserved);
+/* Logical pages that recovery finds below memory: held from the start. */
+void attnd_kv_pool_hold(attnd_kv_pool *p, int64_t n);
+/* Logical capacity: memory pages plus `below` slots of the tier below, or
+ * (durable: every page has a home on disk) `below` alone. */
+void attnd_kv_pool_set_cap(attnd_kv_pool *p, int64_t cap, int64_t below);
 /* Undo attnd_kv_pool_alloc calls: return n pages, to_reserved of which had
  * redeemed a promise that is made again (one lock: the promise cannot be
  * lost to a concurrent alloc in between). */
@@ -70,6 +103,8 @@ static inline void *attnd_kv_pool_page(const attnd_kv_pool *p, int32_t idx)
 }
 void attnd_kv_pool_counts(attnd_kv_pool *p, int64_t *used_p,
                           int64_t *reserved_p);
+/* Logical pages held, and the capacity of all tiers. */
+void attnd_kv_pool_logical(attnd_kv_pool *p, int64_t *held_p, int64_t *cap_p);
 
 /* ---- sessions (session.c) ---------------------------------------------------
  * A session is one sequence's KV across all layers: per layer a length and
@@ -102,8 +137,34 @@ typedef struct attnd__session {
     struct attnd_engine_stage **stager; /* [n_layers] */
     uint64_t *staged;            /* [n_layers] */
     int closed;         /* removed from the table by a close */
+    uint64_t max_tokens; /* as created (the durable log records it) */
+    /* The length its user sees per layer: a worker group's global length
+     * in sequence mode (a rank holds some of the tokens), else len. Kept
+     * so that a rank recovered from its log knows the group's lengths. */
+    uint64_t *ulen;     /* [n_layers] */
+    /* Tiers (tier.c; all NULL/0 without a tier below memory). Page j of
+     * layer l is in memory (pages[l][j] >= 0) or below (-1, its bytes in
+     * slot slots[l][j]). A layer is RESIDENT (every page in memory: what
+     * Attend and appends need), BELOW (some pages below), or LOADING (a
+     * load is reading its pages in; wait on cv, touch nothing). slots[l][j]
+     * is the slot holding a copy of page j, or -1; a page in memory keeps
+     * its copy only while unchanged and only when the tier keeps copies
+     * (durable): a write into the page drops it. */
+    int32_t **slots;    /* [n_layers] page tables' twins */
+    uint8_t *where;     /* [n_layers] ATTND__LAYER_* */
+    struct attnd__tjob **job; /* [n_layers] a LOADING layer's load */
+    atomic_int n_below; /* layers not RESIDENT (changed under mu; read
+                           without it as a hint) */
+    atomic_uint_fast64_t last_used; /* the engine's tick at its last use
+                                       (eviction picks the smallest) */
+    pthread_cond_t cv;  /* a LOADING layer of it settled (with mu) */
+    /* DATA_LOSS: its KV failed a checksum or its log is incomplete; every
+     * call naming it fails with this message until it is closed. */
+    char *lost;
     struct attnd__sparse *sparse; /* its policies (sparse.h); NULL: dense */
 } attnd__session;
+
+enum { ATTND__LAYER_RESIDENT = 0, ATTND__LAYER_BELOW = 1, ATTND__LAYER_LOADING = 2 };
 
 typedef struct attnd__session_table {
     pthread_mutex_t mu;
@@ -119,6 +180,8 @@ void attnd__session_table_cleanup(attnd__session_table *t, attnd_kv_pool *pool);
 /* Insert s (refs 1 for the table). ALREADY_EXISTS or RESOURCE_EXHAUSTED. */
 attnd_status attnd__session_table_insert(attnd__session_table *t,
                                          attnd__session *s, attnd_error *err);
+/* Take one more reference to s (the caller holds one, or s->mu). */
+void attnd__session_ref(attnd__session_table *t, attnd__session *s);
 /* Look up and take a reference, or NULL. */
 attnd__session *attnd__session_get(attnd__session_table *t,
                                    const attnd_session_id *id);
@@ -137,10 +200,22 @@ void attnd__session_put(attnd__session_table *t, attnd_kv_pool *pool,
                         attnd__session *s);
 
 /* Create a session object (not yet in a table); its reservation must
- * already be held. */
+ * already be held. with_slots: the engine has a tier below memory (slot
+ * tables are kept beside the page tables). */
 attnd__session *attnd__session_new(const attnd_session_id *id,
                                    int32_t n_layers, int32_t page_size,
-                                   int64_t reserved, int32_t initial_cap);
+                                   int64_t reserved, int32_t initial_cap,
+                                   int with_slots);
+/* Call f on every session in the table, each under a reference of its own
+ * (taken under the table lock, f runs without it); f returns nonzero to
+ * stop. The order is the table's, from slot `from` on, wrapping. */
+void attnd__session_each(attnd__session_table *t, attnd_kv_pool *pool, uint32_t from,
+                         int (*f)(attnd__session *s, void *arg), void *arg);
+/* Mark s lost (caller holds s->mu): DATA_LOSS with "session <id>: why"
+ * from then on. The first reason stays. */
+void attnd__session_lose(attnd__session *s, const char *why);
+/* The id as 32 hex digits (buf of 33 bytes). */
+const char *attnd__session_hex(const attnd_session_id *id, char buf[33]);
 /* Pages reserved for a layer and pages a streaming policy freed from it
  * (sparse_kv.c; res_per_layer and 0 for a dense session). */
 void attnd__session_layer_res(const attnd__session *s, int32_t layer, int64_t *res_p,
@@ -165,8 +240,8 @@ static inline int32_t attnd__session_layer_pages(const attnd__session *s,
     return (int32_t)((s->len[layer] + (uint64_t)s->page_size - 1) /
                      (uint64_t)s->page_size);
 }
-/* Make room for `pages` entries in layer's page table (RESOURCE_EXHAUSTED
- * on allocation failure); caller holds s->mu. */
+/* Make room for `pages` entries in layer's page table (and slot table;
+ * RESOURCE_EXHAUSTED on allocation failure); caller holds s->mu. */
 attnd_status attnd__session_grow(attnd__session *s, int32_t layer,
                                  int64_t pages, attnd_error *err);
 
@@ -268,6 +343,11 @@ struct attnd_engine {
     pthread_mutex_t stage_mu;        /* guards the two below */
     struct attnd_engine_stage *free_stages; /* closed stages kept for reuse */
     int32_t n_free_stages;
+    /* tiers and durability (tier_int.h): the store below memory (NULL:
+     * none) and the durable log with its checkpoints (NULL: off) */
+    struct attnd__tier *tier;
+    struct attnd__dur *dur;
+    int recovering;  /* recover.c replays: nothing is logged */
     pthread_mutex_t w_mu;            /* guards the slots below (weights.c) */
     attnd__wmat **w_uk, **w_uv;      /* [n_layers]; NULL: none loaded */
 };
@@ -292,6 +372,25 @@ static inline int64_t attnd__engine_pages_for_append(const attnd_engine *e,
 }
 /* Free every stage kept for reuse (engine destroy). */
 void attnd__stages_cleanup(attnd_engine *e);
+/* attnd_kv_pool_alloc, moving cold pages to the tier below while memory
+ * is short (tier.c). Caller may hold session locks. */
+attnd_status attnd__engine_alloc(attnd_engine *e, int32_t n, int32_t from_reserved,
+                                 int32_t *pages_out, attnd_error *err);
+/* New pages [from, to) of a layer's page table have no slot copy. */
+static inline void attnd__session_no_slots(attnd__session *s, int32_t layer, int64_t from,
+                                           int64_t to)
+{
+    if (s->slots)
+        for (int64_t j = from; j < to; j++)
+            s->slots[layer][j] = -1;
+}
+/* DATA_LOSS with s's message when it is lost. Caller holds s->mu. */
+static inline attnd_status attnd__session_check(const attnd__session *s, attnd_error *err)
+{
+    if (!s->lost)
+        return ATTND_OK;
+    return attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->lost);
+}
 
 /* weights.c: the slots (create) and every matrix still held (destroy). */
 attnd_status attnd__weights_init(attnd_engine *e, attnd_error *err);

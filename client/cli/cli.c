@@ -92,6 +92,44 @@ static int cmd_health(attnd_client *c, const char *service)
     return serving ? 0 : 1;
 }
 
+/* The KV tiers and durability lines of `stats`. */
+static int print_tiers(attnd_client *c)
+{
+    static const char *const modes[] = {"off", "sync", "batch"};
+    attnd_tier_stats t;
+    attnd_error err;
+
+    attnd_error_clear(&err);
+    if (attnd_client_get_tier_stats(c, NULL, &t, &err)) {
+        fprintf(stderr, "attnd-cli: stats: %s: %s\n", attnd_status_string(err.code), err.msg);
+        return 1;
+    }
+    printf("kv tiers          %" PRIu64 " pages held of %" PRIu64 " (memory %" PRIu64
+           " of %" PRIu64 " used)\n",
+           t.pages_held, t.pages_capacity, t.memory_pages_used, t.memory_pages_total);
+    if (t.below[0])
+        printf("kv below          %s: %" PRIu64 " of %" PRIu64 " slots used, %" PRIu64
+               " bytes each; pages moved down %" PRIu64 ", up %" PRIu64 " (%" PRIu64
+               " prefetched), %" PRIu64 " waits, %" PRIu64 " bad, %" PRIu64
+               " write failures\n",
+               t.below, t.below_slots_used, t.below_slots, t.below_slot_bytes,
+               t.pages_moved_down, t.pages_moved_up, t.pages_prefetched, t.load_waits,
+               t.pages_bad, t.write_failures);
+    if (t.durability > 0 && t.durability < 3) {
+        char mode[48];
+        if (t.durability == 2)
+            snprintf(mode, sizeof mode, "batch (window %u ms)", t.durable_window_ms);
+        else
+            snprintf(mode, sizeof mode, "%s", modes[t.durability]);
+        printf("durable           %s; log durable to LSN %" PRIu64 ", %" PRIu64
+               " bytes written in %" PRIu64 " syncs, %" PRIu64 " checkpoints; %" PRIu64
+               " sessions recovered at start (%" PRIu64 " lost)\n",
+               mode, t.wal_durable_lsn, t.wal_bytes_written, t.wal_syncs, t.checkpoints,
+               t.sessions_recovered, t.sessions_lost);
+    }
+    return 0;
+}
+
 static int cmd_stats(attnd_client *c)
 {
     attnd_stats st;
@@ -136,7 +174,7 @@ static int cmd_stats(attnd_client *c)
                st.group_peer_failures);
     if (st.ucx_endpoints)
         printf("ucx endpoints     %u: %s\n", st.ucx_endpoints, st.ucx_transports);
-    return 0;
+    return print_tiers(c);
 }
 
 int main(int argc, char **argv)

@@ -127,6 +127,56 @@ attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *out, attnd_mod
     return ATTND_OK;
 }
 
+attnd_status attnd_client_get_tier_stats(attnd_client *c, const attnd_session_id *session,
+                                         attnd_tier_stats *out, attnd_error *err)
+{
+    Attnd__V1__GetStatsRequest req = ATTND__V1__GET_STATS_REQUEST__INIT;
+    Attnd__V1__GetStatsResponse *r = NULL;
+    attnd_status st;
+
+    if (!c || !out)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "get_tier_stats: %s is NULL",
+                               !c ? "client" : "st");
+    if (session) {
+        req.session_id.len = ATTND_SESSION_ID_BYTES;
+        req.session_id.data = (uint8_t *)session->bytes;
+    }
+    st = attnd__client_unary(c, ATTND__CLIENT_M_GET_STATS, &req.base,
+                             &attnd__v1__get_stats_response__descriptor,
+                             (ProtobufCMessage **)&r, err);
+    if (st)
+        return st;
+    *out = (attnd_tier_stats){
+        .pages_held = r->kv_pages_held,
+        .pages_capacity = r->kv_pages_capacity,
+        .page_bytes = r->page_bytes,
+        .memory_pages_total = r->pages_total,
+        .memory_pages_used = r->pages_used,
+        .below_slots = r->kv_below_slots,
+        .below_slots_used = r->kv_below_slots_used,
+        .below_slot_bytes = r->kv_below_slot_bytes,
+        .pages_moved_down = r->kv_pages_moved_down,
+        .pages_moved_up = r->kv_pages_moved_up,
+        .pages_prefetched = r->kv_pages_prefetched,
+        .load_waits = r->kv_load_waits,
+        .pages_bad = r->kv_pages_bad,
+        .write_failures = r->kv_write_failures,
+        .durability = (int)r->durability,
+        .durable_window_ms = r->durable_window_ms,
+        .wal_durable_lsn = r->wal_durable_lsn,
+        .wal_bytes_written = r->wal_bytes_written,
+        .wal_syncs = r->wal_syncs,
+        .checkpoints = r->checkpoints,
+        .sessions_recovered = r->sessions_recovered,
+        .sessions_lost = r->sessions_lost,
+        .session_memory_bytes = r->session_memory_bytes,
+        .session_below_bytes = r->session_below_bytes,
+    };
+    snprintf(out->below, sizeof out->below, "%s", r->kv_below ? r->kv_below : "");
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return ATTND_OK;
+}
+
 attnd_status attnd_client_health(attnd_client *c, const char *service, int *serving_p,
                                  attnd_error *err)
 {

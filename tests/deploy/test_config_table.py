@@ -53,6 +53,15 @@ SAMPLES = {
     "--metrics-listen": ("127.0.0.1:9999", "127.0.0.1:9999"),
     "--log-format": ("json", "json"),
     "--log-level": ("debug", "debug"),
+    "--kv-dir": ("/tmp/attnd-kvdir", "/tmp/attnd-kvdir"),
+    "--kv-disk": ("1Mi", "1048576"),
+    "--kv-host": ("1Mi", "1048576"),
+    "--kv-prefetch": ("2", "2"),
+    "--kv-io-depth": ("8", "8"),
+    "--durable": ("batch", "batch"),
+    "--durable-window-ms": ("5", "5"),
+    "--durable-segment": ("2Mi", "2097152"),
+    "--durable-checkpoint": ("1Mi", "1048576"),
     "--tls-cert": ("/tmp/attnd-cert.pem", "/tmp/attnd-cert.pem"),
     "--tls-key": ("/tmp/attnd-key.pem", "/tmp/attnd-key.pem"),
     "--tls-client-ca": ("/tmp/attnd-ca.pem", "/tmp/attnd-ca.pem"),
@@ -132,6 +141,21 @@ class Variables(unittest.TestCase):
         r = print_config({"ATTND_GROUP": "127.0.0.1:1", "ATTND_RANK": "3"})
         self.assertEqual(r.returncode, 2)
         self.assertIn("--rank", r.stderr)
+
+    def test_durable_with_tenants_is_refused_at_start_naming_both_flags(self):
+        tokens = os.path.join(self.tmp.name, "tokens")
+        with open(tokens, "w") as f:
+            f.write("secret-token-0123456789 alice\n")
+        kvdir = os.path.join(self.tmp.name, "kv")
+        os.makedirs(kvdir, exist_ok=True)
+        e = {k: v for k, v in os.environ.items() if not k.startswith("ATTND_")}
+        r = subprocess.run([ATTND, "--listen", "127.0.0.1:0", "--kv-dir", kvdir, "--durable",
+                            "--token-file", tokens], capture_output=True, text=True, env=e,
+                           timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--durable", r.stderr)
+        self.assertIn("--token-file", r.stderr)
+        self.assertEqual(os.listdir(kvdir), [], "nothing may be written before the refusal")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,21 @@ FAMILIES = {
     "attnd_attend_sequences": "counter",
     "attnd_sessions": "gauge",
     "attnd_sessions_limit": "gauge",
+    "attnd_kv_pages_held": "gauge",
+    "attnd_kv_pages_capacity": "gauge",
+    "attnd_kv_below_slots": "gauge",
+    "attnd_kv_below_slot_bytes": "gauge",
+    "attnd_kv_pages_moved": "counter",
+    "attnd_kv_pages_prefetched": "counter",
+    "attnd_kv_load_waits": "counter",
+    "attnd_kv_pages_bad": "counter",
+    "attnd_kv_write_failures": "counter",
+    "attnd_durable": "gauge",
+    "attnd_wal_written_bytes": "counter",
+    "attnd_wal_syncs": "counter",
+    "attnd_checkpoints": "counter",
+    "attnd_sessions_recovered": "gauge",
+    "attnd_sessions_lost": "gauge",
     "attnd_group_ranks": "gauge",
     "attnd_group_rank": "gauge",
     "attnd_group_peers_connected": "gauge",
@@ -77,12 +92,12 @@ def requests(fams, transport, method, code="OK"):
                  method=method, code=code)
 
 
-def run_bench(target, transport, sessions=2, steps=3):
+def run_bench(target, transport, sessions=2, steps=3, batch=1):
     out = tempfile.NamedTemporaryFile(suffix=".json", delete=False)
     out.close()
     try:
         r = subprocess.run([BENCH, "--target", target, "--transport", transport,
-                            "--model", "tiny-gqa", "--sessions", str(sessions), "--batch", "1",
+                            "--model", "tiny-gqa", "--sessions", str(sessions), "--batch", str(batch),
                             "--prompt-len", "64", "--steps", str(steps), "--warmup", "0",
                             "--no-progress", "--json", out.name],
                            capture_output=True, text=True, timeout=600)
@@ -279,6 +294,68 @@ class ScrapeAfterLoad(unittest.TestCase):
                 self.assertTrue(f"`{shown}" in readme, f"README lacks `{shown}`")
 
 
+class TiersAndDurability(unittest.TestCase):
+    """A lone worker whose sessions outgrow its memory (12 sessions of 2
+    pages a layer, 3 layers: 72 pages, in 48 memory pages) with a disk tier
+    and a sync write-ahead log: the tier and log families follow what it
+    did. Prefill alone leaves pages below memory and decode attends every
+    layer of every session, so pages move both ways whatever the timing;
+    without prefetch an Attend can always make room by moving its own
+    sessions' other layers down (no waiting on the other micro-batch)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.kdir = tempfile.mkdtemp(prefix="attnd-metrics-tiers-")
+        cls.a = Attnd(["--model", "tiny-gqa", "--kv-memory", "768Ki", "--kv-dir", cls.kdir,
+                       "--kv-disk", "8Mi", "--kv-prefetch", "0", "--durable"])
+        try:
+            run_bench(cls.a.target, "grpc", sessions=12, steps=3, batch=6)
+            cls.stats = cls.a.cli("stats", check=True).stdout
+            cls.after = parse(cls.a.scrape())
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.a.close()
+        shutil.rmtree(cls.kdir, ignore_errors=True)
+
+    def test_pages_went_down_to_disk_and_came_back(self):
+        m = re.search(r"pages moved down (\d+), up (\d+)", self.stats)
+        self.assertIsNotNone(m, self.stats)
+        down = value(self.after, "attnd_kv_pages_moved", direction="down")
+        up = value(self.after, "attnd_kv_pages_moved", direction="up")
+        self.assertGreater(int(m.group(1)), 0)
+        self.assertGreater(int(m.group(2)), 0)
+        # scraped after the stats call: nothing moves back
+        self.assertGreaterEqual(down, int(m.group(1)))
+        self.assertGreaterEqual(up, int(m.group(2)))
+        self.assertEqual(value(self.after, "attnd_kv_pages_bad"), 0)
+        self.assertEqual(value(self.after, "attnd_kv_write_failures"), 0)
+
+    def test_slot_states_add_up_to_the_disk_tier(self):
+        m = re.search(r"kv below\s+disk: (\d+) of (\d+) slots used, (\d+) bytes each", self.stats)
+        self.assertIsNotNone(m, self.stats)
+        slots = {s.labels["state"]: s.value for s in self.after["attnd_kv_below_slots"].samples}
+        self.assertEqual(set(slots), {"used", "free"})
+        self.assertEqual(sum(slots.values()), int(m.group(2)))
+        self.assertEqual(value(self.after, "attnd_kv_below_slot_bytes"), int(m.group(3)))
+        self.assertLessEqual(value(self.after, "attnd_kv_pages_held"),
+                             value(self.after, "attnd_kv_pages_capacity"))
+
+    def test_the_log_reports_sync_mode_and_the_bytes_it_wrote(self):
+        self.assertEqual(value(self.after, "attnd_durable", mode="sync"), 1)
+        m = re.search(r"(\d+) bytes written in (\d+) syncs", self.stats)
+        self.assertIsNotNone(m, self.stats)
+        self.assertGreater(int(m.group(1)), 0)
+        # scraped after the stats call (a checkpoint may still write: not equal)
+        self.assertGreaterEqual(value(self.after, "attnd_wal_written_bytes"), int(m.group(1)))
+        self.assertGreaterEqual(value(self.after, "attnd_wal_syncs"), int(m.group(2)))
+        self.assertGreater(int(m.group(2)), 0)
+        self.assertEqual(value(self.after, "attnd_sessions_recovered"), 0)
+
+
 class HttpSurface(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -305,6 +382,13 @@ class HttpSurface(unittest.TestCase):
         self.assertEqual(requests(fams, "grpc", "Attend"), 0)
         self.assertEqual(value(fams, "attnd_group_ranks"), 1)
         self.assertEqual(fams["attnd_group_peer_up"].samples, [])
+
+    def test_a_worker_without_tiers_shows_no_tier_below_and_durability_off(self):
+        fams = parse(self.a.scrape())
+        self.assertEqual(value(fams, "attnd_durable", mode="off"), 1)
+        self.assertEqual(sum(s.value for s in fams["attnd_kv_below_slots"].samples), 0)
+        self.assertEqual(value(fams, "attnd_kv_pages_moved", direction="down"), 0)
+        self.assertEqual(value(fams, "attnd_wal_written_bytes"), 0)
 
     def test_a_busy_metrics_port_fails_the_start_naming_the_flag(self):
         port = self.a.metrics_url.split(":")[2].split("/")[0]

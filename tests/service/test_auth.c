@@ -205,6 +205,54 @@ START_TEST(test_get_stats_shows_a_tenant_its_own_figures_and_an_admin_the_worker
 }
 END_TEST
 
+/* GetStats with a session_id (its bytes per KV tier) answers only for the
+ * caller's own session: another tenant's (admins included) is NOT_FOUND in
+ * the words an unknown id gets. */
+START_TEST(test_get_stats_of_another_tenants_session_is_not_found)
+{
+    char details[256], unknown[256];
+    uint8_t a[16], nobody[16];
+    sec_tokens_default();
+    boot_auth(NULL, NULL, NULL, NULL);
+    memset(nobody, 0x77, sizeof nobody);
+    ck_assert_int_eq(sec_create(ch, ALICE_TOKEN, a, details, sizeof details), GRPC_STATUS_OK);
+    ck_assert_int_eq(sec_append(ch, ALICE_TOKEN, a, 0, 0, 3, details, sizeof details),
+                     GRPC_STATUS_OK);
+    Attnd__V1__GetStatsRequest m = ATTND__V1__GET_STATS_REQUEST__INIT;
+    size_t len, rlen = 0;
+    uint8_t *resp = NULL;
+    m.session_id.data = nobody;
+    m.session_id.len = sizeof nobody;
+    uint8_t *req = rg_pack(&m.base, &len);
+    ck_assert_int_eq(sec_unary(ch, "/attnd.v1.Attnd/GetStats", BOB_TOKEN, req, len, NULL, NULL,
+                               unknown, sizeof unknown),
+                     GRPC_STATUS_NOT_FOUND);
+    free(req);
+    m.session_id.data = a;
+    req = rg_pack(&m.base, &len);
+    ck_assert_int_eq(sec_unary(ch, "/attnd.v1.Attnd/GetStats", BOB_TOKEN, req, len, NULL, NULL,
+                               details, sizeof details),
+                     GRPC_STATUS_NOT_FOUND);
+    ck_assert_str_eq(details, unknown);
+    ck_assert_int_eq(sec_unary(ch, "/attnd.v1.Attnd/GetStats", OPS_TOKEN, req, len, NULL, NULL,
+                               details, sizeof details),
+                     GRPC_STATUS_NOT_FOUND);
+    ck_assert_str_eq(details, unknown);
+    /* alice gets her session's bytes: 3 tokens, one page, in memory */
+    ck_assert_int_eq(sec_unary(ch, "/attnd.v1.Attnd/GetStats", ALICE_TOKEN, req, len, &resp,
+                               &rlen, details, sizeof details),
+                     GRPC_STATUS_OK);
+    Attnd__V1__GetStatsResponse *r = attnd__v1__get_stats_response__unpack(NULL, rlen, resp);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_uint_eq(r->session_memory_bytes, r->page_bytes);
+    ck_assert_uint_eq(r->session_below_bytes, 0);
+    attnd__v1__get_stats_response__free_unpacked(r, NULL);
+    free(resp);
+    free(req);
+    stop_cleanly();
+}
+END_TEST
+
 START_TEST(test_a_tenant_past_its_session_quota_gets_resource_exhausted)
 {
     char details[256];
@@ -371,6 +419,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_a_wrong_or_malformed_token_is_unauthenticated);
     tcase_add_test(tc, test_another_tenants_session_is_not_found_and_stays_as_it_was);
     tcase_add_test(tc, test_get_stats_shows_a_tenant_its_own_figures_and_an_admin_the_workers);
+    tcase_add_test(tc, test_get_stats_of_another_tenants_session_is_not_found);
     tcase_add_test(tc, test_a_tenant_past_its_session_quota_gets_resource_exhausted);
     tcase_add_test(tc,
                    test_a_tenant_past_its_kv_quota_gets_resource_exhausted_and_nothing_lands);

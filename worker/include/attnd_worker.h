@@ -82,7 +82,38 @@ typedef struct attnd_engine_config {
      * has no CUDA or the model's shape has no GPU kernel, UNAVAILABLE when
      * the device does not exist. */
     char device[32];
+    /* Tiers below memory (worker/TIERS.md). kv_dir: a directory on local
+     * disk where pages that memory cannot hold go ("": none), at most
+     * kv_disk bytes of it (0: 4 x kv_memory). kv_host: with a GPU device,
+     * bytes of host RAM below its HBM instead ("cuda" only; 0: none). Cold
+     * layers (least recently used sessions) move down when memory runs
+     * short and come back before an Attend reads them; the kv_prefetch
+     * layers after the one attended are read ahead (0: no prefetch).
+     * kv_io_depth: I/Os in flight per context (0: 32). */
+    char kv_dir[256];
+    uint64_t kv_disk;
+    uint64_t kv_host;
+    int32_t kv_io_depth;
+    int32_t kv_prefetch;
+    /* Durability (needs kv_dir): every acknowledged change is in a
+     * write-ahead log in kv_dir before the call returns (SYNC), or within
+     * durable_window_ms (BATCH); a worker started on the same kv_dir
+     * rebuilds its sessions. wal_segment: bytes per log segment (0: 64
+     * MiB); checkpoint_bytes: log written between checkpoints (0: 256
+     * MiB). shard_tag: what the files record of the engine's place in a
+     * worker group (0: a lone worker), checked at recovery. */
+    int durable; /* ATTND_ENGINE_DURABLE_* */
+    int32_t durable_window_ms;
+    uint64_t wal_segment;
+    uint64_t checkpoint_bytes;
+    uint32_t shard_tag;
 } attnd_engine_config;
+
+enum {
+    ATTND_ENGINE_DURABLE_OFF = 0,
+    ATTND_ENGINE_DURABLE_SYNC = 1,
+    ATTND_ENGINE_DURABLE_BATCH = 2,
+};
 
 /* Create an engine; the pool (kv_memory bytes, rounded down to whole pages)
  * is allocated here. Caller frees with attnd_engine_destroy. */
@@ -189,6 +220,13 @@ attnd_status attnd_engine_stage_open(attnd_engine *e, attnd_engine_stage **stage
 attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_session_id *id,
                                        uint32_t layer, uint64_t start, uint64_t n_tokens,
                                        attnd_dtype dtype, const void *kv, attnd_error *err);
+/* Record that at the commit, layer's user length (what the session's
+ * user counts: a worker group's global length in sequence mode, where this
+ * engine holds some of the tokens) becomes ulen; claims the layer as a
+ * chunk would. Without a note a committed layer's user length is its
+ * length. Logged when durable, so a recovered group knows its lengths. */
+attnd_status attnd_engine_stage_note(attnd_engine_stage *s, const attnd_session_id *id,
+                                     uint32_t layer, uint64_t ulen, attnd_error *err);
 /* Make every staged chunk visible at once (every session involved is
  * locked while lengths advance). *chunks_p and *tokens_p (may be NULL):
  * what was committed. On failure (NOT_FOUND: a session was closed)
@@ -277,7 +315,11 @@ const char *attnd_policy_kind_name(attnd_policy_kind k);
 /* The kind named s (as above), or -1. */
 int attnd_policy_kind_parse(const char *s);
 /* Check a policy against the engine's model: INVALID_ARGUMENT naming the
- * field ("policy.window", "policy_table[2].head_end", ...). */
+ * field ("policy.window", "policy_table[2].head_end", ...). A durable
+ * engine (attnd --durable) takes full policies only: its log does not keep
+ * a session's policy, so a recovered session would not attend as before;
+ * any other is FAILED_PRECONDITION naming the field ("policy.kind",
+ * "policy_table[1].policy.kind"; worker/TIERS.md). */
 attnd_status attnd_engine_policy_check(const attnd_engine *e, const attnd_session_policy *p,
                                        attnd_error *err);
 /* The same against a model spec (a worker group's whole model). */
@@ -440,10 +482,25 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
 
 typedef struct attnd_engine_stats {
     uint64_t sessions, max_sessions;
-    uint64_t pages_total, pages_used, pages_reserved, page_bytes;
+    uint64_t pages_total, pages_used, pages_reserved, page_bytes; /* memory */
     uint64_t attend_calls, attend_sequences;
     uint64_t append_calls, tokens_appended;
     uint64_t kv_bytes_read;
+    /* every tier: pages sessions hold (wherever they are), what all tiers
+     * hold together */
+    uint64_t pages_held, pages_capacity;
+    /* the tier below memory (all 0 / "" without one) */
+    char below[8];             /* "disk" or "host" */
+    uint64_t below_slots, below_slots_used, below_slot_bytes;
+    uint64_t pages_moved_down, pages_moved_up, pages_prefetched;
+    uint64_t load_waits;       /* Attends that waited for a load in flight */
+    uint64_t pages_bad;        /* reads that failed a check */
+    uint64_t write_failures;
+    /* durability */
+    int durable;               /* ATTND_ENGINE_DURABLE_* */
+    uint32_t durable_window_ms;
+    uint64_t wal_durable_lsn, wal_bytes, wal_syncs;
+    uint64_t checkpoints, sessions_recovered, sessions_lost;
     /* sessions closed for idleness (attnd_engine_reap_idle) and the pages
      * (held and reserved) that gave back */
     uint64_t sessions_expired, pages_expired;
@@ -461,5 +518,20 @@ void attnd_engine_get_stats(attnd_engine *e, attnd_engine_stats *st);
  * KV limit in pages, or the pool's when it has none), the calls and
  * tokens of its sessions. An unknown owner: zeros (and the pool's size). */
 void attnd_engine_owner_stats(attnd_engine *e, uint64_t owner, attnd_engine_stats *st);
+
+/* Bytes of a session's KV in memory and in the tier below (a page held in
+ * both counts in both). NOT_FOUND for an unknown id. */
+attnd_status attnd_engine_session_bytes(attnd_engine *e, const attnd_session_id *id,
+                                        uint64_t *memory_p, uint64_t *below_p,
+                                        attnd_error *err);
+
+/* Every session (recovered ones after a restart included): f gets its id,
+ * the model's layer count, each layer's user length (a worker group's
+ * global one: attnd_engine_stage_note) and whether it is lost (DATA_LOSS).
+ * For a worker group to rebuild its own table. */
+void attnd_engine_sessions(attnd_engine *e,
+                           void (*f)(void *arg, const attnd_session_id *id, int32_t n_layers,
+                                     const uint64_t *ulen, int lost),
+                           void *arg);
 
 #endif /* ATTND_WORKER_H */

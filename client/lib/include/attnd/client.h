@@ -358,6 +358,31 @@ attnd_status attnd_client_get_stats(attnd_client *c, attnd_stats *st,
                                     attnd_model_info *model_p,
                                     attnd_error *err);
 
+/* The worker's KV tiers and durability (GetStats; worker/TIERS.md). Pages
+ * are of page_bytes; memory_* is the fast tier (host RAM, or GPU HBM);
+ * below* the tier under it ("disk" for --kv-dir, "host" for --kv-host, ""
+ * without one), whose slots hold one page each. */
+typedef struct attnd_tier_stats {
+    uint64_t pages_held, pages_capacity, page_bytes; /* every tier together */
+    uint64_t memory_pages_total, memory_pages_used;
+    char below[8];
+    uint64_t below_slots, below_slots_used, below_slot_bytes;
+    uint64_t pages_moved_down, pages_moved_up, pages_prefetched;
+    uint64_t load_waits, pages_bad, write_failures;
+    int durability;              /* 0 off, 1 sync, 2 batch (attnd --durable) */
+    uint32_t durable_window_ms;  /* batch */
+    uint64_t wal_durable_lsn, wal_bytes_written, wal_syncs, checkpoints;
+    uint64_t sessions_recovered, sessions_lost; /* at the worker's last start */
+    /* with a session: its KV bytes in memory and below (a page with a copy
+     * below counts in both) */
+    uint64_t session_memory_bytes, session_below_bytes;
+} attnd_tier_stats;
+
+/* GetStats' tier figures; session (may be NULL): also that session's
+ * bytes (NOT_FOUND for an unknown one). */
+attnd_status attnd_client_get_tier_stats(attnd_client *c, const attnd_session_id *session,
+                                         attnd_tier_stats *st, attnd_error *err);
+
 /* LoadWeights for the narrow MLA wire: give the worker (lone or group)
  * serving an MLA model layer `layer`'s W_UK, [Hq, d_nope, d_c] (head h's
  * q_nope -> absorbed latent query: q_c[h] = q_nope[h] . W_UK[h]), and/or

@@ -1,0 +1,71 @@
+/* Helpers of the KV tier and durability suites: a real attnd on a fresh
+ * --kv-dir (tiny-gqa, pages of 16 tokens), killed with SIGKILL or stopped
+ * and started again on the same directory; appends the test keeps (so an
+ * append whose reply a crash swallowed can be sent again and its fate
+ * learned); checks of every layer of every session against the float64
+ * reference of what the test knows was applied; and the slot file's
+ * documented layout (worker/TIERS.md), to find a session's pages on disk.
+ *
+ * Helpers named tt_must_* ck_assert (main test thread only). */
+#ifndef ATTND_TIERS_TESTUTIL_H
+#define ATTND_TIERS_TESTUTIL_H
+
+#include <stdint.h>
+
+#include "client_testutil.h"
+
+/* A fresh directory under /tmp (dir: 64 bytes), and its removal with
+ * everything in it. */
+void tt_must_mkdir(char *dir);
+void tt_rmdir(const char *dir);
+
+/* Start cu_srv on kv-dir `dir` with the suite's model, page size and
+ * memory (--kv-memory mem, e.g. "256Ki"), then extra flags
+ * (NULL-terminated, may be NULL). */
+void tt_must_start(const char *dir, const char *mem, const char *const *extra);
+/* SIGKILL cu_srv and reap it: a crash. */
+void tt_kill9(void);
+/* A client for cu_srv in place of s->c (the old one destroyed). */
+void tt_must_reconnect(cu_seqs *s);
+
+/* Attend over every layer of sessions [0, s->n) in batches of `batch`,
+ * without new KV, and check every output against the reference of the
+ * mirror: equal outputs mean the server holds exactly the mirrored tokens. */
+void tt_must_check_all(cu_seqs *s, uint32_t batch);
+/* The same for one session: 0, or the failing status (err filled). */
+attnd_status tt_check_one(cu_seqs *s, uint32_t i, attnd_error *err);
+
+/* One append the test keeps until its fate is known: an AppendKV stream
+ * (kind 1) or an Attend with new KV (kind 2) over sessions [first, first +
+ * n), with its data. */
+typedef struct tt_op {
+    int kind;
+    attnd_kv_chunk *chunks;
+    size_t n_chunks;
+    unsigned char *data;
+    cu_step step;
+} tt_op;
+
+/* A random AppendKV stream: sessions [first, first + n), every layer, up
+ * to max_tokens each, in chunks of up to 24 tokens; starts from the mirror. */
+void tt_op_stream(cu_seqs *s, tt_op *op, uint32_t first, uint32_t n, uint32_t max_tokens);
+/* A decode step's Attend with new KV at `layer` for [first, first + n). */
+void tt_op_attend(cu_seqs *s, tt_op *op, uint32_t layer, uint32_t first, uint32_t n);
+/* Send it. */
+attnd_status tt_op_send(cu_seqs *s, tt_op *op, attnd_error *err);
+/* It was applied: record it in the mirror (and check an Attend's outputs
+ * when check_outputs). */
+void tt_op_mirror(cu_seqs *s, tt_op *op, int check_outputs);
+void tt_op_free(tt_op *op);
+
+/* The slot file's slot size (GetStats) and the byte offsets of the slots
+ * whose header names session id (at most max); returns how many. */
+size_t tt_slots_of(const char *dir, uint64_t slot_bytes, const attnd_session_id *id,
+                   uint64_t *offs, size_t max);
+/* Flip one byte of a slot's page bytes (past its 4096-byte header block). */
+void tt_must_corrupt(const char *dir, uint64_t off);
+
+/* The id as 32 hex digits. */
+const char *tt_hex(const attnd_session_id *id, char buf[33]);
+
+#endif /* ATTND_TIERS_TESTUTIL_H */

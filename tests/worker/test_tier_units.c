@@ -1,0 +1,402 @@
+/* Check suite of the tiers' building blocks, inside one process: the
+ * CRC-32C every page and log record carries (the standard check value, the
+ * hardware path's three-stream combine against a bitwise reference,
+ * chaining), and an engine with a disk tier driven directly: sessions
+ * moved below and back keep their KV exactly (float64 reference), the
+ * accounting over tiers adds up, a close gives back every slot; an
+ * owner's (tenant's) KV counts its pages in every tier, idle expiry gives
+ * back the slots below too, and a durable engine serves no owners (its log
+ * does not record them). */
+#include <check.h>
+#include <stdio.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "attnd_worker.h"
+#include "testutil.h"
+#include "tier_int.h"
+
+/* CRC-32C one bit at a time: the definition. */
+static uint32_t crc_bitwise(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+    }
+    return ~c;
+}
+
+START_TEST(test_crc32c_of_the_check_string_is_the_standard_value)
+{
+    ck_assert_uint_eq(attnd__crc32c(0, "123456789", 9), 0xe3069283u);
+    ck_assert_uint_eq(attnd__crc32c(0, "", 0), 0);
+}
+END_TEST
+
+/* Lengths and offsets across the three-stream blocks (12 KiB) and the
+ * unaligned head and tail. */
+START_TEST(test_crc32c_equals_the_bitwise_definition_at_any_length_and_offset)
+{
+    tu_rng r;
+    tu_rng_init(&r, "crc32c");
+    const size_t max = 3 * 4096 * 3 + 100;
+    unsigned char *buf = malloc(max + 8);
+    ck_assert_ptr_nonnull(buf);
+    for (size_t i = 0; i < max + 8; i++)
+        buf[i] = (unsigned char)tu_next(&r);
+    const size_t lens[] = {1, 7, 8, 63, 4095, 12287, 12288, 12289, 24576 + 13, max};
+    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++)
+        for (size_t off = 0; off < 8; off += 3) {
+            uint32_t want = crc_bitwise(buf + off, lens[k]);
+            ck_assert_msg(attnd__crc32c(0, buf + off, lens[k]) == want, "len %zu off %zu",
+                          lens[k], off);
+            /* chained in two pieces: the same */
+            size_t cut = lens[k] / 3;
+            uint32_t c = attnd__crc32c(0, buf + off, cut);
+            ck_assert_uint_eq(attnd__crc32c(c, buf + off + cut, lens[k] - cut), want);
+        }
+    free(buf);
+}
+END_TEST
+
+/* ---- an engine with a disk tier ------------------------------------------------ */
+
+enum { PS = 16, TOK = 100 };
+
+static char dir[64];
+
+static void rm_dir(void)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/kv.pages", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/lock", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* tiny-gqa, bf16, 32 memory pages of 4 KiB, a disk tier of 1 MiB. */
+static attnd_engine *make_engine(void)
+{
+    strcpy(dir, "/tmp/attnd-tierunit-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"), .page_size = PS,
+                               .kv_memory = 32 * 4096, .max_sessions = 16, .kv_disk = 1 << 20,
+                               .kv_prefetch = 2, .kernel_threads = 1};
+    snprintf(cfg.kv_dir, sizeof cfg.kv_dir, "%s", dir);
+    attnd_engine *e = NULL;
+    attnd_error err;
+    ck_assert_msg(attnd_engine_create(&cfg, &e, &err) == ATTND_OK, "%s", err.msg);
+    return e;
+}
+
+/* The KV of one session: [layer][TOK][entry] bf16, and as float64 K, V. */
+typedef struct sess {
+    attnd_session_id id;
+    uint16_t *wire;
+    double *k, *v;
+} sess;
+
+static void sess_fill_owned(attnd_engine *e, uint64_t owner, sess *x, tu_rng *r)
+{
+    const attnd_model_spec *m = attnd_engine_model(e);
+    const int64_t entry = attnd_model_kv_token_elems(m), half = entry / 2;
+    attnd_error err;
+    x->wire = malloc(sizeof(uint16_t) * (size_t)(m->n_layers * TOK * entry));
+    x->k = malloc(sizeof(double) * (size_t)(m->n_layers * TOK * half));
+    x->v = malloc(sizeof(double) * (size_t)(m->n_layers * TOK * half));
+    ck_assert(x->wire && x->k && x->v);
+    ck_assert_int_eq(attnd_engine_session_create_owned(e, owner, 0, NULL, &x->id, &err),
+                     ATTND_OK);
+    for (int64_t i = 0; i < m->n_layers * TOK * entry; i++) {
+        uint16_t w = attnd_dtype_f32_to_bf16((float)tu_normal(r));
+        x->wire[i] = w;
+        int64_t t = i / entry, el = i % entry;
+        (el < half ? x->k : x->v)[t * half + el % half] = attnd_dtype_bf16_to_f32(w);
+    }
+    for (int32_t l = 0; l < m->n_layers; l++)
+        ck_assert_int_eq(attnd_engine_append(e, &x->id, (uint32_t)l, 0, TOK, ATTND_DTYPE_BF16,
+                                             x->wire + (size_t)l * TOK * entry, &err),
+                         ATTND_OK);
+}
+
+static void sess_fill(attnd_engine *e, sess *x, tu_rng *r)
+{
+    sess_fill_owned(e, 0, x, r);
+}
+
+static void sess_free(sess *x)
+{
+    free(x->wire);
+    free(x->k);
+    free(x->v);
+}
+
+/* Attend every layer of x and compare with the reference. */
+static void assert_exact(attnd_engine *e, const sess *x, tu_rng *r)
+{
+    const attnd_model_spec *m = attnd_engine_model(e);
+    const int32_t hq = m->n_q_heads, hkv = m->n_kv_heads, d = m->head_dim;
+    float q[8 * 32];
+    double q64[8 * 32], ref[8 * 32], rlse[8];
+    const float *out, *lse;
+    attnd_engine_ws ws;
+    attnd_error err;
+    attnd_engine_ws_init(&ws);
+    for (int32_t l = 0; l < m->n_layers; l++) {
+        for (int32_t j = 0; j < hq * d; j++)
+            q64[j] = q[j] = (float)tu_normal(r);
+        attnd_attend_req req = {.layer = (uint32_t)l, .n_seqs = 1, .ids = &x->id, .q_tokens = 1,
+                                .q_dtype = ATTND_DTYPE_F32, .q = q, .want_lse = 1};
+        ck_assert_msg(attnd_engine_attend(e, &req, &ws, &out, &lse, &err) == ATTND_OK, "%s",
+                      err.msg);
+        size_t off = (size_t)l * TOK * (size_t)(hkv * d);
+        attnd_kernel_ref_attention_f64(hq, hkv, d, d, TOK, m->scale, q64, x->k + off,
+                                       x->v + off, ref, rlse);
+        for (int32_t h = 0; h < hq; h++)
+            ck_assert(tu_rel_err_f32(out + h * d, ref + h * d, (size_t)d) <= 1e-5);
+    }
+    attnd_engine_ws_cleanup(&ws);
+}
+
+/* 6 sessions of 21 pages in 32 memory pages: most live on disk; each is
+ * attended exactly, again and again (moved down and up each round). */
+START_TEST(test_sessions_moved_below_and_back_keep_their_kv)
+{
+    tu_rng r;
+    tu_rng_init(&r, "tier engine");
+    attnd_engine *e = make_engine();
+    sess x[6];
+    for (int i = 0; i < 6; i++)
+        sess_fill(e, &x[i], &r);
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < 6; i++)
+            assert_exact(e, &x[i], &r);
+    attnd_engine_stats st;
+    attnd_engine_get_stats(e, &st);
+    ck_assert_uint_eq(st.pages_held, 6 * 3 * 7);
+    ck_assert_uint_le(st.pages_used, 32);
+    ck_assert_uint_gt(st.pages_moved_down, 0);
+    ck_assert_uint_gt(st.pages_moved_up, 0);
+    /* without durability a page lives in one tier: held = memory + slots */
+    ck_assert_uint_eq(st.pages_held, st.pages_used + st.below_slots_used);
+    uint64_t mem, below;
+    attnd_error err;
+    ck_assert_int_eq(attnd_engine_session_bytes(e, &x[0].id, &mem, &below, &err), ATTND_OK);
+    ck_assert_uint_eq(mem / 4096 + below / st.below_slot_bytes, 3 * 7);
+    for (int i = 0; i < 6; i++) {
+        ck_assert_int_eq(attnd_engine_session_close(e, &x[i].id, NULL, &err), ATTND_OK);
+        sess_free(&x[i]);
+    }
+    /* every slot back, once the mover has let go of its load records
+     * (milliseconds; 30 s is a hang guard) */
+    for (int waited = 0; waited < 30000; waited += 5) {
+        attnd_engine_get_stats(e, &st);
+        if (st.below_slots_used == 0 && st.pages_held == 0)
+            break;
+        usleep(5000);
+    }
+    ck_assert_uint_eq(st.below_slots_used, 0);
+    ck_assert_uint_eq(st.pages_held, 0);
+    attnd_engine_destroy(e);
+    rm_dir();
+}
+END_TEST
+
+#define ALICE 0x1111111111111111ull
+#define BOB 0x2222222222222222ull
+
+/* 4 sessions of alice's, 2 of bob's, 21 pages each in 32 memory pages:
+ * most pages are on disk, yet each owner's usage is all its pages, and
+ * bob's KV limit (2 sessions' worth) refuses a third session's KV though
+ * the disk has room. */
+START_TEST(test_an_owners_kv_counts_its_pages_in_every_tier)
+{
+    tu_rng r;
+    tu_rng_init(&r, "tier owners");
+    attnd_engine *e = make_engine();
+    attnd_error err;
+    ck_assert_int_eq(attnd_engine_owner_set(e, BOB, "bob", 0, 2 * 3 * 7 * 4096, &err), ATTND_OK);
+    sess x[6];
+    for (int i = 0; i < 6; i++)
+        sess_fill_owned(e, i < 4 ? ALICE : BOB, &x[i], &r);
+    attnd_engine_stats st, a, b;
+    attnd_engine_get_stats(e, &st);
+    attnd_engine_owner_stats(e, ALICE, &a);
+    attnd_engine_owner_stats(e, BOB, &b);
+    ck_assert_uint_gt(st.below_slots_used, 0);
+    ck_assert_uint_le(st.pages_used, 32);
+    ck_assert_uint_eq(a.pages_used, 4 * 3 * 7);
+    ck_assert_uint_eq(b.pages_used, 2 * 3 * 7);
+    ck_assert_uint_eq(a.pages_used + b.pages_used, st.pages_held);
+
+    attnd_session_id extra;
+    const int64_t entry = attnd_model_kv_token_elems(attnd_engine_model(e));
+    uint16_t *kv = calloc((size_t)(PS * entry), sizeof *kv);
+    ck_assert_ptr_nonnull(kv);
+    ck_assert_int_eq(attnd_engine_session_create_owned(e, BOB, 0, NULL, &extra, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_append(e, &extra, 0, 0, PS, ATTND_DTYPE_BF16, kv, &err),
+                     ATTND_ERR_RESOURCE_EXHAUSTED);
+    attnd_engine_owner_stats(e, BOB, &b);
+    ck_assert_uint_eq(b.pages_used, 2 * 3 * 7);
+    free(kv);
+    ck_assert_int_eq(attnd_engine_session_close(e, &extra, NULL, &err), ATTND_OK);
+    for (int i = 0; i < 6; i++) {
+        ck_assert_int_eq(attnd_engine_session_close(e, &x[i].id, NULL, &err), ATTND_OK);
+        sess_free(&x[i]);
+    }
+    attnd_engine_owner_stats(e, ALICE, &a);
+    attnd_engine_owner_stats(e, BOB, &b);
+    ck_assert_uint_eq(a.pages_used + a.pages_reserved + b.pages_used + b.pages_reserved, 0);
+    attnd_engine_destroy(e);
+    rm_dir();
+}
+END_TEST
+
+/* Idle expiry of sessions that live mostly on disk gives back their slots
+ * below, not only their memory pages. */
+START_TEST(test_idle_expiry_gives_back_the_slots_below_memory_too)
+{
+    tu_rng r;
+    tu_rng_init(&r, "tier expiry");
+    attnd_engine *e = make_engine();
+    sess x[6];
+    for (int i = 0; i < 6; i++)
+        sess_fill(e, &x[i], &r);
+    attnd_engine_stats st;
+    attnd_engine_get_stats(e, &st);
+    ck_assert_uint_gt(st.below_slots_used, 0);
+    /* the mover may hold a session for a moment (skipped, as any held
+     * one): reap until all went (milliseconds; 30 s is a hang guard) */
+    attnd_session_id got[6];
+    size_t n, reaped = 0;
+    for (int waited = 0; waited < 30000 && reaped < 6; waited += 5) {
+        attnd_engine_reap_idle(e, 0, got, 6, &n);
+        reaped += n;
+        if (reaped < 6)
+            usleep(5000);
+    }
+    ck_assert_uint_eq(reaped, 6);
+    for (int waited = 0; waited < 30000; waited += 5) {
+        attnd_engine_get_stats(e, &st);
+        if (st.below_slots_used == 0 && st.pages_held == 0)
+            break;
+        usleep(5000);
+    }
+    ck_assert_uint_eq(st.sessions, 0);
+    ck_assert_uint_eq(st.sessions_expired, 6);
+    ck_assert_uint_eq(st.below_slots_used, 0);
+    ck_assert_uint_eq(st.pages_held, 0);
+    for (int i = 0; i < 6; i++)
+        sess_free(&x[i]);
+    attnd_engine_destroy(e);
+    rm_dir();
+}
+END_TEST
+
+/* A durable engine refuses a session with an owner (its log would lose
+ * the owner at a restart) and still makes one without. */
+START_TEST(test_a_durable_engine_refuses_an_owned_session)
+{
+    char ddir[64] = "/tmp/attnd-tierdur-XXXXXX", cmd[96];
+    ck_assert_ptr_nonnull(mkdtemp(ddir));
+    attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"), .page_size = PS,
+                               .kv_memory = 32 * 4096, .max_sessions = 16, .kv_disk = 1 << 20,
+                               .kernel_threads = 1, .durable = ATTND_ENGINE_DURABLE_SYNC};
+    snprintf(cfg.kv_dir, sizeof cfg.kv_dir, "%s", ddir);
+    attnd_engine *e = NULL;
+    attnd_session_id id;
+    attnd_error err;
+    ck_assert_msg(attnd_engine_create(&cfg, &e, &err) == ATTND_OK, "%s", err.msg);
+    ck_assert_int_eq(attnd_engine_session_create_owned(e, ALICE, 16, NULL, &id, &err),
+                     ATTND_ERR_FAILED_PRECONDITION);
+    ck_assert_ptr_nonnull(strstr(err.msg, "--durable"));
+    attnd_engine_stats st;
+    attnd_engine_get_stats(e, &st);
+    ck_assert_uint_eq(st.sessions, 0);
+    ck_assert_int_eq(attnd_engine_session_create_owned(e, 0, 16, NULL, &id, &err), ATTND_OK);
+    attnd_engine_destroy(e);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", ddir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/* A durable engine's idle expiry is in its log: after a crash (a child
+ * process that ends without closing its engine, so no last checkpoint)
+ * the expired session stays gone and the other one comes back. */
+START_TEST(test_a_session_expired_on_a_durable_engine_stays_gone_after_a_crash)
+{
+    char ddir[64] = "/tmp/attnd-tierdur-XXXXXX", cmd[96];
+    ck_assert_ptr_nonnull(mkdtemp(ddir));
+    attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"), .page_size = PS,
+                               .kv_memory = 32 * 4096, .max_sessions = 16, .kv_disk = 1 << 20,
+                               .kernel_threads = 1, .durable = ATTND_ENGINE_DURABLE_SYNC};
+    snprintf(cfg.kv_dir, sizeof cfg.kv_dir, "%s", ddir);
+    /* ids chosen here: the child makes them, the parent looks for them */
+    attnd_session_id gone = {{1}}, kept = {{2}};
+    attnd_engine *e = NULL;
+    attnd_error err;
+    uint64_t len;
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        attnd_session_id got[2];
+        size_t n = 0;
+        if (attnd_engine_create(&cfg, &e, &err) ||
+            attnd_engine_session_create_id(e, 16, &gone, &err))
+            _exit(2);
+        for (int waited = 0; waited < 30000 && n == 0; waited += 5) {
+            attnd_engine_reap_idle(e, 0, got, 2, &n);
+            if (n == 0)
+                usleep(5000);
+        }
+        if (n != 1 || memcmp(&got[0], &gone, sizeof gone) != 0 ||
+            attnd_engine_session_create_id(e, 16, &kept, &err))
+            _exit(3);
+        _exit(0); /* a crash: no destroy, no checkpoint */
+    }
+    int ws = 0;
+    ck_assert_int_eq(waitpid(pid, &ws, 0), pid);
+    ck_assert_msg(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "child: status %d", ws);
+
+    ck_assert_msg(attnd_engine_create(&cfg, &e, &err) == ATTND_OK, "%s", err.msg);
+    attnd_engine_stats st;
+    attnd_engine_get_stats(e, &st);
+    ck_assert_uint_eq(st.sessions, 1);
+    ck_assert_int_eq(attnd_engine_length(e, &kept, 0, &len, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_length(e, &gone, 0, &len, &err), ATTND_ERR_NOT_FOUND);
+    attnd_engine_destroy(e);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", ddir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+static Suite *tier_suite(void)
+{
+    Suite *su = suite_create("tier_units");
+    TCase *tc = tcase_create("units");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_crc32c_of_the_check_string_is_the_standard_value);
+    tcase_add_test(tc, test_crc32c_equals_the_bitwise_definition_at_any_length_and_offset);
+    tcase_add_test(tc, test_sessions_moved_below_and_back_keep_their_kv);
+    tcase_add_test(tc, test_an_owners_kv_counts_its_pages_in_every_tier);
+    tcase_add_test(tc, test_idle_expiry_gives_back_the_slots_below_memory_too);
+    tcase_add_test(tc, test_a_durable_engine_refuses_an_owned_session);
+    tcase_add_test(tc, test_a_session_expired_on_a_durable_engine_stays_gone_after_a_crash);
+    suite_add_tcase(su, tc);
+    return su;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(tier_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
