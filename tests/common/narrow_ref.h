@@ -18,9 +18,23 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-static inline void nr_ref_heads(int32_t H, int32_t dn, int32_t dc, int32_t dr, int32_t dv,
-                                int64_t T, double scale, const double *q, const double *kv,
-                                const double *wuk, const double *wuv, double *out, double *lse)
+/* x rounded to bf16 (to nearest, ties to even; x finite). */
+static inline double nr_bf16(double x)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v = {.f = (float)x};
+    v.u = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) & 0xffff0000u;
+    return (double)v.f;
+}
+
+/* nr_ref_heads, with q_bf16: q and the absorbed q_c rounded to bf16 as a
+ * GPU worker does (its kernel reads a bf16 query); the rest in float64. */
+static inline void nr_ref_heads_q(int32_t H, int32_t dn, int32_t dc, int32_t dr, int32_t dv,
+                                  int64_t T, double scale, const double *q, const double *kv,
+                                  const double *wuk, const double *wuv, double *out, double *lse,
+                                  int q_bf16)
 {
     double *qc = malloc(sizeof(double) * (size_t)dc);
     double *o = malloc(sizeof(double) * (size_t)dc);
@@ -31,8 +45,9 @@ static inline void nr_ref_heads(int32_t H, int32_t dn, int32_t dc, int32_t dr, i
         for (int32_t c = 0; c < dc; c++) {
             double a = 0.0;
             for (int32_t k = 0; k < dn; k++)
-                a += qn[k] * wuk[((size_t)h * (size_t)dn + (size_t)k) * (size_t)dc + (size_t)c];
-            qc[c] = a;
+                a += (q_bf16 ? nr_bf16(qn[k]) : qn[k]) *
+                     wuk[((size_t)h * (size_t)dn + (size_t)k) * (size_t)dc + (size_t)c];
+            qc[c] = q_bf16 ? nr_bf16(a) : a;
         }
         double mx = -INFINITY, sum = 0.0;
         for (int64_t t = 0; t < T; t++) {
@@ -41,7 +56,7 @@ static inline void nr_ref_heads(int32_t H, int32_t dn, int32_t dc, int32_t dr, i
             for (int32_t c = 0; c < dc; c++)
                 a += qc[c] * e[c];
             for (int32_t r = 0; r < dr; r++)
-                a += qr[r] * e[dc + r];
+                a += (q_bf16 ? nr_bf16(qr[r]) : qr[r]) * e[dc + r];
             s[t] = scale * a;
             mx = s[t] > mx ? s[t] : mx;
         }
@@ -67,6 +82,13 @@ static inline void nr_ref_heads(int32_t H, int32_t dn, int32_t dc, int32_t dr, i
     free(qc);
     free(o);
     free(s);
+}
+
+static inline void nr_ref_heads(int32_t H, int32_t dn, int32_t dc, int32_t dr, int32_t dv,
+                                int64_t T, double scale, const double *q, const double *kv,
+                                const double *wuk, const double *wuv, double *out, double *lse)
+{
+    nr_ref_heads_q(H, dn, dc, dr, dv, T, scale, q, kv, wuk, wuv, out, lse, 0);
 }
 
 /* x <- H_n x / sqrt(n), n a power of two (the normalized Hadamard R). */

@@ -51,7 +51,7 @@ START_TEST(test_gpu_heads_form_matches_the_f64_narrow_formula)
     attnd_error err;
     tu_rng r;
     tu_rng_init(&r, "gpu-narrow");
-    ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_OK);
+    ck_assert_msg(attnd_engine_create(&cfg, &e, &err) == ATTND_OK, "engine: %s", err.msg);
     const attnd_model_spec *m = attnd_engine_model(e);
     const int32_t H = m->n_q_heads, dc = m->d_latent, dr = m->d_rope, dk = dc + dr;
     const int32_t dq = DN + dr;
@@ -89,7 +89,7 @@ START_TEST(test_gpu_heads_form_matches_the_f64_narrow_formula)
     attnd_engine_ws ws;
     attnd_engine_ws_init(&ws);
     double *ref = malloc(sizeof(double) * (size_t)H * DVO), *rlse = malloc(sizeof(double) * H);
-    double worst = 0.0;
+    double worst = 0.0, worst_lse = 0.0;
     for (int l = 0; l < L; l++)
         for (int32_t S = 1; S <= 2; S++) {
             const attnd_dtype qt = S == 1 ? ATTND_DTYPE_BF16 : ATTND_DTYPE_F32;
@@ -117,21 +117,30 @@ START_TEST(test_gpu_heads_form_matches_the_f64_narrow_formula)
             for (int i = 0; i < NS; i++)
                 for (int32_t s = 0; s < S; s++) {
                     size_t row = ((size_t)i * (size_t)S + (size_t)s) * (size_t)H;
-                    nr_ref_heads(H, DN, dc, dr, DVO, len[i][l] - (S - 1 - s), m->scale,
-                                 q64 + row * (size_t)dq, kv[i][l], wk[l], wv[l], ref, rlse);
+                    nr_ref_heads_q(H, DN, dc, dr, DVO, len[i][l] - (S - 1 - s), m->scale,
+                                   q64 + row * (size_t)dq, kv[i][l], wk[l], wv[l], ref, rlse,
+                                   1);
                     for (int32_t h = 0; h < H; h++) {
                         double er = tu_rel_err_f32(out + (row + (size_t)h) * DVO,
                                                    ref + (size_t)h * DVO, DVO);
                         worst = er > worst ? er : worst;
                         ck_assert_msg(er <= 1e-2, "layer %d seq %d token %d head %d: %.3g", l,
                                       i, s, h, er);
-                        ck_assert(fabs(lse[row + (size_t)h] - rlse[h]) <= 1e-2);
+                        /* the reference rounds q and the absorbed q_c to
+                         * bf16 as the GPU does (its kernel reads a bf16
+                         * query); against an all-float64 absorb the LSE
+                         * was off by up to ~0.015 (H200, 2026-12-05) */
+                        double el = fabs(lse[row + (size_t)h] - rlse[h]);
+                        worst_lse = el > worst_lse ? el : worst_lse;
+                        ck_assert_msg(el <= 1e-2,
+                                      "layer %d seq %d token %d head %d: lse %.6g, f64 %.6g", l,
+                                      i, s, h, (double)lse[row + (size_t)h], rlse[h]);
                     }
                 }
             free(q);
             free(q64);
         }
-    fprintf(stderr, "gpu narrow: max rel err %.3g\n", worst);
+    fprintf(stderr, "gpu narrow: max rel err %.3g, max lse err %.3g\n", worst, worst_lse);
     attnd_engine_ws_cleanup(&ws);
     for (int l = 0; l < L; l++) {
         free(wk[l]);
@@ -166,7 +175,7 @@ START_TEST(test_gpu_heads_form_with_topk_pages_selects_with_the_absorbed_query)
     attnd_error err;
     tu_rng r;
     tu_rng_init(&r, "gpu-narrow-topk");
-    ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_OK);
+    ck_assert_msg(attnd_engine_create(&cfg, &e, &err) == ATTND_OK, "engine: %s", err.msg);
     const attnd_model_spec *m = attnd_engine_model(e);
     const int32_t H = m->n_q_heads, dc = m->d_latent, dr = m->d_rope, dk = dc + dr;
     const int32_t dq = DN + dr, l = 1;
@@ -311,6 +320,9 @@ int main(void)
     tcase_add_test(tc, test_gpu_heads_form_with_topk_pages_selects_with_the_absorbed_query);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
+    /* the probe above made a CUDA context in this process: a forked child
+     * cannot use it (cudaSetDevice: initialization error), so no fork */
+    srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
