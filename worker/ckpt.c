@@ -296,6 +296,7 @@ static void *ckpt_main(void *arg)
             continue;
         pthread_mutex_unlock(&d->cv_mu);
         attnd_error err;
+        atomic_store(&d->nudged, 0);
         if (attnd__ckpt_run(e, &err)) {
             time_t now = time(NULL);
             if (now - last_fail_report >= 10) { /* once in a while, not per try */

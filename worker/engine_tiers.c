@@ -331,6 +331,19 @@ static attnd__wal *log_of(const attnd_engine *e)
     return e->dur && !e->recovering ? e->dur->wal : NULL;
 }
 
+/* The log has grown by ckpt_bytes since the last checkpoint: wake the
+ * checkpointer now rather than at its next look (once per checkpoint). */
+static void nudge(attnd__dur *d, uint64_t end)
+{
+    if (end - atomic_load_explicit(&d->last_ckpt_lsn, memory_order_relaxed) < d->ckpt_bytes ||
+        atomic_load_explicit(&d->nudged, memory_order_relaxed) ||
+        atomic_exchange(&d->nudged, 1))
+        return;
+    pthread_mutex_lock(&d->cv_mu);
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->cv_mu);
+}
+
 attnd_status attnd__engine_log_data(attnd_engine *e, attnd__wtxn *tx, const attnd_session_id *id,
                                     int32_t layer, uint64_t start, uint64_t n, uint64_t ulen,
                                     attnd_dtype dtype, const void *kv, uint64_t *end_p,
@@ -365,6 +378,7 @@ attnd_status attnd__engine_log_data(attnd_engine *e, attnd__wtxn *tx, const attn
         *end_p = r.end;
         done += m;
     } while (done < n);
+    nudge(e->dur, *end_p);
     return ATTND_OK;
 }
 

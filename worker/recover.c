@@ -12,10 +12,14 @@
  *      everything after it, a torn write or never acknowledged, is cut off
  *      (the segment truncated there, later segments deleted). A first pass
  *      collects the transactions whose COMMIT is in the log.
- *   3. A second pass applies, in log order: CREATE and CLOSE; the DATA of
- *      committed transactions (a record applies only at the layer's end:
- *      what the checkpoint already holds is skipped, a gap fails the
- *      session); the checkpoint's PAGE records into the missing pages.
+ *   3. A second pass puts the checkpoint's PAGE records into the missing
+ *      pages, and a third applies the rest in log order: CREATE and CLOSE;
+ *      the DATA of committed transactions (a record applies only at the
+ *      layer's end: what the checkpoint already holds is skipped, a gap
+ *      fails the session). PAGE first: an AppendKV stream open across the
+ *      checkpoint has DATA before the checkpoint's PAGE records that is not
+ *      in it (committed after the checkpoint saw the session), and
+ *      appending it reads the layer, which needs every page present.
  *   4. A session with a page still missing, or whose slots fail their
  *      checks when read back, is lost (DATA_LOSS, naming it); the others
  *      are served as before.
@@ -413,6 +417,7 @@ static attnd_status collect_commits(attnd_engine *e, const attnd__wrec_hdr *h, v
 typedef struct replay_ctx {
     u64set committed;
     uint64_t ckpt_lsn;
+    int pages; /* this pass applies the PAGE records (only) */
 } replay_ctx;
 
 /* DATA of a committed transaction: the layer's tokens [start, start + n). */
@@ -437,7 +442,10 @@ static void replay_data(attnd_engine *e, attnd__session *s, const attnd__wrec_da
     uint64_t skip = len - d->start;
     if (skip < d->n) {
         uint64_t m = d->n - skip;
-        if (attnd__tier_load(e, s, l, &err))
+        attnd__tier_own(&s, 1, l); /* its other layers give room too */
+        attnd_status lst = attnd__tier_load(e, s, l, &err);
+        attnd__tier_own(NULL, 0, -1);
+        if (lst)
             return; /* lost, or no memory: lost below */
         int32_t have = attnd__session_layer_pages(s, l);
         int64_t need = attnd__engine_pages_for_append(e, s, l, m);
@@ -493,6 +501,8 @@ static attnd_status apply(attnd_engine *e, const attnd__wrec_hdr *h, void *arg, 
     attnd_session_id id;
     attnd__session *s;
 
+    if (c->pages != (h->type == ATTND__WREC_PAGE))
+        return ATTND_OK;
     switch (h->type) {
     case ATTND__WREC_CREATE: {
         uint64_t max_tokens;
@@ -645,6 +655,10 @@ attnd_status attnd__recover(attnd_engine *e, uint64_t *next_lsn_p, attnd_error *
     }
     if ((st = walk(e, &w, from, 1, collect_commits, &c.committed, err)))
         goto out;
+    c.pages = 1;
+    if ((st = walk(e, &w, from, 0, apply, &c, err)))
+        goto out;
+    c.pages = 0;
     if ((st = walk(e, &w, from, 0, apply, &c, err)))
         goto out;
     if (w.n)

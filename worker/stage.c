@@ -159,6 +159,9 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
     if (e->tier) { /* the layer in memory before it is written (claimed, it stays) */
         atomic_store_explicit(&ss->last_used, atomic_fetch_add(&e->tier->tick, 1) + 1,
                               memory_order_relaxed);
+        /* short of memory, this session's other layers give room too (it
+         * is locked here: no other eviction can move them) */
+        attnd__tier_own(&ss, 1, l);
         if ((st = attnd__tier_load(e, ss, l, err)))
             goto out;
     }
@@ -203,6 +206,7 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
     s->chunks++;
     s->tokens += n_tokens;
 out:
+    attnd__tier_own(NULL, 0, -1);
     pthread_mutex_unlock(&ss->mu);
     if (!kept)
         attnd__session_put(&e->table, &e->pool, ss);

@@ -196,6 +196,19 @@ void attnd__tier_own(attnd__session **ss, uint32_t n, int32_t keep_layer)
     own = (own_ctx){ss, n, keep_layer};
 }
 
+int attnd__tier_own_loading(attnd_engine *e)
+{
+    attnd__tier *t = e->tier;
+    int busy = 0;
+    pthread_mutex_lock(&t->mv_mu);
+    for (uint32_t i = 0; i < own.n && !busy; i++)
+        for (int32_t l = 0; l < own.ss[i]->n_layers && !busy; l++)
+            busy = own.ss[i]->where[l] == ATTND__LAYER_LOADING && own.ss[i]->job[l] &&
+                   !own.ss[i]->job[l]->done;
+    pthread_mutex_unlock(&t->mv_mu);
+    return busy;
+}
+
 /* The coldest sessions with something in memory, references held. */
 typedef struct victims {
     attnd_engine *e;
@@ -274,6 +287,9 @@ int64_t attnd__tier_evict_for(attnd_engine *e, attnd__tio *io, int64_t want, att
             io = attnd__tio_get(t);
             own_io = 1;
         }
+        /* prefetches read for them wait for their locks, which this
+         * thread holds: installed, their layers can go down again */
+        attnd__tier_settle_read(e, own.ss[i]);
         freed += evict_some(e, io, own.ss[i], own.keep, want - freed, why);
     }
     if (own_io)

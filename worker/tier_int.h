@@ -258,6 +258,13 @@ attnd_status attnd__tier_attend(attnd_engine *e, attnd__session **ss, uint32_t n
 /* This thread attends `layer` of sessions ss[0, n), locked: evictions it
  * runs may also move their other layers (n = 0: none; per thread). */
 void attnd__tier_own(attnd__session **ss, uint32_t n, int32_t layer);
+/* Install the loads of s the mover has read (prefetches waiting for s's
+ * lock, which the caller holds), so their layers are resident and can be
+ * moved down again; waits for none. Returns the layers installed. */
+int32_t attnd__tier_settle_read(attnd_engine *e, attnd__session *s);
+/* Is the mover reading a layer of a session this thread holds (its pages
+ * pinned until it is installed)? */
+int attnd__tier_own_loading(attnd_engine *e);
 /* Every layer of sessions ss[0, n) (distinct, in address order, none
  * locked by the caller) back in memory: all their loads queued at once,
  * then waited for (benchmarks; warming sessions up). */
@@ -400,7 +407,8 @@ typedef struct attnd__dur {
     pthread_cond_t cv;
     pthread_t tid;
     int running, stop;
-    uint64_t last_ckpt_lsn; /* log position of the last checkpoint */
+    atomic_uint_fast64_t last_ckpt_lsn; /* log position of the last checkpoint */
+    atomic_int nudged;      /* the log grew past ckpt_bytes: checkpointer woken */
     atomic_uint_fast64_t n_ckpt, n_recovered, n_lost, n_ckpt_fail;
     char ckpt_err[ATTND_ERROR_MSG_MAX];
     unsigned char *man;     /* the manifest being built */

@@ -79,22 +79,21 @@ static attnd_status lose_hole(attnd__session *s, int32_t l, int32_t j, attnd_err
     return attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->lost);
 }
 
-/* Memory pages for a load of n, evicting for them (with io's op scratch:
- * build the load's ops after this). */
+/* Memory pages for the mover's load of n, evicting for them (with io's op
+ * scratch: build the load's ops after this). It does not wait for pages
+ * that evictions cannot free now: those belong to sessions in use, most
+ * often the very Attend that waits for this run (its locks held), whose
+ * own load_now then makes room from its other layers; a mover that waited
+ * would hold the run's loads, and their layers' pages, meanwhile. */
 static attnd_status take_pages(attnd_engine *e, attnd__tio *io, int32_t n, int32_t *pages,
                                attnd_error *err)
 {
     attnd_error why = {0};
-    for (int idle = 0;;) {
+    for (;;) {
         if (attnd_kv_pool_take(&e->pool, n, pages) == ATTND_OK)
             return ATTND_OK;
-        int32_t before = e->pool.n_free;
-        int64_t short_by = n - before;
-        if (attnd__tier_evict_for(e, io, short_by > 0 ? short_by : 1, &why) > 0) {
-            idle = 0;
-            continue;
-        }
-        if (attnd__tier_busy_wait(&idle, before, e->pool.n_free))
+        int64_t short_by = n - e->pool.n_free;
+        if (attnd__tier_evict_for(e, io, short_by > 0 ? short_by : 1, &why) > 0)
             continue;
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "kv: no memory to load a layer back: needs %d pages, %d free "
@@ -194,14 +193,26 @@ static attnd_status load_now(attnd_engine *e, attnd__session *s, int32_t l, attn
     if ((bad_j = hole(s, l)) >= 0)
         return lose_hole(s, l, bad_j, err);
     attnd__tio *io = attnd__tio_get(t);
-    for (int idle = 0; (m = missing(s, l)) > 0;) {
+    for (int idle = 0, own_waits = 0; (m = missing(s, l)) > 0;) {
         if ((st = attnd__tio_pages(io, 2 * (int64_t)m, &pages, err))) /* + their places */
             break;
         int32_t got = attnd_kv_pool_take_upto(&e->pool, m, pages);
         if (got == 0) {
             int32_t before = e->pool.n_free;
-            if (attnd__tier_evict_for(e, io, m, &why) > 0 ||
-                attnd__tier_busy_wait(&idle, before, e->pool.n_free))
+            if (attnd__tier_evict_for(e, io, m, &why) > 0)
+                continue;
+            /* the mover reading layers of this Attend's sessions (they
+             * pin their pages): once read, they are installed and can go
+             * down again (attnd__tier_evict_for). The mover never waits
+             * for memory, but it may wait for an I/O context (all held by
+             * threads like this one): 2 s at most */
+            if (own_waits < 10000 && attnd__tier_own_loading(e)) {
+                own_waits++;
+                struct timespec ts = {0, 200000L};
+                nanosleep(&ts, NULL);
+                continue;
+            }
+            if (attnd__tier_busy_wait(&idle, before, e->pool.n_free))
                 continue;
             st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                  "kv: no memory to load a layer back: needs %d pages, %d free "
@@ -306,6 +317,18 @@ static attnd_status settle(attnd_engine *e, attnd__session *s, int32_t l, int wa
     pthread_cond_signal(&t->mv_cv);
     pthread_mutex_unlock(&t->mv_mu);
     return st;
+}
+
+int32_t attnd__tier_settle_read(attnd_engine *e, attnd__session *s)
+{
+    attnd_error err;
+    int32_t n = 0;
+    for (int32_t l = 0; l < s->n_layers; l++)
+        if (s->where[l] == ATTND__LAYER_LOADING && s->job[l]) {
+            settle(e, s, l, 0, &err); /* a failure loses s: its next call says so */
+            n += s->where[l] != ATTND__LAYER_LOADING;
+        }
+    return n;
 }
 
 attnd_status attnd__tier_load(attnd_engine *e, attnd__session *s, int32_t layer,

@@ -128,6 +128,38 @@ START_TEST(test_without_prefetch_each_layer_is_read_when_attended)
 }
 END_TEST
 
+/* One Attend holds every session: 4 sessions of 13 pages a layer, so one
+ * layer of all of them is 52 of the 64 memory pages and the prefetched
+ * next layers (read for sessions the Attend holds locked) are what memory
+ * must be taken back from. Layers in random order (decode's and not):
+ * every Attend answers, exact. */
+START_TEST(test_attends_holding_every_session_take_memory_back_from_their_prefetches)
+{
+    cu_seqs s;
+    attnd_error err;
+    attnd_error_clear(&err);
+    tt_must_mkdir(dir);
+    tt_must_start(dir, "256Ki", NULL);
+    open_prefilled(&s, 4, 200);
+    for (int k = 0; k < 60; k++) {
+        tt_op op;
+        uint32_t l = (uint32_t)(attnd_rng_next(&s.rng) % s.m.n_layers);
+        tt_op_attend(&s, &op, l, 0, 4);
+        attnd_status st = tt_op_send(&s, &op, &err);
+        ck_assert_msg(st == ATTND_OK, "attend %d, layer %u: %s: %s", k, l,
+                      attnd_status_string(st), err.msg);
+        tt_op_mirror(&s, &op, 1);
+        tt_op_free(&op);
+    }
+    tt_must_check_all(&s, 4);
+    attnd_tier_stats t = tiers(&s, NULL);
+    ck_assert_uint_gt(t.pages_moved_up, 0);
+    attnd_client *c = s.c;
+    cu_seqs_close(&s);
+    attnd_client_destroy(c);
+}
+END_TEST
+
 /* Memory 32 pages, disk 16 slots: 48 pages in all. */
 START_TEST(test_what_fits_in_no_tier_is_resource_exhausted_with_the_figures)
 {
@@ -254,6 +286,7 @@ static Suite *spill_suite(void)
     tcase_add_test(tc, test_sessions_beyond_memory_move_to_disk_and_attend_as_the_reference);
     tcase_add_test(tc, test_decode_over_sessions_on_disk_prefetches_the_next_layers);
     tcase_add_test(tc, test_without_prefetch_each_layer_is_read_when_attended);
+    tcase_add_test(tc, test_attends_holding_every_session_take_memory_back_from_their_prefetches);
     tcase_add_test(tc, test_what_fits_in_no_tier_is_resource_exhausted_with_the_figures);
     tcase_add_test(tc, test_a_page_corrupted_on_disk_fails_its_session_only);
     tcase_add_test(tc, test_a_full_disk_is_resource_exhausted_and_the_server_keeps_serving);
