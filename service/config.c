@@ -472,13 +472,6 @@ attnd_status attnd_srv_config_load(attnd_srv_config *cfg, int argc, char *const 
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--ucx-listen: Attend over UCX cannot be bound to a tenant yet, "
                                "so it is refused with --token-file (use gRPC)");
-    /* the log does not record a session's owner: a recovered session would
-     * lose its tenant (and its quota), so the two are not combined yet */
-    if (cfg->token_file[0] && cfg->durable[0] && strcmp(cfg->durable, "off") != 0)
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "--durable: cannot be combined with --token-file (tenants) yet: "
-                               "the log does not record a session's tenant, so a recovered "
-                               "session would lose its owner (worker/TIERS.md)");
     if (strcmp(cfg->log_format, "text") != 0 && strcmp(cfg->log_format, "json") != 0)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "--log-format: expected text or json, got \"%s\"",

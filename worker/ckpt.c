@@ -13,9 +13,10 @@
  *      have no slot copy to new slots (full pages never change, so a copy
  *      is good for good), and puts the last, partial page of each layer
  *      (and any full page that found no slot) into the log as a PAGE
- *      record; then records the session: id, max_tokens, lost or not, and
- *      per layer its length, user length and each page's slot and CRC
- *      (slot -1: in the log after the checkpoint LSN);
+ *      record; then records the session: id, max_tokens, lost or not, its
+ *      owner and sparse policy, and per layer its length, user length,
+ *      where streaming's freed pages end, and each page's slot and CRC
+ *      (slot -1: in the log after the checkpoint LSN, or freed);
  *   4. waits for the log (the PAGE records) and fdatasyncs the slot file;
  *   5. writes the manifest to checkpoint.tmp, fsyncs it, renames it over
  *      checkpoint and fsyncs the directory: the atomic switch;
@@ -35,6 +36,7 @@
 
 #include "attnd_assert.h"
 #include "attnd_log.h"
+#include "sparse.h"
 #include "tier_int.h"
 
 
@@ -143,23 +145,35 @@ static int ckpt_session(attnd__session *s, void *arg)
         attnd__tio_put(t, io);
     }
     uint32_t flags = s->lost ? 1 : 0, msg_len = s->lost ? (uint32_t)strlen(s->lost) : 0;
+    uint64_t owner = s->owner ? s->owner->tag : 0;
+    uint32_t pol = (uint32_t)attnd__sparse_encode(s, NULL), zero = 0;
     char pad[8] = {0};
     if ((st = man_put(d, s->id.bytes, 16, c->err)) ||
         (st = man_put(d, &s->max_tokens, 8, c->err)) || (st = man_put(d, &flags, 4, c->err)) ||
         (st = man_put(d, &msg_len, 4, c->err)) ||
         (msg_len && (st = man_put(d, s->lost, msg_len, c->err))) ||
-        (st = man_put(d, pad, (8 - msg_len % 8) % 8, c->err)))
+        (st = man_put(d, pad, (8 - msg_len % 8) % 8, c->err)) ||
+        (st = man_put(d, &owner, 8, c->err)) || (st = man_put(d, &pol, 4, c->err)) ||
+        (st = man_put(d, &zero, 4, c->err)))
         goto out;
+    if (pol) { /* the policy, encoded in place */
+        if ((st = man_put(d, pad, (pol + 7) & ~7u, c->err)))
+            goto out;
+        attnd__sparse_encode(s, d->man + d->man_len - ((pol + 7) & ~7u));
+    }
     for (int32_t l = 0; l < s->n_layers; l++) {
-        uint32_t np = s->lost ? 0 : (uint32_t)attnd__session_layer_pages(s, l), zero = 0;
+        uint32_t np = s->lost ? 0 : (uint32_t)attnd__session_layer_pages(s, l);
+        uint32_t hole_end = s->lost || !s->sparse ? 0 : (uint32_t)s->sparse->hole_end[l];
         uint64_t len = s->lost ? 0 : s->len[l];
         if ((st = man_put(d, &len, 8, c->err)) || (st = man_put(d, &s->ulen[l], 8, c->err)) ||
-            (st = man_put(d, &np, 4, c->err)) || (st = man_put(d, &zero, 4, c->err)))
+            (st = man_put(d, &np, 4, c->err)) || (st = man_put(d, &hole_end, 4, c->err)))
             goto out;
         for (uint32_t j = 0; j < np; j++) {
             int32_t slot = s->slots[l][j];
             uint32_t crc = 0;
-            if (slot < 0) { /* in memory, no copy: into the log */
+            if (attnd__sparse_gone(s, l, j)) { /* streaming freed it: held nowhere */
+                slot = -1;
+            } else if (slot < 0) { /* in memory, no copy: into the log */
                 ATTND_ASSERT(s->pages[l][j] >= 0);
                 if ((st = page_to_log(e, s, l, (int32_t)j, c->err)))
                     goto out;
@@ -246,7 +260,7 @@ attnd_status attnd__ckpt_run(attnd_engine *e, attnd_error *err)
     if ((st = attnd__wal_wait(d->wal, attnd__wal_next_lsn(d->wal), err)))
         goto out;
     h.magic = ATTND__CKPT_MAGIC;
-    h.version = 1;
+    h.version = ATTND__CKPT_VERSION;
     h.hdr_bytes = sizeof h;
     h.fp = d->fp;
     h.ckpt_lsn = first;

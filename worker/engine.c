@@ -157,7 +157,8 @@ int32_t attnd_engine_page_size(const attnd_engine *e)
 
 attnd_status attnd__engine_session_make(attnd_engine *e, uint64_t owner,
                                        const attnd_session_id *id, uint64_t max_tokens,
-                                       int lenient, attnd__session **s_p, attnd_error *err)
+                                       const attnd_session_policy *pol, int lenient,
+                                       attnd__session **s_p, attnd_error *err)
 {
     int64_t per_layer = div_up((int64_t)(max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens),
                                e->layout.page_size);
@@ -165,13 +166,20 @@ attnd_status attnd__engine_session_make(attnd_engine *e, uint64_t owner,
     attnd__owner *o = NULL;
     attnd_status st;
 
+    if (per_layer > INT32_MAX) /* only a streaming layer could hold it: it reserves less */
+        per_layer = INT32_MAX;
+    reserve = per_layer * e->model.n_layers;
     attnd_kv_pool_logical(&e->pool, &held, &cap);
-    if (reserve > cap && !lenient)
+    /* with a policy, its reservation is checked when it is given (streaming
+     * layers reserve less) */
+    if (!pol && reserve > cap && !lenient)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "max_tokens: %llu tokens need %lld KV pages; the tiers hold %lld "
                                "(%d in memory)",
                                (unsigned long long)max_tokens, (long long)reserve,
                                (long long)cap, e->pool.n_pages);
+    if (pol) /* made without a reservation, then given the policy's */
+        reserve = 0;
     if (owner && !(o = attnd__owner_get(&e->owners, owner, e->pool.page_bytes, err)))
         return err ? err->code : ATTND_ERR_RESOURCE_EXHAUSTED;
     /* the owner's KV counts pages wherever they are (memory or below): the
@@ -187,32 +195,36 @@ attnd_status attnd__engine_session_make(attnd_engine *e, uint64_t owner,
         reserve = per_layer = 0;
     }
     attnd__session *s = attnd__session_new(id, e->model.n_layers, e->layout.page_size, reserve,
-                                           (int32_t)(per_layer ? per_layer : 0), e->tier != NULL);
+                                           (int32_t)(pol ? 0 : per_layer),
+                                           e->tier != NULL);
     if (!s) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                              "max_tokens: no memory for the session's page tables");
         goto err_reserve;
     }
-    s->res_per_layer = (int32_t)per_layer;
+    s->res_per_layer = pol ? 0 : (int32_t)per_layer;
     s->max_tokens = max_tokens;
     s->owner = o; /* before it can be found */
     atomic_store(&s->last_used, e->tier ? atomic_fetch_add(&e->tier->tick, 1) + 1 : 0);
+    /* the policy before the session can be found: from here on, its end
+     * (session_free) gives back whatever it holds and reserves */
+    if (pol && (st = attnd__sparse_apply(e, s, pol, (int32_t)per_layer, lenient, err)))
+        goto err_session;
     if (s_p)
         s->refs++; /* not in a table yet: ours to count */
     st = attnd__session_table_insert(&e->table, s, err);
     if (st) {
-        /* the reservation and the charge are still ours to return */
-        s->reserved_left = 0;
-        s->owner = NULL;
         if (s_p)
             s->refs--;
-        attnd__session_put(&e->table, &e->pool, s);
-        goto err_reserve;
+        goto err_session;
     }
     if (s_p)
         *s_p = s;
     return ATTND_OK;
 
+err_session:
+    attnd__session_put(&e->table, &e->pool, s); /* its reservation and charge go back */
+    return st;
 err_reserve:
     attnd_kv_pool_unreserve(&e->pool, reserve);
 err_owner:
@@ -220,45 +232,45 @@ err_owner:
     return st;
 }
 
-/* A session made for owner (0: none) and logged (its CREATE durable in sync
- * mode). */
+/* A session made for owner (0: none) with policy pol (NULL: dense) and
+ * logged (its CREATE, with the owner and the policy, durable in sync mode). */
 static attnd_status create_logged(attnd_engine *e, uint64_t owner, const attnd_session_id *id,
-                                  uint64_t max_tokens, attnd_error *err)
+                                  uint64_t max_tokens, const attnd_session_policy *pol,
+                                  attnd_error *err)
 {
-    attnd_status st = attnd__engine_session_make(e, owner, id, max_tokens, 0, NULL, err);
+    attnd__session *s;
+    attnd_status st = attnd__engine_session_make(e, owner, id, max_tokens, pol, 0,
+                                                 e->dur ? &s : NULL, err);
     if (st || !e->dur)
         return st;
-    st = attnd__engine_log_session(e, ATTND__WREC_CREATE, id, max_tokens, err);
+    pthread_mutex_lock(&s->mu);
+    st = attnd__engine_log_create(e, s, err);
+    pthread_mutex_unlock(&s->mu);
+    attnd__session_put(&e->table, &e->pool, s);
     if (st) { /* not in the log: not made */
-        attnd__session *s = attnd__session_remove(&e->table, id);
-        if (s)
+        if ((s = attnd__session_remove(&e->table, id)))
             attnd__session_put(&e->table, &e->pool, s);
     }
     return st;
 }
 
-/* Create a session for owner (0: none) under id `want` (NULL: a random
- * one, retried on the unlikely collision). */
-static attnd_status session_create(attnd_engine *e, uint64_t owner, uint64_t max_tokens,
-                                   const attnd_session_id *want, attnd_session_id *id_p,
-                                   attnd_error *err)
+/* Create a session for owner (0: none) with policy pol (NULL: dense) under
+ * id `want` (NULL: a random one, retried on the unlikely collision). */
+attnd_status attnd__engine_session_create(attnd_engine *e, uint64_t owner, uint64_t max_tokens,
+                                          const attnd_session_policy *pol,
+                                          const attnd_session_id *want, attnd_session_id *id_p,
+                                          attnd_error *err)
 {
     attnd_session_id id;
     attnd_status st;
 
-    /* the log does not record owners (service/config.c refuses --durable
-     * with --token-file; this holds a group rank to the same rule) */
-    if (owner && e->dur)
-        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
-                               "session owner: a durable worker (--durable) cannot keep a "
-                               "session's tenant across a restart, so it serves no tenants");
     if (want)
-        st = create_logged(e, owner, want, max_tokens, err);
+        st = create_logged(e, owner, want, max_tokens, pol, err);
     else
         for (int tries = 0;; tries++) {
             if (getrandom(id.bytes, sizeof id.bytes, 0) != (ssize_t)sizeof id.bytes)
                 return attnd_error_set(err, ATTND_ERR_INTERNAL, "session_id: getrandom failed");
-            st = create_logged(e, owner, &id, max_tokens, err);
+            st = create_logged(e, owner, &id, max_tokens, pol, err);
             if (st != ATTND_ERR_ALREADY_EXISTS || tries > 3)
                 break;
         }
@@ -270,20 +282,20 @@ static attnd_status session_create(attnd_engine *e, uint64_t owner, uint64_t max
 attnd_status attnd_engine_session_create(attnd_engine *e, uint64_t max_tokens,
                                          attnd_session_id *id_p, attnd_error *err)
 {
-    return session_create(e, 0, max_tokens, NULL, id_p, err);
+    return attnd__engine_session_create(e, 0, max_tokens, NULL, NULL, id_p, err);
 }
 
 attnd_status attnd_engine_session_create_id(attnd_engine *e, uint64_t max_tokens,
                                             const attnd_session_id *id, attnd_error *err)
 {
-    return session_create(e, 0, max_tokens, id, NULL, err);
+    return attnd__engine_session_create(e, 0, max_tokens, NULL, id, NULL, err);
 }
 
 attnd_status attnd_engine_session_create_owned(attnd_engine *e, uint64_t owner,
                                                uint64_t max_tokens, const attnd_session_id *id,
                                                attnd_session_id *id_p, attnd_error *err)
 {
-    return session_create(e, owner, max_tokens, id, id_p, err);
+    return attnd__engine_session_create(e, owner, max_tokens, NULL, id, id_p, err);
 }
 
 attnd_status attnd_engine_session_close(attnd_engine *e, const attnd_session_id *id,

@@ -29,6 +29,7 @@
 #include "attnd_assert.h"
 #include "backend.h"
 #include "attnd_log.h"
+#include "sparse.h"
 #include "tier_int.h"
 
 attnd_status attnd__dir_lock(const char *dir, int *fd_p, attnd_error *err)
@@ -409,6 +410,37 @@ attnd_status attnd__engine_log_session(attnd_engine *e, uint16_t type, const att
         return st;
     memcpy(r.payload, id->bytes, 16);
     memcpy((char *)r.payload + 16, &max_tokens, 8);
+    attnd__wal_finish(w, &r);
+    return attnd__engine_log_wait(e, r.end, err);
+}
+
+attnd_status attnd__engine_log_create(attnd_engine *e, const attnd__session *s,
+                                      attnd_error *err)
+{
+    attnd__wal *w = log_of(e);
+    attnd__wrec r;
+    if (!w)
+        return ATTND_OK;
+    size_t pol = attnd__sparse_encode(s, NULL);
+    if (40 + pol > attnd__wal_max_payload(w))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "policy_table: %u rules take %zu bytes, more than a log record "
+                               "holds (%zu; --durable-segment)",
+                               s->sparse ? s->sparse->n_rules : 0, pol,
+                               attnd__wal_max_payload(w) - 40);
+    attnd_status st = attnd__wal_reserve(w, ATTND__WREC_CREATE, NULL, 40 + pol, &r, err);
+    if (st)
+        return st;
+    /* id, max_tokens, owner, policy bytes, 0, the policy */
+    unsigned char *b = r.payload;
+    uint64_t owner = s->owner ? s->owner->tag : 0;
+    uint32_t n = (uint32_t)pol, zero = 0;
+    memcpy(b, s->id.bytes, 16);
+    memcpy(b + 16, &s->max_tokens, 8);
+    memcpy(b + 24, &owner, 8);
+    memcpy(b + 32, &n, 4);
+    memcpy(b + 36, &zero, 4);
+    attnd__sparse_encode(s, b + 40);
     attnd__wal_finish(w, &r);
     return attnd__engine_log_wait(e, r.end, err);
 }

@@ -147,6 +147,17 @@ void attnd__owner_refund(attnd__owner *o, int64_t sessions, int64_t reserve, int
     pthread_mutex_unlock(&o->table->mu);
 }
 
+void attnd__owner_hold(attnd__owner *o, int64_t take, int64_t from_reserved)
+{
+    if (!o)
+        return;
+    pthread_mutex_lock(&o->table->mu);
+    o->held += take;
+    o->reserved -= from_reserved;
+    ATTND_ASSERT(o->held >= 0 && o->reserved >= 0);
+    pthread_mutex_unlock(&o->table->mu);
+}
+
 /* ---- the public calls ---------------------------------------------------------- */
 
 attnd_status attnd_engine_owner_set(attnd_engine *e, uint64_t owner, const char *name,

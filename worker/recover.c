@@ -37,6 +37,7 @@
 
 #include "attnd_assert.h"
 #include "attnd_log.h"
+#include "sparse.h"
 #include "tier_int.h"
 
 #define SEG_HDR ATTND__WSEG_HDR
@@ -125,15 +126,97 @@ static const unsigned char *take(const unsigned char *m, size_t len, size_t *off
     return p;
 }
 
-static attnd_status man_session(attnd_engine *e, const unsigned char *m, size_t len, size_t *off,
-                                attnd_error *err)
+/* The owner and policy after a version 2 session's message: *owner_p, and
+ * the policy into *p (its rules malloc'd into *rules_p) with *has_p set,
+ * or 0 when dense. */
+static attnd_status man_owner_policy(attnd_engine *e, const unsigned char *m, size_t len,
+                                     size_t *off, uint64_t *owner_p, attnd_session_policy *p,
+                                     attnd_policy_rule **rules_p, int *has_p, attnd_error *err)
+{
+    const unsigned char *q = take(m, len, off, 16);
+    uint32_t pol;
+    if (!q)
+        return corrupt(e, "a session's owner is cut short", err);
+    memcpy(owner_p, q, 8);
+    memcpy(&pol, q + 8, 4);
+    *has_p = 0;
+    if (!pol)
+        return ATTND_OK;
+    const unsigned char *b = take(m, len, off, (pol + 7) & ~(size_t)7);
+    if (!b || attnd__sparse_decode(b, pol, p, rules_p))
+        return corrupt(e, "a session's policy is malformed", err);
+    if (attnd_policy_check(&e->model, p, NULL)) {
+        free(*rules_p);
+        *rules_p = NULL;
+        return corrupt(e, "a session's policy does not fit the model", err);
+    }
+    *has_p = 1;
+    return ATTND_OK;
+}
+
+/* Layer l of a recovered session: its pages below memory, in the slots the
+ * manifest names, except those streaming had freed ([sink pages,
+ * hole_end): held nowhere). Counted on the pool's and the owner's
+ * accounts as the session held them. */
+static attnd_status man_layer(attnd_engine *e, attnd__session *s, int32_t l, uint64_t ln,
+                              uint64_t ul, uint32_t np, uint32_t hole_end,
+                              const unsigned char *pg, attnd_error *err)
 {
     attnd__tier *t = e->tier;
+    attnd__sparse *sp = s->sparse;
+    attnd_status st;
+
+    if (hole_end) {
+        if (!sp || !sp->evict[l] || hole_end >= np)
+            return corrupt(e, "a layer's freed pages do not match its policy", err);
+        sp->hole_end[l] = (int32_t)hole_end;
+    }
+    if ((st = attnd__session_grow(s, l, np, err)))
+        return st;
+    for (uint32_t j = 0; j < np; j++) {
+        int32_t slot;
+        uint32_t crc;
+        memcpy(&slot, pg + 8 * j, 4);
+        memcpy(&crc, pg + 8 * j + 4, 4);
+        if (slot < -1 || slot >= t->n_slots ||
+            (slot >= 0 && t->state[slot] != ATTND__SLOT_FREE) ||
+            (slot >= 0 && attnd__sparse_gone(s, l, j)))
+            return corrupt(e, "a slot is out of range or named twice (is --kv-disk smaller "
+                              "than before?)", err);
+        s->slots[l][j] = slot;
+        s->pages[l][j] = -1;
+        if (slot >= 0)
+            attnd__tier_slot_claim(t, slot, crc);
+    }
+    s->len[l] = ln;
+    s->ulen[l] = ul;
+    if (np) {
+        int64_t holes = sp ? attnd__sparse_holes(sp, l, s->page_size) : 0;
+        int64_t held = (int64_t)np - holes;
+        s->where[l] = ATTND__LAYER_BELOW;
+        atomic_fetch_add(&s->n_below, 1);
+        s->pages_held += held;
+        attnd_kv_pool_hold(&e->pool, held);
+        /* the pages it holds redeemed that much of its promise */
+        int64_t r = attnd__session_from_reserved(s, l, (int32_t)holes, held);
+        s->reserved_left -= r;
+        attnd_kv_pool_unreserve(&e->pool, r);
+        attnd__owner_hold(s->owner, held, r);
+    }
+    return ATTND_OK;
+}
+
+static attnd_status man_session(attnd_engine *e, const unsigned char *m, size_t len, size_t *off,
+                                uint32_t version, attnd_error *err)
+{
     const unsigned char *p = take(m, len, off, 32);
-    uint64_t max_tokens;
+    uint64_t max_tokens, owner = 0;
     uint32_t flags, msg_len;
     attnd_session_id id;
     attnd__session *s;
+    attnd_session_policy pol;
+    attnd_policy_rule *rules = NULL;
+    int has_pol = 0;
     attnd_status st;
 
     if (!p)
@@ -145,15 +228,19 @@ static attnd_status man_session(attnd_engine *e, const unsigned char *m, size_t 
     const unsigned char *msg = take(m, len, off, msg_len + (8 - msg_len % 8) % 8);
     if (!msg)
         return corrupt(e, "a session's message is cut short", err);
-    if ((st = attnd__engine_session_make(e, 0, &id, max_tokens, 1, &s, err)))
+    if (version >= 2 &&
+        (st = man_owner_policy(e, m, len, off, &owner, &pol, &rules, &has_pol, err)))
+        return st;
+    st = attnd__engine_session_make(e, owner, &id, max_tokens, has_pol ? &pol : NULL, 1, &s, err);
+    free(rules);
+    if (st)
         return st == ATTND_ERR_ALREADY_EXISTS ? corrupt(e, "a session appears twice", err) : st;
-    st = ATTND_OK;
     if (flags & 1)
         s->lost = strndup((const char *)msg, msg_len);
     for (int32_t l = 0; l < s->n_layers && st == ATTND_OK; l++) {
         const unsigned char *q = take(m, len, off, 24);
         uint64_t ln, ul;
-        uint32_t np;
+        uint32_t np, hole_end;
         if (!q) {
             st = corrupt(e, "a layer is cut short", err);
             break;
@@ -161,45 +248,19 @@ static attnd_status man_session(attnd_engine *e, const unsigned char *m, size_t 
         memcpy(&ln, q, 8);
         memcpy(&ul, q + 8, 8);
         memcpy(&np, q + 16, 4);
+        memcpy(&hole_end, q + 20, 4);
+        if (version < 2)
+            hole_end = 0;
         if (np != (ln + (uint64_t)s->page_size - 1) / (uint64_t)s->page_size) {
             st = corrupt(e, "a layer's page count does not match its length", err);
             break;
         }
-        if ((st = attnd__session_grow(s, l, np, err)))
-            break;
         const unsigned char *pg = take(m, len, off, (size_t)np * 8);
         if (!pg) {
             st = corrupt(e, "a page table is cut short", err);
             break;
         }
-        for (uint32_t j = 0; j < np; j++) {
-            int32_t slot;
-            uint32_t crc;
-            memcpy(&slot, pg + 8 * j, 4);
-            memcpy(&crc, pg + 8 * j + 4, 4);
-            if (slot < -1 || slot >= t->n_slots ||
-                (slot >= 0 && t->state[slot] != ATTND__SLOT_FREE)) {
-                st = corrupt(e, "a slot is out of range or named twice (is --kv-disk smaller "
-                                "than before?)", err);
-                break;
-            }
-            s->slots[l][j] = slot;
-            s->pages[l][j] = -1;
-            if (slot >= 0)
-                attnd__tier_slot_claim(t, slot, crc);
-        }
-        s->len[l] = ln;
-        s->ulen[l] = ul;
-        if (np) {
-            s->where[l] = ATTND__LAYER_BELOW;
-            atomic_fetch_add(&s->n_below, 1);
-            s->pages_held += np;
-            attnd_kv_pool_hold(&e->pool, np);
-            /* the pages it holds redeemed that much of its promise */
-            int64_t r = attnd__session_from_reserved(s, l, 0, np);
-            s->reserved_left -= r;
-            attnd_kv_pool_unreserve(&e->pool, r);
-        }
+        st = man_layer(e, s, l, ln, ul, np, hole_end, pg, err);
     }
     attnd__session_put(&e->table, &e->pool, s);
     return st;
@@ -242,7 +303,14 @@ static attnd_status read_manifest(attnd_engine *e, uint64_t *ckpt_lsn_p, uint64_
     }
     memcpy(&h, m, sizeof h);
     memcpy(tail, m + len - sizeof tail, sizeof tail);
-    if (h.magic != ATTND__CKPT_MAGIC || h.version != 1 || h.hdr_bytes != sizeof h ||
+    if (h.magic == ATTND__CKPT_MAGIC && h.version > ATTND__CKPT_VERSION) {
+        st = attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                             "kv-dir: %s is of version %u; this attnd reads versions 1 to %d "
+                             "(a newer attnd wrote it: start that one)",
+                             path, h.version, ATTND__CKPT_VERSION);
+        goto out;
+    }
+    if (h.magic != ATTND__CKPT_MAGIC || h.version < 1 || h.hdr_bytes != sizeof h ||
         tail[1] != ATTND__CKPT_TAIL || attnd__crc32c(0, m, len - sizeof tail) != tail[0]) {
         st = corrupt(e, "its checksum or header is wrong", err);
         goto out;
@@ -251,7 +319,7 @@ static attnd_status read_manifest(attnd_engine *e, uint64_t *ckpt_lsn_p, uint64_
         goto out;
     size_t off = sizeof h;
     for (uint64_t i = 0; i < h.n_sessions && st == ATTND_OK; i++)
-        st = man_session(e, m, len - sizeof tail, &off, err);
+        st = man_session(e, m, len - sizeof tail, &off, h.version, err);
     *ckpt_lsn_p = h.ckpt_lsn;
     *replay_p = h.replay_from;
 out:
@@ -459,9 +527,13 @@ static void replay_data(attnd_engine *e, attnd__session *s, const attnd__wrec_da
         attnd__session_no_slots(s, l, have, have + need);
         s->reserved_left -= from_res;
         s->pages_held += need;
+        attnd__owner_hold(s->owner, need, from_res);
         attnd__engine_write(e, s, l, len, m, e->model.kv_dtype,
                             (const char *)(d + 1) + skip * e->entry_bytes, &err);
         s->len[l] = len + m;
+        /* streaming: the pages that left the window go as they went
+         * before the crash (eviction depends on the length alone) */
+        attnd__sparse_evict(e, s, l);
     }
     s->ulen[l] = d->ulen != UINT64_MAX ? d->ulen : s->len[l];
 }
@@ -505,16 +577,34 @@ static attnd_status apply(attnd_engine *e, const attnd__wrec_hdr *h, void *arg, 
         return ATTND_OK;
     switch (h->type) {
     case ATTND__WREC_CREATE: {
-        uint64_t max_tokens;
+        /* id, max_tokens; since version 2 also owner, policy bytes, 0,
+         * the policy */
+        uint64_t max_tokens, owner = 0;
+        uint32_t pol = 0;
+        attnd_session_policy sp;
+        attnd_policy_rule *rules = NULL;
         if (h->len < 24)
             return ATTND_OK;
         memcpy(id.bytes, p, 16);
         memcpy(&max_tokens, p + 16, 8);
+        if (h->len >= 40) {
+            memcpy(&owner, p + 24, 8);
+            memcpy(&pol, p + 32, 4);
+        }
         if ((s = attnd__session_get(&e->table, &id))) {
             attnd__session_put(&e->table, &e->pool, s);
             return ATTND_OK;
         }
-        attnd_status st = attnd__engine_session_make(e, 0, &id, max_tokens, 1, NULL, err);
+        if (pol && (h->len != 40 + pol || attnd__sparse_decode(p + 40, pol, &sp, &rules) ||
+                    attnd_policy_check(&e->model, &sp, NULL))) {
+            free(rules);
+            attnd_log_warn("durable", "a CREATE record at LSN %llu has a malformed policy; its "
+                                      "session is not recovered", (unsigned long long)h->lsn);
+            return ATTND_OK;
+        }
+        attnd_status st = attnd__engine_session_make(e, owner, &id, max_tokens, pol ? &sp : NULL,
+                                                     1, NULL, err);
+        free(rules);
         return st == ATTND_ERR_ALREADY_EXISTS ? ATTND_OK : st;
     }
     case ATTND__WREC_CLOSE:
@@ -597,8 +687,8 @@ static int verify_one(attnd__session *s, void *arg)
             break;
         int32_t miss = -1, k = 0;
         for (int32_t j = 0; j < np; j++) {
-            if (s->pages[l][j] >= 0)
-                continue; /* in memory: checked when it was read */
+            if (s->pages[l][j] >= 0 || attnd__sparse_gone(s, l, j))
+                continue; /* in memory (checked when it was read), or freed */
             if (s->slots[l][j] < 0 && miss < 0)
                 miss = j;
             ops[k++] = (attnd__tio_op){.slot = s->slots[l][j], .mem = -1, .id = s->id,
@@ -625,6 +715,35 @@ static int verify_one(attnd__session *s, void *arg)
     if (s->lost) {
         c->lost++;
         attnd_log_warn("durable", "%s", s->lost);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* topk-pages key bounds are not on disk: every layer that keeps them is
+ * read in and its pages' bounds rebuilt from their keys (sparse_kv.c),
+ * exactly as the appends had made them. A page that fails to load loses
+ * its session as any other. */
+static int bounds_one(attnd__session *s, void *arg)
+{
+    attnd_engine *e = arg;
+    attnd_error err;
+    char why[ATTND_ERROR_MSG_MAX + 64];
+
+    pthread_mutex_lock(&s->mu);
+    for (int32_t l = 0; s->sparse && l < s->n_layers && !s->lost; l++) {
+        int32_t np = attnd__session_layer_pages(s, l);
+        if (!s->sparse->bounds[l] || np == 0)
+            continue;
+        attnd__tier_own(&s, 1, l);
+        attnd_status st = attnd__tier_load(e, s, l, &err);
+        attnd__tier_own(NULL, 0, -1);
+        for (int32_t j = 0; st == ATTND_OK && j < np; j++)
+            st = attnd__sparse_bounds_rebuild(e, s, l, j, &err);
+        if (st && !s->lost) {
+            snprintf(why, sizeof why, "its key bounds could not be rebuilt: %s", err.msg);
+            attnd__session_lose(s, why);
+        }
     }
     pthread_mutex_unlock(&s->mu);
     return 0;
@@ -663,6 +782,7 @@ attnd_status attnd__recover(attnd_engine *e, uint64_t *next_lsn_p, attnd_error *
         goto out;
     if (w.n)
         cut_tail(e, &w);
+    attnd__session_each(&e->table, &e->pool, 0, bounds_one, e);
     verify_ctx v = {.e = e, .io = attnd__tio_get(t)};
     attnd__session_each(&e->table, &e->pool, 0, verify_one, &v);
     attnd__tio_put(t, v.io);

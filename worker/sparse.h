@@ -31,7 +31,32 @@ typedef struct attnd__sparse {
     uint32_t *sink, *window;    /* [n_layers]: what eviction keeps (max over heads) */
     int32_t *hole_end;          /* [n_layers]: pages [sink pages, hole_end) freed */
     int32_t *res;               /* [n_layers]: pages reserved */
+    /* the policy as given (the durable log and checkpoints record it) */
+    attnd_policy dflt;
+    attnd_policy_rule *rules;   /* [n_rules] */
+    uint32_t n_rules;
 } attnd__sparse;
+
+/* Give session s policy p (checked by the caller) with a reservation of
+ * per_layer pages per layer (streaming layers less): the promise it holds
+ * (in the pool and on its owner's account) changes by the difference;
+ * RESOURCE_EXHAUSTED (nothing changed) when the pool or the owner's quota
+ * cannot promise more, unless lenient (recovery: the session keeps its
+ * policy without a promise). s holds no token; s->mu held or s not yet
+ * shared. */
+attnd_status attnd__sparse_apply(attnd_engine *e, attnd__session *s,
+                                 const attnd_session_policy *p, int32_t per_layer, int lenient,
+                                 attnd_error *err);
+/* The policy of s as the log and the manifest record it: written to buf
+ * (NULL: only measured); returns its bytes (0: dense). Little-endian u32s:
+ * the default (kind, sink, window, topk, topk_fraction's bits), the
+ * number of rules, 0, then per rule layer_begin, layer_end, head_begin,
+ * head_end and its policy as above. */
+size_t attnd__sparse_encode(const attnd__session *s, void *buf);
+/* Read a policy encode wrote: *p (its rules malloc'd into *rules_p, the
+ * caller frees; NULL when none). -1: malformed. */
+int attnd__sparse_decode(const void *buf, size_t n, attnd_session_policy *p,
+                         attnd_policy_rule **rules_p);
 
 /* Free a session's policy state (NULL: no-op). */
 void attnd__sparse_free(attnd__sparse *sp);
@@ -78,6 +103,15 @@ void attnd__sparse_bounds_out(attnd_engine *e, const attnd__session *s, int32_t 
                               int32_t page, int64_t slot);
 attnd_status attnd__sparse_bounds_in(attnd_engine *e, const attnd__session *s, int32_t layer,
                                      int64_t slot, int32_t page, attnd_error *err);
+/* Page j of a layer that keeps key bounds: its bounds made again from the
+ * keys it holds (its first min(page_size, len - j * page_size) tokens, as
+ * stored), so they equal what appending exactly those keys gave (bounds do
+ * not depend on how the tokens were chunked). Recovery (the tier below
+ * keeps no bounds on disk) and an aborted stage (whose staged keys had
+ * widened the last page's bounds) use it. The page is in memory; session
+ * locked. INTERNAL on a GPU error, RESOURCE_EXHAUSTED without memory. */
+attnd_status attnd__sparse_bounds_rebuild(attnd_engine *e, const attnd__session *s,
+                                          int32_t layer, int32_t j, attnd_error *err);
 /* Return a layer's pages [0, n) to the pool, skipping freed ones
  * (session_free). */
 void attnd__sparse_free_layer(attnd_kv_pool *pool, attnd__session *s, int32_t layer,

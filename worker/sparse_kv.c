@@ -18,13 +18,17 @@
  * page it is read into (attnd__sparse_bounds_out / _in, below).
  *
  * Eviction: see sparse.h. With a tier below memory the evicted pages are
- * resident (just appended to) and have no slot (sparse policies are not
- * taken by durable engines, the only ones that keep copies of resident
- * pages). The freed pages return to the pool with the part
- * of the session's reservation they had used, so a streaming layer's next
- * pages come from its own promise and never fail for lack of the pages it
- * just gave back. */
+ * resident (just appended to); a durable engine's may have a copy in a
+ * slot (a checkpoint wrote it), released with them. The freed pages return
+ * to the pool, and to the owner's account, with the part of the session's
+ * reservation they had used, so a streaming layer's next pages come from
+ * its own promise and never fail for lack of the pages it just gave back.
+ *
+ * Bounds are not written to disk: a durable engine's recovery rebuilds
+ * them from the pages' keys (attnd__sparse_bounds_rebuild), which gives
+ * the same bits as the appends did, whatever their chunks. */
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -110,14 +114,19 @@ void attnd__sparse_evict(attnd_engine *e, attnd__session *s, int32_t layer)
     int64_t held = (len + ps - 1) / ps - attnd__sparse_holes(sp, layer, (int32_t)ps);
     int64_t d = (held < res ? held : res) - (held - n < res ? held - n : res);
     attnd_kv_pool_unalloc(&e->pool, s->pages[layer] + start, n, (int32_t)d);
+    /* the owner gets them back too (its quota follows the session's pages) */
+    attnd__owner_refund(s->owner, 0, 0, n, d);
     if (s->slots) {
-        /* a tier below: the layer was just appended to, so it is in memory,
-         * and its pages keep no copy below (only a durable engine keeps
-         * copies of resident pages, and it takes no sparse policy:
-         * attnd_engine_policy_check) */
+        /* a tier below: the layer was just appended to, so it is in memory;
+         * a durable engine keeps copies of resident full pages below (a
+         * checkpoint wrote them): they go too, once the next checkpoint no
+         * longer names them */
         ATTND_ASSERT(s->where[layer] == ATTND__LAYER_RESIDENT);
         for (int64_t j = start; j < end; j++)
-            ATTND_ASSERT(s->slots[layer][j] < 0);
+            if (s->slots[layer][j] >= 0) {
+                attnd__tier_slot_release(e->tier, s->slots[layer][j]);
+                s->slots[layer][j] = -1;
+            }
     }
     for (int64_t j = start; j < end; j++)
         s->pages[layer][j] = -1;
@@ -125,6 +134,47 @@ void attnd__sparse_evict(attnd_engine *e, attnd__session *s, int32_t layer)
     s->pages_held -= n;
     sp->hole_end[layer] = (int32_t)end;
     atomic_fetch_add(&e->pages_evicted, (uint64_t)n);
+}
+
+attnd_status attnd__sparse_bounds_rebuild(attnd_engine *e, const attnd__session *s,
+                                          int32_t layer, int32_t j, attnd_error *err)
+{
+    const attnd_kernel_kv_layout *l = &e->layout;
+    const uint64_t ps = (uint64_t)l->page_size, at = (uint64_t)j * ps;
+    const int32_t page = s->pages[layer][j];
+    const size_t ds = attnd_dtype_size(l->dtype), kb = (size_t)l->d_k * ds;
+    attnd_status st = ATTND_OK;
+
+    ATTND_ASSERT(page >= 0 && at < s->len[layer]);
+    int32_t n = (int32_t)(s->len[layer] - at < ps ? s->len[layer] - at : ps);
+    /* the page as stored, and its tokens' keys in wire form (keys lead an
+     * entry: [Hkv][d_k]) */
+    char *copy = e->gpu ? malloc(e->pool.page_bytes) : NULL;
+    char *wire = malloc((size_t)n * e->entry_bytes);
+    if (!wire || (e->gpu && !copy)) {
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "kv: no memory to rebuild a page's key bounds");
+        goto out;
+    }
+    const char *src = copy;
+    if (e->gpu) {
+        if ((st = attnd__engine_page_out(e, page, copy, err)))
+            goto out;
+    } else {
+        src = attnd_kv_pool_page(&e->pool, page);
+    }
+    for (int32_t t = 0; t < n; t++)
+        for (int32_t h = 0; h < l->n_kv_heads; h++)
+            memcpy(wire + (size_t)t * e->entry_bytes + (size_t)h * kb,
+                   src + (size_t)(h * l->k_head_stride + t * l->k_token_stride) * ds, kb);
+    attnd_kernel_kv_bounds_reset(l, e->bounds, e->pool.n_pages, page);
+    attnd_kernel_kv_bounds_add(l, e->bounds, e->pool.n_pages, page, n, l->dtype, wire);
+    if (e->gpu)
+        st = attnd__gpu_bounds_upload(e->gpu, e->bounds, page, err);
+out:
+    free(wire);
+    free(copy);
+    return st;
 }
 
 void attnd__sparse_free_layer(attnd_kv_pool *pool, attnd__session *s, int32_t layer, int32_t n)

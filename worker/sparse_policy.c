@@ -9,7 +9,11 @@
  * session serves every head), keeps key bounds (some head is topk-pages)
  * or evicts (every head streams). A streaming layer's reservation shrinks
  * to the most pages it can hold: its sink pages, its window's pages, and
- * the pages one Attend's new tokens add before the window moves on. */
+ * the pages one Attend's new tokens add before the window moves on.
+ *
+ * A session keeps its policy as given, too: a durable engine records it
+ * in the session's CREATE record and in every checkpoint's manifest
+ * (attnd__sparse_encode), and recovery gives it back before any token. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +21,7 @@
 
 #include "attnd_assert.h"
 #include "sparse.h"
+#include "tier_int.h"
 
 static const char *const kind_names[ATTND_POLICY_KIND_COUNT] = {
     "full", "streaming", "topk-pages", "given-pages", "given-tokens"};
@@ -85,9 +90,7 @@ attnd_status attnd_engine_policy_check(const attnd_engine *e, const attnd_sessio
     attnd_status st = attnd_policy_check(&e->model, p, err);
     if (st || !e->dur)
         return st;
-    /* the durable log records sessions, not their policies: a session
-     * recovered after a crash would attend densely (and a streaming one
-     * would come back with the pages it had freed) */
+    /* not yet recovered exactly (streaming's freed pages, key bounds) */
     char at[64] = "policy.kind";
     attnd_policy_kind kind = p->dflt.kind;
     for (uint32_t i = 0; kind == ATTND_POLICY_FULL && i < p->n_rules; i++)
@@ -154,6 +157,7 @@ void attnd__sparse_free(attnd__sparse *sp)
     free(sp->window);
     free(sp->hole_end);
     free(sp->res);
+    free(sp->rules);
     free(sp);
 }
 
@@ -230,34 +234,53 @@ static attnd__sparse *resolve(const attnd_engine *e, const attnd_session_policy 
     return sp;
 }
 
-/* Give session s policy p with a reservation of per_layer pages per layer
- * (streaming layers less): the promise it holds changes by the difference,
- * RESOURCE_EXHAUSTED (nothing changed) when the pool cannot promise more.
- * s->mu held; s holds no token. */
-static attnd_status apply(attnd_engine *e, attnd__session *s, const attnd_session_policy *p,
-                          int32_t per_layer, attnd_error *err)
+attnd_status attnd__sparse_apply(attnd_engine *e, attnd__session *s,
+                                 const attnd_session_policy *p, int32_t per_layer, int lenient,
+                                 attnd_error *err)
 {
     int dense = 0;
     attnd_status st = ATTND_OK;
     attnd__sparse *sp = resolve(e, p, per_layer, &dense);
-    if (!sp)
+    if (!sp || (p->n_rules && !(sp->rules = malloc(sizeof *sp->rules * p->n_rules)))) {
+        attnd__sparse_free(sp);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "policy: no memory for the session's policy table");
+    }
+    sp->dflt = p->dflt;
+    sp->n_rules = p->n_rules;
+    if (p->n_rules)
+        memcpy(sp->rules, p->rules, sizeof *sp->rules * p->n_rules);
     int64_t before = 0, after = 0;
     for (int32_t l = 0; l < s->n_layers; l++) {
         before += s->sparse ? s->sparse->res[l] : s->res_per_layer;
         after += dense ? per_layer : sp->res[l];
     }
     ATTND_ASSERT(s->reserved_left == before); /* no token yet: nothing redeemed */
-    if (after > before &&
-        (st = attnd_kv_pool_reserve(&e->pool, after - before, err))) {
-        attnd_error_set(err, st, "max_tokens: the policy's reservation needs %lld KV pages "
-                        "more than the pool can promise", (long long)(after - before));
-        attnd__sparse_free(sp);
-        return st;
+    /* the owner's account first (its quota), then the pool's */
+    if (after > before) {
+        st = attnd__owner_charge(s->owner, 0, after - before, 0, 0, "max_tokens", err);
+        if (st == ATTND_OK && (st = attnd_kv_pool_reserve(&e->pool, after - before, err))) {
+            attnd__owner_refund(s->owner, 0, after - before, 0, 0);
+            attnd_error_set(err, st, "max_tokens: the policy's reservation needs %lld KV pages "
+                            "more than the pool can promise", (long long)(after - before));
+        }
+        if (st && !lenient) {
+            attnd__sparse_free(sp);
+            return st;
+        }
+        if (st) { /* recovery: the policy without a promise */
+            attnd_kv_pool_unreserve(&e->pool, before);
+            attnd__owner_refund(s->owner, 0, before, 0, 0);
+            for (int32_t l = 0; l < s->n_layers; l++)
+                sp->res[l] = 0;
+            per_layer = 0;
+            before = after = 0;
+        }
     }
-    if (after < before)
+    if (after < before) {
         attnd_kv_pool_unreserve(&e->pool, before - after);
+        attnd__owner_refund(s->owner, 0, before - after, 0, 0);
+    }
     s->reserved_left = after;
     s->res_per_layer = per_layer;
     attnd__sparse_free(s->sparse);
@@ -280,7 +303,7 @@ static attnd_status apply_locked(attnd_engine *e, attnd__session *s,
                                  "policy: layer %d of the session already holds KV; a policy "
                                  "is set before the first token", l);
     if (st == ATTND_OK)
-        st = apply(e, s, p, per_layer, err);
+        st = attnd__sparse_apply(e, s, p, per_layer, 0, err);
     pthread_mutex_unlock(&s->mu);
     return st;
 }
@@ -291,6 +314,11 @@ attnd_status attnd_engine_session_set_policy(attnd_engine *e, const attnd_sessio
     attnd_status st = attnd_engine_policy_check(e, p, err);
     if (st)
         return st;
+    /* the log records a session's policy in its CREATE record only */
+    if (e->dur)
+        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
+                               "policy: a durable worker (--durable) records a session's policy "
+                               "when it is created; create the session with its policy");
     attnd__session *s = attnd__session_get(&e->table, id);
     if (!s)
         return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: no such session");
@@ -304,35 +332,104 @@ attnd_status attnd_engine_session_create_policy(attnd_engine *e, uint64_t max_to
                                                 const attnd_session_id *id,
                                                 attnd_session_id *id_p, attnd_error *err)
 {
-    const int64_t ps = e->layout.page_size;
-    uint64_t mt = max_tokens > (1ull << 40) ? (1ull << 40) : max_tokens;
-    int64_t per_layer = ((int64_t)mt + ps - 1) / ps;
-    attnd_session_id got;
-    attnd_status st = attnd_engine_policy_check(e, p, err);
+    return attnd_engine_session_create_policy_owned(e, 0, max_tokens, p, id, id_p, err);
+}
 
+attnd_status attnd_engine_session_create_policy_owned(attnd_engine *e, uint64_t owner,
+                                                      uint64_t max_tokens,
+                                                      const attnd_session_policy *p,
+                                                      const attnd_session_id *id,
+                                                      attnd_session_id *id_p, attnd_error *err)
+{
+    attnd_status st = attnd_engine_policy_check(e, p, err);
     if (st)
         return st;
-    if (per_layer > INT32_MAX) /* only a streaming layer could hold it: it reserves less */
-        per_layer = INT32_MAX;
-    /* made without a reservation, then given the policy's */
-    if (id) {
-        got = *id;
-        st = attnd_engine_session_create_id(e, 0, id, err);
-    } else {
-        st = attnd_engine_session_create(e, 0, &got, err);
+    /* the policy is given before the session can be found and is logged
+     * with it (one CREATE record) */
+    return attnd__engine_session_create(e, owner, max_tokens, p, id, id_p, err);
+}
+
+/* ---- the policy in the log and the manifest -------------------------------------- */
+
+static unsigned char *put32(unsigned char *b, uint32_t v)
+{
+    memcpy(b, &v, 4);
+    return b + 4;
+}
+
+static unsigned char *put_policy(unsigned char *b, const attnd_policy *p)
+{
+    uint32_t f;
+    memcpy(&f, &p->topk_fraction, 4);
+    b = put32(b, (uint32_t)p->kind);
+    b = put32(b, p->sink);
+    b = put32(b, p->window);
+    b = put32(b, p->topk);
+    return put32(b, f);
+}
+
+size_t attnd__sparse_encode(const attnd__session *s, void *buf)
+{
+    const attnd__sparse *sp = s->sparse;
+    if (!sp)
+        return 0;
+    size_t n = 28 + 36 * (size_t)sp->n_rules;
+    if (!buf)
+        return n;
+    unsigned char *b = put_policy(buf, &sp->dflt);
+    b = put32(b, sp->n_rules);
+    b = put32(b, 0);
+    for (uint32_t i = 0; i < sp->n_rules; i++) {
+        const attnd_policy_rule *r = &sp->rules[i];
+        b = put32(b, r->layer_begin);
+        b = put32(b, r->layer_end);
+        b = put32(b, r->head_begin);
+        b = put32(b, r->head_end);
+        b = put_policy(b, &r->policy);
     }
-    if (st)
-        return st;
-    attnd__session *s = attnd__session_get(&e->table, &got);
-    if (!s) /* closed at once by someone who guessed the id */
-        return attnd_error_set(err, ATTND_ERR_NOT_FOUND, "session_id: closed while created");
-    st = apply_locked(e, s, p, (int32_t)per_layer, err);
-    attnd__session_put(&e->table, &e->pool, s);
-    if (st) {
-        attnd_engine_session_close(e, &got, NULL, NULL);
-        return st;
+    ATTND_ASSERT((size_t)(b - (unsigned char *)buf) == n);
+    return n;
+}
+
+static const unsigned char *get_policy(const unsigned char *b, attnd_policy *p)
+{
+    uint32_t v[5];
+    memcpy(v, b, sizeof v);
+    p->kind = (attnd_policy_kind)v[0];
+    p->sink = v[1];
+    p->window = v[2];
+    p->topk = v[3];
+    memcpy(&p->topk_fraction, &v[4], 4);
+    return b + sizeof v;
+}
+
+int attnd__sparse_decode(const void *buf, size_t n, attnd_session_policy *p,
+                         attnd_policy_rule **rules_p)
+{
+    const unsigned char *b = buf;
+    uint32_t n_rules;
+    attnd_policy_rule *rules = NULL;
+
+    if (n < 28)
+        return -1;
+    b = get_policy(b, &p->dflt);
+    memcpy(&n_rules, b, 4);
+    b += 8;
+    if (n_rules > ATTND_POLICY_MAX_RULES || n != 28 + 36 * (size_t)n_rules)
+        return -1;
+    if (n_rules && !(rules = malloc(sizeof *rules * n_rules)))
+        return -1;
+    for (uint32_t i = 0; i < n_rules; i++) {
+        uint32_t v[4];
+        memcpy(v, b, sizeof v);
+        rules[i].layer_begin = v[0];
+        rules[i].layer_end = v[1];
+        rules[i].head_begin = v[2];
+        rules[i].head_end = v[3];
+        b = get_policy(b + sizeof v, &rules[i].policy);
     }
-    if (id_p)
-        *id_p = got;
-    return ATTND_OK;
+    p->rules = rules;
+    p->n_rules = n_rules;
+    *rules_p = rules;
+    return 0;
 }

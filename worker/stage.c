@@ -265,6 +265,16 @@ static void drop_ent(attnd_engine *e, const stage_ent *en)
     attnd_kv_pool_unalloc(&e->pool, ss->pages[l] + have, extra, r);
     attnd__owner_refund(ss->owner, 0, 0, extra, r);
     ss->reserved_left += r;
+    /* a topk-pages layer's last committed page had the staged keys folded
+     * into its bounds: back to those of its own keys, so bounds are always
+     * a function of the committed keys (as recovery rebuilds them). A
+     * failure leaves them wider: still bounds. */
+    if (ss->sparse && ss->sparse->bounds[l] && ss->staged[l] > ss->len[l] &&
+        ss->len[l] % (uint64_t)e->layout.page_size && (!ss->where || ss->where[l] ==
+                                                           ATTND__LAYER_RESIDENT)) {
+        attnd_error err;
+        attnd__sparse_bounds_rebuild(e, ss, l, have - 1, &err);
+    }
     ss->staged[l] = ss->len[l];
     ss->stager[l] = NULL;
 }

@@ -312,7 +312,9 @@ typedef struct attnd__wrec_hdr {
 _Static_assert(sizeof(attnd__wrec_hdr) == 32, "record header is 32 bytes");
 
 enum {
-    ATTND__WREC_CREATE = 1, /* id[16], u64 max_tokens */
+    ATTND__WREC_CREATE = 1, /* id[16], u64 max_tokens; since manifest version 2
+                               also u64 owner, u32 policy bytes, u32 0, the
+                               policy (attnd__sparse_encode); 24 bytes: none */
     ATTND__WREC_CLOSE = 2,  /* id[16] */
     ATTND__WREC_DATA = 3,   /* attnd__wrec_data, then n entries (kv dtype, wire form) */
     ATTND__WREC_COMMIT = 4, /* txn's DATA apply */
@@ -417,12 +419,18 @@ typedef struct attnd__dur {
 
 /* The manifest, DIR/checkpoint: this header, then per session: id[16],
  * u64 max_tokens, u32 flags (1: lost), u32 message bytes, the message
- * padded to 8; then per layer u64 length, u64 user length, u32 pages, u32
- * 0, and per page i32 slot (-1: a PAGE record in the log at or past
- * ckpt_lsn holds it), u32 its CRC. Last: u32 CRC-32C of everything before,
- * u32 ATTND__CKPT_TAIL. */
+ * padded to 8; (version 2:) u64 owner (0: none), u32 policy bytes, u32 0,
+ * the policy (attnd__sparse_encode; 0 bytes: dense) padded to 8; then per
+ * layer u64 length, u64 user length, u32 pages, u32 hole end (version 2:
+ * streaming freed pages [sink pages, hole end); version 1: 0), and per
+ * page i32 slot (-1: a PAGE record in the log at or past ckpt_lsn holds
+ * it, or a page streaming freed), u32 its CRC. Last: u32 CRC-32C of
+ * everything before, u32 ATTND__CKPT_TAIL. Version 1 (no owners, no
+ * policies) is still read: its sessions come back without an owner and
+ * dense, as it recorded them. */
 #define ATTND__CKPT_MAGIC 0x504b43444e545441ull /* "ATTNDCKP" */
 #define ATTND__CKPT_TAIL 0x4c494154u             /* "TAIL" */
+#define ATTND__CKPT_VERSION 2
 
 typedef struct attnd__ckpt_hdr {
     uint64_t magic;
@@ -459,6 +467,11 @@ attnd_status attnd__engine_log_mark(attnd_engine *e, attnd__wtxn *tx, uint16_t t
 attnd_status attnd__engine_log_session(attnd_engine *e, uint16_t type,
                                        const attnd_session_id *id, uint64_t max_tokens,
                                        attnd_error *err);
+/* CREATE of s (caller holds s->mu or s is not yet shared): its id,
+ * max_tokens, owner and policy, waited for in sync mode. RESOURCE_EXHAUSTED
+ * naming policy_table when the policy does not fit a record. */
+attnd_status attnd__engine_log_create(attnd_engine *e, const attnd__session *s,
+                                      attnd_error *err);
 /* SYNC: wait until the log holds everything before end (0: nothing). */
 attnd_status attnd__engine_log_wait(attnd_engine *e, uint64_t end, attnd_error *err);
 
@@ -472,13 +485,23 @@ void attnd__engine_tiers_close(attnd_engine *e);
 void attnd__engine_tiers_free(attnd_engine *e);
 void attnd__engine_tiers_stats(attnd_engine *e, attnd_engine_stats *st);
 /* engine.c: a session of owner (0: none, charged for it) under id in the
- * table, max_tokens' pages reserved
- * (lenient: recovery, which keeps a session whose promise no longer fits,
- * without it); *s_p (may be NULL) gets a reference. Not logged. */
+ * table, max_tokens' pages reserved, with policy pol (NULL: dense; checked
+ * by the caller; given before the session can be found, so a checkpoint
+ * never sees it without it) (lenient: recovery, which keeps a session
+ * whose promise no longer fits, without it); *s_p (may be NULL) gets a
+ * reference. Not logged. */
 attnd_status attnd__engine_session_make(attnd_engine *e, uint64_t owner,
                                        const attnd_session_id *id,
-                                       uint64_t max_tokens, int lenient,
-                                       attnd__session **s_p, attnd_error *err);
+                                       uint64_t max_tokens, const attnd_session_policy *pol,
+                                       int lenient, attnd__session **s_p, attnd_error *err);
+
+/* engine.c: a session made (as above, not lenient) and logged (CREATE,
+ * durable in sync mode) for owner (0: none) with policy pol (NULL: dense;
+ * checked by the caller) under id want (NULL: a random one into *id_p). */
+attnd_status attnd__engine_session_create(attnd_engine *e, uint64_t owner, uint64_t max_tokens,
+                                          const attnd_session_policy *pol,
+                                          const attnd_session_id *want, attnd_session_id *id_p,
+                                          attnd_error *err);
 
 /* Copy memory page `page` out to dst / in from src (page_bytes; the GPU's
  * pages go through the backend). */

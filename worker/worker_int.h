@@ -308,6 +308,11 @@ attnd_status attnd__owner_charge(attnd__owner *o, int64_t sessions, int64_t rese
  * its reservation, the pages it holds, 0). o NULL: no-op. */
 void attnd__owner_refund(attnd__owner *o, int64_t sessions, int64_t reserve, int64_t take,
                          int64_t from_reserved);
+/* Recovery: `take` pages a recovered session holds, `from_reserved` of
+ * which redeem its reservation, counted without looking at limits (the
+ * owner had them before the crash; limits are set after recovery). o NULL:
+ * no-op. */
+void attnd__owner_hold(attnd__owner *o, int64_t take, int64_t from_reserved);
 /* Session lookups with the table lock held once for all (session.c):
  * index of the first of ids[0..n) that is not an open session of owner
  * tag `owner` (0: sessions without an owner), or -1; each found one is

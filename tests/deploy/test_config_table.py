@@ -142,21 +142,6 @@ class Variables(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("--rank", r.stderr)
 
-    def test_durable_with_tenants_is_refused_at_start_naming_both_flags(self):
-        tokens = os.path.join(self.tmp.name, "tokens")
-        with open(tokens, "w") as f:
-            f.write("secret-token-0123456789 alice\n")
-        kvdir = os.path.join(self.tmp.name, "kv")
-        os.makedirs(kvdir, exist_ok=True)
-        e = {k: v for k, v in os.environ.items() if not k.startswith("ATTND_")}
-        r = subprocess.run([ATTND, "--listen", "127.0.0.1:0", "--kv-dir", kvdir, "--durable",
-                            "--token-file", tokens], capture_output=True, text=True, env=e,
-                           timeout=60)
-        self.assertEqual(r.returncode, 2, r.stderr)
-        self.assertIn("--durable", r.stderr)
-        self.assertIn("--token-file", r.stderr)
-        self.assertEqual(os.listdir(kvdir), [], "nothing may be written before the refusal")
-
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

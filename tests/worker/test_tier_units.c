@@ -5,8 +5,8 @@
  * moved below and back keep their KV exactly (float64 reference), the
  * accounting over tiers adds up, a close gives back every slot; an
  * owner's (tenant's) KV counts its pages in every tier, idle expiry gives
- * back the slots below too, and a durable engine serves no owners (its log
- * does not record them). */
+ * back the slots below too, and a durable engine keeps each session's
+ * owner and the owner's charges across a crash. */
 #include <check.h>
 #include <stdio.h>
 #include <math.h>
@@ -299,27 +299,87 @@ START_TEST(test_idle_expiry_gives_back_the_slots_below_memory_too)
 }
 END_TEST
 
-/* A durable engine refuses a session with an owner (its log would lose
- * the owner at a restart) and still makes one without. */
-START_TEST(test_a_durable_engine_refuses_an_owned_session)
+/* A durable engine records a session's owner in its log and manifest: after
+ * a crash (a child that ends without closing its engine) each session
+ * belongs to the same owner, each owner's figures (sessions, pages held,
+ * pages reserved) equal those before the crash, and its quota counts them
+ * (a limit set after the restart refuses what the recovered usage leaves
+ * no room for). */
+START_TEST(test_a_durable_engine_keeps_each_sessions_owner_and_charges_across_a_crash)
 {
     char ddir[64] = "/tmp/attnd-tierdur-XXXXXX", cmd[96];
     ck_assert_ptr_nonnull(mkdtemp(ddir));
     attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"), .page_size = PS,
                                .kv_memory = 32 * 4096, .max_sessions = 16, .kv_disk = 1 << 20,
-                               .kernel_threads = 1, .durable = ATTND_ENGINE_DURABLE_SYNC};
+                               .kernel_threads = 1, .durable = ATTND_ENGINE_DURABLE_SYNC,
+                               .checkpoint_bytes = 64 << 10};
     snprintf(cfg.kv_dir, sizeof cfg.kv_dir, "%s", ddir);
+    const attnd_session_id a_id = {{1}}, b_id = {{2}}, none_id = {{3}};
     attnd_engine *e = NULL;
-    attnd_session_id id;
+    attnd_engine_stats before[2], after;
     attnd_error err;
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        const int64_t entry = attnd_model_kv_token_elems(&cfg.model);
+        uint16_t *kv = calloc((size_t)(40 * entry), sizeof *kv);
+        /* alice: 40 tokens reserved (3 pages a layer), 20 appended (2);
+         * bob: none reserved, 40 appended; and one without an owner */
+        if (!kv || attnd_engine_create(&cfg, &e, &err) ||
+            attnd_engine_session_create_owned(e, ALICE, 40, &a_id, NULL, &err) ||
+            attnd_engine_session_create_owned(e, BOB, 0, &b_id, NULL, &err) ||
+            attnd_engine_session_create_id(e, 16, &none_id, &err))
+            _exit(2);
+        for (uint32_t l = 0; l < 3; l++)
+            if (attnd_engine_append(e, &a_id, l, 0, 20, ATTND_DTYPE_BF16, kv, &err) ||
+                attnd_engine_append(e, &b_id, l, 0, 40, ATTND_DTYPE_BF16, kv, &err))
+                _exit(3);
+        attnd_engine_owner_stats(e, ALICE, &before[0]);
+        attnd_engine_owner_stats(e, BOB, &before[1]);
+        if (write(fds[1], before, sizeof before) != (ssize_t)sizeof before)
+            _exit(4);
+        _exit(0); /* a crash: no destroy, no last checkpoint */
+    }
+    close(fds[1]);
+    int ws = 0;
+    ck_assert_int_eq(waitpid(pid, &ws, 0), pid);
+    ck_assert_msg(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "child: status %d", ws);
+    ck_assert_int_eq(read(fds[0], before, sizeof before), (ssize_t)sizeof before);
+    close(fds[0]);
+    ck_assert_uint_eq(before[0].pages_used, 3 * 2);
+    ck_assert_uint_eq(before[0].pages_reserved, 3 * 1);
+    ck_assert_uint_eq(before[1].pages_used, 3 * 3);
+
     ck_assert_msg(attnd_engine_create(&cfg, &e, &err) == ATTND_OK, "%s", err.msg);
-    ck_assert_int_eq(attnd_engine_session_create_owned(e, ALICE, 16, NULL, &id, &err),
-                     ATTND_ERR_FAILED_PRECONDITION);
-    ck_assert_ptr_nonnull(strstr(err.msg, "--durable"));
-    attnd_engine_stats st;
-    attnd_engine_get_stats(e, &st);
-    ck_assert_uint_eq(st.sessions, 0);
-    ck_assert_int_eq(attnd_engine_session_create_owned(e, 0, 16, NULL, &id, &err), ATTND_OK);
+    const uint64_t owners[2] = {ALICE, BOB};
+    for (int i = 0; i < 2; i++) {
+        attnd_engine_owner_stats(e, owners[i], &after);
+        ck_assert_uint_eq(after.sessions, before[i].sessions);
+        ck_assert_uint_eq(after.pages_used, before[i].pages_used);
+        ck_assert_uint_eq(after.pages_reserved, before[i].pages_reserved);
+    }
+    /* each session is its owner's only */
+    ck_assert_int_eq(attnd_engine_sessions_check(e, ALICE, &a_id, 1, 0, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_sessions_check(e, BOB, &a_id, 1, 0, &err), ATTND_ERR_NOT_FOUND);
+    ck_assert_int_eq(attnd_engine_sessions_check(e, 0, &a_id, 1, 0, &err), ATTND_ERR_NOT_FOUND);
+    ck_assert_int_eq(attnd_engine_sessions_check(e, BOB, &b_id, 1, 0, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_sessions_check(e, ALICE, &b_id, 1, 0, &err),
+                     ATTND_ERR_NOT_FOUND);
+    ck_assert_int_eq(attnd_engine_sessions_check(e, 0, &none_id, 1, 0, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_sessions_check(e, ALICE, &none_id, 1, 0, &err),
+                     ATTND_ERR_NOT_FOUND);
+    /* alice's 9 pages (6 held, 3 reserved) count against a 10-page quota */
+    attnd_session_id more;
+    ck_assert_int_eq(attnd_engine_owner_set(e, ALICE, "alice", 0, 10 * 4096, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_session_create_owned(e, ALICE, 16, NULL, &more, &err),
+                     ATTND_ERR_RESOURCE_EXHAUSTED);
+    ck_assert_msg(strstr(err.msg, "holds 36864 bytes"), "%s", err.msg);
+    /* and come back to it at the close */
+    ck_assert_int_eq(attnd_engine_session_close(e, &a_id, NULL, &err), ATTND_OK);
+    attnd_engine_owner_stats(e, ALICE, &after);
+    ck_assert_uint_eq(after.sessions + after.pages_used + after.pages_reserved, 0);
     attnd_engine_destroy(e);
     snprintf(cmd, sizeof cmd, "rm -rf %s", ddir);
     ck_assert_int_eq(system(cmd), 0);
@@ -386,7 +446,7 @@ static Suite *tier_suite(void)
     tcase_add_test(tc, test_sessions_moved_below_and_back_keep_their_kv);
     tcase_add_test(tc, test_an_owners_kv_counts_its_pages_in_every_tier);
     tcase_add_test(tc, test_idle_expiry_gives_back_the_slots_below_memory_too);
-    tcase_add_test(tc, test_a_durable_engine_refuses_an_owned_session);
+    tcase_add_test(tc, test_a_durable_engine_keeps_each_sessions_owner_and_charges_across_a_crash);
     tcase_add_test(tc, test_a_session_expired_on_a_durable_engine_stays_gone_after_a_crash);
     suite_add_tcase(su, tc);
     return su;

@@ -326,7 +326,9 @@ attnd_status attnd_engine_policy_check(const attnd_engine *e, const attnd_sessio
 attnd_status attnd_policy_check(const attnd_model_spec *m, const attnd_session_policy *p,
                                 attnd_error *err);
 /* Give a session its policy (checked as above; copied). The session must
- * hold no token yet (FAILED_PRECONDITION); NOT_FOUND for an unknown id.
+ * hold no token yet (FAILED_PRECONDITION); NOT_FOUND for an unknown id. A
+ * durable engine records policies at creation only: FAILED_PRECONDITION
+ * (use attnd_engine_session_create_policy).
  * Streaming layers give back the part of the session's reservation they
  * will never hold. A policy that is full everywhere makes it dense again. */
 attnd_status attnd_engine_session_set_policy(attnd_engine *e, const attnd_session_id *id,
@@ -339,6 +341,15 @@ attnd_status attnd_engine_session_create_policy(attnd_engine *e, uint64_t max_to
                                                 const attnd_session_policy *p,
                                                 const attnd_session_id *id,
                                                 attnd_session_id *id_p, attnd_error *err);
+/* The same for owner (0: none; attnd_engine_session_create_owned): the
+ * owner's KV counts the policy's reservation (streaming layers: their sink
+ * and window) and gets back the pages streaming frees. Beyond the owner's
+ * limits: RESOURCE_EXHAUSTED naming the limit, nothing created. */
+attnd_status attnd_engine_session_create_policy_owned(attnd_engine *e, uint64_t owner,
+                                                      uint64_t max_tokens,
+                                                      const attnd_session_policy *p,
+                                                      const attnd_session_id *id,
+                                                      attnd_session_id *id_p, attnd_error *err);
 
 /* Length of a layer of a session, in tokens. */
 attnd_status attnd_engine_length(attnd_engine *e, const attnd_session_id *id,
