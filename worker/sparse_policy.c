@@ -87,22 +87,9 @@ static attnd_status check_one(const attnd_policy *p, const char *at, attnd_error
 attnd_status attnd_engine_policy_check(const attnd_engine *e, const attnd_session_policy *p,
                                        attnd_error *err)
 {
-    attnd_status st = attnd_policy_check(&e->model, p, err);
-    if (st || !e->dur)
-        return st;
-    /* not yet recovered exactly (streaming's freed pages, key bounds) */
-    char at[64] = "policy.kind";
-    attnd_policy_kind kind = p->dflt.kind;
-    for (uint32_t i = 0; kind == ATTND_POLICY_FULL && i < p->n_rules; i++)
-        if ((kind = p->rules[i].policy.kind) != ATTND_POLICY_FULL)
-            snprintf(at, sizeof at, "policy_table[%u].policy.kind", i);
-    if (kind == ATTND_POLICY_FULL)
-        return ATTND_OK;
-    return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
-                           "%s: %s, but this worker is durable (--durable) and its log does not "
-                           "keep sparse policies (a session recovered after a crash would not "
-                           "attend as before); only full attention is served durably",
-                           at, kind_names[kind]);
+    /* a durable engine records the policy with the session (its CREATE
+     * record and the manifest: worker/TIERS.md) */
+    return attnd_policy_check(&e->model, p, err);
 }
 
 attnd_status attnd_policy_check(const attnd_model_spec *m, const attnd_session_policy *p,

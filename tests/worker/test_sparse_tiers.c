@@ -7,8 +7,8 @@
  *   - a topk-pages session read back into other memory pages selects the
  *     same pages and gives the same bits as before it went below (its key
  *     bounds travel with its pages);
- *   - a durable engine refuses sparse policies with FAILED_PRECONDITION
- *     naming the field (its log does not keep them). */
+ *   - a durable engine takes a policy when a session is created (its log
+ *     records it there), not later. */
 #include <check.h>
 #include <math.h>
 #include <pthread.h>
@@ -391,46 +391,30 @@ END_TEST
 
 /* ---- durable engines --------------------------------------------------------- */
 
-static void expect_refused(attnd_engine *e, const attnd_session_policy *p, const char *field)
-{
-    attnd_session_id id;
-    attnd_error err;
-    ck_assert_int_eq(attnd_engine_session_create_policy(e, 100, p, NULL, &id, &err),
-                     ATTND_ERR_FAILED_PRECONDITION);
-    ck_assert_msg(strncmp(err.msg, field, strlen(field)) == 0 && strstr(err.msg, "--durable"),
-                  "%s", err.msg);
-}
-
-/* The log keeps sessions, not their policies: a recovered session would
- * attend otherwise, so a durable engine takes only full attention. */
-START_TEST(test_a_durable_engine_refuses_sparse_policies_naming_the_field)
+/* A durable engine records a session's policy in the session's CREATE
+ * record (tests/tiers/test_tiers_sparse.c recovers them after kill -9):
+ * it creates sessions with any policy, and refuses only to change the
+ * policy of a session already created (FAILED_PRECONDITION naming the
+ * field and --durable), which would not be in the log. */
+START_TEST(test_a_durable_engine_takes_a_policy_at_creation_only)
 {
     attnd_engine *e = make_engine(64, 1);
     attnd_engine_stats st;
     attnd_error err;
+    attnd_session_id id, dense;
     attnd_session_policy stream = one_policy((attnd_policy){.kind = ATTND_POLICY_STREAMING,
                                                             .sink = 4, .window = 64});
-    expect_refused(e, &stream, "policy.kind: streaming");
-    attnd_session_policy topk = one_policy((attnd_policy){.kind = ATTND_POLICY_TOPK_PAGES,
-                                                          .topk = 2});
-    expect_refused(e, &topk, "policy.kind: topk-pages");
-    attnd_policy_rule rules[2] = {
-        {.layer_begin = 0, .layer_end = 1, .policy = {.kind = ATTND_POLICY_FULL}},
-        {.layer_begin = 1, .layer_end = 3, .policy = {.kind = ATTND_POLICY_GIVEN_PAGES}},
-    };
-    attnd_session_policy table = {.dflt = {.kind = ATTND_POLICY_FULL}, .rules = rules,
-                                  .n_rules = 2};
-    expect_refused(e, &table, "policy_table[1].policy.kind: given-pages");
-    /* nothing was left behind, and full attention is served */
+    ck_assert_msg(attnd_engine_session_create_policy(e, 1000, &stream, NULL, &id, &err) == 0,
+                  "%s", err.msg);
+    /* a streaming layer reserves its sink and window only */
     attnd_engine_get_stats(e, &st);
-    ck_assert_uint_eq(st.sessions, 0);
-    ck_assert_uint_eq(st.pages_reserved, 0);
-    attnd_session_policy full = one_policy((attnd_policy){.kind = ATTND_POLICY_FULL});
-    attnd_session_id id;
-    ck_assert_msg(attnd_engine_session_create_policy(e, 100, &full, NULL, &id, &err) == 0, "%s",
-                  err.msg);
-    ck_assert_int_eq(attnd_engine_session_set_policy(e, &id, &stream, &err),
+    ck_assert_uint_eq(st.sessions, 1);
+    ck_assert_uint_lt(st.pages_reserved, 3 * ((1000 + PS - 1) / PS));
+    ck_assert_int_eq(attnd_engine_session_create(e, 0, &dense, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_session_set_policy(e, &dense, &stream, &err),
                      ATTND_ERR_FAILED_PRECONDITION);
+    ck_assert_msg(strncmp(err.msg, "policy", 6) == 0 && strstr(err.msg, "--durable"), "%s",
+                  err.msg);
     attnd_engine_destroy(e);
     rm_dir();
 }
@@ -443,7 +427,7 @@ static Suite *sparse_tiers_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_a_streaming_session_moved_below_and_back_attends_its_sink_and_window);
     tcase_add_test(tc, test_topk_pages_selects_the_same_pages_after_its_session_was_read_back);
-    tcase_add_test(tc, test_a_durable_engine_refuses_sparse_policies_naming_the_field);
+    tcase_add_test(tc, test_a_durable_engine_takes_a_policy_at_creation_only);
     suite_add_tcase(su, tc);
     return su;
 }

@@ -316,10 +316,8 @@ const char *attnd_policy_kind_name(attnd_policy_kind k);
 int attnd_policy_kind_parse(const char *s);
 /* Check a policy against the engine's model: INVALID_ARGUMENT naming the
  * field ("policy.window", "policy_table[2].head_end", ...). A durable
- * engine (attnd --durable) takes full policies only: its log does not keep
- * a session's policy, so a recovered session would not attend as before;
- * any other is FAILED_PRECONDITION naming the field ("policy.kind",
- * "policy_table[1].policy.kind"; worker/TIERS.md). */
+ * engine (attnd --durable) records a session's policy with it, so a
+ * recovered session attends as before (worker/TIERS.md). */
 attnd_status attnd_engine_policy_check(const attnd_engine *e, const attnd_session_policy *p,
                                        attnd_error *err);
 /* The same against a model spec (a worker group's whole model). */
