@@ -185,14 +185,14 @@ START_TEST(test_tokens_keep_tenants_apart_through_the_api)
 }
 END_TEST
 
-/* A tenant's session cannot take a sparse policy yet: the tenant's KV
- * quota does not follow what a policy reserves and streaming frees, so
- * the server refuses it (UNIMPLEMENTED naming the field) and creates
- * nothing; without one it is created as usual. */
-START_TEST(test_a_tenants_session_with_a_sparse_policy_is_unimplemented)
+/* A tenant's session takes a sparse policy (its quota follows the
+ * policy's reservation and streaming's freed pages: tests/worker/test_owner.c,
+ * tests/tiers/test_tiers_tenants.c) and stays its own: another tenant
+ * gets NOT_FOUND for it. */
+START_TEST(test_a_tenants_session_takes_a_sparse_policy_and_stays_its_own)
 {
     attnd_client_options o;
-    attnd_client *a = NULL;
+    attnd_client *a = NULL, *b = NULL;
     attnd_error err;
     attnd_session_id id;
     attnd_stats st;
@@ -201,17 +201,22 @@ START_TEST(test_a_tenants_session_with_a_sparse_policy_is_unimplemented)
     cu_must_start("--model", "tiny-gqa", "--token-file", path("tokens"));
     opts_for(&o, NULL, ALICE);
     ck_assert_int_eq(connect_with(&o, &a, &err), ATTND_OK);
-    attnd_status s = attnd_client_create_session_policy(a, NULL, 0, &streaming, NULL, 0, &id,
-                                                        NULL, &err);
-    cu_assert_fails(s, err, ATTND_ERR_UNIMPLEMENTED, "policy");
-    ck_assert_int_eq(attnd_client_get_stats(a, &st, NULL, &err), ATTND_OK);
-    ck_assert_uint_eq(st.sessions, 0);
-    ck_assert_int_eq(attnd_client_create_session_policy(a, NULL, 0, NULL, NULL, 0, &id, NULL,
-                                                        &err),
-                     ATTND_OK);
+    opts_for(&o, NULL, BOB);
+    ck_assert_int_eq(connect_with(&o, &b, &err), ATTND_OK);
+    ck_assert_msg(attnd_client_create_session_policy(a, NULL, 1000, &streaming, NULL, 0, &id,
+                                                     NULL, &err) == ATTND_OK, "%s", err.msg);
     ck_assert_int_eq(attnd_client_get_stats(a, &st, NULL, &err), ATTND_OK);
     ck_assert_uint_eq(st.sessions, 1);
+    ck_assert_uint_gt(st.pages_reserved, 0);
+    ck_assert_int_eq(attnd_client_get_stats(b, &st, NULL, &err), ATTND_OK);
+    ck_assert_uint_eq(st.sessions, 0);
+    cu_assert_fails(attnd_client_close_session(b, &id, &err), err, ATTND_ERR_NOT_FOUND,
+                    "session_id");
+    ck_assert_int_eq(attnd_client_close_session(a, &id, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_client_get_stats(a, &st, NULL, &err), ATTND_OK);
+    ck_assert_uint_eq(st.sessions + st.pages_reserved, 0);
     attnd_client_destroy(a);
+    attnd_client_destroy(b);
 }
 END_TEST
 
@@ -226,7 +231,7 @@ int main(void)
     tcase_add_test(tc, test_mutual_tls_needs_the_client_certificate);
     tcase_add_test(tc, test_bad_security_options_are_invalid_argument_naming_the_field);
     tcase_add_test(tc, test_tokens_keep_tenants_apart_through_the_api);
-    tcase_add_test(tc, test_a_tenants_session_with_a_sparse_policy_is_unimplemented);
+    tcase_add_test(tc, test_a_tenants_session_takes_a_sparse_policy_and_stays_its_own);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

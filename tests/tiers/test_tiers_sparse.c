@@ -62,29 +62,23 @@ static void open_sparse(cu_seqs *s, uint32_t n)
     }
 }
 
-/* Check the outputs of st (one query token, no new KV) against the float64
- * reference over the pages reported, per session and KV head; layer 0's
- * lists must be exactly the sink and window pages, the topk-pages lists
- * TOPK pages with the sink and newest page. */
+/* The pages st's reply reported for each session and KV head: layer 0's
+ * (and layer 2's KV head 1) exactly the sink and window pages, the
+ * topk-pages lists TOPK pages with the sink and newest page; then the
+ * outputs against the float64 reference over exactly those pages. */
 static void check_chosen(cu_seqs *s, const cu_step *st, const attnd_sparse_args *sp,
                          uint32_t layer)
 {
     const attnd_model_info *m = &s->m;
-    const uint32_t hkv = m->n_kv_heads, G = m->n_q_heads / hkv;
-    const size_t entry = (size_t)m->kv_token_elems * attnd_dtype_size(m->kv_dtype);
-    const size_t qrow = (size_t)m->n_q_heads * m->d_k * attnd_dtype_size(s->dt);
-    const size_t orow = (size_t)m->n_q_heads * m->d_v * attnd_dtype_size(ATTND_DTYPE_F32);
-    attnd_refcheck_result res = {0};
     for (uint32_t i = 0; i < st->a.n_seqs; i++) {
-        const attnd_refcheck_seq *src = &s->rc.seqs[(size_t)(st->first + i) * m->n_layers + layer];
-        const uint64_t np = (src->len + PS - 1) / PS;
-        for (uint32_t h = 0; h < hkv; h++) {
+        const uint64_t len = attnd_refcheck_len(&s->rc, st->first + i, layer);
+        const uint64_t np = (len + PS - 1) / PS;
+        for (uint32_t h = 0; h < m->n_kv_heads; h++) {
             uint32_t k = i * sp->chosen_groups + (sp->chosen_groups == 1 ? 0 : h);
             const uint64_t *ch = sp->chosen + sp->chosen_indptr[k];
             const uint32_t n = sp->chosen_indptr[k + 1] - sp->chosen_indptr[k];
-            int streams = layer == 0 || (layer == 2 && h == 1);
-            if (streams) { /* sink pages, then those of the last WINDOW tokens */
-                uint64_t first = src->len > WINDOW ? (src->len - WINDOW) / PS : 0, want = 0;
+            if (layer == 0 || (layer == 2 && h == 1)) { /* sink, then the last WINDOW tokens */
+                uint64_t first = len > WINDOW ? (len - WINDOW) / PS : 0, want = 0;
                 for (uint64_t p = 0; p < np; p++)
                     if (p < (SINK + PS - 1) / PS || p >= first) {
                         ck_assert_uint_lt(want, n);
@@ -97,25 +91,9 @@ static void check_chosen(cu_seqs *s, const cu_step *st, const attnd_sparse_args 
                 ck_assert_uint_eq(ch[0], 0);
                 ck_assert_uint_eq(ch[n - 1], np - 1);
             }
-            attnd_refcheck one;
-            ck_assert_int_eq(attnd_refcheck_init(&one, m, 1), 0);
-            uint64_t tokens = 0;
-            for (uint32_t j = 0; j < n; j++) {
-                uint64_t t0 = ch[j] * PS, t1 = t0 + PS < src->len ? t0 + PS : src->len;
-                ck_assert_int_eq(attnd_refcheck_append(&one, 0, layer, t1 - t0, m->kv_dtype,
-                                                       src->data + t0 * entry), 0);
-                tokens += t1 - t0;
-            }
-            ck_assert_int_eq(attnd_refcheck_token(&one, 0, layer, tokens, s->dt,
-                                                  (const char *)st->q + i * qrow, ATTND_DTYPE_F32,
-                                                  (const char *)st->out + i * orow, NULL, h * G,
-                                                  (h + 1) * G, &res), 0);
-            attnd_refcheck_cleanup(&one);
         }
     }
-    ck_assert_uint_gt(res.rows, 0);
-    ck_assert_msg(res.max_err <= cu_bound(s->dt),
-                  "layer %u: rel err %g", layer, res.max_err);
+    tt_must_check_reported(s, st, sp, layer, PS);
 }
 
 /* What one probe of every layer saw: the chosen lists and output bytes. */

@@ -5,7 +5,9 @@
  * before the crash), every acknowledged append is there (outputs equal
  * the float64 reference), and each tenant's figures and quota (GetStats in
  * the tenant's scope: sessions, pages held, pages reserved) are the same
- * as before the crash. */
+ * as before the crash; a tenant's streaming session reserves its sink and
+ * window only and gives the pages it frees back to the tenant's quota,
+ * before and after a crash. */
 #include <check.h>
 #include <pthread.h>
 #include <signal.h>
@@ -239,6 +241,109 @@ START_TEST(test_a_tenants_figures_and_quota_are_the_same_after_kill_9)
 }
 END_TEST
 
+/* Attend every layer of session 0 of s (no new KV, float32 outputs) and
+ * check it attends exactly its sink and window pages (streaming, every
+ * layer), against the float64 reference over them. */
+static void check_streaming(cu_seqs *s, uint32_t sink, uint32_t window)
+{
+    attnd_error err;
+    for (uint32_t l = 0; l < s->m.n_layers; l++) {
+        uint32_t ip[8];
+        uint64_t ch[64];
+        attnd_sparse_args sp = {.return_pages = 1, .chosen_indptr = ip,
+                                .chosen_indptr_capacity = 8, .chosen = ch,
+                                .chosen_capacity = 64};
+        cu_step st;
+        cu_step_make(s, &st, l, 0, 1, 1, 0, 0, ATTND_DTYPE_F32);
+        ck_assert_msg(attnd_client_attend_sparse(s->c, &st.a, &sp, &err) == ATTND_OK, "%s",
+                      err.msg);
+        uint64_t len = attnd_refcheck_len(&s->rc, 0, l), first = (len - window) / PS, want = 0;
+        for (uint32_t k = 0; k < sp.n_chosen_lists; k++)
+            for (uint32_t j = ip[k]; j < ip[k + 1]; j++) {
+                while (want >= (sink + PS - 1) / PS && want < first)
+                    want++;
+                ck_assert_uint_eq(ch[j], want);
+                want++;
+            }
+        ck_assert_uint_eq(want, (len + PS - 1) / PS);
+        tt_must_check_reported(s, &st, &sp, l, PS);
+        cu_step_free(&st);
+    }
+}
+
+/* Streams of appends to every layer of session 0 until layer 0 holds
+ * `tokens`, each acknowledged and mirrored. */
+static void append_until(cu_seqs *s, uint64_t n_tokens)
+{
+    attnd_error err;
+    while (attnd_refcheck_len(&s->rc, 0, 0) < n_tokens) {
+        tt_op op;
+        tt_op_stream(s, &op, 0, 1, 32);
+        ck_assert_msg(tt_op_send(s, &op, &err) == ATTND_OK, "append at %llu: %s",
+                      (unsigned long long)attnd_refcheck_len(&s->rc, 0, 0), err.msg);
+        tt_op_mirror(s, &op, 0);
+        tt_op_free(&op);
+    }
+}
+
+/* A tenant's streaming session (sink 16, window 64) reserves its sink and
+ * window only (3 layers x 10 pages of alice's 40), whatever max_tokens
+ * says, and the pages it frees come back to alice's quota: it appends 800
+ * tokens a layer (150 pages) without a refusal, and her figures stay at
+ * the 30 pages it holds or reserves, exactly enough to leave room for a
+ * 9-page session and not a 12-page one. After kill -9 the same figures,
+ * the same room, the session attends its sink and window, and appends go
+ * on; closed, it gives everything back. */
+START_TEST(test_a_tenants_streaming_session_gives_freed_pages_back_to_its_quota_across_kill_9)
+{
+    const attnd_sparse_policy streaming = {.kind = ATTND_SPARSE_STREAMING, .sink = 16,
+                                           .window = 64};
+    cu_seqs a;
+    attnd_session_id id;
+    attnd_error err;
+    tt_must_mkdir(dir);
+    write_tokens("160Ki"); /* 40 pages */
+    start("1Mi");
+    cu_must_open(&a, connect_as(ALICE_TOKEN), 1, ATTND_DTYPE_BF16);
+    ck_assert_int_eq(attnd_client_close_session(a.c, &a.ids[0], &err), ATTND_OK);
+    ck_assert_msg(attnd_client_create_session_policy(a.c, NULL, 1u << 30, &streaming, NULL, 0,
+                                                     &a.ids[0], NULL, &err) == ATTND_OK,
+                  "%s", err.msg);
+    attnd_stats st = tenant_stats(a.c);
+    ck_assert_uint_eq(st.pages_reserved, 30);
+    append_until(&a, 800);
+    attnd_stats before = tenant_stats(a.c);
+    ck_assert_uint_le(before.pages_used, 30);
+    ck_assert_uint_eq(before.pages_used + before.pages_reserved, 30);
+    for (int round = 0; round < 2; round++) {
+        cu_assert_fails(attnd_client_create_session(a.c, NULL, 64, &id, NULL, &err), err,
+                        ATTND_ERR_RESOURCE_EXHAUSTED, "tenant alice");
+        ck_assert_msg(attnd_client_create_session(a.c, NULL, 48, &id, NULL, &err) == ATTND_OK,
+                      "%s", err.msg);
+        ck_assert_int_eq(attnd_client_close_session(a.c, &id, &err), ATTND_OK);
+        if (round == 1)
+            break;
+        tt_kill9();
+        start("1Mi");
+        reconnect_as(&a, ALICE_TOKEN);
+        attnd_stats after = tenant_stats(a.c);
+        ck_assert_uint_eq(after.sessions, before.sessions);
+        ck_assert_uint_eq(after.pages_used, before.pages_used);
+        ck_assert_uint_eq(after.pages_reserved, before.pages_reserved);
+    }
+    check_streaming(&a, 16, 64);
+    append_until(&a, 1200);
+    check_streaming(&a, 16, 64);
+    st = tenant_stats(a.c);
+    ck_assert_uint_eq(st.pages_used + st.pages_reserved, 30);
+    attnd_client *ac = a.c;
+    cu_seqs_close(&a);
+    st = tenant_stats(ac);
+    ck_assert_uint_eq(st.sessions + st.pages_used + st.pages_reserved, 0);
+    attnd_client_destroy(ac);
+}
+END_TEST
+
 static Suite *tenants_suite(void)
 {
     Suite *su = suite_create("tiers_tenants");
@@ -247,6 +352,8 @@ static Suite *tenants_suite(void)
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, test_kill_9_mid_stream_keeps_each_tenants_sessions_appends_and_figures);
     tcase_add_test(tc, test_a_tenants_figures_and_quota_are_the_same_after_kill_9);
+    tcase_add_test(tc,
+                   test_a_tenants_streaming_session_gives_freed_pages_back_to_its_quota_across_kill_9);
     suite_add_tcase(su, tc);
     return su;
 }

@@ -110,6 +110,39 @@ void tt_must_check_all(cu_seqs *s, uint32_t batch)
     ck_assert_msg(res.max_lse_err <= CU_LSE_BOUND, "max lse err %g", res.max_lse_err);
 }
 
+void tt_must_check_reported(cu_seqs *s, const cu_step *st, const attnd_sparse_args *sp,
+                            uint32_t layer, uint32_t ps)
+{
+    const attnd_model_info *m = &s->m;
+    const uint32_t hkv = m->n_kv_heads, G = m->n_q_heads / hkv;
+    const size_t entry = (size_t)m->kv_token_elems * attnd_dtype_size(m->kv_dtype);
+    const size_t qrow = (size_t)m->n_q_heads * m->d_k * attnd_dtype_size(s->dt);
+    const size_t orow = (size_t)m->n_q_heads * m->d_v * attnd_dtype_size(ATTND_DTYPE_F32);
+    attnd_refcheck_result res = {0};
+    for (uint32_t i = 0; i < st->a.n_seqs; i++) {
+        const attnd_refcheck_seq *src = &s->rc.seqs[(size_t)(st->first + i) * m->n_layers + layer];
+        for (uint32_t h = 0; h < hkv; h++) {
+            uint32_t k = i * sp->chosen_groups + (sp->chosen_groups == 1 ? 0 : h);
+            attnd_refcheck one;
+            ck_assert_int_eq(attnd_refcheck_init(&one, m, 1), 0);
+            uint64_t tokens = 0;
+            for (uint32_t j = sp->chosen_indptr[k]; j < sp->chosen_indptr[k + 1]; j++) {
+                uint64_t t0 = sp->chosen[j] * ps, t1 = t0 + ps < src->len ? t0 + ps : src->len;
+                ck_assert_int_eq(attnd_refcheck_append(&one, 0, layer, t1 - t0, m->kv_dtype,
+                                                       src->data + t0 * entry), 0);
+                tokens += t1 - t0;
+            }
+            ck_assert_int_eq(attnd_refcheck_token(&one, 0, layer, tokens, s->dt,
+                                                  (const char *)st->q + i * qrow, ATTND_DTYPE_F32,
+                                                  (const char *)st->out + i * orow, NULL, h * G,
+                                                  (h + 1) * G, &res), 0);
+            attnd_refcheck_cleanup(&one);
+        }
+    }
+    ck_assert_uint_gt(res.rows, 0);
+    ck_assert_msg(res.max_err <= cu_bound(s->dt), "layer %u: rel err %g", layer, res.max_err);
+}
+
 void tt_op_stream(cu_seqs *s, tt_op *op, uint32_t first, uint32_t n, uint32_t max_tokens)
 {
     const attnd_model_info *m = &s->m;

@@ -35,6 +35,12 @@ void tt_must_check_all(cu_seqs *s, uint32_t batch);
 /* The same for one session: 0, or the failing status (err filled). */
 attnd_status tt_check_one(cu_seqs *s, uint32_t i, attnd_error *err);
 
+/* Check the outputs of st (one query token, float32 outputs, no new KV)
+ * against the float64 reference over exactly the pages the reply
+ * reported in sp (return_pages), per session and KV head (page size ps). */
+void tt_must_check_reported(cu_seqs *s, const cu_step *st, const attnd_sparse_args *sp,
+                            uint32_t layer, uint32_t ps);
+
 /* One append the test keeps until its fate is known: an AppendKV stream
  * (kind 1) or an Attend with new KV (kind 2) over sessions [first, first +
  * n), with its data. */

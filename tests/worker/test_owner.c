@@ -2,7 +2,8 @@
  * the owner that created it; an owner's limits on sessions and KV bytes
  * refuse growth with RESOURCE_EXHAUSTED and no side effect; its usage
  * follows reservations, appends, Attend's new KV, aborted stages and
- * closes page by page (and agrees with the pool's own counts); idle
+ * closes page by page (and agrees with the pool's own counts), sparse
+ * sessions' too (a policy's reservation, the pages streaming frees); idle
  * expiry closes the sessions nobody holds and gives their pages back. */
 #include <check.h>
 #include <stdlib.h>
@@ -182,7 +183,30 @@ END_TEST
 /* Random creates, appends (staged: committed or aborted), Attends with new
  * KV and closes by two owners: each owner's counts equal what its
  * sessions hold, they add up to the pool's, and end at zero. */
-START_TEST(test_owner_usage_follows_every_page_and_ends_at_zero)
+/* Sessions for owner under a random policy (sparse) or dense. */
+static void create_for(attnd_engine *e, uint64_t owner, int sparse, tu_rng *r,
+                       attnd_session_id *id)
+{
+    attnd_error err;
+    uint64_t max_tokens = (uint64_t)tu_int(r, 0, 40);
+    int kind = sparse ? (int)tu_int(r, 0, 2) : 0;
+    attnd_session_policy p = {.dflt = {.kind = ATTND_POLICY_FULL}};
+    if (kind == 1)
+        p.dflt = (attnd_policy){.kind = ATTND_POLICY_STREAMING, .sink = 16, .window = 64};
+    else if (kind == 2)
+        p.dflt = (attnd_policy){.kind = ATTND_POLICY_TOPK_PAGES, .topk = 2};
+    attnd_status st = kind ? attnd_engine_session_create_policy_owned(e, owner, max_tokens, &p,
+                                                                      NULL, id, &err)
+                           : attnd_engine_session_create_owned(e, owner, max_tokens, NULL, id,
+                                                               &err);
+    ck_assert_msg(st == ATTND_OK, "%s", err.msg);
+}
+
+/* 400 random steps over 8 sessions of two owners: creates, streams of one
+ * chunk committed or aborted, Attends with new KV, closes; after each the
+ * owners' figures add up to the pool's. sparse: sessions get streaming
+ * (pages freed as the window moves) or topk-pages policies too. */
+static void usage_walk(int sparse)
 {
     attnd_engine *e = make_engine(4 << 20);
     attnd_session_id ids[8];
@@ -191,17 +215,15 @@ START_TEST(test_owner_usage_follows_every_page_and_ends_at_zero)
     uint16_t *kv = kv_of(e, 40);
     attnd_error err;
     tu_rng r;
-    tu_rng_init(&r, "owner usage");
+    uint64_t evicted = 0;
+    tu_rng_init(&r, sparse ? "owner usage, sparse" : "owner usage");
 
     ck_assert_int_eq(attnd_engine_owner_set(e, ALICE, "alice", 0, 0, &err), ATTND_OK);
-    for (int step = 0; step < 400; step++) {
+    for (int step = 0; step < (sparse ? 1200 : 400); step++) {
         int i = (int)tu_int(&r, 0, 7);
         if (!open[i]) {
             owner_of[i] = tu_int(&r, 0, 1) ? ALICE : BOB;
-            ck_assert_int_eq(attnd_engine_session_create_owned(e, owner_of[i],
-                                                               (uint64_t)tu_int(&r, 0, 40),
-                                                               NULL, &ids[i], &err),
-                             ATTND_OK);
+            create_for(e, owner_of[i], sparse, &r, &ids[i]);
             open[i] = 1;
             continue;
         }
@@ -224,6 +246,8 @@ START_TEST(test_owner_usage_follows_every_page_and_ends_at_zero)
             ck_assert_int_eq(attend_new(e, &ids[i], layer, &err), ATTND_OK);
             break;
         case 2:
+            if (sparse && tu_int(&r, 0, 9)) /* rarely: streaming needs long sessions */
+                break;
             ck_assert_int_eq(attnd_engine_session_close(e, &ids[i], NULL, &err), ATTND_OK);
             open[i] = 0;
             break;
@@ -237,7 +261,10 @@ START_TEST(test_owner_usage_follows_every_page_and_ends_at_zero)
         ck_assert_uint_eq(a.pages_used + b.pages_used, pool.pages_used);
         ck_assert_uint_eq(a.pages_reserved + b.pages_reserved, pool.pages_reserved);
         ck_assert_uint_eq(a.sessions + b.sessions, pool.sessions);
+        evicted = pool.pages_evicted;
     }
+    if (sparse) /* streaming freed pages on the way */
+        ck_assert_uint_gt(evicted, 0);
     for (int i = 0; i < 8; i++)
         if (open[i])
             ck_assert_int_eq(attnd_engine_session_close(e, &ids[i], NULL, &err), ATTND_OK);
@@ -246,6 +273,66 @@ START_TEST(test_owner_usage_follows_every_page_and_ends_at_zero)
     ck_assert_uint_eq(a.sessions, 0);
     ck_assert_uint_eq(a.pages_used, 0);
     ck_assert_uint_eq(a.pages_reserved, 0);
+    free(kv);
+    attnd_engine_destroy(e);
+}
+
+START_TEST(test_owner_usage_follows_every_page_and_ends_at_zero)
+{
+    usage_walk(0);
+}
+END_TEST
+
+START_TEST(test_owner_usage_follows_sparse_sessions_page_by_page_and_ends_at_zero)
+{
+    usage_walk(1);
+}
+END_TEST
+
+/* An owner's KV counts a policy's reservation: a streaming session
+ * reserves its sink and window only, whatever max_tokens promises, and
+ * the pages it frees come back to the owner, so it appends 20 times its
+ * owner's quota; a topk-pages session reserving more than the quota is
+ * refused naming max_tokens, nothing left behind. */
+START_TEST(test_an_owners_quota_follows_a_policys_reservation_and_streamings_freed_pages)
+{
+    attnd_engine *e = make_engine(4 << 20);
+    attnd_session_id id, t;
+    attnd_engine_stats a;
+    attnd_error err;
+    uint16_t *kv = kv_of(e, 16);
+    /* 40 pages; streaming's reservation: 3 layers x (1 sink page + 8 for
+     * window and an Attend's new tokens + 1) = 30 */
+    ck_assert_int_eq(attnd_engine_owner_set(e, ALICE, "alice", 0, 40 * 4096, &err), ATTND_OK);
+    attnd_session_policy stream = {.dflt = {.kind = ATTND_POLICY_STREAMING, .sink = 16,
+                                            .window = 64}};
+    ck_assert_msg(attnd_engine_session_create_policy_owned(e, ALICE, 1 << 20, &stream, NULL, &id,
+                                                           &err) == ATTND_OK, "%s", err.msg);
+    attnd_engine_owner_stats(e, ALICE, &a);
+    ck_assert_uint_eq(a.pages_reserved, 30);
+    for (uint32_t step = 0; step < 50; step++) /* 800 tokens a layer: 150 pages in all */
+        for (uint32_t l = 0; l < 3; l++)
+            ck_assert_msg(attnd_engine_append(e, &id, l, 16 * step, 16, ATTND_DTYPE_BF16, kv,
+                                              &err) == ATTND_OK, "step %u: %s", step, err.msg);
+    attnd_engine_owner_stats(e, ALICE, &a);
+    ck_assert_uint_le(a.pages_used, 3 * 10);
+    ck_assert_uint_eq(a.pages_used + a.pages_reserved, 30); /* held pages redeem the promise */
+    /* topk-pages reserves every page of max_tokens: 3 x 4 = 12 > 40 - 30 */
+    attnd_session_policy topk = {.dflt = {.kind = ATTND_POLICY_TOPK_PAGES, .topk = 2}};
+    ck_assert_int_eq(attnd_engine_session_create_policy_owned(e, ALICE, 64, &topk, NULL, &t,
+                                                              &err),
+                     ATTND_ERR_RESOURCE_EXHAUSTED);
+    ck_assert_msg(strncmp(err.msg, "max_tokens", 10) == 0, "%s", err.msg);
+    attnd_engine_owner_stats(e, ALICE, &a);
+    ck_assert_uint_eq(a.sessions, 1);
+    ck_assert_uint_eq(a.pages_used + a.pages_reserved, 30);
+    ck_assert_int_eq(attnd_engine_session_create_policy_owned(e, ALICE, 48, &topk, NULL, &t,
+                                                              &err),
+                     ATTND_OK);
+    ck_assert_int_eq(attnd_engine_session_close(e, &t, NULL, &err), ATTND_OK);
+    ck_assert_int_eq(attnd_engine_session_close(e, &id, NULL, &err), ATTND_OK);
+    attnd_engine_owner_stats(e, ALICE, &a);
+    ck_assert_uint_eq(a.sessions + a.pages_used + a.pages_reserved, 0);
     free(kv);
     attnd_engine_destroy(e);
 }
@@ -324,6 +411,9 @@ static Suite *owner_suite(void)
     tcase_add_test(tc,
                    test_an_owner_past_its_kv_limit_gets_resource_exhausted_and_nothing_changes);
     tcase_add_test(tc, test_owner_usage_follows_every_page_and_ends_at_zero);
+    tcase_add_test(tc, test_owner_usage_follows_sparse_sessions_page_by_page_and_ends_at_zero);
+    tcase_add_test(tc,
+                   test_an_owners_quota_follows_a_policys_reservation_and_streamings_freed_pages);
     tcase_add_test(tc, test_idle_expiry_closes_the_sessions_nobody_holds_and_returns_their_pages);
     suite_add_tcase(s, tc);
     return s;
