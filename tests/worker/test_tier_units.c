@@ -6,7 +6,8 @@
  * accounting over tiers adds up, a close gives back every slot; an
  * owner's (tenant's) KV counts its pages in every tier, idle expiry gives
  * back the slots below too, and a durable engine keeps each session's
- * owner and the owner's charges across a crash. */
+ * owner and the owner's charges across a crash; an older directory (a
+ * version 1 manifest) is still recovered, a newer one refused. */
 #include <check.h>
 #include <stdio.h>
 #include <math.h>
@@ -386,6 +387,99 @@ START_TEST(test_a_durable_engine_keeps_each_sessions_owner_and_charges_across_a_
 }
 END_TEST
 
+/* The manifest of ddir rewritten as `version`: version 1 drops each
+ * session's owner and policy fields (the layout an older attnd wrote;
+ * TIERS.md "Versions"), any other only changes the header; the CRC made
+ * again. */
+static void manifest_as(const char *ddir, uint32_t version)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/checkpoint", ddir);
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    unsigned char *m = malloc(1 << 20), *out = malloc(1 << 20);
+    ck_assert(m && out);
+    size_t len = fread(m, 1, 1 << 20, f), o = 0, off = sizeof(attnd__ckpt_hdr);
+    fclose(f);
+    attnd__ckpt_hdr h;
+    memcpy(&h, m, sizeof h);
+    ck_assert_uint_eq(h.version, 2);
+    h.version = version;
+    memcpy(out, &h, sizeof h);
+    o = sizeof h;
+    for (uint64_t i = 0; i < h.n_sessions; i++) {
+        uint32_t msg, pol, np;
+        memcpy(&msg, m + off + 28, 4);
+        size_t head = 32 + msg + (8 - msg % 8) % 8;
+        memcpy(out + o, m + off, head);
+        o += head;
+        off += head;
+        memcpy(&pol, m + off + 8, 4);
+        ck_assert_uint_eq(pol, 0); /* dense sessions only */
+        if (version != 1) {
+            memcpy(out + o, m + off, 16);
+            o += 16;
+        }
+        off += 16;
+        for (int l = 0; l < 3; l++) {
+            memcpy(&np, m + off + 16, 4);
+            size_t n = 24 + (size_t)np * 8;
+            memcpy(out + o, m + off, n);
+            o += n;
+            off += n;
+        }
+    }
+    ck_assert_uint_eq(off + 8, len);
+    uint32_t tail[2] = {attnd__crc32c(0, out, o), 0x4c494154u};
+    memcpy(out + o, tail, sizeof tail);
+    o += sizeof tail;
+    f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(out, 1, o, f), o);
+    ck_assert_int_eq(fclose(f), 0);
+    free(m);
+    free(out);
+}
+
+/* A directory an older attnd wrote (a version 1 manifest: no owners, no
+ * policies) is recovered: its sessions come back, their KV exact; a
+ * manifest of a version this attnd does not know is refused, naming it. */
+START_TEST(test_a_version_1_manifest_is_recovered_and_a_newer_one_refused)
+{
+    char ddir[64] = "/tmp/attnd-tierdur-XXXXXX", cmd[96];
+    ck_assert_ptr_nonnull(mkdtemp(ddir));
+    attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"), .page_size = PS,
+                               .kv_memory = 32 * 4096, .max_sessions = 16, .kv_disk = 1 << 20,
+                               .kernel_threads = 1, .durable = ATTND_ENGINE_DURABLE_SYNC};
+    snprintf(cfg.kv_dir, sizeof cfg.kv_dir, "%s", ddir);
+    tu_rng r;
+    tu_rng_init(&r, "manifest versions");
+    attnd_engine *e = NULL;
+    attnd_error err;
+    sess x[2];
+    ck_assert_msg(attnd_engine_create(&cfg, &e, &err) == ATTND_OK, "%s", err.msg);
+    for (int i = 0; i < 2; i++)
+        sess_fill(e, &x[i], &r);
+    attnd_engine_destroy(e); /* a clean stop: a last checkpoint holds everything */
+    manifest_as(ddir, 1);
+    ck_assert_msg(attnd_engine_create(&cfg, &e, &err) == ATTND_OK, "%s", err.msg);
+    attnd_engine_stats st;
+    attnd_engine_get_stats(e, &st);
+    ck_assert_uint_eq(st.sessions_recovered, 2);
+    ck_assert_uint_eq(st.sessions_lost, 0);
+    for (int i = 0; i < 2; i++)
+        assert_exact(e, &x[i], &r);
+    attnd_engine_destroy(e);
+    manifest_as(ddir, 3);
+    ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_ERR_FAILED_PRECONDITION);
+    ck_assert_msg(strstr(err.msg, "version 3"), "%s", err.msg);
+    for (int i = 0; i < 2; i++)
+        sess_free(&x[i]);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", ddir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 /* A durable engine's idle expiry is in its log: after a crash (a child
  * process that ends without closing its engine, so no last checkpoint)
  * the expired session stays gone and the other one comes back. */
@@ -448,6 +542,7 @@ static Suite *tier_suite(void)
     tcase_add_test(tc, test_idle_expiry_gives_back_the_slots_below_memory_too);
     tcase_add_test(tc, test_a_durable_engine_keeps_each_sessions_owner_and_charges_across_a_crash);
     tcase_add_test(tc, test_a_session_expired_on_a_durable_engine_stays_gone_after_a_crash);
+    tcase_add_test(tc, test_a_version_1_manifest_is_recovered_and_a_newer_one_refused);
     suite_add_tcase(su, tc);
     return su;
 }
