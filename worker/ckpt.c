@@ -40,6 +40,7 @@
 #include "tier_int.h"
 
 
+/* Append n bytes of p (NULL: zeros) to the manifest being built. */
 static attnd_status man_put(attnd__dur *d, const void *p, size_t n, attnd_error *err)
 {
     if (d->man_len + n > d->man_cap) {
@@ -53,7 +54,10 @@ static attnd_status man_put(attnd__dur *d, const void *p, size_t n, attnd_error 
         d->man = m;
         d->man_cap = c;
     }
-    memcpy(d->man + d->man_len, p, n);
+    if (p)
+        memcpy(d->man + d->man_len, p, n);
+    else /* room, zeroed, for the caller to fill */
+        memset(d->man + d->man_len, 0, n);
     d->man_len += n;
     return ATTND_OK;
 }
@@ -157,7 +161,7 @@ static int ckpt_session(attnd__session *s, void *arg)
         (st = man_put(d, &zero, 4, c->err)))
         goto out;
     if (pol) { /* the policy, encoded in place */
-        if ((st = man_put(d, pad, (pol + 7) & ~7u, c->err)))
+        if ((st = man_put(d, NULL, (pol + 7) & ~7u, c->err)))
             goto out;
         attnd__sparse_encode(s, d->man + d->man_len - ((pol + 7) & ~7u));
     }
