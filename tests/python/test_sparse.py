@@ -8,7 +8,7 @@ the test sent (reference.Mirror), over exactly the tokens the policy says:
 topk-pages with k = all pages equals dense; streaming equals dense over the
 sink and window pages; given pages / tokens equal dense over exactly those
 (and the newest token's page); the pages one layer returns, given to the
-next, reproduce its output. Bad policies, tables and indices raise the
+next, reproduce its output (over gRPC and UCX). Bad policies, tables and indices raise the
 Error of their gRPC code naming the field.
 """
 
@@ -142,10 +142,16 @@ def test_given_tokens_equal_dense_over_exactly_those_tokens(client, rng):
         check_subset(seqs, layer, q, out, lse, lambda i: [want[i]] * sel.groups, tokens=True)
 
 
-def test_pages_returned_by_topk_and_given_back_reproduce_the_output(client, rng):
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("transport", ["grpc", "ucx"])
+def test_pages_returned_by_topk_and_given_back_reproduce_the_output(start_server, connect, rng,
+                                                                    model, transport):
     """TidalDecode: layer 0 selects (topk-pages, a quarter of the pages),
     layer 1 (given-pages) holds the same KV and gets the same query with
-    the pages layer 0 returned: the same output, the same pages."""
+    the pages layer 0 returned: the same output, the same pages (Attend
+    over gRPC, and over UCX, libattnd's other sparse path)."""
+    srv = start_server("--model", model, "--page-size", str(PS), "--ucx-listen", "auto")
+    client = connect(srv.target, transport=transport)
     m = client.model
     table = [attnd.PolicyRule(1, m.n_layers, attnd.Policy.given_pages())]
     seqs = Seqs(client, 2, rng, policy="topk-pages,fraction=0.25,sink=16", policy_table=table)
