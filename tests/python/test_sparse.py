@@ -19,7 +19,7 @@ import pytest
 
 import attnd
 from helpers import Seqs, rand
-from reference import BOUND, LSE_BOUND, Mirror, check_step, max_row_err, subset_ref, wire_value
+from reference import BOUND, LSE_BOUND, check_step, max_row_err, subset_ref, wire_value
 
 PS = 16
 MODELS = ["tiny-gqa", "tiny-mla"]

@@ -8,7 +8,7 @@ function of client/lib/include/attnd/client.h is reachable from here:
 | ----------------------------------- | ------------------------------------ |
 | attnd_client_connect / _destroy     | Client(target, ...), close(), with   |
 | attnd_client_create_session         | Client.create_session / session      |
-| attnd_client_create_session_policy  | create_session(policy=, policy_table=)|
+| attnd_client_create_session_policy  | create_session(policy=, ...)         |
 | attnd_client_close_session          | Session.close, with                  |
 | attnd_client_append_kv              | Client.append_kv, Session.append_kv  |
 | attnd_client_attend                 | Client.attend                        |
@@ -45,7 +45,7 @@ from .errors import Error, make_error
 from .tensors import DType, as_wire
 from ._request import QForm, Request, SessionLike
 from .calls import Call, Stream
-from .sparse import Policy, PolicyLike, PolicyRule, SparseRequest, fill_policy, rules_array
+from .sparse import PolicyLike, PolicyRule, SparseRequest, session_policy
 
 
 class Transport(enum.IntEnum):
@@ -367,17 +367,11 @@ class Client:
                     self._h, (model or "").encode(), int(max_tokens), ctypes.byref(sid),
                     ctypes.byref(m), ctypes.byref(err))
         else:
-            pol = None
-            if policy is not None:
-                pol = _lib.SparsePolicy()
-                fill_policy(pol, policy, "policy")
-            rules, n_rules = rules_array(policy_table)
+            pol, rules, n_rules = session_policy(policy, policy_table)
             with self._guard:
                 st = self._L.attnd_client_create_session_policy(
-                    self._h, (model or "").encode(), int(max_tokens),
-                    ctypes.byref(pol) if pol is not None else None,
-                    rules if n_rules else None, n_rules, ctypes.byref(sid), ctypes.byref(m),
-                    ctypes.byref(err))
+                    self._h, (model or "").encode(), int(max_tokens), pol, rules, n_rules,
+                    ctypes.byref(sid), ctypes.byref(m), ctypes.byref(err))
         _check(st, err)
         info = ModelInfo._from_c(m)
         self._model = info
@@ -485,16 +479,11 @@ class Client:
         [.., Hq, d_v], the worker applying the W_UK and W_UV loaded for the
         layer (else FAILED_PRECONDITION naming q_form).
 
-        Sparse sessions (create_session(policy=...)): given, the pages
-        (given-pages layers) or token positions (given-tokens) each session
-        attends, of the layer after the append: an attnd.Selection (what
-        return_pages gave, TidalDecode's reuse), or per session a list of
-        indices (every head) or a list of lists (one per KV head, GQA);
-        strictly ascending, or InvalidArgumentError naming given_idx.
-        return_pages: also return what each (session, group) attended, an
-        attnd.Selection, last in the result. Its buffers are sized from
-        positions (lists cannot outgrow the layer), else chosen_capacity
-        (entries of all lists) must be given.
+        Sparse sessions (attnd.sparse): given, the pages or tokens each
+        session attends on a given-pages / given-tokens layer (an
+        attnd.Selection, or per session a list, or a list per KV head);
+        return_pages: also return what was attended, an attnd.Selection
+        sized from positions, else from chosen_capacity (entries).
 
         Returns out ([n, (S,) Hq, d_v], numpy or torch like q), or
         (out, lse) with return_lse (lse float32 [n, (S,) Hq], natural log),

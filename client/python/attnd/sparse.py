@@ -175,6 +175,19 @@ def rules_array(table: Optional[Sequence[Union[PolicyRule, tuple]]]) -> Tuple[An
     return arr, len(rules)
 
 
+def session_policy(policy: Optional[PolicyLike],
+                   table: Optional[Sequence[Union[PolicyRule, tuple]]]) -> Tuple[Any, Any, int]:
+    """(policy, rules, n_rules) as attnd_client_create_session_policy takes
+    them: a pointer to an attnd_sparse_policy or None, the rules array or
+    None, their count."""
+    pol = None
+    if policy is not None:
+        pol = _lib.SparsePolicy()
+        fill_policy(pol, policy, "policy")
+    rules, n = rules_array(table)
+    return (ctypes.pointer(pol) if pol is not None else None), (rules if n else None), n
+
+
 class Selection:
     """Index lists per (session, group): ``groups`` lists per session, list
     k = i * groups + g is ``idx[indptr[k]:indptr[k + 1]]`` (numpy uint32
