@@ -84,6 +84,33 @@ def test_topk_pages_with_k_all_pages_equals_dense_and_returns_every_page(client,
         for i in range(2):
             for g in range(sel.groups):
                 np.testing.assert_array_equal(sel.list(i, g), np.arange(n_pages(sparse, i, layer)))
+    # three query tokens at once (causal among themselves): still dense
+    q, kv = sparse.make_q(2, S=3), sparse.make_kv(2, S=3)
+    pos = [sparse.mirror.length(sid, 0) for sid in sparse.ids]
+    out, lse, sel = client.attend(0, sparse.sessions, q, new_kv=kv, positions=pos,
+                                  return_lse=True, return_pages=True)
+    sparse.record(range(2), 0, kv, S=3)
+    check_step(sparse.mirror, sparse.ids, 0, q, out, lse)
+    np.testing.assert_array_equal(sel.list(1, sel.groups - 1), np.arange(n_pages(sparse, 1, 0)))
+
+
+def test_a_policy_table_row_for_one_kv_head_applies_to_that_head_only(start_server, connect, rng):
+    c = connect(start_server("--model", "tiny-gqa", "--page-size", str(PS)).target)
+    sink, window = PS, 64
+    head0 = attnd.PolicyRule(0, c.model.n_layers, attnd.Policy.streaming(window, sink), 0, 1)
+    seqs = Seqs(c, 2, rng, policy=attnd.Policy.full(), policy_table=[head0])
+    seqs.prefill(200)
+    for layer in range(c.model.n_layers):
+        q, out, lse, sel = decode(seqs, layer, return_pages=True)
+        assert sel.groups == c.model.n_kv_heads == 2
+        want = []
+        for i in range(2):
+            L = seqs.mirror.length(seqs.ids[i], layer)
+            np_ = -(-L // PS)
+            want.append([np.r_[0, (L - window) // PS:np_], np.arange(np_)])
+            for g in range(2):
+                np.testing.assert_array_equal(sel.list(i, g), want[i][g])
+        check_subset(seqs, layer, q, out, lse, lambda i: want[i])
 
 
 def test_streaming_equals_dense_over_the_sink_and_window_pages(client, rng):
