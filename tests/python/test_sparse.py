@@ -32,12 +32,13 @@ def client(request, start_server, connect):
 
 def decode(seqs: Seqs, layer: int, **kw):
     """One Attend of every session (fresh q, one new entry each, positions
-    given), recorded in the mirror: (q, out, lse, selection or None)."""
+    given; sessions=: them otherwise named), recorded in the mirror: (q,
+    out, lse, selection or None)."""
     n = len(seqs.sessions)
     q, kv = seqs.make_q(n), seqs.make_kv(n)
     pos = [seqs.mirror.length(sid, layer) for sid in seqs.ids]
-    res = seqs.c.attend(layer, seqs.sessions, q, new_kv=kv, positions=pos, return_lse=True,
-                        **kw)
+    sessions = kw.pop("sessions", None) or seqs.sessions
+    res = seqs.c.attend(layer, sessions, q, new_kv=kv, positions=pos, return_lse=True, **kw)
     seqs.record(range(n), layer, kv)
     return (q, *res, None) if len(res) == 2 else (q, *res)
 
@@ -161,7 +162,9 @@ def test_given_tokens_equal_dense_over_exactly_those_tokens(client, rng):
     for layer in range(m.n_layers):
         L = seqs.mirror.length(seqs.ids[0], layer) + 1
         given = np.stack([np.sort(rng.choice(L - 1, size=40, replace=False)) for _ in range(2)])
-        q, out, lse, sel = decode(seqs, layer, given=given, return_pages=True)  # [n, k] array
+        # [n, k] array; on layer 1 the sessions by id (their policy unknown to the binding)
+        q, out, lse, sel = decode(seqs, layer, given=given, return_pages=True,
+                                  sessions=seqs.ids if layer == 1 else None)
         assert sel.tokens
         want = [np.append(g, L - 1) for g in given]  # and the newest token
         for i in range(2):

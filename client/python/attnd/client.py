@@ -45,7 +45,7 @@ from .errors import Error, make_error
 from .tensors import DType, as_wire
 from ._request import QForm, Request, SessionLike
 from .calls import Call, Stream
-from .sparse import PolicyLike, PolicyRule, SparseRequest, session_policy
+from .sparse import PolicyLike, PolicyRule, SessionPolicy, SparseRequest, session_policy
 
 
 class Transport(enum.IntEnum):
@@ -361,13 +361,14 @@ class Client:
         sid = _lib.SessionId()
         m = _lib.ModelInfo()
         err = _lib.Error()
+        sp = SessionPolicy.of(policy, policy_table)
         if policy is None and not policy_table:
             with self._guard:
                 st = self._L.attnd_client_create_session(
                     self._h, (model or "").encode(), int(max_tokens), ctypes.byref(sid),
                     ctypes.byref(m), ctypes.byref(err))
         else:
-            pol, rules, n_rules = session_policy(policy, policy_table)
+            pol, rules, n_rules = session_policy(sp)
             with self._guard:
                 st = self._L.attnd_client_create_session_policy(
                     self._h, (model or "").encode(), int(max_tokens), pol, rules, n_rules,
@@ -375,7 +376,7 @@ class Client:
         _check(st, err)
         info = ModelInfo._from_c(m)
         self._model = info
-        return Session(self, bytes(sid.bytes), info)
+        return Session(self, bytes(sid.bytes), info, sp)
 
     def session(self, max_tokens: int = 0, model: Optional[str] = None, *,
                 policy: Optional[PolicyLike] = None,
@@ -500,8 +501,9 @@ class Client:
             _check(st, err)
             return req.results()
         shape = getattr(q, "shape", ())
-        sp = SparseRequest(self.model, req.args.n_seqs, int(shape[1]) if len(shape) == 4 else 1,
-                           given, return_pages, positions, new_kv is not None, chosen_capacity)
+        sp = SparseRequest(self.model, layer, sessions, req.args.n_seqs,
+                           int(shape[1]) if len(shape) == 4 else 1, given, return_pages,
+                           positions, new_kv is not None, chosen_capacity)
         with self._guard:
             st = self._L.attnd_client_attend_sparse(self._h, ctypes.byref(req.args),
                                                     ctypes.byref(sp.args), ctypes.byref(err))
@@ -570,13 +572,16 @@ class Client:
 
 class Session:
     """One sequence's KV on the worker (all layers). ``id`` is the opaque
-    16-byte session id; ``model`` what CreateSession reported. Close it with
-    close() or by leaving a ``with`` block (also on an exception)."""
+    16-byte session id; ``model`` what CreateSession reported;
+    ``sparse_policy`` the policy and table it was created with. Close it
+    with close() or by leaving a ``with`` block (also on an exception)."""
 
-    def __init__(self, client: Client, sid: bytes, model: ModelInfo):
+    def __init__(self, client: Client, sid: bytes, model: ModelInfo,
+                 sparse_policy: Optional[SessionPolicy] = None):
         self.client = client
         self.id = sid
         self.model = model
+        self.sparse_policy = sparse_policy or SessionPolicy()
         self.closed = False
 
     def close(self) -> None:

@@ -22,8 +22,12 @@ lists or integer arrays (``as_selection``).
 ``SparseRequest`` is the attnd_sparse_args of one call and the buffers it
 points at. The chosen lists are written into buffers sized before the call:
 from ``positions`` (each session's layer holds positions[i] + S tokens after
-the append, so no list can be longer), or from ``chosen_capacity`` (entries
-of all lists together); the reply is copied out at its real size.
+the append, so no list holds more pages than that makes, or more tokens
+when a given-tokens layer may be in the batch: a session's policy says so,
+or a session named by id alone, whose policy is not known here), or from
+``chosen_capacity`` (entries of all lists together). The buffers are the
+calling thread's, kept and grown across calls (the sparse Attend is
+synchronous), and the reply is copied out of them at its real size.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import enum
+import threading
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -175,17 +180,65 @@ def rules_array(table: Optional[Sequence[Union[PolicyRule, tuple]]]) -> Tuple[An
     return arr, len(rules)
 
 
-def session_policy(policy: Optional[PolicyLike],
-                   table: Optional[Sequence[Union[PolicyRule, tuple]]]) -> Tuple[Any, Any, int]:
+@dataclasses.dataclass(frozen=True)
+class SessionPolicy:
+    """What a session was created with: its default policy (None: full)
+    and its policy table (PolicyRule rows)."""
+    policy: Optional[PolicyLike] = None
+    table: Tuple[PolicyRule, ...] = ()
+
+    @classmethod
+    def of(cls, policy: Optional[PolicyLike],
+           table: Optional[Sequence[Union[PolicyRule, tuple]]]) -> "SessionPolicy":
+        return cls(policy, tuple(r if isinstance(r, PolicyRule) else PolicyRule(*r)
+                                 for r in (table or ())))
+
+    def may_give_tokens(self, layer: int) -> bool:
+        """Whether some head of `layer` may be given-tokens (then an Attend
+        reports token lists, not pages)."""
+        pols = [self.policy] + [r.policy for r in self.table
+                                if int(r.layer_begin) <= layer < int(r.layer_end)]
+        return any(p is not None and as_policy(p).kind == PolicyKind.GIVEN_TOKENS for p in pols)
+
+
+def session_policy(sp: SessionPolicy) -> Tuple[Any, Any, int]:
     """(policy, rules, n_rules) as attnd_client_create_session_policy takes
     them: a pointer to an attnd_sparse_policy or None, the rules array or
     None, their count."""
     pol = None
-    if policy is not None:
+    if sp.policy is not None:
         pol = _lib.SparsePolicy()
-        fill_policy(pol, policy, "policy")
-    rules, n = rules_array(table)
+        fill_policy(pol, sp.policy, "policy")
+    rules, n = rules_array(sp.table)
     return (ctypes.pointer(pol) if pol is not None else None), (rules if n else None), n
+
+
+def _reports_tokens(sessions: Any, layer: int) -> bool:
+    """Whether an Attend of `layer` over `sessions` may report token lists:
+    some session's policy has given-tokens there, or a session given by id
+    alone (its policy unknown here)."""
+    if isinstance(sessions, (bytes, bytearray)) or hasattr(sessions, "id"):
+        sessions = [sessions]
+    for s in sessions:
+        sp = getattr(s, "sparse_policy", None)
+        if sp is None or sp.may_give_tokens(layer):
+            return True
+    return False
+
+
+_scratch = threading.local()
+
+
+def _chosen_buffers(n_ip: int, n_ch: int) -> Tuple[np.ndarray, np.ndarray]:
+    """This thread's buffers for the chosen lists, grown to at least these
+    sizes (a sparse Attend is synchronous: one call per thread at a time;
+    results are copied out of them)."""
+    ip, ch = getattr(_scratch, "ip", None), getattr(_scratch, "ch", None)
+    if ip is None or len(ip) < n_ip:
+        ip = _scratch.ip = np.empty(max(n_ip, 2 * (0 if ip is None else len(ip))), np.uint32)
+    if ch is None or len(ch) < n_ch:
+        ch = _scratch.ch = np.empty(max(n_ch, 2 * (0 if ch is None else len(ch))), np.uint64)
+    return ip, ch
 
 
 class Selection:
@@ -283,9 +336,9 @@ class SparseRequest:
 
     __slots__ = ("args", "_keep", "_ip", "_ch")
 
-    def __init__(self, model: Any, n_seqs: int, q_tokens: int, given: Any, return_pages: bool,
-                 positions: Optional[Sequence[int]], appends: bool,
-                 chosen_capacity: Optional[int]):
+    def __init__(self, model: Any, layer: int, sessions: Any, n_seqs: int, q_tokens: int,
+                 given: Any, return_pages: bool, positions: Optional[Sequence[int]],
+                 appends: bool, chosen_capacity: Optional[int]):
         s = _lib.SparseArgs()
         keep: list = []
         if given is not None:
@@ -303,18 +356,19 @@ class SparseRequest:
                 if cap < 0:
                     raise ValueError(f"chosen_capacity: expected >= 0, got {cap}")
             elif positions is not None:
-                # a list holds at most every token of its layer after the append
+                # a list holds at most every page (token, in a token list)
+                # of its layer after the append
                 add = q_tokens if appends else 0
-                cap = groups * sum(int(p) + add for p in positions)
+                ps = 1 if _reports_tokens(sessions, int(layer)) else max(int(model.page_size), 1)
+                cap = groups * sum(-(-(int(p) + add) // ps) for p in positions)
             else:
                 raise ValueError("chosen_capacity: return_pages needs positions= (each "
                                  "session's length bounds its lists) or chosen_capacity= "
                                  "(entries of all lists together)")
-            self._ip = np.empty(n_seqs * groups + 1, np.uint32)
-            self._ch = np.empty(max(cap, 1), np.uint64)
+            self._ip, self._ch = _chosen_buffers(n_seqs * groups + 1, max(cap, 1))
             s.return_pages = 1
             s.chosen_indptr = self._ip.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
-            s.chosen_indptr_capacity = len(self._ip)
+            s.chosen_indptr_capacity = n_seqs * groups + 1
             s.chosen = self._ch.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64))
             s.chosen_capacity = cap
         self.args = s
