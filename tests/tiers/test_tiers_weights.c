@@ -62,6 +62,15 @@ static void load_and_crash(cu_seqs *s, cu_wset w[2], attnd_refcheck_result *res)
     tt_kill9();
 }
 
+static void finish(cu_seqs *s, cu_wset w[2])
+{
+    cu_wset_free(&w[0]);
+    cu_wset_free(&w[1]);
+    attnd_client *c = s->c;
+    cu_seqs_close(s);
+    attnd_client_destroy(c);
+}
+
 START_TEST(test_matrices_loaded_before_a_crash_serve_after_the_restart)
 {
     cu_seqs s;
@@ -78,11 +87,7 @@ START_TEST(test_matrices_loaded_before_a_crash_serve_after_the_restart)
             (unsigned long long)res.rows, res.max_err, res.max_lse_err);
     ck_assert_msg(res.max_err <= cu_bound(ATTND_DTYPE_F32), "rel err %g", res.max_err);
     ck_assert_msg(res.max_lse_err <= CU_LSE_BOUND, "lse err %g", res.max_lse_err);
-    cu_wset_free(&w[0]);
-    cu_wset_free(&w[1]);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    finish(&s, w);
 }
 END_TEST
 
@@ -114,11 +119,7 @@ START_TEST(test_a_matrix_changed_on_disk_is_not_served)
     cu_hstep_free(&h);
     step(&s, &w[0], 1, &res); /* the intact layer serves, exactly */
     ck_assert_msg(res.max_err <= cu_bound(ATTND_DTYPE_F32), "rel err %g", res.max_err);
-    cu_wset_free(&w[0]);
-    cu_wset_free(&w[1]);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    finish(&s, w);
 }
 END_TEST
 
