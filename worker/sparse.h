@@ -110,6 +110,27 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
 attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
                                       const attnd_kernel_decode_batch *b, const attnd__gpu_proj *proj,
                                       attnd_error *err);
+/* The check above against any view of the batch (a worker group's leader
+ * checks with the group's policies and global lengths, so that no rank
+ * refuses what another has applied): n_heads policies per session's layer
+ * (GQA: KV heads, MLA: 1), kind(ctx, i, h) the policy of session i's
+ * layer for head h, len(ctx, i) its tokens before the append. The
+ * messages are the engine's. */
+typedef struct attnd__given_view {
+    uint32_t n_heads;
+    int32_t page_size;
+    attnd_policy_kind (*kind)(const void *ctx, uint32_t i, uint32_t h);
+    uint64_t (*len)(const void *ctx, uint32_t i);
+    const void *ctx;
+} attnd__given_view;
+attnd_status attnd__sparse_check_given(const attnd_attend_req *req, const attnd__given_view *v,
+                                       attnd_error *err);
+/* Room in ws's sparse scratch (made if needed, kept until cleanup) for a
+ * worker group leader's merged chosen lists: lists + 1 offsets and
+ * `entries` entries, which ws->chosen_indptr / chosen then point at.
+ * RESOURCE_EXHAUSTED naming return_pages. */
+attnd_status attnd__sparse_chosen_room(attnd_engine_ws *ws, size_t lists, size_t entries,
+                                       int32_t **indptr_p, int64_t **chosen_p, attnd_error *err);
 /* Free the workspace's sparse scratch. */
 void attnd__sparse_ws_free(struct attnd__sparse_ws *w);
 
