@@ -17,7 +17,7 @@
 #include "group_testutil.h"
 
 #define B 2
-#define L_MAX 3
+#define L_MAX 4
 #define CAP 2048
 
 typedef struct fx {
@@ -240,9 +240,9 @@ static float *random_q(fx *f, int S)
 /* Given lists on every layer of kind `kind` through a group of n ranks
  * sharded by `shard`: per session and per KV head, with and without new
  * KV, one and three query tokens, every rank leading. */
-static void given_equals_f64(const char *shard, int n, int kind)
+static void given_equals_f64(const char *model, const char *shard, int n, int kind)
 {
-    const char *flags[] = {"--model", "tiny-gqa", "--kv-dtype", "f32", "--page-size", "8",
+    const char *flags[] = {"--model", model, "--kv-dtype", "f32", "--page-size", "8",
                            "--threads", "2", "--kernel-threads", "1", "--shard", shard, NULL};
     attnd_sparse_policy pol = {.kind = kind};
     const int tokens = kind == ATTND_SPARSE_GIVEN_TOKENS;
@@ -279,25 +279,113 @@ static void given_equals_f64(const char *shard, int n, int kind)
 
 START_TEST(test_given_pages_on_sequence_sharded_ranks_equal_f64_attention_over_those_pages)
 {
-    given_equals_f64("sequence", 3, ATTND_SPARSE_GIVEN_PAGES);
+    given_equals_f64("tiny-gqa", "sequence", 3, ATTND_SPARSE_GIVEN_PAGES);
 }
 END_TEST
 
 START_TEST(test_given_pages_on_head_sharded_ranks_equal_f64_attention_over_those_pages)
 {
-    given_equals_f64("head", 2, ATTND_SPARSE_GIVEN_PAGES);
+    given_equals_f64("tiny-gqa", "head", 2, ATTND_SPARSE_GIVEN_PAGES);
 }
 END_TEST
 
 START_TEST(test_given_tokens_on_sequence_sharded_ranks_equal_f64_attention_over_those_tokens)
 {
-    given_equals_f64("sequence", 3, ATTND_SPARSE_GIVEN_TOKENS);
+    given_equals_f64("tiny-gqa", "sequence", 3, ATTND_SPARSE_GIVEN_TOKENS);
 }
 END_TEST
 
 START_TEST(test_given_tokens_on_head_sharded_ranks_equal_f64_attention_over_those_tokens)
 {
-    given_equals_f64("head", 2, ATTND_SPARSE_GIVEN_TOKENS);
+    given_equals_f64("tiny-gqa", "head", 2, ATTND_SPARSE_GIVEN_TOKENS);
+}
+END_TEST
+
+/* Ranks of several KV heads each: the per-head lists split among them. */
+START_TEST(test_given_pages_on_head_sharded_ranks_of_two_kv_heads_equal_f64_attention)
+{
+    given_equals_f64("tiny-gqa6", "head", 3, ATTND_SPARSE_GIVEN_PAGES);
+}
+END_TEST
+
+/* Any sharding, MLA too (latent mode is TPLA's approximation, so no
+ * float64 reference): a given-pages Attend equals the same group's dense
+ * Attend of a session holding just the tokens of those pages and of the
+ * newest page, in order (attention does not depend on where a token sits),
+ * and return_pages reports exactly those pages, one list per session. */
+static void given_equals_compact(const char *model, const char *shard, int n)
+{
+    const char *flags[] = {"--model", model, "--kv-dtype", "f32", "--page-size", "8",
+                           "--threads", "2", "--kernel-threads", "1", "--shard", shard, NULL};
+    attnd_sparse_policy pol = {.kind = ATTND_SPARSE_GIVEN_PAGES};
+    fx f;
+    attnd_error err;
+    attnd_session_id cid[B];
+    fx_open(&f, n, flags, &pol, NULL, 0);
+    fx_prefill(&f, 157, 0);
+    const uint32_t e = f.m.kv_token_elems;
+    const size_t rows = (size_t)B * f.m.n_q_heads;
+    float *o = malloc(sizeof(float) * rows * f.m.d_v), *oc = malloc(sizeof(float) * rows * f.m.d_v);
+    float *kv = malloc(sizeof(float) * CAP * e);
+    int64_t *tok = malloc(sizeof(int64_t) * CAP);
+    uint32_t indptr[B + 1], ip[B + 1];
+    uint64_t idx[B * 32], ch[B * 32];
+    for (int k = 0; k < 3; k++) {
+        random_lists(&f, 0, 1, 0, indptr, idx, 0);
+        for (int i = 0; i < B; i++) { /* the compact sessions: just those tokens */
+            ck_assert_msg(attnd_client_create_session(f.g.c[0], "", CAP, &cid[i], NULL, &err) ==
+                              ATTND_OK, "%s", err.msg);
+            int64_t nt = attended(&f, i, 0, 1, 0, idx + indptr[i], indptr[i + 1] - indptr[i], tok);
+            for (int64_t j = 0; j < nt; j++)
+                memcpy(kv + j * e, f.kv[i][0] + tok[j] * e, sizeof(float) * e);
+            attnd_kv_chunk c = {.session = cid[i], .layer = 0, .start = 0, .n_tokens = (uint32_t)nt,
+                                .kv_token_elems = e, .dtype = ATTND_DTYPE_F32, .data = kv};
+            ck_assert_msg(attnd_client_append_kv(f.g.c[1 % n], &c, 1, NULL, &err) == ATTND_OK,
+                          "%s", err.msg);
+        }
+        float *q = random_q(&f, 1);
+        attnd_sparse_args sp = {.given_groups = 1, .given_indptr = indptr, .given_idx = idx,
+                                .n_given_idx = indptr[B], .return_pages = 1, .chosen_indptr = ip,
+                                .chosen_indptr_capacity = B + 1, .chosen = ch,
+                                .chosen_capacity = B * 32};
+        ck_assert_msg(fx_attend(&f, 0, 1, 0, k % n, q, &sp, o, &err) == ATTND_OK, "%s", err.msg);
+        attnd_attend_args a = {.layer = 0, .n_seqs = B, .sessions = cid,
+                               .q = {ATTND_DTYPE_F32, 4, {B, 1, f.m.n_q_heads, f.m.d_k}, q},
+                               .out = oc, .out_capacity = sizeof(float) * rows * f.m.d_v};
+        ck_assert_msg(attnd_client_attend(f.g.c[(k + 1) % n], &a, &err) == ATTND_OK, "%s",
+                      err.msg);
+        double d = gt_max_row_err(o, oc, rows, f.m.d_v);
+        ck_assert_msg(d <= 1e-5, "given pages vs a session of just their tokens: %g", d);
+        ck_assert_uint_eq(sp.chosen_groups, 1);
+        ck_assert_uint_eq(sp.n_chosen_lists, B);
+        const uint64_t np = (f.len[0][0] + f.m.page_size - 1) / f.m.page_size;
+        for (int i = 0; i < B; i++) { /* the pages given, and the newest */
+            uint32_t j = ip[i], g = indptr[i];
+            for (; g < indptr[i + 1] && idx[g] < np - 1; g++, j++)
+                ck_assert_uint_eq(ch[j], idx[g]);
+            ck_assert_uint_eq(ch[j], np - 1);
+            ck_assert_uint_eq(j + 1, ip[i + 1]);
+        }
+        for (int i = 0; i < B; i++)
+            ck_assert_int_eq(attnd_client_close_session(f.g.c[0], &cid[i], &err), ATTND_OK);
+        free(q);
+    }
+    free(o);
+    free(oc);
+    free(kv);
+    free(tok);
+    fx_close(&f);
+}
+
+START_TEST(test_given_pages_on_latent_sharded_mla_ranks_equal_a_session_of_just_those_tokens)
+{
+    given_equals_compact("tiny-mla", "latent", 2);
+}
+END_TEST
+
+START_TEST(test_given_pages_on_sequence_sharded_mla_ranks_equal_a_session_of_just_those_tokens)
+{
+    given_equals_compact("tiny-mla", "sequence", 3);
 }
 END_TEST
 
@@ -488,6 +576,9 @@ static Suite *suite(void)
     tcase_add_test(tc, test_given_pages_on_head_sharded_ranks_equal_f64_attention_over_those_pages);
     tcase_add_test(tc, test_given_tokens_on_sequence_sharded_ranks_equal_f64_attention_over_those_tokens);
     tcase_add_test(tc, test_given_tokens_on_head_sharded_ranks_equal_f64_attention_over_those_tokens);
+    tcase_add_test(tc, test_given_pages_on_head_sharded_ranks_of_two_kv_heads_equal_f64_attention);
+    tcase_add_test(tc, test_given_pages_on_latent_sharded_mla_ranks_equal_a_session_of_just_those_tokens);
+    tcase_add_test(tc, test_given_pages_on_sequence_sharded_mla_ranks_equal_a_session_of_just_those_tokens);
     tcase_add_test(tc, test_pages_a_sequence_sharded_topk_layer_returns_given_back_reproduce_its_output);
     tcase_add_test(tc, test_pages_a_head_sharded_topk_layer_returns_given_back_reproduce_its_output);
     tcase_add_test(tc, test_bad_given_indices_on_a_group_are_invalid_argument_and_it_keeps_serving);
