@@ -15,7 +15,8 @@
  * group_scatter.c (scatter, and the leader's own part as views of the
  * request), group_attend.c (the call: run-local, wait, timing),
  * group_combine.c (combine); group_weights.c (each rank's part of W_UK
- * and W_UV, which its engine holds and applies).
+ * and W_UV, which its engine holds and applies); group_sparse.c (sparse
+ * policies per rank), group_given.c (given indices and return_pages).
  *
  * Wire: rank-to-rank messages are UCX active messages, each rank sending
  * on its own endpoint to the peer: requests on AM id ATTND__GAM_REQ,
@@ -73,7 +74,8 @@ typedef struct attnd__ghdr {
     uint32_t q_dtype;
     uint32_t kv_dtype; /* ATTEND: 0 without new KV */
     uint64_t a, b;
-    uint64_t stream;   /* APPEND, COMMIT, ABORT: the AppendKV stream's id */
+    uint64_t stream;   /* APPEND, COMMIT, ABORT: the AppendKV stream's id;
+                          ATTEND: ATTND__GATT_* flags */
     uint64_t token;    /* the receiver's token (group_rdv.c): others are dropped */
 } attnd__ghdr;
 

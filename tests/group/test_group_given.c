@@ -110,6 +110,22 @@ static int64_t attended(const fx *f, int i, uint32_t l, int S, int tokens, const
     return n;
 }
 
+/* What a lone worker reports for that list: the pages (or tokens)
+ * attended, ascending. */
+static int64_t reported(const fx *f, int i, uint32_t l, int S, int tokens, const uint64_t *v,
+                        uint32_t nv, uint64_t *out)
+{
+    const int64_t P = f->m.page_size, L = (int64_t)f->len[i][l];
+    const int64_t newest = L < S ? L : S;
+    const int64_t cut = tokens ? L - newest : (L - newest) / P, end = tokens ? L : (L + P - 1) / P;
+    int64_t n = 0;
+    for (uint32_t j = 0; j < nv && (int64_t)v[j] < cut; j++)
+        out[n++] = v[j];
+    for (int64_t x = cut; x < end; x++)
+        out[n++] = (uint64_t)x;
+    return n;
+}
+
 /* Float64 attention of query row q (head h of session i, layer l) over
  * tokens tok[0..n) below `upto`; its relative error against got. */
 static double ref_err(const fx *f, int i, uint32_t l, uint32_t h, const float *q,
@@ -239,7 +255,8 @@ static float *random_q(fx *f, int S)
 
 /* Given lists on every layer of kind `kind` through a group of n ranks
  * sharded by `shard`: per session and per KV head, with and without new
- * KV, one and three query tokens, every rank leading. */
+ * KV, one and three query tokens, every rank leading; each call also
+ * reports what it attended, as a lone worker would. */
 static void given_equals_f64(const char *model, const char *shard, int n, int kind)
 {
     const char *flags[] = {"--model", model, "--kv-dtype", "f32", "--page-size", "8",
@@ -250,8 +267,9 @@ static void given_equals_f64(const char *model, const char *shard, int n, int ki
     attnd_error err;
     fx_open(&f, n, flags, &pol, NULL, 0);
     fx_prefill(&f, 203, 0);
-    uint32_t indptr[B * 8 + 1];
+    uint32_t indptr[B * 8 + 1], cip[B * 8 + 1];
     uint64_t *idx = malloc(sizeof(uint64_t) * B * 8 * CAP);
+    uint64_t *ch = malloc(sizeof(uint64_t) * B * 8 * CAP), *want = malloc(sizeof(uint64_t) * CAP);
     float *out = malloc(sizeof(float) * B * 3 * f.m.n_q_heads * f.m.d_v);
     double worst = 0;
     int calls = 0;
@@ -262,16 +280,29 @@ static void given_equals_f64(const char *model, const char *shard, int n, int ki
             uint32_t ni = random_lists(&f, l, gg, tokens, indptr, idx, new_kv ? S : 0);
             float *q = random_q(&f, S);
             attnd_sparse_args sp = {.given_groups = gg, .given_indptr = indptr, .given_idx = idx,
-                                    .n_given_idx = ni};
+                                    .n_given_idx = ni, .return_pages = 1, .chosen_indptr = cip,
+                                    .chosen_indptr_capacity = B * 8 + 1, .chosen = ch,
+                                    .chosen_capacity = B * 8 * CAP};
             ck_assert_msg(fx_attend(&f, l, S, new_kv, (k + (int)l) % n, q, &sp, out, &err) ==
                               ATTND_OK, "%s", err.msg);
             double e = check_out(&f, l, S, q, out, gg, indptr, idx, tokens);
             worst = e > worst ? e : worst;
+            /* what it reports: the lone worker's lists, in global numbering */
+            ck_assert_uint_eq(sp.chosen_groups, gg);
+            ck_assert_int_eq(sp.chosen_tokens, tokens);
+            for (uint32_t li = 0; li < B * gg; li++) {
+                int64_t m = reported(&f, (int)(li / gg), l, S, tokens, idx + indptr[li],
+                                     indptr[li + 1] - indptr[li], want);
+                ck_assert_int_eq(cip[li + 1] - cip[li], m);
+                ck_assert_int_eq(memcmp(ch + cip[li], want, sizeof(uint64_t) * (size_t)m), 0);
+            }
             calls++;
             free(q);
         }
     ck_assert_int_eq(calls, 8 * (int)f.m.n_layers);
     ck_assert_msg(worst <= 1e-5, "max relative error %g against float64", worst);
+    free(ch);
+    free(want);
     free(idx);
     free(out);
     fx_close(&f);
