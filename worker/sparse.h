@@ -5,7 +5,8 @@
  * head, reservations), sparse_kv.c (key bounds kept on append, streaming
  * eviction, freeing a layer's pages around the holes eviction leaves),
  * sparse_attend.c (an Attend's page lists under the policies: selection,
- * given indices, token lists, what was attended).
+ * given indices, token lists, what was attended), sparse_given.c (checking
+ * given indices, for an engine and for a group's leader).
  *
  * A layer whose every head streams loses its middle pages for good: its
  * page table keeps logical numbering (page j holds tokens [j * ps, (j+1) *
@@ -82,6 +83,31 @@ attnd_status attnd__sparse_bounds_in(attnd_engine *e, const attnd__session *s, i
  * (session_free). */
 void attnd__sparse_free_layer(attnd_kv_pool *pool, attnd__session *s, int32_t layer,
                               int32_t n);
+
+/* The policy head h of session s has in layer l (dense sessions: full). */
+static inline attnd_policy attnd__sparse_policy_of(const attnd__session *s, int32_t l, int32_t h)
+{
+    attnd_policy full = {.kind = ATTND_POLICY_FULL};
+    if (!s->sparse)
+        return full;
+    return s->sparse->pol[(size_t)l * s->sparse->n_heads + (s->sparse->n_heads > 1 ? h : 0)];
+}
+
+/* The given list of (session i, group g) of req: *p, *n entries from
+ * given_idx[*at]; an empty one when the request gives none. */
+static inline void attnd__sparse_given_list(const attnd_attend_req *req, uint32_t i, int32_t g,
+                                            const uint64_t **p, uint32_t *n, uint32_t *at)
+{
+    *p = NULL;
+    *n = 0;
+    *at = 0;
+    if (!req->given_groups)
+        return;
+    uint32_t k = i * req->given_groups + (req->given_groups > 1 ? (uint32_t)g : 0);
+    *at = req->given_indptr[k];
+    *n = req->given_indptr[k + 1] - req->given_indptr[k];
+    *p = req->given_idx + *at;
+}
 
 /* Does this Attend need the sparse path (some session's layer is not
  * dense, or the request carries given indices or wants pages)? */
