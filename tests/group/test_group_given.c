@@ -10,6 +10,7 @@
  * processes on loopback; tiny-gqa with float32 KV, random data per run. */
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -46,7 +47,10 @@ static void fx_open(fx *f, int n, const char *const *flags, const attnd_sparse_p
 {
     attnd_error err;
     memset(f, 0, sizeof *f);
-    f->rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
+    /* fresh data per run; ATTND_TEST_SEED replays one */
+    const char *seed = getenv("ATTND_TEST_SEED");
+    f->rng = seed ? strtoull(seed, NULL, 10) : 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
+    fprintf(stderr, "[group given] ATTND_TEST_SEED=%llu\n", (unsigned long long)f->rng);
     ck_assert_int_eq(gt_group_start(&f->g, n, flags), 0);
     for (int i = 0; i < B; i++)
         ck_assert_msg(attnd_client_create_session_policy(f->g.c[0], "", CAP, pol, rules, n_rules,
