@@ -237,6 +237,14 @@ static attnd_status load_now(attnd_engine *e, attnd__session *s, int32_t l, attn
             break;
     }
     attnd__tio_put(t, io);
+    /* a layer below with nothing left to read is resident: recovery puts a
+     * checkpoint's PAGE records straight into memory, so a layer may be
+     * BELOW with every page in memory (streaming's eviction, next, wants
+     * a resident layer) */
+    if (st == ATTND_OK && s->where[l] == ATTND__LAYER_BELOW && missing(s, l) == 0) {
+        s->where[l] = ATTND__LAYER_RESIDENT;
+        atomic_fetch_sub(&s->n_below, 1);
+    }
     return st;
 }
 
