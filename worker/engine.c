@@ -57,6 +57,7 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
         attnd_kernel_kv_layout_gqa(&e->layout, m->n_kv_heads, m->head_dim, cfg->page_size,
                                    m->kv_dtype);
     e->entry_elems = attnd_kernel_kv_layout_token_elems(&e->layout);
+    e->select_head_agg = cfg->select_per_head ? 1 : m->n_q_heads / e->layout.n_kv_heads;
     e->entry_bytes = (size_t)e->entry_elems * attnd_dtype_size(m->kv_dtype);
 
     size_t page_bytes = attnd_kernel_kv_layout_page_bytes(&e->layout);

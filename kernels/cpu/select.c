@@ -20,11 +20,6 @@
 #include "cpu_int.h"
 #include "select_int.h"
 
-/* Rows (query token x head) of one list: every KV head of its group. */
-static int32_t list_rows(const attnd_kernel_select_batch *b)
-{
-    return b->q_tokens * (b->n_q_heads / (b->list_groups > 1 ? b->list_groups : 1));
-}
 
 /* Candidates the scoring must look at: none when the mandatory pages fill
  * the budget or every candidate is kept anyway. */
@@ -35,15 +30,21 @@ static int32_t list_chunks(const attnd_kernel_select_list *sl)
     return (sl->n_cand + ATTND__SEL_CHUNK - 1) / ATTND__SEL_CHUNK;
 }
 
-/* Query rows per KV head, and KV heads per list. */
+/* Query rows per KV head, KV heads per list, and rows (query token x head,
+ * or x run of head_agg heads) of one list: every KV head of its group. */
 static int32_t head_rows(const attnd_kernel_select_batch *b)
 {
-    return b->q_tokens * (b->n_q_heads / b->kv->n_kv_heads);
+    return attnd__select_head_rows(b);
 }
 
 static int32_t list_heads(const attnd_kernel_select_batch *b)
 {
     return b->kv->n_kv_heads / (b->list_groups > 1 ? b->list_groups : 1);
+}
+
+static int32_t list_rows(const attnd_kernel_select_batch *b)
+{
+    return head_rows(b) * list_heads(b);
 }
 
 /* The list's scratch: packed queries [heads][attnd__select_pack_floats],
@@ -90,6 +91,12 @@ int64_t attnd_kernel_select_prepare(attnd_kernel_select_batch *b, attnd_error *e
                                b->n_lists, b->q_tokens, b->n_q_heads, l->n_kv_heads,
                                b->list_groups, l->d_k, b->q_dtype),
                -1;
+    if (b->head_agg < 0 ||
+        (b->head_agg > 1 && (b->n_q_heads / l->n_kv_heads) % b->head_agg))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "head_agg: %d does not divide the %d query heads of a KV head",
+                               b->head_agg, b->n_q_heads / l->n_kv_heads),
+               -1;
     int64_t work = 0, chunks = 0;
     for (int32_t i = 0; i < b->n_lists; i++) {
         attnd_kernel_select_list *sl = &b->lists[i];
@@ -127,10 +134,23 @@ void attnd__select_q_row(const attnd_kernel_select_batch *b, int32_t seq, int32_
                          float *dst)
 {
     const int32_t G = b->n_q_heads / b->kv->n_kv_heads, dk = b->kv->d_k;
-    const int32_t s = r / G, g = r % G;
-    size_t off = (((size_t)seq * b->q_tokens + s) * b->n_q_heads + (size_t)kvh * G + g) * dk;
-    attnd_dtype_convert(ATTND_DTYPE_F32, dst, b->q_dtype,
-                        (const char *)b->q + off * attnd_dtype_size(b->q_dtype), (size_t)dk);
+    const int32_t A = b->head_agg > 1 ? b->head_agg : 1, runs = G / A;
+    const int32_t s = r / runs, g = r % runs * A;
+    const size_t esz = attnd_dtype_size(b->q_dtype);
+    const char *q0 = (const char *)b->q +
+                     (((size_t)seq * b->q_tokens + s) * b->n_q_heads + (size_t)kvh * G + g) *
+                         (size_t)dk * esz;
+    attnd_dtype_convert(ATTND_DTYPE_F32, dst, b->q_dtype, q0, (size_t)dk);
+    /* the run's other heads, widened a slice at a time and added in order */
+    for (int32_t j = 1; j < A; j++)
+        for (int32_t d0 = 0; d0 < dk; d0 += 64) {
+            float t[64];
+            const int32_t n = dk - d0 < 64 ? dk - d0 : 64;
+            attnd_dtype_convert(ATTND_DTYPE_F32, t, b->q_dtype,
+                                q0 + ((size_t)j * dk + (size_t)d0) * esz, (size_t)n);
+            for (int32_t d = 0; d < n; d++)
+                dst[d0 + d] += t[d];
+        }
 }
 
 /* Pack the queries of every KV head of list sl (see select_int.h); tmp

@@ -118,7 +118,7 @@ void SFX(attnd__select_ub)(const attnd_kernel_select_batch *b, const attnd_kerne
                            int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
                            int32_t row0, int32_t rows, float *scratch)
 {
-    const int32_t G = b->n_q_heads / b->kv->n_kv_heads, R = b->q_tokens * G;
+    const int32_t R = attnd__select_head_rows(b);
     const int32_t dk = b->kv->d_k;
     const int wide = attnd__select_wide(R);
     const size_t rp = sel_round((size_t)R, 16), dkp = sel_round((size_t)dk, 16);

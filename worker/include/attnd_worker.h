@@ -74,6 +74,13 @@ typedef struct attnd_engine_config {
      * competes with it (0.14 vs 0.49 GB/s, stalls of 0.3-2.4 s), and the
      * whole pool is resident at once. */
     int prefault;
+    /* How topk-pages scores pages (worker/SPARSE.md, "Page selection"): 0
+     * (default) one row per KV head and query token, the queries of the KV
+     * head's query heads summed (for MLA one row per token for the whole
+     * layer: 1/128 of the scoring for DeepSeek-V3); 1: a row per query head
+     * (Quest's bound per head, the engine's rule before 2026-12-05; costs
+     * 14-26% of an MLA sparse call at a 1/8 budget on the 2-vCPU VM). */
+    int select_per_head;
     /* Where KV pages live and attention runs: "cpu" (or "") for host memory
      * and the CPU kernels; "cuda:N" (or "cuda" = cuda:0) for one
      * cudaMalloc on CUDA device N and kernels/cuda (bf16 KV, page_size a
