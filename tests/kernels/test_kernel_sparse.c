@@ -589,6 +589,63 @@ START_TEST(test_selection_over_summed_heads_keeps_the_best_summed_bounds_on_ever
 }
 END_TEST
 
+/* The threshold's edge cases, on every path, one thread and a pool: 40
+ * pages with equal bounds tie, page 5 bounds lower, page 9 has a NaN bound
+ * (scores +inf); keeping the sink page, the newest and 6 more must take
+ * page 9 and then the earliest tied pages (1, 2, 3, 4, 6). */
+START_TEST(test_selection_keeps_nan_bounds_and_breaks_ties_by_the_earlier_page_on_every_path)
+{
+    attnd_kernel_kv_layout l;
+    attnd_kernel_kv_layout_gqa(&l, 1, 16, 16, ATTND_DTYPE_BF16);
+    enum { NP = 40, DK = 16 };
+    static uint16_t bd[NP * 2 * DK];
+    int32_t cand[NP], sel[8], pos[8];
+    float q[DK];
+    for (int32_t p = 0; p < NP; p++) {
+        cand[p] = p;
+        for (int32_t d = 0; d < DK; d++) {
+            bd[(p * 2) * DK + d] = attnd_dtype_f32_to_bf16(-1.0f);
+            bd[(p * 2 + 1) * DK + d] = attnd_dtype_f32_to_bf16(p == 5 ? 0.5f : 1.0f);
+        }
+    }
+    bd[(9 * 2 + 1) * DK + 3] = 0x7fc0; /* NaN */
+    for (int32_t d = 0; d < DK; d++)
+        q[d] = 1.0f;
+    const int32_t want[8] = {0, 1, 2, 3, 4, 6, 9, NP - 1};
+    attnd_kernel_pool *pool;
+    attnd_error err;
+    ck_assert_int_eq(attnd_kernel_pool_create(2, &pool, &err), ATTND_OK);
+    for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
+        if (!use_path(path))
+            continue;
+        for (int par = 0; par < 2; par++) {
+            attnd_kernel_select_list L = {.seq = 0, .group = 0, .cand0 = 0, .n_cand = NP,
+                                          .keep = 8, .n_head = 1, .n_tail = 1};
+            attnd_kernel_select_batch b = {.n_lists = 1, .lists = &L, .n_seqs = 1,
+                                           .q_tokens = 1, .n_q_heads = 1, .list_groups = 1,
+                                           .q_dtype = ATTND_DTYPE_F32, .q = q, .kv = &l,
+                                           .bounds = bd, .bounds_pages = NP, .cand_idx = cand,
+                                           .sel_pages = sel, .sel_pos = pos};
+            int64_t wf = attnd_kernel_select_prepare(&b, &err);
+            ck_assert_int_ge(wf, 0);
+            b.work = malloc(sizeof(float) * (size_t)(wf + 1));
+            if (par)
+                ck_assert_int_eq(attnd_kernel_select_parallel(pool, &b, &err), ATTND_OK);
+            else
+                attnd_kernel_select(&b);
+            for (int j = 0; j < 8; j++)
+                ck_assert_msg(sel[j] == want[j] && pos[j] == want[j],
+                              "path %s, %s: kept[%d] = %d, want %d",
+                              attnd_kernel_path_str((attnd_kernel_path)path),
+                              par ? "pool" : "one thread", j, sel[j], want[j]);
+            free(b.work);
+        }
+    }
+    attnd_kernel_pool_destroy(pool);
+    reset_path();
+}
+END_TEST
+
 START_TEST(test_head_agg_that_does_not_divide_the_heads_of_a_kv_head_is_invalid)
 {
     tu_rng r;
@@ -633,6 +690,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_selection_keeps_mandatory_pages_and_the_best_scores_on_every_path);
     tcase_add_test(tc, test_selection_over_summed_heads_keeps_the_best_summed_bounds_on_every_path);
     tcase_add_test(tc, test_head_agg_that_does_not_divide_the_heads_of_a_kv_head_is_invalid);
+    tcase_add_test(tc, test_selection_keeps_nan_bounds_and_breaks_ties_by_the_earlier_page_on_every_path);
     suite_add_tcase(s, tc);
     return s;
 }
