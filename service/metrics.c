@@ -37,6 +37,7 @@
  * scrapes a loaded server and parses the text with prometheus_client.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -315,6 +316,45 @@ static void render_requests(out *o, attnd_srv *srv, const totals *t)
             (unsigned long long)t->tx[x]);
 }
 
+/* A family of one unlabelled sample: a uint64_t field of
+ * attnd_engine_stats. */
+typedef struct scalar {
+    const char *name, *type, *help;
+    size_t off;
+} scalar;
+
+#define SCALAR(name, type, field, help) {name, type, help, offsetof(attnd_engine_stats, field)}
+
+static void scalars(out *o, const attnd_engine_stats *st, const scalar *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)st + s[i].off, sizeof v);
+        family(o, s[i].name, s[i].type, s[i].help);
+        put(o, "%s %llu\n", s[i].name, (unsigned long long)v);
+    }
+}
+
+static const scalar kv_scalars[] = {
+    SCALAR("attnd_kv_page_size_bytes", "gauge", page_bytes, "Bytes of one KV page."),
+    SCALAR("attnd_kv_read_bytes_total", "counter", kv_bytes_read,
+           "KV bytes read by attention kernels."),
+    SCALAR("attnd_kv_dense_read_bytes_total", "counter", kv_bytes_dense,
+           "KV bytes dense attention of the same calls would have read (equal to "
+           "attnd_kv_read_bytes_total while every session is dense)."),
+    SCALAR("attnd_select_read_bytes_total", "counter", select_bytes_read,
+           "Key bounds read by sparse page selection (topk-pages)."),
+    SCALAR("attnd_kv_pages_evicted_total", "counter", pages_evicted,
+           "KV pages streaming policies gave back to the pool."),
+    SCALAR("attnd_kv_appended_tokens_total", "counter", tokens_appended,
+           "Tokens appended to this rank's KV (AppendKV and Attend's new KV), per layer."),
+    SCALAR("attnd_attend_sequences_total", "counter", attend_sequences,
+           "Sequences attended by this rank's engine (a call of batch B counts B)."),
+    SCALAR("attnd_sessions", "gauge", sessions, "Open sessions."),
+    SCALAR("attnd_sessions_limit", "gauge", max_sessions,
+           "Open sessions at most (--max-sessions)."),
+};
+
 static void render_kv(out *o, const attnd_engine_stats *st)
 {
     uint64_t busy = st->pages_used + st->pages_reserved;
@@ -331,34 +371,39 @@ static void render_kv(out *o, const attnd_engine_stats *st)
     for (int i = 0; i < 3; i++)
         put(o, "attnd_kv_bytes{state=\"%s\"} %llu\n", state[i],
             (unsigned long long)(pages[i] * st->page_bytes));
-    family(o, "attnd_kv_page_size_bytes", "gauge", "Bytes of one KV page.");
-    put(o, "attnd_kv_page_size_bytes %llu\n", (unsigned long long)st->page_bytes);
-    family(o, "attnd_kv_read_bytes_total", "counter", "KV bytes read by attention kernels.");
-    put(o, "attnd_kv_read_bytes_total %llu\n", (unsigned long long)st->kv_bytes_read);
-    family(o, "attnd_kv_dense_read_bytes_total", "counter",
-           "KV bytes dense attention of the same calls would have read (equal to "
-           "attnd_kv_read_bytes_total while every session is dense).");
-    put(o, "attnd_kv_dense_read_bytes_total %llu\n", (unsigned long long)st->kv_bytes_dense);
-    family(o, "attnd_select_read_bytes_total", "counter",
-           "Key bounds read by sparse page selection (topk-pages).");
-    put(o, "attnd_select_read_bytes_total %llu\n", (unsigned long long)st->select_bytes_read);
     family(o, "attnd_select_seconds_total", "counter",
            "Time spent in sparse page selection (topk-pages), seconds.");
     put(o, "attnd_select_seconds_total %.9f\n", (double)st->select_ns * 1e-9);
-    family(o, "attnd_kv_pages_evicted_total", "counter",
-           "KV pages streaming policies gave back to the pool.");
-    put(o, "attnd_kv_pages_evicted_total %llu\n", (unsigned long long)st->pages_evicted);
-    family(o, "attnd_kv_appended_tokens_total", "counter",
-           "Tokens appended to this rank's KV (AppendKV and Attend's new KV), per layer.");
-    put(o, "attnd_kv_appended_tokens_total %llu\n", (unsigned long long)st->tokens_appended);
-    family(o, "attnd_attend_sequences_total", "counter",
-           "Sequences attended by this rank's engine (a call of batch B counts B).");
-    put(o, "attnd_attend_sequences_total %llu\n", (unsigned long long)st->attend_sequences);
-    family(o, "attnd_sessions", "gauge", "Open sessions.");
-    put(o, "attnd_sessions %llu\n", (unsigned long long)st->sessions);
-    family(o, "attnd_sessions_limit", "gauge", "Open sessions at most (--max-sessions).");
-    put(o, "attnd_sessions_limit %llu\n", (unsigned long long)st->max_sessions);
+    scalars(o, st, kv_scalars, sizeof kv_scalars / sizeof kv_scalars[0]);
 }
+
+static const scalar tier_scalars[] = {
+    SCALAR("attnd_kv_pages_held", "gauge", pages_held,
+           "KV pages sessions hold in every tier together (a page below memory counts once)."),
+    SCALAR("attnd_kv_pages_capacity", "gauge", pages_capacity,
+           "KV pages every tier together can hold (admission's limit)."),
+    SCALAR("attnd_kv_below_slot_bytes", "gauge", below_slot_bytes,
+           "Bytes of one slot of the tier below memory (header block and page)."),
+    SCALAR("attnd_kv_pages_prefetched_total", "counter", pages_prefetched,
+           "KV pages read back ahead of the Attend that needed them."),
+    SCALAR("attnd_kv_load_waits_total", "counter", load_waits,
+           "Attends that waited for a read of their KV from the tier below."),
+    SCALAR("attnd_kv_pages_bad_total", "counter", pages_bad,
+           "KV page reads that failed their checksum or header check (the session: "
+           "DATA_LOSS)."),
+    SCALAR("attnd_kv_write_failures_total", "counter", write_failures,
+           "KV page writes to the tier below that failed (a full disk included)."),
+    SCALAR("attnd_wal_written_bytes_total", "counter", wal_bytes,
+           "Bytes written to the write-ahead log (padding included)."),
+    SCALAR("attnd_wal_syncs_total", "counter", wal_syncs,
+           "fdatasyncs of the write-ahead log (each a group commit)."),
+    SCALAR("attnd_checkpoints_total", "counter", checkpoints, "Checkpoints written since start."),
+    SCALAR("attnd_sessions_recovered", "gauge", sessions_recovered,
+           "Sessions rebuilt from --kv-dir at this process's start."),
+    SCALAR("attnd_sessions_lost", "gauge", sessions_lost,
+           "Of the recovered sessions, those whose KV failed a check (DATA_LOSS until "
+           "closed)."),
+};
 
 /* The tiers below memory and the write-ahead log (worker/TIERS.md). */
 static void render_tiers(out *o, const attnd_engine_stats *st)
@@ -368,56 +413,22 @@ static void render_tiers(out *o, const attnd_engine_stats *st)
                               ? st->below_slots - st->below_slots_used
                               : 0;
 
-    family(o, "attnd_kv_pages_held", "gauge",
-           "KV pages sessions hold in every tier together (a page below memory counts once).");
-    put(o, "attnd_kv_pages_held %llu\n", (unsigned long long)st->pages_held);
-    family(o, "attnd_kv_pages_capacity", "gauge",
-           "KV pages every tier together can hold (admission's limit).");
-    put(o, "attnd_kv_pages_capacity %llu\n", (unsigned long long)st->pages_capacity);
     family(o, "attnd_kv_below_slots", "gauge",
            "Page slots of the tier below memory (--kv-dir or --kv-host) by state; 0 without one.");
     put(o, "attnd_kv_below_slots{state=\"used\"} %llu\n",
         (unsigned long long)st->below_slots_used);
     put(o, "attnd_kv_below_slots{state=\"free\"} %llu\n", (unsigned long long)free_slots);
-    family(o, "attnd_kv_below_slot_bytes", "gauge",
-           "Bytes of one slot of the tier below memory (header block and page).");
-    put(o, "attnd_kv_below_slot_bytes %llu\n", (unsigned long long)st->below_slot_bytes);
     family(o, "attnd_kv_pages_moved_total", "counter",
            "KV pages written to the tier below memory (down) and read back (up).");
     put(o, "attnd_kv_pages_moved_total{direction=\"down\"} %llu\n",
         (unsigned long long)st->pages_moved_down);
     put(o, "attnd_kv_pages_moved_total{direction=\"up\"} %llu\n",
         (unsigned long long)st->pages_moved_up);
-    family(o, "attnd_kv_pages_prefetched_total", "counter",
-           "KV pages read back ahead of the Attend that needed them.");
-    put(o, "attnd_kv_pages_prefetched_total %llu\n", (unsigned long long)st->pages_prefetched);
-    family(o, "attnd_kv_load_waits_total", "counter",
-           "Attends that waited for a read of their KV from the tier below.");
-    put(o, "attnd_kv_load_waits_total %llu\n", (unsigned long long)st->load_waits);
-    family(o, "attnd_kv_pages_bad_total", "counter",
-           "KV page reads that failed their checksum or header check (the session: DATA_LOSS).");
-    put(o, "attnd_kv_pages_bad_total %llu\n", (unsigned long long)st->pages_bad);
-    family(o, "attnd_kv_write_failures_total", "counter",
-           "KV page writes to the tier below that failed (a full disk included).");
-    put(o, "attnd_kv_write_failures_total %llu\n", (unsigned long long)st->write_failures);
     family(o, "attnd_durable", "gauge",
            "Constant 1; label: the --durable mode (off, sync, batch).");
     put(o, "attnd_durable{mode=\"%s\"} 1\n",
         st->durable >= 0 && st->durable < 3 ? mode[st->durable] : "off");
-    family(o, "attnd_wal_written_bytes_total", "counter",
-           "Bytes written to the write-ahead log (padding included).");
-    put(o, "attnd_wal_written_bytes_total %llu\n", (unsigned long long)st->wal_bytes);
-    family(o, "attnd_wal_syncs_total", "counter",
-           "fdatasyncs of the write-ahead log (each a group commit).");
-    put(o, "attnd_wal_syncs_total %llu\n", (unsigned long long)st->wal_syncs);
-    family(o, "attnd_checkpoints_total", "counter", "Checkpoints written since start.");
-    put(o, "attnd_checkpoints_total %llu\n", (unsigned long long)st->checkpoints);
-    family(o, "attnd_sessions_recovered", "gauge",
-           "Sessions rebuilt from --kv-dir at this process's start.");
-    put(o, "attnd_sessions_recovered %llu\n", (unsigned long long)st->sessions_recovered);
-    family(o, "attnd_sessions_lost", "gauge",
-           "Of the recovered sessions, those whose KV failed a check (DATA_LOSS until closed).");
-    put(o, "attnd_sessions_lost %llu\n", (unsigned long long)st->sessions_lost);
+    scalars(o, st, tier_scalars, sizeof tier_scalars / sizeof tier_scalars[0]);
 }
 
 /* 1 when rank r is listed in missing ("1,3"). */

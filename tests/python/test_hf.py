@@ -27,7 +27,8 @@ torch and transformers are not in CI: there this module is skipped. Run it
 where they are (the GPU machine: tests/gpu/run.sh python-hf) with pytest,
 or as a script: ``python3 tests/python/test_hf.py`` (ATTND_BIN and
 ATTND_LIB as CTest sets them; ATTND_HF_SERVER_FLAGS adds attnd flags, e.g.
-"--device cuda:0").
+"--device cuda:0": then only the bf16 cases run, the CUDA backend storing
+KV in bf16 only).
 """
 
 from __future__ import annotations
@@ -184,6 +185,13 @@ CASES = [
     dict(arch="llama", ranks=2, shard="head"), dict(arch="deepseek_v3", ranks=2, up=True),
     dict(arch="deepseek_v3", ranks=2, shard="latent", mode="tpla"),
 ]
+# The CUDA backend stores KV in bf16 only (attnd refuses --kv-dtype f32 with
+# --device cuda): there the bf16 cases run, lone and as 2-rank groups.
+if "--device cuda" in " ".join(shlex.split(os.environ.get("ATTND_HF_SERVER_FLAGS", ""))):
+    CASES = [c for c in CASES if c.get("kv") == "bf16"] + [
+        dict(arch="llama", ranks=2, kv="bf16", mode="bf16"),
+        dict(arch="deepseek_v3_dense", ranks=2, kv="bf16", mode="bf16"),
+    ]
 
 if pytest:
     @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
