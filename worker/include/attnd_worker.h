@@ -79,7 +79,8 @@ typedef struct attnd_engine_config {
      * head's query heads summed (for MLA one row per token for the whole
      * layer: 1/128 of the scoring for DeepSeek-V3); 1: a row per query head
      * (Quest's bound per head, the engine's rule before 2026-12-05; costs
-     * 14-26% of an MLA sparse call at a 1/8 budget on the 2-vCPU VM). */
+     * 19-23% of an MLA sparse call at a 1/8 budget and 128K on the 2-vCPU
+     * VM, against 1-2% summed: worker/SPARSE.md, "Speed"). */
     int select_per_head;
     /* Where KV pages live and attention runs: "cpu" (or "") for host memory
      * and the CPU kernels; "cuda:N" (or "cuda" = cuda:0) for one
