@@ -20,7 +20,6 @@
 #include "cpu_int.h"
 #include "select_int.h"
 
-
 /* Candidates the scoring must look at: none when the mandatory pages fill
  * the budget or every candidate is kept anyway. */
 static int32_t list_chunks(const attnd_kernel_select_list *sl)

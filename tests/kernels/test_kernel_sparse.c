@@ -574,6 +574,10 @@ START_TEST(test_selection_over_summed_heads_keeps_the_best_summed_bounds_on_ever
         g.q_tokens = 3;
         g.q_t = ATTND_DTYPE_BF16;
         check_select_agg(&g, 2, 4, &r, "gqa S=3 per 2 kv heads, 4 heads summed");
+        g.q_tokens = 1;
+        g.head_dim = 40; /* not a multiple of 16: the vector loops' tails */
+        check_select_agg(&g, 4, 4, &r, "gqa d 40 per kv head, its 4 heads summed");
+        check_select_agg(&g, 4, 1, &r, "gqa d 40 per kv head, per head");
         pp_spec m = {.kind = ATTND_ATTN_MLA, .hq = 40, .d_c = 64, .d_r = 16, .page_size = 32,
                      .q_tokens = 1, .kv_t = ATTND_DTYPE_BF16, .q_t = ATTND_DTYPE_BF16,
                      .n_seqs = 4, .lens = lens};
