@@ -389,8 +389,8 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
 /* Run the batch's selection problems into the lists, scoring with the
  * query the kernel reads (b->q: a heads-form query absorbed already on the
  * CPU; on the GPU the backend scores with its absorbed device copy), a row
- * per KV head and token (its query heads summed) or, with the engine's
- * select_per_head, per query head. */
+ * per query token and run of the engine's select_head_agg heads (their
+ * queries summed). */
 static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
                                   attnd_engine_ws *ws, struct attnd__sparse_ws *w, int32_t G,
                                   int32_t n_sel, const attnd_kernel_decode_batch *b, attnd_error *err)

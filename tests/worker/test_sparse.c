@@ -107,11 +107,11 @@ static void sh_ref(const shadow *sh, int32_t l, int32_t h, const double *q, cons
 /* ---- engine helpers ------------------------------------------------------ */
 
 static attnd_engine *make_engine_sel(const char *model, int32_t page_size, uint64_t kv_memory,
-                                     int select_per_head)
+                                     int32_t select_head_agg)
 {
     attnd_engine_config cfg = {.model = *attnd_model_find(model), .page_size = page_size,
                                .kv_memory = kv_memory, .max_sessions = 16,
-                               .kernel_threads = 2, .select_per_head = select_per_head};
+                               .kernel_threads = 2, .select_head_agg = select_head_agg};
     attnd_engine *e = NULL;
     attnd_error err;
     ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_OK);
@@ -348,22 +348,24 @@ START_TEST(test_the_needle_page_is_always_chosen_at_a_sixteenth_budget)
 }
 END_TEST
 
-/* Which rows score an MLA layer's pages. Head 0's query meets a needle in
- * a middle page; heads 2j and 2j + 1 hold +2^-j and -2^-j times head 0's
- * query, so the heads' summed query is exactly 0 and bounds every page at
- * 0 (with a row per head, the needle's page is the best of every even
- * head, the odd heads' best is one other page). Scored
- * a row per head (select_per_head) the needle's page is chosen, scored
- * with the heads summed (the default) every page ties and the earliest are
+/* Which rows score an MLA layer's pages (tiny-mla, 8 heads). Head 0's
+ * query meets a needle in a middle page; heads 2j and 2j + 1 hold +2^-j
+ * and -2^-j times head 0's query, so the heads' summed query is exactly 0
+ * and bounds every page at 0 (with a row per head, the needle's page is
+ * the best of every even head, the odd heads' best is one other page).
+ * Scored a row per head (select_head_agg 1, or 0: the default rule gives
+ * 8 heads a row each) the needle's page is chosen; scored with the 8
+ * heads summed (select_head_agg 8) every page ties and the earliest are
  * kept (ties: earlier first); either way the output is f64 attention over
  * the pages reported. */
-static void cancelling_heads(int per_head)
+static void cancelling_heads(int32_t head_agg)
 {
     tu_rng r;
-    tu_rng_init(&r, per_head ? "sparse-rows-per-head" : "sparse-rows-summed");
+    tu_rng_init(&r, head_agg == 8 ? "sparse-rows-summed" : "sparse-rows-per-head");
     const int32_t ps = 64;
     const int64_t T = 4096, np = T / ps, keep = np / 8;
-    attnd_engine *e = make_engine_sel("tiny-mla", ps, 64u << 20, per_head);
+    const int per_head = head_agg != 8;
+    attnd_engine *e = make_engine_sel("tiny-mla", ps, 64u << 20, head_agg);
     const attnd_model_spec *m = attnd_engine_model(e);
     attnd_session_policy pol = one_policy((attnd_policy){.kind = ATTND_POLICY_TOPK_PAGES,
                                                          .topk_fraction = 1.0f / 8});
@@ -412,10 +414,27 @@ static void cancelling_heads(int per_head)
     attnd_engine_destroy(e);
 }
 
-START_TEST(test_an_mla_layer_scores_pages_with_its_heads_summed_or_per_head_when_configured)
+START_TEST(test_select_head_agg_scores_pages_with_runs_of_heads_summed_or_per_head)
 {
-    cancelling_heads(0);
+    cancelling_heads(8);
     cancelling_heads(1);
+    cancelling_heads(0);
+}
+END_TEST
+
+START_TEST(test_a_select_head_agg_that_does_not_divide_a_kv_heads_query_heads_is_invalid)
+{
+    attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"), .page_size = 64,
+                               .kv_memory = 1u << 20, .max_sessions = 4, .kernel_threads = 1,
+                               .select_head_agg = 3};
+    attnd_engine *e = NULL;
+    attnd_error err;
+    ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_null(e);
+    ck_assert_ptr_nonnull(strstr(err.msg, "select_head_agg"));
+    cfg.select_head_agg = 4; /* tiny-gqa: 4 query heads per KV head */
+    ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_OK);
+    attnd_engine_destroy(e);
 }
 END_TEST
 
@@ -932,7 +951,8 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_topk_pages_with_k_at_least_every_page_equals_dense_bit_for_bit);
     tcase_add_test(tc, test_the_needle_page_is_always_chosen_at_a_sixteenth_budget);
-    tcase_add_test(tc, test_an_mla_layer_scores_pages_with_its_heads_summed_or_per_head_when_configured);
+    tcase_add_test(tc, test_select_head_agg_scores_pages_with_runs_of_heads_summed_or_per_head);
+    tcase_add_test(tc, test_a_select_head_agg_that_does_not_divide_a_kv_heads_query_heads_is_invalid);
     tcase_add_test(tc, test_topk_pages_with_several_query_tokens_keeps_the_causal_rule);
     tcase_add_test(tc, test_streaming_equals_f64_attention_over_sink_and_window);
     tcase_add_test(tc, test_streaming_pages_go_back_to_the_pool_whatever_the_context_length);

@@ -5,16 +5,16 @@
  *                      [--topk K] [--policy topk-pages|streaming]
  *                      [--window W] [--sink S] [--iters N] [--threads N]
  *                      [--page-size P] [--device cpu|cuda:N]
- *                      [--select summed|per-head|both]
+ *                      [--select default|per-head|both|N]
  *
  * One engine of one layer of the model (a layer's cost does not depend on
  * how many the model has), B dense sessions and B sparse ones of T tokens
  * of the same random bf16 KV, then N rounds of one Attend of each set,
  * interleaved (dense, sparse, dense, ...) so that load on a shared machine
- * hits both alike (--select both adds a third set, the same sparse
- * sessions in a second engine that scores pages a row per query head,
- * config select_per_head, against the default summed rows, interleaved
- * with the others): bf16 queries [B, Hq, d_k], each session's new entry
+ * hits both alike (--select: the engine's select_head_agg, default
+ * its own rule, per-head 1, or N; both adds a third set, the same sparse
+ * sessions in a second engine that scores a row per query head, against
+ * the default rows, interleaved with the others): bf16 queries [B, Hq, d_k], each session's new entry
  * appended in the call, float32 outputs and LSE, the service's call.
  * Prints the medians and minima of wall-clock time and the median of the
  * process's CPU time per call (on a loaded machine the CPU time and the
@@ -82,7 +82,7 @@ static int usage(void)
     fprintf(stderr, "usage: attnd-sparse-bench [--model NAME] [--ctx T] [--batch B] "
                     "[--budget F | --topk K] [--policy topk-pages|streaming] [--window W] "
                     "[--sink S] [--iters N] [--threads N] [--page-size P] [--device D] "
-                    "[--select summed|per-head|both]\n");
+                    "[--select default|per-head|both|N]\n");
     return 2;
 }
 
@@ -90,7 +90,7 @@ static int parse(int argc, char **argv, opts *o)
 {
     o->model = "llama3-8b";
     o->device = "cpu";
-    o->select = "summed";
+    o->select = "default";
     o->ctx = 131072;
     o->batch = 1;
     o->iters = 15;
@@ -140,8 +140,8 @@ static int parse(int argc, char **argv, opts *o)
         if (!o->pol.window)
             o->pol.window = (uint32_t)(o->ctx / 8);
     }
-    int sel_ok = !strcmp(o->select, "summed") || !strcmp(o->select, "per-head") ||
-                 !strcmp(o->select, "both");
+    int sel_ok = !strcmp(o->select, "default") || !strcmp(o->select, "per-head") ||
+                 !strcmp(o->select, "both") || atoi(o->select) > 0;
     return o->ctx > 0 && o->batch > 0 && o->iters > 0 && sel_ok && attnd_model_find(o->model)
                ? 0
                : usage();
@@ -176,12 +176,12 @@ static void print_ratio(const char *name, set_times *d, set_times *s, int n)
 }
 
 static attnd_engine *engine_make(const opts *o, const attnd_model_spec *m, int32_t sessions,
-                                 int64_t max_tok, size_t entry_bytes, int per_head)
+                                 int64_t max_tok, size_t entry_bytes, int32_t head_agg)
 {
     const int64_t ps = o->page_size;
     attnd_engine_config cfg = {.model = *m, .page_size = o->page_size,
                                .max_sessions = (uint32_t)sessions,
-                               .kernel_threads = o->threads, .select_per_head = per_head};
+                               .kernel_threads = o->threads, .select_head_agg = head_agg};
     cfg.model.n_layers = 1;
     snprintf(cfg.device, sizeof cfg.device, "%s", o->device);
     cfg.kv_memory = (uint64_t)sessions * (uint64_t)((max_tok + ps - 1) / ps + 1) * ps * entry_bytes;
@@ -205,11 +205,12 @@ int main(int argc, char **argv)
     const size_t entry_bytes = (size_t)te * 2;
     const int64_t max_tok = o.ctx + warm + o.iters + 2;
     const int both = !strcmp(o.select, "both");
-    /* set 0 dense and set 1 sparse in engine 0 (summed rows unless
-     * --select per-head); with both, set 2 sparse in engine 1 (per head) */
+    /* set 0 dense and set 1 sparse in engine 0 (the engine's rows unless
+     * --select says); with both, set 2 sparse in engine 1 (per head) */
     const int n_sets = both ? 3 : 2;
     attnd_engine *eng[2] = {NULL, NULL};
-    eng[0] = engine_make(&o, m, 2 * B, max_tok, entry_bytes, !strcmp(o.select, "per-head"));
+    eng[0] = engine_make(&o, m, 2 * B, max_tok, entry_bytes,
+                         !strcmp(o.select, "per-head") ? 1 : atoi(o.select));
     if (!eng[0] || (both && !(eng[1] = engine_make(&o, m, B, max_tok, entry_bytes, 1))))
         return strncmp(o.device, "cuda", 4) == 0 ? 77 : 1;
     attnd_error err;
@@ -295,13 +296,13 @@ int main(int argc, char **argv)
            "rounds\n", o.model, o.device, (long long)o.ctx, B, o.page_size,
            o.threads ? o.threads : -1, attnd_kernel_path_name(), o.iters);
     printf("policy %s; page scoring rows: %s\n", what,
-           both ? "summed heads (sparse), per head (sparse/head)" : o.select);
+           both ? "the engine's default (sparse), per head (sparse/head)" : o.select);
     printf("  per Attend (us)    wall p50   wall min    CPU p50   KV read per call\n");
     print_set("dense", &st[0], o.iters, 0);
     print_set("sparse", &st[1], o.iters, 1);
     if (both)
         print_set("sparse/head", &st[2], o.iters, 1);
-    print_ratio(both ? "summed" : o.select, &st[0], &st[1], o.iters);
+    print_ratio(both ? "default" : o.select, &st[0], &st[1], o.iters);
     if (both)
         print_ratio("per-head", &st[0], &st[2], o.iters);
     for (int k = 0; k < n_sets; k++) {

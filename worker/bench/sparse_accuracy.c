@@ -3,15 +3,18 @@
  *
  *   attnd-sparse-accuracy [--ctx T] [--trials N] [--page-size P] [--seed S]
  *                         [--shape gqa|mla|both] [--ranks N] [--mla-heads H]
+ *                         [--agg A]
  *
  * For each workload, shape, policy and budget, over N trials of fresh
  * random data: the keys are rounded to bf16 (as the pool stores them) and
  * folded into per-page key bounds with the worker's own code
  * (attnd_kernel_kv_bounds_add); topk-pages picks its pages with the worker's
  * selection kernel (attnd_kernel_select), exactly as an Attend would,
- * scoring with the engine's rows (every head of the KV head summed into one
- * row: "topk-pages") and, beside it, with a row per query head ("topk-pages,
- * per head": the engine's rows before 2026-12-05);
+ * scoring with the engine's rows ("topk-pages": runs of A heads summed
+ * into one row, A the engine's default select_head_agg, G / 8 where 8
+ * divides the G heads, else 1; --agg A sets it) and, beside it, with a row
+ * per query head ("topk-pages, per head": the engine's rows before
+ * 2026-12-05);
  * streaming takes the sink and window pages; the oracle takes the pages
  * holding the most dense attention mass (the best any page selection can
  * do at that budget). Then, in float64 against dense attention over every
@@ -332,7 +335,7 @@ int main(int argc, char **argv)
     int32_t ps = 64;
     uint64_t seed = 20261205;
     const char *which = "both";
-    int32_t mla_heads = 16;
+    int32_t mla_heads = 16, agg_opt = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--ctx"))
             T = atoll(argv[i + 1]);
@@ -348,9 +351,12 @@ int main(int argc, char **argv)
             ranks = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--mla-heads") && atoi(argv[i + 1]) > 0)
             mla_heads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--agg") && atoi(argv[i + 1]) > 0)
+            agg_opt = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "usage: attnd-sparse-accuracy [--ctx T] [--trials N] [--page-size P] "
-                            "[--seed S] [--shape gqa|mla|both] [--ranks N] [--mla-heads H]\n");
+                            "[--seed S] [--shape gqa|mla|both] [--ranks N] [--mla-heads H] "
+                            "[--agg A]\n");
             return 2;
         }
     }
@@ -370,6 +376,10 @@ int main(int argc, char **argv)
         if ((si == 0 && !strcmp(which, "mla")) || (si == 1 && !strcmp(which, "gqa")))
             continue;
         const shape *sh = &shapes[si];
+        /* the engine's default rows (attnd_engine_config.select_head_agg) */
+        const int32_t agg = agg_opt && sh->hq % agg_opt == 0 ? agg_opt
+                            : sh->hq % 8                     ? 1
+                                                             : sh->hq / 8;
         attnd_kernel_kv_layout l;
         if (sh->v_in_k)
             attnd_kernel_kv_layout_mla(&l, sh->dv, sh->dk - sh->dv, ps, ATTND_DTYPE_BF16);
@@ -377,7 +387,7 @@ int main(int argc, char **argv)
             attnd_kernel_kv_layout_gqa(&l, 1, sh->dk, ps, ATTND_DTYPE_BF16);
         const double tok_bytes = (double)(sh->v_in_k ? sh->dk : 2 * sh->dk) * 2;
         const double bound_bytes = 2.0 * sh->dk * 2; /* per page */
-        printf("\n%s\n\n", sh->name);
+        printf("\n%s; topk-pages rows: runs of %d heads summed\n\n", sh->name, agg);
         printf("| workload | policy | budget | mass recall mean (min) | output error mean (max) "
                "| KV read vs dense |\n|---|---|---|---|---|---|\n");
         for (int wl = 0; wl < W_COUNT; wl++) {
@@ -409,7 +419,7 @@ int main(int argc, char **argv)
                     int64_t k = (int64_t)ceil(budgets[b] * (double)np);
                     int64_t *c;
                     c = chosen[P_TOPK * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
-                    n_sel[P_TOPK][b] = topk_select(&t, &l, bounds, np, 0, 1, k, 1, sh->hq, c);
+                    n_sel[P_TOPK][b] = topk_select(&t, &l, bounds, np, 0, 1, k, 1, agg, c);
                     c = chosen[P_HEAD * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
                     n_sel[P_HEAD][b] = topk_select(&t, &l, bounds, np, 0, 1, k, 1, 1, c);
                     /* streaming: sink 64 tokens + window filling the budget */
@@ -426,7 +436,7 @@ int main(int argc, char **argv)
                     int64_t nr = 0;
                     for (int rr = 0; rr < ranks; rr++)
                         nr += topk_select(&t, &l, bounds, np, rr, ranks, (k + ranks - 1) / ranks,
-                                          rr == 0 ? 1 : 0, sh->hq, c + nr);
+                                          rr == 0 ? 1 : 0, agg, c + nr);
                     qsort(c, (size_t)nr, sizeof *c, cmp_i64);
                     n_sel[P_RANKS][b] = nr;
                 }
