@@ -108,6 +108,7 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     st = attnd__engine_tiers_open(e, cfg, err);
     if (st)
         goto err_tiers;
+    attnd__weights_restore(e); /* --durable: W_UK / W_UV kept in --kv-dir */
     *engine_p = e;
     return ATTND_OK;
 

@@ -466,7 +466,8 @@ static void replay_data(attnd_engine *e, attnd__session *s, const attnd__wrec_da
     s->ulen[l] = d->ulen != UINT64_MAX ? d->ulen : s->len[l];
 }
 
-/* PAGE of the checkpoint: a page it left in the log, into a slot. */
+/* PAGE of the checkpoint: a page it left in the log, into memory or a
+ * slot. */
 static void replay_page(attnd_engine *e, attnd__session *s, const attnd__wrec_hdr *h,
                         const attnd__wrec_page *p, const replay_ctx *c)
 {
@@ -477,6 +478,17 @@ static void replay_page(attnd_engine *e, attnd__session *s, const attnd__wrec_hd
     if (h->flags || h->lsn < c->ckpt_lsn || s->where[l] != ATTND__LAYER_BELOW ||
         j >= attnd__session_layer_pages(s, l) || s->pages[l][j] >= 0 || s->slots[l][j] >= 0)
         return; /* not one the checkpoint left out, or replayed past already */
+    /* into memory while it has room, where the page was when the log got
+     * it: a slot for each would need more disk than the crash left (with
+     * the disk full, the newest sessions were lost) */
+    int32_t pg;
+    if (attnd_kv_pool_take(&e->pool, 1, &pg) == ATTND_OK) {
+        if (attnd__engine_page_in(e, pg, p + 1, &err) == ATTND_OK) {
+            s->pages[l][j] = pg;
+            return;
+        }
+        attnd_kv_pool_put(&e->pool, &pg, 1);
+    }
     attnd__tio *io = attnd__tio_get(t);
     attnd__tio_op op = {.mem = -1, .src = p + 1, .id = s->id, .layer = l, .page = j,
                         .tokens = (int32_t)p->tokens};

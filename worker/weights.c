@@ -115,9 +115,18 @@ static attnd_status check_dim(const char *field, const char *dim, int32_t d, att
     return ATTND_OK;
 }
 
+/* Loads that keep their matrices on disk write and swap in one order. */
+static pthread_mutex_t persist_mu = PTHREAD_MUTEX_INITIALIZER;
+
 attnd_status attnd_engine_load_weights(attnd_engine *e, uint32_t layer,
                                        const attnd_engine_weights *w, uint64_t *bytes_p,
                                        attnd_error *err)
+{
+    return attnd__weights_load(e, layer, w, bytes_p, 1, err);
+}
+
+attnd_status attnd__weights_load(attnd_engine *e, uint32_t layer, const attnd_engine_weights *w,
+                                 uint64_t *bytes_p, int persist, attnd_error *err)
 {
     const int32_t dc = e->model.d_latent;
     attnd__wmat *uk = NULL, *uv = NULL;
@@ -145,6 +154,15 @@ attnd_status attnd_engine_load_weights(attnd_engine *e, uint32_t layer,
     }
     attnd__wmat *old_uk = NULL, *old_uv = NULL;
     uint64_t bytes = 0;
+    /* --durable: on disk before it is served (a failure changes nothing) */
+    if (persist)
+        pthread_mutex_lock(&persist_mu);
+    if (persist && (st = attnd__weights_persist(e, layer, w, err))) {
+        pthread_mutex_unlock(&persist_mu);
+        attnd__weights_put(e, uk);
+        attnd__weights_put(e, uv);
+        return st;
+    }
     pthread_mutex_lock(&e->w_mu);
     if (uk) {
         old_uk = e->w_uk[layer];
@@ -157,6 +175,8 @@ attnd_status attnd_engine_load_weights(attnd_engine *e, uint32_t layer,
     bytes = (e->w_uk[layer] ? e->w_uk[layer]->bytes : 0) +
             (e->w_uv[layer] ? e->w_uv[layer]->bytes : 0);
     pthread_mutex_unlock(&e->w_mu);
+    if (persist)
+        pthread_mutex_unlock(&persist_mu);
     attnd__weights_put(e, old_uk);
     attnd__weights_put(e, old_uv);
     if (bytes_p)

@@ -396,6 +396,16 @@ static inline attnd_status attnd__session_check(const attnd__session *s, attnd_e
 /* weights.c: the slots (create) and every matrix still held (destroy). */
 attnd_status attnd__weights_init(attnd_engine *e, attnd_error *err);
 void attnd__weights_cleanup(attnd_engine *e);
+/* attnd_engine_load_weights; persist: also keep the matrices in a durable
+ * engine's --kv-dir first (weights_store.c; 0 when loading from there). */
+attnd_status attnd__weights_load(attnd_engine *e, uint32_t layer, const attnd_engine_weights *w,
+                                 uint64_t *bytes_p, int persist, attnd_error *err);
+/* weights_store.c: write layer's given matrices under DIR/weights (no-op
+ * without --durable); load every kept matrix at start-up (warnings name
+ * the files that do not match). */
+attnd_status attnd__weights_persist(attnd_engine *e, uint32_t layer, const attnd_engine_weights *w,
+                                    attnd_error *err);
+void attnd__weights_restore(attnd_engine *e);
 /* References to what attend request r needs of layer r->layer: *uk_p (heads
  * form) and *uv_p (d_vo > 0), each checked against the width r states;
  * FAILED_PRECONDITION naming q_form / up_project otherwise (nothing held).

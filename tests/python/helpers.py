@@ -27,14 +27,16 @@ def rand(rng: np.random.Generator, shape: Sequence[int], dt: attnd.DType = attnd
 
 
 class Seqs:
-    """n sessions of one client with a mirror of their KV."""
+    """n sessions of one client with a mirror of their KV (session_kw:
+    create_session's, e.g. a sparse policy)."""
 
     def __init__(self, client: attnd.Client, n: int, rng: np.random.Generator,
-                 dt: attnd.DType = attnd.DType.F32, max_tokens: int = 0):
+                 dt: attnd.DType = attnd.DType.F32, max_tokens: int = 0, **session_kw):
         self.c = client
         self.rng = rng
         self.dt = dt
-        self.sessions: List[attnd.Session] = [client.create_session(max_tokens) for _ in range(n)]
+        self.sessions: List[attnd.Session] = [client.create_session(max_tokens, **session_kw)
+                                              for _ in range(n)]
         self.m = self.sessions[0].model
         self.mirror = Mirror(self.m)
 

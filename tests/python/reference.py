@@ -102,6 +102,31 @@ def narrow_ref(mirror: Mirror, sid: bytes, layer: int, q: np.ndarray, w_uk: np.n
     return np.einsum("shc,hcv->shv", lat, w_uv), lse
 
 
+def subset_ref(mirror: Mirror, sid: bytes, layer: int, q: np.ndarray, lists, tokens: bool = False
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """Sparse attention's out [Hq, d_v] and lse [Hq] for one session's
+    one-token query q [Hq, d_k] (float64): with len(lists) groups (1: every
+    head; GQA Hkv: the query heads reading KV head g), group g attends only
+    the tokens of lists[g], logical pages (page j = tokens [j * page_size,
+    (j + 1) * page_size)) or, when tokens, token positions."""
+    m = mirror.m
+    cache = np.array(mirror.kv[(sid, layer)])
+    L, ps, groups = cache.shape[0], m.page_size, len(lists)
+    per = m.n_q_heads // groups
+    out = np.zeros((m.n_q_heads, m.d_v))
+    lse = np.zeros(m.n_q_heads)
+    for g, lst in enumerate(lists):
+        lst = np.asarray(lst, dtype=np.int64)
+        idx = lst if tokens else np.concatenate(
+            [np.arange(p * ps, min((p + 1) * ps, L)) for p in lst] or [np.zeros(0, np.int64)])
+        sub = Mirror(m)
+        sub.kv[(sid, layer)] = list(cache[idx])
+        o, lz = sub.attend_ref(sid, layer, q[None])
+        out[g * per:(g + 1) * per] = o[0, g * per:(g + 1) * per]
+        lse[g * per:(g + 1) * per] = lz[0, g * per:(g + 1) * per]
+    return out, lse
+
+
 def max_row_err(got: np.ndarray, ref: np.ndarray) -> float:
     """Worst per-row normwise relative error over the last axis (inf for NaN)."""
     got = np.asarray(got, dtype=np.float64).reshape(-1, ref.shape[-1])

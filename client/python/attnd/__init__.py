@@ -11,7 +11,8 @@ C-contiguous (bf16: torch.bfloat16, or numpy uint16 holding bf16 bits; see
 attnd.tensors). Failures raise attnd.Error subclasses carrying the gRPC
 status code and the server's message. Asynchronous calls: attend_async
 returns a Call to wait() or await; Client.stream() runs a decode loop over
-one AttendStream. Where libattnd.so is found: attnd._lib (ATTND_LIB first).
+one AttendStream. Sparse attention: create_session(policy=attnd.Policy...,
+policy_table=[attnd.PolicyRule...]), attend(..., given=, return_pages=). Where libattnd.so is found: attnd._lib (ATTND_LIB first).
 """
 
 from ._lib import LibraryNotFoundError, library_path
@@ -23,13 +24,14 @@ from .errors import (AbortedError, AlreadyExistsError, CancelledError, DataLossE
                      InvalidArgumentError, NotFoundError, OutOfRangeError, PermissionDeniedError,
                      ResourceExhaustedError, StatusCode, UnauthenticatedError, UnavailableError,
                      UnimplementedError, UnknownError)
+from .sparse import Policy, PolicyKind, PolicyRule, Selection
 from .tensors import DType, as_float32, from_bf16, to_bf16
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Client", "Session", "Call", "Stream", "KVChunk", "ModelInfo", "Stats", "ServerTiming",
-    "Transport", "AttnKind", "QForm", "DType", "to_bf16", "from_bf16", "as_float32",
+    "Transport", "AttnKind", "QForm", "DType", "Policy", "PolicyKind", "PolicyRule", "Selection", "to_bf16", "from_bf16", "as_float32",
     "StatusCode", "Error", "CancelledError", "UnknownError", "InvalidArgumentError",
     "DeadlineExceededError", "NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
     "ResourceExhaustedError", "FailedPreconditionError", "AbortedError", "OutOfRangeError",

@@ -141,6 +141,47 @@ class AttendArgs(Structure):
     ]
 
 
+class SparsePolicy(Structure):
+    """attnd_sparse_policy."""
+    _fields_ = [
+        ("kind", c_int),
+        ("sink", c_uint32),
+        ("window", c_uint32),
+        ("topk_pages", c_uint32),
+        ("topk_fraction", c_float),
+    ]
+
+
+class SparseRule(Structure):
+    """attnd_sparse_rule."""
+    _fields_ = [
+        ("layer_begin", c_uint32),
+        ("layer_end", c_uint32),
+        ("head_begin", c_uint32),
+        ("head_end", c_uint32),
+        ("policy", SparsePolicy),
+    ]
+
+
+class SparseArgs(Structure):
+    """attnd_sparse_args."""
+    _fields_ = [
+        ("given_groups", c_uint32),
+        ("given_indptr", POINTER(c_uint32)),
+        ("given_idx", POINTER(c_uint64)),
+        ("n_given_idx", c_size_t),
+        ("return_pages", c_int),
+        ("chosen_indptr", POINTER(c_uint32)),
+        ("chosen_indptr_capacity", c_size_t),
+        ("chosen", POINTER(c_uint64)),
+        ("chosen_capacity", c_size_t),
+        ("chosen_groups", c_uint32),
+        ("chosen_tokens", c_int),
+        ("n_chosen_lists", c_size_t),
+        ("n_chosen", c_size_t),
+    ]
+
+
 class ServerTiming(Structure):
     """attnd_server_timing."""
     _fields_ = [
@@ -196,6 +237,9 @@ STRUCTS = {
     "attnd_kv_chunk": KVChunk,
     "attnd_tensor": Tensor,
     "attnd_attend_args": AttendArgs,
+    "attnd_sparse_policy": SparsePolicy,
+    "attnd_sparse_rule": SparseRule,
+    "attnd_sparse_args": SparseArgs,
     "attnd_server_timing": ServerTiming,
     "attnd_stats": Stats,
 }
@@ -211,9 +255,13 @@ _PROTOS = {
     "attnd_client_destroy": (None, [_p]),
     "attnd_client_create_session": (
         c_int, [_p, c_char_p, c_uint32, POINTER(SessionId), POINTER(ModelInfo), _E]),
+    "attnd_client_create_session_policy": (
+        c_int, [_p, c_char_p, c_uint32, POINTER(SparsePolicy), POINTER(SparseRule), c_uint32,
+                POINTER(SessionId), POINTER(ModelInfo), _E]),
     "attnd_client_close_session": (c_int, [_p, POINTER(SessionId), _E]),
     "attnd_client_append_kv": (c_int, [_p, POINTER(KVChunk), c_size_t, POINTER(c_size_t), _E]),
     "attnd_client_attend": (c_int, [_p, POINTER(AttendArgs), _E]),
+    "attnd_client_attend_sparse": (c_int, [_p, POINTER(AttendArgs), POINTER(SparseArgs), _E]),
     "attnd_client_attend_async": (c_int, [_p, POINTER(AttendArgs), POINTER(_p), _E]),
     "attnd_call_wait": (c_int, [_p, _E]),
     "attnd_call_wait_timed": (c_int, [_p, POINTER(ServerTiming), _E]),

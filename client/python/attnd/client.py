@@ -8,9 +8,11 @@ function of client/lib/include/attnd/client.h is reachable from here:
 | ----------------------------------- | ------------------------------------ |
 | attnd_client_connect / _destroy     | Client(target, ...), close(), with   |
 | attnd_client_create_session         | Client.create_session / session      |
+| attnd_client_create_session_policy  | create_session(policy=, ...)         |
 | attnd_client_close_session          | Session.close, with                  |
 | attnd_client_append_kv              | Client.append_kv, Session.append_kv  |
 | attnd_client_attend                 | Client.attend                        |
+| attnd_client_attend_sparse          | Client.attend(given=, return_pages=) |
 | attnd_client_attend_async           | Client.attend_async -> Call          |
 | attnd_call_wait / _wait_timed       | Call.wait, await Call, Call.timing   |
 |                                     | (calls.py)                           |
@@ -43,6 +45,7 @@ from .errors import Error, make_error
 from .tensors import DType, as_wire
 from ._request import QForm, Request, SessionLike
 from .calls import Call, Stream
+from .sparse import PolicyLike, PolicyRule, SessionPolicy, SparseRequest, session_policy
 
 
 class Transport(enum.IntEnum):
@@ -340,24 +343,47 @@ class Client:
         assert self._model is not None
         return self._model
 
-    def create_session(self, max_tokens: int = 0, model: Optional[str] = None) -> "Session":
+    def create_session(self, max_tokens: int = 0, model: Optional[str] = None, *,
+                       policy: Optional[PolicyLike] = None,
+                       policy_table: Optional[Sequence[Union[PolicyRule, tuple]]] = None
+                       ) -> "Session":
         """CreateSession: a new sequence, reserving pages for `max_tokens`
-        (0: none). `model` None or "" means the worker's model."""
+        (0: none). `model` None or "" means the worker's model.
+
+        policy: the sparse attention policy of every layer and head (an
+        attnd.Policy or its text, "topk-pages,fraction=0.125,sink=64";
+        None: full); policy_table: PolicyRule rows (or tuples (layer_begin,
+        layer_end, policy[, head_begin, head_end])) overriding it for layer
+        and, GQA only, KV head ranges, later rows winning
+        (worker/SPARSE.md). A policy or table the server refuses is
+        InvalidArgumentError naming the field ("policy.window",
+        "policy_table[1].layer_end")."""
         sid = _lib.SessionId()
         m = _lib.ModelInfo()
         err = _lib.Error()
-        with self._guard:
-            st = self._L.attnd_client_create_session(
-                self._h, (model or "").encode(), int(max_tokens), ctypes.byref(sid),
-                ctypes.byref(m), ctypes.byref(err))
+        sp = SessionPolicy.of(policy, policy_table)
+        if policy is None and not policy_table:
+            with self._guard:
+                st = self._L.attnd_client_create_session(
+                    self._h, (model or "").encode(), int(max_tokens), ctypes.byref(sid),
+                    ctypes.byref(m), ctypes.byref(err))
+        else:
+            pol, rules, n_rules = session_policy(sp)
+            with self._guard:
+                st = self._L.attnd_client_create_session_policy(
+                    self._h, (model or "").encode(), int(max_tokens), pol, rules, n_rules,
+                    ctypes.byref(sid), ctypes.byref(m), ctypes.byref(err))
         _check(st, err)
         info = ModelInfo._from_c(m)
         self._model = info
-        return Session(self, bytes(sid.bytes), info)
+        return Session(self, bytes(sid.bytes), info, sp)
 
-    def session(self, max_tokens: int = 0, model: Optional[str] = None) -> "Session":
+    def session(self, max_tokens: int = 0, model: Optional[str] = None, *,
+                policy: Optional[PolicyLike] = None,
+                policy_table: Optional[Sequence[Union[PolicyRule, tuple]]] = None
+                ) -> "Session":
         """create_session, named for ``with client.session() as s:``."""
-        return self.create_session(max_tokens, model)
+        return self.create_session(max_tokens, model, policy=policy, policy_table=policy_table)
 
     def close_session(self, session: SessionLike) -> None:
         """CloseSession by Session or id bytes; NotFoundError if unknown."""
@@ -437,7 +463,9 @@ class Client:
                new_kv: Any = None, positions: Optional[Sequence[int]] = None,
                out_dtype: Any = None, return_lse: bool = False, up_project: bool = False,
                out: Any = None, lse: Any = None,
-               q_form: Union[QForm, int, str] = QForm.ABSORBED) -> Any:
+               q_form: Union[QForm, int, str] = QForm.ABSORBED,
+               given: Any = None, return_pages: bool = False,
+               chosen_capacity: Optional[int] = None) -> Any:
         """Attend: one layer's decode step for a batch of sessions.
 
         q: [n, Hq, d_k] or [n, S, Hq, d_k] (S query tokens, causal among
@@ -452,17 +480,38 @@ class Client:
         [.., Hq, d_v], the worker applying the W_UK and W_UV loaded for the
         layer (else FAILED_PRECONDITION naming q_form).
 
+        Sparse sessions (attnd.sparse): given, the pages or tokens each
+        session attends on a given-pages / given-tokens layer (an
+        attnd.Selection, or per session a list, or a list per KV head);
+        return_pages: also return what was attended, an attnd.Selection
+        sized from positions, else from chosen_capacity (entries).
+
         Returns out ([n, (S,) Hq, d_v], numpy or torch like q), or
-        (out, lse) with return_lse (lse float32 [n, (S,) Hq], natural log).
+        (out, lse) with return_lse (lse float32 [n, (S,) Hq], natural log),
+        then the Selection with return_pages: (out, sel), (out, lse, sel).
         ``out=`` / ``lse=``: write into these contiguous buffers instead.
         """
         req = Request(self, layer, sessions, q, new_kv, positions, out_dtype, return_lse,
                       up_project, out, lse, q_form)
         err = _lib.Error()
+        if given is None and not return_pages:
+            with self._guard:
+                st = self._L.attnd_client_attend(self._h, ctypes.byref(req.args),
+                                                 ctypes.byref(err))
+            _check(st, err)
+            return req.results()
+        shape = getattr(q, "shape", ())
+        sp = SparseRequest(self.model, layer, sessions, req.args.n_seqs,
+                           int(shape[1]) if len(shape) == 4 else 1, given, return_pages,
+                           positions, new_kv is not None, chosen_capacity)
         with self._guard:
-            st = self._L.attnd_client_attend(self._h, ctypes.byref(req.args), ctypes.byref(err))
+            st = self._L.attnd_client_attend_sparse(self._h, ctypes.byref(req.args),
+                                                    ctypes.byref(sp.args), ctypes.byref(err))
         _check(st, err)
-        return req.results()
+        res = req.results()
+        if not return_pages:
+            return res
+        return (*res, sp.chosen()) if isinstance(res, tuple) else (res, sp.chosen())
 
     def attend_async(self, layer: int, sessions: Union[SessionLike, Sequence[SessionLike]],
                      q: Any, *, new_kv: Any = None, positions: Optional[Sequence[int]] = None,
@@ -523,13 +572,16 @@ class Client:
 
 class Session:
     """One sequence's KV on the worker (all layers). ``id`` is the opaque
-    16-byte session id; ``model`` what CreateSession reported. Close it with
-    close() or by leaving a ``with`` block (also on an exception)."""
+    16-byte session id; ``model`` what CreateSession reported;
+    ``sparse_policy`` the policy and table it was created with. Close it
+    with close() or by leaving a ``with`` block (also on an exception)."""
 
-    def __init__(self, client: Client, sid: bytes, model: ModelInfo):
+    def __init__(self, client: Client, sid: bytes, model: ModelInfo,
+                 sparse_policy: Optional[SessionPolicy] = None):
         self.client = client
         self.id = sid
         self.model = model
+        self.sparse_policy = sparse_policy or SessionPolicy()
         self.closed = False
 
     def close(self) -> None:
