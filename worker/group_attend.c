@@ -1,6 +1,8 @@
 /* The leader of a group Attend: the rank the client called, in four steps.
  *
- *   plan       what every rank receives and answers (group_plan.c);
+ *   plan       what every rank receives and answers (group_plan.c), with
+ *              the caller's given lists checked against every shard and
+ *              split among the ranks (group_given.c);
  *   scatter    encode and send the peers' parts; the leader's own part as
  *              views of the request (group_scatter.c);
  *   run-local  the leader's part on its own engine, through the same
@@ -11,7 +13,9 @@
  *   combine    after waiting for every peer (even when the local part
  *              failed: with new KV some peers may have applied theirs, and
  *              then the sessions are marked diverged), the ranks' results
- *              straight into the caller's workspace (group_combine.c).
+ *              straight into the caller's workspace (group_combine.c);
+ *              with return_pages, what the ranks attended merged into
+ *              the session's global numbering (group_given.c).
  *
  * The leader's engine writes its result into a workspace of its own (the
  * combine reads it while writing the caller's): a free list of engine
@@ -29,6 +33,7 @@
  * counted once (service/attend_exec.c).
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "attnd_assert.h"
 #include "attnd_clock.h"
@@ -131,27 +136,31 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
     attnd__gcall *c = NULL;
     attnd__gplan plan;
     attnd__gpart local;
+    attnd__ggiven gv;
     const float *out[ATTND_GROUP_MAX_RANKS], *lse[ATTND_GROUP_MAX_RANKS];
     attnd_status st;
 
-    if (req->given_groups || req->want_pages)
-        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
-                               "%s: not carried by a worker group's Attend yet (policies set at "
-                               "CreateSession are: topk-pages, streaming, full)",
-                               req->want_pages ? "return_pages" : "given_idx");
     if (n == 0 || !req->ids || req->q_tokens < 1 ||
         req->q_tokens > ATTND_ENGINE_MAX_Q_TOKENS || !req->q)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "q: missing, or q_tokens %d not in [1, %d]", req->q_tokens,
                                ATTND_ENGINE_MAX_Q_TOKENS);
-    if (!(lens = attnd__gbuf_get(g, sizeof(uint64_t) * n)))
+    const size_t stride = attnd__gkinds_stride(g);
+    if (!(lens = attnd__gbuf_get(g, (sizeof(uint64_t) + stride) * n)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "session_ids: out of memory");
     uint64_t *glen = (uint64_t *)lens->data;
+    uint8_t *kinds = lens->data + sizeof(uint64_t) * n;
     if ((st = check_call(g, req, glen, err)))
+        goto out;
+    /* sparse: the given lists against every shard, split among the ranks */
+    int sparse = attnd__gtable_kinds(&g->table, req->ids, n, req->layer, stride, kinds);
+    memset(&gv, 0, sizeof gv);
+    if ((sparse || req->given_groups || req->want_pages) &&
+        (st = attnd__ggiven_plan(g, req, glen, kinds, &gv, err)))
         goto out;
 
     /* plan; everything the call needs is taken before the first send */
-    attnd__gplan_make(g, req, glen, &plan);
+    attnd__gplan_make(g, req, glen, &gv, &plan);
     /* rank 0 of a sequence group merges the others into its own result in
      * place (a projected one lies in the workspace's proj and is copied
      * into its out by the combine) */
@@ -161,12 +170,13 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
         goto out;
     }
     /* scatter */
-    if ((st = attnd__gscatter(g, c, req, glen, &plan, &local, &scratch, err)))
+    if ((st = attnd__gscatter(g, c, req, glen, &plan, &gv, &local, &scratch, err)))
         goto out; /* nothing was sent */
 
     /* run-local */
     uint64_t t0 = attnd_clock_ns();
-    st = attnd__grank_attend(g, &local, in_place ? ws : &lws->ws, &out[g->me], &lse[g->me], err);
+    attnd_engine_ws *local_ws = in_place ? ws : &lws->ws;
+    st = attnd__grank_attend(g, &local, local_ws, &out[g->me], &lse[g->me], err);
     const int applied = st == ATTND_OK; /* its new KV went in */
     uint64_t kernel_ns = attnd_clock_ns() - t0;
 
@@ -183,14 +193,31 @@ attnd_status attnd_group_attend(attnd_group *g, const attnd_attend_req *req,
 
     /* combine */
     const size_t out_floats = plan.rows * (size_t)g->hq_r * plan.width;
+    const size_t pages_at = (plan.reply + 7) & ~(size_t)7;
+    attnd__gchosen chosen[ATTND_GROUP_MAX_RANKS];
+    chosen[g->me] = (attnd__gchosen){local_ws->chosen_groups, local_ws->chosen_tokens,
+                                     local_ws->chosen_indptr, local_ws->chosen};
     for (int32_t r = 0; r < g->N; r++) {
         if (r == g->me)
             continue;
         const attnd__gslot *s = &c->slot[r];
-        ATTND_ASSERT(s->expect && s->done && s->st == ATTND_OK && s->buf->len == plan.reply);
+        ATTND_ASSERT(s->expect && s->done && s->st == ATTND_OK &&
+                     (s->buf->len == plan.reply || (gv.want_pages && s->buf->len > pages_at)));
         out[r] = (const float *)s->buf->data;
         lse[r] = out[r] + out_floats;
+        if (gv.want_pages && (st = attnd__gchosen_read(s->buf->data + pages_at,
+                                                       s->buf->len - pages_at, n, &chosen[r],
+                                                       err)))
+            goto out;
     }
+    if (gv.want_pages && !chosen[g->me].groups) {
+        st = attnd_error_set(err, ATTND_ERR_INTERNAL, "return_pages: no pages from this rank");
+        goto out;
+    }
+    /* the ranks' reports are read before the combine's workspace is
+     * written (rank 0 leading: its report lies in ws) */
+    if (gv.want_pages && (st = attnd__gchosen_merge(g, req, glen, &gv, chosen, ws, err)))
+        goto out;
     if ((st = attnd__gcombine(g, &plan, out, lse, ws, err)))
         goto out;
     *out_p = ws->out;

@@ -139,7 +139,7 @@ attnd__gcall *attnd__gcall_new(attnd_group *g)
     return c;
 }
 
-int attnd__gcall_expect(attnd_group *g, attnd__gcall *c, int32_t r, size_t want)
+int attnd__gcall_expect(attnd_group *g, attnd__gcall *c, int32_t r, size_t want, size_t max)
 {
     attnd__gbuf *b = attnd__gbuf_get(g, want);
     if (!b)
@@ -149,6 +149,7 @@ int attnd__gcall_expect(attnd_group *g, attnd__gcall *c, int32_t r, size_t want)
     c->slot[r].expect = 1;
     c->slot[r].buf = b;
     c->slot[r].want = want;
+    c->slot[r].max = max > want ? max : want;
     c->n_left++;
     check_left(g, c);
     pthread_mutex_unlock(&g->call_mu);
@@ -341,7 +342,18 @@ ucs_status_t attnd__gcall_on_reply(attnd_group *g, const attnd__gnet_msg *m)
         return UCS_OK; /* a late answer to a call that gave up */
     }
     s->a = h->a;
-    if (h->status != ATTND_OK || len != s->want) {
+    if (h->status == ATTND_OK && len > s->want && len <= s->max && len > s->buf->cap) {
+        attnd__gbuf *big = attnd__gbuf_get(g, len); /* buf_mu after call_mu */
+        if (!big) {
+            attnd__gslot_fail(g, c, h->src_rank, ATTND_ERR_RESOURCE_EXHAUSTED,
+                              "group: out of memory for a peer's result");
+            pthread_mutex_unlock(&g->call_mu);
+            return UCS_OK;
+        }
+        attnd__gbuf_put(g, s->buf);
+        s->buf = big;
+    }
+    if (h->status != ATTND_OK || len < s->want || len > s->max) {
         char msg[192];
         if (h->status != ATTND_OK && !rndv)
             snprintf(msg, sizeof msg, "%.*s", (int)(len < 180 ? len : 180), (const char *)data);

@@ -15,7 +15,8 @@
  * group_scatter.c (scatter, and the leader's own part as views of the
  * request), group_attend.c (the call: run-local, wait, timing),
  * group_combine.c (combine); group_weights.c (each rank's part of W_UK
- * and W_UV, which its engine holds and applies).
+ * and W_UV, which its engine holds and applies); group_sparse.c (sparse
+ * policies per rank), group_given.c (given indices and return_pages).
  *
  * Wire: rank-to-rank messages are UCX active messages, each rank sending
  * on its own endpoint to the peer: requests on AM id ATTND__GAM_REQ,
@@ -73,7 +74,8 @@ typedef struct attnd__ghdr {
     uint32_t q_dtype;
     uint32_t kv_dtype; /* ATTEND: 0 without new KV */
     uint64_t a, b;
-    uint64_t stream;   /* APPEND, COMMIT, ABORT: the AppendKV stream's id */
+    uint64_t stream;   /* APPEND, COMMIT, ABORT: the AppendKV stream's id;
+                          ATTEND: ATTND__GATT_* flags */
     uint64_t token;    /* the receiver's token (group_rdv.c): others are dropped */
 } attnd__ghdr;
 
@@ -223,7 +225,9 @@ typedef struct attnd__gslot {
     attnd_status st;
     char msg[192];
     attnd__gbuf *buf;    /* reply data lands here */
-    size_t want;         /* its exact expected length */
+    size_t want;         /* its expected length (max > want: at least) */
+    size_t max;          /* > want: replies of want..max bytes (a reply
+                            larger than buf gets a bigger pooled buffer) */
     uint64_t a;          /* reply header's a */
     struct attnd_group *g;       /* for a rendezvous receive's completion */
     struct attnd__gcall *call;
@@ -245,6 +249,9 @@ typedef struct attnd__gsess {
     uint64_t *len; /* [n_layers] global tokens */
     uint64_t *stage;  /* [n_layers] the AppendKV stream holding the layer, 0 none */
     uint64_t *staged; /* [n_layers] its length as that stream staged it */
+    uint8_t *kinds;   /* NULL (dense), or [n_layers][kinds_stride]: the
+                         group's policy kinds (attnd__gtable_set_kinds) */
+    size_t kinds_stride;
     int broken;    /* a changing call failed on some ranks only: DATA_LOSS */
 } attnd__gsess;
 
@@ -356,8 +363,9 @@ void attnd__gbufs_cleanup(attnd_group *g);
 /* A new call with no slot expected; NULL when out of memory. */
 attnd__gcall *attnd__gcall_new(attnd_group *g);
 /* Expect a reply of exactly `want` data bytes from rank r (a buffer is
- * taken now). -1 when out of memory. */
-int attnd__gcall_expect(attnd_group *g, attnd__gcall *c, int32_t r, size_t want);
+ * taken now), or with max > want of want to max bytes. -1 when out of
+ * memory. */
+int attnd__gcall_expect(attnd_group *g, attnd__gcall *c, int32_t r, size_t want, size_t max);
 /* Mark slot r failed (caller holds call_mu). */
 void attnd__gslot_fail(attnd_group *g, attnd__gcall *c, int32_t r, attnd_status st,
                        const char *msg);
@@ -470,6 +478,18 @@ void attnd__gtable_stage_to(attnd__gtable *t, const attnd_session_id *id, uint32
  * not held by stream (the session closed meanwhile) are skipped. */
 void attnd__gtable_unstage(attnd__gtable *t, const attnd_session_id *id, uint32_t layer,
                            uint64_t stream, int commit);
+/* A session's policy kinds as the group sees them: per layer `stride`
+ * bytes, the attnd_policy_kind of each of the stride - 1 policy heads (GQA:
+ * KV heads; MLA: 1), then ATTND__GKIND_* flags. Copied; unknown ids are
+ * skipped. */
+enum { ATTND__GKIND_UNIFORM = 1, /* every head has the same policy */
+       ATTND__GKIND_TOPK = 2 };   /* some head is topk-pages */
+attnd_status attnd__gtable_set_kinds(attnd__gtable *t, const attnd_session_id *id,
+                                     const uint8_t *kinds, size_t stride, attnd_error *err);
+/* layer's kinds of n sessions into out [n][stride] (a session without
+ * policy, or gone: full and uniform); 1 when some session has a policy. */
+int attnd__gtable_kinds(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
+                        uint32_t layer, size_t stride, uint8_t *out);
 /* ABORTED naming session_ids[i] when an AppendKV stream holds layer of
  * one of them (an Attend with new KV must not append there). */
 attnd_status attnd__gtable_check_unstaged(attnd__gtable *t, const attnd_session_id *ids,
@@ -535,7 +555,18 @@ typedef struct attnd__gpart {
     int kv_whole;                  /* sequence: kv is the request's
                                       [n][S][kv_elems] (the leader's view);
                                       the rank takes its own by placement */
+    uint32_t given_groups;         /* > 0: this rank's given lists
+                                      (group_given.c; sequence mode: all
+                                      the rank attends, given_only) */
+    const uint32_t *given_indptr;
+    const uint64_t *given_idx;
+    int want_pages;                /* report what was attended */
 } attnd__gpart;
+
+/* ATTEND header flags (attnd__ghdr.stream of an ATTEND request). */
+enum { ATTND__GATT_GIVEN = 1,   /* the data ends with a given section */
+       ATTND__GATT_PAGES = 2 }; /* return_pages: the reply ends with a
+                                   chosen section (group_given.c) */
 
 /* Run part p on this rank's engine with workspace ws: append, attend with
  * LSE, advance the global lengths. out/lse point into ws. */
@@ -543,15 +574,15 @@ attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_en
                                  const float **out_p, const float **lse_p, attnd_error *err);
 /* Wire layout of an ATTEND request's data; offsets in bytes, 64-aligned. */
 typedef struct attnd__gpart_layout {
-    size_t ids, glen, q, kv, total;
-    size_t q_bytes, kv_bytes;
+    size_t ids, glen, q, kv, given, total;
+    size_t q_bytes, kv_bytes, given_bytes;
 } attnd__gpart_layout;
 /* Query elements per head of a part: d_k_r, or with a heads-form query of
  * d_nope > 0, d_nope + the shard's d_rope. */
 int32_t attnd__gpart_qw(const attnd_group *g, int32_t d_nope);
 void attnd__gpart_layout_of(const attnd_group *g, uint32_t n, int32_t S, attnd_dtype qt,
                             int32_t d_nope, attnd_dtype kt, uint64_t kv_entries,
-                            attnd__gpart_layout *l);
+                            size_t given_bytes, attnd__gpart_layout *l);
 /* Bytes of a rank's reply to an ATTEND: out (rows of `width` floats) then
  * lse, float32. */
 size_t attnd__gpart_reply_bytes(const attnd_group *g, uint32_t n, int32_t S, int32_t width);
@@ -586,6 +617,9 @@ attnd_status attnd__glead_collect(attnd_group *g, attnd__gcall *c, attnd_error *
  * expecting `want` reply bytes; a failure fails the slot. */
 void attnd__glead_send(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b,
                        size_t want);
+/* The same for a reply of want to max bytes (max > want). */
+void attnd__glead_send_upto(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b,
+                            size_t want, size_t max);
 /* Did a call that changes sessions leave their shards disagreeing? own: 1
  * the leader's part applied, 0 it failed; lost: parts never sent. */
 int attnd__glead_diverged(attnd_group *g, attnd__gcall *c, int own, int lost);
@@ -612,13 +646,83 @@ typedef struct attnd__gplan {
     size_t reply;            /* bytes of every rank's result (out, lse) */
     uint64_t entries[ATTND_GROUP_MAX_RANKS];        /* new KV entries of rank r */
     attnd__gpart_layout part[ATTND_GROUP_MAX_RANKS]; /* rank r's ATTEND data */
+    size_t reply_max[ATTND_GROUP_MAX_RANKS]; /* > reply: with its chosen
+                                                section (return_pages) */
 } attnd__gplan;
 
-/* Plan req (validated; glen the sessions' global lengths) over the group:
- * what every rank receives and answers. Checks (ATTND_ASSERT) that every
- * new token, head and latent dim goes to exactly one rank. */
+/* ---- given indices and return_pages on a group (group_given.c) -------------
+ * The leader checks the request's given lists against the group (every
+ * rank's shard: the policy kinds in the group table, global lengths), so
+ * that no rank refuses what another applied; each rank then gets its own
+ * lists: sequence mode the pages / tokens of the caller's lists it holds,
+ * in its local numbering, and those of the newest S tokens it holds (all
+ * it attends: attnd_attend_req.given_only); head mode the lists of its KV
+ * heads; latent mode every list. With return_pages each rank reports what
+ * it attended and the leader merges the reports into the session's global
+ * numbering, in the shape a lone worker gives.
+ *
+ * Given section (after an ATTEND's data, 64-aligned): uint32 groups,
+ * uint32 0, uint64 entries, uint32 indptr[n * groups + 1], 8-aligned,
+ * uint64 idx[entries]. Chosen section (after a reply's out and lse,
+ * 8-aligned): uint32 groups, uint32 tokens, uint64 entries, int32
+ * indptr[n * groups + 1], 8-aligned, int64 chosen[entries]. */
+typedef struct attnd__ggiven {
+    int on;                       /* lists travel (the request gives some) */
+    int want_pages;
+    uint32_t H;                   /* policy heads: KV heads (GQA), 1 (MLA) */
+    size_t stride;                /* bytes per session of kinds */
+    const uint8_t *kinds;         /* [n][stride] the layer's kinds, flags */
+    uint32_t groups[ATTND_GROUP_MAX_RANKS]; /* lists per session of rank r */
+    uint64_t n_idx[ATTND_GROUP_MAX_RANKS];  /* entries of rank r's lists */
+} attnd__ggiven;
+
+/* Check req's given fields against the group (glen: global lengths before
+ * the append; kinds: the batch's, attnd__gtable_kinds) with the engine's
+ * messages, and plan every rank's lists into *gv. INVALID_ARGUMENT names
+ * the field. */
+attnd_status attnd__ggiven_plan(const attnd_group *g, const attnd_attend_req *req,
+                                const uint64_t *glen, const uint8_t *kinds, attnd__ggiven *gv,
+                                attnd_error *err);
+/* Bytes of rank r's given section (0: none). */
+size_t attnd__ggiven_bytes(const attnd__ggiven *gv, uint32_t n, int32_t r);
+/* Write rank r's given section at dst (attnd__ggiven_bytes of room). */
+void attnd__ggiven_write(const attnd_group *g, const attnd_attend_req *req, const uint64_t *glen,
+                         const attnd__ggiven *gv, int32_t r, void *dst);
+/* Read a given section of len bytes for n sessions: *groups_p, pointers
+ * into it; *bytes_p its size. INVALID_ARGUMENT when malformed. */
+attnd_status attnd__ggiven_read(const void *sec, size_t len, uint32_t n, uint32_t *groups_p,
+                                const uint32_t **indptr_p, const uint64_t **idx_p,
+                                size_t *bytes_p, attnd_error *err);
+/* The most bytes of rank r's chosen section. */
+size_t attnd__gchosen_max(const attnd_group *g, const attnd_attend_req *req,
+                          const uint64_t *glen, int32_t r);
+/* Bytes of the chosen section of ws's lists for n sessions, and writing
+ * it at dst. */
+size_t attnd__gchosen_bytes(const attnd_engine_ws *ws, uint32_t n);
+void attnd__gchosen_write(const attnd_engine_ws *ws, uint32_t n, void *dst);
+/* One rank's report: what its engine attended. */
+typedef struct attnd__gchosen {
+    uint32_t groups;
+    int tokens;
+    const int32_t *indptr;
+    const int64_t *chosen;
+} attnd__gchosen;
+/* Merge the ranks' reports src[0..N-1] into ws->chosen_* in the session's
+ * global numbering (a peer's read from its reply by attnd__gchosen_read).
+ * INTERNAL when a report does not fit the call. */
+attnd_status attnd__gchosen_merge(const attnd_group *g, const attnd_attend_req *req,
+                                  const uint64_t *glen, const attnd__ggiven *gv,
+                                  const attnd__gchosen *src, attnd_engine_ws *ws,
+                                  attnd_error *err);
+attnd_status attnd__gchosen_read(const void *sec, size_t len, uint32_t n,
+                                 attnd__gchosen *out, attnd_error *err);
+
+/* Plan req (validated; glen the sessions' global lengths; gv its given
+ * lists and return_pages) over the group: what every rank receives and
+ * answers. Checks (ATTND_ASSERT) that every new token, head and latent dim
+ * goes to exactly one rank. */
 void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
-                       const uint64_t *glen, attnd__gplan *p);
+                       const uint64_t *glen, const attnd__ggiven *gv, attnd__gplan *p);
 
 /* group_scatter.c */
 /* Encode every peer's part of req per plan p and send it as part of call
@@ -630,7 +734,8 @@ void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
  * running the part; NULL when none was needed. RESOURCE_EXHAUSTED before
  * anything is sent when buffers run out. */
 attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend_req *req,
-                             const uint64_t *glen, const attnd__gplan *p, attnd__gpart *local,
+                             const uint64_t *glen, const attnd__gplan *p,
+                             const attnd__ggiven *gv, attnd__gpart *local,
                              attnd__gbuf **scratch_p, attnd_error *err);
 
 /* group_combine.c */
@@ -653,9 +758,17 @@ attnd_status attnd__gweights_store(attnd_group *g, const attnd__gbuf *req, attnd
 
 /* Rank r's share of a session's max_tokens (sequence mode: its tokens). */
 uint64_t attnd__glead_rank_tokens(const attnd_group *g, int32_t r, uint64_t max_tokens);
-/* A CREATE message's policy (the bytes after the id) into *out, its rules
- * in *rules_p (caller frees). INVALID_ARGUMENT when malformed. */
-attnd_status attnd__gpolicy_parse(const uint8_t *p, size_t len, attnd_session_policy *out,
-                                  attnd_policy_rule **rules_p, attnd_error *err);
+/* A CREATE message's policies (the bytes after the id): this rank's into
+ * *mine, the session's whole one into *whole, their rules in *rules_p and
+ * *whole_rules_p (caller frees both). INVALID_ARGUMENT when malformed. */
+attnd_status attnd__gpolicy_parse(const uint8_t *p, size_t len, attnd_session_policy *mine,
+                                  attnd_policy_rule **rules_p, attnd_session_policy *whole,
+                                  attnd_policy_rule **whole_rules_p, attnd_error *err);
+/* Bytes per layer of the group table's policy kinds (attnd__gtable_kinds):
+ * the model's policy heads (GQA: KV heads; MLA: 1) + 1. */
+size_t attnd__gkinds_stride(const attnd_group *g);
+/* Keep the kinds of session id's whole policy p in the group table. */
+attnd_status attnd__gpolicy_keep(attnd_group *g, const attnd_session_id *id,
+                                 const attnd_session_policy *p, attnd_error *err);
 
 #endif /* ATTND_GROUP_INT_H */

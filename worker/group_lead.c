@@ -75,10 +75,16 @@ attnd_status attnd__glead_collect(attnd_group *g, attnd__gcall *c, attnd_error *
 void attnd__glead_send(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b,
                        size_t want)
 {
+    attnd__glead_send_upto(g, c, r, b, want, want);
+}
+
+void attnd__glead_send_upto(attnd_group *g, attnd__gcall *c, int32_t r, attnd__gbuf *b,
+                            size_t want, size_t max)
+{
     attnd_error e;
     b->hdr.src_rank = g->me;
     b->hdr.req_id = c->id;
-    if (attnd__gcall_expect(g, c, r, want)) {
+    if (attnd__gcall_expect(g, c, r, want, max)) {
         attnd__gbuf_put(g, b);
         pthread_mutex_lock(&g->call_mu);
         c->slot[r].expect = 1;

@@ -106,7 +106,7 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
     /* a: heads-form d_nope (0: absorbed); b: up-projection width (0: none) */
     const int32_t d_nope = (int32_t)h->a, d_vo = (int32_t)h->b;
     attnd__gpart_layout_of(g, h->n_seqs, h->q_tokens, (attnd_dtype)h->q_dtype, d_nope,
-                           ATTND_DTYPE_INVALID, 0, &l);
+                           ATTND_DTYPE_INVALID, 0, 0, &l);
     if (req->len < l.q) {
         attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "group: ATTEND too short");
         return status_reply(g, h, err->code, err, 0);
@@ -118,8 +118,20 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
             entries += attnd__gplace_count(g, g->me, glen[i] + (uint64_t)h->q_tokens) -
                        attnd__gplace_count(g, g->me, glen[i]);
     attnd__gpart_layout_of(g, h->n_seqs, h->q_tokens, (attnd_dtype)h->q_dtype, d_nope, kt,
-                           entries, &l);
-    if (l.total != req->len) {
+                           entries, 0, &l);
+    uint32_t given_groups = 0;
+    const uint32_t *given_indptr = NULL;
+    const uint64_t *given_idx = NULL;
+    if ((h->stream & ATTND__GATT_GIVEN) && req->len > l.given) { /* its given lists */
+        size_t gb = 0;
+        st = attnd__ggiven_read(req->data + l.given, req->len - l.given, h->n_seqs,
+                                &given_groups, &given_indptr, &given_idx, &gb, err);
+        if (st)
+            return status_reply(g, h, st, err, 0);
+        attnd__gpart_layout_of(g, h->n_seqs, h->q_tokens, (attnd_dtype)h->q_dtype, d_nope, kt,
+                               entries, gb, &l);
+    }
+    if (l.total != req->len || (!given_groups && (h->stream & ATTND__GATT_GIVEN))) {
         attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                         "group: ATTEND of %zu bytes, expected %zu", req->len, l.total);
         return status_reply(g, h, err->code, err, 0);
@@ -136,6 +148,10 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
         .glen = glen,
         .q = req->data + l.q,
         .kv = kt != ATTND_DTYPE_INVALID ? req->data + l.kv : NULL,
+        .given_groups = given_groups,
+        .given_indptr = given_indptr,
+        .given_idx = given_idx,
+        .want_pages = (h->stream & ATTND__GATT_PAGES) != 0,
     };
     st = attnd__grank_attend(g, &p, ws, &out, &lse, err);
     if (st)
@@ -143,7 +159,10 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
     size_t rows = (size_t)h->n_seqs * (size_t)h->q_tokens * (size_t)g->hq_r;
     size_t width = d_vo ? (size_t)d_vo : (size_t)g->d_v_r;
     size_t ob = rows * width * sizeof(float);
-    attnd__gbuf *b = attnd__gbuf_get(g, ob + rows * sizeof(float));
+    /* return_pages: what it attended, after its result */
+    size_t pages_at = (ob + rows * sizeof(float) + 7) & ~(size_t)7;
+    size_t pages = p.want_pages ? attnd__gchosen_bytes(ws, h->n_seqs) : 0;
+    attnd__gbuf *b = attnd__gbuf_get(g, pages ? pages_at + pages : ob + rows * sizeof(float));
     if (!b) {
         attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: peer out of memory");
         return status_reply(g, h, err->code, err, 0);
@@ -154,6 +173,11 @@ static attnd__gbuf *run_attend(attnd_group *g, const attnd__gbuf *req, attnd_eng
     memcpy(b->data, out, ob); /* projected by the engine when d_vo > 0 */
     memcpy(b->data + ob, lse, rows * sizeof(float));
     b->len = ob + rows * sizeof(float);
+    if (pages) {
+        memset(b->data + b->len, 0, pages_at - b->len);
+        attnd__gchosen_write(ws, h->n_seqs, b->data + pages_at);
+        b->len = pages_at + pages;
+    }
     return b;
 }
 
@@ -179,13 +203,23 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
                 memcpy(&owner, req->data + ATTND_SESSION_ID_BYTES, sizeof owner);
             st = attnd_engine_session_create_owned(g->engine, owner, h->a, id, NULL, &err);
         } else if (req->len > ATTND_SESSION_ID_BYTES) { /* a sparse policy (group_sparse.c) */
-            attnd_session_policy pol;
-            attnd_policy_rule *rules = NULL;
+            attnd_session_policy pol, whole;
+            attnd_policy_rule *rules = NULL, *wrules = NULL;
             st = attnd__gpolicy_parse(req->data + ATTND_SESSION_ID_BYTES,
-                                      req->len - ATTND_SESSION_ID_BYTES, &pol, &rules, &err);
-            if (st == ATTND_OK)
-                st = attnd_engine_session_create_policy(g->engine, h->a, &pol, id, NULL, &err);
+                                      req->len - ATTND_SESSION_ID_BYTES, &pol, &rules, &whole,
+                                      &wrules, &err);
+            if (st == ATTND_OK &&
+                (st = attnd_engine_session_create_policy(g->engine, h->a, &pol, id, NULL,
+                                                         &err)) == ATTND_OK) {
+                if ((st = attnd__gtable_add(&g->table, id, &err)) == ATTND_OK &&
+                    (st = attnd__gpolicy_keep(g, id, &whole, &err)))
+                    attnd__gtable_remove(&g->table, id);
+                if (st)
+                    attnd_engine_session_close(g->engine, id, NULL, NULL);
+            }
             free(rules);
+            free(wrules);
+            return status_reply(g, h, st, &err, 0);
         } else {
             st = attnd_engine_session_create_id(g->engine, h->a, id, &err);
         }

@@ -9,7 +9,9 @@
  * encodes from it, the call waits for exactly p->reply bytes per peer, and
  * combine (group_combine.c) reads the results by it. The visible lengths
  * of a multi-token query (S > 1, sequence mode) are not shipped: every
- * rank derives its own from the same global lengths (group_rank.c).
+ * rank derives its own from the same global lengths (group_rank.c). Given
+ * lists add a section per rank (group_given.c) and return_pages a longest
+ * reply.
  *
  * Unit counts are invariants, checked in every build (ATTND_ASSERT): each
  * new token goes to exactly one rank in sequence mode and every token's
@@ -42,7 +44,7 @@ static void check_units(const attnd_group *g)
 }
 
 void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
-                       const uint64_t *glen, attnd__gplan *p)
+                       const uint64_t *glen, const attnd__ggiven *gv, attnd__gplan *p)
 {
     const int32_t d_vo = req->d_vo > 0 ? req->d_vo : 0;
     const uint32_t n = req->n_seqs;
@@ -84,7 +86,10 @@ void attnd__gplan_make(const attnd_group *g, const attnd_attend_req *req,
     uint64_t total = 0;
     for (int32_t r = 0; r < g->N; r++) {
         attnd__gpart_layout_of(g, n, req->q_tokens, p->pq, p->d_nope, p->pk, p->entries[r],
-                               &p->part[r]);
+                               attnd__ggiven_bytes(gv, n, r), &p->part[r]);
+        p->reply_max[r] = gv && gv->want_pages ? ((p->reply + 7) & ~(size_t)7) +
+                                                     attnd__gchosen_max(g, req, glen, r)
+                                               : p->reply;
         total += p->entries[r];
     }
     ATTND_ASSERT(!with_kv || total == (g->cfg.mode == ATTND_GROUP_SEQUENCE

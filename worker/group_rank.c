@@ -10,8 +10,11 @@
  *   kv   (with new KV) sequence mode: the entries this rank holds of each
  *        session's S new ones, in (session, token) order; head and latent:
  *        [n][S][kv_elems_r]; of the part's KV dtype
+ *   given (header flag ATTND__GATT_GIVEN) the rank's given lists
+ *        (group_given.c)
  * Reply data: out [n][S][hq_r][d_v_r] (up-projected: [..][d_vo]) then lse
- * [n][S][hq_r], float32.
+ * [n][S][hq_r], float32; with ATTND__GATT_PAGES then, 8-aligned, the
+ * pages it attended (the chosen section, group_given.c).
  *
  * Sequence mode appends each session's share separately (a session may get
  * none), then attends with a visible-length override when S > 1: query
@@ -39,7 +42,7 @@ int32_t attnd__gpart_qw(const attnd_group *g, int32_t d_nope)
 
 void attnd__gpart_layout_of(const attnd_group *g, uint32_t n, int32_t S, attnd_dtype qt,
                             int32_t d_nope, attnd_dtype kt, uint64_t kv_entries,
-                            attnd__gpart_layout *l)
+                            size_t given_bytes, attnd__gpart_layout *l)
 {
     l->ids = 0;
     l->glen = align64((size_t)n * ATTND_SESSION_ID_BYTES);
@@ -50,7 +53,9 @@ void attnd__gpart_layout_of(const attnd_group *g, uint32_t n, int32_t S, attnd_d
     l->kv_bytes = kt == ATTND_DTYPE_INVALID
                       ? 0
                       : (size_t)kv_entries * (size_t)g->kv_elems_r * attnd_dtype_size(kt);
-    l->total = l->kv + l->kv_bytes;
+    l->given = align64(l->kv + l->kv_bytes);
+    l->given_bytes = given_bytes;
+    l->total = given_bytes ? l->given + given_bytes : l->kv + l->kv_bytes;
 }
 
 size_t attnd__gpart_reply_bytes(const attnd_group *g, uint32_t n, int32_t S, int32_t width)
@@ -136,6 +141,12 @@ attnd_status attnd__grank_attend(attnd_group *g, const attnd__gpart *p, attnd_en
         .q_form = p->d_nope > 0 ? ATTND_Q_HEADS : ATTND_Q_ABSORBED,
         .d_nope = p->d_nope,
         .d_vo = p->d_vo,
+        .given_groups = p->given_groups,
+        .given_indptr = p->given_indptr,
+        .given_idx = p->given_idx,
+        .want_pages = p->want_pages,
+        /* sequence: the lists are the rank's exact part (group_given.c) */
+        .given_only = p->given_groups && g->cfg.mode == ATTND_GROUP_SEQUENCE,
     };
     if (g->cfg.mode == ATTND_GROUP_SEQUENCE) {
         if (with_kv && (st = append_shares(g, p, err)))

@@ -18,6 +18,10 @@
  * latent mode rotates each query and new entry once, writing every rank's
  * slice, and then sends. The bytes each rank receives are exactly what it
  * received before the leader stopped encoding a part for itself.
+ *
+ * Given lists (group_given.c) end each peer's message as its given
+ * section; the leader's own are written to its scratch buffer and read
+ * back from there by the same code a peer reads them with.
  */
 #include <string.h>
 
@@ -99,7 +103,8 @@ static void rotate_scatter(const attnd_group *g, const attnd_attend_req *req,
 }
 
 attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend_req *req,
-                             const uint64_t *glen, const attnd__gplan *p, attnd__gpart *local,
+                             const uint64_t *glen, const attnd__gplan *p,
+                             const attnd__ggiven *gv, attnd__gpart *local,
                              attnd__gbuf **scratch_p, attnd_error *err)
 {
     const int32_t me = g->me;
@@ -109,12 +114,15 @@ attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend
     /* the leader's scratch (head, latent): its q slice, KV slice, and
      * latent mode's one rotated vector */
     const size_t kv_off = align64(lm->q_bytes), tmp_off = align64(kv_off + lm->kv_bytes);
-    const size_t scratch_bytes = tmp_off + (size_t)g->d_k * sizeof(float);
+    const size_t given_off = align64(tmp_off + (size_t)g->d_k * sizeof(float));
+    const size_t scratch_bytes = given_off + lm->given_bytes;
+    const uint64_t flags = (gv && gv->on ? ATTND__GATT_GIVEN : 0) |
+                           (gv && gv->want_pages ? ATTND__GATT_PAGES : 0);
 
     for (int32_t r = 0; r < g->N; r++)
         if (r != me && !(b[r] = attnd__gbuf_get(g, p->part[r].total)))
             goto err_nomem;
-    if (!seq && !(scratch = attnd__gbuf_get(g, scratch_bytes)))
+    if ((!seq || lm->given_bytes) && !(scratch = attnd__gbuf_get(g, scratch_bytes)))
         goto err_nomem;
 
     /* a heads-form query with the RoPE key replicated is every rank's as
@@ -133,7 +141,17 @@ attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend
         .q = q_view ? req->q : scratch->data,
         .kv = !req->new_kv ? NULL : seq ? req->new_kv : scratch->data + kv_off,
         .kv_whole = seq,
+        .want_pages = gv && gv->want_pages,
     };
+    if (lm->given_bytes) { /* the leader's own lists */
+        size_t used;
+        attnd__ggiven_write(g, req, glen, gv, me, scratch->data + given_off);
+        attnd_status st = attnd__ggiven_read(scratch->data + given_off, lm->given_bytes,
+                                             p->n_seqs, &local->given_groups,
+                                             &local->given_indptr, &local->given_idx, &used,
+                                             err);
+        ATTND_ASSERT(st == ATTND_OK); /* it reads what it wrote */
+    }
     if (g->cfg.mode == ATTND_GROUP_LATENT) {
         float *q[ATTND_GROUP_MAX_RANKS], *kv[ATTND_GROUP_MAX_RANKS];
         for (int32_t r = 0; r < g->N; r++) {
@@ -156,7 +174,14 @@ attnd_status attnd__gscatter(attnd_group *g, attnd__gcall *c, const attnd_attend
         else if (p->d_nope)
             encode_slices(g, r, req, glen, p, b[r]->data + p->part[r].q, NULL);
         encode_head(p, req, glen, &p->part[r], b[r]);
-        attnd__glead_send(g, c, r, b[r], p->reply);
+        b[r]->hdr.stream = flags;
+        if (p->part[r].given_bytes)
+            attnd__ggiven_write(g, req, glen, gv, r, b[r]->data + p->part[r].given);
+        if (p->reply_max[r] > p->reply) /* with the pages it attended */
+            attnd__glead_send_upto(g, c, r, b[r], ((p->reply + 7) & ~(size_t)7) + 16,
+                                   p->reply_max[r]);
+        else
+            attnd__glead_send(g, c, r, b[r], p->reply);
     }
     *scratch_p = scratch;
     return ATTND_OK;

@@ -5,8 +5,12 @@
  * CREATE with a policy: data = id (16 bytes), then the rank's policy:
  * uint32 n_rules, the default (kind, sink, window, topk, topk_fraction as
  * 4-byte little-endian fields), then n_rules rules (layer_begin, layer_end,
- * head_begin, head_end, then a policy). Every rank checks it again with its
- * engine (against its shard) when it creates the session. */
+ * head_begin, head_end, then a policy); then the session's whole policy in
+ * the same form, from which every rank keeps the policy kinds of every
+ * layer and head in its group table (the leader of an Attend checks given
+ * indices against them for every shard: group_given.c). Every rank checks
+ * its own policy again with its engine (against its shard) when it
+ * creates the session. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -115,16 +119,34 @@ static size_t rank_serialize(const attnd_group *g, int32_t r, const attnd_sessio
     return (size_t)(q - dst);
 }
 
-attnd_status attnd__gpolicy_parse(const uint8_t *p, size_t len, attnd_session_policy *out,
-                                  attnd_policy_rule **rules_p, attnd_error *err)
+/* The session's whole policy, serialized at dst (as rank_serialize). */
+static size_t whole_serialize(const attnd_session_policy *p, uint8_t *dst)
+{
+    uint8_t *q = put32(dst, p->n_rules);
+    q = put_policy(q, &p->dflt);
+    for (uint32_t i = 0; i < p->n_rules; i++) {
+        q = put32(q, p->rules[i].layer_begin);
+        q = put32(q, p->rules[i].layer_end);
+        q = put32(q, p->rules[i].head_begin);
+        q = put32(q, p->rules[i].head_end);
+        q = put_policy(q, &p->rules[i].policy);
+    }
+    return (size_t)(q - dst);
+}
+
+/* One serialized policy at p (len bytes left) into *out and *rules_p;
+ * *used_p its bytes. */
+static attnd_status parse_one(const uint8_t *p, size_t len, attnd_session_policy *out,
+                              attnd_policy_rule **rules_p, size_t *used_p, attnd_error *err)
 {
     uint32_t n;
     if (len < 4 + POL_BYTES)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "group: CREATE policy truncated");
     p = get32(p, &n);
-    if (n > ATTND_POLICY_MAX_RULES || len != 4 + POL_BYTES + (size_t)n * RULE_BYTES)
+    if (n > ATTND_POLICY_MAX_RULES || len < 4 + POL_BYTES + (size_t)n * RULE_BYTES)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "group: CREATE policy of %zu bytes for %u rules", len, n);
+    *used_p = 4 + POL_BYTES + (size_t)n * RULE_BYTES;
     attnd_policy_rule *rules = n ? calloc(n, sizeof *rules) : NULL;
     if (n && !rules)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "group: out of memory");
@@ -141,6 +163,78 @@ attnd_status attnd__gpolicy_parse(const uint8_t *p, size_t len, attnd_session_po
     out->n_rules = n;
     *rules_p = rules;
     return ATTND_OK;
+}
+
+attnd_status attnd__gpolicy_parse(const uint8_t *p, size_t len, attnd_session_policy *mine,
+                                  attnd_policy_rule **rules_p, attnd_session_policy *whole,
+                                  attnd_policy_rule **whole_rules_p, attnd_error *err)
+{
+    size_t a = 0, b = 0;
+    attnd_status st = parse_one(p, len, mine, rules_p, &a, err);
+    if (st)
+        return st;
+    if ((st = parse_one(p + a, len - a, whole, whole_rules_p, &b, err)) == ATTND_OK &&
+        a + b != len) {
+        free(*whole_rules_p);
+        st = attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                             "group: CREATE policy of %zu bytes, %zu expected", len, a + b);
+    }
+    if (st) {
+        free(*rules_p);
+        *rules_p = *whole_rules_p = NULL;
+    }
+    return st;
+}
+
+size_t attnd__gkinds_stride(const attnd_group *g)
+{
+    const attnd_model_spec *m = &g->cfg.model;
+    return (size_t)(m->kind == ATTND_ATTN_GQA ? m->n_kv_heads : 1) + 1;
+}
+
+static int same_policy(const attnd_policy *a, const attnd_policy *b)
+{
+    return a->kind == b->kind && a->sink == b->sink && a->window == b->window &&
+           a->topk == b->topk && a->topk_fraction == b->topk_fraction;
+}
+
+attnd_status attnd__gpolicy_keep(attnd_group *g, const attnd_session_id *id,
+                                 const attnd_session_policy *p, attnd_error *err)
+{
+    const size_t stride = attnd__gkinds_stride(g), H = stride - 1;
+    const uint32_t L = (uint32_t)g->cfg.model.n_layers;
+    uint8_t *k = malloc(stride * L);
+    attnd_policy *lp = malloc(sizeof *lp * H);
+    attnd_status st = ATTND_OK;
+    if (!k || !lp) {
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "policy: no memory for the group's session table");
+        goto out;
+    }
+    for (uint32_t l = 0; l < L; l++) { /* as the engine resolves it: later rules win */
+        uint8_t *row = k + (size_t)l * stride, flags = ATTND__GKIND_UNIFORM;
+        for (size_t h = 0; h < H; h++)
+            lp[h] = p->dflt;
+        for (uint32_t i = 0; i < p->n_rules; i++) {
+            const attnd_policy_rule *r = &p->rules[i];
+            size_t h0 = r->head_begin, h1 = r->head_end ? r->head_end : H;
+            for (size_t h = h0; l >= r->layer_begin && l < r->layer_end && h < h1 && h < H; h++)
+                lp[h] = r->policy;
+        }
+        for (size_t h = 0; h < H; h++) {
+            row[h] = (uint8_t)lp[h].kind;
+            if (!same_policy(&lp[h], &lp[0]))
+                flags &= (uint8_t)~ATTND__GKIND_UNIFORM;
+            if (lp[h].kind == ATTND_POLICY_TOPK_PAGES)
+                flags |= ATTND__GKIND_TOPK;
+        }
+        row[H] = flags;
+    }
+    st = attnd__gtable_set_kinds(&g->table, id, k, stride, err);
+out:
+    free(lp);
+    free(k);
+    return st;
 }
 
 attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_tokens,
@@ -167,7 +261,9 @@ attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_toke
                                             &mine, &id, NULL, err);
     if (st)
         goto out;
-    if ((st = attnd__gtable_add(&g->table, &id, err))) {
+    if ((st = attnd__gtable_add(&g->table, &id, err)) ||
+        (st = attnd__gpolicy_keep(g, &id, p, err))) {
+        attnd__gtable_remove(&g->table, &id);
         attnd_engine_session_close(g->engine, &id, NULL, NULL);
         goto out;
     }
@@ -178,13 +274,14 @@ attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_toke
         for (int32_t r = 0; r < g->N; r++) {
             if (r == g->me)
                 continue;
-            attnd__gbuf *b = attnd__gbuf_get(g, sizeof id.bytes + bytes);
+            attnd__gbuf *b = attnd__gbuf_get(g, sizeof id.bytes + 2 * bytes);
             if (!b)
                 continue; /* the slot is never expected: collect sees no failure */
             b->hdr.type = ATTND__GMSG_CREATE;
             b->hdr.a = attnd__glead_rank_tokens(g, r, max_tokens);
             memcpy(b->data, id.bytes, sizeof id.bytes);
             b->len = sizeof id.bytes + rank_serialize(g, r, p, rules, b->data + sizeof id.bytes);
+            b->len += whole_serialize(p, b->data + b->len);
             attnd__glead_send(g, c, r, b, 0);
         }
         attnd__gcall_wait(g, c, attnd__glead_deadline(g, 0));

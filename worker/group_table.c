@@ -13,6 +13,11 @@
  * layer, the layer's length stays what was committed, `staged` tracks the
  * stream's own view of it, and no other writer may append there (another
  * stream, or an Attend with new KV: ABORTED). The commit sets the length.
+ *
+ * A session made with a sparse policy also keeps here the policy kinds of
+ * every layer and head as the whole group sees them (group_sparse.c sets
+ * them on every rank), so that whichever rank leads checks given indices
+ * for every rank's shard before anything is sent (group_given.c).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +40,10 @@ void attnd__gtable_init(attnd__gtable *t, int32_t n_layers)
 
 static void gsess_free(attnd__gsess *s)
 {
-    if (s)
+    if (s) {
         free(s->len);
+        free(s->kinds);
+    }
     free(s);
 }
 
@@ -271,4 +278,45 @@ attnd_status attnd__gtable_check_unstaged(attnd__gtable *t, const attnd_session_
     }
     pthread_mutex_unlock(&t->mu);
     return st;
+}
+
+attnd_status attnd__gtable_set_kinds(attnd__gtable *t, const attnd_session_id *id,
+                                     const uint8_t *kinds, size_t stride, attnd_error *err)
+{
+    const size_t bytes = stride * (size_t)t->n_layers;
+    uint8_t *k = malloc(bytes);
+    if (!k)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "policy: no memory for the group's session table");
+    memcpy(k, kinds, bytes);
+    pthread_mutex_lock(&t->mu);
+    attnd__gsess *s = find(t, id);
+    if (s) {
+        free(s->kinds);
+        s->kinds = k;
+        s->kinds_stride = stride;
+        k = NULL;
+    }
+    pthread_mutex_unlock(&t->mu);
+    free(k);
+    return ATTND_OK;
+}
+
+int attnd__gtable_kinds(attnd__gtable *t, const attnd_session_id *ids, uint32_t n,
+                        uint32_t layer, size_t stride, uint8_t *out)
+{
+    int any = 0;
+    pthread_mutex_lock(&t->mu);
+    for (uint32_t i = 0; i < n; i++) {
+        attnd__gsess *s = find(t, &ids[i]);
+        if (s && s->kinds && s->kinds_stride == stride && layer < (uint32_t)t->n_layers) {
+            memcpy(out + i * stride, s->kinds + layer * stride, stride);
+            any = 1;
+        } else {
+            memset(out + i * stride, 0, stride); /* full, uniform */
+            out[i * stride + stride - 1] = ATTND__GKIND_UNIFORM;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return any;
 }

@@ -5,7 +5,8 @@
  * head, reservations), sparse_kv.c (key bounds kept on append, streaming
  * eviction, freeing a layer's pages around the holes eviction leaves),
  * sparse_attend.c (an Attend's page lists under the policies: selection,
- * given indices, token lists, what was attended).
+ * given indices, token lists, what was attended), sparse_given.c (checking
+ * given indices, for an engine and for a group's leader).
  *
  * A layer whose every head streams loses its middle pages for good: its
  * page table keeps logical numbering (page j holds tokens [j * ps, (j+1) *
@@ -83,6 +84,31 @@ attnd_status attnd__sparse_bounds_in(attnd_engine *e, const attnd__session *s, i
 void attnd__sparse_free_layer(attnd_kv_pool *pool, attnd__session *s, int32_t layer,
                               int32_t n);
 
+/* The policy head h of session s has in layer l (dense sessions: full). */
+static inline attnd_policy attnd__sparse_policy_of(const attnd__session *s, int32_t l, int32_t h)
+{
+    attnd_policy full = {.kind = ATTND_POLICY_FULL};
+    if (!s->sparse)
+        return full;
+    return s->sparse->pol[(size_t)l * s->sparse->n_heads + (s->sparse->n_heads > 1 ? h : 0)];
+}
+
+/* The given list of (session i, group g) of req: *p, *n entries from
+ * given_idx[*at]; an empty one when the request gives none. */
+static inline void attnd__sparse_given_list(const attnd_attend_req *req, uint32_t i, int32_t g,
+                                            const uint64_t **p, uint32_t *n, uint32_t *at)
+{
+    *p = NULL;
+    *n = 0;
+    *at = 0;
+    if (!req->given_groups)
+        return;
+    uint32_t k = i * req->given_groups + (req->given_groups > 1 ? (uint32_t)g : 0);
+    *at = req->given_indptr[k];
+    *n = req->given_indptr[k + 1] - req->given_indptr[k];
+    *p = req->given_idx + *at;
+}
+
 /* Does this Attend need the sparse path (some session's layer is not
  * dense, or the request carries given indices or wants pages)? */
 int attnd__sparse_needed(const attnd_engine *e, const attnd_attend_req *req,
@@ -110,6 +136,27 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
 attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
                                       const attnd_kernel_decode_batch *b, const attnd__gpu_proj *proj,
                                       attnd_error *err);
+/* The check above against any view of the batch (a worker group's leader
+ * checks with the group's policies and global lengths, so that no rank
+ * refuses what another has applied): n_heads policies per session's layer
+ * (GQA: KV heads, MLA: 1), kind(ctx, i, h) the policy of session i's
+ * layer for head h, len(ctx, i) its tokens before the append. The
+ * messages are the engine's. */
+typedef struct attnd__given_view {
+    uint32_t n_heads;
+    int32_t page_size;
+    attnd_policy_kind (*kind)(const void *ctx, uint32_t i, uint32_t h);
+    uint64_t (*len)(const void *ctx, uint32_t i);
+    const void *ctx;
+} attnd__given_view;
+attnd_status attnd__sparse_check_given(const attnd_attend_req *req, const attnd__given_view *v,
+                                       attnd_error *err);
+/* Room in ws's sparse scratch (made if needed, kept until cleanup) for a
+ * worker group leader's merged chosen lists: lists + 1 offsets and
+ * `entries` entries, which ws->chosen_indptr / chosen then point at.
+ * RESOURCE_EXHAUSTED naming return_pages. */
+attnd_status attnd__sparse_chosen_room(attnd_engine_ws *ws, size_t lists, size_t entries,
+                                       int32_t **indptr_p, int64_t **chosen_p, attnd_error *err);
 /* Free the workspace's sparse scratch. */
 void attnd__sparse_ws_free(struct attnd__sparse_ws *w);
 

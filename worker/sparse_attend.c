@@ -42,6 +42,9 @@ struct attnd__sparse_ws {
     int32_t *tlast;
     int64_t *tlog;
     int32_t *vindptr, *vidx, *vlast; /* visible-length lists (group ranks) */
+    int32_t *gindptr;         /* a group leader's merged chosen lists */
+    int64_t *gchosen;
+    size_t c_gindptr, c_gchosen;
     size_t c_lists, c_last, c_tok, c_pidx, c_pos, c_plog, c_cand, c_sel, c_work;
     size_t c_tindptr, c_tidx, c_tlast, c_tlog, c_vindptr, c_vidx, c_vlast;
     attnd_kernel_kv_layout view;
@@ -71,21 +74,14 @@ void attnd__sparse_ws_free(struct attnd__sparse_ws *w)
     free(w->vindptr);
     free(w->vidx);
     free(w->vlast);
+    free(w->gindptr);
+    free(w->gchosen);
     free(w);
 }
 
 static int32_t heads_of(const attnd_engine *e)
 {
     return e->layout.n_kv_heads;
-}
-
-/* The policy head h of session s has in layer l (dense sessions: full). */
-static attnd_policy policy_of(const attnd__session *s, int32_t l, int32_t h)
-{
-    attnd_policy full = {.kind = ATTND_POLICY_FULL};
-    if (!s->sparse)
-        return full;
-    return s->sparse->pol[(size_t)l * s->sparse->n_heads + (s->sparse->n_heads > 1 ? h : 0)];
 }
 
 int attnd__sparse_needed(const attnd_engine *e, const attnd_attend_req *req,
@@ -108,99 +104,6 @@ int attnd__sparse_needed(const attnd_engine *e, const attnd_attend_req *req,
             return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,                 \
                                    "session_ids: no memory for the batch's page lists"); \
     } while (0)
-
-/* The given list of (session i, group g), or an empty one. */
-static void given_list(const attnd_attend_req *req, uint32_t i, int32_t g, const uint64_t **p,
-                       uint32_t *n, uint32_t *at)
-{
-    *p = NULL;
-    *n = 0;
-    *at = 0;
-    if (!req->given_groups)
-        return;
-    uint32_t k = i * req->given_groups + (req->given_groups > 1 ? (uint32_t)g : 0);
-    *at = req->given_indptr[k];
-    *n = req->given_indptr[k + 1] - req->given_indptr[k];
-    *p = req->given_idx + *at;
-}
-
-/* Check a given list: strictly ascending, below `bound`. */
-static attnd_status check_given(const uint64_t *v, uint32_t n, uint32_t at, uint64_t bound,
-                                const char *unit, uint32_t i, attnd_error *err)
-{
-    for (uint32_t j = 0; j < n; j++) {
-        if (v[j] >= bound)
-            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                                   "given_idx[%u]: %s %llu of session_ids[%u], whose layer has "
-                                   "%llu", at + j, unit, (unsigned long long)v[j], i,
-                                   (unsigned long long)bound);
-        if (j && v[j] <= v[j - 1])
-            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                                   "given_idx[%u]: %llu after %llu; indices must be strictly "
-                                   "ascending", at + j, (unsigned long long)v[j],
-                                   (unsigned long long)v[j - 1]);
-    }
-    return ATTND_OK;
-}
-
-/* The request's given_* fields against the batch: shapes, and each list
- * against its session's policy and layer. */
-attnd_status attnd__sparse_check(const attnd_engine *e, const attnd_attend_req *req,
-                                 attnd_engine_ws *ws, attnd_error *err)
-{
-    const uint64_t extra = req->new_kv ? (uint64_t)req->q_tokens : 0; /* appended first */
-    const uint32_t H = (uint32_t)heads_of(e), gg = req->given_groups;
-    for (uint32_t i = 0; i < req->n_seqs && !gg; i++)
-        for (uint32_t h = 0; h < H; h++) {
-            attnd_policy p = policy_of(ws->sessions[i], (int32_t)req->layer, (int32_t)h);
-            if (p.kind == ATTND_POLICY_GIVEN_PAGES || p.kind == ATTND_POLICY_GIVEN_TOKENS)
-                return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                                       "given_idx: layer %u of session_ids[%u] has policy %s "
-                                       "(KV head %u), but the request gives no indices",
-                                       req->layer, i, attnd_policy_kind_name(p.kind), h);
-        }
-    if (!gg)
-        return ATTND_OK;
-    if (gg != 1 && gg != H)
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "given_groups: %u, expected 1 or the model's %u KV heads", gg, H);
-    if (!req->given_indptr || req->given_indptr[0] != 0 || (!req->given_idx &&
-                                                            req->given_indptr[req->n_seqs * gg]))
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "given_indptr: %u sessions x %u groups need %u + 1 offsets from 0",
-                               req->n_seqs, gg, req->n_seqs * gg);
-    for (uint32_t k = 0; k < req->n_seqs * gg; k++)
-        if (req->given_indptr[k + 1] < req->given_indptr[k])
-            return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                                   "given_indptr[%u]: %u after %u, offsets must not decrease",
-                                   k + 1, req->given_indptr[k + 1], req->given_indptr[k]);
-    for (uint32_t i = 0; i < req->n_seqs; i++) {
-        const attnd__session *s = ws->sessions[i];
-        const uint64_t len = s->len[req->layer] + extra;
-        const uint64_t np = (len + (uint64_t)s->page_size - 1) / (uint64_t)s->page_size;
-        for (uint32_t g = 0; g < gg; g++) {
-            const uint64_t *v;
-            uint32_t n, at;
-            given_list(req, i, (int32_t)g, &v, &n, &at);
-            /* the heads this list serves must be given-* (or it is empty) */
-            for (uint32_t h = (gg > 1 ? g : 0); h < (gg > 1 ? g + 1 : H) && n; h++) {
-                attnd_policy p = policy_of(s, (int32_t)req->layer, (int32_t)h);
-                if (p.kind != ATTND_POLICY_GIVEN_PAGES && p.kind != ATTND_POLICY_GIVEN_TOKENS)
-                    return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                                           "given_idx[%u]: layer %u of session_ids[%u] has "
-                                           "policy %s for KV head %u: it takes no indices",
-                                           at, req->layer, i, attnd_policy_kind_name(p.kind), h);
-            }
-            attnd_policy p = policy_of(s, (int32_t)req->layer, gg > 1 ? (int32_t)g : 0);
-            int tokens = p.kind == ATTND_POLICY_GIVEN_TOKENS;
-            attnd_status st = check_given(v, n, at, tokens ? len : np, tokens ? "token" : "page",
-                                          i, err);
-            if (st)
-                return st;
-        }
-    }
-    return ATTND_OK;
-}
 
 /* The batch's list groups and whether it needs token lists. */
 static void batch_shape(const attnd_engine *e, const attnd_attend_req *req, attnd_engine_ws *ws,
@@ -233,7 +136,7 @@ typedef struct list_plan {
 } list_plan;
 
 static list_plan plan_list(const attnd__session *s, int32_t l, const attnd_policy *p, int32_t S,
-                           const uint64_t *given, uint32_t n_given)
+                           const uint64_t *given, uint32_t n_given, int only)
 {
     const int32_t ps = s->page_size;
     list_plan lp = {.len = (int64_t)s->len[l]};
@@ -265,6 +168,10 @@ static list_plan plan_list(const attnd__session *s, int32_t l, const attnd_polic
     }
     case ATTND_POLICY_GIVEN_PAGES: {
         uint32_t j = 0;
+        if (only) { /* the list is all of it (given_only) */
+            lp.count = n_given;
+            break;
+        }
         while (j < n_given && given[j] < (uint64_t)lp.tail0)
             j++;
         lp.count = j + (lp.np - lp.tail0);
@@ -272,6 +179,10 @@ static list_plan plan_list(const attnd__session *s, int32_t l, const attnd_polic
     }
     case ATTND_POLICY_GIVEN_TOKENS: {
         uint32_t j = 0;
+        if (only) {
+            lp.count = n_given;
+            break;
+        }
         while (j < n_given && given[j] < (uint64_t)(lp.len - newest))
             j++;
         lp.count = j + newest;
@@ -304,11 +215,11 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
         const attnd__session *s = ws->sessions[i];
         int has_topk = 0;
         for (int32_t g = 0; g < G; g++) {
-            attnd_policy p = policy_of(s, l, g * (H / G));
+            attnd_policy p = attnd__sparse_policy_of(s, l, g * (H / G));
             const uint64_t *gv;
             uint32_t gn, at;
-            given_list(req, i, g, &gv, &gn, &at);
-            list_plan lp = plan_list(s, l, &p, S, gv, gn);
+            attnd__sparse_given_list(req, i, g, &gv, &gn, &at);
+            list_plan lp = plan_list(s, l, &p, S, gv, gn, req->given_only);
             total += lp.count;
             if (total > INT32_MAX)
                 return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
@@ -333,11 +244,11 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
         int32_t my_cand = -1;
         for (int32_t g = 0; g < G; g++) {
             const int32_t li = (int32_t)i * G + g;
-            attnd_policy p = policy_of(s, l, g * (H / G));
+            attnd_policy p = attnd__sparse_policy_of(s, l, g * (H / G));
             const uint64_t *gv;
             uint32_t gn, at;
-            given_list(req, i, g, &gv, &gn, &at);
-            list_plan lp = plan_list(s, l, &p, S, gv, gn);
+            attnd__sparse_given_list(req, i, g, &gv, &gn, &at);
+            list_plan lp = plan_list(s, l, &p, S, gv, gn, req->given_only);
             int32_t o = w->indptr[li];
             w->tok[li] = p.kind == ATTND_POLICY_GIVEN_TOKENS;
             w->last[li] = lp.np ? (int32_t)(lp.len - (int64_t)(lp.np - 1) * s->page_size) : 0;
@@ -360,12 +271,24 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
                     .keep = lp.keep, .n_head = lp.n_head, .n_tail = lp.n_tail, .out0 = o};
                 break;
             case ATTND_POLICY_GIVEN_PAGES:
+                if (req->given_only) { /* exactly these; only the layer's last page is partial */
+                    for (uint32_t j = 0; j < gn; j++, o++)
+                        w->pidx[o] = tab[gv[j]], w->plog[o] = (int64_t)gv[j];
+                    if (!gn || gv[gn - 1] != (uint64_t)lp.np - 1)
+                        w->last[li] = gn ? s->page_size : 0;
+                    break;
+                }
                 for (uint32_t j = 0; j < gn && gv[j] < (uint64_t)lp.tail0; j++, o++)
                     w->pidx[o] = tab[gv[j]], w->plog[o] = (int64_t)gv[j];
                 for (int32_t j = lp.tail0; j < lp.np; j++, o++)
                     w->pidx[o] = tab[j], w->plog[o] = j;
                 break;
             case ATTND_POLICY_GIVEN_TOKENS: {
+                if (req->given_only) {
+                    for (uint32_t j = 0; j < gn; j++, o++)
+                        w->plog[o] = (int64_t)gv[j];
+                    break;
+                }
                 int64_t newest = lp.len < S ? lp.len : S;
                 for (uint32_t j = 0; j < gn && gv[j] < (uint64_t)(lp.len - newest); j++, o++)
                     w->plog[o] = (int64_t)gv[j];
@@ -512,17 +435,24 @@ static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attn
  * (session i, query token s, group g) becomes list (i * S + s) * G + g,
  * list (i, g) cut after the layer's first visible[i * S + s] tokens, so
  * that the batch reads as n * S sequences of one query token (as
- * attend.c's build_visible_lists does for dense sessions). */
-static attnd_status cut_visible(const attnd_engine *e, const attnd_attend_req *req,
-                                struct attnd__sparse_ws *w, int32_t G, attnd_kernel_decode_batch *b,
+ * attend.c's build_visible_lists does for dense sessions). The lists cut
+ * are the page lists (unit: the page size) or, for a batch of token
+ * lists, the token lists of the token view (unit 1). */
+static attnd_status cut_visible(const attnd_attend_req *req, struct attnd__sparse_ws *w,
+                                int32_t G, int32_t ps, int tokens, attnd_kernel_decode_batch *b,
                                 attnd_error *err)
 {
     const uint32_t n = req->n_seqs, S = (uint32_t)req->q_tokens;
-    const int32_t ps = e->layout.page_size, lists = (int32_t)(n * S) * G;
+    const int32_t lists = (int32_t)(n * S) * G;
+    const int32_t *indptr = tokens ? w->tindptr : w->indptr, *idx = tokens ? w->tidx : w->pidx;
+    const int32_t *lastl = tokens ? w->tlast : w->last;
+    const int64_t *plog = tokens ? w->tlog : w->plog;
     int64_t total = 0;
+    if (tokens)
+        ps = 1;
     FIT(vindptr, c_vindptr, lists + 1);
     FIT(vlast, c_vlast, lists);
-    FIT(vidx, c_vidx, (int64_t)w->indptr[(int32_t)n * G] * S);
+    FIT(vidx, c_vidx, (int64_t)indptr[(int32_t)n * G] * S);
     w->vindptr[0] = 0;
     for (uint32_t i = 0; i < n; i++)
         for (uint32_t s = 0; s < S; s++) {
@@ -530,13 +460,13 @@ static attnd_status cut_visible(const attnd_engine *e, const attnd_attend_req *r
             for (int32_t g = 0; g < G; g++) {
                 int32_t src = (int32_t)i * G + g, li = (int32_t)(i * S + s) * G + g;
                 int32_t last = 0;
-                for (int32_t k = w->indptr[src]; k < w->indptr[src + 1]; k++) {
-                    uint64_t first = (uint64_t)w->plog[k] * (uint64_t)ps;
+                for (int32_t k = indptr[src]; k < indptr[src + 1]; k++) {
+                    uint64_t first = (uint64_t)plog[k] * (uint64_t)ps;
                     if (first >= v)
                         break;
-                    int32_t have = k == w->indptr[src + 1] - 1 ? w->last[src] : ps;
+                    int32_t have = k == indptr[src + 1] - 1 ? lastl[src] : ps;
                     last = v - first < (uint64_t)have ? (int32_t)(v - first) : have;
-                    w->vidx[total++] = w->pidx[k];
+                    w->vidx[total++] = idx[k];
                 }
                 w->vindptr[li + 1] = (int32_t)total;
                 w->vlast[li] = last;
@@ -570,18 +500,12 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
     if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, b, err)))
         return st;
     b->list_groups = G;
-    if (tokens && req->visible)
-        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
-                               "given_idx: given-tokens lists are not implemented with a "
-                               "visible-length override (multi-token queries on a "
-                               "sequence-sharded group)");
+    if (tokens && (st = to_tokens(e, req, ws, w, G, b, err)))
+        return st;
     if (req->visible) {
-        if ((st = cut_visible(e, req, w, G, b, err)))
+        if ((st = cut_visible(req, w, G, e->layout.page_size, tokens, b, err)))
             return st;
-    } else if (tokens) {
-        if ((st = to_tokens(e, req, ws, w, G, b, err)))
-            return st;
-    } else {
+    } else if (!tokens) {
         b->page_indptr = w->indptr;
         b->page_idx = w->pidx;
         b->last_page_len = w->last;
@@ -631,5 +555,19 @@ attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
     atomic_fetch_add(&e->select_ns, ns);
     atomic_fetch_add(&e->select_calls, 1);
     atomic_fetch_add(&e->select_bytes, bytes);
+    return ATTND_OK;
+}
+
+attnd_status attnd__sparse_chosen_room(attnd_engine_ws *ws, size_t lists, size_t entries,
+                                       int32_t **indptr_p, int64_t **chosen_p, attnd_error *err)
+{
+    struct attnd__sparse_ws *w = ws->sparse;
+    if (!w && !(w = ws->sparse = calloc(1, sizeof *w)))
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "return_pages: no memory for the pages attended");
+    FIT(gindptr, c_gindptr, lists + 1);
+    FIT(gchosen, c_gchosen, entries);
+    *indptr_p = w->gindptr;
+    *chosen_p = w->gchosen;
     return ATTND_OK;
 }

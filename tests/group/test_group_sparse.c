@@ -3,8 +3,8 @@
  * whole on the rank that holds the head, so a group with topk-pages equals
  * a lone worker with the same policy; sequence sharding with every page
  * selected equals dense attention; a streaming session's pages stay
- * bounded on every rank; given indices and return_pages are refused on a
- * group, naming the field. Real ranks on loopback, outputs compared with a
+ * bounded on every rank (given indices and return_pages:
+ * test_group_given.c). Real ranks on loopback, outputs compared with a
  * lone worker fed the same requests. */
 #include <check.h>
 #include <math.h>
@@ -200,33 +200,6 @@ START_TEST(test_streaming_on_sequence_sharded_ranks_keeps_every_rank_bounded)
 }
 END_TEST
 
-START_TEST(test_given_indices_and_return_pages_on_a_group_are_unimplemented_naming_the_field)
-{
-    const char *flags[] = {"--model", "tiny-gqa", "--page-size", "16", "--threads", "2",
-                           "--kernel-threads", "1", "--shard", "sequence", NULL};
-    attnd_sparse_policy pol = {.kind = ATTND_SPARSE_TOPK_PAGES, .topk_pages = 2};
-    pair p;
-    attnd_error err;
-    pair_open(&p, 2, flags, &pol, &pol);
-    pair_prefill(&p, 50);
-    const attnd_model_info *m = &p.m;
-    float *q = calloc((size_t)B * m->n_q_heads * m->d_k, sizeof(float));
-    float *out = malloc(sizeof(float) * B * m->n_q_heads * m->d_v);
-    attnd_attend_args a = {.layer = 0, .n_seqs = B, .sessions = p.ids_g,
-                           .q = {ATTND_DTYPE_F32, 3, {B, m->n_q_heads, m->d_k}, q}, .out = out,
-                           .out_capacity = sizeof(float) * B * m->n_q_heads * m->d_v};
-    uint32_t ip[B + 1] = {0};
-    uint64_t ch[64];
-    attnd_sparse_args sp = {.return_pages = 1, .chosen_indptr = ip, .chosen_indptr_capacity = 3,
-                            .chosen = ch, .chosen_capacity = 64};
-    ck_assert_int_eq(attnd_client_attend_sparse(p.g.c[0], &a, &sp, &err), ATTND_ERR_UNIMPLEMENTED);
-    ck_assert_msg(strstr(err.msg, "return_pages"), "%s", err.msg);
-    free(q);
-    free(out);
-    pair_close(&p);
-}
-END_TEST
-
 static Suite *suite(void)
 {
     Suite *s = suite_create("group_sparse");
@@ -235,7 +208,6 @@ static Suite *suite(void)
     tcase_add_test(tc, test_topk_pages_on_head_sharded_ranks_equals_a_lone_worker);
     tcase_add_test(tc, test_topk_pages_of_every_page_on_sequence_sharded_ranks_equals_dense);
     tcase_add_test(tc, test_streaming_on_sequence_sharded_ranks_keeps_every_rank_bounded);
-    tcase_add_test(tc, test_given_indices_and_return_pages_on_a_group_are_unimplemented_naming_the_field);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -709,6 +709,67 @@ START_TEST(test_given_pages_equal_f64_attention_over_exactly_those_pages)
 }
 END_TEST
 
+/* given_only (a sequence-sharded group's rank, worker/group_given.c): the
+ * pages named and nothing else -- no newest page added, a full last page
+ * unless it is the layer's last, an empty list attending nothing. */
+START_TEST(test_given_only_pages_attend_exactly_the_pages_named)
+{
+    tu_rng r;
+    tu_rng_init(&r, "given-only");
+    const int32_t ps = 16;
+    attnd_engine *e = make_engine("tiny-gqa", ps, 64u << 20);
+    const attnd_model_spec *m = attnd_engine_model(e);
+    shadow sh;
+    sh_init(&sh, m, 4096);
+    attnd_session_policy pol = one_policy((attnd_policy){.kind = ATTND_POLICY_GIVEN_PAGES});
+    attnd_session_id id = make_session(e, 0, &pol);
+    attnd_engine_ws ws;
+    attnd_engine_ws_init(&ws);
+    attnd_error err;
+    uint16_t *kv = random_wire(&sh, &r, 500, 1.0);
+    sh_record(&sh, 0, 500, kv);
+    ck_assert_int_eq(attnd_engine_append(e, &id, 0, 0, 500, ATTND_DTYPE_BF16, kv, &err), 0);
+    int64_t *tok[2] = {malloc(sizeof(int64_t) * 4096), malloc(sizeof(int64_t) * 4096)}, n[2];
+    const int64_t layer_pages = (sh.len[0] + ps - 1) / ps;
+    for (int trial = 0; trial < 6; trial++) {
+        uint32_t indptr[2] = {0};
+        uint64_t idx[64];
+        int64_t pages[64];
+        for (int64_t j = 0; j < layer_pages && trial < 5; j++)
+            if (tu_unif(&r) < 0.3 || (trial == 1 && j == layer_pages - 1))
+                pages[indptr[1]] = j, idx[indptr[1]++] = (uint64_t)j;
+        if (trial == 0 && indptr[1] && idx[indptr[1] - 1] == (uint64_t)layer_pages - 1)
+            indptr[1]--; /* one list without the layer's last page */
+        query q = random_query(&sh, &r, 1);
+        const float *out, *lse;
+        attnd_attend_req req = {.layer = 0, .n_seqs = 1, .ids = &id, .q_tokens = 1,
+                                .q_dtype = ATTND_DTYPE_F32, .q = q.f, .want_lse = 1,
+                                .given_groups = 1, .given_indptr = indptr, .given_idx = idx,
+                                .want_pages = 1, .given_only = 1};
+        ck_assert_msg(attnd_engine_attend(e, &req, &ws, &out, &lse, &err) == ATTND_OK, "%s",
+                      err.msg);
+        ck_assert_uint_eq((uint32_t)ws.chosen_indptr[1], indptr[1]); /* nothing added */
+        if (indptr[1] == 0) {
+            for (int32_t k = 0; k < sh.hq * sh.dv; k++)
+                ck_assert_float_eq(out[k], 0.0f);
+            for (int32_t h = 0; h < sh.hq; h++)
+                ck_assert(isinf(lse[h]) && lse[h] < 0);
+        } else {
+            n[0] = n[1] = pages_to_tokens(pages, indptr[1], ps, sh.len[0], tok[0]);
+            memcpy(tok[1], tok[0], sizeof(int64_t) * (size_t)n[0]);
+            ck_assert_double_le(check_rows(&sh, 0, 1, &q, out, tok, n), 1e-5);
+        }
+        query_free(&q);
+    }
+    free(tok[0]);
+    free(tok[1]);
+    free(kv);
+    attnd_engine_ws_cleanup(&ws);
+    sh_free(&sh);
+    attnd_engine_destroy(e);
+}
+END_TEST
+
 START_TEST(test_given_tokens_equal_f64_attention_over_exactly_those_tokens)
 {
     tu_rng r;
@@ -958,6 +1019,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_streaming_pages_go_back_to_the_pool_whatever_the_context_length);
     tcase_add_test(tc, test_streaming_decode_steps_keep_the_pool_count_bounded);
     tcase_add_test(tc, test_given_pages_equal_f64_attention_over_exactly_those_pages);
+    tcase_add_test(tc, test_given_only_pages_attend_exactly_the_pages_named);
     tcase_add_test(tc, test_given_tokens_equal_f64_attention_over_exactly_those_tokens);
     tcase_add_test(tc, test_pages_chosen_by_one_layer_reused_on_another_as_given_pages);
     tcase_add_test(tc, test_bad_policy_tables_are_invalid_argument_naming_the_field);

@@ -147,8 +147,10 @@ attnd_status attnd_group_session_create_owned(attnd_group *g, uint64_t owner,
  * key); sequence mode gives each rank its share: the sink pages it holds,
  * topk_pages / N (a fraction as is) of its own pages, and a window that
  * covers its pages of the whole window (at most a page more per rank:
- * worker/GROUPS.md). Given indices and return_pages are not yet carried by
- * a group's Attend (UNIMPLEMENTED there). */
+ * worker/GROUPS.md). The session's whole policy goes to every rank as
+ * well, so that any rank leading an Attend checks given indices against
+ * every shard (worker/group_given.c: given lists and return_pages on a
+ * group, in the session's global numbering). */
 attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_tokens,
                                                const attnd_session_policy *p,
                                                attnd_session_id *id_p, attnd_error *err);

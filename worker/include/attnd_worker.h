@@ -400,6 +400,14 @@ typedef struct attnd_attend_req {
     const uint32_t *given_indptr; /* [n_seqs * given_groups + 1] */
     const uint64_t *given_idx;
     int want_pages;               /* report what was attended (ws->chosen_*) */
+    int given_only;               /* the given lists are all a given-* list
+                                     attends: no page or token of the newest
+                                     query tokens is added, the last page
+                                     listed is partial only if it is the
+                                     layer's last (a sequence-sharded
+                                     group's rank: its leader lists the
+                                     newest tokens where they lie); with
+                                     S > 1 only under `visible` */
 } attnd_attend_req;
 
 /* ---- MLA projections (the narrow wire) -------------------------------------
