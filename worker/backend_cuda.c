@@ -566,6 +566,7 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
         .q_tokens = sel->q_tokens,
         .n_q_heads = sel->n_q_heads,
         .list_groups = sel->list_groups,
+        .head_agg = sel->head_agg,
         .kv = g->layout,
         .q = g->q.d,
         .bounds = g->bounds,

@@ -43,6 +43,11 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
     if (cfg->page_size < 1 || cfg->page_size > 4096)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "page_size: %d not in [1, 4096]", cfg->page_size);
+    const int32_t G = m->n_q_heads / (m->kind == ATTND_ATTN_MLA ? 1 : m->n_kv_heads);
+    if (cfg->select_head_agg < 0 || (cfg->select_head_agg > 1 && G % cfg->select_head_agg))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "select_head_agg: %d does not divide the %d query heads of a KV "
+                               "head", cfg->select_head_agg, G);
     if (cfg->kernel_path[0] && (st = attnd_kernel_path_select(cfg->kernel_path, err)))
         return st;
     e = calloc(1, sizeof *e);
@@ -57,6 +62,8 @@ attnd_status attnd_engine_create(const attnd_engine_config *cfg,
         attnd_kernel_kv_layout_gqa(&e->layout, m->n_kv_heads, m->head_dim, cfg->page_size,
                                    m->kv_dtype);
     e->entry_elems = attnd_kernel_kv_layout_token_elems(&e->layout);
+    /* 8 scoring rows per KV head and token unless asked (attnd_worker.h) */
+    e->select_head_agg = cfg->select_head_agg ? cfg->select_head_agg : G % 8 ? 1 : G / 8;
     e->entry_bytes = (size_t)e->entry_elems * attnd_dtype_size(m->kv_dtype);
 
     size_t page_bytes = attnd_kernel_kv_layout_page_bytes(&e->layout);

@@ -311,7 +311,9 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
 
 /* Run the batch's selection problems into the lists, scoring with the
  * query the kernel reads (b->q: a heads-form query absorbed already on the
- * CPU; on the GPU the backend scores with its absorbed device copy). */
+ * CPU; on the GPU the backend scores with its absorbed device copy), a row
+ * per query token and run of the engine's select_head_agg heads (their
+ * queries summed). */
 static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
                                   attnd_engine_ws *ws, struct attnd__sparse_ws *w, int32_t G,
                                   int32_t n_sel, const attnd_kernel_decode_batch *b, attnd_error *err)
@@ -323,6 +325,7 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
         .q_tokens = req->q_tokens,
         .n_q_heads = e->model.n_q_heads,
         .list_groups = G,
+        .head_agg = e->select_head_agg,
         .q_dtype = b->q_dtype,
         .q = b->q,
         .kv = &e->layout,

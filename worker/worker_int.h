@@ -345,6 +345,7 @@ struct attnd_engine {
     uint16_t *bounds;
     size_t bounds_map_bytes;
     atomic_uint_fast64_t kv_bytes_dense, select_bytes, select_ns, select_calls, pages_evicted;
+    int32_t select_head_agg; /* query heads summed per scoring row (config's, resolved) */
     pthread_mutex_t stage_mu;        /* guards the two below */
     struct attnd_engine_stage *free_stages; /* closed stages kept for reuse */
     int32_t n_free_stages;

@@ -2,8 +2,9 @@
  * scoring of select_simd.h): the scoring unit every path implements.
  *
  * A scoring unit is (list, KV head of its group, candidate range [p0, p1)).
- * For the R = q_tokens * Hq / Hkv query rows of that KV head (row r = s *
- * G + g), packed once per list (select.c), it writes ub[p][row0 + r] =
+ * For the R = q_tokens * (Hq / Hkv) / head_agg query rows of that KV head
+ * (attnd__select_head_rows), packed once per list (select.c; a row sums
+ * head_agg heads' queries), it writes ub[p][row0 + r] =
  * sum_d max(q_r,d lo_d, q_r,d hi_d) for every candidate p of the range, ub
  * being the list's block of [n_cand][rows] floats (rows: all of the list's
  * rows, every KV head of its group, KV head after KV head). */
@@ -52,6 +53,14 @@ void attnd__select_ub_avx512(const attnd_kernel_select_batch *b, const attnd_ker
                              int32_t row0, int32_t rows, float *scratch);
 #endif
 
+/* Query rows per KV head: q_tokens x (G / head_agg), G = Hq / Hkv (row r =
+ * s x (G / head_agg) + a: token s, run a of head_agg heads). */
+static inline int32_t attnd__select_head_rows(const attnd_kernel_select_batch *b)
+{
+    const int32_t G = b->n_q_heads / b->kv->n_kv_heads;
+    return b->q_tokens * (G / (b->head_agg > 1 ? b->head_agg : 1));
+}
+
 /* Pages a wide scoring block widens and scores at once. */
 #define ATTND__SEL_TB 4
 
@@ -66,7 +75,8 @@ static inline size_t attnd__select_unit_floats(const attnd_kernel_select_batch *
 }
 
 /* The query row r of (sequence seq, KV head kvh), widened to float32 into
- * dst (dk floats). */
+ * dst (dk floats): one head's query, or the float32 sum of head_agg heads'
+ * (in head order). */
 void attnd__select_q_row(const attnd_kernel_select_batch *b, int32_t seq, int32_t kvh, int32_t r,
                          float *dst);
 

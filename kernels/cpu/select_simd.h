@@ -14,7 +14,9 @@
  *     row vectors kept in registers across d_k;
  *   narrow (GQA's few rows per KV head): vectors run over d_k; bounds are
  *     widened in registers and four rows accumulate at once, reduced at
- *     the end. */
+ *     the end;
+ *   one row (the summed heads of one query token): as narrow, over four
+ *     pages at once. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -96,6 +98,34 @@ SEL_AI void narrow_block(const float *qp, const float *qm, size_t dkp, int32_t d
         dst[j] = s[j];
 }
 
+/* One row (summed heads, one query token): ub of NP pages at once, so
+ * that NP accumulator chains and NP bound streams are in flight (a single
+ * page's chain of 2 d_k / VW dependent multiply-adds would wait on
+ * latency). lo[j]: page j's lo row (hi follows at + dk). */
+SEL_AI void one_row_pages(const float *qp, const float *qm, int32_t dk, const uint16_t *const *lo,
+                          float *dst, size_t stride, const int NP)
+{
+    vf a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
+    const int32_t dv = dk / VW * VW;
+    for (int32_t d = 0; d < dv; d += VW) {
+        vf p = v_load(qp + d), m = v_load(qm + d);
+        a0 = v_fma(p, v_bf16(lo[0] + dk + d), v_fma(m, v_bf16(lo[0] + d), a0));
+        if (NP > 1)
+            a1 = v_fma(p, v_bf16(lo[1] + dk + d), v_fma(m, v_bf16(lo[1] + d), a1));
+        if (NP > 2)
+            a2 = v_fma(p, v_bf16(lo[2] + dk + d), v_fma(m, v_bf16(lo[2] + d), a2));
+        if (NP > 3)
+            a3 = v_fma(p, v_bf16(lo[3] + dk + d), v_fma(m, v_bf16(lo[3] + d), a3));
+    }
+    float s[4] = {v_hsum(a0), v_hsum(a1), v_hsum(a2), v_hsum(a3)};
+    for (int j = 0; j < NP; j++) {
+        for (int32_t d = dv; d < dk; d++)
+            s[j] += qp[d] * attnd_dtype_bf16_to_f32(lo[j][dk + d]) +
+                    qm[d] * attnd_dtype_bf16_to_f32(lo[j][d]);
+        dst[(size_t)j * stride] = s[j];
+    }
+}
+
 /* The bounds (lo row) of KV head kvh of candidate p of list sl. */
 static inline const uint16_t *cand_bounds(const attnd_kernel_select_batch *b,
                                           const attnd_kernel_select_list *sl, int32_t kvh,
@@ -118,13 +148,34 @@ void SFX(attnd__select_ub)(const attnd_kernel_select_batch *b, const attnd_kerne
                            int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
                            int32_t row0, int32_t rows, float *scratch)
 {
-    const int32_t G = b->n_q_heads / b->kv->n_kv_heads, R = b->q_tokens * G;
+    const int32_t R = attnd__select_head_rows(b);
     const int32_t dk = b->kv->d_k;
     const int wide = attnd__select_wide(R);
     const size_t rp = sel_round((size_t)R, 16), dkp = sel_round((size_t)dk, 16);
     const float *qp = qpk, *qm = qpk + (wide ? rp : (size_t)R) * dkp;
     float *bf = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63); /* [TB][2][dkp] */
 
+    if (R == 1) {
+        for (int32_t p = p0; p < p1; p += 4) {
+            const int32_t np = p1 - p < 4 ? p1 - p : 4;
+            const uint16_t *lo[4];
+            for (int32_t j = 0; j < np; j++) {
+                lo[j] = cand_bounds(b, sl, kvh, p + j);
+                if (p + SEL_AHEAD + j < p1)
+                    prefetch_bounds(cand_bounds(b, sl, kvh, p + SEL_AHEAD + j), dk);
+            }
+            float *dst = ub + (size_t)p * rows + row0;
+            if (np == 4)
+                one_row_pages(qp, qm, dk, lo, dst, (size_t)rows, 4);
+            else if (np == 3)
+                one_row_pages(qp, qm, dk, lo, dst, (size_t)rows, 3);
+            else if (np == 2)
+                one_row_pages(qp, qm, dk, lo, dst, (size_t)rows, 2);
+            else
+                one_row_pages(qp, qm, dk, lo, dst, (size_t)rows, 1);
+        }
+        return;
+    }
     if (!wide) {
         for (int32_t p = p0; p < p1; p++) {
             const uint16_t *lo = cand_bounds(b, sl, kvh, p), *hi = lo + dk;

@@ -5,7 +5,8 @@
  * Two kernels. score_kernel: one CTA per unit of ATTND_KERNEL_SELECT_CHUNK
  * candidates of one list (the units attnd_kernel_select_prepare counted); its
  * warps take (candidate, query row) pairs, lanes stride over d_k reading
- * the row's query and the candidate's bounds (bf16, L2-resident for the
+ * the row's query (the sum of head_agg heads' queries when rows are runs
+ * of heads) and the candidate's bounds (bf16, L2-resident for the
  * unit), a warp sum gives ub[p][row] = sum_d max(q lo, q hi). select_kernel:
  * one CTA per list: each row's best page (max over candidates), each middle
  * candidate's score (max over rows of ub - best, NaN as +inf), the
@@ -30,6 +31,7 @@ constexpr int SEL_THREADS = 256;
 struct sel_params {
     const attnd_kernel_select_list *lists;
     int32_t n_lists, q_tokens, hq, hkv, lg, dk;
+    int32_t agg; /* heads summed into one row (1: a row per head) */
     const uint16_t *q, *bounds;
     int64_t bounds_pages;
     const int32_t *cand;
@@ -54,7 +56,7 @@ __device__ __forceinline__ int chunks_of(const attnd_kernel_select_list &sl)
 /* Where a list's ub starts in the scratch (select.c's list_ub). */
 __device__ __forceinline__ float *ub_of(const sel_params &p, const attnd_kernel_select_list &sl)
 {
-    const int32_t hpg = p.hkv / p.lg, R = p.q_tokens * (p.hq / p.hkv);
+    const int32_t hpg = p.hkv / p.lg, R = p.q_tokens * (p.hq / p.hkv / p.agg);
     const int64_t rp = (R + 15) / 16 * 16, dkp = (p.dk + 15) / 16 * 16;
     const int64_t pack = 2 * (R >= 32 ? rp : (int64_t)R) * dkp;
     return p.work + sl.work0 + (int64_t)hpg * pack;
@@ -78,7 +80,8 @@ __device__ int list_of_chunk(const sel_params &p, int k)
 __global__ void score_kernel(sel_params p)
 {
     const attnd_kernel_select_list sl = p.lists[list_of_chunk(p, (int)blockIdx.x)];
-    const int32_t hpg = p.hkv / p.lg, G = p.hq / p.hkv, R = p.q_tokens * G, rows = R * hpg;
+    const int32_t hpg = p.hkv / p.lg, G = p.hq / p.hkv, runs = G / p.agg;
+    const int32_t R = p.q_tokens * runs, rows = R * hpg;
     const int32_t p0 = ((int)blockIdx.x - sl.chunk0) * ATTND_KERNEL_SELECT_CHUNK;
     const int32_t p1 = min(p0 + ATTND_KERNEL_SELECT_CHUNK, sl.n_cand);
     float *ub = ub_of(p, sl);
@@ -88,7 +91,7 @@ __global__ void score_kernel(sel_params p)
     for (int64_t item = warp; item < (int64_t)(p1 - p0) * rows; item += nw) {
         const int32_t pp = p0 + (int32_t)(item / rows), r = (int32_t)(item % rows);
         const int32_t hh = r / R, rr = r % R, kvh = sl.group * hpg + hh;
-        const int32_t s = rr / G, g = rr % G;
+        const int32_t s = rr / runs, g = rr % runs * p.agg;
         const uint16_t *q =
             p.q + (((int64_t)sl.seq * p.q_tokens + s) * p.hq + (int64_t)kvh * G + g) * p.dk;
         const uint16_t *lo =
@@ -96,7 +99,9 @@ __global__ void score_kernel(sel_params p)
         const uint16_t *hi = lo + p.dk;
         float acc = 0.f;
         for (int d = lane; d < p.dk; d += 32) {
-            const float x = bf16f(__ldg(q + d));
+            float x = bf16f(__ldg(q + d));
+            for (int32_t j = 1; j < p.agg; j++) /* a run of heads: their sum, in order */
+                x += bf16f(__ldg(q + (int64_t)j * p.dk + d));
             acc += x > 0.f ? x * bf16f(__ldg(hi + d)) : x * bf16f(__ldg(lo + d));
         }
         for (int o = 16; o > 0; o /= 2)
@@ -150,7 +155,7 @@ __global__ void select_kernel(sel_params p)
     int32_t ties_needed = 0;
 
     if (chunks) {
-        const int32_t hpg = p.hkv / p.lg, rows = p.q_tokens * (p.hq / p.hkv) * hpg;
+        const int32_t hpg = p.hkv / p.lg, rows = p.q_tokens * (p.hq / p.hkv / p.agg) * hpg;
         float *ub = ub_of(p, sl);
         float *best = ub + (int64_t)n * rows; /* the chunk maxima's room */
         float *sc = best + (int64_t)chunks * rows;
@@ -220,13 +225,17 @@ extern "C" attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_c
     const int32_t hkv = s->kv.n_kv_heads, lg = s->list_groups > 1 ? s->list_groups : 1;
     if (!s->lists || !s->q || !s->bounds || !s->cand_idx || !s->sel_pages || !s->work ||
         hkv < 1 || s->n_q_heads % hkv || hkv % lg || s->q_tokens < 1 || s->kv.d_k < 1 ||
-        s->n_chunks < 0)
+        s->n_chunks < 0 || s->head_agg < 0 ||
+        (s->head_agg > 1 && (s->n_q_heads / hkv) % s->head_agg))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "select: lists, q, bounds, cand_idx, sel_pages, work and a "
                                "consistent shape are required");
-    sel_params p = {s->lists, s->n_lists, s->q_tokens, s->n_q_heads, hkv, lg, s->kv.d_k,
+    sel_params p = {s->lists,      s->n_lists,       s->q_tokens,
+                    s->n_q_heads,  hkv,              lg,
+                    s->kv.d_k,     s->head_agg > 1 ? s->head_agg : 1,
                     static_cast<const uint16_t *>(s->q), s->bounds, s->bounds_pages,
-                    s->cand_idx, s->sel_pages, s->sel_pos, s->work};
+                    s->cand_idx,   s->sel_pages,     s->sel_pos,
+                    s->work};
     if (s->n_chunks > 0)
         score_kernel<<<s->n_chunks, SEL_THREADS, 0, ctx->stream>>>(p);
     select_kernel<<<s->n_lists, SEL_THREADS, 0, ctx->stream>>>(p);

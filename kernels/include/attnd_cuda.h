@@ -215,6 +215,7 @@ typedef struct attnd_cuda_select {
     int32_t n_lists, n_chunks; /* n_chunks: the last list's chunk0 + its chunks */
     const attnd_kernel_select_list *lists;
     int32_t n_seqs, q_tokens, n_q_heads, list_groups;
+    int32_t head_agg; /* as attnd_kernel_select_batch.head_agg (0 or 1: per head) */
     attnd_kernel_kv_layout kv;
     const void *q;
     const uint16_t *bounds;

@@ -402,7 +402,14 @@ void attnd_kernel_ref_attention_f64(int32_t hq, int32_t hkv, int32_t dk, int32_t
  *
  * Scores. For query row r (a query token and head reading KV head kvh):
  *   ub[r][p]  = sum_d max(q[r][d] lo[p][kvh][d], q[r][d] hi[p][kvh][d])
- * bounds q[r] . k from above for every key k of page p (Quest). The rows R
+ * bounds q[r] . k from above for every key k of page p (Quest). With
+ * head_agg = A > 1 a row is instead a query token and a run of A
+ * consecutive heads of one KV head, q[r] = sum_{j < A} q[s][kvh G + a A + j]
+ * (G = Hq / Hkv, run a): ub[r][p] then bounds the heads' summed score
+ * sum_j q_j . k (max is subadditive, so it is also at most the sum of the
+ * heads' own bounds), and a KV head has q_tokens G / A rows instead of
+ * q_tokens G: A times less scoring, one row per KV head and token with
+ * A = G (for MLA, one for the whole layer). The rows R
  * of a list (every query token and head of its KV heads) rank a page by
  *   score[p] = max_{r in R} (ub[r][p] - max_{p'} ub[r][p'])     (<= 0)
  * how close the page can come to a row's best page, for the row it suits
@@ -457,6 +464,9 @@ typedef struct attnd_kernel_select_batch {
     int32_t q_tokens;
     int32_t n_q_heads;
     int32_t list_groups;      /* G: 1, or a divisor of n_kv_heads (GQA) */
+    int32_t head_agg;         /* 0 or 1: a row per query head; else a divisor of
+                                 n_q_heads / n_kv_heads: that many heads summed
+                                 into one row (see "Scores" above) */
     attnd_dtype q_dtype;
     const void *q;            /* [n_seqs][q_tokens][Hq][d_k], as decode */
     const attnd_kernel_kv_layout *kv;

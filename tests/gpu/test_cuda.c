@@ -598,9 +598,10 @@ static void test_rejects(void)
 }
 
 /* One selection problem on both sides: n_seqs sequences of n_pages
- * scattered pages each, keep about a quarter with a sink and a newest. */
-static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t n_seqs,
-                        int32_t n_pages, const char *what)
+ * scattered pages each, keep about a quarter with a sink and a newest;
+ * rows of agg heads summed (head_agg; 1: a row per head). */
+static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t agg,
+                        int32_t n_seqs, int32_t n_pages, const char *what)
 {
     attnd_kernel_kv_layout l;
     attnd_error err = {0};
@@ -649,6 +650,7 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
                                     .q_tokens = 1,
                                     .n_q_heads = hq,
                                     .list_groups = lg,
+                                    .head_agg = agg,
                                     .q_dtype = ATTND_DTYPE_BF16,
                                     .q = q,
                                     .kv = &l,
@@ -682,7 +684,7 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     cudaMemcpy(d_c, cand, sizeof(int32_t) * (size_t)n_seqs * n_pages, cudaMemcpyHostToDevice);
     attnd_cuda_select cs = {.n_lists = n_lists, .n_chunks = n_chunks, .lists = d_l,
                             .n_seqs = n_seqs, .q_tokens = 1, .n_q_heads = hq, .list_groups = lg,
-                            .kv = l, .q = d_q, .bounds = d_b, .bounds_pages = pool,
+                            .head_agg = agg, .kv = l, .q = d_q, .bounds = d_b, .bounds_pages = pool,
                             .cand_idx = d_c, .sel_pages = d_o, .work = d_w};
     must(attnd_cuda_select_run(ctx, &cs, &err), &err, "select_run");
     must(attnd_cuda_sync(ctx, &err), &err, "sync");
@@ -712,9 +714,12 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
 
 static void test_select(void)
 {
-    select_case(32, 8, 128, 8, 3, 300, "GQA 32/8 heads, per KV head, 300 pages");
-    select_case(32, 8, 128, 1, 2, 129, "GQA 32/8 heads, one list, 129 pages");
-    select_case(128, 1, 576, 1, 2, 2048, "MLA 128 heads, 2048 pages");
+    select_case(32, 8, 128, 8, 1, 3, 300, "GQA 32/8 heads, per KV head, 300 pages");
+    select_case(32, 8, 128, 1, 1, 2, 129, "GQA 32/8 heads, one list, 129 pages");
+    select_case(128, 1, 576, 1, 1, 2, 2048, "MLA 128 heads, 2048 pages");
+    select_case(32, 8, 128, 8, 4, 3, 300, "GQA 32/8 heads summed per KV head, 300 pages");
+    select_case(128, 1, 576, 1, 128, 2, 2048, "MLA 128 heads summed, 2048 pages");
+    select_case(128, 1, 576, 1, 4, 2, 2048, "MLA 128 heads in runs of 4, 2048 pages");
 }
 
 int main(int argc, char **argv)

@@ -384,14 +384,18 @@ START_TEST(test_bounds_hold_every_stored_key_and_are_its_outward_rounded_min_and
 }
 END_TEST
 
-/* Float64 Quest scores of list (seq i, group g) over its candidates. */
+/* Float64 Quest scores of list (seq i, group g) over its candidates, a row
+ * per query token and run of agg heads of a KV head (their queries summed;
+ * agg 1: a row per head). */
 static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32_t g,
-                       int32_t groups, const int32_t *cand, int32_t n, double *score)
+                       int32_t groups, int32_t agg, const int32_t *cand, int32_t n,
+                       double *score)
 {
     const attnd_kernel_kv_layout *l = &p->l;
-    const int32_t hkv = l->n_kv_heads, dk = l->d_k, G = p->sp.hq / hkv, S = p->sp.q_tokens;
+    const int32_t hkv = l->n_kv_heads, dk = l->d_k, G = p->sp.hq / hkv / agg, S = p->sp.q_tokens;
     const int32_t hpg = hkv / groups, rows = S * G * hpg;
     double *ub = malloc(sizeof(double) * (size_t)rows * n), *mx = malloc(sizeof(double) * rows);
+    double *q = malloc(sizeof(double) * (size_t)dk);
     for (int32_t rr = 0; rr < rows; rr++)
         mx[rr] = -INFINITY;
     for (int32_t c = 0; c < n; c++)
@@ -401,7 +405,13 @@ static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32
             const uint16_t *hi = lo + dk;
             for (int32_t s = 0; s < S; s++)
                 for (int32_t gq = 0; gq < G; gq++) {
-                    const double *q = p->q64 + (((size_t)i * S + s) * p->sp.hq + h * G + gq) * dk;
+                    const double *q0 =
+                        p->q64 + (((size_t)i * S + s) * p->sp.hq + (h * G + gq) * agg) * dk;
+                    for (int32_t d = 0; d < dk; d++) {
+                        q[d] = 0;
+                        for (int32_t j = 0; j < agg; j++)
+                            q[d] += q0[(size_t)j * dk + d];
+                    }
                     double a = 0;
                     for (int32_t d = 0; d < dk; d++) {
                         double x = q[d] * attnd_dtype_bf16_to_f32(lo[d]);
@@ -419,15 +429,18 @@ static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32
             best = fmax(best, ub[(size_t)c * rows + rr] - mx[rr]);
         score[c] = best;
     }
+    free(q);
     free(ub);
     free(mx);
 }
 
 /* Select k of every list of a random problem on the path now in force, on
- * one thread and on a pool; check mandatory pages, order, count, and that
- * no page left out scores clearly above one kept (float64 scores; a margin
- * of 1e-4 of the score scale absorbs float32 rounding). */
-static void check_select(const pp_spec *sp, int32_t groups, tu_rng *r, const char *what)
+ * one thread and on a pool, scoring rows of agg heads (head_agg); check
+ * mandatory pages, order, count, and that no page left out scores clearly
+ * above one kept (float64 scores; a margin of 1e-4 of the score scale
+ * absorbs float32 rounding). */
+static void check_select_agg(const pp_spec *sp, int32_t groups, int32_t agg, tu_rng *r,
+                             const char *what)
 {
     pp_problem p;
     attnd_error err;
@@ -457,7 +470,8 @@ static void check_select(const pp_spec *sp, int32_t groups, tu_rng *r, const cha
     int32_t *sel2 = malloc(sizeof(int32_t) * (size_t)(out + 1));
     attnd_kernel_select_batch b = {.n_lists = nl, .lists = lists, .n_seqs = n,
                                    .q_tokens = sp->q_tokens, .n_q_heads = sp->hq,
-                                   .list_groups = groups, .q_dtype = sp->q_t, .q = p.q, .kv = &p.l,
+                                   .list_groups = groups, .head_agg = agg, .q_dtype = sp->q_t,
+                                   .q = p.q, .kv = &p.l,
                                    .bounds = bd, .bounds_pages = p.b.pool_pages, .cand_idx = p.idx,
                                    .sel_pages = sel1, .sel_pos = pos1};
     int64_t wf = attnd_kernel_select_prepare(&b, &err);
@@ -474,7 +488,7 @@ static void check_select(const pp_spec *sp, int32_t groups, tu_rng *r, const cha
     for (int32_t li = 0; li < nl; li++) {
         const attnd_kernel_select_list *L = &lists[li];
         double *score = malloc(sizeof(double) * (size_t)(L->n_cand + 1));
-        ref_scores(&p, bd, L->seq, L->group, groups, p.idx + L->cand0, L->n_cand, score);
+        ref_scores(&p, bd, L->seq, L->group, groups, agg, p.idx + L->cand0, L->n_cand, score);
         char *kept = calloc((size_t)L->n_cand + 1, 1);
         for (int32_t j = 0; j < L->keep; j++) {
             int32_t c = pos1[L->out0 + j];
@@ -511,6 +525,11 @@ static void check_select(const pp_spec *sp, int32_t groups, tu_rng *r, const cha
     pp_free(&p);
 }
 
+static void check_select(const pp_spec *sp, int32_t groups, tu_rng *r, const char *what)
+{
+    check_select_agg(sp, groups, 1, r, what);
+}
+
 START_TEST(test_selection_keeps_mandatory_pages_and_the_best_scores_on_every_path)
 {
     tu_rng r;
@@ -535,6 +554,133 @@ START_TEST(test_selection_keeps_mandatory_pages_and_the_best_scores_on_every_pat
 }
 END_TEST
 
+/* Rows of summed heads (head_agg): the kept pages are the best by the
+ * float64 bound of the heads' summed query, on every path, for GQA runs
+ * (narrow rows) and MLA layers summed whole or in runs (narrow and wide
+ * rows), bf16 and float32 queries. */
+START_TEST(test_selection_over_summed_heads_keeps_the_best_summed_bounds_on_every_path)
+{
+    tu_rng r;
+    tu_rng_init(&r, "sparse-select-agg");
+    const int64_t lens[] = {2000, 130, 1, 777};
+    for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
+        if (!use_path(path))
+            continue;
+        pp_spec g = {.kind = ATTND_ATTN_GQA, .hq = 16, .hkv = 4, .head_dim = 64,
+                     .page_size = 16, .q_tokens = 1, .kv_t = ATTND_DTYPE_BF16,
+                     .q_t = ATTND_DTYPE_F32, .n_seqs = 4, .lens = lens};
+        check_select_agg(&g, 4, 4, &r, "gqa per kv head, its 4 heads summed");
+        check_select_agg(&g, 1, 2, &r, "gqa one list, runs of 2 heads");
+        g.q_tokens = 3;
+        g.q_t = ATTND_DTYPE_BF16;
+        check_select_agg(&g, 2, 4, &r, "gqa S=3 per 2 kv heads, 4 heads summed");
+        g.q_tokens = 1;
+        g.head_dim = 40; /* not a multiple of 16: the vector loops' tails */
+        check_select_agg(&g, 4, 4, &r, "gqa d 40 per kv head, its 4 heads summed");
+        check_select_agg(&g, 4, 1, &r, "gqa d 40 per kv head, per head");
+        pp_spec m = {.kind = ATTND_ATTN_MLA, .hq = 40, .d_c = 64, .d_r = 16, .page_size = 32,
+                     .q_tokens = 1, .kv_t = ATTND_DTYPE_BF16, .q_t = ATTND_DTYPE_BF16,
+                     .n_seqs = 4, .lens = lens};
+        check_select_agg(&m, 1, 40, &r, "mla 40 heads summed");
+        check_select_agg(&m, 1, 5, &r, "mla runs of 5 heads");
+        m.hq = 96;
+        m.q_t = ATTND_DTYPE_F32;
+        check_select_agg(&m, 1, 3, &r, "mla 96 heads in runs of 3 (wide rows)");
+        m.q_tokens = 2;
+        check_select_agg(&m, 1, 96, &r, "mla S=2, 96 heads summed");
+    }
+    reset_path();
+}
+END_TEST
+
+/* The threshold's edge cases, on every path, one thread and a pool: 40
+ * pages with equal bounds tie, page 5 bounds lower, page 9 has a NaN bound
+ * (scores +inf); keeping the sink page, the newest and 6 more must take
+ * page 9 and then the earliest tied pages (1, 2, 3, 4, 6). */
+START_TEST(test_selection_keeps_nan_bounds_and_breaks_ties_by_the_earlier_page_on_every_path)
+{
+    attnd_kernel_kv_layout l;
+    attnd_kernel_kv_layout_gqa(&l, 1, 16, 16, ATTND_DTYPE_BF16);
+    enum { NP = 40, DK = 16 };
+    static uint16_t bd[NP * 2 * DK];
+    int32_t cand[NP], sel[8], pos[8];
+    float q[DK];
+    for (int32_t p = 0; p < NP; p++) {
+        cand[p] = p;
+        for (int32_t d = 0; d < DK; d++) {
+            bd[(p * 2) * DK + d] = attnd_dtype_f32_to_bf16(-1.0f);
+            bd[(p * 2 + 1) * DK + d] = attnd_dtype_f32_to_bf16(p == 5 ? 0.5f : 1.0f);
+        }
+    }
+    bd[(9 * 2 + 1) * DK + 3] = 0x7fc0; /* NaN */
+    for (int32_t d = 0; d < DK; d++)
+        q[d] = 1.0f;
+    const int32_t want[8] = {0, 1, 2, 3, 4, 6, 9, NP - 1};
+    attnd_kernel_pool *pool;
+    attnd_error err;
+    ck_assert_int_eq(attnd_kernel_pool_create(2, &pool, &err), ATTND_OK);
+    for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
+        if (!use_path(path))
+            continue;
+        for (int par = 0; par < 2; par++) {
+            attnd_kernel_select_list L = {.seq = 0, .group = 0, .cand0 = 0, .n_cand = NP,
+                                          .keep = 8, .n_head = 1, .n_tail = 1};
+            attnd_kernel_select_batch b = {.n_lists = 1, .lists = &L, .n_seqs = 1,
+                                           .q_tokens = 1, .n_q_heads = 1, .list_groups = 1,
+                                           .q_dtype = ATTND_DTYPE_F32, .q = q, .kv = &l,
+                                           .bounds = bd, .bounds_pages = NP, .cand_idx = cand,
+                                           .sel_pages = sel, .sel_pos = pos};
+            int64_t wf = attnd_kernel_select_prepare(&b, &err);
+            ck_assert_int_ge(wf, 0);
+            b.work = malloc(sizeof(float) * (size_t)(wf + 1));
+            if (par)
+                ck_assert_int_eq(attnd_kernel_select_parallel(pool, &b, &err), ATTND_OK);
+            else
+                attnd_kernel_select(&b);
+            for (int j = 0; j < 8; j++)
+                ck_assert_msg(sel[j] == want[j] && pos[j] == want[j],
+                              "path %s, %s: kept[%d] = %d, want %d",
+                              attnd_kernel_path_str((attnd_kernel_path)path),
+                              par ? "pool" : "one thread", j, sel[j], want[j]);
+            free(b.work);
+        }
+    }
+    attnd_kernel_pool_destroy(pool);
+    reset_path();
+}
+END_TEST
+
+START_TEST(test_head_agg_that_does_not_divide_the_heads_of_a_kv_head_is_invalid)
+{
+    tu_rng r;
+    tu_rng_init(&r, "sparse-bad-agg");
+    const int64_t lens[] = {100};
+    pp_spec sp = {.kind = ATTND_ATTN_GQA, .hq = 8, .hkv = 2, .head_dim = 16,
+                  .page_size = 16, .q_tokens = 1, .kv_t = ATTND_DTYPE_BF16,
+                  .q_t = ATTND_DTYPE_F32, .n_seqs = 1, .lens = lens};
+    pp_problem p;
+    pp_build(&p, &sp, &r);
+    uint16_t *bd = build_bounds(&p);
+    int32_t sel[16];
+    attnd_kernel_select_list L = {.seq = 0, .group = 0, .cand0 = 0,
+                                  .n_cand = p.indptr[1] - p.indptr[0], .keep = 3, .n_head = 1,
+                                  .n_tail = 1};
+    attnd_kernel_select_batch b = {.n_lists = 1, .lists = &L, .n_seqs = 1, .q_tokens = 1,
+                                   .n_q_heads = 8, .list_groups = 1, .head_agg = 3,
+                                   .q_dtype = ATTND_DTYPE_F32, .q = p.q, .kv = &p.l,
+                                   .bounds = bd, .bounds_pages = p.b.pool_pages,
+                                   .cand_idx = p.idx, .sel_pages = sel};
+    attnd_error err;
+    ck_assert_int_eq(attnd_kernel_select_prepare(&b, &err), -1);
+    ck_assert_int_eq(err.code, ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "head_agg"));
+    b.head_agg = 4; /* 4 divides the 4 heads of a KV head */
+    ck_assert_int_gt(attnd_kernel_select_prepare(&b, &err), 0);
+    free(bd);
+    pp_free(&p);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("kernel_sparse");
@@ -546,6 +692,9 @@ static Suite *suite(void)
     tcase_add_test(tc, test_token_lists_through_the_token_view_match_f64);
     tcase_add_test(tc, test_bounds_hold_every_stored_key_and_are_its_outward_rounded_min_and_max);
     tcase_add_test(tc, test_selection_keeps_mandatory_pages_and_the_best_scores_on_every_path);
+    tcase_add_test(tc, test_selection_over_summed_heads_keeps_the_best_summed_bounds_on_every_path);
+    tcase_add_test(tc, test_head_agg_that_does_not_divide_the_heads_of_a_kv_head_is_invalid);
+    tcase_add_test(tc, test_selection_keeps_nan_bounds_and_breaks_ties_by_the_earlier_page_on_every_path);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -106,11 +106,12 @@ static void sh_ref(const shadow *sh, int32_t l, int32_t h, const double *q, cons
 
 /* ---- engine helpers ------------------------------------------------------ */
 
-static attnd_engine *make_engine(const char *model, int32_t page_size, uint64_t kv_memory)
+static attnd_engine *make_engine_sel(const char *model, int32_t page_size, uint64_t kv_memory,
+                                     int32_t select_head_agg)
 {
     attnd_engine_config cfg = {.model = *attnd_model_find(model), .page_size = page_size,
                                .kv_memory = kv_memory, .max_sessions = 16,
-                               .kernel_threads = 2};
+                               .kernel_threads = 2, .select_head_agg = select_head_agg};
     attnd_engine *e = NULL;
     attnd_error err;
     ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_OK);
@@ -157,6 +158,11 @@ static void query_free(query *q)
 {
     free(q->f);
     free(q->d);
+}
+
+static attnd_engine *make_engine(const char *model, int32_t page_size, uint64_t kv_memory)
+{
+    return make_engine_sel(model, page_size, kv_memory, 0);
 }
 
 /* One Attend of one session (new entries appended when new_kv). */
@@ -339,6 +345,96 @@ START_TEST(test_the_needle_page_is_always_chosen_at_a_sixteenth_budget)
 {
     needle_trials("tiny-gqa", 64, 16384, 8);
     needle_trials("tiny-mla", 64, 16384, 8);
+}
+END_TEST
+
+/* Which rows score an MLA layer's pages (tiny-mla, 8 heads). Head 0's
+ * query meets a needle in a middle page; heads 2j and 2j + 1 hold +2^-j
+ * and -2^-j times head 0's query, so the heads' summed query is exactly 0
+ * and bounds every page at 0 (with a row per head, the needle's page is
+ * the best of every even head, the odd heads' best is one other page).
+ * Scored a row per head (select_head_agg 1, or 0: the default rule gives
+ * 8 heads a row each) the needle's page is chosen; scored with the 8
+ * heads summed (select_head_agg 8) every page ties and the earliest are
+ * kept (ties: earlier first); either way the output is f64 attention over
+ * the pages reported. */
+static void cancelling_heads(int32_t head_agg)
+{
+    tu_rng r;
+    tu_rng_init(&r, head_agg == 8 ? "sparse-rows-summed" : "sparse-rows-per-head");
+    const int32_t ps = 64;
+    const int64_t T = 4096, np = T / ps, keep = np / 8;
+    const int per_head = head_agg != 8;
+    attnd_engine *e = make_engine_sel("tiny-mla", ps, 64u << 20, head_agg);
+    const attnd_model_spec *m = attnd_engine_model(e);
+    attnd_session_policy pol = one_policy((attnd_policy){.kind = ATTND_POLICY_TOPK_PAGES,
+                                                         .topk_fraction = 1.0f / 8});
+    attnd_engine_ws ws;
+    attnd_engine_ws_init(&ws);
+    attnd_error err;
+    shadow sh;
+    sh_init(&sh, m, T + 1);
+    attnd_session_id id = make_session(e, (uint64_t)T, &pol);
+    query q = random_query(&sh, &r, 1);
+    for (int32_t h = 1; h < sh.hq; h++)
+        for (int32_t d = 0; d < sh.dk; d++)
+            q.f[(size_t)h * sh.dk + d] = ldexpf(h % 2 ? -q.f[d] : q.f[d], -(h / 2));
+    for (size_t j = 0; j < (size_t)sh.hq * sh.dk; j++)
+        q.d[j] = q.f[j];
+    uint16_t *kv = random_wire(&sh, &r, T, 0.5);
+    const int64_t needle_page = tu_int(&r, np / 4, 3 * np / 4);
+    for (int c = 0; c < 3; c++) {
+        int64_t t = needle_page * ps + tu_int(&r, 0, ps - 1);
+        for (int32_t d = 0; d < sh.dk; d++)
+            kv[t * sh.entry + d] = attnd_dtype_f32_to_bf16(1.5f * q.f[d]);
+    }
+    sh_record(&sh, 0, T, kv);
+    ck_assert_int_eq(attnd_engine_append(e, &id, 0, 0, (uint64_t)T, ATTND_DTYPE_BF16, kv, &err),
+                     0);
+    const float *out;
+    ck_assert_int_eq(attend1(e, &ws, &id, 0, 1, &q, NULL, NULL, NULL, 0, &out, &err), 0);
+    ck_assert_uint_eq(ws.chosen_groups, 1);
+    ck_assert_int_eq(ws.chosen_indptr[1] - ws.chosen_indptr[0], (int)keep);
+    int found = 0;
+    for (int32_t j = 0; j < (int32_t)keep; j++) {
+        found |= ws.chosen[j] == needle_page;
+        if (!per_head) /* the earliest keep - 1 pages, then the newest */
+            ck_assert_int_eq(ws.chosen[j], (j + 1 < keep ? j : np - 1));
+    }
+    ck_assert_msg(found == per_head, "rows %s: needle page %lld %s", per_head ? "per head" : "summed",
+                  (long long)needle_page, found ? "chosen" : "not chosen");
+    int64_t *tok = malloc(sizeof(int64_t) * (size_t)T), n;
+    chosen_tokens(&ws, &sh, ps, T, &tok, &n);
+    ck_assert_double_le(check_rows(&sh, 0, 1, &q, out, &tok, &n), 1e-5);
+    free(tok);
+    free(kv);
+    query_free(&q);
+    sh_free(&sh);
+    attnd_engine_ws_cleanup(&ws);
+    attnd_engine_destroy(e);
+}
+
+START_TEST(test_select_head_agg_scores_pages_with_runs_of_heads_summed_or_per_head)
+{
+    cancelling_heads(8);
+    cancelling_heads(1);
+    cancelling_heads(0);
+}
+END_TEST
+
+START_TEST(test_a_select_head_agg_that_does_not_divide_a_kv_heads_query_heads_is_invalid)
+{
+    attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"), .page_size = 64,
+                               .kv_memory = 1u << 20, .max_sessions = 4, .kernel_threads = 1,
+                               .select_head_agg = 3};
+    attnd_engine *e = NULL;
+    attnd_error err;
+    ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_null(e);
+    ck_assert_ptr_nonnull(strstr(err.msg, "select_head_agg"));
+    cfg.select_head_agg = 4; /* tiny-gqa: 4 query heads per KV head */
+    ck_assert_int_eq(attnd_engine_create(&cfg, &e, &err), ATTND_OK);
+    attnd_engine_destroy(e);
 }
 END_TEST
 
@@ -916,6 +1012,8 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_topk_pages_with_k_at_least_every_page_equals_dense_bit_for_bit);
     tcase_add_test(tc, test_the_needle_page_is_always_chosen_at_a_sixteenth_budget);
+    tcase_add_test(tc, test_select_head_agg_scores_pages_with_runs_of_heads_summed_or_per_head);
+    tcase_add_test(tc, test_a_select_head_agg_that_does_not_divide_a_kv_heads_query_heads_is_invalid);
     tcase_add_test(tc, test_topk_pages_with_several_query_tokens_keeps_the_causal_rule);
     tcase_add_test(tc, test_streaming_equals_f64_attention_over_sink_and_window);
     tcase_add_test(tc, test_streaming_pages_go_back_to_the_pool_whatever_the_context_length);

@@ -5,12 +5,16 @@
  *                      [--topk K] [--policy topk-pages|streaming]
  *                      [--window W] [--sink S] [--iters N] [--threads N]
  *                      [--page-size P] [--device cpu|cuda:N]
+ *                      [--select default|per-head|both|N]
  *
  * One engine of one layer of the model (a layer's cost does not depend on
  * how many the model has), B dense sessions and B sparse ones of T tokens
  * of the same random bf16 KV, then N rounds of one Attend of each set,
  * interleaved (dense, sparse, dense, ...) so that load on a shared machine
- * hits both alike: bf16 queries [B, Hq, d_k], each session's new entry
+ * hits both alike (--select: the engine's select_head_agg, default
+ * its own rule, per-head 1, or N; both adds a third set, the same sparse
+ * sessions in a second engine that scores a row per query head, against
+ * the default rows, interleaved with the others): bf16 queries [B, Hq, d_k], each session's new entry
  * appended in the call, float32 outputs and LSE, the service's call.
  * Prints the medians and minima of wall-clock time and the median of the
  * process's CPU time per call (on a loaded machine the CPU time and the
@@ -67,7 +71,7 @@ static void fill_bf16(uint16_t *p, size_t n, uint64_t *s)
 }
 
 typedef struct opts {
-    const char *model, *device;
+    const char *model, *device, *select;
     int64_t ctx;
     int32_t batch, iters, threads, page_size;
     attnd_policy pol;
@@ -77,7 +81,8 @@ static int usage(void)
 {
     fprintf(stderr, "usage: attnd-sparse-bench [--model NAME] [--ctx T] [--batch B] "
                     "[--budget F | --topk K] [--policy topk-pages|streaming] [--window W] "
-                    "[--sink S] [--iters N] [--threads N] [--page-size P] [--device D]\n");
+                    "[--sink S] [--iters N] [--threads N] [--page-size P] [--device D] "
+                    "[--select default|per-head|both|N]\n");
     return 2;
 }
 
@@ -85,6 +90,7 @@ static int parse(int argc, char **argv, opts *o)
 {
     o->model = "llama3-8b";
     o->device = "cpu";
+    o->select = "default";
     o->ctx = 131072;
     o->batch = 1;
     o->iters = 15;
@@ -99,6 +105,8 @@ static int parse(int argc, char **argv, opts *o)
             o->model = v;
         else if (!strcmp(a, "--device"))
             o->device = v;
+        else if (!strcmp(a, "--select"))
+            o->select = v;
         else if (!strcmp(a, "--ctx"))
             o->ctx = atoll(v);
         else if (!strcmp(a, "--batch"))
@@ -132,8 +140,58 @@ static int parse(int argc, char **argv, opts *o)
         if (!o->pol.window)
             o->pol.window = (uint32_t)(o->ctx / 8);
     }
-    return o->ctx > 0 && o->batch > 0 && o->iters > 0 && attnd_model_find(o->model) ? 0
-                                                                                   : usage();
+    int sel_ok = !strcmp(o->select, "default") || !strcmp(o->select, "per-head") ||
+                 !strcmp(o->select, "both") || atoi(o->select) > 0;
+    return o->ctx > 0 && o->batch > 0 && o->iters > 0 && sel_ok && attnd_model_find(o->model)
+               ? 0
+               : usage();
+}
+
+/* The per-set figures of one run. */
+typedef struct set_times {
+    double *wall, *cpu, *sel;
+    uint64_t kv, sel_bytes;
+} set_times;
+
+static void print_set(const char *name, set_times *t, int n, int sparse)
+{
+    double md = median(t->wall, n), nd = minimum(t->wall, n), mc = median(t->cpu, n);
+    printf("  %-16s%10.1f %10.1f %10.1f   %9.2f MB", name, md, nd, mc, (double)t->kv / n / 1e6);
+    if (sparse)
+        printf(" + key bounds %.2f MB", (double)t->sel_bytes / n / 1e6);
+    printf("\n");
+}
+
+/* Speedup of set s over dense d, and its selection's share. */
+static void print_ratio(const char *name, set_times *d, set_times *s, int n)
+{
+    double md = median(d->wall, n), nd = minimum(d->wall, n), mcd = median(d->cpu, n);
+    double ms = median(s->wall, n), ns = minimum(s->wall, n), mcs = median(s->cpu, n);
+    double nsel = minimum(s->sel, n), msel = median(s->sel, n);
+    printf("  speedup %-8s%9.2fx %9.2fx %9.2fx   (%s rows)\n", "", md / ms, nd / ns, mcd / mcs,
+           name);
+    printf("  selection (wall, %s) p50 %.1f us = %.1f%% of the sparse call's p50; min %.1f us = "
+           "%.1f%% of its min\n", name, msel, ms > 0 ? 100.0 * msel / ms : 0.0, nsel,
+           ns > 0 ? 100.0 * nsel / ns : 0.0);
+}
+
+static attnd_engine *engine_make(const opts *o, const attnd_model_spec *m, int32_t sessions,
+                                 int64_t max_tok, size_t entry_bytes, int32_t head_agg)
+{
+    const int64_t ps = o->page_size;
+    attnd_engine_config cfg = {.model = *m, .page_size = o->page_size,
+                               .max_sessions = (uint32_t)sessions,
+                               .kernel_threads = o->threads, .select_head_agg = head_agg};
+    cfg.model.n_layers = 1;
+    snprintf(cfg.device, sizeof cfg.device, "%s", o->device);
+    cfg.kv_memory = (uint64_t)sessions * (uint64_t)((max_tok + ps - 1) / ps + 1) * ps * entry_bytes;
+    attnd_engine *e = NULL;
+    attnd_error err;
+    if (attnd_engine_create(&cfg, &e, &err)) {
+        fprintf(stderr, "attnd-sparse-bench: %s\n", err.msg);
+        return NULL;
+    }
+    return e;
 }
 
 int main(int argc, char **argv)
@@ -143,26 +201,26 @@ int main(int argc, char **argv)
         return 2;
     const attnd_model_spec *m = attnd_model_find(o.model);
     const int32_t B = o.batch, warm = 2;
-    const int64_t te = attnd_model_kv_token_elems(m), ps = o.page_size;
+    const int64_t te = attnd_model_kv_token_elems(m);
     const size_t entry_bytes = (size_t)te * 2;
     const int64_t max_tok = o.ctx + warm + o.iters + 2;
-    attnd_engine_config cfg = {.model = *m, .page_size = o.page_size,
-                               .max_sessions = (uint32_t)(2 * B), .kernel_threads = o.threads};
-    cfg.model.n_layers = 1;
-    snprintf(cfg.device, sizeof cfg.device, "%s", o.device);
-    cfg.kv_memory = (uint64_t)2 * B * (uint64_t)((max_tok + ps - 1) / ps + 1) * ps * entry_bytes;
-    attnd_engine *e = NULL;
-    attnd_error err;
-    if (attnd_engine_create(&cfg, &e, &err)) {
-        fprintf(stderr, "attnd-sparse-bench: %s\n", err.msg);
+    const int both = !strcmp(o.select, "both");
+    /* set 0 dense and set 1 sparse in engine 0 (the engine's rows unless
+     * --select says); with both, set 2 sparse in engine 1 (per head) */
+    const int n_sets = both ? 3 : 2;
+    attnd_engine *eng[2] = {NULL, NULL};
+    eng[0] = engine_make(&o, m, 2 * B, max_tok, entry_bytes,
+                         !strcmp(o.select, "per-head") ? 1 : atoi(o.select));
+    if (!eng[0] || (both && !(eng[1] = engine_make(&o, m, B, max_tok, entry_bytes, 1))))
         return strncmp(o.device, "cuda", 4) == 0 ? 77 : 1;
-    }
+    attnd_error err;
     attnd_session_policy pol = {.dflt = o.pol};
-    attnd_session_id *ids = calloc((size_t)2 * B, sizeof *ids);
+    attnd_session_id *ids = calloc((size_t)3 * B, sizeof *ids);
     const int64_t chunk = 4096;
     uint16_t *kv = malloc((size_t)chunk * entry_bytes);
     uint64_t seed = 0x9E3779B97F4A7C15ull;
-    for (int32_t i = 0; i < 2 * B; i++) {
+    for (int32_t i = 0; i < n_sets * B; i++) {
+        attnd_engine *e = eng[i >= 2 * B];
         attnd_status st = i < B ? attnd_engine_session_create(e, (uint64_t)max_tok, &ids[i], &err)
                                 : attnd_engine_session_create_policy(e, (uint64_t)max_tok, &pol,
                                                                      NULL, &ids[i], &err);
@@ -171,13 +229,13 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    /* the same KV in session i and B + i */
+    /* the same KV in session i, B + i (and 2B + i) */
     for (int64_t t = 0; t < o.ctx; t += chunk) {
         int64_t n = o.ctx - t < chunk ? o.ctx - t : chunk;
         for (int32_t i = 0; i < B; i++) {
             fill_bf16(kv, (size_t)(n * te), &seed);
-            for (int32_t k = 0; k < 2; k++)
-                if (attnd_engine_append(e, &ids[i + k * B], 0, (uint64_t)t, (uint64_t)n,
+            for (int32_t k = 0; k < n_sets; k++)
+                if (attnd_engine_append(eng[k == 2], &ids[i + k * B], 0, (uint64_t)t, (uint64_t)n,
                                         ATTND_DTYPE_BF16, kv, &err)) {
                     fprintf(stderr, "attnd-sparse-bench: append: %s\n", err.msg);
                     return 1;
@@ -188,14 +246,18 @@ int main(int argc, char **argv)
     uint16_t *q = malloc(q_elems * 2), *nk = malloc((size_t)B * entry_bytes);
     attnd_engine_ws ws;
     attnd_engine_ws_init(&ws);
-    double *td = calloc((size_t)o.iters, sizeof(double)), *tsp = calloc((size_t)o.iters, sizeof(double));
-    double *tsel = calloc((size_t)o.iters, sizeof(double));
-    double *cd = calloc((size_t)o.iters, sizeof(double)), *cs = calloc((size_t)o.iters, sizeof(double));
-    uint64_t kv_d = 0, kv_s = 0, sel_b = 0;
+    set_times st[3];
+    memset(st, 0, sizeof st);
+    for (int k = 0; k < n_sets; k++) {
+        st[k].wall = calloc((size_t)o.iters, sizeof(double));
+        st[k].cpu = calloc((size_t)o.iters, sizeof(double));
+        st[k].sel = calloc((size_t)o.iters, sizeof(double));
+    }
     for (int it = -warm; it < o.iters; it++) {
         fill_bf16(q, q_elems, &seed);
         fill_bf16(nk, (size_t)B * te, &seed);
-        for (int k = 0; k < 2; k++) {
+        for (int k = 0; k < n_sets; k++) {
+            attnd_engine *e = eng[k == 2];
             attnd_attend_req req = {.layer = 0, .n_seqs = (uint32_t)B, .ids = ids + k * B,
                                     .q_tokens = 1, .q_dtype = ATTND_DTYPE_BF16, .q = q,
                                     .new_kv_dtype = ATTND_DTYPE_BF16, .new_kv = nk,
@@ -213,20 +275,15 @@ int main(int argc, char **argv)
             attnd_engine_get_stats(e, &s1);
             if (it < 0)
                 continue;
-            (k ? tsp : td)[it] = us;
-            (k ? cs : cd)[it] = cpu;
+            st[k].wall[it] = us;
+            st[k].cpu[it] = cpu;
+            st[k].kv += s1.kv_bytes_read - s0.kv_bytes_read;
             if (k) {
-                tsel[it] = (double)ws.select_ns * 1e-3;
-                kv_s += s1.kv_bytes_read - s0.kv_bytes_read;
-                sel_b += s1.select_bytes_read - s0.select_bytes_read;
-            } else {
-                kv_d += s1.kv_bytes_read - s0.kv_bytes_read;
+                st[k].sel[it] = (double)ws.select_ns * 1e-3;
+                st[k].sel_bytes += s1.select_bytes_read - s0.select_bytes_read;
             }
         }
     }
-    double nd = minimum(td, o.iters), ns = minimum(tsp, o.iters), nsel = minimum(tsel, o.iters);
-    double md = median(td, o.iters), ms = median(tsp, o.iters), msel = median(tsel, o.iters);
-    double mcd = median(cd, o.iters), mcs = median(cs, o.iters);
     char what[96];
     if (o.pol.kind == ATTND_POLICY_STREAMING)
         snprintf(what, sizeof what, "streaming sink %u window %u", o.pol.sink, o.pol.window);
@@ -238,26 +295,28 @@ int main(int argc, char **argv)
     printf("model %s, %s, context %lld, batch %d, page %d, %d kernel threads, path %s, %d "
            "rounds\n", o.model, o.device, (long long)o.ctx, B, o.page_size,
            o.threads ? o.threads : -1, attnd_kernel_path_name(), o.iters);
-    printf("policy %s\n", what);
+    printf("policy %s; page scoring rows: %s\n", what,
+           both ? "the engine's default (sparse), per head (sparse/head)" : o.select);
     printf("  per Attend (us)    wall p50   wall min    CPU p50   KV read per call\n");
-    printf("  dense           %10.1f %10.1f %10.1f   %9.2f MB\n", md, nd, mcd,
-           (double)kv_d / o.iters / 1e6);
-    printf("  sparse          %10.1f %10.1f %10.1f   %9.2f MB + key bounds %.2f MB\n", ms, ns,
-           mcs, (double)kv_s / o.iters / 1e6, (double)sel_b / o.iters / 1e6);
-    printf("  speedup         %9.2fx %9.2fx %9.2fx\n", md / ms, nd / ns, mcd / mcs);
-    printf("  selection (wall) p50 %.1f us = %.1f%% of the sparse call's p50; min %.1f us = "
-           "%.1f%% of its min\n", msel, ms > 0 ? 100.0 * msel / ms : 0.0, nsel,
-           ns > 0 ? 100.0 * nsel / ns : 0.0);
-    free(td);
-    free(tsp);
-    free(tsel);
-    free(cd);
-    free(cs);
+    print_set("dense", &st[0], o.iters, 0);
+    print_set("sparse", &st[1], o.iters, 1);
+    if (both)
+        print_set("sparse/head", &st[2], o.iters, 1);
+    print_ratio(both ? "default" : o.select, &st[0], &st[1], o.iters);
+    if (both)
+        print_ratio("per-head", &st[0], &st[2], o.iters);
+    for (int k = 0; k < n_sets; k++) {
+        free(st[k].wall);
+        free(st[k].cpu);
+        free(st[k].sel);
+    }
     free(q);
     free(nk);
     free(kv);
     free(ids);
     attnd_engine_ws_cleanup(&ws);
-    attnd_engine_destroy(e);
+    attnd_engine_destroy(eng[0]);
+    if (eng[1])
+        attnd_engine_destroy(eng[1]);
     return 0;
 }

@@ -2,13 +2,19 @@
  * keep, on synthetic long-context workloads (the README's table).
  *
  *   attnd-sparse-accuracy [--ctx T] [--trials N] [--page-size P] [--seed S]
- *                         [--shape gqa|mla|both] [--ranks N]
+ *                         [--shape gqa|mla|both] [--ranks N] [--mla-heads H]
+ *                         [--agg A]
  *
  * For each workload, shape, policy and budget, over N trials of fresh
  * random data: the keys are rounded to bf16 (as the pool stores them) and
  * folded into per-page key bounds with the worker's own code
  * (attnd_kernel_kv_bounds_add); topk-pages picks its pages with the worker's
- * selection kernel (attnd_kernel_select), exactly as an Attend would;
+ * selection kernel (attnd_kernel_select), exactly as an Attend would,
+ * scoring with the engine's rows ("topk-pages": runs of A heads summed
+ * into one row, A the engine's default select_head_agg, G / 8 where 8
+ * divides the G heads, else 1; --agg A sets it) and, beside it, with a row
+ * per query head ("topk-pages, per head": the engine's rows before
+ * 2026-12-05);
  * streaming takes the sink and window pages; the oracle takes the pages
  * holding the most dense attention mass (the best any page selection can
  * do at that budget). Then, in float64 against dense attention over every
@@ -20,7 +26,8 @@
  * Means over heads and trials, and the worst (lowest recall, highest
  * error). With --ranks N, topk-pages is also run as sequence-sharded ranks
  * do (pages p mod N on rank p mod N, each choosing ceil(k / N) of its own
- * with its own sink and newest pages) beside the global choice.
+ * with its own sink and newest pages, with the engine's rows) beside the
+ * global choice.
  *
  * Workloads (T tokens; d_k-dimensional keys; Hq query heads sharing one KV
  * head: a GQA group, or MLA's latent):
@@ -34,7 +41,11 @@
  *            key, as trained models develop sinks);
  *   diffuse  keys and queries N(0, 1), scores with unit spread: mass
  *            spread over the whole context, no page much better than
- *            another.
+ *            another;
+ *   heads    every head its own needle: independent queries N(0, 1), and
+ *            for each head four keys at +12 logits for it in a random page
+ *            of the middle half (Hq needle pages; the case where heads
+ *            disagree, which summing the heads into one row serves worst).
  * Synthetic data is not a model: real attention mixes these patterns per
  * head and layer (README "Sparse attention" says how the figures compare
  * with the published ones). */
@@ -66,7 +77,7 @@ static double bf16_round(double x)
     return attnd_dtype_bf16_to_f32(attnd_dtype_f32_to_bf16((float)x));
 }
 
-enum { W_NEEDLE, W_LOCAL, W_DIFFUSE, W_COUNT };
+enum { W_NEEDLE, W_LOCAL, W_DIFFUSE, W_HEADS, W_COUNT };
 /* needle: the needle keys' score above the background's mean (logits) */
 #define NEEDLE_LOGITS 12.0
 /* local: the query is LOCAL_PULL / sqrt(d_k) times the newest key plus
@@ -75,7 +86,7 @@ enum { W_NEEDLE, W_LOCAL, W_DIFFUSE, W_COUNT };
  * the newest key (an attention sink holding a sizeable share of the mass) */
 #define LOCAL_PULL 3.5
 #define SINK_PULL 2.5
-static const char *const wl_names[W_COUNT] = {"needle", "local", "diffuse"};
+static const char *const wl_names[W_COUNT] = {"needle", "local", "diffuse", "heads"};
 
 typedef struct shape {
     const char *name;
@@ -105,12 +116,14 @@ static void trial_make(trial *t, const shape *sh, int64_t T, int32_t ps, int wl,
         qs[d] = normal(r);
     for (int32_t h = 0; h < sh->hq; h++)
         for (int32_t d = 0; d < dk; d++)
-            t->q[h * dk + d] = wl == W_DIFFUSE ? normal(r) : qs[d] + 0.5 * normal(r);
+            t->q[h * dk + d] = wl == W_DIFFUSE || wl == W_HEADS ? normal(r)
+                                                                : qs[d] + 0.5 * normal(r);
     for (int64_t i = 0; i < T; i++) {
         double *k = t->k + i * dk;
         for (int32_t d = 0; d < dk; d++) {
             switch (wl) {
-            case W_NEEDLE: k[d] = 0.3 * normal(r); break;
+            case W_NEEDLE:
+            case W_HEADS: k[d] = 0.3 * normal(r); break;
             case W_LOCAL:
                 walk[d] = 0.999 * walk[d] + sqrt(1 - 0.999 * 0.999) * normal(r);
                 k[d] = walk[d] + 0.3 * normal(r);
@@ -141,6 +154,19 @@ static void trial_make(trial *t, const shape *sh, int64_t T, int32_t ps, int wl,
                 t->k[i * dk + d] = NEEDLE_LOGITS * sqrt((double)dk) * qs[d] / qn;
         }
     }
+    if (wl == W_HEADS) /* head h's needle: q_h . k * scale = NEEDLE_LOGITS */
+        for (int32_t h = 0; h < sh->hq; h++) {
+            const double *qh = t->q + (size_t)h * dk;
+            double qn = 0;
+            for (int32_t d = 0; d < dk; d++)
+                qn += qh[d] * qh[d];
+            int64_t np = T / ps, pg = np / 4 + (int64_t)(unif(r) * (double)(np / 2));
+            for (int c = 0; c < 4; c++) {
+                int64_t i = pg * ps + (int64_t)(unif(r) * ps);
+                for (int32_t d = 0; d < dk; d++)
+                    t->k[i * dk + d] = NEEDLE_LOGITS * sqrt((double)dk) * qh[d] / qn;
+            }
+        }
     for (int64_t i = 0; i < T * dk; i++)
         t->k[i] = bf16_round(t->k[i]);
     if (!sh->v_in_k)
@@ -228,10 +254,11 @@ static void acc_add(acc *a, double recall, double err, double bytes)
 
 /* The worker's topk-pages choice over pages of [first, np) stepping by
  * `stride` (one rank's pages), keeping `keep` of them with the first
- * n_head and the last one mandatory: into out (logical page numbers). */
+ * n_head and the last one mandatory, scoring rows of head_agg heads
+ * summed: into out (logical page numbers). */
 static int64_t topk_select(const trial *t, const attnd_kernel_kv_layout *l, const uint16_t *bounds,
                            int64_t np, int64_t first, int64_t stride, int64_t keep,
-                           int64_t n_head, int64_t *out)
+                           int64_t n_head, int32_t head_agg, int64_t *out)
 {
     int64_t n = first < np ? (np - 1 - first) / stride + 1 : 0;
     if (n == 0)
@@ -257,6 +284,7 @@ static int64_t topk_select(const trial *t, const attnd_kernel_kv_layout *l, cons
                                    .q_tokens = 1,
                                    .n_q_heads = t->sh->hq,
                                    .list_groups = 1,
+                                   .head_agg = head_agg,
                                    .q_dtype = ATTND_DTYPE_F32,
                                    .q = q,
                                    .kv = l,
@@ -307,6 +335,7 @@ int main(int argc, char **argv)
     int32_t ps = 64;
     uint64_t seed = 20261205;
     const char *which = "both";
+    int32_t mla_heads = 16, agg_opt = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--ctx"))
             T = atoll(argv[i + 1]);
@@ -320,19 +349,26 @@ int main(int argc, char **argv)
             which = argv[i + 1];
         else if (!strcmp(argv[i], "--ranks"))
             ranks = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--mla-heads") && atoi(argv[i + 1]) > 0)
+            mla_heads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--agg") && atoi(argv[i + 1]) > 0)
+            agg_opt = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "usage: attnd-sparse-accuracy [--ctx T] [--trials N] [--page-size P] "
-                            "[--seed S] [--shape gqa|mla|both] [--ranks N]\n");
+                            "[--seed S] [--shape gqa|mla|both] [--ranks N] [--mla-heads H] "
+                            "[--agg A]\n");
             return 2;
         }
     }
-    static const shape shapes[2] = {
+    char mla_name[64];
+    snprintf(mla_name, sizeof mla_name, "MLA latent (%d heads, d 576/512)", mla_heads);
+    const shape shapes[2] = {
         {"GQA group (4 heads, d 128)", 4, 128, 128, 0},
-        {"MLA latent (16 heads, d 576/512)", 16, 576, 512, 1},
+        {mla_name, mla_heads, 576, 512, 1},
     };
     static const double budgets[] = {1.0 / 64, 1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4};
     enum { NB = 5 };
-    enum { P_TOPK, P_STREAM, P_ORACLE, P_RANKS, NP };
+    enum { P_TOPK, P_HEAD, P_STREAM, P_ORACLE, P_RANKS, NP };
     printf("attnd-sparse-accuracy: context %lld, page %d, %d trials, seed %llu; topk-pages "
            "sink 1 page; streaming sink 64 tokens + window; sequence sharding over %d ranks\n",
            (long long)T, ps, trials, (unsigned long long)seed, ranks);
@@ -340,6 +376,10 @@ int main(int argc, char **argv)
         if ((si == 0 && !strcmp(which, "mla")) || (si == 1 && !strcmp(which, "gqa")))
             continue;
         const shape *sh = &shapes[si];
+        /* the engine's default rows (attnd_engine_config.select_head_agg) */
+        const int32_t agg = agg_opt && sh->hq % agg_opt == 0 ? agg_opt
+                            : sh->hq % 8                     ? 1
+                                                             : sh->hq / 8;
         attnd_kernel_kv_layout l;
         if (sh->v_in_k)
             attnd_kernel_kv_layout_mla(&l, sh->dv, sh->dk - sh->dv, ps, ATTND_DTYPE_BF16);
@@ -347,7 +387,7 @@ int main(int argc, char **argv)
             attnd_kernel_kv_layout_gqa(&l, 1, sh->dk, ps, ATTND_DTYPE_BF16);
         const double tok_bytes = (double)(sh->v_in_k ? sh->dk : 2 * sh->dk) * 2;
         const double bound_bytes = 2.0 * sh->dk * 2; /* per page */
-        printf("\n%s\n\n", sh->name);
+        printf("\n%s; topk-pages rows: runs of %d heads summed\n\n", sh->name, agg);
         printf("| workload | policy | budget | mass recall mean (min) | output error mean (max) "
                "| KV read vs dense |\n|---|---|---|---|---|---|\n");
         for (int wl = 0; wl < W_COUNT; wl++) {
@@ -379,7 +419,9 @@ int main(int argc, char **argv)
                     int64_t k = (int64_t)ceil(budgets[b] * (double)np);
                     int64_t *c;
                     c = chosen[P_TOPK * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
-                    n_sel[P_TOPK][b] = topk_select(&t, &l, bounds, np, 0, 1, k, 1, c);
+                    n_sel[P_TOPK][b] = topk_select(&t, &l, bounds, np, 0, 1, k, 1, agg, c);
+                    c = chosen[P_HEAD * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
+                    n_sel[P_HEAD][b] = topk_select(&t, &l, bounds, np, 0, 1, k, 1, 1, c);
                     /* streaming: sink 64 tokens + window filling the budget */
                     c = chosen[P_STREAM * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
                     int64_t w = k * ps - 64, nsp = 0;
@@ -394,7 +436,7 @@ int main(int argc, char **argv)
                     int64_t nr = 0;
                     for (int rr = 0; rr < ranks; rr++)
                         nr += topk_select(&t, &l, bounds, np, rr, ranks, (k + ranks - 1) / ranks,
-                                          rr == 0 ? 1 : 0, c + nr);
+                                          rr == 0 ? 1 : 0, agg, c + nr);
                     qsort(c, (size_t)nr, sizeof *c, cmp_i64);
                     n_sel[P_RANKS][b] = nr;
                 }
@@ -417,13 +459,16 @@ int main(int argc, char **argv)
                             double rec, err;
                             sparse_eval(&t, ps, c, n, p, o, &rec, &err);
                             double bytes = (double)n * ps * tok_bytes +
-                                           (pol == P_TOPK || pol == P_RANKS ? np * bound_bytes : 0);
+                                           (pol == P_TOPK || pol == P_HEAD || pol == P_RANKS
+                                                ? np * bound_bytes
+                                                : 0);
                             acc_add(&a[pol][b], rec, err, bytes / ((double)T * tok_bytes));
                         }
                     }
                 }
                 for (int b = 0; b < NB; b++) {
                     free(chosen[P_TOPK * NB + b]);
+                    free(chosen[P_HEAD * NB + b]);
                     free(chosen[P_STREAM * NB + b]);
                     free(chosen[P_RANKS * NB + b]);
                 }
@@ -437,6 +482,7 @@ int main(int argc, char **argv)
                 trial_free(&t);
             }
             static const char *pol_names[NP] = {[P_TOPK] = "topk-pages",
+                                                [P_HEAD] = "topk-pages, per head",
                                                 [P_STREAM] = "streaming",
                                                 [P_ORACLE] = "oracle pages",
                                                 [P_RANKS] = "topk-pages, per rank"};

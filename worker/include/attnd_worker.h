@@ -74,6 +74,17 @@ typedef struct attnd_engine_config {
      * competes with it (0.14 vs 0.49 GB/s, stalls of 0.3-2.4 s), and the
      * whole pool is resident at once. */
     int prefault;
+    /* How topk-pages scores pages (worker/SPARSE.md, "Page selection"): a
+     * scoring row is a query token and a run of this many query heads of
+     * one KV head, their queries summed. 1: a row per query head (Quest's
+     * bound per head, the engine's rule before 2026-12-05; 19-23% of an MLA
+     * sparse call at a 1/8 budget and 128K on the 2-vCPU VM); else a
+     * divisor of n_q_heads / n_kv_heads (INVALID_ARGUMENT otherwise); 0
+     * (default): the longest runs that leave 8 rows per KV head and token,
+     * G / 8 heads where 8 divides G = n_q_heads / n_kv_heads, else 1 (a row
+     * per head): DeepSeek-V3 16 (8 rows, 1/16 of the per-head scoring),
+     * Kimi-K2 8, the GQA presets 1. */
+    int32_t select_head_agg;
     /* Where KV pages live and attention runs: "cpu" (or "") for host memory
      * and the CPU kernels; "cuda:N" (or "cuda" = cuda:0) for one
      * cudaMalloc on CUDA device N and kernels/cuda (bf16 KV, page_size a
