@@ -136,21 +136,6 @@ END_TEST
 
 /* ---- the crash loop ----------------------------------------------------------- */
 
-typedef struct killer {
-    pthread_t tid;
-    pid_t pid;
-    int delay_ms;
-} killer;
-
-static void *kill_main(void *arg)
-{
-    killer *k = arg;
-    struct timespec ts = {0, (long)k->delay_ms * 1000000L};
-    nanosleep(&ts, NULL);
-    kill(k->pid, SIGKILL);
-    return NULL;
-}
-
 /* 12 rounds: appends (AppendKV streams, Attends with new KV) until a
  * SIGKILL 2-40 ms in cuts one off mid-flight; restart; the cut one is sent
  * again: it applies (it had not been) or is FAILED_PRECONDITION (it had
@@ -159,47 +144,19 @@ static void *kill_main(void *arg)
 START_TEST(test_kill_9_at_many_points_loses_no_acknowledged_append)
 {
     cu_seqs s;
-    attnd_error err;
     tt_must_mkdir(dir);
     tt_must_start(dir, "1Mi", sync_flags);
     cu_must_open(&s, cu_must_connect(), 4, ATTND_DTYPE_BF16);
     int applied_again = 0, had_applied = 0;
     for (int round = 0; round < 12; round++) {
-        killer k = {.pid = cu_srv.pid, .delay_ms = 2 + (int)(attnd_rng_next(&s.rng) % 39)};
-        ck_assert_int_eq(pthread_create(&k.tid, NULL, kill_main, &k), 0);
         tt_op op;
-        attnd_status st;
-        attnd_error_clear(&err);
-        for (;;) {
-            uint64_t r = attnd_rng_next(&s.rng);
-            if (r % 3 == 0)
-                tt_op_stream(&s, &op, (uint32_t)(r >> 8) % 3, 2, 16);
-            else
-                tt_op_attend(&s, &op, (uint32_t)(r >> 16) % s.m.n_layers, 0, s.n);
-            if ((st = tt_op_send(&s, &op, &err)))
-                break;
-            tt_op_mirror(&s, &op, 1);
-            tt_op_free(&op);
-        }
-        /* the call was cut by the crash, not refused */
-        ck_assert_msg(st == ATTND_ERR_UNAVAILABLE || st == ATTND_ERR_CANCELLED ||
-                          st == ATTND_ERR_UNKNOWN || st == ATTND_ERR_INTERNAL,
-                      "round %d: %s: %s", round, attnd_status_string(st), err.msg);
-        pthread_join(k.tid, NULL);
-        tt_kill9(); /* reap it */
+        tt_must_cut(&s, &op, round, 16, 1);
         tt_must_start(dir, "1Mi", sync_flags);
         tt_must_reconnect(&s);
-        st = tt_op_send(&s, &op, &err);
-        if (st == ATTND_OK) {
-            tt_op_mirror(&s, &op, 1);
+        if (tt_must_resend(&s, &op, round, 1))
             applied_again++;
-        } else {
-            ck_assert_msg(st == ATTND_ERR_FAILED_PRECONDITION, "round %d: %s: %s", round,
-                          attnd_status_string(st), err.msg);
-            tt_op_mirror(&s, &op, 0);
+        else
             had_applied++;
-        }
-        tt_op_free(&op);
         tt_must_check_all(&s, 4);
     }
     fprintf(stderr, "[crash loop] cut appends applied after the restart: %d, already "

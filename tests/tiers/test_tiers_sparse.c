@@ -244,21 +244,6 @@ START_TEST(test_a_streaming_and_topk_pages_session_attends_as_before_kill_9)
 }
 END_TEST
 
-typedef struct killer {
-    pthread_t tid;
-    pid_t pid;
-    int delay_ms;
-} killer;
-
-static void *kill_main(void *arg)
-{
-    killer *k = arg;
-    struct timespec ts = {0, (long)k->delay_ms * 1000000L};
-    nanosleep(&ts, NULL);
-    kill(k->pid, SIGKILL);
-    return NULL;
-}
-
 /* 8 rounds of appends to sparse sessions cut by a SIGKILL 2-40 ms in; the
  * cut one sent again applies whole or is FAILED_PRECONDITION whole; then
  * every layer attends exactly its policy's pages of the acknowledged
@@ -272,35 +257,11 @@ START_TEST(test_kill_9_mid_stream_loses_no_acknowledged_append_of_a_sparse_sessi
     open_sparse(&s, 3);
     grow(&s, 6);
     for (int round = 0; round < 8; round++) {
-        killer k = {.pid = cu_srv.pid, .delay_ms = 2 + (int)(attnd_rng_next(&s.rng) % 39)};
-        ck_assert_int_eq(pthread_create(&k.tid, NULL, kill_main, &k), 0);
         tt_op op;
-        attnd_status st;
-        attnd_error_clear(&err);
-        for (;;) {
-            uint64_t r = attnd_rng_next(&s.rng);
-            if (r % 3 == 0)
-                tt_op_stream(&s, &op, (uint32_t)(r >> 8) % 2, 2, 24);
-            else
-                tt_op_attend(&s, &op, (uint32_t)(r >> 16) % s.m.n_layers, 0, s.n);
-            if ((st = tt_op_send(&s, &op, &err)))
-                break;
-            tt_op_mirror(&s, &op, 0);
-            tt_op_free(&op);
-        }
-        ck_assert_msg(st == ATTND_ERR_UNAVAILABLE || st == ATTND_ERR_CANCELLED ||
-                          st == ATTND_ERR_UNKNOWN || st == ATTND_ERR_INTERNAL,
-                      "round %d: %s: %s", round, attnd_status_string(st), err.msg);
-        pthread_join(k.tid, NULL);
-        tt_kill9(); /* reap it */
+        tt_must_cut(&s, &op, round, 24, 0);
         tt_must_start(dir, MEM, flags);
         tt_must_reconnect(&s);
-        st = tt_op_send(&s, &op, &err);
-        if (st != ATTND_OK)
-            ck_assert_msg(st == ATTND_ERR_FAILED_PRECONDITION, "round %d: %s: %s", round,
-                          attnd_status_string(st), err.msg);
-        tt_op_mirror(&s, &op, 0);
-        tt_op_free(&op);
+        tt_must_resend(&s, &op, round, 0);
         probe_all(&s, NULL);
     }
     attnd_tier_stats t;

@@ -117,21 +117,6 @@ static void assert_hidden_from(attnd_client *bob, const cu_seqs *alice)
     }
 }
 
-typedef struct killer {
-    pthread_t tid;
-    pid_t pid;
-    int delay_ms;
-} killer;
-
-static void *kill_main(void *arg)
-{
-    killer *k = arg;
-    struct timespec ts = {0, (long)k->delay_ms * 1000000L};
-    nanosleep(&ts, NULL);
-    kill(k->pid, SIGKILL);
-    return NULL;
-}
-
 /* 8 rounds: alice's appends (AppendKV streams, Attends with new KV) until a
  * SIGKILL 2-40 ms in cuts one; restart; the cut one sent again applies
  * whole or is FAILED_PRECONDITION whole; then every layer of alice's
@@ -151,39 +136,12 @@ START_TEST(test_kill_9_mid_stream_keeps_each_tenants_sessions_appends_and_figure
                   ATTND_OK, "%s", err.msg);
     cu_must_prefill(&b, 0, 40, NULL);
     for (int round = 0; round < 8; round++) {
-        killer k = {.pid = cu_srv.pid, .delay_ms = 2 + (int)(attnd_rng_next(&a.rng) % 39)};
-        ck_assert_int_eq(pthread_create(&k.tid, NULL, kill_main, &k), 0);
         tt_op op;
-        attnd_status st;
-        attnd_error_clear(&err);
-        for (;;) {
-            uint64_t r = attnd_rng_next(&a.rng);
-            if (r % 3 == 0)
-                tt_op_stream(&a, &op, (uint32_t)(r >> 8) % 2, 2, 16);
-            else
-                tt_op_attend(&a, &op, (uint32_t)(r >> 16) % a.m.n_layers, 0, a.n);
-            if ((st = tt_op_send(&a, &op, &err)))
-                break;
-            tt_op_mirror(&a, &op, 1);
-            tt_op_free(&op);
-        }
-        ck_assert_msg(st == ATTND_ERR_UNAVAILABLE || st == ATTND_ERR_CANCELLED ||
-                          st == ATTND_ERR_UNKNOWN || st == ATTND_ERR_INTERNAL,
-                      "round %d: %s: %s", round, attnd_status_string(st), err.msg);
-        pthread_join(k.tid, NULL);
-        tt_kill9(); /* reap it */
+        tt_must_cut(&a, &op, round, 16, 1);
         start("1Mi");
         reconnect_as(&a, ALICE_TOKEN);
         reconnect_as(&b, BOB_TOKEN);
-        st = tt_op_send(&a, &op, &err);
-        if (st == ATTND_OK) {
-            tt_op_mirror(&a, &op, 1);
-        } else {
-            ck_assert_msg(st == ATTND_ERR_FAILED_PRECONDITION, "round %d: %s: %s", round,
-                          attnd_status_string(st), err.msg);
-            tt_op_mirror(&a, &op, 0);
-        }
-        tt_op_free(&op);
+        tt_must_resend(&a, &op, round, 1);
         tt_must_check_all(&a, 3);
         tt_must_check_all(&b, 1);
         attnd_stats as = tenant_stats(a.c), bs = tenant_stats(b.c);

@@ -3,11 +3,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tiers_testutil.h"
@@ -221,6 +223,61 @@ void tt_op_free(tt_op *op)
     if (op->kind == 2)
         cu_step_free(&op->step);
     memset(op, 0, sizeof *op);
+}
+
+/* ---- the crash loop ---------------------------------------------------------- */
+
+typedef struct killer {
+    pthread_t tid;
+    pid_t pid;
+    int delay_ms;
+} killer;
+
+static void *kill_main(void *arg)
+{
+    killer *k = arg;
+    struct timespec ts = {0, (long)k->delay_ms * 1000000L};
+    nanosleep(&ts, NULL);
+    kill(k->pid, SIGKILL);
+    return NULL;
+}
+
+void tt_must_cut(cu_seqs *s, tt_op *op, int round, uint32_t max_tokens, int check_outputs)
+{
+    attnd_error err;
+    attnd_status st;
+    killer k = {.pid = cu_srv.pid, .delay_ms = 2 + (int)(attnd_rng_next(&s->rng) % 39)};
+    ck_assert_int_eq(pthread_create(&k.tid, NULL, kill_main, &k), 0);
+    attnd_error_clear(&err);
+    for (;;) {
+        uint64_t r = attnd_rng_next(&s->rng);
+        if (r % 3 == 0)
+            tt_op_stream(s, op, (uint32_t)(r >> 8) % (s->n - 1), 2, max_tokens);
+        else
+            tt_op_attend(s, op, (uint32_t)(r >> 16) % s->m.n_layers, 0, s->n);
+        if ((st = tt_op_send(s, op, &err)))
+            break;
+        tt_op_mirror(s, op, check_outputs);
+        tt_op_free(op);
+    }
+    /* the call was cut by the crash, not refused */
+    ck_assert_msg(st == ATTND_ERR_UNAVAILABLE || st == ATTND_ERR_CANCELLED ||
+                      st == ATTND_ERR_UNKNOWN || st == ATTND_ERR_INTERNAL,
+                  "round %d: %s: %s", round, attnd_status_string(st), err.msg);
+    pthread_join(k.tid, NULL);
+    tt_kill9(); /* reap it */
+}
+
+int tt_must_resend(cu_seqs *s, tt_op *op, int round, int check_outputs)
+{
+    attnd_error err;
+    attnd_status st = tt_op_send(s, op, &err);
+    if (st != ATTND_OK)
+        ck_assert_msg(st == ATTND_ERR_FAILED_PRECONDITION, "round %d: %s: %s", round,
+                      attnd_status_string(st), err.msg);
+    tt_op_mirror(s, op, st == ATTND_OK && check_outputs);
+    tt_op_free(op);
+    return st == ATTND_OK;
 }
 
 size_t tt_slots_of(const char *dir, uint64_t slot_bytes, const attnd_session_id *id,

@@ -64,6 +64,19 @@ attnd_status tt_op_send(cu_seqs *s, tt_op *op, attnd_error *err);
 void tt_op_mirror(cu_seqs *s, tt_op *op, int check_outputs);
 void tt_op_free(tt_op *op);
 
+/* One round of a crash loop (SIGKILL at a random point of a stream of
+ * appends; s holds at least 2 sessions): random appends to s (one time in
+ * three an AppendKV stream of 2 sessions, up to max_tokens each; else an
+ * Attend with new KV over every session at a random layer), each applied
+ * one mirrored (check_outputs: its outputs checked), until a SIGKILL 2-40
+ * ms in cuts one off mid-flight: ck_asserts it was cut, not refused, and
+ * reaps the process. The cut one is left in *op. */
+void tt_must_cut(cu_seqs *s, tt_op *op, int round, uint32_t max_tokens, int check_outputs);
+/* After the restart, *op (the cut one) again: it applies (returns 1; its
+ * outputs checked when check_outputs) or had applied whole before the
+ * crash (FAILED_PRECONDITION: returns 0); mirrored either way, freed. */
+int tt_must_resend(cu_seqs *s, tt_op *op, int round, int check_outputs);
+
 /* The slot file's slot size (GetStats) and the byte offsets of the slots
  * whose header names session id (at most max); returns how many. */
 size_t tt_slots_of(const char *dir, uint64_t slot_bytes, const attnd_session_id *id,
