@@ -7,8 +7,8 @@
  * of a group) and counts against its limits; to any other tenant it does
  * not exist (NOT_FOUND, as an unknown id: its existence is not revealed).
  * A tenant's session may have a sparse policy: its quota counts what the
- * policy reserves and gets back what streaming frees; in a worker group
- * that is not carried to the ranks yet (UNIMPLEMENTED naming `policy`). */
+ * policy reserves and gets back what streaming frees, on every rank of a
+ * group. */
 #include <stdlib.h>
 
 #include "srv.h"
@@ -24,18 +24,14 @@ static attnd_status create(attnd_srv *srv, const Attnd__V1__CreateSessionRequest
                                                              req->max_tokens, id, err)
                           : attnd_engine_session_create_owned(srv->engine, owner,
                                                               req->max_tokens, NULL, id, err);
-    if (owner && srv->group)
-        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
-                               "policy: a tenant's session (--token-file) on a worker group "
-                               "cannot have a sparse policy yet; create it without one");
     attnd_policy_rule *rules = NULL;
     if (m->n_policy_table && !(rules = calloc(m->n_policy_table, sizeof *rules)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "policy_table: no memory for %zu rules", m->n_policy_table);
     attnd_srv_create_rules(m, rules, req);
     attnd_status st =
-        srv->group ? attnd_group_session_create_policy(srv->group, req->max_tokens, &req->policy,
-                                                       id, err)
+        srv->group ? attnd_group_session_create_policy_owned(srv->group, owner, req->max_tokens,
+                                                             &req->policy, id, err)
                    : attnd_engine_session_create_policy_owned(srv->engine, owner,
                                                               req->max_tokens, &req->policy,
                                                               NULL, id, err);

@@ -48,7 +48,8 @@ enum { ATTND__GAM_REQ = 41, ATTND__GAM_REP = 42 };
 enum attnd__gmsg {
     ATTND__GMSG_HELLO = 1,  /* after the rendezvous: the new endpoints work */
     ATTND__GMSG_CREATE = 2, /* data: id, then (b = 1) its owner u64, or a sparse
-                               policy (group_sparse.c); a = max_tokens for this rank */
+                               policy (group_sparse.c), after an owner u64 when
+                               b = 2; a = max_tokens for this rank */
     ATTND__GMSG_CLOSE = 3,  /* data: id; reply a = pages freed */
     ATTND__GMSG_APPEND = 4, /* data: id (64 bytes), this rank's tokens; a =
                                global start, b = global token count; stream

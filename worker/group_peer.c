@@ -202,15 +202,21 @@ static attnd__gbuf *run_one(attnd_group *g, const attnd__gbuf *req, attnd_engine
             if (req->len >= ATTND_SESSION_ID_BYTES + sizeof owner)
                 memcpy(&owner, req->data + ATTND_SESSION_ID_BYTES, sizeof owner);
             st = attnd_engine_session_create_owned(g->engine, owner, h->a, id, NULL, &err);
-        } else if (req->len > ATTND_SESSION_ID_BYTES) { /* a sparse policy (group_sparse.c) */
+        } else if (req->len > ATTND_SESSION_ID_BYTES) { /* a sparse policy (group_sparse.c),
+                                                         after an owner when b = 2 */
             attnd_session_policy pol, whole;
             attnd_policy_rule *rules = NULL, *wrules = NULL;
-            st = attnd__gpolicy_parse(req->data + ATTND_SESSION_ID_BYTES,
-                                      req->len - ATTND_SESSION_ID_BYTES, &pol, &rules, &whole,
+            uint64_t owner = 0;
+            size_t at = ATTND_SESSION_ID_BYTES;
+            if (h->b == 2 && req->len >= at + sizeof owner) {
+                memcpy(&owner, req->data + at, sizeof owner);
+                at += sizeof owner;
+            }
+            st = attnd__gpolicy_parse(req->data + at, req->len - at, &pol, &rules, &whole,
                                       &wrules, &err);
             if (st == ATTND_OK &&
-                (st = attnd_engine_session_create_policy(g->engine, h->a, &pol, id, NULL,
-                                                         &err)) == ATTND_OK) {
+                (st = attnd_engine_session_create_policy_owned(g->engine, owner, h->a, &pol, id,
+                                                               NULL, &err)) == ATTND_OK) {
                 if ((st = attnd__gtable_add(&g->table, id, &err)) == ATTND_OK &&
                     (st = attnd__gpolicy_keep(g, id, &whole, &err)))
                     attnd__gtable_remove(&g->table, id);

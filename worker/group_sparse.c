@@ -241,6 +241,14 @@ attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_toke
                                                const attnd_session_policy *p,
                                                attnd_session_id *id_p, attnd_error *err)
 {
+    return attnd_group_session_create_policy_owned(g, 0, max_tokens, p, id_p, err);
+}
+
+attnd_status attnd_group_session_create_policy_owned(attnd_group *g, uint64_t owner,
+                                                     uint64_t max_tokens,
+                                                     const attnd_session_policy *p,
+                                                     attnd_session_id *id_p, attnd_error *err)
+{
     attnd_session_id id;
     attnd_session_policy mine;
     attnd_status st = attnd_policy_check(&g->cfg.model, p, err);
@@ -256,9 +264,9 @@ attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_toke
     mine.dflt = rank_policy(g, g->me, &p->dflt);
     mine.n_rules = rank_rules(g, g->me, p, rules);
     mine.rules = rules;
-    st = attnd_engine_session_create_policy(g->engine, attnd__glead_rank_tokens(g, g->me,
-                                                                               max_tokens),
-                                            &mine, &id, NULL, err);
+    st = attnd_engine_session_create_policy_owned(g->engine, owner,
+                                                  attnd__glead_rank_tokens(g, g->me, max_tokens),
+                                                  &mine, &id, NULL, err);
     if (st)
         goto out;
     if ((st = attnd__gtable_add(&g->table, &id, err)) ||
@@ -274,13 +282,19 @@ attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_toke
         for (int32_t r = 0; r < g->N; r++) {
             if (r == g->me)
                 continue;
-            attnd__gbuf *b = attnd__gbuf_get(g, sizeof id.bytes + 2 * bytes);
+            attnd__gbuf *b = attnd__gbuf_get(g, sizeof id.bytes + sizeof owner + 2 * bytes);
             if (!b)
                 continue; /* the slot is never expected: collect sees no failure */
             b->hdr.type = ATTND__GMSG_CREATE;
             b->hdr.a = attnd__glead_rank_tokens(g, r, max_tokens);
             memcpy(b->data, id.bytes, sizeof id.bytes);
-            b->len = sizeof id.bytes + rank_serialize(g, r, p, rules, b->data + sizeof id.bytes);
+            b->len = sizeof id.bytes;
+            if (owner) { /* b = 2: the owner, then the policies (group_peer.c) */
+                b->hdr.b = 2;
+                memcpy(b->data + b->len, &owner, sizeof owner);
+                b->len += sizeof owner;
+            }
+            b->len += rank_serialize(g, r, p, rules, b->data + b->len);
             b->len += whole_serialize(p, b->data + b->len);
             attnd__glead_send(g, c, r, b, 0);
         }

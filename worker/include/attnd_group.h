@@ -154,6 +154,13 @@ attnd_status attnd_group_session_create_owned(attnd_group *g, uint64_t owner,
 attnd_status attnd_group_session_create_policy(attnd_group *g, uint64_t max_tokens,
                                                const attnd_session_policy *p,
                                                attnd_session_id *id_p, attnd_error *err);
+/* The same for owner (0: none): the session is the owner's on every rank
+ * and each rank charges its share (and its policy's reservation) to it
+ * (attnd_group_session_create_owned). */
+attnd_status attnd_group_session_create_policy_owned(attnd_group *g, uint64_t owner,
+                                                     uint64_t max_tokens,
+                                                     const attnd_session_policy *p,
+                                                     attnd_session_id *id_p, attnd_error *err);
 attnd_status attnd_group_session_close(attnd_group *g, const attnd_session_id *id,
                                        uint64_t *pages_freed_p, attnd_error *err);
 
