@@ -87,18 +87,14 @@ START_TEST(test_sessions_keep_their_ids_and_kv_across_restarts)
     decode(&s, 1, 2);
 
     /* a crash */
-    tt_kill9();
-    tt_must_start(dir, "256Ki", sync_flags);
-    tt_must_reconnect(&s);
+    tt_must_restart(&s, dir, "256Ki", sync_flags);
     attnd_tier_stats t = tiers(s.c);
     ck_assert_uint_eq(t.sessions_recovered, 4);
     ck_assert_uint_eq(t.sessions_lost, 0);
     ck_assert_int_eq(t.durability, 1);
     tt_must_check_all(&s, 4);
     decode(&s, 1, 4);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -115,22 +111,16 @@ START_TEST(test_a_session_created_right_after_a_start_survives_kill_9)
     tt_must_mkdir(dir);
     tt_must_start(dir, "256Ki", sync_flags);
     cu_must_open(&s, cu_must_connect(), 2, ATTND_DTYPE_BF16);
-    tt_kill9();
-    tt_must_start(dir, "256Ki", sync_flags);
-    tt_must_reconnect(&s);
+    tt_must_restart(&s, dir, "256Ki", sync_flags);
     attnd_tier_stats t = tiers(s.c);
     ck_assert_uint_eq(t.sessions_recovered, 2);
     ck_assert_uint_eq(t.sessions_lost, 0);
     /* and their first appends, again right after a start */
     prefill_all(&s, 3);
-    tt_kill9();
-    tt_must_start(dir, "256Ki", sync_flags);
-    tt_must_reconnect(&s);
+    tt_must_restart(&s, dir, "256Ki", sync_flags);
     ck_assert_uint_eq(tiers(s.c).sessions_recovered, 2);
     tt_must_check_all(&s, 2);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -164,9 +154,7 @@ START_TEST(test_kill_9_at_many_points_loses_no_acknowledged_append)
     attnd_tier_stats t = tiers(s.c);
     ck_assert_uint_eq(t.sessions_recovered, 4);
     ck_assert_uint_eq(t.sessions_lost, 0);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -245,13 +233,9 @@ START_TEST(test_a_torn_log_tail_is_cut_and_never_served)
     tt_must_reconnect(&s);
     tt_must_check_all(&s, 3); /* exactly what was acknowledged */
     decode(&s, 1, 3);         /* and it goes on from there */
-    tt_kill9();
-    tt_must_start(dir, "256Ki", sync_flags);
-    tt_must_reconnect(&s);
+    tt_must_restart(&s, dir, "256Ki", sync_flags);
     tt_must_check_all(&s, 3);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -284,9 +268,7 @@ START_TEST(test_a_page_corrupted_while_down_loses_only_its_session)
         ck_assert_msg(st == ATTND_OK, "session %u: %s", i, err.msg);
     }
     ck_assert_int_eq(attnd_client_close_session(s.c, &s.ids[0], &err), ATTND_OK);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -416,9 +398,7 @@ START_TEST(test_batch_mode_keeps_what_it_acknowledged_across_a_clean_restart)
     tt_must_start(dir, "256Ki", flags);
     tt_must_reconnect(&s);
     tt_must_check_all(&s, 3);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -462,13 +442,9 @@ START_TEST(test_checkpoints_keep_the_log_small)
     ck_assert_uint_ge(t.wal_bytes_written, 4 << 20);
     ck_assert_uint_ge(t.checkpoints, 2);
     ck_assert_int_le(segments(), 2);
-    tt_kill9();
-    tt_must_start(dir, "4Mi", sync_flags);
-    tt_must_reconnect(&s);
+    tt_must_restart(&s, dir, "4Mi", sync_flags);
     tt_must_check_all(&s, 4);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -518,9 +494,7 @@ START_TEST(test_a_full_disk_refuses_appends_and_a_crash_loses_none_acknowledged)
                       err.msg);
     }
     ck_assert_uint_eq(tiers(s.c).sessions_lost, 0);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 

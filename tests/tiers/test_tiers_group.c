@@ -254,9 +254,7 @@ START_TEST(test_a_tenants_sessions_stay_its_own_after_both_ranks_crash)
     attnd_client_destroy(s.c);
     s.c = connect_rank_as(0, ALICE_TOKEN);
     tt_must_check_all(&s, 2);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 

@@ -212,9 +212,7 @@ START_TEST(test_a_streaming_and_topk_pages_session_attends_as_before_kill_9)
     probe_all(&s, &before);
     ck_assert_int_eq(attnd_client_get_tier_stats(s.c, NULL, &t0, &err), ATTND_OK);
 
-    tt_kill9();
-    tt_must_start(dir, MEM, flags);
-    tt_must_reconnect(&s);
+    tt_must_restart(&s, dir, MEM, flags);
     attnd_tier_stats t1;
     ck_assert_int_eq(attnd_client_get_tier_stats(s.c, NULL, &t1, &err), ATTND_OK);
     ck_assert_uint_eq(t1.sessions_recovered, 2);
@@ -238,9 +236,7 @@ START_TEST(test_a_streaming_and_topk_pages_session_attends_as_before_kill_9)
     /* appends go on; streaming keeps freeing; still exact */
     grow(&s, 8);
     probe_all(&s, NULL);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -268,9 +264,7 @@ START_TEST(test_kill_9_mid_stream_loses_no_acknowledged_append_of_a_sparse_sessi
     ck_assert_int_eq(attnd_client_get_tier_stats(s.c, NULL, &t, &err), ATTND_OK);
     ck_assert_uint_eq(t.sessions_recovered, 3);
     ck_assert_uint_eq(t.sessions_lost, 0);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 

@@ -104,9 +104,7 @@ static attnd_tier_stats decode_from_disk(const char *prefetch)
     decode_steps(&s, 2, 1);
     tt_must_check_all(&s, 1);
     attnd_tier_stats t = tiers(&s, NULL);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
     return t;
 }
 
@@ -154,9 +152,7 @@ START_TEST(test_attends_holding_every_session_take_memory_back_from_their_prefet
     tt_must_check_all(&s, 4);
     attnd_tier_stats t = tiers(&s, NULL);
     ck_assert_uint_gt(t.pages_moved_up, 0);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -191,9 +187,7 @@ START_TEST(test_what_fits_in_no_tier_is_resource_exhausted_with_the_figures)
     attnd_tier_stats t = tiers(&s, NULL);
     ck_assert_uint_eq(t.pages_capacity, 48);
     ck_assert_uint_eq(t.pages_held, 42);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -228,9 +222,7 @@ START_TEST(test_a_page_corrupted_on_disk_fails_its_session_only)
     cu_assert_fails(tt_check_one(&s, 0, &err), err, ATTND_ERR_DATA_LOSS, hex);
     ck_assert_uint_ge(tiers(&s, NULL).pages_bad, 1);
     ck_assert_int_eq(attnd_client_close_session(s.c, &s.ids[0], &err), ATTND_OK);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 
@@ -271,9 +263,7 @@ START_TEST(test_a_full_disk_is_resource_exhausted_and_the_server_keeps_serving)
     ck_assert_int_eq(attnd_client_close_session(s.c, &s.ids[0], &err), ATTND_OK);
     st = cu_prefill(&s, ok, 100, NULL, &err);
     ck_assert_msg(st == ATTND_OK, "after a close: %s", err.msg);
-    attnd_client *c = s.c;
-    cu_seqs_close(&s);
-    attnd_client_destroy(c);
+    tt_seqs_done(&s);
 }
 END_TEST
 

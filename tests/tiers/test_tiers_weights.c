@@ -66,9 +66,7 @@ static void finish(cu_seqs *s, cu_wset w[2])
 {
     cu_wset_free(&w[0]);
     cu_wset_free(&w[1]);
-    attnd_client *c = s->c;
-    cu_seqs_close(s);
-    attnd_client_destroy(c);
+    tt_seqs_done(s);
 }
 
 START_TEST(test_matrices_loaded_before_a_crash_serve_after_the_restart)

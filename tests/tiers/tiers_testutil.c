@@ -225,6 +225,20 @@ void tt_op_free(tt_op *op)
     memset(op, 0, sizeof *op);
 }
 
+void tt_must_restart(cu_seqs *s, const char *dir, const char *mem, const char *const *extra)
+{
+    tt_kill9();
+    tt_must_start(dir, mem, extra);
+    tt_must_reconnect(s);
+}
+
+void tt_seqs_done(cu_seqs *s)
+{
+    attnd_client *c = s->c;
+    cu_seqs_close(s);
+    attnd_client_destroy(c);
+}
+
 /* ---- the crash loop ---------------------------------------------------------- */
 
 typedef struct killer {

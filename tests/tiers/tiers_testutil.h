@@ -27,6 +27,11 @@ void tt_must_start(const char *dir, const char *mem, const char *const *extra);
 void tt_kill9(void);
 /* A client for cu_srv in place of s->c (the old one destroyed). */
 void tt_must_reconnect(cu_seqs *s);
+/* A crash and a start on the same directory: tt_kill9, tt_must_start(dir,
+ * mem, extra), then tt_must_reconnect(s). */
+void tt_must_restart(cu_seqs *s, const char *dir, const char *mem, const char *const *extra);
+/* The end of a test: s's sessions closed, then its client destroyed. */
+void tt_seqs_done(cu_seqs *s);
 
 /* Attend over every layer of sessions [0, s->n) in batches of `batch`,
  * without new KV, and check every output against the reference of the
