@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "attnd_assert.h"
+#include "attnd_log.h"
 #include "tier_int.h"
 
 /* ---- I/O contexts ----------------------------------------------------------- */
@@ -163,8 +164,14 @@ static int fill_slot(attnd__tier *t, const attnd__tio_op *op, char *buf, const c
     if (!page) {
         char *dst = buf + ATTND__SLOT_DATA;
         if (op->mem >= 0) {
-            if (attnd__engine_page_out(t->e, op->mem, dst, &err))
+            if (attnd__engine_page_out(t->e, op->mem, dst, &err)) {
+                /* a GPU's copy failed: the write fails (-EIO); the cause
+                 * is only here */
+                attnd_log_error("tier", "KV page %d of layer %d (memory page %d) could not be "
+                                "copied out for slot %lld: %s", op->page, op->layer, op->mem,
+                                (long long)op->slot, err.msg);
                 return -EIO;
+            }
         } else {
             memcpy(dst, op->src, t->page_bytes);
         }
@@ -192,8 +199,12 @@ static int check_slot(attnd__tier *t, const attnd__tio_op *op, const char *buf, 
         slot_crc(buf, page, t->page_bytes) != h.crc)
         return ATTND__TIO_BAD;
     if (page == buf + ATTND__SLOT_DATA && op->mem >= 0 &&
-        attnd__engine_page_in(t->e, op->mem, page, &err))
+        attnd__engine_page_in(t->e, op->mem, page, &err)) {
+        attnd_log_error("tier", "KV page %d of layer %d from slot %lld could not be copied into "
+                        "memory page %d: %s", op->page, op->layer, (long long)op->slot, op->mem,
+                        err.msg);
         return -EIO;
+    }
     return 0;
 }
 
