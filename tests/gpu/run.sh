@@ -41,7 +41,7 @@
 # small HBM pool and host RAM, a disk, or a durable disk below it; every
 # output against the float64 reference) one scenario at a time (CK_RUN_CASE
 # host, disk, topk, durable), each under ATTND_GPU_TIMEOUT seconds (default
-# 150 here), so a hang in one leaves the others' verdicts; then the same
+# 120 here), so a hang in one leaves the others' verdicts; then the same
 # suite on the CPU backend of that machine (ATTND_GPU_TIERS_DEVICE=cpu), to
 # tell a GPU path's failure from the machine's (io_uring, O_DIRECT, disk).
 # Everything goes to $OUT/tiers.log, the verdicts to $OUT/tiers_summary.txt.
@@ -280,12 +280,12 @@ do_tiers() {
   local ap log=$out/tiers.log sum=$out/tiers_summary.txt c crc
   ap=$(cat "$e2e/attnd_path")
   if [ ! -x "$ap" ]; then mkdir -p "$(dirname "$ap")"; ln -sf "$e2e/bin/attnd" "$ap"; fi
-  local tt=(timeout "${ATTND_GPU_TIMEOUT:-150}")
-  [ "${ATTND_GPU_TIMEOUT:-150}" -gt 0 ] || tt=()
+  local tt=(timeout "${ATTND_GPU_TIMEOUT:-120}")
+  [ "${ATTND_GPU_TIMEOUT:-120}" -gt 0 ] || tt=()
   export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none ATTND_KERNEL_PATH=exact
   { echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo none)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
-    echo "TMPDIR filesystem: $(df -hT "${TMPDIR:-/tmp}" | tail -1)"; ulimit -l | sed 's/^/memlock: /'; } | tee "$log" > "$sum"
+    echo "/tmp (the tests' --kv-dir): $(df -hT /tmp | tail -1)"; ulimit -l | sed 's/^/memlock: /'; } | tee "$log" > "$sum"
   set +e
   rc=0
   for c in host disk topk durable; do

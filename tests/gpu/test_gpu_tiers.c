@@ -436,7 +436,7 @@ static Suite *gpu_tiers_suite(void)
     static const char *const names[] = {"host", "disk", "topk", "durable"};
     for (int k = 0; k < 4; k++) {
         TCase *tc = tcase_create(names[k]);
-        tcase_set_timeout(tc, 300); /* a hang guard: seconds on an H200 */
+        tcase_set_timeout(tc, 100); /* a hang guard: seconds on an H200 */
         tcase_add_checked_fixture(tc, NULL, teardown);
         if (k < 2)
             tcase_add_loop_test(tc, test_sessions_beyond_hbm_go_below_and_come_back_exact, k,
