@@ -58,7 +58,8 @@ static int evictable(const attnd__session *s, int32_t l)
 
 static const char *store_name(const attnd__tier *t)
 {
-    return t->kind == ATTND__STORE_DISK ? t->path : "host RAM";
+    return t->kind == ATTND__STORE_DISK ? t->path
+           : t->kind == ATTND__STORE_HOST ? "host RAM" : "host RAM or its disk";
 }
 
 /* After an eviction round that freed nothing: wait a little and say

@@ -10,12 +10,14 @@
  * cu_bound(bf16) normwise per row, LSE 1e-3 (test_gpu_e2e's for bf16
  * queries).
  *
- *   host, disk     8 sessions of 100 tokens a layer (512 pages) in 128 HBM
- *                  pages; decode round-robin (2 sessions a call, every
+ *   host, disk,    8 sessions of 100 tokens a layer (512 pages) in 128 HBM
+ *   chain          pages; decode round-robin (2 sessions a call, every
  *                  layer in order, 2 steps with new KV), so layers go down
  *                  and come back: every output exact, the pool's figures
  *                  show pages below and moved both ways; closing gives
- *                  every page and slot back.
+ *                  every page and slot back. chain: --kv-host 8Mi (31
+ *                  slots) above --kv-dir: pages go to host RAM first and
+ *                  on to disk (slots in DIR/kv.pages name the sessions).
  *   durable        --kv-dir --durable (sync): 6 sessions of 100 tokens in
  *                  256 HBM pages; 6 rounds of kill -9 at a random 2-40 ms
  *                  into a stream of AppendKV streams and Attends with new
@@ -23,7 +25,7 @@
  *                  whole or is FAILED_PRECONDITION, every acknowledged
  *                  token is there (every layer of every session equals the
  *                  reference), then a clean restart the same.
- *   topk-pages     (host, disk, durable) a topk-pages session of 1100
+ *   topk-pages     (host, disk, durable, chain) a topk-pages session of 1100
  *                  tokens attended, sent wholly below by other sessions'
  *                  decode, attended again with the same query: the same
  *                  pages chosen (per KV head) and the same output bits,
@@ -49,8 +51,8 @@
 #include "attnd_cuda.h"
 #include "tiers_testutil.h"
 
-enum { T_HOST, T_DISK, T_DURABLE };
-static const char *const tier_names[] = {"host", "disk", "durable"};
+enum { T_HOST, T_DISK, T_DURABLE, T_CHAIN };
+static const char *const tier_names[] = {"host", "disk", "durable", "chain"};
 
 static char dir[64];
 static struct timespec t_start;
@@ -107,6 +109,9 @@ static void start(int tier, const char *mem)
     static const char *const disk[] = {"--kv-disk", "256Mi", "--log-level", "info", NULL};
     /* checkpoints every 1 MiB of log: several per test, each copying full
      * pages from HBM to slots and the last partial ones into the log */
+    /* the chain: 31 slots of host RAM above the disk */
+    static const char *const chain[] = {"--kv-host", "8Mi", "--kv-disk", "256Mi", "--log-level",
+                                        "info", NULL};
     static const char *const durable[] = {"--kv-disk", "512Mi", "--durable", "sync",
                                           "--durable-segment", "8Mi", "--durable-checkpoint",
                                           "1Mi", "--log-level", "info", NULL};
@@ -116,7 +121,10 @@ static void start(int tier, const char *mem)
         tt_suite.model, tt_suite.page_size, tt_suite.device, mem, tier_names[tier],
         tier == T_HOST ? "" : " in ", tier == T_HOST ? "" : dir);
     tt_must_start(tier == T_HOST ? NULL : dir, mem,
-                  tier == T_HOST ? host : tier == T_DISK ? disk : durable);
+                  tier == T_HOST   ? host
+                  : tier == T_DISK ? disk
+                  : tier == T_CHAIN ? chain
+                                    : durable);
     say("  attnd pid %d on %s", (int)cu_srv.pid, cu_srv.target);
 }
 
@@ -131,9 +139,10 @@ static void restart(cu_seqs *s, int tier, const char *mem)
 /* --kv-host goes below a GPU only: the dry run on the CPU skips it. */
 static int skip_host(int tier)
 {
-    if (tier != T_HOST || strncmp(tt_suite.device, "cuda", 4) == 0)
+    if ((tier != T_HOST && tier != T_CHAIN) || strncmp(tt_suite.device, "cuda", 4) == 0)
         return 0;
-    say("[tiers host] skipped: --kv-host is for a GPU's memory, not %s", tt_suite.device);
+    say("[tiers %s] skipped: --kv-host is for a GPU's memory, not %s", tier_names[tier],
+        tt_suite.device);
     return 1;
 }
 
@@ -196,10 +205,11 @@ static void close_and_check_freed(cu_seqs *s)
     attnd_client_destroy(c);
 }
 
-/* (a) host RAM and (b) disk below 128 HBM pages: 8 sessions of 64 pages. */
+/* (a) host RAM, (b) disk, and both (a chain) below 128 HBM pages: 8
+ * sessions of 64 pages. */
 START_TEST(test_sessions_beyond_hbm_go_below_and_come_back_exact)
 {
-    const int tier = _i ? T_DISK : T_HOST;
+    const int tier = _i;
     cu_seqs s;
     if (skip_host(tier))
         return;
@@ -227,6 +237,8 @@ START_TEST(test_sessions_beyond_hbm_go_below_and_come_back_exact)
     ck_assert_uint_gt(t.pages_prefetched, 0);
     ck_assert_uint_eq(t.pages_bad, 0);
     ck_assert_uint_eq(t.write_failures, 0);
+    if (tier == T_CHAIN) /* 31 slots of host RAM, 252 pages below */
+        ck_assert_uint_eq(t.below_slots, 31 + 1008);
     uint64_t below = 0;
     for (uint32_t i = 0; i < s.n; i++) {
         attnd_tier_stats ts = tiers(s.c, &s.ids[i]);
@@ -236,6 +248,14 @@ START_TEST(test_sessions_beyond_hbm_go_below_and_come_back_exact)
         below += ts.session_below_bytes;
     }
     ck_assert_uint_gt(below, 0);
+    if (tier == T_CHAIN) { /* host RAM filled: pages went on to disk */
+        uint64_t offs[512];
+        size_t on_disk = 0;
+        for (uint32_t i = 0; i < s.n; i++)
+            on_disk += tt_slots_of(dir, t.below_slot_bytes, &s.ids[i], offs, 512);
+        say("  %zu slots of %s/kv.pages name the sessions", on_disk, dir);
+        ck_assert_uint_gt(on_disk, 0);
+    }
     close_and_check_freed(&s);
 }
 END_TEST
@@ -430,23 +450,28 @@ END_TEST
 
 /* One TCase per scenario, so that tests/gpu/run.sh tiers can run each
  * alone (CK_RUN_CASE) under its own timeout: host, disk, topk, durable. */
+/* One TCase per scenario, so that tests/gpu/run.sh tiers can run each
+ * alone (CK_RUN_CASE) under its own timeout: host, disk, chain, topk,
+ * durable. */
 static Suite *gpu_tiers_suite(void)
 {
     Suite *su = suite_create("gpu_tiers");
-    static const char *const names[] = {"host", "disk", "topk", "durable"};
-    for (int k = 0; k < 4; k++) {
+    static const char *const names[] = {"host", "disk", "chain", "topk", "durable"};
+    for (int k = 0; k < 5; k++) {
         TCase *tc = tcase_create(names[k]);
         tcase_set_timeout(tc, 100); /* a hang guard: seconds on an H200 */
         tcase_add_checked_fixture(tc, NULL, teardown);
-        if (k < 2)
-            tcase_add_loop_test(tc, test_sessions_beyond_hbm_go_below_and_come_back_exact, k,
-                                k + 1);
-        else if (k == 2)
+        if (k < 3) {
+            const int tier = k == 2 ? T_CHAIN : k;
+            tcase_add_loop_test(tc, test_sessions_beyond_hbm_go_below_and_come_back_exact, tier,
+                                tier + 1);
+        } else if (k == 3) {
             tcase_add_loop_test(tc,
                                 test_a_topk_pages_session_chooses_the_same_pages_after_a_trip_below,
-                                T_HOST, T_DURABLE + 1);
-        else
+                                T_HOST, T_CHAIN + 1);
+        } else {
             tcase_add_test(tc, test_a_durable_gpu_worker_loses_no_acknowledged_append_across_kill9);
+        }
         suite_add_tcase(su, tc);
     }
     return su;

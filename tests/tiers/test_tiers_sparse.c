@@ -373,7 +373,8 @@ static Suite *sparse_suite(void)
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, test_a_streaming_and_topk_pages_session_attends_as_before_kill_9);
     tcase_add_test(tc, test_kill_9_mid_stream_loses_no_acknowledged_append_of_a_sparse_session);
-    tcase_add_test(tc, test_a_checkpointed_topk_pages_layer_chooses_the_same_pages_after_a_trip_below);
+    tcase_add_test(tc,
+                   test_a_checkpointed_topk_pages_layer_chooses_the_same_pages_after_a_trip_below);
     suite_add_tcase(su, tc);
     return su;
 }
