@@ -10,7 +10,7 @@
 #   tests/gpu/run.sh e2e           (there: the GPU backend end to end)
 #   tests/gpu/run.sh tiers         (there: test_gpu_tiers from that bundle, the
 #                                   KV tiers below HBM: --kv-host, --kv-dir,
-#                                   --durable; see below)
+#                                   both, --durable; see below)
 #   tests/gpu/run.sh engine        (there: test_gpu_e2e, then engine-level
 #                                   latency without RPC)
 #   tests/gpu/run.sh python-build  (here: bundle attnd and libattnd.so.0 with
@@ -38,10 +38,11 @@
 # kernel-only times and read-only anchor (from .gpu/bin) of the same run.
 #
 # tiers, on the GPU machine: test_gpu_tiers (attnd --device cuda:0 with a
-# small HBM pool and host RAM, a disk, or a durable disk below it; every
-# output against the float64 reference) one scenario at a time (CK_RUN_CASE
-# host, disk, topk, durable), each under ATTND_GPU_TIMEOUT seconds (default
-# 120 here), so a hang in one leaves the others' verdicts; then the same
+# small HBM pool and host RAM, a disk, both (a chain), or a durable disk
+# below it; every output against the float64 reference) one scenario at a
+# time (CK_RUN_CASE host, disk, chain, topk, durable), each under
+# ATTND_GPU_TIMEOUT seconds (default 90 here: 6 runs fit a 600 s lease
+# call), so a hang in one leaves the others' verdicts; then the same
 # suite on the CPU backend of that machine (ATTND_GPU_TIERS_DEVICE=cpu), to
 # tell a GPU path's failure from the machine's (io_uring, O_DIRECT, disk).
 # Everything goes to $OUT/tiers.log, the verdicts to $OUT/tiers_summary.txt.
@@ -280,15 +281,15 @@ do_tiers() {
   local ap log=$out/tiers.log sum=$out/tiers_summary.txt c crc
   ap=$(cat "$e2e/attnd_path")
   if [ ! -x "$ap" ]; then mkdir -p "$(dirname "$ap")"; ln -sf "$e2e/bin/attnd" "$ap"; fi
-  local tt=(timeout "${ATTND_GPU_TIMEOUT:-120}")
-  [ "${ATTND_GPU_TIMEOUT:-120}" -gt 0 ] || tt=()
+  local tt=(timeout "${ATTND_GPU_TIMEOUT:-90}")
+  [ "${ATTND_GPU_TIMEOUT:-90}" -gt 0 ] || tt=()
   export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none ATTND_KERNEL_PATH=exact
   { echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo none)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
     echo "/tmp (the tests' --kv-dir): $(df -hT /tmp | tail -1)"; ulimit -l | sed 's/^/memlock: /'; } | tee "$log" > "$sum"
   set +e
   rc=0
-  for c in host disk topk durable; do
+  for c in host disk chain topk durable; do
     echo "== test_gpu_tiers: $c (${ATTND_GPU_TIERS_DEVICE:-cuda:0})" | tee -a "$log"
     CK_RUN_CASE=$c "${tt[@]}" "$e2e/run" test_gpu_tiers >> "$log" 2>&1
     crc=$?

@@ -459,7 +459,7 @@ static Suite *gpu_tiers_suite(void)
     static const char *const names[] = {"host", "disk", "chain", "topk", "durable"};
     for (int k = 0; k < 5; k++) {
         TCase *tc = tcase_create(names[k]);
-        tcase_set_timeout(tc, 100); /* a hang guard: seconds on an H200 */
+        tcase_set_timeout(tc, 80); /* a hang guard: seconds on an H200 */
         tcase_add_checked_fixture(tc, NULL, teardown);
         if (k < 3) {
             const int tier = k == 2 ? T_CHAIN : k;
