@@ -4,12 +4,14 @@
  * Files:
  *   crc32c.c      the checksum of every page and record written
  *   tier_store.c  the store below memory: a slot file on local disk (or, below
- *                 a GPU's HBM, slots in host RAM) and its slot allocator
+ *                 a GPU's HBM, slots in host RAM, or both: a chain) and its
+ *                 slot allocator
  *   tier_io.c     the I/O contexts (an io_uring each, the file and bounce
  *                 buffers registered) that move pages to and from slots
- *   tier.c        the policy: moving cold layers down (evict), loading them
- *                 back (load, prefetch), the mover thread, and allocation
+ *   tier.c        the policy: moving cold layers down (evict) and allocation
  *                 with eviction (attnd__engine_alloc)
+ *   tier_load.c   loading them back (load, prefetch) and the mover thread
+ *   tier_demote.c a chain's host-RAM pages on to disk (the mover)
  *   wal.c         the write-ahead log (durable appends)
  *   ckpt.c        checkpoints (the manifest) and the checkpointer thread
  *   recover.c     start-up: manifest + log -> sessions

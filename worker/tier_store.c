@@ -15,7 +15,7 @@
  * Chain (tier_int.h): the file's slots, then a band of slots in host RAM
  * with a free list of its own; allocation takes the band's slots first
  * (an eviction lands in host RAM), the file's once the band is empty, and
- * the mover drains the band to the file (attnd__tier_demote, tier.c).
+ * the mover drains the band to the file (attnd__tier_demote, tier_demote.c).
  *
  * Allocator: a free list and two pending lists threaded through one link
  * array (4 bytes a slot), plus never-used slots from next_new up. Without
