@@ -3,32 +3,36 @@
  * float32 sums.
  *
  * Three kernels on the context's stream:
- * - qsum_kernel, one CTA per list: each query row (a head, or the sum of a
- *   run of head_agg heads, in order) once, in float32, into the list's
- *   packed-query room of the scratch (which the CPU packs and the GPU
- *   otherwise does not use): [heads of the list][R][d_k].
- * - score_kernel, SCORE_SPLIT CTAs per scoring unit of
- *   ATTND_KERNEL_SELECT_CHUNK candidates: up to SCORE_ROWS query rows in
- *   shared memory, a warp per candidate page reads its bounds once (8-byte
- *   loads when d_k allows) and keeps a sum per row in registers:
- *   ub[p][row] = sum_d q_d * (q_d > 0 ? hi_d : lo_d).
- * - select_kernel, one CTA of SEL_THREADS per list: each row's best (the
- *   max over every candidate, NaN ignored as the CPU's fmaxf does) by
- *   column slices and a shared atomicMax, each middle candidate's score
- *   (max over rows of ub - best, NaN as +inf) as the order-preserving
- *   integer image of the float, the threshold (the want-th largest) by a
- *   radix selection of four 8-bit digits over a shared histogram, and the
- *   kept candidates written in order by block-wide scans (the mandatory
- *   ones, those above the threshold, and the earliest of those equal).
+ * - qsum_kernel, a grid of query elements per list: each query row (a
+ *   head, or the sum of a run of head_agg heads, in order) once, in
+ *   float32, into the list's packed-query room of the scratch (which the
+ *   CPU packs and the GPU otherwise does not use): [heads of the list][R]
+ *   [d_k]; it also sets each row's best to -inf.
+ * - score_kernel, one CTA per scoring unit of ATTND_KERNEL_SELECT_CHUNK
+ *   candidates (GQA-like shapes) or four (MLA's d_k 576): up to 16 query
+ *   rows in shared memory; LPP lanes take a candidate page (8 for d_k up to
+ *   256, else 16), read its bounds once (8-byte loads when d_k allows),
+ *   keep a sum per row in registers and add them up by shuffles:
+ *   ub[p][row] = sum_d q_d * (q_d > 0 ? hi_d : lo_d); the pages' maxima go
+ *   into the rows' best (an atomicMax on the floats' order-preserving
+ *   integer images; NaN ignored as the CPU's fmaxf does).
+ * - select_kernel, one CTA of SEL_THREADS per list: each middle
+ *   candidate's score (max over rows of ub - best, NaN as +inf) as its
+ *   integer image, the threshold (the want-th largest) by a radix
+ *   selection of four 8-bit digits over a shared histogram (one atomic per
+ *   distinct digit of a warp), and the kept candidates written in order by
+ *   block-wide scans (the mandatory ones, those above the threshold, and
+ *   the earliest of those equal to it).
  *
  * The kernel this replaced (a warp per (page, row) pair re-reading the
  * query, and one thread per row taking its maximum serially over all
  * candidates) took 4.1 ms of a 4.4 ms sparse MLA call on an H200
- * (kernels/BENCHMARKS.md). The scratch layout is the CPU's (select.c):
- * packed queries, ub [n_cand][rows], chunk maxima [chunks][rows] (unused
- * here), scores [n_cand] (here their integer images). Not run in this
- * repository's CI (no GPU): tests/gpu/test_cuda.c compares it with the CPU
- * selection. */
+ * (worker/SPARSE.md, Speed). The scratch layout is the CPU's (select.c):
+ * packed queries (here the summed rows), ub [n_cand][rows], chunk maxima
+ * [chunks][rows] (here the first rows hold each row's best), scores
+ * [n_cand] (here their integer images, when a list has more candidates than
+ * SEL_SMEM_KEYS; else they stay in shared memory). Not run in this repository's CI
+ * (no GPU): tests/gpu/test_cuda.c compares it with the CPU selection. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -39,20 +43,19 @@ namespace {
 
 constexpr int QSUM_THREADS = 256;
 constexpr int SCORE_THREADS = 256;
-constexpr int SCORE_SPLIT = 2; /* CTAs per scoring unit */
 constexpr int SCORE_ROWS = 16; /* query rows per pass over a page's bounds */
 constexpr int SCORE_SMEM = 48 * 1024;
 constexpr int SEL_THREADS = 1024;
-constexpr int SEL_MAX_ROWS = 8192; /* each row's best in shared memory (32 KiB) */
+constexpr int SEL_SMEM_KEYS = 8192; /* keys kept in shared memory (32 KiB) */
 
-static_assert(ATTND_KERNEL_SELECT_CHUNK % SCORE_SPLIT == 0, "split units evenly");
 static_assert(SEL_THREADS % 32 == 0 && SEL_THREADS / 32 <= 32, "one warp scans the warps");
 
 struct sel_params {
     const attnd_kernel_select_list *lists;
     int32_t n_lists, q_tokens, hq, hkv, lg, dk;
     int32_t agg;   /* heads summed into one row (1: a row per head) */
-    int32_t qrows; /* query rows per pass in score_kernel (<= SCORE_ROWS) */
+    int32_t qrows; /* query rows per pass in score_kernel (<= its RT) */
+    int32_t split; /* score_kernel's CTAs per scoring unit */
     const uint16_t *q, *bounds;
     int64_t bounds_pages;
     const int32_t *cand;
@@ -83,7 +86,9 @@ __device__ __forceinline__ int32_t rows_per_head(const sel_params &p)
 /* A list's packed-query room (select.c's list_q) and its ub (list_ub). */
 __device__ __forceinline__ float *qs_of(const sel_params &p, const attnd_kernel_select_list &sl)
 {
-    return p.work + sl.work0;
+    /* 16-byte aligned (p.work is): the room is hpg * 2 * R' * dkp floats,
+     * more than the hpg * R * dk + 3 used */
+    return p.work + (sl.work0 + 3) / 4 * 4;
 }
 
 __device__ __forceinline__ float *ub_of(const sel_params &p, const attnd_kernel_select_list &sl)
@@ -92,6 +97,14 @@ __device__ __forceinline__ float *ub_of(const sel_params &p, const attnd_kernel_
     const int64_t rp = (R + 15) / 16 * 16, dkp = (p.dk + 15) / 16 * 16;
     const int64_t pack = 2 * (R >= 32 ? rp : (int64_t)R) * dkp;
     return p.work + sl.work0 + (int64_t)hpg * pack;
+}
+
+/* Each row's best over every candidate (fkey images), in the chunk maxima's
+ * room: qsum_kernel sets them to -inf, score_kernel folds its pages in. */
+__device__ __forceinline__ uint32_t *best_of(const sel_params &p, const attnd_kernel_select_list &sl)
+{
+    const int32_t rows = rows_per_head(p) * (p.hkv / p.lg);
+    return reinterpret_cast<uint32_t *>(ub_of(p, sl) + (int64_t)sl.n_cand * rows);
 }
 
 __device__ int list_of_chunk(const sel_params &p, int k)
@@ -129,32 +142,38 @@ __device__ __forceinline__ uint32_t key_of(float v)
 
 __global__ void qsum_kernel(sel_params p)
 {
-    const attnd_kernel_select_list sl = p.lists[blockIdx.x];
+    const attnd_kernel_select_list sl = p.lists[blockIdx.y];
     if (!chunks_of(sl))
         return;
     const int32_t hpg = p.hkv / p.lg, G = p.hq / p.hkv, runs = G / p.agg, R = rows_per_head(p);
+    if (blockIdx.x == 0) /* each row's best, folded in by score_kernel */
+        for (int32_t r = (int32_t)threadIdx.x; r < R * hpg; r += (int32_t)blockDim.x)
+            best_of(p, sl)[r] = fkey(-INFINITY);
     float *qs = qs_of(p, sl);
     const int64_t n = (int64_t)hpg * R * p.dk;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
         const int32_t d = (int32_t)(i % p.dk), r = (int32_t)(i / p.dk);
         const int32_t hh = r / R, rr = r % R, kvh = sl.group * hpg + hh;
         const int32_t s = rr / runs, g = rr % runs * p.agg;
         const uint16_t *q =
             p.q + (((int64_t)sl.seq * p.q_tokens + s) * p.hq + (int64_t)kvh * G + g) * p.dk + d;
         float x = bf16f(__ldg(q));
+#pragma unroll 8
         for (int32_t j = 1; j < p.agg; j++) /* a run of heads: their sum, in order */
             x += bf16f(__ldg(q + (int64_t)j * p.dk));
         qs[i] = x;
     }
 }
 
-/* acc[j] += x * (x > 0 ? hi : lo) for rows j < nr of the tile, d_k element
- * d of the page whose bounds are lo, hi. */
-__device__ __forceinline__ void fold(float (&acc)[SCORE_ROWS], const float *tile, int32_t dk,
-                                     int32_t nr, int32_t d, float lo, float hi)
+/* acc[j] += x_j * (x_j > 0 ? hi : lo) for rows j < nr of the tile (x_j its
+ * element d), one d_k element of a page whose bounds are lo, hi. */
+template <int RT>
+__device__ __forceinline__ void fold(float (&acc)[RT], const float *tile, int32_t dk, int32_t nr,
+                                     int32_t d, float lo, float hi)
 {
 #pragma unroll
-    for (int j = 0; j < SCORE_ROWS; j++)
+    for (int j = 0; j < RT; j++)
         if (j < nr) {
             const float x = tile[j * dk + d];
             acc[j] = fmaf(x, x > 0.f ? hi : lo, acc[j]);
@@ -163,15 +182,16 @@ __device__ __forceinline__ void fold(float (&acc)[SCORE_ROWS], const float *tile
 
 /* The same for four consecutive elements d .. d + 3 (d % 4 == 0, dk % 4 ==
  * 0): one 16-byte shared load per row. */
-__device__ __forceinline__ void fold4(float (&acc)[SCORE_ROWS], const float *tile, int32_t dk,
-                                      int32_t nr, int32_t d, uint2 l4, uint2 h4)
+template <int RT>
+__device__ __forceinline__ void fold4(float (&acc)[RT], const float *tile, int32_t dk, int32_t nr,
+                                      int32_t d, uint2 l4, uint2 h4)
 {
     const float lo[4] = {bf16f(l4.x & 0xffffu), bf16f(l4.x >> 16), bf16f(l4.y & 0xffffu),
                          bf16f(l4.y >> 16)};
     const float hi[4] = {bf16f(h4.x & 0xffffu), bf16f(h4.x >> 16), bf16f(h4.y & 0xffffu),
                          bf16f(h4.y >> 16)};
 #pragma unroll
-    for (int j = 0; j < SCORE_ROWS; j++)
+    for (int j = 0; j < RT; j++)
         if (j < nr) {
             const float4 x = *reinterpret_cast<const float4 *>(tile + j * dk + d);
             acc[j] = fmaf(x.x, x.x > 0.f ? hi[0] : lo[0], acc[j]);
@@ -181,22 +201,33 @@ __device__ __forceinline__ void fold4(float (&acc)[SCORE_ROWS], const float *til
         }
 }
 
-template <bool VEC>
-__global__ void score_kernel(sel_params p)
+/* A CTA scores candidates [p0, p1) of its list (p.split CTAs per scoring
+ * unit), a tile of up to RT query rows at a time. LPP lanes take a page:
+ * a warp scores 32 / LPP pages at once, each lane 4 elements per step of
+ * 4 * LPP (8-byte loads of its page's lo and hi), and a page's LPP lanes
+ * sum their rows by log2(LPP) shuffles (GQA's d_k 128 with LPP 8: four
+ * pages a step, 16-byte sectors whole, 3 shuffles a row; MLA's 576 with
+ * LPP 16: two pages a step). */
+template <bool VEC, int LPP, int RT>
+__global__ void __launch_bounds__(SCORE_THREADS) score_kernel(sel_params p)
 {
+    static_assert(RT <= LPP && 32 % LPP == 0, "a page's lanes write its rows");
+    constexpr int PPW = 32 / LPP; /* pages per warp step */
     extern __shared__ float tile[]; /* [qrows][dk] */
-    const int unit = (int)blockIdx.x / SCORE_SPLIT, part = (int)blockIdx.x % SCORE_SPLIT;
+    const int unit = (int)blockIdx.x / p.split, part = (int)blockIdx.x % p.split;
     const attnd_kernel_select_list sl = p.lists[list_of_chunk(p, unit)];
     const int32_t hpg = p.hkv / p.lg, R = rows_per_head(p), rows = R * hpg, dk = p.dk;
-    const int32_t per = ATTND_KERNEL_SELECT_CHUNK / SCORE_SPLIT;
-    const int32_t p0 = (unit - sl.chunk0) * ATTND_KERNEL_SELECT_CHUNK + part * per;
-    const int32_t p1 = min(p0 + per, sl.n_cand);
+    const int32_t per = (ATTND_KERNEL_SELECT_CHUNK + p.split - 1) / p.split;
+    const int32_t c0 = (unit - sl.chunk0) * ATTND_KERNEL_SELECT_CHUNK;
+    const int32_t p0 = c0 + part * per;
+    const int32_t p1 = min(min(p0 + per, c0 + ATTND_KERNEL_SELECT_CHUNK), sl.n_cand);
     if (p0 >= p1)
         return; /* the whole block */
     const float *qs = qs_of(p, sl);
     float *ub = ub_of(p, sl);
     const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
     const int nw = (int)blockDim.x / 32;
+    const int slot = lane / LPP, sub = lane % LPP; /* this lane's page of a step, its part */
 
     for (int32_t hh = 0; hh < hpg; hh++) {
         const int32_t kvh = sl.group * hpg + hh;
@@ -204,43 +235,81 @@ __global__ void score_kernel(sel_params p)
             const int32_t nr = min(p.qrows, R - r0);
             __syncthreads(); /* the previous tile is no longer read */
             const float *src = qs + ((int64_t)hh * R + r0) * dk;
-            for (int32_t i = (int32_t)threadIdx.x; i < nr * dk; i += (int32_t)blockDim.x)
-                tile[i] = src[i];
+            if (VEC) /* qs_of is 16-byte aligned, dk % 4 == 0 */
+                for (int32_t i = (int32_t)threadIdx.x; i < nr * dk / 4; i += (int32_t)blockDim.x)
+                    reinterpret_cast<float4 *>(tile)[i] = reinterpret_cast<const float4 *>(src)[i];
+            else
+                for (int32_t i = (int32_t)threadIdx.x; i < nr * dk; i += (int32_t)blockDim.x)
+                    tile[i] = src[i];
             __syncthreads();
-            for (int32_t pp = p0 + warp; pp < p1; pp += nw) {
+            float top = -INFINITY; /* row sub's best over this lane's pages */
+            for (int32_t pb = p0 + warp * PPW; pb < p1; pb += nw * PPW) {
+                const int32_t pp = pb + slot;
+                const bool valid = pp < p1;
                 const uint16_t *lo =
                     p.bounds +
-                    ((int64_t)kvh * p.bounds_pages + __ldg(p.cand + sl.cand0 + pp)) * 2 * dk;
-                const uint16_t *hi = lo + dk;
-                float acc[SCORE_ROWS];
+                    ((int64_t)kvh * p.bounds_pages + (valid ? __ldg(p.cand + sl.cand0 + pp) : 0)) *
+                        2 * dk;
+                float acc[RT];
 #pragma unroll
-                for (int j = 0; j < SCORE_ROWS; j++)
+                for (int j = 0; j < RT; j++)
                     acc[j] = 0.f;
-                if (VEC) { /* dk % 4 == 0: four elements per lane per step */
-                    for (int32_t d = lane * 4; d < dk; d += 128) {
-                        const uint2 l4 = __ldg(reinterpret_cast<const uint2 *>(lo + d));
-                        const uint2 h4 = __ldg(reinterpret_cast<const uint2 *>(hi + d));
-                        fold4(acc, tile, dk, nr, d, l4, h4);
+                if (valid) {
+                    if (VEC) {
+#pragma unroll 2
+                        for (int32_t d = sub * 4; d < dk; d += 4 * LPP) {
+                            const uint2 l4 = __ldg(reinterpret_cast<const uint2 *>(lo + d));
+                            const uint2 h4 = __ldg(reinterpret_cast<const uint2 *>(lo + dk + d));
+                            fold4<RT>(acc, tile, dk, nr, d, l4, h4);
+                        }
+                    } else {
+                        for (int32_t d = sub; d < dk; d += LPP)
+                            fold<RT>(acc, tile, dk, nr, d, bf16f(__ldg(lo + d)),
+                                     bf16f(__ldg(lo + dk + d)));
                     }
-                } else {
-                    for (int32_t d = lane; d < dk; d += 32)
-                        fold(acc, tile, dk, nr, d, bf16f(__ldg(lo + d)), bf16f(__ldg(hi + d)));
                 }
                 float mine = 0.f;
 #pragma unroll
-                for (int j = 0; j < SCORE_ROWS; j++) {
+                for (int j = 0; j < RT; j++) {
                     if (j < nr) {
                         float v = acc[j];
-                        for (int o = 16; o > 0; o /= 2)
+#pragma unroll
+                        for (int o = LPP / 2; o > 0; o /= 2)
                             v += __shfl_xor_sync(0xffffffffu, v, o);
-                        if (lane == j)
+                        if (sub == j)
                             mine = v;
                     }
                 }
-                if (lane < nr)
-                    ub[(int64_t)pp * rows + (int64_t)hh * R + r0 + lane] = mine;
+                if (valid && sub < nr) {
+                    ub[(int64_t)pp * rows + (int64_t)hh * R + r0 + sub] = mine;
+                    top = fmaxf(top, mine); /* ignores NaN, as the CPU */
+                }
             }
+            for (int o = LPP; o < 32; o *= 2) /* the lanes of row sub in other slots */
+                top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, o));
+            if (lane < nr && top > -INFINITY)
+                atomicMax(best_of(p, sl) + (int64_t)hh * R + r0 + lane, fkey(top));
         }
+    }
+}
+
+/* The variant for R rows per KV head and d_k; its split (CTAs per unit). */
+template <bool VEC>
+static void score_launch(sel_params p, int32_t R, int32_t n_chunks, size_t smem,
+                         cudaStream_t stream)
+{
+    if (p.dk <= 256 && R <= 8) { /* GQA-like: a quarter warp a page, whole units per CTA */
+        p.split = 1;
+        if (R <= 4)
+            score_kernel<VEC, 8, 4><<<n_chunks, SCORE_THREADS, smem, stream>>>(p);
+        else
+            score_kernel<VEC, 8, 8><<<n_chunks, SCORE_THREADS, smem, stream>>>(p);
+    } else { /* MLA-like: half a warp a page, a unit over 4 CTAs */
+        p.split = 4;
+        if (R <= 8)
+            score_kernel<VEC, 16, 8><<<n_chunks * 4, SCORE_THREADS, smem, stream>>>(p);
+        else
+            score_kernel<VEC, 16, 16><<<n_chunks * 4, SCORE_THREADS, smem, stream>>>(p);
     }
 }
 
@@ -276,7 +345,7 @@ __device__ int32_t block_rank(bool f, int32_t *total, int32_t *warp_base, int32_
 
 __global__ void select_kernel(sel_params p)
 {
-    extern __shared__ uint32_t best_k[]; /* [rows]: each row's best, as fkey */
+    extern __shared__ uint32_t skeys[]; /* [SEL_SMEM_KEYS]: a list's keys when they fit */
     __shared__ uint32_t hist[256];
     __shared__ int32_t warp_base[32], sum_sh, digit_sh, rem_sh;
     const attnd_kernel_select_list sl = p.lists[blockIdx.x];
@@ -293,34 +362,17 @@ __global__ void select_kernel(sel_params p)
     if (chunks) {
         const int32_t rows = rows_per_head(p) * (p.hkv / p.lg);
         const float *ub = ub_of(p, sl);
-        keys = reinterpret_cast<uint32_t *>(const_cast<float *>(ub) + (int64_t)n * rows +
-                                            (int64_t)chunks * rows);
-        /* each row's best: column slices of ub, then a shared maximum */
-        for (int32_t r = t; r < rows; r += bd)
-            best_k[r] = fkey(-INFINITY);
-        __syncthreads();
-        if (rows <= bd) {
-            const int32_t slices = bd / rows, r = t % rows, s = t / rows;
-            if (s < slices) {
-                float m = -INFINITY;
-                for (int32_t pp = s; pp < n; pp += slices)
-                    m = fmaxf(m, ub[(int64_t)pp * rows + r]); /* ignores NaN, as the CPU */
-                atomicMax(&best_k[r], fkey(m));
-            }
-        } else {
-            for (int32_t r = t; r < rows; r += bd) {
-                float m = -INFINITY;
-                for (int32_t pp = 0; pp < n; pp++)
-                    m = fmaxf(m, ub[(int64_t)pp * rows + r]);
-                best_k[r] = fkey(m);
-            }
-        }
-        __syncthreads();
+        keys = n <= SEL_SMEM_KEYS ? skeys
+                                  : reinterpret_cast<uint32_t *>(const_cast<float *>(ub) +
+                                                                 (int64_t)n * rows +
+                                                                 (int64_t)chunks * rows);
         /* each middle candidate's score, as its key */
+        const uint32_t *best_k = best_of(p, sl);
         for (int32_t pp = m0 + t; pp < m1; pp += bd) {
             float b = -INFINITY;
+#pragma unroll 8
             for (int32_t r = 0; r < rows; r++) {
-                const float v = ub[(int64_t)pp * rows + r] - fkey_inv(best_k[r]);
+                const float v = ub[(int64_t)pp * rows + r] - fkey_inv(__ldg(best_k + r));
                 b = fmaxf(b, isnan(v) ? INFINITY : v);
             }
             keys[pp] = key_of(b);
@@ -335,8 +387,12 @@ __global__ void select_kernel(sel_params p)
             __syncthreads();
             for (int32_t pp = m0 + t; pp < m1; pp += bd) {
                 const uint32_t k = keys[pp];
-                if ((k & mask) == prefix)
-                    atomicAdd(&hist[(k >> shift) & 0xffu], 1u);
+                if ((k & mask) == prefix) { /* one atomic per distinct digit of the warp */
+                    const uint32_t dg = (k >> shift) & 0xffu;
+                    const unsigned same = __match_any_sync(__activemask(), dg);
+                    if ((threadIdx.x % 32) == (unsigned)(__ffs(same) - 1))
+                        atomicAdd(&hist[dg], (uint32_t)__popc(same));
+                }
             }
             __syncthreads();
             if (t < 32) { /* lane l: digits 255 - 8l .. 248 - 8l, highest first */
@@ -417,28 +473,30 @@ extern "C" attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_c
                                "consistent shape are required");
     const int32_t agg = s->head_agg > 1 ? s->head_agg : 1, dk = s->kv.d_k;
     const int64_t rows = (int64_t)s->q_tokens * (s->n_q_heads / hkv / agg) * (hkv / lg);
-    const int32_t qrows = (int32_t)(SCORE_SMEM / 4 / dk < SCORE_ROWS ? SCORE_SMEM / 4 / dk
-                                                                       : SCORE_ROWS);
-    if (qrows < 1 || rows > SEL_MAX_ROWS)
+    const int32_t R = (int32_t)(rows / (hkv / lg)); /* rows per KV head */
+    const int32_t rt = R <= 4 && dk <= 256 ? 4 : R <= 8 ? 8 : SCORE_ROWS; /* score_launch's */
+    const int32_t qrows = SCORE_SMEM / 4 / dk < rt ? SCORE_SMEM / 4 / dk : rt;
+    if (qrows < 1)
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "select: %lld query rows of d_k %d per list; the GPU selection "
-                               "takes up to %d rows and d_k up to %d",
-                               (long long)rows, dk, SEL_MAX_ROWS, SCORE_SMEM / 4);
+                               "select: d_k %d; the GPU selection takes d_k up to %d", dk,
+                               SCORE_SMEM / 4);
     sel_params p = {s->lists,      s->n_lists,  s->q_tokens,
                     s->n_q_heads,  hkv,         lg,
-                    dk,            agg,         qrows,
+                    dk,            agg,         qrows,       1,
                     static_cast<const uint16_t *>(s->q), s->bounds, s->bounds_pages,
                     s->cand_idx,   s->sel_pages, s->sel_pos,
                     s->work};
     if (s->n_chunks > 0) {
-        qsum_kernel<<<s->n_lists, QSUM_THREADS, 0, ctx->stream>>>(p);
+        const int64_t qn = rows * dk; /* query floats of a list */
+        const dim3 qgrid((unsigned)((qn + QSUM_THREADS - 1) / QSUM_THREADS), (unsigned)s->n_lists);
+        qsum_kernel<<<qgrid, QSUM_THREADS, 0, ctx->stream>>>(p);
         const size_t smem = (size_t)qrows * (size_t)dk * sizeof(float);
         if (dk % 4 == 0)
-            score_kernel<true><<<s->n_chunks * SCORE_SPLIT, SCORE_THREADS, smem, ctx->stream>>>(p);
+            score_launch<true>(p, R, s->n_chunks, smem, ctx->stream);
         else
-            score_kernel<false><<<s->n_chunks * SCORE_SPLIT, SCORE_THREADS, smem, ctx->stream>>>(p);
+            score_launch<false>(p, R, s->n_chunks, smem, ctx->stream);
     }
-    select_kernel<<<s->n_lists, SEL_THREADS, (size_t)rows * sizeof(uint32_t) + 16, ctx->stream>>>(p);
+    select_kernel<<<s->n_lists, SEL_THREADS, SEL_SMEM_KEYS * sizeof(uint32_t), ctx->stream>>>(p);
     int rc = (int)cudaGetLastError();
     if (rc != cudaSuccess)
         return attnd__cuda_fail(err, rc, "page selection");

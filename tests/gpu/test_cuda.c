@@ -741,6 +741,7 @@ static void test_select(void)
     select_case(128, 1, 576, 1, 8, 3, 2, 1000, "MLA runs of 8, 3 query tokens, 1000 pages");
     select_case(32, 8, 128, 8, 1, 2, 4, 2048, "GQA 32/8 per KV head, 2 query tokens, 4 x 2048 pages");
     select_case(32, 8, 128, 1, 1, 1, 2, 5000, "GQA 32/8 one list (32 rows), 5000 pages");
+    select_case(32, 8, 128, 8, 1, 1, 1, 9000, "GQA 32/8 per KV head, 9000 pages (keys in global memory)");
 }
 
 int main(int argc, char **argv)
