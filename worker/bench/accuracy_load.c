@@ -276,9 +276,10 @@ attnd_status attnd__acc_load_file(const char *path, const attnd__acc_opts *opts,
         char label[48];
         snprintf(label, sizeof label, "layer %d", h.layer);
         fprintf(out,
-                "\nrecord %u: layer %d, %s, %u query heads on %u KV heads, d_k %u, d_v %u, scale "
+                "\nrecord %u: layer %d, %s, %u query heads on %u KV head%s, d_k %u, d_v %u, scale "
                 "%.5g, %u tokens, %u quer%s (context %u..%u); topk-pages rows: runs of %d heads\n\n",
-                r, h.layer, latent ? "MLA latent" : "GQA", h.hq, h.hkv, h.dk, h.dv,
+                r, h.layer, latent ? "MLA latent" : "GQA", h.hq, h.hkv, h.hkv == 1 ? "" : "s",
+                h.dk, h.dv,
                 (double)h.scale, h.T, h.nq, h.nq == 1 ? "y" : "ies", ctx[0], ctx[h.nq - 1],
                 attnd__acc_default_agg((int32_t)(h.hq / h.hkv), agg_opt));
         attnd__acc_print(out, label, &rec, 1);
