@@ -212,9 +212,11 @@ def reinit(torch, model, seed: int):
 
 
 def from_config(transformers, cls, cfg):
+    """cls(cfg) with the sdpa attention function (the one the capture wraps)."""
     try:
-        return cls._from_config(cfg, attn_implementation="sdpa")
-    except (TypeError, ValueError):
+        return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+    except Exception as e:  # noqa: BLE001 -- older or newer signature: set it by hand
+        log(f"from_config(attn_implementation='sdpa') failed ({e}); setting it on the config")
         cfg._attn_implementation = "sdpa"
         return cls(cfg)
 

@@ -2,11 +2,12 @@
  * accuracy.h, written by tests/gpu/capture_attn.py from a Hugging Face
  * model) through the same evaluation as the synthetic workloads.
  *
- * Every record is checked whole before anything is evaluated: the header's
- * shape against sane limits and against the bytes the file has left, each
- * query's context against T, every value finite; a bad file is refused
- * with a message naming the record and the field (what a wrong writer or a
- * cut copy produces). Keys and values are rounded to bf16 as the pool
+ * Every record's header is checked before anything is evaluated (its
+ * shape against sane limits, its payload against the bytes the file has
+ * left, nothing after the last record); each record's query contexts
+ * (1..T) and values (finite) as it is read. A bad file is refused with a
+ * message naming the record and the field (what a wrong writer or a cut
+ * copy produces). Keys and values are rounded to bf16 as the pool
  * stores them; queries stay float32 as the wire carries them. Each KV head
  * (or the latent) with its query heads, at each query's context, is one
  * case; a record's table sums its KV heads and queries, the file's table
