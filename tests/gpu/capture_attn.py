@@ -348,7 +348,7 @@ def n_layers(model) -> int:
     return int(getattr(cfg, "num_hidden_layers", None) or len(getattr(model.model, "layers")))
 
 
-def one_model(torch, transformers, args, label, make, tokens):
+def one_model(torch, transformers, args, label, make):
     t0 = time.time()
     model, ids, what = make()
     model = model.to(device=args.device, dtype=torch.bfloat16).eval()
@@ -435,7 +435,7 @@ def main() -> int:
                                                      ids, f"random weights, seed {args.seed + 1}; {what}")))
     for label, make in plan:
         try:
-            one_model(torch, transformers, args, label, make, T)
+            one_model(torch, transformers, args, label, make)
         except Exception:  # noqa: BLE001 -- report and go on with the next model
             failed += 1
             print(f"{label}: FAILED\n{traceback.format_exc()}", flush=True)
