@@ -523,6 +523,72 @@ START_TEST(test_return_pages_on_a_full_layer_reports_every_page_in_every_form)
 }
 END_TEST
 
+/* ---- rendezvous replies with chosen lists ------------------------------------------- */
+
+/* Every UCX message above 64 bytes goes rendezvous (client and server read
+ * the variable; the server inherits it). */
+static void setup_rndv(void)
+{
+    setenv("UCX_RNDV_THRESH", "64", 1);
+    setup();
+}
+
+/* A return_pages reply received by rendezvous, into an out buffer with
+ * room to spare: the chosen lists follow lse in no planned layout, so the
+ * reply must be decoded whole. Swept over 1 to 11 given pages of a
+ * 13-page layer (one list: a chosen section of 9 + n bytes), so that one
+ * section is as long as one more bf16 column of out (8 heads x 2 bytes):
+ * taken for a wider out, that reply failed INTERNAL ("framing is not what
+ * attnd sends"). Blocking and async; chosen pages and outputs checked. */
+START_TEST(test_a_rendezvous_reply_with_chosen_pages_is_decoded_whatever_its_length)
+{
+    attnd_sparse_policy full = {.kind = ATTND_SPARSE_FULL};
+    attnd_refcheck_result res = {0};
+    attnd_error err;
+    open_policy(&g_s, g_c, &full);
+    cu_must_prefill(&g_s, 0, 200, NULL); /* 13 pages; the newest is 12 */
+    for (uint32_t n = 1; n <= 11; n++)
+        for (int async = 0; async < 2; async++) {
+            cu_step st;
+            cu_step_make(&g_s, &st, 1, 0, 1, 1, 0, 0, ATTND_DTYPE_INVALID);
+            size_t cap = 4 * st.out_bytes;
+            void *big = malloc(cap);
+            ck_assert_ptr_nonnull(big);
+            st.a.out = big;
+            st.a.out_capacity = cap;
+            uint32_t gip[2] = {0, n}, ip[2];
+            uint64_t given[11], ch[16];
+            for (uint32_t j = 0; j < n; j++)
+                given[j] = j;
+            attnd_sparse_args sp = {.given_groups = 1, .given_indptr = gip, .given_idx = given,
+                                    .n_given_idx = n, .return_pages = 1, .chosen_indptr = ip,
+                                    .chosen_indptr_capacity = 2, .chosen = ch,
+                                    .chosen_capacity = 16};
+            attnd_status rc;
+            if (async) {
+                attnd_call *call;
+                rc = attnd_client_attend_sparse_async(g_c, &st.a, &sp, &call, &err);
+                if (rc == ATTND_OK)
+                    rc = attnd_call_wait(call, &err);
+            } else {
+                rc = attnd_client_attend_sparse(g_c, &st.a, &sp, &err);
+            }
+            ck_assert_msg(rc == ATTND_OK, "%u given pages, %s: %s", n, async ? "async" : "sync",
+                          err.msg);
+            ck_assert_uint_eq(sp.n_chosen, n + 1);
+            for (uint32_t j = 0; j < n; j++)
+                ck_assert_uint_eq(ch[j], j);
+            ck_assert_uint_eq(ch[n], 12);
+            memcpy(st.out, big, st.out_bytes);
+            free(big);
+            check_chosen(&g_s, &st, &sp, 1, &res);
+            cu_step_free(&st);
+        }
+    ck_assert_msg(res.max_err <= cu_bound(g_s.dt), "max error %g", res.max_err);
+    ck_assert_uint_eq(res.rows, 11 * 2 * g_s.m.n_q_heads);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("client_sparse");
@@ -537,6 +603,11 @@ static Suite *suite(void)
     tcase_add_test(tc, test_bad_sparse_arguments_are_refused_alike_by_async_calls_and_streams);
     tcase_add_test(tc, test_return_pages_on_a_full_layer_reports_every_page_in_every_form);
     suite_add_tcase(s, tc);
+    TCase *rv = tcase_create("rendezvous");
+    tcase_add_checked_fixture(rv, setup_rndv, teardown);
+    tcase_set_timeout(rv, 300);
+    tcase_add_test(rv, test_a_rendezvous_reply_with_chosen_pages_is_decoded_whatever_its_length);
+    suite_add_tcase(s, rv);
     return s;
 }
 
