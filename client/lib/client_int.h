@@ -208,7 +208,7 @@ typedef struct attnd__client_attend_dst {
     size_t out_capacity;        /* bytes */
     float *lse;
     size_t lse_capacity;        /* floats */
-    attnd_sparse_args *sparse;  /* attnd_client_attend_sparse: chosen lists go here */
+    attnd_sparse_args *sparse;  /* a sparse call (any form): chosen lists go here */
 } attnd__client_attend_dst;
 
 /* An AttendRequest built around the caller's buffers (tensor data, shapes,

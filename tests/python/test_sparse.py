@@ -301,20 +301,15 @@ def tidal_seqs(client, rng) -> Seqs:
     return seqs
 
 
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("transport", ["grpc", "ucx"])
-@pytest.mark.parametrize("form", ["async", "stream"])
-def test_a_pipelined_tidaldecode_loop_gives_layer_0s_pages_to_every_later_layer(
-        start_server, connect, rng, model, transport, form):
-    """TidalDecode pipelined: two micro-batches (sessions 0-1 and 2-3).
-    async: both always in flight; when micro-batch A's layer l is waited,
-    its layer l + 1 starts with the Selection A's layer 0 returned while
-    B's layer l is still out. stream: the same requests in turn on one
-    AttendStream. Layer 0 chooses a quarter of the pages with the sink and
-    the newest; every later layer attends exactly those (it reports them
-    back); every output equals float64 attention over the pages reported."""
-    srv = start_server("--model", model, "--page-size", str(PS), "--ucx-listen", "auto")
-    client = connect(srv.target, transport=transport)
+def tidal_pipeline(client, rng, form: str) -> None:
+    """TidalDecode pipelined over 2 decode steps: two micro-batches
+    (sessions 0-1 and 2-3). async: both always in flight; when micro-batch
+    A's layer l is waited, its layer l + 1 starts with the Selection A's
+    layer 0 returned while B's layer l is still out. stream: the same
+    requests in turn on one AttendStream. Layer 0 chooses a quarter of the
+    pages with the sink and the newest; every later layer attends exactly
+    those (it reports them back); every output equals float64 attention
+    over the pages reported."""
     seqs = tidal_seqs(client, rng)
     L = client.model.n_layers
     batches = ([0, 1], [2, 3])
@@ -356,7 +351,27 @@ def test_a_pipelined_tidaldecode_loop_gives_layer_0s_pages_to_every_later_layer(
                     pending[k] = start(k, layer + 1, sel0[k])
     if stream is not None:
         stream.close()
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("transport", ["grpc", "ucx"])
+@pytest.mark.parametrize("form", ["async", "stream"])
+def test_a_pipelined_tidaldecode_loop_gives_layer_0s_pages_to_every_later_layer(
+        start_server, connect, rng, model, transport, form):
+    """tidal_pipeline against a lone worker, gRPC and UCX."""
+    srv = start_server("--model", model, "--page-size", str(PS), "--ucx-listen", "auto")
+    client = connect(srv.target, transport=transport)
+    tidal_pipeline(client, rng, form)
     assert client.stats().select_calls == 2 * 2  # layer 0 of both micro-batches, 2 steps
+
+
+@pytest.mark.parametrize("form", ["async", "stream"])
+def test_a_pipelined_tidaldecode_loop_on_a_head_sharded_group_equals_a_lone_worker(
+        start_group, connect, rng, form):
+    """tidal_pipeline through rank 1 of a 2-rank head-sharded tiny-gqa group
+    (each rank one KV head, selecting as a lone worker does)."""
+    g = start_group(2, "--model", "tiny-gqa", "--page-size", str(PS), "--shard", "head")
+    tidal_pipeline(connect(g.ranks[1].target), rng, form)
 
 
 def refusals(seqs: Seqs, layer: int, given, field: str):
