@@ -487,6 +487,7 @@ class Client:
         attnd.Selection, or per session a list, or a list per KV head);
         return_pages: also return what was attended, an attnd.Selection
         sized from positions, else from chosen_capacity (entries).
+        attend_async and Stream.attend take the same sparse arguments.
 
         Returns out ([n, (S,) Hq, d_v], numpy or torch like q), or
         (out, lse) with return_lse (lse float32 [n, (S,) Hq], natural log),
