@@ -425,22 +425,22 @@ static void wait_log_settled(attnd_client *c)
 /* Every record a batch-mode worker acknowledged is on disk, whole and
  * checksummed, once its window has passed: a kill -9 then loses nothing.
  * No checkpoint runs after the start's (the default is one per 256 MiB
- * of log), so the restart rebuilds every session from the log's records
- * alone: CREATEs, each AppendKV stream's DATA and COMMIT, each Attend's
- * new KV. */
+ * of log; 4 MiB of memory hold every page, so no slot is released either),
+ * so the restart rebuilds every session from the log's records alone:
+ * CREATEs, each AppendKV stream's DATA and COMMIT, each Attend's new KV. */
 START_TEST(test_batch_mode_keeps_what_it_acknowledged_across_kill_9_after_the_window)
 {
     const char *const flags[] = {"--durable=batch", "--durable-window-ms", "1", NULL};
     cu_seqs s;
     tt_must_mkdir(dir);
-    tt_must_start(dir, "256Ki", flags);
+    tt_must_start(dir, "4Mi", flags);
     cu_must_open(&s, cu_must_connect(), 3, ATTND_DTYPE_BF16);
     const uint64_t at_start = tiers(s.c).checkpoints;
     prefill_all(&s, 50);
     decode(&s, 3, 3);
     wait_log_settled(s.c);
     ck_assert_uint_eq(tiers(s.c).checkpoints, at_start);
-    tt_must_restart(&s, dir, "256Ki", flags);
+    tt_must_restart(&s, dir, "4Mi", flags);
     ck_assert_uint_eq(tiers(s.c).sessions_recovered, 3);
     tt_must_check_all(&s, 3);
     tt_seqs_done(&s);
