@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "attnd_assert.h"
 #include "cpu_int.h"
 #include "select_int.h"
 
@@ -74,10 +75,10 @@ static float *list_ub(const attnd_kernel_select_batch *b, const attnd_kernel_sel
 int64_t attnd_kernel_select_prepare(attnd_kernel_select_batch *b, attnd_error *err)
 {
     const attnd_kernel_kv_layout *l = b->kv;
-    if (!l || (b->n_lists > 0 && (!b->lists || !b->q || !b->bounds || !b->cand_idx ||
+    if (!l || (b->n_lists > 0 && (!b->lists || !b->q || (!b->bounds && !b->bounds8) || !b->cand_idx ||
                                   !b->sel_pages)))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "select: kv, lists, q, bounds, cand_idx and sel_pages are "
+                               "select: kv, lists, q, bounds (or bounds8), cand_idx and sel_pages are "
                                "required"),
                -1;
     const int32_t lg = b->list_groups > 1 ? b->list_groups : 1;
@@ -152,6 +153,59 @@ void attnd__select_q_row(const attnd_kernel_select_batch *b, int32_t seq, int32_
         }
 }
 
+/* The int8 query of one row x (dk floats) for compact bounds (select_int.h):
+ * sq at or above max |x| / 127, every element rounded up to a multiple of
+ * it (checked exactly in float64), lo part (x < 0) then hi part (x > 0). */
+static void pack_row8(const float *x, int32_t dk, float *sq_p, float *sum_p, int8_t *qi)
+{
+    float mx = 0.0f, sum = 0.0f;
+    for (int32_t d = 0; d < dk; d++) {
+        float a = fabsf(x[d]);
+        mx = a > mx ? a : mx;
+        sum += x[d];
+    }
+    memset(qi, 0, attnd__select_q8_width(dk));
+    *sum_p = sum;
+    if (!isfinite(mx)) { /* NaN or inf in the query: every score NaN (kept) */
+        *sq_p = NAN;
+        return;
+    }
+    float sq = mx / 127.0f;
+    while ((double)sq * 127.0 < (double)mx)
+        sq = nextafterf(sq, INFINITY);
+    if (sq == 0.0f) {
+        *sq_p = 1.0f; /* a zero query: every integer 0 */
+        return;
+    }
+    for (int32_t d = 0; d < dk; d++) {
+        double c = ceil((double)x[d] / (double)sq);
+        while (c * (double)sq < (double)x[d])
+            c += 1.0;
+        ATTND_ASSERT(c >= -127.0 && c <= 127.0);
+        qi[x[d] < 0.0f ? d : dk + d] = (int8_t)c;
+    }
+    *sq_p = sq;
+}
+
+/* Pack every KV head of list sl for compact bounds: per KV head sq [R],
+ * Qsum [R], the rows [R][q8_width] int8. tmp holds d_k floats. */
+static void pack_list8(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                       float *tmp)
+{
+    const int32_t R = head_rows(b), dk = b->kv->d_k, hpg = list_heads(b);
+    const size_t w = attnd__select_q8_width(dk);
+    /* it fits the list's packed-query area of each KV head */
+    ATTND_ASSERT(2 * (size_t)R + (size_t)R * w / 4 <= attnd__select_pack_floats(R, dk));
+    for (int32_t hh = 0; hh < hpg; hh++) {
+        float *qpk = list_q(b, sl, hh);
+        int8_t *rows = attnd__select_q8_rows(qpk, R);
+        for (int32_t r = 0; r < R; r++) {
+            attnd__select_q_row(b, sl->seq, sl->group * hpg + hh, r, tmp);
+            pack_row8(tmp, dk, &qpk[r], &qpk[R + r], rows + (size_t)r * w);
+        }
+    }
+}
+
 /* Pack the queries of every KV head of list sl (see select_int.h); tmp
  * holds 16 rows of d_k floats. Wide packing widens 16 rows at a time and
  * writes them column by column, so each store run fills a cache line. */
@@ -163,6 +217,10 @@ static void pack_list(const attnd_kernel_select_batch *b, const attnd_kernel_sel
     const int wide = attnd__select_wide(R);
     const size_t half = (wide ? rp : (size_t)R) * dkp;
 
+    if (b->bounds8) {
+        pack_list8(b, sl, tmp);
+        return;
+    }
     for (int32_t hh = 0; hh < hpg; hh++) {
         float *qp = list_q(b, sl, hh), *qm = qp + half;
         const int32_t kvh = sl->group * hpg + hh;
@@ -210,8 +268,69 @@ void attnd__select_ub_scalar(const attnd_kernel_select_batch *b, const attnd_ker
     }
 }
 
-static attnd__ub_fn ub_fn(void)
+void attnd__select_ub8_scalar(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                              int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                              int32_t row0, int32_t rows)
 {
+    const int32_t R = head_rows(b), n = 2 * b->kv->d_k;
+    const size_t w = attnd__select_q8_width(b->kv->d_k);
+    const int8_t *q8 = attnd__select_q8_rows((float *)(uintptr_t)qpk, R);
+    for (int32_t p = p0; p < p1; p++) {
+        const uint8_t *brow = b->bounds8 + attnd_kernel_kv_bounds8_at(b->kv, b->bounds_pages, kvh,
+                                                                      b->cand_idx[sl->cand0 + p]);
+        const uint8_t *c = brow + 2 * sizeof(float);
+        for (int32_t r = 0; r < R; r++) {
+            const int8_t *qi = q8 + (size_t)r * w;
+            int32_t dot = 0;
+            for (int32_t i = 0; i < n; i++)
+                dot += (int32_t)c[i] * (int32_t)qi[i];
+            ub[(size_t)p * rows + row0 + r] = attnd__select_ub8_value(brow, qpk, R, r, dot);
+        }
+    }
+}
+
+/* The compact-bounds unit of a path, as an attnd__ub_fn. */
+static void ub8_scalar(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                       int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                       int32_t row0, int32_t rows, float *scratch)
+{
+    (void)scratch;
+    attnd__select_ub8_scalar(b, sl, kvh, p0, p1, qpk, ub, row0, rows);
+}
+#if defined(ATTND_HAVE_X86_SIMD)
+static void ub8_avx2(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                     int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                     int32_t row0, int32_t rows, float *scratch)
+{
+    (void)scratch;
+    attnd__select_ub8_avx2(b, sl, kvh, p0, p1, qpk, ub, row0, rows);
+}
+static void ub8_avx512(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                       int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                       int32_t row0, int32_t rows, float *scratch)
+{
+    (void)scratch;
+    attnd__select_ub8_avx512(b, sl, kvh, p0, p1, qpk, ub, row0, rows);
+}
+#endif
+
+static attnd__ub_fn ub8_fn(void)
+{
+    switch (attnd_kernel_path_current()) {
+#if defined(ATTND_HAVE_X86_SIMD)
+    case ATTND_KERNEL_PATH_AVX2: return ub8_avx2;
+    case ATTND_KERNEL_PATH_SCALAR: return ub8_scalar;
+    default: return ub8_avx512;
+#else
+    default: return ub8_scalar;
+#endif
+    }
+}
+
+static attnd__ub_fn ub_fn(const attnd_kernel_select_batch *b)
+{
+    if (b->bounds8)
+        return ub8_fn();
     switch (attnd_kernel_path_current()) {
 #if defined(ATTND_HAVE_X86_SIMD)
     case ATTND_KERNEL_PATH_AVX2: return attnd__select_ub_avx2;
@@ -376,7 +495,7 @@ static void pack_all(const attnd_kernel_select_batch *b, float *tmp)
 
 void attnd_kernel_select(const attnd_kernel_select_batch *b)
 {
-    attnd__ub_fn fn = ub_fn();
+    attnd__ub_fn fn = ub_fn(b);
     float *scratch = tail_scratch(b);
     pack_all(b, scratch);
     for (int32_t i = 0; i < b->n_lists; i++)
@@ -440,7 +559,7 @@ static void select_job(void *p, int32_t tid)
 attnd_status attnd_kernel_select_parallel(attnd_kernel_pool *pool,
                                           const attnd_kernel_select_batch *b, attnd_error *err)
 {
-    sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn()};
+    sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn(b)};
     if (b->n_lists == 0)
         return ATTND_OK;
     const attnd_kernel_select_list *last = &b->lists[b->n_lists - 1];
