@@ -360,8 +360,7 @@ static void score_chunk(const attnd_kernel_select_batch *b, const attnd_kernel_s
     for (int32_t p = p0; p < p1; p++)
         for (int32_t r = 0; r < rows; r++) {
             float v = ub[(size_t)p * rows + r];
-            if (v > cmax[r])
-                cmax[r] = v;
+            cmax[r] = v > cmax[r] ? v : cmax[r]; /* a NaN never gets in */
         }
 }
 
@@ -398,20 +397,36 @@ static float value_of(uint32_t k)
 static uint32_t select_desc(uint32_t *a, int32_t n, int32_t k)
 {
     uint32_t prefix = 0;
+    int32_t hist[256] = {0}, next[256];
+    for (int32_t i = 0; i < n; i++)
+        hist[a[i] >> 24]++;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        int32_t hist[256] = {0};
-        for (int32_t i = 0; i < n; i++)
-            hist[(a[i] >> shift) & 255]++;
         uint32_t d = 255;
         while (k >= hist[d])
             k -= hist[d--];
         prefix |= d << shift;
-        int32_t m = 0;
-        for (int32_t i = 0; i < n; i++) {
-            a[m] = a[i];
-            m += ((a[i] >> shift) & 255) == d;
+        if (shift == 0)
+            break;
+        /* keep the keys of digit d, counting their next digit on the way;
+         * when every key has digit d (scores close together share their
+         * top bits) only the counting is left */
+        memset(next, 0, sizeof next);
+        const int ns = shift - 8;
+        if (hist[d] == n) {
+            for (int32_t i = 0; i < n; i++)
+                next[(a[i] >> ns) & 255]++;
+        } else {
+            int32_t m = 0;
+            for (int32_t i = 0; i < n; i++) {
+                uint32_t x = a[i];
+                a[m] = x;
+                int in = ((x >> shift) & 255) == d;
+                next[(x >> ns) & 255] += in;
+                m += in;
+            }
+            n = m;
         }
-        n = m;
+        memcpy(hist, next, sizeof hist);
     }
     return prefix;
 }
@@ -451,8 +466,7 @@ static void select_list(const attnd_kernel_select_batch *b, const attnd_kernel_s
         float best = -INFINITY;
         for (int32_t r = 0; r < rows; r++) {
             float v = rank_of(u[r] - cmax[r]);
-            if (v > best)
-                best = v;
+            best = v > best ? v : best;
         }
         score[p] = best;
         key[p - m0] = key_of(best);

@@ -55,29 +55,66 @@ static inline __m128i hsum4(__m512i a0, __m512i a1, __m512i a2, __m512i a3)
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-/* Rows [r0, r0 + nr) of one page: codes c (n bytes), int8 rows q8 (width
- * w, zero past n), integer sums into dot. */
+/* Rows [r0, r0 + nr) of NPG pages (1 or 2: two pages share each query
+ * load and give the core two independent chains): codes c[k] (n bytes
+ * each), int8 rows q (width w, zero past n), integer sums into dot[k]. */
+#define UB8_DP(acc, cv, qv) acc = VNNI ? dp_vnni(acc, cv, qv) : dp_bw(acc, cv, qv)
 #define UB8_ROW(j)                                                                    \
-    if (nr > j)                                                                       \
-        a##j = VNNI ? dp_vnni(a##j, cv, _mm512_loadu_si512(q + (size_t)j * w + i))     \
-                    : dp_bw(a##j, cv, _mm512_loadu_si512(q + (size_t)j * w + i));
-static inline __attribute__((always_inline)) void ub8_block(const uint8_t *c, int32_t n,
-                                                            const int8_t *q, size_t w,
-                                                            int32_t *dot, const int nr,
-                                                            const int VNNI)
+    if (nr > j) {                                                                     \
+        const __m512i qv = _mm512_loadu_si512(q + (size_t)j * w + i);                  \
+        UB8_DP(a##j, c0, qv);                                                         \
+        if (NPG > 1)                                                                  \
+            UB8_DP(b##j, c1, qv);                                                     \
+    }
+static inline __attribute__((always_inline)) void
+ub8_block(const uint8_t *const *c, int32_t n, const int8_t *q, size_t w, int32_t (*dot)[4],
+          const int nr, const int NPG, const int VNNI)
 {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     for (int32_t i = 0; i < n; i += 64) {
         const __mmask64 m = n - i >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (n - i)) - 1;
-        const __m512i cv = _mm512_maskz_loadu_epi8(m, c + i);
+        const __m512i c0 = _mm512_maskz_loadu_epi8(m, c[0] + i);
+        const __m512i c1 = NPG > 1 ? _mm512_maskz_loadu_epi8(m, c[1] + i) : c0;
         UB8_ROW(0)
         UB8_ROW(1)
         UB8_ROW(2)
         UB8_ROW(3)
     }
-    _mm_storeu_si128((__m128i *)(void *)dot, hsum4(a0, a1, a2, a3));
+    _mm_storeu_si128((__m128i *)(void *)dot[0], hsum4(a0, a1, a2, a3));
+    if (NPG > 1)
+        _mm_storeu_si128((__m128i *)(void *)dot[1], hsum4(b0, b1, b2, b3));
 }
 #undef UB8_ROW
+#undef UB8_DP
+
+/* A page's four rows' float ub from their sums (attnd__select_ub8_value,
+ * four at once), or nr of them. */
+static inline void ub8_out(const uint8_t *brow, const float *qpk, int32_t R, int32_t r0,
+                           const int32_t *dot, float *dst, int32_t nr)
+{
+    if (nr < 4) {
+        for (int32_t j = 0; j < nr; j++)
+            dst[j] = attnd__select_ub8_value(brow, qpk, R, r0 + j, dot[j]);
+        return;
+    }
+    float off, step;
+    memcpy(&off, brow, sizeof off);
+    memcpy(&step, brow + sizeof off, sizeof step);
+    __m128 t = _mm_mul_ps(_mm_set1_ps(step), _mm_loadu_ps(qpk + r0));
+    __m128 v = _mm_add_ps(
+            _mm_mul_ps(_mm_set1_ps(off), _mm_loadu_ps(qpk + R + r0)),
+            _mm_mul_ps(t, _mm_cvtepi32_ps(_mm_loadu_si128((const __m128i *)(const void *)dot))));
+    _mm_storeu_ps(dst, v);
+}
+
+/* Candidates whose compact bounds are prefetched ahead of the one scored:
+ * a page scores in ~40 cycles, so 16 pages (4 KB at d_k 128) cover a
+ * memory latency; the bounds arrive cold, after the decode of the layer
+ * before streamed its KV through the caches. */
+#ifndef UB8_AHEAD
+#define UB8_AHEAD 16
+#endif
 
 static inline __attribute__((always_inline)) void
 ub8_run(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl, int32_t kvh,
@@ -88,32 +125,43 @@ ub8_run(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl, 
     const size_t w = attnd__select_q8_width(b->kv->d_k);
     const size_t row8 = attnd_kernel_kv_bounds8_row(b->kv);
     const int8_t *q8 = attnd__select_q8_rows((float *)(uintptr_t)qpk, R);
-    int32_t dot[4];
-    for (int32_t p = p0; p < p1; p++) {
-        const uint8_t *brow = b->bounds8 + attnd_kernel_kv_bounds8_at(b->kv, b->bounds_pages, kvh,
-                                                                      b->cand_idx[sl->cand0 + p]);
-        if (p + SEL_AHEAD < p1) {
-            const char *nx = (const char *)b->bounds8 +
-                             attnd_kernel_kv_bounds8_at(b->kv, b->bounds_pages, kvh,
-                                                        b->cand_idx[sl->cand0 + p + SEL_AHEAD]);
-            for (size_t off = 0; off < row8; off += 64)
-                __builtin_prefetch(nx + off);
+    int32_t dot[2][4];
+    for (int32_t p = p0; p < p1; p += 2) {
+        const int two = p + 1 < p1;
+        const uint8_t *brow[2], *c[2];
+        for (int k = 0; k < 1 + two; k++) {
+            brow[k] = b->bounds8 + attnd_kernel_kv_bounds8_at(b->kv, b->bounds_pages, kvh,
+                                                              b->cand_idx[sl->cand0 + p + k]);
+            c[k] = brow[k] + 2 * sizeof(float);
+            if (p + k + UB8_AHEAD < p1) {
+                const char *nx = (const char *)b->bounds8 +
+                                 attnd_kernel_kv_bounds8_at(
+                                         b->kv, b->bounds_pages, kvh,
+                                         b->cand_idx[sl->cand0 + p + k + UB8_AHEAD]);
+                for (size_t off = 0; off < row8; off += 64)
+                    __builtin_prefetch(nx + off);
+            }
         }
-        const uint8_t *c = brow + 2 * sizeof(float);
-        float *dst = ub + (size_t)p * rows + row0;
         for (int32_t r0 = 0; r0 < R; r0 += 4) {
             const int32_t nr = R - r0 < 4 ? R - r0 : 4;
             const int8_t *q = q8 + (size_t)r0 * w;
-            if (nr == 4)
-                ub8_block(c, n, q, w, dot, 4, VNNI);
-            else if (nr == 3)
-                ub8_block(c, n, q, w, dot, 3, VNNI);
-            else if (nr == 2)
-                ub8_block(c, n, q, w, dot, 2, VNNI);
-            else
-                ub8_block(c, n, q, w, dot, 1, VNNI);
-            for (int32_t j = 0; j < nr; j++)
-                dst[r0 + j] = attnd__select_ub8_value(brow, qpk, R, r0 + j, dot[j]);
+#define UB8_CASE(N)                                                                   \
+    case N:                                                                           \
+        if (two)                                                                      \
+            ub8_block(c, n, q, w, dot, N, 2, VNNI);                                   \
+        else                                                                          \
+            ub8_block(c, n, q, w, dot, N, 1, VNNI);                                   \
+        break;
+            switch (nr) {
+                UB8_CASE(1)
+                UB8_CASE(2)
+                UB8_CASE(3)
+                default:
+                UB8_CASE(4)
+            }
+#undef UB8_CASE
+            for (int k = 0; k < 1 + two; k++)
+                ub8_out(brow[k], qpk, R, r0, dot[k], ub + (size_t)(p + k) * rows + row0 + r0, nr);
         }
     }
 }
