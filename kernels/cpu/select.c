@@ -16,6 +16,9 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "attnd_assert.h"
 #include "cpu_int.h"
@@ -75,11 +78,11 @@ static float *list_ub(const attnd_kernel_select_batch *b, const attnd_kernel_sel
 int64_t attnd_kernel_select_prepare(attnd_kernel_select_batch *b, attnd_error *err)
 {
     const attnd_kernel_kv_layout *l = b->kv;
-    if (!l || (b->n_lists > 0 && (!b->lists || !b->q || (!b->bounds && !b->bounds8) || !b->cand_idx ||
-                                  !b->sel_pages)))
+    if (!l || (b->n_lists > 0 && (!b->lists || !b->q || (!b->bounds && !b->bounds8) ||
+                                  !b->cand_idx || !b->sel_pages)))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "select: kv, lists, q, bounds (or bounds8), cand_idx and sel_pages are "
-                               "required"),
+                               "select: kv, lists, q, bounds (or bounds8), cand_idx and "
+                               "sel_pages are required"),
                -1;
     const int32_t lg = b->list_groups > 1 ? b->list_groups : 1;
     if (b->n_lists < 0 || b->q_tokens < 1 || l->n_kv_heads < 1 || b->n_q_heads < 1 ||
@@ -268,9 +271,9 @@ void attnd__select_ub_scalar(const attnd_kernel_select_batch *b, const attnd_ker
     }
 }
 
-void attnd__select_ub8_scalar(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
-                              int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
-                              int32_t row0, int32_t rows)
+void attnd__select_ub8_scalar(const attnd_kernel_select_batch *b,
+                              const attnd_kernel_select_list *sl, int32_t kvh, int32_t p0,
+                              int32_t p1, const float *qpk, float *ub, int32_t row0, int32_t rows)
 {
     const int32_t R = head_rows(b), n = 2 * b->kv->d_k;
     const size_t w = attnd__select_q8_width(b->kv->d_k);
@@ -357,6 +360,17 @@ static void score_chunk(const attnd_kernel_select_batch *b, const attnd_kernel_s
         fn(b, sl, sl->group * hpg + h, p0, p1, list_q(b, sl, h), ub, h * R, rows, scratch);
     for (int32_t r = 0; r < rows; r++)
         cmax[r] = -INFINITY;
+#if defined(__SSE2__)
+    if (rows % 4 == 0) { /* four rows a vector (GQA: 4 per KV head, MLA 8) */
+        for (int32_t r = 0; r < rows; r += 4) {
+            __m128 m = _mm_set1_ps(-INFINITY);
+            for (int32_t p = p0; p < p1; p++) /* v > m ? v : m */
+                m = _mm_max_ps(_mm_loadu_ps(ub + (size_t)p * rows + r), m);
+            _mm_storeu_ps(cmax + r, m);
+        }
+        return;
+    }
+#endif
     for (int32_t p = p0; p < p1; p++)
         for (int32_t r = 0; r < rows; r++) {
             float v = ub[(size_t)p * rows + r];
@@ -464,10 +478,25 @@ static void select_list(const attnd_kernel_select_batch *b, const attnd_kernel_s
     for (int32_t p = m0; p < m1; p++) {
         const float *u = ub + (size_t)p * rows;
         float best = -INFINITY;
-        for (int32_t r = 0; r < rows; r++) {
-            float v = rank_of(u[r] - cmax[r]);
-            best = v > best ? v : best;
-        }
+#if defined(__SSE2__)
+        if (rows % 4 == 0) { /* four rows a vector, as rank_of and the max below */
+            const __m128 inf = _mm_set1_ps(INFINITY);
+            __m128 bv = _mm_set1_ps(-INFINITY);
+            for (int32_t r = 0; r < rows; r += 4) {
+                __m128 v = _mm_sub_ps(_mm_loadu_ps(u + r), _mm_loadu_ps(cmax + r));
+                __m128 nan = _mm_cmpunord_ps(v, v);
+                v = _mm_or_ps(_mm_andnot_ps(nan, v), _mm_and_ps(nan, inf));
+                bv = _mm_max_ps(v, bv);
+            }
+            bv = _mm_max_ps(bv, _mm_shuffle_ps(bv, bv, _MM_SHUFFLE(1, 0, 3, 2)));
+            bv = _mm_max_ps(bv, _mm_shuffle_ps(bv, bv, _MM_SHUFFLE(2, 3, 0, 1)));
+            best = _mm_cvtss_f32(bv);
+        } else
+#endif
+            for (int32_t r = 0; r < rows; r++) {
+                float v = rank_of(u[r] - cmax[r]);
+                best = v > best ? v : best;
+            }
         score[p] = best;
         key[p - m0] = key_of(best);
     }

@@ -55,9 +55,9 @@ void attnd__select_ub_avx512(const attnd_kernel_select_batch *b, const attnd_ker
 
 /* Scoring on compact bounds (the formula above) for candidates [p0, p1):
  * the same contract as attnd__ub_fn, qpk the packed int8 rows. */
-void attnd__select_ub8_scalar(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
-                              int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
-                              int32_t row0, int32_t rows);
+void attnd__select_ub8_scalar(const attnd_kernel_select_batch *b,
+                              const attnd_kernel_select_list *sl, int32_t kvh, int32_t p0,
+                              int32_t p1, const float *qpk, float *ub, int32_t row0, int32_t rows);
 #if defined(ATTND_HAVE_X86_SIMD)
 void attnd__select_ub8_avx2(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
                             int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,

@@ -452,7 +452,8 @@ START_TEST(test_compact_bounds_hold_the_bf16_bounds_within_one_power_of_two_step
         ck_assert_msg(off / step == floor(off / step), "page %d: off %g, step %g", p, off, step);
         for (int32_t d = 0; d < DK; d++) {
             const uint16_t *row = bd + attnd_kernel_kv_bounds_at(&l, NP, 0, p);
-            double l16 = attnd_dtype_bf16_to_f32(row[d]), h16 = attnd_dtype_bf16_to_f32(row[DK + d]);
+            double l16 = attnd_dtype_bf16_to_f32(row[d]);
+            double h16 = attnd_dtype_bf16_to_f32(row[DK + d]);
             ck_assert_msg(lo[d] <= l16 && l16 - lo[d] < step, "page %d d %d: lo %g, bf16 %g", p,
                           d, lo[d], l16);
             ck_assert_msg(hi[d] >= h16 && hi[d] - h16 < step, "page %d d %d: hi %g, bf16 %g", p,
