@@ -8,8 +8,11 @@
  * For each workload, shape, policy and budget, over N trials of fresh
  * random data: the keys are rounded to bf16 (as the pool stores them) and
  * folded into per-page key bounds with the worker's own code
- * (attnd_kernel_kv_bounds_add); topk-pages picks its pages with the worker's
- * selection kernel (attnd_kernel_select), exactly as an Attend would,
+ * (attnd_kernel_kv_bounds_add, then the compact 8-bit form the CPU engine
+ * scores, attnd_kernel_kv_bounds8_make); topk-pages picks its pages with
+ * the worker's selection kernel (attnd_kernel_select) on the compact
+ * bounds, exactly as an Attend on the CPU would ("topk-pages, bf16
+ * bounds": the same rows on the bf16 bounds, as the GPU scores),
  * scoring with the engine's rows ("topk-pages": runs of A heads summed
  * into one row, A the engine's default select_head_agg, G / 8 where 8
  * divides the G heads, else 1; --agg A sets it) and, beside it, with a row
@@ -257,8 +260,8 @@ static void acc_add(acc *a, double recall, double err, double bytes)
  * n_head and the last one mandatory, scoring rows of head_agg heads
  * summed: into out (logical page numbers). */
 static int64_t topk_select(const trial *t, const attnd_kernel_kv_layout *l, const uint16_t *bounds,
-                           int64_t np, int64_t first, int64_t stride, int64_t keep,
-                           int64_t n_head, int32_t head_agg, int64_t *out)
+                           const uint8_t *bounds8, int64_t np, int64_t first, int64_t stride,
+                           int64_t keep, int64_t n_head, int32_t head_agg, int64_t *out)
 {
     int64_t n = first < np ? (np - 1 - first) / stride + 1 : 0;
     if (n == 0)
@@ -289,6 +292,7 @@ static int64_t topk_select(const trial *t, const attnd_kernel_kv_layout *l, cons
                                    .q = q,
                                    .kv = l,
                                    .bounds = bounds,
+                                   .bounds8 = bounds8,
                                    .bounds_pages = np,
                                    .cand_idx = cand,
                                    .sel_pages = sel,
@@ -368,7 +372,7 @@ int main(int argc, char **argv)
     };
     static const double budgets[] = {1.0 / 64, 1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4};
     enum { NB = 5 };
-    enum { P_TOPK, P_HEAD, P_STREAM, P_ORACLE, P_RANKS, NP };
+    enum { P_TOPK, P_HEAD, P_STREAM, P_ORACLE, P_RANKS, P_B16, NP };
     printf("attnd-sparse-accuracy: context %lld, page %d, %d trials, seed %llu; topk-pages "
            "sink 1 page; streaming sink 64 tokens + window; sequence sharding over %d ranks\n",
            (long long)T, ps, trials, (unsigned long long)seed, ranks);
@@ -386,7 +390,9 @@ int main(int argc, char **argv)
         else
             attnd_kernel_kv_layout_gqa(&l, 1, sh->dk, ps, ATTND_DTYPE_BF16);
         const double tok_bytes = (double)(sh->v_in_k ? sh->dk : 2 * sh->dk) * 2;
-        const double bound_bytes = 2.0 * sh->dk * 2; /* per page */
+        /* per page: the compact bounds (bf16: 2 d_k x 2 bytes) */
+        const double bound_bytes = (double)attnd_kernel_kv_bounds8_row(&l);
+        const double bound16_bytes = 2.0 * sh->dk * 2;
         printf("\n%s; topk-pages rows: runs of %d heads summed\n\n", sh->name, agg);
         printf("| workload | policy | budget | mass recall mean (min) | output error mean (max) "
                "| KV read vs dense |\n|---|---|---|---|---|---|\n");
@@ -408,6 +414,9 @@ int main(int argc, char **argv)
                         attnd_kernel_kv_bounds_add(&l, bounds, np, p, 1, ATTND_DTYPE_F32, wire);
                     }
                 }
+                uint8_t *b8 = malloc(attnd_kernel_kv_bounds8_row(&l) * (size_t)np);
+                for (int64_t p = 0; p < np; p++)
+                    attnd_kernel_kv_bounds8_make(&l, bounds, b8, np, p);
                 double *p = malloc(sizeof(double) * (size_t)T), *o = malloc(sizeof(double) * sh->dv);
                 int64_t *keep = malloc(sizeof(int64_t) * (size_t)np);
                 page_mass *pm = malloc(sizeof(page_mass) * (size_t)np);
@@ -419,9 +428,11 @@ int main(int argc, char **argv)
                     int64_t k = (int64_t)ceil(budgets[b] * (double)np);
                     int64_t *c;
                     c = chosen[P_TOPK * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
-                    n_sel[P_TOPK][b] = topk_select(&t, &l, bounds, np, 0, 1, k, 1, agg, c);
+                    n_sel[P_TOPK][b] = topk_select(&t, &l, bounds, b8, np, 0, 1, k, 1, agg, c);
                     c = chosen[P_HEAD * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
-                    n_sel[P_HEAD][b] = topk_select(&t, &l, bounds, np, 0, 1, k, 1, 1, c);
+                    n_sel[P_HEAD][b] = topk_select(&t, &l, bounds, b8, np, 0, 1, k, 1, 1, c);
+                    c = chosen[P_B16 * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
+                    n_sel[P_B16][b] = topk_select(&t, &l, bounds, NULL, np, 0, 1, k, 1, agg, c);
                     /* streaming: sink 64 tokens + window filling the budget */
                     c = chosen[P_STREAM * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
                     int64_t w = k * ps - 64, nsp = 0;
@@ -435,8 +446,8 @@ int main(int argc, char **argv)
                     c = chosen[P_RANKS * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
                     int64_t nr = 0;
                     for (int rr = 0; rr < ranks; rr++)
-                        nr += topk_select(&t, &l, bounds, np, rr, ranks, (k + ranks - 1) / ranks,
-                                          rr == 0 ? 1 : 0, agg, c + nr);
+                        nr += topk_select(&t, &l, bounds, b8, np, rr, ranks,
+                                          (k + ranks - 1) / ranks, rr == 0 ? 1 : 0, agg, c + nr);
                     qsort(c, (size_t)nr, sizeof *c, cmp_i64);
                     n_sel[P_RANKS][b] = nr;
                 }
@@ -461,7 +472,8 @@ int main(int argc, char **argv)
                             double bytes = (double)n * ps * tok_bytes +
                                            (pol == P_TOPK || pol == P_HEAD || pol == P_RANKS
                                                 ? np * bound_bytes
-                                                : 0);
+                                            : pol == P_B16 ? np * bound16_bytes
+                                                           : 0);
                             acc_add(&a[pol][b], rec, err, bytes / ((double)T * tok_bytes));
                         }
                     }
@@ -471,6 +483,7 @@ int main(int argc, char **argv)
                     free(chosen[P_HEAD * NB + b]);
                     free(chosen[P_STREAM * NB + b]);
                     free(chosen[P_RANKS * NB + b]);
+                    free(chosen[P_B16 * NB + b]);
                 }
                 free(chosen);
                 free(pm);
@@ -478,6 +491,7 @@ int main(int argc, char **argv)
                 free(p);
                 free(o);
                 free(wire);
+                free(b8);
                 free(bounds);
                 trial_free(&t);
             }
@@ -485,7 +499,8 @@ int main(int argc, char **argv)
                                                 [P_HEAD] = "topk-pages, per head",
                                                 [P_STREAM] = "streaming",
                                                 [P_ORACLE] = "oracle pages",
-                                                [P_RANKS] = "topk-pages, per rank"};
+                                                [P_RANKS] = "topk-pages, per rank",
+                                                [P_B16] = "topk-pages, bf16 bounds"};
             for (int pol = P_TOPK; pol < NP; pol++)
                 for (int b = 0; b < NB; b++) {
                     const acc *x = &a[pol][b];
