@@ -112,7 +112,11 @@ int64_t attnd_kernel_select_prepare(attnd_kernel_select_batch *b, attnd_error *e
                                    i, sl->seq, sl->group, sl->n_cand, sl->cand0, sl->keep,
                                    sl->n_head, sl->n_tail),
                    -1;
-        for (int32_t p = 0; p < sl->n_cand; p++) {
+        /* the lists of one session's KV head groups share its candidates:
+         * checked once (a GQA batch of 4 x 8 lists of 2048 spent 33 us here) */
+        const int same = i > 0 && b->lists[i - 1].cand0 == sl->cand0 &&
+                         b->lists[i - 1].n_cand == sl->n_cand;
+        for (int32_t p = 0; !same && p < sl->n_cand; p++) {
             int32_t pg = b->cand_idx[sl->cand0 + p];
             if (pg < 0 || pg >= b->bounds_pages)
                 return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,

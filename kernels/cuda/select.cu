@@ -2,22 +2,37 @@
  * math and the same result as kernels/cpu/select.c, up to the order of the
  * float32 sums.
  *
- * Two kernels. score_kernel: one CTA per unit of ATTND_KERNEL_SELECT_CHUNK
- * candidates of one list (the units attnd_kernel_select_prepare counted); its
- * warps take (candidate, query row) pairs, lanes stride over d_k reading
- * the row's query (the sum of head_agg heads' queries when rows are runs
- * of heads) and the candidate's bounds (bf16, L2-resident for the
- * unit), a warp sum gives ub[p][row] = sum_d max(q lo, q hi). select_kernel:
- * one CTA per list: each row's best page (max over candidates), each middle
- * candidate's score (max over rows of ub - best, NaN as +inf), the
- * threshold (the want-th largest score, found bit by bit over the
- * order-preserving integer image of the floats, 32 block-wide counts), and
- * warp 0 writes the kept candidates in order (ballots: mandatory ones,
- * those above the threshold, and the earliest of those equal to it). The
- * scratch is the CPU's layout (select.c: packed queries, which the GPU does
- * not use, then ub [n_cand][rows], chunk maxima [chunks][rows] (here the
- * rows' maxima), scores [n_cand]). Not run in this repository's CI (no
- * GPU): tests/gpu/test_cuda.c compares it with the CPU selection. */
+ * Three kernels on the context's stream:
+ * - qsum_kernel, a grid of query elements per list: each query row (a
+ *   head, or the sum of a run of head_agg heads, in order) once, in
+ *   float32, into the list's packed-query room of the scratch (which the
+ *   CPU packs and the GPU otherwise does not use): [heads of the list][R]
+ *   [d_k]; it also sets each row's best to -inf.
+ * - score_kernel, one CTA per scoring unit of ATTND_KERNEL_SELECT_CHUNK
+ *   candidates (GQA-like shapes) or four (MLA's d_k 576): up to 16 query
+ *   rows in shared memory; LPP lanes take a candidate page (8 for d_k up to
+ *   256, else 16), read its bounds once (8-byte loads when d_k allows),
+ *   keep a sum per row in registers and add them up by shuffles:
+ *   ub[p][row] = sum_d q_d * (q_d > 0 ? hi_d : lo_d); the pages' maxima go
+ *   into the rows' best (an atomicMax on the floats' order-preserving
+ *   integer images; NaN ignored as the CPU's fmaxf does).
+ * - select_kernel, one CTA of SEL_THREADS per list: each middle
+ *   candidate's score (max over rows of ub - best, NaN as +inf) as its
+ *   integer image, the threshold (the want-th largest) by a radix
+ *   selection of four 8-bit digits over a shared histogram (one atomic per
+ *   distinct digit of a warp), and the kept candidates written in order by
+ *   block-wide scans (the mandatory ones, those above the threshold, and
+ *   the earliest of those equal to it).
+ *
+ * The kernel this replaced (a warp per (page, row) pair re-reading the
+ * query, and one thread per row taking its maximum serially over all
+ * candidates) took 4.1 ms of a 4.4 ms sparse MLA call on an H200
+ * (worker/SPARSE.md, Speed). The scratch layout is the CPU's (select.c):
+ * packed queries (here the summed rows), ub [n_cand][rows], chunk maxima
+ * [chunks][rows] (here the first rows hold each row's best), scores
+ * [n_cand] (here their integer images, when a list has more candidates than
+ * SEL_SMEM_KEYS; else they stay in shared memory). Not run in this repository's CI
+ * (no GPU): tests/gpu/test_cuda.c compares it with the CPU selection. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -26,12 +41,21 @@
 
 namespace {
 
-constexpr int SEL_THREADS = 256;
+constexpr int QSUM_THREADS = 256;
+constexpr int SCORE_THREADS = 256;
+constexpr int SCORE_ROWS = 16; /* query rows per pass over a page's bounds */
+constexpr int SCORE_SMEM = 48 * 1024;
+constexpr int SEL_THREADS = 1024;
+constexpr int SEL_SMEM_KEYS = 8192; /* keys kept in shared memory (32 KiB) */
+
+static_assert(SEL_THREADS % 32 == 0 && SEL_THREADS / 32 <= 32, "one warp scans the warps");
 
 struct sel_params {
     const attnd_kernel_select_list *lists;
     int32_t n_lists, q_tokens, hq, hkv, lg, dk;
-    int32_t agg; /* heads summed into one row (1: a row per head) */
+    int32_t agg;   /* heads summed into one row (1: a row per head) */
+    int32_t qrows; /* query rows per pass in score_kernel (<= its RT) */
+    int32_t split; /* score_kernel's CTAs per scoring unit */
     const uint16_t *q, *bounds;
     int64_t bounds_pages;
     const int32_t *cand;
@@ -39,9 +63,9 @@ struct sel_params {
     float *work;
 };
 
-__device__ __forceinline__ float bf16f(uint16_t h)
+__device__ __forceinline__ float bf16f(uint32_t h)
 {
-    return __uint_as_float((uint32_t)h << 16);
+    return __uint_as_float(h << 16);
 }
 
 /* Units of a list to score: none when its mandatory pages fill the budget
@@ -53,13 +77,34 @@ __device__ __forceinline__ int chunks_of(const attnd_kernel_select_list &sl)
     return (sl.n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
 }
 
-/* Where a list's ub starts in the scratch (select.c's list_ub). */
+/* Rows per KV head (R) and KV heads per list (hpg). */
+__device__ __forceinline__ int32_t rows_per_head(const sel_params &p)
+{
+    return p.q_tokens * (p.hq / p.hkv / p.agg);
+}
+
+/* A list's packed-query room (select.c's list_q) and its ub (list_ub). */
+__device__ __forceinline__ float *qs_of(const sel_params &p, const attnd_kernel_select_list &sl)
+{
+    /* 16-byte aligned (p.work is): the room is hpg * 2 * R' * dkp floats,
+     * more than the hpg * R * dk + 3 used */
+    return p.work + (sl.work0 + 3) / 4 * 4;
+}
+
 __device__ __forceinline__ float *ub_of(const sel_params &p, const attnd_kernel_select_list &sl)
 {
-    const int32_t hpg = p.hkv / p.lg, R = p.q_tokens * (p.hq / p.hkv / p.agg);
+    const int32_t hpg = p.hkv / p.lg, R = rows_per_head(p);
     const int64_t rp = (R + 15) / 16 * 16, dkp = (p.dk + 15) / 16 * 16;
     const int64_t pack = 2 * (R >= 32 ? rp : (int64_t)R) * dkp;
     return p.work + sl.work0 + (int64_t)hpg * pack;
+}
+
+/* Each row's best over every candidate (fkey images), in the chunk maxima's
+ * room: qsum_kernel sets them to -inf, score_kernel folds its pages in. */
+__device__ __forceinline__ uint32_t *best_of(const sel_params &p, const attnd_kernel_select_list &sl)
+{
+    const int32_t rows = rows_per_head(p) * (p.hkv / p.lg);
+    return reinterpret_cast<uint32_t *>(ub_of(p, sl) + (int64_t)sl.n_cand * rows);
 }
 
 __device__ int list_of_chunk(const sel_params &p, int k)
@@ -77,72 +122,232 @@ __device__ int list_of_chunk(const sel_params &p, int k)
     return lo;
 }
 
-__global__ void score_kernel(sel_params p)
+/* Order-preserving image of a float (NaN excluded by the callers). */
+__device__ __forceinline__ uint32_t fkey(float v)
 {
-    const attnd_kernel_select_list sl = p.lists[list_of_chunk(p, (int)blockIdx.x)];
-    const int32_t hpg = p.hkv / p.lg, G = p.hq / p.hkv, runs = G / p.agg;
-    const int32_t R = p.q_tokens * runs, rows = R * hpg;
-    const int32_t p0 = ((int)blockIdx.x - sl.chunk0) * ATTND_KERNEL_SELECT_CHUNK;
-    const int32_t p1 = min(p0 + ATTND_KERNEL_SELECT_CHUNK, sl.n_cand);
-    float *ub = ub_of(p, sl);
-    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
-    const int nw = (int)blockDim.x / 32;
-
-    for (int64_t item = warp; item < (int64_t)(p1 - p0) * rows; item += nw) {
-        const int32_t pp = p0 + (int32_t)(item / rows), r = (int32_t)(item % rows);
-        const int32_t hh = r / R, rr = r % R, kvh = sl.group * hpg + hh;
-        const int32_t s = rr / runs, g = rr % runs * p.agg;
-        const uint16_t *q =
-            p.q + (((int64_t)sl.seq * p.q_tokens + s) * p.hq + (int64_t)kvh * G + g) * p.dk;
-        const uint16_t *lo =
-            p.bounds + ((int64_t)kvh * p.bounds_pages + __ldg(p.cand + sl.cand0 + pp)) * 2 * p.dk;
-        const uint16_t *hi = lo + p.dk;
-        float acc = 0.f;
-        for (int d = lane; d < p.dk; d += 32) {
-            float x = bf16f(__ldg(q + d));
-            for (int32_t j = 1; j < p.agg; j++) /* a run of heads: their sum, in order */
-                x += bf16f(__ldg(q + (int64_t)j * p.dk + d));
-            acc += x > 0.f ? x * bf16f(__ldg(hi + d)) : x * bf16f(__ldg(lo + d));
-        }
-        for (int o = 16; o > 0; o /= 2)
-            acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lane == 0)
-            ub[(int64_t)pp * rows + r] = acc;
-    }
-}
-
-/* Order-preserving image of a score (NaN ranks as +inf). */
-__device__ __forceinline__ uint32_t key_of(float v)
-{
-    if (isnan(v))
-        v = INFINITY;
     const uint32_t u = __float_as_uint(v);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/* Candidates [m0, m1) whose key is >= t (gt: > t), counted by the block. */
-__device__ uint32_t count_keys(const float *score, int32_t m0, int32_t m1, uint32_t t, bool gt,
-                               unsigned *shared_count)
+__device__ __forceinline__ float fkey_inv(uint32_t k)
 {
-    if (threadIdx.x == 0)
-        *shared_count = 0;
-    __syncthreads();
-    unsigned local = 0;
-    for (int32_t pp = m0 + (int32_t)threadIdx.x; pp < m1; pp += (int32_t)blockDim.x) {
-        const uint32_t k = key_of(score[pp]);
-        local += gt ? k > t : k >= t;
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+/* A score's image: NaN ranks as +inf. */
+__device__ __forceinline__ uint32_t key_of(float v)
+{
+    return fkey(isnan(v) ? INFINITY : v);
+}
+
+__global__ void qsum_kernel(sel_params p)
+{
+    const attnd_kernel_select_list sl = p.lists[blockIdx.y];
+    if (!chunks_of(sl))
+        return;
+    const int32_t hpg = p.hkv / p.lg, G = p.hq / p.hkv, runs = G / p.agg, R = rows_per_head(p);
+    if (blockIdx.x == 0) /* each row's best, folded in by score_kernel */
+        for (int32_t r = (int32_t)threadIdx.x; r < R * hpg; r += (int32_t)blockDim.x)
+            best_of(p, sl)[r] = fkey(-INFINITY);
+    float *qs = qs_of(p, sl);
+    const int64_t n = (int64_t)hpg * R * p.dk;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int32_t d = (int32_t)(i % p.dk), r = (int32_t)(i / p.dk);
+        const int32_t hh = r / R, rr = r % R, kvh = sl.group * hpg + hh;
+        const int32_t s = rr / runs, g = rr % runs * p.agg;
+        const uint16_t *q =
+            p.q + (((int64_t)sl.seq * p.q_tokens + s) * p.hq + (int64_t)kvh * G + g) * p.dk + d;
+        float x = bf16f(__ldg(q));
+#pragma unroll 8
+        for (int32_t j = 1; j < p.agg; j++) /* a run of heads: their sum, in order */
+            x += bf16f(__ldg(q + (int64_t)j * p.dk));
+        qs[i] = x;
     }
-    if (local)
-        atomicAdd(shared_count, local);
+}
+
+/* acc[j] += x_j * (x_j > 0 ? hi : lo) for rows j < nr of the tile (x_j its
+ * element d), one d_k element of a page whose bounds are lo, hi. */
+template <int RT>
+__device__ __forceinline__ void fold(float (&acc)[RT], const float *tile, int32_t dk, int32_t nr,
+                                     int32_t d, float lo, float hi)
+{
+#pragma unroll
+    for (int j = 0; j < RT; j++)
+        if (j < nr) {
+            const float x = tile[j * dk + d];
+            acc[j] = fmaf(x, x > 0.f ? hi : lo, acc[j]);
+        }
+}
+
+/* The same for four consecutive elements d .. d + 3 (d % 4 == 0, dk % 4 ==
+ * 0): one 16-byte shared load per row. */
+template <int RT>
+__device__ __forceinline__ void fold4(float (&acc)[RT], const float *tile, int32_t dk, int32_t nr,
+                                      int32_t d, uint2 l4, uint2 h4)
+{
+    const float lo[4] = {bf16f(l4.x & 0xffffu), bf16f(l4.x >> 16), bf16f(l4.y & 0xffffu),
+                         bf16f(l4.y >> 16)};
+    const float hi[4] = {bf16f(h4.x & 0xffffu), bf16f(h4.x >> 16), bf16f(h4.y & 0xffffu),
+                         bf16f(h4.y >> 16)};
+#pragma unroll
+    for (int j = 0; j < RT; j++)
+        if (j < nr) {
+            const float4 x = *reinterpret_cast<const float4 *>(tile + j * dk + d);
+            acc[j] = fmaf(x.x, x.x > 0.f ? hi[0] : lo[0], acc[j]);
+            acc[j] = fmaf(x.y, x.y > 0.f ? hi[1] : lo[1], acc[j]);
+            acc[j] = fmaf(x.z, x.z > 0.f ? hi[2] : lo[2], acc[j]);
+            acc[j] = fmaf(x.w, x.w > 0.f ? hi[3] : lo[3], acc[j]);
+        }
+}
+
+/* A CTA scores candidates [p0, p1) of its list (p.split CTAs per scoring
+ * unit), a tile of up to RT query rows at a time. LPP lanes take a page:
+ * a warp scores 32 / LPP pages at once, each lane 4 elements per step of
+ * 4 * LPP (8-byte loads of its page's lo and hi), and a page's LPP lanes
+ * sum their rows by log2(LPP) shuffles (GQA's d_k 128 with LPP 8: four
+ * pages a step, 16-byte sectors whole, 3 shuffles a row; MLA's 576 with
+ * LPP 16: two pages a step). */
+template <bool VEC, int LPP, int RT>
+__global__ void __launch_bounds__(SCORE_THREADS) score_kernel(sel_params p)
+{
+    static_assert(RT <= LPP && 32 % LPP == 0, "a page's lanes write its rows");
+    constexpr int PPW = 32 / LPP; /* pages per warp step */
+    extern __shared__ float tile[]; /* [qrows][dk] */
+    const int unit = (int)blockIdx.x / p.split, part = (int)blockIdx.x % p.split;
+    const attnd_kernel_select_list sl = p.lists[list_of_chunk(p, unit)];
+    const int32_t hpg = p.hkv / p.lg, R = rows_per_head(p), rows = R * hpg, dk = p.dk;
+    const int32_t per = (ATTND_KERNEL_SELECT_CHUNK + p.split - 1) / p.split;
+    const int32_t c0 = (unit - sl.chunk0) * ATTND_KERNEL_SELECT_CHUNK;
+    const int32_t p0 = c0 + part * per;
+    const int32_t p1 = min(min(p0 + per, c0 + ATTND_KERNEL_SELECT_CHUNK), sl.n_cand);
+    if (p0 >= p1)
+        return; /* the whole block */
+    const float *qs = qs_of(p, sl);
+    float *ub = ub_of(p, sl);
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    const int nw = (int)blockDim.x / 32;
+    const int slot = lane / LPP, sub = lane % LPP; /* this lane's page of a step, its part */
+
+    for (int32_t hh = 0; hh < hpg; hh++) {
+        const int32_t kvh = sl.group * hpg + hh;
+        for (int32_t r0 = 0; r0 < R; r0 += p.qrows) {
+            const int32_t nr = min(p.qrows, R - r0);
+            __syncthreads(); /* the previous tile is no longer read */
+            const float *src = qs + ((int64_t)hh * R + r0) * dk;
+            if (VEC) /* qs_of is 16-byte aligned, dk % 4 == 0 */
+                for (int32_t i = (int32_t)threadIdx.x; i < nr * dk / 4; i += (int32_t)blockDim.x)
+                    reinterpret_cast<float4 *>(tile)[i] = reinterpret_cast<const float4 *>(src)[i];
+            else
+                for (int32_t i = (int32_t)threadIdx.x; i < nr * dk; i += (int32_t)blockDim.x)
+                    tile[i] = src[i];
+            __syncthreads();
+            float top = -INFINITY; /* row sub's best over this lane's pages */
+            for (int32_t pb = p0 + warp * PPW; pb < p1; pb += nw * PPW) {
+                const int32_t pp = pb + slot;
+                const bool valid = pp < p1;
+                const uint16_t *lo =
+                    p.bounds +
+                    ((int64_t)kvh * p.bounds_pages + (valid ? __ldg(p.cand + sl.cand0 + pp) : 0)) *
+                        2 * dk;
+                float acc[RT];
+#pragma unroll
+                for (int j = 0; j < RT; j++)
+                    acc[j] = 0.f;
+                if (valid) {
+                    if (VEC) {
+#pragma unroll 2
+                        for (int32_t d = sub * 4; d < dk; d += 4 * LPP) {
+                            const uint2 l4 = __ldg(reinterpret_cast<const uint2 *>(lo + d));
+                            const uint2 h4 = __ldg(reinterpret_cast<const uint2 *>(lo + dk + d));
+                            fold4<RT>(acc, tile, dk, nr, d, l4, h4);
+                        }
+                    } else {
+                        for (int32_t d = sub; d < dk; d += LPP)
+                            fold<RT>(acc, tile, dk, nr, d, bf16f(__ldg(lo + d)),
+                                     bf16f(__ldg(lo + dk + d)));
+                    }
+                }
+                float mine = 0.f;
+#pragma unroll
+                for (int j = 0; j < RT; j++) {
+                    if (j < nr) {
+                        float v = acc[j];
+#pragma unroll
+                        for (int o = LPP / 2; o > 0; o /= 2)
+                            v += __shfl_xor_sync(0xffffffffu, v, o);
+                        if (sub == j)
+                            mine = v;
+                    }
+                }
+                if (valid && sub < nr) {
+                    ub[(int64_t)pp * rows + (int64_t)hh * R + r0 + sub] = mine;
+                    top = fmaxf(top, mine); /* ignores NaN, as the CPU */
+                }
+            }
+            for (int o = LPP; o < 32; o *= 2) /* the lanes of row sub in other slots */
+                top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, o));
+            if (lane < nr && top > -INFINITY)
+                atomicMax(best_of(p, sl) + (int64_t)hh * R + r0 + lane, fkey(top));
+        }
+    }
+}
+
+/* The variant for R rows per KV head and d_k; its split (CTAs per unit). */
+template <bool VEC>
+static void score_launch(sel_params p, int32_t R, int32_t n_chunks, size_t smem,
+                         cudaStream_t stream)
+{
+    if (p.dk <= 256 && R <= 8) { /* GQA-like: a quarter warp a page, whole units per CTA */
+        p.split = 1;
+        if (R <= 4)
+            score_kernel<VEC, 8, 4><<<n_chunks, SCORE_THREADS, smem, stream>>>(p);
+        else
+            score_kernel<VEC, 8, 8><<<n_chunks, SCORE_THREADS, smem, stream>>>(p);
+    } else { /* MLA-like: half a warp a page, a unit over 4 CTAs */
+        p.split = 4;
+        if (R <= 8)
+            score_kernel<VEC, 16, 8><<<n_chunks * 4, SCORE_THREADS, smem, stream>>>(p);
+        else
+            score_kernel<VEC, 16, 16><<<n_chunks * 4, SCORE_THREADS, smem, stream>>>(p);
+    }
+}
+
+/* Exclusive rank of this thread's flag among the block's, in thread order;
+ * *total: the block's count. Every thread calls it. */
+__device__ int32_t block_rank(bool f, int32_t *total, int32_t *warp_base, int32_t *sum)
+{
+    const int lane = (int)threadIdx.x % 32, warp = (int)threadIdx.x / 32;
+    const int nw = (int)blockDim.x / 32;
+    const unsigned b = __ballot_sync(0xffffffffu, f);
+    if (lane == 0)
+        warp_base[warp] = __popc(b);
     __syncthreads();
-    const uint32_t n = *shared_count;
+    if (warp == 0) {
+        const int32_t v = lane < nw ? warp_base[lane] : 0;
+        int32_t incl = v;
+        for (int o = 1; o < 32; o *= 2) {
+            const int32_t u = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o)
+                incl += u;
+        }
+        if (lane < nw)
+            warp_base[lane] = incl - v;
+        if (lane == 31)
+            *sum = incl;
+    }
     __syncthreads();
-    return n;
+    const int32_t r = warp_base[warp] + __popc(b & ((1u << lane) - 1u));
+    *total = *sum;
+    __syncthreads(); /* warp_base and sum may be written again */
+    return r;
 }
 
 __global__ void select_kernel(sel_params p)
 {
-    __shared__ unsigned shared_count;
+    extern __shared__ uint32_t skeys[]; /* [SEL_SMEM_KEYS]: a list's keys when they fit */
+    __shared__ uint32_t hist[256];
+    __shared__ int32_t warp_base[32], sum_sh, digit_sh, rem_sh;
     const attnd_kernel_select_list sl = p.lists[blockIdx.x];
     const int32_t n = sl.n_cand, chunks = chunks_of(sl);
     const int32_t m0 = sl.n_head, m1 = n - sl.n_tail;
@@ -150,66 +355,102 @@ __global__ void select_kernel(sel_params p)
     int32_t *out = p.sel_pages + sl.out0;
     int32_t *pos = p.sel_pos ? p.sel_pos + sl.out0 : nullptr;
     const bool all = sl.keep >= n;
-    const float *score = nullptr;
-    uint32_t thr = 0xffffffffu;
+    const int32_t t = (int32_t)threadIdx.x, bd = (int32_t)blockDim.x;
+    uint32_t *keys = nullptr, thr = 0xffffffffu;
     int32_t ties_needed = 0;
 
     if (chunks) {
-        const int32_t hpg = p.hkv / p.lg, rows = p.q_tokens * (p.hq / p.hkv / p.agg) * hpg;
-        float *ub = ub_of(p, sl);
-        float *best = ub + (int64_t)n * rows; /* the chunk maxima's room */
-        float *sc = best + (int64_t)chunks * rows;
-        for (int32_t r = (int32_t)threadIdx.x; r < rows; r += (int32_t)blockDim.x) {
-            float m = -INFINITY;
-            for (int32_t pp = 0; pp < n; pp++)
-                m = fmaxf(m, ub[(int64_t)pp * rows + r]); /* ignores NaN, as the CPU */
-            best[r] = m;
-        }
-        __syncthreads();
-        for (int32_t pp = m0 + (int32_t)threadIdx.x; pp < m1; pp += (int32_t)blockDim.x) {
+        const int32_t rows = rows_per_head(p) * (p.hkv / p.lg);
+        const float *ub = ub_of(p, sl);
+        keys = n <= SEL_SMEM_KEYS ? skeys
+                                  : reinterpret_cast<uint32_t *>(const_cast<float *>(ub) +
+                                                                 (int64_t)n * rows +
+                                                                 (int64_t)chunks * rows);
+        /* each middle candidate's score, as its key */
+        const uint32_t *best_k = best_of(p, sl);
+        for (int32_t pp = m0 + t; pp < m1; pp += bd) {
             float b = -INFINITY;
+#pragma unroll 8
             for (int32_t r = 0; r < rows; r++) {
-                float v = ub[(int64_t)pp * rows + r] - best[r];
+                const float v = ub[(int64_t)pp * rows + r] - fkey_inv(__ldg(best_k + r));
                 b = fmaxf(b, isnan(v) ? INFINITY : v);
             }
-            sc[pp] = b;
+            keys[pp] = key_of(b);
         }
         __syncthreads();
-        const uint32_t want = (uint32_t)(sl.keep - sl.n_head - sl.n_tail);
-        uint32_t t = 0;
-        for (int bit = 31; bit >= 0; bit--) {
-            const uint32_t c = t | (1u << bit);
-            if (count_keys(sc, m0, m1, c, false, &shared_count) >= want)
-                t = c;
+        /* the want-th largest key, 8 bits at a time */
+        uint32_t prefix = 0, mask = 0;
+        int32_t remaining = sl.keep - sl.n_head - sl.n_tail;
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            for (int32_t i = t; i < 256; i += bd)
+                hist[i] = 0;
+            __syncthreads();
+            for (int32_t pp = m0 + t; pp < m1; pp += bd) {
+                const uint32_t k = keys[pp];
+                if ((k & mask) == prefix) { /* one atomic per distinct digit of the warp */
+                    const uint32_t dg = (k >> shift) & 0xffu;
+                    const unsigned same = __match_any_sync(__activemask(), dg);
+                    if ((threadIdx.x % 32) == (unsigned)(__ffs(same) - 1))
+                        atomicAdd(&hist[dg], (uint32_t)__popc(same));
+                }
+            }
+            __syncthreads();
+            if (t < 32) { /* lane l: digits 255 - 8l .. 248 - 8l, highest first */
+                uint32_t c[8], s = 0;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    c[i] = hist[255 - 8 * t - i];
+                    s += c[i];
+                }
+                uint32_t incl = s;
+                for (int o = 1; o < 32; o *= 2) {
+                    const uint32_t u = __shfl_up_sync(0xffffffffu, incl, o);
+                    if (t >= o)
+                        incl += u;
+                }
+                const unsigned hit = __ballot_sync(0xffffffffu, incl >= (uint32_t)remaining);
+                if (!hit && t == 0) { /* fewer keys than wanted: cannot happen */
+                    digit_sh = 0;
+                    rem_sh = 1;
+                }
+                if (hit && t == __ffs(hit) - 1) {
+                    uint32_t cum = incl - s;
+                    int i = 0;
+                    while (i < 7 && cum + c[i] < (uint32_t)remaining)
+                        cum += c[i++];
+                    digit_sh = 255 - 8 * t - i;
+                    rem_sh = remaining - (int32_t)cum;
+                }
+            }
+            __syncthreads();
+            prefix |= (uint32_t)digit_sh << shift;
+            mask |= 0xffu << shift;
+            remaining = rem_sh;
+            __syncthreads(); /* digit_sh, rem_sh and hist are written again */
         }
-        thr = t;
-        ties_needed = (int32_t)(want - count_keys(sc, m0, m1, t, true, &shared_count));
-        score = sc;
+        thr = prefix;
+        ties_needed = remaining; /* keys equal to thr to keep, earliest first */
     }
-    if (threadIdx.x >= 32)
-        return;
-    /* warp 0: the kept candidates, in order */
-    const unsigned lt = (1u << threadIdx.x) - 1u;
+    /* the kept candidates, in order */
     int32_t w = 0, ties = 0;
-    for (int32_t base = 0; base < n; base += 32) {
-        const int32_t pp = base + (int32_t)threadIdx.x;
+    for (int32_t base = 0; base < n; base += bd) {
+        const int32_t pp = base + t;
         const bool valid = pp < n;
         const bool mand = valid && (all || pp < m0 || pp >= m1);
-        const bool scored = valid && !mand && score != nullptr;
-        const uint32_t k = scored ? key_of(score[pp]) : 0u;
+        const bool scored = valid && !mand && keys != nullptr;
+        const uint32_t k = scored ? keys[pp] : 0u;
         const bool tie = scored && k == thr;
-        const unsigned tmask = __ballot_sync(0xffffffffu, tie);
-        const bool take_tie = tie && ties + __popc(tmask & lt) < ties_needed;
-        const bool keep = mand || (scored && k > thr) || take_tie;
-        const unsigned kmask = __ballot_sync(0xffffffffu, keep);
+        int32_t n_ties, n_keep;
+        const int32_t tr = block_rank(tie, &n_ties, warp_base, &sum_sh);
+        const bool keep = mand || (scored && k > thr) || (tie && ties + tr < ties_needed);
+        const int32_t kr = block_rank(keep, &n_keep, warp_base, &sum_sh);
         if (keep) {
-            const int32_t at = w + __popc(kmask & lt);
-            out[at] = __ldg(cand + pp);
+            out[w + kr] = __ldg(cand + pp);
             if (pos)
-                pos[at] = pp;
+                pos[w + kr] = pp;
         }
-        w += __popc(kmask);
-        ties += min(__popc(tmask), max(0, ties_needed - ties));
+        w += n_keep;
+        ties += n_ties;
     }
 }
 
@@ -230,15 +471,32 @@ extern "C" attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_c
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "select: lists, q, bounds, cand_idx, sel_pages, work and a "
                                "consistent shape are required");
-    sel_params p = {s->lists,      s->n_lists,       s->q_tokens,
-                    s->n_q_heads,  hkv,              lg,
-                    s->kv.d_k,     s->head_agg > 1 ? s->head_agg : 1,
+    const int32_t agg = s->head_agg > 1 ? s->head_agg : 1, dk = s->kv.d_k;
+    const int64_t rows = (int64_t)s->q_tokens * (s->n_q_heads / hkv / agg) * (hkv / lg);
+    const int32_t R = (int32_t)(rows / (hkv / lg)); /* rows per KV head */
+    const int32_t rt = R <= 4 && dk <= 256 ? 4 : R <= 8 ? 8 : SCORE_ROWS; /* score_launch's */
+    const int32_t qrows = SCORE_SMEM / 4 / dk < rt ? SCORE_SMEM / 4 / dk : rt;
+    if (qrows < 1)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "select: d_k %d; the GPU selection takes d_k up to %d", dk,
+                               SCORE_SMEM / 4);
+    sel_params p = {s->lists,      s->n_lists,  s->q_tokens,
+                    s->n_q_heads,  hkv,         lg,
+                    dk,            agg,         qrows,       1,
                     static_cast<const uint16_t *>(s->q), s->bounds, s->bounds_pages,
-                    s->cand_idx,   s->sel_pages,     s->sel_pos,
+                    s->cand_idx,   s->sel_pages, s->sel_pos,
                     s->work};
-    if (s->n_chunks > 0)
-        score_kernel<<<s->n_chunks, SEL_THREADS, 0, ctx->stream>>>(p);
-    select_kernel<<<s->n_lists, SEL_THREADS, 0, ctx->stream>>>(p);
+    if (s->n_chunks > 0) {
+        const int64_t qn = rows * dk; /* query floats of a list */
+        const dim3 qgrid((unsigned)((qn + QSUM_THREADS - 1) / QSUM_THREADS), (unsigned)s->n_lists);
+        qsum_kernel<<<qgrid, QSUM_THREADS, 0, ctx->stream>>>(p);
+        const size_t smem = (size_t)qrows * (size_t)dk * sizeof(float);
+        if (dk % 4 == 0)
+            score_launch<true>(p, R, s->n_chunks, smem, ctx->stream);
+        else
+            score_launch<false>(p, R, s->n_chunks, smem, ctx->stream);
+    }
+    select_kernel<<<s->n_lists, SEL_THREADS, SEL_SMEM_KEYS * sizeof(uint32_t), ctx->stream>>>(p);
     int rc = (int)cudaGetLastError();
     if (rc != cudaSuccess)
         return attnd__cuda_fail(err, rc, "page selection");

@@ -19,6 +19,15 @@
 #                                   python3 there has torch and transformers.
 #                                   ATTND_HF_SERVER_FLAGS adds attnd flags,
 #                                   e.g. "--device cuda:0")
+#   tests/gpu/run.sh capture-build (here: bundle attnd-sparse-accuracy into
+#                                   $ATTND_GPU_ACC, default .gpu/acc)
+#   tests/gpu/run.sh capture       (there: tests/gpu/capture_attn.py: attention
+#                                   captured from Hugging Face models (cached
+#                                   pretrained ones, else random weights)
+#                                   through that harness; the tables to
+#                                   $OUT/capture.log and capture_<model>.md.
+#                                   ATTND_CAPTURE_FLAGS adds script flags,
+#                                   e.g. "--tokens 8192")
 #
 # e2e-build builds those targets in $ATTND_BUILD_DIR (default build/, a
 # CMake build with CUDA) and bundles them with their shared libraries into
@@ -48,8 +57,8 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --ncu) ncu=1 ;;
     --no-torch) torch=0 ;;
-    all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|python-build|python-hf) what=$a ;;
-    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|python-build|python-hf]" >&2; exit 2 ;;
+    all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|python-build|python-hf|capture-build|capture) what=$a ;;
+    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|python-build|python-hf|capture-build|capture]" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$bin" "$out"
@@ -288,7 +297,33 @@ do_python_hf() {
   exit "$prc"
 }
 
+# The accuracy harness on captured attention (tests/gpu/capture_attn.py):
+# attnd-sparse-accuracy travels as a bundle, the script runs it per model.
+acc=${ATTND_GPU_ACC:-$root/.gpu/acc}
+
+do_capture_build() {
+  local b=${ATTND_BUILD_DIR:-$root/build}
+  cmake --build "$b" -j2 --target attnd-sparse-accuracy
+  rm -rf "$acc"
+  "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$acc" "$b/worker/attnd-sparse-accuracy"
+  echo "bundled: $acc"
+}
+
+do_capture() {
+  [ -x "$acc/run" ] || { echo "no bundle at $acc (run capture-build first)"; exit 2; }
+  python3 -c 'import torch, transformers, numpy' || { echo "python3 lacks torch/transformers/numpy"; exit 77; }
+  set +e
+  # shellcheck disable=SC2086  # flags split on purpose
+  PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 OUT="$out" "${t[@]}" python3 "$root/tests/gpu/capture_attn.py" \
+    --harness "$acc/run attnd-sparse-accuracy" ${ATTND_CAPTURE_FLAGS:-} 2>&1 | tee "$out/capture.log"
+  local crc=${PIPESTATUS[0]}
+  set -e
+  exit "$crc"
+}
+
 cd "$root"
+if [ "$what" = capture-build ]; then do_capture_build; exit 0; fi
+if [ "$what" = capture ]; then do_capture; fi
 if [ "$what" = python-build ]; then do_python_build; exit 0; fi
 if [ "$what" = python-hf ]; then do_python_hf; fi
 if [ "$what" = e2e-build ]; then do_e2e_build; exit 0; fi

@@ -600,7 +600,7 @@ static void test_rejects(void)
 /* One selection problem on both sides: n_seqs sequences of n_pages
  * scattered pages each, keep about a quarter with a sink and a newest;
  * rows of agg heads summed (head_agg; 1: a row per head). */
-static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t agg,
+static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t agg, int32_t qt,
                         int32_t n_seqs, int32_t n_pages, const char *what)
 {
     attnd_kernel_kv_layout l;
@@ -621,7 +621,7 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
             attnd_kernel_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
         }
     }
-    const size_t nq = (size_t)n_seqs * hq * dk;
+    const size_t nq = (size_t)n_seqs * qt * hq * dk;
     uint16_t *q = malloc(nq * 2);
     for (size_t i = 0; i < nq; i++)
         q[i] = attnd_dtype_f32_to_bf16((float)tu_normal(&rng));
@@ -644,10 +644,11 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
             out += sl->keep;
         }
     int32_t *cpu = malloc(sizeof(int32_t) * (size_t)out), *gpu = malloc(sizeof(int32_t) * (size_t)out);
+    int32_t *gpos = malloc(sizeof(int32_t) * (size_t)out);
     attnd_kernel_select_batch sb = {.n_lists = n_lists,
                                     .lists = lists,
                                     .n_seqs = n_seqs,
-                                    .q_tokens = 1,
+                                    .q_tokens = qt,
                                     .n_q_heads = hq,
                                     .list_groups = lg,
                                     .head_agg = agg,
@@ -671,25 +672,39 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
                         : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
         n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
     }
-    void *d_q, *d_b, *d_l, *d_c, *d_o, *d_w;
+    void *d_q, *d_b, *d_l, *d_c, *d_o, *d_w, *d_p;
     cudaMalloc(&d_q, nq * 2);
     cudaMalloc(&d_b, be * 2);
     cudaMalloc(&d_l, sizeof *lists * (size_t)n_lists);
     cudaMalloc(&d_c, sizeof(int32_t) * (size_t)n_seqs * n_pages);
     cudaMalloc(&d_o, sizeof(int32_t) * (size_t)out);
     cudaMalloc(&d_w, sizeof(float) * (size_t)wf);
+    cudaMalloc(&d_p, sizeof(int32_t) * (size_t)out);
     cudaMemcpy(d_q, q, nq * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(d_b, bounds, be * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(d_l, lists, sizeof *lists * (size_t)n_lists, cudaMemcpyHostToDevice);
     cudaMemcpy(d_c, cand, sizeof(int32_t) * (size_t)n_seqs * n_pages, cudaMemcpyHostToDevice);
     attnd_cuda_select cs = {.n_lists = n_lists, .n_chunks = n_chunks, .lists = d_l,
-                            .n_seqs = n_seqs, .q_tokens = 1, .n_q_heads = hq, .list_groups = lg,
+                            .n_seqs = n_seqs, .q_tokens = qt, .n_q_heads = hq, .list_groups = lg,
                             .head_agg = agg, .kv = l, .q = d_q, .bounds = d_b, .bounds_pages = pool,
-                            .cand_idx = d_c, .sel_pages = d_o, .work = d_w};
+                            .cand_idx = d_c, .sel_pages = d_o, .sel_pos = d_p, .work = d_w};
     must(attnd_cuda_select_run(ctx, &cs, &err), &err, "select_run");
     must(attnd_cuda_sync(ctx, &err), &err, "sync");
     cudaMemcpy(gpu, d_o, sizeof(int32_t) * (size_t)out, cudaMemcpyDeviceToHost);
-    int32_t differ = 0;
+    cudaMemcpy(gpos, d_p, sizeof(int32_t) * (size_t)out, cudaMemcpyDeviceToHost);
+    int32_t differ = 0, disorder = 0;
+    for (int32_t k = 0; k < n_lists; k++) { /* in candidate order, each the candidate it names */
+        const attnd_kernel_select_list *sl = &lists[k];
+        for (int32_t j = 0; j < sl->keep; j++) {
+            const int32_t at = gpos[sl->out0 + j];
+            disorder += at < 0 || at >= sl->n_cand || (j > 0 && at <= gpos[sl->out0 + j - 1]) ||
+                        gpu[sl->out0 + j] != cand[sl->cand0 + (at < 0 || at >= sl->n_cand ? 0 : at)];
+            disorder += j < sl->n_head && at != j; /* the sink pages */
+            disorder += j >= sl->keep - sl->n_tail && at != sl->n_cand - (sl->keep - j);
+        }
+    }
+    verdict(disorder == 0, "select   %s: %d kept pages out of order, not their candidate, or "
+                           "missing a sink or newest page", what, disorder);
     for (int32_t k = 0; k < n_lists; k++) { /* as sets: both are in candidate order */
         const attnd_kernel_select_list *sl = &lists[k];
         for (int32_t j = 0; j < sl->keep; j++) {
@@ -702,6 +717,8 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     verdict(differ * 100 <= out, "select   %s: %d of %d kept pages differ from the CPU's", what,
             differ, out);
     cudaFree(d_q), cudaFree(d_b), cudaFree(d_l), cudaFree(d_c), cudaFree(d_o), cudaFree(d_w);
+    cudaFree(d_p);
+    free(gpos);
     free(sb.work);
     free(cpu);
     free(gpu);
@@ -714,12 +731,17 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
 
 static void test_select(void)
 {
-    select_case(32, 8, 128, 8, 1, 3, 300, "GQA 32/8 heads, per KV head, 300 pages");
-    select_case(32, 8, 128, 1, 1, 2, 129, "GQA 32/8 heads, one list, 129 pages");
-    select_case(128, 1, 576, 1, 1, 2, 2048, "MLA 128 heads, 2048 pages");
-    select_case(32, 8, 128, 8, 4, 3, 300, "GQA 32/8 heads summed per KV head, 300 pages");
-    select_case(128, 1, 576, 1, 128, 2, 2048, "MLA 128 heads summed, 2048 pages");
-    select_case(128, 1, 576, 1, 4, 2, 2048, "MLA 128 heads in runs of 4, 2048 pages");
+    select_case(32, 8, 128, 8, 1, 1, 3, 300, "GQA 32/8 heads, per KV head, 300 pages");
+    select_case(32, 8, 128, 1, 1, 1, 2, 129, "GQA 32/8 heads, one list, 129 pages");
+    select_case(128, 1, 576, 1, 1, 1, 2, 2048, "MLA 128 heads, 2048 pages");
+    select_case(32, 8, 128, 8, 4, 1, 3, 300, "GQA 32/8 heads summed per KV head, 300 pages");
+    select_case(128, 1, 576, 1, 128, 1, 2, 2048, "MLA 128 heads summed, 2048 pages");
+    select_case(128, 1, 576, 1, 4, 1, 2, 2048, "MLA 128 heads in runs of 4, 2048 pages");
+    select_case(128, 1, 576, 1, 8, 1, 4, 2048, "MLA 128 heads in runs of 8 (the default), 4 x 2048 pages");
+    select_case(128, 1, 576, 1, 8, 3, 2, 1000, "MLA runs of 8, 3 query tokens, 1000 pages");
+    select_case(32, 8, 128, 8, 1, 2, 4, 2048, "GQA 32/8 per KV head, 2 query tokens, 4 x 2048 pages");
+    select_case(32, 8, 128, 1, 1, 1, 2, 5000, "GQA 32/8 one list (32 rows), 5000 pages");
+    select_case(32, 8, 128, 8, 1, 1, 1, 9000, "GQA 32/8 per KV head, 9000 pages (keys in global memory)");
 }
 
 int main(int argc, char **argv)

@@ -1,18 +1,19 @@
 /* attnd-sparse-accuracy: how much of dense attention the sparse policies
- * keep, on synthetic long-context workloads (the README's table).
+ * keep, on synthetic long-context workloads (the README's table) or on
+ * attention captured from a model (--load, accuracy_load.c).
  *
  *   attnd-sparse-accuracy [--ctx T] [--trials N] [--page-size P] [--seed S]
  *                         [--shape gqa|mla|both] [--ranks N] [--mla-heads H]
  *                         [--agg A]
+ *   attnd-sparse-accuracy --load FILE [--load FILE ...] [--page-size P]
+ *                         [--ranks N] [--agg A]
  *
- * For each workload, shape, policy and budget, over N trials of fresh
+ * The evaluation of one case (accuracy_eval.c, accuracy.h):
+ * for each workload, shape, policy and budget, over N trials of fresh
  * random data: the keys are rounded to bf16 (as the pool stores them) and
  * folded into per-page key bounds with the worker's own code
- * (attnd_kernel_kv_bounds_add, then the compact 8-bit form the CPU engine
- * scores, attnd_kernel_kv_bounds8_make); topk-pages picks its pages with
- * the worker's selection kernel (attnd_kernel_select) on the compact
- * bounds, exactly as an Attend on the CPU would ("topk-pages, bf16
- * bounds": the same rows on the bf16 bounds, as the GPU scores),
+ * (attnd_kernel_kv_bounds_add); topk-pages picks its pages with the worker's
+ * selection kernel (attnd_kernel_select), exactly as an Attend would,
  * scoring with the engine's rows ("topk-pages": runs of A heads summed
  * into one row, A the engine's default select_head_agg, G / 8 where 8
  * divides the G heads, else 1; --agg A sets it) and, beside it, with a row
@@ -57,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "accuracy.h"
 #include "attnd_kernels.h"
 
 typedef struct rng {
@@ -187,192 +189,86 @@ static void trial_free(trial *t)
     free(t->q);
 }
 
-/* Dense attention of head h: probabilities p [T] and output o [dv]. */
-static void dense(const trial *t, int32_t h, double *p, double *o)
+static void usage(void)
 {
-    const int32_t dk = t->sh->dk, dv = t->sh->dv;
-    const double *q = t->q + (size_t)h * dk;
-    double mx = -INFINITY, sum = 0;
-    for (int64_t i = 0; i < t->T; i++) {
-        double s = 0;
-        for (int32_t d = 0; d < dk; d++)
-            s += q[d] * t->k[i * dk + d];
-        p[i] = s * t->scale;
-        mx = p[i] > mx ? p[i] : mx;
-    }
-    for (int64_t i = 0; i < t->T; i++)
-        sum += (p[i] = exp(p[i] - mx));
-    memset(o, 0, sizeof(double) * dv);
-    for (int64_t i = 0; i < t->T; i++) {
-        p[i] /= sum;
-        const double *v = t->v + (size_t)i * (t->sh->v_in_k ? dk : dv);
-        for (int32_t e = 0; e < dv; e++)
-            o[e] += p[i] * v[e];
-    }
+    fprintf(stderr, "usage: attnd-sparse-accuracy [--ctx T] [--trials N] [--page-size P] "
+                    "[--seed S] [--shape gqa|mla|both] [--ranks N] [--mla-heads H] [--agg A]\n"
+                    "       attnd-sparse-accuracy --load FILE [--load FILE ...] [--page-size P] "
+                    "[--ranks N] [--agg A]\n");
 }
 
-/* Over the pages keep[0..n_keep): recall of p and the output's error. */
-static void sparse_eval(const trial *t, int32_t ps, const int64_t *keep, int64_t n_keep,
-                        const double *p, const double *o_dense, double *recall, double *err)
+/* --load: every file's tables; 1 if any file was refused. */
+static int run_loads(char **files, int n_files, const attnd__acc_opts *o, int32_t agg_opt)
 {
-    const int32_t dk = t->sh->dk, dv = t->sh->dv;
-    double *o = calloc((size_t)dv, sizeof(double)), mass = 0;
-    for (int64_t j = 0; j < n_keep; j++)
-        for (int64_t i = keep[j] * ps; i < (keep[j] + 1) * ps && i < t->T; i++)
-            mass += p[i];
-    for (int64_t j = 0; j < n_keep; j++) /* renormalized: softmax over the kept tokens */
-        for (int64_t i = keep[j] * ps; i < (keep[j] + 1) * ps && i < t->T; i++) {
-            const double *v = t->v + (size_t)i * (t->sh->v_in_k ? dk : dv);
-            for (int32_t e = 0; e < dv; e++)
-                o[e] += p[i] / mass * v[e];
+    int bad = 0;
+    printf("attnd-sparse-accuracy: captured workloads, page %d; topk-pages sink 1 page; "
+           "streaming sink 64 tokens + window; sequence sharding over %d ranks\n",
+           o->page_size, o->ranks);
+    for (int i = 0; i < n_files; i++) {
+        attnd_error err = {0};
+        printf("\n## %s\n", files[i]);
+        fflush(stdout);
+        if (attnd__acc_load_file(files[i], o, agg_opt, stdout, &err) != ATTND_OK) {
+            fprintf(stderr, "attnd-sparse-accuracy: %s: %s\n", files[i], err.msg);
+            bad = 1;
         }
-    double num = 0, den = 0;
-    for (int32_t e = 0; e < dv; e++) {
-        num += (o[e] - o_dense[e]) * (o[e] - o_dense[e]);
-        den += o_dense[e] * o_dense[e];
     }
-    *recall = mass;
-    *err = sqrt(num / (den > 0 ? den : 1));
-    free(o);
-}
-
-typedef struct acc {
-    double recall, recall_min, err, err_max, bytes;
-    int64_t n;
-} acc;
-
-static void acc_add(acc *a, double recall, double err, double bytes)
-{
-    if (a->n == 0) {
-        a->recall_min = recall;
-        a->err_max = err;
-    }
-    a->recall += recall;
-    a->err += err;
-    a->bytes += bytes;
-    a->recall_min = recall < a->recall_min ? recall : a->recall_min;
-    a->err_max = err > a->err_max ? err : a->err_max;
-    a->n++;
-}
-
-/* The worker's topk-pages choice over pages of [first, np) stepping by
- * `stride` (one rank's pages), keeping `keep` of them with the first
- * n_head and the last one mandatory, scoring rows of head_agg heads
- * summed: into out (logical page numbers). */
-static int64_t topk_select(const trial *t, const attnd_kernel_kv_layout *l, const uint16_t *bounds,
-                           const uint8_t *bounds8, int64_t np, int64_t first, int64_t stride,
-                           int64_t keep, int64_t n_head, int32_t head_agg, int64_t *out)
-{
-    int64_t n = first < np ? (np - 1 - first) / stride + 1 : 0;
-    if (n == 0)
-        return 0;
-    int32_t *cand = malloc(sizeof(int32_t) * (size_t)n), *sel = malloc(sizeof(int32_t) * (size_t)n);
-    int32_t *pos = malloc(sizeof(int32_t) * (size_t)n);
-    for (int64_t j = 0; j < n; j++)
-        cand[j] = (int32_t)(first + j * stride);
-    if (n_head > n - 1)
-        n_head = n - 1;
-    if (keep < n_head + 1)
-        keep = n_head + 1;
-    if (keep > n)
-        keep = n;
-    float *q = malloc(sizeof(float) * (size_t)t->sh->hq * t->sh->dk);
-    for (int64_t i = 0; i < (int64_t)t->sh->hq * t->sh->dk; i++)
-        q[i] = (float)t->q[i];
-    attnd_kernel_select_list sl = {.seq = 0, .group = 0, .cand0 = 0, .n_cand = (int32_t)n,
-                                   .keep = (int32_t)keep, .n_head = (int32_t)n_head, .n_tail = 1};
-    attnd_kernel_select_batch b = {.n_lists = 1,
-                                   .lists = &sl,
-                                   .n_seqs = 1,
-                                   .q_tokens = 1,
-                                   .n_q_heads = t->sh->hq,
-                                   .list_groups = 1,
-                                   .head_agg = head_agg,
-                                   .q_dtype = ATTND_DTYPE_F32,
-                                   .q = q,
-                                   .kv = l,
-                                   .bounds = bounds,
-                                   .bounds8 = bounds8,
-                                   .bounds_pages = np,
-                                   .cand_idx = cand,
-                                   .sel_pages = sel,
-                                   .sel_pos = pos};
-    attnd_error err;
-    int64_t wf = attnd_kernel_select_prepare(&b, &err);
-    if (wf < 0) {
-        fprintf(stderr, "attnd-sparse-accuracy: %s\n", err.msg);
-        exit(1);
-    }
-    b.work = malloc(sizeof(float) * (size_t)(wf + 16));
-    attnd_kernel_select(&b);
-    for (int64_t j = 0; j < keep; j++)
-        out[j] = sel[j];
-    free(b.work);
-    free(q);
-    free(cand);
-    free(sel);
-    free(pos);
-    return keep;
-}
-
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-typedef struct page_mass {
-    double m;
-    int64_t p;
-} page_mass;
-
-static int cmp_mass(const void *a, const void *b)
-{
-    double x = ((const page_mass *)a)->m, y = ((const page_mass *)b)->m;
-    return (x < y) - (x > y);
+    return bad;
 }
 
 int main(int argc, char **argv)
 {
     int64_t T = 32768;
-    int trials = 6, ranks = 4;
+    int trials = 6, ranks = 4, n_loads = 0;
     int32_t ps = 64;
     uint64_t seed = 20261205;
     const char *which = "both";
     int32_t mla_heads = 16, agg_opt = 0;
+    char **loads = calloc((size_t)argc, sizeof(char *));
+    if (!loads)
+        return 1;
+    if (argc % 2 == 0) {
+        usage();
+        return 2;
+    }
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--ctx"))
             T = atoll(argv[i + 1]);
         else if (!strcmp(argv[i], "--trials"))
             trials = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--page-size"))
+        else if (!strcmp(argv[i], "--page-size") && atoi(argv[i + 1]) > 0)
             ps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seed"))
             seed = strtoull(argv[i + 1], NULL, 0);
         else if (!strcmp(argv[i], "--shape"))
             which = argv[i + 1];
-        else if (!strcmp(argv[i], "--ranks"))
+        else if (!strcmp(argv[i], "--ranks") && atoi(argv[i + 1]) > 0)
             ranks = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--mla-heads") && atoi(argv[i + 1]) > 0)
             mla_heads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--agg") && atoi(argv[i + 1]) > 0)
             agg_opt = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--load"))
+            loads[n_loads++] = argv[i + 1];
         else {
-            fprintf(stderr, "usage: attnd-sparse-accuracy [--ctx T] [--trials N] [--page-size P] "
-                            "[--seed S] [--shape gqa|mla|both] [--ranks N] [--mla-heads H] "
-                            "[--agg A]\n");
+            usage();
+            free(loads);
             return 2;
         }
     }
+    if (n_loads > 0) {
+        attnd__acc_opts o = {.page_size = ps, .ranks = ranks, .head_agg = 0};
+        int bad = run_loads(loads, n_loads, &o, agg_opt);
+        free(loads);
+        return bad;
+    }
+    free(loads);
     char mla_name[64];
     snprintf(mla_name, sizeof mla_name, "MLA latent (%d heads, d 576/512)", mla_heads);
     const shape shapes[2] = {
         {"GQA group (4 heads, d 128)", 4, 128, 128, 0},
         {mla_name, mla_heads, 576, 512, 1},
     };
-    static const double budgets[] = {1.0 / 64, 1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4};
-    enum { NB = 5 };
-    enum { P_TOPK, P_HEAD, P_STREAM, P_ORACLE, P_RANKS, P_B16, NP };
     printf("attnd-sparse-accuracy: context %lld, page %d, %d trials, seed %llu; topk-pages "
            "sink 1 page; streaming sink 64 tokens + window; sequence sharding over %d ranks\n",
            (long long)T, ps, trials, (unsigned long long)seed, ranks);
@@ -381,134 +277,29 @@ int main(int argc, char **argv)
             continue;
         const shape *sh = &shapes[si];
         /* the engine's default rows (attnd_engine_config.select_head_agg) */
-        const int32_t agg = agg_opt && sh->hq % agg_opt == 0 ? agg_opt
-                            : sh->hq % 8                     ? 1
-                                                             : sh->hq / 8;
-        attnd_kernel_kv_layout l;
-        if (sh->v_in_k)
-            attnd_kernel_kv_layout_mla(&l, sh->dv, sh->dk - sh->dv, ps, ATTND_DTYPE_BF16);
-        else
-            attnd_kernel_kv_layout_gqa(&l, 1, sh->dk, ps, ATTND_DTYPE_BF16);
-        const double tok_bytes = (double)(sh->v_in_k ? sh->dk : 2 * sh->dk) * 2;
-        /* per page: the compact bounds (bf16: 2 d_k x 2 bytes) */
-        const double bound_bytes = (double)attnd_kernel_kv_bounds8_row(&l);
-        const double bound16_bytes = 2.0 * sh->dk * 2;
-        printf("\n%s; topk-pages rows: runs of %d heads summed\n\n", sh->name, agg);
-        printf("| workload | policy | budget | mass recall mean (min) | output error mean (max) "
-               "| KV read vs dense |\n|---|---|---|---|---|---|\n");
+        attnd__acc_opts o = {.page_size = ps,
+                             .ranks = ranks,
+                             .head_agg = attnd__acc_default_agg(sh->hq, agg_opt)};
+        printf("\n%s; topk-pages rows: runs of %d heads summed\n\n", sh->name, o.head_agg);
         for (int wl = 0; wl < W_COUNT; wl++) {
-            acc a[NP][NB];
-            memset(a, 0, sizeof a);
+            attnd__acc_table tab;
+            memset(&tab, 0, sizeof tab);
             rng r = {seed + (uint64_t)wl * 7919 + (uint64_t)si * 104729};
             for (int tr = 0; tr < trials; tr++) {
                 trial t;
                 trial_make(&t, sh, T, ps, wl, &r);
-                const int64_t np = (T + ps - 1) / ps;
-                uint16_t *bounds = malloc(attnd_kernel_kv_bounds_elems(&l) * 2 * (size_t)np);
-                float *wire = calloc((size_t)attnd_kernel_kv_layout_token_elems(&l), sizeof(float));
-                for (int64_t p = 0; p < np; p++) {
-                    attnd_kernel_kv_bounds_reset(&l, bounds, np, p);
-                    for (int64_t i = p * ps; i < (p + 1) * ps && i < T; i++) {
-                        for (int32_t d = 0; d < sh->dk; d++)
-                            wire[d] = (float)t.k[i * sh->dk + d];
-                        attnd_kernel_kv_bounds_add(&l, bounds, np, p, 1, ATTND_DTYPE_F32, wire);
-                    }
-                }
-                uint8_t *b8 = malloc(attnd_kernel_kv_bounds8_row(&l) * (size_t)np);
-                for (int64_t p = 0; p < np; p++)
-                    attnd_kernel_kv_bounds8_make(&l, bounds, b8, np, p);
-                double *p = malloc(sizeof(double) * (size_t)T), *o = malloc(sizeof(double) * sh->dv);
-                int64_t *keep = malloc(sizeof(int64_t) * (size_t)np);
-                page_mass *pm = malloc(sizeof(page_mass) * (size_t)np);
-                /* the selections do not depend on the head (one list for
-                 * the group), the evaluation does */
-                int64_t n_sel[NP][NB];
-                int64_t **chosen = malloc(sizeof(int64_t *) * NP * NB);
-                for (int b = 0; b < NB; b++) {
-                    int64_t k = (int64_t)ceil(budgets[b] * (double)np);
-                    int64_t *c;
-                    c = chosen[P_TOPK * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
-                    n_sel[P_TOPK][b] = topk_select(&t, &l, bounds, b8, np, 0, 1, k, 1, agg, c);
-                    c = chosen[P_HEAD * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
-                    n_sel[P_HEAD][b] = topk_select(&t, &l, bounds, b8, np, 0, 1, k, 1, 1, c);
-                    c = chosen[P_B16 * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
-                    n_sel[P_B16][b] = topk_select(&t, &l, bounds, NULL, np, 0, 1, k, 1, agg, c);
-                    /* streaming: sink 64 tokens + window filling the budget */
-                    c = chosen[P_STREAM * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
-                    int64_t w = k * ps - 64, nsp = 0;
-                    int64_t sp0 = (64 + ps - 1) / ps, wp = (T - w) / ps;
-                    for (int64_t j = 0; j < sp0 && j < wp; j++)
-                        c[nsp++] = j;
-                    for (int64_t j = wp > sp0 ? wp : sp0; j < np; j++)
-                        c[nsp++] = j;
-                    n_sel[P_STREAM][b] = nsp;
-                    /* sequence-sharded ranks: each its own share */
-                    c = chosen[P_RANKS * NB + b] = malloc(sizeof(int64_t) * (size_t)np);
-                    int64_t nr = 0;
-                    for (int rr = 0; rr < ranks; rr++)
-                        nr += topk_select(&t, &l, bounds, b8, np, rr, ranks,
-                                          (k + ranks - 1) / ranks, rr == 0 ? 1 : 0, agg, c + nr);
-                    qsort(c, (size_t)nr, sizeof *c, cmp_i64);
-                    n_sel[P_RANKS][b] = nr;
-                }
-                for (int32_t h = 0; h < sh->hq; h++) {
-                    dense(&t, h, p, o);
-                    for (int64_t j = 0; j < np; j++) { /* the oracle: by this head's mass */
-                        pm[j].p = j;
-                        pm[j].m = 0;
-                        for (int64_t i = j * ps; i < (j + 1) * ps && i < T; i++)
-                            pm[j].m += p[i];
-                    }
-                    qsort(pm, (size_t)np, sizeof *pm, cmp_mass);
-                    for (int b = 0; b < NB; b++) {
-                        int64_t k = (int64_t)ceil(budgets[b] * (double)np);
-                        for (int64_t j = 0; j < k; j++)
-                            keep[j] = pm[j].p;
-                        for (int pol = P_TOPK; pol < NP; pol++) {
-                            const int64_t *c = pol == P_ORACLE ? keep : chosen[pol * NB + b];
-                            int64_t n = pol == P_ORACLE ? k : n_sel[pol][b];
-                            double rec, err;
-                            sparse_eval(&t, ps, c, n, p, o, &rec, &err);
-                            double bytes = (double)n * ps * tok_bytes +
-                                           (pol == P_TOPK || pol == P_HEAD || pol == P_RANKS
-                                                ? np * bound_bytes
-                                            : pol == P_B16 ? np * bound16_bytes
-                                                           : 0);
-                            acc_add(&a[pol][b], rec, err, bytes / ((double)T * tok_bytes));
-                        }
-                    }
-                }
-                for (int b = 0; b < NB; b++) {
-                    free(chosen[P_TOPK * NB + b]);
-                    free(chosen[P_HEAD * NB + b]);
-                    free(chosen[P_STREAM * NB + b]);
-                    free(chosen[P_RANKS * NB + b]);
-                    free(chosen[P_B16 * NB + b]);
-                }
-                free(chosen);
-                free(pm);
-                free(keep);
-                free(p);
-                free(o);
-                free(wire);
-                free(b8);
-                free(bounds);
+                attnd__acc_case c = {.T = T, .hq = sh->hq, .dk = sh->dk, .dv = sh->dv,
+                                     .v_in_k = sh->v_in_k, .scale = t.scale,
+                                     .k = t.k, .v = t.v, .q = t.q};
+                attnd_error err = {0};
+                attnd_status st = attnd__acc_eval(&c, &o, &tab, &err);
                 trial_free(&t);
-            }
-            static const char *pol_names[NP] = {[P_TOPK] = "topk-pages",
-                                                [P_HEAD] = "topk-pages, per head",
-                                                [P_STREAM] = "streaming",
-                                                [P_ORACLE] = "oracle pages",
-                                                [P_RANKS] = "topk-pages, per rank",
-                                                [P_B16] = "topk-pages, bf16 bounds"};
-            for (int pol = P_TOPK; pol < NP; pol++)
-                for (int b = 0; b < NB; b++) {
-                    const acc *x = &a[pol][b];
-                    printf("| %s | %s | 1/%d | %.3f (%.3f) | %.3f (%.3f) | %.3f |\n",
-                           wl_names[wl], pol_names[pol], (int)(1.0 / budgets[b] + 0.5),
-                           x->recall / x->n, x->recall_min, x->err / x->n, x->err_max,
-                           x->bytes / x->n);
+                if (st != ATTND_OK) {
+                    fprintf(stderr, "attnd-sparse-accuracy: %s\n", err.msg);
+                    return 1;
                 }
+            }
+            attnd__acc_print(stdout, wl_names[wl], &tab, wl == 0);
         }
     }
     return 0;
