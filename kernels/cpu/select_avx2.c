@@ -1,5 +1,6 @@
 /* Page-selection scoring on AVX2 + FMA (8 float32 lanes): the vector
- * vocabulary select_simd.h is written in. Compiled with -mavx2 -mfma
+ * vocabulary select_simd.h is written in, and the integer scoring of
+ * compact bounds (select_int.h). Compiled with -mavx2 -mfma
  * (kernels/CMakeLists.txt); called only when dispatch.c chose that path. */
 #include <immintrin.h>
 

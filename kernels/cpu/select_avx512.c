@@ -1,5 +1,7 @@
 /* Page-selection scoring on AVX-512 (16 float32 lanes): the vector
- * vocabulary select_simd.h is written in. Compiled with the avx512 flags
+ * vocabulary select_simd.h is written in, and the integer scoring of
+ * compact bounds (select_int.h; vpdpbusd where the CPU has AVX512-VNNI,
+ * checked at run time). Compiled with the avx512 flags
  * (kernels/CMakeLists.txt); called only when dispatch.c chose that path. */
 #include <immintrin.h>
 
