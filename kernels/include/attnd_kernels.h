@@ -457,9 +457,15 @@ void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bound
  * A row of an empty page, or one with an infinite or huge (>= 2^100)
  * bound, has step NaN: its every score is NaN, ranked +inf (always chosen),
  * as the bf16 bounds of such a page score. Half the bytes of bf16 bounds
- * (264 against 512 per page and KV head for d_k 128), so a selection bound
- * by reading its bounds takes about half the time. Array layout head-major
- * like the bf16 bounds: [n_kv_heads][bounds_pages][row]. */
+ * (264 against 512 per page and KV head for d_k 128). On these the CPU
+ * kernels score a row with exact integer sums, its query rounded up to
+ * int8 steps of max |q| / 127 (kernels/cpu/select_int.h):
+ *   ub[r][p] = off Q_r + step sq_r sum_i c_i ceil(q'_r,i / sq_r)
+ * (q' = [min(q, 0) | max(q, 0)] against [lo codes | hi codes], Q_r the
+ * sum of q_r), at or above the Quest score of the same bounds (codes are
+ * >= 0), so still an upper bound of q . k on the page, a little looser.
+ * Array layout head-major like the bf16 bounds: [n_kv_heads][bounds_pages]
+ * [row]. */
 size_t attnd_kernel_kv_bounds8_row(const attnd_kernel_kv_layout *l);
 /* Where the row of KV head h of page p starts (bytes). */
 static inline size_t attnd_kernel_kv_bounds8_at(const attnd_kernel_kv_layout *l,
