@@ -8,6 +8,12 @@
  * new_kv as soon as attnd_client_attend_async returns. With the UCX
  * transport the same encoded request goes out as an active message instead
  * (ucx_transport.c) and the wait progresses the client's ucp worker.
+ *
+ * The sparse forms (attnd_client_attend_sparse, _sparse_async) are the
+ * same calls with the sparse arguments added to the message
+ * (attend_sparse.c); the plain forms are them with none. The async form's
+ * given lists are copied into the request like q; its chosen lists are
+ * written by the wait, with out and lse.
  */
 #include <stdalign.h>
 #include <stddef.h>
@@ -37,14 +43,20 @@ struct attnd_call {
 
 attnd_status attnd_client_attend(attnd_client *c, const attnd_attend_args *a, attnd_error *err)
 {
+    return attnd_client_attend_sparse(c, a, NULL, err);
+}
+
+attnd_status attnd_client_attend_sparse(attnd_client *c, const attnd_attend_args *a,
+                                        attnd_sparse_args *s, attnd_error *err)
+{
     attnd__client_attend_dst dst;
     attnd__client_rpc r;
     grpc_byte_buffer *bb = NULL;
     attnd_status st;
 
     if (c && c->ucx)
-        return attnd__client_ucx_attend(c, a, err);
-    st = attnd__client_attend_encode(c, a, &bb, &dst, err);
+        return attnd__client_ucx_attend_sparse(c, a, s, err);
+    st = attnd__client_attend_encode(c, a, s, &bb, &dst, err);
     if (st)
         return st;
     st = attnd__client_rpc_start(&r, c, ATTND__CLIENT_M_ATTEND, bb, err);
@@ -56,10 +68,18 @@ attnd_status attnd_client_attend(attnd_client *c, const attnd_attend_args *a, at
     return st;
 }
 
-/* Ownership: the attnd_call is allocated here and freed by attnd_call_wait
- * (on every outcome). On failure nothing is left to wait for. */
 attnd_status attnd_client_attend_async(attnd_client *c, const attnd_attend_args *a,
                                        attnd_call **call_p, attnd_error *err)
+{
+    return attnd_client_attend_sparse_async(c, a, NULL, call_p, err);
+}
+
+/* Ownership: the attnd_call is allocated here and freed by attnd_call_wait
+ * (on every outcome). On failure nothing is left to wait for. s (may be
+ * NULL) is borrowed until the wait: the reply's chosen lists go there. */
+attnd_status attnd_client_attend_sparse_async(attnd_client *c, const attnd_attend_args *a,
+                                              attnd_sparse_args *s, attnd_call **call_p,
+                                              attnd_error *err)
 {
     attnd_call *call;
     grpc_byte_buffer *bb = NULL;
@@ -70,7 +90,7 @@ attnd_status attnd_client_attend_async(attnd_client *c, const attnd_attend_args 
     call = calloc(1, sizeof *call);
     if (!call)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "attend: no memory for a call");
-    st = attnd__client_attend_encode(c, a, &bb, &call->dst, err);
+    st = attnd__client_attend_encode(c, a, s, &bb, &call->dst, err);
     if (st)
         goto err_call;
     if (c->ucx) {

@@ -1,9 +1,12 @@
-/* Sparse attention in libattnd: CreateSession with a policy, and Attend
- * with given pages / tokens and the pages attended in the reply
- * (attnd/client.h, "sparse attention"). The Attend goes the usual way
- * (attend_wire.c's message, the transport of the client) with the sparse
- * fields added to the message and the reply's chosen lists read into the
- * caller's buffers after its out and lse. */
+/* Sparse attention in libattnd: CreateSession with a policy, and the
+ * sparse part of an Attend (attnd/client.h, "sparse attention"): given
+ * pages / tokens added to the message, and the pages attended read from
+ * the reply into the caller's buffers after its out and lse. The Attend
+ * itself goes the usual way, whichever form (sync, async, AttendStream;
+ * attend.c, stream.c) and transport (gRPC, UCX) it takes: every form
+ * builds its message with attnd__client_attend_sparse_apply and decodes
+ * with attnd__client_attend_decode_in, which calls
+ * attnd__client_attend_chosen. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,13 +91,31 @@ out:
     return st;
 }
 
-void attnd__client_attend_sparse_apply(attnd__client_attend_msg *msg,
-                                       attnd__client_attend_dst *dst, attnd_sparse_args *s)
+attnd_status attnd__client_attend_sparse_apply(attnd__client_attend_msg *msg,
+                                               attnd__client_attend_dst *dst,
+                                               attnd_sparse_args *s, attnd_error *err)
 {
-    dst->sparse = s;
-    if (!s)
-        return;
     Attnd__V1__AttendRequest *rq = &msg->req;
+    dst->sparse = NULL;
+    if (!s)
+        return ATTND_OK;
+    if (s->given_groups && !s->given_indptr)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "given_indptr: NULL for %zu sessions x %u given_groups",
+                               rq->n_session_ids, s->given_groups);
+    if (s->given_groups && s->n_given_idx && !s->given_idx)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "given_idx: NULL for %zu entries (n_given_idx)", s->n_given_idx);
+    if (s->return_pages && ((s->chosen_indptr_capacity && !s->chosen_indptr) ||
+                            (s->chosen_capacity && !s->chosen)))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "%s: NULL for a capacity of %zu entries",
+                               !s->chosen_indptr && s->chosen_indptr_capacity ? "chosen_indptr"
+                                                                              : "chosen",
+                               !s->chosen_indptr && s->chosen_indptr_capacity
+                                   ? s->chosen_indptr_capacity
+                                   : s->chosen_capacity);
+    dst->sparse = s;
     if (s->given_groups) {
         rq->given_groups = s->given_groups;
         rq->n_given_indptr = (size_t)rq->n_session_ids * s->given_groups + 1;
@@ -106,6 +127,7 @@ void attnd__client_attend_sparse_apply(attnd__client_attend_msg *msg,
     s->chosen_groups = 0;
     s->chosen_tokens = 0;
     s->n_chosen_lists = s->n_chosen = 0;
+    return ATTND_OK;
 }
 
 attnd_status attnd__client_attend_chosen(const attnd_wire_in *in,
@@ -132,32 +154,4 @@ attnd_status attnd__client_attend_chosen(const attnd_wire_in *in,
     s->n_chosen_lists = v->n_chosen_indptr - 1;
     s->n_chosen = v->n_chosen;
     return ATTND_OK;
-}
-
-attnd_status attnd_client_attend_sparse(attnd_client *c, const attnd_attend_args *a,
-                                        attnd_sparse_args *s, attnd_error *err)
-{
-    attnd__client_attend_msg msg;
-    attnd__client_attend_dst dst;
-    attnd__client_rpc r;
-    attnd_status st;
-
-    if (c && c->ucx)
-        return attnd__client_ucx_attend_sparse(c, a, s, err);
-    if ((st = attnd__client_attend_prepare(c, a, &msg, &dst, err)))
-        return st;
-    attnd__client_attend_sparse_apply(&msg, &dst, s);
-    size_t n = attnd_wire_request_size(&msg.req);
-    grpc_slice sl = grpc_slice_malloc(n);
-    attnd_wire_request_write(&msg.req, GRPC_SLICE_START_PTR(sl));
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
-    attnd__client_attend_msg_cleanup(&msg);
-    st = attnd__client_rpc_start(&r, c, ATTND__CLIENT_M_ATTEND, bb, err);
-    if (st == ATTND_OK)
-        st = attnd__client_rpc_finish(&r, err);
-    if (st == ATTND_OK)
-        st = attnd__client_attend_decode(r.recv, &dst, err);
-    attnd__client_rpc_cleanup(&r);
-    return st;
 }

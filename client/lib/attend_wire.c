@@ -179,13 +179,17 @@ void attnd__client_attend_msg_cleanup(attnd__client_attend_msg *msg)
 }
 
 attnd_status attnd__client_attend_encode(attnd_client *c, const attnd_attend_args *a,
-                                         grpc_byte_buffer **bb_p, attnd__client_attend_dst *dst,
-                                         attnd_error *err)
+                                         attnd_sparse_args *sp, grpc_byte_buffer **bb_p,
+                                         attnd__client_attend_dst *dst, attnd_error *err)
 {
     attnd__client_attend_msg msg;
     attnd_status st = attnd__client_attend_prepare(c, a, &msg, dst, err);
     if (st)
         return st;
+    if ((st = attnd__client_attend_sparse_apply(&msg, dst, sp, err))) {
+        attnd__client_attend_msg_cleanup(&msg);
+        return st;
+    }
     size_t n = attnd_wire_request_size(&msg.req);
     grpc_slice sl = grpc_slice_malloc(n);
     attnd_wire_request_write(&msg.req, GRPC_SLICE_START_PTR(sl));

@@ -208,7 +208,7 @@ typedef struct attnd__client_attend_dst {
     size_t out_capacity;        /* bytes */
     float *lse;
     size_t lse_capacity;        /* floats */
-    attnd_sparse_args *sparse;  /* attnd_client_attend_sparse: chosen lists go here */
+    attnd_sparse_args *sparse;  /* a sparse call (any form): chosen lists go here */
 } attnd__client_attend_dst;
 
 /* An AttendRequest built around the caller's buffers (tensor data, shapes,
@@ -232,12 +232,15 @@ attnd_status attnd__client_attend_prepare(attnd_client *c,
 void attnd__client_attend_msg_cleanup(attnd__client_attend_msg *msg);
 
 /* Check what the wire cannot express, check the result buffers against the
- * model when the query's shape matches it, and write the request (one copy
- * of q and new_kv, into the request's slice). *bb_p is the caller's. (The
- * UCX transport sends prepare's message as attnd_wire_request_gather's
- * list instead: no copy.) */
+ * model when the query's shape matches it, add the sparse arguments of sp
+ * (NULL: none; its given lists are copied into the message, its chosen
+ * buffers are where the reply's lists go: dst points at sp), and write the
+ * request (one copy of q and new_kv, into the request's slice). *bb_p is
+ * the caller's. (The UCX transport sends prepare's message as
+ * attnd_wire_request_gather's list instead: no copy.) */
 attnd_status attnd__client_attend_encode(attnd_client *c,
                                          const attnd_attend_args *a,
+                                         attnd_sparse_args *sp,
                                          grpc_byte_buffer **bb_p,
                                          attnd__client_attend_dst *dst,
                                          attnd_error *err);
@@ -245,9 +248,12 @@ attnd_status attnd__client_attend_encode(attnd_client *c,
  * echoed request id, then copy out/lse straight into the caller's buffers
  * (their only copy). From a byte buffer's slices, or any attnd_wire_in. */
 /* Sparse fields of s (NULL: none) into a prepared message, and where the
- * reply's chosen lists go into dst (attend_sparse.c). */
-void attnd__client_attend_sparse_apply(attnd__client_attend_msg *msg,
-                                       attnd__client_attend_dst *dst, attnd_sparse_args *s);
+ * reply's chosen lists go into dst (attend_sparse.c). What the wire cannot
+ * express (NULL lists or buffers for a nonzero count) is INVALID_ARGUMENT
+ * naming the field, before anything is sent; s is then untouched. */
+attnd_status attnd__client_attend_sparse_apply(attnd__client_attend_msg *msg,
+                                               attnd__client_attend_dst *dst,
+                                               attnd_sparse_args *s, attnd_error *err);
 /* Read the chosen lists of a decoded reply into dst->sparse. */
 attnd_status attnd__client_attend_chosen(const attnd_wire_in *in,
                                          const attnd_wire_reply_view *v,

@@ -11,6 +11,11 @@
  * Over the UCX transport there is no call to keep open: each request is one
  * active-message round trip (ucx_transport.c) with the same semantics (in
  * order, the first failure ends the stream).
+ *
+ * attnd_stream_attend_sparse adds the sparse arguments (given lists in the
+ * request, chosen lists out of the response; attend_sparse.c) on either
+ * transport; the server's AttendStream handler runs each request as a
+ * unary Attend would (service/attend_exec.c), sparse fields included.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +70,12 @@ static attnd_status fail(attnd_stream *s, attnd_status st, attnd_error *err)
 
 attnd_status attnd_stream_attend(attnd_stream *s, const attnd_attend_args *a, attnd_error *err)
 {
+    return attnd_stream_attend_sparse(s, a, NULL, err);
+}
+
+attnd_status attnd_stream_attend_sparse(attnd_stream *s, const attnd_attend_args *a,
+                                        attnd_sparse_args *sp, attnd_error *err)
+{
     attnd__client_attend_dst dst;
     grpc_byte_buffer *bb = NULL;
     attnd_error local;
@@ -85,11 +96,14 @@ attnd_status attnd_stream_attend(attnd_stream *s, const attnd_attend_args *a, at
         st = attnd__client_attend_prepare(s->c, a, &msg, &dst, err);
         if (st)
             return st;
+        st = attnd__client_attend_sparse_apply(&msg, &dst, sp, err);
         attnd__client_attend_msg_cleanup(&msg);
-        st = attnd__client_ucx_attend(s->c, a, err);
+        if (st)
+            return st;
+        st = attnd__client_ucx_attend_sparse(s->c, a, sp, err);
         return st ? fail(s, st, err) : ATTND_OK;
     }
-    st = attnd__client_attend_encode(s->c, a, &bb, &dst, err);
+    st = attnd__client_attend_encode(s->c, a, sp, &bb, &dst, err);
     if (st)
         return st; /* nothing was sent: the stream goes on */
     st = attnd__client_scall_send(&s->s, bb, 0, err);

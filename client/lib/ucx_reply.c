@@ -65,6 +65,10 @@ static size_t direct_plan(attnd__client_ucx_call *k, size_t length)
     _Static_assert(sizeof k->riov >= 4 * sizeof(ucp_dt_iov_t), "riov holds 4 entries");
     if (!es || d->n_seqs <= 0 || d->q_tokens <= 0 || d->n_q_heads <= 0)
         return 0;
+    /* chosen lists (return_pages) follow lse in a layout of their own:
+     * the buffered path decodes them */
+    if (d->sparse && d->sparse->return_pages)
+        return 0;
     rows = (size_t)d->n_seqs * (size_t)d->q_tokens * (size_t)d->n_q_heads;
     attnd_wire_reply_desc want = {
         .request_id = d->request_id,

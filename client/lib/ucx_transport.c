@@ -236,7 +236,8 @@ attnd_status attnd__client_ucx_attend_sparse(attnd_client *c, const attnd_attend
     st = attnd__client_attend_prepare(c, a, &msg, &dst, err);
     if (st)
         return st;
-    attnd__client_attend_sparse_apply(&msg, &dst, sp);
+    if ((st = attnd__client_attend_sparse_apply(&msg, &dst, sp, err)))
+        goto out_msg;
     size_t bound = attnd_wire_request_frame_bound(&msg.req);
     if (bound > sizeof frame_stack && !(frame = malloc(bound))) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,

@@ -4,32 +4,18 @@
  * against the float64 reference over exactly the tokens attended, GetStats'
  * sparse figures, and the refusals (bad policies, out-of-range and
  * unordered given indices) with INVALID_ARGUMENT naming the field and no
- * side effect. */
+ * side effect; a rendezvous UCX reply carrying chosen pages decoded whole.
+ * The pipelined forms (async, AttendStream): test_client_sparse_pipelined.c. */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "client_testutil.h"
+#include "client_sparse.h"
 
 #define PS 16
 
 static attnd_client *g_c;
 static cu_seqs g_s;
-
-/* Replace the cu_seqs' sessions (no KV yet) by ones with policy p and a
- * rule making layers [1, 3) given-pages. */
-static void open_policy(cu_seqs *s, attnd_client *c, const attnd_sparse_policy *p)
-{
-    attnd_error err;
-    attnd_sparse_rule rule = {.layer_begin = 1, .layer_end = 3,
-                              .policy = {.kind = ATTND_SPARSE_GIVEN_PAGES}};
-    cu_must_open(s, c, 2, ATTND_DTYPE_BF16);
-    for (uint32_t i = 0; i < s->n; i++) {
-        ck_assert_int_eq(attnd_client_close_session(c, &s->ids[i], &err), ATTND_OK);
-        ck_assert_msg(attnd_client_create_session_policy(c, "", 0, p, &rule, 1, &s->ids[i], NULL,
-                                                         &err) == ATTND_OK, "%s", err.msg);
-    }
-}
 
 static void setup(void)
 {
@@ -45,40 +31,6 @@ static void teardown(void)
     cu_teardown();
 }
 
-/* Check the outputs of step st (one query token) against the reference
- * over the chosen pages: for each session and KV head, a reference holding
- * only those pages' tokens of the mirror. */
-static void check_chosen(cu_seqs *s, const cu_step *st, const attnd_sparse_args *sp,
-                         uint32_t layer, attnd_refcheck_result *res)
-{
-    const attnd_model_info *m = &s->m;
-    const uint32_t hkv = m->n_kv_heads, G = m->n_q_heads / hkv;
-    const size_t entry = (size_t)m->kv_token_elems * attnd_dtype_size(m->kv_dtype);
-    const size_t qrow = (size_t)m->n_q_heads * m->d_k * attnd_dtype_size(s->dt);
-    const size_t orow = (size_t)m->n_q_heads * m->d_v * attnd_dtype_size(s->dt);
-    for (uint32_t i = 0; i < st->a.n_seqs; i++) {
-        const attnd_refcheck_seq *src = &s->rc.seqs[(size_t)i * m->n_layers + layer];
-        for (uint32_t h = 0; h < hkv; h++) {
-            uint32_t g = sp->chosen_groups == 1 ? 0 : h;
-            uint32_t k = i * sp->chosen_groups + g;
-            attnd_refcheck one;
-            ck_assert_int_eq(attnd_refcheck_init(&one, m, 1), 0);
-            uint64_t n = 0;
-            for (uint32_t j = sp->chosen_indptr[k]; j < sp->chosen_indptr[k + 1]; j++) {
-                uint64_t t0 = sp->chosen[j] * PS, t1 = t0 + PS < src->len ? t0 + PS : src->len;
-                ck_assert_int_eq(attnd_refcheck_append(&one, 0, layer, t1 - t0, m->kv_dtype,
-                                                       src->data + t0 * entry), 0);
-                n += t1 - t0;
-            }
-            ck_assert_int_eq(attnd_refcheck_token(&one, 0, layer, n, s->dt,
-                                                  (const char *)st->q + i * qrow, s->dt,
-                                                  (const char *)st->out + i * orow, NULL,
-                                                  h * G, (h + 1) * G, res), 0);
-            attnd_refcheck_cleanup(&one);
-        }
-    }
-}
-
 /* TidalDecode over the wire: layer 0 selects (topk-pages) and returns its
  * pages; layers 1 and 2 attend exactly those (given-pages); every output
  * equals the float64 reference over the pages reported. */
@@ -86,7 +38,7 @@ START_TEST(test_pages_chosen_on_one_layer_are_attended_on_the_next_over_the_wire
 {
     attnd_sparse_policy p = {.kind = ATTND_SPARSE_TOPK_PAGES, .sink = 16, .topk_fraction = 0.25f};
     attnd_error err;
-    open_policy(&g_s, g_c, &p);
+    cu_open_policy(&g_s, g_c, &p, 2);
     cu_must_prefill(&g_s, 0, 300, NULL);
     cu_must_prefill(&g_s, 1, 517, NULL);
     uint32_t ip[64];
@@ -115,7 +67,7 @@ START_TEST(test_pages_chosen_on_one_layer_are_attended_on_the_next_over_the_wire
                 ck_assert_int_eq(attnd_refcheck_append(&g_s.rc, i, layer, 1, g_s.dt,
                                                        (const char *)st.kv + i * st.kv_bytes / 2),
                                  0);
-            check_chosen(&g_s, &st, &sp, layer, &res);
+            cu_check_chosen(&g_s, &st, &sp, layer, &res);
             cu_step_free(&st);
         }
         /* a quarter of the pages (and the sink and newest pages) */
@@ -164,7 +116,7 @@ START_TEST(test_bad_given_pages_are_invalid_argument_naming_the_field)
 {
     attnd_sparse_policy p = {.kind = ATTND_SPARSE_TOPK_PAGES, .topk_pages = 3};
     attnd_error err;
-    open_policy(&g_s, g_c, &p);
+    cu_open_policy(&g_s, g_c, &p, 2);
     cu_must_prefill(&g_s, 0, 100, NULL);
     cu_must_prefill(&g_s, 1, 40, NULL);
     static const struct {
@@ -202,6 +154,72 @@ START_TEST(test_bad_given_pages_are_invalid_argument_naming_the_field)
 }
 END_TEST
 
+/* ---- rendezvous replies with chosen lists ------------------------------------------- */
+
+/* Every UCX message above 64 bytes goes rendezvous (client and server read
+ * the variable; the server inherits it). */
+static void setup_rndv(void)
+{
+    setenv("UCX_RNDV_THRESH", "64", 1);
+    setup();
+}
+
+/* A return_pages reply received by rendezvous, into an out buffer with
+ * room to spare: the chosen lists follow lse in no planned layout, so the
+ * reply must be decoded whole. Swept over 1 to 11 given pages of a
+ * 13-page layer (one list: a chosen section of 9 + n bytes), so that one
+ * section is as long as one more bf16 column of out (8 heads x 2 bytes):
+ * taken for a wider out, that reply failed INTERNAL ("framing is not what
+ * attnd sends"). Blocking and async; chosen pages and outputs checked. */
+START_TEST(test_a_rendezvous_reply_with_chosen_pages_is_decoded_whatever_its_length)
+{
+    attnd_sparse_policy full = {.kind = ATTND_SPARSE_FULL};
+    attnd_refcheck_result res = {0};
+    attnd_error err;
+    cu_open_policy(&g_s, g_c, &full, 2);
+    cu_must_prefill(&g_s, 0, 200, NULL); /* 13 pages; the newest is 12 */
+    for (uint32_t n = 1; n <= 11; n++)
+        for (int async = 0; async < 2; async++) {
+            cu_step st;
+            cu_step_make(&g_s, &st, 1, 0, 1, 1, 0, 0, ATTND_DTYPE_INVALID);
+            size_t cap = 4 * st.out_bytes;
+            void *big = malloc(cap);
+            ck_assert_ptr_nonnull(big);
+            st.a.out = big;
+            st.a.out_capacity = cap;
+            uint32_t gip[2] = {0, n}, ip[2];
+            uint64_t given[11], ch[16];
+            for (uint32_t j = 0; j < n; j++)
+                given[j] = j;
+            attnd_sparse_args sp = {.given_groups = 1, .given_indptr = gip, .given_idx = given,
+                                    .n_given_idx = n, .return_pages = 1, .chosen_indptr = ip,
+                                    .chosen_indptr_capacity = 2, .chosen = ch,
+                                    .chosen_capacity = 16};
+            attnd_status rc;
+            if (async) {
+                attnd_call *call;
+                rc = attnd_client_attend_sparse_async(g_c, &st.a, &sp, &call, &err);
+                if (rc == ATTND_OK)
+                    rc = attnd_call_wait(call, &err);
+            } else {
+                rc = attnd_client_attend_sparse(g_c, &st.a, &sp, &err);
+            }
+            ck_assert_msg(rc == ATTND_OK, "%u given pages, %s: %s", n, async ? "async" : "sync",
+                          err.msg);
+            ck_assert_uint_eq(sp.n_chosen, n + 1);
+            for (uint32_t j = 0; j < n; j++)
+                ck_assert_uint_eq(ch[j], j);
+            ck_assert_uint_eq(ch[n], 12);
+            memcpy(st.out, big, st.out_bytes);
+            free(big);
+            cu_check_chosen(&g_s, &st, &sp, 1, &res);
+            cu_step_free(&st);
+        }
+    ck_assert_msg(res.max_err <= cu_bound(g_s.dt), "max error %g", res.max_err);
+    ck_assert_uint_eq(res.rows, 11 * 2 * g_s.m.n_q_heads);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("client_sparse");
@@ -212,6 +230,11 @@ static Suite *suite(void)
     tcase_add_test(tc, test_a_bad_policy_is_invalid_argument_naming_the_field);
     tcase_add_test(tc, test_bad_given_pages_are_invalid_argument_naming_the_field);
     suite_add_tcase(s, tc);
+    TCase *rv = tcase_create("rendezvous");
+    tcase_add_checked_fixture(rv, setup_rndv, teardown);
+    tcase_set_timeout(rv, 300);
+    tcase_add_test(rv, test_a_rendezvous_reply_with_chosen_pages_is_decoded_whatever_its_length);
+    suite_add_tcase(s, rv);
     return s;
 }
 

@@ -158,8 +158,8 @@ static void encode_all(built *b, uint8_t **gathered_p, uint8_t **written_p, uint
     attnd__client_attend_msg_cleanup(&msg);
 
     /* the gRPC form, from the same args (its request id is the next one) */
-    ck_assert_msg(attnd__client_attend_encode(b->c, &b->a, &bb, &dst, &err) == ATTND_OK, "%s",
-                  err.msg);
+    ck_assert_msg(attnd__client_attend_encode(b->c, &b->a, NULL, &bb, &dst, &err) == ATTND_OK,
+                  "%s", err.msg);
     ck_assert_uint_eq(grpc_byte_buffer_length(bb), n);
     *written_p = malloc(n ? n : 1);
     grpc_slice *sl = &bb->data.raw.slice_buffer.slices[0];

@@ -66,8 +66,10 @@ def python_readme_sparse_block() -> str:
 def test_the_python_readme_sparse_example_runs_and_attends_the_pages_it_reports(start_server):
     """client/python/README.md's sparse example against attnd --model
     llama3-8b: layer 0 reports a ninth of the 65 pages per KV head (sink and
-    newest included), and both layers' outputs equal float64 attention over
-    exactly those pages of their own KV (the example's arrays)."""
+    newest included), the async call on layer 2 reports the same pages, and
+    the four layers' outputs (blocking, given, async, stream) equal float64
+    attention over exactly those pages of their own KV (the example's
+    arrays)."""
     code = python_readme_sparse_block()
     assert '"127.0.0.1:7700"' in code, "the example's target changed: update this test"
     srv = start_server("--model", "llama3-8b", "--kv-memory", "1G")
@@ -75,6 +77,7 @@ def test_the_python_readme_sparse_example_runs_and_attends_the_pages_it_reports(
     exec(compile(code.replace('"127.0.0.1:7700"', repr(srv.target)), "client/python/README.md",
                  "exec"), ns)
     m, T, pages = ns["m"], ns["T"], ns["pages"]
+    assert ns["pages2"] == pages
     assert m.page_size == 64 and pages.groups == m.n_kv_heads and not pages.tokens
     n_pages = T // 64 + 1
     for g in range(m.n_kv_heads):
@@ -82,7 +85,8 @@ def test_the_python_readme_sparse_example_runs_and_attends_the_pages_it_reports(
         assert len(lst) == -(-n_pages // 8) and lst[0] == 0 and lst[-1] == n_pages - 1
     q = ns["q"][0].astype(np.float64)
     per = m.n_q_heads // m.n_kv_heads
-    for layer, out in ((0, ns["out0"]), (1, ns["out1"])):
+    for layer in range(4):
+        out = ns[f"out{layer}"]
         kv = np.concatenate([ns["prompt"][layer], ns["kv"][layer]])  # [T + 1, 2, Hkv, D]
         kv = attnd.from_bf16(attnd.to_bf16(kv.astype(np.float32))).astype(np.float64)
         for h in range(m.n_q_heads):

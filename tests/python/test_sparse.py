@@ -8,8 +8,11 @@ the test sent (reference.Mirror), over exactly the tokens the policy says:
 topk-pages with k = all pages equals dense; streaming equals dense over the
 sink and window pages; given pages / tokens equal dense over exactly those
 (and the newest token's page); the pages one layer returns, given to the
-next, reproduce its output (over gRPC and UCX). Bad policies, tables and indices raise the
-Error of their gRPC code naming the field.
+next, reproduce its output (over gRPC and UCX). The same through the
+pipelined forms (attend_async with two micro-batches in flight, and
+Stream.attend): a TidalDecode loop over every layer, and bad indices raising
+the blocking call's error. Bad policies, tables and indices raise the Error
+of their gRPC code naming the field.
 """
 
 from __future__ import annotations
@@ -272,3 +275,157 @@ def test_misuse_of_the_sparse_arguments_is_a_python_error_naming_it(client, rng)
                              chosen_capacity=8)
     assert out.shape == (1, client.model.n_q_heads, client.model.d_v)
     np.testing.assert_array_equal(sel.list(0), [0, 1, 2])  # and the newest token's page
+
+
+# ---- the pipelined forms: attend_async and Stream.attend ---------------------------
+
+
+def check_batch(seqs: Seqs, idx, layer: int, q, out, lse, sel) -> None:
+    """out / lse of sessions idx (the call's, in order) against float64
+    attention over exactly the lists sel reports for each."""
+    qv, ov, lv = wire_value(q), attnd.as_float32(out), attnd.as_float32(lse)
+    for j, i in enumerate(idx):
+        ro, rl = subset_ref(seqs.mirror, seqs.ids[i], layer, qv[j], sel.lists()[j], sel.tokens)
+        err = max_row_err(ov[j], ro)
+        assert err <= BOUND[seqs.dt], f"session {i} layer {layer}: out error {err}"
+        lerr = float(np.abs(lv[j] - rl).max() / max(1.0, np.abs(rl).max()))
+        assert lerr <= LSE_BOUND, f"session {i} layer {layer}: lse error {lerr}"
+
+
+def tidal_seqs(client, rng) -> Seqs:
+    """Four sessions, topk-pages (a quarter of the pages, a sink page) on
+    layer 0 and given-pages on every later layer, 300 tokens each."""
+    table = [attnd.PolicyRule(1, client.model.n_layers, attnd.Policy.given_pages())]
+    seqs = Seqs(client, 4, rng, policy="topk-pages,fraction=0.25,sink=16", policy_table=table)
+    seqs.prefill(300)
+    return seqs
+
+
+def tidal_pipeline(client, rng, form: str) -> None:
+    """TidalDecode pipelined over 2 decode steps: two micro-batches
+    (sessions 0-1 and 2-3). async: both always in flight; when micro-batch
+    A's layer l is waited, its layer l + 1 starts with the Selection A's
+    layer 0 returned while B's layer l is still out. stream: the same
+    requests in turn on one AttendStream. Layer 0 chooses a quarter of the
+    pages with the sink and the newest; every later layer attends exactly
+    those (it reports them back); every output equals float64 attention
+    over the pages reported."""
+    seqs = tidal_seqs(client, rng)
+    L = client.model.n_layers
+    batches = ([0, 1], [2, 3])
+    stream = client.stream() if form == "stream" else None
+
+    def start(k, layer, given):
+        idx = batches[k]
+        q, kv = seqs.make_q(2), seqs.make_kv(2)
+        pos = [seqs.mirror.length(seqs.ids[i], layer) for i in idx]
+        args = (layer, [seqs.sessions[i] for i in idx], q)
+        kw = dict(new_kv=kv, positions=pos, return_lse=True, given=given, return_pages=True)
+        if stream is not None:
+            return q, kv, stream.attend(*args, **kw)
+        return q, kv, client.attend_async(*args, **kw)
+
+    for step in range(2):
+        sel0 = [None, None]
+        pending = [start(k, 0, None) for k in (0, 1)] if stream is None else [None, None]
+        for layer in range(L):
+            for k in (0, 1):
+                if stream is not None:
+                    pending[k] = start(k, layer, sel0[k])
+                q, kv, res = pending[k]
+                out, lse, sel = res if stream is not None else res.wait()
+                seqs.record(batches[k], layer, kv)
+                assert isinstance(sel, attnd.Selection) and sel.n_seqs == 2 and not sel.tokens
+                if layer == 0:
+                    n = n_pages(seqs, batches[k][0], 0)
+                    for i in range(2):
+                        for g in range(sel.groups):
+                            lst = sel.list(i, g)
+                            assert len(lst) == max(-(-n // 4), 2)
+                            assert lst[0] == 0 and lst[-1] == n - 1  # sink, newest
+                    sel0[k] = sel
+                else:
+                    assert sel == sel0[k]  # exactly the pages given (the newest among them)
+                check_batch(seqs, batches[k], layer, q, out, lse, sel)
+                if stream is None and layer + 1 < L:
+                    pending[k] = start(k, layer + 1, sel0[k])
+    if stream is not None:
+        stream.close()
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("transport", ["grpc", "ucx"])
+@pytest.mark.parametrize("form", ["async", "stream"])
+def test_a_pipelined_tidaldecode_loop_gives_layer_0s_pages_to_every_later_layer(
+        start_server, connect, rng, model, transport, form):
+    """tidal_pipeline against a lone worker, gRPC and UCX."""
+    srv = start_server("--model", model, "--page-size", str(PS), "--ucx-listen", "auto")
+    client = connect(srv.target, transport=transport)
+    tidal_pipeline(client, rng, form)
+    assert client.stats().select_calls == 2 * 2  # layer 0 of both micro-batches, 2 steps
+
+
+@pytest.mark.parametrize("form", ["async", "stream"])
+def test_a_pipelined_tidaldecode_loop_on_a_head_sharded_group_equals_a_lone_worker(
+        start_group, connect, rng, form):
+    """tidal_pipeline through rank 1 of a 2-rank head-sharded tiny-gqa group
+    (each rank one KV head, selecting as a lone worker does)."""
+    g = start_group(2, "--model", "tiny-gqa", "--page-size", str(PS), "--shard", "head")
+    tidal_pipeline(connect(g.ranks[1].target), rng, form)
+
+
+def refusals(seqs: Seqs, layer: int, given, field: str):
+    """The same bad sparse Attend as a blocking call, an async call (raised
+    by its wait) and on a fresh stream: InvalidArgumentError naming field,
+    the same message from all three; the stream ends with it."""
+    q, kv = seqs.make_q(2), seqs.make_kv(2)
+    pos = [seqs.mirror.length(sid, layer) for sid in seqs.ids]
+    args, kw = (layer, seqs.sessions, q), dict(new_kv=kv, positions=pos, given=given)
+    e0 = expect(attnd.InvalidArgumentError, field, seqs.c.attend, *args, **kw)
+    call = seqs.c.attend_async(*args, **kw)  # sent: the server's refusal comes with the reply
+    e1 = expect(attnd.InvalidArgumentError, field, call.wait)
+    st = seqs.c.stream()
+    e2 = expect(attnd.InvalidArgumentError, field, st.attend, *args, **kw)
+    assert e0.message == e1.message == e2.message
+    e3 = expect(attnd.InvalidArgumentError, field, st.attend, *args, **kw)  # the stream ended
+    assert e3.message == e0.message
+    st.close()  # raises nothing more: the failure was raised already
+
+
+@pytest.mark.parametrize("transport", ["grpc", "ucx"])
+def test_bad_given_indices_raise_alike_from_attend_async_and_stream(start_server, connect, rng,
+                                                                     transport):
+    srv = start_server("--model", "tiny-gqa", "--page-size", str(PS), "--ucx-listen", "auto")
+    client = connect(srv.target, transport=transport)
+    L = client.model.n_layers
+    seqs = Seqs(client, 2, rng, policy=attnd.Policy.full(),
+                policy_table=[attnd.PolicyRule(1, L, attnd.Policy.given_pages())])
+    seqs.prefill(100)  # 7 pages once the step's token lands
+    refusals(seqs, 0, [[0, 1], [2]], "given_idx[0]")  # a full layer takes no indices
+    refusals(seqs, 1, [[3, 9], [1]], "given_idx[1]")  # out of range
+    refusals(seqs, 1, [[4, 2], [1]], "given_idx[1]")  # not ascending
+    refusals(seqs, 1, None, "given_idx")  # a given-pages layer without indices
+    refusals(seqs, 1, [[[1], [2], [3]], [[1], [2], [3]]], "given_groups")  # 2 KV heads
+    # refused before sending: a Python error naming the argument; the stream goes on
+    q = seqs.make_q(2)
+    expect(ValueError, "chosen_capacity", client.attend_async, 1, seqs.sessions, q,
+           given=[[1], [2]], return_pages=True)
+    with client.stream() as st:
+        expect(ValueError, "given[0]", st.attend, 1, seqs.sessions, q, given=[[-1], [2]])
+        # a reply larger than the chosen buffers: libattnd's error naming them
+        expect(attnd.InvalidArgumentError, "chosen_capacity", st.attend, 1, seqs.sessions, q,
+               given=[[1], [2]], return_pages=True, chosen_capacity=1)
+    expect(attnd.InvalidArgumentError, "chosen_capacity",
+           client.attend_async(1, seqs.sessions, q, given=[[1], [2]], return_pages=True,
+                               chosen_capacity=1).wait)
+    # nothing was appended: every session decodes on at position 100
+    for layer in range(L):
+        given = None if layer == 0 else [[1, 3], [0]]
+        q, out, lse, sel = decode(seqs, layer, given=given, return_pages=True)
+        want = [[np.arange(7)]] * 2 if layer == 0 else [[[1, 3, 6]], [[0, 6]]]
+        assert sel.groups == 1
+        for i in range(2):
+            np.testing.assert_array_equal(sel.list(i), want[i][0])
+        check_subset(seqs, layer, q, out, lse, lambda i: want[i] * client.model.n_kv_heads)
+    for sid in seqs.ids:
+        assert seqs.mirror.length(sid, 0) == 101

@@ -12,7 +12,10 @@ attnd.tensors). Failures raise attnd.Error subclasses carrying the gRPC
 status code and the server's message. Asynchronous calls: attend_async
 returns a Call to wait() or await; Client.stream() runs a decode loop over
 one AttendStream. Sparse attention: create_session(policy=attnd.Policy...,
-policy_table=[attnd.PolicyRule...]), attend(..., given=, return_pages=). Where libattnd.so is found: attnd._lib (ATTND_LIB first).
+policy_table=[attnd.PolicyRule...]), attend(..., given=, return_pages=),
+the same on attend_async and Stream.attend (the attnd.Selection a layer
+returns is given= to the next). Where libattnd.so is found: attnd._lib
+(ATTND_LIB first).
 """
 
 from ._lib import LibraryNotFoundError, library_path

@@ -263,10 +263,13 @@ _PROTOS = {
     "attnd_client_attend": (c_int, [_p, POINTER(AttendArgs), _E]),
     "attnd_client_attend_sparse": (c_int, [_p, POINTER(AttendArgs), POINTER(SparseArgs), _E]),
     "attnd_client_attend_async": (c_int, [_p, POINTER(AttendArgs), POINTER(_p), _E]),
+    "attnd_client_attend_sparse_async": (
+        c_int, [_p, POINTER(AttendArgs), POINTER(SparseArgs), POINTER(_p), _E]),
     "attnd_call_wait": (c_int, [_p, _E]),
     "attnd_call_wait_timed": (c_int, [_p, POINTER(ServerTiming), _E]),
     "attnd_client_stream_open": (c_int, [_p, POINTER(_p), _E]),
     "attnd_stream_attend": (c_int, [_p, POINTER(AttendArgs), _E]),
+    "attnd_stream_attend_sparse": (c_int, [_p, POINTER(AttendArgs), POINTER(SparseArgs), _E]),
     "attnd_stream_close": (c_int, [_p, _E]),
     "attnd_client_get_stats": (c_int, [_p, POINTER(Stats), POINTER(ModelInfo), _E]),
     "attnd_client_load_weights": (c_int, [_p, c_uint32, POINTER(Tensor), POINTER(c_uint64), _E]),

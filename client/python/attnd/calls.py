@@ -3,8 +3,9 @@
 Both hold a C handle that must be finished exactly once (attnd_call_wait /
 attnd_stream_close) and a slot in their client's in-flight count, which the
 finishing returns; Client.close() finishes those nobody finished. A Call
-keeps its Request (the output buffers the reply is written into) until the
-wait. Waiting is serialized by a per-object lock, so a Call or Stream may
+keeps its Request (the output buffers the reply is written into) and, for
+a sparse call, its SparseRequest (the given lists and the buffers the
+chosen lists are written into) until the wait. Waiting is serialized by a per-object lock, so a Call or Stream may
 be handed between threads.
 """
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 from . import _lib
 from ._request import QForm, Request, SessionLike
 from .errors import Error, make_error
+from .sparse import SparseRequest, sparse_request
 
 if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
@@ -45,12 +47,15 @@ class Call:
     client's executor and does not block the event loop. After a
     successful wait, ``timing`` holds the server's ServerTiming (None if
     it sent none). A Call nobody waited is waited when it is collected or
-    when its client closes."""
+    when its client closes. A sparse call (``given=`` / ``return_pages``)
+    returns its attnd.Selection last, as Client.attend does."""
 
-    def __init__(self, client: Client, handle: int, req: Request):
+    def __init__(self, client: Client, handle: int, req: Request,
+                 sparse: Optional[SparseRequest] = None):
         self._client = client
         self._h: Optional[int] = handle  # None once waited in C
         self._req: Optional[Request] = req
+        self._sparse: Optional[SparseRequest] = sparse
         self._lock = threading.Lock()
         self._result: Any = None
         self._exc: Optional[BaseException] = None
@@ -70,6 +75,7 @@ class Call:
             self._client._guard.leave()
             self._client._forget(self._client._calls, self)
         req, self._req = self._req, None
+        sp, self._sparse = self._sparse, None
         if st != 0:
             self._exc = make_error(st, err.msg.decode(errors="replace"))
             return
@@ -77,7 +83,7 @@ class Call:
             self.timing = ServerTiming(t.queue_ns, t.validate_ns, t.kernel_ns,
                                        t.fanout_ns, t.encode_ns)
         assert req is not None
-        self._result = req.results()
+        self._result = req.results() if sp is None else sp.results(req.results())
 
     def wait(self) -> Any:
         """Block until the reply; return what attend would (or raise its
@@ -128,20 +134,33 @@ class Stream:
                new_kv: Any = None, positions: Optional[Sequence[int]] = None,
                out_dtype: Any = None, return_lse: bool = False, up_project: bool = False,
                out: Any = None, lse: Any = None,
-               q_form: Union[QForm, int, str] = QForm.ABSORBED) -> Any:
-        """One request on the stream; see Client.attend."""
+               q_form: Union[QForm, int, str] = QForm.ABSORBED,
+               given: Any = None, return_pages: bool = False,
+               chosen_capacity: Optional[int] = None) -> Any:
+        """One request on the stream; arguments and result as Client.attend,
+        sparse ones included: ``given=`` an attnd.Selection (or lists) for
+        a given-pages / given-tokens layer, ``return_pages=True`` to get
+        the Selection attended last in the result. A request the server
+        refuses (bad given indices: InvalidArgumentError naming the field)
+        ends the stream."""
         req = Request(self._client, layer, sessions, q, new_kv, positions, out_dtype, return_lse,
                       up_project, out, lse, q_form)
+        sp = sparse_request(self._client, layer, sessions, q, req.args.n_seqs, given,
+                            return_pages, positions, new_kv is not None, chosen_capacity)
         err = _lib.Error()
         with self._lock:
             if self._h is None:
                 raise ValueError("attnd stream is closed")
-            st = self._client._L.attnd_stream_attend(self._h, ctypes.byref(req.args),
-                                                     ctypes.byref(err))
+            if sp is None:
+                st = self._client._L.attnd_stream_attend(self._h, ctypes.byref(req.args),
+                                                         ctypes.byref(err))
+            else:
+                st = self._client._L.attnd_stream_attend_sparse(
+                    self._h, ctypes.byref(req.args), ctypes.byref(sp.args), ctypes.byref(err))
             if st != 0:
                 self._failed = True
         _check(st, err)
-        return req.results()
+        return req.results() if sp is None else sp.results(req.results())
 
     def close(self) -> None:
         """Half-close and collect the final status (idempotent). Raises the

@@ -14,10 +14,12 @@ function of client/lib/include/attnd/client.h is reachable from here:
 | attnd_client_attend                 | Client.attend                        |
 | attnd_client_attend_sparse          | Client.attend(given=, return_pages=) |
 | attnd_client_attend_async           | Client.attend_async -> Call          |
+| attnd_client_attend_sparse_async    | attend_async(given=, return_pages=)  |
 | attnd_call_wait / _wait_timed       | Call.wait, await Call, Call.timing   |
 |                                     | (calls.py)                           |
 | attnd_client_stream_open            | Client.stream -> Stream              |
 | attnd_stream_attend / _close        | Stream.attend, Stream.close, with    |
+| attnd_stream_attend_sparse          | Stream.attend(given=, return_pages=) |
 | attnd_client_get_stats              | Client.stats, Client.model           |
 | attnd_client_load_weights           | Client.load_weights                  |
 | attnd_client_load_mla_weights       | Client.load_weights(w_uk=...)        |
@@ -45,7 +47,7 @@ from .errors import Error, make_error
 from .tensors import DType, as_wire
 from ._request import QForm, Request, SessionLike
 from .calls import Call, Stream
-from .sparse import PolicyLike, PolicyRule, SessionPolicy, SparseRequest, session_policy
+from .sparse import PolicyLike, PolicyRule, SessionPolicy, session_policy, sparse_request
 
 
 class Transport(enum.IntEnum):
@@ -485,6 +487,7 @@ class Client:
         attnd.Selection, or per session a list, or a list per KV head);
         return_pages: also return what was attended, an attnd.Selection
         sized from positions, else from chosen_capacity (entries).
+        attend_async and Stream.attend take the same sparse arguments.
 
         Returns out ([n, (S,) Hq, d_v], numpy or torch like q), or
         (out, lse) with return_lse (lse float32 [n, (S,) Hq], natural log),
@@ -493,49 +496,59 @@ class Client:
         """
         req = Request(self, layer, sessions, q, new_kv, positions, out_dtype, return_lse,
                       up_project, out, lse, q_form)
+        sp = sparse_request(self, layer, sessions, q, req.args.n_seqs, given, return_pages,
+                            positions, new_kv is not None, chosen_capacity)
         err = _lib.Error()
-        if given is None and not return_pages:
-            with self._guard:
+        with self._guard:
+            if sp is None:
                 st = self._L.attnd_client_attend(self._h, ctypes.byref(req.args),
                                                  ctypes.byref(err))
-            _check(st, err)
-            return req.results()
-        shape = getattr(q, "shape", ())
-        sp = SparseRequest(self.model, layer, sessions, req.args.n_seqs,
-                           int(shape[1]) if len(shape) == 4 else 1, given, return_pages,
-                           positions, new_kv is not None, chosen_capacity)
-        with self._guard:
-            st = self._L.attnd_client_attend_sparse(self._h, ctypes.byref(req.args),
-                                                    ctypes.byref(sp.args), ctypes.byref(err))
+            else:
+                st = self._L.attnd_client_attend_sparse(self._h, ctypes.byref(req.args),
+                                                        ctypes.byref(sp.args), ctypes.byref(err))
         _check(st, err)
-        res = req.results()
-        if not return_pages:
-            return res
-        return (*res, sp.chosen()) if isinstance(res, tuple) else (res, sp.chosen())
+        return req.results() if sp is None else sp.results(req.results())
 
     def attend_async(self, layer: int, sessions: Union[SessionLike, Sequence[SessionLike]],
                      q: Any, *, new_kv: Any = None, positions: Optional[Sequence[int]] = None,
                      out_dtype: Any = None, return_lse: bool = False, up_project: bool = False,
                      out: Any = None, lse: Any = None,
-                     q_form: Union[QForm, int, str] = QForm.ABSORBED) -> "Call":
+                     q_form: Union[QForm, int, str] = QForm.ABSORBED,
+                     given: Any = None, return_pages: bool = False,
+                     chosen_capacity: Optional[int] = None) -> "Call":
         """Start an Attend (arguments as attend) and return at once: the
-        request is sent before this returns, so q and new_kv may be reused.
-        Get the result with ``call.wait()`` or ``await call``."""
+        request is sent before this returns, so q, new_kv and the given
+        lists may be reused. Get the result with ``call.wait()`` or
+        ``await call``: what attend returns, the attnd.Selection last with
+        return_pages (each call has its own buffers for it, so several may
+        be in flight). Pipelined TidalDecode: start layer 0 of a
+        micro-batch with return_pages, wait it while others run, and start
+        its later layers with ``given=`` that Selection. A server refusal
+        (bad given indices: InvalidArgumentError naming the field, as from
+        attend) is raised by the wait; what libattnd refuses before
+        sending is raised here."""
         req = Request(self, layer, sessions, q, new_kv, positions, out_dtype, return_lse,
                       up_project, out, lse, q_form)
+        sp = sparse_request(self, layer, sessions, q, req.args.n_seqs, given, return_pages,
+                            positions, new_kv is not None, chosen_capacity, own_buffers=True)
         h = ctypes.c_void_p()
         err = _lib.Error()
         self._guard.enter()
         try:
-            st = self._L.attnd_client_attend_async(self._h, ctypes.byref(req.args),
-                                                   ctypes.byref(h), ctypes.byref(err))
+            if sp is None:
+                st = self._L.attnd_client_attend_async(self._h, ctypes.byref(req.args),
+                                                       ctypes.byref(h), ctypes.byref(err))
+            else:
+                st = self._L.attnd_client_attend_sparse_async(
+                    self._h, ctypes.byref(req.args), ctypes.byref(sp.args), ctypes.byref(h),
+                    ctypes.byref(err))
         except BaseException:
             self._guard.leave()
             raise
         if st != 0:
             self._guard.leave()
             _check(st, err)
-        call = Call(self, h.value, req)
+        call = Call(self, h.value, req, sp)
         with self._reg_lock:
             self._calls[id(call)] = call
         return call

@@ -25,9 +25,12 @@ from ``positions`` (each session's layer holds positions[i] + S tokens after
 the append, so no list holds more pages than that makes, or more tokens
 when a given-tokens layer may be in the batch: a session's policy says so,
 or a session named by id alone, whose policy is not known here), or from
-``chosen_capacity`` (entries of all lists together). The buffers are the
-calling thread's, kept and grown across calls (the sparse Attend is
-synchronous), and the reply is copied out of them at its real size.
+``chosen_capacity`` (entries of all lists together). For the synchronous
+forms (Client.attend, Stream.attend) the buffers are the calling thread's,
+kept and grown across calls, and the reply is copied out of them at its
+real size; an async call (Client.attend_async) has buffers of its own
+(``own_buffers``), since several may be in flight on one thread, and its
+Call hands them out as the Selection at the wait.
 """
 
 from __future__ import annotations
@@ -338,7 +341,7 @@ class SparseRequest:
 
     def __init__(self, model: Any, layer: int, sessions: Any, n_seqs: int, q_tokens: int,
                  given: Any, return_pages: bool, positions: Optional[Sequence[int]],
-                 appends: bool, chosen_capacity: Optional[int]):
+                 appends: bool, chosen_capacity: Optional[int], own_buffers: bool = False):
         s = _lib.SparseArgs()
         keep: list = []
         if given is not None:
@@ -365,7 +368,11 @@ class SparseRequest:
                 raise ValueError("chosen_capacity: return_pages needs positions= (each "
                                  "session's length bounds its lists) or chosen_capacity= "
                                  "(entries of all lists together)")
-            self._ip, self._ch = _chosen_buffers(n_seqs * groups + 1, max(cap, 1))
+            if own_buffers:  # an async call's: written at its wait, whatever runs between
+                self._ip = np.empty(n_seqs * groups + 1, np.uint32)
+                self._ch = np.empty(max(cap, 1), np.uint64)
+            else:
+                self._ip, self._ch = _chosen_buffers(n_seqs * groups + 1, max(cap, 1))
             s.return_pages = 1
             s.chosen_indptr = self._ip.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
             s.chosen_indptr_capacity = n_seqs * groups + 1
@@ -380,3 +387,24 @@ class SparseRequest:
         assert self._ip is not None and self._ch is not None
         return Selection(s.chosen_groups, self._ip[:s.n_chosen_lists + 1].copy(),
                          self._ch[:s.n_chosen].copy(), bool(s.chosen_tokens))
+
+    def results(self, res: Any) -> Any:
+        """A call's value (out, or (out, lse)) with the Selection appended
+        when it asked for return_pages."""
+        if not self.args.return_pages:
+            return res
+        return (*res, self.chosen()) if isinstance(res, tuple) else (res, self.chosen())
+
+
+def sparse_request(client: Any, layer: int, sessions: Any, q: Any, n_seqs: int, given: Any,
+                   return_pages: bool, positions: Optional[Sequence[int]], appends: bool,
+                   chosen_capacity: Optional[int], own_buffers: bool = False
+                   ) -> Optional[SparseRequest]:
+    """The SparseRequest of an Attend, or None when it has no sparse
+    arguments (then the plain C call is made)."""
+    if given is None and not return_pages:
+        return None
+    shape = getattr(q, "shape", ())
+    return SparseRequest(client.model, layer, sessions, n_seqs,
+                         int(shape[1]) if len(shape) == 4 else 1, given, return_pages,
+                         positions, appends, chosen_capacity, own_buffers)

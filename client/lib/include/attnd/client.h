@@ -261,7 +261,8 @@ attnd_status attnd_stream_close(attnd_stream *s, attnd_error *err);
  * topk_pages, or topk_fraction of the, pages whose key bounds score best,
  * with the sink pages and those of the newest tokens), _GIVEN_PAGES /
  * _GIVEN_TOKENS (the pages or tokens each Attend names:
- * attnd_client_attend_sparse). Rules override the default for layers
+ * attnd_client_attend_sparse, its async form, attnd_stream_attend_sparse).
+ * Rules override the default for layers
  * [layer_begin, layer_end) and, GQA only, KV heads [head_begin, head_end)
  * (0, 0: all); later rules win. Bad policies: INVALID_ARGUMENT naming the
  * field (policy.window, policy_table[2].head_end, ...). */
@@ -319,8 +320,30 @@ typedef struct attnd_sparse_args {
 } attnd_sparse_args;
 
 /* attnd_client_attend with sparse arguments (s NULL: the same as it), over
- * gRPC or UCX, whichever the client uses. */
+ * gRPC or UCX, whichever the client uses. A NULL given_indptr (given_groups
+ * > 0), given_idx (n_given_idx > 0) or chosen buffer (capacity > 0) is
+ * INVALID_ARGUMENT naming it, before anything is sent. */
 attnd_status attnd_client_attend_sparse(attnd_client *c, const attnd_attend_args *a,
+                                        attnd_sparse_args *s, attnd_error *err);
+
+/* attnd_client_attend_async with sparse arguments (s NULL: the same as
+ * it), over gRPC or UCX. The given lists are copied into the request
+ * before this returns (like q, they may be reused at once); the chosen
+ * lists and s's result fields are written by attnd_call_wait, so *s and
+ * its chosen buffers must stay valid, and untouched, until then (one
+ * attnd_sparse_args per call in flight). A pipelined TidalDecode step:
+ * start layer l of micro-batch A with return_pages, start other work, wait
+ * A, start layer l + 1 of A with A's chosen lists as its given lists. */
+attnd_status attnd_client_attend_sparse_async(attnd_client *c, const attnd_attend_args *a,
+                                              attnd_sparse_args *s, attnd_call **call_p,
+                                              attnd_error *err);
+
+/* attnd_stream_attend with sparse arguments (s NULL: the same as it), over
+ * gRPC (the AttendStream call) or UCX. As there, a request the server
+ * refuses (bad given indices: INVALID_ARGUMENT naming the field, as
+ * attnd_client_attend_sparse) ends the stream; one refused here before
+ * sending does not. */
+attnd_status attnd_stream_attend_sparse(attnd_stream *st, const attnd_attend_args *a,
                                         attnd_sparse_args *s, attnd_error *err);
 
 typedef struct attnd_stats {
