@@ -2,14 +2,22 @@
  *
  * Writers reserve a record in the current of two buffers under one mutex
  * (a header and room for the payload, its LSN assigned), fill the payload
- * and checksum it outside the lock, and finish. A flusher thread seals the
- * current buffer, waits for its writers to finish, and writes it to the
- * segment file with one io_uring submission (the write linked to an
- * fdatasync), while writers fill the other buffer; then it publishes how
- * far the log is durable. It flushes when a caller waits (sync mode: one
- * flush serves every caller waiting, the group commit), when the oldest
- * record of the buffer is `window` old (batch mode), or when the buffer is
- * half full.
+ * outside the lock, and finish. A flusher thread seals the current buffer,
+ * waits for its writers to finish, and writes it to the segment file with
+ * one io_uring submission (the write linked to an fdatasync), while
+ * writers fill the other buffer; then it publishes how far the log is
+ * durable. It flushes when a caller waits (sync mode: one flush serves
+ * every caller waiting, the group commit), when the oldest record of the
+ * buffer is `window` old (batch mode), or when the buffer is half full.
+ *
+ * Who checksums a record: in sync mode its writer (callers wait for the
+ * flush anyway, and checksum in parallel); in batch mode the flusher,
+ * after sealing the buffer and before writing it, so an AppendKV's reply
+ * does not wait for the CRC of its KV (engine-level append of a 256 KiB
+ * chunk, p50 on the 2-vCPU development VM: 56 -> 41 us; 23 us without a
+ * log). Either way no record reaches the file without its CRC, and a
+ * reply never precedes its record's place in the buffer: the order and
+ * the window are those of the reservations.
  *
  * Segments are preallocated (fallocate) when the log moves into them, and
  * a record never spans two: a record that does not fit ends the segment
@@ -362,14 +370,18 @@ attnd_status attnd__wal_reserve(attnd__wal *w, uint16_t type, attnd__wtxn *tx, s
         if (closes)
             txn_unlink(tx);
     }
-    if (b->used == 0) {
+    const int first = b->used == 0;
+    if (first)
         b->t_first = attnd_clock_ms();
-        pthread_cond_signal(&w->flush_cv); /* batch: the window starts now */
-    }
     b->used += sz;
     b->writers++;
     w->next_lsn += sz;
     pthread_mutex_unlock(&w->mu);
+    /* batch: the window starts now. Signalled after the unlock, so the
+     * flusher does not wake only to wait for mu; no wakeup is lost: it
+     * looks at `used` under mu before it waits. */
+    if (first)
+        pthread_cond_signal(&w->flush_cv);
     r->hdr = h;
     r->payload = h + 1;
     r->lsn = h->lsn;
@@ -381,7 +393,11 @@ attnd_status attnd__wal_reserve(attnd__wal *w, uint16_t type, attnd__wtxn *tx, s
 void attnd__wal_finish(attnd__wal *w, attnd__wrec *r)
 {
     attnd__wrec_hdr *h = r->hdr;
-    h->crc = attnd__crc32c(0, (char *)h + 8, sizeof *h - 8 + h->len);
+    /* batch: the flusher checksums the record (crc_sealed) once it seals
+     * the buffer, off the caller's reply path; sync: the caller waits for
+     * the flush anyway, and writers checksum in parallel */
+    if (w->mode != ATTND_ENGINE_DURABLE_BATCH)
+        h->crc = attnd__crc32c(0, (char *)h + 8, sizeof *h - 8 + h->len);
     wbuf *b = r->buf;
     pthread_mutex_lock(&w->mu);
     if (--b->writers == 0 && b->sealed)
@@ -404,6 +420,25 @@ attnd_status attnd__wal_wait(attnd__wal *w, uint64_t lsn, attnd_error *err)
                              "durable log: %s; this change may not survive a restart", w->why);
     pthread_mutex_unlock(&w->mu);
     return st;
+}
+
+/* Batch mode: checksum the records of sealed buffer b that their writers
+ * left without one (crc 0: attnd__wal_finish; reserve zeroed it). Called
+ * by the flusher without mu, once b's writers are done and before b is
+ * written, so no record reaches the file without its CRC. The records run
+ * from data[0] without gaps; a SEGEND's zeros end them. A record whose
+ * CRC happens to be 0 is checksummed again, to the same 0. */
+static void crc_sealed(wbuf *b)
+{
+    for (size_t off = 0; off + sizeof(attnd__wrec_hdr) <= b->used;) {
+        attnd__wrec_hdr *h = (attnd__wrec_hdr *)(b->data + off);
+        if (h->magic != ATTND__WAL_MAGIC)
+            break;
+        ATTND_ASSERT(off + rec_size(h->len) <= b->used);
+        if (h->crc == 0)
+            h->crc = attnd__crc32c(0, (char *)h + 8, sizeof *h - 8 + h->len);
+        off += rec_size(h->len);
+    }
 }
 
 /* Write len bytes at off of fd and fdatasync it: one submission. */
@@ -491,6 +526,8 @@ static void *flusher_main(void *arg)
         while (o->writers > 0)
             pthread_cond_wait(&w->flush_cv, &w->mu);
         pthread_mutex_unlock(&w->mu);
+        if (w->mode == ATTND_ENGINE_DURABLE_BATCH)
+            crc_sealed(o);
         int r = o->used ? write_sync(w, o->fd, o->data, o->used, o->file_off) : 0;
         if (r == 0 && o->ends_seg)
             close(o->fd);

@@ -3,13 +3,14 @@
 # throughput beside fio with the same pattern and directory, decode latency
 # from memory and from disk (prefetch on/off), the resident hot path with
 # and without a tier, and AppendKV / Attend latency with --durable off, sync
-# and batch. Rounds alternate the compared runs; medians are printed.
+# and batch (one after the other, and three workers at once, their calls
+# interleaved). Rounds alternate the compared runs; medians are printed.
 #
 #   worker/bench/tiers_bench.sh BUILD_DIR DIR [ROUNDS]
 #
 # BUILD_DIR: a build with attnd, attnd-bench and attnd-tier-bench; DIR: a
 # directory on the disk to measure (emptied). Needs fio and python3.
-# TIERS_BENCH_ONLY="1 4" runs only those sections.
+# TIERS_BENCH_ONLY="1 4" runs only those sections (6 needs attnd-append-ab).
 set -euo pipefail
 
 build=${1:?usage: tiers_bench.sh BUILD_DIR DIR [ROUNDS]}
@@ -18,13 +19,14 @@ rounds=${3:-3}
 tb=$build/worker/attnd-tier-bench
 attnd=$build/service/attnd
 bench=$build/client/bench/attnd-bench
+ab=$build/client/bench/attnd-append-ab
 command -v fio >/dev/null || { echo "tiers_bench: fio is needed (apt-get install fio)" >&2; exit 3; }
 for p in "$tb" "$attnd" "$bench"; do [ -x "$p" ] || { echo "tiers_bench: no $p" >&2; exit 3; }; done
 mkdir -p "$dir"
 out=$(mktemp -d)
-trap 'rm -rf "$out"; rm -rf "$dir"/fio.dat "$dir"/kv "$dir"/tb' EXIT
+trap 'rm -rf "$out"; rm -rf "$dir"/fio.dat "$dir"/kv "$dir"/kv-off "$dir"/kv-sync "$dir"/kv-batch "$dir"/tb' EXIT
 
-only="${TIERS_BENCH_ONLY:-1 2 3 4 5}"
+only="${TIERS_BENCH_ONLY:-1 2 3 4 5 6}"
 run() { case " $only " in *" $1 "*) return 0 ;; esac; return 1; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 echo "tiers_bench: $(date -u +%F), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), dir $dir ($(stat -f -c %T "$dir"))"
@@ -113,5 +115,36 @@ echo "== engine-level appends by --durable (attnd-tier-bench append, llama3-8b)"
 for tok in 64 1; do
   rm -rf "$dir/tb"; mkdir -p "$dir/tb"
   "$tb" append --dir "$dir/tb" --tokens $tok --iters 400 2>/dev/null | sed 's/^/  /'
+done
+fi
+
+# ---- 6. AppendKV by --durable, interleaved ----------------------------------------
+if run 6; then
+[ -x "$ab" ] || { echo "tiers_bench: no $ab" >&2; exit 3; }
+echo
+echo "== AppendKV latency by --durable, three workers at once, one call to each in turn (attnd-append-ab: 64 tokens a call, 256 calls to each a round)"
+pids=(); targets=()
+for mode in off sync batch; do
+  rm -rf "$dir/kv-$mode"
+  pf=$(mktemp -u)
+  "$attnd" --model llama3-8b --listen 127.0.0.1:0 --port-file "$pf" --kv-memory 1Gi \
+    --kv-dir "$dir/kv-$mode" --durable=$mode --durable-window-ms 1 > "$out/attnd-$mode.log" 2>&1 &
+  pids+=($!)
+  for i in $(seq 300); do [ -s "$pf" ] && break; sleep 0.1; done
+  targets+=("127.0.0.1:$(cat "$pf")"); rm -f "$pf"
+done
+"$ab" 256 64 16 "${targets[@]}" > /dev/null # a round not counted: the pools' first touch
+for r in $(seq "$rounds"); do
+  "$ab" 256 64 16 "${targets[@]}" | awk -v r=$r '{print r, $0}' >> "$out/ab"
+done
+kill "${pids[@]}"; wait "${pids[@]}" || true
+rm -rf "$dir"/kv-off "$dir"/kv-sync "$dir"/kv-batch
+i=0
+for mode in off sync batch; do
+  t=${targets[$i]}; i=$((i + 1))
+  p50=$(awk -v t="target=$t" '$2==t {sub("p50_us=", "", $4); print $4}' "$out/ab" | median)
+  p99=$(awk -v t="target=$t" '$2==t {sub("p99_us=", "", $6); print $6}' "$out/ab" | median)
+  all=$(awk -v t="target=$t" '$2==t {sub("p50_us=", "", $4); printf "%s ", $4}' "$out/ab")
+  printf "  %-6s AppendKV p50 %7.1f us  p99 %8.1f us   (p50 of each round: %s)\n" "$mode" "$p50" "$p99" "$all"
 done
 fi
