@@ -330,6 +330,7 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
         .q = b->q,
         .kv = &e->layout,
         .bounds = e->bounds,
+        .bounds8 = e->bounds8, /* the CPU kernels' (the GPU reads bf16 bounds) */
         .bounds_pages = e->pool.n_pages,
         .cand_idx = w->cand,
         .sel_pages = w->pidx,
@@ -356,8 +357,9 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
     attnd_status st = attnd_kernel_select_parallel(e->kpool, &sb, err);
     if (st)
         return st;
-    uint64_t bytes = 0;
-    const uint64_t per = (uint64_t)attnd_kernel_kv_bounds_elems(&e->layout) * 2 / (uint64_t)G;
+    uint64_t bytes = 0; /* the compact bounds of every candidate */
+    const uint64_t per = (uint64_t)attnd_kernel_kv_bounds8_row(&e->layout) *
+                         (uint64_t)e->layout.n_kv_heads / (uint64_t)G;
     for (int32_t k = 0; k < n_sel; k++) {
         const attnd_kernel_select_list *sl = &w->sel[k];
         for (int32_t j = 0; j < sl->keep; j++)

@@ -2,10 +2,16 @@
  * streaming eviction.
  *
  * Bounds live in one array beside the pool, indexed by physical page
- * ([Hkv][n_pages][2][d_k] bf16, attnd_kernel_kv_bounds_at): address space reserved at start
- * (MAP_NORESERVE) and filled in only by layers with a topk-pages head, so
- * a server without such sessions commits none of it (at most 1/32 of the
- * pool for MLA pages of 64 tokens, 1/64 for GQA). They are folded in from
+ * ([Hkv][n_pages][2][d_k] bf16, attnd_kernel_kv_bounds_at), followed in
+ * the same mapping by their compact 8-bit form ([Hkv][n_pages] rows of
+ * attnd_kernel_kv_bounds8_row bytes), which the CPU selection reads (half
+ * the bytes: SPARSE.md, "Speed"). The compact rows of a page are made
+ * again from its bf16 bounds whenever those change (bounds_changed,
+ * below), so the tiers and recovery move and rebuild bf16 bounds only. The
+ * address space is reserved at start (MAP_NORESERVE) and filled in only
+ * by layers with a topk-pages head, so a server without such sessions
+ * commits none of it (at most 1/32 + 1/64 of the pool for MLA pages of 64
+ * tokens, 1/64 + 1/124 for GQA with d_k 128). They are folded in from
  * the wire entries as attnd__engine_write stores them (both backends: the
  * GPU's selection reads a copy), a page's bounds starting over when its
  * first slot is written, so a page reused from the pool never carries old
@@ -39,14 +45,17 @@
 
 attnd_status attnd__sparse_engine_init(attnd_engine *e, attnd_error *err)
 {
-    size_t bytes =
+    size_t b16 =
             attnd_kernel_kv_bounds_elems(&e->layout) * sizeof(uint16_t) * (size_t)e->pool.n_pages;
+    size_t bytes = b16 + attnd_kernel_kv_bounds8_row(&e->layout) *
+                                 (size_t)e->layout.n_kv_heads * (size_t)e->pool.n_pages;
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                    -1, 0);
     if (p == MAP_FAILED)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "kv_memory: cannot map %zu bytes of page key bounds", bytes);
     e->bounds = p;
+    e->bounds8 = (uint8_t *)p + b16;
     e->bounds_map_bytes = bytes;
     return ATTND_OK;
 }
@@ -56,6 +65,7 @@ void attnd__sparse_engine_cleanup(attnd_engine *e)
     if (e->bounds)
         munmap(e->bounds, e->bounds_map_bytes);
     e->bounds = NULL;
+    e->bounds8 = NULL;
     e->bounds_map_bytes = 0;
 }
 
@@ -64,6 +74,14 @@ void attnd__session_layer_res(const attnd__session *s, int32_t layer, int64_t *r
 {
     *res_p = s->sparse->res[layer];
     *holes_p = attnd__sparse_holes(s->sparse, layer, s->page_size);
+}
+
+/* Page pg's bf16 bounds changed: make its compact ones again, and keep
+ * the GPU's copy (the GPU's selection reads bf16 bounds of its own). */
+static attnd_status bounds_changed(attnd_engine *e, int32_t pg, attnd_error *err)
+{
+    attnd_kernel_kv_bounds8_make(&e->layout, e->bounds, e->bounds8, e->pool.n_pages, pg);
+    return e->gpu ? attnd__gpu_bounds_upload(e->gpu, e->bounds, pg, err) : ATTND_OK;
 }
 
 attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
@@ -82,11 +100,9 @@ attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_
             attnd_kernel_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
         attnd_kernel_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype,
                                    src);
-        if (e->gpu) { /* the GPU's selection reads its own copy */
-            attnd_status st = attnd__gpu_bounds_upload(e->gpu, e->bounds, pg, err);
-            if (st)
-                return st;
-        }
+        attnd_status st = bounds_changed(e, pg, err);
+        if (st)
+            return st;
         src += cnt * src_bytes;
         t += cnt;
     }
@@ -169,8 +185,7 @@ attnd_status attnd__sparse_bounds_rebuild(attnd_engine *e, const attnd__session 
                    src + (size_t)(h * l->k_head_stride + t * l->k_token_stride) * ds, kb);
     attnd_kernel_kv_bounds_reset(l, e->bounds, e->pool.n_pages, page);
     attnd_kernel_kv_bounds_add(l, e->bounds, e->pool.n_pages, page, n, l->dtype, wire);
-    if (e->gpu)
-        st = attnd__gpu_bounds_upload(e->gpu, e->bounds, page, err);
+    st = bounds_changed(e, page, err);
 out:
     free(wire);
     free(copy);
@@ -217,5 +232,5 @@ attnd_status attnd__sparse_bounds_in(attnd_engine *e, const attnd__session *s, i
     for (int32_t h = 0; h < l->n_kv_heads; h++)
         memcpy(e->bounds + attnd_kernel_kv_bounds_at(l, e->pool.n_pages, h, page),
                src + (size_t)h * row, row * sizeof(uint16_t));
-    return e->gpu ? attnd__gpu_bounds_upload(e->gpu, e->bounds, page, err) : ATTND_OK;
+    return bounds_changed(e, page, err);
 }

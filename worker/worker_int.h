@@ -341,8 +341,12 @@ struct attnd_engine {
     atomic_uint_fast64_t sessions_expired, pages_expired;
     /* sparse policies (sparse*.c): key bounds of every page, reserved
      * address space that fills in as topk-pages layers write pages
-     * ([n_pages][attnd_kernel_kv_bounds_elems] bf16), and the counters of stats */
+     * ([n_pages][attnd_kernel_kv_bounds_elems] bf16), their compact 8-bit
+     * form the CPU selection reads (bounds8: attnd_kernel_kv_bounds8_row
+     * bytes per page and KV head, made from bounds whenever they change;
+     * in the same mapping, after bounds), and the counters of stats */
     uint16_t *bounds;
+    uint8_t *bounds8;
     size_t bounds_map_bytes;
     atomic_uint_fast64_t kv_bytes_dense, select_bytes, select_ns, select_calls, pages_evicted;
     int32_t select_head_agg; /* query heads summed per scoring row (config's, resolved) */

@@ -9,8 +9,15 @@
  * stored key whatever the KV dtype. NaN keys are ignored (they compare
  * false: they cannot make a page look better or worse than its finite keys); an
  * infinite key makes its bound infinite, and the page's score then NaN or
- * infinite, which selection treats as +inf (always chosen). */
+ * infinite, which selection treats as +inf (always chosen).
+ *
+ * The compact (8-bit) bounds the CPU selection reads are made from the
+ * bf16 ones page by page (attnd_kernel_kv_bounds8_make), in float64 with a
+ * power-of-two step so that every step is exact: the codes are floors and
+ * ceilings of exact quotients, and the bounds they stand for are exact
+ * float32 values at or outside the bf16 ones. */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "attnd_kernels.h"
@@ -115,4 +122,68 @@ void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bound
             lo[l->d_k + d] = bf16_up(fhi[j]);
         }
     }
+}
+
+size_t attnd_kernel_kv_bounds8_row(const attnd_kernel_kv_layout *l)
+{
+    return (2 * sizeof(float) + 2 * (size_t)l->d_k + 7) / 8 * 8;
+}
+
+/* A row of compact bounds whose every score is NaN (always chosen). */
+static void bounds8_unbounded(uint8_t *row, int32_t dk)
+{
+    const float off = 0.0f, step = NAN;
+    memcpy(row, &off, sizeof off);
+    memcpy(row + sizeof off, &step, sizeof step);
+    memset(row + 2 * sizeof(float), 0, 2 * (size_t)dk);
+}
+
+/* One KV head's compact bounds from its bf16 lo and hi rows. */
+static void bounds8_row_make(const uint16_t *lo, int32_t dk, uint8_t *row)
+{
+    double m = INFINITY, M = -INFINITY;
+    for (int32_t d = 0; d < dk; d++) {
+        double l = attnd_dtype_bf16_to_f32(lo[d]), h = attnd_dtype_bf16_to_f32(lo[dk + d]);
+        if (!isfinite(l) || !isfinite(h) || fabs(l) >= 0x1p100 || fabs(h) >= 0x1p100) {
+            bounds8_unbounded(row, dk);
+            return;
+        }
+        m = l < m ? l : m;
+        M = h > M ? h : M;
+    }
+    /* the smallest power-of-two step whose 256 codes span [m, M] from a
+     * multiple of it, at least 2^-16 of the largest magnitude (so the
+     * offset's multiple stays below 2^17) and a normal float */
+    const double mag = fabs(m) > fabs(M) ? fabs(m) : fabs(M);
+    double want = (M - m) / 255.0 > mag * 0x1p-16 ? (M - m) / 255.0 : mag * 0x1p-16;
+    int e = -126;
+    if (want > 0x1p-126) {
+        (void)frexp(want, &e); /* 2^(e-1) <= want < 2^e */
+        if (ldexp(1.0, e - 1) >= want)
+            e--;
+    }
+    double s, k;
+    for (;; e++) {
+        s = ldexp(1.0, e);
+        k = floor(m / s);
+        if (ceil(M / s) - k <= 255.0)
+            break;
+    }
+    const float off = (float)(k * s), step = (float)s; /* both exact */
+    memcpy(row, &off, sizeof off);
+    memcpy(row + sizeof off, &step, sizeof step);
+    uint8_t *cl = row + 2 * sizeof(float), *ch = cl + dk;
+    for (int32_t d = 0; d < dk; d++) {
+        double l = attnd_dtype_bf16_to_f32(lo[d]), h = attnd_dtype_bf16_to_f32(lo[dk + d]);
+        cl[d] = (uint8_t)(floor(l / s) - k); /* off + step cl <= l */
+        ch[d] = (uint8_t)(ceil(h / s) - k);  /* off + step ch >= h */
+    }
+}
+
+void attnd_kernel_kv_bounds8_make(const attnd_kernel_kv_layout *l, const uint16_t *bounds,
+                                  uint8_t *bounds8, int64_t bounds_pages, int64_t p)
+{
+    for (int32_t h = 0; h < l->n_kv_heads; h++)
+        bounds8_row_make(bounds + attnd_kernel_kv_bounds_at(l, bounds_pages, h, p), l->d_k,
+                         bounds8 + attnd_kernel_kv_bounds8_at(l, bounds_pages, h, p));
 }

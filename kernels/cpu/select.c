@@ -16,7 +16,11 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
+#include "attnd_assert.h"
 #include "cpu_int.h"
 #include "select_int.h"
 
@@ -74,11 +78,11 @@ static float *list_ub(const attnd_kernel_select_batch *b, const attnd_kernel_sel
 int64_t attnd_kernel_select_prepare(attnd_kernel_select_batch *b, attnd_error *err)
 {
     const attnd_kernel_kv_layout *l = b->kv;
-    if (!l || (b->n_lists > 0 && (!b->lists || !b->q || !b->bounds || !b->cand_idx ||
-                                  !b->sel_pages)))
+    if (!l || (b->n_lists > 0 && (!b->lists || !b->q || (!b->bounds && !b->bounds8) ||
+                                  !b->cand_idx || !b->sel_pages)))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "select: kv, lists, q, bounds, cand_idx and sel_pages are "
-                               "required"),
+                               "select: kv, lists, q, bounds (or bounds8), cand_idx and "
+                               "sel_pages are required"),
                -1;
     const int32_t lg = b->list_groups > 1 ? b->list_groups : 1;
     if (b->n_lists < 0 || b->q_tokens < 1 || l->n_kv_heads < 1 || b->n_q_heads < 1 ||
@@ -156,6 +160,59 @@ void attnd__select_q_row(const attnd_kernel_select_batch *b, int32_t seq, int32_
         }
 }
 
+/* The int8 query of one row x (dk floats) for compact bounds (select_int.h):
+ * sq at or above max |x| / 127, every element rounded up to a multiple of
+ * it (checked exactly in float64), lo part (x < 0) then hi part (x > 0). */
+static void pack_row8(const float *x, int32_t dk, float *sq_p, float *sum_p, int8_t *qi)
+{
+    float mx = 0.0f, sum = 0.0f;
+    for (int32_t d = 0; d < dk; d++) {
+        float a = fabsf(x[d]);
+        mx = a > mx ? a : mx;
+        sum += x[d];
+    }
+    memset(qi, 0, attnd__select_q8_width(dk));
+    *sum_p = sum;
+    if (!isfinite(mx)) { /* NaN or inf in the query: every score NaN (kept) */
+        *sq_p = NAN;
+        return;
+    }
+    float sq = mx / 127.0f;
+    while ((double)sq * 127.0 < (double)mx)
+        sq = nextafterf(sq, INFINITY);
+    if (sq == 0.0f) {
+        *sq_p = 1.0f; /* a zero query: every integer 0 */
+        return;
+    }
+    for (int32_t d = 0; d < dk; d++) {
+        double c = ceil((double)x[d] / (double)sq);
+        while (c * (double)sq < (double)x[d])
+            c += 1.0;
+        ATTND_ASSERT(c >= -127.0 && c <= 127.0);
+        qi[x[d] < 0.0f ? d : dk + d] = (int8_t)c;
+    }
+    *sq_p = sq;
+}
+
+/* Pack every KV head of list sl for compact bounds: per KV head sq [R],
+ * Qsum [R], the rows [R][q8_width] int8. tmp holds d_k floats. */
+static void pack_list8(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                       float *tmp)
+{
+    const int32_t R = head_rows(b), dk = b->kv->d_k, hpg = list_heads(b);
+    const size_t w = attnd__select_q8_width(dk);
+    /* it fits the list's packed-query area of each KV head */
+    ATTND_ASSERT(2 * (size_t)R + (size_t)R * w / 4 <= attnd__select_pack_floats(R, dk));
+    for (int32_t hh = 0; hh < hpg; hh++) {
+        float *qpk = list_q(b, sl, hh);
+        int8_t *rows = attnd__select_q8_rows(qpk, R);
+        for (int32_t r = 0; r < R; r++) {
+            attnd__select_q_row(b, sl->seq, sl->group * hpg + hh, r, tmp);
+            pack_row8(tmp, dk, &qpk[r], &qpk[R + r], rows + (size_t)r * w);
+        }
+    }
+}
+
 /* Pack the queries of every KV head of list sl (see select_int.h); tmp
  * holds 16 rows of d_k floats. Wide packing widens 16 rows at a time and
  * writes them column by column, so each store run fills a cache line. */
@@ -167,6 +224,10 @@ static void pack_list(const attnd_kernel_select_batch *b, const attnd_kernel_sel
     const int wide = attnd__select_wide(R);
     const size_t half = (wide ? rp : (size_t)R) * dkp;
 
+    if (b->bounds8) {
+        pack_list8(b, sl, tmp);
+        return;
+    }
     for (int32_t hh = 0; hh < hpg; hh++) {
         float *qp = list_q(b, sl, hh), *qm = qp + half;
         const int32_t kvh = sl->group * hpg + hh;
@@ -214,8 +275,69 @@ void attnd__select_ub_scalar(const attnd_kernel_select_batch *b, const attnd_ker
     }
 }
 
-static attnd__ub_fn ub_fn(void)
+void attnd__select_ub8_scalar(const attnd_kernel_select_batch *b,
+                              const attnd_kernel_select_list *sl, int32_t kvh, int32_t p0,
+                              int32_t p1, const float *qpk, float *ub, int32_t row0, int32_t rows)
 {
+    const int32_t R = head_rows(b), n = 2 * b->kv->d_k;
+    const size_t w = attnd__select_q8_width(b->kv->d_k);
+    const int8_t *q8 = attnd__select_q8_rows((float *)(uintptr_t)qpk, R);
+    for (int32_t p = p0; p < p1; p++) {
+        const uint8_t *brow = b->bounds8 + attnd_kernel_kv_bounds8_at(b->kv, b->bounds_pages, kvh,
+                                                                      b->cand_idx[sl->cand0 + p]);
+        const uint8_t *c = brow + 2 * sizeof(float);
+        for (int32_t r = 0; r < R; r++) {
+            const int8_t *qi = q8 + (size_t)r * w;
+            int32_t dot = 0;
+            for (int32_t i = 0; i < n; i++)
+                dot += (int32_t)c[i] * (int32_t)qi[i];
+            ub[(size_t)p * rows + row0 + r] = attnd__select_ub8_value(brow, qpk, R, r, dot);
+        }
+    }
+}
+
+/* The compact-bounds unit of a path, as an attnd__ub_fn. */
+static void ub8_scalar(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                       int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                       int32_t row0, int32_t rows, float *scratch)
+{
+    (void)scratch;
+    attnd__select_ub8_scalar(b, sl, kvh, p0, p1, qpk, ub, row0, rows);
+}
+#if defined(ATTND_HAVE_X86_SIMD)
+static void ub8_avx2(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                     int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                     int32_t row0, int32_t rows, float *scratch)
+{
+    (void)scratch;
+    attnd__select_ub8_avx2(b, sl, kvh, p0, p1, qpk, ub, row0, rows);
+}
+static void ub8_avx512(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                       int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                       int32_t row0, int32_t rows, float *scratch)
+{
+    (void)scratch;
+    attnd__select_ub8_avx512(b, sl, kvh, p0, p1, qpk, ub, row0, rows);
+}
+#endif
+
+static attnd__ub_fn ub8_fn(void)
+{
+    switch (attnd_kernel_path_current()) {
+#if defined(ATTND_HAVE_X86_SIMD)
+    case ATTND_KERNEL_PATH_AVX2: return ub8_avx2;
+    case ATTND_KERNEL_PATH_SCALAR: return ub8_scalar;
+    default: return ub8_avx512;
+#else
+    default: return ub8_scalar;
+#endif
+    }
+}
+
+static attnd__ub_fn ub_fn(const attnd_kernel_select_batch *b)
+{
+    if (b->bounds8)
+        return ub8_fn();
     switch (attnd_kernel_path_current()) {
 #if defined(ATTND_HAVE_X86_SIMD)
     case ATTND_KERNEL_PATH_AVX2: return attnd__select_ub_avx2;
@@ -242,11 +364,21 @@ static void score_chunk(const attnd_kernel_select_batch *b, const attnd_kernel_s
         fn(b, sl, sl->group * hpg + h, p0, p1, list_q(b, sl, h), ub, h * R, rows, scratch);
     for (int32_t r = 0; r < rows; r++)
         cmax[r] = -INFINITY;
+#if defined(__SSE2__)
+    if (rows % 4 == 0) { /* four rows a vector (GQA: 4 per KV head, MLA 8) */
+        for (int32_t r = 0; r < rows; r += 4) {
+            __m128 m = _mm_set1_ps(-INFINITY);
+            for (int32_t p = p0; p < p1; p++) /* v > m ? v : m */
+                m = _mm_max_ps(_mm_loadu_ps(ub + (size_t)p * rows + r), m);
+            _mm_storeu_ps(cmax + r, m);
+        }
+        return;
+    }
+#endif
     for (int32_t p = p0; p < p1; p++)
         for (int32_t r = 0; r < rows; r++) {
             float v = ub[(size_t)p * rows + r];
-            if (v > cmax[r])
-                cmax[r] = v;
+            cmax[r] = v > cmax[r] ? v : cmax[r]; /* a NaN never gets in */
         }
 }
 
@@ -283,20 +415,36 @@ static float value_of(uint32_t k)
 static uint32_t select_desc(uint32_t *a, int32_t n, int32_t k)
 {
     uint32_t prefix = 0;
+    int32_t hist[256] = {0}, next[256];
+    for (int32_t i = 0; i < n; i++)
+        hist[a[i] >> 24]++;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        int32_t hist[256] = {0};
-        for (int32_t i = 0; i < n; i++)
-            hist[(a[i] >> shift) & 255]++;
         uint32_t d = 255;
         while (k >= hist[d])
             k -= hist[d--];
         prefix |= d << shift;
-        int32_t m = 0;
-        for (int32_t i = 0; i < n; i++) {
-            a[m] = a[i];
-            m += ((a[i] >> shift) & 255) == d;
+        if (shift == 0)
+            break;
+        /* keep the keys of digit d, counting their next digit on the way;
+         * when every key has digit d (scores close together share their
+         * top bits) only the counting is left */
+        memset(next, 0, sizeof next);
+        const int ns = shift - 8;
+        if (hist[d] == n) {
+            for (int32_t i = 0; i < n; i++)
+                next[(a[i] >> ns) & 255]++;
+        } else {
+            int32_t m = 0;
+            for (int32_t i = 0; i < n; i++) {
+                uint32_t x = a[i];
+                a[m] = x;
+                int in = ((x >> shift) & 255) == d;
+                next[(x >> ns) & 255] += in;
+                m += in;
+            }
+            n = m;
         }
-        n = m;
+        memcpy(hist, next, sizeof hist);
     }
     return prefix;
 }
@@ -334,11 +482,25 @@ static void select_list(const attnd_kernel_select_batch *b, const attnd_kernel_s
     for (int32_t p = m0; p < m1; p++) {
         const float *u = ub + (size_t)p * rows;
         float best = -INFINITY;
-        for (int32_t r = 0; r < rows; r++) {
-            float v = rank_of(u[r] - cmax[r]);
-            if (v > best)
-                best = v;
-        }
+#if defined(__SSE2__)
+        if (rows % 4 == 0) { /* four rows a vector, as rank_of and the max below */
+            const __m128 inf = _mm_set1_ps(INFINITY);
+            __m128 bv = _mm_set1_ps(-INFINITY);
+            for (int32_t r = 0; r < rows; r += 4) {
+                __m128 v = _mm_sub_ps(_mm_loadu_ps(u + r), _mm_loadu_ps(cmax + r));
+                __m128 nan = _mm_cmpunord_ps(v, v);
+                v = _mm_or_ps(_mm_andnot_ps(nan, v), _mm_and_ps(nan, inf));
+                bv = _mm_max_ps(v, bv);
+            }
+            bv = _mm_max_ps(bv, _mm_shuffle_ps(bv, bv, _MM_SHUFFLE(1, 0, 3, 2)));
+            bv = _mm_max_ps(bv, _mm_shuffle_ps(bv, bv, _MM_SHUFFLE(2, 3, 0, 1)));
+            best = _mm_cvtss_f32(bv);
+        } else
+#endif
+            for (int32_t r = 0; r < rows; r++) {
+                float v = rank_of(u[r] - cmax[r]);
+                best = v > best ? v : best;
+            }
         score[p] = best;
         key[p - m0] = key_of(best);
     }
@@ -380,7 +542,7 @@ static void pack_all(const attnd_kernel_select_batch *b, float *tmp)
 
 void attnd_kernel_select(const attnd_kernel_select_batch *b)
 {
-    attnd__ub_fn fn = ub_fn();
+    attnd__ub_fn fn = ub_fn(b);
     float *scratch = tail_scratch(b);
     pack_all(b, scratch);
     for (int32_t i = 0; i < b->n_lists; i++)
@@ -444,7 +606,7 @@ static void select_job(void *p, int32_t tid)
 attnd_status attnd_kernel_select_parallel(attnd_kernel_pool *pool,
                                           const attnd_kernel_select_batch *b, attnd_error *err)
 {
-    sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn()};
+    sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn(b)};
     if (b->n_lists == 0)
         return ATTND_OK;
     const attnd_kernel_select_list *last = &b->lists[b->n_lists - 1];

@@ -1,5 +1,7 @@
 /* Page-selection scoring on AVX-512 (16 float32 lanes): the vector
- * vocabulary select_simd.h is written in. Compiled with the avx512 flags
+ * vocabulary select_simd.h is written in, and the integer scoring of
+ * compact bounds (select_int.h; vpdpbusd where the CPU has AVX512-VNNI,
+ * checked at run time). Compiled with the avx512 flags
  * (kernels/CMakeLists.txt); called only when dispatch.c chose that path. */
 #include <immintrin.h>
 
@@ -23,3 +25,155 @@ static inline vf v_bf16(const uint16_t *p)
 }
 
 #include "select_simd.h"
+
+/* ---- compact bounds: exact integer sums (select_int.h) ----------------- */
+
+/* acc += the 4-byte dot products of codes c (u8) and query q (s8):
+ * vpdpbusd where AVX512-VNNI is there (written as asm: the rest of this
+ * file must run without it), else both widened to 16 bits and summed in
+ * pairs (vpmaddwd), exactly the same integers. */
+static inline __m512i dp_vnni(__m512i acc, __m512i c, __m512i q)
+{
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(c), "v"(q));
+    return acc;
+}
+static inline __m512i dp_bw(__m512i acc, __m512i c, __m512i q)
+{
+    const __m512i z = _mm512_setzero_si512();
+    __m512i cl = _mm512_unpacklo_epi8(c, z), ch = _mm512_unpackhi_epi8(c, z);
+    __m512i ql = _mm512_srai_epi16(_mm512_unpacklo_epi8(q, q), 8);
+    __m512i qh = _mm512_srai_epi16(_mm512_unpackhi_epi8(q, q), 8);
+    return _mm512_add_epi32(acc, _mm512_add_epi32(_mm512_madd_epi16(cl, ql),
+                                                  _mm512_madd_epi16(ch, qh)));
+}
+
+/* The four sums of a0..a3, in one vector. */
+static inline __m128i hsum4(__m512i a0, __m512i a1, __m512i a2, __m512i a3)
+{
+    __m512i x = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+    __m512i y = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+    __m512i z = _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+    __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64(z, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* Rows [r0, r0 + nr) of NPG pages (1 or 2: two pages share each query
+ * load and give the core two independent chains): codes c[k] (n bytes
+ * each), int8 rows q (width w, zero past n), integer sums into dot[k]. */
+#define UB8_DP(acc, cv, qv) acc = VNNI ? dp_vnni(acc, cv, qv) : dp_bw(acc, cv, qv)
+#define UB8_ROW(j)                                                                    \
+    if (nr > j) {                                                                     \
+        const __m512i qv = _mm512_loadu_si512(q + (size_t)j * w + i);                  \
+        UB8_DP(a##j, c0, qv);                                                         \
+        if (NPG > 1)                                                                  \
+            UB8_DP(b##j, c1, qv);                                                     \
+    }
+static inline __attribute__((always_inline)) void
+ub8_block(const uint8_t *const *c, int32_t n, const int8_t *q, size_t w, int32_t (*dot)[4],
+          const int nr, const int NPG, const int VNNI)
+{
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int32_t i = 0; i < n; i += 64) {
+        const __mmask64 m = n - i >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (n - i)) - 1;
+        const __m512i c0 = _mm512_maskz_loadu_epi8(m, c[0] + i);
+        const __m512i c1 = NPG > 1 ? _mm512_maskz_loadu_epi8(m, c[1] + i) : c0;
+        UB8_ROW(0)
+        UB8_ROW(1)
+        UB8_ROW(2)
+        UB8_ROW(3)
+    }
+    _mm_storeu_si128((__m128i *)(void *)dot[0], hsum4(a0, a1, a2, a3));
+    if (NPG > 1)
+        _mm_storeu_si128((__m128i *)(void *)dot[1], hsum4(b0, b1, b2, b3));
+}
+#undef UB8_ROW
+#undef UB8_DP
+
+/* A page's four rows' float ub from their sums (attnd__select_ub8_value,
+ * four at once), or nr of them. */
+static inline void ub8_out(const uint8_t *brow, const float *qpk, int32_t R, int32_t r0,
+                           const int32_t *dot, float *dst, int32_t nr)
+{
+    if (nr < 4) {
+        for (int32_t j = 0; j < nr; j++)
+            dst[j] = attnd__select_ub8_value(brow, qpk, R, r0 + j, dot[j]);
+        return;
+    }
+    float off, step;
+    memcpy(&off, brow, sizeof off);
+    memcpy(&step, brow + sizeof off, sizeof step);
+    __m128 t = _mm_mul_ps(_mm_set1_ps(step), _mm_loadu_ps(qpk + r0));
+    __m128 v = _mm_add_ps(
+            _mm_mul_ps(_mm_set1_ps(off), _mm_loadu_ps(qpk + R + r0)),
+            _mm_mul_ps(t, _mm_cvtepi32_ps(_mm_loadu_si128((const __m128i *)(const void *)dot))));
+    _mm_storeu_ps(dst, v);
+}
+
+/* Candidates whose compact bounds are prefetched ahead of the one scored:
+ * a page scores in ~40 cycles, so 16 pages (4 KB at d_k 128) cover a
+ * memory latency; the bounds arrive cold, after the decode of the layer
+ * before streamed its KV through the caches. */
+#ifndef UB8_AHEAD
+#define UB8_AHEAD 16
+#endif
+
+static inline __attribute__((always_inline)) void
+ub8_run(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl, int32_t kvh,
+        int32_t p0, int32_t p1, const float *qpk, float *ub, int32_t row0, int32_t rows,
+        const int VNNI)
+{
+    const int32_t R = attnd__select_head_rows(b), n = 2 * b->kv->d_k;
+    const size_t w = attnd__select_q8_width(b->kv->d_k);
+    const size_t row8 = attnd_kernel_kv_bounds8_row(b->kv);
+    const int8_t *q8 = attnd__select_q8_rows((float *)(uintptr_t)qpk, R);
+    int32_t dot[2][4];
+    for (int32_t p = p0; p < p1; p += 2) {
+        const int two = p + 1 < p1;
+        const uint8_t *brow[2], *c[2];
+        for (int k = 0; k < 1 + two; k++) {
+            brow[k] = b->bounds8 + attnd_kernel_kv_bounds8_at(b->kv, b->bounds_pages, kvh,
+                                                              b->cand_idx[sl->cand0 + p + k]);
+            c[k] = brow[k] + 2 * sizeof(float);
+            if (p + k + UB8_AHEAD < p1) {
+                const char *nx = (const char *)b->bounds8 +
+                                 attnd_kernel_kv_bounds8_at(
+                                         b->kv, b->bounds_pages, kvh,
+                                         b->cand_idx[sl->cand0 + p + k + UB8_AHEAD]);
+                for (size_t off = 0; off < row8; off += 64)
+                    __builtin_prefetch(nx + off);
+            }
+        }
+        for (int32_t r0 = 0; r0 < R; r0 += 4) {
+            const int32_t nr = R - r0 < 4 ? R - r0 : 4;
+            const int8_t *q = q8 + (size_t)r0 * w;
+#define UB8_CASE(N)                                                                   \
+    case N:                                                                           \
+        if (two)                                                                      \
+            ub8_block(c, n, q, w, dot, N, 2, VNNI);                                   \
+        else                                                                          \
+            ub8_block(c, n, q, w, dot, N, 1, VNNI);                                   \
+        break;
+            switch (nr) {
+                UB8_CASE(1)
+                UB8_CASE(2)
+                UB8_CASE(3)
+                default:
+                UB8_CASE(4)
+            }
+#undef UB8_CASE
+            for (int k = 0; k < 1 + two; k++)
+                ub8_out(brow[k], qpk, R, r0, dot[k], ub + (size_t)(p + k) * rows + row0 + r0, nr);
+        }
+    }
+}
+
+void attnd__select_ub8_avx512(const attnd_kernel_select_batch *b,
+                              const attnd_kernel_select_list *sl, int32_t kvh, int32_t p0,
+                              int32_t p1, const float *qpk, float *ub, int32_t row0, int32_t rows)
+{
+    if (__builtin_cpu_supports("avx512vnni"))
+        ub8_run(b, sl, kvh, p0, p1, qpk, ub, row0, rows, 1);
+    else
+        ub8_run(b, sl, kvh, p0, p1, qpk, ub, row0, rows, 0);
+}

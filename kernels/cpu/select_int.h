@@ -53,6 +53,50 @@ void attnd__select_ub_avx512(const attnd_kernel_select_batch *b, const attnd_ker
                              int32_t row0, int32_t rows, float *scratch);
 #endif
 
+/* Scoring on compact bounds (the formula above) for candidates [p0, p1):
+ * the same contract as attnd__ub_fn, qpk the packed int8 rows. */
+void attnd__select_ub8_scalar(const attnd_kernel_select_batch *b,
+                              const attnd_kernel_select_list *sl, int32_t kvh, int32_t p0,
+                              int32_t p1, const float *qpk, float *ub, int32_t row0, int32_t rows);
+#if defined(ATTND_HAVE_X86_SIMD)
+void attnd__select_ub8_avx2(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl,
+                            int32_t kvh, int32_t p0, int32_t p1, const float *qpk, float *ub,
+                            int32_t row0, int32_t rows);
+void attnd__select_ub8_avx512(const attnd_kernel_select_batch *b,
+                              const attnd_kernel_select_list *sl, int32_t kvh, int32_t p0,
+                              int32_t p1, const float *qpk, float *ub, int32_t row0, int32_t rows);
+#endif
+
+/* The row's float ub from its exact integer sum (every path alike). */
+static inline float attnd__select_ub8_value(const uint8_t *brow, const float *qpk, int32_t R,
+                                            int32_t r, int32_t dot)
+{
+    float off, step;
+    __builtin_memcpy(&off, brow, sizeof off);
+    __builtin_memcpy(&step, brow + sizeof off, sizeof step);
+    return off * qpk[R + r] + (step * qpk[r]) * (float)dot;
+}
+
+/* Compact bounds (b->bounds8): every path scores a row r with integers,
+ *   ub = off Qsum_r + (step sq_r) sum_i c[i] qi_r[i]
+ * over the 2 d_k codes c of a page's row ([lo codes][hi codes]) and the
+ * row's int8 query qi_r = [ceil(q-/sq_r)][ceil(q+/sq_r)] (q- = min(q, 0),
+ * q+ = max(q, 0), sq_r >= max_d |q_r,d| / 127, so |qi| <= 127), Qsum_r =
+ * sum_d q_r,d. With every bound off + step c and c >= 0, rounding the
+ * query up only raises the sum: ub bounds Quest's score on the compact
+ * bounds from above (attnd_kernels.h), and the integer sum is exact, the
+ * same on every path. Packed per KV head of a list (in its packed-query
+ * area): sq [R] and Qsum [R] floats, then the rows qi [R][q8_width] int8
+ * (zero past 2 d_k). */
+static inline size_t attnd__select_q8_width(int32_t dk)
+{
+    return ((size_t)dk * 2 + 63) / 64 * 64;
+}
+static inline int8_t *attnd__select_q8_rows(float *qpk, int32_t R)
+{
+    return (int8_t *)(qpk + 2 * (size_t)R);
+}
+
 /* Query rows per KV head: q_tokens x (G / head_agg), G = Hq / Hkv (row r =
  * s x (G / head_agg) + a: token s, run a of head_agg heads). */
 static inline int32_t attnd__select_head_rows(const attnd_kernel_select_batch *b)

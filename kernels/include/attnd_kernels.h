@@ -445,6 +445,39 @@ void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bound
                                 int64_t bounds_pages, int64_t p, int32_t n, attnd_dtype src_t,
                                 const void *src);
 
+/* Compact (8-bit) key bounds, what the CPU selection reads: per page and
+ * KV head a row of attnd_kernel_kv_bounds8_row bytes, [float off][float
+ * step][lo codes: d_k uint8][hi codes: d_k uint8] (padded to 8 bytes),
+ * standing for the bounds off + step c. They are made from the bf16 bounds
+ * above (attnd_kernel_kv_bounds8_make) and rounded outward again: step is a
+ * power of two and off a multiple of it, so every off + step c is exact in
+ * float32, and lo codes are floor((lo - off) / step), hi codes ceil(...):
+ * they bound whatever the bf16 bounds bound, within one step (step <
+ * 2 (max hi - min lo) / 255 but at least 2^-16 of the largest magnitude).
+ * A row of an empty page, or one with an infinite or huge (>= 2^100)
+ * bound, has step NaN: its every score is NaN, ranked +inf (always chosen),
+ * as the bf16 bounds of such a page score. Half the bytes of bf16 bounds
+ * (264 against 512 per page and KV head for d_k 128). On these the CPU
+ * kernels score a row with exact integer sums, its query rounded up to
+ * int8 steps of max |q| / 127 (kernels/cpu/select_int.h):
+ *   ub[r][p] = off Q_r + step sq_r sum_i c_i ceil(q'_r,i / sq_r)
+ * (q' = [min(q, 0) | max(q, 0)] against [lo codes | hi codes], Q_r the
+ * sum of q_r), at or above the Quest score of the same bounds (codes are
+ * >= 0), so still an upper bound of q . k on the page, a little looser.
+ * Array layout head-major like the bf16 bounds: [n_kv_heads][bounds_pages]
+ * [row]. */
+size_t attnd_kernel_kv_bounds8_row(const attnd_kernel_kv_layout *l);
+/* Where the row of KV head h of page p starts (bytes). */
+static inline size_t attnd_kernel_kv_bounds8_at(const attnd_kernel_kv_layout *l,
+                                                int64_t bounds_pages, int32_t h, int64_t p)
+{
+    return ((size_t)h * (size_t)bounds_pages + (size_t)p) * attnd_kernel_kv_bounds8_row(l);
+}
+/* Make page p's compact bounds (every KV head) from its bf16 bounds; both
+ * arrays hold bounds_pages pages. */
+void attnd_kernel_kv_bounds8_make(const attnd_kernel_kv_layout *l, const uint16_t *bounds,
+                                  uint8_t *bounds8, int64_t bounds_pages, int64_t p);
+
 /* One selection problem: the rows of (sequence seq, KV head group group)
  * choosing among candidates cand_idx[cand0 .. cand0 + n_cand). */
 typedef struct attnd_kernel_select_list {
@@ -471,6 +504,10 @@ typedef struct attnd_kernel_select_batch {
     const void *q;            /* [n_seqs][q_tokens][Hq][d_k], as decode */
     const attnd_kernel_kv_layout *kv;
     const uint16_t *bounds;   /* [Hkv][bounds_pages][2][d_k] */
+    const uint8_t *bounds8;   /* NULL, or the same pages' compact bounds: the
+                                 CPU kernels then score with these (bounds
+                                 is not read; the CUDA selection reads
+                                 bf16 bounds only) */
     int64_t bounds_pages;     /* its pages: bound for cand_idx */
     const int32_t *cand_idx;  /* physical pages */
     int32_t *sel_pages;       /* outputs: physical pages, candidate order */

@@ -384,11 +384,128 @@ START_TEST(test_bounds_hold_every_stored_key_and_are_its_outward_rounded_min_and
 }
 END_TEST
 
+/* The compact bounds of every page of bd. Caller frees. */
+static uint8_t *build_bounds8(const pp_problem *p, const uint16_t *bd)
+{
+    const attnd_kernel_kv_layout *l = &p->l;
+    uint8_t *b8 = malloc(attnd_kernel_kv_bounds8_row(l) * (size_t)l->n_kv_heads *
+                         (size_t)p->b.pool_pages);
+    for (int64_t pg = 0; pg < p->b.pool_pages; pg++)
+        attnd_kernel_kv_bounds8_make(l, bd, b8, p->b.pool_pages, pg);
+    return b8;
+}
+
+/* A compact row's off, step and the bounds its codes stand for. */
+static void bounds8_read(const uint8_t *row, int32_t dk, double *off_p, double *step_p,
+                         double *lo, double *hi)
+{
+    float off, step;
+    memcpy(&off, row, sizeof off);
+    memcpy(&step, row + sizeof off, sizeof step);
+    *off_p = off;
+    *step_p = step;
+    for (int32_t d = 0; d < dk; d++) {
+        lo[d] = (double)off + (double)step * row[8 + d];
+        hi[d] = (double)off + (double)step * row[8 + dk + d];
+    }
+}
+
+/* Pages of every kind a compact row must hold: random keys of scales from
+ * 2^-20 to 2^20 (off-centre too), a constant page, a zero page; each
+ * compact bound at or outside its bf16 bound by less than one step, the
+ * step a power of two no coarser than 2 (max hi - min lo) / 255 (or 2^-15
+ * of the largest magnitude), off a multiple of it; an empty page, and one
+ * with an infinite or a 2^101 bound, get step NaN (always chosen). */
+START_TEST(test_compact_bounds_hold_the_bf16_bounds_within_one_power_of_two_step)
+{
+    tu_rng r;
+    tu_rng_init(&r, "sparse-bounds8");
+    enum { DK = 40, NP = 64 };
+    attnd_kernel_kv_layout l;
+    attnd_kernel_kv_layout_gqa(&l, 1, DK, 16, ATTND_DTYPE_BF16);
+    uint16_t *bd = malloc(sizeof(uint16_t) * 2 * DK * NP);
+    uint8_t *b8 = malloc(attnd_kernel_kv_bounds8_row(&l) * NP);
+    float key[2 * DK]; /* a wire entry: K then V */
+    double lo[DK], hi[DK];
+    for (int32_t p = 0; p < NP; p++) {
+        attnd_kernel_kv_bounds_reset(&l, bd, NP, p);
+        double scale = ldexp(1.0, (int)tu_int(&r, -20, 20)), centre = p % 3 ? 0.0 : 5 * scale;
+        for (int32_t t = 0; t < 16 && p != NP - 1; t++) {
+            for (int32_t d = 0; d < 2 * DK; d++)
+                key[d] = p == 1 ? 0.0f : p == 2 ? 3.25f : (float)(centre + scale * tu_normal(&r));
+            if (p == 3 && t == 5)
+                key[7] = INFINITY;
+            if (p == 4 && t == 0)
+                key[9] = 0x1p101f;
+            attnd_kernel_kv_bounds_add(&l, bd, NP, p, 1, ATTND_DTYPE_F32, key);
+        }
+        attnd_kernel_kv_bounds8_make(&l, bd, b8, NP, p);
+    }
+    for (int32_t p = 0; p < NP; p++) {
+        double off, step, m = INFINITY, M = -INFINITY, mag = 0;
+        bounds8_read(b8 + attnd_kernel_kv_bounds8_at(&l, NP, 0, p), DK, &off, &step, lo, hi);
+        if (p == 3 || p == 4 || p == NP - 1) {
+            ck_assert_msg(isnan(step), "page %d: step %g, want NaN", p, step);
+            continue;
+        }
+        ck_assert_msg(step > 0 && frexp(step, &(int){0}) == 0.5, "page %d: step %g", p, step);
+        ck_assert_msg(off / step == floor(off / step), "page %d: off %g, step %g", p, off, step);
+        for (int32_t d = 0; d < DK; d++) {
+            const uint16_t *row = bd + attnd_kernel_kv_bounds_at(&l, NP, 0, p);
+            double l16 = attnd_dtype_bf16_to_f32(row[d]);
+            double h16 = attnd_dtype_bf16_to_f32(row[DK + d]);
+            ck_assert_msg(lo[d] <= l16 && l16 - lo[d] < step, "page %d d %d: lo %g, bf16 %g", p,
+                          d, lo[d], l16);
+            ck_assert_msg(hi[d] >= h16 && hi[d] - h16 < step, "page %d d %d: hi %g, bf16 %g", p,
+                          d, hi[d], h16);
+            m = fmin(m, l16);
+            M = fmax(M, h16);
+            mag = fmax(mag, fmax(fabs(l16), fabs(h16)));
+        }
+        ck_assert_msg(step <= fmax(fmax(2 * (M - m) / 255, mag * 0x1p-15), 0x1p-126),
+                      "page %d: step %g for [%g, %g]", p, step, m, M);
+    }
+    free(bd);
+    free(b8);
+}
+END_TEST
+
+/* The score of a row on compact bounds as select_int.h defines it: the
+ * row's query (agg heads of q0 summed in float32, in order), sq the
+ * smallest float32 at or above max |q| / 127, every element rounded up to
+ * a multiple of it, then off sum q + step sq (c . qi) with the codes c =
+ * (bound - off) / step, in float64. */
+static double ub8_ref(const double *q0, int32_t agg, int32_t dk, double off, double step,
+                      const double *blo, const double *bhi)
+{
+    float *qf = malloc(sizeof(float) * (size_t)dk);
+    float mx = 0.0f;
+    double sum = 0, dot = 0;
+    for (int32_t d = 0; d < dk; d++) {
+        qf[d] = (float)q0[d];
+        for (int32_t j = 1; j < agg; j++)
+            qf[d] += (float)q0[(size_t)j * dk + d];
+        mx = fmaxf(mx, fabsf(qf[d]));
+        sum += qf[d];
+    }
+    float sq = mx / 127.0f;
+    while ((double)sq * 127.0 < (double)mx)
+        sq = nextafterf(sq, INFINITY);
+    for (int32_t d = 0; d < dk && sq > 0; d++) {
+        double c = ceil((double)qf[d] / sq);
+        while (c * sq < qf[d])
+            c += 1;
+        dot += c * (qf[d] < 0 ? (blo[d] - off) / step : (bhi[d] - off) / step);
+    }
+    free(qf);
+    return off * sum + step * sq * dot;
+}
+
 /* Float64 Quest scores of list (seq i, group g) over its candidates, a row
  * per query token and run of agg heads of a KV head (their queries summed;
  * agg 1: a row per head). */
-static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32_t g,
-                       int32_t groups, int32_t agg, const int32_t *cand, int32_t n,
+static void ref_scores(const pp_problem *p, const uint16_t *bd, const uint8_t *b8, int32_t i,
+                       int32_t g, int32_t groups, int32_t agg, const int32_t *cand, int32_t n,
                        double *score)
 {
     const attnd_kernel_kv_layout *l = &p->l;
@@ -396,13 +513,22 @@ static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32
     const int32_t hpg = hkv / groups, rows = S * G * hpg;
     double *ub = malloc(sizeof(double) * (size_t)rows * n), *mx = malloc(sizeof(double) * rows);
     double *q = malloc(sizeof(double) * (size_t)dk);
+    double *blo = malloc(sizeof(double) * (size_t)dk), *bhi = malloc(sizeof(double) * (size_t)dk);
     for (int32_t rr = 0; rr < rows; rr++)
         mx[rr] = -INFINITY;
     for (int32_t c = 0; c < n; c++)
         for (int32_t hh = 0; hh < hpg; hh++) {
             int32_t h = g * hpg + hh;
             const uint16_t *lo = bd + attnd_kernel_kv_bounds_at(l, p->b.pool_pages, h, cand[c]);
-            const uint16_t *hi = lo + dk;
+            double off = 0, step = 0;
+            for (int32_t d = 0; d < dk; d++) {
+                blo[d] = attnd_dtype_bf16_to_f32(lo[d]);
+                bhi[d] = attnd_dtype_bf16_to_f32(lo[dk + d]);
+            }
+            if (b8) {
+                bounds8_read(b8 + attnd_kernel_kv_bounds8_at(l, p->b.pool_pages, h, cand[c]), dk,
+                             &off, &step, blo, bhi);
+            }
             for (int32_t s = 0; s < S; s++)
                 for (int32_t gq = 0; gq < G; gq++) {
                     const double *q0 =
@@ -414,9 +540,22 @@ static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32
                     }
                     double a = 0;
                     for (int32_t d = 0; d < dk; d++) {
-                        double x = q[d] * attnd_dtype_bf16_to_f32(lo[d]);
-                        double y = q[d] * attnd_dtype_bf16_to_f32(hi[d]);
+                        double x = q[d] * blo[d];
+                        double y = q[d] * bhi[d];
                         a += x > y ? x : y;
+                    }
+                    if (b8) {
+                        /* an upper bound of Quest's on the bf16 bounds
+                         * (so of every key's score) */
+                        double a16 = 0;
+                        for (int32_t d = 0; d < dk; d++) {
+                            double x = q[d] * attnd_dtype_bf16_to_f32(lo[d]);
+                            double y = q[d] * attnd_dtype_bf16_to_f32(lo[dk + d]);
+                            a16 += x > y ? x : y;
+                        }
+                        a = ub8_ref(q0, agg, dk, off, step, blo, bhi);
+                        ck_assert_msg(a >= a16 - 1e-5 * (1 + fabs(a16)),
+                                      "compact score %g under the bf16 one %g", a, a16);
                     }
                     int32_t rr = (hh * S + s) * G + gq;
                     ub[(size_t)c * rows + rr] = a;
@@ -429,6 +568,8 @@ static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32
             best = fmax(best, ub[(size_t)c * rows + rr] - mx[rr]);
         score[c] = best;
     }
+    free(blo);
+    free(bhi);
     free(q);
     free(ub);
     free(mx);
@@ -439,13 +580,14 @@ static void ref_scores(const pp_problem *p, const uint16_t *bd, int32_t i, int32
  * mandatory pages, order, count, and that no page left out scores clearly
  * above one kept (float64 scores; a margin of 1e-4 of the score scale
  * absorbs float32 rounding). */
-static void check_select_agg(const pp_spec *sp, int32_t groups, int32_t agg, tu_rng *r,
-                             const char *what)
+static void check_select_on(const pp_spec *sp, int32_t groups, int32_t agg, int compact,
+                            tu_rng *r, const char *what)
 {
     pp_problem p;
     attnd_error err;
     pp_build(&p, sp, r);
     uint16_t *bd = build_bounds(&p);
+    uint8_t *b8 = compact ? build_bounds8(&p, bd) : NULL;
     const int32_t n = sp->n_seqs, nl = n * groups;
     const int32_t ps = sp->page_size;
     attnd_kernel_select_list *lists = calloc((size_t)nl, sizeof *lists);
@@ -472,7 +614,8 @@ static void check_select_agg(const pp_spec *sp, int32_t groups, int32_t agg, tu_
                                    .q_tokens = sp->q_tokens, .n_q_heads = sp->hq,
                                    .list_groups = groups, .head_agg = agg, .q_dtype = sp->q_t,
                                    .q = p.q, .kv = &p.l,
-                                   .bounds = bd, .bounds_pages = p.b.pool_pages, .cand_idx = p.idx,
+                                   .bounds = compact ? NULL : bd, .bounds8 = b8,
+                                   .bounds_pages = p.b.pool_pages, .cand_idx = p.idx,
                                    .sel_pages = sel1, .sel_pos = pos1};
     int64_t wf = attnd_kernel_select_prepare(&b, &err);
     ck_assert_int_ge(wf, 0);
@@ -488,7 +631,7 @@ static void check_select_agg(const pp_spec *sp, int32_t groups, int32_t agg, tu_
     for (int32_t li = 0; li < nl; li++) {
         const attnd_kernel_select_list *L = &lists[li];
         double *score = malloc(sizeof(double) * (size_t)(L->n_cand + 1));
-        ref_scores(&p, bd, L->seq, L->group, groups, agg, p.idx + L->cand0, L->n_cand, score);
+        ref_scores(&p, bd, b8, L->seq, L->group, groups, agg, p.idx + L->cand0, L->n_cand, score);
         char *kept = calloc((size_t)L->n_cand + 1, 1);
         for (int32_t j = 0; j < L->keep; j++) {
             int32_t c = pos1[L->out0 + j];
@@ -521,8 +664,15 @@ static void check_select_agg(const pp_spec *sp, int32_t groups, int32_t agg, tu_
     free(sel2);
     free(pos1);
     free(lists);
+    free(b8);
     free(bd);
     pp_free(&p);
+}
+
+static void check_select_agg(const pp_spec *sp, int32_t groups, int32_t agg, tu_rng *r,
+                             const char *what)
+{
+    check_select_on(sp, groups, agg, 0, r, what);
 }
 
 static void check_select(const pp_spec *sp, int32_t groups, tu_rng *r, const char *what)
@@ -593,6 +743,39 @@ START_TEST(test_selection_over_summed_heads_keeps_the_best_summed_bounds_on_ever
 }
 END_TEST
 
+/* Compact bounds (the CPU engine's): the kept pages are the best by the
+ * float64 score of select_int.h (Quest's on the compact bounds, the query
+ * rounded up to int8 steps), on every path, for one head and summed heads, narrow
+ * and many rows, d_k not a multiple of 64 (the codes' masked tail). */
+START_TEST(test_selection_on_compact_bounds_keeps_the_best_scores_on_every_path)
+{
+    tu_rng r;
+    tu_rng_init(&r, "sparse-select-b8");
+    const int64_t lens[] = {2000, 130, 1, 777};
+    for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
+        if (!use_path(path))
+            continue;
+        pp_spec g = {.kind = ATTND_ATTN_GQA, .hq = 16, .hkv = 4, .head_dim = 64,
+                     .page_size = 16, .q_tokens = 1, .kv_t = ATTND_DTYPE_BF16,
+                     .q_t = ATTND_DTYPE_F32, .n_seqs = 4, .lens = lens};
+        check_select_on(&g, 4, 1, 1, &r, "compact, gqa per kv head");
+        check_select_on(&g, 1, 4, 1, &r, "compact, gqa one list, 4 heads summed");
+        g.q_tokens = 3;
+        g.q_t = ATTND_DTYPE_BF16;
+        check_select_on(&g, 2, 1, 1, &r, "compact, gqa S=3 per 2 kv heads");
+        g.q_tokens = 1;
+        g.head_dim = 40;
+        check_select_on(&g, 4, 1, 1, &r, "compact, gqa d 40 per kv head");
+        pp_spec m = {.kind = ATTND_ATTN_MLA, .hq = 40, .d_c = 64, .d_r = 16, .page_size = 32,
+                     .q_tokens = 1, .kv_t = ATTND_DTYPE_BF16, .q_t = ATTND_DTYPE_BF16,
+                     .n_seqs = 4, .lens = lens};
+        check_select_on(&m, 1, 1, 1, &r, "compact, mla 40 heads");
+        check_select_on(&m, 1, 5, 1, &r, "compact, mla runs of 5 heads");
+    }
+    reset_path();
+}
+END_TEST
+
 /* The threshold's edge cases, on every path, one thread and a pool: 40
  * pages with equal bounds tie, page 5 bounds lower, page 9 has a NaN bound
  * (scores +inf); keeping the sink page, the newest and 6 more must take
@@ -613,6 +796,10 @@ START_TEST(test_selection_keeps_nan_bounds_and_breaks_ties_by_the_earlier_page_o
         }
     }
     bd[(9 * 2 + 1) * DK + 3] = 0x7fc0; /* NaN */
+    static uint8_t b8[NP * 48];
+    ck_assert_uint_le(attnd_kernel_kv_bounds8_row(&l) * NP, sizeof b8);
+    for (int32_t p = 0; p < NP; p++)
+        attnd_kernel_kv_bounds8_make(&l, bd, b8, NP, p);
     for (int32_t d = 0; d < DK; d++)
         q[d] = 1.0f;
     const int32_t want[8] = {0, 1, 2, 3, 4, 6, 9, NP - 1};
@@ -622,7 +809,7 @@ START_TEST(test_selection_keeps_nan_bounds_and_breaks_ties_by_the_earlier_page_o
     for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
         if (!use_path(path))
             continue;
-        for (int par = 0; par < 2; par++) {
+        for (int par = 0; par < 4; par++) { /* one thread, pool; bf16, compact */
             attnd_kernel_select_list L = {.seq = 0, .group = 0, .cand0 = 0, .n_cand = NP,
                                           .keep = 8, .n_head = 1, .n_tail = 1};
             attnd_kernel_select_batch b = {.n_lists = 1, .lists = &L, .n_seqs = 1,
@@ -630,18 +817,21 @@ START_TEST(test_selection_keeps_nan_bounds_and_breaks_ties_by_the_earlier_page_o
                                            .q_dtype = ATTND_DTYPE_F32, .q = q, .kv = &l,
                                            .bounds = bd, .bounds_pages = NP, .cand_idx = cand,
                                            .sel_pages = sel, .sel_pos = pos};
+            if (par >= 2)
+                b.bounds8 = b8;
             int64_t wf = attnd_kernel_select_prepare(&b, &err);
             ck_assert_int_ge(wf, 0);
             b.work = malloc(sizeof(float) * (size_t)(wf + 1));
-            if (par)
+            if (par & 1)
                 ck_assert_int_eq(attnd_kernel_select_parallel(pool, &b, &err), ATTND_OK);
             else
                 attnd_kernel_select(&b);
             for (int j = 0; j < 8; j++)
                 ck_assert_msg(sel[j] == want[j] && pos[j] == want[j],
-                              "path %s, %s: kept[%d] = %d, want %d",
+                              "path %s, %s, %s: kept[%d] = %d, want %d",
                               attnd_kernel_path_str((attnd_kernel_path)path),
-                              par ? "pool" : "one thread", j, sel[j], want[j]);
+                              par & 1 ? "pool" : "one thread", par >= 2 ? "compact" : "bf16", j,
+                              sel[j], want[j]);
             free(b.work);
         }
     }
@@ -695,6 +885,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_selection_over_summed_heads_keeps_the_best_summed_bounds_on_every_path);
     tcase_add_test(tc, test_head_agg_that_does_not_divide_the_heads_of_a_kv_head_is_invalid);
     tcase_add_test(tc, test_selection_keeps_nan_bounds_and_breaks_ties_by_the_earlier_page_on_every_path);
+    tcase_add_test(tc, test_compact_bounds_hold_the_bf16_bounds_within_one_power_of_two_step);
+    tcase_add_test(tc, test_selection_on_compact_bounds_keeps_the_best_scores_on_every_path);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -7,9 +7,11 @@
  * the pool stores them), the values [T][dv] (or the first dv of each key
  * when v_in_k: MLA's latent), the queries [hq][dk] and the softmax scale.
  * attnd__acc_eval folds the keys into per-page key bounds with the worker's
- * own code (attnd_kernel_kv_bounds_add), chooses topk-pages with the
- * worker's selection kernel (attnd_kernel_select) with the engine's rows
- * and with a row per head, streaming's sink + window, the oracle's pages of
+ * own code (attnd_kernel_kv_bounds_add, then the compact 8-bit form the CPU
+ * engine scores, attnd_kernel_kv_bounds8_make), chooses topk-pages with the
+ * worker's selection kernel (attnd_kernel_select) on the compact bounds
+ * with the engine's rows and with a row per head, and on the bf16 bounds
+ * (what the GPU scores) with the engine's rows, streaming's sink + window, the oracle's pages of
  * most dense mass and the sequence-sharded ranks' shares, then measures per
  * query head, in float64 against dense attention over the T tokens:
  *   recall  the dense attention mass on the tokens attended,
@@ -63,6 +65,7 @@ enum {
     ATTND__ACC_STREAM, /* sink 64 tokens + the window filling the budget */
     ATTND__ACC_ORACLE, /* per head, the pages of most dense mass */
     ATTND__ACC_RANKS,  /* sequence sharding: each rank its own share */
+    ATTND__ACC_B16,    /* the engine's rows on bf16 bounds (the GPU's) */
     ATTND__ACC_NPOL
 };
 #define ATTND__ACC_NB 5 /* budgets 1/64, 1/32, 1/16, 1/8, 1/4 of the pages */

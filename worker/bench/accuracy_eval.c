@@ -90,9 +90,9 @@ static void acc_add(attnd__acc *a, double recall, double err, double bytes)
  * n_head and the last one mandatory, scoring rows of head_agg heads
  * summed: into out (logical page numbers); *n_out their count. */
 static attnd_status topk_select(const attnd__acc_case *c, const attnd_kernel_kv_layout *l,
-                                const uint16_t *bounds, int64_t np, int64_t first, int64_t stride,
-                                int64_t keep, int64_t n_head, int32_t head_agg, int64_t *out,
-                                int64_t *n_out, attnd_error *err)
+                                const uint16_t *bounds, const uint8_t *bounds8, int64_t np,
+                                int64_t first, int64_t stride, int64_t keep, int64_t n_head,
+                                int32_t head_agg, int64_t *out, int64_t *n_out, attnd_error *err)
 {
     int64_t n = first < np ? (np - 1 - first) / stride + 1 : 0;
     *n_out = 0;
@@ -130,6 +130,7 @@ static attnd_status topk_select(const attnd__acc_case *c, const attnd_kernel_kv_
                                    .q = q,
                                    .kv = l,
                                    .bounds = bounds,
+                                   .bounds8 = bounds8,
                                    .bounds_pages = np,
                                    .cand_idx = cand,
                                    .sel_pages = sel,
@@ -179,18 +180,22 @@ static int cmp_mass(const void *a, const void *b)
  * not depend on the query head: one list for the KV head), into
  * chosen[pol][b] (np pages each), counts into n_sel. */
 static attnd_status choose(const attnd__acc_case *c, const attnd__acc_opts *o,
-                           const attnd_kernel_kv_layout *l, const uint16_t *bounds, int64_t np,
+                           const attnd_kernel_kv_layout *l, const uint16_t *bounds,
+                           const uint8_t *b8, int64_t np,
                            int64_t *chosen[ATTND__ACC_NPOL][ATTND__ACC_NB],
                            int64_t n_sel[ATTND__ACC_NPOL][ATTND__ACC_NB], attnd_error *err)
 {
     const int32_t ps = o->page_size, ranks = o->ranks > 0 ? o->ranks : 1;
     for (int b = 0; b < ATTND__ACC_NB; b++) {
         int64_t k = (int64_t)ceil(attnd__acc_budgets[b] * (double)np), *cp;
-        attnd_status st = topk_select(c, l, bounds, np, 0, 1, k, 1, o->head_agg,
+        attnd_status st = topk_select(c, l, bounds, b8, np, 0, 1, k, 1, o->head_agg,
                                       chosen[ATTND__ACC_TOPK][b], &n_sel[ATTND__ACC_TOPK][b], err);
         if (st == ATTND_OK)
-            st = topk_select(c, l, bounds, np, 0, 1, k, 1, 1, chosen[ATTND__ACC_HEAD][b],
+            st = topk_select(c, l, bounds, b8, np, 0, 1, k, 1, 1, chosen[ATTND__ACC_HEAD][b],
                              &n_sel[ATTND__ACC_HEAD][b], err);
+        if (st == ATTND_OK)
+            st = topk_select(c, l, bounds, NULL, np, 0, 1, k, 1, o->head_agg,
+                             chosen[ATTND__ACC_B16][b], &n_sel[ATTND__ACC_B16][b], err);
         if (st != ATTND_OK)
             return st;
         /* streaming: sink 64 tokens + window filling the budget */
@@ -207,8 +212,8 @@ static attnd_status choose(const attnd__acc_case *c, const attnd__acc_opts *o,
         int64_t nr = 0;
         for (int rr = 0; rr < ranks; rr++) {
             int64_t got;
-            st = topk_select(c, l, bounds, np, rr, ranks, (k + ranks - 1) / ranks, rr == 0 ? 1 : 0,
-                             o->head_agg, cp + nr, &got, err);
+            st = topk_select(c, l, bounds, b8, np, rr, ranks, (k + ranks - 1) / ranks,
+                             rr == 0 ? 1 : 0, o->head_agg, cp + nr, &got, err);
             if (st != ATTND_OK)
                 return st;
             nr += got;
@@ -231,15 +236,18 @@ attnd_status attnd__acc_eval(const attnd__acc_case *c, const attnd__acc_opts *o,
     else
         attnd_kernel_kv_layout_gqa(&l, 1, dk, ps, ATTND_DTYPE_BF16);
     const double tok_bytes = (double)(c->v_in_k ? dk : 2 * dk) * 2;
-    const double bound_bytes = 2.0 * dk * 2; /* per page */
+    /* per page: the compact bounds (bf16: 2 d_k x 2 bytes) */
+    const double bound_bytes = (double)attnd_kernel_kv_bounds8_row(&l);
+    const double bound16_bytes = 2.0 * dk * 2;
     int64_t *chosen[ATTND__ACC_NPOL][ATTND__ACC_NB] = {{0}}, n_sel[ATTND__ACC_NPOL][ATTND__ACC_NB];
     uint16_t *bounds = malloc(attnd_kernel_kv_bounds_elems(&l) * 2 * (size_t)np);
+    uint8_t *b8 = malloc(attnd_kernel_kv_bounds8_row(&l) * (size_t)np);
     float *wire = calloc((size_t)attnd_kernel_kv_layout_token_elems(&l), sizeof(float));
     double *p = malloc(sizeof(double) * (size_t)T), *od = malloc(sizeof(double) * dv);
     double *os = malloc(sizeof(double) * dv);
     int64_t *keep = malloc(sizeof(int64_t) * (size_t)np);
     page_mass *pm = malloc(sizeof(page_mass) * (size_t)np);
-    int ok = bounds && wire && p && od && os && keep && pm;
+    int ok = bounds && b8 && wire && p && od && os && keep && pm;
     for (int pol = 0; pol < ATTND__ACC_NPOL; pol++)
         for (int b = 0; b < ATTND__ACC_NB; b++)
             if (pol != ATTND__ACC_ORACLE)
@@ -255,8 +263,9 @@ attnd_status attnd__acc_eval(const attnd__acc_case *c, const attnd__acc_opts *o,
                 wire[d] = (float)c->k[i * dk + d];
             attnd_kernel_kv_bounds_add(&l, bounds, np, pg, 1, ATTND_DTYPE_F32, wire);
         }
+        attnd_kernel_kv_bounds8_make(&l, bounds, b8, np, pg);
     }
-    st = choose(c, o, &l, bounds, np, chosen, n_sel, err);
+    st = choose(c, o, &l, bounds, b8, np, chosen, n_sel, err);
     if (st != ATTND_OK)
         goto err_alloc;
     attnd__acc_table add;
@@ -281,7 +290,10 @@ attnd_status attnd__acc_eval(const attnd__acc_case *c, const attnd__acc_opts *o,
                 sparse_eval(c, ps, cp, n, p, od, os, &rec, &e);
                 int bounded = pol == ATTND__ACC_TOPK || pol == ATTND__ACC_HEAD ||
                               pol == ATTND__ACC_RANKS;
-                double bytes = (double)n * ps * tok_bytes + (bounded ? np * bound_bytes : 0);
+                double bnd = bounded                 ? np * bound_bytes
+                             : pol == ATTND__ACC_B16 ? np * bound16_bytes
+                                                     : 0;
+                double bytes = (double)n * ps * tok_bytes + bnd;
                 acc_add(&add.a[pol][b], rec, e, bytes / ((double)T * tok_bytes));
             }
         }
@@ -310,6 +322,7 @@ err_alloc:
     free(od);
     free(p);
     free(wire);
+    free(b8);
     free(bounds);
     return st;
 }
@@ -321,7 +334,8 @@ void attnd__acc_print(FILE *f, const char *label, const attnd__acc_table *t, int
         [ATTND__ACC_HEAD] = "topk-pages, per head",
         [ATTND__ACC_STREAM] = "streaming",
         [ATTND__ACC_ORACLE] = "oracle pages",
-        [ATTND__ACC_RANKS] = "topk-pages, per rank"};
+        [ATTND__ACC_RANKS] = "topk-pages, per rank",
+        [ATTND__ACC_B16] = "topk-pages, bf16 bounds"};
     if (header)
         fprintf(f, "| workload | policy | budget | mass recall mean (min) | output error mean (max) "
                    "| KV read vs dense |\n|---|---|---|---|---|---|\n");
