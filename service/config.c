@@ -134,8 +134,9 @@ static const opt opts[] = {
     {"kv-disk", "ATTND_KV_DISK", OPT_SIZE, F(kv_disk), 4096, INT64_MAX, "BYTES",
      "most bytes of --kv-dir the KV pages may take (default 4 x --kv-memory)"},
     {"kv-host", "ATTND_KV_HOST", OPT_SIZE, F(kv_host), 4096, INT64_MAX, "BYTES",
-     "--device cuda: bytes of host RAM below the GPU's memory for the pages it cannot hold "
-     "(default: none)"},
+     "--device cuda: bytes of host RAM below the GPU's memory for the pages it cannot hold; "
+     "with --kv-dir, a chain: they go to host RAM first, on to disk as it fills (default: "
+     "none)"},
     {"kv-prefetch", "ATTND_KV_PREFETCH", OPT_INT, F(kv_prefetch), 0, 1024, "LAYERS",
      "layers read ahead while one is attended, for sessions with layers below memory; 0 "
      "off (default 4)"},

@@ -103,6 +103,14 @@ int main(int argc, char **argv)
         attnd_srv_config_print(stdout, &cfg);
         return 0;
     }
+    /* the engine takes a host-RAM tier below any pool (its tests run one
+     * below the CPU's); a worker only below a GPU's */
+    if (ecfg.kv_host && strncmp(ecfg.device, "cuda", 4) != 0) {
+        attnd_log_error("attnd", "kv-host: a host-RAM tier goes below a GPU's memory (--device "
+                                 "cuda); on the CPU, KV pages already live in host RAM: use "
+                                 "--kv-dir for a tier below it");
+        return 1;
+    }
     if (attnd_engine_create(&ecfg, &engine, &err)) {
         attnd_log_error("attnd", "%s", err.msg);
         return 1;
@@ -154,7 +162,7 @@ int main(int argc, char **argv)
                srv->metrics_port);
     if (est.below[0])
         printf("attnd: KV tier below memory: %s %s, %llu slots of %llu bytes; durable %s%s\n",
-               est.below, est.below[0] == 'd' ? cfg.kv_dir : "RAM",
+               est.below, est.below[0] == 'h' ? "RAM" : cfg.kv_dir,
                (unsigned long long)est.below_slots, (unsigned long long)est.below_slot_bytes,
                est.durable == ATTND_ENGINE_DURABLE_SYNC    ? "sync"
                : est.durable == ATTND_ENGINE_DURABLE_BATCH ? "batch"

@@ -600,6 +600,11 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
     cudaError_t rc;
 
     pthread_mutex_lock(&g->mu);
+    /* the tiers' mover installs pages read back from its own thread */
+    if ((rc = cudaSetDevice(g->device)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaSetDevice");
+        goto out;
+    }
     if (!g->bounds) {
         size_t bytes = attnd_kernel_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
         if ((rc = cudaMalloc((void **)&g->bounds, bytes)) != cudaSuccess) {

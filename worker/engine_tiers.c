@@ -92,15 +92,12 @@ static void fill_fingerprint(const attnd_engine *e, const attnd_engine_config *c
 static attnd_status check_config(const attnd_engine *e, const attnd_engine_config *cfg,
                                  attnd_error *err)
 {
-    if (cfg->kv_host && !e->gpu)
-        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "kv-host: a host-RAM tier goes below a GPU's memory (--device "
-                               "cuda); on the CPU, KV pages already live in host RAM: use "
-                               "--kv-dir for a tier below it");
-    if (cfg->kv_host && cfg->kv_dir[0])
+    /* (a host tier below the CPU's own pool is allowed here, for tests of
+     * the machinery; the service refuses --kv-host without --device cuda) */
+    if (cfg->kv_host && cfg->kv_dir[0] && cfg->durable)
         return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
-                               "kv-host: with --kv-dir too; one tier below memory for now (a "
-                               "GPU's pages go to host RAM or to disk, not both)");
+                               "kv-host: with --kv-dir and --durable; a durable worker keeps "
+                               "its pages on disk alone for now (TIERS.md, \"Three levels\")");
     if (cfg->durable && !cfg->kv_dir[0])
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "durable: needs --kv-dir (the log and checkpoints live there)");
@@ -125,14 +122,17 @@ attnd_status attnd__engine_tiers_open(attnd_engine *e, const attnd_engine_config
 
     if ((st = check_config(e, cfg, err)) || (!cfg->kv_dir[0] && !cfg->kv_host))
         return st;
-    tc.kind = cfg->kv_dir[0] ? ATTND__STORE_DISK : ATTND__STORE_HOST;
+    tc.kind = !cfg->kv_dir[0] ? ATTND__STORE_HOST
+              : cfg->kv_host  ? ATTND__STORE_CHAIN /* memory -> host RAM -> disk */
+                              : ATTND__STORE_DISK;
     tc.dir = cfg->kv_dir;
     tc.bytes = cfg->kv_dir[0] ? (cfg->kv_disk ? cfg->kv_disk : 4 * cfg->kv_memory) : cfg->kv_host;
+    tc.host_bytes = cfg->kv_host;
     tc.keep_copies = cfg->durable != ATTND_ENGINE_DURABLE_OFF;
     tc.depth = cfg->kv_io_depth;
     tc.prefetch = cfg->kv_prefetch;
     int lock_fd = -1;
-    if (tc.kind == ATTND__STORE_DISK) {
+    if (tc.kind != ATTND__STORE_HOST) {
         if (mkdir(cfg->kv_dir, 0755) != 0 && errno != EEXIST)
             return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
                                    "kv-dir: cannot make %s: %s", cfg->kv_dir, strerror(errno));
@@ -231,7 +231,10 @@ void attnd__engine_tiers_stats(attnd_engine *e, attnd_engine_stats *st)
     if (t) {
         int64_t used, limit;
         attnd__tier_slot_counts(t, &used, &limit);
-        snprintf(st->below, sizeof st->below, "%s", t->kind == ATTND__STORE_DISK ? "disk" : "host");
+        snprintf(st->below, sizeof st->below, "%s",
+                 t->kind == ATTND__STORE_DISK   ? "disk"
+                 : t->kind == ATTND__STORE_HOST ? "host"
+                                                : "chain");
         st->below_slots = (uint64_t)limit;
         st->below_slots_used = (uint64_t)used;
         st->below_slot_bytes = t->slot_bytes;

@@ -58,7 +58,8 @@ static int evictable(const attnd__session *s, int32_t l)
 
 static const char *store_name(const attnd__tier *t)
 {
-    return t->kind == ATTND__STORE_DISK ? t->path : "host RAM";
+    return t->kind == ATTND__STORE_DISK ? t->path
+           : t->kind == ATTND__STORE_HOST ? "host RAM" : "host RAM or its disk";
 }
 
 /* After an eviction round that freed nothing: wait a little and say
@@ -150,16 +151,19 @@ static int64_t evict_some(attnd_engine *e, attnd__tio *io, attnd__session *s, in
         if (!evictable(s, l))
             continue;
         for (; i < k && ops[i].layer == l; i++) {
-            if (ops[i].res == 0) {
+            if (ops[i].res == 0)
                 s->slots[l][ops[i].page] = (int32_t)ops[i].slot;
-                attnd__sparse_bounds_out(e, s, l, ops[i].mem, ops[i].slot);
-            } else
+            else
                 attnd__tier_slot_release(t, ops[i].slot);
         }
-        /* every page with a copy below leaves memory */
+        /* every page with a copy below leaves memory, its topk-pages key
+         * bounds beside its slot: also a page whose copy was made before
+         * (a checkpoint's, a page read back on a durable engine), which
+         * no write here carried them with */
         int32_t np = layer_pages(s, l), moved = 0;
         for (int32_t j = 0; j < np; j++)
             if (s->pages[l][j] >= 0 && s->slots[l][j] >= 0) {
+                attnd__sparse_bounds_out(e, s, l, s->pages[l][j], s->slots[l][j]);
                 attnd_kv_pool_put(&e->pool, &s->pages[l][j], 1);
                 s->pages[l][j] = -1;
                 moved++;

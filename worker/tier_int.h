@@ -4,12 +4,14 @@
  * Files:
  *   crc32c.c      the checksum of every page and record written
  *   tier_store.c  the store below memory: a slot file on local disk (or, below
- *                 a GPU's HBM, slots in host RAM) and its slot allocator
+ *                 a GPU's HBM, slots in host RAM, or both: a chain) and its
+ *                 slot allocator
  *   tier_io.c     the I/O contexts (an io_uring each, the file and bounce
  *                 buffers registered) that move pages to and from slots
- *   tier.c        the policy: moving cold layers down (evict), loading them
- *                 back (load, prefetch), the mover thread, and allocation
+ *   tier.c        the policy: moving cold layers down (evict) and allocation
  *                 with eviction (attnd__engine_alloc)
+ *   tier_load.c   loading them back (load, prefetch) and the mover thread
+ *   tier_demote.c a chain's host-RAM pages on to disk (the mover)
  *   wal.c         the write-ahead log (durable appends)
  *   ckpt.c        checkpoints (the manifest) and the checkpointer thread
  *   recover.c     start-up: manifest + log -> sessions
@@ -59,7 +61,12 @@ typedef struct attnd__slot_hdr {
 _Static_assert(sizeof(attnd__slot_hdr) == ATTND__SLOT_HDR, "slot header is 64 bytes");
 
 enum { ATTND__SLOT_FREE = 0, ATTND__SLOT_LIVE = 1, ATTND__SLOT_PENDING = 2 };
-enum { ATTND__STORE_DISK = 1, ATTND__STORE_HOST = 2 };
+/* DISK: slots [0, n_slots) in the file. HOST: slots [0, n_slots) in host
+ * RAM. CHAIN: the file's slots [0, n_slots), then a host-RAM band
+ * [n_slots, n_slots + n_host) that evictions fill first and the mover
+ * drains to the file (demotion), so cold pages go memory -> host RAM ->
+ * disk (TIERS.md, "Three levels"). */
+enum { ATTND__STORE_DISK = 1, ATTND__STORE_HOST = 2, ATTND__STORE_CHAIN = 3 };
 /* An op's result when the slot read back is not the page expected. */
 #define ATTND__TIO_BAD (-100000)
 
@@ -123,9 +130,10 @@ typedef struct attnd__tio {
 } attnd__tio;
 
 typedef struct attnd__tier_cfg {
-    int kind;              /* ATTND__STORE_DISK / HOST */
-    const char *dir;       /* disk: the directory */
-    uint64_t bytes;        /* the store's capacity */
+    int kind;              /* ATTND__STORE_DISK / HOST / CHAIN */
+    const char *dir;       /* disk, chain: the directory */
+    uint64_t bytes;        /* the store's capacity (chain: the file's) */
+    uint64_t host_bytes;   /* chain: its host-RAM band */
     int keep_copies;       /* durable: a resident page keeps its slot */
     int32_t depth;         /* I/Os in flight per context */
     int32_t prefetch;      /* layers ahead to prefetch; 0 off */
@@ -141,9 +149,11 @@ typedef struct attnd__tier {
     int lock_fd;           /* disk: DIR/lock, flock'd while we run */
     char dir[PATH_MAX / 2];
     char path[PATH_MAX];
-    char *host;            /* host: the slots */
+    char *host;            /* host: the slots; chain: its host band */
+    size_t host_map;       /* bytes mapped at host */
     size_t page_bytes, slot_bytes;
-    int64_t n_slots;
+    int64_t n_slots;       /* the file's (disk, chain) or host RAM's (host) */
+    int64_t n_host;        /* chain: slots [n_slots, n_slots + n_host) in host RAM */
 
     pthread_mutex_t slot_mu; /* the slot allocator: */
     int64_t limit;         /* usable slots: n_slots, lowered when a write
@@ -164,6 +174,10 @@ typedef struct attnd__tier {
     int cur_pend;          /* released slots go to pend_head[cur_pend] */
     uint64_t gen;          /* atomic (__atomic builtins) */
     char full_msg[200];    /* why limit was lowered */
+    /* chain: the host band's allocator (its own free list through link) */
+    int32_t hfree_head;
+    int64_t h_next_new, hn_free;
+    int32_t host_low;      /* the mover drains the band below this many free */
 
     pthread_mutex_t tio_mu;
     pthread_cond_t tio_cv;
@@ -188,7 +202,19 @@ typedef struct attnd__tier {
     atomic_uint cursor;    /* eviction scan start */
 
     atomic_uint_fast64_t n_out, n_in, n_prefetched, n_waits, n_bad, n_write_err, n_evict;
+    atomic_uint_fast64_t n_demoted; /* chain: pages moved from host RAM to disk */
 } attnd__tier;
+
+/* Where slot k's bytes are in host RAM (a host store's slot, or the
+ * chain's host band), or NULL: in the file, at k * slot_bytes. */
+static inline char *attnd__tier_host_slot(const attnd__tier *t, int64_t k)
+{
+    if (t->kind == ATTND__STORE_HOST)
+        return t->host + (size_t)k * t->slot_bytes;
+    if (k >= t->n_slots)
+        return t->host + (size_t)(k - t->n_slots) * t->slot_bytes;
+    return NULL;
+}
 
 /* tier_store.c */
 attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg,
@@ -198,8 +224,13 @@ void attnd__tier_destroy(attnd__tier *t);
  * store's figures (and a lowered limit's reason). */
 attnd_status attnd__tier_slots_alloc(attnd__tier *t, int64_t n, int64_t *out,
                                      attnd_error *err);
-/* Up to n free slots into out; returns how many (0 when none). */
+/* Up to n free slots into out; returns how many (0 when none). A chain
+ * hands out host-band slots first. */
 int64_t attnd__tier_slots_take(attnd__tier *t, int64_t n, int64_t *out);
+/* Chain: up to n free slots of the file alone (demotion); how many. */
+int64_t attnd__tier_file_slots_take(attnd__tier *t, int64_t n, int64_t *out);
+/* Chain: free slots of the host band (0 for other stores). */
+int64_t attnd__tier_host_free(attnd__tier *t);
 /* Slots no longer needed: free now, or (keep_copies) once the next
  * checkpoint no longer names them. */
 void attnd__tier_slot_release(attnd__tier *t, int64_t slot);
@@ -286,6 +317,10 @@ int attnd__tier_busy_wait(int *idle, int32_t free_before, int32_t free_now);
 int64_t attnd__tier_evict_session(attnd_engine *e, attnd__session *s, attnd_error *err);
 /* Release the slots of a freed session's layer. */
 void attnd__tier_forget_layer(attnd__tier *t, attnd__session *s, int32_t layer);
+/* Chain: move up to `want` pages of the coldest sessions from the host
+ * band to the file (the mover, when the band runs short; sessions in use
+ * are skipped: trylock). Returns pages moved. */
+int64_t attnd__tier_demote(attnd_engine *e, int64_t want);
 
 /* ---- the write-ahead log (wal.c) ---------------------------------------------
  * Segments DIR/wal/<first LSN, 16 hex>.log, each preallocated: a 4096-byte

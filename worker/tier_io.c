@@ -11,9 +11,10 @@
  * over the page, the CRC another (both at memory speed, well above a
  * disk's). Without io_uring (refused by a kernel or seccomp profile), and
  * for the host store, the same calls run pwrite / pread / memcpy one slot
- * at a time. Before writes the file is fallocated ahead of them (in steps
- * of 1/16 of the store): writes that extend a file take ext4's inode lock
- * one at a time. */
+ * at a time; a chain's host-band slots (tier_int.h) go by memcpy in the
+ * same run as its file slots go through the ring. Before writes the file
+ * is fallocated ahead of them (in steps of 1/16 of the store): writes
+ * that extend a file take ext4's inode lock one at a time. */
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "attnd_assert.h"
+#include "attnd_log.h"
 #include "tier_int.h"
 
 /* ---- I/O contexts ----------------------------------------------------------- */
@@ -62,7 +64,7 @@ attnd_status attnd__tio_init(attnd__tier *t, attnd__tio *io, attnd_error *err)
                                t->slot_bytes);
     }
     memset(io->bounce, 0, (size_t)io->nbuf * t->slot_bytes);
-    if (t->kind != ATTND__STORE_DISK)
+    if (t->kind == ATTND__STORE_HOST)
         return ATTND_OK;
     struct io_uring *r = calloc(1, sizeof *r);
     if (r && io_uring_queue_init((unsigned)(2 * io->depth), r, 0) == 0) {
@@ -163,8 +165,14 @@ static int fill_slot(attnd__tier *t, const attnd__tio_op *op, char *buf, const c
     if (!page) {
         char *dst = buf + ATTND__SLOT_DATA;
         if (op->mem >= 0) {
-            if (attnd__engine_page_out(t->e, op->mem, dst, &err))
+            if (attnd__engine_page_out(t->e, op->mem, dst, &err)) {
+                /* a GPU's copy failed: the write fails (-EIO); the cause
+                 * is only here */
+                attnd_log_error("tier", "KV page %d of layer %d (memory page %d) could not be "
+                                "copied out for slot %lld: %s", op->page, op->layer, op->mem,
+                                (long long)op->slot, err.msg);
                 return -EIO;
+            }
         } else {
             memcpy(dst, op->src, t->page_bytes);
         }
@@ -192,8 +200,12 @@ static int check_slot(attnd__tier *t, const attnd__tio_op *op, const char *buf, 
         slot_crc(buf, page, t->page_bytes) != h.crc)
         return ATTND__TIO_BAD;
     if (page == buf + ATTND__SLOT_DATA && op->mem >= 0 &&
-        attnd__engine_page_in(t->e, op->mem, page, &err))
+        attnd__engine_page_in(t->e, op->mem, page, &err)) {
+        attnd_log_error("tier", "KV page %d of layer %d from slot %lld could not be copied into "
+                        "memory page %d: %s", op->page, op->layer, (long long)op->slot, op->mem,
+                        err.msg);
         return -EIO;
+    }
     return 0;
 }
 
@@ -201,11 +213,12 @@ static int check_slot(attnd__tier *t, const attnd__tio_op *op, const char *buf, 
 static int sync_io(attnd__tier *t, int write, int64_t slot, char *buf)
 {
     off_t off = (off_t)slot * (off_t)t->slot_bytes;
-    if (t->kind == ATTND__STORE_HOST) {
+    char *host = attnd__tier_host_slot(t, slot);
+    if (host) {
         if (write)
-            memcpy(t->host + off, buf, t->slot_bytes);
+            memcpy(host, buf, t->slot_bytes);
         else
-            memcpy(buf, t->host + off, t->slot_bytes);
+            memcpy(buf, host, t->slot_bytes);
         return 0;
     }
     size_t done = 0;
@@ -265,7 +278,7 @@ static int queue_part(attnd__tio *io, int write, int32_t b, int part, int64_t sl
  * (no room: the writes will tell) turns it off. */
 static void prealloc(attnd__tier *t, uint64_t end)
 {
-    if (t->kind != ATTND__STORE_DISK)
+    if (t->kind == ATTND__STORE_HOST)
         return;
     pthread_mutex_lock(&t->slot_mu);
     if (!t->prealloc_off && end > t->prealloc) {
@@ -282,6 +295,18 @@ static void prealloc(attnd__tier *t, uint64_t end)
     pthread_mutex_unlock(&t->slot_mu);
 }
 
+/* One op now, through buf (a slot's bytes): pread / pwrite, or memcpy for
+ * a slot in host RAM. Sets and returns op->res. */
+static int one_sync(attnd__tier *t, int write, attnd__tio_op *op, char *buf)
+{
+    int r = write ? fill_slot(t, op, buf, NULL) : 0;
+    if (r == 0)
+        r = sync_io(t, write, op->slot, buf);
+    if (r == 0 && !write)
+        r = check_slot(t, op, buf, buf + ATTND__SLOT_DATA);
+    return op->res = r;
+}
+
 /* Run n ops with up to depth in flight; each op's res set. Returns the
  * first failure (0: none). */
 static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
@@ -292,21 +317,16 @@ static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
     if (write) {
         uint64_t end = 0;
         for (int64_t i = 0; i < n; i++)
-            end = (uint64_t)(ops[i].slot + 1) * t->slot_bytes > end
-                      ? (uint64_t)(ops[i].slot + 1) * t->slot_bytes
-                      : end;
+            if (ops[i].slot < t->n_slots) /* the file's (a chain's host band is not) */
+                end = (uint64_t)(ops[i].slot + 1) * t->slot_bytes > end
+                          ? (uint64_t)(ops[i].slot + 1) * t->slot_bytes
+                          : end;
         if (end > t->prealloc) /* (a racy first look; prealloc looks again) */
             prealloc(t, end);
     }
     if (!io->ring) {
         for (int64_t i = 0; i < n; i++) {
-            char *buf = io->bounce;
-            int r = write ? fill_slot(t, &ops[i], buf, NULL) : 0;
-            if (r == 0)
-                r = sync_io(t, write, ops[i].slot, buf);
-            if (r == 0 && !write)
-                r = check_slot(t, &ops[i], buf, buf + ATTND__SLOT_DATA);
-            ops[i].res = r;
+            int r = one_sync(t, write, &ops[i], io->bounce);
             if (r && !first)
                 first = r;
         }
@@ -329,6 +349,14 @@ static int tio_run(attnd__tio *io, int write, attnd__tio_op *ops, int64_t n)
         while (next < n && inflight < io->depth && n_free > 0) {
             int32_t b = io->free_buf[--n_free];
             attnd__tio_op *op = &ops[next];
+            if (attnd__tier_host_slot(t, op->slot)) { /* a chain's host band: now */
+                int r = one_sync(t, write, op, io->bounce + (size_t)b * t->slot_bytes);
+                if (r && !first)
+                    first = r;
+                io->free_buf[n_free++] = b;
+                next++;
+                continue;
+            }
             char *buf = io->bounce + (size_t)b * t->slot_bytes, *page = direct_page(t, io, op);
             int r = write ? fill_slot(t, op, buf, page) : 0;
             int parts = page ? 2 : 1;
@@ -420,7 +448,7 @@ int attnd__tio_read(attnd__tio *io, attnd__tio_op *ops, int64_t n)
 int attnd__tio_sync(attnd__tio *io)
 {
     attnd__tier *t = io->t;
-    if (t->kind != ATTND__STORE_DISK)
+    if (t->kind == ATTND__STORE_HOST)
         return 0;
     if (!io->ring)
         return fdatasync(t->fd) ? -errno : 0;

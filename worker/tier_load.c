@@ -45,9 +45,10 @@ static int32_t layer_pages(const attnd__session *s, int32_t l)
     return attnd__session_layer_pages(s, l);
 }
 
-static const char *store_name(const attnd__tier *t)
+/* Where slot k is, for a message. */
+static const char *store_name(const attnd__tier *t, int64_t k)
 {
-    return t->kind == ATTND__STORE_DISK ? t->path : "host RAM";
+    return attnd__tier_host_slot(t, k) ? "host RAM" : t->path;
 }
 
 /* Pages of layer l of s below memory. */
@@ -133,11 +134,11 @@ static attnd_status install(attnd_engine *e, attnd__session *s, int32_t l, int32
         if (res == ATTND__TIO_BAD)
             snprintf(why, sizeof why, "KV page %d of layer %d failed its checksum on reload "
                      "(slot %lld of %s); its KV is lost, close it",
-                     bad_j, l, (long long)bad_slot, store_name(t));
+                     bad_j, l, (long long)bad_slot, store_name(t, bad_slot));
         else
             snprintf(why, sizeof why, "KV page %d of layer %d could not be read back from %s "
                      "(slot %lld): %s; its KV is lost, close it",
-                     bad_j, l, store_name(t), (long long)bad_slot, strerror(-res));
+                     bad_j, l, store_name(t, bad_slot), (long long)bad_slot, strerror(-res));
         attnd__session_lose(s, why);
         return attnd_error_set(err, ATTND_ERR_DATA_LOSS, "%s", s->lost);
     }
@@ -563,6 +564,17 @@ static void *mover_main(void *arg)
             pthread_mutex_lock(&t->mv_mu);
             if (freed > 0)
                 continue;
+        }
+        /* a chain: host RAM short, its coldest pages on to disk */
+        if (t->n_host && !t->queue && !t->stop) {
+            int64_t hfree = attnd__tier_host_free(t);
+            if (hfree < t->host_low) {
+                pthread_mutex_unlock(&t->mv_mu);
+                int64_t moved = attnd__tier_demote(e, 2 * (int64_t)t->host_low - hfree);
+                pthread_mutex_lock(&t->mv_mu);
+                if (moved > 0)
+                    continue;
+            }
         }
         if (t->stop || t->queue)
             continue;

@@ -12,6 +12,11 @@
  * (attnd__tier_slots_full), which shrinks the logical capacity, and the
  * call that needed room gets RESOURCE_EXHAUSTED.
  *
+ * Chain (tier_int.h): the file's slots, then a band of slots in host RAM
+ * with a free list of its own; allocation takes the band's slots first
+ * (an eviction lands in host RAM), the file's once the band is empty, and
+ * the mover drains the band to the file (attnd__tier_demote, tier_demote.c).
+ *
  * Allocator: a free list and two pending lists threaded through one link
  * array (4 bytes a slot), plus never-used slots from next_new up. Without
  * durability a released slot is free at once. With it, a slot the last
@@ -44,46 +49,105 @@ static size_t round_up(size_t x, size_t a)
 static void update_cap(attnd__tier *t)
 {
     attnd_kv_pool *p = &t->e->pool;
-    attnd_kv_pool_set_cap(p, t->keep ? t->limit : (int64_t)p->n_pages + t->limit, t->limit);
+    attnd_kv_pool_set_cap(p, t->keep ? t->limit : (int64_t)p->n_pages + t->limit + t->n_host,
+                          t->limit + t->n_host);
+}
+
+/* Free slots of the host band / of the file (caller holds slot_mu). */
+static int64_t host_avail(const attnd__tier *t)
+{
+    return t->hn_free + (t->n_host - t->h_next_new);
+}
+
+static int64_t file_avail(const attnd__tier *t)
+{
+    return t->n_free_slots + (t->limit - t->next_new);
+}
+
+/* One free slot of the file, LIVE now (caller holds slot_mu; one is free). */
+static int64_t take_file(attnd__tier *t)
+{
+    int64_t s;
+    if (t->free_head >= 0) {
+        s = t->free_head;
+        t->free_head = t->link[s];
+        t->n_free_slots--;
+    } else {
+        s = t->next_new++;
+    }
+    ATTND_ASSERT(s < t->limit && t->state[s] == ATTND__SLOT_FREE);
+    t->state[s] = ATTND__SLOT_LIVE;
+    t->used++;
+    return s;
+}
+
+/* The same from the host band. */
+static int64_t take_host(attnd__tier *t)
+{
+    int64_t s;
+    if (t->hfree_head >= 0) {
+        s = t->hfree_head;
+        t->hfree_head = t->link[s];
+        t->hn_free--;
+    } else {
+        s = t->n_slots + t->h_next_new++;
+    }
+    ATTND_ASSERT(s >= t->n_slots && s < t->n_slots + t->n_host &&
+                 t->state[s] == ATTND__SLOT_FREE);
+    t->state[s] = ATTND__SLOT_LIVE;
+    t->used++;
+    return s;
 }
 
 attnd_status attnd__tier_slots_alloc(attnd__tier *t, int64_t n, int64_t *out, attnd_error *err)
 {
     attnd_status st = ATTND_OK;
     pthread_mutex_lock(&t->slot_mu);
-    int64_t avail = t->n_free_slots + (t->limit - t->next_new);
-    if (n > avail) {
+    int64_t avail = file_avail(t), hav = host_avail(t);
+    if (n > avail + hav) {
+        char band[96] = "";
+        if (t->n_host)
+            snprintf(band, sizeof band, " and %lld free of the %lld in host RAM above it",
+                     (long long)hav, (long long)t->n_host);
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                              "kv-disk: needs %lld slots of %zu bytes, %lld free of %lld "
-                             "(%lld waiting for a checkpoint)%s%s",
+                             "(%lld waiting for a checkpoint)%s%s%s",
                              (long long)n, t->slot_bytes, (long long)avail, (long long)t->limit,
-                             (long long)(t->n_pend[0] + t->n_pend[1]),
+                             (long long)(t->n_pend[0] + t->n_pend[1]), band,
                              t->full_msg[0] ? "; " : "", t->full_msg);
         goto out;
     }
-    for (int64_t i = 0; i < n; i++) {
-        int64_t s;
-        if (t->free_head >= 0) {
-            s = t->free_head;
-            t->free_head = t->link[s];
-            t->n_free_slots--;
-        } else {
-            s = t->next_new++;
-        }
-        ATTND_ASSERT(s < t->limit && t->state[s] == ATTND__SLOT_FREE);
-        t->state[s] = ATTND__SLOT_LIVE;
-        t->used++;
-        out[i] = s;
-    }
+    for (int64_t i = 0; i < n; i++) /* host RAM first: the chain's upper band */
+        out[i] = host_avail(t) > 0 ? take_host(t) : take_file(t);
 out:
     pthread_mutex_unlock(&t->slot_mu);
     return st;
 }
 
+int64_t attnd__tier_file_slots_take(attnd__tier *t, int64_t n, int64_t *out)
+{
+    int64_t k = 0;
+    pthread_mutex_lock(&t->slot_mu);
+    for (; k < n && file_avail(t) > 0; k++)
+        out[k] = take_file(t);
+    pthread_mutex_unlock(&t->slot_mu);
+    return k;
+}
+
+int64_t attnd__tier_host_free(attnd__tier *t)
+{
+    if (!t->n_host)
+        return 0;
+    pthread_mutex_lock(&t->slot_mu);
+    int64_t n = host_avail(t);
+    pthread_mutex_unlock(&t->slot_mu);
+    return n;
+}
+
 int64_t attnd__tier_slots_take(attnd__tier *t, int64_t n, int64_t *out)
 {
     pthread_mutex_lock(&t->slot_mu);
-    int64_t avail = t->n_free_slots + (t->limit - t->next_new);
+    int64_t avail = file_avail(t) + host_avail(t);
     pthread_mutex_unlock(&t->slot_mu);
     if (n > avail)
         n = avail;
@@ -100,6 +164,12 @@ static void slot_free(attnd__tier *t, int32_t s)
 {
     t->state[s] = ATTND__SLOT_FREE;
     t->used--;
+    if (s >= t->n_slots) { /* the chain's host band */
+        t->link[s] = t->hfree_head;
+        t->hfree_head = s;
+        t->hn_free++;
+        return;
+    }
     if (s >= t->limit)
         return;
     t->link[s] = t->free_head;
@@ -110,7 +180,9 @@ static void slot_free(attnd__tier *t, int32_t s)
 void attnd__tier_slot_release(attnd__tier *t, int64_t slot)
 {
     pthread_mutex_lock(&t->slot_mu);
-    ATTND_ASSERT(slot >= 0 && slot < t->n_slots && t->state[slot] == ATTND__SLOT_LIVE);
+    ATTND_ASSERT(slot >= 0 && slot < t->n_slots + t->n_host &&
+                 t->state[slot] == ATTND__SLOT_LIVE);
+    ATTND_ASSERT(!t->keep || slot < t->n_slots); /* a chain is never durable */
     if (t->keep) {
         int g = t->cur_pend;
         t->state[slot] = ATTND__SLOT_PENDING;
@@ -199,7 +271,7 @@ void attnd__tier_slot_counts(attnd__tier *t, int64_t *used_p, int64_t *limit_p)
 {
     pthread_mutex_lock(&t->slot_mu);
     *used_p = t->used;
-    *limit_p = t->limit;
+    *limit_p = t->limit + t->n_host;
     pthread_mutex_unlock(&t->slot_mu);
 }
 
@@ -251,16 +323,22 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
     t->depth = cfg->depth > 0 ? cfg->depth : 32;
     t->prefetch = cfg->prefetch;
     uint64_t n = cfg->bytes / t->slot_bytes;
-    const char *what = cfg->kind == ATTND__STORE_DISK ? "kv-disk" : "kv-host";
-    if (n < 1 || n > INT32_MAX) {
+    uint64_t nh = cfg->kind == ATTND__STORE_CHAIN ? cfg->host_bytes / t->slot_bytes : 0;
+    const char *what = cfg->kind == ATTND__STORE_HOST ? "kv-host" : "kv-disk";
+    if (n < 1 || n > INT32_MAX || (cfg->kind == ATTND__STORE_CHAIN && nh < 1) ||
+        n + nh > INT32_MAX) {
+        int host = n >= 1 && cfg->kind == ATTND__STORE_CHAIN && nh < 1;
         st = attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                             "%s: %llu bytes make %llu slots of %zu bytes; need 1 to %d", what,
-                             (unsigned long long)cfg->bytes, (unsigned long long)n,
-                             t->slot_bytes, INT32_MAX);
+                             "%s: %llu bytes make %llu slots of %zu bytes; need 1 to %d",
+                             host ? "kv-host" : what,
+                             (unsigned long long)(host ? cfg->host_bytes : cfg->bytes),
+                             (unsigned long long)(host ? nh : n), t->slot_bytes, INT32_MAX);
         goto err_t;
     }
     t->n_slots = t->limit = (int64_t)n;
-    t->free_head = t->pend_head[0] = t->pend_head[1] = -1;
+    t->n_host = (int64_t)nh;
+    t->free_head = t->pend_head[0] = t->pend_head[1] = t->hfree_head = -1;
+    n += nh; /* the arrays cover both bands */
     t->state = calloc((size_t)n, 1);
     t->crc = calloc((size_t)n, sizeof *t->crc);
     t->link = malloc(sizeof *t->link * (size_t)n);
@@ -288,20 +366,22 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
     pthread_mutex_init(&t->mv_mu, NULL);
     pthread_cond_init(&t->mv_cv, NULL);
     pthread_cond_init(&t->done_cv, NULL);
-    if (cfg->kind == ATTND__STORE_DISK) {
+    if (cfg->kind != ATTND__STORE_HOST) {
         snprintf(t->dir, sizeof t->dir, "%s", cfg->dir);
         if ((st = open_file(t, !cfg->keep_copies, err)))
             goto err_store;
-    } else {
-        t->host = mmap(NULL, (size_t)n * t->slot_bytes, PROT_READ | PROT_WRITE,
+    }
+    if (cfg->kind != ATTND__STORE_DISK) { /* host: every slot; chain: its band */
+        size_t bytes = (size_t)(cfg->kind == ATTND__STORE_HOST ? n : nh) * t->slot_bytes;
+        t->host = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (t->host == MAP_FAILED) {
             t->host = NULL;
             st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                 "kv-host: cannot map %llu bytes: %s",
-                                 (unsigned long long)(n * t->slot_bytes), strerror(errno));
+                                 "kv-host: cannot map %zu bytes: %s", bytes, strerror(errno));
             goto err_store;
         }
+        t->host_map = bytes;
     }
     if (!(t->tios = calloc(N_TIO, sizeof *t->tios))) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", what);
@@ -316,6 +396,7 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
     /* keep a few pages free for decode's appends: 1/32 of memory, at
      * least 2 */
     t->low_water = e->pool.n_pages / 32 > 2 ? e->pool.n_pages / 32 : 2;
+    t->host_low = t->n_host / 32 > 2 ? (int32_t)(t->n_host / 32) : 2;
     /* direct transfers between pool pages and the file: O_DIRECT wants
      * block-aligned addresses and lengths (the CPU pool's pages only) */
     t->zero_copy = t->kind == ATTND__STORE_DISK && t->direct && !e->gpu && e->pool.base &&
@@ -333,7 +414,7 @@ err_store:
     if (t->fd >= 0)
         close(t->fd);
     if (t->host)
-        munmap(t->host, (size_t)t->n_slots * t->slot_bytes);
+        munmap(t->host, t->host_map);
     pthread_mutex_destroy(&t->slot_mu);
     pthread_mutex_destroy(&t->tio_mu);
     pthread_cond_destroy(&t->tio_cv);
@@ -363,7 +444,7 @@ void attnd__tier_destroy(attnd__tier *t)
     if (t->lock_fd >= 0)
         close(t->lock_fd); /* releases the flock */
     if (t->host)
-        munmap(t->host, (size_t)t->n_slots * t->slot_bytes);
+        munmap(t->host, t->host_map);
     pthread_mutex_destroy(&t->slot_mu);
     pthread_mutex_destroy(&t->tio_mu);
     pthread_cond_destroy(&t->tio_cv);

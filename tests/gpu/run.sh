@@ -6,8 +6,11 @@
 #
 #   tests/gpu/run.sh [--no-build] [--ncu] [--no-torch] [all|test|bench|build]
 #   tests/gpu/run.sh e2e-build     (here: bundle attnd, attnd-cli, test_gpu_e2e,
-#                                   test_gpu_narrow, bench_engine)
+#                                   test_gpu_narrow, test_gpu_tiers, bench_engine)
 #   tests/gpu/run.sh e2e           (there: the GPU backend end to end)
+#   tests/gpu/run.sh tiers         (there: test_gpu_tiers from that bundle, the
+#                                   KV tiers below HBM: --kv-host, --kv-dir,
+#                                   both, --durable; see below)
 #   tests/gpu/run.sh engine        (there: test_gpu_e2e, then engine-level
 #                                   latency without RPC)
 #   tests/gpu/run.sh python-build  (here: bundle attnd and libattnd.so.0 with
@@ -43,6 +46,17 @@
 # and CPU backends, DeepSeek-V3 shapes) beside attnd_cuda_bench's MLA
 # kernel-only times and read-only anchor (from .gpu/bin) of the same run.
 #
+# tiers, on the GPU machine: test_gpu_tiers (attnd --device cuda:0 with a
+# small HBM pool and host RAM, a disk, both (a chain), or a durable disk
+# below it; every output against the float64 reference) one scenario at a
+# time (CK_RUN_CASE host, disk, chain, topk, durable), each under
+# ATTND_GPU_TIMEOUT seconds (default 90 here: 6 runs fit a 600 s lease
+# call), so a hang in one leaves the others' verdicts; then the same
+# suite on the CPU backend of that machine (ATTND_GPU_TIERS_DEVICE=cpu), to
+# tell a GPU path's failure from the machine's (io_uring, O_DIRECT, disk).
+# Everything goes to $OUT/tiers.log, the verdicts to $OUT/tiers_summary.txt.
+# Exit status: 0 when every GPU scenario passed, 77 without a GPU, else 1.
+#
 # Binaries go to $ATTND_GPU_BIN (default .gpu/bin, git-ignored: carry it to
 # the GPU machine and pass --no-build there to skip the compile). Logs and
 # the final table go to $OUT (the device tool's output folder) when set, else
@@ -57,8 +71,8 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --ncu) ncu=1 ;;
     --no-torch) torch=0 ;;
-    all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|python-build|python-hf|capture-build|capture) what=$a ;;
-    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|python-build|python-hf|capture-build|capture]" >&2; exit 2 ;;
+    all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|tiers|python-build|python-hf|capture-build|capture) what=$a ;;
+    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|tiers|python-build|python-hf|capture-build|capture]" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$bin" "$out"
@@ -119,11 +133,11 @@ rc=0
 do_e2e_build() {
   local b=${ATTND_BUILD_DIR:-$root/build}
   cmake --build "$b" -j2 --target attnd attnd-cli attnd-bench test_gpu_e2e test_gpu_narrow \
-    bench_engine
+    test_gpu_tiers bench_engine
   rm -rf "$e2e"
   "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$e2e" "$b/service/attnd" \
     "$b/client/cli/attnd-cli" "$b/client/bench/attnd-bench" "$b/tests/gpu/test_gpu_e2e" \
-    "$b/tests/gpu/test_gpu_narrow" "$b/worker/bench_engine"
+    "$b/tests/gpu/test_gpu_narrow" "$b/tests/gpu/test_gpu_tiers" "$b/worker/bench_engine"
   # test_gpu_e2e starts the attnd path compiled into it: remember it
   realpath "$b/service/attnd" > "$e2e/attnd_path"
   echo "bundled: $e2e"
@@ -268,6 +282,41 @@ do_engine() {
   set -e
 }
 
+# test_gpu_tiers from the bundle, one scenario (Check TCase) at a time, then
+# the same suite on the CPU backend; sets rc (77: no GPU, exits).
+do_tiers() {
+  [ -x "$e2e/run" ] || { echo "no bundle at $e2e (run e2e-build first)"; exit 2; }
+  [ -x "$e2e/bin/test_gpu_tiers" ] || { echo "$e2e has no test_gpu_tiers (run e2e-build again)"; exit 2; }
+  local ap log=$out/tiers.log sum=$out/tiers_summary.txt c crc
+  ap=$(cat "$e2e/attnd_path")
+  if [ ! -x "$ap" ]; then mkdir -p "$(dirname "$ap")"; ln -sf "$e2e/bin/attnd" "$ap"; fi
+  local tt=(timeout "${ATTND_GPU_TIMEOUT:-90}")
+  [ "${ATTND_GPU_TIMEOUT:-90}" -gt 0 ] || tt=()
+  export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none ATTND_KERNEL_PATH=exact
+  { echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
+    echo "/tmp (the tests' --kv-dir): $(df -hT /tmp | tail -1)"; ulimit -l | sed 's/^/memlock: /'; } | tee "$log" > "$sum"
+  set +e
+  rc=0
+  for c in host disk chain topk durable; do
+    echo "== test_gpu_tiers: $c (${ATTND_GPU_TIERS_DEVICE:-cuda:0})" | tee -a "$log"
+    CK_RUN_CASE=$c "${tt[@]}" "$e2e/run" test_gpu_tiers >> "$log" 2>&1
+    crc=$?
+    [ $crc -eq 77 ] && { echo "no GPU: skipped" | tee -a "$log" "$sum"; set -e; exit 77; }
+    echo "$c: exit $crc$([ $crc -eq 124 ] && echo ' (timed out)')" | tee -a "$log" "$sum"
+    grep -E ':[PFE]:' "$log" | grep -F ":$c:" | sed 's/^.*test_gpu_tiers\.c:[0-9]*://' >> "$sum"
+    [ $crc -ne 0 ] && rc=1
+  done
+  echo "== test_gpu_tiers on the CPU backend (the same checks, not the GPU paths; host is skipped there)" | tee -a "$log"
+  ATTND_GPU_TIERS_DEVICE=cpu "${tt[@]}" "$e2e/run" test_gpu_tiers > "$out/tiers_cpu.tmp" 2>&1
+  crc=$?
+  cat "$out/tiers_cpu.tmp" >> "$log"
+  { echo "cpu: exit $crc"; grep -E ':[PFE]:' "$out/tiers_cpu.tmp" | sed 's/^.*test_gpu_tiers\.c:[0-9]*://'; } >> "$sum"
+  rm -f "$out/tiers_cpu.tmp"
+  set -e
+  echo "-- summary ($sum):"; cat "$sum"
+}
+
 # The Python binding's transformers test (tests/python/test_hf.py): attnd
 # and libattnd travel as a bundle; the test starts its own servers.
 pyb=${ATTND_GPU_PY:-$root/.gpu/py}
@@ -331,6 +380,7 @@ if [ "$what" = e2e ]; then do_e2e; fi
 if [ "$what" = engine ]; then e2e_test; do_engine; exit $rc; fi
 if [ "$what" = e2e-bench ]; then do_e2e_bench; exit 0; fi
 if [ "$what" = e2e-group ]; then do_e2e_group; exit 0; fi
+if [ "$what" = tiers ]; then do_tiers; exit $rc; fi
 if [ $build -eq 1 ]; then do_build; fi
 [ "$what" = build ] && exit 0
 

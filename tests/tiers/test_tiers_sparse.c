@@ -268,6 +268,103 @@ START_TEST(test_kill_9_mid_stream_loses_no_acknowledged_append_of_a_sparse_sessi
 }
 END_TEST
 
+static attnd_tier_stats tiers(cu_seqs *s, const attnd_session_id *id)
+{
+    attnd_tier_stats t;
+    attnd_error err;
+    ck_assert_int_eq(attnd_client_get_tier_stats(s->c, id, &t, &err), ATTND_OK);
+    return t;
+}
+
+/* Session 0's topk-pages layer 0 (18 pages) and one query; the sparse
+ * Attend's lists and output bytes into ip / ch / out. */
+static void attend_kept(cu_seqs *s, cu_step *st, uint32_t *ip, uint64_t *ch, size_t *n_p,
+                        void *out)
+{
+    attnd_error err;
+    attnd_sparse_args sp = {.return_pages = 1, .chosen_indptr = ip,
+                            .chosen_indptr_capacity = MAX_LISTS, .chosen = ch,
+                            .chosen_capacity = MAX_CHOSEN};
+    memset(st->out, 0xA5, st->out_bytes);
+    ck_assert_msg(attnd_client_attend_sparse(s->c, &st->a, &sp, &err) == ATTND_OK, "%s",
+                  err.msg);
+    ck_assert_uint_eq(sp.chosen_groups, s->m.n_kv_heads);
+    tt_must_check_reported(s, st, &sp, 0, PS);
+    *n_p = sp.n_chosen;
+    memcpy(out, st->out, st->out_bytes);
+}
+
+/* A topk-pages layer resident without slot copies, copied to slots by a
+ * checkpoint, then sent below by other sessions' decode (its pages leave
+ * memory without a write: their copies are there) and read back: the
+ * same query chooses the same pages with the same output bits (the key
+ * bounds went below with the pages, not only with pages written then). */
+START_TEST(test_a_checkpointed_topk_pages_layer_chooses_the_same_pages_after_a_trip_below)
+{
+    static const char *const ck_flags[] = {"--durable", "--durable-segment", "1Mi",
+                                           "--durable-checkpoint", "64Ki", "--kv-disk", "32Mi",
+                                           NULL};
+    static const uint32_t chunks[] = {24, 40, 0};
+    const attnd_sparse_policy topk = {.kind = ATTND_SPARSE_TOPK_PAGES, .sink = SINK,
+                                      .topk_pages = TOPK};
+    cu_seqs s;
+    attnd_error err;
+    tt_must_mkdir(dir);
+    tt_must_start(dir, "512Ki", ck_flags); /* 128 pages */
+    cu_must_open(&s, cu_must_connect(), 4, ATTND_DTYPE_BF16);
+    ck_assert_int_eq(attnd_client_close_session(s.c, &s.ids[0], &err), ATTND_OK);
+    ck_assert_msg(attnd_client_create_session_policy(s.c, "", 0, &topk, NULL, 0, &s.ids[0], NULL,
+                                                     &err) == ATTND_OK, "%s", err.msg);
+    for (uint32_t i = 1; i < 4; i++) /* 75 pages each: they fill memory */
+        cu_must_prefill(&s, i, 400, chunks);
+    tt_must_append_layer(&s, 0, 0, 18 * PS - 5); /* last: resident, no slot copies */
+    ck_assert_uint_eq(tiers(&s, &s.ids[0]).session_below_bytes, 0);
+    cu_step st;
+    cu_step_make(&s, &st, 0, 0, 1, 1, 0, 1, ATTND_DTYPE_F32);
+    uint32_t ip0[MAX_LISTS], ip1[MAX_LISTS];
+    static uint64_t ch0[MAX_CHOSEN], ch1[MAX_CHOSEN];
+    size_t n0, n1;
+    void *out0 = malloc(st.out_bytes), *out1 = malloc(st.out_bytes);
+    ck_assert(out0 && out1);
+    attend_kept(&s, &st, ip0, ch0, &n0, out0);
+    /* two checkpoints begun after the Attend: the later copied its full
+     * pages (session 1 writes the log that calls them) */
+    const uint64_t c0 = tiers(&s, NULL).checkpoints;
+    for (int k = 0; k < 1000 && tiers(&s, NULL).checkpoints < c0 + 2; k++) {
+        tt_must_append_layer(&s, 1, (uint32_t)k % 3, 16); /* 4 KiB of log */
+        struct timespec ts = {0, 10000000L};
+        nanosleep(&ts, NULL);
+    }
+    ck_assert_uint_ge(tiers(&s, NULL).checkpoints, c0 + 2);
+    ck_assert_uint_gt(tiers(&s, &s.ids[0]).session_below_bytes, 0);
+    /* the others decode every layer twice: session 0, the coldest, goes
+     * below whole */
+    for (int k = 0; k < 2; k++)
+        for (uint32_t l = 0; l < s.m.n_layers; l++) {
+            cu_step o;
+            attnd_refcheck_result res = {0};
+            cu_step_make(&s, &o, l, 1, 3, 1, 0, 0, ATTND_DTYPE_F32);
+            ck_assert_msg(attnd_client_attend(s.c, &o.a, &err) == ATTND_OK, "%s", err.msg);
+            ck_assert_int_eq(cu_step_commit(&s, &o, &res), 0);
+            ck_assert_msg(res.max_err <= cu_bound(s.dt), "rel err %g", res.max_err);
+            cu_step_free(&o);
+        }
+    attnd_tier_stats t = tiers(&s, &s.ids[0]);
+    ck_assert_msg(t.session_memory_bytes == 0, "session 0 still has %llu bytes in memory",
+                  (unsigned long long)t.session_memory_bytes);
+    attend_kept(&s, &st, ip1, ch1, &n1, out1);
+    ck_assert_uint_eq(n1, n0);
+    ck_assert_msg(memcmp(ip1, ip0, sizeof(uint32_t) * (s.m.n_kv_heads + 1)) == 0 &&
+                      memcmp(ch1, ch0, sizeof(uint64_t) * n0) == 0,
+                  "other pages chosen after the trip below");
+    ck_assert_msg(memcmp(out1, out0, st.out_bytes) == 0, "other output bits after the trip below");
+    free(out0);
+    free(out1);
+    cu_step_free(&st);
+    tt_seqs_done(&s);
+}
+END_TEST
+
 static Suite *sparse_suite(void)
 {
     Suite *su = suite_create("tiers_sparse");
@@ -276,6 +373,8 @@ static Suite *sparse_suite(void)
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, test_a_streaming_and_topk_pages_session_attends_as_before_kill_9);
     tcase_add_test(tc, test_kill_9_mid_stream_loses_no_acknowledged_append_of_a_sparse_session);
+    tcase_add_test(tc,
+                   test_a_checkpointed_topk_pages_layer_chooses_the_same_pages_after_a_trip_below);
     suite_add_tcase(su, tc);
     return su;
 }

@@ -33,18 +33,26 @@ void tt_rmdir(const char *dir)
         nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+tt_suite_cfg tt_suite = {"tiny-gqa", "16", NULL, CU_LSE_BOUND};
+
 void tt_must_start(const char *dir, const char *mem, const char *const *extra)
 {
     const char *flags[48];
     int n = 0;
     flags[n++] = "--model";
-    flags[n++] = "tiny-gqa";
+    flags[n++] = tt_suite.model;
     flags[n++] = "--page-size";
-    flags[n++] = "16";
+    flags[n++] = tt_suite.page_size;
     flags[n++] = "--kv-memory";
     flags[n++] = mem;
-    flags[n++] = "--kv-dir";
-    flags[n++] = dir;
+    if (tt_suite.device) {
+        flags[n++] = "--device";
+        flags[n++] = tt_suite.device;
+    }
+    if (dir) {
+        flags[n++] = "--kv-dir";
+        flags[n++] = dir;
+    }
     flags[n++] = "--threads";
     flags[n++] = "2";
     for (int i = 0; extra && extra[i] && n < 47; i++)
@@ -109,7 +117,33 @@ void tt_must_check_all(cu_seqs *s, uint32_t batch)
     ck_assert_uint_gt(res.rows, 0);
     ck_assert_msg(res.max_err <= cu_bound(s->dt), "max rel err %g (bound %g)", res.max_err,
                   cu_bound(s->dt));
-    ck_assert_msg(res.max_lse_err <= CU_LSE_BOUND, "max lse err %g", res.max_lse_err);
+    ck_assert_msg(res.max_lse_err <= tt_suite.lse_bound, "max lse err %g (bound %g)",
+                  res.max_lse_err, tt_suite.lse_bound);
+}
+
+void tt_must_append_layer(cu_seqs *s, uint32_t i, uint32_t layer, uint32_t n)
+{
+    const size_t eb = (size_t)s->m.kv_token_elems * attnd_dtype_size(s->dt);
+    const size_t n_ch = (n + 255) / 256;
+    unsigned char *data = malloc((size_t)n * eb + 1);
+    attnd_kv_chunk *ch = calloc(n_ch + 1, sizeof *ch);
+    attnd_error err;
+    ck_assert(data && ch);
+    attnd_rng_fill(&s->rng, s->dt, data, (size_t)n * s->m.kv_token_elems);
+    uint64_t start = attnd_refcheck_len(&s->rc, i, layer);
+    for (size_t k = 0; k < n_ch; k++) {
+        uint32_t t = (uint32_t)k * 256, c = n - t < 256 ? n - t : 256;
+        ch[k] = (attnd_kv_chunk){.session = s->ids[i], .layer = layer, .start = start + t,
+                                 .n_tokens = c, .kv_token_elems = s->m.kv_token_elems,
+                                 .dtype = s->dt, .data = data + (size_t)t * eb};
+    }
+    attnd_error_clear(&err);
+    attnd_status st = attnd_client_append_kv(s->c, ch, n_ch, NULL, &err);
+    ck_assert_msg(st == ATTND_OK, "append %u tokens to layer %u of session %u: %s: %s", n, layer,
+                  i, attnd_status_string(st), err.msg);
+    ck_assert_int_eq(attnd_refcheck_append(&s->rc, i, layer, n, s->dt, data), 0);
+    free(ch);
+    free(data);
 }
 
 void tt_must_check_reported(cu_seqs *s, const cu_step *st, const attnd_sparse_args *sp,

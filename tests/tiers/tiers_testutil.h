@@ -1,5 +1,6 @@
 /* Helpers of the KV tier and durability suites: a real attnd on a fresh
- * --kv-dir (tiny-gqa, pages of 16 tokens), killed with SIGKILL or stopped
+ * --kv-dir (tiny-gqa, pages of 16 tokens, the CPU; a suite may set another
+ * model, page size and device in tt_suite), killed with SIGKILL or stopped
  * and started again on the same directory; appends the test keeps (so an
  * append whose reply a crash swallowed can be sent again and its fate
  * learned); checks of every layer of every session against the float64
@@ -19,9 +20,20 @@
 void tt_must_mkdir(char *dir);
 void tt_rmdir(const char *dir);
 
-/* Start cu_srv on kv-dir `dir` with the suite's model, page size and
- * memory (--kv-memory mem, e.g. "256Ki"), then extra flags
- * (NULL-terminated, may be NULL). */
+/* The server every tt_must_start starts, and the bound on LSE errors of
+ * the checks: tiny-gqa, pages of 16 tokens, the CPU backend, CU_LSE_BOUND
+ * unless a suite sets them before its first start (tests/gpu's tier suite:
+ * llama3-8b on cuda:0, whose bf16 queries bound the LSE by 1e-3). device
+ * NULL: no --device flag. */
+typedef struct tt_suite_cfg {
+    const char *model, *page_size, *device;
+    double lse_bound;
+} tt_suite_cfg;
+extern tt_suite_cfg tt_suite;
+
+/* Start cu_srv on kv-dir `dir` (NULL: no --kv-dir) with the suite's
+ * model, page size, device and memory (--kv-memory mem, e.g. "256Ki"),
+ * then extra flags (NULL-terminated, may be NULL). */
 void tt_must_start(const char *dir, const char *mem, const char *const *extra);
 /* SIGKILL cu_srv and reap it: a crash. */
 void tt_kill9(void);
@@ -34,11 +46,16 @@ void tt_must_restart(cu_seqs *s, const char *dir, const char *mem, const char *c
 void tt_seqs_done(cu_seqs *s);
 
 /* Attend over every layer of sessions [0, s->n) in batches of `batch`,
- * without new KV, and check every output against the reference of the
- * mirror: equal outputs mean the server holds exactly the mirrored tokens. */
+ * without new KV, and check every output (and LSE, tt_suite.lse_bound)
+ * against the reference of the mirror: equal outputs mean the server holds
+ * exactly the mirrored tokens. */
 void tt_must_check_all(cu_seqs *s, uint32_t batch);
 /* The same for one session: 0, or the failing status (err filled). */
 attnd_status tt_check_one(cu_seqs *s, uint32_t i, attnd_error *err);
+
+/* n tokens of fresh random KV into layer `layer` of session i alone, over
+ * one AppendKV call (chunks of up to 256 tokens), mirrored. */
+void tt_must_append_layer(cu_seqs *s, uint32_t i, uint32_t layer, uint32_t n);
 
 /* Check the outputs of st (one query token, float32 outputs, no new KV)
  * against the float64 reference over exactly the pages the reply

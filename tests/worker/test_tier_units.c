@@ -530,6 +530,102 @@ START_TEST(test_a_session_expired_on_a_durable_engine_stays_gone_after_a_crash)
 }
 END_TEST
 
+/* ---- a chain: host RAM above the disk ---------------------------------------- */
+
+/* tiny-gqa, 32 memory pages, 8 slots of host RAM (8 KiB each) above 1 MiB
+ * of disk, or (durable) refused. */
+static attnd_status make_chain(int durable, attnd_engine **e_p, attnd_error *err)
+{
+    strcpy(dir, "/tmp/attnd-tierunit-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    attnd_engine_config cfg = {.model = *attnd_model_find("tiny-gqa"), .page_size = PS,
+                               .kv_memory = 32 * 4096, .max_sessions = 16, .kv_disk = 1 << 20,
+                               .kv_host = 8 * 8192, .kv_prefetch = 2, .kernel_threads = 1,
+                               .durable = durable};
+    snprintf(cfg.kv_dir, sizeof cfg.kv_dir, "%s", dir);
+    return attnd_engine_create(&cfg, e_p, err);
+}
+
+/* Used slots of t in [lo, hi). */
+static int64_t used_in(const attnd__tier *t, int64_t lo, int64_t hi)
+{
+    int64_t n = 0;
+    for (int64_t k = lo; k < hi; k++)
+        n += t->state[k] != ATTND__SLOT_FREE;
+    return n;
+}
+
+/* 6 sessions of 21 pages in 32 memory pages and 8 of host RAM: evictions
+ * land in host RAM, the mover moves the coldest of them on to disk (host
+ * RAM gets free slots again), and every session attends exactly, read
+ * back from either; closes give every slot of both back. */
+START_TEST(test_a_chain_moves_pages_from_host_ram_on_to_disk_and_reads_both)
+{
+    tu_rng r;
+    tu_rng_init(&r, "tier chain");
+    attnd_engine *e = NULL;
+    attnd_error err;
+    ck_assert_msg(make_chain(0, &e, &err) == ATTND_OK, "%s", err.msg);
+    attnd__tier *t = e->tier;
+    ck_assert_int_eq(t->kind, ATTND__STORE_CHAIN);
+    ck_assert_int_eq(t->n_host, 8);
+    sess x[6];
+    for (int i = 0; i < 6; i++)
+        sess_fill(e, &x[i], &r);
+    attnd_engine_stats st;
+    attnd_engine_get_stats(e, &st);
+    ck_assert_str_eq(st.below, "chain");
+    ck_assert_uint_eq(st.below_slots, 128 + 8);
+    ck_assert_uint_eq(st.pages_capacity, 32 + 128 + 8);
+    /* the mover drains host RAM to its low water (30 s: a hang guard) */
+    for (int waited = 0; waited < 30000 && attnd__tier_host_free(t) < t->host_low; waited += 5)
+        usleep(5000);
+    ck_assert_int_ge(attnd__tier_host_free(t), t->host_low);
+    ck_assert_uint_gt(atomic_load(&t->n_demoted), 0);
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < 6; i++)
+            assert_exact(e, &x[i], &r);
+    /* at rest (a page being moved on holds both its slots a moment; 30 s:
+     * a hang guard), every page is in one place */
+    for (int waited = 0; waited < 30000; waited += 5) {
+        attnd_engine_get_stats(e, &st);
+        if (st.pages_held == st.pages_used + st.below_slots_used)
+            break;
+        usleep(5000);
+    }
+    ck_assert_uint_eq(st.pages_held, 6 * 3 * 7);
+    ck_assert_uint_eq(st.pages_held, st.pages_used + st.below_slots_used);
+    ck_assert_uint_gt(used_in(t, 0, t->n_slots), 0); /* some pages on disk */
+    ck_assert_uint_eq(st.pages_bad, 0);
+    for (int i = 0; i < 6; i++) {
+        ck_assert_int_eq(attnd_engine_session_close(e, &x[i].id, NULL, &err), ATTND_OK);
+        sess_free(&x[i]);
+    }
+    for (int waited = 0; waited < 30000; waited += 5) {
+        attnd_engine_get_stats(e, &st);
+        if (st.below_slots_used == 0 && st.pages_held == 0)
+            break;
+        usleep(5000);
+    }
+    ck_assert_uint_eq(st.below_slots_used, 0);
+    ck_assert_int_eq(attnd__tier_host_free(t), 8);
+    attnd_engine_destroy(e);
+    rm_dir();
+}
+END_TEST
+
+START_TEST(test_a_durable_chain_is_refused_naming_kv_host)
+{
+    attnd_engine *e = NULL;
+    attnd_error err;
+    attnd_error_clear(&err);
+    ck_assert_int_eq(make_chain(ATTND_ENGINE_DURABLE_SYNC, &e, &err), ATTND_ERR_UNIMPLEMENTED);
+    ck_assert_msg(strstr(err.msg, "kv-host") != NULL, "%s", err.msg);
+    ck_assert_ptr_null(e);
+    rm_dir();
+}
+END_TEST
+
 static Suite *tier_suite(void)
 {
     Suite *su = suite_create("tier_units");
@@ -543,6 +639,8 @@ static Suite *tier_suite(void)
     tcase_add_test(tc, test_a_durable_engine_keeps_each_sessions_owner_and_charges_across_a_crash);
     tcase_add_test(tc, test_a_session_expired_on_a_durable_engine_stays_gone_after_a_crash);
     tcase_add_test(tc, test_a_version_1_manifest_is_recovered_and_a_newer_one_refused);
+    tcase_add_test(tc, test_a_chain_moves_pages_from_host_ram_on_to_disk_and_reads_both);
+    tcase_add_test(tc, test_a_durable_chain_is_refused_naming_kv_host);
     suite_add_tcase(su, tc);
     return su;
 }

@@ -95,8 +95,11 @@ typedef struct attnd_engine_config {
     char device[32];
     /* Tiers below memory (worker/TIERS.md). kv_dir: a directory on local
      * disk where pages that memory cannot hold go ("": none), at most
-     * kv_disk bytes of it (0: 4 x kv_memory). kv_host: with a GPU device,
-     * bytes of host RAM below its HBM instead ("cuda" only; 0: none). Cold
+     * kv_disk bytes of it (0: 4 x kv_memory). kv_host: bytes of host RAM
+     * below the pool instead (0: none; meant for a GPU's HBM, which the
+     * service requires; the engine takes it below its CPU pool too), or,
+     * with kv_dir, above the disk: a chain, pages go to host RAM first and
+     * on to disk as it fills (not with durable: UNIMPLEMENTED). Cold
      * layers (least recently used sessions) move down when memory runs
      * short and come back before an Attend reads them; the kv_prefetch
      * layers after the one attended are read ahead (0: no prefetch).
@@ -518,7 +521,7 @@ typedef struct attnd_engine_stats {
      * hold together */
     uint64_t pages_held, pages_capacity;
     /* the tier below memory (all 0 / "" without one) */
-    char below[8];             /* "disk" or "host" */
+    char below[8];             /* "disk", "host" or "chain" (both) */
     uint64_t below_slots, below_slots_used, below_slot_bytes;
     uint64_t pages_moved_down, pages_moved_up, pages_prefetched;
     uint64_t load_waits;       /* Attends that waited for a load in flight */
