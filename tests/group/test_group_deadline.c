@@ -87,7 +87,18 @@ static void queued_past_deadline_is_not_run(attnd_transport transport)
      * a CreateSession through the same queue comes after it, so by its
      * answer the late one was dealt with: the leader appended nothing */
     attnd_session_id probe;
-    ck_assert_int_eq(attnd_client_create_session(work, NULL, 0, &probe, NULL, &err), ATTND_OK);
+    /* the leader's link to the resumed rank may still be coming back (its
+     * channel's reconnect backoff): UNAVAILABLE then, and again, is that
+     * link, not the late call (seen once in several full runs under load) */
+    attnd_status cs;
+    for (int tries = 0;; tries++) {
+        attnd_error_clear(&err);
+        cs = attnd_client_create_session(work, NULL, 0, &probe, NULL, &err);
+        if (cs != ATTND_ERR_UNAVAILABLE || tries == 300)
+            break;
+        sleep_ms(100);
+    }
+    ck_assert_msg(cs == ATTND_OK, "create_session after the resume: %d %s", cs, err.msg);
     ck_assert_int_eq(attnd_client_close_session(work, &probe, &err), ATTND_OK);
     ck_assert_int_eq(attnd_client_get_stats(work, &st, NULL, &err), ATTND_OK);
     ck_assert_uint_eq(st.tokens_appended, st0.tokens_appended);
