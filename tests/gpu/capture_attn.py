@@ -291,7 +291,8 @@ class Capture:
     def latent(self, m, layer, query, key, pos, ctx, scale):
         torch = self.torch
         nope, rope, H, c_dim = m.qk_nope_head_dim, m.qk_rope_head_dim, query.shape[1], m.kv_lora_rank
-        c = self.latent_c.pop(layer)  # [T, kv_lora]: kv_b_proj's input
+        c = self.latent_c.pop(layer)  # kv_b_proj's input: [1, T, kv_lora] (batch of one)
+        c = c.reshape(-1, c_dim)  # [T, kv_lora]
         w = m.kv_b_proj.weight.view(H, -1, c_dim)[:, :nope, :].float()  # W_UK [H, nope, kv_lora]
         qs = query[0][:, pos, :].float()  # [H, nq, nope + rope]
         q_c = torch.einsum("hnd,hdc->nhc", qs[..., :nope], w)
