@@ -20,7 +20,8 @@
  * bounds a little wider than its keys (still bounds: selection stays
  * correct, only less sharp). A page's bounds belong to its physical page,
  * so whatever moves page contents elsewhere must move them: the tiers copy
- * them beside the slot of a page they write below and back into the memory
+ * them beside a page's slot whenever the page leaves memory (written below,
+ * or already there because a checkpoint wrote it) and back into the memory
  * page it is read into (attnd__sparse_bounds_out / _in, below).
  *
  * Eviction: see sparse.h. With a tier below memory the evicted pages are
