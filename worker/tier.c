@@ -213,39 +213,12 @@ int attnd__tier_own_loading(attnd_engine *e)
     return busy;
 }
 
-/* The coldest sessions with something in memory, references held. */
-typedef struct victims {
-    attnd_engine *e;
-    attnd__session *s[16];
-    uint64_t used[16];
-    int n;
-    int64_t scanned;
-} victims;
-
-static int collect(attnd__session *s, void *arg)
+void attnd__tier_cold_add(attnd__tier_cold *v, attnd__session *s, uint64_t u)
 {
-    victims *v = arg;
     const int cap = (int)(sizeof v->s / sizeof v->s[0]);
-    uint64_t u = atomic_load_explicit(&s->last_used, memory_order_relaxed);
-
-    if (++v->scanned > 4096)
-        return 1;
-    if (atomic_load_explicit(&s->n_below, memory_order_relaxed) >= s->n_layers)
-        return 0;
-    if (v->n == cap && u >= v->used[cap - 1])
-        return 0;
-    /* something it could give up now? (busy: skip it) */
-    if (pthread_mutex_trylock(&s->mu) != 0)
-        return 0;
-    int any = 0;
-    for (int32_t l = 0; l < s->n_layers && !any; l++)
-        any = evictable(s, l);
-    pthread_mutex_unlock(&s->mu);
-    if (!any)
-        return 0;
-    if (v->n == cap) {
+    ATTND_ASSERT(attnd__tier_cold_wants(v, u));
+    if (v->n == cap)
         attnd__session_put(&v->e->table, &v->e->pool, v->s[--v->n]);
-    }
     int i = v->n++;
     for (; i > 0 && v->used[i - 1] > u; i--) { /* insertion: coldest first */
         v->s[i] = v->s[i - 1];
@@ -254,6 +227,29 @@ static int collect(attnd__session *s, void *arg)
     attnd__session_ref(&v->e->table, s);
     v->s[i] = s;
     v->used[i] = u;
+}
+
+/* The coldest sessions with something in memory. */
+static int collect(attnd__session *s, void *arg)
+{
+    attnd__tier_cold *v = arg;
+    uint64_t u = atomic_load_explicit(&s->last_used, memory_order_relaxed);
+
+    if (++v->scanned > 4096)
+        return 1;
+    if (atomic_load_explicit(&s->n_below, memory_order_relaxed) >= s->n_layers)
+        return 0;
+    if (!attnd__tier_cold_wants(v, u))
+        return 0;
+    /* something it could give up now? (busy: skip it) */
+    if (pthread_mutex_trylock(&s->mu) != 0)
+        return 0;
+    int any = 0;
+    for (int32_t l = 0; l < s->n_layers && !any; l++)
+        any = evictable(s, l);
+    pthread_mutex_unlock(&s->mu);
+    if (any)
+        attnd__tier_cold_add(v, s, u);
     return 0;
 }
 
@@ -265,7 +261,7 @@ int64_t attnd__tier_evict_for(attnd_engine *e, attnd__tio *io, int64_t want, att
 {
     attnd__tier *t = e->tier;
     attnd_error dummy = {0};
-    victims v = {.e = e};
+    attnd__tier_cold v = {.e = e};
     int64_t freed = 0;
     int own_io = 0;
 

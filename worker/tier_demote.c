@@ -53,40 +53,21 @@ static int64_t band_pages(const attnd__tier *t, const attnd__session *s)
     return n;
 }
 
-/* The coldest sessions with pages in the band, references held. */
-typedef struct cold {
-    attnd_engine *e;
-    attnd__session *s[16];
-    uint64_t used[16];
-    int n;
-    int64_t scanned;
-} cold;
-
+/* The coldest sessions with pages in the host-RAM band. */
 static int collect(attnd__session *s, void *arg)
 {
-    cold *v = arg;
-    const int cap = (int)(sizeof v->s / sizeof v->s[0]);
+    attnd__tier_cold *v = arg;
     uint64_t u = atomic_load_explicit(&s->last_used, memory_order_relaxed);
 
     if (++v->scanned > 4096)
         return 1;
     if (atomic_load_explicit(&s->n_below, memory_order_relaxed) == 0 ||
-        (v->n == cap && u >= v->used[cap - 1]) || pthread_mutex_trylock(&s->mu) != 0)
+        !attnd__tier_cold_wants(v, u) || pthread_mutex_trylock(&s->mu) != 0)
         return 0;
     int64_t n = band_pages(v->e->tier, s);
     pthread_mutex_unlock(&s->mu);
-    if (n == 0)
-        return 0;
-    if (v->n == cap)
-        attnd__session_put(&v->e->table, &v->e->pool, v->s[--v->n]);
-    int i = v->n++;
-    for (; i > 0 && v->used[i - 1] > u; i--) { /* coldest first */
-        v->s[i] = v->s[i - 1];
-        v->used[i] = v->used[i - 1];
-    }
-    attnd__session_ref(&v->e->table, s);
-    v->s[i] = s;
-    v->used[i] = u;
+    if (n != 0)
+        attnd__tier_cold_add(v, s, u);
     return 0;
 }
 
@@ -163,7 +144,7 @@ static int64_t demote_session(attnd_engine *e, attnd__tio *io, attnd__session *s
 int64_t attnd__tier_demote(attnd_engine *e, int64_t want)
 {
     attnd__tier *t = e->tier;
-    cold v = {.e = e};
+    attnd__tier_cold v = {.e = e};
     attnd__tio *io = NULL;
     int64_t moved = 0;
 

@@ -545,4 +545,27 @@ attnd_status attnd__engine_page_out(attnd_engine *e, int32_t page, void *dst,
 attnd_status attnd__engine_page_in(attnd_engine *e, int32_t page, const void *src,
                                    attnd_error *err);
 
+/* The coldest sessions a scan of the session table met, each with a
+ * reference held, coldest first: whom the mover evicts (tier.c) and whose
+ * host-RAM pages the chain moves on to disk (tier_demote.c). */
+typedef struct attnd__tier_cold {
+    attnd_engine *e;
+    attnd__session *s[16];
+    uint64_t used[16];
+    int n;
+    int64_t scanned;
+} attnd__tier_cold;
+
+/* Whether a session last used at u would enter v (not when v is full of
+ * colder ones). */
+static inline int attnd__tier_cold_wants(const attnd__tier_cold *v, uint64_t u)
+{
+    const int cap = (int)(sizeof v->s / sizeof v->s[0]);
+    return v->n < cap || u < v->used[cap - 1];
+}
+/* Put s (last used at u) into v in order, taking a reference; the warmest
+ * drops out (its reference put) when v is full. Call only when
+ * attnd__tier_cold_wants(v, u). */
+void attnd__tier_cold_add(attnd__tier_cold *v, attnd__session *s, uint64_t u);
+
 #endif /* ATTND_TIER_INT_H */
