@@ -1,5 +1,6 @@
-/* Check suite of the page selection's top-k (kernels/cpu/select_topk.c,
- * internal: select_int.h): on fresh random scores, the kept candidates
+/* Check suite of the page selection's internals (kernels/cpu/select_int.h).
+ *
+ * The top-k (select_topk.c): on fresh random scores, the kept candidates
  * must be exactly those of a plain reference (sort the non-mandatory
  * candidates by score, best first, ties by the earlier candidate, take the
  * wanted count, add the mandatory ones, write in candidate order), with
@@ -7,10 +8,17 @@
  * The score draws make many ties, scores one ulp apart (keys that differ
  * only in the radix selection's last digit), all-equal lists, and
  * infinities; the budgets cover nothing but the mandatory candidates,
- * every candidate, and everything between. */
+ * every candidate, and everything between.
+ *
+ * The scoring units on compact bounds (select.c, select_avx2.c,
+ * select_avx512.c): on random code rows, steps (NaN among them) and int8
+ * query rows, every SIMD path this CPU runs must write bitwise the ub the
+ * scalar unit writes (the same integer sums, the same float operations),
+ * and nothing else, so that every path keeps the same pages. */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "select_int.h"
 #include "testutil.h"
@@ -160,13 +168,94 @@ START_TEST(test_select_keys_order_scores_with_nan_on_top_and_signed_zeros_equal)
 }
 END_TEST
 
+/* One compact-bounds scoring problem: nkv KV heads of d_k dk, R rows per
+ * KV head (q_tokens x heads per KV head), a random candidate range. */
+static void check_units(tu_rng *r, int32_t dk, int32_t q_tokens, int32_t G)
+{
+    attnd_kernel_kv_layout l;
+    attnd_kernel_kv_layout_gqa(&l, 2, dk, 16, ATTND_DTYPE_BF16);
+    const int64_t np = 700;
+    const size_t row8 = attnd_kernel_kv_bounds8_row(&l);
+    uint8_t *b8 = malloc(row8 * 2 * (size_t)np);
+    for (size_t i = 0; i < row8 * 2 * (size_t)np; i++)
+        b8[i] = (uint8_t)tu_next(r);
+    for (int64_t p = 0; p < 2 * np; p++) { /* off, step (a power of two, or NaN) */
+        float off = (float)(tu_normal(r) * 4.0);
+        float step = tu_int(r, 0, 50) ? ldexpf(1.0f, (int)tu_int(r, -12, 0)) : NAN;
+        memcpy(b8 + (size_t)p * row8, &off, sizeof off);
+        memcpy(b8 + (size_t)p * row8 + sizeof off, &step, sizeof step);
+    }
+    int32_t cand[600];
+    for (int32_t i = 0; i < 600; i++)
+        cand[i] = (int32_t)tu_int(r, 0, np - 1);
+    attnd_kernel_select_list sl = {.cand0 = 17, .n_cand = 600 - 17};
+    attnd_kernel_select_batch b = {.q_tokens = q_tokens, .n_q_heads = 2 * G, .kv = &l,
+                                   .bounds8 = b8, .bounds_pages = np, .cand_idx = cand};
+    const int32_t R = attnd__select_head_rows(&b), rows = R + 3, row0 = 2;
+    const size_t w = attnd__select_q8_width(dk), qf = attnd__select_pack_floats(R, dk);
+    float *qpk = calloc(qf + 16, sizeof(float));
+    for (int32_t j = 0; j < R; j++) {
+        qpk[j] = (float)(tu_unif(r) + 0.01); /* sq */
+        qpk[R + j] = (float)tu_normal(r);    /* Qsum */
+        int8_t *q8 = attnd__select_q8_rows(qpk, R) + (size_t)j * w;
+        for (int32_t i = 0; i < 2 * dk; i++)
+            q8[i] = (int8_t)tu_int(r, -127, 127);
+    }
+    const int32_t p0 = (int32_t)tu_int(r, 0, 5), p1 = (int32_t)tu_int(r, 400, sl.n_cand);
+    const size_t nub = (size_t)sl.n_cand * (size_t)rows;
+    float *ref = malloc(sizeof(float) * nub), *got = malloc(sizeof(float) * nub);
+    for (size_t i = 0; i < nub; i++)
+        ref[i] = -1234.5f;
+    attnd__select_ub8_scalar(&b, &sl, 1, p0, p1, qpk, ref, row0, rows);
+#if defined(ATTND_HAVE_X86_SIMD)
+    for (int path = 1; path <= 2; path++) {
+        if (!attnd_kernel_path_supported(path == 1 ? ATTND_KERNEL_PATH_AVX2
+                                                   : ATTND_KERNEL_PATH_AVX512))
+            continue;
+        for (size_t i = 0; i < nub; i++)
+            got[i] = -1234.5f;
+        if (path == 1)
+            attnd__select_ub8_avx2(&b, &sl, 1, p0, p1, qpk, got, row0, rows);
+        else
+            attnd__select_ub8_avx512(&b, &sl, 1, p0, p1, qpk, got, row0, rows);
+        for (size_t i = 0; i < nub; i++)
+            ck_assert_msg(memcmp(&got[i], &ref[i], sizeof(float)) == 0,
+                          "%s, d_k %d, %d rows, candidates [%d, %d): ub[%zu][%zu] %a, the "
+                          "scalar unit's %a",
+                          path == 1 ? "avx2" : "avx512", dk, R, p0, p1, i / (size_t)rows,
+                          i % (size_t)rows, (double)got[i], (double)ref[i]);
+    }
+#endif
+    free(got);
+    free(ref);
+    free(qpk);
+    free(b8);
+}
+
+START_TEST(test_compact_scoring_units_write_the_scalar_units_floats_on_every_path)
+{
+    tu_rng r;
+    tu_rng_init(&r, "select-units");
+    static const int32_t dks[] = {128, 64, 40, 16, 80};
+    for (size_t i = 0; i < sizeof dks / sizeof dks[0]; i++) {
+        check_units(&r, dks[i], 1, 4); /* 4 rows: the four-row path where d_k allows */
+        check_units(&r, dks[i], 2, 4); /* 8 */
+        check_units(&r, dks[i], 3, 4); /* 12 */
+        check_units(&r, dks[i], 1, 2); /* 2 */
+        check_units(&r, dks[i], 3, 1); /* 3 */
+        check_units(&r, dks[i], 1, 1); /* 1 */
+    }
+}
+END_TEST
+
 static Suite *suite(void)
 {
-    Suite *s = suite_create("select_topk");
-    TCase *tc = tcase_create("topk");
+    Suite *s = suite_create("select_int");
+    TCase *tc = tcase_create("select");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_topk_keeps_exactly_the_reference_pages_with_ties_nan_and_any_budget);
     tcase_add_test(tc, test_select_keys_order_scores_with_nan_on_top_and_signed_zeros_equal);
+    tcase_add_test(tc, test_compact_scoring_units_write_the_scalar_units_floats_on_every_path);
     suite_add_tcase(s, tc);
     return s;
 }
