@@ -15,6 +15,7 @@
  * attnd_kernel_select_prepare says how much) and from the pool's per-thread
  * buffers (packed queries), so a steady decode allocates nothing here. */
 #include <math.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #if defined(__SSE2__)
@@ -134,8 +135,9 @@ int64_t attnd_kernel_select_prepare(attnd_kernel_select_batch *b, attnd_error *e
                                    "select: too many candidates"),
                    -1;
     }
-    /* the calling thread's scratch (packing, attnd_kernel_select's units) */
-    return work + (int64_t)attnd__select_unit_floats(b);
+    /* the parallel run's list states, the calling thread's scratch
+     * (packing, attnd_kernel_select's units) */
+    return work + b->n_lists + (int64_t)attnd__select_unit_floats(b);
 }
 
 void attnd__select_q_row(const attnd_kernel_select_batch *b, int32_t seq, int32_t kvh, int32_t r,
@@ -186,10 +188,15 @@ static void pack_row8(const float *x, int32_t dk, float *sq_p, float *sum_p, int
         return;
     }
     for (int32_t d = 0; d < dk; d++) {
-        double c = ceil((double)x[d] / (double)sq);
-        while (c * (double)sq < (double)x[d])
-            c += 1.0;
-        ATTND_ASSERT(c >= -127.0 && c <= 127.0);
+        /* ceil(x / sq) (|x / sq| <= 127): the quotient truncated, plus one
+         * where that is below it (libm's ceil was a call per element);
+         * then up while c sq (exact in double) is under x */
+        const double t = (double)x[d] / (double)sq;
+        int32_t c = (int32_t)t;
+        c += (double)c < t;
+        while ((double)c * (double)sq < (double)x[d])
+            c++;
+        ATTND_ASSERT(c >= -127 && c <= 127);
         qi[x[d] < 0.0f ? d : dk + d] = (int8_t)c;
     }
     *sq_p = sq;
@@ -368,10 +375,20 @@ static void score_chunk(const attnd_kernel_select_batch *b, const attnd_kernel_s
 #if defined(__SSE2__)
     if (rows % 4 == 0) { /* four rows a vector (GQA: 4 per KV head, MLA 8) */
         for (int32_t r = 0; r < rows; r += 4) {
-            __m128 m = _mm_set1_ps(-INFINITY);
-            for (int32_t p = p0; p < p1; p++) /* v > m ? v : m */
-                m = _mm_max_ps(_mm_loadu_ps(ub + (size_t)p * rows + r), m);
-            _mm_storeu_ps(cmax + r, m);
+            /* four chains (one was bound by the max's latency); max is
+             * order-free here but for the sign of a zero maximum, which
+             * no score sees (ub - cmax, then +0 and -0 rank the same) */
+            __m128 m0 = _mm_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
+            int32_t p = p0;
+            for (; p + 4 <= p1; p += 4) { /* v > m ? v : m */
+                m0 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)p * rows + r), m0);
+                m1 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)(p + 1) * rows + r), m1);
+                m2 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)(p + 2) * rows + r), m2);
+                m3 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)(p + 3) * rows + r), m3);
+            }
+            for (; p < p1; p++)
+                m0 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)p * rows + r), m0);
+            _mm_storeu_ps(cmax + r, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
         }
         return;
     }
@@ -457,13 +474,20 @@ static void select_list(const attnd_kernel_select_batch *b, const attnd_kernel_s
     attnd__select_topk(key, n, sl->keep, sl->n_head, sl->n_tail, cand, out, pos, tmp);
 }
 
-/* The calling thread's scratch at the end of b->work, 64-byte aligned. */
-static float *tail_scratch(const attnd_kernel_select_batch *b)
+/* Where the lists' scratch ends: the parallel run's list states (one int
+ * per list), then the calling thread's scratch. */
+static float *lists_end(const attnd_kernel_select_batch *b)
 {
     int64_t tail = 0;
     for (int32_t i = 0; i < b->n_lists; i++)
         tail += list_work(b, &b->lists[i]);
-    return (float *)(((uintptr_t)(b->work + tail) + 63) & ~(uintptr_t)63);
+    return b->work + tail;
+}
+
+/* The calling thread's scratch at the end of b->work, 64-byte aligned. */
+static float *tail_scratch(const attnd_kernel_select_batch *b)
+{
+    return (float *)(((uintptr_t)(lists_end(b) + b->n_lists) + 63) & ~(uintptr_t)63);
 }
 
 static void pack_all(const attnd_kernel_select_batch *b, float *tmp)
@@ -485,11 +509,26 @@ void attnd_kernel_select(const attnd_kernel_select_batch *b)
         select_list(b, &b->lists[i]);
 }
 
+/* The parallel run is one pool job over one task counter: tasks [0,
+ * n_lists) pack a list's queries (or, for a list with nothing to score,
+ * write its pages), the rest are the scoring units, list after list. A
+ * list's state counts its progress: LIST_PACKED once packed, then
+ * LIST_CHUNK per scored unit; the thread that scores a list's last unit
+ * runs its top-k right away. So the packing is spread over the threads
+ * instead of running before the job on the calling one, the top-k of the
+ * first lists overlaps the scoring of the last ones, and the pool is
+ * woken once, not twice (GQA at 128K: 8 lists of 16 units). A unit whose
+ * list is still being packed waits for it: packs are the first tasks, so
+ * that is at most one pack's time (GQA ~2 us: 4 rows of d_k 128), and only
+ * at the start. */
+enum { LIST_PACKED = 1, LIST_CHUNK = 2 };
+
 typedef struct sel_ctx {
     const attnd_kernel_select_batch *b;
     attnd_kernel_pool *pool;
     attnd__ub_fn fn;
-    int32_t n_chunks;
+    atomic_int *state;  /* [n_lists] */
+    int32_t n_tasks;    /* n_lists + scoring units */
     atomic_int next;
 } sel_ctx;
 
@@ -510,49 +549,65 @@ static int32_t list_of_chunk(const attnd_kernel_select_batch *b, int32_t k)
     return lo;
 }
 
-static void score_job(void *p, int32_t tid)
+/* Wait until list li is packed (acquire: its packed queries are seen). */
+static void wait_packed(atomic_int *st)
 {
-    sel_ctx *c = p;
-    float *scratch = attnd__pool_scratch(c->pool, tid);
-    for (;;) {
-        int k = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
-        if (k >= c->n_chunks)
-            return;
-        int32_t li = list_of_chunk(c->b, k);
-        const attnd_kernel_select_list *sl = &c->b->lists[li];
-        score_chunk(c->b, sl, k - sl->chunk0, c->fn, scratch);
+    for (unsigned spin = 0; !(atomic_load_explicit(st, memory_order_acquire) & LIST_PACKED);
+         spin++) {
+#if defined(__SSE2__)
+        _mm_pause();
+#endif
+        if (spin >= 1024) /* the packing thread lost its core: let it run */
+            sched_yield();
     }
 }
 
 static void select_job(void *p, int32_t tid)
 {
     sel_ctx *c = p;
-    (void)tid;
+    const attnd_kernel_select_batch *b = c->b;
+    float *scratch = attnd__pool_scratch(c->pool, tid);
     for (;;) {
-        int k = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
-        if (k >= c->b->n_lists)
+        const int k = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
+        if (k >= c->n_tasks)
             return;
-        select_list(c->b, &c->b->lists[k]);
+        if (k < b->n_lists) { /* pack, or nothing to score */
+            const attnd_kernel_select_list *sl = &b->lists[k];
+            if (list_chunks(sl)) {
+                pack_list(b, sl, scratch);
+                atomic_fetch_add_explicit(&c->state[k], LIST_PACKED, memory_order_release);
+            } else {
+                select_list(b, sl);
+            }
+            continue;
+        }
+        const int32_t li = list_of_chunk(b, k - b->n_lists);
+        const attnd_kernel_select_list *sl = &b->lists[li];
+        wait_packed(&c->state[li]);
+        score_chunk(b, sl, k - b->n_lists - sl->chunk0, c->fn, scratch);
+        /* acq_rel: the last unit's thread sees every unit's ub and maxima */
+        const int was = atomic_fetch_add_explicit(&c->state[li], LIST_CHUNK,
+                                                  memory_order_acq_rel);
+        if (was == LIST_PACKED + LIST_CHUNK * (list_chunks(sl) - 1))
+            select_list(b, sl);
     }
 }
 
 attnd_status attnd_kernel_select_parallel(attnd_kernel_pool *pool,
                                           const attnd_kernel_select_batch *b, attnd_error *err)
 {
-    sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn(b)};
     if (b->n_lists == 0)
         return ATTND_OK;
     const attnd_kernel_select_list *last = &b->lists[b->n_lists - 1];
-    c.n_chunks = last->chunk0 + list_chunks(last);
+    sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn(b),
+                 .state = (atomic_int *)(void *)lists_end(b),
+                 .n_tasks = b->n_lists + last->chunk0 + list_chunks(last)};
+    for (int32_t i = 0; i < b->n_lists; i++)
+        atomic_init(&c.state[i], 0);
     atomic_init(&c.next, 0);
-    pack_all(b, tail_scratch(b)); /* on the calling thread: once per list */
-    if (c.n_chunks > 0 &&
-        attnd__pool_run(pool, attnd__select_unit_floats(b), score_job, &c))
+    if (attnd__pool_run(pool, attnd__select_unit_floats(b), select_job, &c))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "select scratch: no memory for %zu floats per thread",
                                attnd__select_unit_floats(b));
-    atomic_store(&c.next, 0);
-    if (attnd__pool_run(pool, 0, select_job, &c))
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "select: pool run failed");
     return ATTND_OK;
 }
