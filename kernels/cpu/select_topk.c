@@ -26,6 +26,31 @@
 /* Digit width of the radix passes (the counters: 8 KB). */
 #define TOPK_BITS 11
 
+/* The bin of the key of descending rank *k_p among the counts hist[nb],
+ * and the rank within it. From the top,
+ * 16 bins at a time while they hold no more than the rank: a list's keys
+ * leave most bins empty (the best page's score 0 sits binades above the
+ * others), and a bin at a time is a chain of dependent subtractions. */
+static uint32_t find_bin(const int32_t *hist, uint32_t nb, int32_t *k_p)
+{
+    int32_t k = *k_p;
+    uint32_t d = nb;
+    for (; d >= 16; d -= 16) {
+        int32_t s = 0;
+        for (uint32_t j = d - 16; j < d; j++)
+            s += hist[j];
+        if (k < s)
+            break;
+        k -= s;
+    }
+    ATTND_ASSERT(d > 0);
+    d--;
+    while (k >= hist[d])
+        k -= hist[d--];
+    *k_p = k;
+    return d;
+}
+
 /* The key of descending rank k (0 = largest) among a[0..n), 0 <= k < n;
  * *eq_p: how many keys equal it, *take_p: how many of those rank at or
  * above rank k (the ones a top-(k+1) takes). a is not written; tmp [n]
@@ -42,9 +67,7 @@ static uint32_t kth_key(const uint32_t *a, uint32_t *tmp, int32_t n, int32_t k, 
         memset(hist, 0, sizeof(int32_t) << bits);
         for (int32_t i = 0; i < n; i++)
             hist[(src[i] >> shift) & mask]++;
-        uint32_t d = mask;
-        while (k >= hist[d])
-            k -= hist[d--];
+        const uint32_t d = find_bin(hist, mask + 1, &k);
         prefix |= d << shift;
         if (shift == 0) {
             *eq_p = hist[d];
