@@ -16,6 +16,10 @@
  * GetEndpoint asked for it). */
 typedef struct ucx_conn {
     ucp_ep_h ep;
+    ucp_worker_h worker;  /* the one ep is on: the main worker, or (same
+                             host) a peer worker of its own, retired when
+                             the connection is freed (common/attnd_ucxw.h) */
+    int own_worker;
     uint64_t id;          /* "client <id>" in logs and stats */
     int32_t pid;          /* same host: the client's pid */
     int pidfd;            /* same host: watched for its exit; -1 otherwise */
@@ -78,6 +82,10 @@ typedef struct ucx_admit {
     int on_host;            /* the client is on this host (warn if TCP) */
     int same_host, pidfd;   /* admitted to shared memory; its pidfd */
     int32_t pid;
+    /* same host: the address of the connection's own worker, which the
+     * client connects to (else the rank's) */
+    unsigned char own_addr[ATTND_UCXW_ADDR_MAX];
+    size_t own_len;
     int taken, done;        /* by the progress thread; finished */
     attnd_status st;
     char msg[ATTND_ERROR_MSG_MAX];
