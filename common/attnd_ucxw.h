@@ -95,8 +95,15 @@ typedef struct attnd_ucxw_closing {
 typedef struct attnd_ucxw_pw {
     ucp_worker_h worker;
     int efd;
-    int retired;             /* destroyed once its closes are done */
+    int retired;             /* destroyed once its closes are done, or
+                                ATTND_UCXW_RETIRE_MS after retiring */
+    uint64_t retired_ns;
 } attnd_ucxw_pw;
+
+/* How long a retired peer worker's forced closes may take before the
+ * worker is destroyed anyway (UCX completes a forced close only with peer
+ * error handling; a dead same-host peer's sends may stay queued). */
+#define ATTND_UCXW_RETIRE_MS 200
 
 #define ATTND_UCXW_MAX_AM 8
 
@@ -163,8 +170,10 @@ attnd_status attnd_ucxw_worker_address(ucp_worker_h worker, void **addr_p, size_
 attnd_status attnd_ucxw_peer_worker(attnd_ucxw *w, const char *who, ucp_worker_h *out,
                                     attnd_error *err);
 /* The peer it served is gone: once the endpoints closed on it with
- * attnd_ucxw_ep_close_on finished, the loop destroys it. The caller lets
- * go of everything UCX lent from it (AM data) first. */
+ * attnd_ucxw_ep_close_on finished, or ATTND_UCXW_RETIRE_MS later, the loop
+ * destroys it (operations still in flight on it complete then, with an
+ * error, or never). The caller lets go of everything UCX lent from it (AM
+ * data) first. Retiring a retired worker does nothing. */
 void attnd_ucxw_peer_worker_retire(attnd_ucxw *w, ucp_worker_h worker);
 
 /* The UCX_NET_DEVICES value for a host (see net_host above) into buf:

@@ -27,7 +27,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "attnd_assert.h"
+#include "attnd_clock.h"
 #include "ucxw_int.h"
 
 /* ---- which interface ---------------------------------------------------------------- */
@@ -224,6 +224,7 @@ static void drain_worker(attnd_ucxw *w, ucp_worker_h worker)
             left += w->closing[k].worker == worker;
         if (!left)
             break;
+        w->cur = worker;
         ucp_worker_progress(worker);
         attnd__ucxw_reap_closes(w);
         if (i % 1000 == 999)
@@ -237,6 +238,7 @@ static void drain_worker(attnd_ucxw *w, ucp_worker_h worker)
         } else {
             k++;
         }
+    w->cur = worker;
     for (int i = 0; i < 100 && ucp_worker_progress(worker); i++)
         ; /* late completions (sends, receives) before the worker goes */
 }
@@ -248,6 +250,7 @@ void attnd_ucxw_cleanup(attnd_ucxw *w)
         drain_worker(w, w->pw[i].worker);
         ucp_worker_destroy(w->pw[i].worker);
     }
+    w->cur = NULL;
     free(w->pw);
     w->pw = NULL;
     w->n_pw = w->cap_pw = 0;
@@ -256,6 +259,7 @@ void attnd_ucxw_cleanup(attnd_ucxw *w)
         ucp_worker_destroy(w->worker);
         w->worker = NULL;
     }
+    w->cur = NULL;
     free(w->closing);
     w->closing = NULL;
     w->n_closing = w->cap_closing = 0;
@@ -349,32 +353,47 @@ void attnd_ucxw_peer_worker_retire(attnd_ucxw *w, ucp_worker_h worker)
         return; /* every worker goes now */
     for (size_t i = 0; i < w->n_pw; i++)
         if (w->pw[i].worker == worker) {
-            ATTND_ASSERT(!w->pw[i].retired); /* retired once */
+            if (!w->pw[i].retired)
+                w->pw[i].retired_ns = attnd_clock_ns();
             w->pw[i].retired = 1;
             return;
         }
-    ATTND_ASSERT(!"attnd_ucxw_peer_worker_retire: not a peer worker of w");
+    /* not found: being destroyed (a completion its destruction ran) */
 }
 
-/* Destroy retired peer workers whose closes finished (outside progress). */
+/* Destroy retired peer workers whose closes finished or whose time is up
+ * (outside progress). Callbacks that run meanwhile may retire others. */
 void attnd__ucxw_reap_workers(attnd_ucxw *w)
 {
+    uint64_t now = attnd_clock_ns();
     for (size_t i = 0; i < w->n_pw;) {
         attnd_ucxw_pw *pw = &w->pw[i];
         int busy = 0;
-        if (pw->retired)
+        if (pw->retired && now - pw->retired_ns < ATTND_UCXW_RETIRE_MS * 1000000ull)
             for (size_t k = 0; k < w->n_closing && !busy; k++)
                 busy = w->closing[k].worker == pw->worker;
         if (!pw->retired || busy) {
             i++;
             continue;
         }
-        for (int n = 0; n < 100 && ucp_worker_progress(pw->worker); n++)
+        ucp_worker_h worker = pw->worker;
+        w->pw[i] = w->pw[--w->n_pw]; /* gone from the loop's sets first */
+        for (size_t k = 0; k < w->n_closing;)
+            if (w->closing[k].worker == worker) {
+                ucp_request_cancel(worker, w->closing[k].req);
+                ucp_request_free(w->closing[k].req);
+                w->closing[k] = w->closing[--w->n_closing];
+            } else {
+                k++;
+            }
+        w->cur = worker;
+        for (int n = 0; n < 100 && ucp_worker_progress(worker); n++)
             ; /* late completions */
-        ucp_worker_destroy(pw->worker);
-        w->pw[i] = w->pw[--w->n_pw];
+        ucp_worker_destroy(worker);
+        w->cur = NULL;
     }
 }
+
 attnd_status attnd_ucxw_address(attnd_ucxw *w, void **addr_p, size_t *len_p, attnd_error *err)
 {
     return attnd_ucxw_worker_address(w->worker, addr_p, len_p, err);

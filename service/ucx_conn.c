@@ -61,6 +61,27 @@ void attnd_srv_ucx_conn_ran(ucx_conn *c, ucx_job *j)
     }
 }
 
+/* A closed connection's own worker goes once no job holds UCX's data from
+ * it (a dead client's sends may stay queued in it: attnd_ucxw.h). */
+static void retire_worker(attnd_srv_ucx *u, ucx_conn *c)
+{
+    if (c->own_worker && !c->worker_retired && c->closed && c->n_held == 0) {
+        attnd_ucxw_peer_worker_retire(&u->w, c->worker);
+        c->worker_retired = 1;
+    }
+}
+
+void attnd_srv_ucx_conn_hold(ucx_conn *c)
+{
+    c->n_held++;
+}
+
+void attnd_srv_ucx_conn_release(attnd_srv_ucx *u, ucx_conn *c)
+{
+    c->n_held--;
+    retire_worker(u, c);
+}
+
 void attnd_srv_ucx_conn_unref(attnd_srv_ucx *u, ucx_conn *c)
 {
     if (--c->refs > 0 || !c->closed)
@@ -70,8 +91,7 @@ void attnd_srv_ucx_conn_unref(attnd_srv_ucx *u, ucx_conn *c)
             *pp = c->next;
             break;
         }
-    if (c->own_worker) /* nothing of it is held any more */
-        attnd_ucxw_peer_worker_retire(&u->w, c->worker);
+    retire_worker(u, c); /* (already, unless it never closed with jobs) */
     free(c);
 }
 
@@ -350,6 +370,7 @@ static int close_failed(attnd_srv_ucx *u)
         c->refs++; /* callbacks run inside the close may drop jobs */
         attnd_ucxw_ep_close_on(&u->w, c->worker, c->ep, 1);
         c->closed = 1;
+        retire_worker(u, c);
         if (c->pidfd >= 0)
             close(c->pidfd);
         c->pidfd = -1;

@@ -17,9 +17,11 @@
 typedef struct ucx_conn {
     ucp_ep_h ep;
     ucp_worker_h worker;  /* the one ep is on: the main worker, or (same
-                             host) a peer worker of its own, retired when
-                             the connection is freed (common/attnd_ucxw.h) */
-    int own_worker;
+                             host) a peer worker of its own, retired once
+                             the connection is closed and no job holds
+                             UCX's data from it (common/attnd_ucxw.h) */
+    int own_worker, worker_retired;
+    int n_held;           /* jobs holding UCX's eager data (job->held) */
     uint64_t id;          /* "client <id>" in logs and stats */
     int32_t pid;          /* same host: the client's pid */
     int pidfd;            /* same host: watched for its exit; -1 otherwise */
@@ -164,6 +166,9 @@ int attnd_srv_ucx_conn_admit(attnd_srv_ucx *u, ucx_conn *c, size_t len, const ch
 void attnd_srv_ucx_conn_ran(ucx_conn *c, ucx_job *j);
 void attnd_srv_ucx_conn_answered(attnd_srv_ucx *u, ucx_conn *c, ucx_job *j);
 void attnd_srv_ucx_conn_unref(attnd_srv_ucx *u, ucx_conn *c);
+/* A job of c keeps / gives back UCX's eager data (job->held). */
+void attnd_srv_ucx_conn_hold(ucx_conn *c);
+void attnd_srv_ucx_conn_release(attnd_srv_ucx *u, ucx_conn *c);
 /* Close every connection and fail pending admissions (stop). */
 void attnd_srv_ucx_conns_close_all(attnd_srv_ucx *u);
 

@@ -81,6 +81,7 @@ void attnd_srv_ucx_job_put(ucx_job *j)
     if (j->held) {
         ucp_am_data_release(j->conn->worker, j->held);
         j->held = NULL;
+        attnd_srv_ucx_conn_release(u, j->conn);
     }
     if (j->counted) {
         j->counted = 0;
@@ -175,6 +176,7 @@ ucs_status_t attnd_srv_ucx_on_attend(void *arg, const void *header, size_t heade
     }
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) {
         j->held = data; /* keep UCX's buffer: no copy */
+        attnd_srv_ucx_conn_hold(conn);
         j->data = data;
         fifo_push(&u->ready, j);
         return UCS_INPROGRESS;
@@ -319,6 +321,7 @@ static void send_job(ucx_job *j)
     if (j->held) { /* decoded: the request bytes are no longer needed */
         ucp_am_data_release(j->conn->worker, j->held);
         j->held = NULL;
+        attnd_srv_ucx_conn_release(j->u, j->conn);
     }
     attnd_srv_ucx_conn_ran(j->conn, j);
     if (j->conn->failed || j->conn->closed) {

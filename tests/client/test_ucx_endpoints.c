@@ -5,6 +5,7 @@
  * warning for a same-host client on TCP).
  */
 #include <check.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -298,6 +299,20 @@ START_TEST(test_a_client_killed_mid_transfer_over_shared_memory_leaves_others_co
 }
 END_TEST
 
+/* The file descriptors process pid holds. */
+static int fds_of(pid_t pid)
+{
+    char path[64];
+    int n = 0;
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    ck_assert_ptr_nonnull(d);
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
 /* A same-host client SIGKILLed in the middle of a send, ROUNDS times at
  * random moments of a flood of ~150 KB eager requests (many
  * shared-memory fragments each; tests/client/ucx_flooder.c), never stops
@@ -306,7 +321,9 @@ END_TEST
  * clients, a sender killed between reserving a slot of the worker's
  * shared-memory receive FIFO and filling it left the server receiving
  * nothing more from anyone on this host (about one kill in five): the
- * checked step then ends DEADLINE_EXCEEDED. */
+ * checked step then ends DEADLINE_EXCEEDED. Each dead client's worker
+ * goes away (its descriptors: event fd, shared memory), also when its
+ * sends stay queued in it. */
 START_TEST(test_same_host_ucx_clients_killed_mid_send_never_stop_the_others)
 {
     enum { ROUNDS = 16 };
@@ -316,6 +333,7 @@ START_TEST(test_same_host_ucx_clients_killed_mid_send_never_stop_the_others)
     cu_must_start("--model", "tiny-mla512", "--kv-dtype", "f32", "--ucx-listen", "auto");
     attnd_client *c = connect_ucx_deadline(20000); /* a wedge shows as DEADLINE_EXCEEDED */
     must_decode(c, 1);
+    int fds0 = -1;
     for (int r = 0; r < ROUNDS; r++) {
         int pfd[2];
         char ready[8] = "";
@@ -339,8 +357,20 @@ START_TEST(test_same_host_ucx_clients_killed_mid_send_never_stop_the_others)
         ck_assert_msg(n == 6 && memcmp(ready, "ready\n", 6) == 0,
                       "round %d: the flooder failed before its calls were in flight", r);
         must_decode(c, 1);
+        if (r == 0) { /* one client has come and gone: the server is warm */
+            wait_endpoints(c, 1);
+            sleep_ms(500);
+            fds0 = fds_of(cu_srv.pid);
+        }
     }
     wait_endpoints(c, 1); /* every killed client's endpoint is gone */
+    int fds = fds_of(cu_srv.pid); /* and its worker (200 ms after, at most) */
+    for (int waited = 0; fds > fds0 + 2 && waited < 30000; waited += 50) {
+        sleep_ms(50);
+        fds = fds_of(cu_srv.pid);
+    }
+    ck_assert_msg(fds <= fds0 + 2, "the server holds %d descriptors after %d dead clients, "
+                  "%d after the first", fds, ROUNDS, fds0);
     attnd_client_destroy(c);
 }
 END_TEST
