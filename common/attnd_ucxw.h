@@ -33,6 +33,21 @@
  * the owner polls; a dead peer's endpoint is closed with force. Other
  * peers get ATTND_UCXW_PEER_CHECKED (UCX peer error handling, TCP).
  *
+ * Peer workers: a UCX shared-memory worker has ONE receive FIFO that
+ * every sender on the host writes into; a sender reserves a slot (a
+ * compare-and-swap of the head) and then fills it. A sender killed
+ * between the two leaves a slot that is never filled, and the receiver
+ * waits on it for ever: nothing more arrives on that worker from anyone
+ * (measured: a flooding sender SIGKILLed wedges the receiver in about one
+ * kill of five). So a process that serves several same-host peers gives
+ * each its own worker (attnd_ucxw_peer_worker: from a second context
+ * restricted to shared memory, so that it opens no TCP port; the AM
+ * handlers registered on the main worker), connects that peer on it and
+ * hands it that worker's address; when the peer dies, the worker goes
+ * with it (attnd_ucxw_peer_worker_retire) and a new one serves its
+ * successor. A dead peer can then wedge nothing but its own worker. The
+ * progress loop progresses, arms and polls every worker.
+ *
  * Threads: mode SINGLE for a worker one thread owns; SERIALIZED when
  * several threads call in, each holding w->mu (attnd_ucxw_lock) around
  * every ucp call. attnd_ucxw_wake may be called from any thread.
@@ -70,6 +85,28 @@ typedef struct attnd_ucxw_config {
 
 typedef struct attnd_ucxw_loop attnd_ucxw_loop;
 
+/* A forced close in flight, and the worker its endpoint was on. */
+typedef struct attnd_ucxw_closing {
+    void *req;
+    ucp_worker_h worker;
+} attnd_ucxw_closing;
+
+/* A peer worker (see the file comment). */
+typedef struct attnd_ucxw_pw {
+    ucp_worker_h worker;
+    int efd;
+    int retired;             /* destroyed once its closes are done, or
+                                ATTND_UCXW_RETIRE_MS after retiring */
+    uint64_t retired_ns;
+} attnd_ucxw_pw;
+
+/* How long a retired peer worker's forced closes may take before the
+ * worker is destroyed anyway (UCX completes a forced close only with peer
+ * error handling; a dead same-host peer's sends may stay queued). */
+#define ATTND_UCXW_RETIRE_MS 200
+
+#define ATTND_UCXW_MAX_AM 8
+
 typedef struct attnd_ucxw {
     ucp_context_h ctx;
     ucp_worker_h worker;
@@ -79,8 +116,24 @@ typedef struct attnd_ucxw {
     int mu_init;
     char net_devices[64];    /* what UCX_NET_DEVICES became ("all": none set) */
     /* forced closes in flight (attnd_ucxw_ep_close), reaped by the loop */
-    void **closing;
+    attnd_ucxw_closing *closing;
     size_t n_closing, cap_closing;
+    /* peer workers (attnd_ucxw_peer_worker), their context (made with the
+     * first), the AM handlers they get, the worker being progressed (the
+     * one an AM callback's data came on: attnd_ucxw_am_recv) */
+    ucp_context_h pw_ctx;
+    attnd_ucxw_pw *pw;
+    size_t n_pw, cap_pw;
+    struct attnd_ucxw_am {
+        unsigned id;
+        ucp_am_recv_callback_t cb;
+        void *arg;
+    } am[ATTND_UCXW_MAX_AM];
+    int n_am;
+    ucp_worker_h cur;
+    int cleaning;            /* attnd_ucxw_cleanup runs: retiring is moot */
+    struct pollfd *pfds;     /* the loop's poll set */
+    size_t cap_pfds;
     /* the progress thread (attnd_ucxw_start) */
     pthread_t tid;
     int running;
@@ -98,12 +151,30 @@ attnd_status attnd_ucxw_init(attnd_ucxw *w, const attnd_ucxw_config *cfg, const 
  * zeroed or half-made w. */
 void attnd_ucxw_cleanup(attnd_ucxw *w);
 
-/* Deliver active messages `id` whole to cb(arg). */
+/* Deliver active messages `id` whole to cb(arg), on the main worker and
+ * on every peer worker (at most ATTND_UCXW_MAX_AM ids). */
 ucs_status_t attnd_ucxw_on_am(attnd_ucxw *w, unsigned id, ucp_am_recv_callback_t cb, void *arg);
 
 /* The worker's address (as peers pass it to attnd_ucxw_connect): a malloc'd
  * copy in *addr_p (the caller frees it), its length in *len_p. */
 attnd_status attnd_ucxw_address(attnd_ucxw *w, void **addr_p, size_t *len_p, attnd_error *err);
+/* The same for `worker` (the main one or a peer worker). */
+attnd_status attnd_ucxw_worker_address(ucp_worker_h worker, void **addr_p, size_t *len_p,
+                                       attnd_error *err);
+
+/* A new peer worker (see the file comment) in *out: one same-host peer is
+ * to be connected on it (attnd_ucxw_connect_on) and given its address.
+ * The loop that owns w progresses it from now on; the caller holds w->mu
+ * (SERIALIZED) or is the loop's thread. UNAVAILABLE naming `who` when UCX
+ * cannot make one (the caller may fall back to the main worker). */
+attnd_status attnd_ucxw_peer_worker(attnd_ucxw *w, const char *who, ucp_worker_h *out,
+                                    attnd_error *err);
+/* The peer it served is gone: once the endpoints closed on it with
+ * attnd_ucxw_ep_close_on finished, or ATTND_UCXW_RETIRE_MS later, the loop
+ * destroys it (operations still in flight on it complete then, with an
+ * error, or never). The caller lets go of everything UCX lent from it (AM
+ * data) first. Retiring a retired worker does nothing. */
+void attnd_ucxw_peer_worker_retire(attnd_ucxw *w, ucp_worker_h worker);
 
 /* The UCX_NET_DEVICES value for a host (see net_host above) into buf:
  * the interface's name, or "" for every interface. 0, or -1 when the host
@@ -137,11 +208,21 @@ int attnd_ucxw_address_check(const void *addr, size_t len);
 attnd_status attnd_ucxw_connect(attnd_ucxw *w, const void *addr, size_t len,
                                 attnd_ucxw_peer_mode mode, ucp_err_handler_cb_t err_cb,
                                 void *arg, const char *who, ucp_ep_h *ep_p, attnd_error *err);
+/* The same on `worker` (w's main worker or one of its peer workers). */
+attnd_status attnd_ucxw_connect_on(attnd_ucxw *w, ucp_worker_h worker, const void *addr,
+                                   size_t len, attnd_ucxw_peer_mode mode,
+                                   ucp_err_handler_cb_t err_cb, void *arg, const char *who,
+                                   ucp_ep_h *ep_p, attnd_error *err);
 
-/* Close ep without waiting (force: drop what is queued on it; the peer is
- * dead or unwanted). The loop (or attnd_ucxw_reap) frees the request. */
+/* Close ep (made on the main worker) without waiting (force: drop what is
+ * queued on it; the peer is dead or unwanted). The loop (or
+ * attnd_ucxw_reap) frees the request. */
 void attnd_ucxw_ep_close(attnd_ucxw *w, ucp_ep_h ep, int force);
-/* Free close requests that finished. The progress loop calls it. */
+/* The same for an endpoint made on `worker`. */
+void attnd_ucxw_ep_close_on(attnd_ucxw *w, ucp_worker_h worker, ucp_ep_h ep, int force);
+/* Free close requests that finished, and destroy retired peer workers
+ * whose closes all finished. The progress loop calls it (outside
+ * progress). */
 void attnd_ucxw_reap(attnd_ucxw *w);
 /* Close ep and progress until done or timeout_ms (then cancel). For
  * owners without a loop (a client's destroy). */
@@ -169,8 +250,9 @@ void attnd_ucxw_am_send(ucp_ep_h ep, unsigned id, const void *hdr, size_t hlen,
                         const void *data, size_t count, ucp_datatype_t dt, uint32_t flags,
                         attnd_ucxw_send_cb cb, void *user, void **req_p);
 /* Receive a rendezvous message's data (desc: the AM callback's data) into
- * buf: count elements of dt. cb exactly once, as above. The AM callback
- * that calls this returns UCS_INPROGRESS. */
+ * buf: count elements of dt, on the worker the message came on (the one
+ * being progressed). cb exactly once, as above. The AM callback that calls
+ * this returns UCS_INPROGRESS. */
 void attnd_ucxw_am_recv(attnd_ucxw *w, void *desc, void *buf, size_t count, ucp_datatype_t dt,
                         attnd_ucxw_recv_cb cb, void *user, void **req_p);
 

@@ -85,7 +85,7 @@ void attnd_ucxw_am_recv(attnd_ucxw *w, void *desc, void *buf, size_t count, ucp_
     };
     if (req_p)
         *req_p = NULL;
-    ucs_status_ptr_t r = ucp_am_recv_data_nbx(w->worker, desc, buf, count, &p);
+    ucs_status_ptr_t r = ucp_am_recv_data_nbx(w->cur ? w->cur : w->worker, desc, buf, count, &p);
     if (UCS_PTR_IS_PTR(r)) {
         ((attnd__ucxw_req *)r)->recv_cb = cb;
         if (req_p)
@@ -113,7 +113,16 @@ attnd_status attnd_ucxw_connect(attnd_ucxw *w, const void *addr, size_t len,
                                 attnd_ucxw_peer_mode mode, ucp_err_handler_cb_t err_cb,
                                 void *arg, const char *who, ucp_ep_h *ep_p, attnd_error *err)
 {
+    return attnd_ucxw_connect_on(w, w->worker, addr, len, mode, err_cb, arg, who, ep_p, err);
+}
+
+attnd_status attnd_ucxw_connect_on(attnd_ucxw *w, ucp_worker_h worker, const void *addr,
+                                   size_t len, attnd_ucxw_peer_mode mode,
+                                   ucp_err_handler_cb_t err_cb, void *arg, const char *who,
+                                   ucp_ep_h *ep_p, attnd_error *err)
+{
     ucp_ep_h ep;
+    (void)w;
 
     if (attnd_ucxw_address_check(addr, len))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
@@ -130,7 +139,7 @@ attnd_status attnd_ucxw_connect(attnd_ucxw *w, const void *addr, size_t len,
                                                     : UCP_ERR_HANDLING_MODE_PEER,
         .err_handler = {.cb = err_cb, .arg = arg},
     };
-    ucs_status_t us = ucp_ep_create(w->worker, &p, &ep);
+    ucs_status_t us = ucp_ep_create(worker, &p, &ep);
     free(copy);
     if (us != UCS_OK)
         return attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "%s: UCX endpoint: %s", who,
@@ -141,6 +150,11 @@ attnd_status attnd_ucxw_connect(attnd_ucxw *w, const void *addr, size_t len,
 
 void attnd_ucxw_ep_close(attnd_ucxw *w, ucp_ep_h ep, int force)
 {
+    attnd_ucxw_ep_close_on(w, w->worker, ep, force);
+}
+
+void attnd_ucxw_ep_close_on(attnd_ucxw *w, ucp_worker_h worker, ucp_ep_h ep, int force)
+{
     ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
                              .flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0};
     ucs_status_ptr_t r = ucp_ep_close_nbx(ep, &p);
@@ -148,28 +162,35 @@ void attnd_ucxw_ep_close(attnd_ucxw *w, ucp_ep_h ep, int force)
         return;
     if (w->n_closing == w->cap_closing) {
         size_t c = w->cap_closing ? 2 * w->cap_closing : 16;
-        void **np = realloc(w->closing, c * sizeof *np);
+        attnd_ucxw_closing *np = realloc(w->closing, c * sizeof *np);
         if (!np) { /* cannot track it: finish it here */
             while (ucp_request_check_status(r) == UCS_INPROGRESS)
-                ucp_worker_progress(w->worker);
+                ucp_worker_progress(worker);
             ucp_request_free(r);
             return;
         }
         w->closing = np;
         w->cap_closing = c;
     }
-    w->closing[w->n_closing++] = r;
+    w->closing[w->n_closing++] = (attnd_ucxw_closing){.req = r, .worker = worker};
 }
 
-void attnd_ucxw_reap(attnd_ucxw *w)
+void attnd__ucxw_reap_closes(attnd_ucxw *w)
 {
     for (size_t i = 0; i < w->n_closing;)
-        if (ucp_request_check_status(w->closing[i]) != UCS_INPROGRESS) {
-            ucp_request_free(w->closing[i]);
+        if (ucp_request_check_status(w->closing[i].req) != UCS_INPROGRESS) {
+            ucp_request_free(w->closing[i].req);
             w->closing[i] = w->closing[--w->n_closing];
         } else {
             i++;
         }
+}
+
+void attnd_ucxw_reap(attnd_ucxw *w)
+{
+    attnd__ucxw_reap_closes(w);
+    if (w->n_pw)
+        attnd__ucxw_reap_workers(w);
 }
 
 void attnd_ucxw_ep_close_wait(attnd_ucxw *w, ucp_ep_h ep, int force, int timeout_ms)

@@ -5,9 +5,10 @@
  * anything happens and for spin_ns after the last event, then arm the
  * worker (ucp_worker_arm: UCS_ERR_BUSY when events are pending, including a
  * ucp_worker_signal sent before arming, so a wake-up is never lost) and
- * sleep in poll() on its event fd and the owner's fds. The spin keeps a
- * decode loop's next request (one layer later, microseconds away) off the
- * wake-up path; the sleep keeps an idle process off the CPU. Idle spins
+ * sleep in poll() on its event fd and the owner's fds. A thread that owns
+ * peer workers (attnd_ucxw.h) progresses, arms and polls them all. The
+ * spin keeps a decode loop's next request (one layer later, microseconds
+ * away) off the wake-up path; the sleep keeps an idle process off the CPU. Idle spins
  * sched_yield(): on an oversubscribed host a pure spinner can keep the
  * thread it waits for off the core for a whole time slice (milliseconds
  * per round trip were measured that way).
@@ -22,11 +23,58 @@
 
 #define MAX_FDS 64
 
+/* Progress the main worker and every peer worker until none has more to
+ * do; w->cur names the one being progressed (attnd_ucxw_am_recv). */
+static int progress_all(attnd_ucxw *w)
+{
+    int busy = 0;
+    w->cur = w->worker;
+    while (ucp_worker_progress(w->worker))
+        busy = 1;
+    for (size_t i = 0; i < w->n_pw; i++) {
+        w->cur = w->pw[i].worker;
+        while (ucp_worker_progress(w->cur))
+            busy = 1;
+    }
+    w->cur = NULL;
+    return busy;
+}
+
+/* Arm every worker: UCS_OK when all are, else the first other status
+ * (UCS_ERR_BUSY: events pending). */
+static ucs_status_t arm_all(attnd_ucxw *w)
+{
+    ucs_status_t s = ucp_worker_arm(w->worker);
+    for (size_t i = 0; i < w->n_pw && s == UCS_OK; i++)
+        s = ucp_worker_arm(w->pw[i].worker);
+    return s;
+}
+
+/* The poll set: every worker's event fd, then the owner's fds. Its
+ * length, or -1 when it cannot be made (then the loop sleeps a tick). */
+static int poll_set(attnd_ucxw *w, const attnd_ucxw_loop *l)
+{
+    size_t need = 1 + w->n_pw + MAX_FDS;
+    if (need > w->cap_pfds) {
+        struct pollfd *np = realloc(w->pfds, need * sizeof *np);
+        if (!np)
+            return -1;
+        w->pfds = np;
+        w->cap_pfds = need;
+    }
+    size_t n = 0;
+    w->pfds[n++] = (struct pollfd){.fd = w->efd, .events = POLLIN};
+    for (size_t i = 0; i < w->n_pw; i++)
+        w->pfds[n++] = (struct pollfd){.fd = w->pw[i].efd, .events = POLLIN};
+    if (l->fds)
+        n += (size_t)l->fds(l->arg, w->pfds + n, MAX_FDS);
+    return (int)n;
+}
+
 static void *loop_main(void *arg)
 {
     attnd_ucxw *w = arg;
     attnd_ucxw_loop *l = w->loop;
-    struct pollfd fds[1 + MAX_FDS];
     uint64_t last = attnd_clock_ns();
 
     while (!atomic_load(&w->stop)) {
@@ -35,8 +83,7 @@ static void *loop_main(void *arg)
 
         if (l->locked)
             attnd_ucxw_lock(w);
-        while (ucp_worker_progress(w->worker))
-            busy = 1;
+        busy = progress_all(w);
         if (l->tend && l->tend(l->arg))
             busy = 1;
         attnd_ucxw_reap(w);
@@ -44,9 +91,9 @@ static void *loop_main(void *arg)
         if (busy)
             last = now;
         else if (now - last >= l->spin_ns) {
-            armed = ucp_worker_arm(w->worker);
-            if (armed == UCS_OK && l->fds)
-                n = l->fds(l->arg, fds + 1, MAX_FDS);
+            armed = arm_all(w);
+            if (armed == UCS_OK && (n = poll_set(w, l)) < 0)
+                armed = UCS_ERR_NO_MEMORY;
         }
         if (l->locked)
             attnd_ucxw_unlock(w);
@@ -57,9 +104,8 @@ static void *loop_main(void *arg)
                 sched_yield(); /* spinning: see the file comment */
             continue;
         }
-        fds[0] = (struct pollfd){.fd = w->efd, .events = POLLIN};
         /* arm failed otherwise: sleep a tick, then go round */
-        (void)poll(fds, (nfds_t)(armed == UCS_OK ? 1 + n : 0),
+        (void)poll(w->pfds, (nfds_t)(armed == UCS_OK ? n : 0),
                    armed == UCS_OK ? l->tick_ms : (l->tick_ms >= 0 ? l->tick_ms : 10));
         last = attnd_clock_ns();
     }

@@ -27,6 +27,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "attnd_clock.h"
 #include "ucxw_int.h"
 
 /* ---- which interface ---------------------------------------------------------------- */
@@ -135,17 +136,58 @@ static void config_set(ucp_config_t *cfg, const char *env, const char *name, con
         (void)ucp_config_modify(cfg, name, val);
 }
 
-attnd_status attnd_ucxw_init(attnd_ucxw *w, const attnd_ucxw_config *c, const char *who,
-                             attnd_error *err)
+/* A ucp context with attnd's configuration (see the file comment) into
+ * *ctx_p. dev: the network device ("" none); tcp_port > 0: fixed;
+ * shm_only: transports restricted to shared memory and self (peer
+ * workers), unless UCX_TLS is set. */
+static ucs_status_t make_ctx(const char *dev, int tcp_port, int shm_only, ucp_context_h *ctx_p)
 {
     ucp_params_t params = {.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_REQUEST_SIZE,
                            .features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
                            .request_size = sizeof(attnd__ucxw_req)};
-    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
-                              .thread_mode = c->thread_mode};
     ucp_config_t *cfg;
     ucs_status_t us;
-    char dev[IF_NAMESIZE + 1], port[32];
+    char port[32];
+
+    if ((us = ucp_config_read(NULL, NULL, &cfg)) != UCS_OK)
+        return us;
+    config_set(cfg, "UCX_RNDV_THRESH", "RNDV_THRESH", "256K");
+    if (dev[0])
+        config_set(cfg, "UCX_NET_DEVICES", "NET_DEVICES", dev);
+    if (tcp_port > 0) {
+        snprintf(port, sizeof port, "%d-%d", tcp_port, tcp_port);
+        /* a transport's own key goes without the transport's prefix:
+         * UCX 1.13 warns "invalid configuration" on TCP_PORT_RANGE and
+         * lets the OS pick the port */
+        config_set(cfg, "UCX_TCP_PORT_RANGE", "PORT_RANGE", port);
+    }
+    if (shm_only)
+        config_set(cfg, "UCX_TLS", "TLS", "sm,self");
+    us = ucp_init(&params, cfg, ctx_p);
+    ucp_config_release(cfg);
+    return us;
+}
+
+static ucs_status_t make_worker(ucp_context_h ctx, ucs_thread_mode_t mode, ucp_worker_h *wk_p,
+                                int *efd_p)
+{
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = mode};
+    ucs_status_t us = ucp_worker_create(ctx, &wp, wk_p);
+    if (us != UCS_OK)
+        return us;
+    if ((us = ucp_worker_get_efd(*wk_p, efd_p)) != UCS_OK) {
+        ucp_worker_destroy(*wk_p);
+        *wk_p = NULL;
+    }
+    return us;
+}
+
+attnd_status attnd_ucxw_init(attnd_ucxw *w, const attnd_ucxw_config *c, const char *who,
+                             attnd_error *err)
+{
+    ucs_status_t us;
+    char dev[IF_NAMESIZE + 1];
 
     memset(w, 0, sizeof *w);
     w->efd = -1;
@@ -158,27 +200,11 @@ attnd_status attnd_ucxw_init(attnd_ucxw *w, const attnd_ucxw_config *c, const ch
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "%s: cannot resolve \"%s\"", who, c->net_host);
     }
-    if ((us = ucp_config_read(NULL, NULL, &cfg)) != UCS_OK)
-        goto err_ucs;
-    config_set(cfg, "UCX_RNDV_THRESH", "RNDV_THRESH", "256K");
-    if (dev[0])
-        config_set(cfg, "UCX_NET_DEVICES", "NET_DEVICES", dev);
-    if (c->tcp_port > 0) {
-        snprintf(port, sizeof port, "%d-%d", c->tcp_port, c->tcp_port);
-        /* a transport's own key goes without the transport's prefix:
-         * UCX 1.13 warns "invalid configuration" on TCP_PORT_RANGE and
-         * lets the OS pick the port */
-        config_set(cfg, "UCX_TCP_PORT_RANGE", "PORT_RANGE", port);
-    }
     snprintf(w->net_devices, sizeof w->net_devices, "%s",
              getenv("UCX_NET_DEVICES") ? getenv("UCX_NET_DEVICES") : dev[0] ? dev : "all");
-    us = ucp_init(&params, cfg, &w->ctx);
-    ucp_config_release(cfg);
-    if (us != UCS_OK)
+    if ((us = make_ctx(dev, c->tcp_port, 0, &w->ctx)) != UCS_OK)
         goto err_ucs;
-    if ((us = ucp_worker_create(w->ctx, &wp, &w->worker)) != UCS_OK)
-        goto err_ucs;
-    if ((us = ucp_worker_get_efd(w->worker, &w->efd)) != UCS_OK)
+    if ((us = make_worker(w->ctx, w->mode, &w->worker, &w->efd)) != UCS_OK)
         goto err_ucs;
     return ATTND_OK;
 
@@ -188,29 +214,61 @@ err_ucs:
                            ucs_status_string(us));
 }
 
+/* Finish or cancel the closes in flight on `worker` (2 s at most), then
+ * let late completions run. */
+static void drain_worker(attnd_ucxw *w, ucp_worker_h worker)
+{
+    for (uint64_t i = 0; i < 200000; i++) {
+        int left = 0;
+        for (size_t k = 0; k < w->n_closing; k++)
+            left += w->closing[k].worker == worker;
+        if (!left)
+            break;
+        w->cur = worker;
+        ucp_worker_progress(worker);
+        attnd__ucxw_reap_closes(w);
+        if (i % 1000 == 999)
+            usleep(10000);
+    }
+    for (size_t k = 0; k < w->n_closing;)
+        if (w->closing[k].worker == worker) {
+            ucp_request_cancel(worker, w->closing[k].req);
+            ucp_request_free(w->closing[k].req);
+            w->closing[k] = w->closing[--w->n_closing];
+        } else {
+            k++;
+        }
+    w->cur = worker;
+    for (int i = 0; i < 100 && ucp_worker_progress(worker); i++)
+        ; /* late completions (sends, receives) before the worker goes */
+}
+
 void attnd_ucxw_cleanup(attnd_ucxw *w)
 {
+    w->cleaning = 1; /* completions below may retire peer workers */
+    for (size_t i = 0; i < w->n_pw; i++) {
+        drain_worker(w, w->pw[i].worker);
+        ucp_worker_destroy(w->pw[i].worker);
+    }
+    w->cur = NULL;
+    free(w->pw);
+    w->pw = NULL;
+    w->n_pw = w->cap_pw = 0;
     if (w->worker) {
-        for (uint64_t i = 0; w->n_closing && i < 200000; i++) {
-            ucp_worker_progress(w->worker);
-            attnd_ucxw_reap(w);
-            if (i % 1000 == 999)
-                usleep(10000); /* 2 s at most in all */
-        }
-        for (size_t i = 0; i < w->n_closing; i++) {
-            ucp_request_cancel(w->worker, w->closing[i]);
-            ucp_request_free(w->closing[i]);
-        }
-        w->n_closing = 0;
-        /* late completions (sends, receives) before the worker goes */
-        for (int i = 0; i < 100 && ucp_worker_progress(w->worker); i++)
-            ;
+        drain_worker(w, w->worker);
         ucp_worker_destroy(w->worker);
         w->worker = NULL;
     }
+    w->cur = NULL;
     free(w->closing);
     w->closing = NULL;
-    w->cap_closing = 0;
+    w->n_closing = w->cap_closing = 0;
+    free(w->pfds);
+    w->pfds = NULL;
+    w->cap_pfds = 0;
+    if (w->pw_ctx)
+        ucp_cleanup(w->pw_ctx);
+    w->pw_ctx = NULL;
     if (w->ctx)
         ucp_cleanup(w->ctx);
     w->ctx = NULL;
@@ -219,36 +277,146 @@ void attnd_ucxw_cleanup(attnd_ucxw *w)
     w->mu_init = 0;
 }
 
-ucs_status_t attnd_ucxw_on_am(attnd_ucxw *w, unsigned id, ucp_am_recv_callback_t cb, void *arg)
+static ucs_status_t set_am(ucp_worker_h worker, const struct attnd_ucxw_am *a)
 {
     ucp_am_handler_param_t p = {
         .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_FLAGS |
                       UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG,
-        .id = id,
+        .id = a->id,
         .flags = UCP_AM_FLAG_WHOLE_MSG,
-        .cb = cb,
-        .arg = arg,
+        .cb = a->cb,
+        .arg = a->arg,
     };
-    return ucp_worker_set_am_recv_handler(w->worker, &p);
+    return ucp_worker_set_am_recv_handler(worker, &p);
+}
+
+ucs_status_t attnd_ucxw_on_am(attnd_ucxw *w, unsigned id, ucp_am_recv_callback_t cb, void *arg)
+{
+    struct attnd_ucxw_am a = {.id = id, .cb = cb, .arg = arg};
+    int i;
+    ucs_status_t us;
+
+    for (i = 0; i < w->n_am && w->am[i].id != id; i++)
+        ;
+    if (i == ATTND_UCXW_MAX_AM)
+        return UCS_ERR_EXCEEDS_LIMIT;
+    if ((us = set_am(w->worker, &a)) != UCS_OK)
+        return us;
+    for (size_t k = 0; k < w->n_pw; k++)
+        if ((us = set_am(w->pw[k].worker, &a)) != UCS_OK)
+            return us;
+    w->am[i] = a;
+    if (i == w->n_am)
+        w->n_am++;
+    return UCS_OK;
+}
+
+attnd_status attnd_ucxw_peer_worker(attnd_ucxw *w, const char *who, ucp_worker_h *out,
+                                    attnd_error *err)
+{
+    attnd_ucxw_pw pw = {.efd = -1};
+    ucs_status_t us;
+
+    if (w->n_pw == w->cap_pw) {
+        size_t c = w->cap_pw ? 2 * w->cap_pw : 8;
+        attnd_ucxw_pw *np = realloc(w->pw, c * sizeof *np);
+        if (!np)
+            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "%s: no memory", who);
+        w->pw = np;
+        w->cap_pw = c;
+    }
+    if (!w->pw_ctx &&
+        (us = make_ctx(strcmp(w->net_devices, "all") ? w->net_devices : "", 0, 1,
+                       &w->pw_ctx)) != UCS_OK) {
+        w->pw_ctx = NULL;
+        goto err_ucs;
+    }
+    if ((us = make_worker(w->pw_ctx, w->mode, &pw.worker, &pw.efd)) != UCS_OK)
+        goto err_ucs;
+    for (int i = 0; i < w->n_am; i++)
+        if ((us = set_am(pw.worker, &w->am[i])) != UCS_OK) {
+            ucp_worker_destroy(pw.worker);
+            goto err_ucs;
+        }
+    w->pw[w->n_pw++] = pw;
+    *out = pw.worker;
+    return ATTND_OK;
+
+err_ucs:
+    return attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "%s: UCX peer worker: %s", who,
+                           ucs_status_string(us));
+}
+
+void attnd_ucxw_peer_worker_retire(attnd_ucxw *w, ucp_worker_h worker)
+{
+    if (w->cleaning)
+        return; /* every worker goes now */
+    for (size_t i = 0; i < w->n_pw; i++)
+        if (w->pw[i].worker == worker) {
+            if (!w->pw[i].retired)
+                w->pw[i].retired_ns = attnd_clock_ns();
+            w->pw[i].retired = 1;
+            return;
+        }
+    /* not found: being destroyed (a completion its destruction ran) */
+}
+
+/* Destroy retired peer workers whose closes finished or whose time is up
+ * (outside progress). Callbacks that run meanwhile may retire others. */
+void attnd__ucxw_reap_workers(attnd_ucxw *w)
+{
+    uint64_t now = attnd_clock_ns();
+    for (size_t i = 0; i < w->n_pw;) {
+        attnd_ucxw_pw *pw = &w->pw[i];
+        int busy = 0;
+        if (pw->retired && now - pw->retired_ns < ATTND_UCXW_RETIRE_MS * 1000000ull)
+            for (size_t k = 0; k < w->n_closing && !busy; k++)
+                busy = w->closing[k].worker == pw->worker;
+        if (!pw->retired || busy) {
+            i++;
+            continue;
+        }
+        ucp_worker_h worker = pw->worker;
+        w->pw[i] = w->pw[--w->n_pw]; /* gone from the loop's sets first */
+        for (size_t k = 0; k < w->n_closing;)
+            if (w->closing[k].worker == worker) {
+                ucp_request_cancel(worker, w->closing[k].req);
+                ucp_request_free(w->closing[k].req);
+                w->closing[k] = w->closing[--w->n_closing];
+            } else {
+                k++;
+            }
+        w->cur = worker;
+        for (int n = 0; n < 100 && ucp_worker_progress(worker); n++)
+            ; /* late completions */
+        ucp_worker_destroy(worker);
+        w->cur = NULL;
+    }
 }
 
 attnd_status attnd_ucxw_address(attnd_ucxw *w, void **addr_p, size_t *len_p, attnd_error *err)
 {
+    return attnd_ucxw_worker_address(w->worker, addr_p, len_p, err);
+}
+
+attnd_status attnd_ucxw_worker_address(ucp_worker_h worker, void **addr_p, size_t *len_p,
+                                       attnd_error *err)
+{
     ucp_address_t *a;
     size_t n;
-    ucs_status_t us = ucp_worker_get_address(w->worker, &a, &n);
+    ucs_status_t us = ucp_worker_get_address(worker, &a, &n);
 
     if (us != UCS_OK)
         return attnd_error_set(err, ATTND_ERR_INTERNAL, "UCX worker address: %s",
                                ucs_status_string(us));
     void *copy = malloc(n);
     if (!copy) {
-        ucp_worker_release_address(w->worker, a);
+        ucp_worker_release_address(worker, a);
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "UCX worker address: no memory");
     }
     memcpy(copy, a, n);
-    ucp_worker_release_address(w->worker, a);
+    ucp_worker_release_address(worker, a);
     *addr_p = copy;
     *len_p = n;
     return ATTND_OK;

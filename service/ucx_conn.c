@@ -3,7 +3,8 @@
  *
  * Admission: GetEndpoint (a gRPC thread) hands the client's worker address
  * to the progress thread and waits until it has made an endpoint to it
- * (attnd_ucxw_connect); the client then connects to this rank's address,
+ * (attnd_ucxw_connect); the client then connects to the address
+ * GetEndpoint answers (this rank's, or a same-host client's own worker's),
  * and UCX pairs the two endpoints into one connection, so requests arrive
  * with this endpoint as their reply endpoint. No UCX listener exists.
  *
@@ -12,7 +13,11 @@
  * marks the connection failed. A client on this host gets none, so that
  * UCX keeps the shared-memory + CMA lanes (see common/attnd_ucxw.h); its
  * process is watched through a pidfd (polled every WATCH_NS while busy and
- * slept on while idle): once it exits, the connection fails. A failed
+ * slept on while idle): once it exits, the connection fails. Such a client
+ * gets a UCX worker of its own (GetEndpoint answers that worker's
+ * address), retired with its connection: a client killed in the middle
+ * of a send leaves a shared-memory receive slot that is never filled,
+ * which would otherwise stop every same-host client (attnd_ucxw.h). A failed
  * connection's endpoint is closed with force, its queued replies dropped;
  * jobs still running for it finish and are discarded. Other clients are
  * not affected.
@@ -56,6 +61,27 @@ void attnd_srv_ucx_conn_ran(ucx_conn *c, ucx_job *j)
     }
 }
 
+/* A closed connection's own worker goes once no job holds UCX's data from
+ * it (a dead client's sends may stay queued in it: attnd_ucxw.h). */
+static void retire_worker(attnd_srv_ucx *u, ucx_conn *c)
+{
+    if (c->own_worker && !c->worker_retired && c->closed && c->n_held == 0) {
+        attnd_ucxw_peer_worker_retire(&u->w, c->worker);
+        c->worker_retired = 1;
+    }
+}
+
+void attnd_srv_ucx_conn_hold(ucx_conn *c)
+{
+    c->n_held++;
+}
+
+void attnd_srv_ucx_conn_release(attnd_srv_ucx *u, ucx_conn *c)
+{
+    c->n_held--;
+    retire_worker(u, c);
+}
+
 void attnd_srv_ucx_conn_unref(attnd_srv_ucx *u, ucx_conn *c)
 {
     if (--c->refs > 0 || !c->closed)
@@ -65,6 +91,7 @@ void attnd_srv_ucx_conn_unref(attnd_srv_ucx *u, ucx_conn *c)
             *pp = c->next;
             break;
         }
+    retire_worker(u, c); /* (already, unless it never closed with jobs) */
     free(c);
 }
 
@@ -143,6 +170,36 @@ static void on_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
         c->failed = 1;
 }
 
+/* A same-host client gets a worker of its own (common/attnd_ucxw.h: a
+ * client killed in the middle of a send would otherwise stop every
+ * same-host client's requests reaching this rank); its address goes back
+ * in a->own_addr. Without one (UCX could not make it), the rank's worker. */
+static void own_worker(attnd_srv_ucx *u, ucx_admit *a, ucx_conn *c)
+{
+    attnd_error err;
+    ucp_worker_h pw;
+    void *addr = NULL;
+    size_t len = 0;
+
+    attnd_error_clear(&err);
+    if (attnd_ucxw_peer_worker(&u->w, "--ucx-listen", &pw, &err)) {
+        attnd_log_warn("ucx", "%s; the client shares the rank's worker", err.msg);
+        return;
+    }
+    if (attnd_ucxw_worker_address(pw, &addr, &len, &err) || len > sizeof a->own_addr) {
+        attnd_log_warn("ucx", "peer worker address: %s; the client shares the rank's worker",
+                       err.msg[0] ? err.msg : "too long");
+        free(addr);
+        attnd_ucxw_peer_worker_retire(&u->w, pw);
+        return;
+    }
+    memcpy(a->own_addr, addr, len);
+    a->own_len = len;
+    free(addr);
+    c->worker = pw;
+    c->own_worker = 1;
+}
+
 /* On the progress thread: connect to one admitted client; a->st says how
  * it went. */
 static void connect_one(attnd_srv_ucx *u, ucx_admit *a, int on_host)
@@ -155,10 +212,14 @@ static void connect_one(attnd_srv_ucx *u, ucx_admit *a, int on_host)
         a->st = attnd_error_set(&err, ATTND_ERR_RESOURCE_EXHAUSTED, "GetEndpoint: no memory");
         goto err;
     }
-    a->st = attnd_ucxw_connect(&u->w, a->addr, a->len,
-                               a->same_host ? ATTND_UCXW_PEER_WATCHED : ATTND_UCXW_PEER_CHECKED,
-                               on_ep_error, u, "GetEndpointRequest.ucx_worker_address", &c->ep,
-                               &err);
+    c->worker = u->w.worker;
+    if (a->same_host)
+        own_worker(u, a, c);
+    a->st = attnd_ucxw_connect_on(&u->w, c->worker, a->addr, a->len,
+                                  a->same_host ? ATTND_UCXW_PEER_WATCHED
+                                               : ATTND_UCXW_PEER_CHECKED,
+                                  on_ep_error, u, "GetEndpointRequest.ucx_worker_address",
+                                  &c->ep, &err);
     if (a->st)
         goto err;
     c->id = ++u->next_conn_id;
@@ -181,6 +242,8 @@ err:
     snprintf(a->msg, sizeof a->msg, "%s", err.msg);
     if (a->pidfd >= 0)
         close(a->pidfd);
+    if (c && c->own_worker)
+        attnd_ucxw_peer_worker_retire(&u->w, c->worker);
     free(c);
 }
 
@@ -268,6 +331,11 @@ attnd_status attnd_srv_ucx_admit(attnd_srv *srv, const void *addr, size_t len,
         return attnd_error_set(err, a.st, "%s", a.msg);
     out->addr = u->addr;
     out->addr_len = u->addr_len;
+    if (a.own_len) {
+        memcpy(out->own_addr, a.own_addr, a.own_len);
+        out->addr = out->own_addr;
+        out->addr_len = a.own_len;
+    }
     out->same_host = a.same_host;
     out->host = u->host;
     return ATTND_OK;
@@ -300,8 +368,9 @@ static int close_failed(attnd_srv_ucx *u)
         if (!c)
             break;
         c->refs++; /* callbacks run inside the close may drop jobs */
-        attnd_ucxw_ep_close(&u->w, c->ep, 1);
+        attnd_ucxw_ep_close_on(&u->w, c->worker, c->ep, 1);
         c->closed = 1;
+        retire_worker(u, c);
         if (c->pidfd >= 0)
             close(c->pidfd);
         c->pidfd = -1;

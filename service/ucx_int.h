@@ -16,6 +16,12 @@
  * GetEndpoint asked for it). */
 typedef struct ucx_conn {
     ucp_ep_h ep;
+    ucp_worker_h worker;  /* the one ep is on: the main worker, or (same
+                             host) a peer worker of its own, retired once
+                             the connection is closed and no job holds
+                             UCX's data from it (common/attnd_ucxw.h) */
+    int own_worker, worker_retired;
+    int n_held;           /* jobs holding UCX's eager data (job->held) */
     uint64_t id;          /* "client <id>" in logs and stats */
     int32_t pid;          /* same host: the client's pid */
     int pidfd;            /* same host: watched for its exit; -1 otherwise */
@@ -78,6 +84,10 @@ typedef struct ucx_admit {
     int on_host;            /* the client is on this host (warn if TCP) */
     int same_host, pidfd;   /* admitted to shared memory; its pidfd */
     int32_t pid;
+    /* same host: the address of the connection's own worker, which the
+     * client connects to (else the rank's) */
+    unsigned char own_addr[ATTND_UCXW_ADDR_MAX];
+    size_t own_len;
     int taken, done;        /* by the progress thread; finished */
     attnd_status st;
     char msg[ATTND_ERROR_MSG_MAX];
@@ -156,6 +166,9 @@ int attnd_srv_ucx_conn_admit(attnd_srv_ucx *u, ucx_conn *c, size_t len, const ch
 void attnd_srv_ucx_conn_ran(ucx_conn *c, ucx_job *j);
 void attnd_srv_ucx_conn_answered(attnd_srv_ucx *u, ucx_conn *c, ucx_job *j);
 void attnd_srv_ucx_conn_unref(attnd_srv_ucx *u, ucx_conn *c);
+/* A job of c keeps / gives back UCX's eager data (job->held). */
+void attnd_srv_ucx_conn_hold(ucx_conn *c);
+void attnd_srv_ucx_conn_release(attnd_srv_ucx *u, ucx_conn *c);
 /* Close every connection and fail pending admissions (stop). */
 void attnd_srv_ucx_conns_close_all(attnd_srv_ucx *u);
 

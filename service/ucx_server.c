@@ -79,8 +79,9 @@ void attnd_srv_ucx_job_put(ucx_job *j)
 {
     attnd_srv_ucx *u = j->u;
     if (j->held) {
-        ucp_am_data_release(u->w.worker, j->held);
+        ucp_am_data_release(j->conn->worker, j->held);
         j->held = NULL;
+        attnd_srv_ucx_conn_release(u, j->conn);
     }
     if (j->counted) {
         j->counted = 0;
@@ -175,6 +176,7 @@ ucs_status_t attnd_srv_ucx_on_attend(void *arg, const void *header, size_t heade
     }
     if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_DATA) {
         j->held = data; /* keep UCX's buffer: no copy */
+        attnd_srv_ucx_conn_hold(conn);
         j->data = data;
         fifo_push(&u->ready, j);
         return UCS_INPROGRESS;
@@ -314,11 +316,12 @@ static void exec_job(attnd_srv_ucx *u, attnd_engine_ws *ws, attnd_srv_arena *are
 
 /* On the progress thread: release the request bytes UCX lent us and send
  * the executed job's reply on the endpoint the request came on. */
-static void send_job(attnd_srv_ucx *u, ucx_job *j)
+static void send_job(ucx_job *j)
 {
     if (j->held) { /* decoded: the request bytes are no longer needed */
-        ucp_am_data_release(u->w.worker, j->held);
+        ucp_am_data_release(j->conn->worker, j->held);
         j->held = NULL;
+        attnd_srv_ucx_conn_release(j->u, j->conn);
     }
     attnd_srv_ucx_conn_ran(j->conn, j);
     if (j->conn->failed || j->conn->closed) {
@@ -339,7 +342,7 @@ static void run_job(attnd_srv_ucx *u, ucx_job *j)
     }
     if (!u->n_exec || !j->data || j->refused) {
         exec_job(u, &u->ws, &u->arena, j);
-        send_job(u, j);
+        send_job(j);
         return;
     }
     pthread_mutex_lock(&u->q_mu);
@@ -363,7 +366,7 @@ static int send_done(attnd_srv_ucx *u)
     atomic_store(&u->n_done, 0);
     pthread_mutex_unlock(&u->q_mu);
     while ((j = fifo_pop(&got))) {
-        send_job(u, j);
+        send_job(j);
         n++;
     }
     return n;

@@ -40,7 +40,10 @@ const char *attnd_srv_ucx_address(const attnd_srv *srv);
 
 /* What GetEndpoint answers a client that sent its worker address. */
 typedef struct attnd_srv_ucx_admitted {
-    const void *addr;        /* the rank's worker address (lives with srv->ucx) */
+    const void *addr;        /* the worker address the client connects to:
+                                the rank's (lives with srv->ucx), or its
+                                connection's own (in own_addr) */
+    unsigned char own_addr[ATTND_UCXW_ADDR_MAX];
     size_t addr_len;
     int same_host;           /* both ends go without UCX error handling */
     attnd_ucxw_host host;    /* the rank */

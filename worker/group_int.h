@@ -102,13 +102,15 @@ typedef struct attnd__gbuf {
  * connection to the rendezvous port attnd itself listens on (the --group
  * address): a fixed header (magic, version, kind, rank, the group's
  * settings, a token, a nonce, who the process is) and a bounded payload
- * (the UCX worker address, or a refusal's message). With a group secret a
+ * (the UCX worker address, then the address of the worker the sender
+ * keeps for the receiver alone, if it is on this host: its last shm_len
+ * bytes; or a refusal's message). With a group secret a
  * CHALLENGE and a PROOF each way come first (group_rdv.c); they, and every
  * refusal, are bare cards: magic, version, kind, rank, status, nonce and
  * payload length, everything else zero. */
 
 #define ATTND__GCARD_MAGIC "ATTNDGRP"
-#define ATTND__GCARD_VERSION 2
+#define ATTND__GCARD_VERSION 3 /* 3: the payload's last shm_len bytes */
 #define ATTND__GCARD_HDR 160 /* bytes of the fixed header on the wire */
 #define ATTND__GCARD_MAC 32  /* a PROOF's payload: HMAC-SHA-256 */
 
@@ -131,6 +133,9 @@ typedef struct attnd__gcard {
     attnd_ucxw_host host;    /* the sender's process */
     uint32_t shm_ok;         /* it may connect without UCX error handling */
     uint32_t payload_len;    /* <= ATTND_UCXW_ADDR_MAX */
+    uint32_t shm_len;        /* HELLO, ANSWER: the payload's last shm_len bytes
+                                are the address of the sender's peer worker
+                                for the receiver (group_net.c); <= payload_len */
 } attnd__gcard;
 
 /* Encode c (payload_len bytes of payload follow the header) into out
@@ -193,6 +198,14 @@ typedef struct attnd__gpeer {
     struct attnd_group *g;
     int32_t rank;
     ucp_ep_h ep;         /* our endpoint to it (everything we send it) */
+    ucp_worker_h ep_worker; /* the worker ep is on: net's, or pw */
+    /* the worker we keep for this peer alone (same host: it connects to it;
+     * common/attnd_ucxw.h), its address, the token of the process that
+     * used it (0: none yet); retired when that process is gone */
+    ucp_worker_h pw;
+    void *pw_addr;
+    size_t pw_len;
+    uint64_t pw_token;
     int state;
     uint64_t peer_token; /* its token (its card's): in every message to it */
     int on_host;         /* its card says: this host (warn if UCX uses TCP) */
@@ -429,6 +442,10 @@ void attnd__gnet_recv(attnd_group *g, void *desc, void *buf, size_t len, attnd_u
 void attnd__gnet_apply_card(attnd_group *g, const attnd__gcard *c, const void *addr);
 /* Our card (kind, status 0, our address as payload). */
 void attnd__gnet_my_card(attnd_group *g, uint16_t kind, attnd__gcard *c);
+/* Our card of `kind` for rank r, encoded into out (room for
+ * ATTND__GCARD_HDR + ATTND_UCXW_ADDR_MAX): the payload is our address,
+ * then our peer worker's for r (made if there is none). Bytes written. */
+size_t attnd__gnet_put_card(attnd_group *g, int32_t r, uint16_t kind, unsigned char *out);
 /* Wait until every peer is connected or deadline_ms passes. */
 void attnd__gnet_wait_connected(attnd_group *g, int64_t deadline_ms);
 int attnd__gnet_peer_up(attnd_group *g, int32_t r);

@@ -26,11 +26,18 @@
  * on this host (same boot id, pid, IPC and network namespaces and uid,
  * both willing) is connected without UCX error handling, so that UCX uses
  * shared memory and CMA, and its process is watched through a pidfd;
- * others get UCX peer error handling. An endpoint error, an exited
- * process, a hello unanswered within HELLO_TIMEOUT_MS, or a leader's kick
- * (a request timed out) closes the endpoint (forced) and fails every call
- * waiting on that peer with UNAVAILABLE; the peer is retried for as long
- * as the rank runs, so a rank that comes back is reconnected.
+ * others get UCX peer error handling. Each rank keeps, for every peer, a
+ * UCX worker of its own (its address goes in the card next to the main
+ * worker's): a same-host peer connects to that one, so that a rank killed
+ * in the middle of a send leaves nothing stuck but the worker kept for it
+ * (common/attnd_ucxw.h: shared-memory receive FIFOs), which is retired
+ * once that process is known gone (exited, or a new token); its
+ * successor gets a fresh one. Remote peers use the main worker. An
+ * endpoint error, an exited process, a hello unanswered within
+ * HELLO_TIMEOUT_MS, or a leader's kick (a request timed out) closes the
+ * endpoint (forced) and fails every call waiting on that peer with
+ * UNAVAILABLE; the peer is retried for as long as the rank runs, so a
+ * rank that comes back is reconnected.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -144,14 +151,55 @@ void attnd__gnet_set_handlers(attnd_group *g, attnd__gnet_handler on_request,
 static void peer_reset(attnd_group *g, attnd__gpeer *p)
 {
     if (p->ep)
-        attnd_ucxw_ep_close(&g->net, p->ep, 1);
+        attnd_ucxw_ep_close_on(&g->net, p->ep_worker, p->ep, 1);
     p->ep = NULL;
+    p->ep_worker = NULL;
     if (p->pidfd >= 0)
         close(p->pidfd);
     p->pidfd = -1;
     p->same_host = 0;
     p->peer_token = 0;
     p->transports[0] = '\0';
+}
+
+/* The process that used p's peer worker is gone: the worker goes too (a
+ * send it died in the middle of may have left the worker's receive FIFO
+ * stuck; attnd_ucxw.h); the next rendezvous makes a fresh one. After
+ * peer_reset (its endpoint closed). */
+static void pw_retire(attnd_group *g, attnd__gpeer *p)
+{
+    if (!p->pw)
+        return;
+    attnd_ucxw_peer_worker_retire(&g->net, p->pw);
+    p->pw = NULL;
+    free(p->pw_addr);
+    p->pw_addr = NULL;
+    p->pw_len = 0;
+    p->pw_token = 0;
+}
+
+/* p's peer worker, made if there is none (NULL when UCX cannot: p then
+ * connects to our main worker). */
+static ucp_worker_h pw_get(attnd_group *g, attnd__gpeer *p)
+{
+    attnd_error err;
+    attnd_error_clear(&err);
+    if (p->pw)
+        return p->pw;
+    if (attnd_ucxw_peer_worker(&g->net, "group", &p->pw, &err)) {
+        attnd_log_warn("group", "rank %d: %s (rank %d shares our main worker)", g->me, err.msg,
+                       p->rank);
+        p->pw = NULL;
+        return NULL;
+    }
+    if (attnd_ucxw_worker_address(p->pw, &p->pw_addr, &p->pw_len, &err)) {
+        attnd_log_warn("group", "rank %d: %s (rank %d shares our main worker)", g->me, err.msg,
+                       p->rank);
+        attnd_ucxw_peer_worker_retire(&g->net, p->pw);
+        p->pw = NULL;
+        return NULL;
+    }
+    return p->pw;
 }
 
 /* Peer p is gone (or must be reconnected): close, fail its calls. */
@@ -199,6 +247,22 @@ void attnd__gnet_my_card(attnd_group *g, uint16_t kind, attnd__gcard *c)
     c->payload_len = (uint32_t)g->addr_len;
 }
 
+size_t attnd__gnet_put_card(attnd_group *g, int32_t r, uint16_t kind, unsigned char *out)
+{
+    attnd__gcard c;
+    attnd__gnet_my_card(g, kind, &c);
+    memcpy(out + ATTND__GCARD_HDR, g->addr, g->addr_len);
+    if (r >= 0 && r < g->N && r != g->me && g->shm_ok) {
+        attnd__gpeer *p = &g->peers[r];
+        if (pw_get(g, p) && g->addr_len + p->pw_len <= ATTND_UCXW_ADDR_MAX) {
+            memcpy(out + ATTND__GCARD_HDR + g->addr_len, p->pw_addr, p->pw_len);
+            c.shm_len = (uint32_t)p->pw_len;
+            c.payload_len += c.shm_len;
+        }
+    }
+    return attnd__gcard_encode(&c, NULL, out);
+}
+
 static void send_hello(attnd_group *g, attnd__gpeer *p)
 {
     attnd__gbuf *b = attnd__gbuf_get(g, 0);
@@ -222,6 +286,7 @@ void attnd__gnet_apply_card(attnd_group *g, const attnd__gcard *c, const void *a
     if (p->state != ATTND__PEER_DOWN) { /* a new rendezvous: new endpoints */
         if (p->peer_token != c->token) {
             drop_peer(g, p, "restarted", 0); /* its calls died with it */
+            pw_retire(g, p);
         } else {
             /* the same process reconnects (it gave up on an answer of
              * ours, or both sides met at once): calls waiting on it may
@@ -232,13 +297,25 @@ void attnd__gnet_apply_card(attnd_group *g, const attnd__gcard *c, const void *a
             p->state = ATTND__PEER_DOWN;
         }
     }
+    if (p->pw && p->pw_token && p->pw_token != c->token)
+        pw_retire(g, p); /* another process used it */
     if (same && (p->pidfd = attnd_ucxw_pidfd(c->host.pid)) < 0)
         return; /* its process is gone already */
+    /* a same-host peer: from our worker for it to its worker for us */
+    const unsigned char *to = addr;
+    size_t to_len = c->payload_len - c->shm_len;
+    p->ep_worker = g->net.worker;
+    if (same && c->shm_len && pw_get(g, p)) {
+        to += to_len;
+        to_len = c->shm_len;
+        p->ep_worker = p->pw;
+        p->pw_token = c->token;
+    }
     snprintf(who, sizeof who, "group rank %d", c->rank);
     attnd_error_clear(&err);
-    if (attnd_ucxw_connect(&g->net, addr, c->payload_len,
-                           same ? ATTND_UCXW_PEER_WATCHED : ATTND_UCXW_PEER_CHECKED,
-                           on_peer_error, p, who, &p->ep, &err)) {
+    if (attnd_ucxw_connect_on(&g->net, p->ep_worker, to, to_len,
+                              same ? ATTND_UCXW_PEER_WATCHED : ATTND_UCXW_PEER_CHECKED,
+                              on_peer_error, p, who, &p->ep, &err)) {
         attnd_log_error("group", "rank %d: %s", g->me, err.msg);
         peer_reset(g, p);
         return;
@@ -350,8 +427,10 @@ static int tend(void *arg)
             continue;
         if (atomic_exchange(&p->kick, 0) && p->state != ATTND__PEER_DOWN)
             drop_peer(g, p, "did not answer in time", 0);
-        if (watch && p->pidfd >= 0 && attnd_ucxw_pidfd_exited(p->pidfd))
+        if (watch && p->pidfd >= 0 && attnd_ucxw_pidfd_exited(p->pidfd)) {
             drop_peer(g, p, "exited", RETRY_MS);
+            pw_retire(g, p);
+        }
         if (p->state == ATTND__PEER_CONNECTING) {
             if (now > p->hello_deadline_ms)
                 drop_peer(g, p, "did not answer hello", RETRY_MS);
@@ -449,6 +528,7 @@ void attnd__gnet_stop(attnd_group *g)
         for (int32_t r = 0; r < g->N; r++)
             if (r != g->me) {
                 peer_reset(g, &g->peers[r]);
+                pw_retire(g, &g->peers[r]);
                 g->peers[r].state = ATTND__PEER_DOWN;
             }
         attnd_ucxw_unlock(&g->net);

@@ -98,8 +98,8 @@ static uint64_t get64(const unsigned char *p)
 /* Offsets: magic 0, version 8 (u16), kind 10 (u16), rank 12, size 16,
  * mode 20, page_size 24, n_layers 28, n_q_heads 32, kv_elems 36, kv_dtype
  * 40, status 44, token 48, nonce 56, boot_id 72 (40), pid_ns 112, ipc_ns
- * 120, uid 128, pid 132, shm_ok 136, payload_len 140, net_ns 144,
- * reserved (zero) 152..160. */
+ * 120, uid 128, pid 132, shm_ok 136, payload_len 140, net_ns 144, shm_len
+ * 152, reserved (zero) 156..160. */
 _Static_assert(ATTND__GCARD_HDR == 160, "the card header is 160 bytes");
 
 size_t attnd__gcard_encode(const attnd__gcard *c, const void *payload, unsigned char *out)
@@ -134,7 +134,8 @@ size_t attnd__gcard_encode(const attnd__gcard *c, const void *payload, unsigned 
     p = put32(p, (uint32_t)c->host.pid);
     p = put32(p, c->shm_ok);
     p = put32(p, c->payload_len);
-    put64(p, c->host.net_ns);
+    p = put64(p, c->host.net_ns);
+    put32(p, c->shm_len);
     if (c->payload_len && payload)
         memcpy(out + ATTND__GCARD_HDR, payload, c->payload_len);
     return ATTND__GCARD_HDR + c->payload_len;
@@ -173,8 +174,10 @@ int attnd__gcard_decode(const unsigned char *buf, size_t have, attnd__gcard *c)
     c->shm_ok = get32(p + 124);
     c->payload_len = get32(p + 128);
     c->host.net_ns = get64(p + 132);
+    c->shm_len = get32(p + 140);
     if (c->version != ATTND__GCARD_VERSION || c->kind < ATTND__GCARD_HELLO ||
         c->kind > ATTND__GCARD_PROOF || c->payload_len > ATTND_UCXW_ADDR_MAX ||
+        c->shm_len > c->payload_len || (c->shm_len && c->kind > ATTND__GCARD_ANSWER) ||
         (c->kind == ATTND__GCARD_CHALLENGE && c->payload_len != 0) ||
         (c->kind == ATTND__GCARD_PROOF && c->payload_len != ATTND__GCARD_MAC) ||
         c->rank < 0 || c->rank >= ATTND_GROUP_MAX_RANKS)
@@ -238,12 +241,21 @@ static void conn_send(attnd__grdv_conn *c, int then_close)
     c->then_close = then_close;
 }
 
-/* Queue our card of `kind` with our address as payload (status 0). */
+/* Queue our card of `kind` for c->rank with our addresses as payload
+ * (status 0). */
 static void conn_put_card(attnd_group *g, attnd__grdv_conn *c, uint16_t kind)
 {
-    attnd__gcard card;
-    attnd__gnet_my_card(g, kind, &card);
-    c->out_len += attnd__gcard_encode(&card, g->addr, c->out + c->out_len);
+    c->out_len += attnd__gnet_put_card(g, c->rank, kind, c->out + c->out_len);
+}
+
+/* 0 when a card's payload holds what look like worker addresses: the
+ * sender's, and its peer worker's if it sent one. */
+static int addrs_check(const attnd__gcard *card, const unsigned char *payload)
+{
+    uint32_t main_len = card->payload_len - card->shm_len;
+    if (attnd_ucxw_address_check(payload, main_len))
+        return -1;
+    return card->shm_len ? attnd_ucxw_address_check(payload + main_len, card->shm_len) : 0;
 }
 
 /* Queue a bare refusal (status st, payload msg): nothing about us but
@@ -387,7 +399,7 @@ static int acceptor_got_card(attnd_group *g, attnd__grdv_conn *c, const attnd__g
         conn_send(c, 1);
         return 1;
     }
-    if (attnd_ucxw_address_check(payload, card->payload_len))
+    if (addrs_check(card, payload))
         return 0;
     attnd__gnet_apply_card(g, card, payload);
     conn_put_card(g, c, ATTND__GCARD_ANSWER);
@@ -437,7 +449,7 @@ static int connector_got_card(attnd_group *g, attnd__grdv_conn *c, const attnd__
         g->peers[c->rank].next_try_ms = attnd_clock_ms() + REFUSED_RETRY_MS;
         return 0;
     }
-    if (attnd_ucxw_address_check(payload, card->payload_len))
+    if (addrs_check(card, payload))
         return 0;
     attnd__gnet_apply_card(g, card, payload);
     return 0;

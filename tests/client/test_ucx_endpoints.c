@@ -1,10 +1,11 @@
 /* UCX endpoints of attnd against real servers on loopback: the limits of
  * one connection (issue 10 item 8), the same-host path over shared memory
  * and CMA with a client killed in the middle of large transfers (issue 12
- * item 1), and what the server tells about its endpoints (GetStats, the
+ * item 1) and clients killed in the middle of sends, and what the server tells about its endpoints (GetStats, the
  * warning for a same-host client on TCP).
  */
 #include <check.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -23,7 +24,7 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-static attnd_client *connect_ucx(void)
+static attnd_client *connect_ucx_deadline(int64_t deadline_ms)
 {
     attnd_client_options o;
     attnd_client *c = NULL;
@@ -31,12 +32,17 @@ static attnd_client *connect_ucx(void)
 
     attnd_client_options_init(&o);
     o.transport = ATTND_TRANSPORT_UCX;
-    o.deadline_ms = 120000; /* hang guards only */
+    o.deadline_ms = deadline_ms;
     o.connect_timeout_ms = 30000;
     attnd_error_clear(&err);
     attnd_status st = attnd_client_connect(cu_srv.target, &o, &c, &err);
     ck_assert_msg(st == ATTND_OK, "connect over UCX: %s", err.msg);
     return c;
+}
+
+static attnd_client *connect_ucx(void)
+{
+    return connect_ucx_deadline(120000); /* hang guards only */
 }
 
 /* Decode steps on c, each output checked. */
@@ -293,6 +299,82 @@ START_TEST(test_a_client_killed_mid_transfer_over_shared_memory_leaves_others_co
 }
 END_TEST
 
+/* The file descriptors process pid holds. */
+static int fds_of(pid_t pid)
+{
+    char path[64];
+    int n = 0;
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    ck_assert_ptr_nonnull(d);
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* A same-host client SIGKILLed in the middle of a send, ROUNDS times at
+ * random moments of a flood of ~150 KB eager requests (many
+ * shared-memory fragments each; tests/client/ucx_flooder.c), never stops
+ * another same-host client's calls reaching the server: each round the
+ * other client decodes a step, checked. With one UCX worker for all
+ * clients, a sender killed between reserving a slot of the worker's
+ * shared-memory receive FIFO and filling it left the server receiving
+ * nothing more from anyone on this host (about one kill in five): the
+ * checked step then ends DEADLINE_EXCEEDED. Each dead client's worker
+ * goes away (its descriptors: event fd, shared memory), also when its
+ * sends stay queued in it. */
+START_TEST(test_same_host_ucx_clients_killed_mid_send_never_stop_the_others)
+{
+    enum { ROUNDS = 16 };
+    unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+
+    fprintf(stderr, "  kill times from seed %u\n", seed);
+    cu_must_start("--model", "tiny-mla512", "--kv-dtype", "f32", "--ucx-listen", "auto");
+    attnd_client *c = connect_ucx_deadline(20000); /* a wedge shows as DEADLINE_EXCEEDED */
+    must_decode(c, 1);
+    int fds0 = -1;
+    for (int r = 0; r < ROUNDS; r++) {
+        int pfd[2];
+        char ready[8] = "";
+        ck_assert_int_eq(pipe(pfd), 0);
+        pid_t child = fork(); /* exec at once: nothing of gRPC runs in it */
+        ck_assert_int_ge(child, 0);
+        if (child == 0) {
+            dup2(pfd[1], 1);
+            close(pfd[0]);
+            close(pfd[1]);
+            execl(ATTND_UCX_FLOODER, ATTND_UCX_FLOODER, cu_srv.target, (char *)NULL);
+            _exit(127);
+        }
+        close(pfd[1]);
+        ssize_t n = read(pfd[0], ready, 6);
+        close(pfd[0]);
+        sleep_ms(1 + (int)(rand_r(&seed) % 40)); /* into the flood */
+        kill(child, SIGKILL);
+        int status;
+        ck_assert_int_eq(waitpid(child, &status, 0), child);
+        ck_assert_msg(n == 6 && memcmp(ready, "ready\n", 6) == 0,
+                      "round %d: the flooder failed before its calls were in flight", r);
+        must_decode(c, 1);
+        if (r == 0) { /* one client has come and gone: the server is warm */
+            wait_endpoints(c, 1);
+            sleep_ms(500);
+            fds0 = fds_of(cu_srv.pid);
+        }
+    }
+    wait_endpoints(c, 1); /* every killed client's endpoint is gone */
+    int fds = fds_of(cu_srv.pid); /* and its worker (200 ms after, at most) */
+    for (int waited = 0; fds > fds0 + 2 && waited < 30000; waited += 50) {
+        sleep_ms(50);
+        fds = fds_of(cu_srv.pid);
+    }
+    ck_assert_msg(fds <= fds0 + 2, "the server holds %d descriptors after %d dead clients, "
+                  "%d after the first", fds, ROUNDS, fds0);
+    attnd_client_destroy(c);
+}
+END_TEST
+
 /* A same-host client that UCX cannot reach by shared memory (the server
  * runs with UCX_TLS=tcp,self) is served over TCP, and attnd logs a
  * warning naming the transport. */
@@ -336,6 +418,7 @@ int main(void)
     tcase_add_test(tc, test_ucx_requests_beyond_the_connection_byte_limit_are_resource_exhausted);
     tcase_add_test(tc, test_a_same_host_ucx_client_uses_shared_memory_and_the_server_lists_it);
     tcase_add_test(tc, test_a_client_killed_mid_transfer_over_shared_memory_leaves_others_correct);
+    tcase_add_test(tc, test_same_host_ucx_clients_killed_mid_send_never_stop_the_others);
     tcase_add_test(tc, test_a_same_host_ucx_client_on_tcp_is_served_and_logged_as_a_warning);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

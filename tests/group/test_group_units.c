@@ -208,6 +208,7 @@ static attnd__gcard random_card(unsigned char *payload, uint32_t n)
     c.host.pid = (int32_t)tu_int(&rng, 1, 1 << 22);
     c.shm_ok = (uint32_t)tu_int(&rng, 0, 1);
     c.payload_len = n;
+    c.shm_len = (uint32_t)tu_int(&rng, 0, n);
     for (uint32_t i = 0; i < n; i++)
         payload[i] = (unsigned char)tu_next(&rng);
     return c;
@@ -313,13 +314,16 @@ START_TEST(test_garbage_and_out_of_range_cards_are_refused)
     /* a header that lies: each field out of range on its own */
     struct { size_t off; uint32_t v; } bad[] = {
         {8, 1},                 /* version 1 (before the group secret) */
-        {8, 3},                 /* version 3 */
+        {8, 2},                 /* version 2 (before peer workers) */
+        {8, 4},                 /* version 4 */
         {10, 0},                /* kind 0 */
         {10, 5},                /* kind 5 */
         {12, ATTND_GROUP_MAX_RANKS}, /* rank */
         {12, 0xffffffffu},      /* rank -1 */
         {140, ATTND_UCXW_ADDR_MAX + 1}, /* payload longer than an address may be */
         {140, 0xffffffffu},
+        {152, 65},              /* a peer worker address longer than the payload */
+        {152, 0xffffffffu},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         unsigned char w[sizeof wire];
