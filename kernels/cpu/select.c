@@ -9,11 +9,13 @@
  * spread over the pool's threads; each unit writes its ub rows and its
  * per-row maximum. Selection then runs one list per unit: the rows' global
  * maxima, each candidate's score (its best row's distance below that row's
- * best page), a radix selection for the threshold, and one ordered scan that
- * writes the kept pages. Scratch comes from the caller (ub, maxima, scores:
+ * best page) as an order-preserving key, and the top-k of select_topk.c
+ * (a radix selection for the threshold, one ordered scan that writes the
+ * kept pages). Scratch comes from the caller (ub, maxima, keys:
  * attnd_kernel_select_prepare says how much) and from the pool's per-thread
  * buffers (packed queries), so a steady decode allocates nothing here. */
 #include <math.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #if defined(__SSE2__)
@@ -51,8 +53,8 @@ static int32_t list_rows(const attnd_kernel_select_batch *b)
 }
 
 /* The list's scratch: packed queries [heads][attnd__select_pack_floats],
- * ub [n_cand][rows], chunk maxima [chunks][rows], scores [n_cand],
- * keys for the threshold [n_cand]. */
+ * ub [n_cand][rows], chunk maxima [chunks][rows], keys [n_cand], the
+ * threshold's scratch [n_cand]. */
 static int64_t list_work(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl)
 {
     int64_t c = list_chunks(sl), rows = list_rows(b);
@@ -133,8 +135,9 @@ int64_t attnd_kernel_select_prepare(attnd_kernel_select_batch *b, attnd_error *e
                                    "select: too many candidates"),
                    -1;
     }
-    /* the calling thread's scratch (packing, attnd_kernel_select's units) */
-    return work + (int64_t)attnd__select_unit_floats(b);
+    /* the parallel run's list states, the calling thread's scratch
+     * (packing, attnd_kernel_select's units) */
+    return work + b->n_lists + (int64_t)attnd__select_unit_floats(b);
 }
 
 void attnd__select_q_row(const attnd_kernel_select_batch *b, int32_t seq, int32_t kvh, int32_t r,
@@ -185,10 +188,15 @@ static void pack_row8(const float *x, int32_t dk, float *sq_p, float *sum_p, int
         return;
     }
     for (int32_t d = 0; d < dk; d++) {
-        double c = ceil((double)x[d] / (double)sq);
-        while (c * (double)sq < (double)x[d])
-            c += 1.0;
-        ATTND_ASSERT(c >= -127.0 && c <= 127.0);
+        /* ceil(x / sq) (|x / sq| <= 127): the quotient truncated, plus one
+         * where that is below it (libm's ceil was a call per element);
+         * then up while c sq (exact in double) is under x */
+        const double t = (double)x[d] / (double)sq;
+        int32_t c = (int32_t)t;
+        c += (double)c < t;
+        while ((double)c * (double)sq < (double)x[d])
+            c++;
+        ATTND_ASSERT(c >= -127 && c <= 127);
         qi[x[d] < 0.0f ? d : dk + d] = (int8_t)c;
     }
     *sq_p = sq;
@@ -367,10 +375,20 @@ static void score_chunk(const attnd_kernel_select_batch *b, const attnd_kernel_s
 #if defined(__SSE2__)
     if (rows % 4 == 0) { /* four rows a vector (GQA: 4 per KV head, MLA 8) */
         for (int32_t r = 0; r < rows; r += 4) {
-            __m128 m = _mm_set1_ps(-INFINITY);
-            for (int32_t p = p0; p < p1; p++) /* v > m ? v : m */
-                m = _mm_max_ps(_mm_loadu_ps(ub + (size_t)p * rows + r), m);
-            _mm_storeu_ps(cmax + r, m);
+            /* four chains (one was bound by the max's latency); max is
+             * order-free here but for the sign of a zero maximum, which
+             * no score sees (ub - cmax, then +0 and -0 rank the same) */
+            __m128 m0 = _mm_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
+            int32_t p = p0;
+            for (; p + 4 <= p1; p += 4) { /* v > m ? v : m */
+                m0 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)p * rows + r), m0);
+                m1 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)(p + 1) * rows + r), m1);
+                m2 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)(p + 2) * rows + r), m2);
+                m3 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)(p + 3) * rows + r), m3);
+            }
+            for (; p < p1; p++)
+                m0 = _mm_max_ps(_mm_loadu_ps(ub + (size_t)p * rows + r), m0);
+            _mm_storeu_ps(cmax + r, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
         }
         return;
     }
@@ -382,71 +400,53 @@ static void score_chunk(const attnd_kernel_select_batch *b, const attnd_kernel_s
         }
 }
 
-/* Order for the top-k: NaN (an infinite bound met a zero or opposite
- * infinity) counts as +inf, so such a page is always kept. */
-static float rank_of(float v)
+/* The keys (attnd__select_key) of candidates [m0, m1): each one's score,
+ * max over the rows r of ub[p][r] - cmax[r] (how close it comes to the
+ * best page of the row it suits best; NaN ranks +inf). */
+static void list_keys(const float *ub, const float *cmax, int32_t rows, int32_t m0, int32_t m1,
+                      uint32_t *key)
 {
-    return isnan(v) ? INFINITY : v;
-}
-
-/* The order-preserving unsigned image of a rank (-0 counts as +0, as the
- * float comparisons below see it), and back. */
-static uint32_t key_of(float v)
-{
-    uint32_t u;
-    v += 0.0f;
-    memcpy(&u, &v, sizeof u);
-    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
-}
-
-static float value_of(uint32_t k)
-{
-    uint32_t u = (k & 0x80000000u) ? k & 0x7fffffffu : ~k;
-    float v;
-    memcpy(&v, &u, sizeof v);
-    return v;
-}
-
-/* The key of descending rank k (0 = largest) among a[0..n), k < n: radix
- * selection over 8-bit digits from the top, each pass keeping only the
- * keys that share the digits chosen so far (a is overwritten). Branch-free
- * passes: a quickselect's data-dependent branches cost 36% of a GQA
- * selection here (8 lists of 2048 pages at 128K). */
-static uint32_t select_desc(uint32_t *a, int32_t n, int32_t k)
-{
-    uint32_t prefix = 0;
-    int32_t hist[256] = {0}, next[256];
-    for (int32_t i = 0; i < n; i++)
-        hist[a[i] >> 24]++;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        uint32_t d = 255;
-        while (k >= hist[d])
-            k -= hist[d--];
-        prefix |= d << shift;
-        if (shift == 0)
-            break;
-        /* keep the keys of digit d, counting their next digit on the way;
-         * when every key has digit d (scores close together share their
-         * top bits) only the counting is left */
-        memset(next, 0, sizeof next);
-        const int ns = shift - 8;
-        if (hist[d] == n) {
-            for (int32_t i = 0; i < n; i++)
-                next[(a[i] >> ns) & 255]++;
-        } else {
-            int32_t m = 0;
-            for (int32_t i = 0; i < n; i++) {
-                uint32_t x = a[i];
-                a[m] = x;
-                int in = ((x >> shift) & 255) == d;
-                next[(x >> ns) & 255] += in;
-                m += in;
-            }
-            n = m;
-        }
-        memcpy(hist, next, sizeof hist);
+    int32_t p = m0;
+#if defined(__SSE2__)
+    if (rows % 4 == 0) { /* four rows a vector, four candidates at once */
+        const __m128 inf = _mm_set1_ps(INFINITY), ninf = _mm_set1_ps(-INFINITY);
+        const __m128i top = _mm_set1_epi32((int32_t)0x80000000u);
+#define LK_ROW(j)                                                                     \
+    {                                                                                 \
+        __m128 v = _mm_sub_ps(_mm_loadu_ps(ub + (size_t)(p + j) * rows + r), c);      \
+        __m128 nan = _mm_cmpunord_ps(v, v);                                           \
+        v = _mm_or_ps(_mm_andnot_ps(nan, v), _mm_and_ps(nan, inf));                   \
+        b##j = _mm_max_ps(v, b##j);                                                   \
     }
-    return prefix;
+        for (; p + 4 <= m1; p += 4) {
+            __m128 b0 = ninf, b1 = ninf, b2 = ninf, b3 = ninf;
+            for (int32_t r = 0; r < rows; r += 4) {
+                const __m128 c = _mm_loadu_ps(cmax + r);
+                LK_ROW(0)
+                LK_ROW(1)
+                LK_ROW(2)
+                LK_ROW(3)
+            }
+            _MM_TRANSPOSE4_PS(b0, b1, b2, b3); /* lane j: candidate p + j */
+            __m128 best = _mm_max_ps(_mm_max_ps(b0, b1), _mm_max_ps(b2, b3));
+            /* attnd__select_key, four at once (no NaN left) */
+            __m128i u = _mm_castps_si128(_mm_add_ps(best, _mm_setzero_ps()));
+            u = _mm_xor_si128(u, _mm_or_si128(_mm_srai_epi32(u, 31), top));
+            _mm_storeu_si128((__m128i *)(void *)(key + p), u);
+        }
+#undef LK_ROW
+    }
+#endif
+    for (; p < m1; p++) {
+        const float *u = ub + (size_t)p * rows;
+        float best = -INFINITY;
+        for (int32_t r = 0; r < rows; r++) {
+            float v = u[r] - cmax[r];
+            v = isnan(v) ? INFINITY : v;
+            best = v > best ? v : best;
+        }
+        key[p] = attnd__select_key(best);
+    }
 }
 
 /* Scores and the top-k of one list; writes its kept pages. */
@@ -456,81 +456,38 @@ static void select_list(const attnd_kernel_select_batch *b, const attnd_kernel_s
     const int32_t *cand = b->cand_idx + sl->cand0;
     int32_t *out = b->sel_pages + sl->out0;
     int32_t *pos = b->sel_pos ? b->sel_pos + sl->out0 : NULL;
-    int32_t w = 0;
 
     if (chunks == 0) { /* every candidate kept, or only the mandatory ones */
-        int32_t all = sl->keep >= n;
-        for (int32_t p = 0; p < n; p++)
-            if (all || p < sl->n_head || p >= n - sl->n_tail) {
-                out[w] = cand[p];
-                if (pos)
-                    pos[w] = p;
-                w++;
-            }
+        attnd__select_topk(NULL, n, sl->keep >= n ? n : sl->n_head + sl->n_tail, sl->n_head,
+                           sl->n_tail, cand, out, pos, NULL);
         return;
     }
     float *ub = list_ub(b, sl);
     float *cmax = ub + (size_t)n * rows;
-    float *score = cmax + (size_t)chunks * rows;
-    uint32_t *key = (uint32_t *)(score + n); /* the threshold keys */
+    uint32_t *key = (uint32_t *)(cmax + (size_t)chunks * rows), *tmp = key + n;
     /* the rows' best pages: fold the chunk maxima into chunk 0's */
     for (int32_t c = 1; c < chunks; c++)
         for (int32_t r = 0; r < rows; r++)
             if (cmax[(size_t)c * rows + r] > cmax[r])
                 cmax[r] = cmax[(size_t)c * rows + r];
-    const int32_t m0 = sl->n_head, m1 = n - sl->n_tail, want = sl->keep - sl->n_head - sl->n_tail;
-    for (int32_t p = m0; p < m1; p++) {
-        const float *u = ub + (size_t)p * rows;
-        float best = -INFINITY;
-#if defined(__SSE2__)
-        if (rows % 4 == 0) { /* four rows a vector, as rank_of and the max below */
-            const __m128 inf = _mm_set1_ps(INFINITY);
-            __m128 bv = _mm_set1_ps(-INFINITY);
-            for (int32_t r = 0; r < rows; r += 4) {
-                __m128 v = _mm_sub_ps(_mm_loadu_ps(u + r), _mm_loadu_ps(cmax + r));
-                __m128 nan = _mm_cmpunord_ps(v, v);
-                v = _mm_or_ps(_mm_andnot_ps(nan, v), _mm_and_ps(nan, inf));
-                bv = _mm_max_ps(v, bv);
-            }
-            bv = _mm_max_ps(bv, _mm_shuffle_ps(bv, bv, _MM_SHUFFLE(1, 0, 3, 2)));
-            bv = _mm_max_ps(bv, _mm_shuffle_ps(bv, bv, _MM_SHUFFLE(2, 3, 0, 1)));
-            best = _mm_cvtss_f32(bv);
-        } else
-#endif
-            for (int32_t r = 0; r < rows; r++) {
-                float v = rank_of(u[r] - cmax[r]);
-                best = v > best ? v : best;
-            }
-        score[p] = best;
-        key[p - m0] = key_of(best);
-    }
-    float thr = value_of(select_desc(key, m1 - m0, want - 1));
-    int32_t above = 0;
-    for (int32_t p = m0; p < m1; p++)
-        above += score[p] > thr;
-    int32_t ties = want - above; /* at the threshold, earliest first */
-    for (int32_t p = 0; p < n; p++) {
-        int keep = p < m0 || p >= m1 || score[p] > thr;
-        if (!keep && score[p] == thr && ties > 0) {
-            keep = 1;
-            ties--;
-        }
-        if (keep) {
-            out[w] = cand[p];
-            if (pos)
-                pos[w] = p;
-            w++;
-        }
-    }
+    list_keys(ub, cmax, rows, sl->n_head, n - sl->n_tail, key);
+    attnd__select_topk(key, n, sl->keep, sl->n_head, sl->n_tail, cand, out, pos, tmp);
+}
+
+/* Where the lists' scratch ends: the parallel run's list states (one int
+ * per list), then the calling thread's scratch. */
+static float *lists_end(const attnd_kernel_select_batch *b)
+{
+    int64_t tail = 0;
+    for (int32_t i = 0; i < b->n_lists; i++)
+        tail += list_work(b, &b->lists[i]);
+    return b->work + tail;
 }
 
 /* The calling thread's scratch at the end of b->work, 64-byte aligned. */
 static float *tail_scratch(const attnd_kernel_select_batch *b)
 {
-    int64_t tail = 0;
-    for (int32_t i = 0; i < b->n_lists; i++)
-        tail += list_work(b, &b->lists[i]);
-    return (float *)(((uintptr_t)(b->work + tail) + 63) & ~(uintptr_t)63);
+    return (float *)(((uintptr_t)(lists_end(b) + b->n_lists) + 63) & ~(uintptr_t)63);
 }
 
 static void pack_all(const attnd_kernel_select_batch *b, float *tmp)
@@ -552,11 +509,26 @@ void attnd_kernel_select(const attnd_kernel_select_batch *b)
         select_list(b, &b->lists[i]);
 }
 
+/* The parallel run is one pool job over one task counter: tasks [0,
+ * n_lists) pack a list's queries (or, for a list with nothing to score,
+ * write its pages), the rest are the scoring units, list after list. A
+ * list's state counts its progress: LIST_PACKED once packed, then
+ * LIST_CHUNK per scored unit; the thread that scores a list's last unit
+ * runs its top-k right away. So the packing is spread over the threads
+ * instead of running before the job on the calling one, the top-k of the
+ * first lists overlaps the scoring of the last ones, and the pool is
+ * woken once, not twice (GQA at 128K: 8 lists of 16 units). A unit whose
+ * list is still being packed waits for it: packs are the first tasks, so
+ * that is at most one pack's time (GQA ~2 us: 4 rows of d_k 128), and only
+ * at the start. */
+enum { LIST_PACKED = 1, LIST_CHUNK = 2 };
+
 typedef struct sel_ctx {
     const attnd_kernel_select_batch *b;
     attnd_kernel_pool *pool;
     attnd__ub_fn fn;
-    int32_t n_chunks;
+    atomic_int *state;  /* [n_lists] */
+    int32_t n_tasks;    /* n_lists + scoring units */
     atomic_int next;
 } sel_ctx;
 
@@ -577,49 +549,65 @@ static int32_t list_of_chunk(const attnd_kernel_select_batch *b, int32_t k)
     return lo;
 }
 
-static void score_job(void *p, int32_t tid)
+/* Wait until list li is packed (acquire: its packed queries are seen). */
+static void wait_packed(atomic_int *st)
 {
-    sel_ctx *c = p;
-    float *scratch = attnd__pool_scratch(c->pool, tid);
-    for (;;) {
-        int k = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
-        if (k >= c->n_chunks)
-            return;
-        int32_t li = list_of_chunk(c->b, k);
-        const attnd_kernel_select_list *sl = &c->b->lists[li];
-        score_chunk(c->b, sl, k - sl->chunk0, c->fn, scratch);
+    for (unsigned spin = 0; !(atomic_load_explicit(st, memory_order_acquire) & LIST_PACKED);
+         spin++) {
+#if defined(__SSE2__)
+        _mm_pause();
+#endif
+        if (spin >= 1024) /* the packing thread lost its core: let it run */
+            sched_yield();
     }
 }
 
 static void select_job(void *p, int32_t tid)
 {
     sel_ctx *c = p;
-    (void)tid;
+    const attnd_kernel_select_batch *b = c->b;
+    float *scratch = attnd__pool_scratch(c->pool, tid);
     for (;;) {
-        int k = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
-        if (k >= c->b->n_lists)
+        const int k = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
+        if (k >= c->n_tasks)
             return;
-        select_list(c->b, &c->b->lists[k]);
+        if (k < b->n_lists) { /* pack, or nothing to score */
+            const attnd_kernel_select_list *sl = &b->lists[k];
+            if (list_chunks(sl)) {
+                pack_list(b, sl, scratch);
+                atomic_fetch_add_explicit(&c->state[k], LIST_PACKED, memory_order_release);
+            } else {
+                select_list(b, sl);
+            }
+            continue;
+        }
+        const int32_t li = list_of_chunk(b, k - b->n_lists);
+        const attnd_kernel_select_list *sl = &b->lists[li];
+        wait_packed(&c->state[li]);
+        score_chunk(b, sl, k - b->n_lists - sl->chunk0, c->fn, scratch);
+        /* acq_rel: the last unit's thread sees every unit's ub and maxima */
+        const int was = atomic_fetch_add_explicit(&c->state[li], LIST_CHUNK,
+                                                  memory_order_acq_rel);
+        if (was == LIST_PACKED + LIST_CHUNK * (list_chunks(sl) - 1))
+            select_list(b, sl);
     }
 }
 
 attnd_status attnd_kernel_select_parallel(attnd_kernel_pool *pool,
                                           const attnd_kernel_select_batch *b, attnd_error *err)
 {
-    sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn(b)};
     if (b->n_lists == 0)
         return ATTND_OK;
     const attnd_kernel_select_list *last = &b->lists[b->n_lists - 1];
-    c.n_chunks = last->chunk0 + list_chunks(last);
+    sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn(b),
+                 .state = (atomic_int *)(void *)lists_end(b),
+                 .n_tasks = b->n_lists + last->chunk0 + list_chunks(last)};
+    for (int32_t i = 0; i < b->n_lists; i++)
+        atomic_init(&c.state[i], 0);
     atomic_init(&c.next, 0);
-    pack_all(b, tail_scratch(b)); /* on the calling thread: once per list */
-    if (c.n_chunks > 0 &&
-        attnd__pool_run(pool, attnd__select_unit_floats(b), score_job, &c))
+    if (attnd__pool_run(pool, attnd__select_unit_floats(b), select_job, &c))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "select scratch: no memory for %zu floats per thread",
                                attnd__select_unit_floats(b));
-    atomic_store(&c.next, 0);
-    if (attnd__pool_run(pool, 0, select_job, &c))
-        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED, "select: pool run failed");
     return ATTND_OK;
 }

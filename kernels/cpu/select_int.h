@@ -105,6 +105,29 @@ static inline int32_t attnd__select_head_rows(const attnd_kernel_select_batch *b
     return b->q_tokens * (G / (b->head_agg > 1 ? b->head_agg : 1));
 }
 
+/* ---- the top-k (select_topk.c) ------------------------------------------
+ * A candidate's score as an order-preserving unsigned key: a larger key is
+ * a better score, NaN (an infinite bound met a zero or an opposite
+ * infinity) ranks as +inf, so such a page is always kept, and -0 as +0, as
+ * float comparisons see them. */
+static inline uint32_t attnd__select_key(float v)
+{
+    uint32_t u;
+    v = v != v ? __builtin_inff() : v + 0.0f;
+    __builtin_memcpy(&u, &v, sizeof u);
+    return u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+}
+
+/* Keep candidates [0, n_head) and [n - n_tail, n) of a list of n, and of
+ * the others the keep - n_head - n_tail with the largest keys (key [n],
+ * only [n_head, n - n_tail) read; ties: the earlier candidate first); write
+ * the kept cand[p] to out and p to pos (NULL: not wanted) in candidate
+ * order; returns how many (keep). n_head + n_tail <= keep <= n. tmp: n
+ * uint32 of scratch. */
+int32_t attnd__select_topk(const uint32_t *key, int32_t n, int32_t keep, int32_t n_head,
+                           int32_t n_tail, const int32_t *cand, int32_t *out, int32_t *pos,
+                           uint32_t *tmp);
+
 /* Pages a wide scoring block widens and scores at once. */
 #define ATTND__SEL_TB 4
 

@@ -776,6 +776,116 @@ START_TEST(test_selection_on_compact_bounds_keeps_the_best_scores_on_every_path)
 }
 END_TEST
 
+/* Compact bounds: every path computes the same integer sums and the same
+ * float ub from them (select_int.h), so every path, on one thread and on
+ * a pool, must keep exactly the pages the scalar path keeps. Shapes cover
+ * the AVX-512 four-row path (4 and 8 rows per KV head, d_k 128 and 64, a
+ * list of one KV head or of several, candidates not a multiple of four)
+ * and those it leaves to the general one (d_k 40, 2 and 3 rows); a few
+ * pages have an unbounded row (step NaN: scores NaN, always kept). */
+static void check_paths_agree(const pp_spec *sp, int32_t groups, tu_rng *r, const char *what)
+{
+    pp_problem p;
+    attnd_error err;
+    pp_build(&p, sp, r);
+    uint16_t *bd = build_bounds(&p);
+    uint8_t *b8 = build_bounds8(&p, bd);
+    for (int j = 0; j < 3; j++) { /* step NaN on a few rows */
+        int64_t pg = tu_int(r, 0, p.b.pool_pages - 1);
+        int32_t h = (int32_t)tu_int(r, 0, p.l.n_kv_heads - 1);
+        const float nan = NAN;
+        memcpy(b8 + attnd_kernel_kv_bounds8_at(&p.l, p.b.pool_pages, h, pg) + sizeof(float), &nan,
+               sizeof nan);
+    }
+    const int32_t n = sp->n_seqs, nl = n * groups;
+    attnd_kernel_select_list *lists = calloc((size_t)nl, sizeof *lists);
+    int32_t out = 0;
+    for (int32_t i = 0; i < n; i++)
+        for (int32_t g = 0; g < groups; g++) {
+            attnd_kernel_select_list *L = &lists[i * groups + g];
+            int32_t np = p.indptr[i + 1] - p.indptr[i];
+            *L = (attnd_kernel_select_list){.seq = i, .group = g, .cand0 = p.indptr[i],
+                                            .n_cand = np, .n_head = np > 2 ? 1 : 0,
+                                            .n_tail = np > 0 ? 1 : 0, .out0 = out};
+            L->keep = (int32_t)tu_int(r, L->n_head + L->n_tail, np);
+            out += L->keep;
+        }
+    const size_t ob = sizeof(int32_t) * (size_t)(out + 1);
+    int32_t *ref = malloc(ob), *ref_pos = malloc(ob), *sel = malloc(ob), *pos = malloc(ob);
+    attnd_kernel_select_batch b = {.n_lists = nl, .lists = lists, .n_seqs = n,
+                                   .q_tokens = sp->q_tokens, .n_q_heads = sp->hq,
+                                   .list_groups = groups, .q_dtype = sp->q_t, .q = p.q,
+                                   .kv = &p.l, .bounds8 = b8, .bounds_pages = p.b.pool_pages,
+                                   .cand_idx = p.idx, .sel_pages = ref, .sel_pos = ref_pos};
+    int64_t wf = attnd_kernel_select_prepare(&b, &err);
+    ck_assert_int_ge(wf, 0);
+    b.work = malloc(sizeof(float) * (size_t)(wf + 1));
+    ck_assert(use_path(ATTND_KERNEL_PATH_SCALAR));
+    attnd_kernel_select(&b);
+    attnd_kernel_pool *pool;
+    ck_assert_int_eq(attnd_kernel_pool_create(3, &pool, &err), ATTND_OK);
+    b.sel_pages = sel;
+    b.sel_pos = pos;
+    for (int path = 0; path < ATTND_KERNEL_PATH_COUNT; path++) {
+        if (!use_path(path))
+            continue;
+        for (int par = 0; par < 2; par++) {
+            memset(sel, 0xff, ob);
+            memset(pos, 0xff, ob);
+            if (par)
+                ck_assert_int_eq(attnd_kernel_select_parallel(pool, &b, &err), ATTND_OK);
+            else
+                attnd_kernel_select(&b);
+            for (int32_t j = 0; j < out; j++)
+                ck_assert_msg(sel[j] == ref[j] && pos[j] == ref_pos[j],
+                              "%s, path %s, %s: kept[%d] = page %d (candidate %d), the scalar "
+                              "path's %d (%d)",
+                              what, attnd_kernel_path_str((attnd_kernel_path)path),
+                              par ? "pool" : "one thread", j, sel[j], pos[j], ref[j], ref_pos[j]);
+        }
+    }
+    attnd_kernel_pool_destroy(pool);
+    free(b.work);
+    free(pos);
+    free(sel);
+    free(ref_pos);
+    free(ref);
+    free(lists);
+    free(b8);
+    free(bd);
+    pp_free(&p);
+}
+
+START_TEST(test_selection_on_compact_bounds_keeps_the_scalar_paths_pages_on_every_path)
+{
+    tu_rng r;
+    tu_rng_init(&r, "sparse-select-b8-paths");
+    const int64_t lens[] = {3000, 130, 1, 777, 2051};
+    pp_spec g = {.kind = ATTND_ATTN_GQA, .hq = 16, .hkv = 4, .head_dim = 128, .page_size = 16,
+                 .q_tokens = 1, .kv_t = ATTND_DTYPE_BF16, .q_t = ATTND_DTYPE_BF16, .n_seqs = 5,
+                 .lens = lens};
+    check_paths_agree(&g, 4, &r, "d 128, 4 rows per kv head");
+    check_paths_agree(&g, 1, &r, "d 128, one list of 4 kv heads");
+    g.q_tokens = 2;
+    g.q_t = ATTND_DTYPE_F32;
+    check_paths_agree(&g, 2, &r, "d 128, 8 rows per kv head, 2 kv heads a list");
+    g.q_tokens = 3;
+    check_paths_agree(&g, 4, &r, "d 128, 12 rows per kv head");
+    g.q_tokens = 1;
+    g.head_dim = 64;
+    check_paths_agree(&g, 4, &r, "d 64, 4 rows per kv head");
+    g.head_dim = 40;
+    check_paths_agree(&g, 4, &r, "d 40, 4 rows per kv head");
+    g.hq = 8;
+    g.head_dim = 128;
+    check_paths_agree(&g, 4, &r, "d 128, 2 rows per kv head");
+    g.q_tokens = 3;
+    g.hq = 4;
+    check_paths_agree(&g, 4, &r, "d 128, 3 rows per kv head");
+    reset_path();
+}
+END_TEST
+
 /* The threshold's edge cases, on every path, one thread and a pool: 40
  * pages with equal bounds tie, page 5 bounds lower, page 9 has a NaN bound
  * (scores +inf); keeping the sink page, the newest and 6 more must take
@@ -887,6 +997,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_selection_keeps_nan_bounds_and_breaks_ties_by_the_earlier_page_on_every_path);
     tcase_add_test(tc, test_compact_bounds_hold_the_bf16_bounds_within_one_power_of_two_step);
     tcase_add_test(tc, test_selection_on_compact_bounds_keeps_the_best_scores_on_every_path);
+    tcase_add_test(tc, test_selection_on_compact_bounds_keeps_the_scalar_paths_pages_on_every_path);
     suite_add_tcase(s, tc);
     return s;
 }
