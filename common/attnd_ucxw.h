@@ -162,13 +162,15 @@ attnd_status attnd_ucxw_address(attnd_ucxw *w, void **addr_p, size_t *len_p, att
 attnd_status attnd_ucxw_worker_address(ucp_worker_h worker, void **addr_p, size_t *len_p,
                                        attnd_error *err);
 
-/* A new peer worker (see the file comment) in *out: one same-host peer is
- * to be connected on it (attnd_ucxw_connect_on) and given its address.
- * The loop that owns w progresses it from now on; the caller holds w->mu
- * (SERIALIZED) or is the loop's thread. UNAVAILABLE naming `who` when UCX
- * cannot make one (the caller may fall back to the main worker). */
+/* A new peer worker (see the file comment) in *out, and its address (a
+ * malloc'd copy the caller frees) in *addr_p, *len_p: one same-host peer
+ * is to be connected on it (attnd_ucxw_connect_on) and given that
+ * address. The loop that owns w progresses it from now on; the caller
+ * holds w->mu (SERIALIZED) or is the loop's thread. UNAVAILABLE naming
+ * `who` when UCX cannot make one (the caller may fall back to the main
+ * worker); nothing is made then. */
 attnd_status attnd_ucxw_peer_worker(attnd_ucxw *w, const char *who, ucp_worker_h *out,
-                                    attnd_error *err);
+                                    void **addr_p, size_t *len_p, attnd_error *err);
 /* The peer it served is gone: once the endpoints closed on it with
  * attnd_ucxw_ep_close_on finished, or ATTND_UCXW_RETIRE_MS later, the loop
  * destroys it (operations still in flight on it complete then, with an
@@ -209,10 +211,9 @@ attnd_status attnd_ucxw_connect(attnd_ucxw *w, const void *addr, size_t len,
                                 attnd_ucxw_peer_mode mode, ucp_err_handler_cb_t err_cb,
                                 void *arg, const char *who, ucp_ep_h *ep_p, attnd_error *err);
 /* The same on `worker` (w's main worker or one of its peer workers). */
-attnd_status attnd_ucxw_connect_on(attnd_ucxw *w, ucp_worker_h worker, const void *addr,
-                                   size_t len, attnd_ucxw_peer_mode mode,
-                                   ucp_err_handler_cb_t err_cb, void *arg, const char *who,
-                                   ucp_ep_h *ep_p, attnd_error *err);
+attnd_status attnd_ucxw_connect_on(ucp_worker_h worker, const void *addr, size_t len,
+                                   attnd_ucxw_peer_mode mode, ucp_err_handler_cb_t err_cb,
+                                   void *arg, const char *who, ucp_ep_h *ep_p, attnd_error *err);
 
 /* Close ep (made on the main worker) without waiting (force: drop what is
  * queued on it; the peer is dead or unwanted). The loop (or

@@ -113,16 +113,14 @@ attnd_status attnd_ucxw_connect(attnd_ucxw *w, const void *addr, size_t len,
                                 attnd_ucxw_peer_mode mode, ucp_err_handler_cb_t err_cb,
                                 void *arg, const char *who, ucp_ep_h *ep_p, attnd_error *err)
 {
-    return attnd_ucxw_connect_on(w, w->worker, addr, len, mode, err_cb, arg, who, ep_p, err);
+    return attnd_ucxw_connect_on(w->worker, addr, len, mode, err_cb, arg, who, ep_p, err);
 }
 
-attnd_status attnd_ucxw_connect_on(attnd_ucxw *w, ucp_worker_h worker, const void *addr,
-                                   size_t len, attnd_ucxw_peer_mode mode,
-                                   ucp_err_handler_cb_t err_cb, void *arg, const char *who,
-                                   ucp_ep_h *ep_p, attnd_error *err)
+attnd_status attnd_ucxw_connect_on(ucp_worker_h worker, const void *addr, size_t len,
+                                   attnd_ucxw_peer_mode mode, ucp_err_handler_cb_t err_cb,
+                                   void *arg, const char *who, ucp_ep_h *ep_p, attnd_error *err)
 {
     ucp_ep_h ep;
-    (void)w;
 
     if (attnd_ucxw_address_check(addr, len))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,

@@ -214,22 +214,19 @@ err_ucs:
                            ucs_status_string(us));
 }
 
-/* Finish or cancel the closes in flight on `worker` (2 s at most), then
- * let late completions run. */
-static void drain_worker(attnd_ucxw *w, ucp_worker_h worker)
+/* How many closes in flight are on `worker`. */
+static size_t closes_on(const attnd_ucxw *w, ucp_worker_h worker)
 {
-    for (uint64_t i = 0; i < 200000; i++) {
-        int left = 0;
-        for (size_t k = 0; k < w->n_closing; k++)
-            left += w->closing[k].worker == worker;
-        if (!left)
-            break;
-        w->cur = worker;
-        ucp_worker_progress(worker);
-        attnd__ucxw_reap_closes(w);
-        if (i % 1000 == 999)
-            usleep(10000);
-    }
+    size_t n = 0;
+    for (size_t k = 0; k < w->n_closing; k++)
+        n += w->closing[k].worker == worker;
+    return n;
+}
+
+/* Cancel the closes still in flight on `worker`, then let late completions
+ * (sends, receives) run before it goes. */
+static void drop_closes(attnd_ucxw *w, ucp_worker_h worker)
+{
     for (size_t k = 0; k < w->n_closing;)
         if (w->closing[k].worker == worker) {
             ucp_request_cancel(worker, w->closing[k].req);
@@ -240,7 +237,20 @@ static void drain_worker(attnd_ucxw *w, ucp_worker_h worker)
         }
     w->cur = worker;
     for (int i = 0; i < 100 && ucp_worker_progress(worker); i++)
-        ; /* late completions (sends, receives) before the worker goes */
+        ;
+}
+
+/* Finish the closes in flight on `worker` (2 s at most), then drop_closes. */
+static void drain_worker(attnd_ucxw *w, ucp_worker_h worker)
+{
+    for (uint64_t i = 0; i < 200000 && closes_on(w, worker); i++) {
+        w->cur = worker;
+        ucp_worker_progress(worker);
+        attnd__ucxw_reap_closes(w);
+        if (i % 1000 == 999)
+            usleep(10000);
+    }
+    drop_closes(w, worker);
 }
 
 void attnd_ucxw_cleanup(attnd_ucxw *w)
@@ -312,10 +322,11 @@ ucs_status_t attnd_ucxw_on_am(attnd_ucxw *w, unsigned id, ucp_am_recv_callback_t
 }
 
 attnd_status attnd_ucxw_peer_worker(attnd_ucxw *w, const char *who, ucp_worker_h *out,
-                                    attnd_error *err)
+                                    void **addr_p, size_t *len_p, attnd_error *err)
 {
     attnd_ucxw_pw pw = {.efd = -1};
     ucs_status_t us;
+    attnd_status st;
 
     if (w->n_pw == w->cap_pw) {
         size_t c = w->cap_pw ? 2 * w->cap_pw : 8;
@@ -334,14 +345,18 @@ attnd_status attnd_ucxw_peer_worker(attnd_ucxw *w, const char *who, ucp_worker_h
     if ((us = make_worker(w->pw_ctx, w->mode, &pw.worker, &pw.efd)) != UCS_OK)
         goto err_ucs;
     for (int i = 0; i < w->n_am; i++)
-        if ((us = set_am(pw.worker, &w->am[i])) != UCS_OK) {
-            ucp_worker_destroy(pw.worker);
-            goto err_ucs;
-        }
+        if ((us = set_am(pw.worker, &w->am[i])) != UCS_OK)
+            goto err_worker;
+    if ((st = attnd_ucxw_worker_address(pw.worker, addr_p, len_p, err))) {
+        ucp_worker_destroy(pw.worker);
+        return st;
+    }
     w->pw[w->n_pw++] = pw;
     *out = pw.worker;
     return ATTND_OK;
 
+err_worker:
+    ucp_worker_destroy(pw.worker);
 err_ucs:
     return attnd_error_set(err, ATTND_ERR_UNAVAILABLE, "%s: UCX peer worker: %s", who,
                            ucs_status_string(us));
@@ -368,27 +383,16 @@ void attnd__ucxw_reap_workers(attnd_ucxw *w)
     uint64_t now = attnd_clock_ns();
     for (size_t i = 0; i < w->n_pw;) {
         attnd_ucxw_pw *pw = &w->pw[i];
-        int busy = 0;
-        if (pw->retired && now - pw->retired_ns < ATTND_UCXW_RETIRE_MS * 1000000ull)
-            for (size_t k = 0; k < w->n_closing && !busy; k++)
-                busy = w->closing[k].worker == pw->worker;
-        if (!pw->retired || busy) {
+        int waiting = pw->retired &&
+                      now - pw->retired_ns < ATTND_UCXW_RETIRE_MS * 1000000ull &&
+                      closes_on(w, pw->worker);
+        if (!pw->retired || waiting) {
             i++;
             continue;
         }
         ucp_worker_h worker = pw->worker;
         w->pw[i] = w->pw[--w->n_pw]; /* gone from the loop's sets first */
-        for (size_t k = 0; k < w->n_closing;)
-            if (w->closing[k].worker == worker) {
-                ucp_request_cancel(worker, w->closing[k].req);
-                ucp_request_free(w->closing[k].req);
-                w->closing[k] = w->closing[--w->n_closing];
-            } else {
-                k++;
-            }
-        w->cur = worker;
-        for (int n = 0; n < 100 && ucp_worker_progress(worker); n++)
-            ; /* late completions */
+        drop_closes(w, worker);
         ucp_worker_destroy(worker);
         w->cur = NULL;
     }

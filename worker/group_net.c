@@ -184,20 +184,11 @@ static ucp_worker_h pw_get(attnd_group *g, attnd__gpeer *p)
 {
     attnd_error err;
     attnd_error_clear(&err);
-    if (p->pw)
-        return p->pw;
-    if (attnd_ucxw_peer_worker(&g->net, "group", &p->pw, &err)) {
+    if (!p->pw &&
+        attnd_ucxw_peer_worker(&g->net, "group", &p->pw, &p->pw_addr, &p->pw_len, &err)) {
         attnd_log_warn("group", "rank %d: %s (rank %d shares our main worker)", g->me, err.msg,
                        p->rank);
         p->pw = NULL;
-        return NULL;
-    }
-    if (attnd_ucxw_worker_address(p->pw, &p->pw_addr, &p->pw_len, &err)) {
-        attnd_log_warn("group", "rank %d: %s (rank %d shares our main worker)", g->me, err.msg,
-                       p->rank);
-        attnd_ucxw_peer_worker_retire(&g->net, p->pw);
-        p->pw = NULL;
-        return NULL;
     }
     return p->pw;
 }
@@ -313,7 +304,7 @@ void attnd__gnet_apply_card(attnd_group *g, const attnd__gcard *c, const void *a
     }
     snprintf(who, sizeof who, "group rank %d", c->rank);
     attnd_error_clear(&err);
-    if (attnd_ucxw_connect_on(&g->net, p->ep_worker, to, to_len,
+    if (attnd_ucxw_connect_on(p->ep_worker, to, to_len,
                               same ? ATTND_UCXW_PEER_WATCHED : ATTND_UCXW_PEER_CHECKED,
                               on_peer_error, p, who, &p->ep, &err)) {
         attnd_log_error("group", "rank %d: %s", g->me, err.msg);
