@@ -60,7 +60,7 @@ static uint16_t bf16_down(float f)
     uint32_t rest;
     int neg;
     uint16_t h = f32_bits_hi(f, &rest, &neg);
-    return (uint16_t)(rest && neg ? h + 1 : h);
+    return (uint16_t)(h + ((rest != 0) & neg)); /* no branch: signs are random */
 }
 
 /* bf16 at or above f (f not NaN). */
@@ -69,7 +69,15 @@ static uint16_t bf16_up(float f)
     uint32_t rest;
     int neg;
     uint16_t h = f32_bits_hi(f, &rest, &neg);
-    return (uint16_t)(rest && !neg ? h + 1 : h);
+    return (uint16_t)(h + ((rest != 0) & !neg));
+}
+
+static inline float bf16f(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
 
 void attnd_kernel_kv_bounds_reset(const attnd_kernel_kv_layout *l, uint16_t *bounds,
@@ -91,35 +99,43 @@ void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bound
 {
     const size_t ss = attnd_dtype_size(src_t);
     const size_t entry = (size_t)attnd_kernel_kv_layout_token_elems(l) * ss;
-    const int32_t nk = l->n_kv_heads * l->d_k; /* the keys lead each wire entry */
     float flo[BOUNDS_CHUNK], fhi[BOUNDS_CHUNK], x[BOUNDS_CHUNK];
     float kv[BOUNDS_CHUNK]; /* one chunk in l->dtype (at most 4 bytes each) */
 
-    /* chunks of the concatenated keys [Hkv][d_k], each head's bounds a
-     * row of their own */
-    for (int32_t c0 = 0; c0 < nk; c0 += BOUNDS_CHUNK) {
-        const int32_t nc = nk - c0 < BOUNDS_CHUNK ? nk - c0 : BOUNDS_CHUNK;
-        for (int32_t j = 0; j < nc; j++) {
-            int32_t h = (c0 + j) / l->d_k, d = (c0 + j) % l->d_k;
-            const uint16_t *lo = bounds + attnd_kernel_kv_bounds_at(l, bounds_pages, h, p);
-            flo[j] = attnd_dtype_bf16_to_f32(lo[d]);
-            fhi[j] = attnd_dtype_bf16_to_f32(lo[l->d_k + d]);
-        }
-        for (int32_t t = 0; t < n; t++) {
-            const char *k = (const char *)src + (size_t)t * entry + (size_t)c0 * ss;
-            attnd_dtype_convert(l->dtype, kv, src_t, k, (size_t)nc);
-            attnd_dtype_convert(ATTND_DTYPE_F32, x, l->dtype, kv, (size_t)nc);
-            /* a NaN compares false: it never gets in */
+    /* the keys lead each wire entry, [Hkv][d_k]: each head's row in
+     * chunks, its bounds' address found once (per element it was most of
+     * a decode step's append) */
+    for (int32_t h = 0; h < l->n_kv_heads; h++) {
+        uint16_t *lo = bounds + attnd_kernel_kv_bounds_at(l, bounds_pages, h, p), *hi = lo + l->d_k;
+        for (int32_t d0 = 0; d0 < l->d_k; d0 += BOUNDS_CHUNK) {
+            const int32_t nc = l->d_k - d0 < BOUNDS_CHUNK ? l->d_k - d0 : BOUNDS_CHUNK;
             for (int32_t j = 0; j < nc; j++) {
-                flo[j] = x[j] < flo[j] ? x[j] : flo[j];
-                fhi[j] = x[j] > fhi[j] ? x[j] : fhi[j];
+                flo[j] = bf16f(lo[d0 + j]);
+                fhi[j] = bf16f(hi[d0 + j]);
             }
-        }
-        for (int32_t j = 0; j < nc; j++) {
-            int32_t h = (c0 + j) / l->d_k, d = (c0 + j) % l->d_k;
-            uint16_t *lo = bounds + attnd_kernel_kv_bounds_at(l, bounds_pages, h, p);
-            lo[d] = bf16_down(flo[j]); /* an empty bound stays infinite */
-            lo[l->d_k + d] = bf16_up(fhi[j]);
+            for (int32_t t = 0; t < n; t++) {
+                const char *k = (const char *)src + (size_t)t * entry +
+                                ((size_t)h * (size_t)l->d_k + (size_t)d0) * ss;
+                if (src_t == ATTND_DTYPE_BF16 && l->dtype == ATTND_DTYPE_BF16) {
+                    /* the common case, inline (NaN aside, which never
+                     * gets in, the same values as the two conversions) */
+                    const uint16_t *kb = (const uint16_t *)(const void *)k;
+                    for (int32_t j = 0; j < nc; j++)
+                        x[j] = bf16f(kb[j]);
+                } else {
+                    attnd_dtype_convert(l->dtype, kv, src_t, k, (size_t)nc);
+                    attnd_dtype_convert(ATTND_DTYPE_F32, x, l->dtype, kv, (size_t)nc);
+                }
+                /* a NaN compares false: it never gets in */
+                for (int32_t j = 0; j < nc; j++) {
+                    flo[j] = x[j] < flo[j] ? x[j] : flo[j];
+                    fhi[j] = x[j] > fhi[j] ? x[j] : fhi[j];
+                }
+            }
+            for (int32_t j = 0; j < nc; j++) {
+                lo[d0 + j] = bf16_down(flo[j]); /* an empty bound stays infinite */
+                hi[d0 + j] = bf16_up(fhi[j]);
+            }
         }
     }
 }
@@ -138,13 +154,23 @@ static void bounds8_unbounded(uint8_t *row, int32_t dk)
     memset(row + 2 * sizeof(float), 0, 2 * (size_t)dk);
 }
 
+/* x rounded to an integer, |x| < 2^51, in round-to-nearest (adding and
+ * taking away 1.5 * 2^52); the codes below step back where it went past,
+ * by a comparison, not a branch. This loop was most of a GPU sparse
+ * append with libm's floor and ceil (inline on baseline x86-64, with a
+ * branch per element that random keys mispredict half the time). */
+static inline double round_small(double x)
+{
+    return (x + 0x1.8p52) - 0x1.8p52;
+}
+
 /* One KV head's compact bounds from its bf16 lo and hi rows. */
 static void bounds8_row_make(const uint16_t *lo, int32_t dk, uint8_t *row)
 {
-    double m = INFINITY, M = -INFINITY;
+    float m = INFINITY, M = -INFINITY;
     for (int32_t d = 0; d < dk; d++) {
-        double l = attnd_dtype_bf16_to_f32(lo[d]), h = attnd_dtype_bf16_to_f32(lo[dk + d]);
-        if (!isfinite(l) || !isfinite(h) || fabs(l) >= 0x1p100 || fabs(h) >= 0x1p100) {
+        const float l = bf16f(lo[d]), h = bf16f(lo[dk + d]);
+        if (!(fabsf(l) < 0x1p100f) || !(fabsf(h) < 0x1p100f)) { /* also inf and NaN */
             bounds8_unbounded(row, dk);
             return;
         }
@@ -154,8 +180,8 @@ static void bounds8_row_make(const uint16_t *lo, int32_t dk, uint8_t *row)
     /* the smallest power-of-two step whose 256 codes span [m, M] from a
      * multiple of it, at least 2^-16 of the largest magnitude (so the
      * offset's multiple stays below 2^17) and a normal float */
-    const double mag = fabs(m) > fabs(M) ? fabs(m) : fabs(M);
-    double want = (M - m) / 255.0 > mag * 0x1p-16 ? (M - m) / 255.0 : mag * 0x1p-16;
+    const double mag = fabs((double)m) > fabs((double)M) ? fabs((double)m) : fabs((double)M);
+    double want = ((double)M - m) / 255.0 > mag * 0x1p-16 ? ((double)M - m) / 255.0 : mag * 0x1p-16;
     int e = -126;
     if (want > 0x1p-126) {
         (void)frexp(want, &e); /* 2^(e-1) <= want < 2^e */
@@ -173,10 +199,14 @@ static void bounds8_row_make(const uint16_t *lo, int32_t dk, uint8_t *row)
     memcpy(row, &off, sizeof off);
     memcpy(row + sizeof off, &step, sizeof step);
     uint8_t *cl = row + 2 * sizeof(float), *ch = cl + dk;
+    /* x / s is x * 2^-e exactly (s a power of two, |x / s| <= 2^17), the
+     * quotients the codes floor and ceil */
+    const double inv = ldexp(1.0, -e);
     for (int32_t d = 0; d < dk; d++) {
-        double l = attnd_dtype_bf16_to_f32(lo[d]), h = attnd_dtype_bf16_to_f32(lo[dk + d]);
-        cl[d] = (uint8_t)(floor(l / s) - k); /* off + step cl <= l */
-        ch[d] = (uint8_t)(ceil(h / s) - k);  /* off + step ch >= h */
+        const double l = (double)bf16f(lo[d]) * inv, h = (double)bf16f(lo[dk + d]) * inv;
+        const double rl = round_small(l), rh = round_small(h);
+        cl[d] = (uint8_t)((int32_t)(rl - k) - (rl > l)); /* floor: off + step cl <= lo */
+        ch[d] = (uint8_t)((int32_t)(rh - k) + (rh < h)); /* ceil: off + step ch >= hi */
     }
 }
 
