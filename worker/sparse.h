@@ -90,6 +90,10 @@ static inline int attnd__sparse_gone(const attnd__session *s, int32_t l, int64_t
 attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
                                       uint64_t t0, uint64_t n, attnd_dtype dtype,
                                       const void *kv, attnd_error *err);
+/* Before the CPU selection of a GPU engine reads the compact bounds of
+ * pages[0..n) (their sessions locked): those stale made again (a GPU
+ * engine only marks them on change; a no-op on a CPU engine). */
+void attnd__sparse_bounds8_fresh(attnd_engine *e, const int32_t *pages, int64_t n);
 /* After a layer's length grew (an Attend's append, a stage's commit;
  * session locked): free the pages that left every head's sink + window
  * when the layer evicts. Never fails. */

@@ -52,6 +52,7 @@ struct attnd__sparse_ws {
     attnd_kernel_select_batch gpu_sel;
     int64_t gpu_sel_work;
     int32_t gpu_lists;
+    int gpu_want; /* the request wants the pages attended: download them */
 };
 
 void attnd__sparse_ws_free(struct attnd__sparse_ws *w)
@@ -350,8 +351,11 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
         w->gpu_sel = sb;
         w->gpu_sel_work = wf;
         w->gpu_lists = n_sel;
+        w->gpu_want = req->want_pages;
         return ATTND_OK;
     }
+    for (int32_t k = 0; k < n_sel; k++) /* a GPU engine makes them when read */
+        attnd__sparse_bounds8_fresh(e, w->cand + w->sel[k].cand0, w->sel[k].n_cand);
     FIT(work, c_work, wf);
     sb.work = w->work;
     attnd_status st = attnd_kernel_select_parallel(e->kpool, &sb, err);
@@ -543,13 +547,16 @@ attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
     uint64_t ns = 0, bytes = 0;
     const uint64_t per =
         (uint64_t)attnd_kernel_kv_bounds_elems(&e->layout) * 2 / (uint64_t)(b->list_groups > 1 ? b->list_groups : 1);
+    /* the kept pages' positions come back only when asked for (a download
+     * the decode's result waits for) */
     attnd_status st = attnd__gpu_decode_select(e->gpu, b, proj, &w->gpu_sel,
-                                               (size_t)w->gpu_sel_work, w->pos, &ns, err);
+                                               (size_t)w->gpu_sel_work,
+                                               w->gpu_want ? w->pos : NULL, &ns, err);
     if (st)
         return st;
-    for (int32_t k = 0; k < w->gpu_lists; k++) { /* what each list kept, for want_pages */
+    for (int32_t k = 0; k < w->gpu_lists; k++) {
         const attnd_kernel_select_list *sl = &w->gpu_sel.lists[k];
-        for (int32_t j = 0; j < sl->keep; j++)
+        for (int32_t j = 0; w->gpu_want && j < sl->keep; j++) /* what each list kept */
             w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
         bytes += (uint64_t)sl->n_cand * per;
     }

@@ -344,9 +344,12 @@ struct attnd_engine {
      * ([n_pages][attnd_kernel_kv_bounds_elems] bf16), their compact 8-bit
      * form the CPU selection reads (bounds8: attnd_kernel_kv_bounds8_row
      * bytes per page and KV head, made from bounds whenever they change;
-     * in the same mapping, after bounds), and the counters of stats */
+     * in the same mapping, after bounds; a GPU engine, whose selection
+     * reads bf16 bounds, makes them only when its CPU selection reads
+     * them: bounds8_stale, [n_pages] after bounds8, 1 where a page's
+     * bounds changed since), and the counters of stats */
     uint16_t *bounds;
-    uint8_t *bounds8;
+    uint8_t *bounds8, *bounds8_stale;
     size_t bounds_map_bytes;
     atomic_uint_fast64_t kv_bytes_dense, select_bytes, select_ns, select_calls, pages_evicted;
     int32_t select_head_agg; /* query heads summed per scoring row (config's, resolved) */

@@ -1,0 +1,170 @@
+/* GPU suite of a GPU engine's page selection on the host: an engine on
+ * cuda:0 scores pages on the GPU, except for an attend with visible
+ * lengths (a sequence-sharded group's rank with a multi-token query),
+ * whose selection runs on the host over the compact 8-bit key bounds. A
+ * GPU engine makes those only when that selection reads them
+ * (worker/sparse_kv.c, attnd__sparse_bounds8_fresh): here the same
+ * sessions in a CPU engine and a GPU engine, topk-pages at 1/8 (llama3-8b's
+ * GQA shape, a list per KV head), appended in chunks, then decode steps of
+ * two new tokens with visible lengths, each page's bounds changed between
+ * the steps: both engines must choose the same pages for every (session,
+ * KV head) (the CPU selection over the same compact bounds), and their
+ * outputs agree within bf16 rounding (1e-2 normwise per row: the CUDA and
+ * CPU decodes of the same pages). Exit 77 (skipped) without a usable GPU. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attnd_dtype.h"
+#include "attnd_worker.h"
+#include "testutil.h"
+
+enum { NS = 3, S = 2, STEPS = 3 };
+static const int64_t prefill[NS] = {3000, 1700, 4100};
+
+static attnd_engine *engine(const char *device)
+{
+    attnd_engine_config cfg = {.model = *attnd_model_find("llama3-8b"), .page_size = 64,
+                               .kv_memory = 96 << 20, .max_sessions = NS};
+    cfg.model.n_layers = 1;
+    snprintf(cfg.device, sizeof cfg.device, "%s", device);
+    attnd_engine *e = NULL;
+    attnd_error err;
+    ck_assert_msg(attnd_engine_create(&cfg, &e, &err) == ATTND_OK, "%s: %s", device, err.msg);
+    return e;
+}
+
+static void fill(tu_rng *r, uint16_t *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = attnd_dtype_f32_to_bf16((float)tu_normal(r));
+}
+
+START_TEST(test_gpu_engine_host_selection_chooses_the_cpu_engines_pages)
+{
+    attnd_engine *e[2] = {engine("cpu"), engine("cuda:0")};
+    const attnd_model_spec *m = attnd_engine_model(e[0]);
+    const size_t te = (size_t)attnd_model_kv_token_elems(m);
+    const size_t qe = (size_t)m->n_q_heads * (size_t)attnd_model_d_k(m);
+    const size_t dv = (size_t)attnd_model_d_v(m);
+    attnd_session_policy pol = {
+        .dflt = {.kind = ATTND_POLICY_TOPK_PAGES, .topk_fraction = 0.125f, .sink = 64}};
+    attnd_session_id ids[2][NS];
+    attnd_error err;
+    tu_rng r;
+    tu_rng_init(&r, "gpu-sparse-engine");
+    const int64_t chunk = 700; /* chunks that end mid-page */
+    uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)chunk * te);
+    int64_t len[NS];
+    for (int i = 0; i < NS; i++) {
+        for (int k = 0; k < 2; k++)
+            ck_assert_int_eq(attnd_engine_session_create_policy(e[k], 0, &pol, NULL, &ids[k][i],
+                                                                &err),
+                             ATTND_OK);
+        for (int64_t t = 0; t < prefill[i]; t += chunk) {
+            int64_t n = prefill[i] - t < chunk ? prefill[i] - t : chunk;
+            fill(&r, kv, (size_t)n * te);
+            for (int k = 0; k < 2; k++)
+                ck_assert_msg(attnd_engine_append(e[k], &ids[k][i], 0, (uint64_t)t, (uint64_t)n,
+                                                  ATTND_DTYPE_BF16, kv, &err) == ATTND_OK,
+                              "append: %s", err.msg);
+        }
+        len[i] = prefill[i];
+    }
+    uint16_t *q = malloc(sizeof(uint16_t) * NS * S * qe);
+    uint16_t *nk = malloc(sizeof(uint16_t) * NS * S * te);
+    attnd_engine_ws ws[2];
+    attnd_engine_ws_init(&ws[0]);
+    attnd_engine_ws_init(&ws[1]);
+    float *out0 = malloc(sizeof(float) * NS * S * (size_t)m->n_q_heads * dv);
+    uint64_t vis[NS * S];
+    int64_t differ = 0, lists = 0;
+    for (int step = 0; step < STEPS; step++) {
+        fill(&r, q, NS * S * qe);
+        fill(&r, nk, NS * S * te);
+        for (int i = 0; i < NS; i++) {
+            len[i] += S;
+            for (int s = 0; s < S; s++) /* the causal rule, spelled out */
+                vis[i * S + s] = (uint64_t)(len[i] - (S - 1 - s));
+        }
+        const int32_t *ip[2];
+        const int64_t *ch[2];
+        for (int k = 0; k < 2; k++) {
+            attnd_attend_req req = {.layer = 0, .n_seqs = NS, .ids = ids[k], .q_tokens = S,
+                                    .q_dtype = ATTND_DTYPE_BF16, .q = q,
+                                    .new_kv_dtype = ATTND_DTYPE_BF16, .new_kv = nk,
+                                    .visible = vis, .want_pages = 1};
+            const float *out, *lse;
+            ck_assert_msg(attnd_engine_attend(e[k], &req, &ws[k], &out, &lse, &err) == ATTND_OK,
+                          "attend on %s: %s", k ? "cuda:0" : "cpu", err.msg);
+            ck_assert_uint_eq(ws[k].chosen_groups, (uint32_t)m->n_kv_heads);
+            ck_assert_int_eq(ws[k].chosen_tokens, 0);
+            ip[k] = ws[k].chosen_indptr;
+            ch[k] = ws[k].chosen;
+            if (k == 0) {
+                memcpy(out0, out, sizeof(float) * NS * S * (size_t)m->n_q_heads * dv);
+                continue;
+            }
+            for (size_t row = 0; row < (size_t)NS * S * (size_t)m->n_q_heads; row++) {
+                double num = 0.0, den = 0.0;
+                for (size_t d = 0; d < dv; d++) {
+                    double a = out[row * dv + d], b = out0[row * dv + d];
+                    num += (a - b) * (a - b);
+                    den += b * b;
+                }
+                ck_assert_msg(num <= 1e-4 * den, "step %d row %zu: GPU and CPU outputs differ "
+                              "by %.3g normwise", step, row, den > 0 ? num / den : num);
+            }
+        }
+        /* what each (session, KV head) attended */
+        const int64_t nl = (int64_t)NS * m->n_kv_heads;
+        ck_assert_int_eq(ip[0][nl], ip[1][nl]);
+        for (int64_t li = 0; li < nl; li++) {
+            ck_assert_int_eq(ip[0][li + 1] - ip[0][li], ip[1][li + 1] - ip[1][li]);
+            lists++;
+            differ += memcmp(ch[0] + ip[0][li], ch[1] + ip[1][li],
+                             sizeof(int64_t) * (size_t)(ip[0][li + 1] - ip[0][li])) != 0;
+        }
+    }
+    ck_assert_msg(differ == 0, "%lld of %lld lists chose other pages on the GPU engine",
+                  (long long)differ, (long long)lists);
+    fprintf(stderr, "gpu sparse engine: %lld lists, the same pages on both engines\n",
+            (long long)lists);
+    free(out0);
+    attnd_engine_ws_cleanup(&ws[0]);
+    attnd_engine_ws_cleanup(&ws[1]);
+    free(q);
+    free(nk);
+    free(kv);
+    attnd_engine_destroy(e[0]);
+    attnd_engine_destroy(e[1]);
+}
+END_TEST
+
+int main(void)
+{
+    attnd_engine_config probe = {.model = *attnd_model_find("llama3-8b"), .page_size = 64,
+                                 .kv_memory = 64 << 20, .max_sessions = 1};
+    attnd_engine *e = NULL;
+    attnd_error err;
+    probe.model.n_layers = 1;
+    snprintf(probe.device, sizeof probe.device, "cuda:0");
+    if (attnd_engine_create(&probe, &e, &err) != ATTND_OK) {
+        fprintf(stderr, "test_gpu_sparse_engine: no usable GPU (%s): skipped\n", err.msg);
+        return 77;
+    }
+    attnd_engine_destroy(e);
+    Suite *s = suite_create("gpu_sparse_engine");
+    TCase *tc = tcase_create("host selection");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_gpu_engine_host_selection_chooses_the_cpu_engines_pages);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    /* the probe made a CUDA context in this process: no fork */
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
