@@ -6,7 +6,8 @@
 #
 #   tests/gpu/run.sh [--no-build] [--ncu] [--no-torch] [all|test|bench|build]
 #   tests/gpu/run.sh e2e-build     (here: bundle attnd, attnd-cli, test_gpu_e2e,
-#                                   test_gpu_narrow, test_gpu_tiers, bench_engine)
+#                                   test_gpu_narrow, test_gpu_sparse_engine,
+#                                   test_gpu_tiers, bench_engine)
 #   tests/gpu/run.sh e2e           (there: the GPU backend end to end)
 #   tests/gpu/run.sh tiers         (there: test_gpu_tiers from that bundle, the
 #                                   KV tiers below HBM: --kv-host, --kv-dir,
@@ -39,7 +40,8 @@
 # float64 reference; the narrow MLA wire too, over gRPC and UCX) and
 # test_gpu_narrow (the engine's cuBLAS products of the narrow wire; both
 # need libcublas.so.<major> on the loader's path: the CUDA toolkit's lib
-# directory is added when found), then attnd-cli demo against `attnd --model
+# directory is added when found) and test_gpu_sparse_engine (a GPU
+# engine's host page selection against a CPU engine's), then attnd-cli demo against `attnd --model
 # deepseek-v3` on cuda:0 and on the CPU backend of the same machine, and
 # prints per-layer (per Attend call) latency and the KV bandwidth it implies;
 # then, like `engine`, bench_engine (attnd_engine_attend timed directly, GPU
@@ -133,11 +135,12 @@ rc=0
 do_e2e_build() {
   local b=${ATTND_BUILD_DIR:-$root/build}
   cmake --build "$b" -j2 --target attnd attnd-cli attnd-bench test_gpu_e2e test_gpu_narrow \
-    test_gpu_tiers bench_engine
+    test_gpu_sparse_engine test_gpu_tiers bench_engine
   rm -rf "$e2e"
   "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$e2e" "$b/service/attnd" \
     "$b/client/cli/attnd-cli" "$b/client/bench/attnd-bench" "$b/tests/gpu/test_gpu_e2e" \
-    "$b/tests/gpu/test_gpu_narrow" "$b/tests/gpu/test_gpu_tiers" "$b/worker/bench_engine"
+    "$b/tests/gpu/test_gpu_narrow" "$b/tests/gpu/test_gpu_sparse_engine" \
+    "$b/tests/gpu/test_gpu_tiers" "$b/worker/bench_engine"
   # test_gpu_e2e starts the attnd path compiled into it: remember it
   realpath "$b/service/attnd" > "$e2e/attnd_path"
   echo "bundled: $e2e"
@@ -195,6 +198,10 @@ e2e_test() {
   echo "== test_gpu_narrow (the narrow MLA wire's cuBLAS products)"
   "${t[@]}" "$e2e/run" test_gpu_narrow 2>&1 | tee -a "$out/e2e_test.log"
   local nrc=${PIPESTATUS[0]}
+  [ $rc -eq 0 ] && rc=$nrc
+  echo "== test_gpu_sparse_engine (a GPU engine's host page selection)"
+  "${t[@]}" "$e2e/run" test_gpu_sparse_engine 2>&1 | tee -a "$out/e2e_test.log"
+  nrc=${PIPESTATUS[0]}
   [ $rc -eq 0 ] && rc=$nrc
   set -e
   return 0
