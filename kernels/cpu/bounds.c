@@ -107,6 +107,21 @@ void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bound
      * a decode step's append) */
     for (int32_t h = 0; h < l->n_kv_heads; h++) {
         uint16_t *lo = bounds + attnd_kernel_kv_bounds_at(l, bounds_pages, h, p), *hi = lo + l->d_k;
+        if (src_t == ATTND_DTYPE_BF16 && l->dtype == ATTND_DTYPE_BF16) {
+            /* bf16 keys stored as bf16: a bound becomes a key's own bits
+             * or stays (what the float path below rounds to, exactly;
+             * a NaN compares false and never gets in) */
+            for (int32_t t = 0; t < n; t++) {
+                const uint16_t *k = (const uint16_t *)src + (size_t)t * (entry / 2) +
+                                    (size_t)h * (size_t)l->d_k;
+                for (int32_t d = 0; d < l->d_k; d++) {
+                    const float kf = bf16f(k[d]);
+                    lo[d] = kf < bf16f(lo[d]) ? k[d] : lo[d];
+                    hi[d] = kf > bf16f(hi[d]) ? k[d] : hi[d];
+                }
+            }
+            continue;
+        }
         for (int32_t d0 = 0; d0 < l->d_k; d0 += BOUNDS_CHUNK) {
             const int32_t nc = l->d_k - d0 < BOUNDS_CHUNK ? l->d_k - d0 : BOUNDS_CHUNK;
             for (int32_t j = 0; j < nc; j++) {
@@ -116,16 +131,8 @@ void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bound
             for (int32_t t = 0; t < n; t++) {
                 const char *k = (const char *)src + (size_t)t * entry +
                                 ((size_t)h * (size_t)l->d_k + (size_t)d0) * ss;
-                if (src_t == ATTND_DTYPE_BF16 && l->dtype == ATTND_DTYPE_BF16) {
-                    /* the common case, inline (NaN aside, which never
-                     * gets in, the same values as the two conversions) */
-                    const uint16_t *kb = (const uint16_t *)(const void *)k;
-                    for (int32_t j = 0; j < nc; j++)
-                        x[j] = bf16f(kb[j]);
-                } else {
-                    attnd_dtype_convert(l->dtype, kv, src_t, k, (size_t)nc);
-                    attnd_dtype_convert(ATTND_DTYPE_F32, x, l->dtype, kv, (size_t)nc);
-                }
+                attnd_dtype_convert(l->dtype, kv, src_t, k, (size_t)nc);
+                attnd_dtype_convert(ATTND_DTYPE_F32, x, l->dtype, kv, (size_t)nc);
                 /* a NaN compares false: it never gets in */
                 for (int32_t j = 0; j < nc; j++) {
                     flo[j] = x[j] < flo[j] ? x[j] : flo[j];
