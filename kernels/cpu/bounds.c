@@ -112,12 +112,15 @@ void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bound
              * or stays (what the float path below rounds to, exactly;
              * a NaN compares false and never gets in) */
             for (int32_t t = 0; t < n; t++) {
-                const uint16_t *k = (const uint16_t *)src + (size_t)t * (entry / 2) +
-                                    (size_t)h * (size_t)l->d_k;
+                /* the wire's bytes need not be 2-byte aligned */
+                const char *k = (const char *)src + (size_t)t * entry +
+                                (size_t)h * (size_t)l->d_k * sizeof(uint16_t);
                 for (int32_t d = 0; d < l->d_k; d++) {
-                    const float kf = bf16f(k[d]);
-                    lo[d] = kf < bf16f(lo[d]) ? k[d] : lo[d];
-                    hi[d] = kf > bf16f(hi[d]) ? k[d] : hi[d];
+                    uint16_t kb;
+                    memcpy(&kb, k + (size_t)d * sizeof kb, sizeof kb);
+                    const float kf = bf16f(kb);
+                    lo[d] = kf < bf16f(lo[d]) ? kb : lo[d];
+                    hi[d] = kf > bf16f(hi[d]) ? kb : hi[d];
                 }
             }
             continue;
