@@ -206,6 +206,8 @@ typedef struct attnd__gpeer {
     void *pw_addr;
     size_t pw_len;
     uint64_t pw_token;
+    int no_pw;           /* its last card: another host, or no shared
+                            memory; our cards offer it no peer worker */
     int state;
     uint64_t peer_token; /* its token (its card's): in every message to it */
     int on_host;         /* its card says: this host (warn if UCX uses TCP) */

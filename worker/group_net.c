@@ -243,7 +243,7 @@ size_t attnd__gnet_put_card(attnd_group *g, int32_t r, uint16_t kind, unsigned c
     attnd__gcard c;
     attnd__gnet_my_card(g, kind, &c);
     memcpy(out + ATTND__GCARD_HDR, g->addr, g->addr_len);
-    if (r >= 0 && r < g->N && r != g->me && g->shm_ok) {
+    if (r >= 0 && r < g->N && r != g->me && g->shm_ok && !g->peers[r].no_pw) {
         attnd__gpeer *p = &g->peers[r];
         if (pw_get(g, p) && g->addr_len + p->pw_len <= ATTND_UCXW_ADDR_MAX) {
             memcpy(out + ATTND__GCARD_HDR + g->addr_len, p->pw_addr, p->pw_len);
@@ -290,6 +290,15 @@ void attnd__gnet_apply_card(attnd_group *g, const attnd__gcard *c, const void *a
     }
     if (p->pw && p->pw_token && p->pw_token != c->token)
         pw_retire(g, p); /* another process used it */
+    /* a peer on another host (or without shared memory) never connects to
+     * the worker our card offered it (it is not same, by the same rule on
+     * its side): that worker goes, and our next cards offer none */
+    p->no_pw = !same;
+    if (!same && p->pw) {
+        attnd_log_info("group", "rank %d: rank %d is %s: its worker for it goes", g->me, p->rank,
+                       on_host ? "not admitted to shared memory" : "on another host");
+        pw_retire(g, p);
+    }
     if (same && (p->pidfd = attnd_ucxw_pidfd(c->host.pid)) < 0)
         return; /* its process is gone already */
     /* a same-host peer: from our worker for it to its worker for us */

@@ -9,6 +9,7 @@
 # Each rank runs in its own namespace at its own address (gRPC on :7700,
 # the group's UCX listener on :7800, metrics on :9400), the client in a
 # third. Checks, in order:
+#  0. neither rank keeps a shared-memory worker for the other (their logs);
 #  1. attnd-cli demo through rank 0 and through rank 1 (any rank leads):
 #     every output against the float64 reference (PASS);
 #  2. rank 1's link down (ip link set ... down on the bridge side): a call
@@ -130,6 +131,13 @@ demo() { # demo ADDR: a checked decode; its output in $tmp/demo.out
 wait_health "$A0" readiness SERVING
 wait_health "$A1" readiness SERVING
 say "2 ranks in namespaces $H0 and $H1 connected; client in $C"
+# ranks on other hosts keep no shared-memory worker for each other (the one
+# a rank's first card offered goes once the peer's card says where it is)
+for r in 0 1; do
+  grep -q "rank $((1 - r)) is on another host: its worker for it goes" "$tmp/rank$r.log" ||
+    fail "rank $r kept a shared-memory worker for rank $((1 - r)) on another host"
+done
+say "no shared-memory worker kept for the other host's rank"
 
 # ---- 1. outputs against the reference, through either rank ---------------------------
 for a in "$A0" "$A1"; do
