@@ -7,7 +7,7 @@
  * attnd_kernel_kv_bounds8_row bytes), which the CPU selection reads (half
  * the bytes: SPARSE.md, "Speed"). The compact rows of a page are made
  * again from its bf16 bounds whenever those change (bounds_changed,
- * below), so the tiers and recovery move and rebuild bf16 bounds only. The
+ * below), so the tiers and recovery move and rebuild bf16 bounds only.
  * A GPU engine only marks them stale (its selection reads bf16 bounds) and
  * makes them when its CPU selection is about to read them
  * (attnd__sparse_bounds8_fresh): a compact row cost ~20 us of every GQA
