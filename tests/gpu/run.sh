@@ -23,6 +23,18 @@
 #                                   python3 there has torch and transformers.
 #                                   ATTND_HF_SERVER_FLAGS adds attnd flags,
 #                                   e.g. "--device cuda:0")
+#   tests/gpu/run.sh sparse-build  (here: bundle attnd-sparse-bench,
+#                                   attnd_cuda_test, test_gpu_sparse_engine,
+#                                   test_gpu_e2e and attnd into $ATTND_GPU_SPARSE,
+#                                   default .gpu/sparse; ATTND_SPARSE_BASE=PATH
+#                                   adds another attnd-sparse-bench as the
+#                                   baseline of the table)
+#   tests/gpu/run.sh sparse        (there: the page selection against the
+#                                   CPU's, a GPU engine's host selection, the
+#                                   GPU end to end, then topk-pages 1/8 at 128K
+#                                   against dense for llama3-8b and deepseek-v3
+#                                   at batch 4 and 16, the baseline's run beside
+#                                   each; $OUT/sparse.log)
 #   tests/gpu/run.sh capture-build (here: bundle attnd-sparse-accuracy into
 #                                   $ATTND_GPU_ACC, default .gpu/acc)
 #   tests/gpu/run.sh capture       (there: tests/gpu/capture_attn.py: attention
@@ -73,8 +85,8 @@ for a in "$@"; do
     --no-build) build=0 ;;
     --ncu) ncu=1 ;;
     --no-torch) torch=0 ;;
-    all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|tiers|python-build|python-hf|capture-build|capture) what=$a ;;
-    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|tiers|python-build|python-hf|capture-build|capture]" >&2; exit 2 ;;
+    all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|tiers|python-build|python-hf|capture-build|capture|sparse-build|sparse) what=$a ;;
+    *) echo "usage: $0 [--no-build] [--ncu] [--no-torch] [all|test|bench|build|e2e|e2e-build|engine|e2e-bench|e2e-group|tiers|python-build|python-hf|capture-build|capture|sparse-build|sparse]" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$bin" "$out"
@@ -377,7 +389,58 @@ do_capture() {
   exit "$crc"
 }
 
+sparse=${ATTND_GPU_SPARSE:-$root/.gpu/sparse}
+
+do_sparse_build() {
+  local b=${ATTND_BUILD_DIR:-$root/build} extra=()
+  cmake --build "$b" -j2 --target attnd attnd-sparse-bench attnd_cuda_test test_gpu_sparse_engine \
+    test_gpu_e2e
+  rm -rf "$sparse"
+  if [ -n "${ATTND_SPARSE_BASE:-}" ]; then  # bundled under its own name
+    mkdir -p "$out/base" && cp "$ATTND_SPARSE_BASE" "$out/base/attnd-sparse-bench-base"
+    extra=("$out/base/attnd-sparse-bench-base")
+  fi
+  "${ATTND_BUNDLE:-$root/../shared/tools/bundle-for-gpu.sh}" "$sparse" "$b/service/attnd" \
+    "$b/worker/attnd-sparse-bench" "$b/kernels/cuda/attnd_cuda_test" \
+    "$b/tests/gpu/test_gpu_sparse_engine" "$b/tests/gpu/test_gpu_e2e" "${extra[@]}"
+  realpath "$b/service/attnd" > "$sparse/attnd_path"  # test_gpu_e2e starts it
+  echo "bundled: $sparse"
+}
+
+do_sparse() {
+  [ -x "$sparse/run" ] || { echo "no bundle at $sparse (run sparse-build first)"; exit 2; }
+  local ap m bt v bins=(attnd-sparse-bench) log=$out/sparse.log src=0
+  ap=$(cat "$sparse/attnd_path")
+  if [ ! -x "$ap" ]; then mkdir -p "$(dirname "$ap")"; ln -sf "$sparse/bin/attnd" "$ap"; fi
+  [ -x "$sparse/bin/attnd-sparse-bench-base" ] && bins=(attnd-sparse-bench-base attnd-sparse-bench)
+  set +e
+  { nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || true; } | tee "$log"
+  echo "== attnd_cuda_test select" | tee -a "$log"
+  "${t[@]}" "$sparse/run" attnd_cuda_test select 2>&1 | tee -a "$log" | grep -v '^PASS'
+  rc=${PIPESTATUS[0]}
+  [ $rc -eq 77 ] && { set -e; echo "no GPU: skipped"; exit 77; }
+  for v in test_gpu_sparse_engine test_gpu_e2e; do
+    echo "== $v" | tee -a "$log"
+    "${t[@]}" "$sparse/run" "$v" 2>&1 | tee -a "$log" | grep -E 'Checks|FAIL|lists'
+    src=${PIPESTATUS[0]}
+    [ $rc -eq 0 ] && rc=$src
+  done
+  for m in llama3-8b deepseek-v3; do
+    for bt in 4 16; do
+      for v in "${bins[@]}"; do  # the baseline first, then this tree's
+        echo "== $v $m batch $bt" | tee -a "$log"
+        "${t[@]}" "$sparse/run" "$v" --model "$m" --ctx 131072 --batch "$bt" --budget 0.125 \
+          --iters 30 --device cuda:0 2>&1 | tee -a "$log" | grep -E 'dense |sparse |speedup|selection'
+      done
+    done
+  done
+  set -e
+  exit $rc
+}
+
 cd "$root"
+if [ "$what" = sparse-build ]; then do_sparse_build; exit 0; fi
+if [ "$what" = sparse ]; then do_sparse; fi
 if [ "$what" = capture-build ]; then do_capture_build; exit 0; fi
 if [ "$what" = capture ]; then do_capture; fi
 if [ "$what" = python-build ]; then do_python_build; exit 0; fi
