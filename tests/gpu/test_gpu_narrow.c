@@ -22,6 +22,7 @@
 #include "attnd_dtype.h"
 #include "attnd_worker.h"
 #include "narrow_ref.h"
+#include "gpu_engine_main.h"
 #include "testutil.h"
 
 enum { L = 2, NS = 3, DN = 128, DVO = 128, CAP = 800 };
@@ -303,28 +304,11 @@ END_TEST
 
 int main(void)
 {
-    attnd_engine_config probe = {.model = *attnd_model_find("deepseek-v3"), .page_size = 64,
-                                 .kv_memory = 64 << 20, .max_sessions = 1};
-    attnd_engine *e = NULL;
-    attnd_error err;
-    snprintf(probe.device, sizeof probe.device, "cuda:0");
-    if (attnd_engine_create(&probe, &e, &err) != ATTND_OK) {
-        fprintf(stderr, "test_gpu_narrow: no usable GPU (%s): skipped\n", err.msg);
-        return 77;
-    }
-    attnd_engine_destroy(e);
     Suite *s = suite_create("gpu_narrow");
     TCase *tc = tcase_create("narrow");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_gpu_heads_form_matches_the_f64_narrow_formula);
     tcase_add_test(tc, test_gpu_heads_form_with_topk_pages_selects_with_the_absorbed_query);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    /* the probe above made a CUDA context in this process: a forked child
-     * cannot use it (cudaSetDevice: initialization error), so no fork */
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return gpu_engine_suite_main("test_gpu_narrow", "deepseek-v3", s);
 }

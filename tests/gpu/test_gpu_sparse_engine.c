@@ -18,6 +18,7 @@
 
 #include "attnd_dtype.h"
 #include "attnd_worker.h"
+#include "gpu_engine_main.h"
 #include "testutil.h"
 
 enum { NS = 3, S = 2, STEPS = 3 };
@@ -144,27 +145,10 @@ END_TEST
 
 int main(void)
 {
-    attnd_engine_config probe = {.model = *attnd_model_find("llama3-8b"), .page_size = 64,
-                                 .kv_memory = 64 << 20, .max_sessions = 1};
-    attnd_engine *e = NULL;
-    attnd_error err;
-    probe.model.n_layers = 1;
-    snprintf(probe.device, sizeof probe.device, "cuda:0");
-    if (attnd_engine_create(&probe, &e, &err) != ATTND_OK) {
-        fprintf(stderr, "test_gpu_sparse_engine: no usable GPU (%s): skipped\n", err.msg);
-        return 77;
-    }
-    attnd_engine_destroy(e);
     Suite *s = suite_create("gpu_sparse_engine");
     TCase *tc = tcase_create("host selection");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_gpu_engine_host_selection_chooses_the_cpu_engines_pages);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    /* the probe made a CUDA context in this process: no fork */
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return gpu_engine_suite_main("test_gpu_sparse_engine", "llama3-8b", s);
 }
