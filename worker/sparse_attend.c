@@ -354,8 +354,13 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
         w->gpu_want = req->want_pages;
         return ATTND_OK;
     }
-    for (int32_t k = 0; k < n_sel; k++) /* a GPU engine makes them when read */
-        attnd__sparse_bounds8_fresh(e, w->cand + w->sel[k].cand0, w->sel[k].n_cand);
+    /* a GPU engine makes them when read: once per candidate range (a
+     * session's KV-head lists share theirs; a page's rows of every head
+     * are made at once) */
+    for (int32_t k = 0; k < n_sel; k++)
+        if (k == 0 || w->sel[k].cand0 != w->sel[k - 1].cand0 ||
+            w->sel[k].n_cand != w->sel[k - 1].n_cand)
+            attnd__sparse_bounds8_fresh(e, w->cand + w->sel[k].cand0, w->sel[k].n_cand);
     FIT(work, c_work, wf);
     sb.work = w->work;
     attnd_status st = attnd_kernel_select_parallel(e->kpool, &sb, err);
