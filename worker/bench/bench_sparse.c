@@ -6,6 +6,7 @@
  *                      [--window W] [--sink S] [--iters N] [--threads N]
  *                      [--page-size P] [--device cpu|cuda:N]
  *                      [--select default|per-head|both|N]
+ *                      [--q-form absorbed|heads]
  *
  * One engine of one layer of the model (a layer's cost does not depend on
  * how many the model has), B dense sessions and B sparse ones of T tokens
@@ -22,6 +23,11 @@
  * of the sparse call (its wall-clock time measured inside the engine:
  * ws.select_ns), and the KV bytes each call reads (the engine's counters:
  * KV, and the key bounds the selection reads) next to the dense call's.
+ * --q-form heads (MLA): the narrow wire's form, random bf16 W_UK [Hq][128]
+ * [d_c] and W_UV [Hq][d_c][128] loaded, queries [B, Hq, 128 + d_r] absorbed
+ * by the engine (on a GPU: cuBLAS, in stream order before the selection,
+ * which scores the absorbed query) and outputs [B, Hq, 128] up-projected:
+ * a third of the query's bytes up and a quarter of the outputs' down.
  * Random keys make every page look alike to the selection: the time does
  * not depend on what it picks, but the accuracy does
  * (worker/bench/sparse_accuracy.c measures that). */
@@ -72,6 +78,7 @@ static void fill_bf16(uint16_t *p, size_t n, uint64_t *s)
 
 typedef struct opts {
     const char *model, *device, *select;
+    int heads; /* --q-form heads */
     int64_t ctx;
     int32_t batch, iters, threads, page_size;
     attnd_policy pol;
@@ -82,7 +89,7 @@ static int usage(void)
     fprintf(stderr, "usage: attnd-sparse-bench [--model NAME] [--ctx T] [--batch B] "
                     "[--budget F | --topk K] [--policy topk-pages|streaming] [--window W] "
                     "[--sink S] [--iters N] [--threads N] [--page-size P] [--device D] "
-                    "[--select default|per-head|both|N]\n");
+                    "[--select default|per-head|both|N] [--q-form absorbed|heads]\n");
     return 2;
 }
 
@@ -91,6 +98,7 @@ static int parse(int argc, char **argv, opts *o)
     o->model = "llama3-8b";
     o->device = "cpu";
     o->select = "default";
+    o->heads = 0;
     o->ctx = 131072;
     o->batch = 1;
     o->iters = 15;
@@ -107,6 +115,8 @@ static int parse(int argc, char **argv, opts *o)
             o->device = v;
         else if (!strcmp(a, "--select"))
             o->select = v;
+        else if (!strcmp(a, "--q-form") && (!strcmp(v, "heads") || !strcmp(v, "absorbed")))
+            o->heads = !strcmp(v, "heads");
         else if (!strcmp(a, "--ctx"))
             o->ctx = atoll(v);
         else if (!strcmp(a, "--batch"))
@@ -142,9 +152,12 @@ static int parse(int argc, char **argv, opts *o)
     }
     int sel_ok = !strcmp(o->select, "default") || !strcmp(o->select, "per-head") ||
                  !strcmp(o->select, "both") || atoi(o->select) > 0;
-    return o->ctx > 0 && o->batch > 0 && o->iters > 0 && sel_ok && attnd_model_find(o->model)
-               ? 0
-               : usage();
+    const attnd_model_spec *m = attnd_model_find(o->model);
+    if (m && o->heads && m->kind != ATTND_ATTN_MLA) {
+        fprintf(stderr, "attnd-sparse-bench: --q-form heads is for MLA models\n");
+        return 2;
+    }
+    return o->ctx > 0 && o->batch > 0 && o->iters > 0 && sel_ok && m ? 0 : usage();
 }
 
 /* The per-set figures of one run. */
@@ -242,7 +255,26 @@ int main(int argc, char **argv)
                 }
         }
     }
-    size_t q_elems = (size_t)B * m->n_q_heads * attnd_model_d_k(m);
+    /* the narrow wire: W_UK and W_UV in every engine, queries in the heads
+     * form (q_nope then q_rope per head) */
+    const int32_t d_nope = o.heads ? 128 : 0, d_vo = o.heads ? 128 : 0;
+    if (o.heads) {
+        const size_t wn = (size_t)m->n_q_heads * (size_t)d_nope * (size_t)m->d_latent;
+        uint16_t *wuk = malloc(wn * 2), *wuv = malloc(wn * 2);
+        fill_bf16(wuk, wn, &seed);
+        fill_bf16(wuv, wn, &seed);
+        attnd_engine_weights w = {.d_nope = d_nope, .uk_dtype = ATTND_DTYPE_BF16, .w_uk = wuk,
+                                  .d_vo = d_vo, .uv_dtype = ATTND_DTYPE_BF16, .w_uv = wuv};
+        for (int k = 0; k < 2; k++)
+            if (eng[k] && attnd_engine_load_weights(eng[k], 0, &w, NULL, &err)) {
+                fprintf(stderr, "attnd-sparse-bench: weights: %s\n", err.msg);
+                return 1;
+            }
+        free(wuk);
+        free(wuv);
+    }
+    size_t q_elems = (size_t)B * m->n_q_heads *
+                     (size_t)(o.heads ? d_nope + m->d_rope : attnd_model_d_k(m));
     uint16_t *q = malloc(q_elems * 2), *nk = malloc((size_t)B * entry_bytes);
     attnd_engine_ws ws;
     attnd_engine_ws_init(&ws);
@@ -261,7 +293,9 @@ int main(int argc, char **argv)
             attnd_attend_req req = {.layer = 0, .n_seqs = (uint32_t)B, .ids = ids + k * B,
                                     .q_tokens = 1, .q_dtype = ATTND_DTYPE_BF16, .q = q,
                                     .new_kv_dtype = ATTND_DTYPE_BF16, .new_kv = nk,
-                                    .want_lse = 1};
+                                    .want_lse = 1,
+                                    .q_form = o.heads ? ATTND_Q_HEADS : ATTND_Q_ABSORBED,
+                                    .d_nope = d_nope, .d_vo = d_vo};
             const float *out, *lse;
             attnd_engine_stats s0, s1;
             attnd_engine_get_stats(e, &s0);
@@ -295,8 +329,9 @@ int main(int argc, char **argv)
     printf("model %s, %s, context %lld, batch %d, page %d, %d kernel threads, path %s, %d "
            "rounds\n", o.model, o.device, (long long)o.ctx, B, o.page_size,
            o.threads ? o.threads : -1, attnd_kernel_path_name(), o.iters);
-    printf("policy %s; page scoring rows: %s\n", what,
-           both ? "the engine's default (sparse), per head (sparse/head)" : o.select);
+    printf("policy %s; page scoring rows: %s; query form %s\n", what,
+           both ? "the engine's default (sparse), per head (sparse/head)" : o.select,
+           o.heads ? "heads (d_nope 128, outputs up-projected to 128)" : "absorbed");
     printf("  per Attend (us)    wall p50   wall min    CPU p50   KV read per call\n");
     print_set("dense", &st[0], o.iters, 0);
     print_set("sparse", &st[1], o.iters, 1);
