@@ -13,11 +13,20 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "attnd/types.h"
 
 uint16_t attnd_dtype_f32_to_bf16(float f);
-float attnd_dtype_bf16_to_f32(uint16_t h);
+/* Exact (bf16 is float32's upper half); inline: the kernels' per-element
+ * loops call it. */
+static inline float attnd_dtype_bf16_to_f32(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 uint16_t attnd_dtype_f32_to_f16(float f);
 float attnd_dtype_f16_to_f32(uint16_t h);
 

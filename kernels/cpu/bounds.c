@@ -72,14 +72,6 @@ static uint16_t bf16_up(float f)
     return (uint16_t)(h + ((rest != 0) & !neg));
 }
 
-static inline float bf16f(uint16_t h)
-{
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 void attnd_kernel_kv_bounds_reset(const attnd_kernel_kv_layout *l, uint16_t *bounds,
                                   int64_t bounds_pages, int64_t p)
 {
@@ -118,9 +110,9 @@ void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bound
                 for (int32_t d = 0; d < l->d_k; d++) {
                     uint16_t kb;
                     memcpy(&kb, k + (size_t)d * sizeof kb, sizeof kb);
-                    const float kf = bf16f(kb);
-                    lo[d] = kf < bf16f(lo[d]) ? kb : lo[d];
-                    hi[d] = kf > bf16f(hi[d]) ? kb : hi[d];
+                    const float kf = attnd_dtype_bf16_to_f32(kb);
+                    lo[d] = kf < attnd_dtype_bf16_to_f32(lo[d]) ? kb : lo[d];
+                    hi[d] = kf > attnd_dtype_bf16_to_f32(hi[d]) ? kb : hi[d];
                 }
             }
             continue;
@@ -128,8 +120,8 @@ void attnd_kernel_kv_bounds_add(const attnd_kernel_kv_layout *l, uint16_t *bound
         for (int32_t d0 = 0; d0 < l->d_k; d0 += BOUNDS_CHUNK) {
             const int32_t nc = l->d_k - d0 < BOUNDS_CHUNK ? l->d_k - d0 : BOUNDS_CHUNK;
             for (int32_t j = 0; j < nc; j++) {
-                flo[j] = bf16f(lo[d0 + j]);
-                fhi[j] = bf16f(hi[d0 + j]);
+                flo[j] = attnd_dtype_bf16_to_f32(lo[d0 + j]);
+                fhi[j] = attnd_dtype_bf16_to_f32(hi[d0 + j]);
             }
             for (int32_t t = 0; t < n; t++) {
                 const char *k = (const char *)src + (size_t)t * entry +
@@ -179,7 +171,7 @@ static void bounds8_row_make(const uint16_t *lo, int32_t dk, uint8_t *row)
 {
     float m = INFINITY, M = -INFINITY;
     for (int32_t d = 0; d < dk; d++) {
-        const float l = bf16f(lo[d]), h = bf16f(lo[dk + d]);
+        const float l = attnd_dtype_bf16_to_f32(lo[d]), h = attnd_dtype_bf16_to_f32(lo[dk + d]);
         if (!(fabsf(l) < 0x1p100f) || !(fabsf(h) < 0x1p100f)) { /* also inf and NaN */
             bounds8_unbounded(row, dk);
             return;
@@ -213,7 +205,8 @@ static void bounds8_row_make(const uint16_t *lo, int32_t dk, uint8_t *row)
      * quotients the codes floor and ceil */
     const double inv = ldexp(1.0, -e);
     for (int32_t d = 0; d < dk; d++) {
-        const double l = (double)bf16f(lo[d]) * inv, h = (double)bf16f(lo[dk + d]) * inv;
+        const double l = (double)attnd_dtype_bf16_to_f32(lo[d]) * inv;
+        const double h = (double)attnd_dtype_bf16_to_f32(lo[dk + d]) * inv;
         const double rl = round_small(l), rh = round_small(h);
         cl[d] = (uint8_t)((int32_t)(rl - k) - (rl > l)); /* floor: off + step cl <= lo */
         ch[d] = (uint8_t)((int32_t)(rh - k) + (rh < h)); /* ceil: off + step ch >= hi */
