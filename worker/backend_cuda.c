@@ -103,7 +103,7 @@ struct attnd__gpu {
     /* sparse policies: the key bounds (head-major, as the host's), and the
      * selection's lists, candidates, scratch and positions */
     uint16_t *bounds;
-    gpu_buf sel_lists, sel_cand, sel_work, sel_pos;
+    gpu_buf sel_lists, sel_work, sel_pos; /* sel_lists: lists, units' lists, candidates */
     cudaEvent_t sel_t0, sel_t1;
     int sel_events;
 };
@@ -333,7 +333,6 @@ void attnd__gpu_destroy(attnd__gpu *g)
     buf_free(&g->qn);
     buf_free(&g->proj);
     buf_free(&g->sel_lists);
-    buf_free(&g->sel_cand);
     buf_free(&g->sel_work);
     buf_free(&g->sel_pos);
     cudaFree(g->bounds);
@@ -512,6 +511,14 @@ static attnd_status up_project(attnd__gpu *g, const attnd__gpu_proj *p, int32_t 
                                         : blas_fail(err, brc, "up-projection (o . W_UV)");
 }
 
+/* Scoring units of a selection list (attnd_kernel_select_prepare's). */
+static int32_t list_units(const attnd_kernel_select_list *sl)
+{
+    return sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
+               ? 0
+               : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
+}
+
 /* Upload what page selection sel needs and enqueue it, its kept pages
  * into g->idx.d (the batch's page_idx, uploaded before). Under g->mu, the
  * stream idle when buffers must grow. */
@@ -529,25 +536,23 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
         n_out = o > n_out ? o : n_out;
         ATTND_ASSERT(o <= n_idx); /* each list's pages inside the batch's page_idx */
         n_cand = c > n_cand ? c : n_cand;
-        int32_t ch = sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
-                         ? 0
-                         : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
+        int32_t ch = list_units(sl);
         n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
     }
     if (!g->bounds)
         return attnd_error_set(err, ATTND_ERR_INTERNAL, "select: no key bounds on the GPU");
-    if ((size_t)sel->n_lists * sizeof(attnd_kernel_select_list) > g->sel_lists.cap ||
-        n_cand * 4 > g->sel_cand.cap || work * 4 > g->sel_work.cap || n_idx * 4 > g->sel_pos.cap ||
-        !g->sel_lists.h || !g->sel_cand.h) {
+    const size_t lists_bytes = (size_t)sel->n_lists * sizeof(attnd_kernel_select_list);
+    const size_t meta_bytes = lists_bytes + ((size_t)n_chunks + n_cand) * 4;
+    if (meta_bytes > g->sel_lists.cap || work * 4 > g->sel_work.cap || n_idx * 4 > g->sel_pos.cap ||
+        !g->sel_lists.h) {
         if ((rc = cudaStreamSynchronize(g->stream)) != cudaSuccess)
             return cuda_fail(err, rc, "cudaStreamSynchronize");
     }
-    /* lists and candidates through pinned halves: a copy from pageable memory
-     * first waits for the stream (CUDA's documented behaviour for pageable
-     * host-to-device copies), here for the query's upload */
-    if ((st = buf_fit(&g->sel_lists, (size_t)sel->n_lists * sizeof(attnd_kernel_select_list), 1,
-                      "select", err)) ||
-        (st = buf_fit(&g->sel_cand, n_cand * 4 + 4, 1, "select", err)) ||
+    /* the lists, each scoring unit's list and the candidates in one copy
+     * through a pinned half: a copy from pageable memory first waits for
+     * the stream (CUDA's documented behaviour for pageable host-to-device
+     * copies), here for the query's upload */
+    if ((st = buf_fit(&g->sel_lists, meta_bytes, 1, "select", err)) ||
         (st = buf_fit(&g->sel_work, work * 4 + 4, 0, "select", err)) ||
         (st = buf_fit(&g->sel_pos, n_idx * 4 + 4, 0, "select", err)))
         return st;
@@ -558,14 +563,16 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
     }
     /* the stream was idle when decode_locked began: nothing queued reads the
      * pinned halves of an earlier call */
-    memcpy(g->sel_lists.h, sel->lists, (size_t)sel->n_lists * sizeof(attnd_kernel_select_list));
-    memcpy(g->sel_cand.h, sel->cand_idx, n_cand * 4);
-    if ((rc = cudaMemcpyAsync(g->sel_lists.d, g->sel_lists.h,
-                              (size_t)sel->n_lists * sizeof(attnd_kernel_select_list),
-                              cudaMemcpyHostToDevice, g->stream)) != cudaSuccess ||
-        (rc = cudaMemcpyAsync(g->sel_cand.d, g->sel_cand.h, n_cand * 4, cudaMemcpyHostToDevice,
+    memcpy(g->sel_lists.h, sel->lists, lists_bytes);
+    int32_t *unit_list = (int32_t *)(void *)((char *)g->sel_lists.h + lists_bytes);
+    for (int32_t i = 0; i < sel->n_lists; i++)
+        for (int32_t u = 0, ch = list_units(&sel->lists[i]); u < ch; u++)
+            unit_list[sel->lists[i].chunk0 + u] = i;
+    memcpy(unit_list + n_chunks, sel->cand_idx, n_cand * 4);
+    if ((rc = cudaMemcpyAsync(g->sel_lists.d, g->sel_lists.h, meta_bytes, cudaMemcpyHostToDevice,
                               g->stream)) != cudaSuccess)
         return cuda_fail(err, rc, "cudaMemcpyAsync (selection)");
+    const int32_t *d_units = (const int32_t *)(const void *)((const char *)g->sel_lists.d + lists_bytes);
     attnd_cuda_select cs = {
         .n_lists = sel->n_lists,
         .n_chunks = n_chunks,
@@ -579,10 +586,11 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
         .q = g->q.d,
         .bounds = g->bounds,
         .bounds_pages = g->n_pages,
-        .cand_idx = g->sel_cand.d,
+        .cand_idx = d_units + n_chunks,
         .sel_pages = g->idx.d,
         .sel_pos = g->sel_pos.d,
         .work = g->sel_work.d,
+        .unit_list = d_units,
     };
     cudaEventRecord(g->sel_t0, g->stream);
     if ((st = attnd_cuda_select_run(g->ctx, &cs, err)))

@@ -61,6 +61,7 @@ struct sel_params {
     const int32_t *cand;
     int32_t *sel_pages, *sel_pos;
     float *work;
+    const int32_t *unit_list; /* or NULL */
 };
 
 __device__ __forceinline__ float bf16f(uint32_t h)
@@ -207,15 +208,18 @@ __device__ __forceinline__ void fold4(float (&acc)[RT], const float *tile, int32
  * 4 * LPP (8-byte loads of its page's lo and hi), and a page's LPP lanes
  * sum their rows by log2(LPP) shuffles (GQA's d_k 128 with LPP 8: four
  * pages a step, 16-byte sectors whole, 3 shuffles a row; MLA's 576 with
- * LPP 16: two pages a step). */
+ * LPP 16: two pages a step). GQA-like shapes keep to 48 registers so that
+ * five CTAs fit an SM: at 60 only four did, and a 4-sequence llama3-8b
+ * batch's 544 units ran as one wave and a tail of 16 CTAs (ncu, H200). */
 template <bool VEC, int LPP, int RT>
-__global__ void __launch_bounds__(SCORE_THREADS) score_kernel(sel_params p)
+__global__ void __launch_bounds__(SCORE_THREADS, LPP == 8 ? 5 : 1) score_kernel(sel_params p)
 {
     static_assert(RT <= LPP && 32 % LPP == 0, "a page's lanes write its rows");
     constexpr int PPW = 32 / LPP; /* pages per warp step */
     extern __shared__ float tile[]; /* [qrows][dk] */
     const int unit = (int)blockIdx.x / p.split, part = (int)blockIdx.x % p.split;
-    const attnd_kernel_select_list sl = p.lists[list_of_chunk(p, unit)];
+    const attnd_kernel_select_list sl =
+        p.lists[p.unit_list ? __ldg(p.unit_list + unit) : list_of_chunk(p, unit)];
     const int32_t hpg = p.hkv / p.lg, R = rows_per_head(p), rows = R * hpg, dk = p.dk;
     const int32_t per = (ATTND_KERNEL_SELECT_CHUNK + p.split - 1) / p.split;
     const int32_t c0 = (unit - sl.chunk0) * ATTND_KERNEL_SELECT_CHUNK;
@@ -243,20 +247,23 @@ __global__ void __launch_bounds__(SCORE_THREADS) score_kernel(sel_params p)
                     tile[i] = src[i];
             __syncthreads();
             float top = -INFINITY; /* row sub's best over this lane's pages */
-            for (int32_t pb = p0 + warp * PPW; pb < p1; pb += nw * PPW) {
-                const int32_t pp = pb + slot;
+            /* the next step's page read a step ahead: its bounds' address
+             * no longer waits for it */
+            int32_t pb = p0 + warp * PPW;
+            int32_t next = pb + slot < p1 ? __ldg(p.cand + sl.cand0 + pb + slot) : 0;
+            for (; pb < p1; pb += nw * PPW) {
+                const int32_t pp = pb + slot, pn = pp + nw * PPW;
                 const bool valid = pp < p1;
-                const uint16_t *lo =
-                    p.bounds +
-                    ((int64_t)kvh * p.bounds_pages + (valid ? __ldg(p.cand + sl.cand0 + pp) : 0)) *
-                        2 * dk;
+                const int32_t page = next;
+                next = pn < p1 ? __ldg(p.cand + sl.cand0 + pn) : 0;
+                const uint16_t *lo = p.bounds + ((int64_t)kvh * p.bounds_pages + page) * 2 * dk;
                 float acc[RT];
 #pragma unroll
                 for (int j = 0; j < RT; j++)
                     acc[j] = 0.f;
                 if (valid) {
                     if (VEC) {
-#pragma unroll 2
+#pragma unroll 4 /* GQA's d_k 128: a page's loads all in flight */
                         for (int32_t d = sub * 4; d < dk; d += 4 * LPP) {
                             const uint2 l4 = __ldg(reinterpret_cast<const uint2 *>(lo + d));
                             const uint2 h4 = __ldg(reinterpret_cast<const uint2 *>(lo + dk + d));
@@ -485,7 +492,7 @@ extern "C" attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_c
                     dk,            agg,         qrows,       1,
                     static_cast<const uint16_t *>(s->q), s->bounds, s->bounds_pages,
                     s->cand_idx,   s->sel_pages, s->sel_pos,
-                    s->work};
+                    s->work,       s->unit_list};
     if (s->n_chunks > 0) {
         const int64_t qn = rows * dk; /* query floats of a list */
         const dim3 qgrid((unsigned)((qn + QSUM_THREADS - 1) / QSUM_THREADS), (unsigned)s->n_lists);

@@ -223,6 +223,9 @@ typedef struct attnd_cuda_select {
     const int32_t *cand_idx;
     int32_t *sel_pages, *sel_pos;
     float *work;
+    /* optional: [n_chunks], the list of each scoring unit (else the scoring
+     * looks it up in lists, a chain of dependent loads per CTA) */
+    const int32_t *unit_list;
 } attnd_cuda_select;
 
 attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_cuda_select *s,

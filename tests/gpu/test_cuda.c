@@ -672,7 +672,22 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
                         : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
         n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
     }
-    void *d_q, *d_b, *d_l, *d_c, *d_o, *d_w, *d_p;
+    /* half the cases give each scoring unit's list (as the engine does),
+     * the others let the kernel look it up */
+    const int with_map = (int)(tu_next(&rng) & 1);
+    int32_t *umap = malloc(sizeof(int32_t) * (size_t)(n_chunks + 1));
+    for (int32_t k = 0; k < n_lists; k++) {
+        const attnd_kernel_select_list *sl = &lists[k];
+        int32_t ch =
+                sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
+                        ? 0
+                        : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
+        for (int32_t u = 0; u < ch; u++)
+            umap[sl->chunk0 + u] = k;
+    }
+    void *d_q, *d_b, *d_l, *d_c, *d_o, *d_w, *d_p, *d_u;
+    cudaMalloc(&d_u, sizeof(int32_t) * (size_t)(n_chunks + 1));
+    cudaMemcpy(d_u, umap, sizeof(int32_t) * (size_t)n_chunks, cudaMemcpyHostToDevice);
     cudaMalloc(&d_q, nq * 2);
     cudaMalloc(&d_b, be * 2);
     cudaMalloc(&d_l, sizeof *lists * (size_t)n_lists);
@@ -687,7 +702,8 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     attnd_cuda_select cs = {.n_lists = n_lists, .n_chunks = n_chunks, .lists = d_l,
                             .n_seqs = n_seqs, .q_tokens = qt, .n_q_heads = hq, .list_groups = lg,
                             .head_agg = agg, .kv = l, .q = d_q, .bounds = d_b, .bounds_pages = pool,
-                            .cand_idx = d_c, .sel_pages = d_o, .sel_pos = d_p, .work = d_w};
+                            .cand_idx = d_c, .sel_pages = d_o, .sel_pos = d_p, .work = d_w,
+                            .unit_list = with_map ? (const int32_t *)d_u : NULL};
     must(attnd_cuda_select_run(ctx, &cs, &err), &err, "select_run");
     must(attnd_cuda_sync(ctx, &err), &err, "sync");
     cudaMemcpy(gpu, d_o, sizeof(int32_t) * (size_t)out, cudaMemcpyDeviceToHost);
@@ -714,10 +730,11 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
             differ += !found;
         }
     }
-    verdict(differ * 100 <= out, "select   %s: %d of %d kept pages differ from the CPU's", what,
-            differ, out);
+    verdict(differ * 100 <= out, "select   %s%s: %d of %d kept pages differ from the CPU's", what,
+            with_map ? " (units' lists given)" : "", differ, out);
     cudaFree(d_q), cudaFree(d_b), cudaFree(d_l), cudaFree(d_c), cudaFree(d_o), cudaFree(d_w);
-    cudaFree(d_p);
+    cudaFree(d_p), cudaFree(d_u);
+    free(umap);
     free(gpos);
     free(sb.work);
     free(cpu);
