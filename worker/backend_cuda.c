@@ -69,6 +69,13 @@
 
 /* Pinned bytes of the write ring (at least one page). */
 #define GPU_STAGE_BYTES ((size_t)32 << 20)
+/* Appends waiting for the next reader of the pool (at most), and the
+ * ring's bytes kept free for their descriptors. */
+#define GPU_PEND_CAP 1024
+#define GPU_PEND_RESERVE ((size_t)GPU_PEND_CAP * sizeof(attnd_cuda_copy) + 16)
+/* An append slice of at least this many bytes is copied at once (a DMA
+ * copy), not left for the scatter kernel to read over the bus. */
+#define GPU_PEND_DIRECT ((size_t)64 << 10)
 
 /* A device buffer and, when asked for, a pinned host one of the same
  * capacity. */
@@ -93,6 +100,17 @@ struct attnd__gpu {
     char *pool;         /* device: the pages */
     char *stage;        /* pinned write ring */
     size_t stage_cap, stage_used;
+    /* Appends (KV slices, pages' key bounds) staged in the ring and not yet
+     * enqueued: the next reader of the pool (a decode, a page copy, a
+     * sync) enqueues them all as one scatter kernel (pend_flush): one
+     * launch per decode step instead of a copy call per session and kind.
+     * pend_page[i]: the page of pend[i]; per page, pend_bnd: its pending
+     * bounds copy (or -1), pend_kv: its pending token slots as lo | hi << 32
+     * (0: none). Host memory (malloc). */
+    attnd_cuda_copy *pend;
+    int32_t *pend_page, pend_n;
+    int32_t *pend_bnd;
+    uint64_t *pend_kv;
     gpu_buf q, idx;     /* pinned halves: queries not in bf16 (made on first
                            need), page indices */
     gpu_buf out, lse;   /* device only */
@@ -297,7 +315,8 @@ attnd_status attnd__gpu_create(int32_t device, const attnd_kernel_kv_layout *l, 
                              cudaGetErrorString(rc));
         goto err_pool;
     }
-    g->stage_cap = g->page_bytes > GPU_STAGE_BYTES ? g->page_bytes : GPU_STAGE_BYTES;
+    g->stage_cap = (g->page_bytes > GPU_STAGE_BYTES ? g->page_bytes : GPU_STAGE_BYTES) +
+                   GPU_PEND_RESERVE;
     if ((rc = cudaMallocHost((void **)&g->stage, g->stage_cap)) != cudaSuccess) {
         (void)cudaGetLastError();
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
@@ -305,10 +324,27 @@ attnd_status attnd__gpu_create(int32_t device, const attnd_kernel_kv_layout *l, 
                              g->stage_cap, cudaGetErrorString(rc));
         goto err_stage;
     }
+    g->pend = malloc(GPU_PEND_CAP * sizeof *g->pend);
+    g->pend_page = malloc(GPU_PEND_CAP * sizeof *g->pend_page);
+    g->pend_bnd = malloc((size_t)n_pages * sizeof *g->pend_bnd);
+    g->pend_kv = calloc((size_t)n_pages, sizeof *g->pend_kv);
+    if (!g->pend || !g->pend_page || !g->pend_bnd || !g->pend_kv) {
+        st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                             "device: out of memory for %d pages' append marks", n_pages);
+        goto err_pend;
+    }
+    for (int32_t p = 0; p < n_pages; p++)
+        g->pend_bnd[p] = -1;
     pthread_mutex_init(&g->mu, NULL);
     *gpu_p = g;
     return ATTND_OK;
 
+err_pend:
+    free(g->pend);
+    free(g->pend_page);
+    free(g->pend_bnd);
+    free(g->pend_kv);
+    cudaFreeHost(g->stage);
 err_stage:
     cudaFree(g->pool);
 err_pool:
@@ -341,6 +377,10 @@ void attnd__gpu_destroy(attnd__gpu *g)
         cudaEventDestroy(g->sel_t1);
     }
     cudaFreeHost(g->stage);
+    free(g->pend);
+    free(g->pend_page);
+    free(g->pend_bnd);
+    free(g->pend_kv);
     cudaFree(g->pool);
     if (g->blas)
         blas.destroy(g->blas);
@@ -369,13 +409,66 @@ void attnd__gpu_host_free(void *p)
         cudaFreeHost(p);
 }
 
-/* Wait for the stream (the ring is free again after). Caller holds g->mu. */
+/* Enqueue the pending appends as one scatter, their descriptors copied
+ * into the ring behind them (it stays untouched until the stream has
+ * passed: gpu_sync), and clear their marks. Caller holds g->mu. */
+static attnd_status pend_flush(attnd__gpu *g, attnd_error *err)
+{
+    if (g->pend_n == 0)
+        return ATTND_OK;
+    const size_t bytes = (size_t)g->pend_n * sizeof *g->pend;
+    g->stage_used = (g->stage_used + 15) & ~(size_t)15;
+    ATTND_ASSERT(g->stage_used + bytes <= g->stage_cap); /* GPU_PEND_RESERVE */
+    attnd_cuda_copy *d = (attnd_cuda_copy *)(void *)(g->stage + g->stage_used);
+    memcpy(d, g->pend, bytes);
+    g->stage_used += bytes;
+    for (int32_t i = 0; i < g->pend_n; i++) {
+        g->pend_bnd[g->pend_page[i]] = -1;
+        g->pend_kv[g->pend_page[i]] = 0;
+    }
+    const int32_t n = g->pend_n;
+    g->pend_n = 0;
+    return attnd_cuda_scatter(g->ctx, d, n, err);
+}
+
+/* Enqueue the pending appends and wait for the stream (the ring is free
+ * again after). Caller holds g->mu. */
 static attnd_status gpu_sync(attnd__gpu *g, attnd_error *err)
 {
-    attnd_status st = attnd_cuda_sync(g->ctx, err);
-    if (st == ATTND_OK)
+    attnd_status st = pend_flush(g, err);
+    attnd_error e2;
+    attnd_status st2 = attnd_cuda_sync(g->ctx, st ? &e2 : err);
+    if (st == ATTND_OK && st2 == ATTND_OK)
         g->stage_used = 0;
-    return st;
+    return st ? st : st2;
+}
+
+/* `bytes` more at a 16-byte aligned g->stage + g->stage_used, the
+ * descriptors' reserve kept: when the ring is full, enqueue and wait.
+ * Caller holds g->mu. */
+static attnd_status ring_room(attnd__gpu *g, size_t bytes, attnd_error *err)
+{
+    g->stage_used = (g->stage_used + 15) & ~(size_t)15;
+    if (g->stage_used + bytes + GPU_PEND_RESERVE > g->stage_cap)
+        return gpu_sync(g, err);
+    return ATTND_OK;
+}
+
+/* One more pending copy, of page pg; its index. Room checked by the
+ * caller (pend_n < GPU_PEND_CAP). */
+static int32_t pend_add(attnd__gpu *g, int32_t pg, void *dst, const void *src,
+                        uint64_t dst_pitch, uint64_t src_pitch, size_t row_bytes, size_t rows)
+{
+    ATTND_ASSERT(g->pend_n < GPU_PEND_CAP && row_bytes <= UINT32_MAX && rows <= UINT32_MAX);
+    const int32_t i = g->pend_n++;
+    g->pend[i] = (attnd_cuda_copy){.dst = dst,
+                                   .src = src,
+                                   .dst_pitch = dst_pitch,
+                                   .src_pitch = src_pitch,
+                                   .row_bytes = (uint32_t)row_bytes,
+                                   .rows = (uint32_t)rows};
+    g->pend_page[i] = pg;
+    return i;
 }
 
 attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, uint64_t n,
@@ -398,7 +491,17 @@ attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, 
         int32_t slot = (int32_t)(t % ps);
         int32_t cnt = (int32_t)(end - t < ps - (uint64_t)slot ? end - t : ps - (uint64_t)slot);
         size_t chunk = (size_t)cnt * dst_bytes;
-        if (g->stage_used + chunk > g->stage_cap && (st = gpu_sync(g, err)))
+        const int32_t pg = pages[t / ps];
+        const uint64_t lo = (uint64_t)slot, hi = lo + (uint64_t)cnt, mark = g->pend_kv[pg];
+        /* a large slice goes at once (after what is pending: order kept);
+         * a small one waits for the scatter, unless its page has pending
+         * slots it overlaps (a rewrite: the scatter keeps no order) */
+        const int direct = chunk >= GPU_PEND_DIRECT;
+        if ((direct || g->pend_n == GPU_PEND_CAP ||
+             (mark && lo < mark >> 32 && (mark & 0xffffffffu) < hi)) &&
+            (st = pend_flush(g, err)))
+            goto out;
+        if ((st = ring_room(g, chunk, err)))
             goto out;
         /* the slice in packed form: a page of cnt tokens, same layout */
         attnd_kernel_kv_layout packed;
@@ -408,13 +511,20 @@ attnd_status attnd__gpu_write(attnd__gpu *g, const int32_t *pages, uint64_t t0, 
             attnd_kernel_kv_layout_gqa(&packed, l->n_kv_heads, l->d_k, cnt, l->dtype);
         char *buf = g->stage + g->stage_used;
         attnd_kernel_kv_write_tokens(&packed, buf, 0, cnt, dt, s);
-        char *dst = g->pool + (size_t)pages[t / ps] * g->page_bytes + (size_t)slot * g->run_bytes;
+        char *dst = g->pool + (size_t)pg * g->page_bytes + (size_t)slot * g->run_bytes;
         size_t w = (size_t)cnt * g->run_bytes;
-        rc = cudaMemcpy2DAsync(dst, g->run_pitch, buf, w, w, (size_t)g->runs,
-                               cudaMemcpyHostToDevice, g->stream);
-        if (rc != cudaSuccess) {
-            st = cuda_fail(err, rc, "cudaMemcpy2DAsync (KV append)");
-            goto out;
+        if (direct) {
+            rc = cudaMemcpy2DAsync(dst, g->run_pitch, buf, w, w, (size_t)g->runs,
+                                   cudaMemcpyHostToDevice, g->stream);
+            if (rc != cudaSuccess) {
+                st = cuda_fail(err, rc, "cudaMemcpy2DAsync (KV append)");
+                goto out;
+            }
+        } else {
+            const uint64_t m = g->pend_kv[pg]; /* 0 again if flushed above */
+            const uint64_t mlo = m ? (m & 0xffffffffu) : lo, mhi = m ? m >> 32 : hi;
+            pend_add(g, pg, dst, buf, g->run_pitch, w, w, (size_t)g->runs);
+            g->pend_kv[pg] = (mlo < lo ? mlo : lo) | (mhi > hi ? mhi : hi) << 32;
         }
         g->stage_used += chunk;
         s += (size_t)cnt * src_bytes;
@@ -443,6 +553,8 @@ static attnd_status page_copy(attnd__gpu *g, int32_t page, void *host, int to_ho
         st = cuda_fail(err, rc, "cudaSetDevice");
         goto out;
     }
+    if ((st = pend_flush(g, err))) /* the page's appends first */
+        goto out;
     char *dev = g->pool + (size_t)page * g->page_bytes;
     rc = to_host ? cudaMemcpyAsync(host, dev, g->page_bytes, cudaMemcpyDeviceToHost, g->stream)
                  : cudaMemcpyAsync(dev, host, g->page_bytes, cudaMemcpyHostToDevice, g->stream);
@@ -623,23 +735,27 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
             goto out;
         }
     }
-    /* the page's rows of every KV head through the pinned ring, one strided
-     * copy: a pageable copy per head held the caller ~5 us each (GQA
-     * llama3-8b, 8 heads x 4 sessions per decode step: ~170 us of a 390 us
-     * sparse call on an H100) */
+    /* the page's rows of every KV head into the pinned ring, for the next
+     * scatter (pend_flush); a page already pending gets its rows
+     * rewritten in place. A pageable copy per head held the caller ~5 us
+     * each (GQA llama3-8b, 8 heads x 4 sessions per decode step: ~170 us
+     * of a 390 us sparse call on an H100), a strided copy per page ~2-3 */
     const size_t all = row * (size_t)l->n_kv_heads;
-    if (g->stage_used + all > g->stage_cap && (st = gpu_sync(g, err)))
-        goto out;
-    char *buf = g->stage + g->stage_used;
+    char *buf;
+    if (g->pend_bnd[p] >= 0) {
+        buf = (char *)(uintptr_t)g->pend[g->pend_bnd[p]].src;
+    } else {
+        if (g->pend_n == GPU_PEND_CAP && (st = pend_flush(g, err)))
+            goto out;
+        if ((st = ring_room(g, all, err)))
+            goto out;
+        buf = g->stage + g->stage_used;
+        g->stage_used += all;
+        g->pend_bnd[p] = pend_add(g, p, g->bounds + attnd_kernel_kv_bounds_at(l, g->n_pages, 0, p),
+                                  buf, row * (size_t)g->n_pages, row, row, (size_t)l->n_kv_heads);
+    }
     for (int32_t h = 0; h < l->n_kv_heads; h++)
         memcpy(buf + row * (size_t)h, bounds + attnd_kernel_kv_bounds_at(l, g->n_pages, h, p), row);
-    if ((rc = cudaMemcpy2DAsync(g->bounds + attnd_kernel_kv_bounds_at(l, g->n_pages, 0, p),
-                                row * (size_t)g->n_pages, buf, row, row, (size_t)l->n_kv_heads,
-                                cudaMemcpyHostToDevice, g->stream)) != cudaSuccess) {
-        st = cuda_fail(err, rc, "cudaMemcpy2DAsync (key bounds)");
-        goto out;
-    }
-    g->stage_used += all;
 out:
     pthread_mutex_unlock(&g->mu);
     return st;
@@ -679,6 +795,8 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         st = cuda_fail(err, rc, "cudaSetDevice");
         goto out;
     }
+    if ((st = pend_flush(g, err))) /* this step's appends, one launch */
+        goto out;
     const int q_direct = b->q_dtype == ATTND_DTYPE_BF16; /* no staging needed */
     gpu_buf *qin = heads ? &g->qn : &g->q; /* where the query as sent lands */
     const size_t qin_elems = heads ? qn_elems : q_elems;

@@ -231,4 +231,23 @@ typedef struct attnd_cuda_select {
 attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_cuda_select *s,
                                    attnd_error *err);
 
+/* ---- scattered copies ---------------------------------------------------------
+ *
+ * Copy j < n moves rows rows of row_bytes bytes from src + r * src_pitch to
+ * dst + r * dst_pitch (r < rows), all copies in one kernel on the
+ * context's stream. dst: device memory; src and copies: device memory or
+ * pinned host memory (cudaMallocHost; the kernel reads it over the bus), to
+ * stay unchanged until the stream has passed. Copies run in no particular
+ * order: their destinations must not overlap. Asynchronous. */
+#define ATTND_CUDA_SCATTER_MAX 65535
+typedef struct attnd_cuda_copy {
+    void *dst;
+    const void *src;
+    uint64_t dst_pitch, src_pitch; /* bytes */
+    uint32_t row_bytes, rows;
+} attnd_cuda_copy;
+
+attnd_status attnd_cuda_scatter(attnd_cuda_ctx *ctx, const attnd_cuda_copy *copies, int32_t n,
+                                attnd_error *err);
+
 #endif /* ATTND_CUDA_H */

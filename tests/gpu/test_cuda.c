@@ -506,6 +506,81 @@ static void fwht64(double *x, int32_t n)
         x[i] *= s;
 }
 
+/* attnd_cuda_scatter: random copies (16-, 4- and 1-byte aligned, one row
+ * or strided) from pinned host memory or device memory into disjoint parts
+ * of a device buffer, descriptors in pinned or device memory; the buffer
+ * must equal the same copies done on the host, bytes outside them
+ * untouched. */
+static void test_scatter(void)
+{
+    enum { DST = 1 << 20, SRC = 1 << 20, SLOT = 16384, NCOPY = DST / SLOT };
+    for (int round = 0; round < 6; round++) {
+        const int src_dev = round & 1, desc_dev = (round >> 1) & 1;
+        unsigned char *want = malloc(DST), *got = malloc(DST), *hsrc;
+        attnd_cuda_copy *hd;
+        void *d, *dsrc, *dd;
+        GP_CK(cudaMallocHost((void **)&hsrc, SRC));
+        GP_CK(cudaMallocHost((void **)&hd, NCOPY * sizeof *hd));
+        GP_CK(cudaMalloc(&d, DST));
+        GP_CK(cudaMalloc(&dsrc, SRC));
+        GP_CK(cudaMalloc(&dd, NCOPY * sizeof *hd));
+        for (size_t i = 0; i < DST; i++)
+            want[i] = (unsigned char)tu_next(&rng);
+        for (size_t i = 0; i < SRC; i++)
+            hsrc[i] = (unsigned char)tu_next(&rng);
+        GP_CK(cudaMemcpy(d, want, DST, cudaMemcpyHostToDevice));
+        GP_CK(cudaMemcpy(dsrc, hsrc, SRC, cudaMemcpyHostToDevice));
+        const unsigned char *src = src_dev ? dsrc : hsrc;
+        int n = (int)(tu_next(&rng) % NCOPY) + 1;
+        if (round == 5)
+            n = 0;
+        for (int j = 0; j < n; j++) {
+            /* copy j writes inside slot j of the destination only */
+            static const uint32_t aligns[] = {16, 4, 1};
+            const uint32_t a = aligns[tu_next(&rng) % 3];
+            uint32_t rows = (uint32_t)(tu_next(&rng) % 8) + 1;
+            uint32_t row_bytes = a * ((uint32_t)(tu_next(&rng) % (SLOT / 16 / a)) + 1);
+            uint64_t dpitch = row_bytes + a * (tu_next(&rng) % 4);
+            while (rows > 1 && (rows - 1) * dpitch + row_bytes + 64 > SLOT)
+                rows--;
+            uint64_t spitch = row_bytes + a * (tu_next(&rng) % 4);
+            uint64_t doff = (uint64_t)j * SLOT + a * (tu_next(&rng) % (32 / a + 1));
+            uint64_t soff = a * (tu_next(&rng) % ((SRC - rows * spitch) / a));
+            hd[j] = (attnd_cuda_copy){.dst = (char *)d + doff, .src = src + soff,
+                                      .dst_pitch = dpitch, .src_pitch = spitch,
+                                      .row_bytes = row_bytes, .rows = rows};
+            for (uint32_t r = 0; r < rows; r++)
+                memcpy(want + doff + r * dpitch, hsrc + soff + r * spitch, row_bytes);
+        }
+        const attnd_cuda_copy *desc = hd;
+        if (desc_dev) {
+            GP_CK(cudaMemcpy(dd, hd, (size_t)n * sizeof *hd + 1, cudaMemcpyHostToDevice));
+            desc = dd;
+        }
+        GP_CK(cudaDeviceSynchronize()); /* the kernel runs on another stream */
+        attnd_error err = {0};
+        must(attnd_cuda_scatter(ctx, desc, n, &err), &err, "scatter");
+        must(attnd_cuda_sync(ctx, &err), &err, "sync");
+        GP_CK(cudaMemcpy(got, d, DST, cudaMemcpyDeviceToHost));
+        size_t bad = 0;
+        for (size_t i = 0; i < DST; i++)
+            bad += got[i] != want[i];
+        verdict(bad == 0, "scatter %d copies, source %s, descriptors %s: %zu bytes differ", n,
+                src_dev ? "device" : "pinned host", desc_dev ? "device" : "pinned host", bad);
+        cudaFree(dd);
+        cudaFree(dsrc);
+        cudaFree(d);
+        cudaFreeHost(hd);
+        cudaFreeHost(hsrc);
+        free(got);
+        free(want);
+    }
+    attnd_error err = {0};
+    verdict(attnd_cuda_scatter(ctx, NULL, -1, &err) == ATTND_ERR_INVALID_ARGUMENT &&
+                strstr(err.msg, "scatter"),
+            "scatter rejects n = -1: %s", err.msg);
+}
+
 static void test_hadamard(void)
 {
     static const int32_t dims[] = {2, 16, 128, 256, 512, 1024, 4096, 8192};
@@ -791,6 +866,7 @@ int main(int argc, char **argv)
     if (!strcmp(only, "all") || !strcmp(only, "misc")) {
         test_combine();
         test_hadamard();
+        test_scatter();
         test_rejects();
     }
     attnd_cuda_plan_destroy(plan);
