@@ -121,6 +121,14 @@ struct attnd__gpu {
     /* sparse policies: the key bounds (head-major, as the host's), and the
      * selection's lists, candidates, scratch and positions */
     uint16_t *bounds;
+    /* their compact form, which the selection scores (the CPU's integer
+     * scoring: the same pages as a CPU engine), made on the GPU from the
+     * bf16 rows when a selection next runs: b8_list[0 .. b8_n) the pages
+     * whose bf16 rows changed since (b8_dirty[page] set). NULL where d_k
+     * does not suit (attnd_cuda_select: bf16 scoring then). */
+    uint8_t *bounds8;
+    uint8_t *b8_dirty;
+    int32_t *b8_list, b8_n;
     gpu_buf sel_lists, sel_work, sel_pos; /* sel_lists: lists, units' lists, candidates */
     cudaEvent_t sel_t0, sel_t1;
     int sel_events;
@@ -372,6 +380,9 @@ void attnd__gpu_destroy(attnd__gpu *g)
     buf_free(&g->sel_work);
     buf_free(&g->sel_pos);
     cudaFree(g->bounds);
+    cudaFree(g->bounds8);
+    free(g->b8_dirty);
+    free(g->b8_list);
     if (g->sel_events) {
         cudaEventDestroy(g->sel_t0);
         cudaEventDestroy(g->sel_t1);
@@ -697,6 +708,7 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
         .kv = g->layout,
         .q = g->q.d,
         .bounds = g->bounds,
+        .bounds8 = g->bounds8,
         .bounds_pages = g->n_pages,
         .cand_idx = d_units + n_chunks,
         .sel_pages = g->idx.d,
@@ -705,6 +717,21 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
         .unit_list = d_units,
     };
     cudaEventRecord(g->sel_t0, g->stream);
+    if (g->bounds8 && g->b8_n) { /* the changed pages' compact rows (their bf16 rows are up) */
+        const size_t nb = (size_t)g->b8_n * sizeof *g->b8_list;
+        if ((st = ring_room(g, nb, err)))
+            return st;
+        int32_t *list = (int32_t *)(void *)(g->stage + g->stage_used);
+        memcpy(list, g->b8_list, nb);
+        g->stage_used += nb;
+        for (int32_t i = 0; i < g->b8_n; i++)
+            g->b8_dirty[g->b8_list[i]] = 0;
+        const int32_t n = g->b8_n;
+        g->b8_n = 0;
+        if ((st = attnd_cuda_bounds8_make(g->ctx, &g->layout, g->bounds, g->bounds8, g->n_pages,
+                                          list, n, err)))
+            return st;
+    }
     if ((st = attnd_cuda_select_run(g->ctx, &cs, err)))
         return st;
     cudaEventRecord(g->sel_t1, g->stream);
@@ -727,6 +754,24 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
     }
     if (!g->bounds) {
         size_t bytes = attnd_kernel_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
+        size_t b8 = attnd_kernel_kv_bounds8_row(l) * (size_t)l->n_kv_heads * (size_t)g->n_pages;
+        const int compact = l->d_k % 4 == 0 && l->d_k <= ATTND_CUDA_SELECT8_MAX_DK;
+        if (compact) {
+            g->b8_dirty = calloc((size_t)g->n_pages, 1);
+            g->b8_list = malloc((size_t)g->n_pages * sizeof *g->b8_list);
+            if (!g->b8_dirty || !g->b8_list ||
+                cudaMalloc((void **)&g->bounds8, b8) != cudaSuccess) {
+                (void)cudaGetLastError();
+                free(g->b8_dirty);
+                free(g->b8_list);
+                g->b8_dirty = NULL;
+                g->b8_list = NULL;
+                g->bounds8 = NULL;
+                st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                     "kv: no memory for %zu bytes of compact page key bounds", b8);
+                goto out;
+            }
+        }
         if ((rc = cudaMalloc((void **)&g->bounds, bytes)) != cudaSuccess) {
             (void)cudaGetLastError();
             g->bounds = NULL;
@@ -734,6 +779,10 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
                                  "kv: no GPU memory for %zu bytes of page key bounds", bytes);
             goto out;
         }
+    }
+    if (g->bounds8 && !g->b8_dirty[p]) { /* its compact rows, at the next selection */
+        g->b8_dirty[p] = 1;
+        g->b8_list[g->b8_n++] = p;
     }
     /* the page's rows of every KV head into the pinned ring, for the next
      * scatter (pend_flush); a page already pending gets its rows

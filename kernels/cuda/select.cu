@@ -62,6 +62,8 @@ struct sel_params {
     int32_t *sel_pages, *sel_pos;
     float *work;
     const int32_t *unit_list; /* or NULL */
+    const uint8_t *bounds8;   /* or NULL: compact bounds, integer scoring */
+    int64_t b8_row;           /* bytes of a compact row */
 };
 
 __device__ __forceinline__ float bf16f(uint32_t h)
@@ -98,6 +100,20 @@ __device__ __forceinline__ float *ub_of(const sel_params &p, const attnd_kernel_
     const int64_t rp = (R + 15) / 16 * 16, dkp = (p.dk + 15) / 16 * 16;
     const int64_t pack = 2 * (R >= 32 ? rp : (int64_t)R) * dkp;
     return p.work + sl.work0 + (int64_t)hpg * pack;
+}
+
+/* Floats of a KV head's packed-query room (select_int.h's
+ * attnd__select_pack_floats). */
+__device__ __forceinline__ int64_t pack_floats(int32_t R, int32_t dk)
+{
+    const int64_t rp = (R + 15) / 16 * 16, dkp = (dk + 15) / 16 * 16;
+    return 2 * (R >= 32 ? rp : (int64_t)R) * dkp;
+}
+
+/* Bytes of an int8 query row (select_int.h's attnd__select_q8_width). */
+__device__ __host__ __forceinline__ int32_t q8_width(int32_t dk)
+{
+    return (dk * 2 + 63) / 64 * 64;
 }
 
 /* Each row's best over every candidate (fkey images), in the chunk maxima's
@@ -320,6 +336,201 @@ static void score_launch(sel_params p, int32_t R, int32_t n_chunks, size_t smem,
     }
 }
 
+/* ---- compact bounds: the CPU's integer scoring (select_int.h) ----------- */
+
+/* qpack8_kernel: a warp per query row (KV head hh of the list's group, row
+ * r), blockIdx.y the list: the row as qsum_kernel sums it, then exactly
+ * select.c's pack_row8: sq (max |x| / 127, rounded up until sq 127 >= max
+ * |x| in float64), Qsum (the elements summed in order, float32) and the
+ * int8 codes ceil(x / sq) into the lo (x < 0) or hi half, in the list's
+ * packed-query room: per KV head sq [R], Qsum [R], rows [R][q8_width]. */
+__global__ void qpack8_kernel(sel_params p)
+{
+    extern __shared__ float xs[]; /* [warps][dk] */
+    const attnd_kernel_select_list sl = p.lists[blockIdx.y];
+    if (!chunks_of(sl))
+        return;
+    const int32_t hpg = p.hkv / p.lg, G = p.hq / p.hkv, runs = G / p.agg, R = rows_per_head(p);
+    const int32_t dk = p.dk, lane = (int32_t)threadIdx.x % 32, warp = (int32_t)threadIdx.x / 32;
+    if (blockIdx.x == 0)
+        for (int32_t r = (int32_t)threadIdx.x; r < R * hpg; r += (int32_t)blockDim.x)
+            best_of(p, sl)[r] = fkey(-INFINITY);
+    const int32_t row = (int32_t)blockIdx.x * ((int32_t)blockDim.x / 32) + warp;
+    if (row >= R * hpg)
+        return; /* the whole warp */
+    const int32_t hh = row / R, rr = row % R, kvh = sl.group * hpg + hh;
+    const int32_t s = rr / runs, g = rr % runs * p.agg;
+    const uint16_t *q = p.q + (((int64_t)sl.seq * p.q_tokens + s) * p.hq + (int64_t)kvh * G + g) * dk;
+    float *x = xs + (int64_t)warp * dk;
+    float mx = 0.f;
+    for (int32_t d = lane; d < dk; d += 32) {
+        float v = bf16f(__ldg(q + d));
+        for (int32_t j = 1; j < p.agg; j++) /* a run of heads: their sum, in order */
+            v = __fadd_rn(v, bf16f(__ldg(q + (int64_t)j * dk + d)));
+        x[d] = v;
+        mx = fmaxf(mx, fabsf(v)); /* NaN ignored, as the CPU's a > mx */
+    }
+    for (int o = 16; o > 0; o /= 2)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    __syncwarp();
+    float *base = qs_of(p, sl) + (int64_t)hh * pack_floats(R, dk);
+    if (lane == 0) { /* the sum in the CPU's order */
+        float sum = 0.f;
+        for (int32_t d = 0; d < dk; d++)
+            sum = __fadd_rn(sum, x[d]);
+        base[R + rr] = sum;
+    }
+    float sq = NAN;
+    if (isfinite(mx)) {
+        sq = __fdiv_rn(mx, 127.0f);
+        while ((double)sq * 127.0 < (double)mx)
+            sq = nextafterf(sq, INFINITY);
+    }
+    const bool zero = sq == 0.f, none = !isfinite(mx) || zero; /* every code 0 */
+    int8_t *qi = reinterpret_cast<int8_t *>(base + 2 * R) + (int64_t)rr * q8_width(dk);
+    for (int32_t d = 2 * dk + lane; d < q8_width(dk); d += 32) /* the row's padding */
+        qi[d] = 0;
+    for (int32_t d = lane; d < dk; d += 32) {
+        int32_t c = 0;
+        const float v = x[d];
+        if (!none) {
+            const double t = (double)v / (double)sq;
+            c = (int32_t)t;
+            c += (double)c < t;
+            while ((double)c * (double)sq < (double)v)
+                c++;
+        }
+        qi[d] = v < 0.f ? (int8_t)c : (int8_t)0;
+        qi[dk + d] = v < 0.f ? (int8_t)0 : (int8_t)c;
+    }
+    if (lane == 0)
+        base[rr] = none ? (zero ? 1.0f : NAN) : sq;
+}
+
+__device__ __forceinline__ int32_t dp4a_us(uint32_t a, int32_t b, int32_t c)
+{
+    int32_t d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+/* score8_kernel: score_kernel's work on compact bounds: LPP lanes a page,
+ * each 8 code bytes (two words) per step against up to RT int8 rows in
+ * shared memory, dp4a into exact int32 sums, added across the page's lanes
+ * by shuffles; then ub = off Qsum + (step sq) dot in float32 with the CPU's
+ * roundings (no contraction), so the scores are bitwise the CPU's. dk % 4
+ * == 0. */
+template <int LPP, int RT>
+__global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
+{
+    static_assert(RT <= LPP && 32 % LPP == 0, "a page's lanes write its rows");
+    constexpr int PPW = 32 / LPP;
+    extern __shared__ int32_t qw[]; /* [RT][q8_width / 4] int8 rows, then sq [RT], Qsum [RT] */
+    const int unit = (int)blockIdx.x / p.split, part = (int)blockIdx.x % p.split;
+    const attnd_kernel_select_list sl =
+        p.lists[p.unit_list ? __ldg(p.unit_list + unit) : list_of_chunk(p, unit)];
+    const int32_t hpg = p.hkv / p.lg, R = rows_per_head(p), rows = R * hpg, dk = p.dk;
+    const int32_t words = q8_width(dk) / 4, cw = dk / 2; /* code words of a row: 2 dk / 4 */
+    const int32_t per = (ATTND_KERNEL_SELECT_CHUNK + p.split - 1) / p.split;
+    const int32_t c0 = (unit - sl.chunk0) * ATTND_KERNEL_SELECT_CHUNK;
+    const int32_t p0 = c0 + part * per;
+    const int32_t p1 = min(min(p0 + per, c0 + ATTND_KERNEL_SELECT_CHUNK), sl.n_cand);
+    if (p0 >= p1)
+        return;
+    float *ub = ub_of(p, sl);
+    float *sqs = reinterpret_cast<float *>(qw + RT * words), *qss = sqs + RT;
+    const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
+    const int nw = (int)blockDim.x / 32;
+    const int slot = lane / LPP, sub = lane % LPP;
+
+    for (int32_t hh = 0; hh < hpg; hh++) {
+        const int32_t kvh = sl.group * hpg + hh;
+        const float *base = qs_of(p, sl) + (int64_t)hh * pack_floats(R, dk);
+        const int32_t *src = reinterpret_cast<const int32_t *>(base + 2 * R);
+        for (int32_t r0 = 0; r0 < R; r0 += RT) {
+            const int32_t nr = min(RT, R - r0);
+            __syncthreads();
+            for (int32_t i = (int32_t)threadIdx.x; i < nr * words; i += (int32_t)blockDim.x)
+                qw[i] = src[(int64_t)r0 * words + i];
+            for (int32_t i = (int32_t)threadIdx.x; i < nr; i += (int32_t)blockDim.x) {
+                sqs[i] = base[r0 + i];
+                qss[i] = base[R + r0 + i];
+            }
+            __syncthreads();
+            float top = -INFINITY;
+            int32_t pb = p0 + warp * PPW;
+            int32_t next = pb + slot < p1 ? __ldg(p.cand + sl.cand0 + pb + slot) : 0;
+            for (; pb < p1; pb += nw * PPW) {
+                const int32_t pp = pb + slot, pn = pp + nw * PPW;
+                const bool valid = pp < p1;
+                const int32_t page = next;
+                next = pn < p1 ? __ldg(p.cand + sl.cand0 + pn) : 0;
+                const uint8_t *brow = p.bounds8 + ((int64_t)kvh * p.bounds_pages + page) * p.b8_row;
+                const uint32_t *codes = reinterpret_cast<const uint32_t *>(brow + 8);
+                int32_t acc[RT];
+#pragma unroll
+                for (int j = 0; j < RT; j++)
+                    acc[j] = 0;
+                if (valid) {
+#pragma unroll 4
+                    for (int32_t w = sub * 2; w < cw; w += 2 * LPP) {
+                        const uint2 c2 = __ldg(reinterpret_cast<const uint2 *>(codes + w));
+#pragma unroll
+                        for (int j = 0; j < RT; j++)
+                            if (j < nr) {
+                                const int2 q2 = *reinterpret_cast<const int2 *>(qw + j * words + w);
+                                acc[j] = dp4a_us(c2.x, q2.x, acc[j]);
+                                acc[j] = dp4a_us(c2.y, q2.y, acc[j]);
+                            }
+                    }
+                }
+                int32_t mine = 0;
+#pragma unroll
+                for (int j = 0; j < RT; j++) {
+                    if (j < nr) {
+                        int32_t v = acc[j];
+#pragma unroll
+                        for (int o = LPP / 2; o > 0; o /= 2)
+                            v += __shfl_xor_sync(0xffffffffu, v, o);
+                        if (sub == j)
+                            mine = v;
+                    }
+                }
+                if (valid && sub < nr) {
+                    const float2 os = __ldg(reinterpret_cast<const float2 *>(brow));
+                    const float u = __fadd_rn(__fmul_rn(os.x, qss[sub]),
+                                              __fmul_rn(__fmul_rn(os.y, sqs[sub]),
+                                                        __int2float_rn(mine)));
+                    ub[(int64_t)pp * rows + (int64_t)hh * R + r0 + sub] = u;
+                    top = fmaxf(top, u);
+                }
+            }
+            for (int o = LPP; o < 32; o *= 2)
+                top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, o));
+            if (lane < nr && top > -INFINITY)
+                atomicMax(best_of(p, sl) + (int64_t)hh * R + r0 + lane, fkey(top));
+        }
+    }
+}
+
+static void score8_launch(sel_params p, int32_t R, int32_t n_chunks, cudaStream_t stream)
+{
+    const size_t w = (size_t)q8_width(p.dk);
+    if (p.dk <= 256 && R <= 4) {
+        p.split = 1;
+        score8_kernel<8, 4><<<n_chunks, SCORE_THREADS, 4 * w + 32, stream>>>(p);
+    } else if (p.dk <= 256) {
+        p.split = 1;
+        score8_kernel<8, 8><<<n_chunks, SCORE_THREADS, 8 * w + 64, stream>>>(p);
+    } else {
+        p.split = 4;
+        if (R <= 8)
+            score8_kernel<16, 8><<<n_chunks * 4, SCORE_THREADS, 8 * w + 64, stream>>>(p);
+        else
+            score8_kernel<16, 16><<<n_chunks * 4, SCORE_THREADS, 16 * w + 128, stream>>>(p);
+    }
+}
+
 /* Exclusive rank of this thread's flag among the block's, in thread order;
  * *total: the block's count. Every thread calls it. */
 __device__ int32_t block_rank(bool f, int32_t *total, int32_t *warp_base, int32_t *sum)
@@ -471,14 +682,20 @@ extern "C" attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_c
     if (s->n_lists <= 0)
         return ATTND_OK;
     const int32_t hkv = s->kv.n_kv_heads, lg = s->list_groups > 1 ? s->list_groups : 1;
-    if (!s->lists || !s->q || !s->bounds || !s->cand_idx || !s->sel_pages || !s->work ||
+    if (!s->lists || !s->q || (!s->bounds && !s->bounds8) || !s->cand_idx || !s->sel_pages ||
+        !s->work ||
         hkv < 1 || s->n_q_heads % hkv || hkv % lg || s->q_tokens < 1 || s->kv.d_k < 1 ||
         s->n_chunks < 0 || s->head_agg < 0 ||
         (s->head_agg > 1 && (s->n_q_heads / hkv) % s->head_agg))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "select: lists, q, bounds, cand_idx, sel_pages, work and a "
+                               "select: lists, q, bounds (or bounds8), cand_idx, sel_pages, work "
+                               "and a "
                                "consistent shape are required");
     const int32_t agg = s->head_agg > 1 ? s->head_agg : 1, dk = s->kv.d_k;
+    if (s->bounds8 && (dk % 4 || dk > ATTND_CUDA_SELECT8_MAX_DK))
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "select: d_k %d; compact bounds take a multiple of 4 up to %d", dk,
+                               ATTND_CUDA_SELECT8_MAX_DK);
     const int64_t rows = (int64_t)s->q_tokens * (s->n_q_heads / hkv / agg) * (hkv / lg);
     const int32_t R = (int32_t)(rows / (hkv / lg)); /* rows per KV head */
     const int32_t rt = R <= 4 && dk <= 256 ? 4 : R <= 8 ? 8 : SCORE_ROWS; /* score_launch's */
@@ -492,8 +709,14 @@ extern "C" attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_c
                     dk,            agg,         qrows,       1,
                     static_cast<const uint16_t *>(s->q), s->bounds, s->bounds_pages,
                     s->cand_idx,   s->sel_pages, s->sel_pos,
-                    s->work,       s->unit_list};
-    if (s->n_chunks > 0) {
+                    s->work,       s->unit_list,
+                    s->bounds8,    (int64_t)attnd_kernel_kv_bounds8_row(&s->kv)};
+    if (s->n_chunks > 0 && s->bounds8) {
+        const unsigned warps = QSUM_THREADS / 32;
+        const dim3 qgrid((unsigned)((rows + warps - 1) / warps), (unsigned)s->n_lists);
+        qpack8_kernel<<<qgrid, QSUM_THREADS, warps * (size_t)dk * sizeof(float), ctx->stream>>>(p);
+        score8_launch(p, R, s->n_chunks, ctx->stream);
+    } else if (s->n_chunks > 0) {
         const int64_t qn = rows * dk; /* query floats of a list */
         const dim3 qgrid((unsigned)((qn + QSUM_THREADS - 1) / QSUM_THREADS), (unsigned)s->n_lists);
         qsum_kernel<<<qgrid, QSUM_THREADS, 0, ctx->stream>>>(p);

@@ -209,8 +209,14 @@ attnd_status attnd_cuda_hadamard(attnd_cuda_ctx *ctx, attnd_dtype dtype, void *x
  * say: each list writes its keep entries from out0); sel_pos (or NULL);
  * work: the floats attnd_kernel_select_prepare asked for, in the same layout as
  * the CPU's (select.c). Scores are float32 sums in another order than the
- * CPU's, so near-ties may resolve differently. Asynchronous on the
+ * CPU's, so near-ties may resolve differently. With bounds8 (compact
+ * bounds laid out as attnd_kernel_kv_bounds8_at says, bounds_pages pages)
+ * the scoring is the CPU's on compact bounds instead (attnd_kernels.h:
+ * int8 queries, exact integer sums, the same float32 roundings), so the
+ * kept pages are exactly the CPU's with the same bounds8; d_k then a
+ * multiple of 4 up to ATTND_CUDA_SELECT8_MAX_DK. Asynchronous on the
  * context's stream. */
+#define ATTND_CUDA_SELECT8_MAX_DK 1024
 typedef struct attnd_cuda_select {
     int32_t n_lists, n_chunks; /* n_chunks: the last list's chunk0 + its chunks */
     const attnd_kernel_select_list *lists;
@@ -218,7 +224,8 @@ typedef struct attnd_cuda_select {
     int32_t head_agg; /* as attnd_kernel_select_batch.head_agg (0 or 1: per head) */
     attnd_kernel_kv_layout kv;
     const void *q;
-    const uint16_t *bounds;
+    const uint16_t *bounds; /* bf16 bounds, or NULL with bounds8 */
+    const uint8_t *bounds8; /* compact bounds, or NULL */
     int64_t bounds_pages;
     const int32_t *cand_idx;
     int32_t *sel_pages, *sel_pos;
@@ -230,6 +237,16 @@ typedef struct attnd_cuda_select {
 
 attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_cuda_select *s,
                                    attnd_error *err);
+
+/* Make the compact bounds of pages[0 .. n) (every KV head; pages in device
+ * or pinned host memory) from their bf16 bounds, bitwise what
+ * attnd_kernel_kv_bounds8_make makes; bounds and bounds8 device arrays of
+ * bounds_pages pages each, laid out as attnd_kernels.h says. No page twice
+ * in one call. Asynchronous on the context's stream. */
+attnd_status attnd_cuda_bounds8_make(attnd_cuda_ctx *ctx, const attnd_kernel_kv_layout *kv,
+                                     const uint16_t *bounds, uint8_t *bounds8,
+                                     int64_t bounds_pages, const int32_t *pages, int32_t n,
+                                     attnd_error *err);
 
 /* ---- scattered copies ---------------------------------------------------------
  *

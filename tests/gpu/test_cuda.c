@@ -696,6 +696,18 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
             attnd_kernel_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
         }
     }
+    /* edge rows for the compact bounds: page 2 all +0 and -0 keys, page 4
+     * one huge element (an unbounded row: always kept) */
+    for (int64_t pg = 2; pg <= 4 && pg < pool; pg += 2) {
+        attnd_kernel_kv_bounds_reset(&l, bounds, pool, pg);
+        for (int t = 0; t < 2; t++) {
+            for (int64_t e = 0; e < attnd_kernel_kv_layout_token_elems(&l); e++)
+                wire[e] = pg == 2 ? (t ? -0.0f : 0.0f) : (float)tu_normal(&rng);
+            if (pg == 4)
+                wire[5] = 3e38f;
+            attnd_kernel_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
+        }
+    }
     const size_t nq = (size_t)n_seqs * qt * hq * dk;
     uint16_t *q = malloc(nq * 2);
     for (size_t i = 0; i < nq; i++)
@@ -807,6 +819,52 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     }
     verdict(differ * 100 <= out, "select   %s%s: %d of %d kept pages differ from the CPU's", what,
             with_map ? " (units' lists given)" : "", differ, out);
+
+    /* compact bounds: made on the GPU from the bf16 rows, bitwise the
+     * CPU's; scored with the CPU's integers, exactly the CPU's pages */
+    const size_t rb8 = attnd_kernel_kv_bounds8_row(&l), b8n = rb8 * (size_t)hkv * (size_t)pool;
+    uint8_t *b8 = malloc(b8n), *g8 = malloc(b8n);
+    int32_t *all = malloc(sizeof(int32_t) * (size_t)pool);
+    for (int64_t pg = 0; pg < pool; pg++) {
+        attnd_kernel_kv_bounds8_make(&l, bounds, b8, pool, pg);
+        all[pg] = (int32_t)(pool - 1 - pg); /* any order */
+    }
+    void *d_b8, *d_all;
+    cudaMalloc(&d_b8, b8n);
+    cudaMalloc(&d_all, sizeof(int32_t) * (size_t)pool);
+    cudaMemset(d_b8, 0xa5, b8n);
+    cudaMemcpy(d_all, all, sizeof(int32_t) * (size_t)pool, cudaMemcpyHostToDevice);
+    cudaDeviceSynchronize();
+    must(attnd_cuda_bounds8_make(ctx, &l, d_b, d_b8, pool, d_all, (int32_t)pool, &err), &err,
+         "bounds8_make");
+    must(attnd_cuda_sync(ctx, &err), &err, "sync");
+    cudaMemcpy(g8, d_b8, b8n, cudaMemcpyDeviceToHost);
+    int64_t rows_differ = 0;
+    for (int32_t h = 0; h < hkv; h++)
+        for (int64_t pg = 0; pg < pool; pg++) {
+            const size_t at = attnd_kernel_kv_bounds8_at(&l, pool, h, pg);
+            rows_differ += memcmp(b8 + at, g8 + at, 8 + 2 * (size_t)dk) != 0;
+        }
+    verdict(rows_differ == 0, "bounds8  %s: %lld of %lld compact rows differ from the CPU's", what,
+            (long long)rows_differ, (long long)hkv * pool);
+    sb.bounds8 = b8;
+    attnd_kernel_select(&sb); /* the CPU's pages on compact bounds, into cpu */
+    cs.bounds8 = d_b8;
+    cs.bounds = NULL;
+    cudaMemset(d_o, 0xff, sizeof(int32_t) * (size_t)out);
+    cudaDeviceSynchronize();
+    must(attnd_cuda_select_run(ctx, &cs, &err), &err, "select_run (compact)");
+    must(attnd_cuda_sync(ctx, &err), &err, "sync");
+    cudaMemcpy(gpu, d_o, sizeof(int32_t) * (size_t)out, cudaMemcpyDeviceToHost);
+    int32_t differ8 = 0;
+    for (int32_t j = 0; j < out; j++)
+        differ8 += gpu[j] != cpu[j];
+    verdict(differ8 == 0, "select   %s, compact bounds: %d of %d kept pages differ from the CPU's",
+            what, differ8, out);
+    cudaFree(d_b8), cudaFree(d_all);
+    free(all);
+    free(g8);
+    free(b8);
     cudaFree(d_q), cudaFree(d_b), cudaFree(d_l), cudaFree(d_c), cudaFree(d_o), cudaFree(d_w);
     cudaFree(d_p), cudaFree(d_u);
     free(umap);

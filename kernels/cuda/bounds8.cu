@@ -1,0 +1,124 @@
+/* attnd_cuda_bounds8_make: pages' compact bounds from their bf16 bounds on
+ * the GPU, bitwise what attnd_kernel_kv_bounds8_make (kernels/cpu/bounds.c)
+ * makes on the host: a warp per (page, KV head) row, the same float64
+ * arithmetic (power-of-two steps, so every quotient is exact), the minimum
+ * and maximum taken as the CPU's ordered scan takes them (of equal values,
+ * -0 and +0 included, the first). */
+#include <math.h>
+#include <stdint.h>
+
+#include "ctx_int.h"
+
+namespace {
+
+__device__ __forceinline__ float bf16f(uint16_t h)
+{
+    return __uint_as_float((uint32_t)h << 16);
+}
+
+/* (value, index) of the first minimum (less: the smaller value, on equal
+ * values the lower index); the maximum likewise. */
+__device__ __forceinline__ void take_min(float &v, int &i, float v2, int i2)
+{
+    if (v2 < v || (v2 == v && i2 < i)) {
+        v = v2;
+        i = i2;
+    }
+}
+
+__device__ __forceinline__ void take_max(float &v, int &i, float v2, int i2)
+{
+    if (v2 > v || (v2 == v && i2 < i)) {
+        v = v2;
+        i = i2;
+    }
+}
+
+__global__ void bounds8_kernel(const uint16_t *bounds, uint8_t *bounds8, int64_t bounds_pages,
+                               int32_t hkv, int32_t dk, int64_t row8, const int32_t *pages,
+                               int32_t n)
+{
+    const int32_t lane = (int32_t)threadIdx.x % 32;
+    const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (w >= (int64_t)n * hkv)
+        return; /* the whole warp */
+    const int32_t h = (int32_t)(w % hkv), pg = __ldg(pages + w / hkv);
+    const int64_t at = (int64_t)h * bounds_pages + pg;
+    const uint16_t *lo = bounds + at * 2 * dk;
+    uint8_t *row = bounds8 + at * row8;
+    float m = INFINITY, M = -INFINITY;
+    int mi = 0x7fffffff, Mi = 0x7fffffff;
+    bool bad = false;
+    for (int32_t d = lane; d < dk; d += 32) {
+        const float l = bf16f(lo[d]), hv = bf16f(lo[dk + d]);
+        bad |= !(fabsf(l) < 0x1p100f) || !(fabsf(hv) < 0x1p100f);
+        take_min(m, mi, l, d);
+        take_max(M, Mi, hv, d);
+    }
+    uint32_t *words = reinterpret_cast<uint32_t *>(row);
+    if (__any_sync(0xffffffffu, bad)) { /* bounds8_unbounded: off 0, step NaN, codes 0 */
+        for (int32_t i = lane; i < (int32_t)(row8 / 4); i += 32)
+            words[i] = i == 1 ? 0x7fc00000u : 0u; /* C's NAN */
+        return;
+    }
+    for (int o = 16; o > 0; o /= 2) {
+        take_min(m, mi, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, mi, o));
+        take_max(M, Mi, __shfl_xor_sync(0xffffffffu, M, o), __shfl_xor_sync(0xffffffffu, Mi, o));
+    }
+    const double mag = fabs((double)m) > fabs((double)M) ? fabs((double)m) : fabs((double)M);
+    const double span = ((double)M - (double)m) / 255.0;
+    const double want = span > mag * 0x1p-16 ? span : mag * 0x1p-16;
+    int e = -126;
+    if (want > 0x1p-126) {
+        (void)frexp(want, &e); /* 2^(e-1) <= want < 2^e */
+        if (ldexp(1.0, e - 1) >= want)
+            e--;
+    }
+    double sc, k;
+    for (;; e++) {
+        sc = ldexp(1.0, e);
+        k = floor((double)m / sc);
+        if (ceil((double)M / sc) - k <= 255.0)
+            break;
+    }
+    if (lane == 0) {
+        reinterpret_cast<float *>(row)[0] = (float)(k * sc);
+        reinterpret_cast<float *>(row)[1] = (float)sc;
+    }
+    uint8_t *cl = row + 8, *ch = cl + dk;
+    const double inv = ldexp(1.0, -e);
+    for (int32_t d = lane; d < dk; d += 32) {
+        const double l = (double)bf16f(lo[d]) * inv, hv = (double)bf16f(lo[dk + d]) * inv;
+        const double rl = rint(l), rh = rint(hv); /* the CPU's round_small: to nearest even */
+        cl[d] = (uint8_t)((int32_t)(rl - k) - (rl > l));
+        ch[d] = (uint8_t)((int32_t)(rh - k) + (rh < hv));
+    }
+    for (int64_t i = 8 + 2 * (int64_t)dk + lane; i < row8; i += 32) /* the padding */
+        row[i] = 0;
+}
+
+} /* namespace */
+
+extern "C" attnd_status attnd_cuda_bounds8_make(attnd_cuda_ctx *ctx,
+                                                const attnd_kernel_kv_layout *kv,
+                                                const uint16_t *bounds, uint8_t *bounds8,
+                                                int64_t bounds_pages, const int32_t *pages,
+                                                int32_t n, attnd_error *err)
+{
+    if (!ctx || !kv)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "bounds8: ctx and kv are required");
+    if (n < 0 || (n > 0 && (!bounds || !bounds8 || !pages)) || kv->n_kv_heads < 1 || kv->d_k < 1)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "bounds8: n %d (>= 0), bounds, bounds8 and pages non-NULL, and a "
+                               "layout expected", n);
+    if (n == 0)
+        return ATTND_OK;
+    const int64_t warps = (int64_t)n * kv->n_kv_heads, per = 256 / 32;
+    bounds8_kernel<<<(unsigned)((warps + per - 1) / per), 256, 0, ctx->stream>>>(
+        bounds, bounds8, bounds_pages, kv->n_kv_heads, kv->d_k,
+        (int64_t)attnd_kernel_kv_bounds8_row(kv), pages, n);
+    int rc = (int)cudaGetLastError();
+    if (rc != cudaSuccess)
+        return attnd__cuda_fail(err, rc, "bounds8 launch");
+    return ATTND_OK;
+}
