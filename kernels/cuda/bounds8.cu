@@ -42,7 +42,7 @@ __global__ void bounds8_kernel(const uint16_t *bounds, uint8_t *bounds8, int64_t
     const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     if (w >= (int64_t)n * hkv)
         return; /* the whole warp */
-    const int32_t h = (int32_t)(w % hkv), pg = __ldg(pages + w / hkv);
+    const int32_t h = (int32_t)(w % hkv), pg = pages[w / hkv]; /* may be pinned host memory */
     const int64_t at = (int64_t)h * bounds_pages + pg;
     const uint16_t *lo = bounds + at * 2 * dk;
     uint8_t *row = bounds8 + at * row8;
