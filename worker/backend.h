@@ -87,10 +87,22 @@ attnd_status attnd__gpu_page_write(attnd__gpu *g, int32_t page, const void *src,
 
 /* Sparse policies. Keep the GPU's copy of page p's key bounds (every KV
  * head) equal to the host's (bounds: the engine's head-major array of
- * n_pages pages, attnd_kernel_kv_bounds_at); made on first use. INTERNAL on a
- * CUDA error, RESOURCE_EXHAUSTED without device memory for it. */
+ * n_pages pages, attnd_kernel_kv_bounds_at); made on first use. The upload
+ * waits in the pinned ring for the next decode (one scatter kernel for
+ * all); where attnd__gpu_bounds_compact holds, the GPU also makes the
+ * page's compact rows (bitwise the host's attnd_kernel_kv_bounds8_make)
+ * before its next selection, and scores those. INTERNAL on a CUDA error,
+ * RESOURCE_EXHAUSTED without device memory for it. */
 attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
                                       attnd_error *err);
+/* Whether a GPU engine of layout l selects on compact bounds (the CPU's
+ * integer scoring, so the same pages as a CPU engine), else on bf16 ones:
+ * d_k a multiple of 4, at most ATTND__GPU_COMPACT_MAX_DK. */
+#define ATTND__GPU_COMPACT_MAX_DK 1024
+static inline int attnd__gpu_bounds_compact(const attnd_kernel_kv_layout *l)
+{
+    return l->d_k % 4 == 0 && l->d_k <= ATTND__GPU_COMPACT_MAX_DK;
+}
 /* attnd__gpu_decode after running page selection sel on the GPU (the
  * kernels/cuda selection of the lists sel describes, prepared on the host
  * by attnd_kernel_select_prepare: its kept pages land in the uploaded page_idx at

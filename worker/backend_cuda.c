@@ -67,6 +67,9 @@
 #include "attnd_cuda.h"
 #include "backend.h"
 
+_Static_assert(ATTND__GPU_COMPACT_MAX_DK <= ATTND_CUDA_SELECT8_MAX_DK,
+               "the GPU selection takes the compact bounds the engine makes");
+
 /* Pinned bytes of the write ring (at least one page). */
 #define GPU_STAGE_BYTES ((size_t)32 << 20)
 /* Appends waiting for the next reader of the pool (at most), and the
@@ -755,7 +758,7 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
     if (!g->bounds) {
         size_t bytes = attnd_kernel_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
         size_t b8 = attnd_kernel_kv_bounds8_row(l) * (size_t)l->n_kv_heads * (size_t)g->n_pages;
-        const int compact = l->d_k % 4 == 0 && l->d_k <= ATTND_CUDA_SELECT8_MAX_DK;
+        const int compact = attnd__gpu_bounds_compact(l);
         if (compact) {
             g->b8_dirty = calloc((size_t)g->n_pages, 1);
             g->b8_list = malloc((size_t)g->n_pages * sizeof *g->b8_list);

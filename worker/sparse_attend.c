@@ -331,7 +331,8 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
         .q = b->q,
         .kv = &e->layout,
         .bounds = e->bounds,
-        .bounds8 = e->bounds8, /* the CPU kernels' (the GPU reads bf16 bounds) */
+        .bounds8 = e->bounds8, /* the CPU kernels' (a GPU engine's selection on
+                                  the GPU scores its own device copy) */
         .bounds_pages = e->pool.n_pages,
         .cand_idx = w->cand,
         .sel_pages = w->pidx,
@@ -550,8 +551,12 @@ attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
     if (!w || !w->gpu_lists)
         return attnd__gpu_decode(e->gpu, b, proj, err);
     uint64_t ns = 0, bytes = 0;
+    /* the bounds the GPU scores: compact rows, or bf16 ones */
     const uint64_t per =
-        (uint64_t)attnd_kernel_kv_bounds_elems(&e->layout) * 2 / (uint64_t)(b->list_groups > 1 ? b->list_groups : 1);
+        (attnd__gpu_bounds_compact(&e->layout)
+             ? (uint64_t)attnd_kernel_kv_bounds8_row(&e->layout) * (uint64_t)e->layout.n_kv_heads
+             : (uint64_t)attnd_kernel_kv_bounds_elems(&e->layout) * 2) /
+        (uint64_t)(b->list_groups > 1 ? b->list_groups : 1);
     /* the kept pages' positions come back only when asked for (a download
      * the decode's result waits for) */
     attnd_status st = attnd__gpu_decode_select(e->gpu, b, proj, &w->gpu_sel,

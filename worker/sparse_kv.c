@@ -89,8 +89,9 @@ void attnd__session_layer_res(const attnd__session *s, int32_t layer, int64_t *r
 }
 
 /* Page pg's bf16 bounds changed: make its compact ones again (a GPU
- * engine: mark them stale), and keep the GPU's copy (the GPU's selection
- * reads bf16 bounds of its own). Under the lock of the page's session. */
+ * engine: mark them stale, and keep the GPU's copy of the bf16 rows, from
+ * which the GPU makes its own compact ones). Under the lock of the page's
+ * session. */
 static attnd_status bounds_changed(attnd_engine *e, int32_t pg, attnd_error *err)
 {
     if (!e->gpu) {
