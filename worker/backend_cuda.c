@@ -755,11 +755,17 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
         st = cuda_fail(err, rc, "cudaSetDevice");
         goto out;
     }
-    if (!g->bounds) {
+    if (!g->bounds) { /* both forms, or neither */
         size_t bytes = attnd_kernel_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
         size_t b8 = attnd_kernel_kv_bounds8_row(l) * (size_t)l->n_kv_heads * (size_t)g->n_pages;
-        const int compact = attnd__gpu_bounds_compact(l);
-        if (compact) {
+        if ((rc = cudaMalloc((void **)&g->bounds, bytes)) != cudaSuccess) {
+            (void)cudaGetLastError();
+            g->bounds = NULL;
+            st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                 "kv: no GPU memory for %zu bytes of page key bounds", bytes);
+            goto out;
+        }
+        if (attnd__gpu_bounds_compact(l)) {
             g->b8_dirty = calloc((size_t)g->n_pages, 1);
             g->b8_list = malloc((size_t)g->n_pages * sizeof *g->b8_list);
             if (!g->b8_dirty || !g->b8_list ||
@@ -767,20 +773,15 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
                 (void)cudaGetLastError();
                 free(g->b8_dirty);
                 free(g->b8_list);
+                cudaFree(g->bounds);
                 g->b8_dirty = NULL;
                 g->b8_list = NULL;
                 g->bounds8 = NULL;
+                g->bounds = NULL;
                 st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                      "kv: no memory for %zu bytes of compact page key bounds", b8);
                 goto out;
             }
-        }
-        if ((rc = cudaMalloc((void **)&g->bounds, bytes)) != cudaSuccess) {
-            (void)cudaGetLastError();
-            g->bounds = NULL;
-            st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                 "kv: no GPU memory for %zu bytes of page key bounds", bytes);
-            goto out;
         }
     }
     if (g->bounds8 && !g->b8_dirty[p]) { /* its compact rows, at the next selection */
