@@ -420,6 +420,10 @@ do_sparse() {
   "${t[@]}" "$sparse/run" attnd_cuda_test select 2>&1 | tee -a "$log" | grep -v '^PASS'
   rc=${PIPESTATUS[0]}
   [ $rc -eq 77 ] && { set -e; echo "no GPU: skipped"; exit 77; }
+  echo "== attnd_cuda_test misc (the append scatter among them)" | tee -a "$log"
+  "${t[@]}" "$sparse/run" attnd_cuda_test misc 2>&1 | tee -a "$log" | grep -v '^PASS'
+  src=${PIPESTATUS[0]}
+  [ $rc -eq 0 ] && rc=$src
   for v in test_gpu_sparse_engine test_gpu_e2e; do
     echo "== $v" | tee -a "$log"
     "${t[@]}" "$sparse/run" "$v" 2>&1 | tee -a "$log" | grep -E 'Checks|FAIL|lists'
@@ -433,6 +437,12 @@ do_sparse() {
         "${t[@]}" "$sparse/run" "$v" --model "$m" --ctx 131072 --batch "$bt" --budget 0.125 \
           --iters 30 --device cuda:0 2>&1 | tee -a "$log" | grep -E 'dense |sparse |speedup|selection'
       done
+      if [ "$m" = deepseek-v3 ]; then  # the narrow wire's form (this tree's)
+        echo "== attnd-sparse-bench $m batch $bt --q-form heads" | tee -a "$log"
+        "${t[@]}" "$sparse/run" attnd-sparse-bench --model "$m" --ctx 131072 --batch "$bt" \
+          --budget 0.125 --iters 30 --device cuda:0 --q-form heads 2>&1 | tee -a "$log" |
+          grep -E 'dense |sparse |speedup|selection'
+      fi
     done
   done
   set -e
