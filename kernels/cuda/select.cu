@@ -218,6 +218,38 @@ __device__ __forceinline__ void fold4(float (&acc)[RT], const float *tile, int32
         }
 }
 
+/* A page's LPP lanes add up their sums of rows j < nr (RT kept); lane sub
+ * gets row sub's total. Every lane calls it. */
+template <int LPP, int RT, typename T>
+__device__ __forceinline__ T rows_reduce(const T (&acc)[RT], int32_t nr, int sub)
+{
+    T mine = 0;
+#pragma unroll
+    for (int j = 0; j < RT; j++) {
+        if (j < nr) {
+            T v = acc[j];
+#pragma unroll
+            for (int o = LPP / 2; o > 0; o /= 2)
+                v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (sub == j)
+                mine = v;
+        }
+    }
+    return mine;
+}
+
+/* Fold a warp's best per row (lane l % LPP's top, row l % LPP, over the
+ * warp's page slots) into best[0 .. nr) (fkey images; NaN ignored, as the
+ * CPU's maxima). Every lane calls it. */
+template <int LPP>
+__device__ __forceinline__ void best_fold(float top, int lane, int32_t nr, uint32_t *best)
+{
+    for (int o = LPP; o < 32; o *= 2) /* the lanes of the same row in other slots */
+        top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, o));
+    if (lane < nr && top > -INFINITY)
+        atomicMax(best + lane, fkey(top));
+}
+
 /* A CTA scores candidates [p0, p1) of its list (p.split CTAs per scoring
  * unit), a tile of up to RT query rows at a time. LPP lanes take a page:
  * a warp scores 32 / LPP pages at once, each lane 4 elements per step of
@@ -291,27 +323,13 @@ __global__ void __launch_bounds__(SCORE_THREADS, LPP == 8 ? 5 : 1) score_kernel(
                                      bf16f(__ldg(lo + dk + d)));
                     }
                 }
-                float mine = 0.f;
-#pragma unroll
-                for (int j = 0; j < RT; j++) {
-                    if (j < nr) {
-                        float v = acc[j];
-#pragma unroll
-                        for (int o = LPP / 2; o > 0; o /= 2)
-                            v += __shfl_xor_sync(0xffffffffu, v, o);
-                        if (sub == j)
-                            mine = v;
-                    }
-                }
+                const float mine = rows_reduce<LPP, RT>(acc, nr, sub);
                 if (valid && sub < nr) {
                     ub[(int64_t)pp * rows + (int64_t)hh * R + r0 + sub] = mine;
                     top = fmaxf(top, mine); /* ignores NaN, as the CPU */
                 }
             }
-            for (int o = LPP; o < 32; o *= 2) /* the lanes of row sub in other slots */
-                top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, o));
-            if (lane < nr && top > -INFINITY)
-                atomicMax(best_of(p, sl) + (int64_t)hh * R + r0 + lane, fkey(top));
+            best_fold<LPP>(top, lane, nr, best_of(p, sl) + (int64_t)hh * R + r0);
         }
     }
 }
@@ -484,18 +502,7 @@ __global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
                             }
                     }
                 }
-                int32_t mine = 0;
-#pragma unroll
-                for (int j = 0; j < RT; j++) {
-                    if (j < nr) {
-                        int32_t v = acc[j];
-#pragma unroll
-                        for (int o = LPP / 2; o > 0; o /= 2)
-                            v += __shfl_xor_sync(0xffffffffu, v, o);
-                        if (sub == j)
-                            mine = v;
-                    }
-                }
+                const int32_t mine = rows_reduce<LPP, RT>(acc, nr, sub);
                 if (valid && sub < nr) {
                     const float2 os = __ldg(reinterpret_cast<const float2 *>(brow));
                     const float u = __fadd_rn(__fmul_rn(os.x, qss[sub]),
@@ -505,10 +512,7 @@ __global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
                     top = fmaxf(top, u);
                 }
             }
-            for (int o = LPP; o < 32; o *= 2)
-                top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, o));
-            if (lane < nr && top > -INFINITY)
-                atomicMax(best_of(p, sl) + (int64_t)hh * R + r0 + lane, fkey(top));
+            best_fold<LPP>(top, lane, nr, best_of(p, sl) + (int64_t)hh * R + r0);
         }
     }
 }

@@ -750,19 +750,12 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     must(wf >= 0 ? ATTND_OK : ATTND_ERR_INTERNAL, &err, "select_prepare");
     sb.work = malloc(sizeof(float) * (size_t)wf);
     attnd_kernel_select(&sb);
+    /* each scoring unit's list: half the cases hand it to the kernel (as
+     * the engine does), the others let the kernel look it up */
     int32_t n_chunks = 0;
-    for (int32_t k = 0; k < n_lists; k++) {
-        const attnd_kernel_select_list *sl = &lists[k];
-        int32_t ch =
-                sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
-                        ? 0
-                        : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
-        n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
-    }
-    /* half the cases give each scoring unit's list (as the engine does),
-     * the others let the kernel look it up */
-    const int with_map = (int)(tu_next(&rng) & 1);
-    int32_t *umap = malloc(sizeof(int32_t) * (size_t)(n_chunks + 1));
+    int32_t *umap = malloc(sizeof(int32_t) * ((size_t)n_lists *
+                                               ((size_t)n_pages + ATTND_KERNEL_SELECT_CHUNK - 1) /
+                                               ATTND_KERNEL_SELECT_CHUNK + 1));
     for (int32_t k = 0; k < n_lists; k++) {
         const attnd_kernel_select_list *sl = &lists[k];
         int32_t ch =
@@ -771,7 +764,9 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
                         : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
         for (int32_t u = 0; u < ch; u++)
             umap[sl->chunk0 + u] = k;
+        n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
     }
+    const int with_map = (int)(tu_next(&rng) & 1);
     void *d_q, *d_b, *d_l, *d_c, *d_o, *d_w, *d_p, *d_u;
     cudaMalloc(&d_u, sizeof(int32_t) * (size_t)(n_chunks + 1));
     cudaMemcpy(d_u, umap, sizeof(int32_t) * (size_t)n_chunks, cudaMemcpyHostToDevice);
