@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "attnd_kernels.h"
+#include "bounds8_step.h"
 
 /* Dims converted per step (stack buffers). */
 #define BOUNDS_CHUNK 1024
@@ -156,16 +157,6 @@ static void bounds8_unbounded(uint8_t *row, int32_t dk)
     memset(row + 2 * sizeof(float), 0, 2 * (size_t)dk);
 }
 
-/* x rounded to an integer, |x| < 2^51, in round-to-nearest (adding and
- * taking away 1.5 * 2^52); the codes below step back where it went past,
- * by a comparison, not a branch. With libm's floor and ceil (inline on
- * baseline x86-64, a branch per element that random keys mispredict half
- * the time) this loop took ~10 us a GQA page, twice what it takes now. */
-static inline double round_small(double x)
-{
-    return (x + 0x1.8p52) - 0x1.8p52;
-}
-
 /* One KV head's compact bounds from its bf16 lo and hi rows. */
 static void bounds8_row_make(const uint16_t *lo, int32_t dk, uint8_t *row)
 {
@@ -179,24 +170,9 @@ static void bounds8_row_make(const uint16_t *lo, int32_t dk, uint8_t *row)
         m = l < m ? l : m;
         M = h > M ? h : M;
     }
-    /* the smallest power-of-two step whose 256 codes span [m, M] from a
-     * multiple of it, at least 2^-16 of the largest magnitude (so the
-     * offset's multiple stays below 2^17) and a normal float */
-    const double mag = fabs((double)m) > fabs((double)M) ? fabs((double)m) : fabs((double)M);
-    double want = ((double)M - m) / 255.0 > mag * 0x1p-16 ? ((double)M - m) / 255.0 : mag * 0x1p-16;
-    int e = -126;
-    if (want > 0x1p-126) {
-        (void)frexp(want, &e); /* 2^(e-1) <= want < 2^e */
-        if (ldexp(1.0, e - 1) >= want)
-            e--;
-    }
-    double s, k;
-    for (;; e++) {
-        s = ldexp(1.0, e);
-        k = floor(m / s);
-        if (ceil(M / s) - k <= 255.0)
-            break;
-    }
+    double k;
+    const int e = attnd__bounds8_step(m, M, &k);
+    const double s = ldexp(1.0, e);
     const float off = (float)(k * s), step = (float)s; /* both exact */
     memcpy(row, &off, sizeof off);
     memcpy(row + sizeof off, &step, sizeof step);
@@ -204,13 +180,9 @@ static void bounds8_row_make(const uint16_t *lo, int32_t dk, uint8_t *row)
     /* x / s is x * 2^-e exactly (s a power of two, |x / s| <= 2^17), the
      * quotients the codes floor and ceil */
     const double inv = ldexp(1.0, -e);
-    for (int32_t d = 0; d < dk; d++) {
-        const double l = (double)attnd_dtype_bf16_to_f32(lo[d]) * inv;
-        const double h = (double)attnd_dtype_bf16_to_f32(lo[dk + d]) * inv;
-        const double rl = round_small(l), rh = round_small(h);
-        cl[d] = (uint8_t)((int32_t)(rl - k) - (rl > l)); /* floor: off + step cl <= lo */
-        ch[d] = (uint8_t)((int32_t)(rh - k) + (rh < h)); /* ceil: off + step ch >= hi */
-    }
+    for (int32_t d = 0; d < dk; d++)
+        attnd__bounds8_codes((double)attnd_dtype_bf16_to_f32(lo[d]) * inv,
+                             (double)attnd_dtype_bf16_to_f32(lo[dk + d]) * inv, k, &cl[d], &ch[d]);
 }
 
 void attnd_kernel_kv_bounds8_make(const attnd_kernel_kv_layout *l, const uint16_t *bounds,

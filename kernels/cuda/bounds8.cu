@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "../cpu/bounds8_step.h"
 #include "ctx_int.h"
 
 namespace {
@@ -65,34 +66,18 @@ __global__ void bounds8_kernel(const uint16_t *bounds, uint8_t *bounds8, int64_t
         take_min(m, mi, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, mi, o));
         take_max(M, Mi, __shfl_xor_sync(0xffffffffu, M, o), __shfl_xor_sync(0xffffffffu, Mi, o));
     }
-    const double mag = fabs((double)m) > fabs((double)M) ? fabs((double)m) : fabs((double)M);
-    const double span = ((double)M - (double)m) / 255.0;
-    const double want = span > mag * 0x1p-16 ? span : mag * 0x1p-16;
-    int e = -126;
-    if (want > 0x1p-126) {
-        (void)frexp(want, &e); /* 2^(e-1) <= want < 2^e */
-        if (ldexp(1.0, e - 1) >= want)
-            e--;
-    }
-    double sc, k;
-    for (;; e++) {
-        sc = ldexp(1.0, e);
-        k = floor((double)m / sc);
-        if (ceil((double)M / sc) - k <= 255.0)
-            break;
-    }
+    double k;
+    const int e = attnd__bounds8_step(m, M, &k); /* the host's function */
+    const double sc = ldexp(1.0, e);
     if (lane == 0) {
         reinterpret_cast<float *>(row)[0] = (float)(k * sc);
         reinterpret_cast<float *>(row)[1] = (float)sc;
     }
     uint8_t *cl = row + 8, *ch = cl + dk;
     const double inv = ldexp(1.0, -e);
-    for (int32_t d = lane; d < dk; d += 32) {
-        const double l = (double)bf16f(lo[d]) * inv, hv = (double)bf16f(lo[dk + d]) * inv;
-        const double rl = rint(l), rh = rint(hv); /* the CPU's round_small: to nearest even */
-        cl[d] = (uint8_t)((int32_t)(rl - k) - (rl > l));
-        ch[d] = (uint8_t)((int32_t)(rh - k) + (rh < hv));
-    }
+    for (int32_t d = lane; d < dk; d += 32)
+        attnd__bounds8_codes((double)bf16f(lo[d]) * inv, (double)bf16f(lo[dk + d]) * inv, k,
+                             &cl[d], &ch[d]);
     for (int64_t i = 8 + 2 * (int64_t)dk + lane; i < row8; i += 32) /* the padding */
         row[i] = 0;
 }
