@@ -218,6 +218,26 @@ __device__ __forceinline__ void fold4(float (&acc)[RT], const float *tile, int32
         }
 }
 
+/* A warp's walk over candidates [p0, p1) of list sl, 32 / LPP pages a
+ * step (lane slot's page at pb + slot), calling score(pp, valid, page)
+ * in every lane (valid: pp < p1; page: the candidate's pool page, read a
+ * step ahead so that its bounds' address no longer waits for it). */
+template <int LPP, typename F>
+__device__ __forceinline__ void walk_pages(const sel_params &p, const attnd_kernel_select_list &sl,
+                                           int32_t p0, int32_t p1, int warp, int nw, int slot,
+                                           F &&score)
+{
+    constexpr int PPW = 32 / LPP;
+    int32_t pb = p0 + warp * PPW;
+    int32_t next = pb + slot < p1 ? __ldg(p.cand + sl.cand0 + pb + slot) : 0;
+    for (; pb < p1; pb += nw * PPW) {
+        const int32_t pp = pb + slot, pn = pp + nw * PPW;
+        const int32_t page = next;
+        next = pn < p1 ? __ldg(p.cand + sl.cand0 + pn) : 0;
+        score(pp, pp < p1, page);
+    }
+}
+
 /* A page's LPP lanes add up their sums of rows j < nr (RT kept); lane sub
  * gets row sub's total. Every lane calls it. */
 template <int LPP, int RT, typename T>
@@ -263,7 +283,6 @@ template <bool VEC, int LPP, int RT>
 __global__ void __launch_bounds__(SCORE_THREADS, LPP == 8 ? 5 : 1) score_kernel(sel_params p)
 {
     static_assert(RT <= LPP && 32 % LPP == 0, "a page's lanes write its rows");
-    constexpr int PPW = 32 / LPP; /* pages per warp step */
     extern __shared__ float tile[]; /* [qrows][dk] */
     const int unit = (int)blockIdx.x / p.split, part = (int)blockIdx.x % p.split;
     const attnd_kernel_select_list sl =
@@ -295,15 +314,7 @@ __global__ void __launch_bounds__(SCORE_THREADS, LPP == 8 ? 5 : 1) score_kernel(
                     tile[i] = src[i];
             __syncthreads();
             float top = -INFINITY; /* row sub's best over this lane's pages */
-            /* the next step's page read a step ahead: its bounds' address
-             * no longer waits for it */
-            int32_t pb = p0 + warp * PPW;
-            int32_t next = pb + slot < p1 ? __ldg(p.cand + sl.cand0 + pb + slot) : 0;
-            for (; pb < p1; pb += nw * PPW) {
-                const int32_t pp = pb + slot, pn = pp + nw * PPW;
-                const bool valid = pp < p1;
-                const int32_t page = next;
-                next = pn < p1 ? __ldg(p.cand + sl.cand0 + pn) : 0;
+            walk_pages<LPP>(p, sl, p0, p1, warp, nw, slot, [&](int32_t pp, bool valid, int32_t page) {
                 const uint16_t *lo = p.bounds + ((int64_t)kvh * p.bounds_pages + page) * 2 * dk;
                 float acc[RT];
 #pragma unroll
@@ -328,7 +339,7 @@ __global__ void __launch_bounds__(SCORE_THREADS, LPP == 8 ? 5 : 1) score_kernel(
                     ub[(int64_t)pp * rows + (int64_t)hh * R + r0 + sub] = mine;
                     top = fmaxf(top, mine); /* ignores NaN, as the CPU */
                 }
-            }
+            });
             best_fold<LPP>(top, lane, nr, best_of(p, sl) + (int64_t)hh * R + r0);
         }
     }
@@ -442,7 +453,6 @@ template <int LPP, int RT>
 __global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
 {
     static_assert(RT <= LPP && 32 % LPP == 0, "a page's lanes write its rows");
-    constexpr int PPW = 32 / LPP;
     extern __shared__ int32_t qw[]; /* [RT][q8_width / 4] int8 rows, then sq [RT], Qsum [RT] */
     const int unit = (int)blockIdx.x / p.split, part = (int)blockIdx.x % p.split;
     const attnd_kernel_select_list sl =
@@ -476,13 +486,7 @@ __global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
             }
             __syncthreads();
             float top = -INFINITY;
-            int32_t pb = p0 + warp * PPW;
-            int32_t next = pb + slot < p1 ? __ldg(p.cand + sl.cand0 + pb + slot) : 0;
-            for (; pb < p1; pb += nw * PPW) {
-                const int32_t pp = pb + slot, pn = pp + nw * PPW;
-                const bool valid = pp < p1;
-                const int32_t page = next;
-                next = pn < p1 ? __ldg(p.cand + sl.cand0 + pn) : 0;
+            walk_pages<LPP>(p, sl, p0, p1, warp, nw, slot, [&](int32_t pp, bool valid, int32_t page) {
                 const uint8_t *brow = p.bounds8 + ((int64_t)kvh * p.bounds_pages + page) * p.b8_row;
                 const uint32_t *codes = reinterpret_cast<const uint32_t *>(brow + 8);
                 int32_t acc[RT];
@@ -511,7 +515,7 @@ __global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
                     ub[(int64_t)pp * rows + (int64_t)hh * R + r0 + sub] = u;
                     top = fmaxf(top, u);
                 }
-            }
+            });
             best_fold<LPP>(top, lane, nr, best_of(p, sl) + (int64_t)hh * R + r0);
         }
     }
