@@ -79,6 +79,12 @@ _Static_assert(ATTND__GPU_COMPACT_MAX_DK <= ATTND_CUDA_SELECT8_MAX_DK,
 /* An append slice of at least this many bytes is copied at once (a DMA
  * copy), not left for the scatter kernel to read over the bus. */
 #define GPU_PEND_DIRECT ((size_t)64 << 10)
+/* A bf16 query of at most this many bytes goes up through the pinned
+ * half (a memcpy, then an asynchronous copy); a larger one straight from
+ * the caller's memory. A pageable host-to-device copy returns only once
+ * its data are staged by the driver: 23 us for a 131 KB GQA batch-16
+ * query on an H100, the GPU idle meanwhile. */
+#define GPU_Q_STAGE_MAX ((size_t)1 << 20)
 
 /* A device buffer and, when asked for, a pinned host one of the same
  * capacity. */
@@ -850,35 +856,49 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
     }
     if ((st = pend_flush(g, err))) /* this step's appends, one launch */
         goto out;
-    const int q_direct = b->q_dtype == ATTND_DTYPE_BF16; /* no staging needed */
     gpu_buf *qin = heads ? &g->qn : &g->q; /* where the query as sent lands */
     const size_t qin_elems = heads ? qn_elems : q_elems;
+    /* the query through the pinned half: converted to bf16, or a small
+     * bf16 one copied (GPU_Q_STAGE_MAX) */
+    const int q_conv = b->q_dtype != ATTND_DTYPE_BF16;
+    const int q_stage = q_conv || qin_elems * 2 <= GPU_Q_STAGE_MAX;
+    /* the page lists go up unless the selections write all of them (in
+     * order, side by side: anything else uploads) */
+    size_t sel_end = 0;
+    for (int32_t i = 0; sel && i < sel->n_lists; i++)
+        sel_end = (size_t)sel->lists[i].out0 == sel_end ? sel_end + (size_t)sel->lists[i].keep
+                                                         : SIZE_MAX;
+    const int idx_up = !sel || sel_end != n_idx;
     /* growing frees buffers a queued copy may read: drain the stream first */
-    if ((q_elems * 2 > g->q.cap || qin_elems * 2 > qin->cap || (!q_direct && !qin->h) ||
+    if ((q_elems * 2 > g->q.cap || qin_elems * 2 > qin->cap || (q_stage && !qin->h) ||
          (n_idx + 1) * 4 > g->idx.cap || out_elems * 4 > g->out.cap || rows * 4 > g->lse.cap ||
          proj_elems * 4 > g->proj.cap) &&
         (st = gpu_sync(g, err)))
         goto out;
-    if ((st = buf_fit(&g->q, q_elems * 2, !heads && !q_direct, "q", err)) ||
-        (heads && (st = buf_fit(&g->qn, qn_elems * 2, !q_direct, "q", err))) ||
+    if ((st = buf_fit(&g->q, q_elems * 2, !heads && q_stage, "q", err)) ||
+        (heads && (st = buf_fit(&g->qn, qn_elems * 2, q_stage, "q", err))) ||
         (st = buf_fit(&g->idx, (n_idx + 1) * 4, 1, "session_ids", err)) ||
         (st = buf_fit(&g->out, out_elems * 4, 0, "q", err)) ||
         (st = buf_fit(&g->lse, rows * 4, 0, "q", err)) ||
         (vo && (st = buf_fit(&g->proj, proj_elems * 4, 0, "q", err))))
         goto out;
-    if (!q_direct)
+    if (q_conv)
         attnd_dtype_convert(ATTND_DTYPE_BF16, qin->h, b->q_dtype, b->q, qin_elems);
-    memcpy(g->idx.h, b->page_idx, n_idx * 4);
-    if ((rc = cudaMemcpyAsync(qin->d, q_direct ? b->q : qin->h, qin_elems * 2,
-                              cudaMemcpyHostToDevice, g->stream)) != cudaSuccess ||
-        (rc = cudaMemcpyAsync(g->idx.d, g->idx.h, n_idx * 4, cudaMemcpyHostToDevice,
-                              g->stream)) != cudaSuccess) {
-        st = cuda_fail(err, rc, "cudaMemcpyAsync (upload)");
+    else if (q_stage)
+        memcpy(qin->h, b->q, qin_elems * 2);
+    if ((rc = cudaMemcpyAsync(qin->d, q_stage ? qin->h : b->q, qin_elems * 2,
+                              cudaMemcpyHostToDevice, g->stream)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaMemcpyAsync (query)");
         goto out;
     }
-    /* the absorbed query before the selection: it scores with g->q.d */
-    if (heads && (st = absorb(g, proj, q_rows, H, err)))
-        goto out;
+    if (idx_up) {
+        memcpy(g->idx.h, b->page_idx, n_idx * 4);
+        if ((rc = cudaMemcpyAsync(g->idx.d, g->idx.h, n_idx * 4, cudaMemcpyHostToDevice,
+                                  g->stream)) != cudaSuccess) {
+            st = cuda_fail(err, rc, "cudaMemcpyAsync (page lists)");
+            goto out;
+        }
+    }
     attnd_cuda_batch cb = {
         .n_seqs = b->n_seqs,
         .q_tokens = b->q_tokens,
@@ -894,10 +914,17 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         .out = g->out.d,
         .lse = g->lse.d,
     };
+    /* the decode's plan (its host lists: the kept pages' counts are known)
+     * goes up now, while the host prepares the selection, so the decode
+     * follows the selection's kernels at once */
+    if ((st = attnd_cuda_plan_make(g->plan, &cb, b->page_indptr, b->last_page_len, NULL, err)))
+        goto out;
+    /* the absorbed query before the selection: it scores with g->q.d */
+    if (heads && (st = absorb(g, proj, q_rows, H, err)))
+        goto out;
     if (sel && (st = select_enqueue(g, sel, sel_work, n_idx, err))) /* pages into g->idx.d */
         goto out;
-    if ((st = attnd_cuda_plan_make(g->plan, &cb, b->page_indptr, b->last_page_len, NULL, err)) ||
-        (st = attnd_cuda_decode_run(g->plan, &cb, err)))
+    if ((st = attnd_cuda_decode_run(g->plan, &cb, err)))
         goto out;
     if (vo && (st = up_project(g, proj, q_rows, H, err)))
         goto out;
