@@ -97,11 +97,15 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
                                       attnd_error *err);
 /* Whether a GPU engine of layout l selects on compact bounds (the CPU's
  * integer scoring, so the same pages as a CPU engine), else on bf16 ones:
- * d_k a multiple of 4, at most ATTND__GPU_COMPACT_MAX_DK. */
+ * GQA layouts with d_k a multiple of 4, at most ATTND__GPU_COMPACT_MAX_DK.
+ * MLA keeps the bf16 bounds: its scoring is arithmetic-bound either way
+ * (ncu, H100, DeepSeek-V3 batch 4: 21.0 us compact, 21.7 us bf16) and the
+ * compact rows cost a kernel more per selection (9 us); GQA's scoring
+ * reads half the bytes. */
 #define ATTND__GPU_COMPACT_MAX_DK 1024
 static inline int attnd__gpu_bounds_compact(const attnd_kernel_kv_layout *l)
 {
-    return l->d_k % 4 == 0 && l->d_k <= ATTND__GPU_COMPACT_MAX_DK;
+    return !l->v_in_k && l->d_k % 4 == 0 && l->d_k <= ATTND__GPU_COMPACT_MAX_DK;
 }
 /* attnd__gpu_decode after running page selection sel on the GPU (the
  * kernels/cuda selection of the lists sel describes, prepared on the host
