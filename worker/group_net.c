@@ -16,7 +16,8 @@
  *
  * Membership: peer r is DOWN (no endpoint; a rendezvous is tried every
  * 100 ms), CONNECTING (a rendezvous gave us its card: endpoint made by
- * address, our UCX HELLO sent every 200 ms until it answers) or UP. Every
+ * address, our UCX HELLO sent every 200 ms until it answers; its requests
+ * are answered already, since it may be UP first) or UP. Every
  * rendezvous, whichever side began it, remakes our endpoint to the peer
  * (both sides together: UCX may have paired the old endpoints into one
  * connection, half of which the other side just closed); calls waiting on
@@ -380,8 +381,15 @@ static ucs_status_t on_req(void *arg, const void *header, size_t hlen, void *dat
         }
         return UCS_OK;
     }
-    if (p->state != ATTND__PEER_UP)
-        return UCS_OK;
+    /* CONNECTING: our HELLO is unanswered yet, but the peer may already
+     * be UP (ours answered first) and sending requests: answer them on
+     * our endpoint (dropping them stalled the peer's callers until their
+     * deadline, then reconnected; a rendezvous in which our first HELLO
+     * came before the peer had our card waited HELLO_EVERY_MS), and
+     * HELLO again now: a request shows the peer ready */
+    if (p->state == ATTND__PEER_CONNECTING &&
+        attnd_clock_ms() + HELLO_EVERY_MS - 20 > p->hello_next_ms)
+        send_hello(g, p);
     attnd__gnet_msg m = {.h = &h, .data = data, .len = len,
                          .rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0,
                          .peer_token = p->peer_token};
