@@ -643,14 +643,6 @@ static attnd_status up_project(attnd__gpu *g, const attnd__gpu_proj *p, int32_t 
                                         : blas_fail(err, brc, "up-projection (o . W_UV)");
 }
 
-/* Scoring units of a selection list (attnd_kernel_select_prepare's). */
-static int32_t list_units(const attnd_kernel_select_list *sl)
-{
-    return sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
-               ? 0
-               : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
-}
-
 /* Upload what page selection sel needs and enqueue it, its kept pages
  * into g->idx.d (the batch's page_idx, uploaded before). Under g->mu, the
  * stream idle when buffers must grow. */
@@ -668,7 +660,7 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
         n_out = o > n_out ? o : n_out;
         ATTND_ASSERT(o <= n_idx); /* each list's pages inside the batch's page_idx */
         n_cand = c > n_cand ? c : n_cand;
-        int32_t ch = list_units(sl);
+        int32_t ch = attnd_kernel_select_list_units(sl);
         n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
     }
     if (!g->bounds)
@@ -698,7 +690,7 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
     memcpy(g->sel_lists.h, sel->lists, lists_bytes);
     int32_t *unit_list = (int32_t *)(void *)((char *)g->sel_lists.h + lists_bytes);
     for (int32_t i = 0; i < sel->n_lists; i++)
-        for (int32_t u = 0, ch = list_units(&sel->lists[i]); u < ch; u++)
+        for (int32_t u = 0, ch = attnd_kernel_select_list_units(&sel->lists[i]); u < ch; u++)
             unit_list[sel->lists[i].chunk0 + u] = i;
     memcpy(unit_list + n_chunks, sel->cand_idx, n_cand * 4);
     if ((rc = cudaMemcpyAsync(g->sel_lists.d, g->sel_lists.h, meta_bytes, cudaMemcpyHostToDevice,

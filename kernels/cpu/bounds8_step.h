@@ -10,10 +10,12 @@
 #include <math.h>
 #include <stdint.h>
 
+#ifndef ATTND__HD
 #if defined(__CUDACC__)
 #define ATTND__HD __host__ __device__
 #else
 #define ATTND__HD
+#endif
 #endif
 
 /* x rounded to an integer, |x| < 2^51, in round-to-nearest (adding and

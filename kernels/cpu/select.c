@@ -26,15 +26,6 @@
 #include "cpu_int.h"
 #include "select_int.h"
 
-/* Candidates the scoring must look at: none when the mandatory pages fill
- * the budget or every candidate is kept anyway. */
-static int32_t list_chunks(const attnd_kernel_select_list *sl)
-{
-    if (sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail)
-        return 0;
-    return (sl->n_cand + ATTND__SEL_CHUNK - 1) / ATTND__SEL_CHUNK;
-}
-
 /* Query rows per KV head, KV heads per list, and rows (query token x head,
  * or x run of head_agg heads) of one list: every KV head of its group. */
 static int32_t head_rows(const attnd_kernel_select_batch *b)
@@ -57,10 +48,10 @@ static int32_t list_rows(const attnd_kernel_select_batch *b)
  * threshold's scratch [n_cand]. */
 static int64_t list_work(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl)
 {
-    int64_t c = list_chunks(sl), rows = list_rows(b);
+    int64_t c = attnd_kernel_select_list_units(sl), rows = list_rows(b);
     if (c == 0)
         return 0;
-    return (int64_t)list_heads(b) * (int64_t)attnd__select_pack_floats(head_rows(b), b->kv->d_k) +
+    return (int64_t)list_heads(b) * attnd__select_pack_floats(head_rows(b), b->kv->d_k) +
            ((int64_t)sl->n_cand + c) * rows + 2 * (int64_t)sl->n_cand;
 }
 
@@ -69,7 +60,7 @@ static float *list_q(const attnd_kernel_select_batch *b, const attnd_kernel_sele
                      int32_t hh)
 {
     return b->work + sl->work0 +
-           (size_t)hh * attnd__select_pack_floats(head_rows(b), b->kv->d_k);
+           (size_t)hh * (size_t)attnd__select_pack_floats(head_rows(b), b->kv->d_k);
 }
 
 static float *list_ub(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl)
@@ -129,7 +120,7 @@ int64_t attnd_kernel_select_prepare(attnd_kernel_select_batch *b, attnd_error *e
         sl->work0 = work;
         sl->chunk0 = (int32_t)chunks;
         work += list_work(b, sl);
-        chunks += list_chunks(sl);
+        chunks += attnd_kernel_select_list_units(sl);
         if (chunks > INT32_MAX)
             return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                    "select: too many candidates"),
@@ -210,7 +201,7 @@ static void pack_list8(const attnd_kernel_select_batch *b, const attnd_kernel_se
     const int32_t R = head_rows(b), dk = b->kv->d_k, hpg = list_heads(b);
     const size_t w = attnd__select_q8_width(dk);
     /* it fits the list's packed-query area of each KV head */
-    ATTND_ASSERT(2 * (size_t)R + (size_t)R * w / 4 <= attnd__select_pack_floats(R, dk));
+    ATTND_ASSERT(2 * (size_t)R + (size_t)R * w / 4 <= (size_t)attnd__select_pack_floats(R, dk));
     for (int32_t hh = 0; hh < hpg; hh++) {
         float *qpk = list_q(b, sl, hh);
         int8_t *rows = attnd__select_q8_rows(qpk, R);
@@ -452,7 +443,7 @@ static void list_keys(const float *ub, const float *cmax, int32_t rows, int32_t 
 /* Scores and the top-k of one list; writes its kept pages. */
 static void select_list(const attnd_kernel_select_batch *b, const attnd_kernel_select_list *sl)
 {
-    const int32_t rows = list_rows(b), n = sl->n_cand, chunks = list_chunks(sl);
+    const int32_t rows = list_rows(b), n = sl->n_cand, chunks = attnd_kernel_select_list_units(sl);
     const int32_t *cand = b->cand_idx + sl->cand0;
     int32_t *out = b->sel_pages + sl->out0;
     int32_t *pos = b->sel_pos ? b->sel_pos + sl->out0 : NULL;
@@ -493,7 +484,7 @@ static float *tail_scratch(const attnd_kernel_select_batch *b)
 static void pack_all(const attnd_kernel_select_batch *b, float *tmp)
 {
     for (int32_t i = 0; i < b->n_lists; i++)
-        if (list_chunks(&b->lists[i]))
+        if (attnd_kernel_select_list_units(&b->lists[i]))
             pack_list(b, &b->lists[i], tmp);
 }
 
@@ -503,7 +494,7 @@ void attnd_kernel_select(const attnd_kernel_select_batch *b)
     float *scratch = tail_scratch(b);
     pack_all(b, scratch);
     for (int32_t i = 0; i < b->n_lists; i++)
-        for (int32_t c = 0; c < list_chunks(&b->lists[i]); c++)
+        for (int32_t c = 0; c < attnd_kernel_select_list_units(&b->lists[i]); c++)
             score_chunk(b, &b->lists[i], c, fn, scratch);
     for (int32_t i = 0; i < b->n_lists; i++)
         select_list(b, &b->lists[i]);
@@ -544,7 +535,7 @@ static int32_t list_of_chunk(const attnd_kernel_select_batch *b, int32_t k)
             hi = mid - 1;
     }
     /* lists without chunks share chunk0 with the next: step to the owner */
-    while (list_chunks(&b->lists[lo]) <= k - b->lists[lo].chunk0)
+    while (attnd_kernel_select_list_units(&b->lists[lo]) <= k - b->lists[lo].chunk0)
         lo++;
     return lo;
 }
@@ -573,7 +564,7 @@ static void select_job(void *p, int32_t tid)
             return;
         if (k < b->n_lists) { /* pack, or nothing to score */
             const attnd_kernel_select_list *sl = &b->lists[k];
-            if (list_chunks(sl)) {
+            if (attnd_kernel_select_list_units(sl)) {
                 pack_list(b, sl, scratch);
                 atomic_fetch_add_explicit(&c->state[k], LIST_PACKED, memory_order_release);
             } else {
@@ -588,7 +579,7 @@ static void select_job(void *p, int32_t tid)
         /* acq_rel: the last unit's thread sees every unit's ub and maxima */
         const int was = atomic_fetch_add_explicit(&c->state[li], LIST_CHUNK,
                                                   memory_order_acq_rel);
-        if (was == LIST_PACKED + LIST_CHUNK * (list_chunks(sl) - 1))
+        if (was == LIST_PACKED + LIST_CHUNK * (attnd_kernel_select_list_units(sl) - 1))
             select_list(b, sl);
     }
 }
@@ -601,7 +592,7 @@ attnd_status attnd_kernel_select_parallel(attnd_kernel_pool *pool,
     const attnd_kernel_select_list *last = &b->lists[b->n_lists - 1];
     sel_ctx c = {.b = b, .pool = pool, .fn = ub_fn(b),
                  .state = (atomic_int *)(void *)lists_end(b),
-                 .n_tasks = b->n_lists + last->chunk0 + list_chunks(last)};
+                 .n_tasks = b->n_lists + last->chunk0 + attnd_kernel_select_list_units(last)};
     for (int32_t i = 0; i < b->n_lists; i++)
         atomic_init(&c.state[i], 0);
     atomic_init(&c.next, 0);

@@ -14,26 +14,10 @@
 #include <stdint.h>
 
 #include "attnd_kernels.h"
+#include "select_pack.h" /* attnd__select_wide, _pack_floats, _q8_width */
 
 /* Candidates per scoring unit. */
 #define ATTND__SEL_CHUNK ATTND_KERNEL_SELECT_CHUNK
-/* Rows from which a KV head's queries are packed "wide" (transposed,
- * vectors over rows) rather than "narrow" (row-major, vectors over d_k). */
-#define ATTND__SEL_WIDE_ROWS 32
-
-/* Packed queries of one KV head of a list: q+ = max(q, 0) and q- = min(q,
- * 0) of its R rows, wide [d_k][R_pad] or narrow [R][d_k_pad] (pads 16,
- * zero), q- right after q+. */
-static inline int attnd__select_wide(int32_t R)
-{
-    return R >= ATTND__SEL_WIDE_ROWS;
-}
-static inline size_t attnd__select_pack_floats(int32_t R, int32_t dk)
-{
-    size_t rp = ((size_t)R + 15) / 16 * 16, dkp = ((size_t)dk + 15) / 16 * 16;
-    return 2 * (attnd__select_wide(R) ? rp : (size_t)R) * dkp;
-}
-
 /* Score candidates [p0, p1) of list sl against KV head kvh's packed
  * queries qpk: ub[p][row0 + r] for its R rows (rows per candidate in ub).
  * scratch: attnd__select_unit_floats floats, 64-byte alignable. */
@@ -88,10 +72,6 @@ static inline float attnd__select_ub8_value(const uint8_t *brow, const float *qp
  * same on every path. Packed per KV head of a list (in its packed-query
  * area): sq [R] and Qsum [R] floats, then the rows qi [R][q8_width] int8
  * (zero past 2 d_k). */
-static inline size_t attnd__select_q8_width(int32_t dk)
-{
-    return ((size_t)dk * 2 + 63) / 64 * 64;
-}
 static inline int8_t *attnd__select_q8_rows(float *qpk, int32_t R)
 {
     return (int8_t *)(qpk + 2 * (size_t)R);

@@ -37,6 +37,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "../cpu/select_pack.h"
 #include "ctx_int.h"
 
 namespace {
@@ -71,8 +72,7 @@ __device__ __forceinline__ float bf16f(uint32_t h)
     return __uint_as_float(h << 16);
 }
 
-/* Units of a list to score: none when its mandatory pages fill the budget
- * or every candidate is kept (select.c's list_chunks). */
+/* Units of a list to score: attnd_kernel_select_list_units on the device. */
 __device__ __forceinline__ int chunks_of(const attnd_kernel_select_list &sl)
 {
     if (sl.keep >= sl.n_cand || sl.keep <= sl.n_head + sl.n_tail)
@@ -100,20 +100,6 @@ __device__ __forceinline__ float *ub_of(const sel_params &p, const attnd_kernel_
     const int64_t rp = (R + 15) / 16 * 16, dkp = (p.dk + 15) / 16 * 16;
     const int64_t pack = 2 * (R >= 32 ? rp : (int64_t)R) * dkp;
     return p.work + sl.work0 + (int64_t)hpg * pack;
-}
-
-/* Floats of a KV head's packed-query room (select_int.h's
- * attnd__select_pack_floats). */
-__device__ __forceinline__ int64_t pack_floats(int32_t R, int32_t dk)
-{
-    const int64_t rp = (R + 15) / 16 * 16, dkp = (dk + 15) / 16 * 16;
-    return 2 * (R >= 32 ? rp : (int64_t)R) * dkp;
-}
-
-/* Bytes of an int8 query row (select_int.h's attnd__select_q8_width). */
-__device__ __host__ __forceinline__ int32_t q8_width(int32_t dk)
-{
-    return (dk * 2 + 63) / 64 * 64;
 }
 
 /* Each row's best over every candidate (fkey images), in the chunk maxima's
@@ -402,7 +388,7 @@ __global__ void qpack8_kernel(sel_params p)
     for (int o = 16; o > 0; o /= 2)
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     __syncwarp();
-    float *base = qs_of(p, sl) + (int64_t)hh * pack_floats(R, dk);
+    float *base = qs_of(p, sl) + (int64_t)hh * attnd__select_pack_floats(R, dk);
     if (lane == 0) { /* the sum in the CPU's order */
         float sum = 0.f;
         for (int32_t d = 0; d < dk; d++)
@@ -416,8 +402,9 @@ __global__ void qpack8_kernel(sel_params p)
             sq = nextafterf(sq, INFINITY);
     }
     const bool zero = sq == 0.f, none = !isfinite(mx) || zero; /* every code 0 */
-    int8_t *qi = reinterpret_cast<int8_t *>(base + 2 * R) + (int64_t)rr * q8_width(dk);
-    for (int32_t d = 2 * dk + lane; d < q8_width(dk); d += 32) /* the row's padding */
+    const int32_t qw8 = attnd__select_q8_width(dk);
+    int8_t *qi = reinterpret_cast<int8_t *>(base + 2 * R) + (int64_t)rr * qw8;
+    for (int32_t d = 2 * dk + lane; d < qw8; d += 32) /* the row's padding */
         qi[d] = 0;
     for (int32_t d = lane; d < dk; d += 32) {
         int32_t c = 0;
@@ -458,7 +445,8 @@ __global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
     const attnd_kernel_select_list sl =
         p.lists[p.unit_list ? __ldg(p.unit_list + unit) : list_of_chunk(p, unit)];
     const int32_t hpg = p.hkv / p.lg, R = rows_per_head(p), rows = R * hpg, dk = p.dk;
-    const int32_t words = q8_width(dk) / 4, cw = dk / 2; /* code words of a row: 2 dk / 4 */
+    const int32_t words = attnd__select_q8_width(dk) / 4;
+    const int32_t cw = dk / 2; /* code words of a row: 2 dk / 4 */
     const int32_t per = (ATTND_KERNEL_SELECT_CHUNK + p.split - 1) / p.split;
     const int32_t c0 = (unit - sl.chunk0) * ATTND_KERNEL_SELECT_CHUNK;
     const int32_t p0 = c0 + part * per;
@@ -473,7 +461,7 @@ __global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
 
     for (int32_t hh = 0; hh < hpg; hh++) {
         const int32_t kvh = sl.group * hpg + hh;
-        const float *base = qs_of(p, sl) + (int64_t)hh * pack_floats(R, dk);
+        const float *base = qs_of(p, sl) + (int64_t)hh * attnd__select_pack_floats(R, dk);
         const int32_t *src = reinterpret_cast<const int32_t *>(base + 2 * R);
         for (int32_t r0 = 0; r0 < R; r0 += RT) {
             const int32_t nr = min(RT, R - r0);
@@ -523,7 +511,7 @@ __global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
 
 static void score8_launch(sel_params p, int32_t R, int32_t n_chunks, cudaStream_t stream)
 {
-    const size_t w = (size_t)q8_width(p.dk);
+    const size_t w = (size_t)attnd__select_q8_width(p.dk);
     if (p.dk <= 256 && R <= 4) {
         p.split = 1;
         score8_kernel<8, 4><<<n_chunks, SCORE_THREADS, 4 * w + 32, stream>>>(p);
@@ -696,9 +684,8 @@ extern "C" attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_c
         s->n_chunks < 0 || s->head_agg < 0 ||
         (s->head_agg > 1 && (s->n_q_heads / hkv) % s->head_agg))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
-                               "select: lists, q, bounds (or bounds8), cand_idx, sel_pages, work "
-                               "and a "
-                               "consistent shape are required");
+                               "select: lists, q, bounds (or bounds8), cand_idx, sel_pages, "
+                               "work and a consistent shape are required");
     const int32_t agg = s->head_agg > 1 ? s->head_agg : 1, dk = s->kv.d_k;
     if (s->bounds8 && (dk % 4 || dk > ATTND_CUDA_SELECT8_MAX_DK))
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,

@@ -490,6 +490,16 @@ typedef struct attnd_kernel_select_list {
     int64_t work0;        /* set by attnd_kernel_select_prepare (its scratch) */
 } attnd_kernel_select_list;
 
+/* Scoring units of list sl (ATTND_KERNEL_SELECT_CHUNK candidates each):
+ * none when its mandatory pages fill the budget or every candidate is
+ * kept. kernels/cuda/select.cu's device code has the same rule (chunks_of). */
+static inline int32_t attnd_kernel_select_list_units(const attnd_kernel_select_list *sl)
+{
+    if (sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail)
+        return 0;
+    return (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
+}
+
 typedef struct attnd_kernel_select_batch {
     int32_t n_lists;
     attnd_kernel_select_list *lists; /* [n_lists]; chunk0, work0 written by prepare */

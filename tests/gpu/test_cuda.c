@@ -758,10 +758,7 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
                                                ATTND_KERNEL_SELECT_CHUNK + 1));
     for (int32_t k = 0; k < n_lists; k++) {
         const attnd_kernel_select_list *sl = &lists[k];
-        int32_t ch =
-                sl->keep >= sl->n_cand || sl->keep <= sl->n_head + sl->n_tail
-                        ? 0
-                        : (sl->n_cand + ATTND_KERNEL_SELECT_CHUNK - 1) / ATTND_KERNEL_SELECT_CHUNK;
+        int32_t ch = attnd_kernel_select_list_units(sl);
         for (int32_t u = 0; u < ch; u++)
             umap[sl->chunk0 + u] = k;
         n_chunks = sl->chunk0 + ch > n_chunks ? sl->chunk0 + ch : n_chunks;
