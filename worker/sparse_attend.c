@@ -566,8 +566,9 @@ attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
         return st;
     for (int32_t k = 0; k < w->gpu_lists; k++) {
         const attnd_kernel_select_list *sl = &w->gpu_sel.lists[k];
-        for (int32_t j = 0; w->gpu_want && j < sl->keep; j++) /* what each list kept */
-            w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
+        if (w->gpu_want) /* what each list kept (positions widen to int64) */
+            for (int32_t j = 0; j < sl->keep; j++)
+                w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
         bytes += (uint64_t)sl->n_cand * per;
     }
     ws->select_ns = ns;
