@@ -675,6 +675,10 @@ static void test_rejects(void)
 /* One selection problem on both sides: n_seqs sequences of n_pages
  * scattered pages each, keep about a quarter with a sink and a newest;
  * rows of agg heads summed (head_agg; 1: a row per head). */
+/* select_case's pages repeat the bounds of the first select_repeat (0:
+ * every page its own): ties, which keep the earliest */
+static int64_t select_repeat;
+
 static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t agg, int32_t qt,
                         int32_t n_seqs, int32_t n_pages, const char *what)
 {
@@ -708,6 +712,11 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
             attnd_kernel_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
         }
     }
+    for (int64_t pg = select_repeat; select_repeat > 0 && pg < pool; pg++)
+        for (int32_t h = 0; h < hkv; h++)
+            memcpy(bounds + attnd_kernel_kv_bounds_at(&l, pool, h, pg),
+                   bounds + attnd_kernel_kv_bounds_at(&l, pool, h, pg % select_repeat),
+                   attnd_kernel_kv_bounds_elems(&l) / (size_t)hkv * 2);
     const size_t nq = (size_t)n_seqs * qt * hq * dk;
     uint16_t *q = malloc(nq * 2);
     for (size_t i = 0; i < nq; i++)
@@ -884,6 +893,10 @@ static void test_select(void)
     select_case(32, 8, 128, 8, 1, 2, 4, 2048, "GQA 32/8 per KV head, 2 query tokens, 4 x 2048 pages");
     select_case(32, 8, 128, 1, 1, 1, 2, 5000, "GQA 32/8 one list (32 rows), 5000 pages");
     select_case(32, 8, 128, 8, 1, 1, 1, 9000, "GQA 32/8 per KV head, 9000 pages (keys in global memory)");
+    select_repeat = 5; /* ties throughout: the threshold's every digit, the earliest of equals */
+    select_case(32, 8, 128, 8, 1, 1, 3, 300, "GQA 32/8 per KV head, 300 pages of 5 bounds");
+    select_case(128, 1, 576, 1, 8, 1, 2, 2048, "MLA runs of 8, 2048 pages of 5 bounds");
+    select_repeat = 0;
 }
 
 int main(int argc, char **argv)
