@@ -1,4 +1,6 @@
-/* attnd_cuda_bounds8_make: pages' compact bounds from their bf16 bounds on
+/* Page key bounds on the GPU. attnd_cuda_bounds_fold: appended keys
+ * folded into their pages' bf16 bounds (the host's bf16 path, bitwise).
+ * attnd_cuda_bounds8_make: pages' compact bounds from their bf16 bounds on
  * the GPU, bitwise what attnd_kernel_kv_bounds8_make (kernels/cpu/bounds.c)
  * makes on the host: a warp per (page, KV head) row, the same float64
  * arithmetic (power-of-two steps, so every quotient is exact), the minimum
@@ -82,7 +84,58 @@ __global__ void bounds8_kernel(const uint16_t *bounds, uint8_t *bounds8, int64_t
         row[i] = 0;
 }
 
+/* A block per (fold, KV head), a thread per element of d_k: the tokens in
+ * order, as the host's bf16 path takes them (a bound becomes a key's own
+ * bits when the key compares below / above it; NaN never gets in; of -0
+ * and +0 the one there first stays). */
+__global__ void fold_kernel(const uint16_t *pool, int64_t page_elems, attnd_kernel_kv_layout kv,
+                            uint16_t *bounds, int64_t bounds_pages, const attnd_cuda_fold *folds)
+{
+    const attnd_cuda_fold f = folds[blockIdx.x];
+    if (f.n <= 0)
+        return; /* dropped after it was queued */
+    const int32_t h = (int32_t)blockIdx.y, dk = kv.d_k;
+    uint16_t *lo = bounds + ((int64_t)h * bounds_pages + f.page) * 2 * dk, *hi = lo + dk;
+    const uint16_t *k0 = pool + (int64_t)f.page * page_elems + (int64_t)h * kv.k_head_stride;
+    for (int32_t d = (int32_t)threadIdx.x; d < dk; d += (int32_t)blockDim.x) {
+        uint16_t l = f.slot0 == 0 ? (uint16_t)0x7f80 : lo[d], u = f.slot0 == 0 ? (uint16_t)0xff80 : hi[d];
+        for (int32_t t = f.slot0; t < f.slot0 + f.n; t++) {
+            const uint16_t kb = k0[(int64_t)t * kv.k_token_stride + d];
+            const float kf = bf16f(kb);
+            l = kf < bf16f(l) ? kb : l;
+            u = kf > bf16f(u) ? kb : u;
+        }
+        lo[d] = l;
+        hi[d] = u;
+    }
+}
+
 } /* namespace */
+
+extern "C" attnd_status attnd_cuda_bounds_fold(attnd_cuda_ctx *ctx, const attnd_kernel_kv_layout *kv,
+                                               const void *pool, size_t page_bytes,
+                                               uint16_t *bounds, int64_t bounds_pages,
+                                               const attnd_cuda_fold *folds, int32_t n,
+                                               attnd_error *err)
+{
+    if (!ctx || !kv)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "bounds_fold: ctx and kv are required");
+    if (n < 0 || (n > 0 && (!pool || !bounds || !folds)) || kv->n_kv_heads < 1 || kv->d_k < 1 ||
+        kv->dtype != ATTND_DTYPE_BF16 || page_bytes % 2)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "bounds_fold: n %d (>= 0), pool, bounds and folds non-NULL, and a "
+                               "bf16 layout expected", n);
+    if (n == 0)
+        return ATTND_OK;
+    const dim3 grid((unsigned)n, (unsigned)kv->n_kv_heads);
+    fold_kernel<<<grid, kv->d_k > 256 ? 256 : 128, 0, ctx->stream>>>(
+        static_cast<const uint16_t *>(pool), (int64_t)(page_bytes / 2), *kv, bounds, bounds_pages,
+        folds);
+    int rc = (int)cudaGetLastError();
+    if (rc != cudaSuccess)
+        return attnd__cuda_fail(err, rc, "bounds_fold launch");
+    return ATTND_OK;
+}
 
 extern "C" attnd_status attnd_cuda_bounds8_make(attnd_cuda_ctx *ctx,
                                                 const attnd_kernel_kv_layout *kv,
