@@ -522,6 +522,9 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         st = append_new_entries(e, req, ws, &log_end, &hf, err);
         if (st)
             goto out;
+        /* the GPU copies (and folds) while the host builds the lists */
+        if (e->gpu && (st = attnd__gpu_kick(e->gpu, err)))
+            goto out;
     }
     if (!sparse) {
         st = req->visible ? build_visible_lists(e, req, ws, &tokens, err)

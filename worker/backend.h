@@ -70,6 +70,11 @@ typedef struct attnd__gpu_proj {
  * the field (q_tokens over 16: UNIMPLEMENTED). ov (may be NULL): host work
  * run once while the GPU works; a call that fails before its work is
  * enqueued does not run it (ov->run can tell by what it clears). */
+/* Enqueue the appends and folds waiting for the next reader of the pool
+ * now (they run while the host builds the decode's lists). INTERNAL on a
+ * CUDA error. */
+attnd_status attnd__gpu_kick(attnd__gpu *g, attnd_error *err);
+
 /* Host work run while the GPU decodes: after everything is enqueued,
  * before the wait (NULL: none). */
 typedef struct attnd__gpu_overlap {

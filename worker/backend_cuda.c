@@ -864,6 +864,20 @@ out:
     return st;
 }
 
+attnd_status attnd__gpu_kick(attnd__gpu *g, attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    cudaError_t rc;
+
+    pthread_mutex_lock(&g->mu);
+    if ((rc = cudaSetDevice(g->device)) != cudaSuccess)
+        st = cuda_fail(err, rc, "cudaSetDevice");
+    else
+        st = pend_flush(g, err);
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}
+
 attnd_status attnd__gpu_bounds_fold(attnd__gpu *g, int32_t p, int32_t slot0, int32_t n,
                                     attnd_error *err)
 {
