@@ -471,7 +471,7 @@ static attnd_status pend_flush(attnd__gpu *g, attnd_error *err)
         const int32_t n = g->fold_n;
         g->fold_n = 0;
         st = attnd_cuda_bounds_fold(g->ctx, &g->layout, g->pool, g->page_bytes, g->bounds,
-                                    g->n_pages, d, n, err);
+                                    g->bounds8, g->n_pages, d, n, err);
     }
     return st;
 }
@@ -891,8 +891,7 @@ attnd_status attnd__gpu_bounds_fold(attnd__gpu *g, int32_t p, int32_t slot0, int
     }
     if ((st = bounds_alloc(g, err)))
         goto out;
-    b8_mark(g, p);
-    const int32_t at = g->fold_at[p];
+    const int32_t at = g->fold_at[p]; /* the fold makes the compact rows too */
     if (at >= 0 && g->fold[at].n > 0 && g->fold[at].slot0 + g->fold[at].n == slot0) {
         g->fold[at].n += n; /* the same run of tokens, longer */
         goto out;

@@ -244,17 +244,18 @@ attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_cuda_select 
  * pool holds them: pool is the device pool of bf16 pages laid out as kv,
  * page_bytes apart), token by token; a fold whose slot0 is 0 starts the
  * page's bounds over first (attnd_kernel_kv_bounds_reset); one of n 0
- * does nothing. folds in
- * device or pinned host memory; no page twice in one call. Asynchronous on
- * the context's stream (after the copies that put the keys there). */
+ * does nothing. folds in device or pinned host memory; no page twice in
+ * one call. bounds8 (NULL: none): the folded pages' compact rows are made
+ * too, as attnd_cuda_bounds8_make makes them. Asynchronous on the
+ * context's stream (after the copies that put the keys there). */
 typedef struct attnd_cuda_fold {
     int32_t page, slot0, n, pad;
 } attnd_cuda_fold;
 
 attnd_status attnd_cuda_bounds_fold(attnd_cuda_ctx *ctx, const attnd_kernel_kv_layout *kv,
                                     const void *pool, size_t page_bytes, uint16_t *bounds,
-                                    int64_t bounds_pages, const attnd_cuda_fold *folds, int32_t n,
-                                    attnd_error *err);
+                                    uint8_t *bounds8, int64_t bounds_pages,
+                                    const attnd_cuda_fold *folds, int32_t n, attnd_error *err);
 
 /* Make the compact bounds of pages[0 .. n) (every KV head; pages in device
  * or pinned host memory) from their bf16 bounds, bitwise what

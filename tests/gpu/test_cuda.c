@@ -881,7 +881,8 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
 }
 
 /* attnd_cuda_bounds_fold against the host's fold of the same bf16
- * entries (attnd_kernel_kv_bounds_add), bitwise: pages started over
+ * entries (attnd_kernel_kv_bounds_add) and its compact rows against
+ * attnd_kernel_kv_bounds8_make's, bitwise: pages started over
  * (slot0 0) and pages folded into bounds from earlier tokens, one fold
  * dropped (n 0), keys with -0 and +0, NaN and infinities planted. */
 static void fold_case(int mla)
@@ -934,10 +935,16 @@ static void fold_case(int mla)
     for (int p = 0; p < PAGES; p++)
         f[PAGES - 1 - p] = (attnd_cuda_fold){.page = p, .slot0 = a[p], .n = p == 3 ? 0 : n[p]};
     GP_CK(cudaMemcpy(df, f, sizeof f, cudaMemcpyHostToDevice));
-    must(attnd_cuda_bounds_fold(ctx, &l, dpool, pb, db, PAGES, df, PAGES, &err), &err,
+    const size_t rb8 = attnd_kernel_kv_bounds8_row(&l), b8n = rb8 * (size_t)l.n_kv_heads * PAGES;
+    uint8_t *h8 = malloc(b8n), *g8 = malloc(b8n);
+    void *d8;
+    GP_CK(cudaMalloc(&d8, b8n));
+    GP_CK(cudaMemset(d8, 0xa5, b8n));
+    must(attnd_cuda_bounds_fold(ctx, &l, dpool, pb, db, d8, PAGES, df, PAGES, &err), &err,
          "bounds_fold");
     must(attnd_cuda_sync(ctx, &err), &err, "sync");
     GP_CK(cudaMemcpy(got, db, sizeof(uint16_t) * be * PAGES, cudaMemcpyDeviceToHost));
+    GP_CK(cudaMemcpy(g8, d8, b8n, cudaMemcpyDeviceToHost));
     /* the host's reference: the same tokens folded the host's way */
     for (int p = 0; p < PAGES; p++) {
         if (p == 3)
@@ -958,8 +965,25 @@ static void fold_case(int mla)
         differ += host[i] != got[i];
     verdict(differ == 0, "fold     %s: %lld of %zu bound elements differ from the host's fold",
             mla ? "MLA 576" : "GQA 8 x 128", (long long)differ, be * PAGES);
-    cudaFree(dpool), cudaFree(db), cudaFree(df);
-    free(pool), free(wire), free(host), free(got);
+    /* the folded pages' compact rows, as the host makes them (page 3's
+     * fold was dropped: its rows untouched) */
+    int64_t rows_differ = 0;
+    for (int p = 0; p < PAGES; p++) {
+        attnd_kernel_kv_bounds8_make(&l, host, h8, PAGES, p);
+        for (int32_t h = 0; h < l.n_kv_heads; h++) {
+            const size_t at = attnd_kernel_kv_bounds8_at(&l, PAGES, h, p);
+            if (p == 3) {
+                for (size_t i = 0; i < rb8; i++)
+                    rows_differ += g8[at + i] != 0xa5;
+                continue;
+            }
+            rows_differ += memcmp(h8 + at, g8 + at, 8 + 2 * (size_t)l.d_k) != 0;
+        }
+    }
+    verdict(rows_differ == 0, "fold     %s: %lld compact rows differ from the host's",
+            mla ? "MLA 576" : "GQA 8 x 128", (long long)rows_differ);
+    cudaFree(dpool), cudaFree(db), cudaFree(df), cudaFree(d8);
+    free(pool), free(wire), free(host), free(got), free(h8), free(g8);
 }
 
 static void test_select(void)
