@@ -198,7 +198,6 @@ static attnd_status charge_owners(attnd_engine *e, const attnd_attend_req *req,
     return ATTND_OK;
 }
 
-/* Append each session's S new entries, all or nothing. Sessions locked. */
 /* A GPU engine's key bounds of this Attend's new entries: folded on the
  * GPU at once, on the host while the GPU decodes (attnd__sparse_note_gpu
  * / _note_host). when: the Attend does so (bf16 entries, the selection on
@@ -228,6 +227,7 @@ static void host_fold_run(void *arg)
     }
 }
 
+/* Append each session's S new entries, all or nothing. Sessions locked. */
 static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *req,
                                        attnd_engine_ws *ws, uint64_t *log_end_p, host_fold *hf,
                                        attnd_error *err)

@@ -773,8 +773,10 @@ static attnd_status bounds_alloc(attnd__gpu *g, attnd_error *err)
         return ATTND_OK;
     size_t bytes = attnd_kernel_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
     size_t b8 = attnd_kernel_kv_bounds8_row(l) * (size_t)l->n_kv_heads * (size_t)g->n_pages;
-    g->fold = malloc(GPU_PEND_CAP * sizeof *g->fold);
-    g->fold_at = malloc((size_t)g->n_pages * sizeof *g->fold_at);
+    if (!g->fold) /* kept if the device's part fails below */
+        g->fold = malloc(GPU_PEND_CAP * sizeof *g->fold);
+    if (!g->fold_at)
+        g->fold_at = malloc((size_t)g->n_pages * sizeof *g->fold_at);
     if (!g->fold || !g->fold_at) {
         free(g->fold);
         free(g->fold_at);

@@ -8,8 +8,8 @@
  * the bytes: SPARSE.md, "Speed"). The compact rows of a page are made
  * again from its bf16 bounds whenever those change (bounds_changed,
  * below), so the tiers and recovery move and rebuild bf16 bounds only.
- * A GPU engine only marks them stale (its selection reads bf16 bounds) and
- * makes them when its CPU selection is about to read them
+ * A GPU engine only marks them stale (the GPU keeps its own copy of both
+ * forms) and makes them when its CPU selection is about to read them
  * (attnd__sparse_bounds8_fresh): a compact row cost ~20 us of every GQA
  * session's append there, a quarter of a sparse call at batch 4. The
  * address space is reserved at start (MAP_NORESERVE) and filled in only
@@ -19,7 +19,11 @@
  * the wire entries as attnd__engine_write stores them (both backends: the
  * GPU's selection reads a copy), a page's bounds starting over when its
  * first slot is written, so a page reused from the pool never carries old
- * keys. Staged AppendKV tokens are folded in as they are staged: committed
+ * keys. A GPU engine's Attend with bf16 entries and its selection on the
+ * GPU splits that in two (attnd__sparse_note_gpu / _note_host): the GPU
+ * folds the keys from its pool as soon as they are up, and the host folds
+ * its copy while the GPU decodes, so the host's fold (80 us of a batch of
+ * 16 llama3-8b sessions on an H100's host) is off the call's path. Staged AppendKV tokens are folded in as they are staged: committed
  * they are covered; if their stage aborts, the last committed page may keep
  * bounds a little wider than its keys (still bounds: selection stays
  * correct, only less sharp). A page's bounds belong to its physical page,

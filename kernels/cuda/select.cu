@@ -439,11 +439,14 @@ __device__ __forceinline__ int32_t dp4a_us(uint32_t a, int32_t b, int32_t c)
  * bitwise the CPU's. dk % 4 == 0, dk / 2 <= 2 LPP W2.
  *
  * A lane takes NB pages of a batch at once, NB * W2 loads in flight with
- * the pages' headers, issued before the query tile is read: the codes stay
- * in registers for every tile of rows. The version with a page per step
- * (four steps for a 128-candidate unit, each waiting for its loads after
- * the candidate's index, the tile's load and the header's) read a batch of
- * 16 llama3-8b sequences' 69 MB at 1.2 TB/s (58 us on an H100, ncu). */
+ * the pages' headers, issued before the query tile is read, the next
+ * batch's candidates a batch ahead: the codes stay in registers for every
+ * tile of rows. ncu (H100, a llama3-8b batch-16 step, 69 MB): 48.4 us, 45%
+ * of DRAM's peak, 80 registers (3 CTAs an SM); the version with a page per
+ * step (four steps for a 128-candidate unit, each waiting for its loads
+ * after the candidate's index, the tile's load and the header's) took 58.9
+ * us at 48 registers. What is left is each CTA's chain of dependent loads
+ * (units' list, list, candidates, codes) against its 33 KB. */
 template <int LPP, int RT, int W2, int NB>
 __global__ void __launch_bounds__(SCORE_THREADS, LPP == 8 ? (RT == 4 ? 3 : 2) : 1) score8_kernel(sel_params p)
 {
