@@ -198,9 +198,38 @@ static attnd_status charge_owners(attnd_engine *e, const attnd_attend_req *req,
     return ATTND_OK;
 }
 
+/* A GPU engine's key bounds of this Attend's new entries: folded on the
+ * GPU at once, on the host while the GPU decodes (attnd__sparse_note_gpu
+ * / _note_host). when: the Attend does so (bf16 entries, the selection on
+ * the GPU, no tier moving pages); pending: the entries are written and the
+ * host's fold is still to do. */
+typedef struct host_fold {
+    attnd_engine *e;
+    const attnd_attend_req *req;
+    attnd_engine_ws *ws;
+    int when, pending;
+} host_fold;
+
+static void host_fold_run(void *arg)
+{
+    host_fold *hf = arg;
+    if (!hf->pending)
+        return;
+    hf->pending = 0;
+    const attnd_attend_req *req = hf->req;
+    const uint64_t S = (uint64_t)req->q_tokens;
+    const size_t entry_bytes = (size_t)hf->e->entry_elems * attnd_dtype_size(req->new_kv_dtype);
+    for (uint32_t i = 0; i < req->n_seqs; i++) {
+        attnd__session *s = hf->ws->sessions[i];
+        attnd__sparse_note_host(hf->e, s, (int32_t)req->layer, s->len[req->layer] - S, S,
+                                req->new_kv_dtype,
+                                (const char *)req->new_kv + (size_t)i * S * entry_bytes);
+    }
+}
+
 /* Append each session's S new entries, all or nothing. Sessions locked. */
 static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *req,
-                                       attnd_engine_ws *ws, uint64_t *log_end_p,
+                                       attnd_engine_ws *ws, uint64_t *log_end_p, host_fold *hf,
                                        attnd_error *err)
 {
     const int32_t layer = (int32_t)req->layer;
@@ -260,7 +289,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         s->pages_held += need;
         attnd_status wst = attnd__engine_write(
             e, s, layer, s->len[layer], S, req->new_kv_dtype,
-            (const char *)req->new_kv + (size_t)i * S * entry_bytes, err);
+            (const char *)req->new_kv + (size_t)i * S * entry_bytes, hf->when, err);
         /* a GPU error is sticky (the worker must restart); lengths advance
          * anyway so that the page bookkeeping stays consistent */
         s->len[layer] += S;
@@ -269,6 +298,7 @@ static attnd_status append_new_entries(attnd_engine *e, const attnd_attend_req *
         if (wst && st == ATTND_OK)
             st = wst;
     }
+    hf->pending = hf->when;
     return st;
 }
 
@@ -409,6 +439,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     attnd_status st = attnd__engine_check_layer(e, req->layer, err);
     uint64_t tokens = 0, kv_bytes = 0, dense_bytes = 0;
     int sparse = 0;
+    host_fold hf = {.e = e, .req = req, .ws = ws};
 
     if (st)
         return st;
@@ -485,9 +516,14 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     sparse = attnd__sparse_needed(e, req, ws);
     if (sparse && (st = attnd__sparse_check(e, req, ws, err)))
         goto out;
+    hf.when = e->gpu && sparse && !req->visible && !e->tier &&
+              req->new_kv_dtype == ATTND_DTYPE_BF16;
     if (req->new_kv) {
-        st = append_new_entries(e, req, ws, &log_end, err);
+        st = append_new_entries(e, req, ws, &log_end, &hf, err);
         if (st)
+            goto out;
+        /* the GPU copies (and folds) while the host builds the lists */
+        if (e->gpu && (st = attnd__gpu_kick(e->gpu, err)))
             goto out;
     }
     if (!sparse) {
@@ -524,8 +560,9 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
             .d_vo = uv ? uv->cols : 0, .uv = uv ? uv->dev : NULL,
         };
         const attnd__gpu_proj *pp = uk || uv ? &gp : NULL;
-        st = sparse ? attnd__sparse_gpu_decode(e, ws, &b, pp, err)
-                    : attnd__gpu_decode(e->gpu, &b, pp, err);
+        const attnd__gpu_overlap ov = {.run = host_fold_run, .arg = &hf};
+        st = sparse ? attnd__sparse_gpu_decode(e, ws, &b, pp, &ov, err)
+                    : attnd__gpu_decode(e->gpu, &b, pp, NULL, err);
     } else {
         st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
     }
@@ -549,6 +586,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
     }
 
 out:
+    host_fold_run(&hf); /* when the decode did not get to it */
     if (e->tier)
         attnd__tier_own(NULL, 0, -1);
     for (uint32_t k = req->n_seqs; k-- > 0;)

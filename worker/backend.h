@@ -67,9 +67,24 @@ typedef struct attnd__gpu_proj {
  * ignored (the GPU pool is used), and kv, which must be the layout the
  * backend was created with. proj (may be NULL): the projections above.
  * Allocates only when a batch is larger than any before it. Errors name
- * the field (q_tokens over 16: UNIMPLEMENTED). */
+ * the field (q_tokens over 16: UNIMPLEMENTED). ov (may be NULL): host work
+ * run once while the GPU works; a call that fails before its work is
+ * enqueued does not run it (ov->run can tell by what it clears). */
+/* Enqueue the appends and folds waiting for the next reader of the pool
+ * now (they run while the host builds the decode's lists). INTERNAL on a
+ * CUDA error. */
+attnd_status attnd__gpu_kick(attnd__gpu *g, attnd_error *err);
+
+/* Host work run while the GPU decodes: after everything is enqueued,
+ * before the wait (NULL: none). */
+typedef struct attnd__gpu_overlap {
+    void (*run)(void *arg);
+    void *arg;
+} attnd__gpu_overlap;
+
 attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,
-                               const attnd__gpu_proj *proj, attnd_error *err);
+                               const attnd__gpu_proj *proj, const attnd__gpu_overlap *ov,
+                               attnd_error *err);
 
 /* n elements of src (src_t, host, read before return) into a new device
  * buffer of dst_t (BF16 or F32), converted on the host: *dev_p, freed with
@@ -95,6 +110,15 @@ attnd_status attnd__gpu_page_write(attnd__gpu *g, int32_t page, const void *src,
  * RESOURCE_EXHAUSTED without device memory for it. */
 attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
                                       attnd_error *err);
+/* Fold the keys of tokens [slot0, slot0 + n) of page p (bf16, written by
+ * attnd__gpu_write) into the GPU's copy of p's key bounds, on the GPU
+ * (attnd_cuda_bounds_fold: bitwise what the host's fold of bf16 keys
+ * gives; slot0 0 starts them over), right after the keys' copies; the
+ * compact rows follow as above. The host's copy is the caller's to fold,
+ * before any later attnd__gpu_bounds_upload of p (which drops a fold still
+ * waiting: the host's rows hold it). Made on first use as above. */
+attnd_status attnd__gpu_bounds_fold(attnd__gpu *g, int32_t p, int32_t slot0, int32_t n,
+                                    attnd_error *err);
 /* Whether a GPU engine of layout l selects on compact bounds (the CPU's
  * integer scoring, so the same pages as a CPU engine), else on bf16 ones:
  * GQA layouts with d_k a multiple of 4, at most ATTND__GPU_COMPACT_MAX_DK.
@@ -116,11 +140,11 @@ static inline int attnd__gpu_bounds_compact(const attnd_kernel_kv_layout *l)
  * after the W_UK product, on the GPU), so sel's q is not read. pos_out
  * (host, may be NULL): the kept candidates' positions (sel_pos); sel_work:
  * the floats attnd_kernel_select_prepare returned; *select_ns_p: the selection's
- * GPU time. */
+ * GPU time; ov as for attnd__gpu_decode. */
 attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                       const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                       size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
-                                      attnd_error *err);
+                                      const attnd__gpu_overlap *ov, attnd_error *err);
 
 /* Page-locked host memory of `bytes` for *p (RESOURCE_EXHAUSTED, or
  * UNIMPLEMENTED without CUDA); free with attnd__gpu_host_free (NULL: no-op).

@@ -75,7 +75,8 @@ _Static_assert(ATTND__GPU_COMPACT_MAX_DK <= ATTND_CUDA_SELECT8_MAX_DK,
 /* Appends waiting for the next reader of the pool (at most), and the
  * ring's bytes kept free for their descriptors. */
 #define GPU_PEND_CAP 1024
-#define GPU_PEND_RESERVE ((size_t)GPU_PEND_CAP * sizeof(attnd_cuda_copy) + 16)
+#define GPU_PEND_RESERVE \
+    ((size_t)GPU_PEND_CAP * (sizeof(attnd_cuda_copy) + sizeof(attnd_cuda_fold)) + 32)
 /* An append slice of at least this many bytes is copied at once (a DMA
  * copy), not left for the scatter kernel to read over the bus. */
 #define GPU_PEND_DIRECT ((size_t)64 << 10)
@@ -138,6 +139,12 @@ struct attnd__gpu {
     uint8_t *bounds8;
     uint8_t *b8_dirty;
     int32_t *b8_list, b8_n;
+    /* Folds of appended keys into the bounds waiting for the next flush
+     * (attnd__gpu_bounds_fold), after the scatter that writes the keys;
+     * fold_at[page]: its fold's index, or -1. Host memory, made with the
+     * bounds. */
+    attnd_cuda_fold *fold;
+    int32_t *fold_at, fold_n;
     gpu_buf sel_lists, sel_work, sel_pos; /* sel_lists: lists, units' lists, candidates */
     cudaEvent_t sel_t0, sel_t1;
     int sel_events;
@@ -392,6 +399,8 @@ void attnd__gpu_destroy(attnd__gpu *g)
     cudaFree(g->bounds8);
     free(g->b8_dirty);
     free(g->b8_list);
+    free(g->fold);
+    free(g->fold_at);
     if (g->sel_events) {
         cudaEventDestroy(g->sel_t0);
         cudaEventDestroy(g->sel_t1);
@@ -434,21 +443,37 @@ void attnd__gpu_host_free(void *p)
  * passed: gpu_sync), and clear their marks. Caller holds g->mu. */
 static attnd_status pend_flush(attnd__gpu *g, attnd_error *err)
 {
-    if (g->pend_n == 0)
-        return ATTND_OK;
-    const size_t bytes = (size_t)g->pend_n * sizeof *g->pend;
-    g->stage_used = (g->stage_used + 15) & ~(size_t)15;
-    ATTND_ASSERT(g->stage_used + bytes <= g->stage_cap); /* GPU_PEND_RESERVE */
-    attnd_cuda_copy *d = (attnd_cuda_copy *)(void *)(g->stage + g->stage_used);
-    memcpy(d, g->pend, bytes);
-    g->stage_used += bytes;
-    for (int32_t i = 0; i < g->pend_n; i++) {
-        g->pend_bnd[g->pend_page[i]] = -1;
-        g->pend_kv[g->pend_page[i]] = 0;
+    attnd_status st = ATTND_OK;
+    if (g->pend_n > 0) {
+        const size_t bytes = (size_t)g->pend_n * sizeof *g->pend;
+        g->stage_used = (g->stage_used + 15) & ~(size_t)15;
+        ATTND_ASSERT(g->stage_used + bytes <= g->stage_cap); /* GPU_PEND_RESERVE */
+        attnd_cuda_copy *d = (attnd_cuda_copy *)(void *)(g->stage + g->stage_used);
+        memcpy(d, g->pend, bytes);
+        g->stage_used += bytes;
+        for (int32_t i = 0; i < g->pend_n; i++) {
+            g->pend_bnd[g->pend_page[i]] = -1;
+            g->pend_kv[g->pend_page[i]] = 0;
+        }
+        const int32_t n = g->pend_n;
+        g->pend_n = 0;
+        st = attnd_cuda_scatter(g->ctx, d, n, err);
     }
-    const int32_t n = g->pend_n;
-    g->pend_n = 0;
-    return attnd_cuda_scatter(g->ctx, d, n, err);
+    if (st == ATTND_OK && g->fold_n > 0) { /* the keys are in place: fold them */
+        const size_t bytes = (size_t)g->fold_n * sizeof *g->fold;
+        g->stage_used = (g->stage_used + 15) & ~(size_t)15;
+        ATTND_ASSERT(g->stage_used + bytes <= g->stage_cap); /* GPU_PEND_RESERVE */
+        attnd_cuda_fold *d = (attnd_cuda_fold *)(void *)(g->stage + g->stage_used);
+        memcpy(d, g->fold, bytes);
+        g->stage_used += bytes;
+        for (int32_t i = 0; i < g->fold_n; i++)
+            g->fold_at[g->fold[i].page] = -1;
+        const int32_t n = g->fold_n;
+        g->fold_n = 0;
+        st = attnd_cuda_bounds_fold(g->ctx, &g->layout, g->pool, g->page_bytes, g->bounds,
+                                    g->bounds8, g->n_pages, d, n, err);
+    }
+    return st;
 }
 
 /* Enqueue the pending appends and wait for the stream (the ring is free
@@ -739,6 +764,63 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
     return ATTND_OK;
 }
 
+/* The device bounds (both forms where compact ones apply, or neither)
+ * and the fold list, on first use. Caller holds g->mu. */
+static attnd_status bounds_alloc(attnd__gpu *g, attnd_error *err)
+{
+    const attnd_kernel_kv_layout *l = &g->layout;
+    if (g->bounds)
+        return ATTND_OK;
+    size_t bytes = attnd_kernel_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
+    size_t b8 = attnd_kernel_kv_bounds8_row(l) * (size_t)l->n_kv_heads * (size_t)g->n_pages;
+    if (!g->fold) /* kept if the device's part fails below */
+        g->fold = malloc(GPU_PEND_CAP * sizeof *g->fold);
+    if (!g->fold_at)
+        g->fold_at = malloc((size_t)g->n_pages * sizeof *g->fold_at);
+    if (!g->fold || !g->fold_at) {
+        free(g->fold);
+        free(g->fold_at);
+        g->fold = NULL;
+        g->fold_at = NULL;
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "kv: no memory for the pages' bound folds");
+    }
+    for (int32_t p = 0; p < g->n_pages; p++)
+        g->fold_at[p] = -1;
+    if (cudaMalloc((void **)&g->bounds, bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        g->bounds = NULL;
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "kv: no GPU memory for %zu bytes of page key bounds", bytes);
+    }
+    if (attnd__gpu_bounds_compact(l)) {
+        g->b8_dirty = calloc((size_t)g->n_pages, 1);
+        g->b8_list = malloc((size_t)g->n_pages * sizeof *g->b8_list);
+        if (!g->b8_dirty || !g->b8_list || cudaMalloc((void **)&g->bounds8, b8) != cudaSuccess) {
+            (void)cudaGetLastError();
+            free(g->b8_dirty);
+            free(g->b8_list);
+            cudaFree(g->bounds);
+            g->b8_dirty = NULL;
+            g->b8_list = NULL;
+            g->bounds8 = NULL;
+            g->bounds = NULL;
+            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                   "kv: no memory for %zu bytes of compact page key bounds", b8);
+        }
+    }
+    return ATTND_OK;
+}
+
+/* Page p's compact rows are to be made again at the next selection. */
+static void b8_mark(attnd__gpu *g, int32_t p)
+{
+    if (g->bounds8 && !g->b8_dirty[p]) {
+        g->b8_dirty[p] = 1;
+        g->b8_list[g->b8_n++] = p;
+    }
+}
+
 attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int32_t p,
                                       attnd_error *err)
 {
@@ -753,39 +835,11 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
         st = cuda_fail(err, rc, "cudaSetDevice");
         goto out;
     }
-    if (!g->bounds) { /* both forms, or neither */
-        size_t bytes = attnd_kernel_kv_bounds_elems(l) * sizeof(uint16_t) * (size_t)g->n_pages;
-        size_t b8 = attnd_kernel_kv_bounds8_row(l) * (size_t)l->n_kv_heads * (size_t)g->n_pages;
-        if ((rc = cudaMalloc((void **)&g->bounds, bytes)) != cudaSuccess) {
-            (void)cudaGetLastError();
-            g->bounds = NULL;
-            st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                 "kv: no GPU memory for %zu bytes of page key bounds", bytes);
-            goto out;
-        }
-        if (attnd__gpu_bounds_compact(l)) {
-            g->b8_dirty = calloc((size_t)g->n_pages, 1);
-            g->b8_list = malloc((size_t)g->n_pages * sizeof *g->b8_list);
-            if (!g->b8_dirty || !g->b8_list ||
-                cudaMalloc((void **)&g->bounds8, b8) != cudaSuccess) {
-                (void)cudaGetLastError();
-                free(g->b8_dirty);
-                free(g->b8_list);
-                cudaFree(g->bounds);
-                g->b8_dirty = NULL;
-                g->b8_list = NULL;
-                g->bounds8 = NULL;
-                g->bounds = NULL;
-                st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
-                                     "kv: no memory for %zu bytes of compact page key bounds", b8);
-                goto out;
-            }
-        }
-    }
-    if (g->bounds8 && !g->b8_dirty[p]) { /* its compact rows, at the next selection */
-        g->b8_dirty[p] = 1;
-        g->b8_list[g->b8_n++] = p;
-    }
+    if ((st = bounds_alloc(g, err)))
+        goto out;
+    b8_mark(g, p); /* its compact rows, at the next selection */
+    if (g->fold_at[p] >= 0) /* the host's rows below hold what it would fold */
+        g->fold[g->fold_at[p]].n = 0;
     /* the page's rows of every KV head into the pinned ring, for the next
      * scatter (pend_flush); a page already pending gets its rows
      * rewritten in place. A pageable copy per head held the caller ~5 us
@@ -812,6 +866,48 @@ out:
     return st;
 }
 
+attnd_status attnd__gpu_kick(attnd__gpu *g, attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    cudaError_t rc;
+
+    pthread_mutex_lock(&g->mu);
+    if ((rc = cudaSetDevice(g->device)) != cudaSuccess)
+        st = cuda_fail(err, rc, "cudaSetDevice");
+    else
+        st = pend_flush(g, err);
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}
+
+attnd_status attnd__gpu_bounds_fold(attnd__gpu *g, int32_t p, int32_t slot0, int32_t n,
+                                    attnd_error *err)
+{
+    attnd_status st = ATTND_OK;
+    cudaError_t rc;
+
+    pthread_mutex_lock(&g->mu);
+    if ((rc = cudaSetDevice(g->device)) != cudaSuccess) {
+        st = cuda_fail(err, rc, "cudaSetDevice");
+        goto out;
+    }
+    if ((st = bounds_alloc(g, err)))
+        goto out;
+    const int32_t at = g->fold_at[p]; /* the fold makes the compact rows too */
+    if (at >= 0 && g->fold[at].n > 0 && g->fold[at].slot0 + g->fold[at].n == slot0) {
+        g->fold[at].n += n; /* the same run of tokens, longer */
+        goto out;
+    }
+    /* a page once per launch: a fold of p still waiting goes first */
+    if ((at >= 0 || g->fold_n == GPU_PEND_CAP) && (st = pend_flush(g, err)))
+        goto out;
+    g->fold_at[p] = g->fold_n;
+    g->fold[g->fold_n++] = (attnd_cuda_fold){.page = p, .slot0 = slot0, .n = n};
+out:
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}
+
 /* Decode batch b, with the projections of proj and the page selection sel
  * when given, in stream order: upload the query (and the page lists), the
  * absorb GEMM (heads form: g->q.d becomes the absorbed query), the
@@ -820,7 +916,7 @@ out:
 static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                   const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                   size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
-                                  attnd_error *err)
+                                  const attnd__gpu_overlap *ov, attnd_error *err)
 {
     const attnd_kernel_kv_layout *l = &g->layout;
     const int32_t q_rows = b->n_seqs * b->q_tokens, H = b->n_q_heads;
@@ -934,6 +1030,8 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         st = cuda_fail(err, rc, "cudaMemcpyAsync (selection positions)");
         goto out;
     }
+    if (ov) /* the host's share, while the GPU works */
+        ov->run(ov->arg);
     st = gpu_sync(g, err);
     if (st == ATTND_OK && sel && select_ns_p) {
         float ms = 0.f;
@@ -946,17 +1044,18 @@ out:
 }
 
 attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,
-                               const attnd__gpu_proj *proj, attnd_error *err)
+                               const attnd__gpu_proj *proj, const attnd__gpu_overlap *ov,
+                               attnd_error *err)
 {
-    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, err);
+    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, ov, err);
 }
 
 attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                       const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                       size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
-                                      attnd_error *err)
+                                      const attnd__gpu_overlap *ov, attnd_error *err)
 {
-    return decode_locked(g, b, proj, sel, sel_work, pos_out, select_ns_p, err);
+    return decode_locked(g, b, proj, sel, sel_work, pos_out, select_ns_p, ov, err);
 }
 
 attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src_t,

@@ -40,9 +40,10 @@ void attnd__gpu_host_free(void *p)
 }
 
 attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,
-                               const attnd__gpu_proj *proj, attnd_error *err)
+                               const attnd__gpu_proj *proj, const attnd__gpu_overlap *ov,
+                               attnd_error *err)
 {
-    (void)g, (void)b, (void)proj;
+    (void)g, (void)b, (void)proj, (void)ov;
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
 
@@ -78,11 +79,25 @@ attnd_status attnd__gpu_bounds_upload(attnd__gpu *g, const uint16_t *bounds, int
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
 
+attnd_status attnd__gpu_kick(attnd__gpu *g, attnd_error *err)
+{
+    (void)g;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
+attnd_status attnd__gpu_bounds_fold(attnd__gpu *g, int32_t p, int32_t slot0, int32_t n,
+                                    attnd_error *err)
+{
+    (void)g, (void)p, (void)slot0, (void)n;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
 attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                       const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                       size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
-                                      attnd_error *err)
+                                      const attnd__gpu_overlap *ov, attnd_error *err)
 {
     (void)g, (void)b, (void)proj, (void)sel, (void)sel_work, (void)pos_out, (void)select_ns_p;
+    (void)ov;
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }

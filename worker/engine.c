@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "attnd_assert.h"
 #include "attnd_buf.h"
 #include "backend.h"
 #include "sparse.h"
@@ -335,17 +336,22 @@ attnd_status attnd__engine_check_layer(const attnd_engine *e, uint32_t layer, at
 
 /* Pages the layer needs after n more tokens, beyond those it has. */
 attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t t0,
-                                 uint64_t n, attnd_dtype dtype, const void *kv,
+                                 uint64_t n, attnd_dtype dtype, const void *kv, int host_later,
                                  attnd_error *err)
 {
-    attnd_status st = attnd__sparse_note_write(e, s, layer, t0, n, dtype, kv, err);
+    ATTND_ASSERT(!host_later || (e->gpu && dtype == ATTND_DTYPE_BF16));
+    attnd_status st = host_later ? ATTND_OK
+                                 : attnd__sparse_note_write(e, s, layer, t0, n, dtype, kv, err);
     if (st)
         return st;
     const int32_t ps = e->layout.page_size;
     if (e->tier && n) /* the first page may have had a copy below; the rest are new */
         attnd__tier_dirty(e, s, layer, (int64_t)(t0 / (uint64_t)ps));
-    if (e->gpu)
-        return attnd__gpu_write(e->gpu, s->pages[layer], t0, n, dtype, kv, err);
+    if (e->gpu) {
+        st = attnd__gpu_write(e->gpu, s->pages[layer], t0, n, dtype, kv, err);
+        /* the keys are up (in stream order): the GPU folds them from there */
+        return st || !host_later ? st : attnd__sparse_note_gpu(e, s, layer, t0, n, err);
+    }
     size_t src_bytes = (size_t)e->entry_elems * attnd_dtype_size(dtype);
     const char *src = kv;
     uint64_t t = t0, end = t0 + n;

@@ -529,7 +529,7 @@ static void replay_data(attnd_engine *e, attnd__session *s, const attnd__wrec_da
         s->pages_held += need;
         attnd__owner_hold(s->owner, need, from_res);
         attnd__engine_write(e, s, l, len, m, e->model.kv_dtype,
-                            (const char *)(d + 1) + skip * e->entry_bytes, &err);
+                            (const char *)(d + 1) + skip * e->entry_bytes, 0, &err);
         s->len[l] = len + m;
         /* streaming: the pages that left the window go as they went
          * before the crash (eviction depends on the length alone) */

@@ -90,6 +90,17 @@ static inline int attnd__sparse_gone(const attnd__session *s, int32_t l, int64_t
 attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
                                       uint64_t t0, uint64_t n, attnd_dtype dtype,
                                       const void *kv, attnd_error *err);
+/* The same in two halves for a GPU engine's Attend (bf16 entries): the
+ * GPU folds the keys itself once they are up (attnd__gpu_bounds_fold,
+ * bitwise the host's fold), and the host's own copy is folded later, by
+ * attnd__sparse_note_host, while the GPU decodes: the host's fold cost a
+ * batch of 16 llama3-8b sessions 80 us before anything was enqueued (an
+ * H100's host, trace of attnd-sparse-bench). note_host must run before
+ * the sessions are unlocked and before the host's bounds are next read. */
+attnd_status attnd__sparse_note_gpu(attnd_engine *e, attnd__session *s, int32_t layer,
+                                    uint64_t t0, uint64_t n, attnd_error *err);
+void attnd__sparse_note_host(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t t0,
+                             uint64_t n, attnd_dtype dtype, const void *kv);
 /* Before the CPU selection of a GPU engine reads the compact bounds of
  * pages[0..n) (their sessions locked): those stale made again (a GPU
  * engine only marks them on change; a no-op on a CPU engine). */
@@ -173,7 +184,7 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
  * scoring with the absorbed query when proj absorbs (attnd__gpu_proj). */
 attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
                                       const attnd_kernel_decode_batch *b, const attnd__gpu_proj *proj,
-                                      attnd_error *err);
+                                      const attnd__gpu_overlap *ov, attnd_error *err);
 /* The check above against any view of the batch (a worker group's leader
  * checks with the group's policies and global lengths, so that no rank
  * refuses what another has applied): n_heads policies per session's layer

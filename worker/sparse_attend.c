@@ -545,11 +545,11 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
 
 attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
                                       const attnd_kernel_decode_batch *b, const attnd__gpu_proj *proj,
-                                      attnd_error *err)
+                                      const attnd__gpu_overlap *ov, attnd_error *err)
 {
     struct attnd__sparse_ws *w = ws->sparse;
     if (!w || !w->gpu_lists)
-        return attnd__gpu_decode(e->gpu, b, proj, err);
+        return attnd__gpu_decode(e->gpu, b, proj, ov, err);
     uint64_t ns = 0, bytes = 0;
     /* the bounds the GPU scores: compact rows, or bf16 ones */
     const uint64_t per =
@@ -561,7 +561,7 @@ attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
      * the decode's result waits for) */
     attnd_status st = attnd__gpu_decode_select(e->gpu, b, proj, &w->gpu_sel,
                                                (size_t)w->gpu_sel_work,
-                                               w->gpu_want ? w->pos : NULL, &ns, err);
+                                               w->gpu_want ? w->pos : NULL, &ns, ov, err);
     if (st)
         return st;
     for (int32_t k = 0; k < w->gpu_lists; k++) {

@@ -8,8 +8,8 @@
  * the bytes: SPARSE.md, "Speed"). The compact rows of a page are made
  * again from its bf16 bounds whenever those change (bounds_changed,
  * below), so the tiers and recovery move and rebuild bf16 bounds only.
- * A GPU engine only marks them stale (its selection reads bf16 bounds) and
- * makes them when its CPU selection is about to read them
+ * A GPU engine only marks them stale (the GPU keeps its own copy of both
+ * forms) and makes them when its CPU selection is about to read them
  * (attnd__sparse_bounds8_fresh): a compact row cost ~20 us of every GQA
  * session's append there, a quarter of a sparse call at batch 4. The
  * address space is reserved at start (MAP_NORESERVE) and filled in only
@@ -19,7 +19,11 @@
  * the wire entries as attnd__engine_write stores them (both backends: the
  * GPU's selection reads a copy), a page's bounds starting over when its
  * first slot is written, so a page reused from the pool never carries old
- * keys. Staged AppendKV tokens are folded in as they are staged: committed
+ * keys. A GPU engine's Attend with bf16 entries and its selection on the
+ * GPU splits that in two (attnd__sparse_note_gpu / _note_host): the GPU
+ * folds the keys from its pool as soon as they are up, and the host folds
+ * its copy while the GPU decodes, so the host's fold (80 us of a batch of
+ * 16 llama3-8b sessions on an H100's host) is off the call's path. Staged AppendKV tokens are folded in as they are staged: committed
  * they are covered; if their stage aborts, the last committed page may keep
  * bounds a little wider than its keys (still bounds: selection stays
  * correct, only less sharp). A page's bounds belong to its physical page,
@@ -115,6 +119,16 @@ void attnd__sparse_bounds8_fresh(attnd_engine *e, const int32_t *pages, int64_t 
     }
 }
 
+/* Fold cnt entries at slot of page pg into the host's bounds. */
+static void fold_host(attnd_engine *e, int32_t pg, uint64_t slot, uint64_t cnt, attnd_dtype dtype,
+                      const char *src)
+{
+    if (slot == 0)
+        attnd_kernel_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
+    attnd_kernel_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype,
+                               src);
+}
+
 attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_t layer,
                                       uint64_t t0, uint64_t n, attnd_dtype dtype,
                                       const void *kv, attnd_error *err)
@@ -127,10 +141,7 @@ attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_
     for (uint64_t t = t0, end = t0 + n; t < end;) {
         uint64_t slot = t % ps, cnt = end - t < ps - slot ? end - t : ps - slot;
         int32_t pg = s->pages[layer][t / ps];
-        if (slot == 0)
-            attnd_kernel_kv_bounds_reset(&e->layout, e->bounds, e->pool.n_pages, pg);
-        attnd_kernel_kv_bounds_add(&e->layout, e->bounds, e->pool.n_pages, pg, (int32_t)cnt, dtype,
-                                   src);
+        fold_host(e, pg, slot, cnt, dtype, src);
         attnd_status st = bounds_changed(e, pg, err);
         if (st)
             return st;
@@ -138,6 +149,40 @@ attnd_status attnd__sparse_note_write(attnd_engine *e, attnd__session *s, int32_
         t += cnt;
     }
     return ATTND_OK;
+}
+
+attnd_status attnd__sparse_note_gpu(attnd_engine *e, attnd__session *s, int32_t layer,
+                                    uint64_t t0, uint64_t n, attnd_error *err)
+{
+    if (!s->sparse || !s->sparse->bounds[layer])
+        return ATTND_OK;
+    const uint64_t ps = (uint64_t)e->layout.page_size;
+    for (uint64_t t = t0, end = t0 + n; t < end;) {
+        uint64_t slot = t % ps, cnt = end - t < ps - slot ? end - t : ps - slot;
+        int32_t pg = s->pages[layer][t / ps];
+        e->bounds8_stale[pg] = 1; /* the host's compact rows, once its fold is done */
+        attnd_status st = attnd__gpu_bounds_fold(e->gpu, pg, (int32_t)slot, (int32_t)cnt, err);
+        if (st)
+            return st;
+        t += cnt;
+    }
+    return ATTND_OK;
+}
+
+void attnd__sparse_note_host(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t t0,
+                             uint64_t n, attnd_dtype dtype, const void *kv)
+{
+    if (!s->sparse || !s->sparse->bounds[layer])
+        return;
+    const uint64_t ps = (uint64_t)e->layout.page_size;
+    const size_t src_bytes = (size_t)e->entry_elems * attnd_dtype_size(dtype);
+    const char *src = kv;
+    for (uint64_t t = t0, end = t0 + n; t < end;) {
+        uint64_t slot = t % ps, cnt = end - t < ps - slot ? end - t : ps - slot;
+        fold_host(e, s->pages[layer][t / ps], slot, cnt, dtype, src);
+        src += cnt * src_bytes;
+        t += cnt;
+    }
 }
 
 void attnd__sparse_evict(attnd_engine *e, attnd__session *s, int32_t layer)

@@ -199,7 +199,7 @@ attnd_status attnd_engine_stage_append(attnd_engine_stage *s, const attnd_sessio
     /* a GPU write or log error leaves the tokens staged (their pages
      * accounted) and fails the chunk: the caller aborts */
     uint64_t end = 0;
-    if ((st = attnd__engine_write(e, ss, l, start, n_tokens, dtype, kv, err)) ||
+    if ((st = attnd__engine_write(e, ss, l, start, n_tokens, dtype, kv, 0, err)) ||
         (st = attnd__engine_log_data(e, &s->tx, id, l, start, n_tokens, NO_NOTE, dtype, kv,
                                      &end, err)))
         goto out;

@@ -371,9 +371,11 @@ attnd_status attnd__engine_check_layer(const attnd_engine *e, uint32_t layer,
 /* Write n wire entries (kv: [n][entry_elems] of dtype) at token positions
  * t0 .. t0 + n - 1 of a layer of s, whose page table must already hold
  * their pages; lengths are the caller's to change. Caller holds s->mu.
- * Only the GPU backend fails (INTERNAL: a CUDA error, sticky). */
+ * Only the GPU backend fails (INTERNAL: a CUDA error, sticky). host_later
+ * (a GPU engine, bf16 entries): the key bounds are folded on the GPU now
+ * and the host's copy is the caller's to fold (attnd__sparse_note_host). */
 attnd_status attnd__engine_write(attnd_engine *e, attnd__session *s, int32_t layer, uint64_t t0,
-                                 uint64_t n, attnd_dtype dtype, const void *kv,
+                                 uint64_t n, attnd_dtype dtype, const void *kv, int host_later,
                                  attnd_error *err);
 /* Pages a layer of s must gain to hold n more tokens. Caller holds s->mu. */
 static inline int64_t attnd__engine_pages_for_append(const attnd_engine *e,

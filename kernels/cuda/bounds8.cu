@@ -1,4 +1,6 @@
-/* attnd_cuda_bounds8_make: pages' compact bounds from their bf16 bounds on
+/* Page key bounds on the GPU. attnd_cuda_bounds_fold: appended keys
+ * folded into their pages' bf16 bounds (the host's bf16 path, bitwise).
+ * attnd_cuda_bounds8_make: pages' compact bounds from their bf16 bounds on
  * the GPU, bitwise what attnd_kernel_kv_bounds8_make (kernels/cpu/bounds.c)
  * makes on the host: a warp per (page, KV head) row, the same float64
  * arithmetic (power-of-two steps, so every quotient is exact), the minimum
@@ -35,18 +37,10 @@ __device__ __forceinline__ void take_max(float &v, int &i, float v2, int i2)
     }
 }
 
-__global__ void bounds8_kernel(const uint16_t *bounds, uint8_t *bounds8, int64_t bounds_pages,
-                               int32_t hkv, int32_t dk, int64_t row8, const int32_t *pages,
-                               int32_t n)
+/* The compact row of one (page, KV head) from its bf16 rows lo, hi = lo +
+ * dk, by one warp: lane reads only elements lane + 32 i. */
+__device__ void row8_make(const uint16_t *lo, uint8_t *row, int32_t dk, int64_t row8, int32_t lane)
 {
-    const int32_t lane = (int32_t)threadIdx.x % 32;
-    const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    if (w >= (int64_t)n * hkv)
-        return; /* the whole warp */
-    const int32_t h = (int32_t)(w % hkv), pg = pages[w / hkv]; /* may be pinned host memory */
-    const int64_t at = (int64_t)h * bounds_pages + pg;
-    const uint16_t *lo = bounds + at * 2 * dk;
-    uint8_t *row = bounds8 + at * row8;
     float m = INFINITY, M = -INFINITY;
     int mi = 0x7fffffff, Mi = 0x7fffffff;
     bool bad = false;
@@ -82,7 +76,80 @@ __global__ void bounds8_kernel(const uint16_t *bounds, uint8_t *bounds8, int64_t
         row[i] = 0;
 }
 
+__global__ void bounds8_kernel(const uint16_t *bounds, uint8_t *bounds8, int64_t bounds_pages,
+                               int32_t hkv, int32_t dk, int64_t row8, const int32_t *pages,
+                               int32_t n)
+{
+    const int32_t lane = (int32_t)threadIdx.x % 32;
+    const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (w >= (int64_t)n * hkv)
+        return; /* the whole warp */
+    const int32_t h = (int32_t)(w % hkv), pg = pages[w / hkv]; /* may be pinned host memory */
+    const int64_t at = (int64_t)h * bounds_pages + pg;
+    row8_make(bounds + at * 2 * dk, bounds8 + at * row8, dk, row8, lane);
+}
+
+/* A warp per (fold, KV head), lane d the elements d + 32 i: the tokens in
+ * order, as the host's bf16 path takes them (a bound becomes a key's own
+ * bits when the key compares below / above it; NaN never gets in; of -0
+ * and +0 the one there first stays); then, with bounds8, the row's compact
+ * form from the lane's own elements. */
+__global__ void fold_kernel(const uint16_t *pool, int64_t page_elems, attnd_kernel_kv_layout kv,
+                            uint16_t *bounds, uint8_t *bounds8, int64_t row8, int64_t bounds_pages,
+                            const attnd_cuda_fold *folds, int32_t n)
+{
+    const int32_t lane = (int32_t)threadIdx.x % 32, hkv = kv.n_kv_heads, dk = kv.d_k;
+    const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (w >= (int64_t)n * hkv)
+        return; /* the whole warp */
+    const attnd_cuda_fold f = folds[w / hkv]; /* may be pinned host memory */
+    if (f.n <= 0)
+        return; /* dropped after it was queued */
+    const int32_t h = (int32_t)(w % hkv);
+    const int64_t at = (int64_t)h * bounds_pages + f.page;
+    uint16_t *lo = bounds + at * 2 * dk, *hi = lo + dk;
+    const uint16_t *k0 = pool + (int64_t)f.page * page_elems + (int64_t)h * kv.k_head_stride;
+    for (int32_t d = lane; d < dk; d += 32) {
+        uint16_t l = f.slot0 == 0 ? (uint16_t)0x7f80 : lo[d], u = f.slot0 == 0 ? (uint16_t)0xff80 : hi[d];
+        for (int32_t t = f.slot0; t < f.slot0 + f.n; t++) {
+            const uint16_t kb = k0[(int64_t)t * kv.k_token_stride + d];
+            const float kf = bf16f(kb);
+            l = kf < bf16f(l) ? kb : l;
+            u = kf > bf16f(u) ? kb : u;
+        }
+        lo[d] = l;
+        hi[d] = u;
+    }
+    if (bounds8)
+        row8_make(lo, bounds8 + at * row8, dk, row8, lane);
+}
+
 } /* namespace */
+
+extern "C" attnd_status attnd_cuda_bounds_fold(attnd_cuda_ctx *ctx, const attnd_kernel_kv_layout *kv,
+                                               const void *pool, size_t page_bytes,
+                                               uint16_t *bounds, uint8_t *bounds8,
+                                               int64_t bounds_pages, const attnd_cuda_fold *folds,
+                                               int32_t n, attnd_error *err)
+{
+    if (!ctx || !kv)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT, "bounds_fold: ctx and kv are required");
+    if (n < 0 || (n > 0 && (!pool || !bounds || !folds)) || kv->n_kv_heads < 1 || kv->d_k < 1 ||
+        kv->dtype != ATTND_DTYPE_BF16 || page_bytes % 2)
+        return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
+                               "bounds_fold: n %d (>= 0), pool, bounds and folds non-NULL, and a "
+                               "bf16 layout expected", n);
+    if (n == 0)
+        return ATTND_OK;
+    const int64_t warps = (int64_t)n * kv->n_kv_heads, per = 256 / 32;
+    fold_kernel<<<(unsigned)((warps + per - 1) / per), 256, 0, ctx->stream>>>(
+        static_cast<const uint16_t *>(pool), (int64_t)(page_bytes / 2), *kv, bounds, bounds8,
+        (int64_t)attnd_kernel_kv_bounds8_row(kv), bounds_pages, folds, n);
+    int rc = (int)cudaGetLastError();
+    if (rc != cudaSuccess)
+        return attnd__cuda_fail(err, rc, "bounds_fold launch");
+    return ATTND_OK;
+}
 
 extern "C" attnd_status attnd_cuda_bounds8_make(attnd_cuda_ctx *ctx,
                                                 const attnd_kernel_kv_layout *kv,

@@ -19,10 +19,11 @@
  * - select_kernel, one CTA of SEL_THREADS per list: each middle
  *   candidate's score (max over rows of ub - best, NaN as +inf) as its
  *   integer image, the threshold (the want-th largest) by a radix
- *   selection of four 8-bit digits over a shared histogram (one atomic per
- *   distinct digit of a warp), and the kept candidates written in order by
- *   block-wide scans (the mandatory ones, those above the threshold, and
- *   the earliest of those equal to it).
+ *   selection of up to four 8-bit digits over a shared histogram (one
+ *   atomic per distinct digit of a warp; it stops at a digit whose keys
+ *   are all kept, mostly the second for random scores), and the kept
+ *   candidates written in order by block-wide scans (the mandatory ones,
+ *   those above the threshold, and the earliest of those equal to it).
  *
  * The kernel this replaced (a warp per (page, row) pair re-reading the
  * query, and one thread per row taking its maximum serially over all
@@ -431,15 +432,26 @@ __device__ __forceinline__ int32_t dp4a_us(uint32_t a, int32_t b, int32_t c)
 }
 
 /* score8_kernel: score_kernel's work on compact bounds: LPP lanes a page,
- * each 8 code bytes (two words) per step against up to RT int8 rows in
- * shared memory, dp4a into exact int32 sums, added across the page's lanes
- * by shuffles; then ub = off Qsum + (step sq) dot in float32 with the CPU's
- * roundings (no contraction), so the scores are bitwise the CPU's. dk % 4
- * == 0. */
-template <int LPP, int RT>
-__global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
+ * each up to W2 pairs of code words (8 bytes a load) of its page against up
+ * to RT int8 rows in shared memory, dp4a into exact int32 sums, added
+ * across the page's lanes by shuffles; then ub = off Qsum + (step sq) dot in
+ * float32 with the CPU's roundings (no contraction), so the scores are
+ * bitwise the CPU's. dk % 4 == 0, dk / 2 <= 2 LPP W2.
+ *
+ * A lane takes NB pages of a batch at once, NB * W2 loads in flight with
+ * the pages' headers, issued before the query tile is read, the next
+ * batch's candidates a batch ahead: the codes stay in registers for every
+ * tile of rows. ncu (H100, a llama3-8b batch-16 step, 69 MB): 48.4 us, 45%
+ * of DRAM's peak, 80 registers (3 CTAs an SM); the version with a page per
+ * step (four steps for a 128-candidate unit, each waiting for its loads
+ * after the candidate's index, the tile's load and the header's) took 58.9
+ * us at 48 registers. What is left is each CTA's chain of dependent loads
+ * (units' list, list, candidates, codes) against its 33 KB. */
+template <int LPP, int RT, int W2, int NB>
+__global__ void __launch_bounds__(SCORE_THREADS, LPP == 8 ? (RT == 4 ? 3 : 2) : 1) score8_kernel(sel_params p)
 {
     static_assert(RT <= LPP && 32 % LPP == 0, "a page's lanes write its rows");
+    constexpr int PPW = 32 / LPP; /* a warp's pages at once */
     extern __shared__ int32_t qw[]; /* [RT][q8_width / 4] int8 rows, then sq [RT], Qsum [RT] */
     const int unit = (int)blockIdx.x / p.split, part = (int)blockIdx.x % p.split;
     const attnd_kernel_select_list sl =
@@ -456,74 +468,115 @@ __global__ void __launch_bounds__(SCORE_THREADS) score8_kernel(sel_params p)
     float *ub = ub_of(p, sl);
     float *sqs = reinterpret_cast<float *>(qw + RT * words), *qss = sqs + RT;
     const int warp = (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
-    const int nw = (int)blockDim.x / 32;
+    const int32_t stride = (int32_t)blockDim.x / 32 * PPW; /* between a lane's pages */
     const int slot = lane / LPP, sub = lane % LPP;
 
-    for (int32_t hh = 0; hh < hpg; hh++) {
-        const int32_t kvh = sl.group * hpg + hh;
-        const float *base = qs_of(p, sl) + (int64_t)hh * attnd__select_pack_floats(R, dk);
-        const int32_t *src = reinterpret_cast<const int32_t *>(base + 2 * R);
-        for (int32_t r0 = 0; r0 < R; r0 += RT) {
-            const int32_t nr = min(RT, R - r0);
-            __syncthreads();
-            for (int32_t i = (int32_t)threadIdx.x; i < nr * words; i += (int32_t)blockDim.x)
-                qw[i] = src[(int64_t)r0 * words + i];
-            for (int32_t i = (int32_t)threadIdx.x; i < nr; i += (int32_t)blockDim.x) {
-                sqs[i] = base[r0 + i];
-                qss[i] = base[R + r0 + i];
+    /* batches of NB pages a lane, the same for every warp (syncs inside);
+     * the next batch's pool pages read a batch ahead */
+    int32_t next[NB];
+#pragma unroll
+    for (int k = 0; k < NB; k++) {
+        const int32_t q = p0 + k * stride + warp * PPW + slot;
+        next[k] = q < p1 ? __ldg(p.cand + sl.cand0 + q) : 0;
+    }
+    for (int32_t b0 = p0; b0 < p1; b0 += stride * NB) {
+        int32_t pp[NB], page[NB];
+#pragma unroll
+        for (int k = 0; k < NB; k++) {
+            pp[k] = b0 + k * stride + warp * PPW + slot;
+            page[k] = next[k];
+            const int32_t q = pp[k] + stride * NB;
+            next[k] = q < p1 ? __ldg(p.cand + sl.cand0 + q) : 0;
+        }
+        for (int32_t hh = 0; hh < hpg; hh++) {
+            const int32_t kvh = sl.group * hpg + hh;
+            uint2 c[NB][W2];
+            float2 hd[NB];
+#pragma unroll
+            for (int k = 0; k < NB; k++) {
+                const uint8_t *brow =
+                        p.bounds8 + ((int64_t)kvh * p.bounds_pages + page[k]) * p.b8_row;
+                const uint2 *codes = reinterpret_cast<const uint2 *>(brow + 8);
+                const bool v = pp[k] < p1;
+                hd[k] = v ? __ldg(reinterpret_cast<const float2 *>(brow)) : make_float2(0.f, 0.f);
+#pragma unroll
+                for (int i = 0; i < W2; i++) {
+                    const int32_t w = sub + i * LPP; /* in pairs of words */
+                    c[k][i] = v && 2 * w < cw ? __ldg(codes + w) : make_uint2(0u, 0u);
+                }
             }
-            __syncthreads();
-            float top = -INFINITY;
-            walk_pages<LPP>(p, sl, p0, p1, warp, nw, slot, [&](int32_t pp, bool valid, int32_t page) {
-                const uint8_t *brow = p.bounds8 + ((int64_t)kvh * p.bounds_pages + page) * p.b8_row;
-                const uint32_t *codes = reinterpret_cast<const uint32_t *>(brow + 8);
-                int32_t acc[RT];
+            const float *base = qs_of(p, sl) + (int64_t)hh * attnd__select_pack_floats(R, dk);
+            const int32_t *src = reinterpret_cast<const int32_t *>(base + 2 * R);
+            for (int32_t r0 = 0; r0 < R; r0 += RT) {
+                const int32_t nr = min(RT, R - r0);
+                __syncthreads(); /* the previous tile is no longer read */
+                for (int32_t i = (int32_t)threadIdx.x; i < nr * words; i += (int32_t)blockDim.x)
+                    qw[i] = src[(int64_t)r0 * words + i];
+                for (int32_t i = (int32_t)threadIdx.x; i < nr; i += (int32_t)blockDim.x) {
+                    sqs[i] = base[r0 + i];
+                    qss[i] = base[R + r0 + i];
+                }
+                __syncthreads();
+                float top = -INFINITY; /* row sub's best over this lane's pages */
 #pragma unroll
-                for (int j = 0; j < RT; j++)
-                    acc[j] = 0;
-                if (valid) {
-#pragma unroll 4
-                    for (int32_t w = sub * 2; w < cw; w += 2 * LPP) {
-                        const uint2 c2 = __ldg(reinterpret_cast<const uint2 *>(codes + w));
+                for (int k = 0; k < NB; k++) {
+                    int32_t acc[RT];
 #pragma unroll
-                        for (int j = 0; j < RT; j++)
-                            if (j < nr) {
-                                const int2 q2 = *reinterpret_cast<const int2 *>(qw + j * words + w);
-                                acc[j] = dp4a_us(c2.x, q2.x, acc[j]);
-                                acc[j] = dp4a_us(c2.y, q2.y, acc[j]);
-                            }
+                    for (int j = 0; j < RT; j++)
+                        acc[j] = 0;
+#pragma unroll
+                    for (int i = 0; i < W2; i++) {
+                        const int32_t w = 2 * (sub + i * LPP);
+                        if (w < cw) {
+#pragma unroll
+                            for (int j = 0; j < RT; j++)
+                                if (j < nr) {
+                                    const int2 q2 =
+                                            *reinterpret_cast<const int2 *>(qw + j * words + w);
+                                    acc[j] = dp4a_us(c[k][i].x, q2.x, acc[j]);
+                                    acc[j] = dp4a_us(c[k][i].y, q2.y, acc[j]);
+                                }
+                        }
+                    }
+                    const int32_t mine = rows_reduce<LPP, RT>(acc, nr, sub);
+                    if (pp[k] < p1 && sub < nr) {
+                        const float u = __fadd_rn(__fmul_rn(hd[k].x, qss[sub]),
+                                                  __fmul_rn(__fmul_rn(hd[k].y, sqs[sub]),
+                                                            __int2float_rn(mine)));
+                        ub[(int64_t)pp[k] * rows + (int64_t)hh * R + r0 + sub] = u;
+                        top = fmaxf(top, u);
                     }
                 }
-                const int32_t mine = rows_reduce<LPP, RT>(acc, nr, sub);
-                if (valid && sub < nr) {
-                    const float2 os = __ldg(reinterpret_cast<const float2 *>(brow));
-                    const float u = __fadd_rn(__fmul_rn(os.x, qss[sub]),
-                                              __fmul_rn(__fmul_rn(os.y, sqs[sub]),
-                                                        __int2float_rn(mine)));
-                    ub[(int64_t)pp * rows + (int64_t)hh * R + r0 + sub] = u;
-                    top = fmaxf(top, u);
-                }
-            });
-            best_fold<LPP>(top, lane, nr, best_of(p, sl) + (int64_t)hh * R + r0);
+                best_fold<LPP>(top, lane, nr, best_of(p, sl) + (int64_t)hh * R + r0);
+            }
         }
     }
 }
 
+/* The variant for R rows per KV head and d_k: GQA-like shapes a quarter
+ * warp a page, four pages a lane at once for d_k up to 128 (two up to
+ * 256), a unit a CTA; MLA-like (d_k up to 1024) half a warp a page, a page
+ * a lane at once, a unit over 4 CTAs. */
 static void score8_launch(sel_params p, int32_t R, int32_t n_chunks, cudaStream_t stream)
 {
     const size_t w = (size_t)attnd__select_q8_width(p.dk);
-    if (p.dk <= 256 && R <= 4) {
+    static_assert(ATTND_CUDA_SELECT8_MAX_DK / 2 <= 2 * 16 * 16, "MLA-like: W2 16 covers d_k");
+    if (p.dk <= 256) {
         p.split = 1;
-        score8_kernel<8, 4><<<n_chunks, SCORE_THREADS, 4 * w + 32, stream>>>(p);
-    } else if (p.dk <= 256) {
-        p.split = 1;
-        score8_kernel<8, 8><<<n_chunks, SCORE_THREADS, 8 * w + 64, stream>>>(p);
+        if (R <= 4 && p.dk <= 128)
+            score8_kernel<8, 4, 4, 2><<<n_chunks, SCORE_THREADS, 4 * w + 32, stream>>>(p);
+        else if (R <= 4)
+            score8_kernel<8, 4, 8, 2><<<n_chunks, SCORE_THREADS, 4 * w + 32, stream>>>(p);
+        else if (p.dk <= 128)
+            score8_kernel<8, 8, 4, 2><<<n_chunks, SCORE_THREADS, 8 * w + 64, stream>>>(p);
+        else
+            score8_kernel<8, 8, 8, 2><<<n_chunks, SCORE_THREADS, 8 * w + 64, stream>>>(p);
     } else {
         p.split = 4;
         if (R <= 8)
-            score8_kernel<16, 8><<<n_chunks * 4, SCORE_THREADS, 8 * w + 64, stream>>>(p);
+            score8_kernel<16, 8, 16, 1><<<n_chunks * 4, SCORE_THREADS, 8 * w + 64, stream>>>(p);
         else
-            score8_kernel<16, 16><<<n_chunks * 4, SCORE_THREADS, 16 * w + 128, stream>>>(p);
+            score8_kernel<16, 16, 16, 1><<<n_chunks * 4, SCORE_THREADS, 16 * w + 128, stream>>>(p);
     }
 }
 
@@ -561,7 +614,7 @@ __global__ void select_kernel(sel_params p)
 {
     extern __shared__ uint32_t skeys[]; /* [SEL_SMEM_KEYS]: a list's keys when they fit */
     __shared__ uint32_t hist[256];
-    __shared__ int32_t warp_base[32], sum_sh, digit_sh, rem_sh;
+    __shared__ int32_t warp_base[32], sum_sh, digit_sh, rem_sh, whole_sh;
     const attnd_kernel_select_list sl = p.lists[blockIdx.x];
     const int32_t n = sl.n_cand, chunks = chunks_of(sl);
     const int32_t m0 = sl.n_head, m1 = n - sl.n_tail;
@@ -570,8 +623,9 @@ __global__ void select_kernel(sel_params p)
     int32_t *pos = p.sel_pos ? p.sel_pos + sl.out0 : nullptr;
     const bool all = sl.keep >= n;
     const int32_t t = (int32_t)threadIdx.x, bd = (int32_t)blockDim.x;
-    uint32_t *keys = nullptr, thr = 0xffffffffu;
+    uint32_t *keys = nullptr, thr = 0xffffffffu, tmask = 0xffffffffu;
     int32_t ties_needed = 0;
+    bool whole = false; /* every key whose top bits (tmask) reach thr is kept */
 
     if (chunks) {
         const int32_t rows = rows_per_head(p) * (p.hkv / p.lg);
@@ -626,6 +680,7 @@ __global__ void select_kernel(sel_params p)
                 if (!hit && t == 0) { /* fewer keys than wanted: cannot happen */
                     digit_sh = 0;
                     rem_sh = 1;
+                    whole_sh = 0;
                 }
                 if (hit && t == __ffs(hit) - 1) {
                     uint32_t cum = incl - s;
@@ -634,16 +689,21 @@ __global__ void select_kernel(sel_params p)
                         cum += c[i++];
                     digit_sh = 255 - 8 * t - i;
                     rem_sh = remaining - (int32_t)cum;
+                    whole_sh = (uint32_t)rem_sh == c[i]; /* the digit's keys all kept */
                 }
             }
             __syncthreads();
             prefix |= (uint32_t)digit_sh << shift;
             mask |= 0xffu << shift;
             remaining = rem_sh;
+            whole = whole_sh;
             __syncthreads(); /* digit_sh, rem_sh and hist are written again */
+            if (whole) /* the lower digits choose nothing more (block-uniform) */
+                break;
         }
         thr = prefix;
-        ties_needed = remaining; /* keys equal to thr to keep, earliest first */
+        tmask = mask;
+        ties_needed = whole ? 0 : remaining; /* keys equal to thr to keep, earliest first */
     }
     /* the kept candidates, in order */
     int32_t w = 0, ties = 0;
@@ -653,10 +713,12 @@ __global__ void select_kernel(sel_params p)
         const bool mand = valid && (all || pp < m0 || pp >= m1);
         const bool scored = valid && !mand && keys != nullptr;
         const uint32_t k = scored ? keys[pp] : 0u;
-        const bool tie = scored && k == thr;
-        int32_t n_ties, n_keep;
-        const int32_t tr = block_rank(tie, &n_ties, warp_base, &sum_sh);
-        const bool keep = mand || (scored && k > thr) || (tie && ties + tr < ties_needed);
+        const bool tie = !whole && scored && k == thr;
+        int32_t n_ties = 0, n_keep, tr = 0;
+        if (ties_needed > 0) /* block-uniform */
+            tr = block_rank(tie, &n_ties, warp_base, &sum_sh);
+        const bool keep = mand || (scored && (whole ? (k & tmask) >= thr : k > thr)) ||
+                          (tie && ties + tr < ties_needed);
         const int32_t kr = block_rank(keep, &n_keep, warp_base, &sum_sh);
         if (keep) {
             out[w + kr] = __ldg(cand + pp);

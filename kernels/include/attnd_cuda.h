@@ -238,6 +238,25 @@ typedef struct attnd_cuda_select {
 attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_cuda_select *s,
                                    attnd_error *err);
 
+/* Fold appended keys into their pages' bf16 bounds on the GPU, bitwise
+ * what attnd_kernel_kv_bounds_add does on the host for bf16 keys: for
+ * folds[i], tokens [slot0, slot0 + n) of pool page `page` (the keys as the
+ * pool holds them: pool is the device pool of bf16 pages laid out as kv,
+ * page_bytes apart), token by token; a fold whose slot0 is 0 starts the
+ * page's bounds over first (attnd_kernel_kv_bounds_reset); one of n 0
+ * does nothing. folds in device or pinned host memory; no page twice in
+ * one call. bounds8 (NULL: none): the folded pages' compact rows are made
+ * too, as attnd_cuda_bounds8_make makes them. Asynchronous on the
+ * context's stream (after the copies that put the keys there). */
+typedef struct attnd_cuda_fold {
+    int32_t page, slot0, n, pad;
+} attnd_cuda_fold;
+
+attnd_status attnd_cuda_bounds_fold(attnd_cuda_ctx *ctx, const attnd_kernel_kv_layout *kv,
+                                    const void *pool, size_t page_bytes, uint16_t *bounds,
+                                    uint8_t *bounds8, int64_t bounds_pages,
+                                    const attnd_cuda_fold *folds, int32_t n, attnd_error *err);
+
 /* Make the compact bounds of pages[0 .. n) (every KV head; pages in device
  * or pinned host memory) from their bf16 bounds, bitwise what
  * attnd_kernel_kv_bounds8_make makes; bounds and bounds8 device arrays of

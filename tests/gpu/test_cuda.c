@@ -675,6 +675,10 @@ static void test_rejects(void)
 /* One selection problem on both sides: n_seqs sequences of n_pages
  * scattered pages each, keep about a quarter with a sink and a newest;
  * rows of agg heads summed (head_agg; 1: a row per head). */
+/* select_case's pages repeat the bounds of the first select_repeat (0:
+ * every page its own): ties, which keep the earliest */
+static int64_t select_repeat;
+
 static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t agg, int32_t qt,
                         int32_t n_seqs, int32_t n_pages, const char *what)
 {
@@ -708,6 +712,11 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
             attnd_kernel_kv_bounds_add(&l, bounds, pool, pg, 1, ATTND_DTYPE_F32, wire);
         }
     }
+    for (int64_t pg = select_repeat; select_repeat > 0 && pg < pool; pg++)
+        for (int32_t h = 0; h < hkv; h++)
+            memcpy(bounds + attnd_kernel_kv_bounds_at(&l, pool, h, pg),
+                   bounds + attnd_kernel_kv_bounds_at(&l, pool, h, pg % select_repeat),
+                   attnd_kernel_kv_bounds_elems(&l) / (size_t)hkv * 2);
     const size_t nq = (size_t)n_seqs * qt * hq * dk;
     uint16_t *q = malloc(nq * 2);
     for (size_t i = 0; i < nq; i++)
@@ -871,8 +880,116 @@ static void select_case(int32_t hq, int32_t hkv, int32_t dk, int32_t lg, int32_t
     free(bounds);
 }
 
+/* attnd_cuda_bounds_fold against the host's fold of the same bf16
+ * entries (attnd_kernel_kv_bounds_add) and its compact rows against
+ * attnd_kernel_kv_bounds8_make's, bitwise: pages started over
+ * (slot0 0) and pages folded into bounds from earlier tokens, one fold
+ * dropped (n 0), keys with -0 and +0, NaN and infinities planted. */
+static void fold_case(int mla)
+{
+    attnd_kernel_kv_layout l;
+    attnd_error err = {0};
+    if (mla)
+        attnd_kernel_kv_layout_mla(&l, 512, 64, 64, ATTND_DTYPE_BF16);
+    else
+        attnd_kernel_kv_layout_gqa(&l, 8, 128, 64, ATTND_DTYPE_BF16);
+    enum { PAGES = 9 };
+    const int64_t te = attnd_kernel_kv_layout_token_elems(&l);
+    const size_t pb = attnd_kernel_kv_layout_page_bytes(&l), be = attnd_kernel_kv_bounds_elems(&l);
+    char *pool = calloc(PAGES, pb);
+    uint16_t *wire = malloc(sizeof(uint16_t) * (size_t)(64 * te));
+    uint16_t *host = malloc(sizeof(uint16_t) * be * PAGES), *got = malloc(sizeof(uint16_t) * be * PAGES);
+    const uint16_t special[] = {0x0000, 0x8000, 0x7fc0, 0x7f80, 0xff80, 0xffc1};
+    /* page p: tokens [0, a) folded before (on the host, then uploaded),
+     * [a, a + n) by the fold under test; page 3's fold is dropped */
+    int32_t a[PAGES], n[PAGES];
+    for (int p = 0; p < PAGES; p++) {
+        a[p] = p % 3 == 0 ? 0 : (int32_t)(tu_next(&rng) % 40);
+        n[p] = 1 + (int32_t)(tu_next(&rng) % 20);
+        for (int64_t i = 0; i < (a[p] + n[p]) * te; i++)
+            wire[i] = attnd_dtype_f32_to_bf16((float)tu_normal(&rng));
+        for (int k = 0; k < 12; k++) /* specials anywhere */
+            wire[tu_next(&rng) % (uint64_t)((a[p] + n[p]) * te)] = special[tu_next(&rng) % 6];
+        if (p == 4) /* a column of zeros of both signs */
+            for (int t = 0; t < a[p] + n[p]; t++)
+                wire[t * te + 7] = t % 2 ? 0x8000 : 0x0000;
+        attnd_kernel_kv_write_tokens(&l, pool + (size_t)p * pb, 0, a[p] + n[p], ATTND_DTYPE_BF16,
+                                     wire);
+        attnd_kernel_kv_bounds_reset(&l, host, PAGES, p);
+        if (a[p])
+            attnd_kernel_kv_bounds_add(&l, host, PAGES, p, a[p], ATTND_DTYPE_BF16, wire);
+        if (p == 3)
+            continue;
+        if (a[p] == 0) /* the fold starts it over: anything there before */
+            for (int32_t h = 0; h < l.n_kv_heads; h++)
+                memset(host + attnd_kernel_kv_bounds_at(&l, PAGES, h, p), 0x5a,
+                       2 * (size_t)l.d_k * sizeof(uint16_t));
+    }
+    void *dpool, *db, *df;
+    GP_CK(cudaMalloc(&dpool, PAGES * pb));
+    GP_CK(cudaMalloc(&db, sizeof(uint16_t) * be * PAGES));
+    GP_CK(cudaMalloc(&df, sizeof(attnd_cuda_fold) * PAGES));
+    GP_CK(cudaMemcpy(dpool, pool, PAGES * pb, cudaMemcpyHostToDevice));
+    GP_CK(cudaMemcpy(db, host, sizeof(uint16_t) * be * PAGES, cudaMemcpyHostToDevice));
+    attnd_cuda_fold f[PAGES];
+    for (int p = 0; p < PAGES; p++)
+        f[PAGES - 1 - p] = (attnd_cuda_fold){.page = p, .slot0 = a[p], .n = p == 3 ? 0 : n[p]};
+    GP_CK(cudaMemcpy(df, f, sizeof f, cudaMemcpyHostToDevice));
+    const size_t rb8 = attnd_kernel_kv_bounds8_row(&l), b8n = rb8 * (size_t)l.n_kv_heads * PAGES;
+    uint8_t *h8 = malloc(b8n), *g8 = malloc(b8n);
+    void *d8;
+    GP_CK(cudaMalloc(&d8, b8n));
+    GP_CK(cudaMemset(d8, 0xa5, b8n));
+    must(attnd_cuda_bounds_fold(ctx, &l, dpool, pb, db, d8, PAGES, df, PAGES, &err), &err,
+         "bounds_fold");
+    must(attnd_cuda_sync(ctx, &err), &err, "sync");
+    GP_CK(cudaMemcpy(got, db, sizeof(uint16_t) * be * PAGES, cudaMemcpyDeviceToHost));
+    GP_CK(cudaMemcpy(g8, d8, b8n, cudaMemcpyDeviceToHost));
+    /* the host's reference: the same tokens folded the host's way */
+    for (int p = 0; p < PAGES; p++) {
+        if (p == 3)
+            continue;
+        if (a[p] == 0)
+            attnd_kernel_kv_bounds_reset(&l, host, PAGES, p);
+        /* the page's entries again, tokens [a, a + n) (the pool holds them) */
+        for (int t = 0; t < n[p]; t++)
+            for (int32_t h = 0; h < l.n_kv_heads; h++)
+                memcpy(wire + (size_t)t * te + (size_t)h * l.d_k,
+                       pool + (size_t)p * pb +
+                               (size_t)(h * l.k_head_stride + (a[p] + t) * l.k_token_stride) * 2,
+                       (size_t)l.d_k * 2);
+        attnd_kernel_kv_bounds_add(&l, host, PAGES, p, n[p], ATTND_DTYPE_BF16, wire);
+    }
+    int64_t differ = 0;
+    for (size_t i = 0; i < be * PAGES; i++)
+        differ += host[i] != got[i];
+    verdict(differ == 0, "fold     %s: %lld of %zu bound elements differ from the host's fold",
+            mla ? "MLA 576" : "GQA 8 x 128", (long long)differ, be * PAGES);
+    /* the folded pages' compact rows, as the host makes them (page 3's
+     * fold was dropped: its rows untouched) */
+    int64_t rows_differ = 0;
+    for (int p = 0; p < PAGES; p++) {
+        attnd_kernel_kv_bounds8_make(&l, host, h8, PAGES, p);
+        for (int32_t h = 0; h < l.n_kv_heads; h++) {
+            const size_t at = attnd_kernel_kv_bounds8_at(&l, PAGES, h, p);
+            if (p == 3) {
+                for (size_t i = 0; i < rb8; i++)
+                    rows_differ += g8[at + i] != 0xa5;
+                continue;
+            }
+            rows_differ += memcmp(h8 + at, g8 + at, 8 + 2 * (size_t)l.d_k) != 0;
+        }
+    }
+    verdict(rows_differ == 0, "fold     %s: %lld compact rows differ from the host's",
+            mla ? "MLA 576" : "GQA 8 x 128", (long long)rows_differ);
+    cudaFree(dpool), cudaFree(db), cudaFree(df), cudaFree(d8);
+    free(pool), free(wire), free(host), free(got), free(h8), free(g8);
+}
+
 static void test_select(void)
 {
+    fold_case(0);
+    fold_case(1);
     select_case(32, 8, 128, 8, 1, 1, 3, 300, "GQA 32/8 heads, per KV head, 300 pages");
     select_case(32, 8, 128, 1, 1, 1, 2, 129, "GQA 32/8 heads, one list, 129 pages");
     select_case(128, 1, 576, 1, 1, 1, 2, 2048, "MLA 128 heads, 2048 pages");
@@ -884,6 +1001,10 @@ static void test_select(void)
     select_case(32, 8, 128, 8, 1, 2, 4, 2048, "GQA 32/8 per KV head, 2 query tokens, 4 x 2048 pages");
     select_case(32, 8, 128, 1, 1, 1, 2, 5000, "GQA 32/8 one list (32 rows), 5000 pages");
     select_case(32, 8, 128, 8, 1, 1, 1, 9000, "GQA 32/8 per KV head, 9000 pages (keys in global memory)");
+    select_repeat = 5; /* ties throughout: the threshold's every digit, the earliest of equals */
+    select_case(32, 8, 128, 8, 1, 1, 3, 300, "GQA 32/8 per KV head, 300 pages of 5 bounds");
+    select_case(128, 1, 576, 1, 8, 1, 2, 2048, "MLA runs of 8, 2048 pages of 5 bounds");
+    select_repeat = 0;
 }
 
 int main(int argc, char **argv)

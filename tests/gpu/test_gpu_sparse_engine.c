@@ -6,11 +6,16 @@
  * (worker/sparse_kv.c, attnd__sparse_bounds8_fresh): here the same
  * sessions in a CPU engine and a GPU engine, topk-pages at 1/8 (llama3-8b's
  * GQA shape, a list per KV head), appended in chunks, then decode steps of
- * two new tokens with visible lengths, each page's bounds changed between
- * the steps: both engines must choose the same pages for every (session,
- * KV head) (the CPU selection over the same compact bounds), and their
- * outputs agree within bf16 rounding (1e-2 normwise per row: the CUDA and
- * CPU decodes of the same pages). Exit 77 (skipped) without a usable GPU. */
+ * two new tokens, with visible lengths (the host's selection) and without
+ * (the GPU's, on compact bounds: the CPU's integer scoring), in turn, each
+ * page's bounds changed between the steps: both engines must choose the
+ * same pages for every (session, KV head), and their outputs agree within
+ * bf16 rounding (1e-2 normwise per row: the CUDA and CPU decodes of the
+ * same pages). The steps without visible lengths fold the new keys into
+ * the bounds on the GPU and into the host's copy while the GPU decodes
+ * (attnd__sparse_note_gpu / _note_host): the GPU's choice checks the
+ * first, the next step's host selection the second. Exit 77 (skipped)
+ * without a usable GPU. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +26,7 @@
 #include "gpu_engine_main.h"
 #include "testutil.h"
 
-enum { NS = 3, S = 2, STEPS = 3 };
+enum { NS = 3, S = 2, STEPS = 6 };
 static const int64_t prefill[NS] = {3000, 1700, 4100};
 
 static attnd_engine *engine(const char *device)
@@ -95,7 +100,7 @@ START_TEST(test_gpu_engine_host_selection_chooses_the_cpu_engines_pages)
             attnd_attend_req req = {.layer = 0, .n_seqs = NS, .ids = ids[k], .q_tokens = S,
                                     .q_dtype = ATTND_DTYPE_BF16, .q = q,
                                     .new_kv_dtype = ATTND_DTYPE_BF16, .new_kv = nk,
-                                    .visible = vis, .want_pages = 1};
+                                    .visible = step % 2 ? vis : NULL, .want_pages = 1};
             const float *out, *lse;
             ck_assert_msg(attnd_engine_attend(e[k], &req, &ws[k], &out, &lse, &err) == ATTND_OK,
                           "attend on %s: %s", k ? "cuda:0" : "cpu", err.msg);
