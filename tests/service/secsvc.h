@@ -119,6 +119,27 @@ static inline int sec_stderr_has(const char *what)
     }
 }
 
+/* stop_cleanly for a server whose stderr went to sec_dir/stderr: when it
+ * does not exit 0, that file (a sanitizer's report, the server's last
+ * lines) goes to the test's stderr first, which CI prints with the
+ * failure. */
+static inline void sec_stop_cleanly(void)
+{
+    if (ch)
+        grpc_channel_destroy(ch);
+    ch = NULL;
+    kill(srv.pid, SIGTERM);
+    int status = rg_wait_exit(&srv, RG_WAIT_MS);
+    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        char *log = sec_read("stderr");
+        fprintf(stderr, "---- attnd's stderr ----\n%s---- end ----\n", log);
+        free(log);
+    }
+    ck_assert_msg(status != -1, "attnd did not exit after SIGTERM");
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "attnd ended with wait status 0x%x", status);
+}
+
 /* A TLS channel trusting ca (NULL: gRPC's default roots), presenting
  * cert/key when not NULL. */
 static inline grpc_channel *sec_tls_channel(const char *target, const char *ca,
