@@ -10,13 +10,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#ifndef ATTND__HD
-#if defined(__CUDACC__)
-#define ATTND__HD __host__ __device__
-#else
-#define ATTND__HD
-#endif
-#endif
+#include "attnd_hd.h"
 
 /* x rounded to an integer, |x| < 2^51, in round-to-nearest (adding and
  * taking away 1.5 * 2^52); the codes below step back where it went past,

@@ -8,13 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef ATTND__HD
-#if defined(__CUDACC__)
-#define ATTND__HD __host__ __device__
-#else
-#define ATTND__HD
-#endif
-#endif
+#include "attnd_hd.h"
 
 /* Rows from which a KV head's queries are packed "wide" (transposed,
  * vectors over rows) rather than "narrow" (row-major, vectors over d_k). */
