@@ -124,6 +124,15 @@ __global__ void fold_kernel(const uint16_t *pool, int64_t page_elems, attnd_kern
         row8_make(lo, bounds8 + at * row8, dk, row8, lane);
 }
 
+/* Both kernels above: a warp per (page, KV head) row of n pages. */
+constexpr int ROW_THREADS = 256;
+
+unsigned row_blocks(int32_t n, const attnd_kernel_kv_layout *kv)
+{
+    const int64_t warps = (int64_t)n * kv->n_kv_heads, per = ROW_THREADS / 32;
+    return (unsigned)((warps + per - 1) / per);
+}
+
 } /* namespace */
 
 extern "C" attnd_status attnd_cuda_bounds_fold(attnd_cuda_ctx *ctx, const attnd_kernel_kv_layout *kv,
@@ -141,14 +150,10 @@ extern "C" attnd_status attnd_cuda_bounds_fold(attnd_cuda_ctx *ctx, const attnd_
                                "bf16 layout expected", n);
     if (n == 0)
         return ATTND_OK;
-    const int64_t warps = (int64_t)n * kv->n_kv_heads, per = 256 / 32;
-    fold_kernel<<<(unsigned)((warps + per - 1) / per), 256, 0, ctx->stream>>>(
+    fold_kernel<<<row_blocks(n, kv), ROW_THREADS, 0, ctx->stream>>>(
         static_cast<const uint16_t *>(pool), (int64_t)(page_bytes / 2), *kv, bounds, bounds8,
         (int64_t)attnd_kernel_kv_bounds8_row(kv), bounds_pages, folds, n);
-    int rc = (int)cudaGetLastError();
-    if (rc != cudaSuccess)
-        return attnd__cuda_fail(err, rc, "bounds_fold launch");
-    return ATTND_OK;
+    return attnd__cuda_launched(err, "bounds_fold launch");
 }
 
 extern "C" attnd_status attnd_cuda_bounds8_make(attnd_cuda_ctx *ctx,
@@ -165,12 +170,8 @@ extern "C" attnd_status attnd_cuda_bounds8_make(attnd_cuda_ctx *ctx,
                                "layout expected", n);
     if (n == 0)
         return ATTND_OK;
-    const int64_t warps = (int64_t)n * kv->n_kv_heads, per = 256 / 32;
-    bounds8_kernel<<<(unsigned)((warps + per - 1) / per), 256, 0, ctx->stream>>>(
+    bounds8_kernel<<<row_blocks(n, kv), ROW_THREADS, 0, ctx->stream>>>(
         bounds, bounds8, bounds_pages, kv->n_kv_heads, kv->d_k,
         (int64_t)attnd_kernel_kv_bounds8_row(kv), pages, n);
-    int rc = (int)cudaGetLastError();
-    if (rc != cudaSuccess)
-        return attnd__cuda_fail(err, rc, "bounds8 launch");
-    return ATTND_OK;
+    return attnd__cuda_launched(err, "bounds8 launch");
 }

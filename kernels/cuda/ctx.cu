@@ -17,6 +17,12 @@ attnd_status attnd__cuda_fail(attnd_error *err, int rc, const char *what)
                            cudaGetErrorString((cudaError_t)rc));
 }
 
+attnd_status attnd__cuda_launched(attnd_error *err, const char *what)
+{
+    const cudaError_t rc = cudaGetLastError();
+    return rc == cudaSuccess ? ATTND_OK : attnd__cuda_fail(err, (int)rc, what);
+}
+
 extern "C" int32_t attnd_cuda_device_count(void)
 {
     int n = 0;

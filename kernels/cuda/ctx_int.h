@@ -22,6 +22,9 @@ struct attnd_cuda_ctx {
 /* Report CUDA error rc of `what` in err; returns ATTND_ERR_INTERNAL. */
 attnd_status attnd__cuda_fail(attnd_error *err, int rc, const char *what);
 
+/* After a launch: ATTND_OK, or attnd__cuda_fail with the launch's error. */
+attnd_status attnd__cuda_launched(attnd_error *err, const char *what);
+
 /* Encode a bf16 tensor map (a CUtensorMap at map, 64-byte aligned) over
  * pages x rows x inner elements at base, 64 x 64 boxes, 128-byte swizzle. */
 attnd_status attnd__cuda_tensor_map(attnd_cuda_ctx *ctx, void *map, const void *base,

@@ -51,8 +51,5 @@ extern "C" attnd_status attnd_cuda_scatter(attnd_cuda_ctx *ctx, const attnd_cuda
     if (n == 0)
         return ATTND_OK;
     scatter_kernel<<<(unsigned)n, 256, 0, ctx->stream>>>(copies);
-    int rc = (int)cudaGetLastError();
-    if (rc != cudaSuccess)
-        return attnd__cuda_fail(err, rc, "scatter launch");
-    return ATTND_OK;
+    return attnd__cuda_launched(err, "scatter launch");
 }

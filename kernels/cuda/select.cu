@@ -784,8 +784,5 @@ extern "C" attnd_status attnd_cuda_select_run(attnd_cuda_ctx *ctx, const attnd_c
             score_launch<false>(p, R, s->n_chunks, smem, ctx->stream);
     }
     select_kernel<<<s->n_lists, SEL_THREADS, SEL_SMEM_KEYS * sizeof(uint32_t), ctx->stream>>>(p);
-    int rc = (int)cudaGetLastError();
-    if (rc != cudaSuccess)
-        return attnd__cuda_fail(err, rc, "page selection");
-    return ATTND_OK;
+    return attnd__cuda_launched(err, "page selection");
 }
