@@ -438,6 +438,19 @@ void attnd__gpu_host_free(void *p)
         cudaFreeHost(p);
 }
 
+/* bytes of src copied to a 16-byte aligned place in the ring, which the
+ * caller has made room for (ring_room, or GPU_PEND_RESERVE for the
+ * descriptors); that place. Caller holds g->mu. */
+static void *ring_put(attnd__gpu *g, const void *src, size_t bytes)
+{
+    g->stage_used = (g->stage_used + 15) & ~(size_t)15;
+    ATTND_ASSERT(g->stage_used + bytes <= g->stage_cap);
+    void *d = g->stage + g->stage_used;
+    memcpy(d, src, bytes);
+    g->stage_used += bytes;
+    return d;
+}
+
 /* Enqueue the pending appends as one scatter, their descriptors copied
  * into the ring behind them (it stays untouched until the stream has
  * passed: gpu_sync), and clear their marks. Caller holds g->mu. */
@@ -445,12 +458,7 @@ static attnd_status pend_flush(attnd__gpu *g, attnd_error *err)
 {
     attnd_status st = ATTND_OK;
     if (g->pend_n > 0) {
-        const size_t bytes = (size_t)g->pend_n * sizeof *g->pend;
-        g->stage_used = (g->stage_used + 15) & ~(size_t)15;
-        ATTND_ASSERT(g->stage_used + bytes <= g->stage_cap); /* GPU_PEND_RESERVE */
-        attnd_cuda_copy *d = (attnd_cuda_copy *)(void *)(g->stage + g->stage_used);
-        memcpy(d, g->pend, bytes);
-        g->stage_used += bytes;
+        const attnd_cuda_copy *d = ring_put(g, g->pend, (size_t)g->pend_n * sizeof *g->pend);
         for (int32_t i = 0; i < g->pend_n; i++) {
             g->pend_bnd[g->pend_page[i]] = -1;
             g->pend_kv[g->pend_page[i]] = 0;
@@ -460,12 +468,7 @@ static attnd_status pend_flush(attnd__gpu *g, attnd_error *err)
         st = attnd_cuda_scatter(g->ctx, d, n, err);
     }
     if (st == ATTND_OK && g->fold_n > 0) { /* the keys are in place: fold them */
-        const size_t bytes = (size_t)g->fold_n * sizeof *g->fold;
-        g->stage_used = (g->stage_used + 15) & ~(size_t)15;
-        ATTND_ASSERT(g->stage_used + bytes <= g->stage_cap); /* GPU_PEND_RESERVE */
-        attnd_cuda_fold *d = (attnd_cuda_fold *)(void *)(g->stage + g->stage_used);
-        memcpy(d, g->fold, bytes);
-        g->stage_used += bytes;
+        const attnd_cuda_fold *d = ring_put(g, g->fold, (size_t)g->fold_n * sizeof *g->fold);
         for (int32_t i = 0; i < g->fold_n; i++)
             g->fold_at[g->fold[i].page] = -1;
         const int32_t n = g->fold_n;
@@ -747,9 +750,7 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
         const size_t nb = (size_t)g->b8_n * sizeof *g->b8_list;
         if ((st = ring_room(g, nb, err)))
             return st;
-        int32_t *list = (int32_t *)(void *)(g->stage + g->stage_used);
-        memcpy(list, g->b8_list, nb);
-        g->stage_used += nb;
+        const int32_t *list = ring_put(g, g->b8_list, nb);
         for (int32_t i = 0; i < g->b8_n; i++)
             g->b8_dirty[g->b8_list[i]] = 0;
         const int32_t n = g->b8_n;
