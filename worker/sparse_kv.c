@@ -159,9 +159,8 @@ attnd_status attnd__sparse_note_gpu(attnd_engine *e, attnd__session *s, int32_t 
     const uint64_t ps = (uint64_t)e->layout.page_size;
     for (uint64_t t = t0, end = t0 + n; t < end;) {
         uint64_t slot = t % ps, cnt = end - t < ps - slot ? end - t : ps - slot;
-        int32_t pg = s->pages[layer][t / ps];
-        e->bounds8_stale[pg] = 1; /* the host's compact rows, once its fold is done */
-        attnd_status st = attnd__gpu_bounds_fold(e->gpu, pg, (int32_t)slot, (int32_t)cnt, err);
+        attnd_status st = attnd__gpu_bounds_fold(e->gpu, s->pages[layer][t / ps], (int32_t)slot,
+                                                 (int32_t)cnt, err);
         if (st)
             return st;
         t += cnt;
@@ -179,7 +178,9 @@ void attnd__sparse_note_host(attnd_engine *e, attnd__session *s, int32_t layer, 
     const char *src = kv;
     for (uint64_t t = t0, end = t0 + n; t < end;) {
         uint64_t slot = t % ps, cnt = end - t < ps - slot ? end - t : ps - slot;
-        fold_host(e, s->pages[layer][t / ps], slot, cnt, dtype, src);
+        const int32_t pg = s->pages[layer][t / ps];
+        fold_host(e, pg, slot, cnt, dtype, src);
+        e->bounds8_stale[pg] = 1; /* the host's compact rows, made when next read */
         src += cnt * src_bytes;
         t += cnt;
     }
