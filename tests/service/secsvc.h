@@ -125,19 +125,13 @@ static inline int sec_stderr_has(const char *what)
  * failure. */
 static inline void sec_stop_cleanly(void)
 {
-    if (ch)
-        grpc_channel_destroy(ch);
-    ch = NULL;
-    kill(srv.pid, SIGTERM);
-    int status = rg_wait_exit(&srv, RG_WAIT_MS);
+    int status = stop_status();
     if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         char *log = sec_read("stderr");
         fprintf(stderr, "---- attnd's stderr ----\n%s---- end ----\n", log);
         free(log);
     }
-    ck_assert_msg(status != -1, "attnd did not exit after SIGTERM");
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "attnd ended with wait status 0x%x", status);
+    assert_exited_cleanly(status);
 }
 
 /* A TLS channel trusting ca (NULL: gRPC's default roots), presenting

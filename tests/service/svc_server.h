@@ -63,17 +63,28 @@ static inline void boot(const char *extra1, const char *extra2)
     boot_nofile(extra1, extra2, 0, 0);
 }
 
-/* SIGTERM, then require a clean exit 0. */
-static inline void stop_cleanly(void)
+/* SIGTERM; attnd's wait status (-1: it did not exit in time). */
+static inline int stop_status(void)
 {
     if (ch)
         grpc_channel_destroy(ch);
     ch = NULL;
     kill(srv.pid, SIGTERM);
-    int status = rg_wait_exit(&srv, RG_WAIT_MS);
+    return rg_wait_exit(&srv, RG_WAIT_MS);
+}
+
+/* Require stop_status to be a clean exit 0. */
+static inline void assert_exited_cleanly(int status)
+{
     ck_assert_msg(status != -1, "attnd did not exit after SIGTERM");
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
                   "attnd ended with wait status 0x%x", status);
+}
+
+/* SIGTERM, then require a clean exit 0. */
+static inline void stop_cleanly(void)
+{
+    assert_exited_cleanly(stop_status());
 }
 
 /* ---- message builders ---------------------------------------------------------- */
