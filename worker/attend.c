@@ -28,6 +28,7 @@
 
 #include "attnd_assert.h"
 #include "attnd_buf.h"
+#include "attnd_clock.h"
 #include "attnd_proj.h"
 #include "backend.h"
 #include "sparse.h"
@@ -436,6 +437,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
                                  const float **lse_p, attnd_error *err)
 {
     const attnd_model_spec *m = &e->model;
+    const uint64_t t0 = attnd_clock_ns();
     attnd_status st = attnd__engine_check_layer(e, req->layer, err);
     uint64_t tokens = 0, kv_bytes = 0, dense_bytes = 0;
     int sparse = 0;
@@ -518,6 +520,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         goto out;
     hf.when = e->gpu && sparse && !req->visible && !e->tier &&
               req->new_kv_dtype == ATTND_DTYPE_BF16;
+    const uint64_t t_app = attnd_clock_ns();
     if (req->new_kv) {
         st = append_new_entries(e, req, ws, &log_end, &hf, err);
         if (st)
@@ -526,6 +529,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         if (e->gpu && (st = attnd__gpu_kick(e->gpu, err)))
             goto out;
     }
+    const uint64_t append_ns = attnd_clock_ns() - t_app;
     if (!sparse) {
         st = req->visible ? build_visible_lists(e, req, ws, &tokens, err)
                           : build_page_lists(e, req, ws, &tokens, err);
@@ -560,9 +564,14 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
             .d_vo = uv ? uv->cols : 0, .uv = uv ? uv->dev : NULL,
         };
         const attnd__gpu_proj *pp = uk || uv ? &gp : NULL;
-        const attnd__gpu_overlap ov = {.run = host_fold_run, .arg = &hf};
+        memset(&ws->phases, 0, sizeof ws->phases);
+        const uint64_t t_call = attnd_clock_ns();
+        ws->phases.host_ns = t_call - t0;
+        ws->phases.append_ns = append_ns;
+        const attnd__gpu_overlap ov = {.run = host_fold_run, .arg = &hf, .t_call = t_call,
+                                       .times = &ws->phases};
         st = sparse ? attnd__sparse_gpu_decode(e, ws, &b, pp, &ov, err)
-                    : attnd__gpu_decode(e->gpu, &b, pp, NULL, err);
+                    : attnd__gpu_decode(e->gpu, &b, pp, &ov, err);
     } else {
         st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
     }

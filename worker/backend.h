@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "attnd_kernels.h"
+#include "attnd_worker.h"
 
 /* "cpu" (or "") -> -1; "cuda" -> 0; "cuda:N" -> N. INVALID_ARGUMENT names
  * the field "device" otherwise. */
@@ -76,10 +77,15 @@ typedef struct attnd__gpu_proj {
 attnd_status attnd__gpu_kick(attnd__gpu *g, attnd_error *err);
 
 /* Host work run while the GPU decodes: after everything is enqueued,
- * before the wait (NULL: none). */
+ * before the wait (run NULL: none); and where the call's time went: when
+ * times is not NULL the decode fills its enqueue, overlap, wait and gpu
+ * phases, counted from t_call (attnd_clock_ns when the batch was handed
+ * over). */
 typedef struct attnd__gpu_overlap {
     void (*run)(void *arg);
     void *arg;
+    uint64_t t_call;
+    attnd_engine_phases *times;
 } attnd__gpu_overlap;
 
 attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b,

@@ -64,6 +64,7 @@
 #include <string.h>
 
 #include "attnd_assert.h"
+#include "attnd_clock.h"
 #include "attnd_cuda.h"
 #include "backend.h"
 
@@ -148,6 +149,8 @@ struct attnd__gpu {
     gpu_buf sel_lists, sel_work, sel_pos; /* sel_lists: lists, units' lists, candidates */
     cudaEvent_t sel_t0, sel_t1;
     int sel_events;
+    cudaEvent_t ph_t0, ph_t1; /* a decode's first and last queued operation */
+    int ph_events;
 };
 
 static attnd_status cuda_fail(attnd_error *err, cudaError_t rc, const char *what)
@@ -401,6 +404,10 @@ void attnd__gpu_destroy(attnd__gpu *g)
     free(g->b8_list);
     free(g->fold);
     free(g->fold_at);
+    if (g->ph_events) {
+        cudaEventDestroy(g->ph_t0);
+        cudaEventDestroy(g->ph_t1);
+    }
     if (g->sel_events) {
         cudaEventDestroy(g->sel_t0);
         cudaEventDestroy(g->sel_t1);
@@ -938,11 +945,21 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         return attnd_error_set(err, ATTND_ERR_INVALID_ARGUMENT,
                                "q_form: the narrow wire's projections apply to MLA models "
                                "whose weights were loaded");
+    attnd_engine_phases *ph = ov ? ov->times : NULL;
     pthread_mutex_lock(&g->mu);
     if ((rc = cudaSetDevice(g->device)) != cudaSuccess) {
         st = cuda_fail(err, rc, "cudaSetDevice");
         goto out;
     }
+    if (ph && !g->ph_events) {
+        if (cudaEventCreate(&g->ph_t0) != cudaSuccess || cudaEventCreate(&g->ph_t1) != cudaSuccess) {
+            st = cuda_fail(err, cudaGetLastError(), "cudaEventCreate");
+            goto out;
+        }
+        g->ph_events = 1;
+    }
+    if (ph)
+        cudaEventRecord(g->ph_t0, g->stream);
     if ((st = pend_flush(g, err))) /* this step's appends, one launch */
         goto out;
     gpu_buf *qin = heads ? &g->qn : &g->q; /* where the query as sent lands */
@@ -1031,13 +1048,25 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         st = cuda_fail(err, rc, "cudaMemcpyAsync (selection positions)");
         goto out;
     }
-    if (ov) /* the host's share, while the GPU works */
+    if (ph)
+        cudaEventRecord(g->ph_t1, g->stream);
+    const uint64_t t_enq = ph ? attnd_clock_ns() : 0;
+    if (ov && ov->run) /* the host's share, while the GPU works */
         ov->run(ov->arg);
+    const uint64_t t_ov = ph ? attnd_clock_ns() : 0;
     st = gpu_sync(g, err);
     if (st == ATTND_OK && sel && select_ns_p) {
         float ms = 0.f;
         cudaEventElapsedTime(&ms, g->sel_t0, g->sel_t1);
         *select_ns_p = (uint64_t)((double)ms * 1e6);
+    }
+    if (st == ATTND_OK && ph) {
+        float ms = 0.f;
+        cudaEventElapsedTime(&ms, g->ph_t0, g->ph_t1);
+        ph->gpu_ns = (uint64_t)((double)ms * 1e6);
+        ph->enqueue_ns = t_enq - ov->t_call;
+        ph->overlap_ns = t_ov - t_enq;
+        ph->wait_ns = attnd_clock_ns() - t_ov;
     }
 out:
     pthread_mutex_unlock(&g->mu);

@@ -161,10 +161,26 @@ static int parse(int argc, char **argv, opts *o)
 }
 
 /* The per-set figures of one run. */
+/* GPU engines: the call's phases (attnd_engine_phases), in this order */
+#define N_PHASES 6
+static const char *const phase_names[N_PHASES] = {"host", "(append", "enqueue", "overlap", "wait", "gpu"};
+
 typedef struct set_times {
     double *wall, *cpu, *sel;
+    double *phase[N_PHASES];
     uint64_t kv, sel_bytes;
 } set_times;
+
+/* p50 of each phase (us), when the engine reported any */
+static void print_phases(const char *name, set_times *t, int n)
+{
+    if (median(t->phase[N_PHASES - 1], n) <= 0.0)
+        return;
+    printf("  %-16s", name);
+    for (int k = 0; k < N_PHASES; k++)
+        printf(" %s %.1f%s", phase_names[k], median(t->phase[k], n), k == 1 ? ")" : "");
+    printf(" (p50 us)\n");
+}
 
 static void print_set(const char *name, set_times *t, int n, int sparse)
 {
@@ -284,6 +300,8 @@ int main(int argc, char **argv)
         st[k].wall = calloc((size_t)o.iters, sizeof(double));
         st[k].cpu = calloc((size_t)o.iters, sizeof(double));
         st[k].sel = calloc((size_t)o.iters, sizeof(double));
+        for (int j = 0; j < N_PHASES; j++)
+            st[k].phase[j] = calloc((size_t)o.iters, sizeof(double));
     }
     for (int it = -warm; it < o.iters; it++) {
         fill_bf16(q, q_elems, &seed);
@@ -312,6 +330,12 @@ int main(int argc, char **argv)
             st[k].wall[it] = us;
             st[k].cpu[it] = cpu;
             st[k].kv += s1.kv_bytes_read - s0.kv_bytes_read;
+            const uint64_t ph[N_PHASES] = {ws.phases.host_ns, ws.phases.append_ns,
+                                           ws.phases.enqueue_ns,
+                                           ws.phases.overlap_ns, ws.phases.wait_ns,
+                                           ws.phases.gpu_ns};
+            for (int j = 0; j < N_PHASES; j++)
+                st[k].phase[j][it] = (double)ph[j] * 1e-3;
             if (k) {
                 st[k].sel[it] = (double)ws.select_ns * 1e-3;
                 st[k].sel_bytes += s1.select_bytes_read - s0.select_bytes_read;
@@ -340,7 +364,13 @@ int main(int argc, char **argv)
     print_ratio(both ? "default" : o.select, &st[0], &st[1], o.iters);
     if (both)
         print_ratio("per-head", &st[0], &st[2], o.iters);
+    print_phases("phases dense", &st[0], o.iters);
+    print_phases("phases sparse", &st[1], o.iters);
+    if (both)
+        print_phases("phases s/head", &st[2], o.iters);
     for (int k = 0; k < n_sets; k++) {
+        for (int j = 0; j < N_PHASES; j++)
+            free(st[k].phase[j]);
         free(st[k].wall);
         free(st[k].cpu);
         free(st[k].sel);

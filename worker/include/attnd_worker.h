@@ -460,6 +460,16 @@ attnd_status attnd_engine_load_weights(attnd_engine *e, uint32_t layer,
 void attnd_engine_weights_dims(attnd_engine *e, uint32_t layer, int32_t *d_nope_p,
                                int32_t *d_vo_p);
 
+/* Where a GPU engine's last attend spent its wall time (ns; all 0 on the
+ * CPU backend). host: entry to handing the batch to the GPU (checks,
+ * appends, page lists; append: the appends' part of it); enqueue: the device call until its copies and
+ * kernels are queued (a host selection first, where one runs); overlap: host work while the GPU runs (the key bounds' fold);
+ * wait: then waiting for the GPU; gpu: the GPU's span from the call's
+ * first queued operation to its last (CUDA events). */
+typedef struct attnd_engine_phases {
+    uint64_t host_ns, append_ns, enqueue_ns, overlap_ns, wait_ns, gpu_ns;
+} attnd_engine_phases;
+
 /* Per-thread scratch of attnd_engine_attend: page lists and outputs. It
  * grows to the largest batch seen and is then reused, so steady-state
  * decode allocates nothing. Caller-owned: init before use, cleanup after. */
@@ -493,6 +503,7 @@ typedef struct attnd_engine_ws {
     const int32_t *chosen_indptr;
     const int64_t *chosen;
     uint64_t select_ns; /* the last attend's page selection time (0: none) */
+    attnd_engine_phases phases; /* the last attend's, GPU engines */
 } attnd_engine_ws;
 
 void attnd_engine_ws_init(attnd_engine_ws *ws);
