@@ -998,12 +998,17 @@ static void test_select(void)
     select_case(128, 1, 576, 1, 4, 1, 2, 2048, "MLA 128 heads in runs of 4, 2048 pages");
     select_case(128, 1, 576, 1, 8, 1, 4, 2048, "MLA 128 heads in runs of 8 (the default), 4 x 2048 pages");
     select_case(128, 1, 576, 1, 8, 3, 2, 1000, "MLA runs of 8, 3 query tokens, 1000 pages");
+    /* up to 8 rows a list: the tensor-core scoring (select_mma.cu) */
+    select_case(128, 1, 576, 1, 16, 1, 4, 2048, "MLA runs of 16 (8 rows, the engine's), 4 x 2048 pages");
+    select_case(128, 1, 576, 1, 32, 2, 3, 1500, "MLA runs of 32, 2 query tokens (8 rows), 1500 pages");
+    select_case(128, 1, 576, 1, 64, 1, 2, 777, "MLA runs of 64 (2 rows), 777 pages");
     select_case(32, 8, 128, 8, 1, 2, 4, 2048, "GQA 32/8 per KV head, 2 query tokens, 4 x 2048 pages");
     select_case(32, 8, 128, 1, 1, 1, 2, 5000, "GQA 32/8 one list (32 rows), 5000 pages");
     select_case(32, 8, 128, 8, 1, 1, 1, 9000, "GQA 32/8 per KV head, 9000 pages (keys in global memory)");
     select_repeat = 5; /* ties throughout: the threshold's every digit, the earliest of equals */
     select_case(32, 8, 128, 8, 1, 1, 3, 300, "GQA 32/8 per KV head, 300 pages of 5 bounds");
     select_case(128, 1, 576, 1, 8, 1, 2, 2048, "MLA runs of 8, 2048 pages of 5 bounds");
+    select_case(128, 1, 576, 1, 16, 1, 2, 2048, "MLA runs of 16, 2048 pages of 5 bounds");
     select_repeat = 0;
 }
 
