@@ -438,6 +438,7 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
 {
     const attnd_model_spec *m = &e->model;
     const uint64_t t0 = attnd_clock_ns();
+    memset(&ws->phases, 0, sizeof ws->phases);
     attnd_status st = attnd__engine_check_layer(e, req->layer, err);
     uint64_t tokens = 0, kv_bytes = 0, dense_bytes = 0;
     int sparse = 0;
@@ -564,7 +565,6 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
             .d_vo = uv ? uv->cols : 0, .uv = uv ? uv->dev : NULL,
         };
         const attnd__gpu_proj *pp = uk || uv ? &gp : NULL;
-        memset(&ws->phases, 0, sizeof ws->phases);
         const uint64_t t_call = attnd_clock_ns();
         ws->phases.host_ns = t_call - t0;
         ws->phases.append_ns = append_ns;
@@ -572,6 +572,8 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
                                        .times = &ws->phases};
         st = sparse ? attnd__sparse_gpu_decode(e, ws, &b, pp, &ov, err)
                     : attnd__gpu_decode(e->gpu, &b, pp, &ov, err);
+        if (st)
+            memset(&ws->phases, 0, sizeof ws->phases);
     } else {
         st = attnd_kernel_decode_parallel(e->kpool, &b, err); /* its threads' own scratch */
     }

@@ -461,11 +461,13 @@ void attnd_engine_weights_dims(attnd_engine *e, uint32_t layer, int32_t *d_nope_
                                int32_t *d_vo_p);
 
 /* Where a GPU engine's last attend spent its wall time (ns; all 0 on the
- * CPU backend). host: entry to handing the batch to the GPU (checks,
- * appends, page lists; append: the appends' part of it); enqueue: the device call until its copies and
- * kernels are queued (a host selection first, where one runs); overlap: host work while the GPU runs (the key bounds' fold);
- * wait: then waiting for the GPU; gpu: the GPU's span from the call's
- * first queued operation to its last (CUDA events). */
+ * CPU backend and after a failed call). host: entry to handing the batch
+ * to the GPU (checks, appends, page lists), append: the appends' part of
+ * it; enqueue: the device call until its copies and kernels are queued (a
+ * host selection first, where one runs); overlap: host work while the GPU
+ * runs (the key bounds' fold); wait: then waiting for the GPU; gpu: the
+ * GPU's span from the call's first queued operation to its last (CUDA
+ * events). */
 typedef struct attnd_engine_phases {
     uint64_t host_ns, append_ns, enqueue_ns, overlap_ns, wait_ns, gpu_ns;
 } attnd_engine_phases;
