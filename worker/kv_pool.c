@@ -16,6 +16,17 @@
 #include "attnd_assert.h"
 #include "worker_int.h"
 
+void *attnd__map_anon(size_t bytes, int huge)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    if (huge)
+        madvise(p, bytes, MADV_HUGEPAGE); /* a hint; fine if refused */
+    return p;
+}
+
 attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
                                 int32_t n_pages, attnd_error *err)
 {
@@ -27,15 +38,10 @@ attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
     p->page_bytes = page_bytes;
     p->n_pages = n_pages;
     p->map_bytes = page_bytes * (size_t)n_pages;
-    p->base = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p->base == MAP_FAILED) {
-        p->base = NULL;
+    if (!(p->base = attnd__map_anon(p->map_bytes, 1)))
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "kv_memory: cannot map %zu bytes: %s", p->map_bytes,
                                strerror(errno));
-    }
-    madvise(p->base, p->map_bytes, MADV_HUGEPAGE); /* a hint; fine if refused */
     p->free_stack = malloc(sizeof(int32_t) * (size_t)n_pages);
     p->state = calloc((size_t)n_pages, 1);
     if (!p->free_stack || !p->state)

@@ -59,15 +59,13 @@ attnd_status attnd__sparse_engine_init(attnd_engine *e, attnd_error *err)
     size_t b8 = attnd_kernel_kv_bounds8_row(&e->layout) * (size_t)e->layout.n_kv_heads *
                 (size_t)e->pool.n_pages;
     size_t bytes = b16 + b8 + (e->gpu ? (size_t)e->pool.n_pages : 0);
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
-    if (p == MAP_FAILED)
+    /* huge pages as the pool's: the selection streams the compact rows of
+     * every candidate (4.3 MB for a 128K llama3-8b sequence), a TLB miss
+     * every 4 KiB without them */
+    void *p = attnd__map_anon(bytes, 1);
+    if (!p)
         return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                "kv_memory: cannot map %zu bytes of page key bounds", bytes);
-    /* as the pool's pages: the selection streams the compact rows of every
-     * candidate (4.3 MB for a 128K llama3-8b sequence), a TLB miss every
-     * 4 KiB without huge pages. A hint; fine if refused. */
-    madvise(p, bytes, MADV_HUGEPAGE);
     e->bounds = p;
     e->bounds8 = (uint8_t *)p + b16;
     e->bounds8_stale = e->gpu ? e->bounds8 + b8 : NULL;

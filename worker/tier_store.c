@@ -351,10 +351,7 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
     /* the key bounds of the pages below (sparse_kv.c): address space only,
      * touched by topk-pages layers alone */
     t->bounds_bytes = (size_t)n * attnd_kernel_kv_bounds_elems(&e->layout) * sizeof(uint16_t);
-    t->bounds = mmap(NULL, t->bounds_bytes, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (t->bounds == MAP_FAILED) {
-        t->bounds = NULL;
+    if (!(t->bounds = attnd__map_anon(t->bounds_bytes, 0))) {
         st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                              "%s: cannot map %zu bytes for the key bounds of %llu slots", what,
                              t->bounds_bytes, (unsigned long long)n);
@@ -373,10 +370,7 @@ attnd_status attnd__tier_create(attnd_engine *e, const attnd__tier_cfg *cfg, att
     }
     if (cfg->kind != ATTND__STORE_DISK) { /* host: every slot; chain: its band */
         size_t bytes = (size_t)(cfg->kind == ATTND__STORE_HOST ? n : nh) * t->slot_bytes;
-        t->host = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (t->host == MAP_FAILED) {
-            t->host = NULL;
+        if (!(t->host = attnd__map_anon(bytes, 0))) {
             st = attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
                                  "kv-host: cannot map %zu bytes: %s", bytes, strerror(errno));
             goto err_store;

@@ -54,6 +54,10 @@ attnd_status attnd_kv_pool_init(attnd_kv_pool *p, size_t page_bytes,
 attnd_status attnd_kv_pool_init_meta(attnd_kv_pool *p, size_t page_bytes,
                                      int32_t n_pages, attnd_error *err);
 void attnd_kv_pool_cleanup(attnd_kv_pool *p);
+/* `bytes` of private anonymous memory, address space only until written
+ * (MAP_NORESERVE), asked for transparent huge pages when huge (a hint);
+ * NULL when the map fails (errno says why). Freed with munmap. */
+void *attnd__map_anon(size_t bytes, int huge);
 /* Fault the mapping in from a background thread, lowest pages (the first
  * allocated) first, so appends do not pay the first-touch cost (see
  * attnd_engine_config.prefault for what it buys and costs). The
