@@ -34,7 +34,8 @@
 #                                   GPU end to end, then topk-pages 1/8 at 128K
 #                                   against dense for llama3-8b and deepseek-v3
 #                                   at batch 4 and 16, the baseline's run beside
-#                                   each; $OUT/sparse.log)
+#                                   each, with where each call's time went
+#                                   (phases); $OUT/sparse.log)
 #   tests/gpu/run.sh capture-build (here: bundle attnd-sparse-accuracy into
 #                                   $ATTND_GPU_ACC, default .gpu/acc)
 #   tests/gpu/run.sh capture       (there: tests/gpu/capture_attn.py: attention
@@ -435,13 +436,13 @@ do_sparse() {
       for v in "${bins[@]}"; do  # the baseline first, then this tree's
         echo "== $v $m batch $bt" | tee -a "$log"
         "${t[@]}" "$sparse/run" "$v" --model "$m" --ctx 131072 --batch "$bt" --budget 0.125 \
-          --iters 30 --device cuda:0 2>&1 | tee -a "$log" | grep -E 'dense |sparse |speedup|selection'
+          --iters 30 --device cuda:0 2>&1 | tee -a "$log" | grep -E 'dense |sparse |speedup|selection|phases'
       done
       if [ "$m" = deepseek-v3 ]; then  # the narrow wire's form (this tree's)
         echo "== attnd-sparse-bench $m batch $bt --q-form heads" | tee -a "$log"
         "${t[@]}" "$sparse/run" attnd-sparse-bench --model "$m" --ctx 131072 --batch "$bt" \
           --budget 0.125 --iters 30 --device cuda:0 --q-form heads 2>&1 | tee -a "$log" |
-          grep -E 'dense |sparse |speedup|selection'
+          grep -E 'dense |sparse |speedup|selection|phases'
       fi
     done
   done
