@@ -134,6 +134,14 @@ START_TEST(test_pool_accounting_follows_reservations_appends_and_close)
 }
 END_TEST
 
+/* No phase figures: a CPU engine's attend, or any failed one, leaves
+ * every field of attnd_engine_phases 0 (whatever the workspace held). */
+static int phases_zero(const attnd_engine_phases *p)
+{
+    return !p->host_ns && !p->append_ns && !p->enqueue_ns && !p->overlap_ns && !p->wait_ns &&
+           !p->gpu_ns;
+}
+
 START_TEST(test_engine_errors_have_exact_codes_and_no_side_effects)
 {
     /* pool of exactly 4 pages (tiny-mla page = 64 * 80 * 2 bytes) */
@@ -194,8 +202,10 @@ START_TEST(test_engine_errors_have_exact_codes_and_no_side_effects)
     ck_assert_ptr_nonnull(strstr(err.msg, "session_ids[1]: duplicate"));
     attnd_session_id unk[2] = {a, ghost};
     req.ids = unk;
+    memset(&ws.phases, 0xa5, sizeof ws.phases); /* a last call's figures */
     ck_assert_int_eq(attnd_engine_attend(e, &req, &ws, &out, &lse, &err), ATTND_ERR_NOT_FOUND);
     ck_assert_ptr_nonnull(strstr(err.msg, "session_ids[1]"));
+    ck_assert(phases_zero(&ws.phases));
     req.ids = ids;
     req.layer = 9;
     ck_assert_int_eq(attnd_engine_attend(e, &req, &ws, &out, &lse, &err),
@@ -213,9 +223,11 @@ START_TEST(test_engine_errors_have_exact_codes_and_no_side_effects)
     ck_assert_uint_eq(len, 128);
     ck_assert_int_eq(attnd_engine_length(e, &b, 0, &len, &err), ATTND_OK);
     ck_assert_uint_eq(len, 128);
-    /* without new KV it still answers */
+    /* without new KV it still answers (a CPU engine: no phase figures) */
     req.new_kv = NULL;
+    memset(&ws.phases, 0xa5, sizeof ws.phases);
     ck_assert_int_eq(attnd_engine_attend(e, &req, &ws, &out, &lse, &err), ATTND_OK);
+    ck_assert(phases_zero(&ws.phases));
 
     ck_assert_int_eq(attnd_engine_session_close(e, &ghost, NULL, &err), ATTND_ERR_NOT_FOUND);
     attnd_engine_ws_cleanup(&ws);
