@@ -63,7 +63,7 @@ __global__ void qsum_kernel(sel_params p)
     const attnd_kernel_select_list sl = p.lists[blockIdx.y];
     if (!chunks_of(sl))
         return;
-    const int32_t hpg = p.hkv / p.lg, G = p.hq / p.hkv, runs = G / p.agg, R = rows_per_head(p);
+    const int32_t hpg = p.hkv / p.lg, R = rows_per_head(p);
     if (blockIdx.x == 0) /* each row's best, folded in by score_kernel */
         for (int32_t r = (int32_t)threadIdx.x; r < R * hpg; r += (int32_t)blockDim.x)
             best_of(p, sl)[r] = fkey(-INFINITY);
@@ -72,15 +72,7 @@ __global__ void qsum_kernel(sel_params p)
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int32_t d = (int32_t)(i % p.dk), r = (int32_t)(i / p.dk);
-        const int32_t hh = r / R, rr = r % R, kvh = sl.group * hpg + hh;
-        const int32_t s = rr / runs, g = rr % runs * p.agg;
-        const uint16_t *q =
-            p.q + (((int64_t)sl.seq * p.q_tokens + s) * p.hq + (int64_t)kvh * G + g) * p.dk + d;
-        float x = bf16f(__ldg(q));
-#pragma unroll 8
-        for (int32_t j = 1; j < p.agg; j++) /* a run of heads: their sum, in order */
-            x += bf16f(__ldg(q + (int64_t)j * p.dk));
-        qs[i] = x;
+        qs[i] = row_elem(p, sl, sl.group * hpg + r / R, r % R, d);
     }
 }
 
@@ -268,7 +260,7 @@ __global__ void qpack8_kernel(sel_params p)
     const attnd_kernel_select_list sl = p.lists[blockIdx.y];
     if (!chunks_of(sl))
         return;
-    const int32_t hpg = p.hkv / p.lg, G = p.hq / p.hkv, runs = G / p.agg, R = rows_per_head(p);
+    const int32_t hpg = p.hkv / p.lg, R = rows_per_head(p);
     const int32_t dk = p.dk, lane = (int32_t)threadIdx.x % 32, warp = (int32_t)threadIdx.x / 32;
     if (blockIdx.x == 0)
         for (int32_t r = (int32_t)threadIdx.x; r < R * hpg; r += (int32_t)blockDim.x)
@@ -277,14 +269,10 @@ __global__ void qpack8_kernel(sel_params p)
     if (row >= R * hpg)
         return; /* the whole warp */
     const int32_t hh = row / R, rr = row % R, kvh = sl.group * hpg + hh;
-    const int32_t s = rr / runs, g = rr % runs * p.agg;
-    const uint16_t *q = p.q + (((int64_t)sl.seq * p.q_tokens + s) * p.hq + (int64_t)kvh * G + g) * dk;
     float *x = xs + (int64_t)warp * dk;
     float mx = 0.f;
     for (int32_t d = lane; d < dk; d += 32) {
-        float v = bf16f(__ldg(q + d));
-        for (int32_t j = 1; j < p.agg; j++) /* a run of heads: their sum, in order */
-            v = __fadd_rn(v, bf16f(__ldg(q + (int64_t)j * dk + d)));
+        const float v = row_elem(p, sl, kvh, rr, d); /* a sum of adds: nothing to contract */
         x[d] = v;
         mx = fmaxf(mx, fabsf(v)); /* NaN ignored, as the CPU's a > mx */
     }

@@ -48,6 +48,21 @@ __device__ __forceinline__ int32_t rows_per_head(const sel_params &p)
     return p.q_tokens * (p.hq / p.hkv / p.agg);
 }
 
+/* Element d of query row r (of R per KV head) of KV head kvh of list sl:
+ * the row's run of agg heads summed in order, in float32. */
+__device__ __forceinline__ float row_elem(const sel_params &p, const attnd_kernel_select_list &sl,
+                                          int32_t kvh, int32_t r, int32_t d)
+{
+    const int32_t G = p.hq / p.hkv, runs = G / p.agg;
+    const int32_t s = r / runs, g = r % runs * p.agg;
+    const uint16_t *q =
+            p.q + (((int64_t)sl.seq * p.q_tokens + s) * p.hq + (int64_t)kvh * G + g) * p.dk + d;
+    float x = bf16f(__ldg(q));
+    for (int32_t j = 1; j < p.agg; j++)
+        x += bf16f(__ldg(q + (int64_t)j * p.dk));
+    return x;
+}
+
 /* A list's packed-query room (select.c's list_q) and its ub (list_ub). */
 __device__ __forceinline__ float *qs_of(const sel_params &p, const attnd_kernel_select_list &sl)
 {

@@ -57,20 +57,6 @@ constexpr int MMA_UNROLL = 4;    /* 32-element chunks a lane loads at once */
 
 static_assert(ATTND_KERNEL_SELECT_CHUNK % MMA_PAGES == 0, "half units");
 
-/* Row r's element d as qsum_kernel sums it: its run of agg heads, in order. */
-__device__ __forceinline__ float row_elem(const sel_params &p, const attnd_kernel_select_list &sl,
-                                          int32_t r, int32_t d)
-{
-    const int32_t G = p.hq / p.hkv, runs = G / p.agg;
-    const int32_t s = r / runs, g = r % runs * p.agg;
-    const uint16_t *q =
-            p.q + (((int64_t)sl.seq * p.q_tokens + s) * p.hq + (int64_t)sl.group * G + g) * p.dk + d;
-    float x = bf16f(__ldg(q));
-    for (int32_t j = 1; j < p.agg; j++)
-        x += bf16f(__ldg(q + (int64_t)j * p.dk));
-    return x;
-}
-
 __device__ __forceinline__ uint16_t bf16_bits(float x)
 {
     const __nv_bfloat16 b = __float2bfloat16_rn(x);
@@ -92,7 +78,7 @@ __global__ void qprep_kernel(sel_params p)
     const int64_t n = (int64_t)R * dk;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        const float x = row_elem(p, sl, (int32_t)(i / dk), (int32_t)(i % dk));
+        const float x = row_elem(p, sl, sl.group, (int32_t)(i / dk), (int32_t)(i % dk));
         const uint16_t h = bf16_bits(x);
         parts[i] = h;
         parts[n + i] = bf16_bits(x - bf16f(h)); /* NaN and infinities: NaN, caught later */
@@ -137,7 +123,7 @@ __device__ float score_exact(const sel_params &p, const attnd_kernel_select_list
 {
     float acc = 0.f;
     for (int32_t d = 0; d < p.dk; d++) {
-        const float x = row_elem(p, sl, r, d);
+        const float x = row_elem(p, sl, sl.group, r, d);
         acc = fmaf(x, x > 0.f ? bf16f(__ldg(lo + p.dk + d)) : bf16f(__ldg(lo + d)), acc);
     }
     return acc;
