@@ -95,6 +95,8 @@ typedef struct gpu_buf {
     size_t cap; /* bytes */
 } gpu_buf;
 
+enum { EV_SEL0, EV_SEL1, EV_CALL0, EV_CALL1, GPU_EVENTS };
+
 struct attnd__gpu {
     pthread_mutex_t mu; /* one call at a time: guards everything below */
     int32_t device;
@@ -147,15 +149,26 @@ struct attnd__gpu {
     attnd_cuda_fold *fold;
     int32_t *fold_at, fold_n;
     gpu_buf sel_lists, sel_work, sel_pos; /* sel_lists: lists, units' lists, candidates */
-    cudaEvent_t sel_t0, sel_t1;
-    int sel_events;
-    cudaEvent_t ph_t0, ph_t1; /* a decode's first and last queued operation */
-    int ph_events;
+    /* timing events, made on first use (events_ready): the selection's
+     * start and end, a decode's first and last queued operation */
+    cudaEvent_t ev[GPU_EVENTS];
+    int n_ev; /* made so far */
 };
 
 static attnd_status cuda_fail(attnd_error *err, cudaError_t rc, const char *what)
 {
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "cuda: %s: %s", what, cudaGetErrorString(rc));
+}
+
+/* The timing events, made once; those made before a failure are counted
+ * (destroy frees them) and not made again. Caller holds g->mu. */
+static attnd_status events_ready(attnd__gpu *g, attnd_error *err)
+{
+    cudaError_t rc;
+    for (; g->n_ev < GPU_EVENTS; g->n_ev++)
+        if ((rc = cudaEventCreate(&g->ev[g->n_ev])) != cudaSuccess)
+            return cuda_fail(err, rc, "cudaEventCreate");
+    return ATTND_OK;
 }
 
 /* ---- cuBLAS, loaded at run time ------------------------------------------------ */
@@ -404,14 +417,8 @@ void attnd__gpu_destroy(attnd__gpu *g)
     free(g->b8_list);
     free(g->fold);
     free(g->fold_at);
-    if (g->ph_events) {
-        cudaEventDestroy(g->ph_t0);
-        cudaEventDestroy(g->ph_t1);
-    }
-    if (g->sel_events) {
-        cudaEventDestroy(g->sel_t0);
-        cudaEventDestroy(g->sel_t1);
-    }
+    for (int i = 0; i < g->n_ev; i++)
+        cudaEventDestroy(g->ev[i]);
     cudaFreeHost(g->stage);
     free(g->pend);
     free(g->pend_page);
@@ -715,11 +722,8 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
         (st = buf_fit(&g->sel_work, work * 4 + 4, 0, "select", err)) ||
         (st = buf_fit(&g->sel_pos, n_idx * 4 + 4, 0, "select", err)))
         return st;
-    if (!g->sel_events) {
-        if (cudaEventCreate(&g->sel_t0) != cudaSuccess || cudaEventCreate(&g->sel_t1) != cudaSuccess)
-            return cuda_fail(err, cudaGetLastError(), "cudaEventCreate");
-        g->sel_events = 1;
-    }
+    if ((st = events_ready(g, err)))
+        return st;
     /* the stream was idle when decode_locked began: nothing queued reads the
      * pinned halves of an earlier call */
     memcpy(g->sel_lists.h, sel->lists, lists_bytes);
@@ -752,7 +756,7 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
         .work = g->sel_work.d,
         .unit_list = d_units,
     };
-    cudaEventRecord(g->sel_t0, g->stream);
+    cudaEventRecord(g->ev[EV_SEL0], g->stream);
     if (g->bounds8 && g->b8_n) { /* the changed pages' compact rows (their bf16 rows are up) */
         const size_t nb = (size_t)g->b8_n * sizeof *g->b8_list;
         if ((st = ring_room(g, nb, err)))
@@ -768,7 +772,7 @@ static attnd_status select_enqueue(attnd__gpu *g, const attnd_kernel_select_batc
     }
     if ((st = attnd_cuda_select_run(g->ctx, &cs, err)))
         return st;
-    cudaEventRecord(g->sel_t1, g->stream);
+    cudaEventRecord(g->ev[EV_SEL1], g->stream);
     return ATTND_OK;
 }
 
@@ -951,15 +955,10 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         st = cuda_fail(err, rc, "cudaSetDevice");
         goto out;
     }
-    if (ph && !g->ph_events) {
-        if (cudaEventCreate(&g->ph_t0) != cudaSuccess || cudaEventCreate(&g->ph_t1) != cudaSuccess) {
-            st = cuda_fail(err, cudaGetLastError(), "cudaEventCreate");
-            goto out;
-        }
-        g->ph_events = 1;
-    }
+    if (ph && (st = events_ready(g, err)))
+        goto out;
     if (ph)
-        cudaEventRecord(g->ph_t0, g->stream);
+        cudaEventRecord(g->ev[EV_CALL0], g->stream);
     if ((st = pend_flush(g, err))) /* this step's appends, one launch */
         goto out;
     gpu_buf *qin = heads ? &g->qn : &g->q; /* where the query as sent lands */
@@ -1049,7 +1048,7 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         goto out;
     }
     if (ph)
-        cudaEventRecord(g->ph_t1, g->stream);
+        cudaEventRecord(g->ev[EV_CALL1], g->stream);
     const uint64_t t_enq = ph ? attnd_clock_ns() : 0;
     if (ov && ov->run) /* the host's share, while the GPU works */
         ov->run(ov->arg);
@@ -1057,12 +1056,12 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
     st = gpu_sync(g, err);
     if (st == ATTND_OK && sel && select_ns_p) {
         float ms = 0.f;
-        cudaEventElapsedTime(&ms, g->sel_t0, g->sel_t1);
+        cudaEventElapsedTime(&ms, g->ev[EV_SEL0], g->ev[EV_SEL1]);
         *select_ns_p = (uint64_t)((double)ms * 1e6);
     }
     if (st == ATTND_OK && ph) {
         float ms = 0.f;
-        cudaEventElapsedTime(&ms, g->ph_t0, g->ph_t1);
+        cudaEventElapsedTime(&ms, g->ev[EV_CALL0], g->ev[EV_CALL1]);
         ph->gpu_ns = (uint64_t)((double)ms * 1e6);
         ph->enqueue_ns = t_enq - ov->t_call;
         ph->overlap_ns = t_ov - t_enq;
