@@ -286,4 +286,23 @@ typedef struct attnd_cuda_copy {
 attnd_status attnd_cuda_scatter(attnd_cuda_ctx *ctx, const attnd_cuda_copy *copies, int32_t n,
                                 attnd_error *err);
 
+/* ---- token gather (given-tokens lists) ----------------------------------------
+ *
+ * Copy single tokens of pool (pool_pages pages laid out as kv: bf16,
+ * attnd_kernel_kv_layout_mla / _gqa) into whole pages of dst (n_pages
+ * pages of the same layout), so that the decode can attend a list of any
+ * tokens as a page list over dst. For destination page p < n_pages, head
+ * slot h < n_heads and slot s < P (kv->page_size), entry
+ * src[(p * n_heads + h) * P + s] = t >= 0 names pool token t (page t / P,
+ * slot t % P), copied to slot s of page p: with n_heads 1 the whole token
+ * (MLA's row; every KV head's K and V rows for GQA), with n_heads =
+ * kv->n_kv_heads (GQA) only KV head h's K and V rows (lists of different
+ * KV heads then share pages). t < 0, or t past the pool: the slot is left
+ * as it is. src in device memory; pool and dst device memory, 16-byte
+ * aligned, not overlapping; at most 2^31 pool tokens. Asynchronous on the
+ * context's stream. */
+attnd_status attnd_cuda_gather(attnd_cuda_ctx *ctx, const attnd_kernel_kv_layout *kv,
+                               const void *pool, int64_t pool_pages, void *dst, int64_t n_pages,
+                               int32_t n_heads, const int32_t *src, attnd_error *err);
+
 #endif /* ATTND_CUDA_H */

@@ -124,7 +124,7 @@ do_build() {
   # wgmma / setmaxnreg need sm_90a; the rest is plain sm_90
   $nvcc $cuflags -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -c "$root/kernels/cuda/mla_decode.cu" \
     -o "$obj/mla_decode.o" 2> "$obj/mla_decode.ptxas" & pids+=($!)
-  for f in gqa_decode combine hadamard ctx plan select select_mma scatter bounds8; do
+  for f in gqa_decode combine hadamard ctx plan select select_mma scatter gather bounds8; do
     $nvcc $cuflags -arch=sm_90 -Xptxas -v -c "$root/kernels/cuda/$f.cu" -o "$obj/$f.o" \
       2> "$obj/$f.ptxas" & pids+=($!)
   done
@@ -134,7 +134,7 @@ do_build() {
   if [ $rc -ne 0 ]; then cat "$obj"/*.ptxas >&2; echo "build failed" >&2; exit 1; fi
   grep -h -E "registers|spill" "$obj"/*.ptxas | sort | uniq -c | sed 's/^/  ptxas: /' || true
   local lib="$obj/ctx.o $obj/plan.o $obj/mla_decode.o $obj/gqa_decode.o $obj/combine.o \
-             $obj/hadamard.o $obj/select.o $obj/select_mma.o $obj/scatter.o $obj/bounds8.o $obj/partition.o \
+             $obj/hadamard.o $obj/select.o $obj/select_mma.o $obj/scatter.o $obj/gather.o $obj/bounds8.o $obj/partition.o \
              $obj/dtype.o $obj/buf.o"
   for f in "${cpu[@]}"; do lib+=" $obj/cpu_$(basename "$f" .c).o"; done
   $nvcc -arch=sm_90 -o "$bin/test_cuda" "$obj/test_cuda.o" $lib -lpthread -lm

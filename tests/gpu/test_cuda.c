@@ -581,6 +581,98 @@ static void test_scatter(void)
             "scatter rejects n = -1: %s", err.msg);
 }
 
+/* attnd_cuda_gather: random tokens of a random pool (MLA and TPLA-shard
+ * rows, GQA whole tokens and per KV head) gathered into pages of a buffer
+ * prefilled with a pattern; the buffer must equal the same copies done on
+ * the host, the bytes of empty slots (and a GQA slot's other heads)
+ * untouched. Bitwise: a copy. */
+static void gather_case(int mla, int32_t d_c, int32_t hkv, int32_t D, int per_head)
+{
+    attnd_kernel_kv_layout l;
+    if (mla)
+        attnd_kernel_kv_layout_mla(&l, d_c, 64, 64, ATTND_DTYPE_BF16);
+    else
+        attnd_kernel_kv_layout_gqa(&l, hkv, D, 64, ATTND_DTYPE_BF16);
+    const int32_t P = l.page_size, hs = per_head ? l.n_kv_heads : 1;
+    const int64_t pool_pages = 37, n_pages = 11;
+    const size_t pb = attnd_kernel_kv_layout_page_bytes(&l);
+    const int64_t entries = n_pages * hs * P;
+    uint16_t *pool = malloc(pb * (size_t)pool_pages), *want = malloc(pb * (size_t)n_pages);
+    uint16_t *got = malloc(pb * (size_t)n_pages);
+    int32_t *src = malloc(sizeof(int32_t) * (size_t)entries);
+    for (size_t i = 0; i < pb / 2 * (size_t)pool_pages; i++)
+        pool[i] = (uint16_t)tu_next(&rng);
+    for (size_t i = 0; i < pb / 2 * (size_t)n_pages; i++)
+        want[i] = (uint16_t)(0x7fc0 + (i & 31)); /* NaN patterns: what was there */
+    for (int64_t e = 0; e < entries; e++) {
+        /* a quarter of the slots empty, a few past the pool (never copied) */
+        uint64_t r = tu_next(&rng) % 16;
+        src[e] = r < 4 ? -1 : r == 4 ? (int32_t)(pool_pages * P + (int64_t)(tu_next(&rng) % 99))
+                                     : (int32_t)(tu_next(&rng) % (uint64_t)(pool_pages * P));
+    }
+    for (int64_t e = 0; e < entries; e++) { /* the host's copies */
+        int32_t t = src[e];
+        if (t < 0 || t >= pool_pages * P)
+            continue;
+        const int32_t s = (int32_t)(e % P), h = (int32_t)(e / P % hs);
+        const int64_t p = e / P / hs;
+        const uint16_t *from = pool + (size_t)(t / P) * (pb / 2);
+        uint16_t *to = want + (size_t)p * (pb / 2);
+        const int32_t h0 = per_head ? h : 0, h1 = per_head ? h + 1 : l.n_kv_heads;
+        for (int32_t k = h0; k < h1; k++) {
+            memcpy(to + k * l.k_head_stride + s * l.k_token_stride,
+                   from + k * l.k_head_stride + (t % P) * l.k_token_stride, (size_t)l.d_k * 2);
+            if (!l.v_in_k)
+                memcpy(to + l.v_offset + k * l.v_head_stride + s * l.v_token_stride,
+                       from + l.v_offset + k * l.v_head_stride + (t % P) * l.v_token_stride,
+                       (size_t)l.d_v * 2);
+        }
+    }
+    void *dpool, *ddst, *dsrc;
+    GP_CK(cudaMalloc(&dpool, pb * (size_t)pool_pages));
+    GP_CK(cudaMalloc(&ddst, pb * (size_t)n_pages));
+    GP_CK(cudaMalloc(&dsrc, sizeof(int32_t) * (size_t)entries));
+    GP_CK(cudaMemcpy(dpool, pool, pb * (size_t)pool_pages, cudaMemcpyHostToDevice));
+    for (size_t i = 0; i < pb / 2 * (size_t)n_pages; i++)
+        got[i] = (uint16_t)(0x7fc0 + (i & 31));
+    GP_CK(cudaMemcpy(ddst, got, pb * (size_t)n_pages, cudaMemcpyHostToDevice));
+    GP_CK(cudaMemcpy(dsrc, src, sizeof(int32_t) * (size_t)entries, cudaMemcpyHostToDevice));
+    GP_CK(cudaDeviceSynchronize());
+    attnd_error err = {0};
+    must(attnd_cuda_gather(ctx, &l, dpool, pool_pages, ddst, n_pages, hs, dsrc, &err), &err,
+         "gather");
+    must(attnd_cuda_sync(ctx, &err), &err, "sync");
+    GP_CK(cudaMemcpy(got, ddst, pb * (size_t)n_pages, cudaMemcpyDeviceToHost));
+    size_t bad = 0;
+    for (size_t i = 0; i < pb / 2 * (size_t)n_pages; i++)
+        bad += got[i] != want[i];
+    verdict(bad == 0, "gather %s d %d, %d KV heads, %s: %zu of %zu elements differ",
+            mla ? "MLA" : "GQA", mla ? d_c : D, l.n_kv_heads,
+            per_head ? "per KV head" : "whole tokens", bad, pb / 2 * (size_t)n_pages);
+    cudaFree(dsrc);
+    cudaFree(ddst);
+    cudaFree(dpool);
+    free(src);
+    free(got);
+    free(want);
+    free(pool);
+}
+
+static void test_gather(void)
+{
+    gather_case(1, 512, 1, 0, 0);
+    gather_case(1, 256, 1, 0, 0); /* a TPLA latent shard */
+    gather_case(0, 0, 8, 128, 0);
+    gather_case(0, 0, 8, 128, 1);
+    gather_case(0, 0, 4, 64, 1);
+    attnd_kernel_kv_layout l;
+    attnd_kernel_kv_layout_mla(&l, 512, 64, 64, ATTND_DTYPE_BF16);
+    attnd_error err = {0};
+    verdict(attnd_cuda_gather(ctx, &l, NULL, 1, NULL, 1, 2, NULL, &err) ==
+                    ATTND_ERR_INVALID_ARGUMENT && strstr(err.msg, "n_heads"),
+            "gather refuses MLA with 2 head slots: %s", err.msg);
+}
+
 static void test_hadamard(void)
 {
     static const int32_t dims[] = {2, 16, 128, 256, 512, 1024, 4096, 8192};
@@ -1043,6 +1135,7 @@ int main(int argc, char **argv)
         test_combine();
         test_hadamard();
         test_scatter();
+        test_gather();
         test_rejects();
     }
     attnd_cuda_plan_destroy(plan);
