@@ -152,6 +152,27 @@ attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_b
                                       size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
                                       const attnd__gpu_overlap *ov, attnd_error *err);
 
+/* A batch of token lists (given-tokens policies): the CUDA decode reads
+ * 64-token tiles of whole pages, so the listed tokens are first copied
+ * into whole pages of a device buffer (attnd_cuda_gather), which the
+ * decode reads instead of the pool; b's page lists then index those n_pages
+ * pages. src: [n_pages][n_heads][page_size] pool tokens (page * page_size
+ * + slot) or -1 (host, read before return), n_heads 1 (whole tokens) or
+ * the layout's KV heads (GQA lists per KV head: a session's lists share
+ * pages, each head's rows from its own list). */
+typedef struct attnd__gpu_gather {
+    int64_t n_pages;
+    int32_t n_heads;
+    const int32_t *src;
+} attnd__gpu_gather;
+
+/* attnd__gpu_decode over the pages gath gathers (above); the device
+ * buffer grows to the largest batch (RESOURCE_EXHAUSTED naming given_idx
+ * when it cannot). */
+attnd_status attnd__gpu_decode_gather(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd__gpu_gather *gath,
+                                      const attnd__gpu_overlap *ov, attnd_error *err);
+
 /* Page-locked host memory of `bytes` for *p (RESOURCE_EXHAUSTED, or
  * UNIMPLEMENTED without CUDA); free with attnd__gpu_host_free (NULL: no-op).
  * The engine's workspaces hold GPU outputs in it. */

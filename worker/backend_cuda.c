@@ -149,6 +149,9 @@ struct attnd__gpu {
     attnd_cuda_fold *fold;
     int32_t *fold_at, fold_n;
     gpu_buf sel_lists, sel_work, sel_pos; /* sel_lists: lists, units' lists, candidates */
+    /* token lists (attnd__gpu_decode_gather): the tokens' sources (pinned
+     * half) and the pages they are gathered into (device only) */
+    gpu_buf gsrc, gpool;
     /* timing events, made on first use (events_ready): the selection's
      * start and end, a decode's first and last queued operation */
     cudaEvent_t ev[GPU_EVENTS];
@@ -411,6 +414,8 @@ void attnd__gpu_destroy(attnd__gpu *g)
     buf_free(&g->sel_lists);
     buf_free(&g->sel_work);
     buf_free(&g->sel_pos);
+    buf_free(&g->gsrc);
+    buf_free(&g->gpool);
     cudaFree(g->bounds);
     cudaFree(g->bounds8);
     free(g->b8_dirty);
@@ -920,15 +925,18 @@ out:
     return st;
 }
 
-/* Decode batch b, with the projections of proj and the page selection sel
- * when given, in stream order: upload the query (and the page lists), the
- * absorb GEMM (heads form: g->q.d becomes the absorbed query), the
- * selection (scores with g->q.d, writes the kept pages into g->idx.d), the
- * decode, the up-projection, the downloads; one synchronization. */
+/* Decode batch b, with the projections of proj, the page selection sel
+ * and the token gather gath when given (not both of the last two), in
+ * stream order: upload the query (and the page lists, the gather's
+ * sources), the gather (the decode then reads g->gpool.d), the absorb GEMM
+ * (heads form: g->q.d becomes the absorbed query), the selection (scores
+ * with g->q.d, writes the kept pages into g->idx.d), the decode, the
+ * up-projection, the downloads; one synchronization. */
 static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                   const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                   size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
-                                  const attnd__gpu_overlap *ov, attnd_error *err)
+                                  const attnd__gpu_gather *gath, const attnd__gpu_overlap *ov,
+                                  attnd_error *err)
 {
     const attnd_kernel_kv_layout *l = &g->layout;
     const int32_t q_rows = b->n_seqs * b->q_tokens, H = b->n_q_heads;
@@ -939,8 +947,14 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
     const int heads = proj && proj->d_nope > 0, vo = proj && proj->d_vo > 0;
     const size_t qn_elems = heads ? rows * (size_t)(proj->d_nope + l->d_k - l->d_v) : 0;
     const size_t proj_elems = vo ? rows * (size_t)proj->d_vo : 0;
+    /* the gather's entries and pages (none: the decode reads the pool) */
+    const size_t g_entries = gath ? (size_t)gath->n_pages * (size_t)gath->n_heads *
+                                        (size_t)l->page_size : 0;
+    const size_t g_bytes = gath ? (size_t)gath->n_pages * g->page_bytes : 0;
     attnd_status st = ATTND_OK;
     cudaError_t rc;
+
+    ATTND_ASSERT(!(gath && sel));
 
     if (b->q_tokens > 16)
         return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
@@ -977,7 +991,8 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
     /* growing frees buffers a queued copy may read: drain the stream first */
     if ((q_elems * 2 > g->q.cap || qin_elems * 2 > qin->cap || (q_stage && !qin->h) ||
          (n_idx + 1) * 4 > g->idx.cap || out_elems * 4 > g->out.cap || rows * 4 > g->lse.cap ||
-         proj_elems * 4 > g->proj.cap) &&
+         proj_elems * 4 > g->proj.cap || g_entries * 4 > g->gsrc.cap ||
+         g_bytes > g->gpool.cap) &&
         (st = gpu_sync(g, err)))
         goto out;
     if ((st = buf_fit(&g->q, q_elems * 2, !heads && q_stage, "q", err)) ||
@@ -985,7 +1000,9 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         (st = buf_fit(&g->idx, (n_idx + 1) * 4, 1, "session_ids", err)) ||
         (st = buf_fit(&g->out, out_elems * 4, 0, "q", err)) ||
         (st = buf_fit(&g->lse, rows * 4, 0, "q", err)) ||
-        (vo && (st = buf_fit(&g->proj, proj_elems * 4, 0, "q", err))))
+        (vo && (st = buf_fit(&g->proj, proj_elems * 4, 0, "q", err))) ||
+        (g_entries && (st = buf_fit(&g->gsrc, g_entries * 4, 1, "given_idx", err))) ||
+        (g_bytes && (st = buf_fit(&g->gpool, g_bytes, 0, "given_idx", err))))
         goto out;
     if (q_conv)
         attnd_dtype_convert(ATTND_DTYPE_BF16, qin->h, b->q_dtype, b->q, qin_elems);
@@ -1004,6 +1021,17 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
             goto out;
         }
     }
+    if (g_entries) { /* the listed tokens into whole pages */
+        memcpy(g->gsrc.h, gath->src, g_entries * 4);
+        if ((rc = cudaMemcpyAsync(g->gsrc.d, g->gsrc.h, g_entries * 4, cudaMemcpyHostToDevice,
+                                  g->stream)) != cudaSuccess) {
+            st = cuda_fail(err, rc, "cudaMemcpyAsync (token lists)");
+            goto out;
+        }
+        if ((st = attnd_cuda_gather(g->ctx, l, g->pool, g->n_pages, g->gpool.d, gath->n_pages,
+                                    gath->n_heads, g->gsrc.d, err)))
+            goto out;
+    }
     attnd_cuda_batch cb = {
         .n_seqs = b->n_seqs,
         .q_tokens = b->q_tokens,
@@ -1011,9 +1039,9 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         .list_groups = lg,
         .scale = b->scale,
         .kv = *l,
-        .pool_pages = g->n_pages,
+        .pool_pages = g_entries ? gath->n_pages : g->n_pages,
         .q = g->q.d,
-        .pool = g->pool,
+        .pool = g_entries ? g->gpool.d : g->pool,
         .page_idx = g->idx.d,
         .out_dtype = ATTND_DTYPE_F32,
         .out = g->out.d,
@@ -1076,7 +1104,14 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b
                                const attnd__gpu_proj *proj, const attnd__gpu_overlap *ov,
                                attnd_error *err)
 {
-    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, ov, err);
+    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, NULL, ov, err);
+}
+
+attnd_status attnd__gpu_decode_gather(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd__gpu_gather *gath,
+                                      const attnd__gpu_overlap *ov, attnd_error *err)
+{
+    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, gath, ov, err);
 }
 
 attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
@@ -1084,7 +1119,7 @@ attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_b
                                       size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
                                       const attnd__gpu_overlap *ov, attnd_error *err)
 {
-    return decode_locked(g, b, proj, sel, sel_work, pos_out, select_ns_p, ov, err);
+    return decode_locked(g, b, proj, sel, sel_work, pos_out, select_ns_p, NULL, ov, err);
 }
 
 attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src_t,

@@ -47,6 +47,14 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
 
+attnd_status attnd__gpu_decode_gather(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                      const attnd__gpu_proj *proj, const attnd__gpu_gather *gath,
+                                      const attnd__gpu_overlap *ov, attnd_error *err)
+{
+    (void)g, (void)b, (void)proj, (void)gath, (void)ov;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
 attnd_status attnd__gpu_page_read(attnd__gpu *g, int32_t page, void *dst, attnd_error *err)
 {
     (void)g, (void)page, (void)dst;
