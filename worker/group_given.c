@@ -164,14 +164,6 @@ attnd_status attnd__ggiven_plan(const attnd_group *g, const attnd_attend_req *re
     attnd_status st = attnd__sparse_check_given(req, &v, err);
     if (st)
         return st;
-    /* GPU ranks refuse token lists: a GPU leader refuses for them, before
-     * anything is sent (a rank refusing after another appended diverges) */
-    for (uint32_t i = 0; g->engine->gpu && i < n; i++)
-        for (uint32_t h = 0; h < gv->H; h++)
-            if (kinds[i * gv->stride + h] == ATTND_POLICY_GIVEN_TOKENS)
-                return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
-                                       "given_idx: given-tokens lists are not implemented on "
-                                       "the CUDA backend (it attends page lists of whole pages)");
     if (!req->given_groups)
         return ATTND_OK;
     gv->on = 1;

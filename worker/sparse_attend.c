@@ -12,6 +12,9 @@
  * rule over the newest S tokens holds. When some list is given-tokens the
  * whole batch becomes token lists over the token view of the pool (each
  * page list spelled out token by token): one decode call, the same kernels.
+ * A GPU engine's decode reads whole pages: there the token lists are
+ * gathered into pages of their own first (attnd__gpu_decode_gather), and
+ * the batch's topk-pages lists, if any, are selected on the host.
  *
  * Bytes: a list of T tokens for one of G groups reads T entries' worth of
  * its KV heads, T * entry_bytes / G; the dense figure is what the whole
@@ -33,6 +36,7 @@
 struct attnd__sparse_ws {
     int32_t *indptr, *last;   /* [lists + 1], [lists] */
     uint8_t *tok;             /* [lists]: a given-tokens list */
+    int32_t *ngiv;            /* [lists]: its given entries (the rest: the newest tokens) */
     int32_t *pidx, *pos;      /* page entries: physical, selection positions */
     int64_t *plog;            /* logical page (or token) of each entry */
     int32_t *cand;            /* candidates of topk lists: the page tables */
@@ -42,9 +46,16 @@ struct attnd__sparse_ws {
     int32_t *tlast;
     int64_t *tlog;
     int32_t *vindptr, *vidx, *vlast; /* visible-length lists (group ranks) */
+    /* token mode on a GPU engine: each gathered slot's pool token, and the
+     * page lists over the gathered pages */
+    int32_t *gsrc, *gpindptr, *gpidx, *gplast;
+    size_t c_gsrc, c_gpindptr, c_gpidx, c_gplast;
+    attnd__gpu_gather gather;
+    int gpu_gather; /* this batch decodes gathered pages */
     int32_t *gindptr;         /* a group leader's merged chosen lists */
     int64_t *gchosen;
     size_t c_gindptr, c_gchosen;
+    size_t c_ngiv;
     size_t c_lists, c_last, c_tok, c_pidx, c_pos, c_plog, c_cand, c_sel, c_work;
     size_t c_tindptr, c_tidx, c_tlast, c_tlog, c_vindptr, c_vidx, c_vlast;
     attnd_kernel_kv_layout view;
@@ -62,6 +73,7 @@ void attnd__sparse_ws_free(struct attnd__sparse_ws *w)
     free(w->indptr);
     free(w->last);
     free(w->tok);
+    free(w->ngiv);
     free(w->pidx);
     free(w->pos);
     free(w->plog);
@@ -75,6 +87,10 @@ void attnd__sparse_ws_free(struct attnd__sparse_ws *w)
     free(w->vindptr);
     free(w->vidx);
     free(w->vlast);
+    free(w->gsrc);
+    free(w->gpindptr);
+    free(w->gpidx);
+    free(w->gplast);
     free(w->gindptr);
     free(w->gchosen);
     free(w);
@@ -133,8 +149,24 @@ typedef struct list_plan {
     int64_t len;
     int32_t np, tail0, sink_pages, window_page;
     int32_t keep, n_head, n_tail;
-    int64_t count; /* entries: pages, or tokens for a given-tokens list */
+    uint32_t n_given; /* given-*: the given entries listed */
+    int64_t count;    /* entries: pages, or tokens for a given-tokens list */
 } list_plan;
+
+/* Entries of the ascending v[0 .. n) below `limit` (a binary search: the
+ * given lists were checked ascending). */
+static uint32_t count_below(const uint64_t *v, uint32_t n, uint64_t limit)
+{
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (v[mid] < limit)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
 
 static list_plan plan_list(const attnd__session *s, int32_t l, const attnd_policy *p, int32_t S,
                            const uint64_t *given, uint32_t n_given, int only)
@@ -167,28 +199,14 @@ static list_plan plan_list(const attnd__session *s, int32_t l, const attnd_polic
         lp.count = lp.keep;
         break;
     }
-    case ATTND_POLICY_GIVEN_PAGES: {
-        uint32_t j = 0;
-        if (only) { /* the list is all of it (given_only) */
-            lp.count = n_given;
-            break;
-        }
-        while (j < n_given && given[j] < (uint64_t)lp.tail0)
-            j++;
-        lp.count = j + (lp.np - lp.tail0);
+    case ATTND_POLICY_GIVEN_PAGES:
+        lp.n_given = only ? n_given : count_below(given, n_given, (uint64_t)lp.tail0);
+        lp.count = lp.n_given + (only ? 0 : lp.np - lp.tail0); /* given_only: all of it */
         break;
-    }
-    case ATTND_POLICY_GIVEN_TOKENS: {
-        uint32_t j = 0;
-        if (only) {
-            lp.count = n_given;
-            break;
-        }
-        while (j < n_given && given[j] < (uint64_t)(lp.len - newest))
-            j++;
-        lp.count = j + newest;
+    case ATTND_POLICY_GIVEN_TOKENS:
+        lp.n_given = only ? n_given : count_below(given, n_given, (uint64_t)(lp.len - newest));
+        lp.count = lp.n_given + (only ? 0 : newest);
         break;
-    }
     default:
         lp.count = lp.np;
     }
@@ -210,6 +228,7 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
     FIT(indptr, c_lists, lists + 1);
     FIT(last, c_last, lists);
     FIT(tok, c_tok, lists);
+    FIT(ngiv, c_ngiv, lists);
     /* sizes first */
     w->indptr[0] = 0;
     for (uint32_t i = 0; i < n; i++) {
@@ -252,6 +271,7 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
             list_plan lp = plan_list(s, l, &p, S, gv, gn, req->given_only);
             int32_t o = w->indptr[li];
             w->tok[li] = p.kind == ATTND_POLICY_GIVEN_TOKENS;
+            w->ngiv[li] = (int32_t)lp.n_given;
             w->last[li] = lp.np ? (int32_t)(lp.len - (int64_t)(lp.np - 1) * s->page_size) : 0;
             switch (p.kind) {
             case ATTND_POLICY_STREAMING:
@@ -272,28 +292,28 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
                     .keep = lp.keep, .n_head = lp.n_head, .n_tail = lp.n_tail, .out0 = o};
                 break;
             case ATTND_POLICY_GIVEN_PAGES:
+                for (uint32_t j = 0; j < lp.n_given; j++, o++)
+                    w->pidx[o] = tab[gv[j]], w->plog[o] = (int64_t)gv[j];
                 if (req->given_only) { /* exactly these; only the layer's last page is partial */
-                    for (uint32_t j = 0; j < gn; j++, o++)
-                        w->pidx[o] = tab[gv[j]], w->plog[o] = (int64_t)gv[j];
                     if (!gn || gv[gn - 1] != (uint64_t)lp.np - 1)
                         w->last[li] = gn ? s->page_size : 0;
                     break;
                 }
-                for (uint32_t j = 0; j < gn && gv[j] < (uint64_t)lp.tail0; j++, o++)
-                    w->pidx[o] = tab[gv[j]], w->plog[o] = (int64_t)gv[j];
                 for (int32_t j = lp.tail0; j < lp.np; j++, o++)
                     w->pidx[o] = tab[j], w->plog[o] = j;
                 break;
             case ATTND_POLICY_GIVEN_TOKENS: {
-                if (req->given_only) {
-                    for (uint32_t j = 0; j < gn; j++, o++)
-                        w->plog[o] = (int64_t)gv[j];
+                o = w->indptr[li + 1];
+                if (e->gpu) /* to_gathered reads them from the request */
                     break;
-                }
-                int64_t newest = lp.len < S ? lp.len : S;
-                for (uint32_t j = 0; j < gn && gv[j] < (uint64_t)(lp.len - newest); j++, o++)
-                    w->plog[o] = (int64_t)gv[j];
-                for (int64_t t = lp.len - newest; t < lp.len; t++, o++)
+                o = w->indptr[li];
+                /* the given positions as they came (uint64 below 2^63: int64) */
+                if (lp.n_given)
+                    memcpy(w->plog + o, gv, sizeof(int64_t) * lp.n_given);
+                o += (int32_t)lp.n_given;
+                if (req->given_only)
+                    break;
+                for (int64_t t = lp.len - (lp.count - lp.n_given); t < lp.len; t++, o++)
                     w->plog[o] = t;
                 break;
             }
@@ -317,7 +337,8 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
  * queries summed). */
 static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
                                   attnd_engine_ws *ws, struct attnd__sparse_ws *w, int32_t G,
-                                  int32_t n_sel, const attnd_kernel_decode_batch *b, attnd_error *err)
+                                  int32_t n_sel, int tokens, const attnd_kernel_decode_batch *b,
+                                  attnd_error *err)
 {
     attnd_kernel_select_batch sb = {
         .n_lists = n_sel,
@@ -342,13 +363,17 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
     int64_t wf = attnd_kernel_select_prepare(&sb, err);
     if (wf < 0)
         return ATTND_ERR_INTERNAL; /* the lists were built here: a bug */
-    if (e->gpu && req->q_form == ATTND_Q_HEADS && req->visible)
+    /* a GPU engine selects on the host where the lists must be known there:
+     * cut to visible lengths, or gathered as tokens */
+    const int host = req->visible || tokens;
+    if (e->gpu && req->q_form == ATTND_Q_HEADS && host)
         return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
-                               "q_form: HEADS with topk-pages on a multi-token query of a "
-                               "sequence-sharded group rank: its page selection runs on the "
-                               "host, where a GPU engine has no absorbed query; send the "
-                               "absorbed form for this layer");
-    if (e->gpu && !req->visible) { /* on the GPU, with the decode */
+                               "q_form: HEADS with topk-pages on %s: its page selection runs on "
+                               "the host, where a GPU engine has no absorbed query; send the "
+                               "absorbed form for this layer",
+                               req->visible ? "a multi-token query of a sequence-sharded group rank"
+                                            : "a GPU engine in a batch with given-tokens lists");
+    if (e->gpu && !host) { /* on the GPU, with the decode */
         w->gpu_sel = sb;
         w->gpu_sel_work = wf;
         w->gpu_lists = n_sel;
@@ -383,6 +408,196 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
     return ATTND_OK;
 }
 
+/* log2 of a page size that is a power of two, else -1; and the page of
+ * token t with it (given tokens are far apart: a page each, and a 64-bit
+ * division costs more than the rest of a token's work). */
+static int page_shift(int32_t P)
+{
+    return P > 0 && (P & (P - 1)) == 0 ? __builtin_ctz((unsigned)P) : -1;
+}
+
+static inline int64_t page_of(int64_t t, int32_t P, int shift)
+{
+    return shift >= 0 ? t >> shift : t / P;
+}
+
+/* Gathered pages of session i's lists: a list's own pages each (hs 1),
+ * else shared: as many as its longest list needs. */
+static int64_t session_pages(const struct attnd__sparse_ws *w, int32_t i, int32_t G, int32_t hs)
+{
+    int64_t sum = 0, most = 0;
+    for (int32_t g = 0; g < G; g++) {
+        int64_t np = w->gpindptr[i * G + g + 1] - w->gpindptr[i * G + g];
+        sum += np;
+        most = np > most ? np : most;
+    }
+    return hs == 1 ? sum : most;
+}
+
+/* Token mode on a GPU engine: each listed token's pool position (page * P
+ * + slot) put in the slot it is gathered into (gsrc, -1 elsewhere), the
+ * page lists over the gathered pages (gpindptr, gpidx, gplast), and, when
+ * return_pages or visible lengths read them back, the lists spelled out as
+ * logical tokens (tindptr, tlog). A given-tokens list's tokens come from
+ * the request (fill_lists leaves them out of plog on a GPU engine). A list
+ * has pages of its own, except GQA lists per KV head: a session's lists
+ * share pages, each list's tokens in its head's rows (head slot = KV
+ * head). */
+static attnd_status to_gathered(attnd_engine *e, const attnd_attend_req *req, attnd_engine_ws *ws,
+                                struct attnd__sparse_ws *w, int32_t G, attnd_kernel_decode_batch *b,
+                                attnd_error *err)
+{
+    const int32_t l = (int32_t)req->layer, lists = (int32_t)req->n_seqs * G;
+    const int32_t P = e->layout.page_size;
+    const int32_t hs = !e->layout.v_in_k && G > 1 ? G : 1; /* head slots per page */
+    const int shift = page_shift(P);
+    int64_t total = 0, pages = 0, entries = 0;
+
+    ATTND_ASSERT(hs == 1 || G == e->layout.n_kv_heads);
+    if ((int64_t)e->pool.n_pages * P > INT32_MAX)
+        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
+                               "given_idx: token lists need a pool of at most 2^31 tokens");
+    FIT(tindptr, c_tindptr, lists + 1);
+    FIT(gpindptr, c_gpindptr, lists + 1);
+    FIT(gplast, c_gplast, lists);
+    w->tindptr[0] = w->gpindptr[0] = 0;
+    for (int32_t li = 0; li < lists; li++) {
+        int32_t n = w->indptr[li + 1] - w->indptr[li];
+        int64_t t = w->tok[li] ? n : (n ? (int64_t)(n - 1) * P + w->last[li] : 0);
+        int64_t np = (t + P - 1) / P;
+        total += t;
+        entries += np;
+        if (total > INT32_MAX)
+            return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                                   "session_ids: the batch lists too many tokens");
+        w->tindptr[li + 1] = (int32_t)total;
+        w->gpindptr[li + 1] = (int32_t)entries;
+        w->gplast[li] = t ? (int32_t)(t - (np - 1) * P) : 0;
+    }
+    /* the gathered pages: a list's own, or its session's shared ones */
+    for (uint32_t i = 0; i < req->n_seqs; i++)
+        pages += session_pages(w, (int32_t)i, G, hs);
+    if (pages * hs * P > INT32_MAX)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "given_idx: the batch gathers too many tokens");
+    /* the logical tokens only where they are read back */
+    const int keep = req->want_pages || req->visible;
+    if (keep)
+        FIT(tlog, c_tlog, total);
+    FIT(gpidx, c_gpidx, entries);
+    FIT(gsrc, c_gsrc, pages * hs * P);
+    int64_t next = 0, first = 0, own = 0; /* the list's pages, its head slot's region */
+    for (int32_t li = 0; li < lists; li++) {
+        const int32_t g = li % G;
+        const attnd__session *s = ws->sessions[li / G];
+        const int32_t *tab = s->pages[l];
+        const int32_t np = w->gpindptr[li + 1] - w->gpindptr[li];
+        if (hs == 1 || g == 0) {
+            own = hs == 1 ? np : session_pages(w, li / G, G, hs);
+            first = next;
+            next += own;
+        }
+        for (int32_t j = 0; j < np; j++)
+            w->gpidx[w->gpindptr[li] + j] = (int32_t)(first + j);
+        /* the list's k-th token into slot k % P of its k / P-th page (as
+         * counters: these loops are the host's share of a given-tokens
+         * call, a pass over memory each), then -1 in the rest of its
+         * region */
+        int64_t *tl = keep ? w->tlog + w->tindptr[li] : NULL;
+        int32_t *dst = w->gsrc + (first * hs + (hs > 1 ? g : 0)) * P, slot = 0;
+        const int64_t step = (int64_t)hs * P;
+        int64_t lo = 0, hi = 0, base = 0; /* tokens [lo, hi) are at base + t */
+#define GATHER_PUT(t, v)                       \
+    do {                                       \
+        if (tl)                                \
+            *tl++ = (t);                       \
+        dst[slot] = (int32_t)(v);              \
+        if (++slot == P)                       \
+            slot = 0, dst += step;             \
+    } while (0)
+#define GATHER_PAGE(t)                                                   \
+    do {                                                                 \
+        if ((t) < lo || (t) >= hi) {                                     \
+            int64_t pg_ = page_of((t), P, shift);                        \
+            lo = pg_ * P, hi = lo + P, base = (int64_t)tab[pg_] * P - lo; \
+        }                                                                \
+    } while (0)
+        if (w->tok[li]) { /* the given tokens, then the newest */
+            const uint64_t *gv;
+            uint32_t gn, at;
+            attnd__sparse_given_list(req, (uint32_t)(li / G), g, &gv, &gn, &at);
+            for (int32_t j = 0; j < w->ngiv[li]; j++) {
+                const int64_t t = (int64_t)gv[j];
+                GATHER_PAGE(t);
+                GATHER_PUT(t, base + t);
+            }
+            const int64_t len = (int64_t)s->len[l];
+            for (int64_t t = len - (w->indptr[li + 1] - w->indptr[li] - w->ngiv[li]); t < len;
+                 t++) {
+                GATHER_PAGE(t);
+                GATHER_PUT(t, base + t);
+            }
+        } else {
+            for (int32_t e0 = w->indptr[li]; e0 < w->indptr[li + 1]; e0++) {
+                const int32_t cnt = e0 == w->indptr[li + 1] - 1 ? w->last[li] : P;
+                const int64_t t0 = w->plog[e0] * P, at = (int64_t)w->pidx[e0] * P;
+                for (int32_t c = 0; c < cnt; c++)
+                    GATHER_PUT(t0 + c, at + c);
+            }
+        }
+        const int64_t listed = w->tindptr[li + 1] - w->tindptr[li];
+        ATTND_ASSERT(!keep || tl == w->tlog + w->tindptr[li + 1]);
+        tl = NULL;
+        for (int64_t k = listed; k < own * P; k++)
+            GATHER_PUT(0, -1);
+#undef GATHER_PAGE
+#undef GATHER_PUT
+    }
+    ATTND_ASSERT(next == pages);
+    w->gather = (attnd__gpu_gather){.n_pages = pages, .n_heads = hs, .src = w->gsrc};
+    w->gpu_gather = pages > 0;
+    b->page_indptr = w->gpindptr;
+    b->page_idx = w->gpidx;
+    b->last_page_len = w->gplast;
+    return ATTND_OK;
+}
+
+/* A visible-length override of gathered lists (cut_visible's, for
+ * to_gathered's lists): list (i, g) cut after its tokens before the first
+ * visible[i * S + s], in whole gathered pages and a last partial one. */
+static attnd_status cut_gathered(const attnd_attend_req *req, struct attnd__sparse_ws *w,
+                                 int32_t G, int32_t P, attnd_kernel_decode_batch *b,
+                                 attnd_error *err)
+{
+    const uint32_t n = req->n_seqs, S = (uint32_t)req->q_tokens;
+    const int32_t lists = (int32_t)(n * S) * G;
+    int64_t total = 0;
+    FIT(vindptr, c_vindptr, lists + 1);
+    FIT(vlast, c_vlast, lists);
+    FIT(vidx, c_vidx, (int64_t)w->gpindptr[(int32_t)n * G] * S);
+    w->vindptr[0] = 0;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t s = 0; s < S; s++) {
+            uint64_t v = req->visible[(size_t)i * S + s];
+            for (int32_t g = 0; g < G; g++) {
+                int32_t src = (int32_t)i * G + g, li = (int32_t)(i * S + s) * G + g;
+                int32_t m = 0;
+                while (w->tindptr[src] + m < w->tindptr[src + 1] &&
+                       (uint64_t)w->tlog[w->tindptr[src] + m] < v)
+                    m++;
+                int32_t np = (m + P - 1) / P;
+                for (int32_t j = 0; j < np; j++)
+                    w->vidx[total++] = w->gpidx[w->gpindptr[src] + j];
+                w->vindptr[li + 1] = (int32_t)total;
+                w->vlast[li] = m ? m - (np - 1) * P : 0;
+            }
+        }
+    b->page_indptr = w->vindptr;
+    b->page_idx = w->vidx;
+    b->last_page_len = w->vlast;
+    return ATTND_OK;
+}
+
 /* Token mode: every list spelled out as tokens of the token view. */
 static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attnd_engine_ws *ws,
                               struct attnd__sparse_ws *w, int32_t G, attnd_kernel_decode_batch *b,
@@ -390,12 +605,11 @@ static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attn
 {
     const int32_t l = (int32_t)req->layer, lists = (int32_t)req->n_seqs * G;
     const int32_t ps = e->layout.page_size;
+    const int shift = page_shift(ps);
     int64_t ratio, total = 0;
 
     if (e->gpu)
-        return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
-                               "given_idx: given-tokens lists are not implemented on the CUDA "
-                               "backend (it attends page lists of whole pages)");
+        return to_gathered(e, req, ws, w, G, b, err);
     if (!attnd_kernel_kv_layout_token_view(&e->layout, &w->view, &ratio) ||
         (int64_t)e->pool.n_pages * ratio > INT32_MAX)
         return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
@@ -419,10 +633,15 @@ static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attn
         const attnd__session *s = ws->sessions[li / G];
         const int32_t *tab = s->pages[l];
         int32_t o = w->tindptr[li];
+        int64_t lo = 0, hi = 0, base = 0; /* tokens [lo, hi) are view page base + t */
         for (int32_t e0 = w->indptr[li]; e0 < w->indptr[li + 1]; e0++) {
             if (w->tok[li]) {
                 int64_t t = w->plog[e0];
-                w->tidx[o] = (int32_t)(tab[t / ps] * ratio + t % ps);
+                if (t < lo || t >= hi) { /* once per page, not per token */
+                    int64_t pg = page_of(t, ps, shift);
+                    lo = pg * ps, hi = lo + ps, base = tab[pg] * ratio - lo;
+                }
+                w->tidx[o] = (int32_t)(base + t);
                 w->tlog[o++] = t;
                 continue;
             }
@@ -509,12 +728,16 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
         return st;
     ws->select_ns = 0;
     w->gpu_lists = 0;
-    if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, b, err)))
+    w->gpu_gather = 0;
+    if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, tokens, b, err)))
         return st;
     b->list_groups = G;
     if (tokens && (st = to_tokens(e, req, ws, w, G, b, err)))
         return st;
-    if (req->visible) {
+    if (req->visible && tokens && e->gpu) {
+        if ((st = cut_gathered(req, w, G, e->layout.page_size, b, err)))
+            return st;
+    } else if (req->visible) {
         if ((st = cut_visible(req, w, G, e->layout.page_size, tokens, b, err)))
             return st;
     } else if (!tokens) {
@@ -548,6 +771,8 @@ attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
                                       const attnd__gpu_overlap *ov, attnd_error *err)
 {
     struct attnd__sparse_ws *w = ws->sparse;
+    if (w && w->gpu_gather)
+        return attnd__gpu_decode_gather(e->gpu, b, proj, &w->gather, ov, err);
     if (!w || !w->gpu_lists)
         return attnd__gpu_decode(e->gpu, b, proj, ov, err);
     uint64_t ns = 0, bytes = 0;

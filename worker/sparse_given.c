@@ -109,12 +109,6 @@ attnd_status attnd__sparse_check(const attnd_engine *e, const attnd_attend_req *
                                  attnd_engine_ws *ws, attnd_error *err)
 {
     engine_given_ctx c = {ws, (int32_t)req->layer};
-    for (uint32_t i = 0; e->gpu && i < req->n_seqs; i++) /* refused before the append */
-        for (int32_t h = 0; h < e->layout.n_kv_heads; h++)
-            if (engine_kind(&c, i, (uint32_t)h) == ATTND_POLICY_GIVEN_TOKENS)
-                return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
-                                       "given_idx: given-tokens lists are not implemented on "
-                                       "the CUDA backend (it attends page lists of whole pages)");
     attnd__given_view v = {
         .n_heads = (uint32_t)e->layout.n_kv_heads,
         .page_size = e->layout.page_size,

@@ -19,8 +19,9 @@
  * server threads reach the GPU backend together; then a two-token query
  * (causal rule). Bounds: outputs 1e-2 normwise relative per row; LSE 1e-3
  * (test_cuda's bound for these kernels) with bf16 queries.
- * Sparse policies on the GPU: topk-pages (the GPU's page selection) and
- * given-pages, each output against the reference over the pages reported.
+ * Sparse policies on the GPU: topk-pages (the GPU's page selection),
+ * given-pages and given-tokens (gathered into pages on the GPU first), each
+ * output against the reference over the pages or tokens reported.
  *
  * The narrow MLA wire on the GPU engine through the service
  * (test_gpu_heads_form_...): deepseek-v3, bf16 W_UK and W_UV of DeepSeek-V3's
@@ -199,7 +200,8 @@ END_TEST
 
 /* Sparse policies on the GPU backend (worker/SPARSE.md): the output of one
  * step of session i equals the float64 reference over exactly the pages
- * the server reported for it (per KV head: chosen_groups lists). */
+ * (tokens when sp->chosen_tokens) the server reported for it (per KV head:
+ * chosen_groups lists). */
 static void check_chosen(cu_seqs *s, const cu_step *st, const attnd_sparse_args *sp,
                          uint32_t layer, uint64_t ps, attnd_refcheck_result *res)
 {
@@ -215,8 +217,10 @@ static void check_chosen(cu_seqs *s, const cu_step *st, const attnd_sparse_args 
             attnd_refcheck one;
             ck_assert_int_eq(attnd_refcheck_init(&one, m, 1), 0);
             uint64_t n = 0;
+            const uint64_t unit = sp->chosen_tokens ? 1 : ps;
             for (uint32_t j = sp->chosen_indptr[k]; j < sp->chosen_indptr[k + 1]; j++) {
-                uint64_t t0 = sp->chosen[j] * ps, t1 = t0 + ps < src->len ? t0 + ps : src->len;
+                uint64_t t0 = sp->chosen[j] * unit;
+                uint64_t t1 = t0 + unit < src->len ? t0 + unit : src->len;
                 ck_assert_uint_lt(t0, src->len);
                 ck_assert_int_eq(attnd_refcheck_append(&one, 0, layer, t1 - t0, m->kv_dtype,
                                                        src->data + t0 * entry), 0);
@@ -233,9 +237,11 @@ static void check_chosen(cu_seqs *s, const cu_step *st, const attnd_sparse_args 
 
 /* topk-pages on layer 0 (page selection on the GPU, kernels/cuda/select.cu,
  * into the decode's page lists) returns its pages; layer 1 (given-pages)
- * attends exactly those. Every output equals the float64 reference over
- * the pages reported, each list holds a quarter of the pages with the sink
- * page first and the newest last, and GetStats counts the selections. */
+ * attends exactly those; layer 2 (given-tokens, a list per KV head) every
+ * third token of them, shifted per head. Every output equals the float64
+ * reference over the pages or tokens reported, each list holds a quarter
+ * of the pages with the sink page first and the newest last, the token
+ * lists end with the newest token, and GetStats counts the selections. */
 START_TEST(test_gpu_topk_pages_attend_exactly_the_pages_they_report)
 {
     const config *cf = &configs[_i];
@@ -251,21 +257,25 @@ START_TEST(test_gpu_topk_pages_attend_exactly_the_pages_they_report)
     cu_must_open(&s, c, 2, cf->dt);
     attnd_sparse_policy p = {.kind = ATTND_SPARSE_TOPK_PAGES, .sink = (uint32_t)ps,
                              .topk_fraction = 0.25f};
-    attnd_sparse_rule rule = {.layer_begin = 1, .layer_end = 2,
-                              .policy = {.kind = ATTND_SPARSE_GIVEN_PAGES}};
+    attnd_sparse_rule rule[2] = {{.layer_begin = 1, .layer_end = 2,
+                                  .policy = {.kind = ATTND_SPARSE_GIVEN_PAGES}},
+                                 {.layer_begin = 2, .layer_end = 3,
+                                  .policy = {.kind = ATTND_SPARSE_GIVEN_TOKENS}}};
     for (uint32_t i = 0; i < 2; i++) {
         ck_assert_int_eq(attnd_client_close_session(c, &s.ids[i], &err), ATTND_OK);
-        ck_assert_msg(attnd_client_create_session_policy(c, "", 0, &p, &rule, 1, &s.ids[i], NULL,
+        ck_assert_msg(attnd_client_create_session_policy(c, "", 0, &p, rule, 2, &s.ids[i], NULL,
                                                          &err) == ATTND_OK, "%s", err.msg);
         cu_must_prefill(&s, i, pre[i], chunk_sizes);
     }
-    uint32_t ip[2 * 64 + 1];
+    uint32_t ip[2 * 64 + 1], tip[2 * 64 + 1], gip[2 * 64 + 1];
     uint64_t ch[4096];
+    uint64_t *tch = malloc(sizeof(uint64_t) * 65536), *gch = malloc(sizeof(uint64_t) * 65536);
+    uint64_t n_tokens = 0;
     for (int step = 0; step < STEPS; step++) {
         attnd_sparse_args sp = {.return_pages = 1, .chosen_indptr = ip,
                                 .chosen_indptr_capacity = 2 * 64 + 1, .chosen = ch,
                                 .chosen_capacity = 4096};
-        for (uint32_t layer = 0; layer < 2; layer++) {
+        for (uint32_t layer = 0; layer < 3; layer++) {
             cu_step st;
             cu_step_make(&s, &st, layer, 0, 2, 1, 1, 0, ATTND_DTYPE_INVALID);
             if (layer == 1) { /* layer 0's lists as given pages */
@@ -274,15 +284,46 @@ START_TEST(test_gpu_topk_pages_attend_exactly_the_pages_they_report)
                 sp.given_idx = ch;
                 sp.n_given_idx = sp.n_chosen;
             }
-            attnd_status rc = attnd_client_attend_sparse(c, &st.a, &sp, &err);
+            attnd_sparse_args tsp = {.return_pages = 1, .chosen_indptr = tip,
+                                     .chosen_indptr_capacity = 2 * 64 + 1, .chosen = tch,
+                                     .chosen_capacity = 65536};
+            if (layer == 2) { /* every third token of layer 0's pages, per KV head */
+                const uint32_t H = s.m.n_kv_heads;
+                uint32_t n = 0;
+                gip[0] = 0;
+                for (uint32_t i = 0; i < 2; i++)
+                    for (uint32_t h = 0; h < H; h++) {
+                        const uint32_t k = i * sp.chosen_groups + (sp.chosen_groups == 1 ? 0 : h);
+                        const uint64_t len = pre[i] + (uint64_t)step; /* before the append */
+                        for (uint32_t j = ip[k]; j < ip[k + 1]; j++)
+                            for (uint64_t t = ch[j] * ps; t < (ch[j] + 1) * ps && t < len; t++)
+                                if ((t + h) % 3 == 0)
+                                    gch[n++] = t;
+                        gip[i * H + h + 1] = n;
+                    }
+                tsp.given_groups = H;
+                tsp.given_indptr = gip;
+                tsp.given_idx = gch;
+                tsp.n_given_idx = n;
+            }
+            attnd_sparse_args *a = layer == 2 ? &tsp : &sp;
+            attnd_status rc = attnd_client_attend_sparse(c, &st.a, a, &err);
             ck_assert_msg(rc == ATTND_OK, "step %d layer %u: %s", step, layer, err.msg);
             /* GQA selects per KV head, MLA per layer */
-            ck_assert_uint_eq(sp.chosen_groups, s.m.n_kv_heads);
+            ck_assert_uint_eq(a->chosen_groups, s.m.n_kv_heads);
+            ck_assert_int_eq(a->chosen_tokens, layer == 2);
             for (uint32_t i = 0; i < 2; i++)
                 ck_assert_int_eq(attnd_refcheck_append(&s.rc, i, layer, 1, s.dt,
                                                        (const char *)st.kv + i * st.kv_bytes / 2),
                                  0);
-            check_chosen(&s, &st, &sp, layer, ps, &res);
+            check_chosen(&s, &st, a, layer, ps, &res);
+            if (layer == 2) /* the given tokens, then the newest */
+                for (uint32_t k = 0; k < 2 * s.m.n_kv_heads; k++) {
+                    const uint32_t i = k / s.m.n_kv_heads;
+                    ck_assert_uint_eq(tip[k + 1] - tip[k], gip[k + 1] - gip[k] + 1);
+                    ck_assert_uint_eq(tch[tip[k + 1] - 1], pre[i] + (uint64_t)step);
+                    n_tokens += tip[k + 1] - tip[k];
+                }
             cu_step_free(&st);
         }
         for (uint32_t i = 0; i < 2; i++) {
@@ -295,7 +336,10 @@ START_TEST(test_gpu_topk_pages_attend_exactly_the_pages_they_report)
             }
         }
     }
-    assert_within(&res, (uint64_t)STEPS * 2 * 2 * s.m.n_q_heads, cf->lse_bound);
+    assert_within(&res, (uint64_t)STEPS * 3 * 2 * s.m.n_q_heads, cf->lse_bound);
+    fprintf(stderr, "  given-tokens: %llu tokens attended\n", (unsigned long long)n_tokens);
+    free(tch);
+    free(gch);
     attnd_stats stats;
     ck_assert_int_eq(attnd_client_get_stats(c, &stats, NULL, &err), ATTND_OK);
     ck_assert_uint_eq(stats.select_calls, STEPS);
