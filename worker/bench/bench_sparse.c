@@ -2,7 +2,7 @@
  * policy against the dense path, on the same machine in the same run.
  *
  *   attnd-sparse-bench [--model NAME] [--ctx T] [--batch B] [--budget F]
- *                      [--topk K] [--policy topk-pages|streaming]
+ *                      [--topk K] [--policy topk-pages|streaming|given-tokens]
  *                      [--window W] [--sink S] [--iters N] [--threads N]
  *                      [--page-size P] [--device cpu|cuda:N]
  *                      [--select default|per-head|both|N]
@@ -28,6 +28,11 @@
  * by the engine (on a GPU: cuBLAS, in stream order before the selection,
  * which scores the absorbed query) and outputs [B, Hq, 128] up-projected:
  * a third of the query's bytes up and a quarter of the outputs' down.
+ * --policy given-tokens: the caller's own indexer (DeepSeek's sparse
+ * attention): each round every sparse session is given K tokens (--topk K,
+ * or --budget F of the context; spread over it at random, ascending, new
+ * each round) besides the newest; on a GPU they are gathered into pages
+ * first (the gather is part of the call).
  * Random keys make every page look alike to the selection: the time does
  * not depend on what it picks, but the accuracy does
  * (worker/bench/sparse_accuracy.c measures that). */
@@ -79,6 +84,7 @@ static void fill_bf16(uint16_t *p, size_t n, uint64_t *s)
 typedef struct opts {
     const char *model, *device, *select;
     int heads; /* --q-form heads */
+    int64_t given; /* --policy given-tokens: tokens given per session */
     int64_t ctx;
     int32_t batch, iters, threads, page_size;
     attnd_policy pol;
@@ -87,7 +93,7 @@ typedef struct opts {
 static int usage(void)
 {
     fprintf(stderr, "usage: attnd-sparse-bench [--model NAME] [--ctx T] [--batch B] "
-                    "[--budget F | --topk K] [--policy topk-pages|streaming] [--window W] "
+                    "[--budget F | --topk K] [--policy topk-pages|streaming|given-tokens] [--window W] "
                     "[--sink S] [--iters N] [--threads N] [--page-size P] [--device D] "
                     "[--select default|per-head|both|N] [--q-form absorbed|heads]\n");
     return 2;
@@ -105,6 +111,7 @@ static int parse(int argc, char **argv, opts *o)
     o->threads = 0;
     o->page_size = 64;
     o->pol = (attnd_policy){.kind = ATTND_POLICY_TOPK_PAGES, .topk_fraction = 0.125f, .sink = 64};
+    o->given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v)
@@ -144,6 +151,14 @@ static int parse(int argc, char **argv, opts *o)
             return usage();
         i++;
     }
+    if (o->pol.kind == ATTND_POLICY_GIVEN_TOKENS) {
+        o->given = o->pol.topk ? (int64_t)o->pol.topk
+                               : (int64_t)((double)o->pol.topk_fraction * (double)o->ctx);
+        o->pol = (attnd_policy){.kind = ATTND_POLICY_GIVEN_TOKENS};
+        if (o->given < 1 || o->given > o->ctx)
+            return usage();
+    } else if (o->pol.kind != ATTND_POLICY_TOPK_PAGES && o->pol.kind != ATTND_POLICY_STREAMING)
+        return usage();
     if (o->pol.kind == ATTND_POLICY_STREAMING) {
         o->pol.topk = 0;
         o->pol.topk_fraction = 0;
@@ -292,6 +307,9 @@ int main(int argc, char **argv)
     size_t q_elems = (size_t)B * m->n_q_heads *
                      (size_t)(o.heads ? d_nope + m->d_rope : attnd_model_d_k(m));
     uint16_t *q = malloc(q_elems * 2), *nk = malloc((size_t)B * entry_bytes);
+    /* given-tokens: each session's list, drawn again every round */
+    uint32_t *g_indptr = calloc((size_t)B + 1, sizeof *g_indptr);
+    uint64_t *g_idx = calloc((size_t)B * (size_t)(o.given ? o.given : 1), sizeof *g_idx);
     attnd_engine_ws ws;
     attnd_engine_ws_init(&ws);
     set_times st[3];
@@ -306,6 +324,19 @@ int main(int argc, char **argv)
     for (int it = -warm; it < o.iters; it++) {
         fill_bf16(q, q_elems, &seed);
         fill_bf16(nk, (size_t)B * te, &seed);
+        if (o.given) { /* K of the tokens before this round's: one in each K-th part */
+            const int64_t n = o.ctx + warm + it, K = o.given;
+            for (int32_t i = 0; i < B; i++) {
+                for (int64_t j = 0; j < K; j++) {
+                    int64_t a = j * n / K, b = (j + 1) * n / K;
+                    seed ^= seed >> 12, seed ^= seed << 25, seed ^= seed >> 27;
+                    g_idx[(size_t)i * K + j] =
+                        (uint64_t)(a + (int64_t)((seed * 0x2545F4914F6CDD1Dull >> 11) %
+                                                 (uint64_t)(b - a)));
+                }
+                g_indptr[i + 1] = (uint32_t)((i + 1) * K);
+            }
+        }
         for (int k = 0; k < n_sets; k++) {
             attnd_engine *e = eng[k == 2];
             attnd_attend_req req = {.layer = 0, .n_seqs = (uint32_t)B, .ids = ids + k * B,
@@ -314,6 +345,11 @@ int main(int argc, char **argv)
                                     .want_lse = 1,
                                     .q_form = o.heads ? ATTND_Q_HEADS : ATTND_Q_ABSORBED,
                                     .d_nope = d_nope, .d_vo = d_vo};
+            if (k && o.given) {
+                req.given_groups = 1;
+                req.given_indptr = g_indptr;
+                req.given_idx = g_idx;
+            }
             const float *out, *lse;
             attnd_engine_stats s0, s1;
             attnd_engine_get_stats(e, &s0);
@@ -345,6 +381,9 @@ int main(int argc, char **argv)
     char what[96];
     if (o.pol.kind == ATTND_POLICY_STREAMING)
         snprintf(what, sizeof what, "streaming sink %u window %u", o.pol.sink, o.pol.window);
+    else if (o.given)
+        snprintf(what, sizeof what, "given-tokens %lld tokens per session (random, new each "
+                 "round)", (long long)o.given);
     else if (o.pol.topk)
         snprintf(what, sizeof what, "topk-pages %u pages, sink %u", o.pol.topk, o.pol.sink);
     else
@@ -375,6 +414,8 @@ int main(int argc, char **argv)
         free(st[k].cpu);
         free(st[k].sel);
     }
+    free(g_idx);
+    free(g_indptr);
     free(q);
     free(nk);
     free(kv);
