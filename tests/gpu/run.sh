@@ -33,7 +33,8 @@
 #                                   CPU's, a GPU engine's host selection, the
 #                                   GPU end to end, then topk-pages 1/8 at 128K
 #                                   against dense for llama3-8b and deepseek-v3
-#                                   at batch 4 and 16, the baseline's run beside
+#                                   at batch 4 and 16 (and given-tokens of 2048
+#                                   tokens a session), the baseline's run beside
 #                                   each, with where each call's time went
 #                                   (phases); $OUT/sparse.log)
 #   tests/gpu/run.sh capture-build (here: bundle attnd-sparse-accuracy into
@@ -438,6 +439,10 @@ do_sparse() {
         "${t[@]}" "$sparse/run" "$v" --model "$m" --ctx 131072 --batch "$bt" --budget 0.125 \
           --iters 30 --device cuda:0 2>&1 | tee -a "$log" | grep -E 'dense |sparse |speedup|selection|phases'
       done
+      echo "== attnd-sparse-bench $m batch $bt --policy given-tokens --topk 2048" | tee -a "$log"
+      "${t[@]}" "$sparse/run" attnd-sparse-bench --model "$m" --ctx 131072 --batch "$bt" \
+        --policy given-tokens --topk 2048 --iters 30 --device cuda:0 2>&1 | tee -a "$log" |
+        grep -E 'dense |sparse |speedup|phases'
       if [ "$m" = deepseek-v3 ]; then  # the narrow wire's form (this tree's)
         echo "== attnd-sparse-bench $m batch $bt --q-form heads" | tee -a "$log"
         "${t[@]}" "$sparse/run" attnd-sparse-bench --model "$m" --ctx 131072 --batch "$bt" \
