@@ -555,16 +555,19 @@ attnd_status attnd_engine_attend(attnd_engine *e, const attnd_attend_req *req,
         .out = out,
         .lse = lse,
     };
+    /* a GPU engine's projections (the narrow wire) */
+    const attnd__gpu_proj gp = {
+        .d_nope = uk ? uk->rows : 0, .uk = uk ? uk->dev : NULL,
+        .d_vo = uv ? uv->cols : 0, .uv = uv ? uv->dev : NULL,
+    };
+    const attnd__gpu_proj *pp = e->gpu && (uk || uv) ? &gp : NULL;
     /* sparse policies: their own lists (sparse_attend.c); a topk-pages
-     * selection scores with b.q, the absorbed query on the CPU */
-    if (sparse && (st = attnd__sparse_lists(e, req, ws, &b, &kv_bytes, &dense_bytes, err)))
+     * selection scores with b.q, the absorbed query on the CPU (on a GPU
+     * engine, the GPU's) */
+    if (sparse &&
+        (st = attnd__sparse_lists(e, req, ws, &b, pp, &kv_bytes, &dense_bytes, err)))
         goto out;
     if (e->gpu) {
-        attnd__gpu_proj gp = {
-            .d_nope = uk ? uk->rows : 0, .uk = uk ? uk->dev : NULL,
-            .d_vo = uv ? uv->cols : 0, .uv = uv ? uv->dev : NULL,
-        };
-        const attnd__gpu_proj *pp = uk || uv ? &gp : NULL;
         const uint64_t t_call = attnd_clock_ns();
         ws->phases.host_ns = t_call - t0;
         ws->phases.append_ns = append_ns;

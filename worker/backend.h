@@ -173,6 +173,18 @@ attnd_status attnd__gpu_decode_gather(attnd__gpu *g, const attnd_kernel_decode_b
                                       const attnd__gpu_proj *proj, const attnd__gpu_gather *gath,
                                       const attnd__gpu_overlap *ov, attnd_error *err);
 
+/* The page selection of attnd__gpu_decode_select alone, for lists the
+ * host must cut or gather after it: the query uploaded (and absorbed, with
+ * proj->d_nope > 0: the selection scores the absorbed query), sel run,
+ * b's page lists (b->page_idx with sel's kept pages at each list's out0)
+ * downloaded into pages_out ([page_indptr[n_seqs * list_groups]] host
+ * ints), the kept positions into pos_out (may be NULL); no decode. */
+attnd_status attnd__gpu_select_pages(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                     const attnd__gpu_proj *proj,
+                                     const attnd_kernel_select_batch *sel, size_t sel_work,
+                                     int32_t *pages_out, int32_t *pos_out, uint64_t *select_ns_p,
+                                     attnd_error *err);
+
 /* Page-locked host memory of `bytes` for *p (RESOURCE_EXHAUSTED, or
  * UNIMPLEMENTED without CUDA); free with attnd__gpu_host_free (NULL: no-op).
  * The engine's workspaces hold GPU outputs in it. */

@@ -931,12 +931,14 @@ out:
  * sources), the gather (the decode then reads g->gpool.d), the absorb GEMM
  * (heads form: g->q.d becomes the absorbed query), the selection (scores
  * with g->q.d, writes the kept pages into g->idx.d), the decode, the
- * up-projection, the downloads; one synchronization. */
+ * up-projection, the downloads; one synchronization. pages_out (with sel):
+ * the selection only: no decode, the batch's page lists as the selection
+ * left them downloaded there instead of the outputs. */
 static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                   const attnd__gpu_proj *proj, const attnd_kernel_select_batch *sel,
                                   size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
-                                  const attnd__gpu_gather *gath, const attnd__gpu_overlap *ov,
-                                  attnd_error *err)
+                                  const attnd__gpu_gather *gath, int32_t *pages_out,
+                                  const attnd__gpu_overlap *ov, attnd_error *err)
 {
     const attnd_kernel_kv_layout *l = &g->layout;
     const int32_t q_rows = b->n_seqs * b->q_tokens, H = b->n_q_heads;
@@ -954,7 +956,7 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
     attnd_status st = ATTND_OK;
     cudaError_t rc;
 
-    ATTND_ASSERT(!(gath && sel));
+    ATTND_ASSERT(!(gath && sel) && (!pages_out || sel));
 
     if (b->q_tokens > 16)
         return attnd_error_set(err, ATTND_ERR_UNIMPLEMENTED,
@@ -1050,24 +1052,33 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
     /* the decode's plan (its host lists: the kept pages' counts are known)
      * goes up now, while the host prepares the selection, so the decode
      * follows the selection's kernels at once */
-    if ((st = attnd_cuda_plan_make(g->plan, &cb, b->page_indptr, b->last_page_len, NULL, err)))
+    if (!pages_out &&
+        (st = attnd_cuda_plan_make(g->plan, &cb, b->page_indptr, b->last_page_len, NULL, err)))
         goto out;
     /* the absorbed query before the selection: it scores with g->q.d */
     if (heads && (st = absorb(g, proj, q_rows, H, err)))
         goto out;
     if (sel && (st = select_enqueue(g, sel, sel_work, n_idx, err))) /* pages into g->idx.d */
         goto out;
-    if ((st = attnd_cuda_decode_run(g->plan, &cb, err)))
-        goto out;
-    if (vo && (st = up_project(g, proj, q_rows, H, err)))
-        goto out;
-    if ((rc = cudaMemcpyAsync(b->out, vo ? g->proj.d : g->out.d,
-                              (vo ? proj_elems : out_elems) * 4, cudaMemcpyDeviceToHost,
-                              g->stream)) != cudaSuccess ||
-        (b->lse && (rc = cudaMemcpyAsync(b->lse, g->lse.d, rows * 4, cudaMemcpyDeviceToHost,
-                                         g->stream)) != cudaSuccess)) {
-        st = cuda_fail(err, rc, "cudaMemcpyAsync (download)");
-        goto out;
+    if (pages_out) { /* the selection only: the lists it completed */
+        if (n_idx && (rc = cudaMemcpyAsync(pages_out, g->idx.d, n_idx * 4, cudaMemcpyDeviceToHost,
+                                           g->stream)) != cudaSuccess) {
+            st = cuda_fail(err, rc, "cudaMemcpyAsync (selected pages)");
+            goto out;
+        }
+    } else {
+        if ((st = attnd_cuda_decode_run(g->plan, &cb, err)))
+            goto out;
+        if (vo && (st = up_project(g, proj, q_rows, H, err)))
+            goto out;
+        if ((rc = cudaMemcpyAsync(b->out, vo ? g->proj.d : g->out.d,
+                                  (vo ? proj_elems : out_elems) * 4, cudaMemcpyDeviceToHost,
+                                  g->stream)) != cudaSuccess ||
+            (b->lse && (rc = cudaMemcpyAsync(b->lse, g->lse.d, rows * 4,
+                                             cudaMemcpyDeviceToHost, g->stream)) != cudaSuccess)) {
+            st = cuda_fail(err, rc, "cudaMemcpyAsync (download)");
+            goto out;
+        }
     }
     if (sel && pos_out && n_idx &&
         (rc = cudaMemcpyAsync(pos_out, g->sel_pos.d, n_idx * 4, cudaMemcpyDeviceToHost,
@@ -1104,14 +1115,24 @@ attnd_status attnd__gpu_decode(attnd__gpu *g, const attnd_kernel_decode_batch *b
                                const attnd__gpu_proj *proj, const attnd__gpu_overlap *ov,
                                attnd_error *err)
 {
-    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, NULL, ov, err);
+    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, NULL, NULL, ov, err);
+}
+
+attnd_status attnd__gpu_select_pages(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                     const attnd__gpu_proj *proj,
+                                     const attnd_kernel_select_batch *sel, size_t sel_work,
+                                     int32_t *pages_out, int32_t *pos_out, uint64_t *select_ns_p,
+                                     attnd_error *err)
+{
+    return decode_locked(g, b, proj, sel, sel_work, pos_out, select_ns_p, NULL, pages_out, NULL,
+                         err);
 }
 
 attnd_status attnd__gpu_decode_gather(attnd__gpu *g, const attnd_kernel_decode_batch *b,
                                       const attnd__gpu_proj *proj, const attnd__gpu_gather *gath,
                                       const attnd__gpu_overlap *ov, attnd_error *err)
 {
-    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, gath, ov, err);
+    return decode_locked(g, b, proj, NULL, 0, NULL, NULL, gath, NULL, ov, err);
 }
 
 attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_batch *b,
@@ -1119,7 +1140,7 @@ attnd_status attnd__gpu_decode_select(attnd__gpu *g, const attnd_kernel_decode_b
                                       size_t sel_work, int32_t *pos_out, uint64_t *select_ns_p,
                                       const attnd__gpu_overlap *ov, attnd_error *err)
 {
-    return decode_locked(g, b, proj, sel, sel_work, pos_out, select_ns_p, NULL, ov, err);
+    return decode_locked(g, b, proj, sel, sel_work, pos_out, select_ns_p, NULL, NULL, ov, err);
 }
 
 attnd_status attnd__gpu_upload(attnd__gpu *g, attnd_dtype dst_t, attnd_dtype src_t,

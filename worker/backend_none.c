@@ -55,6 +55,17 @@ attnd_status attnd__gpu_decode_gather(attnd__gpu *g, const attnd_kernel_decode_b
     return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
 }
 
+attnd_status attnd__gpu_select_pages(attnd__gpu *g, const attnd_kernel_decode_batch *b,
+                                     const attnd__gpu_proj *proj,
+                                     const attnd_kernel_select_batch *sel, size_t sel_work,
+                                     int32_t *pages_out, int32_t *pos_out, uint64_t *select_ns_p,
+                                     attnd_error *err)
+{
+    (void)g, (void)b, (void)proj, (void)sel, (void)sel_work, (void)pages_out, (void)pos_out;
+    (void)select_ns_p;
+    return attnd_error_set(err, ATTND_ERR_INTERNAL, "device: no CUDA backend in this build");
+}
+
 attnd_status attnd__gpu_page_read(attnd__gpu *g, int32_t page, void *dst, attnd_error *err)
 {
     (void)g, (void)page, (void)dst;

@@ -171,14 +171,16 @@ attnd_status attnd__sparse_check(const attnd_engine *e, const attnd_attend_req *
  * locked, appends done): fills the page list fields of *b (and, for token
  * lists, its kv layout and pool_pages), runs the page selection, and
  * counts the bytes. The selection scores pages with the query the kernel
- * reads, b->q (a heads-form query: absorbed already, attend.c); a GPU
- * engine absorbs on the GPU, so a heads-form batch whose selection must
- * run on the host (a visible-length override) is FAILED_PRECONDITION
- * naming q_form. INVALID_ARGUMENT names a bad given_* field. */
+ * reads, b->q (a heads-form query: absorbed already on the CPU, attend.c);
+ * a GPU engine absorbs on the GPU (proj: its projections, NULL for the
+ * absorbed form), so where its lists must be known on the host (cut to
+ * visible lengths, gathered as tokens) a heads-form batch's selection runs
+ * on the GPU first (attnd__gpu_select_pages). INVALID_ARGUMENT names a bad
+ * given_* field. */
 attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
                                  attnd_engine_ws *ws, attnd_kernel_decode_batch *b,
-                                 uint64_t *kv_bytes_p, uint64_t *dense_bytes_p,
-                                 attnd_error *err);
+                                 const attnd__gpu_proj *proj, uint64_t *kv_bytes_p,
+                                 uint64_t *dense_bytes_p, attnd_error *err);
 /* The GPU decode of a batch attnd__sparse_lists built: its page selection
  * (when it has one) runs on the GPU first, into the uploaded page lists,
  * scoring with the absorbed query when proj absorbs (attnd__gpu_proj). */

@@ -303,10 +303,8 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
                     w->pidx[o] = tab[j], w->plog[o] = j;
                 break;
             case ATTND_POLICY_GIVEN_TOKENS: {
-                o = w->indptr[li + 1];
                 if (e->gpu) /* to_gathered reads them from the request */
                     break;
-                o = w->indptr[li];
                 /* the given positions as they came (uint64 below 2^63: int64) */
                 if (lp.n_given)
                     memcpy(w->plog + o, gv, sizeof(int64_t) * lp.n_given);
@@ -335,10 +333,39 @@ static attnd_status fill_lists(attnd_engine *e, const attnd_attend_req *req,
  * CPU; on the GPU the backend scores with its absorbed device copy), a row
  * per query token and run of the engine's select_head_agg heads (their
  * queries summed). */
+/* The bytes of bounds a GPU selection reads per candidate of a list. */
+static uint64_t gpu_bound_bytes(const attnd_engine *e, int32_t G)
+{
+    return (attnd__gpu_bounds_compact(&e->layout)
+                ? (uint64_t)attnd_kernel_kv_bounds8_row(&e->layout) * (uint64_t)e->layout.n_kv_heads
+                : (uint64_t)attnd_kernel_kv_bounds_elems(&e->layout) * 2) /
+           (uint64_t)(G > 1 ? G : 1);
+}
+
+/* A GPU selection's figures, and each kept page's logical number (its
+ * position) where the host reads the lists (want: positions downloaded). */
+static void gpu_selected(attnd_engine *e, attnd_engine_ws *ws, struct attnd__sparse_ws *w,
+                         const attnd_kernel_select_batch *sb, int32_t G, int want, uint64_t ns)
+{
+    uint64_t bytes = 0;
+    const uint64_t per = gpu_bound_bytes(e, G);
+    for (int32_t k = 0; k < sb->n_lists; k++) {
+        const attnd_kernel_select_list *sl = &sb->lists[k];
+        if (want) /* what each list kept (positions widen to int64) */
+            for (int32_t j = 0; j < sl->keep; j++)
+                w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
+        bytes += (uint64_t)sl->n_cand * per;
+    }
+    ws->select_ns = ns;
+    atomic_fetch_add(&e->select_ns, ns);
+    atomic_fetch_add(&e->select_calls, 1);
+    atomic_fetch_add(&e->select_bytes, bytes);
+}
+
 static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
                                   attnd_engine_ws *ws, struct attnd__sparse_ws *w, int32_t G,
                                   int32_t n_sel, int tokens, const attnd_kernel_decode_batch *b,
-                                  attnd_error *err)
+                                  const attnd__gpu_proj *proj, attnd_error *err)
 {
     attnd_kernel_select_batch sb = {
         .n_lists = n_sel,
@@ -363,16 +390,27 @@ static attnd_status run_selection(attnd_engine *e, const attnd_attend_req *req,
     int64_t wf = attnd_kernel_select_prepare(&sb, err);
     if (wf < 0)
         return ATTND_ERR_INTERNAL; /* the lists were built here: a bug */
-    /* a GPU engine selects on the host where the lists must be known there:
-     * cut to visible lengths, or gathered as tokens */
+    /* a GPU engine's lists must be known on the host when they are cut to
+     * visible lengths or gathered as tokens */
     const int host = req->visible || tokens;
-    if (e->gpu && req->q_form == ATTND_Q_HEADS && host)
-        return attnd_error_set(err, ATTND_ERR_FAILED_PRECONDITION,
-                               "q_form: HEADS with topk-pages on %s: its page selection runs on "
-                               "the host, where a GPU engine has no absorbed query; send the "
-                               "absorbed form for this layer",
-                               req->visible ? "a multi-token query of a sequence-sharded group rank"
-                                            : "a GPU engine in a batch with given-tokens lists");
+    if (e->gpu && host && req->q_form == ATTND_Q_HEADS) {
+        /* the absorbed query exists on the GPU only: select there first,
+         * bring the lists back, decode later (the query goes up twice) */
+        attnd_kernel_decode_batch sbb = *b;
+        sbb.n_seqs = (int32_t)req->n_seqs;
+        sbb.q_tokens = req->q_tokens;
+        sbb.list_groups = G;
+        sbb.page_indptr = w->indptr;
+        sbb.page_idx = w->pidx;
+        sbb.last_page_len = w->last;
+        uint64_t ns = 0;
+        attnd_status st = attnd__gpu_select_pages(e->gpu, &sbb, proj, &sb, (size_t)wf, w->pidx,
+                                                  w->pos, &ns, err);
+        if (st)
+            return st;
+        gpu_selected(e, ws, w, &sb, G, 1, ns);
+        return ATTND_OK;
+    }
     if (e->gpu && !host) { /* on the GPU, with the decode */
         w->gpu_sel = sb;
         w->gpu_sel_work = wf;
@@ -711,8 +749,8 @@ static attnd_status cut_visible(const attnd_attend_req *req, struct attnd__spars
 
 attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
                                  attnd_engine_ws *ws, attnd_kernel_decode_batch *b,
-                                 uint64_t *kv_bytes_p, uint64_t *dense_bytes_p,
-                                 attnd_error *err)
+                                 const attnd__gpu_proj *proj, uint64_t *kv_bytes_p,
+                                 uint64_t *dense_bytes_p, attnd_error *err)
 {
     struct attnd__sparse_ws *w = ws->sparse;
     int32_t G, n_sel = 0;
@@ -729,7 +767,7 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
     ws->select_ns = 0;
     w->gpu_lists = 0;
     w->gpu_gather = 0;
-    if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, tokens, b, err)))
+    if (n_sel && (st = run_selection(e, req, ws, w, G, n_sel, tokens, b, proj, err)))
         return st;
     b->list_groups = G;
     if (tokens && (st = to_tokens(e, req, ws, w, G, b, err)))
@@ -775,13 +813,7 @@ attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
         return attnd__gpu_decode_gather(e->gpu, b, proj, &w->gather, ov, err);
     if (!w || !w->gpu_lists)
         return attnd__gpu_decode(e->gpu, b, proj, ov, err);
-    uint64_t ns = 0, bytes = 0;
-    /* the bounds the GPU scores: compact rows, or bf16 ones */
-    const uint64_t per =
-        (attnd__gpu_bounds_compact(&e->layout)
-             ? (uint64_t)attnd_kernel_kv_bounds8_row(&e->layout) * (uint64_t)e->layout.n_kv_heads
-             : (uint64_t)attnd_kernel_kv_bounds_elems(&e->layout) * 2) /
-        (uint64_t)(b->list_groups > 1 ? b->list_groups : 1);
+    uint64_t ns = 0;
     /* the kept pages' positions come back only when asked for (a download
      * the decode's result waits for) */
     attnd_status st = attnd__gpu_decode_select(e->gpu, b, proj, &w->gpu_sel,
@@ -789,17 +821,7 @@ attnd_status attnd__sparse_gpu_decode(attnd_engine *e, attnd_engine_ws *ws,
                                                w->gpu_want ? w->pos : NULL, &ns, ov, err);
     if (st)
         return st;
-    for (int32_t k = 0; k < w->gpu_lists; k++) {
-        const attnd_kernel_select_list *sl = &w->gpu_sel.lists[k];
-        if (w->gpu_want) /* what each list kept (positions widen to int64) */
-            for (int32_t j = 0; j < sl->keep; j++)
-                w->plog[sl->out0 + j] = w->pos[sl->out0 + j];
-        bytes += (uint64_t)sl->n_cand * per;
-    }
-    ws->select_ns = ns;
-    atomic_fetch_add(&e->select_ns, ns);
-    atomic_fetch_add(&e->select_calls, 1);
-    atomic_fetch_add(&e->select_bytes, bytes);
+    gpu_selected(e, ws, w, &w->gpu_sel, b->list_groups, w->gpu_want, ns);
     return ATTND_OK;
 }
 

@@ -161,7 +161,11 @@ END_TEST
  * scored with the absorbed query. The same query in the heads form and
  * absorbed by hand (exactly, and exact in bf16: q_nope small integers, W_UK
  * two eighths per latent column) chooses the same pages, and each form's
- * output equals the float64 narrow formula over exactly those pages. */
+ * output equals the float64 narrow formula over exactly those pages. A
+ * third call sends the heads form with visible lengths (a sequence-sharded
+ * rank's form: its lists are cut on the host, so the GPU selects first,
+ * attnd__gpu_select_pages, then decodes): the same pages, the same
+ * outputs. */
 START_TEST(test_gpu_heads_form_with_topk_pages_selects_with_the_absorbed_query)
 {
     enum { NT = 3, PS = 64, KEEP = 5 };
@@ -240,21 +244,34 @@ START_TEST(test_gpu_heads_form_with_topk_pages_selects_with_the_absorbed_query)
         }
         memcpy(a + dc, h + DN, sizeof(uint16_t) * (size_t)dr);
     }
-    attnd_attend_req rq[2] = {
+    uint64_t vis[NT];
+    for (int i = 0; i < NT; i++)
+        vis[i] = (uint64_t)tlen[i];
+    attnd_attend_req rq[3] = {
         {.layer = (uint32_t)l, .n_seqs = NT, .ids = ids, .q_tokens = 1,
          .q_dtype = ATTND_DTYPE_BF16, .q = qh, .want_lse = 1, .q_form = ATTND_Q_HEADS,
          .d_nope = DN, .d_vo = DVO, .want_pages = 1},
         {.layer = (uint32_t)l, .n_seqs = NT, .ids = ids + NT, .q_tokens = 1,
          .q_dtype = ATTND_DTYPE_BF16, .q = qa, .want_lse = 1, .d_vo = DVO, .want_pages = 1},
+        {.layer = (uint32_t)l, .n_seqs = NT, .ids = ids, .q_tokens = 1,
+         .q_dtype = ATTND_DTYPE_BF16, .q = qh, .want_lse = 1, .q_form = ATTND_Q_HEADS,
+         .d_nope = DN, .d_vo = DVO, .want_pages = 1, .visible = vis},
     };
-    attnd_engine_ws ws[2];
-    const float *out[2], *lse[2];
-    for (int f = 0; f < 2; f++) {
+    attnd_engine_ws ws[3];
+    const float *out[3], *lse[3];
+    for (int f = 0; f < 3; f++) {
         attnd_engine_ws_init(&ws[f]);
         ck_assert_msg(attnd_engine_attend(e, &rq[f], &ws[f], &out[f], &lse[f], &err) == ATTND_OK,
-                      "%s form: %s", f ? "absorbed" : "heads", err.msg);
+                      "%s form: %s", f == 1 ? "absorbed" : f ? "heads, visible" : "heads",
+                      err.msg);
         ck_assert_uint_eq(ws[f].chosen_groups, 1);
     }
+    for (int i = 0; i <= NT; i++)
+        ck_assert_int_eq(ws[2].chosen_indptr[i], ws[0].chosen_indptr[i]);
+    ck_assert(!memcmp(ws[2].chosen, ws[0].chosen, sizeof(int64_t) * NT * KEEP));
+    for (size_t k = 0; k < rows * DVO; k++) /* the same lists through the same decode */
+        ck_assert_msg(fabsf(out[2][k] - out[0][k]) <= 1e-5f * (1.0f + fabsf(out[0][k])),
+                      "visible lengths: output %zu %g, without %g", k, out[2][k], out[0][k]);
     double *sel = malloc(sizeof(double) * KEEP * PS * (size_t)dk);
     double *ref = malloc(sizeof(double) * (size_t)H * DVO), *rlse = malloc(sizeof(double) * H);
     for (int i = 0; i < NT; i++) {
@@ -283,7 +300,7 @@ START_TEST(test_gpu_heads_form_with_topk_pages_selects_with_the_absorbed_query)
                 ck_assert(fabs(lse[f][(size_t)i * (size_t)H + (size_t)h] - rlse[h]) <= 1e-2);
             }
     }
-    for (int f = 0; f < 2; f++)
+    for (int f = 0; f < 3; f++)
         attnd_engine_ws_cleanup(&ws[f]);
     for (int i = 0; i < NT; i++)
         free(kv[i]);
