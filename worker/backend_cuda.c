@@ -296,9 +296,10 @@ static void buf_free(gpu_buf *b)
 }
 
 /* Make b hold at least `bytes` (contents not kept), with a pinned host half
- * when `host`. The stream must be idle (nothing queued may use b). */
-static attnd_status buf_fit(gpu_buf *b, size_t bytes, int host, const char *what,
-                            attnd_error *err)
+ * when `host`; capacity doubles, up to `max` (0: no bound) when bytes fit
+ * under it. The stream must be idle (nothing queued may use b). */
+static attnd_status buf_fit_max(gpu_buf *b, size_t bytes, size_t max, int host,
+                                const char *what, attnd_error *err)
 {
     cudaError_t rc;
     if (bytes <= b->cap && (!host || b->h))
@@ -306,6 +307,8 @@ static attnd_status buf_fit(gpu_buf *b, size_t bytes, int host, const char *what
     size_t c = b->cap ? b->cap : 4096;
     while (c < bytes)
         c *= 2;
+    if (max && c > max && bytes <= max)
+        c = max;
     buf_free(b);
     if ((host && (rc = cudaMallocHost(&b->h, c)) != cudaSuccess) ||
         (rc = cudaMalloc(&b->d, c)) != cudaSuccess) {
@@ -317,6 +320,12 @@ static attnd_status buf_fit(gpu_buf *b, size_t bytes, int host, const char *what
     }
     b->cap = c;
     return ATTND_OK;
+}
+
+static attnd_status buf_fit(gpu_buf *b, size_t bytes, int host, const char *what,
+                            attnd_error *err)
+{
+    return buf_fit_max(b, bytes, 0, host, what, err);
 }
 
 attnd_status attnd__gpu_create(int32_t device, const attnd_kernel_kv_layout *l, int32_t n_pages,
@@ -953,8 +962,20 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
     const size_t g_entries = gath ? (size_t)gath->n_pages * (size_t)gath->n_heads *
                                         (size_t)l->page_size : 0;
     const size_t g_bytes = gath ? (size_t)gath->n_pages * g->page_bytes : 0;
+    /* gathered pages: at most a quarter of the pool's bytes (64 MiB at
+     * least), so that token lists cannot take the GPU's memory from the
+     * pool's other users */
+    const size_t pool_bytes = g->page_bytes * (size_t)g->n_pages;
+    const size_t g_max = pool_bytes / 4 > ((size_t)64 << 20) ? pool_bytes / 4 : (size_t)64 << 20;
     attnd_status st = ATTND_OK;
     cudaError_t rc;
+
+    if (g_bytes > g_max)
+        return attnd_error_set(err, ATTND_ERR_RESOURCE_EXHAUSTED,
+                               "given_idx: the batch's token lists fill %zu pages (%zu bytes); "
+                               "a call gathers at most %zu bytes (a quarter of the KV pool): "
+                               "send fewer tokens or a smaller batch",
+                               (size_t)gath->n_pages, g_bytes, g_max);
 
     ATTND_ASSERT(!(gath && sel) && (!pages_out || sel));
 
@@ -1004,7 +1025,7 @@ static attnd_status decode_locked(attnd__gpu *g, const attnd_kernel_decode_batch
         (st = buf_fit(&g->lse, rows * 4, 0, "q", err)) ||
         (vo && (st = buf_fit(&g->proj, proj_elems * 4, 0, "q", err))) ||
         (g_entries && (st = buf_fit(&g->gsrc, g_entries * 4, 1, "given_idx", err))) ||
-        (g_bytes && (st = buf_fit(&g->gpool, g_bytes, 0, "given_idx", err))))
+        (g_bytes && (st = buf_fit_max(&g->gpool, g_bytes, g_max, 0, "given_idx", err))))
         goto out;
     if (q_conv)
         attnd_dtype_convert(ATTND_DTYPE_BF16, qin->h, b->q_dtype, b->q, qin_elems);
