@@ -91,6 +91,7 @@ typedef struct attnd_bench_opts {
     char token[4096];          /* --token-file's first line, or $ATTND_TOKEN */
     int has_policy;            /* --policy: every session's sparse policy */
     attnd_sparse_policy policy;
+    uint32_t given_tokens;     /* --policy given-tokens,tokens=K: K a session a step */
 } attnd_bench_opts;
 
 /* Parse argv. 0: run; 1: --help was printed; 2: bad flag (message on
@@ -212,6 +213,12 @@ typedef struct attnd_bench_lane {
     uint64_t *pos;
     size_t q_bytes, kv_bytes, out_bytes; /* per micro-batch */
     attnd_call **calls;          /* [M] in flight */
+    /* --policy given-tokens: per micro-batch its call's sparse arguments and
+     * given lists ([M][B + 1] offsets, [M][B][K] token positions), drawn at
+     * each step's first layer */
+    attnd_sparse_args *sp;
+    uint32_t *g_indptr;
+    uint64_t *g_idx;
     uint64_t steps_done;
     int failed;                  /* an error stopped this lane */
     attnd_bench_stats st;

@@ -53,6 +53,13 @@ int attnd_bench_lane_init(attnd_bench_lane *l, attnd_bench_run *r, uint32_t inde
     l->calls = calloc(M, sizeof *l->calls);
     if (!l->ids || !l->len || !l->q || !l->kv || !l->out || !l->pos || !l->calls)
         goto err;
+    if (r->o->given_tokens) {
+        l->sp = calloc(M, sizeof *l->sp);
+        l->g_indptr = calloc((size_t)M * (B + 1), sizeof *l->g_indptr);
+        l->g_idx = calloc((size_t)M * B * r->o->given_tokens, sizeof *l->g_idx);
+        if (!l->sp || !l->g_indptr || !l->g_idx)
+            goto err;
+    }
     if (attnd_bench_stats_init(&l->st))
         goto err;
     if (r->o->check) {
@@ -79,6 +86,9 @@ void attnd_bench_lane_cleanup(attnd_bench_lane *l)
     free(l->out);
     free(l->pos);
     free(l->calls);
+    free(l->sp);
+    free(l->g_indptr);
+    free(l->g_idx);
     memset(l, 0, sizeof *l);
 }
 
@@ -186,6 +196,30 @@ out:
     return rc;
 }
 
+/* --policy given-tokens: micro-batch mb's lists for this step, K token
+ * positions of each session (all of them while it has fewer), one drawn in
+ * each K-th of the tokens before this step's (the newest is the server's
+ * to add), ascending. */
+static void draw_given(attnd_bench_lane *l, uint32_t mb)
+{
+    const uint32_t B = l->run->batch, K = l->run->o->given_tokens;
+    uint32_t *ip = l->g_indptr + (size_t)mb * (B + 1);
+    uint64_t *idx = l->g_idx + (size_t)mb * B * K;
+    uint32_t n = 0;
+    ip[0] = 0;
+    for (uint32_t b = 0; b < B; b++) {
+        const uint64_t len = l->pos[mb * B + b];
+        const uint64_t k = len < K ? len : K;
+        for (uint64_t j = 0; j < k; j++) {
+            const uint64_t lo = j * len / k, hi = (j + 1) * len / k;
+            idx[n++] = lo + attnd_rng_next(&l->rng) % (hi - lo);
+        }
+        ip[b + 1] = n;
+    }
+    l->sp[mb] = (attnd_sparse_args){.given_groups = 1, .given_indptr = ip, .given_idx = idx,
+                                    .n_given_idx = n};
+}
+
 /* Send micro-batch mb's call for `layer`. */
 static attnd_status issue(attnd_bench_lane *l, uint32_t mb, uint32_t layer, attnd_error *err)
 {
@@ -222,6 +256,11 @@ static attnd_status issue(attnd_bench_lane *l, uint32_t mb, uint32_t layer, attn
     a.out_dtype = r->o->dtype;
     a.out = l->out + l->out_bytes * ((size_t)layer * r->micro + mb);
     a.out_capacity = l->out_bytes;
+    if (r->o->given_tokens) { /* the step's lists, the same on every layer */
+        if (layer == 0)
+            draw_given(l, mb);
+        return attnd_client_attend_sparse_async(l->c, &a, &l->sp[mb], &l->calls[mb], err);
+    }
     return attnd_client_attend_async(l->c, &a, &l->calls[mb], err);
 }
 

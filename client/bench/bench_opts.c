@@ -68,7 +68,9 @@ static void usage(FILE *f)
         "  --kv-memory SIZE    KV memory of the spawned attnd (default 2Gi)\n"
         "  --policy P          every session's sparse policy: full,\n"
         "                      topk-pages,fraction=F[,sink=N] | topk-pages,topk=K[,sink=N] |\n"
-        "                      streaming,window=W[,sink=N] (README \"Sparse attention\");\n"
+        "                      streaming,window=W[,sink=N] | given-tokens,tokens=K (K token\n"
+        "                      positions a session a step, drawn at random, the caller's\n"
+        "                      own indexer) (README \"Sparse attention\");\n"
         "                      the report adds KV bytes read per step next to dense\n"
         "exit: 0 ok; 1 failed calls, check mismatch or unclean attnd exit; 2 bad flags;\n"
         "3 could not run. See client/BENCH.md.\n");
@@ -252,13 +254,15 @@ static int resolve_sizes(attnd_bench_opts *o, int conc_set)
     return 0;
 }
 
-/* --policy KIND[,key=value...]: 0, or -1 with a message. */
-static int parse_policy(const char *v, attnd_sparse_policy *p)
+/* --policy KIND[,key=value...]: 0, or -1 with a message. given-tokens
+ * takes its tokens a step into *given. */
+static int parse_policy(const char *v, attnd_sparse_policy *p, uint32_t *given)
 {
     char buf[128];
     snprintf(buf, sizeof buf, "%s", v);
     char *save = NULL, *tok = strtok_r(buf, ",", &save);
     memset(p, 0, sizeof *p);
+    *given = 0;
     if (!tok)
         goto bad;
     if (!strcmp(tok, "full"))
@@ -267,6 +271,8 @@ static int parse_policy(const char *v, attnd_sparse_policy *p)
         p->kind = ATTND_SPARSE_STREAMING;
     else if (!strcmp(tok, "topk-pages"))
         p->kind = ATTND_SPARSE_TOPK_PAGES;
+    else if (!strcmp(tok, "given-tokens"))
+        p->kind = ATTND_SPARSE_GIVEN_TOKENS;
     else
         goto bad;
     while ((tok = strtok_r(NULL, ",", &save))) {
@@ -283,13 +289,18 @@ static int parse_policy(const char *v, attnd_sparse_policy *p)
             p->topk_pages = (uint32_t)strtoul(val, NULL, 10);
         else if (!strcmp(tok, "fraction"))
             p->topk_fraction = strtof(val, NULL);
+        else if (!strcmp(tok, "tokens") && p->kind == ATTND_SPARSE_GIVEN_TOKENS)
+            *given = (uint32_t)strtoul(val, NULL, 10);
         else
             goto bad;
     }
+    if (p->kind == ATTND_SPARSE_GIVEN_TOKENS && (*given < 1 || *given > (1u << 20)))
+        goto bad;
     return 0;
 bad:
     fprintf(stderr, "attnd-bench: --policy: expected full, topk-pages,fraction=F[,sink=N], "
-                    "topk-pages,topk=K[,sink=N] or streaming,window=W[,sink=N], got \"%s\"\n", v);
+                    "topk-pages,topk=K[,sink=N], streaming,window=W[,sink=N] or "
+                    "given-tokens,tokens=K (1..1048576), got \"%s\"\n", v);
     return -1;
 }
 
@@ -452,7 +463,7 @@ int attnd_bench_opts_parse(attnd_bench_opts *o, int argc, char **argv)
                 return 2;
             }
         } else if (!strcmp(a, "--policy")) {
-            if (parse_policy(v, &o->policy))
+            if (parse_policy(v, &o->policy, &o->given_tokens))
                 return 2;
             o->has_policy = 1;
         } else if (!strcmp(a, "--duration") || !strcmp(a, "--warmup")) {

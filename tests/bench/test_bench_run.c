@@ -402,6 +402,50 @@ START_TEST(test_spawned_attnd_is_stopped_after_the_run)
 }
 END_TEST
 
+/* --policy: the server's counters show each policy's KV read. given-tokens
+ * (K = 32 positions a session a step, prompts of 300): every Attend reads
+ * exactly K + 1 tokens (the newest added) of each of its B sessions, so
+ * the bytes read are attend_calls * B * 33 entries of tiny-gqa (2 KV heads,
+ * d 32, bf16 K and V: 256 bytes), the dense figure the whole contexts;
+ * topk-pages at a quarter selects (its calls counted) and reads less than
+ * dense; the UCX transport carries the given lists as gRPC does. */
+START_TEST(test_policies_read_what_they_attend)
+{
+    enum { B = 2, K = 32, ENTRY = 2 * 2 * 32 * 2 };
+    for (int ucx = 0; ucx < 2; ucx++) {
+        char *gt = NULL;
+        const char *tr = ucx ? "ucx" : "grpc";
+        int rc = bt_run_args(&gt, "--model", "tiny-gqa", "--policy", "given-tokens,tokens=32",
+                             "--batch", "2", "--microbatches", "1", "--steps", "4",
+                             "--prompt-len", "300", "--duration", "30s", "--warmup", "0",
+                             "--transport", tr);
+        ck_assert_int_eq(rc, 0);
+        ck_assert(bt_must(gt, "errors.total") == 0);
+        const double calls = bt_must(gt, "server_counters.attend_calls");
+        ck_assert(calls >= 4.0 * TINY_LAYERS);
+        ck_assert_msg(bt_must(gt, "server_counters.kv_bytes_read") == calls * B * (K + 1) * ENTRY,
+                      "given-tokens (%s): %.0f bytes read in %.0f calls", tr,
+                      bt_must(gt, "server_counters.kv_bytes_read"), calls);
+        ck_assert(bt_must(gt, "server_counters.kv_bytes_dense") >= calls * B * 300 * ENTRY);
+        ck_assert(bt_must(gt, "server_counters.select_calls") == 0);
+        free(gt);
+    }
+    char *tk = NULL;
+    ck_assert_int_eq(bt_run_args(&tk, "--model", "tiny-gqa", "--policy",
+                                 "topk-pages,fraction=0.25,sink=16", "--batch", "2",
+                                 "--microbatches", "1", "--steps", "4", "--prompt-len", "600",
+                                 "--duration", "30s", "--warmup", "0"),
+                     0);
+    ck_assert(bt_must(tk, "errors.total") == 0);
+    ck_assert(bt_must(tk, "server_counters.select_calls") > 0);
+    ck_assert(bt_must(tk, "server_counters.kv_bytes_read") <
+              0.5 * bt_must(tk, "server_counters.kv_bytes_dense"));
+    free(tk);
+    ck_assert_int_eq(bt_run_args(NULL, "--policy", "given-tokens"), 2);
+    ck_assert_int_eq(bt_run_args(NULL, "--policy", "given-tokens,tokens=0"), 2);
+}
+END_TEST
+
 START_TEST(test_bad_flags_and_an_unreachable_target_are_refused)
 {
     ck_assert_int_eq(bt_run_args(NULL, "--rate", "fast"), 2);
@@ -429,6 +473,7 @@ int main(void)
     tcase_add_test(tc, test_failed_calls_are_counted_by_status_and_fail_the_run);
     tcase_add_test(tc, test_baseline_pingpongs_the_attend_message_sizes);
     tcase_add_test(tc, test_ucx_baseline_pingpongs_over_ucx);
+    tcase_add_test(tc, test_policies_read_what_they_attend);
     tcase_add_test(tc, test_bad_flags_and_an_unreachable_target_are_refused);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
