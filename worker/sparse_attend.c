@@ -475,8 +475,8 @@ static int64_t session_pages(const struct attnd__sparse_ws *w, int32_t i, int32_
 /* Token mode on a GPU engine: each listed token's pool position (page * P
  * + slot) put in the slot it is gathered into (gsrc, -1 elsewhere), the
  * page lists over the gathered pages (gpindptr, gpidx, gplast), and, when
- * return_pages or visible lengths read them back, the lists spelled out as
- * logical tokens (tindptr, tlog). A given-tokens list's tokens come from
+ * return_pages or visible lengths (cut_visible) read them back, the lists
+ * spelled out as logical tokens (tindptr, tlog). A given-tokens list's tokens come from
  * the request (fill_lists leaves them out of plog on a GPU engine). A list
  * has pages of its own, except GQA lists per KV head: a session's lists
  * share pages, each list's tokens in its head's rows (head slot = KV
@@ -600,42 +600,6 @@ static attnd_status to_gathered(attnd_engine *e, const attnd_attend_req *req, at
     return ATTND_OK;
 }
 
-/* A visible-length override of gathered lists (cut_visible's, for
- * to_gathered's lists): list (i, g) cut after its tokens before the first
- * visible[i * S + s], in whole gathered pages and a last partial one. */
-static attnd_status cut_gathered(const attnd_attend_req *req, struct attnd__sparse_ws *w,
-                                 int32_t G, int32_t P, attnd_kernel_decode_batch *b,
-                                 attnd_error *err)
-{
-    const uint32_t n = req->n_seqs, S = (uint32_t)req->q_tokens;
-    const int32_t lists = (int32_t)(n * S) * G;
-    int64_t total = 0;
-    FIT(vindptr, c_vindptr, lists + 1);
-    FIT(vlast, c_vlast, lists);
-    FIT(vidx, c_vidx, (int64_t)w->gpindptr[(int32_t)n * G] * S);
-    w->vindptr[0] = 0;
-    for (uint32_t i = 0; i < n; i++)
-        for (uint32_t s = 0; s < S; s++) {
-            uint64_t v = req->visible[(size_t)i * S + s];
-            for (int32_t g = 0; g < G; g++) {
-                int32_t src = (int32_t)i * G + g, li = (int32_t)(i * S + s) * G + g;
-                int32_t m = 0;
-                while (w->tindptr[src] + m < w->tindptr[src + 1] &&
-                       (uint64_t)w->tlog[w->tindptr[src] + m] < v)
-                    m++;
-                int32_t np = (m + P - 1) / P;
-                for (int32_t j = 0; j < np; j++)
-                    w->vidx[total++] = w->gpidx[w->gpindptr[src] + j];
-                w->vindptr[li + 1] = (int32_t)total;
-                w->vlast[li] = m ? m - (np - 1) * P : 0;
-            }
-        }
-    b->page_indptr = w->vindptr;
-    b->page_idx = w->vidx;
-    b->last_page_len = w->vlast;
-    return ATTND_OK;
-}
-
 /* Token mode: every list spelled out as tokens of the token view. */
 static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attnd_engine_ws *ws,
                               struct attnd__sparse_ws *w, int32_t G, attnd_kernel_decode_batch *b,
@@ -706,13 +670,16 @@ static attnd_status to_tokens(attnd_engine *e, const attnd_attend_req *req, attn
  * that the batch reads as n * S sequences of one query token (as
  * attend.c's build_visible_lists does for dense sessions). The lists cut
  * are the page lists (unit: the page size) or, for a batch of token
- * lists, the token lists of the token view (unit 1). */
+ * lists, the token lists of the token view (unit 1); gathered (a GPU
+ * engine's token batch, to_gathered): the gathered pages of each list,
+ * cut after its tokens before visible[i * S + s] (tlog), whole pages and a
+ * last partial one. */
 static attnd_status cut_visible(const attnd_attend_req *req, struct attnd__sparse_ws *w,
-                                int32_t G, int32_t ps, int tokens, attnd_kernel_decode_batch *b,
-                                attnd_error *err)
+                                int32_t G, int32_t ps, int tokens, int gathered,
+                                attnd_kernel_decode_batch *b, attnd_error *err)
 {
     const uint32_t n = req->n_seqs, S = (uint32_t)req->q_tokens;
-    const int32_t lists = (int32_t)(n * S) * G;
+    const int32_t lists = (int32_t)(n * S) * G, P = ps;
     const int32_t *indptr = tokens ? w->tindptr : w->indptr, *idx = tokens ? w->tidx : w->pidx;
     const int32_t *lastl = tokens ? w->tlast : w->last;
     const int64_t *plog = tokens ? w->tlog : w->plog;
@@ -721,7 +688,7 @@ static attnd_status cut_visible(const attnd_attend_req *req, struct attnd__spars
         ps = 1;
     FIT(vindptr, c_vindptr, lists + 1);
     FIT(vlast, c_vlast, lists);
-    FIT(vidx, c_vidx, (int64_t)indptr[(int32_t)n * G] * S);
+    FIT(vidx, c_vidx, (int64_t)(gathered ? w->gpindptr : indptr)[(int32_t)n * G] * S);
     w->vindptr[0] = 0;
     for (uint32_t i = 0; i < n; i++)
         for (uint32_t s = 0; s < S; s++) {
@@ -729,7 +696,17 @@ static attnd_status cut_visible(const attnd_attend_req *req, struct attnd__spars
             for (int32_t g = 0; g < G; g++) {
                 int32_t src = (int32_t)i * G + g, li = (int32_t)(i * S + s) * G + g;
                 int32_t last = 0;
-                for (int32_t k = indptr[src]; k < indptr[src + 1]; k++) {
+                if (gathered) { /* the tokens before v, in gathered pages */
+                    int32_t m = 0;
+                    while (indptr[src] + m < indptr[src + 1] &&
+                           (uint64_t)plog[indptr[src] + m] < v)
+                        m++;
+                    const int32_t np = (m + P - 1) / P;
+                    for (int32_t j = 0; j < np; j++)
+                        w->vidx[total++] = w->gpidx[w->gpindptr[src] + j];
+                    last = m ? m - (np - 1) * P : 0;
+                }
+                for (int32_t k = indptr[src]; !gathered && k < indptr[src + 1]; k++) {
                     uint64_t first = (uint64_t)plog[k] * (uint64_t)ps;
                     if (first >= v)
                         break;
@@ -772,11 +749,8 @@ attnd_status attnd__sparse_lists(attnd_engine *e, const attnd_attend_req *req,
     b->list_groups = G;
     if (tokens && (st = to_tokens(e, req, ws, w, G, b, err)))
         return st;
-    if (req->visible && tokens && e->gpu) {
-        if ((st = cut_gathered(req, w, G, e->layout.page_size, b, err)))
-            return st;
-    } else if (req->visible) {
-        if ((st = cut_visible(req, w, G, e->layout.page_size, tokens, b, err)))
+    if (req->visible) {
+        if ((st = cut_visible(req, w, G, e->layout.page_size, tokens, tokens && e->gpu, b, err)))
             return st;
     } else if (!tokens) {
         b->page_indptr = w->indptr;
