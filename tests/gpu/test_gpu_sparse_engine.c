@@ -60,6 +60,50 @@ static void fill(tu_rng *r, uint16_t *x, size_t n)
         x[i] = attnd_dtype_f32_to_bf16((float)tu_normal(r));
 }
 
+/* Session i of policy pol[i] (pol[0] for all when one) in both engines,
+ * the same random KV of prefill[i] tokens appended to each in chunks that
+ * end mid-page; len[i] its length. */
+static void open_pairs(attnd_engine *e[2], const attnd_session_policy *pol, int one, tu_rng *r,
+                       attnd_session_id ids[2][NS], int64_t len[NS])
+{
+    const size_t te = (size_t)attnd_model_kv_token_elems(attnd_engine_model(e[0]));
+    const int64_t chunk = 700;
+    uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)chunk * te);
+    attnd_error err;
+    for (int i = 0; i < NS; i++) {
+        for (int k = 0; k < 2; k++)
+            ck_assert_int_eq(attnd_engine_session_create_policy(e[k], 0, &pol[one ? 0 : i], NULL,
+                                                                &ids[k][i], &err),
+                             ATTND_OK);
+        for (int64_t t = 0; t < prefill[i]; t += chunk) {
+            int64_t n = prefill[i] - t < chunk ? prefill[i] - t : chunk;
+            fill(r, kv, (size_t)n * te);
+            for (int k = 0; k < 2; k++)
+                ck_assert_msg(attnd_engine_append(e[k], &ids[k][i], 0, (uint64_t)t, (uint64_t)n,
+                                                  ATTND_DTYPE_BF16, kv, &err) == ATTND_OK,
+                              "append: %s", err.msg);
+        }
+        len[i] = prefill[i];
+    }
+    free(kv);
+}
+
+/* Row-wise agreement of the GPU engine's outputs with the CPU engine's. */
+static void agree(const float *gpu, const float *cpu, size_t rows, size_t dv, const char *what,
+                  int step)
+{
+    for (size_t row = 0; row < rows; row++) {
+        double num = 0.0, den = 0.0;
+        for (size_t d = 0; d < dv; d++) {
+            double a = gpu[row * dv + d], b = cpu[row * dv + d];
+            num += (a - b) * (a - b);
+            den += b * b;
+        }
+        ck_assert_msg(num <= 1e-4 * den, "%s step %d row %zu: GPU and CPU outputs differ by %.3g "
+                      "normwise", what, step, row, den > 0 ? num / den : num);
+    }
+}
+
 START_TEST(test_gpu_engine_host_selection_chooses_the_cpu_engines_pages)
 {
     attnd_engine *e[2] = {engine("cpu"), engine("cuda:0")};
@@ -73,24 +117,8 @@ START_TEST(test_gpu_engine_host_selection_chooses_the_cpu_engines_pages)
     attnd_error err;
     tu_rng r;
     tu_rng_init(&r, "gpu-sparse-engine");
-    const int64_t chunk = 700; /* chunks that end mid-page */
-    uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)chunk * te);
     int64_t len[NS];
-    for (int i = 0; i < NS; i++) {
-        for (int k = 0; k < 2; k++)
-            ck_assert_int_eq(attnd_engine_session_create_policy(e[k], 0, &pol, NULL, &ids[k][i],
-                                                                &err),
-                             ATTND_OK);
-        for (int64_t t = 0; t < prefill[i]; t += chunk) {
-            int64_t n = prefill[i] - t < chunk ? prefill[i] - t : chunk;
-            fill(&r, kv, (size_t)n * te);
-            for (int k = 0; k < 2; k++)
-                ck_assert_msg(attnd_engine_append(e[k], &ids[k][i], 0, (uint64_t)t, (uint64_t)n,
-                                                  ATTND_DTYPE_BF16, kv, &err) == ATTND_OK,
-                              "append: %s", err.msg);
-        }
-        len[i] = prefill[i];
-    }
+    open_pairs(e, &pol, 1, &r, ids, len);
     uint16_t *q = malloc(sizeof(uint16_t) * NS * S * qe);
     uint16_t *nk = malloc(sizeof(uint16_t) * NS * S * te);
     attnd_engine_ws ws[2];
@@ -121,20 +149,10 @@ START_TEST(test_gpu_engine_host_selection_chooses_the_cpu_engines_pages)
             ck_assert_int_eq(ws[k].chosen_tokens, 0);
             ip[k] = ws[k].chosen_indptr;
             ch[k] = ws[k].chosen;
-            if (k == 0) {
+            if (k == 0)
                 memcpy(out0, out, sizeof(float) * NS * S * (size_t)m->n_q_heads * dv);
-                continue;
-            }
-            for (size_t row = 0; row < (size_t)NS * S * (size_t)m->n_q_heads; row++) {
-                double num = 0.0, den = 0.0;
-                for (size_t d = 0; d < dv; d++) {
-                    double a = out[row * dv + d], b = out0[row * dv + d];
-                    num += (a - b) * (a - b);
-                    den += b * b;
-                }
-                ck_assert_msg(num <= 1e-4 * den, "step %d row %zu: GPU and CPU outputs differ "
-                              "by %.3g normwise", step, row, den > 0 ? num / den : num);
-            }
+            else
+                agree(out, out0, (size_t)NS * S * (size_t)m->n_q_heads, dv, "topk-pages", step);
         }
         /* what each (session, KV head) attended */
         const int64_t nl = (int64_t)NS * m->n_kv_heads;
@@ -155,27 +173,10 @@ START_TEST(test_gpu_engine_host_selection_chooses_the_cpu_engines_pages)
     attnd_engine_ws_cleanup(&ws[1]);
     free(q);
     free(nk);
-    free(kv);
     attnd_engine_destroy(e[0]);
     attnd_engine_destroy(e[1]);
 }
 END_TEST
-
-/* Row-wise agreement of the GPU engine's outputs with the CPU engine's. */
-static void agree(const float *gpu, const float *cpu, size_t rows, size_t dv, const char *what,
-                  int step)
-{
-    for (size_t row = 0; row < rows; row++) {
-        double num = 0.0, den = 0.0;
-        for (size_t d = 0; d < dv; d++) {
-            double a = gpu[row * dv + d], b = cpu[row * dv + d];
-            num += (a - b) * (a - b);
-            den += b * b;
-        }
-        ck_assert_msg(num <= 1e-4 * den, "%s step %d row %zu: GPU and CPU outputs differ by %.3g "
-                      "normwise", what, step, row, den > 0 ? num / den : num);
-    }
-}
 
 static void given_tokens_case(const char *model)
 {
@@ -198,24 +199,8 @@ static void given_tokens_case(const char *model)
     attnd_error err;
     tu_rng r;
     tu_rng_init(&r, model);
-    const int64_t chunk = 700;
-    uint16_t *kv = malloc(sizeof(uint16_t) * (size_t)chunk * te);
     int64_t len[NS];
-    for (int i = 0; i < NS; i++) {
-        for (int k = 0; k < 2; k++)
-            ck_assert_int_eq(attnd_engine_session_create_policy(e[k], 0, &pol[i], NULL,
-                                                                &ids[k][i], &err),
-                             ATTND_OK);
-        for (int64_t t = 0; t < prefill[i]; t += chunk) {
-            int64_t n = prefill[i] - t < chunk ? prefill[i] - t : chunk;
-            fill(&r, kv, (size_t)n * te);
-            for (int k = 0; k < 2; k++)
-                ck_assert_msg(attnd_engine_append(e[k], &ids[k][i], 0, (uint64_t)t, (uint64_t)n,
-                                                  ATTND_DTYPE_BF16, kv, &err) == ATTND_OK,
-                              "append: %s", err.msg);
-        }
-        len[i] = prefill[i];
-    }
+    open_pairs(e, pol, 0, &r, ids, len);
     const size_t rows = (size_t)NS * S * (size_t)m->n_q_heads;
     uint16_t *q = malloc(sizeof(uint16_t) * NS * S * qe);
     uint16_t *nk = malloc(sizeof(uint16_t) * NS * S * te);
@@ -296,7 +281,6 @@ static void given_tokens_case(const char *model)
     attnd_engine_ws_cleanup(&ws[1]);
     free(q);
     free(nk);
-    free(kv);
     attnd_engine_destroy(e[0]);
     attnd_engine_destroy(e[1]);
 }
