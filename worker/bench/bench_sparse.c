@@ -71,11 +71,17 @@ static double median(double *v, int n)
     return n ? (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])) : 0.0;
 }
 
+/* xorshift64*: the next 64 random bits of state *s */
+static uint64_t next_u64(uint64_t *s)
+{
+    *s ^= *s >> 12, *s ^= *s << 25, *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1Dull;
+}
+
 static void fill_bf16(uint16_t *p, size_t n, uint64_t *s)
 {
     for (size_t i = 0; i < n; i++) {
-        *s ^= *s >> 12, *s ^= *s << 25, *s ^= *s >> 27;
-        uint64_t r = *s * 0x2545F4914F6CDD1Dull;
+        uint64_t r = next_u64(s);
         float f = (float)((double)(r >> 11) * (1.0 / 9007199254740992.0)) * 2.f - 1.f;
         p[i] = attnd_dtype_f32_to_bf16(f);
     }
@@ -329,10 +335,8 @@ int main(int argc, char **argv)
             for (int32_t i = 0; i < B; i++) {
                 for (int64_t j = 0; j < K; j++) {
                     int64_t a = j * n / K, b = (j + 1) * n / K;
-                    seed ^= seed >> 12, seed ^= seed << 25, seed ^= seed >> 27;
                     g_idx[(size_t)i * K + j] =
-                        (uint64_t)(a + (int64_t)((seed * 0x2545F4914F6CDD1Dull >> 11) %
-                                                 (uint64_t)(b - a)));
+                        (uint64_t)(a + (int64_t)((next_u64(&seed) >> 11) % (uint64_t)(b - a)));
                 }
                 g_indptr[i + 1] = (uint32_t)((i + 1) * K);
             }
