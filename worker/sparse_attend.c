@@ -705,14 +705,15 @@ static attnd_status cut_visible(const attnd_attend_req *req, struct attnd__spars
                     for (int32_t j = 0; j < np; j++)
                         w->vidx[total++] = w->gpidx[w->gpindptr[src] + j];
                     last = m ? m - (np - 1) * P : 0;
-                }
-                for (int32_t k = indptr[src]; !gathered && k < indptr[src + 1]; k++) {
-                    uint64_t first = (uint64_t)plog[k] * (uint64_t)ps;
-                    if (first >= v)
-                        break;
-                    int32_t have = k == indptr[src + 1] - 1 ? lastl[src] : ps;
-                    last = v - first < (uint64_t)have ? (int32_t)(v - first) : have;
-                    w->vidx[total++] = idx[k];
+                } else { /* the entries starting before v, the last cut at v */
+                    for (int32_t k = indptr[src]; k < indptr[src + 1]; k++) {
+                        uint64_t first = (uint64_t)plog[k] * (uint64_t)ps;
+                        if (first >= v)
+                            break;
+                        int32_t have = k == indptr[src + 1] - 1 ? lastl[src] : ps;
+                        last = v - first < (uint64_t)have ? (int32_t)(v - first) : have;
+                        w->vidx[total++] = idx[k];
+                    }
                 }
                 w->vindptr[li + 1] = (int32_t)total;
                 w->vlast[li] = last;
